@@ -1,0 +1,457 @@
+"""The broker: a ROUTER socket that hands tasks to workers as credits allow.
+
+::
+
+    caller threads                     pool loop (this module)
+    --------------                     -----------------------
+    Task (pickled) --submit()--> inbox --> queue --dispatch()--> ROUTER --> workers
+                                                                   |
+    sinks <--flush() once per batch-- deliver() <-- running <------+ RESULT
+
+Only the pool loop touches the socket, the queue and the registry. Other
+threads hand over tasks with ``submit`` (a deque append and at most one
+wake-up per batch) and cancel with ``Task.cancelled``. The broker never
+unpickles a task or a result: it routes on headers only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import zmq
+
+from distex_zmq import protocol as p
+from distex_zmq.errors import ProtocolError, WorkerLostError
+
+from .registry import Registry, WorkerRecord
+from .task import ResultSink, Task
+
+#: Status of a result made by the broker itself (never on the wire): the
+#: value is an exception instance.
+STATUS_LOCAL_ERROR = 255
+
+#: Messages read per wake-up before giving other callbacks a turn.
+MAX_READS_PER_WAKEUP = 256
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
+
+_logger = logging.getLogger("distex_zmq.broker")
+
+
+class Broker:
+    """Routes tasks to workers and results back to their sinks.
+
+    Hooks (set by the pool):
+
+    - ``on_hello(rec)``: a worker connected; return an initializer task to
+      pin to it, or ``None`` to make it ready at once.
+    - ``on_ready(rec)`` / ``on_init_failed(rec, status, value)``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ctx: zmq.Context[Any], max_retries: int):
+        self.loop = loop
+        self.registry = Registry()
+        self.max_retries = max_retries
+        #: tasks submitted and not finished, by id
+        self.active: dict[int, Task] = {}
+        self.on_hello: Callable[[WorkerRecord], Task | None] = lambda rec: None
+        self.on_ready: Callable[[WorkerRecord], None] = lambda rec: None
+        self.on_init_failed: Callable[[WorkerRecord, int, Any], None] = lambda *a: None
+        self._inbox: deque[Task] = deque()
+        self._queue: deque[Task] = deque()
+        self._wake_pending = False
+        self._starving = True
+        self._expected: set[bytes] = set()
+        self._barriers: list[_Barrier] = []
+        self._closed = False
+        self._ctx = ctx
+        self._sock: zmq.Socket[Any] | None = None  # made on the pool loop by bind()
+        self.endpoints: list[str] = []
+
+    # set-up and tear-down (pool loop)
+
+    def bind(self, endpoint: str) -> str:
+        """Bind the socket; return the endpoint with the port actually taken."""
+        if self._sock is None:
+            self._sock = self._ctx.socket(zmq.ROUTER)
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self._fd = int(self._sock.getsockopt(zmq.FD))
+            self.loop.add_reader(self._fd, self._on_readable)
+        if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+            port = self._sock.bind_to_random_port(endpoint.rsplit(":", 1)[0])
+            endpoint = f"{endpoint.rsplit(':', 1)[0]}:{port}"
+        else:
+            self._sock.bind(endpoint)
+        self.endpoints.append(endpoint)
+        return endpoint
+
+    def expect(self, identity: bytes) -> None:
+        """Admit a worker with this identity (given to it by its launcher)."""
+        self._expected.add(identity)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._sock is not None:
+            self.loop.remove_reader(self._fd)
+            self._sock.close(linger=0)
+
+    # any thread
+
+    def submit(self, tasks: Iterable[Task]) -> None:
+        """Queue tasks (thread-safe); they are dispatched on the pool loop.
+
+        The pool loop is woken only when it waits for work: while every
+        credit is in use it takes the new tasks when the next result comes
+        in, which spares a thread wake-up per batch.
+        """
+        self._inbox.extend(tasks)
+        if self._starving:
+            self.wake()
+
+    def wake(self) -> None:
+        """Make the pool loop look at the inbox and the cancelled tasks."""
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self.loop.call_soon_threadsafe(self._on_wake)
+            except RuntimeError:  # loop closed: the pool is gone
+                pass
+
+    # pool loop
+
+    def _on_wake(self) -> None:
+        self._wake_pending = False
+        self.dispatch()
+
+    def _take_inbox(self) -> None:
+        inbox, queue, active = self._inbox, self._queue, self.active
+        while inbox:
+            task = inbox.popleft()
+            active[task.id] = task
+            queue.append(task)
+
+    def queued(self) -> list[Task]:
+        """Tasks that wait for a worker (pool loop)."""
+        self._take_inbox()
+        return [t for t in self._queue if not t.cancelled]
+
+    def dispatch(self) -> None:
+        """Send queued tasks to workers with free credits, idle workers first."""
+        if self._closed or self._sock is None:
+            return
+        registry = self.registry
+        queue = self._queue
+        batches: dict[WorkerRecord, list[Task]] = {}
+        for rec in registry.workers.values():
+            while rec.pinned and rec.free > 0:
+                task = rec.pinned.popleft()
+                if task.cancelled:
+                    self._finish(task)
+                    continue
+                self._assign(rec, task, batches)
+        while True:
+            self._take_inbox()
+            while queue:
+                target = registry.least_loaded()
+                if target is None:
+                    break
+                task = queue.popleft()
+                if task.cancelled:
+                    self._finish(task)
+                    continue
+                self._assign(target, task, batches)
+            # Starving: a credit is free and nothing waits. Submitters wake
+            # the loop only then; look at the inbox once more after saying
+            # so, or a task handed over meanwhile would wait unseen.
+            self._starving = not queue and registry.least_loaded() is not None
+            if not (self._starving and self._inbox):
+                break
+        for rec, tasks in batches.items():
+            self._send_tasks(rec, tasks)
+        if batches:
+            self._read_soon_if_pending()
+
+    def _assign(
+        self, rec: WorkerRecord, task: Task, batches: dict[WorkerRecord, list[Task]]
+    ) -> None:
+        rec.running[task.id] = task
+        task.worker = rec
+        self.registry.place(rec)
+        batch = batches.get(rec)
+        if batch is None:
+            batches[rec] = [task]
+        else:
+            batch.append(task)
+
+    def _send_tasks(self, rec: WorkerRecord, tasks: list[Task]) -> None:
+        msg = p.Writer(p.TASK)
+        known = rec.known_funcs
+        pack = p.TASK_ENTRY.pack
+        for task in tasks:
+            flags = task.flags
+            func_len = 0
+            if task.func_id not in known:
+                flags |= p.FLAG_FUNC
+                msg.inline.append(task.func_pickle)
+                func_len = len(task.func_pickle)
+                if task.func_id != p.INLINE_FUNC:
+                    known.add(task.func_id)
+            data_len = msg.body(task.data, task.buffers)
+            msg.entries.append(
+                pack(task.id, task.func_id, flags, func_len, data_len, len(task.buffers))
+            )
+        self._send(rec, msg.frames_out())
+
+    def _send(self, rec: WorkerRecord, frames: list[Any]) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.send_multipart([rec.identity, *frames], copy=False)
+        except zmq.ZMQError as e:
+            # the worker's connection is gone; its supervisor will report how
+            _logger.warning("could not send to %s: %s", rec, e)
+            self.worker_lost(rec, f"its connection failed ({e})")
+
+    def _read_soon_if_pending(self) -> None:
+        # the socket's FD is edge-triggered and a send can consume the edge
+        if self._sock is not None and int(self._sock.getsockopt(zmq.EVENTS)) & _POLLIN:
+            self.loop.call_soon(self._on_readable)
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None or self._closed:
+            return
+        recv = sock.recv_multipart
+        for _ in range(MAX_READS_PER_WAKEUP):
+            try:
+                frames = recv(_NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                continue
+            identity = frames[0].bytes
+            try:
+                self._handle(identity, frames[1:])
+            except ProtocolError as e:
+                _logger.warning("dropped a message from %r: %s", identity, e)
+                if "version" in str(e):
+                    self._refuse(identity, str(e))
+            except Exception:
+                _logger.exception("error handling a message from %r", identity)
+            if self._closed:
+                return
+        self.loop.call_soon(self._on_readable)
+
+    def _handle(self, identity: bytes, frames: list[Any]) -> None:
+        kind, count, buf = p.check(frames[0])
+        rec = self.registry.get(identity)
+        if kind == p.RESULT:
+            if rec is None:
+                raise ProtocolError("result from an unknown worker")
+            self._on_results(rec, buf, count, frames)
+        elif kind == p.HELLO:
+            self._on_hello(identity, buf)
+        elif kind == p.BYE:
+            if rec is not None:
+                self.worker_lost(rec, "it said goodbye")
+        else:
+            raise ProtocolError(f"unknown message type {kind!r}")
+
+    def _refuse(self, identity: bytes, reason: str) -> None:
+        if self._sock is None:
+            return
+        try:
+            self._sock.send_multipart([identity, *p.control(p.REFUSE, reason.encode())])
+        except zmq.ZMQError:
+            pass
+
+    def _on_hello(self, identity: bytes, buf: memoryview) -> None:
+        if identity not in self._expected:
+            self._refuse(identity, "unknown worker identity")
+            raise ProtocolError("hello from a worker this pool did not start")
+        if identity in self.registry.workers:
+            raise ProtocolError("second hello from a connected worker")
+        info = p.json_body(buf)
+        try:
+            pid, host, credits = int(info["pid"]), str(info["host"]), int(info["credits"])
+        except (KeyError, TypeError, ValueError):
+            raise ProtocolError(f"malformed hello {info!r}") from None
+        if not 0 < credits <= 1 << 16:
+            raise ProtocolError(f"hello with bad credits {credits}")
+        rec = WorkerRecord(identity, pid, host, credits, info)
+        self.registry.add(rec)
+        _logger.debug("hello from %s, %d credits", rec, credits)
+        init = self.on_hello(rec)
+        if init is None:
+            self._make_ready(rec)
+        else:
+            init.pinned = rec
+            rec.pinned.append(init)
+            self.dispatch()
+
+    def _make_ready(self, rec: WorkerRecord) -> None:
+        rec.ready = True
+        self.registry.place(rec)
+        self.on_ready(rec)
+        self.dispatch()
+
+    def _on_results(
+        self, rec: WorkerRecord, buf: memoryview, count: int, frames: list[Any]
+    ) -> None:
+        sinks: set[ResultSink] = set()
+        running = rec.running
+        reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
+        for task_id, status, data_len, nbuffers in p.result_entries(buf, count):
+            value = reader.data(data_len, nbuffers)
+            task = running.pop(task_id, None)
+            if task is None:
+                _logger.warning("result for unknown task %d from %s", task_id, rec)
+                continue
+            task.worker = None
+            self._finish(task)
+            if task.tag is _INIT and task.pinned is rec:
+                if status == p.STATUS_OK:
+                    self._make_ready(rec)
+                else:
+                    self.on_init_failed(rec, status, value)
+                continue
+            if not task.cancelled:
+                task.sink.deliver(task, status, value)
+                sinks.add(task.sink)
+        self.registry.place(rec)
+        self.dispatch()
+        for sink in sinks:
+            sink.flush()
+
+    def _finish(self, task: Task) -> None:
+        self.active.pop(task.id, None)
+        if self._barriers:
+            for barrier in self._barriers:
+                barrier.discard(task.id)
+            self._fire_barriers()
+
+    # losing workers
+
+    def worker_lost(self, rec: WorkerRecord, how: str) -> None:
+        """Forget a worker that is gone; requeue or fail what it was running.
+
+        Tasks are sent in order and run in order, so the oldest one was the
+        one running: it counts a try, and fails with ``WorkerLostError`` once
+        it has used up ``max_retries``. The others never started and go back
+        to the front of the queue at no cost.
+        """
+        if self.registry.get(rec.identity) is not rec:
+            return
+        self.registry.remove(rec)
+        self._expected.discard(rec.identity)
+        tasks = list(rec.running.values())
+        rec.running.clear()
+        sinks: set[ResultSink] = set()
+        requeue = []
+        for i, task in enumerate(tasks):
+            task.worker = None
+            if task.cancelled:
+                self._finish(task)
+                continue
+            if task.pinned is not None or i == 0:
+                task.tries += 1
+                if task.pinned is not None or task.tries > self.max_retries:
+                    self._finish(task)
+                    tries = "" if task.pinned else f" after {task.tries} tries"
+                    error = WorkerLostError(f"task {task.id} was lost{tries}: {rec} died: {how}")
+                    if task.tag is _INIT:
+                        self.on_init_failed(rec, STATUS_LOCAL_ERROR, error)
+                        continue
+                    task.sink.deliver(task, STATUS_LOCAL_ERROR, error)
+                    sinks.add(task.sink)
+                    continue
+            requeue.append(task)
+        for task in rec.pinned:
+            self._finish(task)
+            if task.tag is not _INIT and not task.cancelled:
+                error = WorkerLostError(f"task {task.id} was lost: {rec} died: {how}")
+                task.sink.deliver(task, STATUS_LOCAL_ERROR, error)
+                sinks.add(task.sink)
+        rec.pinned.clear()
+        self._queue.extendleft(reversed(requeue))
+        self.dispatch()
+        for sink in sinks:
+            sink.flush()
+
+    def fail_all(self, error_factory: Callable[[Task], BaseException]) -> None:
+        """Fail every task that waits in the queue (no worker can run them)."""
+        self._take_inbox()
+        sinks: set[ResultSink] = set()
+        while self._queue:
+            task = self._queue.popleft()
+            self._finish(task)
+            if not task.cancelled:
+                task.sink.deliver(task, STATUS_LOCAL_ERROR, error_factory(task))
+                sinks.add(task.sink)
+        for sink in sinks:
+            sink.flush()
+
+    # barriers: run_on_all and shutdown wait for what was submitted before them
+
+    def when_drained(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every task submitted so far has finished."""
+        self._take_inbox()
+        self.dispatch()
+        barrier = _Barrier(self.active, callback)
+        self._barriers.append(barrier)
+        self._fire_barriers()
+
+    def _fire_barriers(self) -> None:
+        done = [b for b in self._barriers if not b.waiting]
+        if done:
+            self._barriers = [b for b in self._barriers if b.waiting]
+            for barrier in done:
+                barrier.callback()
+
+    def pin_to_all(self, make_task: Callable[[WorkerRecord], Task]) -> list[Task]:
+        """Give each ready worker a task of its own; return the tasks."""
+        tasks = []
+        for rec in self.registry.ready_workers():
+            task = make_task(rec)
+            task.pinned = rec
+            rec.pinned.append(task)
+            self.active[task.id] = task
+            tasks.append(task)
+        self.dispatch()
+        return tasks
+
+    def stop_workers(self) -> None:
+        """Ask every worker to finish and exit."""
+        if self._sock is None:
+            return
+        for rec in list(self.registry.workers.values()):
+            try:
+                self._sock.send_multipart([rec.identity, *p.control(p.STOP)])
+            except zmq.ZMQError:
+                pass
+
+
+#: ``Task.tag`` of an initializer task.
+_INIT = object()
+
+
+def initializer_tag() -> object:
+    return _INIT
+
+
+class _Barrier:
+    __slots__ = ("waiting", "callback")
+
+    def __init__(self, active: dict[int, Task], callback: Callable[[], None]):
+        self.waiting = set(active)
+        self.callback = callback
+
+    def discard(self, task_id: int) -> None:
+        self.waiting.discard(task_id)

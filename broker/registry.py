@@ -1,0 +1,106 @@
+"""The broker's worker registry: who is connected and how many credits each has.
+
+Ready workers with free credits sit in buckets by the number of tasks they
+run, so that picking the least loaded worker (idle ones first) is O(1) for
+any number of workers: at most one bucket per credit is looked at. Within a
+bucket, workers take turns (dicts keep insertion order).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from .task import Task
+
+
+class WorkerRecord:
+    """The broker's view of one connected worker."""
+
+    __slots__ = (
+        "identity",
+        "pid",
+        "host",
+        "capacity",
+        "running",
+        "known_funcs",
+        "ready",
+        "pinned",
+        "bucket",
+        "info",
+    )
+
+    def __init__(self, identity: bytes, pid: int, host: str, capacity: int, info: dict[str, Any]):
+        self.identity = identity
+        self.pid = pid
+        self.host = host
+        #: credits granted in the worker's hello: tasks it may hold at once
+        self.capacity = capacity
+        #: task id -> task, for the tasks sent to it and not yet answered
+        self.running: dict[int, Task] = {}
+        #: function ids whose pickle this worker has received
+        self.known_funcs: set[int] = set()
+        #: False until its initializer has run
+        self.ready = False
+        #: tasks that only this worker may run, sent before any other
+        self.pinned: deque[Task] = deque()
+        self.bucket = -1
+        self.info = info
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.running)
+
+    def __str__(self) -> str:
+        return f"worker pid {self.pid} on {self.host}"
+
+    def __repr__(self) -> str:
+        return f"<WorkerRecord {self.identity!r} pid={self.pid} host={self.host}>"
+
+
+class Registry:
+    """Connected workers, and the ready ones with free credits by load."""
+
+    def __init__(self) -> None:
+        self.workers: dict[bytes, WorkerRecord] = {}
+        self._buckets: list[dict[WorkerRecord, None]] = []
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def get(self, identity: bytes) -> WorkerRecord | None:
+        return self.workers.get(identity)
+
+    def add(self, rec: WorkerRecord) -> None:
+        self.workers[rec.identity] = rec
+        self.place(rec)
+
+    def remove(self, rec: WorkerRecord) -> None:
+        self.workers.pop(rec.identity, None)
+        if rec.bucket >= 0:
+            del self._buckets[rec.bucket][rec]
+            rec.bucket = -1
+
+    def ready_workers(self) -> list[WorkerRecord]:
+        return [rec for rec in self.workers.values() if rec.ready]
+
+    def place(self, rec: WorkerRecord) -> None:
+        """Put ``rec`` in the bucket of its current load (call after a change)."""
+        load = len(rec.running)
+        bucket = load if rec.ready and load < rec.capacity else -1
+        if bucket == rec.bucket:
+            return
+        if rec.bucket >= 0:
+            del self._buckets[rec.bucket][rec]
+        if bucket >= 0:
+            while len(self._buckets) <= bucket:
+                self._buckets.append({})
+            self._buckets[bucket][rec] = None
+        rec.bucket = bucket
+
+    def least_loaded(self) -> WorkerRecord | None:
+        """The ready worker with the fewest running tasks and a free credit."""
+        for bucket in self._buckets:
+            if bucket:
+                return next(iter(bucket))
+        return None

@@ -1,0 +1,33 @@
+"""distex_zmq: a distributed process pool on a ZeroMQ broker, with the API of distex."""
+
+from .errors import (
+    DistexError,
+    PoolClosedError,
+    ProtocolError,
+    RemoteException,
+    SerializationError,
+    WorkerLostError,
+    WorkerStartError,
+)
+from .hostspec import HostSpec
+from .loops import LoopType
+from .pool import Pool
+from .poolmap import PoolMap
+from .serialization import PickleType
+from .version import __version__
+
+__all__ = [
+    "DistexError",
+    "HostSpec",
+    "LoopType",
+    "PickleType",
+    "Pool",
+    "PoolClosedError",
+    "PoolMap",
+    "ProtocolError",
+    "RemoteException",
+    "SerializationError",
+    "WorkerLostError",
+    "WorkerStartError",
+    "__version__",
+]

@@ -1,0 +1,188 @@
+"""Result sinks: how results get from the pool loop to whoever waits for them.
+
+The broker calls ``deliver`` for each result and ``flush`` once per batch, on
+the pool loop. Each sink turns that into one wake-up of its consumer per
+batch: a ``concurrent.futures.Future`` set directly (it is thread-safe), an
+asyncio future resolved on its own loop, or a map's result queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from distex_zmq import protocol as p
+from distex_zmq.broker.broker import STATUS_LOCAL_ERROR
+from distex_zmq.broker.task import Task
+from distex_zmq.errors import SerializationError
+from distex_zmq.serialization import loads
+
+
+class ChunkError(Exception):
+    """A chunk of a map failed at one item: the results before it, and the error."""
+
+    def __init__(self, results: list[Any], error: BaseException):
+        super().__init__()
+        self.results = results
+        self.error = error
+
+
+def decode(task: Task, status: int, value: Any, data_loads: Callable[..., Any]) -> Any:
+    """Return the task's result, or raise its error (``ChunkError`` for chunks)."""
+    if status == STATUS_LOCAL_ERROR:
+        raise value
+    try:
+        result = loads(value[0], value[1], data_loads)
+    except Exception as e:
+        raise SerializationError(
+            f"the result of task {task.id} could not be unpickled in the client: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if status == p.STATUS_OK:
+        return result
+    if status == p.STATUS_CHUNK_ERROR:
+        results, error = result
+        raise ChunkError(results, error)
+    if isinstance(result, BaseException):
+        raise result
+    raise SerializationError(f"task {task.id} failed with a non-exception {result!r}")
+
+
+class TaskFuture(concurrent.futures.Future[Any]):
+    """The future of ``Pool.submit``: cancelling it cancels its task.
+
+    A task that has not started is dropped; the result of one that has is
+    discarded when it arrives.
+    """
+
+    _task: Task | None = None
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        task = self._task
+        if cancelled and task is not None:
+            task.cancelled = True
+        return cancelled
+
+
+class FutureSink:
+    """Sets the ``TaskFuture`` in each task's tag, on the pool loop."""
+
+    def __init__(self, data_loads: Callable[..., Any]):
+        self._loads = data_loads
+
+    def deliver(self, task: Task, status: int, value: Any) -> None:
+        future: TaskFuture = task.tag
+        try:
+            result = decode(task, status, value, self._loads)
+        except BaseException as e:  # noqa: BLE001
+            if not future.cancelled():
+                try:
+                    future.set_exception(e)
+                except concurrent.futures.InvalidStateError:
+                    pass  # cancelled meanwhile
+            return
+        if not future.cancelled():
+            try:
+                future.set_result(result)
+            except concurrent.futures.InvalidStateError:
+                pass
+
+    def flush(self) -> None:
+        pass
+
+
+class LoopPort:
+    """Runs callbacks on one event loop, with one thread-safe wake-up per batch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._pending: deque[tuple[Callable[[Any], None], Any]] = deque()
+        self._scheduled = False
+
+    def post(self, callback: Callable[[Any], None], arg: Any) -> None:
+        self._pending.append((callback, arg))
+
+    def flush(self) -> None:
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._run)
+            except RuntimeError:  # that loop is closed: nobody waits any more
+                self._pending.clear()
+
+    def _run(self) -> None:
+        self._scheduled = False
+        pending = self._pending
+        while pending:
+            callback, arg = pending.popleft()
+            callback(arg)
+
+
+class AsyncFutureSink:
+    """Resolves the asyncio future in each task's tag on its own loop."""
+
+    def __init__(self, port: LoopPort, data_loads: Callable[..., Any]):
+        self._port = port
+        self._loads = data_loads
+
+    def deliver(self, task: Task, status: int, value: Any) -> None:
+        self._port.post(self._resolve, (task, status, value))
+
+    def flush(self) -> None:
+        self._port.flush()
+
+    def _resolve(self, item: tuple[Task, int, Any]) -> None:
+        task, status, value = item
+        future: asyncio.Future[Any] = task.tag
+        if future.done():
+            return
+        try:
+            future.set_result(decode(task, status, value, self._loads))
+        except BaseException as e:  # noqa: BLE001
+            future.set_exception(e)
+
+
+class QueueSink:
+    """Collects a map's raw results and decides when to wake the map.
+
+    Each wake-up of a waiting thread costs tens of microseconds, so the map
+    is woken when it has something worth doing: half its window of results
+    is ready, or so few tasks are left in flight that the workers would run
+    dry without more input (or the map is ending). Otherwise a timer wakes
+    it within ``MAX_DELAY`` seconds, so no result waits longer than that.
+    """
+
+    MAX_DELAY = 0.001
+
+    def __init__(
+        self, wake: Callable[[], None], loop: asyncio.AbstractEventLoop, batch: int, low_water: int
+    ):
+        self.results: deque[tuple[Task, int, Any]] = deque()
+        #: inputs handed to the broker (counted by the map's thread)
+        self.submitted = 0
+        self._delivered = 0
+        self._wake = wake
+        self._loop = loop
+        self._batch = batch
+        self._low_water = low_water
+        self._timer: asyncio.TimerHandle | None = None
+
+    def deliver(self, task: Task, status: int, value: Any) -> None:
+        self.results.append((task, status, value))
+        self._delivered += 1
+
+    def flush(self) -> None:
+        if len(self.results) >= self._batch or self.submitted - self._delivered <= self._low_water:
+            self.wake_now()
+        elif self._timer is None:
+            self._timer = self._loop.call_later(self.MAX_DELAY, self.wake_now)
+
+    def wake_now(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._wake()

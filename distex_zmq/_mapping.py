@@ -1,0 +1,406 @@
+"""``map`` and ``map_async``: lazy input, bounded work in flight, ordered output.
+
+A map keeps at most ``window`` inputs between reading and yielding: it reads
+more input only as results are yielded, so unbounded and async iterables
+work and memory stays bounded. Input is pickled in the caller's thread and
+handed to the broker in batches; results come back through a ``QueueSink``
+with one wake-up per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from distex_zmq import protocol as p
+from distex_zmq._delivery import ChunkError, QueueSink, decode
+from distex_zmq.broker import Task
+from distex_zmq.serialization import dumps
+
+if TYPE_CHECKING:
+    from distex_zmq.pool import Pool
+
+
+def is_sync_iterable(it: Any) -> bool:
+    return hasattr(it, "__iter__") or hasattr(it, "__next__")
+
+
+def sync_input(iterables: tuple[Any, ...], chunksize: int) -> Iterator[Any]:
+    """One iterator over the inputs: tuples when zipped, tuples of inputs when chunked."""
+    it: Iterator[Any] = zip(*iterables, strict=False) if len(iterables) > 1 else iter(iterables[0])
+    if chunksize > 1:
+        return iter(lambda: tuple(itertools.islice(it, chunksize)), ())
+    return it
+
+
+async def zip_async(*iterables: Any) -> AsyncIterator[tuple[Any, ...]]:
+    """Zip sync and async iterables into an async iterator of tuples."""
+    nexts: list[tuple[Callable[[], Any], bool]] = []
+    for it in iterables:
+        if hasattr(it, "__aiter__"):
+            nexts.append((it.__aiter__().__anext__, False))
+        elif hasattr(it, "__anext__"):
+            nexts.append((it.__anext__, False))
+        else:
+            nexts.append((iter(it).__next__, True))
+    try:
+        while True:
+            yield tuple([nxt() if sync else await nxt() for nxt, sync in nexts])
+    except (StopIteration, StopAsyncIteration):
+        return
+
+
+async def chunk_async(ait: AsyncIterator[Any], chunksize: int) -> AsyncIterator[tuple[Any, ...]]:
+    chunk: list[Any] = []
+    async for item in ait:
+        chunk.append(item)
+        if len(chunk) == chunksize:
+            yield tuple(chunk)
+            chunk = []
+    if chunk:
+        yield tuple(chunk)
+
+
+def async_input(iterables: tuple[Any, ...], chunksize: int) -> AsyncIterator[Any]:
+    if len(iterables) > 1:
+        ait: AsyncIterator[Any] = zip_async(*iterables)
+    elif hasattr(iterables[0], "__aiter__"):
+        ait = iterables[0].__aiter__()
+    else:
+        ait = iterables[0]
+    return chunk_async(ait, chunksize) if chunksize > 1 else ait
+
+
+class MapRun:
+    """The state of one running map, shared by its sync and async drivers."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        func: Callable[..., Any],
+        iterables: tuple[Any, ...],
+        timeout: float | None,
+        chunksize: int,
+        ordered: bool,
+        star: bool,
+        wake: Callable[[], None],
+    ):
+        runtime = pool._live_runtime()
+        self._broker = runtime.broker
+        self._next_id = pool._task_ids.__next__
+        self._dumps = pool._data_dumps
+        self._loads = pool._data_loads
+        self._func_id, self._func_pickle = pool._functions.get(func)
+        zipped = len(iterables) > 1
+        self._flags = (p.FLAG_STAR if star or zipped else 0) | (
+            p.FLAG_CHUNK if chunksize > 1 else 0
+        )
+        self._chunked = chunksize > 1
+        self._window = pool._map_window()
+        self._ordered = ordered
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._timeout = timeout
+        capacity = pool._capacity()
+        self.sink = QueueSink(wake, runtime.loop, max(1, self._window // 2), 2 * capacity)
+        self._outstanding: dict[int, Task] = {}
+        self._held: dict[int, tuple[Task, int, Any]] = {}
+        self._ready: deque[tuple[Task, int, Any]] = deque()
+        self._next_seq = 0
+        self._next_out = 0
+        self._unyielded = 0
+        self.input_done = False
+        self.input_error: BaseException | None = None
+
+    @property
+    def room(self) -> int:
+        return self._window - self._unyielded
+
+    def submit(self, inputs: list[Any]) -> None:
+        """Pickle the inputs and queue them as tasks."""
+        tasks = []
+        dumps_, sink, flags = self._dumps, self.sink, self._flags
+        func_id, func_pickle = self._func_id, self._func_pickle
+        try:
+            for args in inputs:
+                seq = self._next_seq
+                data, buffers = dumps(args, dumps_)
+                task = Task(self._next_id(), func_id, func_pickle, flags, data, buffers, sink, seq)
+                self._next_seq = seq + 1
+                self._unyielded += 1
+                sink.submitted += 1
+                self._outstanding[seq] = task
+                tasks.append(task)
+        finally:
+            if tasks:
+                self._broker.submit(tasks)
+
+    def feed_sync(self, it: Iterator[Any]) -> None:
+        room = self.room
+        if room <= 0 or self.input_done:
+            return
+        inputs = list(itertools.islice(it, room))
+        if len(inputs) < room:
+            self.input_done = True
+        if inputs:
+            self.submit(inputs)
+
+    def collect(self) -> bool:
+        """Take delivered results; return whether any can be yielded now."""
+        results = self.sink.results
+        outstanding = self._outstanding
+        if self._ordered:
+            held = self._held
+            while results:
+                entry = results.popleft()
+                seq = entry[0].tag
+                outstanding.pop(seq, None)
+                held[seq] = entry
+            ready = self._ready
+            while self._next_out in held:
+                ready.append(held.pop(self._next_out))
+                self._next_out += 1
+        else:
+            while results:
+                entry = results.popleft()
+                outstanding.pop(entry[0].tag, None)
+                self._ready.append(entry)
+        return bool(self._ready)
+
+    def pop_values(self) -> list[Any]:
+        """Decode the ready results into values; raise the first error in order."""
+        values: list[Any] = []
+        ready = self._ready
+        loads = self._loads
+        while ready:
+            task, status, value = ready.popleft()
+            self._unyielded -= 1
+            if status == p.STATUS_OK and not self._chunked:
+                values.append(decode(task, status, value, loads))
+                continue
+            try:
+                result = decode(task, status, value, loads)
+            except ChunkError as e:
+                values.extend(e.results)
+                self._pending_error = e.error
+                return values
+            except BaseException as e:  # noqa: BLE001 - raised in order, after values
+                self._pending_error = e
+                return values
+            if self._chunked:
+                values.extend(result)
+            else:
+                values.append(result)
+        return values
+
+    _pending_error: BaseException | None = None
+
+    def raise_pending(self) -> None:
+        error = self._pending_error
+        if error is not None:
+            self._pending_error = None
+            raise error
+
+    @property
+    def finished(self) -> bool:
+        return self.input_done and not self._outstanding and not self._held and not self._ready
+
+    def remaining(self) -> float | None:
+        """Seconds left before the timeout; raise ``TimeoutError`` when none are."""
+        if self._deadline is None:
+            return None
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise concurrent.futures.TimeoutError(
+                f"map did not finish within its timeout of {self._timeout} s"
+            )
+        return left
+
+    def cancel(self) -> None:
+        """Cancel what has not been yielded (tasks queued are dropped)."""
+        if self._outstanding:
+            for task in self._outstanding.values():
+                task.cancelled = True
+            self._outstanding.clear()
+            self._broker.wake()
+        self._held.clear()
+        self._ready.clear()
+
+
+def map_sync(
+    pool: Pool,
+    func: Callable[..., Any],
+    iterables: tuple[Any, ...],
+    timeout: float | None,
+    chunksize: int,
+    ordered: bool,
+    star: bool,
+) -> Iterator[Any]:
+    """The generator behind ``Pool.map``."""
+    if not all(is_sync_iterable(it) for it in iterables):
+        yield from _map_sync_over_async(pool, func, iterables, timeout, chunksize, ordered, star)
+        return
+    event = threading.Event()
+    run = MapRun(pool, func, iterables, timeout, chunksize, ordered, star, event.set)
+    it = sync_input(iterables, chunksize)
+    try:
+        while True:
+            event.clear()
+            run.feed_sync(it)
+            if run.collect():
+                yield from run.pop_values()
+                run.raise_pending()
+                continue
+            if run.finished:
+                return
+            if not event.wait(run.remaining()):
+                run.remaining()
+    finally:
+        run.cancel()
+
+
+def _map_sync_over_async(
+    pool: Pool,
+    func: Callable[..., Any],
+    iterables: tuple[Any, ...],
+    timeout: float | None,
+    chunksize: int,
+    ordered: bool,
+    star: bool,
+) -> Iterator[Any]:
+    """Sync ``map`` of async iterables: iterate them on a private loop."""
+    loop = asyncio.new_event_loop()
+    agen = map_async(pool, func, iterables, timeout, chunksize, ordered, star)
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(agen.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(agen.aclose())
+        loop.close()
+
+
+async def map_async(
+    pool: Pool,
+    func: Callable[..., Any],
+    iterables: tuple[Any, ...],
+    timeout: float | None,
+    chunksize: int,
+    ordered: bool,
+    star: bool,
+) -> AsyncGenerator[Any, None]:
+    """The async generator behind ``Pool.map_async``."""
+    loop = asyncio.get_running_loop()
+    waker = _AsyncWaker(loop)
+    run = MapRun(pool, func, iterables, timeout, chunksize, ordered, star, waker.wake_threadsafe)
+    feeder: asyncio.Task[None] | None = None
+    it: Iterator[Any] | None = None
+    if all(is_sync_iterable(i) for i in iterables):
+        it = sync_input(iterables, chunksize)
+    else:
+        feeder = loop.create_task(_feed_async(run, async_input(iterables, chunksize), waker))
+    try:
+        while True:
+            waker.arm()
+            if it is not None:
+                run.feed_sync(it)
+            if run.collect():
+                for value in run.pop_values():
+                    yield value
+                run.raise_pending()
+                waker.room_freed()
+                continue
+            if run.input_error is not None:
+                raise run.input_error
+            if run.finished:
+                return
+            await waker.wait(run.remaining())
+            run.remaining()
+    finally:
+        if feeder is not None:
+            feeder.cancel()
+        run.cancel()
+
+
+async def _feed_async(run: MapRun, ait: AsyncIterator[Any], waker: _AsyncWaker) -> None:
+    try:
+        while True:
+            while run.room <= 0:
+                await waker.wait_for_room()
+            try:
+                item = await ait.__anext__()
+            except StopAsyncIteration:
+                break
+            run.submit([item])
+    except asyncio.CancelledError:
+        raise
+    except BaseException as e:  # noqa: BLE001 - the consumer raises it
+        run.input_error = e
+    finally:
+        run.input_done = True
+        waker.wake()
+
+
+class _AsyncWaker:
+    """Wakes a map's async consumer, from the pool loop (threadsafe) or its own."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None
+        self._scheduled = False
+
+    def arm(self) -> None:
+        self._waiter = None
+
+    def wake_threadsafe(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._wake_scheduled)
+            except RuntimeError:
+                pass  # the consumer's loop is closed
+
+    def _wake_scheduled(self) -> None:
+        self._scheduled = False
+        self.wake()
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float | None) -> None:
+        self._waiter = waiter = self._loop.create_future()
+        if timeout is None:
+            await waiter
+            return
+        handle = self._loop.call_later(timeout, self.wake)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+
+    def room_freed(self) -> None:
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
+
+    async def wait_for_room(self) -> None:
+        self._room = self._loop.create_future()
+        await self._room
+        self._room = None
+
+
+def check_map_args(iterables: Iterable[Any], chunksize: int) -> None:
+    if not iterables:
+        raise TypeError("map() needs at least one iterable")
+    if not isinstance(chunksize, int) or chunksize < 1:
+        raise ValueError(f"chunksize must be a positive integer, not {chunksize!r}")

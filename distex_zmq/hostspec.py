@@ -1,0 +1,69 @@
+"""Host specifications: ``[ssh://][user@]host[:port]/num_workers``."""
+
+from __future__ import annotations
+
+#: Port of the spawner on a host, as distex's server.
+DEFAULT_SPAWNER_PORT = 8899
+
+
+class HostSpec:
+    """A parsed host specification.
+
+    ``ssh://user@maxi:10022/8`` means 8 workers on ``maxi`` started over SSH
+    as ``user`` on port 10022; ``mini/2`` means 2 workers on ``mini`` started
+    by the spawner there on its default port.
+    """
+
+    __slots__ = ("num_workers", "is_ssh", "user", "host", "port")
+
+    def __init__(self, url: str):
+        if not isinstance(url, str):
+            raise TypeError(f"host specification must be a string, not {url!r}")
+        ssh_prefix = "ssh://"
+        self.is_ssh = url.startswith(ssh_prefix)
+        rest = url[len(ssh_prefix) :] if self.is_ssh else url
+        address, sep, count = rest.rpartition("/")
+        if not sep:
+            raise ValueError(
+                f"host specification {url!r} lacks the number of workers: "
+                "write it as [ssh://][user@]host[:port]/num_workers"
+            )
+        try:
+            self.num_workers = int(count)
+        except ValueError:
+            raise ValueError(
+                f"host specification {url!r}: number of workers {count!r} is not an integer"
+            ) from None
+        if self.num_workers < 1:
+            raise ValueError(f"host specification {url!r}: number of workers must be >= 1")
+        user, at, hostport = address.rpartition("@")
+        if at and not user:
+            raise ValueError(f"host specification {url!r}: empty user name")
+        self.user = user or None
+        host, colon, port = hostport.partition(":")
+        if not host or "/" in host:
+            raise ValueError(f"host specification {url!r}: missing or bad host name")
+        self.host = host
+        if colon:
+            try:
+                self.port: int | None = int(port)
+            except ValueError:
+                raise ValueError(f"host specification {url!r}: bad port {port!r}") from None
+            if not 0 < self.port < 65536:
+                raise ValueError(f"host specification {url!r}: port out of range")
+        else:
+            self.port = None if self.is_ssh else DEFAULT_SPAWNER_PORT
+
+    def __repr__(self) -> str:
+        scheme = "ssh://" if self.is_ssh else ""
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port is not None else ""
+        return f"HostSpec('{scheme}{user}{self.host}{port}/{self.num_workers}')"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HostSpec):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, k) for k in self.__slots__))

@@ -1,0 +1,200 @@
+"""Starts and supervises worker processes on this machine.
+
+Each worker is a ``python -m distex_zmq.worker`` child in a session of its
+own (so a Ctrl-C in the terminal reaches only the client, and the whole
+process tree can be signalled at once). Its exit is seen at once through a
+pidfd on the pool loop; its stderr is passed through to ours while its last
+lines are kept for the error that reports its death.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+_logger = logging.getLogger("distex_zmq.launcher")
+
+#: Lines of a worker's stderr kept for error messages.
+STDERR_TAIL_LINES = 20
+
+
+def describe_exit(returncode: int) -> str:
+    """``exit code 3`` or ``killed by SIGSEGV``."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exit code {returncode}"
+
+
+class WorkerProcess:
+    """One local worker process and what it wrote to stderr."""
+
+    def __init__(self, identity: bytes, popen: subprocess.Popen[bytes]):
+        self.identity = identity
+        self.popen = popen
+        self.pid = popen.pid
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._partial = b""
+        self.exited: asyncio.Future[int] | None = None
+
+    def feed_stderr(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        self.stderr_tail.extend(line.decode(errors="replace") for line in lines)
+
+    def tail(self) -> str:
+        lines = list(self.stderr_tail)
+        if self._partial:
+            lines.append(self._partial.decode(errors="replace"))
+        return "\n".join(lines[-STDERR_TAIL_LINES:])
+
+    def signal_tree(self, sig: int) -> None:
+        """Signal the worker and everything it started (its process group)."""
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class LocalLauncher:
+    """Starts local workers that connect to ``endpoint``; reports their exits.
+
+    ``on_exit(identity, returncode, stderr_tail)`` is called on the pool loop
+    when a worker process ends, whatever the reason.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        endpoint: str,
+        worker_args: list[str],
+        on_exit: Callable[[bytes, int, str], None],
+    ):
+        self._loop = loop
+        self._endpoint = endpoint
+        self._worker_args = worker_args
+        self._on_exit = on_exit
+        self._counter = itertools.count(1)
+        self.processes: dict[bytes, WorkerProcess] = {}
+        self._env = dict(os.environ)
+        # the workers import what the client can: same path, same directory
+        paths = [p for p in sys.path if p] + [os.getcwd()]
+        self._env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+
+    def spawn(self) -> WorkerProcess:
+        """Start one worker; return it (its identity is new to this pool)."""
+        identity = b"local-%d" % next(self._counter)
+        cmd = [
+            sys.executable,
+            "-m",
+            "distex_zmq.worker",
+            "--connect",
+            self._endpoint,
+            "--identity",
+            identity.hex(),
+            "--parent-pid",
+            str(os.getpid()),
+            *self._worker_args,
+        ]
+        popen = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=self._env,
+            start_new_session=True,
+        )
+        proc = WorkerProcess(identity, popen)
+        proc.exited = self._loop.create_future()
+        self.processes[identity] = proc
+        assert popen.stderr is not None
+        os.set_blocking(popen.stderr.fileno(), False)
+        self._loop.add_reader(popen.stderr.fileno(), self._read_stderr, proc)
+        self._watch_exit(proc)
+        return proc
+
+    def _read_stderr(self, proc: WorkerProcess) -> None:
+        assert proc.popen.stderr is not None
+        fd = proc.popen.stderr.fileno()
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._loop.remove_reader(fd)
+            return
+        proc.feed_stderr(data)
+        try:
+            sys.stderr.write(data.decode(errors="replace"))
+        except (OSError, ValueError):
+            pass
+
+    def _watch_exit(self, proc: WorkerProcess) -> None:
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            self._poll_exit(proc)
+            return
+
+        def on_pidfd() -> None:
+            self._loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self._reap(proc)
+
+        self._loop.add_reader(pidfd, on_pidfd)
+
+    def _poll_exit(self, proc: WorkerProcess) -> None:
+        # where there are no pidfds: look every 50 ms
+        if proc.popen.poll() is None:
+            self._loop.call_later(0.05, self._poll_exit, proc)
+        else:
+            self._reap(proc)
+
+    def _reap(self, proc: WorkerProcess) -> None:
+        returncode = proc.popen.wait()
+        if proc.popen.stderr is not None:
+            fd = proc.popen.stderr.fileno()
+            self._loop.remove_reader(fd)
+            try:
+                while data := os.read(fd, 65536):
+                    proc.feed_stderr(data)
+                    sys.stderr.write(data.decode(errors="replace"))
+            except (OSError, ValueError):
+                pass
+            proc.popen.stderr.close()
+        # anything the worker started goes with it
+        proc.signal_tree(signal.SIGKILL)
+        self.processes.pop(proc.identity, None)
+        if proc.exited is not None and not proc.exited.done():
+            proc.exited.set_result(returncode)
+        _logger.debug("worker pid %d: %s", proc.pid, describe_exit(returncode))
+        self._on_exit(proc.identity, returncode, proc.tail())
+
+    async def stop(self, grace: float) -> None:
+        """Wait ``grace`` seconds for workers to exit, then SIGTERM, then SIGKILL."""
+        procs = list(self.processes.values())
+        waiters: list[Any] = [proc.exited for proc in procs if proc.exited]
+        if not waiters:
+            return
+        _, pending = await asyncio.wait(waiters, timeout=grace)
+        for sig, wait in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 5.0)):
+            if not pending:
+                return
+            for proc in procs:
+                if proc.exited in pending:
+                    proc.signal_tree(sig)
+            _, pending = await asyncio.wait(pending, timeout=wait)
+        if pending:
+            _logger.error("%d worker processes did not exit after SIGKILL", len(pending))

@@ -1,0 +1,55 @@
+"""Event loop types for workers and the pool loop (the values of distex)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from enum import IntEnum
+
+
+class LoopType(IntEnum):
+    """Event loop a worker runs tasks on."""
+
+    default = 0  #: uvloop when installed, else asyncio
+    asyncio = 1  #: the standard selector event loop
+    uvloop = 2  #: uvloop (Unix only)
+    proactor = 3  #: proactor (Windows only)
+    quamash = 4  #: a Qt event loop through quamash
+
+
+def new_event_loop(kind: int = LoopType.default) -> asyncio.AbstractEventLoop:
+    """Make a new event loop of the given ``LoopType``.
+
+    Raises ``ValueError`` with what to do when the type cannot run here.
+    """
+    try:
+        kind = LoopType(kind)
+    except ValueError:
+        raise ValueError(
+            f"unknown LoopType {kind!r}; use one of "
+            + ", ".join(f"{t.name}={t.value}" for t in LoopType)
+        ) from None
+    if kind == LoopType.default:
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.new_event_loop()
+        return uvloop.new_event_loop()
+    if kind == LoopType.asyncio:
+        return asyncio.SelectorEventLoop()
+    if kind == LoopType.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            raise ValueError(
+                "LoopType.uvloop needs uvloop: pip install 'distex_zmq[uvloop]'"
+            ) from None
+        return uvloop.new_event_loop()
+    if kind == LoopType.proactor:
+        if sys.platform != "win32":
+            raise ValueError("LoopType.proactor runs on Windows only; use LoopType.default")
+        return asyncio.ProactorEventLoop()  # type: ignore[attr-defined,unused-ignore]
+    raise ValueError(
+        "LoopType.quamash is not supported: a Qt loop in a headless worker process "
+        "has nothing to drive it; use LoopType.default"
+    )

@@ -1,0 +1,414 @@
+"""The pool: run functions, sync or async, on worker processes.
+
+::
+
+    caller threads and loops              pool loop (daemon thread)
+    ------------------------              -------------------------
+    submit / run / map / run_async        Broker (ROUTER, credits, queue)
+      pickle args, make Task  --submit-->   dispatch --> workers (DEALER)
+      wait: cf.Future, asyncio future,      results <-- workers
+            a map's queue  <--one wake-up per batch--  sinks
+                                          LocalLauncher: spawn, supervise
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import itertools
+import os
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from typing import Any
+
+from distex_zmq import protocol as p
+from distex_zmq._delivery import AsyncFutureSink, FutureSink, LoopPort, TaskFuture
+from distex_zmq._mapping import check_map_args, map_async, map_sync
+from distex_zmq._runtime import Options, Runtime, shutdown_runtime
+from distex_zmq.broker import Task
+from distex_zmq.errors import PoolClosedError
+from distex_zmq.hostspec import HostSpec
+from distex_zmq.loops import LoopType
+from distex_zmq.serialization import FunctionCache, PickleType, dumps, pickle_module
+
+
+class Pool(concurrent.futures.Executor):
+    """Pool of worker processes that run tasks.
+
+    To create a pool of 4 local workers::
+
+        pool = Pool(4)
+
+    ``Pool`` implements ``concurrent.futures.Executor`` and the API of
+    distex: every sync method has an ``_async`` twin, the pool is a sync and
+    an async context manager, and it can be awaited (``await pool`` waits
+    until its workers are up).
+
+    Args:
+        num_workers: Number of local worker processes; 0 means one per CPU.
+        hosts: Remote host specifications
+            ``[ssh://][user@]host[:port]/num_workers`` (remote hosts arrive
+            with the SSH and spawner features; for now they raise
+            ``NotImplementedError``).
+        qsize: Tasks each worker may hold at once (its credits). Raise it for
+            many small tasks; 1 means no queueing at the workers.
+        initializer: Called in each worker (also in a replacement) before
+            its first task.
+        initargs: Arguments for ``initializer``.
+        localhost: Address the broker listens on for remote workers.
+        localport: Port the broker listens on for remote workers (0: any).
+        lazy_create: Start no workers until the first task or ``create()``.
+        worker_loop: ``LoopType`` of the workers' event loops.
+        func_pickle: ``PickleType`` for functions (default dill).
+        data_pickle: ``PickleType`` for arguments and results (default pickle).
+        max_retries: How often a task whose worker died is run again on
+            another worker before it fails with ``WorkerLostError``.
+    """
+
+    TimeoutError = concurrent.futures.TimeoutError
+
+    def __init__(
+        self,
+        num_workers: int = 0,
+        hosts: str | list[str] | None = None,
+        qsize: int = 2,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        localhost: str = "",
+        localport: int = 0,
+        lazy_create: bool = False,
+        worker_loop: int = LoopType.default,
+        func_pickle: int = PickleType.dill,
+        data_pickle: int = PickleType.pickle,
+        *,
+        max_retries: int = 2,
+    ):
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, not {num_workers!r}")
+        if not isinstance(qsize, int) or qsize < 1:
+            raise ValueError(f"qsize must be an integer >= 1, not {qsize!r}")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0, not {max_retries!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, not {initializer!r}")
+        host_list = [hosts] if isinstance(hosts, str) else list(hosts or [])
+        self._hosts = [HostSpec(h) for h in host_list]
+        if self._hosts:
+            raise NotImplementedError(
+                f"remote hosts {host_list} are not supported yet: workers over SSH "
+                "(ssh://host/N) and on spawner hosts (host/N) arrive with the SSH and "
+                "spawner features; use local workers (Pool(num_workers)) for now"
+            )
+        LoopType(worker_loop)  # a clear ValueError for a bad value, now
+        data = pickle_module(data_pickle)
+        self._functions = FunctionCache(func_pickle)
+        self._data_dumps = data.dumps
+        self._data_loads = data.loads
+        self._options = Options(
+            num_workers=num_workers or os.cpu_count() or 1,
+            qsize=qsize,
+            initializer=initializer,
+            initargs=tuple(initargs),
+            worker_loop=int(worker_loop),
+            func_pickle=int(func_pickle),
+            data_pickle=int(data_pickle),
+            max_retries=max_retries,
+        )
+        self._localhost = localhost
+        self._localport = localport
+        self._task_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._runtime: Runtime | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._is_shutdown = False
+        self._future_sink = FutureSink(self._data_loads)
+        self._loop_sinks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncFutureSink] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.ready = _Ready(self)
+        if not lazy_create:
+            self._start()
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._is_shutdown else "ready" if self.is_ready() else "starting"
+        return f"<Pool {self._options.num_workers} workers, {state}>"
+
+    # life cycle
+
+    def _start(self) -> Runtime:
+        with self._lock:
+            if self._is_shutdown:
+                raise PoolClosedError("the pool was shut down; create a new Pool")
+            if self._runtime is None:
+                self._runtime = Runtime(self._options, self._functions, self._task_ids)
+                self._finalizer = weakref.finalize(self, shutdown_runtime, self._runtime)
+            return self._runtime
+
+    def _live_runtime(self) -> Runtime:
+        """The runtime, started if need be; raise if the pool cannot take tasks."""
+        runtime = self._runtime
+        if runtime is None or self._is_shutdown:
+            runtime = self._start()
+        if runtime.error is not None:
+            raise runtime.error
+        return runtime
+
+    async def create(self) -> Pool:
+        """Start the workers (if not started) and wait until they are ready.
+
+        Raises ``WorkerStartError`` if a worker cannot start or its
+        initializer raises.
+        """
+        runtime = self._live_runtime()
+        if not runtime.started.done():
+            await asyncio.wrap_future(runtime.started)
+        runtime.started.result()
+        return self
+
+    def __await__(self) -> Generator[Any, None, Pool]:
+        return self.create().__await__()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.shutdown()
+
+    async def __aenter__(self) -> Pool:
+        return await self.create()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.shutdown_async()
+
+    def is_ready(self) -> bool:
+        """True when the workers are up and ready for tasks (see also ``ready``)."""
+        runtime = self._runtime
+        return (
+            runtime is not None
+            and not self._is_shutdown
+            and runtime.started.done()
+            and runtime.started.exception() is None
+        )
+
+    def total_workers(self) -> int:
+        """Number of workers in the pool."""
+        return self._options.num_workers
+
+    def _wait_started(self) -> Runtime:
+        runtime = self._live_runtime()
+        runtime.started.result()
+        return runtime
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Shut down the pool: stop every worker and free every resource.
+
+        With ``wait`` (default) it returns when the submitted tasks have run
+        and every worker process has exited; ``cancel_futures`` cancels the
+        tasks that have not started. Idempotent; afterwards ``submit`` and
+        every other method raise ``PoolClosedError`` (a ``RuntimeError``).
+        """
+        with self._lock:
+            already = self._is_shutdown
+            self._is_shutdown = True
+            runtime = self._runtime
+        if runtime is None:
+            return
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if already and not wait:
+            return
+        runtime.close(wait=wait, cancel_futures=cancel_futures)
+
+    async def shutdown_async(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Async version of ``shutdown``."""
+        with self._lock:
+            self._is_shutdown = True
+            runtime = self._runtime
+        if runtime is None:
+            return
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        runtime.close(wait=False, cancel_futures=cancel_futures)
+        if wait:
+            while runtime.thread.is_alive():
+                await asyncio.sleep(0.005)
+
+    # running tasks
+
+    def _make_task(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        sink: Any,
+        tag: Any,
+    ) -> Task:
+        func_id, func_pickle = self._functions.get(func)
+        if kwargs:
+            flags = p.FLAG_STAR | p.FLAG_KWARGS
+            data, buffers = dumps((args, kwargs), self._data_dumps)
+        else:
+            flags = p.FLAG_STAR
+            data, buffers = dumps(args, self._data_dumps)
+        return Task(next(self._task_ids), func_id, func_pickle, flags, data, buffers, sink, tag)
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        """Run ``fn(*args, **kwargs)`` in the pool; return a ``concurrent.futures.Future``.
+
+        The future completes without the caller running any event loop.
+        Arguments that cannot be pickled raise here, in the caller.
+        """
+        runtime = self._live_runtime()
+        future = TaskFuture()
+        task = self._make_task(fn, args, kwargs, self._future_sink, future)
+        future._task = task
+        runtime.broker.submit((task,))
+        return future
+
+    def run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``func(*args, **kwargs)`` in the pool and return its result."""
+        return self.submit(func, *args, **kwargs).result()
+
+    async def run_async(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Async version of ``run``; cancelling it cancels the task."""
+        runtime = self._live_runtime()
+        loop = asyncio.get_running_loop()
+        sink = self._loop_sinks.get(loop)
+        if sink is None:
+            sink = self._loop_sinks[loop] = AsyncFutureSink(LoopPort(loop), self._data_loads)
+        future = loop.create_future()
+        task = self._make_task(func, args, kwargs, sink, future)
+        future.add_done_callback(functools.partial(_cancel_if_cancelled, task))
+        runtime.broker.submit((task,))
+        return await future
+
+    def map(
+        self,
+        func: Callable[..., Any],
+        *iterables: Any,
+        timeout: float | None = None,
+        chunksize: int = 1,
+        ordered: bool = True,
+        star: bool = False,
+    ) -> Iterator[Any]:
+        """Map ``func`` over the iterables; return an iterator of the results.
+
+        Args:
+            func: Function to map. If it returns an awaitable, the worker
+                awaits it and the result is what it yields.
+            iterables: Sync or async iterables, in any mix, read lazily (they
+                may be unbounded). With several, they are zipped.
+            timeout: Seconds from the start of the map until
+                ``Pool.TimeoutError``.
+            chunksize: Inputs sent to a worker as one task; larger chunks
+                make small tasks much cheaper.
+            ordered: ``True``: results in input order; ``False``: in order
+                of completion.
+            star: ``True``: the one iterable yields argument tuples, which
+                are unpacked into ``func``.
+
+        Breaking out of the iteration cancels what is still pending. A task
+        that raised raises here when iteration reaches it.
+        """
+        check_map_args(iterables, chunksize)
+        self._live_runtime()
+        return map_sync(self, func, iterables, timeout, chunksize, ordered, star)
+
+    def map_async(
+        self,
+        func: Callable[..., Any],
+        *iterables: Any,
+        timeout: float | None = None,
+        chunksize: int = 1,
+        ordered: bool = True,
+        star: bool = False,
+    ) -> AsyncIterator[Any]:
+        """Async version of ``map``: ``async for result in pool.map_async(...)``."""
+        check_map_args(iterables, chunksize)
+        self._live_runtime()
+        return map_async(self, func, iterables, timeout, chunksize, ordered, star)
+
+    def _capacity(self) -> int:
+        """Tasks the workers hold at once: the sum of their credits."""
+        return self._options.num_workers * self._options.qsize
+
+    def _map_window(self) -> int:
+        """Inputs a map keeps between reading and yielding."""
+        return 4 * self._capacity() + 16
+
+    def run_on_all(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+        """Run ``func`` once on every worker, after the tasks submitted before
+        it have finished; return the results in the order of the workers.
+
+        Raises the first error if it fails on any worker.
+        """
+        futures = self._run_on_all(func, args, kwargs).result()
+        return [f.result() for f in futures]
+
+    async def run_on_all_async(
+        self, func: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> list[Any]:
+        """Async version of ``run_on_all``."""
+        futures = await asyncio.wrap_future(self._run_on_all(func, args, kwargs))
+        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+
+    def _run_on_all(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> concurrent.futures.Future[list[TaskFuture]]:
+        runtime = self._live_runtime()
+        template = self._make_task(func, args, kwargs, self._future_sink, None)
+        batch: concurrent.futures.Future[list[TaskFuture]] = concurrent.futures.Future()
+
+        def make_task(rec: Any) -> Task:
+            future = TaskFuture()
+            task = Task(
+                next(self._task_ids),
+                template.func_id,
+                template.func_pickle,
+                template.flags,
+                template.data,
+                template.buffers,
+                self._future_sink,
+                future,
+            )
+            future._task = task
+            return task
+
+        def pin() -> None:
+            tasks = runtime.broker.pin_to_all(make_task)
+            batch.set_result([t.tag for t in tasks])
+
+        def after_start(_: Any) -> None:
+            if runtime.started.exception() is not None:
+                batch.set_exception(runtime.started.exception())
+                return
+            runtime.loop.call_soon_threadsafe(runtime.broker.when_drained, pin)
+
+        runtime.started.add_done_callback(after_start)
+        return batch
+
+
+def _cancel_if_cancelled(task: Task, future: asyncio.Future[Any]) -> None:
+    if future.cancelled():
+        task.cancelled = True
+
+
+class _Ready:
+    """``pool.ready``: whether the workers are up, as ``is_set`` and ``wait``."""
+
+    def __init__(self, pool: Pool):
+        self._pool = weakref.ref(pool)
+
+    def is_set(self) -> bool:
+        pool = self._pool()
+        return pool is not None and pool.is_ready()
+
+    async def wait(self) -> bool:
+        pool = self._pool()
+        if pool is not None:
+            await pool.create()
+        return True

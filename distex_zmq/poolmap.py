@@ -1,0 +1,80 @@
+"""``PoolMap``: map a function over an eventkit event stream with a pool."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from eventkit import Event, Op
+
+if TYPE_CHECKING:
+    from distex_zmq.pool import Pool
+
+
+class PoolMap(Op):
+    """Map a function using a distributed pool with
+    `eventkit <https://github.com/erdewit/eventkit>`_.
+
+    Args:
+        pool: The pool to run ``func`` in.
+        func: Function to map. If it returns an awaitable, the worker awaits
+            it and emits its result.
+        timeout: Timeout in seconds since the map started.
+        chunksize: Source emits are chunked up to this size.
+        ordered: ``True``: results in source order; ``False``: in order of
+            completion.
+        source: The source event (set when used as ``Event.poolmap``).
+    """
+
+    __slots__ = ("_pool", "_func", "_task", "_kwargs")
+
+    def __init__(
+        self,
+        pool: Pool,
+        func: Any,
+        timeout: float | None = None,
+        chunksize: int = 1,
+        ordered: bool = True,
+        source: Event | None = None,
+    ):
+        self._pool = pool
+        self._func = func
+        self._task: asyncio.Task[None] | None = None
+        self._kwargs: dict[str, Any] = dict(
+            timeout=timeout, chunksize=chunksize, ordered=ordered, star=True
+        )
+        Op.__init__(self, source)
+
+    def set_source(self, source: Event) -> None:
+        async def looper() -> None:
+            try:
+                async for result in self._pool.map_async(
+                    self._func, source.aiter(tuples=True), **self._kwargs
+                ):
+                    self.emit(result)
+            except Exception as error:
+                self.error_event.emit(self, error)
+            self._task = None
+            self.set_done()
+
+        self._task = asyncio.ensure_future(looper())
+
+    def __del__(self) -> None:
+        task = getattr(self, "_task", None)
+        if task:
+            task.cancel()
+
+
+def poolmap(
+    self: Event,
+    pool: Pool,
+    func: Any,
+    timeout: float | None = None,
+    chunksize: int = 1,
+    ordered: bool = True,
+) -> PoolMap:
+    return PoolMap(pool, func, timeout, chunksize, ordered, self)
+
+
+poolmap.__doc__ = PoolMap.__doc__
+Event.poolmap = poolmap

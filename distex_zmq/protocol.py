@@ -1,0 +1,204 @@
+"""The wire protocol between broker and workers: the one place that defines it.
+
+A message is a ZeroMQ multipart message whose first frame, the envelope,
+carries everything small; large pickles and out-of-band buffers follow as
+frames of their own, sent and received without a copy::
+
+    frame 0:  HEAD (magic, version, type, count) | count entries | inline bodies
+    frame 1…: large pickles and buffers, in the order of the entries
+
+The magic and version come first, so that a peer of another version is
+refused with a clear error instead of being misread. Each frame of a ZeroMQ
+message costs as much as a small message on these machines, so a batch of
+small tasks or results travels as one frame. The broker routes on entries
+only and never unpickles a body.
+
+worker -> broker:
+
+- ``HELLO`` body = JSON ``{pid, host, credits, version, python}``.
+- ``RESULT`` one ``RESULT_ENTRY`` per result: the pickled value (inline or
+  the next frame), then its out-of-band buffers.
+- ``BYE`` the worker is leaving.
+
+broker -> worker:
+
+- ``TASK`` one ``TASK_ENTRY`` per task: the pickled function inline if
+  ``FLAG_FUNC`` (only the first time a worker meets that function), the
+  pickled arguments (inline or the next frame), their buffers.
+- ``STOP`` finish what runs, then exit.
+- ``REFUSE`` body = the reason, UTF-8; the worker exits with it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from .errors import ProtocolError
+
+MAGIC = b"DZMQ"
+VERSION = 1
+
+HELLO = b"H"
+RESULT = b"R"
+BYE = b"B"
+TASK = b"T"
+STOP = b"S"
+REFUSE = b"X"
+
+#: magic, version, message type, number of entries
+HEAD = struct.Struct("!4sHcH")
+#: task id, function id, flags, function pickle length, data length, buffers
+TASK_ENTRY = struct.Struct("!QIBIIH")
+#: task id, status, data length, buffers
+RESULT_ENTRY = struct.Struct("!QBIH")
+
+#: ``data length`` meaning "the pickle is the next frame, not inline".
+IN_FRAME = 0xFFFFFFFF
+#: Pickles at least this large travel as frames of their own.
+INLINE_MAX = 64 * 1024
+
+# task flags
+FLAG_STAR = 1  # call func(*args) instead of func(args)
+FLAG_KWARGS = 2  # the payload is (args, kwargs)
+FLAG_CHUNK = 4  # the payload is a sequence of inputs; the result a list
+FLAG_FUNC = 8  # the pickled function is inline before the data
+
+# result status
+STATUS_OK = 0
+STATUS_ERROR = 1  # a pickled exception (a RemoteException reduction)
+STATUS_CHUNK_ERROR = 2  # pickled (results before the error, exception)
+
+#: Function id that means "the function travels with this task, uncached".
+INLINE_FUNC = 0
+
+
+def control(kind: bytes, body: bytes = b"") -> list[bytes]:
+    """A message without entries: HELLO, BYE, STOP, REFUSE."""
+    return [HEAD.pack(MAGIC, VERSION, kind, 0) + body]
+
+
+def hello(info: dict[str, Any]) -> list[bytes]:
+    return control(HELLO, json.dumps(info).encode())
+
+
+class Writer:
+    """Builds one TASK or RESULT message from a batch of entries."""
+
+    __slots__ = ("kind", "entries", "inline", "frames")
+
+    def __init__(self, kind: bytes):
+        self.kind = kind
+        self.entries: list[bytes] = []
+        self.inline: list[Any] = []
+        self.frames: list[Any] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def body(self, data: Any, buffers: Sequence[Any]) -> int:
+        """Add a pickle and its buffers; return the data length for the entry."""
+        size = len(data)
+        if size >= INLINE_MAX:
+            self.frames.append(data)
+            size = IN_FRAME
+        else:
+            self.inline.append(data)
+        if buffers:
+            self.frames.extend(buffers)
+        return size
+
+    def frames_out(self) -> list[Any]:
+        head = HEAD.pack(MAGIC, VERSION, self.kind, len(self.entries))
+        return [b"".join([head, *self.entries, *self.inline]), *self.frames]
+
+
+def check(frame: Any) -> tuple[bytes, int, memoryview]:
+    """Check the envelope; return ``(type, entry count, envelope view)``.
+
+    Raises ``ProtocolError`` for a message of another protocol or version,
+    or the wrong shape, with a text fit for a log line.
+    """
+    buf = memoryview(frame)
+    if len(buf) < HEAD.size:
+        raise ProtocolError("not a distex_zmq message (too short)")
+    magic, version, kind, count = HEAD.unpack_from(buf)
+    if magic != MAGIC:
+        raise ProtocolError("not a distex_zmq message")
+    if version != VERSION:
+        raise ProtocolError(
+            f"protocol version mismatch: the peer speaks version {version}, this side "
+            f"{VERSION}; install the same distex_zmq version on every host"
+        )
+    return kind, count, buf
+
+
+def body(buf: memoryview, count: int, entry: struct.Struct) -> int:
+    """Offset of the inline bodies, after ``count`` entries."""
+    offset = HEAD.size + count * entry.size
+    if offset > len(buf):
+        raise ProtocolError("truncated message: entries past its end")
+    return offset
+
+
+def json_body(buf: memoryview) -> dict[str, Any]:
+    try:
+        info = json.loads(bytes(buf[HEAD.size :]))
+    except ValueError as e:
+        raise ProtocolError(f"malformed body: {e}") from None
+    if not isinstance(info, dict):
+        raise ProtocolError("malformed body: not an object")
+    return info
+
+
+def text_body(buf: memoryview) -> str:
+    return bytes(buf[HEAD.size :]).decode(errors="replace")
+
+
+class Reader:
+    """Walks the bodies and extra frames of a TASK or RESULT message."""
+
+    __slots__ = ("buf", "pos", "frames", "next_frame")
+
+    def __init__(self, buf: memoryview, offset: int, frames: Sequence[Any]):
+        self.buf = buf
+        self.pos = offset
+        self.frames = frames
+        self.next_frame = 1
+
+    def inline(self, size: int) -> memoryview:
+        end = self.pos + size
+        if end > len(self.buf):
+            raise ProtocolError("truncated message: body past its end")
+        view = self.buf[self.pos : end]
+        self.pos = end
+        return view
+
+    def data(self, size: int, nbuffers: int) -> tuple[Any, list[Any]]:
+        if size == IN_FRAME:
+            data = self.frame()
+        else:
+            data = self.inline(size)
+        buffers = [self.frame() for _ in range(nbuffers)] if nbuffers else []
+        return data, buffers
+
+    def frame(self) -> Any:
+        if self.next_frame >= len(self.frames):
+            raise ProtocolError("truncated message: fewer frames than its entries say")
+        frame = self.frames[self.next_frame]
+        self.next_frame += 1
+        return getattr(frame, "buffer", frame)
+
+
+def task_entries(buf: memoryview, count: int) -> Iterator[tuple[int, int, int, int, int, int]]:
+    unpack, size = TASK_ENTRY.unpack_from, TASK_ENTRY.size
+    for i in range(count):
+        yield unpack(buf, HEAD.size + i * size)
+
+
+def result_entries(buf: memoryview, count: int) -> Iterator[tuple[int, int, int, int]]:
+    unpack, size = RESULT_ENTRY.unpack_from, RESULT_ENTRY.size
+    for i in range(count):
+        yield unpack(buf, HEAD.size + i * size)

@@ -1,0 +1,101 @@
+"""Pickling of functions and data, with large buffers out of band.
+
+Data is pickled with protocol 5: buffers of at least ``OOB_THRESHOLD`` bytes
+(numpy arrays, bytearrays, ``PickleBuffer``) are not copied into the pickle
+but travel as frames of their own, sent without a copy and handed to
+``loads`` on the other side, again without a copy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import threading
+from collections.abc import Callable
+from enum import IntEnum
+from types import ModuleType
+from typing import Any
+
+PROTOCOL = 5
+#: Buffers at least this large travel as their own frames.
+OOB_THRESHOLD = 32 * 1024
+
+
+class PickleType(IntEnum):
+    """Serializer for functions or data (the values of distex)."""
+
+    pickle = 0
+    cloudpickle = 1
+    dill = 2
+
+
+def pickle_module(kind: int) -> ModuleType:
+    """The module for a ``PickleType``, imported on first use."""
+    try:
+        name = PickleType(kind).name
+    except ValueError:
+        raise ValueError(
+            f"unknown PickleType {kind!r}; use one of "
+            + ", ".join(f"{t.name}={t.value}" for t in PickleType)
+        ) from None
+    return pickle if name == "pickle" else importlib.import_module(name)
+
+
+def dumps(obj: Any, dumper: Callable[..., bytes] = pickle.dumps) -> tuple[bytes, list[Any]]:
+    """Pickle ``obj``; return the pickle and its out-of-band buffers."""
+    buffers: list[Any] = []
+
+    def keep_large(buf: pickle.PickleBuffer) -> bool:
+        try:
+            view = buf.raw()
+        except BufferError:  # not contiguous: pickle it in band
+            return True
+        if view.nbytes < OOB_THRESHOLD:
+            return True
+        buffers.append(view)
+        return False
+
+    return dumper(obj, protocol=PROTOCOL, buffer_callback=keep_large), buffers
+
+
+def loads(data: Any, buffers: list[Any], loader: Callable[..., Any] = pickle.loads) -> Any:
+    """Unpickle what ``dumps`` made, from bytes or buffers of received frames."""
+    if buffers:
+        return loader(data, buffers=buffers)
+    return loader(data)
+
+
+class FunctionCache:
+    """Client side: pickle each function once per pool and give it an id.
+
+    Workers are sent a function's pickle the first time they meet its id and
+    refer to it by id after that. Functions that cannot be dictionary keys
+    get id 0 and travel with every task.
+    """
+
+    def __init__(self, func_pickle: int, max_size: int = 1024):
+        self._dumps = pickle_module(func_pickle).dumps
+        self._by_func: dict[Any, tuple[int, bytes]] = {}
+        self._next_id = 1
+        self._max_size = max_size
+        self._lock = threading.Lock()
+
+    def get(self, func: Callable[..., Any]) -> tuple[int, bytes]:
+        """Return ``(function id, pickled function)``."""
+        try:
+            return self._by_func[func]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable callable
+            return 0, self._dumps(func, protocol=PROTOCOL)
+        pickled = self._dumps(func, protocol=PROTOCOL)
+        with self._lock:
+            entry = self._by_func.get(func)
+            if entry is None:
+                if len(self._by_func) >= self._max_size:
+                    # forget the oldest; it gets a new id if it comes back
+                    del self._by_func[next(iter(self._by_func))]
+                entry = (self._next_id, pickled)
+                self._next_id += 1
+                self._by_func[func] = entry
+        return entry

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs and run it: the README's test command.
+#   bash tests/run.sh [pytest arguments]
+# Makes (or reuses) the virtual environment .venv with distex_zmq installed in
+# editable mode plus its test dependencies, then runs pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$VENV/bin/python" -m pip install -q -e '.[test,uvloop]'
+exec "$VENV/bin/python" -m pytest "$@"

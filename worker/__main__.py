@@ -1,0 +1,86 @@
+"""Entry point of a worker process: ``python -m distex_zmq.worker``.
+
+``--check`` prints the installed version and exits 0, so that a launcher can
+test a host (distex's ``distex_proc``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import os
+import signal
+import sys
+
+from distex_zmq.version import __version__
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux for SIGKILL when the process that started us dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(1)  # the parent is already gone
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m distex_zmq.worker",
+        description="A distex_zmq worker process; pools start these, not users.",
+    )
+    parser.add_argument("--check", action="store_true", help="print the version and exit")
+    parser.add_argument("--connect", help="broker endpoint, e.g. ipc:///tmp/x/broker")
+    parser.add_argument("--identity", help="routing id, given by the launcher")
+    parser.add_argument("--credits", type=int, default=2, help="tasks the broker may send ahead")
+    parser.add_argument("--func-pickle", type=int, default=2, help="0=pickle 1=cloudpickle 2=dill")
+    parser.add_argument("--data-pickle", type=int, default=0, help="0=pickle 1=cloudpickle 2=dill")
+    parser.add_argument("--loop", type=int, default=0, help="LoopType of the worker")
+    parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process dies")
+    args = parser.parse_args(argv)
+    if not args.check and not (args.connect and args.identity):
+        parser.error("--connect and --identity are required (or --check)")
+    if args.credits < 1:
+        parser.error("--credits must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    if args.check:
+        print(f"distex_zmq {__version__} installed OK (Python {sys.version.split()[0]})")
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the client
+    _die_with_parent(args.parent_pid)
+
+    from distex_zmq.worker.worker import Worker
+
+    from distex_zmq.loops import new_event_loop
+
+    try:
+        loop = new_event_loop(args.loop)
+    except ValueError as e:
+        sys.exit(f"distex_zmq worker: {e}")
+    asyncio.set_event_loop(loop)
+    worker = Worker(
+        args.connect,
+        bytes.fromhex(args.identity),
+        args.credits,
+        args.func_pickle,
+        args.data_pickle,
+        loop,
+    )
+    code = worker.run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

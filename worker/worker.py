@@ -1,0 +1,332 @@
+"""The worker process: runs tasks from the broker on its own event loop.
+
+::
+
+    broker ROUTER  --TASK-->   DEALER  Worker._on_readable
+                                         |  run each task (sync: at once;
+                                         |  coroutine: as an asyncio task)
+                   <--RESULT--         _outbox, flushed once per batch
+
+The worker grants the broker ``credits`` when it says hello; the broker never
+sends more tasks than that, so the worker keeps no queue of its own. Results
+of a batch of tasks travel back in one message, unless the batch runs longer
+than ``FLUSH_AFTER`` seconds, when what is done is sent at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from distex_zmq import protocol as p
+from distex_zmq.errors import RemoteException, SerializationError
+from distex_zmq.serialization import dumps, loads, pickle_module
+from distex_zmq.version import __version__
+
+#: A batch of results waits no longer than this for the rest of its batch.
+FLUSH_AFTER = 0.001
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
+
+_logger = logging.getLogger("distex_zmq.worker")
+
+
+class Worker:
+    """Connects to a broker and runs the tasks it sends until told to stop."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        identity: bytes,
+        credits: int,
+        func_pickle: int,
+        data_pickle: int,
+        loop: asyncio.AbstractEventLoop,
+    ):
+        self._endpoint = endpoint
+        self._identity = identity
+        self._credits = credits
+        self._func_loads = pickle_module(func_pickle).loads
+        data_module = pickle_module(data_pickle)
+        self._data_loads = data_module.loads
+        self._data_dumps = data_module.dumps
+        self._loop = loop
+        self._functions: dict[int, Any] = {}
+        self._running: set[asyncio.Future[Any]] = set()
+        self._results = p.Writer(p.RESULT)
+        self._flush_scheduled = False
+        self._stopping = False
+        self.exit_code = 0
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 2000)
+        self._sock.setsockopt(zmq.ROUTING_ID, identity)
+
+    def run(self) -> int:
+        """Serve tasks until STOP, REFUSE or the loop stops; return the exit code."""
+        sock = self._sock
+        sock.connect(self._endpoint)
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "credits": self._credits,
+            "version": __version__,
+            "python": sys.version.split()[0],
+        }
+        sock.send_multipart(p.hello(info))
+        fd = int(sock.getsockopt(zmq.FD))
+        self._loop.add_reader(fd, self._on_readable)
+        self._loop.call_soon(self._on_readable)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.remove_reader(fd)
+            for fut in self._running:
+                fut.cancel()
+            sock.close()
+            self._ctx.term()
+        return self.exit_code
+
+    # receiving
+
+    def _on_readable(self) -> None:
+        recv = self._sock.recv_multipart
+        while not self._stopping:
+            try:
+                frames = recv(_NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                kind, count, buf = p.check(frames[0])
+                if kind == p.TASK:
+                    self._run_tasks(buf, count, frames)
+                elif kind == p.STOP:
+                    self._stop()
+                elif kind == p.REFUSE:
+                    self._refused(p.text_body(buf))
+                else:
+                    raise p.ProtocolError(f"unknown message type {kind!r}")
+            except p.ProtocolError as e:
+                _logger.error("dropped a message from the broker: %s", e)
+        self._flush()
+
+    def _refused(self, reason: str) -> None:
+        print(f"distex_zmq worker: refused by the broker: {reason}", file=sys.stderr)
+        self.exit_code = 2
+        self._stopping = True
+        self._loop.stop()
+
+    def _stop(self) -> None:
+        self._stopping = True
+        if self._running:
+            waiter = asyncio.gather(*self._running, return_exceptions=True)
+            waiter.add_done_callback(lambda _: self._loop.stop())
+        else:
+            self._loop.stop()
+
+    # running tasks
+
+    def _run_tasks(self, buf: memoryview, count: int, frames: list[Any]) -> None:
+        start = time.perf_counter()
+        reader = p.Reader(buf, p.body(buf, count, p.TASK_ENTRY), frames)
+        for task_id, func_id, flags, func_len, data_len, nbuffers in p.task_entries(buf, count):
+            func_pickle = reader.inline(func_len) if flags & p.FLAG_FUNC else None
+            data, buffers = reader.data(data_len, nbuffers)
+            self._run_task(task_id, func_id, flags, func_pickle, data, buffers)
+            if self._results and time.perf_counter() - start > FLUSH_AFTER:
+                self._flush()
+                start = time.perf_counter()
+
+    def _run_task(
+        self,
+        task_id: int,
+        func_id: int,
+        flags: int,
+        func_pickle: Any,
+        data: Any,
+        buffers: list[Any],
+    ) -> None:
+        try:
+            func = self._function(func_id, func_pickle)
+            args = loads(data, buffers, self._data_loads)
+        except BaseException as e:  # noqa: BLE001 - any unpickling error fails the task
+            error = SerializationError(
+                f"worker pid {os.getpid()} on {socket.gethostname()} could not unpickle "
+                f"task {task_id}: {type(e).__name__}: {e}"
+            )
+            self._add_result(task_id, p.STATUS_ERROR, RemoteException(error))
+            return
+        if flags & p.FLAG_CHUNK:
+            self._run_chunk(task_id, func, args, flags & p.FLAG_STAR)
+            return
+        try:
+            if flags & p.FLAG_KWARGS:
+                args, kwargs = args
+                result = func(*args, **kwargs)
+            elif flags & p.FLAG_STAR:
+                result = func(*args)
+            else:
+                result = func(args)
+        except BaseException as e:  # noqa: BLE001 - a task's error is its result
+            self._add_result(task_id, p.STATUS_ERROR, RemoteException(e))
+            return
+        if inspect.isawaitable(result):
+            self._await_result(task_id, result)
+        else:
+            self._add_result(task_id, p.STATUS_OK, result)
+
+    def _function(self, func_id: int, func_pickle: Any) -> Any:
+        if func_pickle is not None:
+            try:
+                func = self._func_loads(func_pickle)
+            except BaseException as e:  # noqa: BLE001
+                # remembered, so that later tasks of this function fail alike
+                func = _Broken(f"its function could not be unpickled: {type(e).__name__}: {e}")
+            if func_id != p.INLINE_FUNC:
+                self._functions[func_id] = func
+        else:
+            func = self._functions[func_id]
+        if isinstance(func, _Broken):
+            raise func
+        return func
+
+    def _run_chunk(self, task_id: int, func: Any, items: Any, star: int) -> None:
+        results: list[Any] = []
+        try:
+            if star:
+                for item in items:
+                    results.append(func(*item))
+            else:
+                for item in items:
+                    results.append(func(item))
+        except BaseException as e:  # noqa: BLE001
+            if not any(inspect.isawaitable(r) for r in results):
+                self._add_result(task_id, p.STATUS_CHUNK_ERROR, (results, RemoteException(e)))
+                return
+            results.append(_Raise(e))
+        if any(inspect.isawaitable(r) for r in results):
+            self._await_chunk(task_id, results)
+        else:
+            self._add_result(task_id, p.STATUS_OK, results)
+
+    def _await_result(self, task_id: int, awaitable: Any) -> None:
+        fut = asyncio.ensure_future(awaitable, loop=self._loop)
+        self._running.add(fut)
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            self._running.discard(fut)
+            if fut.cancelled():
+                error = RemoteException(asyncio.CancelledError(f"task {task_id} was cancelled"))
+                self._add_result(task_id, p.STATUS_ERROR, error)
+            elif fut.exception() is not None:
+                self._add_result(task_id, p.STATUS_ERROR, RemoteException(fut.exception()))
+            else:
+                self._add_result(task_id, p.STATUS_OK, fut.result())
+            self._schedule_flush()
+
+        fut.add_done_callback(done)
+
+    def _await_chunk(self, task_id: int, results: list[Any]) -> None:
+        async def gather() -> list[Any]:
+            done = await asyncio.gather(*(_awaited(r) for r in results), return_exceptions=True)
+            for i, r in enumerate(done):
+                if isinstance(r, BaseException):
+                    raise _ChunkFailed(done[:i], r)
+            return done
+
+        fut = asyncio.ensure_future(gather(), loop=self._loop)
+        self._running.add(fut)
+
+        def finished(fut: asyncio.Future[Any]) -> None:
+            self._running.discard(fut)
+            exc = None if fut.cancelled() else fut.exception()
+            if isinstance(exc, _ChunkFailed):
+                error = RemoteException(exc.error)
+                self._add_result(task_id, p.STATUS_CHUNK_ERROR, (exc.results, error))
+            elif exc is not None or fut.cancelled():
+                error = RemoteException(exc or asyncio.CancelledError())
+                self._add_result(task_id, p.STATUS_CHUNK_ERROR, ([], error))
+            else:
+                self._add_result(task_id, p.STATUS_OK, fut.result())
+            self._schedule_flush()
+
+        fut.add_done_callback(finished)
+
+    # sending results
+
+    def _add_result(self, task_id: int, status: int, value: Any) -> None:
+        try:
+            data, buffers = dumps(value, self._data_dumps)
+        except BaseException as e:  # noqa: BLE001 - an unpicklable result fails the task
+            data, buffers = self._unpicklable(task_id, status, value, e)
+            status = p.STATUS_ERROR
+        results = self._results
+        size = results.body(data, buffers)
+        results.entries.append(p.RESULT_ENTRY.pack(task_id, status, size, len(buffers)))
+
+    def _unpicklable(
+        self, task_id: int, status: int, value: Any, e: BaseException
+    ) -> tuple[bytes, list[Any]]:
+        if status == p.STATUS_OK:
+            what = f"its result of type {type(value).__name__}"
+        else:
+            what = "its exception"
+            if isinstance(value, RemoteException):
+                # keep the remote traceback, lose only the exception object
+                text = f"{type(value.exc).__name__}: {value.exc}"
+                return dumps(RemoteException(SerializationError(text), value.tb))
+        error = SerializationError(
+            f"task {task_id} ran on worker pid {os.getpid()} on {socket.gethostname()} "
+            f"but {what} could not be pickled: {type(e).__name__}: {e}"
+        )
+        return dumps(RemoteException(error))
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._results:
+            results = self._results
+            self._results = p.Writer(p.RESULT)
+            self._sock.send_multipart(results.frames_out(), copy=False)
+        # a send can consume the edge of the edge-triggered FD: look again
+        if not self._stopping and int(self._sock.getsockopt(zmq.EVENTS)) & _POLLIN:
+            self._loop.call_soon(self._on_readable)
+
+
+class _Broken(Exception):
+    """Stands for a function that could not be unpickled."""
+
+
+class _Raise:
+    """Stands in a chunk for the exception its item raised (see _awaited)."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+async def _awaited(value: Any) -> Any:
+    if isinstance(value, _Raise):
+        raise value.error
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class _ChunkFailed(Exception):
+    def __init__(self, results: list[Any], error: BaseException):
+        super().__init__()
+        self.results = results
+        self.error = error
