@@ -25,7 +25,7 @@ from typing import Any
 import zmq
 
 from distex_zmq import protocol as p
-from distex_zmq.errors import ProtocolError, WorkerLostError
+from distex_zmq.errors import PoolClosedError, ProtocolError, WorkerLostError
 
 from .registry import Registry, WorkerRecord
 from .task import ResultSink, Task
@@ -95,10 +95,23 @@ class Broker:
         """Admit a worker with this identity (given to it by its launcher)."""
         self._expected.add(identity)
 
-    def close(self) -> None:
+    def close(self, error_factory: Callable[[Task], BaseException]) -> None:
+        """Close the socket; fail every task not finished (pool loop)."""
         if self._closed:
             return
+        # Closed first: a submitter that appends after the inbox is taken
+        # below sees the flag and raises instead of waiting forever.
         self._closed = True
+        self._take_inbox()
+        tasks = list(self.active.values())
+        self.active.clear()
+        self._queue.clear()
+        sinks: set[ResultSink] = set()
+        for task in tasks:
+            if not task.cancelled and task.tag is not _INIT:
+                task.sink.deliver(task, STATUS_LOCAL_ERROR, error_factory(task))
+                sinks.add(task.sink)
+        _flush_now(sinks)
         if self._sock is not None:
             self.loop.remove_reader(self._fd)
             self._sock.close(linger=0)
@@ -113,6 +126,8 @@ class Broker:
         in, which spares a thread wake-up per batch.
         """
         self._inbox.extend(tasks)
+        if self._closed:
+            raise PoolClosedError("the pool was shut down; create a new Pool")
         if self._starving:
             self.wake()
 
@@ -382,8 +397,7 @@ class Broker:
         rec.pinned.clear()
         self._queue.extendleft(reversed(requeue))
         self.dispatch()
-        for sink in sinks:
-            sink.flush()
+        _flush_now(sinks)
 
     def fail_all(self, error_factory: Callable[[Task], BaseException]) -> None:
         """Fail every task that waits in the queue (no worker can run them)."""
@@ -395,8 +409,7 @@ class Broker:
             if not task.cancelled:
                 task.sink.deliver(task, STATUS_LOCAL_ERROR, error_factory(task))
                 sinks.add(task.sink)
-        for sink in sinks:
-            sink.flush()
+        _flush_now(sinks)
 
     # barriers: run_on_all and shutdown wait for what was submitted before them
 
@@ -436,6 +449,13 @@ class Broker:
                 self._sock.send_multipart([rec.identity, *p.control(p.STOP)])
             except zmq.ZMQError:
                 pass
+
+
+def _flush_now(sinks: Iterable[ResultSink]) -> None:
+    """Flush without the delay a sink may add: errors that end waits."""
+    for sink in sinks:
+        wake_now = getattr(sink, "wake_now", None)
+        (wake_now or sink.flush)()
 
 
 #: ``Task.tag`` of an initializer task.

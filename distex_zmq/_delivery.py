@@ -76,6 +76,9 @@ class FutureSink:
 
     def deliver(self, task: Task, status: int, value: Any) -> None:
         future: TaskFuture = task.tag
+        if status == STATUS_LOCAL_ERROR and isinstance(value, concurrent.futures.CancelledError):
+            future.cancel()
+            return
         try:
             result = decode(task, status, value, self._loads)
         except BaseException as e:  # noqa: BLE001
@@ -139,6 +142,9 @@ class AsyncFutureSink:
         task, status, value = item
         future: asyncio.Future[Any] = task.tag
         if future.done():
+            return
+        if status == STATUS_LOCAL_ERROR and isinstance(value, concurrent.futures.CancelledError):
+            future.cancel()
             return
         try:
             future.set_result(decode(task, status, value, self._loads))

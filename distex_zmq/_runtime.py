@@ -253,15 +253,14 @@ class Runtime:
         broker = self.broker
         broker.stop_workers()
         await self.launcher.stop(STOP_GRACE)
-        broker.fail_all(lambda task: PoolClosedError("the pool was shut down"))
-        # tasks of workers that had to be killed
-        for task in list(broker.active.values()):
-            if not task.cancelled and task.tag is not initializer_tag():
-                error = PoolClosedError(f"the pool was shut down before task {task.id} finished")
-                task.sink.deliver(task, STATUS_LOCAL_ERROR, error)
-                task.sink.flush()
-        broker.active.clear()
-        broker.close()
+        start_error = self.error
+
+        def error(task: Task) -> BaseException:
+            if start_error is not None:
+                return start_error
+            return PoolClosedError(f"the pool was shut down before task {task.id} finished")
+
+        broker.close(error)
         self._ctx.term()
         shutil.rmtree(self._ipc_dir, ignore_errors=True)
         self.closed = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from enum import IntEnum
 
 
@@ -18,7 +19,12 @@ class LoopType(IntEnum):
 
 
 def new_event_loop(kind: int = LoopType.default) -> asyncio.AbstractEventLoop:
-    """Make a new event loop of the given ``LoopType``.
+    """Make a new event loop of the given ``LoopType``."""
+    return loop_factory(kind)()
+
+
+def loop_factory(kind: int = LoopType.default) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The function that makes event loops of the given ``LoopType``.
 
     Raises ``ValueError`` with what to do when the type cannot run here.
     """
@@ -33,10 +39,10 @@ def new_event_loop(kind: int = LoopType.default) -> asyncio.AbstractEventLoop:
         try:
             import uvloop
         except ImportError:
-            return asyncio.new_event_loop()
-        return uvloop.new_event_loop()
+            return asyncio.new_event_loop
+        return uvloop.new_event_loop
     if kind == LoopType.asyncio:
-        return asyncio.SelectorEventLoop()
+        return asyncio.SelectorEventLoop
     if kind == LoopType.uvloop:
         try:
             import uvloop
@@ -44,11 +50,11 @@ def new_event_loop(kind: int = LoopType.default) -> asyncio.AbstractEventLoop:
             raise ValueError(
                 "LoopType.uvloop needs uvloop: pip install 'distex_zmq[uvloop]'"
             ) from None
-        return uvloop.new_event_loop()
+        return uvloop.new_event_loop
     if kind == LoopType.proactor:
         if sys.platform != "win32":
             raise ValueError("LoopType.proactor runs on Windows only; use LoopType.default")
-        return asyncio.ProactorEventLoop()  # type: ignore[attr-defined,unused-ignore]
+        return asyncio.ProactorEventLoop  # type: ignore[attr-defined,unused-ignore]
     raise ValueError(
         "LoopType.quamash is not supported: a Qt loop in a headless worker process "
         "has nothing to drive it; use LoopType.default"

@@ -30,7 +30,7 @@ from distex_zmq._runtime import Options, Runtime, shutdown_runtime
 from distex_zmq.broker import Task
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.hostspec import HostSpec
-from distex_zmq.loops import LoopType
+from distex_zmq.loops import LoopType, loop_factory
 from distex_zmq.serialization import FunctionCache, PickleType, dumps, pickle_module
 
 
@@ -101,7 +101,7 @@ class Pool(concurrent.futures.Executor):
                 "(ssh://host/N) and on spawner hosts (host/N) arrive with the SSH and "
                 "spawner features; use local workers (Pool(num_workers)) for now"
             )
-        LoopType(worker_loop)  # a clear ValueError for a bad value, now
+        loop_factory(worker_loop)  # a clear ValueError now, not a worker that fails later
         data = pickle_module(data_pickle)
         self._functions = FunctionCache(func_pickle)
         self._data_dumps = data.dumps

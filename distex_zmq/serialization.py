@@ -8,6 +8,7 @@ but travel as frames of their own, sent without a copy and handed to
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pickle
 import threading
@@ -74,7 +75,13 @@ class FunctionCache:
     """
 
     def __init__(self, func_pickle: int, max_size: int = 1024):
-        self._dumps = pickle_module(func_pickle).dumps
+        module = pickle_module(func_pickle)
+        if module.__name__ == "dill":
+            # recurse: take the globals a function of __main__ uses along,
+            # so it runs in a worker whose __main__ is another script
+            self._dumps = functools.partial(module.dumps, recurse=True)
+        else:
+            self._dumps = module.dumps
         self._by_func: dict[Any, tuple[int, bytes]] = {}
         self._next_id = 1
         self._max_size = max_size

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import os
 import socket
 import sys
 import time
+import types
 from typing import Any
 
 import zmq
@@ -179,7 +181,7 @@ class Worker:
         except BaseException as e:  # noqa: BLE001 - a task's error is its result
             self._add_result(task_id, p.STATUS_ERROR, RemoteException(e))
             return
-        if inspect.isawaitable(result):
+        if _is_awaitable(result):
             self._await_result(task_id, result)
         else:
             self._add_result(task_id, p.STATUS_OK, result)
@@ -202,18 +204,15 @@ class Worker:
     def _run_chunk(self, task_id: int, func: Any, items: Any, star: int) -> None:
         results: list[Any] = []
         try:
-            if star:
-                for item in items:
-                    results.append(func(*item))
-            else:
-                for item in items:
-                    results.append(func(item))
+            # extend() keeps what the iterator gave before an error
+            results.extend(itertools.starmap(func, items) if star else map(func, items))
         except BaseException as e:  # noqa: BLE001
-            if not any(inspect.isawaitable(r) for r in results):
+            if not (results and _is_awaitable(results[0])):
                 self._add_result(task_id, p.STATUS_CHUNK_ERROR, (results, RemoteException(e)))
                 return
             results.append(_Raise(e))
-        if any(inspect.isawaitable(r) for r in results):
+        # one function makes all the results: if the first is awaitable, await them all
+        if results and _is_awaitable(results[0]):
             self._await_chunk(task_id, results)
         else:
             self._add_result(task_id, p.STATUS_OK, results)
@@ -304,6 +303,13 @@ class Worker:
         # a send can consume the edge of the edge-triggered FD: look again
         if not self._stopping and int(self._sock.getsockopt(zmq.EVENTS)) & _POLLIN:
             self._loop.call_soon(self._on_readable)
+
+
+def _is_awaitable(value: Any) -> bool:
+    # inspect.isawaitable goes through ABCs: too slow for every result
+    if hasattr(value, "__await__"):
+        return True
+    return isinstance(value, types.GeneratorType) and inspect.isawaitable(value)
 
 
 class _Broken(Exception):
