@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import zmq
 
 from distex_zmq import protocol as p
-from distex_zmq.errors import PoolClosedError, ProtocolError, WorkerLostError
+from distex_zmq.errors import PoolClosedError, ProtocolError, TaskTimeoutError, WorkerLostError
 
 from .registry import Registry, WorkerRecord
 from .task import ResultSink, Task
@@ -53,15 +54,26 @@ class Broker:
     - ``on_ready(rec)`` / ``on_init_failed(rec, status, value)``.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, ctx: zmq.Context[Any], max_retries: int):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ctx: zmq.Context[Any],
+        max_retries: int,
+        task_timeout: float | None = None,
+    ):
         self.loop = loop
         self.registry = Registry()
         self.max_retries = max_retries
+        #: seconds a task may run before its worker is killed (None: no limit)
+        self.task_timeout = task_timeout
         #: tasks submitted and not finished, by id
         self.active: dict[int, Task] = {}
         self.on_hello: Callable[[WorkerRecord], Task | None] = lambda rec: None
         self.on_ready: Callable[[WorkerRecord], None] = lambda rec: None
         self.on_init_failed: Callable[[WorkerRecord, int, Any], None] = lambda *a: None
+        #: a task ran past ``task_timeout``: kill its worker, then call ``worker_lost``
+        self.on_task_timeout: Callable[[WorkerRecord, Task], None] = lambda rec, task: None
+        self._timeout_timer: asyncio.TimerHandle | None = None
         self._inbox: deque[Task] = deque()
         self._queue: deque[Task] = deque()
         self._wake_pending = False
@@ -102,6 +114,8 @@ class Broker:
         # Closed first: a submitter that appends after the inbox is taken
         # below sees the flag and raises instead of waiting forever.
         self._closed = True
+        if self._timeout_timer is not None:
+            self._timeout_timer.cancel()
         self._take_inbox()
         tasks = list(self.active.values())
         self.active.clear()
@@ -175,10 +189,11 @@ class Broker:
         while True:
             self._take_inbox()
             while queue:
-                target = registry.least_loaded()
+                task = queue[0]
+                target = registry.idle() if task.suspect else registry.least_loaded()
                 if target is None:
                     break
-                task = queue.popleft()
+                queue.popleft()
                 if task.cancelled:
                     self._finish(task)
                     continue
@@ -197,8 +212,13 @@ class Broker:
     def _assign(
         self, rec: WorkerRecord, task: Task, batches: dict[WorkerRecord, list[Task]]
     ) -> None:
+        if not rec.running and self.task_timeout is not None:
+            rec.head_since = time.monotonic()
+            self._watch_timeouts()
         rec.running[task.id] = task
         task.worker = rec
+        if task.suspect:
+            rec.exclusive = True
         self.registry.place(rec)
         batch = batches.get(rec)
         if batch is None:
@@ -340,6 +360,10 @@ class Broker:
             if not task.cancelled:
                 task.sink.deliver(task, status, value)
                 sinks.add(task.sink)
+        if not running:
+            rec.exclusive = False
+        elif self.task_timeout is not None:
+            rec.head_since = time.monotonic()  # the next task starts about now
         self.registry.place(rec)
         self.dispatch()
         for sink in sinks:
@@ -354,50 +378,89 @@ class Broker:
 
     # losing workers
 
-    def worker_lost(self, rec: WorkerRecord, how: str) -> None:
+    def worker_lost(self, rec: WorkerRecord, how: str, timed_out: Task | None = None) -> None:
         """Forget a worker that is gone; requeue or fail what it was running.
 
-        Tasks are sent in order and run in order, so the oldest one was the
-        one running: it counts a try, and fails with ``WorkerLostError`` once
-        it has used up ``max_retries``. The others never started and go back
-        to the front of the queue at no cost.
+        A worker that dies with one task was killed by it: the task counts a
+        try, and fails with ``WorkerLostError`` once it has used up
+        ``max_retries``. A worker that dies with several tasks leaves the
+        blame open: they go back to the front of the queue as suspects, each
+        to run alone, so that a second death names the task that caused it.
+        A ``timed_out`` task fails with ``TaskTimeoutError`` and is not retried.
         """
         if self.registry.get(rec.identity) is not rec:
             return
         self.registry.remove(rec)
         self._expected.discard(rec.identity)
-        tasks = list(rec.running.values())
+        tasks = []
+        for task in rec.running.values():
+            if task.cancelled:
+                self._finish(task)
+            else:
+                tasks.append(task)
         rec.running.clear()
         sinks: set[ResultSink] = set()
         requeue = []
-        for i, task in enumerate(tasks):
+        for task in tasks:
             task.worker = None
-            if task.cancelled:
-                self._finish(task)
-                continue
-            if task.pinned is not None or i == 0:
+            error: BaseException | None = None
+            if task is timed_out:
+                error = TaskTimeoutError(
+                    f"{task.describe()} ran longer than task_timeout={self.task_timeout} s "
+                    f"on {rec}, which was killed; the task is not retried"
+                )
+            elif task.pinned is not None:
+                error = WorkerLostError(f"{task.describe()} was lost: {rec} died: {how}")
+            elif len(tasks) == 1 or task.suspect:
                 task.tries += 1
-                if task.pinned is not None or task.tries > self.max_retries:
-                    self._finish(task)
-                    tries = "" if task.pinned else f" after {task.tries} tries"
-                    error = WorkerLostError(f"task {task.id} was lost{tries}: {rec} died: {how}")
-                    if task.tag is _INIT:
-                        self.on_init_failed(rec, STATUS_LOCAL_ERROR, error)
-                        continue
-                    task.sink.deliver(task, STATUS_LOCAL_ERROR, error)
-                    sinks.add(task.sink)
-                    continue
-            requeue.append(task)
+                if task.tries > self.max_retries:
+                    error = WorkerLostError(
+                        f"{task.describe()} killed its worker {task.tries} times "
+                        f"(max_retries={self.max_retries}); the last: {rec} died: {how}"
+                    )
+            else:
+                task.suspect = True
+            if error is None:
+                requeue.append(task)
+                continue
+            self._finish(task)
+            if task.tag is _INIT:
+                self.on_init_failed(rec, STATUS_LOCAL_ERROR, error)
+            else:
+                task.sink.deliver(task, STATUS_LOCAL_ERROR, error)
+                sinks.add(task.sink)
         for task in rec.pinned:
             self._finish(task)
             if task.tag is not _INIT and not task.cancelled:
-                error = WorkerLostError(f"task {task.id} was lost: {rec} died: {how}")
+                error = WorkerLostError(f"{task.describe()} was lost: {rec} died: {how}")
                 task.sink.deliver(task, STATUS_LOCAL_ERROR, error)
                 sinks.add(task.sink)
         rec.pinned.clear()
         self._queue.extendleft(reversed(requeue))
         self.dispatch()
         _flush_now(sinks)
+
+    def _watch_timeouts(self) -> None:
+        if self._timeout_timer is None and self.task_timeout is not None:
+            interval = min(max(self.task_timeout / 4, 0.01), 0.5)
+            self._timeout_timer = self.loop.call_later(interval, self._check_timeouts)
+
+    def _check_timeouts(self) -> None:
+        self._timeout_timer = None
+        if self._closed or self.task_timeout is None:
+            return
+        now = time.monotonic()
+        busy = False
+        for rec in list(self.registry.workers.values()):
+            if not rec.running or not rec.ready:
+                continue
+            if now - rec.head_since > self.task_timeout:
+                head = next(iter(rec.running.values()))
+                self.on_task_timeout(rec, head)
+            else:
+                busy = True
+        if busy:
+            self._watch_timeouts()
 
     def fail_all(self, error_factory: Callable[[Task], BaseException]) -> None:
         """Fail every task that waits in the queue (no worker can run them)."""

@@ -28,6 +28,8 @@ class WorkerRecord:
         "pinned",
         "bucket",
         "info",
+        "head_since",
+        "exclusive",
     )
 
     def __init__(self, identity: bytes, pid: int, host: str, capacity: int, info: dict[str, Any]):
@@ -46,6 +48,10 @@ class WorkerRecord:
         self.pinned: deque[Task] = deque()
         self.bucket = -1
         self.info = info
+        #: when the oldest task it runs began (roughly), for task_timeout
+        self.head_since = 0.0
+        #: it runs a suspect task alone: it gets nothing else meanwhile
+        self.exclusive = False
 
     @property
     def free(self) -> int:
@@ -87,7 +93,7 @@ class Registry:
     def place(self, rec: WorkerRecord) -> None:
         """Put ``rec`` in the bucket of its current load (call after a change)."""
         load = len(rec.running)
-        bucket = load if rec.ready and load < rec.capacity else -1
+        bucket = load if rec.ready and load < rec.capacity and not rec.exclusive else -1
         if bucket == rec.bucket:
             return
         if rec.bucket >= 0:
@@ -97,6 +103,12 @@ class Registry:
                 self._buckets.append({})
             self._buckets[bucket][rec] = None
         rec.bucket = bucket
+
+    def idle(self) -> WorkerRecord | None:
+        """A ready worker that runs nothing, if there is one."""
+        if self._buckets and self._buckets[0]:
+            return next(iter(self._buckets[0]))
+        return None
 
     def least_loaded(self) -> WorkerRecord | None:
         """The ready worker with the fewest running tasks and a free credit."""

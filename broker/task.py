@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from distex_zmq import protocol as p
+
 if TYPE_CHECKING:
     from .registry import WorkerRecord
 
@@ -39,6 +41,8 @@ class Task:
         "worker",
         "pinned",
         "tries",
+        "name",
+        "suspect",
     )
 
     def __init__(
@@ -51,6 +55,7 @@ class Task:
         buffers: list[Any],
         sink: ResultSink,
         tag: Any = None,
+        name: str = "",
     ):
         self.id = task_id
         self.func_id = func_id
@@ -62,12 +67,35 @@ class Task:
         self.sink = sink
         #: the sink's own reference: a map's sequence number, a future
         self.tag = tag
+        #: the function's name, for error messages
+        self.name = name
         self.cancelled = False
         #: the worker it was sent to, while it runs there
         self.worker: WorkerRecord | None = None
         #: only this worker may run it (run_on_all, initializer)
         self.pinned: WorkerRecord | None = None
         self.tries = 0
+        #: it was on a worker that died with several tasks: it runs alone
+        #: until it finishes, so that a death can be blamed on the right task
+        self.suspect = False
 
     def __repr__(self) -> str:
-        return f"<Task {self.id}>"
+        return f"<Task {self.id} {self.name}>"
+
+    def describe(self) -> str:
+        """``task 12 (f, input #3 of a map)``, for error messages."""
+        what = self.name or "?"
+        if isinstance(self.tag, int) and not isinstance(self.tag, bool):
+            what += f", input #{self.tag} of a map"
+            if self.flags & p.FLAG_CHUNK:  # the chunk's number, not the input's
+                what = what.replace("input", "chunk")
+        return f"task {self.id} ({what})"
+
+
+def callable_name(func: Any) -> str:
+    """A short name for a callable, cheap to compute."""
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    if name is None:
+        inner = getattr(func, "func", None)  # functools.partial
+        name = callable_name(inner) if inner is not None else type(func).__name__
+    return str(name)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from distex_zmq import protocol as p
 from distex_zmq._delivery import ChunkError, QueueSink, decode
 from distex_zmq.broker import Task
+from distex_zmq.broker.task import callable_name
 from distex_zmq.serialization import dumps
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ class MapRun:
         self._dumps = pool._data_dumps
         self._loads = pool._data_loads
         self._func_id, self._func_pickle = pool._functions.get(func)
+        self._func_name = callable_name(func)
         zipped = len(iterables) > 1
         self._flags = (p.FLAG_STAR if star or zipped else 0) | (
             p.FLAG_CHUNK if chunksize > 1 else 0
@@ -125,12 +127,14 @@ class MapRun:
         """Pickle the inputs and queue them as tasks."""
         tasks = []
         dumps_, sink, flags = self._dumps, self.sink, self._flags
-        func_id, func_pickle = self._func_id, self._func_pickle
+        func_id, func_pickle, name = self._func_id, self._func_pickle, self._func_name
         try:
             for args in inputs:
                 seq = self._next_seq
                 data, buffers = dumps(args, dumps_)
-                task = Task(self._next_id(), func_id, func_pickle, flags, data, buffers, sink, seq)
+                task = Task(
+                    self._next_id(), func_id, func_pickle, flags, data, buffers, sink, seq, name
+                )
                 self._next_seq = seq + 1
                 self._unyielded += 1
                 sink.submitted += 1

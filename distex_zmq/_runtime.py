@@ -1,14 +1,23 @@
-"""The pool loop: a daemon thread running the broker and the launchers.
+"""The pool loop: a daemon thread running the broker and supervising workers.
 
 A ``Runtime`` holds everything that lives on the pool loop and nothing that
 refers back to the ``Pool``, so that a pool that is garbage-collected (or
 still open at interpreter exit) can be shut down by a finalizer.
+
+Supervision: the launcher reports every worker exit at once (pidfd). A
+worker that dies before it is ready fails the start-up of the pool, or, in
+a pool already up, counts as a death. A worker that dies while ready is
+handed to ``Broker.worker_lost`` (requeue, retry, ``WorkerLostError``) and
+replaced; replacements slow down when workers die fast, and the pool gives
+up with ``CrashLoopError`` when more than ``max_worker_deaths`` die within a
+minute.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import shutil
@@ -23,7 +32,8 @@ import zmq
 from distex_zmq import protocol as p
 from distex_zmq.broker import Broker, Task, WorkerRecord
 from distex_zmq.broker.broker import STATUS_LOCAL_ERROR, initializer_tag
-from distex_zmq.errors import DistexError, PoolClosedError, WorkerStartError
+from distex_zmq.broker.task import callable_name
+from distex_zmq.errors import CrashLoopError, PoolClosedError, WorkerStartError
 from distex_zmq.local_launcher import LocalLauncher, describe_exit
 from distex_zmq.loops import new_event_loop
 from distex_zmq.serialization import FunctionCache, dumps, loads, pickle_module
@@ -32,22 +42,26 @@ _logger = logging.getLogger("distex_zmq.pool")
 
 #: Seconds a worker may take to finish its tasks after STOP before SIGTERM.
 STOP_GRACE = 3.0
-#: Workers dying faster than this many per minute make a crash loop.
-CRASH_LOOP_DEATHS_PER_MINUTE = 30
+#: Seconds over which fast deaths slow replacements down.
+FAST_DEATH_WINDOW = 10.0
+#: Delay of a replacement while workers die fast.
+SLOW_REPLACEMENT_DELAY = 1.0
 
 
+@dataclasses.dataclass
 class Options:
     """The settings of one pool, as the runtime needs them."""
 
-    def __init__(self, **kwargs: Any):
-        self.num_workers: int = kwargs["num_workers"]
-        self.qsize: int = kwargs["qsize"]
-        self.initializer: Any = kwargs["initializer"]
-        self.initargs: tuple[Any, ...] = kwargs["initargs"]
-        self.worker_loop: int = kwargs["worker_loop"]
-        self.func_pickle: int = kwargs["func_pickle"]
-        self.data_pickle: int = kwargs["data_pickle"]
-        self.max_retries: int = kwargs["max_retries"]
+    num_workers: int
+    qsize: int
+    initializer: Any
+    initargs: tuple[Any, ...]
+    worker_loop: int
+    func_pickle: int
+    data_pickle: int
+    max_retries: int
+    task_timeout: float | None
+    max_worker_deaths: int
 
 
 class Runtime:
@@ -60,12 +74,17 @@ class Runtime:
         self.loop = new_event_loop()
         self.closing = False
         self.closed = False
+        #: why the pool cannot take tasks any more (start-up failure, crash loop)
         self.error: BaseException | None = None
         self._ready_count = 0
+        #: identities of workers that are starting (no hello or initializer yet)
+        self._starting: set[bytes] = set()
+        #: identities of workers this pool killed itself (task_timeout)
+        self._killed: set[bytes] = set()
         self._deaths: deque[float] = deque()
         self._ipc_dir = tempfile.mkdtemp(prefix="distex_zmq-")
         self._ctx = zmq.Context()
-        self.broker = Broker(self.loop, self._ctx, options.max_retries)
+        self.broker = Broker(self.loop, self._ctx, options.max_retries, options.task_timeout)
         self._thread = threading.Thread(
             target=self._run_loop, name="distex_zmq pool loop", daemon=True
         )
@@ -90,26 +109,22 @@ class Runtime:
 
     async def _start(self) -> None:
         opts = self.options
-        self.broker.on_hello = self._on_hello
-        self.broker.on_ready = self._on_ready
-        self.broker.on_init_failed = self._on_init_failed
-        endpoint = self.broker.bind(f"ipc://{self._ipc_dir}/broker")
+        broker = self.broker
+        broker.on_hello = self._on_hello
+        broker.on_ready = self._on_ready
+        broker.on_init_failed = self._on_init_failed
+        broker.on_task_timeout = self._on_task_timeout
+        endpoint = broker.bind(f"ipc://{self._ipc_dir}/broker")
         worker_args = [
-            "--credits",
-            str(opts.qsize),
-            "--func-pickle",
-            str(int(opts.func_pickle)),
-            "--data-pickle",
-            str(int(opts.data_pickle)),
-            "--loop",
-            str(int(opts.worker_loop)),
+            *("--credits", str(opts.qsize)),
+            *("--func-pickle", str(int(opts.func_pickle))),
+            *("--data-pickle", str(int(opts.data_pickle))),
+            *("--loop", str(int(opts.worker_loop))),
         ]
         self.launcher = LocalLauncher(self.loop, endpoint, worker_args, self._on_exit)
         self._all_ready: asyncio.Future[None] = self.loop.create_future()
         for _ in range(opts.num_workers):
             self._spawn()
-        if opts.num_workers == 0:
-            self._all_ready.set_result(None)
         try:
             await self._all_ready
         except BaseException:
@@ -117,7 +132,10 @@ class Runtime:
             raise
 
     def _spawn(self) -> None:
+        if self.closing or self.error is not None:
+            return
         proc = self.launcher.spawn()
+        self._starting.add(proc.identity)
         self.broker.expect(proc.identity)
 
     def _on_hello(self, rec: WorkerRecord) -> Task | None:
@@ -135,14 +153,18 @@ class Runtime:
             buffers,
             sink=_NO_SINK,
             tag=initializer_tag(),
+            name=callable_name(init),
         )
 
     def _on_ready(self, rec: WorkerRecord) -> None:
+        self._starting.discard(rec.identity)
         self._ready_count += 1
         if self._ready_count >= self.options.num_workers and not self._all_ready.done():
             self._all_ready.set_result(None)
 
     def _on_init_failed(self, rec: WorkerRecord, status: int, value: Any) -> None:
+        if self.closing:
+            return
         if status == STATUS_LOCAL_ERROR:
             cause = value
         else:
@@ -151,13 +173,19 @@ class Runtime:
             except Exception as e:  # noqa: BLE001
                 cause = e
         error = WorkerStartError(
-            f"the initializer {getattr(self.options.initializer, '__name__', '')!r} "
-            f"raised on {rec}: {type(cause).__name__}: {cause}"
+            f"the initializer {callable_name(self.options.initializer)!r} raised on {rec}: "
+            f"{type(cause).__name__}: {cause}"
         )
         error.__cause__ = cause if isinstance(cause, BaseException) else None
-        self._fail_start(error)
+        if not self._all_ready.done():
+            self._fail(error)
+        else:
+            # a replacement: it dies, which counts against max_worker_deaths
+            _logger.error("%s", error)
+            self.launcher.kill(rec.identity)
 
-    def _fail_start(self, error: BaseException) -> None:
+    def _fail(self, error: BaseException) -> None:
+        """The pool cannot go on: fail what waits and refuse new tasks."""
         if self.error is None:
             self.error = error
         if not self._all_ready.done():
@@ -167,31 +195,53 @@ class Runtime:
 
     # supervision
 
+    def _on_task_timeout(self, rec: WorkerRecord, task: Task) -> None:
+        self._killed.add(rec.identity)
+        self.launcher.kill(rec.identity)
+        how = f"killed by the pool after task_timeout={self.options.task_timeout} s"
+        self.broker.worker_lost(rec, how, timed_out=task)
+
     def _on_exit(self, identity: bytes, returncode: int, tail: str) -> None:
         if self.closing:
             return
-        rec = self.broker.registry.get(identity)
         how = describe_exit(returncode)
         if tail:
             how += "; its last stderr lines:\n" + tail
-        if rec is None or not rec.ready:
-            pid = rec.pid if rec else "?"
-            self._fail_start(WorkerStartError(f"a local worker (pid {pid}) failed to start: {how}"))
+        rec = self.broker.registry.get(identity)
+        if identity in self._killed:
+            self._killed.discard(identity)
+            self._spawn()
             return
-        self.broker.worker_lost(rec, how)
+        if identity in self._starting:
+            self._starting.discard(identity)
+            if not self._all_ready.done():
+                pid = rec.pid if rec else self.launcher.pid_of(identity)
+                self._fail(WorkerStartError(f"a local worker (pid {pid}) failed to start: {how}"))
+                return
+        if rec is not None:
+            self.broker.worker_lost(rec, how)
+        self._replace_after_death(how)
+
+    def _replace_after_death(self, how: str) -> None:
         now = time.monotonic()
-        self._deaths.append(now)
-        while self._deaths and self._deaths[0] < now - 60:
-            self._deaths.popleft()
-        if len(self._deaths) > CRASH_LOOP_DEATHS_PER_MINUTE:
-            self._fail_start(
-                DistexError(
-                    f"workers are dying in a loop ({len(self._deaths)} in the last minute; "
-                    f"the last: {rec} {how}); the pool stopped replacing them"
+        deaths = self._deaths
+        deaths.append(now)
+        while deaths and deaths[0] < now - 60:
+            deaths.popleft()
+        if len(deaths) > self.options.max_worker_deaths:
+            self._fail(
+                CrashLoopError(
+                    f"{len(deaths)} workers died within a minute (the last: {how}); the pool "
+                    f"stopped replacing them (max_worker_deaths="
+                    f"{self.options.max_worker_deaths}). Fix the cause and create a new Pool."
                 )
             )
             return
-        self._spawn()
+        recent = sum(1 for t in deaths if t > now - FAST_DEATH_WINDOW)
+        if recent > self.options.num_workers:
+            self.loop.call_later(SLOW_REPLACEMENT_DELAY, self._spawn)
+        else:
+            self._spawn()
 
     # shut-down
 
@@ -201,36 +251,30 @@ class Runtime:
         cancel_futures: bool = False,
         drain: bool = True,
         timeout: float | None = None,
-    ) -> None:
-        """Shut down; idempotent.
+    ) -> concurrent.futures.Future[None] | None:
+        """Shut down; idempotent. Returns the future of the shutdown, if started.
 
-        ``drain``: let every submitted task finish first. ``wait``: return
-        only when every worker has exited (not possible on the pool loop).
+        ``drain``: let every submitted task finish first, for at most
+        ``timeout`` seconds. ``wait``: return only when every worker has
+        exited (not possible on the pool loop itself).
         """
-        if self.closing:
-            if wait and threading.current_thread() is not self._thread:
-                self._thread.join(timeout)
-            return
-        try:
-            done = asyncio.run_coroutine_threadsafe(
-                self._shutdown(drain, cancel_futures), self.loop
-            )
-        except RuntimeError:  # loop already closed
-            return
-        if wait and threading.current_thread() is not self._thread:
+        done = None
+        if not self.closing:
             try:
-                done.result(timeout)
-            except concurrent.futures.TimeoutError:
-                _logger.error("pool shutdown took longer than %s s", timeout)
-            self._thread.join(timeout)
+                done = asyncio.run_coroutine_threadsafe(
+                    self._shutdown(drain, cancel_futures, timeout), self.loop
+                )
+            except RuntimeError:  # loop already closed
+                pass
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
+        return done
 
-    async def _shutdown(self, drain: bool, cancel_futures: bool) -> None:
+    async def _shutdown(self, drain: bool, cancel_futures: bool, timeout: float | None) -> None:
         try:
-            self.started.result(0) if self.started.done() else await asyncio.wrap_future(
-                self.started
-            )
-        except BaseException:  # noqa: BLE001 - start-up failed; still clean up
-            pass
+            await asyncio.wrap_future(self.started)
+        except BaseException:  # noqa: BLE001 - start-up failed; it cleaned up
+            return
         if self.closing:
             return
         broker = self.broker
@@ -244,8 +288,12 @@ class Runtime:
                     drained.set_result(None)
 
             broker.when_drained(on_drained)
-            await drained
-        self.closing = True
+            try:
+                await asyncio.wait_for(drained, timeout)
+            except asyncio.TimeoutError:
+                _logger.warning("shutdown: tasks still running after %s s; stopping", timeout)
+        if self.closing:
+            return
         await self._teardown()
 
     async def _teardown(self) -> None:
@@ -258,12 +306,16 @@ class Runtime:
         def error(task: Task) -> BaseException:
             if start_error is not None:
                 return start_error
-            return PoolClosedError(f"the pool was shut down before task {task.id} finished")
+            return PoolClosedError(f"the pool was shut down before {task.describe()} finished")
 
         broker.close(error)
         self._ctx.term()
         shutil.rmtree(self._ipc_dir, ignore_errors=True)
         self.closed = True
+        # a shutdown that waited for start-up, say: end it before the loop
+        for task in asyncio.all_tasks(self.loop):
+            if task is not asyncio.current_task():
+                task.cancel()
         self.loop.call_soon(self.loop.stop)
 
 
@@ -280,9 +332,9 @@ _NO_SINK = _NoSink()
 
 def shutdown_runtime(runtime: Runtime) -> None:
     """Finalizer of a pool: stop its workers without waiting for its tasks."""
-    if os.getpid() != runtime_pid:
+    if os.getpid() != _RUNTIME_PID:
         return  # a forked child must not touch its parent's pool
-    runtime.close(wait=True, cancel_futures=True, drain=False, timeout=10)
+    runtime.close(wait=True, cancel_futures=True, drain=False)
 
 
-runtime_pid = os.getpid()
+_RUNTIME_PID = os.getpid()

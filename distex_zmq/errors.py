@@ -33,6 +33,14 @@ class WorkerLostError(DistexError):
     """The worker that ran a task died before it returned a result."""
 
 
+class TaskTimeoutError(DistexError, TimeoutError):
+    """A task ran longer than the pool's ``task_timeout``; its worker was killed."""
+
+
+class CrashLoopError(DistexError):
+    """Workers died faster than the pool's limit; it stopped replacing them."""
+
+
 class RemoteException(DistexError):
     """Proxy for an exception that occurred remotely while running a task.
 

@@ -123,6 +123,16 @@ class LocalLauncher:
         self._watch_exit(proc)
         return proc
 
+    def kill(self, identity: bytes) -> None:
+        """SIGKILL a worker and everything it started; its exit is reported as usual."""
+        proc = self.processes.get(identity)
+        if proc is not None:
+            proc.signal_tree(signal.SIGKILL)
+
+    def pid_of(self, identity: bytes) -> int | None:
+        proc = self.processes.get(identity)
+        return proc.pid if proc else None
+
     def _read_stderr(self, proc: WorkerProcess) -> None:
         assert proc.popen.stderr is not None
         fd = proc.popen.stderr.fileno()

@@ -28,6 +28,7 @@ from distex_zmq._delivery import AsyncFutureSink, FutureSink, LoopPort, TaskFutu
 from distex_zmq._mapping import check_map_args, map_async, map_sync
 from distex_zmq._runtime import Options, Runtime, shutdown_runtime
 from distex_zmq.broker import Task
+from distex_zmq.broker.task import callable_name
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import LoopType, loop_factory
@@ -65,6 +66,12 @@ class Pool(concurrent.futures.Executor):
         data_pickle: ``PickleType`` for arguments and results (default pickle).
         max_retries: How often a task whose worker died is run again on
             another worker before it fails with ``WorkerLostError``.
+        task_timeout: Seconds a task may run; a task that runs longer fails
+            with ``TaskTimeoutError`` (a ``TimeoutError``), its worker is
+            killed and replaced, and the task is not retried.
+        max_worker_deaths: Workers that may die within a minute before the
+            pool stops replacing them and fails what waits with
+            ``CrashLoopError``.
     """
 
     TimeoutError = concurrent.futures.TimeoutError
@@ -84,6 +91,8 @@ class Pool(concurrent.futures.Executor):
         data_pickle: int = PickleType.pickle,
         *,
         max_retries: int = 2,
+        task_timeout: float | None = None,
+        max_worker_deaths: int = 30,
     ):
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be an integer >= 0, not {num_workers!r}")
@@ -91,6 +100,14 @@ class Pool(concurrent.futures.Executor):
             raise ValueError(f"qsize must be an integer >= 1, not {qsize!r}")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an integer >= 0, not {max_retries!r}")
+        if task_timeout is not None and not task_timeout > 0:
+            raise ValueError(
+                f"task_timeout must be a positive number of seconds or None, not {task_timeout!r}"
+            )
+        if not isinstance(max_worker_deaths, int) or max_worker_deaths < 1:
+            raise ValueError(
+                f"max_worker_deaths must be an integer >= 1, not {max_worker_deaths!r}"
+            )
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, not {initializer!r}")
         host_list = [hosts] if isinstance(hosts, str) else list(hosts or [])
@@ -115,6 +132,8 @@ class Pool(concurrent.futures.Executor):
             func_pickle=int(func_pickle),
             data_pickle=int(data_pickle),
             max_retries=max_retries,
+            task_timeout=task_timeout,
+            max_worker_deaths=max_worker_deaths,
         )
         self._localhost = localhost
         self._localport = localport
@@ -201,39 +220,42 @@ class Pool(concurrent.futures.Executor):
         runtime.started.result()
         return runtime
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+    ) -> None:
         """Shut down the pool: stop every worker and free every resource.
 
         With ``wait`` (default) it returns when the submitted tasks have run
         and every worker process has exited; ``cancel_futures`` cancels the
-        tasks that have not started. Idempotent; afterwards ``submit`` and
-        every other method raise ``PoolClosedError`` (a ``RuntimeError``).
+        tasks that have not started. ``timeout`` bounds the wait for tasks:
+        after it the workers are stopped (STOP, then SIGTERM, then SIGKILL)
+        and what did not finish fails with ``PoolClosedError``. Idempotent;
+        afterwards ``submit`` and every other method raise ``PoolClosedError``
+        (a ``RuntimeError``).
         """
-        with self._lock:
-            already = self._is_shutdown
-            self._is_shutdown = True
-            runtime = self._runtime
-        if runtime is None:
-            return
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        if already and not wait:
-            return
-        runtime.close(wait=wait, cancel_futures=cancel_futures)
+        runtime = self._mark_shutdown()
+        if runtime is not None:
+            runtime.close(wait=wait, cancel_futures=cancel_futures, timeout=timeout)
 
-    async def shutdown_async(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    async def shutdown_async(
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+    ) -> None:
         """Async version of ``shutdown``."""
-        with self._lock:
-            self._is_shutdown = True
-            runtime = self._runtime
+        runtime = self._mark_shutdown()
         if runtime is None:
             return
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        runtime.close(wait=False, cancel_futures=cancel_futures)
+        runtime.close(wait=False, cancel_futures=cancel_futures, timeout=timeout)
         if wait:
             while runtime.thread.is_alive():
                 await asyncio.sleep(0.005)
+
+    def _mark_shutdown(self) -> Runtime | None:
+        with self._lock:
+            self._is_shutdown = True
+            runtime = self._runtime
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        return runtime
 
     # running tasks
 
@@ -252,7 +274,17 @@ class Pool(concurrent.futures.Executor):
         else:
             flags = p.FLAG_STAR
             data, buffers = dumps(args, self._data_dumps)
-        return Task(next(self._task_ids), func_id, func_pickle, flags, data, buffers, sink, tag)
+        return Task(
+            next(self._task_ids),
+            func_id,
+            func_pickle,
+            flags,
+            data,
+            buffers,
+            sink,
+            tag,
+            callable_name(func),
+        )
 
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
@@ -374,6 +406,7 @@ class Pool(concurrent.futures.Executor):
                 template.buffers,
                 self._future_sink,
                 future,
+                template.name,
             )
             future._task = task
             return task

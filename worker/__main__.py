@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         args.func_pickle,
         args.data_pickle,
         loop,
+        args.parent_pid,
     )
     code = worker.run()
     sys.stdout.flush()

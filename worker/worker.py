@@ -33,6 +33,8 @@ from distex_zmq.errors import RemoteException, SerializationError
 from distex_zmq.serialization import dumps, loads, pickle_module
 from distex_zmq.version import __version__
 
+#: Seconds between checks that the process that started the worker lives.
+PARENT_CHECK_INTERVAL = 1.0
 #: A batch of results waits no longer than this for the rest of its batch.
 FLUSH_AFTER = 0.001
 
@@ -53,6 +55,7 @@ class Worker:
         func_pickle: int,
         data_pickle: int,
         loop: asyncio.AbstractEventLoop,
+        parent_pid: int = 0,
     ):
         self._endpoint = endpoint
         self._identity = identity
@@ -62,6 +65,7 @@ class Worker:
         self._data_loads = data_module.loads
         self._data_dumps = data_module.dumps
         self._loop = loop
+        self._parent_pid = parent_pid
         self._functions: dict[int, Any] = {}
         self._running: set[asyncio.Future[Any]] = set()
         self._results = p.Writer(p.RESULT)
@@ -88,6 +92,8 @@ class Worker:
         fd = int(sock.getsockopt(zmq.FD))
         self._loop.add_reader(fd, self._on_readable)
         self._loop.call_soon(self._on_readable)
+        if self._parent_pid:
+            self._loop.call_later(PARENT_CHECK_INTERVAL, self._check_parent)
         try:
             self._loop.run_forever()
         finally:
@@ -97,6 +103,14 @@ class Worker:
             sock.close()
             self._ctx.term()
         return self.exit_code
+
+    def _check_parent(self) -> None:
+        # Linux's parent-death signal covers most deaths; this covers the rest
+        # (another OS, a parent that is not the process that started us)
+        if os.getppid() != self._parent_pid:
+            print("distex_zmq worker: the pool's process is gone; exiting", file=sys.stderr)
+            os._exit(1)
+        self._loop.call_later(PARENT_CHECK_INTERVAL, self._check_parent)
 
     # receiving
 
