@@ -1,11 +1,13 @@
 """distex_zmq: a distributed process pool on a ZeroMQ broker, with the API of distex."""
 
 from .errors import (
+    CrashLoopError,
     DistexError,
     PoolClosedError,
     ProtocolError,
     RemoteException,
     SerializationError,
+    TaskTimeoutError,
     WorkerLostError,
     WorkerStartError,
 )
@@ -17,6 +19,7 @@ from .serialization import PickleType
 from .version import __version__
 
 __all__ = [
+    "CrashLoopError",
     "DistexError",
     "HostSpec",
     "LoopType",
@@ -27,6 +30,7 @@ __all__ = [
     "ProtocolError",
     "RemoteException",
     "SerializationError",
+    "TaskTimeoutError",
     "WorkerLostError",
     "WorkerStartError",
     "__version__",

@@ -201,7 +201,7 @@ class Runtime:
         how = f"killed by the pool after task_timeout={self.options.task_timeout} s"
         self.broker.worker_lost(rec, how, timed_out=task)
 
-    def _on_exit(self, identity: bytes, returncode: int, tail: str) -> None:
+    def _on_exit(self, identity: bytes, pid: int, returncode: int, tail: str) -> None:
         if self.closing:
             return
         how = describe_exit(returncode)
@@ -215,8 +215,11 @@ class Runtime:
         if identity in self._starting:
             self._starting.discard(identity)
             if not self._all_ready.done():
-                pid = rec.pid if rec else self.launcher.pid_of(identity)
-                self._fail(WorkerStartError(f"a local worker (pid {pid}) failed to start: {how}"))
+                self._fail(
+                    WorkerStartError(
+                        f"a local worker (pid {pid}, {self.launcher.python}) failed to start: {how}"
+                    )
+                )
                 return
         if rec is not None:
             self.broker.worker_lost(rec, how)

@@ -70,7 +70,7 @@ class WorkerProcess:
 class LocalLauncher:
     """Starts local workers that connect to ``endpoint``; reports their exits.
 
-    ``on_exit(identity, returncode, stderr_tail)`` is called on the pool loop
+    ``on_exit(identity, pid, returncode, stderr_tail)`` is called on the pool loop
     when a worker process ends, whatever the reason.
     """
 
@@ -79,13 +79,15 @@ class LocalLauncher:
         loop: asyncio.AbstractEventLoop,
         endpoint: str,
         worker_args: list[str],
-        on_exit: Callable[[bytes, int, str], None],
+        on_exit: Callable[[bytes, int, int, str], None],
     ):
         self._loop = loop
         self._endpoint = endpoint
         self._worker_args = worker_args
         self._on_exit = on_exit
         self._counter = itertools.count(1)
+        #: the interpreter of the workers: the client's own
+        self.python = sys.executable
         self.processes: dict[bytes, WorkerProcess] = {}
         self._env = dict(os.environ)
         # the workers import what the client can: same path, same directory
@@ -96,7 +98,7 @@ class LocalLauncher:
         """Start one worker; return it (its identity is new to this pool)."""
         identity = b"local-%d" % next(self._counter)
         cmd = [
-            sys.executable,
+            self.python,
             "-m",
             "distex_zmq.worker",
             "--connect",
@@ -128,10 +130,6 @@ class LocalLauncher:
         proc = self.processes.get(identity)
         if proc is not None:
             proc.signal_tree(signal.SIGKILL)
-
-    def pid_of(self, identity: bytes) -> int | None:
-        proc = self.processes.get(identity)
-        return proc.pid if proc else None
 
     def _read_stderr(self, proc: WorkerProcess) -> None:
         assert proc.popen.stderr is not None
@@ -190,7 +188,7 @@ class LocalLauncher:
         if proc.exited is not None and not proc.exited.done():
             proc.exited.set_result(returncode)
         _logger.debug("worker pid %d: %s", proc.pid, describe_exit(returncode))
-        self._on_exit(proc.identity, returncode, proc.tail())
+        self._on_exit(proc.identity, proc.pid, returncode, proc.tail())
 
     async def stop(self, grace: float) -> None:
         """Wait ``grace`` seconds for workers to exit, then SIGTERM, then SIGKILL."""

@@ -1,0 +1,82 @@
+"""Task functions that fail in every way a worker can fail, for test_faults.py.
+
+They run in the workers, so they live in an importable module (see the notes
+at the top of conftest.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import signal
+import sys
+import time
+from typing import Any
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def slow_square(x: int, delay: float = 0.002) -> int:
+    time.sleep(delay)
+    return x * x
+
+
+def pid(*_: Any) -> int:
+    return os.getpid()
+
+
+def sigkill_self(*_: Any) -> None:
+    print("about to SIGKILL myself", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def exit_3(*_: Any) -> None:
+    print("leaving with os._exit(3)", file=sys.stderr, flush=True)
+    os._exit(3)
+
+
+def segfault(*_: Any) -> None:
+    print("about to read address 0", file=sys.stderr, flush=True)
+    ctypes.string_at(0)
+
+
+def poison_at(x: int, poison: int) -> int:
+    """Kill the worker for one input only."""
+    if x == poison:
+        os._exit(3)
+    return x * x
+
+
+def unpicklable_result(*_: Any) -> Any:
+    return lambda: None  # plain pickle (the default data_pickle) refuses lambdas
+
+
+class BadState:
+    """Pickles fine; unpickling it raises (in the worker)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"x": 1}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        raise ValueError("BadState refuses to be unpickled")
+
+
+def takes_arg(x: Any) -> str:
+    return type(x).__name__
+
+
+def failing_initializer() -> None:
+    raise RuntimeError("initializer failed on purpose")
+
+
+def catastrophic_regex(n: int) -> bool:
+    """Backtracks for about 2**n steps while holding the GIL in C code."""
+    return re.match(r"(a+)+$", "a" * n + "b") is not None
+
+
+def sleep_then(delay: float, value: Any) -> Any:
+    time.sleep(delay)
+    return value

@@ -1,0 +1,382 @@
+"""Fault tolerance: no future hangs, no worker is orphaned, the pool survives.
+
+The crash matrix is one table: each case makes a worker (or the client
+side) fail in one way, and says which exception the caller must get and
+what its message must say. Every case runs under a bound on time, the leak
+check of conftest.py proves no process is left, and where the pool survives
+it must still compute correct results afterwards.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distex_zmq import (
+    CrashLoopError,
+    Pool,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerLostError,
+    WorkerStartError,
+)
+from tests import fault_tasks as ft
+from tests.helpers import pid_alive, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def assert_pool_works(pool: Pool) -> None:
+    assert list(pool.map(ft.square, range(20))) == [x * x for x in range(20)]
+
+
+# --- the crash matrix -------------------------------------------------------
+
+
+def submit_one(func: Any, *args: Any, **pool_kwargs: Any) -> tuple[Pool, Any]:
+    pool = Pool(2, max_retries=1, **pool_kwargs)
+    return pool, lambda: pool.submit(func, *args).result(timeout=30)
+
+
+def case_sigkill() -> tuple[Pool, Any]:
+    return submit_one(ft.sigkill_self)
+
+
+def case_os_exit() -> tuple[Pool, Any]:
+    return submit_one(ft.exit_3)
+
+
+def case_segfault() -> tuple[Pool, Any]:
+    return submit_one(ft.segfault)
+
+
+def case_unpicklable_argument() -> tuple[Pool, Any]:
+    pool = Pool(2)
+    return pool, lambda: pool.submit(ft.takes_arg, threading.Lock())
+
+
+def case_unpicklable_result() -> tuple[Pool, Any]:
+    return submit_one(ft.unpicklable_result)
+
+
+def case_setstate_raises() -> tuple[Pool, Any]:
+    return submit_one(ft.takes_arg, ft.BadState())
+
+
+def case_poison_in_map() -> tuple[Pool, Any]:
+    pool = Pool(2, max_retries=2)
+    return pool, lambda: list(pool.map(ft.poison_at, range(40), [17] * 40))
+
+
+def case_task_timeout() -> tuple[Pool, Any]:
+    return submit_one(ft.sleep_then, 30, "never", task_timeout=0.5)
+
+
+def case_initializer_raises() -> tuple[Pool, Any]:
+    pool = Pool(2, initializer=ft.failing_initializer)
+    return pool, lambda: pool.run(ft.square, 3)
+
+
+CRASH_MATRIX = [
+    # id, case, exception, pattern its message must match
+    ("sigkill", case_sigkill, WorkerLostError, r"sigkill_self.*killed by SIGKILL"),
+    ("os_exit", case_os_exit, WorkerLostError, r"exit_3.*exit code 3.*os\._exit\(3\)"),
+    ("segfault", case_segfault, WorkerLostError, r"segfault.*killed by SIGSEGV.*address 0"),
+    ("poison_map", case_poison_in_map, WorkerLostError, r"poison_at, input #17 .*3 times"),
+    (
+        "unpicklable_argument",
+        case_unpicklable_argument,
+        TypeError,
+        r"cannot pickle '_thread.lock' object",
+    ),
+    (
+        "unpicklable_result",
+        case_unpicklable_result,
+        SerializationError,
+        r"result of type function could not be pickled",
+    ),
+    (
+        "setstate_raises",
+        case_setstate_raises,
+        SerializationError,
+        r"could not unpickle task .*BadState refuses",
+    ),
+    ("task_timeout", case_task_timeout, TaskTimeoutError, r"sleep_then.*task_timeout=0.5"),
+    (
+        "initializer_raises",
+        case_initializer_raises,
+        WorkerStartError,
+        r"initializer 'failing_initializer' raised .*initializer failed on purpose",
+    ),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "case, exception, pattern",
+    [pytest.param(c, e, m, id=i) for i, c, e, m in CRASH_MATRIX],
+)
+def test_crash_matrix(case: Any, exception: type[BaseException], pattern: str) -> None:
+    pool, fail = case()
+    try:
+        started = time.monotonic()
+        with pytest.raises(exception) as info:
+            fail()
+        assert time.monotonic() - started < 30, "the failure took too long to surface"
+        assert re.search(pattern, str(info.value), re.S), str(info.value)
+        if exception is not WorkerStartError:
+            assert_pool_works(pool)
+            assert pool.total_workers() == 2
+    finally:
+        pool.shutdown()
+
+
+# --- worker loss during a map ------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_worker_killed_mid_map_loses_nothing(pool: Pool) -> None:
+    old_pids = set(pool.run_on_all(ft.pid))
+    victim = min(old_pids)
+
+    def kill_soon() -> None:
+        time.sleep(0.3)
+        os.kill(victim, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    results = list(pool.map(ft.slow_square, range(1000)))
+    killer.join()
+    assert results == [x * x for x in range(1000)]
+    # back to full size within 2 s, with a new worker in place of the victim
+    assert wait_until(lambda: len(set(pool.run_on_all(ft.pid))) == 2, timeout=2)
+    new_pids = set(pool.run_on_all(ft.pid))
+    assert victim not in new_pids
+    assert len(new_pids) == 2
+
+
+@pytest.mark.timeout(60)
+def test_replacement_runs_the_initializer_again() -> None:
+    with Pool(2, initializer=ft.pid) as pool:
+        victim = pool.run(ft.pid)
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda: victim not in pool.run_on_all(ft.pid), timeout=5)
+        assert_pool_works(pool)
+
+
+@pytest.mark.timeout(60)
+def test_poison_task_does_not_fail_its_neighbours() -> None:
+    with Pool(2, max_retries=1) as pool:
+        futures = [pool.submit(ft.poison_at, x, 7) for x in range(30)]
+        done, not_done = concurrent.futures.wait(futures, timeout=30)
+        assert not not_done
+        for x, future in enumerate(futures):
+            if x == 7:
+                with pytest.raises(WorkerLostError, match=r"poison_at.*exit code 3"):
+                    future.result()
+            else:
+                assert future.result() == x * x
+
+
+@pytest.mark.timeout(60)
+def test_crash_loop_gives_up_with_a_clear_error() -> None:
+    with Pool(2, max_retries=0, max_worker_deaths=3) as pool:
+        futures = [pool.submit(ft.exit_3) for _ in range(10)]
+        concurrent.futures.wait(futures, timeout=30)
+        errors = [f.exception(timeout=0) for f in futures]
+        assert all(isinstance(e, (WorkerLostError, CrashLoopError)) for e in errors), errors
+        assert any(isinstance(e, CrashLoopError) for e in errors)
+        with pytest.raises(CrashLoopError, match="max_worker_deaths=3"):
+            pool.submit(ft.square, 2)
+
+
+# --- start-up failures -------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_worker_that_cannot_start_fails_create_fast(tmp_path: Path, monkeypatch: Any) -> None:
+    fake_python = tmp_path / "python"
+    fake_python.write_text("#!/bin/sh\necho 'this interpreter is broken' >&2\nexit 7\n")
+    fake_python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake_python))
+    started = time.monotonic()
+    pool = Pool(2)
+    try:
+        broken = r"(?s)failed to start: exit code 7.*this interpreter is broken"
+        with pytest.raises(WorkerStartError, match=broken):
+            pool.run(ft.square, 2)
+        assert time.monotonic() - started < 10
+        with pytest.raises(WorkerStartError):
+            pool.submit(ft.square, 2)
+    finally:
+        pool.shutdown()
+
+
+# --- cancellation, timeouts, shutdown ---------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_cancel_running_task_keeps_the_worker() -> None:
+    with Pool(1) as pool:
+        before = pool.run(ft.pid)
+        future = pool.submit(ft.sleep_then, 0.5, "discarded")
+        time.sleep(0.1)
+        assert future.cancel()
+        assert future.cancelled()
+        assert pool.run(ft.pid) == before  # not killed, not replaced
+
+
+@pytest.mark.timeout(60)
+def test_task_timeout_kills_and_replaces_only_that_worker() -> None:
+    with Pool(2, task_timeout=1.0) as pool:
+        pids = set(pool.run_on_all(ft.pid))
+        slow = pool.submit(ft.sleep_then, 30, "never")
+        quick = [pool.submit(ft.sleep_then, 0.01, i) for i in range(50)]
+        assert [f.result(timeout=20) for f in quick] == list(range(50))
+        with pytest.raises(TaskTimeoutError, match="not retried"):
+            slow.result(timeout=20)
+        assert wait_until(lambda: len(set(pool.run_on_all(ft.pid))) == 2, timeout=5)
+        assert len(pids & set(pool.run_on_all(ft.pid))) == 1
+
+
+@pytest.mark.timeout(60)
+def test_long_gil_holding_task_is_not_a_death() -> None:
+    with Pool(1) as pool:
+        before = pool.run(ft.pid)
+        assert pool.run(ft.catastrophic_regex, 25) is False  # seconds in C, GIL held
+        assert pool.run(ft.pid) == before
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_is_bounded_with_a_worker_stuck_in_c() -> None:
+    pool = Pool(1)
+    pid = pool.run(ft.pid)
+    stuck = pool.submit(ft.catastrophic_regex, 60)  # would run for ages
+    time.sleep(0.3)
+    started = time.monotonic()
+    pool.shutdown(timeout=0.5)
+    assert time.monotonic() - started < 15
+    assert not pid_alive(pid)
+    with pytest.raises(Exception, match="shut down"):
+        stuck.result(timeout=5)
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_cancel_futures_cancels_queued_tasks() -> None:
+    pool = Pool(1)
+    pool.run(ft.pid)
+    running = pool.submit(ft.sleep_then, 0.5, "ran")
+    queued = [pool.submit(ft.sleep_then, 0.5, i) for i in range(10)]
+    time.sleep(0.1)
+    pool.shutdown(cancel_futures=True)
+    assert running.result(timeout=5) == "ran"
+    assert all(f.cancelled() for f in queued[2:])  # beyond the worker's credits
+
+
+# --- the client dies or is interrupted ---------------------------------------
+
+
+def run_client(script: str, **kwargs: Any) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        **kwargs,
+    )
+
+
+@pytest.mark.timeout(60)
+def test_client_sigkill_leaves_no_orphans() -> None:
+    client = run_client(
+        """
+        import time
+        from distex_zmq import Pool
+        from tests import fault_tasks as ft
+        pool = Pool(2)
+        print(*pool.run_on_all(ft.pid), flush=True)
+        futures = [pool.submit(ft.sleep_then, 60, i) for i in range(4)]
+        time.sleep(60)
+        """
+    )
+    try:
+        assert client.stdout is not None
+        line = client.stdout.readline()
+        pids = [int(p) for p in line.split()]
+        assert len(pids) == 2, (line, client.stderr.read() if client.stderr else "")
+        assert all(pid_alive(p) for p in pids)
+        time.sleep(0.3)  # the workers are busy with the 60 s tasks
+        client.kill()
+        client.wait(timeout=10)
+        assert wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=5), pids
+    finally:
+        client.kill()
+        client.wait(timeout=10)
+        if client.stdout:
+            client.stdout.close()
+        if client.stderr:
+            client.stderr.close()
+
+
+@pytest.mark.timeout(60)
+def test_sigint_during_map_interrupts_only_the_client() -> None:
+    client = run_client(
+        """
+        from distex_zmq import Pool
+        from tests import fault_tasks as ft
+        with Pool(2) as pool:
+            before = sorted(pool.run_on_all(ft.pid))
+            print("ready", flush=True)
+            try:
+                for _ in pool.map(ft.sleep_then, [0.2] * 200, range(200)):
+                    pass
+                print("map finished: no interrupt arrived", flush=True)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+            after = sorted(pool.run_on_all(ft.pid))
+            print("same workers" if after == before else f"workers changed {before} {after}")
+            print(list(pool.map(ft.square, range(5))), flush=True)
+        """
+    )
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        client.send_signal(signal.SIGINT)
+        out, err = client.communicate(timeout=30)
+        assert client.returncode == 0, err
+        expected = ["interrupted", "same workers", "[0, 1, 4, 9, 16]"]
+        assert out.split("\n")[:3] == expected, (out, err)
+    finally:
+        client.kill()
+        client.wait(timeout=10)
+
+
+def test_remote_exception_keeps_type_and_traceback(pool: Pool) -> None:
+    with pytest.raises(ZeroDivisionError) as info:
+        pool.run(divmod, 1, 0)
+    assert "ZeroDivisionError" in str(info.value.__cause__)
+
+
+def test_errors_do_not_cost_the_worker(pool: Pool) -> None:
+    pids = set(pool.run_on_all(ft.pid))
+    for _ in range(3):
+        with pytest.raises(SerializationError):
+            pool.run(ft.takes_arg, ft.BadState())
+        with pytest.raises(SerializationError):
+            pool.run(ft.unpicklable_result)
+    assert set(pool.run_on_all(ft.pid)) == pids
