@@ -1,0 +1,508 @@
+"""Run ONE (pool, workload) measurement in this fresh interpreter.
+
+Started by ``run.py`` as ``python benchmarks/_one.py --pool P --workload W``
+with ``benchmarks/`` on ``PYTHONPATH``. Prints a single line
+``RESULT {json}`` on stdout before it shuts the pool down; any exception
+propagates (traceback on stderr, non-zero exit status) and ``run.py`` reports
+it as an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable
+from itertools import repeat
+from typing import Any
+
+import tasks
+from _spec import NUM_WORKERS, PAYLOAD_BYTES, POOLS, WORKLOADS, Workload
+
+#: Number of warm-up tasks run before any timed measurement but start-up.
+WARM_UP_TASKS = 4 * NUM_WORKERS
+#: Seconds that shutdown and interpreter exit may take after the result.
+EXIT_GRACE_S = 30.0
+
+OnResult = Callable[[Any], None]
+
+
+class Client(ABC):
+    """The operations the workloads need, on one pool or executor."""
+
+    #: Per-workload footnotes on how this client deviates from the row title.
+    notes: dict[str, str]
+
+    @abstractmethod
+    def open(self, sync: bool) -> None:
+        """Create the pool and wait until its workers are up."""
+
+    @abstractmethod
+    def warm_up(self, func: Callable[..., Any], arg: Any) -> None:
+        """Run a few tasks so that workers are up and ``func`` is cached."""
+
+    @abstractmethod
+    def map_consume(
+        self,
+        func: Callable[..., Any],
+        items: Iterable[Any],
+        chunksize: int,
+        on_result: OnResult,
+    ) -> None:
+        """Map ``func`` (async API where there is one) feeding ``on_result``."""
+
+    @abstractmethod
+    def sync_map_consume(
+        self, func: Callable[..., Any], items: Iterable[Any], on_result: OnResult
+    ) -> None:
+        """Map with the synchronous API at its default settings."""
+
+    @abstractmethod
+    def submit_all(self, func: Callable[..., Any], args: Iterable[Any]) -> list[Any]:
+        """Submit one task per argument, then wait for all of them."""
+
+    @abstractmethod
+    def latencies(self, func: Callable[..., Any], args: Iterable[Any]) -> list[float]:
+        """Run tasks one at a time; return each round trip in seconds."""
+
+    @abstractmethod
+    def startup(self, func: Callable[[], Any]) -> float:
+        """Create the pool and run ``func``; return seconds to its result."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Shut the pool down (no-op if it was never created)."""
+
+
+class AsyncPoolClient(Client):
+    """distex or distex_zmq, with the client on a uvloop event loop.
+
+    Async workloads run as coroutines on that loop (pool created inside it);
+    ``sync`` workloads create the pool from plain code with the loop set as
+    the current (not running) loop, as a synchronous user of distex would.
+    """
+
+    def __init__(self, kind: str) -> None:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.kind = kind
+        self.pool_class = _import_pool_class(kind)
+        self.pool: Any = None
+        self.sync = False
+        self.notes: dict[str, str] = {}
+        if kind == "distex":
+            self.notes = {
+                "submit": "`asyncio.gather(*(pool.run_async(g, i) ...))`"
+                " on its loop; its `submit` futures only complete while that"
+                " loop runs."
+            }
+
+    def _run(self, awaitable: Awaitable[Any]) -> Any:
+        """Run a coroutine to completion on the client loop."""
+        return self.loop.run_until_complete(awaitable)
+
+    async def _create(self) -> Any:
+        """Create the pool from inside the running loop and wait for it."""
+        pool = self.pool_class(NUM_WORKERS)
+        await pool
+        return pool
+
+    def open(self, sync: bool) -> None:
+        self.sync = sync
+        self.pool = self.pool_class(NUM_WORKERS) if sync else self._run(self._create())
+
+    def warm_up(self, func: Callable[..., Any], arg: Any) -> None:
+        if self.sync:
+            list(self.pool.map(func, repeat(arg, WARM_UP_TASKS)))
+        else:
+            runs = [self.pool.run_async(func, arg) for _ in range(WARM_UP_TASKS)]
+            self._run(asyncio.gather(*runs))
+
+    async def _map(
+        self,
+        func: Callable[..., Any],
+        items: Iterable[Any],
+        chunksize: int,
+        on_result: OnResult,
+    ) -> None:
+        """Consume ``pool.map_async`` into ``on_result``."""
+        async for result in self.pool.map_async(func, items, chunksize=chunksize):
+            on_result(result)
+
+    def map_consume(
+        self,
+        func: Callable[..., Any],
+        items: Iterable[Any],
+        chunksize: int,
+        on_result: OnResult,
+    ) -> None:
+        self._run(self._map(func, items, chunksize, on_result))
+
+    def sync_map_consume(
+        self, func: Callable[..., Any], items: Iterable[Any], on_result: OnResult
+    ) -> None:
+        for result in self.pool.map(func, items):
+            on_result(result)
+
+    def submit_all(self, func: Callable[..., Any], args: Iterable[Any]) -> list[Any]:
+        if self.kind == "distex":
+            runs = [self.pool.run_async(func, arg) for arg in args]
+            return self._run(asyncio.gather(*runs))
+        futures = [self.pool.submit(func, arg) for arg in args]
+        concurrent.futures.wait(futures)
+        return [future.result() for future in futures]
+
+    async def _latencies(self, func: Callable[..., Any], args: Iterable[Any]) -> list[float]:
+        """Await one ``run_async`` after the other, timing each."""
+        clock = time.perf_counter
+        run_async = self.pool.run_async
+        out = []
+        for arg in args:
+            t0 = clock()
+            await run_async(func, arg)
+            out.append(clock() - t0)
+        return out
+
+    def latencies(self, func: Callable[..., Any], args: Iterable[Any]) -> list[float]:
+        return self._run(self._latencies(func, args))
+
+    async def _startup(self, func: Callable[[], Any]) -> float:
+        """Time ``Pool(n)`` to the first ``run_async`` result, on the loop."""
+        t0 = time.perf_counter()
+        self.pool = self.pool_class(NUM_WORKERS)
+        await self.pool.run_async(func)
+        return time.perf_counter() - t0
+
+    def startup(self, func: Callable[[], Any]) -> float:
+        return self._run(self._startup(func))
+
+    def close(self) -> None:
+        if self.pool is None:
+            return
+        shutdown_async = getattr(self.pool, "shutdown_async", None)
+        if shutdown_async is not None and not self.sync:
+            self._run(shutdown_async())
+        else:
+            self.pool.shutdown()
+        self.pool = None
+
+
+class ExecutorClient(Client):
+    """``concurrent.futures.ProcessPoolExecutor`` or ``loky``: sync API only."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.executor_class = _import_executor_class(kind)
+        self.executor: concurrent.futures.Executor | None = None
+        sync_map = "no async API: sync `executor.map` (same chunksize)."
+        self.notes = {
+            "map_cs1": sync_map,
+            "map_cs100": sync_map,
+            "bytes_arg": sync_map,
+            "echo": sync_map,
+            "cpu": sync_map,
+            "latency": "`executor.submit(g, i).result()` one after the other.",
+        }
+        if kind == "process":
+            self.notes["startup"] = (
+                "fork start method (Linux default): no fresh interpreter, nothing to import."
+            )
+
+    def _new(self) -> concurrent.futures.Executor:
+        """Create a new executor with ``NUM_WORKERS`` processes."""
+        return self.executor_class(max_workers=NUM_WORKERS)
+
+    @property
+    def ex(self) -> concurrent.futures.Executor:
+        """The open executor."""
+        assert self.executor is not None, "open() first"
+        return self.executor
+
+    def open(self, sync: bool) -> None:
+        self.executor = self._new()
+
+    def warm_up(self, func: Callable[..., Any], arg: Any) -> None:
+        list(self.ex.map(func, repeat(arg, WARM_UP_TASKS)))
+
+    def map_consume(
+        self,
+        func: Callable[..., Any],
+        items: Iterable[Any],
+        chunksize: int,
+        on_result: OnResult,
+    ) -> None:
+        for result in self.ex.map(func, items, chunksize=chunksize):
+            on_result(result)
+
+    def sync_map_consume(
+        self, func: Callable[..., Any], items: Iterable[Any], on_result: OnResult
+    ) -> None:
+        for result in self.ex.map(func, items):
+            on_result(result)
+
+    def submit_all(self, func: Callable[..., Any], args: Iterable[Any]) -> list[Any]:
+        futures = [self.ex.submit(func, arg) for arg in args]
+        concurrent.futures.wait(futures)
+        return [future.result() for future in futures]
+
+    def latencies(self, func: Callable[..., Any], args: Iterable[Any]) -> list[float]:
+        clock = time.perf_counter
+        submit = self.ex.submit
+        out = []
+        for arg in args:
+            t0 = clock()
+            submit(func, arg).result()
+            out.append(clock() - t0)
+        return out
+
+    def startup(self, func: Callable[[], Any]) -> float:
+        t0 = time.perf_counter()
+        self.executor = self._new()
+        self.executor.submit(func).result()
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
+
+
+def _import_pool_class(kind: str) -> type:
+    """Import ``Pool`` from distex or distex_zmq."""
+    if kind == "distex":
+        from distex import Pool
+    else:
+        from distex_zmq import Pool
+    return Pool
+
+
+def _import_executor_class(kind: str) -> Callable[..., concurrent.futures.Executor]:
+    """Import the executor class of ``process`` or ``loky``."""
+    if kind == "loky":
+        import loky
+
+        return loky.ProcessPoolExecutor
+    return concurrent.futures.ProcessPoolExecutor
+
+
+def make_client(pool: str) -> Client:
+    """Return the client for a pool name of ``_spec.POOLS``."""
+    if pool in ("distex", "distex_zmq"):
+        return AsyncPoolClient(pool)
+    return ExecutorClient(pool)
+
+
+# ----------------------------------------------------------------- workloads
+
+
+class Collector:
+    """Result sink that counts results and sums them (or their lengths)."""
+
+    def __init__(self, measure: Callable[[Any], int] = int) -> None:
+        self.measure = measure
+        self.count = 0
+        self.total = 0
+
+    def __call__(self, result: Any) -> None:
+        self.count += 1
+        self.total += self.measure(result)
+
+    def expect(self, count: int, total: int) -> None:
+        """Raise if the results were not the expected ones."""
+        if (self.count, self.total) != (count, total):
+            raise AssertionError(
+                f"wrong results: got count={self.count} total={self.total},"
+                f" expected count={count} total={total}"
+            )
+
+
+def _g_total(n: int) -> int:
+    """Sum of ``g(i)`` over ``range(n)``."""
+    return n * (n - 1) // 2 + 2 * n
+
+
+def _timed(func: Callable[[], object]) -> float:
+    """Call ``func`` and return how many seconds it took."""
+    t0 = time.perf_counter()
+    func()
+    return time.perf_counter() - t0
+
+
+def _map_rate(client: Client, n: int, chunksize: int) -> float:
+    """Tasks/s of mapping ``g`` over ``range(n)`` at ``chunksize``."""
+    sink = Collector()
+    seconds = _timed(lambda: client.map_consume(tasks.g, range(n), chunksize, sink))
+    sink.expect(n, _g_total(n))
+    return n / seconds
+
+
+def wl_map_cs1(client: Client, n: int) -> dict[str, float]:
+    """``map_async`` over ``g`` with chunksize 1."""
+    return {"map_cs1": _map_rate(client, n, 1)}
+
+
+def wl_map_cs100(client: Client, n: int) -> dict[str, float]:
+    """``map_async`` over ``g`` with chunksize 100."""
+    return {"map_cs100": _map_rate(client, n, 100)}
+
+
+def wl_sync_map(client: Client, n: int) -> dict[str, float]:
+    """Synchronous ``map`` over ``g`` at its default settings."""
+    sink = Collector()
+    seconds = _timed(lambda: client.sync_map_consume(tasks.g, range(n), sink))
+    sink.expect(n, _g_total(n))
+    return {"sync_map": n / seconds}
+
+
+def wl_submit(client: Client, n: int) -> dict[str, float]:
+    """Submit ``n`` tasks, then wait for all of them."""
+    results: list[Any] = []
+    seconds = _timed(lambda: results.extend(client.submit_all(tasks.g, range(n))))
+    sink = Collector()
+    for result in results:
+        sink(result)
+    sink.expect(n, _g_total(n))
+    return {"submit": n / seconds}
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile ``q`` (0..100) of already sorted values."""
+    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[rank]
+
+
+def wl_latency(client: Client, n: int) -> dict[str, float]:
+    """Round trip of one task at a time: p50 and p99 in microseconds."""
+    lat = sorted(client.latencies(tasks.g, range(n)))
+    return {
+        "latency_p50": _percentile(lat, 50) * 1e6,
+        "latency_p99": _percentile(lat, 99) * 1e6,
+    }
+
+
+def wl_bytes_arg(client: Client, n: int) -> dict[str, float]:
+    """A 10 MiB ``bytes`` argument per task; the task returns its length."""
+    data = os.urandom(PAYLOAD_BYTES)
+    sink = Collector()
+    seconds = _timed(lambda: client.map_consume(tasks.size, repeat(data, n), 1, sink))
+    sink.expect(n, n * PAYLOAD_BYTES)
+    return {"bytes_arg": n * PAYLOAD_BYTES / seconds / 1e6}
+
+
+def wl_echo(client: Client, n: int) -> dict[str, float]:
+    """A 10 MiB ``bytes`` argument that the task sends back."""
+    data = os.urandom(PAYLOAD_BYTES)
+    sink = Collector(len)
+    seconds = _timed(lambda: client.map_consume(tasks.echo, repeat(data, n), 1, sink))
+    sink.expect(n, n * PAYLOAD_BYTES)
+    return {"echo": n * PAYLOAD_BYTES / seconds / 1e6}
+
+
+def wl_startup(client: Client, n: int) -> dict[str, float]:
+    """Milliseconds from ``Pool(2)`` to the first result of ``noop``."""
+    return {"startup": client.startup(tasks.noop) * 1e3}
+
+
+def _serial_cpu_seconds(n: int) -> float:
+    """Serial time of ``cpu`` over ``range(n)`` in the client.
+
+    It is ``n`` times the median of per-call times, so that a burst of
+    load from elsewhere on the machine during one call does not count.
+    """
+    per_call = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        tasks.cpu(i)
+        per_call.append(time.perf_counter() - t0)
+    return n * statistics.median(per_call)
+
+
+def wl_cpu(client: Client, n: int) -> dict[str, float]:
+    """Speedup of mapping ``cpu`` on the pool over running it in the client."""
+    serial = _serial_cpu_seconds(n)
+    sink = Collector()
+    pooled = _timed(lambda: client.map_consume(tasks.cpu, range(n), 1, sink))
+    sink.expect(n, sum(tasks.cpu(i) for i in range(n)))
+    return {
+        "cpu_speedup": serial / pooled,
+        "cpu_serial_s": serial,
+        "cpu_pool_s": pooled,
+    }
+
+
+WorkloadFunc = Callable[[Client, int], dict[str, float]]
+
+#: Workload name -> (measure function, warm-up function, warm-up argument).
+RUNNERS: dict[str, tuple[WorkloadFunc, Callable[..., Any], Any]] = {
+    "map_cs1": (wl_map_cs1, tasks.g, 1),
+    "map_cs100": (wl_map_cs100, tasks.g, 1),
+    "sync_map": (wl_sync_map, tasks.g, 1),
+    "submit": (wl_submit, tasks.g, 1),
+    "latency": (wl_latency, tasks.g, 1),
+    "bytes_arg": (wl_bytes_arg, tasks.size, b"x"),
+    "echo": (wl_echo, tasks.echo, b"x"),
+    "startup": (wl_startup, tasks.noop, None),
+    "cpu": (wl_cpu, tasks.cpu, 0),
+}
+
+
+def measure(client: Client, workload: Workload, n: int) -> dict[str, float]:
+    """Open the pool and warm it up (except for start-up), then measure."""
+    func, warm_func, warm_arg = RUNNERS[workload.name]
+    if workload.name != "startup":
+        client.open(workload.sync_client)
+        client.warm_up(warm_func, warm_arg)
+    return func(client, n)
+
+
+def _arm_exit_watchdog(seconds: float) -> None:
+    """Hard-exit the process if shutdown and exit take longer than ``seconds``."""
+    timer = threading.Timer(seconds, os._exit, args=(3,))
+    timer.daemon = True
+    timer.start()
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pool", required=True, choices=POOLS)
+    parser.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
+    parser.add_argument("--quick", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the measurement and print its ``RESULT`` line."""
+    args = _parse_args(argv)
+    workload = WORKLOADS[args.workload]
+    n = workload.size(args.quick)
+    client = make_client(args.pool)
+    metrics = measure(client, workload, n)
+    loop = getattr(client, "loop", None)
+    result = {
+        "pool": args.pool,
+        "workload": workload.name,
+        "n": n,
+        "metrics": metrics,
+        "note": client.notes.get(workload.name),
+        "client_loop": type(loop).__module__ + "." + type(loop).__name__
+        if loop is not None
+        else None,
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+    _arm_exit_watchdog(EXIT_GRACE_S)
+    client.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,111 @@
+"""What the benchmark measures: pools, workloads, their sizes and metrics.
+
+Shared by ``run.py`` (labels, units, which direction is better) and
+``_one.py`` (sizes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Pools in table order. The ratio column of every pool is against ``distex``.
+POOLS: tuple[str, ...] = ("distex_zmq", "distex", "process", "loky")
+#: The pool that all ratios are computed against.
+BASELINE = "distex"
+#: Workers per pool.
+NUM_WORKERS = 2
+#: Size of the payload of the ``bytes_arg`` and ``echo`` workloads.
+PAYLOAD_BYTES = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number that a workload reports, i.e. one row of the table."""
+
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One measurement; ``n`` is its size (tasks, iterations or payloads)."""
+
+    name: str
+    n_full: int
+    n_quick: int
+    metrics: tuple[Metric, ...]
+    #: Whether the pool is driven from plain synchronous code (no running
+    #: event loop), rather than from coroutines on a uvloop client loop.
+    sync_client: bool = False
+
+    def size(self, quick: bool) -> int:
+        """Return the size to use, smaller with ``--quick``."""
+        return self.n_quick if quick else self.n_full
+
+
+def _tput(key: str, label: str) -> tuple[Metric, ...]:
+    """Return a one-metric tuple for a throughput in tasks per second."""
+    return (Metric(key, label, "tasks/s", True),)
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload("map_cs1", 100_000, 10_000, _tput("map_cs1", "map_async g, chunksize=1")),
+        Workload(
+            "map_cs100",
+            1_000_000,
+            100_000,
+            _tput("map_cs100", "map_async g, chunksize=100"),
+        ),
+        Workload(
+            "sync_map",
+            100_000,
+            10_000,
+            _tput("sync_map", "sync map g, defaults"),
+            sync_client=True,
+        ),
+        Workload(
+            "submit",
+            20_000,
+            2_000,
+            _tput("submit", "submit g + wait all"),
+            sync_client=True,
+        ),
+        Workload(
+            "latency",
+            2_000,
+            200,
+            (
+                Metric("latency_p50", "one task at a time, p50", "µs", False),
+                Metric("latency_p99", "one task at a time, p99", "µs", False),
+            ),
+        ),
+        Workload(
+            "bytes_arg",
+            200,
+            20,
+            (Metric("bytes_arg", "10 MiB argument, returns len", "MB/s", True),),
+        ),
+        Workload(
+            "echo",
+            50,
+            10,
+            (Metric("echo", "10 MiB echo", "MB/s each way", True),),
+        ),
+        Workload(
+            "startup",
+            1,
+            1,
+            (Metric("startup", "Pool(2) to first result", "ms", False),),
+        ),
+        Workload(
+            "cpu",
+            40,
+            10,
+            (Metric("cpu_speedup", "CPU-bound map, 2 workers vs serial", "speedup", True),),
+        ),
+    )
+}
