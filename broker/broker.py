@@ -78,6 +78,7 @@ class Broker:
         self._queue: deque[Task] = deque()
         self._wake_pending = False
         self._starving = True
+        self._stopping = False
         self._expected: set[bytes] = set()
         self._barriers: list[_Barrier] = []
         self._closed = False
@@ -308,6 +309,9 @@ class Broker:
             pass
 
     def _on_hello(self, identity: bytes, buf: memoryview) -> None:
+        if self._stopping and self._sock is not None:
+            self._sock.send_multipart([identity, *p.control(p.STOP)])
+            return
         if identity not in self._expected:
             self._refuse(identity, "unknown worker identity")
             raise ProtocolError("hello from a worker this pool did not start")
@@ -504,7 +508,8 @@ class Broker:
         return tasks
 
     def stop_workers(self) -> None:
-        """Ask every worker to finish and exit."""
+        """Ask every worker to finish and exit, and those that connect later."""
+        self._stopping = True
         if self._sock is None:
             return
         for rec in list(self.registry.workers.values()):

@@ -50,11 +50,15 @@ async def zip_async(*iterables: Any) -> AsyncIterator[tuple[Any, ...]]:
             nexts.append((it.__anext__, False))
         else:
             nexts.append((iter(it).__next__, True))
-    try:
-        while True:
-            yield tuple([nxt() if sync else await nxt() for nxt, sync in nexts])
-    except (StopIteration, StopAsyncIteration):
-        return
+    while True:
+        values = []
+        for nxt, sync in nexts:
+            # not a comprehension: there StopIteration would become RuntimeError
+            try:
+                values.append(nxt() if sync else await nxt())
+            except (StopIteration, StopAsyncIteration):
+                return
+        yield tuple(values)
 
 
 async def chunk_async(ait: AsyncIterator[Any], chunksize: int) -> AsyncIterator[tuple[Any, ...]]:
@@ -309,7 +313,16 @@ async def map_async(
     if all(is_sync_iterable(i) for i in iterables):
         it = sync_input(iterables, chunksize)
     else:
-        feeder = loop.create_task(_feed_async(run, async_input(iterables, chunksize), waker))
+        ait = async_input(iterables, chunksize)
+        # The first input is awaited here, in the consumer's own step, not in
+        # the feeder task a loop iteration later: an eventkit source starts
+        # to listen on its first __anext__ and would miss what it emits now.
+        try:
+            run.submit([await ait.__anext__()])
+        except StopAsyncIteration:
+            run.input_done = True
+        else:
+            feeder = loop.create_task(_feed_async(run, ait, waker))
     try:
         while True:
             waker.arm()

@@ -42,6 +42,8 @@ _logger = logging.getLogger("distex_zmq.pool")
 
 #: Seconds a worker may take to finish its tasks after STOP before SIGTERM.
 STOP_GRACE = 3.0
+#: The same, when the pool failed (start-up, crash loop).
+FAILED_STOP_GRACE = 0.5
 #: Seconds over which fast deaths slow replacements down.
 FAST_DEATH_WINDOW = 10.0
 #: Delay of a replacement while workers die fast.
@@ -303,7 +305,8 @@ class Runtime:
         self.closing = True
         broker = self.broker
         broker.stop_workers()
-        await self.launcher.stop(STOP_GRACE)
+        # after a failed start-up nothing is worth waiting for
+        await self.launcher.stop(STOP_GRACE if self.error is None else FAILED_STOP_GRACE)
         start_error = self.error
 
         def error(task: Task) -> BaseException:

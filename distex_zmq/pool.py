@@ -393,36 +393,52 @@ class Pool(concurrent.futures.Executor):
     ) -> concurrent.futures.Future[list[TaskFuture]]:
         runtime = self._live_runtime()
         template = self._make_task(func, args, kwargs, self._future_sink, None)
-        batch: concurrent.futures.Future[list[TaskFuture]] = concurrent.futures.Future()
+        return _pin_to_all_after_drain(runtime, template, self._task_ids)
 
-        def make_task(rec: Any) -> Task:
-            future = TaskFuture()
-            task = Task(
-                next(self._task_ids),
-                template.func_id,
-                template.func_pickle,
-                template.flags,
-                template.data,
-                template.buffers,
-                self._future_sink,
-                future,
-                template.name,
-            )
-            future._task = task
-            return task
 
-        def pin() -> None:
-            tasks = runtime.broker.pin_to_all(make_task)
-            batch.set_result([t.tag for t in tasks])
+def _pin_to_all_after_drain(
+    runtime: Runtime, template: Task, task_ids: Iterator[int]
+) -> concurrent.futures.Future[list[TaskFuture]]:
+    """Copies of ``template``, one pinned to each worker once the tasks before
+    them have finished; the future of their futures.
 
-        def after_start(_: Any) -> None:
-            if runtime.started.exception() is not None:
-                batch.set_exception(runtime.started.exception())
-                return
+    (Not a method: the callbacks must not hold the pool, which would then
+    never be garbage-collected.)
+    """
+    batch: concurrent.futures.Future[list[TaskFuture]] = concurrent.futures.Future()
+
+    def make_task(rec: Any) -> Task:
+        future = TaskFuture()
+        task = Task(
+            next(task_ids),
+            template.func_id,
+            template.func_pickle,
+            template.flags,
+            template.data,
+            template.buffers,
+            template.sink,
+            future,
+            template.name,
+        )
+        future._task = task
+        return task
+
+    def pin() -> None:
+        tasks = runtime.broker.pin_to_all(make_task)
+        batch.set_result([t.tag for t in tasks])
+
+    def after_start(started: concurrent.futures.Future[None]) -> None:
+        error = started.exception()
+        if error is not None:
+            batch.set_exception(error)
+        else:
             runtime.loop.call_soon_threadsafe(runtime.broker.when_drained, pin)
 
+    if runtime.started.done():
+        after_start(runtime.started)
+    else:
         runtime.started.add_done_callback(after_start)
-        return batch
+    return batch
 
 
 def _cancel_if_cancelled(task: Task, future: asyncio.Future[Any]) -> None:

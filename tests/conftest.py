@@ -1,0 +1,103 @@
+"""Shared fixtures of the distex_zmq test suite.
+
+How task functions reach the workers
+------------------------------------
+Workers are ``python -m distex_zmq.worker`` children of the test process. The
+local launcher gives them ``PYTHONPATH`` = the client's ``sys.path`` plus its
+working directory, and the default function pickler (dill), like cloudpickle
+and plain pickle, sends a function of an importable module *by reference*
+(module name + qualified name). So a task function must live in a module the
+worker can import under the same name.
+
+- ``tests/`` is a package (``tests/__init__.py``) and the task functions live
+  in ``tests/tasks.py``; tests use ``from tests import tasks``. pytest runs
+  with ``--import-mode=importlib``, which does not touch ``sys.path``, so the
+  lines below put the repository root on ``sys.path``: then ``tests.tasks``
+  imports in the client and, through the inherited ``PYTHONPATH``, in every
+  worker, whatever directory pytest is started from. (Checked: without this,
+  ``pytest /work/main/tests`` started from ``/tmp`` fails every task with
+  ``SerializationError ... No module named 'tests.tasks'``.)
+- Functions defined in a test module also work while the root is on the path
+  (the module is ``tests.test_x`` and the worker imports it, pytest and all),
+  but that is slow and fragile, so the suite does not rely on it.
+- Lambdas and closures are pickled *by value* by dill and cloudpickle (the
+  ``func_pickle`` default is dill); plain pickle refuses them in the caller.
+
+Leak check
+----------
+The autouse fixture ``no_leaks`` fails any test after which a new child
+process (a worker) or a thread named ``distex_zmq pool loop`` is still alive
+about 5 s after the test ended, and then kills/shuts down the leftovers so
+that one leak does not make the following tests fail too. The logic is
+``tests.helpers.LeakCheck``; ``test_lifecycle`` proves that it sees a leaked
+pool and a stray child.
+
+Pools
+-----
+``pool``: a fresh ``Pool(2)``, ready, shut down after the test.
+``shared_pool``: one ``Pool(2)`` per module for tests that only compute (a
+pool costs most of a second to start on 2 cores).
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from distex_zmq import Pool  # noqa: E402
+from tests.helpers import LeakCheck, pid_alive, wait_until  # noqa: E402, F401 (re-exported)
+
+#: Seconds a test's processes and threads get to wind down after it.
+WIND_DOWN = 5.0
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail the test if it leaves a child process or a pool thread behind."""
+    check = LeakCheck()
+    yield
+    gc.collect()
+    pids, threads = check.leftovers(timeout=WIND_DOWN)
+    if pids or threads:
+        descriptions = check.describe(pids)
+        check.clean_up(pids, threads)
+        pytest.fail(
+            f"the test left {len(pids)} child process(es) and {len(threads)} pool "
+            f"thread(s) alive {WIND_DOWN} s after it ended: {descriptions}"
+        )
+
+
+@pytest.fixture
+def pool():
+    """A pool of 2 local workers, ready, shut down after the test."""
+    p = Pool(2)
+    try:
+        # wait until every worker is up (fail here, not in the test, if they cannot start)
+        p.run_on_all(int, 0)
+        yield p
+    finally:
+        p.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shared_pool():
+    """One pool of 2 workers for a whole module, for tests that only compute.
+
+    Starting a pool costs most of a second on 2 cores, so tests that leave
+    no state behind (no cancelled or killed tasks, no shutdown) share this
+    one; the others use ``pool``. Its workers and thread exist before each
+    test starts, so the leak check does not count them.
+    """
+    p = Pool(2)
+    try:
+        p.run_on_all(int, 0)
+        yield p
+    finally:
+        p.shutdown()

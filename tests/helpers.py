@@ -1,0 +1,120 @@
+"""Helpers of the tests: child processes, pool threads, polling."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import threading
+import time
+
+POOL_THREAD = "distex_zmq pool loop"
+
+
+def child_pids(parent: int | None = None) -> set[int]:
+    """Live (non-zombie) processes whose parent is ``parent`` (default: us)."""
+    parent = os.getpid() if parent is None else parent
+    children = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+        fields = stat[stat.rindex(")") + 2 :].split()
+        state, ppid = fields[0], int(fields[1])
+        if ppid == parent and state != "Z":
+            children.add(int(entry))
+    return children
+
+
+def pool_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == POOL_THREAD and t.is_alive()]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+class LeakCheck:
+    """What a test started and left running: new children and pool threads.
+
+    Made before the test; ``leftovers`` after it waits for them to go away,
+    ``clean_up`` kills what did not.
+    """
+
+    def __init__(self) -> None:
+        self.children = child_pids()
+        self.threads = set(pool_threads())
+
+    def leftovers(self, timeout: float = 0.0) -> tuple[set[int], list[threading.Thread]]:
+        def now() -> tuple[set[int], list[threading.Thread]]:
+            return child_pids() - self.children, [
+                t for t in pool_threads() if t not in self.threads
+            ]
+
+        wait_until(lambda: now() == (set(), []), timeout=timeout, interval=0.05)
+        return now()
+
+    @staticmethod
+    def describe(pids: set[int]) -> list[str]:
+        descriptions = []
+        for pid in sorted(pids):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                cmd = "?"
+            descriptions.append(f"pid {pid}: {cmd}")
+        return descriptions
+
+    @staticmethod
+    def clean_up(pids: set[int], threads: list[threading.Thread]) -> None:
+        """Kill the leftover processes and shut down the pools of the threads."""
+        for pid in pids:
+            for kill in (os.killpg, os.kill):  # workers lead their own session
+                try:
+                    kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        from distex_zmq._runtime import Runtime
+
+        def close(runtime: Runtime) -> None:
+            try:
+                runtime.close(wait=True, cancel_futures=True, drain=False, timeout=5)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+
+        leaked = set(threads)
+        for obj in gc.get_objects():
+            if isinstance(obj, Runtime) and obj.thread in leaked:
+                # in a thread of its own: a pool that cannot close must not hang us
+                threading.Thread(target=close, args=(obj,), daemon=True).start()
+        wait_until(lambda: not any(t.is_alive() for t in leaked), timeout=10)
+        # reap the killed children that nobody waits for, so that they vanish
+        wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=5)
+        for pid in pids:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass

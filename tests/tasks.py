@@ -1,0 +1,249 @@
+"""Task functions for the tests, run in the workers.
+
+They live in this importable module (``tests.tasks``) so that every pickler,
+plain ``pickle`` included, sends them to the workers by reference; see the
+notes at the top of ``conftest.py`` on why this works and what does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import time
+from typing import Any
+
+#: set by ``init_state`` in the worker (the initializer test)
+STATE: dict[str, Any] = {}
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def add3(x: int, y: int, z: int) -> int:
+    return x + y + z
+
+
+def with_kwargs(x: int, *, scale: int = 1, offset: int = 0) -> int:
+    return x * scale + offset
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def pid(*_: Any) -> int:
+    return os.getpid()
+
+
+def pid_after(delay: float, *_: Any) -> int:
+    time.sleep(delay)
+    return os.getpid()
+
+
+def sleep_return(delay: float, value: Any = None) -> Any:
+    time.sleep(delay)
+    return value
+
+
+def sleep_square(x: int) -> int:
+    """Sleep longer for small ``x``, so that completion order differs from input order."""
+    time.sleep(0.05 * (4 - x % 4))
+    return x * x
+
+
+def fail_on(x: int, bad: int = 3) -> int:
+    if x == bad:
+        raise ValueError(f"bad input {x}")
+    return x * 10
+
+
+class CustomError(Exception):
+    """A user exception type that must come back as itself."""
+
+
+def raise_custom(msg: str) -> None:
+    raise CustomError(msg)
+
+
+def raise_key_error() -> None:
+    {}["missing-key"]  # noqa: B018
+
+
+def init_state(key: str, value: Any) -> None:
+    STATE[key] = value
+    STATE["init_pid"] = os.getpid()
+    STATE["init_count"] = STATE.get("init_count", 0) + 1
+
+
+def get_state() -> dict[str, Any]:
+    return dict(STATE, pid=os.getpid())
+
+
+def init_fail() -> None:
+    raise RuntimeError("initializer exploded")
+
+
+async def async_square(x: int) -> int:
+    await asyncio.sleep(0.01)
+    return x * x
+
+
+async def async_fail(x: int) -> int:
+    await asyncio.sleep(0.01)
+    raise ValueError(f"async failure {x}")
+
+
+def loop_class_name() -> str:
+    """The type of the event loop the worker runs (uvloop or asyncio)."""
+    loop = asyncio.get_event_loop()
+    return f"{type(loop).__module__}.{type(loop).__name__}"
+
+
+async def running_loop_class_name() -> str:
+    loop = asyncio.get_running_loop()
+    return f"{type(loop).__module__}.{type(loop).__name__}"
+
+
+def array_checksum(arr: Any) -> tuple[int, float, bool]:
+    """Size, a checksum and whether the array the worker got is writable."""
+    return arr.nbytes, float(arr[::4096].sum()), bool(arr.flags.writeable)
+
+
+def array_echo(arr: Any) -> Any:
+    return arr
+
+
+def array_plus_one(arr: Any) -> Any:
+    return arr + 1
+
+
+def bytes_len(b: bytes) -> int:
+    return len(b)
+
+
+class BadSetstate:
+    """Pickles fine in the client; its ``__setstate__`` raises in the worker."""
+
+    def __init__(self, value: int = 1):
+        self.value = value
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"value": self.value, "pid": os.getpid()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state["pid"] != os.getpid():
+            raise RuntimeError("setstate refuses to run in another process")
+        self.__dict__.update(state)
+
+
+class Unpicklable:
+    """Cannot be pickled at all."""
+
+    def __reduce__(self) -> Any:
+        raise pickle.PicklingError("Unpicklable refuses to be pickled")
+
+
+def make_unpicklable() -> Unpicklable:
+    return Unpicklable()
+
+
+def return_lock() -> Any:
+    import threading
+
+    return threading.Lock()
+
+
+class UnpicklableError(Exception):
+    """An exception that cannot be pickled (it holds a lock)."""
+
+    def __init__(self, msg: str):
+        import threading
+
+        super().__init__(msg)
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable_error() -> None:
+    raise UnpicklableError("holds a lock")
+
+
+def apply(func: Any, *args: Any) -> Any:
+    return func(*args)
+
+
+def exit_hard(code: int = 7) -> None:
+    os._exit(code)
+
+
+def env_var(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def touch(path: str, value: Any = None) -> Any:
+    """Leave a trace that this task ran (to prove that a cancelled one did not)."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return value
+
+
+class CountingCallable:
+    """A callable whose pickling is counted in the process that pickles it."""
+
+    pickles = 0
+
+    def __reduce__(self) -> Any:
+        type(self).pickles += 1
+        return (CountingCallable, ())
+
+    def __call__(self, x: int) -> int:
+        return 2 * x
+
+
+def worker_event_loop_is_running() -> bool:
+    """Whether a sync task runs on the worker's (running) event loop thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def async_sleep_return(delay: float, value: Any = None) -> Any:
+    await asyncio.sleep(delay)
+    return value
+
+
+def interval(delay: float) -> tuple[int, float, float]:
+    """Sleep; return (pid, start, end) in wall-clock time, comparable across processes."""
+    start = time.time()
+    time.sleep(delay)
+    return os.getpid(), start, time.time()
+
+
+#: coroutines of concurrency_probe running in this worker right now, and the most seen
+_PROBE = {"now": 0, "max": 0}
+
+
+async def concurrency_probe(delay: float, value: Any = None) -> tuple[Any, int]:
+    """Sleep; return the value and how many probes ran at once in this worker at most."""
+    _PROBE["now"] += 1
+    _PROBE["max"] = max(_PROBE["max"], _PROBE["now"])
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        _PROBE["now"] -= 1
+    return value, _PROBE["max"]
+
+
+def note_pid_then_sleep(path: str, delay: float) -> int:
+    """Write this worker's pid to ``path``, then sleep."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(delay)
+    return os.getpid()

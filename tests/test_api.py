@@ -1,0 +1,355 @@
+"""The sync API of Pool: submit, run, map, run_on_all, the executor contract."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import itertools
+import os
+import threading
+import time
+
+import pytest
+
+from distex_zmq import (
+    DistexError,
+    Pool,
+    PoolClosedError,
+    RemoteException,
+    WorkerLostError,
+    WorkerStartError,
+)
+from tests import tasks
+from tests.helpers import child_pids, pid_alive, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_every_sync_api_matches_builtin_map(pool):
+    xs = list(range(-20, 30))
+    expected = list(map(tasks.square, xs))
+    assert [pool.submit(tasks.square, x).result() for x in xs] == expected
+    assert [pool.run(tasks.square, x) for x in xs] == expected
+    assert list(pool.map(tasks.square, xs)) == expected
+    for chunksize in (2, 7, 100):
+        assert list(pool.map(tasks.square, xs, chunksize=chunksize)) == expected
+    futures = [pool.submit(tasks.square, x) for x in xs]
+    assert [f.result() for f in concurrent.futures.as_completed(futures)] != []
+    assert [f.result() for f in futures] == expected
+
+
+def test_star_and_zip_match_starmap(pool):
+    a, b = list(range(40)), list(range(100, 137))
+    pairs = list(zip(a, b, strict=False))
+    assert list(pool.map(tasks.add, a, b)) == list(map(tasks.add, a, b))
+    assert list(pool.map(tasks.add, pairs, star=True)) == list(itertools.starmap(tasks.add, pairs))
+    assert list(pool.map(tasks.add, pairs, star=True, chunksize=5)) == list(
+        itertools.starmap(tasks.add, pairs)
+    )
+    assert [pool.submit(tasks.add, *pair).result() for pair in pairs] == list(
+        itertools.starmap(tasks.add, pairs)
+    )
+
+
+def test_submit_returns_a_concurrent_future_that_completes_without_a_loop(pool):
+    future = pool.submit(tasks.sleep_return, 0.05, "done")
+    assert isinstance(future, concurrent.futures.Future)
+    done, not_done = concurrent.futures.wait([future], timeout=10)
+    assert done == {future} and not not_done
+    assert future.result() == "done"
+    assert future.exception() is None
+
+
+def test_submit_and_run_with_kwargs(pool):
+    assert pool.submit(tasks.with_kwargs, 3, scale=2, offset=1).result() == 7
+    assert pool.run(tasks.with_kwargs, 3, offset=5) == 8
+    assert pool.run(tasks.with_kwargs, x=4, scale=3) == 12
+
+
+def test_map_with_kwargs_via_submit_and_partial(pool):
+    xs = list(range(25))
+    expected = [tasks.with_kwargs(x, scale=3, offset=1) for x in xs]
+    futures = [pool.submit(tasks.with_kwargs, x, scale=3, offset=1) for x in xs]
+    assert [f.result() for f in futures] == expected
+    func = functools.partial(tasks.with_kwargs, scale=3, offset=1)
+    assert list(pool.map(func, xs)) == expected
+
+
+def test_pool_is_an_executor(pool):
+    assert isinstance(pool, concurrent.futures.Executor)
+    assert Pool.TimeoutError is concurrent.futures.TimeoutError
+
+
+def test_tasks_run_in_parallel_on_two_workers(pool):
+    futures = [pool.submit(tasks.interval, 0.5) for _ in range(2)]
+    (pid_a, start_a, end_a), (pid_b, start_b, end_b) = (f.result() for f in futures)
+    assert pid_a != pid_b
+    assert max(start_a, start_b) < min(end_a, end_b), "the two tasks did not overlap"
+
+
+def test_workers_are_child_processes(pool):
+    pids = set(pool.run_on_all(tasks.pid))
+    assert len(pids) == 2
+    assert pids <= child_pids()
+    assert os.getpid() not in pids
+
+
+def test_run_on_all_hits_each_worker_exactly_once():
+    before = child_pids()
+    with Pool(3) as pool:
+        for _ in range(3):
+            pids = pool.run_on_all(tasks.pid)
+            workers = child_pids() - before
+            assert len(pids) == 3
+            assert len(set(pids)) == 3
+            assert set(pids) <= workers
+
+
+def test_run_on_all_passes_args_and_kwargs(pool):
+    assert pool.run_on_all(tasks.with_kwargs, 2, scale=5, offset=1) == [11, 11]
+
+
+def test_run_on_all_reaches_busy_worker_too(pool):
+    busy = pool.submit(tasks.pid_after, 0.5)
+    time.sleep(0.05)
+    pids = pool.run_on_all(tasks.pid)
+    assert busy.done()
+    assert len(set(pids)) == 2
+    assert busy.result() in pids
+
+
+def test_run_on_all_waits_until_pending_work_drained(pool):
+    futures = [pool.submit(tasks.sleep_return, 0.1, i) for i in range(8)]
+    pool.run_on_all(tasks.pid)
+    assert all(f.done() for f in futures)
+    assert [f.result() for f in futures] == list(range(8))
+
+
+def test_run_on_all_raises_the_remote_error(pool):
+    with pytest.raises(tasks.CustomError, match="everywhere"):
+        pool.run_on_all(tasks.raise_custom, "everywhere")
+    assert len(pool.run_on_all(tasks.pid)) == 2
+
+
+def test_remote_exception_is_reraised_as_its_own_type(pool):
+    with pytest.raises(tasks.CustomError, match="^boom$") as info:
+        pool.run(tasks.raise_custom, "boom")
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteException)
+    text = str(cause)
+    assert "Remote traceback" in text
+    assert "raise_custom" in text and "tasks.py" in text
+    assert "CustomError: boom" in text
+
+    with pytest.raises(KeyError, match="missing-key") as info:
+        pool.submit(tasks.raise_key_error).result()
+    assert isinstance(info.value.__cause__, RemoteException)
+    assert "raise_key_error" in str(info.value.__cause__)
+
+
+def test_pool_keeps_working_after_task_errors(pool):
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            pool.run(tasks.fail_on, 3)
+    assert pool.run(tasks.fail_on, 4) == 40
+    assert len(set(pool.run_on_all(tasks.pid))) == 2
+
+
+def test_submit_from_8_threads_at_once(pool):
+    barrier = threading.Barrier(8)
+
+    def work(i: int) -> list[int]:
+        barrier.wait()
+        futures = [pool.submit(tasks.add, i, j) for j in range(50)]
+        results = [f.result(timeout=30) for f in futures]
+        results.append(pool.run(tasks.add, i, 1000))
+        results.extend(pool.map(tasks.add, [i] * 10, range(10)))
+        return results
+
+    with concurrent.futures.ThreadPoolExecutor(8) as executor:
+        results = list(executor.map(work, range(8)))
+    for i, result in enumerate(results):
+        assert result == [i + j for j in range(50)] + [i + 1000] + [i + j for j in range(10)]
+
+
+def test_cancel_a_queued_submit(tmp_path):
+    marker = tmp_path / "cancelled-ran"
+    with Pool(1, qsize=1) as pool:
+        pool.run_on_all(int, 0)
+        first = pool.submit(tasks.sleep_return, 0.4, "first")
+        queued = pool.submit(tasks.touch, str(marker), "queued")
+        later = pool.submit(tasks.sleep_return, 0, "later")
+        time.sleep(0.1)
+        assert queued.cancel()
+        assert queued.cancelled()
+        with pytest.raises(concurrent.futures.CancelledError):
+            queued.result()
+        assert first.result() == "first"
+        assert later.result() == "later"
+        pool.run_on_all(tasks.pid)
+    assert not marker.exists(), "a cancelled queued task ran anyway"
+
+
+def test_cancel_of_finished_future_is_refused(pool):
+    future = pool.submit(tasks.square, 4)
+    assert future.result() == 16
+    assert not future.cancel()
+    assert not future.cancelled()
+
+
+def test_lazy_create_starts_no_workers_until_needed():
+    before = child_pids()
+    pool = Pool(2, lazy_create=True)
+    try:
+        time.sleep(0.2)
+        assert child_pids() == before
+        assert not pool.is_ready()
+        assert not pool.ready.is_set()
+        assert pool.total_workers() == 2
+        assert not [t for t in threading.enumerate() if t.name == "distex_zmq pool loop"]
+        assert pool.run(tasks.square, 5) == 25
+        assert len(child_pids() - before) == 2
+        assert pool.run_on_all(tasks.square, 3) == [9, 9]
+        assert pool.is_ready()
+        assert pool.ready.is_set()
+    finally:
+        pool.shutdown()
+
+
+def test_lazy_pool_shut_down_before_use_starts_nothing():
+    before = child_pids()
+    pool = Pool(2, lazy_create=True)
+    pool.shutdown()
+    assert child_pids() == before
+    with pytest.raises(PoolClosedError):
+        pool.submit(tasks.square, 1)
+
+
+def test_num_workers_zero_means_one_per_cpu():
+    pool = Pool(0, lazy_create=True)
+    try:
+        assert pool.total_workers() == (os.cpu_count() or 1)
+    finally:
+        pool.shutdown()
+
+
+def test_is_ready_and_total_workers(pool):
+    assert pool.is_ready()
+    assert pool.ready.is_set()
+    assert pool.total_workers() == 2
+    assert "2 workers" in repr(pool)
+    pool.shutdown()
+    assert not pool.is_ready()
+    assert not pool.ready.is_set()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"num_workers": -1}, ValueError),
+        ({"num_workers": 1.5}, ValueError),
+        ({"qsize": 0}, ValueError),
+        ({"max_retries": -1}, ValueError),
+        ({"initializer": 42}, TypeError),
+        ({"worker_loop": 99}, ValueError),
+        ({"func_pickle": 7}, ValueError),
+        ({"data_pickle": 7}, ValueError),
+    ],
+)
+def test_bad_constructor_arguments_raise_at_once(kwargs, error):
+    before = child_pids()
+    with pytest.raises(error):
+        Pool(**{"num_workers": 1, **kwargs})
+    assert child_pids() == before
+
+
+@pytest.mark.parametrize("hosts", ["ssh://user@maxi:10022/2", "mini/2", ["mini/1", "ssh://h/1"]])
+def test_pool_with_hosts_is_not_implemented_yet(hosts):
+    before = child_pids()
+    with pytest.raises(NotImplementedError) as info:
+        Pool(hosts=hosts)
+    message = str(info.value)
+    assert "SSH" in message and "spawner" in message
+    assert child_pids() == before
+
+
+def test_pool_with_a_bad_host_spec_raises_value_error():
+    with pytest.raises(ValueError, match="number of workers"):
+        Pool(hosts="just-a-host")
+
+
+def test_initializer_state_is_visible_to_tasks():
+    with Pool(2, initializer=tasks.init_state, initargs=("answer", 42)) as pool:
+        states = pool.run_on_all(tasks.get_state)
+        assert len(states) == 2
+        for state in states:
+            assert state["answer"] == 42
+            assert state["init_pid"] == state["pid"]
+            assert state["init_count"] == 1
+        results = [f.result() for f in [pool.submit(tasks.get_state) for _ in range(6)]]
+        assert all(r["answer"] == 42 and r["init_count"] == 1 for r in results)
+
+
+def test_initializer_that_raises_gives_worker_start_error():
+    pool = Pool(2, initializer=tasks.init_fail)
+    try:
+        with pytest.raises(WorkerStartError, match="initializer exploded") as info:
+            pool.run(tasks.square, 2)
+        assert isinstance(info.value, DistexError)
+        assert "init_fail" in str(info.value)
+    finally:
+        pool.shutdown()
+
+
+def test_worker_death_fails_task_with_worker_lost_and_is_replaced():
+    with Pool(1, max_retries=1) as pool:
+        first_pid = pool.run(tasks.pid)
+        with pytest.raises(WorkerLostError, match="exit code 7"):
+            pool.run(tasks.exit_hard, 7)
+        assert wait_until(lambda: not pid_alive(first_pid), timeout=5)
+        new_pid = pool.run(tasks.pid)
+        assert new_pid != first_pid
+        assert pool.run(tasks.square, 9) == 81
+
+
+def test_worker_death_with_no_retries_fails_at_once():
+    with Pool(1, max_retries=0) as pool:
+        pool.run_on_all(int, 0)
+        with pytest.raises(WorkerLostError, match="exit code 3"):
+            pool.submit(tasks.exit_hard, 3).result(timeout=30)
+        assert pool.run(tasks.square, 3) == 9
+
+
+def test_tasks_queued_behind_a_dying_task_still_run():
+    with Pool(1, qsize=3, max_retries=0) as pool:
+        pool.run_on_all(int, 0)
+        dying = pool.submit(tasks.exit_hard, 5)
+        after = [pool.submit(tasks.square, i) for i in range(4)]
+        with pytest.raises(WorkerLostError):
+            dying.result()
+        assert [f.result() for f in after] == [0, 1, 4, 9]
+
+
+def test_qsize_1_keeps_queued_work_off_a_busy_worker():
+    # with one credit per worker, nothing waits behind the slow task: every
+    # short task runs on the other worker
+    with Pool(2, qsize=1) as pool:
+        pool.run_on_all(int, 0)
+        slow = pool.submit(tasks.pid_after, 1.0)
+        time.sleep(0.05)
+        quick = [pool.submit(tasks.pid_after, 0.01) for _ in range(8)]
+        done, _ = concurrent.futures.wait(quick, timeout=0.7)
+        assert len(done) == 8, "short tasks waited behind the slow one"
+        assert not slow.done()
+        assert slow.result() not in {f.result() for f in quick}
+
+
+def test_qsize_bounds_the_tasks_a_worker_holds():
+    # coroutine tasks run concurrently in a worker, at most qsize at a time
+    for qsize in (1, 3, 10):
+        with Pool(1, qsize=qsize) as pool:
+            pool.run_on_all(int, 0)
+            results = list(pool.map(tasks.concurrency_probe, [0.05] * 20, range(20)))
+            assert [value for value, _ in results] == list(range(20))
+            most = max(seen for _, seen in results)
+            assert most == qsize, f"qsize={qsize}: {most} tasks ran at once in the worker"

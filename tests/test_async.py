@@ -1,0 +1,394 @@
+"""The async API: run_async, map_async, run_on_all_async, await/async with,
+sync calls inside a running loop, run_in_executor, and eventkit's poolmap."""
+
+from __future__ import annotations
+
+import asyncio
+import bz2
+import collections
+import concurrent.futures
+import itertools
+import statistics
+
+import eventkit as ev
+import pytest
+
+from distex_zmq import Pool, PoolClosedError, PoolMap, RemoteException
+from tests import tasks
+from tests.helpers import child_pids, pool_threads
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def agen(n, delay=0.0):
+    for i in range(n):
+        await asyncio.sleep(delay)
+        yield i
+
+
+def test_every_async_api_matches_builtin_map(shared_pool):
+    xs = list(range(-10, 40))
+    expected = list(map(tasks.square, xs))
+
+    async def main():
+        assert [await shared_pool.run_async(tasks.square, x) for x in xs] == expected
+        assert await asyncio.gather(*(shared_pool.run_async(tasks.square, x) for x in xs)) == (
+            expected
+        )
+        assert [r async for r in shared_pool.map_async(tasks.square, xs)] == expected
+        for chunksize in (2, 9, 100):
+            assert [
+                r async for r in shared_pool.map_async(tasks.square, xs, chunksize=chunksize)
+            ] == expected
+        pairs = list(zip(xs, xs, strict=True))
+        assert [r async for r in shared_pool.map_async(tasks.add, pairs, star=True)] == list(
+            itertools.starmap(tasks.add, pairs)
+        )
+        assert [r async for r in shared_pool.map_async(tasks.add, xs, reversed(xs))] == list(
+            map(tasks.add, xs, reversed(xs))
+        )
+        loop = asyncio.get_running_loop()
+        assert (
+            await asyncio.gather(*(loop.run_in_executor(shared_pool, tasks.square, x) for x in xs))
+            == expected
+        )
+
+    asyncio.run(main())
+
+
+def test_run_async_with_kwargs(shared_pool):
+    async def main():
+        return await shared_pool.run_async(tasks.with_kwargs, 2, scale=10, offset=3)
+
+    assert asyncio.run(main()) == 23
+
+
+def test_run_async_raises_the_remote_exception(shared_pool):
+    async def main():
+        with pytest.raises(tasks.CustomError, match="async boom") as info:
+            await shared_pool.run_async(tasks.raise_custom, "async boom")
+        assert isinstance(info.value.__cause__, RemoteException)
+        assert "raise_custom" in str(info.value.__cause__)
+
+    asyncio.run(main())
+
+
+def test_map_async_of_mixed_sync_and_async_iterables(shared_pool):
+    async def main():
+        expected = list(map(tasks.add3, range(12), range(100, 200), range(50)))
+        got = [
+            r
+            async for r in shared_pool.map_async(
+                tasks.add3, agen(12), range(100, 200), agen(50, 0.001)
+            )
+        ]
+        assert got == expected
+        got = [
+            r
+            async for r in shared_pool.map_async(
+                tasks.add3, agen(12), range(100, 200), range(50), chunksize=5
+            )
+        ]
+        assert got == expected
+        got = [r async for r in shared_pool.map_async(tasks.square, agen(30), ordered=False)]
+        assert sorted(got) == [i * i for i in range(30)]
+
+    asyncio.run(main())
+
+
+def test_map_async_of_mixed_iterables_sync_shortest(shared_pool):
+    async def main():
+        return [r async for r in shared_pool.map_async(tasks.add, range(10), agen(100))]
+
+    assert asyncio.run(main()) == [2 * i for i in range(10)]
+
+
+def test_map_async_of_unbounded_input_with_early_break(shared_pool):
+    async def forever():
+        for i in itertools.count():
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+            yield i
+
+    async def main():
+        results = []
+        async for r in shared_pool.map_async(tasks.square, forever()):
+            results.append(r)
+            if len(results) == 50:
+                break
+        assert results == [i * i for i in range(50)]
+        results = []
+        mapping = shared_pool.map_async(tasks.square, itertools.count(), chunksize=10)
+        async for r in mapping:
+            results.append(r)
+            if len(results) == 200:
+                break
+        await mapping.aclose()
+        assert results == [i * i for i in range(200)]
+        return await shared_pool.run_async(tasks.square, 7)
+
+    assert asyncio.run(main()) == 49
+    assert shared_pool.run_on_all(tasks.square, 1) == [1, 1]
+
+
+def test_map_async_unordered_yields_in_completion_order(pool):
+    delays = [1.0] + [0.02] * 5
+
+    async def main():
+        return [
+            r async for r in pool.map_async(tasks.sleep_return, delays, range(6), ordered=False)
+        ]
+
+    got = asyncio.run(main())
+    assert sorted(got) == list(range(6))
+    assert got[0] != 0
+
+
+def test_map_async_timeout(pool):
+    async def main():
+        results = []
+        with pytest.raises(Pool.TimeoutError):
+            async for r in pool.map_async(
+                tasks.sleep_return, [0.01, 0.01, 3, 3], "abcd", timeout=0.5
+            ):
+                results.append(r)
+        return results
+
+    assert asyncio.run(main()) == ["a", "b"]
+    assert pool.run(tasks.square, 2) == 4
+
+
+def test_map_async_chunk_error_raises_at_its_item(shared_pool):
+    async def main():
+        results = []
+        with pytest.raises(ValueError, match="bad input 6"):
+            async for r in shared_pool.map_async(tasks.fail_on, range(12), [6] * 12, chunksize=4):
+                results.append(r)
+        return results
+
+    assert asyncio.run(main()) == [0, 10, 20, 30, 40, 50]
+
+
+def test_map_async_error_in_async_input_propagates(shared_pool):
+    async def broken():
+        yield 1
+        await asyncio.sleep(0)
+        raise LookupError("async input broke")
+
+    async def main():
+        with pytest.raises(LookupError, match="async input broke"):
+            async for _ in shared_pool.map_async(tasks.square, broken()):
+                pass
+
+    asyncio.run(main())
+
+
+def test_coroutine_function_through_every_api(shared_pool):
+    async def main():
+        assert await shared_pool.run_async(tasks.async_square, 7) == 49
+        assert [r async for r in shared_pool.map_async(tasks.async_square, range(6))] == [
+            i * i for i in range(6)
+        ]
+        assert [
+            r async for r in shared_pool.map_async(tasks.async_square, range(6), chunksize=4)
+        ] == [i * i for i in range(6)]
+        with pytest.raises(ValueError, match="async failure 3") as info:
+            await shared_pool.run_async(tasks.async_fail, 3)
+        assert isinstance(info.value.__cause__, RemoteException)
+
+    asyncio.run(main())
+    assert shared_pool.run(tasks.async_square, 8) == 64
+    assert shared_pool.submit(tasks.async_square, 9).result() == 81
+    assert shared_pool.run_on_all(tasks.running_loop_class_name) != []
+
+
+def test_sync_tasks_run_on_the_workers_event_loop(shared_pool):
+    assert shared_pool.run_on_all(tasks.worker_event_loop_is_running) == [True, True]
+
+
+def test_run_on_all_async(shared_pool):
+    async def main():
+        return await shared_pool.run_on_all_async(tasks.pid)
+
+    pids = asyncio.run(main())
+    assert len(pids) == 2 and len(set(pids)) == 2
+    assert set(pids) == set(shared_pool.run_on_all(tasks.pid))
+
+
+def test_run_async_cancellation(pool, tmp_path):
+    marker = tmp_path / "slow_pid"
+
+    async def main():
+        task = asyncio.ensure_future(pool.run_async(tasks.note_pid_then_sleep, str(marker), 2))
+        while not marker.exists():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+        # the other worker is idle: the next task goes there, not behind the cancelled one
+        return await pool.run_async(tasks.pid)
+
+    next_pid = asyncio.run(main())
+    assert next_pid != int(marker.read_text())
+    assert pool.run_on_all(tasks.square, 2) == [4, 4]
+
+
+def test_run_async_cancellation_of_a_queued_task_drops_it(tmp_path):
+    marker = tmp_path / "ran"
+
+    async def main(pool):
+        busy = asyncio.ensure_future(pool.run_async(tasks.sleep_return, 0.4, "busy"))
+        queued = asyncio.ensure_future(pool.run_async(tasks.touch, str(marker)))
+        await asyncio.sleep(0.1)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert await busy == "busy"
+        await pool.run_on_all_async(tasks.pid)
+
+    with Pool(1, qsize=1) as pool:
+        pool.run_on_all(int, 0)
+        asyncio.run(main(pool))
+    assert not marker.exists()
+
+
+def test_wait_for_timeout_cancels_run_async(pool):
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(pool.run_async(tasks.sleep_return, 0.5), 0.1)
+        return await pool.run_async(tasks.square, 3)
+
+    assert asyncio.run(main()) == 9
+
+
+def test_await_pool_and_create_wait_for_the_workers():
+    before = child_pids()
+
+    async def main():
+        pool = Pool(2, lazy_create=True)
+        try:
+            assert not pool.is_ready()
+            assert await pool is pool
+            assert pool.is_ready()
+            assert pool.ready.is_set()
+            assert len(child_pids() - before) == 2
+            assert await pool.create() is pool
+            assert await pool.ready.wait()
+            return await pool.run_on_all_async(tasks.pid)
+        finally:
+            await pool.shutdown_async()
+
+    pids = asyncio.run(main())
+    assert len(set(pids)) == 2
+
+
+def test_async_with_starts_and_shuts_down():
+    threads_before = set(pool_threads())
+
+    async def main():
+        async with Pool(2) as pool:
+            assert pool.is_ready()
+            pids = await pool.run_on_all_async(tasks.pid)
+            assert await pool.run_async(tasks.add, 1, 2) == 3
+        assert set(pool_threads()) <= threads_before
+        with pytest.raises(PoolClosedError):
+            await pool.run_async(tasks.square, 1)
+        return pids
+
+    pids = asyncio.run(main())
+    assert not set(pids) & child_pids()
+
+
+def test_shutdown_async_waits_for_tasks_and_workers():
+    async def main():
+        pool = Pool(2)
+        await pool
+        pids = await pool.run_on_all_async(tasks.pid)
+        futures = [pool.submit(tasks.sleep_return, 0.1, i) for i in range(4)]
+        await pool.shutdown_async()
+        assert [f.result(timeout=0) for f in futures] == [0, 1, 2, 3]
+        return pids
+
+    pids = asyncio.run(main())
+    assert not set(pids) & child_pids()
+
+
+def test_sync_api_inside_asyncio_run(shared_pool):
+    async def main():
+        assert shared_pool.run(tasks.square, 4) == 16
+        assert shared_pool.submit(tasks.add, 1, 2).result() == 3
+        assert list(shared_pool.map(tasks.square, range(5))) == [0, 1, 4, 9, 16]
+        assert list(shared_pool.map(tasks.add, range(5), range(5), chunksize=2)) == [0, 2, 4, 6, 8]
+        assert len(shared_pool.run_on_all(tasks.pid)) == 2
+        # and the loop still runs async work around the sync calls
+        assert await shared_pool.run_async(tasks.square, 5) == 25
+
+    asyncio.run(main())
+
+
+def test_run_in_executor(shared_pool):
+    async def main():
+        loop = asyncio.get_running_loop()
+        one = await loop.run_in_executor(shared_pool, tasks.add, 2, 3)
+        many = await asyncio.gather(
+            *(loop.run_in_executor(shared_pool, tasks.square, i) for i in range(10))
+        )
+        with pytest.raises(ValueError, match="bad input 3"):
+            await loop.run_in_executor(shared_pool, tasks.fail_on, 3)
+        return one, many
+
+    assert asyncio.run(main()) == (5, [i * i for i in range(10)])
+
+
+def test_async_api_from_several_loops_in_threads_at_once(shared_pool):
+    def in_thread(i):
+        async def main():
+            results = await asyncio.gather(
+                *(shared_pool.run_async(tasks.add, i, j) for j in range(20))
+            )
+            results += [r async for r in shared_pool.map_async(tasks.add, [i] * 10, range(10))]
+            return results
+
+        return asyncio.run(main())
+
+    with concurrent.futures.ThreadPoolExecutor(4) as executor:
+        results = list(executor.map(in_thread, range(4)))
+    for i, result in enumerate(results):
+        assert result == [i + j for j in range(20)] + [i + j for j in range(10)]
+
+
+def test_eventkit_readme_example(shared_pool):
+    data = [bytes(range(256)) * (i + 1) + b"x" * (1000 * i) for i in range(20)]
+    expected = statistics.mean(len(bz2.compress(d)) for d in data)
+
+    async def main():
+        return await ev.Sequence(data).poolmap(shared_pool, bz2.compress).map(len).mean().last()
+
+    assert asyncio.run(main()) == pytest.approx(expected)
+
+
+def test_eventkit_poolmap_emits_every_result_in_order(shared_pool):
+    async def main():
+        return await ev.Sequence(range(20)).poolmap(shared_pool, tasks.square).list()
+
+    assert asyncio.run(main()) == [i * i for i in range(20)]
+
+
+def test_eventkit_poolmap_unordered_and_chunked(shared_pool):
+    async def main():
+        source = ev.Sequence(range(30))
+        mapped = PoolMap(shared_pool, tasks.square, chunksize=4, ordered=False, source=source)
+        return await mapped.list()
+
+    got = asyncio.run(main())
+    assert collections.Counter(got) == collections.Counter(i * i for i in range(30))
+
+
+def test_eventkit_poolmap_of_a_slow_source(shared_pool):
+    async def main():
+        source = ev.Timer(0.01, count=10)
+        return await source.poolmap(shared_pool, tasks.identity).list()
+
+    got = asyncio.run(main())
+    assert len(got) == 10

@@ -1,0 +1,101 @@
+"""HostSpec: parsing ``[ssh://][user@]host[:port]/num_workers``."""
+
+from __future__ import annotations
+
+import pytest
+
+from distex_zmq import HostSpec
+from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT
+
+pytestmark = pytest.mark.timeout(10)
+
+
+@pytest.mark.parametrize(
+    "spec, is_ssh, user, host, port, num_workers",
+    [
+        ("ssh://user@maxi:10022/8", True, "user", "maxi", 10022, 8),
+        ("ssh://maxi/4", True, None, "maxi", None, 4),
+        ("ssh://me@10.0.0.7/1", True, "me", "10.0.0.7", None, 1),
+        ("ssh://host.example.com:22/16", True, None, "host.example.com", 22, 16),
+        ("mini/2", False, None, "mini", DEFAULT_SPAWNER_PORT, 2),
+        ("mini:9000/3", False, None, "mini", 9000, 3),
+        ("bob@mini/5", False, "bob", "mini", DEFAULT_SPAWNER_PORT, 5),
+        ("bob@mini:1/5", False, "bob", "mini", 1, 5),
+        ("localhost:65535/100", False, None, "localhost", 65535, 100),
+        ("a.b@c/1", False, "a.b", "c", DEFAULT_SPAWNER_PORT, 1),
+    ],
+)
+def test_good_specs(spec, is_ssh, user, host, port, num_workers):
+    h = HostSpec(spec)
+    assert (h.is_ssh, h.user, h.host, h.port, h.num_workers) == (
+        is_ssh,
+        user,
+        host,
+        port,
+        num_workers,
+    )
+
+
+def test_default_spawner_port_is_that_of_distex():
+    assert DEFAULT_SPAWNER_PORT == 8899
+
+
+@pytest.mark.parametrize(
+    "spec", ["ssh://user@maxi:10022/8", "ssh://maxi/4", "mini/2", "bob@mini:9000/3"]
+)
+def test_repr_round_trips(spec):
+    h = HostSpec(spec)
+    assert eval(repr(h), {"HostSpec": HostSpec}) == h  # noqa: S307
+    assert hash(eval(repr(h), {"HostSpec": HostSpec})) == hash(h)  # noqa: S307
+
+
+def test_equality_and_hash():
+    assert HostSpec("mini/2") == HostSpec("mini:8899/2")
+    assert HostSpec("mini/2") != HostSpec("mini/3")
+    assert HostSpec("ssh://mini/2") != HostSpec("mini/2")
+    assert len({HostSpec("mini/2"), HostSpec("mini:8899/2"), HostSpec("maxi/2")}) == 2
+    assert HostSpec("mini/2") != "mini/2"
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("mini", "lacks the number of workers"),
+        ("ssh://mini", "lacks the number of workers"),
+        ("", "lacks the number of workers"),
+        ("mini/", "is not an integer"),
+        ("mini/two", "'two' is not an integer"),
+        ("mini/2.5", "is not an integer"),
+        ("mini/0", "must be >= 1"),
+        ("mini/-3", "must be >= 1"),
+        ("@mini/2", "empty user name"),
+        ("ssh://@mini/2", "empty user name"),
+        ("/2", "missing or bad host name"),
+        ("ssh:///2", "missing or bad host name"),
+        ("user@/2", "missing or bad host name"),
+        (":22/2", "missing or bad host name"),
+        ("mini/2/3", "missing or bad host name"),
+        ("mini:abc/2", "bad port 'abc'"),
+        ("mini:/2", "bad port"),
+        ("mini:0/2", "port out of range"),
+        ("mini:65536/2", "port out of range"),
+        ("mini:-1/2", "port out of range"),
+    ],
+)
+def test_bad_specs_raise_value_error_with_a_clear_message(spec, message):
+    with pytest.raises(ValueError) as info:
+        HostSpec(spec)
+    text = str(info.value)
+    assert message in text
+    assert repr(spec) in text, "the message must quote the bad spec"
+
+
+def test_the_missing_count_message_shows_the_format():
+    with pytest.raises(ValueError, match=r"\[ssh://\]\[user@\]host\[:port\]/num_workers"):
+        HostSpec("mini")
+
+
+@pytest.mark.parametrize("spec", [None, 5, b"mini/2", ["mini/2"]])
+def test_non_strings_raise_type_error(spec):
+    with pytest.raises(TypeError, match="must be a string"):
+        HostSpec(spec)

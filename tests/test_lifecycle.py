@@ -1,0 +1,341 @@
+"""Start-up, shutdown and cleanup: processes, threads, ipc files, worker loops."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import gc
+import glob
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+
+from distex_zmq import LoopType, Pool, PoolClosedError, WorkerStartError
+from tests import tasks
+from tests.helpers import LeakCheck, child_pids, pid_alive, pool_threads, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ipc_dirs() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "distex_zmq-*")))
+
+
+def test_shutdown_waits_for_submitted_tasks():
+    pool = Pool(2, qsize=1)
+    pids = pool.run_on_all(tasks.pid)
+    futures = [pool.submit(tasks.sleep_return, 0.1, i) for i in range(6)]
+    pool.shutdown()
+    assert all(f.done() for f in futures)
+    assert [f.result(timeout=0) for f in futures] == list(range(6))
+    assert not any(pid_alive(pid) for pid in pids)
+
+
+def test_shutdown_with_cancel_futures_runs_only_what_started(tmp_path):
+    pool = Pool(1, qsize=1)
+    pool.run_on_all(int, 0)
+    running = pool.submit(tasks.sleep_return, 0.4, "running")
+    markers = [tmp_path / f"queued{i}" for i in range(5)]
+    queued = [pool.submit(tasks.touch, str(m), i) for i, m in enumerate(markers)]
+    time.sleep(0.1)
+    pool.shutdown(cancel_futures=True)
+    assert running.result(timeout=0) == "running"
+    for future in queued:
+        assert future.done()
+        with pytest.raises(concurrent.futures.CancelledError):
+            future.result(timeout=0)
+    assert not any(m.exists() for m in markers), "cancelled tasks ran"
+
+
+def test_shutdown_with_cancel_futures_marks_futures_cancelled():
+    pool = Pool(1, qsize=1)
+    pool.run_on_all(int, 0)
+    running = pool.submit(tasks.sleep_return, 0.3, "running")
+    queued = [pool.submit(tasks.square, i) for i in range(4)]
+    time.sleep(0.05)
+    pool.shutdown(cancel_futures=True)
+    assert running.result(timeout=0) == "running"
+    assert not running.cancelled()
+    # as concurrent.futures.Executor.shutdown(cancel_futures=True) does
+    assert [f.cancelled() for f in queued] == [True] * 4
+
+
+def test_shutdown_without_cancel_futures_runs_everything(tmp_path):
+    pool = Pool(1, qsize=1)
+    markers = [tmp_path / f"m{i}" for i in range(5)]
+    futures = [pool.submit(tasks.touch, str(m), i) for i, m in enumerate(markers)]
+    pool.shutdown(cancel_futures=False)
+    assert [f.result(timeout=0) for f in futures] == list(range(5))
+    assert all(m.exists() for m in markers)
+
+
+def test_shutdown_without_wait_returns_at_once_and_still_finishes():
+    pool = Pool(2)
+    pool.run_on_all(int, 0)
+    future = pool.submit(tasks.sleep_return, 2, "late")
+    pool.shutdown(wait=False)
+    assert not future.done()  # shutdown did not wait for it
+    with pytest.raises(PoolClosedError):
+        pool.submit(tasks.square, 1)
+    assert future.result(timeout=10) == "late"
+    assert wait_until(lambda: not pool_threads(), timeout=10)
+
+
+def test_shutdown_is_idempotent():
+    pool = Pool(2)
+    pids = pool.run_on_all(tasks.pid)
+    pool.shutdown(wait=False)
+    pool.shutdown()
+    pool.shutdown()
+    pool.shutdown(cancel_futures=True)
+    assert not any(pid_alive(pid) for pid in pids)
+
+
+def test_every_method_raises_pool_closed_after_shutdown():
+    pool = Pool(1)
+    pool.shutdown()
+    for call in (
+        lambda: pool.submit(tasks.square, 1),
+        lambda: pool.run(tasks.square, 1),
+        lambda: list(pool.map(tasks.square, [1])),
+        lambda: pool.run_on_all(tasks.pid),
+        lambda: asyncio.run(pool.run_async(tasks.square, 1)),
+        lambda: asyncio.run(pool.run_on_all_async(tasks.pid)),
+        lambda: asyncio.run(pool.create()),
+    ):
+        with pytest.raises(PoolClosedError) as info:
+            call()
+        assert isinstance(info.value, RuntimeError)
+
+    async def map_async():
+        async for _ in pool.map_async(tasks.square, [1]):
+            pass
+
+    with pytest.raises(PoolClosedError):
+        asyncio.run(map_async())
+    assert not pool.is_ready()
+
+
+def test_with_statement_stops_workers_and_thread():
+    threads_before = set(pool_threads())
+    with Pool(2) as pool:
+        pids = pool.run_on_all(tasks.pid)
+        assert all(pid_alive(pid) for pid in pids)
+        assert len(set(pool_threads()) - threads_before) == 1
+    assert not any(pid_alive(pid) for pid in pids)
+    assert set(pool_threads()) <= threads_before
+    assert not set(pids) & child_pids()
+
+
+def test_no_pool_thread_left_after_shutdown():
+    before = set(pool_threads())
+    pools = [Pool(1) for _ in range(3)]
+    for pool in pools:
+        pool.run(int, 0)
+    assert len(set(pool_threads()) - before) == 3
+    for pool in pools:
+        pool.shutdown()
+    assert set(pool_threads()) <= before
+
+
+def test_ipc_temp_dir_removed_after_shutdown():
+    before = ipc_dirs()
+    pool = Pool(1)
+    pool.run(int, 0)
+    new = ipc_dirs() - before
+    assert len(new) == 1, f"expected one new ipc dir, found {new}"
+    (ipc_dir,) = new
+    assert os.listdir(ipc_dir), "the broker's ipc socket is not in its dir"
+    pool.shutdown()
+    assert not os.path.exists(ipc_dir)
+
+
+def test_ipc_temp_dir_removed_when_start_up_fails():
+    before = ipc_dirs()
+    pool = Pool(1, initializer=tasks.init_fail)
+    with pytest.raises(WorkerStartError):
+        pool.run(tasks.square, 1)
+    pool.shutdown()
+    assert ipc_dirs() - before == set()
+
+
+def _assert_collected_pool_stops(use) -> None:
+    threads_before = set(pool_threads())
+    dirs_before = ipc_dirs()
+    children_before = child_pids()
+    pool = Pool(2)
+    use(pool)
+    assert wait_until(lambda: len(child_pids() - children_before) == 2, timeout=10)
+    pids = child_pids() - children_before
+    ref = weakref.ref(pool)
+    del pool
+    gc.collect()
+    assert ref() is None, "the pool is still referenced after del"
+    assert wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=15)
+    assert wait_until(lambda: set(pool_threads()) <= threads_before, timeout=5)
+    assert wait_until(lambda: ipc_dirs() - dirs_before == set(), timeout=5)
+
+
+def test_garbage_collected_pool_stops_its_workers():
+    def use(pool):
+        assert pool.run(tasks.square, 3) == 9
+        assert list(pool.map(tasks.square, range(5))) == [0, 1, 4, 9, 16]
+        assert pool.submit(tasks.add, 1, 2).result() == 3
+
+    _assert_collected_pool_stops(use)
+
+
+def test_garbage_collected_pool_stops_its_workers_after_run_on_all():
+    def use(pool):
+        assert pool.run_on_all(tasks.square, 3) == [9, 9]
+
+    _assert_collected_pool_stops(use)
+
+
+def test_pool_open_at_interpreter_exit_stops_its_workers(tmp_path):
+    script = textwrap.dedent(
+        """
+        import atexit, os, sys
+        sys.path.insert(0, sys.argv[1])
+        from tests.helpers import pid_alive, wait_until
+
+        def check():
+            # runs after the pool's exit hook (atexit is last in, first out)
+            gone = wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=10)
+            print("WORKERS GONE" if gone else "WORKERS LEFT", flush=True)
+
+        atexit.register(check)
+        from distex_zmq import Pool
+        from tests import tasks
+        pool = Pool(2)
+        pids = pool.run_on_all(tasks.pid)
+        print("PIDS", *pids, flush=True)
+        # no shutdown: the interpreter exits with the pool open
+        """
+    )
+    path = tmp_path / "open_pool.py"
+    path.write_text(script)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, str(path), str(ROOT)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=40,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    pids = [int(p) for p in lines[0].split()[1:]]
+    assert len(pids) == 2
+    assert "WORKERS GONE" in lines, proc.stdout + proc.stderr
+    assert not any(pid_alive(pid) for pid in pids)
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_workers_ignore_sigint(pool):
+    pids = pool.run_on_all(tasks.pid)
+    for pid in pids:
+        os.kill(pid, signal.SIGINT)
+    time.sleep(0.3)
+    assert all(pid_alive(pid) for pid in pids)
+    assert sorted(pool.run_on_all(tasks.pid)) == sorted(pids)
+
+
+def test_shutdown_inside_a_running_loop():
+    async def main():
+        pool = Pool(1)
+        pids = pool.run_on_all(tasks.pid)
+        assert await pool.run_async(tasks.square, 3) == 9
+        pool.shutdown()
+        return pids
+
+    pids = asyncio.run(main())
+    assert not any(pid_alive(pid) for pid in pids)
+
+
+def test_repr_shows_the_state():
+    pool = Pool(1, lazy_create=True)
+    assert "1 workers" in repr(pool)
+    pool.run_on_all(int, 0)
+    assert "ready" in repr(pool)
+    pool.shutdown()
+    assert "shut down" in repr(pool)
+
+
+def test_loop_type_values_are_those_of_distex():
+    assert [(t.name, int(t)) for t in LoopType] == [
+        ("default", 0),
+        ("asyncio", 1),
+        ("uvloop", 2),
+        ("proactor", 3),
+        ("quamash", 4),
+    ]
+
+
+@pytest.mark.parametrize(
+    "loop_type, expected",
+    [
+        (LoopType.asyncio, "asyncio.unix_events._UnixSelectorEventLoop"),
+        (LoopType.uvloop, "uvloop.Loop"),
+        (LoopType.default, "uvloop.Loop"),  # uvloop is installed in the test env
+    ],
+)
+def test_worker_loop_types(loop_type, expected):
+    pytest.importorskip("uvloop")
+    with Pool(1, worker_loop=loop_type) as pool:
+        assert pool.run(tasks.running_loop_class_name) == expected
+        assert pool.run(tasks.loop_class_name) == expected
+        assert list(pool.map(tasks.async_square, range(4))) == [0, 1, 4, 9]
+
+
+@pytest.mark.parametrize(
+    "loop_type, text",
+    [(LoopType.proactor, "Windows only"), (LoopType.quamash, "quamash is not supported")],
+)
+def test_unsupported_worker_loop_gives_a_clear_error(loop_type, text):
+    # either at once when the pool is made, or as a WorkerStartError at first use
+    before = child_pids()
+    with pytest.raises((ValueError, WorkerStartError), match=text):
+        pool = Pool(1, worker_loop=loop_type)
+        try:
+            pool.run(tasks.square, 2)
+        finally:
+            pool.shutdown()
+    assert wait_until(lambda: child_pids() <= before, timeout=5)
+
+
+def test_unknown_worker_loop_is_a_value_error():
+    with pytest.raises(ValueError, match="LoopType"):
+        Pool(1, worker_loop=42)
+
+
+def test_the_leak_check_sees_a_leaked_pool_and_process():
+    # the autouse fixture of conftest.py relies on LeakCheck: prove that it
+    # finds a pool that was not shut down and a stray child, and cleans up
+    check = LeakCheck()
+    assert check.leftovers() == (set(), [])
+    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    leaked = Pool(1)
+    leaked.run_on_all(int, 0)
+    pids, threads = check.leftovers(timeout=0.2)
+    assert stray.pid in pids
+    assert len(pids) == 2  # the stray and the pool's worker
+    assert len(threads) == 1 and threads[0].name == "distex_zmq pool loop"
+    assert any("distex_zmq.worker" in d for d in check.describe(pids))
+    check.clean_up(pids, threads)
+    stray.wait(timeout=5)  # (clean_up reaped it already: no exit status left)
+    assert not pid_alive(stray.pid)
+    assert check.leftovers(timeout=5) == (set(), [])
+    with pytest.raises(PoolClosedError):
+        leaked.submit(tasks.square, 1)

@@ -1,0 +1,295 @@
+"""Pool.map: lazy input, zip, star, chunks, order, timeout, errors, early break."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import itertools
+
+import pytest
+
+from distex_zmq import Pool
+from tests import tasks
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize("chunksize", [1, 3, 16, 1000])
+def test_map_matches_builtin_map(shared_pool, chunksize):
+    xs = list(range(-50, 150))
+    assert list(shared_pool.map(tasks.square, xs, chunksize=chunksize)) == list(
+        map(tasks.square, xs)
+    )
+
+
+def test_map_of_empty_input_is_empty(shared_pool):
+    assert list(shared_pool.map(tasks.square, [])) == []
+    assert list(shared_pool.map(tasks.square, [], chunksize=10)) == []
+    assert list(shared_pool.map(tasks.add, [], range(10))) == []
+
+
+def test_map_returns_a_lazy_iterator(shared_pool):
+    it = shared_pool.map(tasks.square, range(5))
+    assert iter(it) is it
+    assert next(it) == 0
+    assert list(it) == [1, 4, 9, 16]
+
+
+@pytest.mark.parametrize("chunksize", [1, 4])
+def test_several_iterables_are_zipped(shared_pool, chunksize):
+    a, b, c = range(30), range(100, 125), [7] * 40  # the shortest ends it
+    assert list(shared_pool.map(tasks.add3, a, b, c, chunksize=chunksize)) == list(
+        map(tasks.add3, a, b, c)
+    )
+
+
+@pytest.mark.parametrize("chunksize", [1, 5])
+def test_star_unpacks_like_starmap(shared_pool, chunksize):
+    args = [(i, 2 * i) for i in range(33)]
+    assert list(shared_pool.map(tasks.add, args, star=True, chunksize=chunksize)) == list(
+        itertools.starmap(tasks.add, args)
+    )
+    # without star each tuple is one argument
+    assert list(shared_pool.map(tasks.identity, args, chunksize=chunksize)) == args
+
+
+def test_star_with_generator_of_tuples(shared_pool):
+    gen = ((i, i, i) for i in range(20))
+    assert list(shared_pool.map(tasks.add3, gen, star=True)) == [3 * i for i in range(20)]
+
+
+def test_map_of_large_input_with_chunks(shared_pool):
+    n = 20_000
+    assert list(shared_pool.map(tasks.add, range(n), range(n), chunksize=500)) == [
+        2 * i for i in range(n)
+    ]
+
+
+def test_unordered_yields_every_result(shared_pool):
+    xs = list(range(40)) + list(range(10))  # with duplicates
+    for chunksize in (1, 3):
+        results = list(shared_pool.map(tasks.square, xs, ordered=False, chunksize=chunksize))
+        assert collections.Counter(results) == collections.Counter(map(tasks.square, xs))
+
+
+def test_unordered_yields_in_order_of_completion(pool):
+    # the first input takes 1 s, the others 0.02 s: with 2 workers the quick
+    # ones that are not stuck behind the slow one come out first
+    delays = [1.0] + [0.02] * 5
+    values = list(range(len(delays)))
+    ordered = list(pool.map(tasks.sleep_return, delays, values))
+    assert ordered == values
+    unordered = list(pool.map(tasks.sleep_return, delays, values, ordered=False))
+    assert sorted(unordered) == values
+    assert unordered[0] != 0
+    assert unordered.index(0) > 0
+
+
+def test_unbounded_input_with_early_break(shared_pool):
+    pulled = 0
+
+    def numbers():
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    results = []
+    for result in shared_pool.map(tasks.square, numbers()):
+        results.append(result)
+        if len(results) == 100:
+            break
+    assert results == [i * i for i in range(100)]
+    # read lazily: only a window of inputs beyond what was yielded
+    assert pulled < 100 + 1000, f"map read {pulled} inputs to yield 100"
+    # nothing is left pending: the pool drains and keeps working
+    assert shared_pool.run_on_all(tasks.square, 2) == [4, 4]
+    assert list(shared_pool.map(tasks.square, range(10))) == [i * i for i in range(10)]
+
+
+def test_unbounded_input_with_chunks_and_early_break(shared_pool):
+    it = shared_pool.map(tasks.add, itertools.count(), itertools.repeat(1), chunksize=50)
+    assert list(itertools.islice(it, 500)) == list(range(1, 501))
+    it.close()
+    assert shared_pool.run(tasks.square, 12) == 144
+
+
+def test_break_out_of_map_of_slow_tasks_leaves_pool_usable(pool):
+    it = pool.map(tasks.sleep_return, [0.01] + [0.3] * 20, range(21))
+    assert next(it) == 0
+    it.close()  # as a for loop's break does when the iterator is dropped
+    assert list(pool.map(tasks.square, range(20))) == [i * i for i in range(20)]
+    assert pool.run_on_all(tasks.square, 3) == [9, 9]
+
+
+def test_break_in_a_for_loop_cancels_pending(pool, tmp_path):
+    markers = [tmp_path / f"m{i}" for i in range(40)]
+    for result in pool.map(tasks.touch, [str(m) for m in markers], range(40)):
+        if result == 0:
+            break
+    pool.run_on_all(tasks.pid)
+    ran = sum(m.exists() for m in markers)
+    assert 1 <= ran < 40, f"{ran} of 40 tasks ran after breaking out at the first"
+
+
+def test_timeout_raises_pool_timeout_error(pool):
+    results = []
+    with pytest.raises(Pool.TimeoutError):
+        for result in pool.map(
+            tasks.sleep_return, [0.01, 0.01, 3, 3], ["a", "b", "c", "d"], timeout=0.5
+        ):
+            results.append(result)
+    assert results == ["a", "b"]
+    assert issubclass(Pool.TimeoutError, concurrent.futures.TimeoutError)
+
+
+def test_timeout_counts_from_the_start_of_the_map(pool):
+    # each result comes quickly, but all of them take longer than the timeout
+    with pytest.raises(Pool.TimeoutError):
+        for _ in pool.map(tasks.sleep_return, [0.2] * 20, timeout=0.7):
+            pass
+
+
+def test_map_within_its_timeout_succeeds(shared_pool):
+    assert list(shared_pool.map(tasks.square, range(20), timeout=30)) == [i * i for i in range(20)]
+
+
+def test_exception_raises_at_its_item_after_earlier_results(shared_pool):
+    results = []
+    with pytest.raises(ValueError, match="bad input 5") as info:
+        for result in shared_pool.map(tasks.fail_on, range(10), [5] * 10):
+            results.append(result)
+    assert results == [0, 10, 20, 30, 40]
+    assert "Remote traceback" in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("bad, chunksize", [(5, 4), (0, 4), (3, 4), (4, 4), (9, 3), (7, 100)])
+def test_chunk_with_exception_in_the_middle(shared_pool, bad, chunksize):
+    results = []
+    with pytest.raises(ValueError, match=f"bad input {bad}$"):
+        for result in shared_pool.map(tasks.fail_on, range(12), [bad] * 12, chunksize=chunksize):
+            results.append(result)
+    assert results == [10 * i for i in range(bad)]
+
+
+def test_unordered_map_still_raises_the_error(shared_pool):
+    results = []
+    with pytest.raises(ValueError, match="bad input 6"):
+        for result in shared_pool.map(tasks.fail_on, range(10), [6] * 10, ordered=False):
+            results.append(result)
+    assert 60 not in results
+    assert len(results) < 10
+
+
+def test_map_keeps_working_after_an_error(shared_pool):
+    with pytest.raises(ValueError):
+        list(shared_pool.map(tasks.fail_on, range(10), [2] * 10, chunksize=3))
+    assert list(shared_pool.map(tasks.fail_on, range(10), [99] * 10, chunksize=3)) == [
+        10 * i for i in range(10)
+    ]
+
+
+@pytest.mark.parametrize("chunksize", [0, -1, -100, 1.5, "2"])
+def test_bad_chunksize_is_a_value_error(shared_pool, chunksize):
+    with pytest.raises(ValueError, match="chunksize"):
+        shared_pool.map(tasks.square, range(3), chunksize=chunksize)
+    with pytest.raises(ValueError, match="chunksize"):
+        shared_pool.map_async(tasks.square, range(3), chunksize=chunksize)
+
+
+def test_map_needs_an_iterable(shared_pool):
+    with pytest.raises(TypeError):
+        shared_pool.map(tasks.square)
+
+
+def test_error_in_the_input_iterator_propagates(shared_pool):
+    def inputs():
+        yield 1
+        yield 2
+        raise LookupError("input broke")
+
+    with pytest.raises(LookupError, match="input broke"):
+        list(shared_pool.map(tasks.square, inputs()))
+    assert shared_pool.run(tasks.square, 3) == 9
+
+
+async def agen(n, delay=0.0):
+    for i in range(n):
+        await asyncio.sleep(delay)
+        yield i
+
+
+def test_sync_map_of_an_async_iterable(shared_pool):
+    assert list(shared_pool.map(tasks.square, agen(20))) == [i * i for i in range(20)]
+    assert list(shared_pool.map(tasks.square, agen(20), chunksize=6)) == [i * i for i in range(20)]
+
+
+def test_sync_map_of_mixed_iterables_async_shortest(shared_pool):
+    expected = list(map(tasks.add3, range(15), range(100, 200), range(50)))
+    assert list(shared_pool.map(tasks.add3, agen(15), range(100, 200), iter(range(50)))) == (
+        expected
+    )
+    assert (
+        list(shared_pool.map(tasks.add3, agen(15), range(100, 200), range(50), chunksize=4))
+        == expected
+    )
+    assert (
+        sorted(
+            shared_pool.map(
+                tasks.add3, agen(15), range(100, 200), range(50), chunksize=4, ordered=False
+            )
+        )
+        == expected
+    )
+
+
+def test_sync_map_of_mixed_iterables_sync_shortest(shared_pool):
+    # zip ends when the shortest ends, also when that one is a sync iterable
+    assert list(shared_pool.map(tasks.add3, range(15), agen(100), agen(50))) == [
+        3 * x for x in range(15)
+    ]
+
+
+def test_sync_map_of_an_unbounded_async_iterable_with_early_break(shared_pool):
+    async def forever():
+        i = 0
+        while True:
+            await asyncio.sleep(0)
+            yield i
+            i += 1
+
+    it = shared_pool.map(tasks.square, forever())
+    assert list(itertools.islice(it, 30)) == [i * i for i in range(30)]
+    it.close()
+    assert shared_pool.run(tasks.square, 5) == 25
+
+
+def test_map_of_a_coroutine_function(shared_pool):
+    for chunksize in (1, 3):
+        assert list(shared_pool.map(tasks.async_square, range(10), chunksize=chunksize)) == [
+            i * i for i in range(10)
+        ]
+
+
+def test_map_of_a_failing_coroutine_function_in_chunks(shared_pool):
+    with pytest.raises(ValueError, match="async failure 0"):
+        list(shared_pool.map(tasks.async_fail, range(5), chunksize=2))
+
+
+def test_map_inside_a_running_event_loop(shared_pool):
+    async def main():
+        return list(shared_pool.map(tasks.square, range(10), chunksize=2))
+
+    assert asyncio.run(main()) == [i * i for i in range(10)]
+
+
+def test_two_maps_interleaved(shared_pool):
+    a = shared_pool.map(tasks.square, range(100))
+    b = shared_pool.map(tasks.add, range(100), range(100), chunksize=7)
+    got_a, got_b = [], []
+    for x, y in zip(a, b, strict=True):
+        got_a.append(x)
+        got_b.append(y)
+    assert got_a == [i * i for i in range(100)]
+    assert got_b == [2 * i for i in range(100)]

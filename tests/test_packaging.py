@@ -1,0 +1,164 @@
+"""Packaging: what the installed distribution provides, from outside the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import distex_zmq
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTSIDE: str = ""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _outside():
+    """An empty directory in the temp dir, outside the repository: the working
+    directory of the interpreters started here, so that neither the repository
+    nor stray ``broker``/``worker`` directories in /tmp are on their sys.path."""
+    global OUTSIDE
+    OUTSIDE = tempfile.mkdtemp(prefix="distex_zmq_test_outside_")
+    yield
+    shutil.rmtree(OUTSIDE, ignore_errors=True)
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run Python code in a fresh interpreter, from outside the repository."""
+    assert OUTSIDE and not OUTSIDE.startswith(str(ROOT))
+    assert os.listdir(OUTSIDE) == []
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    return subprocess.run(
+        [sys.executable, *(("-c", code) if code else ()), *args],
+        cwd=OUTSIDE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_subpackages_import_after_install():
+    proc = run_python(
+        "import distex_zmq.broker, distex_zmq.worker, distex_zmq.worker.worker\n"
+        "from distex_zmq.broker import Broker, Task, Registry\n"
+        "from distex_zmq.worker.worker import Worker\n"
+        "print(distex_zmq.broker.__name__, distex_zmq.worker.__name__)"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["distex_zmq.broker", "distex_zmq.worker"]
+
+
+@pytest.mark.parametrize("name", ["broker", "worker"])
+def test_no_top_level_broker_or_worker(name):
+    proc = run_python(
+        f"import importlib.util, sys\nprint(importlib.util.find_spec({name!r}))\nimport {name}\n"
+    )
+    assert proc.returncode != 0, f"'import {name}' worked at top level: {proc.stdout}"
+    assert proc.stdout.strip() == "None"
+    assert "ModuleNotFoundError" in proc.stderr
+    assert f"No module named '{name}'" in proc.stderr
+
+
+def test_subpackages_come_from_the_broker_and_worker_dirs():
+    proc = run_python(
+        "import distex_zmq.broker as b, distex_zmq.worker as w\n"
+        "print(b.__file__); print(w.__file__)"
+    )
+    assert proc.returncode == 0, proc.stderr
+    broker_file, worker_file = (Path(p) for p in proc.stdout.split())
+    assert broker_file.name == "__init__.py" and worker_file.name == "__init__.py"
+    assert broker_file.parent.name == "broker"
+    assert worker_file.parent.name == "worker"
+
+
+def test_public_names():
+    for name in distex_zmq.__all__:
+        assert hasattr(distex_zmq, name), name
+    for name in (
+        "Pool",
+        "PoolMap",
+        "HostSpec",
+        "PickleType",
+        "LoopType",
+        "RemoteException",
+        "DistexError",
+        "PoolClosedError",
+        "WorkerStartError",
+        "WorkerLostError",
+        "SerializationError",
+        "ProtocolError",
+    ):
+        assert name in distex_zmq.__all__
+    for name in (
+        "PoolClosedError",
+        "WorkerStartError",
+        "WorkerLostError",
+        "SerializationError",
+        "ProtocolError",
+        "RemoteException",
+    ):
+        assert issubclass(getattr(distex_zmq, name), distex_zmq.DistexError)
+    assert issubclass(distex_zmq.PoolClosedError, RuntimeError)
+
+
+def test_version_matches_the_installed_metadata():
+    from importlib.metadata import version
+
+    assert distex_zmq.__version__ == version("distex_zmq")
+
+
+def test_worker_check_prints_the_version_and_exits_0():
+    proc = run_python("", "-m", "distex_zmq.worker", "--check")
+    assert proc.returncode == 0, proc.stderr
+    assert distex_zmq.__version__ in proc.stdout
+    assert "distex_zmq" in proc.stdout
+
+
+def test_worker_console_script_check():
+    script = shutil.which("distex-zmq-worker", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("the distex-zmq-worker script is not installed next to this python")
+    proc = subprocess.run(
+        [script, "--check"], cwd=OUTSIDE, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert distex_zmq.__version__ in proc.stdout
+
+
+def test_worker_without_arguments_is_a_usage_error():
+    proc = run_python("", "-m", "distex_zmq.worker")
+    assert proc.returncode == 2
+    assert "--connect" in proc.stderr and "--identity" in proc.stderr
+
+
+def test_pool_works_from_outside_the_repository(tmp_path):
+    # a script of a user: its own module of task functions, in its own directory
+    (tmp_path / "usertasks.py").write_text("def f(x):\n    return x * x\n")
+    (tmp_path / "main.py").write_text(
+        "from distex_zmq import Pool\n"
+        "import usertasks\n"
+        "if __name__ == '__main__':\n"
+        "    with Pool(2) as pool:\n"
+        "        print(list(pool.map(usertasks.f, range(10))))\n"
+        "        print(pool.submit(usertasks.f, 3).result())\n"
+        "        print(pool.run(lambda x: x + 1, 1))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "main.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=40,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [str([x * x for x in range(10)]), "9", "2"]

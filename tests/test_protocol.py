@@ -1,0 +1,337 @@
+"""The wire protocol: envelope checks, version mismatch, and real peers.
+
+The end-to-end tests talk to a real worker process through a ROUTER socket
+of their own (a fake broker), and to a real pool's broker through a DEALER
+socket of their own (a fake worker). The broker's endpoint is read from
+``pool._runtime.broker.endpoints``, the one internal the suite uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import dill
+import pytest
+import zmq
+
+from distex_zmq import DistexError, Pool, ProtocolError
+from distex_zmq import protocol as p
+from distex_zmq.serialization import dumps, loads
+from distex_zmq.version import __version__
+from tests import tasks
+
+pytestmark = pytest.mark.timeout(30)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def envelope(
+    kind: bytes, count: int = 0, version: int = p.VERSION, magic: bytes = p.MAGIC, body: bytes = b""
+) -> bytes:
+    return p.HEAD.pack(magic, version, kind, count) + body
+
+
+# the envelope
+
+
+def test_check_accepts_a_good_envelope():
+    kind, count, buf = p.check(envelope(p.TASK, 3))
+    assert (kind, count) == (p.TASK, 3)
+    assert bytes(buf) == envelope(p.TASK, 3)
+
+
+@pytest.mark.parametrize("other", [0, p.VERSION + 1, 999])
+def test_version_mismatch_is_a_clear_protocol_error(other):
+    with pytest.raises(ProtocolError) as info:
+        p.check(envelope(p.HELLO, version=other))
+    text = str(info.value)
+    assert "protocol version mismatch" in text
+    assert f"version {other}" in text and f"this side {p.VERSION}" in text
+    assert "install the same distex_zmq version" in text
+    assert isinstance(info.value, DistexError)
+
+
+@pytest.mark.parametrize(
+    "frame, text",
+    [
+        (b"", "too short"),
+        (b"DZMQ", "too short"),
+        (envelope(p.HELLO, magic=b"HTTP"), "not a distex_zmq message"),
+        (b"GET / HTTP/1.1\r\n\r\n", "not a distex_zmq message"),
+    ],
+)
+def test_foreign_messages_are_refused(frame, text):
+    with pytest.raises(ProtocolError, match=text):
+        p.check(frame)
+
+
+def test_truncated_entries_are_detected():
+    frame = envelope(p.TASK, 2) + b"\x00" * p.TASK_ENTRY.size  # says 2, holds 1
+    _, count, buf = p.check(frame)
+    with pytest.raises(ProtocolError, match="truncated"):
+        p.body(buf, count, p.TASK_ENTRY)
+
+
+def test_reader_detects_missing_frames_and_bodies():
+    frame = envelope(p.RESULT, 1) + p.RESULT_ENTRY.pack(1, p.STATUS_OK, p.IN_FRAME, 0)
+    _, count, buf = p.check(frame)
+    reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), [frame])
+    with pytest.raises(ProtocolError, match="fewer frames"):
+        reader.data(p.IN_FRAME, 0)
+    reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), [frame])
+    with pytest.raises(ProtocolError, match="body past its end"):
+        reader.inline(10)
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b"\xff"])
+def test_malformed_json_body(body):
+    _, _, buf = p.check(envelope(p.HELLO, body=body))
+    with pytest.raises(ProtocolError, match="malformed body"):
+        p.json_body(buf)
+
+
+def test_writer_and_reader_round_trip_inline_and_framed_bodies():
+    small = b"s" * 100
+    large = b"L" * (p.INLINE_MAX + 1)
+    extra = memoryview(b"B" * 50)
+    writer = p.Writer(p.RESULT)
+    for task_id, (data, buffers) in enumerate([(small, []), (large, [extra]), (b"", [])]):
+        size = writer.body(data, buffers)
+        writer.entries.append(p.RESULT_ENTRY.pack(task_id, p.STATUS_OK, size, len(buffers)))
+    frames = writer.frames_out()
+    assert len(frames) == 3  # the envelope, the large pickle, the buffer
+    kind, count, buf = p.check(frames[0])
+    assert (kind, count) == (p.RESULT, 3)
+    reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
+    got = []
+    for task_id, status, size, nbuffers in p.result_entries(buf, count):
+        data, buffers = reader.data(size, nbuffers)
+        got.append((task_id, status, bytes(data), [bytes(b) for b in buffers]))
+    assert got == [(0, 0, small, []), (1, 0, large, [bytes(extra)]), (2, 0, b"", [])]
+
+
+def test_control_and_hello_messages():
+    (frame,) = p.hello({"pid": 1, "credits": 2})
+    kind, count, buf = p.check(frame)
+    assert (kind, count) == (p.HELLO, 0)
+    assert p.json_body(buf) == {"pid": 1, "credits": 2}
+    (frame,) = p.control(p.REFUSE, b"go away")
+    kind, _, buf = p.check(frame)
+    assert kind == p.REFUSE and p.text_body(buf) == "go away"
+
+
+# a real worker against a fake broker
+
+
+class FakeBroker:
+    def __init__(self, tmp_path: Path, credits: int = 2):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"ipc://{tmp_path}/fake-broker"
+        self.sock.bind(self.endpoint)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distex_zmq.worker",
+                "--connect",
+                self.endpoint,
+                "--identity",
+                b"fake-1".hex(),
+                "--credits",
+                str(credits),
+                "--parent-pid",
+                str(os.getpid()),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+
+    def recv(self, timeout: float = 15) -> tuple[bytes, list[zmq.Frame]]:
+        assert self.sock.poll(int(timeout * 1000)), "no message from the worker"
+        identity, *frames = self.sock.recv_multipart(copy=False)
+        return identity.bytes, frames
+
+    def send(self, identity: bytes, frames: list) -> None:
+        self.sock.send_multipart([identity, *frames])
+
+    def close(self) -> tuple[int, str]:
+        if self.sock.closed:
+            return self.proc.returncode, ""
+        try:
+            code = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        stderr = self.proc.stderr.read().decode(errors="replace")
+        self.proc.stderr.close()
+        self.proc.stdout.close()
+        self.sock.close()
+        self.ctx.term()
+        return code, stderr
+
+
+def task_message(
+    task_id: int, func, args: tuple, *, send_func: bool = True, version: int = p.VERSION
+) -> list:
+    func_pickle = dill.dumps(func, protocol=5) if send_func else b""
+    data, buffers = dumps(args)
+    writer = p.Writer(p.TASK)
+    flags = p.FLAG_STAR
+    if send_func:
+        flags |= p.FLAG_FUNC
+        writer.inline.append(func_pickle)
+    size = writer.body(data, buffers)
+    writer.entries.append(
+        p.TASK_ENTRY.pack(task_id, 1, flags, len(func_pickle), size, len(buffers))
+    )
+    frames = writer.frames_out()
+    if version != p.VERSION:
+        frames[0] = p.HEAD.pack(p.MAGIC, version, p.TASK, 1) + frames[0][p.HEAD.size :]
+    return frames
+
+
+def read_results(frames: list) -> list[tuple[int, int, object]]:
+    kind, count, buf = p.check(frames[0])
+    assert kind == p.RESULT
+    reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
+    out = []
+    for task_id, status, size, nbuffers in p.result_entries(buf, count):
+        data, buffers = reader.data(size, nbuffers)
+        out.append((task_id, status, loads(data, buffers)))
+    return out
+
+
+@pytest.fixture
+def fake_broker(tmp_path):
+    broker = FakeBroker(tmp_path, credits=3)
+    yield broker
+    if broker.proc.poll() is None:
+        broker.proc.kill()
+    broker.close()
+
+
+def test_worker_says_hello_with_its_version_and_credits(fake_broker):
+    identity, frames = fake_broker.recv()
+    assert identity == b"fake-1"
+    kind, count, buf = p.check(frames[0])
+    assert (kind, count) == (p.HELLO, 0)
+    info = p.json_body(buf)
+    assert info["pid"] == fake_broker.proc.pid
+    assert info["credits"] == 3
+    assert info["version"] == __version__
+    assert info["python"] == sys.version.split()[0]
+    fake_broker.send(identity, p.control(p.STOP))
+    code, stderr = fake_broker.close()
+    assert code == 0, stderr
+
+
+def test_worker_runs_a_task_sent_by_the_protocol(fake_broker):
+    identity, _ = fake_broker.recv()
+    fake_broker.send(identity, task_message(42, tasks.square, (7,)))
+    _, frames = fake_broker.recv()
+    assert read_results(frames) == [(42, p.STATUS_OK, 49)]
+    # the function is cached by id: the next task refers to it without sending it
+    fake_broker.send(identity, task_message(43, tasks.square, (8,), send_func=False))
+    _, frames = fake_broker.recv()
+    assert read_results(frames) == [(43, p.STATUS_OK, 64)]
+    fake_broker.send(identity, p.control(p.STOP))
+    code, stderr = fake_broker.close()
+    assert code == 0, stderr
+
+
+def test_worker_drops_a_message_of_another_version_and_keeps_working(fake_broker):
+    identity, _ = fake_broker.recv()
+    fake_broker.send(identity, task_message(1, tasks.square, (3,), version=p.VERSION + 1))
+    fake_broker.send(identity, task_message(2, tasks.square, (4,)))
+    _, frames = fake_broker.recv()
+    # only the task of the right version ran
+    assert read_results(frames) == [(2, p.STATUS_OK, 16)]
+    fake_broker.send(identity, p.control(p.STOP))
+    code, stderr = fake_broker.close()
+    assert code == 0
+    assert "protocol version mismatch" in stderr
+    assert f"version {p.VERSION + 1}" in stderr
+
+
+def test_worker_exits_when_refused(fake_broker):
+    identity, _ = fake_broker.recv()
+    fake_broker.send(identity, p.control(p.REFUSE, b"you are not welcome"))
+    code, stderr = fake_broker.close()
+    assert code == 2
+    assert "refused by the broker: you are not welcome" in stderr
+
+
+# a fake worker against a real broker
+
+
+def fake_worker(pool: Pool, identity: bytes) -> tuple[zmq.Context, zmq.Socket]:
+    endpoint = pool._runtime.broker.endpoints[0]
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, identity)
+    sock.connect(endpoint)
+    return ctx, sock
+
+
+def hello_body() -> bytes:
+    return json.dumps(
+        {"pid": os.getpid(), "host": "fake", "credits": 1, "version": "0.0", "python": "3"}
+    ).encode()
+
+
+def test_broker_refuses_a_worker_of_another_version(pool):
+    ctx, sock = fake_worker(pool, b"stranger-1")
+    try:
+        sock.send(envelope(p.HELLO, version=p.VERSION + 1, body=hello_body()))
+        assert sock.poll(10_000), "the broker did not answer a hello of another version"
+        (frame,) = sock.recv_multipart()
+        kind, _, buf = p.check(frame)
+        assert kind == p.REFUSE
+        reason = p.text_body(buf)
+        assert "protocol version mismatch" in reason
+        assert f"version {p.VERSION + 1}" in reason
+    finally:
+        sock.close()
+        ctx.term()
+    # the pool is not disturbed
+    assert pool.run_on_all(tasks.square, 3) == [9, 9]
+    assert len(set(pool.run_on_all(tasks.pid))) == 2
+
+
+def test_broker_refuses_a_worker_it_did_not_start(pool):
+    ctx, sock = fake_worker(pool, b"stranger-2")
+    try:
+        sock.send_multipart(p.control(p.HELLO, hello_body()))
+        assert sock.poll(10_000), "the broker did not answer an unknown worker"
+        (frame,) = sock.recv_multipart()
+        kind, _, buf = p.check(frame)
+        assert kind == p.REFUSE
+        assert "unknown worker" in p.text_body(buf)
+    finally:
+        sock.close()
+        ctx.term()
+    assert pool.run_on_all(tasks.square, 4) == [16, 16]
+    assert len(pool.run_on_all(tasks.pid)) == 2  # the stranger got no task
+
+
+def test_broker_ignores_garbage(pool):
+    ctx, sock = fake_worker(pool, b"stranger-3")
+    try:
+        sock.send(b"GET / HTTP/1.1\r\n\r\n")
+        sock.send_multipart([b"DZMQ", b"x"])
+        sock.send(pickle.dumps("not a message"))
+    finally:
+        sock.close()
+        ctx.term()
+    assert list(pool.map(tasks.square, range(10))) == [i * i for i in range(10)]

@@ -1,0 +1,206 @@
+"""Pickle types, the out-of-band zero-copy path, and serialization errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from distex_zmq import PickleType, Pool, RemoteException, SerializationError
+from distex_zmq.serialization import OOB_THRESHOLD, dumps, loads
+from tests import tasks
+
+pytestmark = pytest.mark.timeout(60)
+
+PICKLE_TYPES = list(PickleType)
+
+
+def test_pickle_type_values_are_those_of_distex():
+    assert [(t.name, int(t)) for t in PickleType] == [
+        ("pickle", 0),
+        ("cloudpickle", 1),
+        ("dill", 2),
+    ]
+
+
+@pytest.mark.parametrize("func_pickle", PICKLE_TYPES, ids=lambda t: f"func-{t.name}")
+@pytest.mark.parametrize("data_pickle", PICKLE_TYPES, ids=lambda t: f"data-{t.name}")
+def test_every_combination_of_pickle_types(func_pickle, data_pickle):
+    data = {"ints": list(range(10)), "text": "héllo", "nested": ({1, 2}, b"\x00\xff")}
+    with Pool(1, func_pickle=func_pickle, data_pickle=data_pickle) as pool:
+        assert pool.run(tasks.identity, data) == data
+        assert list(pool.map(tasks.add, range(10), range(10), chunksize=3)) == [
+            2 * i for i in range(10)
+        ]
+        with pytest.raises(ValueError, match="bad input 3") as info:
+            pool.run(tasks.fail_on, 3)
+        assert isinstance(info.value.__cause__, RemoteException)
+        array = np.arange(200_000, dtype=np.int64)  # above the out-of-band threshold
+        assert np.array_equal(pool.run(tasks.array_plus_one, array), array + 1)
+
+
+@pytest.mark.parametrize("func_pickle", [PickleType.cloudpickle, PickleType.dill])
+def test_lambda_and_closure_as_function(func_pickle):
+    offset = 100
+
+    def closure(x):
+        return x + offset
+
+    with Pool(1, func_pickle=func_pickle) as pool:
+        assert pool.run(lambda x: x * 3, 5) == 15
+        assert list(pool.map(lambda x, y: x - y, range(5), range(5, 10))) == [-5] * 5
+        assert pool.submit(closure, 1).result() == 101
+        assert list(pool.map(closure, range(3), chunksize=2)) == [100, 101, 102]
+
+
+def test_lambda_with_plain_pickle_fails_in_the_caller():
+    with Pool(1, func_pickle=PickleType.pickle) as pool:
+        with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+            pool.submit(lambda x: x, 1)
+        with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+            list(pool.map(lambda x: x, [1]))
+        assert pool.run(tasks.square, 3) == 9
+
+
+@pytest.mark.parametrize("data_pickle", [PickleType.cloudpickle, PickleType.dill])
+def test_lambda_as_data(data_pickle):
+    with Pool(1, data_pickle=data_pickle) as pool:
+        assert pool.run(tasks.apply, lambda x, y: x * y, 6, 7) == 42
+        func = pool.run(tasks.identity, lambda: "made in the client")
+        assert func() == "made in the client"
+
+
+def test_lambda_as_data_with_plain_pickle_fails_in_the_caller(shared_pool):
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        shared_pool.submit(tasks.apply, lambda: 1)
+
+
+def test_function_is_pickled_once_per_pool(shared_pool):
+    func = tasks.CountingCallable()
+    tasks.CountingCallable.pickles = 0
+    assert list(shared_pool.map(func, range(50))) == [2 * i for i in range(50)]
+    assert [shared_pool.submit(func, i).result() for i in range(10)] == [2 * i for i in range(10)]
+    assert list(shared_pool.map(func, range(30), chunksize=7)) == [2 * i for i in range(30)]
+    assert shared_pool.run_on_all(func, 4) == [8, 8]
+    assert tasks.CountingCallable.pickles == 1
+
+
+def test_large_buffers_travel_out_of_band_without_a_copy():
+    array = np.arange(1_000_000, dtype=np.float64)
+    data, buffers = dumps(array)
+    assert len(data) < 1000, "the array's data went into the pickle"
+    assert len(buffers) == 1
+    assert memoryview(buffers[0]).nbytes == array.nbytes
+    # the buffer is the array's own memory, not a copy
+    assert np.shares_memory(np.frombuffer(buffers[0], dtype=np.float64), array)
+    back = loads(data, buffers)
+    assert np.shares_memory(back, array)
+    # small ones stay in band
+    small = np.arange(OOB_THRESHOLD // 16, dtype=np.float64)
+    data, buffers = dumps(small)
+    assert buffers == []
+    assert np.array_equal(loads(data, buffers), small)
+
+
+@pytest.mark.timeout(90)
+def test_100_mb_numpy_array_round_trip(shared_pool):
+    array = np.random.default_rng(1).random(100 * 2**20 // 8)
+    assert array.nbytes == 100 * 2**20
+    nbytes, checksum, _ = shared_pool.run(tasks.array_checksum, array)
+    assert nbytes == array.nbytes
+    assert checksum == pytest.approx(float(array[::4096].sum()))
+    echoed = shared_pool.run(tasks.array_echo, array)
+    assert echoed.dtype == array.dtype and echoed.shape == array.shape
+    assert np.array_equal(echoed, array)
+    assert not np.shares_memory(echoed, array)
+    plus = shared_pool.run(tasks.array_plus_one, array)
+    assert np.array_equal(plus, array + 1)
+
+
+def test_bytes_and_bytearray_round_trip(shared_pool):
+    big = bytes(range(256)) * 40_000  # 10 MB
+    assert shared_pool.run(tasks.bytes_len, big) == len(big)
+    assert shared_pool.run(tasks.identity, big) == big
+    assert shared_pool.run(tasks.identity, bytearray(big)) == bytearray(big)
+
+
+def test_unpicklable_argument_raises_in_the_caller_at_submit(shared_pool):
+    with pytest.raises(pickle.PicklingError, match="refuses to be pickled"):
+        shared_pool.submit(tasks.identity, tasks.Unpicklable())
+    with pytest.raises(pickle.PicklingError):
+        shared_pool.run(tasks.identity, tasks.Unpicklable())
+    with pytest.raises(TypeError, match="pickle"):
+        shared_pool.submit(tasks.identity, x=__import__("threading").Lock())
+    assert shared_pool.run(tasks.square, 3) == 9
+
+
+def test_unpicklable_argument_raises_during_map_iteration(shared_pool):
+    inputs = [1, 2, tasks.Unpicklable(), 4]
+    it = shared_pool.map(tasks.identity, inputs)  # input is read lazily
+    with pytest.raises(pickle.PicklingError, match="refuses to be pickled"):
+        list(it)
+    assert list(shared_pool.map(tasks.square, range(5))) == [0, 1, 4, 9, 16]
+    assert shared_pool.run_on_all(tasks.square, 2) == [4, 4]
+
+
+def test_unpicklable_argument_raises_during_map_async_iteration(shared_pool):
+    import asyncio
+
+    async def main():
+        with pytest.raises(pickle.PicklingError):
+            async for _ in shared_pool.map_async(tasks.identity, [1, tasks.Unpicklable()]):
+                pass
+        return await shared_pool.run_async(tasks.square, 4)
+
+    assert asyncio.run(main()) == 16
+
+
+def test_error_in_setstate_on_the_worker_is_a_serialization_error(pool):
+    pids = set(pool.run_on_all(tasks.pid))
+    with pytest.raises(SerializationError, match="could not unpickle") as info:
+        pool.run(tasks.identity, tasks.BadSetstate())
+    assert "setstate refuses" in str(info.value)
+    with pytest.raises(SerializationError):
+        list(pool.map(tasks.identity, [tasks.BadSetstate()]))
+    # the workers keep working, and are the same processes
+    assert pool.run(tasks.square, 4) == 16
+    assert set(pool.run_on_all(tasks.pid)) == pids
+
+
+def test_unpicklable_result_is_a_serialization_error(pool):
+    pids = set(pool.run_on_all(tasks.pid))
+    with pytest.raises(SerializationError, match="could not be pickled") as info:
+        pool.run(tasks.return_lock)
+    assert "lock" in str(info.value)
+    with pytest.raises(SerializationError):
+        pool.run(tasks.make_unpicklable)
+    assert list(pool.map(tasks.square, range(4))) == [0, 1, 4, 9]
+    assert set(pool.run_on_all(tasks.pid)) == pids
+
+
+def test_unpicklable_exception_keeps_its_text_and_traceback(shared_pool):
+    with pytest.raises(SerializationError, match="UnpicklableError: holds a lock") as info:
+        shared_pool.run(tasks.raise_unpicklable_error)
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteException)
+    assert "raise_unpicklable_error" in str(cause)
+
+
+def test_remote_exception_pickles_to_the_original_with_its_traceback():
+    try:
+        tasks.raise_custom("local")
+    except tasks.CustomError as e:
+        proxy = RemoteException(e)
+    back = pickle.loads(pickle.dumps(proxy))
+    assert type(back) is tasks.CustomError
+    assert str(back) == "local"
+    assert isinstance(back.__cause__, RemoteException)
+    assert "raise_custom" in str(back.__cause__)
+    assert "Remote traceback" in str(back.__cause__)
+
+
+def test_exception_classes_keep_their_attributes(shared_pool):
+    with pytest.raises(KeyError) as info:
+        shared_pool.run(tasks.raise_key_error)
+    assert info.value.args == ("missing-key",)
