@@ -26,6 +26,7 @@ from typing import Any
 import zmq
 
 from distex_zmq import protocol as p
+from distex_zmq._zmqio import readable, recv_frames, send_frames
 from distex_zmq.errors import PoolClosedError, ProtocolError, TaskTimeoutError, WorkerLostError
 
 from .registry import Registry, WorkerRecord
@@ -37,9 +38,6 @@ STATUS_LOCAL_ERROR = 255
 
 #: Messages read per wake-up before giving other callbacks a turn.
 MAX_READS_PER_WAKEUP = 256
-
-_NOBLOCK = int(zmq.NOBLOCK)
-_POLLIN = int(zmq.POLLIN)
 
 _logger = logging.getLogger("distex_zmq.broker")
 
@@ -249,7 +247,7 @@ class Broker:
     def _send(self, rec: WorkerRecord, frames: list[Any]) -> None:
         assert self._sock is not None
         try:
-            self._sock.send_multipart([rec.identity, *frames], copy=False)
+            send_frames(self._sock, [rec.identity, *frames])
         except zmq.ZMQError as e:
             # the worker's connection is gone; its supervisor will report how
             _logger.warning("could not send to %s: %s", rec, e)
@@ -257,19 +255,17 @@ class Broker:
 
     def _read_soon_if_pending(self) -> None:
         # the socket's FD is edge-triggered and a send can consume the edge
-        if self._sock is not None and int(self._sock.getsockopt(zmq.EVENTS)) & _POLLIN:
+        if self._sock is not None and readable(self._sock):
             self.loop.call_soon(self._on_readable)
 
     def _on_readable(self) -> None:
         sock = self._sock
         if sock is None or self._closed:
             return
-        recv = sock.recv_multipart
         for _ in range(MAX_READS_PER_WAKEUP):
-            try:
-                frames = recv(_NOBLOCK, copy=False)
-            except zmq.Again:
+            if not readable(sock):
                 return
+            frames = recv_frames(sock)
             if len(frames) < 2:
                 continue
             identity = frames[0].bytes

@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 
 from distex_zmq import protocol as p
+from distex_zmq._zmqio import readable, recv_frames, send_frames
 from distex_zmq.errors import RemoteException, SerializationError
 from distex_zmq.serialization import dumps, loads, pickle_module
 from distex_zmq.version import __version__
@@ -37,9 +38,6 @@ from distex_zmq.version import __version__
 PARENT_CHECK_INTERVAL = 1.0
 #: A batch of results waits no longer than this for the rest of its batch.
 FLUSH_AFTER = 0.001
-
-_NOBLOCK = int(zmq.NOBLOCK)
-_POLLIN = int(zmq.POLLIN)
 
 _logger = logging.getLogger("distex_zmq.worker")
 
@@ -115,12 +113,9 @@ class Worker:
     # receiving
 
     def _on_readable(self) -> None:
-        recv = self._sock.recv_multipart
-        while not self._stopping:
-            try:
-                frames = recv(_NOBLOCK, copy=False)
-            except zmq.Again:
-                break
+        sock = self._sock
+        while not self._stopping and readable(sock):
+            frames = recv_frames(sock)
             try:
                 kind, count, buf = p.check(frames[0])
                 if kind == p.TASK:
@@ -313,10 +308,10 @@ class Worker:
         if self._results:
             results = self._results
             self._results = p.Writer(p.RESULT)
-            self._sock.send_multipart(results.frames_out(), copy=False)
-        # a send can consume the edge of the edge-triggered FD: look again
-        if not self._stopping and int(self._sock.getsockopt(zmq.EVENTS)) & _POLLIN:
-            self._loop.call_soon(self._on_readable)
+            send_frames(self._sock, results.frames_out())
+            # a send can consume the edge of the edge-triggered FD: look again
+            if not self._stopping and readable(self._sock):
+                self._loop.call_soon(self._on_readable)
 
 
 def _is_awaitable(value: Any) -> bool:
