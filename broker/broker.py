@@ -343,8 +343,9 @@ class Broker:
         sinks: set[ResultSink] = set()
         running = rec.running
         reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
-        for task_id, status, data_len, nbuffers in p.result_entries(buf, count):
-            value = reader.data(data_len, nbuffers)
+        for task_id, status, elapsed, data_len, nbuffers in p.result_entries(buf, count):
+            data, buffers = reader.data(data_len, nbuffers)
+            value = (data, buffers, elapsed)
             task = running.pop(task_id, None)
             if task is None:
                 _logger.warning("result for unknown task %d from %s", task_id, rec)

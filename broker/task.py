@@ -14,7 +14,8 @@ class ResultSink(Protocol):
     """Receives results on the pool loop; ``flush`` ends a batch of them."""
 
     def deliver(self, task: Task, status: int, value: Any) -> None:
-        """``value`` is ``(pickle, buffers)`` as received, or an exception made locally."""
+        """``value`` is ``(pickle, buffers, microseconds it ran)`` as received, or
+        an exception made locally."""
 
     def flush(self) -> None:
         """Wake whoever waits for the results delivered since the last flush."""

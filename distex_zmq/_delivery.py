@@ -21,17 +21,12 @@ from distex_zmq.errors import SerializationError
 from distex_zmq.serialization import loads
 
 
-class ChunkError(Exception):
-    """A chunk of a map failed at one item: the results before it, and the error."""
-
-    def __init__(self, results: list[Any], error: BaseException):
-        super().__init__()
-        self.results = results
-        self.error = error
-
-
 def decode(task: Task, status: int, value: Any, data_loads: Callable[..., Any]) -> Any:
-    """Return the task's result, or raise its error (``ChunkError`` for chunks)."""
+    """Return the task's result, or raise its error.
+
+    A chunk's result is a list in which ``ItemError`` stands for each input
+    that raised; the caller raises those in order.
+    """
     if status == STATUS_LOCAL_ERROR:
         raise value
     try:
@@ -43,9 +38,6 @@ def decode(task: Task, status: int, value: Any, data_loads: Callable[..., Any]) 
         ) from e
     if status == p.STATUS_OK:
         return result
-    if status == p.STATUS_CHUNK_ERROR:
-        results, error = result
-        raise ChunkError(results, error)
     if isinstance(result, BaseException):
         raise result
     raise SerializationError(f"task {task.id} failed with a non-exception {result!r}")

@@ -1,10 +1,17 @@
 """``map`` and ``map_async``: lazy input, bounded work in flight, ordered output.
 
-A map keeps at most ``window`` inputs between reading and yielding: it reads
+A map keeps at most ``window`` tasks between reading and yielding: it reads
 more input only as results are yielded, so unbounded and async iterables
 work and memory stays bounded. Input is pickled in the caller's thread and
 handed to the broker in batches; results come back through a ``QueueSink``
 with one wake-up per batch.
+
+Adaptive batching: when no ``chunksize`` is given, a map starts with one
+input per task and, from how long the workers say its tasks ran, groups
+inputs that take well under ``GROUP_BELOW`` seconds into chunks of about
+``BATCH_TIME`` seconds of work. Each input keeps its own result, exception
+and place in the order; inputs that take longer are never grouped; an
+explicit ``chunksize`` and ``qsize=1`` are honoured exactly.
 """
 
 from __future__ import annotations
@@ -19,10 +26,17 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, I
 from typing import TYPE_CHECKING, Any
 
 from distex_zmq import protocol as p
-from distex_zmq._delivery import ChunkError, QueueSink, decode
+from distex_zmq._delivery import QueueSink, decode
 from distex_zmq.broker import Task
 from distex_zmq.broker.task import callable_name
-from distex_zmq.serialization import dumps
+from distex_zmq.serialization import ItemError, dumps
+
+#: Inputs that run at least this long (seconds) are never grouped.
+GROUP_BELOW = 0.001
+#: Seconds of work an adaptive chunk aims at.
+BATCH_TIME = 0.002
+#: The largest adaptive chunk.
+MAX_BATCH = 256
 
 if TYPE_CHECKING:
     from distex_zmq.pool import Pool
@@ -32,12 +46,11 @@ def is_sync_iterable(it: Any) -> bool:
     return hasattr(it, "__iter__") or hasattr(it, "__next__")
 
 
-def sync_input(iterables: tuple[Any, ...], chunksize: int) -> Iterator[Any]:
-    """One iterator over the inputs: tuples when zipped, tuples of inputs when chunked."""
-    it: Iterator[Any] = zip(*iterables, strict=False) if len(iterables) > 1 else iter(iterables[0])
-    if chunksize > 1:
-        return iter(lambda: tuple(itertools.islice(it, chunksize)), ())
-    return it
+def sync_input(iterables: tuple[Any, ...]) -> Iterator[Any]:
+    """One iterator over the inputs (tuples when several iterables are zipped)."""
+    if len(iterables) > 1:
+        return zip(*iterables, strict=False)
+    return iter(iterables[0])
 
 
 async def zip_async(*iterables: Any) -> AsyncIterator[tuple[Any, ...]]:
@@ -91,7 +104,7 @@ class MapRun:
         func: Callable[..., Any],
         iterables: tuple[Any, ...],
         timeout: float | None,
-        chunksize: int,
+        chunksize: int | None,
         ordered: bool,
         star: bool,
         wake: Callable[[], None],
@@ -104,11 +117,16 @@ class MapRun:
         self._func_id, self._func_pickle = pool._functions.get(func)
         self._func_name = callable_name(func)
         zipped = len(iterables) > 1
-        self._flags = (p.FLAG_STAR if star or zipped else 0) | (
-            p.FLAG_CHUNK if chunksize > 1 else 0
-        )
-        self._chunked = chunksize > 1
+        self._flags = p.FLAG_STAR if star or zipped else 0
+        #: adapt the chunk size to the tasks' run time (no chunksize given)
+        self.adaptive = chunksize is None and pool._options.qsize > 1
+        #: inputs per task now
+        self.chunksize = chunksize or 1
+        self._per_input: float | None = None
+        #: inputs in each chunk task not yet yielded, by sequence number
+        self._sizes: dict[int, int] = {}
         self._window = pool._map_window()
+        self._chunk_window = min(self._window, 2 * pool._capacity() + 2)
         self._ordered = ordered
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._timeout = timeout
@@ -125,12 +143,19 @@ class MapRun:
 
     @property
     def room(self) -> int:
-        return self._window - self._unyielded
+        """Tasks that may be submitted now.
 
-    def submit(self, inputs: list[Any]) -> None:
-        """Pickle the inputs and queue them as tasks."""
+        Chunks need fewer tasks in flight (each carries many inputs), and a
+        smaller window keeps what a map reads ahead of its consumer small.
+        """
+        window = self._window if self.chunksize == 1 else self._chunk_window
+        return window - self._unyielded
+
+    def submit(self, inputs: list[Any], chunked: bool = False) -> None:
+        """Pickle the inputs and queue them as tasks (each a chunk if ``chunked``)."""
         tasks = []
-        dumps_, sink, flags = self._dumps, self.sink, self._flags
+        dumps_, sink = self._dumps, self.sink
+        flags = self._flags | (p.FLAG_CHUNK if chunked else 0)
         func_id, func_pickle, name = self._func_id, self._func_pickle, self._func_name
         try:
             for args in inputs:
@@ -140,6 +165,8 @@ class MapRun:
                     self._next_id(), func_id, func_pickle, flags, data, buffers, sink, seq, name
                 )
                 self._next_seq = seq + 1
+                if chunked:
+                    self._sizes[seq] = len(args)
                 self._unyielded += 1
                 sink.submitted += 1
                 self._outstanding[seq] = task
@@ -152,16 +179,46 @@ class MapRun:
         room = self.room
         if room <= 0 or self.input_done:
             return
-        inputs = list(itertools.islice(it, room))
-        if len(inputs) < room:
-            self.input_done = True
-        if inputs:
-            self.submit(inputs)
+        size = self.chunksize
+        if size == 1:
+            inputs = list(itertools.islice(it, room))
+            if len(inputs) < room:
+                self.input_done = True
+            if inputs:
+                self.submit(inputs)
+            return
+        chunks = []
+        for _ in range(room):
+            chunk = tuple(itertools.islice(it, size))
+            if chunk:
+                chunks.append(chunk)
+            if len(chunk) < size:
+                self.input_done = True
+                break
+        if chunks:
+            self.submit(chunks, chunked=True)
+
+    def _adapt(self, task: Task, value: Any) -> None:
+        """Size the next chunks from how long this task ran in its worker."""
+        if type(value) is not tuple:
+            return
+        inputs = self._sizes.get(task.tag, 1) or 1
+        per_input = value[2] / 1e6 / inputs
+        old = self._per_input
+        self._per_input = per_input = per_input if old is None else 0.7 * old + 0.3 * per_input
+        if per_input >= GROUP_BELOW:
+            self.chunksize = 1
+        else:
+            target = int(BATCH_TIME / max(per_input, 1e-7))
+            self.chunksize = max(1, min(target, 2 * self.chunksize, MAX_BATCH))
 
     def collect(self) -> bool:
         """Take delivered results; return whether any can be yielded now."""
         results = self.sink.results
         outstanding = self._outstanding
+        if self.adaptive and results:
+            for task, _, value in list(results)[-4:]:
+                self._adapt(task, value)
         if self._ordered:
             held = self._held
             while results:
@@ -181,29 +238,27 @@ class MapRun:
         return bool(self._ready)
 
     def pop_values(self) -> list[Any]:
-        """Decode the ready results into values; raise the first error in order."""
+        """Decode the ready results into values; keep the first error, in order."""
         values: list[Any] = []
         ready = self._ready
         loads = self._loads
         while ready:
             task, status, value = ready.popleft()
             self._unyielded -= 1
-            if status == p.STATUS_OK and not self._chunked:
-                values.append(decode(task, status, value, loads))
-                continue
             try:
                 result = decode(task, status, value, loads)
-            except ChunkError as e:
-                values.extend(e.results)
-                self._pending_error = e.error
-                return values
             except BaseException as e:  # noqa: BLE001 - raised in order, after values
                 self._pending_error = e
                 return values
-            if self._chunked:
-                values.extend(result)
-            else:
+            if not task.flags & p.FLAG_CHUNK:
                 values.append(result)
+                continue
+            self._sizes.pop(task.tag, None)
+            for item in result:
+                if type(item) is ItemError:
+                    self._pending_error = item.error
+                    return values
+                values.append(item)
         return values
 
     _pending_error: BaseException | None = None
@@ -245,7 +300,7 @@ def map_sync(
     func: Callable[..., Any],
     iterables: tuple[Any, ...],
     timeout: float | None,
-    chunksize: int,
+    chunksize: int | None,
     ordered: bool,
     star: bool,
 ) -> Iterator[Any]:
@@ -255,7 +310,7 @@ def map_sync(
         return
     event = threading.Event()
     run = MapRun(pool, func, iterables, timeout, chunksize, ordered, star, event.set)
-    it = sync_input(iterables, chunksize)
+    it = sync_input(iterables)
     try:
         while True:
             event.clear()
@@ -277,7 +332,7 @@ def _map_sync_over_async(
     func: Callable[..., Any],
     iterables: tuple[Any, ...],
     timeout: float | None,
-    chunksize: int,
+    chunksize: int | None,
     ordered: bool,
     star: bool,
 ) -> Iterator[Any]:
@@ -300,7 +355,7 @@ async def map_async(
     func: Callable[..., Any],
     iterables: tuple[Any, ...],
     timeout: float | None,
-    chunksize: int,
+    chunksize: int | None,
     ordered: bool,
     star: bool,
 ) -> AsyncGenerator[Any, None]:
@@ -311,18 +366,20 @@ async def map_async(
     feeder: asyncio.Task[None] | None = None
     it: Iterator[Any] | None = None
     if all(is_sync_iterable(i) for i in iterables):
-        it = sync_input(iterables, chunksize)
+        it = sync_input(iterables)
     else:
-        ait = async_input(iterables, chunksize)
+        run.adaptive = False  # async sources are slow to read: one input per task
+        chunked = (chunksize or 1) > 1
+        ait = async_input(iterables, chunksize or 1)
         # The first input is awaited here, in the consumer's own step, not in
         # the feeder task a loop iteration later: an eventkit source starts
         # to listen on its first __anext__ and would miss what it emits now.
         try:
-            run.submit([await ait.__anext__()])
+            run.submit([await ait.__anext__()], chunked)
         except StopAsyncIteration:
             run.input_done = True
         else:
-            feeder = loop.create_task(_feed_async(run, ait, waker))
+            feeder = loop.create_task(_feed_async(run, ait, waker, chunked))
     try:
         while True:
             waker.arm()
@@ -346,7 +403,9 @@ async def map_async(
         run.cancel()
 
 
-async def _feed_async(run: MapRun, ait: AsyncIterator[Any], waker: _AsyncWaker) -> None:
+async def _feed_async(
+    run: MapRun, ait: AsyncIterator[Any], waker: _AsyncWaker, chunked: bool
+) -> None:
     try:
         while True:
             while run.room <= 0:
@@ -355,7 +414,7 @@ async def _feed_async(run: MapRun, ait: AsyncIterator[Any], waker: _AsyncWaker) 
                 item = await ait.__anext__()
             except StopAsyncIteration:
                 break
-            run.submit([item])
+            run.submit([item], chunked)
     except asyncio.CancelledError:
         raise
     except BaseException as e:  # noqa: BLE001 - the consumer raises it
@@ -416,8 +475,10 @@ class _AsyncWaker:
         self._room = None
 
 
-def check_map_args(iterables: Iterable[Any], chunksize: int) -> None:
+def check_map_args(iterables: Iterable[Any], chunksize: int | None) -> None:
     if not iterables:
         raise TypeError("map() needs at least one iterable")
-    if not isinstance(chunksize, int) or chunksize < 1:
-        raise ValueError(f"chunksize must be a positive integer, not {chunksize!r}")
+    if chunksize is not None and (
+        not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1
+    ):
+        raise ValueError(f"chunksize must be a positive integer or None, not {chunksize!r}")

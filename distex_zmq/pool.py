@@ -323,7 +323,7 @@ class Pool(concurrent.futures.Executor):
         func: Callable[..., Any],
         *iterables: Any,
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | None = None,
         ordered: bool = True,
         star: bool = False,
     ) -> Iterator[Any]:
@@ -337,7 +337,11 @@ class Pool(concurrent.futures.Executor):
             timeout: Seconds from the start of the map until
                 ``Pool.TimeoutError``.
             chunksize: Inputs sent to a worker as one task; larger chunks
-                make small tasks much cheaper.
+                make small tasks much cheaper. ``None`` (the default): start
+                with one and group inputs that run well under a millisecond
+                into chunks of about 2 ms of work, from the run times the
+                workers report; each input keeps its own result, error and
+                place. An explicit chunksize (1 included) is kept exactly.
             ordered: ``True``: results in input order; ``False``: in order
                 of completion.
             star: ``True``: the one iterable yields argument tuples, which
@@ -355,7 +359,7 @@ class Pool(concurrent.futures.Executor):
         func: Callable[..., Any],
         *iterables: Any,
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | None = None,
         ordered: bool = True,
         star: bool = False,
     ) -> AsyncIterator[Any]:

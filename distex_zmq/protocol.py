@@ -16,8 +16,9 @@ only and never unpickles a body.
 worker -> broker:
 
 - ``HELLO`` body = JSON ``{pid, host, credits, version, python}``.
-- ``RESULT`` one ``RESULT_ENTRY`` per result: the pickled value (inline or
-  the next frame), then its out-of-band buffers.
+- ``RESULT`` one ``RESULT_ENTRY`` per result: how long the task ran, the
+  pickled value (inline or the next frame), then its out-of-band buffers. A
+  chunk's value is a list with an ``ItemError`` for each input that raised.
 - ``BYE`` the worker is leaving.
 
 broker -> worker:
@@ -52,8 +53,10 @@ REFUSE = b"X"
 HEAD = struct.Struct("!4sHcH")
 #: task id, function id, flags, function pickle length, data length, buffers
 TASK_ENTRY = struct.Struct("!QIBIIH")
-#: task id, status, data length, buffers
-RESULT_ENTRY = struct.Struct("!QBIH")
+#: task id, status, microseconds the task ran, data length, buffers
+RESULT_ENTRY = struct.Struct("!QBIIH")
+#: The largest run time an entry can say (about 71 minutes).
+MAX_ELAPSED = 0xFFFFFFFF
 
 #: ``data length`` meaning "the pickle is the next frame, not inline".
 IN_FRAME = 0xFFFFFFFF
@@ -69,7 +72,6 @@ FLAG_FUNC = 8  # the pickled function is inline before the data
 # result status
 STATUS_OK = 0
 STATUS_ERROR = 1  # a pickled exception (a RemoteException reduction)
-STATUS_CHUNK_ERROR = 2  # pickled (results before the error, exception)
 
 #: Function id that means "the function travels with this task, uncached".
 INLINE_FUNC = 0
@@ -198,7 +200,7 @@ def task_entries(buf: memoryview, count: int) -> Iterator[tuple[int, int, int, i
         yield unpack(buf, HEAD.size + i * size)
 
 
-def result_entries(buf: memoryview, count: int) -> Iterator[tuple[int, int, int, int]]:
+def result_entries(buf: memoryview, count: int) -> Iterator[tuple[int, int, int, int, int]]:
     unpack, size = RESULT_ENTRY.unpack_from, RESULT_ENTRY.size
     for i in range(count):
         yield unpack(buf, HEAD.size + i * size)

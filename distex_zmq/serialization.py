@@ -66,6 +66,18 @@ def loads(data: Any, buffers: list[Any], loader: Callable[..., Any] = pickle.loa
     return loader(data)
 
 
+class ItemError:
+    """Stands in a chunk's list of results for an input that raised."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return ItemError, (self.error,)
+
+
 class FunctionCache:
     """Client side: pickle each function once per pool and give it an id.
 

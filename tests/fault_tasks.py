@@ -80,3 +80,16 @@ def catastrophic_regex(n: int) -> bool:
 def sleep_then(delay: float, value: Any) -> Any:
     time.sleep(delay)
     return value
+
+
+#: what the initializer left in this worker process
+INITIALIZED: dict[str, int] = {}
+
+
+def mark_initialized() -> None:
+    INITIALIZED["pid"] = os.getpid()
+
+
+def initialized(*_: Any) -> bool:
+    """Whether ``mark_initialized`` ran in this very process."""
+    return INITIALIZED.get("pid") == os.getpid()

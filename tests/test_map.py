@@ -10,6 +10,7 @@ import itertools
 import pytest
 
 from distex_zmq import Pool
+from distex_zmq._mapping import MAX_BATCH
 from tests import tasks
 
 pytestmark = pytest.mark.timeout(60)
@@ -86,7 +87,8 @@ def test_unordered_yields_in_order_of_completion(pool):
     assert unordered.index(0) > 0
 
 
-def test_unbounded_input_with_early_break(shared_pool):
+@pytest.mark.parametrize("chunksize", [1, None], ids=["chunksize=1", "adaptive"])
+def test_unbounded_input_with_early_break(shared_pool, chunksize):
     pulled = 0
 
     def numbers():
@@ -96,13 +98,15 @@ def test_unbounded_input_with_early_break(shared_pool):
             yield i
 
     results = []
-    for result in shared_pool.map(tasks.square, numbers()):
+    for result in shared_pool.map(tasks.square, numbers(), chunksize=chunksize):
         results.append(result)
         if len(results) == 100:
             break
     assert results == [i * i for i in range(100)]
-    # read lazily: only a window of inputs beyond what was yielded
-    assert pulled < 100 + 1000, f"map read {pulled} inputs to yield 100"
+    # read lazily: only a window of tasks beyond what was yielded (of single
+    # inputs, or of adaptive chunks of at most MAX_BATCH inputs)
+    window = shared_pool._map_window() * (1 if chunksize else MAX_BATCH)
+    assert pulled <= 100 + window, f"map read {pulled} inputs to yield 100"
     # nothing is left pending: the pool drains and keeps working
     assert shared_pool.run_on_all(tasks.square, 2) == [4, 4]
     assert list(shared_pool.map(tasks.square, range(10))) == [i * i for i in range(10)]

@@ -31,7 +31,7 @@ import zmq
 from distex_zmq import protocol as p
 from distex_zmq._zmqio import readable, recv_frames, send_frames
 from distex_zmq.errors import RemoteException, SerializationError
-from distex_zmq.serialization import dumps, loads, pickle_module
+from distex_zmq.serialization import ItemError, dumps, loads, pickle_module
 from distex_zmq.version import __version__
 
 #: Seconds between checks that the process that started the worker lives.
@@ -166,6 +166,7 @@ class Worker:
         data: Any,
         buffers: list[Any],
     ) -> None:
+        started = time.perf_counter()
         try:
             func = self._function(func_id, func_pickle)
             args = loads(data, buffers, self._data_loads)
@@ -174,10 +175,10 @@ class Worker:
                 f"worker pid {os.getpid()} on {socket.gethostname()} could not unpickle "
                 f"task {task_id}: {type(e).__name__}: {e}"
             )
-            self._add_result(task_id, p.STATUS_ERROR, RemoteException(error))
+            self._add_result(task_id, p.STATUS_ERROR, RemoteException(error), started)
             return
         if flags & p.FLAG_CHUNK:
-            self._run_chunk(task_id, func, args, flags & p.FLAG_STAR)
+            self._run_chunk(task_id, func, args, flags & p.FLAG_STAR, started)
             return
         try:
             if flags & p.FLAG_KWARGS:
@@ -188,12 +189,12 @@ class Worker:
             else:
                 result = func(args)
         except BaseException as e:  # noqa: BLE001 - a task's error is its result
-            self._add_result(task_id, p.STATUS_ERROR, RemoteException(e))
+            self._add_result(task_id, p.STATUS_ERROR, RemoteException(e), started)
             return
         if _is_awaitable(result):
-            self._await_result(task_id, result)
+            self._await_result(task_id, result, started)
         else:
-            self._add_result(task_id, p.STATUS_OK, result)
+            self._add_result(task_id, p.STATUS_OK, result, started)
 
     def _function(self, func_id: int, func_pickle: Any) -> Any:
         if func_pickle is not None:
@@ -210,23 +211,25 @@ class Worker:
             raise func
         return func
 
-    def _run_chunk(self, task_id: int, func: Any, items: Any, star: int) -> None:
+    def _run_chunk(self, task_id: int, func: Any, items: Any, star: int, started: float) -> None:
+        """Run every input of a chunk; an input's error is its own result."""
         results: list[Any] = []
-        try:
-            # extend() keeps what the iterator gave before an error
-            results.extend(itertools.starmap(func, items) if star else map(func, items))
-        except BaseException as e:  # noqa: BLE001
-            if not (results and _is_awaitable(results[0])):
-                self._add_result(task_id, p.STATUS_CHUNK_ERROR, (results, RemoteException(e)))
-                return
-            results.append(_Raise(e))
+        inputs = iter(items)
+        while True:
+            try:
+                # map() in extend() is the fast path; after an error it goes on
+                # with the inputs that follow
+                results.extend(itertools.starmap(func, inputs) if star else map(func, inputs))
+                break
+            except BaseException as e:  # noqa: BLE001
+                results.append(ItemError(RemoteException(e)))
         # one function makes all the results: if the first is awaitable, await them all
         if results and _is_awaitable(results[0]):
-            self._await_chunk(task_id, results)
+            self._await_chunk(task_id, results, started)
         else:
-            self._add_result(task_id, p.STATUS_OK, results)
+            self._add_result(task_id, p.STATUS_OK, results, started)
 
-    def _await_result(self, task_id: int, awaitable: Any) -> None:
+    def _await_result(self, task_id: int, awaitable: Any, started: float) -> None:
         fut = asyncio.ensure_future(awaitable, loop=self._loop)
         self._running.add(fut)
 
@@ -234,44 +237,41 @@ class Worker:
             self._running.discard(fut)
             if fut.cancelled():
                 error = RemoteException(asyncio.CancelledError(f"task {task_id} was cancelled"))
-                self._add_result(task_id, p.STATUS_ERROR, error)
+                self._add_result(task_id, p.STATUS_ERROR, error, started)
             elif fut.exception() is not None:
-                self._add_result(task_id, p.STATUS_ERROR, RemoteException(fut.exception()))
+                error = RemoteException(fut.exception())
+                self._add_result(task_id, p.STATUS_ERROR, error, started)
             else:
-                self._add_result(task_id, p.STATUS_OK, fut.result())
+                self._add_result(task_id, p.STATUS_OK, fut.result(), started)
             self._schedule_flush()
 
         fut.add_done_callback(done)
 
-    def _await_chunk(self, task_id: int, results: list[Any]) -> None:
+    def _await_chunk(self, task_id: int, results: list[Any], started: float) -> None:
         async def gather() -> list[Any]:
             done = await asyncio.gather(*(_awaited(r) for r in results), return_exceptions=True)
-            for i, r in enumerate(done):
-                if isinstance(r, BaseException):
-                    raise _ChunkFailed(done[:i], r)
-            return done
+            return [
+                ItemError(RemoteException(r)) if isinstance(r, BaseException) else r for r in done
+            ]
 
         fut = asyncio.ensure_future(gather(), loop=self._loop)
         self._running.add(fut)
 
         def finished(fut: asyncio.Future[Any]) -> None:
             self._running.discard(fut)
-            exc = None if fut.cancelled() else fut.exception()
-            if isinstance(exc, _ChunkFailed):
-                error = RemoteException(exc.error)
-                self._add_result(task_id, p.STATUS_CHUNK_ERROR, (exc.results, error))
-            elif exc is not None or fut.cancelled():
-                error = RemoteException(exc or asyncio.CancelledError())
-                self._add_result(task_id, p.STATUS_CHUNK_ERROR, ([], error))
+            if fut.cancelled() or fut.exception() is not None:
+                error = RemoteException(fut.exception() or asyncio.CancelledError())
+                self._add_result(task_id, p.STATUS_ERROR, error, started)
             else:
-                self._add_result(task_id, p.STATUS_OK, fut.result())
+                self._add_result(task_id, p.STATUS_OK, fut.result(), started)
             self._schedule_flush()
 
         fut.add_done_callback(finished)
 
     # sending results
 
-    def _add_result(self, task_id: int, status: int, value: Any) -> None:
+    def _add_result(self, task_id: int, status: int, value: Any, started: float) -> None:
+        elapsed = min(int((time.perf_counter() - started) * 1e6), p.MAX_ELAPSED)
         try:
             data, buffers = dumps(value, self._data_dumps)
         except BaseException as e:  # noqa: BLE001 - an unpicklable result fails the task
@@ -279,7 +279,7 @@ class Worker:
             status = p.STATUS_ERROR
         results = self._results
         size = results.body(data, buffers)
-        results.entries.append(p.RESULT_ENTRY.pack(task_id, status, size, len(buffers)))
+        results.entries.append(p.RESULT_ENTRY.pack(task_id, status, elapsed, size, len(buffers)))
 
     def _unpicklable(
         self, task_id: int, status: int, value: Any, e: BaseException
@@ -325,23 +325,9 @@ class _Broken(Exception):
     """Stands for a function that could not be unpickled."""
 
 
-class _Raise:
-    """Stands in a chunk for the exception its item raised (see _awaited)."""
-
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
 async def _awaited(value: Any) -> Any:
-    if isinstance(value, _Raise):
+    if isinstance(value, ItemError):
         raise value.error
     if inspect.isawaitable(value):
         return await value
     return value
-
-
-class _ChunkFailed(Exception):
-    def __init__(self, results: list[Any], error: BaseException):
-        super().__init__()
-        self.results = results
-        self.error = error

@@ -1,0 +1,83 @@
+"""Adaptive batching: maps without a chunksize group tiny tasks, and only those.
+
+How many tasks a map made is read from the pool's task id counter: every
+task, a chunk included, takes one id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from distex_zmq import Pool
+from tests import tasks
+
+
+def tasks_made(pool: Pool, run: Callable[[], object]) -> int:
+    """Run ``run()``; return how many tasks it submitted."""
+    before = next(pool._task_ids)
+    run()
+    return next(pool._task_ids) - before - 1
+
+
+def test_tiny_tasks_are_grouped_by_default(shared_pool):
+    n = 5000
+    made = tasks_made(shared_pool, lambda: list(shared_pool.map(tasks.square, range(n))))
+    assert made < n / 4, f"{made} tasks for {n} tiny inputs"
+
+
+def test_an_explicit_chunksize_of_one_is_kept(shared_pool):
+    n = 2000
+    made = tasks_made(
+        shared_pool, lambda: list(shared_pool.map(tasks.square, range(n), chunksize=1))
+    )
+    assert made == n
+
+
+def test_an_explicit_chunksize_is_kept(shared_pool):
+    made = tasks_made(
+        shared_pool, lambda: list(shared_pool.map(tasks.square, range(1000), chunksize=7))
+    )
+    assert made == -(-1000 // 7)
+
+
+def test_qsize_one_never_groups():
+    with Pool(2, qsize=1) as pool:
+        made = tasks_made(pool, lambda: list(pool.map(tasks.square, range(500))))
+        assert made == 500
+
+
+def test_tasks_of_a_few_milliseconds_are_never_grouped(shared_pool):
+    n = 60
+    results = []
+    made = tasks_made(
+        shared_pool,
+        lambda: results.extend(shared_pool.map(tasks.sleep_return, [0.003] * n, range(n))),
+    )
+    assert results == list(range(n))
+    assert made == n
+
+
+def test_each_input_keeps_its_error_and_place(shared_pool):
+    results = []
+    with pytest.raises(ValueError, match="bad input 2500"):
+        for r in shared_pool.map(tasks.fail_on, range(4000), [2500] * 4000):
+            results.append(r)
+    assert results == [tasks.fail_on(x, -1) for x in range(2500)]
+    # the pool goes on, and a later map is grouped again
+    assert list(shared_pool.map(tasks.square, range(3000)))[-1] == 2999**2
+
+
+def test_unordered_adaptive_map_yields_every_result(shared_pool):
+    out = list(shared_pool.map(tasks.square, range(5000), ordered=False))
+    assert sorted(out) == [x * x for x in range(5000)]
+
+
+def test_adaptive_map_async(shared_pool):
+    async def main():
+        return [r async for r in shared_pool.map_async(tasks.square, range(5000))]
+
+    made = tasks_made(shared_pool, lambda: asyncio.run(main()))
+    assert made < 5000 / 4
