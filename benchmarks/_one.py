@@ -53,7 +53,7 @@ class Client(ABC):
         self,
         func: Callable[..., Any],
         items: Iterable[Any],
-        chunksize: int,
+        chunksize: int | None,
         on_result: OnResult,
     ) -> None:
         """Map ``func`` (async API where there is one) feeding ``on_result``."""
@@ -132,18 +132,19 @@ class AsyncPoolClient(Client):
         self,
         func: Callable[..., Any],
         items: Iterable[Any],
-        chunksize: int,
+        chunksize: int | None,
         on_result: OnResult,
     ) -> None:
         """Consume ``pool.map_async`` into ``on_result``."""
-        async for result in self.pool.map_async(func, items, chunksize=chunksize):
+        kwargs = {} if chunksize is None else {"chunksize": chunksize}
+        async for result in self.pool.map_async(func, items, **kwargs):
             on_result(result)
 
     def map_consume(
         self,
         func: Callable[..., Any],
         items: Iterable[Any],
-        chunksize: int,
+        chunksize: int | None,
         on_result: OnResult,
     ) -> None:
         self._run(self._map(func, items, chunksize, on_result))
@@ -238,10 +239,10 @@ class ExecutorClient(Client):
         self,
         func: Callable[..., Any],
         items: Iterable[Any],
-        chunksize: int,
+        chunksize: int | None,
         on_result: OnResult,
     ) -> None:
-        for result in self.ex.map(func, items, chunksize=chunksize):
+        for result in self.ex.map(func, items, chunksize=chunksize or 1):
             on_result(result)
 
     def sync_map_consume(
@@ -338,12 +339,17 @@ def _timed(func: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def _map_rate(client: Client, n: int, chunksize: int) -> float:
-    """Tasks/s of mapping ``g`` over ``range(n)`` at ``chunksize``."""
+def _map_rate(client: Client, n: int, chunksize: int | None) -> float:
+    """Tasks/s of mapping ``g`` over ``range(n)`` at ``chunksize`` (None: the pool's default)."""
     sink = Collector()
     seconds = _timed(lambda: client.map_consume(tasks.g, range(n), chunksize, sink))
     sink.expect(n, _g_total(n))
     return n / seconds
+
+
+def wl_map_default(client: Client, n: int) -> dict[str, float]:
+    """``map_async`` over ``g`` at the pool's default settings."""
+    return {"map_default": _map_rate(client, n, None)}
 
 
 def wl_map_cs1(client: Client, n: int) -> dict[str, float]:
@@ -444,6 +450,7 @@ WorkloadFunc = Callable[[Client, int], dict[str, float]]
 
 #: Workload name -> (measure function, warm-up function, warm-up argument).
 RUNNERS: dict[str, tuple[WorkloadFunc, Callable[..., Any], Any]] = {
+    "map_default": (wl_map_default, tasks.g, 1),
     "map_cs1": (wl_map_cs1, tasks.g, 1),
     "map_cs100": (wl_map_cs100, tasks.g, 1),
     "sync_map": (wl_sync_map, tasks.g, 1),

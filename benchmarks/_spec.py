@@ -53,6 +53,7 @@ def _tput(key: str, label: str) -> tuple[Metric, ...]:
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
+        Workload("map_default", 100_000, 10_000, _tput("map_default", "map_async g, defaults")),
         Workload("map_cs1", 100_000, 10_000, _tput("map_cs1", "map_async g, chunksize=1")),
         Workload(
             "map_cs100",

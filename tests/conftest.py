@@ -74,16 +74,21 @@ def no_leaks():
         )
 
 
-@pytest.fixture
-def pool():
-    """A pool of 2 local workers, ready, shut down after the test."""
+def _started_pool():
+    """A pool of 2 local workers, all up (so a pool that cannot start fails
+    here, not in the test), shut down when the generator closes."""
     p = Pool(2)
     try:
-        # wait until every worker is up (fail here, not in the test, if they cannot start)
         p.run_on_all(int, 0)
         yield p
     finally:
         p.shutdown()
+
+
+@pytest.fixture
+def pool():
+    """A pool of 2 local workers, ready, shut down after the test."""
+    yield from _started_pool()
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +100,4 @@ def shared_pool():
     one; the others use ``pool``. Its workers and thread exist before each
     test starts, so the leak check does not count them.
     """
-    p = Pool(2)
-    try:
-        p.run_on_all(int, 0)
-        yield p
-    finally:
-        p.shutdown()
+    yield from _started_pool()
