@@ -1,5 +1,7 @@
 """distex_zmq: a distributed process pool on a ZeroMQ broker, with the API of distex."""
 
+# first: makes distex_zmq.broker and .worker importable from a source checkout
+from . import _source_layout  # noqa: F401, I001
 from .errors import (
     CrashLoopError,
     DistexError,
