@@ -121,7 +121,7 @@ class Broker:
         self._queue.clear()
         sinks: set[ResultSink] = set()
         for task in tasks:
-            if not task.cancelled and task.tag is not _INIT:
+            if not task.cancelled and task.tag is not INIT_TAG:
                 task.sink.deliver(task, STATUS_LOCAL_ERROR, error_factory(task))
                 sinks.add(task.sink)
         _flush_now(sinks)
@@ -165,11 +165,6 @@ class Broker:
             task = inbox.popleft()
             active[task.id] = task
             queue.append(task)
-
-    def queued(self) -> list[Task]:
-        """Tasks that wait for a worker (pool loop)."""
-        self._take_inbox()
-        return [t for t in self._queue if not t.cancelled]
 
     def dispatch(self) -> None:
         """Send queued tasks to workers with free credits, idle workers first."""
@@ -352,7 +347,7 @@ class Broker:
                 continue
             task.worker = None
             self._finish(task)
-            if task.tag is _INIT and task.pinned is rec:
+            if task.tag is INIT_TAG and task.pinned is rec:
                 if status == p.STATUS_OK:
                     self._make_ready(rec)
                 else:
@@ -425,14 +420,14 @@ class Broker:
                 requeue.append(task)
                 continue
             self._finish(task)
-            if task.tag is _INIT:
+            if task.tag is INIT_TAG:
                 self.on_init_failed(rec, STATUS_LOCAL_ERROR, error)
             else:
                 task.sink.deliver(task, STATUS_LOCAL_ERROR, error)
                 sinks.add(task.sink)
         for task in rec.pinned:
             self._finish(task)
-            if task.tag is not _INIT and not task.cancelled:
+            if task.tag is not INIT_TAG and not task.cancelled:
                 error = WorkerLostError(f"{task.describe()} was lost: {rec} died: {how}")
                 task.sink.deliver(task, STATUS_LOCAL_ERROR, error)
                 sinks.add(task.sink)
@@ -524,11 +519,7 @@ def _flush_now(sinks: Iterable[ResultSink]) -> None:
 
 
 #: ``Task.tag`` of an initializer task.
-_INIT = object()
-
-
-def initializer_tag() -> object:
-    return _INIT
+INIT_TAG = object()
 
 
 class _Barrier:

@@ -217,7 +217,8 @@ class MapRun:
         results = self.sink.results
         outstanding = self._outstanding
         if self.adaptive and results:
-            for task, _, value in list(results)[-4:]:
+            # the newest few results say enough about the run time
+            for task, _, value in itertools.islice(reversed(results), 4):
                 self._adapt(task, value)
         if self._ordered:
             held = self._held

@@ -31,7 +31,7 @@ import zmq
 
 from distex_zmq import protocol as p
 from distex_zmq.broker import Broker, Task, WorkerRecord
-from distex_zmq.broker.broker import STATUS_LOCAL_ERROR, initializer_tag
+from distex_zmq.broker.broker import INIT_TAG, STATUS_LOCAL_ERROR
 from distex_zmq.broker.task import callable_name
 from distex_zmq.errors import CrashLoopError, PoolClosedError, WorkerStartError
 from distex_zmq.local_launcher import LocalLauncher, describe_exit
@@ -154,7 +154,7 @@ class Runtime:
             data,
             buffers,
             sink=_NO_SINK,
-            tag=initializer_tag(),
+            tag=INIT_TAG,
             name=callable_name(init),
         )
 
