@@ -106,6 +106,10 @@ class Broker:
         """Admit a worker with this identity (given to it by its launcher)."""
         self._expected.add(identity)
 
+    def forget(self, identity: bytes) -> None:
+        """Admit this identity no more (its worker will never connect)."""
+        self._expected.discard(identity)
+
     def close(self, error_factory: Callable[[Task], BaseException]) -> None:
         """Close the socket; fail every task not finished (pool loop)."""
         if self._closed:
@@ -374,7 +378,13 @@ class Broker:
 
     # losing workers
 
-    def worker_lost(self, rec: WorkerRecord, how: str, timed_out: Task | None = None) -> None:
+    def worker_lost(
+        self,
+        rec: WorkerRecord,
+        how: str,
+        timed_out: Task | None = None,
+        blameless: bool = False,
+    ) -> None:
         """Forget a worker that is gone; requeue or fail what it was running.
 
         A worker that dies with one task was killed by it: the task counts a
@@ -383,6 +393,8 @@ class Broker:
         blame open: they go back to the front of the queue as suspects, each
         to run alone, so that a second death names the task that caused it.
         A ``timed_out`` task fails with ``TaskTimeoutError`` and is not retried.
+        ``blameless``: the worker was cut off with its host, which no task
+        caused; its tasks go back to the queue as they were.
         """
         if self.registry.get(rec.identity) is not rec:
             return
@@ -407,6 +419,8 @@ class Broker:
                 )
             elif task.pinned is not None:
                 error = WorkerLostError(f"{task.describe()} was lost: {rec} died: {how}")
+            elif blameless:
+                pass
             elif len(tasks) == 1 or task.suspect:
                 task.tries += 1
                 if task.tries > self.max_retries:

@@ -5,6 +5,7 @@ from . import _source_layout  # noqa: F401, I001
 from .errors import (
     CrashLoopError,
     DistexError,
+    HostConnectionError,
     PoolClosedError,
     ProtocolError,
     RemoteException,
@@ -23,6 +24,7 @@ from .version import __version__
 __all__ = [
     "CrashLoopError",
     "DistexError",
+    "HostConnectionError",
     "HostSpec",
     "LoopType",
     "PickleType",

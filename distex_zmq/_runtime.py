@@ -4,13 +4,16 @@ A ``Runtime`` holds everything that lives on the pool loop and nothing that
 refers back to the ``Pool``, so that a pool that is garbage-collected (or
 still open at interpreter exit) can be shut down by a finalizer.
 
-Supervision: the launcher reports every worker exit at once (pidfd). A
-worker that dies before it is ready fails the start-up of the pool, or, in
-a pool already up, counts as a death. A worker that dies while ready is
+Supervision: a launcher per place reports every worker exit at once: the
+local launcher through pidfds, an SSH launcher through the agent on its
+host. A worker that dies before it is ready fails the start-up of the pool,
+or, in a pool already up, counts as a death. A worker that dies while ready is
 handed to ``Broker.worker_lost`` (requeue, retry, ``WorkerLostError``) and
 replaced; replacements slow down when workers die fast, and the pool gives
 up with ``CrashLoopError`` when more than ``max_worker_deaths`` die within a
-minute.
+minute. A lost SSH host (no heartbeat, connection gone) hands its workers
+to ``Broker.worker_lost`` without blame, so that their tasks run elsewhere,
+and the pool tries to reconnect to it, less and less often.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import os
 import shutil
@@ -33,10 +37,17 @@ from distex_zmq import protocol as p
 from distex_zmq.broker import Broker, Task, WorkerRecord
 from distex_zmq.broker.broker import INIT_TAG, STATUS_LOCAL_ERROR
 from distex_zmq.broker.task import callable_name
-from distex_zmq.errors import CrashLoopError, PoolClosedError, WorkerStartError
+from distex_zmq.errors import (
+    CrashLoopError,
+    HostConnectionError,
+    PoolClosedError,
+    WorkerStartError,
+)
+from distex_zmq.hostspec import HostSpec
 from distex_zmq.local_launcher import LocalLauncher, describe_exit
 from distex_zmq.loops import new_event_loop
 from distex_zmq.serialization import FunctionCache, dumps, loads, pickle_module
+from distex_zmq.ssh_launcher import RemoteSettings, SSHLauncher
 
 _logger = logging.getLogger("distex_zmq.pool")
 
@@ -48,6 +59,12 @@ FAILED_STOP_GRACE = 0.5
 FAST_DEATH_WINDOW = 10.0
 #: Delay of a replacement while workers die fast.
 SLOW_REPLACEMENT_DELAY = 1.0
+#: Seconds before the first attempt to reconnect to a lost host; it doubles
+#: after each failed attempt, up to ``MAX_RECONNECT_DELAY``.
+RECONNECT_DELAY = 2.0
+MAX_RECONNECT_DELAY = 60.0
+
+Launcher = LocalLauncher | SSHLauncher
 
 
 @dataclasses.dataclass
@@ -55,6 +72,9 @@ class Options:
     """The settings of one pool, as the runtime needs them."""
 
     num_workers: int
+    hosts: list[HostSpec]
+    remote: RemoteSettings
+    localport: int
     qsize: int
     initializer: Any
     initargs: tuple[Any, ...]
@@ -64,6 +84,10 @@ class Options:
     max_retries: int
     task_timeout: float | None
     max_worker_deaths: int
+
+    @property
+    def total_workers(self) -> int:
+        return self.num_workers + sum(h.num_workers for h in self.hosts)
 
 
 class Runtime:
@@ -83,6 +107,12 @@ class Runtime:
         self._starting: set[bytes] = set()
         #: identities of workers this pool killed itself (task_timeout)
         self._killed: set[bytes] = set()
+        #: where each worker runs
+        self._launcher_of: dict[bytes, Launcher] = {}
+        self._worker_ids = itertools.count(1)
+        #: connected SSH hosts
+        self.remote: list[SSHLauncher] = []
+        self._reconnects: set[asyncio.Task[None]] = set()
         self._deaths: deque[float] = deque()
         self._ipc_dir = tempfile.mkdtemp(prefix="distex_zmq-")
         self._ctx = zmq.Context()
@@ -92,6 +122,8 @@ class Runtime:
         )
         self._thread.start()
         self.launcher: LocalLauncher
+        self._worker_args: list[str] = []
+        self._broker_port = 0
         self.started: concurrent.futures.Future[None] = asyncio.run_coroutine_threadsafe(
             self._start(), self.loop
         )
@@ -123,22 +155,69 @@ class Runtime:
             *("--data-pickle", str(int(opts.data_pickle))),
             *("--loop", str(int(opts.worker_loop))),
         ]
+        self._worker_args = worker_args
         self.launcher = LocalLauncher(self.loop, endpoint, worker_args, self._on_exit)
         self._all_ready: asyncio.Future[None] = self.loop.create_future()
         for _ in range(opts.num_workers):
-            self._spawn()
+            self._spawn(self.launcher)
         try:
+            if opts.hosts:
+                self._bind_tcp()
+                hosts = await asyncio.gather(
+                    *(self._connect(spec) for spec in opts.hosts), return_exceptions=True
+                )
+                for result in hosts:
+                    if isinstance(result, BaseException):
+                        raise result
             await self._all_ready
         except BaseException:
             await self._teardown()
             raise
 
-    def _spawn(self) -> None:
-        if self.closing or self.error is not None:
+    def _bind_tcp(self) -> None:
+        """The broker's TCP endpoint for remote workers."""
+        remote, port = self.options.remote, self.options.localport
+        if remote.tunnel:
+            # reached only through the SSH tunnels, from this machine
+            endpoint = self.broker.bind(f"tcp://127.0.0.1:{port}")
+        else:
+            endpoint = self.broker.bind(f"tcp://{remote.localhost or '0.0.0.0'}:{port}")
+            _logger.warning(
+                "remote workers connect directly to %s, which does not authenticate them: "
+                "use direct mode on a trusted network only",
+                endpoint,
+            )
+        self._broker_port = int(endpoint.rsplit(":", 1)[1])
+
+    async def _connect(self, spec: HostSpec) -> SSHLauncher:
+        """Connect to an SSH host and start its workers."""
+        launcher = SSHLauncher(
+            self.loop,
+            spec,
+            self.options.remote,
+            self._broker_port,
+            self._worker_args,
+            self._on_exit,
+            self._on_host_lost,
+        )
+        self.remote.append(launcher)
+        try:
+            await launcher.start()
+        except BaseException:
+            self.remote.remove(launcher)
+            raise
+        for _ in range(spec.num_workers):
+            self._spawn(launcher)
+        return launcher
+
+    def _spawn(self, launcher: Launcher) -> None:
+        if self.closing or self.error is not None or launcher.lost:
             return
-        proc = self.launcher.spawn()
-        self._starting.add(proc.identity)
-        self.broker.expect(proc.identity)
+        identity = b"%s-%d" % (launcher.label.encode(), next(self._worker_ids))
+        launcher.spawn(identity)
+        self._launcher_of[identity] = launcher
+        self._starting.add(identity)
+        self.broker.expect(identity)
 
     def _on_hello(self, rec: WorkerRecord) -> Task | None:
         init = self.options.initializer
@@ -161,7 +240,7 @@ class Runtime:
     def _on_ready(self, rec: WorkerRecord) -> None:
         self._starting.discard(rec.identity)
         self._ready_count += 1
-        if self._ready_count >= self.options.num_workers and not self._all_ready.done():
+        if self._ready_count >= self.options.total_workers and not self._all_ready.done():
             self._all_ready.set_result(None)
 
     def _on_init_failed(self, rec: WorkerRecord, status: int, value: Any) -> None:
@@ -184,7 +263,7 @@ class Runtime:
         else:
             # a replacement: it dies, which counts against max_worker_deaths
             _logger.error("%s", error)
-            self.launcher.kill(rec.identity)
+            self._kill(rec.identity)
 
     def _fail(self, error: BaseException) -> None:
         """The pool cannot go on: fail what waits and refuse new tasks."""
@@ -199,12 +278,18 @@ class Runtime:
 
     def _on_task_timeout(self, rec: WorkerRecord, task: Task) -> None:
         self._killed.add(rec.identity)
-        self.launcher.kill(rec.identity)
+        self._kill(rec.identity)
         how = f"killed by the pool after task_timeout={self.options.task_timeout} s"
         self.broker.worker_lost(rec, how, timed_out=task)
 
+    def _kill(self, identity: bytes) -> None:
+        launcher = self._launcher_of.get(identity)
+        if launcher is not None:
+            launcher.kill(identity)
+
     def _on_exit(self, identity: bytes, pid: int, returncode: int, tail: str) -> None:
-        if self.closing:
+        launcher = self._launcher_of.pop(identity, None)
+        if self.closing or launcher is None:
             return
         how = describe_exit(returncode)
         if tail:
@@ -212,22 +297,62 @@ class Runtime:
         rec = self.broker.registry.get(identity)
         if identity in self._killed:
             self._killed.discard(identity)
-            self._spawn()
+            self._spawn(launcher)
             return
         if identity in self._starting:
             self._starting.discard(identity)
             if not self._all_ready.done():
                 self._fail(
-                    WorkerStartError(
-                        f"a local worker (pid {pid}, {self.launcher.python}) failed to start: {how}"
-                    )
+                    WorkerStartError(f"{launcher.describe_worker(pid)} failed to start: {how}")
                 )
                 return
         if rec is not None:
             self.broker.worker_lost(rec, how)
-        self._replace_after_death(how)
+        self._replace_after_death(how, launcher)
 
-    def _replace_after_death(self, how: str) -> None:
+    def _on_host_lost(self, launcher: SSHLauncher, reason: str, identities: set[bytes]) -> None:
+        """Every worker of a lost host is gone: their tasks go elsewhere, unblamed."""
+        if self.closing:
+            return
+        how = f"its host {launcher.where} was lost: {reason}"
+        for identity in identities:
+            self._launcher_of.pop(identity, None)
+            self._starting.discard(identity)
+            self._killed.discard(identity)
+            self.broker.forget(identity)
+            rec = self.broker.registry.get(identity)
+            if rec is not None:
+                self.broker.worker_lost(rec, how, blameless=True)
+        if launcher in self.remote:
+            self.remote.remove(launcher)
+        if not self._all_ready.done():
+            self._fail(
+                HostConnectionError(f"{launcher.where} was lost while the pool started: {reason}")
+            )
+            return
+        self._reconnect_later(launcher.spec, RECONNECT_DELAY)
+
+    def _reconnect_later(self, spec: HostSpec, delay: float) -> None:
+        async def reconnect() -> None:
+            await asyncio.sleep(delay)
+            if self.closing or self.error is not None:
+                return
+            try:
+                launcher = await self._connect(spec)
+            except Exception as e:  # noqa: BLE001 - logged, and tried again later
+                _logger.warning("cannot reconnect to ssh://%s: %s", spec.host, e)
+                self._reconnect_later(spec, min(delay * 2, MAX_RECONNECT_DELAY))
+                return
+            if self.closing:
+                await launcher.stop(0)
+            else:
+                _logger.warning("reconnected to %s", launcher.where)
+
+        task = self.loop.create_task(reconnect())
+        self._reconnects.add(task)
+        task.add_done_callback(self._reconnects.discard)
+
+    def _replace_after_death(self, how: str, launcher: Launcher) -> None:
         now = time.monotonic()
         deaths = self._deaths
         deaths.append(now)
@@ -243,10 +368,10 @@ class Runtime:
             )
             return
         recent = sum(1 for t in deaths if t > now - FAST_DEATH_WINDOW)
-        if recent > self.options.num_workers:
-            self.loop.call_later(SLOW_REPLACEMENT_DELAY, self._spawn)
+        if recent > self.options.total_workers:
+            self.loop.call_later(SLOW_REPLACEMENT_DELAY, self._spawn, launcher)
         else:
-            self._spawn()
+            self._spawn(launcher)
 
     # shut-down
 
@@ -305,8 +430,13 @@ class Runtime:
         self.closing = True
         broker = self.broker
         broker.stop_workers()
+        for task in list(self._reconnects):
+            task.cancel()
         # after a failed start-up nothing is worth waiting for
-        await self.launcher.stop(STOP_GRACE if self.error is None else FAILED_STOP_GRACE)
+        grace = STOP_GRACE if self.error is None else FAILED_STOP_GRACE
+        await asyncio.gather(
+            self.launcher.stop(grace), *(launcher.stop(grace) for launcher in self.remote)
+        )
         start_error = self.error
 
         def error(task: Task) -> BaseException:

@@ -25,6 +25,11 @@ class WorkerStartError(DistexError):
     """
 
 
+class HostConnectionError(WorkerStartError):
+    """A remote host could not be reached, refused the connection, or could
+    not start distex_zmq; the message names the host and what to do."""
+
+
 class SerializationError(DistexError):
     """A task or its result could not be pickled or unpickled in a worker."""
 

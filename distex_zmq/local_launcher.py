@@ -80,23 +80,35 @@ class LocalLauncher:
         endpoint: str,
         worker_args: list[str],
         on_exit: Callable[[bytes, int, int, str], None],
+        worker_stdout: int | None = None,
     ):
         self._loop = loop
+        #: where workers' standard output goes (None: ours)
+        self._worker_stdout = worker_stdout
         self._endpoint = endpoint
         self._worker_args = worker_args
         self._on_exit = on_exit
         self._counter = itertools.count(1)
         #: the interpreter of the workers: the client's own
         self.python = sys.executable
+        #: prefix of its workers' identities, and where they run
+        self.label = "local"
+        self.where = "localhost"
+        #: a local launcher is never cut off from the pool
+        self.lost = False
         self.processes: dict[bytes, WorkerProcess] = {}
         self._env = dict(os.environ)
         # the workers import what the client can: same path, same directory
         paths = [p for p in sys.path if p] + [os.getcwd()]
         self._env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
 
-    def spawn(self) -> WorkerProcess:
-        """Start one worker; return it (its identity is new to this pool)."""
-        identity = b"local-%d" % next(self._counter)
+    def spawn(self, identity: bytes | None = None) -> WorkerProcess:
+        """Start one worker; return it.
+
+        ``identity`` is its routing id, new to the pool; by default ``local-N``.
+        """
+        if identity is None:
+            identity = b"local-%d" % next(self._counter)
         cmd = [
             self.python,
             "-m",
@@ -112,6 +124,7 @@ class LocalLauncher:
         popen = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
+            stdout=self._worker_stdout,
             stderr=subprocess.PIPE,
             env=self._env,
             start_new_session=True,
@@ -124,6 +137,9 @@ class LocalLauncher:
         self._loop.add_reader(popen.stderr.fileno(), self._read_stderr, proc)
         self._watch_exit(proc)
         return proc
+
+    def describe_worker(self, pid: int) -> str:
+        return f"a local worker (pid {pid}, {self.python})"
 
     def kill(self, identity: bytes) -> None:
         """SIGKILL a worker and everything it started; its exit is reported as usual."""

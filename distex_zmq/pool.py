@@ -20,7 +20,7 @@ import itertools
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from typing import Any
 
 from distex_zmq import protocol as p
@@ -33,6 +33,7 @@ from distex_zmq.errors import PoolClosedError
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import LoopType, loop_factory
 from distex_zmq.serialization import FunctionCache, PickleType, dumps, pickle_module
+from distex_zmq.ssh_launcher import RemoteSettings
 
 
 class Pool(concurrent.futures.Executor):
@@ -50,15 +51,18 @@ class Pool(concurrent.futures.Executor):
     Args:
         num_workers: Number of local worker processes; 0 means one per CPU.
         hosts: Remote host specifications
-            ``[ssh://][user@]host[:port]/num_workers`` (remote hosts arrive
-            with the SSH and spawner features; for now they raise
-            ``NotImplementedError``).
+            ``[ssh://][user@]host[:port]/num_workers``. ``ssh://`` hosts are
+            reached with SSH (see ``remote_python`` and the ``ssh_*``
+            options); spawner hosts (no ``ssh://``) arrive with the spawner
+            feature and raise ``NotImplementedError`` for now.
         qsize: Tasks each worker may hold at once (its credits). Raise it for
             many small tasks; 1 means no queueing at the workers.
         initializer: Called in each worker (also in a replacement) before
             its first task.
         initargs: Arguments for ``initializer``.
-        localhost: Address the broker listens on for remote workers.
+        localhost: Address of this machine that remote workers connect to
+            in direct mode (default: the one the SSH connection comes from);
+            the broker listens on it.
         localport: Port the broker listens on for remote workers (0: any).
         lazy_create: Start no workers until the first task or ``create()``.
         worker_loop: ``LoopType`` of the workers' event loops.
@@ -72,6 +76,22 @@ class Pool(concurrent.futures.Executor):
         max_worker_deaths: Workers that may die within a minute before the
             pool stops replacing them and fails what waits with
             ``CrashLoopError``.
+        remote_python: The command that runs Python on the SSH hosts, as the
+            remote shell reads it (``/opt/venv/bin/python``,
+            ``env PYTHONPATH=/srv/app python3``); a dict maps host names to
+            commands, with ``"*"`` for the rest.
+        ssh_tunnel: Remote workers reach the broker through a reverse tunnel
+            over the SSH connection (default). With ``False`` they connect
+            straight to the broker's TCP port (``localhost``/``localport``),
+            which does not authenticate them: for trusted networks only.
+        heartbeat_timeout: Seconds of silence after which an SSH host counts
+            as lost: its tasks run elsewhere, and the pool reconnects to it
+            when it can. Its agent stops its workers after as long without
+            word from the pool.
+        ssh_accept_new_hosts: Trust and remember the key of a host that is
+            not in ``~/.ssh/known_hosts`` (OpenSSH's ``accept-new``); by
+            default such a host is refused.
+        connect_timeout: Seconds allowed to connect and log in to an SSH host.
     """
 
     TimeoutError = concurrent.futures.TimeoutError
@@ -93,6 +113,11 @@ class Pool(concurrent.futures.Executor):
         max_retries: int = 2,
         task_timeout: float | None = None,
         max_worker_deaths: int = 30,
+        remote_python: str | Mapping[str, str] = "python3",
+        ssh_tunnel: bool = True,
+        heartbeat_timeout: float = 10.0,
+        ssh_accept_new_hosts: bool = False,
+        connect_timeout: float = 10.0,
     ):
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be an integer >= 0, not {num_workers!r}")
@@ -112,11 +137,21 @@ class Pool(concurrent.futures.Executor):
             raise TypeError(f"initializer must be callable, not {initializer!r}")
         host_list = [hosts] if isinstance(hosts, str) else list(hosts or [])
         self._hosts = [HostSpec(h) for h in host_list]
-        if self._hosts:
+        spawner_hosts = [h for h in self._hosts if not h.is_ssh]
+        if spawner_hosts:
             raise NotImplementedError(
-                f"remote hosts {host_list} are not supported yet: workers over SSH "
-                "(ssh://host/N) and on spawner hosts (host/N) arrive with the SSH and "
-                "spawner features; use local workers (Pool(num_workers)) for now"
+                f"spawner hosts {spawner_hosts} are not supported yet: they arrive with the "
+                "spawner feature; reach those hosts over SSH (ssh://host/N) for now"
+            )
+        for name, value in (
+            ("heartbeat_timeout", heartbeat_timeout),
+            ("connect_timeout", connect_timeout),
+        ):
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if not isinstance(remote_python, (str, Mapping)) or not remote_python:
+            raise TypeError(
+                f"remote_python must be a command or a dict of commands, not {remote_python!r}"
             )
         loop_factory(worker_loop)  # a clear ValueError now, not a worker that fails later
         data = pickle_module(data_pickle)
@@ -125,6 +160,16 @@ class Pool(concurrent.futures.Executor):
         self._data_loads = data.loads
         self._options = Options(
             num_workers=num_workers or os.cpu_count() or 1,
+            hosts=self._hosts,
+            remote=RemoteSettings(
+                tunnel=ssh_tunnel,
+                python=remote_python if isinstance(remote_python, str) else dict(remote_python),
+                heartbeat_timeout=float(heartbeat_timeout),
+                accept_new_hosts=ssh_accept_new_hosts,
+                connect_timeout=float(connect_timeout),
+                localhost=localhost,
+            ),
+            localport=localport,
             qsize=qsize,
             initializer=initializer,
             initargs=tuple(initargs),
@@ -152,7 +197,7 @@ class Pool(concurrent.futures.Executor):
 
     def __repr__(self) -> str:
         state = "shut down" if self._is_shutdown else "ready" if self.is_ready() else "starting"
-        return f"<Pool {self._options.num_workers} workers, {state}>"
+        return f"<Pool {self._options.total_workers} workers, {state}>"
 
     # life cycle
 
@@ -212,8 +257,8 @@ class Pool(concurrent.futures.Executor):
         )
 
     def total_workers(self) -> int:
-        """Number of workers in the pool."""
-        return self._options.num_workers
+        """Number of workers in the pool, local and remote."""
+        return self._options.total_workers
 
     def _wait_started(self) -> Runtime:
         runtime = self._live_runtime()
@@ -370,7 +415,7 @@ class Pool(concurrent.futures.Executor):
 
     def _capacity(self) -> int:
         """Tasks the workers hold at once: the sum of their credits."""
-        return self._options.num_workers * self._options.qsize
+        return self._options.total_workers * self._options.qsize
 
     def _map_window(self) -> int:
         """Inputs a map keeps between reading and yielding."""

@@ -8,8 +8,6 @@ import signal
 import threading
 import time
 
-POOL_THREAD = "distex_zmq pool loop"
-
 
 def child_pids(parent: int | None = None) -> set[int]:
     """Live (non-zombie) processes whose parent is ``parent`` (default: us)."""
@@ -32,7 +30,14 @@ def child_pids(parent: int | None = None) -> set[int]:
 
 
 def pool_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == POOL_THREAD and t.is_alive()]
+    """Threads of pools: their loops, SSH sessions and tunnels, paramiko's transports."""
+    import paramiko
+
+    return [
+        t
+        for t in threading.enumerate()
+        if t.is_alive() and (t.name.startswith("distex_zmq") or isinstance(t, paramiko.Transport))
+    ]
 
 
 def pid_alive(pid: int) -> bool:

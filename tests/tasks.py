@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import socket
 import time
 from typing import Any
 
@@ -247,3 +248,15 @@ def note_pid_then_sleep(path: str, delay: float) -> int:
         f.write(str(os.getpid()))
     time.sleep(delay)
     return os.getpid()
+
+
+def hostname_after(delay: float) -> str:
+    """The host name of the worker, after ``delay`` seconds."""
+    time.sleep(delay)
+    return socket.gethostname()
+
+
+def host_and_value(delay: float, value: Any) -> tuple[str, Any]:
+    """``(host name of the worker, value)`` after ``delay`` seconds."""
+    time.sleep(delay)
+    return socket.gethostname(), value

@@ -1,0 +1,186 @@
+"""SSH connections to remote hosts with paramiko, honouring what ``ssh`` would.
+
+``connect`` reads ``~/.ssh/config`` (Host aliases, HostName, User, Port,
+IdentityFile, UserKnownHostsFile, StrictHostKeyChecking, ConnectTimeout,
+ProxyCommand), authenticates with the SSH agent, the config's identity files
+and the default key files (never a password), and checks the host key
+against ``known_hosts``. Every failure becomes a ``HostConnectionError`` that
+says what failed, on which host, and what to do; every step is bounded in
+time, so a dead or silent host cannot hang the pool.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import getpass
+import hashlib
+import os
+import socket
+from typing import Any
+
+import paramiko
+
+from distex_zmq.errors import HostConnectionError
+from distex_zmq.hostspec import HostSpec
+
+#: Seconds allowed to connect, exchange banners, authenticate and open a channel.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SSHTarget:
+    """Where and how to connect, once the SSH config has been applied."""
+
+    alias: str
+    hostname: str
+    port: int
+    user: str
+    key_files: tuple[str, ...]
+    known_hosts: tuple[str, ...]
+    accept_new_hosts: bool
+    timeout: float
+    proxy_command: str | None
+
+    def __str__(self) -> str:
+        port = f":{self.port}" if self.port != 22 else ""
+        name = self.alias if self.alias == self.hostname else f"{self.alias} ({self.hostname})"
+        return f"{self.user}@{name}{port}"
+
+
+def resolve(
+    spec: HostSpec,
+    accept_new_hosts: bool = False,
+    timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    config_path: str = "~/.ssh/config",
+) -> SSHTarget:
+    """Apply ``~/.ssh/config`` to a host spec; what is in the spec wins."""
+    config: dict[str, Any] = {}
+    path = os.path.expanduser(config_path)
+    if os.path.exists(path):
+        try:
+            config = paramiko.SSHConfig.from_path(path).lookup(spec.host)
+        except Exception as e:  # noqa: BLE001 - paramiko raises several kinds
+            raise HostConnectionError(f"cannot read the SSH config {path}: {e}") from e
+    known = config.get("userknownhostsfile", "~/.ssh/known_hosts").split()
+    strict = config.get("stricthostkeychecking", "ask").lower()
+    if "connecttimeout" in config:
+        timeout = float(config["connecttimeout"])
+    return SSHTarget(
+        alias=spec.host,
+        hostname=config.get("hostname", spec.host),
+        port=spec.port or int(config.get("port", 22)),
+        user=spec.user or config.get("user") or getpass.getuser(),
+        key_files=tuple(os.path.expanduser(f) for f in config.get("identityfile", [])),
+        known_hosts=tuple(os.path.expanduser(f) for f in known),
+        accept_new_hosts=accept_new_hosts or strict in ("accept-new", "no", "off"),
+        timeout=timeout,
+        proxy_command=config.get("proxycommand"),
+    )
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """The key's fingerprint as OpenSSH prints it (``SHA256:...``)."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
+    def __init__(self, target: SSHTarget):
+        self._target = target
+
+    def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
+        t = self._target
+        known = t.known_hosts[0] if t.known_hosts else "~/.ssh/known_hosts"
+        port = f"-p {t.port} " if t.port != 22 else ""
+        raise HostConnectionError(
+            f"SSH to {t}: the host's {key.get_name()} key {fingerprint(key)} is not in "
+            f"{', '.join(t.known_hosts) or 'any known_hosts file'}, so the connection was "
+            f"refused. If you trust this key, add it (ssh-keyscan {port}{t.hostname} >> "
+            f"{known}, then compare the fingerprint) or connect once with ssh; or let the "
+            "pool trust new hosts with Pool(..., ssh_accept_new_hosts=True)"
+        )
+
+
+class _AcceptNewHost(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's ``StrictHostKeyChecking accept-new``: trust and remember new hosts."""
+
+    def __init__(self, target: SSHTarget):
+        self._target = target
+
+    def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        if self._target.known_hosts:
+            path = self._target.known_hosts[0]
+            os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+            with open(path, "a") as f:
+                f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+def connect(target: SSHTarget) -> paramiko.SSHClient:
+    """An authenticated SSH connection to ``target`` (blocking, bounded by its timeout)."""
+    client = paramiko.SSHClient()
+    for path in ("/etc/ssh/ssh_known_hosts", *target.known_hosts):
+        if os.path.exists(path):
+            try:
+                client.load_system_host_keys(path)
+            except (OSError, paramiko.SSHException) as e:
+                raise HostConnectionError(f"cannot read known hosts file {path}: {e}") from e
+    policy = _AcceptNewHost if target.accept_new_hosts else _RefuseUnknownHost
+    client.set_missing_host_key_policy(policy(target))
+    sock = paramiko.ProxyCommand(target.proxy_command) if target.proxy_command else None
+    t = target.timeout
+    try:
+        client.connect(
+            target.hostname,
+            port=target.port,
+            username=target.user,
+            key_filename=list(target.key_files) or None,
+            timeout=t,
+            banner_timeout=t,
+            auth_timeout=t,
+            channel_timeout=t,
+            sock=sock,
+        )
+    except HostConnectionError:
+        client.close()
+        raise
+    except BaseException as e:
+        client.close()
+        raise HostConnectionError(_explain(target, e)) from e
+    return client
+
+
+def _explain(t: SSHTarget, e: BaseException) -> str:
+    """What went wrong while connecting, and what to do about it."""
+    if isinstance(e, socket.gaierror):
+        return (
+            f"SSH to {t}: cannot resolve the host name {t.hostname!r} ({e.strerror}); "
+            "check the name, or give its address with HostName in ~/.ssh/config"
+        )
+    if isinstance(e, (socket.timeout, TimeoutError)):
+        return (
+            f"SSH to {t}: no answer within {t.timeout:g} s; is the host up and "
+            f"is sshd listening on port {t.port}?"
+        )
+    if isinstance(e, paramiko.BadHostKeyException):
+        return (
+            f"SSH to {t}: the host key {fingerprint(e.key)} does NOT match the one in "
+            "known_hosts: someone may be intercepting the connection. If the host's key "
+            f"changed for a good reason, remove the old one with ssh-keygen -R {t.hostname}"
+        )
+    if isinstance(e, paramiko.AuthenticationException):
+        keys = ", ".join(t.key_files) or "the SSH agent's keys and ~/.ssh/id_*"
+        return (
+            f"SSH to {t}: authentication as {t.user!r} failed ({e}); tried {keys}. "
+            f"Add your public key to ~{t.user}/.ssh/authorized_keys on {t.hostname}, "
+            "or name the right key with IdentityFile in ~/.ssh/config "
+            "(passwords are not supported)"
+        )
+    if isinstance(e, paramiko.SSHException):
+        return f"SSH to {t}: {e}"
+    if isinstance(e, OSError):
+        return (
+            f"SSH to {t}: cannot connect ({e.strerror or e}); is sshd listening on port {t.port}?"
+        )
+    return f"SSH to {t}: {type(e).__name__}: {e}"

@@ -1,0 +1,381 @@
+"""Starts and supervises the workers of one pool on one SSH host.
+
+::
+
+    pool loop                       SSH connection              remote host
+    ---------                       --------------              -----------
+    SSHLauncher  --commands-->      session channel   -->       python -m distex_zmq.agent
+                 <--events---                                    |  starts workers,
+                 <--stderr---                                    |  reports exits
+    Broker (TCP on 127.0.0.1) <--   reverse tunnel    <--       workers (DEALER)
+
+The launcher connects with paramiko (``distex_zmq.ssh``), opens the reverse
+tunnel (``distex_zmq.ssh_tunnel``) or, in direct mode, tells the workers the
+broker's own TCP address, and starts the agent with the remote interpreter.
+It then behaves like the local launcher: ``spawn``, ``kill``, ``stop``, and
+``on_exit(identity, pid, returncode, stderr_tail)`` for every worker exit.
+
+Heartbeats run both ways over the session: the launcher pings every quarter
+of ``heartbeat_timeout``; a host whose agent has said nothing for longer is
+lost (``on_lost(launcher, reason, identities)``), and an agent that hears
+nothing for that long stops its workers and exits. paramiko objects block,
+so reading and writing the session happen on threads of their own and reach
+the pool loop with ``call_soon_threadsafe``; nothing on the pool loop ever
+waits for the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import queue
+import shlex
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import paramiko
+
+from distex_zmq import protocol, ssh
+from distex_zmq.errors import HostConnectionError
+from distex_zmq.hostspec import HostSpec
+from distex_zmq.ssh_tunnel import ReverseTunnel
+
+_logger = logging.getLogger("distex_zmq.ssh")
+
+#: Seconds the agent may take to say hello once its command runs.
+AGENT_START_TIMEOUT = 30.0
+#: Seconds, beyond the grace, that a stopping agent may take to exit.
+AGENT_STOP_MARGIN = 5.0
+#: Lines of the agent's stderr kept for error messages.
+STDERR_TAIL_LINES = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteSettings:
+    """How a pool reaches its remote hosts."""
+
+    #: workers reach the broker through a reverse SSH tunnel (else: directly)
+    tunnel: bool = True
+    #: the command that runs Python on a host: one for all, or by host name
+    python: str | Mapping[str, str] = "python3"
+    heartbeat_timeout: float = 10.0
+    accept_new_hosts: bool = False
+    connect_timeout: float = ssh.DEFAULT_CONNECT_TIMEOUT
+    #: address the remote workers connect to in direct mode ("" = as SSH sees us)
+    localhost: str = ""
+
+    def python_for(self, host: str) -> str:
+        if isinstance(self.python, str):
+            return self.python
+        return self.python.get(host, self.python.get("*", "python3"))
+
+
+class SSHLauncher:
+    """The workers of one pool on one SSH host, through an agent there."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        spec: HostSpec,
+        settings: RemoteSettings,
+        broker_port: int,
+        worker_args: list[str],
+        on_exit: Callable[[bytes, int, int, str], None],
+        on_lost: Callable[[SSHLauncher, str, set[bytes]], None],
+    ):
+        self._loop = loop
+        self.spec = spec
+        self._settings = settings
+        self._broker_port = broker_port
+        self._worker_args = worker_args
+        self._on_exit = on_exit
+        self._on_lost = on_lost
+        self.label = f"ssh-{spec.host}"
+        #: where its workers run, for messages
+        self.where = f"ssh://{spec.host}"
+        self.python = settings.python_for(spec.host)
+        #: identities of the workers started and not exited
+        self.workers: set[bytes] = set()
+        self.lost = False
+        self._closing = False
+        self._client: paramiko.SSHClient | None = None
+        self._tunnel: ReverseTunnel | None = None
+        self._chan: paramiko.Channel | None = None
+        self._command_line = ""
+        self._commands: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._hello: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._ended: asyncio.Future[int] = loop.create_future()
+        self._closed: asyncio.Future[None] | None = None
+        self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._last_heard = time.monotonic()
+
+    def __str__(self) -> str:
+        return self.where
+
+    def describe_worker(self, pid: int) -> str:
+        return f"a worker on {self.where} (pid {pid}, {self.python})"
+
+    # start-up
+
+    async def start(self) -> None:
+        """Connect, open the tunnel, start the agent and wait for its hello."""
+        opened: asyncio.Future[None] = self._loop.create_future()
+        self._thread(self._open, opened, name="connect")
+        try:
+            await opened
+            hello = await asyncio.wait_for(asyncio.shield(self._hello), AGENT_START_TIMEOUT)
+        except asyncio.TimeoutError:
+            await self._close()
+            raise HostConnectionError(
+                f"the distex_zmq agent on {self.where} did not start within "
+                f"{AGENT_START_TIMEOUT:g} s ({self._command_line}); its stderr:\n" + self._tail()
+            ) from None
+        except BaseException:
+            await self._close()
+            raise
+        if hello.get("protocol") != protocol.VERSION:
+            await self._close()
+            raise HostConnectionError(
+                f"distex_zmq {hello.get('version')} on {self.where} speaks protocol version "
+                f"{hello.get('protocol')}, this client version {protocol.VERSION}; install "
+                "the same distex_zmq version on both"
+            )
+        self._last_heard = time.monotonic()
+        self._loop.call_later(self._settings.heartbeat_timeout / 4, self._beat)
+
+    def _open(self, opened: asyncio.Future[None]) -> None:
+        """Connect and start the agent (on a thread of its own: paramiko blocks)."""
+        try:
+            settings = self._settings
+            target = ssh.resolve(self.spec, settings.accept_new_hosts, settings.connect_timeout)
+            self._client = client = ssh.connect(target)
+            transport = client.get_transport()
+            assert transport is not None
+            transport.set_keepalive(max(1, int(settings.heartbeat_timeout / 2)))
+            if settings.tunnel:
+                self._tunnel = ReverseTunnel(
+                    transport, ("127.0.0.1", self._broker_port), self.spec.host
+                )
+                endpoint = f"tcp://127.0.0.1:{self._tunnel.remote_port}"
+            else:
+                endpoint = f"tcp://{_tcp_host(self._direct_address(transport))}:{self._broker_port}"
+            self._command_line = " ".join(
+                [
+                    self.python,
+                    "-m distex_zmq.agent",
+                    f"--connect {endpoint}",
+                    f"--heartbeat-timeout {settings.heartbeat_timeout:g}",
+                    *map(shlex.quote, self._worker_args),
+                ]
+            )
+            chan = transport.open_session(timeout=target.timeout)
+            chan.exec_command(self._command_line)
+            self._chan = chan
+        except BaseException as e:  # noqa: BLE001 - handed to the pool loop
+            if not isinstance(e, HostConnectionError):
+                e = HostConnectionError(f"cannot start workers on {self.where}: {e}")
+            self._call_soon(_set_exception, opened, e)
+            return
+        self._thread(self._read_events, chan, name="events")
+        self._thread(self._read_stderr, chan, name="stderr")
+        self._thread(self._write_commands, chan, name="commands")
+        self._call_soon(_set_result, opened, None)
+
+    def _direct_address(self, transport: paramiko.Transport) -> str:
+        if self._settings.localhost:
+            return self._settings.localhost
+        try:
+            return str(transport.sock.getsockname()[0])
+        except (AttributeError, OSError):
+            raise HostConnectionError(
+                f"{self.where}: cannot tell which address of this machine the host reaches "
+                "(a ProxyCommand connection); give it with Pool(..., localhost=ADDRESS)"
+            ) from None
+
+    def _thread(self, target: Callable[..., None], *args: Any, name: str) -> None:
+        thread = threading.Thread(
+            target=target,
+            args=args,
+            name=f"distex_zmq ssh {self.spec.host} {name}",
+            daemon=True,
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the pool loop is closed: nobody is listening
+            pass
+
+    # the session's threads
+
+    def _read_events(self, chan: paramiko.Channel) -> None:
+        try:
+            for line in chan.makefile("rb"):
+                self._call_soon(self._on_event, line)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        self._call_soon(self._on_end, chan.recv_exit_status())
+
+    def _read_stderr(self, chan: paramiko.Channel) -> None:
+        prefix = f"[{self.spec.host}] "
+        try:
+            for raw in chan.makefile_stderr("rb"):
+                line = raw.decode(errors="replace").rstrip("\n")
+                self._stderr_tail.append(line)
+                try:
+                    sys.stderr.write(prefix + line + "\n")
+                except (OSError, ValueError):
+                    pass
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    def _write_commands(self, chan: paramiko.Channel) -> None:
+        while (data := self._commands.get()) is not None:
+            try:
+                chan.sendall(data)
+            except (OSError, EOFError, paramiko.SSHException):
+                return
+
+    def _tail(self) -> str:
+        return "\n".join(list(self._stderr_tail)) or "(nothing)"
+
+    # on the pool loop
+
+    def _send(self, **command: Any) -> None:
+        self._commands.put(json.dumps(command).encode() + b"\n")
+
+    def _on_event(self, line: bytes) -> None:
+        self._last_heard = time.monotonic()
+        try:
+            event = json.loads(line)
+            kind = event["ev"]
+        except (ValueError, KeyError, TypeError):
+            # not the agent's: say, a remote shell's start-up file printed something
+            self._stderr_tail.append(line.decode(errors="replace").rstrip("\n"))
+            return
+        if kind == "hello":
+            if not self._hello.done():
+                self._hello.set_result(event)
+        elif kind == "exit":
+            identity = bytes.fromhex(event["id"])
+            if identity in self.workers:
+                self.workers.discard(identity)
+                self._on_exit(identity, int(event["pid"]), int(event["rc"]), event["tail"])
+
+    def _on_end(self, status: int) -> None:
+        if not self._ended.done():
+            self._ended.set_result(status)
+        if self._closing or self.lost:
+            return
+        if not self._hello.done():
+            self._hello.set_exception(self._start_error(status))
+        else:
+            self._lose(
+                f"its agent ended ({_describe_status(status)}); its last stderr lines:\n"
+                + self._tail()
+            )
+
+    def _start_error(self, status: int) -> HostConnectionError:
+        tail = self._tail()
+        hint = ""
+        if "No module named distex_zmq" in tail or "No module named 'distex_zmq'" in tail:
+            hint = (
+                f" distex_zmq is not installed for {self.python!r} there: install it "
+                "(pip install distex_zmq) or name an interpreter that has it with "
+                "Pool(..., remote_python=...)."
+            )
+        elif status == 127:
+            hint = f" {self.python!r} is not a command there; set Pool(..., remote_python=...)."
+        return HostConnectionError(
+            f"could not start distex_zmq on {self.where} ({_describe_status(status)}) with "
+            f"`{self._command_line}`.{hint} Its error output:\n{tail}"
+        )
+
+    def _beat(self) -> None:
+        if self._closing or self.lost:
+            return
+        timeout = self._settings.heartbeat_timeout
+        silent = time.monotonic() - self._last_heard
+        if silent > timeout:
+            self._lose(f"no heartbeat for {silent:.1f} s (heartbeat_timeout={timeout:g} s)")
+            return
+        self._send(op="ping")
+        self._loop.call_later(timeout / 4, self._beat)
+
+    def _lose(self, reason: str) -> None:
+        self.lost = True
+        workers = set(self.workers)
+        self.workers.clear()
+        _logger.warning("host %s lost: %s", self.where, reason)
+        self._loop.create_task(self._close())
+        self._on_lost(self, reason, workers)
+
+    # workers
+
+    def spawn(self, identity: bytes) -> None:
+        """Start a worker with this identity on the host."""
+        self.workers.add(identity)
+        self._send(op="spawn", id=identity.hex())
+
+    def kill(self, identity: bytes) -> None:
+        """SIGKILL a worker; its exit is reported as usual."""
+        if identity in self.workers:
+            self._send(op="kill", id=identity.hex())
+
+    async def stop(self, grace: float) -> None:
+        """Stop the workers (the agent escalates after ``grace``), then disconnect."""
+        self._closing = True
+        if not self.lost and self._chan is not None:
+            self._send(op="stop", grace=grace)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._ended), grace + AGENT_STOP_MARGIN)
+            except asyncio.TimeoutError:
+                _logger.warning("the agent on %s did not stop in time", self.where)
+        await self._close()
+
+    async def _close(self) -> None:
+        """Disconnect (idempotent): the agent, the tunnel, the connection, the threads."""
+        self._closing = True
+        if self._closed is None:
+            self._closed = self._loop.create_future()
+            self._thread(self._disconnect, self._closed, name="close")
+        await asyncio.shield(self._closed)
+
+    def _disconnect(self, closed: asyncio.Future[None]) -> None:
+        self._commands.put(None)
+        if self._client is not None:
+            self._client.close()
+        if self._tunnel is not None:
+            self._tunnel.close()
+        me = threading.current_thread()
+        for thread in self._threads:
+            if thread is not me:
+                thread.join(5.0)
+        self._call_soon(_set_result, closed, None)
+
+
+def _tcp_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def _describe_status(status: int) -> str:
+    return "no exit status" if status < 0 else f"exit status {status}"
+
+
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[Any], error: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(error)

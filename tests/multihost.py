@@ -1,0 +1,144 @@
+"""A real multi-host cluster on this one machine, for the SSH tests.
+
+Each host is a Linux network namespace on a bridge, with its own address,
+host name and sshd (``tests/cluster/netns.sh`` and ``sshd.sh``, started with
+their own config and keys, never the system's). The client side is a
+throwaway ``HOME`` with ``~/.ssh/config`` (an alias per host), a key and
+``known_hosts``; tests point ``HOME`` at it. The namespaces share this
+machine's file system, so the remote interpreter is this virtual
+environment's, run with the repository on ``PYTHONPATH`` (``REMOTE_PYTHON``).
+
+Needs root. Teardown stops every sshd, kills whatever still runs in the
+namespaces and deletes them, also when a test failed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "tests" / "cluster"
+#: the hosts' names; each is its namespace and its host name
+HOSTS = ("dzq-a", "dzq-b", "dzq-c")
+#: the command that runs Python on a host: this venv's, able to import the tests
+REMOTE_PYTHON = f"env PYTHONPATH={shlex.quote(str(ROOT))} {shlex.quote(sys.executable)}"
+
+
+def unavailable() -> str | None:
+    """Why no cluster can be made here, or None."""
+    if os.geteuid() != 0:
+        return "the multi-host tests need root (network namespaces); CI runs them as root"
+    for tool in ("/usr/sbin/sshd", shutil.which("ip"), shutil.which("ssh-keygen")):
+        if not tool or not os.path.exists(tool):
+            return f"missing {tool or 'ip/ssh-keygen'}: apt-get install openssh-server iproute2"
+    return None
+
+
+class Cluster:
+    """Namespaces with an sshd each, and a client HOME that can reach them."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="dzq-cluster-"))
+        self.home = self.dir / "home"
+        self.addresses: dict[str, str] = {}
+        self.host_keys: dict[str, str] = {}
+        self.sshd_pids: dict[str, int] = {}
+
+    def up(self) -> None:
+        out = self._run(SCRIPTS / "netns.sh", "up", *HOSTS)
+        for line in out.splitlines():
+            name, address = line.split()
+            self.addresses[name] = address
+        ssh_dir = self.home / ".ssh"
+        ssh_dir.mkdir(parents=True, mode=0o700)
+        key = ssh_dir / "id_ed25519"
+        self._run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "dzq-test", "-f", key)
+        authorized = self.dir / "authorized_keys"
+        shutil.copy(f"{key}.pub", authorized)
+        for host in HOSTS:
+            sshd_dir = self.dir / host
+            line = self._run(
+                SCRIPTS / "sshd.sh", "start", sshd_dir, authorized, "0.0.0.0", "22", host
+            )
+            self.host_keys[host] = line.strip()
+            self.sshd_pids[host] = int((sshd_dir / "sshd.pid").read_text())
+        self.write_home(self.home, HOSTS)
+
+    def write_home(self, home: Path, trusted: tuple[str, ...], key: Path | None = None) -> None:
+        """``~/.ssh`` in ``home``: an alias per host, ``known_hosts`` for ``trusted``."""
+        ssh_dir = home / ".ssh"
+        ssh_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = key or self.home / ".ssh" / "id_ed25519"
+        config = "".join(
+            f"Host {host}\n  HostName {address}\n  User root\n  IdentityFile {key}\n"
+            for host, address in self.addresses.items()
+        )
+        (ssh_dir / "config").write_text(config)
+        (ssh_dir / "known_hosts").write_text(
+            "".join(f"{self.addresses[h]} {self.host_keys[h]}\n" for h in trusted)
+        )
+
+    def other_home(self, name: str, trusted: tuple[str, ...], own_key: bool = False) -> Path:
+        """Another client HOME: trusting only ``trusted``, with a key of its own."""
+        home = self.dir / name
+        key = None
+        if own_key:
+            (home / ".ssh").mkdir(parents=True, mode=0o700)
+            key = home / ".ssh" / "id_ed25519"
+            self._run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key)
+        self.write_home(home, trusted, key)
+        return home
+
+    def link(self, host: str, up: bool) -> None:
+        """Connect or cut off a host (its link to the bridge up or down)."""
+        self._run("ip", "link", "set", f"{host}-h", "up" if up else "down")
+
+    def processes(self, host: str) -> dict[int, str]:
+        """Live processes in a host's namespace but its sshd listener: pid -> cmdline."""
+        out = subprocess.run(
+            ["ip", "netns", "pids", host], capture_output=True, text=True, check=False
+        ).stdout
+        found = {}
+        for pid in map(int, out.split()):
+            if pid == self.sshd_pids.get(host):
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read()
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            if stat[stat.rindex(")") + 2] != "Z":
+                found[pid] = cmdline
+        return found
+
+    def pool_processes(self) -> dict[str, dict[int, str]]:
+        """Agents and workers of any pool, by host."""
+        found = {}
+        for host in HOSTS:
+            procs = {pid: cmd for pid, cmd in self.processes(host).items() if "distex_zmq" in cmd}
+            if procs:
+                found[host] = procs
+        return found
+
+    def down(self) -> None:
+        for host in HOSTS:
+            subprocess.run([SCRIPTS / "sshd.sh", "stop", self.dir / host], check=False)
+        subprocess.run([SCRIPTS / "netns.sh", "down", *HOSTS], check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @staticmethod
+    def _run(*cmd: object) -> str:
+        result = subprocess.run(
+            [str(c) for c in cmd], capture_output=True, text=True, check=False, timeout=60
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{cmd} failed ({result.returncode}): {result.stderr.strip()}")
+        return result.stdout
