@@ -49,7 +49,9 @@ class Pool(concurrent.futures.Executor):
     until its workers are up).
 
     Args:
-        num_workers: Number of local worker processes; 0 means one per CPU.
+        num_workers: Number of local worker processes; 0 means one per CPU
+            (as in distex), ``None`` none at all: a pool of remote workers
+            only.
         hosts: Remote host specifications
             ``[ssh://][user@]host[:port]/num_workers``. ``ssh://`` hosts are
             reached with SSH (see ``remote_python`` and the ``ssh_*``
@@ -98,7 +100,7 @@ class Pool(concurrent.futures.Executor):
 
     def __init__(
         self,
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         hosts: str | list[str] | None = None,
         qsize: int = 2,
         initializer: Callable[..., Any] | None = None,
@@ -119,8 +121,8 @@ class Pool(concurrent.futures.Executor):
         ssh_accept_new_hosts: bool = False,
         connect_timeout: float = 10.0,
     ):
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be an integer >= 0, not {num_workers!r}")
+        if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
+            raise ValueError(f"num_workers must be an integer >= 0 or None, not {num_workers!r}")
         if not isinstance(qsize, int) or qsize < 1:
             raise ValueError(f"qsize must be an integer >= 1, not {qsize!r}")
         if not isinstance(max_retries, int) or max_retries < 0:
@@ -153,13 +155,15 @@ class Pool(concurrent.futures.Executor):
             raise TypeError(
                 f"remote_python must be a command or a dict of commands, not {remote_python!r}"
             )
+        if num_workers is None and not self._hosts:
+            raise ValueError("num_workers=None (no local workers) needs hosts to run the tasks")
         loop_factory(worker_loop)  # a clear ValueError now, not a worker that fails later
         data = pickle_module(data_pickle)
         self._functions = FunctionCache(func_pickle)
         self._data_dumps = data.dumps
         self._data_loads = data.loads
         self._options = Options(
-            num_workers=num_workers or os.cpu_count() or 1,
+            num_workers=0 if num_workers is None else num_workers or os.cpu_count() or 1,
             hosts=self._hosts,
             remote=RemoteSettings(
                 tunnel=ssh_tunnel,

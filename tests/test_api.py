@@ -248,6 +248,7 @@ def test_is_ready_and_total_workers(pool):
     [
         ({"num_workers": -1}, ValueError),
         ({"num_workers": 1.5}, ValueError),
+        ({"num_workers": None}, ValueError),  # no local workers, and no hosts
         ({"qsize": 0}, ValueError),
         ({"max_retries": -1}, ValueError),
         ({"initializer": 42}, TypeError),

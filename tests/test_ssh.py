@@ -107,8 +107,9 @@ def test_direct_mode(ssh_home):
 
 def test_big_arguments_cross_the_tunnel(ssh_home):
     blob = os.urandom(3 << 20)
-    with ssh_pool(["ssh://dzq-a/1"], num_workers=0) as pool:
-        assert pool.run_on_all(tasks.bytes_len, blob)[-1] == len(blob)
+    with ssh_pool(["ssh://dzq-a/1"], num_workers=None) as pool:  # no local workers
+        assert hostnames(pool) == ["dzq-a"]
+        assert pool.run_on_all(tasks.bytes_len, blob) == [len(blob)]
         echoed = list(pool.map(tasks.identity, [blob] * 4))
         assert all(e == blob for e in echoed)
 
