@@ -430,8 +430,11 @@ class Runtime:
         self.closing = True
         broker = self.broker
         broker.stop_workers()
-        for task in list(self._reconnects):
-            task.cancel()
+        if self._reconnects:
+            # a reconnection under way disconnects as it is cancelled
+            for task in self._reconnects:
+                task.cancel()
+            await asyncio.wait(list(self._reconnects), timeout=STOP_GRACE + 5)
         # after a failed start-up nothing is worth waiting for
         grace = STOP_GRACE if self.error is None else FAILED_STOP_GRACE
         await asyncio.gather(
