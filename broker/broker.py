@@ -28,6 +28,7 @@ import zmq
 from distex_zmq import protocol as p
 from distex_zmq._zmqio import readable, recv_frames, send_frames
 from distex_zmq.errors import PoolClosedError, ProtocolError, TaskTimeoutError, WorkerLostError
+from distex_zmq.security import KeyPair, make_server
 
 from .registry import Registry, WorkerRecord
 from .task import ResultSink, Task
@@ -86,14 +87,24 @@ class Broker:
 
     # set-up and tear-down (pool loop)
 
-    def bind(self, endpoint: str) -> str:
-        """Bind the socket; return the endpoint with the port actually taken."""
+    def bind(self, endpoint: str, curve: KeyPair | None = None) -> str:
+        """Bind the socket; return the endpoint with the port actually taken.
+
+        With ``curve`` keys the endpoint is a CURVE server: encrypted, and
+        open only to the clients that the context's ZAP handler admits.
+        Options apply to the endpoints bound after them, so plain endpoints
+        must be bound first.
+        """
         if self._sock is None:
             self._sock = self._ctx.socket(zmq.ROUTER)
             self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self._fd = int(self._sock.getsockopt(zmq.FD))
             self.loop.add_reader(self._fd, self._on_readable)
+        if curve is not None:
+            make_server(self._sock, curve)
+        elif self._sock.getsockopt(zmq.CURVE_SERVER):
+            raise ValueError("bind plain endpoints before CURVE ones")
         if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
             port = self._sock.bind_to_random_port(endpoint.rsplit(":", 1)[0])
             endpoint = f"{endpoint.rsplit(':', 1)[0]}:{port}"

@@ -46,6 +46,7 @@ from distex_zmq.errors import (
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.local_launcher import LocalLauncher, describe_exit
 from distex_zmq.loops import new_event_loop
+from distex_zmq.security import KeyPair, ZapHandler
 from distex_zmq.serialization import FunctionCache, dumps, loads, pickle_module
 from distex_zmq.ssh_launcher import RemoteSettings, SSHLauncher
 
@@ -124,6 +125,9 @@ class Runtime:
         self.launcher: LocalLauncher
         self._worker_args: list[str] = []
         self._broker_port = 0
+        self._zap: ZapHandler | None = None
+        #: the keys a remote worker needs to reach the broker (JSON-ready)
+        self.worker_keys: dict[str, str] = {}
         self.started: concurrent.futures.Future[None] = asyncio.run_coroutine_threadsafe(
             self._start(), self.loop
         )
@@ -175,18 +179,20 @@ class Runtime:
             raise
 
     def _bind_tcp(self) -> None:
-        """The broker's TCP endpoint for remote workers."""
+        """The broker's TCP endpoint for remote workers: a CURVE server that
+        admits only the key pair this pool hands to its own remote workers."""
         remote, port = self.options.remote, self.options.localport
-        if remote.tunnel:
-            # reached only through the SSH tunnels, from this machine
-            endpoint = self.broker.bind(f"tcp://127.0.0.1:{port}")
-        else:
-            endpoint = self.broker.bind(f"tcp://{remote.localhost or '0.0.0.0'}:{port}")
-            _logger.warning(
-                "remote workers connect directly to %s, which does not authenticate them: "
-                "use direct mode on a trusted network only",
-                endpoint,
-            )
+        broker_keys, worker_keys = KeyPair.random(), KeyPair.random()
+        self._zap = ZapHandler(self._ctx, self.loop)
+        self._zap.allow(worker_keys.public)
+        self.worker_keys = {
+            "server": broker_keys.public.decode(),
+            "public": worker_keys.public.decode(),
+            "secret": worker_keys.secret.decode(),
+        }
+        # through the SSH tunnels only from this machine; else from anywhere
+        address = "127.0.0.1" if remote.tunnel else remote.localhost or "0.0.0.0"
+        endpoint = self.broker.bind(f"tcp://{address}:{port}", curve=broker_keys)
         self._broker_port = int(endpoint.rsplit(":", 1)[1])
 
     async def _connect(self, spec: HostSpec) -> SSHLauncher:
@@ -196,7 +202,8 @@ class Runtime:
             spec,
             self.options.remote,
             self._broker_port,
-            self._worker_args,
+            [*self._worker_args, "--curve-keys-on-stdin"],
+            self.worker_keys,
             self._on_exit,
             self._on_host_lost,
         )
@@ -448,6 +455,8 @@ class Runtime:
             return PoolClosedError(f"the pool was shut down before {task.describe()} finished")
 
         broker.close(error)
+        if self._zap is not None:
+            self._zap.close()
         self._ctx.term()
         shutil.rmtree(self._ipc_dir, ignore_errors=True)
         self.closed = True

@@ -5,7 +5,10 @@ starts that host's workers (which connect to the pool's broker), learns at
 once when one exits (the local launcher's pidfd) and tells the pool. It
 speaks JSON lines, commands on stdin and events on stdout::
 
-    pool -> agent   {"op": "spawn", "id": HEX}     start a worker with this routing id
+    pool -> agent   {"op": "keys", "server", "public", "secret"}
+                                                   CURVE keys of the workers, passed
+                                                   to each on its stdin
+                    {"op": "spawn", "id": HEX}     start a worker with this routing id
                     {"op": "kill", "id": HEX}      SIGKILL it (its exit is reported)
                     {"op": "ping"}                 heartbeat; answered with a pong
                     {"op": "stop", "grace": S}     stop the workers, then exit
@@ -131,6 +134,9 @@ class Agent:
                 self._launcher.spawn(bytes.fromhex(cmd["id"]))
             elif op == "kill":
                 self._launcher.kill(bytes.fromhex(cmd["id"]))
+            elif op == "keys":
+                keys = {k: str(cmd[k]) for k in ("server", "public", "secret")}
+                self._launcher.worker_stdin = json.dumps(keys).encode() + b"\n"
             elif op == "ping":
                 self._send(ev="pong")
             elif op == "stop":

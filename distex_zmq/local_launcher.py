@@ -81,10 +81,13 @@ class LocalLauncher:
         worker_args: list[str],
         on_exit: Callable[[bytes, int, int, str], None],
         worker_stdout: int | None = None,
+        worker_stdin: bytes | None = None,
     ):
         self._loop = loop
         #: where workers' standard output goes (None: ours)
         self._worker_stdout = worker_stdout
+        #: written to each worker's stdin, then closed (its CURVE keys)
+        self.worker_stdin = worker_stdin
         self._endpoint = endpoint
         self._worker_args = worker_args
         self._on_exit = on_exit
@@ -123,12 +126,19 @@ class LocalLauncher:
         ]
         popen = subprocess.Popen(
             cmd,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if self.worker_stdin is None else subprocess.PIPE,
             stdout=self._worker_stdout,
             stderr=subprocess.PIPE,
             env=self._env,
             start_new_session=True,
         )
+        if popen.stdin is not None:
+            # a few hundred bytes: the pipe takes them without blocking
+            try:
+                popen.stdin.write(self.worker_stdin or b"")
+                popen.stdin.close()
+            except OSError:
+                pass  # it died already: its exit is reported as usual
         proc = WorkerProcess(identity, popen)
         proc.exited = self._loop.create_future()
         self.processes[identity] = proc

@@ -12,13 +12,11 @@
 The launcher connects with paramiko (``distex_zmq.ssh``), opens the reverse
 tunnel (``distex_zmq.ssh_tunnel``) or, in direct mode, tells the workers the
 broker's own TCP address, and starts the agent with the remote interpreter.
-It then behaves like the local launcher: ``spawn``, ``kill``, ``stop``, and
-``on_exit(identity, pid, returncode, stderr_tail)`` for every worker exit.
-
-Heartbeats run both ways over the session: the launcher pings every quarter
-of ``heartbeat_timeout``; a host whose agent has said nothing for longer is
-lost (``on_lost(launcher, reason, identities)``), and an agent that hears
-nothing for that long stops its workers and exits. paramiko objects block,
+From then on it is a ``RemoteLauncher``: spawn, kill, stop, exits and
+heartbeats; an agent that hears nothing for ``heartbeat_timeout`` stops its
+workers and exits, as a pool that hears nothing from it loses the host.
+The agent learns the workers' CURVE keys to the broker in the first
+command, never on a command line. paramiko objects block,
 so reading and writing the session happen on threads of their own and reach
 the pool loop with ``call_soon_threadsafe``; nothing on the pool loop ever
 waits for the network.
@@ -34,7 +32,6 @@ import queue
 import shlex
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -44,14 +41,13 @@ import paramiko
 from distex_zmq import protocol, ssh
 from distex_zmq.errors import HostConnectionError
 from distex_zmq.hostspec import HostSpec
+from distex_zmq.remote_launcher import RemoteLauncher
 from distex_zmq.ssh_tunnel import ReverseTunnel
 
 _logger = logging.getLogger("distex_zmq.ssh")
 
 #: Seconds the agent may take to say hello once its command runs.
 AGENT_START_TIMEOUT = 30.0
-#: Seconds, beyond the grace, that a stopping agent may take to exit.
-AGENT_STOP_MARGIN = 5.0
 #: Lines of the agent's stderr kept for error messages.
 STDERR_TAIL_LINES = 20
 
@@ -76,7 +72,7 @@ class RemoteSettings:
         return self.python.get(host, self.python.get("*", "python3"))
 
 
-class SSHLauncher:
+class SSHLauncher(RemoteLauncher):
     """The workers of one pool on one SSH host, through an agent there."""
 
     def __init__(
@@ -86,41 +82,27 @@ class SSHLauncher:
         settings: RemoteSettings,
         broker_port: int,
         worker_args: list[str],
+        worker_keys: dict[str, str],
         on_exit: Callable[[bytes, int, int, str], None],
         on_lost: Callable[[SSHLauncher, str, set[bytes]], None],
     ):
-        self._loop = loop
-        self.spec = spec
+        super().__init__(loop, spec, settings.heartbeat_timeout, on_exit, on_lost)
         self._settings = settings
         self._broker_port = broker_port
         self._worker_args = worker_args
-        self._on_exit = on_exit
-        self._on_lost = on_lost
+        self._worker_keys = worker_keys
         self.label = f"ssh-{spec.host}"
         #: where its workers run, for messages
         self.where = f"ssh://{spec.host}"
         self.python = settings.python_for(spec.host)
-        #: identities of the workers started and not exited
-        self.workers: set[bytes] = set()
-        self.lost = False
-        self._closing = False
         self._client: paramiko.SSHClient | None = None
         self._tunnel: ReverseTunnel | None = None
         self._chan: paramiko.Channel | None = None
         self._command_line = ""
         self._commands: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._hello: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._ended: asyncio.Future[int] = loop.create_future()
         self._closed: asyncio.Future[None] | None = None
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-        self._last_heard = time.monotonic()
-
-    def __str__(self) -> str:
-        return self.where
-
-    def describe_worker(self, pid: int) -> str:
-        return f"a worker on {self.where} (pid {pid}, {self.python})"
 
     # start-up
 
@@ -128,6 +110,8 @@ class SSHLauncher:
         """Connect, open the tunnel, start the agent and wait for its hello."""
         opened: asyncio.Future[None] = self._loop.create_future()
         self._thread(self._open, opened, name="connect")
+        # the workers' keys to the broker, through the encrypted session
+        self._send(op="keys", **self._worker_keys)
         try:
             await opened
             hello = await asyncio.wait_for(asyncio.shield(self._hello), AGENT_START_TIMEOUT)
@@ -147,8 +131,7 @@ class SSHLauncher:
                 f"{hello.get('protocol')}, this client version {protocol.VERSION}; install "
                 "the same distex_zmq version on both"
             )
-        self._last_heard = time.monotonic()
-        self._loop.call_later(self._settings.heartbeat_timeout / 4, self._beat)
+        self._start_heartbeats()
 
     def _open(self, opened: asyncio.Future[None]) -> None:
         """Connect and start the agent (on a thread of its own: paramiko blocks)."""
@@ -254,26 +237,18 @@ class SSHLauncher:
         self._commands.put(json.dumps(command).encode() + b"\n")
 
     def _on_event(self, line: bytes) -> None:
-        self._last_heard = time.monotonic()
         try:
             event = json.loads(line)
-            kind = event["ev"]
-        except (ValueError, KeyError, TypeError):
+            if not isinstance(event, dict) or "ev" not in event:
+                raise ValueError
+        except ValueError:
             # not the agent's: say, a remote shell's start-up file printed something
             self._stderr_tail.append(line.decode(errors="replace").rstrip("\n"))
             return
-        if kind == "hello":
-            if not self._hello.done():
-                self._hello.set_result(event)
-        elif kind == "exit":
-            identity = bytes.fromhex(event["id"])
-            if identity in self.workers:
-                self.workers.discard(identity)
-                self._on_exit(identity, int(event["pid"]), int(event["rc"]), event["tail"])
+        self._on_message(event)
 
     def _on_end(self, status: int) -> None:
-        if not self._ended.done():
-            self._ended.set_result(status)
+        self._end()
         if self._closing or self.lost:
             return
         if not self._hello.done():
@@ -299,48 +274,6 @@ class SSHLauncher:
             f"could not start distex_zmq on {self.where} ({_describe_status(status)}) with "
             f"`{self._command_line}`.{hint} Its error output:\n{tail}"
         )
-
-    def _beat(self) -> None:
-        if self._closing or self.lost:
-            return
-        timeout = self._settings.heartbeat_timeout
-        silent = time.monotonic() - self._last_heard
-        if silent > timeout:
-            self._lose(f"no heartbeat for {silent:.1f} s (heartbeat_timeout={timeout:g} s)")
-            return
-        self._send(op="ping")
-        self._loop.call_later(timeout / 4, self._beat)
-
-    def _lose(self, reason: str) -> None:
-        self.lost = True
-        workers = set(self.workers)
-        self.workers.clear()
-        _logger.warning("host %s lost: %s", self.where, reason)
-        self._loop.create_task(self._close())
-        self._on_lost(self, reason, workers)
-
-    # workers
-
-    def spawn(self, identity: bytes) -> None:
-        """Start a worker with this identity on the host."""
-        self.workers.add(identity)
-        self._send(op="spawn", id=identity.hex())
-
-    def kill(self, identity: bytes) -> None:
-        """SIGKILL a worker; its exit is reported as usual."""
-        if identity in self.workers:
-            self._send(op="kill", id=identity.hex())
-
-    async def stop(self, grace: float) -> None:
-        """Stop the workers (the agent escalates after ``grace``), then disconnect."""
-        self._closing = True
-        if not self.lost and self._chan is not None:
-            self._send(op="stop", grace=grace)
-            try:
-                await asyncio.wait_for(asyncio.shield(self._ended), grace + AGENT_STOP_MARGIN)
-            except asyncio.TimeoutError:
-                _logger.warning("the agent on %s did not stop in time", self.where)
-        await self._close()
 
     async def _close(self) -> None:
         """Disconnect (idempotent): the agent, the tunnel, the connection, the threads."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -43,6 +44,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-pickle", type=int, default=0, help="0=pickle 1=cloudpickle 2=dill")
     parser.add_argument("--loop", type=int, default=0, help="LoopType of the worker")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process dies")
+    parser.add_argument(
+        "--curve-keys-on-stdin",
+        action="store_true",
+        help="read the CURVE keys (JSON: server, public, secret) from the first line of stdin",
+    )
     args = parser.parse_args(argv)
     if not args.check and not (args.connect and args.identity):
         parser.error("--connect and --identity are required (or --check)")
@@ -68,6 +74,14 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         sys.exit(f"distex_zmq worker: {e}")
     asyncio.set_event_loop(loop)
+    curve = None
+    if args.curve_keys_on_stdin:
+        # keys never travel on the command line, which every user can read
+        try:
+            curve = json.loads(sys.stdin.readline())
+            curve = {k: str(curve[k]) for k in ("server", "public", "secret")}
+        except (ValueError, KeyError, TypeError) as e:
+            sys.exit(f"distex_zmq worker: no CURVE keys on stdin: {e}")
     worker = Worker(
         args.connect,
         bytes.fromhex(args.identity),
@@ -76,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         args.data_pickle,
         loop,
         args.parent_pid,
+        curve,
     )
     code = worker.run()
     sys.stdout.flush()

@@ -31,6 +31,7 @@ import zmq
 from distex_zmq import protocol as p
 from distex_zmq._zmqio import readable, recv_frames, send_frames
 from distex_zmq.errors import RemoteException, SerializationError
+from distex_zmq.security import KeyPair, make_client
 from distex_zmq.serialization import ItemError, dumps, loads, pickle_module
 from distex_zmq.version import __version__
 
@@ -54,6 +55,7 @@ class Worker:
         data_pickle: int,
         loop: asyncio.AbstractEventLoop,
         parent_pid: int = 0,
+        curve: dict[str, str] | None = None,
     ):
         self._endpoint = endpoint
         self._identity = identity
@@ -74,6 +76,10 @@ class Worker:
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 2000)
         self._sock.setsockopt(zmq.ROUTING_ID, identity)
+        if curve is not None:
+            # the broker's TCP endpoint admits only the keys its pool gave out
+            keys = KeyPair(curve["public"].encode(), curve["secret"].encode())
+            make_client(self._sock, curve["server"].encode(), keys)
 
     def run(self) -> int:
         """Serve tasks until STOP, REFUSE or the loop stops; return the exit code."""

@@ -1,0 +1,158 @@
+"""What the launchers of remote hosts share: an SSH agent's and a spawner's.
+
+A remote launcher speaks with one supervisor on one host (the agent it
+started over SSH, or the spawner there) in JSON messages: it sends
+``spawn``, ``kill``, ``ping`` and ``stop``; it hears ``hello`` (``opened``
+from a spawner), ``exit`` for every worker that ends, ``pong`` and
+``stopped``. Like the local launcher it reports each exit with
+``on_exit(identity, pid, returncode, stderr_tail)``.
+
+Heartbeats: the launcher pings every quarter of ``heartbeat_timeout``; a
+host that has said nothing for longer is lost, and so is one whose
+connection ends while it is not stopping. ``on_lost(launcher, reason,
+identities)`` then hands its workers to the pool at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from distex_zmq.errors import HostConnectionError
+from distex_zmq.hostspec import HostSpec
+
+_logger = logging.getLogger("distex_zmq.remote")
+
+#: Seconds, beyond the grace, that a stopping host may take to stop its workers.
+STOP_MARGIN = 5.0
+
+
+class RemoteLauncher:
+    """The workers of one pool on one remote host, through its supervisor."""
+
+    #: where its workers run, for messages; set by subclasses
+    where = ""
+    #: prefix of its workers' identities
+    label = ""
+    #: the interpreter of its workers, for messages
+    python = ""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        spec: HostSpec,
+        heartbeat_timeout: float,
+        on_exit: Callable[[bytes, int, int, str], None],
+        on_lost: Callable[[Any, str, set[bytes]], None],
+    ):
+        self._loop = loop
+        self.spec = spec
+        self._heartbeat_timeout = heartbeat_timeout
+        self._on_exit = on_exit
+        self._on_lost = on_lost
+        #: identities of the workers started and not exited
+        self.workers: set[bytes] = set()
+        self.lost = False
+        self._closing = False
+        self._hello: asyncio.Future[dict[str, Any]] = loop.create_future()
+        #: the supervisor is done: it stopped, or its connection ended
+        self._ended: asyncio.Future[None] = loop.create_future()
+        self._last_heard = time.monotonic()
+
+    def __str__(self) -> str:
+        return self.where
+
+    def describe_worker(self, pid: int) -> str:
+        return f"a worker on {self.where} (pid {pid}, {self.python})"
+
+    # for subclasses
+
+    def _send(self, **command: Any) -> None:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        """Disconnect, idempotently."""
+        raise NotImplementedError
+
+    def _on_message(self, event: dict[str, Any]) -> None:
+        """A message from the supervisor (on the pool loop)."""
+        self._last_heard = time.monotonic()
+        kind = event.get("ev")
+        if kind in ("hello", "opened"):
+            if not self._hello.done():
+                self._hello.set_result(event)
+        elif kind == "exit":
+            identity = bytes.fromhex(event["id"])
+            if identity in self.workers:
+                self.workers.discard(identity)
+                self._on_exit(identity, int(event["pid"]), int(event["rc"]), str(event["tail"]))
+        elif kind == "refused":
+            reason = str(event.get("reason"))
+            if not self._hello.done():
+                self._hello.set_exception(
+                    HostConnectionError(f"{self.where} refused the pool: {reason}")
+                )
+            elif "id" in event:  # a worker it would not start: like one that died at once
+                identity = bytes.fromhex(event["id"])
+                if identity in self.workers:
+                    self.workers.discard(identity)
+                    self._on_exit(identity, 0, 255, f"{self.where} refused to start it: {reason}")
+            else:
+                _logger.warning("%s refused a request: %s", self.where, reason)
+        elif kind == "stopped":
+            self._end()
+
+    def _end(self) -> None:
+        if not self._ended.done():
+            self._ended.set_result(None)
+
+    def _start_heartbeats(self) -> None:
+        self._last_heard = time.monotonic()
+        self._loop.call_later(self._heartbeat_timeout / 4, self._beat)
+
+    def _beat(self) -> None:
+        if self._closing or self.lost:
+            return
+        timeout = self._heartbeat_timeout
+        silent = time.monotonic() - self._last_heard
+        if silent > timeout:
+            self._lose(f"no heartbeat for {silent:.1f} s (heartbeat_timeout={timeout:g} s)")
+            return
+        self._send(op="ping")
+        self._loop.call_later(timeout / 4, self._beat)
+
+    def _lose(self, reason: str) -> None:
+        if self.lost or self._closing:
+            return
+        self.lost = True
+        workers = set(self.workers)
+        self.workers.clear()
+        _logger.warning("host %s lost: %s", self.where, reason)
+        self._loop.create_task(self._close())
+        self._on_lost(self, reason, workers)
+
+    # the launcher's interface
+
+    def spawn(self, identity: bytes) -> None:
+        """Start a worker with this identity on the host."""
+        self.workers.add(identity)
+        self._send(op="spawn", id=identity.hex())
+
+    def kill(self, identity: bytes) -> None:
+        """SIGKILL a worker; its exit is reported as usual."""
+        if identity in self.workers:
+            self._send(op="kill", id=identity.hex())
+
+    async def stop(self, grace: float) -> None:
+        """Stop the workers (the supervisor escalates after ``grace``), then disconnect."""
+        self._closing = True
+        if not self.lost and self._hello.done() and not self._hello.exception():
+            self._send(op="stop", grace=grace)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._ended), grace + STOP_MARGIN)
+            except asyncio.TimeoutError:
+                _logger.warning("%s did not stop its workers in time", self.where)
+        await self._close()

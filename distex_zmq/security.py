@@ -1,0 +1,164 @@
+"""CurveZMQ keys and their checking: who may talk to a spawner or a broker.
+
+Two kinds of credentials:
+
+- **The shared secret** of a cluster (``DISTEX_ZMQ_SECRET``, a secret file,
+  or ``Pool(secret=...)``). Client and spawner both derive from it, with
+  BLAKE2b, the spawner's CURVE keypair and the clients' keypair: set-up is
+  one secret copied to every host, no key files. A spawner admits only
+  connections that prove they hold the clients' key, and a client knows the
+  spawner by its key, so neither side can be impersonated without the secret.
+- **Per-pool keys**, random for each pool: the broker's TCP endpoint is a
+  CURVE server that admits only the key pair the pool gave its own remote
+  workers (through the spawner's or the SSH agent's encrypted channel, then
+  a pipe, never a command line). Another process that reaches the broker's
+  port cannot take tasks or send results.
+
+Admission is a ZAP handler (ZeroMQ's authentication protocol, RFC 27) that
+runs on the owner's event loop: one per ZeroMQ context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import os
+from typing import Any
+
+import zmq
+from zmq.utils import z85
+
+_logger = logging.getLogger("distex_zmq.security")
+
+#: Environment variable that holds the shared secret.
+SECRET_ENV = "DISTEX_ZMQ_SECRET"
+#: Shortest secret accepted: a guessable secret would make CURVE pointless.
+MIN_SECRET_BYTES = 16
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyPair:
+    """A CURVE key pair, Z85-encoded as ZeroMQ's socket options take them."""
+
+    public: bytes
+    secret: bytes
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> KeyPair:
+        secret = z85.encode(seed)
+        return cls(zmq.curve_public(secret), secret)
+
+    @classmethod
+    def random(cls) -> KeyPair:
+        return cls.from_seed(os.urandom(32))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterKeys:
+    """The key pairs that a shared secret stands for."""
+
+    spawner: KeyPair
+    client: KeyPair
+
+    @classmethod
+    def from_secret(cls, secret: bytes) -> ClusterKeys:
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"the shared secret is {len(secret)} bytes; use at least {MIN_SECRET_BYTES} "
+                "random bytes, e.g. python -c 'import secrets; print(secrets.token_urlsafe())'"
+            )
+
+        def derive(role: bytes) -> KeyPair:
+            seed = hashlib.blake2b(secret, digest_size=32, person=b"distex_zmq" + role).digest()
+            return KeyPair.from_seed(seed)
+
+        return cls(spawner=derive(b"spawner"), client=derive(b"client"))
+
+
+def load_secret(secret: str | bytes | None = None, secret_file: str | None = None) -> bytes | None:
+    """The shared secret: given, read from ``secret_file``, or from the environment."""
+    if secret is not None and secret_file is not None:
+        raise ValueError("give the shared secret or a secret file, not both")
+    if secret_file is not None:
+        try:
+            with open(os.path.expanduser(secret_file), "rb") as f:
+                value = f.read().strip()
+        except OSError as e:
+            raise ValueError(f"cannot read the secret file {secret_file}: {e.strerror}") from e
+        if not value:
+            raise ValueError(f"the secret file {secret_file} is empty")
+        return value
+    if secret is None:
+        secret = os.environ.get(SECRET_ENV) or None
+    if isinstance(secret, str):
+        return secret.encode()
+    return secret
+
+
+def make_server(sock: zmq.Socket[Any], keys: KeyPair) -> None:
+    """Make the endpoints that ``sock`` binds from now on CURVE servers."""
+    sock.setsockopt(zmq.CURVE_SERVER, 1)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+    sock.setsockopt(zmq.ZAP_DOMAIN, b"distex_zmq")
+
+
+def make_client(sock: zmq.Socket[Any], server_public: bytes, keys: KeyPair) -> None:
+    """Make the connections that ``sock`` opens from now on CURVE clients."""
+    sock.setsockopt(zmq.CURVE_SERVERKEY, server_public)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+
+
+class ZapHandler:
+    """Admits CURVE clients whose public key is allowed; refuses the rest.
+
+    Serves ZAP requests of every socket of ``ctx`` on ``loop`` (RFC 27). A
+    refused connection never reaches the socket; each refusal is logged
+    once per address, so a flood cannot fill the log.
+    """
+
+    def __init__(self, ctx: zmq.Context[Any], loop: asyncio.AbstractEventLoop):
+        self.allowed: set[bytes] = set()
+        self.refusals = 0
+        self._logged: set[bytes] = set()
+        self._loop = loop
+        self._sock = ctx.socket(zmq.REP)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(ZAP_ENDPOINT)
+        self._fd = int(self._sock.getsockopt(zmq.FD))
+        loop.add_reader(self._fd, self._on_readable)
+
+    def allow(self, public_key: bytes) -> None:
+        """Admit clients with this Z85 public key."""
+        self.allowed.add(z85.decode(public_key))
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            request = sock.recv_multipart()
+            sock.send_multipart(self._answer(request))
+
+    def _answer(self, request: list[bytes]) -> list[bytes]:
+        if len(request) < 6:
+            return [b"1.0", b"", b"500", b"malformed ZAP request", b"", b""]
+        version, request_id, _domain, address, _identity, mechanism = request[:6]
+        if version != b"1.0":
+            return [b"1.0", request_id, b"500", b"unknown ZAP version", b"", b""]
+        if mechanism == b"CURVE" and len(request) == 7 and request[6] in self.allowed:
+            return [version, request_id, b"200", b"OK", b"", b""]
+        self.refusals += 1
+        if address not in self._logged and len(self._logged) < 1024:
+            self._logged.add(address)
+            _logger.warning(
+                "refused a %s connection from %s: not a key of this cluster or pool",
+                mechanism.decode(errors="replace"),
+                address.decode(errors="replace"),
+            )
+        return [version, request_id, b"400", b"key not allowed", b"", b""]
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._fd)
+        self._sock.close(linger=0)
