@@ -46,8 +46,10 @@ from distex_zmq.errors import (
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.local_launcher import LocalLauncher, describe_exit
 from distex_zmq.loops import new_event_loop
-from distex_zmq.security import KeyPair, ZapHandler
+from distex_zmq.remote_launcher import RemoteLauncher
+from distex_zmq.security import ClusterKeys, KeyPair, ZapHandler
 from distex_zmq.serialization import FunctionCache, dumps, loads, pickle_module
+from distex_zmq.spawner_launcher import SpawnerLauncher
 from distex_zmq.ssh_launcher import RemoteSettings, SSHLauncher
 
 _logger = logging.getLogger("distex_zmq.pool")
@@ -65,7 +67,7 @@ SLOW_REPLACEMENT_DELAY = 1.0
 RECONNECT_DELAY = 2.0
 MAX_RECONNECT_DELAY = 60.0
 
-Launcher = LocalLauncher | SSHLauncher
+Launcher = LocalLauncher | RemoteLauncher
 
 
 @dataclasses.dataclass
@@ -76,6 +78,8 @@ class Options:
     hosts: list[HostSpec]
     remote: RemoteSettings
     localport: int
+    #: keys from the cluster's shared secret, for spawner hosts (None: no secret)
+    cluster_keys: ClusterKeys | None
     qsize: int
     initializer: Any
     initargs: tuple[Any, ...]
@@ -112,7 +116,7 @@ class Runtime:
         self._launcher_of: dict[bytes, Launcher] = {}
         self._worker_ids = itertools.count(1)
         #: connected SSH hosts
-        self.remote: list[SSHLauncher] = []
+        self.remote: list[RemoteLauncher] = []
         self._reconnects: set[asyncio.Task[None]] = set()
         self._deaths: deque[float] = deque()
         self._ipc_dir = tempfile.mkdtemp(prefix="distex_zmq-")
@@ -190,28 +194,53 @@ class Runtime:
             "public": worker_keys.public.decode(),
             "secret": worker_keys.secret.decode(),
         }
-        # through the SSH tunnels only from this machine; else from anywhere
-        address = "127.0.0.1" if remote.tunnel else remote.localhost or "0.0.0.0"
+        # only through the SSH tunnels, from this machine; else from anywhere
+        public = not remote.tunnel or any(not h.is_ssh for h in self.options.hosts)
+        address = remote.localhost or "0.0.0.0" if public else "127.0.0.1"
         endpoint = self.broker.bind(f"tcp://{address}:{port}", curve=broker_keys)
         self._broker_port = int(endpoint.rsplit(":", 1)[1])
 
-    async def _connect(self, spec: HostSpec) -> SSHLauncher:
-        """Connect to an SSH host and start its workers."""
-        launcher = SSHLauncher(
-            self.loop,
-            spec,
-            self.options.remote,
-            self._broker_port,
-            [*self._worker_args, "--curve-keys-on-stdin"],
-            self.worker_keys,
-            self._on_exit,
-            self._on_host_lost,
-        )
+    async def _connect(self, spec: HostSpec) -> RemoteLauncher:
+        """Connect to a remote host and start its workers."""
+        opts = self.options
+        launcher: RemoteLauncher
+        if spec.is_ssh:
+            launcher = SSHLauncher(
+                self.loop,
+                spec,
+                opts.remote,
+                self._broker_port,
+                [*self._worker_args, "--curve-keys-on-stdin"],
+                self.worker_keys,
+                self._on_exit,
+                self._on_host_lost,
+            )
+        else:
+            launcher = SpawnerLauncher(
+                self.loop,
+                self._ctx,
+                spec,
+                opts.cluster_keys,
+                self._broker_port,
+                opts.remote.localhost,
+                {
+                    "credits": opts.qsize,
+                    "func_pickle": opts.func_pickle,
+                    "data_pickle": opts.data_pickle,
+                    "loop": opts.worker_loop,
+                },
+                self.worker_keys,
+                opts.remote.heartbeat_timeout,
+                opts.remote.connect_timeout,
+                self._on_exit,
+                self._on_host_lost,
+            )
         self.remote.append(launcher)
         try:
             await launcher.start()
         except BaseException:
-            self.remote.remove(launcher)
+            if launcher in self.remote:
+                self.remote.remove(launcher)
             raise
         for _ in range(spec.num_workers):
             self._spawn(launcher)
@@ -317,7 +346,7 @@ class Runtime:
             self.broker.worker_lost(rec, how)
         self._replace_after_death(how, launcher)
 
-    def _on_host_lost(self, launcher: SSHLauncher, reason: str, identities: set[bytes]) -> None:
+    def _on_host_lost(self, launcher: RemoteLauncher, reason: str, identities: set[bytes]) -> None:
         """Every worker of a lost host is gone: their tasks go elsewhere, unblamed."""
         if self.closing:
             return
@@ -347,7 +376,7 @@ class Runtime:
             try:
                 launcher = await self._connect(spec)
             except Exception as e:  # noqa: BLE001 - logged, and tried again later
-                _logger.warning("cannot reconnect to ssh://%s: %s", spec.host, e)
+                _logger.warning("cannot reconnect to %s: %s", spec, e)
                 self._reconnect_later(spec, min(delay * 2, MAX_RECONNECT_DELAY))
                 return
             if self.closing:

@@ -32,6 +32,7 @@ from distex_zmq.broker.task import callable_name
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import LoopType, loop_factory
+from distex_zmq.security import ClusterKeys, load_secret
 from distex_zmq.serialization import FunctionCache, PickleType, dumps, pickle_module
 from distex_zmq.ssh_launcher import RemoteSettings
 
@@ -55,8 +56,9 @@ class Pool(concurrent.futures.Executor):
         hosts: Remote host specifications
             ``[ssh://][user@]host[:port]/num_workers``. ``ssh://`` hosts are
             reached with SSH (see ``remote_python`` and the ``ssh_*``
-            options); spawner hosts (no ``ssh://``) arrive with the spawner
-            feature and raise ``NotImplementedError`` for now.
+            options); the others run ``python -m distex_zmq.spawner``
+            (default port 8899), which the pool reaches with the cluster's
+            shared secret (``secret``).
         qsize: Tasks each worker may hold at once (its credits). Raise it for
             many small tasks; 1 means no queueing at the workers.
         initializer: Called in each worker (also in a replacement) before
@@ -93,7 +95,13 @@ class Pool(concurrent.futures.Executor):
         ssh_accept_new_hosts: Trust and remember the key of a host that is
             not in ``~/.ssh/known_hosts`` (OpenSSH's ``accept-new``); by
             default such a host is refused.
-        connect_timeout: Seconds allowed to connect and log in to an SSH host.
+        connect_timeout: Seconds allowed to connect and log in to an SSH
+            host, or to hear from a spawner.
+        secret: The cluster's shared secret, which the spawners have too;
+            by default the ``DISTEX_ZMQ_SECRET`` environment variable. Without
+            one, only spawners that run without one (on loopback, or with
+            ``--insecure``) serve the pool.
+        secret_file: A file that holds the shared secret, instead.
     """
 
     TimeoutError = concurrent.futures.TimeoutError
@@ -120,6 +128,8 @@ class Pool(concurrent.futures.Executor):
         heartbeat_timeout: float = 10.0,
         ssh_accept_new_hosts: bool = False,
         connect_timeout: float = 10.0,
+        secret: str | bytes | None = None,
+        secret_file: str | None = None,
     ):
         if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
             raise ValueError(f"num_workers must be an integer >= 0 or None, not {num_workers!r}")
@@ -139,12 +149,8 @@ class Pool(concurrent.futures.Executor):
             raise TypeError(f"initializer must be callable, not {initializer!r}")
         host_list = [hosts] if isinstance(hosts, str) else list(hosts or [])
         self._hosts = [HostSpec(h) for h in host_list]
-        spawner_hosts = [h for h in self._hosts if not h.is_ssh]
-        if spawner_hosts:
-            raise NotImplementedError(
-                f"spawner hosts {spawner_hosts} are not supported yet: they arrive with the "
-                "spawner feature; reach those hosts over SSH (ssh://host/N) for now"
-            )
+        secret_bytes = load_secret(secret, secret_file)
+        cluster_keys = ClusterKeys.from_secret(secret_bytes) if secret_bytes else None
         for name, value in (
             ("heartbeat_timeout", heartbeat_timeout),
             ("connect_timeout", connect_timeout),
@@ -174,6 +180,7 @@ class Pool(concurrent.futures.Executor):
                 localhost=localhost,
             ),
             localport=localport,
+            cluster_keys=cluster_keys,
             qsize=qsize,
             initializer=initializer,
             initargs=tuple(initargs),

@@ -56,6 +56,8 @@ class RemoteLauncher:
         #: identities of the workers started and not exited
         self.workers: set[bytes] = set()
         self.lost = False
+        #: it is up: the supervisor said hello and heartbeats run
+        self.started = False
         self._closing = False
         self._hello: asyncio.Future[dict[str, Any]] = loop.create_future()
         #: the supervisor is done: it stopped, or its connection ended
@@ -110,6 +112,7 @@ class RemoteLauncher:
             self._ended.set_result(None)
 
     def _start_heartbeats(self) -> None:
+        self.started = True
         self._last_heard = time.monotonic()
         self._loop.call_later(self._heartbeat_timeout / 4, self._beat)
 
@@ -125,7 +128,7 @@ class RemoteLauncher:
         self._loop.call_later(timeout / 4, self._beat)
 
     def _lose(self, reason: str) -> None:
-        if self.lost or self._closing:
+        if self.lost or self._closing or not self.started:
             return
         self.lost = True
         workers = set(self.workers)
@@ -149,7 +152,7 @@ class RemoteLauncher:
     async def stop(self, grace: float) -> None:
         """Stop the workers (the supervisor escalates after ``grace``), then disconnect."""
         self._closing = True
-        if not self.lost and self._hello.done() and not self._hello.exception():
+        if self.started and not self.lost:
             self._send(op="stop", grace=grace)
             try:
                 await asyncio.wait_for(asyncio.shield(self._ended), grace + STOP_MARGIN)

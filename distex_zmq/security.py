@@ -72,7 +72,7 @@ class ClusterKeys:
             )
 
         def derive(role: bytes) -> KeyPair:
-            seed = hashlib.blake2b(secret, digest_size=32, person=b"distex_zmq" + role).digest()
+            seed = hashlib.blake2b(secret, digest_size=32, person=b"dzmq-" + role).digest()
             return KeyPair.from_seed(seed)
 
         return cls(spawner=derive(b"spawner"), client=derive(b"client"))

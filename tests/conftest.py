@@ -42,6 +42,8 @@ pool costs most of a second to start on 2 cores).
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -53,6 +55,7 @@ if str(ROOT) not in sys.path:
 
 from distex_zmq import Pool  # noqa: E402
 from tests.helpers import LeakCheck, pid_alive, wait_until  # noqa: E402, F401 (re-exported)
+from tests.multihost import HOSTS, Cluster  # noqa: E402
 
 #: Seconds a test's processes and threads get to wind down after it.
 WIND_DOWN = 5.0
@@ -101,3 +104,32 @@ def shared_pool():
     test starts, so the leak check does not count them.
     """
     yield from _started_pool()
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The multi-host cluster (``tests.multihost``), once for the whole run."""
+    c = Cluster()
+    try:
+        c.up()
+        yield c
+    finally:
+        c.down()
+
+
+@pytest.fixture
+def ssh_home(cluster, monkeypatch):
+    """The cluster, with ``HOME`` pointing at its client; after the test,
+    checks that no process of any pool is left on any host."""
+    monkeypatch.setenv("HOME", str(cluster.home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    yield cluster
+    for host in HOSTS:
+        cluster.link(host, up=True)
+    left = cluster.pool_processes()
+    if left and not wait_until(lambda: not cluster.pool_processes(), timeout=10):
+        left = cluster.pool_processes()
+        for procs in left.values():
+            for pid in procs:
+                os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"pool processes left on the hosts: {left}")

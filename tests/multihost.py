@@ -17,9 +17,12 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +30,8 @@ SCRIPTS = ROOT / "tests" / "cluster"
 #: the hosts' names; each is its namespace and its host name
 HOSTS = ("dzq-a", "dzq-b", "dzq-c")
 #: the command that runs Python on a host: this venv's, able to import the tests
-REMOTE_PYTHON = f"env PYTHONPATH={shlex.quote(str(ROOT))} {shlex.quote(sys.executable)}"
+REMOTE_PYTHON_ARGV = ["env", f"PYTHONPATH={ROOT}", sys.executable]
+REMOTE_PYTHON = shlex.join(REMOTE_PYTHON_ARGV)
 
 
 def unavailable() -> str | None:
@@ -120,13 +124,49 @@ class Cluster:
         return found
 
     def pool_processes(self) -> dict[str, dict[int, str]]:
-        """Agents and workers of any pool, by host."""
+        """Agents and workers of any pool, by host (not the spawners)."""
         found = {}
         for host in HOSTS:
-            procs = {pid: cmd for pid, cmd in self.processes(host).items() if "distex_zmq" in cmd}
+            procs = {
+                pid: cmd
+                for pid, cmd in self.processes(host).items()
+                if "distex_zmq.worker" in cmd or "distex_zmq.agent" in cmd
+            }
             if procs:
                 found[host] = procs
         return found
+
+    def start_spawner(self, host: str, *args: str, port: int = 8899) -> Daemon:
+        """``python -m distex_zmq.spawner`` on ``host`` (host name = ``host``), up.
+
+        It runs as a daemon, not as a child of the tests, like a service
+        started on a real host (the leak checks count only our children).
+        """
+        log = self.dir / f"spawner-{host}.log"
+        argv = ["ip", "netns", "exec", host, "unshare", "--uts", "sh", "-c",
+                f'hostname {host} && exec "$@"', "sh", *REMOTE_PYTHON_ARGV,
+                "-m", "distex_zmq.spawner", "--port", str(port), *args]  # fmt: skip
+        subprocess.run(
+            ["sh", "-c", f"{shlex.join(argv)} </dev/null >>{shlex.quote(str(log))} 2>&1 &"],
+            check=True,
+        )
+        tag = f"distex_zmq.spawner --port {port}"
+        address = "127.0.0.1" if "127.0.0.1" in args else self.addresses[host]
+        probe = ["ip", "netns", "exec", host, "bash", "-c", f"exec 3<>/dev/tcp/{address}/{port}"]
+        deadline = time.monotonic() + 15
+        while True:
+            pids = [pid for pid, cmd in self.processes(host).items() if tag in cmd]
+            if pids and subprocess.run(probe, capture_output=True).returncode == 0:
+                return Daemon(pids[0])
+            if time.monotonic() > deadline:
+                for pid in pids:
+                    Daemon(pid).kill()
+                raise RuntimeError(f"the spawner on {host} did not start: {self.spawner_log(host)}")
+            time.sleep(0.05)
+
+    def spawner_log(self, host: str) -> str:
+        path = self.dir / f"spawner-{host}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def down(self) -> None:
         for host in HOSTS:
@@ -142,3 +182,78 @@ class Cluster:
         if result.returncode != 0:
             raise RuntimeError(f"{cmd} failed ({result.returncode}): {result.stderr.strip()}")
         return result.stdout
+
+
+class Capture:
+    """Every frame that crosses an interface, as raw bytes (an AF_PACKET socket).
+
+    ``with Capture("dzq-br0") as cap: ...`` then ``cap.data``. Needs root.
+    """
+
+    def __init__(self, interface: str):
+        import socket
+
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        # big enough that nothing is dropped while Python catches up
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+        self._sock.bind((interface, 0))
+        self._sock.settimeout(0.1)
+        self.data = bytearray()
+        self.packets = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame = self._sock.recv(1 << 18)  # offloaded segments exceed the MTU
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.data += frame
+            self.packets += 1
+
+    def __enter__(self) -> Capture:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+
+
+class Daemon:
+    """A process that is not our child, by pid: enough of ``Popen`` for the tests."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def poll(self) -> int | None:
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            return 0
+        return 0 if stat[stat.rindex(")") + 2] == "Z" else None
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.05)
+        return 0

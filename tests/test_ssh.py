@@ -21,41 +21,13 @@ import pytest
 from distex_zmq import HostConnectionError, Pool
 from tests import tasks
 from tests.helpers import child_pids, wait_until
-from tests.multihost import HOSTS, REMOTE_PYTHON, ROOT, Cluster, unavailable
+from tests.multihost import HOSTS, REMOTE_PYTHON, ROOT, unavailable
 
 REASON = unavailable()
 pytestmark = [
     pytest.mark.skipif(REASON is not None, reason=REASON or ""),
     pytest.mark.timeout(120),
 ]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    c = Cluster()
-    try:
-        c.up()
-        yield c
-    finally:
-        c.down()
-
-
-@pytest.fixture
-def ssh_home(cluster, monkeypatch):
-    """The cluster, with ``HOME`` pointing at its client; after the test,
-    checks that no process of any pool is left on any host."""
-    monkeypatch.setenv("HOME", str(cluster.home))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    yield cluster
-    for host in HOSTS:
-        cluster.link(host, up=True)
-    left = cluster.pool_processes()
-    if left and not wait_until(lambda: not cluster.pool_processes(), timeout=10):
-        left = cluster.pool_processes()
-        for procs in left.values():
-            for pid in procs:
-                os.kill(pid, signal.SIGKILL)
-        pytest.fail(f"pool processes left on the hosts: {left}")
 
 
 def ssh_pool(hosts, num_workers=1, **kwargs):

@@ -1,0 +1,218 @@
+"""Starts and supervises the workers of one pool on one spawner host (``host[:port]/N``).
+
+The launcher is a DEALER socket on the pool loop, connected to the spawner's
+ROUTER. With the cluster's shared secret it is a CURVE client with the
+secret's client key, and it knows the spawner by the secret's spawner key;
+without a secret it speaks in the clear, which only a loopback or
+``--insecure`` spawner accepts. It opens a session for the pool (the
+broker's address as the host reaches it, the workers' per-pool CURVE keys,
+their settings and count), then behaves as every ``RemoteLauncher``.
+
+A socket monitor turns what ZeroMQ keeps to itself into clear errors: a
+failed CURVE handshake (another secret, or none where one is needed), and a
+dropped connection (a spawner that died), which loses the host at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from distex_zmq import protocol
+from distex_zmq import spawner_protocol as sp
+from distex_zmq._zmqio import readable
+from distex_zmq.errors import HostConnectionError, ProtocolError
+from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT, HostSpec
+from distex_zmq.remote_launcher import RemoteLauncher
+from distex_zmq.security import ClusterKeys, make_client
+
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+class SpawnerLauncher(RemoteLauncher):
+    """The workers of one pool on one host that runs ``python -m distex_zmq.spawner``."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ctx: zmq.Context[Any],
+        spec: HostSpec,
+        keys: ClusterKeys | None,
+        broker_port: int,
+        broker_address: str,
+        worker: dict[str, int],
+        worker_keys: dict[str, str],
+        heartbeat_timeout: float,
+        connect_timeout: float,
+        on_exit: Callable[[bytes, int, int, str], None],
+        on_lost: Callable[[SpawnerLauncher, str, set[bytes]], None],
+    ):
+        super().__init__(loop, spec, heartbeat_timeout, on_exit, on_lost)
+        self._ctx = ctx
+        self._keys = keys
+        self._broker_port = broker_port
+        self._broker_address = broker_address
+        self._worker = worker
+        self._worker_keys = worker_keys
+        self._connect_timeout = connect_timeout
+        self.where = f"spawner {spec.host}:{spec.port}"
+        self.label = f"spawner-{spec.host}"
+        self.python = "started by the spawner"
+        self._sock: zmq.Socket[Any] | None = None
+        self._monitor: zmq.Socket[Any] | None = None
+        self._handshake_failure = ""
+
+    # start-up
+
+    async def start(self) -> None:
+        """Connect, open a session for the pool, and wait until the spawner agrees."""
+        spec = self.spec
+        port = spec.port or DEFAULT_SPAWNER_PORT
+        try:
+            infos = await self._loop.getaddrinfo(
+                spec.host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+        except socket.gaierror as e:
+            raise HostConnectionError(
+                f"{self.where}: cannot resolve the host name {spec.host!r} ({e.strerror})"
+            ) from None
+        family, _, _, _, address = infos[0]
+        ip = str(address[0])
+        endpoint = f"tcp://{_tcp_host(ip)}:{port}"
+        broker = self._broker_address or _local_address_towards(family, ip, port)
+        sock = self._sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, os.urandom(16))
+        sock.setsockopt(zmq.MAXMSGSIZE, sp.MAX_MESSAGE)
+        if self._keys is not None:
+            make_client(sock, self._keys.spawner.public, self._keys.client)
+        self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED)
+        self._loop.add_reader(int(sock.getsockopt(zmq.FD)), self._on_readable)
+        self._loop.add_reader(int(self._monitor.getsockopt(zmq.FD)), self._on_monitor)
+        sock.connect(endpoint)
+        self._send(
+            op="open",
+            protocol=protocol.VERSION,
+            endpoint=f"tcp://{_tcp_host(broker)}:{self._broker_port}",
+            keys=self._worker_keys,
+            worker=self._worker,
+            workers=spec.num_workers,
+            heartbeat=self._heartbeat_timeout,
+        )
+        deadline = self._loop.time() + self._connect_timeout
+        try:
+            while not self._hello.done():
+                if self._loop.time() > deadline:
+                    raise HostConnectionError(self._no_answer())
+                # ZeroMQ's descriptors are edge-triggered: a look now and then
+                # makes sure that no monitor event or answer is missed
+                await asyncio.wait([self._hello], timeout=0.1)
+                self._on_monitor()
+                self._on_readable()
+            self._hello.result()
+        except BaseException:
+            await self._close()
+            raise
+        self._start_heartbeats()
+
+    def _no_answer(self) -> str:
+        if self._handshake_failure:
+            return self._handshake_failure
+        return (
+            f"no spawner answered at {self.spec.host}:{self.spec.port} within "
+            f"{self._connect_timeout:g} s: is `python -m distex_zmq.spawner` running there, "
+            "on that port, and reachable from here?"
+        )
+
+    # on the pool loop
+
+    def _beat(self) -> None:
+        self._on_monitor()
+        self._on_readable()
+        super()._beat()
+
+    def _send(self, **command: Any) -> None:
+        if self._sock is None or self._sock.closed:
+            return
+        try:
+            self._sock.send_multipart(sp.encode(command), flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # not connected (yet): heartbeats tell
+        self._read_soon_if_pending()
+
+    def _read_soon_if_pending(self) -> None:
+        # the socket's FD is edge-triggered and a send can consume the edge
+        if self._sock is not None and not self._sock.closed and readable(self._sock):
+            self._loop.call_soon(self._on_readable)
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        while sock is not None and not sock.closed and readable(sock):
+            frames = sock.recv_multipart()
+            try:
+                event = sp.decode(frames)
+                self._on_message(event)
+            except (ProtocolError, KeyError, ValueError, TypeError) as e:
+                self._lose(f"it sent a malformed message ({e})")
+                return
+
+    def _on_monitor(self) -> None:
+        monitor = self._monitor
+        while monitor is not None and not monitor.closed and readable(monitor):
+            event = parse_monitor_message(monitor.recv_multipart())
+            kind = event["event"]
+            if kind & _HANDSHAKE_FAILED:
+                self._handshake_failure = self._explain_handshake(kind)
+                if not self._hello.done():
+                    self._hello.set_exception(HostConnectionError(self._handshake_failure))
+            elif kind == zmq.EVENT_DISCONNECTED and self._hello.done():
+                self._lose("its connection closed (the spawner stopped or died)")
+
+    def _explain_handshake(self, kind: int) -> str:
+        where = f"the spawner at {self.spec.host}:{self.spec.port}"
+        if self._keys is None:
+            return (
+                f"{where} requires the cluster's shared secret (CURVE): set "
+                "DISTEX_ZMQ_SECRET or Pool(secret=...) / Pool(secret_file=...)"
+            )
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return f"{where} refused this pool's key: its shared secret is not this pool's"
+        return (
+            f"{where} did not accept the CURVE handshake: it has another shared secret, "
+            "or runs without one (then the pool must have none either)"
+        )
+
+    async def _close(self) -> None:
+        self._closing = True
+        for sock in (self._monitor, self._sock):
+            if sock is not None and not sock.closed:
+                self._loop.remove_reader(int(sock.getsockopt(zmq.FD)))
+        if self._sock is not None and not self._sock.closed:
+            self._sock.disable_monitor()
+            self._sock.close(linger=0)
+        if self._monitor is not None and not self._monitor.closed:
+            self._monitor.close(linger=0)
+
+
+def _tcp_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def _local_address_towards(family: int, ip: str, port: int) -> str:
+    """This machine's address on the route to ``ip``: where its workers find the broker.
+
+    Connecting a UDP socket sends nothing; it only picks the route.
+    """
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((ip, port))
+        return str(probe.getsockname()[0])

@@ -1,0 +1,373 @@
+"""Spawner hosts and CurveZMQ security, on the multi-host cluster (``tests.multihost``).
+
+``dzq-a`` and ``dzq-b`` run ``python -m distex_zmq.spawner`` with the
+cluster's secret (restarted by the fixture if a test killed one); ``dzq-c``
+is reached over SSH. Every test ends with no worker of any pool left on any
+host.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import zmq
+
+from distex_zmq import HostConnectionError, Pool
+from distex_zmq import spawner_protocol as sp
+from distex_zmq.security import ClusterKeys, KeyPair, make_client
+from tests import tasks
+from tests.helpers import child_pids, wait_until
+from tests.multihost import REMOTE_PYTHON, ROOT, Capture, unavailable
+
+REASON = unavailable()
+pytestmark = [
+    pytest.mark.skipif(REASON is not None, reason=REASON or ""),
+    pytest.mark.timeout(180),
+]
+SECRET = "correct horse battery staple 42"
+SPAWNER_HOSTS = ("dzq-a", "dzq-b")
+
+
+@pytest.fixture(scope="module")
+def secret_file(cluster):
+    path = cluster.dir / "cluster.secret"
+    path.write_text(SECRET + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="module")
+def spawners(cluster, secret_file):
+    procs = {}
+    try:
+        for host in SPAWNER_HOSTS:
+            procs[host] = cluster.start_spawner(
+                host, "--secret-file", str(secret_file), "--max-workers", "8"
+            )
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def hosts(ssh_home, spawners, secret_file, monkeypatch):
+    """The cluster with a spawner on dzq-a and dzq-b, their secret in the environment."""
+    for host, proc in list(spawners.items()):
+        if proc.poll() is not None:  # a test killed it: a new one
+            spawners[host] = ssh_home.start_spawner(
+                host, "--secret-file", str(secret_file), "--max-workers", "8"
+            )
+    monkeypatch.setenv("DISTEX_ZMQ_SECRET", SECRET)
+    yield ssh_home
+
+
+def at(cluster, host, count, port=None):
+    """A spawner host spec by address: the names resolve only inside the namespaces."""
+    return f"{cluster.addresses[host]}{f':{port}' if port else ''}/{count}"
+
+
+def hostnames(pool):
+    return sorted(pool.run_on_all(socket.gethostname))
+
+
+def workers_on(cluster, host):
+    return [pid for pid, cmd in cluster.processes(host).items() if "distex_zmq.worker" in cmd]
+
+
+# working
+
+
+def test_mixed_pool_of_local_spawner_and_ssh_hosts(hosts):
+    here = socket.gethostname()
+    with Pool(
+        1,
+        [at(hosts, "dzq-a", 2), at(hosts, "dzq-b", 1, 8899), "ssh://dzq-c/1"],
+        remote_python=REMOTE_PYTHON,
+    ) as pool:
+        assert hostnames(pool) == sorted([here, "dzq-a", "dzq-a", "dzq-b", "dzq-c"])
+        assert list(pool.map(tasks.square, range(2000))) == [x * x for x in range(2000)]
+        where = set(pool.map(tasks.hostname_after, [0.01] * 60))
+        assert {"dzq-a", "dzq-b", "dzq-c"} <= where
+        with pytest.raises(ValueError):
+            pool.run(tasks.fail_on, 3)
+        # the workers' keys reached them on stdin, not on their command lines
+        worker_secret = pool._runtime.worker_keys["secret"]
+        for host in SPAWNER_HOSTS:
+            for cmd in hosts.processes(host).values():
+                assert worker_secret not in cmd and SECRET not in cmd
+
+
+def test_secret_from_a_file(hosts, secret_file, monkeypatch):
+    monkeypatch.delenv("DISTEX_ZMQ_SECRET")
+    with Pool(None, [at(hosts, "dzq-a", 1)], secret_file=str(secret_file)) as pool:
+        assert hostnames(pool) == ["dzq-a"]
+
+
+def test_spawner_workers_killed_are_replaced(hosts):
+    with Pool(None, [at(hosts, "dzq-a", 2)]) as pool:
+        pool.run_on_all(int, 0)
+        victims = workers_on(hosts, "dzq-a")
+        assert len(victims) == 2
+        results = []
+        inputs = [(0.02, x) for x in range(150)]
+        for i, r in enumerate(pool.map(tasks.sleep_return, inputs, star=True)):
+            results.append(r)
+            if i == 20:
+                os.kill(victims[0], signal.SIGKILL)
+            if i == 60:
+                os.kill(victims[1], signal.SIGKILL)
+        assert results == list(range(150))
+        assert wait_until(lambda: len(workers_on(hosts, "dzq-a")) == 2, timeout=10)
+        assert hostnames(pool) == ["dzq-a", "dzq-a"]
+        assert not set(victims) & set(workers_on(hosts, "dzq-a"))
+
+
+def test_spawner_killed_mid_map(hosts, spawners):
+    with Pool(1, [at(hosts, "dzq-a", 2), at(hosts, "dzq-b", 2)], heartbeat_timeout=3) as pool:
+        assert hostnames(pool).count("dzq-b") == 2
+        doomed = workers_on(hosts, "dzq-b")
+        results = []
+        inputs = [(0.03, x) for x in range(150)]
+        for i, r in enumerate(pool.map(tasks.sleep_return, inputs, star=True)):
+            results.append(r)
+            if i == 20:
+                spawners["dzq-b"].kill()
+        assert results == list(range(150))
+        # its workers did not outlive it
+        assert wait_until(lambda: not workers_on(hosts, "dzq-b"), timeout=10)
+        assert not any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in doomed)
+        assert "dzq-b" not in hostnames(pool)
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+CLIENT = textwrap.dedent(
+    """
+    import socket, sys
+    sys.path.insert(0, {root!r})
+    from distex_zmq import Pool
+    from tests import tasks
+    pool = Pool(1, {hosts!r}, heartbeat_timeout=3)
+    print(sorted(pool.run_on_all(socket.gethostname)), flush=True)
+    pool.map(tasks.sleep_return, [(5, 0)] * 20, star=True)
+    """
+)
+
+
+def test_client_killed_leaves_no_worker(hosts):
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            CLIENT.format(root=str(ROOT), hosts=[at(hosts, "dzq-a", 2), at(hosts, "dzq-b", 1)]),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    try:
+        line = client.stdout.readline()
+        assert "dzq-a" in line and "dzq-b" in line, line
+        assert workers_on(hosts, "dzq-a") and workers_on(hosts, "dzq-b")
+        client.kill()
+        client.wait(10)
+        assert wait_until(lambda: not hosts.pool_processes(), timeout=10), hosts.pool_processes()
+    finally:
+        client.kill()
+        client.wait()
+        client.stdout.close()
+
+
+# refusals
+
+
+def refusal(hosts_, **kwargs) -> str:
+    before = child_pids()
+    pool = Pool(1, hosts_, connect_timeout=5, **kwargs)
+    try:
+        with pytest.raises(HostConnectionError) as info:
+            pool.run_on_all(int, 0)
+    finally:
+        pool.shutdown()
+    assert wait_until(lambda: child_pids() == before, timeout=10)
+    return str(info.value)
+
+
+def test_wrong_secret_is_refused(hosts):
+    message = refusal([at(hosts, "dzq-a", 1)], secret="not the secret of this cluster")
+    assert f"{hosts.addresses['dzq-a']}:8899" in message and "another shared secret" in message
+    assert not workers_on(hosts, "dzq-a")
+
+
+def test_no_secret_against_a_secured_spawner(hosts, monkeypatch):
+    monkeypatch.delenv("DISTEX_ZMQ_SECRET")
+    message = refusal([at(hosts, "dzq-a", 1)])
+    assert "requires the cluster's shared secret" in message and "DISTEX_ZMQ_SECRET" in message
+
+
+def test_too_many_workers_are_refused(hosts):
+    message = refusal([at(hosts, "dzq-a", 9)])
+    assert "9 workers asked, 8 free" in message and "--max-workers 8" in message
+
+
+def test_no_spawner_there(hosts):
+    message = refusal([at(hosts, "dzq-c", 1)])  # dzq-c runs sshd, no spawner
+    assert f"no spawner answered at {hosts.addresses['dzq-c']}:8899" in message
+
+
+def test_spawner_without_secret_stays_on_loopback():
+    env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
+    cmd = [sys.executable, "-m", "distex_zmq.spawner", "--host", "0.0.0.0", "--port", "18898"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "without a secret" in result.stderr and "--insecure" in result.stderr
+
+
+# bad input from the network
+
+
+def _rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _junk(rng, n, oversized=False):
+    """Random and almost-right multipart messages; or only too large ones."""
+    if oversized:
+        return [[sp.HEAD, rng.randbytes(sp.MAX_MESSAGE + 1)] for _ in range(n)]
+    head = sp.HEAD
+    choices = [
+        lambda: [rng.randbytes(rng.randint(0, 64))],
+        lambda: [rng.randbytes(rng.randint(0, 64)) for _ in range(rng.randint(2, 5))],
+        lambda: [head, rng.randbytes(rng.randint(0, 200))],
+        lambda: [b"DZSP\x00\x07", b'{"op": "open"}'],
+        lambda: [head, b'{"op": "open", "workers": 100000, "heartbeat": 1}'],
+        lambda: [head, b'{"op": "open", "protocol": 1, "workers": 1, "heartbeat": 1,'
+                 b' "endpoint": "tcp://x;rm -rf /:1", "keys": {}, "worker": {}}'],
+        lambda: [head, b'{"op": "spawn", "id": "00ff"}'],
+        lambda: [head, b'{"op": "kill", "id": "zz"}'],
+        lambda: [head, b'[1, 2, 3]'],
+        lambda: [head, b'{"op": "' + rng.randbytes(8).hex().encode() + b'"}'],
+    ]  # fmt: skip
+    return [rng.choice(choices)() for _ in range(n)]
+
+
+def _fuzz(endpoint, server_key, client_keys, messages):
+    """Send ``messages`` from a CURVE client (or NULL, if no keys); read what comes back."""
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        if client_keys is not None:
+            make_client(sock, server_key, client_keys)
+        sock.connect(endpoint)
+        replies = 0
+        for i, frames in enumerate(messages):
+            try:
+                sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            except zmq.Again:  # not connected (refused, or dropped): the message is lost
+                time.sleep(0.001)
+            while sock.poll(0 if i % 100 else 10):
+                sock.recv_multipart()
+                replies += 1
+        while sock.poll(500):
+            sock.recv_multipart()
+            replies += 1
+        return replies
+    finally:
+        ctx.destroy(linger=0)
+
+
+def _raw_tcp(address, port, rng, connections=50):
+    for _ in range(connections):
+        try:
+            with socket.create_connection((address, port), timeout=2) as s:
+                s.sendall(rng.randbytes(rng.randint(1, 4096)))
+        except OSError:
+            pass
+
+
+def test_fuzz_spawner_and_broker(hosts, spawners):
+    rng = random.Random(1234)
+    keys = ClusterKeys.from_secret(SECRET.encode())
+    spawner_pid = spawners["dzq-a"].pid
+    address = hosts.addresses["dzq-a"]
+    endpoint = f"tcp://{address}:8899"
+    with Pool(1, [at(hosts, "dzq-a", 1)]) as pool:
+        pool.run_on_all(int, 0)
+        broker = next(e for e in pool._runtime.broker.endpoints if e.startswith("tcp://"))
+        broker_port = int(broker.rsplit(":", 1)[1])
+        workers_before = set(workers_on(hosts, "dzq-a"))
+        rss_before = _rss_kib(spawner_pid)
+        # the spawner: as a client that has the secret (the messages get through),
+        # without keys, with made-up keys, and raw TCP
+        answered = _fuzz(endpoint, keys.spawner.public, keys.client, _junk(rng, 6000))
+        assert answered > 5000  # they arrived, and each was refused
+        _fuzz(endpoint, keys.spawner.public, keys.client, _junk(rng, 500, oversized=True))
+        _fuzz(endpoint, None, None, _junk(rng, 1000))
+        _fuzz(endpoint, keys.spawner.public, KeyPair.random(), _junk(rng, 1000))
+        _raw_tcp(address, 8899, rng)
+        # the live pool's broker: unauthenticated and raw
+        broker_public = pool._runtime.worker_keys["server"].encode()
+        _fuzz(f"tcp://127.0.0.1:{broker_port}", None, None, _junk(rng, 500))
+        _fuzz(f"tcp://127.0.0.1:{broker_port}", broker_public, KeyPair.random(), _junk(rng, 500))
+        _raw_tcp("127.0.0.1", broker_port, rng)
+        # nothing was spawned, memory stayed bounded, both still work
+        assert set(workers_on(hosts, "dzq-a")) == workers_before
+        assert _rss_kib(spawner_pid) - rss_before < 20_000
+        assert list(pool.map(tasks.square, range(200))) == [x * x for x in range(200)]
+    assert spawners["dzq-a"].poll() is None
+    with Pool(None, [at(hosts, "dzq-a", 2)]) as pool:
+        assert hostnames(pool) == ["dzq-a", "dzq-a"]
+    log = hosts.spawner_log("dzq-a")
+    assert "refused a request" in log and "refused a CURVE connection" in log
+
+
+def test_no_plaintext_on_the_wire(hosts):
+    # 50 different arguments of 14 kB (the same object twice would be pickled once)
+    args = [b"MARKER-7f3a9c-" * 1000 + b"%d" % i for i in range(50)]
+    with Capture("dzq-br0") as capture, Pool(None, [at(hosts, "dzq-a", 2)]) as pool:
+        assert list(pool.map(tasks.bytes_len, args)) == [len(a) for a in args]
+    # the arguments crossed the bridge (700 kB), but never readable
+    assert len(capture.data) > sum(map(len, args))
+    assert b"MARKER-7f3a9c-" not in capture.data
+    assert b'"op"' not in capture.data and b"DZSP" not in capture.data
+
+
+def test_insecure_spawner_talks_in_the_clear(hosts, monkeypatch):
+    # the control of the test above: the same capture does see plaintext
+    monkeypatch.delenv("DISTEX_ZMQ_SECRET")
+    proc = hosts.start_spawner("dzq-c", "--insecure", "--host", "0.0.0.0", port=18899)
+    try:
+        with Capture("dzq-br0") as capture, Pool(None, [at(hosts, "dzq-c", 1, 18899)]) as pool:
+            assert hostnames(pool) == ["dzq-c"]
+        assert b'"op": "open"' in capture.data
+        assert "INSECURE" in hosts.spawner_log("dzq-c")
+    finally:
+        proc.terminate()
+        proc.wait(15)
