@@ -88,10 +88,10 @@ class Pool(concurrent.futures.Executor):
             over the SSH connection (default). With ``False`` they connect
             straight to the broker's TCP port (``localhost``/``localport``),
             which does not authenticate them: for trusted networks only.
-        heartbeat_timeout: Seconds of silence after which an SSH host counts
-            as lost: its tasks run elsewhere, and the pool reconnects to it
-            when it can. Its agent stops its workers after as long without
-            word from the pool.
+        heartbeat_timeout: Seconds of silence after which a remote host
+            counts as lost: its tasks run elsewhere, and the pool reconnects
+            to it when it can. An SSH agent stops its workers after as long
+            without word from the pool, a spawner after half as long.
         ssh_accept_new_hosts: Trust and remember the key of a host that is
             not in ``~/.ssh/known_hosts`` (OpenSSH's ``accept-new``); by
             default such a host is refused.

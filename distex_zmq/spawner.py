@@ -257,6 +257,9 @@ class Spawner:
     def _check_heartbeats(self) -> None:
         if self._stopped.done():
             return
+        # ZeroMQ's descriptor is edge-triggered and sends can consume an
+        # edge: a look now and then makes sure no request waits unseen
+        self._on_readable()
         now = time.monotonic()
         for session in list(self.sessions.values()):
             silent = now - session.last_heard

@@ -107,7 +107,11 @@ class SpawnerLauncher(RemoteLauncher):
             keys=self._worker_keys,
             worker=self._worker,
             workers=spec.num_workers,
-            heartbeat=self._heartbeat_timeout,
+            # the pool pings every quarter of its timeout: after two missed
+            # pings the spawner stops the pool's workers (a killed client's
+            # workers go within seconds), while the pool waits longer
+            # before it gives the host up
+            heartbeat=self._heartbeat_timeout / 2,
         )
         deadline = self._loop.time() + self._connect_timeout
         try:

@@ -32,6 +32,14 @@ that one leak does not make the following tests fail too. The logic is
 ``tests.helpers.LeakCheck``; ``test_lifecycle`` proves that it sees a leaked
 pool and a stray child.
 
+The cluster
+-----------
+``cluster`` (once per run) builds the multi-host cluster of
+``tests/multihost.py``: network namespaces with an sshd each, and a client
+``HOME`` that reaches them. ``ssh_home`` points ``HOME`` at it for one test
+and then checks that no agent or worker of any pool is left on any host.
+Both need root; the modules that use them skip with the reason otherwise.
+
 Pools
 -----
 ``pool``: a fresh ``Pool(2)``, ready, shut down after the test.

@@ -6,6 +6,9 @@ import concurrent.futures
 import functools
 import itertools
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,6 +16,7 @@ import pytest
 
 from distex_zmq import (
     DistexError,
+    HostConnectionError,
     Pool,
     PoolClosedError,
     RemoteException,
@@ -264,14 +268,39 @@ def test_bad_constructor_arguments_raise_at_once(kwargs, error):
     assert child_pids() == before
 
 
-@pytest.mark.parametrize("hosts", ["mini/2", ["ssh://h/1", "mini:9000/1"]])
-def test_spawner_hosts_are_not_implemented_yet(hosts):
+def test_pool_on_a_loopback_spawner():
+    # a spawner without a secret, on loopback: no root, no cluster needed
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
+    spawner = subprocess.Popen(
+        [sys.executable, "-m", "distex_zmq.spawner", "--port", str(port)],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with Pool(None, [f"127.0.0.1:{port}/2"], secret=None) as pool:
+            pids = pool.run_on_all(os.getpid)
+            assert len(set(pids)) == 2 and os.getpid() not in pids
+            assert list(pool.map(tasks.square, range(100))) == [x * x for x in range(100)]
+        # the workers were the spawner's children, and went with the pool
+        assert wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=10)
+    finally:
+        spawner.terminate()
+        _, log = spawner.communicate(timeout=30)
+    assert spawner.returncode == 0
+    assert b"NO authentication" in log and b"opened: up to 2 workers" in log
+
+
+def test_unknown_spawner_host_is_a_clear_error():
     before = child_pids()
-    with pytest.raises(NotImplementedError) as info:
-        Pool(hosts=hosts)
-    message = str(info.value)
-    assert "spawner" in message and "mini" in message
-    assert child_pids() == before
+    pool = Pool(1, ["no-such-host.invalid/1"], secret=None)
+    with pytest.raises(HostConnectionError) as info:
+        pool.run_on_all(int, 0)
+    pool.shutdown()
+    assert "cannot resolve the host name 'no-such-host.invalid'" in str(info.value)
+    assert wait_until(lambda: child_pids() == before, timeout=10)
 
 
 def test_pool_with_a_bad_host_spec_raises_value_error():
