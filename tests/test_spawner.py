@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -160,6 +161,51 @@ def _alive(pid):
             return f.read().split(") ")[1][0] != "Z"
     except OSError:
         return False
+
+
+def test_one_spawner_serves_several_pools(hosts):
+    spec = at(hosts, "dzq-a", 2)
+    with Pool(None, [spec]) as first, Pool(None, [spec]) as second:
+        ones, twos = first.run_on_all(os.getpid), second.run_on_all(os.getpid)
+        assert len(set(ones) | set(twos)) == 4  # each pool has workers of its own
+        squares = first.map(tasks.square, range(300))
+        assert list(second.map(tasks.square, range(300))) == list(squares)
+    assert wait_until(lambda: not workers_on(hosts, "dzq-a"), timeout=10)
+
+
+def test_stopped_spawner_takes_its_workers_along(hosts, secret_file):
+    spawner = hosts.start_spawner("dzq-c", "--secret-file", str(secret_file), port=18897)
+    try:
+        with Pool(1, [at(hosts, "dzq-c", 2, 18897)], heartbeat_timeout=3) as pool:
+            assert hostnames(pool).count("dzq-c") == 2
+            workers = workers_on(hosts, "dzq-c")
+            os.kill(workers[0], signal.SIGKILL)
+            # reaped by the spawner (no zombie), and replaced
+            assert wait_until(lambda: len(workers_on(hosts, "dzq-c")) == 2, timeout=10)
+            assert not _zombies_of(spawner.pid)
+            spawner.terminate()
+            spawner.wait(15)
+            assert wait_until(lambda: not workers_on(hosts, "dzq-c"), timeout=10)
+            assert list(pool.map(tasks.square, range(50))) == [x * x for x in range(50)]
+        log = hosts.spawner_log("dzq-c")
+        assert "stopped: got SIGTERM" in log
+        assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", log, re.M)  # timestamped
+    finally:
+        spawner.kill()
+
+
+def _zombies_of(pid):
+    zombies = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and int(fields[1]) == pid:
+                zombies.append(int(entry))
+    return zombies
 
 
 CLIENT = textwrap.dedent(
