@@ -5,12 +5,22 @@
 # editable mode plus its test dependencies, then runs pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The multi-host tests run sshd in network namespaces: as root, install what
-# they need (CI runs as root on a fresh machine).
-if [ "$(id -u)" = 0 ] && { [ ! -x /usr/sbin/sshd ] || ! command -v ip >/dev/null; }; then
-  echo "tests/run.sh: installing openssh-server and iproute2 for the multi-host tests"
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server iproute2 >/dev/null
+# As root (CI on a fresh machine), install what the multi-host tests need:
+# they run sshd in network namespaces.
+# The docker tests start a private Docker engine (docker.io), build a base
+# image with debootstrap, and run compose (docker-compose).
+if [ "$(id -u)" = 0 ]; then
+  need=()
+  [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+  command -v ip >/dev/null || need+=(iproute2)
+  command -v dockerd >/dev/null || need+=(docker.io)
+  command -v docker-compose >/dev/null || need+=(docker-compose)
+  command -v debootstrap >/dev/null || need+=(debootstrap)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "tests/run.sh: installing ${need[*]} for the multi-host and docker tests"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+  fi
 fi
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
