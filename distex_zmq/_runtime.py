@@ -68,6 +68,9 @@ RECONNECT_DELAY = 2.0
 MAX_RECONNECT_DELAY = 60.0
 
 Launcher = LocalLauncher | RemoteLauncher
+#: Name prefix of a pool's private directory for its ipc socket, followed
+#: by the pid of the pool's process.
+IPC_PREFIX = "distex_zmq-"
 
 
 @dataclasses.dataclass
@@ -119,7 +122,8 @@ class Runtime:
         self.remote: list[RemoteLauncher] = []
         self._reconnects: set[asyncio.Task[None]] = set()
         self._deaths: deque[float] = deque()
-        self._ipc_dir = tempfile.mkdtemp(prefix="distex_zmq-")
+        sweep_stale_ipc_dirs()
+        self._ipc_dir = tempfile.mkdtemp(prefix=f"{IPC_PREFIX}{os.getpid()}-")
         self._ctx = zmq.Context()
         self.broker = Broker(self.loop, self._ctx, options.max_retries, options.task_timeout)
         self._thread = threading.Thread(
@@ -494,6 +498,29 @@ class Runtime:
             if task is not asyncio.current_task():
                 task.cancel()
         self.loop.call_soon(self.loop.stop)
+
+
+def sweep_stale_ipc_dirs() -> None:
+    """Remove the ipc directories of pools whose process died without cleaning
+    up (a SIGKILL): ours, named with a pid that no longer runs."""
+    tmp = tempfile.gettempdir()
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(IPC_PREFIX) :].split("-", 1)[0]
+        if not name.startswith(IPC_PREFIX) or not pid.isdigit():
+            continue
+        path = os.path.join(tmp, name)
+        try:
+            if os.lstat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue  # alive (or not ours to judge)
 
 
 class _NoSink:

@@ -29,7 +29,7 @@ from distex_zmq import spawner_protocol as sp
 from distex_zmq._zmqio import readable
 from distex_zmq.errors import HostConnectionError, ProtocolError
 from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT, HostSpec
-from distex_zmq.remote_launcher import RemoteLauncher
+from distex_zmq.remote_launcher import RemoteLauncher, tcp_host
 from distex_zmq.security import ClusterKeys, make_client
 
 _HANDSHAKE_FAILED = (
@@ -88,7 +88,7 @@ class SpawnerLauncher(RemoteLauncher):
             ) from None
         family, _, _, _, address = infos[0]
         ip = str(address[0])
-        endpoint = f"tcp://{_tcp_host(ip)}:{port}"
+        endpoint = f"tcp://{tcp_host(ip)}:{port}"
         broker = self._broker_address or _local_address_towards(family, ip, port)
         sock = self._sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -103,7 +103,7 @@ class SpawnerLauncher(RemoteLauncher):
         self._send(
             op="open",
             protocol=protocol.VERSION,
-            endpoint=f"tcp://{_tcp_host(broker)}:{self._broker_port}",
+            endpoint=f"tcp://{tcp_host(broker)}:{self._broker_port}",
             keys=self._worker_keys,
             worker=self._worker,
             workers=spec.num_workers,
@@ -206,10 +206,6 @@ class SpawnerLauncher(RemoteLauncher):
             self._sock.close(linger=0)
         if self._monitor is not None and not self._monitor.closed:
             self._monitor.close(linger=0)
-
-
-def _tcp_host(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
 
 
 def _local_address_towards(family: int, ip: str, port: int) -> str:

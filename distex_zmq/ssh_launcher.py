@@ -41,7 +41,7 @@ import paramiko
 from distex_zmq import protocol, ssh
 from distex_zmq.errors import HostConnectionError
 from distex_zmq.hostspec import HostSpec
-from distex_zmq.remote_launcher import RemoteLauncher
+from distex_zmq.remote_launcher import RemoteLauncher, tcp_host
 from distex_zmq.ssh_tunnel import ReverseTunnel
 
 _logger = logging.getLogger("distex_zmq.ssh")
@@ -148,7 +148,7 @@ class SSHLauncher(RemoteLauncher):
                 )
                 endpoint = f"tcp://127.0.0.1:{self._tunnel.remote_port}"
             else:
-                endpoint = f"tcp://{_tcp_host(self._direct_address(transport))}:{self._broker_port}"
+                endpoint = f"tcp://{tcp_host(self._direct_address(transport))}:{self._broker_port}"
             self._command_line = " ".join(
                 [
                     self.python,
@@ -294,10 +294,6 @@ class SSHLauncher(RemoteLauncher):
             if thread is not me:
                 thread.join(5.0)
         self._call_soon(_set_result, closed, None)
-
-
-def _tcp_host(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
 
 
 def _describe_status(status: int) -> str:

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "tests" / "cluster"
@@ -122,6 +123,10 @@ class Cluster:
             if stat[stat.rindex(")") + 2] != "Z":
                 found[pid] = cmdline
         return found
+
+    def workers(self, host: str) -> list[int]:
+        """Pids of the workers of any pool on ``host``."""
+        return [pid for pid, cmd in self.processes(host).items() if "distex_zmq.worker" in cmd]
 
     def pool_processes(self) -> dict[str, dict[int, str]]:
         """Agents and workers of any pool, by host (not the spawners)."""
@@ -222,6 +227,13 @@ class Capture:
         self._stop.set()
         self._thread.join()
         self._sock.close()
+
+
+def hostnames(pool: Any) -> list[str]:
+    """The host name of every worker of ``pool``, sorted."""
+    import socket
+
+    return sorted(pool.run_on_all(socket.gethostname))
 
 
 class Daemon:

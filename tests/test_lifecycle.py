@@ -7,6 +7,7 @@ import concurrent.futures
 import gc
 import glob
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,6 +159,22 @@ def test_ipc_temp_dir_removed_after_shutdown():
     assert os.listdir(ipc_dir), "the broker's ipc socket is not in its dir"
     pool.shutdown()
     assert not os.path.exists(ipc_dir)
+
+
+def test_ipc_dirs_of_killed_clients_are_swept():
+    # a client killed by SIGKILL cannot remove its dir: the next pool does
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tempfile.mkdtemp(prefix=f"distex_zmq-{dead.pid}-")
+    alive = tempfile.mkdtemp(prefix=f"distex_zmq-{os.getpid()}-")
+    try:
+        with Pool(1) as pool:
+            pool.run(int, 0)
+        assert not os.path.exists(stale)
+        assert os.path.exists(alive)  # its process runs: not stale
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(alive, ignore_errors=True)
 
 
 def test_ipc_temp_dir_removed_when_start_up_fails():

@@ -26,7 +26,7 @@ from distex_zmq import spawner_protocol as sp
 from distex_zmq.security import ClusterKeys, KeyPair, make_client
 from tests import tasks
 from tests.helpers import child_pids, wait_until
-from tests.multihost import REMOTE_PYTHON, ROOT, Capture, unavailable
+from tests.multihost import REMOTE_PYTHON, ROOT, Capture, hostnames, unavailable
 
 REASON = unavailable()
 pytestmark = [
@@ -82,14 +82,6 @@ def at(cluster, host, count, port=None):
     return f"{cluster.addresses[host]}{f':{port}' if port else ''}/{count}"
 
 
-def hostnames(pool):
-    return sorted(pool.run_on_all(socket.gethostname))
-
-
-def workers_on(cluster, host):
-    return [pid for pid, cmd in cluster.processes(host).items() if "distex_zmq.worker" in cmd]
-
-
 # working
 
 
@@ -122,7 +114,7 @@ def test_secret_from_a_file(hosts, secret_file, monkeypatch):
 def test_spawner_workers_killed_are_replaced(hosts):
     with Pool(None, [at(hosts, "dzq-a", 2)]) as pool:
         pool.run_on_all(int, 0)
-        victims = workers_on(hosts, "dzq-a")
+        victims = hosts.workers("dzq-a")
         assert len(victims) == 2
         results = []
         inputs = [(0.02, x) for x in range(150)]
@@ -133,15 +125,15 @@ def test_spawner_workers_killed_are_replaced(hosts):
             if i == 60:
                 os.kill(victims[1], signal.SIGKILL)
         assert results == list(range(150))
-        assert wait_until(lambda: len(workers_on(hosts, "dzq-a")) == 2, timeout=10)
+        assert wait_until(lambda: len(hosts.workers("dzq-a")) == 2, timeout=10)
         assert hostnames(pool) == ["dzq-a", "dzq-a"]
-        assert not set(victims) & set(workers_on(hosts, "dzq-a"))
+        assert not set(victims) & set(hosts.workers("dzq-a"))
 
 
 def test_spawner_killed_mid_map(hosts, spawners):
     with Pool(1, [at(hosts, "dzq-a", 2), at(hosts, "dzq-b", 2)], heartbeat_timeout=3) as pool:
         assert hostnames(pool).count("dzq-b") == 2
-        doomed = workers_on(hosts, "dzq-b")
+        doomed = hosts.workers("dzq-b")
         results = []
         inputs = [(0.03, x) for x in range(150)]
         for i, r in enumerate(pool.map(tasks.sleep_return, inputs, star=True)):
@@ -150,7 +142,7 @@ def test_spawner_killed_mid_map(hosts, spawners):
                 spawners["dzq-b"].kill()
         assert results == list(range(150))
         # its workers did not outlive it
-        assert wait_until(lambda: not workers_on(hosts, "dzq-b"), timeout=10)
+        assert wait_until(lambda: not hosts.workers("dzq-b"), timeout=10)
         assert not any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in doomed)
         assert "dzq-b" not in hostnames(pool)
 
@@ -170,7 +162,7 @@ def test_one_spawner_serves_several_pools(hosts):
         assert len(set(ones) | set(twos)) == 4  # each pool has workers of its own
         squares = first.map(tasks.square, range(300))
         assert list(second.map(tasks.square, range(300))) == list(squares)
-    assert wait_until(lambda: not workers_on(hosts, "dzq-a"), timeout=10)
+    assert wait_until(lambda: not hosts.workers("dzq-a"), timeout=10)
 
 
 def test_stopped_spawner_takes_its_workers_along(hosts, secret_file):
@@ -178,14 +170,14 @@ def test_stopped_spawner_takes_its_workers_along(hosts, secret_file):
     try:
         with Pool(1, [at(hosts, "dzq-c", 2, 18897)], heartbeat_timeout=3) as pool:
             assert hostnames(pool).count("dzq-c") == 2
-            workers = workers_on(hosts, "dzq-c")
+            workers = hosts.workers("dzq-c")
             os.kill(workers[0], signal.SIGKILL)
             # reaped by the spawner (no zombie), and replaced
-            assert wait_until(lambda: len(workers_on(hosts, "dzq-c")) == 2, timeout=10)
+            assert wait_until(lambda: len(hosts.workers("dzq-c")) == 2, timeout=10)
             assert not _zombies_of(spawner.pid)
             spawner.terminate()
             spawner.wait(15)
-            assert wait_until(lambda: not workers_on(hosts, "dzq-c"), timeout=10)
+            assert wait_until(lambda: not hosts.workers("dzq-c"), timeout=10)
             assert list(pool.map(tasks.square, range(50))) == [x * x for x in range(50)]
         log = hosts.spawner_log("dzq-c")
         assert "stopped: got SIGTERM" in log
@@ -235,7 +227,7 @@ def test_client_killed_leaves_no_worker(hosts):
     try:
         line = client.stdout.readline()
         assert "dzq-a" in line and "dzq-b" in line, line
-        assert workers_on(hosts, "dzq-a") and workers_on(hosts, "dzq-b")
+        assert hosts.workers("dzq-a") and hosts.workers("dzq-b")
         client.kill()
         client.wait(10)
         assert wait_until(lambda: not hosts.pool_processes(), timeout=10), hosts.pool_processes()
@@ -263,7 +255,7 @@ def refusal(hosts_, **kwargs) -> str:
 def test_wrong_secret_is_refused(hosts):
     message = refusal([at(hosts, "dzq-a", 1)], secret="not the secret of this cluster")
     assert f"{hosts.addresses['dzq-a']}:8899" in message and "another shared secret" in message
-    assert not workers_on(hosts, "dzq-a")
+    assert not hosts.workers("dzq-a")
 
 
 def test_no_secret_against_a_secured_spawner(hosts, monkeypatch):
@@ -368,7 +360,7 @@ def test_fuzz_spawner_and_broker(hosts, spawners):
         pool.run_on_all(int, 0)
         broker = next(e for e in pool._runtime.broker.endpoints if e.startswith("tcp://"))
         broker_port = int(broker.rsplit(":", 1)[1])
-        workers_before = set(workers_on(hosts, "dzq-a"))
+        workers_before = set(hosts.workers("dzq-a"))
         rss_before = _rss_kib(spawner_pid)
         # the spawner: as a client that has the secret (the messages get through),
         # without keys, with made-up keys, and raw TCP
@@ -384,7 +376,7 @@ def test_fuzz_spawner_and_broker(hosts, spawners):
         _fuzz(f"tcp://127.0.0.1:{broker_port}", broker_public, KeyPair.random(), _junk(rng, 500))
         _raw_tcp("127.0.0.1", broker_port, rng)
         # nothing was spawned, memory stayed bounded, both still work
-        assert set(workers_on(hosts, "dzq-a")) == workers_before
+        assert set(hosts.workers("dzq-a")) == workers_before
         assert _rss_kib(spawner_pid) - rss_before < 20_000
         assert list(pool.map(tasks.square, range(200))) == [x * x for x in range(200)]
     assert spawners["dzq-a"].poll() is None

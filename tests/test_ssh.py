@@ -21,7 +21,7 @@ import pytest
 from distex_zmq import HostConnectionError, Pool
 from tests import tasks
 from tests.helpers import child_pids, wait_until
-from tests.multihost import HOSTS, REMOTE_PYTHON, ROOT, unavailable
+from tests.multihost import HOSTS, REMOTE_PYTHON, ROOT, hostnames, unavailable
 
 REASON = unavailable()
 pytestmark = [
@@ -33,14 +33,6 @@ pytestmark = [
 def ssh_pool(hosts, num_workers=1, **kwargs):
     kwargs.setdefault("remote_python", REMOTE_PYTHON)
     return Pool(num_workers, hosts, **kwargs)
-
-
-def hostnames(pool):
-    return sorted(pool.run_on_all(socket.gethostname))
-
-
-def remote_workers(cluster, host):
-    return [pid for pid, cmd in cluster.processes(host).items() if "distex_zmq.worker" in cmd]
 
 
 # computing across hosts
@@ -92,7 +84,7 @@ def test_big_arguments_cross_the_tunnel(ssh_home):
 def test_remote_worker_killed_mid_map(ssh_home):
     with ssh_pool(["ssh://dzq-a/2"], num_workers=1) as pool:
         pool.run_on_all(int, 0)
-        victims = remote_workers(ssh_home, "dzq-a")
+        victims = ssh_home.workers("dzq-a")
         assert len(victims) == 2
         results = []
         for i, r in enumerate(
@@ -103,7 +95,7 @@ def test_remote_worker_killed_mid_map(ssh_home):
                 os.kill(victims[0], signal.SIGKILL)
         assert results == list(range(150))
         # the dead worker was replaced on its host
-        assert wait_until(lambda: len(remote_workers(ssh_home, "dzq-a")) == 2, timeout=10)
+        assert wait_until(lambda: len(ssh_home.workers("dzq-a")) == 2, timeout=10)
         assert hostnames(pool).count("dzq-a") == 2
 
 
