@@ -58,7 +58,9 @@ async def small_tasks(pool: Pool, n: int, chunksize: int | None) -> float:
 async def big_argument(pool: Pool, n: int) -> float:
     blob = os.urandom(PAYLOAD)
     t0 = time.perf_counter()
-    sizes = [r async for r in pool.map_async(tasks.size, [blob] * n)]
+    # chunksize=1, as in run.py: one payload per task (and a chunk of one object
+    # repeated would be pickled once)
+    sizes = [r async for r in pool.map_async(tasks.size, [blob] * n, chunksize=1)]
     elapsed = time.perf_counter() - t0
     assert sizes == [PAYLOAD] * n, "wrong results"
     return n * PAYLOAD / elapsed / 1e6
@@ -67,7 +69,7 @@ async def big_argument(pool: Pool, n: int) -> float:
 async def echo(pool: Pool, n: int) -> float:
     blob = os.urandom(PAYLOAD)
     t0 = time.perf_counter()
-    back = [r async for r in pool.map_async(tasks.echo, [blob] * n)]
+    back = [r async for r in pool.map_async(tasks.echo, [blob] * n, chunksize=1)]
     elapsed = time.perf_counter() - t0
     assert all(b == blob for b in back) and len(back) == n, "wrong results"
     return n * PAYLOAD / elapsed / 1e6
