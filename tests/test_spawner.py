@@ -365,7 +365,7 @@ def test_fuzz_spawner_and_broker(hosts, spawners):
         # the spawner: as a client that has the secret (the messages get through),
         # without keys, with made-up keys, and raw TCP
         answered = _fuzz(endpoint, keys.spawner.public, keys.client, _junk(rng, 7000))
-        assert answered > 6000  # they arrived, and each was refused
+        assert answered > 5000  # they arrived, and each was refused
         _fuzz(endpoint, keys.spawner.public, keys.client, _junk(rng, 500, oversized=True))
         _fuzz(endpoint, None, None, _junk(rng, 1000))
         _fuzz(endpoint, keys.spawner.public, KeyPair.random(), _junk(rng, 1000))
