@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import paramiko
@@ -51,8 +52,9 @@ class ReverseTunnel:
         )
         with self._lock:
             if self._closed:
-                if isinstance(args[0], paramiko.Channel):
-                    args[0].close()
+                for arg in args:
+                    if isinstance(arg, paramiko.Channel):
+                        arg.close()
                 return
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
@@ -73,24 +75,8 @@ class ReverseTunnel:
                 sock.close()
                 return
             self._links.append((chan, sock))
-        self._start_thread(self._to_channel, sock, chan)
-        try:
-            while data := chan.recv(CHUNK):
-                sock.sendall(data)
-        except OSError:
-            pass
-        finally:
-            self._unlink(chan, sock)
-
-    @staticmethod
-    def _to_channel(sock: socket.socket, chan: paramiko.Channel) -> None:
-        try:
-            while data := sock.recv(CHUNK):
-                chan.sendall(data)
-        except OSError:
-            pass
-        finally:
-            chan.close()
+        self._start_thread(_pump, sock.recv, chan.sendall, chan.close)
+        _pump(chan.recv, sock.sendall, lambda: self._unlink(chan, sock))
 
     def _unlink(self, chan: paramiko.Channel, sock: socket.socket) -> None:
         chan.close()
@@ -118,3 +104,16 @@ class ReverseTunnel:
             self._unlink(chan, sock)
         for thread in threads:
             thread.join(join_timeout)
+
+
+def _pump(
+    recv: Callable[[int], bytes], send: Callable[[bytes], Any], done: Callable[[], Any]
+) -> None:
+    """Move bytes from ``recv`` to ``send`` until either side ends; then ``done()``."""
+    try:
+        while data := recv(CHUNK):
+            send(data)
+    except OSError:
+        pass
+    finally:
+        done()
