@@ -200,7 +200,7 @@ class Runtime:
         }
         # only through the SSH tunnels, from this machine; else from anywhere
         public = not remote.tunnel or any(not h.is_ssh for h in self.options.hosts)
-        address = remote.localhost or "0.0.0.0" if public else "127.0.0.1"
+        address = (remote.localhost or "0.0.0.0") if public else "127.0.0.1"
         endpoint = self.broker.bind(f"tcp://{address}:{port}", curve=broker_keys)
         self._broker_port = int(endpoint.rsplit(":", 1)[1])
 

@@ -149,8 +149,11 @@ class Pool(concurrent.futures.Executor):
             raise TypeError(f"initializer must be callable, not {initializer!r}")
         host_list = [hosts] if isinstance(hosts, str) else list(hosts or [])
         self._hosts = [HostSpec(h) for h in host_list]
-        secret_bytes = load_secret(secret, secret_file)
-        cluster_keys = ClusterKeys.from_secret(secret_bytes) if secret_bytes else None
+        cluster_keys = None
+        if any(not h.is_ssh for h in self._hosts):
+            # only spawner hosts use the secret: a pool without them ignores it
+            secret_bytes = load_secret(secret, secret_file)
+            cluster_keys = ClusterKeys.from_secret(secret_bytes) if secret_bytes else None
         for name, value in (
             ("heartbeat_timeout", heartbeat_timeout),
             ("connect_timeout", connect_timeout),

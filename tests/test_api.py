@@ -293,6 +293,14 @@ def test_pool_on_a_loopback_spawner():
     assert b"NO authentication" in log and b"opened: up to 2 workers" in log
 
 
+def test_secret_is_read_only_for_spawner_hosts(monkeypatch):
+    monkeypatch.setenv("DISTEX_ZMQ_SECRET", "short")  # too short to derive keys from
+    with Pool(1) as pool:  # no spawner host: the secret is not used
+        assert pool.run(tasks.square, 3) == 9
+    with pytest.raises(ValueError, match="at least 16"):
+        Pool(1, ["127.0.0.1:1/1"])
+
+
 def test_unknown_spawner_host_is_a_clear_error():
     before = child_pids()
     pool = Pool(1, ["no-such-host.invalid/1"], secret=None)
