@@ -14,8 +14,11 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -41,8 +44,9 @@ class Client(ABC):
     notes: dict[str, str]
 
     @abstractmethod
-    def open(self, sync: bool) -> None:
-        """Create the pool and wait until its workers are up."""
+    def open(self, sync: bool, qsize: int | None = None) -> None:
+        """Create the pool (with ``qsize``, where it has one) and wait until
+        its workers are up."""
 
     @abstractmethod
     def warm_up(self, func: Callable[..., Any], arg: Any) -> None:
@@ -111,15 +115,19 @@ class AsyncPoolClient(Client):
         """Run a coroutine to completion on the client loop."""
         return self.loop.run_until_complete(awaitable)
 
-    async def _create(self) -> Any:
+    async def _create(self, kwargs: dict[str, Any]) -> Any:
         """Create the pool from inside the running loop and wait for it."""
-        pool = self.pool_class(NUM_WORKERS)
+        pool = self.pool_class(NUM_WORKERS, **kwargs)
         await pool
         return pool
 
-    def open(self, sync: bool) -> None:
+    def open(self, sync: bool, qsize: int | None = None) -> None:
         self.sync = sync
-        self.pool = self.pool_class(NUM_WORKERS) if sync else self._run(self._create())
+        kwargs = {} if qsize is None else {"qsize": qsize}
+        if sync:
+            self.pool = self.pool_class(NUM_WORKERS, **kwargs)
+        else:
+            self.pool = self._run(self._create(kwargs))
 
     def warm_up(self, func: Callable[..., Any], arg: Any) -> None:
         if self.sync:
@@ -208,6 +216,7 @@ class ExecutorClient(Client):
         sync_map = "no async API: sync `executor.map` (same chunksize)."
         self.notes = {
             "map_cs1": sync_map,
+            "map_cs1_q16": "no qsize: sync `executor.map` with chunksize=1.",
             "map_cs100": sync_map,
             "bytes_arg": sync_map,
             "echo": sync_map,
@@ -229,7 +238,7 @@ class ExecutorClient(Client):
         assert self.executor is not None, "open() first"
         return self.executor
 
-    def open(self, sync: bool) -> None:
+    def open(self, sync: bool, qsize: int | None = None) -> None:
         self.executor = self._new()
 
     def warm_up(self, func: Callable[..., Any], arg: Any) -> None:
@@ -278,6 +287,105 @@ class ExecutorClient(Client):
             self.executor = None
 
 
+class RawZmqClient(Client):
+    """Plain pyzmq: a ROUTER here, ``NUM_WORKERS`` echo processes with a
+    DEALER each (``_rawzmq_worker.py``), over ipc as distex_zmq's local
+    workers. Only the latency and echo workloads: it runs no functions."""
+
+    #: Messages in flight per worker in the echo workload, as qsize=2.
+    IN_FLIGHT = 2
+
+    def __init__(self) -> None:
+        import zmq
+
+        self.zmq = zmq
+        self.notes = {
+            "latency": "plain ROUTER/DEALER ipc round trip of an 8-byte frame, no pickling.",
+            "echo": "the bytes frames sent back unpickled, without a copy; 2 in flight per worker.",
+        }
+        self.ctx: Any = None
+        self.sock: Any = None
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.workers: list[bytes] = []
+        self.tmpdir = ""
+
+    def open(self, sync: bool, qsize: int | None = None) -> None:
+        zmq = self.zmq
+        self.tmpdir = tempfile.mkdtemp(prefix="rawzmq-")
+        endpoint = f"ipc://{self.tmpdir}/router"
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(endpoint)
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_rawzmq_worker.py")
+        self.procs = [
+            subprocess.Popen([sys.executable, script, endpoint]) for _ in range(NUM_WORKERS)
+        ]
+        self.workers = [self.sock.recv_multipart()[0] for _ in range(NUM_WORKERS)]
+
+    def warm_up(self, func: Callable[..., Any], arg: Any) -> None:
+        for _ in range(WARM_UP_TASKS // NUM_WORKERS):
+            for worker in self.workers:
+                self.sock.send_multipart([worker, b"warm-up"])
+            for _ in self.workers:
+                self.sock.recv_multipart()
+
+    def latencies(self, func: Callable[..., Any], args: Iterable[Any]) -> list[float]:
+        clock = time.perf_counter
+        sock, worker = self.sock, self.workers[0]
+        out = []
+        for _ in args:
+            t0 = clock()
+            sock.send_multipart([worker, b"12345678"])
+            sock.recv_multipart(copy=False)
+            out.append(clock() - t0)
+        return out
+
+    def map_consume(
+        self,
+        func: Callable[..., Any],
+        items: Iterable[Any],
+        chunksize: int | None,
+        on_result: OnResult,
+    ) -> None:
+        sock = self.sock
+        free = [w for w in self.workers for _ in range(self.IN_FLIGHT)]
+        busy = 0
+        for item in items:
+            if not free:
+                worker, frame = sock.recv_multipart(copy=False)
+                on_result(frame)
+                free.append(worker.bytes)
+                busy -= 1
+            sock.send_multipart([free.pop(), item], copy=False)
+            busy += 1
+        for _ in range(busy):
+            on_result(sock.recv_multipart(copy=False)[1])
+
+    def sync_map_consume(
+        self, func: Callable[..., Any], items: Iterable[Any], on_result: OnResult
+    ) -> None:
+        raise NotImplementedError("pyzmq runs no functions")
+
+    def submit_all(self, func: Callable[..., Any], args: Iterable[Any]) -> list[Any]:
+        raise NotImplementedError("pyzmq runs no functions")
+
+    def startup(self, func: Callable[[], Any]) -> float:
+        raise NotImplementedError("pyzmq runs no functions")
+
+    def close(self) -> None:
+        if self.sock is None:
+            return
+        for worker in self.workers:
+            self.sock.send_multipart([worker, b"stop"])
+        for proc in self.procs:
+            proc.wait(timeout=10)
+        self.sock.close()
+        self.ctx.term()
+        self.sock = None
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
 def _import_pool_class(kind: str) -> type:
     """Import ``Pool`` from distex or distex_zmq."""
     if kind == "distex":
@@ -300,6 +408,8 @@ def make_client(pool: str) -> Client:
     """Return the client for a pool name of ``_spec.POOLS``."""
     if pool in ("distex", "distex_zmq"):
         return AsyncPoolClient(pool)
+    if pool == "pyzmq":
+        return RawZmqClient()
     return ExecutorClient(pool)
 
 
@@ -355,6 +465,11 @@ def wl_map_default(client: Client, n: int) -> dict[str, float]:
 def wl_map_cs1(client: Client, n: int) -> dict[str, float]:
     """``map_async`` over ``g`` with chunksize 1."""
     return {"map_cs1": _map_rate(client, n, 1)}
+
+
+def wl_map_cs1_q16(client: Client, n: int) -> dict[str, float]:
+    """``map_async`` over ``g`` with chunksize 1 on a pool with qsize 16."""
+    return {"map_cs1_q16": _map_rate(client, n, 1)}
 
 
 def wl_map_cs100(client: Client, n: int) -> dict[str, float]:
@@ -452,6 +567,7 @@ WorkloadFunc = Callable[[Client, int], dict[str, float]]
 RUNNERS: dict[str, tuple[WorkloadFunc, Callable[..., Any], Any]] = {
     "map_default": (wl_map_default, tasks.g, 1),
     "map_cs1": (wl_map_cs1, tasks.g, 1),
+    "map_cs1_q16": (wl_map_cs1_q16, tasks.g, 1),
     "map_cs100": (wl_map_cs100, tasks.g, 1),
     "sync_map": (wl_sync_map, tasks.g, 1),
     "submit": (wl_submit, tasks.g, 1),
@@ -467,7 +583,7 @@ def measure(client: Client, workload: Workload, n: int) -> dict[str, float]:
     """Open the pool and warm it up (except for start-up), then measure."""
     func, warm_func, warm_arg = RUNNERS[workload.name]
     if workload.name != "startup":
-        client.open(workload.sync_client)
+        client.open(workload.sync_client, workload.qsize)
         client.warm_up(warm_func, warm_arg)
     return func(client, n)
 

@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: Pools in table order. The ratio column of every pool is against ``distex``.
-POOLS: tuple[str, ...] = ("distex_zmq", "distex", "process", "loky")
+#: ``pyzmq`` is no pool: plain ROUTER/DEALER sockets echoing frames, the floor
+#: under what any pool built on ZeroMQ can do (latency and echo rows only).
+POOLS: tuple[str, ...] = ("distex_zmq", "distex", "process", "loky", "pyzmq")
+#: Workloads that ``pyzmq`` measures.
+RAW_WORKLOADS = ("latency", "echo")
 #: The pool that all ratios are computed against.
 BASELINE = "distex"
 #: Workers per pool.
@@ -39,6 +43,8 @@ class Workload:
     #: Whether the pool is driven from plain synchronous code (no running
     #: event loop), rather than from coroutines on a uvloop client loop.
     sync_client: bool = False
+    #: ``qsize`` of distex and distex_zmq pools (None: their default, 2).
+    qsize: int | None = None
 
     def size(self, quick: bool) -> int:
         """Return the size to use, smaller with ``--quick``."""
@@ -55,6 +61,13 @@ WORKLOADS: dict[str, Workload] = {
     for w in (
         Workload("map_default", 100_000, 10_000, _tput("map_default", "map_async g, defaults")),
         Workload("map_cs1", 100_000, 10_000, _tput("map_cs1", "map_async g, chunksize=1")),
+        Workload(
+            "map_cs1_q16",
+            100_000,
+            10_000,
+            _tput("map_cs1_q16", "map_async g, chunksize=1, qsize=16"),
+            qsize=16,
+        ),
         Workload(
             "map_cs100",
             1_000_000,
@@ -104,8 +117,8 @@ WORKLOADS: dict[str, Workload] = {
         ),
         Workload(
             "cpu",
-            40,
-            10,
+            200,
+            20,
             (Metric("cpu_speedup", "CPU-bound map, 2 workers vs serial", "speedup", True),),
         ),
     )

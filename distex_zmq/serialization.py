@@ -1,9 +1,11 @@
 """Pickling of functions and data, with large buffers out of band.
 
 Data is pickled with protocol 5: buffers of at least ``OOB_THRESHOLD`` bytes
-(numpy arrays, bytearrays, ``PickleBuffer``) are not copied into the pickle
+(numpy arrays, ``PickleBuffer``; large ``bytes`` and ``bytearray`` objects
+passed as arguments or returned as results) are not copied into the pickle
 but travel as frames of their own, sent without a copy and handed to
-``loads`` on the other side, again without a copy.
+``loads`` on the other side (which copies bytes and bytearrays once, to
+make objects of their own).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def pickle_module(kind: int) -> ModuleType:
 def dumps(obj: Any, dumper: Callable[..., bytes] = pickle.dumps) -> tuple[bytes, list[Any]]:
     """Pickle ``obj``; return the pickle and its out-of-band buffers."""
     buffers: list[Any] = []
+    obj = _bytes_out_of_band(obj)
 
     def keep_large(buf: pickle.PickleBuffer) -> bool:
         try:
@@ -57,6 +60,44 @@ def dumps(obj: Any, dumper: Callable[..., bytes] = pickle.dumps) -> tuple[bytes,
         return False
 
     return dumper(obj, protocol=PROTOCOL, buffer_callback=keep_large), buffers
+
+
+def _bytes_out_of_band(obj: Any) -> Any:
+    """Let large ``bytes`` and ``bytearray`` objects travel out of band.
+
+    Pickle copies both into the pickle (only ``PickleBuffer`` objects and
+    types that reduce to one, such as numpy arrays, go out of band), and its
+    ``reducer_override`` hook is not called for them. So one that is the
+    object itself, or an item of an arguments tuple, is wrapped to be
+    pickled as a buffer: a copy less on the sending side, and still the
+    same type on the other. Deeper ones are pickled as usual.
+    """
+    kind = type(obj)
+    if kind is bytes or kind is bytearray:
+        return _LargeBytes(obj) if len(obj) >= OOB_THRESHOLD else obj
+    if kind is tuple and 0 < len(obj) <= 8:
+        for item in obj:
+            if type(item) in _BYTES_TYPES and len(item) >= OOB_THRESHOLD:
+                return tuple(_bytes_out_of_band(item) for item in obj)
+    return obj
+
+
+_BYTES_TYPES = (bytes, bytearray)
+
+
+class _LargeBytes:
+    """Pickles a ``bytes`` or ``bytearray`` as a buffer (out of band with
+    protocol 5); it unpickles as a copy of the same type."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray):
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        if isinstance(protocol, int) and protocol >= 5:
+            return type(self.data), (pickle.PickleBuffer(self.data),)
+        return type(self.data), (bytes(self.data),)
 
 
 def loads(data: Any, buffers: list[Any], loader: Callable[..., Any] = pickle.loads) -> Any:

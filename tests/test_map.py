@@ -10,7 +10,7 @@ import itertools
 import pytest
 
 from distex_zmq import Pool
-from distex_zmq._mapping import MAX_BATCH
+from distex_zmq._mapping import BYTES_AHEAD, MAX_BATCH
 from tests import tasks
 
 pytestmark = pytest.mark.timeout(60)
@@ -110,6 +110,27 @@ def test_unbounded_input_with_early_break(shared_pool, chunksize):
     # nothing is left pending: the pool drains and keeps working
     assert shared_pool.run_on_all(tasks.square, 2) == [4, 4]
     assert list(shared_pool.map(tasks.square, range(10))) == [i * i for i in range(10)]
+
+
+def test_large_inputs_are_read_ahead_by_bytes_not_by_count(shared_pool):
+    payload = b"x" * (8 * 2**20)
+    pulled = 0
+
+    def payloads():
+        nonlocal pulled
+        for _ in range(24):
+            pulled += 1
+            yield payload
+
+    ahead = []
+    for yielded, length in enumerate(shared_pool.map(tasks.bytes_len, payloads(), chunksize=1)):
+        assert length == len(payload)
+        ahead.append(pulled - yielded)
+    # 8 MiB inputs: BYTES_AHEAD of them, not the whole window of 32 small ones
+    limit = max(BYTES_AHEAD // len(payload), shared_pool._capacity() + 2)
+    assert shared_pool._map_window() > limit + 1
+    assert max(ahead) <= limit + 1, f"read {max(ahead)} inputs ahead"
+    assert pulled == 24
 
 
 def test_unbounded_input_with_chunks_and_early_break(shared_pool):

@@ -121,8 +121,36 @@ def test_100_mb_numpy_array_round_trip(shared_pool):
 def test_bytes_and_bytearray_round_trip(shared_pool):
     big = bytes(range(256)) * 40_000  # 10 MB
     assert shared_pool.run(tasks.bytes_len, big) == len(big)
-    assert shared_pool.run(tasks.identity, big) == big
-    assert shared_pool.run(tasks.identity, bytearray(big)) == bytearray(big)
+    echoed = shared_pool.run(tasks.identity, big)
+    assert type(echoed) is bytes and echoed == big
+    array = shared_pool.run(tasks.identity, bytearray(big))
+    assert type(array) is bytearray and array == bytearray(big)
+    array[0] ^= 1  # a bytearray of its own, writable
+    assert array[0] != big[0]
+    # large bytes deeper down take the usual in-band path
+    nested = shared_pool.run(tasks.identity, {"a": [big, bytearray(b"xy") * 20_000]})
+    assert nested == {"a": [big, bytearray(b"xy") * 20_000]}
+    assert type(nested["a"][1]) is bytearray
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_large_bytes_arguments_and_results_travel_out_of_band(kind):
+    big = kind(b"0123456789abcdef" * (OOB_THRESHOLD // 8))
+    for obj in (big, (big,), (1, big, "x")):
+        data, buffers = dumps(obj)
+        assert len(data) < 1000, "the bytes went into the pickle"
+        assert len(buffers) == 1 and memoryview(buffers[0]).nbytes == len(big)
+        # sent without a copy: the buffer is the object's own memory
+        assert memoryview(buffers[0]).obj is big
+        back = loads(data, [bytes(b) for b in buffers])
+        assert back == obj
+        assert type(back if obj is big else back[obj.index(big)]) is kind
+    # small ones and the other pickle modules keep working alike
+    assert loads(*dumps((kind(b"small"),))) == (kind(b"small"),)
+    import dill
+
+    data, buffers = dumps((big,), dill.dumps)
+    assert len(buffers) == 1 and loads(data, buffers, dill.loads) == (big,)
 
 
 def test_unpicklable_argument_raises_in_the_caller_at_submit(shared_pool):

@@ -1,0 +1,33 @@
+"""A raw pyzmq echo worker for the ``pyzmq`` reference column of ``run.py``.
+
+``python benchmarks/_rawzmq_worker.py ENDPOINT``: a DEALER socket that
+connects to ENDPOINT, says hello, then sends every message back as it came,
+without a copy, until it receives ``stop``. No pickling, no event loop, no
+protocol: what a ZeroMQ round trip costs on its own.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import zmq
+
+
+def main(endpoint: str) -> None:
+    """Echo messages until ``stop``."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    sock.send(b"hello")
+    while True:
+        frames = sock.recv_multipart(copy=False)
+        if frames[0].bytes == b"stop":
+            break
+        sock.send_multipart(frames, copy=False)
+    sock.close()
+    ctx.term()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
