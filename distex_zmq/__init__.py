@@ -1,5 +1,7 @@
 """distex_zmq: a distributed process pool on a ZeroMQ broker, with the API of distex."""
 
+from typing import TYPE_CHECKING, Any
+
 # first: makes distex_zmq.broker and .worker importable from a source checkout
 from . import _source_layout  # noqa: F401, I001
 from .errors import (
@@ -16,10 +18,30 @@ from .errors import (
 )
 from .hostspec import HostSpec
 from .loops import LoopType
-from .pool import Pool
-from .poolmap import PoolMap
 from .serialization import PickleType
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .pool import Pool
+    from .poolmap import PoolMap
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``Pool`` and ``PoolMap`` when first asked for.
+
+    Every worker process imports this package too, and needs neither the
+    pool (with paramiko) nor eventkit (with numpy): importing them took most
+    of a worker's start-up. Both are imported together, so that eventkit's
+    ``Event.poolmap`` is there as soon as a ``Pool`` is.
+    """
+    if name not in ("Pool", "PoolMap"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .pool import Pool
+    from .poolmap import PoolMap
+
+    globals().update(Pool=Pool, PoolMap=PoolMap)
+    return globals()[name]
+
 
 __all__ = [
     "CrashLoopError",

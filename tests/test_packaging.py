@@ -109,6 +109,22 @@ def test_public_names():
     assert issubclass(distex_zmq.PoolClosedError, RuntimeError)
 
 
+def test_a_worker_imports_neither_the_pool_nor_ssh_nor_eventkit():
+    # they took most of a worker's start-up; the pool's names load on first use
+    code = (
+        "import sys, runpy; sys.argv = ['worker', '--check']\n"
+        "try:\n    runpy.run_module('distex_zmq.worker', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('distex_zmq.pool', 'paramiko', 'eventkit', 'numpy')"
+        " if m in sys.modules))\n"
+        "import distex_zmq, eventkit\n"
+        "print(distex_zmq.PoolMap.__module__, hasattr(eventkit.Event, 'poolmap'))"
+    )
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-2:] == ["[]", "distex_zmq.poolmap True"]
+
+
 def test_version_matches_the_installed_metadata():
     from importlib.metadata import version
 
