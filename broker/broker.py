@@ -242,12 +242,12 @@ class Broker:
         for task in tasks:
             flags = task.flags
             func_len = 0
-            if task.func_id not in known:
+            if not known.use(task.func_id):
                 flags |= p.FLAG_FUNC
                 msg.inline.append(task.func_pickle)
                 func_len = len(task.func_pickle)
                 if task.func_id != p.INLINE_FUNC:
-                    known.add(task.func_id)
+                    known.add(task.func_id, None)
             data_len = msg.body(task.data, task.buffers)
             msg.entries.append(
                 pack(task.id, task.func_id, flags, func_len, data_len, len(task.buffers))

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from distex_zmq.protocol import RecentFunctions
+
 from .task import Task
 
 
@@ -40,8 +42,8 @@ class WorkerRecord:
         self.capacity = capacity
         #: task id -> task, for the tasks sent to it and not yet answered
         self.running: dict[int, Task] = {}
-        #: function ids whose pickle this worker has received
-        self.known_funcs: set[int] = set()
+        #: ids of the functions this worker holds (it keeps the recent ones)
+        self.known_funcs = RecentFunctions()
         #: False until its initializer has run
         self.ready = False
         #: tasks that only this worker may run, sent before any other

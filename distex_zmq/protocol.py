@@ -75,6 +75,38 @@ STATUS_ERROR = 1  # a pickled exception (a RemoteException reduction)
 
 #: Function id that means "the function travels with this task, uncached".
 INLINE_FUNC = 0
+#: Functions a worker keeps: the most recently used ones.
+FUNCTION_CACHE = 512
+
+
+class RecentFunctions(dict[int, Any]):
+    """Function id -> function: the ``FUNCTION_CACHE`` most recently used.
+
+    Each worker keeps its functions in one, and the broker keeps the ids of
+    each worker's in another. Both update theirs in the order of the tasks on
+    the wire, so they agree on what the worker holds without a word about
+    it: the broker sends a function's pickle again (``FLAG_FUNC``) exactly
+    when the worker has dropped it, and a worker that meets ever new
+    functions (closures made per call) does not grow without bound.
+    """
+
+    __slots__ = ()
+
+    def use(self, func_id: int) -> bool:
+        """Mark ``func_id`` as just used; return whether it is here."""
+        try:
+            value = self.pop(func_id)
+        except KeyError:
+            return False
+        self[func_id] = value
+        return True
+
+    def add(self, func_id: int, value: Any) -> None:
+        """Keep ``value`` as the newest; drop the oldest beyond the limit."""
+        self.pop(func_id, None)
+        self[func_id] = value
+        if len(self) > FUNCTION_CACHE:
+            del self[next(iter(self))]
 
 
 def control(kind: bytes, body: bytes = b"") -> list[bytes]:

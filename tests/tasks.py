@@ -260,3 +260,13 @@ def host_and_value(delay: float, value: Any) -> tuple[str, Any]:
     """``(host name of the worker, value)`` after ``delay`` seconds."""
     time.sleep(delay)
     return socket.gethostname(), value
+
+
+def worker_function_count() -> int:
+    """How many functions the worker that runs this holds in its cache."""
+    import gc
+
+    from distex_zmq.worker.worker import Worker
+
+    (worker,) = [o for o in gc.get_objects() if isinstance(o, Worker)]
+    return len(worker._functions)

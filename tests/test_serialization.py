@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from distex_zmq import PickleType, Pool, RemoteException, SerializationError
+from distex_zmq.protocol import FUNCTION_CACHE
 from distex_zmq.serialization import OOB_THRESHOLD, dumps, loads
 from tests import tasks
 
@@ -84,6 +85,22 @@ def test_function_is_pickled_once_per_pool(shared_pool):
     assert list(shared_pool.map(func, range(30), chunksize=7)) == [2 * i for i in range(30)]
     assert shared_pool.run_on_all(func, 4) == [8, 8]
     assert tasks.CountingCallable.pickles == 1
+
+
+def test_a_worker_keeps_only_the_recent_functions():
+    def adder(k):
+        return lambda x: x + k
+
+    funcs = [adder(k) for k in range(FUNCTION_CACHE + 100)]  # a new function per call
+    with Pool(1) as pool:
+        futures = [pool.submit(f, 1) for f in funcs]
+        assert [f.result() for f in futures] == [1 + k for k in range(len(funcs))]
+        held = pool.run(tasks.worker_function_count)
+        assert FUNCTION_CACHE - 5 <= held <= FUNCTION_CACHE
+        # the oldest were dropped by the worker: the broker knows and sends them again
+        again = [pool.submit(f, 2) for f in funcs[:50]]
+        assert [f.result() for f in again] == [2 + k for k in range(50)]
+        assert pool.run(tasks.worker_function_count) <= FUNCTION_CACHE
 
 
 def test_large_buffers_travel_out_of_band_without_a_copy():

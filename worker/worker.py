@@ -66,7 +66,7 @@ class Worker:
         self._data_dumps = data_module.dumps
         self._loop = loop
         self._parent_pid = parent_pid
-        self._functions: dict[int, Any] = {}
+        self._functions = p.RecentFunctions()
         self._running: set[asyncio.Future[Any]] = set()
         self._results = p.Writer(p.RESULT)
         self._flush_scheduled = False
@@ -210,9 +210,11 @@ class Worker:
                 # remembered, so that later tasks of this function fail alike
                 func = _Broken(f"its function could not be unpickled: {type(e).__name__}: {e}")
             if func_id != p.INLINE_FUNC:
-                self._functions[func_id] = func
-        else:
+                self._functions.add(func_id, func)
+        elif self._functions.use(func_id):
             func = self._functions[func_id]
+        else:
+            raise p.ProtocolError(f"the broker referred to function {func_id}, unknown here")
         if isinstance(func, _Broken):
             raise func
         return func
