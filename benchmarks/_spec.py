@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 #: Pools in table order. The ratio column of every pool is against ``distex``.
 #: ``pyzmq`` is no pool: plain ROUTER/DEALER sockets echoing frames, the floor
-#: under what any pool built on ZeroMQ can do (latency and echo rows only).
+#: under what any pool built on ZeroMQ can do (``RAW_WORKLOADS`` only).
 POOLS: tuple[str, ...] = ("distex_zmq", "distex", "process", "loky", "pyzmq")
 #: Workloads that ``pyzmq`` measures.
-RAW_WORKLOADS = ("latency", "echo")
+RAW_WORKLOADS = ("map_cs1", "map_cs1_q16", "latency", "echo")
 #: The pool that all ratios are computed against.
 BASELINE = "distex"
 #: Workers per pool.

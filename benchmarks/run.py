@@ -366,7 +366,12 @@ def render_table(records: list[Record], pools: list[str], workloads: list[str]) 
 def _against_raw(by_key: dict[tuple[str, str], Record]) -> str:
     """distex_zmq as a fraction of plain pyzmq, for the rows both measured."""
     parts = []
-    for workload, key, higher in (("echo", "echo", True), ("latency", "latency_p50", False)):
+    for workload, key, higher in (
+        ("map_cs1", "map_cs1", True),
+        ("map_cs1_q16", "map_cs1_q16", True),
+        ("echo", "echo", True),
+        ("latency", "latency_p50", False),
+    ):
         ours, raw = by_key.get(("distex_zmq", workload)), by_key.get(("pyzmq", workload))
         if not ours or not raw or ours["status"] != "ok" or raw["status"] != "ok":
             continue
