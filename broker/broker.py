@@ -247,7 +247,7 @@ class Broker:
                 msg.inline.append(task.func_pickle)
                 func_len = len(task.func_pickle)
                 if task.func_id != p.INLINE_FUNC:
-                    known.add(task.func_id, None)
+                    known.add(task.func_id, None, func_len)
             data_len = msg.body(task.data, task.buffers)
             msg.entries.append(
                 pack(task.id, task.func_id, flags, func_len, data_len, len(task.buffers))

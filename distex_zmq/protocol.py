@@ -24,8 +24,9 @@ worker -> broker:
 broker -> worker:
 
 - ``TASK`` one ``TASK_ENTRY`` per task: the pickled function inline if
-  ``FLAG_FUNC`` (only the first time a worker meets that function), the
-  pickled arguments (inline or the next frame), their buffers.
+  ``FLAG_FUNC`` (when the worker does not hold it: the first time it meets
+  it, or after it dropped it, see ``RecentFunctions``), the pickled
+  arguments (inline or the next frame), their buffers.
 - ``STOP`` finish what runs, then exit.
 - ``REFUSE`` body = the reason, UTF-8; the worker exits with it.
 """
@@ -75,38 +76,61 @@ STATUS_ERROR = 1  # a pickled exception (a RemoteException reduction)
 
 #: Function id that means "the function travels with this task, uncached".
 INLINE_FUNC = 0
-#: Functions a worker keeps: the most recently used ones.
+#: Functions a worker keeps: the most recently used ones, at most this many
+#: and, but for the newest, at most this many bytes of pickles. The bytes
+#: bound what a worker holds of the data that closures capture.
 FUNCTION_CACHE = 512
+FUNCTION_CACHE_BYTES = 64 * 1024 * 1024
 
 
-class RecentFunctions(dict[int, Any]):
-    """Function id -> function: the ``FUNCTION_CACHE`` most recently used.
+class RecentFunctions:
+    """Function id -> function: the most recently used ones (``FUNCTION_CACHE``).
 
     Each worker keeps its functions in one, and the broker keeps the ids of
     each worker's in another. Both update theirs in the order of the tasks on
-    the wire, so they agree on what the worker holds without a word about
-    it: the broker sends a function's pickle again (``FLAG_FUNC``) exactly
-    when the worker has dropped it, and a worker that meets ever new
-    functions (closures made per call) does not grow without bound.
+    the wire, with the same pickle sizes, so they agree on what the worker
+    holds without a word about it: the broker sends a function's pickle
+    again (``FLAG_FUNC``) exactly when the worker has dropped it, and a
+    worker that meets ever new functions (closures made per call) does not
+    grow without bound.
     """
 
-    __slots__ = ()
+    __slots__ = ("_items", "_bytes")
+
+    def __init__(self) -> None:
+        self._items: dict[int, tuple[Any, int]] = {}
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, func_id: int) -> Any:
+        return self._items[func_id][0]
 
     def use(self, func_id: int) -> bool:
         """Mark ``func_id`` as just used; return whether it is here."""
+        items = self._items
         try:
-            value = self.pop(func_id)
+            entry = items.pop(func_id)
         except KeyError:
             return False
-        self[func_id] = value
+        items[func_id] = entry
         return True
 
-    def add(self, func_id: int, value: Any) -> None:
-        """Keep ``value`` as the newest; drop the oldest beyond the limit."""
-        self.pop(func_id, None)
-        self[func_id] = value
-        if len(self) > FUNCTION_CACHE:
-            del self[next(iter(self))]
+    def add(self, func_id: int, value: Any, size: int) -> None:
+        """Keep ``value`` (its pickle ``size`` bytes long) as the newest; drop
+        the oldest beyond the limits."""
+        items = self._items
+        old = items.pop(func_id, None)
+        if old is not None:
+            self._bytes -= old[1]
+        items[func_id] = (value, size)
+        self._bytes += size
+        while len(items) > 1 and (
+            len(items) > FUNCTION_CACHE or self._bytes > FUNCTION_CACHE_BYTES
+        ):
+            oldest = next(iter(items))
+            self._bytes -= items.pop(oldest)[1]
 
 
 def control(kind: bytes, body: bytes = b"") -> list[bytes]:

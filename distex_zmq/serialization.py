@@ -124,10 +124,12 @@ class FunctionCache:
 
     Workers are sent a function's pickle the first time they meet its id and
     refer to it by id after that. Functions that cannot be dictionary keys
-    get id 0 and travel with every task.
+    get id 0 and travel with every task. It keeps at most ``max_size``
+    functions and, but for the newest, ``max_bytes`` of their pickles, so
+    that closures made per call, and the data they capture, are let go.
     """
 
-    def __init__(self, func_pickle: int, max_size: int = 1024):
+    def __init__(self, func_pickle: int, max_size: int = 1024, max_bytes: int = 64 << 20):
         module = pickle_module(func_pickle)
         if module.__name__ == "dill":
             # recurse: take the globals a function of __main__ uses along,
@@ -138,6 +140,8 @@ class FunctionCache:
         self._by_func: dict[Any, tuple[int, bytes]] = {}
         self._next_id = 1
         self._max_size = max_size
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, func: Callable[..., Any]) -> tuple[int, bytes]:
@@ -152,10 +156,15 @@ class FunctionCache:
         with self._lock:
             entry = self._by_func.get(func)
             if entry is None:
-                if len(self._by_func) >= self._max_size:
-                    # forget the oldest; it gets a new id if it comes back
-                    del self._by_func[next(iter(self._by_func))]
+                by_func = self._by_func
+                self._bytes += len(pickled)
+                # forget the oldest; it gets a new id if it comes back
+                while by_func and (len(by_func) >= self._max_size or self._bytes > self._max_bytes):
+                    self._bytes -= len(by_func.pop(next(iter(by_func)))[1])
                 entry = (self._next_id, pickled)
                 self._next_id += 1
-                self._by_func[func] = entry
+                by_func[func] = entry
         return entry
+
+    def __len__(self) -> int:
+        return len(self._by_func)

@@ -103,6 +103,21 @@ def test_a_worker_keeps_only_the_recent_functions():
         assert pool.run(tasks.worker_function_count) <= FUNCTION_CACHE
 
 
+def test_closures_that_capture_much_data_are_let_go():
+    def reader(blob):
+        return lambda i: blob[i]
+
+    blobs = [bytes([k]) * (8 * 2**20) for k in range(20)]
+    funcs = [reader(blob) for blob in blobs]  # each pickle is 8 MiB
+    with Pool(1) as pool:
+        assert [pool.submit(f, 5).result() for f in funcs] == list(range(20))
+        # by bytes, not by count: about 64 MiB of them on either side
+        assert 2 <= len(pool._functions) <= 8
+        assert 2 <= pool.run(tasks.worker_function_count) <= 9  # + worker_function_count
+        # dropped ones are pickled and sent again
+        assert [pool.submit(f, 7).result() for f in funcs[:3]] == [0, 1, 2]
+
+
 def test_large_buffers_travel_out_of_band_without_a_copy():
     array = np.arange(1_000_000, dtype=np.float64)
     data, buffers = dumps(array)

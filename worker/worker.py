@@ -210,7 +210,7 @@ class Worker:
                 # remembered, so that later tasks of this function fail alike
                 func = _Broken(f"its function could not be unpickled: {type(e).__name__}: {e}")
             if func_id != p.INLINE_FUNC:
-                self._functions.add(func_id, func)
+                self._functions.add(func_id, func, len(func_pickle))
         elif self._functions.use(func_id):
             func = self._functions[func_id]
         else:
