@@ -92,22 +92,32 @@ class RecentFunctions:
     holds without a word about it: the broker sends a function's pickle
     again (``FLAG_FUNC``) exactly when the worker has dropped it, and a
     worker that meets ever new functions (closures made per call) does not
-    grow without bound.
+    grow without bound. The client's ``FunctionCache`` keeps its pickles in
+    one too, with limits of its own, keyed by the functions themselves.
     """
 
-    __slots__ = ("_items", "_bytes")
+    __slots__ = ("_items", "_bytes", "_max_items", "_max_bytes")
 
-    def __init__(self) -> None:
-        self._items: dict[int, tuple[Any, int]] = {}
+    def __init__(
+        self, max_items: int = FUNCTION_CACHE, max_bytes: int = FUNCTION_CACHE_BYTES
+    ) -> None:
+        self._items: dict[Any, tuple[Any, int]] = {}
         self._bytes = 0
+        self._max_items = max_items
+        self._max_bytes = max_bytes
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def __getitem__(self, func_id: int) -> Any:
+    def __getitem__(self, func_id: Any) -> Any:
         return self._items[func_id][0]
 
-    def use(self, func_id: int) -> bool:
+    def get(self, func_id: Any) -> Any:
+        """The value kept for ``func_id``, or None; it does not count as a use."""
+        entry = self._items.get(func_id)
+        return None if entry is None else entry[0]
+
+    def use(self, func_id: Any) -> bool:
         """Mark ``func_id`` as just used; return whether it is here."""
         items = self._items
         try:
@@ -117,7 +127,7 @@ class RecentFunctions:
         items[func_id] = entry
         return True
 
-    def add(self, func_id: int, value: Any, size: int) -> None:
+    def add(self, func_id: Any, value: Any, size: int) -> None:
         """Keep ``value`` (its pickle ``size`` bytes long) as the newest; drop
         the oldest beyond the limits."""
         items = self._items
@@ -126,9 +136,7 @@ class RecentFunctions:
             self._bytes -= old[1]
         items[func_id] = (value, size)
         self._bytes += size
-        while len(items) > 1 and (
-            len(items) > FUNCTION_CACHE or self._bytes > FUNCTION_CACHE_BYTES
-        ):
+        while len(items) > 1 and (len(items) > self._max_items or self._bytes > self._max_bytes):
             oldest = next(iter(items))
             self._bytes -= items.pop(oldest)[1]
 

@@ -19,6 +19,8 @@ from enum import IntEnum
 from types import ModuleType
 from typing import Any
 
+from .protocol import RecentFunctions
+
 PROTOCOL = 5
 #: Buffers at least this large travel as their own frames.
 OOB_THRESHOLD = 32 * 1024
@@ -62,6 +64,9 @@ def dumps(obj: Any, dumper: Callable[..., bytes] = pickle.dumps) -> tuple[bytes,
     return dumper(obj, protocol=PROTOCOL, buffer_callback=keep_large), buffers
 
 
+_BYTES_TYPES = (bytes, bytearray)
+
+
 def _bytes_out_of_band(obj: Any) -> Any:
     """Let large ``bytes`` and ``bytearray`` objects travel out of band.
 
@@ -73,16 +78,13 @@ def _bytes_out_of_band(obj: Any) -> Any:
     same type on the other. Deeper ones are pickled as usual.
     """
     kind = type(obj)
-    if kind is bytes or kind is bytearray:
+    if kind in _BYTES_TYPES:
         return _LargeBytes(obj) if len(obj) >= OOB_THRESHOLD else obj
     if kind is tuple and 0 < len(obj) <= 8:
         for item in obj:
             if type(item) in _BYTES_TYPES and len(item) >= OOB_THRESHOLD:
                 return tuple(_bytes_out_of_band(item) for item in obj)
     return obj
-
-
-_BYTES_TYPES = (bytes, bytearray)
 
 
 class _LargeBytes:
@@ -95,9 +97,8 @@ class _LargeBytes:
         self.data = data
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        if isinstance(protocol, int) and protocol >= 5:
-            return type(self.data), (pickle.PickleBuffer(self.data),)
-        return type(self.data), (bytes(self.data),)
+        # made only inside dumps, which pickles with protocol 5
+        return type(self.data), (pickle.PickleBuffer(self.data),)
 
 
 def loads(data: Any, buffers: list[Any], loader: Callable[..., Any] = pickle.loads) -> Any:
@@ -137,33 +138,27 @@ class FunctionCache:
             self._dumps = functools.partial(module.dumps, recurse=True)
         else:
             self._dumps = module.dumps
-        self._by_func: dict[Any, tuple[int, bytes]] = {}
+        #: function -> (id, pickle), the oldest dropped first; it gets a new
+        #: id if it comes back
+        self._by_func = RecentFunctions(max_size, max_bytes)
         self._next_id = 1
-        self._max_size = max_size
-        self._max_bytes = max_bytes
-        self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, func: Callable[..., Any]) -> tuple[int, bytes]:
         """Return ``(function id, pickled function)``."""
         try:
-            return self._by_func[func]
-        except KeyError:
-            pass
+            entry: tuple[int, bytes] | None = self._by_func.get(func)
         except TypeError:  # unhashable callable
             return 0, self._dumps(func, protocol=PROTOCOL)
+        if entry is not None:
+            return entry
         pickled = self._dumps(func, protocol=PROTOCOL)
         with self._lock:
             entry = self._by_func.get(func)
             if entry is None:
-                by_func = self._by_func
-                self._bytes += len(pickled)
-                # forget the oldest; it gets a new id if it comes back
-                while by_func and (len(by_func) >= self._max_size or self._bytes > self._max_bytes):
-                    self._bytes -= len(by_func.pop(next(iter(by_func)))[1])
                 entry = (self._next_id, pickled)
                 self._next_id += 1
-                by_func[func] = entry
+                self._by_func.add(func, entry, len(pickled))
         return entry
 
     def __len__(self) -> int:
