@@ -32,6 +32,7 @@ class WorkerRecord:
         "info",
         "head_since",
         "exclusive",
+        "used",
     )
 
     def __init__(self, identity: bytes, pid: int, host: str, capacity: int, info: dict[str, Any]):
@@ -42,6 +43,8 @@ class WorkerRecord:
         self.capacity = capacity
         #: task id -> task, for the tasks sent to it and not yet answered
         self.running: dict[int, Task] = {}
+        #: credits in use: a task each, or one for a group of tiny tasks
+        self.used = 0
         #: ids of the functions this worker holds (it keeps the recent ones)
         self.known_funcs = RecentFunctions()
         #: False until its initializer has run
@@ -57,7 +60,7 @@ class WorkerRecord:
 
     @property
     def free(self) -> int:
-        return self.capacity - len(self.running)
+        return self.capacity - self.used
 
     def __str__(self) -> str:
         return f"worker pid {self.pid} on {self.host}"
@@ -72,6 +75,8 @@ class Registry:
     def __init__(self) -> None:
         self.workers: dict[bytes, WorkerRecord] = {}
         self._buckets: list[dict[WorkerRecord, None]] = []
+        #: the credits of the ready workers, together
+        self.ready_capacity = 0
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -83,8 +88,16 @@ class Registry:
         self.workers[rec.identity] = rec
         self.place(rec)
 
+    def set_ready(self, rec: WorkerRecord) -> None:
+        """``rec`` may take any task now (its initializer ran)."""
+        if not rec.ready:
+            rec.ready = True
+            self.ready_capacity += rec.capacity
+        self.place(rec)
+
     def remove(self, rec: WorkerRecord) -> None:
-        self.workers.pop(rec.identity, None)
+        if self.workers.pop(rec.identity, None) is rec and rec.ready:
+            self.ready_capacity -= rec.capacity
         if rec.bucket >= 0:
             del self._buckets[rec.bucket][rec]
             rec.bucket = -1
@@ -94,7 +107,7 @@ class Registry:
 
     def place(self, rec: WorkerRecord) -> None:
         """Put ``rec`` in the bucket of its current load (call after a change)."""
-        load = len(rec.running)
+        load = rec.used
         bucket = load if rec.ready and load < rec.capacity and not rec.exclusive else -1
         if bucket == rec.bucket:
             return

@@ -44,6 +44,8 @@ class Task:
         "tries",
         "name",
         "suspect",
+        "may_group",
+        "group",
     )
 
     def __init__(
@@ -57,6 +59,7 @@ class Task:
         sink: ResultSink,
         tag: Any = None,
         name: str = "",
+        may_group: bool = False,
     ):
         self.id = task_id
         self.func_id = func_id
@@ -79,6 +82,12 @@ class Task:
         #: it was on a worker that died with several tasks: it runs alone
         #: until it finishes, so that a death can be blamed on the right task
         self.suspect = False
+        #: the broker may send it in one credit with other tiny tasks
+        #: (submit and run_async with qsize > 1; never a map's task)
+        self.may_group = may_group
+        #: while it runs in a group: ``[tasks of the group not answered]``,
+        #: shared by the group, whose credit is free when it drops to 0
+        self.group: list[int] | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.name}>"

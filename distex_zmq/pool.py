@@ -60,7 +60,10 @@ class Pool(concurrent.futures.Executor):
             (default port 8899), which the pool reaches with the cluster's
             shared secret (``secret``).
         qsize: Tasks each worker may hold at once (its credits). Raise it for
-            many small tasks; 1 means no queueing at the workers.
+            many small tasks; 1 means no queueing at the workers. Tiny
+            tasks from ``submit`` and ``run_async`` that wait for a credit
+            may share one (see the README's "Adaptive batching"), unless
+            qsize is 1.
         initializer: Called in each worker (also in a replacement) before
             its first task.
         initargs: Arguments for ``initializer``.
@@ -343,6 +346,7 @@ class Pool(concurrent.futures.Executor):
             sink,
             tag,
             callable_name(func),
+            may_group=self._options.qsize > 1,
         )
 
     def submit(

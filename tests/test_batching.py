@@ -1,18 +1,27 @@
-"""Adaptive batching: maps without a chunksize group tiny tasks, and only those.
+"""Adaptive batching: maps without a chunksize group tiny tasks, and only those;
+so does the broker with tiny submitted tasks that wait for a credit.
 
 How many tasks a map made is read from the pool's task id counter: every
-task, a chunk included, takes one id.
+task, a chunk included, takes one id. How many submitted tasks shared a
+credit is counted by the broker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Callable
 
 import pytest
 
 from distex_zmq import Pool
 from tests import tasks
+
+
+def grouped_tasks(pool: Pool) -> int:
+    """Tasks the pool's broker sent in groups that shared a credit, so far."""
+    assert pool._runtime is not None
+    return pool._runtime.broker.grouped_tasks
 
 
 def tasks_made(pool: Pool, run: Callable[[], object]) -> int:
@@ -81,3 +90,64 @@ def test_adaptive_map_async(shared_pool):
 
     made = tasks_made(shared_pool, lambda: asyncio.run(main()))
     assert made < 5000 / 4
+
+
+# submit and run_async: tiny tasks queued behind busy credits share one
+
+
+def test_tiny_submitted_tasks_share_credits(shared_pool):
+    before = grouped_tasks(shared_pool)
+    futures = [shared_pool.submit(tasks.square, i) for i in range(3000)]
+    assert [f.result(timeout=30) for f in futures] == [i * i for i in range(3000)]
+    assert grouped_tasks(shared_pool) - before > 1500
+
+
+def test_tiny_run_async_tasks_share_credits(shared_pool):
+    async def main():
+        return await asyncio.gather(*(shared_pool.run_async(tasks.add, i, 1) for i in range(3000)))
+
+    before = grouped_tasks(shared_pool)
+    assert asyncio.run(main()) == [i + 1 for i in range(3000)]
+    assert grouped_tasks(shared_pool) - before > 1500
+
+
+def test_submitted_tasks_of_a_few_milliseconds_are_never_grouped(shared_pool):
+    before = grouped_tasks(shared_pool)
+    futures = [shared_pool.submit(tasks.sleep_return, 0.003, i) for i in range(60)]
+    assert [f.result(timeout=30) for f in futures] == list(range(60))
+    assert grouped_tasks(shared_pool) == before
+
+
+def test_qsize_one_never_groups_submitted_tasks():
+    with Pool(2, qsize=1) as pool:
+        futures = [pool.submit(tasks.square, i) for i in range(1000)]
+        assert [f.result(timeout=30) for f in futures] == [i * i for i in range(1000)]
+        assert grouped_tasks(pool) == 0
+
+
+def test_grouped_tasks_keep_their_own_errors(shared_pool):
+    before = grouped_tasks(shared_pool)
+    futures = [shared_pool.submit(tasks.fail_on, i, i if i % 7 == 0 else -1) for i in range(3000)]
+    for i, future in enumerate(futures):
+        if i % 7 == 0:
+            with pytest.raises(ValueError, match=f"bad input {i}$"):
+                future.result(timeout=30)
+        else:
+            assert future.result(timeout=30) == i * 10
+    assert grouped_tasks(shared_pool) - before > 1500
+
+
+def test_grouped_tasks_are_cancelled_one_by_one(pool):
+    futures = [pool.submit(tasks.square, i) for i in range(4000)]
+    cancelled = {i for i in range(0, 4000, 3) if futures[i].cancel()}
+    assert len(cancelled) > 100, "the tasks ran before they could be cancelled"
+    for i, future in enumerate(futures):
+        if i in cancelled:
+            assert future.cancelled()
+            with pytest.raises(concurrent.futures.CancelledError):
+                future.result(timeout=30)
+        else:
+            assert future.result(timeout=30) == i * i
+    assert grouped_tasks(pool) > 1000
+    # the workers and their credits are all there for what comes next
+    assert pool.run_on_all(tasks.square, 3) == [9, 9]

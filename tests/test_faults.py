@@ -198,6 +198,23 @@ def test_poison_task_does_not_fail_its_neighbours() -> None:
                 assert future.result() == x * x
 
 
+def test_poison_task_in_a_group_of_tiny_tasks_fails_alone() -> None:
+    # tiny tasks queued behind busy credits travel in groups; the group that
+    # dies is rerun one task at a time, so only the poison is blamed
+    with Pool(2, max_retries=1) as pool:
+        assert pool.submit(ft.poison_at, 1, -1).result(timeout=10) == 1  # learn it is tiny
+        futures = [pool.submit(ft.poison_at, x, 1000) for x in range(2000)]
+        done, not_done = concurrent.futures.wait(futures, timeout=30)
+        assert not not_done
+        assert pool._runtime is not None and pool._runtime.broker.grouped_tasks > 1000
+        for x, future in enumerate(futures):
+            if x == 1000:
+                with pytest.raises(WorkerLostError, match=r"killed its worker 2 times"):
+                    future.result()
+            else:
+                assert future.result() == x * x
+
+
 @pytest.mark.timeout(60)
 def test_crash_loop_gives_up_with_a_clear_error() -> None:
     with Pool(2, max_retries=0, max_worker_deaths=3) as pool:
