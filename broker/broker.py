@@ -454,7 +454,7 @@ class Broker:
                 group[0] -= 1
                 if not group[0]:
                     rec.used -= 1
-            if not task.flags & p.FLAG_CHUNK and task.func_id != p.INLINE_FUNC:
+            if task.may_group and task.func_id != p.INLINE_FUNC:
                 self._note_run_time(task.func_id, elapsed)
             self._finish(task)
             if task.tag is INIT_TAG and task.pinned is rec:
