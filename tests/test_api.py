@@ -42,6 +42,31 @@ def test_every_sync_api_matches_builtin_map(pool):
     assert [f.result() for f in futures] == expected
 
 
+def test_submit_futures_wait_like_any_concurrent_future(pool):
+    slow = pool.submit(tasks.sleep_return, 0.5, "slow")
+    with pytest.raises(concurrent.futures.TimeoutError):
+        slow.result(timeout=0.01)
+    results: list[str] = []
+    waiters = [
+        threading.Thread(target=lambda: results.append(slow.result(timeout=10))) for _ in range(4)
+    ]
+    for waiter in waiters:
+        waiter.start()
+    called = threading.Event()
+    slow.add_done_callback(lambda future: called.set())
+    quick = pool.submit(tasks.square, 4)
+    done, _ = concurrent.futures.wait(
+        [slow, quick], timeout=10, return_when=concurrent.futures.FIRST_COMPLETED
+    )
+    assert done == {quick}
+    assert [f.result() for f in concurrent.futures.as_completed([slow, quick], timeout=10)] != []
+    for waiter in waiters:
+        waiter.join(10)
+    assert results == ["slow"] * 4
+    assert called.wait(5)
+    assert slow.exception(timeout=0) is None
+
+
 def test_star_and_zip_match_starmap(pool):
     a, b = list(range(40)), list(range(100, 137))
     pairs = list(zip(a, b, strict=False))
