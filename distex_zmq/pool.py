@@ -33,7 +33,13 @@ from distex_zmq.errors import PoolClosedError
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import LoopType, loop_factory
 from distex_zmq.security import ClusterKeys, load_secret
-from distex_zmq.serialization import FunctionCache, PickleType, dumps, pickle_module
+from distex_zmq.serialization import (
+    FunctionCache,
+    PickleType,
+    call_out_of_band,
+    dumps,
+    pickle_module,
+)
 from distex_zmq.ssh_launcher import RemoteSettings
 
 
@@ -332,7 +338,7 @@ class Pool(concurrent.futures.Executor):
         func_id, func_pickle = self._functions.get(func)
         if kwargs:
             flags = p.FLAG_STAR | p.FLAG_KWARGS
-            data, buffers = dumps((args, kwargs), self._data_dumps)
+            data, buffers = dumps(call_out_of_band(args, kwargs), self._data_dumps)
         else:
             flags = p.FLAG_STAR
             data, buffers = dumps(args, self._data_dumps)

@@ -83,8 +83,21 @@ def _bytes_out_of_band(obj: Any) -> Any:
     if kind is tuple and 0 < len(obj) <= 8:
         for item in obj:
             if type(item) in _BYTES_TYPES and len(item) >= OOB_THRESHOLD:
-                return tuple(_bytes_out_of_band(item) for item in obj)
+                return tuple(_LargeBytes(item) if _is_large_bytes(item) else item for item in obj)
     return obj
+
+
+def _is_large_bytes(obj: Any) -> bool:
+    return type(obj) in _BYTES_TYPES and len(obj) >= OOB_THRESHOLD
+
+
+def call_out_of_band(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``(args, kwargs)`` of a call, ready for ``dumps``: large ``bytes`` and
+    ``bytearray`` arguments go out of band whether passed by position or by
+    keyword (``dumps`` itself looks only one level down)."""
+    if len(kwargs) <= 8 and any(_is_large_bytes(value) for value in kwargs.values()):
+        kwargs = {k: _LargeBytes(v) if _is_large_bytes(v) else v for k, v in kwargs.items()}
+    return _bytes_out_of_band(args), kwargs
 
 
 class _LargeBytes:

@@ -185,6 +185,16 @@ def test_large_bytes_arguments_and_results_travel_out_of_band(kind):
     assert len(buffers) == 1 and loads(data, buffers, dill.loads) == (big,)
 
 
+def test_large_bytes_keyword_arguments_travel_out_of_band(shared_pool):
+    big = b"0123456789abcdef" * (OOB_THRESHOLD // 8)
+    task = shared_pool._make_task(tasks.identity, (), {"x": big}, None, None)
+    assert len(task.data) < 1000, "the bytes went into the pickle"
+    assert [memoryview(b).obj for b in task.buffers] == [big]
+    back = shared_pool.run(tasks.identity, x=bytearray(big))
+    assert back == big and type(back) is bytearray
+    assert shared_pool.run(tasks.identity, x=big) == big
+
+
 def test_unpicklable_argument_raises_in_the_caller_at_submit(shared_pool):
     with pytest.raises(pickle.PicklingError, match="refuses to be pickled"):
         shared_pool.submit(tasks.identity, tasks.Unpicklable())
