@@ -12,6 +12,11 @@ Only the pool loop touches the socket, the queue and the registry. Other
 threads hand over tasks with ``submit`` (a deque append and at most one
 wake-up per batch) and cancel with ``Task.cancelled``. The broker never
 unpickles a task or a result: it routes on headers only.
+
+A task takes one credit of its worker, except that tiny tasks from
+``submit`` and ``run_async`` that queue up behind busy credits share one
+(``_take_group``): what the broker knows of a function's run time comes
+from the run times that workers report with each result.
 """
 
 from __future__ import annotations
