@@ -92,6 +92,8 @@ class Broker:
         self._timeout_timer: asyncio.TimerHandle | None = None
         self._inbox: deque[Task] = deque()
         self._queue: deque[Task] = deque()
+        #: workers with tasks pinned to them not sent yet (run_on_all, initializer)
+        self._pinned_to: dict[WorkerRecord, None] = {}
         #: function id -> microseconds its recent tasks ran (see ``_note_run_time``)
         self._run_times: dict[int, float] = {}
         #: tasks sent in groups that shared a credit, since the start
@@ -209,13 +211,15 @@ class Broker:
         registry = self.registry
         queue = self._queue
         batches: dict[WorkerRecord, list[Task]] = {}
-        for rec in registry.workers.values():
+        for rec in list(self._pinned_to):
             while rec.pinned and rec.free > 0:
                 task = rec.pinned.popleft()
                 if task.cancelled:
                     self._finish(task)
                     continue
                 self._assign(rec, task, batches)
+            if not rec.pinned:
+                del self._pinned_to[rec]
         while True:
             self._take_inbox()
             while queue:
@@ -430,6 +434,7 @@ class Broker:
         else:
             init.pinned = rec
             rec.pinned.append(init)
+            self._pinned_to[rec] = None
             self.dispatch()
 
     def _make_ready(self, rec: WorkerRecord) -> None:
@@ -559,6 +564,7 @@ class Broker:
                 task.sink.deliver(task, STATUS_LOCAL_ERROR, error)
                 sinks.add(task.sink)
         rec.pinned.clear()
+        self._pinned_to.pop(rec, None)
         self._queue.extendleft(reversed(requeue))
         self.dispatch()
         _flush_now(sinks)
@@ -621,6 +627,7 @@ class Broker:
             task = make_task(rec)
             task.pinned = rec
             rec.pinned.append(task)
+            self._pinned_to[rec] = None
             self.active[task.id] = task
             tasks.append(task)
         self.dispatch()
