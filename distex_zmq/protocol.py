@@ -117,6 +117,16 @@ class RecentFunctions:
         entry = self._items.get(func_id)
         return None if entry is None else entry[0]
 
+    def take(self, func_id: Any, default: Any = None) -> Any:
+        """The value kept for ``func_id`` (or ``default``), marked as just used."""
+        items = self._items
+        try:
+            entry = items.pop(func_id)
+        except KeyError:
+            return default
+        items[func_id] = entry
+        return entry[0]
+
     def use(self, func_id: Any) -> bool:
         """Mark ``func_id`` as just used; return whether it is here."""
         items = self._items
@@ -259,12 +269,10 @@ class Reader:
 
 
 def task_entries(buf: memoryview, count: int) -> Iterator[tuple[int, int, int, int, int, int]]:
-    unpack, size = TASK_ENTRY.unpack_from, TASK_ENTRY.size
-    for i in range(count):
-        yield unpack(buf, HEAD.size + i * size)
+    """The entries of a TASK message (check their extent with ``body`` first)."""
+    return TASK_ENTRY.iter_unpack(buf[HEAD.size : HEAD.size + count * TASK_ENTRY.size])
 
 
 def result_entries(buf: memoryview, count: int) -> Iterator[tuple[int, int, int, int, int]]:
-    unpack, size = RESULT_ENTRY.unpack_from, RESULT_ENTRY.size
-    for i in range(count):
-        yield unpack(buf, HEAD.size + i * size)
+    """The entries of a RESULT message (check their extent with ``body`` first)."""
+    return RESULT_ENTRY.iter_unpack(buf[HEAD.size : HEAD.size + count * RESULT_ENTRY.size])

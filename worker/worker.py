@@ -211,11 +211,11 @@ class Worker:
                 func = _Broken(f"its function could not be unpickled: {type(e).__name__}: {e}")
             if func_id != p.INLINE_FUNC:
                 self._functions.add(func_id, func, len(func_pickle))
-        elif self._functions.use(func_id):
-            func = self._functions[func_id]
         else:
-            raise p.ProtocolError(f"the broker referred to function {func_id}, unknown here")
-        if isinstance(func, _Broken):
+            func = self._functions.take(func_id, _UNKNOWN)
+            if func is _UNKNOWN:
+                raise p.ProtocolError(f"the broker referred to function {func_id}, unknown here")
+        if type(func) is _Broken:
             raise func
         return func
 
@@ -331,6 +331,9 @@ def _is_awaitable(value: Any) -> bool:
 
 class _Broken(Exception):
     """Stands for a function that could not be unpickled."""
+
+
+_UNKNOWN = object()
 
 
 async def _awaited(value: Any) -> Any:
