@@ -83,6 +83,9 @@ FUNCTION_CACHE = 512
 FUNCTION_CACHE_BYTES = 64 * 1024 * 1024
 
 
+_ABSENT = object()
+
+
 class RecentFunctions:
     """Function id -> function: the most recently used ones (``FUNCTION_CACHE``).
 
@@ -129,13 +132,7 @@ class RecentFunctions:
 
     def use(self, func_id: Any) -> bool:
         """Mark ``func_id`` as just used; return whether it is here."""
-        items = self._items
-        try:
-            entry = items.pop(func_id)
-        except KeyError:
-            return False
-        items[func_id] = entry
-        return True
+        return self.take(func_id, _ABSENT) is not _ABSENT
 
     def add(self, func_id: Any, value: Any, size: int) -> None:
         """Keep ``value`` (its pickle ``size`` bytes long) as the newest; drop
