@@ -217,7 +217,7 @@ class Broker:
                 if task.cancelled:
                     self._finish(task)
                     continue
-                self._assign(rec, task, batches)
+                self._assign(rec, [task], batches)
             if not rec.pinned:
                 del self._pinned_to[rec]
         while True:
@@ -232,11 +232,9 @@ class Broker:
                     self._finish(task)
                     continue
                 if task.may_group and not task.suspect and len(queue) >= registry.ready_capacity:
-                    group = self._take_group(task)
-                    if group is not None:
-                        self._assign_group(target, group, batches)
-                        continue
-                self._assign(target, task, batches)
+                    self._assign(target, self._take_group(task), batches)
+                else:
+                    self._assign(target, [task], batches)
             # Starving: a credit is free and nothing waits. Submitters wake
             # the loop only then; look at the inbox once more after saying
             # so, or a task handed over meanwhile would wait unseen.
@@ -249,26 +247,34 @@ class Broker:
             self._read_soon_if_pending()
 
     def _assign(
-        self, rec: WorkerRecord, task: Task, batches: dict[WorkerRecord, list[Task]]
+        self, rec: WorkerRecord, tasks: list[Task], batches: dict[WorkerRecord, list[Task]]
     ) -> None:
+        """Send ``tasks`` to ``rec`` on one credit: a task, or a group of tiny ones."""
         if not rec.running and self.task_timeout is not None:
             rec.head_since = time.monotonic()
             self._watch_timeouts()
-        rec.running[task.id] = task
+        running = rec.running
+        group = None
+        if len(tasks) > 1:
+            group = [len(tasks)]
+            self.grouped_tasks += len(tasks)
+        for task in tasks:
+            running[task.id] = task
+            task.worker = rec
+            task.group = group
+            if task.suspect:
+                rec.exclusive = True
         rec.used += 1
-        task.worker = rec
-        if task.suspect:
-            rec.exclusive = True
         self.registry.place(rec)
         batch = batches.get(rec)
         if batch is None:
-            batches[rec] = [task]
+            batches[rec] = tasks
         else:
-            batch.append(task)
+            batch.extend(tasks)
 
-    def _take_group(self, first: Task) -> list[Task] | None:
+    def _take_group(self, first: Task) -> list[Task]:
         """``first`` and the tiny tasks queued after it that may share its
-        credit, or None when ``first`` is not known to be tiny.
+        credit (only ``first`` when it is not known to be tiny).
 
         A group takes its share of the queue (so that every credit gets
         some), and no more than ``GROUP_TIME_US`` of work as the recent run
@@ -278,7 +284,7 @@ class Broker:
         run_times = self._run_times
         took = run_times.get(first.func_id)
         if took is None or took >= GROUP_BELOW_US:
-            return None
+            return [first]
         queue = self._queue
         share = min(MAX_GROUP, 1 + len(queue) // max(1, self.registry.ready_capacity))
         group = [first]
@@ -294,29 +300,7 @@ class Broker:
                 continue
             group.append(task)
             work += max(took, 1.0)
-        return group if len(group) > 1 else None
-
-    def _assign_group(
-        self, rec: WorkerRecord, group: list[Task], batches: dict[WorkerRecord, list[Task]]
-    ) -> None:
-        """Send the tasks of ``group`` to ``rec`` on one credit."""
-        if not rec.running and self.task_timeout is not None:
-            rec.head_since = time.monotonic()
-            self._watch_timeouts()
-        running = rec.running
-        unanswered = [len(group)]
-        for task in group:
-            running[task.id] = task
-            task.worker = rec
-            task.group = unanswered
-        rec.used += 1
-        self.grouped_tasks += len(group)
-        self.registry.place(rec)
-        batch = batches.get(rec)
-        if batch is None:
-            batches[rec] = group
-        else:
-            batch.extend(group)
+        return group
 
     def _note_run_time(self, func_id: int, elapsed: int) -> None:
         """Keep how long tasks of this function run: a slow one counts at once
