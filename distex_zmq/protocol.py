@@ -83,7 +83,8 @@ FUNCTION_CACHE = 512
 FUNCTION_CACHE_BYTES = 64 * 1024 * 1024
 
 
-_ABSENT = object()
+#: What ``RecentFunctions.take`` returns for an id it does not hold, by default.
+ABSENT = object()
 
 
 class RecentFunctions:
@@ -112,15 +113,12 @@ class RecentFunctions:
     def __len__(self) -> int:
         return len(self._items)
 
-    def __getitem__(self, func_id: Any) -> Any:
-        return self._items[func_id][0]
-
     def get(self, func_id: Any) -> Any:
         """The value kept for ``func_id``, or None; it does not count as a use."""
         entry = self._items.get(func_id)
         return None if entry is None else entry[0]
 
-    def take(self, func_id: Any, default: Any = None) -> Any:
+    def take(self, func_id: Any, default: Any = ABSENT) -> Any:
         """The value kept for ``func_id`` (or ``default``), marked as just used."""
         items = self._items
         try:
@@ -132,7 +130,7 @@ class RecentFunctions:
 
     def use(self, func_id: Any) -> bool:
         """Mark ``func_id`` as just used; return whether it is here."""
-        return self.take(func_id, _ABSENT) is not _ABSENT
+        return self.take(func_id) is not ABSENT
 
     def add(self, func_id: Any, value: Any, size: int) -> None:
         """Keep ``value`` (its pickle ``size`` bytes long) as the newest; drop

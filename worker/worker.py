@@ -212,8 +212,8 @@ class Worker:
             if func_id != p.INLINE_FUNC:
                 self._functions.add(func_id, func, len(func_pickle))
         else:
-            func = self._functions.take(func_id, _UNKNOWN)
-            if func is _UNKNOWN:
+            func = self._functions.take(func_id)
+            if func is p.ABSENT:
                 raise p.ProtocolError(f"the broker referred to function {func_id}, unknown here")
         if type(func) is _Broken:
             raise func
@@ -331,9 +331,6 @@ def _is_awaitable(value: Any) -> bool:
 
 class _Broken(Exception):
     """Stands for a function that could not be unpickled."""
-
-
-_UNKNOWN = object()
 
 
 async def _awaited(value: Any) -> Any:
