@@ -104,6 +104,9 @@ class Runtime:
     def __init__(self, options: Options, functions: FunctionCache, next_task_id: Any):
         self.options = options
         self.functions = functions
+        #: the process that made the runtime: the only one that may use it
+        self.pid = os.getpid()
+        self._fork_generation = _fork_generation
         self._next_task_id = next_task_id
         self.loop = new_event_loop()
         self.closing = False
@@ -143,6 +146,12 @@ class Runtime:
     @property
     def thread(self) -> threading.Thread:
         return self._thread
+
+    @property
+    def inherited(self) -> bool:
+        """True in a forked child: the runtime is its parent's (a pid check
+        would cost a system call on every submit; this compares two ints)."""
+        return self._fork_generation != _fork_generation
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -426,8 +435,11 @@ class Runtime:
 
         ``drain``: let every submitted task finish first, for at most
         ``timeout`` seconds. ``wait``: return only when every worker has
-        exited (not possible on the pool loop itself).
+        exited (not possible on the pool loop itself). In a forked child it
+        does nothing: the workers are the parent's.
         """
+        if self.inherited:
+            return None
         done = None
         if not self.closing:
             try:
@@ -536,9 +548,18 @@ _NO_SINK = _NoSink()
 
 def shutdown_runtime(runtime: Runtime) -> None:
     """Finalizer of a pool: stop its workers without waiting for its tasks."""
-    if os.getpid() != _RUNTIME_PID:
-        return  # a forked child must not touch its parent's pool
     runtime.close(wait=True, cancel_futures=True, drain=False)
 
 
-_RUNTIME_PID = os.getpid()
+#: Bumped in every forked child: a runtime made before the fork belongs to
+#: an ancestor process. Its pool loop thread did not survive the fork, and its
+#: sockets and workers are the ancestor's to use and to stop.
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

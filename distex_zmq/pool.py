@@ -240,6 +240,12 @@ class Pool(concurrent.futures.Executor):
             runtime = self._start()
         if runtime.error is not None:
             raise runtime.error
+        if runtime.inherited:
+            raise PoolClosedError(
+                f"this pool belongs to process {runtime.pid}; this process "
+                f"(pid {os.getpid()}) is a fork of it, where the pool's workers and "
+                "threads do not exist. Create a new Pool in the child"
+            )
         return runtime
 
     async def create(self) -> Pool:
@@ -275,6 +281,7 @@ class Pool(concurrent.futures.Executor):
         return (
             runtime is not None
             and not self._is_shutdown
+            and not runtime.inherited
             and runtime.started.done()
             and runtime.started.exception() is None
         )
@@ -310,7 +317,7 @@ class Pool(concurrent.futures.Executor):
     ) -> None:
         """Async version of ``shutdown``."""
         runtime = self._mark_shutdown()
-        if runtime is None:
+        if runtime is None or runtime.inherited:
             return
         runtime.close(wait=False, cancel_futures=cancel_futures, timeout=timeout)
         if wait:

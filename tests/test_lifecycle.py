@@ -260,6 +260,98 @@ def test_pool_open_at_interpreter_exit_stops_its_workers(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+def _run_script(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(source))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # a session of its own: a hung forked child is killed with the script
+    with subprocess.Popen(
+        [sys.executable, str(path), str(ROOT)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def test_a_forked_child_cannot_use_its_parents_pool(tmp_path):
+    # the child has none of the pool's threads: it used to wait forever
+    proc = _run_script(
+        tmp_path,
+        """
+        import os, sys
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool, PoolClosedError
+        from tests import tasks
+
+        pool = Pool(2)
+        pids = sorted(pool.run_on_all(tasks.pid))
+        child = os.fork()
+        if child == 0:
+            for use in (lambda: pool.run(tasks.square, 2), lambda: list(pool.map(abs, [1]))):
+                try:
+                    use()
+                    print("CHILD RAN A TASK", flush=True)
+                except PoolClosedError as e:
+                    print("CHILD REFUSED:", e, flush=True)
+            print("CHILD READY", pool.is_ready(), flush=True)
+            pool.shutdown()  # must neither wait nor touch the parent's workers
+            print("CHILD DONE", flush=True)
+            sys.exit(0)  # a normal exit: finalizers and atexit hooks run
+        _, status = os.waitpid(child, 0)
+        print("CHILD EXIT", os.waitstatus_to_exitcode(status), flush=True)
+        print("PARENT", pool.run(tasks.square, 3), sorted(pool.run_on_all(tasks.pid)) == pids)
+        pool.shutdown()
+        """,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    refusals = [line for line in lines if line.startswith("CHILD REFUSED:")]
+    assert len(refusals) == 2, proc.stdout
+    assert "is a fork of it" in refusals[0] and "Create a new Pool in the child" in refusals[0]
+    assert "CHILD READY False" in lines
+    assert lines[-3:] == ["CHILD DONE", "CHILD EXIT 0", "PARENT 9 True"], proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_pool_made_in_a_forked_child_is_shut_down_at_its_exit(tmp_path):
+    # the finalizer once compared pids with the process that imported distex_zmq,
+    # so a pool made in a forked child was never shut down by it
+    proc = _run_script(
+        tmp_path,
+        """
+        import glob, os, sys, tempfile
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool
+        from tests import tasks
+        from tests.helpers import pid_alive, wait_until
+
+        child = os.fork()
+        if child == 0:
+            pool = Pool(1)
+            print("WORKER", pool.run(tasks.pid), flush=True)
+            sys.exit(0)  # with the pool open
+        os.waitpid(child, 0)
+        pattern = os.path.join(tempfile.gettempdir(), f"distex_zmq-{child}-*")
+        print("IPC DIRS LEFT", len(glob.glob(pattern)), flush=True)
+        """,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    worker = int(lines[0].split()[1])
+    assert lines[1] == "IPC DIRS LEFT 0", proc.stdout + proc.stderr
+    assert wait_until(lambda: not pid_alive(worker), timeout=10)
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_workers_ignore_sigint(pool):
     pids = pool.run_on_all(tasks.pid)
     for pid in pids:

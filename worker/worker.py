@@ -178,8 +178,7 @@ class Worker:
             args = loads(data, buffers, self._data_loads)
         except BaseException as e:  # noqa: BLE001 - any unpickling error fails the task
             error = SerializationError(
-                f"worker pid {os.getpid()} on {socket.gethostname()} could not unpickle "
-                f"task {task_id}: {type(e).__name__}: {e}"
+                f"{self._where()} could not unpickle task {task_id}: {type(e).__name__}: {e}"
             )
             self._add_result(task_id, p.STATUS_ERROR, RemoteException(error), started)
             return
@@ -298,13 +297,21 @@ class Worker:
             what = "its exception"
             if isinstance(value, RemoteException):
                 # keep the remote traceback, lose only the exception object
-                text = f"{type(value.exc).__name__}: {value.exc}"
+                text = (
+                    f"task {task_id} raised {type(value.exc).__name__}: {value.exc}; on "
+                    f"{self._where()} the exception could not be pickled "
+                    f"({type(e).__name__}: {e}), so its traceback is the cause"
+                )
                 return dumps(RemoteException(SerializationError(text), value.tb))
         error = SerializationError(
-            f"task {task_id} ran on worker pid {os.getpid()} on {socket.gethostname()} "
-            f"but {what} could not be pickled: {type(e).__name__}: {e}"
+            f"task {task_id} ran on {self._where()} but {what} could not be pickled: "
+            f"{type(e).__name__}: {e}"
         )
         return dumps(RemoteException(error))
+
+    @staticmethod
+    def _where() -> str:
+        return f"worker pid {os.getpid()} on {socket.gethostname()}"
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
