@@ -222,6 +222,14 @@ class Pool(concurrent.futures.Executor):
         state = "shut down" if self._is_shutdown else "ready" if self.is_ready() else "starting"
         return f"<Pool {self._options.total_workers} workers, {state}>"
 
+    def __reduce__(self) -> Any:
+        # pickle would fail anyway, deep inside, with a message about a socket
+        raise TypeError(
+            "a Pool cannot be pickled: its workers, threads and sockets belong to the "
+            "process that made it, so a task cannot use the pool that runs it. Give the "
+            "task the data it needs, or run the follow-up work from the caller"
+        )
+
     # life cycle
 
     def _start(self) -> Runtime:

@@ -133,6 +133,15 @@ class ItemError:
         return ItemError, (self.error,)
 
 
+def _checked_callable(func: Any) -> Any:
+    """Return ``func``; raise here, not in a worker, if it cannot be called."""
+    if not callable(func):
+        raise TypeError(
+            f"{func!r} is not callable: pass the function to run first, then its arguments"
+        )
+    return func
+
+
 class FunctionCache:
     """Client side: pickle each function once per pool and give it an id.
 
@@ -162,10 +171,10 @@ class FunctionCache:
         try:
             entry: tuple[int, bytes] | None = self._by_func.get(func)
         except TypeError:  # unhashable callable
-            return 0, self._dumps(func, protocol=PROTOCOL)
+            return 0, self._dumps(_checked_callable(func), protocol=PROTOCOL)
         if entry is not None:
             return entry
-        pickled = self._dumps(func, protocol=PROTOCOL)
+        pickled = self._dumps(_checked_callable(func), protocol=PROTOCOL)
         with self._lock:
             entry = self._by_func.get(func)
             if entry is None:

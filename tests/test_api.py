@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import functools
 import itertools
@@ -65,6 +66,25 @@ def test_submit_futures_wait_like_any_concurrent_future(pool):
     assert results == ["slow"] * 4
     assert called.wait(5)
     assert slow.exception(timeout=0) is None
+
+
+def test_a_function_that_is_not_callable_is_refused_in_the_caller(pool):
+    calls = [
+        lambda: pool.submit(42),
+        lambda: pool.run("square", 3),
+        lambda: list(pool.map(None, [1, 2])),
+        lambda: pool.run_on_all(3.5),
+        lambda: asyncio.run(pool.run_async(42)),
+        lambda: asyncio.run(_consume(pool.map_async([], [1]))),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match="is not callable: pass the function to run first"):
+            call()
+    assert pool.run(tasks.square, 3) == 9
+
+
+async def _consume(results):
+    return [r async for r in results]
 
 
 def test_star_and_zip_match_starmap(pool):

@@ -64,6 +64,32 @@ def test_lambda_with_plain_pickle_fails_in_the_caller():
         assert pool.run(tasks.square, 3) == 9
 
 
+def test_a_function_the_worker_cannot_import_fails_with_what_to_do(tmp_path, monkeypatch):
+    with Pool(1, func_pickle=PickleType.pickle) as pool:
+        pool.run(tasks.square, 1)  # started: the workers' sys.path is fixed now
+        (tmp_path / "client_only.py").write_text("def triple(x):\n    return 3 * x\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        import client_only
+
+        for _ in range(2):  # the second time the worker knows the function is broken
+            with pytest.raises(SerializationError) as info:
+                pool.run(client_only.triple, 1)
+            text = str(info.value)
+            assert "could not unpickle" in text and "client_only" in text
+            assert "must be importable where the worker runs" in text
+        assert pool.run(tasks.square, 3) == 9
+
+
+def test_a_pool_cannot_be_pickled_nor_used_by_its_own_tasks(shared_pool):
+    with pytest.raises(TypeError, match="a Pool cannot be pickled"):
+        pickle.dumps(shared_pool)
+    pool = shared_pool
+    # dill (the default func_pickle) takes the globals and closure cells along
+    with pytest.raises(TypeError, match="a task cannot use the pool that runs it"):
+        pool.submit(lambda: pool.total_workers())
+    assert shared_pool.run(tasks.square, 2) == 4
+
+
 @pytest.mark.parametrize("data_pickle", [PickleType.cloudpickle, PickleType.dill])
 def test_lambda_as_data(data_pickle):
     with Pool(1, data_pickle=data_pickle) as pool:

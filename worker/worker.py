@@ -206,8 +206,11 @@ class Worker:
             try:
                 func = self._func_loads(func_pickle)
             except BaseException as e:  # noqa: BLE001
+                why = f"its function could not be unpickled: {type(e).__name__}: {e}"
+                if isinstance(e, (AttributeError, ImportError)):
+                    why += _NOT_IMPORTABLE
                 # remembered, so that later tasks of this function fail alike
-                func = _Broken(f"its function could not be unpickled: {type(e).__name__}: {e}")
+                func = _Broken(why)
             if func_id != p.INLINE_FUNC:
                 self._functions.add(func_id, func, len(func_pickle))
         else:
@@ -334,6 +337,14 @@ def _is_awaitable(value: Any) -> bool:
     if hasattr(value, "__await__"):
         return True
     return isinstance(value, types.GeneratorType) and inspect.isawaitable(value)
+
+
+#: Why a function may not unpickle in a worker, and what to do.
+_NOT_IMPORTABLE = (
+    ". A pickle refers to functions, classes and modules by name, so they must be "
+    "importable where the worker runs; functions of __main__ are not, unless the pool "
+    "sends them by value (func_pickle=PickleType.dill, the default, or cloudpickle)"
+)
 
 
 class _Broken(Exception):
