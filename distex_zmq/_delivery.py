@@ -75,11 +75,32 @@ class _LeanCondition(threading.Condition):
         return self._lock._is_owned()  # type: ignore[attr-defined]
 
 
+#: Set on the pool loop threads. Results reach their futures there, so a
+#: wait there for a result (in a future's done callback, say) would not end.
+_pool_loop = threading.local()
+
+
+def mark_pool_loop() -> None:
+    """Mark the calling thread as a pool loop (see ``refuse_wait_on_pool_loop``)."""
+    _pool_loop.active = True
+
+
+def refuse_wait_on_pool_loop(what: str) -> None:
+    """Raise ``RuntimeError`` on a pool loop thread, where ``what`` would hang."""
+    if getattr(_pool_loop, "active", False):
+        raise RuntimeError(
+            f"{what} would wait forever: this is the pool's own thread, which delivers "
+            "the results (done callbacks of the pool's futures run on it). In a callback, "
+            "submit() and add another callback, or hand the work to another thread"
+        )
+
+
 class TaskFuture(concurrent.futures.Future[Any]):
     """The future of ``Pool.submit``: cancelling it cancels its task.
 
     A task that has not started is dropped; the result of one that has is
-    discarded when it arrives.
+    discarded when it arrives. Waiting for it on the pool loop (in a done
+    callback) raises ``RuntimeError`` instead of hanging the pool.
     """
 
     _task: Task | None = None
@@ -87,6 +108,16 @@ class TaskFuture(concurrent.futures.Future[Any]):
     def __init__(self) -> None:
         super().__init__()
         self._condition = _LeanCondition()
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self.done():
+            refuse_wait_on_pool_loop("waiting for the result of a task")
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self.done():
+            refuse_wait_on_pool_loop("waiting for the result of a task")
+        return super().exception(timeout)
 
     def cancel(self) -> bool:
         cancelled = super().cancel()

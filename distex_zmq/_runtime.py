@@ -34,6 +34,7 @@ from typing import Any
 import zmq
 
 from distex_zmq import protocol as p
+from distex_zmq._delivery import mark_pool_loop
 from distex_zmq.broker import Broker, Task, WorkerRecord
 from distex_zmq.broker.broker import INIT_TAG, STATUS_LOCAL_ERROR
 from distex_zmq.broker.task import callable_name
@@ -154,6 +155,7 @@ class Runtime:
         return self._fork_generation != _fork_generation
 
     def _run_loop(self) -> None:
+        mark_pool_loop()
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_forever()

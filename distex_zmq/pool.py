@@ -24,7 +24,13 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mappin
 from typing import Any
 
 from distex_zmq import protocol as p
-from distex_zmq._delivery import AsyncFutureSink, FutureSink, LoopPort, TaskFuture
+from distex_zmq._delivery import (
+    AsyncFutureSink,
+    FutureSink,
+    LoopPort,
+    TaskFuture,
+    refuse_wait_on_pool_loop,
+)
 from distex_zmq._mapping import check_map_args, map_async, map_sync
 from distex_zmq._runtime import Options, Runtime, shutdown_runtime
 from distex_zmq.broker import Task
@@ -435,6 +441,7 @@ class Pool(concurrent.futures.Executor):
         that raised raises here when iteration reaches it.
         """
         check_map_args(iterables, chunksize)
+        refuse_wait_on_pool_loop("Pool.map")
         self._live_runtime()
         return map_sync(self, func, iterables, timeout, chunksize, ordered, star)
 
@@ -466,6 +473,7 @@ class Pool(concurrent.futures.Executor):
 
         Raises the first error if it fails on any worker.
         """
+        refuse_wait_on_pool_loop("Pool.run_on_all")
         futures = self._run_on_all(func, args, kwargs).result()
         return [f.result() for f in futures]
 

@@ -87,6 +87,36 @@ async def _consume(results):
     return [r async for r in results]
 
 
+def test_waiting_in_a_done_callback_raises_instead_of_hanging_the_pool(pool):
+    # done callbacks run on the pool loop, which delivers the results
+    pending = pool.submit(tasks.sleep_return, 0.5, "late")
+    errors: list[BaseException] = []
+    done = threading.Event()
+    waits = [
+        lambda: pool.run(tasks.square, 2),
+        lambda: list(pool.map(tasks.square, [1, 2])),
+        lambda: pool.run_on_all(tasks.pid),
+        pending.result,
+        pending.exception,
+    ]
+
+    def callback(_):
+        for wait in waits:
+            try:
+                wait()
+            except RuntimeError as e:
+                errors.append(e)
+        done.set()
+
+    pool.submit(tasks.square, 1).add_done_callback(callback)
+    assert done.wait(10), "a wait in the callback hung the pool loop"
+    assert len(errors) == len(waits)
+    assert all("would wait forever: this is the pool's own thread" in str(e) for e in errors)
+    # the pool goes on, and so does the pending task
+    assert pool.run(tasks.square, 3) == 9
+    assert pending.result(timeout=10) == "late"
+
+
 def test_star_and_zip_match_starmap(pool):
     a, b = list(range(40)), list(range(100, 137))
     pairs = list(zip(a, b, strict=False))
