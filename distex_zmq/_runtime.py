@@ -463,7 +463,12 @@ class Runtime:
             return
         broker = self.broker
         if cancel_futures:
-            broker.fail_all(lambda task: concurrent.futures.CancelledError())
+            broker.fail_all(
+                lambda task: concurrent.futures.CancelledError(
+                    f"the pool was shut down with cancel_futures=True before {task.describe()} "
+                    "started"
+                )
+            )
         if drain:
             drained: asyncio.Future[None] = self.loop.create_future()
 

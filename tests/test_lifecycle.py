@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -69,6 +70,30 @@ def test_shutdown_with_cancel_futures_marks_futures_cancelled():
     assert not running.cancelled()
     # as concurrent.futures.Executor.shutdown(cancel_futures=True) does
     assert [f.cancelled() for f in queued] == [True] * 4
+
+
+def test_shutdown_with_cancel_futures_ends_a_map_in_another_thread():
+    pool = Pool(1, qsize=1)
+    pool.run_on_all(int, 0)
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def consume():
+        try:
+            results.extend(pool.map(tasks.sleep_return, [0.2] * 50, [1] * 50))
+        except concurrent.futures.CancelledError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    time.sleep(0.3)
+    pool.shutdown(cancel_futures=True)
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert len(results) < 50
+    assert len(errors) == 1
+    assert "shut down with cancel_futures=True before task" in str(errors[0])
+    assert "input #" in str(errors[0])
 
 
 def test_shutdown_without_cancel_futures_runs_everything(tmp_path):
