@@ -50,8 +50,10 @@ MAX_READS_PER_WAKEUP = 256
 # credit, up to GROUP_TIME_US of work and MAX_GROUP tasks. It happens only
 # when more tasks wait than the workers have credits, and spares a round trip
 # per task: with qsize=2, 20,000 tiny tasks submitted at once otherwise cost
-# 10,000 round trips.
-GROUP_BELOW_US = 1000
+# 10,000 round trips. Run times are a guess from the past: a worker that finds
+# a grouped task slow gives back the later ones of its function (they go back
+# to the head of the queue) instead of running them one after the other.
+GROUP_BELOW_US = p.GROUP_BELOW_US
 GROUP_TIME_US = 2000
 MAX_GROUP = 256
 #: Functions whose run times the broker keeps (it forgets them all beyond).
@@ -319,7 +321,7 @@ class Broker:
         known = rec.known_funcs
         pack = p.TASK_ENTRY.pack
         for task in tasks:
-            flags = task.flags
+            flags = task.flags if task.group is None else task.flags | p.FLAG_GROUPED
             func_len = 0
             if not known.use(task.func_id):
                 flags |= p.FLAG_FUNC
@@ -431,6 +433,7 @@ class Broker:
     ) -> None:
         sinks: set[ResultSink] = set()
         running = rec.running
+        returned: list[Task] = []
         reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
         for task_id, status, elapsed, data_len, nbuffers in p.result_entries(buf, count):
             data, buffers = reader.data(data_len, nbuffers)
@@ -448,6 +451,12 @@ class Broker:
                 group[0] -= 1
                 if not group[0]:
                     rec.used -= 1
+            if status == p.STATUS_RETURNED:
+                if task.cancelled:
+                    self._finish(task)
+                else:
+                    returned.append(task)
+                continue
             if task.may_group and task.func_id != p.INLINE_FUNC:
                 self._note_run_time(task.func_id, elapsed)
             self._finish(task)
@@ -460,6 +469,9 @@ class Broker:
             if not task.cancelled:
                 task.sink.deliver(task, status, value)
                 sinks.add(task.sink)
+        if returned:
+            # given back unrun, ahead of everything that came later
+            self._queue.extendleft(reversed(returned))
         if not running:
             rec.exclusive = False
         elif self.task_timeout is not None:

@@ -32,7 +32,7 @@ from distex_zmq.broker.task import callable_name
 from distex_zmq.serialization import ItemError, dumps
 
 #: Inputs that run at least this long (seconds) are never grouped.
-GROUP_BELOW = 0.001
+GROUP_BELOW = p.GROUP_BELOW_US / 1e6
 #: Seconds of work an adaptive chunk aims at.
 BATCH_TIME = 0.002
 #: The largest adaptive chunk.

@@ -19,6 +19,7 @@ worker -> broker:
 - ``RESULT`` one ``RESULT_ENTRY`` per result: how long the task ran, the
   pickled value (inline or the next frame), then its out-of-band buffers. A
   chunk's value is a list with an ``ItemError`` for each input that raised.
+  ``STATUS_RETURNED`` (no value) gives back a task the worker did not run.
 - ``BYE`` the worker is leaving.
 
 broker -> worker:
@@ -26,7 +27,10 @@ broker -> worker:
 - ``TASK`` one ``TASK_ENTRY`` per task: the pickled function inline if
   ``FLAG_FUNC`` (when the worker does not hold it: the first time it meets
   it, or after it dropped it, see ``RecentFunctions``), the pickled
-  arguments (inline or the next frame), their buffers.
+  arguments (inline or the next frame), their buffers. ``FLAG_GROUPED``
+  marks tiny tasks that share a credit: once one of them runs
+  ``GROUP_BELOW_US`` or longer, the worker gives back the later ones of the
+  same function in the message, so that they can run elsewhere.
 - ``STOP`` finish what runs, then exit.
 - ``REFUSE`` body = the reason, UTF-8; the worker exits with it.
 """
@@ -41,7 +45,7 @@ from typing import Any
 from .errors import ProtocolError
 
 MAGIC = b"DZMQ"
-VERSION = 1
+VERSION = 2
 
 HELLO = b"H"
 RESULT = b"R"
@@ -69,10 +73,17 @@ FLAG_STAR = 1  # call func(*args) instead of func(args)
 FLAG_KWARGS = 2  # the payload is (args, kwargs)
 FLAG_CHUNK = 4  # the payload is a sequence of inputs; the result a list
 FLAG_FUNC = 8  # the pickled function is inline before the data
+FLAG_GROUPED = 16  # one of a group of tiny tasks that share a credit
 
 # result status
 STATUS_OK = 0
 STATUS_ERROR = 1  # a pickled exception (a RemoteException reduction)
+STATUS_RETURNED = 2  # not run: the worker gives the task back (no value)
+
+#: Tasks that ran this long (microseconds) are not tiny: the broker groups a
+#: function's tasks only while its recent ones ran shorter, and a worker gives
+#: back the rest of a group after one that did not.
+GROUP_BELOW_US = 1000
 
 #: Function id that means "the function travels with this task, uncached".
 INLINE_FUNC = 0

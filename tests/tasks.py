@@ -270,3 +270,9 @@ def worker_function_count() -> int:
 
     (worker,) = [o for o in gc.get_objects() if isinstance(o, Worker)]
     return len(worker._functions)
+
+
+def nap_pid(delay: float) -> int:
+    """Sleep ``delay`` seconds; return the worker's pid."""
+    time.sleep(delay)
+    return os.getpid()

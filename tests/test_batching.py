@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections.abc import Callable
 
 import pytest
@@ -151,3 +152,23 @@ def test_grouped_tasks_are_cancelled_one_by_one(pool):
     assert grouped_tasks(pool) > 1000
     # the workers and their credits are all there for what comes next
     assert pool.run_on_all(tasks.square, 3) == [9, 9]
+
+
+def test_a_group_that_turns_out_slow_is_given_back_and_spread(pool):
+    # the broker groups a function's tasks from its past run times; tasks
+    # that turn out slow are given back after the first, and run on any
+    # free worker instead of one after the other on one
+    warm_up = [pool.submit(tasks.nap_pid, 0) for _ in range(200)]
+    concurrent.futures.wait(warm_up, timeout=30)  # known as tiny now
+    pids = set(pool.run_on_all(tasks.pid))
+    blockers = [pool.submit(tasks.sleep_return, 0.3) for _ in range(4)]  # every credit
+    time.sleep(0.1)
+    before = grouped_tasks(pool)
+    # queued behind the blockers: grouped when they finish, and the first
+    # group holds the slow ones
+    futures = [pool.submit(tasks.nap_pid, 0.05 if i < 4 else 0) for i in range(60)]
+    concurrent.futures.wait(blockers + futures, timeout=30)
+    assert grouped_tasks(pool) - before >= 30, "the test needs the tasks grouped"
+    slow = [f.result(timeout=0) for f in futures[:4]]
+    assert set(slow) == pids, "the slow tasks all ran on one worker"
+    assert all(f.result(timeout=0) in pids for f in futures[4:])

@@ -10,7 +10,10 @@
 The worker grants the broker ``credits`` when it says hello; the broker never
 sends more tasks than that, so the worker keeps no queue of its own. Results
 of a batch of tasks travel back in one message, unless the batch runs longer
-than ``FLUSH_AFTER`` seconds, when what is done is sent at once.
+than ``FLUSH_AFTER`` seconds, when what is done is sent at once. Tiny tasks
+that share a credit (``FLAG_GROUPED``) were guessed tiny from their
+function's past: once one of them runs ``GROUPED_TASK_LIMIT`` or longer, the
+later ones of that function are given back unrun.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from distex_zmq.version import __version__
 PARENT_CHECK_INTERVAL = 1.0
 #: A batch of results waits no longer than this for the rest of its batch.
 FLUSH_AFTER = 0.001
+#: Seconds a task of a group (tiny tasks sharing a credit) may run before
+#: the later ones of its function in the message are given back.
+GROUPED_TASK_LIMIT = p.GROUP_BELOW_US / 1e6
 
 _logger = logging.getLogger("distex_zmq.worker")
 
@@ -155,11 +161,22 @@ class Worker:
     def _run_tasks(self, buf: memoryview, count: int, frames: list[Any]) -> None:
         start = time.perf_counter()
         reader = p.Reader(buf, p.body(buf, count, p.TASK_ENTRY), frames)
+        #: a function whose grouped task was not tiny after all
+        slow_func = -1
         for task_id, func_id, flags, func_len, data_len, nbuffers in p.task_entries(buf, count):
             func_pickle = reader.inline(func_len) if flags & p.FLAG_FUNC else None
             data, buffers = reader.data(data_len, nbuffers)
+            if func_id == slow_func and flags & p.FLAG_GROUPED and func_pickle is None:
+                # give it back rather than run the group one slow task after
+                # the other: another worker may be free
+                self._give_back(task_id)
+                continue
+            began = time.perf_counter()
             self._run_task(task_id, func_id, flags, func_pickle, data, buffers)
-            if self._results and time.perf_counter() - start > FLUSH_AFTER:
+            now = time.perf_counter()
+            if flags & p.FLAG_GROUPED and now - began >= GROUPED_TASK_LIMIT:
+                slow_func = func_id
+            if self._results and now - start > FLUSH_AFTER:
                 self._flush()
                 start = time.perf_counter()
 
@@ -290,6 +307,9 @@ class Worker:
         results = self._results
         size = results.body(data, buffers)
         results.entries.append(p.RESULT_ENTRY.pack(task_id, status, elapsed, size, len(buffers)))
+
+    def _give_back(self, task_id: int) -> None:
+        self._results.entries.append(p.RESULT_ENTRY.pack(task_id, p.STATUS_RETURNED, 0, 0, 0))
 
     def _unpicklable(
         self, task_id: int, status: int, value: Any, e: BaseException
