@@ -148,6 +148,9 @@ class Pool(concurrent.futures.Executor):
     ):
         if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
             raise ValueError(f"num_workers must be an integer >= 0 or None, not {num_workers!r}")
+        if not isinstance(localport, int) or not 0 <= localport < 65536:
+            # libzmq would take it modulo 65536 and listen on another port
+            raise ValueError(f"localport must be from 0 (any) to 65535, not {localport!r}")
         if not isinstance(qsize, int) or qsize < 1:
             raise ValueError(f"qsize must be an integer >= 1, not {qsize!r}")
         if not isinstance(max_retries, int) or max_retries < 0:

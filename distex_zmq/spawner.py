@@ -307,6 +307,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.max_workers < 1:
         parser.error("--max-workers must be at least 1")
+    if not 0 < args.port < 65536:
+        # libzmq would take the port modulo 65536 and listen elsewhere
+        parser.error(f"--port must be from 1 to 65535, not {args.port}")
     return args
 
 

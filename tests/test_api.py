@@ -334,6 +334,8 @@ def test_is_ready_and_total_workers(pool):
         ({"worker_loop": 99}, ValueError),
         ({"func_pickle": 7}, ValueError),
         ({"data_pickle": 7}, ValueError),
+        ({"localport": 99999}, ValueError),  # libzmq would listen on 99999 % 65536
+        ({"localport": -1}, ValueError),
     ],
 )
 def test_bad_constructor_arguments_raise_at_once(kwargs, error):
@@ -341,6 +343,15 @@ def test_bad_constructor_arguments_raise_at_once(kwargs, error):
     with pytest.raises(error):
         Pool(**{"num_workers": 1, **kwargs})
     assert child_pids() == before
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-5"])
+def test_spawner_refuses_a_port_out_of_range(port):
+    # libzmq takes a port modulo 65536: 99999 would listen on 34463
+    cmd = [sys.executable, "-m", "distex_zmq.spawner", "--port", port]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "--port must be from 1 to 65535" in result.stderr
 
 
 def test_pool_on_a_loopback_spawner():
