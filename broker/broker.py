@@ -341,7 +341,7 @@ class Broker:
             send_frames(self._sock, [rec.identity, *frames])
         except zmq.ZMQError as e:
             # the worker's connection is gone; its supervisor will report how
-            _logger.warning("could not send to %s: %s", rec, e)
+            _logger.warning("could not send to %s, whose connection is gone (%s)", rec, e)
             self.worker_lost(rec, f"its connection failed ({e})")
 
     def _read_soon_if_pending(self) -> None:
@@ -562,6 +562,16 @@ class Broker:
         rec.pinned.clear()
         self._pinned_to.pop(rec, None)
         self._queue.extendleft(reversed(requeue))
+        failed = len(tasks) - len(requeue)
+        _logger.log(
+            logging.DEBUG if blameless else logging.WARNING,
+            "%s was lost: %s; %s",
+            rec,
+            how,
+            f"of its tasks, {len(requeue)} will run again and {failed} failed"
+            if tasks
+            else "it was running no task",
+        )
         self.dispatch()
         _flush_now(sinks)
 

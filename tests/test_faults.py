@@ -10,6 +10,7 @@ it must still compute correct results afterwards.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import re
 import signal
@@ -144,7 +145,8 @@ def test_crash_matrix(case: Any, exception: type[BaseException], pattern: str) -
 
 
 @pytest.mark.timeout(60)
-def test_worker_killed_mid_map_loses_nothing(pool: Pool) -> None:
+def test_worker_killed_mid_map_loses_nothing(pool: Pool, caplog: Any) -> None:
+    caplog.set_level(logging.WARNING, logger="distex_zmq")
     old_pids = set(pool.run_on_all(ft.pid))
     victim = min(old_pids)
 
@@ -162,6 +164,10 @@ def test_worker_killed_mid_map_loses_nothing(pool: Pool) -> None:
     new_pids = set(pool.run_on_all(ft.pid))
     assert victim not in new_pids
     assert len(new_pids) == 2
+    # and the user is told, on the logger's default level
+    lost = [r.getMessage() for r in caplog.records if f"pid {victim} " in r.getMessage()]
+    assert len(lost) == 1 and lost[0].startswith(f"worker pid {victim} on ")
+    assert "was lost: " in lost[0] and "will run again and 0 failed" in lost[0]
 
 
 @pytest.mark.timeout(60)
