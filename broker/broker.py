@@ -90,7 +90,9 @@ class Broker:
         self.on_ready: Callable[[WorkerRecord], None] = lambda rec: None
         self.on_init_failed: Callable[[WorkerRecord, int, Any], None] = lambda *a: None
         #: a task ran past ``task_timeout``: kill its worker, then call ``worker_lost``
-        self.on_task_timeout: Callable[[WorkerRecord, Task], None] = lambda rec, task: None
+        #: a worker ran past task_timeout: with the task to blame, or None
+        #: when it held several (the runtime kills it, then ``worker_lost``)
+        self.on_task_timeout: Callable[[WorkerRecord, Task | None], None] = lambda rec, task: None
         self._timeout_timer: asyncio.TimerHandle | None = None
         self._inbox: deque[Task] = deque()
         self._queue: deque[Task] = deque()
@@ -98,6 +100,9 @@ class Broker:
         self._pinned_to: dict[WorkerRecord, None] = {}
         #: function id -> microseconds its recent tasks ran (see ``_note_run_time``)
         self._run_times: dict[int, float] = {}
+        #: function id -> microseconds its latest task ran, any task (a
+        #: map's chunk whole): whether a task may run long (``FLAG_FLUSH_FIRST``)
+        self._last_run: dict[int, int] = {}
         #: tasks sent in groups that shared a credit, since the start
         self.grouped_tasks = 0
         self._wake_pending = False
@@ -320,8 +325,13 @@ class Broker:
         msg = p.Writer(p.TASK)
         known = rec.known_funcs
         pack = p.TASK_ENTRY.pack
+        last_run = self._last_run
         for task in tasks:
             flags = task.flags if task.group is None else task.flags | p.FLAG_GROUPED
+            took = last_run.get(task.func_id)
+            task.flush_first = took is None or took >= GROUP_BELOW_US
+            if task.flush_first:
+                flags |= p.FLAG_FLUSH_FIRST
             func_len = 0
             if not known.use(task.func_id):
                 flags |= p.FLAG_FUNC
@@ -457,8 +467,13 @@ class Broker:
                 else:
                     returned.append(task)
                 continue
-            if task.may_group and task.func_id != p.INLINE_FUNC:
-                self._note_run_time(task.func_id, elapsed)
+            if task.func_id != p.INLINE_FUNC:
+                last_run = self._last_run
+                if len(last_run) >= MAX_RUN_TIMES and task.func_id not in last_run:
+                    last_run.clear()
+                last_run[task.func_id] = elapsed
+                if task.may_group:
+                    self._note_run_time(task.func_id, elapsed)
             self._finish(task)
             if task.tag is INIT_TAG and task.pinned is rec:
                 if status == p.STATUS_OK:
@@ -590,12 +605,25 @@ class Broker:
             if not rec.running or not rec.ready:
                 continue
             if now - rec.head_since > self.task_timeout:
-                head = next(iter(rec.running.values()))
-                self.on_task_timeout(rec, head)
+                self.on_task_timeout(rec, self._running_task(rec))
             else:
                 busy = True
         if busy:
             self._watch_timeouts()
+
+    @staticmethod
+    def _running_task(rec: WorkerRecord) -> Task | None:
+        """The task ``rec`` runs now, if that is known; else None.
+
+        The oldest unanswered task runs, unless it is done and its result
+        waits in the worker while the next one runs: a worker sends the
+        results of a batch together. It does not hold them past a task sent
+        with ``FLAG_FLUSH_FIRST``, so the oldest runs if the next has the flag.
+        """
+        tasks = iter(rec.running.values())
+        oldest = next(tasks)
+        following = next(tasks, None)
+        return oldest if following is None or following.flush_first else None
 
     def fail_all(self, error_factory: Callable[[Task], BaseException]) -> None:
         """Fail every task that waits in the queue (no worker can run them)."""

@@ -46,6 +46,7 @@ class Task:
         "suspect",
         "may_group",
         "group",
+        "flush_first",
     )
 
     def __init__(
@@ -88,6 +89,9 @@ class Task:
         #: while it runs in a group: ``[tasks of the group not answered]``,
         #: shared by the group, whose credit is free when it drops to 0
         self.group: list[int] | None = None
+        #: sent with ``FLAG_FLUSH_FIRST``: its worker sent the results it held
+        #: before starting it
+        self.flush_first = False
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.name}>"

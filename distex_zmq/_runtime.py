@@ -327,7 +327,7 @@ class Runtime:
 
     # supervision
 
-    def _on_task_timeout(self, rec: WorkerRecord, task: Task) -> None:
+    def _on_task_timeout(self, rec: WorkerRecord, task: Task | None) -> None:
         self._killed.add(rec.identity)
         self._kill(rec.identity)
         how = f"killed by the pool after task_timeout={self.options.task_timeout} s"

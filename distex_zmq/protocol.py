@@ -31,6 +31,11 @@ broker -> worker:
   marks tiny tasks that share a credit: once one of them runs
   ``GROUP_BELOW_US`` or longer, the worker gives back the later ones of the
   same function in the message, so that they can run elsewhere.
+  ``FLAG_FLUSH_FIRST`` marks a task that may run long (its function is new
+  to the broker, or lately ran ``GROUP_BELOW_US`` or longer): the worker
+  sends the results it holds before starting it, so that none waits behind
+  it, and the broker knows which task runs when a worker passes
+  ``task_timeout``.
 - ``STOP`` finish what runs, then exit.
 - ``REFUSE`` body = the reason, UTF-8; the worker exits with it.
 """
@@ -74,6 +79,7 @@ FLAG_KWARGS = 2  # the payload is (args, kwargs)
 FLAG_CHUNK = 4  # the payload is a sequence of inputs; the result a list
 FLAG_FUNC = 8  # the pickled function is inline before the data
 FLAG_GROUPED = 16  # one of a group of tiny tasks that share a credit
+FLAG_FLUSH_FIRST = 32  # send the results done so far before starting this task
 
 # result status
 STATUS_OK = 0

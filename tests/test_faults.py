@@ -281,6 +281,40 @@ def test_task_timeout_kills_and_replaces_only_that_worker() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_task_timeout_blames_the_slow_task_not_a_finished_neighbour() -> None:
+    with Pool(1, qsize=3, task_timeout=1.0) as pool:
+        for _ in range(2):
+            pool.submit(ft.sleep_then, 0, None).result(timeout=10)  # known as tiny
+        blocker = pool.submit(time.sleep, 0.3)
+        time.sleep(0.1)
+        # while the blocker runs these two wait at the worker; it then runs
+        # them in one go and holds the results of the blocker and the quick
+        # one while the slow one runs: tasks of a tiny function do not make
+        # it send first
+        quick = pool.submit(ft.sleep_then, 0.0, "quick")
+        slow = pool.submit(ft.sleep_then, 30, "never")
+        assert blocker.result(timeout=20) is None
+        assert quick.result(timeout=20) == "quick"
+        with pytest.raises(TaskTimeoutError, match="not retried"):
+            slow.result(timeout=20)
+
+
+@pytest.mark.timeout(60)
+def test_a_result_is_not_held_back_behind_a_task_that_may_run_long() -> None:
+    with Pool(1, qsize=3) as pool:
+        pool.submit(ft.square, 1).result(timeout=10)  # known as tiny
+        blocker = pool.submit(time.sleep, 0.3)
+        time.sleep(0.1)
+        # these wait at the worker until the blocker ends; the slow one's
+        # function is new to the pool, so what is done is sent before it starts
+        quick = pool.submit(ft.square, 3)
+        slow = pool.submit(ft.sleep_then, 3, "slow")
+        assert quick.result(timeout=2) == 9
+        assert blocker.done() and not slow.done()
+        assert slow.result(timeout=20) == "slow"
+
+
+@pytest.mark.timeout(60)
 def test_long_gil_holding_task_is_not_a_death() -> None:
     with Pool(1) as pool:
         before = pool.run(ft.pid)

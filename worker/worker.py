@@ -10,7 +10,9 @@
 The worker grants the broker ``credits`` when it says hello; the broker never
 sends more tasks than that, so the worker keeps no queue of its own. Results
 of a batch of tasks travel back in one message, unless the batch runs longer
-than ``FLUSH_AFTER`` seconds, when what is done is sent at once. Tiny tasks
+than ``FLUSH_AFTER`` seconds, when what is done is sent at once, or a task
+that may run long (``FLAG_FLUSH_FIRST``) is next: what is done is sent
+before it starts. Tiny tasks
 that share a credit (``FLAG_GROUPED``) were guessed tiny from their
 function's past: once one of them runs ``GROUPED_TASK_LIMIT`` or longer, the
 later ones of that function are given back unrun.
@@ -171,6 +173,10 @@ class Worker:
                 # the other: another worker may be free
                 self._give_back(task_id)
                 continue
+            if flags & p.FLAG_FLUSH_FIRST and self._results:
+                # a task that may run long: send what is done before it starts
+                self._flush()
+                start = time.perf_counter()
             began = time.perf_counter()
             self._run_task(task_id, func_id, flags, func_pickle, data, buffers)
             now = time.perf_counter()
