@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import ipaddress
 import json
 import logging
@@ -347,7 +348,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         spawner = Spawner(loop, host, args.port, keys, args.max_workers)
     except zmq.ZMQError as e:
-        sys.exit(f"distex_zmq spawner: cannot listen on {host}:{args.port}: {e}")
+        hint = ""
+        if e.errno == errno.ENODEV:  # libzmq's word for a name it cannot resolve
+            hint = f" ({host!r} is not an address, a host name known here, or a network interface)"
+        sys.exit(f"distex_zmq spawner: cannot listen on {host}:{args.port}: {e}{hint}")
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, spawner.stop, f"got {signal.Signals(sig).name}")
     _logger.info(

@@ -354,6 +354,17 @@ def test_spawner_refuses_a_port_out_of_range(port):
     assert "--port must be from 1 to 65535" in result.stderr
 
 
+def test_spawner_on_an_unknown_host_name_says_so(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("a secret for this test only")
+    cmd = [sys.executable, "-m", "distex_zmq.spawner", "--host", "no-such-host.invalid"]
+    cmd += ["--secret-file", str(secret), "--port", "18997"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "cannot listen on no-such-host.invalid:18997" in result.stderr
+    assert "is not an address, a host name known here, or a network interface" in result.stderr
+
+
 def test_pool_on_a_loopback_spawner():
     # a spawner without a secret, on loopback: no root, no cluster needed
     with socket.socket() as probe:
