@@ -89,9 +89,8 @@ class Broker:
         self.on_hello: Callable[[WorkerRecord], Task | None] = lambda rec: None
         self.on_ready: Callable[[WorkerRecord], None] = lambda rec: None
         self.on_init_failed: Callable[[WorkerRecord, int, Any], None] = lambda *a: None
-        #: a task ran past ``task_timeout``: kill its worker, then call ``worker_lost``
-        #: a worker ran past task_timeout: with the task to blame, or None
-        #: when it held several (the runtime kills it, then ``worker_lost``)
+        #: a worker ran past ``task_timeout``: kill it, then call ``worker_lost``
+        #: with the task to blame, or None when which one runs is not known
         self.on_task_timeout: Callable[[WorkerRecord, Task | None], None] = lambda rec, task: None
         self._timeout_timer: asyncio.TimerHandle | None = None
         self._inbox: deque[Task] = deque()
@@ -443,6 +442,7 @@ class Broker:
     ) -> None:
         sinks: set[ResultSink] = set()
         running = rec.running
+        last_run = self._last_run
         returned: list[Task] = []
         reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
         for task_id, status, elapsed, data_len, nbuffers in p.result_entries(buf, count):
@@ -468,7 +468,6 @@ class Broker:
                     returned.append(task)
                 continue
             if task.func_id != p.INLINE_FUNC:
-                last_run = self._last_run
                 if len(last_run) >= MAX_RUN_TIMES and task.func_id not in last_run:
                     last_run.clear()
                 last_run[task.func_id] = elapsed

@@ -12,10 +12,10 @@ sends more tasks than that, so the worker keeps no queue of its own. Results
 of a batch of tasks travel back in one message, unless the batch runs longer
 than ``FLUSH_AFTER`` seconds, when what is done is sent at once, or a task
 that may run long (``FLAG_FLUSH_FIRST``) is next: what is done is sent
-before it starts. Tiny tasks
-that share a credit (``FLAG_GROUPED``) were guessed tiny from their
-function's past: once one of them runs ``GROUPED_TASK_LIMIT`` or longer, the
-later ones of that function are given back unrun.
+before it starts. Tiny tasks that share a credit (``FLAG_GROUPED``) were
+guessed tiny from their function's past: once one of them runs
+``GROUPED_TASK_LIMIT`` or longer, the later ones of that function are given
+back unrun.
 """
 
 from __future__ import annotations
