@@ -325,8 +325,12 @@ class Broker:
         known = rec.known_funcs
         pack = p.TASK_ENTRY.pack
         last_run = self._last_run
+        # nothing else in the pool: the caller waits for this one alone
+        lone = len(tasks) == 1 and len(self.active) == 1 and not self._inbox
         for task in tasks:
             flags = task.flags if task.group is None else task.flags | p.FLAG_GROUPED
+            if lone:
+                flags |= p.FLAG_LONE
             took = last_run.get(task.func_id)
             task.flush_first = took is None or took >= GROUP_BELOW_US
             if task.flush_first:

@@ -3,7 +3,10 @@
 Ready workers with free credits sit in buckets by the number of tasks they
 run, so that picking the least loaded worker (idle ones first) is O(1) for
 any number of workers: at most one bucket per credit is looked at. Within a
-bucket, workers take turns (dicts keep insertion order).
+bucket the worker placed last goes first (dicts keep insertion order): of
+idle workers, the one that finished last, whose caches are warm and which
+may still be polling for its next task (``FLAG_LONE``), rather than one
+that has slept longer.
 """
 
 from __future__ import annotations
@@ -122,12 +125,12 @@ class Registry:
     def idle(self) -> WorkerRecord | None:
         """A ready worker that runs nothing, if there is one."""
         if self._buckets and self._buckets[0]:
-            return next(iter(self._buckets[0]))
+            return next(reversed(self._buckets[0]))
         return None
 
     def least_loaded(self) -> WorkerRecord | None:
         """The ready worker with the fewest running tasks and a free credit."""
         for bucket in self._buckets:
             if bucket:
-                return next(iter(bucket))
+                return next(reversed(bucket))
         return None

@@ -35,7 +35,10 @@ broker -> worker:
   to the broker, or lately ran ``GROUP_BELOW_US`` or longer): the worker
   sends the results it holds before starting it, so that none waits behind
   it, and the broker knows which task runs when a worker passes
-  ``task_timeout``.
+  ``task_timeout``. ``FLAG_LONE`` marks the only task in the pool (one task
+  at a time, say): its worker polls for the next message for up to
+  ``LONE_POLL_US`` before its loop sleeps, which spares the wake-up of a
+  sleeping thread (tens of microseconds here) when the caller is quick.
 - ``STOP`` finish what runs, then exit.
 - ``REFUSE`` body = the reason, UTF-8; the worker exits with it.
 """
@@ -80,6 +83,7 @@ FLAG_CHUNK = 4  # the payload is a sequence of inputs; the result a list
 FLAG_FUNC = 8  # the pickled function is inline before the data
 FLAG_GROUPED = 16  # one of a group of tiny tasks that share a credit
 FLAG_FLUSH_FIRST = 32  # send the results done so far before starting this task
+FLAG_LONE = 64  # the pool's only task: poll for the next one a moment before sleeping
 
 # result status
 STATUS_OK = 0
@@ -90,6 +94,8 @@ STATUS_RETURNED = 2  # not run: the worker gives the task back (no value)
 #: function's tasks only while its recent ones ran shorter, and a worker gives
 #: back the rest of a group after one that did not.
 GROUP_BELOW_US = 1000
+#: How long a worker polls for the next task after running a ``FLAG_LONE`` one.
+LONE_POLL_US = 300
 
 #: Function id that means "the function travels with this task, uncached".
 INLINE_FUNC = 0

@@ -173,6 +173,13 @@ def test_workers_are_child_processes(pool):
     assert os.getpid() not in pids
 
 
+def test_one_task_at_a_time_stays_on_the_same_worker(pool):
+    # the idle worker that finished last is taken first: its caches are warm,
+    # and it polls a moment for the next task after the pool's only one
+    assert len(set(pool.run_on_all(tasks.pid))) == 2
+    assert len({pool.run(tasks.pid) for _ in range(20)}) == 1
+
+
 def test_run_on_all_hits_each_worker_exactly_once():
     before = child_pids()
     with Pool(3) as pool:

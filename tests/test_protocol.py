@@ -13,6 +13,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dill
@@ -24,6 +25,7 @@ from distex_zmq import protocol as p
 from distex_zmq.serialization import dumps, loads
 from distex_zmq.version import __version__
 from tests import tasks
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -181,12 +183,18 @@ class FakeBroker:
 
 
 def task_message(
-    task_id: int, func, args: tuple, *, send_func: bool = True, version: int = p.VERSION
+    task_id: int,
+    func,
+    args: tuple,
+    *,
+    send_func: bool = True,
+    version: int = p.VERSION,
+    flags: int = 0,
 ) -> list:
     func_pickle = dill.dumps(func, protocol=5) if send_func else b""
     data, buffers = dumps(args)
     writer = p.Writer(p.TASK)
-    flags = p.FLAG_STAR
+    flags |= p.FLAG_STAR
     if send_func:
         flags |= p.FLAG_FUNC
         writer.inline.append(func_pickle)
@@ -335,3 +343,68 @@ def test_broker_ignores_garbage(pool):
         sock.close()
         ctx.term()
     assert list(pool.map(tasks.square, range(10))) == [i * i for i in range(10)]
+
+
+def _task_entries(frames: list) -> list[tuple[int, int, int]]:
+    """``(task id, function id, flags)`` of each task in a TASK message."""
+    kind, count, buf = p.check(frames[0])
+    assert kind == p.TASK
+    return [(task_id, func_id, flags) for task_id, func_id, flags, *_ in p.task_entries(buf, count)]
+
+
+def _answer(sock: zmq.Socket, task_id: int, value: object) -> None:
+    writer = p.Writer(p.RESULT)
+    data, buffers = dumps(value)
+    size = writer.body(data, buffers)
+    writer.entries.append(p.RESULT_ENTRY.pack(task_id, p.STATUS_OK, 5, size, len(buffers)))
+    sock.send_multipart(writer.frames_out())
+
+
+def test_broker_marks_the_pools_only_task_lone():
+    # a fake worker with 2 credits beside a real one with 1; of the idle
+    # workers, the one that became ready last is taken first: the fake
+    pool = Pool(1, qsize=1)
+    try:
+        pool.run(tasks.pid)
+        runtime = pool._runtime
+        runtime.loop.call_soon_threadsafe(runtime.broker.expect, b"fake-lone")
+        time.sleep(0.1)
+        ctx, sock = fake_worker(pool, b"fake-lone")
+        try:
+            body = {**json.loads(hello_body()), "version": __version__, "credits": 2}
+            sock.send_multipart(p.hello(body))
+            assert wait_until(lambda: len(runtime.broker.registry.ready_workers()) == 2, 10)
+            alone = pool.submit(tasks.square, 5)
+            assert sock.poll(10_000), "the fake worker got no task"
+            [(alone_id, _, flags)] = _task_entries(sock.recv_multipart())
+            assert flags & p.FLAG_LONE, "the pool's only task was not marked"
+            busy = pool.submit(tasks.sleep_return, 1.0, "busy")  # the real worker: idle
+            time.sleep(0.2)
+            third = pool.submit(tasks.square, 7)  # the fake's second credit
+            assert sock.poll(10_000), "the fake worker got no second task"
+            [(third_id, _, flags)] = _task_entries(sock.recv_multipart())
+            assert not flags & p.FLAG_LONE, "a task beside others was marked lone"
+            _answer(sock, alone_id, 25)
+            _answer(sock, third_id, 49)
+            assert (alone.result(timeout=10), third.result(timeout=10)) == (25, 49)
+            assert busy.result(timeout=10) == "busy"
+        finally:
+            sock.close()
+            ctx.term()
+    finally:
+        # the fake worker answers nothing more: do not wait for it
+        pool.shutdown(cancel_futures=True, timeout=5)
+
+
+def test_worker_takes_a_task_that_comes_while_it_polls_after_a_lone_one(fake_broker):
+    identity, _ = fake_broker.recv()
+    for task_id in range(1, 6):  # each sent as soon as the last result is in
+        frames = task_message(
+            task_id, tasks.square, (task_id,), send_func=task_id == 1, flags=p.FLAG_LONE
+        )
+        fake_broker.send(identity, frames)
+        _, result = fake_broker.recv()
+        assert read_results(result) == [(task_id, p.STATUS_OK, task_id**2)]
+    fake_broker.send(identity, p.control(p.STOP))
+    code, stderr = fake_broker.close()
+    assert code == 0, stderr
