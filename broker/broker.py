@@ -44,6 +44,9 @@ STATUS_LOCAL_ERROR = 255
 
 #: Messages read per wake-up before giving other callbacks a turn.
 MAX_READS_PER_WAKEUP = 256
+#: Seconds to wait, after a send to a worker failed, for its supervisor to
+#: report how it ended, before the broker gives up on it (``_unreachable``).
+UNREACHABLE_GRACE = 0.5
 
 # Grouping: queued tasks that may be grouped (``Task.may_group``) and whose
 # function ran for less than GROUP_BELOW_US in its recent tasks share one
@@ -89,6 +92,8 @@ class Broker:
         self.on_hello: Callable[[WorkerRecord], Task | None] = lambda rec: None
         self.on_ready: Callable[[WorkerRecord], None] = lambda rec: None
         self.on_init_failed: Callable[[WorkerRecord, int, Any], None] = lambda *a: None
+        #: a worker lost its connection but not its life: kill and replace it
+        self.on_unreachable: Callable[[WorkerRecord], None] = lambda rec: None
         #: a worker ran past ``task_timeout``: kill it, then call ``worker_lost``
         #: with the task to blame, or None when which one runs is not known
         self.on_task_timeout: Callable[[WorkerRecord, Task | None], None] = lambda rec, task: None
@@ -353,9 +358,29 @@ class Broker:
         try:
             send_frames(self._sock, [rec.identity, *frames])
         except zmq.ZMQError as e:
-            # the worker's connection is gone; its supervisor will report how
-            _logger.warning("could not send to %s, whose connection is gone (%s)", rec, e)
-            self.worker_lost(rec, f"its connection failed ({e})")
+            self._unreachable(rec, f"its connection failed ({e})")
+
+    def _unreachable(self, rec: WorkerRecord, how: str) -> None:
+        """The worker's connection is gone: it gets nothing more.
+
+        If it died, its supervisor reports how in a moment (exit code or
+        signal, its last stderr lines), which says more than ``how``: that
+        report hands it to ``worker_lost``. If none comes within
+        ``UNREACHABLE_GRACE``, it lives on without a connection: it is lost
+        now, and ``on_unreachable`` has it killed and replaced.
+        """
+        if rec.unreachable:
+            return
+        rec.unreachable = True
+        self.registry.place(rec)
+        _logger.warning("could not send to %s: %s", rec, how)
+
+        def give_up() -> None:
+            if not self._closed and self.registry.get(rec.identity) is rec:
+                self.on_unreachable(rec)
+                self.worker_lost(rec, how)
+
+        self.loop.call_later(UNREACHABLE_GRACE, give_up)
 
     def _read_soon_if_pending(self) -> None:
         # the socket's FD is edge-triggered and a send can consume the edge

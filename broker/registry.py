@@ -36,6 +36,7 @@ class WorkerRecord:
         "head_since",
         "exclusive",
         "used",
+        "unreachable",
     )
 
     def __init__(self, identity: bytes, pid: int, host: str, capacity: int, info: dict[str, Any]):
@@ -60,6 +61,8 @@ class WorkerRecord:
         self.head_since = 0.0
         #: it runs a suspect task alone: it gets nothing else meanwhile
         self.exclusive = False
+        #: a send to it failed: it gets nothing more (``Broker._unreachable``)
+        self.unreachable = False
 
     @property
     def free(self) -> int:
@@ -111,7 +114,8 @@ class Registry:
     def place(self, rec: WorkerRecord) -> None:
         """Put ``rec`` in the bucket of its current load (call after a change)."""
         load = rec.used
-        bucket = load if rec.ready and load < rec.capacity and not rec.exclusive else -1
+        free = rec.ready and load < rec.capacity and not rec.exclusive and not rec.unreachable
+        bucket = load if free else -1
         if bucket == rec.bucket:
             return
         if rec.bucket >= 0:

@@ -171,6 +171,7 @@ class Runtime:
         broker.on_ready = self._on_ready
         broker.on_init_failed = self._on_init_failed
         broker.on_task_timeout = self._on_task_timeout
+        broker.on_unreachable = self._on_unreachable
         endpoint = broker.bind(f"ipc://{self._ipc_dir}/broker")
         worker_args = [
             *("--credits", str(opts.qsize)),
@@ -332,6 +333,11 @@ class Runtime:
         self._kill(rec.identity)
         how = f"killed by the pool after task_timeout={self.options.task_timeout} s"
         self.broker.worker_lost(rec, how, timed_out=task)
+
+    def _on_unreachable(self, rec: WorkerRecord) -> None:
+        # alive without a connection (no exit was reported): replace it
+        self._killed.add(rec.identity)
+        self._kill(rec.identity)
 
     def _kill(self, identity: bytes) -> None:
         launcher = self._launcher_of.get(identity)

@@ -315,6 +315,24 @@ def test_a_result_is_not_held_back_behind_a_task_that_may_run_long() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_worker_cut_off_alive_is_killed_and_replaced(tmp_path: Path) -> None:
+    marker = tmp_path / "cut"
+    with Pool(2) as pool:
+        cut = pool.submit(ft.cut_connection_once, str(marker))
+        assert wait_until(marker.exists, timeout=10)
+        time.sleep(0.1)  # the marker is written just before the cut
+        victim = int(marker.read_text())
+        # some of these go to the cut-off worker: the send fails, and no exit
+        # is reported, as it lives on; the pool kills and replaces it
+        more = [pool.submit(ft.square, i) for i in range(20)]
+        assert [f.result(timeout=20) for f in more] == [i * i for i in range(20)]
+        assert cut.result(timeout=20) == "second run"  # ran again elsewhere
+        assert wait_until(lambda: not pid_alive(victim), timeout=10)
+        assert wait_until(lambda: len(set(pool.run_on_all(ft.pid))) == 2, timeout=10)
+        assert victim not in set(pool.run_on_all(ft.pid))
+
+
+@pytest.mark.timeout(60)
 def test_long_gil_holding_task_is_not_a_death() -> None:
     with Pool(1) as pool:
         before = pool.run(ft.pid)
