@@ -395,8 +395,17 @@ class Pool(concurrent.futures.Executor):
         return future
 
     def run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run ``func(*args, **kwargs)`` in the pool and return its result."""
-        return self.submit(func, *args, **kwargs).result()
+        """Run ``func(*args, **kwargs)`` in the pool and return its result.
+
+        Interrupted while it waits (Ctrl-C), it cancels the task: one that
+        has not started never runs.
+        """
+        future = self.submit(func, *args, **kwargs)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # no-op once it is done: a task's own error, say
+            raise
 
     async def run_async(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Async version of ``run``; cancelling it cancels the task."""

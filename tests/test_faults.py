@@ -450,6 +450,38 @@ def test_sigint_during_map_interrupts_only_the_client() -> None:
         client.wait(timeout=10)
 
 
+def test_sigint_during_run_cancels_its_task_if_it_has_not_started(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    client = run_client(
+        f"""
+        from distex_zmq import Pool
+        from tests import fault_tasks as ft, tasks
+        with Pool(1, qsize=1) as pool:
+            pool.run(ft.square, 1)
+            blocker = pool.submit(ft.sleep_then, 1.0, "blocker")
+            print("ready", flush=True)
+            try:
+                pool.run(tasks.touch, {str(marker)!r})  # queued behind the blocker
+                print("run finished: no interrupt arrived", flush=True)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+            print(blocker.result(), pool.run(ft.square, 3), flush=True)
+        """
+    )
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        client.send_signal(signal.SIGINT)
+        out, err = client.communicate(timeout=30)
+        assert client.returncode == 0, err
+        assert out.split("\n")[:2] == ["interrupted", "blocker 9"], (out, err)
+        assert not marker.exists(), "the interrupted run's task ran anyway"
+    finally:
+        client.kill()
+        client.wait(timeout=10)
+
+
 def test_remote_exception_keeps_type_and_traceback(pool: Pool) -> None:
     with pytest.raises(ZeroDivisionError) as info:
         pool.run(divmod, 1, 0)
