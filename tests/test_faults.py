@@ -436,18 +436,8 @@ def test_sigint_during_map_interrupts_only_the_client() -> None:
             print(list(pool.map(ft.square, range(5))), flush=True)
         """
     )
-    try:
-        assert client.stdout is not None
-        assert client.stdout.readline().strip() == "ready"
-        time.sleep(0.5)
-        client.send_signal(signal.SIGINT)
-        out, err = client.communicate(timeout=30)
-        assert client.returncode == 0, err
-        expected = ["interrupted", "same workers", "[0, 1, 4, 9, 16]"]
-        assert out.split("\n")[:3] == expected, (out, err)
-    finally:
-        client.kill()
-        client.wait(timeout=10)
+    out = _interrupt_when_ready(client, after=0.5)
+    assert out.split("\n")[:3] == ["interrupted", "same workers", "[0, 1, 4, 9, 16]"], out
 
 
 def test_sigint_during_run_cancels_its_task_if_it_has_not_started(tmp_path: Path) -> None:
@@ -468,15 +458,22 @@ def test_sigint_during_run_cancels_its_task_if_it_has_not_started(tmp_path: Path
             print(blocker.result(), pool.run(ft.square, 3), flush=True)
         """
     )
+    out = _interrupt_when_ready(client, after=0.3)
+    assert out.split("\n")[:2] == ["interrupted", "blocker 9"], out
+    assert not marker.exists(), "the interrupted run's task ran anyway"
+
+
+def _interrupt_when_ready(client: subprocess.Popen[str], after: float) -> str:
+    """Send SIGINT ``after`` seconds past the client's "ready" line; return the
+    rest of its output once it exited, which it must do cleanly."""
     try:
         assert client.stdout is not None
         assert client.stdout.readline().strip() == "ready"
-        time.sleep(0.3)
+        time.sleep(after)
         client.send_signal(signal.SIGINT)
         out, err = client.communicate(timeout=30)
         assert client.returncode == 0, err
-        assert out.split("\n")[:2] == ["interrupted", "blocker 9"], (out, err)
-        assert not marker.exists(), "the interrupted run's task ran anyway"
+        return out
     finally:
         client.kill()
         client.wait(timeout=10)
