@@ -313,14 +313,22 @@ class Broker:
             work += max(took, 1.0)
         return group
 
-    def _note_run_time(self, func_id: int, elapsed: int) -> None:
-        """Keep how long tasks of this function run: a slow one counts at once
-        (no more grouping), fast ones lower the figure gradually."""
+    def _note_run_time(self, task: Task, elapsed: int) -> None:
+        """Keep how long tasks of ``task``'s function run: the latest of any
+        (whether the next may run long, ``FLAG_FLUSH_FIRST``) and, from tasks
+        that may be grouped, a figure that a slow one raises at once (no more
+        grouping) and fast ones lower gradually."""
+        func_id = task.func_id
+        last_run = self._last_run
+        if len(last_run) >= MAX_RUN_TIMES and func_id not in last_run:
+            last_run.clear()  # every function in _run_times is in here too
+            self._run_times.clear()
+        last_run[func_id] = elapsed
+        if not task.may_group:
+            return
         run_times = self._run_times
         old = run_times.get(func_id)
         if old is None or elapsed >= old:
-            if old is None and len(run_times) >= MAX_RUN_TIMES:
-                run_times.clear()
             run_times[func_id] = elapsed
         else:
             run_times[func_id] = 0.8 * old + 0.2 * elapsed
@@ -471,7 +479,6 @@ class Broker:
     ) -> None:
         sinks: set[ResultSink] = set()
         running = rec.running
-        last_run = self._last_run
         returned: list[Task] = []
         reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
         for task_id, status, elapsed, data_len, nbuffers in p.result_entries(buf, count):
@@ -497,11 +504,7 @@ class Broker:
                     returned.append(task)
                 continue
             if task.func_id != p.INLINE_FUNC:
-                if len(last_run) >= MAX_RUN_TIMES and task.func_id not in last_run:
-                    last_run.clear()
-                last_run[task.func_id] = elapsed
-                if task.may_group:
-                    self._note_run_time(task.func_id, elapsed)
+                self._note_run_time(task, elapsed)
             self._finish(task)
             if task.tag is INIT_TAG and task.pinned is rec:
                 if status == p.STATUS_OK:

@@ -244,47 +244,6 @@ def test_garbage_collected_pool_stops_its_workers_after_run_on_all():
     _assert_collected_pool_stops(use)
 
 
-def test_pool_open_at_interpreter_exit_stops_its_workers(tmp_path):
-    script = textwrap.dedent(
-        """
-        import atexit, os, sys
-        sys.path.insert(0, sys.argv[1])
-        from tests.helpers import pid_alive, wait_until
-
-        def check():
-            # runs after the pool's exit hook (atexit is last in, first out)
-            gone = wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=10)
-            print("WORKERS GONE" if gone else "WORKERS LEFT", flush=True)
-
-        atexit.register(check)
-        from distex_zmq import Pool
-        from tests import tasks
-        pool = Pool(2)
-        pids = pool.run_on_all(tasks.pid)
-        print("PIDS", *pids, flush=True)
-        # no shutdown: the interpreter exits with the pool open
-        """
-    )
-    path = tmp_path / "open_pool.py"
-    path.write_text(script)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, str(path), str(ROOT)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=40,
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    pids = [int(p) for p in lines[0].split()[1:]]
-    assert len(pids) == 2
-    assert "WORKERS GONE" in lines, proc.stdout + proc.stderr
-    assert not any(pid_alive(pid) for pid in pids)
-    assert "Traceback" not in proc.stderr, proc.stderr
-
-
 def _run_script(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "script.py"
     path.write_text(textwrap.dedent(source))
@@ -305,6 +264,37 @@ def _run_script(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]
             os.killpg(proc.pid, signal.SIGKILL)
             raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def test_pool_open_at_interpreter_exit_stops_its_workers(tmp_path):
+    proc = _run_script(
+        tmp_path,
+        """
+        import atexit, os, sys
+        sys.path.insert(0, sys.argv[1])
+        from tests.helpers import pid_alive, wait_until
+
+        def check():
+            # runs after the pool's exit hook (atexit is last in, first out)
+            gone = wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=10)
+            print("WORKERS GONE" if gone else "WORKERS LEFT", flush=True)
+
+        atexit.register(check)
+        from distex_zmq import Pool
+        from tests import tasks
+        pool = Pool(2)
+        pids = pool.run_on_all(tasks.pid)
+        print("PIDS", *pids, flush=True)
+        # no shutdown: the interpreter exits with the pool open
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    pids = [int(p) for p in lines[0].split()[1:]]
+    assert len(pids) == 2
+    assert "WORKERS GONE" in lines, proc.stdout + proc.stderr
+    assert not any(pid_alive(pid) for pid in pids)
+    assert "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_a_forked_child_cannot_use_its_parents_pool(tmp_path):

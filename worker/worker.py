@@ -198,10 +198,12 @@ class Worker:
                 # a task that may run long: send what is done before it starts
                 self._flush()
                 start = time.perf_counter()
-            began = time.perf_counter()
+            grouped = flags & p.FLAG_GROUPED
+            if grouped:
+                began = time.perf_counter()
             self._run_task(task_id, func_id, flags, func_pickle, data, buffers)
             now = time.perf_counter()
-            if flags & p.FLAG_GROUPED and now - began >= GROUPED_TASK_LIMIT:
+            if grouped and now - began >= GROUPED_TASK_LIMIT:
                 slow_func = func_id
             if self._results and now - start > FLUSH_AFTER:
                 self._flush()
