@@ -13,7 +13,7 @@ from dataclasses import dataclass
 #: under what any pool built on ZeroMQ can do (``RAW_WORKLOADS`` only).
 POOLS: tuple[str, ...] = ("distex_zmq", "distex", "process", "loky", "pyzmq")
 #: Workloads that ``pyzmq`` measures.
-RAW_WORKLOADS = ("map_cs1", "map_cs1_q16", "latency", "echo")
+RAW_WORKLOADS = ("map_cs1", "map_cs1_q16", "map_cs100", "latency", "echo")
 #: The pool that all ratios are computed against.
 BASELINE = "distex"
 #: Workers per pool.

@@ -366,19 +366,14 @@ def render_table(records: list[Record], pools: list[str], workloads: list[str]) 
 def _against_raw(by_key: dict[tuple[str, str], Record]) -> str:
     """distex_zmq as a fraction of plain pyzmq, for the rows both measured."""
     parts = []
-    for workload, key, higher in (
-        ("map_cs1", "map_cs1", True),
-        ("map_cs1_q16", "map_cs1_q16", True),
-        ("echo", "echo", True),
-        ("latency", "latency_p50", False),
-    ):
+    for workload in RAW_WORKLOADS:
         ours, raw = by_key.get(("distex_zmq", workload)), by_key.get(("pyzmq", workload))
         if not ours or not raw or ours["status"] != "ok" or raw["status"] != "ok":
             continue
-        a, b = ours["metrics"][key], raw["metrics"][key]
-        share = a / b if higher else b / a
-        label = WORKLOADS[workload].metrics[0].label
-        parts.append(f"{label}: {share:.0%} of pyzmq's")
+        metric = WORKLOADS[workload].metrics[0]
+        a, b = ours["metrics"][metric.key], raw["metrics"][metric.key]
+        share = a / b if metric.higher_is_better else b / a
+        parts.append(f"{metric.label}: {share:.0%} of pyzmq's")
     if not parts:
         return ""
     return "distex_zmq against plain pyzmq (higher is better): " + "; ".join(parts) + "."
