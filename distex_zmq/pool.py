@@ -101,8 +101,10 @@ class Pool(concurrent.futures.Executor):
             commands, with ``"*"`` for the rest.
         ssh_tunnel: Remote workers reach the broker through a reverse tunnel
             over the SSH connection (default). With ``False`` they connect
-            straight to the broker's TCP port (``localhost``/``localport``),
-            which does not authenticate them: for trusted networks only.
+            straight to the broker's TCP port (``localhost``/``localport``):
+            faster, if the hosts can reach it, and as safe, as that port is a
+            CurveZMQ server that admits only the keys this pool gives its
+            own workers.
         heartbeat_timeout: Seconds of silence after which a remote host
             counts as lost: its tasks run elsewhere, and the pool reconnects
             to it when it can. An SSH agent stops its workers after as long
