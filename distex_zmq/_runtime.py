@@ -47,11 +47,10 @@ from distex_zmq.errors import (
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.local_launcher import LocalLauncher, describe_exit
 from distex_zmq.loops import new_event_loop
-from distex_zmq.remote_launcher import RemoteLauncher
+from distex_zmq.remote_launcher import RemoteLauncher, RemoteSettings
 from distex_zmq.security import ClusterKeys, KeyPair, ZapHandler
 from distex_zmq.serialization import FunctionCache, dumps, loads, pickle_module
 from distex_zmq.spawner_launcher import SpawnerLauncher
-from distex_zmq.ssh_launcher import RemoteSettings, SSHLauncher
 
 _logger = logging.getLogger("distex_zmq.pool")
 
@@ -221,6 +220,10 @@ class Runtime:
         opts = self.options
         launcher: RemoteLauncher
         if spec.is_ssh:
+            # imported here: paramiko takes longer to import than the rest of
+            # the pool, and only SSH hosts need it
+            from distex_zmq.ssh_launcher import SSHLauncher
+
             launcher = SSHLauncher(
                 self.loop,
                 spec,

@@ -38,6 +38,7 @@ from distex_zmq.broker.task import callable_name
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import LoopType, loop_factory
+from distex_zmq.remote_launcher import RemoteSettings
 from distex_zmq.security import ClusterKeys, load_secret
 from distex_zmq.serialization import (
     FunctionCache,
@@ -46,7 +47,6 @@ from distex_zmq.serialization import (
     dumps,
     pickle_module,
 )
-from distex_zmq.ssh_launcher import RemoteSettings
 
 
 class Pool(concurrent.futures.Executor):

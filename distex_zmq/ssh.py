@@ -23,9 +23,7 @@ import paramiko
 
 from distex_zmq.errors import HostConnectionError
 from distex_zmq.hostspec import HostSpec
-
-#: Seconds allowed to connect, exchange banners, authenticate and open a channel.
-DEFAULT_CONNECT_TIMEOUT = 10.0
+from distex_zmq.remote_launcher import DEFAULT_CONNECT_TIMEOUT
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,6 @@ waits for the network.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import queue
@@ -33,7 +32,7 @@ import shlex
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import paramiko
@@ -41,7 +40,7 @@ import paramiko
 from distex_zmq import protocol, ssh
 from distex_zmq.errors import HostConnectionError
 from distex_zmq.hostspec import HostSpec
-from distex_zmq.remote_launcher import RemoteLauncher, tcp_host
+from distex_zmq.remote_launcher import RemoteLauncher, RemoteSettings, tcp_host
 from distex_zmq.ssh_tunnel import ReverseTunnel
 
 _logger = logging.getLogger("distex_zmq.ssh")
@@ -50,26 +49,6 @@ _logger = logging.getLogger("distex_zmq.ssh")
 AGENT_START_TIMEOUT = 30.0
 #: Lines of the agent's stderr kept for error messages.
 STDERR_TAIL_LINES = 20
-
-
-@dataclasses.dataclass(frozen=True)
-class RemoteSettings:
-    """How a pool reaches its remote hosts."""
-
-    #: workers reach the broker through a reverse SSH tunnel (else: directly)
-    tunnel: bool = True
-    #: the command that runs Python on a host: one for all, or by host name
-    python: str | Mapping[str, str] = "python3"
-    heartbeat_timeout: float = 10.0
-    accept_new_hosts: bool = False
-    connect_timeout: float = ssh.DEFAULT_CONNECT_TIMEOUT
-    #: address the remote workers connect to in direct mode ("" = as SSH sees us)
-    localhost: str = ""
-
-    def python_for(self, host: str) -> str:
-        if isinstance(self.python, str):
-            return self.python
-        return self.python.get(host, self.python.get("*", "python3"))
 
 
 class SSHLauncher(RemoteLauncher):

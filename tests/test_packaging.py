@@ -125,6 +125,20 @@ def test_a_worker_imports_neither_the_pool_nor_ssh_nor_eventkit():
     assert proc.stdout.splitlines()[-2:] == ["[]", "distex_zmq.poolmap True"]
 
 
+def test_a_local_pool_does_not_import_paramiko():
+    # it takes longer to import than the rest of the pool; only SSH hosts need it
+    code = (
+        "import sys\n"
+        "from distex_zmq import Pool\n"
+        "with Pool(1) as pool:\n"
+        "    print(pool.run(abs, -3))\n"
+        "print('paramiko' in sys.modules)"
+    )
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["3", "False"]
+
+
 def test_version_matches_the_installed_metadata():
     from importlib.metadata import version
 
