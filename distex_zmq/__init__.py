@@ -30,17 +30,23 @@ def __getattr__(name: str) -> Any:
     """Import ``Pool`` and ``PoolMap`` when first asked for.
 
     Every worker process imports this package too, and needs neither the
-    pool (with paramiko) nor eventkit (with numpy): importing them took most
-    of a worker's start-up. Both are imported together, so that eventkit's
-    ``Event.poolmap`` is there as soon as a ``Pool`` is.
+    pool nor eventkit (with numpy): importing them took most of a worker's
+    start-up. A pool does not import eventkit either, but eventkit's
+    ``Event.poolmap`` is there as soon as both are (``_eventkit_hook``).
     """
-    if name not in ("Pool", "PoolMap"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from .pool import Pool
-    from .poolmap import PoolMap
+    if name == "Pool":
+        from ._eventkit_hook import attach_poolmap
+        from .pool import Pool
 
-    globals().update(Pool=Pool, PoolMap=PoolMap)
-    return globals()[name]
+        attach_poolmap()
+        globals()["Pool"] = Pool
+        return Pool
+    if name == "PoolMap":
+        from .poolmap import PoolMap
+
+        globals()["PoolMap"] = PoolMap
+        return PoolMap
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -125,18 +125,35 @@ def test_a_worker_imports_neither_the_pool_nor_ssh_nor_eventkit():
     assert proc.stdout.splitlines()[-2:] == ["[]", "distex_zmq.poolmap True"]
 
 
-def test_a_local_pool_does_not_import_paramiko():
-    # it takes longer to import than the rest of the pool; only SSH hosts need it
+def test_a_local_pool_imports_neither_paramiko_nor_eventkit():
+    # each took longer to import than the rest of the pool (eventkit imports
+    # numpy); eventkit's Event.poolmap is there once the program imports it
     code = (
-        "import sys\n"
+        "import asyncio, sys\n"
         "from distex_zmq import Pool\n"
         "with Pool(1) as pool:\n"
         "    print(pool.run(abs, -3))\n"
-        "print('paramiko' in sys.modules)"
+        "    print(sorted(m for m in ('paramiko', 'eventkit', 'numpy') if m in sys.modules))\n"
+        "    import eventkit as ev\n"
+        "    async def main():\n"
+        "        return await ev.Sequence([-1, -2]).poolmap(pool, abs).list()\n"
+        "    print(asyncio.run(main()))\n"
     )
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["3", "False"]
+    assert proc.stdout.splitlines() == ["3", "[]", "[1, 2]"]
+
+
+def test_event_poolmap_when_eventkit_is_imported_first():
+    code = (
+        "import eventkit\n"
+        "print(hasattr(eventkit.Event, 'poolmap'))\n"
+        "from distex_zmq import Pool\n"
+        "print(hasattr(eventkit.Event, 'poolmap'))\n"
+    )
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True"]
 
 
 def test_version_matches_the_installed_metadata():

@@ -1,0 +1,66 @@
+"""eventkit's ``Event.poolmap``, without importing eventkit before it is used.
+
+eventkit imports numpy, which took half the time of ``from distex_zmq import
+Pool``. So the pool attaches ``Event.poolmap`` (``distex_zmq.poolmap``) at
+once only if eventkit is already imported; else a finder on ``sys.meta_path``
+waits for eventkit's import and attaches it right after, so that the method
+is there whichever of the two a program imports first, as with distex.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import threading
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+_lock = threading.Lock()
+
+
+def attach_poolmap() -> None:
+    """Give eventkit's ``Event`` its ``poolmap`` method, now or once eventkit is imported."""
+    with _lock:
+        if "eventkit" not in sys.modules:
+            if not any(isinstance(finder, _AfterEventkit) for finder in sys.meta_path):
+                sys.meta_path.insert(0, _AfterEventkit())
+            return
+    importlib.import_module("distex_zmq.poolmap")
+
+
+class _AfterEventkit(importlib.abc.MetaPathFinder):
+    """Finds eventkit as the other finders do, then attaches ``poolmap`` after it has run."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> Any:
+        if fullname != "eventkit":
+            return None
+        with _lock:
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenPoolmap(spec.loader)
+        return spec
+
+
+class _ThenPoolmap(importlib.abc.Loader):
+    """eventkit's own loader, which imports ``distex_zmq.poolmap`` after eventkit."""
+
+    def __init__(self, loader: Any):
+        self._loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        # get_source, is_package and the rest: tracebacks and inspect use them
+        return getattr(self._loader, name)
+
+    def create_module(self, spec: Any) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        importlib.import_module("distex_zmq.poolmap")
