@@ -44,6 +44,8 @@ class Client(ABC):
 
     #: Per-workload footnotes on how this client deviates from the row title.
     notes: dict[str, str]
+    #: The pool's name in ``_spec.POOLS``.
+    kind = ""
 
     @abstractmethod
     def open(self, sync: bool, qsize: int | None = None) -> None:
@@ -567,6 +569,30 @@ def wl_startup(client: Client, n: int) -> dict[str, float]:
     return {"startup": client.startup(tasks.noop) * 1e3}
 
 
+#: What a program writes to use each pool, timed by the ``import`` workload.
+IMPORTS = {
+    "distex_zmq": "from distex_zmq import Pool",
+    "distex": "from distex import Pool",
+    "process": "from concurrent.futures import ProcessPoolExecutor",
+    "loky": "from loky import ProcessPoolExecutor",
+}
+
+
+def wl_import(client: Client, n: int) -> dict[str, float]:
+    """Milliseconds to import the pool in a fresh interpreter, median of ``n``."""
+    code = (
+        "import time; t = time.perf_counter(); "
+        f"{IMPORTS[client.kind]}; print(time.perf_counter() - t)"
+    )
+    seconds = []
+    for _ in range(n):
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        )
+        seconds.append(float(proc.stdout))
+    return {"import": statistics.median(seconds) * 1e3}
+
+
 def _serial_cpu_seconds(n: int) -> float:
     """Serial time of ``cpu`` over ``range(n)`` in the client.
 
@@ -608,6 +634,7 @@ RUNNERS: dict[str, tuple[WorkloadFunc, Callable[..., Any], Any]] = {
     "bytes_arg": (wl_bytes_arg, tasks.size, b"x"),
     "echo": (wl_echo, tasks.echo, b"x"),
     "startup": (wl_startup, tasks.noop, None),
+    "import": (wl_import, tasks.noop, None),
     "cpu": (wl_cpu, tasks.cpu, 0),
 }
 
@@ -615,7 +642,7 @@ RUNNERS: dict[str, tuple[WorkloadFunc, Callable[..., Any], Any]] = {
 def measure(client: Client, workload: Workload, n: int) -> dict[str, float]:
     """Open the pool and warm it up (except for start-up), then measure."""
     func, warm_func, warm_arg = RUNNERS[workload.name]
-    if workload.name != "startup":
+    if workload.name not in ("startup", "import"):
         client.open(workload.sync_client, workload.qsize)
         client.warm_up(warm_func, warm_arg)
     return func(client, n)

@@ -116,6 +116,12 @@ WORKLOADS: dict[str, Workload] = {
             (Metric("startup", "Pool(2) to first result", "ms", False),),
         ),
         Workload(
+            "import",
+            7,
+            3,
+            (Metric("import", "import of the pool", "ms", False),),
+        ),
+        Workload(
             "cpu",
             200,
             20,
