@@ -248,29 +248,38 @@ def best_of(workload: str, runs: list[Record]) -> Record:
 def run_all(
     pools: list[str], workloads: list[str], quick: bool, timeout: float, repeat: int
 ) -> list[Record]:
-    """Measure every workload on every pool (pools adjacent in time)."""
+    """Measure every workload on every pool.
+
+    The pools of a workload run adjacent in time, and with ``repeat`` in
+    rounds (each pool once, then each pool again), so that a burst of load on
+    the machine falls on every pool's runs alike rather than on one pool's.
+    """
     missing = {pool: unavailable(pool) for pool in pools}
     records = []
-    cells = [(w, p) for w in workloads for p in pools if p != "pyzmq" or w in RAW_WORKLOADS]
-    total = len(cells)
-    for workload, pool in cells:
-        reason = missing[pool]
-        if reason:
-            record = {
-                "pool": pool,
-                "workload": workload,
-                "status": "unavailable",
-                "error": reason,
-            }
-        else:
-            runs = [run_one(pool, workload, quick, timeout) for _ in range(repeat)]
-            record = best_of(workload, runs)
-        records.append(record)
-        print(
-            f"[{len(records)}/{total}] {workload:<10} {pool:<10} {_describe(record)}",
-            file=sys.stderr,
-            flush=True,
-        )
+    total = sum(1 for w in workloads for p in pools if p != "pyzmq" or w in RAW_WORKLOADS)
+    for workload in workloads:
+        row = [p for p in pools if p != "pyzmq" or workload in RAW_WORKLOADS]
+        runs: dict[str, list[Record]] = {pool: [] for pool in row if not missing[pool]}
+        for _ in range(repeat):
+            for pool in runs:
+                runs[pool].append(run_one(pool, workload, quick, timeout))
+        for pool in row:
+            reason = missing[pool]
+            if reason:
+                record = {
+                    "pool": pool,
+                    "workload": workload,
+                    "status": "unavailable",
+                    "error": reason,
+                }
+            else:
+                record = best_of(workload, runs[pool])
+            records.append(record)
+            print(
+                f"[{len(records)}/{total}] {workload:<10} {pool:<10} {_describe(record)}",
+                file=sys.stderr,
+                flush=True,
+            )
     return records
 
 
