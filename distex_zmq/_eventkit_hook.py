@@ -14,6 +14,7 @@ import importlib.abc
 import importlib.util
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -63,4 +64,12 @@ class _ThenPoolmap(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
-        importlib.import_module("distex_zmq.poolmap")
+        try:
+            importlib.import_module("distex_zmq.poolmap")
+        except Exception as e:  # noqa: BLE001 - the program imported eventkit, not us
+            warnings.warn(
+                f"distex_zmq could not give eventkit's Event its poolmap method "
+                f"({type(e).__name__}: {e}); PoolMap and Event.poolmap will not work",
+                RuntimeWarning,
+                stacklevel=2,
+            )

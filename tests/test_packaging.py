@@ -156,6 +156,25 @@ def test_event_poolmap_when_eventkit_is_imported_first():
     assert proc.stdout.split() == ["False", "True"]
 
 
+def test_eventkit_imports_even_if_poolmap_cannot_be_attached():
+    # the program imported eventkit: a failure of ours must not fail that import
+    code = (
+        "import sys, warnings\n"
+        "warnings.simplefilter('always')\n"
+        "from distex_zmq import Pool\n"
+        "sys.modules['distex_zmq.poolmap'] = None  # its import now fails\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    import eventkit\n"
+        "print(eventkit.Event.__name__, hasattr(eventkit.Event, 'poolmap'))\n"
+        "print([str(w.message) for w in caught if 'poolmap' in str(w.message)])\n"
+    )
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.splitlines()
+    assert first == "Event False"
+    assert "could not give eventkit's Event its poolmap method" in second
+
+
 def test_version_matches_the_installed_metadata():
     from importlib.metadata import version
 
