@@ -14,6 +14,7 @@ import concurrent.futures
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures._base import CANCELLED
 from typing import Any
 
 from distex_zmq import protocol as p
@@ -121,9 +122,16 @@ class TaskFuture(concurrent.futures.Future[Any]):
 
     def cancel(self) -> bool:
         cancelled = super().cancel()
-        task = self._task
-        if cancelled and task is not None:
-            task.cancelled = True
+        if cancelled:
+            task = self._task
+            if task is not None:
+                task.cancelled = True
+            with self._condition:
+                # What an executor does when it would have started the task:
+                # ``concurrent.futures.wait`` and ``as_completed`` count a
+                # cancelled future as done only once it is notified.
+                if self._state == CANCELLED:
+                    self.set_running_or_notify_cancel()
         return cancelled
 
 

@@ -276,6 +276,25 @@ def test_cancel_a_queued_submit(tmp_path):
     assert not marker.exists(), "a cancelled queued task ran anyway"
 
 
+def test_wait_and_as_completed_see_cancelled_futures_as_done(pool):
+    # concurrent.futures.wait and as_completed count a cancelled future as
+    # done only once the executor has been told (CANCELLED_AND_NOTIFIED)
+    futures = [pool.submit(tasks.sleep_return, 0.05, i) for i in range(10)]
+    cancelled = [f for f in futures[4:] if f.cancel()]
+    assert cancelled, "every task had started: nothing to cancel"
+    done, pending = concurrent.futures.wait(futures, timeout=10)
+    assert not pending
+    assert len(list(concurrent.futures.as_completed(futures, timeout=10))) == 10
+    first = pool.submit(tasks.sleep_return, 1, "slow")
+    assert first.cancel()
+    done, _ = concurrent.futures.wait(
+        [first, pool.submit(tasks.sleep_return, 1, "slow too")],
+        timeout=10,
+        return_when=concurrent.futures.FIRST_COMPLETED,
+    )
+    assert done == {first}
+
+
 def test_cancel_of_finished_future_is_refused(pool):
     future = pool.submit(tasks.square, 4)
     assert future.result() == 16
