@@ -14,6 +14,7 @@ import functools
 import importlib
 import pickle
 import threading
+import weakref
 from collections.abc import Callable
 from enum import IntEnum
 from types import ModuleType
@@ -133,6 +134,10 @@ class ItemError:
         return ItemError, (self.error,)
 
 
+def _same(obj: Any) -> Any:
+    return obj
+
+
 def _checked_callable(func: Any) -> Any:
     """Return ``func``; raise here, not in a worker, if it cannot be called."""
     if not callable(func):
@@ -143,13 +148,29 @@ def _checked_callable(func: Any) -> Any:
 
 
 class FunctionCache:
-    """Client side: pickle each function once per pool and give it an id.
+    """Client side: give each function an id and its pickle, once per pool.
 
     Workers are sent a function's pickle the first time they meet its id and
-    refer to it by id after that. Functions that cannot be dictionary keys
-    get id 0 and travel with every task. It keeps at most ``max_size``
-    functions and, but for the newest, ``max_bytes`` of their pickles, so
-    that closures made per call, and the data they capture, are let go.
+    refer to it by id after that. Functions are looked up by identity and
+    pickled when first seen, so the same function object submitted again
+    costs no pickling: its pickle is a snapshot of the state it carries (a
+    callable object's attributes, a closure's cells) at its first
+    submission, as in distex. A bound method ``obj.method`` is a new object
+    at each access, so it is pickled again each time, with ``obj`` as it is
+    then. Pickles with the same bytes share an id, so that a function sent
+    again unchanged is neither sent to a worker nor unpickled there twice.
+
+    The cache does not keep a function alive (it holds it weakly where
+    Python allows), nor more than ``max_size`` functions and, but for the
+    newest, ``max_bytes`` of their pickles: closures made per call, and the
+    data they capture, are let go.
+
+    With dill (the default ``func_pickle``), what standard pickle can pickle
+    without referring to ``__main__`` (importable functions, methods of
+    importable classes with their objects' state) is pickled by standard
+    pickle, as dill would, only many times faster; the rest (lambdas,
+    closures, anything of ``__main__``) by dill. cloudpickle is always used
+    when chosen: it can be told to pickle importable modules by value.
     """
 
     def __init__(self, func_pickle: int, max_size: int = 1024, max_bytes: int = 64 << 20):
@@ -160,28 +181,45 @@ class FunctionCache:
             self._dumps = functools.partial(module.dumps, recurse=True)
         else:
             self._dumps = module.dumps
-        #: function -> (id, pickle), the oldest dropped first; it gets a new
-        #: id if it comes back
+        #: try standard pickle first (see above)
+        self._plain_first = module.__name__ == "dill"
+        #: id(function) -> (reference to it, its id, its pickle), the oldest
+        #: dropped first; it gets a new id if it comes back
         self._by_func = RecentFunctions(max_size, max_bytes)
+        #: pickle -> its id (the same pickle objects as in _by_func)
+        self._by_pickle = RecentFunctions(max_size, max_bytes)
         self._next_id = 1
         self._lock = threading.Lock()
 
     def get(self, func: Callable[..., Any]) -> tuple[int, bytes]:
         """Return ``(function id, pickled function)``."""
+        entry = self._by_func.get(id(func))
+        if entry is not None and entry[0]() is func:
+            return entry[1], entry[2]
+        pickled = self._pickle(_checked_callable(func))
         try:
-            entry: tuple[int, bytes] | None = self._by_func.get(func)
-        except TypeError:  # unhashable callable
-            return 0, self._dumps(_checked_callable(func), protocol=PROTOCOL)
-        if entry is not None:
-            return entry
-        pickled = self._dumps(_checked_callable(func), protocol=PROTOCOL)
+            ref: Callable[[], Any] = weakref.ref(func)
+        except TypeError:  # builtins and objects without weak references
+            ref = functools.partial(_same, func)
         with self._lock:
-            entry = self._by_func.get(func)
-            if entry is None:
-                entry = (self._next_id, pickled)
+            func_id = self._by_pickle.get(pickled)
+            if func_id is None:
+                func_id = self._next_id
                 self._next_id += 1
-                self._by_func.add(func, entry, len(pickled))
-        return entry
+            self._by_pickle.add(pickled, func_id, len(pickled))
+            self._by_func.add(id(func), (ref, func_id, pickled), len(pickled))
+        return func_id, pickled
+
+    def _pickle(self, func: Callable[..., Any]) -> bytes:
+        if self._plain_first:
+            try:
+                pickled = pickle.dumps(func, protocol=PROTOCOL)
+            except Exception:  # noqa: BLE001 - lambdas, closures, ...: func_pickle can
+                pass
+            else:
+                if b"__main__" not in pickled:
+                    return pickled
+        return self._dumps(func, protocol=PROTOCOL)
 
     def __len__(self) -> int:
         return len(self._by_func)

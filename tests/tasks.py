@@ -262,6 +262,17 @@ def host_and_value(delay: float, value: Any) -> tuple[str, Any]:
     return socket.gethostname(), value
 
 
+class Scaler:
+    """An object whose method depends on its state."""
+
+    def __init__(self, factor: int, payload: bytes = b""):
+        self.factor = factor
+        self.payload = payload
+
+    def scale(self, x: int) -> int:
+        return self.factor * x
+
+
 def worker_function_count() -> int:
     """How many functions the worker that runs this holds in its cache."""
     import gc

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import pickle
+import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -111,6 +114,52 @@ def test_function_is_pickled_once_per_pool(shared_pool):
     assert list(shared_pool.map(func, range(30), chunksize=7)) == [2 * i for i in range(30)]
     assert shared_pool.run_on_all(func, 4) == [8, 8]
     assert tasks.CountingCallable.pickles == 1
+
+
+class _LocalScaler:
+    """As tasks.Scaler, of a class that a worker cannot import (dill sends it)."""
+
+    def __init__(self, factor):
+        self.factor = factor
+
+    def scale(self, x):
+        return self.factor * x
+
+
+_LocalScaler.__module__ = "__main__"
+
+
+@pytest.mark.parametrize("make", [tasks.Scaler, _LocalScaler], ids=["importable", "__main__"])
+def test_a_bound_method_runs_with_its_object_as_it_is_when_submitted(shared_pool, make):
+    scaler = make(2)
+    assert shared_pool.run(scaler.scale, 5) == 10
+    assert list(shared_pool.map(scaler.scale, range(3))) == [0, 2, 4]
+    scaler.factor = 3
+    assert shared_pool.run(scaler.scale, 5) == 15
+    assert shared_pool.submit(scaler.scale, 1).result() == 3
+    assert list(shared_pool.map(scaler.scale, range(3))) == [0, 3, 6]
+
+
+def test_the_pool_does_not_keep_what_it_ran_alive(shared_pool):
+    scaler = tasks.Scaler(2, payload=bytes(10_000_000))
+    collected = threading.Event()
+    ref = weakref.ref(scaler, lambda _: collected.set())
+    assert shared_pool.run(scaler.scale, 1) == 2
+    assert list(shared_pool.map(scaler.scale, range(3))) == [0, 2, 4]
+    del scaler
+    gc.collect()
+    assert collected.is_set() and ref() is None
+
+
+def test_an_unchanged_bound_method_reaches_a_worker_once():
+    scaler = tasks.Scaler(2)
+    with Pool(1) as pool:
+        before = pool.run(tasks.worker_function_count)
+        assert [pool.run(scaler.scale, i) for i in range(20)] == [2 * i for i in range(20)]
+        assert pool.run(tasks.worker_function_count) == before + 1
+        scaler.factor = 3  # a new pickle: sent again
+        assert pool.run(scaler.scale, 1) == 3
+        assert pool.run(tasks.worker_function_count) == before + 2
 
 
 def test_a_worker_keeps_only_the_recent_functions():
