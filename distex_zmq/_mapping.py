@@ -260,8 +260,16 @@ class MapRun:
         return bool(self._ready)
 
     def pop_values(self) -> list[Any]:
-        """Decode the ready results into values; keep the first error, in order."""
+        """Decode the ready results into values, last first, for the caller
+        to ``pop()`` as it yields them: the map then holds no result its
+        consumer has had (a large one is freed when dropped). Keep the first
+        error, in order."""
         values: list[Any] = []
+        self._decode_ready(values)
+        values.reverse()
+        return values
+
+    def _decode_ready(self, values: list[Any]) -> None:
         ready = self._ready
         loads = self._loads
         while ready:
@@ -271,7 +279,7 @@ class MapRun:
                 result = decode(task, status, value, loads)
             except BaseException as e:  # noqa: BLE001 - raised in order, after values
                 self._pending_error = e
-                return values
+                return
             if not task.flags & p.FLAG_CHUNK:
                 values.append(result)
                 continue
@@ -279,9 +287,8 @@ class MapRun:
             for item in result:
                 if type(item) is ItemError:
                     self._pending_error = item.error
-                    return values
+                    return
                 values.append(item)
-        return values
 
     _pending_error: BaseException | None = None
 
@@ -338,7 +345,9 @@ def map_sync(
             event.clear()
             run.feed_sync(it)
             if run.collect():
-                yield from run.pop_values()
+                values = run.pop_values()
+                while values:
+                    yield values.pop()
                 run.raise_pending()
                 continue
             if run.finished:
@@ -408,8 +417,9 @@ async def map_async(
             if it is not None:
                 run.feed_sync(it)
             if run.collect():
-                for value in run.pop_values():
-                    yield value
+                values = run.pop_values()
+                while values:
+                    yield values.pop()
                 run.raise_pending()
                 waker.room_freed()
                 continue

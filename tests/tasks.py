@@ -273,6 +273,11 @@ class Scaler:
         return self.factor * x
 
 
+def make_scaler(factor: int) -> Scaler:
+    """A result that supports weak references."""
+    return Scaler(factor)
+
+
 def worker_function_count() -> int:
     """How many functions the worker that runs this holds in its cache."""
     import gc
