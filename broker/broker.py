@@ -529,6 +529,10 @@ class Broker:
 
     def _finish(self, task: Task) -> None:
         self.active.pop(task.id, None)
+        # a future holds its task: it must not hold the payload too (the
+        # buffers are views of the caller's objects, which they keep alive)
+        task.func_pickle = task.data = b""
+        task.buffers = []
         if self._barriers:
             for barrier in self._barriers:
                 barrier.discard(task.id)

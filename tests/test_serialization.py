@@ -162,6 +162,18 @@ def test_an_unchanged_bound_method_reaches_a_worker_once():
         assert pool.run(tasks.worker_function_count) == before + 2
 
 
+def test_a_finished_task_lets_go_of_its_arguments(shared_pool):
+    # its buffers are views of the array (no copy): while the future is
+    # held, the task must not keep them, nor so the array, alive
+    array = np.arange(1_000_000)
+    ref = weakref.ref(array)
+    future = shared_pool.submit(len, array)
+    del array
+    assert future.result() == 1_000_000
+    gc.collect()
+    assert ref() is None, "a finished task still holds its argument"
+
+
 def test_a_worker_keeps_only_the_recent_functions():
     def adder(k):
         return lambda x: x + k
