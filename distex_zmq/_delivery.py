@@ -143,6 +143,9 @@ class FutureSink:
 
     def deliver(self, task: Task, status: int, value: Any) -> None:
         future: TaskFuture = task.tag
+        # the task is over: nothing to cancel any more, and without the
+        # cycle between the two a dropped future is freed at once
+        future._task = None
         if status == STATUS_LOCAL_ERROR and isinstance(value, concurrent.futures.CancelledError):
             future.cancel()
             return

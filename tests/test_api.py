@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import gc
 import itertools
 import os
 import socket
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -293,6 +295,19 @@ def test_wait_and_as_completed_see_cancelled_futures_as_done(pool):
         return_when=concurrent.futures.FIRST_COMPLETED,
     )
     assert done == {first}
+
+
+def test_a_dropped_future_is_freed_without_the_garbage_collector(pool):
+    # 20,000 futures in reference cycles make the collector's full passes slow
+    gc.disable()
+    try:
+        future = pool.submit(tasks.square, 3)
+        assert future.result() == 9
+        ref = weakref.ref(future)
+        del future
+        assert ref() is None
+    finally:
+        gc.enable()
 
 
 def test_cancel_of_finished_future_is_refused(pool):
