@@ -510,6 +510,12 @@ class _AsyncWaker:
 def check_map_args(iterables: Iterable[Any], chunksize: int | None) -> None:
     if not iterables:
         raise TypeError("map() needs at least one iterable")
+    for number, it in enumerate(iterables, 1):
+        if not (is_sync_iterable(it) or hasattr(it, "__aiter__") or hasattr(it, "__anext__")):
+            raise TypeError(
+                f"map() argument {number} must be an iterable or an async iterable, "
+                f"not {type(it).__name__}"
+            )
     if chunksize is not None and (
         not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1
     ):

@@ -26,6 +26,13 @@ def test_map_matches_builtin_map(shared_pool, chunksize):
     )
 
 
+def test_map_of_a_non_iterable_says_which_argument(shared_pool):
+    with pytest.raises(TypeError, match="argument 2 must be an iterable or an async .*, not int"):
+        shared_pool.map(tasks.add, range(3), 5)
+    with pytest.raises(TypeError, match="argument 1 must be an iterable"):
+        shared_pool.map_async(tasks.square, None)
+
+
 def test_map_of_empty_input_is_empty(shared_pool):
     assert list(shared_pool.map(tasks.square, [])) == []
     assert list(shared_pool.map(tasks.square, [], chunksize=10)) == []
