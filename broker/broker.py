@@ -353,8 +353,7 @@ class Broker:
                 flags |= p.FLAG_FUNC
                 msg.inline.append(task.func_pickle)
                 func_len = len(task.func_pickle)
-                if task.func_id != p.INLINE_FUNC:
-                    known.add(task.func_id, None, func_len)
+                known.add(task.func_id, None, func_len)
             data_len = msg.body(task.data, task.buffers)
             msg.entries.append(
                 pack(task.id, task.func_id, flags, func_len, data_len, len(task.buffers))
@@ -503,8 +502,7 @@ class Broker:
                 else:
                     returned.append(task)
                 continue
-            if task.func_id != p.INLINE_FUNC:
-                self._note_run_time(task, elapsed)
+            self._note_run_time(task, elapsed)
             self._finish(task)
             if task.tag is INIT_TAG and task.pinned is rec:
                 if status == p.STATUS_OK:

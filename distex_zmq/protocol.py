@@ -97,8 +97,6 @@ GROUP_BELOW_US = 1000
 #: How long a worker polls for the next task after running a ``FLAG_LONE`` one.
 LONE_POLL_US = 300
 
-#: Function id that means "the function travels with this task, uncached".
-INLINE_FUNC = 0
 #: Functions a worker keeps: the most recently used ones, at most this many
 #: and, but for the newest, at most this many bytes of pickles. The bytes
 #: bound what a worker holds of the data that closures capture.

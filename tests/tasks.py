@@ -273,6 +273,16 @@ class Scaler:
         return self.factor * x
 
 
+class Unhashable:
+    """A callable that cannot be a dict key (``__eq__`` without ``__hash__``)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Unhashable)
+
+    def __call__(self, x: int) -> int:
+        return x + 1
+
+
 def make_scaler(factor: int) -> Scaler:
     """A result that supports weak references."""
     return Scaler(factor)

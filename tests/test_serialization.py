@@ -140,6 +140,12 @@ def test_a_bound_method_runs_with_its_object_as_it_is_when_submitted(shared_pool
     assert list(shared_pool.map(scaler.scale, range(3))) == [0, 3, 6]
 
 
+def test_an_unhashable_callable_runs(shared_pool):
+    func = tasks.Unhashable()
+    assert shared_pool.run(func, 1) == 2
+    assert list(shared_pool.map(func, range(3))) == [1, 2, 3]
+
+
 def test_the_pool_does_not_keep_what_it_ran_alive(shared_pool):
     scaler = tasks.Scaler(2, payload=bytes(10_000_000))
     collected = threading.Event()

@@ -257,8 +257,7 @@ class Worker:
                     why += _NOT_IMPORTABLE
                 # remembered, so that later tasks of this function fail alike
                 func = _Broken(why)
-            if func_id != p.INLINE_FUNC:
-                self._functions.add(func_id, func, len(func_pickle))
+            self._functions.add(func_id, func, len(func_pickle))
         else:
             func = self._functions.take(func_id)
             if func is p.ABSENT:
