@@ -46,7 +46,7 @@ from distex_zmq.errors import (
 )
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.local_launcher import LocalLauncher, describe_exit
-from distex_zmq.loops import new_event_loop
+from distex_zmq.loops import new_event_loop, run_in_background
 from distex_zmq.remote_launcher import RemoteLauncher, RemoteSettings
 from distex_zmq.security import ClusterKeys, KeyPair, ZapHandler
 from distex_zmq.serialization import FunctionCache, dumps, loads, pickle_module
@@ -408,9 +408,7 @@ class Runtime:
             else:
                 _logger.warning("reconnected to %s", launcher.where)
 
-        task = self.loop.create_task(reconnect())
-        self._reconnects.add(task)
-        task.add_done_callback(self._reconnects.discard)
+        run_in_background(self.loop, reconnect(), self._reconnects)
 
     def _replace_after_death(self, how: str, launcher: Launcher) -> None:
         now = time.monotonic()

@@ -40,6 +40,7 @@ from typing import Any
 
 from distex_zmq import protocol
 from distex_zmq.local_launcher import LocalLauncher
+from distex_zmq.loops import run_in_background
 from distex_zmq.version import __version__
 
 #: Longest command line accepted on stdin; anything longer is a broken peer.
@@ -62,6 +63,7 @@ class Agent:
         events_fd: int,
     ):
         self._loop = loop
+        self._tasks: set[asyncio.Task[None]] = set()
         self._heartbeat_timeout = heartbeat_timeout
         self._events_fd = events_fd
         self._launcher = LocalLauncher(
@@ -140,7 +142,8 @@ class Agent:
             elif op == "ping":
                 self._send(ev="pong")
             elif op == "stop":
-                self._loop.create_task(self._stop(float(cmd.get("grace", 3.0))))
+                stop = self._stop(float(cmd.get("grace", 3.0)))
+                run_in_background(self._loop, stop, self._tasks)
             else:
                 raise ValueError(f"unknown op {op!r}")
         except (ValueError, KeyError, TypeError) as e:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from enum import IntEnum
+from typing import Any
 
 
 class LoopType(IntEnum):
@@ -59,3 +60,17 @@ def loop_factory(kind: int = LoopType.default) -> Callable[[], asyncio.AbstractE
         "LoopType.quamash is not supported: a Qt loop in a headless worker process "
         "has nothing to drive it; use LoopType.default"
     )
+
+
+def run_in_background(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, None],
+    tasks: set[asyncio.Task[None]],
+) -> asyncio.Task[None]:
+    """Start ``coro`` as a task that ``tasks`` holds until it is done: an
+    event loop holds its tasks only weakly, so a task nothing else refers to
+    may be collected before it ends."""
+    task = loop.create_task(coro)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return task

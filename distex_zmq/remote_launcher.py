@@ -24,6 +24,7 @@ from typing import Any
 
 from distex_zmq.errors import HostConnectionError
 from distex_zmq.hostspec import HostSpec
+from distex_zmq.loops import run_in_background
 
 _logger = logging.getLogger("distex_zmq.remote")
 
@@ -72,6 +73,7 @@ class RemoteLauncher:
         on_lost: Callable[[Any, str, set[bytes]], None],
     ):
         self._loop = loop
+        self._tasks: set[asyncio.Task[None]] = set()
         self.spec = spec
         self._heartbeat_timeout = heartbeat_timeout
         self._on_exit = on_exit
@@ -157,7 +159,7 @@ class RemoteLauncher:
         workers = set(self.workers)
         self.workers.clear()
         _logger.warning("host %s lost: %s", self.where, reason)
-        self._loop.create_task(self._close())
+        run_in_background(self._loop, self._close(), self._tasks)
         self._on_lost(self, reason, workers)
 
     # the launcher's interface

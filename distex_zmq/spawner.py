@@ -44,6 +44,7 @@ from distex_zmq._zmqio import readable
 from distex_zmq.errors import ProtocolError
 from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT
 from distex_zmq.local_launcher import LocalLauncher
+from distex_zmq.loops import run_in_background
 from distex_zmq.security import ClusterKeys, ZapHandler, load_secret, make_server
 from distex_zmq.version import __version__
 
@@ -98,6 +99,7 @@ class Spawner:
         max_workers: int,
     ):
         self._loop = loop
+        self._tasks: set[asyncio.Task[None]] = set()
         self.max_workers = max_workers
         self.sessions: dict[bytes, Session] = {}
         self._logged: dict[bytes, int] = {}
@@ -192,7 +194,8 @@ class Spawner:
             session.launcher.kill(sp.identity(message))
         elif op == "stop":
             grace = sp.field(message, "grace", float, 0, 60)
-            self._loop.create_task(self._stop_session(session, grace, "stopped by its pool"))
+            why = "stopped by its pool"
+            run_in_background(self._loop, self._stop_session(session, grace, why), self._tasks)
         else:
             raise ProtocolError(f"unknown op {str(op)[:40]!r}")
 
@@ -265,9 +268,9 @@ class Spawner:
         for session in list(self.sessions.values()):
             silent = now - session.last_heard
             if silent > session.heartbeat and not session.stopping:
-                self._loop.create_task(
-                    self._stop_session(session, ABANDON_GRACE, f"silent for {silent:.1f} s")
-                )
+                why = f"silent for {silent:.1f} s"
+                stop = self._stop_session(session, ABANDON_GRACE, why)
+                run_in_background(self._loop, stop, self._tasks)
         self._loop.call_later(MIN_HEARTBEAT / 2, self._check_heartbeats)
 
 
