@@ -11,6 +11,7 @@ make objects of their own).
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import pickle
 import threading
@@ -157,8 +158,9 @@ class FunctionCache:
     callable object's attributes, a closure's cells) at its first
     submission, as in distex. A bound method ``obj.method`` is a new object
     at each access, so it is pickled again each time, with ``obj`` as it is
-    then. Pickles with the same bytes share an id, so that a function sent
-    again unchanged is neither sent to a worker nor unpickled there twice.
+    then. Pickles with the same bytes (the same digest) share an id, so that
+    a function sent again unchanged is neither sent to a worker nor
+    unpickled there twice.
 
     The cache does not keep a function alive (it holds it weakly where
     Python allows), nor more than ``max_size`` functions and, but for the
@@ -186,8 +188,8 @@ class FunctionCache:
         #: id(function) -> (reference to it, its id, its pickle), the oldest
         #: dropped first; it gets a new id if it comes back
         self._by_func = RecentFunctions(max_size, max_bytes)
-        #: pickle -> its id (the same pickle objects as in _by_func)
-        self._by_pickle = RecentFunctions(max_size, max_bytes)
+        #: digest of a pickle -> its id
+        self._by_digest = RecentFunctions(max_size)
         self._next_id = 1
         self._lock = threading.Lock()
 
@@ -201,12 +203,13 @@ class FunctionCache:
             ref: Callable[[], Any] = weakref.ref(func)
         except TypeError:  # builtins and objects without weak references
             ref = functools.partial(_same, func)
+        digest = hashlib.blake2b(pickled, digest_size=16).digest()
         with self._lock:
-            func_id = self._by_pickle.get(pickled)
+            func_id = self._by_digest.get(digest)
             if func_id is None:
                 func_id = self._next_id
                 self._next_id += 1
-            self._by_pickle.add(pickled, func_id, len(pickled))
+            self._by_digest.add(digest, func_id, 0)
             self._by_func.add(id(func), (ref, func_id, pickled), len(pickled))
         return func_id, pickled
 
