@@ -33,7 +33,7 @@ from distex_zmq import (
     WorkerStartError,
 )
 from tests import fault_tasks as ft
-from tests.helpers import pid_alive, wait_until
+from tests.helpers import child_pids, pid_alive, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -495,3 +495,53 @@ def test_errors_do_not_cost_the_worker(pool: Pool) -> None:
         with pytest.raises(SerializationError):
             pool.run(ft.unpicklable_result)
     assert set(pool.run_on_all(ft.pid)) == pids
+
+
+def test_every_api_stays_correct_while_workers_are_killed_at_random() -> None:
+    # a few seconds of chaos: workers die at random moments while maps,
+    # submits with cancellations, and async runs go on; every result must be
+    # right, every future must end, and the pool must work afterwards
+    import asyncio
+    import random
+
+    rng = random.Random(7)
+    stop = threading.Event()
+
+    others = child_pids()  # the workers of other pools live on
+
+    def killer() -> None:
+        while not stop.wait(rng.uniform(0.2, 0.6)):
+            victims = sorted(child_pids() - others)
+            if victims:
+                try:
+                    os.kill(rng.choice(victims), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    with Pool(3, qsize=rng.choice([2, 4]), max_retries=100, max_worker_deaths=1000) as pool:
+        pool.run_on_all(ft.pid)
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:
+                n = rng.randint(100, 1000)
+                chunksize = rng.choice([None, 1, 9])
+                results = list(pool.map(ft.slow_square, range(n), chunksize=chunksize))
+                assert results == [x * x for x in range(n)]
+                futures = [pool.submit(ft.slow_square, x) for x in range(200)]
+                cancelled = {f for f in futures[::2] if f.cancel()}
+                done, pending = concurrent.futures.wait(futures, timeout=60)
+                assert not pending
+                for x, future in enumerate(futures):
+                    if future not in cancelled:
+                        assert future.result() == x * x
+
+                async def runs() -> list[int]:
+                    return await asyncio.gather(*(pool.run_async(ft.square, x) for x in range(300)))
+
+                assert asyncio.run(runs()) == [x * x for x in range(300)]
+        finally:
+            stop.set()
+            thread.join(5)
+        assert_pool_works(pool)
