@@ -157,33 +157,33 @@ def test_break_out_of_map_of_slow_tasks_leaves_pool_usable(pool):
     assert pool.run_on_all(tasks.square, 3) == [9, 9]
 
 
+def _assert_freed(ref: weakref.ref) -> None:
+    gc.collect()
+    assert ref() is None, "the map still holds a result it yielded"
+
+
 @pytest.mark.parametrize("chunksize", [1, None, 7])
 def test_map_lets_go_of_each_result_it_yielded(shared_pool, chunksize):
     # as concurrent.futures' own executors: a large result is freed as soon
     # as the consumer drops it, not when the batch it came in is all yielded
-    def check(results):
-        count = 0
-        for obj in results:
-            ref = weakref.ref(obj)
-            del obj
-            gc.collect()
-            assert ref() is None, "the map still holds a result it yielded"
-            count += 1
-        assert count == 200
-
-    check(shared_pool.map(tasks.make_scaler, range(200), chunksize=chunksize))
+    count = 0
+    for obj in shared_pool.map(tasks.make_scaler, range(200), chunksize=chunksize):
+        ref = weakref.ref(obj)
+        del obj
+        _assert_freed(ref)
+        count += 1
+    assert count == 200
 
     async def consume():
         count = 0
         async for obj in shared_pool.map_async(tasks.make_scaler, range(200), chunksize=chunksize):
             ref = weakref.ref(obj)
             del obj
-            gc.collect()
-            assert ref() is None, "the async map still holds a result it yielded"
+            _assert_freed(ref)
             count += 1
-        assert count == 200
+        return count
 
-    asyncio.run(consume())
+    assert asyncio.run(consume()) == 200
 
 
 def test_break_in_a_for_loop_cancels_pending(pool, tmp_path):
