@@ -1,4 +1,4 @@
-"""Event loop types for workers and the pool loop (the values of distex)."""
+"""Event loops: their types (the values of distex), and tasks held until done."""
 
 from __future__ import annotations
 
