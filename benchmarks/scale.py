@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distex_zmq.broker import Broker, Task  # noqa: E402
 
-from distex_zmq import protocol as p  # noqa: E402
 from distex_zmq.loops import new_event_loop  # noqa: E402
+from distex_zmq.wire import frames as p  # noqa: E402
 
 
 def stub_workers(endpoint: str, identities: list[bytes], credits: int) -> None:

@@ -30,10 +30,10 @@ from typing import Any
 
 import zmq
 
-from distex_zmq import protocol as p
-from distex_zmq._zmqio import readable, recv_frames, send_frames
 from distex_zmq.errors import PoolClosedError, ProtocolError, TaskTimeoutError, WorkerLostError
 from distex_zmq.security import KeyPair, make_server
+from distex_zmq.wire import frames as p
+from distex_zmq.wire.zmqio import readable, recv_frames, send_frames
 
 from .registry import Registry, WorkerRecord
 from .task import ResultSink, Task

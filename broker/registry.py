@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from distex_zmq.protocol import RecentFunctions
+from distex_zmq.wire.frames import RecentFunctions
 
 from .task import Task
 

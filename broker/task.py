@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from distex_zmq import protocol as p
+from distex_zmq.wire import frames as p
 
 if TYPE_CHECKING:
     from .registry import WorkerRecord

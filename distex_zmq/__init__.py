@@ -2,8 +2,12 @@
 
 from typing import TYPE_CHECKING, Any
 
-# first: makes distex_zmq.broker and .worker importable from a source checkout
-from . import _source_layout  # noqa: F401, I001
+from distex_zmq import _source_layout
+
+_source_layout.install()  # before anything imports distex_zmq.broker or .worker
+
+# ruff: noqa: E402
+
 from .errors import (
     CrashLoopError,
     DistexError,
@@ -35,7 +39,7 @@ def __getattr__(name: str) -> Any:
     ``Event.poolmap`` is there as soon as both are (``_eventkit_hook``).
     """
     if name == "Pool":
-        from ._eventkit_hook import attach_poolmap
+        from .eventkit_hook import attach_poolmap
         from .pool import Pool
 
         attach_poolmap()

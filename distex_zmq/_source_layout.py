@@ -1,18 +1,50 @@
-"""Find the subpackages of a source checkout that shadows the installed package.
+"""Find ``distex_zmq.broker`` and ``distex_zmq.worker`` in a source checkout.
 
 ``broker/`` and ``worker/`` live beside the ``distex_zmq/`` directory in a
-checkout and are installed inside it (pyproject's ``package-dir``). Where the
-checkout shadows the installed package (Python started in its root; a worker
-started there), ``distex_zmq.broker`` is looked for beside this directory too.
+checkout and are installed inside the package (pyproject's ``package-dir``).
+Where the checkout shadows the installed package (Python started in its
+root), a finder maps exactly those two names to their directories, as
+setuptools' editable installs do; the package's path stays as it is.
 """
 
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import os
 import sys
+from collections.abc import Sequence
+from types import ModuleType
 
-_package = sys.modules[__package__]
-_here = os.path.dirname(os.path.abspath(__file__))
-_root = os.path.dirname(_here)
-if not os.path.isdir(os.path.join(_here, "broker")) and os.path.isfile(
-    os.path.join(_root, "broker", "__init__.py")
-):
-    _package.__path__.append(_root)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SUBPACKAGES = ("broker", "worker")
+
+
+class _CheckoutFinder(importlib.abc.MetaPathFinder):
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None = None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        package, _, name = fullname.rpartition(".")
+        if package != __package__ or name not in _SUBPACKAGES:
+            return None
+        directory = os.path.join(_ROOT, name)
+        return importlib.util.spec_from_file_location(
+            fullname,
+            os.path.join(directory, "__init__.py"),
+            submodule_search_locations=[directory],
+        )
+
+
+def install() -> None:
+    """Add the finder if this package is a checkout without the subpackages."""
+    here = os.path.join(_ROOT, __package__ or "distex_zmq")
+    if os.path.isdir(os.path.join(here, "broker")):
+        return  # an installed copy: the subpackages are inside
+    if not os.path.isfile(os.path.join(_ROOT, "broker", "__init__.py")):
+        return
+    if not any(isinstance(f, _CheckoutFinder) for f in sys.meta_path):
+        sys.meta_path.append(_CheckoutFinder())

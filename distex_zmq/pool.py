@@ -23,22 +23,21 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from typing import Any
 
-from distex_zmq import protocol as p
-from distex_zmq._delivery import (
+from distex_zmq.broker import Task
+from distex_zmq.broker.task import callable_name
+from distex_zmq.errors import PoolClosedError
+from distex_zmq.hostspec import HostSpec
+from distex_zmq.launch.remote import RemoteSettings
+from distex_zmq.loops import LoopType, loop_factory
+from distex_zmq.maps import check_map_args, map_async, map_sync
+from distex_zmq.results import (
     AsyncFutureSink,
     FutureSink,
     LoopPort,
     TaskFuture,
     refuse_wait_on_pool_loop,
 )
-from distex_zmq._mapping import check_map_args, map_async, map_sync
-from distex_zmq._runtime import Options, Runtime, shutdown_runtime
-from distex_zmq.broker import Task
-from distex_zmq.broker.task import callable_name
-from distex_zmq.errors import PoolClosedError
-from distex_zmq.hostspec import HostSpec
-from distex_zmq.loops import LoopType, loop_factory
-from distex_zmq.remote_launcher import RemoteSettings
+from distex_zmq.runtime.loop import Options, Runtime, shutdown_runtime
 from distex_zmq.security import ClusterKeys, load_secret
 from distex_zmq.serialization import (
     FunctionCache,
@@ -47,6 +46,7 @@ from distex_zmq.serialization import (
     dumps,
     pickle_module,
 )
+from distex_zmq.wire import frames as p
 
 
 class Pool(concurrent.futures.Executor):

@@ -21,7 +21,7 @@ from enum import IntEnum
 from types import ModuleType
 from typing import Any
 
-from .protocol import RecentFunctions
+from .wire.frames import RecentFunctions
 
 PROTOCOL = 5
 #: Buffers at least this large travel as their own frames.

@@ -102,7 +102,7 @@ class LeakCheck:
                     kill(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-        from distex_zmq._runtime import Runtime
+        from distex_zmq.runtime.loop import Runtime
 
         def close(runtime: Runtime) -> None:
             try:

@@ -21,9 +21,9 @@ import pytest
 import zmq
 
 from distex_zmq import DistexError, Pool, ProtocolError
-from distex_zmq import protocol as p
 from distex_zmq.serialization import dumps, loads
 from distex_zmq.version import __version__
+from distex_zmq.wire import frames as p
 from tests import tasks
 from tests.helpers import wait_until
 

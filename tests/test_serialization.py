@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from distex_zmq import PickleType, Pool, RemoteException, SerializationError
-from distex_zmq.protocol import FUNCTION_CACHE
 from distex_zmq.serialization import OOB_THRESHOLD, dumps, loads
+from distex_zmq.wire.frames import FUNCTION_CACHE
 from tests import tasks
 
 pytestmark = pytest.mark.timeout(60)

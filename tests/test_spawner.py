@@ -22,8 +22,8 @@ import pytest
 import zmq
 
 from distex_zmq import HostConnectionError, Pool
-from distex_zmq import spawner_protocol as sp
 from distex_zmq.security import ClusterKeys, KeyPair, make_client
+from distex_zmq.wire import control as sp
 from tests import tasks
 from tests.helpers import child_pids, wait_until
 from tests.multihost import REMOTE_PYTHON, ROOT, Capture, hostnames, unavailable

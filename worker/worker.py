@@ -33,12 +33,12 @@ from typing import Any
 
 import zmq
 
-from distex_zmq import protocol as p
-from distex_zmq._zmqio import readable, recv_frames, send_frames
 from distex_zmq.errors import RemoteException, SerializationError
 from distex_zmq.security import KeyPair, make_client
 from distex_zmq.serialization import ItemError, dumps, loads, pickle_module
 from distex_zmq.version import __version__
+from distex_zmq.wire import frames as p
+from distex_zmq.wire.zmqio import readable, recv_frames, send_frames
 
 #: Seconds between checks that the process that started the worker lives.
 PARENT_CHECK_INTERVAL = 1.0

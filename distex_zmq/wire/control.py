@@ -30,7 +30,7 @@ import re
 import struct
 from typing import Any, cast
 
-from .errors import ProtocolError
+from distex_zmq.errors import ProtocolError
 
 MAGIC = b"DZSP"
 VERSION = 1

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from concurrent.futures._base import CANCELLED
 from typing import Any
 
-from distex_zmq import protocol as p
 from distex_zmq.broker.broker import STATUS_LOCAL_ERROR
 from distex_zmq.broker.task import Task
 from distex_zmq.errors import SerializationError
 from distex_zmq.serialization import loads
+from distex_zmq.wire import frames as p
 
 
 def decode(task: Task, status: int, value: Any, data_loads: Callable[..., Any]) -> Any:

@@ -28,7 +28,6 @@ prints cannot garble the event stream.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -38,10 +37,10 @@ import sys
 import time
 from typing import Any
 
-from distex_zmq import protocol
-from distex_zmq.local_launcher import LocalLauncher
+from distex_zmq.launch.local import LocalLauncher
 from distex_zmq.loops import run_in_background
 from distex_zmq.version import __version__
+from distex_zmq.wire import frames as protocol
 
 #: Longest command line accepted on stdin; anything longer is a broken peer.
 MAX_COMMAND = 4096
@@ -166,42 +165,3 @@ class Agent:
 
     def _on_exit(self, identity: bytes, pid: int, returncode: int, tail: str) -> None:
         self._send(ev="exit", id=identity.hex(), pid=pid, rc=returncode, tail=tail)
-
-
-def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
-        prog="python -m distex_zmq.agent",
-        description="Supervises the workers of one distex_zmq pool on this host; "
-        "pools start it over SSH, not users.",
-    )
-    parser.add_argument("--connect", required=True, help="the broker endpoint, seen from here")
-    parser.add_argument("--heartbeat-timeout", type=float, default=10.0)
-    args, worker_args = parser.parse_known_args(argv)
-    if args.heartbeat_timeout <= 0:
-        parser.error("--heartbeat-timeout must be positive")
-    return args, worker_args
-
-
-def main(argv: list[str] | None = None) -> None:
-    args, worker_args = _parse(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The event stream gets a descriptor of its own; stdout then points at
-    # stderr, so that nothing printed by accident can garble the stream.
-    events_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    from distex_zmq.loops import new_event_loop
-
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
-    agent = Agent(loop, args.connect, worker_args, args.heartbeat_timeout, events_fd)
-    try:
-        reason = loop.run_until_complete(agent.run())
-    finally:
-        loop.close()
-    if reason != STOPPED:
-        print(f"distex_zmq agent on {socket.gethostname()}: exiting, {reason}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

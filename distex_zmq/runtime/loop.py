@@ -33,8 +33,6 @@ from typing import Any
 
 import zmq
 
-from distex_zmq import protocol as p
-from distex_zmq._delivery import mark_pool_loop
 from distex_zmq.broker import Broker, Task, WorkerRecord
 from distex_zmq.broker.broker import INIT_TAG, STATUS_LOCAL_ERROR
 from distex_zmq.broker.task import callable_name
@@ -45,12 +43,14 @@ from distex_zmq.errors import (
     WorkerStartError,
 )
 from distex_zmq.hostspec import HostSpec
-from distex_zmq.local_launcher import LocalLauncher, describe_exit
+from distex_zmq.launch.local import LocalLauncher, describe_exit
+from distex_zmq.launch.remote import RemoteLauncher, RemoteSettings
+from distex_zmq.launch.spawner import SpawnerLauncher
 from distex_zmq.loops import new_event_loop, run_in_background
-from distex_zmq.remote_launcher import RemoteLauncher, RemoteSettings
+from distex_zmq.results import mark_pool_loop
 from distex_zmq.security import ClusterKeys, KeyPair, ZapHandler
 from distex_zmq.serialization import FunctionCache, dumps, loads, pickle_module
-from distex_zmq.spawner_launcher import SpawnerLauncher
+from distex_zmq.wire import frames as p
 
 _logger = logging.getLogger("distex_zmq.pool")
 
@@ -222,7 +222,7 @@ class Runtime:
         if spec.is_ssh:
             # imported here: paramiko takes longer to import than the rest of
             # the pool, and only SSH hosts need it
-            from distex_zmq.ssh_launcher import SSHLauncher
+            from distex_zmq.launch.ssh import SSHLauncher
 
             launcher = SSHLauncher(
                 self.loop,

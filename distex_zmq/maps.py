@@ -25,11 +25,11 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from distex_zmq import protocol as p
-from distex_zmq._delivery import QueueSink, decode
 from distex_zmq.broker import Task
 from distex_zmq.broker.task import callable_name
+from distex_zmq.results import QueueSink, decode
 from distex_zmq.serialization import ItemError, dumps
+from distex_zmq.wire import frames as p
 
 #: Inputs that run at least this long (seconds) are never grouped.
 GROUP_BELOW = p.GROUP_BELOW_US / 1e6

@@ -9,8 +9,8 @@
                  <--stderr---                                    |  reports exits
     Broker (TCP on 127.0.0.1) <--   reverse tunnel    <--       workers (DEALER)
 
-The launcher connects with paramiko (``distex_zmq.ssh``), opens the reverse
-tunnel (``distex_zmq.ssh_tunnel``) or, in direct mode, tells the workers the
+The launcher connects with paramiko (``distex_zmq.launch.ssh_connect``), opens the reverse
+tunnel (``distex_zmq.launch.ssh_tunnel``) or, in direct mode, tells the workers the
 broker's own TCP address, and starts the agent with the remote interpreter.
 From then on it is a ``RemoteLauncher``: spawn, kill, stop, exits and
 heartbeats; an agent that hears nothing for ``heartbeat_timeout`` stops its
@@ -37,13 +37,14 @@ from typing import Any
 
 import paramiko
 
-from distex_zmq import protocol, ssh
 from distex_zmq.errors import HostConnectionError
 from distex_zmq.hostspec import HostSpec
-from distex_zmq.remote_launcher import RemoteLauncher, RemoteSettings, tcp_host
-from distex_zmq.ssh_tunnel import ReverseTunnel
+from distex_zmq.launch import ssh_connect as ssh
+from distex_zmq.launch.remote import RemoteLauncher, RemoteSettings, tcp_host
+from distex_zmq.launch.ssh_tunnel import ReverseTunnel
+from distex_zmq.wire import frames as protocol
 
-_logger = logging.getLogger("distex_zmq.ssh")
+_logger = logging.getLogger("distex_zmq.launch.ssh_connect")
 
 #: Seconds the agent may take to say hello once its command runs.
 AGENT_START_TIMEOUT = 30.0

@@ -24,13 +24,13 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from distex_zmq import protocol
-from distex_zmq import spawner_protocol as sp
-from distex_zmq._zmqio import readable
 from distex_zmq.errors import HostConnectionError, ProtocolError
 from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT, HostSpec
-from distex_zmq.remote_launcher import RemoteLauncher, tcp_host
+from distex_zmq.launch.remote import RemoteLauncher, tcp_host
 from distex_zmq.security import ClusterKeys, make_client
+from distex_zmq.wire import control as sp
+from distex_zmq.wire import frames as protocol
+from distex_zmq.wire.zmqio import readable
 
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH

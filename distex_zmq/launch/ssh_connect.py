@@ -23,7 +23,7 @@ import paramiko
 
 from distex_zmq.errors import HostConnectionError
 from distex_zmq.hostspec import HostSpec
-from distex_zmq.remote_launcher import DEFAULT_CONNECT_TIMEOUT
+from distex_zmq.launch.remote import DEFAULT_CONNECT_TIMEOUT
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,7 +50,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .errors import ProtocolError
+from distex_zmq.errors import ProtocolError
 
 MAGIC = b"DZMQ"
 VERSION = 2

@@ -21,7 +21,7 @@ from typing import Any
 
 import paramiko
 
-_logger = logging.getLogger("distex_zmq.ssh")
+_logger = logging.getLogger("distex_zmq.launch.ssh_connect")
 
 #: Bytes moved per read, either way.
 CHUNK = 1 << 18

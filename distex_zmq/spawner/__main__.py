@@ -1,0 +1,112 @@
+"""Command line of the spawner: ``python -m distex_zmq.spawner``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import os
+import signal
+import sys
+
+import zmq
+
+from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT
+from distex_zmq.loops import new_event_loop
+from distex_zmq.security import ClusterKeys, load_secret
+from distex_zmq.spawner.daemon import Spawner, is_loopback
+from distex_zmq.version import __version__
+
+_logger = logging.getLogger("distex_zmq.spawner")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m distex_zmq.spawner",
+        description="Start distex_zmq workers on this host for the pools that ask. "
+        "Pools and spawner share a secret: the DISTEX_ZMQ_SECRET environment variable "
+        "or --secret-file.",
+    )
+    parser.add_argument(
+        "--host", help="address to listen on (default: all with a secret, 127.0.0.1 without)"
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_SPAWNER_PORT)
+    parser.add_argument("--secret-file", help="file holding the cluster's shared secret")
+    parser.add_argument(
+        "--max-workers",
+        type=int,
+        default=max(os.cpu_count() or 1, 1) * 4,
+        help="workers this host runs at most, for all pools (default 4 per CPU)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="listen beyond loopback without a secret: anyone who reaches "
+        "the port can run any code here",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    if args.max_workers < 1:
+        parser.error("--max-workers must be at least 1")
+    if not 0 < args.port < 65536:
+        # libzmq would take the port modulo 65536 and listen elsewhere
+        parser.error(f"--port must be from 1 to 65535, not {args.port}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        secret = load_secret(secret_file=args.secret_file)
+        keys = ClusterKeys.from_secret(secret) if secret is not None else None
+    except ValueError as e:
+        sys.exit(f"distex_zmq spawner: {e}")
+    host = args.host or ("0.0.0.0" if keys is not None else "127.0.0.1")
+    if keys is None and not is_loopback(host):
+        if not args.insecure:
+            sys.exit(
+                f"distex_zmq spawner: refusing to listen on {host} without a secret: anyone "
+                "who reaches the port could run any code here. Set DISTEX_ZMQ_SECRET or "
+                "--secret-file (and the same secret for the pools), or pass --insecure on a "
+                "network you trust entirely."
+            )
+        _logger.warning(
+            "INSECURE: listening on %s without a secret; anyone who reaches "
+            "the port can run any code on this host",
+            host,
+        )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # handled on the loop below
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        spawner = Spawner(loop, host, args.port, keys, args.max_workers)
+    except zmq.ZMQError as e:
+        hint = ""
+        if e.errno == errno.ENODEV:  # libzmq's word for a name it cannot resolve
+            hint = f" ({host!r} is not an address, a host name known here, or a network interface)"
+        sys.exit(f"distex_zmq spawner: cannot listen on {host}:{args.port}: {e}{hint}")
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, spawner.stop, f"got {signal.Signals(sig).name}")
+    _logger.info(
+        "distex_zmq %s spawner (pid %d) on %s, %s, at most %d workers",
+        __version__,
+        os.getpid(),
+        spawner.endpoint,
+        "CURVE with the shared secret" if keys else "NO authentication",
+        args.max_workers,
+    )
+    try:
+        reason = loop.run_until_complete(spawner.serve())
+    finally:
+        loop.close()
+    _logger.info("stopped: %s", reason)
+
+
+if __name__ == "__main__":
+    main()
