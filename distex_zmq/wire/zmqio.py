@@ -1,4 +1,5 @@
-"""Sending and receiving multipart messages with less overhead than pyzmq's helpers.
+"""Sending and receiving multipart messages with less overhead than pyzmq's helpers,
+and reading a socket on an event loop (``EdgeReader``).
 
 ``Socket.recv_multipart`` asks the socket for RCVMORE after each frame and
 ``send_multipart`` goes through several layers per frame: together some ten
@@ -9,7 +10,8 @@ than tracking them), large ones are sent without a copy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -45,3 +47,52 @@ def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any]) -> None:
             sock.send(frame, flags, copy=False)
         else:
             sock.send(frame, flags)
+
+
+class EdgeReader:
+    """Reads a socket on an event loop, for every socket of the package.
+
+    A ZeroMQ socket's FD is edge-triggered: it signals once when messages
+    arrive, and a send can consume that edge. So every message that waits
+    is read at each signal, and ``poke`` looks again after a send.
+    ``handle(frames)`` gets each message; at most ``max_reads`` are read
+    before other callbacks get a turn, then reading goes on at the next
+    iteration of the loop.
+    """
+
+    __slots__ = ("_loop", "_sock", "_fd", "_handle", "_max_reads", "_closed")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: zmq.Socket[Any],
+        handle: Callable[[list[Any]], None],
+        max_reads: int = 256,
+    ):
+        self._loop = loop
+        self._sock = sock
+        self._handle = handle
+        self._max_reads = max_reads
+        self._closed = False
+        self._fd = int(sock.getsockopt(zmq.FD))
+        loop.add_reader(self._fd, self.read)
+
+    def read(self) -> None:
+        """Hand the waiting messages to ``handle`` (called when the FD signals)."""
+        sock, handle = self._sock, self._handle
+        for _ in range(self._max_reads):
+            if self._closed or not readable(sock):
+                return
+            handle(recv_frames(sock))
+        self._loop.call_soon(self.read)
+
+    def poke(self) -> None:
+        """Look for messages soon: after a send, which may have taken the edge."""
+        if not self._closed and readable(self._sock):
+            self._loop.call_soon(self.read)
+
+    def close(self) -> None:
+        """Stop reading (the socket stays open)."""
+        if not self._closed:
+            self._closed = True
+            self._loop.remove_reader(self._fd)
