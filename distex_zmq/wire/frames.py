@@ -20,7 +20,6 @@ worker -> broker:
   pickled value (inline or the next frame), then its out-of-band buffers. A
   chunk's value is a list with an ``ItemError`` for each input that raised.
   ``STATUS_RETURNED`` (no value) gives back a task the worker did not run.
-- ``BYE`` the worker is leaving.
 
 broker -> worker:
 
@@ -57,7 +56,6 @@ VERSION = 2
 
 HELLO = b"H"
 RESULT = b"R"
-BYE = b"B"
 TASK = b"T"
 STOP = b"S"
 REFUSE = b"X"
@@ -70,6 +68,9 @@ TASK_ENTRY = struct.Struct("!QIBIIH")
 RESULT_ENTRY = struct.Struct("!QBIIH")
 #: The largest run time an entry can say (about 71 minutes).
 MAX_ELAPSED = 0xFFFFFFFF
+
+#: The most credits a worker may grant in its hello.
+MAX_CREDITS = 1 << 16
 
 #: ``data length`` meaning "the pickle is the next frame, not inline".
 IN_FRAME = 0xFFFFFFFF
@@ -168,7 +169,7 @@ class RecentFunctions:
 
 
 def control(kind: bytes, body: bytes = b"") -> list[bytes]:
-    """A message without entries: HELLO, BYE, STOP, REFUSE."""
+    """A message without entries: HELLO, STOP, REFUSE."""
     return [HEAD.pack(MAGIC, VERSION, kind, 0) + body]
 
 
@@ -243,6 +244,18 @@ def json_body(buf: memoryview) -> dict[str, Any]:
     if not isinstance(info, dict):
         raise ProtocolError("malformed body: not an object")
     return info
+
+
+def read_hello(buf: memoryview) -> tuple[int, str, int]:
+    """A HELLO's ``(pid, host, credits)``; ``ProtocolError`` if it is malformed."""
+    info = json_body(buf)
+    try:
+        pid, host, credits = int(info["pid"]), str(info["host"]), int(info["credits"])
+    except (KeyError, TypeError, ValueError):
+        raise ProtocolError(f"malformed hello {info!r}") from None
+    if not 0 < credits <= MAX_CREDITS:
+        raise ProtocolError(f"hello with bad credits {credits}")
+    return pid, host, credits
 
 
 def text_body(buf: memoryview) -> str:
