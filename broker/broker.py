@@ -164,13 +164,8 @@ class Broker:
     def stop_workers(self) -> None:
         """Ask every worker to finish and exit, and those that connect later."""
         self._stopping = True
-        if self._sock is None:
-            return
         for rec in list(self.registry.workers.values()):
-            try:
-                self._sock.send_multipart([rec.identity, *p.control(p.STOP)])
-            except zmq.ZMQError:
-                pass
+            self._control(rec.identity, p.STOP)
 
     # any thread
 
@@ -221,40 +216,37 @@ class Broker:
             return
         identity = frames[0].bytes
         try:
-            self._handle(identity, frames[1:])
+            kind, count, buf = p.check(frames[1])
+            if kind == p.RESULT:
+                rec = self.registry.get(identity)
+                if rec is None:
+                    raise ProtocolError("result from an unknown worker")
+                self._on_results(rec, buf, count, frames[1:])
+            elif kind == p.HELLO:
+                self._on_hello(identity, buf)
+            else:
+                raise ProtocolError(f"unknown message type {kind!r}")
         except ProtocolError as e:
             _logger.warning("dropped a message from %r: %s", identity, e)
             if "version" in str(e):
-                self._refuse(identity, str(e))
+                self._control(identity, p.REFUSE, str(e).encode())
         except Exception:
             _logger.exception("error handling a message from %r", identity)
 
-    def _handle(self, identity: bytes, frames: list[Any]) -> None:
-        kind, count, buf = p.check(frames[0])
-        if kind == p.RESULT:
-            rec = self.registry.get(identity)
-            if rec is None:
-                raise ProtocolError("result from an unknown worker")
-            self._on_results(rec, buf, count, frames)
-        elif kind == p.HELLO:
-            self._on_hello(identity, buf)
-        else:
-            raise ProtocolError(f"unknown message type {kind!r}")
-
-    def _refuse(self, identity: bytes, reason: str) -> None:
-        if self._sock is None:
-            return
-        try:
-            self._sock.send_multipart([identity, *p.control(p.REFUSE, reason.encode())])
-        except zmq.ZMQError:
-            pass
+    def _control(self, identity: bytes, kind: bytes, body: bytes = b"") -> None:
+        """Send STOP or REFUSE, if the peer can still be reached."""
+        if self._sock is not None:
+            try:
+                self._sock.send_multipart([identity, *p.control(kind, body)])
+            except zmq.ZMQError:
+                pass
 
     def _on_hello(self, identity: bytes, buf: memoryview) -> None:
-        if self._stopping and self._sock is not None:
-            self._sock.send_multipart([identity, *p.control(p.STOP)])
+        if self._stopping:
+            self._control(identity, p.STOP)
             return
         if not self.registry.expects(identity):
-            self._refuse(identity, "unknown worker identity")
+            self._control(identity, p.REFUSE, b"unknown worker identity")
             raise ProtocolError("hello from a worker this pool did not start")
         if identity in self.registry.workers:
             raise ProtocolError("second hello from a connected worker")

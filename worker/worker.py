@@ -67,7 +67,6 @@ class Worker:
         curve: dict[str, str] | None = None,
     ):
         self._endpoint = endpoint
-        self._identity = identity
         self._credits = credits
         self._loop = loop
         self._parent_pid = parent_pid

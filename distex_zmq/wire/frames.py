@@ -8,9 +8,9 @@ frames of their own, sent and received without a copy::
     frame 1…: large pickles and buffers, in the order of the entries
 
 The magic and version come first, so that a peer of another version is
-refused with a clear error instead of being misread. Each frame of a ZeroMQ
-message costs as much as a small message on these machines, so a batch of
-small tasks or results travels as one frame. The broker routes on entries
+refused with a clear error instead of being misread. A batch of small tasks
+or results travels as one frame, as each frame of a ZeroMQ message costs
+about as much to send as a small message of its own. The broker routes on entries
 only and never unpickles a body.
 
 worker -> broker:
@@ -37,7 +37,7 @@ broker -> worker:
   ``task_timeout``. ``FLAG_LONE`` marks the only task in the pool (one task
   at a time, say): its worker polls for the next message for up to
   ``LONE_POLL_US`` before its loop sleeps, which spares the wake-up of a
-  sleeping thread (tens of microseconds here) when the caller is quick.
+  sleeping thread when the caller is quick.
 - ``STOP`` finish what runs, then exit.
 - ``REFUSE`` body = the reason, UTF-8; the worker exits with it.
 """
