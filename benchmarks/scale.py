@@ -73,30 +73,47 @@ class CountingSink:
     def deliver(self, task: Task, status: int, value: Any) -> None:
         self.left -= 1
 
-    def flush(self) -> None:
+    def flush(self, urgent: bool = False) -> None:
         if self.left == 0 and not self.done.done():
             self.done.set_result(time.perf_counter())
+
+
+class ReadyCounter:
+    """The broker's hooks: no initializer; ``all_ready`` once every worker is."""
+
+    def __init__(self, total: int, all_ready: asyncio.Future[None]):
+        self.left = total
+        self.all_ready = all_ready
+
+    def on_hello(self, rec: Any) -> None:
+        return None
+
+    def on_ready(self, rec: Any) -> None:
+        self.left -= 1
+        if self.left == 0 and not self.all_ready.done():
+            self.all_ready.set_result(None)
+
+    def on_init_failed(self, rec: Any, status: int, value: Any) -> None:
+        pass
+
+    def on_unreachable(self, rec: Any) -> None:
+        pass
+
+    def on_task_timeout(self, rec: Any, task: Any) -> None:
+        pass
 
 
 async def measure(num_workers: int, num_tasks: int, procs: int, credits: int) -> float:
     loop = asyncio.get_running_loop()
     ctx: zmq.Context[Any] = zmq.Context()
-    broker = Broker(loop, ctx, max_retries=0)
+    all_ready: asyncio.Future[None] = loop.create_future()
+    hooks = ReadyCounter(num_workers, all_ready)
+    broker = Broker(loop, ctx, max_retries=0, task_timeout=None, hooks=hooks)
     tmp = tempfile.mkdtemp(prefix="dzq-scale-")
     endpoint = broker.bind(f"ipc://{tmp}/broker")
     identities = [b"stub-%d" % i for i in range(num_workers)]
     for identity in identities:
         broker.expect(identity)
-    all_ready: asyncio.Future[None] = loop.create_future()
-    ready = 0
-
-    def on_ready(rec: Any) -> None:
-        nonlocal ready
-        ready += 1
-        if ready == num_workers and not all_ready.done():
-            all_ready.set_result(None)
-
-    broker.on_ready = on_ready
     mp = multiprocessing.get_context("spawn")
     workers = [
         mp.Process(target=stub_workers, args=(endpoint, identities[i::procs], credits))

@@ -1,7 +1,26 @@
-"""The broker of distex_zmq: routes pickled tasks to workers as credits allow."""
+"""The broker of distex_zmq: routes pickled tasks to workers as credits allow.
+
+Its users import from here only, never from its modules.
+"""
 
 from .broker import Broker
-from .registry import Registry, WorkerRecord
-from .task import ResultSink, Task
+from .records import (
+    INIT_TAG,
+    STATUS_LOCAL_ERROR,
+    BrokerHooks,
+    ResultSink,
+    Task,
+    WorkerRecord,
+)
+from .registry import Registry
 
-__all__ = ["Broker", "Registry", "ResultSink", "Task", "WorkerRecord"]
+__all__ = [
+    "INIT_TAG",
+    "STATUS_LOCAL_ERROR",
+    "Broker",
+    "BrokerHooks",
+    "Registry",
+    "ResultSink",
+    "Task",
+    "WorkerRecord",
+]

@@ -1,4 +1,5 @@
-"""The broker's worker registry: who is connected and how many credits each has.
+"""The broker's worker registry: who may connect, who is connected, and how
+many credits each has free.
 
 Ready workers with free credits sit in buckets by the number of tasks they
 run, so that picking the least loaded worker (idle ones first) is O(1) for
@@ -11,81 +12,31 @@ that has slept longer.
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Any
-
-from distex_zmq.wire.frames import RecentFunctions
-
-from .task import Task
-
-
-class WorkerRecord:
-    """The broker's view of one connected worker."""
-
-    __slots__ = (
-        "identity",
-        "pid",
-        "host",
-        "capacity",
-        "running",
-        "known_funcs",
-        "ready",
-        "pinned",
-        "bucket",
-        "info",
-        "head_since",
-        "exclusive",
-        "used",
-        "unreachable",
-    )
-
-    def __init__(self, identity: bytes, pid: int, host: str, capacity: int, info: dict[str, Any]):
-        self.identity = identity
-        self.pid = pid
-        self.host = host
-        #: credits granted in the worker's hello: tasks it may hold at once
-        self.capacity = capacity
-        #: task id -> task, for the tasks sent to it and not yet answered
-        self.running: dict[int, Task] = {}
-        #: credits in use: a task each, or one for a group of tiny tasks
-        self.used = 0
-        #: ids of the functions this worker holds (it keeps the recent ones)
-        self.known_funcs = RecentFunctions()
-        #: False until its initializer has run
-        self.ready = False
-        #: tasks that only this worker may run, sent before any other
-        self.pinned: deque[Task] = deque()
-        self.bucket = -1
-        self.info = info
-        #: when the oldest task it runs began (roughly), for task_timeout
-        self.head_since = 0.0
-        #: it runs a suspect task alone: it gets nothing else meanwhile
-        self.exclusive = False
-        #: a send to it failed: it gets nothing more (``Broker._unreachable``)
-        self.unreachable = False
-
-    @property
-    def free(self) -> int:
-        return self.capacity - self.used
-
-    def __str__(self) -> str:
-        return f"worker pid {self.pid} on {self.host}"
-
-    def __repr__(self) -> str:
-        return f"<WorkerRecord {self.identity!r} pid={self.pid} host={self.host}>"
+from .records import WorkerRecord
 
 
 class Registry:
-    """Connected workers, and the ready ones with free credits by load."""
+    """Admitted identities, connected workers, and the ready ones with free
+    credits by load."""
 
     def __init__(self) -> None:
         self.workers: dict[bytes, WorkerRecord] = {}
         self._buckets: list[dict[WorkerRecord, None]] = []
+        #: identities of the workers the pool started and that may say hello
+        self._expected: set[bytes] = set()
         #: the credits of the ready workers, together
         self.ready_capacity = 0
 
-    def __len__(self) -> int:
-        return len(self.workers)
+    def expect(self, identity: bytes) -> None:
+        """Admit a worker with this identity (given to it by its launcher)."""
+        self._expected.add(identity)
+
+    def forget(self, identity: bytes) -> None:
+        """Admit this identity no more (its worker will never connect)."""
+        self._expected.discard(identity)
+
+    def expects(self, identity: bytes) -> bool:
+        return identity in self._expected
 
     def get(self, identity: bytes) -> WorkerRecord | None:
         return self.workers.get(identity)
@@ -102,6 +53,8 @@ class Registry:
         self.place(rec)
 
     def remove(self, rec: WorkerRecord) -> None:
+        """Forget ``rec`` (gone): it is admitted no more."""
+        self._expected.discard(rec.identity)
         if self.workers.pop(rec.identity, None) is rec and rec.ready:
             self.ready_capacity -= rec.capacity
         if rec.bucket >= 0:

@@ -26,9 +26,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, I
 from typing import TYPE_CHECKING, Any
 
 from distex_zmq.broker import Task
-from distex_zmq.broker.task import callable_name
 from distex_zmq.results import QueueSink, decode
 from distex_zmq.serialization import ItemError, dumps
+from distex_zmq.tasks import callable_name
 from distex_zmq.wire import frames as p
 
 #: Inputs that run at least this long (seconds) are never grouped.
@@ -176,7 +176,16 @@ class MapRun:
                 data, buffers = dumps(args, dumps_)
                 self._task_bytes = len(data) + (sum(b.nbytes for b in buffers) if buffers else 0)
                 task = Task(
-                    self._next_id(), func_id, func_pickle, flags, data, buffers, sink, seq, name
+                    self._next_id(),
+                    func_id,
+                    func_pickle,
+                    flags,
+                    data,
+                    buffers,
+                    sink,
+                    seq,
+                    name,
+                    index=seq,
                 )
                 self._next_seq = seq + 1
                 if chunked:

@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mappin
 from typing import Any
 
 from distex_zmq.broker import Task
-from distex_zmq.broker.task import callable_name
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.launch.remote import RemoteSettings
@@ -46,6 +45,7 @@ from distex_zmq.serialization import (
     dumps,
     pickle_module,
 )
+from distex_zmq.tasks import callable_name
 from distex_zmq.wire import frames as p
 
 
@@ -517,7 +517,7 @@ def _pin_to_all_after_drain(
     """
     batch: concurrent.futures.Future[list[TaskFuture]] = concurrent.futures.Future()
 
-    def make_task(rec: Any) -> Task:
+    def make_task() -> Task:
         future = TaskFuture()
         task = Task(
             next(task_ids),

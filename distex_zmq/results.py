@@ -17,8 +17,7 @@ from collections.abc import Callable
 from concurrent.futures._base import CANCELLED
 from typing import Any
 
-from distex_zmq.broker.broker import STATUS_LOCAL_ERROR
-from distex_zmq.broker.task import Task
+from distex_zmq.broker import STATUS_LOCAL_ERROR, Task
 from distex_zmq.errors import SerializationError
 from distex_zmq.serialization import loads
 from distex_zmq.wire import frames as p
@@ -164,7 +163,7 @@ class FutureSink:
             except concurrent.futures.InvalidStateError:
                 pass
 
-    def flush(self) -> None:
+    def flush(self, urgent: bool = False) -> None:
         pass
 
 
@@ -205,7 +204,7 @@ class AsyncFutureSink:
     def deliver(self, task: Task, status: int, value: Any) -> None:
         self._port.post(self._resolve, (task, status, value))
 
-    def flush(self) -> None:
+    def flush(self, urgent: bool = False) -> None:
         self._port.flush()
 
     def _resolve(self, item: tuple[Task, int, Any]) -> None:
@@ -251,8 +250,12 @@ class QueueSink:
         self.results.append((task, status, value))
         self._delivered += 1
 
-    def flush(self) -> None:
-        if len(self.results) >= self._batch or self.submitted - self._delivered <= self._low_water:
+    def flush(self, urgent: bool = False) -> None:
+        if (
+            urgent
+            or len(self.results) >= self._batch
+            or self.submitted - self._delivered <= self._low_water
+        ):
             self.wake_now()
         elif self._timer is None:
             self._timer = self._loop.call_later(self.MAX_DELAY, self.wake_now)

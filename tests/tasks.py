@@ -95,6 +95,13 @@ async def async_square(x: int) -> int:
     return x * x
 
 
+def async_square_unless(x: int, bad: int) -> Any:
+    """A coroutine that squares ``x``; raises at once (no coroutine) for ``bad``."""
+    if x == bad:
+        raise ValueError(f"bad input {x}")
+    return async_square(x)
+
+
 async def async_fail(x: int) -> int:
     await asyncio.sleep(0.01)
     raise ValueError(f"async failure {x}")
@@ -295,7 +302,7 @@ def worker_function_count() -> int:
     from distex_zmq.worker.worker import Worker
 
     (worker,) = [o for o in gc.get_objects() if isinstance(o, Worker)]
-    return len(worker._functions)
+    return len(worker.runner.functions)
 
 
 def nap_pid(delay: float) -> int:

@@ -11,7 +11,7 @@ import weakref
 
 import pytest
 
-from distex_zmq import Pool
+from distex_zmq import Pool, RemoteException
 from distex_zmq.maps import BYTES_AHEAD, MAX_BATCH
 from tests import tasks
 
@@ -338,6 +338,21 @@ def test_map_of_a_coroutine_function(shared_pool):
 def test_map_of_a_failing_coroutine_function_in_chunks(shared_pool):
     with pytest.raises(ValueError, match="async failure 0"):
         list(shared_pool.map(tasks.async_fail, range(5), chunksize=2))
+
+
+def test_sync_error_in_a_chunk_of_coroutines_is_wrapped_once(shared_pool):
+    # the chunk's first input gives a coroutine, so the chunk is awaited; its
+    # input 4 raises before any coroutine: one RemoteException, with the
+    # input's own remote traceback
+    results = []
+    with pytest.raises(ValueError, match="^bad input 4$") as info:
+        for result in shared_pool.map(tasks.async_square_unless, range(6), [4] * 6, chunksize=3):
+            results.append(result)
+    assert results == [0, 1, 4, 9]
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteException) and cause.__cause__ is None
+    assert "RemoteException" not in cause.tb
+    assert cause.tb.rstrip().endswith("ValueError: bad input 4")
 
 
 def test_map_inside_a_running_event_loop(shared_pool):

@@ -33,9 +33,7 @@ from typing import Any
 
 import zmq
 
-from distex_zmq.broker import Broker, Task, WorkerRecord
-from distex_zmq.broker.broker import INIT_TAG, STATUS_LOCAL_ERROR
-from distex_zmq.broker.task import callable_name
+from distex_zmq.broker import INIT_TAG, STATUS_LOCAL_ERROR, Broker, Task, WorkerRecord
 from distex_zmq.errors import (
     CrashLoopError,
     HostConnectionError,
@@ -50,6 +48,7 @@ from distex_zmq.loops import new_event_loop, run_in_background
 from distex_zmq.results import mark_pool_loop
 from distex_zmq.security import ClusterKeys, KeyPair, ZapHandler
 from distex_zmq.serialization import FunctionCache, dumps, loads, pickle_module
+from distex_zmq.tasks import callable_name
 from distex_zmq.wire import frames as p
 
 _logger = logging.getLogger("distex_zmq.pool")
@@ -128,7 +127,9 @@ class Runtime:
         sweep_stale_ipc_dirs()
         self._ipc_dir = tempfile.mkdtemp(prefix=f"{IPC_PREFIX}{os.getpid()}-")
         self._ctx = zmq.Context()
-        self.broker = Broker(self.loop, self._ctx, options.max_retries, options.task_timeout)
+        self.broker = Broker(
+            self.loop, self._ctx, options.max_retries, options.task_timeout, hooks=self
+        )
         self._thread = threading.Thread(
             target=self._run_loop, name="distex_zmq pool loop", daemon=True
         )
@@ -166,11 +167,6 @@ class Runtime:
     async def _start(self) -> None:
         opts = self.options
         broker = self.broker
-        broker.on_hello = self._on_hello
-        broker.on_ready = self._on_ready
-        broker.on_init_failed = self._on_init_failed
-        broker.on_task_timeout = self._on_task_timeout
-        broker.on_unreachable = self._on_unreachable
         endpoint = broker.bind(f"ipc://{self._ipc_dir}/broker")
         worker_args = [
             *("--credits", str(opts.qsize)),
@@ -274,7 +270,7 @@ class Runtime:
         self._starting.add(identity)
         self.broker.expect(identity)
 
-    def _on_hello(self, rec: WorkerRecord) -> Task | None:
+    def on_hello(self, rec: WorkerRecord) -> Task | None:
         init = self.options.initializer
         if init is None:
             return None
@@ -292,13 +288,13 @@ class Runtime:
             name=callable_name(init),
         )
 
-    def _on_ready(self, rec: WorkerRecord) -> None:
+    def on_ready(self, rec: WorkerRecord) -> None:
         self._starting.discard(rec.identity)
         self._ready_count += 1
         if self._ready_count >= self.options.total_workers and not self._all_ready.done():
             self._all_ready.set_result(None)
 
-    def _on_init_failed(self, rec: WorkerRecord, status: int, value: Any) -> None:
+    def on_init_failed(self, rec: WorkerRecord, status: int, value: Any) -> None:
         if self.closing:
             return
         if status == STATUS_LOCAL_ERROR:
@@ -331,13 +327,13 @@ class Runtime:
 
     # supervision
 
-    def _on_task_timeout(self, rec: WorkerRecord, task: Task | None) -> None:
+    def on_task_timeout(self, rec: WorkerRecord, task: Task | None) -> None:
         self._killed.add(rec.identity)
         self._kill(rec.identity)
         how = f"killed by the pool after task_timeout={self.options.task_timeout} s"
         self.broker.worker_lost(rec, how, timed_out=task)
 
-    def _on_unreachable(self, rec: WorkerRecord) -> None:
+    def on_unreachable(self, rec: WorkerRecord) -> None:
         # alive without a connection (no exit was reported): replace it
         self._killed.add(rec.identity)
         self._kill(rec.identity)
@@ -553,7 +549,7 @@ class _NoSink:
     def deliver(self, task: Task, status: int, value: Any) -> None:
         pass
 
-    def flush(self) -> None:
+    def flush(self, urgent: bool = False) -> None:
         pass
 
 

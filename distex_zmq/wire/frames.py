@@ -8,9 +8,9 @@ frames of their own, sent and received without a copy::
     frame 1…: large pickles and buffers, in the order of the entries
 
 The magic and version come first, so that a peer of another version is
-refused with a clear error instead of being misread. Each frame of a ZeroMQ
-message costs as much as a small message on these machines, so a batch of
-small tasks or results travels as one frame. The broker routes on entries
+refused with a clear error instead of being misread. A batch of small tasks
+or results travels as one frame, as each frame of a ZeroMQ message costs
+about as much to send as a small message of its own. The broker routes on entries
 only and never unpickles a body.
 
 worker -> broker:
@@ -20,7 +20,6 @@ worker -> broker:
   pickled value (inline or the next frame), then its out-of-band buffers. A
   chunk's value is a list with an ``ItemError`` for each input that raised.
   ``STATUS_RETURNED`` (no value) gives back a task the worker did not run.
-- ``BYE`` the worker is leaving.
 
 broker -> worker:
 
@@ -38,7 +37,7 @@ broker -> worker:
   ``task_timeout``. ``FLAG_LONE`` marks the only task in the pool (one task
   at a time, say): its worker polls for the next message for up to
   ``LONE_POLL_US`` before its loop sleeps, which spares the wake-up of a
-  sleeping thread (tens of microseconds here) when the caller is quick.
+  sleeping thread when the caller is quick.
 - ``STOP`` finish what runs, then exit.
 - ``REFUSE`` body = the reason, UTF-8; the worker exits with it.
 """
@@ -57,7 +56,6 @@ VERSION = 2
 
 HELLO = b"H"
 RESULT = b"R"
-BYE = b"B"
 TASK = b"T"
 STOP = b"S"
 REFUSE = b"X"
@@ -70,6 +68,9 @@ TASK_ENTRY = struct.Struct("!QIBIIH")
 RESULT_ENTRY = struct.Struct("!QBIIH")
 #: The largest run time an entry can say (about 71 minutes).
 MAX_ELAPSED = 0xFFFFFFFF
+
+#: The most credits a worker may grant in its hello.
+MAX_CREDITS = 1 << 16
 
 #: ``data length`` meaning "the pickle is the next frame, not inline".
 IN_FRAME = 0xFFFFFFFF
@@ -168,7 +169,7 @@ class RecentFunctions:
 
 
 def control(kind: bytes, body: bytes = b"") -> list[bytes]:
-    """A message without entries: HELLO, BYE, STOP, REFUSE."""
+    """A message without entries: HELLO, STOP, REFUSE."""
     return [HEAD.pack(MAGIC, VERSION, kind, 0) + body]
 
 
@@ -243,6 +244,18 @@ def json_body(buf: memoryview) -> dict[str, Any]:
     if not isinstance(info, dict):
         raise ProtocolError("malformed body: not an object")
     return info
+
+
+def read_hello(buf: memoryview) -> tuple[int, str, int]:
+    """A HELLO's ``(pid, host, credits)``; ``ProtocolError`` if it is malformed."""
+    info = json_body(buf)
+    try:
+        pid, host, credits = int(info["pid"]), str(info["host"]), int(info["credits"])
+    except (KeyError, TypeError, ValueError):
+        raise ProtocolError(f"malformed hello {info!r}") from None
+    if not 0 < credits <= MAX_CREDITS:
+        raise ProtocolError(f"hello with bad credits {credits}")
+    return pid, host, credits
 
 
 def text_body(buf: memoryview) -> str:

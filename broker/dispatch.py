@@ -1,0 +1,245 @@
+"""The broker's queue and credits: which task goes to which worker, and the
+TASK messages that carry them.
+
+A task takes one credit of its worker, except that tiny tasks from
+``submit`` and ``run_async`` that queue up behind busy credits share one
+(``_take_group``): what the broker knows of a function's run time comes
+from the run times that workers report with each result.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from distex_zmq.wire import frames as p
+
+from .ledger import Ledger
+from .records import Task, WorkerRecord
+from .registry import Registry
+
+# Grouping: queued tasks that may be grouped (``Task.may_group``) and whose
+# function ran for less than GROUP_BELOW_US in its recent tasks share one
+# credit, up to GROUP_TIME_US of work and MAX_GROUP tasks. It happens only
+# when more tasks wait than the workers have credits, and spares a round trip
+# per task (with qsize=2, N tiny tasks submitted at once would otherwise take
+# N/2 round trips). Run times are a guess from the past: a worker that finds a
+# grouped task slow gives back the later ones of its function (they go back
+# to the head of the queue) instead of running them one after the other.
+GROUP_BELOW_US = p.GROUP_BELOW_US
+GROUP_TIME_US = 2000
+MAX_GROUP = 256
+#: Functions whose run times the broker keeps (it forgets them all beyond).
+MAX_RUN_TIMES = 10_000
+
+
+class Dispatcher:
+    """The inbox from other threads, the queue, pinned tasks and run times.
+
+    Cancelled tasks end in the ``ledger`` as they come out of the queue;
+    ``send(rec, frames)`` sends a TASK message; ``on_busy(rec)``, if given,
+    is told when a worker that ran nothing gets a task.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        ledger: Ledger,
+        send: Callable[[WorkerRecord, list[Any]], None],
+        on_busy: Callable[[WorkerRecord], None] | None,
+    ):
+        self._registry = registry
+        self._active = ledger.active
+        self._finish = ledger.finish
+        self._send = send
+        self._on_busy = on_busy
+        #: tasks handed over by other threads (``Broker.submit``)
+        self.inbox: deque[Task] = deque()
+        #: a credit is free and nothing waits: submitters must wake the loop
+        self.starving = True
+        #: tasks sent in groups that shared a credit, since the start
+        self.grouped_tasks = 0
+        self._queue: deque[Task] = deque()
+        #: workers with tasks pinned to them not sent yet (run_on_all, initializer)
+        self._pinned_to: dict[WorkerRecord, None] = {}
+        #: function id -> microseconds its recent tasks ran (see ``note_run_time``)
+        self._run_times: dict[int, float] = {}
+        #: function id -> microseconds its latest task ran, any task (a
+        #: map's chunk whole): whether a task may run long (``FLAG_FLUSH_FIRST``)
+        self._last_run: dict[int, int] = {}
+
+    def take_inbox(self) -> None:
+        """Move the tasks handed over to the queue (and count them active)."""
+        inbox, queue, active = self.inbox, self._queue, self._active
+        while inbox:
+            task = inbox.popleft()
+            active[task.id] = task
+            queue.append(task)
+
+    def take_queued(self) -> list[Task]:
+        """Empty the inbox and the queue; return what they held."""
+        self.take_inbox()
+        tasks = list(self._queue)
+        self._queue.clear()
+        return tasks
+
+    def requeue(self, tasks: list[Task]) -> None:
+        """Put ``tasks`` back at the head of the queue, in their order."""
+        self._queue.extendleft(reversed(tasks))
+
+    def pin(self, rec: WorkerRecord, task: Task) -> None:
+        """Only ``rec`` may run ``task``; it goes before anything else there."""
+        task.pinned = rec
+        rec.pinned.append(task)
+        self._pinned_to[rec] = None
+
+    def unpin(self, rec: WorkerRecord) -> list[Task]:
+        """Take back the tasks pinned to ``rec`` and not sent (it is gone)."""
+        tasks = list(rec.pinned)
+        rec.pinned.clear()
+        self._pinned_to.pop(rec, None)
+        return tasks
+
+    def dispatch(self) -> bool:
+        """Send queued tasks to workers with free credits, idle workers first;
+        return whether anything was sent."""
+        registry = self._registry
+        queue = self._queue
+        batches: dict[WorkerRecord, list[Task]] = {}
+        for rec in list(self._pinned_to):
+            while rec.pinned and rec.free > 0:
+                task = rec.pinned.popleft()
+                if task.cancelled:
+                    self._finish(task)
+                    continue
+                self._assign(rec, [task], batches)
+            if not rec.pinned:
+                del self._pinned_to[rec]
+        while True:
+            self.take_inbox()
+            while queue:
+                task = queue[0]
+                target = registry.idle() if task.suspect else registry.least_loaded()
+                if target is None:
+                    break
+                queue.popleft()
+                if task.cancelled:
+                    self._finish(task)
+                    continue
+                if task.may_group and not task.suspect and len(queue) >= registry.ready_capacity:
+                    self._assign(target, self._take_group(task), batches)
+                else:
+                    self._assign(target, [task], batches)
+            # Starving: a credit is free and nothing waits. Submitters wake
+            # the loop only then; look at the inbox once more after saying
+            # so, or a task handed over meanwhile would wait unseen.
+            self.starving = not queue and registry.least_loaded() is not None
+            if not (self.starving and self.inbox):
+                break
+        for rec, tasks in batches.items():
+            self._send(rec, self._task_message(rec, tasks))
+        return bool(batches)
+
+    def _assign(
+        self, rec: WorkerRecord, tasks: list[Task], batches: dict[WorkerRecord, list[Task]]
+    ) -> None:
+        """Send ``tasks`` to ``rec`` on one credit: a task, or a group of tiny ones."""
+        if not rec.running and self._on_busy is not None:
+            self._on_busy(rec)
+        running = rec.running
+        group = None
+        if len(tasks) > 1:
+            group = [len(tasks)]
+            self.grouped_tasks += len(tasks)
+        for task in tasks:
+            running[task.id] = task
+            task.worker = rec
+            task.group = group
+            if task.suspect:
+                rec.exclusive = True
+        rec.used += 1
+        self._registry.place(rec)
+        batch = batches.get(rec)
+        if batch is None:
+            batches[rec] = tasks
+        else:
+            batch.extend(tasks)
+
+    def _take_group(self, first: Task) -> list[Task]:
+        """``first`` and the tiny tasks queued after it that may share its
+        credit (only ``first`` when it is not known to be tiny).
+
+        A group takes its share of the queue (so that every credit gets
+        some), and no more than ``GROUP_TIME_US`` of work as the recent run
+        times of the functions tell it. Suspects are never grouped: each
+        runs alone, to be blamed alone.
+        """
+        run_times = self._run_times
+        took = run_times.get(first.func_id)
+        if took is None or took >= GROUP_BELOW_US:
+            return [first]
+        queue = self._queue
+        share = min(MAX_GROUP, 1 + len(queue) // max(1, self._registry.ready_capacity))
+        group = [first]
+        work = max(took, 1.0)
+        while queue and len(group) < share:
+            task = queue[0]
+            took = run_times.get(task.func_id) if task.may_group and not task.suspect else None
+            if took is None or took >= GROUP_BELOW_US or work + took > GROUP_TIME_US:
+                break
+            queue.popleft()
+            if task.cancelled:
+                self._finish(task)
+                continue
+            group.append(task)
+            work += max(took, 1.0)
+        return group
+
+    def note_run_time(self, task: Task, elapsed: int) -> None:
+        """Keep how long tasks of ``task``'s function run: the latest of any
+        (whether the next may run long, ``FLAG_FLUSH_FIRST``) and, from tasks
+        that may be grouped, a figure that a slow one raises at once (no more
+        grouping) and fast ones lower gradually."""
+        func_id = task.func_id
+        last_run = self._last_run
+        if len(last_run) >= MAX_RUN_TIMES and func_id not in last_run:
+            last_run.clear()  # every function in _run_times is in here too
+            self._run_times.clear()
+        last_run[func_id] = elapsed
+        if not task.may_group:
+            return
+        run_times = self._run_times
+        old = run_times.get(func_id)
+        if old is None or elapsed >= old:
+            run_times[func_id] = elapsed
+        else:
+            run_times[func_id] = 0.8 * old + 0.2 * elapsed
+
+    def _task_message(self, rec: WorkerRecord, tasks: list[Task]) -> list[Any]:
+        """The TASK message that sends ``tasks`` to ``rec``."""
+        msg = p.Writer(p.TASK)
+        known = rec.known_funcs
+        pack = p.TASK_ENTRY.pack
+        last_run = self._last_run
+        # nothing else in the pool: the caller waits for this one alone
+        lone = len(tasks) == 1 and len(self._active) == 1 and not self.inbox
+        for task in tasks:
+            flags = task.flags if task.group is None else task.flags | p.FLAG_GROUPED
+            if lone:
+                flags |= p.FLAG_LONE
+            took = last_run.get(task.func_id)
+            task.flush_first = took is None or took >= GROUP_BELOW_US
+            if task.flush_first:
+                flags |= p.FLAG_FLUSH_FIRST
+            func_len = 0
+            if not known.use(task.func_id):
+                flags |= p.FLAG_FUNC
+                msg.inline.append(task.func_pickle)
+                func_len = len(task.func_pickle)
+                known.add(task.func_id, None, func_len)
+            data_len = msg.body(task.data, task.buffers)
+            msg.entries.append(
+                pack(task.id, task.func_id, flags, func_len, data_len, len(task.buffers))
+            )
+        return msg.frames_out()

@@ -1,0 +1,56 @@
+"""The tasks in the broker's hands, from ``submit`` until they finish, and the
+barriers that wait for all of them (``run_on_all``, shutdown)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .records import Task
+
+
+class Ledger:
+    """Active tasks by id; ``finish`` ends one and fires the barriers it held."""
+
+    def __init__(self) -> None:
+        #: tasks submitted and not finished, by id
+        self.active: dict[int, Task] = {}
+        self._barriers: list[_Barrier] = []
+
+    def add(self, task: Task) -> None:
+        self.active[task.id] = task
+
+    def finish(self, task: Task) -> None:
+        """``task`` is done for the broker: forget it and its payload."""
+        self.active.pop(task.id, None)
+        # a future holds its task: it must not hold the payload too (the
+        # buffers are views of the caller's objects, which they keep alive)
+        task.func_pickle = task.data = b""
+        task.buffers = []
+        if self._barriers:
+            for barrier in self._barriers:
+                barrier.waiting.discard(task.id)
+            self._fire()
+
+    def when_finished(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every task active now has finished."""
+        self._barriers.append(_Barrier(set(self.active), callback))
+        self._fire()
+
+    def drop_barriers(self) -> None:
+        """Forget the callbacks that wait (nothing will finish: the broker closes)."""
+        self._barriers.clear()
+
+    def _fire(self) -> None:
+        done = [b for b in self._barriers if not b.waiting]
+        if done:
+            self._barriers = [b for b in self._barriers if b.waiting]
+            for barrier in done:
+                barrier.callback()
+
+
+class _Barrier:
+    __slots__ = ("waiting", "callback")
+
+    def __init__(self, waiting: set[int], callback: Callable[[], None]):
+        self.waiting = waiting
+        self.callback = callback

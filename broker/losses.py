@@ -1,0 +1,244 @@
+"""When tasks do not end well: lost and unreachable workers, retries and blame
+(``Losses``), tasks that run past ``task_timeout`` (``TaskTimeouts``), and
+failing tasks that no worker will run (``Losses.fail``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from distex_zmq.errors import TaskTimeoutError, WorkerLostError
+
+from .dispatch import Dispatcher
+from .ledger import Ledger
+from .records import INIT_TAG, STATUS_LOCAL_ERROR, BrokerHooks, ResultSink, Task, WorkerRecord
+from .registry import Registry
+
+#: Seconds to wait, after a send to a worker failed, for its supervisor to
+#: report how it ended, before the broker gives up on it (``unreachable``).
+UNREACHABLE_GRACE = 0.5
+
+_logger = logging.getLogger("distex_zmq.broker")
+
+
+class Losses:
+    """Loses workers and fails tasks, on the pool loop.
+
+    ``dispatch()`` sends what the queue holds to the workers left.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        registry: Registry,
+        ledger: Ledger,
+        dispatcher: Dispatcher,
+        dispatch: Callable[[], None],
+        hooks: BrokerHooks,
+        max_retries: int,
+        task_timeout: float | None,
+    ):
+        self._loop = loop
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self._finish = ledger.finish
+        self._dispatch = dispatch
+        self._hooks = hooks
+        self._max_retries = max_retries
+        self._task_timeout = task_timeout
+        self._closed = False
+
+    def close(self) -> None:
+        """Give up on no worker any more (the broker is closed)."""
+        self._closed = True
+
+    def fail(self, tasks: Iterable[Task], error_for: Callable[[Task], BaseException]) -> None:
+        """End ``tasks`` with the error ``error_for(task)`` each, those that
+        were not cancelled; initializer tasks end without a word."""
+        sinks: set[ResultSink] = set()
+        for task in tasks:
+            self._finish(task)
+            if not task.cancelled and task.tag is not INIT_TAG:
+                task.sink.deliver(task, STATUS_LOCAL_ERROR, error_for(task))
+                sinks.add(task.sink)
+        for sink in sinks:
+            sink.flush(urgent=True)
+
+    def worker_lost(
+        self,
+        rec: WorkerRecord,
+        how: str,
+        timed_out: Task | None = None,
+        blameless: bool = False,
+    ) -> None:
+        """Forget a worker that is gone; requeue or fail what it was running.
+
+        A worker that dies with one task was killed by it: the task counts a
+        try, and fails with ``WorkerLostError`` once it has used up
+        ``max_retries``. A worker that dies with several tasks leaves the
+        blame open: they go back to the front of the queue as suspects, each
+        to run alone, so that a second death names the task that caused it.
+        A ``timed_out`` task fails with ``TaskTimeoutError`` and is not retried.
+        ``blameless``: the worker was cut off with its host, which no task
+        caused; its tasks go back to the queue as they were.
+        """
+        registry = self._registry
+        if registry.get(rec.identity) is not rec:
+            return
+        registry.remove(rec)
+        tasks = []
+        for task in rec.running.values():
+            if task.cancelled:
+                self._finish(task)
+            else:
+                tasks.append(task)
+        rec.running.clear()
+        rec.used = 0
+        errors: dict[Task, BaseException] = {}
+        requeue = []
+        for task in tasks:
+            task.worker = None
+            task.group = None
+            error = self._verdict(task, rec, how, timed_out, blameless, alone=len(tasks) == 1)
+            if error is None:
+                requeue.append(task)
+            else:
+                errors[task] = error
+        for task in self._dispatcher.unpin(rec):
+            errors[task] = WorkerLostError(f"{task.describe()} was lost: {rec} died: {how}")
+        self.fail(errors, errors.__getitem__)
+        for task in tasks:
+            if task.tag is INIT_TAG:  # it ran there: its worker may not run others
+                self._hooks.on_init_failed(rec, STATUS_LOCAL_ERROR, errors[task])
+        self._dispatcher.requeue(requeue)
+        failed = len(tasks) - len(requeue)
+        _logger.log(
+            logging.DEBUG if blameless else logging.WARNING,
+            "%s was lost: %s; %s",
+            rec,
+            how,
+            f"of its tasks, {len(requeue)} will run again and {failed} failed"
+            if tasks
+            else "it was running no task",
+        )
+        self._dispatch()
+
+    def _verdict(
+        self,
+        task: Task,
+        rec: WorkerRecord,
+        how: str,
+        timed_out: Task | None,
+        blameless: bool,
+        alone: bool,
+    ) -> BaseException | None:
+        """The error ``task`` fails with, as its worker is lost; None: it runs again."""
+        if task is timed_out:
+            return TaskTimeoutError(
+                f"{task.describe()} ran longer than task_timeout={self._task_timeout} s "
+                f"on {rec}, which was killed; the task is not retried"
+            )
+        if task.pinned is not None:
+            return WorkerLostError(f"{task.describe()} was lost: {rec} died: {how}")
+        if blameless:
+            return None
+        if alone or task.suspect:
+            task.tries += 1
+            if task.tries > self._max_retries:
+                return WorkerLostError(
+                    f"{task.describe()} killed its worker {task.tries} times "
+                    f"(max_retries={self._max_retries}); the last: {rec} died: {how}"
+                )
+            return None
+        task.suspect = True
+        return None
+
+    def unreachable(self, rec: WorkerRecord, how: str) -> None:
+        """The worker's connection is gone: it gets nothing more.
+
+        If it died, its supervisor reports how in a moment (exit code or
+        signal, its last stderr lines), which says more than ``how``: that
+        report hands it to ``worker_lost``. If none comes within
+        ``UNREACHABLE_GRACE``, it lives on without a connection: it is lost
+        now, and ``BrokerHooks.on_unreachable`` has it killed and replaced.
+        """
+        if rec.unreachable:
+            return
+        rec.unreachable = True
+        self._registry.place(rec)
+        _logger.warning("could not send to %s: %s", rec, how)
+
+        def give_up() -> None:
+            if not self._closed and self._registry.get(rec.identity) is rec:
+                self._hooks.on_unreachable(rec)
+                self.worker_lost(rec, how)
+
+        self._loop.call_later(UNREACHABLE_GRACE, give_up)
+
+
+class TaskTimeouts:
+    """Watches for workers whose oldest task runs past ``limit`` seconds and
+    reports them to ``BrokerHooks.on_task_timeout``."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        registry: Registry,
+        limit: float,
+        hooks: BrokerHooks,
+    ):
+        self._loop = loop
+        self._registry = registry
+        self.limit = limit
+        self._hooks = hooks
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def started(self, rec: WorkerRecord) -> None:
+        """``rec`` starts a task about now: the one it runs next, or its first."""
+        rec.head_since = time.monotonic()
+        self._watch()
+
+    def _watch(self) -> None:
+        if self._timer is None and not self._closed:
+            interval = min(max(self.limit / 4, 0.01), 0.5)
+            self._timer = self._loop.call_later(interval, self._check)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        now = time.monotonic()
+        busy = False
+        for rec in list(self._registry.workers.values()):
+            if not rec.running or not rec.ready:
+                continue
+            if now - rec.head_since > self.limit:
+                self._hooks.on_task_timeout(rec, self._running_task(rec))
+            else:
+                busy = True
+        if busy:
+            self._watch()
+
+    @staticmethod
+    def _running_task(rec: WorkerRecord) -> Task | None:
+        """The task ``rec`` runs now, if that is known; else None.
+
+        The oldest unanswered task runs, unless it is done and its result
+        waits in the worker while the next one runs: a worker sends the
+        results of a batch together. It does not hold them past a task sent
+        with ``FLAG_FLUSH_FIRST``, so the oldest runs if the next has the flag.
+        """
+        tasks = iter(rec.running.values())
+        oldest = next(tasks)
+        following = next(tasks, None)
+        return oldest if following is None or following.flush_first else None

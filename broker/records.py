@@ -1,0 +1,203 @@
+"""What the broker keeps and whom it talks to: ``Task``, ``WorkerRecord``, the
+sentinels, and the interfaces of its users (``ResultSink``, ``BrokerHooks``).
+
+Every other module of the broker builds on this one; it imports none of them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Protocol
+
+from distex_zmq.wire import frames as p
+from distex_zmq.wire.frames import RecentFunctions
+
+#: Status of a result made by the broker itself (never on the wire): the
+#: value is an exception instance.
+STATUS_LOCAL_ERROR = 255
+
+#: ``Task.tag`` of an initializer task: the broker reports its end to
+#: ``BrokerHooks.on_init_failed`` or makes the worker ready, not to a sink.
+INIT_TAG: Any = object()
+
+
+class ResultSink(Protocol):
+    """Receives results on the pool loop; ``flush`` ends a batch of them."""
+
+    def deliver(self, task: Task, status: int, value: Any) -> None:
+        """``value`` is ``(pickle, buffers, microseconds it ran)`` as received, or
+        an exception made locally."""
+
+    def flush(self, urgent: bool = False) -> None:
+        """Wake whoever waits for the results delivered since the last flush.
+
+        ``urgent``: errors that end waits (lost workers, a closing pool): wake
+        at once, without any delay the sink may add to batch wake-ups."""
+
+
+class BrokerHooks(Protocol):
+    """What the broker asks of the pool that runs it (on the pool loop)."""
+
+    def on_hello(self, rec: WorkerRecord) -> Task | None:
+        """A worker connected: an initializer task to pin to it (tagged
+        ``INIT_TAG``), or None to make it ready at once."""
+
+    def on_ready(self, rec: WorkerRecord) -> None:
+        """The worker may take any task now."""
+
+    def on_init_failed(self, rec: WorkerRecord, status: int, value: Any) -> None:
+        """The worker's initializer raised or was lost (``value`` as in
+        ``ResultSink.deliver``)."""
+
+    def on_unreachable(self, rec: WorkerRecord) -> None:
+        """The worker lost its connection but not its life: kill and replace it
+        (the broker then counts it lost)."""
+
+    def on_task_timeout(self, rec: WorkerRecord, task: Task | None) -> None:
+        """The worker ran past ``task_timeout``: kill it, then call
+        ``Broker.worker_lost`` with the task to blame (None: not known)."""
+
+
+class Task:
+    """One unit of work: a function call, or a chunk of calls of one function.
+
+    Made in the caller's thread with its payload already pickled; after
+    ``Broker.submit`` only the pool loop touches it, except ``cancelled``,
+    which any thread may set.
+    """
+
+    __slots__ = (
+        "id",
+        "func_id",
+        "func_pickle",
+        "flags",
+        "data",
+        "buffers",
+        "sink",
+        "tag",
+        "index",
+        "cancelled",
+        "worker",
+        "pinned",
+        "tries",
+        "name",
+        "suspect",
+        "may_group",
+        "group",
+        "flush_first",
+    )
+
+    def __init__(
+        self,
+        task_id: int,
+        func_id: int,
+        func_pickle: bytes,
+        flags: int,
+        data: bytes,
+        buffers: list[Any],
+        sink: ResultSink,
+        tag: Any = None,
+        name: str = "",
+        may_group: bool = False,
+        *,
+        index: int | None = None,
+    ):
+        self.id = task_id
+        self.func_id = func_id
+        self.func_pickle = func_pickle
+        self.flags = flags
+        #: the pickled arguments and their out-of-band buffers
+        self.data = data
+        self.buffers = buffers
+        self.sink = sink
+        #: the sink's own reference (a future, a map's sequence number), or
+        #: ``INIT_TAG``
+        self.tag = tag
+        #: a map's task: the number of its input, or of its chunk (``FLAG_CHUNK``)
+        self.index = index
+        #: the function's name, for error messages
+        self.name = name
+        self.cancelled = False
+        #: the worker it was sent to, while it runs there
+        self.worker: WorkerRecord | None = None
+        #: only this worker may run it (run_on_all, initializer)
+        self.pinned: WorkerRecord | None = None
+        self.tries = 0
+        #: it was on a worker that died with several tasks: it runs alone
+        #: until it finishes, so that a death can be blamed on the right task
+        self.suspect = False
+        #: the broker may send it in one credit with other tiny tasks
+        #: (submit and run_async with qsize > 1; never a map's task)
+        self.may_group = may_group
+        #: while it runs in a group: ``[tasks of the group not answered]``,
+        #: shared by the group, whose credit is free when it drops to 0
+        self.group: list[int] | None = None
+        #: sent with ``FLAG_FLUSH_FIRST``: its worker sent the results it held
+        #: before starting it
+        self.flush_first = False
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id} {self.name}>"
+
+    def describe(self) -> str:
+        """``task 12 (f, input #3 of a map)``, for error messages."""
+        what = self.name or "?"
+        if self.index is not None:
+            part = "chunk" if self.flags & p.FLAG_CHUNK else "input"
+            what += f", {part} #{self.index} of a map"
+        return f"task {self.id} ({what})"
+
+
+class WorkerRecord:
+    """The broker's view of one connected worker."""
+
+    __slots__ = (
+        "identity",
+        "pid",
+        "host",
+        "capacity",
+        "running",
+        "known_funcs",
+        "ready",
+        "pinned",
+        "bucket",
+        "head_since",
+        "exclusive",
+        "used",
+        "unreachable",
+    )
+
+    def __init__(self, identity: bytes, pid: int, host: str, capacity: int):
+        self.identity = identity
+        self.pid = pid
+        self.host = host
+        #: credits granted in the worker's hello: tasks it may hold at once
+        self.capacity = capacity
+        #: task id -> task, for the tasks sent to it and not yet answered
+        self.running: dict[int, Task] = {}
+        #: credits in use: a task each, or one for a group of tiny tasks
+        self.used = 0
+        #: ids of the functions this worker holds (it keeps the recent ones)
+        self.known_funcs = RecentFunctions()
+        #: False until its initializer has run
+        self.ready = False
+        #: tasks that only this worker may run, sent before any other
+        self.pinned: deque[Task] = deque()
+        #: its place in ``Registry``'s buckets (-1: in none)
+        self.bucket = -1
+        #: when the oldest task it runs began (roughly), for task_timeout
+        self.head_since = 0.0
+        #: it runs a suspect task alone: it gets nothing else meanwhile
+        self.exclusive = False
+        #: a send to it failed: it gets nothing more (``Losses.unreachable``)
+        self.unreachable = False
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.used
+
+    def __str__(self) -> str:
+        return f"worker pid {self.pid} on {self.host}"
+
+    def __repr__(self) -> str:
+        return f"<WorkerRecord {self.identity!r} pid={self.pid} host={self.host}>"
