@@ -109,12 +109,13 @@ class Chaos(threading.Thread):
 
 
 class LogCounter(logging.Handler):
-    """Counts the pool's host-lost and reconnected warnings, with their times."""
+    """Counts the pool's host-lost and reconnected warnings; keeps their times."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.counts: Counter[str] = Counter()
         self.lost: list[tuple[float, str]] = []
+        self.reconnected: list[tuple[float, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
@@ -123,6 +124,7 @@ class LogCounter(logging.Handler):
             self.lost.append((time.time(), message))
         elif message.startswith("reconnected to"):
             self.counts["reconnects (pool log)"] += 1
+            self.reconnected.append((time.time(), message))
         elif message.startswith("cannot reconnect"):
             self.counts["failed reconnect attempts (pool log)"] += 1
 
