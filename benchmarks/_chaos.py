@@ -13,6 +13,7 @@ import glob
 import logging
 import os
 import random
+import re
 import signal
 import tempfile
 import threading
@@ -20,6 +21,9 @@ import time
 from collections import Counter
 
 from _netns import Hosts, cmdline, descendants
+
+#: the broker's account of a lost worker's tasks, in its warning
+_REQUEUED = re.compile(r"of its tasks, (\d+) will run again and (\d+) failed")
 
 
 def local_workers() -> list[int]:
@@ -127,6 +131,11 @@ class LogCounter(logging.Handler):
             self.reconnected.append((time.time(), message))
         elif message.startswith("cannot reconnect"):
             self.counts["failed reconnect attempts (pool log)"] += 1
+        elif " was lost: " in message:
+            self.counts["workers lost (pool log)"] += 1
+            if found := _REQUEUED.search(message):
+                self.counts["tasks to run again (pool log)"] += int(found[1])
+                self.counts["tasks failed (pool log)"] += int(found[2])
 
     def install(self) -> LogCounter:
         logger = logging.getLogger("distex_zmq")
