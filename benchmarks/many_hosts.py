@@ -5,8 +5,10 @@ running ``python -m distex_zmq.spawner``; ``_netns.py``) with
 ``--per-host`` workers each, plus ``--local`` local workers, and measures:
 
 - start-up: from ``Pool(...)`` to ``run_on_all`` answered by every worker;
-- a ``--tasks``-input ordered map of ``where(tag, x) -> (host name, x + 1)``:
-  its throughput, and that every result is there once and right;
+- a ``--tasks``-input ordered map of ``where(tag, x) -> (host name, x + 1)``,
+  each task sleeping ``--task-ms`` (so that work is still in flight when
+  the hosts are cut): its throughput, and that every result is there once
+  and right;
 - ``--cut`` hosts (both kinds) cut off when 30 % of the results are in: how
   long after the cut the pool noticed, seen with the public API only: the
   pool's "host ... lost" warning; the end of the pause of the ordered map's
@@ -26,6 +28,7 @@ any problem.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shlex
 import shutil
@@ -52,6 +55,7 @@ def main() -> None:
     parser.add_argument("--per-host", type=int, default=4, help="workers per host")
     parser.add_argument("--local", type=int, default=2, help="local workers")
     parser.add_argument("--tasks", type=int, default=200_000)
+    parser.add_argument("--task-ms", type=float, default=1.0, help="each task's sleep, ms")
     parser.add_argument("--cut", type=int, default=None, help="hosts to cut (default hosts/4)")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat_timeout")
     parser.add_argument("--down-for", type=float, default=None, help="default 2 x heartbeat")
@@ -107,7 +111,9 @@ def main() -> None:
         before_cut = 0.0
         tags = (f"m{x}" for x in range(n))
         arrivals: list[float] = []  # when each result after the cut came
-        for i, (host, value) in enumerate(pool.map(t.where, tags, range(n), timeout=3600)):
+        pause = itertools.repeat(args.task_ms / 1000)
+        results = pool.map(t.where, tags, range(n), pause, timeout=3600)
+        for i, (host, value) in enumerate(results):
             where[host] += 1
             values.append(value)
             if cut_at:
@@ -152,6 +158,8 @@ def main() -> None:
             gap, end = max((b - a, b) for a, b in zip([cut_at, *arrivals], arrivals, strict=False))
             rows.append(("longest pause of the map's results after the cut, s", f"{gap:.1f}"))
             rows.append(("cut to the end of that pause, s", f"{end - cut_at:.1f}"))
+            starts = sum(1 for _, _, w in t.read_journal(journal) if end - gap < w < end - 0.1)
+            rows.append(("task starts on any worker during that pause (journal)", f"{starts:,}"))
         rows += noticed(hosts, cut, cut_at, journal, log, args.heartbeat, problems)
         rows.append(("client RSS growth over the map, MB", f"{(rss_mb() or 0) - rss0:+.0f}"))
         t2 = time.monotonic()
@@ -160,8 +168,8 @@ def main() -> None:
         pool = None
         problems += [f"left behind: {x}" for x in leftovers(hosts, 2 * args.heartbeat + 10)]
         print(f"\nMany hosts: {args.hosts} hosts ({n_ssh} SSH, {args.hosts - n_ssh} spawner) x "
-              f"{args.per_host} workers + {args.local} local; heartbeat_timeout "
-              f"{args.heartbeat} s; links down for {down_for:.0f} s\n")  # fmt: skip
+              f"{args.per_host} workers + {args.local} local; tasks of {args.task_ms} ms; "
+              f"heartbeat_timeout {args.heartbeat} s; links down {down_for:.0f} s\n")  # fmt: skip
         print("| measure | value |\n|---|---:|")
         for key, value in rows:
             print(f"| {key} | {value} |")
@@ -178,6 +186,10 @@ def main() -> None:
     print("\nno problems: nothing lost or doubled, the cut hosts came back, nothing left behind")
 
 
+#: how much later than heartbeat_timeout a loss may be noticed on a busy machine
+SLACK = 0.5
+
+
 def noticed(
     hosts: Hosts,
     cut: list[str],
@@ -187,7 +199,11 @@ def noticed(
     heartbeat: float,
     problems: list[str],
 ) -> list[tuple[str, str]]:
-    """How long after the cut the pool moved each cut host's tasks elsewhere."""
+    """How long after the cut the pool noticed each loss, and moved its tasks.
+
+    The issue asks for each loss to be noticed within ``heartbeat_timeout``;
+    a later "host lost" warning (by more than ``SLACK``) is a problem.
+    """
     first: dict[str, tuple[str, float]] = {}  # tag -> (host, time) of its first start
     moved: dict[str, float] = {}  # cut host -> first restart of one of its tasks elsewhere
     reruns = 0
@@ -202,14 +218,19 @@ def noticed(
     rows = [("tasks started again (journal)", f"{reruns:,}")]
     for host in cut:
         address = hosts.addresses[host]
-        said = [w - cut_at for w, m in log.lost if w > cut_at and (host in m or f"{address}:" in m)]
+        said = [(w - cut_at, m) for w, m in log.lost
+                if w > cut_at and (host in m or f"{address}:" in m)]  # fmt: skip
         seen = f"{moved[host]:.1f}" if host in moved else "-"
-        logged = f"{min(said):.1f}" if said else "-"
-        rows.append((f"{host}: cut to tasks moved / to 'lost' warning, s", f"{seen} / {logged}"))
-        if host in moved and moved[host] > 1.5 * heartbeat + 2:
-            problems.append(f"{host}: its tasks moved {moved[host]:.1f} s after the cut")
+        logged = f"{said[0][0]:.1f} ({said[0][0] / heartbeat:.2f} x)" if said else "-"
+        rows.append((f"{host}: cut to tasks moved / to 'lost' warning, s (x heartbeat_timeout)",
+                     f"{seen} / {logged}"))  # fmt: skip
         if not said:
             problems.append(f"{host}: no 'host lost' warning after the cut")
+        elif said[0][0] > heartbeat + SLACK:
+            problems.append(
+                f"{host}: lost {said[0][0]:.1f} s after the cut, more than heartbeat_timeout "
+                f"({heartbeat:g} s) + {SLACK} s; the pool said: {said[0][1]}"
+            )
     return rows
 
 
