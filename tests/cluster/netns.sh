@@ -2,17 +2,18 @@
 # Hosts for the multi-host tests: network namespaces joined by a bridge.
 # Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN).
 #
-#   netns.sh up NAME...     bridge dzq-br0 = $NET.1 in the root namespace; one namespace
+#   netns.sh up NAME...     bridge $BR = $NET.1 in the root namespace; one namespace
 #                           per NAME with eth0 = $NET.11, .12, ...; lo up; default route
 #                           via the bridge; /etc/netns/NAME/hosts (bind-mounted over
 #                           /etc/hosts by `ip netns exec`) so that the names resolve
 #   netns.sh down NAME...   kill what runs in them, delete namespaces, links, bridge
 #
-# Prints "NAME ADDRESS" per host on up. NET defaults to 10.213.0 (DZQ_NET).
+# Prints "NAME ADDRESS" per host on up. NET defaults to 10.213.0 (DZQ_NET), BR to
+# dzq-br0 (DZQ_BRIDGE): other clusters (benchmarks/) use their own of both.
 # Interface names are at most 15 characters: keep NAMEs short.
 set -euo pipefail
 NET=${DZQ_NET:-10.213.0}
-BR=dzq-br0
+BR=${DZQ_BRIDGE:-dzq-br0}
 cmd=${1:?usage: netns.sh up|down NAME...}; shift
 
 down() {
