@@ -12,23 +12,27 @@ inputs that take well under ``GROUP_BELOW`` seconds into chunks of about
 ``BATCH_TIME`` seconds of work. Each input keeps its own result, exception
 and place in the order; inputs that take longer are never grouped; an
 explicit ``chunksize`` and ``qsize=1`` are honoured exactly.
+
+A map sees its pool only through a ``MapContext``: where tasks go, the task
+maker, the pool loop and the workers' capacity.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import itertools
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from distex_zmq.broker import Task
-from distex_zmq.broker.task import callable_name
 from distex_zmq.results import QueueSink, decode
-from distex_zmq.serialization import ItemError, dumps
+from distex_zmq.serialization import ItemError
+from distex_zmq.tasks import TaskMaker
 from distex_zmq.wire import frames as p
 
 #: Inputs that run at least this long (seconds) are never grouped.
@@ -39,16 +43,56 @@ BATCH_TIME = 0.002
 MAX_BATCH = 256
 #: Bytes of pickled input a map reads ahead of its consumer, about: large
 #: inputs need few tasks in flight to keep the workers busy, and every one
-#: read ahead costs memory (with 10 MiB inputs, 6 tasks ahead instead of 32
-#: move about 20% more MB/s on a 2-core VM).
+#: read ahead costs memory and memory bandwidth.
 BYTES_AHEAD = 64 * 1024 * 1024
 
-if TYPE_CHECKING:
-    from distex_zmq.pool import Pool
+
+class TaskQueue(Protocol):
+    """Where a map's tasks go: the broker."""
+
+    def submit(self, tasks: Iterable[Task]) -> None:
+        """Queue tasks (thread-safe)."""
+
+    def wake(self) -> None:
+        """Make the pool loop look at the tasks cancelled since (thread-safe)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MapContext:
+    """What a map needs of its pool."""
+
+    queue: TaskQueue
+    tasks: TaskMaker
+    #: the pool loop, which delivers the results
+    loop: asyncio.AbstractEventLoop
+    #: tasks the workers hold at once: the sum of their credits
+    capacity: int
+    #: inputs may be grouped into chunks when no chunksize is given
+    may_chunk: bool
+
+    @property
+    def window(self) -> int:
+        return map_window(self.capacity)
+
+
+def map_window(capacity: int) -> int:
+    """Inputs a map keeps between reading and yielding, for workers that hold
+    ``capacity`` tasks at once."""
+    return 4 * capacity + 16
 
 
 def is_sync_iterable(it: Any) -> bool:
-    return hasattr(it, "__iter__") or hasattr(it, "__next__")
+    """Whether ``iter(it)`` accepts ``it``, judged as ``iter`` does, from its type:
+    an ``__iter__`` that is not None, or else a ``__getitem__`` (the sequence
+    protocol). An iterator without ``__iter__`` is not iterable."""
+    cls = type(it)
+    dunder_iter = getattr(cls, "__iter__", _ABSENT)
+    if dunder_iter is not _ABSENT:
+        return dunder_iter is not None
+    return hasattr(cls, "__getitem__")
+
+
+_ABSENT = object()
 
 
 def sync_input(iterables: tuple[Any, ...]) -> Iterator[Any]:
@@ -108,7 +152,7 @@ class MapRun:
 
     def __init__(
         self,
-        pool: Pool,
+        ctx: MapContext,
         func: Callable[..., Any],
         iterables: tuple[Any, ...],
         timeout: float | None,
@@ -117,31 +161,28 @@ class MapRun:
         star: bool,
         wake: Callable[[], None],
     ):
-        runtime = pool._live_runtime()
-        self._broker = runtime.broker
-        self._next_id = pool._task_ids.__next__
-        self._dumps = pool._data_dumps
-        self._loads = pool._data_loads
-        self._func_id, self._func_pickle = pool._functions.get(func)
-        self._func_name = callable_name(func)
+        self._queue = ctx.queue
+        self._tasks = ctx.tasks
+        self._loads = ctx.tasks.data_loads
+        self._func = ctx.tasks.function(func)
         zipped = len(iterables) > 1
         self._flags = p.FLAG_STAR if star or zipped else 0
         #: adapt the chunk size to the tasks' run time (no chunksize given)
-        self.adaptive = chunksize is None and pool._options.qsize > 1
+        self.adaptive = chunksize is None and ctx.may_chunk
         #: inputs per task now
         self.chunksize = chunksize or 1
         self._per_input: float | None = None
         #: inputs in each chunk task not yet yielded, by sequence number
         self._sizes: dict[int, int] = {}
-        self._window = pool._map_window()
-        self._chunk_window = min(self._window, 2 * pool._capacity() + 2)
+        capacity = ctx.capacity
+        self._window = ctx.window
+        self._chunk_window = min(self._window, 2 * capacity + 2)
         #: the fewest tasks a map keeps ahead, however large: every credit and two
-        self._min_window = pool._capacity() + 2
+        self._min_window = capacity + 2
         self._ordered = ordered
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._timeout = timeout
-        capacity = pool._capacity()
-        self.sink = QueueSink(wake, runtime.loop, max(1, self._window // 2), 2 * capacity)
+        self.sink = QueueSink(wake, ctx.loop, max(1, self._window // 2), 2 * capacity)
         self._outstanding: dict[int, Task] = {}
         self._held: dict[int, tuple[Task, int, Any]] = {}
         self._ready: deque[tuple[Task, int, Any]] = deque()
@@ -166,28 +207,27 @@ class MapRun:
 
     def submit(self, inputs: list[Any], chunked: bool = False) -> None:
         """Pickle the inputs and queue them as tasks (each a chunk if ``chunked``)."""
-        tasks = []
-        dumps_, sink = self._dumps, self.sink
+        tasks: list[Task] = []
         flags = self._flags | (p.FLAG_CHUNK if chunked else 0)
-        func_id, func_pickle, name = self._func_id, self._func_pickle, self._func_name
+        first = self._next_seq
         try:
-            for args in inputs:
-                seq = self._next_seq
-                data, buffers = dumps(args, dumps_)
-                self._task_bytes = len(data) + (sum(b.nbytes for b in buffers) if buffers else 0)
-                task = Task(
-                    self._next_id(), func_id, func_pickle, flags, data, buffers, sink, seq, name
-                )
-                self._next_seq = seq + 1
-                if chunked:
-                    self._sizes[seq] = len(args)
-                self._unyielded += 1
-                sink.submitted += 1
-                self._outstanding[seq] = task
-                tasks.append(task)
+            self._tasks.map_tasks(self._func, flags, inputs, self.sink, first, tasks)
         finally:
-            if tasks:
-                self._broker.submit(tasks)
+            made = len(tasks)
+            if made:
+                last = tasks[-1]
+                buffers = last.buffers
+                self._task_bytes = len(last.data) + (
+                    sum(b.nbytes for b in buffers) if buffers else 0
+                )
+                seqs = range(first, first + made)
+                self._outstanding.update(zip(seqs, tasks, strict=True))
+                if chunked:
+                    self._sizes.update(zip(seqs, map(len, inputs), strict=False))
+                self._next_seq = first + made
+                self._unyielded += made
+                self.sink.submitted += made
+                self._queue.submit(tasks)
 
     def feed_sync(self, it: Iterator[Any]) -> None:
         if self._task_bytes is None and self.room > 0:
@@ -319,13 +359,13 @@ class MapRun:
             for task in self._outstanding.values():
                 task.cancelled = True
             self._outstanding.clear()
-            self._broker.wake()
+            self._queue.wake()
         self._held.clear()
         self._ready.clear()
 
 
 def map_sync(
-    pool: Pool,
+    ctx: MapContext,
     func: Callable[..., Any],
     iterables: tuple[Any, ...],
     timeout: float | None,
@@ -335,10 +375,10 @@ def map_sync(
 ) -> Iterator[Any]:
     """The generator behind ``Pool.map``."""
     if not all(is_sync_iterable(it) for it in iterables):
-        yield from _map_sync_over_async(pool, func, iterables, timeout, chunksize, ordered, star)
+        yield from _map_sync_over_async(ctx, func, iterables, timeout, chunksize, ordered, star)
         return
     event = threading.Event()
-    run = MapRun(pool, func, iterables, timeout, chunksize, ordered, star, event.set)
+    run = MapRun(ctx, func, iterables, timeout, chunksize, ordered, star, event.set)
     it = sync_input(iterables)
     try:
         while True:
@@ -359,7 +399,7 @@ def map_sync(
 
 
 def _map_sync_over_async(
-    pool: Pool,
+    ctx: MapContext,
     func: Callable[..., Any],
     iterables: tuple[Any, ...],
     timeout: float | None,
@@ -369,7 +409,7 @@ def _map_sync_over_async(
 ) -> Iterator[Any]:
     """Sync ``map`` of async iterables: iterate them on a private loop."""
     loop = asyncio.new_event_loop()
-    agen = map_async(pool, func, iterables, timeout, chunksize, ordered, star)
+    agen = map_async(ctx, func, iterables, timeout, chunksize, ordered, star)
     try:
         while True:
             try:
@@ -382,7 +422,7 @@ def _map_sync_over_async(
 
 
 async def map_async(
-    pool: Pool,
+    ctx: MapContext,
     func: Callable[..., Any],
     iterables: tuple[Any, ...],
     timeout: float | None,
@@ -393,7 +433,7 @@ async def map_async(
     """The async generator behind ``Pool.map_async``."""
     loop = asyncio.get_running_loop()
     waker = _AsyncWaker(loop)
-    run = MapRun(pool, func, iterables, timeout, chunksize, ordered, star, waker.wake_threadsafe)
+    run = MapRun(ctx, func, iterables, timeout, chunksize, ordered, star, waker.wake_threadsafe)
     feeder: asyncio.Task[None] | None = None
     it: Iterator[Any] | None = None
     if all(is_sync_iterable(i) for i in iterables):
