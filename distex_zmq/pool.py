@@ -428,12 +428,12 @@ def _pin_to_all_after_drain(
     def make_task(*_worker: Any) -> Task:
         # (the broker passes the worker's record; the task is the same for all)
         task = tasks.copy(template)
-        TaskFuture(task)
+        TaskFuture(task)  # the future becomes the task's tag
         return task
 
     def pin() -> None:
-        tasks = runtime.broker.pin_to_all(make_task)
-        batch.set_result([t.tag for t in tasks])
+        pinned = runtime.broker.pin_to_all(make_task)
+        batch.set_result([task.tag for task in pinned])
 
     def after_start(started: concurrent.futures.Future[None]) -> None:
         error = started.exception()

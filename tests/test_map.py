@@ -12,7 +12,7 @@ import weakref
 import pytest
 
 from distex_zmq import Pool
-from distex_zmq.maps import BYTES_AHEAD, MAX_BATCH, map_window
+from distex_zmq.map_run import BYTES_AHEAD, MAX_BATCH, map_window
 from tests import tasks
 
 pytestmark = pytest.mark.timeout(60)
