@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import itertools
 import os
 import threading
 import weakref
@@ -25,10 +24,9 @@ from typing import Any
 
 from distex_zmq.broker import Task
 from distex_zmq.errors import PoolClosedError
-from distex_zmq.hostspec import HostSpec
-from distex_zmq.launch.remote import RemoteSettings
-from distex_zmq.loops import LoopType, loop_factory
-from distex_zmq.maps import check_map_args, map_async, map_sync
+from distex_zmq.loops import LoopType
+from distex_zmq.maps import MapContext, check_map_args, map_async, map_sync
+from distex_zmq.options import pool_options
 from distex_zmq.results import (
     AsyncFutureSink,
     FutureSink,
@@ -36,17 +34,9 @@ from distex_zmq.results import (
     TaskFuture,
     refuse_wait_on_pool_loop,
 )
-from distex_zmq.runtime.loop import Options, Runtime, shutdown_runtime
-from distex_zmq.security import ClusterKeys, load_secret
-from distex_zmq.serialization import (
-    FunctionCache,
-    PickleType,
-    call_out_of_band,
-    dumps,
-    pickle_module,
-)
-from distex_zmq.tasks import callable_name
-from distex_zmq.wire import frames as p
+from distex_zmq.runtime.loop import Runtime, shutdown_runtime
+from distex_zmq.serialization import PickleType
+from distex_zmq.tasks import TaskMaker
 
 
 class Pool(concurrent.futures.Executor):
@@ -148,80 +138,35 @@ class Pool(concurrent.futures.Executor):
         secret: str | bytes | None = None,
         secret_file: str | None = None,
     ):
-        if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
-            raise ValueError(f"num_workers must be an integer >= 0 or None, not {num_workers!r}")
-        if not isinstance(localport, int) or not 0 <= localport < 65536:
-            # libzmq would take it modulo 65536 and listen on another port
-            raise ValueError(f"localport must be from 0 (any) to 65535, not {localport!r}")
-        if not isinstance(qsize, int) or qsize < 1:
-            raise ValueError(f"qsize must be an integer >= 1, not {qsize!r}")
-        if not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an integer >= 0, not {max_retries!r}")
-        if task_timeout is not None and not task_timeout > 0:
-            raise ValueError(
-                f"task_timeout must be a positive number of seconds or None, not {task_timeout!r}"
-            )
-        if not isinstance(max_worker_deaths, int) or max_worker_deaths < 1:
-            raise ValueError(
-                f"max_worker_deaths must be an integer >= 1, not {max_worker_deaths!r}"
-            )
-        if initializer is not None and not callable(initializer):
-            raise TypeError(f"initializer must be callable, not {initializer!r}")
-        host_list = [hosts] if isinstance(hosts, str) else list(hosts or [])
-        self._hosts = [HostSpec(h) for h in host_list]
-        cluster_keys = None
-        if any(not h.is_ssh for h in self._hosts):
-            # only spawner hosts use the secret: a pool without them ignores it
-            secret_bytes = load_secret(secret, secret_file)
-            cluster_keys = ClusterKeys.from_secret(secret_bytes) if secret_bytes else None
-        for name, value in (
-            ("heartbeat_timeout", heartbeat_timeout),
-            ("connect_timeout", connect_timeout),
-        ):
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-        if not isinstance(remote_python, (str, Mapping)) or not remote_python:
-            raise TypeError(
-                f"remote_python must be a command or a dict of commands, not {remote_python!r}"
-            )
-        if num_workers is None and not self._hosts:
-            raise ValueError("num_workers=None (no local workers) needs hosts to run the tasks")
-        loop_factory(worker_loop)  # a clear ValueError now, not a worker that fails later
-        data = pickle_module(data_pickle)
-        self._functions = FunctionCache(func_pickle)
-        self._data_dumps = data.dumps
-        self._data_loads = data.loads
-        self._options = Options(
-            num_workers=0 if num_workers is None else num_workers or os.cpu_count() or 1,
-            hosts=self._hosts,
-            remote=RemoteSettings(
-                tunnel=ssh_tunnel,
-                python=remote_python if isinstance(remote_python, str) else dict(remote_python),
-                heartbeat_timeout=float(heartbeat_timeout),
-                accept_new_hosts=ssh_accept_new_hosts,
-                connect_timeout=float(connect_timeout),
-                localhost=localhost,
-            ),
-            localport=localport,
-            cluster_keys=cluster_keys,
-            qsize=qsize,
-            initializer=initializer,
-            initargs=tuple(initargs),
-            worker_loop=int(worker_loop),
-            func_pickle=int(func_pickle),
-            data_pickle=int(data_pickle),
-            max_retries=max_retries,
-            task_timeout=task_timeout,
-            max_worker_deaths=max_worker_deaths,
+        self._options = pool_options(
+            num_workers,
+            hosts,
+            qsize,
+            initializer,
+            initargs,
+            localhost,
+            localport,
+            worker_loop,
+            func_pickle,
+            data_pickle,
+            max_retries,
+            task_timeout,
+            max_worker_deaths,
+            remote_python,
+            ssh_tunnel,
+            heartbeat_timeout,
+            ssh_accept_new_hosts,
+            connect_timeout,
+            secret,
+            secret_file,
         )
-        self._localhost = localhost
-        self._localport = localport
-        self._task_ids = itertools.count(1)
+        opts = self._options
+        self._tasks = TaskMaker(opts.func_pickle, opts.data_pickle, may_group=opts.qsize > 1)
         self._lock = threading.Lock()
         self._runtime: Runtime | None = None
         self._finalizer: weakref.finalize | None = None
         self._is_shutdown = False
-        self._future_sink = FutureSink(self._data_loads)
+        self._future_sink = FutureSink(self._tasks.data_loads)
         self._loop_sinks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncFutureSink] = (
             weakref.WeakKeyDictionary()
         )
@@ -248,7 +193,7 @@ class Pool(concurrent.futures.Executor):
             if self._is_shutdown:
                 raise PoolClosedError("the pool was shut down; create a new Pool")
             if self._runtime is None:
-                self._runtime = Runtime(self._options, self._functions, self._task_ids)
+                self._runtime = Runtime(self._options, self._tasks)
                 self._finalizer = weakref.finalize(self, shutdown_runtime, self._runtime)
             return self._runtime
 
@@ -309,11 +254,6 @@ class Pool(concurrent.futures.Executor):
         """Number of workers in the pool, local and remote."""
         return self._options.total_workers
 
-    def _wait_started(self) -> Runtime:
-        runtime = self._live_runtime()
-        runtime.started.result()
-        return runtime
-
     def shutdown(
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
     ) -> None:
@@ -353,34 +293,6 @@ class Pool(concurrent.futures.Executor):
 
     # running tasks
 
-    def _make_task(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        sink: Any,
-        tag: Any,
-    ) -> Task:
-        func_id, func_pickle = self._functions.get(func)
-        if kwargs:
-            flags = p.FLAG_STAR | p.FLAG_KWARGS
-            data, buffers = dumps(call_out_of_band(args, kwargs), self._data_dumps)
-        else:
-            flags = p.FLAG_STAR
-            data, buffers = dumps(args, self._data_dumps)
-        return Task(
-            next(self._task_ids),
-            func_id,
-            func_pickle,
-            flags,
-            data,
-            buffers,
-            sink,
-            tag,
-            callable_name(func),
-            may_group=self._options.qsize > 1,
-        )
-
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[Any]:
@@ -390,9 +302,8 @@ class Pool(concurrent.futures.Executor):
         Arguments that cannot be pickled raise here, in the caller.
         """
         runtime = self._live_runtime()
-        future = TaskFuture()
-        task = self._make_task(fn, args, kwargs, self._future_sink, future)
-        future._task = task
+        task = self._tasks.call(fn, args, kwargs, self._future_sink)
+        future = TaskFuture(task)
         runtime.broker.submit((task,))
         return future
 
@@ -415,9 +326,9 @@ class Pool(concurrent.futures.Executor):
         loop = asyncio.get_running_loop()
         sink = self._loop_sinks.get(loop)
         if sink is None:
-            sink = self._loop_sinks[loop] = AsyncFutureSink(LoopPort(loop), self._data_loads)
+            sink = self._loop_sinks[loop] = AsyncFutureSink(LoopPort(loop), self._tasks.data_loads)
         future = loop.create_future()
-        task = self._make_task(func, args, kwargs, sink, future)
+        task = self._tasks.call(func, args, kwargs, sink, future)
         future.add_done_callback(functools.partial(_cancel_if_cancelled, task))
         runtime.broker.submit((task,))
         return await future
@@ -456,8 +367,8 @@ class Pool(concurrent.futures.Executor):
         """
         check_map_args(iterables, chunksize)
         refuse_wait_on_pool_loop("Pool.map")
-        self._live_runtime()
-        return map_sync(self, func, iterables, timeout, chunksize, ordered, star)
+        ctx = self._map_context()
+        return map_sync(ctx, func, iterables, timeout, chunksize, ordered, star)
 
     def map_async(
         self,
@@ -470,16 +381,13 @@ class Pool(concurrent.futures.Executor):
     ) -> AsyncIterator[Any]:
         """Async version of ``map``: ``async for result in pool.map_async(...)``."""
         check_map_args(iterables, chunksize)
-        self._live_runtime()
-        return map_async(self, func, iterables, timeout, chunksize, ordered, star)
+        ctx = self._map_context()
+        return map_async(ctx, func, iterables, timeout, chunksize, ordered, star)
 
-    def _capacity(self) -> int:
-        """Tasks the workers hold at once: the sum of their credits."""
-        return self._options.total_workers * self._options.qsize
-
-    def _map_window(self) -> int:
-        """Inputs a map keeps between reading and yielding."""
-        return 4 * self._capacity() + 16
+    def _map_context(self) -> MapContext:
+        runtime = self._live_runtime()
+        opts = self._options
+        return MapContext(runtime.broker, self._tasks, runtime.loop, opts.capacity, opts.qsize > 1)
 
     def run_on_all(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
         """Run ``func`` once on every worker, after the tasks submitted before
@@ -502,12 +410,12 @@ class Pool(concurrent.futures.Executor):
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> concurrent.futures.Future[list[TaskFuture]]:
         runtime = self._live_runtime()
-        template = self._make_task(func, args, kwargs, self._future_sink, None)
-        return _pin_to_all_after_drain(runtime, template, self._task_ids)
+        template = self._tasks.call(func, args, kwargs, self._future_sink, alone=True)
+        return _pin_to_all_after_drain(runtime, self._tasks, template)
 
 
 def _pin_to_all_after_drain(
-    runtime: Runtime, template: Task, task_ids: Iterator[int]
+    runtime: Runtime, tasks: TaskMaker, template: Task
 ) -> concurrent.futures.Future[list[TaskFuture]]:
     """Copies of ``template``, one pinned to each worker once the tasks before
     them have finished; the future of their futures.
@@ -518,24 +426,14 @@ def _pin_to_all_after_drain(
     batch: concurrent.futures.Future[list[TaskFuture]] = concurrent.futures.Future()
 
     def make_task() -> Task:
-        future = TaskFuture()
-        task = Task(
-            next(task_ids),
-            template.func_id,
-            template.func_pickle,
-            template.flags,
-            template.data,
-            template.buffers,
-            template.sink,
-            future,
-            template.name,
-        )
-        future._task = task
+        # (the broker passes the worker's record; the task is the same for all)
+        task = tasks.copy(template)
+        TaskFuture(task)  # the future becomes the task's tag
         return task
 
     def pin() -> None:
-        tasks = runtime.broker.pin_to_all(make_task)
-        batch.set_result([t.tag for t in tasks])
+        pinned = runtime.broker.pin_to_all(make_task)
+        batch.set_result([task.tag for task in pinned])
 
     def after_start(started: concurrent.futures.Future[None]) -> None:
         error = started.exception()

@@ -50,9 +50,9 @@ class _LeanCondition(threading.Condition):
     the garbage collector tracks instead of 8.
 
     ``Condition`` binds five methods of its lock in ``__init__``; these are
-    plain methods here. Every pending future holds a condition, and 20,000
-    futures submitted at once made the collector's full passes (which walk
-    every tracked object) take most of the time ``submit`` took.
+    plain methods here. Every pending future holds a condition, and each
+    tracked object lengthens the garbage collector's full passes, which a
+    burst of submits triggers.
     """
 
     def __init__(self) -> None:
@@ -101,13 +101,16 @@ class TaskFuture(concurrent.futures.Future[Any]):
     A task that has not started is dropped; the result of one that has is
     discarded when it arrives. Waiting for it on the pool loop (in a done
     callback) raises ``RuntimeError`` instead of hanging the pool.
+
+    Made for its ``task``, which has no tag yet: the future becomes its tag.
     """
 
-    _task: Task | None = None
-
-    def __init__(self) -> None:
+    def __init__(self, task: Task) -> None:
         super().__init__()
         self._condition = _LeanCondition()
+        #: the task while it may still run (cleared when its result arrives)
+        self._task: Task | None = task
+        task.tag = self
 
     def result(self, timeout: float | None = None) -> Any:
         if not self.done():
@@ -165,6 +168,19 @@ class FutureSink:
 
     def flush(self, urgent: bool = False) -> None:
         pass
+
+
+class DiscardSink:
+    """Drops results: for tasks whose outcome the broker handles (initializers)."""
+
+    def deliver(self, task: Task, status: int, value: Any) -> None:
+        pass
+
+    def flush(self, urgent: bool = False) -> None:
+        pass
+
+
+DISCARD = DiscardSink()
 
 
 class LoopPort:
@@ -251,6 +267,7 @@ class QueueSink:
         self._delivered += 1
 
     def flush(self, urgent: bool = False) -> None:
+        """``urgent``: wake the map now (the broker has nothing left to send it)."""
         if (
             urgent
             or len(self.results) >= self._batch

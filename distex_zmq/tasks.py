@@ -1,8 +1,18 @@
-"""Building tasks: helpers for the client modules that make them."""
+"""The one place a ``Task`` is built: ``TaskMaker``, and ``callable_name``.
+
+A pool has one ``TaskMaker``: it holds the pool's function cache, its data
+pickler and its task ids, and pickles each call in the caller's thread.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from distex_zmq.broker import ResultSink, Task
+from distex_zmq.serialization import FunctionCache, call_out_of_band, dumps, pickle_module
+from distex_zmq.wire import frames as p
 
 
 def callable_name(func: Any) -> str:
@@ -12,3 +22,112 @@ def callable_name(func: Any) -> str:
         inner = getattr(func, "func", None)  # functools.partial
         name = callable_name(inner) if inner is not None else type(func).__name__
     return str(name)
+
+
+class MappedFunction(NamedTuple):
+    """A function pickled once for all the tasks of a map."""
+
+    func_id: int
+    func_pickle: bytes
+    name: str
+
+
+class TaskMaker:
+    """Builds the tasks of one pool, in the caller's thread.
+
+    Args:
+        func_pickle: ``PickleType`` for functions.
+        data_pickle: ``PickleType`` for arguments and results.
+        may_group: calls may share a credit with other tiny tasks (qsize > 1).
+    """
+
+    def __init__(self, func_pickle: int, data_pickle: int, may_group: bool):
+        #: the functions sent so far, by id
+        self.functions = FunctionCache(func_pickle)
+        data = pickle_module(data_pickle)
+        self.data_dumps: Callable[..., bytes] = data.dumps
+        self.data_loads: Callable[..., Any] = data.loads
+        #: task ids, unique in the pool
+        self.ids = itertools.count(1)
+        self._may_group = may_group
+
+    def call(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        sink: ResultSink,
+        tag: Any = None,
+        alone: bool = False,
+    ) -> Task:
+        """The task of ``func(*args, **kwargs)``; ``alone``: never grouped with
+        other tasks (one pinned to a worker, or a template for such)."""
+        func_id, func_pickle = self.functions.get(func)
+        if kwargs:
+            flags = p.FLAG_STAR | p.FLAG_KWARGS
+            data, buffers = dumps(call_out_of_band(args, kwargs), self.data_dumps)
+        else:
+            flags = p.FLAG_STAR
+            data, buffers = dumps(args, self.data_dumps)
+        return Task(
+            next(self.ids),
+            func_id,
+            func_pickle,
+            flags,
+            data,
+            buffers,
+            sink,
+            tag,
+            callable_name(func),
+            may_group=self._may_group and not alone,
+        )
+
+    def copy(self, template: Task, tag: Any = None) -> Task:
+        """A new task (own id, never grouped) with the call of ``template``."""
+        return Task(
+            next(self.ids),
+            template.func_id,
+            template.func_pickle,
+            template.flags,
+            template.data,
+            template.buffers,
+            template.sink,
+            tag,
+            template.name,
+        )
+
+    def function(self, func: Callable[..., Any]) -> MappedFunction:
+        """``func`` pickled (or found in the cache) for ``map_tasks``."""
+        func_id, func_pickle = self.functions.get(func)
+        return MappedFunction(func_id, func_pickle, callable_name(func))
+
+    def map_tasks(
+        self,
+        func: MappedFunction,
+        flags: int,
+        inputs: list[Any],
+        sink: ResultSink,
+        first: int,
+        out: list[Task],
+    ) -> None:
+        """Append to ``out`` a task per input (its arguments, or a chunk of
+        them with ``FLAG_CHUNK``), numbered from ``first``. An input that
+        cannot be pickled raises, with the tasks before it in ``out``."""
+        dumps_, next_id, append = self.data_dumps, self.ids.__next__, out.append
+        func_id, func_pickle, name = func
+        for seq, args in enumerate(inputs, first):
+            data, buffers = dumps(args, dumps_)
+            append(
+                Task(
+                    next_id(),
+                    func_id,
+                    func_pickle,
+                    flags,
+                    data,
+                    buffers,
+                    sink,
+                    seq,
+                    name,
+                    index=seq,
+                )
+            )

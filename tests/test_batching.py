@@ -27,9 +27,9 @@ def grouped_tasks(pool: Pool) -> int:
 
 def tasks_made(pool: Pool, run: Callable[[], object]) -> int:
     """Run ``run()``; return how many tasks it submitted."""
-    before = next(pool._task_ids)
+    before = next(pool._tasks.ids)
     run()
-    return next(pool._task_ids) - before - 1
+    return next(pool._tasks.ids) - before - 1
 
 
 def test_tiny_tasks_are_grouped_by_default(shared_pool):

@@ -12,7 +12,7 @@ import weakref
 import pytest
 
 from distex_zmq import Pool, RemoteException
-from distex_zmq.maps import BYTES_AHEAD, MAX_BATCH
+from distex_zmq.map_run import BYTES_AHEAD, MAX_BATCH, map_window
 from tests import tasks
 
 pytestmark = pytest.mark.timeout(60)
@@ -31,6 +31,73 @@ def test_map_of_a_non_iterable_says_which_argument(shared_pool):
         shared_pool.map(tasks.add, range(3), 5)
     with pytest.raises(TypeError, match="argument 1 must be an iterable"):
         shared_pool.map_async(tasks.square, None)
+
+
+class _IterIsNone:
+    __iter__ = None
+
+
+class _NextOnly:
+    def __next__(self):
+        raise StopIteration
+
+
+class _IterIsNoneWithGetitem:
+    __iter__ = None
+
+    def __getitem__(self, i):
+        return i
+
+
+class _GetitemOnly:
+    def __getitem__(self, i):
+        if i > 2:
+            raise IndexError
+        return i
+
+
+class _NotIterableDict(dict):
+    __iter__ = None
+
+
+class _AsAttribute:
+    """``__iter__`` on the instance: ``iter`` looks at the type only."""
+
+    def __init__(self):
+        self.__iter__ = lambda: iter(())
+
+
+def _iter_accepts(obj):
+    try:
+        iter(obj)
+    except TypeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [1],
+        "ab",
+        {1: 2},
+        iter([]),
+        _GetitemOnly(),
+        _IterIsNone(),
+        _NextOnly(),
+        _IterIsNoneWithGetitem(),
+        _NotIterableDict(),
+        _AsAttribute(),
+        5,
+    ],
+    ids=lambda obj: type(obj).__name__,
+)
+def test_map_takes_what_iter_takes(shared_pool, obj):
+    if _iter_accepts(obj):
+        assert list(shared_pool.map(tasks.identity, obj)) == list(obj)
+    else:
+        with pytest.raises(TypeError, match="argument 1 must be an iterable"):
+            shared_pool.map(tasks.identity, obj)
 
 
 def test_map_of_empty_input_is_empty(shared_pool):
@@ -114,7 +181,7 @@ def test_unbounded_input_with_early_break(shared_pool, chunksize):
     assert results == [i * i for i in range(100)]
     # read lazily: only a window of tasks beyond what was yielded (of single
     # inputs, or of adaptive chunks of at most MAX_BATCH inputs)
-    window = shared_pool._map_window() * (1 if chunksize else MAX_BATCH)
+    window = map_window(shared_pool._options.capacity) * (1 if chunksize else MAX_BATCH)
     assert pulled <= 100 + window, f"map read {pulled} inputs to yield 100"
     # nothing is left pending: the pool drains and keeps working
     assert shared_pool.run_on_all(tasks.square, 2) == [4, 4]
@@ -136,8 +203,8 @@ def test_large_inputs_are_read_ahead_by_bytes_not_by_count(shared_pool):
         assert length == len(payload)
         ahead.append(pulled - yielded)
     # 8 MiB inputs: BYTES_AHEAD of them, not the whole window of 32 small ones
-    limit = max(BYTES_AHEAD // len(payload), shared_pool._capacity() + 2)
-    assert shared_pool._map_window() > limit + 1
+    limit = max(BYTES_AHEAD // len(payload), shared_pool._options.capacity + 2)
+    assert map_window(shared_pool._options.capacity) > limit + 1
     assert max(ahead) <= limit + 1, f"read {max(ahead)} inputs ahead"
     assert pulled == 24
 

@@ -205,7 +205,7 @@ def test_closures_that_capture_much_data_are_let_go():
     with Pool(1) as pool:
         assert [pool.submit(f, 5).result() for f in funcs] == list(range(20))
         # by bytes, not by count: about 64 MiB of them on either side
-        assert 2 <= len(pool._functions) <= 8
+        assert 2 <= len(pool._tasks.functions) <= 8
         assert 2 <= pool.run(tasks.worker_function_count) <= 9  # + worker_function_count
         # dropped ones are pickled and sent again
         assert [pool.submit(f, 7).result() for f in funcs[:3]] == [0, 1, 2]
@@ -280,7 +280,7 @@ def test_large_bytes_arguments_and_results_travel_out_of_band(kind):
 
 def test_large_bytes_keyword_arguments_travel_out_of_band(shared_pool):
     big = b"0123456789abcdef" * (OOB_THRESHOLD // 8)
-    task = shared_pool._make_task(tasks.identity, (), {"x": big}, None, None)
+    task = shared_pool._tasks.call(tasks.identity, (), {"x": big}, None)
     assert len(task.data) < 1000, "the bytes went into the pickle"
     assert [memoryview(b).obj for b in task.buffers] == [big]
     back = shared_pool.run(tasks.identity, x=bytearray(big))

@@ -16,42 +16,21 @@ identities)`` then hands its workers to the pool at once.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from distex_zmq.errors import HostConnectionError
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import run_in_background
+from distex_zmq.options import DEFAULT_CONNECT_TIMEOUT as DEFAULT_CONNECT_TIMEOUT
+from distex_zmq.options import RemoteSettings as RemoteSettings
 
 _logger = logging.getLogger("distex_zmq.remote")
 
 #: Seconds, beyond the grace, that a stopping host may take to stop its workers.
 STOP_MARGIN = 5.0
-#: Seconds to connect and log in to an SSH host, or to hear from a spawner.
-DEFAULT_CONNECT_TIMEOUT = 10.0
-
-
-@dataclasses.dataclass(frozen=True)
-class RemoteSettings:
-    """How a pool reaches its remote hosts."""
-
-    #: workers reach the broker through a reverse SSH tunnel (else: directly)
-    tunnel: bool = True
-    #: the command that runs Python on a host: one for all, or by host name
-    python: str | Mapping[str, str] = "python3"
-    heartbeat_timeout: float = 10.0
-    accept_new_hosts: bool = False
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    #: address the remote workers connect to in direct mode ("" = as SSH sees us)
-    localhost: str = ""
-
-    def python_for(self, host: str) -> str:
-        if isinstance(self.python, str):
-            return self.python
-        return self.python.get(host, self.python.get("*", "python3"))
 
 
 class RemoteLauncher:

@@ -1,0 +1,88 @@
+"""A map's input: which iterables it takes, and one iterator over them.
+
+Sync iterables are zipped and chunked in the caller's thread; async ones (or
+a mix) through async generators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
+
+
+def is_sync_iterable(it: Any) -> bool:
+    """Whether ``iter(it)`` accepts ``it``, judged as ``iter`` does, from its type:
+    an ``__iter__`` that is not None, or else a ``__getitem__`` (the sequence
+    protocol). An iterator without ``__iter__`` is not iterable."""
+    cls = type(it)
+    dunder_iter = getattr(cls, "__iter__", _ABSENT)
+    if dunder_iter is not _ABSENT:
+        return dunder_iter is not None
+    return hasattr(cls, "__getitem__")
+
+
+_ABSENT = object()
+
+
+def sync_input(iterables: tuple[Any, ...]) -> Iterator[Any]:
+    """One iterator over the inputs (tuples when several iterables are zipped)."""
+    if len(iterables) > 1:
+        return zip(*iterables, strict=False)
+    return iter(iterables[0])
+
+
+async def zip_async(*iterables: Any) -> AsyncIterator[tuple[Any, ...]]:
+    """Zip sync and async iterables into an async iterator of tuples."""
+    nexts: list[tuple[Callable[[], Any], bool]] = []
+    for it in iterables:
+        if hasattr(it, "__aiter__"):
+            nexts.append((it.__aiter__().__anext__, False))
+        elif hasattr(it, "__anext__"):
+            nexts.append((it.__anext__, False))
+        else:
+            nexts.append((iter(it).__next__, True))
+    while True:
+        values = []
+        for nxt, sync in nexts:
+            # not a comprehension: there StopIteration would become RuntimeError
+            try:
+                values.append(nxt() if sync else await nxt())
+            except (StopIteration, StopAsyncIteration):
+                return
+        yield tuple(values)
+
+
+async def chunk_async(ait: AsyncIterator[Any], chunksize: int) -> AsyncIterator[tuple[Any, ...]]:
+    chunk: list[Any] = []
+    async for item in ait:
+        chunk.append(item)
+        if len(chunk) == chunksize:
+            yield tuple(chunk)
+            chunk = []
+    if chunk:
+        yield tuple(chunk)
+
+
+def async_input(iterables: tuple[Any, ...], chunksize: int) -> AsyncIterator[Any]:
+    if len(iterables) > 1:
+        ait: AsyncIterator[Any] = zip_async(*iterables)
+    elif hasattr(iterables[0], "__aiter__"):
+        ait = iterables[0].__aiter__()
+    else:
+        ait = iterables[0]
+    return chunk_async(ait, chunksize) if chunksize > 1 else ait
+
+
+def check_map_args(iterables: Iterable[Any], chunksize: int | None) -> None:
+    if not iterables:
+        raise TypeError("map() needs at least one iterable")
+    for number, it in enumerate(iterables, 1):
+        if not (is_sync_iterable(it) or hasattr(it, "__aiter__") or hasattr(it, "__anext__")):
+            raise TypeError(
+                f"map() argument {number} must be an iterable or an async iterable, "
+                f"not {type(it).__name__}"
+            )
+    if chunksize is not None and (
+        not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1
+    ):
+        raise ValueError(f"chunksize must be a positive integer or None, not {chunksize!r}")

@@ -1,0 +1,160 @@
+"""The settings of a pool: ``Options`` and ``RemoteSettings``, checked once.
+
+``pool_options`` validates the arguments of ``Pool`` and returns the
+``Options`` that the runtime, the launchers and the task maker read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from distex_zmq.hostspec import HostSpec
+from distex_zmq.loops import loop_factory
+from distex_zmq.security import ClusterKeys, load_secret
+from distex_zmq.serialization import pickle_module
+
+#: Seconds to connect and log in to an SSH host, or to hear from a spawner.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteSettings:
+    """How a pool reaches its remote hosts."""
+
+    #: workers reach the broker through a reverse SSH tunnel (else: directly)
+    tunnel: bool = True
+    #: the command that runs Python on a host: one for all, or by host name
+    python: str | Mapping[str, str] = "python3"
+    heartbeat_timeout: float = 10.0
+    accept_new_hosts: bool = False
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    #: address the remote workers connect to in direct mode ("" = as SSH sees us)
+    localhost: str = ""
+
+    def python_for(self, host: str) -> str:
+        if isinstance(self.python, str):
+            return self.python
+        return self.python.get(host, self.python.get("*", "python3"))
+
+
+@dataclasses.dataclass
+class Options:
+    """The settings of one pool, as the runtime needs them."""
+
+    #: local workers
+    num_workers: int
+    hosts: list[HostSpec]
+    remote: RemoteSettings
+    localport: int
+    #: keys from the cluster's shared secret, for spawner hosts (None: no secret)
+    cluster_keys: ClusterKeys | None
+    qsize: int
+    initializer: Callable[..., Any] | None
+    initargs: tuple[Any, ...]
+    worker_loop: int
+    func_pickle: int
+    data_pickle: int
+    max_retries: int
+    task_timeout: float | None
+    max_worker_deaths: int
+
+    @property
+    def total_workers(self) -> int:
+        """Workers in the pool, local and remote."""
+        return self.num_workers + sum(h.num_workers for h in self.hosts)
+
+    @property
+    def capacity(self) -> int:
+        """Tasks the workers hold at once: the sum of their credits."""
+        return self.total_workers * self.qsize
+
+
+def pool_options(
+    num_workers: int | None,
+    hosts: str | list[str] | None,
+    qsize: int,
+    initializer: Callable[..., Any] | None,
+    initargs: tuple[Any, ...],
+    localhost: str,
+    localport: int,
+    worker_loop: int,
+    func_pickle: int,
+    data_pickle: int,
+    max_retries: int,
+    task_timeout: float | None,
+    max_worker_deaths: int,
+    remote_python: str | Mapping[str, str],
+    ssh_tunnel: bool,
+    heartbeat_timeout: float,
+    ssh_accept_new_hosts: bool,
+    connect_timeout: float,
+    secret: str | bytes | None,
+    secret_file: str | None,
+) -> Options:
+    """Check the arguments of ``Pool`` (see its docstring); raise ``ValueError``
+    or ``TypeError`` for a bad one, now rather than in a worker later."""
+    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
+        raise ValueError(f"num_workers must be an integer >= 0 or None, not {num_workers!r}")
+    if not isinstance(localport, int) or not 0 <= localport < 65536:
+        # libzmq would take it modulo 65536 and listen on another port
+        raise ValueError(f"localport must be from 0 (any) to 65535, not {localport!r}")
+    if not isinstance(qsize, int) or qsize < 1:
+        raise ValueError(f"qsize must be an integer >= 1, not {qsize!r}")
+    if not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(f"max_retries must be an integer >= 0, not {max_retries!r}")
+    if task_timeout is not None and not task_timeout > 0:
+        raise ValueError(
+            f"task_timeout must be a positive number of seconds or None, not {task_timeout!r}"
+        )
+    if not isinstance(max_worker_deaths, int) or max_worker_deaths < 1:
+        raise ValueError(f"max_worker_deaths must be an integer >= 1, not {max_worker_deaths!r}")
+    if initializer is not None and not callable(initializer):
+        raise TypeError(f"initializer must be callable, not {initializer!r}")
+    host_list = [hosts] if isinstance(hosts, str) else list(hosts or [])
+    specs = [HostSpec(h) for h in host_list]
+    cluster_keys = None
+    if any(not h.is_ssh for h in specs):
+        # only spawner hosts use the secret: a pool without them ignores it
+        secret_bytes = load_secret(secret, secret_file)
+        cluster_keys = ClusterKeys.from_secret(secret_bytes) if secret_bytes else None
+    for name, value in (
+        ("heartbeat_timeout", heartbeat_timeout),
+        ("connect_timeout", connect_timeout),
+    ):
+        if not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    if not isinstance(remote_python, (str, Mapping)) or not remote_python:
+        raise TypeError(
+            f"remote_python must be a command or a dict of commands, not {remote_python!r}"
+        )
+    if num_workers is None and not specs:
+        raise ValueError("num_workers=None (no local workers) needs hosts to run the tasks")
+    loop_factory(worker_loop)
+    pickle_module(func_pickle)
+    pickle_module(data_pickle)
+    return Options(
+        num_workers=0 if num_workers is None else num_workers or os.cpu_count() or 1,
+        hosts=specs,
+        remote=RemoteSettings(
+            tunnel=ssh_tunnel,
+            python=remote_python if isinstance(remote_python, str) else dict(remote_python),
+            heartbeat_timeout=float(heartbeat_timeout),
+            accept_new_hosts=ssh_accept_new_hosts,
+            connect_timeout=float(connect_timeout),
+            localhost=localhost,
+        ),
+        localport=localport,
+        cluster_keys=cluster_keys,
+        qsize=qsize,
+        initializer=initializer,
+        initargs=tuple(initargs),
+        worker_loop=int(worker_loop),
+        func_pickle=int(func_pickle),
+        data_pickle=int(data_pickle),
+        max_retries=max_retries,
+        task_timeout=task_timeout,
+        max_worker_deaths=max_worker_deaths,
+    )

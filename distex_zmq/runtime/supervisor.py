@@ -1,0 +1,300 @@
+"""Supervision: where each worker runs, and keeping the pool's workers running.
+
+A launcher per place reports every worker exit at once: the local launcher
+through pidfds, a remote launcher through the agent or spawner on its host.
+A worker that dies before it is ready fails the start-up of the pool, or, in
+a pool already up, counts as a death. A worker that dies while ready is
+handed to ``Broker.worker_lost`` (requeue, retry, ``WorkerLostError``) and
+replaced; replacements slow down when workers die fast, and the pool gives
+up with ``CrashLoopError`` when more than ``max_worker_deaths`` die within a
+minute. A lost remote host (no heartbeat, connection gone) hands its workers
+to ``Broker.worker_lost`` without blame, so that their tasks run elsewhere,
+and the pool tries to reconnect to it, less and less often.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import time
+from collections import deque
+from typing import Any, Protocol
+
+import zmq
+
+from distex_zmq.broker import Broker, Task, WorkerRecord
+from distex_zmq.errors import CrashLoopError, HostConnectionError, WorkerStartError
+from distex_zmq.hostspec import HostSpec
+from distex_zmq.launch.local import LocalLauncher, describe_exit
+from distex_zmq.launch.remote import RemoteLauncher
+from distex_zmq.launch.spawner import SpawnerLauncher
+from distex_zmq.loops import run_in_background
+from distex_zmq.options import Options
+
+_logger = logging.getLogger("distex_zmq.pool")
+
+#: Seconds over which fast deaths slow replacements down.
+FAST_DEATH_WINDOW = 10.0
+#: Delay of a replacement while workers die fast.
+SLOW_REPLACEMENT_DELAY = 1.0
+#: Seconds before the first attempt to reconnect to a lost host; it doubles
+#: after each failed attempt, up to ``MAX_RECONNECT_DELAY``.
+RECONNECT_DELAY = 2.0
+MAX_RECONNECT_DELAY = 60.0
+#: Seconds within which more than ``max_worker_deaths`` deaths are a crash loop.
+DEATH_WINDOW = 60.0
+
+Launcher = LocalLauncher | RemoteLauncher
+
+
+class PoolState(Protocol):
+    """What the supervisor needs to know of the pool it keeps running."""
+
+    #: the pool is shutting down: exits are expected, nothing is replaced
+    closing: bool
+    #: why the pool cannot take tasks any more (None: it can)
+    error: BaseException | None
+
+    @property
+    def is_up(self) -> bool:
+        """Every worker was ready once: the start-up is over."""
+
+    def fail(self, error: BaseException) -> None:
+        """The pool cannot go on: fail what waits and refuse new tasks."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerAccess:
+    """How workers reach the broker."""
+
+    #: the broker's ipc endpoint, for local workers
+    local_endpoint: str
+    #: the command-line options of every worker
+    worker_args: list[str]
+    #: the broker's TCP port for remote workers (0: no remote hosts)
+    tcp_port: int = 0
+    #: the CURVE keys a remote worker needs (JSON-ready; empty: no remote hosts)
+    worker_keys: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class Supervisor:
+    """Starts workers where they run, and replaces those that die."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ctx: zmq.Context[Any],
+        broker: Broker,
+        options: Options,
+        pool: PoolState,
+    ):
+        self._loop = loop
+        self._ctx = ctx
+        self._broker = broker
+        self._options = options
+        self._pool = pool
+        self._access: BrokerAccess | None = None
+        #: set by ``start``
+        self.local: LocalLauncher | None = None
+        #: connected remote hosts
+        self.remote: list[RemoteLauncher] = []
+        #: identities of workers that are starting (no hello or initializer yet)
+        self._starting: set[bytes] = set()
+        #: identities of workers this pool killed itself (task_timeout)
+        self._killed: set[bytes] = set()
+        #: where each worker runs
+        self._launcher_of: dict[bytes, Launcher] = {}
+        self._worker_ids = itertools.count(1)
+        self._reconnects: set[asyncio.Task[None]] = set()
+        self._deaths: deque[float] = deque()
+
+    def start(self, access: BrokerAccess) -> None:
+        """Start the local workers (on the pool loop)."""
+        self._access = access
+        self.local = LocalLauncher(
+            self._loop, access.local_endpoint, access.worker_args, self.on_exit
+        )
+        for _ in range(self._options.num_workers):
+            self.spawn(self.local)
+
+    async def connect(self, spec: HostSpec) -> RemoteLauncher:
+        """Connect to a remote host and start its workers."""
+        opts, access = self._options, self._access
+        assert access is not None, "start() comes first"
+        launcher: RemoteLauncher
+        if spec.is_ssh:
+            # imported here: paramiko takes longer to import than the rest of
+            # the pool, and only SSH hosts need it
+            from distex_zmq.launch.ssh import SSHLauncher
+
+            launcher = SSHLauncher(
+                self._loop,
+                spec,
+                opts.remote,
+                access.tcp_port,
+                [*access.worker_args, "--curve-keys-on-stdin"],
+                access.worker_keys,
+                self.on_exit,
+                self.on_host_lost,
+            )
+        else:
+            launcher = SpawnerLauncher(
+                self._loop,
+                self._ctx,
+                spec,
+                opts.cluster_keys,
+                access.tcp_port,
+                opts.remote.localhost,
+                {
+                    "credits": opts.qsize,
+                    "func_pickle": opts.func_pickle,
+                    "data_pickle": opts.data_pickle,
+                    "loop": opts.worker_loop,
+                },
+                access.worker_keys,
+                opts.remote.heartbeat_timeout,
+                opts.remote.connect_timeout,
+                self.on_exit,
+                self.on_host_lost,
+            )
+        self.remote.append(launcher)
+        try:
+            await launcher.start()
+        except BaseException:
+            if launcher in self.remote:
+                self.remote.remove(launcher)
+            raise
+        for _ in range(spec.num_workers):
+            self.spawn(launcher)
+        return launcher
+
+    def spawn(self, launcher: Launcher) -> None:
+        pool = self._pool
+        if pool.closing or pool.error is not None or launcher.lost:
+            return
+        identity = b"%s-%d" % (launcher.label.encode(), next(self._worker_ids))
+        launcher.spawn(identity)
+        self._launcher_of[identity] = launcher
+        self._starting.add(identity)
+        self._broker.expect(identity)
+
+    def worker_ready(self, identity: bytes) -> None:
+        """The worker said hello and ran the initializer, if any."""
+        self._starting.discard(identity)
+
+    def kill(self, identity: bytes) -> None:
+        launcher = self._launcher_of.get(identity)
+        if launcher is not None:
+            launcher.kill(identity)
+
+    def on_task_timeout(self, rec: WorkerRecord, task: Task | None) -> None:
+        """A task ran past ``task_timeout``: kill its worker, fail the task."""
+        self._killed.add(rec.identity)
+        self.kill(rec.identity)
+        how = f"killed by the pool after task_timeout={self._options.task_timeout} s"
+        self._broker.worker_lost(rec, how, timed_out=task)
+
+    def on_unreachable(self, rec: WorkerRecord) -> None:
+        """Alive without a connection (no exit was reported): replace it."""
+        self._killed.add(rec.identity)
+        self.kill(rec.identity)
+
+    def on_exit(self, identity: bytes, pid: int, returncode: int, tail: str) -> None:
+        launcher = self._launcher_of.pop(identity, None)
+        if self._pool.closing or launcher is None:
+            return
+        how = describe_exit(returncode)
+        if tail:
+            how += "; its last stderr lines:\n" + tail
+        rec = self._broker.registry.get(identity)
+        if identity in self._killed:
+            self._killed.discard(identity)
+            self.spawn(launcher)
+            return
+        if identity in self._starting:
+            self._starting.discard(identity)
+            if not self._pool.is_up:
+                self._pool.fail(
+                    WorkerStartError(f"{launcher.describe_worker(pid)} failed to start: {how}")
+                )
+                return
+        if rec is not None:
+            self._broker.worker_lost(rec, how)
+        self._replace_after_death(how, launcher)
+
+    def on_host_lost(self, launcher: RemoteLauncher, reason: str, identities: set[bytes]) -> None:
+        """Every worker of a lost host is gone: their tasks go elsewhere, unblamed."""
+        if self._pool.closing:
+            return
+        how = f"its host {launcher.where} was lost: {reason}"
+        broker = self._broker
+        for identity in identities:
+            self._launcher_of.pop(identity, None)
+            self._starting.discard(identity)
+            self._killed.discard(identity)
+            broker.forget(identity)
+            rec = broker.registry.get(identity)
+            if rec is not None:
+                broker.worker_lost(rec, how, blameless=True)
+        if launcher in self.remote:
+            self.remote.remove(launcher)
+        if not self._pool.is_up:
+            self._pool.fail(
+                HostConnectionError(f"{launcher.where} was lost while the pool started: {reason}")
+            )
+            return
+        self._reconnect_later(launcher.spec, RECONNECT_DELAY)
+
+    def _reconnect_later(self, spec: HostSpec, delay: float) -> None:
+        async def reconnect() -> None:
+            await asyncio.sleep(delay)
+            if self._pool.closing or self._pool.error is not None:
+                return
+            try:
+                launcher = await self.connect(spec)
+            except Exception as e:  # noqa: BLE001 - logged, and tried again later
+                _logger.warning("cannot reconnect to %s: %s", spec, e)
+                self._reconnect_later(spec, min(delay * 2, MAX_RECONNECT_DELAY))
+                return
+            if self._pool.closing:
+                await launcher.stop(0)
+            else:
+                _logger.warning("reconnected to %s", launcher.where)
+
+        run_in_background(self._loop, reconnect(), self._reconnects)
+
+    def _replace_after_death(self, how: str, launcher: Launcher) -> None:
+        now = time.monotonic()
+        deaths = self._deaths
+        deaths.append(now)
+        while deaths and deaths[0] < now - DEATH_WINDOW:
+            deaths.popleft()
+        limit = self._options.max_worker_deaths
+        if len(deaths) > limit:
+            self._pool.fail(
+                CrashLoopError(
+                    f"{len(deaths)} workers died within a minute (the last: {how}); the pool "
+                    f"stopped replacing them (max_worker_deaths={limit}). Fix the cause and "
+                    "create a new Pool."
+                )
+            )
+            return
+        recent = sum(1 for t in deaths if t > now - FAST_DEATH_WINDOW)
+        if recent > self._options.total_workers:
+            self._loop.call_later(SLOW_REPLACEMENT_DELAY, self.spawn, launcher)
+        else:
+            self.spawn(launcher)
+
+    async def stop(self, grace: float, reconnect_grace: float) -> None:
+        """Cancel reconnections and stop every worker, giving each ``grace``
+        seconds to finish its tasks."""
+        if self._reconnects:
+            # a reconnection under way disconnects as it is cancelled
+            for task in self._reconnects:
+                task.cancel()
+            await asyncio.wait(list(self._reconnects), timeout=reconnect_grace)
+        launchers: list[Launcher] = [] if self.local is None else [self.local]
+        launchers.extend(self.remote)
+        await asyncio.gather(*(launcher.stop(grace) for launcher in launchers))
