@@ -324,3 +324,8 @@ async def async_fail_on(x: int, bad: int = 2) -> int:
     if x == bad:
         raise ValueError(f"async failure {x}")
     return x
+
+
+def capture(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments the task got, as it got them."""
+    return args, kwargs

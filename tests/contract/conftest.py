@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -72,13 +73,17 @@ class LoopbackSpawner:
                     env=env,
                     stderr=out,
                 )
-            if wait_until(lambda: self.proc.poll() is not None or b" spawner (pid " in self.read(), 30):
-                if self.proc.poll() is None:
-                    return
+            wait_until(lambda: self.proc.poll() is not None or self.listening(), timeout=30)
+            if self.proc.poll() is None and self.listening():
+                return
+            self.stop()
         raise RuntimeError(f"no loopback spawner started: {self.read().decode(errors='replace')}")
 
     def read(self) -> bytes:
         return self.log.read_bytes()
+
+    def listening(self) -> bool:
+        return b" spawner (pid " in self.read()  # its log line once it listens
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -90,22 +95,23 @@ class LoopbackSpawner:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module", params=KINDS)
-def kind(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolKind]:
+def kind(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PoolKind]:
     """The kind of pool of this module's tests, with what it needs running."""
     if request.param == "local":
         yield PoolKind("local", WORKERS)
     elif request.param == "spawner":
         spawner = LoopbackSpawner(tmp_path_factory.mktemp("spawner") / "spawner.log")
         try:
-            yield PoolKind("spawner", None, [f"127.0.0.1:{spawner.port}/{WORKERS}"], {"secret": None})
+            hosts = [f"127.0.0.1:{spawner.port}/{WORKERS}"]
+            yield PoolKind("spawner", None, hosts, {"secret": None})
         finally:
             spawner.stop()
     else:

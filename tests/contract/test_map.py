@@ -74,7 +74,8 @@ def test_map_error_raises_in_its_place(executor):
 @pytest.mark.parametrize("chunksize", [None, 1, 4])
 def test_map_async(executor, chunksize):
     async def main():
-        ordered = [r async for r in executor.map_async(tasks.square, range(200), chunksize=chunksize)]
+        squares = executor.map_async(tasks.square, range(200), chunksize=chunksize)
+        ordered = [r async for r in squares]
         unordered = [
             r
             async for r in executor.map_async(
