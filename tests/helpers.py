@@ -7,6 +7,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distex_zmq import Pool
+
+#: the type of the ``make_pool`` fixture: ``make_pool(*args, **kwargs) -> Pool``
+MakePool = Callable[..., "Pool"]
 
 
 def child_pids(parent: int | None = None) -> set[int]:
