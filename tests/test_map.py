@@ -6,6 +6,7 @@ import asyncio
 import collections
 import concurrent.futures
 import gc
+import inspect
 import itertools
 import weakref
 
@@ -14,6 +15,9 @@ import pytest
 from distex_zmq import Pool
 from distex_zmq.maps import BYTES_AHEAD, MAX_BATCH
 from tests import tasks
+
+#: the credits of each worker of ``shared_pool``: ``Pool``'s default qsize
+QSIZE = inspect.signature(Pool).parameters["qsize"].default
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -136,7 +140,8 @@ def test_large_inputs_are_read_ahead_by_bytes_not_by_count(shared_pool):
         assert length == len(payload)
         ahead.append(pulled - yielded)
     # 8 MiB inputs: BYTES_AHEAD of them, not the whole window of 32 small ones
-    limit = max(BYTES_AHEAD // len(payload), shared_pool._capacity() + 2)
+    capacity = shared_pool.total_workers() * QSIZE  # tasks the workers hold at once
+    limit = max(BYTES_AHEAD // len(payload), capacity + 2)
     assert shared_pool._map_window() > limit + 1
     assert max(ahead) <= limit + 1, f"read {max(ahead)} inputs ahead"
     assert pulled == 24

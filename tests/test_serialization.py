@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from distex_zmq import PickleType, RemoteException, SerializationError
-from distex_zmq.serialization import OOB_THRESHOLD, dumps, loads
+from distex_zmq.serialization import OOB_THRESHOLD, call_out_of_band, dumps, loads
 from distex_zmq.wire.frames import FUNCTION_CACHE
 from tests import tasks
 
@@ -282,9 +282,10 @@ def test_large_bytes_arguments_and_results_travel_out_of_band(kind):
 
 def test_large_bytes_keyword_arguments_travel_out_of_band(shared_pool):
     big = b"0123456789abcdef" * (OOB_THRESHOLD // 8)
-    task = shared_pool._make_task(tasks.identity, (), {"x": big}, None, None)
-    assert len(task.data) < 1000, "the bytes went into the pickle"
-    assert [memoryview(b).obj for b in task.buffers] == [big]
+    # how the pool pickles a call's arguments
+    data, buffers = dumps(call_out_of_band((), {"x": big}))
+    assert len(data) < 1000, "the bytes went into the pickle"
+    assert [memoryview(b).obj for b in buffers] == [big]
     back = shared_pool.run(tasks.identity, x=bytearray(big))
     assert back == big and type(back) is bytearray
     assert shared_pool.run(tasks.identity, x=big) == big
