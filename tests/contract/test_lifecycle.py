@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import threading
+import time
 
 import pytest
 
@@ -64,6 +66,54 @@ def test_run_async_cancelled_cancels_its_task(make_executor, tmp_path):
     asyncio.run(main())
     [b.result(timeout=30) for b in blockers]
     assert pool.run_on_all(tasks.traces, path) == [0] * WORKERS
+
+
+def test_cancel_a_running_task_discards_its_result_and_keeps_the_worker(make_executor):
+    # unlike a concurrent.futures executor, the future of a task that runs
+    # can be cancelled: the task runs to its end, its result is dropped
+    pool = make_executor(qsize=1)
+    before = sorted(pool.run_on_all(tasks.pid))
+    running = pool.submit(tasks.sleep_return, 0.5, "dropped")
+    time.sleep(0.2)
+    assert running.cancel() and running.cancelled()
+    assert sorted(pool.run_on_all(tasks.pid)) == before  # not killed, not replaced
+
+
+def test_run_async_under_wait_for_cancels_its_task(make_executor, tmp_path):
+    path = str(tmp_path / "traces")
+    pool = make_executor(qsize=1)
+    blockers = busy(pool, 1.0)
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(pool.run_async(tasks.touch, path), 0.1)
+        return await pool.run_async(tasks.square, 3)
+
+    assert asyncio.run(main()) == 9
+    [b.result(timeout=30) for b in blockers]
+    assert pool.run_on_all(tasks.traces, path) == [0] * WORKERS
+
+
+def test_shutdown_while_another_thread_maps(make_executor):
+    pool = make_executor()
+    pool.run_on_all(int, 0)
+    outcome: list[BaseException | None] = []
+
+    def consume() -> None:
+        try:
+            for _ in pool.map(tasks.sleep_return, [0.1] * 200):
+                pass
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - the test looks at it
+            outcome.append(e)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    time.sleep(0.3)
+    pool.shutdown(cancel_futures=True)
+    thread.join(30)
+    assert not thread.is_alive(), "the map hangs after the pool was shut down"
+    assert isinstance(outcome[0], (cf.CancelledError, PoolClosedError)), outcome
 
 
 def test_shutdown_with_cancel_futures(make_executor, tmp_path):

@@ -48,6 +48,23 @@ def test_submit_many(executor):
     assert [f.result(timeout=30) for f in futures] == [i * i for i in range(300)]
 
 
+def test_many_threads_share_the_pool(executor):
+    def work(i):
+        futures = [executor.submit(tasks.add, i, j) for j in range(20)]
+        mapped = list(executor.map(tasks.add, [i] * 20, range(20), ordered=i % 2 == 0))
+        return (
+            [f.result(timeout=30) for f in futures],
+            sorted(mapped),
+            executor.run(tasks.square, i),
+        )
+
+    with cf.ThreadPoolExecutor(6) as threads:
+        results = list(threads.map(work, range(6)))
+    assert results == [
+        ([i + j for j in range(20)], [i + j for j in range(20)], i * i) for i in range(6)
+    ]
+
+
 def test_run(executor):
     assert executor.run(tasks.add, 2, 3) == 5
     assert executor.run(tasks.with_kwargs, 2, scale=5) == 10
