@@ -260,21 +260,21 @@ def test_submit_from_8_threads_at_once(pool):
         assert result == [i + j for j in range(50)] + [i + 1000] + [i + j for j in range(10)]
 
 
-def test_cancel_a_queued_submit(tmp_path):
+def test_cancel_a_queued_submit(tmp_path, make_pool):
     marker = tmp_path / "cancelled-ran"
-    with Pool(1, qsize=1) as pool:
-        pool.run_on_all(int, 0)
-        first = pool.submit(tasks.sleep_return, 0.4, "first")
-        queued = pool.submit(tasks.touch, str(marker), "queued")
-        later = pool.submit(tasks.sleep_return, 0, "later")
-        time.sleep(0.1)
-        assert queued.cancel()
-        assert queued.cancelled()
-        with pytest.raises(concurrent.futures.CancelledError):
-            queued.result()
-        assert first.result() == "first"
-        assert later.result() == "later"
-        pool.run_on_all(tasks.pid)
+    pool = make_pool(1, qsize=1)
+    pool.run_on_all(int, 0)
+    first = pool.submit(tasks.sleep_return, 0.4, "first")
+    queued = pool.submit(tasks.touch, str(marker), "queued")
+    later = pool.submit(tasks.sleep_return, 0, "later")
+    time.sleep(0.1)
+    assert queued.cancel()
+    assert queued.cancelled()
+    with pytest.raises(concurrent.futures.CancelledError):
+        queued.result()
+    assert first.result() == "first"
+    assert later.result() == "later"
+    pool.run_on_all(tasks.pid)  # after every task before it
     assert not marker.exists(), "a cancelled queued task ran anyway"
 
 
@@ -466,15 +466,12 @@ def test_initializer_state_is_visible_to_tasks(make_pool):
     assert all(r["answer"] == 42 and r["init_count"] == 1 for r in results)
 
 
-def test_initializer_that_raises_gives_worker_start_error():
-    pool = Pool(2, initializer=tasks.init_fail)
-    try:
-        with pytest.raises(WorkerStartError, match="initializer exploded") as info:
-            pool.run(tasks.square, 2)
-        assert isinstance(info.value, DistexError)
-        assert "init_fail" in str(info.value)
-    finally:
-        pool.shutdown()
+def test_initializer_that_raises_gives_worker_start_error(make_pool):
+    pool = make_pool(2, initializer=tasks.init_fail)
+    with pytest.raises(WorkerStartError, match="initializer exploded") as info:
+        pool.run(tasks.square, 2)
+    assert isinstance(info.value, DistexError)
+    assert "init_fail" in str(info.value)
 
 
 def test_worker_death_fails_task_with_worker_lost_and_is_replaced(make_pool):
