@@ -47,6 +47,8 @@ Pools
 pool costs most of a second to start on 2 cores).
 ``make_pool(*args, **kwargs)``: a factory of pools with options, each shut
 down after the test (its finalizer is in place the moment the pool exists).
+``tests/contract`` runs the executor contract against local, loopback-spawner
+and SSH pools (its own ``conftest.py``: ``executor`` and ``make_executor``).
 """
 
 from __future__ import annotations
