@@ -45,6 +45,10 @@ Pools
 ``pool``: a fresh ``Pool(2)``, ready, shut down after the test.
 ``shared_pool``: one ``Pool(2)`` per module for tests that only compute (a
 pool costs most of a second to start on 2 cores).
+``make_pool(*args, **kwargs)``: a factory of pools with options, each shut
+down after the test (its finalizer is in place the moment the pool exists).
+``tests/contract`` runs the executor contract against local, loopback-spawner
+and SSH pools (its own ``conftest.py``: ``executor`` and ``make_executor``).
 """
 
 from __future__ import annotations
@@ -112,6 +116,22 @@ def shared_pool():
     test starts, so the leak check does not count them.
     """
     yield from _started_pool()
+
+
+@pytest.fixture
+def make_pool():
+    """``make_pool(*args, **kwargs)``: a ``Pool(*args, **kwargs)``, shut down
+    (cancelling what waits) after the test, also when the test fails."""
+    pools: list[Pool] = []
+
+    def make(*args, **kwargs) -> Pool:
+        pool = Pool(*args, **kwargs)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in reversed(pools):
+        pool.shutdown(cancel_futures=True)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distex_zmq import Pool
+
+#: the type of the ``make_pool`` fixture: ``make_pool(*args, **kwargs) -> Pool``
+MakePool = Callable[..., "Pool"]
 
 
 def child_pids(parent: int | None = None) -> set[int]:
@@ -38,6 +46,25 @@ def pool_threads() -> list[threading.Thread]:
         for t in threading.enumerate()
         if t.is_alive() and (t.name.startswith("distex_zmq") or isinstance(t, paramiko.Transport))
     ]
+
+
+def command_line(pid: int) -> list[str]:
+    """The arguments of process ``pid`` (empty once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def broker_endpoint(pool: Pool) -> str:
+    """The endpoint of ``pool``'s broker, as its local workers got it: the
+    ``--connect`` argument of ``python -m distex_zmq.worker``, its public CLI."""
+    for pid in sorted(set(pool.run_on_all(os.getpid)) & child_pids()):
+        args = command_line(pid)
+        if "--connect" in args:
+            return args[args.index("--connect") + 1]
+    raise LookupError(f"{pool} has no local worker")
 
 
 def pid_alive(pid: int) -> bool:

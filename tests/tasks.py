@@ -309,3 +309,30 @@ def nap_pid(delay: float) -> int:
     """Sleep ``delay`` seconds; return the worker's pid."""
     time.sleep(delay)
     return os.getpid()
+
+
+def sleep_touch(path: str, delay: float, value: Any = None) -> Any:
+    """Sleep, then leave a trace in ``path`` that this task ran."""
+    time.sleep(delay)
+    return touch(path, value)
+
+
+def traces(path: str) -> int:
+    """How many tasks left a trace in ``path`` (see ``touch``)."""
+    try:
+        with open(path) as f:
+            return len(f.read().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+async def async_fail_on(x: int, bad: int = 2) -> int:
+    await asyncio.sleep(0.001)
+    if x == bad:
+        raise ValueError(f"async failure {x}")
+    return x
+
+
+def capture(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments the task got, as it got them."""
+    return args, kwargs

@@ -182,15 +182,15 @@ def test_one_task_at_a_time_stays_on_the_same_worker(pool):
     assert len({pool.run(tasks.pid) for _ in range(20)}) == 1
 
 
-def test_run_on_all_hits_each_worker_exactly_once():
+def test_run_on_all_hits_each_worker_exactly_once(make_pool):
     before = child_pids()
-    with Pool(3) as pool:
-        for _ in range(3):
-            pids = pool.run_on_all(tasks.pid)
-            workers = child_pids() - before
-            assert len(pids) == 3
-            assert len(set(pids)) == 3
-            assert set(pids) <= workers
+    pool = make_pool(3)
+    for _ in range(3):
+        pids = pool.run_on_all(tasks.pid)
+        workers = child_pids() - before
+        assert len(pids) == 3
+        assert len(set(pids)) == 3
+        assert set(pids) <= workers
 
 
 def test_run_on_all_passes_args_and_kwargs(pool):
@@ -260,21 +260,21 @@ def test_submit_from_8_threads_at_once(pool):
         assert result == [i + j for j in range(50)] + [i + 1000] + [i + j for j in range(10)]
 
 
-def test_cancel_a_queued_submit(tmp_path):
+def test_cancel_a_queued_submit(tmp_path, make_pool):
     marker = tmp_path / "cancelled-ran"
-    with Pool(1, qsize=1) as pool:
-        pool.run_on_all(int, 0)
-        first = pool.submit(tasks.sleep_return, 0.4, "first")
-        queued = pool.submit(tasks.touch, str(marker), "queued")
-        later = pool.submit(tasks.sleep_return, 0, "later")
-        time.sleep(0.1)
-        assert queued.cancel()
-        assert queued.cancelled()
-        with pytest.raises(concurrent.futures.CancelledError):
-            queued.result()
-        assert first.result() == "first"
-        assert later.result() == "later"
-        pool.run_on_all(tasks.pid)
+    pool = make_pool(1, qsize=1)
+    pool.run_on_all(int, 0)
+    first = pool.submit(tasks.sleep_return, 0.4, "first")
+    queued = pool.submit(tasks.touch, str(marker), "queued")
+    later = pool.submit(tasks.sleep_return, 0, "later")
+    time.sleep(0.1)
+    assert queued.cancel()
+    assert queued.cancelled()
+    with pytest.raises(concurrent.futures.CancelledError):
+        queued.result()
+    assert first.result() == "first"
+    assert later.result() == "later"
+    pool.run_on_all(tasks.pid)  # after every task before it
     assert not marker.exists(), "a cancelled queued task ran anyway"
 
 
@@ -454,70 +454,67 @@ def test_pool_with_a_bad_host_spec_raises_value_error():
         Pool(hosts="just-a-host")
 
 
-def test_initializer_state_is_visible_to_tasks():
-    with Pool(2, initializer=tasks.init_state, initargs=("answer", 42)) as pool:
-        states = pool.run_on_all(tasks.get_state)
-        assert len(states) == 2
-        for state in states:
-            assert state["answer"] == 42
-            assert state["init_pid"] == state["pid"]
-            assert state["init_count"] == 1
-        results = [f.result() for f in [pool.submit(tasks.get_state) for _ in range(6)]]
-        assert all(r["answer"] == 42 and r["init_count"] == 1 for r in results)
+def test_initializer_state_is_visible_to_tasks(make_pool):
+    pool = make_pool(2, initializer=tasks.init_state, initargs=("answer", 42))
+    states = pool.run_on_all(tasks.get_state)
+    assert len(states) == 2
+    for state in states:
+        assert state["answer"] == 42
+        assert state["init_pid"] == state["pid"]
+        assert state["init_count"] == 1
+    results = [f.result() for f in [pool.submit(tasks.get_state) for _ in range(6)]]
+    assert all(r["answer"] == 42 and r["init_count"] == 1 for r in results)
 
 
-def test_initializer_that_raises_gives_worker_start_error():
-    pool = Pool(2, initializer=tasks.init_fail)
-    try:
-        with pytest.raises(WorkerStartError, match="initializer exploded") as info:
-            pool.run(tasks.square, 2)
-        assert isinstance(info.value, DistexError)
-        assert "init_fail" in str(info.value)
-    finally:
-        pool.shutdown()
+def test_initializer_that_raises_gives_worker_start_error(make_pool):
+    pool = make_pool(2, initializer=tasks.init_fail)
+    with pytest.raises(WorkerStartError, match="initializer exploded") as info:
+        pool.run(tasks.square, 2)
+    assert isinstance(info.value, DistexError)
+    assert "init_fail" in str(info.value)
 
 
-def test_worker_death_fails_task_with_worker_lost_and_is_replaced():
-    with Pool(1, max_retries=1) as pool:
-        first_pid = pool.run(tasks.pid)
-        with pytest.raises(WorkerLostError, match="exit code 7"):
-            pool.run(tasks.exit_hard, 7)
-        assert wait_until(lambda: not pid_alive(first_pid), timeout=5)
-        new_pid = pool.run(tasks.pid)
-        assert new_pid != first_pid
-        assert pool.run(tasks.square, 9) == 81
+def test_worker_death_fails_task_with_worker_lost_and_is_replaced(make_pool):
+    pool = make_pool(1, max_retries=1)
+    first_pid = pool.run(tasks.pid)
+    with pytest.raises(WorkerLostError, match="exit code 7"):
+        pool.run(tasks.exit_hard, 7)
+    assert wait_until(lambda: not pid_alive(first_pid), timeout=5)
+    new_pid = pool.run(tasks.pid)
+    assert new_pid != first_pid
+    assert pool.run(tasks.square, 9) == 81
 
 
-def test_worker_death_with_no_retries_fails_at_once():
-    with Pool(1, max_retries=0) as pool:
-        pool.run_on_all(int, 0)
-        with pytest.raises(WorkerLostError, match="exit code 3"):
-            pool.submit(tasks.exit_hard, 3).result(timeout=30)
-        assert pool.run(tasks.square, 3) == 9
+def test_worker_death_with_no_retries_fails_at_once(make_pool):
+    pool = make_pool(1, max_retries=0)
+    pool.run_on_all(int, 0)
+    with pytest.raises(WorkerLostError, match="exit code 3"):
+        pool.submit(tasks.exit_hard, 3).result(timeout=30)
+    assert pool.run(tasks.square, 3) == 9
 
 
-def test_tasks_queued_behind_a_dying_task_still_run():
-    with Pool(1, qsize=3, max_retries=0) as pool:
-        pool.run_on_all(int, 0)
-        dying = pool.submit(tasks.exit_hard, 5)
-        after = [pool.submit(tasks.square, i) for i in range(4)]
-        with pytest.raises(WorkerLostError):
-            dying.result()
-        assert [f.result() for f in after] == [0, 1, 4, 9]
+def test_tasks_queued_behind_a_dying_task_still_run(make_pool):
+    pool = make_pool(1, qsize=3, max_retries=0)
+    pool.run_on_all(int, 0)
+    dying = pool.submit(tasks.exit_hard, 5)
+    after = [pool.submit(tasks.square, i) for i in range(4)]
+    with pytest.raises(WorkerLostError):
+        dying.result()
+    assert [f.result() for f in after] == [0, 1, 4, 9]
 
 
-def test_qsize_1_keeps_queued_work_off_a_busy_worker():
+def test_qsize_1_keeps_queued_work_off_a_busy_worker(make_pool):
     # with one credit per worker, nothing waits behind the slow task: every
     # short task runs on the other worker
-    with Pool(2, qsize=1) as pool:
-        pool.run_on_all(int, 0)
-        slow = pool.submit(tasks.pid_after, 1.0)
-        time.sleep(0.05)
-        quick = [pool.submit(tasks.pid_after, 0.01) for _ in range(8)]
-        done, _ = concurrent.futures.wait(quick, timeout=0.7)
-        assert len(done) == 8, "short tasks waited behind the slow one"
-        assert not slow.done()
-        assert slow.result() not in {f.result() for f in quick}
+    pool = make_pool(2, qsize=1)
+    pool.run_on_all(int, 0)
+    slow = pool.submit(tasks.pid_after, 1.0)
+    time.sleep(0.05)
+    quick = [pool.submit(tasks.pid_after, 0.01) for _ in range(8)]
+    done, _ = concurrent.futures.wait(quick, timeout=0.7)
+    assert len(done) == 8, "short tasks waited behind the slow one"
+    assert not slow.done()
+    assert slow.result() not in {f.result() for f in quick}
 
 
 def test_qsize_bounds_the_tasks_a_worker_holds():

@@ -234,7 +234,7 @@ def test_run_async_cancellation(pool, tmp_path):
     assert pool.run_on_all(tasks.square, 2) == [4, 4]
 
 
-def test_run_async_cancellation_of_a_queued_task_drops_it(tmp_path):
+def test_run_async_cancellation_of_a_queued_task_drops_it(tmp_path, make_pool):
     marker = tmp_path / "ran"
 
     async def main(pool):
@@ -247,9 +247,9 @@ def test_run_async_cancellation_of_a_queued_task_drops_it(tmp_path):
         assert await busy == "busy"
         await pool.run_on_all_async(tasks.pid)
 
-    with Pool(1, qsize=1) as pool:
-        pool.run_on_all(int, 0)
-        asyncio.run(main(pool))
+    pool = make_pool(1, qsize=1)
+    pool.run_on_all(int, 0)
+    asyncio.run(main(pool))  # ends with a run_on_all: after every task before it
     assert not marker.exists()
 
 

@@ -53,10 +53,10 @@ def test_an_explicit_chunksize_is_kept(shared_pool):
     assert made == -(-1000 // 7)
 
 
-def test_qsize_one_never_groups():
-    with Pool(2, qsize=1) as pool:
-        made = tasks_made(pool, lambda: list(pool.map(tasks.square, range(500))))
-        assert made == 500
+def test_qsize_one_never_groups(make_pool):
+    pool = make_pool(2, qsize=1)
+    made = tasks_made(pool, lambda: list(pool.map(tasks.square, range(500))))
+    assert made == 500
 
 
 def test_tasks_of_a_few_milliseconds_are_never_grouped(shared_pool):
@@ -119,11 +119,11 @@ def test_submitted_tasks_of_a_few_milliseconds_are_never_grouped(shared_pool):
     assert grouped_tasks(shared_pool) == before
 
 
-def test_qsize_one_never_groups_submitted_tasks():
-    with Pool(2, qsize=1) as pool:
-        futures = [pool.submit(tasks.square, i) for i in range(1000)]
-        assert [f.result(timeout=30) for f in futures] == [i * i for i in range(1000)]
-        assert grouped_tasks(pool) == 0
+def test_qsize_one_never_groups_submitted_tasks(make_pool):
+    pool = make_pool(2, qsize=1)
+    futures = [pool.submit(tasks.square, i) for i in range(1000)]
+    assert [f.result(timeout=30) for f in futures] == [i * i for i in range(1000)]
+    assert grouped_tasks(pool) == 0
 
 
 def test_grouped_tasks_keep_their_own_errors(shared_pool):

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import concurrent.futures
 import gc
+import inspect
 import itertools
 import weakref
 
@@ -14,6 +15,9 @@ import pytest
 from distex_zmq import Pool, RemoteException
 from distex_zmq.map_run import BYTES_AHEAD, MAX_BATCH, map_window
 from tests import tasks
+
+#: the credits of each worker of ``shared_pool``: ``Pool``'s default qsize
+QSIZE = inspect.signature(Pool).parameters["qsize"].default
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -203,8 +207,9 @@ def test_large_inputs_are_read_ahead_by_bytes_not_by_count(shared_pool):
         assert length == len(payload)
         ahead.append(pulled - yielded)
     # 8 MiB inputs: BYTES_AHEAD of them, not the whole window of 32 small ones
-    limit = max(BYTES_AHEAD // len(payload), shared_pool._options.capacity + 2)
-    assert map_window(shared_pool._options.capacity) > limit + 1
+    capacity = shared_pool.total_workers() * QSIZE  # tasks the workers hold at once
+    limit = max(BYTES_AHEAD // len(payload), capacity + 2)
+    assert map_window(capacity) > limit + 1
     assert max(ahead) <= limit + 1, f"read {max(ahead)} inputs ahead"
     assert pulled == 24
 

@@ -2,8 +2,8 @@
 
 The end-to-end tests talk to a real worker process through a ROUTER socket
 of their own (a fake broker), and to a real pool's broker through a DEALER
-socket of their own (a fake worker). The broker's endpoint is read from
-``pool._runtime.broker.endpoints``, the one internal the suite uses.
+socket of their own (a fake worker). The broker's endpoint is the one the
+pool's local workers were told on their command line (``--connect``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from distex_zmq.serialization import dumps, loads
 from distex_zmq.version import __version__
 from distex_zmq.wire import frames as p
 from tests import tasks
-from tests.helpers import wait_until
+from tests.helpers import broker_endpoint, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -283,7 +283,7 @@ def test_worker_exits_when_refused(fake_broker):
 
 
 def fake_worker(pool: Pool, identity: bytes) -> tuple[zmq.Context, zmq.Socket]:
-    endpoint = pool._runtime.broker.endpoints[0]
+    endpoint = broker_endpoint(pool)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)

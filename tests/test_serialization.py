@@ -10,8 +10,8 @@ import weakref
 import numpy as np
 import pytest
 
-from distex_zmq import PickleType, Pool, RemoteException, SerializationError
-from distex_zmq.serialization import OOB_THRESHOLD, dumps, loads
+from distex_zmq import PickleType, RemoteException, SerializationError
+from distex_zmq.serialization import OOB_THRESHOLD, call_out_of_band, dumps, loads
 from distex_zmq.wire.frames import FUNCTION_CACHE
 from tests import tasks
 
@@ -30,57 +30,59 @@ def test_pickle_type_values_are_those_of_distex():
 
 @pytest.mark.parametrize("func_pickle", PICKLE_TYPES, ids=lambda t: f"func-{t.name}")
 @pytest.mark.parametrize("data_pickle", PICKLE_TYPES, ids=lambda t: f"data-{t.name}")
-def test_every_combination_of_pickle_types(func_pickle, data_pickle):
+def test_every_combination_of_pickle_types(func_pickle, data_pickle, make_pool):
     data = {"ints": list(range(10)), "text": "héllo", "nested": ({1, 2}, b"\x00\xff")}
-    with Pool(1, func_pickle=func_pickle, data_pickle=data_pickle) as pool:
-        assert pool.run(tasks.identity, data) == data
-        assert list(pool.map(tasks.add, range(10), range(10), chunksize=3)) == [
-            2 * i for i in range(10)
-        ]
-        with pytest.raises(ValueError, match="bad input 3") as info:
-            pool.run(tasks.fail_on, 3)
-        assert isinstance(info.value.__cause__, RemoteException)
-        array = np.arange(200_000, dtype=np.int64)  # above the out-of-band threshold
-        assert np.array_equal(pool.run(tasks.array_plus_one, array), array + 1)
+    pool = make_pool(1, func_pickle=func_pickle, data_pickle=data_pickle)
+    assert pool.run(tasks.identity, data) == data
+    assert list(pool.map(tasks.add, range(10), range(10), chunksize=3)) == [
+        2 * i for i in range(10)
+    ]
+    with pytest.raises(ValueError, match="bad input 3") as info:
+        pool.run(tasks.fail_on, 3)
+    assert isinstance(info.value.__cause__, RemoteException)
+    array = np.arange(200_000, dtype=np.int64)  # above the out-of-band threshold
+    assert np.array_equal(pool.run(tasks.array_plus_one, array), array + 1)
 
 
 @pytest.mark.parametrize("func_pickle", [PickleType.cloudpickle, PickleType.dill])
-def test_lambda_and_closure_as_function(func_pickle):
+def test_lambda_and_closure_as_function(func_pickle, make_pool):
     offset = 100
 
     def closure(x):
         return x + offset
 
-    with Pool(1, func_pickle=func_pickle) as pool:
-        assert pool.run(lambda x: x * 3, 5) == 15
-        assert list(pool.map(lambda x, y: x - y, range(5), range(5, 10))) == [-5] * 5
-        assert pool.submit(closure, 1).result() == 101
-        assert list(pool.map(closure, range(3), chunksize=2)) == [100, 101, 102]
+    pool = make_pool(1, func_pickle=func_pickle)
+    assert pool.run(lambda x: x * 3, 5) == 15
+    assert list(pool.map(lambda x, y: x - y, range(5), range(5, 10))) == [-5] * 5
+    assert pool.submit(closure, 1).result() == 101
+    assert list(pool.map(closure, range(3), chunksize=2)) == [100, 101, 102]
 
 
-def test_lambda_with_plain_pickle_fails_in_the_caller():
-    with Pool(1, func_pickle=PickleType.pickle) as pool:
-        with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
-            pool.submit(lambda x: x, 1)
-        with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
-            list(pool.map(lambda x: x, [1]))
-        assert pool.run(tasks.square, 3) == 9
+def test_lambda_with_plain_pickle_fails_in_the_caller(make_pool):
+    pool = make_pool(1, func_pickle=PickleType.pickle)
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        pool.submit(lambda x: x, 1)
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        list(pool.map(lambda x: x, [1]))
+    assert pool.run(tasks.square, 3) == 9
 
 
-def test_a_function_the_worker_cannot_import_fails_with_what_to_do(tmp_path, monkeypatch):
-    with Pool(1, func_pickle=PickleType.pickle) as pool:
-        pool.run(tasks.square, 1)  # started: the workers' sys.path is fixed now
-        (tmp_path / "client_only.py").write_text("def triple(x):\n    return 3 * x\n")
-        monkeypatch.syspath_prepend(str(tmp_path))
-        import client_only
+def test_a_function_the_worker_cannot_import_fails_with_what_to_do(
+    tmp_path, monkeypatch, make_pool
+):
+    pool = make_pool(1, func_pickle=PickleType.pickle)
+    pool.run(tasks.square, 1)  # started: the workers' sys.path is fixed now
+    (tmp_path / "client_only.py").write_text("def triple(x):\n    return 3 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import client_only
 
-        for _ in range(2):  # the second time the worker knows the function is broken
-            with pytest.raises(SerializationError) as info:
-                pool.run(client_only.triple, 1)
-            text = str(info.value)
-            assert "could not unpickle" in text and "client_only" in text
-            assert "must be importable where the worker runs" in text
-        assert pool.run(tasks.square, 3) == 9
+    for _ in range(2):  # the second time the worker knows the function is broken
+        with pytest.raises(SerializationError) as info:
+            pool.run(client_only.triple, 1)
+        text = str(info.value)
+        assert "could not unpickle" in text and "client_only" in text
+        assert "must be importable where the worker runs" in text
+    assert pool.run(tasks.square, 3) == 9
 
 
 def test_a_pool_cannot_be_pickled_nor_used_by_its_own_tasks(shared_pool):
@@ -94,11 +96,11 @@ def test_a_pool_cannot_be_pickled_nor_used_by_its_own_tasks(shared_pool):
 
 
 @pytest.mark.parametrize("data_pickle", [PickleType.cloudpickle, PickleType.dill])
-def test_lambda_as_data(data_pickle):
-    with Pool(1, data_pickle=data_pickle) as pool:
-        assert pool.run(tasks.apply, lambda x, y: x * y, 6, 7) == 42
-        func = pool.run(tasks.identity, lambda: "made in the client")
-        assert func() == "made in the client"
+def test_lambda_as_data(data_pickle, make_pool):
+    pool = make_pool(1, data_pickle=data_pickle)
+    assert pool.run(tasks.apply, lambda x, y: x * y, 6, 7) == 42
+    func = pool.run(tasks.identity, lambda: "made in the client")
+    assert func() == "made in the client"
 
 
 def test_lambda_as_data_with_plain_pickle_fails_in_the_caller(shared_pool):
@@ -157,15 +159,15 @@ def test_the_pool_does_not_keep_what_it_ran_alive(shared_pool):
     assert collected.is_set() and ref() is None
 
 
-def test_an_unchanged_bound_method_reaches_a_worker_once():
+def test_an_unchanged_bound_method_reaches_a_worker_once(make_pool):
     scaler = tasks.Scaler(2)
-    with Pool(1) as pool:
-        before = pool.run(tasks.worker_function_count)
-        assert [pool.run(scaler.scale, i) for i in range(20)] == [2 * i for i in range(20)]
-        assert pool.run(tasks.worker_function_count) == before + 1
-        scaler.factor = 3  # a new pickle: sent again
-        assert pool.run(scaler.scale, 1) == 3
-        assert pool.run(tasks.worker_function_count) == before + 2
+    pool = make_pool(1)
+    before = pool.run(tasks.worker_function_count)
+    assert [pool.run(scaler.scale, i) for i in range(20)] == [2 * i for i in range(20)]
+    assert pool.run(tasks.worker_function_count) == before + 1
+    scaler.factor = 3  # a new pickle: sent again
+    assert pool.run(scaler.scale, 1) == 3
+    assert pool.run(tasks.worker_function_count) == before + 2
 
 
 def test_a_finished_task_lets_go_of_its_arguments(shared_pool):
@@ -180,35 +182,35 @@ def test_a_finished_task_lets_go_of_its_arguments(shared_pool):
     assert ref() is None, "a finished task still holds its argument"
 
 
-def test_a_worker_keeps_only_the_recent_functions():
+def test_a_worker_keeps_only_the_recent_functions(make_pool):
     def adder(k):
         return lambda x: x + k
 
     funcs = [adder(k) for k in range(FUNCTION_CACHE + 100)]  # a new function per call
-    with Pool(1) as pool:
-        futures = [pool.submit(f, 1) for f in funcs]
-        assert [f.result() for f in futures] == [1 + k for k in range(len(funcs))]
-        held = pool.run(tasks.worker_function_count)
-        assert FUNCTION_CACHE - 5 <= held <= FUNCTION_CACHE
-        # the oldest were dropped by the worker: the broker knows and sends them again
-        again = [pool.submit(f, 2) for f in funcs[:50]]
-        assert [f.result() for f in again] == [2 + k for k in range(50)]
-        assert pool.run(tasks.worker_function_count) <= FUNCTION_CACHE
+    pool = make_pool(1)
+    futures = [pool.submit(f, 1) for f in funcs]
+    assert [f.result() for f in futures] == [1 + k for k in range(len(funcs))]
+    held = pool.run(tasks.worker_function_count)
+    assert FUNCTION_CACHE - 5 <= held <= FUNCTION_CACHE
+    # the oldest were dropped by the worker: the broker knows and sends them again
+    again = [pool.submit(f, 2) for f in funcs[:50]]
+    assert [f.result() for f in again] == [2 + k for k in range(50)]
+    assert pool.run(tasks.worker_function_count) <= FUNCTION_CACHE
 
 
-def test_closures_that_capture_much_data_are_let_go():
+def test_closures_that_capture_much_data_are_let_go(make_pool):
     def reader(blob):
         return lambda i: blob[i]
 
     blobs = [bytes([k]) * (8 * 2**20) for k in range(20)]
     funcs = [reader(blob) for blob in blobs]  # each pickle is 8 MiB
-    with Pool(1) as pool:
-        assert [pool.submit(f, 5).result() for f in funcs] == list(range(20))
-        # by bytes, not by count: about 64 MiB of them on either side
-        assert 2 <= len(pool._tasks.functions) <= 8
-        assert 2 <= pool.run(tasks.worker_function_count) <= 9  # + worker_function_count
-        # dropped ones are pickled and sent again
-        assert [pool.submit(f, 7).result() for f in funcs[:3]] == [0, 1, 2]
+    pool = make_pool(1)
+    assert [pool.submit(f, 5).result() for f in funcs] == list(range(20))
+    # by bytes, not by count: about 64 MiB of them on either side
+    assert 2 <= len(pool._tasks.functions) <= 8
+    assert 2 <= pool.run(tasks.worker_function_count) <= 9  # + worker_function_count
+    # dropped ones are pickled and sent again
+    assert [pool.submit(f, 7).result() for f in funcs[:3]] == [0, 1, 2]
 
 
 def test_large_buffers_travel_out_of_band_without_a_copy():
@@ -280,9 +282,10 @@ def test_large_bytes_arguments_and_results_travel_out_of_band(kind):
 
 def test_large_bytes_keyword_arguments_travel_out_of_band(shared_pool):
     big = b"0123456789abcdef" * (OOB_THRESHOLD // 8)
-    task = shared_pool._tasks.call(tasks.identity, (), {"x": big}, None)
-    assert len(task.data) < 1000, "the bytes went into the pickle"
-    assert [memoryview(b).obj for b in task.buffers] == [big]
+    # how the pool pickles a call's arguments
+    data, buffers = dumps(call_out_of_band((), {"x": big}))
+    assert len(data) < 1000, "the bytes went into the pickle"
+    assert [memoryview(b).obj for b in buffers] == [big]
     back = shared_pool.run(tasks.identity, x=bytearray(big))
     assert back == big and type(back) is bytearray
     assert shared_pool.run(tasks.identity, x=big) == big

@@ -105,46 +105,46 @@ def test_mixed_pool_of_local_spawner_and_ssh_hosts(hosts):
                 assert worker_secret not in cmd and SECRET not in cmd
 
 
-def test_secret_from_a_file(hosts, secret_file, monkeypatch):
+def test_secret_from_a_file(hosts, secret_file, monkeypatch, make_pool):
     monkeypatch.delenv("DISTEX_ZMQ_SECRET")
-    with Pool(None, [at(hosts, "dzq-a", 1)], secret_file=str(secret_file)) as pool:
-        assert hostnames(pool) == ["dzq-a"]
+    pool = make_pool(None, [at(hosts, "dzq-a", 1)], secret_file=str(secret_file))
+    assert hostnames(pool) == ["dzq-a"]
 
 
-def test_spawner_workers_killed_are_replaced(hosts):
-    with Pool(None, [at(hosts, "dzq-a", 2)]) as pool:
-        pool.run_on_all(int, 0)
-        victims = hosts.workers("dzq-a")
-        assert len(victims) == 2
-        results = []
-        inputs = [(0.02, x) for x in range(150)]
-        for i, r in enumerate(pool.map(tasks.sleep_return, inputs, star=True)):
-            results.append(r)
-            if i == 20:
-                os.kill(victims[0], signal.SIGKILL)
-            if i == 60:
-                os.kill(victims[1], signal.SIGKILL)
-        assert results == list(range(150))
-        assert wait_until(lambda: len(hosts.workers("dzq-a")) == 2, timeout=10)
-        assert hostnames(pool) == ["dzq-a", "dzq-a"]
-        assert not set(victims) & set(hosts.workers("dzq-a"))
+def test_spawner_workers_killed_are_replaced(hosts, make_pool):
+    pool = make_pool(None, [at(hosts, "dzq-a", 2)])
+    pool.run_on_all(int, 0)
+    victims = hosts.workers("dzq-a")
+    assert len(victims) == 2
+    results = []
+    inputs = [(0.02, x) for x in range(150)]
+    for i, r in enumerate(pool.map(tasks.sleep_return, inputs, star=True)):
+        results.append(r)
+        if i == 20:
+            os.kill(victims[0], signal.SIGKILL)
+        if i == 60:
+            os.kill(victims[1], signal.SIGKILL)
+    assert results == list(range(150))
+    assert wait_until(lambda: len(hosts.workers("dzq-a")) == 2, timeout=10)
+    assert hostnames(pool) == ["dzq-a", "dzq-a"]
+    assert not set(victims) & set(hosts.workers("dzq-a"))
 
 
-def test_spawner_killed_mid_map(hosts, spawners):
-    with Pool(1, [at(hosts, "dzq-a", 2), at(hosts, "dzq-b", 2)], heartbeat_timeout=3) as pool:
-        assert hostnames(pool).count("dzq-b") == 2
-        doomed = hosts.workers("dzq-b")
-        results = []
-        inputs = [(0.03, x) for x in range(150)]
-        for i, r in enumerate(pool.map(tasks.sleep_return, inputs, star=True)):
-            results.append(r)
-            if i == 20:
-                spawners["dzq-b"].kill()
-        assert results == list(range(150))
-        # its workers did not outlive it
-        assert wait_until(lambda: not hosts.workers("dzq-b"), timeout=10)
-        assert not any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in doomed)
-        assert "dzq-b" not in hostnames(pool)
+def test_spawner_killed_mid_map(hosts, spawners, make_pool):
+    pool = make_pool(1, [at(hosts, "dzq-a", 2), at(hosts, "dzq-b", 2)], heartbeat_timeout=3)
+    assert hostnames(pool).count("dzq-b") == 2
+    doomed = hosts.workers("dzq-b")
+    results = []
+    inputs = [(0.03, x) for x in range(150)]
+    for i, r in enumerate(pool.map(tasks.sleep_return, inputs, star=True)):
+        results.append(r)
+        if i == 20:
+            spawners["dzq-b"].kill()
+    assert results == list(range(150))
+    # its workers did not outlive it
+    assert wait_until(lambda: not hosts.workers("dzq-b"), timeout=10)
+    assert not any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in doomed)
+    assert "dzq-b" not in hostnames(pool)
 
 
 def _alive(pid):

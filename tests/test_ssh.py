@@ -30,30 +30,37 @@ pytestmark = [
 ]
 
 
-def ssh_pool(hosts, num_workers=1, **kwargs):
-    kwargs.setdefault("remote_python", REMOTE_PYTHON)
-    return Pool(num_workers, hosts, **kwargs)
+@pytest.fixture
+def ssh_pool(ssh_home, make_pool):
+    """``ssh_pool(hosts, num_workers=1, **options)``: a pool of the cluster's
+    hosts (and ``num_workers`` local workers), shut down after the test."""
+
+    def make(hosts, num_workers=1, **kwargs):
+        kwargs.setdefault("remote_python", REMOTE_PYTHON)
+        return make_pool(num_workers, hosts, **kwargs)
+
+    return make
 
 
 # computing across hosts
 
 
-def test_mixed_pool_runs_on_every_host(ssh_home):
+def test_mixed_pool_runs_on_every_host(ssh_home, ssh_pool):
     here = socket.gethostname()
-    with ssh_pool(["ssh://dzq-a/2", "ssh://dzq-b/2", "ssh://root@dzq-c:22/1"]) as pool:
-        assert pool.total_workers() == 6
-        assert hostnames(pool) == sorted([here, "dzq-a", "dzq-a", "dzq-b", "dzq-b", "dzq-c"])
-        assert list(pool.map(tasks.square, range(2000))) == [x * x for x in range(2000)]
-        # where each input ran: every host took a share
-        where = set(pool.map(tasks.hostname_after, [0.01] * 60))
-        assert {"dzq-a", "dzq-b", "dzq-c"} <= where
-        assert pool.submit(tasks.add, 2, 3).result(timeout=30) == 5
-        with pytest.raises(ValueError):
-            pool.run(tasks.fail_on, 3)
-        assert len(ssh_home.pool_processes()) == 3  # an agent and workers on each host
+    pool = ssh_pool(["ssh://dzq-a/2", "ssh://dzq-b/2", "ssh://root@dzq-c:22/1"])
+    assert pool.total_workers() == 6
+    assert hostnames(pool) == sorted([here, "dzq-a", "dzq-a", "dzq-b", "dzq-b", "dzq-c"])
+    assert list(pool.map(tasks.square, range(2000))) == [x * x for x in range(2000)]
+    # where each input ran: every host took a share
+    where = set(pool.map(tasks.hostname_after, [0.01] * 60))
+    assert {"dzq-a", "dzq-b", "dzq-c"} <= where
+    assert pool.submit(tasks.add, 2, 3).result(timeout=30) == 5
+    with pytest.raises(ValueError):
+        pool.run(tasks.fail_on, 3)
+    assert len(ssh_home.pool_processes()) == 3  # an agent and workers on each host
 
 
-def test_async_api_on_remote_workers(ssh_home):
+def test_async_api_on_remote_workers(ssh_home, ssh_pool):
     async def main():
         async with ssh_pool(["ssh://dzq-a/2"], num_workers=1) as pool:
             results = [r async for r in pool.map_async(tasks.square, range(500))]
@@ -63,47 +70,45 @@ def test_async_api_on_remote_workers(ssh_home):
     asyncio.run(main())
 
 
-def test_direct_mode(ssh_home):
-    with ssh_pool(["ssh://dzq-a/1", "ssh://dzq-b/1"], ssh_tunnel=False) as pool:
-        assert hostnames(pool) == sorted([socket.gethostname(), "dzq-a", "dzq-b"])
-        assert list(pool.map(tasks.square, range(1000))) == [x * x for x in range(1000)]
+def test_direct_mode(ssh_home, ssh_pool):
+    pool = ssh_pool(["ssh://dzq-a/1", "ssh://dzq-b/1"], ssh_tunnel=False)
+    assert hostnames(pool) == sorted([socket.gethostname(), "dzq-a", "dzq-b"])
+    assert list(pool.map(tasks.square, range(1000))) == [x * x for x in range(1000)]
 
 
-def test_big_arguments_cross_the_tunnel(ssh_home):
+def test_big_arguments_cross_the_tunnel(ssh_home, ssh_pool):
     blob = os.urandom(3 << 20)
-    with ssh_pool(["ssh://dzq-a/1"], num_workers=None) as pool:  # no local workers
-        assert hostnames(pool) == ["dzq-a"]
-        assert pool.run_on_all(tasks.bytes_len, blob) == [len(blob)]
-        echoed = list(pool.map(tasks.identity, [blob] * 4))
-        assert all(e == blob for e in echoed)
+    pool = ssh_pool(["ssh://dzq-a/1"], num_workers=None)  # no local workers
+    assert hostnames(pool) == ["dzq-a"]
+    assert pool.run_on_all(tasks.bytes_len, blob) == [len(blob)]
+    echoed = list(pool.map(tasks.identity, [blob] * 4))
+    assert all(e == blob for e in echoed)
 
 
 # faults
 
 
-def test_remote_worker_killed_mid_map(ssh_home):
-    with ssh_pool(["ssh://dzq-a/2"], num_workers=1) as pool:
-        pool.run_on_all(int, 0)
-        victims = ssh_home.workers("dzq-a")
-        assert len(victims) == 2
-        results = []
-        for i, r in enumerate(
-            pool.map(tasks.sleep_return, [(0.02, x) for x in range(150)], star=True)
-        ):
-            results.append(r)
-            if i == 20:
-                os.kill(victims[0], signal.SIGKILL)
-        assert results == list(range(150))
-        # the dead worker was replaced on its host
-        assert wait_until(lambda: len(ssh_home.workers("dzq-a")) == 2, timeout=10)
-        assert hostnames(pool).count("dzq-a") == 2
+def test_remote_worker_killed_mid_map(ssh_home, ssh_pool):
+    pool = ssh_pool(["ssh://dzq-a/2"], num_workers=1)
+    pool.run_on_all(int, 0)
+    victims = ssh_home.workers("dzq-a")
+    assert len(victims) == 2
+    results = []
+    for i, r in enumerate(pool.map(tasks.sleep_return, [(0.02, x) for x in range(150)], star=True)):
+        results.append(r)
+        if i == 20:
+            os.kill(victims[0], signal.SIGKILL)
+    assert results == list(range(150))
+    # the dead worker was replaced on its host
+    assert wait_until(lambda: len(ssh_home.workers("dzq-a")) == 2, timeout=10)
+    assert hostnames(pool).count("dzq-a") == 2
 
 
-def test_host_cut_off_mid_map(ssh_home):
+def test_host_cut_off_mid_map(ssh_home, ssh_pool):
     pool = ssh_pool(
         ["ssh://dzq-a/2", "ssh://dzq-b/2"], num_workers=1, heartbeat_timeout=2, connect_timeout=2
     )
-    try:
+    try:  # the link must be up again before the pool shuts down
         assert hostnames(pool).count("dzq-b") == 2
         results = []
         where = []
@@ -127,7 +132,6 @@ def test_host_cut_off_mid_map(ssh_home):
         assert list(pool.map(tasks.square, range(100))) == [x * x for x in range(100)]
     finally:
         ssh_home.link("dzq-b", up=True)
-        pool.shutdown()
 
 
 CLIENT = textwrap.dedent(
@@ -168,7 +172,7 @@ def test_client_killed_leaves_nothing_on_the_hosts(ssh_home):
 # refusals: each a clear error, nothing left running
 
 
-def expect_refusal(hosts, **kwargs) -> str:
+def expect_refusal(ssh_pool, hosts, **kwargs) -> str:
     before = child_pids()
     pool = ssh_pool(hosts, **kwargs)
     try:
@@ -180,10 +184,10 @@ def expect_refusal(hosts, **kwargs) -> str:
     return str(info.value)
 
 
-def test_unknown_host_key_is_refused(ssh_home, monkeypatch):
+def test_unknown_host_key_is_refused(ssh_home, monkeypatch, ssh_pool):
     home = ssh_home.other_home("trusts-only-a", trusted=("dzq-a",))
     monkeypatch.setenv("HOME", str(home))
-    message = expect_refusal(["ssh://dzq-a/1", "ssh://dzq-b/1"])
+    message = expect_refusal(ssh_pool, ["ssh://dzq-a/1", "ssh://dzq-b/1"])
     assert "dzq-b" in message and "not in" in message and "known_hosts" in message
     assert "ssh-keyscan" in message and "ssh_accept_new_hosts=True" in message
     assert "SHA256:" in message
@@ -194,46 +198,46 @@ def test_unknown_host_key_is_refused(ssh_home, monkeypatch):
     assert ssh_home.host_keys["dzq-b"].split()[1] in known
 
 
-def test_changed_host_key_is_refused(ssh_home, monkeypatch):
+def test_changed_host_key_is_refused(ssh_home, monkeypatch, ssh_pool):
     home = ssh_home.other_home("wrong-key-for-a", trusted=("dzq-b",))
     known = home / ".ssh" / "known_hosts"
     # dzq-a listed with dzq-b's key: what a man in the middle would look like
     known.write_text(f"{ssh_home.addresses['dzq-a']} {ssh_home.host_keys['dzq-b']}\n")
     monkeypatch.setenv("HOME", str(home))
-    message = expect_refusal(["ssh://dzq-a/1"], ssh_accept_new_hosts=True)
+    message = expect_refusal(ssh_pool, ["ssh://dzq-a/1"], ssh_accept_new_hosts=True)
     assert "does NOT match" in message and "ssh-keygen -R" in message
 
 
-def test_bad_key_is_refused(ssh_home, monkeypatch):
+def test_bad_key_is_refused(ssh_home, monkeypatch, ssh_pool):
     home = ssh_home.other_home("stranger", trusted=HOSTS, own_key=True)
     monkeypatch.setenv("HOME", str(home))
-    message = expect_refusal(["ssh://dzq-a/1"])
+    message = expect_refusal(ssh_pool, ["ssh://dzq-a/1"])
     assert "authentication as 'root' failed" in message and "authorized_keys" in message
 
 
-def test_wrong_user_is_refused(ssh_home):
-    message = expect_refusal(["ssh://nosuchuser@dzq-a/1"])
+def test_wrong_user_is_refused(ssh_home, ssh_pool):
+    message = expect_refusal(ssh_pool, ["ssh://nosuchuser@dzq-a/1"])
     assert "authentication as 'nosuchuser' failed" in message
 
 
-def test_missing_distex_zmq_is_reported(ssh_home):
+def test_missing_distex_zmq_is_reported(ssh_home, ssh_pool):
     # -S: no site-packages, so an interpreter without distex_zmq
-    message = expect_refusal(["ssh://dzq-c/1"], remote_python=f"{sys.executable} -S")
+    message = expect_refusal(ssh_pool, ["ssh://dzq-c/1"], remote_python=f"{sys.executable} -S")
     assert "dzq-c" in message and "distex_zmq is not installed" in message
     assert "No module named 'distex_zmq'" in message  # the remote's own words
 
 
-def test_missing_interpreter_is_reported(ssh_home):
-    message = expect_refusal(["ssh://dzq-c/1"], remote_python="/no/such/python3")
+def test_missing_interpreter_is_reported(ssh_home, ssh_pool):
+    message = expect_refusal(ssh_pool, ["ssh://dzq-c/1"], remote_python="/no/such/python3")
     assert "exit status 127" in message and "not a command there" in message
 
 
-def test_closed_port_and_cut_off_host_fail_in_bounded_time(ssh_home):
-    message = expect_refusal(["ssh://dzq-a:2222/1"])
+def test_closed_port_and_cut_off_host_fail_in_bounded_time(ssh_home, ssh_pool):
+    message = expect_refusal(ssh_pool, ["ssh://dzq-a:2222/1"])
     assert "cannot connect" in message and "port 2222" in message
     ssh_home.link("dzq-c", up=False)
     try:
-        message = expect_refusal(["ssh://dzq-c/1"], connect_timeout=1.5)
+        message = expect_refusal(ssh_pool, ["ssh://dzq-c/1"], connect_timeout=1.5)
     finally:
         ssh_home.link("dzq-c", up=True)
     assert "no answer within 1.5 s" in message

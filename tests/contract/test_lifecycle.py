@@ -1,0 +1,255 @@
+"""The executor contract: cancellation, shutdown and timeouts on every kind of pool.
+
+These tests leave tasks cancelled, running or a pool shut down, so each
+makes a pool of its own (``make_executor``). Whether a task ran is told by
+the trace it leaves in a file (``tasks.sleep_touch``): the SSH hosts share
+this machine's file system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import threading
+import time
+
+import pytest
+
+from distex_zmq import Pool, PoolClosedError
+from tests import tasks
+from tests.contract.conftest import WORKERS
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def busy(pool: Pool, delay: float) -> list[cf.Future]:
+    """Occupy every worker of a ``qsize=1`` pool for ``delay`` seconds."""
+    pool.run_on_all(int, 0)  # all workers are up
+    return [pool.submit(tasks.sleep_return, delay, i) for i in range(WORKERS)]
+
+
+# cancellation
+
+
+def test_cancel_a_waiting_future(make_executor, tmp_path):
+    path = str(tmp_path / "traces")
+    pool = make_executor(qsize=1)
+    blockers = busy(pool, 1.0)
+    waiting = pool.submit(tasks.touch, path, "never")
+    assert waiting.cancel() and waiting.cancelled()
+    with pytest.raises(cf.CancelledError):
+        waiting.result()
+    assert [b.result(timeout=30) for b in blockers] == list(range(WORKERS))
+    assert pool.run_on_all(tasks.traces, path) == [0] * WORKERS
+    assert not waiting.cancel() or waiting.cancelled()  # cancelling again changes nothing
+
+
+def test_cancel_a_finished_future_fails(make_executor):
+    pool = make_executor()
+    future = pool.submit(tasks.square, 3)
+    assert future.result(timeout=30) == 9
+    assert not future.cancel() and not future.cancelled()
+
+
+def test_run_async_cancelled_cancels_its_task(make_executor, tmp_path):
+    path = str(tmp_path / "traces")
+    pool = make_executor(qsize=1)
+    blockers = busy(pool, 1.0)
+
+    async def main():
+        task = asyncio.ensure_future(pool.run_async(tasks.touch, path))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    [b.result(timeout=30) for b in blockers]
+    assert pool.run_on_all(tasks.traces, path) == [0] * WORKERS
+
+
+def test_cancel_a_running_task_discards_its_result_and_keeps_the_worker(make_executor):
+    # unlike a concurrent.futures executor, the future of a task that runs
+    # can be cancelled: the task runs to its end, its result is dropped
+    pool = make_executor(qsize=1)
+    before = sorted(pool.run_on_all(tasks.pid))
+    running = pool.submit(tasks.sleep_return, 0.5, "dropped")
+    time.sleep(0.2)
+    assert running.cancel() and running.cancelled()
+    assert sorted(pool.run_on_all(tasks.pid)) == before  # not killed, not replaced
+
+
+def test_run_async_under_wait_for_cancels_its_task(make_executor, tmp_path):
+    path = str(tmp_path / "traces")
+    pool = make_executor(qsize=1)
+    blockers = busy(pool, 1.0)
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(pool.run_async(tasks.touch, path), 0.1)
+        return await pool.run_async(tasks.square, 3)
+
+    assert asyncio.run(main()) == 9
+    [b.result(timeout=30) for b in blockers]
+    assert pool.run_on_all(tasks.traces, path) == [0] * WORKERS
+
+
+def test_shutdown_while_another_thread_maps(make_executor):
+    pool = make_executor()
+    pool.run_on_all(int, 0)
+    outcome: list[BaseException | None] = []
+
+    def consume() -> None:
+        try:
+            for _ in pool.map(tasks.sleep_return, [0.1] * 200):
+                pass
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - the test looks at it
+            outcome.append(e)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    time.sleep(0.3)
+    pool.shutdown(cancel_futures=True)
+    thread.join(30)
+    assert not thread.is_alive(), "the map hangs after the pool was shut down"
+    assert isinstance(outcome[0], (cf.CancelledError, PoolClosedError)), outcome
+
+
+def test_shutdown_with_cancel_futures(make_executor, tmp_path):
+    path = str(tmp_path / "traces")
+    pool = make_executor(qsize=1)
+    blockers = busy(pool, 1.0)
+    waiting = [pool.submit(tasks.touch, path, i) for i in range(10)]
+    pool.shutdown(cancel_futures=True)
+    assert [b.result() for b in blockers] == list(range(WORKERS))  # running tasks finish
+    assert all(f.cancelled() for f in waiting)
+    assert tasks.traces(path) == 0
+
+
+def test_breaking_out_of_a_map_cancels_what_is_pending(make_executor, tmp_path):
+    path = str(tmp_path / "traces")
+    pool = make_executor(qsize=1)
+    inputs = [(path, 0.1, i) for i in range(40)]
+    for _ in pool.map(tasks.sleep_touch, inputs, star=True, chunksize=1):
+        break
+    pool.run_on_all(int, 0)  # after what still ran
+    assert 1 <= tasks.traces(path) < 40
+    assert pool.run(tasks.square, 5) == 25  # and the pool goes on
+
+
+def test_breaking_out_of_a_map_async_cancels_what_is_pending(make_executor, tmp_path):
+    path = str(tmp_path / "traces")
+    pool = make_executor(qsize=1)
+    inputs = [(path, 0.1, i) for i in range(40)]
+
+    async def main():
+        results = pool.map_async(tasks.sleep_touch, inputs, star=True, chunksize=1)
+        async for _ in results:
+            break
+        await results.aclose()
+        await pool.run_on_all_async(int, 0)
+
+    asyncio.run(main())
+    assert 1 <= tasks.traces(path) < 40
+
+
+def test_wait_and_as_completed_count_a_cancelled_future_as_done(make_executor):
+    pool = make_executor(qsize=1)
+    blockers = busy(pool, 0.5)
+    cancelled = pool.submit(tasks.square, 2)
+    assert cancelled.cancel()
+    done, not_done = cf.wait([cancelled, *blockers], timeout=30)
+    assert cancelled in done and not not_done
+    assert set(cf.as_completed([cancelled, *blockers], timeout=30)) == {cancelled, *blockers}
+
+
+# shutdown
+
+
+def test_shutdown_waits_for_submitted_tasks(make_executor):
+    pool = make_executor()
+    futures = [pool.submit(tasks.sleep_return, 0.05, i) for i in range(10)]
+    pool.shutdown(wait=True)
+    assert all(f.done() for f in futures)
+    assert [f.result() for f in futures] == list(range(10))
+
+
+def test_shutdown_without_wait_still_runs_submitted_tasks(make_executor):
+    pool = make_executor()
+    futures = [pool.submit(tasks.sleep_return, 0.05, i) for i in range(10)]
+    pool.shutdown(wait=False)
+    assert [f.result(timeout=30) for f in futures] == list(range(10))
+
+
+def test_shutdown_is_idempotent_and_then_everything_refuses(make_executor):
+    pool = make_executor()
+    assert pool.run(tasks.square, 2) == 4
+    pool.shutdown()
+    pool.shutdown()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for call in (
+        lambda: pool.submit(tasks.square, 1),
+        lambda: pool.run(tasks.square, 1),
+        lambda: pool.map(tasks.square, [1]),
+        lambda: pool.run_on_all(int, 0),
+        lambda: asyncio.run(pool.run_async(tasks.square, 1)),
+        lambda: asyncio.run(pool.run_on_all_async(int, 0)),
+    ):
+        with pytest.raises(PoolClosedError):
+            call()
+    with pytest.raises(RuntimeError):  # a PoolClosedError is a RuntimeError, as in the stdlib
+        pool.submit(tasks.square, 1)
+    assert not pool.is_ready()
+
+
+def test_context_managers_shut_down(make_executor):
+    with make_executor() as pool:
+        assert pool.run(tasks.square, 3) == 9
+    with pytest.raises(PoolClosedError):
+        pool.submit(tasks.square, 1)
+
+    async def main():
+        async with make_executor() as pool:
+            assert await pool.run_async(tasks.square, 4) == 16
+        return pool
+
+    with pytest.raises(PoolClosedError):
+        asyncio.run(main()).submit(tasks.square, 1)
+
+
+# timeouts
+
+
+def test_result_timeout(make_executor):
+    pool = make_executor()
+    future = pool.submit(tasks.sleep_return, 1.0, "late")
+    with pytest.raises(cf.TimeoutError):
+        future.result(timeout=0.05)
+    with pytest.raises(TimeoutError):  # the builtin one, too
+        future.exception(timeout=0.05)
+    assert future.result(timeout=30) == "late"
+
+
+def test_map_timeout(make_executor):
+    pool = make_executor()
+    pool.run_on_all(int, 0)  # the timeout counts from the start of the map, not of the pool
+    results = []
+    with pytest.raises(Pool.TimeoutError):
+        for r in pool.map(tasks.sleep_return, [0, 0, 2], timeout=1.0):
+            results.append(r)
+    assert results == [None, None]
+
+
+def test_map_async_timeout(make_executor):
+    pool = make_executor()
+    pool.run_on_all(int, 0)
+
+    async def main():
+        results = []
+        with pytest.raises(Pool.TimeoutError):
+            async for r in pool.map_async(tasks.sleep_return, [0, 0, 2], timeout=1.0):
+                results.append(r)
+        return results
+
+    assert asyncio.run(main()) == [None, None]
