@@ -86,7 +86,14 @@ class Pool(concurrent.futures.Executor):
         lazy_create: Start no workers until the first task or ``create()``.
         worker_loop: ``LoopType`` of the workers' event loops.
         func_pickle: ``PickleType`` for functions (default dill).
-        data_pickle: ``PickleType`` for arguments and results (default pickle).
+        data_pickle: ``PickleType`` for arguments and results. The default,
+            ``PickleType.auto``, is standard pickle, except that what refers
+            to the script (``__main__``: its classes, dataclasses, enums,
+            functions, lambdas) is pickled by cloudpickle and sent by value,
+            in both directions, as ``ProcessPoolExecutor`` can use them; a
+            result of a script class arrives as an instance of the script's
+            own class. ``PickleType.pickle`` given explicitly is standard
+            pickle only: objects of ``__main__`` fail to load in a worker.
         max_retries: How often a task whose worker died is run again on
             another worker before it fails with ``WorkerLostError``.
         task_timeout: Seconds a task may run; a task that runs longer fails
@@ -135,7 +142,7 @@ class Pool(concurrent.futures.Executor):
         lazy_create: bool = False,
         worker_loop: int = LoopType.default,
         func_pickle: int = PickleType.dill,
-        data_pickle: int = PickleType.pickle,
+        data_pickle: int = PickleType.auto,
         *,
         max_retries: int = 2,
         task_timeout: float | None = None,
