@@ -316,6 +316,12 @@ class Pool(concurrent.futures.Executor):
         """Number of workers in the pool, local and remote."""
         return self._options.total_workers
 
+    @property
+    def _max_workers(self) -> int:
+        """``total_workers()``, under the name that dask (``scheduler=pool``)
+        reads from a ``concurrent.futures`` executor to size itself."""
+        return self.total_workers()
+
     def _wait_started(self) -> Runtime:
         runtime = self._live_runtime()
         runtime.started.result()
