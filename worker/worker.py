@@ -36,6 +36,7 @@ import zmq
 from distex_zmq.errors import RemoteException, SerializationError
 from distex_zmq.security import KeyPair, make_client
 from distex_zmq.serialization import ItemError, dumps, loads, pickle_module
+from distex_zmq.task_errors import unloadable_hint, unpicklable_hint
 from distex_zmq.version import __version__
 from distex_zmq.wire import frames as p
 from distex_zmq.wire.zmqio import readable, recv_frames, send_frames
@@ -71,6 +72,7 @@ class Worker:
         self._identity = identity
         self._credits = credits
         self._func_loads = pickle_module(func_pickle).loads
+        self._pickles = (func_pickle, data_pickle)
         data_module = pickle_module(data_pickle)
         self._data_loads = data_module.loads
         self._data_dumps = data_module.dumps
@@ -223,8 +225,11 @@ class Worker:
             func = self._function(func_id, func_pickle)
             args = loads(data, buffers, self._data_loads)
         except BaseException as e:  # noqa: BLE001 - any unpickling error fails the task
+            part = "function" if type(e) is _Broken else "arguments"
+            hint = "" if type(e) is _Broken else unloadable_hint(part, e, *self._pickles)
             error = SerializationError(
-                f"{self._where()} could not unpickle task {task_id}: {type(e).__name__}: {e}"
+                f"{self._where()} could not unpickle the {part} of task {task_id}: "
+                f"{e if type(e) is _Broken else f'{type(e).__name__}: {e}'}{hint}"
             )
             self._add_result(task_id, p.STATUS_ERROR, RemoteException(error), started)
             return
@@ -252,9 +257,7 @@ class Worker:
             try:
                 func = self._func_loads(func_pickle)
             except BaseException as e:  # noqa: BLE001
-                why = f"its function could not be unpickled: {type(e).__name__}: {e}"
-                if isinstance(e, (AttributeError, ImportError)):
-                    why += _NOT_IMPORTABLE
+                why = f"{type(e).__name__}: {e}{unloadable_hint('function', e, *self._pickles)}"
                 # remembered, so that later tasks of this function fail alike
                 func = _Broken(why)
             self._functions.add(func_id, func, len(func_pickle))
@@ -356,7 +359,7 @@ class Worker:
                 return dumps(RemoteException(SerializationError(text), value.tb))
         error = SerializationError(
             f"task {task_id} ran on {self._where()} but {what} could not be pickled: "
-            f"{type(e).__name__}: {e}"
+            f"{type(e).__name__}: {e}{unpicklable_hint(value, e, self._pickles[1])}"
         )
         return dumps(RemoteException(error))
 
@@ -385,14 +388,6 @@ def _is_awaitable(value: Any) -> bool:
     if hasattr(value, "__await__"):
         return True
     return isinstance(value, types.GeneratorType) and inspect.isawaitable(value)
-
-
-#: Why a function may not unpickle in a worker, and what to do.
-_NOT_IMPORTABLE = (
-    ". A pickle refers to functions, classes and modules by name, so they must be "
-    "importable where the worker runs; functions of __main__ are not, unless the pool "
-    "sends them by value (func_pickle=PickleType.dill, the default, or cloudpickle)"
-)
 
 
 class _Broken(Exception):

@@ -1,0 +1,71 @@
+"""Messages of ``SerializationError``: what failed to (un)pickle, and a hint
+that holds for the pickle settings in use.
+
+The worker builds the message (it knows where and what failed, but not the
+function's name nor the map input); the client names the task in it when it
+decodes the error (``name_task``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import SerializationError
+from .serialization import PickleType
+
+_IMPORT_ERRORS = (AttributeError, ImportError)
+
+
+def _kind(value: int) -> str:
+    try:
+        return f"PickleType.{PickleType(value).name}"
+    except ValueError:
+        return str(value)
+
+
+def unloadable_hint(part: str, error: BaseException, func_pickle: int, data_pickle: int) -> str:
+    """What to do when the ``part`` ("function" or "arguments") of a task
+    does not unpickle in a worker with ``error``."""
+    if not isinstance(error, _IMPORT_ERRORS):
+        return ""
+    if "__main__" in str(error):
+        # an object of the script went by name: only pickle by name does that
+        if part == "function" and func_pickle == PickleType.pickle:
+            return (
+                ". Functions of the script (__main__) do not exist in a worker; with "
+                "func_pickle=PickleType.pickle they go by name: leave func_pickle at its "
+                "default (PickleType.dill) or pass PickleType.cloudpickle to send them by value"
+            )
+        if part == "arguments" and data_pickle in (PickleType.pickle, PickleType.dill):
+            return (
+                ". Objects of the script (__main__) do not exist in a worker; with "
+                f"data_pickle={_kind(data_pickle)} they go by name: leave data_pickle at "
+                "its default (PickleType.auto) to send them by value"
+            )
+    verb = "refer" if part == "arguments" else "refers"
+    return (
+        f". The {part} {verb} by name to a module, class or function that this worker "
+        "cannot import: install that module (the version the client has) where the "
+        "worker runs, or add its directory to the path (remote_python='env PYTHONPATH=...')"
+    )
+
+
+def unpicklable_hint(value: Any, error: BaseException, data_pickle: int) -> str:
+    """What to do when a result ``value`` does not pickle in a worker."""
+    if data_pickle == PickleType.pickle and "__main__" in str(error):
+        return (
+            ". It refers to an object of the script (__main__), which standard pickle "
+            "cannot send from a worker: leave data_pickle at its default (PickleType.auto)"
+        )
+    return (
+        ". Return data that pickles (not a lock, socket, open file or generator), "
+        "or give its class a __reduce__ method"
+    )
+
+
+def name_task(error: SerializationError, task_id: int, description: str) -> SerializationError:
+    """``error`` with ``task N`` in its message replaced by the task's
+    ``description`` (``task 12 (f, input #3 of a map)``)."""
+    if error.args and isinstance(error.args[0], str):
+        error.args = (error.args[0].replace(f"task {task_id}", description, 1),)
+    return error
