@@ -92,7 +92,7 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
         if callback is not None:
             callbacks = self._callbacks
             assert callbacks is not None, "configure() comes first"
-            future.add_done_callback(lambda f: callbacks.submit(callback, f))
+            future.add_done_callback(lambda f: _hand_over(callbacks, callback, f))
         return future
 
     def _done(self, future: Future[Any]) -> None:
@@ -116,6 +116,13 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
             on_it = threading.current_thread().name.startswith("distex_zmq-joblib")
             callbacks.shutdown(wait=not on_it)
         self.reset_batch_stats()
+
+
+def _hand_over(callbacks: ThreadPoolExecutor, callback: Any, future: Future[Any]) -> None:
+    try:
+        callbacks.submit(callback, future)
+    except RuntimeError:  # the Parallel call has ended (terminate): nobody waits for it
+        pass
 
 
 def register() -> None:
