@@ -37,7 +37,7 @@ def _run_batch(batch: Any) -> Any:
     return batch()
 
 
-class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
+class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
     """joblib backend over a ``Pool`` (given as ``pool=`` to
     ``parallel_config``).
 

@@ -46,7 +46,7 @@ def dumps_by_value(obj: Any, protocol: int, buffer_callback: Any = None) -> byte
     return cloudpickle.dumps(obj, protocol=protocol, buffer_callback=buffer_callback)
 
 
-class _DillScriptClasses(dill.Pickler):  # type: ignore[misc]
+class _DillScriptClasses(dill.Pickler):
     """dill, but classes of ``__main__`` go as cloudpickle sends them (with
     their tracker ids); dill alone sends a new class each time, and cannot
     send a script's enum."""

@@ -204,3 +204,23 @@ def test_serialization_errors_name_the_task_and_what_to_do():
     assert "its result of type lock could not be pickled" in result
     assert "(lock, input #0 of a map)" in mapped_result
     assert all(line.startswith("SerializationError") for line in lines if line != enum_ok)
+
+
+# the docs page
+
+
+@pytest.mark.timeout(300)
+def test_docs_examples_run(tmp_path):
+    pytest.importorskip("sklearn")
+    text = (ROOT / "docs" / "clients.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+    assert len(blocks) == 3
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for number, block in enumerate(blocks):
+        script = tmp_path / f"example{number}.py"
+        script.write_text(block)
+        result = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip()

@@ -97,9 +97,7 @@ def test_a_pool_cannot_be_pickled_nor_used_by_its_own_tasks(shared_pool):
     assert shared_pool.run(tasks.square, 2) == 4
 
 
-@pytest.mark.parametrize(
-    "data_pickle", [PickleType.auto, PickleType.cloudpickle, PickleType.dill]
-)
+@pytest.mark.parametrize("data_pickle", [PickleType.auto, PickleType.cloudpickle, PickleType.dill])
 def test_lambda_as_data(data_pickle):
     with Pool(1, data_pickle=data_pickle) as pool:
         assert pool.run(tasks.apply, lambda x, y: x * y, 6, 7) == 42
@@ -108,9 +106,9 @@ def test_lambda_as_data(data_pickle):
 
 
 def test_lambda_as_data_with_explicit_plain_pickle_fails_in_the_caller():
-    with Pool(1, data_pickle=PickleType.pickle, lazy_create=True) as pool:
-        with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
-            pool.submit(tasks.apply, lambda: 1)
+    pool = Pool(1, data_pickle=PickleType.pickle, lazy_create=True)
+    with pool, pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        pool.submit(tasks.apply, lambda: 1)
 
 
 def test_function_is_pickled_once_per_pool(shared_pool):

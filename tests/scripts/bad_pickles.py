@@ -6,7 +6,7 @@ Prints one line per case: the type and message of the error raised.
 import enum
 import threading
 
-from distex_zmq import Pool, PickleType
+from distex_zmq import PickleType, Pool
 
 
 class Color(enum.Enum):

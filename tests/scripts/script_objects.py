@@ -74,9 +74,7 @@ def check(executor, lambdas=True):
     assert all(type(j) is Job for j in jobs) and [j.n for j in jobs] == [0, 1, 2]
     assert executor.submit(describe, 2).result() == "BLUE"
     assert executor.submit(fields_of, Job(1)).result() == ["n", "tags"]
-    assert list(executor.map(work, [Job(i) for i in range(5)])) == [
-        Job(2 * i) for i in range(5)
-    ]
+    assert list(executor.map(work, [Job(i) for i in range(5)])) == [Job(2 * i) for i in range(5)]
     assert list(executor.map(paint, [Color.RED, Color.BLUE])) == [Color.BLUE, Color.RED]
     # a class itself, as argument and result
     assert executor.submit(apply, fields_of, Job).result() == ["n", "tags"]
