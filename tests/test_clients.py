@@ -164,6 +164,14 @@ def test_joblib_error_cancels_batches_not_started(pool, tmp_path):
     assert len(os.listdir(tmp_path)) < 40
 
 
+def test_joblib_parallel_backend_of_older_joblib(shared_pool):
+    import distex_zmq.joblib  # noqa: F401
+
+    with joblib.parallel_backend("distex_zmq", pool=shared_pool):
+        out = joblib.Parallel()(joblib.delayed(client_tasks.pid)(i) for i in range(10))
+    assert os.getpid() not in out
+
+
 def test_joblib_backend_needs_a_pool():
     import distex_zmq.joblib  # noqa: F401
 
