@@ -29,6 +29,7 @@ from distex_zmq.broker import Task
 from distex_zmq.broker.task import callable_name
 from distex_zmq.results import QueueSink, decode
 from distex_zmq.serialization import ItemError, dumps
+from distex_zmq.task_errors import note_unpicklable
 from distex_zmq.wire import frames as p
 
 #: Inputs that run at least this long (seconds) are never grouped.
@@ -173,7 +174,12 @@ class MapRun:
         try:
             for args in inputs:
                 seq = self._next_seq
-                data, buffers = dumps(args, dumps_)
+                try:
+                    data, buffers = dumps(args, dumps_)
+                except Exception as e:
+                    what = f"{'chunk' if chunked else 'input'} #{seq} of a map of {name}"
+                    note_unpicklable(e, what, dumps_)
+                    raise
                 self._task_bytes = len(data) + (sum(b.nbytes for b in buffers) if buffers else 0)
                 task = Task(
                     self._next_id(), func_id, func_pickle, flags, data, buffers, sink, seq, name

@@ -46,6 +46,7 @@ from distex_zmq.serialization import (
     dumps,
     pickle_module,
 )
+from distex_zmq.task_errors import note_unpicklable
 from distex_zmq.wire import frames as p
 
 
@@ -375,12 +376,16 @@ class Pool(concurrent.futures.Executor):
         tag: Any,
     ) -> Task:
         func_id, func_pickle = self._functions.get(func)
-        if kwargs:
-            flags = p.FLAG_STAR | p.FLAG_KWARGS
-            data, buffers = dumps(call_out_of_band(args, kwargs), self._data_dumps)
-        else:
-            flags = p.FLAG_STAR
-            data, buffers = dumps(args, self._data_dumps)
+        try:
+            if kwargs:
+                flags = p.FLAG_STAR | p.FLAG_KWARGS
+                data, buffers = dumps(call_out_of_band(args, kwargs), self._data_dumps)
+            else:
+                flags = p.FLAG_STAR
+                data, buffers = dumps(args, self._data_dumps)
+        except Exception as e:
+            note_unpicklable(e, f"the arguments of {callable_name(func)}", self._data_dumps)
+            raise
         return Task(
             next(self._task_ids),
             func_id,

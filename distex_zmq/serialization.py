@@ -221,7 +221,17 @@ class FunctionCache:
         entry = self._by_func.get(id(func))
         if entry is not None and entry[0]() is func:
             return entry[1], entry[2]
-        pickled = self._pickle(_checked_callable(func))
+        try:
+            pickled = self._pickle(_checked_callable(func))
+        except Exception as e:
+            if hasattr(e, "add_note"):  # Python 3.11+
+                name = getattr(func, "__qualname__", None) or repr(func)
+                e.add_note(
+                    f"distex_zmq: while pickling the function {name} in the client; what "
+                    "its closure, attributes or globals hold must pickle too (not a lock, "
+                    "socket, open file or generator)"
+                )
+            raise
         try:
             ref: Callable[[], Any] = weakref.ref(func)
         except TypeError:  # builtins and objects without weak references

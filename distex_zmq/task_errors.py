@@ -8,6 +8,8 @@ decodes the error (``name_task``).
 
 from __future__ import annotations
 
+import pickle
+import re
 from typing import Any
 
 from .errors import SerializationError
@@ -61,6 +63,30 @@ def unpicklable_hint(value: Any, error: BaseException, data_pickle: int) -> str:
         ". Return data that pickles (not a lock, socket, open file or generator), "
         "or give its class a __reduce__ method"
     )
+
+
+def note_unpicklable(error: BaseException, what: str, dumper: Any) -> None:
+    """Add a note to ``error``, raised in the client by pickling ``what``
+    (``the arguments of f``, ``input #3 of a map of f``) with ``dumper``,
+    that names it and says what to do (Python 3.11+; the error keeps its type)."""
+    if not hasattr(error, "add_note"):
+        return
+    if dumper is pickle.dumps and _BY_NAME_ONLY.search(str(error)):
+        hint = (
+            "data_pickle=PickleType.pickle sends functions and classes by name, so not "
+            "lambdas, local functions, nor objects of the script: leave data_pickle at "
+            "its default (PickleType.auto) to send them by value"
+        )
+    else:
+        hint = (
+            "no pickle takes some objects (locks, sockets, open files, generators): "
+            "pass data they are made from instead, or give their class a __reduce__ method"
+        )
+    error.add_note(f"distex_zmq: while pickling {what} in the client; {hint}")
+
+
+#: Errors of standard pickle for objects it pickles by name only.
+_BY_NAME_ONLY = re.compile(r"lambda|local object|__main__|attribute lookup")
 
 
 def name_task(error: SerializationError, task_id: int, description: str) -> SerializationError:

@@ -199,7 +199,7 @@ def test_scikit_learn_cross_val_score(joblib_pool):
 @pytest.mark.timeout(150)
 def test_serialization_errors_name_the_task_and_what_to_do():
     lines = run_script("bad_pickles.py").splitlines()
-    func, args, mapped, enum_ok, result, mapped_result = lines
+    func, args, mapped, enum_ok, result, mapped_result, *in_client = lines
     assert "could not unpickle the function of task 1 (name_of)" in func
     assert "worker pid" in func and "func_pickle=PickleType.pickle" in func
     assert "leave func_pickle at its default (PickleType.dill)" in func
@@ -211,7 +211,17 @@ def test_serialization_errors_name_the_task_and_what_to_do():
     assert "task 2 (lock) ran on worker pid" in result
     assert "its result of type lock could not be pickled" in result
     assert "(lock, input #0 of a map)" in mapped_result
-    assert all(line.startswith("SerializationError") for line in lines if line != enum_ok)
+    assert all(line.startswith("SerializationError") for line in lines[:6] if line != enum_ok)
+    # in the client the error keeps its type; a note (Python 3.11+) names
+    # what failed, with a hint for the settings in use
+    client_args, client_map, client_func, client_plain = in_client
+    assert client_args.startswith("TypeError: cannot pickle '_thread.lock' object")
+    assert client_func.startswith("TypeError: cannot pickle 'generator' object")
+    if sys.version_info >= (3, 11):
+        assert "while pickling the arguments of name_of in the client" in client_args
+        assert "while pickling input #1 of a map of name_of" in client_map
+        assert "while pickling the function main.<locals>" in client_func
+        assert "leave data_pickle at its default (PickleType.auto)" in client_plain
 
 
 # the docs page

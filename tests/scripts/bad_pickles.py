@@ -29,7 +29,8 @@ def report(future_or_call):
     try:
         future_or_call()
     except Exception as e:  # noqa: BLE001
-        print(f"{type(e).__name__}: {e}".replace("\n", " "))
+        notes = " ".join(getattr(e, "__notes__", []))
+        print(f"{type(e).__name__}: {e} {notes}".replace("\n", " "))
     else:
         print("no error")
 
@@ -43,6 +44,13 @@ def main():
         report(pool.submit(red).result)
         report(pool.submit(lock, 1).result)
         report(lambda: list(pool.map(lock, [1, 2], chunksize=1)))
+        # in the client: arguments, a map input, a function
+        report(lambda: pool.submit(name_of, threading.Lock()))
+        report(lambda: list(pool.map(name_of, [Color.RED, threading.Lock()], chunksize=1)))
+        held = (i for i in range(3))  # neither pickle nor dill takes a generator
+        report(lambda: pool.submit(lambda: next(held)))
+    with Pool(1, data_pickle=PickleType.pickle, lazy_create=True) as plain:
+        report(lambda: plain.submit(name_of, lambda: 1))
 
 
 if __name__ == "__main__":
