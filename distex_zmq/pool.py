@@ -76,7 +76,14 @@ class Pool(concurrent.futures.Executor):
         lazy_create: Start no workers until the first task or ``create()``.
         worker_loop: ``LoopType`` of the workers' event loops.
         func_pickle: ``PickleType`` for functions (default dill).
-        data_pickle: ``PickleType`` for arguments and results (default pickle).
+        data_pickle: ``PickleType`` for arguments and results. The default,
+            ``PickleType.auto``, is standard pickle, except that what refers
+            to the script (``__main__``: its classes, dataclasses, enums,
+            functions, lambdas) is pickled by cloudpickle and sent by value,
+            in both directions, as ``ProcessPoolExecutor`` can use them; a
+            result of a script class arrives as an instance of the script's
+            own class. ``PickleType.pickle`` given explicitly is standard
+            pickle only: objects of ``__main__`` fail to load in a worker.
         max_retries: How often a task whose worker died is run again on
             another worker before it fails with ``WorkerLostError``.
         task_timeout: Seconds a task may run; a task that runs longer fails
@@ -125,7 +132,7 @@ class Pool(concurrent.futures.Executor):
         lazy_create: bool = False,
         worker_loop: int = LoopType.default,
         func_pickle: int = PickleType.dill,
-        data_pickle: int = PickleType.pickle,
+        data_pickle: int = PickleType.auto,
         *,
         max_retries: int = 2,
         task_timeout: float | None = None,
@@ -253,6 +260,12 @@ class Pool(concurrent.futures.Executor):
     def total_workers(self) -> int:
         """Number of workers in the pool, local and remote."""
         return self._options.total_workers
+
+    @property
+    def _max_workers(self) -> int:
+        """``total_workers()``, under the name that dask (``scheduler=pool``)
+        reads from a ``concurrent.futures`` executor to size itself."""
+        return self.total_workers()
 
     def shutdown(
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None

@@ -20,6 +20,7 @@ from typing import Any
 from distex_zmq.broker import STATUS_LOCAL_ERROR, Task
 from distex_zmq.errors import SerializationError
 from distex_zmq.serialization import loads
+from distex_zmq.task_errors import name_task
 from distex_zmq.wire import frames as p
 
 
@@ -35,12 +36,14 @@ def decode(task: Task, status: int, value: Any, data_loads: Callable[..., Any]) 
         result = loads(value[0], value[1], data_loads)
     except Exception as e:
         raise SerializationError(
-            f"the result of task {task.id} could not be unpickled in the client: "
+            f"the result of {task.describe()} could not be unpickled in the client: "
             f"{type(e).__name__}: {e}"
         ) from e
     if status == p.STATUS_OK:
         return result
     if isinstance(result, BaseException):
+        if type(result) is SerializationError:  # made by the worker: name the task
+            raise name_task(result, task.id, task.describe())
         raise result
     raise SerializationError(f"task {task.id} failed with a non-exception {result!r}")
 

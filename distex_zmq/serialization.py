@@ -18,9 +18,9 @@ import threading
 import weakref
 from collections.abc import Callable
 from enum import IntEnum
-from types import ModuleType
 from typing import Any
 
+from .script_objects import PickleByValue, dill_dumps, dumps_by_value, dumps_main_by_value
 from .wire.frames import RecentFunctions
 
 PROTOCOL = 5
@@ -29,15 +29,29 @@ OOB_THRESHOLD = 32 * 1024
 
 
 class PickleType(IntEnum):
-    """Serializer for functions or data (the values of distex)."""
+    """Serializer for functions or data (0 to 2 are the values of distex).
+
+    ``auto`` (the default ``data_pickle``, for data only) is standard pickle,
+    but an object that refers to the user's script (``__main__``) is pickled
+    by cloudpickle, which sends the script's classes and functions by value.
+    """
 
     pickle = 0
     cloudpickle = 1
     dill = 2
+    auto = 3
 
 
-def pickle_module(kind: int) -> ModuleType:
-    """The module for a ``PickleType``, imported on first use."""
+class _MainByValue:
+    """``dumps`` and ``loads`` of ``PickleType.auto``."""
+
+    __name__ = "auto"
+    dumps = staticmethod(dumps_main_by_value)
+    loads = staticmethod(pickle.loads)
+
+
+def pickle_module(kind: int) -> Any:
+    """The module (``dumps``, ``loads``) for a ``PickleType``, imported on first use."""
     try:
         name = PickleType(kind).name
     except ValueError:
@@ -45,6 +59,8 @@ def pickle_module(kind: int) -> ModuleType:
             f"unknown PickleType {kind!r}; use one of "
             + ", ".join(f"{t.name}={t.value}" for t in PickleType)
         ) from None
+    if name == "auto":
+        return _MainByValue
     return pickle if name == "pickle" else importlib.import_module(name)
 
 
@@ -63,7 +79,11 @@ def dumps(obj: Any, dumper: Callable[..., bytes] = pickle.dumps) -> tuple[bytes,
         buffers.append(view)
         return False
 
-    return dumper(obj, protocol=PROTOCOL, buffer_callback=keep_large), buffers
+    try:
+        return dumper(obj, protocol=PROTOCOL, buffer_callback=keep_large), buffers
+    except PickleByValue:  # PickleType.auto met an object of __main__
+        buffers.clear()
+        return dumps_by_value(obj, protocol=PROTOCOL, buffer_callback=keep_large), buffers
 
 
 _BYTES_TYPES = (bytes, bytearray)
@@ -176,11 +196,14 @@ class FunctionCache:
     """
 
     def __init__(self, func_pickle: int, max_size: int = 1024, max_bytes: int = 64 << 20):
+        if func_pickle == PickleType.auto:
+            raise ValueError("PickleType.auto is for data_pickle; functions use dill by default")
         module = pickle_module(func_pickle)
         if module.__name__ == "dill":
             # recurse: take the globals a function of __main__ uses along,
-            # so it runs in a worker whose __main__ is another script
-            self._dumps = functools.partial(module.dumps, recurse=True)
+            # so it runs in a worker whose __main__ is another script; the
+            # script's classes go as cloudpickle sends data (script_objects)
+            self._dumps = dill_dumps
         else:
             self._dumps = module.dumps
         #: try standard pickle first (see above)
@@ -198,7 +221,17 @@ class FunctionCache:
         entry = self._by_func.get(id(func))
         if entry is not None and entry[0]() is func:
             return entry[1], entry[2]
-        pickled = self._pickle(_checked_callable(func))
+        try:
+            pickled = self._pickle(_checked_callable(func))
+        except Exception as e:
+            if hasattr(e, "add_note"):  # Python 3.11+
+                name = getattr(func, "__qualname__", None) or repr(func)
+                e.add_note(
+                    f"distex_zmq: while pickling the function {name} in the client; what "
+                    "its closure, attributes or globals hold must pickle too (not a lock, "
+                    "socket, open file or generator)"
+                )
+            raise
         try:
             ref: Callable[[], Any] = weakref.ref(func)
         except TypeError:  # builtins and objects without weak references

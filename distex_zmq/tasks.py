@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from distex_zmq.broker import ResultSink, Task
 from distex_zmq.serialization import FunctionCache, call_out_of_band, dumps, pickle_module
+from distex_zmq.task_errors import note_unpicklable
 from distex_zmq.wire import frames as p
 
 
@@ -63,12 +64,16 @@ class TaskMaker:
         """The task of ``func(*args, **kwargs)``; ``alone``: never grouped with
         other tasks (one pinned to a worker, or a template for such)."""
         func_id, func_pickle = self.functions.get(func)
-        if kwargs:
-            flags = p.FLAG_STAR | p.FLAG_KWARGS
-            data, buffers = dumps(call_out_of_band(args, kwargs), self.data_dumps)
-        else:
-            flags = p.FLAG_STAR
-            data, buffers = dumps(args, self.data_dumps)
+        try:
+            if kwargs:
+                flags = p.FLAG_STAR | p.FLAG_KWARGS
+                data, buffers = dumps(call_out_of_band(args, kwargs), self.data_dumps)
+            else:
+                flags = p.FLAG_STAR
+                data, buffers = dumps(args, self.data_dumps)
+        except Exception as e:
+            note_unpicklable(e, f"the arguments of {callable_name(func)}", self.data_dumps)
+            raise
         return Task(
             next(self.ids),
             func_id,
@@ -116,7 +121,14 @@ class TaskMaker:
         dumps_, next_id, append = self.data_dumps, self.ids.__next__, out.append
         func_id, func_pickle, name = func
         for seq, args in enumerate(inputs, first):
-            data, buffers = dumps(args, dumps_)
+            try:
+                data, buffers = dumps(args, dumps_)
+            except Exception as e:
+                chunked = flags & p.FLAG_CHUNK
+                note_unpicklable(
+                    e, f"{'chunk' if chunked else 'input'} #{seq} of a map of {name}", dumps_
+                )
+                raise
             append(
                 Task(
                     next_id(),

@@ -109,13 +109,13 @@ CRASH_MATRIX = [
         "unpicklable_result",
         case_unpicklable_result,
         SerializationError,
-        r"result of type function could not be pickled",
+        r"result of type lock could not be pickled",
     ),
     (
         "setstate_raises",
         case_setstate_raises,
         SerializationError,
-        r"could not unpickle task .*BadState refuses",
+        r"could not unpickle the arguments of task .*BadState refuses",
     ),
     ("task_timeout", case_task_timeout, TaskTimeoutError, r"sleep_then.*task_timeout=0.5"),
     (

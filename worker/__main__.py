@@ -41,7 +41,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--identity", help="routing id, given by the launcher")
     parser.add_argument("--credits", type=int, default=2, help="tasks the broker may send ahead")
     parser.add_argument("--func-pickle", type=int, default=2, help="0=pickle 1=cloudpickle 2=dill")
-    parser.add_argument("--data-pickle", type=int, default=0, help="0=pickle 1=cloudpickle 2=dill")
+    parser.add_argument(
+        "--data-pickle", type=int, default=0, help="0=pickle 1=cloudpickle 2=dill 3=auto"
+    )
     parser.add_argument("--loop", type=int, default=0, help="LoopType of the worker")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process dies")
     parser.add_argument(

@@ -20,6 +20,7 @@ from typing import Any
 
 from distex_zmq.errors import RemoteException, SerializationError
 from distex_zmq.serialization import ItemError, dumps, loads, pickle_module
+from distex_zmq.task_errors import unloadable_hint, unpicklable_hint
 from distex_zmq.wire import frames as p
 
 
@@ -38,6 +39,8 @@ class Runner:
         on_async_result: Callable[[], None],
     ):
         self._func_loads = pickle_module(func_pickle).loads
+        #: the pickle settings, for hints in error messages
+        self._pickles = (func_pickle, data_pickle)
         data_module = pickle_module(data_pickle)
         self._data_loads = data_module.loads
         self._data_dumps = data_module.dumps
@@ -75,8 +78,11 @@ class Runner:
             func = self._function(func_id, func_pickle)
             args = loads(data, buffers, self._data_loads)
         except BaseException as e:  # noqa: BLE001 - any unpickling error fails the task
+            part = "function" if type(e) is _Broken else "arguments"
+            hint = "" if type(e) is _Broken else unloadable_hint(part, e, *self._pickles)
             error = SerializationError(
-                f"{_where()} could not unpickle task {task_id}: {type(e).__name__}: {e}"
+                f"{_where()} could not unpickle the {part} of task {task_id}: "
+                f"{e if type(e) is _Broken else f'{type(e).__name__}: {e}'}{hint}"
             )
             self._add_result(task_id, p.STATUS_ERROR, RemoteException(error), started)
             return
@@ -104,9 +110,7 @@ class Runner:
             try:
                 func = self._func_loads(func_pickle)
             except BaseException as e:  # noqa: BLE001
-                why = f"its function could not be unpickled: {type(e).__name__}: {e}"
-                if isinstance(e, (AttributeError, ImportError)):
-                    why += _NOT_IMPORTABLE
+                why = f"{type(e).__name__}: {e}{unloadable_hint('function', e, *self._pickles)}"
                 # remembered, so that later tasks of this function fail alike
                 func = _Broken(why)
             self.functions.add(func_id, func, len(func_pickle))
@@ -159,7 +163,7 @@ class Runner:
         try:
             data, buffers = dumps(value, self._data_dumps)
         except BaseException as e:  # noqa: BLE001 - an unpicklable result fails the task
-            data, buffers = _unpicklable(task_id, status, value, e)
+            data, buffers = _unpicklable(task_id, status, value, e, self._pickles[1])
             status = p.STATUS_ERROR
         results = self.results
         size = results.body(data, buffers)
@@ -167,7 +171,7 @@ class Runner:
 
 
 def _unpicklable(
-    task_id: int, status: int, value: Any, e: BaseException
+    task_id: int, status: int, value: Any, e: BaseException, data_pickle: int
 ) -> tuple[bytes, list[Any]]:
     """The pickled error that stands for a result or error that did not pickle."""
     if status == p.STATUS_OK:
@@ -183,7 +187,8 @@ def _unpicklable(
             )
             return dumps(RemoteException(SerializationError(text), value.tb))
     error = SerializationError(
-        f"task {task_id} ran on {_where()} but {what} could not be pickled: {type(e).__name__}: {e}"
+        f"task {task_id} ran on {_where()} but {what} could not be pickled: "
+        f"{type(e).__name__}: {e}{unpicklable_hint(value, e, data_pickle)}"
     )
     return dumps(RemoteException(error))
 
@@ -213,14 +218,6 @@ async def _settle(value: Any) -> Any:
         return await value
     except BaseException as e:  # noqa: BLE001 - an input's error is its own result
         return ItemError(RemoteException(e))
-
-
-#: Why a function may not unpickle in a worker, and what to do.
-_NOT_IMPORTABLE = (
-    ". A pickle refers to functions, classes and modules by name, so they must be "
-    "importable where the worker runs; functions of __main__ are not, unless the pool "
-    "sends them by value (func_pickle=PickleType.dill, the default, or cloudpickle)"
-)
 
 
 class _Broken(Exception):

@@ -115,6 +115,6 @@ def worker_args(message: dict[str, Any]) -> list[str]:
     return [
         *("--credits", str(field(worker, "credits", int, 1, 1 << 16))),
         *("--func-pickle", str(field(worker, "func_pickle", int, 0, 2))),
-        *("--data-pickle", str(field(worker, "data_pickle", int, 0, 2))),
+        *("--data-pickle", str(field(worker, "data_pickle", int, 0, 3))),
         *("--loop", str(field(worker, "loop", int, 0, 4))),
     ]

@@ -1,0 +1,134 @@
+"""A joblib backend that runs ``joblib.Parallel`` (and scikit-learn's
+``n_jobs``) on a pool, its remote hosts included.
+
+Importing this module registers the backend as ``"distex_zmq"``::
+
+    import joblib
+    import distex_zmq.joblib  # noqa: F401
+
+    with Pool(hosts=...) as pool, joblib.parallel_config(backend="distex_zmq", pool=pool):
+        results = joblib.Parallel(n_jobs=-1)(joblib.delayed(f)(x) for x in xs)
+
+(``joblib.parallel_backend("distex_zmq", pool=pool)`` on older joblib.)
+``n_jobs=-1`` and ``n_jobs=None`` are the pool's workers; joblib groups
+small calls into batches from the run times the pool reports back. Each
+batch is one task of the pool, its calls pickled as data (so functions and
+classes of the script travel by value, large arrays out of band). An error
+is raised with its own type, and cancels the batches that have not started.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import joblib
+from joblib._parallel_backends import AutoBatchingMixin
+from joblib.parallel import ParallelBackendBase
+
+from .pool import Pool
+
+NAME = "distex_zmq"
+
+
+def _run_batch(batch: Any) -> Any:
+    """Run a batch of joblib calls (a ``BatchedCalls``) in a worker."""
+    return batch()
+
+
+class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
+    """joblib backend over a ``Pool`` (given as ``pool=`` to
+    ``parallel_config``).
+
+    joblib's completion callbacks, which dispatch the next batches and so
+    read the caller's iterator of calls, run on a thread of the backend, not
+    on the pool's loop, which they would hold up.
+    """
+
+    default_n_jobs = -1
+    supports_retrieve_callback = True
+    supports_sharedmem = False
+    uses_threads = False
+
+    def __init__(self, pool: Pool | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.pool = pool
+        self._callbacks: ThreadPoolExecutor | None = None
+        self._pending: set[Future[Any]] = set()
+        self._lock = threading.Lock()
+
+    def _the_pool(self) -> Pool:
+        if self.pool is None:
+            raise ValueError(
+                f'the "{NAME}" joblib backend runs on a pool: pass it as '
+                f'joblib.parallel_config(backend="{NAME}", pool=pool)'
+            )
+        return self.pool
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """``n_jobs``; -1 (and ``None``) is every worker of the pool, -2 all but one."""
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        workers = self._the_pool()._max_workers
+        if n_jobs is None:
+            return workers
+        if n_jobs < 0:
+            return max(workers + 1 + n_jobs, 1)
+        return n_jobs
+
+    def configure(self, n_jobs: int | None = 1, parallel: Any = None, **backend_args: Any) -> int:
+        n = self.effective_n_jobs(n_jobs)
+        self.parallel = parallel
+        if self._callbacks is None:
+            self._callbacks = ThreadPoolExecutor(1, thread_name_prefix="distex_zmq-joblib")
+        return n
+
+    def submit(self, func: Any, callback: Any = None) -> Future[Any]:
+        future = self._the_pool().submit(_run_batch, func)
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._done)
+        if callback is not None:
+            callbacks = self._callbacks
+            assert callbacks is not None, "configure() comes first"
+            future.add_done_callback(lambda f: _hand_over(callbacks, callback, f))
+        return future
+
+    def _done(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def retrieve_result_callback(self, future: Future[Any]) -> Any:
+        return future.result()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Cancel the batches that have not started (after an error)."""
+        with self._lock:
+            pending, self._pending = self._pending, set()
+        for future in pending:
+            future.cancel()
+
+    def terminate(self) -> None:
+        callbacks, self._callbacks = self._callbacks, None
+        if callbacks is not None:
+            # from a callback itself joblib cannot wait for its own thread
+            on_it = threading.current_thread().name.startswith("distex_zmq-joblib")
+            callbacks.shutdown(wait=not on_it)
+        self.reset_batch_stats()
+
+
+def _hand_over(callbacks: ThreadPoolExecutor, callback: Any, future: Future[Any]) -> None:
+    try:
+        callbacks.submit(callback, future)
+    except RuntimeError:  # the Parallel call has ended (terminate): nobody waits for it
+        pass
+
+
+def register() -> None:
+    """Register the backend with joblib as ``"distex_zmq"`` (importing this
+    module does it once)."""
+    joblib.register_parallel_backend(NAME, DistexZmqBackend)
+
+
+register()

@@ -1,0 +1,68 @@
+"""Objects of the user's script (``__main__``) sent by value.
+
+A worker's ``__main__`` is not the user's script, so a pickle that names
+``__main__.Job`` does not load there. Data is pickled with standard pickle
+first; only when that pickle refers to ``__main__`` (or fails) is the object
+pickled again with cloudpickle, which pickles classes, enums and functions of
+``__main__`` by value. cloudpickle tags each class it sends with a tracker id,
+and a class that comes back with that id unpickles as the sender's own class:
+a worker's result of a script-defined class is an instance of the client's
+class. Functions pickled by dill (the default ``func_pickle``) send classes of
+``__main__`` the same way, so that the function, its arguments and its result
+agree on one class in the worker and in the client.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from typing import Any
+
+import cloudpickle
+import dill
+
+_MAIN = b"__main__"
+
+
+class PickleByValue(Exception):
+    """Raised by ``dumps_main_by_value`` to have the object pickled by
+    ``dumps_by_value`` instead (``serialization.dumps`` catches it)."""
+
+
+def dumps_main_by_value(obj: Any, protocol: int, buffer_callback: Any = None) -> bytes:
+    """Pickle ``obj`` with standard pickle; raise ``PickleByValue`` if the
+    pickle refers to ``__main__`` or standard pickle cannot pickle it."""
+    try:
+        data = pickle.dumps(obj, protocol=protocol, buffer_callback=buffer_callback)
+    except Exception as error:  # noqa: BLE001 - lambdas, local functions, ...: by value
+        raise PickleByValue from error
+    if _MAIN in data:
+        raise PickleByValue
+    return data
+
+
+def dumps_by_value(obj: Any, protocol: int, buffer_callback: Any = None) -> bytes:
+    """Pickle ``obj`` with ``__main__`` objects by value (cloudpickle)."""
+    return cloudpickle.dumps(obj, protocol=protocol, buffer_callback=buffer_callback)
+
+
+class _DillScriptClasses(dill.Pickler):
+    """dill, but classes of ``__main__`` go as cloudpickle sends them (with
+    their tracker ids); dill alone sends a new class each time, and cannot
+    send a script's enum."""
+
+    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+        if isinstance(obj, type) and obj.__module__ == "__main__" and id(obj) not in self.memo:
+            reduce = cloudpickle.Pickler(io.BytesIO(), protocol=self.proto).reducer_override(obj)
+            if reduce is not NotImplemented:
+                self.save_reduce(*reduce, obj=obj)
+                return
+        super().save(obj, save_persistent_id)
+
+
+def dill_dumps(obj: Any, protocol: int) -> bytes:
+    """``dill.dumps(obj, recurse=True)`` with classes of ``__main__`` by
+    cloudpickle's rules (see ``_DillScriptClasses``)."""
+    file = io.BytesIO()
+    _DillScriptClasses(file, protocol, recurse=True).dump(obj)
+    return file.getvalue()

@@ -1,0 +1,97 @@
+"""Messages of ``SerializationError``: what failed to (un)pickle, and a hint
+that holds for the pickle settings in use.
+
+The worker builds the message (it knows where and what failed, but not the
+function's name nor the map input); the client names the task in it when it
+decodes the error (``name_task``).
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from typing import Any
+
+from .errors import SerializationError
+from .serialization import PickleType
+
+_IMPORT_ERRORS = (AttributeError, ImportError)
+
+
+def _kind(value: int) -> str:
+    try:
+        return f"PickleType.{PickleType(value).name}"
+    except ValueError:
+        return str(value)
+
+
+def unloadable_hint(part: str, error: BaseException, func_pickle: int, data_pickle: int) -> str:
+    """What to do when the ``part`` ("function" or "arguments") of a task
+    does not unpickle in a worker with ``error``."""
+    if not isinstance(error, _IMPORT_ERRORS):
+        return ""
+    if "__main__" in str(error):
+        # an object of the script went by name: only pickle by name does that
+        if part == "function" and func_pickle == PickleType.pickle:
+            return (
+                ". Functions of the script (__main__) do not exist in a worker; with "
+                "func_pickle=PickleType.pickle they go by name: leave func_pickle at its "
+                "default (PickleType.dill) or pass PickleType.cloudpickle to send them by value"
+            )
+        if part == "arguments" and data_pickle in (PickleType.pickle, PickleType.dill):
+            return (
+                ". Objects of the script (__main__) do not exist in a worker; with "
+                f"data_pickle={_kind(data_pickle)} they go by name: leave data_pickle at "
+                "its default (PickleType.auto) to send them by value"
+            )
+    verb = "refer" if part == "arguments" else "refers"
+    return (
+        f". The {part} {verb} by name to a module, class or function that this worker "
+        "cannot import: install that module (the version the client has) where the "
+        "worker runs, or add its directory to the path (remote_python='env PYTHONPATH=...')"
+    )
+
+
+def unpicklable_hint(value: Any, error: BaseException, data_pickle: int) -> str:
+    """What to do when a result ``value`` does not pickle in a worker."""
+    if data_pickle == PickleType.pickle and "__main__" in str(error):
+        return (
+            ". It refers to an object of the script (__main__), which standard pickle "
+            "cannot send from a worker: leave data_pickle at its default (PickleType.auto)"
+        )
+    return (
+        ". Return data that pickles (not a lock, socket, open file or generator), "
+        "or give its class a __reduce__ method"
+    )
+
+
+def note_unpicklable(error: BaseException, what: str, dumper: Any) -> None:
+    """Add a note to ``error``, raised in the client by pickling ``what``
+    (``the arguments of f``, ``input #3 of a map of f``) with ``dumper``,
+    that names it and says what to do (Python 3.11+; the error keeps its type)."""
+    if not hasattr(error, "add_note"):
+        return
+    if dumper is pickle.dumps and _BY_NAME_ONLY.search(str(error)):
+        hint = (
+            "data_pickle=PickleType.pickle sends functions and classes by name, so not "
+            "lambdas, local functions, nor objects of the script: leave data_pickle at "
+            "its default (PickleType.auto) to send them by value"
+        )
+    else:
+        hint = (
+            "no pickle takes some objects (locks, sockets, open files, generators): "
+            "pass data they are made from instead, or give their class a __reduce__ method"
+        )
+    error.add_note(f"distex_zmq: while pickling {what} in the client; {hint}")
+
+
+#: Errors of standard pickle for objects it pickles by name only.
+_BY_NAME_ONLY = re.compile(r"lambda|local object|__main__|attribute lookup")
+
+
+def name_task(error: SerializationError, task_id: int, description: str) -> SerializationError:
+    """``error`` with ``task N`` in its message replaced by the task's
+    ``description`` (``task 12 (f, input #3 of a map)``)."""
+    if error.args and isinstance(error.args[0], str):
+        error.args = (error.args[0].replace(f"task {task_id}", description, 1),)
+    return error

@@ -1,0 +1,27 @@
+"""Functions that the tests of real clients (joblib, scikit-learn) run in workers."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail_on(x: int, bad: int) -> int:
+    if x == bad:
+        raise KeyError(x)
+    return x
+
+
+def mark_and_sleep(folder: str, x: int, seconds: float) -> int:
+    """Leave a file named ``x`` in ``folder``, then sleep."""
+    open(os.path.join(folder, str(x)), "w").close()
+    time.sleep(seconds)
+    return x
+
+
+def pid(_: object = None) -> int:
+    return os.getpid()

@@ -1,0 +1,116 @@
+"""Script-defined objects as task data, run as ``python script_objects.py``.
+
+``__main__`` is this script, as for a user's script. The first argument picks
+the executor: ``local``, ``spawner:PORT``, ``ssh:HOST`` or ``control`` (a
+``ProcessPoolExecutor``). It prints ``OK`` when every check holds.
+"""
+
+import dataclasses
+import enum
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+
+@dataclasses.dataclass
+class Job:
+    n: int
+    tags: list = dataclasses.field(default_factory=list)
+
+    def double(self):
+        return Job(self.n * 2, self.tags)
+
+
+class Color(enum.Enum):
+    RED = 1
+    BLUE = 2
+
+
+class Box:
+    def __init__(self, value):
+        self.value = value
+
+
+def work(job):
+    return job.double()
+
+
+def paint(color):
+    return Color.BLUE if color is Color.RED else Color.RED
+
+
+def open_box(box):
+    return Box([box.value, os.getpid()])
+
+
+def apply(func, value):
+    return func(value)
+
+
+def make_jobs(n):
+    return [Job(i) for i in range(n)]
+
+
+def describe(color):
+    return Color(color).name
+
+
+def fields_of(job):
+    return [f.name for f in dataclasses.fields(job)]
+
+
+def check(executor, lambdas=True):
+    """What ``ProcessPoolExecutor`` runs; ``lambdas``: and what it cannot
+    pickle (lambdas, which the pool sends by value)."""
+    out = executor.submit(work, Job(3, ["x"])).result()
+    assert isinstance(out, Job) and out == Job(6, ["x"]), out
+    assert executor.submit(paint, Color.RED).result() is Color.BLUE
+    box = executor.submit(open_box, Box(5)).result()
+    assert isinstance(box, Box) and box.value[0] == 5, box
+    # a script function as argument, script objects in containers
+    assert executor.submit(apply, work, Job(1)).result() == Job(2)
+    assert executor.submit(apply, len, {"a": [Job(1), Color.RED]}).result() == 1
+    jobs = executor.submit(make_jobs, 3).result()
+    assert all(type(j) is Job for j in jobs) and [j.n for j in jobs] == [0, 1, 2]
+    assert executor.submit(describe, 2).result() == "BLUE"
+    assert executor.submit(fields_of, Job(1)).result() == ["n", "tags"]
+    assert list(executor.map(work, [Job(i) for i in range(5)])) == [Job(2 * i) for i in range(5)]
+    assert list(executor.map(paint, [Color.RED, Color.BLUE])) == [Color.BLUE, Color.RED]
+    # a class itself, as argument and result
+    assert executor.submit(apply, fields_of, Job).result() == ["n", "tags"]
+    assert executor.submit(apply, type, Job(1)).result() is Job
+    if lambdas:
+        assert executor.submit(apply, lambda x: x + 1, 1).result() == 2
+        assert executor.submit(lambda j: j.n, Job(7)).result() == 7
+        assert executor.submit(apply, lambda c: c, Color).result() is Color
+
+
+def main():
+    kind = sys.argv[1]
+    if kind == "control":
+        with ProcessPoolExecutor(2) as executor:
+            check(executor, lambdas=False)
+    else:
+        from distex_zmq import Pool
+
+        if kind == "local":
+            pool = Pool(2)
+        elif kind.startswith("spawner:"):
+            pool = Pool(None, hosts=f"127.0.0.1:{kind.split(':')[1]}/2")
+        elif kind.startswith("ssh:"):
+            pool = Pool(None, hosts=f"ssh://{kind.split(':', 1)[1]}", **ssh_options())
+        else:
+            raise SystemExit(f"unknown executor {kind}")
+        with pool:
+            check(pool)
+    print("OK")
+
+
+def ssh_options():
+    import json
+
+    return json.loads(os.environ.get("DZQ_SSH_OPTIONS", "{}"))
+
+
+if __name__ == "__main__":
+    main()

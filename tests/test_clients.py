@@ -1,0 +1,244 @@
+"""Real clients on the pool: script objects (``__main__``) as task data,
+dask with ``scheduler=pool``, the joblib backend, scikit-learn, and what
+the errors of unpicklable tasks say. Scripts run as subprocesses, so that
+``__main__`` is the script, with ``ProcessPoolExecutor`` as the control.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distex_zmq import Pool
+from distex_zmq.serialization import PickleType, dumps, loads, pickle_module
+from tests import client_tasks
+
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+ROOT = SCRIPTS.parent.parent
+
+joblib = pytest.importorskip("joblib")
+pytest.importorskip("dask")
+
+
+def run_script(name: str, *args: str, timeout: float = 90) -> str:
+    """Run ``tests/scripts/<name>`` as ``__main__``; return its output."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("DISTEX_ZMQ_SECRET", None)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+# objects of the script
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("executor", ["control", "local"])
+def test_script_objects_travel(executor):
+    # classes, dataclasses, enums, functions and lambdas of __main__ as
+    # arguments, in containers and as results; results are the script's classes
+    assert run_script("script_objects.py", executor).endswith("OK\n")
+
+
+@pytest.mark.timeout(150)
+def test_script_objects_travel_to_spawner_workers():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
+    spawner = subprocess.Popen(
+        [sys.executable, "-m", "distex_zmq.spawner", "--port", str(port)],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert run_script("script_objects.py", f"spawner:{port}").endswith("OK\n")
+    finally:
+        spawner.terminate()
+        spawner.wait(timeout=30)
+
+
+def test_plain_data_is_plain_pickle():
+    # the default data pickle costs plain data nothing but a scan of its bytes
+    auto = pickle_module(PickleType.auto)
+    value = ([1, 2.5, "x"], {"k": (None, b"y")})
+    data, buffers = dumps(value, auto.dumps)
+    assert data == pickle.dumps(value, protocol=5) and buffers == []
+    assert loads(data, buffers, auto.loads) == value
+
+
+def test_by_value_keeps_large_buffers_out_of_band():
+    np = pytest.importorskip("numpy")
+    array = np.arange(100_000)
+    auto = pickle_module(PickleType.auto)
+    value = (array, lambda x: x)  # a lambda: pickled by value
+    data, buffers = dumps(value, auto.dumps)
+    assert len(buffers) == 1 and len(data) < 10_000
+    back = loads(data, buffers, auto.loads)
+    assert (back[0] == array).all() and back[1](3) == 3
+
+
+def test_func_pickle_auto_is_refused():
+    with pytest.raises(ValueError, match="data_pickle"):
+        Pool(1, func_pickle=PickleType.auto, lazy_create=True)
+
+
+# executor conventions
+
+
+def test_max_workers_is_the_number_of_workers():
+    pool = Pool(3, lazy_create=True)
+    assert pool._max_workers == 3 == pool.total_workers()
+    pool.shutdown()
+
+
+# dask and joblib on the pool, from a script
+
+
+@pytest.mark.timeout(150)
+def test_dask_and_joblib_with_script_functions_use_every_worker():
+    # 4 dask tasks meet at a barrier that opens only when all 4 run at once:
+    # dask must size itself from the pool, not from the client's 2 CPUs
+    assert run_script("clients_script.py", "4", timeout=140).endswith("OK\n")
+
+
+# the joblib backend
+
+
+@pytest.fixture
+def joblib_pool(shared_pool):
+    import distex_zmq.joblib  # noqa: F401
+
+    with joblib.parallel_config(backend="distex_zmq", pool=shared_pool):
+        yield shared_pool
+
+
+def test_joblib_parallel_results_in_order(joblib_pool):
+    out = joblib.Parallel(n_jobs=-1)(joblib.delayed(client_tasks.square)(i) for i in range(300))
+    assert out == [i * i for i in range(300)]
+
+
+def test_joblib_n_jobs(joblib_pool):
+    assert joblib.effective_n_jobs(-1) == joblib_pool.total_workers() == 2
+    assert joblib.effective_n_jobs(None) == 2
+    assert joblib.effective_n_jobs(-2) == 1
+    assert joblib.effective_n_jobs(5) == 5
+    # the workers of the pool run the calls, not this process
+    pids = joblib.Parallel(n_jobs=-1)(joblib.delayed(client_tasks.pid)(i) for i in range(20))
+    assert os.getpid() not in pids
+
+
+def test_joblib_generator_unordered(joblib_pool):
+    out = joblib.Parallel(n_jobs=-1, return_as="generator_unordered")(
+        joblib.delayed(client_tasks.square)(i) for i in range(50)
+    )
+    assert sorted(out) == [i * i for i in range(50)]
+
+
+def test_joblib_error_keeps_its_type(joblib_pool):
+    with pytest.raises(KeyError) as info:
+        joblib.Parallel(n_jobs=-1)(joblib.delayed(client_tasks.fail_on)(i, 7) for i in range(20))
+    assert info.value.args == (7,)
+
+
+def test_joblib_error_cancels_batches_not_started(pool, tmp_path):
+    import distex_zmq.joblib  # noqa: F401
+
+    calls = [joblib.delayed(client_tasks.fail_on)(0, 0)]
+    calls += [joblib.delayed(client_tasks.mark_and_sleep)(str(tmp_path), i, 0.2) for i in range(40)]
+    with joblib.parallel_config(backend="distex_zmq", pool=pool), pytest.raises(KeyError):
+        joblib.Parallel(n_jobs=-1, pre_dispatch="all", batch_size=1)(calls)
+    pool.shutdown()  # waits for what runs
+    assert len(os.listdir(tmp_path)) < 40
+
+
+def test_joblib_parallel_backend_of_older_joblib(shared_pool):
+    import distex_zmq.joblib  # noqa: F401
+
+    with joblib.parallel_backend("distex_zmq", pool=shared_pool):
+        out = joblib.Parallel()(joblib.delayed(client_tasks.pid)(i) for i in range(10))
+    assert os.getpid() not in out
+
+
+def test_joblib_backend_needs_a_pool():
+    import distex_zmq.joblib  # noqa: F401
+
+    with joblib.parallel_config(backend="distex_zmq"), pytest.raises(ValueError, match="pool="):
+        joblib.Parallel(n_jobs=2)(joblib.delayed(client_tasks.square)(i) for i in range(2))
+
+
+def test_scikit_learn_cross_val_score(joblib_pool):
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import cross_val_score
+    from sklearn.tree import DecisionTreeClassifier
+
+    X, y = load_iris(return_X_y=True)
+    model = DecisionTreeClassifier(random_state=0)
+    on_pool = cross_val_score(model, X, y, cv=5, n_jobs=-1)
+    with joblib.parallel_config(backend="sequential"):
+        here = cross_val_score(model, X, y, cv=5, n_jobs=1)
+    assert list(on_pool) == list(here)
+
+
+# errors that say what to do
+
+
+@pytest.mark.timeout(150)
+def test_serialization_errors_name_the_task_and_what_to_do():
+    lines = run_script("bad_pickles.py").splitlines()
+    func, args, mapped, enum_ok, result, mapped_result, *in_client = lines
+    assert "could not unpickle the function of task 1 (name_of)" in func
+    assert "worker pid" in func and "func_pickle=PickleType.pickle" in func
+    assert "leave func_pickle at its default (PickleType.dill)" in func
+    assert "could not unpickle the arguments of task 2 (str)" in args
+    assert "leave data_pickle at its default (PickleType.auto)" in args
+    assert "(name_of, input #0 of a map)" in mapped
+    # a function using an enum of the script runs with the default settings
+    assert enum_ok == "no error"
+    assert "task 2 (lock) ran on worker pid" in result
+    assert "its result of type lock could not be pickled" in result
+    assert "(lock, input #0 of a map)" in mapped_result
+    assert all(line.startswith("SerializationError") for line in lines[:6] if line != enum_ok)
+    # in the client the error keeps its type; a note (Python 3.11+) names
+    # what failed, with a hint for the settings in use
+    client_args, client_map, client_func, client_plain = in_client
+    assert client_args.startswith("TypeError: cannot pickle '_thread.lock' object")
+    assert client_func.startswith("TypeError: cannot pickle 'generator' object")
+    if sys.version_info >= (3, 11):
+        assert "while pickling the arguments of name_of in the client" in client_args
+        assert "while pickling input #1 of a map of name_of" in client_map
+        assert "while pickling the function main.<locals>" in client_func
+        assert "leave data_pickle at its default (PickleType.auto)" in client_plain
+
+
+# the docs page
+
+
+@pytest.mark.timeout(300)
+def test_docs_examples_run(tmp_path):
+    pytest.importorskip("sklearn")
+    text = (ROOT / "docs" / "clients.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+    assert len(blocks) == 3
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for number, block in enumerate(blocks):
+        script = tmp_path / f"example{number}.py"
+        script.write_text(block)
+        result = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip()
