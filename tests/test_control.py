@@ -76,6 +76,16 @@ def test_the_wire_shape():
     assert "id" not in json.loads(c.encode_line(c.Refused("why")))
 
 
+@pytest.mark.parametrize("char", ["x", "é", "\x01", "\U0001f600"])
+def test_an_exit_keeps_the_end_of_a_long_stderr_and_fits_in_a_message(char):
+    tail = "first line\n" + char * 100_000 + "\nthe last line"
+    exit_ = c.Exit(b"w", 1, 3, tail)
+    assert len(exit_.tail) == c.MAX_TAIL and exit_.tail.endswith("\nthe last line")
+    assert sum(map(len, c.encode(exit_))) < c.MAX_MESSAGE
+    assert len(c.encode_line(exit_)) < c.MAX_MESSAGE
+    assert c.decode(c.encode(exit_), c.POOL_READS) == exit_
+
+
 def test_open_gives_the_workers_options_from_checked_numbers():
     args = c.decode(c.encode(OPEN), c.SPAWNER_READS).worker_args()  # type: ignore[attr-defined]
     assert args == ["--credits=3", "--func-pickle=1", "--data-pickle=0", "--loop=2"]

@@ -38,6 +38,9 @@ MAX_WORKERS_PER_POOL = 4096
 MIN_HEARTBEAT, MAX_HEARTBEAT = 0.5, 600.0
 #: Longest grace a pool may give its workers to stop.
 MAX_GRACE = 60.0
+#: Characters of stderr an exit carries at most (its end): at up to 6 bytes
+#: per character in JSON, an exit stays under ``MAX_MESSAGE``.
+MAX_TAIL = 2000
 
 _ENDPOINT = re.compile(r"^tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):\d{1,5}$")
 _Z85_KEY = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
@@ -255,6 +258,9 @@ class Exit(Event):
     tail: str
     FIELDS = {"identity": _identity, "pid": _INT, "rc": _a(int, -255, 255), "tail": _STR}
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tail", self.tail[-MAX_TAIL:])
+
 
 @dataclasses.dataclass(frozen=True)
 class Pong(Event):
@@ -288,12 +294,13 @@ POOL_READS = _reads(Hello, Opened, Refused, Exit, Pong, Stopped)
 
 def encode(message: Message) -> list[bytes]:
     """``message`` as ZeroMQ frames."""
-    return [HEAD, json.dumps(message.body()).encode()]
+    return [HEAD, json.dumps(message.body(), ensure_ascii=False).encode()]
 
 
 def encode_line(message: Message) -> bytes:
     """``message`` as a line of a stream."""
-    return json.dumps({"v": VERSION, **message.body()}).encode() + b"\n"
+    body = {"v": VERSION, **message.body()}
+    return json.dumps(body, ensure_ascii=False).encode() + b"\n"
 
 
 def decode(frames: Sequence[bytes], reads: Reads) -> Message:
