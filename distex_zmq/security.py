@@ -30,6 +30,8 @@ from typing import Any
 import zmq
 from zmq.utils import z85
 
+from distex_zmq.wire.zmqio import EdgeReader
+
 _logger = logging.getLogger("distex_zmq.security")
 
 #: Environment variable that holds the shared secret.
@@ -122,24 +124,19 @@ class ZapHandler:
 
     def __init__(self, ctx: zmq.Context[Any], loop: asyncio.AbstractEventLoop):
         self.allowed: set[bytes] = set()
-        self.refusals = 0
         self._logged: set[bytes] = set()
-        self._loop = loop
         self._sock = ctx.socket(zmq.REP)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind(ZAP_ENDPOINT)
-        self._fd = int(self._sock.getsockopt(zmq.FD))
-        loop.add_reader(self._fd, self._on_readable)
+        self._reader = EdgeReader(loop, self._sock, self._on_request)
 
     def allow(self, public_key: bytes) -> None:
         """Admit clients with this Z85 public key."""
         self.allowed.add(z85.decode(public_key))
 
-    def _on_readable(self) -> None:
-        sock = self._sock
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            request = sock.recv_multipart()
-            sock.send_multipart(self._answer(request))
+    def _on_request(self, request: list[zmq.Frame]) -> None:
+        # a REP socket: each request is answered before the next is read
+        self._sock.send_multipart(self._answer([frame.bytes for frame in request]))
 
     def _answer(self, request: list[bytes]) -> list[bytes]:
         if len(request) < 6:
@@ -149,7 +146,6 @@ class ZapHandler:
             return [b"1.0", request_id, b"500", b"unknown ZAP version", b"", b""]
         if mechanism == b"CURVE" and len(request) == 7 and request[6] in self.allowed:
             return [version, request_id, b"200", b"OK", b"", b""]
-        self.refusals += 1
         if address not in self._logged and len(self._logged) < 1024:
             self._logged.add(address)
             _logger.warning(
@@ -160,5 +156,5 @@ class ZapHandler:
         return [version, request_id, b"400", b"key not allowed", b"", b""]
 
     def close(self) -> None:
-        self._loop.remove_reader(self._fd)
+        self._reader.close()
         self._sock.close(linger=0)

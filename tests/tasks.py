@@ -189,6 +189,13 @@ def exit_hard(code: int = 7) -> None:
     os._exit(code)
 
 
+def stderr_then_exit(text: str, code: int) -> None:
+    data = text.encode()
+    while data:
+        data = data[os.write(2, data) :]
+    os._exit(code)
+
+
 def env_var(name: str) -> str | None:
     return os.environ.get(name)
 

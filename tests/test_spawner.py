@@ -8,6 +8,7 @@ host.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -21,7 +22,7 @@ import time
 import pytest
 import zmq
 
-from distex_zmq import HostConnectionError, Pool
+from distex_zmq import HostConnectionError, Pool, WorkerLostError
 from distex_zmq.security import ClusterKeys, KeyPair, make_client
 from distex_zmq.wire import control as sp
 from tests import tasks
@@ -128,6 +129,18 @@ def test_spawner_workers_killed_are_replaced(hosts, make_pool):
     assert wait_until(lambda: len(hosts.workers("dzq-a")) == 2, timeout=10)
     assert hostnames(pool) == ["dzq-a", "dzq-a"]
     assert not set(victims) & set(hosts.workers("dzq-a"))
+
+
+def test_worker_with_a_long_stderr_dies_and_its_host_stays(hosts, caplog, make_pool):
+    caplog.set_level(logging.WARNING, logger="distex_zmq")
+    pool = make_pool(None, [at(hosts, "dzq-a", 1)], max_retries=0)
+    # 20 lines of 900 characters: more than a control message may carry
+    noise = "".join(f"{i:02d}" + "é" * 900 + "\n" for i in range(20))
+    with pytest.raises(WorkerLostError) as info:
+        pool.run(tasks.stderr_then_exit, noise, 3)
+    assert "exit code 3" in str(info.value) and "19éé" in str(info.value)
+    assert wait_until(lambda: hostnames(pool) == ["dzq-a"], timeout=10)  # replaced
+    assert not [r for r in caplog.records if re.match(r"host .* lost:", r.getMessage())]
 
 
 def test_spawner_killed_mid_map(hosts, spawners, make_pool):

@@ -8,7 +8,9 @@ a test fails.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -230,6 +232,15 @@ def test_missing_distex_zmq_is_reported(ssh_home, ssh_pool):
 def test_missing_interpreter_is_reported(ssh_home, ssh_pool):
     message = expect_refusal(ssh_pool, ["ssh://dzq-c/1"], remote_python="/no/such/python3")
     assert "exit status 127" in message and "not a command there" in message
+
+
+def test_agent_of_another_control_version_is_refused(ssh_home, ssh_pool):
+    # an "interpreter" that answers as an agent of control version 1 would
+    hello = {"v": 1, "ev": "hello", "host": "dzq-c", "version": "0.0.1", "protocol": 2}
+    fake_agent = f"echo {shlex.quote(json.dumps(hello))}; true"
+    message = expect_refusal(ssh_pool, ["ssh://dzq-c/1"], remote_python=fake_agent)
+    assert "ssh://dzq-c" in message and "control protocol version 1, this side" in message
+    assert "install the same distex_zmq version on both" in message
 
 
 def test_closed_port_and_cut_off_host_fail_in_bounded_time(ssh_home, ssh_pool):

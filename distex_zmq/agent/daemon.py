@@ -1,21 +1,12 @@
 """The supervising agent of one pool on one remote host: ``python -m distex_zmq.agent``.
 
-A pool starts one agent on each SSH host, over the SSH session. The agent
-starts that host's workers (which connect to the pool's broker), learns at
-once when one exits (the local launcher's pidfd) and tells the pool. It
-speaks JSON lines, commands on stdin and events on stdout::
-
-    pool -> agent   {"op": "keys", "server", "public", "secret"}
-                                                   CURVE keys of the workers, passed
-                                                   to each on its stdin
-                    {"op": "spawn", "id": HEX}     start a worker with this routing id
-                    {"op": "kill", "id": HEX}      SIGKILL it (its exit is reported)
-                    {"op": "ping"}                 heartbeat; answered with a pong
-                    {"op": "stop", "grace": S}     stop the workers, then exit
-    agent -> pool   {"ev": "hello", "version", "protocol", "host", "python", "pid"}
-                    {"ev": "exit", "id", "pid", "rc", "tail"}
-                    {"ev": "pong"}
-                    {"ev": "stopped"}
+A pool starts one agent on each SSH host, over the SSH session
+(``launch/ssh.py``). The agent starts that host's workers (which connect to
+the pool's broker), learns at once when one exits (``launch/local.py``'s
+pidfd) and tells the pool. It speaks the control messages of
+``wire/control.py`` one per line: commands on stdin (keys, spawn, kill,
+ping, stop), events on stdout (hello first, then exit, refused, pong,
+stopped). A command that does not pass gets a refusal and a line on stderr.
 
 The agent exits, and its workers with it, when told to stop, when its stdin
 closes (the SSH connection dropped, or the pool's process died) and when no
@@ -35,15 +26,13 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
 
+from distex_zmq.errors import ProtocolError
 from distex_zmq.launch.local import LocalLauncher
 from distex_zmq.loops import run_in_background
 from distex_zmq.version import __version__
-from distex_zmq.wire import frames as protocol
+from distex_zmq.wire import control, frames
 
-#: Longest command line accepted on stdin; anything longer is a broken peer.
-MAX_COMMAND = 4096
 #: Why the agent ends when the pool stops it.
 STOPPED = "stopped by the pool"
 #: Grace given to the workers when the agent ends without a stop command.
@@ -75,14 +64,14 @@ class Agent:
 
     async def run(self) -> str:
         """Serve commands until told to stop or abandoned; return why it ended."""
-        self._send(
-            ev="hello",
-            version=__version__,
-            protocol=protocol.VERSION,
+        hello = control.Hello(
             host=socket.gethostname(),
+            version=__version__,
+            protocol=frames.VERSION,
             python=sys.version.split()[0],
             pid=os.getpid(),
         )
+        self._send(hello)
         os.set_blocking(0, False)
         self._loop.add_reader(0, self._on_stdin)
         self._loop.call_later(self._heartbeat_timeout / 4, self._check_heartbeat)
@@ -94,8 +83,8 @@ class Agent:
             await self._launcher.stop(ABANDON_GRACE)
         return reason
 
-    def _send(self, **event: Any) -> None:
-        data = json.dumps(event).encode() + b"\n"
+    def _send(self, event: control.Event) -> None:
+        data = control.encode_line(event)
         try:
             while data:
                 written = os.write(self._events_fd, data)
@@ -120,8 +109,8 @@ class Agent:
         self._last_heard = time.monotonic()
         lines = (self._buffer + data).split(b"\n")
         self._buffer = lines.pop()
-        if len(self._buffer) > MAX_COMMAND:
-            self._end(f"a command line longer than {MAX_COMMAND} bytes")
+        if len(self._buffer) > control.MAX_MESSAGE:
+            self._end(f"a command line longer than {control.MAX_MESSAGE} bytes")
             return
         for line in lines:
             if line.strip():
@@ -129,31 +118,31 @@ class Agent:
 
     def _command(self, line: bytes) -> None:
         try:
-            cmd = json.loads(line)
-            op = cmd["op"]
-            if op == "spawn":
-                self._launcher.spawn(bytes.fromhex(cmd["id"]))
-            elif op == "kill":
-                self._launcher.kill(bytes.fromhex(cmd["id"]))
-            elif op == "keys":
-                keys = {k: str(cmd[k]) for k in ("server", "public", "secret")}
-                self._launcher.worker_stdin = json.dumps(keys).encode() + b"\n"
-            elif op == "ping":
-                self._send(ev="pong")
-            elif op == "stop":
-                stop = self._stop(float(cmd.get("grace", 3.0)))
-                run_in_background(self._loop, stop, self._tasks)
-            else:
-                raise ValueError(f"unknown op {op!r}")
-        except (ValueError, KeyError, TypeError) as e:
-            print(f"distex_zmq agent: bad command {line[:200]!r}: {e}", file=sys.stderr)
+            command = control.decode_line(line, control.AGENT_READS)
+        except ProtocolError as e:
+            print(f"distex_zmq agent: refused {line[:200]!r}: {e}", file=sys.stderr)
+            self._send(control.Refused(str(e)))
+            return
+        if isinstance(command, control.Spawn):
+            try:
+                self._launcher.spawn(command.identity)
+            except OSError as e:  # reported as a worker that died at once
+                self._send(control.Refused(f"cannot start a worker: {e}", command.identity))
+        elif isinstance(command, control.Kill):
+            self._launcher.kill(command.identity)
+        elif isinstance(command, control.Keys):
+            self._launcher.worker_stdin = json.dumps(command.keys).encode() + b"\n"
+        elif isinstance(command, control.Ping):
+            self._send(control.Pong())
+        elif isinstance(command, control.Stop):
+            run_in_background(self._loop, self._stop(command.grace), self._tasks)
 
     async def _stop(self, grace: float) -> None:
         if self._stopping:
             return
         self._stopping = True
         await self._launcher.stop(grace)
-        self._send(ev="stopped")
+        self._send(control.Stopped())
         self._end(STOPPED)
 
     def _check_heartbeat(self) -> None:
@@ -164,4 +153,4 @@ class Agent:
         self._loop.call_later(self._heartbeat_timeout / 4, self._check_heartbeat)
 
     def _on_exit(self, identity: bytes, pid: int, returncode: int, tail: str) -> None:
-        self._send(ev="exit", id=identity.hex(), pid=pid, rc=returncode, tail=tail)
+        self._send(control.Exit(identity, pid, returncode, tail))

@@ -10,7 +10,6 @@ lines are kept for the error that reports its death.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import signal
@@ -20,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-_logger = logging.getLogger("distex_zmq.launcher")
+_logger = logging.getLogger("distex_zmq.launch.local")
 
 #: Lines of a worker's stderr kept for error messages.
 STDERR_TAIL_LINES = 20
@@ -91,7 +90,6 @@ class LocalLauncher:
         self._endpoint = endpoint
         self._worker_args = worker_args
         self._on_exit = on_exit
-        self._counter = itertools.count(1)
         #: the interpreter of the workers: the client's own
         self.python = sys.executable
         #: prefix of its workers' identities, and where they run
@@ -105,13 +103,8 @@ class LocalLauncher:
         paths = [p for p in sys.path if p] + [os.getcwd()]
         self._env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
 
-    def spawn(self, identity: bytes | None = None) -> WorkerProcess:
-        """Start one worker; return it.
-
-        ``identity`` is its routing id, new to the pool; by default ``local-N``.
-        """
-        if identity is None:
-            identity = b"local-%d" % next(self._counter)
+    def spawn(self, identity: bytes) -> WorkerProcess:
+        """Start one worker with this routing id, new to the pool; return it."""
         cmd = [
             self.python,
             "-m",

@@ -1,16 +1,17 @@
 """What the launchers of remote hosts share: an SSH agent's and a spawner's.
 
 A remote launcher speaks with one supervisor on one host (the agent it
-started over SSH, or the spawner there) in JSON messages: it sends
-``spawn``, ``kill``, ``ping`` and ``stop``; it hears ``hello`` (``opened``
-from a spawner), ``exit`` for every worker that ends, ``pong`` and
-``stopped``. Like the local launcher it reports each exit with
+started over SSH, or the spawner there) in the control messages of
+``wire/control.py``: it sends spawn, kill, ping and stop; it hears hello
+(opened from a spawner), an exit for every worker that ends, pong and
+stopped. Like the local launcher it reports each exit with
 ``on_exit(identity, pid, returncode, stderr_tail)``.
 
 Heartbeats: the launcher pings every quarter of ``heartbeat_timeout``; a
 host that has said nothing for longer is lost, and so is one whose
-connection ends while it is not stopping. ``on_lost(launcher, reason,
-identities)`` then hands its workers to the pool at once.
+connection ends while it is not stopping, or that sends a malformed
+message. ``on_lost(launcher, reason, identities)`` then hands its workers
+to the pool at once.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from distex_zmq.errors import HostConnectionError
+from distex_zmq.errors import HostConnectionError, ProtocolError
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import run_in_background
 from distex_zmq.options import DEFAULT_CONNECT_TIMEOUT as DEFAULT_CONNECT_TIMEOUT
 from distex_zmq.options import RemoteSettings as RemoteSettings
+from distex_zmq.wire import control, frames
 
-_logger = logging.getLogger("distex_zmq.remote")
+_logger = logging.getLogger("distex_zmq.launch.remote")
 
 #: Seconds, beyond the grace, that a stopping host may take to stop its workers.
 STOP_MARGIN = 5.0
@@ -63,7 +65,7 @@ class RemoteLauncher:
         #: it is up: the supervisor said hello and heartbeats run
         self.started = False
         self._closing = False
-        self._hello: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._hello: asyncio.Future[control.Hello] = loop.create_future()
         #: the supervisor is done: it stopped, or its connection ended
         self._ended: asyncio.Future[None] = loop.create_future()
         self._last_heard = time.monotonic()
@@ -76,40 +78,61 @@ class RemoteLauncher:
 
     # for subclasses
 
-    def _send(self, **command: Any) -> None:
+    def _send(self, command: control.Command) -> None:
         raise NotImplementedError
 
     async def _close(self) -> None:
         """Disconnect, idempotently."""
         raise NotImplementedError
 
-    def _on_message(self, event: dict[str, Any]) -> None:
-        """A message from the supervisor (on the pool loop)."""
+    def _on_message(self, event: control.Message) -> None:
+        """A checked message from the supervisor (on the pool loop)."""
         self._last_heard = time.monotonic()
-        kind = event.get("ev")
-        if kind in ("hello", "opened"):
-            if not self._hello.done():
-                self._hello.set_result(event)
-        elif kind == "exit":
-            identity = bytes.fromhex(event["id"])
-            if identity in self.workers:
-                self.workers.discard(identity)
-                self._on_exit(identity, int(event["pid"]), int(event["rc"]), str(event["tail"]))
-        elif kind == "refused":
-            reason = str(event.get("reason"))
-            if not self._hello.done():
-                self._hello.set_exception(
-                    HostConnectionError(f"{self.where} refused the pool: {reason}")
-                )
-            elif "id" in event:  # a worker it would not start: like one that died at once
-                identity = bytes.fromhex(event["id"])
-                if identity in self.workers:
-                    self.workers.discard(identity)
-                    self._on_exit(identity, 0, 255, f"{self.where} refused to start it: {reason}")
-            else:
-                _logger.warning("%s refused a request: %s", self.where, reason)
-        elif kind == "stopped":
+        if isinstance(event, control.Hello):  # and control.Opened
+            self._on_hello(event)
+        elif isinstance(event, control.Exit):
+            if event.identity in self.workers:
+                self.workers.discard(event.identity)
+                self._on_exit(event.identity, event.pid, event.rc, event.tail)
+        elif isinstance(event, control.Refused):
+            self._on_refused(event)
+        elif isinstance(event, control.Stopped):
             self._end()
+
+    def _on_hello(self, hello: control.Hello) -> None:
+        if self._hello.done():
+            return
+        if hello.protocol != frames.VERSION:
+            self._hello.set_exception(
+                HostConnectionError(
+                    f"distex_zmq {hello.version} on {self.where} runs workers of protocol "
+                    f"version {hello.protocol}, this client version {frames.VERSION}: "
+                    "install the same distex_zmq version on both"
+                )
+            )
+        else:
+            self._hello.set_result(hello)
+
+    def _on_refused(self, refused: control.Refused) -> None:
+        reason = refused.reason
+        if not self._hello.done():
+            self._hello.set_exception(
+                HostConnectionError(f"{self.where} refused the pool: {reason}")
+            )
+        elif refused.identity is not None:  # a worker it would not start: one that died at once
+            if refused.identity in self.workers:
+                self.workers.discard(refused.identity)
+                message = f"{self.where} refused to start it: {reason}"
+                self._on_exit(refused.identity, 0, 255, message)
+        else:
+            _logger.warning("%s refused a request: %s", self.where, reason)
+
+    def _on_bad_message(self, error: ProtocolError) -> None:
+        """A message from the supervisor that does not pass: the host is unusable."""
+        if not self._hello.done():
+            self._hello.set_exception(HostConnectionError(f"{self.where}: {error}"))
+        else:
+            self._lose(f"it sent a malformed message ({error})")
 
     def _end(self) -> None:
         if not self._ended.done():
@@ -128,7 +151,7 @@ class RemoteLauncher:
         if silent > timeout:
             self._lose(f"no heartbeat for {silent:.1f} s (heartbeat_timeout={timeout:g} s)")
             return
-        self._send(op="ping")
+        self._send(control.Ping())
         self._loop.call_later(timeout / 4, self._beat)
 
     def _lose(self, reason: str) -> None:
@@ -146,18 +169,18 @@ class RemoteLauncher:
     def spawn(self, identity: bytes) -> None:
         """Start a worker with this identity on the host."""
         self.workers.add(identity)
-        self._send(op="spawn", id=identity.hex())
+        self._send(control.Spawn(identity))
 
     def kill(self, identity: bytes) -> None:
         """SIGKILL a worker; its exit is reported as usual."""
         if identity in self.workers:
-            self._send(op="kill", id=identity.hex())
+            self._send(control.Kill(identity))
 
     async def stop(self, grace: float) -> None:
         """Stop the workers (the supervisor escalates after ``grace``), then disconnect."""
         self._closing = True
         if self.started and not self.lost:
-            self._send(op="stop", grace=grace)
+            self._send(control.Stop(grace))
             try:
                 await asyncio.wait_for(asyncio.shield(self._ended), grace + STOP_MARGIN)
             except asyncio.TimeoutError:

@@ -6,7 +6,8 @@ secret's client key, and it knows the spawner by the secret's spawner key;
 without a secret it speaks in the clear, which only a loopback or
 ``--insecure`` spawner accepts. It opens a session for the pool (the
 broker's address as the host reaches it, the workers' per-pool CURVE keys,
-their settings and count), then behaves as every ``RemoteLauncher``.
+their settings and count), then behaves as every ``RemoteLauncher``
+(``launch/remote.py``); the messages are those of ``wire/control.py``.
 
 A socket monitor turns what ZeroMQ keeps to itself into clear errors: a
 failed CURVE handshake (another secret, or none where one is needed), and a
@@ -28,9 +29,8 @@ from distex_zmq.errors import HostConnectionError, ProtocolError
 from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT, HostSpec
 from distex_zmq.launch.remote import RemoteLauncher, tcp_host
 from distex_zmq.security import ClusterKeys, make_client
-from distex_zmq.wire import control as sp
-from distex_zmq.wire import frames as protocol
-from distex_zmq.wire.zmqio import readable
+from distex_zmq.wire import control, frames
+from distex_zmq.wire.zmqio import EdgeReader
 
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -70,6 +70,7 @@ class SpawnerLauncher(RemoteLauncher):
         self.python = "started by the spawner"
         self._sock: zmq.Socket[Any] | None = None
         self._monitor: zmq.Socket[Any] | None = None
+        self._readers: list[EdgeReader] = []
         self._handshake_failure = ""
 
     # start-up
@@ -93,16 +94,17 @@ class SpawnerLauncher(RemoteLauncher):
         sock = self._sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, os.urandom(16))
-        sock.setsockopt(zmq.MAXMSGSIZE, sp.MAX_MESSAGE)
+        sock.setsockopt(zmq.MAXMSGSIZE, control.MAX_MESSAGE)
         if self._keys is not None:
             make_client(sock, self._keys.spawner.public, self._keys.client)
         self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED)
-        self._loop.add_reader(int(sock.getsockopt(zmq.FD)), self._on_readable)
-        self._loop.add_reader(int(self._monitor.getsockopt(zmq.FD)), self._on_monitor)
+        self._readers = [
+            EdgeReader(self._loop, sock, self._on_frames),
+            EdgeReader(self._loop, self._monitor, self._on_monitor),
+        ]
         sock.connect(endpoint)
-        self._send(
-            op="open",
-            protocol=protocol.VERSION,
+        open_ = control.Open(
+            protocol=frames.VERSION,
             endpoint=f"tcp://{tcp_host(broker)}:{self._broker_port}",
             keys=self._worker_keys,
             worker=self._worker,
@@ -113,17 +115,13 @@ class SpawnerLauncher(RemoteLauncher):
             # before it gives the host up
             heartbeat=self._heartbeat_timeout / 2,
         )
-        deadline = self._loop.time() + self._connect_timeout
+        self._send(open_)
         try:
-            while not self._hello.done():
-                if self._loop.time() > deadline:
-                    raise HostConnectionError(self._no_answer())
-                # ZeroMQ's descriptors are edge-triggered: a look now and then
-                # makes sure that no monitor event or answer is missed
-                await asyncio.wait([self._hello], timeout=0.1)
-                self._on_monitor()
-                self._on_readable()
-            self._hello.result()
+            # the answer, or a failed handshake from the monitor
+            await asyncio.wait_for(asyncio.shield(self._hello), self._connect_timeout)
+        except asyncio.TimeoutError:
+            await self._close()
+            raise HostConnectionError(self._no_answer()) from None
         except BaseException:
             await self._close()
             raise
@@ -140,47 +138,31 @@ class SpawnerLauncher(RemoteLauncher):
 
     # on the pool loop
 
-    def _beat(self) -> None:
-        self._on_monitor()
-        self._on_readable()
-        super()._beat()
-
-    def _send(self, **command: Any) -> None:
+    def _send(self, command: control.Command) -> None:
         if self._sock is None or self._sock.closed:
             return
         try:
-            self._sock.send_multipart(sp.encode(command), flags=zmq.NOBLOCK)
+            self._sock.send_multipart(control.encode(command), flags=zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # not connected (yet): heartbeats tell
-        self._read_soon_if_pending()
+        self._readers[0].poke()
 
-    def _read_soon_if_pending(self) -> None:
-        # the socket's FD is edge-triggered and a send can consume the edge
-        if self._sock is not None and not self._sock.closed and readable(self._sock):
-            self._loop.call_soon(self._on_readable)
+    def _on_frames(self, frames: list[zmq.Frame]) -> None:
+        try:
+            event = control.decode([f.bytes for f in frames], control.POOL_READS)
+        except ProtocolError as e:
+            self._on_bad_message(e)
+        else:
+            self._on_message(event)
 
-    def _on_readable(self) -> None:
-        sock = self._sock
-        while sock is not None and not sock.closed and readable(sock):
-            frames = sock.recv_multipart()
-            try:
-                event = sp.decode(frames)
-                self._on_message(event)
-            except (ProtocolError, KeyError, ValueError, TypeError) as e:
-                self._lose(f"it sent a malformed message ({e})")
-                return
-
-    def _on_monitor(self) -> None:
-        monitor = self._monitor
-        while monitor is not None and not monitor.closed and readable(monitor):
-            event = parse_monitor_message(monitor.recv_multipart())
-            kind = event["event"]
-            if kind & _HANDSHAKE_FAILED:
-                self._handshake_failure = self._explain_handshake(kind)
-                if not self._hello.done():
-                    self._hello.set_exception(HostConnectionError(self._handshake_failure))
-            elif kind == zmq.EVENT_DISCONNECTED and self._hello.done():
-                self._lose("its connection closed (the spawner stopped or died)")
+    def _on_monitor(self, frames: list[zmq.Frame]) -> None:
+        kind = parse_monitor_message([f.bytes for f in frames])["event"]
+        if kind & _HANDSHAKE_FAILED:
+            self._handshake_failure = self._explain_handshake(kind)
+            if not self._hello.done():
+                self._hello.set_exception(HostConnectionError(self._handshake_failure))
+        elif kind == zmq.EVENT_DISCONNECTED and self._hello.done():
+            self._lose("its connection closed (the spawner stopped or died)")
 
     def _explain_handshake(self, kind: int) -> str:
         where = f"the spawner at {self.spec.host}:{self.spec.port}"
@@ -198,9 +180,8 @@ class SpawnerLauncher(RemoteLauncher):
 
     async def _close(self) -> None:
         self._closing = True
-        for sock in (self._monitor, self._sock):
-            if sock is not None and not sock.closed:
-                self._loop.remove_reader(int(sock.getsockopt(zmq.FD)))
+        for reader in self._readers:
+            reader.close()
         if self._sock is not None and not self._sock.closed:
             self._sock.disable_monitor()
             self._sock.close(linger=0)

@@ -9,14 +9,15 @@
                  <--stderr---                                    |  reports exits
     Broker (TCP on 127.0.0.1) <--   reverse tunnel    <--       workers (DEALER)
 
-The launcher connects with paramiko (``distex_zmq.launch.ssh_connect``), opens the reverse
-tunnel (``distex_zmq.launch.ssh_tunnel``) or, in direct mode, tells the workers the
-broker's own TCP address, and starts the agent with the remote interpreter.
-From then on it is a ``RemoteLauncher``: spawn, kill, stop, exits and
-heartbeats; an agent that hears nothing for ``heartbeat_timeout`` stops its
-workers and exits, as a pool that hears nothing from it loses the host.
-The agent learns the workers' CURVE keys to the broker in the first
-command, never on a command line. paramiko objects block,
+The launcher connects with paramiko (``launch/ssh_connect.py``), opens the
+reverse tunnel (``launch/ssh_tunnel.py``) or, in direct mode, tells the
+workers the broker's own TCP address, and starts the agent with the remote
+interpreter. From then on it is a ``RemoteLauncher`` (``launch/remote.py``):
+spawn, kill, stop, exits and heartbeats, as control messages
+(``wire/control.py``) one per line; an agent that hears nothing for
+``heartbeat_timeout`` stops its workers and exits, as a pool that hears
+nothing from it loses the host. The agent learns the workers' CURVE keys to
+the broker in the first command, never on a command line. paramiko objects block,
 so reading and writing the session happen on threads of their own and reach
 the pool loop with ``call_soon_threadsafe``; nothing on the pool loop ever
 waits for the network.
@@ -25,8 +26,6 @@ waits for the network.
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import queue
 import shlex
 import sys
@@ -37,14 +36,12 @@ from typing import Any
 
 import paramiko
 
-from distex_zmq.errors import HostConnectionError
+from distex_zmq.errors import HostConnectionError, ProtocolError
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.launch import ssh_connect as ssh
 from distex_zmq.launch.remote import RemoteLauncher, RemoteSettings, tcp_host
 from distex_zmq.launch.ssh_tunnel import ReverseTunnel
-from distex_zmq.wire import frames as protocol
-
-_logger = logging.getLogger("distex_zmq.launch.ssh_connect")
+from distex_zmq.wire import control
 
 #: Seconds the agent may take to say hello once its command runs.
 AGENT_START_TIMEOUT = 30.0
@@ -77,7 +74,6 @@ class SSHLauncher(RemoteLauncher):
         self.python = settings.python_for(spec.host)
         self._client: paramiko.SSHClient | None = None
         self._tunnel: ReverseTunnel | None = None
-        self._chan: paramiko.Channel | None = None
         self._command_line = ""
         self._commands: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -91,10 +87,10 @@ class SSHLauncher(RemoteLauncher):
         opened: asyncio.Future[None] = self._loop.create_future()
         self._thread(self._open, opened, name="connect")
         # the workers' keys to the broker, through the encrypted session
-        self._send(op="keys", **self._worker_keys)
+        self._send(control.Keys(self._worker_keys))
         try:
             await opened
-            hello = await asyncio.wait_for(asyncio.shield(self._hello), AGENT_START_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(self._hello), AGENT_START_TIMEOUT)
         except asyncio.TimeoutError:
             await self._close()
             raise HostConnectionError(
@@ -104,13 +100,6 @@ class SSHLauncher(RemoteLauncher):
         except BaseException:
             await self._close()
             raise
-        if hello.get("protocol") != protocol.VERSION:
-            await self._close()
-            raise HostConnectionError(
-                f"distex_zmq {hello.get('version')} on {self.where} speaks protocol version "
-                f"{hello.get('protocol')}, this client version {protocol.VERSION}; install "
-                "the same distex_zmq version on both"
-            )
         self._start_heartbeats()
 
     def _open(self, opened: asyncio.Future[None]) -> None:
@@ -140,7 +129,6 @@ class SSHLauncher(RemoteLauncher):
             )
             chan = transport.open_session(timeout=target.timeout)
             chan.exec_command(self._command_line)
-            self._chan = chan
         except BaseException as e:  # noqa: BLE001 - handed to the pool loop
             if not isinstance(e, HostConnectionError):
                 e = HostConnectionError(f"cannot start workers on {self.where}: {e}")
@@ -213,19 +201,21 @@ class SSHLauncher(RemoteLauncher):
 
     # on the pool loop
 
-    def _send(self, **command: Any) -> None:
-        self._commands.put(json.dumps(command).encode() + b"\n")
+    def _send(self, command: control.Command) -> None:
+        self._commands.put(control.encode_line(command))
 
     def _on_event(self, line: bytes) -> None:
         try:
-            event = json.loads(line)
-            if not isinstance(event, dict) or "ev" not in event:
-                raise ValueError
-        except ValueError:
-            # not the agent's: say, a remote shell's start-up file printed something
-            self._stderr_tail.append(line.decode(errors="replace").rstrip("\n"))
-            return
-        self._on_message(event)
+            event = control.decode_line(line, control.POOL_READS)
+        except control.VersionError as e:
+            self._on_bad_message(e)
+        except ProtocolError as e:
+            if self._hello.done():
+                self._on_bad_message(e)
+            else:  # not the agent's: a remote shell's start-up file printed something
+                self._stderr_tail.append(line.decode(errors="replace").rstrip("\n"))
+        else:
+            self._on_message(event)
 
     def _on_end(self, status: int) -> None:
         self._end()

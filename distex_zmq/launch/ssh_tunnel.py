@@ -21,7 +21,7 @@ from typing import Any
 
 import paramiko
 
-_logger = logging.getLogger("distex_zmq.launch.ssh_connect")
+_logger = logging.getLogger("distex_zmq.launch.ssh_tunnel")
 
 #: Bytes moved per read, either way.
 CHUNK = 1 << 18
@@ -31,7 +31,6 @@ class ReverseTunnel:
     """Forwards ``127.0.0.1:remote_port`` on the remote host to ``target`` here."""
 
     def __init__(self, transport: paramiko.Transport, target: tuple[str, int], label: str):
-        self._transport = transport
         self._target = target
         self._label = label
         self._lock = threading.Lock()

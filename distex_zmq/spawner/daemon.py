@@ -14,11 +14,12 @@ goes silent for its heartbeat timeout, or the spawner itself is stopped.
 
 Security (DESIGN §8): with a secret (``DISTEX_ZMQ_SECRET`` or
 ``--secret-file``) the port is a CURVE server that admits only clients
-holding the secret's client key. Without one it binds to loopback only,
-unless ``--insecure`` says otherwise (with a warning). Every request is
-checked (``spawner_protocol``); a bad one gets a refusal and one log line,
-never a crash or a process. Messages over ``MAX_MESSAGE`` bytes drop their
-connection inside ZeroMQ, and worker counts are capped by ``--max-workers``.
+holding the secret's client key (``security.py``). Without one it binds to
+loopback only, unless ``--insecure`` says otherwise (with a warning). Every
+request is checked (``wire/control.py``); a bad one gets a refusal and one
+log line, never a crash or a process. Messages over ``MAX_MESSAGE`` bytes
+drop their connection inside ZeroMQ, and worker counts are capped by
+``--max-workers``.
 """
 
 from __future__ import annotations
@@ -40,16 +41,13 @@ from distex_zmq.launch.local import LocalLauncher
 from distex_zmq.loops import run_in_background
 from distex_zmq.security import ClusterKeys, ZapHandler, make_server
 from distex_zmq.version import __version__
-from distex_zmq.wire import control as sp
-from distex_zmq.wire import frames as protocol
-from distex_zmq.wire.zmqio import readable
+from distex_zmq.wire import control, frames
+from distex_zmq.wire.zmqio import EdgeReader
 
 _logger = logging.getLogger("distex_zmq.spawner")
 
 #: Grace for a pool's workers when the pool went silent or the spawner stops.
 ABANDON_GRACE = 1.0
-#: Bounds on the heartbeat timeout a pool may ask for.
-MIN_HEARTBEAT, MAX_HEARTBEAT = 0.5, 600.0
 #: Log lines about bad requests, at most, per peer (a flood must not fill the disk).
 MAX_LOGGED_PER_PEER = 5
 
@@ -61,20 +59,19 @@ class Session:
         self,
         spawner: Spawner,
         peer: bytes,
-        message: dict[str, Any],
+        request: control.Open,
         loop: asyncio.AbstractEventLoop,
     ):
         self.peer = peer
-        self.capacity = sp.field(message, "workers", int, 1, sp.MAX_WORKERS_PER_POOL)
-        self.heartbeat = sp.field(message, "heartbeat", float, MIN_HEARTBEAT, MAX_HEARTBEAT)
-        keys = sp.keys(message)
+        self.capacity = request.workers
+        self.heartbeat = request.heartbeat
         self.launcher = LocalLauncher(
             loop,
-            sp.endpoint(message),
-            [*sp.worker_args(message), "--curve-keys-on-stdin"],
+            request.endpoint,
+            [*request.worker_args(), "--curve-keys-on-stdin"],
             lambda identity, pid, rc, tail: spawner.on_exit(self, identity, pid, rc, tail),
             worker_stdout=sys.stderr.fileno(),
-            worker_stdin=json.dumps(keys).encode() + b"\n",
+            worker_stdin=json.dumps(request.keys).encode() + b"\n",
         )
         self.last_heard = time.monotonic()
         self.stopping = False
@@ -103,7 +100,7 @@ class Spawner:
         self._zap: ZapHandler | None = None
         sock = self._sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, sp.MAX_MESSAGE)
+        sock.setsockopt(zmq.MAXMSGSIZE, control.MAX_MESSAGE)
         sock.setsockopt(zmq.RCVHWM, 1000)
         sock.setsockopt(zmq.SNDHWM, 1000)
         if keys is not None:
@@ -113,10 +110,9 @@ class Spawner:
         address = f"[{host}]" if ":" in host else host
         sock.bind(f"tcp://{address}:{port}")
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._fd = int(sock.getsockopt(zmq.FD))
-        loop.add_reader(self._fd, self._on_readable)
+        self._reader = EdgeReader(loop, sock, self._on_request, max_reads=100)
         self._stopped: asyncio.Future[str] = loop.create_future()
-        loop.call_later(MIN_HEARTBEAT / 2, self._check_heartbeats)
+        loop.call_later(control.MIN_HEARTBEAT / 2, self._check_heartbeats)
 
     @property
     def workers(self) -> int:
@@ -126,7 +122,7 @@ class Spawner:
     async def serve(self) -> str:
         """Serve until ``stop``; stop every pool's workers; return why."""
         reason = await self._stopped
-        self._loop.remove_reader(self._fd)
+        self._reader.close()
         sessions = list(self.sessions.values())
         self.sessions.clear()
         await asyncio.gather(*(s.launcher.stop(ABANDON_GRACE) for s in sessions))
@@ -142,84 +138,68 @@ class Spawner:
 
     # requests
 
-    def _on_readable(self) -> None:
-        sock = self._sock
-        for _ in range(100):
-            if not readable(sock):
-                return
-            frames = sock.recv_multipart(copy=True)
-            if len(frames) < 2:
-                continue
-            peer = frames[0]
-            try:
-                self._handle(peer, sp.decode(frames[1:]))
-            except ProtocolError as e:
-                self._refuse(peer, str(e))
-            except Exception as e:  # noqa: BLE001 - a request must not stop the spawner
-                _logger.exception("error serving a request from %s", peer.hex()[:12])
-                self._refuse(peer, f"internal error: {type(e).__name__}")
-        self._loop.call_soon(self._on_readable)
-
-    def _handle(self, peer: bytes, message: dict[str, Any]) -> None:
-        op = message.get("op")
-        session = self.sessions.get(peer)
-        if op == "open":
-            self._open(peer, message)
+    def _on_request(self, message: list[zmq.Frame]) -> None:
+        if len(message) < 2:
             return
+        peer, *body = (frame.bytes for frame in message)
+        try:
+            self._handle(peer, control.decode(body, control.SPAWNER_READS))
+        except ProtocolError as e:
+            self._refuse(peer, str(e))
+        except Exception as e:  # noqa: BLE001 - a request must not stop the spawner
+            _logger.exception("error serving a request from %s", peer.hex()[:12])
+            self._refuse(peer, f"internal error: {type(e).__name__}")
+
+    def _handle(self, peer: bytes, request: control.Message) -> None:
+        if isinstance(request, control.Open):
+            self._open(peer, request)
+            return
+        session = self.sessions.get(peer)
         if session is None:
-            raise ProtocolError(f"{op!r} before open")
+            raise ProtocolError(f"{request.KIND!r} before {control.Open.KIND!r}")
         session.last_heard = time.monotonic()
-        if op == "ping":
-            self._send(peer, ev="pong")
-        elif op == "spawn":
-            identity = sp.identity(message)
+        if isinstance(request, control.Ping):
+            self._send(peer, control.Pong())
+        elif isinstance(request, control.Spawn):
             if session.stopping:
                 raise ProtocolError("the pool is stopping")
             if len(session.launcher.processes) >= session.capacity:
-                self._send(
-                    peer,
-                    ev="refused",
-                    id=identity.hex(),
-                    reason=f"the pool opened {session.capacity} workers here",
-                )
+                why = f"the pool opened {session.capacity} workers here"
+                self._send(peer, control.Refused(why, request.identity))
                 return
-            if identity in session.launcher.processes:
+            if request.identity in session.launcher.processes:
                 raise ProtocolError("that worker runs already")
-            session.launcher.spawn(identity)
-        elif op == "kill":
-            session.launcher.kill(sp.identity(message))
-        elif op == "stop":
-            grace = sp.field(message, "grace", float, 0, 60)
-            why = "stopped by its pool"
-            run_in_background(self._loop, self._stop_session(session, grace, why), self._tasks)
-        else:
-            raise ProtocolError(f"unknown op {str(op)[:40]!r}")
+            session.launcher.spawn(request.identity)
+        elif isinstance(request, control.Kill):
+            session.launcher.kill(request.identity)
+        elif isinstance(request, control.Stop):
+            stop = self._stop_session(session, request.grace, "stopped by its pool")
+            run_in_background(self._loop, stop, self._tasks)
 
-    def _open(self, peer: bytes, message: dict[str, Any]) -> None:
+    def _open(self, peer: bytes, request: control.Open) -> None:
         if peer in self.sessions:
             raise ProtocolError("this pool is open already")
-        if message.get("protocol") != protocol.VERSION:
+        if request.protocol != frames.VERSION:
             raise ProtocolError(
-                f"worker protocol version {message.get('protocol')!r}; this spawner runs "
-                f"distex_zmq {__version__} with version {protocol.VERSION}"
+                f"worker protocol version {request.protocol}; this spawner runs "
+                f"distex_zmq {__version__} with version {frames.VERSION}"
             )
-        session = Session(self, peer, message, self._loop)
         free = self.max_workers - self.workers
-        if session.capacity > free:
+        if request.workers > free:
             raise ProtocolError(
-                f"{session.capacity} workers asked, {free} free on {socket.gethostname()} "
+                f"{request.workers} workers asked, {free} free on {socket.gethostname()} "
                 f"(--max-workers {self.max_workers})"
             )
-        self.sessions[peer] = session
+        session = self.sessions[peer] = Session(self, peer, request, self._loop)
         _logger.info("%s opened: up to %d workers", session, session.capacity)
-        self._send(
-            peer,
-            ev="opened",
+        opened = control.Opened(
             host=socket.gethostname(),
             version=__version__,
-            protocol=protocol.VERSION,
+            protocol=frames.VERSION,
+            python=sys.version.split()[0],
             pid=os.getpid(),
         )
+        self._send(peer, opened)
 
     def _refuse(self, peer: bytes, reason: str) -> None:
         count = self._logged.get(peer, 0)
@@ -228,19 +208,20 @@ class Spawner:
                 self._logged.clear()  # bounded memory, whatever the peers
             self._logged[peer] = count + 1
             _logger.warning("refused a request from %s: %s", peer.hex()[:12], reason)
-        self._send(peer, ev="refused", reason=reason)
+        self._send(peer, control.Refused(reason))
 
-    def _send(self, peer: bytes, **message: Any) -> None:
+    def _send(self, peer: bytes, event: control.Event) -> None:
         try:
-            self._sock.send_multipart([peer, *sp.encode(message)], flags=zmq.NOBLOCK)
+            self._sock.send_multipart([peer, *control.encode(event)], flags=zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # gone, or not reading: it learns nothing more
+        self._reader.poke()
 
     # workers and pools
 
     def on_exit(self, session: Session, identity: bytes, pid: int, rc: int, tail: str) -> None:
         if self.sessions.get(session.peer) is session and not session.stopping:
-            self._send(session.peer, ev="exit", id=identity.hex(), pid=pid, rc=rc, tail=tail)
+            self._send(session.peer, control.Exit(identity, pid, rc, tail))
 
     async def _stop_session(self, session: Session, grace: float, why: str) -> None:
         if session.stopping:
@@ -252,14 +233,11 @@ class Spawner:
         await session.launcher.stop(grace)
         if self.sessions.get(session.peer) is session:
             del self.sessions[session.peer]
-            self._send(session.peer, ev="stopped")
+            self._send(session.peer, control.Stopped())
 
     def _check_heartbeats(self) -> None:
         if self._stopped.done():
             return
-        # ZeroMQ's descriptor is edge-triggered and sends can consume an
-        # edge: a look now and then makes sure no request waits unseen
-        self._on_readable()
         now = time.monotonic()
         for session in list(self.sessions.values()):
             silent = now - session.last_heard
@@ -267,7 +245,7 @@ class Spawner:
                 why = f"silent for {silent:.1f} s"
                 stop = self._stop_session(session, ABANDON_GRACE, why)
                 run_in_background(self._loop, stop, self._tasks)
-        self._loop.call_later(MIN_HEARTBEAT / 2, self._check_heartbeats)
+        self._loop.call_later(control.MIN_HEARTBEAT / 2, self._check_heartbeats)
 
 
 def is_loopback(host: str) -> bool:

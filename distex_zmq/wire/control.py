@@ -1,78 +1,63 @@
-"""Messages between pools and spawners: the one place that defines them.
+"""Control messages between a pool and the supervisor of its workers on a host:
+a spawner (``spawner/daemon.py``, over ZeroMQ) or an SSH agent
+(``agent/daemon.py``, over the SSH session). The one place that defines them:
+a small class per kind, one JSON encoding, one validation, one version.
 
-A message is two ZeroMQ frames: ``b"DZSP"`` and a 2-byte version, then a
-JSON object. Everything a spawner reads is checked here before it acts on
-it; what does not pass raises ``ProtocolError`` with the reason, which the
-spawner sends back as a refusal.
+Commands name their kind in ``"op"``, events in ``"ev"``. On ZeroMQ a message
+is two frames, ``b"DZSP"`` with a 2-byte version, then the JSON object; on a
+stream it is one line, the JSON object with the version in ``"v"``.
+``decode`` and ``decode_line`` check what a side reads against the kinds it
+accepts and raise ``ProtocolError`` (``VersionError`` for another version).
 
-pool -> spawner::
-
-    {"op": "open", "protocol", "endpoint", "keys": {server, public, secret},
-     "worker": {credits, func_pickle, data_pickle, loop}, "workers": N,
-     "heartbeat": S}                       start serving a pool: N workers at most
-    {"op": "spawn", "id": HEX}             start a worker with this routing id
-    {"op": "kill", "id": HEX}              SIGKILL it (its exit is reported)
-    {"op": "ping"}                         heartbeat, answered by a pong
-    {"op": "stop", "grace": S}             stop the pool's workers; forget the pool
-
-spawner -> pool::
-
-    {"ev": "opened", "host", "version", "protocol", "pid"}
-    {"ev": "refused", "reason", ["id"]}
-    {"ev": "exit", "id", "pid", "rc", "tail"}
-    {"ev": "pong"}    {"ev": "stopped"}
+pool -> host:  open (spawner: serve a pool)  keys (agent: the workers' CURVE keys)
+               spawn  kill  ping  stop
+host -> pool:  hello (agent: its first line)  opened (spawner: the answer to open)
+               refused (with an id: a worker not started)  exit  pong  stopped
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import struct
-from typing import Any, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, cast
 
 from distex_zmq.errors import ProtocolError
 
 MAGIC = b"DZSP"
-VERSION = 1
+VERSION = 2
 HEAD = MAGIC + struct.pack("!H", VERSION)
-#: Largest message a spawner accepts; ZeroMQ drops the connection of a
-#: peer that sends a larger one, before it is buffered.
+#: Largest message a spawner or an agent accepts; ZeroMQ drops the
+#: connection of a peer that sends a larger one, before it is buffered.
 MAX_MESSAGE = 16 * 1024
 #: Largest worker count one pool may ask of one spawner.
 MAX_WORKERS_PER_POOL = 4096
+#: Bounds on the heartbeat timeout a pool may ask of a spawner.
+MIN_HEARTBEAT, MAX_HEARTBEAT = 0.5, 600.0
+#: Longest grace a pool may give its workers to stop.
+MAX_GRACE = 60.0
+#: Characters of stderr an exit carries at most (its end): at up to 6 bytes
+#: per character in JSON, an exit stays under ``MAX_MESSAGE``.
+MAX_TAIL = 2000
 
 _ENDPOINT = re.compile(r"^tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):\d{1,5}$")
 _Z85_KEY = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
-_IDENTITY = re.compile(r"^[0-9a-f]{2,128}$")
+_IDENTITY = re.compile(r"^(?:[0-9a-f]{2}){1,64}$")
+#: The workers' settings in ``open``, and their bounds.
+_WORKER_SETTINGS = {"credits": (1, 1 << 16), "func_pickle": (0, 2), "data_pickle": (0, 3)}
+_WORKER_SETTINGS["loop"] = (0, 4)
+
+#: Checks the field ``name`` of a message and returns its value.
+Check = Callable[[dict[str, Any], str], Any]
 
 
-def encode(message: dict[str, Any]) -> list[bytes]:
-    return [HEAD, json.dumps(message).encode()]
+class VersionError(ProtocolError):
+    """The peer speaks another version of the control protocol."""
 
 
-def decode(frames: list[bytes]) -> dict[str, Any]:
-    """The message in ``frames``, or ``ProtocolError``."""
-    if len(frames) != 2:
-        raise ProtocolError(f"expected 2 frames, got {len(frames)}")
-    head, body = frames
-    if head[:4] != MAGIC:
-        raise ProtocolError("not a distex_zmq spawner message")
-    if head != HEAD:
-        version = struct.unpack("!H", head[4:6])[0] if len(head) == 6 else "?"
-        raise ProtocolError(
-            f"spawner protocol version {version}; this side speaks {VERSION}: "
-            "install the same distex_zmq version on both"
-        )
-    try:
-        message = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"malformed JSON: {e}") from None
-    if not isinstance(message, dict):
-        raise ProtocolError("a message must be a JSON object")
-    return message
-
-
-def field(message: dict[str, Any], name: str, kind: type, low: float = 0, high: float = 0) -> Any:
+def _field(message: dict[str, Any], name: str, kind: type, low: float = 0, high: float = 0) -> Any:
     """``message[name]``, checked to be a ``kind`` (and within ``low..high`` if numeric)."""
     value: Any = message.get(name)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -84,37 +69,284 @@ def field(message: dict[str, Any], name: str, kind: type, low: float = 0, high: 
     return value
 
 
-def identity(message: dict[str, Any]) -> bytes:
-    value = field(message, "id", str)
+def _a(kind: type, low: float = 0, high: float = 0) -> Check:
+    """The check of a field of this type (and range)."""
+    return lambda message, name: _field(message, name, kind, low, high)
+
+
+_INT, _STR = _a(int), _a(str)
+
+
+def _identity(message: dict[str, Any], name: str) -> bytes:
+    """A worker's routing id: ``"id"`` in hex on the wire."""
+    value = _field(message, "id", str)
     if not _IDENTITY.match(value):
         raise ProtocolError("'id' must be 1 to 64 bytes in hex")
     return bytes.fromhex(value)
 
 
-def endpoint(message: dict[str, Any]) -> str:
-    value = field(message, "endpoint", str)
+def _optional_identity(message: dict[str, Any], name: str) -> bytes | None:
+    return _identity(message, name) if "id" in message else None
+
+
+def _endpoint(message: dict[str, Any], name: str) -> str:
+    value = _field(message, name, str)
     if not _ENDPOINT.match(value):
         raise ProtocolError(f"bad broker endpoint {value[:100]!r}")
     return value
 
 
-def keys(message: dict[str, Any]) -> dict[str, str]:
-    value = field(message, "keys", dict)
+def _keys(message: dict[str, Any], name: str) -> dict[str, str]:
+    """The workers' CURVE keys to the broker: server, public, secret."""
+    value = _field(message, name, dict)
     checked = {}
-    for name in ("server", "public", "secret"):
-        key = value.get(name)
+    for role in ("server", "public", "secret"):
+        key = value.get(role)
         if not isinstance(key, str) or not _Z85_KEY.match(key):
-            raise ProtocolError(f"keys.{name} must be a Z85-encoded CURVE key")
-        checked[name] = key
+            raise ProtocolError(f"{name}.{role} must be a Z85-encoded CURVE key")
+        checked[role] = key
     return checked
 
 
-def worker_args(message: dict[str, Any]) -> list[str]:
-    """The worker's command-line options, from checked numbers only."""
-    worker = field(message, "worker", dict)
-    return [
-        *("--credits", str(field(worker, "credits", int, 1, 1 << 16))),
-        *("--func-pickle", str(field(worker, "func_pickle", int, 0, 2))),
-        *("--data-pickle", str(field(worker, "data_pickle", int, 0, 3))),
-        *("--loop", str(field(worker, "loop", int, 0, 4))),
-    ]
+def _worker(message: dict[str, Any], name: str) -> dict[str, int]:
+    value = _field(message, name, dict)
+    return {key: _field(value, key, int, *bounds) for key, bounds in _WORKER_SETTINGS.items()}
+
+
+class Message:
+    """Base of the message classes: a ``KIND``, sent under ``KEY``, and checked ``FIELDS``."""
+
+    #: its kind, the value of ``KEY`` on the wire
+    KIND: ClassVar[str]
+    #: ``"op"`` for commands, ``"ev"`` for events
+    KEY: ClassVar[str]
+    #: each field's check, in order; ``identity`` is ``"id"`` on the wire
+    FIELDS: ClassVar[dict[str, Check]] = {}
+
+    def body(self) -> dict[str, Any]:
+        """The message as the JSON object that carries it."""
+        fields = dataclasses.asdict(cast(Any, self))
+        identity = fields.pop("identity", None)
+        if identity is not None:
+            fields["id"] = identity.hex()
+        return {self.KEY: self.KIND, **fields}
+
+    @classmethod
+    def parse(cls, message: dict[str, Any]) -> Message:
+        """The message of this kind in ``message``, each field checked."""
+        values = {name: check(message, name) for name, check in cls.FIELDS.items()}
+        return cast(Message, cast(Any, cls)(**values))
+
+
+class Command(Message):
+    KEY = "op"
+
+
+class Event(Message):
+    KEY = "ev"
+
+
+@dataclasses.dataclass(frozen=True)
+class Open(Command):
+    """Spawner: serve a pool with at most ``workers`` workers."""
+
+    KIND = "open"
+    #: the version of the broker-worker frames (``wire/frames.py``) the workers speak
+    protocol: int
+    #: the broker as the host reaches it
+    endpoint: str
+    keys: dict[str, str]
+    #: the workers' settings: credits, func_pickle, data_pickle, loop
+    worker: dict[str, int]
+    workers: int
+    #: seconds of silence after which the spawner stops the pool's workers
+    heartbeat: float
+    FIELDS = {
+        "protocol": _INT,
+        "endpoint": _endpoint,
+        "keys": _keys,
+        "worker": _worker,
+        "workers": _a(int, 1, MAX_WORKERS_PER_POOL),
+        "heartbeat": _a(float, MIN_HEARTBEAT, MAX_HEARTBEAT),
+    }
+
+    def worker_args(self) -> list[str]:
+        """The workers' command-line options, from the checked numbers."""
+        return [f"--{name.replace('_', '-')}={value}" for name, value in self.worker.items()]
+
+
+@dataclasses.dataclass(frozen=True)
+class Keys(Command):
+    """Agent: the workers' CURVE keys to the broker (server, public, secret)."""
+
+    KIND = "keys"
+    keys: dict[str, str]
+    FIELDS = {"keys": _keys}
+
+
+@dataclasses.dataclass(frozen=True)
+class Spawn(Command):
+    """Start a worker with this routing id."""
+
+    KIND = "spawn"
+    identity: bytes
+    FIELDS = {"identity": _identity}
+
+
+@dataclasses.dataclass(frozen=True)
+class Kill(Command):
+    """SIGKILL a worker; its exit is reported as usual."""
+
+    KIND = "kill"
+    identity: bytes
+    FIELDS = {"identity": _identity}
+
+
+@dataclasses.dataclass(frozen=True)
+class Ping(Command):
+    KIND = "ping"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop(Command):
+    """Stop the workers (SIGTERM after ``grace`` seconds); an agent then exits."""
+
+    KIND = "stop"
+    grace: float
+    FIELDS = {"grace": _a(float, 0, MAX_GRACE)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Hello(Event):
+    """Agent: who it is, its first line. ``protocol``: its workers' frames version."""
+
+    KIND = "hello"
+    host: str
+    #: the distex_zmq version
+    version: str
+    protocol: int
+    python: str
+    pid: int
+    FIELDS = {"host": _STR, "version": _STR, "protocol": _INT, "python": _STR, "pid": _INT}
+
+
+@dataclasses.dataclass(frozen=True)
+class Opened(Hello):
+    """Spawner: the pool is open; who it is."""
+
+    KIND = "opened"
+
+
+@dataclasses.dataclass(frozen=True)
+class Refused(Event):
+    """A command refused, and why; with an identity, a worker that was not started."""
+
+    KIND = "refused"
+    reason: str
+    identity: bytes | None = None
+    FIELDS = {"reason": _STR, "identity": _optional_identity}
+
+
+@dataclasses.dataclass(frozen=True)
+class Exit(Event):
+    """A worker ended: its pid, return code and last lines of stderr."""
+
+    KIND = "exit"
+    identity: bytes
+    pid: int
+    rc: int
+    tail: str
+    FIELDS = {"identity": _identity, "pid": _INT, "rc": _a(int, -255, 255), "tail": _STR}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tail", self.tail[-MAX_TAIL:])
+
+
+@dataclasses.dataclass(frozen=True)
+class Pong(Event):
+    KIND = "pong"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stopped(Event):
+    """The workers are stopped."""
+
+    KIND = "stopped"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reads:
+    """The kinds of message that one side reads: under ``key``, by kind."""
+
+    key: str
+    kinds: Mapping[str, type[Message]]
+
+
+def _reads(*classes: type[Message]) -> Reads:
+    return Reads(classes[0].KEY, {cls.KIND: cls for cls in classes})
+
+
+#: What a spawner reads, an agent reads, and a pool reads from either.
+SPAWNER_READS = _reads(Open, Spawn, Kill, Ping, Stop)
+AGENT_READS = _reads(Keys, Spawn, Kill, Ping, Stop)
+POOL_READS = _reads(Hello, Opened, Refused, Exit, Pong, Stopped)
+
+
+def encode(message: Message) -> list[bytes]:
+    """``message`` as ZeroMQ frames."""
+    return [HEAD, json.dumps(message.body(), ensure_ascii=False).encode()]
+
+
+def encode_line(message: Message) -> bytes:
+    """``message`` as a line of a stream."""
+    body = {"v": VERSION, **message.body()}
+    return json.dumps(body, ensure_ascii=False).encode() + b"\n"
+
+
+def decode(frames: Sequence[bytes], reads: Reads) -> Message:
+    """The message in ``frames``, checked to be one of ``reads``; or ``ProtocolError``."""
+    if len(frames) != 2:
+        raise ProtocolError(f"expected 2 frames, got {len(frames)}")
+    head, body = frames
+    if head[:4] != MAGIC:
+        raise ProtocolError("not a distex_zmq control message")
+    if head != HEAD:
+        raise VersionError(_mismatch(struct.unpack("!H", head[4:6])[0] if len(head) == 6 else "?"))
+    return _parse(_json_object(body), reads)
+
+
+def decode_line(line: bytes, reads: Reads) -> Message:
+    """The message in a line of a stream, checked to be one of ``reads``; or ``ProtocolError``."""
+    message = _json_object(line)
+    if message.get("v") != VERSION:
+        if "v" not in message and reads.key not in message:
+            raise ProtocolError("a JSON object that is not a control message")
+        raise VersionError(_mismatch(message.get("v", "none")))
+    return _parse(message, reads)
+
+
+def _mismatch(version: object) -> str:
+    return (
+        f"the peer speaks control protocol version {version}, this side {VERSION}: "
+        "install the same distex_zmq version on both"
+    )
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"malformed JSON: {e}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a message must be a JSON object")
+    return message
+
+
+def _parse(message: dict[str, Any], reads: Reads) -> Message:
+    kind = message.get(reads.key)
+    cls = reads.kinds.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        if kind is None:
+            raise ProtocolError(f"a message without {reads.key!r}")
+        raise ProtocolError(f"unknown {reads.key} {str(kind)[:40]!r}")
+    return cls.parse(message)

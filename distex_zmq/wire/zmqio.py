@@ -54,7 +54,8 @@ class EdgeReader:
 
     A ZeroMQ socket's FD is edge-triggered: it signals once when messages
     arrive, and a send can consume that edge. So every message that waits
-    is read at each signal, and ``poke`` looks again after a send.
+    is read at each signal (and once at the start, as the FD signals only
+    after the socket was found empty), and ``poke`` looks again after a send.
     ``handle(frames)`` gets each message; at most ``max_reads`` are read
     before other callbacks get a turn, then reading goes on at the next
     iteration of the loop.
@@ -76,6 +77,8 @@ class EdgeReader:
         self._closed = False
         self._fd = int(sock.getsockopt(zmq.FD))
         loop.add_reader(self._fd, self.read)
+        # the FD signals only after the socket was once found empty
+        loop.call_soon(self.read)
 
     def read(self) -> None:
         """Hand the waiting messages to ``handle`` (called when the FD signals)."""

@@ -1,0 +1,293 @@
+"""The control protocol (``wire/control.py``): encoding, validation and version
+of the messages between a pool and its spawners and SSH agents, and a real
+agent process that speaks it on its stdin and stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from distex_zmq import ProtocolError
+from distex_zmq.version import __version__
+from distex_zmq.wire import control as c
+from distex_zmq.wire import frames
+
+pytestmark = pytest.mark.timeout(30)
+
+KEY = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+KEYS = {"server": KEY, "public": KEY, "secret": KEY}
+WORKER = {"credits": 3, "func_pickle": 1, "data_pickle": 0, "loop": 2}
+OPEN = c.Open(
+    protocol=frames.VERSION,
+    endpoint="tcp://10.0.0.1:5555",
+    keys=KEYS,
+    worker=WORKER,
+    workers=4,
+    heartbeat=5.0,
+)
+HELLO = c.Hello(host="h", version="1.0", protocol=frames.VERSION, python="3.11.7", pid=42)
+
+COMMANDS = [OPEN, c.Keys(KEYS), c.Spawn(b"ssh-h-1"), c.Kill(b"\x00\xff"), c.Ping(), c.Stop(2.5)]
+EVENTS = [
+    HELLO,
+    c.Opened(host="h", version="1.0", protocol=2, python="3.12.1", pid=7),
+    c.Refused("no room"),
+    c.Refused("no room", b"w-1"),
+    c.Exit(b"w-1", 1234, -9, "Traceback ...\nMemoryError"),
+    c.Pong(),
+    c.Stopped(),
+]
+
+
+def line(**message: Any) -> bytes:
+    return json.dumps({"v": c.VERSION, **message}).encode() + b"\n"
+
+
+def frames_of(**message: Any) -> list[bytes]:
+    return [c.HEAD, json.dumps(message).encode()]
+
+
+# round trips
+
+
+@pytest.mark.parametrize("message", COMMANDS + EVENTS, ids=lambda m: type(m).__name__)
+def test_every_message_round_trips_on_both_channels(message):
+    reads = c.POOL_READS if isinstance(message, c.Event) else None
+    for side in [reads] if reads else [c.SPAWNER_READS, c.AGENT_READS]:
+        if message.KIND not in side.kinds:
+            continue
+        assert c.decode(c.encode(message), side) == message
+        assert c.decode_line(c.encode_line(message), side) == message
+
+
+def test_the_wire_shape():
+    head, body = c.encode(c.Spawn(b"\x01\xab"))
+    assert head == b"DZSP" + c.VERSION.to_bytes(2, "big")
+    assert json.loads(body) == {"op": "spawn", "id": "01ab"}
+    encoded = c.encode_line(c.Exit(b"w", 5, 1, "t"))
+    assert encoded.endswith(b"\n") and encoded.count(b"\n") == 1
+    event = {"v": c.VERSION, "ev": "exit", "id": "77", "pid": 5, "rc": 1, "tail": "t"}
+    assert json.loads(encoded) == event
+    assert "id" not in json.loads(c.encode_line(c.Refused("why")))
+
+
+@pytest.mark.parametrize("char", ["x", "é", "\x01", "\U0001f600"])
+def test_an_exit_keeps_the_end_of_a_long_stderr_and_fits_in_a_message(char):
+    tail = "first line\n" + char * 100_000 + "\nthe last line"
+    exit_ = c.Exit(b"w", 1, 3, tail)
+    assert len(exit_.tail) == c.MAX_TAIL and exit_.tail.endswith("\nthe last line")
+    assert sum(map(len, c.encode(exit_))) < c.MAX_MESSAGE
+    assert len(c.encode_line(exit_)) < c.MAX_MESSAGE
+    assert c.decode(c.encode(exit_), c.POOL_READS) == exit_
+
+
+def test_open_gives_the_workers_options_from_checked_numbers():
+    args = c.decode(c.encode(OPEN), c.SPAWNER_READS).worker_args()  # type: ignore[attr-defined]
+    assert args == ["--credits=3", "--func-pickle=1", "--data-pickle=0", "--loop=2"]
+
+
+def test_hello_and_opened_are_both_a_hello():
+    opened = c.decode(c.encode(EVENTS[1]), c.POOL_READS)
+    assert isinstance(opened, c.Opened) and isinstance(opened, c.Hello)
+    assert not isinstance(c.decode_line(c.encode_line(HELLO), c.POOL_READS), c.Opened)
+
+
+# what each side accepts
+
+
+@pytest.mark.parametrize(
+    "reads, message",
+    [
+        (c.SPAWNER_READS, c.Keys(KEYS)),  # the keys come with open
+        (c.AGENT_READS, OPEN),  # an agent is opened by its command line
+        (c.AGENT_READS, c.Pong()),  # an event is not a command
+        (c.POOL_READS, c.Ping()),
+    ],
+)
+def test_a_kind_the_side_does_not_read_is_refused(reads, message):
+    with pytest.raises(ProtocolError, match="unknown|without"):
+        c.decode(c.encode(message), reads)
+    with pytest.raises(ProtocolError, match="unknown|without"):
+        c.decode_line(c.encode_line(message), reads)
+
+
+BAD_COMMANDS = [
+    ({"op": "spawn"}, "'id' must be a str"),
+    ({"op": "spawn", "id": "abc"}, "'id' must be 1 to 64 bytes in hex"),
+    ({"op": "spawn", "id": "zz"}, "in hex"),
+    ({"op": "spawn", "id": "00" * 65}, "in hex"),
+    ({"op": "kill", "id": 12}, "'id' must be a str"),
+    ({"op": "stop"}, "'grace' must be a float"),
+    ({"op": "stop", "grace": True}, "'grace' must be a float"),
+    ({"op": "stop", "grace": 1e9}, "out of range"),
+    ({"op": "keys", "keys": {"server": KEY, "public": KEY}}, "keys.secret must be"),
+    ({"op": "keys", "keys": {**KEYS, "public": "short"}}, "keys.public must be"),
+    ({"op": "keys"}, "'keys' must be a dict"),
+    ({"op": ["spawn"]}, "unknown op"),
+    ({"op": "rm -rf /"}, "unknown op"),
+    ({"id": "00"}, "a message without 'op'"),
+]
+
+
+@pytest.mark.parametrize("message, text", BAD_COMMANDS)
+def test_an_agent_refuses_a_malformed_command_with_the_reason(message, text):
+    with pytest.raises(ProtocolError, match=text.replace("(", r"\(")):
+        c.decode_line(line(**message), c.AGENT_READS)
+
+
+def _open(**changes: Any) -> dict[str, Any]:
+    return {**OPEN.body(), **changes}
+
+
+@pytest.mark.parametrize(
+    "message, text",
+    [
+        (_open(workers=0), "'workers' = 0 is out of range"),
+        (_open(workers=c.MAX_WORKERS_PER_POOL + 1), "out of range"),
+        (_open(workers=2.0), "'workers' must be a int"),
+        (_open(heartbeat=0.1), "'heartbeat' = 0.1 is out of range"),
+        (_open(endpoint="tcp://x;rm -rf /:1"), "bad broker endpoint"),
+        (_open(endpoint="ipc:///tmp/x"), "bad broker endpoint"),
+        (_open(worker={**WORKER, "credits": 0}), "'credits' = 0 is out of range"),
+        (_open(worker={**WORKER, "loop": "uvloop"}), "'loop' must be a int"),
+        (_open(worker=None), "'worker' must be a dict"),
+        (_open(keys={}), "keys.server must be"),
+        (_open(protocol="2"), "'protocol' must be a int"),
+    ],
+)
+def test_a_spawner_refuses_a_malformed_open_with_the_reason(message, text):
+    with pytest.raises(ProtocolError, match=text):
+        c.decode(frames_of(**message), c.SPAWNER_READS)
+
+
+@pytest.mark.parametrize(
+    "event, text",
+    [
+        ({"ev": "exit", "id": "01", "pid": 1, "rc": "1", "tail": ""}, "'rc' must be a int"),
+        ({"ev": "exit", "id": "01", "pid": 1, "rc": 999, "tail": ""}, "out of range"),
+        ({"ev": "exit", "pid": 1, "rc": 1, "tail": ""}, "'id' must be a str"),
+        ({"ev": "refused", "reason": 5}, "'reason' must be a str"),
+        ({"ev": "hello", "host": "h", "version": "1", "protocol": 2, "pid": 1}, "'python'"),
+    ],
+)
+def test_a_pool_checks_the_events_it_reads(event, text):
+    with pytest.raises(ProtocolError, match=text):
+        c.decode_line(line(**event), c.POOL_READS)
+    with pytest.raises(ProtocolError, match=text):
+        c.decode(frames_of(**event), c.POOL_READS)
+
+
+@pytest.mark.parametrize(
+    "data, text",
+    [
+        (b"not json\n", "malformed JSON"),
+        (b"\xff\xfe\n", "malformed JSON"),
+        (b"[1, 2]\n", "must be a JSON object"),
+        (b'{"motd": "welcome"}\n', "not a control message"),
+    ],
+)
+def test_lines_that_are_no_message(data, text):
+    with pytest.raises(ProtocolError, match=text) as info:
+        c.decode_line(data, c.POOL_READS)
+    assert not isinstance(info.value, c.VersionError)
+
+
+@pytest.mark.parametrize(
+    "frames_, text",
+    [
+        ([c.HEAD], "expected 2 frames, got 1"),
+        ([c.HEAD, b"{}", b"{}"], "expected 2 frames, got 3"),
+        ([b"HTTP", b"{}"], "not a distex_zmq control message"),
+        ([c.HEAD, b"{"], "malformed JSON"),
+        ([c.HEAD, b'"open"'], "must be a JSON object"),
+    ],
+)
+def test_frames_that_are_no_message(frames_, text):
+    with pytest.raises(ProtocolError, match=text):
+        c.decode(frames_, c.SPAWNER_READS)
+
+
+# the version
+
+
+@pytest.mark.parametrize("other", [1, c.VERSION + 1, "none"])
+def test_another_version_is_a_clear_version_error_on_both_channels(other):
+    body: dict[str, Any] = {"ev": "hello", **HELLO.body()}
+    if other != "none":
+        body["v"] = other
+    with pytest.raises(c.VersionError) as info:
+        c.decode_line(json.dumps(body).encode(), c.POOL_READS)
+    text = str(info.value)
+    assert f"control protocol version {other}, this side {c.VERSION}" in text
+    assert "install the same distex_zmq version on both" in text
+    if other != "none":
+        head = b"DZSP" + int(other).to_bytes(2, "big")
+        with pytest.raises(c.VersionError, match=f"version {other}, this side"):
+            c.decode([head, c.encode(HELLO)[1]], c.POOL_READS)
+
+
+# a real agent
+
+
+class AgentProcess:
+    """``python -m distex_zmq.agent`` with pipes for its commands and events."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "distex_zmq.agent", "--connect", "tcp://127.0.0.1:9"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+
+    def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def event(self) -> c.Message:
+        assert self.proc.stdout is not None
+        return c.decode_line(self.proc.stdout.readline(), c.POOL_READS)
+
+    def finish(self) -> tuple[int, str]:
+        try:
+            _, stderr = self.proc.communicate(timeout=15)
+        finally:
+            self.proc.kill()
+            self.proc.wait()
+        return self.proc.returncode, stderr.decode()
+
+
+def test_agent_says_hello_refuses_bad_commands_and_stops_when_told():
+    agent = AgentProcess()
+    try:
+        hello = agent.event()
+        assert isinstance(hello, c.Hello) and not isinstance(hello, c.Opened)
+        assert (hello.version, hello.protocol, hello.pid) == (
+            __version__,
+            frames.VERSION,
+            agent.proc.pid,
+        )
+        agent.send(c.encode_line(c.Keys(KEYS)))
+        agent.send(b'{"v": %d, "op": "spawn", "id": "xyz"}\n' % c.VERSION)
+        assert agent.event() == c.Refused("'id' must be 1 to 64 bytes in hex")
+        agent.send(b'{"v": 1, "op": "ping"}\n')
+        refused = agent.event()
+        assert isinstance(refused, c.Refused) and "control protocol version 1" in refused.reason
+        agent.send(b"garbage\n")
+        assert isinstance(agent.event(), c.Refused)
+        agent.send(c.encode_line(c.Ping()))
+        assert agent.event() == c.Pong()
+        agent.send(c.encode_line(c.Stop(1.0)))
+        assert agent.event() == c.Stopped()
+    finally:
+        returncode, stderr = agent.finish()
+    assert returncode == 0
+    assert stderr.count("distex_zmq agent: refused") == 3
+    assert "'id' must be 1 to 64 bytes in hex" in stderr
