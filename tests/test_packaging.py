@@ -228,3 +228,49 @@ def test_pool_works_from_outside_the_repository(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [str([x * x for x in range(10)]), "9", "2"]
+
+
+def test_a_checkout_maps_only_broker_and_worker_into_the_package():
+    """Python started in the repository's root imports the checkout's
+    ``distex_zmq``: its ``broker`` and ``worker`` come from the top-level
+    directories, and nothing else there (``tests``, ``distex_zmq`` itself)
+    becomes a subpackage."""
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        "import importlib.util, distex_zmq, distex_zmq.broker, distex_zmq.worker.worker\n"
+        "print(distex_zmq.__path__, distex_zmq.broker.__file__)\n"
+        "for name in ('distex_zmq.tests', 'distex_zmq.distex_zmq', 'distex_zmq.benchmarks'):\n"
+        "    assert importlib.util.find_spec(name) is None, name\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    path, broker_file = proc.stdout.rsplit(" ", 1)
+    assert path == str([str(root / "distex_zmq")])
+    assert Path(broker_file.strip()) == root / "broker" / "__init__.py"
+
+
+def test_no_module_imports_another_modules_private_names():
+    """Modules talk through their public names: ``from x import _y`` only
+    within one module's own package-private helpers is a reach-in."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    reach_ins = []
+    for folder in ("distex_zmq", "broker", "worker"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                module = node.module or ""
+                ours = node.level > 0 or module.split(".")[0] == "distex_zmq"
+                for alias in node.names:
+                    private = alias.name.startswith("_") and not alias.name.startswith("__")
+                    if ours and (private or any(p.startswith("_") for p in module.split("."))):
+                        reach_ins.append(
+                            f"{path.relative_to(root)}:{node.lineno} {module}.{alias.name}"
+                        )
+    # the package imports its checkout finder first, by design
+    allowed = {"distex_zmq/__init__.py:5 distex_zmq._source_layout"}
+    assert [r for r in reach_ins if r not in allowed] == []
