@@ -320,7 +320,7 @@ class Pool(concurrent.futures.Executor):
         runtime.broker.submit((task,))
         return future
 
-    def run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def run(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``func(*args, **kwargs)`` in the pool and return its result.
 
         Interrupted while it waits (Ctrl-C), it cancels the task: one that
@@ -333,7 +333,7 @@ class Pool(concurrent.futures.Executor):
             future.cancel()  # no-op once it is done: a task's own error, say
             raise
 
-    async def run_async(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def run_async(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Async version of ``run``; cancelling it cancels the task."""
         runtime = self._live_runtime()
         loop = asyncio.get_running_loop()
@@ -402,7 +402,7 @@ class Pool(concurrent.futures.Executor):
         opts = self._options
         return MapContext(runtime.broker, self._tasks, runtime.loop, opts.capacity, opts.qsize > 1)
 
-    def run_on_all(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+    def run_on_all(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> list[Any]:
         """Run ``func`` once on every worker, after the tasks submitted before
         it have finished; return the results in the order of the workers.
 
@@ -413,7 +413,7 @@ class Pool(concurrent.futures.Executor):
         return [f.result() for f in futures]
 
     async def run_on_all_async(
-        self, func: Callable[..., Any], *args: Any, **kwargs: Any
+        self, func: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> list[Any]:
         """Async version of ``run_on_all``."""
         futures = await asyncio.wrap_future(self._run_on_all(func, args, kwargs))

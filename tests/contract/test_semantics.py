@@ -36,12 +36,6 @@ def test_submit_passes_any_keyword_to_the_task(executor):
     assert executor.submit(tasks.capture, 1, **KEYWORDS).result(30) == ((1,), KEYWORDS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bug: run/run_async/run_on_all(_async) take func and self as keywords "
-    "(not positional-only like submit's fn), so a task keyword named func or self collides",
-)
 @pytest.mark.parametrize("method", ["run", "run_async", "run_on_all", "run_on_all_async"])
 def test_run_methods_pass_any_keyword_to_the_task(executor, method):
     call = getattr(executor, method)
