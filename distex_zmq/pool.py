@@ -51,6 +51,12 @@ class Pool(concurrent.futures.Executor):
     an async context manager, and it can be awaited (``await pool`` waits
     until its workers are up).
 
+    A pool whose start fails (a host that cannot be reached, a worker that
+    cannot start) raises the error that ended its start from every later
+    call, and ``repr`` says ``failed``; ``PoolClosedError`` comes only after
+    ``shutdown``. ``with`` and ``async with`` wait at entry until the
+    workers are up, so they raise that error at entry.
+
     Args:
         num_workers: Number of local worker processes; 0 means one per CPU
             (as in distex), ``None`` none at all: a pool of remote workers
@@ -73,7 +79,8 @@ class Pool(concurrent.futures.Executor):
             in direct mode (default: the one the SSH connection comes from);
             the broker listens on it.
         localport: Port the broker listens on for remote workers (0: any).
-        lazy_create: Start no workers until the first task or ``create()``.
+        lazy_create: Start no workers until the first task, ``create()`` or
+            a ``with`` block.
         worker_loop: ``LoopType`` of the workers' event loops.
         func_pickle: ``PickleType`` for functions (default dill).
         data_pickle: ``PickleType`` for arguments and results. The default,
@@ -182,7 +189,13 @@ class Pool(concurrent.futures.Executor):
             self._start()
 
     def __repr__(self) -> str:
-        state = "shut down" if self._is_shutdown else "ready" if self.is_ready() else "starting"
+        runtime = self._runtime
+        if self._is_shutdown:
+            state = "shut down"
+        elif runtime is not None and runtime.error is not None:
+            state = f"failed: {type(runtime.error).__name__}: {runtime.error}"
+        else:
+            state = "ready" if self.is_ready() else "starting"
         return f"<Pool {self._options.total_workers} workers, {state}>"
 
     def __reduce__(self) -> Any:
@@ -228,6 +241,10 @@ class Pool(concurrent.futures.Executor):
         runtime = self._live_runtime()
         if not runtime.started.done():
             await asyncio.wrap_future(runtime.started)
+        if runtime.started.exception() is not None:
+            # the start cleaned up after itself; its thread is about to end
+            while runtime.thread.is_alive():
+                await asyncio.sleep(0.005)
         runtime.started.result()
         return self
 
@@ -235,6 +252,16 @@ class Pool(concurrent.futures.Executor):
         return self.create().__await__()
 
     def __enter__(self) -> Pool:
+        # as ``async with``: wait for the workers, so that a pool whose start
+        # fails raises its error here, not at the first task
+        refuse_wait_on_pool_loop("Pool.__enter__")
+        runtime = self._live_runtime()
+        try:
+            runtime.started.result()
+        except BaseException:
+            if runtime.error is not None:
+                runtime.thread.join()  # the start cleaned up; its thread ends
+            raise
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -317,7 +344,10 @@ class Pool(concurrent.futures.Executor):
         runtime = self._live_runtime()
         task = self._tasks.call(fn, args, kwargs, self._future_sink)
         future = TaskFuture(task)
-        runtime.broker.submit((task,))
+        try:
+            runtime.broker.submit((task,))
+        except PoolClosedError:
+            _raise_start_error(runtime)
         return future
 
     def run(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -343,7 +373,10 @@ class Pool(concurrent.futures.Executor):
         future = loop.create_future()
         task = self._tasks.call(func, args, kwargs, sink, future)
         future.add_done_callback(functools.partial(_cancel_if_cancelled, task))
-        runtime.broker.submit((task,))
+        try:
+            runtime.broker.submit((task,))
+        except PoolClosedError:
+            _raise_start_error(runtime)
         return await future
 
     def map(
@@ -460,6 +493,14 @@ def _pin_to_all_after_drain(
     else:
         runtime.started.add_done_callback(after_start)
     return batch
+
+
+def _raise_start_error(runtime: Runtime) -> None:
+    """A submit found the broker closed: the start failed as it ran (raise
+    its error), or the pool was shut down (raise ``PoolClosedError``)."""
+    if runtime.error is not None:
+        raise runtime.error
+    raise
 
 
 def _cancel_if_cancelled(task: Task, future: asyncio.Future[Any]) -> None:

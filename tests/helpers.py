@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +87,20 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+def wait_listening(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> bool:
+    """Wait until something listens on ``host:port`` (a spawner just started:
+    a pool fails at once on a port that refuses connections)."""
+
+    def listening() -> bool:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    return wait_until(listening, timeout=timeout, interval=0.05)
 
 
 class LeakCheck:

@@ -27,7 +27,7 @@ from distex_zmq import (
     WorkerStartError,
 )
 from tests import tasks
-from tests.helpers import child_pids, pid_alive, wait_until
+from tests.helpers import child_pids, pid_alive, wait_listening, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -418,6 +418,7 @@ def test_pool_on_a_loopback_spawner():
         stderr=subprocess.PIPE,
     )
     try:
+        assert wait_listening(port)
         with Pool(None, [f"127.0.0.1:{port}/2"], secret=None) as pool:
             pids = pool.run_on_all(os.getpid)
             assert len(set(pids)) == 2 and os.getpid() not in pids

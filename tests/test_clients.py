@@ -18,6 +18,7 @@ import pytest
 from distex_zmq import Pool
 from distex_zmq.serialization import PickleType, dumps, loads, pickle_module
 from tests import client_tasks
+from tests.helpers import wait_listening
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 ROOT = SCRIPTS.parent.parent
@@ -64,6 +65,7 @@ def test_script_objects_travel_to_spawner_workers():
         stderr=subprocess.DEVNULL,
     )
     try:
+        assert wait_listening(port)
         assert run_script("script_objects.py", f"spawner:{port}").endswith("OK\n")
     finally:
         spawner.terminate()

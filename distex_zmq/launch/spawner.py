@@ -10,8 +10,10 @@ their settings and count), then behaves as every ``RemoteLauncher``
 (``launch/remote.py``); the messages are those of ``wire/control.py``.
 
 A socket monitor turns what ZeroMQ keeps to itself into clear errors: a
-failed CURVE handshake (another secret, or none where one is needed), and a
-dropped connection (a spawner that died), which loses the host at once.
+connection that fails before it was ever made (nothing listens on the port:
+ZeroMQ would retry in silence until ``connect_timeout``), a failed CURVE
+handshake (another secret, or none where one is needed), and a dropped
+connection (a spawner that died), which loses the host at once.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class SpawnerLauncher(RemoteLauncher):
         self._monitor: zmq.Socket[Any] | None = None
         self._readers: list[EdgeReader] = []
         self._handshake_failure = ""
+        #: a TCP connection to the spawner was made once
+        self._connected = False
 
     # start-up
 
@@ -97,7 +101,12 @@ class SpawnerLauncher(RemoteLauncher):
         sock.setsockopt(zmq.MAXMSGSIZE, control.MAX_MESSAGE)
         if self._keys is not None:
             make_client(sock, self._keys.spawner.public, self._keys.client)
-        self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED)
+        self._monitor = sock.get_monitor_socket(
+            _HANDSHAKE_FAILED
+            | zmq.EVENT_DISCONNECTED
+            | zmq.EVENT_CONNECTED
+            | zmq.EVENT_CONNECT_RETRIED
+        )
         self._readers = [
             EdgeReader(self._loop, sock, self._on_frames),
             EdgeReader(self._loop, self._monitor, self._on_monitor),
@@ -161,8 +170,21 @@ class SpawnerLauncher(RemoteLauncher):
             self._handshake_failure = self._explain_handshake(kind)
             if not self._hello.done():
                 self._hello.set_exception(HostConnectionError(self._handshake_failure))
+        elif kind == zmq.EVENT_CONNECTED:
+            self._connected = True
+        elif kind == zmq.EVENT_CONNECT_RETRIED and not self._connected:
+            # the first connection failed at once: refused (or unreachable)
+            if not self._hello.done():
+                self._hello.set_exception(HostConnectionError(self._refused()))
         elif kind == zmq.EVENT_DISCONNECTED and self._hello.done():
             self._lose("its connection closed (the spawner stopped or died)")
+
+    def _refused(self) -> str:
+        where = f"{self.spec.host}:{self.spec.port or DEFAULT_SPAWNER_PORT}"
+        return (
+            f"spawner {where}: the connection was refused: nothing listens on {where}. "
+            "Is `python -m distex_zmq.spawner` running there, on that port?"
+        )
 
     def _explain_handshake(self, kind: int) -> str:
         where = f"the spawner at {self.spec.host}:{self.spec.port}"

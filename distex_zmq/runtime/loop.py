@@ -14,9 +14,8 @@ import concurrent.futures
 import logging
 import os
 import shutil
-import tempfile
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import zmq
 
@@ -25,6 +24,7 @@ from distex_zmq.errors import PoolClosedError, WorkerStartError
 from distex_zmq.loops import new_event_loop
 from distex_zmq.options import Options
 from distex_zmq.results import DISCARD, mark_pool_loop
+from distex_zmq.runtime.ipc import make_ipc_dir, socket_path, sweep_stale_ipc_dirs
 from distex_zmq.runtime.supervisor import BrokerAccess, Supervisor
 from distex_zmq.security import KeyPair, ZapHandler
 from distex_zmq.serialization import loads
@@ -36,9 +36,8 @@ _logger = logging.getLogger("distex_zmq.pool")
 STOP_GRACE = 3.0
 #: The same, when the pool failed (start-up, crash loop).
 FAILED_STOP_GRACE = 0.5
-#: Name prefix of a pool's private directory for its ipc socket, followed
-#: by the pid of the pool's process.
-IPC_PREFIX = "distex_zmq-"
+#: What a runtime is doing: see ``Runtime.state``.
+State = Literal["starting", "ready", "failed", "closed"]
 
 
 class Runtime:
@@ -54,14 +53,15 @@ class Runtime:
         #: the process that made the runtime: the only one that may use it
         self.pid = os.getpid()
         self._fork_generation = _fork_generation
+        sweep_stale_ipc_dirs()
+        self._ipc_dir = make_ipc_dir()
         self.loop = new_event_loop()
         self.closing = False
         #: why the pool cannot take tasks any more (start-up failure, crash loop)
         self.error: BaseException | None = None
         self._ready_count = 0
-        sweep_stale_ipc_dirs()
-        self._ipc_dir = tempfile.mkdtemp(prefix=f"{IPC_PREFIX}{os.getpid()}-")
         self._ctx = zmq.Context()
+        self.loop.set_exception_handler(self._on_loop_error)
         self.broker = Broker(self.loop, self._ctx, options.max_retries, options.task_timeout, self)
         self.supervisor = Supervisor(self.loop, self._ctx, self.broker, options, self)
         self._all_ready: asyncio.Future[None] = self.loop.create_future()
@@ -91,6 +91,20 @@ class Runtime:
         """Every worker was ready once: the start-up is over."""
         return self._all_ready.done()
 
+    @property
+    def state(self) -> State:
+        """``"starting"`` until every worker was ready once, then ``"ready"``;
+        ``"failed"`` when the pool cannot take tasks any more (``error`` says
+        why: the start-up failed, or a crash loop); ``"closed"`` once it was
+        shut down without an error."""
+        if self.error is not None:
+            return "failed"
+        if self.closing:
+            return "closed"
+        if self.started.done() and self.started.exception() is None:
+            return "ready"
+        return "starting"
+
     def _run_loop(self) -> None:
         mark_pool_loop()
         asyncio.set_event_loop(self.loop)
@@ -102,9 +116,21 @@ class Runtime:
     # start-up
 
     async def _start(self) -> None:
+        """Bind, start the workers and wait until each is ready. Whatever
+        fails on the way (a bind, a spawn, a host, a worker, an exception on
+        the pool loop) becomes ``error`` and tears everything down."""
+        try:
+            await self._start_steps()
+        except BaseException as e:
+            if self.error is None and not isinstance(e, asyncio.CancelledError):
+                self.error = e
+            await self._teardown()
+            raise
+
+    async def _start_steps(self) -> None:
         opts = self.options
         broker = self.broker
-        endpoint = broker.bind(f"ipc://{self._ipc_dir}/broker")
+        endpoint = broker.bind(f"ipc://{socket_path(self._ipc_dir)}")
         worker_args = [
             *("--credits", str(opts.qsize)),
             *("--func-pickle", str(int(opts.func_pickle))),
@@ -114,18 +140,22 @@ class Runtime:
         tcp_port = self._bind_tcp() if opts.hosts else 0
         supervisor = self.supervisor
         supervisor.start(BrokerAccess(endpoint, worker_args, tcp_port, self.worker_keys))
-        try:
-            if opts.hosts:
-                hosts = await asyncio.gather(
-                    *(supervisor.connect(spec) for spec in opts.hosts), return_exceptions=True
-                )
-                for result in hosts:
-                    if isinstance(result, BaseException):
-                        raise result
-            await self._all_ready
-        except BaseException:
-            await self._teardown()
-            raise
+        if opts.hosts:
+            hosts = await asyncio.gather(
+                *(supervisor.connect(spec) for spec in opts.hosts), return_exceptions=True
+            )
+            for result in hosts:
+                if isinstance(result, BaseException):
+                    raise result
+        await self._all_ready
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """An exception that escaped a callback on the pool loop: logged, and
+        during start-up the end of the start, which would wait forever."""
+        loop.default_exception_handler(context)
+        error = context.get("exception")
+        if isinstance(error, Exception) and not self.closing and not self._all_ready.done():
+            self.fail(error)
 
     def _bind_tcp(self) -> int:
         """The broker's TCP endpoint for remote workers: a CURVE server that
@@ -261,51 +291,36 @@ class Runtime:
 
     async def _teardown(self) -> None:
         self.closing = True
+        try:
+            await self._stop_all()
+        finally:
+            # the socket of a launcher that failed half-way included
+            self._ctx.destroy(linger=0)
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            # a shutdown that waited for start-up, say: end it before the loop
+            for task in asyncio.all_tasks(self.loop):
+                if task is not asyncio.current_task():
+                    task.cancel()
+            self.loop.call_soon(self.loop.stop)
+
+    async def _stop_all(self) -> None:
         broker = self.broker
         broker.stop_workers()
         # after a failed start-up nothing is worth waiting for
         grace = STOP_GRACE if self.error is None else FAILED_STOP_GRACE
-        await self.supervisor.stop(grace, reconnect_grace=STOP_GRACE + 5)
-        start_error = self.error
-
-        def error(task: Task) -> BaseException:
-            if start_error is not None:
-                return start_error
-            return PoolClosedError(f"the pool was shut down before {task.describe()} finished")
-
-        broker.close(error)
-        if self._zap is not None:
-            self._zap.close()
-        self._ctx.term()
-        shutil.rmtree(self._ipc_dir, ignore_errors=True)
-        # a shutdown that waited for start-up, say: end it before the loop
-        for task in asyncio.all_tasks(self.loop):
-            if task is not asyncio.current_task():
-                task.cancel()
-        self.loop.call_soon(self.loop.stop)
-
-
-def sweep_stale_ipc_dirs() -> None:
-    """Remove the ipc directories of pools whose process died without cleaning
-    up (a SIGKILL): ours, named with a pid that no longer runs."""
-    tmp = tempfile.gettempdir()
-    try:
-        names = os.listdir(tmp)
-    except OSError:
-        return
-    for name in names:
-        pid = name[len(IPC_PREFIX) :].split("-", 1)[0]
-        if not name.startswith(IPC_PREFIX) or not pid.isdigit():
-            continue
-        path = os.path.join(tmp, name)
         try:
-            if os.lstat(path).st_uid != os.getuid():
-                continue
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            continue  # alive (or not ours to judge)
+            await self.supervisor.stop(grace, reconnect_grace=STOP_GRACE + 5)
+        finally:
+            start_error = self.error
+
+            def error(task: Task) -> BaseException:
+                if start_error is not None:
+                    return start_error
+                return PoolClosedError(f"the pool was shut down before {task.describe()} finished")
+
+            broker.close(error)
+            if self._zap is not None:
+                self._zap.close()
 
 
 def shutdown_runtime(runtime: Runtime) -> None:

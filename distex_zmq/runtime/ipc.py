@@ -1,0 +1,90 @@
+"""The private directory of a pool's ipc socket, and the sweep of stale ones.
+
+A Unix socket address holds at most ``MAX_SOCKET_PATH`` bytes of path, so
+the broker's socket lives in a directory with a short path: one made under
+``TMPDIR`` (``tempfile.gettempdir()``) when its path is short enough, else
+under ``/tmp``, ``/var/tmp`` or ``/dev/shm``. Each directory is made by
+``mkdtemp``: mode 0700, readable by this user only. Its name carries the
+pid of the pool's process, so that pools killed before they cleaned up
+(SIGKILL) can be recognized and their directories removed later.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+
+#: Name prefix of a pool's private directory for its ipc socket, followed
+#: by the pid of the pool's process.
+IPC_PREFIX = "distex_zmq-"
+#: The socket's file name in that directory.
+SOCKET_NAME = "broker"
+#: Bytes of path a Unix socket address holds on Linux (``sun_path`` is 108
+#: bytes, with the terminating NUL).
+MAX_SOCKET_PATH = 107
+#: Where a socket directory goes when ``TMPDIR``'s path is too long: the
+#: usual place of temporary files first, then a tmpfs that Linux always has.
+FALLBACK_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def candidate_dirs() -> list[str]:
+    """The directories that may hold socket directories, ``TMPDIR``'s first."""
+    dirs = [tempfile.gettempdir()]
+    dirs.extend(d for d in FALLBACK_DIRS if d not in dirs)
+    return dirs
+
+
+def make_ipc_dir() -> str:
+    """Make the private directory of the broker's socket; return its path.
+
+    Raises ``OSError`` (``ENAMETOOLONG``) naming the path and the limit when
+    no candidate directory has a path short enough for the socket.
+    """
+    prefix = f"{IPC_PREFIX}{os.getpid()}-"
+    too_long = []
+    for base in candidate_dirs():
+        if not os.path.isdir(base) or not os.access(base, os.W_OK | os.X_OK):
+            continue
+        path = tempfile.mkdtemp(prefix=prefix, dir=base)
+        if len(socket_path(path).encode()) <= MAX_SOCKET_PATH:
+            return path
+        os.rmdir(path)
+        too_long.append(socket_path(path))
+    raise OSError(
+        errno.ENAMETOOLONG,
+        f"no directory for the pool's ipc socket has a path short enough: a Unix socket "
+        f"path holds at most {MAX_SOCKET_PATH} bytes, and {', '.join(too_long) or 'none'} "
+        f"would be longer (tried {', '.join(candidate_dirs())}). Set TMPDIR to a shorter "
+        "directory",
+    )
+
+
+def socket_path(ipc_dir: str) -> str:
+    """The path of the broker's socket in ``ipc_dir``."""
+    return os.path.join(ipc_dir, SOCKET_NAME)
+
+
+def sweep_stale_ipc_dirs() -> None:
+    """Remove the ipc directories of pools whose process died without cleaning
+    up (a SIGKILL): ours, named with a pid that no longer runs, wherever a
+    pool may have made them."""
+    for tmp in candidate_dirs():
+        try:
+            names = os.listdir(tmp)
+        except OSError:
+            continue
+        for name in names:
+            pid = name[len(IPC_PREFIX) :].split("-", 1)[0]
+            if not name.startswith(IPC_PREFIX) or not pid.isdigit():
+                continue
+            path = os.path.join(tmp, name)
+            try:
+                if os.lstat(path).st_uid != os.getuid():
+                    continue
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                continue  # alive (or not ours to judge)

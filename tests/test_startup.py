@@ -1,0 +1,262 @@
+"""Start-up failures end in bounded time and surface as themselves.
+
+A pool whose start fails (a host that cannot be reached, a spawner port where
+nothing listens, a bind that fails, an ipc path too long for a socket) raises
+that error from every entry point, says so in its ``repr``, and leaves no
+thread, process or directory behind; ``PoolClosedError`` comes only after the
+user's own ``shutdown``. The long-``TMPDIR`` cases run the pool in a
+subprocess with a hard timeout, so that a hang fails the test, not the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import pytest
+import zmq
+
+from distex_zmq import Pool
+from distex_zmq.errors import HostConnectionError, PoolClosedError
+from tests.conftest import ROOT
+from tests.helpers import wait_until
+
+#: Seconds within which a refused port must fail: far below connect_timeout.
+REFUSAL_BOUND = 10.0
+CONNECT_TIMEOUT = 30.0
+
+
+def _closed_port() -> int:
+    """A TCP port on loopback where nothing listens."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ipc_dirs(base: str, pid: int) -> list[str]:
+    return glob.glob(os.path.join(base, f"distex_zmq-{pid}-*"))
+
+
+# the failed pools: (hosts, num_workers, the text the error names)
+
+
+def _unreachable_ssh() -> tuple[list[str], int | None, str]:
+    return ["ssh://nosuchhost.invalid/2"], 1, "nosuchhost.invalid"
+
+
+def _refused_spawner() -> tuple[list[str], int | None, str]:
+    port = _closed_port()
+    return [f"127.0.0.1:{port}/1"], None, f"127.0.0.1:{port}"
+
+
+FAILURES = {"unreachable_ssh": _unreachable_ssh, "refused_spawner": _refused_spawner}
+
+
+@pytest.fixture(params=sorted(FAILURES))
+def failed_pool(request, make_pool):
+    """A pool whose start failed (waited for), and the host its error names."""
+    hosts, num_workers, where = FAILURES[request.param]()
+    pool = make_pool(num_workers, hosts, connect_timeout=CONNECT_TIMEOUT)
+    assert wait_until(lambda: "failed" in repr(pool), timeout=REFUSAL_BOUND), repr(pool)
+    return pool, where
+
+
+def _assert_start_error(error: BaseException, where: str) -> None:
+    assert isinstance(error, HostConnectionError), repr(error)
+    assert where in str(error)
+
+
+SYNC_CALLS = {
+    "run": lambda p: p.run(abs, -3),
+    "map": lambda p: list(p.map(abs, [1, 2])),
+    "submit_result": lambda p: p.submit(abs, -3).result(timeout=30),
+    "run_on_all": lambda p: p.run_on_all(abs, -3),
+    "with": lambda p: p.__enter__(),
+}
+
+
+async def _map_async(p: Pool) -> list[int]:
+    return [x async for x in p.map_async(abs, [1, 2])]
+
+
+async def _async_with(p: Pool) -> None:
+    async with p:
+        pass
+
+
+ASYNC_CALLS = {
+    "run_async": lambda p: p.run_async(abs, -3),
+    "map_async": _map_async,
+    "run_on_all_async": lambda p: p.run_on_all_async(abs, -3),
+    "async_with": _async_with,
+}
+
+
+def test_every_entry_point_raises_the_start_error(failed_pool):
+    pool, where = failed_pool
+    assert "failed" in repr(pool) and where in repr(pool)
+    for call in SYNC_CALLS.values():
+        with pytest.raises(HostConnectionError) as info:
+            call(pool)
+        _assert_start_error(info.value, where)
+    for make_call in ASYNC_CALLS.values():
+        with pytest.raises(HostConnectionError) as info:
+            asyncio.run(make_call(pool))
+        _assert_start_error(info.value, where)
+    pool.shutdown()
+    assert "shut down" in repr(pool)
+    with pytest.raises(PoolClosedError):
+        pool.run(abs, -3)
+
+
+@pytest.mark.parametrize("kind", sorted(FAILURES))
+def test_with_block_raises_the_start_error_at_entry(kind):
+    hosts, num_workers, where = FAILURES[kind]()
+    entered = False
+    t0 = time.monotonic()
+    with (
+        pytest.raises(HostConnectionError) as info,
+        Pool(num_workers, hosts, connect_timeout=CONNECT_TIMEOUT),
+    ):
+        entered = True
+    assert not entered
+    assert time.monotonic() - t0 < REFUSAL_BOUND  # a bound on a hang
+    _assert_start_error(info.value, where)
+
+
+@pytest.mark.parametrize("kind", sorted(FAILURES))
+def test_async_with_block_raises_the_start_error_at_entry(kind):
+    hosts, num_workers, where = FAILURES[kind]()
+    entered = False
+
+    async def main() -> None:
+        nonlocal entered
+        async with Pool(num_workers, hosts, connect_timeout=CONNECT_TIMEOUT):
+            entered = True
+
+    t0 = time.monotonic()
+    with pytest.raises(HostConnectionError) as info:
+        asyncio.run(main())
+    assert not entered
+    assert time.monotonic() - t0 < REFUSAL_BOUND  # a bound on a hang
+    _assert_start_error(info.value, where)
+
+
+def test_refused_spawner_port_fails_at_once():
+    hosts, _, where = _refused_spawner()
+    t0 = time.monotonic()
+    with (
+        pytest.raises(HostConnectionError, match="nothing listens") as info,
+        Pool(None, hosts, connect_timeout=CONNECT_TIMEOUT),
+    ):
+        pass
+    # a bound on a hang (connect_timeout is 30 s), not a performance assertion
+    assert time.monotonic() - t0 < REFUSAL_BOUND
+    assert where in str(info.value)
+
+
+def test_futures_pending_when_the_start_fails_get_its_error(make_pool):
+    # a port that accepts TCP but never answers: the start fails after
+    # connect_timeout, while the task waits for a worker
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        pool = make_pool(None, [f"127.0.0.1:{port}/1"], connect_timeout=1.0)
+        future = pool.submit(abs, -3)
+        with pytest.raises(HostConnectionError, match=f"127.0.0.1:{port}"):
+            future.result(timeout=30)
+        assert "failed" in repr(pool)
+
+
+def test_a_bind_that_fails_ends_the_start(make_pool):
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        pool = make_pool(None, [f"127.0.0.1:{_closed_port()}/1"], localport=port)
+        with pytest.raises(zmq.ZMQError):
+            pool.__enter__()
+        assert "failed" in repr(pool)
+        with pytest.raises(zmq.ZMQError):
+            pool.run(abs, -3)
+
+
+def _run_in_subprocess(tmpdir: str, script: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TMPDIR": tmpdir, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def long_tmpdir(tmp_path):
+    """A TMPDIR whose path is too long for a socket in a directory under it."""
+    path = tmp_path / ("x" * 60) / ("y" * 60)
+    path.mkdir(parents=True)
+    return str(path)
+
+
+def test_a_long_tmpdir_takes_a_short_private_directory(long_tmpdir):
+    proc = _run_in_subprocess(
+        long_tmpdir,
+        """
+        import glob, os, stat
+        from distex_zmq import Pool
+        with Pool(1) as p:
+            assert p.run(abs, -3) == 3
+            (d,) = glob.glob(f"/tmp/distex_zmq-{os.getpid()}-*")
+            assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+        print("ok", os.getpid())
+        """,
+    )
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+    pid = int(proc.stdout.split()[-1])
+    assert not _ipc_dirs("/tmp", pid), "the pool left its ipc directory"
+    assert not os.listdir(long_tmpdir)
+
+
+def test_a_long_tmpdir_without_a_short_fallback_raises_naming_the_limit(long_tmpdir):
+    proc = _run_in_subprocess(
+        long_tmpdir,
+        """
+        import threading
+        from distex_zmq import Pool
+        from distex_zmq.runtime import ipc
+        ipc.FALLBACK_DIRS = ()  # only TMPDIR: too long
+        try:
+            Pool(1)
+        except OSError as e:
+            print("error:", e)
+        assert threading.active_count() == 1, threading.enumerate()
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "error:" in proc.stdout and "107" in proc.stdout and long_tmpdir in proc.stdout
+    assert not os.listdir(long_tmpdir)
+
+
+def test_stale_ipc_dirs_in_the_fallback_directory_are_swept():
+    if tempfile.gettempdir() == "/tmp":
+        pytest.skip("TMPDIR is /tmp itself: the fallback is not another directory")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tempfile.mkdtemp(prefix=f"distex_zmq-{dead.pid}-", dir="/tmp")
+    try:
+        with Pool(1) as pool:
+            pool.run(abs, -3)
+        assert not os.path.exists(stale)
+    finally:
+        if os.path.exists(stale):
+            os.rmdir(stale)
