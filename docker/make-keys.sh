@@ -8,7 +8,9 @@
 # DIR/ssh-node/              sshd's host key, config and authorized_keys
 # DIR/client/                the client container's ~/.ssh: key, config, known_hosts
 # DIR/host/.ssh/             the same for a pool on the Docker host: HOME=DIR/host
+# DZQ_DOCKER_NET (default 10.215.0): the compose network's /24, where the host finds ssh-node
 set -euo pipefail
+NET=${DZQ_DOCKER_NET:-10.215.0}
 DIR=${1:-$(cd "$(dirname "$0")" && pwd)/keys}
 if [ -f "$DIR/secret" ]; then echo "$DIR exists: keeping its keys"; exit 0; fi
 mkdir -p "$DIR/ssh-node" "$DIR/client" "$DIR/host/.ssh"
@@ -34,7 +36,7 @@ hostkey=$(cut -d' ' -f1,2 "$DIR/ssh-node/host_ed25519.pub")
 printf 'Host ssh-node\n  User root\n  IdentityFile /root/.ssh/id_ed25519\n' >"$DIR/client/config"
 echo "ssh-node $hostkey" >"$DIR/client/known_hosts"
 cp "$DIR/client/id_ed25519" "$DIR/host/.ssh/id_ed25519"
-printf 'Host ssh-node\n  HostName 10.215.0.13\n  User root\n  IdentityFile %s\n' \
-  "$DIR/host/.ssh/id_ed25519" >"$DIR/host/.ssh/config"
-echo "10.215.0.13 $hostkey" >"$DIR/host/.ssh/known_hosts"
+printf 'Host ssh-node\n  HostName %s.13\n  User root\n  IdentityFile %s\n' \
+  "$NET" "$DIR/host/.ssh/id_ed25519" >"$DIR/host/.ssh/config"
+echo "$NET.13 $hostkey" >"$DIR/host/.ssh/known_hosts"
 echo "made $DIR"

@@ -7,10 +7,17 @@ makes a base image with debootstrap (no registry is reachable), builds
 up with keys from ``docker/make-keys.sh``, and at the end brings it down,
 stops the engine and deletes everything it made. If the engine cannot start
 on this machine, the tests are skipped with the reason.
+
+The compose network gets a /24 that no route or address of this machine
+overlaps (a bridge left by an earlier run would otherwise capture the
+nodes' addresses), and a bridge of a fixed name that is deleted at the end
+and, if an interrupted run left it, at the start.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -29,9 +36,41 @@ from tests.multihost import ROOT
 pytestmark = [pytest.mark.timeout(900)]
 
 ENGINE = ROOT / "tests" / "cluster" / "docker-engine.sh"
-#: where the compose file puts the nodes (docker/docker-compose.yml)
-SPAWNERS = ("10.215.0.11", "10.215.0.12")
 PROJECT = "dzqtest"
+#: the compose network's Linux bridge (DZQ_DOCKER_BRIDGE in docker/docker-compose.yml)
+BRIDGE = "dzqtest0"
+#: /24s tried for the compose network (DZQ_DOCKER_NET), the compose file's default first
+CANDIDATES = [f"10.215.{i}" for i in range(256)] + [f"172.29.{i}" for i in range(256)]
+
+
+def _taken_networks() -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks of this machine's routes (every table) and addresses."""
+    taken = []
+    for cmd in (["ip", "-j", "-4", "route", "show", "table", "all"], ["ip", "-j", "-4", "addr"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+        for entry in json.loads(out or "[]"):
+            if "dst" in entry and entry["dst"] != "default":
+                taken.append(ipaddress.ip_network(entry["dst"], strict=False))
+            for info in entry.get("addr_info", []):
+                if info.get("family") == "inet":
+                    net = f"{info['local']}/{info['prefixlen']}"
+                    taken.append(ipaddress.ip_network(net, strict=False))
+    return [net for net in taken if isinstance(net, ipaddress.IPv4Network)]
+
+
+def free_net() -> str | None:
+    """The first three octets of a /24 that nothing on this machine uses."""
+    taken = _taken_networks()
+    for prefix in CANDIDATES:
+        net = ipaddress.ip_network(f"{prefix}.0/24")
+        if not any(net.overlaps(other) for other in taken):
+            return prefix
+    return None
+
+
+def remove_bridge() -> None:
+    """Delete the compose network's bridge if a run left it (quietly if none)."""
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
 
 
 def _unavailable() -> str | None:
@@ -53,8 +92,10 @@ if REASON:
 class Cluster:
     """The compose project on the private engine."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, net: str):
         self.workdir = workdir
+        #: where the compose file puts the spawner nodes
+        self.spawners = (f"{net}.11", f"{net}.12")
         self.engine = workdir / "engine"
         self.context = workdir / "context"
         self.keys = self.context / "docker" / "keys"
@@ -63,6 +104,8 @@ class Cluster:
             "DOCKER_HOST": f"unix://{self.engine}/docker.sock",
             "DZQ_IMAGE": "distex_zmq:test",
             "DZQ_KEYS": str(self.keys),
+            "DZQ_DOCKER_NET": net,
+            "DZQ_DOCKER_BRIDGE": BRIDGE,
         }
 
     def run(self, *cmd: str, timeout: float = 300, check: bool = True) -> str:
@@ -105,8 +148,12 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster():
+    remove_bridge()  # left by a run that was killed before its teardown
+    net = free_net()
+    if net is None:
+        pytest.skip(f"every /24 of {CANDIDATES[0]}.0 .. {CANDIDATES[-1]}.0 is in use here")
     workdir = Path(tempfile.mkdtemp(prefix="dzq-docker-"))
-    c = Cluster(workdir)
+    c = Cluster(workdir, net)
     try:
         up = subprocess.run(
             ["bash", str(ENGINE), "up", str(c.engine)],
@@ -123,6 +170,7 @@ def cluster():
         if (c.context / "docker" / "docker-compose.yml").exists():
             c.compose("down", "-v", "--remove-orphans", timeout=120, check=False)
         subprocess.run(["bash", str(ENGINE), "down", str(c.engine)], timeout=120, check=False)
+        remove_bridge()  # if the engine went down before the network
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -142,7 +190,7 @@ def host_pool(cluster, monkeypatch):
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     pool = Pool(
         None,
-        [f"{SPAWNERS[0]}/2", f"{SPAWNERS[1]}/2", "ssh://ssh-node/2"],
+        [f"{cluster.spawners[0]}/2", f"{cluster.spawners[1]}/2", "ssh://ssh-node/2"],
         secret_file=str(cluster.keys / "secret"),
         remote_python={"ssh-node": "/opt/distex_zmq/bin/python"},
         heartbeat_timeout=4,

@@ -8,6 +8,7 @@ host.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -422,3 +423,88 @@ def test_insecure_spawner_talks_in_the_clear(hosts, monkeypatch):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+# operating a spawner
+
+
+def _spawner_cli(*args, env=None, timeout=30):
+    return subprocess.run(
+        [sys.executable, "-m", "distex_zmq.spawner", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_version_and_help_with_defaults():
+    from distex_zmq.version import __version__
+
+    version = _spawner_cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"distex_zmq {__version__}"
+    help_ = _spawner_cli("--help").stdout
+    options = re.split(r"\n  (?=-)", help_.split("options:", 1)[1].split("\n\n")[0])
+    flags = {" ".join(o.split()).split(" ")[0]: " ".join(o.split()) for o in options if o.strip()}
+    assert flags.keys() >= {"--host", "--port", "--secret-file", "--max-workers", "--insecure"}
+    for flag, text in flags.items():
+        assert flag in ("-h,", "--version") or "(default:" in text, text
+    assert "TCP port to listen on (default: 8899)" in flags["--port"]
+    assert "status [HOST[:PORT]]" in " ".join(help_.split())
+    status_help = " ".join(_spawner_cli("status", "--help").stdout.split())
+    assert "(default: 127.0.0.1:8899)" in status_help
+
+
+def test_status_of_a_live_spawner(hosts, make_pool):
+    pool = make_pool(None, [at(hosts, "dzq-a", 2)])
+    pool.run_on_all(int, 0)
+    workers = sorted(hosts.workers("dzq-a"))
+    assert len(workers) == 2
+    result = _spawner_cli("status", f"{hosts.addresses['dzq-a']}:8899")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(r"distex_zmq \S+ on dzq-a, pid \d+, up \d", out), out
+    assert "1 pool(s), 2 of at most 8 workers running" in out
+    assert re.search(r"pool [0-9a-f]{12}: 2 of 2 workers", out), out
+    assert sorted(int(p) for p in re.findall(r"pid +(\d+) +up", out)) == workers
+    # it changed nothing
+    assert sorted(hosts.workers("dzq-a")) == workers
+    assert list(pool.map(tasks.square, range(10))) == [x * x for x in range(10)]
+    as_json = json.loads(_spawner_cli("status", hosts.addresses["dzq-a"], "--json").stdout)
+    assert sorted(w["pid"] for w in as_json["pools"][0]["workers"]) == workers
+
+
+def test_status_without_an_answer(hosts, secret_file):
+    nobody = _spawner_cli("status", f"{hosts.addresses['dzq-c']}:8899", "--timeout", "2")
+    assert nobody.returncode != 0
+    assert f"no spawner answered at {hosts.addresses['dzq-c']}:8899 within 2 s" in nobody.stderr
+    env = {**os.environ, "DISTEX_ZMQ_SECRET": "not the secret of this cluster"}
+    wrong = _spawner_cli("status", hosts.addresses["dzq-a"], env=env)
+    assert wrong.returncode != 0
+    assert "refused the CURVE handshake" in wrong.stderr, wrong.stderr
+    env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
+    right = _spawner_cli("status", hosts.addresses["dzq-a"], "--secret-file", str(secret_file))
+    assert right.returncode == 0, right.stderr
+
+
+def test_worker_starts_and_exits_are_logged(hosts, make_pool):
+    pool = make_pool(None, [at(hosts, "dzq-b", 1)])
+    pool.run_on_all(int, 0)
+    (victim,) = hosts.workers("dzq-b")
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(
+        lambda: len(hosts.workers("dzq-b")) == 1 and victim not in hosts.workers("dzq-b")
+    )
+    log = hosts.spawner_log("dzq-b")
+    started = re.search(rf"INFO (pool [0-9a-f]{{12}}): worker pid {victim} started", log)
+    assert started, log
+    ended = rf"INFO {started.group(1)}: worker pid {victim} ended after [\d.]+ s: killed by SIGKILL"
+    assert wait_until(lambda: re.search(ended, hosts.spawner_log("dzq-b")))
+    (replacement,) = hosts.workers("dzq-b")
+    pool.shutdown()
+    assert wait_until(
+        lambda: re.search(
+            rf"worker pid {replacement} ended after [\d.]+ s: exit code 0",
+            hosts.spawner_log("dzq-b"),
+        )
+    ), hosts.spawner_log("dzq-b")

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import re
 import shlex
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -134,6 +137,56 @@ def test_host_cut_off_mid_map(ssh_home, ssh_pool):
         assert list(pool.map(tasks.square, range(100))) == [x * x for x in range(100)]
     finally:
         ssh_home.link("dzq-b", up=True)
+
+
+def _lost_records(caplog):
+    return [r for r in caplog.records if re.match(r"host .* lost:", r.getMessage())]
+
+
+def test_cut_host_is_lost_heartbeat_timeout_after_its_last_message(ssh_home, ssh_pool, caplog):
+    caplog.set_level(logging.WARNING, logger="distex_zmq")
+    pool = ssh_pool(["ssh://dzq-b/1"], num_workers=1, heartbeat_timeout=3, connect_timeout=3)
+    try:
+        assert "dzq-b" in hostnames(pool)
+        time.sleep(1)  # a few heartbeats
+        cut = time.monotonic()
+        ssh_home.link("dzq-b", up=False)
+        assert wait_until(lambda: _lost_records(caplog), timeout=15)
+        noticed = time.monotonic() - cut
+    finally:
+        ssh_home.link("dzq-b", up=True)
+    message = _lost_records(caplog)[0].getMessage()
+    silent = re.search(r"no heartbeat for ([\d.]+) s", message)
+    assert silent, message
+    # Due 3 s after the last message heard (a pong, at most a quarter of the
+    # timeout before the cut); the margins only absorb scheduling delays on a
+    # loaded machine. tests/test_heartbeat.py checks the deadline itself, with
+    # the last message placed between two pings.
+    assert float(silent.group(1)) < 3.5, message
+    assert noticed < 3 + 1.0, message
+    assert pool.run(tasks.square, 4) == 16
+
+
+def test_cut_ssh_host_under_traffic_leaves_no_traceback(
+    ssh_home, ssh_pool, monkeypatch, capfd, caplog
+):
+    caplog.set_level(logging.WARNING, logger="distex_zmq")
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)
+    blob = os.urandom(2 << 20)
+    pool = ssh_pool(["ssh://dzq-b/2"], num_workers=1, heartbeat_timeout=2, connect_timeout=2)
+    try:
+        assert hostnames(pool).count("dzq-b") == 2
+        futures = [pool.submit(tasks.bytes_len, blob) for _ in range(40)]
+        time.sleep(0.3)  # the tunnel carries arguments to dzq-b's workers now
+        ssh_home.link("dzq-b", up=False)
+        assert [f.result(timeout=60) for f in futures] == [len(blob)] * 40
+        assert wait_until(lambda: _lost_records(caplog), timeout=15)
+        time.sleep(1)  # the tunnel's threads end after the transport closes
+    finally:
+        ssh_home.link("dzq-b", up=True)
+    assert not errors, [e.exc_value for e in errors]
+    assert "Traceback" not in capfd.readouterr().err
 
 
 CLIENT = textwrap.dedent(

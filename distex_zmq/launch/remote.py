@@ -8,7 +8,8 @@ stopped. Like the local launcher it reports each exit with
 ``on_exit(identity, pid, returncode, stderr_tail)``.
 
 Heartbeats: the launcher pings every quarter of ``heartbeat_timeout``; a
-host that has said nothing for longer is lost, and so is one whose
+host that has said nothing for ``heartbeat_timeout`` is lost then (a timer
+set for that moment, re-armed lazily as messages come), and so is one whose
 connection ends while it is not stopping, or that sends a malformed
 message. ``on_lost(launcher, reason, identities)`` then hands its workers
 to the pool at once.
@@ -141,18 +142,31 @@ class RemoteLauncher:
     def _start_heartbeats(self) -> None:
         self.started = True
         self._last_heard = time.monotonic()
-        self._loop.call_later(self._heartbeat_timeout / 4, self._beat)
+        timeout = self._heartbeat_timeout
+        self._loop.call_later(timeout / 4, self._ping)
+        self._loop.call_later(timeout, self._check_silence)
 
-    def _beat(self) -> None:
+    def _ping(self) -> None:
+        if self._closing or self.lost:
+            return
+        self._send(control.Ping())
+        self._loop.call_later(self._heartbeat_timeout / 4, self._ping)
+
+    def _check_silence(self) -> None:
+        """Lose the host ``heartbeat_timeout`` after the last message heard.
+
+        Messages only note when they came; this timer re-arms itself for
+        the deadline the latest of them set, so a loss is noticed on time
+        without a timer per message.
+        """
         if self._closing or self.lost:
             return
         timeout = self._heartbeat_timeout
         silent = time.monotonic() - self._last_heard
-        if silent > timeout:
+        if silent >= timeout:
             self._lose(f"no heartbeat for {silent:.1f} s (heartbeat_timeout={timeout:g} s)")
-            return
-        self._send(control.Ping())
-        self._loop.call_later(timeout / 4, self._beat)
+        else:
+            self._loop.call_later(timeout - silent, self._check_silence)
 
     def _lose(self, reason: str) -> None:
         if self.lost or self._closing or not self.started:

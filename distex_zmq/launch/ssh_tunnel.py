@@ -108,11 +108,16 @@ class ReverseTunnel:
 def _pump(
     recv: Callable[[int], bytes], send: Callable[[bytes], Any], done: Callable[[], Any]
 ) -> None:
-    """Move bytes from ``recv`` to ``send`` until either side ends; then ``done()``."""
+    """Move bytes from ``recv`` to ``send`` until either side ends; then ``done()``.
+
+    A paramiko channel whose transport has closed (a host declared lost)
+    raises ``EOFError`` or ``SSHException`` rather than ``OSError``: those
+    end the link as quietly.
+    """
     try:
         while data := recv(CHUNK):
             send(data)
-    except OSError:
+    except (OSError, EOFError, paramiko.SSHException):
         pass
     finally:
         done()

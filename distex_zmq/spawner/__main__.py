@@ -1,10 +1,12 @@
-"""Command line of the spawner: ``python -m distex_zmq.spawner``."""
+"""Command line of the spawner: ``python -m distex_zmq.spawner [options]`` serves,
+``python -m distex_zmq.spawner status [HOST[:PORT]]`` asks a running one."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import errno
+import json
 import logging
 import os
 import signal
@@ -16,6 +18,13 @@ from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT
 from distex_zmq.loops import new_event_loop
 from distex_zmq.security import ClusterKeys, load_secret
 from distex_zmq.spawner.daemon import Spawner, is_loopback
+from distex_zmq.spawner.status import (
+    DEFAULT_TIMEOUT,
+    StatusError,
+    format_status,
+    query,
+    split_address,
+)
 from distex_zmq.version import __version__
 
 _logger = logging.getLogger("distex_zmq.spawner")
@@ -27,25 +36,40 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         description="Start distex_zmq workers on this host for the pools that ask. "
         "Pools and spawner share a secret: the DISTEX_ZMQ_SECRET environment variable "
         "or --secret-file.",
+        epilog="`%(prog)s status [HOST[:PORT]]` asks a running spawner what it serves "
+        "(see `%(prog)s status --help`).",
+    )
+    parser.add_argument("--version", action="version", version=f"distex_zmq {__version__}")
+    parser.add_argument(
+        "--host",
+        help="address to listen on (default: all addresses with a secret, 127.0.0.1 without one)",
     )
     parser.add_argument(
-        "--host", help="address to listen on (default: all with a secret, 127.0.0.1 without)"
+        "--port",
+        type=int,
+        default=DEFAULT_SPAWNER_PORT,
+        help="TCP port to listen on (default: %(default)s)",
     )
-    parser.add_argument("--port", type=int, default=DEFAULT_SPAWNER_PORT)
-    parser.add_argument("--secret-file", help="file holding the cluster's shared secret")
+    parser.add_argument(
+        "--secret-file",
+        help="file holding the cluster's shared secret (default: the DISTEX_ZMQ_SECRET "
+        "environment variable)",
+    )
     parser.add_argument(
         "--max-workers",
         type=int,
         default=max(os.cpu_count() or 1, 1) * 4,
-        help="workers this host runs at most, for all pools (default 4 per CPU)",
+        help="workers this host runs at most, for all pools (default: 4 per CPU, here %(default)s)",
     )
     parser.add_argument(
         "--insecure",
         action="store_true",
         help="listen beyond loopback without a secret: anyone who reaches "
-        "the port can run any code here",
+        "the port can run any code here (default: off)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log every request (default: off)"
+    )
     args = parser.parse_args(argv)
     if args.max_workers < 1:
         parser.error("--max-workers must be at least 1")
@@ -55,7 +79,59 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _status(argv: list[str]) -> None:
+    """``status [HOST[:PORT]]``: print what a running spawner serves, or exit 1."""
+    parser = argparse.ArgumentParser(
+        prog="python -m distex_zmq.spawner status",
+        description="Ask a running spawner (over its CURVE channel, with the shared secret "
+        "from DISTEX_ZMQ_SECRET or --secret-file) for the pools it serves, their workers "
+        "with pids and ages, and its uptime. Changes nothing. Exits with 1 when the "
+        "spawner does not answer or refuses.",
+    )
+    parser.add_argument(
+        "address",
+        nargs="?",
+        default=f"127.0.0.1:{DEFAULT_SPAWNER_PORT}",
+        metavar="HOST[:PORT]",
+        help="where the spawner listens (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--secret-file",
+        help="file holding the cluster's shared secret (default: the DISTEX_ZMQ_SECRET "
+        "environment variable)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds to wait for the answer (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the reply as JSON (default: off)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        host, port = split_address(args.address)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        secret = load_secret(secret_file=args.secret_file)
+        keys = ClusterKeys.from_secret(secret) if secret is not None else None
+        reply = query(host, port, keys, args.timeout)
+    except (ValueError, StatusError) as e:
+        sys.exit(f"distex_zmq spawner status: {e}")
+    if args.json:
+        print(json.dumps(reply.body(), indent=2))
+    else:
+        print(format_status(f"{host}:{port}", reply))
+
+
 def main(argv: list[str] | None = None) -> None:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["status"]:
+        _status(argv[1:])
+        return
     args = _parse(argv)
     logging.basicConfig(
         stream=sys.stderr,

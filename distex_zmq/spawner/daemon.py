@@ -37,7 +37,7 @@ from typing import Any
 import zmq
 
 from distex_zmq.errors import ProtocolError
-from distex_zmq.launch.local import LocalLauncher
+from distex_zmq.launch.local import LocalLauncher, describe_exit
 from distex_zmq.loops import run_in_background
 from distex_zmq.security import ClusterKeys, ZapHandler, make_server
 from distex_zmq.version import __version__
@@ -75,9 +75,23 @@ class Session:
         )
         self.last_heard = time.monotonic()
         self.stopping = False
+        #: when each running worker started (monotonic), by identity
+        self.started: dict[bytes, float] = {}
 
     def __str__(self) -> str:
-        return f"pool {self.peer.hex()[:12]}"
+        return f"pool {self.short_id}"
+
+    @property
+    def short_id(self) -> str:
+        return self.peer.hex()[:12]
+
+    def status(self, now: float) -> dict[str, Any]:
+        """The pool as a status reply tells it: id, capacity, workers' pids and ages."""
+        workers = [
+            {"pid": proc.pid, "age": round(now - self.started.get(identity, now), 3)}
+            for identity, proc in self.launcher.processes.items()
+        ]
+        return {"id": self.short_id, "capacity": self.capacity, "workers": workers}
 
 
 class Spawner:
@@ -93,6 +107,7 @@ class Spawner:
     ):
         self._loop = loop
         self._tasks: set[asyncio.Task[None]] = set()
+        self._started = time.monotonic()
         self.max_workers = max_workers
         self.sessions: dict[bytes, Session] = {}
         self._logged: dict[bytes, int] = {}
@@ -154,6 +169,9 @@ class Spawner:
         if isinstance(request, control.Open):
             self._open(peer, request)
             return
+        if isinstance(request, control.Status):
+            self._send(peer, self.status())
+            return
         session = self.sessions.get(peer)
         if session is None:
             raise ProtocolError(f"{request.KIND!r} before {control.Open.KIND!r}")
@@ -169,7 +187,9 @@ class Spawner:
                 return
             if request.identity in session.launcher.processes:
                 raise ProtocolError("that worker runs already")
-            session.launcher.spawn(request.identity)
+            proc = session.launcher.spawn(request.identity)
+            session.started[request.identity] = time.monotonic()
+            _logger.info("%s: worker pid %d started", session, proc.pid)
         elif isinstance(request, control.Kill):
             session.launcher.kill(request.identity)
         elif isinstance(request, control.Stop):
@@ -219,7 +239,22 @@ class Spawner:
 
     # workers and pools
 
+    def status(self) -> control.StatusReply:
+        """What this spawner serves now."""
+        now = time.monotonic()
+        return control.StatusReply(
+            host=socket.gethostname(),
+            version=__version__,
+            pid=os.getpid(),
+            uptime=round(now - self._started, 3),
+            max_workers=self.max_workers,
+            pools=[session.status(now) for session in self.sessions.values()],
+        )
+
     def on_exit(self, session: Session, identity: bytes, pid: int, rc: int, tail: str) -> None:
+        started = session.started.pop(identity, None)
+        ran = f" after {time.monotonic() - started:.1f} s" if started is not None else ""
+        _logger.info("%s: worker pid %d ended%s: %s", session, pid, ran, describe_exit(rc))
         if self.sessions.get(session.peer) is session and not session.stopping:
             self._send(session.peer, control.Exit(identity, pid, rc, tail))
 

@@ -13,6 +13,9 @@ pool -> host:  open (spawner: serve a pool)  keys (agent: the workers' CURVE key
                spawn  kill  ping  stop
 host -> pool:  hello (agent: its first line)  opened (spawner: the answer to open)
                refused (with an id: a worker not started)  exit  pong  stopped
+
+A status request (``python -m distex_zmq.spawner status``) opens no pool:
+status -> spawner, status_reply (or refused) -> the asker.
 """
 
 from __future__ import annotations
@@ -111,6 +114,28 @@ def _keys(message: dict[str, Any], name: str) -> dict[str, str]:
 def _worker(message: dict[str, Any], name: str) -> dict[str, int]:
     value = _field(message, name, dict)
     return {key: _field(value, key, int, *bounds) for key, bounds in _WORKER_SETTINGS.items()}
+
+
+def _pools(message: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """A spawner's pools in a status reply: id, capacity, workers (pid, age)."""
+    value = _field(message, name, list)
+    pools = []
+    for pool in value:
+        if not isinstance(pool, dict):
+            raise ProtocolError(f"{name} must hold objects")
+        workers = _field(pool, "workers", list)
+        if not all(isinstance(w, dict) for w in workers):
+            raise ProtocolError(f"{name}.workers must hold objects")
+        pools.append(
+            {
+                "id": _field(pool, "id", str),
+                "capacity": _field(pool, "capacity", int),
+                "workers": [
+                    {"pid": _field(w, "pid", int), "age": _field(w, "age", float)} for w in workers
+                ],
+            }
+        )
+    return pools
 
 
 class Message:
@@ -217,6 +242,13 @@ class Stop(Command):
 
 
 @dataclasses.dataclass(frozen=True)
+class Status(Command):
+    """Spawner: say what you serve (changes nothing, needs no open pool)."""
+
+    KIND = "status"
+
+
+@dataclasses.dataclass(frozen=True)
 class Hello(Event):
     """Agent: who it is, its first line. ``protocol``: its workers' frames version."""
 
@@ -275,6 +307,29 @@ class Stopped(Event):
 
 
 @dataclasses.dataclass(frozen=True)
+class StatusReply(Event):
+    """Spawner: the answer to status: who it is, since when, and the pools it serves."""
+
+    KIND = "status_reply"
+    host: str
+    version: str
+    pid: int
+    #: seconds since the spawner started
+    uptime: float
+    max_workers: int
+    #: per pool: ``id`` (short), ``capacity``, ``workers`` (``pid``, ``age`` in seconds)
+    pools: list[dict[str, Any]]
+    FIELDS = {
+        "host": _STR,
+        "version": _STR,
+        "pid": _INT,
+        "uptime": _a(float),
+        "max_workers": _INT,
+        "pools": _pools,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
 class Reads:
     """The kinds of message that one side reads: under ``key``, by kind."""
 
@@ -286,10 +341,11 @@ def _reads(*classes: type[Message]) -> Reads:
     return Reads(classes[0].KEY, {cls.KIND: cls for cls in classes})
 
 
-#: What a spawner reads, an agent reads, and a pool reads from either.
-SPAWNER_READS = _reads(Open, Spawn, Kill, Ping, Stop)
+#: What a spawner reads, an agent reads, a pool reads from either, and a status asker.
+SPAWNER_READS = _reads(Open, Spawn, Kill, Ping, Stop, Status)
 AGENT_READS = _reads(Keys, Spawn, Kill, Ping, Stop)
 POOL_READS = _reads(Hello, Opened, Refused, Exit, Pong, Stopped)
+STATUS_READS = _reads(StatusReply, Refused)
 
 
 def encode(message: Message) -> list[bytes]:

@@ -1,0 +1,140 @@
+"""``python -m distex_zmq.spawner status [HOST[:PORT]]``: ask a running spawner what it serves.
+
+It connects to the spawner's port as a pool would (CURVE with the shared
+secret's client key, or in the clear without a secret), sends one
+``status`` command and waits a few seconds for the ``status_reply``: the
+pools the spawner serves, their workers with pids and ages, its uptime and
+version. It opens no pool and starts nothing. A socket monitor tells a
+refused CURVE handshake (another secret) from a spawner that does not
+answer at all.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from distex_zmq.errors import ProtocolError
+from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT
+from distex_zmq.security import ClusterKeys, make_client
+from distex_zmq.wire import control
+
+#: Seconds the status command waits for an answer by default.
+DEFAULT_TIMEOUT = 5.0
+
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+class StatusError(Exception):
+    """The spawner did not answer, or refused."""
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host[:port]`` (``[v6]:port`` for IPv6) as host and port (default 8899)."""
+    host, port = address, ""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif address.count(":") == 1:
+        host, _, port = address.partition(":")
+    if not host:
+        raise ValueError(f"no host in {address!r}")
+    if not port:
+        return host, DEFAULT_SPAWNER_PORT
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port {port!r} in {address!r}")
+    return host, int(port)
+
+
+def query(
+    host: str, port: int, keys: ClusterKeys | None, timeout: float = DEFAULT_TIMEOUT
+) -> control.StatusReply:
+    """The status of the spawner at ``host:port``; ``StatusError`` if it does not answer."""
+    where = f"{host}:{port}"
+    try:
+        ip = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
+    except socket.gaierror as e:
+        raise StatusError(f"cannot resolve {host!r}: {e.strerror}") from None
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    monitor = None
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, os.urandom(16))
+        if keys is not None:
+            make_client(sock, keys.spawner.public, keys.client)
+        monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
+        sock.connect(f"tcp://{f'[{ip}]' if ':' in str(ip) else ip}:{port}")
+        sock.send_multipart(control.encode(control.Status()), flags=zmq.NOBLOCK)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        ready = dict(poller.poll(int(timeout * 1000)))
+        if sock in ready:
+            try:
+                reply = control.decode(sock.recv_multipart(), control.STATUS_READS)
+            except ProtocolError as e:
+                raise StatusError(f"the spawner at {where} answered with {e}") from None
+            if isinstance(reply, control.Refused):
+                raise StatusError(f"the spawner at {where} refused: {reply.reason}")
+            assert isinstance(reply, control.StatusReply)
+            return reply
+        if monitor in ready:
+            parse_monitor_message(monitor.recv_multipart())
+            if keys is None:
+                raise StatusError(
+                    f"the spawner at {where} requires the cluster's shared secret: set "
+                    "DISTEX_ZMQ_SECRET or --secret-file"
+                )
+            raise StatusError(
+                f"the spawner at {where} refused the CURVE handshake: its shared secret "
+                "is another, or it runs without one"
+            )
+        raise StatusError(
+            f"no spawner answered at {where} within {timeout:g} s: is it running there, "
+            "on that port, and reachable from here?"
+        )
+    finally:
+        if monitor is not None:
+            sock.disable_monitor()
+            monitor.close(linger=0)
+        sock.close(linger=0)
+        ctx.term()
+
+
+def format_status(address: str, reply: control.StatusReply) -> str:
+    """The reply as lines for people."""
+    used = sum(len(pool["workers"]) for pool in reply.pools)
+    lines = [
+        f"spawner {address}: distex_zmq {reply.version} on {reply.host}, pid {reply.pid}, "
+        f"up {_duration(reply.uptime)}",
+        f"{len(reply.pools)} pool(s), {used} of at most {reply.max_workers} workers running",
+    ]
+    for pool in reply.pools:
+        workers = pool["workers"]
+        lines.append(f"  pool {pool['id']}: {len(workers)} of {pool['capacity']} workers")
+        for worker in workers:
+            lines.append(f"    pid {worker['pid']:>7}  up {_duration(worker['age'])}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    """``3.2 s``, ``4 min 05 s``, ``2 h 03 min``, ``3 d 4 h``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"

@@ -1,0 +1,62 @@
+"""Heartbeats of remote launchers (``launch/remote.py``): a host that falls
+silent is lost ``heartbeat_timeout`` after the last message it sent, on a
+real event loop (the cluster tests cut real links; here the moment of the
+last message is chosen, which a cut link cannot do)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from distex_zmq.hostspec import HostSpec
+from distex_zmq.launch.remote import RemoteLauncher
+from distex_zmq.wire import control
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class SilentHost(RemoteLauncher):
+    """A host that says hello, then only what the test makes it say."""
+
+    where = "silent host"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float):
+        super().__init__(loop, HostSpec("silent/1"), timeout, self.exited, self.on_lost)
+        self.sent: list[control.Command] = []
+        self.lost_at: asyncio.Future[float] = loop.create_future()
+
+    def _send(self, command: control.Command) -> None:
+        self.sent.append(command)
+
+    async def _close(self) -> None:
+        pass
+
+    def exited(self, identity: bytes, pid: int, rc: int, tail: str) -> None:
+        pass
+
+    def on_lost(self, launcher: object, reason: str, workers: set[bytes]) -> None:
+        self.lost_at.set_result(asyncio.get_running_loop().time())
+
+
+def test_silent_host_is_lost_heartbeat_timeout_after_its_last_message():
+    async def main() -> tuple[float, int]:
+        loop = asyncio.get_running_loop()
+        host = SilentHost(loop, timeout=2.0)
+        host._start_heartbeats()
+        # a message between two pings (every 0.5 s): then silence
+        await asyncio.sleep(0.75)
+        heard = loop.time()
+        host._on_message(control.Pong())
+        lost = await asyncio.wait_for(host.lost_at, 10)
+        pings = sum(isinstance(c, control.Ping) for c in host.sent)
+        return lost - heard, pings
+
+    loop = asyncio.new_event_loop()  # not asyncio.run: it unsets the current loop
+    try:
+        delay, pings = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    # due at 2.0 s; a check only at each ping would notice at 2.25 s
+    assert 2.0 <= delay < 2.15
+    assert pings >= 4  # pings still go every quarter of the timeout
