@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(30)
 
 KEY = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
 KEYS = {"server": KEY, "public": KEY, "secret": KEY}
-WORKER = {"credits": 3, "func_pickle": 1, "data_pickle": 0, "loop": 2}
+WORKER = {"credits": 3, "func_pickle": 1, "data_pickle": 0, "loop": 2, "log_level": 30}
 OPEN = c.Open(
     protocol=frames.VERSION,
     endpoint="tcp://10.0.0.1:5555",
@@ -39,6 +39,8 @@ EVENTS = [
     c.Refused("no room"),
     c.Refused("no room", b"w-1"),
     c.Exit(b"w-1", 1234, -9, "Traceback ...\nMemoryError"),
+    c.Output(b"w-1", 1234, "out", ["a line", "ünïcode"]),
+    c.Output(b"w-1", 1234, "err", [], 7),
     c.Pong(),
     c.Stopped(),
 ]
