@@ -120,7 +120,9 @@ def pool_options(
     if not isinstance(max_worker_deaths, int) or max_worker_deaths < 1:
         raise ValueError(f"max_worker_deaths must be an integer >= 1, not {max_worker_deaths!r}")
     if output not in OUTPUT_MODES:
-        raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}, not {output!r}")
+        raise ValueError(
+            f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}, not {output!r}"
+        )
     if log_level is not None and (
         not isinstance(log_level, int) or isinstance(log_level, bool) or not 0 <= log_level <= 100
     ):

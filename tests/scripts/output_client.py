@@ -41,7 +41,7 @@ def logs(go_file):
     log.info("an info record")
     log.warning("a warning record %d", 42)
     try:
-        1 / 0
+        print(1 / 0)
     except ZeroDivisionError:
         log.exception("an error record")
     return socket.gethostname(), os.getpid()
