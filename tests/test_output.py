@@ -219,6 +219,15 @@ def test_spawner_last_line_and_logs(client, spawner):
     check_logs(client("logs", num_workers=None, hosts=hosts, secret=None))
 
 
+def test_spawner_drops_a_flood_with_a_marker_and_goes_on(client, spawner):
+    hosts = [f"127.0.0.1:{spawner.port}/1"]
+    c = client("flood", num_workers=None, hosts=hosts, secret=None)
+    c.expect("out", PREFIXED + r"\[\d+ lines dropped: the worker wrote too fast\]$")
+    c.expect("out", r"^RESULT ")
+    lines = c.finish()["out"]
+    assert 1000 < sum(line.endswith("] " + "x" * 99) for line in lines) < 200_000
+
+
 # SSH workers (the network-namespace cluster: run under the cluster lock)
 
 ssh = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")

@@ -36,6 +36,13 @@ def exit_partial(go_file):
     os._exit(3)
 
 
+def flood(go_file):
+    line = "x" * 99
+    for _ in range(200_000):  # 20 MB, faster than a host forwards
+        print(line)
+    return socket.gethostname(), os.getpid()
+
+
 def logs(go_file):
     log = logging.getLogger("user.tasks")
     log.info("an info record")
