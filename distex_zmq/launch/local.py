@@ -95,8 +95,7 @@ class LocalLauncher:
     ``on_exit(identity, pid, returncode, stderr_tail)`` is called on the pool loop
     when a worker process ends, whatever the reason, after the last of its
     output. With ``on_output`` the workers' stdout and stderr go to it line by
-    line; without, their stdout goes to ``worker_stdout`` (None: ours) and
-    their stderr to ours.
+    line; without, both go to ours.
     """
 
     def __init__(
@@ -105,14 +104,11 @@ class LocalLauncher:
         endpoint: str,
         worker_args: list[str],
         on_exit: Callable[[bytes, int, int, str], None],
-        worker_stdout: int | None = None,
         worker_stdin: bytes | None = None,
         on_output: OutputCallback | None = None,
     ):
         self._loop = loop
         self._on_output = on_output
-        #: where workers' standard output goes (None: ours)
-        self._worker_stdout = worker_stdout
         #: written to each worker's stdin, then closed (its CURVE keys)
         self.worker_stdin = worker_stdin
         self._endpoint = endpoint
@@ -150,7 +146,7 @@ class LocalLauncher:
         popen = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL if self.worker_stdin is None else subprocess.PIPE,
-            stdout=self._worker_stdout if self._on_output is None else subprocess.PIPE,
+            stdout=None if self._on_output is None else subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=self._env,
             start_new_session=True,
