@@ -9,6 +9,7 @@ in a terminal would see them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import re
@@ -22,6 +23,9 @@ from typing import Any
 
 import pytest
 
+from distex_zmq import ProtocolError
+from distex_zmq.output import emit_log
+from distex_zmq.wire import frames
 from tests.contract.conftest import LoopbackSpawner
 from tests.multihost import REMOTE_PYTHON, unavailable
 
@@ -177,6 +181,29 @@ def check_logs(c: Client, level_shown: bool = False) -> None:
     assert warning["worker"] == error["worker"] != "None"
     lines = c.finish()
     assert any("an info record" in line for line in lines["out"]) == level_shown
+
+
+def test_log_records_are_plain_checked_data(caplog):
+    good = {
+        "name": "user.x",
+        "levelno": 30,
+        "msg": "m",
+        "pathname": "/a/b.py",
+        "lineno": 3,
+        "funcName": "f",
+        "created": 1.5,
+        "exc_text": None,
+    }
+    assert frames.read_log(json.dumps(good).encode()) == good
+    for bad in (b"[]", b"{", json.dumps({**good, "lineno": "3"}).encode()):
+        with pytest.raises(ProtocolError, match="malformed log record"):
+            frames.read_log(bad)
+    caplog.set_level(logging.INFO)
+    for name in ("user.x", "distex_zmq.broker"):
+        emit_log("h", 7, "w-1", json.dumps({**good, "name": name}).encode())
+    [record] = [r for r in caplog.records if r.name != "distex_zmq.output"]
+    assert (record.name, record.host, record.pid, record.worker) == ("user.x", "h", 7, "w-1")
+    assert record.getMessage() == "m" and record.filename == "b.py"
 
 
 def test_log_records_at_the_level(client):

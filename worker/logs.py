@@ -5,8 +5,9 @@
 message formatted with its arguments, where it was emitted, the formatted
 traceback) and sends it to the broker, which hands it to the client; a
 record emitted on another thread of a task is sent from the worker's loop.
-The worker's own loggers (``distex_zmq.*``) are not forwarded: their records
-go to the worker's stderr, which reaches the client as its other output.
+The worker's own loggers (``distex_zmq.*``) are not forwarded: their
+warnings and errors go to the worker's stderr, which reaches the client as
+its other output.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class LogForwarder(logging.Handler):
         self._local.busy = True
         try:
             if record.name == "distex_zmq" or record.name.startswith("distex_zmq."):
-                sys.stderr.write(self.format(record) + "\n")
+                if record.levelno >= logging.WARNING:  # as logging's last resort would
+                    sys.stderr.write(self.format(record) + "\n")
                 return
             message = p.log(self._fields(record))
             if threading.get_ident() == self._thread:
