@@ -53,7 +53,7 @@ class LogForwarder(logging.Handler):
             message = p.log(self._fields(record))
             if threading.get_ident() == self._thread:
                 self._send(message)
-            else:
+            elif not self._loop.is_closed():  # a thread that outlives the worker's loop
                 self._loop.call_soon_threadsafe(self._send, message)
         except Exception:  # noqa: BLE001 - logging must not break the task
             self.handleError(record)
