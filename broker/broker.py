@@ -224,6 +224,10 @@ class Broker:
                 self._on_results(rec, buf, count, frames[1:])
             elif kind == p.HELLO:
                 self._on_hello(identity, buf)
+            elif kind == p.LOG:
+                rec = self.registry.get(identity)
+                if rec is not None:
+                    self._hooks.on_log(rec, bytes(buf[p.HEAD.size :]))
             else:
                 raise ProtocolError(f"unknown message type {kind!r}")
         except ProtocolError as e:

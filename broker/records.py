@@ -53,6 +53,10 @@ class BrokerHooks(Protocol):
         """The worker lost its connection but not its life: kill and replace it
         (the broker then counts it lost)."""
 
+    def on_log(self, rec: WorkerRecord, body: bytes) -> None:
+        """The worker sent a log record: a ``LOG`` body, as it came (JSON,
+        see ``wire/frames.py``)."""
+
     def on_task_timeout(self, rec: WorkerRecord, task: Task | None) -> None:
         """The worker ran past ``task_timeout``: kill it, then call
         ``Broker.worker_lost`` with the task to blame (None: not known)."""

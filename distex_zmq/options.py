@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import loop_factory
+from distex_zmq.output import OUTPUT_MODES
 from distex_zmq.security import ClusterKeys, load_secret
 from distex_zmq.serialization import pickle_module
 
@@ -60,6 +62,10 @@ class Options:
     max_retries: int
     task_timeout: float | None
     max_worker_deaths: int
+    #: what becomes of the workers' stdout and stderr: prefixed, raw or off
+    output: str = "prefixed"
+    #: the level of the tasks' log records re-emitted in the client (None: none)
+    log_level: int | None = logging.WARNING
 
     @property
     def total_workers(self) -> int:
@@ -93,6 +99,8 @@ def pool_options(
     connect_timeout: float,
     secret: str | bytes | None,
     secret_file: str | None,
+    output: str = "prefixed",
+    log_level: int | None = logging.WARNING,
 ) -> Options:
     """Check the arguments of ``Pool`` (see its docstring); raise ``ValueError``
     or ``TypeError`` for a bad one, now rather than in a worker later."""
@@ -111,6 +119,14 @@ def pool_options(
         )
     if not isinstance(max_worker_deaths, int) or max_worker_deaths < 1:
         raise ValueError(f"max_worker_deaths must be an integer >= 1, not {max_worker_deaths!r}")
+    if output not in OUTPUT_MODES:
+        raise ValueError(
+            f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}, not {output!r}"
+        )
+    if log_level is not None and (
+        not isinstance(log_level, int) or isinstance(log_level, bool) or not 0 <= log_level <= 100
+    ):
+        raise ValueError(f"log_level must be a logging level (0 to 100) or None, not {log_level!r}")
     if initializer is not None and not callable(initializer):
         raise TypeError(f"initializer must be callable, not {initializer!r}")
     host_list = [hosts] if isinstance(hosts, str) else list(hosts or [])
@@ -157,4 +173,6 @@ def pool_options(
         max_retries=max_retries,
         task_timeout=task_timeout,
         max_worker_deaths=max_worker_deaths,
+        output=output,
+        log_level=log_level,
     )

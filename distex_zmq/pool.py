@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
 import os
 import threading
 import weakref
@@ -123,6 +124,15 @@ class Pool(concurrent.futures.Executor):
             one, only spawners that run without one (on loopback, or with
             ``--insecure``) serve the pool.
         secret_file: A file that holds the shared secret, instead.
+        output: What becomes of what the workers write to their stdout and
+            stderr, on every host: each line is written, as it arrives, to
+            the client's ``sys.stdout`` or ``sys.stderr``, tagged with its
+            host and worker pid (``"prefixed"``: ``[host:pid] text``), as it
+            is (``"raw"``), or not at all (``"off"``).
+        log_level: ``logging`` records that tasks emit at this level or
+            above are re-emitted in the client through the logger of the
+            same name, with ``host``, ``pid`` and ``worker`` attributes;
+            ``None``: none are.
     """
 
     TimeoutError = concurrent.futures.TimeoutError
@@ -151,6 +161,8 @@ class Pool(concurrent.futures.Executor):
         connect_timeout: float = 10.0,
         secret: str | bytes | None = None,
         secret_file: str | None = None,
+        output: str = "prefixed",
+        log_level: int | None = logging.WARNING,
     ):
         self._options = pool_options(
             num_workers,
@@ -173,6 +185,8 @@ class Pool(concurrent.futures.Executor):
             connect_timeout,
             secret,
             secret_file,
+            output,
+            log_level,
         )
         opts = self._options
         self._tasks = TaskMaker(opts.func_pickle, opts.data_pickle, may_group=opts.qsize > 1)

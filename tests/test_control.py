@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(30)
 
 KEY = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
 KEYS = {"server": KEY, "public": KEY, "secret": KEY}
-WORKER = {"credits": 3, "func_pickle": 1, "data_pickle": 0, "loop": 2}
+WORKER = {"credits": 3, "func_pickle": 1, "data_pickle": 0, "loop": 2, "log_level": 30}
 OPEN = c.Open(
     protocol=frames.VERSION,
     endpoint="tcp://10.0.0.1:5555",
@@ -39,6 +39,8 @@ EVENTS = [
     c.Refused("no room"),
     c.Refused("no room", b"w-1"),
     c.Exit(b"w-1", 1234, -9, "Traceback ...\nMemoryError"),
+    c.Output(b"w-1", 1234, "out", ["a line", "ünïcode"]),
+    c.Output(b"w-1", 1234, "err", [], 7),
     c.Pong(),
     c.Stopped(),
 ]
@@ -88,7 +90,13 @@ def test_an_exit_keeps_the_end_of_a_long_stderr_and_fits_in_a_message(char):
 
 def test_open_gives_the_workers_options_from_checked_numbers():
     args = c.decode(c.encode(OPEN), c.SPAWNER_READS).worker_args()  # type: ignore[attr-defined]
-    assert args == ["--credits=3", "--func-pickle=1", "--data-pickle=0", "--loop=2"]
+    assert args == [
+        "--credits=3",
+        "--func-pickle=1",
+        "--data-pickle=0",
+        "--loop=2",
+        "--log-level=30",
+    ]
 
 
 def test_hello_and_opened_are_both_a_hello():
@@ -291,3 +299,30 @@ def test_agent_says_hello_refuses_bad_commands_and_stops_when_told():
     assert returncode == 0
     assert stderr.count("distex_zmq agent: refused") == 3
     assert "'id' must be 1 to 64 bytes in hex" in stderr
+
+
+@pytest.mark.parametrize("char", ["a", "\x00", "\u20ac"])
+def test_output_events_batch_lines_and_split_long_ones_under_the_limit(char):
+    lines = [char * 10_000, "", "short", *([char * 50] * 500)]
+    events = c.output_events(b"w-1", 7, "err", lines, dropped=3)
+    for event in events:
+        assert len(c.encode_line(event)) < c.MAX_MESSAGE
+        assert c.decode(c.encode(event), c.POOL_READS) == event
+    assert events[0].dropped == 3 and not any(e.dropped for e in events[1:])
+    assert [line for e in events for line in e.lines][:6] == [
+        char * (c.MAX_OUTPUT - 1),
+        char * (c.MAX_OUTPUT - 1),
+        char * (c.MAX_OUTPUT - 1),
+        char * (c.MAX_OUTPUT - 1),
+        char * (10_000 - 4 * (c.MAX_OUTPUT - 1)),
+        "",
+    ]
+    assert sum(len(e.lines) for e in events) == 5 + 2 + 500
+
+
+def test_output_over_the_limit_or_of_another_stream_is_refused():
+    too_long = {"ev": "output", "id": "77", "pid": 1, "stream": "out", "lines": ["a" * 3000]}
+    with pytest.raises(ProtocolError, match="more than"):
+        c.decode_line(line(**too_long), c.POOL_READS)
+    with pytest.raises(ProtocolError, match="stream"):
+        c.decode_line(line(**{**too_long, "lines": [], "stream": "in"}), c.POOL_READS)

@@ -45,6 +45,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--data-pickle", type=int, default=0, help="0=pickle 1=cloudpickle 2=dill 3=auto"
     )
     parser.add_argument("--loop", type=int, default=0, help="LoopType of the worker")
+    parser.add_argument(
+        "--log-level", type=int, default=-1, help="send task log records at this level (-1: none)"
+    )
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process dies")
     parser.add_argument(
         "--curve-keys-on-stdin",
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         loop,
         args.parent_pid,
         curve,
+        args.log_level,
     )
     code = worker.run()
     sys.stdout.flush()

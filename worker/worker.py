@@ -37,6 +37,7 @@ from distex_zmq.version import __version__
 from distex_zmq.wire import frames as p
 from distex_zmq.wire.zmqio import readable, recv_frames, send_frames
 
+from .logs import LogForwarder
 from .running import Runner
 
 #: Seconds between checks that the process that started the worker lives.
@@ -65,6 +66,7 @@ class Worker:
         loop: asyncio.AbstractEventLoop,
         parent_pid: int = 0,
         curve: dict[str, str] | None = None,
+        log_level: int = -1,
     ):
         self._endpoint = endpoint
         self._credits = credits
@@ -84,6 +86,8 @@ class Worker:
             # the broker's TCP endpoint admits only the keys its pool gave out
             keys = KeyPair(curve["public"].encode(), curve["secret"].encode())
             make_client(self._sock, curve["server"].encode(), keys)
+        if log_level >= 0:
+            LogForwarder(log_level, self._send_log, loop).install()
 
     def run(self) -> int:
         """Serve tasks until STOP, REFUSE or the loop stops; return the exit code."""
@@ -209,7 +213,14 @@ class Worker:
                 self._flush()
                 start = time.perf_counter()
 
-    # sending results
+    # sending results and log records
+
+    def _send_log(self, message: list[bytes]) -> None:
+        if self._sock.closed:
+            return
+        send_frames(self._sock, message)
+        if not self._stopping and readable(self._sock):
+            self._loop.call_soon(self._on_readable)
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:

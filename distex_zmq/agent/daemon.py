@@ -5,16 +5,19 @@ A pool starts one agent on each SSH host, over the SSH session
 the pool's broker), learns at once when one exits (``launch/local.py``'s
 pidfd) and tells the pool. It speaks the control messages of
 ``wire/control.py`` one per line: commands on stdin (keys, spawn, kill,
-ping, stop), events on stdout (hello first, then exit, refused, pong,
-stopped). A command that does not pass gets a refusal and a line on stderr.
+ping, stop), events on stdout (hello first, then exit, output, refused,
+pong, stopped). A command that does not pass gets a refusal and a line on
+stderr.
 
 The agent exits, and its workers with it, when told to stop, when its stdin
 closes (the SSH connection dropped, or the pool's process died) and when no
 command has come for ``--heartbeat-timeout`` seconds (the pool's host is
 cut off or hangs). Workers are started with the agent as their parent, so
-Linux kills them if the agent itself is killed. Their standard output goes
-to the agent's standard error, which the pool relays, so that a task that
-prints cannot garble the event stream.
+Linux kills them if the agent itself is killed. Their stdout and stderr are
+read line by line and sent as output events (``launch/relay.py``): the agent
+alone writes its stdout, one whole event per line, so a task that prints
+cannot garble the event stream. The agent's own stderr carries only its own
+errors.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import time
 
 from distex_zmq.errors import ProtocolError
 from distex_zmq.launch.local import LocalLauncher
+from distex_zmq.launch.relay import OutputRelay
 from distex_zmq.loops import run_in_background
 from distex_zmq.version import __version__
 from distex_zmq.wire import control, frames
@@ -54,8 +58,9 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._heartbeat_timeout = heartbeat_timeout
         self._events_fd = events_fd
+        self._relay = OutputRelay(self._send)
         self._launcher = LocalLauncher(
-            loop, endpoint, worker_args, self._on_exit, worker_stdout=sys.stderr.fileno()
+            loop, endpoint, worker_args, self._on_exit, on_output=self._relay.forward
         )
         self._buffer = b""
         self._last_heard = time.monotonic()
@@ -83,7 +88,7 @@ class Agent:
             await self._launcher.stop(ABANDON_GRACE)
         return reason
 
-    def _send(self, event: control.Event) -> None:
+    def _send(self, event: control.Event) -> bool:
         data = control.encode_line(event)
         try:
             while data:
@@ -91,6 +96,8 @@ class Agent:
                 data = data[written:]
         except OSError:  # the pool is gone
             self._end("the pool's connection closed")
+            return False
+        return True
 
     def _end(self, reason: str) -> None:
         if not self._done.done():
@@ -153,4 +160,5 @@ class Agent:
         self._loop.call_later(self._heartbeat_timeout / 4, self._check_heartbeat)
 
     def _on_exit(self, identity: bytes, pid: int, returncode: int, tail: str) -> None:
+        self._relay.forget(identity)
         self._send(control.Exit(identity, pid, returncode, tail))

@@ -3,8 +3,11 @@
 Each worker is a ``python -m distex_zmq.worker`` child in a session of its
 own (so a Ctrl-C in the terminal reaches only the client, and the whole
 process tree can be signalled at once). Its exit is seen at once through a
-pidfd on the pool loop; its stderr is passed through to ours while its last
-lines are kept for the error that reports its death.
+pidfd on the pool loop. Its stdout and stderr are read line by line as they
+are written (workers run unbuffered) and handed to ``on_output`` (or, without
+one, passed through to ours); the last lines of stderr are kept for the error
+that reports its death. At its exit both pipes are read to their end, so the
+last line a killed worker wrote is not lost.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ _logger = logging.getLogger("distex_zmq.launch.local")
 
 #: Lines of a worker's stderr kept for error messages.
 STDERR_TAIL_LINES = 20
+#: A line longer than this is handed on in pieces of this many bytes.
+MAX_LINE = 64 * 1024
+
+#: ``on_output(identity, pid, stream, lines)``: lines (without their line
+#: ends) a worker wrote to ``stream``, ``"out"`` or ``"err"``.
+OutputCallback = Callable[[bytes, int, str, list[str]], None]
 
 
 def describe_exit(returncode: int) -> str:
@@ -44,18 +53,32 @@ class WorkerProcess:
         self.popen = popen
         self.pid = popen.pid
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-        self._partial = b""
+        #: by stream: the start of a line not ended yet
+        self._partial = {"out": b"", "err": b""}
         self.exited: asyncio.Future[int] | None = None
 
-    def feed_stderr(self, data: bytes) -> None:
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        self.stderr_tail.extend(line.decode(errors="replace") for line in lines)
+    def feed(self, stream: str, data: bytes) -> list[str]:
+        """The lines that ``data`` ends, read from ``stream``; at the end of the
+        stream (``data`` empty), what is left of the last line."""
+        if not data:
+            rest, self._partial[stream] = self._partial[stream], b""
+            raw = [rest] if rest else []
+        else:
+            raw = (self._partial[stream] + data).split(b"\n")
+            partial = raw.pop()
+            while len(partial) > MAX_LINE:
+                raw.append(partial[:MAX_LINE])
+                partial = partial[MAX_LINE:]
+            self._partial[stream] = partial
+        lines = [line.decode(errors="replace") for line in raw]
+        if stream == "err":
+            self.stderr_tail.extend(lines)
+        return lines
 
     def tail(self) -> str:
         lines = list(self.stderr_tail)
-        if self._partial:
-            lines.append(self._partial.decode(errors="replace"))
+        if self._partial["err"]:
+            lines.append(self._partial["err"].decode(errors="replace"))
         return "\n".join(lines[-STDERR_TAIL_LINES:])
 
     def signal_tree(self, sig: int) -> None:
@@ -70,7 +93,9 @@ class LocalLauncher:
     """Starts local workers that connect to ``endpoint``; reports their exits.
 
     ``on_exit(identity, pid, returncode, stderr_tail)`` is called on the pool loop
-    when a worker process ends, whatever the reason.
+    when a worker process ends, whatever the reason, after the last of its
+    output. With ``on_output`` the workers' stdout and stderr go to it line by
+    line; without, both go to ours.
     """
 
     def __init__(
@@ -79,12 +104,11 @@ class LocalLauncher:
         endpoint: str,
         worker_args: list[str],
         on_exit: Callable[[bytes, int, int, str], None],
-        worker_stdout: int | None = None,
         worker_stdin: bytes | None = None,
+        on_output: OutputCallback | None = None,
     ):
         self._loop = loop
-        #: where workers' standard output goes (None: ours)
-        self._worker_stdout = worker_stdout
+        self._on_output = on_output
         #: written to each worker's stdin, then closed (its CURVE keys)
         self.worker_stdin = worker_stdin
         self._endpoint = endpoint
@@ -102,6 +126,8 @@ class LocalLauncher:
         # the workers import what the client can: same path, same directory
         paths = [p for p in sys.path if p] + [os.getcwd()]
         self._env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        # each line a task prints leaves the worker at once
+        self._env["PYTHONUNBUFFERED"] = "1"
 
     def spawn(self, identity: bytes) -> WorkerProcess:
         """Start one worker with this routing id, new to the pool; return it."""
@@ -120,7 +146,7 @@ class LocalLauncher:
         popen = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL if self.worker_stdin is None else subprocess.PIPE,
-            stdout=self._worker_stdout,
+            stdout=None if self._on_output is None else subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=self._env,
             start_new_session=True,
@@ -135,9 +161,9 @@ class LocalLauncher:
         proc = WorkerProcess(identity, popen)
         proc.exited = self._loop.create_future()
         self.processes[identity] = proc
-        assert popen.stderr is not None
-        os.set_blocking(popen.stderr.fileno(), False)
-        self._loop.add_reader(popen.stderr.fileno(), self._read_stderr, proc)
+        for stream, pipe in self._pipes(proc):
+            os.set_blocking(pipe.fileno(), False)
+            self._loop.add_reader(pipe.fileno(), self._read, proc, stream, pipe.fileno())
         self._watch_exit(proc)
         return proc
 
@@ -150,9 +176,13 @@ class LocalLauncher:
         if proc is not None:
             proc.signal_tree(signal.SIGKILL)
 
-    def _read_stderr(self, proc: WorkerProcess) -> None:
-        assert proc.popen.stderr is not None
-        fd = proc.popen.stderr.fileno()
+    @staticmethod
+    def _pipes(proc: WorkerProcess) -> list[tuple[str, Any]]:
+        """The worker's pipes that are read: ``(stream, file)``."""
+        pipes = [("out", proc.popen.stdout), ("err", proc.popen.stderr)]
+        return [(stream, pipe) for stream, pipe in pipes if pipe is not None]
+
+    def _read(self, proc: WorkerProcess, stream: str, fd: int) -> None:
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
@@ -161,8 +191,15 @@ class LocalLauncher:
             data = b""
         if not data:
             self._loop.remove_reader(fd)
+        self._pass_on(proc, stream, data)
+
+    def _pass_on(self, proc: WorkerProcess, stream: str, data: bytes) -> None:
+        """Hand on what the worker wrote (``b""``: the end of the stream)."""
+        lines = proc.feed(stream, data)
+        if self._on_output is not None:
+            if lines:
+                self._on_output(proc.identity, proc.pid, stream, lines)
             return
-        proc.feed_stderr(data)
         try:
             sys.stderr.write(data.decode(errors="replace"))
         except (OSError, ValueError):
@@ -191,16 +228,18 @@ class LocalLauncher:
 
     def _reap(self, proc: WorkerProcess) -> None:
         returncode = proc.popen.wait()
-        if proc.popen.stderr is not None:
-            fd = proc.popen.stderr.fileno()
+        for stream, pipe in self._pipes(proc):
+            # what the worker wrote last, up to the end (or what its own
+            # children, killed below, have not written yet)
+            fd = pipe.fileno()
             self._loop.remove_reader(fd)
             try:
                 while data := os.read(fd, 65536):
-                    proc.feed_stderr(data)
-                    sys.stderr.write(data.decode(errors="replace"))
-            except (OSError, ValueError):
+                    self._pass_on(proc, stream, data)
+            except OSError:
                 pass
-            proc.popen.stderr.close()
+            self._pass_on(proc, stream, b"")
+            pipe.close()
         # anything the worker started goes with it
         proc.signal_tree(signal.SIGKILL)
         self.processes.pop(proc.identity, None)

@@ -5,7 +5,9 @@ started over SSH, or the spawner there) in the control messages of
 ``wire/control.py``: it sends spawn, kill, ping and stop; it hears hello
 (opened from a spawner), an exit for every worker that ends, pong and
 stopped. Like the local launcher it reports each exit with
-``on_exit(identity, pid, returncode, stderr_tail)``.
+``on_exit(identity, pid, returncode, stderr_tail)``; the lines its workers
+print arrive as output events, handed to ``on_output(host, pid, stream,
+lines, dropped)`` with the host's name from its hello.
 
 Heartbeats: the launcher pings every quarter of ``heartbeat_timeout``; a
 host that has said nothing for ``heartbeat_timeout`` is lost then (a timer
@@ -32,6 +34,10 @@ from distex_zmq.wire import control, frames
 
 _logger = logging.getLogger("distex_zmq.launch.remote")
 
+#: ``on_output(host, pid, stream, lines, dropped)``: lines a remote worker
+#: wrote to ``stream`` (``"out"`` or ``"err"``), after ``dropped`` lost ones.
+RemoteOutput = Callable[[str, int, str, list[str], int], None]
+
 #: Seconds, beyond the grace, that a stopping host may take to stop its workers.
 STOP_MARGIN = 5.0
 
@@ -53,8 +59,10 @@ class RemoteLauncher:
         heartbeat_timeout: float,
         on_exit: Callable[[bytes, int, int, str], None],
         on_lost: Callable[[Any, str, set[bytes]], None],
+        on_output: RemoteOutput | None = None,
     ):
         self._loop = loop
+        self._on_output = on_output
         self._tasks: set[asyncio.Task[None]] = set()
         self.spec = spec
         self._heartbeat_timeout = heartbeat_timeout
@@ -95,6 +103,10 @@ class RemoteLauncher:
             if event.identity in self.workers:
                 self.workers.discard(event.identity)
                 self._on_exit(event.identity, event.pid, event.rc, event.tail)
+        elif isinstance(event, control.Output):
+            if self._on_output is not None and self._hello.done():
+                host = self._hello.result().host
+                self._on_output(host, event.pid, event.stream, event.lines, event.dropped)
         elif isinstance(event, control.Refused):
             self._on_refused(event)
         elif isinstance(event, control.Stopped):

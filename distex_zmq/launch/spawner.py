@@ -29,7 +29,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from distex_zmq.errors import HostConnectionError, ProtocolError
 from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT, HostSpec
-from distex_zmq.launch.remote import RemoteLauncher, tcp_host
+from distex_zmq.launch.remote import RemoteLauncher, RemoteOutput, tcp_host
 from distex_zmq.security import ClusterKeys, make_client
 from distex_zmq.wire import control, frames
 from distex_zmq.wire.zmqio import EdgeReader
@@ -58,8 +58,9 @@ class SpawnerLauncher(RemoteLauncher):
         connect_timeout: float,
         on_exit: Callable[[bytes, int, int, str], None],
         on_lost: Callable[[SpawnerLauncher, str, set[bytes]], None],
+        on_output: RemoteOutput | None = None,
     ):
-        super().__init__(loop, spec, heartbeat_timeout, on_exit, on_lost)
+        super().__init__(loop, spec, heartbeat_timeout, on_exit, on_lost, on_output)
         self._ctx = ctx
         self._keys = keys
         self._broker_port = broker_port

@@ -39,7 +39,7 @@ import paramiko
 from distex_zmq.errors import HostConnectionError, ProtocolError
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.launch import ssh_connect as ssh
-from distex_zmq.launch.remote import RemoteLauncher, RemoteSettings, tcp_host
+from distex_zmq.launch.remote import RemoteLauncher, RemoteOutput, RemoteSettings, tcp_host
 from distex_zmq.launch.ssh_tunnel import ReverseTunnel
 from distex_zmq.wire import control
 
@@ -62,8 +62,9 @@ class SSHLauncher(RemoteLauncher):
         worker_keys: dict[str, str],
         on_exit: Callable[[bytes, int, int, str], None],
         on_lost: Callable[[SSHLauncher, str, set[bytes]], None],
+        on_output: RemoteOutput | None = None,
     ):
-        super().__init__(loop, spec, settings.heartbeat_timeout, on_exit, on_lost)
+        super().__init__(loop, spec, settings.heartbeat_timeout, on_exit, on_lost, on_output)
         self._settings = settings
         self._broker_port = broker_port
         self._worker_args = worker_args

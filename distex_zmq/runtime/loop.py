@@ -23,6 +23,7 @@ from distex_zmq.broker import INIT_TAG, STATUS_LOCAL_ERROR, Broker, Task, Worker
 from distex_zmq.errors import PoolClosedError, WorkerStartError
 from distex_zmq.loops import new_event_loop
 from distex_zmq.options import Options
+from distex_zmq.output import emit_log
 from distex_zmq.results import DISCARD, mark_pool_loop
 from distex_zmq.runtime.ipc import make_ipc_dir, socket_path, sweep_stale_ipc_dirs
 from distex_zmq.runtime.supervisor import BrokerAccess, Supervisor
@@ -44,7 +45,7 @@ class Runtime:
     """Starts the pool loop thread, the broker and the workers; shuts them down.
 
     It is the broker's hooks object: ``on_hello``, ``on_ready``,
-    ``on_init_failed``, ``on_unreachable`` and ``on_task_timeout``.
+    ``on_init_failed``, ``on_log``, ``on_unreachable`` and ``on_task_timeout``.
     """
 
     def __init__(self, options: Options, tasks: TaskMaker):
@@ -136,6 +137,7 @@ class Runtime:
             *("--func-pickle", str(int(opts.func_pickle))),
             *("--data-pickle", str(int(opts.data_pickle))),
             *("--loop", str(int(opts.worker_loop))),
+            *("--log-level", str(-1 if opts.log_level is None else opts.log_level)),
         ]
         tcp_port = self._bind_tcp() if opts.hosts else 0
         supervisor = self.supervisor
@@ -212,6 +214,9 @@ class Runtime:
             # a replacement: it dies, which counts against max_worker_deaths
             _logger.error("%s", error)
             self.supervisor.kill(rec.identity)
+
+    def on_log(self, rec: WorkerRecord, body: bytes) -> None:
+        emit_log(rec.host, rec.pid, rec.identity.decode(errors="backslashreplace"), body)
 
     def on_task_timeout(self, rec: WorkerRecord, task: Task | None) -> None:
         self.supervisor.on_task_timeout(rec, task)

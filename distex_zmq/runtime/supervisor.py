@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import socket
 import time
 from collections import deque
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from distex_zmq.launch.remote import RemoteLauncher
 from distex_zmq.launch.spawner import SpawnerLauncher
 from distex_zmq.loops import run_in_background
 from distex_zmq.options import Options
+from distex_zmq.output import WorkerOutput
 
 _logger = logging.getLogger("distex_zmq.pool")
 
@@ -109,12 +111,18 @@ class Supervisor:
         self._worker_ids = itertools.count(1)
         self._reconnects: set[asyncio.Task[None]] = set()
         self._deaths: deque[float] = deque()
+        #: where the workers' stdout and stderr lines go
+        self._output = WorkerOutput(options.output)
 
     def start(self, access: BrokerAccess) -> None:
         """Start the local workers (on the pool loop)."""
         self._access = access
         self.local = LocalLauncher(
-            self._loop, access.local_endpoint, access.worker_args, self.on_exit
+            self._loop,
+            access.local_endpoint,
+            access.worker_args,
+            self.on_exit,
+            on_output=self._output.local(socket.gethostname()),
         )
         for _ in range(self._options.num_workers):
             self.spawn(self.local)
@@ -138,6 +146,7 @@ class Supervisor:
                 access.worker_keys,
                 self.on_exit,
                 self.on_host_lost,
+                self._output.write,
             )
         else:
             launcher = SpawnerLauncher(
@@ -152,12 +161,14 @@ class Supervisor:
                     "func_pickle": opts.func_pickle,
                     "data_pickle": opts.data_pickle,
                     "loop": opts.worker_loop,
+                    "log_level": -1 if opts.log_level is None else opts.log_level,
                 },
                 access.worker_keys,
                 opts.remote.heartbeat_timeout,
                 opts.remote.connect_timeout,
                 self.on_exit,
                 self.on_host_lost,
+                self._output.write,
             )
         self.remote.append(launcher)
         try:

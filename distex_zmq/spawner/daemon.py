@@ -2,8 +2,10 @@
 
 Run it once on each host. Pools that know the cluster's shared secret ask
 it for workers; it starts them (they connect back to that pool's broker),
-supervises them, reports their exits, and kills them when the pool stops,
-goes silent for its heartbeat timeout, or the spawner itself is stopped.
+supervises them, reports their exits, forwards what they print to their
+pool (``launch/relay.py``: line by line, dropped rather than queued when the
+pool does not keep up), and kills them when the pool stops, goes silent for
+its heartbeat timeout, or the spawner itself is stopped.
 
 ::
 
@@ -38,6 +40,7 @@ import zmq
 
 from distex_zmq.errors import ProtocolError
 from distex_zmq.launch.local import LocalLauncher, describe_exit
+from distex_zmq.launch.relay import OutputRelay
 from distex_zmq.loops import run_in_background
 from distex_zmq.security import ClusterKeys, ZapHandler, make_server
 from distex_zmq.version import __version__
@@ -65,13 +68,15 @@ class Session:
         self.peer = peer
         self.capacity = request.workers
         self.heartbeat = request.heartbeat
+        #: the workers' output, to the pool
+        self.relay = OutputRelay(lambda event: spawner.send(peer, event))
         self.launcher = LocalLauncher(
             loop,
             request.endpoint,
             [*request.worker_args(), "--curve-keys-on-stdin"],
             lambda identity, pid, rc, tail: spawner.on_exit(self, identity, pid, rc, tail),
-            worker_stdout=sys.stderr.fileno(),
             worker_stdin=json.dumps(request.keys).encode() + b"\n",
+            on_output=self.relay.forward,
         )
         self.last_heard = time.monotonic()
         self.stopping = False
@@ -177,13 +182,13 @@ class Spawner:
             raise ProtocolError(f"{request.KIND!r} before {control.Open.KIND!r}")
         session.last_heard = time.monotonic()
         if isinstance(request, control.Ping):
-            self._send(peer, control.Pong())
+            self.send(peer, control.Pong())
         elif isinstance(request, control.Spawn):
             if session.stopping:
                 raise ProtocolError("the pool is stopping")
             if len(session.launcher.processes) >= session.capacity:
                 why = f"the pool opened {session.capacity} workers here"
-                self._send(peer, control.Refused(why, request.identity))
+                self.send(peer, control.Refused(why, request.identity))
                 return
             if request.identity in session.launcher.processes:
                 raise ProtocolError("that worker runs already")
@@ -219,7 +224,7 @@ class Spawner:
             python=sys.version.split()[0],
             pid=os.getpid(),
         )
-        self._send(peer, opened)
+        self.send(peer, opened)
 
     def _refuse(self, peer: bytes, reason: str) -> None:
         count = self._logged.get(peer, 0)
@@ -228,14 +233,17 @@ class Spawner:
                 self._logged.clear()  # bounded memory, whatever the peers
             self._logged[peer] = count + 1
             _logger.warning("refused a request from %s: %s", peer.hex()[:12], reason)
-        self._send(peer, control.Refused(reason))
+        self.send(peer, control.Refused(reason))
 
-    def _send(self, peer: bytes, event: control.Event) -> None:
+    def send(self, peer: bytes, event: control.Event) -> bool:
+        """Send ``event`` to a pool, if it can take it now; return whether it could."""
         try:
             self._sock.send_multipart([peer, *control.encode(event)], flags=zmq.NOBLOCK)
         except zmq.ZMQError:
-            pass  # gone, or not reading: it learns nothing more
-        self._reader.poke()
+            return False  # gone, or not reading: it learns nothing more
+        finally:
+            self._reader.poke()
+        return True
 
     # workers and pools
 
@@ -252,11 +260,12 @@ class Spawner:
         )
 
     def on_exit(self, session: Session, identity: bytes, pid: int, rc: int, tail: str) -> None:
+        session.relay.forget(identity)
         started = session.started.pop(identity, None)
         ran = f" after {time.monotonic() - started:.1f} s" if started is not None else ""
         _logger.info("%s: worker pid %d ended%s: %s", session, pid, ran, describe_exit(rc))
         if self.sessions.get(session.peer) is session and not session.stopping:
-            self._send(session.peer, control.Exit(identity, pid, rc, tail))
+            self.send(session.peer, control.Exit(identity, pid, rc, tail))
 
     async def _stop_session(self, session: Session, grace: float, why: str) -> None:
         if session.stopping:
@@ -268,7 +277,7 @@ class Spawner:
         await session.launcher.stop(grace)
         if self.sessions.get(session.peer) is session:
             del self.sessions[session.peer]
-            self._send(session.peer, control.Stopped())
+            self.send(session.peer, control.Stopped())
 
     def _check_heartbeats(self) -> None:
         if self._stopped.done():

@@ -13,6 +13,13 @@ pool -> host:  open (spawner: serve a pool)  keys (agent: the workers' CURVE key
                spawn  kill  ping  stop
 host -> pool:  hello (agent: its first line)  opened (spawner: the answer to open)
                refused (with an id: a worker not started)  exit  pong  stopped
+               output (lines a worker wrote to its stdout or stderr)
+
+An ``output`` carries whole lines of one worker's stream, at most
+``MAX_OUTPUT`` characters in all (``output_events`` batches lines and splits
+long ones), so that at up to 6 bytes per character in JSON it stays under
+``MAX_MESSAGE``; ``dropped`` counts the lines its host dropped before these
+(a worker that wrote faster than the host forwards, see ``launch/relay.py``).
 
 A status request (``python -m distex_zmq.spawner status``) opens no pool:
 status -> spawner, status_reply (or refused) -> the asker.
@@ -30,7 +37,7 @@ from typing import Any, ClassVar, cast
 from distex_zmq.errors import ProtocolError
 
 MAGIC = b"DZSP"
-VERSION = 2
+VERSION = 3
 HEAD = MAGIC + struct.pack("!H", VERSION)
 #: Largest message a spawner or an agent accepts; ZeroMQ drops the
 #: connection of a peer that sends a larger one, before it is buffered.
@@ -44,6 +51,11 @@ MAX_GRACE = 60.0
 #: Characters of stderr an exit carries at most (its end): at up to 6 bytes
 #: per character in JSON, an exit stays under ``MAX_MESSAGE``.
 MAX_TAIL = 2000
+#: Characters of output lines one ``Output`` carries at most (a line counts
+#: one more, for its quotes and comma): under ``MAX_MESSAGE`` at 6 bytes each.
+MAX_OUTPUT = 2400
+#: The streams of a worker that ``Output`` names.
+STREAMS = ("out", "err")
 
 _ENDPOINT = re.compile(r"^tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):\d{1,5}$")
 _Z85_KEY = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
@@ -51,6 +63,8 @@ _IDENTITY = re.compile(r"^(?:[0-9a-f]{2}){1,64}$")
 #: The workers' settings in ``open``, and their bounds.
 _WORKER_SETTINGS = {"credits": (1, 1 << 16), "func_pickle": (0, 2), "data_pickle": (0, 3)}
 _WORKER_SETTINGS["loop"] = (0, 4)
+#: the level of the task's log records sent to the pool; -1: none
+_WORKER_SETTINGS["log_level"] = (-1, 100)
 
 #: Checks the field ``name`` of a message and returns its value.
 Check = Callable[[dict[str, Any], str], Any]
@@ -109,6 +123,22 @@ def _keys(message: dict[str, Any], name: str) -> dict[str, str]:
             raise ProtocolError(f"{name}.{role} must be a Z85-encoded CURVE key")
         checked[role] = key
     return checked
+
+
+def _stream(message: dict[str, Any], name: str) -> str:
+    value = _field(message, name, str)
+    if value not in STREAMS:
+        raise ProtocolError(f"{name!r} must be one of {STREAMS}")
+    return value
+
+
+def _lines(message: dict[str, Any], name: str) -> list[str]:
+    value = _field(message, name, list)
+    if not all(isinstance(line, str) for line in value):
+        raise ProtocolError(f"{name!r} must be a list of strings")
+    if sum(len(line) + 1 for line in value) > MAX_OUTPUT:
+        raise ProtocolError(f"{name!r} holds more than {MAX_OUTPUT} characters")
+    return cast(list[str], value)
 
 
 def _worker(message: dict[str, Any], name: str) -> dict[str, int]:
@@ -295,6 +325,48 @@ class Exit(Event):
 
 
 @dataclasses.dataclass(frozen=True)
+class Output(Event):
+    """Lines a worker wrote to its stdout (``"out"``) or stderr (``"err"``)."""
+
+    KIND = "output"
+    identity: bytes
+    pid: int
+    stream: str
+    lines: list[str]
+    #: lines of this worker its host dropped before these
+    dropped: int = 0
+    FIELDS = {
+        "identity": _identity,
+        "pid": _INT,
+        "stream": _stream,
+        "lines": _lines,
+        "dropped": _a(int, 0, 1 << 62),
+    }
+
+
+def output_events(
+    identity: bytes, pid: int, stream: str, lines: Sequence[str], dropped: int = 0
+) -> list[Output]:
+    """``Output`` events that carry ``lines`` in order, each within ``MAX_OUTPUT``:
+    lines batched, and a line too long for one split into several."""
+    piece = MAX_OUTPUT - 1
+    events: list[Output] = []
+    batch: list[str] = []
+    size = 0
+    for whole in lines:
+        for start in range(0, max(len(whole), 1), piece):
+            line = whole[start : start + piece]
+            if size + len(line) + 1 > MAX_OUTPUT:
+                events.append(Output(identity, pid, stream, batch, dropped))
+                batch, size, dropped = [], 0, 0
+            batch.append(line)
+            size += len(line) + 1
+    if batch or dropped:
+        events.append(Output(identity, pid, stream, batch, dropped))
+    return events
+
+
+@dataclasses.dataclass(frozen=True)
 class Pong(Event):
     KIND = "pong"
 
@@ -344,7 +416,7 @@ def _reads(*classes: type[Message]) -> Reads:
 #: What a spawner reads, an agent reads, a pool reads from either, and a status asker.
 SPAWNER_READS = _reads(Open, Spawn, Kill, Ping, Stop, Status)
 AGENT_READS = _reads(Keys, Spawn, Kill, Ping, Stop)
-POOL_READS = _reads(Hello, Opened, Refused, Exit, Pong, Stopped)
+POOL_READS = _reads(Hello, Opened, Refused, Exit, Output, Pong, Stopped)
 STATUS_READS = _reads(StatusReply, Refused)
 
 

@@ -20,6 +20,13 @@ worker -> broker:
   pickled value (inline or the next frame), then its out-of-band buffers. A
   chunk's value is a list with an ``ItemError`` for each input that raised.
   ``STATUS_RETURNED`` (no value) gives back a task the worker did not run.
+- ``LOG`` body = JSON: a ``logging`` record emitted in the worker at or
+  above the pool's ``log_level``, as plain data: ``name``, ``levelno``,
+  ``msg`` (the message with its arguments already formatted), ``pathname``,
+  ``lineno``, ``funcName``, ``created``, ``exc_text`` (the formatted
+  traceback, or null). The broker hands the body to its hooks as bytes;
+  the client checks it with ``read_log`` and makes a ``LogRecord`` of it.
+  Nothing is pickled, so neither side runs code the other sent.
 
 broker -> worker:
 
@@ -52,13 +59,14 @@ from typing import Any
 from distex_zmq.errors import ProtocolError
 
 MAGIC = b"DZMQ"
-VERSION = 2
+VERSION = 3
 
 HELLO = b"H"
 RESULT = b"R"
 TASK = b"T"
 STOP = b"S"
 REFUSE = b"X"
+LOG = b"L"
 
 #: magic, version, message type, number of entries
 HEAD = struct.Struct("!4sHcH")
@@ -175,6 +183,43 @@ def control(kind: bytes, body: bytes = b"") -> list[bytes]:
 
 def hello(info: dict[str, Any]) -> list[bytes]:
     return control(HELLO, json.dumps(info).encode())
+
+
+#: The fields of a ``LOG`` body and their types (``exc_text`` may be null).
+LOG_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "levelno": int,
+    "msg": str,
+    "pathname": str,
+    "lineno": int,
+    "funcName": str,
+    "created": (int, float),
+    "exc_text": (str, type(None)),
+}
+#: Characters of a log message, and of its traceback, that a ``LOG`` carries at most.
+MAX_LOG_TEXT = 64 * 1024
+
+
+def log(record: dict[str, Any]) -> list[bytes]:
+    """A ``LOG`` message of a record's fields (``LOG_FIELDS``)."""
+    return control(LOG, json.dumps(record).encode())
+
+
+def read_log(body: bytes) -> dict[str, Any]:
+    """The checked fields of a ``LOG`` body; ``ProtocolError`` if it is malformed."""
+    try:
+        record = json.loads(body)
+    except ValueError as e:
+        raise ProtocolError(f"malformed log record: {e}") from None
+    if not isinstance(record, dict):
+        raise ProtocolError("malformed log record: not an object")
+    checked = {}
+    for name, kind in LOG_FIELDS.items():
+        value = record.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ProtocolError(f"malformed log record: bad {name!r}")
+        checked[name] = value
+    return checked
 
 
 class Writer:

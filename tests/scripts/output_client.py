@@ -1,0 +1,76 @@
+"""A client for tests/test_output.py: ``python output_client.py SCENARIO JSON_KWARGS GO_FILE``.
+
+It makes ``Pool(**kwargs)``, runs one task of ``SCENARIO`` and prints
+``RESULT host pid`` (or ``LOST``) on its stdout; the workers' lines come to
+its stdout and stderr as the pool writes them. Its own log handler prints
+the records re-emitted from the workers as ``LOG name level host pid worker
+message`` lines on stdout.
+"""
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from distex_zmq import Pool, WorkerLostError
+
+
+def live(go_file):
+    print("hello-out")
+    print("hello-err", file=sys.stderr)
+    while not os.path.exists(go_file):  # the test sees the lines while this runs
+        time.sleep(0.02)
+    return socket.gethostname(), os.getpid()
+
+
+def sigkill(go_file):
+    print("last words before SIGKILL")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def exit_partial(go_file):
+    sys.stdout.write("no newline before _exit")
+    os._exit(3)
+
+
+def flood(go_file):
+    line = "x" * 99
+    for _ in range(200_000):  # 20 MB, faster than a host forwards
+        print(line)
+    return socket.gethostname(), os.getpid()
+
+
+def logs(go_file):
+    log = logging.getLogger("user.tasks")
+    log.info("an info record")
+    log.warning("a warning record %d", 42)
+    try:
+        print(1 / 0)
+    except ZeroDivisionError:
+        log.exception("an error record")
+    return socket.gethostname(), os.getpid()
+
+
+def main():
+    scenario, kwargs, go_file = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        logging.Formatter("LOG %(name)s %(levelname)s %(host)s %(pid)s %(worker)s %(message)s")
+    )
+    user = logging.getLogger("user")
+    user.addHandler(handler)
+    user.propagate = False
+    with Pool(**kwargs, max_retries=0) as pool:
+        try:
+            host, pid = pool.run(globals()[scenario], go_file)
+        except WorkerLostError:
+            print("LOST", flush=True)
+        else:
+            print(f"RESULT {host} {pid}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
