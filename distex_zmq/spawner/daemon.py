@@ -175,7 +175,7 @@ class Spawner:
             self._open(peer, request)
             return
         if isinstance(request, control.Status):
-            self._send(peer, self.status())
+            self.send(peer, self.status())
             return
         session = self.sessions.get(peer)
         if session is None:
