@@ -16,6 +16,7 @@ explicit ``chunksize`` and ``qsize=1`` are honoured exactly.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import dataclasses
 import itertools
@@ -25,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from distex_zmq.broker import Task
+from distex_zmq.errors import RemoteException, TaskOrigin
+from distex_zmq.progress import Progress
 from distex_zmq.results import QueueSink, decode
 from distex_zmq.serialization import ItemError
 from distex_zmq.tasks import TaskMaker
@@ -92,8 +95,10 @@ class MapRun:
         ordered: bool,
         star: bool,
         wake: Callable[[], None],
+        progress: Progress | None = None,
     ):
         self._queue = ctx.queue
+        self._progress = progress
         self._tasks = ctx.tasks
         self._loads = ctx.tasks.data_loads
         self._func = ctx.tasks.function(func)
@@ -106,6 +111,13 @@ class MapRun:
         self._per_input: float | None = None
         #: inputs in each chunk task not yet yielded, by sequence number
         self._sizes: dict[int, int] = {}
+        #: the number of the first input of each chunk task not yet yielded
+        self._starts: dict[int, int] = {}
+        #: inputs submitted so far
+        self._inputs = 0
+        #: ``(sequence number, its input's number minus it)`` from where that
+        #: difference holds, for single tasks (chunks before them change it)
+        self._offsets: list[tuple[int, int]] = [(0, 0)]
         capacity = ctx.capacity
         self._window = ctx.window
         self._chunk_window = min(self._window, 2 * capacity + 2)
@@ -155,7 +167,18 @@ class MapRun:
                 seqs = range(first, first + made)
                 self._outstanding.update(zip(seqs, tasks, strict=True))
                 if chunked:
-                    self._sizes.update(zip(seqs, map(len, inputs), strict=False))
+                    starts = self._starts
+                    sizes = self._sizes
+                    start = self._inputs
+                    for seq, chunk in zip(seqs, inputs, strict=False):
+                        sizes[seq] = len(chunk)
+                        starts[seq] = start
+                        start += len(chunk)
+                    self._inputs = start
+                else:
+                    if self._inputs - first != self._offsets[-1][1]:
+                        self._offsets.append((first, self._inputs - first))
+                    self._inputs += made
                 self._next_seq = first + made
                 self._unyielded += made
                 self.sink.submitted += made
@@ -238,6 +261,8 @@ class MapRun:
         error, in order."""
         values: list[Any] = []
         self._decode_ready(values)
+        if self._progress is not None:
+            self._progress.add(len(values) + (self._pending_error is not None))
         values.reverse()
         return values
 
@@ -247,22 +272,33 @@ class MapRun:
         while ready:
             task, status, value = ready.popleft()
             self._unyielded -= 1
+            chunk = task.flags & p.FLAG_CHUNK
             try:
                 result = decode(task, status, value, loads)
             except BaseException as e:  # noqa: BLE001 - raised in order, after values
-                self._pending_error = e
+                self._pending_error = _mark_input(e, self._input_of(task))
                 return
-            if not task.flags & p.FLAG_CHUNK:
+            if not chunk:
                 values.append(result)
                 continue
             self._sizes.pop(task.tag, None)
-            for item in result:
+            start = self._starts.pop(task.tag, 0)
+            for position, item in enumerate(result):
                 if type(item) is ItemError:
-                    self._pending_error = item.error
+                    self._pending_error = _mark_input(item.error, start + position)
                     return
                 values.append(item)
 
     _pending_error: BaseException | None = None
+
+    def _input_of(self, task: Task) -> int:
+        """The number of ``task``'s input (of a chunk: its first input)."""
+        seq: int = task.tag
+        if task.flags & p.FLAG_CHUNK:
+            return self._starts.get(seq, 0)
+        offsets = self._offsets
+        i = bisect.bisect_right(offsets, (seq, float("inf"))) - 1
+        return seq + offsets[i][1]
 
     def raise_pending(self) -> None:
         error = self._pending_error
@@ -286,7 +322,10 @@ class MapRun:
         return left
 
     def cancel(self) -> None:
-        """Cancel what has not been yielded (tasks queued are dropped)."""
+        """Cancel what has not been yielded (tasks queued are dropped); the
+        map is over: its progress says so."""
+        if self._progress is not None:
+            self._progress.close()
         if self._outstanding:
             for task in self._outstanding.values():
                 task.cancelled = True
@@ -294,3 +333,15 @@ class MapRun:
             self._queue.wake()
         self._held.clear()
         self._ready.clear()
+
+
+def _mark_input(error: BaseException, index: int) -> BaseException:
+    """``error`` (and its remote cause) marked with the map input it is for."""
+    if isinstance(error, TaskOrigin) and error.index is None:
+        error.index = index
+    cause = error.__cause__
+    if isinstance(cause, RemoteException) and cause.index is None:
+        cause.index = index
+        if isinstance(error, TaskOrigin):
+            error.set_origin(cause.host, cause.pid)
+    return error

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import shutil
@@ -25,9 +26,11 @@ from distex_zmq.errors import PoolClosedError, WorkerStartError
 from distex_zmq.loops import new_event_loop
 from distex_zmq.options import Options
 from distex_zmq.results import DISCARD, mark_pool_loop
+from distex_zmq.runtime.snapshot import stopped, take_status
 from distex_zmq.runtime.supervisor import BrokerAccess, Supervisor
 from distex_zmq.security import KeyPair, ZapHandler
 from distex_zmq.serialization import loads
+from distex_zmq.status import PoolStatus
 from distex_zmq.tasks import TaskMaker, callable_name
 
 _logger = logging.getLogger("distex_zmq.pool")
@@ -59,6 +62,8 @@ class Runtime:
         #: why the pool cannot take tasks any more (start-up failure, crash loop)
         self.error: BaseException | None = None
         self._ready_count = 0
+        #: the pool's last status, taken as it was torn down
+        self._final_status: PoolStatus | None = None
         sweep_stale_ipc_dirs()
         self._ipc_dir = tempfile.mkdtemp(prefix=f"{IPC_PREFIX}{os.getpid()}-")
         self._ctx = zmq.Context()
@@ -90,6 +95,47 @@ class Runtime:
     def is_up(self) -> bool:
         """Every worker was ready once: the start-up is over."""
         return self._all_ready.done()
+
+    @property
+    def ready_workers(self) -> int:
+        """Workers ready for tasks now (any thread)."""
+        return self.broker.registry.ready_count
+
+    def start_error(self) -> BaseException | None:
+        """Why the pool failed: its start-up or later (None: it did not)."""
+        if self.error is not None:
+            return self.error
+        started = self.started
+        return started.exception() if started.done() and not started.cancelled() else None
+
+    def state(self, shut_down: bool = False) -> str:
+        """``"starting"``, ``"ready"``, ``"failed"`` or ``"shut down"`` (any
+        thread); ``shut_down``: the user shut the pool down."""
+        if shut_down:
+            return "shut down"
+        if self.start_error() is not None:
+            return "failed"
+        if self._final_status is not None or self.closing:
+            return "shut down"
+        return "ready" if self.is_up else "starting"
+
+    def status(self, shut_down: bool = False) -> PoolStatus:
+        """A snapshot of the pool: on the pool loop while it runs, else the
+        last one, taken as it was torn down."""
+        final = self._final_status
+        if final is not None:
+            state, error = self.state(shut_down), self.start_error()
+            if final.state == state and final.error is error:
+                return final
+            return dataclasses.replace(final, state=state, error=error)
+        return take_status(
+            self.broker,
+            self.supervisor.roster,
+            self._tasks,
+            self.state(shut_down),
+            self.start_error(),
+            self.options.total_workers,
+        )
 
     def _run_loop(self) -> None:
         mark_pool_loop()
@@ -274,6 +320,8 @@ class Runtime:
             return PoolClosedError(f"the pool was shut down before {task.describe()} finished")
 
         broker.close(error)
+        last = self.status()
+        self._final_status = stopped(last, "failed" if last.error is not None else "shut down")
         if self._zap is not None:
             self._zap.close()
         self._ctx.term()

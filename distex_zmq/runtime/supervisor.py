@@ -32,6 +32,7 @@ from distex_zmq.launch.remote import RemoteLauncher
 from distex_zmq.launch.spawner import SpawnerLauncher
 from distex_zmq.loops import run_in_background
 from distex_zmq.options import Options
+from distex_zmq.runtime.roster import Roster
 
 _logger = logging.getLogger("distex_zmq.pool")
 
@@ -109,6 +110,8 @@ class Supervisor:
         self._worker_ids = itertools.count(1)
         self._reconnects: set[asyncio.Task[None]] = set()
         self._deaths: deque[float] = deque()
+        #: where the workers run and how the hosts fare, for ``Pool.status()``
+        self.roster = Roster()
 
     def start(self, access: BrokerAccess) -> None:
         """Start the local workers (on the pool loop)."""
@@ -116,6 +119,8 @@ class Supervisor:
         self.local = LocalLauncher(
             self._loop, access.local_endpoint, access.worker_args, self.on_exit
         )
+        if self._options.num_workers:
+            self.roster.host(None).state = "up"
         for _ in range(self._options.num_workers):
             self.spawn(self.local)
 
@@ -160,12 +165,15 @@ class Supervisor:
                 self.on_host_lost,
             )
         self.remote.append(launcher)
+        self.roster.host_connecting(spec)
         try:
             await launcher.start()
-        except BaseException:
+        except BaseException as e:
             if launcher in self.remote:
                 self.remote.remove(launcher)
+            self.roster.host_lost(spec, f"{type(e).__name__}: {e}", None)
             raise
+        self.roster.host_up(spec)
         for _ in range(spec.num_workers):
             self.spawn(launcher)
         return launcher
@@ -179,6 +187,9 @@ class Supervisor:
         self._launcher_of[identity] = launcher
         self._starting.add(identity)
         self._broker.expect(identity)
+        self.roster.spawned(
+            identity, None if isinstance(launcher, LocalLauncher) else launcher.spec
+        )
 
     def worker_ready(self, identity: bytes) -> None:
         """The worker said hello and ran the initializer, if any."""
@@ -205,12 +216,14 @@ class Supervisor:
         launcher = self._launcher_of.pop(identity, None)
         if self._pool.closing or launcher is None:
             return
+        self.roster.gone(identity)
         how = describe_exit(returncode)
         if tail:
             how += "; its last stderr lines:\n" + tail
         rec = self._broker.registry.get(identity)
         if identity in self._killed:
             self._killed.discard(identity)
+            self.roster.replacements += 1
             self.spawn(launcher)
             return
         if identity in self._starting:
@@ -231,6 +244,7 @@ class Supervisor:
         how = f"its host {launcher.where} was lost: {reason}"
         broker = self._broker
         for identity in identities:
+            self.roster.gone(identity)
             self._launcher_of.pop(identity, None)
             self._starting.discard(identity)
             self._killed.discard(identity)
@@ -241,10 +255,12 @@ class Supervisor:
         if launcher in self.remote:
             self.remote.remove(launcher)
         if not self._pool.is_up:
+            self.roster.host_lost(launcher.spec, reason, None)
             self._pool.fail(
                 HostConnectionError(f"{launcher.where} was lost while the pool started: {reason}")
             )
             return
+        self.roster.host_lost(launcher.spec, reason, RECONNECT_DELAY)
         self._reconnect_later(launcher.spec, RECONNECT_DELAY)
 
     def _reconnect_later(self, spec: HostSpec, delay: float) -> None:
@@ -256,7 +272,9 @@ class Supervisor:
                 launcher = await self.connect(spec)
             except Exception as e:  # noqa: BLE001 - logged, and tried again later
                 _logger.warning("cannot reconnect to %s: %s", spec, e)
-                self._reconnect_later(spec, min(delay * 2, MAX_RECONNECT_DELAY))
+                delay_next = min(delay * 2, MAX_RECONNECT_DELAY)
+                self.roster.host_lost(spec, f"cannot reconnect: {e}", delay_next)
+                self._reconnect_later(spec, delay_next)
                 return
             if self._pool.closing:
                 await launcher.stop(0)
@@ -282,6 +300,7 @@ class Supervisor:
             )
             return
         recent = sum(1 for t in deaths if t > now - FAST_DEATH_WINDOW)
+        self.roster.replacements += 1
         if recent > self._options.total_workers:
             self._loop.call_later(SLOW_REPLACEMENT_DELAY, self.spawn, launcher)
         else:
