@@ -16,7 +16,6 @@ explicit ``chunksize`` and ``qsize=1`` are honoured exactly.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import concurrent.futures
 import dataclasses
 import itertools
@@ -26,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from distex_zmq.broker import Task
-from distex_zmq.errors import RemoteException, TaskOrigin
+from distex_zmq.map_index import InputNumbers, mark_input
 from distex_zmq.progress import Progress
 from distex_zmq.results import QueueSink, decode
 from distex_zmq.serialization import ItemError
@@ -111,13 +110,8 @@ class MapRun:
         self._per_input: float | None = None
         #: inputs in each chunk task not yet yielded, by sequence number
         self._sizes: dict[int, int] = {}
-        #: the number of the first input of each chunk task not yet yielded
-        self._starts: dict[int, int] = {}
-        #: inputs submitted so far
-        self._inputs = 0
-        #: ``(sequence number, its input's number minus it)`` from where that
-        #: difference holds, for single tasks (chunks before them change it)
-        self._offsets: list[tuple[int, int]] = [(0, 0)]
+        #: which input each task stands for (to mark errors with it)
+        self._numbers = InputNumbers()
         capacity = ctx.capacity
         self._window = ctx.window
         self._chunk_window = min(self._window, 2 * capacity + 2)
@@ -167,18 +161,10 @@ class MapRun:
                 seqs = range(first, first + made)
                 self._outstanding.update(zip(seqs, tasks, strict=True))
                 if chunked:
-                    starts = self._starts
-                    sizes = self._sizes
-                    start = self._inputs
-                    for seq, chunk in zip(seqs, inputs, strict=False):
-                        sizes[seq] = len(chunk)
-                        starts[seq] = start
-                        start += len(chunk)
-                    self._inputs = start
+                    self._sizes.update(zip(seqs, map(len, inputs), strict=False))
+                    self._numbers.chunks(first, inputs[:made])
                 else:
-                    if self._inputs - first != self._offsets[-1][1]:
-                        self._offsets.append((first, self._inputs - first))
-                    self._inputs += made
+                    self._numbers.singles(first, made)
                 self._next_seq = first + made
                 self._unyielded += made
                 self.sink.submitted += made
@@ -276,29 +262,20 @@ class MapRun:
             try:
                 result = decode(task, status, value, loads)
             except BaseException as e:  # noqa: BLE001 - raised in order, after values
-                self._pending_error = _mark_input(e, self._input_of(task))
+                self._pending_error = mark_input(e, self._numbers.of(task.tag, chunk))
                 return
             if not chunk:
                 values.append(result)
                 continue
             self._sizes.pop(task.tag, None)
-            start = self._starts.pop(task.tag, 0)
+            start = self._numbers.chunk_done(task.tag)
             for position, item in enumerate(result):
                 if type(item) is ItemError:
-                    self._pending_error = _mark_input(item.error, start + position)
+                    self._pending_error = mark_input(item.error, start + position)
                     return
                 values.append(item)
 
     _pending_error: BaseException | None = None
-
-    def _input_of(self, task: Task) -> int:
-        """The number of ``task``'s input (of a chunk: its first input)."""
-        seq: int = task.tag
-        if task.flags & p.FLAG_CHUNK:
-            return self._starts.get(seq, 0)
-        offsets = self._offsets
-        i = bisect.bisect_right(offsets, (seq, float("inf"))) - 1
-        return seq + offsets[i][1]
 
     def raise_pending(self) -> None:
         error = self._pending_error
@@ -333,15 +310,3 @@ class MapRun:
             self._queue.wake()
         self._held.clear()
         self._ready.clear()
-
-
-def _mark_input(error: BaseException, index: int) -> BaseException:
-    """``error`` (and its remote cause) marked with the map input it is for."""
-    if isinstance(error, TaskOrigin) and error.index is None:
-        error.index = index
-    cause = error.__cause__
-    if isinstance(cause, RemoteException) and cause.index is None:
-        cause.index = index
-        if isinstance(error, TaskOrigin):
-            error.set_origin(cause.host, cause.pid)
-    return error
