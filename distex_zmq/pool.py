@@ -192,7 +192,7 @@ class Pool(concurrent.futures.Executor):
             state = "shut down" if self._is_shutdown else "not started"
             return f"<Pool 0/{configured} workers up, {state}>"
         up = 0 if runtime.closing else runtime.ready_workers
-        return f"<Pool {up}/{configured} workers up, {runtime.state(self._is_shutdown)}>"
+        return f"<Pool {up}/{configured} workers up, {runtime.pool_state(self._is_shutdown)}>"
 
     def __reduce__(self) -> Any:
         # pickle would fail anyway, deep inside, with a message about a socket
@@ -279,7 +279,7 @@ class Pool(concurrent.futures.Executor):
         runtime = self._runtime
         if runtime is None:
             return 0 if self._is_shutdown else self._options.total_workers
-        if self._is_shutdown or runtime.closing or runtime.start_error() is not None:
+        if self._is_shutdown or runtime.closing or runtime.failure() is not None:
             return 0
         if not runtime.started.done():
             return self._options.total_workers

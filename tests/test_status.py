@@ -35,6 +35,7 @@ HERE = socket.gethostname()
 
 def test_status_counts_done_and_failed(make_pool: MakePool) -> None:
     pool = make_pool(2)
+    assert wait_until(lambda: pool.status().state == "ready", timeout=30)
     assert list(pool.map(tasks.square, range(10), chunksize=1)) == [x * x for x in range(10)]
     for _ in range(3):
         with pytest.raises(ValueError):

@@ -101,19 +101,19 @@ class Runtime:
         """Workers ready for tasks now (any thread)."""
         return self.broker.registry.ready_count
 
-    def start_error(self) -> BaseException | None:
+    def failure(self) -> BaseException | None:
         """Why the pool failed: its start-up or later (None: it did not)."""
         if self.error is not None:
             return self.error
         started = self.started
         return started.exception() if started.done() and not started.cancelled() else None
 
-    def state(self, shut_down: bool = False) -> str:
+    def pool_state(self, shut_down: bool = False) -> str:
         """``"starting"``, ``"ready"``, ``"failed"`` or ``"shut down"`` (any
         thread); ``shut_down``: the user shut the pool down."""
         if shut_down:
             return "shut down"
-        if self.start_error() is not None:
+        if self.failure() is not None:
             return "failed"
         if self._final_status is not None or self.closing:
             return "shut down"
@@ -124,7 +124,7 @@ class Runtime:
         last one, taken as it was torn down."""
         final = self._final_status
         if final is not None:
-            state, error = self.state(shut_down), self.start_error()
+            state, error = self.pool_state(shut_down), self.failure()
             if final.state == state and final.error is error:
                 return final
             return dataclasses.replace(final, state=state, error=error)
@@ -132,8 +132,8 @@ class Runtime:
             self.broker,
             self.supervisor.roster,
             self._tasks,
-            self.state(shut_down),
-            self.start_error(),
+            self.pool_state(shut_down),
+            self.failure(),
             self.options.total_workers,
         )
 
