@@ -7,6 +7,7 @@ from .broker import Broker
 from .records import (
     INIT_TAG,
     STATUS_LOCAL_ERROR,
+    BrokerCounts,
     BrokerHooks,
     ResultSink,
     Task,
@@ -18,6 +19,7 @@ __all__ = [
     "INIT_TAG",
     "STATUS_LOCAL_ERROR",
     "Broker",
+    "BrokerCounts",
     "BrokerHooks",
     "Registry",
     "ResultSink",

@@ -34,7 +34,7 @@ from distex_zmq.wire.zmqio import EdgeReader, send_frames
 from .dispatch import Dispatcher
 from .ledger import Ledger
 from .losses import Losses, TaskTimeouts
-from .records import INIT_TAG, BrokerHooks, ResultSink, Task, WorkerRecord
+from .records import INIT_TAG, BrokerCounts, BrokerHooks, ResultSink, Task, WorkerRecord
 from .registry import Registry
 
 _logger = logging.getLogger("distex_zmq.broker")
@@ -80,6 +80,9 @@ class Broker:
             task_timeout,
         )
         self._inbox = self._dispatcher.inbox
+        #: tasks answered with a result and with an error, since the start
+        self._done = 0
+        self._failed = 0
         self._wake_pending = False
         self._stopping = False
         self._closed = False
@@ -92,6 +95,23 @@ class Broker:
     def grouped_tasks(self) -> int:
         """Tasks sent in groups that shared a credit, since the start."""
         return self._dispatcher.grouped_tasks
+
+    def counts(self) -> BrokerCounts:
+        """The broker's counters and its workers now (pool loop; no task is
+        looked at: the cost grows with the workers only)."""
+        dispatcher, losses = self._dispatcher, self._losses
+        workers = list(self.registry.workers.values())
+        return BrokerCounts(
+            workers=workers,
+            lost=list(losses.lost),
+            queued=dispatcher.queued,
+            in_flight=sum(len(rec.running) for rec in workers),
+            done=self._done,
+            failed=self._failed + losses.failed,
+            retried=losses.retried,
+            workers_lost=losses.workers_lost,
+            grouped_tasks=dispatcher.grouped_tasks,
+        )
 
     # set-up and tear-down (pool loop)
 
@@ -276,6 +296,7 @@ class Broker:
         sinks: set[ResultSink] = set()
         running = rec.running
         returned: list[Task] = []
+        answered = failed = 0
         note_run_time = self._dispatcher.note_run_time
         finish = self._ledger.finish
         reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
@@ -286,7 +307,6 @@ class Broker:
             if task is None:
                 _logger.warning("result for unknown task %d from %s", task_id, rec)
                 continue
-            task.worker = None
             group = task.group
             if group is None:
                 rec.used -= 1
@@ -301,6 +321,9 @@ class Broker:
                 else:
                     returned.append(task)
                 continue
+            answered += 1
+            if status != p.STATUS_OK:
+                failed += 1
             note_run_time(task, elapsed)
             finish(task)
             if task.tag is INIT_TAG and task.pinned is rec:
@@ -312,6 +335,10 @@ class Broker:
             if not task.cancelled:
                 task.sink.deliver(task, status, value)
                 sinks.add(task.sink)
+        rec.done += answered - failed
+        rec.failed += failed
+        self._done += answered - failed
+        self._failed += failed
         if returned:
             # given back unrun, ahead of everything that came later
             self._dispatcher.requeue(returned)

@@ -69,6 +69,11 @@ class Dispatcher:
         #: map's chunk whole): whether a task may run long (``FLAG_FLUSH_FIRST``)
         self._last_run: dict[int, int] = {}
 
+    @property
+    def queued(self) -> int:
+        """Tasks waiting for a worker (pinned ones not counted)."""
+        return len(self._queue) + len(self.inbox)
+
     def take_inbox(self) -> None:
         """Move the tasks handed over to the queue (and count them active)."""
         inbox, queue, active = self.inbox, self._queue, self._active

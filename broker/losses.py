@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 
 from distex_zmq.errors import TaskTimeoutError, WorkerLostError
@@ -20,6 +21,8 @@ from .registry import Registry
 #: Seconds to wait, after a send to a worker failed, for its supervisor to
 #: report how it ended, before the broker gives up on it (``unreachable``).
 UNREACHABLE_GRACE = 0.5
+#: Lost workers whose records ``Losses.lost`` keeps, for ``Pool.status()``.
+LOST_KEPT = 32
 
 _logger = logging.getLogger("distex_zmq.broker")
 
@@ -50,6 +53,13 @@ class Losses:
         self._max_retries = max_retries
         self._task_timeout = task_timeout
         self._closed = False
+        #: the most recently lost workers, oldest first
+        self.lost: deque[WorkerRecord] = deque(maxlen=LOST_KEPT)
+        self.workers_lost = 0
+        #: tasks that ran again after their worker died (not those of a lost host)
+        self.retried = 0
+        #: tasks failed here: lost with their worker, timed out, never run
+        self.failed = 0
 
     def close(self) -> None:
         """Give up on no worker any more (the broker is closed)."""
@@ -62,6 +72,7 @@ class Losses:
         for task in tasks:
             self._finish(task)
             if not task.cancelled and task.tag is not INIT_TAG:
+                self.failed += 1
                 task.sink.deliver(task, STATUS_LOCAL_ERROR, error_for(task))
                 sinks.add(task.sink)
         for sink in sinks:
@@ -89,6 +100,8 @@ class Losses:
         if registry.get(rec.identity) is not rec:
             return
         registry.remove(rec)
+        self.lost.append(rec)
+        self.workers_lost += 1
         tasks = []
         for task in rec.running.values():
             if task.cancelled:
@@ -106,9 +119,14 @@ class Losses:
             if error is None:
                 requeue.append(task)
             else:
+                error.set_origin(rec.host, rec.pid)
                 errors[task] = error
         for task in self._dispatcher.unpin(rec):
-            errors[task] = WorkerLostError(f"{task.describe()} was lost: {rec} died: {how}")
+            error = WorkerLostError(f"{task.describe()} was lost: {rec} died: {how}")
+            error.set_origin(rec.host, rec.pid)
+            errors[task] = error
+        if not blameless:
+            self.retried += len(requeue)
         self.fail(errors, errors.__getitem__)
         for task in tasks:
             if task.tag is INIT_TAG:  # it ran there: its worker may not run others
@@ -134,7 +152,7 @@ class Losses:
         timed_out: Task | None,
         blameless: bool,
         alone: bool,
-    ) -> BaseException | None:
+    ) -> WorkerLostError | TaskTimeoutError | None:
         """The error ``task`` fails with, as its worker is lost; None: it runs again."""
         if task is timed_out:
             return TaskTimeoutError(

@@ -6,6 +6,7 @@ Every other module of the broker builds on this one; it imports none of them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from typing import Any, Protocol
 
@@ -122,7 +123,7 @@ class Task:
         #: the function's name, for error messages
         self.name = name
         self.cancelled = False
-        #: the worker it was sent to, while it runs there
+        #: the worker it was sent to last (kept after its result: where it ran)
         self.worker: WorkerRecord | None = None
         #: only this worker may run it (run_on_all, initializer)
         self.pinned: WorkerRecord | None = None
@@ -169,6 +170,8 @@ class WorkerRecord:
         "exclusive",
         "used",
         "unreachable",
+        "done",
+        "failed",
     )
 
     def __init__(self, identity: bytes, pid: int, host: str, capacity: int):
@@ -195,6 +198,9 @@ class WorkerRecord:
         self.exclusive = False
         #: a send to it failed: it gets nothing more (``Losses.unreachable``)
         self.unreachable = False
+        #: tasks it answered with a result, and with an error
+        self.done = 0
+        self.failed = 0
 
     @property
     def free(self) -> int:
@@ -205,3 +211,23 @@ class WorkerRecord:
 
     def __repr__(self) -> str:
         return f"<WorkerRecord {self.identity!r} pid={self.pid} host={self.host}>"
+
+
+@dataclasses.dataclass
+class BrokerCounts:
+    """``Broker.counts()``: its workers and counters at one moment.
+
+    The records are the broker's own: read them on the pool loop only.
+    """
+
+    #: the connected workers
+    workers: list[WorkerRecord]
+    #: the workers lost most recently, oldest first
+    lost: list[WorkerRecord]
+    queued: int
+    in_flight: int
+    done: int
+    failed: int
+    retried: int
+    workers_lost: int
+    grouped_tasks: int

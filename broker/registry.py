@@ -26,6 +26,8 @@ class Registry:
         self._expected: set[bytes] = set()
         #: the credits of the ready workers, together
         self.ready_capacity = 0
+        #: the ready workers (any thread may read it)
+        self.ready_count = 0
 
     def expect(self, identity: bytes) -> None:
         """Admit a worker with this identity (given to it by its launcher)."""
@@ -50,6 +52,7 @@ class Registry:
         if not rec.ready:
             rec.ready = True
             self.ready_capacity += rec.capacity
+            self.ready_count += 1
         self.place(rec)
 
     def remove(self, rec: WorkerRecord) -> None:
@@ -57,6 +60,7 @@ class Registry:
         self._expected.discard(rec.identity)
         if self.workers.pop(rec.identity, None) is rec and rec.ready:
             self.ready_capacity -= rec.capacity
+            self.ready_count -= 1
         if rec.bucket >= 0:
             del self._buckets[rec.bucket][rec]
             rec.bucket = -1

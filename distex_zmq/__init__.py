@@ -16,6 +16,7 @@ from .errors import (
     ProtocolError,
     RemoteException,
     SerializationError,
+    TaskOrigin,
     TaskTimeoutError,
     WorkerLostError,
     WorkerStartError,
@@ -23,6 +24,7 @@ from .errors import (
 from .hostspec import HostSpec
 from .loops import LoopType
 from .serialization import PickleType
+from .status import HostStatus, PoolStatus, Totals, WorkerStatus
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -58,16 +60,21 @@ __all__ = [
     "DistexError",
     "HostConnectionError",
     "HostSpec",
+    "HostStatus",
     "LoopType",
     "PickleType",
     "Pool",
     "PoolClosedError",
     "PoolMap",
+    "PoolStatus",
     "ProtocolError",
     "RemoteException",
     "SerializationError",
+    "TaskOrigin",
     "TaskTimeoutError",
+    "Totals",
     "WorkerLostError",
     "WorkerStartError",
+    "WorkerStatus",
     "__version__",
 ]

@@ -30,15 +30,30 @@ class HostConnectionError(WorkerStartError):
     not start distex_zmq; the message names the host and what to do."""
 
 
-class SerializationError(DistexError):
+class TaskOrigin:
+    """Where a task failed: its worker's ``host`` and ``pid``, and ``index``,
+    the number of the input for a task of a map (None: not known, or not a
+    map's task). Set on the errors that a task ends with."""
+
+    host: str | None = None
+    pid: int | None = None
+    index: int | None = None
+
+    def set_origin(self, host: str | None, pid: int | None) -> None:
+        """Record the worker, unless it is known already."""
+        if self.host is None:
+            self.host, self.pid = host, pid
+
+
+class SerializationError(TaskOrigin, DistexError):
     """A task or its result could not be pickled or unpickled in a worker."""
 
 
-class WorkerLostError(DistexError):
+class WorkerLostError(TaskOrigin, DistexError):
     """The worker that ran a task died before it returned a result."""
 
 
-class TaskTimeoutError(DistexError, TimeoutError):
+class TaskTimeoutError(TaskOrigin, DistexError, TimeoutError):
     """A task ran longer than the pool's ``task_timeout``; its worker was killed."""
 
 
@@ -46,31 +61,45 @@ class CrashLoopError(DistexError):
     """Workers died faster than the pool's limit; it stopped replacing them."""
 
 
-class RemoteException(DistexError):
+class RemoteException(TaskOrigin, DistexError):
     """Proxy for an exception that occurred remotely while running a task.
 
     It never reaches the caller by itself: when unpickled, the original
     exception is returned with a ``RemoteException`` holding the remote
-    traceback text as its ``__cause__`` (as in distex).
+    traceback text as its ``__cause__`` (as in distex). It names the worker
+    that raised it (``host``, ``pid``) and, for a map's input, its ``index``.
     """
 
-    def __init__(self, exc: BaseException | None, tb: str | None = None):
+    def __init__(
+        self,
+        exc: BaseException | None,
+        tb: str | None = None,
+        host: str | None = None,
+        pid: int | None = None,
+    ):
         super().__init__()
         self.exc = exc
         if tb is None and exc is not None:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self.tb = tb or ""
+        self.host = host
+        self.pid = pid
 
     def __str__(self) -> str:
-        return "\n\nRemote traceback:\n" + self.tb
+        where = "" if self.pid is None else f"raised on worker pid {self.pid} on {self.host}"
+        if self.index is not None:
+            where += f" (input #{self.index} of a map)"
+        return where + "\n\nRemote traceback:\n" + self.tb
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _rebuild_remote_exception, (self.exc, self.tb)
+        return _rebuild_remote_exception, (self.exc, self.tb, self.host, self.pid)
 
 
-def _rebuild_remote_exception(exc: BaseException | None, tb: str) -> BaseException:
+def _rebuild_remote_exception(
+    exc: BaseException | None, tb: str, host: str | None = None, pid: int | None = None
+) -> BaseException:
     """Unpickle to the original exception, with the remote traceback as cause."""
-    cause = RemoteException(None, tb)
+    cause = RemoteException(None, tb, host, pid)
     if exc is None:
         return cause
     exc.__cause__ = cause

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from distex_zmq.broker import Task
+from distex_zmq.map_index import InputNumbers, mark_input
+from distex_zmq.progress import Progress
 from distex_zmq.results import QueueSink, decode
 from distex_zmq.serialization import ItemError
 from distex_zmq.tasks import TaskMaker
@@ -92,8 +94,10 @@ class MapRun:
         ordered: bool,
         star: bool,
         wake: Callable[[], None],
+        progress: Progress | None = None,
     ):
         self._queue = ctx.queue
+        self._progress = progress
         self._tasks = ctx.tasks
         self._loads = ctx.tasks.data_loads
         self._func = ctx.tasks.function(func)
@@ -106,6 +110,8 @@ class MapRun:
         self._per_input: float | None = None
         #: inputs in each chunk task not yet yielded, by sequence number
         self._sizes: dict[int, int] = {}
+        #: which input each task stands for (to mark errors with it)
+        self._numbers = InputNumbers()
         capacity = ctx.capacity
         self._window = ctx.window
         self._chunk_window = min(self._window, 2 * capacity + 2)
@@ -156,6 +162,9 @@ class MapRun:
                 self._outstanding.update(zip(seqs, tasks, strict=True))
                 if chunked:
                     self._sizes.update(zip(seqs, map(len, inputs), strict=False))
+                    self._numbers.chunks(first, inputs[:made])
+                else:
+                    self._numbers.singles(first, made)
                 self._next_seq = first + made
                 self._unyielded += made
                 self.sink.submitted += made
@@ -238,6 +247,8 @@ class MapRun:
         error, in order."""
         values: list[Any] = []
         self._decode_ready(values)
+        if self._progress is not None:
+            self._progress.add(len(values) + (self._pending_error is not None))
         values.reverse()
         return values
 
@@ -247,18 +258,20 @@ class MapRun:
         while ready:
             task, status, value = ready.popleft()
             self._unyielded -= 1
+            chunk = task.flags & p.FLAG_CHUNK
             try:
                 result = decode(task, status, value, loads)
             except BaseException as e:  # noqa: BLE001 - raised in order, after values
-                self._pending_error = e
+                self._pending_error = mark_input(e, self._numbers.of(task.tag, chunk))
                 return
-            if not task.flags & p.FLAG_CHUNK:
+            if not chunk:
                 values.append(result)
                 continue
             self._sizes.pop(task.tag, None)
-            for item in result:
+            start = self._numbers.chunk_done(task.tag)
+            for position, item in enumerate(result):
                 if type(item) is ItemError:
-                    self._pending_error = item.error
+                    self._pending_error = mark_input(item.error, start + position)
                     return
                 values.append(item)
 
@@ -286,7 +299,10 @@ class MapRun:
         return left
 
     def cancel(self) -> None:
-        """Cancel what has not been yielded (tasks queued are dropped)."""
+        """Cancel what has not been yielded (tasks queued are dropped); the
+        map is over: its progress says so."""
+        if self._progress is not None:
+            self._progress.close()
         if self._outstanding:
             for task in self._outstanding.values():
                 task.cancelled = True

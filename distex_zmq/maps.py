@@ -16,6 +16,7 @@ from typing import Any
 
 from distex_zmq.map_input import async_input, check_map_args, is_sync_iterable, sync_input
 from distex_zmq.map_run import MapContext, MapRun
+from distex_zmq.progress import Progress
 
 __all__ = ["MapContext", "check_map_args", "map_async", "map_sync"]
 
@@ -28,13 +29,16 @@ def map_sync(
     chunksize: int | None,
     ordered: bool,
     star: bool,
+    progress: Progress | None = None,
 ) -> Iterator[Any]:
     """The generator behind ``Pool.map``."""
     if not all(is_sync_iterable(it) for it in iterables):
-        yield from _map_sync_over_async(ctx, func, iterables, timeout, chunksize, ordered, star)
+        yield from _map_sync_over_async(
+            ctx, func, iterables, timeout, chunksize, ordered, star, progress
+        )
         return
     event = threading.Event()
-    run = MapRun(ctx, func, iterables, timeout, chunksize, ordered, star, event.set)
+    run = MapRun(ctx, func, iterables, timeout, chunksize, ordered, star, event.set, progress)
     it = sync_input(iterables)
     try:
         while True:
@@ -62,10 +66,11 @@ def _map_sync_over_async(
     chunksize: int | None,
     ordered: bool,
     star: bool,
+    progress: Progress | None,
 ) -> Iterator[Any]:
     """Sync ``map`` of async iterables: iterate them on a private loop."""
     loop = asyncio.new_event_loop()
-    agen = map_async(ctx, func, iterables, timeout, chunksize, ordered, star)
+    agen = map_async(ctx, func, iterables, timeout, chunksize, ordered, star, progress)
     try:
         while True:
             try:
@@ -85,11 +90,14 @@ async def map_async(
     chunksize: int | None,
     ordered: bool,
     star: bool,
+    progress: Progress | None = None,
 ) -> AsyncGenerator[Any, None]:
     """The async generator behind ``Pool.map_async``."""
     loop = asyncio.get_running_loop()
     waker = _AsyncWaker(loop)
-    run = MapRun(ctx, func, iterables, timeout, chunksize, ordered, star, waker.wake_threadsafe)
+    run = MapRun(
+        ctx, func, iterables, timeout, chunksize, ordered, star, waker.wake_threadsafe, progress
+    )
     feeder: asyncio.Task[None] | None = None
     it: Iterator[Any] | None = None
     if all(is_sync_iterable(i) for i in iterables):

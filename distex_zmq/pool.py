@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from typing import Any
@@ -28,6 +29,7 @@ from distex_zmq.errors import PoolClosedError
 from distex_zmq.loops import LoopType
 from distex_zmq.maps import MapContext, check_map_args, map_async, map_sync
 from distex_zmq.options import pool_options
+from distex_zmq.progress import make_progress
 from distex_zmq.results import (
     AsyncFutureSink,
     FutureSink,
@@ -36,7 +38,9 @@ from distex_zmq.results import (
     refuse_wait_on_pool_loop,
 )
 from distex_zmq.runtime.loop import Runtime, shutdown_runtime
+from distex_zmq.runtime.snapshot import status_async, status_threadsafe
 from distex_zmq.serialization import PickleType
+from distex_zmq.status import PoolStatus, Totals
 from distex_zmq.tasks import TaskMaker
 
 
@@ -204,13 +208,16 @@ class Pool(concurrent.futures.Executor):
 
     def __repr__(self) -> str:
         runtime = self._runtime
-        if self._is_shutdown:
-            state = "shut down"
-        elif runtime is not None and runtime.error is not None:
-            state = f"failed: {type(runtime.error).__name__}: {runtime.error}"
-        else:
-            state = "ready" if self.is_ready() else "starting"
-        return f"<Pool {self._options.total_workers} workers, {state}>"
+        configured = self._options.total_workers
+        if runtime is None:
+            state = "shut down" if self._is_shutdown else "not started"
+            return f"<Pool 0/{configured} workers up, {state}>"
+        up = 0 if runtime.closing else runtime.ready_workers
+        state = runtime.pool_state(self._is_shutdown)
+        error = runtime.failure()
+        if state == "failed" and error is not None:
+            state = f"failed: {type(error).__name__}: {error}"
+        return f"<Pool {up}/{configured} workers up, {state}>"
 
     def __reduce__(self) -> Any:
         # pickle would fail anyway, deep inside, with a message about a socket
@@ -299,14 +306,58 @@ class Pool(concurrent.futures.Executor):
         )
 
     def total_workers(self) -> int:
-        """Number of workers in the pool, local and remote."""
-        return self._options.total_workers
+        """Number of workers ready for tasks now, local and remote (the
+        processors in use, as in distex): a worker that died counts again
+        once its replacement is ready.
+
+        Until the pool has started (``lazy_create``, or while its workers
+        start) it is the number configured, so that what sizes itself from
+        it (dask, joblib) sees the pool it will get; after a failure or a
+        shutdown it is 0.
+        """
+        runtime = self._runtime
+        if runtime is None:
+            return 0 if self._is_shutdown else self._options.total_workers
+        if self._is_shutdown or runtime.closing or runtime.failure() is not None:
+            return 0
+        if not runtime.started.done():
+            return self._options.total_workers
+        return runtime.ready_workers
 
     @property
     def _max_workers(self) -> int:
         """``total_workers()``, under the name that dask (``scheduler=pool``)
-        reads from a ``concurrent.futures`` executor to size itself."""
-        return self.total_workers()
+        reads from a ``concurrent.futures`` executor to size itself; the
+        number configured when no worker is up (never 0)."""
+        return self.total_workers() or self._options.total_workers
+
+    def status(self) -> PoolStatus:
+        """A snapshot of the pool: its workers, hosts and counters (see
+        ``PoolStatus``). Taken on the pool loop, so it is consistent; cheap
+        enough to call in a loop. After shutdown: the last status."""
+        runtime = self._runtime
+        if runtime is None:
+            return self._unstarted_status()
+        return status_threadsafe(runtime, self._is_shutdown)
+
+    async def status_async(self) -> PoolStatus:
+        """Async version of ``status``."""
+        runtime = self._runtime
+        if runtime is None:
+            return self._unstarted_status()
+        return await status_async(runtime, self._is_shutdown)
+
+    def _unstarted_status(self) -> PoolStatus:
+        tasks = self._tasks
+        return PoolStatus(
+            state="shut down" if self._is_shutdown else "not started",
+            error=None,
+            configured_workers=self._options.total_workers,
+            workers=(),
+            hosts=(),
+            totals=Totals(0, 0, 0, 0, 0, 0, 0, 0, len(tasks.functions), tasks.made),
+            taken_at=time.time(),
+        )
 
     def shutdown(
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
@@ -401,6 +452,7 @@ class Pool(concurrent.futures.Executor):
         chunksize: int | None = None,
         ordered: bool = True,
         star: bool = False,
+        progress: bool | Callable[[int, int | None], Any] = False,
     ) -> Iterator[Any]:
         """Map ``func`` over the iterables; return an iterator of the results.
 
@@ -421,14 +473,21 @@ class Pool(concurrent.futures.Executor):
                 of completion.
             star: ``True``: the one iterable yields argument tuples, which
                 are unpacked into ``func``.
+            progress: ``True``: show a tqdm progress bar (``pip install
+                'distex_zmq[progress]'``); a callable: called with
+                ``(done, total)``, the inputs whose results or errors reached
+                the map and the length of the input (None if it has none; of
+                several iterables, the shortest), at most every 0.1 s and
+                once at the end. Off by default.
 
         Breaking out of the iteration cancels what is still pending. A task
         that raised raises here when iteration reaches it.
         """
         check_map_args(iterables, chunksize)
         refuse_wait_on_pool_loop("Pool.map")
+        counter = make_progress(progress, iterables)
         ctx = self._map_context()
-        return map_sync(ctx, func, iterables, timeout, chunksize, ordered, star)
+        return map_sync(ctx, func, iterables, timeout, chunksize, ordered, star, counter)
 
     def map_async(
         self,
@@ -438,11 +497,13 @@ class Pool(concurrent.futures.Executor):
         chunksize: int | None = None,
         ordered: bool = True,
         star: bool = False,
+        progress: bool | Callable[[int, int | None], Any] = False,
     ) -> AsyncIterator[Any]:
         """Async version of ``map``: ``async for result in pool.map_async(...)``."""
         check_map_args(iterables, chunksize)
+        counter = make_progress(progress, iterables)
         ctx = self._map_context()
-        return map_async(ctx, func, iterables, timeout, chunksize, ordered, star)
+        return map_async(ctx, func, iterables, timeout, chunksize, ordered, star, counter)
 
     def _map_context(self) -> MapContext:
         runtime = self._live_runtime()

@@ -35,10 +35,14 @@ def decode(task: Task, status: int, value: Any, data_loads: Callable[..., Any]) 
     try:
         result = loads(value[0], value[1], data_loads)
     except Exception as e:
-        raise SerializationError(
+        error = SerializationError(
             f"the result of {task.describe()} could not be unpickled in the client: "
             f"{type(e).__name__}: {e}"
-        ) from e
+        )
+        rec = task.worker  # where it ran
+        if rec is not None:
+            error.set_origin(rec.host, rec.pid)
+        raise error from e
     if status == p.STATUS_OK:
         return result
     if isinstance(result, BaseException):

@@ -343,3 +343,10 @@ async def async_fail_on(x: int, bad: int = 2) -> int:
 def capture(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The arguments the task got, as it got them."""
     return args, kwargs
+
+
+def slow_start_if(path: str, delay: float) -> None:
+    """An initializer that takes ``delay`` seconds once ``path`` exists: the
+    workers started after that (replacements) are slow to be ready."""
+    if os.path.exists(path):
+        time.sleep(delay)

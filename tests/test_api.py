@@ -357,7 +357,7 @@ def test_is_ready_and_total_workers(pool):
     assert pool.is_ready()
     assert pool.ready.is_set()
     assert pool.total_workers() == 2
-    assert "2 workers" in repr(pool)
+    assert "2/2 workers up, ready" in repr(pool)
     pool.shutdown()
     assert not pool.is_ready()
     assert not pool.ready.is_set()

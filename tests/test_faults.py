@@ -141,7 +141,8 @@ def test_crash_matrix(
     assert re.search(pattern, str(info.value), re.S), str(info.value)
     if exception is not WorkerStartError:
         assert_pool_works(pool)
-        assert pool.total_workers() == 2
+        # the workers up: the replacement counts once it is ready
+        assert wait_until(lambda: pool.total_workers() == 2, timeout=20)
 
 
 # --- worker loss during a map ------------------------------------------------
@@ -217,7 +218,7 @@ def test_poison_task_in_a_group_of_tiny_tasks_fails_alone(make_pool: MakePool) -
     futures = [pool.submit(ft.poison_at, x, 1000) for x in range(2000)]
     done, not_done = concurrent.futures.wait(futures, timeout=30)
     assert not not_done
-    assert pool._runtime is not None and pool._runtime.broker.grouped_tasks > 1000
+    assert pool.status().totals.grouped_tasks > 1000
     for x, future in enumerate(futures):
         if x == 1000:
             with pytest.raises(WorkerLostError, match=r"killed its worker 2 times"):

@@ -185,7 +185,8 @@ def test_unbounded_input_with_early_break(shared_pool, chunksize):
     assert results == [i * i for i in range(100)]
     # read lazily: only a window of tasks beyond what was yielded (of single
     # inputs, or of adaptive chunks of at most MAX_BATCH inputs)
-    window = map_window(shared_pool._options.capacity) * (1 if chunksize else MAX_BATCH)
+    capacity = shared_pool.status().configured_workers * QSIZE  # tasks the workers hold
+    window = map_window(capacity) * (1 if chunksize else MAX_BATCH)
     assert pulled <= 100 + window, f"map read {pulled} inputs to yield 100"
     # nothing is left pending: the pool drains and keeps working
     assert shared_pool.run_on_all(tasks.square, 2) == [4, 4]

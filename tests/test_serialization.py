@@ -212,7 +212,7 @@ def test_closures_that_capture_much_data_are_let_go(make_pool):
     pool = make_pool(1)
     assert [pool.submit(f, 5).result() for f in funcs] == list(range(20))
     # by bytes, not by count: about 64 MiB of them on either side
-    assert 2 <= len(pool._tasks.functions) <= 8
+    assert 2 <= pool.status().totals.functions_cached <= 8
     assert 2 <= pool.run(tasks.worker_function_count) <= 9  # + worker_function_count
     # dropped ones are pickled and sent again
     assert [pool.submit(f, 7).result() for f in funcs[:3]] == [0, 1, 2]

@@ -84,7 +84,7 @@ class Runner:
                 f"{_where()} could not unpickle the {part} of task {task_id}: "
                 f"{e if type(e) is _Broken else f'{type(e).__name__}: {e}'}{hint}"
             )
-            self._add_result(task_id, p.STATUS_ERROR, RemoteException(error), started)
+            self._add_result(task_id, p.STATUS_ERROR, _remote(error), started)
             return
         if flags & p.FLAG_CHUNK:
             self._run_chunk(task_id, func, args, flags & p.FLAG_STAR, started)
@@ -98,7 +98,7 @@ class Runner:
             else:
                 result = func(args)
         except BaseException as e:  # noqa: BLE001 - a task's error is its result
-            self._add_result(task_id, p.STATUS_ERROR, RemoteException(e), started)
+            self._add_result(task_id, p.STATUS_ERROR, _remote(e), started)
             return
         if _is_awaitable(result):
             self._await_result(task_id, result, started)
@@ -133,7 +133,7 @@ class Runner:
                 results.extend(itertools.starmap(func, inputs) if star else map(func, inputs))
                 break
             except BaseException as e:  # noqa: BLE001
-                results.append(ItemError(RemoteException(e)))
+                results.append(ItemError(_remote(e)))
         # one function makes all the results: if the first is awaitable, await them all
         if results and _is_awaitable(results[0]):
             self._await_result(task_id, _settle_all(results), started)
@@ -147,10 +147,10 @@ class Runner:
         def done(fut: asyncio.Future[Any]) -> None:
             self.running.discard(fut)
             if fut.cancelled():
-                error = RemoteException(asyncio.CancelledError(f"task {task_id} was cancelled"))
+                error = _remote(asyncio.CancelledError(f"task {task_id} was cancelled"))
                 self._add_result(task_id, p.STATUS_ERROR, error, started)
-            elif fut.exception() is not None:
-                error = RemoteException(fut.exception())
+            elif (exc := fut.exception()) is not None:
+                error = _remote(exc)
                 self._add_result(task_id, p.STATUS_ERROR, error, started)
             else:
                 self._add_result(task_id, p.STATUS_OK, fut.result(), started)
@@ -185,16 +185,29 @@ def _unpicklable(
                 f"{_where()} the exception could not be pickled "
                 f"({type(e).__name__}: {e}), so its traceback is the cause"
             )
-            return dumps(RemoteException(SerializationError(text), value.tb))
+            return dumps(_remote(SerializationError(text), value.tb))
     error = SerializationError(
         f"task {task_id} ran on {_where()} but {what} could not be pickled: "
         f"{type(e).__name__}: {e}{unpicklable_hint(value, e, data_pickle)}"
     )
-    return dumps(RemoteException(error))
+    return dumps(_remote(error))
 
 
 def _where() -> str:
-    return f"worker pid {os.getpid()} on {socket.gethostname()}"
+    return f"worker pid {os.getpid()} on {_HOST}"
+
+
+#: this worker's host name, which the errors of its tasks carry
+_HOST = socket.gethostname()
+
+
+def _remote(exc: BaseException, tb: str | None = None) -> RemoteException:
+    """``exc`` to send as a task's error, marked with this worker's host and pid
+    (a ``SerializationError`` made here is marked too)."""
+    pid = os.getpid()
+    if isinstance(exc, SerializationError):
+        exc.set_origin(_HOST, pid)
+    return RemoteException(exc, tb, _HOST, pid)
 
 
 def _is_awaitable(value: Any) -> bool:
@@ -217,7 +230,7 @@ async def _settle(value: Any) -> Any:
     try:
         return await value
     except BaseException as e:  # noqa: BLE001 - an input's error is its own result
-        return ItemError(RemoteException(e))
+        return ItemError(_remote(e))
 
 
 class _Broken(Exception):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import shutil
 import threading
-from typing import Any, Literal
+from typing import Any
 
 import zmq
 
@@ -26,9 +27,11 @@ from distex_zmq.options import Options
 from distex_zmq.output import emit_log
 from distex_zmq.results import DISCARD, mark_pool_loop
 from distex_zmq.runtime.ipc import make_ipc_dir, socket_path, sweep_stale_ipc_dirs
+from distex_zmq.runtime.snapshot import stopped, take_status
 from distex_zmq.runtime.supervisor import BrokerAccess, Supervisor
 from distex_zmq.security import KeyPair, ZapHandler
 from distex_zmq.serialization import loads
+from distex_zmq.status import PoolStatus
 from distex_zmq.tasks import TaskMaker, callable_name
 
 _logger = logging.getLogger("distex_zmq.pool")
@@ -37,8 +40,6 @@ _logger = logging.getLogger("distex_zmq.pool")
 STOP_GRACE = 3.0
 #: The same, when the pool failed (start-up, crash loop).
 FAILED_STOP_GRACE = 0.5
-#: What a runtime is doing: see ``Runtime.state``.
-State = Literal["starting", "ready", "failed", "closed"]
 
 
 class Runtime:
@@ -61,6 +62,8 @@ class Runtime:
         #: why the pool cannot take tasks any more (start-up failure, crash loop)
         self.error: BaseException | None = None
         self._ready_count = 0
+        #: the pool's last status, taken as it was torn down
+        self._final_status: PoolStatus | None = None
         self._ctx = zmq.Context()
         self.loop.set_exception_handler(self._on_loop_error)
         self.broker = Broker(self.loop, self._ctx, options.max_retries, options.task_timeout, self)
@@ -93,18 +96,45 @@ class Runtime:
         return self._all_ready.done()
 
     @property
-    def state(self) -> State:
-        """``"starting"`` until every worker was ready once, then ``"ready"``;
-        ``"failed"`` when the pool cannot take tasks any more (``error`` says
-        why: the start-up failed, or a crash loop); ``"closed"`` once it was
-        shut down without an error."""
+    def ready_workers(self) -> int:
+        """Workers ready for tasks now (any thread)."""
+        return self.broker.registry.ready_count
+
+    def failure(self) -> BaseException | None:
+        """Why the pool failed: its start-up or later (None: it did not)."""
         if self.error is not None:
+            return self.error
+        started = self.started
+        return started.exception() if started.done() and not started.cancelled() else None
+
+    def pool_state(self, shut_down: bool = False) -> str:
+        """``"starting"``, ``"ready"``, ``"failed"`` or ``"shut down"`` (any
+        thread); ``shut_down``: the user shut the pool down."""
+        if shut_down:
+            return "shut down"
+        if self.failure() is not None:
             return "failed"
-        if self.closing:
-            return "closed"
-        if self.started.done() and self.started.exception() is None:
-            return "ready"
-        return "starting"
+        if self._final_status is not None or self.closing:
+            return "shut down"
+        return "ready" if self.is_up else "starting"
+
+    def status(self, shut_down: bool = False) -> PoolStatus:
+        """A snapshot of the pool: on the pool loop while it runs, else the
+        last one, taken as it was torn down."""
+        final = self._final_status
+        if final is not None:
+            state, error = self.pool_state(shut_down), self.failure()
+            if final.state == state and final.error is error:
+                return final
+            return dataclasses.replace(final, state=state, error=error)
+        return take_status(
+            self.broker,
+            self.supervisor.roster,
+            self._tasks,
+            self.pool_state(shut_down),
+            self.failure(),
+            self.options.total_workers,
+        )
 
     def _run_loop(self) -> None:
         mark_pool_loop()
@@ -324,6 +354,8 @@ class Runtime:
                 return PoolClosedError(f"the pool was shut down before {task.describe()} finished")
 
             broker.close(error)
+            last = self.status()
+            self._final_status = stopped(last, "failed" if last.error is not None else "shut down")
             if self._zap is not None:
                 self._zap.close()
 

@@ -34,6 +34,7 @@ from distex_zmq.launch.spawner import SpawnerLauncher
 from distex_zmq.loops import run_in_background
 from distex_zmq.options import Options
 from distex_zmq.output import WorkerOutput
+from distex_zmq.runtime.roster import Roster
 
 _logger = logging.getLogger("distex_zmq.pool")
 
@@ -113,6 +114,8 @@ class Supervisor:
         self._deaths: deque[float] = deque()
         #: where the workers' stdout and stderr lines go
         self._output = WorkerOutput(options.output)
+        #: where the workers run and how the hosts fare, for ``Pool.status()``
+        self.roster = Roster()
 
     def start(self, access: BrokerAccess) -> None:
         """Start the local workers (on the pool loop)."""
@@ -124,6 +127,8 @@ class Supervisor:
             self.on_exit,
             on_output=self._output.local(socket.gethostname()),
         )
+        if self._options.num_workers:
+            self.roster.host(None).state = "up"
         for _ in range(self._options.num_workers):
             self.spawn(self.local)
 
@@ -171,12 +176,15 @@ class Supervisor:
                 self._output.write,
             )
         self.remote.append(launcher)
+        self.roster.host_connecting(spec)
         try:
             await launcher.start()
-        except BaseException:
+        except BaseException as e:
             if launcher in self.remote:
                 self.remote.remove(launcher)
+            self.roster.host_lost(spec, f"{type(e).__name__}: {e}", None)
             raise
+        self.roster.host_up(spec)
         for _ in range(spec.num_workers):
             self.spawn(launcher)
         return launcher
@@ -190,6 +198,9 @@ class Supervisor:
         self._launcher_of[identity] = launcher
         self._starting.add(identity)
         self._broker.expect(identity)
+        self.roster.spawned(
+            identity, None if isinstance(launcher, LocalLauncher) else launcher.spec
+        )
 
     def worker_ready(self, identity: bytes) -> None:
         """The worker said hello and ran the initializer, if any."""
@@ -216,12 +227,14 @@ class Supervisor:
         launcher = self._launcher_of.pop(identity, None)
         if self._pool.closing or launcher is None:
             return
+        self.roster.gone(identity)
         how = describe_exit(returncode)
         if tail:
             how += "; its last stderr lines:\n" + tail
         rec = self._broker.registry.get(identity)
         if identity in self._killed:
             self._killed.discard(identity)
+            self.roster.replacements += 1
             self.spawn(launcher)
             return
         if identity in self._starting:
@@ -242,6 +255,7 @@ class Supervisor:
         how = f"its host {launcher.where} was lost: {reason}"
         broker = self._broker
         for identity in identities:
+            self.roster.gone(identity)
             self._launcher_of.pop(identity, None)
             self._starting.discard(identity)
             self._killed.discard(identity)
@@ -252,10 +266,12 @@ class Supervisor:
         if launcher in self.remote:
             self.remote.remove(launcher)
         if not self._pool.is_up:
+            self.roster.host_lost(launcher.spec, reason, None)
             self._pool.fail(
                 HostConnectionError(f"{launcher.where} was lost while the pool started: {reason}")
             )
             return
+        self.roster.host_lost(launcher.spec, reason, RECONNECT_DELAY)
         self._reconnect_later(launcher.spec, RECONNECT_DELAY)
 
     def _reconnect_later(self, spec: HostSpec, delay: float) -> None:
@@ -267,7 +283,9 @@ class Supervisor:
                 launcher = await self.connect(spec)
             except Exception as e:  # noqa: BLE001 - logged, and tried again later
                 _logger.warning("cannot reconnect to %s: %s", spec, e)
-                self._reconnect_later(spec, min(delay * 2, MAX_RECONNECT_DELAY))
+                delay_next = min(delay * 2, MAX_RECONNECT_DELAY)
+                self.roster.host_lost(spec, f"cannot reconnect: {e}", delay_next)
+                self._reconnect_later(spec, delay_next)
                 return
             if self._pool.closing:
                 await launcher.stop(0)
@@ -293,6 +311,7 @@ class Supervisor:
             )
             return
         recent = sum(1 for t in deaths if t > now - FAST_DEATH_WINDOW)
+        self.roster.replacements += 1
         if recent > self._options.total_workers:
             self._loop.call_later(SLOW_REPLACEMENT_DELAY, self.spawn, launcher)
         else:

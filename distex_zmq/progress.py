@@ -1,0 +1,82 @@
+"""Progress of a map (``progress=``): a tqdm bar or the caller's callback,
+told how many inputs are done at most every ``INTERVAL`` seconds and once at
+the end. A map without ``progress`` has no ``Progress`` and pays nothing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+#: Seconds between two reports, at the least (the last one comes at the end).
+INTERVAL = 0.1
+
+Report = Callable[[int, "int | None"], Any]
+
+
+class Progress:
+    """Counts a map's inputs done and reports them, throttled."""
+
+    def __init__(self, report: Report, total: int | None, close: Callable[[], Any] | None = None):
+        self.total = total
+        self.done = 0
+        self._report = report
+        self._close = close
+        self._reported = -1
+        self._next = 0.0
+
+    def add(self, n: int) -> None:
+        """``n`` more inputs are done (their results or errors reached the map)."""
+        if n <= 0:
+            return
+        self.done += n
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + INTERVAL
+            self._reported = self.done
+            self._report(self.done, self.total)
+
+    def close(self) -> None:
+        """The map ended: the final report (unless the last said it all)."""
+        if self._reported != self.done:
+            self._reported = self.done
+            self._report(self.done, self.total)
+        if self._close is not None:
+            close, self._close = self._close, None
+            close()
+
+
+def make_progress(progress: bool | Report | None, iterables: tuple[Any, ...]) -> Progress | None:
+    """The ``Progress`` of a map's ``progress`` argument (None: off).
+
+    The total is the length of the input, if every iterable has one (the
+    shortest, for several); else None.
+    """
+    if progress is None or progress is False:
+        return None
+    try:
+        total: int | None = min(len(it) for it in iterables)
+    except TypeError:
+        total = None
+    if callable(progress):
+        return Progress(progress, total)
+    if progress is not True:
+        raise TypeError(f"progress must be True, False or a callable, not {progress!r}")
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as e:
+        raise ImportError(
+            "progress=True shows a tqdm bar and needs tqdm: pip install 'distex_zmq[progress]'"
+        ) from e
+    bar: list[Any] = []
+
+    def report(done: int, total: int | None) -> None:
+        if not bar:  # made at the first report: a map never iterated shows none
+            bar.append(tqdm(total=total, unit="input"))
+        bar[0].update(done - bar[0].n)
+
+    def close() -> None:
+        if bar:
+            bar[0].close()
+
+    return Progress(report, total, close)

@@ -1,0 +1,108 @@
+"""What ``Pool.status()`` returns: a consistent snapshot of a running pool.
+
+Frozen dataclasses only; the pool loop fills them in (``runtime/snapshot.py``)
+from counters that the broker and the supervisor keep as they go, so that
+taking a snapshot costs a look at each worker and host, never at each task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerStatus:
+    """One worker process, as the pool sees it."""
+
+    #: the identity the pool gave it (``local-3``, ``ssh-maxi-7``)
+    name: str
+    #: the host it runs on: the worker's own host name once it said hello,
+    #: else where the pool started it (``local``, the host of its spec)
+    host: str
+    #: its process id (None until it said hello)
+    pid: int | None
+    #: ``"local"``, ``"ssh"`` or ``"spawner"``
+    kind: str
+    #: ``"starting"`` (no hello or initializer yet), ``"ready"`` or ``"lost"``;
+    #: ``"stopped"`` in the last status of a pool that ended
+    state: str
+    #: tasks it holds now: sent to it and not answered
+    tasks_held: int
+    #: tasks it answered with a result (a map's chunk counts once)
+    done: int
+    #: tasks it answered with an error
+    failed: int
+    #: when the pool started it (``time.time()``)
+    started_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class HostStatus:
+    """One place where workers run: this machine, an SSH host or a spawner."""
+
+    #: the host specification as given (``ssh://maxi/8``), or ``"local"``
+    spec: str
+    #: ``"local"``, ``"ssh"`` or ``"spawner"``
+    kind: str
+    #: ``"connecting"`` (first connection), ``"up"``, ``"lost"`` (its link is
+    #: gone, a reconnection is planned) or ``"reconnecting"`` (under way);
+    #: ``"stopped"`` in the last status of a pool that ended
+    state: str
+    #: its workers that are starting or ready now
+    workers: int
+    #: when the pool tries to reconnect next (``time.time()``; None: not planned)
+    next_retry: float | None
+    #: why it was lost, or why the last reconnection failed (None: no error)
+    last_error: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Totals:
+    """Counters of the whole pool since it started."""
+
+    #: tasks waiting for a worker
+    queued: int
+    #: tasks sent to workers and not answered
+    in_flight: int
+    #: tasks that ended with a result
+    done: int
+    #: tasks that ended with an error (raised, lost, timed out, cancelled by
+    #: ``shutdown``)
+    failed: int
+    #: runs of tasks again after their worker died
+    retried: int
+    #: workers that died or were cut off with their host
+    workers_lost: int
+    #: workers started to replace dead ones
+    replacements: int
+    #: tasks sent in groups of tiny tasks that shared one credit
+    grouped_tasks: int
+    #: functions the client holds pickled, ready to send
+    functions_cached: int
+    #: tasks the client made (a map's chunk is one task; initializer and
+    #: ``run_on_all`` tasks count too)
+    tasks_submitted: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolStatus:
+    """A snapshot of a pool, taken at one moment on its loop."""
+
+    #: ``"not started"`` (``lazy_create``), ``"starting"``, ``"ready"``,
+    #: ``"failed"`` or ``"shut down"``
+    state: str
+    #: why the pool failed (None unless ``state`` is ``"failed"``)
+    error: BaseException | None
+    #: workers configured: local and on every host
+    configured_workers: int
+    #: the workers: starting, ready, and the most recently lost ones
+    workers: tuple[WorkerStatus, ...]
+    hosts: tuple[HostStatus, ...]
+    totals: Totals
+    #: when the snapshot was taken (``time.time()``)
+    taken_at: float
+
+    @property
+    def ready_workers(self) -> int:
+        """Workers ready for tasks now."""
+        return sum(1 for w in self.workers if w.state == "ready")

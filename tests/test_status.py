@@ -1,0 +1,317 @@
+"""``Pool.status()``, a truthful ``total_workers()``, where errors come from
+(``host``, ``pid``, ``index``), and ``progress=`` on maps.
+
+The last test needs the network-namespace cluster: run this file under the
+cluster lock (see ``tests/conftest.py``), or deselect it with ``-k "not ssh"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import socket
+import sys
+
+import pytest
+
+from distex_zmq import (
+    PoolStatus,
+    RemoteException,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
+from tests import fault_tasks as ft
+from tests import tasks
+from tests.helpers import MakePool, wait_until
+from tests.multihost import REMOTE_PYTHON, unavailable
+
+HERE = socket.gethostname()
+
+
+# status and total_workers
+
+
+def test_status_counts_done_and_failed(make_pool: MakePool) -> None:
+    pool = make_pool(2)
+    assert wait_until(lambda: pool.status().state == "ready", timeout=30)
+    assert list(pool.map(tasks.square, range(10), chunksize=1)) == [x * x for x in range(10)]
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            pool.run(tasks.fail_on, 3)
+    status = pool.status()
+    assert isinstance(status, PoolStatus)
+    assert status.state == "ready" and status.error is None
+    assert status.configured_workers == 2 == status.ready_workers
+    assert status.totals.done == 10 and status.totals.failed == 3
+    assert status.totals.queued == status.totals.in_flight == 0
+    assert status.totals.tasks_submitted >= 13 and status.totals.functions_cached == 2
+    assert sum(w.done for w in status.workers) == 10
+    assert sum(w.failed for w in status.workers) == 3
+    pids = set(pool.run_on_all(os.getpid))
+    assert {w.pid for w in status.workers} == pids
+    assert {(w.kind, w.state, w.host) for w in status.workers} == {("local", "ready", HERE)}
+    assert all(w.started_at <= status.taken_at for w in status.workers)
+    (host,) = status.hosts
+    assert (host.spec, host.kind, host.state, host.workers) == ("local", "local", "up", 2)
+    assert repr(pool) == "<Pool 2/2 workers up, ready>"
+
+
+def test_status_shows_running_and_queued_tasks(make_pool: MakePool) -> None:
+    pool = make_pool(1, qsize=1)
+    pool.run(int, 0)
+    futures = [pool.submit(ft.sleep_then, 0.5, x) for x in range(3)]
+
+    def busy() -> bool:
+        totals = pool.status().totals
+        return totals.in_flight == 1 and totals.queued == 2
+
+    assert wait_until(busy, timeout=10)
+    (worker,) = pool.status().workers
+    assert worker.tasks_held == 1
+    assert [f.result(timeout=10) for f in futures] == [0, 1, 2]
+    status = pool.status()
+    assert status.totals.in_flight == status.totals.queued == 0
+    assert status.workers[0].tasks_held == 0
+
+
+def test_status_follows_a_worker_kill(make_pool: MakePool, tmp_path) -> None:
+    marker = tmp_path / "slow"
+    pool = make_pool(2, max_retries=0, initializer=tasks.slow_start_if, initargs=(str(marker), 3))
+    pool.run_on_all(int, 0)
+    marker.touch()  # the replacement takes 3 s to be ready
+    with pytest.raises(WorkerLostError) as info:
+        pool.run(tasks.exit_hard, 3)
+    victim = info.value.pid
+    # the dead one is lost, its replacement starts: one worker up
+    assert pool.total_workers() == 1 == pool._max_workers
+    assert repr(pool) == "<Pool 1/2 workers up, ready>"
+    status = pool.status()
+    states = {w.state for w in status.workers}
+    assert states == {"lost", "ready", "starting"}, status.workers
+    (lost,) = [w for w in status.workers if w.state == "lost"]
+    assert lost.pid == victim and lost.failed == 0
+    assert status.totals.workers_lost == 1 and status.totals.replacements == 1
+    assert status.totals.failed == 1 and status.ready_workers == 1
+    assert status.hosts[0].workers == 2
+    assert wait_until(lambda: pool.total_workers() == 2, timeout=20)
+    status = pool.status()
+    assert status.ready_workers == 2 and victim not in {
+        w.pid for w in status.workers if w.state == "ready"
+    }
+
+
+def test_total_workers_before_start_and_after_shutdown(make_pool: MakePool) -> None:
+    pool = make_pool(3, lazy_create=True)
+    assert pool.total_workers() == 3 == pool._max_workers
+    status = pool.status()
+    assert status.state == "not started" and status.workers == ()
+    assert repr(pool) == "<Pool 0/3 workers up, not started>"
+    pool.run(int, 0)
+    pool.shutdown()
+    assert pool.total_workers() == 0 and pool._max_workers == 3
+    status = pool.status()
+    assert status.state == "shut down" and status.totals.done == 1
+    assert {w.state for w in status.workers} == {"stopped"}
+    assert repr(pool) == "<Pool 0/3 workers up, shut down>"
+
+
+def test_status_async_and_on_the_pool_loop(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+
+    async def main() -> PoolStatus:
+        await pool.run_async(tasks.square, 2)
+        return await pool.status_async()
+
+    assert asyncio.run(main()).totals.done == 1
+    # in a done callback, on the pool loop: taken there, at once
+    seen: concurrent.futures.Future[PoolStatus] = concurrent.futures.Future()
+    pool.submit(tasks.square, 3).add_done_callback(lambda f: seen.set_result(pool.status()))
+    assert seen.result(timeout=10).totals.done >= 1
+
+
+# where errors come from
+
+
+def test_a_remote_exception_names_its_worker(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+    pid = pool.run(os.getpid)
+    with pytest.raises(ValueError) as info:
+        pool.run(tasks.fail_on, 3)
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteException)
+    assert (cause.host, cause.pid, cause.index) == (HERE, pid, None)
+    assert str(cause).startswith(f"raised on worker pid {pid} on {HERE}\n")
+    assert "Remote traceback" in str(cause)
+    for chunksize in (1, 2, 4, None):
+        with pytest.raises(ValueError) as info:
+            list(pool.map(tasks.fail_on, range(10), [7] * 10, chunksize=chunksize))
+        cause = info.value.__cause__
+        assert isinstance(cause, RemoteException)
+        assert (cause.host, cause.pid, cause.index) == (HERE, pid, 7), chunksize
+        assert "(input #7 of a map)" in str(cause)
+
+
+def test_a_map_input_index_after_adaptive_chunks(make_pool: MakePool) -> None:
+    # tiny inputs are grouped into chunks, then a single one follows: the
+    # index is the input's, not the task's
+    pool = make_pool(1)
+    n = 3000
+    with pytest.raises(ValueError) as info:
+        list(pool.map(tasks.fail_on, range(n), [n - 1] * n))
+    assert info.value.__cause__.index == n - 1  # type: ignore[union-attr]
+
+
+def test_worker_lost_error_names_its_worker(make_pool: MakePool) -> None:
+    pool = make_pool(1, max_retries=0)
+    pid = pool.run(os.getpid)
+    with pytest.raises(WorkerLostError) as info:
+        pool.run(tasks.exit_hard, 3)
+    assert (info.value.host, info.value.pid, info.value.index) == (HERE, pid, None)
+    with pytest.raises(WorkerLostError) as info:
+        list(pool.map(ft.poison_at, range(6), [4] * 6, chunksize=1))
+    assert info.value.index == 4 and info.value.host == HERE and info.value.pid is not None
+
+
+def test_task_timeout_error_names_its_worker(make_pool: MakePool) -> None:
+    pool = make_pool(1, task_timeout=0.5)
+    pid = pool.run(os.getpid)
+    with pytest.raises(TaskTimeoutError) as info:
+        pool.run(ft.sleep_then, 10, 0)
+    assert (info.value.host, info.value.pid, info.value.index) == (HERE, pid, None)
+    inputs = [(0, 0), (0, 1), (10, 2)]
+    with pytest.raises(TaskTimeoutError) as info:
+        list(pool.map(ft.sleep_then, *zip(*inputs, strict=True)))
+    assert info.value.index == 2 and info.value.host == HERE
+
+
+def test_serialization_error_names_its_worker(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+    pid = pool.run(os.getpid)
+    with pytest.raises(SerializationError) as info:
+        pool.run(ft.unpicklable_result)
+    assert (info.value.host, info.value.pid, info.value.index) == (HERE, pid, None)
+    with pytest.raises(SerializationError) as info:
+        list(pool.map(tasks.apply, [tasks.square, ft.unpicklable_result], [2, 0]))
+    assert (info.value.host, info.value.pid, info.value.index) == (HERE, pid, 1)
+
+
+# progress
+
+
+class Calls:
+    """A progress callback that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int | None]] = []
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.calls.append((done, total))
+
+    def check(self, n: int, total: int | None) -> None:
+        """Every input counted once: done only grows, and ends at ``n``."""
+        assert self.calls, "no progress reported"
+        dones = [d for d, _ in self.calls]
+        assert dones == sorted(dones) and len(set(dones)) == len(dones), self.calls
+        assert self.calls[-1] == (n, total)
+        assert {t for _, t in self.calls} == {total}
+
+
+@pytest.mark.parametrize(
+    "ordered, chunksize", [(True, 1), (False, 1), (True, 7), (False, 7), (True, None)]
+)
+def test_progress_counts_every_input_once(shared_pool, ordered, chunksize) -> None:
+    n = 2000
+    calls = Calls()
+    results = shared_pool.map(
+        tasks.square, range(n), ordered=ordered, chunksize=chunksize, progress=calls
+    )
+    assert sorted(results) == [x * x for x in range(n)]
+    calls.check(n, n)
+
+
+def test_progress_of_an_input_without_length(shared_pool) -> None:
+    calls = Calls()
+    assert len(list(shared_pool.map(tasks.square, iter(range(300)), progress=calls))) == 300
+    calls.check(300, None)
+    calls = Calls()
+    assert len(list(shared_pool.map(tasks.add, range(50), range(80), progress=calls))) == 50
+    calls.check(50, 50)
+
+
+def test_progress_of_an_async_map(shared_pool) -> None:
+    async def gen():
+        for x in range(100):
+            yield x
+
+    async def main() -> None:
+        calls = Calls()
+        results = [r async for r in shared_pool.map_async(tasks.square, range(500), progress=calls)]
+        assert len(results) == 500
+        calls.check(500, 500)
+        calls = Calls()
+        results = [r async for r in shared_pool.map_async(tasks.square, gen(), progress=calls)]
+        assert len(results) == 100
+        calls.check(100, None)
+
+    asyncio.run(main())
+
+
+def test_progress_counts_an_error(shared_pool) -> None:
+    calls = Calls()
+    with pytest.raises(ValueError):
+        list(shared_pool.map(tasks.fail_on, range(10), [0] * 10, progress=calls))
+    assert calls.calls[-1] == (1, 10)
+
+
+def test_progress_bar(shared_pool, capsys) -> None:
+    pytest.importorskip("tqdm")
+    assert len(list(shared_pool.map(tasks.square, range(100), progress=True))) == 100
+    err = capsys.readouterr().err
+    assert "100/100" in err
+
+
+def test_progress_bar_without_tqdm(shared_pool, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    with pytest.raises(ImportError, match=r"distex_zmq\[progress\]"):
+        shared_pool.map(tasks.square, range(3), progress=True)
+
+
+# the SSH side (needs the cluster: run under its lock)
+
+
+@pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
+@pytest.mark.timeout(120)
+def test_status_of_an_ssh_host_cut_off_and_back(ssh_home, make_pool: MakePool) -> None:
+    pool = make_pool(
+        1,
+        ["ssh://dzq-b/2"],
+        remote_python=REMOTE_PYTHON,
+        heartbeat_timeout=2,
+        connect_timeout=2,
+    )
+    try:  # the link must be up again before the pool shuts down
+        pool.run_on_all(int, 0)
+
+        def host() -> tuple[str, str, int]:
+            h = pool.status().hosts[1]
+            return h.spec, h.state, h.workers
+
+        assert host() == ("ssh://dzq-b/2", "up", 2)
+        ssh = [w for w in pool.status().workers if w.kind == "ssh"]
+        assert len(ssh) == 2 and {w.host for w in ssh} == {"dzq-b"}
+        ssh_home.link("dzq-b", up=False)
+        assert wait_until(lambda: host()[1] != "up", timeout=20)
+        status = pool.status()
+        assert status.hosts[1].state in ("lost", "reconnecting")
+        assert status.hosts[1].last_error
+        assert {w.state for w in status.workers if w.kind == "ssh"} == {"lost"}
+        assert pool.total_workers() == 1
+        ssh_home.link("dzq-b", up=True)
+        assert wait_until(lambda: host() == ("ssh://dzq-b/2", "up", 2), timeout=60)
+        assert wait_until(lambda: pool.total_workers() == 3, timeout=30)
+        assert pool.status().totals.workers_lost == 2
+    finally:
+        ssh_home.link("dzq-b", up=True)
