@@ -165,6 +165,7 @@ class WorkerRecord:
         "exclusive",
         "used",
         "unreachable",
+        "draining",
     )
 
     def __init__(self, identity: bytes, pid: int, host: str, capacity: int):
@@ -191,6 +192,9 @@ class WorkerRecord:
         self.exclusive = False
         #: a send to it failed: it gets nothing more (``Losses.unreachable``)
         self.unreachable = False
+        #: it leaves the pool: it finishes what it holds and gets nothing new
+        #: (``Broker.retire``)
+        self.draining = False
 
     @property
     def free(self) -> int:

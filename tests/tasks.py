@@ -336,3 +336,15 @@ async def async_fail_on(x: int, bad: int = 2) -> int:
 def capture(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The arguments the task got, as it got them."""
     return args, kwargs
+
+
+def pid_and_value(delay: float, value: Any) -> tuple[int, Any]:
+    """``(pid of the worker, value)`` after ``delay`` seconds."""
+    time.sleep(delay)
+    return os.getpid(), value
+
+
+def init_fail_if_exists(path: str) -> None:
+    """An initializer that raises once ``path`` exists."""
+    if os.path.exists(path):
+        raise RuntimeError(f"{path} exists")
