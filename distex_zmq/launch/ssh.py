@@ -227,6 +227,11 @@ class SSHLauncher(RemoteLauncher):
             return
         self._on_message(event)
 
+    def _on_message(self, event: dict[str, Any]) -> None:
+        if event.get("ev") == "stopped":
+            return  # it has stopped once its process has exited: ``_on_end``
+        super()._on_message(event)
+
     def _on_end(self, status: int) -> None:
         self._end()
         if self._closing or self.lost:
