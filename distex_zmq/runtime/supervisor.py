@@ -9,7 +9,9 @@ replaced; replacements slow down when workers die fast, and the pool gives
 up with ``CrashLoopError`` when more than ``max_worker_deaths`` die within a
 minute. A lost remote host (no heartbeat, connection gone) hands its workers
 to ``Broker.worker_lost`` without blame, so that their tasks run elsewhere,
-and the pool tries to reconnect to it, less and less often.
+and the pool tries to reconnect to it, less and less often. Workers taken out of a running pool
+(``retire``, ``remove_host``: see ``runtime/elastic.py``) are neither
+counted as deaths nor replaced, and a removed host is not reconnected.
 """
 
 from __future__ import annotations
