@@ -13,8 +13,10 @@ import time
 
 import pytest
 
-from distex_zmq import HostConnectionError
+from distex_zmq import HostConnectionError, WorkerLostError
+from distex_zmq.runtime.supervisor import RECONNECT_DELAY
 from tests import tasks, test_spawner
+from tests.helpers import wait_until
 from tests.multihost import REMOTE_PYTHON, unavailable
 
 REASON = unavailable()
@@ -110,3 +112,30 @@ def test_bad_hosts_raise_and_the_pool_works_on(hosts, make_pool):
     assert hosts.workers("dzq-a") == []
     assert sorted(pool.run_on_all(socket.gethostname)) == sorted([socket.gethostname(), "dzq-c"])
     assert pool.run(tasks.square, 5) == 25
+
+
+def test_a_lost_host_removed_is_not_reconnected(hosts, make_pool):
+    here = socket.gethostname()
+    pool = make_pool(
+        1,
+        ["ssh://dzq-c/1"],
+        remote_python=REMOTE_PYTHON,
+        heartbeat_timeout=2,
+        connect_timeout=3,
+    )
+    assert sorted(pool.run_on_all(socket.gethostname)) == sorted([here, "dzq-c"])
+    hosts.link("dzq-c", up=False)
+
+    def only_here() -> bool:
+        try:
+            return pool.run_on_all(socket.gethostname) == [here]
+        except WorkerLostError:  # it ran on dzq-c as the host was lost
+            return False
+
+    assert wait_until(only_here, timeout=30)
+    pool.remove_hosts("dzq-c")  # while the pool tries to reconnect to it
+    assert pool.total_workers() == 1
+    hosts.link("dzq-c", up=True)
+    time.sleep(RECONNECT_DELAY * 3)
+    assert hosts.pool_processes() == {}
+    assert pool.run_on_all(socket.gethostname) == [here]
