@@ -4,7 +4,9 @@ A ``Runtime`` holds everything that lives on the pool loop and nothing that
 refers back to the ``Pool``, so that a pool that is garbage-collected (or
 still open at interpreter exit) can be shut down by a finalizer. It starts
 the loop thread, binds the broker, has the ``Supervisor`` start the workers
-and keep them running, answers the broker's hooks, and tears it all down.
+and keep them running, answers the broker's hooks, hands changes of the
+running pool to ``Elastic`` (binding the broker's TCP endpoint when a remote
+host first needs it), and tears it all down.
 """
 
 from __future__ import annotations
