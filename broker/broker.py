@@ -90,6 +90,10 @@ class Broker:
         self._sock: zmq.Socket[Any] | None = None  # made on the pool loop by bind()
         self._reader: EdgeReader | None = None
         self.endpoints: list[str] = []
+        #: identities of workers taken out of the pool (``retire``) whose
+        #: processes have not been reported gone (``forget``): their late
+        #: messages are dropped without a warning
+        self._retired: set[bytes] = set()
 
     @property
     def grouped_tasks(self) -> int:
@@ -147,6 +151,34 @@ class Broker:
     def forget(self, identity: bytes) -> None:
         """Admit this identity no more (its worker will never connect)."""
         self.registry.forget(identity)
+        self._retired.discard(identity)
+
+    def retire(self, identity: bytes, drain: bool) -> None:
+        """Take a worker out of the pool: it gets no new task.
+
+        With ``drain``, a ready worker finishes the tasks it holds (and those
+        pinned to it), then gets STOP. Otherwise, and for a worker that is not
+        ready yet, its tasks go back to the queue at once without counting a
+        try (``Losses.withdraw``); its launcher is to kill it. ``forget`` the
+        identity once its process is gone.
+        """
+        registry = self.registry
+        registry.forget(identity)
+        self._retired.add(identity)
+        rec = registry.get(identity)
+        if rec is None:
+            return
+        if drain and rec.ready:
+            registry.drain(rec)
+            if not rec.running and not rec.pinned:
+                self._drained(rec)
+        else:
+            self._losses.withdraw(rec, "was removed from the pool")
+
+    def _drained(self, rec: WorkerRecord) -> None:
+        """A draining worker holds nothing more: it leaves the pool."""
+        self.registry.remove(rec)
+        self._control(rec.identity, p.STOP)
 
     def close(self, error_factory: Callable[[Task], BaseException]) -> None:
         """Close the socket; fail every task not finished (pool loop)."""
@@ -240,6 +272,8 @@ class Broker:
             if kind == p.RESULT:
                 rec = self.registry.get(identity)
                 if rec is None:
+                    if identity in self._retired:
+                        return  # it was removed with drain=False: its tasks run elsewhere
                     raise ProtocolError("result from an unknown worker")
                 self._on_results(rec, buf, count, frames[1:])
             elif kind == p.HELLO:
@@ -266,7 +300,7 @@ class Broker:
                 pass
 
     def _on_hello(self, identity: bytes, buf: memoryview) -> None:
-        if self._stopping:
+        if self._stopping or identity in self._retired:
             self._control(identity, p.STOP)
             return
         if not self.registry.expects(identity):
@@ -344,6 +378,8 @@ class Broker:
             self._dispatcher.requeue(returned)
         if not running:
             rec.exclusive = False
+            if rec.draining and not rec.pinned:
+                self._drained(rec)
         elif self._timeouts is not None:
             self._timeouts.started(rec)  # the next task starts about now
         self.registry.place(rec)

@@ -144,6 +144,30 @@ class Losses:
         )
         self._dispatch()
 
+    def withdraw(self, rec: WorkerRecord, why: str) -> None:
+        """Take ``rec`` out of the pool at once, without blame: the tasks it
+        runs go back to the head of the queue as they were (no try counted),
+        its initializer ends without a word, and a task pinned to it
+        (``run_on_all``) fails with ``WorkerLostError`` saying ``why``."""
+        self._registry.remove(rec)
+        requeue = []
+        errors: dict[Task, BaseException] = {}
+        for task in [*rec.running.values(), *self._dispatcher.unpin(rec)]:
+            task.worker = None
+            task.group = None
+            if task.cancelled or task.tag is INIT_TAG:
+                self._finish(task)
+            elif task.pinned is not None:
+                errors[task] = WorkerLostError(f"{task.describe()} did not finish: {rec} {why}")
+            else:
+                requeue.append(task)
+        rec.running.clear()
+        rec.used = 0
+        self.fail(errors, errors.__getitem__)
+        self._dispatcher.requeue(requeue)
+        _logger.debug("%s %s; %d of its tasks will run elsewhere", rec, why, len(requeue))
+        self._dispatch()
+
     def _verdict(
         self,
         task: Task,

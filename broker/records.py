@@ -172,6 +172,7 @@ class WorkerRecord:
         "unreachable",
         "done",
         "failed",
+        "draining",
     )
 
     def __init__(self, identity: bytes, pid: int, host: str, capacity: int):
@@ -201,6 +202,9 @@ class WorkerRecord:
         #: tasks it answered with a result, and with an error
         self.done = 0
         self.failed = 0
+        #: it leaves the pool: it finishes what it holds and gets nothing new
+        #: (``Broker.retire``)
+        self.draining = False
 
     @property
     def free(self) -> int:

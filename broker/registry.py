@@ -58,20 +58,34 @@ class Registry:
     def remove(self, rec: WorkerRecord) -> None:
         """Forget ``rec`` (gone): it is admitted no more."""
         self._expected.discard(rec.identity)
-        if self.workers.pop(rec.identity, None) is rec and rec.ready:
+        if self.workers.pop(rec.identity, None) is rec and rec.ready and not rec.draining:
             self.ready_capacity -= rec.capacity
             self.ready_count -= 1
         if rec.bucket >= 0:
             del self._buckets[rec.bucket][rec]
             rec.bucket = -1
 
+    def drain(self, rec: WorkerRecord) -> None:
+        """``rec`` takes no new task (it leaves the pool); it keeps what it runs."""
+        if rec.ready and not rec.draining:
+            self.ready_capacity -= rec.capacity
+        rec.draining = True
+        self.place(rec)
+
     def ready_workers(self) -> list[WorkerRecord]:
-        return [rec for rec in self.workers.values() if rec.ready]
+        """The workers that may take any task (ready and not draining)."""
+        return [rec for rec in self.workers.values() if rec.ready and not rec.draining]
 
     def place(self, rec: WorkerRecord) -> None:
         """Put ``rec`` in the bucket of its current load (call after a change)."""
         load = rec.used
-        free = rec.ready and load < rec.capacity and not rec.exclusive and not rec.unreachable
+        free = (
+            rec.ready
+            and load < rec.capacity
+            and not rec.exclusive
+            and not rec.unreachable
+            and not rec.draining
+        )
         bucket = load if free else -1
         if bucket == rec.bucket:
             return

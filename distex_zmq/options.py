@@ -66,6 +66,20 @@ class Options:
     output: str = "prefixed"
     #: the level of the tasks' log records re-emitted in the client (None: none)
     log_level: int | None = logging.WARNING
+    #: the secret as given, for spawner hosts added later (``spawner_keys``)
+    secret: str | bytes | None = dataclasses.field(default=None, repr=False)
+    secret_file: str | None = None
+    #: ``cluster_keys`` was loaded from the secret (a pool without spawner
+    #: hosts loads it when it gets one)
+    keys_loaded: bool = False
+
+    def spawner_keys(self) -> ClusterKeys | None:
+        """``cluster_keys``, loaded from the secret on first need."""
+        if not self.keys_loaded:
+            secret_bytes = load_secret(self.secret, self.secret_file)
+            self.cluster_keys = ClusterKeys.from_secret(secret_bytes) if secret_bytes else None
+            self.keys_loaded = True
+        return self.cluster_keys
 
     @property
     def total_workers(self) -> int:
@@ -131,11 +145,6 @@ def pool_options(
         raise TypeError(f"initializer must be callable, not {initializer!r}")
     host_list = [hosts] if isinstance(hosts, str) else list(hosts or [])
     specs = [HostSpec(h) for h in host_list]
-    cluster_keys = None
-    if any(not h.is_ssh for h in specs):
-        # only spawner hosts use the secret: a pool without them ignores it
-        secret_bytes = load_secret(secret, secret_file)
-        cluster_keys = ClusterKeys.from_secret(secret_bytes) if secret_bytes else None
     for name, value in (
         ("heartbeat_timeout", heartbeat_timeout),
         ("connect_timeout", connect_timeout),
@@ -151,7 +160,7 @@ def pool_options(
     loop_factory(worker_loop)
     pickle_module(func_pickle)
     pickle_module(data_pickle)
-    return Options(
+    options = Options(
         num_workers=0 if num_workers is None else num_workers or os.cpu_count() or 1,
         hosts=specs,
         remote=RemoteSettings(
@@ -163,7 +172,7 @@ def pool_options(
             localhost=localhost,
         ),
         localport=localport,
-        cluster_keys=cluster_keys,
+        cluster_keys=None,
         qsize=qsize,
         initializer=initializer,
         initargs=tuple(initargs),
@@ -175,4 +184,11 @@ def pool_options(
         max_worker_deaths=max_worker_deaths,
         output=output,
         log_level=log_level,
+        secret=secret,
+        secret_file=secret_file,
     )
+    if any(not h.is_ssh for h in specs):
+        # only spawner hosts use the secret: a pool without them loads it when
+        # it gets one (``add_hosts``)
+        options.spawner_keys()
+    return options

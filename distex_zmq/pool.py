@@ -26,6 +26,7 @@ from typing import Any
 
 from distex_zmq.broker import Task
 from distex_zmq.errors import PoolClosedError
+from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import LoopType
 from distex_zmq.maps import MapContext, check_map_args, map_async, map_sync
 from distex_zmq.options import pool_options
@@ -396,6 +397,65 @@ class Pool(concurrent.futures.Executor):
             self._finalizer.detach()
         return runtime
 
+    # elasticity
+
+    def add_hosts(self, hosts: str | list[str]) -> None:
+        """Add remote hosts (``[ssh://][user@]host[:port]/num_workers``, as
+        in ``Pool(hosts=...)``) to the running pool.
+
+        Returns when their workers are ready: each has run the initializer
+        and takes tasks at once, those of a ``map`` already running included.
+        All or nothing: if a host cannot be reached (``HostConnectionError``)
+        or a worker fails to start (``WorkerStartError``), what this call
+        added leaves again and that error is raised; the pool runs on as it
+        was. A host in the pool already raises ``ValueError``.
+        """
+        refuse_wait_on_pool_loop("Pool.add_hosts")
+        _elastic_result(self._live_runtime().add_hosts(_host_specs(hosts)))
+
+    async def add_hosts_async(self, hosts: str | list[str]) -> None:
+        """Async version of ``add_hosts``."""
+        await _elastic_wait(self._live_runtime().add_hosts(_host_specs(hosts)))
+
+    def remove_hosts(self, hosts: str | list[str], drain: bool = True) -> None:
+        """Remove remote hosts from the running pool, by host name (``"maxi"``)
+        or specification (``"ssh://maxi/8"``).
+
+        Their workers take no new task. With ``drain`` (default) the tasks
+        they run finish there; otherwise those tasks go back to the queue and
+        run on other workers, without counting as a retry (``max_retries``).
+        Then the workers stop and the pool leaves nothing on the host: its
+        SSH agent exits, its spawner session ends, and the pool does not
+        reconnect to it. Returns when that is done. A name that is not in the
+        pool raises ``ValueError``, and so does removing the last workers.
+        """
+        refuse_wait_on_pool_loop("Pool.remove_hosts")
+        _elastic_result(self._live_runtime().remove_hosts(_host_names(hosts), drain))
+
+    async def remove_hosts_async(self, hosts: str | list[str], drain: bool = True) -> None:
+        """Async version of ``remove_hosts``."""
+        await _elastic_wait(self._live_runtime().remove_hosts(_host_names(hosts), drain))
+
+    def resize(self, num_workers: int | None, drain: bool = True) -> None:
+        """Change the number of local workers of the running pool.
+
+        ``num_workers`` means what it means for ``Pool``: 0 is one per CPU,
+        ``None`` none at all (the pool then needs remote hosts). New workers
+        run the initializer and take tasks at once; it returns when they are
+        ready, and if one fails to start, the new ones leave again and the
+        error (``WorkerStartError``) is raised. Shrinking retires the least
+        busy workers as ``remove_hosts`` does, ``drain`` included, and returns
+        when their processes have exited.
+        """
+        refuse_wait_on_pool_loop("Pool.resize")
+        count = _local_count(num_workers)
+        _elastic_result(self._live_runtime().resize(count, drain))
+
+    async def resize_async(self, num_workers: int | None, drain: bool = True) -> None:
+        """Async version of ``resize``."""
+        count = _local_count(num_workers)
+        await _elastic_wait(self._live_runtime().resize(count, drain))
+
     # running tasks
 
     def submit(
@@ -514,6 +574,13 @@ class Pool(concurrent.futures.Executor):
         """Run ``func`` once on every worker, after the tasks submitted before
         it have finished; return the results in the order of the workers.
 
+        Every worker means the workers that are ready once those tasks have
+        finished: a worker that starts later (a host added with
+        ``add_hosts``, a ``resize``, a replacement of a worker that died)
+        does not run it; to set up every worker, those included, use
+        ``initializer``. A worker removed with ``drain=False`` before it ran
+        ``func`` fails it with ``WorkerLostError``.
+
         Raises the first error if it fails on any worker.
         """
         refuse_wait_on_pool_loop("Pool.run_on_all")
@@ -576,6 +643,47 @@ def _raise_start_error(runtime: Runtime) -> None:
     if runtime.error is not None:
         raise runtime.error
     raise
+
+
+def _host_specs(hosts: str | list[str]) -> list[HostSpec]:
+    specs = [HostSpec(h) for h in ([hosts] if isinstance(hosts, str) else hosts)]
+    if not specs:
+        raise ValueError("no hosts given")
+    return specs
+
+
+def _host_names(hosts: str | list[str]) -> list[str]:
+    names = [hosts] if isinstance(hosts, str) else list(hosts)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"a host is named by a string, not {name!r}")
+    return names
+
+
+def _local_count(num_workers: int | None) -> int:
+    """Local workers, as ``Pool(num_workers)`` reads the argument."""
+    if num_workers is None:
+        return 0
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0 or None, not {num_workers!r}")
+    return num_workers or os.cpu_count() or 1
+
+
+def _elastic_result(change: concurrent.futures.Future[None]) -> None:
+    try:
+        change.result()
+    except concurrent.futures.CancelledError:
+        raise PoolClosedError("the pool was shut down during the change") from None
+
+
+async def _elastic_wait(change: concurrent.futures.Future[None]) -> None:
+    try:
+        # the change goes on if the caller is cancelled: half a change is worse
+        await asyncio.shield(asyncio.wrap_future(change))
+    except asyncio.CancelledError:
+        if not change.cancelled():
+            raise  # the caller's own cancellation
+        raise PoolClosedError("the pool was shut down during the change") from None
 
 
 def _cancel_if_cancelled(task: Task, future: asyncio.Future[Any]) -> None:

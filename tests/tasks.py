@@ -350,3 +350,15 @@ def slow_start_if(path: str, delay: float) -> None:
     workers started after that (replacements) are slow to be ready."""
     if os.path.exists(path):
         time.sleep(delay)
+
+
+def pid_and_value(delay: float, value: Any) -> tuple[int, Any]:
+    """``(pid of the worker, value)`` after ``delay`` seconds."""
+    time.sleep(delay)
+    return os.getpid(), value
+
+
+def init_fail_if_exists(path: str) -> None:
+    """An initializer that raises once ``path`` exists."""
+    if os.path.exists(path):
+        raise RuntimeError(f"{path} exists")

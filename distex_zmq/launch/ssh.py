@@ -218,6 +218,11 @@ class SSHLauncher(RemoteLauncher):
         else:
             self._on_message(event)
 
+    def _on_message(self, event: control.Message) -> None:
+        if isinstance(event, control.Stopped):
+            return  # it has stopped once its process has exited: ``_on_end``
+        super()._on_message(event)
+
     def _on_end(self, status: int) -> None:
         self._end()
         if self._closing or self.lost:

@@ -4,7 +4,9 @@ A ``Runtime`` holds everything that lives on the pool loop and nothing that
 refers back to the ``Pool``, so that a pool that is garbage-collected (or
 still open at interpreter exit) can be shut down by a finalizer. It starts
 the loop thread, binds the broker, has the ``Supervisor`` start the workers
-and keep them running, answers the broker's hooks, and tears it all down.
+and keep them running, answers the broker's hooks, hands changes of the
+running pool to ``Elastic`` (binding the broker's TCP endpoint when a remote
+host first needs it), and tears it all down.
 """
 
 from __future__ import annotations
@@ -16,16 +18,19 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import zmq
 
 from distex_zmq.broker import INIT_TAG, STATUS_LOCAL_ERROR, Broker, Task, WorkerRecord
 from distex_zmq.errors import PoolClosedError, WorkerStartError
+from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import new_event_loop
 from distex_zmq.options import Options
 from distex_zmq.output import emit_log
 from distex_zmq.results import DISCARD, mark_pool_loop
+from distex_zmq.runtime.elastic import Elastic
 from distex_zmq.runtime.ipc import make_ipc_dir, socket_path, sweep_stale_ipc_dirs
 from distex_zmq.runtime.snapshot import stopped, take_status
 from distex_zmq.runtime.supervisor import BrokerAccess, Supervisor
@@ -76,6 +81,11 @@ class Runtime:
         self._zap: ZapHandler | None = None
         #: the keys a remote worker needs to reach the broker (JSON-ready)
         self.worker_keys: dict[str, str] = {}
+        self._broker_keys: KeyPair | None = None
+        #: the broker's TCP ports for remote workers: reachable from other
+        #: machines (True) or through SSH tunnels only (False)
+        self._tcp_ports: dict[bool, int] = {}
+        self.elastic = Elastic(self.supervisor, self.broker, options)
         self.started: concurrent.futures.Future[None] = asyncio.run_coroutine_threadsafe(
             self._start(), self.loop
         )
@@ -169,9 +179,11 @@ class Runtime:
             *("--loop", str(int(opts.worker_loop))),
             *("--log-level", str(-1 if opts.log_level is None else opts.log_level)),
         ]
-        tcp_port = self._bind_tcp() if opts.hosts else 0
+        if opts.hosts:
+            # only through the SSH tunnels, from this machine; else from anywhere
+            self._bind_tcp(public=not opts.remote.tunnel or any(not h.is_ssh for h in opts.hosts))
         supervisor = self.supervisor
-        supervisor.start(BrokerAccess(endpoint, worker_args, tcp_port, self.worker_keys))
+        supervisor.start(BrokerAccess(endpoint, worker_args, self.worker_keys))
         if opts.hosts:
             hosts = await asyncio.gather(
                 *(supervisor.connect(spec) for spec in opts.hosts), return_exceptions=True
@@ -189,24 +201,59 @@ class Runtime:
         if isinstance(error, Exception) and not self.closing and not self._all_ready.done():
             self.fail(error)
 
-    def _bind_tcp(self) -> int:
+    def broker_port(self, spec: HostSpec) -> int:
+        """The broker's TCP port for the workers on ``spec``, bound on first
+        need (a host added to a pool that had none, or the first spawner
+        host of a pool whose SSH hosts use tunnels)."""
+        public = not self.options.remote.tunnel or not spec.is_ssh
+        port = self._tcp_ports.get(True) or (None if public else self._tcp_ports.get(False))
+        return port or self._bind_tcp(public)
+
+    def _bind_tcp(self, public: bool) -> int:
         """The broker's TCP endpoint for remote workers: a CURVE server that
-        admits only the key pair this pool hands to its own remote workers.
-        Returns its port."""
+        admits only the key pair this pool hands to its own remote workers;
+        ``public``: reachable from other machines, else from this one only
+        (through SSH tunnels). Returns its port."""
         remote, port = self.options.remote, self.options.localport
-        broker_keys, worker_keys = KeyPair.random(), KeyPair.random()
-        self._zap = ZapHandler(self._ctx, self.loop)
-        self._zap.allow(worker_keys.public)
-        self.worker_keys.update(
-            server=broker_keys.public.decode(),
-            public=worker_keys.public.decode(),
-            secret=worker_keys.secret.decode(),
-        )
-        # only through the SSH tunnels, from this machine; else from anywhere
-        public = not remote.tunnel or any(not h.is_ssh for h in self.options.hosts)
+        if self._broker_keys is None:
+            self._broker_keys, worker_keys = KeyPair.random(), KeyPair.random()
+            self._zap = ZapHandler(self._ctx, self.loop)
+            self._zap.allow(worker_keys.public)
+            self.worker_keys.update(
+                server=self._broker_keys.public.decode(),
+                public=worker_keys.public.decode(),
+                secret=worker_keys.secret.decode(),
+            )
+        elif port:
+            port = 0  # the one asked for is taken by the first endpoint
         address = (remote.localhost or "0.0.0.0") if public else "127.0.0.1"
-        endpoint = self.broker.bind(f"tcp://{address}:{port}", curve=broker_keys)
-        return int(endpoint.rsplit(":", 1)[1])
+        endpoint = self.broker.bind(f"tcp://{address}:{port}", curve=self._broker_keys)
+        self._tcp_ports[public] = int(endpoint.rsplit(":", 1)[1])
+        return self._tcp_ports[public]
+
+    # elasticity (see ``Elastic``), once the pool is up
+
+    def add_hosts(self, specs: list[HostSpec]) -> concurrent.futures.Future[None]:
+        return self._when_up(lambda: self.elastic.add_hosts(specs))
+
+    def remove_hosts(self, names: list[str], drain: bool) -> concurrent.futures.Future[None]:
+        return self._when_up(lambda: self.elastic.remove_hosts(names, drain))
+
+    def resize(self, num_workers: int, drain: bool) -> concurrent.futures.Future[None]:
+        return self._when_up(lambda: self.elastic.resize(num_workers, drain))
+
+    def _when_up(
+        self, change: Callable[[], Coroutine[Any, Any, None]]
+    ) -> concurrent.futures.Future[None]:
+        async def when_up() -> None:
+            await asyncio.wrap_future(self.started)
+            if self.error is not None:
+                raise self.error
+            if self.closing:
+                raise PoolClosedError("the pool was shut down; create a new Pool")
+            await change()
+
+        return asyncio.run_coroutine_threadsafe(when_up(), self.loop)
 
     # the broker's hooks
 
@@ -240,7 +287,7 @@ class Runtime:
         error.__cause__ = cause if isinstance(cause, BaseException) else None
         if not self._all_ready.done():
             self.fail(error)
-        else:
+        elif not self.supervisor.start_failed(rec.identity, error):
             # a replacement: it dies, which counts against max_worker_deaths
             _logger.error("%s", error)
             self.supervisor.kill(rec.identity)

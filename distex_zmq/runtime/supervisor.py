@@ -9,7 +9,9 @@ replaced; replacements slow down when workers die fast, and the pool gives
 up with ``CrashLoopError`` when more than ``max_worker_deaths`` die within a
 minute. A lost remote host (no heartbeat, connection gone) hands its workers
 to ``Broker.worker_lost`` without blame, so that their tasks run elsewhere,
-and the pool tries to reconnect to it, less and less often.
+and the pool tries to reconnect to it, less and less often. Workers taken out of a running pool
+(``retire``, ``remove_host``: see ``runtime/elastic.py``) are neither
+counted as deaths nor replaced, and a removed host is not reconnected.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ class PoolState(Protocol):
     def fail(self, error: BaseException) -> None:
         """The pool cannot go on: fail what waits and refuse new tasks."""
 
+    def broker_port(self, spec: HostSpec) -> int:
+        """The broker's TCP port for workers on ``spec``, bound on first need."""
+
 
 @dataclasses.dataclass(frozen=True)
 class BrokerAccess:
@@ -76,8 +81,6 @@ class BrokerAccess:
     local_endpoint: str
     #: the command-line options of every worker
     worker_args: list[str]
-    #: the broker's TCP port for remote workers (0: no remote hosts)
-    tcp_port: int = 0
     #: the CURVE keys a remote worker needs (JSON-ready; empty: no remote hosts)
     worker_keys: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -111,11 +114,22 @@ class Supervisor:
         self._launcher_of: dict[bytes, Launcher] = {}
         self._worker_ids = itertools.count(1)
         self._reconnects: set[asyncio.Task[None]] = set()
+        #: the host each reconnection is for
+        self._reconnect_specs: dict[asyncio.Task[None], HostSpec] = {}
         self._deaths: deque[float] = deque()
         #: where the workers' stdout and stderr lines go
         self._output = WorkerOutput(options.output)
         #: where the workers run and how the hosts fare, for ``Pool.status()``
         self.roster = Roster()
+        #: identities of workers taken out of the pool, until they exit
+        self._retiring: set[bytes] = set()
+        #: futures of workers waited for: readiness (``wait_ready``) or exit
+        #: (``retire``), resolved in ``worker_ready``, ``on_exit`` and
+        #: ``on_host_lost``
+        self._ready_waiters: dict[bytes, asyncio.Future[None]] = {}
+        self._exit_waiters: dict[bytes, asyncio.Future[None]] = {}
+        #: remote hosts that are being removed: no reconnection when lost
+        self._removing: set[RemoteLauncher] = set()
 
     def start(self, access: BrokerAccess) -> None:
         """Start the local workers (on the pool loop)."""
@@ -146,7 +160,7 @@ class Supervisor:
                 self._loop,
                 spec,
                 opts.remote,
-                access.tcp_port,
+                self._pool.broker_port(spec),
                 [*access.worker_args, "--curve-keys-on-stdin"],
                 access.worker_keys,
                 self.on_exit,
@@ -158,8 +172,8 @@ class Supervisor:
                 self._loop,
                 self._ctx,
                 spec,
-                opts.cluster_keys,
-                access.tcp_port,
+                opts.spawner_keys(),
+                self._pool.broker_port(spec),
                 opts.remote.localhost,
                 {
                     "credits": opts.qsize,
@@ -189,10 +203,15 @@ class Supervisor:
             self.spawn(launcher)
         return launcher
 
-    def spawn(self, launcher: Launcher) -> None:
+    def spawn(self, launcher: Launcher) -> bytes | None:
+        """Start a worker there; return its identity (None: not now)."""
         pool = self._pool
         if pool.closing or pool.error is not None or launcher.lost:
-            return
+            return None
+        if launcher in self._removing:
+            return None
+        if launcher is self.local and len(self.workers_of(launcher)) >= self._options.num_workers:
+            return None  # a replacement after the pool shrank (``resize``)
         identity = b"%s-%d" % (launcher.label.encode(), next(self._worker_ids))
         launcher.spawn(identity)
         self._launcher_of[identity] = launcher
@@ -201,10 +220,14 @@ class Supervisor:
         self.roster.spawned(
             identity, None if isinstance(launcher, LocalLauncher) else launcher.spec
         )
+        return identity
 
     def worker_ready(self, identity: bytes) -> None:
         """The worker said hello and ran the initializer, if any."""
         self._starting.discard(identity)
+        waiter = self._ready_waiters.pop(identity, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def kill(self, identity: bytes) -> None:
         launcher = self._launcher_of.get(identity)
@@ -225,12 +248,23 @@ class Supervisor:
 
     def on_exit(self, identity: bytes, pid: int, returncode: int, tail: str) -> None:
         launcher = self._launcher_of.pop(identity, None)
-        if self._pool.closing or launcher is None:
-            return
-        self.roster.gone(identity)
+        if launcher is not None and not self._pool.closing:
+            self.roster.gone(identity)
         how = describe_exit(returncode)
         if tail:
             how += "; its last stderr lines:\n" + tail
+        waiter = self._ready_waiters.pop(identity, None)
+        if waiter is not None and not waiter.done() and launcher is not None:
+            # a worker added to a running pool: the caller that added it learns why
+            waiter.set_exception(
+                WorkerStartError(f"{launcher.describe_worker(pid)} failed to start: {how}")
+            )
+            self._retiring.add(identity)
+        if identity in self._retiring:
+            self._retired_exit(identity, how)
+            return
+        if self._pool.closing or launcher is None:
+            return
         rec = self._broker.registry.get(identity)
         if identity in self._killed:
             self._killed.discard(identity)
@@ -256,6 +290,11 @@ class Supervisor:
         broker = self._broker
         for identity in identities:
             self.roster.gone(identity)
+            waiter = self._ready_waiters.pop(identity, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(HostConnectionError(f"{launcher.where} was lost: {reason}"))
+            self._retiring.discard(identity)
+            self._resolve_exit(identity)
             self._launcher_of.pop(identity, None)
             self._starting.discard(identity)
             self._killed.discard(identity)
@@ -265,6 +304,8 @@ class Supervisor:
                 broker.worker_lost(rec, how, blameless=True)
         if launcher in self.remote:
             self.remote.remove(launcher)
+        if launcher in self._removing:
+            return  # it was leaving the pool anyway
         if not self._pool.is_up:
             self.roster.host_lost(launcher.spec, reason, None)
             self._pool.fail(
@@ -279,6 +320,8 @@ class Supervisor:
             await asyncio.sleep(delay)
             if self._pool.closing or self._pool.error is not None:
                 return
+            if spec not in self._options.hosts:
+                return  # removed from the pool meanwhile (``remove_hosts``)
             try:
                 launcher = await self.connect(spec)
             except Exception as e:  # noqa: BLE001 - logged, and tried again later
@@ -289,10 +332,120 @@ class Supervisor:
                 return
             if self._pool.closing:
                 await launcher.stop(0)
+            elif spec not in self._options.hosts:
+                await self.remove_host(launcher, drain=False)
             else:
                 _logger.warning("reconnected to %s", launcher.where)
 
-        run_in_background(self._loop, reconnect(), self._reconnects)
+        task = run_in_background(self._loop, reconnect(), self._reconnects)
+        self._reconnect_specs[task] = spec
+        task.add_done_callback(self._reconnect_specs.pop)
+
+    # elasticity: workers and hosts that join or leave a running pool
+
+    def workers_of(self, launcher: Launcher | None) -> list[bytes]:
+        """Identities of the workers started there and not leaving."""
+        return [
+            identity
+            for identity, where in self._launcher_of.items()
+            if where is launcher and identity not in self._retiring
+        ]
+
+    def is_starting(self, identity: bytes) -> bool:
+        """The worker has not said hello or run its initializer yet."""
+        return identity in self._starting
+
+    async def wait_ready(self, identities: list[bytes | None]) -> None:
+        """Wait until these workers (started together, in this step of the
+        loop) are ready; raise why one of them failed to start."""
+        waiters = [
+            self._ready_waiters.setdefault(identity, self._loop.create_future())
+            for identity in identities
+            if identity is not None and identity in self._starting
+        ]
+        if not waiters:
+            return
+        await asyncio.wait(waiters)
+        errors = [w.exception() for w in waiters]
+        for error in errors:
+            if error is not None:
+                raise error
+
+    def start_failed(self, identity: bytes, error: BaseException) -> bool:
+        """A worker's initializer raised. If the worker was being added
+        (``wait_ready``), its adder gets ``error``, the worker is killed and not
+        replaced, and this returns True; else it returns False."""
+        waiter = self._ready_waiters.pop(identity, None)
+        if waiter is None:
+            return False
+        if not waiter.done():
+            waiter.set_exception(error)
+        self._retiring.add(identity)
+        self._broker.retire(identity, drain=False)
+        self.kill(identity)
+        return True
+
+    async def retire(self, identities: list[bytes], drain: bool) -> None:
+        """Take these workers out of the pool and wait until they have exited.
+
+        With ``drain`` a ready worker finishes its tasks first; otherwise, and
+        for a worker still starting, its tasks go back to the queue without
+        counting a try and it is killed. No worker replaces them.
+        """
+        waiters = []
+        for identity in identities:
+            if identity not in self._launcher_of:
+                continue
+            self._retiring.add(identity)
+            waiters.append(self._exit_waiters.setdefault(identity, self._loop.create_future()))
+            self._broker.retire(identity, drain)
+            if not drain or identity in self._starting:
+                self.kill(identity)
+        if waiters:
+            await asyncio.wait(waiters)
+
+    async def remove_host(self, launcher: RemoteLauncher, drain: bool) -> None:
+        """Take a remote host out of the pool: retire its workers, then end
+        the session there (the agent exits, the spawner closes the pool's
+        session), which leaves nothing of the pool on the host."""
+        self._removing.add(launcher)
+        try:
+            await self.retire(self.workers_of(launcher), drain)
+            if self._pool.closing:
+                return  # the shutdown stops it
+            if launcher in self.remote:
+                self.remote.remove(launcher)
+            await launcher.stop(0)
+        finally:
+            self._removing.discard(launcher)
+
+    async def cancel_reconnects(self, specs: list[HostSpec]) -> None:
+        """Stop trying to reconnect to these hosts (removed from the pool)."""
+        tasks = [t for t, spec in self._reconnect_specs.items() if any(spec is s for s in specs)]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def _retired_exit(self, identity: bytes, how: str) -> None:
+        """A worker taken out of the pool has exited."""
+        self._retiring.discard(identity)
+        self._starting.discard(identity)
+        self._killed.discard(identity)
+        broker = self._broker
+        rec = broker.registry.get(identity)
+        if rec is not None and not self._pool.closing:
+            if rec.ready:
+                broker.worker_lost(rec, how)  # it died while it drained: as any death
+            else:
+                broker.retire(identity, drain=False)
+        broker.forget(identity)
+        self._resolve_exit(identity)
+
+    def _resolve_exit(self, identity: bytes) -> None:
+        waiter = self._exit_waiters.pop(identity, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _replace_after_death(self, how: str, launcher: Launcher) -> None:
         now = time.monotonic()
@@ -320,6 +473,8 @@ class Supervisor:
     async def stop(self, grace: float, reconnect_grace: float) -> None:
         """Cancel reconnections and stop every worker, giving each ``grace``
         seconds to finish its tasks."""
+        for identity in list(self._exit_waiters):
+            self._resolve_exit(identity)
         if self._reconnects:
             # a reconnection under way disconnects as it is cancelled
             for task in self._reconnects:

@@ -1,0 +1,138 @@
+"""Elastic pools: hosts added to and removed from a running pool, and its
+local workers resized (``Pool.add_hosts``, ``remove_hosts``, ``resize``).
+
+Each change runs on the pool loop, one at a time, and keeps ``Options``
+(``num_workers``, ``hosts``: the configured counts) up to date. Adding is all
+or nothing: if a host cannot be reached or a new worker fails to start (its
+initializer raised, say), what the call added leaves again and the error is
+raised; the pool runs on as before. Removing retires workers through the
+``Supervisor``: with ``drain`` they finish what they run, otherwise their
+tasks go back to the queue without counting a try; either way no worker
+replaces them, and a removed host's agent or spawner session ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from distex_zmq.broker import Broker
+from distex_zmq.hostspec import HostSpec
+from distex_zmq.launch.remote import RemoteLauncher
+from distex_zmq.options import Options
+from distex_zmq.runtime.supervisor import Supervisor
+
+
+class Elastic:
+    """Adds and removes the workers of a running pool (on the pool loop)."""
+
+    def __init__(self, supervisor: Supervisor, broker: Broker, options: Options):
+        self._supervisor = supervisor
+        self._broker = broker
+        self._options = options
+        self._lock: asyncio.Lock | None = None
+
+    def _serial(self) -> asyncio.Lock:
+        # made on the pool loop, the one that uses it
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def add_hosts(self, specs: list[HostSpec]) -> None:
+        """Connect to ``specs``, start their workers and wait until they are ready."""
+        async with self._serial():
+            hosts = self._options.hosts
+            for i, spec in enumerate(specs):
+                if any(_same_host(spec, h) for h in [*hosts, *specs[:i]]):
+                    raise ValueError(
+                        f"{spec} is in the pool already; remove it first to change its workers"
+                    )
+            results = await asyncio.gather(
+                *(self._add(spec) for spec in specs), return_exceptions=True
+            )
+            added = [r for r in results if isinstance(r, RemoteLauncher)]
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                await asyncio.gather(
+                    *(self._supervisor.remove_host(host, drain=False) for host in added)
+                )
+                raise errors[0]
+            hosts.extend(specs)
+
+    async def _add(self, spec: HostSpec) -> RemoteLauncher:
+        supervisor = self._supervisor
+        host = await supervisor.connect(spec)
+        try:
+            await supervisor.wait_ready(list(supervisor.workers_of(host)))
+        except BaseException:
+            await supervisor.remove_host(host, drain=False)
+            raise
+        return host
+
+    async def remove_hosts(self, names: list[str], drain: bool) -> None:
+        """Remove the hosts that ``names`` name (host names or specifications)."""
+        async with self._serial():
+            opts, supervisor = self._options, self._supervisor
+            leaving: list[HostSpec] = []
+            for name in names:
+                found = [h for h in opts.hosts if _names(name, h)]
+                if not found:
+                    known = ", ".join(h.host for h in opts.hosts) or "none"
+                    raise ValueError(f"no host {name!r} in the pool (its hosts: {known})")
+                leaving.extend(h for h in found if not any(h is s for s in leaving))
+            staying = [h for h in opts.hosts if not any(h is s for s in leaving)]
+            _check_not_empty(opts.num_workers, staying)
+            opts.hosts[:] = staying
+            await supervisor.cancel_reconnects(leaving)
+            hosts = [r for r in supervisor.remote if any(r.spec is s for s in leaving)]
+            await asyncio.gather(*(supervisor.remove_host(host, drain) for host in hosts))
+
+    async def resize(self, num_workers: int, drain: bool) -> None:
+        """Start or retire local workers until there are ``num_workers``."""
+        async with self._serial():
+            opts, supervisor = self._options, self._supervisor
+            _check_not_empty(num_workers, opts.hosts)
+            local = supervisor.local
+            assert local is not None, "the pool has started"
+            current = supervisor.workers_of(local)
+            before, opts.num_workers = opts.num_workers, num_workers
+            if num_workers > len(current):
+                new = [supervisor.spawn(local) for _ in range(num_workers - len(current))]
+                try:
+                    await supervisor.wait_ready(new)
+                except BaseException:
+                    opts.num_workers = before
+                    started = [i for i in new if i is not None]
+                    await supervisor.retire(started, drain=False)
+                    raise
+            elif num_workers < len(current):
+                leaving = self._least_busy(current, len(current) - num_workers)
+                await supervisor.retire(leaving, drain)
+
+    def _least_busy(self, identities: list[bytes], count: int) -> list[bytes]:
+        """``count`` of these workers: those starting first, then those that
+        run the fewest tasks."""
+        registry = self._broker.registry
+
+        def load(identity: bytes) -> int:
+            rec = registry.get(identity)
+            if rec is None or self._supervisor.is_starting(identity):
+                return -1
+            return len(rec.running)
+
+        return sorted(identities, key=load)[:count]
+
+
+def _same_host(a: HostSpec, b: HostSpec) -> bool:
+    return a.host == b.host and a.is_ssh == b.is_ssh and a.port == b.port
+
+
+def _names(name: str, spec: HostSpec) -> bool:
+    """``name`` is ``spec``'s host name, or a specification of the same host."""
+    if "/" not in name:
+        return name == spec.host
+    return _same_host(HostSpec(name), spec)
+
+
+def _check_not_empty(num_workers: int, hosts: list[HostSpec]) -> None:
+    if not num_workers and not hosts:
+        raise ValueError("the change would leave the pool without any worker")

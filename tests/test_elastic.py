@@ -1,0 +1,162 @@
+"""Elastic pools on local workers: ``resize`` up and down while a map runs,
+draining and requeueing, initializers of new workers, bad requests.
+(Hosts added to and removed from a pool on the cluster: ``test_elastic_hosts``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from distex_zmq import WorkerStartError
+from distex_zmq.runtime.supervisor import SLOW_REPLACEMENT_DELAY
+from tests import tasks
+from tests.helpers import child_pids, pid_alive, wait_until
+
+
+def _worker_pids(pool) -> set[int]:
+    return set(pool.run_on_all(tasks.pid))
+
+
+def _map_in_thread(pool, n, delay):
+    """Run ``pool.map`` over ``pid_and_value`` in a thread; return (thread,
+    results, started) where ``started`` is set after the first result."""
+    results: list = []
+    started = threading.Event()
+
+    def consume():
+        for r in pool.map(tasks.pid_and_value, [delay] * n, range(n), chunksize=1):
+            results.append(r)
+            started.set()
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    return thread, results, started
+
+
+def test_resize_up_mid_map(make_pool):
+    pool = make_pool(1, qsize=1)
+    old = _worker_pids(pool)
+    thread, results, started = _map_in_thread(pool, 40, 0.05)
+    assert started.wait(30)
+    pool.resize(3)
+    assert pool.total_workers() == 3
+    thread.join(60)
+    assert [v for _, v in results] == list(range(40))
+    pids = {p for p, _ in results}
+    assert len(pids - old) >= 1, "a new worker took tasks of the running map"
+    assert len(_worker_pids(pool)) == 3
+
+
+def test_resize_down_mid_map_leaves_no_process(make_pool):
+    pool = make_pool(3, qsize=1)
+    before = _worker_pids(pool)
+    assert len(before) == 3
+    thread, results, started = _map_in_thread(pool, 30, 0.05)
+    assert started.wait(30)
+    pool.resize(1)
+    assert pool.total_workers() == 1
+    (left,) = _worker_pids(pool)
+    gone = before - {left}
+    assert len(gone) == 2
+    # resize returns when they have exited
+    assert not any(pid_alive(pid) for pid in gone)
+    thread.join(60)
+    assert [v for _, v in results] == list(range(30))
+    assert pool.run(tasks.pid) == left
+
+
+def test_drained_worker_finishes_its_task_then_exits(make_pool, tmp_path):
+    pool = make_pool(2, qsize=1)
+    paths = [str(tmp_path / f"started-{i}") for i in range(2)]
+    futures = [pool.submit(tasks.note_pid_then_sleep, path, 1.0) for path in paths]
+    assert wait_until(lambda: all(os.path.exists(p) for p in paths), timeout=30)
+    running_on = {int(Path(p).read_text()) for p in paths}
+    assert len(running_on) == 2
+    pool.resize(1, drain=True)
+    # each task finished on the worker it started on: none was run twice
+    assert {f.result(timeout=30) for f in futures} == running_on
+    (left,) = _worker_pids(pool)
+    (gone,) = running_on - {left}
+    assert not pid_alive(gone)
+
+
+def test_removed_without_drain_requeues_without_a_retry(make_pool, tmp_path):
+    # max_retries=0: a task that counted a try for its lost worker would fail
+    pool = make_pool(2, qsize=1, max_retries=0)
+    paths = [str(tmp_path / f"started-{i}") for i in range(2)]
+    futures = [pool.submit(tasks.note_pid_then_sleep, path, 1.0) for path in paths]
+    assert wait_until(lambda: all(os.path.exists(p) for p in paths), timeout=30)
+    running_on = {int(Path(p).read_text()) for p in paths}
+    pool.resize(1, drain=False)
+    (left,) = _worker_pids(pool)
+    (gone,) = running_on - {left}
+    # resize(drain=False) returns once the worker is gone: it did not finish
+    assert not pid_alive(gone)
+    assert [f.result(timeout=30) for f in futures] == [left, left]
+
+
+def test_initializer_runs_on_new_workers(make_pool):
+    pool = make_pool(1, initializer=tasks.init_state, initargs=("k", 42))
+    pool.resize(3)
+    states = pool.run_on_all(tasks.get_state)
+    assert len(states) == 3
+    assert all(s["k"] == 42 and s["init_pid"] == s["pid"] for s in states)
+
+
+def test_new_worker_that_fails_to_start_raises_and_leaves(make_pool, tmp_path):
+    flag = tmp_path / "fail"
+    pool = make_pool(1, initializer=tasks.init_fail_if_exists, initargs=(str(flag),))
+    before = _worker_pids(pool)
+    flag.touch()
+    with pytest.raises(WorkerStartError, match="exists"):
+        pool.resize(3)
+    assert pool.total_workers() == 1
+    assert _worker_pids(pool) == before
+    assert pool.run(tasks.square, 3) == 9
+
+
+def test_resize_async(make_pool):
+    pool = make_pool(1)
+
+    async def main():
+        await pool.resize_async(2)
+        assert len(set(await pool.run_on_all_async(tasks.pid))) == 2
+        await pool.resize_async(1)
+        assert len(await pool.run_on_all_async(tasks.pid)) == 1
+
+    asyncio.run(main())
+
+
+def test_bad_requests(make_pool):
+    pool = make_pool(1)
+    with pytest.raises(ValueError, match="without any worker"):
+        pool.resize(None)
+    with pytest.raises(ValueError, match="num_workers"):
+        pool.resize(-1)
+    with pytest.raises(ValueError, match="'nosuchhost'"):
+        pool.remove_hosts(["nosuchhost"])
+    with pytest.raises(ValueError, match="number of workers"):
+        pool.add_hosts(["nosuchhost"])
+    assert pool.run(tasks.square, 4) == 16
+
+
+def test_replacement_due_after_a_shrink_is_not_started(make_pool):
+    """A replacement delayed by fast deaths does not grow the pool back."""
+    pool = make_pool(2)
+    _worker_pids(pool)
+    for _ in range(3):  # the third death within seconds delays its replacement
+        victim = pool.run(tasks.pid)
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda v=victim: not pid_alive(v), timeout=10)
+    time.sleep(0.2)
+    pool.resize(1)
+    time.sleep(SLOW_REPLACEMENT_DELAY + 0.5)
+    assert len(_worker_pids(pool)) == 1
+    assert len(child_pids()) == 1
