@@ -69,6 +69,7 @@ class Registry:
         """``rec`` takes no new task (it leaves the pool); it keeps what it runs."""
         if rec.ready and not rec.draining:
             self.ready_capacity -= rec.capacity
+            self.ready_count -= 1
         rec.draining = True
         self.place(rec)
 
