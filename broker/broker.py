@@ -275,13 +275,20 @@ class Broker:
         note_run_time = self._dispatcher.note_run_time
         finish = self._ledger.finish
         reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
-        for task_id, status, elapsed, data_len, nbuffers in p.result_entries(buf, count):
+        for task_id, status, elapsed, data_len, nbuffers, mark in p.result_entries(buf, count):
             data, buffers = reader.data(data_len, nbuffers)
-            value = (data, buffers, elapsed)
+            if status >= p.STATUS_PARTIAL:
+                # a piece of a chunk's results, or its inputs handed back
+                status = self._chunk_piece(rec, task_id, status, data, buffers, elapsed, mark)
+                if status == p.STATUS_PARTIAL:
+                    continue
             task = running.pop(task_id, None)
             if task is None:
                 _logger.warning("result for unknown task %d from %s", task_id, rec)
                 continue
+            value = (
+                (data, buffers, elapsed) if not task.first else (data, buffers, elapsed, task.first)
+            )
             task.worker = None
             group = task.group
             if group is None:
@@ -319,6 +326,37 @@ class Broker:
         self.dispatch()
         for sink in sinks:
             sink.flush()
+
+    def _chunk_piece(
+        self,
+        rec: WorkerRecord,
+        task_id: int,
+        status: int,
+        data: Any,
+        buffers: list[Any],
+        elapsed: int,
+        mark: int,
+    ) -> int:
+        """Take a piece of a chunk's results (``STATUS_PARTIAL``: delivered at
+        once) or its inputs handed back (the payload replaced; the task then
+        counts as returned, ``STATUS_RETURNED``); return the status to go on with."""
+        task = rec.running.get(task_id)
+        if task is None or mark < task.skip:
+            _logger.warning("bad chunk piece for task %d from %s", task_id, rec)
+            return p.STATUS_PARTIAL  # dropped
+        first = task.first
+        task.first = first + mark - task.skip
+        if status == p.STATUS_PARTIAL:
+            task.skip = mark
+            if not task.cancelled:
+                task.sink.deliver(task, p.STATUS_PARTIAL, (data, buffers, elapsed, first))
+                task.sink.flush()
+            return p.STATUS_PARTIAL
+        # the inputs from mark on, as a payload of their own
+        task.skip = 0
+        task.data = bytes(data) if isinstance(data, memoryview) else data
+        task.buffers = buffers
+        return p.STATUS_RETURNED
 
     # barriers: run_on_all and shutdown wait for what was submitted before them
 

@@ -240,6 +240,6 @@ class Dispatcher:
                 known.add(task.func_id, None, func_len)
             data_len = msg.body(task.data, task.buffers)
             msg.entries.append(
-                pack(task.id, task.func_id, flags, func_len, data_len, len(task.buffers))
+                pack(task.id, task.func_id, flags, func_len, data_len, len(task.buffers), task.skip)
             )
         return msg.frames_out()

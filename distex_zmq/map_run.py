@@ -10,7 +10,9 @@ input per task and, from how long the workers say its tasks ran, groups
 inputs that take well under ``GROUP_BELOW`` seconds into chunks of about
 ``BATCH_TIME`` seconds of work. Each input keeps its own result, exception
 and place in the order; inputs that take longer are never grouped; an
-explicit ``chunksize`` and ``qsize=1`` are honoured exactly.
+explicit ``chunksize`` and ``qsize=1`` are honoured exactly. A chunk's
+results may come in pieces (``STATUS_PARTIAL``, while the chunk runs on);
+each piece names its first input, and is yielded in its place.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ class MapRun:
         self.sink = QueueSink(wake, ctx.loop, max(1, self._window // 2), 2 * capacity)
         self._outstanding: dict[int, Task] = {}
         self._held: dict[int, tuple[Task, int, Any]] = {}
+        #: pieces of chunks' results that wait for their turn, by sequence number
+        self._pieces: dict[int, list[tuple[Task, int, Any]]] = {}
         self._ready: deque[tuple[Task, int, Any]] = deque()
         self._next_seq = 0
         self._next_out = 0
@@ -196,6 +200,8 @@ class MapRun:
         if type(value) is not tuple:
             return
         inputs = self._sizes.get(task.tag, 1) or 1
+        if len(value) > 3:  # the rest of a chunk, from input value[3] on
+            inputs = max(1, inputs - value[3])
         per_input = value[2] / 1e6 / inputs
         old = self._per_input
         self._per_input = per_input = per_input if old is None else 0.7 * old + 0.3 * per_input
@@ -211,23 +217,36 @@ class MapRun:
         outstanding = self._outstanding
         if self.adaptive and results:
             # the newest few results say enough about the run time
-            for task, _, value in itertools.islice(reversed(results), 4):
-                self._adapt(task, value)
+            for task, status, value in itertools.islice(reversed(results), 4):
+                if status != p.STATUS_PARTIAL:
+                    self._adapt(task, value)
         if self._ordered:
             held = self._held
+            pieces = self._pieces
+            ready = self._ready
             while results:
                 entry = results.popleft()
                 seq = entry[0].tag
+                if entry[1] == p.STATUS_PARTIAL:
+                    if seq == self._next_out:
+                        ready.append(entry)
+                    else:
+                        pieces.setdefault(seq, []).append(entry)
+                    continue
                 outstanding.pop(seq, None)
                 held[seq] = entry
-            ready = self._ready
-            while self._next_out in held:
+            while True:
+                if pieces and self._next_out in pieces:
+                    ready.extend(pieces.pop(self._next_out))
+                if self._next_out not in held:
+                    break
                 ready.append(held.pop(self._next_out))
                 self._next_out += 1
         else:
             while results:
                 entry = results.popleft()
-                outstanding.pop(entry[0].tag, None)
+                if entry[1] != p.STATUS_PARTIAL:
+                    outstanding.pop(entry[0].tag, None)
                 self._ready.append(entry)
         return bool(self._ready)
 
@@ -246,7 +265,11 @@ class MapRun:
         loads = self._loads
         while ready:
             task, status, value = ready.popleft()
-            self._unyielded -= 1
+            final = status != p.STATUS_PARTIAL
+            if final:
+                self._unyielded -= 1
+            else:
+                status = p.STATUS_OK
             try:
                 result = decode(task, status, value, loads)
             except BaseException as e:  # noqa: BLE001 - raised in order, after values
@@ -255,7 +278,8 @@ class MapRun:
             if not task.flags & p.FLAG_CHUNK:
                 values.append(result)
                 continue
-            self._sizes.pop(task.tag, None)
+            if final:
+                self._sizes.pop(task.tag, None)
             for item in result:
                 if type(item) is ItemError:
                     self._pending_error = item.error
@@ -272,7 +296,13 @@ class MapRun:
 
     @property
     def finished(self) -> bool:
-        return self.input_done and not self._outstanding and not self._held and not self._ready
+        return (
+            self.input_done
+            and not self._outstanding
+            and not self._held
+            and not self._ready
+            and not self._pieces
+        )
 
     def remaining(self) -> float | None:
         """Seconds left before the timeout; raise ``TimeoutError`` when none are."""
@@ -293,4 +323,5 @@ class MapRun:
             self._outstanding.clear()
             self._queue.wake()
         self._held.clear()
+        self._pieces.clear()
         self._ready.clear()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import os
 import socket
 import time
@@ -22,6 +21,11 @@ from distex_zmq.errors import RemoteException, SerializationError
 from distex_zmq.serialization import ItemError, dumps, loads, pickle_module
 from distex_zmq.task_errors import unloadable_hint, unpicklable_hint
 from distex_zmq.wire import frames as p
+
+from .watch import ResultWatch
+
+#: Seconds a chunk may run before the inputs it has not started are handed back.
+CHUNK_BUDGET = p.CHUNK_BUDGET_US / 1e6
 
 
 class Runner:
@@ -37,6 +41,7 @@ class Runner:
         data_pickle: int,
         loop: asyncio.AbstractEventLoop,
         on_async_result: Callable[[], None],
+        send: Callable[[list[Any]], None],
     ):
         self._func_loads = pickle_module(func_pickle).loads
         #: the pickle settings, for hints in error messages
@@ -52,6 +57,12 @@ class Runner:
         self.running: set[asyncio.Future[Any]] = set()
         #: results not sent yet
         self.results = p.Writer(p.RESULT)
+        #: sends results that would wait behind a long task; its lock is
+        #: released while such a task runs (see ``Worker``)
+        self.watch = ResultWatch(send, self._batch, self._data_dumps, _is_awaitable)
+
+    def _batch(self) -> p.Writer:
+        return self.results
 
     def take_results(self) -> p.Writer:
         """The results collected so far; collecting starts anew."""
@@ -61,7 +72,7 @@ class Runner:
 
     def give_back(self, task_id: int) -> None:
         """Return ``task_id`` unrun (``STATUS_RETURNED``)."""
-        self.results.entries.append(p.RESULT_ENTRY.pack(task_id, p.STATUS_RETURNED, 0, 0, 0))
+        self.results.entries.append(p.RESULT_ENTRY.pack(task_id, p.STATUS_RETURNED, 0, 0, 0, 0))
 
     def run(
         self,
@@ -71,8 +82,10 @@ class Runner:
         func_pickle: Any,
         data: Any,
         buffers: list[Any],
+        skip: int = 0,
     ) -> None:
-        """Run a task; its result is added now or, if awaitable, once awaited."""
+        """Run a task; its result is added now or, if awaitable, once awaited.
+        ``skip``: a chunk's inputs answered before, not to run again."""
         started = time.perf_counter()
         try:
             func = self._function(func_id, func_pickle)
@@ -87,7 +100,7 @@ class Runner:
             self._add_result(task_id, p.STATUS_ERROR, RemoteException(error), started)
             return
         if flags & p.FLAG_CHUNK:
-            self._run_chunk(task_id, func, args, flags & p.FLAG_STAR, started)
+            self._run_chunk(task_id, func, args, flags & p.FLAG_STAR, started, skip)
             return
         try:
             if flags & p.FLAG_KWARGS:
@@ -122,23 +135,65 @@ class Runner:
             raise func
         return func
 
-    def _run_chunk(self, task_id: int, func: Any, items: Any, star: int, started: float) -> None:
-        """Run every input of a chunk; an input's error is its own result."""
+    def _run_chunk(
+        self, task_id: int, func: Any, items: Any, star: int, started: float, skip: int
+    ) -> None:
+        """Run the inputs of a chunk from ``skip`` on; an input's error is its
+        own result. While an input runs long, ``ResultWatch`` sends the results
+        before it; once the chunk has run ``CHUNK_BUDGET``, the inputs not
+        started are handed back (``STATUS_HANDED_BACK``) for idle workers."""
         results: list[Any] = []
-        inputs = iter(items)
-        while True:
-            try:
-                # map() in extend() is the fast path; after an error it goes on
-                # with the inputs that follow
-                results.extend(itertools.starmap(func, inputs) if star else map(func, inputs))
-                break
-            except BaseException as e:  # noqa: BLE001
-                results.append(ItemError(RemoteException(e)))
+        append = results.append
+        items = items if isinstance(items, (tuple, list)) else tuple(items)
+        count = len(items)
+        budget_end = started + CHUNK_BUDGET
+        clock = time.perf_counter
+        watch = self.watch
+        watch.begin(task_id, results, started, skip)
+        index = skip
+        try:
+            while index < count:
+                item = items[index]
+                index += 1
+                try:
+                    append(func(*item) if star else func(item))
+                except BaseException as e:  # noqa: BLE001
+                    append(ItemError(RemoteException(e)))
+                if index < count and clock() > budget_end:
+                    if _is_awaitable(results[0]):
+                        budget_end = float("inf")  # awaited together: nothing to hand back
+                        continue
+                    payload = self._payload(items[index:])
+                    if payload is not None:
+                        break
+                    budget_end = float("inf")
+        finally:
+            sent = watch.end()
+        rest = results[sent:] if sent else results
         # one function makes all the results: if the first is awaitable, await them all
-        if results and _is_awaitable(results[0]):
-            self._await_result(task_id, _settle_all(results), started)
+        if rest and not sent and _is_awaitable(rest[0]):
+            self._await_result(task_id, _settle_all(rest), started)
+        elif index < count:
+            if rest:
+                status = self._add_result(
+                    task_id, p.STATUS_PARTIAL, rest, started, skip + len(results)
+                )
+                if status != p.STATUS_PARTIAL:
+                    return  # the chunk failed with that error: nothing to hand back
+            data, buffers = payload  # type: ignore[misc]
+            size = self.results.body(data, buffers)
+            self.results.entries.append(
+                p.RESULT_ENTRY.pack(task_id, p.STATUS_HANDED_BACK, 0, size, len(buffers), index)
+            )
         else:
-            self._add_result(task_id, p.STATUS_OK, results, started)
+            self._add_result(task_id, p.STATUS_OK, rest, started)
+
+    def _payload(self, items: Any) -> tuple[bytes, list[Any]] | None:
+        """Inputs pickled as a chunk's payload, or None if they do not pickle."""
+        try:
+            return dumps(tuple(items), self._data_dumps)
+        except BaseException:  # noqa: BLE001 - then they run here
+            return None
 
     def _await_result(self, task_id: int, awaitable: Any, started: float) -> None:
         fut = asyncio.ensure_future(awaitable, loop=self._loop)
@@ -158,7 +213,10 @@ class Runner:
 
         fut.add_done_callback(done)
 
-    def _add_result(self, task_id: int, status: int, value: Any, started: float) -> None:
+    def _add_result(
+        self, task_id: int, status: int, value: Any, started: float, mark: int = 0
+    ) -> int:
+        """Add a result entry; return its status (an error if it did not pickle)."""
         elapsed = min(int((time.perf_counter() - started) * 1e6), p.MAX_ELAPSED)
         try:
             data, buffers = dumps(value, self._data_dumps)
@@ -167,7 +225,10 @@ class Runner:
             status = p.STATUS_ERROR
         results = self.results
         size = results.body(data, buffers)
-        results.entries.append(p.RESULT_ENTRY.pack(task_id, status, elapsed, size, len(buffers)))
+        results.entries.append(
+            p.RESULT_ENTRY.pack(task_id, status, elapsed, size, len(buffers), mark)
+        )
+        return status
 
 
 def _unpicklable(
