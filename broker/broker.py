@@ -20,6 +20,7 @@ handle what goes wrong.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -38,6 +39,9 @@ from .records import INIT_TAG, BrokerHooks, ResultSink, Task, WorkerRecord
 from .registry import Registry
 
 _logger = logging.getLogger("distex_zmq.broker")
+
+#: The first id of the tasks the broker makes (``Broker._part``).
+PART_IDS = 1 << 62
 
 
 class Broker:
@@ -80,6 +84,9 @@ class Broker:
             task_timeout,
         )
         self._inbox = self._dispatcher.inbox
+        #: ids of the tasks made of parts of chunks handed back, apart from
+        #: the ids that the pool gives its tasks
+        self._part_ids = itertools.count(PART_IDS)
         self._wake_pending = False
         self._stopping = False
         self._closed = False
@@ -272,6 +279,8 @@ class Broker:
         sinks: set[ResultSink] = set()
         running = rec.running
         returned: list[Task] = []
+        #: the chunk task handed back in this message, and its payload's offset
+        handed: tuple[Task, int] | None = None
         note_run_time = self._dispatcher.note_run_time
         finish = self._ledger.finish
         reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
@@ -279,9 +288,19 @@ class Broker:
             data, buffers = reader.data(data_len, nbuffers)
             if status >= p.STATUS_PARTIAL:
                 # a piece of a chunk's results, or its inputs handed back
+                if status == p.STATUS_HANDED_BACK and handed and handed[0].id == task_id:
+                    # a further part of the inputs handed back: a task of its own
+                    returned.append(self._part(handed[0], handed[1] + mark, data, buffers))
+                    continue
+                base = None
+                task = running.get(task_id)
+                if task is not None:
+                    base = task.first - task.skip
                 status = self._chunk_piece(rec, task_id, status, data, buffers, elapsed, mark)
                 if status == p.STATUS_PARTIAL:
                     continue
+                if task is not None and base is not None:
+                    handed = (task, base)
             task = running.pop(task_id, None)
             if task is None:
                 _logger.warning("result for unknown task %d from %s", task_id, rec)
@@ -357,6 +376,26 @@ class Broker:
         task.data = bytes(data) if isinstance(data, memoryview) else data
         task.buffers = buffers
         return p.STATUS_RETURNED
+
+    def _part(self, task: Task, first: int, data: Any, buffers: list[Any]) -> Task:
+        """A new task for a part of ``task``'s inputs handed back, from its
+        input ``first`` on (its results go where ``task``'s go)."""
+        part = Task(
+            next(self._part_ids),
+            task.func_id,
+            task.func_pickle,
+            task.flags,
+            bytes(data) if isinstance(data, memoryview) else data,
+            buffers,
+            task.sink,
+            task.tag,
+            task.name,
+            index=task.index,
+        )
+        part.first = first
+        part.cancelled = task.cancelled
+        self._ledger.add(part)
+        return part
 
     # barriers: run_on_all and shutdown wait for what was submitted before them
 

@@ -26,6 +26,8 @@ from .watch import ResultWatch
 
 #: Seconds a chunk may run before the inputs it has not started are handed back.
 CHUNK_BUDGET = p.CHUNK_BUDGET_US / 1e6
+#: The most parts a chunk's inputs are handed back in.
+HAND_BACK_PARTS = 8
 
 
 class Runner:
@@ -163,8 +165,8 @@ class Runner:
                     if _is_awaitable(results[0]):
                         budget_end = float("inf")  # awaited together: nothing to hand back
                         continue
-                    payload = self._payload(items[index:])
-                    if payload is not None:
+                    parts = self._parts(items, index)
+                    if parts is not None:
                         break
                     budget_end = float("inf")
         finally:
@@ -180,18 +182,25 @@ class Runner:
                 )
                 if status != p.STATUS_PARTIAL:
                     return  # the chunk failed with that error: nothing to hand back
-            data, buffers = payload  # type: ignore[misc]
-            size = self.results.body(data, buffers)
-            self.results.entries.append(
-                p.RESULT_ENTRY.pack(task_id, p.STATUS_HANDED_BACK, 0, size, len(buffers), index)
-            )
+            entries = self.results.entries
+            for mark, data, buffers in parts:  # type: ignore[union-attr]
+                size = self.results.body(data, buffers)
+                entries.append(
+                    p.RESULT_ENTRY.pack(task_id, p.STATUS_HANDED_BACK, 0, size, len(buffers), mark)
+                )
         else:
             self._add_result(task_id, p.STATUS_OK, rest, started)
 
-    def _payload(self, items: Any) -> tuple[bytes, list[Any]] | None:
-        """Inputs pickled as a chunk's payload, or None if they do not pickle."""
+    def _parts(self, items: Any, index: int) -> list[tuple[int, bytes, list[Any]]] | None:
+        """The inputs from ``index`` on, in up to ``HAND_BACK_PARTS`` payloads
+        (so that several workers take them): ``(mark, pickle, buffers)``
+        each; None if they do not pickle."""
+        step = -(-(len(items) - index) // HAND_BACK_PARTS)
         try:
-            return dumps(tuple(items), self._data_dumps)
+            return [
+                (mark, *dumps(tuple(items[mark : mark + step]), self._data_dumps))
+                for mark in range(index, len(items), step)
+            ]
         except BaseException:  # noqa: BLE001 - then they run here
             return None
 
