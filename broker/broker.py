@@ -336,6 +336,10 @@ class Broker:
                 sinks.add(task.sink)
         if returned:
             # given back unrun, ahead of everything that came later
+            parts = [task for task in returned if task.first]
+            if parts:
+                returned = [task for task in returned if not task.first]
+                self._dispatcher.hand_back(parts)
             self._dispatcher.requeue(returned)
         if not running:
             rec.exclusive = False
