@@ -11,8 +11,9 @@ back what it has not started). The target: within 1.15x of ``chunksize=1``.
 - ``Pool(4)``: 2000 instant inputs, then 400 x 50 ms.
 
 ``functions``: ``--functions`` calls ``pool.run(lambda x, i=i: x + i, 1)``,
-each with a new lambda, and the largest growth of a worker's RSS. The
-target: under 50 MB for 10,000 functions.
+each with a new lambda (then as many maps of a new lambda over 2 inputs),
+and the largest growth of a worker's RSS, and the client's. The target:
+under 50 MB for 10,000 functions.
 
     python benchmarks/phase_change.py [--mode phase|functions|both] [--functions N]
 """
@@ -73,19 +74,26 @@ def worker_rss() -> dict[int, float]:
 
 
 def run_functions(count: int) -> None:
-    with Pool(2) as pool:
-        for i in range(50):  # warm up: the first functions load dill and friends
-            pool.run(lambda x, i=i: x + i, 1)
-        before = worker_rss()
-        t0 = time.perf_counter()
-        for i in range(count):
-            if pool.run(lambda x, i=i: x + i, 1) != i + 1:
-                raise SystemExit("wrong result")
-        elapsed = time.perf_counter() - t0
-        after = worker_rss()
-    growth = max((after[pid] - rss for pid, rss in before.items() if pid in after), default=0.0)
-    print(f"{count:,} distinct lambdas, pool.run each on Pool(2): largest worker RSS "
-          f"growth {growth:+.1f} MB ({elapsed:.1f} s)")  # fmt: skip
+    calls = {
+        "pool.run(f, 1)": lambda pool, f: pool.run(f, 1),
+        "list(pool.map(f, [1, 2]))": lambda pool, f: list(pool.map(f, [1, 2]))[0],
+    }
+    for name, call in calls.items():
+        with Pool(2) as pool:
+            for i in range(50):  # warm up: the first functions load dill and friends
+                call(pool, lambda x, i=i: x + i)
+            before = worker_rss()
+            client = rss_mb() or 0.0
+            t0 = time.perf_counter()
+            for i in range(count):
+                if call(pool, lambda x, i=i: x + i) != i + 1:
+                    raise SystemExit("wrong result")
+            elapsed = time.perf_counter() - t0
+            after = worker_rss()
+            client = (rss_mb() or 0.0) - client
+        growth = max((after[pid] - rss for pid, rss in before.items() if pid in after), default=0.0)
+        print(f"{count:,} distinct lambdas f, {name} each on Pool(2): largest worker RSS "
+              f"growth {growth:+.1f} MB, client {client:+.1f} MB ({elapsed:.1f} s)")  # fmt: skip
 
 
 def main() -> None:

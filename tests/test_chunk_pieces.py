@@ -76,3 +76,20 @@ def test_pieces_of_chunks_keep_their_order_and_errors(pool):
         assert next(it) == i
     with pytest.raises(ValueError):
         next(it)
+
+
+@pytest.mark.timeout(60)
+def test_inputs_answered_before_a_worker_died_do_not_run_again(pool, tmp_path):
+    # the worker sends the results of inputs 0-3 while input 4 sleeps, then
+    # dies: the chunk runs again elsewhere from input 4 on, not from 0
+    from tests import fault_tasks
+
+    journal = str(tmp_path / "journal")
+    n = 8
+    results = list(
+        pool.map(fault_tasks.journal_then, [journal] * n, range(n), [4] * n, [0.5] * n, chunksize=n)
+    )
+    assert results == list(range(n))
+    with open(journal) as f:
+        started = [int(line) for line in f]
+    assert sorted(started) == [0, 1, 2, 3, 4, 4, 5, 6, 7], started

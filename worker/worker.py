@@ -17,7 +17,9 @@ that may run long (``FLAG_FLUSH_FIRST``) is next: what is done is sent
 before it starts. Tiny tasks that share a credit (``FLAG_GROUPED``) were
 guessed tiny from their function's past: once one of them runs
 ``GROUPED_TASK_LIMIT`` or longer, the later ones of that function are given
-back unrun.
+back unrun. While a task runs after which results wait, or a chunk runs,
+``ResultWatch`` (``watch.py``) may send the waiting results from its own
+thread: the main thread releases the watch's lock for that task.
 """
 
 from __future__ import annotations
