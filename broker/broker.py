@@ -20,7 +20,6 @@ handle what goes wrong.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -32,6 +31,7 @@ from distex_zmq.security import KeyPair, make_server
 from distex_zmq.wire import frames as p
 from distex_zmq.wire.zmqio import EdgeReader, send_frames
 
+from .chunks import ChunkPieces
 from .dispatch import Dispatcher
 from .ledger import Ledger
 from .losses import Losses, TaskTimeouts
@@ -39,9 +39,6 @@ from .records import INIT_TAG, BrokerHooks, ResultSink, Task, WorkerRecord
 from .registry import Registry
 
 _logger = logging.getLogger("distex_zmq.broker")
-
-#: The first id of the tasks the broker makes (``Broker._part``).
-PART_IDS = 1 << 62
 
 
 class Broker:
@@ -84,9 +81,7 @@ class Broker:
             task_timeout,
         )
         self._inbox = self._dispatcher.inbox
-        #: ids of the tasks made of parts of chunks handed back, apart from
-        #: the ids that the pool gives its tasks
-        self._part_ids = itertools.count(PART_IDS)
+        self._pieces = ChunkPieces()
         self._wake_pending = False
         self._stopping = False
         self._closed = False
@@ -290,17 +285,18 @@ class Broker:
                 # a piece of a chunk's results, or its inputs handed back
                 if status == p.STATUS_HANDED_BACK and handed and handed[0].id == task_id:
                     # a further part of the inputs handed back: a task of its own
-                    returned.append(self._part(handed[0], handed[1] + mark, data, buffers))
+                    part = self._pieces.part(handed[0], handed[1] + mark, data, buffers)
+                    self._ledger.add(part)
+                    returned.append(part)
                     continue
-                base = None
                 task = running.get(task_id)
-                if task is not None:
-                    base = task.first - task.skip
-                status = self._chunk_piece(rec, task_id, status, data, buffers, elapsed, mark)
+                base = 0 if task is None else task.first - task.skip
+                piece = self._pieces.piece(rec, task_id, status, (data, buffers, elapsed), mark)
+                task, status = piece
                 if status == p.STATUS_PARTIAL:
                     continue
-                if task is not None and base is not None:
-                    handed = (task, base)
+                assert task is not None
+                handed = (task, base)
             task = running.pop(task_id, None)
             if task is None:
                 _logger.warning("result for unknown task %d from %s", task_id, rec)
@@ -349,57 +345,6 @@ class Broker:
         self.dispatch()
         for sink in sinks:
             sink.flush()
-
-    def _chunk_piece(
-        self,
-        rec: WorkerRecord,
-        task_id: int,
-        status: int,
-        data: Any,
-        buffers: list[Any],
-        elapsed: int,
-        mark: int,
-    ) -> int:
-        """Take a piece of a chunk's results (``STATUS_PARTIAL``: delivered at
-        once) or its inputs handed back (the payload replaced; the task then
-        counts as returned, ``STATUS_RETURNED``); return the status to go on with."""
-        task = rec.running.get(task_id)
-        if task is None or mark < task.skip:
-            _logger.warning("bad chunk piece for task %d from %s", task_id, rec)
-            return p.STATUS_PARTIAL  # dropped
-        first = task.first
-        task.first = first + mark - task.skip
-        if status == p.STATUS_PARTIAL:
-            task.skip = mark
-            if not task.cancelled:
-                task.sink.deliver(task, p.STATUS_PARTIAL, (data, buffers, elapsed, first))
-                task.sink.flush()
-            return p.STATUS_PARTIAL
-        # the inputs from mark on, as a payload of their own
-        task.skip = 0
-        task.data = bytes(data) if isinstance(data, memoryview) else data
-        task.buffers = buffers
-        return p.STATUS_RETURNED
-
-    def _part(self, task: Task, first: int, data: Any, buffers: list[Any]) -> Task:
-        """A new task for a part of ``task``'s inputs handed back, from its
-        input ``first`` on (its results go where ``task``'s go)."""
-        part = Task(
-            next(self._part_ids),
-            task.func_id,
-            task.func_pickle,
-            task.flags,
-            bytes(data) if isinstance(data, memoryview) else data,
-            buffers,
-            task.sink,
-            task.tag,
-            task.name,
-            index=task.index,
-        )
-        part.first = first
-        part.cancelled = task.cancelled
-        self._ledger.add(part)
-        return part
 
     # barriers: run_on_all and shutdown wait for what was submitted before them
 
