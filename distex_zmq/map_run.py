@@ -270,7 +270,10 @@ class MapRun:
         keep it in its place (ordered maps); return ``(offset, items, whether
         the chunk is answered whole now)``."""
         seq = task.tag
-        offset = value[3] if type(value) is tuple and len(value) > 3 else 0
+        if type(value) is tuple:
+            offset = value[3] if len(value) > 3 else 0
+        else:  # an error made by the broker: the task failed as it stood
+            offset = task.first
         error = False
         try:
             items = decode(
