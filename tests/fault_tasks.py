@@ -128,3 +128,15 @@ def journal_then(path: str, x: int, die_at: int, delay: float) -> int:
         time.sleep(delay)
         os.kill(os.getpid(), signal.SIGKILL)
     return x
+
+
+def nap_or_die(x: int, die_at: int, delay: float) -> int:
+    """Sleep ``delay`` seconds and return ``x``; at ``die_at``, die (SIGKILL)."""
+    import os
+    import signal
+    import time
+
+    time.sleep(delay)
+    if x == die_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x

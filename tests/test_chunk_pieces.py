@@ -93,3 +93,21 @@ def test_inputs_answered_before_a_worker_died_do_not_run_again(pool, tmp_path):
     with open(journal) as f:
         started = [int(line) for line in f]
     assert sorted(started) == [0, 1, 2, 3, 4, 4, 5, 6, 7], started
+
+
+@pytest.mark.timeout(60)
+def test_a_part_handed_back_that_kills_its_worker_fails_in_its_place(make_pool):
+    # the chunk hands back its inputs after the first; the part that holds
+    # input 13 kills every worker that runs it: with max_retries=0 the map
+    # yields 0-12, then raises WorkerLostError for input 13
+    from distex_zmq.errors import WorkerLostError
+    from tests import fault_tasks
+
+    pool = make_pool(2, max_retries=0)
+    n = 20
+    it = pool.map(fault_tasks.nap_or_die, range(n), [13] * n, [0.01] * n, chunksize=n)
+    got = []
+    with pytest.raises(WorkerLostError):
+        for value in it:
+            got.append(value)
+    assert got == list(range(13))
