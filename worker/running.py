@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import os
 import socket
 import time
@@ -24,8 +25,6 @@ from distex_zmq.wire import frames as p
 
 from .watch import ResultWatch
 
-#: Seconds a chunk may run before the inputs it has not started are handed back.
-CHUNK_BUDGET = p.CHUNK_BUDGET_US / 1e6
 #: The most parts a chunk's inputs are handed back in.
 HAND_BACK_PARTS = 8
 
@@ -142,48 +141,39 @@ class Runner:
     ) -> None:
         """Run the inputs of a chunk from ``skip`` on; an input's error is its
         own result. While an input runs long, ``ResultWatch`` sends the results
-        before it; once the chunk has run ``CHUNK_BUDGET``, the inputs not
-        started are handed back (``STATUS_HANDED_BACK``) for idle workers."""
+        before it; once the chunk has run ``CHUNK_BUDGET``, it closes the
+        chunk's gate, and the inputs not started are handed back
+        (``STATUS_HANDED_BACK``) for idle workers."""
         results: list[Any] = []
-        append = results.append
         items = items if isinstance(items, (tuple, list)) else tuple(items)
         count = len(items)
-        budget_end = started + CHUNK_BUDGET
-        clock = time.perf_counter
+        # the watch clears the gate to stop the chunk between two inputs
+        gate = [True] * (count - skip)
+        inputs = itertools.compress(itertools.islice(items, skip, None), gate)
         watch = self.watch
-        watch.begin(task_id, results, started, skip)
-        index = skip
+        watch.begin(task_id, results, started, skip, gate)
         try:
-            while index < count:
-                item = items[index]
-                index += 1
-                try:
-                    append(func(*item) if star else func(item))
-                except BaseException as e:  # noqa: BLE001
-                    append(ItemError(RemoteException(e)))
-                if index < count and clock() > budget_end:
-                    if _is_awaitable(results[0]):
-                        budget_end = float("inf")  # awaited together: nothing to hand back
-                        continue
-                    parts = self._parts(items, index)
-                    if parts is not None:
-                        break
-                    budget_end = float("inf")
+            _run_inputs(func, inputs, star, results)
         finally:
             sent = watch.end()
+        index = skip + len(results)
+        parts = None
+        if index < count:
+            parts = self._parts(items, index)
+            if parts is None:  # they do not pickle: they run here
+                _run_inputs(func, iter(items[index:]), star, results)
+                index = count
         rest = results[sent:] if sent else results
         # one function makes all the results: if the first is awaitable, await them all
         if rest and not sent and _is_awaitable(rest[0]):
             self._await_result(task_id, _settle_all(rest), started)
-        elif index < count:
+        elif parts is not None:
             if rest:
-                status = self._add_result(
-                    task_id, p.STATUS_PARTIAL, rest, started, skip + len(results)
-                )
+                status = self._add_result(task_id, p.STATUS_PARTIAL, rest, started, index)
                 if status != p.STATUS_PARTIAL:
                     return  # the chunk failed with that error: nothing to hand back
             entries = self.results.entries
-            for mark, data, buffers in parts:  # type: ignore[union-attr]
+            for mark, data, buffers in parts:
                 size = self.results.body(data, buffers)
                 entries.append(
                     p.RESULT_ENTRY.pack(task_id, p.STATUS_HANDED_BACK, 0, size, len(buffers), mark)
@@ -261,6 +251,19 @@ def _unpicklable(
         f"{type(e).__name__}: {e}{unpicklable_hint(value, e, data_pickle)}"
     )
     return dumps(RemoteException(error))
+
+
+def _run_inputs(func: Any, inputs: Any, star: int, results: list[Any]) -> None:
+    """Append to ``results`` what ``func`` makes of each input, an
+    ``ItemError`` for each that raises."""
+    while True:
+        try:
+            # map() in extend() is the fast path; after an error it goes on
+            # with the inputs that follow
+            results.extend(itertools.starmap(func, inputs) if star else map(func, inputs))
+            return
+        except BaseException as e:  # noqa: BLE001
+            results.append(ItemError(RemoteException(e)))
 
 
 def _where() -> str:

@@ -5,7 +5,8 @@ their results in batches, so while one task (or one input of a chunk) runs
 long, the results done before it would wait for it. ``ResultWatch`` is a
 thread that looks every ``PARTIAL_AFTER`` seconds: results it saw waiting
 at its previous look go out, the finished ones of a running chunk as
-``STATUS_PARTIAL``.
+``STATUS_PARTIAL``; a chunk that has run ``CHUNK_BUDGET`` has its gate
+closed, so that it stops before its next input and hands back the rest.
 
 The socket and the batch of results belong to whoever holds ``lock``: the
 main thread holds it but while it runs a task after which results wait (or a
@@ -25,6 +26,8 @@ from distex_zmq.wire import frames as p
 
 #: Seconds between the thread's looks: results wait no longer than about two.
 PARTIAL_AFTER = p.CHUNK_PARTIAL_US / 1e6
+#: Seconds a chunk may run before the inputs it has not started are handed back.
+CHUNK_BUDGET = p.CHUNK_BUDGET_US / 1e6
 #: Seconds without a watched task after which the thread sleeps until the next.
 IDLE_AFTER = 0.1
 
@@ -64,6 +67,7 @@ class ResultWatch:
         self._sent = 0
         self._skip = 0
         self._started = 0.0
+        self._gate: list[bool] = []
         #: the first result entry waiting at the previous look
         self._seen: bytes | None = None
 
@@ -77,10 +81,14 @@ class ResultWatch:
             self._thread.start()
         self._wake.set()
 
-    def begin(self, task_id: int, results: list[Any], started: float, skip: int) -> None:
+    def begin(
+        self, task_id: int, results: list[Any], started: float, skip: int, gate: list[bool]
+    ) -> None:
         """A chunk starts (main thread, ``lock`` released): ``results``
-        collects its results, for the payload's inputs from ``skip`` on."""
+        collects its results, for the payload's inputs from ``skip`` on; the
+        chunk takes its next input only while ``gate`` is not empty."""
         with self.lock:
+            self._gate = gate
             self._task_id = task_id
             self._results = results
             self._sent = 0
@@ -93,6 +101,7 @@ class ResultWatch:
         with self.lock:
             self._task_id = None
             self._results = []
+            self._gate = []
             return self._sent
 
     def _run(self) -> None:
@@ -132,6 +141,15 @@ class ResultWatch:
             if msg is None:
                 msg = p.Writer(p.RESULT)
             self._add_partial(msg)
+            results = self._results
+            if (
+                self._gate
+                and time.perf_counter() - self._started >= CHUNK_BUDGET
+                and not (results and self._is_awaitable(results[0]))
+            ):
+                # over its budget: the chunk stops before its next input,
+                # whose worker hands back the rest
+                self._gate.clear()
         if msg:
             try:
                 self._send(msg.frames_out())
