@@ -60,7 +60,7 @@ def stub_workers(endpoint: str, identities: list[bytes], credits: int) -> None:
                 writer = p.Writer(p.RESULT)
                 for i in range(count):
                     task_id = entry.unpack_from(frame, head_size + i * entry.size)[0]
-                    writer.entries.append(p.RESULT_ENTRY.pack(task_id, p.STATUS_OK, 0, 0, 0))
+                    writer.entries.append(p.RESULT_ENTRY.pack(task_id, p.STATUS_OK, 0, 0, 0, 0))
                 sock.send_multipart(writer.frames_out())
     ctx.destroy(linger=0)
 

@@ -7,6 +7,8 @@ workers by reference, as ``tasks.g`` and so on.
 
 from __future__ import annotations
 
+import time
+
 #: Iterations of the loop in ``cpu``: about 20 ms of pure Python on a
 #: 2020s x86 server core.
 CPU_LOOPS = 300_000
@@ -37,3 +39,10 @@ def cpu(x: int, loops: int = CPU_LOOPS) -> int:
 
 def noop() -> None:
     """Do nothing; used for warm-up and start-up timing."""
+
+
+def nap(delay: float) -> float:
+    """Sleep ``delay`` seconds (0: return at once); return it."""
+    if delay:
+        time.sleep(delay)
+    return delay

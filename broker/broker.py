@@ -31,6 +31,7 @@ from distex_zmq.security import KeyPair, make_server
 from distex_zmq.wire import frames as p
 from distex_zmq.wire.zmqio import EdgeReader, send_frames
 
+from .chunks import ChunkPieces
 from .dispatch import Dispatcher
 from .ledger import Ledger
 from .losses import Losses, TaskTimeouts
@@ -83,6 +84,7 @@ class Broker:
         #: tasks answered with a result and with an error, since the start
         self._done = 0
         self._failed = 0
+        self._pieces = ChunkPieces()
         self._wake_pending = False
         self._stopping = False
         self._closed = False
@@ -331,16 +333,36 @@ class Broker:
         running = rec.running
         returned: list[Task] = []
         answered = failed = 0
+        #: the chunk task handed back in this message, and its payload's offset
+        handed: tuple[Task, int] | None = None
         note_run_time = self._dispatcher.note_run_time
         finish = self._ledger.finish
         reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
-        for task_id, status, elapsed, data_len, nbuffers in p.result_entries(buf, count):
+        for task_id, status, elapsed, data_len, nbuffers, mark in p.result_entries(buf, count):
             data, buffers = reader.data(data_len, nbuffers)
-            value = (data, buffers, elapsed)
+            if status >= p.STATUS_PARTIAL:
+                # a piece of a chunk's results, or its inputs handed back
+                if status == p.STATUS_HANDED_BACK and handed and handed[0].id == task_id:
+                    # a further part of the inputs handed back: a task of its own
+                    part = self._pieces.part(handed[0], handed[1] + mark, data, buffers)
+                    self._ledger.add(part)
+                    returned.append(part)
+                    continue
+                task = running.get(task_id)
+                base = 0 if task is None else task.first - task.skip
+                piece = self._pieces.piece(rec, task_id, status, (data, buffers, elapsed), mark)
+                task, status = piece
+                if status == p.STATUS_PARTIAL:
+                    continue
+                assert task is not None
+                handed = (task, base)
             task = running.pop(task_id, None)
             if task is None:
                 _logger.warning("result for unknown task %d from %s", task_id, rec)
                 continue
+            value = (
+                (data, buffers, elapsed) if not task.first else (data, buffers, elapsed, task.first)
+            )
             group = task.group
             if group is None:
                 rec.used -= 1
@@ -375,6 +397,10 @@ class Broker:
         self._failed += failed
         if returned:
             # given back unrun, ahead of everything that came later
+            parts = [task for task in returned if task.first]
+            if parts:
+                returned = [task for task in returned if not task.first]
+                self._dispatcher.hand_back(parts)
             self._dispatcher.requeue(returned)
         if not running:
             rec.exclusive = False

@@ -93,6 +93,18 @@ class Dispatcher:
         """Put ``tasks`` back at the head of the queue, in their order."""
         self._queue.extendleft(reversed(tasks))
 
+    def hand_back(self, tasks: list[Task]) -> None:
+        """Queue the parts of chunks handed back (``Task.first`` > 0) ahead of
+        new tasks but behind the parts handed back before them, so that a
+        map's results come in order about as soon as they would have."""
+        queue = self._queue
+        at = 0
+        while at < len(queue) and queue[at].first:
+            at += 1
+        for task in tasks:
+            queue.insert(at, task)
+            at += 1
+
     def pin(self, rec: WorkerRecord, task: Task) -> None:
         """Only ``rec`` may run ``task``; it goes before anything else there."""
         task.pinned = rec
@@ -245,6 +257,6 @@ class Dispatcher:
                 known.add(task.func_id, None, func_len)
             data_len = msg.body(task.data, task.buffers)
             msg.entries.append(
-                pack(task.id, task.func_id, flags, func_len, data_len, len(task.buffers))
+                pack(task.id, task.func_id, flags, func_len, data_len, len(task.buffers), task.skip)
             )
         return msg.frames_out()

@@ -90,6 +90,8 @@ class Task:
         "may_group",
         "group",
         "flush_first",
+        "skip",
+        "first",
     )
 
     def __init__(
@@ -140,6 +142,11 @@ class Task:
         #: sent with ``FLAG_FLUSH_FIRST``: its worker sent the results it held
         #: before starting it
         self.flush_first = False
+        #: a chunk's inputs of its payload answered so far (sent as ``skip``)
+        self.skip = 0
+        #: a chunk's first input not answered, counted in the chunk as made
+        #: (it moves on with each piece of results and each hand-back)
+        self.first = 0
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.name}>"

@@ -10,7 +10,9 @@ input per task and, from how long the workers say its tasks ran, groups
 inputs that take well under ``GROUP_BELOW`` seconds into chunks of about
 ``BATCH_TIME`` seconds of work. Each input keeps its own result, exception
 and place in the order; inputs that take longer are never grouped; an
-explicit ``chunksize`` and ``qsize=1`` are honoured exactly.
+explicit ``chunksize`` and ``qsize=1`` are honoured exactly. A chunk's
+results may come in pieces (``STATUS_PARTIAL``, while the chunk runs on);
+each piece names its first input, and is yielded in its place.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ GROUP_BELOW = p.GROUP_BELOW_US / 1e6
 BATCH_TIME = 0.002
 #: The largest adaptive chunk.
 MAX_BATCH = 256
+#: The status of a ready entry whose value is a decoded piece of a chunk.
+_DECODED = -1
 #: Bytes of pickled input a map reads ahead of its consumer, about: large
 #: inputs need few tasks in flight to keep the workers busy, and every one
 #: read ahead costs memory and memory bandwidth.
@@ -123,6 +127,14 @@ class MapRun:
         self.sink = QueueSink(wake, ctx.loop, max(1, self._window // 2), 2 * capacity)
         self._outstanding: dict[int, Task] = {}
         self._held: dict[int, tuple[Task, int, Any]] = {}
+        #: chunks answered in pieces: sequence number -> {first input: results}
+        self._pieces: dict[int, dict[int, list[Any]]] = {}
+        #: chunks answered in pieces: sequence number -> inputs answered
+        self._answered: dict[int, int] = {}
+        #: chunks in ``_pieces`` whose every input is answered
+        self._whole: set[int] = set()
+        #: the next input of chunk ``_next_out`` to yield, if it came in pieces
+        self._cursor = 0
         self._ready: deque[tuple[Task, int, Any]] = deque()
         self._next_seq = 0
         self._next_out = 0
@@ -204,8 +216,11 @@ class MapRun:
         """Size the next chunks from how long this task ran in its worker."""
         if type(value) is not tuple:
             return
-        inputs = self._sizes.get(task.tag, 1) or 1
-        per_input = value[2] / 1e6 / inputs
+        self._note_run(value[2], self._sizes.get(task.tag, 1) or 1)
+
+    def _note_run(self, elapsed_us: int, inputs: int) -> None:
+        """Size the next chunks from ``inputs`` that ran ``elapsed_us``."""
+        per_input = elapsed_us / 1e6 / inputs
         old = self._per_input
         self._per_input = per_input = per_input if old is None else 0.7 * old + 0.3 * per_input
         if per_input >= GROUP_BELOW:
@@ -220,25 +235,103 @@ class MapRun:
         outstanding = self._outstanding
         if self.adaptive and results:
             # the newest few results say enough about the run time
-            for task, _, value in itertools.islice(reversed(results), 4):
-                self._adapt(task, value)
+            for task, status, value in itertools.islice(reversed(results), 4):
+                if status != p.STATUS_PARTIAL and (type(value) is not tuple or len(value) < 4):
+                    self._adapt(task, value)
+        answered = self._answered
         if self._ordered:
             held = self._held
             while results:
                 entry = results.popleft()
-                seq = entry[0].tag
+                task, status, value = entry
+                seq = task.tag
+                if task.flags & p.FLAG_CHUNK and (
+                    seq in answered
+                    or status == p.STATUS_PARTIAL
+                    or (type(value) is tuple and len(value) > 3)
+                ):
+                    self._add_piece(task, status, value)
+                    continue
                 outstanding.pop(seq, None)
                 held[seq] = entry
-            ready = self._ready
-            while self._next_out in held:
-                ready.append(held.pop(self._next_out))
-                self._next_out += 1
+            self._move_ordered()
         else:
             while results:
                 entry = results.popleft()
-                outstanding.pop(entry[0].tag, None)
+                task, status, value = entry
+                seq = task.tag
+                if task.flags & p.FLAG_CHUNK and (
+                    seq in answered
+                    or status == p.STATUS_PARTIAL
+                    or (type(value) is tuple and len(value) > 3)
+                ):
+                    offset, items, whole = self._add_piece(task, status, value)
+                    self._ready.append((task, _DECODED, items))
+                    if whole:
+                        self._chunk_done(seq)
+                    continue
+                outstanding.pop(seq, None)
                 self._ready.append(entry)
         return bool(self._ready)
+
+    def _add_piece(self, task: Task, status: int, value: Any) -> tuple[int, list[Any], bool]:
+        """Decode a piece of a chunk's results (``value[3]``: its first input);
+        keep it in its place (ordered maps); return ``(offset, items, whether
+        the chunk is answered whole now)``."""
+        seq = task.tag
+        if type(value) is tuple:
+            offset = value[3] if len(value) > 3 else 0
+        else:  # an error made by the broker: the task failed as it stood
+            offset = task.first
+        error = False
+        try:
+            items = decode(
+                task, p.STATUS_OK if status == p.STATUS_PARTIAL else status, value, self._loads
+            )
+        except BaseException as e:  # noqa: BLE001 - raised in its place
+            items = [ItemError(e)]
+            error = True
+        if not error and self.adaptive and items:
+            self._note_run(value[2], len(items))
+        answered = self._answered.get(seq, 0) + len(items)
+        self._answered[seq] = answered
+        whole = error or answered >= self._sizes.get(seq, 1)
+        if self._ordered:
+            self._pieces.setdefault(seq, {})[offset] = items
+            if whole:
+                self._whole.add(seq)
+        return offset, items, whole
+
+    def _chunk_done(self, seq: int) -> None:
+        """Every input of chunk ``seq`` is answered."""
+        self._answered.pop(seq, None)
+        self._sizes.pop(seq, None)
+        self._outstanding.pop(seq, None)
+        self._unyielded -= 1
+
+    def _move_ordered(self) -> None:
+        """Move what is next in order to the ready results."""
+        held, pieces, ready = self._held, self._pieces, self._ready
+        while True:
+            seq = self._next_out
+            mine = pieces.get(seq)
+            if mine is not None:
+                while self._cursor in mine:
+                    items = mine.pop(self._cursor)
+                    ready.append((None, _DECODED, items))
+                    self._cursor += len(items) or 1
+                if mine or seq not in self._whole:
+                    return
+                del pieces[seq]
+                self._whole.discard(seq)
+                self._chunk_done(seq)
+                self._cursor = 0
+                self._next_out += 1
+                continue
+            if seq not in held:
+                return
+            ready.append(held.pop(seq))
+            self._next_out += 1
 
     def pop_values(self) -> list[Any]:
         """Decode the ready results into values, last first, for the caller
@@ -257,6 +350,13 @@ class MapRun:
         loads = self._loads
         while ready:
             task, status, value = ready.popleft()
+            if status == _DECODED:
+                for item in value:
+                    if type(item) is ItemError:
+                        self._pending_error = item.error
+                        return
+                    values.append(item)
+                continue
             self._unyielded -= 1
             chunk = task.flags & p.FLAG_CHUNK
             try:
@@ -285,7 +385,14 @@ class MapRun:
 
     @property
     def finished(self) -> bool:
-        return self.input_done and not self._outstanding and not self._held and not self._ready
+        return (
+            self.input_done
+            and not self._outstanding
+            and not self._held
+            and not self._ready
+            and not self._pieces
+            and not self._answered
+        )
 
     def remaining(self) -> float | None:
         """Seconds left before the timeout; raise ``TimeoutError`` when none are."""
@@ -309,4 +416,7 @@ class MapRun:
             self._outstanding.clear()
             self._queue.wake()
         self._held.clear()
+        self._pieces.clear()
+        self._answered.clear()
+        self._whole.clear()
         self._ready.clear()

@@ -112,3 +112,31 @@ def cut_connection_once(marker: str) -> str:
             obj.disconnect(obj.get(zmq.LAST_ENDPOINT).decode())
             return "cut"
     raise RuntimeError("no DEALER socket in this worker")
+
+
+def journal_then(path: str, x: int, die_at: int, delay: float) -> int:
+    """Append ``x`` to the file ``path``; at ``die_at``, sleep ``delay`` and
+    die (SIGKILL) the first time, as told by a ``path + '.died'`` file."""
+    import os
+    import signal
+    import time
+
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    if x == die_at and not os.path.exists(path + ".died"):
+        open(path + ".died", "w").close()
+        time.sleep(delay)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def nap_or_die(x: int, die_at: int, delay: float) -> int:
+    """Sleep ``delay`` seconds and return ``x``; at ``die_at``, die (SIGKILL)."""
+    import os
+    import signal
+    import time
+
+    time.sleep(delay)
+    if x == die_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x

@@ -80,7 +80,7 @@ def test_truncated_entries_are_detected():
 
 
 def test_reader_detects_missing_frames_and_bodies():
-    frame = envelope(p.RESULT, 1) + p.RESULT_ENTRY.pack(1, p.STATUS_OK, 0, p.IN_FRAME, 0)
+    frame = envelope(p.RESULT, 1) + p.RESULT_ENTRY.pack(1, p.STATUS_OK, 0, p.IN_FRAME, 0, 0)
     _, count, buf = p.check(frame)
     reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), [frame])
     with pytest.raises(ProtocolError, match="fewer frames"):
@@ -104,14 +104,14 @@ def test_writer_and_reader_round_trip_inline_and_framed_bodies():
     writer = p.Writer(p.RESULT)
     for task_id, (data, buffers) in enumerate([(small, []), (large, [extra]), (b"", [])]):
         size = writer.body(data, buffers)
-        writer.entries.append(p.RESULT_ENTRY.pack(task_id, p.STATUS_OK, 0, size, len(buffers)))
+        writer.entries.append(p.RESULT_ENTRY.pack(task_id, p.STATUS_OK, 0, size, len(buffers), 0))
     frames = writer.frames_out()
     assert len(frames) == 3  # the envelope, the large pickle, the buffer
     kind, count, buf = p.check(frames[0])
     assert (kind, count) == (p.RESULT, 3)
     reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
     got = []
-    for task_id, status, _elapsed, size, nbuffers in p.result_entries(buf, count):
+    for task_id, status, _elapsed, size, nbuffers, _mark in p.result_entries(buf, count):
         data, buffers = reader.data(size, nbuffers)
         got.append((task_id, status, bytes(data), [bytes(b) for b in buffers]))
     assert got == [(0, 0, small, []), (1, 0, large, [bytes(extra)]), (2, 0, b"", [])]
@@ -200,7 +200,7 @@ def task_message(
         writer.inline.append(func_pickle)
     size = writer.body(data, buffers)
     writer.entries.append(
-        p.TASK_ENTRY.pack(task_id, 1, flags, len(func_pickle), size, len(buffers))
+        p.TASK_ENTRY.pack(task_id, 1, flags, len(func_pickle), size, len(buffers), 0)
     )
     frames = writer.frames_out()
     if version != p.VERSION:
@@ -213,7 +213,7 @@ def read_results(frames: list) -> list[tuple[int, int, object]]:
     assert kind == p.RESULT
     reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
     out = []
-    for task_id, status, _elapsed, size, nbuffers in p.result_entries(buf, count):
+    for task_id, status, _elapsed, size, nbuffers, _mark in p.result_entries(buf, count):
         data, buffers = reader.data(size, nbuffers)
         out.append((task_id, status, loads(data, buffers)))
     return out
@@ -356,7 +356,7 @@ def _answer(sock: zmq.Socket, task_id: int, value: object) -> None:
     writer = p.Writer(p.RESULT)
     data, buffers = dumps(value)
     size = writer.body(data, buffers)
-    writer.entries.append(p.RESULT_ENTRY.pack(task_id, p.STATUS_OK, 5, size, len(buffers)))
+    writer.entries.append(p.RESULT_ENTRY.pack(task_id, p.STATUS_OK, 5, size, len(buffers), 0))
     sock.send_multipart(writer.frames_out())
 
 

@@ -23,6 +23,11 @@ from distex_zmq.serialization import ItemError, dumps, loads, pickle_module
 from distex_zmq.task_errors import unloadable_hint, unpicklable_hint
 from distex_zmq.wire import frames as p
 
+from .watch import ResultWatch
+
+#: The most parts a chunk's inputs are handed back in.
+HAND_BACK_PARTS = 8
+
 
 class Runner:
     """Runs tasks and collects their results in ``results`` until taken.
@@ -37,6 +42,7 @@ class Runner:
         data_pickle: int,
         loop: asyncio.AbstractEventLoop,
         on_async_result: Callable[[], None],
+        send: Callable[[list[Any]], None],
     ):
         self._func_loads = pickle_module(func_pickle).loads
         #: the pickle settings, for hints in error messages
@@ -52,6 +58,12 @@ class Runner:
         self.running: set[asyncio.Future[Any]] = set()
         #: results not sent yet
         self.results = p.Writer(p.RESULT)
+        #: sends results that would wait behind a long task; its lock is
+        #: released while such a task runs (see ``Worker``)
+        self.watch = ResultWatch(send, self._batch, self._data_dumps, _is_awaitable)
+
+    def _batch(self) -> p.Writer:
+        return self.results
 
     def take_results(self) -> p.Writer:
         """The results collected so far; collecting starts anew."""
@@ -61,7 +73,7 @@ class Runner:
 
     def give_back(self, task_id: int) -> None:
         """Return ``task_id`` unrun (``STATUS_RETURNED``)."""
-        self.results.entries.append(p.RESULT_ENTRY.pack(task_id, p.STATUS_RETURNED, 0, 0, 0))
+        self.results.entries.append(p.RESULT_ENTRY.pack(task_id, p.STATUS_RETURNED, 0, 0, 0, 0))
 
     def run(
         self,
@@ -71,8 +83,10 @@ class Runner:
         func_pickle: Any,
         data: Any,
         buffers: list[Any],
+        skip: int = 0,
     ) -> None:
-        """Run a task; its result is added now or, if awaitable, once awaited."""
+        """Run a task; its result is added now or, if awaitable, once awaited.
+        ``skip``: a chunk's inputs answered before, not to run again."""
         started = time.perf_counter()
         try:
             func = self._function(func_id, func_pickle)
@@ -87,7 +101,7 @@ class Runner:
             self._add_result(task_id, p.STATUS_ERROR, _remote(error), started)
             return
         if flags & p.FLAG_CHUNK:
-            self._run_chunk(task_id, func, args, flags & p.FLAG_STAR, started)
+            self._run_chunk(task_id, func, args, flags & p.FLAG_STAR, started, skip)
             return
         try:
             if flags & p.FLAG_KWARGS:
@@ -122,23 +136,63 @@ class Runner:
             raise func
         return func
 
-    def _run_chunk(self, task_id: int, func: Any, items: Any, star: int, started: float) -> None:
-        """Run every input of a chunk; an input's error is its own result."""
+    def _run_chunk(
+        self, task_id: int, func: Any, items: Any, star: int, started: float, skip: int
+    ) -> None:
+        """Run the inputs of a chunk from ``skip`` on; an input's error is its
+        own result. While an input runs long, ``ResultWatch`` sends the results
+        before it; once the chunk has run ``CHUNK_BUDGET``, it closes the
+        chunk's gate, and the inputs not started are handed back
+        (``STATUS_HANDED_BACK``) for idle workers."""
         results: list[Any] = []
-        inputs = iter(items)
-        while True:
-            try:
-                # map() in extend() is the fast path; after an error it goes on
-                # with the inputs that follow
-                results.extend(itertools.starmap(func, inputs) if star else map(func, inputs))
-                break
-            except BaseException as e:  # noqa: BLE001
-                results.append(ItemError(_remote(e)))
+        items = items if isinstance(items, (tuple, list)) else tuple(items)
+        count = len(items)
+        # the watch clears the gate to stop the chunk between two inputs
+        gate = [True] * (count - skip)
+        inputs = itertools.compress(itertools.islice(items, skip, None), gate)
+        watch = self.watch
+        watch.begin(task_id, results, started, skip, gate)
+        try:
+            _run_inputs(func, inputs, star, results)
+        finally:
+            sent = watch.end()
+        index = skip + len(results)
+        parts = None
+        if index < count:
+            parts = self._parts(items, index)
+            if parts is None:  # they do not pickle: they run here
+                _run_inputs(func, iter(items[index:]), star, results)
+                index = count
+        rest = results[sent:] if sent else results
         # one function makes all the results: if the first is awaitable, await them all
-        if results and _is_awaitable(results[0]):
-            self._await_result(task_id, _settle_all(results), started)
+        if rest and not sent and _is_awaitable(rest[0]):
+            self._await_result(task_id, _settle_all(rest), started)
+        elif parts is not None:
+            if rest:
+                status = self._add_result(task_id, p.STATUS_PARTIAL, rest, started, index)
+                if status != p.STATUS_PARTIAL:
+                    return  # the chunk failed with that error: nothing to hand back
+            entries = self.results.entries
+            for mark, data, buffers in parts:
+                size = self.results.body(data, buffers)
+                entries.append(
+                    p.RESULT_ENTRY.pack(task_id, p.STATUS_HANDED_BACK, 0, size, len(buffers), mark)
+                )
         else:
-            self._add_result(task_id, p.STATUS_OK, results, started)
+            self._add_result(task_id, p.STATUS_OK, rest, started)
+
+    def _parts(self, items: Any, index: int) -> list[tuple[int, bytes, list[Any]]] | None:
+        """The inputs from ``index`` on, in up to ``HAND_BACK_PARTS`` payloads
+        (so that several workers take them): ``(mark, pickle, buffers)``
+        each; None if they do not pickle."""
+        step = -(-(len(items) - index) // HAND_BACK_PARTS)
+        try:
+            return [
+                (mark, *dumps(tuple(items[mark : mark + step]), self._data_dumps))
+                for mark in range(index, len(items), step)
+            ]
+        except BaseException:  # noqa: BLE001 - then they run here
+            return None
 
     def _await_result(self, task_id: int, awaitable: Any, started: float) -> None:
         fut = asyncio.ensure_future(awaitable, loop=self._loop)
@@ -158,7 +212,10 @@ class Runner:
 
         fut.add_done_callback(done)
 
-    def _add_result(self, task_id: int, status: int, value: Any, started: float) -> None:
+    def _add_result(
+        self, task_id: int, status: int, value: Any, started: float, mark: int = 0
+    ) -> int:
+        """Add a result entry; return its status (an error if it did not pickle)."""
         elapsed = min(int((time.perf_counter() - started) * 1e6), p.MAX_ELAPSED)
         try:
             data, buffers = dumps(value, self._data_dumps)
@@ -167,7 +224,10 @@ class Runner:
             status = p.STATUS_ERROR
         results = self.results
         size = results.body(data, buffers)
-        results.entries.append(p.RESULT_ENTRY.pack(task_id, status, elapsed, size, len(buffers)))
+        results.entries.append(
+            p.RESULT_ENTRY.pack(task_id, status, elapsed, size, len(buffers), mark)
+        )
+        return status
 
 
 def _unpicklable(
@@ -191,6 +251,19 @@ def _unpicklable(
         f"{type(e).__name__}: {e}{unpicklable_hint(value, e, data_pickle)}"
     )
     return dumps(_remote(error))
+
+
+def _run_inputs(func: Any, inputs: Any, star: int, results: list[Any]) -> None:
+    """Append to ``results`` what ``func`` makes of each input, an
+    ``ItemError`` for each that raises."""
+    while True:
+        try:
+            # map() in extend() is the fast path; after an error it goes on
+            # with the inputs that follow
+            results.extend(itertools.starmap(func, inputs) if star else map(func, inputs))
+            return
+        except BaseException as e:  # noqa: BLE001
+            results.append(ItemError(_remote(e)))
 
 
 def _where() -> str:

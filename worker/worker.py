@@ -17,7 +17,9 @@ that may run long (``FLAG_FLUSH_FIRST``) is next: what is done is sent
 before it starts. Tiny tasks that share a credit (``FLAG_GROUPED``) were
 guessed tiny from their function's past: once one of them runs
 ``GROUPED_TASK_LIMIT`` or longer, the later ones of that function are given
-back unrun.
+back unrun. While a task runs after which results wait, or a chunk runs,
+``ResultWatch`` (``watch.py``) may send the waiting results from its own
+thread: the main thread releases the watch's lock for that task.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class Worker:
         self._credits = credits
         self._loop = loop
         self._parent_pid = parent_pid
-        self.runner = Runner(func_pickle, data_pickle, loop, self._schedule_flush)
+        self.runner = Runner(func_pickle, data_pickle, loop, self._schedule_flush, self._send)
         self._flush_scheduled = False
         #: the latest batch held the pool's only task (``FLAG_LONE``)
         self._lone = False
@@ -184,11 +186,15 @@ class Worker:
     def _run_tasks(self, buf: memoryview, count: int, frames: list[Any]) -> None:
         runner = self.runner
         run = runner.run
+        watch = runner.watch
+        lock = watch.lock
         start = time.perf_counter()
         reader = p.Reader(buf, p.body(buf, count, p.TASK_ENTRY), frames)
         #: a function whose grouped task was not tiny after all
         slow_func = -1
-        for task_id, func_id, flags, func_len, data_len, nbuffers in p.task_entries(buf, count):
+        for task_id, func_id, flags, func_len, data_len, nbuffers, skip in p.task_entries(
+            buf, count
+        ):
             func_pickle = reader.inline(func_len) if flags & p.FLAG_FUNC else None
             data, buffers = reader.data(data_len, nbuffers)
             if func_id == slow_func and flags & p.FLAG_GROUPED and func_pickle is None:
@@ -205,7 +211,17 @@ class Worker:
             grouped = flags & p.FLAG_GROUPED
             if grouped:
                 began = time.perf_counter()
-            run(task_id, func_id, flags, func_pickle, data, buffers)
+            if runner.results or flags & p.FLAG_CHUNK:
+                # results wait, or a chunk runs: the watch may send them meanwhile
+                lock.release()
+                if not watch.polling:
+                    watch.wake()
+                try:
+                    run(task_id, func_id, flags, func_pickle, data, buffers, skip)
+                finally:
+                    lock.acquire()
+            else:
+                run(task_id, func_id, flags, func_pickle, data, buffers, skip)
             now = time.perf_counter()
             if grouped and now - began >= GROUPED_TASK_LIMIT:
                 slow_func = func_id
@@ -226,6 +242,10 @@ class Worker:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def _send(self, frames: list[Any]) -> None:
+        """Send a message (``ChunkWatch``'s thread, while a chunk runs)."""
+        send_frames(self._sock, frames)
 
     def _flush(self) -> None:
         self._flush_scheduled = False

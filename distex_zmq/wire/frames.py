@@ -20,6 +20,15 @@ worker -> broker:
   pickled value (inline or the next frame), then its out-of-band buffers. A
   chunk's value is a list with an ``ItemError`` for each input that raised.
   ``STATUS_RETURNED`` (no value) gives back a task the worker did not run.
+  A chunk may answer in pieces, each entry's ``mark`` an index into the
+  chunk's inputs as sent: ``STATUS_PARTIAL`` (the chunk still runs): the
+  value holds the results of the inputs up to ``mark`` not answered before;
+  ``STATUS_HANDED_BACK`` (the chunk ran past ``CHUNK_BUDGET_US``): the
+  inputs from ``mark`` on were not started, and the value is their pickled
+  tuple, a chunk payload that the broker requeues at the head of its queue
+  in place of the old one; the worker is done with the task. A final
+  ``STATUS_OK`` or ``STATUS_ERROR`` answers the inputs not answered before.
+  Plain tasks always have ``mark`` 0.
 - ``LOG`` body = JSON: a ``logging`` record emitted in the worker at or
   above the pool's ``log_level``, as plain data: ``name``, ``levelno``,
   ``msg`` (the message with its arguments already formatted), ``pathname``,
@@ -44,7 +53,9 @@ broker -> worker:
   ``task_timeout``. ``FLAG_LONE`` marks the only task in the pool (one task
   at a time, say): its worker polls for the next message for up to
   ``LONE_POLL_US`` before its loop sleeps, which spares the wake-up of a
-  sleeping thread when the caller is quick.
+  sleeping thread when the caller is quick. ``skip`` (chunks only): the
+  inputs of the payload answered already (by a worker that died since),
+  which the worker does not run again.
 - ``STOP`` finish what runs, then exit.
 - ``REFUSE`` body = the reason, UTF-8; the worker exits with it.
 """
@@ -70,10 +81,10 @@ LOG = b"L"
 
 #: magic, version, message type, number of entries
 HEAD = struct.Struct("!4sHcH")
-#: task id, function id, flags, function pickle length, data length, buffers
-TASK_ENTRY = struct.Struct("!QIBIIH")
-#: task id, status, microseconds the task ran, data length, buffers
-RESULT_ENTRY = struct.Struct("!QBIIH")
+#: task id, function id, flags, function pickle length, data length, buffers, skip
+TASK_ENTRY = struct.Struct("!QIBIIHI")
+#: task id, status, microseconds the task ran, data length, buffers, mark
+RESULT_ENTRY = struct.Struct("!QBIIHI")
 #: The largest run time an entry can say (about 71 minutes).
 MAX_ELAPSED = 0xFFFFFFFF
 
@@ -98,11 +109,19 @@ FLAG_LONE = 64  # the pool's only task: poll for the next one a moment before sl
 STATUS_OK = 0
 STATUS_ERROR = 1  # a pickled exception (a RemoteException reduction)
 STATUS_RETURNED = 2  # not run: the worker gives the task back (no value)
+STATUS_PARTIAL = 3  # a chunk's results for its inputs up to mark; it still runs
+STATUS_HANDED_BACK = 4  # a chunk's inputs from mark on, not started (value: their payload)
 
 #: Tasks that ran this long (microseconds) are not tiny: the broker groups a
 #: function's tasks only while its recent ones ran shorter, and a worker gives
 #: back the rest of a group after one that did not.
 GROUP_BELOW_US = 1000
+#: Microseconds of a chunk's run after which the worker sends the results of
+#: the inputs done so far, even while an input still runs (``STATUS_PARTIAL``).
+CHUNK_PARTIAL_US = 2000
+#: Microseconds of a chunk's run after which the worker hands back the inputs
+#: it has not started (``STATUS_HANDED_BACK``), so that idle workers take them.
+CHUNK_BUDGET_US = 4000
 #: How long a worker polls for the next task after running a ``FLAG_LONE`` one.
 LONE_POLL_US = 300
 
@@ -248,6 +267,30 @@ class Writer:
             self.frames.extend(buffers)
         return size
 
+    def take_done(self) -> Writer:
+        """Move the entries added so far, with their bodies, to a new writer.
+
+        Safe against another thread that adds entries meanwhile (under the
+        GIL): bodies are added before their entry, and only whole prefixes
+        are taken."""
+        taken = Writer(self.kind)
+        entries = self.entries
+        count = len(entries)
+        taken.entries = entries[:count]
+        inline = frames = 0
+        for *_, size, nbuffers, _mark in RESULT_ENTRY.iter_unpack(b"".join(taken.entries)):
+            if size == IN_FRAME:
+                frames += 1
+            elif size:
+                inline += 1
+            frames += nbuffers
+        taken.inline = self.inline[:inline]
+        taken.frames = self.frames[:frames]
+        del entries[:count]
+        del self.inline[:inline]
+        del self.frames[:frames]
+        return taken
+
     def frames_out(self) -> list[Any]:
         head = HEAD.pack(MAGIC, VERSION, self.kind, len(self.entries))
         return [b"".join([head, *self.entries, *self.inline]), *self.frames]
@@ -342,11 +385,11 @@ class Reader:
         return getattr(frame, "buffer", frame)
 
 
-def task_entries(buf: memoryview, count: int) -> Iterator[tuple[int, int, int, int, int, int]]:
+def task_entries(buf: memoryview, count: int) -> Iterator[tuple[int, int, int, int, int, int, int]]:
     """The entries of a TASK message (check their extent with ``body`` first)."""
     return TASK_ENTRY.iter_unpack(buf[HEAD.size : HEAD.size + count * TASK_ENTRY.size])
 
 
-def result_entries(buf: memoryview, count: int) -> Iterator[tuple[int, int, int, int, int]]:
+def result_entries(buf: memoryview, count: int) -> Iterator[tuple[int, int, int, int, int, int]]:
     """The entries of a RESULT message (check their extent with ``body`` first)."""
     return RESULT_ENTRY.iter_unpack(buf[HEAD.size : HEAD.size + count * RESULT_ENTRY.size])

@@ -1,0 +1,101 @@
+"""Chunks that answer in pieces: results of some of their inputs while they
+run on (``STATUS_PARTIAL``), and inputs handed back unstarted
+(``STATUS_HANDED_BACK``), in parts that become tasks of their own
+(``TaskPart``). Headers only: the broker never unpickles a piece.
+
+A chunk task keeps ``first``, its first input not answered (counted in the
+chunk as the map made it), and ``skip``, the inputs of its payload answered,
+which a worker that runs it again does not run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+from distex_zmq.wire import frames as p
+
+from .records import Task, WorkerRecord
+
+#: The first id of the tasks made here, apart from the ids the pool gives.
+PART_IDS = 1 << 62
+
+_logger = logging.getLogger("distex_zmq.broker")
+
+
+class TaskPart(Task):
+    """A part of a chunk's inputs handed back: a task of its own whose
+    results go where its chunk's go, and which is cancelled with it."""
+
+    __slots__ = ("chunk",)
+
+    def __init__(self, task_id: int, chunk: Task, first: int, data: Any, buffers: list[Any]):
+        self.chunk = chunk
+        super().__init__(
+            task_id,
+            chunk.func_id,
+            chunk.func_pickle,
+            chunk.flags,
+            data,
+            buffers,
+            chunk.sink,
+            chunk.tag,
+            chunk.name,
+            index=chunk.index,
+        )
+        self.first = first
+
+    @property
+    def cancelled(self) -> bool:
+        return self.chunk.cancelled
+
+    @cancelled.setter
+    def cancelled(self, value: bool) -> None:
+        if value:
+            self.chunk.cancelled = True
+
+
+class ChunkPieces:
+    """Takes the pieces of chunks' results and the inputs they hand back."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(PART_IDS)
+
+    def piece(
+        self,
+        rec: WorkerRecord,
+        task_id: int,
+        status: int,
+        value: tuple[Any, list[Any], int],
+        mark: int,
+    ) -> tuple[Task | None, int]:
+        """Take ``STATUS_PARTIAL`` (delivered at once) or the first
+        ``STATUS_HANDED_BACK`` of a task (its payload replaced: it then
+        counts as returned). Return the task and the status to go on with
+        (``STATUS_PARTIAL``: nothing more to do)."""
+        task = rec.running.get(task_id)
+        if task is None or mark < task.skip:
+            _logger.warning("bad chunk piece for task %d from %s", task_id, rec)
+            return None, p.STATUS_PARTIAL  # dropped
+        first = task.first
+        task.first = first + mark - task.skip
+        data, buffers, elapsed = value
+        if status == p.STATUS_PARTIAL:
+            task.skip = mark
+            if not task.cancelled:
+                task.sink.deliver(task, p.STATUS_PARTIAL, (data, buffers, elapsed, first))
+                task.sink.flush()
+            return task, p.STATUS_PARTIAL
+        # the inputs from mark on, as a payload of their own
+        task.skip = 0
+        task.data = bytes(data) if isinstance(data, memoryview) else data
+        task.buffers = buffers
+        return task, p.STATUS_RETURNED
+
+    def part(self, task: Task, first: int, data: Any, buffers: list[Any]) -> Task:
+        """A task for a further part of ``task``'s inputs handed back, from
+        its input ``first`` on."""
+        chunk = task.chunk if isinstance(task, TaskPart) else task
+        data = bytes(data) if isinstance(data, memoryview) else data
+        return TaskPart(next(self._ids), chunk, first, data, buffers)

@@ -1,0 +1,113 @@
+"""Results that would wait behind a slow task, and work that would strand
+behind one: a worker sends the results it holds while a later task (or a
+later input of a chunk) runs long, and a chunk that overruns its budget hands
+back the inputs it has not started, so that idle workers take them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import pytest
+
+from distex_zmq import Pool
+from tests import tasks
+
+
+def tasks_made(pool: Pool, run) -> int:
+    """Run ``run()``; return how many tasks it submitted."""
+    before = next(pool._tasks.ids)
+    run()
+    return next(pool._tasks.ids) - before - 1
+
+
+def results_before_timeout(pool: Pool, inputs: list[float], timeout: float, **kw) -> list:
+    """What ``map`` yields before it raises ``TimeoutError`` (which it must)."""
+    got = []
+    with pytest.raises(concurrent.futures.TimeoutError):
+        for result in pool.map(time.sleep, inputs, timeout=timeout, **kw):
+            got.append(result)
+    return got
+
+
+@pytest.mark.timeout(60)
+def test_map_yields_the_finished_results_before_its_timeout(pool):
+    # the executor contract (CPython's test_map_timeout): map(time.sleep,
+    # [0, 0, 6], timeout=5) yields two Nones, then raises TimeoutError. Once
+    # time.sleep is known as tiny, the worker that runs the slow input holds
+    # the results before it in its batch unless it sends them meanwhile.
+    made = tasks_made(pool, lambda: list(pool.map(time.sleep, [0] * 2000)))
+    assert made < 1000, "the test needs time.sleep known as tiny (chunked)"
+    deadline = time.monotonic() + 20
+    for _ in range(100):
+        assert results_before_timeout(pool, [0, 0, 0.4], timeout=0.2) == [None, None]
+        time.sleep(0.25)  # the slow input ends: every credit is free again
+        if time.monotonic() > deadline:
+            break
+
+
+def test_a_chunk_sends_its_finished_results_while_an_input_runs_long(pool):
+    got = results_before_timeout(pool, [0] * 5 + [1.0], timeout=0.5, chunksize=6)
+    assert got == [None] * 5
+
+
+def test_slow_inputs_after_instant_ones_spread_over_the_workers(pool):
+    # the map learns that its inputs are instant and groups the next ones
+    # into chunks; the slow ones that follow are handed back and shared
+    inputs = [0.0] * 1000 + [0.02] * 60
+    pids: list[int] = []
+    made = tasks_made(pool, lambda: pids.extend(pool.map(tasks.nap_pid, inputs)))
+    assert made < 500, "the test needs the inputs chunked"
+    assert len(pids) == len(inputs)
+    assert len(set(pids[1000:])) == 2, "the slow inputs all ran on one worker"
+
+
+def test_pieces_of_chunks_keep_their_order_and_errors(pool):
+    # slow inputs between instant ones: chunks answer in pieces and hand
+    # back parts; every result lands in its place, the error in its own
+    inputs = [0.0] * 600 + [0.01, 0.0, 0.0] * 40 + [0.0] * 200
+    expected = list(inputs)
+    assert list(pool.map(tasks.sleep_return, inputs, inputs)) == expected
+    assert sorted(pool.map(tasks.sleep_return, inputs, inputs, ordered=False)) == sorted(expected)
+    bad = [0.0] * 600 + [0.01] * 30 + [-1.0] + [0.0] * 100
+    it = pool.map(tasks.sleep_return, bad, range(len(bad)))
+    for i in range(630):
+        assert next(it) == i
+    with pytest.raises(ValueError):
+        next(it)
+
+
+@pytest.mark.timeout(60)
+def test_inputs_answered_before_a_worker_died_do_not_run_again(pool, tmp_path):
+    # the worker sends the results of inputs 0-3 while input 4 sleeps, then
+    # dies: the chunk runs again elsewhere from input 4 on, not from 0
+    from tests import fault_tasks
+
+    journal = str(tmp_path / "journal")
+    n = 8
+    results = list(
+        pool.map(fault_tasks.journal_then, [journal] * n, range(n), [4] * n, [0.5] * n, chunksize=n)
+    )
+    assert results == list(range(n))
+    with open(journal) as f:
+        started = [int(line) for line in f]
+    assert sorted(started) == [0, 1, 2, 3, 4, 4, 5, 6, 7], started
+
+
+@pytest.mark.timeout(60)
+def test_a_part_handed_back_that_kills_its_worker_fails_in_its_place(make_pool):
+    # the chunk hands back its inputs after the first; the part that holds
+    # input 13 kills every worker that runs it: with max_retries=0 the map
+    # yields 0-12, then raises WorkerLostError for input 13
+    from distex_zmq.errors import WorkerLostError
+    from tests import fault_tasks
+
+    pool = make_pool(2, max_retries=0)
+    n = 20
+    it = pool.map(fault_tasks.nap_or_die, range(n), [13] * n, [0.01] * n, chunksize=n)
+    got = []
+    with pytest.raises(WorkerLostError):
+        for value in it:
+            got.append(value)
+    assert got == list(range(13))
