@@ -39,7 +39,7 @@ def map_sync(
         return
     event = threading.Event()
     run = MapRun(ctx, func, iterables, timeout, chunksize, ordered, star, event.set, progress)
-    it = sync_input(iterables)
+    it = _guarded(sync_input(iterables), run)
     try:
         while True:
             event.clear()
@@ -51,6 +51,8 @@ def map_sync(
                 run.raise_pending()
                 continue
             if run.finished:
+                if run.input_error is not None:
+                    raise run.input_error
                 return
             if not event.wait(run.remaining()):
                 run.remaining()
@@ -101,7 +103,7 @@ async def map_async(
     feeder: asyncio.Task[None] | None = None
     it: Iterator[Any] | None = None
     if all(is_sync_iterable(i) for i in iterables):
-        it = sync_input(iterables)
+        it = _guarded(sync_input(iterables), run)
     else:
         run.adaptive = False  # async sources are slow to read: one input per task
         chunked = (chunksize or 1) > 1
@@ -127,9 +129,9 @@ async def map_async(
                 run.raise_pending()
                 waker.room_freed()
                 continue
-            if run.input_error is not None:
-                raise run.input_error
             if run.finished:
+                if run.input_error is not None:
+                    raise run.input_error
                 return
             await waker.wait(run.remaining())
             run.remaining()
@@ -137,6 +139,16 @@ async def map_async(
         if feeder is not None:
             feeder.cancel()
         run.cancel()
+
+
+def _guarded(inputs: Iterator[Any], run: MapRun) -> Iterator[Any]:
+    """``inputs``, ending where reading them raises: the error is kept in
+    ``run.input_error`` and raised after the results of the inputs read
+    before it, in its place, as ``map()`` does."""
+    try:
+        yield from inputs
+    except Exception as e:  # noqa: BLE001 - raised by the map, in its place
+        run.input_error = e
 
 
 async def _feed_async(

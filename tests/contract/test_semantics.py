@@ -137,11 +137,6 @@ def consume(executor, method, inputs):
     return seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a map whose input raises drops the results of the inputs read before "
-    "the error and raises at once (maps.MapRun._feed_sync reads a batch with islice)",
-)
 @pytest.mark.parametrize("method", ["map", "map_async"])
 def test_error_in_the_input_raises_in_its_place(executor, method):
     assert consume(executor, method, failing_inputs()) == [1, 4]
@@ -149,9 +144,7 @@ def test_error_in_the_input_raises_in_its_place(executor, method):
 
 @pytest.mark.parametrize("method", ["map", "map_async"])
 def test_error_in_an_async_input_raises(executor, method):
-    # in its place, [1, 4] before it, is the spec; the same bug as above makes
-    # the results before it depend on timing, so only a prefix is checked here
-    assert consume(executor, method, failing_async_inputs()) in ([], [1], [1, 4])
+    assert consume(executor, method, failing_async_inputs()) == [1, 4]
 
 
 # initializers
