@@ -92,6 +92,16 @@ class Options:
         return self.total_workers * self.qsize
 
 
+def local_workers(num_workers: int | None) -> int:
+    """The local workers that ``Pool(num_workers)`` and ``Pool.resize`` mean:
+    0 is one per CPU, ``None`` none at all."""
+    if num_workers is None:
+        return 0
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0 or None, not {num_workers!r}")
+    return num_workers or os.cpu_count() or 1
+
+
 def pool_options(
     num_workers: int | None,
     hosts: str | list[str] | None,
@@ -118,8 +128,7 @@ def pool_options(
 ) -> Options:
     """Check the arguments of ``Pool`` (see its docstring); raise ``ValueError``
     or ``TypeError`` for a bad one, now rather than in a worker later."""
-    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
-        raise ValueError(f"num_workers must be an integer >= 0 or None, not {num_workers!r}")
+    local = local_workers(num_workers)
     if not isinstance(localport, int) or not 0 <= localport < 65536:
         # libzmq would take it modulo 65536 and listen on another port
         raise ValueError(f"localport must be from 0 (any) to 65535, not {localport!r}")
@@ -161,7 +170,7 @@ def pool_options(
     pickle_module(func_pickle)
     pickle_module(data_pickle)
     options = Options(
-        num_workers=0 if num_workers is None else num_workers or os.cpu_count() or 1,
+        num_workers=local,
         hosts=specs,
         remote=RemoteSettings(
             tunnel=ssh_tunnel,

@@ -244,6 +244,13 @@ class AsyncFutureSink:
             future.set_exception(e)
 
 
+def cancel_if_cancelled(task: Task, future: asyncio.Future[Any]) -> None:
+    """Done callback of an asyncio future of ``AsyncFutureSink``: cancelling
+    the future cancels its task (one that has not started never runs)."""
+    if future.cancelled():
+        task.cancelled = True
+
+
 class QueueSink:
     """Collects a map's raw results and decides when to wake the map.
 

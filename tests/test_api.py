@@ -6,14 +6,17 @@ import asyncio
 import concurrent.futures
 import functools
 import gc
+import inspect
 import itertools
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
 import weakref
+from pathlib import Path
 
 import pytest
 
@@ -159,6 +162,20 @@ def test_map_with_kwargs_via_submit_and_partial(pool):
 def test_pool_is_an_executor(pool):
     assert isinstance(pool, concurrent.futures.Executor)
     assert Pool.TimeoutError is concurrent.futures.TimeoutError
+
+
+def test_the_api_reference_renders_every_public_method_of_pool():
+    # most come from the parts Pool is made of (pool_*.py), which the docs
+    # render only as docs/api.md lists them
+    api = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    directive = api.split("::: distex_zmq.Pool\n", 1)[1].split("\n\n", 1)[0]
+    listed = re.findall(r"^ +- (\w+)$", directive, re.M)
+    public = [
+        name
+        for name, value in inspect.getmembers(Pool)
+        if inspect.isfunction(value) and not name.startswith("_")
+    ]
+    assert sorted(listed) == sorted(public)
 
 
 def test_tasks_run_in_parallel_on_two_workers(pool):

@@ -1,0 +1,78 @@
+"""The state that the parts of ``Pool`` share, and how they reach the runtime.
+
+``Pool`` (pool.py) groups its methods by area: life cycle and single tasks in
+pool.py, what the pool says about itself in pool_status.py, elastic changes
+in pool_hosts.py, map and run_on_all in pool_maps.py. Each part is a class
+based on ``PoolBase`` and reads the pool through it: ``_options``, ``_tasks``,
+``_runtime``, ``_is_shutdown`` and ``_live_runtime()``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import weakref
+from typing import NoReturn
+
+from distex_zmq.errors import PoolClosedError
+from distex_zmq.options import Options
+from distex_zmq.results import FutureSink
+from distex_zmq.runtime.loop import Runtime, shutdown_runtime
+from distex_zmq.tasks import TaskMaker
+
+
+class PoolBase(concurrent.futures.Executor):
+    """A pool's options, task maker and runtime (started on first use)."""
+
+    def __init__(self, options: Options) -> None:
+        self._options = options
+        self._tasks = TaskMaker(
+            options.func_pickle, options.data_pickle, may_group=options.qsize > 1
+        )
+        self._lock = threading.Lock()
+        self._runtime: Runtime | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._is_shutdown = False
+        self._future_sink = FutureSink(self._tasks.data_loads)
+
+    def _start(self) -> Runtime:
+        with self._lock:
+            if self._is_shutdown:
+                raise PoolClosedError("the pool was shut down; create a new Pool")
+            if self._runtime is None:
+                self._runtime = Runtime(self._options, self._tasks)
+                self._finalizer = weakref.finalize(self, shutdown_runtime, self._runtime)
+            return self._runtime
+
+    def _live_runtime(self) -> Runtime:
+        """The runtime, started if need be; raise if the pool cannot take tasks."""
+        runtime = self._runtime
+        if runtime is None or self._is_shutdown:
+            runtime = self._start()
+        if runtime.error is not None:
+            raise runtime.error
+        if runtime.inherited:
+            raise PoolClosedError(
+                f"this pool belongs to process {runtime.pid}; this process "
+                f"(pid {os.getpid()}) is a fork of it, where the pool's workers and "
+                "threads do not exist. Create a new Pool in the child"
+            )
+        return runtime
+
+    def _mark_shutdown(self) -> Runtime | None:
+        with self._lock:
+            self._is_shutdown = True
+            runtime = self._runtime
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        return runtime
+
+
+def raise_start_error(runtime: Runtime) -> NoReturn:
+    """A submit found the broker closed: the start failed as it ran (raise
+    its error), or the pool was shut down (re-raise the ``PoolClosedError``
+    being handled)."""
+    if runtime.error is not None:
+        raise runtime.error
+    raise

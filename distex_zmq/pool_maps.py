@@ -1,0 +1,118 @@
+"""The methods of ``Pool`` that run many tasks for one call: ``map`` and
+``map_async`` (over inputs, see maps.py) and ``run_on_all`` (over the
+workers, see runtime/barrier.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from distex_zmq.maps import MapContext, check_map_args, map_async, map_sync
+from distex_zmq.pool_base import PoolBase
+from distex_zmq.progress import make_progress
+from distex_zmq.results import TaskFuture, refuse_wait_on_pool_loop
+from distex_zmq.runtime.barrier import pin_to_all_after_drain
+
+
+class MapsMixin(PoolBase):
+    """Maps over inputs and over the workers of a ``Pool``."""
+
+    def map(
+        self,
+        func: Callable[..., Any],
+        *iterables: Any,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        ordered: bool = True,
+        star: bool = False,
+        progress: bool | Callable[[int, int | None], Any] = False,
+    ) -> Iterator[Any]:
+        """Map ``func`` over the iterables; return an iterator of the results.
+
+        Args:
+            func: Function to map. If it returns an awaitable, the worker
+                awaits it and the result is what it yields.
+            iterables: Sync or async iterables, in any mix, read lazily (they
+                may be unbounded). With several, they are zipped.
+            timeout: Seconds from the start of the map until
+                ``Pool.TimeoutError``.
+            chunksize: Inputs sent to a worker as one task; larger chunks
+                make small tasks much cheaper. ``None`` (the default): start
+                with one and group inputs that run well under a millisecond
+                into chunks of about 2 ms of work, from the run times the
+                workers report; each input keeps its own result, error and
+                place. An explicit chunksize (1 included) is kept exactly.
+            ordered: ``True``: results in input order; ``False``: in order
+                of completion.
+            star: ``True``: the one iterable yields argument tuples, which
+                are unpacked into ``func``.
+            progress: ``True``: show a tqdm progress bar (``pip install
+                'distex_zmq[progress]'``); a callable: called with
+                ``(done, total)``, the inputs whose results or errors reached
+                the map and the length of the input (None if it has none; of
+                several iterables, the shortest), at most every 0.1 s and
+                once at the end. Off by default.
+
+        Breaking out of the iteration cancels what is still pending. A task
+        that raised raises here when iteration reaches it.
+        """
+        check_map_args(iterables, chunksize)
+        refuse_wait_on_pool_loop("Pool.map")
+        counter = make_progress(progress, iterables)
+        ctx = self._map_context()
+        return map_sync(ctx, func, iterables, timeout, chunksize, ordered, star, counter)
+
+    def map_async(
+        self,
+        func: Callable[..., Any],
+        *iterables: Any,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        ordered: bool = True,
+        star: bool = False,
+        progress: bool | Callable[[int, int | None], Any] = False,
+    ) -> AsyncIterator[Any]:
+        """Async version of ``map``: ``async for result in pool.map_async(...)``."""
+        check_map_args(iterables, chunksize)
+        counter = make_progress(progress, iterables)
+        ctx = self._map_context()
+        return map_async(ctx, func, iterables, timeout, chunksize, ordered, star, counter)
+
+    def _map_context(self) -> MapContext:
+        runtime = self._live_runtime()
+        opts = self._options
+        return MapContext(runtime.broker, self._tasks, runtime.loop, opts.capacity, opts.qsize > 1)
+
+    def run_on_all(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> list[Any]:
+        """Run ``func`` once on every worker, after the tasks submitted before
+        it have finished; return the results in the order of the workers.
+
+        Every worker means the workers that are ready once those tasks have
+        finished: a worker that starts later (a host added with
+        ``add_hosts``, a ``resize``, a replacement of a worker that died)
+        does not run it; to set up every worker, those included, use
+        ``initializer``. A worker removed with ``drain=False`` before it ran
+        ``func`` fails it with ``WorkerLostError``.
+
+        Raises the first error if it fails on any worker.
+        """
+        refuse_wait_on_pool_loop("Pool.run_on_all")
+        futures = self._run_on_all(func, args, kwargs).result()
+        return [f.result() for f in futures]
+
+    async def run_on_all_async(
+        self, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> list[Any]:
+        """Async version of ``run_on_all``."""
+        futures = await asyncio.wrap_future(self._run_on_all(func, args, kwargs))
+        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+
+    def _run_on_all(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> concurrent.futures.Future[list[TaskFuture]]:
+        runtime = self._live_runtime()
+        template = self._tasks.call(func, args, kwargs, self._future_sink, alone=True)
+        return pin_to_all_after_drain(runtime, self._tasks, template)

@@ -1,0 +1,50 @@
+"""The barrier of ``Pool.run_on_all``: one copy of a task pinned to each worker
+once the tasks submitted before it have finished.
+
+It waits for the pool's start, then, on the pool loop, for the broker to drain,
+and pins the copies to the workers ready at that moment.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+from distex_zmq.broker import Task
+from distex_zmq.results import TaskFuture
+from distex_zmq.runtime.loop import Runtime
+from distex_zmq.tasks import TaskMaker
+
+
+def pin_to_all_after_drain(
+    runtime: Runtime, tasks: TaskMaker, template: Task
+) -> concurrent.futures.Future[list[TaskFuture]]:
+    """Copies of ``template``, one pinned to each worker once the tasks before
+    them have finished; the future of their futures.
+
+    (A function, not a method of the pool: the callbacks must not hold the
+    pool, which would then never be garbage-collected.)
+    """
+    batch: concurrent.futures.Future[list[TaskFuture]] = concurrent.futures.Future()
+
+    def make_task() -> Task:
+        # (the broker passes the worker's record; the task is the same for all)
+        task = tasks.copy(template)
+        TaskFuture(task)  # the future becomes the task's tag
+        return task
+
+    def pin() -> None:
+        pinned = runtime.broker.pin_to_all(make_task)
+        batch.set_result([task.tag for task in pinned])
+
+    def after_start(started: concurrent.futures.Future[None]) -> None:
+        error = started.exception()
+        if error is not None:
+            batch.set_exception(error)
+        else:
+            runtime.loop.call_soon_threadsafe(runtime.broker.when_drained, pin)
+
+    if runtime.started.done():
+        after_start(runtime.started)
+    else:
+        runtime.started.add_done_callback(after_start)
+    return batch
