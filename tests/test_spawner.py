@@ -121,9 +121,10 @@ def test_mixed_pool_of_local_spawner_and_ssh_hosts(hosts):
         with pytest.raises(ValueError):
             pool.run(tasks.fail_on, 3)
         # the workers' keys reached them on stdin, not on their command lines:
-        # no process on the spawner hosts, nor any child of the client, shows
+        # no process on the pool's hosts, nor any child of the client, shows
         # a CURVE key or the cluster secret
-        commands = [cmd for host in SPAWNER_HOSTS for cmd in hosts.processes(host).values()]
+        pool_hosts = (*SPAWNER_HOSTS, "dzq-c")
+        commands = [cmd for host in pool_hosts for cmd in hosts.processes(host).values()]
         commands += [" ".join(command_line(pid)) for pid in child_pids()]
         assert any("distex_zmq.worker" in cmd for cmd in commands)
         key = KeyPair.random().secret.decode()
