@@ -128,6 +128,18 @@ class Cluster:
         """Pids of the workers of any pool on ``host``."""
         return [pid for pid, cmd in self.processes(host).items() if "distex_zmq.worker" in cmd]
 
+    def worker_connect(self, host: str) -> str:
+        """The broker endpoint that a worker on ``host`` was told to connect to:
+        its ``--connect`` argument (the worker's public CLI)."""
+        for pid in self.workers(host):
+            args = self.processes(host).get(pid, "").split()
+            for i, arg in enumerate(args):
+                if arg.startswith("--connect="):
+                    return arg.partition("=")[2]
+                if arg == "--connect" and i + 1 < len(args):
+                    return args[i + 1]
+        raise LookupError(f"no worker on {host} tells its broker endpoint")
+
     def pool_processes(self) -> dict[str, dict[int, str]]:
         """Agents and workers of any pool, by host (not the spawners)."""
         found = {}

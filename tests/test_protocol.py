@@ -3,11 +3,15 @@
 The end-to-end tests talk to a real worker process through a ROUTER socket
 of their own (a fake broker), and to a real pool's broker through a DEALER
 socket of their own (a fake worker). The broker's endpoint is the one the
-pool's local workers were told on their command line (``--connect``).
+pool's local workers were told on their command line (``--connect``). The
+broker's dispatch decisions are tested on a ``Broker`` built alone, on a loop
+of the test's own, with fake workers only.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import pickle
@@ -19,13 +23,14 @@ from pathlib import Path
 import dill
 import pytest
 import zmq
+from distex_zmq.broker import Broker, Task, WorkerRecord
 
-from distex_zmq import DistexError, Pool, ProtocolError
+from distex_zmq import DistexError, Pool, PoolClosedError, ProtocolError
 from distex_zmq.serialization import dumps, loads
 from distex_zmq.version import __version__
 from distex_zmq.wire import frames as p
 from tests import tasks
-from tests.helpers import broker_endpoint, wait_until
+from tests.helpers import broker_endpoint
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -360,40 +365,151 @@ def _answer(sock: zmq.Socket, task_id: int, value: object) -> None:
     sock.send_multipart(writer.frames_out())
 
 
-def test_broker_marks_the_pools_only_task_lone():
-    # a fake worker with 2 credits beside a real one with 1; of the idle
-    # workers, the one that became ready last is taken first: the fake
-    pool = Pool(1, qsize=1)
-    try:
-        pool.run(tasks.pid)
-        runtime = pool._runtime
-        runtime.loop.call_soon_threadsafe(runtime.broker.expect, b"fake-lone")
-        time.sleep(0.1)
-        ctx, sock = fake_worker(pool, b"fake-lone")
-        try:
-            body = {**json.loads(hello_body()), "version": __version__, "credits": 2}
-            sock.send_multipart(p.hello(body))
-            assert wait_until(lambda: len(runtime.broker.registry.ready_workers()) == 2, 10)
-            alone = pool.submit(tasks.square, 5)
-            assert sock.poll(10_000), "the fake worker got no task"
-            [(alone_id, _, flags)] = _task_entries(sock.recv_multipart())
-            assert flags & p.FLAG_LONE, "the pool's only task was not marked"
-            busy = pool.submit(tasks.sleep_return, 1.0, "busy")  # the real worker: idle
-            time.sleep(0.2)
-            third = pool.submit(tasks.square, 7)  # the fake's second credit
-            assert sock.poll(10_000), "the fake worker got no second task"
-            [(third_id, _, flags)] = _task_entries(sock.recv_multipart())
-            assert not flags & p.FLAG_LONE, "a task beside others was marked lone"
-            _answer(sock, alone_id, 25)
-            _answer(sock, third_id, 49)
-            assert (alone.result(timeout=10), third.result(timeout=10)) == (25, 49)
-            assert busy.result(timeout=10) == "busy"
-        finally:
+# a real broker, on a loop of the test's own, with fake workers
+
+
+class Hooks:
+    """The pool's part, as a broker built alone needs it: no initializers;
+    it notes the workers made ready and what the broker gives up on."""
+
+    def __init__(self) -> None:
+        self.ready: list[bytes] = []
+        self.troubles: list[str] = []
+
+    def on_hello(self, rec: WorkerRecord) -> Task | None:
+        return None
+
+    def on_ready(self, rec: WorkerRecord) -> None:
+        self.ready.append(rec.identity)
+
+    def on_init_failed(self, rec: WorkerRecord, status: int, value: object) -> None:
+        self.troubles.append(f"initializer of {rec.identity!r} failed")
+
+    def on_unreachable(self, rec: WorkerRecord) -> None:
+        self.troubles.append(f"{rec.identity!r} unreachable")
+
+    def on_log(self, rec: WorkerRecord, body: bytes) -> None:
+        pass
+
+    def on_task_timeout(self, rec: WorkerRecord, task: Task | None) -> None:
+        self.troubles.append(f"{rec.identity!r} timed out")
+
+
+class Results:
+    """A result sink: task id -> (status, value) as the broker delivers it."""
+
+    def __init__(self) -> None:
+        self.got: dict[int, tuple[int, object]] = {}
+
+    def deliver(self, task: Task, status: int, value: object) -> None:
+        self.got[task.id] = (status, value)
+
+    def flush(self, urgent: bool = False) -> None:
+        pass
+
+
+class LoneBroker:
+    """A ``Broker`` bound to an ipc endpoint, its loop run by the test thread
+    (``spin``), and fake workers: DEALER sockets that say hello."""
+
+    def __init__(self, tmp_path: Path):
+        self.loop = asyncio.new_event_loop()
+        self.ctx = zmq.Context()
+        self.hooks = Hooks()
+        self.sink = Results()
+        self.broker = Broker(self.loop, self.ctx, 0, None, self.hooks)
+        self.endpoint = self.broker.bind(f"ipc://{tmp_path}/broker")
+        self.socks: dict[bytes, zmq.Socket] = {}
+        self.ids = itertools.count(1)
+
+    def spin(self, until, timeout: float = 10) -> None:
+        """Run the broker's loop until ``until()`` holds."""
+        deadline = time.monotonic() + timeout
+        while not until():
+            assert time.monotonic() < deadline, "timed out"
+            self.loop.run_until_complete(asyncio.sleep(0.005))
+
+    def worker(self, identity: bytes, credits: int) -> zmq.Socket:
+        """A fake worker, admitted, connected and ready."""
+        self.broker.expect(identity)
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, identity)
+        sock.connect(self.endpoint)
+        self.socks[identity] = sock
+        body = {**json.loads(hello_body()), "version": __version__, "credits": credits}
+        sock.send_multipart(p.hello(body))
+        self.spin(lambda: identity in self.hooks.ready)
+        return sock
+
+    def submit(self) -> int:
+        """Submit a task (the fake workers never unpickle it); return its id."""
+        task = Task(next(self.ids), 1, b"f", p.FLAG_STAR, b"args", [], self.sink, name="f")
+        self.broker.submit([task])
+        return task.id
+
+    def received(self) -> tuple[bytes, int, int]:
+        """``(worker, task id, flags)`` of the next task a fake worker gets."""
+        got: list[tuple[bytes, list]] = []
+
+        def arrived() -> bool:
+            for identity, sock in self.socks.items():
+                if sock.poll(0):
+                    got.append((identity, sock.recv_multipart()))
+                    return True
+            return False
+
+        self.spin(arrived)
+        identity, frames = got[0]
+        [(task_id, _, flags)] = _task_entries(frames)
+        return identity, task_id, flags
+
+    def answer(self, identity: bytes, task_id: int, value: object) -> None:
+        _answer(self.socks[identity], task_id, value)
+        self.spin(lambda: task_id in self.sink.got)
+
+    def close(self) -> None:
+        self.broker.close(lambda task: PoolClosedError(f"{task} cancelled"))
+        for sock in self.socks.values():
             sock.close()
-            ctx.term()
-    finally:
-        # the fake worker answers nothing more: do not wait for it
-        pool.shutdown(cancel_futures=True, timeout=5)
+        self.ctx.term()
+        self.loop.close()
+
+
+@pytest.fixture
+def lone_broker(tmp_path):
+    broker = LoneBroker(tmp_path)
+    yield broker
+    broker.close()
+
+
+def test_broker_marks_the_pools_only_task_lone(lone_broker):
+    # a task is lone when nothing else is queued or running in the pool: its
+    # worker may wait for its next task right after it; beside others, never
+    b = lone_broker
+    b.worker(b"fake-a", credits=1)
+    b.worker(b"fake-b", credits=2)
+    alone = b.submit()
+    holder, task_id, flags = b.received()
+    assert task_id == alone
+    assert flags & p.FLAG_LONE, "the pool's only task was not marked"
+    beside = [b.submit(), b.submit()]  # the two other credits
+    answers = []
+    for _ in beside:
+        worker, task_id, flags = b.received()
+        assert not flags & p.FLAG_LONE, "a task beside others was marked lone"
+        answers.append((worker, task_id))
+    assert sorted(task_id for _, task_id in answers) == beside
+    b.answer(holder, alone, 25)
+    for worker, task_id in answers:
+        b.answer(worker, task_id, task_id)
+    # all answered: the next task is the only one again
+    again = b.submit()
+    _, task_id, flags = b.received()
+    assert (task_id, bool(flags & p.FLAG_LONE)) == (again, True)
+    status, (data, buffers, _) = b.sink.got[alone]
+    assert (status, loads(data, buffers)) == (p.STATUS_OK, 25)
+    assert b.hooks.troubles == []
 
 
 def test_worker_takes_a_task_that_comes_while_it_polls_after_a_lone_one(fake_broker):

@@ -27,7 +27,7 @@ from distex_zmq import HostConnectionError, Pool, WorkerLostError
 from distex_zmq.security import ClusterKeys, KeyPair, make_client
 from distex_zmq.wire import control as sp
 from tests import tasks
-from tests.helpers import child_pids, wait_until
+from tests.helpers import child_pids, command_line, wait_until
 from tests.multihost import REMOTE_PYTHON, ROOT, Capture, hostnames, unavailable
 
 REASON = unavailable()
@@ -79,6 +79,26 @@ def hosts(ssh_home, spawners, secret_file, monkeypatch):
     yield ssh_home
 
 
+#: a CURVE key as Z85 text (``wire/control.py``): 40 characters of its alphabet
+Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
+
+
+def curve_keys_in(cmd: str) -> list[str]:
+    """The arguments of command line ``cmd`` (and values of its ``--name=value``
+    options) that may be CURVE keys: 40 Z85 characters that are neither hex
+    (worker identities) nor the path of a file."""
+    found = []
+    for arg in cmd.split():
+        word = arg.partition("=")[2] if arg.startswith("--") and "=" in arg else arg
+        if not Z85_KEY.fullmatch(word) or os.path.exists(word):
+            continue
+        try:
+            bytes.fromhex(word)
+        except ValueError:
+            found.append(word)
+    return found
+
+
 def at(cluster, host, count, port=None):
     """A spawner host spec by address: the names resolve only inside the namespaces."""
     return f"{cluster.addresses[host]}{f':{port}' if port else ''}/{count}"
@@ -100,11 +120,17 @@ def test_mixed_pool_of_local_spawner_and_ssh_hosts(hosts):
         assert {"dzq-a", "dzq-b", "dzq-c"} <= where
         with pytest.raises(ValueError):
             pool.run(tasks.fail_on, 3)
-        # the workers' keys reached them on stdin, not on their command lines
-        worker_secret = pool._runtime.worker_keys["secret"]
-        for host in SPAWNER_HOSTS:
-            for cmd in hosts.processes(host).values():
-                assert worker_secret not in cmd and SECRET not in cmd
+        # the workers' keys reached them on stdin, not on their command lines:
+        # no process on the pool's hosts, nor any child of the client, shows
+        # a CURVE key or the cluster secret
+        pool_hosts = (*SPAWNER_HOSTS, "dzq-c")
+        commands = [cmd for host in pool_hosts for cmd in hosts.processes(host).values()]
+        commands += [" ".join(command_line(pid)) for pid in child_pids()]
+        assert any("distex_zmq.worker" in cmd for cmd in commands)
+        key = KeyPair.random().secret.decode()
+        assert curve_keys_in(f"python -m w --key {key}") == curve_keys_in(f"w --key={key}") == [key]
+        for cmd in commands:
+            assert not curve_keys_in(cmd) and SECRET not in cmd, cmd
 
 
 def test_secret_from_a_file(hosts, secret_file, monkeypatch, make_pool):
@@ -372,8 +398,7 @@ def test_fuzz_spawner_and_broker(hosts, spawners):
     endpoint = f"tcp://{address}:8899"
     with Pool(1, [at(hosts, "dzq-a", 1)]) as pool:
         pool.run_on_all(int, 0)
-        broker = next(e for e in pool._runtime.broker.endpoints if e.startswith("tcp://"))
-        broker_port = int(broker.rsplit(":", 1)[1])
+        broker_port = int(hosts.worker_connect("dzq-a").rsplit(":", 1)[1])
         workers_before = set(hosts.workers("dzq-a"))
         rss_before = _rss_kib(spawner_pid)
         # the spawner: as a client that has the secret (the messages get through),
@@ -385,6 +410,10 @@ def test_fuzz_spawner_and_broker(hosts, spawners):
         _fuzz(endpoint, keys.spawner.public, KeyPair.random(), _junk(rng, 1000))
         _raw_tcp(address, 8899, rng)
         # the live pool's broker: unauthenticated and raw
+        # The broker's public CURVE key (not a secret) reaches the workers on
+        # their stdin only, and the pool has no public accessor for it: this
+        # one read of the runtime lets a client with made-up keys get as far
+        # as the broker's ZAP check, which must refuse it.
         broker_public = pool._runtime.worker_keys["server"].encode()
         _fuzz(f"tcp://127.0.0.1:{broker_port}", None, None, _junk(rng, 500))
         _fuzz(f"tcp://127.0.0.1:{broker_port}", broker_public, KeyPair.random(), _junk(rng, 500))
