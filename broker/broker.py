@@ -11,10 +11,11 @@
 Only the pool loop touches the socket, the queue and the registry. Other
 threads hand over tasks with ``submit`` (a deque append and at most one
 wake-up per batch) and cancel with ``Task.cancelled``. The broker never
-unpickles a task or a result: it routes on headers only. This module reads
-and answers messages; ``Dispatcher`` decides where tasks go, ``Ledger``
-keeps the tasks in hand and the barriers, ``Losses`` and ``TaskTimeouts``
-handle what goes wrong.
+unpickles a task or a result: it routes on headers only. This module owns
+the socket and hands each message on: ``Membership`` admits and retires
+workers, ``Delivery`` takes their results, ``Dispatcher`` decides where
+tasks go, ``Ledger`` keeps the tasks in hand and the barriers, ``Losses`` and
+``TaskTimeouts`` handle what goes wrong.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from distex_zmq.security import KeyPair, make_server
 from distex_zmq.wire import frames as p
 from distex_zmq.wire.zmqio import EdgeReader, send_frames
 
-from .chunks import ChunkPieces
+from .delivery import Delivery
 from .dispatch import Dispatcher
 from .ledger import Ledger
 from .losses import Losses, TaskTimeouts
-from .records import INIT_TAG, BrokerCounts, BrokerHooks, ResultSink, Task, WorkerRecord
+from .membership import Membership
+from .records import BrokerCounts, BrokerHooks, Task, WorkerRecord
 from .registry import Registry
 
 _logger = logging.getLogger("distex_zmq.broker")
@@ -80,22 +82,25 @@ class Broker:
             max_retries,
             task_timeout,
         )
+        self._members = Membership(
+            self.registry, self._dispatcher, self._losses, hooks, self._control, self.dispatch
+        )
+        self._delivery = Delivery(
+            self.registry,
+            self._ledger,
+            self._dispatcher,
+            self._members,
+            self._timeouts,
+            hooks,
+            self.dispatch,
+        )
         self._inbox = self._dispatcher.inbox
-        #: tasks answered with a result and with an error, since the start
-        self._done = 0
-        self._failed = 0
-        self._pieces = ChunkPieces()
         self._wake_pending = False
-        self._stopping = False
         self._closed = False
         self._ctx = ctx
         self._sock: zmq.Socket[Any] | None = None  # made on the pool loop by bind()
         self._reader: EdgeReader | None = None
         self.endpoints: list[str] = []
-        #: identities of workers taken out of the pool (``retire``) whose
-        #: processes have not been reported gone (``forget``): their late
-        #: messages are dropped without a warning
-        self._retired: set[bytes] = set()
 
     @property
     def grouped_tasks(self) -> int:
@@ -105,15 +110,15 @@ class Broker:
     def counts(self) -> BrokerCounts:
         """The broker's counters and its workers now (pool loop; no task is
         looked at: the cost grows with the workers only)."""
-        dispatcher, losses = self._dispatcher, self._losses
+        dispatcher, losses, delivery = self._dispatcher, self._losses, self._delivery
         workers = list(self.registry.workers.values())
         return BrokerCounts(
             workers=workers,
             lost=list(losses.lost),
             queued=dispatcher.queued,
             in_flight=sum(len(rec.running) for rec in workers),
-            done=self._done,
-            failed=self._failed + losses.failed,
+            done=delivery.done,
+            failed=delivery.failed + losses.failed,
             retried=losses.retried,
             workers_lost=losses.workers_lost,
             grouped_tasks=dispatcher.grouped_tasks,
@@ -152,35 +157,12 @@ class Broker:
 
     def forget(self, identity: bytes) -> None:
         """Admit this identity no more (its worker will never connect)."""
-        self.registry.forget(identity)
-        self._retired.discard(identity)
+        self._members.forget(identity)
 
     def retire(self, identity: bytes, drain: bool) -> None:
-        """Take a worker out of the pool: it gets no new task.
-
-        With ``drain``, a ready worker finishes the tasks it holds (and those
-        pinned to it), then gets STOP. Otherwise, and for a worker that is not
-        ready yet, its tasks go back to the queue at once without counting a
-        try (``Losses.withdraw``); its launcher is to kill it. ``forget`` the
-        identity once its process is gone.
-        """
-        registry = self.registry
-        registry.forget(identity)
-        self._retired.add(identity)
-        rec = registry.get(identity)
-        if rec is None:
-            return
-        if drain and rec.ready:
-            registry.drain(rec)
-            if not rec.running and not rec.pinned:
-                self._drained(rec)
-        else:
-            self._losses.withdraw(rec, "was removed from the pool")
-
-    def _drained(self, rec: WorkerRecord) -> None:
-        """A draining worker holds nothing more: it leaves the pool."""
-        self.registry.remove(rec)
-        self._control(rec.identity, p.STOP)
+        """Take a worker out of the pool: it gets no new task; with ``drain``
+        it finishes what it holds first (see ``Membership.retire``)."""
+        self._members.retire(identity, drain)
 
     def close(self, error_factory: Callable[[Task], BaseException]) -> None:
         """Close the socket; fail every task not finished (pool loop)."""
@@ -217,9 +199,7 @@ class Broker:
 
     def stop_workers(self) -> None:
         """Ask every worker to finish and exit, and those that connect later."""
-        self._stopping = True
-        for rec in list(self.registry.workers.values()):
-            self._control(rec.identity, p.STOP)
+        self._members.stop_all()
 
     # any thread
 
@@ -274,12 +254,12 @@ class Broker:
             if kind == p.RESULT:
                 rec = self.registry.get(identity)
                 if rec is None:
-                    if identity in self._retired:
+                    if self._members.retired(identity):
                         return  # it was removed with drain=False: its tasks run elsewhere
                     raise ProtocolError("result from an unknown worker")
-                self._on_results(rec, buf, count, frames[1:])
+                self._delivery.on_results(rec, buf, count, frames[1:])
             elif kind == p.HELLO:
-                self._on_hello(identity, buf)
+                self._members.hello(identity, buf)
             elif kind == p.LOG:
                 rec = self.registry.get(identity)
                 if rec is not None:
@@ -300,118 +280,6 @@ class Broker:
                 self._sock.send_multipart([identity, *p.control(kind, body)])
             except zmq.ZMQError:
                 pass
-
-    def _on_hello(self, identity: bytes, buf: memoryview) -> None:
-        if self._stopping or identity in self._retired:
-            self._control(identity, p.STOP)
-            return
-        if not self.registry.expects(identity):
-            self._control(identity, p.REFUSE, b"unknown worker identity")
-            raise ProtocolError("hello from a worker this pool did not start")
-        if identity in self.registry.workers:
-            raise ProtocolError("second hello from a connected worker")
-        pid, host, credits = p.read_hello(buf)
-        rec = WorkerRecord(identity, pid, host, credits)
-        self.registry.add(rec)
-        _logger.debug("hello from %s, %d credits", rec, credits)
-        init = self._hooks.on_hello(rec)
-        if init is None:
-            self._make_ready(rec)
-        else:
-            self._dispatcher.pin(rec, init)
-            self.dispatch()
-
-    def _make_ready(self, rec: WorkerRecord) -> None:
-        self.registry.set_ready(rec)
-        self._hooks.on_ready(rec)
-        self.dispatch()
-
-    def _on_results(
-        self, rec: WorkerRecord, buf: memoryview, count: int, frames: list[Any]
-    ) -> None:
-        sinks: set[ResultSink] = set()
-        running = rec.running
-        returned: list[Task] = []
-        answered = failed = 0
-        #: the chunk task handed back in this message, and its payload's offset
-        handed: tuple[Task, int] | None = None
-        note_run_time = self._dispatcher.note_run_time
-        finish = self._ledger.finish
-        reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
-        for task_id, status, elapsed, data_len, nbuffers, mark in p.result_entries(buf, count):
-            data, buffers = reader.data(data_len, nbuffers)
-            if status >= p.STATUS_PARTIAL:
-                # a piece of a chunk's results, or its inputs handed back
-                if status == p.STATUS_HANDED_BACK and handed and handed[0].id == task_id:
-                    # a further part of the inputs handed back: a task of its own
-                    part = self._pieces.part(handed[0], handed[1] + mark, data, buffers)
-                    self._ledger.add(part)
-                    returned.append(part)
-                    continue
-                task = running.get(task_id)
-                base = 0 if task is None else task.first - task.skip
-                piece = self._pieces.piece(rec, task_id, status, (data, buffers, elapsed), mark)
-                task, status = piece
-                if status == p.STATUS_PARTIAL:
-                    continue
-                assert task is not None
-                handed = (task, base)
-            task = running.pop(task_id, None)
-            if task is None:
-                _logger.warning("result for unknown task %d from %s", task_id, rec)
-                continue
-            value = (
-                (data, buffers, elapsed) if not task.first else (data, buffers, elapsed, task.first)
-            )
-            group = task.group
-            if group is None:
-                rec.used -= 1
-            else:
-                task.group = None
-                group[0] -= 1
-                if not group[0]:
-                    rec.used -= 1
-            if status == p.STATUS_RETURNED:
-                if task.cancelled:
-                    finish(task)
-                else:
-                    returned.append(task)
-                continue
-            answered += 1
-            if status != p.STATUS_OK:
-                failed += 1
-            note_run_time(task, elapsed)
-            finish(task)
-            if task.tag is INIT_TAG and task.pinned is rec:
-                if status == p.STATUS_OK:
-                    self._make_ready(rec)
-                else:
-                    self._hooks.on_init_failed(rec, status, value)
-                continue
-            if not task.cancelled:
-                task.sink.deliver(task, status, value)
-                sinks.add(task.sink)
-        rec.done += answered - failed
-        rec.failed += failed
-        self._done += answered - failed
-        self._failed += failed
-        if returned:
-            # given back unrun, ahead of everything that came later
-            parts = [task for task in returned if task.first]
-            if parts:
-                returned = [task for task in returned if not task.first]
-                self._dispatcher.hand_back(parts)
-            self._dispatcher.requeue(returned)
-        if not running:
-            rec.exclusive = False
-            if rec.draining and not rec.pinned:
-                self._drained(rec)
-        elif self._timeouts is not None:
-            self._timeouts.started(rec)  # the next task starts about now
-        self.registry.place(rec)
-        self.dispatch()
-        for sink in sinks:
-            sink.flush()
 
     # barriers: run_on_all and shutdown wait for what was submitted before them
 

@@ -13,7 +13,8 @@ import weakref
 import pytest
 
 from distex_zmq import Pool, RemoteException
-from distex_zmq.map_run import BYTES_AHEAD, MAX_BATCH, map_window
+from distex_zmq.map_run import BYTES_AHEAD, map_window
+from distex_zmq.map_sizing import MAX_BATCH
 from tests import tasks
 
 #: the credits of each worker of ``shared_pool``: ``Pool``'s default qsize

@@ -1,0 +1,138 @@
+"""RESULT messages: each task leaves its worker's running set and its result
+goes to its sink (each sink flushed once per message); chunks' pieces and
+inputs handed back, tasks returned unrun, and the counts of tasks answered.
+Headers only: the broker never unpickles a result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from distex_zmq.wire import frames as p
+
+from .chunks import ChunkPieces
+from .dispatch import Dispatcher
+from .ledger import Ledger
+from .losses import TaskTimeouts
+from .membership import Membership
+from .records import INIT_TAG, BrokerHooks, ResultSink, Task, WorkerRecord
+from .registry import Registry
+
+_logger = logging.getLogger("distex_zmq.broker")
+
+
+class Delivery:
+    """Takes the RESULT messages of workers, on the pool loop.
+
+    ``dispatch()`` sends what the queue holds to workers with free credits.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        ledger: Ledger,
+        dispatcher: Dispatcher,
+        membership: Membership,
+        timeouts: TaskTimeouts | None,
+        hooks: BrokerHooks,
+        dispatch: Callable[[], None],
+    ):
+        self._registry = registry
+        self._ledger = ledger
+        self._dispatcher = dispatcher
+        self._membership = membership
+        self._timeouts = timeouts
+        self._hooks = hooks
+        self._dispatch = dispatch
+        self._pieces = ChunkPieces()
+        #: tasks answered with a result and with an error, since the start
+        self.done = 0
+        self.failed = 0
+
+    def on_results(self, rec: WorkerRecord, buf: memoryview, count: int, frames: list[Any]) -> None:
+        """Take a RESULT message of ``count`` entries from ``rec``."""
+        sinks: set[ResultSink] = set()
+        running = rec.running
+        returned: list[Task] = []
+        answered = failed = 0
+        #: the chunk task handed back in this message, and its payload's offset
+        handed: tuple[Task, int] | None = None
+        note_run_time = self._dispatcher.note_run_time
+        finish = self._ledger.finish
+        reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
+        for task_id, status, elapsed, data_len, nbuffers, mark in p.result_entries(buf, count):
+            data, buffers = reader.data(data_len, nbuffers)
+            if status >= p.STATUS_PARTIAL:
+                # a piece of a chunk's results, or its inputs handed back
+                if status == p.STATUS_HANDED_BACK and handed and handed[0].id == task_id:
+                    # a further part of the inputs handed back: a task of its own
+                    part = self._pieces.part(handed[0], handed[1] + mark, data, buffers)
+                    self._ledger.add(part)
+                    returned.append(part)
+                    continue
+                task = running.get(task_id)
+                base = 0 if task is None else task.first - task.skip
+                piece = self._pieces.piece(rec, task_id, status, (data, buffers, elapsed), mark)
+                task, status = piece
+                if status == p.STATUS_PARTIAL:
+                    continue
+                assert task is not None
+                handed = (task, base)
+            task = running.pop(task_id, None)
+            if task is None:
+                _logger.warning("result for unknown task %d from %s", task_id, rec)
+                continue
+            value = (
+                (data, buffers, elapsed) if not task.first else (data, buffers, elapsed, task.first)
+            )
+            group = task.group
+            if group is None:
+                rec.used -= 1
+            else:
+                task.group = None
+                group[0] -= 1
+                if not group[0]:
+                    rec.used -= 1
+            if status == p.STATUS_RETURNED:
+                if task.cancelled:
+                    finish(task)
+                else:
+                    returned.append(task)
+                continue
+            answered += 1
+            if status != p.STATUS_OK:
+                failed += 1
+            note_run_time(task, elapsed)
+            finish(task)
+            if task.tag is INIT_TAG and task.pinned is rec:
+                if status == p.STATUS_OK:
+                    self._membership.make_ready(rec)
+                else:
+                    self._hooks.on_init_failed(rec, status, value)
+                continue
+            if not task.cancelled:
+                task.sink.deliver(task, status, value)
+                sinks.add(task.sink)
+        rec.done += answered - failed
+        rec.failed += failed
+        self.done += answered - failed
+        self.failed += failed
+        if returned:
+            # given back unrun, ahead of everything that came later
+            parts = [task for task in returned if task.first]
+            if parts:
+                returned = [task for task in returned if not task.first]
+                self._dispatcher.hand_back(parts)
+            self._dispatcher.requeue(returned)
+        if not running:
+            rec.exclusive = False
+            if rec.draining and not rec.pinned:
+                self._membership.drained(rec)
+        elif self._timeouts is not None:
+            self._timeouts.started(rec)  # the next task starts about now
+        self._registry.place(rec)
+        self._dispatch()
+        for sink in sinks:
+            sink.flush()

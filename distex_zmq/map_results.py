@@ -1,0 +1,256 @@
+"""A map's tasks in flight and their results, from its ``QueueSink`` to the
+values it yields: in order or as they come, a chunk's pieces (each names its
+first input) each in its place, decoded last, with the first error raised in
+its place and marked with the input it is for.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from distex_zmq.broker import Task
+from distex_zmq.map_index import InputNumbers, mark_input
+from distex_zmq.map_sizing import ChunkSizer
+from distex_zmq.progress import Progress
+from distex_zmq.results import QueueSink, decode
+from distex_zmq.serialization import ItemError
+from distex_zmq.wire import frames as p
+
+#: The status of a ready entry whose value is a decoded piece of a chunk.
+_DECODED = -1
+
+
+class MapResults:
+    """The results of one map's tasks, by sequence number (``Task.tag``).
+
+    ``loads`` unpickles data; ``sizer`` learns the run times; ``progress``,
+    if any, is told of every value and error taken.
+    """
+
+    _pending_error: BaseException | None = None
+
+    def __init__(
+        self,
+        sink: QueueSink,
+        loads: Callable[..., Any],
+        sizer: ChunkSizer,
+        ordered: bool,
+        progress: Progress | None,
+    ):
+        self._sink = sink
+        self._loads = loads
+        self._sizer = sizer
+        self._ordered = ordered
+        self._progress = progress
+        #: tasks submitted and not yet yielded (a chunk counts one)
+        self.unyielded = 0
+        #: inputs in each chunk task not yet yielded, by sequence number
+        self._sizes: dict[int, int] = {}
+        #: which input each task stands for (to mark errors with it)
+        self._numbers = InputNumbers()
+        self._outstanding: dict[int, Task] = {}
+        self._held: dict[int, tuple[Task, int, Any]] = {}
+        #: chunks answered in pieces: sequence number -> {first input: results}
+        self._pieces: dict[int, dict[int, list[Any]]] = {}
+        #: chunks answered in pieces: sequence number -> inputs answered
+        self._answered: dict[int, int] = {}
+        #: chunks in ``_pieces`` whose every input is answered
+        self._whole: set[int] = set()
+        #: the next input of chunk ``_next_out`` to yield, if it came in pieces
+        self._cursor = 0
+        self._ready: deque[tuple[Task, int, Any]] = deque()
+        self._next_out = 0
+
+    def submitted(self, first: int, tasks: list[Task], inputs: list[Any], chunked: bool) -> None:
+        """``tasks``, numbered from ``first``, were made of the first of
+        ``inputs`` (each a chunk if ``chunked``) and queued."""
+        made = len(tasks)
+        seqs = range(first, first + made)
+        self._outstanding.update(zip(seqs, tasks, strict=True))
+        if chunked:
+            self._sizes.update(zip(seqs, map(len, inputs), strict=False))
+            self._numbers.chunks(first, inputs[:made])
+        else:
+            self._numbers.singles(first, made)
+        self.unyielded += made
+
+    def collect(self) -> bool:
+        """Take delivered results; return whether any can be yielded now."""
+        results = self._sink.results
+        outstanding = self._outstanding
+        sizer = self._sizer
+        if sizer.adaptive and results:
+            sizer.sample(results, self._sizes)
+        answered = self._answered
+        if self._ordered:
+            held = self._held
+            while results:
+                entry = results.popleft()
+                task, status, value = entry
+                seq = task.tag
+                if task.flags & p.FLAG_CHUNK and (
+                    seq in answered
+                    or status == p.STATUS_PARTIAL
+                    or (type(value) is tuple and len(value) > 3)
+                ):
+                    self._add_piece(task, status, value)
+                    continue
+                outstanding.pop(seq, None)
+                held[seq] = entry
+            self._move_ordered()
+        else:
+            while results:
+                entry = results.popleft()
+                task, status, value = entry
+                seq = task.tag
+                if task.flags & p.FLAG_CHUNK and (
+                    seq in answered
+                    or status == p.STATUS_PARTIAL
+                    or (type(value) is tuple and len(value) > 3)
+                ):
+                    offset, items, whole = self._add_piece(task, status, value)
+                    self._ready.append((task, _DECODED, items))
+                    if whole:
+                        self._chunk_done(seq)
+                    continue
+                outstanding.pop(seq, None)
+                self._ready.append(entry)
+        return bool(self._ready)
+
+    def _add_piece(self, task: Task, status: int, value: Any) -> tuple[int, list[Any], bool]:
+        """Decode a piece of a chunk's results (``value[3]``: its first input);
+        keep it in its place (ordered maps); return ``(offset, items, whether
+        the chunk is answered whole now)``."""
+        seq = task.tag
+        if type(value) is tuple:
+            offset = value[3] if len(value) > 3 else 0
+        else:  # an error made by the broker: the task failed as it stood
+            offset = task.first
+        error = False
+        try:
+            items = decode(
+                task, p.STATUS_OK if status == p.STATUS_PARTIAL else status, value, self._loads
+            )
+        except BaseException as e:  # noqa: BLE001 - raised in its place
+            items = [ItemError(e)]
+            error = True
+        if not error and self._sizer.adaptive and items:
+            self._sizer.note_run(value[2], len(items))
+        answered = self._answered.get(seq, 0) + len(items)
+        self._answered[seq] = answered
+        whole = error or answered >= self._sizes.get(seq, 1)
+        if self._ordered:
+            self._pieces.setdefault(seq, {})[offset] = items
+            if whole:
+                self._whole.add(seq)
+        return offset, items, whole
+
+    def _chunk_done(self, seq: int) -> None:
+        """Every input of chunk ``seq`` is answered."""
+        self._answered.pop(seq, None)
+        self._sizes.pop(seq, None)
+        self._outstanding.pop(seq, None)
+        self.unyielded -= 1
+
+    def _move_ordered(self) -> None:
+        """Move what is next in order to the ready results."""
+        held, pieces, ready = self._held, self._pieces, self._ready
+        while True:
+            seq = self._next_out
+            mine = pieces.get(seq)
+            if mine is not None:
+                while self._cursor in mine:
+                    items = mine.pop(self._cursor)
+                    ready.append((None, _DECODED, items))
+                    self._cursor += len(items) or 1
+                if mine or seq not in self._whole:
+                    return
+                del pieces[seq]
+                self._whole.discard(seq)
+                self._chunk_done(seq)
+                self._cursor = 0
+                self._next_out += 1
+                continue
+            if seq not in held:
+                return
+            ready.append(held.pop(seq))
+            self._next_out += 1
+
+    def pop_values(self) -> list[Any]:
+        """Decode the ready results into values, last first, for the caller
+        to ``pop()`` as it yields them: the map then holds no result its
+        consumer has had (a large one is freed when dropped). Keep the first
+        error, in order."""
+        values: list[Any] = []
+        self._decode_ready(values)
+        if self._progress is not None:
+            self._progress.add(len(values) + (self._pending_error is not None))
+        values.reverse()
+        return values
+
+    def _decode_ready(self, values: list[Any]) -> None:
+        ready = self._ready
+        loads = self._loads
+        while ready:
+            task, status, value = ready.popleft()
+            if status == _DECODED:
+                for item in value:
+                    if type(item) is ItemError:
+                        self._pending_error = item.error
+                        return
+                    values.append(item)
+                continue
+            self.unyielded -= 1
+            chunk = task.flags & p.FLAG_CHUNK
+            try:
+                result = decode(task, status, value, loads)
+            except BaseException as e:  # noqa: BLE001 - raised in order, after values
+                self._pending_error = mark_input(e, self._numbers.of(task.tag, chunk))
+                return
+            if not chunk:
+                values.append(result)
+                continue
+            self._sizes.pop(task.tag, None)
+            start = self._numbers.chunk_done(task.tag)
+            for position, item in enumerate(result):
+                if type(item) is ItemError:
+                    self._pending_error = mark_input(item.error, start + position)
+                    return
+                values.append(item)
+
+    def raise_pending(self) -> None:
+        """Raise the error met in ``pop_values``, if any, after its values."""
+        error = self._pending_error
+        if error is not None:
+            self._pending_error = None
+            raise error
+
+    @property
+    def finished(self) -> bool:
+        """Every task submitted was answered and yielded."""
+        return (
+            not self._outstanding
+            and not self._held
+            and not self._ready
+            and not self._pieces
+            and not self._answered
+        )
+
+    def cancel(self) -> bool:
+        """Cancel the tasks not answered and drop every result not yielded;
+        the map is over: its progress says so. Return whether a task was
+        cancelled (the broker is then to look)."""
+        if self._progress is not None:
+            self._progress.close()
+        cancelled = bool(self._outstanding)
+        for task in self._outstanding.values():
+            task.cancelled = True
+        self._outstanding.clear()
+        self._held.clear()
+        self._pieces.clear()
+        self._answered.clear()
+        self._whole.clear()
+        self._ready.clear()
+        return cancelled
