@@ -9,8 +9,8 @@ this machine's file system.
 from __future__ import annotations
 
 import asyncio
-import sys
 import concurrent.futures as cf
+import sys
 import threading
 import time
 
