@@ -14,7 +14,7 @@ import time
 import pytest
 
 from distex_zmq import HostConnectionError, WorkerLostError
-from distex_zmq.runtime.supervisor import RECONNECT_DELAY
+from distex_zmq.runtime.reconnect import RECONNECT_DELAY
 from tests import tasks, test_spawner
 from tests.helpers import wait_until
 from tests.multihost import REMOTE_PYTHON, unavailable
