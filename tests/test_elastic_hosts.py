@@ -14,7 +14,7 @@ import time
 import pytest
 
 from distex_zmq import HostConnectionError, WorkerLostError
-from distex_zmq.runtime.supervisor import RECONNECT_DELAY
+from distex_zmq.runtime.reconnect import RECONNECT_DELAY
 from tests import tasks, test_spawner
 from tests.helpers import wait_until
 from tests.multihost import REMOTE_PYTHON, unavailable
@@ -103,8 +103,9 @@ def test_bad_hosts_raise_and_the_pool_works_on(hosts, make_pool):
         pool.remove_hosts(["dzq-b"])
     with pytest.raises(ValueError, match="in the pool already"):
         pool.add_hosts("ssh://dzq-c/2")
-    # all or nothing: dzq-a connects, dzq-c runs no spawner
-    with pytest.raises(HostConnectionError, match="no spawner answered"):
+    # all or nothing: dzq-a connects, dzq-c runs no spawner (its port refuses
+    # at once, or, where the network drops the attempt, nothing answers)
+    with pytest.raises(HostConnectionError, match="connection was refused|no spawner answered"):
         pool.add_hosts([at(hosts, "dzq-a", 1), at(hosts, "dzq-c", 1)])
     with pytest.raises(HostConnectionError):
         pool.add_hosts("ssh://nosuchhost.invalid/1")

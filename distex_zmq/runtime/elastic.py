@@ -5,28 +5,44 @@ Each change runs on the pool loop, one at a time, and keeps ``Options``
 (``num_workers``, ``hosts``: the configured counts) up to date. Adding is all
 or nothing: if a host cannot be reached or a new worker fails to start (its
 initializer raised, say), what the call added leaves again and the error is
-raised; the pool runs on as before. Removing retires workers through the
-``Supervisor``: with ``drain`` they finish what they run, otherwise their
-tasks go back to the queue without counting a try; either way no worker
-replaces them, and a removed host's agent or spawner session ends.
+raised; the pool runs on as before. Removing retires workers through
+``Membership`` (``runtime/membership.py``): with ``drain`` they finish what
+they run, otherwise their tasks go back to the queue without counting a try;
+either way no worker replaces them, and a removed host's agent or spawner
+session ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from distex_zmq.broker import Broker
+from distex_zmq.errors import PoolClosedError
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.launch.remote import RemoteLauncher
 from distex_zmq.options import Options
+from distex_zmq.runtime.state import PoolState
 from distex_zmq.runtime.supervisor import Supervisor
 
 
 class Elastic:
     """Adds and removes the workers of a running pool (on the pool loop)."""
 
-    def __init__(self, supervisor: Supervisor, broker: Broker, options: Options):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        supervisor: Supervisor,
+        broker: Broker,
+        options: Options,
+        pool: PoolState,
+    ):
+        self._loop = loop
+        self._pool = pool
         self._supervisor = supervisor
+        self._members = supervisor.membership
         self._broker = broker
         self._options = options
         self._lock: asyncio.Lock | None = None
@@ -36,6 +52,24 @@ class Elastic:
         if self._lock is None:
             self._lock = asyncio.Lock()
         return self._lock
+
+    def when_up(
+        self,
+        started: concurrent.futures.Future[None],
+        change: Callable[[], Coroutine[Any, Any, None]],
+    ) -> concurrent.futures.Future[None]:
+        """Run ``change`` on the pool loop once ``started`` is done, unless the
+        pool failed or shut down meanwhile (any thread)."""
+
+        async def when_up() -> None:
+            await asyncio.wrap_future(started)
+            if self._pool.error is not None:
+                raise self._pool.error
+            if self._pool.closing:
+                raise PoolClosedError("the pool was shut down; create a new Pool")
+            await change()
+
+        return asyncio.run_coroutine_threadsafe(when_up(), self._loop)
 
     async def add_hosts(self, specs: list[HostSpec]) -> None:
         """Connect to ``specs``, start their workers and wait until they are ready."""
@@ -53,18 +87,18 @@ class Elastic:
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
                 await asyncio.gather(
-                    *(self._supervisor.remove_host(host, drain=False) for host in added)
+                    *(self._members.remove_host(host, drain=False) for host in added)
                 )
                 raise errors[0]
             hosts.extend(specs)
 
     async def _add(self, spec: HostSpec) -> RemoteLauncher:
-        supervisor = self._supervisor
-        host = await supervisor.connect(spec)
+        members = self._members
+        host = await self._supervisor.connect(spec)
         try:
-            await supervisor.wait_ready(list(supervisor.workers_of(host)))
+            await members.wait_ready(list(members.workers_of(host)))
         except BaseException:
-            await supervisor.remove_host(host, drain=False)
+            await members.remove_host(host, drain=False)
             raise
         return host
 
@@ -82,31 +116,31 @@ class Elastic:
             staying = [h for h in opts.hosts if not any(h is s for s in leaving)]
             _check_not_empty(opts.num_workers, staying)
             opts.hosts[:] = staying
-            await supervisor.cancel_reconnects(leaving)
-            hosts = [r for r in supervisor.remote if any(r.spec is s for s in leaving)]
-            await asyncio.gather(*(supervisor.remove_host(host, drain) for host in hosts))
+            await supervisor.reconnects.cancel(leaving)
+            hosts = [r for r in supervisor.placement.remote if any(r.spec is s for s in leaving)]
+            await asyncio.gather(*(self._members.remove_host(host, drain) for host in hosts))
 
     async def resize(self, num_workers: int, drain: bool) -> None:
         """Start or retire local workers until there are ``num_workers``."""
         async with self._serial():
-            opts, supervisor = self._options, self._supervisor
+            opts, supervisor, members = self._options, self._supervisor, self._members
             _check_not_empty(num_workers, opts.hosts)
-            local = supervisor.local
+            local = supervisor.placement.local
             assert local is not None, "the pool has started"
-            current = supervisor.workers_of(local)
+            current = members.workers_of(local)
             before, opts.num_workers = opts.num_workers, num_workers
             if num_workers > len(current):
                 new = [supervisor.spawn(local) for _ in range(num_workers - len(current))]
                 try:
-                    await supervisor.wait_ready(new)
+                    await members.wait_ready(new)
                 except BaseException:
                     opts.num_workers = before
                     started = [i for i in new if i is not None]
-                    await supervisor.retire(started, drain=False)
+                    await members.retire(started, drain=False)
                     raise
             elif num_workers < len(current):
                 leaving = self._least_busy(current, len(current) - num_workers)
-                await supervisor.retire(leaving, drain)
+                await members.retire(leaving, drain)
 
     def _least_busy(self, identities: list[bytes], count: int) -> list[bytes]:
         """``count`` of these workers: those starting first, then those that
@@ -115,7 +149,7 @@ class Elastic:
 
         def load(identity: bytes) -> int:
             rec = registry.get(identity)
-            if rec is None or self._supervisor.is_starting(identity):
+            if rec is None or self._supervisor.placement.is_starting(identity):
                 return -1
             return len(rec.running)
 

@@ -3,10 +3,10 @@
 A ``Runtime`` holds everything that lives on the pool loop and nothing that
 refers back to the ``Pool``, so that a pool that is garbage-collected (or
 still open at interpreter exit) can be shut down by a finalizer. It starts
-the loop thread, binds the broker, has the ``Supervisor`` start the workers
-and keep them running, answers the broker's hooks, hands changes of the
-running pool to ``Elastic`` (binding the broker's TCP endpoint when a remote
-host first needs it), and tears it all down.
+the loop thread, binds the broker (its TCP endpoints: ``RemoteEndpoints``),
+has the ``Supervisor`` start the workers and keep them running, gives the
+broker its hooks (``PoolHooks``), hands changes of the running pool to
+``Elastic``, and tears it all down.
 """
 
 from __future__ import annotations
@@ -18,26 +18,26 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import zmq
 
-from distex_zmq.broker import INIT_TAG, STATUS_LOCAL_ERROR, Broker, Task, WorkerRecord
-from distex_zmq.errors import PoolClosedError, WorkerStartError
+from distex_zmq.broker import Broker, Task
+from distex_zmq.errors import PoolClosedError
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import new_event_loop
 from distex_zmq.options import Options
-from distex_zmq.output import emit_log
-from distex_zmq.results import DISCARD, mark_pool_loop
+from distex_zmq.results import mark_pool_loop
+from distex_zmq.runtime import forks
 from distex_zmq.runtime.elastic import Elastic
+from distex_zmq.runtime.endpoints import RemoteEndpoints
+from distex_zmq.runtime.hooks import PoolHooks
 from distex_zmq.runtime.ipc import make_ipc_dir, socket_path, sweep_stale_ipc_dirs
 from distex_zmq.runtime.snapshot import stopped, take_status
-from distex_zmq.runtime.supervisor import BrokerAccess, Supervisor
-from distex_zmq.security import KeyPair, ZapHandler
-from distex_zmq.serialization import loads
+from distex_zmq.runtime.startup import StartGate, start_workers
+from distex_zmq.runtime.supervisor import Supervisor
 from distex_zmq.status import PoolStatus
-from distex_zmq.tasks import TaskMaker, callable_name
+from distex_zmq.tasks import TaskMaker
 
 _logger = logging.getLogger("distex_zmq.pool")
 
@@ -48,44 +48,36 @@ FAILED_STOP_GRACE = 0.5
 
 
 class Runtime:
-    """Starts the pool loop thread, the broker and the workers; shuts them down.
-
-    It is the broker's hooks object: ``on_hello``, ``on_ready``,
-    ``on_init_failed``, ``on_log``, ``on_unreachable`` and ``on_task_timeout``.
-    """
+    """Starts the pool loop thread, the broker and the workers; shuts them down."""
 
     def __init__(self, options: Options, tasks: TaskMaker):
         self.options = options
         self._tasks = tasks
         #: the process that made the runtime: the only one that may use it
         self.pid = os.getpid()
-        self._fork_generation = _fork_generation
+        self._fork_generation = forks.generation
         sweep_stale_ipc_dirs()
         self._ipc_dir = make_ipc_dir()
         self.loop = new_event_loop()
         self.closing = False
         #: why the pool cannot take tasks any more (start-up failure, crash loop)
         self.error: BaseException | None = None
-        self._ready_count = 0
         #: the pool's last status, taken as it was torn down
         self._final_status: PoolStatus | None = None
         self._ctx = zmq.Context()
         self.loop.set_exception_handler(self._on_loop_error)
-        self.broker = Broker(self.loop, self._ctx, options.max_retries, options.task_timeout, self)
+        hooks = PoolHooks(options, tasks, self)
+        self.broker = Broker(self.loop, self._ctx, options.max_retries, options.task_timeout, hooks)
         self.supervisor = Supervisor(self.loop, self._ctx, self.broker, options, self)
-        self._all_ready: asyncio.Future[None] = self.loop.create_future()
+        self._endpoints = RemoteEndpoints(self._ctx, self.loop, self.broker, options)
+        self._gate = StartGate(self.loop, options)
         self._thread = threading.Thread(
             target=self._run_loop, name="distex_zmq pool loop", daemon=True
         )
         self._thread.start()
-        self._zap: ZapHandler | None = None
         #: the keys a remote worker needs to reach the broker (JSON-ready)
-        self.worker_keys: dict[str, str] = {}
-        self._broker_keys: KeyPair | None = None
-        #: the broker's TCP ports for remote workers: reachable from other
-        #: machines (True) or through SSH tunnels only (False)
-        self._tcp_ports: dict[bool, int] = {}
-        self.elastic = Elastic(self.supervisor, self.broker, options)
+        self.worker_keys = self._endpoints.worker_keys
+        self.elastic = Elastic(self.loop, self.supervisor, self.broker, options, self)
         self.started: concurrent.futures.Future[None] = asyncio.run_coroutine_threadsafe(
             self._start(), self.loop
         )
@@ -98,12 +90,12 @@ class Runtime:
     def inherited(self) -> bool:
         """True in a forked child: the runtime is its parent's (a pid check
         would cost a system call on every submit; this compares two ints)."""
-        return self._fork_generation != _fork_generation
+        return self._fork_generation != forks.generation
 
     @property
     def is_up(self) -> bool:
         """Every worker was ready once: the start-up is over."""
-        return self._all_ready.done()
+        return self._gate.is_over
 
     @property
     def ready_workers(self) -> int:
@@ -161,153 +153,49 @@ class Runtime:
         fails on the way (a bind, a spawn, a host, a worker, an exception on
         the pool loop) becomes ``error`` and tears everything down."""
         try:
-            await self._start_steps()
+            ipc = f"ipc://{socket_path(self._ipc_dir)}"
+            await start_workers(
+                self.options, self.broker, ipc, self._endpoints, self.supervisor, self._gate
+            )
         except BaseException as e:
             if self.error is None and not isinstance(e, asyncio.CancelledError):
                 self.error = e
             await self._teardown()
             raise
 
-    async def _start_steps(self) -> None:
-        opts = self.options
-        broker = self.broker
-        endpoint = broker.bind(f"ipc://{socket_path(self._ipc_dir)}")
-        worker_args = [
-            *("--credits", str(opts.qsize)),
-            *("--func-pickle", str(int(opts.func_pickle))),
-            *("--data-pickle", str(int(opts.data_pickle))),
-            *("--loop", str(int(opts.worker_loop))),
-            *("--log-level", str(-1 if opts.log_level is None else opts.log_level)),
-        ]
-        if opts.hosts:
-            # only through the SSH tunnels, from this machine; else from anywhere
-            self._bind_tcp(public=not opts.remote.tunnel or any(not h.is_ssh for h in opts.hosts))
-        supervisor = self.supervisor
-        supervisor.start(BrokerAccess(endpoint, worker_args, self.worker_keys))
-        if opts.hosts:
-            hosts = await asyncio.gather(
-                *(supervisor.connect(spec) for spec in opts.hosts), return_exceptions=True
-            )
-            for result in hosts:
-                if isinstance(result, BaseException):
-                    raise result
-        await self._all_ready
-
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """An exception that escaped a callback on the pool loop: logged, and
         during start-up the end of the start, which would wait forever."""
         loop.default_exception_handler(context)
         error = context.get("exception")
-        if isinstance(error, Exception) and not self.closing and not self._all_ready.done():
+        if isinstance(error, Exception) and not self.closing and not self._gate.is_over:
             self.fail(error)
 
     def broker_port(self, spec: HostSpec) -> int:
-        """The broker's TCP port for the workers on ``spec``, bound on first
-        need (a host added to a pool that had none, or the first spawner
-        host of a pool whose SSH hosts use tunnels)."""
-        public = not self.options.remote.tunnel or not spec.is_ssh
-        port = self._tcp_ports.get(True) or (None if public else self._tcp_ports.get(False))
-        return port or self._bind_tcp(public)
-
-    def _bind_tcp(self, public: bool) -> int:
-        """The broker's TCP endpoint for remote workers: a CURVE server that
-        admits only the key pair this pool hands to its own remote workers;
-        ``public``: reachable from other machines, else from this one only
-        (through SSH tunnels). Returns its port."""
-        remote, port = self.options.remote, self.options.localport
-        if self._broker_keys is None:
-            self._broker_keys, worker_keys = KeyPair.random(), KeyPair.random()
-            self._zap = ZapHandler(self._ctx, self.loop)
-            self._zap.allow(worker_keys.public)
-            self.worker_keys.update(
-                server=self._broker_keys.public.decode(),
-                public=worker_keys.public.decode(),
-                secret=worker_keys.secret.decode(),
-            )
-        elif port:
-            port = 0  # the one asked for is taken by the first endpoint
-        address = (remote.localhost or "0.0.0.0") if public else "127.0.0.1"
-        endpoint = self.broker.bind(f"tcp://{address}:{port}", curve=self._broker_keys)
-        self._tcp_ports[public] = int(endpoint.rsplit(":", 1)[1])
-        return self._tcp_ports[public]
+        """The broker's TCP port for workers on ``spec``, bound on first need."""
+        return self._endpoints.port_for(spec)
 
     # elasticity (see ``Elastic``), once the pool is up
 
     def add_hosts(self, specs: list[HostSpec]) -> concurrent.futures.Future[None]:
-        return self._when_up(lambda: self.elastic.add_hosts(specs))
+        return self.elastic.when_up(self.started, lambda: self.elastic.add_hosts(specs))
 
     def remove_hosts(self, names: list[str], drain: bool) -> concurrent.futures.Future[None]:
-        return self._when_up(lambda: self.elastic.remove_hosts(names, drain))
+        return self.elastic.when_up(self.started, lambda: self.elastic.remove_hosts(names, drain))
 
     def resize(self, num_workers: int, drain: bool) -> concurrent.futures.Future[None]:
-        return self._when_up(lambda: self.elastic.resize(num_workers, drain))
+        return self.elastic.when_up(self.started, lambda: self.elastic.resize(num_workers, drain))
 
-    def _when_up(
-        self, change: Callable[[], Coroutine[Any, Any, None]]
-    ) -> concurrent.futures.Future[None]:
-        async def when_up() -> None:
-            await asyncio.wrap_future(self.started)
-            if self.error is not None:
-                raise self.error
-            if self.closing:
-                raise PoolClosedError("the pool was shut down; create a new Pool")
-            await change()
-
-        return asyncio.run_coroutine_threadsafe(when_up(), self.loop)
-
-    # the broker's hooks
-
-    def on_hello(self, rec: WorkerRecord) -> Task | None:
-        """The task a new worker runs before any other: the initializer."""
-        init = self.options.initializer
-        if init is None:
-            return None
-        return self._tasks.call(init, self.options.initargs, {}, DISCARD, INIT_TAG, alone=True)
-
-    def on_ready(self, rec: WorkerRecord) -> None:
-        self.supervisor.worker_ready(rec.identity)
-        self._ready_count += 1
-        if self._ready_count >= self.options.total_workers and not self._all_ready.done():
-            self._all_ready.set_result(None)
-
-    def on_init_failed(self, rec: WorkerRecord, status: int, value: Any) -> None:
-        if self.closing:
-            return
-        if status == STATUS_LOCAL_ERROR:
-            cause = value
-        else:
-            try:
-                cause = loads(value[0], value[1], self._tasks.data_loads)
-            except Exception as e:  # noqa: BLE001
-                cause = e
-        error = WorkerStartError(
-            f"the initializer {callable_name(self.options.initializer)!r} raised on {rec}: "
-            f"{type(cause).__name__}: {cause}"
-        )
-        error.__cause__ = cause if isinstance(cause, BaseException) else None
-        if not self._all_ready.done():
-            self.fail(error)
-        elif not self.supervisor.start_failed(rec.identity, error):
-            # a replacement: it dies, which counts against max_worker_deaths
-            _logger.error("%s", error)
-            self.supervisor.kill(rec.identity)
-
-    def on_log(self, rec: WorkerRecord, body: bytes) -> None:
-        emit_log(rec.host, rec.pid, rec.identity.decode(errors="backslashreplace"), body)
-
-    def on_task_timeout(self, rec: WorkerRecord, task: Task | None) -> None:
-        self.supervisor.on_task_timeout(rec, task)
-
-    def on_unreachable(self, rec: WorkerRecord) -> None:
-        self.supervisor.on_unreachable(rec)
+    def worker_ready(self) -> None:
+        """A worker became ready (a replacement too): the start-up ends once
+        ``total_workers`` have."""
+        self._gate.worker_ready()
 
     def fail(self, error: BaseException) -> None:
         """The pool cannot go on: fail what waits and refuse new tasks."""
         if self.error is None:
             self.error = error
-        if not self._all_ready.done():
-            self._all_ready.set_exception(error)
-        else:
+        if not self._gate.fail(error):
             self.broker.fail_all(lambda task: error)
 
     # shut-down
@@ -403,24 +291,9 @@ class Runtime:
             broker.close(error)
             last = self.status()
             self._final_status = stopped(last, "failed" if last.error is not None else "shut down")
-            if self._zap is not None:
-                self._zap.close()
+            self._endpoints.close()
 
 
 def shutdown_runtime(runtime: Runtime) -> None:
     """Finalizer of a pool: stop its workers without waiting for its tasks."""
     runtime.close(wait=True, cancel_futures=True, drain=False)
-
-
-#: Bumped in every forked child: a runtime made before the fork belongs to
-#: an ancestor process. Its pool loop thread did not survive the fork, and its
-#: sockets and workers are the ancestor's to use and to stop.
-_fork_generation = 0
-
-
-def _after_fork_in_child() -> None:
-    global _fork_generation
-    _fork_generation += 1
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

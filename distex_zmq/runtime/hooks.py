@@ -1,0 +1,84 @@
+"""The broker's hooks (``BrokerHooks``): what the pool does when a worker
+says hello (its initializer), is ready, fails its initializer, sends a log
+record, runs past ``task_timeout`` or loses its connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from distex_zmq.broker import INIT_TAG, STATUS_LOCAL_ERROR, Task, WorkerRecord
+from distex_zmq.errors import WorkerStartError
+from distex_zmq.options import Options
+from distex_zmq.output import emit_log
+from distex_zmq.results import DISCARD
+from distex_zmq.runtime.state import PoolState
+from distex_zmq.runtime.supervisor import Supervisor
+from distex_zmq.serialization import loads
+from distex_zmq.tasks import TaskMaker, callable_name
+
+_logger = logging.getLogger("distex_zmq.pool")
+
+
+class HookedPool(PoolState, Protocol):
+    """What the hooks need of the pool besides its state."""
+
+    #: made after the broker, which needs the hooks first
+    supervisor: Supervisor
+
+    def worker_ready(self) -> None:
+        """A worker became ready (a replacement too): the start-up ends once
+        ``total_workers`` have."""
+
+
+class PoolHooks:
+    """The broker's hooks of one pool (on the pool loop)."""
+
+    def __init__(self, options: Options, tasks: TaskMaker, pool: HookedPool):
+        self._options = options
+        self._tasks = tasks
+        self._pool = pool
+
+    def on_hello(self, rec: WorkerRecord) -> Task | None:
+        """The task a new worker runs before any other: the initializer."""
+        init = self._options.initializer
+        if init is None:
+            return None
+        return self._tasks.call(init, self._options.initargs, {}, DISCARD, INIT_TAG, alone=True)
+
+    def on_ready(self, rec: WorkerRecord) -> None:
+        self._pool.supervisor.worker_ready(rec.identity)
+        self._pool.worker_ready()
+
+    def on_init_failed(self, rec: WorkerRecord, status: int, value: Any) -> None:
+        pool = self._pool
+        if pool.closing:
+            return
+        if status == STATUS_LOCAL_ERROR:
+            cause = value
+        else:
+            try:
+                cause = loads(value[0], value[1], self._tasks.data_loads)
+            except Exception as e:  # noqa: BLE001
+                cause = e
+        error = WorkerStartError(
+            f"the initializer {callable_name(self._options.initializer)!r} raised on {rec}: "
+            f"{type(cause).__name__}: {cause}"
+        )
+        error.__cause__ = cause if isinstance(cause, BaseException) else None
+        if not pool.is_up:
+            pool.fail(error)
+        elif not pool.supervisor.start_failed(rec.identity, error):
+            # a replacement: it dies, which counts against max_worker_deaths
+            _logger.error("%s", error)
+            pool.supervisor.kill(rec.identity)
+
+    def on_log(self, rec: WorkerRecord, body: bytes) -> None:
+        emit_log(rec.host, rec.pid, rec.identity.decode(errors="backslashreplace"), body)
+
+    def on_task_timeout(self, rec: WorkerRecord, task: Task | None) -> None:
+        self._pool.supervisor.on_task_timeout(rec, task)
+
+    def on_unreachable(self, rec: WorkerRecord) -> None:
+        self._pool.supervisor.on_unreachable(rec)
