@@ -39,7 +39,7 @@ def map_sync(
         return
     event = threading.Event()
     run = MapRun(ctx, func, iterables, timeout, chunksize, ordered, star, event.set, progress)
-    it = _guarded(sync_input(iterables), run)
+    it = _guarded(iterables, run)
     try:
         while True:
             event.clear()
@@ -103,7 +103,7 @@ async def map_async(
     feeder: asyncio.Task[None] | None = None
     it: Iterator[Any] | None = None
     if all(is_sync_iterable(i) for i in iterables):
-        it = _guarded(sync_input(iterables), run)
+        it = _guarded(iterables, run)
     else:
         run.adaptive = False  # async sources are slow to read: one input per task
         chunked = (chunksize or 1) > 1
@@ -141,10 +141,22 @@ async def map_async(
         run.cancel()
 
 
-def _guarded(inputs: Iterator[Any], run: MapRun) -> Iterator[Any]:
-    """``inputs``, ending where reading them raises: the error is kept in
-    ``run.input_error`` and raised after the results of the inputs read
-    before it, in its place, as ``map()`` does."""
+#: Iterables whose iteration cannot raise: read as they are, without a guard.
+_SAFE_ITERABLES = (range, list, tuple)
+
+
+def _guarded(iterables: tuple[Any, ...], run: MapRun) -> Iterator[Any]:
+    """One iterator over the inputs, ending where reading them raises: the
+    error is kept in ``run.input_error`` and raised after the results of the
+    inputs read before it, in its place, as ``map()`` does. Ranges, lists
+    and tuples cannot raise, and go without the guard's cost per input."""
+    inputs = sync_input(iterables)
+    if all(type(it) in _SAFE_ITERABLES for it in iterables):
+        return inputs
+    return _guard(inputs, run)
+
+
+def _guard(inputs: Iterator[Any], run: MapRun) -> Iterator[Any]:
     try:
         yield from inputs
     except Exception as e:  # noqa: BLE001 - raised by the map, in its place
