@@ -24,21 +24,25 @@ from .errors import (
 from .hostspec import HostSpec
 from .loops import LoopType
 from .serialization import PickleType
-from .status import HostStatus, PoolStatus, Totals, WorkerStatus
 from .version import __version__
 
 if TYPE_CHECKING:
     from .pool import Pool
     from .poolmap import PoolMap
+    from .status import HostStatus, PoolStatus, Totals, WorkerStatus
+
+#: The names of ``status`` (dataclasses, made when their module is imported).
+_STATUS_NAMES = ("HostStatus", "PoolStatus", "Totals", "WorkerStatus")
 
 
 def __getattr__(name: str) -> Any:
-    """Import ``Pool`` and ``PoolMap`` when first asked for.
+    """Import ``Pool``, ``PoolMap`` and the status classes when first asked for.
 
     Every worker process imports this package too, and needs neither the
-    pool nor eventkit (with numpy): importing them took most of a worker's
-    start-up. A pool does not import eventkit either, but eventkit's
-    ``Event.poolmap`` is there as soon as both are (``_eventkit_hook``).
+    pool nor eventkit (with numpy) nor the status: importing them took most
+    of a worker's start-up. A pool does not import eventkit either, but
+    eventkit's ``Event.poolmap`` is there as soon as both are
+    (``_eventkit_hook``).
     """
     if name == "Pool":
         from .eventkit_hook import attach_poolmap
@@ -52,6 +56,12 @@ def __getattr__(name: str) -> Any:
 
         globals()["PoolMap"] = PoolMap
         return PoolMap
+    if name in _STATUS_NAMES:
+        from . import status
+
+        value = getattr(status, name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -9,7 +9,6 @@ setuptools' editable installs do; the package's path stays as it is.
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
@@ -21,7 +20,11 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SUBPACKAGES = ("broker", "worker")
 
 
-class _CheckoutFinder(importlib.abc.MetaPathFinder):
+class _CheckoutFinder:
+    """A meta path finder: ``find_spec`` is all the import system asks of
+    one. It does not derive from ``importlib.abc.MetaPathFinder``, whose
+    module imports ``importlib.resources`` in every process, workers too."""
+
     def find_spec(
         self,
         fullname: str,

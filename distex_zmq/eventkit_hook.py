@@ -10,14 +10,16 @@ is there whichever of the two a program imports first, as with distex.
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.util
 import sys
 import threading
 import warnings
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from importlib.abc import Loader
 
 _lock = threading.Lock()
 
@@ -32,8 +34,13 @@ def attach_poolmap() -> None:
     importlib.import_module("distex_zmq.poolmap")
 
 
-class _AfterEventkit(importlib.abc.MetaPathFinder):
-    """Finds eventkit as the other finders do, then attaches ``poolmap`` after it has run."""
+class _AfterEventkit:
+    """Finds eventkit as the other finders do, then attaches ``poolmap`` after it has run.
+
+    A meta path finder, and ``_ThenPoolmap`` a loader, by their methods:
+    neither derives from ``importlib.abc``, whose import takes
+    ``importlib.resources`` along.
+    """
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
@@ -45,11 +52,11 @@ class _AfterEventkit(importlib.abc.MetaPathFinder):
                 sys.meta_path.remove(self)
         spec = importlib.util.find_spec(fullname)
         if spec is not None and spec.loader is not None:
-            spec.loader = _ThenPoolmap(spec.loader)
+            spec.loader = cast("Loader", _ThenPoolmap(spec.loader))
         return spec
 
 
-class _ThenPoolmap(importlib.abc.Loader):
+class _ThenPoolmap:
     """eventkit's own loader, which imports ``distex_zmq.poolmap`` after eventkit."""
 
     def __init__(self, loader: Any):

@@ -16,7 +16,7 @@ from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import loop_factory
 from distex_zmq.output import OUTPUT_MODES
 from distex_zmq.security import ClusterKeys, load_secret
-from distex_zmq.serialization import pickle_module
+from distex_zmq.serialization import pickle_type
 
 #: Seconds to connect and log in to an SSH host, or to hear from a spawner.
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -167,8 +167,8 @@ def pool_options(
     if num_workers is None and not specs:
         raise ValueError("num_workers=None (no local workers) needs hosts to run the tasks")
     loop_factory(worker_loop)
-    pickle_module(func_pickle)
-    pickle_module(data_pickle)
+    pickle_type(func_pickle)
+    pickle_type(data_pickle)
     options = Options(
         num_workers=local,
         hosts=specs,

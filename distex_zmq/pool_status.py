@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from distex_zmq.pool_base import PoolBase
 from distex_zmq.runtime.snapshot import status_async, status_threadsafe
-from distex_zmq.status import PoolStatus, Totals
+
+if TYPE_CHECKING:
+    # imported when a status is first taken
+    from distex_zmq.status import PoolStatus
 
 
 class StatusMixin(PoolBase):
@@ -86,6 +89,8 @@ class StatusMixin(PoolBase):
         return await status_async(runtime, self._is_shutdown)
 
     def _unstarted_status(self) -> PoolStatus:
+        from distex_zmq.status import PoolStatus, Totals
+
         tasks = self._tasks
         return PoolStatus(
             state="shut down" if self._is_shutdown else "not started",

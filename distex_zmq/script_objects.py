@@ -10,6 +10,10 @@ a worker's result of a script-defined class is an instance of the client's
 class. Functions pickled by dill (the default ``func_pickle``) send classes of
 ``__main__`` the same way, so that the function, its arguments and its result
 agree on one class in the worker and in the client.
+
+cloudpickle and dill are imported when first needed: a program whose data
+never refers to its script, and whose functions all pickle by reference,
+imports neither.
 """
 
 from __future__ import annotations
@@ -17,9 +21,6 @@ from __future__ import annotations
 import io
 import pickle
 from typing import Any
-
-import cloudpickle
-import dill
 
 _MAIN = b"__main__"
 
@@ -43,26 +44,16 @@ def dumps_main_by_value(obj: Any, protocol: int, buffer_callback: Any = None) ->
 
 def dumps_by_value(obj: Any, protocol: int, buffer_callback: Any = None) -> bytes:
     """Pickle ``obj`` with ``__main__`` objects by value (cloudpickle)."""
+    import cloudpickle
+
     return cloudpickle.dumps(obj, protocol=protocol, buffer_callback=buffer_callback)
-
-
-class _DillScriptClasses(dill.Pickler):
-    """dill, but classes of ``__main__`` go as cloudpickle sends them (with
-    their tracker ids); dill alone sends a new class each time, and cannot
-    send a script's enum."""
-
-    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
-        if isinstance(obj, type) and obj.__module__ == "__main__" and id(obj) not in self.memo:
-            reduce = cloudpickle.Pickler(io.BytesIO(), protocol=self.proto).reducer_override(obj)
-            if reduce is not NotImplemented:
-                self.save_reduce(*reduce, obj=obj)
-                return
-        super().save(obj, save_persistent_id)
 
 
 def dill_dumps(obj: Any, protocol: int) -> bytes:
     """``dill.dumps(obj, recurse=True)`` with classes of ``__main__`` by
-    cloudpickle's rules (see ``_DillScriptClasses``)."""
+    cloudpickle's rules (see ``dill_script.ScriptClassesPickler``)."""
+    from .dill_script import ScriptClassesPickler
+
     file = io.BytesIO()
-    _DillScriptClasses(file, protocol, recurse=True).dump(obj)
+    ScriptClassesPickler(file, protocol, recurse=True).dump(obj)
     return file.getvalue()

@@ -18,7 +18,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from enum import IntEnum
-from typing import Any
+from typing import Any, cast
 
 from .script_objects import PickleByValue, dill_dumps, dumps_by_value, dumps_main_by_value
 from .wire.frames import RecentFunctions
@@ -50,18 +50,51 @@ class _MainByValue:
     loads = staticmethod(pickle.loads)
 
 
-def pickle_module(kind: int) -> Any:
-    """The module (``dumps``, ``loads``) for a ``PickleType``, imported on first use."""
+def pickle_type(kind: int) -> PickleType:
+    """``kind`` as a ``PickleType``; ``ValueError`` if it is none (imports nothing)."""
     try:
-        name = PickleType(kind).name
+        return PickleType(kind)
     except ValueError:
         raise ValueError(
             f"unknown PickleType {kind!r}; use one of "
             + ", ".join(f"{t.name}={t.value}" for t in PickleType)
         ) from None
+
+
+def pickle_module(kind: int) -> Any:
+    """The module (``dumps``, ``loads``) for a ``PickleType``, imported on first use."""
+    name = pickle_type(kind).name
     if name == "auto":
         return _MainByValue
     return pickle if name == "pickle" else importlib.import_module(name)
+
+
+#: What a pickle made by dill names where it needs dill's unpickler: dill's
+#: own functions, the names dill's unpickler maps (``__builtin__``), and
+#: objects of ``__main__``, whose class it points at the worker's own.
+_DILL_MARKS = (b"dill", b"__builtin__", b"__main__")
+
+
+def function_loads(kind: int) -> Callable[[Any], Any]:
+    """The ``loads`` of a worker for functions pickled with ``kind``.
+
+    With dill, a pickle that names none of ``_DILL_MARKS`` is one that
+    standard pickle made (``FunctionCache`` pickles importable functions
+    so): standard pickle loads it, as dill would, and the worker imports
+    dill when a function first needs it.
+    """
+    if pickle_type(kind) != PickleType.dill:
+        return cast(Callable[[Any], Any], pickle_module(kind).loads)
+    return _dill_loads
+
+
+def _dill_loads(data: Any) -> Any:
+    data = bytes(data)
+    if any(mark in data for mark in _DILL_MARKS):
+        import dill
+
+        return dill.loads(data)
+    return pickle.loads(data)
 
 
 def dumps(obj: Any, dumper: Callable[..., bytes] = pickle.dumps) -> tuple[bytes, list[Any]]:
@@ -198,16 +231,16 @@ class FunctionCache:
     def __init__(self, func_pickle: int, max_size: int = 1024, max_bytes: int = 64 << 20):
         if func_pickle == PickleType.auto:
             raise ValueError("PickleType.auto is for data_pickle; functions use dill by default")
-        module = pickle_module(func_pickle)
-        if module.__name__ == "dill":
+        #: try standard pickle first (see above)
+        self._plain_first = pickle_type(func_pickle) == PickleType.dill
+        if self._plain_first:
             # recurse: take the globals a function of __main__ uses along,
             # so it runs in a worker whose __main__ is another script; the
-            # script's classes go as cloudpickle sends data (script_objects)
-            self._dumps = dill_dumps
+            # script's classes go as cloudpickle sends data (script_objects);
+            # dill is imported when a function first needs it
+            self._dumps: Callable[..., bytes] = dill_dumps
         else:
-            self._dumps = module.dumps
-        #: try standard pickle first (see above)
-        self._plain_first = module.__name__ == "dill"
+            self._dumps = pickle_module(func_pickle).dumps
         #: id(function) -> (reference to it, its id, its pickle), the oldest
         #: dropped first; it gets a new id if it comes back
         self._by_func = RecentFunctions(max_size, max_bytes)

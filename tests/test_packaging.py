@@ -151,6 +151,41 @@ def test_a_local_pool_imports_neither_paramiko_nor_eventkit():
     assert proc.stdout.splitlines() == ["3", "[]", "[1, 2]"]
 
 
+def test_a_local_pool_imports_what_it_does_not_use_only_when_used():
+    # dill, cloudpickle, the remote launchers with their control messages and
+    # the status classes are imported by neither the client nor a worker
+    # until something needs them: dill for a function that standard pickle
+    # cannot send; nor is importlib.abc (it imports importlib.resources),
+    # unless the interpreter had it already
+    lazy = (
+        "dill",
+        "cloudpickle",
+        "distex_zmq.launch.remote",
+        "distex_zmq.launch.spawner",
+        "distex_zmq.wire.control",
+        "distex_zmq.status",
+    )
+    code = (
+        "import sys\n"
+        "had_abc = 'importlib.abc' in sys.modules\n"
+        "from distex_zmq import Pool\n"
+        "print(had_abc or 'importlib.abc' not in sys.modules)\n"
+        f"lazy = {lazy!r}\n"
+        "probe = f'[m for m in {lazy!r} if m in __import__(\"sys\").modules]'\n"
+        "def loaded():\n"
+        "    return [m for m in lazy if m in sys.modules]\n"
+        "print(loaded())\n"
+        "with Pool(1) as pool:\n"
+        "    print(pool.run(abs, -3), loaded(), pool.run(eval, probe))\n"
+        "    print(pool.run(lambda x: x + 1, 1), 'dill' in loaded(),"
+        " 'dill' in pool.run(eval, probe))\n"
+        "    print(pool.status().state, 'distex_zmq.status' in loaded())\n"
+    )
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["True", "[]", "3 [] []", "2 True True", "ready True"]
+
+
 def test_event_poolmap_when_eventkit_is_imported_first():
     code = (
         "import eventkit\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import pickle
 import threading
@@ -11,7 +12,14 @@ import numpy as np
 import pytest
 
 from distex_zmq import PickleType, RemoteException, SerializationError
-from distex_zmq.serialization import OOB_THRESHOLD, call_out_of_band, dumps, loads
+from distex_zmq.serialization import (
+    OOB_THRESHOLD,
+    FunctionCache,
+    call_out_of_band,
+    dumps,
+    function_loads,
+    loads,
+)
 from distex_zmq.wire.frames import FUNCTION_CACHE
 from tests import tasks
 
@@ -111,6 +119,25 @@ def test_lambda_as_data_with_explicit_plain_pickle_fails_in_the_caller(make_pool
     pool = make_pool(1, data_pickle=PickleType.pickle, lazy_create=True)
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         pool.submit(tasks.apply, lambda: 1)
+
+
+@pytest.mark.parametrize("func_pickle", FUNC_PICKLE_TYPES, ids=lambda t: t.name)
+def test_a_worker_loads_what_the_function_cache_pickled(func_pickle):
+    # with dill, standard pickle sends importable functions and the worker
+    # loads them without dill; dill sends the rest and the worker uses it
+    cache = FunctionCache(func_pickle)
+    load = function_loads(func_pickle)
+    funcs = [tasks.identity, functools.partial(tasks.add, 1)]
+    if func_pickle != PickleType.pickle:  # what only dill or cloudpickle send
+        funcs += [lambda x: x + 1, _LocalScaler(3).scale]
+    for func in funcs:
+        _, pickled = cache.get(func)
+        assert load(memoryview(pickled))(2) == func(2)
+
+
+def test_function_loads_refuses_an_unknown_pickle_type():
+    with pytest.raises(ValueError, match="unknown PickleType 7"):
+        function_loads(7)
 
 
 def test_function_is_pickled_once_per_pool(shared_pool):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from distex_zmq.errors import RemoteException, SerializationError
-from distex_zmq.serialization import ItemError, dumps, loads, pickle_module
+from distex_zmq.serialization import ItemError, dumps, function_loads, loads, pickle_module
 from distex_zmq.task_errors import unloadable_hint, unpicklable_hint
 from distex_zmq.wire import frames as p
 
@@ -44,7 +44,7 @@ class Runner:
         on_async_result: Callable[[], None],
         send: Callable[[list[Any]], None],
     ):
-        self._func_loads = pickle_module(func_pickle).loads
+        self._func_loads = function_loads(func_pickle)
         #: the pickle settings, for hints in error messages
         self._pickles = (func_pickle, data_pickle)
         data_module = pickle_module(data_pickle)

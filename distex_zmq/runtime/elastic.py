@@ -17,15 +17,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distex_zmq.broker import Broker
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.hostspec import HostSpec
-from distex_zmq.launch.remote import RemoteLauncher
 from distex_zmq.options import Options
 from distex_zmq.runtime.state import PoolState
 from distex_zmq.runtime.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from distex_zmq.launch.remote import RemoteLauncher
 
 
 class Elastic:
@@ -83,7 +85,7 @@ class Elastic:
             results = await asyncio.gather(
                 *(self._add(spec) for spec in specs), return_exceptions=True
             )
-            added = [r for r in results if isinstance(r, RemoteLauncher)]
+            added = [r for r in results if not isinstance(r, BaseException)]
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
                 await asyncio.gather(

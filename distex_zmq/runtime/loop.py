@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -36,8 +36,10 @@ from distex_zmq.runtime.ipc import make_ipc_dir, socket_path, sweep_stale_ipc_di
 from distex_zmq.runtime.snapshot import stopped, take_status
 from distex_zmq.runtime.startup import StartGate, start_workers
 from distex_zmq.runtime.supervisor import Supervisor
-from distex_zmq.status import PoolStatus
 from distex_zmq.tasks import TaskMaker
+
+if TYPE_CHECKING:
+    from distex_zmq.status import PoolStatus
 
 _logger = logging.getLogger("distex_zmq.pool")
 

@@ -11,12 +11,15 @@ host being removed starts no workers and is not reconnected when lost.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from distex_zmq.broker import Broker
 from distex_zmq.errors import HostConnectionError, WorkerStartError
-from distex_zmq.launch.remote import RemoteLauncher
 from distex_zmq.runtime.placement import Launcher, Placement
 from distex_zmq.runtime.state import PoolState
+
+if TYPE_CHECKING:
+    from distex_zmq.launch.remote import RemoteLauncher
 
 
 class Membership:

@@ -14,26 +14,28 @@ import dataclasses
 import itertools
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import zmq
 
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.launch.local import LocalLauncher
-from distex_zmq.launch.remote import RemoteLauncher
-from distex_zmq.launch.spawner import SpawnerLauncher
 from distex_zmq.options import Options
 from distex_zmq.output import WorkerOutput
 from distex_zmq.runtime.state import PoolState
 
 if TYPE_CHECKING:
+    # the remote launchers and their control messages are imported when a
+    # pool first adds a host (``add_remote``): a local pool needs none
+    from distex_zmq.launch.remote import RemoteLauncher
+    from distex_zmq.launch.spawner import SpawnerLauncher
     from distex_zmq.launch.ssh import SSHLauncher
 
-Launcher = LocalLauncher | RemoteLauncher
+Launcher: TypeAlias = "LocalLauncher | RemoteLauncher"
 #: a worker exited: identity, pid, return code, its last stderr lines
 OnExit = Callable[[bytes, int, int, str], None]
 #: a remote host was lost: its launcher, why, the identities of its workers
-OnHostLost = Callable[[RemoteLauncher, str, set[bytes]], None]
+OnHostLost: TypeAlias = "Callable[[RemoteLauncher, str, set[bytes]], None]"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +126,8 @@ class Placement:
                 self._output.write,
             )
         else:
+            from distex_zmq.launch.spawner import SpawnerLauncher
+
             launcher = SpawnerLauncher(
                 self._loop,
                 self._ctx,

@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from distex_zmq.hostspec import HostSpec
-from distex_zmq.launch.remote import RemoteLauncher
 from distex_zmq.loops import run_in_background
 from distex_zmq.options import Options
 from distex_zmq.runtime.roster import Roster
 from distex_zmq.runtime.state import PoolState
+
+if TYPE_CHECKING:
+    from distex_zmq.launch.remote import RemoteLauncher
 
 _logger = logging.getLogger("distex_zmq.pool")
 

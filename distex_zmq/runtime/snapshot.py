@@ -12,12 +12,15 @@ import concurrent.futures
 import dataclasses
 import threading
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from distex_zmq.broker import Broker, WorkerRecord
 from distex_zmq.runtime.roster import Roster, WorkerPlace
-from distex_zmq.status import HostStatus, PoolStatus, Totals, WorkerStatus
 from distex_zmq.tasks import TaskMaker
+
+if TYPE_CHECKING:
+    # imported when a status is first taken (``take_status``)
+    from distex_zmq.status import PoolStatus, WorkerStatus
 
 
 class StatusSource(Protocol):
@@ -90,6 +93,8 @@ def take_status(
     configured: int,
 ) -> PoolStatus:
     """The pool now (on the pool loop)."""
+    from distex_zmq.status import HostStatus, PoolStatus, Totals
+
     counts = broker.counts()
     records = {rec.identity: rec for rec in counts.workers}
     workers: list[WorkerStatus] = []
@@ -143,6 +148,8 @@ def stopped(status: PoolStatus, state: str) -> PoolStatus:
 def _worker(
     identity: bytes, place: WorkerPlace, rec: WorkerRecord | None, state: str
 ) -> WorkerStatus:
+    from distex_zmq.status import WorkerStatus
+
     return WorkerStatus(
         name=identity.decode(errors="replace"),
         host=place.host if rec is None else rec.host,

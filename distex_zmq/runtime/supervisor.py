@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -27,13 +27,15 @@ from distex_zmq.broker import Broker, Task, WorkerRecord
 from distex_zmq.errors import CrashLoopError, HostConnectionError, WorkerStartError
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.launch.local import LocalLauncher, describe_exit
-from distex_zmq.launch.remote import RemoteLauncher
 from distex_zmq.options import Options
 from distex_zmq.runtime.membership import Membership
 from distex_zmq.runtime.placement import BrokerAccess, Launcher, Placement
 from distex_zmq.runtime.reconnect import RECONNECT_DELAY, Reconnects
 from distex_zmq.runtime.roster import Roster
 from distex_zmq.runtime.state import PoolState
+
+if TYPE_CHECKING:
+    from distex_zmq.launch.remote import RemoteLauncher
 
 #: Seconds over which fast deaths slow replacements down.
 FAST_DEATH_WINDOW = 10.0
