@@ -196,6 +196,10 @@ class MapResults:
         while ready:
             task, status, value = ready.popleft()
             if status == _DECODED:
+                # a C-level scan for errors, then one extend for the items
+                if ItemError not in map(type, value):
+                    values.extend(value)
+                    continue
                 for item in value:
                     if type(item) is ItemError:
                         self._pending_error = item.error
@@ -214,6 +218,9 @@ class MapResults:
                 continue
             self._sizes.pop(task.tag, None)
             start = self._numbers.chunk_done(task.tag)
+            if ItemError not in map(type, result):
+                values.extend(result)
+                continue
             for position, item in enumerate(result):
                 if type(item) is ItemError:
                     self._pending_error = mark_input(item.error, start + position)
