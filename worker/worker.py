@@ -192,42 +192,52 @@ class Worker:
         reader = p.Reader(buf, p.body(buf, count, p.TASK_ENTRY), frames)
         #: a function whose grouped task was not tiny after all
         slow_func = -1
-        for task_id, func_id, flags, func_len, data_len, nbuffers, skip in p.task_entries(
-            buf, count
-        ):
-            func_pickle = reader.inline(func_len) if flags & p.FLAG_FUNC else None
-            data, buffers = reader.data(data_len, nbuffers)
-            if func_id == slow_func and flags & p.FLAG_GROUPED and func_pickle is None:
-                # give it back rather than run the group one slow task after
-                # the other: another worker may be free
-                runner.give_back(task_id)
-                continue
-            if flags & p.FLAG_LONE:
-                self._lone = True
-            if flags & p.FLAG_FLUSH_FIRST and runner.results:
-                # a task that may run long: send what is done before it starts
-                self._flush()
-                start = time.perf_counter()
-            grouped = flags & p.FLAG_GROUPED
-            if grouped:
-                began = time.perf_counter()
-            if runner.results or flags & p.FLAG_CHUNK:
-                # results wait, or a chunk runs: the watch may send them meanwhile
-                lock.release()
-                if not watch.polling:
-                    watch.wake()
-                try:
-                    run(task_id, func_id, flags, func_pickle, data, buffers, skip)
-                finally:
-                    lock.acquire()
-            else:
+        # The watch's lock is let go once results wait (or a chunk runs), so
+        # that the watch may send them while the tasks after them run; it is
+        # taken back only to send from this thread, and at the end.
+        released = False
+        try:
+            for task_id, func_id, flags, func_len, data_len, nbuffers, skip in p.task_entries(
+                buf, count
+            ):
+                func_pickle = reader.inline(func_len) if flags & p.FLAG_FUNC else None
+                data, buffers = reader.data(data_len, nbuffers)
+                if func_id == slow_func and flags & p.FLAG_GROUPED and func_pickle is None:
+                    # give it back rather than run the group one slow task after
+                    # the other: another worker may be free
+                    runner.give_back(task_id)
+                    continue
+                if flags & p.FLAG_LONE:
+                    self._lone = True
+                if flags & p.FLAG_FLUSH_FIRST and runner.results:
+                    # a task that may run long: send what is done before it starts
+                    if released:
+                        lock.acquire()
+                        released = False
+                    self._flush()
+                    start = time.perf_counter()
+                grouped = flags & p.FLAG_GROUPED
+                if grouped:
+                    began = time.perf_counter()
+                if not released and (runner.results or flags & p.FLAG_CHUNK):
+                    # results wait, or a chunk runs: the watch may send them meanwhile
+                    lock.release()
+                    released = True
+                    if not watch.polling:
+                        watch.wake()
                 run(task_id, func_id, flags, func_pickle, data, buffers, skip)
-            now = time.perf_counter()
-            if grouped and now - began >= GROUPED_TASK_LIMIT:
-                slow_func = func_id
-            if runner.results and now - start > FLUSH_AFTER:
-                self._flush()
-                start = time.perf_counter()
+                now = time.perf_counter()
+                if grouped and now - began >= GROUPED_TASK_LIMIT:
+                    slow_func = func_id
+                if runner.results and now - start > FLUSH_AFTER:
+                    if released:
+                        lock.acquire()
+                        released = False
+                    self._flush()
+                    start = time.perf_counter()
+        finally:
+            if released:
+                lock.acquire()
 
     # sending results and log records
 
