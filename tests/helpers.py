@@ -6,9 +6,12 @@ import gc
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -89,20 +92,6 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
         time.sleep(interval)
 
 
-def wait_listening(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> bool:
-    """Wait until something listens on ``host:port`` (a spawner just started:
-    a pool fails at once on a port that refuses connections)."""
-
-    def listening() -> bool:
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    return wait_until(listening, timeout=timeout, interval=0.05)
-
-
 class LeakCheck:
     """What a test started and left running: new children and pool threads.
 
@@ -165,3 +154,44 @@ class LeakCheck:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+
+
+class LoopbackSpawner:
+    """``python -m distex_zmq.spawner`` on 127.0.0.1 without a secret, its log in a file."""
+
+    def __init__(self, log: Path):
+        env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
+        for _ in range(5):  # another process may take the port between probe and bind
+            self.port = free_port()
+            self.log = log
+            with open(log, "wb") as out:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "distex_zmq.spawner", "--port", str(self.port)],
+                    env=env,
+                    stderr=out,
+                )
+            wait_until(lambda: self.proc.poll() is not None or self.listening(), timeout=30)
+            if self.proc.poll() is None and self.listening():
+                return
+            self.stop()
+        raise RuntimeError(f"no loopback spawner started: {self.read().decode(errors='replace')}")
+
+    def read(self) -> bytes:
+        return self.log.read_bytes()
+
+    def listening(self) -> bool:
+        return b" spawner (pid " in self.read()  # its log line once it listens
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

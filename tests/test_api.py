@@ -10,7 +10,6 @@ import inspect
 import itertools
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ from distex_zmq import (
     WorkerStartError,
 )
 from tests import tasks
-from tests.helpers import child_pids, pid_alive, wait_listening, wait_until
+from tests.helpers import LoopbackSpawner, child_pids, pid_alive, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -423,29 +422,20 @@ def test_spawner_on_an_unknown_host_name_says_so(tmp_path):
     assert "is not an address, a host name known here, or a network interface" in result.stderr
 
 
-def test_pool_on_a_loopback_spawner():
+def test_pool_on_a_loopback_spawner(tmp_path):
     # a spawner without a secret, on loopback: no root, no cluster needed
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
-    spawner = subprocess.Popen(
-        [sys.executable, "-m", "distex_zmq.spawner", "--port", str(port)],
-        env=env,
-        stderr=subprocess.PIPE,
-    )
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
     try:
-        assert wait_listening(port)
-        with Pool(None, [f"127.0.0.1:{port}/2"], secret=None) as pool:
+        with Pool(None, [f"127.0.0.1:{spawner.port}/2"], secret=None) as pool:
             pids = pool.run_on_all(os.getpid)
             assert len(set(pids)) == 2 and os.getpid() not in pids
             assert list(pool.map(tasks.square, range(100))) == [x * x for x in range(100)]
         # the workers were the spawner's children, and went with the pool
         assert wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=10)
     finally:
-        spawner.terminate()
-        _, log = spawner.communicate(timeout=30)
-    assert spawner.returncode == 0
+        spawner.stop()
+    assert spawner.proc.returncode == 0
+    log = spawner.read()
     assert b"NO authentication" in log and b"opened: up to 2 workers" in log
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from distex_zmq import Pool
 from distex_zmq.serialization import PickleType, dumps, loads, pickle_module
 from tests import client_tasks
-from tests.helpers import wait_listening
+from tests.helpers import LoopbackSpawner
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 ROOT = SCRIPTS.parent.parent
@@ -54,22 +53,12 @@ def test_script_objects_travel(executor):
 
 
 @pytest.mark.timeout(150)
-def test_script_objects_travel_to_spawner_workers():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
-    spawner = subprocess.Popen(
-        [sys.executable, "-m", "distex_zmq.spawner", "--port", str(port)],
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
+def test_script_objects_travel_to_spawner_workers(tmp_path):
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
     try:
-        assert wait_listening(port)
-        assert run_script("script_objects.py", f"spawner:{port}").endswith("OK\n")
+        assert run_script("script_objects.py", f"spawner:{spawner.port}").endswith("OK\n")
     finally:
-        spawner.terminate()
-        spawner.wait(timeout=30)
+        spawner.stop()
 
 
 def test_plain_data_is_plain_pickle():

@@ -18,20 +18,14 @@ it is ``local``.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from distex_zmq import Pool
-from tests.helpers import wait_until
+from tests.helpers import LoopbackSpawner, wait_until
 from tests.multihost import REMOTE_PYTHON, Cluster, unavailable
 
 KINDS = ("local", "spawner", "ssh")
@@ -57,47 +51,6 @@ class PoolKind:
         if self.cluster is None:
             return set()
         return {pid for procs in self.cluster.pool_processes().values() for pid in procs}
-
-
-class LoopbackSpawner:
-    """``python -m distex_zmq.spawner`` on 127.0.0.1 without a secret, its log in a file."""
-
-    def __init__(self, log: Path):
-        env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
-        for _ in range(5):  # another process may take the port between probe and bind
-            self.port = free_port()
-            self.log = log
-            with open(log, "wb") as out:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "distex_zmq.spawner", "--port", str(self.port)],
-                    env=env,
-                    stderr=out,
-                )
-            wait_until(lambda: self.proc.poll() is not None or self.listening(), timeout=30)
-            if self.proc.poll() is None and self.listening():
-                return
-            self.stop()
-        raise RuntimeError(f"no loopback spawner started: {self.read().decode(errors='replace')}")
-
-    def read(self) -> bytes:
-        return self.log.read_bytes()
-
-    def listening(self) -> bool:
-        return b" spawner (pid " in self.read()  # its log line once it listens
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module", params=KINDS)
