@@ -19,6 +19,7 @@ import zmq
 SNDMORE = int(zmq.SNDMORE)
 EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
+NOBLOCK = int(zmq.NOBLOCK)
 #: Frames at least this large are sent without a copy.
 ZERO_COPY_MIN = 64 * 1024
 
@@ -61,7 +62,7 @@ class EdgeReader:
     iteration of the loop.
     """
 
-    __slots__ = ("_loop", "_sock", "_fd", "_handle", "_max_reads", "_closed")
+    __slots__ = ("_loop", "_sock", "_fd", "_handle", "_max_reads", "_closed", "_reading")
 
     def __init__(
         self,
@@ -75,23 +76,49 @@ class EdgeReader:
         self._handle = handle
         self._max_reads = max_reads
         self._closed = False
+        self._reading = False
         self._fd = int(sock.getsockopt(zmq.FD))
         loop.add_reader(self._fd, self.read)
         # the FD signals only after the socket was once found empty
         loop.call_soon(self.read)
 
     def read(self) -> None:
-        """Hand the waiting messages to ``handle`` (called when the FD signals)."""
+        """Hand the waiting messages to ``handle`` (called when the FD signals).
+
+        The first message is taken with a non-blocking receive rather than
+        after a ``readable`` check: the FD signalled, so one nearly always
+        waits, and ``getsockopt(EVENTS)`` costs a ``poll`` and a ``getpid``
+        system call each time. Each later one after a ``readable`` check,
+        which also resets the edge before the loop sleeps. Sends that
+        ``handle`` makes need no ``poke``: the check after it looks anyway.
+        """
+        if self._closed:
+            return
         sock, handle = self._sock, self._handle
-        for _ in range(self._max_reads):
-            if self._closed or not readable(sock):
-                return
-            handle(recv_frames(sock))
+        try:
+            frame = sock.recv(NOBLOCK, False)
+        except zmq.Again:
+            return  # nothing waits: the receive reset the edge as a check would
+        self._reading = True
+        try:
+            frames = [frame]
+            while frame.more:
+                frame = sock.recv(0, False)
+                frames.append(frame)
+            handle(frames)
+            for _ in range(self._max_reads - 1):
+                if self._closed or not readable(sock):
+                    return
+                handle(recv_frames(sock))
+        finally:
+            self._reading = False
         self._loop.call_soon(self.read)
 
     def poke(self) -> None:
-        """Look for messages soon: after a send, which may have taken the edge."""
-        if not self._closed and readable(self._sock):
+        """Look for messages soon: after a send, which may have taken the edge.
+
+        Free while ``read`` runs a handler: it looks again when that returns."""
+        if not self._reading and not self._closed and readable(self._sock):
             self._loop.call_soon(self.read)
 
     def close(self) -> None:
