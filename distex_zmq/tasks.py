@@ -92,7 +92,10 @@ class TaskMaker:
                 data, buffers = dumps(call_out_of_band(args, kwargs), self.data_dumps)
             else:
                 flags = p.FLAG_STAR
-                data, buffers = dumps(args, self.data_dumps)
+                if self._plain_dumps and all(type(arg) in _SCALARS for arg in args):
+                    data, buffers = _pickle_dumps(args, PROTOCOL), []  # see map_tasks
+                else:
+                    data, buffers = dumps(args, self.data_dumps)
         except Exception as e:
             note_unpicklable(e, f"the arguments of {callable_name(func)}", self.data_dumps)
             raise
