@@ -6,6 +6,7 @@ import functools
 import gc
 import pickle
 import threading
+import tracemalloc
 import weakref
 
 import numpy as np
@@ -310,6 +311,39 @@ def test_large_bytes_arguments_and_results_travel_out_of_band(kind):
 
     data, buffers = dumps((big,), dill.dumps)
     assert len(buffers) == 1 and loads(data, buffers, dill.loads) == (big,)
+
+
+def test_large_bytes_cross_the_client_with_one_copy_on_arrival_and_none_on_sending(shared_pool):
+    """What the client allocates in Python (pickles, frames' copies, results)
+    for a 10 MiB argument and its echo: no copy of the argument while its
+    task is in flight; one copy, the result, when it comes back (a pool
+    owes its caller a ``bytes`` of its own), whatever the API."""
+    big = bytes(range(256)) * 40_960
+    shared_pool.run(tasks.identity, big)  # the function is sent once, before
+
+    def allocated(call):
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            result = call()
+            current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return result, current - base, peak - base
+
+    # sending: while the task is in flight, nothing holds a copy of it
+    future, held, _ = allocated(lambda: shared_pool.submit(tasks.sleep_return, 0.5, big))
+    assert held < len(big) // 4
+    assert future.result() == big
+    # arriving: the result is the one copy, for each API
+    for call in (
+        lambda: shared_pool.run(tasks.identity, big),
+        lambda: shared_pool.submit(tasks.identity, big).result(),
+        lambda: next(iter(shared_pool.map(tasks.identity, [big]))),
+    ):
+        echoed, held, peak = allocated(call)
+        assert echoed == big and type(echoed) is bytes
+        assert len(big) <= held and peak < 1.5 * len(big)
 
 
 def test_large_bytes_keyword_arguments_travel_out_of_band(shared_pool):
