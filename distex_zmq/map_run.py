@@ -94,7 +94,14 @@ class MapRun:
         self._sizer = ChunkSizer(chunksize, ctx.may_chunk)
         capacity = ctx.capacity
         self._window = ctx.window
-        self._chunk_window = min(self._window, 2 * capacity + 2)
+        # Chunks in flight: an adaptive chunk runs about 2 ms; an explicit one
+        # of a quick function may run a tenth of that, and its consumer, woken
+        # to read more once 2 * capacity tasks are left in flight, would be
+        # woken every other chunk, at some 25 us of CPU each. Explicit chunks
+        # get twice the window: for Pool(2), qsize=2, 0.11 wake-ups per chunk
+        # of 100 instead of 0.33, and the caller's CPU per chunk 38 -> 26 us.
+        per_credit = 2 if chunksize is None else 4
+        self._chunk_window = min(self._window, per_credit * capacity + 2)
         #: the fewest tasks a map keeps ahead, however large: every credit and two
         self._min_window = capacity + 2
         self._deadline = None if timeout is None else time.monotonic() + timeout
