@@ -295,7 +295,8 @@ class RawZmqClient(Client):
     """Plain pyzmq: a ROUTER here, ``NUM_WORKERS`` echo processes with a
     DEALER each (``_rawzmq_worker.py``), over ipc as distex_zmq's local
     workers. It runs no functions: the ``map_cs1`` rows compute ``g`` on
-    decimal strings, the echo row sends bytes back, and other rows raise."""
+    decimal strings, the echo row sends bytes back (which the client turns
+    into ``bytes``, one copy), and other rows raise."""
 
     def __init__(self) -> None:
         import zmq
@@ -308,7 +309,9 @@ class RawZmqClient(Client):
             "map_cs100": "a pickled tuple of 100 ints per message, g in a plain loop, the"
             " list of results pickled back; 2 in flight per worker.",
             "latency": "plain ROUTER/DEALER ipc round trip of an 8-byte frame, no pickling.",
-            "echo": "the bytes frames sent back unpickled, without a copy; 2 in flight per worker.",
+            "echo": "the workers send the frames back unpickled, without a copy; the client"
+            " copies each one into `bytes` on arrival (as a pool owes its caller); 2 in"
+            " flight per worker.",
         }
         #: messages in flight per worker, as qsize
         self.in_flight = 2
@@ -368,7 +371,9 @@ class RawZmqClient(Client):
 
         def take() -> bytes:
             worker, frame = sock.recv_multipart(copy=False)
-            on_result(int(frame.bytes) if numbers else frame)
+            # the echo row: ``frame.bytes`` is the one copy into ``bytes`` that a
+            # pool owes its caller, so the floor hands back what a pool does
+            on_result(int(frame.bytes) if numbers else frame.bytes)
             return bytes(worker.bytes)
 
         def take_chunk() -> bytes:
