@@ -37,7 +37,7 @@ import zmq
 from distex_zmq.security import KeyPair, make_client
 from distex_zmq.version import __version__
 from distex_zmq.wire import frames as p
-from distex_zmq.wire.zmqio import readable, recv_frames, send_frames
+from distex_zmq.wire.zmqio import EVENTS, POLLIN, readable, recv_frames, send_frames
 
 from .logs import LogForwarder
 from .running import Runner
@@ -135,10 +135,13 @@ class Worker:
         # for the next before its loop sleeps, which a reader that yields to
         # the loop after a number of messages cannot do.
         sock = self._sock
-        running = self.runner.running
+        runner = self.runner
+        # zmqio.readable, inlined: it is asked three times per message
+        events = sock.getsockopt
+        ready = not self._stopping and events(EVENTS) & POLLIN
         while True:
             self._lone = False
-            while not self._stopping and readable(sock):
+            while ready:
                 frames = recv_frames(sock)
                 try:
                     kind, count, buf = p.check(frames[0])
@@ -152,10 +155,19 @@ class Worker:
                         raise p.ProtocolError(f"unknown message type {kind!r}")
                 except p.ProtocolError as e:
                     _logger.error("dropped a message from the broker: %s", e)
-            self._flush()
+                ready = not self._stopping and events(EVENTS) & POLLIN
+            if runner.results.entries:
+                self._flush_scheduled = False
+                send_frames(sock, runner.take_results().frames_out())
+                # a send can consume the edge of the edge-triggered FD: look
+                # again, and read here what came (not in a callback of its own)
+                ready = not self._stopping and events(EVENTS) & POLLIN
+                if ready:
+                    continue
             # after the pool's only task, the next one often follows at once
-            if not self._lone or running or self._stopping or not self._poll(sock):
+            if not self._lone or runner.running or self._stopping or not self._poll(sock):
                 return
+            ready = True
 
     @staticmethod
     def _poll(sock: Any) -> bool:
@@ -209,7 +221,7 @@ class Worker:
                     continue
                 if flags & p.FLAG_LONE:
                     self._lone = True
-                if flags & p.FLAG_FLUSH_FIRST and runner.results:
+                if flags & p.FLAG_FLUSH_FIRST and runner.results.entries:
                     # a task that may run long: send what is done before it starts
                     if released:
                         lock.acquire()
@@ -219,7 +231,7 @@ class Worker:
                 grouped = flags & p.FLAG_GROUPED
                 if grouped:
                     began = time.perf_counter()
-                if not released and (runner.results or flags & p.FLAG_CHUNK):
+                if not released and (runner.results.entries or flags & p.FLAG_CHUNK):
                     # results wait, or a chunk runs: the watch may send them meanwhile
                     lock.release()
                     released = True
@@ -229,7 +241,7 @@ class Worker:
                 now = time.perf_counter()
                 if grouped and now - began >= GROUPED_TASK_LIMIT:
                     slow_func = func_id
-                if runner.results and now - start > FLUSH_AFTER:
+                if now - start > FLUSH_AFTER and runner.results.entries:
                     if released:
                         lock.acquire()
                         released = False
