@@ -11,7 +11,7 @@ the tasks.
 
 The worker grants the broker ``credits`` when it says hello; the broker never
 sends more tasks than that, so the worker keeps no queue of its own. Results
-of a batch of tasks travel back in one message, unless the batch runs longer
+of a message's tasks travel back in one message, unless the batch runs longer
 than ``FLUSH_AFTER`` seconds, when what is done is sent at once, or a task
 that may run long (``FLAG_FLUSH_FIRST``) is next: what is done is sent
 before it starts. Tiny tasks that share a credit (``FLAG_GROUPED``) were
@@ -129,14 +129,20 @@ class Worker:
     # receiving
 
     def _on_readable(self) -> None:
-        # Not an EdgeReader: the worker sends its results once it has read
-        # every waiting message (EdgeReader hands over one message at a time
-        # and has no end of a batch), and after the pool's only task it polls
-        # for the next before its loop sleeps, which a reader that yields to
-        # the loop after a number of messages cannot do.
+        # Not an EdgeReader: after the pool's only task the worker polls for
+        # the next before its loop sleeps, which a reader that yields to the
+        # loop after a number of messages cannot do.
+        #
+        # The results of a message are sent before the socket is asked for
+        # the next one: the socket must be asked after a send anyway (a send
+        # can consume the edge of the edge-triggered FD), so a message costs
+        # one EVENTS look (a poll() in libzmq) less than reading every waiting
+        # message first and sending their results together. That batching
+        # merged few messages: a wake found more than one message 0.1% of the
+        # time at qsize=2, 6% at qsize=16 (2.6% fewer sends).
         sock = self._sock
         runner = self.runner
-        # zmqio.readable, inlined: it is asked three times per message
+        # zmqio.readable, inlined: it is asked once per message and per wake
         events = sock.getsockopt
         ready = not self._stopping and events(EVENTS) & POLLIN
         while True:
@@ -155,15 +161,9 @@ class Worker:
                         raise p.ProtocolError(f"unknown message type {kind!r}")
                 except p.ProtocolError as e:
                     _logger.error("dropped a message from the broker: %s", e)
+                if runner.results.entries:
+                    self._send_results()
                 ready = not self._stopping and events(EVENTS) & POLLIN
-            if runner.results.entries:
-                self._flush_scheduled = False
-                send_frames(sock, runner.take_results().frames_out())
-                # a send can consume the edge of the edge-triggered FD: look
-                # again, and read here what came (not in a callback of its own)
-                ready = not self._stopping and events(EVENTS) & POLLIN
-                if ready:
-                    continue
             # after the pool's only task, the next one often follows at once
             if not self._lone or runner.running or self._stopping or not self._poll(sock):
                 return
@@ -226,7 +226,7 @@ class Worker:
                     if released:
                         lock.acquire()
                         released = False
-                    self._flush()
+                    self._send_results()
                     start = time.perf_counter()
                 grouped = flags & p.FLAG_GROUPED
                 if grouped:
@@ -245,7 +245,7 @@ class Worker:
                     if released:
                         lock.acquire()
                         released = False
-                    self._flush()
+                    self._send_results()
                     start = time.perf_counter()
         finally:
             if released:
@@ -269,10 +269,17 @@ class Worker:
         """Send a message (``ChunkWatch``'s thread, while a chunk runs)."""
         send_frames(self._sock, frames)
 
-    def _flush(self) -> None:
+    def _send_results(self) -> None:
+        """Send the results collected (``_on_readable`` looks at the socket
+        after each message, as it must after a send)."""
         self._flush_scheduled = False
-        if self.runner.results:
-            send_frames(self._sock, self.runner.take_results().frames_out())
+        send_frames(self._sock, self.runner.take_results().frames_out())
+
+    def _flush(self) -> None:
+        """Send the results collected, from a callback of the loop."""
+        self._flush_scheduled = False
+        if self.runner.results.entries:
+            self._send_results()
             # a send can consume the edge of the edge-triggered FD: look again
             if not self._stopping and readable(self._sock):
                 self._loop.call_soon(self._on_readable)
