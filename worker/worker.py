@@ -11,15 +11,16 @@ the tasks.
 
 The worker grants the broker ``credits`` when it says hello; the broker never
 sends more tasks than that, so the worker keeps no queue of its own. Results
-of a message's tasks travel back in one message, unless the batch runs longer
-than ``FLUSH_AFTER`` seconds, when what is done is sent at once, or a task
-that may run long (``FLAG_FLUSH_FIRST``) is next: what is done is sent
-before it starts. Tiny tasks that share a credit (``FLAG_GROUPED``) were
-guessed tiny from their function's past: once one of them runs
-``GROUPED_TASK_LIMIT`` or longer, the later ones of that function are given
-back unrun. While a task runs after which results wait, or a chunk runs,
-``ResultWatch`` (``watch.py``) may send the waiting results from its own
-thread: the main thread releases the watch's lock for that task.
+of a message's tasks (of the messages waiting, when messages pile up) travel
+back in one message, unless the batch runs longer than ``FLUSH_AFTER``
+seconds, when what is done is sent at once, or a task that may run long
+(``FLAG_FLUSH_FIRST``) is next: what is done is sent before it starts. Tiny
+tasks that share a credit (``FLAG_GROUPED``) were guessed tiny from their
+function's past: once one of them runs ``GROUPED_TASK_LIMIT`` or longer, the
+later ones of that function are given back unrun. While a task runs after
+which results wait, or a chunk runs, ``ResultWatch`` (``watch.py``) may send
+the waiting results from its own thread: the main thread releases the
+watch's lock for that task.
 """
 
 from __future__ import annotations
