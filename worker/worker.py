@@ -31,7 +31,8 @@ import os
 import socket
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import zmq
 
@@ -149,7 +150,8 @@ class Worker:
         sock = self._sock
         runner = self.runner
         # zmqio.readable, inlined: it is asked once or twice per message
-        events = sock.getsockopt
+        # (EVENTS is an int, which mypy cannot tell from the option)
+        events = cast(Callable[[int], int], sock.getsockopt)
         ready = not self._stopping and events(EVENTS) & POLLIN
         while True:
             self._lone = False
