@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import json
 import os
@@ -25,6 +26,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager
 from itertools import repeat
 from typing import Any
 
@@ -78,7 +80,8 @@ class Client(ABC):
 
     @abstractmethod
     def latencies(self, func: Callable[..., Any], args: Iterable[Any]) -> list[float]:
-        """Run tasks one at a time; return each round trip in seconds."""
+        """Run tasks one at a time (async API where there is one, unless the
+        pool was opened ``sync``); return each round trip in seconds."""
 
     @abstractmethod
     def startup(self, func: Callable[[], Any]) -> float:
@@ -176,7 +179,7 @@ class AsyncPoolClient(Client):
         return [future.result() for future in futures]
 
     async def _latencies(self, func: Callable[..., Any], args: Iterable[Any]) -> list[float]:
-        """Await one ``run_async`` after the other, timing each."""
+        """Await one ``run_async`` after the other on the loop, timing each."""
         clock = time.perf_counter
         run_async = self.pool.run_async
         out = []
@@ -187,7 +190,17 @@ class AsyncPoolClient(Client):
         return out
 
     def latencies(self, func: Callable[..., Any], args: Iterable[Any]) -> list[float]:
-        return self._run(self._latencies(func, args))
+        if not self.sync:
+            return self._run(self._latencies(func, args))
+        # sync: the pool's own blocking ``run`` from plain code, no running loop
+        clock = time.perf_counter
+        run = self.pool.run
+        out = []
+        for arg in args:
+            t0 = clock()
+            run(func, arg)
+            out.append(clock() - t0)
+        return out
 
     async def _startup(self, func: Callable[[], Any]) -> float:
         """Time ``Pool(n)`` to the first ``run_async`` result, on the loop."""
@@ -226,6 +239,7 @@ class ExecutorClient(Client):
             "echo": sync_map,
             "cpu": sync_map,
             "latency": "`executor.submit(g, i).result()` one after the other.",
+            "latency_sync": "`executor.submit(g, i).result()` one after the other.",
         }
         if kind == "process":
             self.notes["startup"] = (
@@ -295,7 +309,8 @@ class RawZmqClient(Client):
     """Plain pyzmq: a ROUTER here, ``NUM_WORKERS`` echo processes with a
     DEALER each (``_rawzmq_worker.py``), over ipc as distex_zmq's local
     workers. It runs no functions: the ``map_cs1`` rows compute ``g`` on
-    decimal strings, the echo row sends bytes back, and other rows raise."""
+    decimal strings, the echo row sends bytes back (which the client turns
+    into ``bytes``, one copy), and other rows raise."""
 
     def __init__(self) -> None:
         import zmq
@@ -308,7 +323,10 @@ class RawZmqClient(Client):
             "map_cs100": "a pickled tuple of 100 ints per message, g in a plain loop, the"
             " list of results pickled back; 2 in flight per worker.",
             "latency": "plain ROUTER/DEALER ipc round trip of an 8-byte frame, no pickling.",
-            "echo": "the bytes frames sent back unpickled, without a copy; 2 in flight per worker.",
+            "latency_sync": "plain ROUTER/DEALER ipc round trip of an 8-byte frame, no pickling.",
+            "echo": "the workers send the frames back unpickled, without a copy; the client"
+            " copies each one into `bytes` on arrival (as a pool owes its caller); 2 in"
+            " flight per worker.",
         }
         #: messages in flight per worker, as qsize
         self.in_flight = 2
@@ -368,7 +386,9 @@ class RawZmqClient(Client):
 
         def take() -> bytes:
             worker, frame = sock.recv_multipart(copy=False)
-            on_result(int(frame.bytes) if numbers else frame)
+            # the echo row: ``frame.bytes`` is the one copy into ``bytes`` that a
+            # pool owes its caller, so the floor hands back what a pool does
+            on_result(int(frame.bytes) if numbers else frame.bytes)
             return bytes(worker.bytes)
 
         def take_chunk() -> bytes:
@@ -477,11 +497,18 @@ def _g_total(n: int) -> int:
     return n * (n - 1) // 2 + 2 * n
 
 
+#: Entered around the timed part of every workload that ``cpu_threads.py``
+#: measures; it swaps in a probe that reads every thread's CPU time before
+#: and after. Here it does nothing.
+timed_section: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
+
+
 def _timed(func: Callable[[], object]) -> float:
     """Call ``func`` and return how many seconds it took."""
-    t0 = time.perf_counter()
-    func()
-    return time.perf_counter() - t0
+    with timed_section():
+        t0 = time.perf_counter()
+        func()
+        return time.perf_counter() - t0
 
 
 def _map_rate(client: Client, n: int, chunksize: int | None) -> float:
@@ -537,13 +564,26 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank]
 
 
-def wl_latency(client: Client, n: int) -> dict[str, float]:
-    """Round trip of one task at a time: p50 and p99 in microseconds."""
-    lat = sorted(client.latencies(tasks.g, range(n)))
+def _latency_percentiles(client: Client, n: int, prefix: str) -> dict[str, float]:
+    """p50 and p99 in microseconds of ``n`` tasks run one at a time."""
+    lat: list[float] = []
+    with timed_section():
+        lat.extend(client.latencies(tasks.g, range(n)))
+    lat.sort()
     return {
-        "latency_p50": _percentile(lat, 50) * 1e6,
-        "latency_p99": _percentile(lat, 99) * 1e6,
+        f"{prefix}_p50": _percentile(lat, 50) * 1e6,
+        f"{prefix}_p99": _percentile(lat, 99) * 1e6,
     }
+
+
+def wl_latency(client: Client, n: int) -> dict[str, float]:
+    """Round trip of one task at a time, ``await run_async`` on the client loop."""
+    return _latency_percentiles(client, n, "latency")
+
+
+def wl_latency_sync(client: Client, n: int) -> dict[str, float]:
+    """Round trip of one task at a time, sync ``run`` from plain code."""
+    return _latency_percentiles(client, n, "latency_sync")
 
 
 def wl_bytes_arg(client: Client, n: int) -> dict[str, float]:
@@ -631,6 +671,7 @@ RUNNERS: dict[str, tuple[WorkloadFunc, Callable[..., Any], Any]] = {
     "sync_map": (wl_sync_map, tasks.g, 1),
     "submit": (wl_submit, tasks.g, 1),
     "latency": (wl_latency, tasks.g, 1),
+    "latency_sync": (wl_latency_sync, tasks.g, 1),
     "bytes_arg": (wl_bytes_arg, tasks.size, b"x"),
     "echo": (wl_echo, tasks.echo, b"x"),
     "startup": (wl_startup, tasks.noop, None),

