@@ -247,15 +247,23 @@ def test_a_long_tmpdir_without_a_short_fallback_raises_naming_the_limit(long_tmp
     assert not os.listdir(long_tmpdir)
 
 
-def test_stale_ipc_dirs_in_the_fallback_directory_are_swept():
-    if tempfile.gettempdir() == "/tmp":
-        pytest.skip("TMPDIR is /tmp itself: the fallback is not another directory")
+def test_stale_ipc_dirs_in_the_fallback_directory_are_swept(tmp_path):
+    # the pool runs with a TMPDIR of its own, so that /tmp is a fallback
+    # directory whatever TMPDIR the suite runs with
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = tempfile.mkdtemp(prefix=f"distex_zmq-{dead.pid}-", dir="/tmp")
     try:
-        with Pool(1) as pool:
-            pool.run(abs, -3)
+        proc = _run_in_subprocess(
+            str(tmp_path),
+            """
+            from distex_zmq import Pool
+            with Pool(1) as pool:
+                assert pool.run(abs, -3) == 3
+            print("ok")
+            """,
+        )
+        assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
         assert not os.path.exists(stale)
     finally:
         if os.path.exists(stale):
