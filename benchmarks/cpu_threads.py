@@ -46,7 +46,7 @@ from typing import Any
 import _one
 from _procs import become_subreaper, live_descendants, spawn
 from _spec import POOLS, WORKLOADS
-from run import _child_env, _error_summary, _parse_result
+from run import _child_env, _error_summary, _name_list, _parse_result
 
 HERE = Path(__file__).resolve().parent
 #: Clock ticks per second of utime and stime in /proc (10 ms per tick at 100).
@@ -296,17 +296,6 @@ def render_summary(
     return "\n".join(lines)
 
 
-def _names(text: str, allowed: list[str] | tuple[str, ...], what: str) -> list[str]:
-    """Split a comma-separated list and check every name."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in allowed]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown {what} {', '.join(unknown) or '(none)'}; choose from {', '.join(allowed)}"
-        )
-    return names
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
@@ -314,14 +303,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--rows",
-        type=lambda s: _names(s, list(ROWS), "row"),
+        type=lambda s: _name_list(s, list(ROWS), "row"),
         default=list(ROWS),
         metavar="NAME,...",
         help="rows to measure: " + ", ".join(ROWS),
     )
     parser.add_argument(
         "--pools",
-        type=lambda s: _names(s, POOLS, "pool"),
+        type=lambda s: _name_list(s, POOLS, "pool"),
         default=["distex_zmq", "pyzmq"],
         metavar="P,...",
         help="pools side by side (default distex_zmq,pyzmq; any of " + ", ".join(POOLS) + ")",
