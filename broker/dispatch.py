@@ -168,8 +168,9 @@ class Dispatcher:
     def _assign_one(
         self, rec: WorkerRecord, task: Task, batches: dict[WorkerRecord, list[Task]]
     ) -> None:
-        """``_assign`` of a single task, which a map's tasks always are: about
-        a microsecond less per task (no list, no group)."""
+        """``_assign`` of a single task, which a map's tasks always are,
+        without the list and the group that only a group needs (this runs
+        for every task)."""
         if not rec.running and self._on_busy is not None:
             self._on_busy(rec)
         rec.running[task.id] = task

@@ -22,6 +22,15 @@ from distex_zmq.wire import frames as p
 _DECODED = -1
 
 
+def _is_piece(seq: int, status: int, value: Any, answered: dict[int, int]) -> bool:
+    """Whether a chunk's result is a piece of it: a part of its results
+    (more follow), the rest after an earlier part, or a part handed back and
+    run as a task of its own (its value carries where its inputs start)."""
+    return (
+        seq in answered or status == p.STATUS_PARTIAL or (type(value) is tuple and len(value) > 3)
+    )
+
+
 class MapResults:
     """The results of one map's tasks, by sequence number (``Task.tag``).
 
@@ -90,11 +99,7 @@ class MapResults:
                 entry = results.popleft()
                 task, status, value = entry
                 seq = task.tag
-                if task.flags & p.FLAG_CHUNK and (
-                    seq in answered
-                    or status == p.STATUS_PARTIAL
-                    or (type(value) is tuple and len(value) > 3)
-                ):
+                if task.flags & p.FLAG_CHUNK and _is_piece(seq, status, value, answered):
                     self._add_piece(task, status, value)
                     continue
                 outstanding.pop(seq, None)
@@ -105,11 +110,7 @@ class MapResults:
                 entry = results.popleft()
                 task, status, value = entry
                 seq = task.tag
-                if task.flags & p.FLAG_CHUNK and (
-                    seq in answered
-                    or status == p.STATUS_PARTIAL
-                    or (type(value) is tuple and len(value) > 3)
-                ):
+                if task.flags & p.FLAG_CHUNK and _is_piece(seq, status, value, answered):
                     offset, items, whole = self._add_piece(task, status, value)
                     self._ready.append((task, _DECODED, items))
                     if whole:

@@ -95,11 +95,11 @@ class MapRun:
         capacity = ctx.capacity
         self._window = ctx.window
         # Chunks in flight: an adaptive chunk runs about 2 ms; an explicit one
-        # of a quick function may run a tenth of that, and its consumer, woken
-        # to read more once 2 * capacity tasks are left in flight, would be
-        # woken every other chunk, at some 25 us of CPU each. Explicit chunks
-        # get twice the window: for Pool(2), qsize=2, 0.11 wake-ups per chunk
-        # of 100 instead of 0.33, and the caller's CPU per chunk 38 -> 26 us.
+        # of a quick function may run a tenth of that, and with the adaptive
+        # window its consumer, woken to read more once 2 * capacity tasks are
+        # left in flight, would be woken every few chunks. Explicit chunks get
+        # twice the window, so that each wake-up of the caller reads and
+        # submits more at once.
         per_credit = 2 if chunksize is None else 4
         self._chunk_window = min(self._window, per_credit * capacity + 2)
         #: the fewest tasks a map keeps ahead, however large: every credit and two

@@ -63,7 +63,7 @@ class TaskMaker:
         #: data is pickled by standard pickle (``pickle``, ``auto``): a map's
         #: scalar inputs are pickled straight by ``pickle.dumps``, which
         #: spares ``dumps``' layers (no buffers, no ``__main__`` to look
-        #: for): about 1 us per input
+        #: for), which cost about as much as the pickling itself
         self._plain_dumps = data.dumps in (pickle.dumps, dumps_main_by_value)
         #: task ids, unique in the pool
         self.ids = itertools.count(1)

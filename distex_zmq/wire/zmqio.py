@@ -24,8 +24,8 @@ NOBLOCK = int(zmq.NOBLOCK)
 #: Frames at least this large are sent without a copy.
 ZERO_COPY_MIN = 64 * 1024
 #: The backend's ``send``, which ``zmq.Socket.send`` calls after a layer of
-#: Python of its own (routing ids and groups of draft sockets): calling it
-#: straight spares about 0.3 µs per frame.
+#: Python of its own (routing ids and groups of draft sockets) that no socket
+#: here needs.
 _send = _BackendSocket.send
 
 
@@ -47,9 +47,8 @@ def recv_frames(sock: zmq.Socket[Any], flags: int = 0) -> list[Any]:
 
 def recv_routed(sock: zmq.Socket[Any], flags: int = 0) -> list[Any]:
     """``recv_frames`` for a ROUTER socket: the first frame, the peer's
-    identity, as bytes (a ROUTER always puts another frame after it). A
-    ``bytes`` copy of a few bytes costs 0.3 us where a Frame and its
-    ``.bytes`` cost 1.1 us (timeit)."""
+    identity, as bytes (a ROUTER always puts another frame after it): a copy
+    of a few bytes is cheaper than a Frame and its ``.bytes``."""
     frames: list[Any] = [sock.recv(flags, True)]
     frame = sock.recv(0, False)
     frames.append(frame)
@@ -68,6 +67,12 @@ def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any]) -> None:
             _send(sock, frame, flags, False)
         else:
             _send(sock, frame, flags)
+
+
+def send_routed(sock: zmq.Socket[Any], identity: bytes, frames: Sequence[Any]) -> None:
+    """``send_frames`` on a ROUTER socket: to the peer ``identity``."""
+    _send(sock, identity, SNDMORE)
+    send_frames(sock, frames)
 
 
 class EdgeReader:
