@@ -192,6 +192,11 @@ class MapResults:
         return values
 
     def _decode_ready(self, values: list[Any]) -> None:
+        # A result with out-of-band buffers (a large one) ends the batch: the
+        # rest stay ready, decoded when the caller has taken it. The caller
+        # then holds one large result at a time, whose memory the next one
+        # reuses, where decoding all that are ready grows the heap past
+        # malloc's trim threshold and every result faults in fresh pages.
         ready = self._ready
         loads = self._loads
         while ready:
@@ -216,11 +221,15 @@ class MapResults:
                 return
             if not chunk:
                 values.append(result)
+                if value[1]:
+                    return  # a large result: see below
                 continue
             self._sizes.pop(task.tag, None)
             start = self._numbers.chunk_done(task.tag)
             if ItemError not in map(type, result):
                 values.extend(result)
+                if value[1]:
+                    return  # a large result: see below
                 continue
             for position, item in enumerate(result):
                 if type(item) is ItemError:

@@ -47,6 +47,13 @@ def pid_after(delay: float, *_: Any) -> int:
     return os.getpid()
 
 
+def minor_faults() -> int:
+    """The minor page faults of this worker process so far."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def sleep_return(delay: float, value: Any = None) -> Any:
     time.sleep(delay)
     return value
