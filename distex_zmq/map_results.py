@@ -6,6 +6,7 @@ its place and marked with the input it is for.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,12 @@ from distex_zmq.wire import frames as p
 
 #: The status of a ready entry whose value is a decoded piece of a chunk.
 _DECODED = -1
+
+#: Finds the name of ``ItemError`` in a chunk's pickled results. A pickle
+#: names the class of the objects it holds (``ItemError`` by reference, with
+#: every pickler a pool may use), so results whose pickle does not name it
+#: hold none, and their items need not be looked at one by one.
+_may_hold_item_error = re.compile(ItemError.__name__.encode()).search
 
 
 def _is_piece(seq: int, status: int, value: Any, answered: dict[int, int]) -> bool:
@@ -226,7 +233,7 @@ class MapResults:
                 continue
             self._sizes.pop(task.tag, None)
             start = self._numbers.chunk_done(task.tag)
-            if ItemError not in map(type, result):
+            if not _may_hold_item_error(value[0]) or ItemError not in map(type, result):
                 values.extend(result)
                 if value[1]:
                     return  # a large result: see below

@@ -310,6 +310,11 @@ def test_chunk_with_exception_in_the_middle(shared_pool, bad, chunksize):
     assert results == [10 * i for i in range(bad)]
 
 
+def test_chunk_results_that_name_item_error_are_plain_values(shared_pool):
+    values = ["ItemError", b"ItemError", "no ItemError here"] * 4
+    assert list(shared_pool.map(tasks.identity, values, chunksize=5)) == values
+
+
 def test_unordered_map_still_raises_the_error(shared_pool):
     results = []
     with pytest.raises(ValueError, match="bad input 6"):

@@ -52,6 +52,12 @@ def test_every_combination_of_pickle_types(func_pickle, data_pickle, make_pool):
     assert list(pool.map(tasks.add, range(10), range(10), chunksize=3)) == [
         2 * i for i in range(10)
     ]
+    # the error of an input in a chunk, found in the chunk's pickled results
+    results = []
+    with pytest.raises(ValueError, match="bad input 4"):
+        for result in pool.map(tasks.fail_on, range(10), [4] * 10, chunksize=3):
+            results.append(result)
+    assert results == [0, 10, 20, 30]
     with pytest.raises(ValueError, match="bad input 3") as info:
         pool.run(tasks.fail_on, 3)
     assert isinstance(info.value.__cause__, RemoteException)
