@@ -89,6 +89,10 @@ class Worker:
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 2000)
         self._sock.setsockopt(zmq.ROUTING_ID, identity)
+        #: ``zmqio.readable``, inlined: the read loop asks for EVENTS once or
+        #: twice per message (typed once here: ``Callable[[int], int]``
+        #: builds a typing object each time it is evaluated)
+        self._events = cast(Callable[[int], int], self._sock.getsockopt)
         if curve is not None:
             # the broker's TCP endpoint admits only the keys its pool gave out
             keys = KeyPair(curve["public"].encode(), curve["secret"].encode())
@@ -149,9 +153,7 @@ class Worker:
         # messages at qsize=16).
         sock = self._sock
         runner = self.runner
-        # zmqio.readable, inlined: it is asked once or twice per message
-        # (EVENTS is an int, which mypy cannot tell from the option)
-        events = cast(Callable[[int], int], sock.getsockopt)
+        events = self._events
         ready = not self._stopping and events(EVENTS) & POLLIN
         while True:
             self._lone = False
