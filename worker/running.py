@@ -166,13 +166,14 @@ class Runner:
         results: list[Any] = []
         items = items if isinstance(items, (tuple, list)) else tuple(items)
         count = len(items)
-        # the watch clears the gate to stop the chunk between two inputs
-        gate = [True] * (count - skip)
-        inputs = itertools.compress(itertools.islice(items, skip, None), gate)
+        # the inputs to run, in a list of their own that the watch empties to
+        # stop the chunk between two inputs: a list's iterator ends once its
+        # list is empty, which spares a flag per input (itertools.compress)
+        gate = list(items[skip:]) if skip else list(items)
         watch = self.watch
         watch.begin(task_id, results, started, skip, gate)
         try:
-            _run_inputs(func, inputs, star, results)
+            _run_inputs(func, iter(gate), star, results)
         finally:
             sent = watch.end()
         index = skip + len(results)
