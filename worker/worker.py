@@ -39,7 +39,7 @@ import zmq
 from distex_zmq.security import KeyPair, make_client
 from distex_zmq.version import __version__
 from distex_zmq.wire import frames as p
-from distex_zmq.wire.zmqio import EVENTS, POLLIN, readable, recv_frames, send_frames
+from distex_zmq.wire.zmqio import EVENTS, NOBLOCK, POLLIN, readable, recv_frames, send_frames
 
 from .logs import LogForwarder
 from .running import Runner
@@ -154,11 +154,21 @@ class Worker:
         sock = self._sock
         runner = self.runner
         events = self._events
-        ready = not self._stopping and events(EVENTS) & POLLIN
+        if self._stopping:
+            return
+        try:
+            # the FD signalled, so a message nearly always waits: receiving it
+            # at once spares a look at EVENTS first (a signal with no message
+            # costs an exception, and resets the edge as a look does)
+            frames: list[Any] | None = recv_frames(sock, NOBLOCK)
+        except zmq.Again:
+            return
+        ready = 1
         while True:
             self._lone = False
             while ready:
-                frames = recv_frames(sock)
+                if frames is None:
+                    frames = recv_frames(sock)
                 try:
                     kind, count, buf = p.check(frames[0])
                     if kind == p.TASK:
@@ -171,6 +181,7 @@ class Worker:
                         raise p.ProtocolError(f"unknown message type {kind!r}")
                 except p.ProtocolError as e:
                     _logger.error("dropped a message from the broker: %s", e)
+                frames = None
                 if self._stopping:
                     ready = False
                 elif self._coalesce and events(EVENTS) & POLLIN:
