@@ -89,9 +89,9 @@ class Worker:
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 2000)
         self._sock.setsockopt(zmq.ROUTING_ID, identity)
-        #: ``zmqio.readable``, inlined: the read loop asks for EVENTS once or
-        #: twice per message (typed once here: ``Callable[[int], int]``
-        #: builds a typing object each time it is evaluated)
+        #: ``zmqio.readable``, inlined: the read loop asks for EVENTS after
+        #: each send (typed once here: ``Callable[[int], int]`` builds a
+        #: typing object each time it is evaluated)
         self._events = cast(Callable[[int], int], self._sock.getsockopt)
         if curve is not None:
             # the broker's TCP endpoint admits only the keys its pool gave out
