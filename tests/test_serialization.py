@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
 import pickle
@@ -13,6 +14,7 @@ import weakref
 
 import numpy as np
 import pytest
+from distex_zmq.worker.running import Runner
 
 from distex_zmq import PickleType, RemoteException, SerializationError
 from distex_zmq.serialization import (
@@ -22,6 +24,7 @@ from distex_zmq.serialization import (
     dumps,
     function_loads,
     loads,
+    pickle_module,
 )
 from distex_zmq.wire.frames import FUNCTION_CACHE
 from tests import tasks
@@ -256,6 +259,24 @@ def test_closures_that_capture_much_data_are_let_go(make_pool):
     assert 2 <= pool.run(tasks.worker_function_count) <= 9  # + worker_function_count
     # dropped ones are pickled and sent again
     assert [pool.submit(f, 7).result() for f in funcs[:3]] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("data_pickle", PICKLE_TYPES, ids=lambda t: f"data-{t.name}")
+def test_a_worker_pickles_scalar_results_to_the_bytes_dumps_makes(data_pickle):
+    # scalar results skip dumps' layers in the worker: the pickle must not change
+    loop = asyncio.new_event_loop()
+    runner = Runner(PickleType.pickle, data_pickle, loop, lambda: None, lambda frames: None)
+    runner.functions.add(1, tasks.identity, 0)
+    data_dumps = pickle_module(data_pickle).dumps
+    values = [0, -1, 7, 2**70, -(2**70), 1.5, float("nan"), True, False, None]
+    try:
+        for task_id, value in enumerate(values, 1):
+            runner.run(task_id, 1, 0, None, pickle.dumps(value), [])
+            results = runner.take_results()
+            assert results.inline == [dumps(value, data_dumps)[0]]
+            assert results.frames == []
+    finally:
+        loop.close()
 
 
 def test_large_buffers_travel_out_of_band_without_a_copy():

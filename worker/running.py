@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import itertools
 import os
+import pickle
 import socket
 import time
 import types
@@ -19,7 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 from distex_zmq.errors import RemoteException, SerializationError
-from distex_zmq.serialization import ItemError, dumps, function_loads, pickle_module
+from distex_zmq.script_objects import dumps_main_by_value
+from distex_zmq.serialization import (
+    PROTOCOL,
+    ItemError,
+    dumps,
+    function_loads,
+    pickle_module,
+)
 from distex_zmq.task_errors import unloadable_hint, unpicklable_hint
 from distex_zmq.wire import frames as p
 
@@ -27,6 +35,11 @@ from .watch import ResultWatch
 
 #: The most parts a chunk's inputs are handed back in.
 HAND_BACK_PARTS = 8
+
+#: Results whose pickle holds no buffer and names no module (the client's
+#: ``tasks._SCALARS``).
+_SCALARS = frozenset({int, float, bool, type(None)})
+_pickle_dumps = pickle.dumps
 
 
 class Runner:
@@ -50,6 +63,11 @@ class Runner:
         data_module = pickle_module(data_pickle)
         self._data_loads = data_module.loads
         self._data_dumps = data_module.dumps
+        #: data is pickled by standard pickle (``pickle``, ``auto``): scalar
+        #: results are pickled straight by ``pickle.dumps``, which spares
+        #: ``dumps``' layers (no buffers, no ``__main__`` to look for), as
+        #: the client pickles a map's scalar inputs
+        self._plain_dumps = data_module.dumps in (pickle.dumps, dumps_main_by_value)
         self._loop = loop
         self._on_async_result = on_async_result
         #: the functions it holds, by id (the broker knows which)
@@ -148,13 +166,14 @@ class Runner:
         results: list[Any] = []
         items = items if isinstance(items, (tuple, list)) else tuple(items)
         count = len(items)
-        # the watch clears the gate to stop the chunk between two inputs
-        gate = [True] * (count - skip)
-        inputs = itertools.compress(itertools.islice(items, skip, None), gate)
+        # the inputs to run, in a list of their own that the watch empties to
+        # stop the chunk between two inputs: a list's iterator ends once its
+        # list is empty, which spares a flag per input (itertools.compress)
+        gate = list(items[skip:]) if skip else list(items)
         watch = self.watch
         watch.begin(task_id, results, started, skip, gate)
         try:
-            _run_inputs(func, inputs, star, results)
+            _run_inputs(func, iter(gate), star, results)
         finally:
             sent = watch.end()
         index = skip + len(results)
@@ -218,8 +237,13 @@ class Runner:
     ) -> int:
         """Add a result entry; return its status (an error if it did not pickle)."""
         elapsed = min(int((time.perf_counter() - started) * 1e6), p.MAX_ELAPSED)
+        buffers: list[Any]
         try:
-            data, buffers = dumps(value, self._data_dumps)
+            if self._plain_dumps and type(value) in _SCALARS:
+                # the same bytes as ``dumps`` makes, without its layers
+                data, buffers = _pickle_dumps(value, PROTOCOL), []
+            else:
+                data, buffers = dumps(value, self._data_dumps)
         except BaseException as e:  # noqa: BLE001 - an unpicklable result fails the task
             data, buffers = _unpicklable(task_id, status, value, e, self._pickles[1])
             status = p.STATUS_ERROR

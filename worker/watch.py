@@ -67,7 +67,7 @@ class ResultWatch:
         self._sent = 0
         self._skip = 0
         self._started = 0.0
-        self._gate: list[bool] = []
+        self._gate: list[Any] = []
         #: the first result entry waiting at the previous look
         self._seen: bytes | None = None
 
@@ -82,11 +82,12 @@ class ResultWatch:
         self._wake.set()
 
     def begin(
-        self, task_id: int, results: list[Any], started: float, skip: int, gate: list[bool]
+        self, task_id: int, results: list[Any], started: float, skip: int, gate: list[Any]
     ) -> None:
         """A chunk starts (main thread, ``lock`` released): ``results``
-        collects its results, for the payload's inputs from ``skip`` on; the
-        chunk takes its next input only while ``gate`` is not empty."""
+        collects its results, for the payload's inputs from ``skip`` on,
+        which ``gate`` holds; the chunk takes its next input only while
+        ``gate`` is not empty."""
         with self.lock:
             self._gate = gate
             self._task_id = task_id

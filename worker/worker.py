@@ -39,7 +39,7 @@ import zmq
 from distex_zmq.security import KeyPair, make_client
 from distex_zmq.version import __version__
 from distex_zmq.wire import frames as p
-from distex_zmq.wire.zmqio import EVENTS, POLLIN, readable, recv_frames, send_frames
+from distex_zmq.wire.zmqio import EVENTS, NOBLOCK, POLLIN, readable, recv_frames, send_frames
 
 from .logs import LogForwarder
 from .running import Runner
@@ -89,6 +89,10 @@ class Worker:
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 2000)
         self._sock.setsockopt(zmq.ROUTING_ID, identity)
+        #: ``zmqio.readable``, inlined: the read loop asks for EVENTS after
+        #: each send (typed once here: ``Callable[[int], int]`` builds a
+        #: typing object each time it is evaluated)
+        self._events = cast(Callable[[int], int], self._sock.getsockopt)
         if curve is not None:
             # the broker's TCP endpoint admits only the keys its pool gave out
             keys = KeyPair(curve["public"].encode(), curve["secret"].encode())
@@ -149,14 +153,22 @@ class Worker:
         # messages at qsize=16).
         sock = self._sock
         runner = self.runner
-        # zmqio.readable, inlined: it is asked once or twice per message
-        # (EVENTS is an int, which mypy cannot tell from the option)
-        events = cast(Callable[[int], int], sock.getsockopt)
-        ready = not self._stopping and events(EVENTS) & POLLIN
+        events = self._events
+        if self._stopping:
+            return
+        try:
+            # the FD signalled, so a message nearly always waits: receiving it
+            # at once spares a look at EVENTS first (a signal with no message
+            # costs an exception, and resets the edge as a look does)
+            frames: list[Any] | None = recv_frames(sock, NOBLOCK)
+        except zmq.Again:
+            return
+        ready = 1
         while True:
             self._lone = False
             while ready:
-                frames = recv_frames(sock)
+                if frames is None:
+                    frames = recv_frames(sock)
                 try:
                     kind, count, buf = p.check(frames[0])
                     if kind == p.TASK:
@@ -169,6 +181,7 @@ class Worker:
                         raise p.ProtocolError(f"unknown message type {kind!r}")
                 except p.ProtocolError as e:
                     _logger.error("dropped a message from the broker: %s", e)
+                frames = None
                 if self._stopping:
                     ready = False
                 elif self._coalesce and events(EVENTS) & POLLIN:
