@@ -56,6 +56,11 @@ def _tput(key: str, label: str) -> tuple[Metric, ...]:
     return (Metric(key, label, "tasks/s", True),)
 
 
+def _percentiles(key: str, label: str) -> tuple[Metric, ...]:
+    """Return the p50 and p99 metrics of a latency in microseconds."""
+    return tuple(Metric(f"{key}_{p}", f"{label}, {p}", "µs", False) for p in ("p50", "p99"))
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
@@ -92,19 +97,13 @@ WORKLOADS: dict[str, Workload] = {
             "latency",
             2_000,
             200,
-            (
-                Metric("latency_p50", "one at a time, await run_async, p50", "µs", False),
-                Metric("latency_p99", "one at a time, await run_async, p99", "µs", False),
-            ),
+            _percentiles("latency", "one at a time, await run_async"),
         ),
         Workload(
             "latency_sync",
             2_000,
             200,
-            (
-                Metric("latency_sync_p50", "one at a time, sync run, p50", "µs", False),
-                Metric("latency_sync_p99", "one at a time, sync run, p99", "µs", False),
-            ),
+            _percentiles("latency_sync", "one at a time, sync run"),
             sync_client=True,
         ),
         Workload(

@@ -97,6 +97,19 @@ def _dill_loads(data: Any) -> Any:
     return pickle.loads(data)
 
 
+#: Objects whose pickle holds no buffer and names no module: ``dumps`` of
+#: one with standard pickle makes what ``pickle.dumps(obj, PROTOCOL)`` makes.
+SCALARS = frozenset({int, float, bool, type(None)})
+
+
+def pickles_scalars_plainly(dumper: Callable[..., bytes]) -> bool:
+    """Whether ``dumper`` is standard pickle's (``pickle``, ``auto``), so
+    that scalars (``SCALARS``) may be pickled by ``pickle.dumps`` straight,
+    the same bytes without ``dumps``' layers: what the hot paths of the
+    caller and the worker do for a map's inputs and results."""
+    return dumper in (pickle.dumps, dumps_main_by_value)
+
+
 def dumps(obj: Any, dumper: Callable[..., bytes] = pickle.dumps) -> tuple[bytes, list[Any]]:
     """Pickle ``obj``; return the pickle and its out-of-band buffers."""
     buffers: list[Any] = []

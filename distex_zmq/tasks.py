@@ -12,20 +12,17 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from distex_zmq.broker import ResultSink, Task
-from distex_zmq.script_objects import dumps_main_by_value
 from distex_zmq.serialization import (
     PROTOCOL,
+    SCALARS,
     FunctionCache,
     call_out_of_band,
     dumps,
     pickle_module,
+    pickles_scalars_plainly,
 )
 from distex_zmq.task_errors import note_unpicklable
 from distex_zmq.wire import frames as p
-
-#: Inputs whose pickle holds no buffer and names no module.
-_SCALARS = frozenset({int, float, bool, type(None)})
-_pickle_dumps = pickle.dumps
 
 
 def callable_name(func: Any) -> str:
@@ -60,11 +57,8 @@ class TaskMaker:
         data = pickle_module(data_pickle)
         self.data_dumps: Callable[..., bytes] = data.dumps
         self.data_loads: Callable[..., Any] = data.loads
-        #: data is pickled by standard pickle (``pickle``, ``auto``): a map's
-        #: scalar inputs are pickled straight by ``pickle.dumps``, which
-        #: spares ``dumps``' layers (no buffers, no ``__main__`` to look
-        #: for), which cost about as much as the pickling itself
-        self._plain_dumps = data.dumps in (pickle.dumps, dumps_main_by_value)
+        #: scalar inputs and arguments go by ``pickle.dumps`` straight
+        self._plain_dumps = pickles_scalars_plainly(data.dumps)
         #: task ids, unique in the pool
         self.ids = itertools.count(1)
         self._may_group = may_group
@@ -92,8 +86,8 @@ class TaskMaker:
                 data, buffers = dumps(call_out_of_band(args, kwargs), self.data_dumps)
             else:
                 flags = p.FLAG_STAR
-                if self._plain_dumps and all(type(arg) in _SCALARS for arg in args):
-                    data, buffers = _pickle_dumps(args, PROTOCOL), []  # see map_tasks
+                if self._plain_dumps and all(type(arg) in SCALARS for arg in args):
+                    data, buffers = pickle.dumps(args, PROTOCOL), []
                 else:
                     data, buffers = dumps(args, self.data_dumps)
         except Exception as e:
@@ -149,9 +143,8 @@ class TaskMaker:
         buffers: list[Any]
         for seq, args in enumerate(inputs, first):
             try:
-                if plain and type(args) in _SCALARS:
-                    # the same bytes as ``dumps`` makes, without its layers
-                    data, buffers = _pickle_dumps(args, PROTOCOL), []
+                if plain and type(args) in SCALARS:
+                    data, buffers = pickle.dumps(args, PROTOCOL), []
                 else:
                     data, buffers = dumps(args, dumps_)
             except Exception as e:

@@ -20,13 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 from distex_zmq.errors import RemoteException, SerializationError
-from distex_zmq.script_objects import dumps_main_by_value
 from distex_zmq.serialization import (
     PROTOCOL,
+    SCALARS,
     ItemError,
     dumps,
     function_loads,
     pickle_module,
+    pickles_scalars_plainly,
 )
 from distex_zmq.task_errors import unloadable_hint, unpicklable_hint
 from distex_zmq.wire import frames as p
@@ -35,11 +36,6 @@ from .watch import ResultWatch
 
 #: The most parts a chunk's inputs are handed back in.
 HAND_BACK_PARTS = 8
-
-#: Results whose pickle holds no buffer and names no module (the client's
-#: ``tasks._SCALARS``).
-_SCALARS = frozenset({int, float, bool, type(None)})
-_pickle_dumps = pickle.dumps
 
 
 class Runner:
@@ -63,11 +59,8 @@ class Runner:
         data_module = pickle_module(data_pickle)
         self._data_loads = data_module.loads
         self._data_dumps = data_module.dumps
-        #: data is pickled by standard pickle (``pickle``, ``auto``): scalar
-        #: results are pickled straight by ``pickle.dumps``, which spares
-        #: ``dumps``' layers (no buffers, no ``__main__`` to look for), as
-        #: the client pickles a map's scalar inputs
-        self._plain_dumps = data_module.dumps in (pickle.dumps, dumps_main_by_value)
+        #: scalar results go by ``pickle.dumps`` straight
+        self._plain_dumps = pickles_scalars_plainly(data_module.dumps)
         self._loop = loop
         self._on_async_result = on_async_result
         #: the functions it holds, by id (the broker knows which)
@@ -239,9 +232,8 @@ class Runner:
         elapsed = min(int((time.perf_counter() - started) * 1e6), p.MAX_ELAPSED)
         buffers: list[Any]
         try:
-            if self._plain_dumps and type(value) in _SCALARS:
-                # the same bytes as ``dumps`` makes, without its layers
-                data, buffers = _pickle_dumps(value, PROTOCOL), []
+            if self._plain_dumps and type(value) in SCALARS:
+                data, buffers = pickle.dumps(value, PROTOCOL), []
             else:
                 data, buffers = dumps(value, self._data_dumps)
         except BaseException as e:  # noqa: BLE001 - an unpicklable result fails the task

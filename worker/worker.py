@@ -149,8 +149,7 @@ class Worker:
         # poll() in libzmq) less per message. When it finds one (messages
         # arrive while others run, as at qsize=16), the messages waiting are
         # read first and their results sent together: fewer, larger messages
-        # both ways (sending each message's results at once made 25% more
-        # messages at qsize=16).
+        # both ways.
         sock = self._sock
         runner = self.runner
         events = self._events
