@@ -52,14 +52,11 @@ class MapContext:
     tasks: TaskMaker
     #: the pool loop, which delivers the results
     loop: asyncio.AbstractEventLoop
-    #: tasks the workers hold at once: the sum of their credits
-    capacity: int
+    #: tasks the workers hold at once now, the sum of their credits: it
+    #: changes while a map runs (``add_hosts``, ``remove_hosts``, ``resize``)
+    capacity: Callable[[], int]
     #: inputs may be grouped into chunks when no chunksize is given
     may_chunk: bool
-
-    @property
-    def window(self) -> int:
-        return map_window(self.capacity)
 
 
 def map_window(capacity: int) -> int:
@@ -92,21 +89,19 @@ class MapRun:
         zipped = len(iterables) > 1
         self._flags = p.FLAG_STAR if star or zipped else 0
         self._sizer = ChunkSizer(chunksize, ctx.may_chunk)
-        capacity = ctx.capacity
-        self._window = ctx.window
+        self._capacity_now = ctx.capacity
         # Chunks in flight: an adaptive chunk runs about 2 ms; an explicit one
         # of a quick function may run a tenth of that, and with the adaptive
         # window its consumer, woken to read more once 2 * capacity tasks are
         # left in flight, would be woken every few chunks. Explicit chunks get
         # twice the window, so that each wake-up of the caller reads and
         # submits more at once.
-        per_credit = 2 if chunksize is None else 4
-        self._chunk_window = min(self._window, per_credit * capacity + 2)
-        #: the fewest tasks a map keeps ahead, however large: every credit and two
-        self._min_window = capacity + 2
+        self._per_credit = 2 if chunksize is None else 4
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._timeout = timeout
-        self.sink = QueueSink(wake, ctx.loop, max(1, self._window // 2), 2 * capacity)
+        self.sink = QueueSink(wake, ctx.loop, 1, 0)
+        self._capacity = 0
+        self._fit(ctx.capacity())
         self._results = MapResults(self.sink, ctx.tasks.data_loads, self._sizer, ordered, progress)
         self._next_seq = 0
         self.input_done = False
@@ -126,13 +121,27 @@ class MapRun:
         """Inputs per task now."""
         return self._sizer.chunksize
 
+    def _fit(self, capacity: int) -> None:
+        """Size the window to workers that hold ``capacity`` tasks at once."""
+        self._capacity = capacity
+        self._window = map_window(capacity)
+        self._chunk_window = min(self._window, self._per_credit * capacity + 2)
+        #: the fewest tasks a map keeps ahead, however large: every credit and two
+        self._min_window = capacity + 2
+        self.sink.resize(max(1, self._window // 2), 2 * capacity)
+
     @property
     def room(self) -> int:
         """Tasks that may be submitted now.
 
         Chunks need fewer tasks in flight (each carries many inputs), and a
         smaller window keeps what a map reads ahead of its consumer small.
+        The window follows the workers: hosts added while the map runs get
+        its tasks too, as many as their credits take.
         """
+        capacity = self._capacity_now()
+        if capacity != self._capacity:
+            self._fit(capacity)
         window = self._window if self._sizer.chunksize == 1 else self._chunk_window
         task_bytes = self._task_bytes
         if task_bytes and task_bytes * window > BYTES_AHEAD:

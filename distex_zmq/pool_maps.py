@@ -84,7 +84,9 @@ class MapsMixin(PoolBase):
     def _map_context(self) -> MapContext:
         runtime = self._live_runtime()
         opts = self._options
-        return MapContext(runtime.broker, self._tasks, runtime.loop, opts.capacity, opts.qsize > 1)
+        return MapContext(
+            runtime.broker, self._tasks, runtime.loop, lambda: opts.capacity, opts.qsize > 1
+        )
 
     def run_on_all(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> list[Any]:
         """Run ``func`` once on every worker, after the tasks submitted before

@@ -277,6 +277,12 @@ class QueueSink:
         self._low_water = low_water
         self._timer: asyncio.TimerHandle | None = None
 
+    def resize(self, batch: int, low_water: int) -> None:
+        """Wake the map at ``batch`` results ready or ``low_water`` tasks left
+        in flight from now on (the map's thread: its window changed)."""
+        self._batch = batch
+        self._low_water = low_water
+
     def deliver(self, task: Task, status: int, value: Any) -> None:
         self.results.append((task, status, value))
         self._delivered += 1

@@ -359,6 +359,14 @@ def slow_start_if(path: str, delay: float) -> None:
         time.sleep(delay)
 
 
+def run_interval(delay: float) -> tuple[float, float]:
+    """Sleep ``delay`` seconds; return when it started and ended (``time.time``,
+    the same clock in every process of a host)."""
+    start = time.time()
+    time.sleep(delay)
+    return start, time.time()
+
+
 def pid_and_value(delay: float, value: Any) -> tuple[int, Any]:
     """``(pid of the worker, value)`` after ``delay`` seconds."""
     time.sleep(delay)

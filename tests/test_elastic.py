@@ -54,6 +54,43 @@ def test_resize_up_mid_map(make_pool):
     assert len(_worker_pids(pool)) == 3
 
 
+def _most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The most of these ``(start, end)`` intervals that overlap at one time."""
+    return max(sum(s <= start < e for s, e in intervals) for start, _ in intervals)
+
+
+@pytest.mark.parametrize("api", ["map", "map_async"])
+def test_a_running_map_widens_to_the_workers_added(make_pool, api):
+    """Chunks in flight follow the workers: the window of a map that started
+    on one worker (6 chunks of 2) grows to keep 8 busy once 7 more are ready."""
+    pool = make_pool(1, qsize=1)
+    delays = [0.05] * 240
+    resized = threading.Event()
+
+    def grow():
+        pool.resize(8)
+        resized.set()
+
+    grower = threading.Timer(0.3, grow)
+    intervals = []
+    try:
+        grower.start()
+        if api == "map":
+            intervals = list(pool.map(tasks.run_interval, delays, chunksize=2))
+        else:
+
+            async def consume():
+                return [i async for i in pool.map_async(tasks.run_interval, delays, chunksize=2)]
+
+            intervals = asyncio.run(consume())
+    finally:
+        grower.join(60)
+    assert resized.is_set() and pool.total_workers() == 8
+    assert len(intervals) == len(delays)
+    # without: never more than the 6 chunks of the window it started with
+    assert _most_at_once(intervals) == 8, "the 8 workers ran the map's tasks at once"
+
+
 def test_resize_down_mid_map_leaves_no_process(make_pool):
     pool = make_pool(3, qsize=1)
     before = _worker_pids(pool)
