@@ -38,26 +38,36 @@ class HostsMixin(PoolBase):
         """Async version of ``add_hosts``."""
         await _elastic_wait(self._live_runtime().add_hosts(_host_specs(hosts)))
 
-    def remove_hosts(self, hosts: str | list[str], drain: bool = True) -> None:
+    def remove_hosts(
+        self, hosts: str | list[str], drain: bool = True, *, timeout: float | None = None
+    ) -> None:
         """Remove remote hosts from the running pool, by host name (``"maxi"``)
         or specification (``"ssh://maxi/8"``).
 
         Their workers take no new task. With ``drain`` (default) the tasks
-        they run finish there; otherwise those tasks go back to the queue and
-        run on other workers, without counting as a retry (``max_retries``).
-        Then the workers stop and the pool leaves nothing on the host: its
-        SSH agent exits, its spawner session ends, and the pool does not
-        reconnect to it. Returns when that is done. A name that is not in the
-        pool raises ``ValueError``, and so does removing the last workers.
+        they run finish there, for at most ``timeout`` seconds if given;
+        otherwise, and for what still runs after the ``timeout``, those tasks
+        go back to the queue and run on other workers, without counting as a
+        retry (``max_retries``). Then the workers stop and the pool leaves
+        nothing on the host: its SSH agent exits, its spawner session ends,
+        and the pool does not reconnect to it. Returns when that is done. A
+        name that is not in the pool raises ``ValueError``, and so does
+        removing the last workers.
         """
         refuse_wait_on_pool_loop("Pool.remove_hosts")
-        _elastic_result(self._live_runtime().remove_hosts(_host_names(hosts), drain))
+        names, timeout = _host_names(hosts), _drain_timeout(timeout)
+        _elastic_result(self._live_runtime().remove_hosts(names, drain, timeout))
 
-    async def remove_hosts_async(self, hosts: str | list[str], drain: bool = True) -> None:
+    async def remove_hosts_async(
+        self, hosts: str | list[str], drain: bool = True, *, timeout: float | None = None
+    ) -> None:
         """Async version of ``remove_hosts``."""
-        await _elastic_wait(self._live_runtime().remove_hosts(_host_names(hosts), drain))
+        names, timeout = _host_names(hosts), _drain_timeout(timeout)
+        await _elastic_wait(self._live_runtime().remove_hosts(names, drain, timeout))
 
-    def resize(self, num_workers: int | None, drain: bool = True) -> None:
+    def resize(
+        self, num_workers: int | None, drain: bool = True, *, timeout: float | None = None
+    ) -> None:
         """Change the number of local workers of the running pool.
 
         ``num_workers`` means what it means for ``Pool``: 0 is one per CPU,
@@ -65,17 +75,19 @@ class HostsMixin(PoolBase):
         run the initializer and take tasks at once; it returns when they are
         ready, and if one fails to start, the new ones leave again and the
         error (``WorkerStartError``) is raised. Shrinking retires the least
-        busy workers as ``remove_hosts`` does, ``drain`` included, and returns
-        when their processes have exited.
+        busy workers as ``remove_hosts`` does, ``drain`` and ``timeout``
+        included, and returns when their processes have exited.
         """
         refuse_wait_on_pool_loop("Pool.resize")
-        count = local_workers(num_workers)
-        _elastic_result(self._live_runtime().resize(count, drain))
+        count, timeout = local_workers(num_workers), _drain_timeout(timeout)
+        _elastic_result(self._live_runtime().resize(count, drain, timeout))
 
-    async def resize_async(self, num_workers: int | None, drain: bool = True) -> None:
+    async def resize_async(
+        self, num_workers: int | None, drain: bool = True, *, timeout: float | None = None
+    ) -> None:
         """Async version of ``resize``."""
-        count = local_workers(num_workers)
-        await _elastic_wait(self._live_runtime().resize(count, drain))
+        count, timeout = local_workers(num_workers), _drain_timeout(timeout)
+        await _elastic_wait(self._live_runtime().resize(count, drain, timeout))
 
 
 def _host_specs(hosts: str | list[str]) -> list[HostSpec]:
@@ -91,6 +103,14 @@ def _host_names(hosts: str | list[str]) -> list[str]:
         if not isinstance(name, str):
             raise TypeError(f"a host is named by a string, not {name!r}")
     return names
+
+
+def _drain_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}")
+    return float(timeout)
 
 
 def _elastic_result(change: concurrent.futures.Future[None]) -> None:

@@ -139,6 +139,22 @@ def test_removed_without_drain_requeues_without_a_retry(make_pool, tmp_path):
     assert [f.result(timeout=30) for f in futures] == [left, left]
 
 
+def test_shrink_drains_only_until_its_timeout(make_pool):
+    pool = make_pool(2, qsize=1, max_retries=0)
+    before = _worker_pids(pool)
+    futures = [pool.submit(tasks.pid_and_value, 2.0, i) for i in range(2)]
+    assert wait_until(lambda: pool.status().totals.in_flight == 2, timeout=10)
+    pool.resize(1, drain=True, timeout=0.3)
+    (left,) = _worker_pids(pool)
+    (gone,) = before - {left}
+    assert not pid_alive(gone)
+    # the retired worker's task went back to the queue (no try counted, as
+    # max_retries=0 shows) and ran on the one left
+    assert [f.result(timeout=30) for f in futures] == [(left, 0), (left, 1)]
+    with pytest.raises(ValueError, match="timeout"):
+        pool.resize(2, timeout=-1)
+
+
 def test_initializer_runs_on_new_workers(make_pool):
     pool = make_pool(1, initializer=tasks.init_state, initargs=("k", 42))
     pool.resize(3)

@@ -84,6 +84,19 @@ def test_removed_host_drains_its_running_task(hosts, make_pool):
     assert where.count("dzq-c") == 1, where
 
 
+def test_removed_host_drains_only_until_its_timeout(hosts, make_pool):
+    here = socket.gethostname()
+    pool = make_pool(1, ["ssh://dzq-c/1"], qsize=1, max_retries=0, remote_python=REMOTE_PYTHON)
+    pool.run_on_all(int, 0)
+    futures = [pool.submit(tasks.host_and_value, 3.0, i) for i in range(2)]
+    time.sleep(0.3)  # one runs on each worker
+    pool.remove_hosts("dzq-c", drain=True, timeout=0.5)
+    assert hosts.pool_processes() == {}
+    # the task still running on dzq-c after the timeout ran again here,
+    # counting no try (max_retries=0)
+    assert [f.result(timeout=30) for f in futures] == [(here, 0), (here, 1)]
+
+
 def test_removed_host_without_drain_requeues_without_a_retry(hosts, make_pool):
     here = socket.gethostname()
     spec = at(hosts, "dzq-a", 1)

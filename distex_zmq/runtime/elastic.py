@@ -104,8 +104,9 @@ class Elastic:
             raise
         return host
 
-    async def remove_hosts(self, names: list[str], drain: bool) -> None:
-        """Remove the hosts that ``names`` name (host names or specifications)."""
+    async def remove_hosts(self, names: list[str], drain: bool, timeout: float | None) -> None:
+        """Remove the hosts that ``names`` name (host names or specifications);
+        ``drain`` for at most ``timeout`` seconds (None: as long as it takes)."""
         async with self._serial():
             opts, supervisor = self._options, self._supervisor
             leaving: list[HostSpec] = []
@@ -120,10 +121,13 @@ class Elastic:
             opts.hosts[:] = staying
             await supervisor.reconnects.cancel(leaving)
             hosts = [r for r in supervisor.placement.remote if any(r.spec is s for s in leaving)]
-            await asyncio.gather(*(self._members.remove_host(host, drain) for host in hosts))
+            await asyncio.gather(
+                *(self._members.remove_host(host, drain, timeout) for host in hosts)
+            )
 
-    async def resize(self, num_workers: int, drain: bool) -> None:
-        """Start or retire local workers until there are ``num_workers``."""
+    async def resize(self, num_workers: int, drain: bool, timeout: float | None) -> None:
+        """Start or retire local workers until there are ``num_workers``
+        (those retired ``drain`` for at most ``timeout`` seconds)."""
         async with self._serial():
             opts, supervisor, members = self._options, self._supervisor, self._members
             _check_not_empty(num_workers, opts.hosts)
@@ -142,7 +146,7 @@ class Elastic:
                     raise
             elif num_workers < len(current):
                 leaving = self._least_busy(current, len(current) - num_workers)
-                await members.retire(leaving, drain)
+                await members.retire(leaving, drain, timeout)
 
     def _least_busy(self, identities: list[bytes], count: int) -> list[bytes]:
         """``count`` of these workers: those starting first, then those that

@@ -182,11 +182,19 @@ class Runtime:
     def add_hosts(self, specs: list[HostSpec]) -> concurrent.futures.Future[None]:
         return self.elastic.when_up(self.started, lambda: self.elastic.add_hosts(specs))
 
-    def remove_hosts(self, names: list[str], drain: bool) -> concurrent.futures.Future[None]:
-        return self.elastic.when_up(self.started, lambda: self.elastic.remove_hosts(names, drain))
+    def remove_hosts(
+        self, names: list[str], drain: bool, timeout: float | None
+    ) -> concurrent.futures.Future[None]:
+        return self.elastic.when_up(
+            self.started, lambda: self.elastic.remove_hosts(names, drain, timeout)
+        )
 
-    def resize(self, num_workers: int, drain: bool) -> concurrent.futures.Future[None]:
-        return self.elastic.when_up(self.started, lambda: self.elastic.resize(num_workers, drain))
+    def resize(
+        self, num_workers: int, drain: bool, timeout: float | None
+    ) -> concurrent.futures.Future[None]:
+        return self.elastic.when_up(
+            self.started, lambda: self.elastic.resize(num_workers, drain, timeout)
+        )
 
     def worker_ready(self) -> None:
         """A worker became ready (a replacement too): the start-up ends once

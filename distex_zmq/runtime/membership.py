@@ -11,6 +11,7 @@ host being removed starts no workers and is not reconnected when lost.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 from distex_zmq.broker import Broker
@@ -20,6 +21,8 @@ from distex_zmq.runtime.state import PoolState
 
 if TYPE_CHECKING:
     from distex_zmq.launch.remote import RemoteLauncher
+
+_logger = logging.getLogger("distex_zmq.pool")
 
 
 class Membership:
@@ -90,33 +93,53 @@ class Membership:
         self._placement.kill(identity)
         return True
 
-    async def retire(self, identities: list[bytes], drain: bool) -> None:
+    async def retire(
+        self, identities: list[bytes], drain: bool, timeout: float | None = None
+    ) -> None:
         """Take these workers out of the pool and wait until they have exited.
 
-        With ``drain`` a ready worker finishes its tasks first; otherwise, and
-        for a worker still starting, its tasks go back to the queue without
-        counting a try and it is killed. No worker replaces them.
+        With ``drain`` a ready worker finishes its tasks first, for at most
+        ``timeout`` seconds if given; otherwise, after that time, and for a
+        worker still starting, its tasks go back to the queue without counting
+        a try and it is killed. No worker replaces them.
         """
         placement = self._placement
-        waiters = []
+        waiters: dict[bytes, asyncio.Future[None]] = {}
         for identity in identities:
             if placement.launcher_of(identity) is None:
                 continue
             self._retiring.add(identity)
-            waiters.append(self._exit_waiters.setdefault(identity, self._loop.create_future()))
+            waiters[identity] = self._exit_waiters.setdefault(identity, self._loop.create_future())
             self._broker.retire(identity, drain)
             if not drain or placement.is_starting(identity):
                 placement.kill(identity)
-        if waiters:
-            await asyncio.wait(waiters)
+        if not waiters:
+            return
+        if drain and timeout is not None:
+            await asyncio.wait(waiters.values(), timeout=timeout)
+            late = [identity for identity, waiter in waiters.items() if not waiter.done()]
+            if late:
+                _logger.warning(
+                    "%d leaving worker(s) still busy after %s s: their tasks go back "
+                    "to the queue and they are stopped",
+                    len(late),
+                    timeout,
+                )
+            for identity in late:
+                self._broker.retire(identity, drain=False)
+                placement.kill(identity)
+        await asyncio.wait(waiters.values())
 
-    async def remove_host(self, launcher: RemoteLauncher, drain: bool) -> None:
-        """Take a remote host out of the pool: retire its workers, then end
-        the session there (the agent exits, the spawner closes the pool's
-        session), which leaves nothing of the pool on the host."""
+    async def remove_host(
+        self, launcher: RemoteLauncher, drain: bool, timeout: float | None = None
+    ) -> None:
+        """Take a remote host out of the pool: retire its workers (``drain``
+        for at most ``timeout`` seconds), then end the session there (the
+        agent exits, the spawner closes the pool's session), which leaves
+        nothing of the pool on the host."""
         self._removing.add(launcher)
         try:
-            await self.retire(self.workers_of(launcher), drain)
+            await self.retire(self.workers_of(launcher), drain, timeout)
             if self._pool.closing:
                 return  # the shutdown stops it
             self._placement.drop_remote(launcher)
