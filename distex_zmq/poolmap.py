@@ -3,9 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from eventkit import Event, Op
+
+def _import_eventkit() -> None:
+    """Import eventkit, also after ``asyncio.run()`` has ended.
+
+    eventkit asks asyncio for the current event loop as it is imported (it
+    keeps it for ``Event.emit_threadsafe``), and once ``asyncio.run()`` has
+    ended there is none: the import raises ``RuntimeError``. Then it is
+    imported with a new loop set as the current one for the time of the
+    import, as it would have found before any ``asyncio.run()``.
+    """
+    try:
+        importlib.import_module("eventkit")
+    except RuntimeError:
+        policy = asyncio.get_event_loop_policy()
+        policy.set_event_loop(policy.new_event_loop())
+        try:
+            importlib.import_module("eventkit")
+        finally:
+            policy.set_event_loop(None)
+
+
+_import_eventkit()
+
+from eventkit import Event, Op  # noqa: E402 - imported by _import_eventkit
 
 if TYPE_CHECKING:
     from distex_zmq.pool import Pool

@@ -79,16 +79,31 @@ def test_subpackages_come_from_the_broker_and_worker_dirs():
     assert worker_file.parent.name == "worker"
 
 
-def test_public_names():
-    # PoolMap imports eventkit, whose import asks asyncio for the current
-    # loop: after an asyncio.run() in this process (other tests) there is
-    # none, so it is looked up in a fresh interpreter
-    for name in distex_zmq.__all__:
-        if name != "PoolMap":
-            assert hasattr(distex_zmq, name), name
-    proc = run_python("import distex_zmq; print(distex_zmq.PoolMap.__name__)")
+def test_pool_map_after_asyncio_run():
+    # eventkit asks asyncio for the current loop as it is imported: there is
+    # none once asyncio.run() has ended, so PoolMap imports it with one
+    proc = run_python(
+        "import asyncio\n"
+        "from distex_zmq import Pool\n"
+        "async def first():\n"
+        "    async with Pool(1) as pool:\n"
+        "        return await pool.run_async(abs, -3)\n"
+        "print(asyncio.run(first()))\n"
+        "from distex_zmq import PoolMap\n"
+        "import eventkit as ev\n"
+        "async def second():\n"
+        "    async with Pool(1) as pool:\n"
+        "        mapped = PoolMap(pool, abs, source=ev.Sequence([-1, -2, -3]))\n"
+        "        return await mapped.list()\n"
+        "print(asyncio.run(second()))\n"
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "PoolMap"
+    assert proc.stdout.split("\n")[:2] == ["3", "[1, 2, 3]"]
+
+
+def test_public_names():
+    for name in distex_zmq.__all__:
+        assert hasattr(distex_zmq, name), name
     for name in (
         "Pool",
         "PoolMap",
