@@ -6,14 +6,25 @@ stderr): tagged ``[host:pid] `` (``output="prefixed"``), as they are
 (``"raw"``), or not at all (``"off"``). ``emit_log`` re-emits a worker's log
 record (a ``frames.LOG`` body) through the client's logger of the same name,
 as a ``LogRecord`` with ``host``, ``pid`` and ``worker`` attributes, so that
-the user's handlers and formatters apply. Both run on the pool loop.
+the user's handlers and formatters apply.
+
+The lines are written on a thread of their own (``OutputWriter``), not on
+the pool loop: a client whose stdout blocks (a pipe nobody reads, a paused
+terminal) must not stall the broker. What waits for that thread is bounded
+(``MAX_PENDING``); beyond it lines are dropped, and a line in their place
+says how many. Log records are emitted on the pool loop, as they arrive: a
+task's records come before its result.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
+import threading
+import time
+from collections import deque
 from collections.abc import Sequence
 
 from distex_zmq.errors import ProtocolError
@@ -21,8 +32,117 @@ from distex_zmq.wire import frames
 
 #: The values of ``Pool(output=...)``.
 OUTPUT_MODES = ("prefixed", "raw", "off")
+#: Characters of output that may wait for the writer thread; beyond, lines
+#: are dropped (and counted) rather than queued.
+MAX_PENDING = 4 << 20
+#: Seconds a pool's shutdown waits for the writer to write what waits.
+FLUSH_TIMEOUT = 2.0
 
 _logger = logging.getLogger("distex_zmq.output")
+
+
+class OutputWriter:
+    """A thread that writes text to ``sys.stdout`` and ``sys.stderr`` in the
+    order it was put, for the pool loop, which only ever appends (``put``
+    never blocks). Started on first use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        #: ``(stream, size, what)``: "out" or "err", and the text to write or
+        #: a one-item list: how many lines were dropped there
+        self._items: deque[tuple[str, int, str | list[int]]] = deque()
+        #: characters in ``_items``
+        self._pending = 0
+        self._busy = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        #: items put and items written (or dropped), since the start
+        self._put_count = 0
+        self._done_count = 0
+
+    def put(self, stream: str, text: str, lines: int) -> None:
+        """Write ``text`` (``lines`` lines) to ``stream``, "out" or "err"."""
+        size = len(text)
+        with self._lock:
+            if self._closed:
+                return
+            items = self._items
+            if self._pending + size <= MAX_PENDING:
+                self._pending += size
+                items.append((stream, size, text))
+            elif items and items[-1][0] == stream and isinstance(items[-1][2], list):
+                items[-1][2][0] += lines
+                return
+            else:
+                # in the order of what was written: after what waits
+                items.append((stream, 0, [lines]))
+            self._put_count += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="distex_zmq output", daemon=True
+                )
+                self._thread.start()
+            self._ready.notify()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits and nothing is being written."""
+        with self._lock:
+            return not self._items and not self._busy
+
+    async def written(self, timeout: float = FLUSH_TIMEOUT) -> None:
+        """Return once what was put so far is written, or after ``timeout``
+        seconds (on the pool loop)."""
+        with self._lock:
+            target = self._put_count
+        deadline = time.monotonic() + timeout
+        while self._done_count < target and not self._closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+
+    async def close(self, timeout: float = FLUSH_TIMEOUT) -> None:
+        """Let what waits be written, for at most ``timeout`` seconds, then end
+        the thread (on the pool loop, as the pool stops). A thread stuck in a
+        write to a stream that never drains is left behind (a daemon)."""
+        deadline = time.monotonic() + timeout
+        while not self.idle and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        with self._lock:
+            self._closed = True
+            self._items.clear()
+            self._ready.notify()
+            thread, stuck = self._thread, self._busy
+        if thread is not None and not stuck:
+            thread.join(1.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if self._busy:
+                    self._busy = False
+                    self._done_count += 1
+                while not self._items and not self._closed:
+                    self._ready.wait()
+                if self._closed:
+                    return
+                stream, size, what = self._items.popleft()
+                self._pending -= size
+                self._busy = True
+            if isinstance(what, list):
+                what = (
+                    f"[distex_zmq: {what[0]} lines of the workers' output dropped: "
+                    f"this process's std{stream} took them too slowly]\n"
+                )
+            self._write(stream, what)
+
+    @staticmethod
+    def _write(stream: str, text: str) -> None:
+        out = sys.stdout if stream == "out" else sys.stderr
+        try:
+            out.write(text)
+            out.flush()
+        except (OSError, ValueError, AttributeError):
+            pass  # the client closed or dropped its stream
 
 
 class WorkerOutput:
@@ -32,6 +152,8 @@ class WorkerOutput:
         if mode not in OUTPUT_MODES:
             raise ValueError(f"output must be one of {OUTPUT_MODES}, not {mode!r}")
         self.mode = mode
+        #: writes the lines and emits the log records, off the pool loop
+        self.writer = OutputWriter()
 
     def write(
         self, host: str, pid: int, stream: str, lines: Sequence[str], dropped: int = 0
@@ -44,12 +166,11 @@ class WorkerOutput:
         text = "".join([f"{prefix}{line}\n" for line in lines])
         if dropped:
             text = f"{prefix}[{dropped} lines dropped: the worker wrote too fast]\n" + text
-        out = sys.stdout if stream == "out" else sys.stderr
-        try:
-            out.write(text)
-            out.flush()
-        except (OSError, ValueError, AttributeError):
-            pass  # the client closed or dropped its stream
+        self.writer.put(stream, text, len(lines))
+
+    async def close(self) -> None:
+        """Write what waits (for at most ``FLUSH_TIMEOUT`` seconds); write no more."""
+        await self.writer.close()
 
     def local(self, host: str) -> LocalOutput:
         """The ``on_output`` of a local launcher whose workers run on ``host``."""

@@ -147,6 +147,46 @@ def test_last_line_before_death_is_not_lost(client, scenario, line):
     c.expect("out", "^LOST$")
 
 
+def test_a_stdout_nobody_reads_does_not_stall_the_pool(tmp_path):
+    """A client's stdout that blocks (a pipe nobody reads) leaves the pool
+    working: the workers' lines wait for it, up to a bound, then are dropped
+    with a count; all that waited comes once it is read."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, str(SCRIPT), "stalled", json.dumps({"num_workers": 1}), "-"]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
+    try:
+        err: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [err.put(line) for line in proc.stderr])
+        reader.start()
+        # 20 MB of lines for a stdout that takes 64 KiB: the map still runs
+        assert err.get(timeout=DEADLINE).strip() == "ALIVE"
+        out = proc.stdout.read()  # now read: what waited comes, and the pool stops
+        assert proc.wait(DEADLINE) == 0
+        reader.join(DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert err.get_nowait().strip() == "SHUT DOWN"
+    written = dropped = 0
+    for line in out.splitlines():
+        if re.match(PREFIXED + "x{99}$", line):
+            written += 1
+        else:
+            m = re.fullmatch(
+                r"\[distex_zmq: (\d+) lines of the workers' output dropped: "
+                r"this process's stdout took them too slowly\]",
+                line,
+            )
+            assert m, line
+            dropped += int(m[1])
+    # what waited came out whole, what did not fit is counted: nothing vanished
+    assert written > 10_000 and dropped > 0
+    assert written + dropped == 200_000
+
+
 def test_raw_output(client):
     c = client("live", num_workers=1, output="raw")
     c.expect("out", "^hello-out$")

@@ -20,6 +20,7 @@ import zmq
 
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.launch.local import LocalLauncher
+from distex_zmq.loops import run_in_background
 from distex_zmq.options import Options
 from distex_zmq.output import WorkerOutput
 from distex_zmq.runtime.state import PoolState
@@ -77,7 +78,9 @@ class Placement:
         self._ctx = ctx
         self._options = options
         self._pool = pool
-        self._on_exit = on_exit
+        self._report_exit = on_exit
+        #: exits waiting for the output written before them (``_on_exit``)
+        self._exits: set[asyncio.Task[None]] = set()
         self._on_host_lost = on_host_lost
         self._access: BrokerAccess | None = None
         #: set by ``start_local``
@@ -90,7 +93,22 @@ class Placement:
         self._starting: set[bytes] = set()
         self._worker_ids = itertools.count(1)
         #: where the workers' stdout and stderr lines go
-        self._output = WorkerOutput(options.output)
+        self.output = WorkerOutput(options.output)
+
+    def _on_exit(self, identity: bytes, pid: int, returncode: int, tail: str) -> None:
+        """A worker exited (its launcher tells after the last of its output):
+        report it once that output is written, so that the lines a worker
+        wrote before it died come out before the error its death causes."""
+        writer = self.output.writer
+        if writer.idle:
+            self._report_exit(identity, pid, returncode, tail)
+            return
+
+        async def after_output() -> None:
+            await writer.written()
+            self._report_exit(identity, pid, returncode, tail)
+
+        run_in_background(self._loop, after_output(), self._exits)
 
     def start_local(self, access: BrokerAccess) -> LocalLauncher:
         """Make the local launcher (on the pool loop)."""
@@ -100,7 +118,7 @@ class Placement:
             access.local_endpoint,
             access.worker_args,
             self._on_exit,
-            on_output=self._output.local(socket.gethostname()),
+            on_output=self.output.local(socket.gethostname()),
         )
         return self.local
 
@@ -123,7 +141,7 @@ class Placement:
                 access.worker_keys,
                 self._on_exit,
                 self._on_host_lost,
-                self._output.write,
+                self.output.write,
             )
         else:
             from distex_zmq.launch.spawner import SpawnerLauncher
@@ -147,7 +165,7 @@ class Placement:
                 opts.remote.connect_timeout,
                 self._on_exit,
                 self._on_host_lost,
-                self._output.write,
+                self.output.write,
             )
         self.remote.append(launcher)
         return launcher
@@ -194,4 +212,8 @@ class Placement:
         """Stop every launcher's workers, giving each ``grace`` seconds."""
         launchers: list[Launcher] = [] if self.local is None else [self.local]
         launchers.extend(self.remote)
-        await asyncio.gather(*(launcher.stop(grace) for launcher in launchers))
+        try:
+            await asyncio.gather(*(launcher.stop(grace) for launcher in launchers))
+        finally:
+            # what waits to be written, the last lines of the workers included
+            await self.output.close()

@@ -4,7 +4,8 @@ It makes ``Pool(**kwargs)``, runs one task of ``SCENARIO`` and prints
 ``RESULT host pid`` (or ``LOST``) on its stdout; the workers' lines come to
 its stdout and stderr as the pool writes them. Its own log handler prints
 the records re-emitted from the workers as ``LOG name level host pid worker
-message`` lines on stdout.
+message`` lines on stdout. Scenario ``stalled`` prints on stderr only: it
+runs ``flood``, then a map, and says ``ALIVE`` while nobody reads its stdout.
 """
 
 import json
@@ -63,6 +64,13 @@ def main():
     user = logging.getLogger("user")
     user.addHandler(handler)
     user.propagate = False
+    if scenario == "stalled":
+        with Pool(**kwargs, max_retries=0) as pool:
+            pool.run(flood, go_file)
+            assert list(pool.map(abs, range(-50, 50))) == [abs(i) for i in range(-50, 50)]
+            print("ALIVE", file=sys.stderr, flush=True)
+        print("SHUT DOWN", file=sys.stderr, flush=True)
+        return
     with Pool(**kwargs, max_retries=0) as pool:
         try:
             host, pid = pool.run(globals()[scenario], go_file)
