@@ -152,7 +152,7 @@ class WorkerOutput:
         if mode not in OUTPUT_MODES:
             raise ValueError(f"output must be one of {OUTPUT_MODES}, not {mode!r}")
         self.mode = mode
-        #: writes the lines and emits the log records, off the pool loop
+        #: writes the lines, off the pool loop
         self.writer = OutputWriter()
 
     def write(
