@@ -25,9 +25,12 @@ if TYPE_CHECKING:
 _logger = logging.getLogger("distex_zmq.pool")
 
 #: Seconds before the first attempt to reconnect to a lost host; it doubles
-#: after each failed attempt, up to ``MAX_RECONNECT_DELAY``.
+#: after each failed attempt, up to ``MAX_RECONNECT_DELAY``: a host that
+#: comes back after a long outage is back in the pool within about that
+#: and a ``connect_timeout``, at the cost of a connection attempt that often
+#: to a host that stays down.
 RECONNECT_DELAY = 2.0
-MAX_RECONNECT_DELAY = 60.0
+MAX_RECONNECT_DELAY = 15.0
 
 
 class Reconnects:
@@ -64,8 +67,8 @@ class Reconnects:
             try:
                 launcher = await self._connect(spec)
             except Exception as e:  # noqa: BLE001 - logged, and tried again later
-                _logger.warning("cannot reconnect to %s: %s", spec, e)
                 delay_next = min(delay * 2, MAX_RECONNECT_DELAY)
+                _logger.warning("cannot reconnect to %s: %s; next try in %g s", spec, e, delay_next)
                 self._roster.host_lost(spec, f"cannot reconnect: {e}", delay_next)
                 self.later(spec, delay_next)
                 return
