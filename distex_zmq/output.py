@@ -10,10 +10,12 @@ the user's handlers and formatters apply.
 
 The lines are written on a thread of their own (``OutputWriter``), not on
 the pool loop: a client whose stdout blocks (a pipe nobody reads, a paused
-terminal) must not stall the broker. What waits for that thread is bounded
-(``MAX_PENDING``); beyond it lines are dropped, and a line in their place
-says how many. Log records are emitted on the pool loop, as they arrive: a
-task's records come before its result.
+terminal) must not stall the broker. Local workers' pipes are not read while
+``PAUSE_AT`` characters wait (the workers wait in their ``print``, nothing is
+lost); lines from other hosts cannot wait there, and beyond ``MAX_PENDING``
+they are dropped, with a line in their place that says how many. Log records
+are emitted on the pool loop, as they arrive: a task's records come before
+its result.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from distex_zmq.errors import ProtocolError
 from distex_zmq.wire import frames
@@ -35,6 +37,9 @@ OUTPUT_MODES = ("prefixed", "raw", "off")
 #: Characters of output that may wait for the writer thread; beyond, lines
 #: are dropped (and counted) rather than queued.
 MAX_PENDING = 4 << 20
+#: Characters waiting at which local workers' pipes are no longer read
+#: (``full``); they are read again once half as many wait.
+PAUSE_AT = 1 << 20
 #: Seconds a pool's shutdown waits for the writer to write what waits.
 FLUSH_TIMEOUT = 2.0
 
@@ -60,6 +65,8 @@ class OutputWriter:
         #: items put and items written (or dropped), since the start
         self._put_count = 0
         self._done_count = 0
+        #: called (on their loop) once less than half of ``PAUSE_AT`` waits
+        self._room_waiters: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
 
     def put(self, stream: str, text: str, lines: int) -> None:
         """Write ``text`` (``lines`` lines) to ``stream``, "out" or "err"."""
@@ -84,6 +91,19 @@ class OutputWriter:
                 )
                 self._thread.start()
             self._ready.notify()
+
+    def full(self) -> bool:
+        """Lines that can wait should not be read for now (``PAUSE_AT``)."""
+        return self._pending >= PAUSE_AT
+
+    def when_room(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on ``loop`` once fewer than half of ``PAUSE_AT``
+        characters wait (at once if so already)."""
+        with self._lock:
+            if self._pending >= PAUSE_AT // 2 and not self._closed:
+                self._room_waiters.append((loop, callback))
+                return
+        loop.call_soon(callback)
 
     @property
     def idle(self) -> bool:
@@ -128,12 +148,22 @@ class OutputWriter:
                 stream, size, what = self._items.popleft()
                 self._pending -= size
                 self._busy = True
+                if self._room_waiters and self._pending < PAUSE_AT // 2:
+                    self._call_room_waiters()
             if isinstance(what, list):
                 what = (
                     f"[distex_zmq: {what[0]} lines of the workers' output dropped: "
                     f"this process's std{stream} took them too slowly]\n"
                 )
             self._write(stream, what)
+
+    def _call_room_waiters(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, []
+        for loop, callback in waiters:
+            try:
+                loop.call_soon_threadsafe(callback)
+            except RuntimeError:  # that loop is closed: the pool is gone
+                pass
 
     @staticmethod
     def _write(stream: str, text: str) -> None:

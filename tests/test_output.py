@@ -8,6 +8,7 @@ in a terminal would see them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -24,9 +25,10 @@ from typing import Any
 import pytest
 
 from distex_zmq import ProtocolError
-from distex_zmq.output import emit_log
+from distex_zmq.output import MAX_PENDING, OutputWriter, emit_log
 from distex_zmq.wire import frames
 from tests.contract.conftest import LoopbackSpawner
+from tests.helpers import wait_until
 from tests.multihost import REMOTE_PYTHON, unavailable
 
 SCRIPT = Path(__file__).parent / "scripts" / "output_client.py"
@@ -148,11 +150,13 @@ def test_last_line_before_death_is_not_lost(client, scenario, line):
 
 
 def test_a_stdout_nobody_reads_does_not_stall_the_pool(tmp_path):
-    """A client's stdout that blocks (a pipe nobody reads) leaves the pool
-    working: the workers' lines wait for it, up to a bound, then are dropped
-    with a count; all that waited comes once it is read."""
+    """A client's stdout that blocks (a pipe nobody reads) holds up only the
+    worker that writes to it, in its ``print``, as a terminal of its own
+    would: the other worker runs a map meanwhile, and once the pipe is read
+    every line comes."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    args = [sys.executable, str(SCRIPT), "stalled", json.dumps({"num_workers": 1}), "-"]
+    kwargs = json.dumps({"num_workers": 2, "qsize": 1})
+    args = [sys.executable, str(SCRIPT), "stalled", kwargs, "-"]
     proc = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
     )
@@ -160,9 +164,10 @@ def test_a_stdout_nobody_reads_does_not_stall_the_pool(tmp_path):
         err: queue.Queue[str] = queue.Queue()
         reader = threading.Thread(target=lambda: [err.put(line) for line in proc.stderr])
         reader.start()
-        # 20 MB of lines for a stdout that takes 64 KiB: the map still runs
-        assert err.get(timeout=DEADLINE).strip() == "ALIVE"
-        out = proc.stdout.read()  # now read: what waited comes, and the pool stops
+        # 20 MB of lines for a stdout that takes 64 KiB: the map still runs,
+        # and the flood waits in its worker, not lost in the client
+        assert err.get(timeout=DEADLINE).strip() == "ALIVE waiting"
+        out = proc.stdout.read()  # now read: the flood goes on to its end
         assert proc.wait(DEADLINE) == 0
         reader.join(DEADLINE)
     finally:
@@ -170,9 +175,38 @@ def test_a_stdout_nobody_reads_does_not_stall_the_pool(tmp_path):
             proc.kill()
             proc.wait()
     assert err.get_nowait().strip() == "SHUT DOWN"
+    lines = out.splitlines()
+    assert len(lines) == 200_000
+    assert all(re.match(PREFIXED + "x{99}$", line) for line in lines)
+
+
+def test_lines_that_cannot_wait_are_dropped_and_counted(monkeypatch):
+    """Lines that cannot wait in their worker (from other hosts) wait in the
+    client up to ``MAX_PENDING``; beyond it they are dropped, and a line in
+    their place says how many."""
+    read_end, write_end = os.pipe()
+    stdout = os.fdopen(write_end, "w")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    writer = OutputWriter()
+    batch = ("y" * 99 + "\n") * 1000
+    for _ in range(100):  # 10 MB, for a pipe that takes 64 KiB
+        writer.put("out", batch, 1000)
+    assert writer.full()
+    chunks: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: chunks.extend(iter(lambda: os.read(read_end, 1 << 16), b""))
+    )
+    reader.start()
+    try:
+        assert wait_until(lambda: writer.idle, timeout=DEADLINE)
+        asyncio.run(writer.close())
+    finally:
+        stdout.close()
+        reader.join(DEADLINE)
+        os.close(read_end)
     written = dropped = 0
-    for line in out.splitlines():
-        if re.match(PREFIXED + "x{99}$", line):
+    for line in b"".join(chunks).decode().splitlines():
+        if line == "y" * 99:
             written += 1
         else:
             m = re.fullmatch(
@@ -182,9 +216,9 @@ def test_a_stdout_nobody_reads_does_not_stall_the_pool(tmp_path):
             )
             assert m, line
             dropped += int(m[1])
-    # what waited came out whole, what did not fit is counted: nothing vanished
-    assert written > 10_000 and dropped > 0
-    assert written + dropped == 200_000
+    assert written >= MAX_PENDING // 100 and dropped > 0
+    assert written + dropped == 100_000
+    assert not writer.full()
 
 
 def test_raw_output(client):

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 _logger = logging.getLogger("distex_zmq.launch.local")
 
@@ -32,6 +32,16 @@ MAX_LINE = 64 * 1024
 #: ``on_output(identity, pid, stream, lines)``: lines (without their line
 #: ends) a worker wrote to ``stream``, ``"out"`` or ``"err"``.
 OutputCallback = Callable[[bytes, int, str, list[str]], None]
+
+
+class OutputFlow(Protocol):
+    """Where ``on_output``'s lines wait to be written: ``full()`` when the
+    workers' pipes should not be read for now; ``when_room(loop, callback)``
+    calls ``callback`` on ``loop`` once they may be read again."""
+
+    def full(self) -> bool: ...
+
+    def when_room(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None: ...
 
 
 def describe_exit(returncode: int) -> str:
@@ -95,7 +105,9 @@ class LocalLauncher:
     ``on_exit(identity, pid, returncode, stderr_tail)`` is called on the pool loop
     when a worker process ends, whatever the reason, after the last of its
     output. With ``on_output`` the workers' stdout and stderr go to it line by
-    line; without, both go to ours.
+    line; without, both go to ours. With an ``output_flow`` the pipes are not
+    read while it is full: a worker that writes faster than its lines are
+    written waits in its ``print``, as it would on a terminal of its own.
     """
 
     def __init__(
@@ -106,9 +118,13 @@ class LocalLauncher:
         on_exit: Callable[[bytes, int, int, str], None],
         worker_stdin: bytes | None = None,
         on_output: OutputCallback | None = None,
+        output_flow: OutputFlow | None = None,
     ):
         self._loop = loop
         self._on_output = on_output
+        self._flow = output_flow
+        #: pipes not read while the output flow is full: ``(proc, stream, fd)``
+        self._paused: list[tuple[WorkerProcess, str, int]] = []
         #: written to each worker's stdin, then closed (its CURVE keys)
         self.worker_stdin = worker_stdin
         self._endpoint = endpoint
@@ -192,6 +208,20 @@ class LocalLauncher:
         if not data:
             self._loop.remove_reader(fd)
         self._pass_on(proc, stream, data)
+        flow = self._flow
+        if data and flow is not None and flow.full():
+            self._loop.remove_reader(fd)
+            if not self._paused:
+                flow.when_room(self._loop, self._resume)
+            self._paused.append((proc, stream, fd))
+
+    def _resume(self) -> None:
+        """Read the pipes paused while the output flow was full (those of
+        workers that exited were read to their end then)."""
+        paused, self._paused = self._paused, []
+        for proc, stream, fd in paused:
+            if self.processes.get(proc.identity) is proc:
+                self._loop.add_reader(fd, self._read, proc, stream, fd)
 
     def _pass_on(self, proc: WorkerProcess, stream: str, data: bytes) -> None:
         """Hand on what the worker wrote (``b""``: the end of the stream)."""

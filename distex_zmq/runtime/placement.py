@@ -119,6 +119,7 @@ class Placement:
             access.worker_args,
             self._on_exit,
             on_output=self.output.local(socket.gethostname()),
+            output_flow=self.output.writer,
         )
         return self.local
 

@@ -5,9 +5,12 @@ It makes ``Pool(**kwargs)``, runs one task of ``SCENARIO`` and prints
 its stdout and stderr as the pool writes them. Its own log handler prints
 the records re-emitted from the workers as ``LOG name level host pid worker
 message`` lines on stdout. Scenario ``stalled`` prints on stderr only: it
-runs ``flood``, then a map, and says ``ALIVE`` while nobody reads its stdout.
+submits ``flood``, runs a map, gives the flood 2 s more, says ``ALIVE``
+and whether the flood is still ``waiting`` (nobody reads its stdout so
+far), and waits for it to end.
 """
 
+import concurrent.futures
 import json
 import logging
 import os
@@ -66,9 +69,11 @@ def main():
     user.propagate = False
     if scenario == "stalled":
         with Pool(**kwargs, max_retries=0) as pool:
-            pool.run(flood, go_file)
+            flooding = pool.submit(flood, go_file)
             assert list(pool.map(abs, range(-50, 50))) == [abs(i) for i in range(-50, 50)]
-            print("ALIVE", file=sys.stderr, flush=True)
+            done, _ = concurrent.futures.wait([flooding], timeout=2)
+            print("ALIVE", "done" if done else "waiting", file=sys.stderr, flush=True)
+            flooding.result()
         print("SHUT DOWN", file=sys.stderr, flush=True)
         return
     with Pool(**kwargs, max_retries=0) as pool:
