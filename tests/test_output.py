@@ -216,7 +216,8 @@ def test_lines_that_cannot_wait_are_dropped_and_counted(monkeypatch):
             )
             assert m, line
             dropped += int(m[1])
-    assert written >= MAX_PENDING // 100 and dropped > 0
+    # every batch that fitted in MAX_PENDING came whole
+    assert written >= MAX_PENDING // len(batch) * 1000 and dropped > 0
     assert written + dropped == 100_000
     assert not writer.full()
 
