@@ -124,9 +124,7 @@ class OutputWriter:
         """Let what waits be written, for at most ``timeout`` seconds, then end
         the thread (on the pool loop, as the pool stops). A thread stuck in a
         write to a stream that never drains is left behind (a daemon)."""
-        deadline = time.monotonic() + timeout
-        while not self.idle and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await self.written(timeout)
         with self._lock:
             self._closed = True
             self._items.clear()
