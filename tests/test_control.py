@@ -8,9 +8,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
+import zmq
 
 from distex_zmq import ProtocolError
 from distex_zmq.version import __version__
@@ -326,3 +328,44 @@ def test_output_over_the_limit_or_of_another_stream_is_refused():
         c.decode_line(line(**too_long), c.POOL_READS)
     with pytest.raises(ProtocolError, match="stream"):
         c.decode_line(line(**{**too_long, "lines": [], "stream": "in"}), c.POOL_READS)
+
+
+def _status_peer(reply: list[bytes]) -> tuple[Any, Any, int, threading.Thread]:
+    """A ROUTER on loopback that answers one status command with ``reply``."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+
+    def answer() -> None:
+        if sock.poll(10_000):
+            peer, *command = sock.recv_multipart()
+            assert c.decode(command, c.SPAWNER_READS) == c.Status()
+            sock.send_multipart([peer, *reply])
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return ctx, sock, port, thread
+
+
+@pytest.mark.parametrize("size", ["fits", "too large"])
+def test_status_reads_a_reply_only_up_to_its_bound(size):
+    from distex_zmq.spawner import status
+
+    pools = [{"id": "ab" * 6, "capacity": 2, "workers": [{"pid": 1, "age": 1.0}]}]
+    if size == "too large":  # a peer that is no spawner, or an endless list of workers
+        pools = pools * (status.MAX_REPLY // 50)
+    reply = c.StatusReply("h", "1.0", 7, 1.5, 8, pools)
+    ctx, sock, port, thread = _status_peer(c.encode(reply))
+    try:
+        if size == "fits":
+            assert status.query("127.0.0.1", port, None, timeout=10) == reply
+        else:
+            assert len(c.encode(reply)[1]) > status.MAX_REPLY
+            with pytest.raises(status.StatusError, match="or sent one over 4 MiB"):
+                status.query("127.0.0.1", port, None, timeout=10)
+        thread.join(10)
+        assert not thread.is_alive()
+    finally:
+        sock.close()
+        ctx.term()

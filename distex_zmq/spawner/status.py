@@ -25,12 +25,17 @@ from distex_zmq.wire import control
 
 #: Seconds the status command waits for an answer by default.
 DEFAULT_TIMEOUT = 5.0
+#: Bytes a status reply may take: room for thousands of workers, and a
+#: bound on what a peer that is not a spawner can make this process hold.
+MAX_REPLY = 4 * 1024 * 1024
 
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
+#: What the monitor reports: a refused handshake, or a peer gone without a reply.
+_MONITORED = _HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED
 
 
 class StatusError(Exception):
@@ -69,9 +74,10 @@ def query(
     try:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, os.urandom(16))
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY)
         if keys is not None:
             make_client(sock, keys.spawner.public, keys.client)
-        monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
+        monitor = sock.get_monitor_socket(_MONITORED)
         sock.connect(f"tcp://{f'[{ip}]' if ':' in str(ip) else ip}:{port}")
         sock.send_multipart(control.encode(control.Status()), flags=zmq.NOBLOCK)
         poller = zmq.Poller()
@@ -88,7 +94,13 @@ def query(
             assert isinstance(reply, control.StatusReply)
             return reply
         if monitor in ready:
-            parse_monitor_message(monitor.recv_multipart())
+            event = parse_monitor_message(monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                raise StatusError(
+                    f"the peer at {where} closed the connection without a status reply, "
+                    f"or sent one over {MAX_REPLY // 2**20} MiB: is a distex_zmq spawner "
+                    "listening there?"
+                )
             if keys is None:
                 raise StatusError(
                     f"the spawner at {where} requires the cluster's shared secret: set "
