@@ -99,9 +99,7 @@ class MapRun:
         self._per_credit = 2 if chunksize is None else 4
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._timeout = timeout
-        self.sink = QueueSink(wake, ctx.loop, 1, 0)
-        self._capacity = 0
-        self._fit(ctx.capacity())
+        self.sink = QueueSink(wake, ctx.loop, *self._fit(ctx.capacity()))
         self._results = MapResults(self.sink, ctx.tasks.data_loads, self._sizer, ordered, progress)
         self._next_seq = 0
         self.input_done = False
@@ -121,14 +119,16 @@ class MapRun:
         """Inputs per task now."""
         return self._sizer.chunksize
 
-    def _fit(self, capacity: int) -> None:
-        """Size the window to workers that hold ``capacity`` tasks at once."""
+    def _fit(self, capacity: int) -> tuple[int, int]:
+        """Size the window to workers that hold ``capacity`` tasks at once;
+        return when the sink is to wake the map: at how many results ready,
+        or how few tasks left in flight (``QueueSink.resize``)."""
         self._capacity = capacity
         self._window = map_window(capacity)
         self._chunk_window = min(self._window, self._per_credit * capacity + 2)
         #: the fewest tasks a map keeps ahead, however large: every credit and two
         self._min_window = capacity + 2
-        self.sink.resize(max(1, self._window // 2), 2 * capacity)
+        return max(1, self._window // 2), 2 * capacity
 
     @property
     def room(self) -> int:
@@ -141,7 +141,7 @@ class MapRun:
         """
         capacity = self._capacity_now()
         if capacity != self._capacity:
-            self._fit(capacity)
+            self.sink.resize(*self._fit(capacity))
         window = self._window if self._sizer.chunksize == 1 else self._chunk_window
         task_bytes = self._task_bytes
         if task_bytes and task_bytes * window > BYTES_AHEAD:
