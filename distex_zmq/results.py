@@ -12,6 +12,7 @@ import _thread
 import asyncio
 import concurrent.futures
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures._base import CANCELLED
@@ -192,10 +193,15 @@ DISCARD = DiscardSink()
 
 
 class LoopPort:
-    """Runs callbacks on one event loop, with one thread-safe wake-up per batch."""
+    """Runs callbacks on one event loop, with one thread-safe wake-up per batch.
+
+    It refers to its loop weakly: the futures waiting on that loop hold it
+    while they wait, and a pool that keeps a port per loop (``run_async``)
+    must not keep every loop that ever called it.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+        self._loop = weakref.ref(loop)
         self._pending: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._scheduled = False
 
@@ -205,10 +211,16 @@ class LoopPort:
     def flush(self) -> None:
         if self._pending and not self._scheduled:
             self._scheduled = True
+            loop = self._loop()
             try:
-                self.loop.call_soon_threadsafe(self._run)
-            except RuntimeError:  # that loop is closed: nobody waits any more
-                self._pending.clear()
+                if loop is not None:
+                    loop.call_soon_threadsafe(self._run)
+                    return
+            except RuntimeError:  # that loop is closed
+                pass
+            # nobody waits any more
+            self._pending.clear()
+            self._scheduled = False
 
     def _run(self) -> None:
         self._scheduled = False

@@ -7,8 +7,11 @@ import asyncio
 import bz2
 import collections
 import concurrent.futures
+import gc
 import itertools
 import statistics
+import time
+import weakref
 
 import eventkit as ev
 import pytest
@@ -356,6 +359,36 @@ def test_async_api_from_several_loops_in_threads_at_once(shared_pool):
         results = list(executor.map(in_thread, range(4)))
     for i, result in enumerate(results):
         assert result == [i + j for j in range(20)] + [i + j for j in range(10)]
+
+
+def test_the_loops_that_awaited_run_async_are_let_go(shared_pool):
+    # a program that runs asyncio.run per request, or a test suite, makes a
+    # new loop each time: the pool must not keep them all
+    loops = []
+
+    async def main(i):
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        return await shared_pool.run_async(tasks.square, i)
+
+    assert [asyncio.run(main(i)) for i in range(50)] == [i * i for i in range(50)]
+    gc.collect()
+    assert sum(ref() is not None for ref in loops) == 0
+
+
+def test_a_result_for_a_loop_closed_meanwhile_is_dropped(shared_pool):
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda loop, context: None)  # "destroyed but pending"
+    call = loop.create_task(shared_pool.run_async(tasks.sleep_return, 0.3, "late"))
+    loop.run_until_complete(asyncio.sleep(0.05))  # submitted: the task runs
+    loop.close()  # without waiting for it; its result comes to a closed loop
+    assert not call.done()
+    time.sleep(0.5)
+
+    async def main():
+        return await shared_pool.run_async(tasks.square, 7)
+
+    assert asyncio.run(main()) == 49
+    assert list(shared_pool.map(tasks.square, range(5))) == [0, 1, 4, 9, 16]
 
 
 def test_eventkit_readme_example(shared_pool):
