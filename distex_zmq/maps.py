@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from distex_zmq.map_input import async_input, check_map_args, is_sync_iterable, sync_input
@@ -70,18 +70,56 @@ def _map_sync_over_async(
     star: bool,
     progress: Progress | None,
 ) -> Iterator[Any]:
-    """Sync ``map`` of async iterables: iterate them on a private loop."""
-    loop = asyncio.new_event_loop()
+    """Sync ``map`` of async iterables: iterate them on a private loop.
+
+    The loop runs in this thread, or, when this thread runs a loop already
+    (a Jupyter cell), in a thread of its own: a thread runs one loop at a
+    time. Either way the iterables must not need the caller's loop.
+    """
     agen = map_async(ctx, func, iterables, timeout, chunksize, ordered, star, progress)
-    try:
-        while True:
-            try:
-                yield loop.run_until_complete(agen.__anext__())
-            except StopAsyncIteration:
-                return
-    finally:
-        loop.run_until_complete(agen.aclose())
-        loop.close()
+    with _PrivateLoop() as step:
+        try:
+            while True:
+                try:
+                    yield step(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            step(agen.aclose())
+
+
+class _PrivateLoop:
+    """A new event loop that runs awaitables to completion for a sync caller:
+    ``with _PrivateLoop() as step: step(awaitable)``."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="distex_zmq map", daemon=True
+        )
+
+    def __enter__(self) -> Callable[[Awaitable[Any]], Any]:
+        if self._thread is None:
+            return self._loop.run_until_complete
+        self._thread.start()
+        return self._step
+
+    def _step(self, awaitable: Awaitable[Any]) -> Any:
+        async def run() -> Any:
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._loop.close()
 
 
 async def map_async(

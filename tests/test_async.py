@@ -10,6 +10,7 @@ import concurrent.futures
 import gc
 import itertools
 import statistics
+import threading
 import time
 import weakref
 
@@ -324,10 +325,17 @@ def test_sync_api_inside_asyncio_run(shared_pool):
         assert list(shared_pool.map(tasks.square, range(5))) == [0, 1, 4, 9, 16]
         assert list(shared_pool.map(tasks.add, range(5), range(5), chunksize=2)) == [0, 2, 4, 6, 8]
         assert len(shared_pool.run_on_all(tasks.pid)) == 2
+        # async inputs too: they are read on a loop in a thread of its own
+        assert list(shared_pool.map(tasks.add, agen(5, 0.001), range(5))) == [0, 2, 4, 6, 8]
+        for x in shared_pool.map(tasks.square, agen(1000)):
+            if x == 4:
+                break  # stops that loop and its thread
         # and the loop still runs async work around the sync calls
         assert await shared_pool.run_async(tasks.square, 5) == 25
 
+    threads = threading.active_count()
     asyncio.run(main())
+    assert threading.active_count() == threads
 
 
 def test_run_in_executor(shared_pool):
