@@ -230,6 +230,8 @@ class Broker:
     def _on_wake(self) -> None:
         self._wake_pending = False
         self.dispatch()
+        if self._dispatcher.queued:  # no credit is free for them: a map may have ended
+            self._dispatcher.drop_cancelled()
 
     def dispatch(self) -> None:
         """Send queued tasks to workers with free credits, idle workers first."""
@@ -283,8 +285,8 @@ class Broker:
 
     def when_drained(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once every task submitted so far has finished."""
-        self._dispatcher.take_inbox()
         self.dispatch()
+        self._dispatcher.drop_cancelled()
         self._ledger.when_finished(callback)
 
     def pin_to_all(self, make_task: Callable[[], Task]) -> list[Task]:

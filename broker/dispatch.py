@@ -129,8 +129,7 @@ class Dispatcher:
             for rec in list(self._pinned_to):
                 while rec.pinned and rec.free > 0:
                     task = rec.pinned.popleft()
-                    if task.cancelled:
-                        self._finish(task)
+                    if self._dropped(task):
                         continue
                     self._assign(rec, [task], batches)
                 if not rec.pinned:
@@ -145,8 +144,7 @@ class Dispatcher:
                 if target is None:
                     break
                 queue.popleft()
-                if task.cancelled:
-                    self._finish(task)
+                if self._dropped(task):
                     continue
                 if task.may_group and not task.suspect and len(queue) >= registry.ready_capacity:
                     self._assign(target, self._take_group(task), batches)
@@ -164,6 +162,28 @@ class Dispatcher:
         for rec, tasks in batches.items():
             send(rec, message(rec, tasks))
         return True
+
+    def _dropped(self, task: Task) -> bool:
+        """Whether ``task``, about to go to a worker, was cancelled: then it
+        ends here. Otherwise its ``claim`` says it runs from now on."""
+        claim = task.claim
+        if task.cancelled or (claim is not None and not claim()):
+            self._finish(task)
+            return True
+        return False
+
+    def drop_cancelled(self) -> None:
+        """End the queued tasks that were cancelled, now rather than when a
+        worker is free for them: none may be, and a shutdown waits for them."""
+        self.take_inbox()
+        queue = self._queue
+        if any(task.cancelled for task in queue):
+            kept = [task for task in queue if not task.cancelled]
+            for task in queue:
+                if task.cancelled:
+                    self._finish(task)
+            queue.clear()
+            queue.extend(kept)
 
     def _assign_one(
         self, rec: WorkerRecord, task: Task, batches: dict[WorkerRecord, list[Task]]
@@ -234,8 +254,7 @@ class Dispatcher:
             if took is None or took >= GROUP_BELOW_US or work + took > GROUP_TIME_US:
                 break
             queue.popleft()
-            if task.cancelled:
-                self._finish(task)
+            if self._dropped(task):
                 continue
             group.append(task)
             work += max(took, 1.0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from distex_zmq.wire import frames as p
@@ -82,6 +83,7 @@ class Task:
         "tag",
         "index",
         "cancelled",
+        "claim",
         "worker",
         "pinned",
         "tries",
@@ -125,6 +127,10 @@ class Task:
         #: the function's name, for error messages
         self.name = name
         self.cancelled = False
+        #: called on the pool loop as it goes to a worker: False if it was
+        #: cancelled first, atomically with that cancel (a ``TaskFuture``,
+        #: which then counts as running and can no longer be cancelled)
+        self.claim: Callable[[], bool] | None = None
         #: the worker it was sent to last (kept after its result: where it ran)
         self.worker: WorkerRecord | None = None
         #: only this worker may run it (run_on_all, initializer)

@@ -287,8 +287,10 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
     ) -> concurrent.futures.Future[Any]:
         """Run ``fn(*args, **kwargs)`` in the pool; return a ``concurrent.futures.Future``.
 
-        The future completes without the caller running any event loop.
-        Arguments that cannot be pickled raise here, in the caller.
+        The future completes without the caller running any event loop. It
+        can be cancelled until a worker holds its task (each holds up to
+        ``qsize``); from then on it is running. Arguments that cannot be
+        pickled raise here, in the caller.
         """
         runtime = self._live_runtime()
         task = self._tasks.call(fn, args, kwargs, self._future_sink)
@@ -302,8 +304,8 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
     def run(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``func(*args, **kwargs)`` in the pool and return its result.
 
-        Interrupted while it waits (Ctrl-C), it cancels the task: one that
-        has not started never runs.
+        Interrupted while it waits (Ctrl-C), it cancels the task if no
+        worker holds it yet.
         """
         future = self.submit(func, *args, **kwargs)
         try:
@@ -313,7 +315,8 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             raise
 
     async def run_async(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Async version of ``run``; cancelling it cancels the task."""
+        """Async version of ``run``; cancelling it drops the task if no
+        worker holds it yet (the result of one that does is discarded)."""
         runtime = self._live_runtime()
         loop = asyncio.get_running_loop()
         sink = self._loop_sinks.get(loop)

@@ -15,7 +15,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures._base import CANCELLED
+from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from typing import Any
 
 from distex_zmq.broker import STATUS_LOCAL_ERROR, Task
@@ -107,9 +107,11 @@ def refuse_wait_on_pool_loop(what: str) -> None:
 class TaskFuture(concurrent.futures.Future[Any]):
     """The future of ``Pool.submit``: cancelling it cancels its task.
 
-    A task that has not started is dropped; the result of one that has is
-    discarded when it arrives. Waiting for it on the pool loop (in a done
-    callback) raises ``RuntimeError`` instead of hanging the pool.
+    As with ``ProcessPoolExecutor``, it can be cancelled until its task goes
+    to a worker (which holds up to ``qsize`` tasks): from then on it is
+    running, and ``cancel`` returns False. A cancelled task never runs.
+    Waiting for it on the pool loop (in a done callback) raises
+    ``RuntimeError`` instead of hanging the pool.
 
     Made for its ``task``, which has no tag yet: the future becomes its tag.
     """
@@ -120,6 +122,16 @@ class TaskFuture(concurrent.futures.Future[Any]):
         #: the task while it may still run (cleared when its result arrives)
         self._task: Task | None = task
         task.tag = self
+        task.claim = self._claim
+
+    def _claim(self) -> bool:
+        """The task goes to a worker (``Task.claim``): running from now on,
+        unless cancelled first. Again after its worker was lost: still running."""
+        with self._condition:
+            if self._state == PENDING:
+                self._state = RUNNING
+                return True
+            return self._state == RUNNING
 
     def result(self, timeout: float | None = None) -> Any:
         if not self.done():

@@ -303,7 +303,8 @@ def test_wait_and_as_completed_see_cancelled_futures_as_done(pool):
     done, pending = concurrent.futures.wait(futures, timeout=10)
     assert not pending
     assert len(list(concurrent.futures.as_completed(futures, timeout=10))) == 10
-    first = pool.submit(tasks.sleep_return, 1, "slow")
+    busy = [pool.submit(tasks.sleep_return, 1, i) for i in range(pool.total_workers() * 2)]
+    first = pool.submit(tasks.sleep_return, 1, "slow")  # queued: every credit is busy
     assert first.cancel()
     done, _ = concurrent.futures.wait(
         [first, pool.submit(tasks.sleep_return, 1, "slow too")],
@@ -311,6 +312,7 @@ def test_wait_and_as_completed_see_cancelled_futures_as_done(pool):
         return_when=concurrent.futures.FIRST_COMPLETED,
     )
     assert done == {first}
+    assert [f.result(timeout=10) for f in busy] == list(range(len(busy)))
 
 
 def test_a_dropped_future_is_freed_without_the_garbage_collector(pool):

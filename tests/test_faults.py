@@ -262,13 +262,19 @@ def test_worker_that_cannot_start_fails_create_fast(
 
 
 @pytest.mark.timeout(60)
-def test_cancel_running_task_keeps_the_worker(make_pool: MakePool) -> None:
-    pool = make_pool(1)
+def test_a_task_held_by_a_worker_cannot_be_cancelled(make_pool: MakePool) -> None:
+    # as with ProcessPoolExecutor: a future whose task a worker holds is
+    # running, and cancel() says no rather than let a "cancelled" task run
+    pool = make_pool(1, qsize=2)
     before = pool.run(ft.pid)
-    future = pool.submit(ft.sleep_then, 0.5, "discarded")
+    running = pool.submit(ft.sleep_then, 0.5, "ran")
+    held = pool.submit(ft.sleep_then, 0, "held")  # on the worker's second credit
+    queued = pool.submit(ft.sleep_then, 0, "queued")
     time.sleep(0.1)
-    assert future.cancel()
-    assert future.cancelled()
+    assert running.running() and held.running() and not queued.running()
+    assert not running.cancel() and not held.cancel()
+    assert queued.cancel() and queued.cancelled()
+    assert (running.result(timeout=10), held.result(timeout=10)) == ("ran", "held")
     assert pool.run(ft.pid) == before  # not killed, not replaced
 
 

@@ -96,6 +96,24 @@ def test_shutdown_with_cancel_futures_ends_a_map_in_another_thread():
     assert "input #" in str(errors[0])
 
 
+def test_inputs_of_a_map_that_ended_leave_the_queue_at_once():
+    # they must not wait for a free worker to be dropped: there may be none
+    # (a lost host), and a shutdown waits for every task still queued
+    pool = Pool(1, qsize=1)
+    pool.run_on_all(int, 0)
+    blocker = pool.submit(tasks.sleep_return, 3, "blocker")
+    with pytest.raises(concurrent.futures.TimeoutError):
+        list(pool.map(tasks.square, range(50), timeout=0.3))
+    queued = pool.submit(tasks.square, 5)
+    assert queued.cancel()
+    assert wait_until(lambda: pool.status().totals.queued == 0, timeout=1)
+    assert not blocker.done()
+    started = time.monotonic()
+    pool.shutdown()  # waits for the blocker only
+    assert blocker.result(timeout=0) == "blocker"
+    assert time.monotonic() - started < 3
+
+
 def test_shutdown_without_cancel_futures_runs_everything(tmp_path):
     pool = Pool(1, qsize=1)
     markers = [tmp_path / f"m{i}" for i in range(5)]
