@@ -315,6 +315,83 @@ def test_pool_open_at_interpreter_exit_stops_its_workers(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("ending", ["shutdown(wait=False)", "no shutdown", "pool dropped"])
+def test_the_exit_waits_for_the_tasks_submitted(tmp_path, ending):
+    # as it does for a ProcessPoolExecutor's: "the entire Python program will
+    # not exit until all pending futures are done executing"
+    proc = _run_script(
+        tmp_path,
+        f"""
+        import gc, os, sys
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool
+        from tests import tasks
+
+        ending = {ending!r}
+        here = os.getcwd()
+        pool = Pool(2)
+        pool.run_on_all(int, 0)
+        futures = [
+            pool.submit(tasks.sleep_touch, f"{{here}}/done-{{i}}", 0.2, i) for i in range(8)
+        ]
+        if ending == "shutdown(wait=False)":
+            pool.shutdown(wait=False)
+        elif ending == "pool dropped":
+            del pool
+            gc.collect()
+            print("RESULTS", *(f.result(timeout=20) for f in futures), flush=True)
+        print("ENDS", flush=True)
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ENDS" in proc.stdout, proc.stdout + proc.stderr
+    if ending == "pool dropped":
+        assert "RESULTS 0 1 2 3 4 5 6 7" in proc.stdout
+    assert sorted(p.name for p in tmp_path.glob("done-*")) == [f"done-{i}" for i in range(8)]
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_ctrl_c_while_the_exit_waits_drops_the_tasks(tmp_path):
+    path = tmp_path / "script.py"
+    path.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            sys.path.insert(0, sys.argv[1])
+            from distex_zmq import Pool
+            from tests import tasks
+
+            pool = Pool(1)
+            print("PIDS", *pool.run_on_all(tasks.pid), flush=True)
+            pool.submit(tasks.sleep_return, 60)
+            print("ENDS", flush=True)
+            """
+        )
+    )
+    with subprocess.Popen(
+        [sys.executable, str(path), str(ROOT)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            pids = [int(p) for p in proc.stdout.readline().split()[1:]]
+            assert proc.stdout.readline() == "ENDS\n"
+            time.sleep(0.5)
+            assert proc.poll() is None  # the exit waits for the task
+            started = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert time.monotonic() - started < 15
+    assert wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=10)
+    assert "Traceback" not in stderr, stderr
+
+
 def test_a_forked_child_cannot_use_its_parents_pool(tmp_path):
     # the child has none of the pool's threads: it used to wait forever
     proc = _run_script(

@@ -2,7 +2,8 @@
 
 A ``Runtime`` holds everything that lives on the pool loop and nothing that
 refers back to the ``Pool``, so that a pool that is garbage-collected (or
-still open at interpreter exit) can be shut down by a finalizer. It starts
+still open at interpreter exit) can be shut down by a finalizer; the exit
+waits for the tasks of every pool (``wait_at_exit``). It starts
 the loop thread, binds the broker (its TCP endpoints: ``RemoteEndpoints``),
 has the ``Supervisor`` start the workers and keep them running, gives the
 broker its hooks (``PoolHooks``), hands changes of the running pool to
@@ -12,12 +13,15 @@ broker its hooks (``PoolHooks``), hands changes of the running pool to
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import dataclasses
 import logging
 import os
 import shutil
+import sys
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -77,6 +81,7 @@ class Runtime:
             target=self._run_loop, name="distex_zmq pool loop", daemon=True
         )
         self._thread.start()
+        _running.add(self)
         #: the keys a remote worker needs to reach the broker (JSON-ready)
         self.worker_keys = self._endpoints.worker_keys
         self.elastic = Elastic(self.loop, self.supervisor, self.broker, options, self)
@@ -305,5 +310,38 @@ class Runtime:
 
 
 def shutdown_runtime(runtime: Runtime) -> None:
-    """Finalizer of a pool: stop its workers without waiting for its tasks."""
-    runtime.close(wait=True, cancel_futures=True, drain=False)
+    """Finalizer of a pool no longer referenced: shut it down once the tasks
+    submitted have finished, without waiting here (the futures of a dropped
+    pool still complete, as a dropped ``ProcessPoolExecutor``'s do)."""
+    runtime.close(wait=False)
+
+
+#: Seconds the interpreter's exit waits for the pools' tasks before it says so.
+EXIT_NOTICE_AFTER = 10.0
+
+
+def wait_at_exit() -> None:
+    """At the interpreter's exit, wait until every pool has finished the
+    tasks submitted and stopped its workers, as the exit does for the
+    futures of a ``ProcessPoolExecutor``: also after ``shutdown(wait=False)``
+    or none at all. Ctrl-C drops what is left."""
+    for runtime in list(_running):
+        try:
+            runtime.close(wait=False)
+            thread = runtime.thread
+            thread.join(EXIT_NOTICE_AFTER)
+            if thread.is_alive():
+                print(
+                    "distex_zmq: the interpreter exits once the pool's tasks have "
+                    "finished; Ctrl-C drops them",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                thread.join()
+        except KeyboardInterrupt:
+            runtime.close(wait=True, cancel_futures=True, drain=False)
+
+
+#: Runtimes whose loop thread runs (it holds its runtime while it does).
+_running: weakref.WeakSet[Runtime] = weakref.WeakSet()
+atexit.register(wait_at_exit)
