@@ -392,6 +392,24 @@ def test_ctrl_c_while_the_exit_waits_drops_the_tasks(tmp_path):
     assert "Traceback" not in stderr, stderr
 
 
+def test_a_program_ended_by_ctrl_c_dies_of_sigint(tmp_path):
+    # so that a shell or a CI loop sees the Ctrl-C (exit status 130)
+    proc = _run_script(
+        tmp_path,
+        """
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool
+        from tests import tasks
+
+        pool = Pool(1)
+        pool.run(tasks.square, 2)
+        raise KeyboardInterrupt
+        """,
+    )
+    assert proc.returncode == -signal.SIGINT, proc.stderr
+
+
 def test_a_forked_child_cannot_use_its_parents_pool(tmp_path):
     # the child has none of the pool's threads: it used to wait forever
     proc = _run_script(

@@ -16,6 +16,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import dataclasses
+import importlib
 import logging
 import os
 import shutil
@@ -62,6 +63,11 @@ class Runtime:
         #: the process that made the runtime: the only one that may use it
         self.pid = os.getpid()
         self._fork_generation = forks.generation
+        # The status classes are imported now, not when the teardown takes
+        # the last status: an import at the interpreter's exit runs the
+        # ``exec`` of dataclasses, which forgets a KeyboardInterrupt that is
+        # ending the program (exit status 1 instead of 130).
+        importlib.import_module("distex_zmq.status")
         sweep_stale_ipc_dirs()
         self._ipc_dir = make_ipc_dir()
         self.loop = new_event_loop()
