@@ -59,6 +59,10 @@ class MapContext:
     may_chunk: bool
 
 
+#: Tasks ``submit_rest`` hands over at once.
+SUBMIT_REST_BATCH = 256
+
+
 def map_window(capacity: int) -> int:
     """Inputs a map keeps between reading and yielding, for workers that hold
     ``capacity`` tasks at once."""
@@ -175,6 +179,12 @@ class MapRun:
         room = self.room
         if room > 0:
             self._feed_sync(it, room)
+
+    def submit_rest(self, it: Iterator[Any]) -> None:
+        """Submit every input left, beyond the window: nobody reads the
+        results (a map run for its effects)."""
+        while not self.input_done:
+            self._feed_sync(it, SUBMIT_REST_BATCH)
 
     def _feed_sync(self, it: Iterator[Any], room: int) -> None:
         if self.input_done:

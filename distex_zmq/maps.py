@@ -10,8 +10,16 @@ batch, to a ``threading.Event`` (``map``) or the caller's event loop
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+)
 from typing import Any
 
 from distex_zmq.map_input import async_input, check_map_args, is_sync_iterable, sync_input
@@ -19,6 +27,8 @@ from distex_zmq.map_run import MapContext, MapRun
 from distex_zmq.progress import Progress
 
 __all__ = ["MapContext", "check_map_args", "map_async", "map_sync"]
+
+_logger = logging.getLogger("distex_zmq.map")
 
 
 def map_sync(
@@ -31,16 +41,80 @@ def map_sync(
     star: bool,
     progress: Progress | None = None,
 ) -> Iterator[Any]:
-    """The generator behind ``Pool.map``."""
+    """The iterator behind ``Pool.map``: the map starts here, at the call,
+    as ``Executor.map`` does (its timeout counts from now)."""
     if not all(is_sync_iterable(it) for it in iterables):
-        yield from _map_sync_over_async(
+        return _map_sync_over_async(
             ctx, func, iterables, timeout, chunksize, ordered, star, progress
         )
-        return
     event = threading.Event()
     run = MapRun(ctx, func, iterables, timeout, chunksize, ordered, star, event.set, progress)
     it = _guarded(iterables, run)
     try:
+        run.feed_sync(it)
+    except Exception as e:  # noqa: BLE001 - an input that cannot be pickled, say
+        return _SyncMap(run, it, event, e)
+    return _SyncMap(run, it, event)
+
+
+class _SyncMap:
+    """The results of a sync map, as they are iterated.
+
+    Closed, or dropped after its first ``next``, it cancels what no worker
+    holds yet (``break``). Dropped before any, it runs all its inputs and
+    drops their results: ``pool.map(f, xs)`` run for its effects, as
+    ``Executor.map`` runs every input whether its results are read or not.
+    ``error``: what submitting the first inputs raised, raised at the first
+    ``next``, where the results are.
+    """
+
+    __slots__ = ("_run", "_inputs", "_results", "_started", "_error")
+
+    def __init__(
+        self,
+        run: MapRun,
+        inputs: Iterator[Any],
+        event: threading.Event,
+        error: Exception | None = None,
+    ):
+        self._run = run
+        self._inputs = inputs
+        self._results = _sync_results(run, inputs, event, error)
+        self._started = False
+        self._error = error
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        self._started = True
+        return next(self._results)
+
+    def close(self) -> None:
+        """Stop the map: cancel what no worker holds yet."""
+        self._started = True
+        self._results.close()
+        self._run.cancel()
+
+    def __del__(self) -> None:
+        if self._started:
+            self.close()
+            return
+        try:
+            if self._error is not None:
+                raise self._error
+            self._run.submit_rest(self._inputs)
+        except Exception:  # noqa: BLE001 - nobody reads this map: say why it stopped
+            _logger.exception("a map nobody iterates could not submit all its inputs")
+            self._run.cancel()
+
+
+def _sync_results(
+    run: MapRun, it: Iterator[Any], event: threading.Event, error: Exception | None
+) -> Generator[Any, None, None]:
+    try:
+        if error is not None:
+            raise error
         while True:
             event.clear()
             run.feed_sync(it)

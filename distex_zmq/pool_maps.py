@@ -37,7 +37,7 @@ class MapsMixin(PoolBase):
                 awaits it and the result is what it yields.
             iterables: Sync or async iterables, in any mix, read lazily (they
                 may be unbounded). With several, they are zipped.
-            timeout: Seconds from the start of the map until
+            timeout: Seconds from the call until
                 ``Pool.TimeoutError``.
             chunksize: Inputs sent to a worker as one task; larger chunks
                 make small tasks much cheaper. ``None`` (the default): start
@@ -56,8 +56,10 @@ class MapsMixin(PoolBase):
                 several iterables, the shortest), at most every 0.1 s and
                 once at the end. Off by default.
 
-        Breaking out of the iteration cancels what is still pending. A task
-        that raised raises here when iteration reaches it.
+        The map starts at the call, as ``Executor.map`` does; never
+        iterated, it runs all its inputs. Breaking out of the iteration
+        cancels what no worker holds yet. A task that raised raises here
+        when iteration reaches it.
         """
         check_map_args(iterables, chunksize)
         refuse_wait_on_pool_loop("Pool.map")

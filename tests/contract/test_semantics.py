@@ -170,9 +170,17 @@ def test_shutdown_with_an_unconsumed_map(make_executor):
     pool = make_executor()
     results = pool.map(str, [2] * (WORKERS + 1))
     pool.shutdown()
-    # a map reads its input lazily: it sent nothing, and cannot once the pool is shut down
-    with pytest.raises(PoolClosedError):
-        list(results)
+    # as Executor.map: the map starts at the call, and the shutdown waits for it
+    assert list(results) == ["2"] * (WORKERS + 1)
+
+
+def test_a_map_never_iterated_runs_all_its_inputs(make_executor, tmp_path):
+    # pool.map(f, xs) run for its effects, as people do with Executor.map:
+    # more inputs than a map reads ahead of its consumer
+    path = str(tmp_path / "traces")
+    with make_executor() as pool:
+        pool.map(tasks.touch, [path] * 300)
+    assert tasks.traces(path) == 300
 
 
 def test_shutdown_timeout_fails_what_runs_on(make_executor):
@@ -191,13 +199,15 @@ def test_a_dropped_pool_stops_its_workers(kind):
     assert wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=20)
 
 
-def test_a_program_that_exits_without_shutdown_ends_and_leaves_no_worker(kind):
+def test_a_program_that_exits_without_shutdown_ends_and_leaves_no_worker(kind, tmp_path):
+    path = str(tmp_path / "traces")
     script = (
         "import os, sys\n"
         "from distex_zmq import Pool\n"
         f"pool = Pool({kind.num_workers!r}, {kind.hosts!r}, **{kind.options!r})\n"
         "print(*pool.run_on_all(os.getpid), flush=True)\n"
-        "pool.submit(pow, 2, 8)\n"
+        "from tests import tasks\n"
+        f"pool.submit(tasks.sleep_touch, {path!r}, 0.5)\n"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
@@ -207,3 +217,4 @@ def test_a_program_that_exits_without_shutdown_ends_and_leaves_no_worker(kind):
     pids = [int(pid) for pid in proc.stdout.split()]
     assert len(pids) == WORKERS
     assert wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=20)
+    assert tasks.traces(path) == 1  # the exit waited for the task submitted
