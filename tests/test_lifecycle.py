@@ -410,6 +410,36 @@ def test_a_program_ended_by_ctrl_c_dies_of_sigint(tmp_path):
     assert proc.returncode == -signal.SIGINT, proc.stderr
 
 
+@pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-", "<&- >&- 2>&-"])
+def test_a_program_started_with_standard_streams_closed(tmp_path, closed):
+    # a daemon or a cron job: the pool's own files must not take fds 0 to 2
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            sys.path.insert(0, sys.argv[1])
+            from distex_zmq import Pool
+            from tests import tasks
+
+            with Pool(2) as pool:
+                result = [pool.run(tasks.square, 3), *pool.map(tasks.square, range(4))]
+            with open(sys.argv[2], "w") as f:
+                f.write(repr(result))
+            """
+        )
+    )
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["bash", "-c", f'exec "$0" "$1" "$2" "$3" {closed}', sys.executable, script, ROOT, out],
+        capture_output=True,
+        text=True,
+        timeout=40,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == "[9, 0, 1, 4, 9]"
+
+
 def test_a_forked_child_cannot_use_its_parents_pool(tmp_path):
     # the child has none of the pool's threads: it used to wait forever
     proc = _run_script(

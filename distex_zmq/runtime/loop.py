@@ -40,6 +40,7 @@ from distex_zmq.runtime.hooks import PoolHooks
 from distex_zmq.runtime.ipc import make_ipc_dir, socket_path, sweep_stale_ipc_dirs
 from distex_zmq.runtime.snapshot import stopped, take_status
 from distex_zmq.runtime.startup import StartGate, start_workers
+from distex_zmq.runtime.stdfds import hold_standard_fds
 from distex_zmq.runtime.supervisor import Supervisor
 from distex_zmq.tasks import TaskMaker
 
@@ -68,6 +69,7 @@ class Runtime:
         # ``exec`` of dataclasses, which forgets a KeyboardInterrupt that is
         # ending the program (exit status 1 instead of 130).
         importlib.import_module("distex_zmq.status")
+        hold_standard_fds()
         sweep_stale_ipc_dirs()
         self._ipc_dir = make_ipc_dir()
         self.loop = new_event_loop()
