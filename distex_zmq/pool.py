@@ -74,7 +74,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         qsize: Tasks each worker may hold at once (its credits). Raise it for
             many small tasks; 1 means no queueing at the workers. Tiny
             tasks from ``submit`` and ``run_async`` that wait for a credit
-            may share one (see the README's "Adaptive batching"), unless
+            may share one (see "Adaptive batching" in the usage guide), unless
             qsize is 1.
         initializer: Called in each worker (also in a replacement) before
             its first task.
