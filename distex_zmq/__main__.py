@@ -50,12 +50,15 @@ def start_pool(args: argparse.Namespace) -> Pool:
     remote_python = dict(item.split("=", 1) for item in args.remote_python)
     deadline = time.monotonic() + args.wait
     while True:
-        pool = Pool(
-            None if args.no_local else args.workers,
-            args.hosts,
-            secret_file=args.secret_file,
-            remote_python=remote_python or "python3",
-        )
+        try:
+            pool = Pool(
+                None if args.no_local else args.workers,
+                args.hosts,
+                secret_file=args.secret_file,
+                remote_python=remote_python or "python3",
+            )
+        except ValueError as e:  # a host spec, a secret file
+            raise SystemExit(f"distex_zmq demo: {e}") from None
         try:
             pool.run_on_all(int, 0)
             return pool
@@ -83,6 +86,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.no_local and not args.hosts:
         parser.error("--no-local needs --hosts")
+    if args.block < 1 or args.bound < 2:
+        parser.error("--block must be at least 1 and --bound at least 2")
+    if args.workers < 0:
+        parser.error("--workers must be 0 (one per CPU) or more")
+    bad = [item for item in args.remote_python if "=" not in item]
+    if bad:
+        parser.error(f"--remote-python takes HOST=CMD, not {bad[0]!r}")
 
     blocks = [(i, min(i + args.block, args.bound)) for i in range(0, args.bound, args.block)]
     t0 = time.perf_counter()

@@ -19,36 +19,52 @@ class HostSpec:
     def __init__(self, url: str):
         if not isinstance(url, str):
             raise TypeError(f"host specification must be a string, not {url!r}")
-        ssh_prefix = "ssh://"
-        self.is_ssh = url.startswith(ssh_prefix)
-        rest = url[len(ssh_prefix) :] if self.is_ssh else url
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            scheme, rest = "", url
+        elif scheme.lower() != "ssh":
+            raise ValueError(
+                f"host specification {url!r}: unknown scheme {scheme + '://'!r}; write "
+                "ssh://[user@]host[:port]/N for an SSH host, host[:port]/N for a spawner host"
+            )
+        self.is_ssh = bool(scheme)
         address, sep, count = rest.rpartition("/")
         if not sep:
             raise ValueError(
                 f"host specification {url!r} lacks the number of workers: "
                 "write it as [ssh://][user@]host[:port]/num_workers"
             )
-        try:
-            self.num_workers = int(count)
-        except ValueError:
+        if count.startswith("-") and _is_number(count[1:]):
+            raise ValueError(f"host specification {url!r}: number of workers must be >= 1")
+        if not _is_number(count):
             raise ValueError(
                 f"host specification {url!r}: number of workers {count!r} is not an integer"
-            ) from None
+            )
+        self.num_workers = int(count)
         if self.num_workers < 1:
             raise ValueError(f"host specification {url!r}: number of workers must be >= 1")
+        if "/" in address:
+            raise ValueError(
+                f"host specification {url!r}: a '/' in the address; write "
+                "ssh://[user@]host[:port]/N for an SSH host, host[:port]/N for a spawner host"
+            )
         user, at, hostport = address.rpartition("@")
         if at and not user:
             raise ValueError(f"host specification {url!r}: empty user name")
         self.user = user or None
+        if hostport.startswith("["):
+            raise ValueError(
+                f"host specification {url!r}: IPv6 addresses are not supported; "
+                "use a host name or an IPv4 address"
+            )
         host, colon, port = hostport.partition(":")
-        if not host or "/" in host:
+        if not host or any(c.isspace() for c in host):
             raise ValueError(f"host specification {url!r}: missing or bad host name")
         self.host = host
         if colon:
-            try:
-                self.port: int | None = int(port)
-            except ValueError:
-                raise ValueError(f"host specification {url!r}: bad port {port!r}") from None
+            if not _is_number(port):
+                raise ValueError(f"host specification {url!r}: bad port {port!r}")
+            self.port: int | None = int(port)
             if not 0 < self.port < 65536:
                 raise ValueError(f"host specification {url!r}: port out of range")
         else:
@@ -67,3 +83,9 @@ class HostSpec:
 
     def __hash__(self) -> int:
         return hash(tuple(getattr(self, k) for k in self.__slots__))
+
+
+def _is_number(text: str) -> bool:
+    """Whether ``text`` is a plain decimal number (``int()`` also takes
+    spaces, signs and underscores, which a host specification has no use for)."""
+    return text.isascii() and text.isdigit()

@@ -81,7 +81,9 @@ class ClusterKeys:
 
 
 def load_secret(secret: str | bytes | None = None, secret_file: str | None = None) -> bytes | None:
-    """The shared secret: given, read from ``secret_file``, or from the environment."""
+    """The shared secret: given, read from ``secret_file``, or from the
+    environment; without the whitespace around it, whatever its source (a
+    file's last newline, say), so that every source gives the same keys."""
     if secret is not None and secret_file is not None:
         raise ValueError("give the shared secret or a secret file, not both")
     if secret_file is not None:
@@ -95,9 +97,12 @@ def load_secret(secret: str | bytes | None = None, secret_file: str | None = Non
         return value
     if secret is None:
         secret = os.environ.get(SECRET_ENV) or None
-    if isinstance(secret, str):
-        return secret.encode()
-    return secret
+    if secret is None:
+        return None
+    value = (secret.encode() if isinstance(secret, str) else bytes(secret)).strip()
+    if not value:
+        raise ValueError("the shared secret is empty (or only whitespace)")
+    return value
 
 
 def make_server(sock: zmq.Socket[Any], keys: KeyPair) -> None:

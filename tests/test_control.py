@@ -369,3 +369,31 @@ def test_status_reads_a_reply_only_up_to_its_bound(size):
     finally:
         sock.close()
         ctx.term()
+
+
+def test_status_refuses_a_timeout_that_is_no_wait():
+    for timeout in ("-1", "0", "nan"):
+        result = subprocess.run(
+            [sys.executable, "-m", "distex_zmq.spawner", "status", "--timeout", timeout],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "--timeout must be more than 0 seconds" in result.stderr
+
+
+def test_every_source_of_the_secret_gives_the_same_keys(tmp_path, monkeypatch):
+    from distex_zmq.security import SECRET_ENV, ClusterKeys, load_secret
+
+    path = tmp_path / "secret"
+    path.write_text("correct horse battery staple 42\n")
+    from_file = load_secret(secret_file=str(path))
+    assert from_file == b"correct horse battery staple 42"
+    assert load_secret(path.read_text()) == from_file  # secret=open(f).read()
+    assert load_secret(path.read_bytes()) == from_file
+    monkeypatch.setenv(SECRET_ENV, path.read_text())
+    assert load_secret() == from_file
+    assert ClusterKeys.from_secret(load_secret() or b"") == ClusterKeys.from_secret(from_file)
+    with pytest.raises(ValueError, match="empty"):
+        load_secret(" \n")

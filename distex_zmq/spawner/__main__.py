@@ -110,6 +110,8 @@ def _status(argv: list[str]) -> None:
         "--json", action="store_true", help="print the reply as JSON (default: off)"
     )
     args = parser.parse_args(argv)
+    if not args.timeout > 0:
+        parser.error(f"--timeout must be more than 0 seconds, not {args.timeout:g}")
     try:
         host, port = split_address(args.address)
     except ValueError as e:
