@@ -332,3 +332,19 @@ def test_no_module_imports_another_modules_private_names():
     # the package imports its checkout finder first, by design
     allowed = {"distex_zmq/__init__.py:5 distex_zmq._source_layout"}
     assert [r for r in reach_ins if r not in allowed] == []
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--block", "0"], "--block must be at least 1"),
+        (["--bound", "-1"], "--bound at least 2"),
+        (["--remote-python", "foo"], "--remote-python takes HOST=CMD, not 'foo'"),
+        (["--hosts", "tcp://mini/2"], "unknown scheme 'tcp://'"),
+    ],
+)
+def test_the_demo_says_what_is_wrong_with_its_arguments(args, message):
+    proc = run_python("", "-m", "distex_zmq", *args)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
