@@ -105,6 +105,41 @@ def load_secret(secret: str | bytes | None = None, secret_file: str | None = Non
     return value
 
 
+#: The monitor events of a ZeroMQ handshake that failed.
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+def explain_handshake_failure(where: str, event: int, value: int, secret: bool, how: str) -> str:
+    """Why the handshake with the spawner at ``where`` failed, from its
+    monitor ``event`` and ``value``, for a client with or without the
+    ``secret``; ``how``: how the user sets one.
+
+    A spawner closes the connection of a client without its secret or with
+    another one, as a peer that is no ZeroMQ socket does: the messages name
+    both. Only a peer that reports the mechanisms' mismatch is sure to be a
+    ZeroMQ socket.
+    """
+    not_a_spawner = (
+        "or it is not a distex_zmq spawner (is the port right? an SSH host is written ssh://host/N)"
+    )
+    mismatch = value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"{where} refused this client's key: its shared secret is another"
+    if not secret:
+        needs = f"{where} requires the cluster's shared secret (CURVE): set {how}"
+        return needs if mismatch else f"{needs}; {not_a_spawner}"
+    if mismatch:
+        return f"{where} runs without a shared secret: the client must have none either"
+    return (
+        f"{where} did not accept the CURVE handshake: it has another shared secret, "
+        "or none (then the client must have none either), " + not_a_spawner
+    )
+
+
 def make_server(sock: zmq.Socket[Any], keys: KeyPair) -> None:
     """Make the endpoints that ``sock`` binds from now on CURVE servers."""
     sock.setsockopt(zmq.CURVE_SERVER, 1)

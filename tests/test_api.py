@@ -10,6 +10,7 @@ import inspect
 import itertools
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -439,6 +440,38 @@ def test_pool_on_a_loopback_spawner(tmp_path):
     assert spawner.proc.returncode == 0
     log = spawner.read()
     assert b"NO authentication" in log and b"opened: up to 2 workers" in log
+
+
+def test_a_port_that_is_no_spawner_is_named_as_such(tmp_path, monkeypatch, make_pool):
+    # host:22/2 for an SSH host, say: a peer that closes the connection is
+    # not taken for a spawner that wants a secret
+    monkeypatch.delenv("DISTEX_ZMQ_SECRET", raising=False)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def close_each() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+            conn.close()
+
+    threading.Thread(target=close_each, daemon=True).start()
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        for secret in (None, "correct horse battery staple 42"):
+            with pytest.raises(HostConnectionError, match="not a distex_zmq spawner") as info:
+                make_pool(None, [f"127.0.0.1:{port}/2"], secret=secret).run(abs, 1)
+            assert "ssh://host/N" in str(info.value)
+        # a spawner without a secret, and a pool with one
+        with pytest.raises(HostConnectionError, match=r"another shared secret, or none \(then"):
+            secret = "correct horse battery staple 42"
+            make_pool(None, [f"127.0.0.1:{spawner.port}/1"], secret=secret).run(abs, 1)
+    finally:
+        spawner.stop()
+        server.close()
 
 
 def test_secret_is_read_only_for_spawner_hosts(monkeypatch):

@@ -510,7 +510,7 @@ def test_status_without_an_answer(hosts, secret_file):
     env = {**os.environ, "DISTEX_ZMQ_SECRET": "not the secret of this cluster"}
     wrong = _spawner_cli("status", hosts.addresses["dzq-a"], env=env)
     assert wrong.returncode != 0
-    assert "refused the CURVE handshake" in wrong.stderr, wrong.stderr
+    assert "did not accept the CURVE handshake" in wrong.stderr, wrong.stderr
     env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
     right = _spawner_cli("status", hosts.addresses["dzq-a"], "--secret-file", str(secret_file))
     assert right.returncode == 0, right.stderr

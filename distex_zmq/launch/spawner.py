@@ -30,15 +30,14 @@ from zmq.utils.monitor import parse_monitor_message
 from distex_zmq.errors import HostConnectionError, ProtocolError
 from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT, HostSpec
 from distex_zmq.launch.remote import RemoteLauncher, RemoteOutput, tcp_host
-from distex_zmq.security import ClusterKeys, make_client
+from distex_zmq.security import (
+    HANDSHAKE_FAILED,
+    ClusterKeys,
+    explain_handshake_failure,
+    make_client,
+)
 from distex_zmq.wire import control, frames
 from distex_zmq.wire.zmqio import EdgeReader
-
-_HANDSHAKE_FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-)
 
 
 class SpawnerLauncher(RemoteLauncher):
@@ -103,7 +102,7 @@ class SpawnerLauncher(RemoteLauncher):
         if self._keys is not None:
             make_client(sock, self._keys.spawner.public, self._keys.client)
         self._monitor = sock.get_monitor_socket(
-            _HANDSHAKE_FAILED
+            HANDSHAKE_FAILED
             | zmq.EVENT_DISCONNECTED
             | zmq.EVENT_CONNECTED
             | zmq.EVENT_CONNECT_RETRIED
@@ -166,9 +165,16 @@ class SpawnerLauncher(RemoteLauncher):
             self._on_message(event)
 
     def _on_monitor(self, frames: list[zmq.Frame]) -> None:
-        kind = parse_monitor_message([f.bytes for f in frames])["event"]
-        if kind & _HANDSHAKE_FAILED:
-            self._handshake_failure = self._explain_handshake(kind)
+        event = parse_monitor_message([f.bytes for f in frames])
+        kind = event["event"]
+        if kind & HANDSHAKE_FAILED:
+            self._handshake_failure = explain_handshake_failure(
+                f"the spawner at {self.spec.host}:{self.spec.port}",
+                kind,
+                event["value"],
+                self._keys is not None,
+                "DISTEX_ZMQ_SECRET or Pool(secret=...) / Pool(secret_file=...)",
+            )
             if not self._hello.done():
                 self._hello.set_exception(HostConnectionError(self._handshake_failure))
         elif kind == zmq.EVENT_CONNECTED:
@@ -177,28 +183,26 @@ class SpawnerLauncher(RemoteLauncher):
             # the first connection failed at once: refused (or unreachable)
             if not self._hello.done():
                 self._hello.set_exception(HostConnectionError(self._refused()))
-        elif kind == zmq.EVENT_DISCONNECTED and self._hello.done():
-            self._lose("its connection closed (the spawner stopped or died)")
+        elif kind == zmq.EVENT_DISCONNECTED:
+            if self._hello.done():
+                self._lose("its connection closed (the spawner stopped or died)")
+            else:
+                # the handshake passed (a peer that is no ZeroMQ socket can
+                # pass for a ZMTP 1.0 one), and then no hello came
+                where = f"{self.spec.host}:{self.spec.port}"
+                self._hello.set_exception(
+                    HostConnectionError(
+                        f"the peer at {where} closed the connection before saying hello: "
+                        "it is not a distex_zmq spawner (is the port right? an SSH host "
+                        "is written ssh://host/N), or it stopped just then"
+                    )
+                )
 
     def _refused(self) -> str:
         where = f"{self.spec.host}:{self.spec.port or DEFAULT_SPAWNER_PORT}"
         return (
             f"spawner {where}: the connection was refused: nothing listens on {where}. "
             "Is `python -m distex_zmq.spawner` running there, on that port?"
-        )
-
-    def _explain_handshake(self, kind: int) -> str:
-        where = f"the spawner at {self.spec.host}:{self.spec.port}"
-        if self._keys is None:
-            return (
-                f"{where} requires the cluster's shared secret (CURVE): set "
-                "DISTEX_ZMQ_SECRET or Pool(secret=...) / Pool(secret_file=...)"
-            )
-        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            return f"{where} refused this pool's key: its shared secret is not this pool's"
-        return (
-            f"{where} did not accept the CURVE handshake: it has another shared secret, "
-            "or runs without one (then the pool must have none either)"
         )
 
     async def _close(self) -> None:

@@ -20,7 +20,12 @@ from zmq.utils.monitor import parse_monitor_message
 
 from distex_zmq.errors import ProtocolError
 from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT
-from distex_zmq.security import ClusterKeys, make_client
+from distex_zmq.security import (
+    HANDSHAKE_FAILED,
+    ClusterKeys,
+    explain_handshake_failure,
+    make_client,
+)
 from distex_zmq.wire import control
 
 #: Seconds the status command waits for an answer by default.
@@ -29,13 +34,8 @@ DEFAULT_TIMEOUT = 5.0
 #: bound on what a peer that is not a spawner can make this process hold.
 MAX_REPLY = 4 * 1024 * 1024
 
-_HANDSHAKE_FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-)
 #: What the monitor reports: a refused handshake, or a peer gone without a reply.
-_MONITORED = _HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED
+_MONITORED = HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED
 
 
 class StatusError(Exception):
@@ -94,21 +94,21 @@ def query(
             assert isinstance(reply, control.StatusReply)
             return reply
         if monitor in ready:
-            event = parse_monitor_message(monitor.recv_multipart())["event"]
-            if event == zmq.EVENT_DISCONNECTED:
+            event = parse_monitor_message(monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_DISCONNECTED:
                 raise StatusError(
                     f"the peer at {where} closed the connection without a status reply, "
                     f"or sent one over {MAX_REPLY // 2**20} MiB: is a distex_zmq spawner "
                     "listening there?"
                 )
-            if keys is None:
-                raise StatusError(
-                    f"the spawner at {where} requires the cluster's shared secret: set "
-                    "DISTEX_ZMQ_SECRET or --secret-file"
-                )
             raise StatusError(
-                f"the spawner at {where} refused the CURVE handshake: its shared secret "
-                "is another, or it runs without one"
+                explain_handshake_failure(
+                    f"the spawner at {where}",
+                    event["event"],
+                    event["value"],
+                    keys is not None,
+                    "DISTEX_ZMQ_SECRET or --secret-file",
+                )
             )
         raise StatusError(
             f"no spawner answered at {where} within {timeout:g} s: is it running there, "
