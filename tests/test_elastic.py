@@ -213,3 +213,26 @@ def test_replacement_due_after_a_shrink_is_not_started(make_pool):
     time.sleep(SLOW_REPLACEMENT_DELAY + 0.5)
     assert len(_worker_pids(pool)) == 1
     assert len(child_pids()) == 1
+
+
+def test_status_lists_the_hosts_in_the_pool_only(make_pool, tmp_path):
+    # a host whose adding failed, and a host removed, are no longer listed
+    from distex_zmq import HostConnectionError
+    from tests.helpers import LoopbackSpawner, free_port
+
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        pool = make_pool(1)
+        pool.run(tasks.square, 1)
+        nobody = f"127.0.0.1:{free_port()}/1"
+        with pytest.raises(HostConnectionError):
+            pool.add_hosts([nobody])
+        assert [h.spec for h in pool.status().hosts] == ["local"]
+        there = f"127.0.0.1:{spawner.port}/1"
+        pool.add_hosts([there])
+        assert {h.spec: h.state for h in pool.status().hosts} == {"local": "up", there: "up"}
+        pool.remove_hosts([there])
+        assert [h.spec for h in pool.status().hosts] == ["local"]
+        assert pool.run(tasks.square, 3) == 9
+    finally:
+        spawner.stop()

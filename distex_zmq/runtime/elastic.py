@@ -91,6 +91,8 @@ class Elastic:
                 await asyncio.gather(
                     *(self._members.remove_host(host, drain=False) for host in added)
                 )
+                for spec in specs:
+                    self._supervisor.roster.forget(spec)
                 raise errors[0]
             hosts.extend(specs)
 
@@ -124,6 +126,8 @@ class Elastic:
             await asyncio.gather(
                 *(self._members.remove_host(host, drain, timeout) for host in hosts)
             )
+            for spec in leaving:
+                supervisor.roster.forget(spec)
 
     async def resize(self, num_workers: int, drain: bool, timeout: float | None) -> None:
         """Start or retire local workers until there are ``num_workers``

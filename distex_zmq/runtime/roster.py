@@ -65,6 +65,11 @@ class Roster:
             record = self.hosts[key] = HostRecord(key, kind)
         return record
 
+    def forget(self, spec: HostSpec) -> None:
+        """The host is not in the pool (any more): it was removed, or adding
+        it failed."""
+        self.hosts.pop(spec_text(spec), None)
+
     def spawned(self, identity: bytes, spec: HostSpec | None) -> None:
         host = self.host(spec)
         host.workers.add(identity)
