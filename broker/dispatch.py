@@ -32,6 +32,13 @@ GROUP_TIME_US = 2000
 MAX_GROUP = 256
 #: Functions whose run times the broker keeps (it forgets them all beyond).
 MAX_RUN_TIMES = 10_000
+#: A worker that runs a task whose function ran this long or longer last
+#: time gets no other task until it is done: one queued behind it would
+#: wait while other workers may be free. Credits beyond the first spare
+#: round trips, which matter only for tasks far shorter than this (a local
+#: round trip is under 1% of it). A function that never ran is not held to
+#: it: a worker cut off alive is found only by a send to it that fails.
+LONG_TASK_US = 20_000
 
 
 class Dispatcher:
@@ -196,7 +203,7 @@ class Dispatcher:
         rec.running[task.id] = task
         task.worker = rec
         task.group = None
-        if task.suspect:
+        if task.suspect or self._may_run_long(task):
             rec.exclusive = True
         rec.used += 1
         self._registry.place(rec)
@@ -221,7 +228,7 @@ class Dispatcher:
             running[task.id] = task
             task.worker = rec
             task.group = group
-            if task.suspect:
+            if task.suspect or (group is None and self._may_run_long(task)):
                 rec.exclusive = True
         rec.used += 1
         self._registry.place(rec)
@@ -230,6 +237,12 @@ class Dispatcher:
             batches[rec] = tasks
         else:
             batch.extend(tasks)
+
+    def _may_run_long(self, task: Task) -> bool:
+        """Whether ``task``'s function ran ``LONG_TASK_US`` or longer last
+        time (pinned tasks aside: each worker gets its own)."""
+        took = self._last_run.get(task.func_id)
+        return took is not None and took >= LONG_TASK_US and task.pinned is None
 
     def _take_group(self, first: Task) -> list[Task]:
         """``first`` and the tiny tasks queued after it that may share its

@@ -208,7 +208,8 @@ class WorkerRecord:
         self.bucket = -1
         #: when the oldest task it runs began (roughly), for task_timeout
         self.head_since = 0.0
-        #: it runs a suspect task alone: it gets nothing else meanwhile
+        #: it runs a suspect task alone, or one that may run long
+        #: (``Dispatcher._may_run_long``): it gets nothing else meanwhile
         self.exclusive = False
         #: a send to it failed: it gets nothing more (``Losses.unreachable``)
         self.unreachable = False

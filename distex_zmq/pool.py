@@ -72,10 +72,12 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             (default port 8899), which the pool reaches with the cluster's
             shared secret (``secret``).
         qsize: Tasks each worker may hold at once (its credits). Raise it for
-            many small tasks; 1 means no queueing at the workers. Tiny
+            many small tasks; 1 means no queueing at the workers. A worker
+            gets no second task while it runs one whose function is known
+            to run 20 ms or longer: no task waits behind a long one. Tiny
             tasks from ``submit`` and ``run_async`` that wait for a credit
-            may share one (see "Adaptive batching" in the usage guide), unless
-            qsize is 1.
+            may share one (see "Adaptive batching" in the usage guide),
+            unless qsize is 1.
         initializer: Called in each worker (also in a replacement) before
             its first task.
         initargs: Arguments for ``initializer``.

@@ -71,6 +71,8 @@ from tests.multihost import HOSTS, Cluster  # noqa: E402
 
 #: Seconds a test's processes and threads get to wind down after it.
 WIND_DOWN = 5.0
+#: Seconds a pool of ``make_pool`` lets its tasks run on at the end of a test.
+TEARDOWN_DRAIN = 30.0
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +133,9 @@ def make_pool():
 
     yield make
     for pool in reversed(pools):
-        pool.shutdown(cancel_futures=True)
+        # bounded: a test that timed out may leave a task that never ends,
+        # and its timeout no longer runs here
+        pool.shutdown(cancel_futures=True, timeout=TEARDOWN_DRAIN)
 
 
 @pytest.fixture(scope="session")

@@ -171,3 +171,32 @@ def test_a_group_that_turns_out_slow_is_given_back_and_spread(pool):
     slow = [f.result(timeout=0) for f in futures[:4]]
     assert set(slow) == pids, "the slow tasks all ran on one worker"
     assert all(f.result(timeout=0) in pids for f in futures[4:])
+
+
+def test_a_task_does_not_wait_behind_a_long_one_while_a_worker_is_free(make_pool):
+    # as with ProcessPoolExecutor: with qsize=2 the second credit of a worker
+    # that runs a task of a function known to run long is not used, so the
+    # quick tasks go to the worker that is free first
+    pool = make_pool(2, qsize=2)
+    pool.run_on_all(int, 0)
+    assert pool.run(tasks.nap_pid, 0.05)  # known to take 50 ms
+    slow = pool.submit(tasks.nap_pid, 3)
+    first = pool.submit(tasks.nap_pid, 0.5)
+    quick = [pool.submit(tasks.nap_pid, 0.01) for _ in range(2)]
+    done, _ = concurrent.futures.wait(quick, timeout=2.5)
+    assert len(done) == 2 and not slow.done()
+    assert {f.result() for f in quick} == {first.result()}
+    assert slow.result(timeout=10) != first.result()
+
+
+@pytest.mark.parametrize("delay, held", [(0.005, 2), (0.05, 1)])
+def test_a_worker_holds_a_second_task_only_behind_a_short_one(make_pool, delay, held):
+    # what the second credit is for: the next short task is at the worker
+    # when the one before ends (no round trip between them)
+    pool = make_pool(1, qsize=2)
+    assert pool.run(tasks.nap_pid, delay)  # its run time is known now
+    futures = [pool.submit(tasks.nap_pid, delay) for _ in range(20)]
+    most = 0
+    while not all(f.done() for f in futures):
+        most = max(most, pool.status().workers[0].tasks_held)
+    assert most == held

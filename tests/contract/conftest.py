@@ -110,7 +110,7 @@ def make_executor(kind: PoolKind, make_pool: Callable[..., Pool]) -> Iterator[Ca
 
     yield make
     for pool in pools:  # here, not in make_pool's finalizer, which runs after this one
-        pool.shutdown(cancel_futures=True)
+        pool.shutdown(cancel_futures=True, timeout=30)  # bounded: see tests/conftest.py
     assert kind.cluster is None or wait_until(lambda: kind.host_processes() <= before, 10), (
         f"pool processes left on the hosts: {kind.host_processes() - before}"
     )
