@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import weakref
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -50,68 +51,43 @@ def map_sync(
     event = threading.Event()
     run = MapRun(ctx, func, iterables, timeout, chunksize, ordered, star, event.set, progress)
     it = _guarded(iterables, run)
+    error = None
     try:
         run.feed_sync(it)
     except Exception as e:  # noqa: BLE001 - an input that cannot be pickled, say
-        return _SyncMap(run, it, event, e)
-    return _SyncMap(run, it, event)
+        error = e  # raised at the first next, where the results are
+    started = [False]
+    results = _sync_results(run, it, event, error, started)
+    weakref.finalize(results, _run_unread, run, it, error, started)
+    return results
 
 
-class _SyncMap:
-    """The results of a sync map, as they are iterated.
-
-    Closed, or dropped after its first ``next``, it cancels what no worker
-    holds yet (``break``). Dropped before any, it runs all its inputs and
-    drops their results: ``pool.map(f, xs)`` run for its effects, as
-    ``Executor.map`` runs every input whether its results are read or not.
-    ``error``: what submitting the first inputs raised, raised at the first
-    ``next``, where the results are.
-    """
-
-    __slots__ = ("_run", "_inputs", "_results", "_started", "_error")
-
-    def __init__(
-        self,
-        run: MapRun,
-        inputs: Iterator[Any],
-        event: threading.Event,
-        error: Exception | None = None,
-    ):
-        self._run = run
-        self._inputs = inputs
-        self._results = _sync_results(run, inputs, event, error)
-        self._started = False
-        self._error = error
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        self._started = True
-        return next(self._results)
-
-    def close(self) -> None:
-        """Stop the map: cancel what no worker holds yet."""
-        self._started = True
-        self._results.close()
-        self._run.cancel()
-
-    def __del__(self) -> None:
-        if self._started:
-            self.close()
-            return
-        try:
-            if self._error is not None:
-                raise self._error
-            self._run.submit_rest(self._inputs)
-        except Exception:  # noqa: BLE001 - nobody reads this map: say why it stopped
-            _logger.exception("a map nobody iterates could not submit all its inputs")
-            self._run.cancel()
+def _run_unread(
+    run: MapRun, it: Iterator[Any], error: Exception | None, started: list[bool]
+) -> None:
+    """Finalizer of a sync map's results: never iterated, the map runs all
+    its inputs and drops their results, as ``Executor.map`` runs every input
+    whether its results are read or not (``pool.map(f, xs)`` run for its
+    effects). Iterated, its generator cancelled the rest as it ended."""
+    if started[0]:
+        return
+    try:
+        if error is not None:
+            raise error
+        run.submit_rest(it)
+    except Exception:  # noqa: BLE001 - nobody reads this map: say why it stopped
+        _logger.exception("a map nobody iterates could not submit all its inputs")
+        run.cancel()
 
 
 def _sync_results(
-    run: MapRun, it: Iterator[Any], event: threading.Event, error: Exception | None
+    run: MapRun,
+    it: Iterator[Any],
+    event: threading.Event,
+    error: Exception | None,
+    started: list[bool],
 ) -> Generator[Any, None, None]:
+    started[0] = True
     try:
         if error is not None:
             raise error

@@ -262,12 +262,13 @@ def test_garbage_collected_pool_stops_its_workers_after_run_on_all():
     _assert_collected_pool_stops(use)
 
 
-def _run_script(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+def _start_script(tmp_path: Path, source: str) -> subprocess.Popen[str]:
+    """Run ``source`` as a script of its own, the repository as its argument."""
     path = tmp_path / "script.py"
     path.write_text(textwrap.dedent(source))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # a session of its own: a hung forked child is killed with the script
-    with subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, str(path), str(ROOT)],
         cwd=tmp_path,
         env=env,
@@ -275,7 +276,11 @@ def _run_script(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-    ) as proc:
+    )
+
+
+def _run_script(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+    with _start_script(tmp_path, source) as proc:
         try:
             stdout, stderr = proc.communicate(timeout=40)
         except subprocess.TimeoutExpired:
@@ -352,29 +357,18 @@ def test_the_exit_waits_for_the_tasks_submitted(tmp_path, ending):
 
 
 def test_ctrl_c_while_the_exit_waits_drops_the_tasks(tmp_path):
-    path = tmp_path / "script.py"
-    path.write_text(
-        textwrap.dedent(
-            """
-            import sys
-            sys.path.insert(0, sys.argv[1])
-            from distex_zmq import Pool
-            from tests import tasks
+    script = """
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool
+        from tests import tasks
 
-            pool = Pool(1)
-            print("PIDS", *pool.run_on_all(tasks.pid), flush=True)
-            pool.submit(tasks.sleep_return, 60)
-            print("ENDS", flush=True)
-            """
-        )
-    )
-    with subprocess.Popen(
-        [sys.executable, str(path), str(ROOT)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as proc:
+        pool = Pool(1)
+        print("PIDS", *pool.run_on_all(tasks.pid), flush=True)
+        pool.submit(tasks.sleep_return, 60)
+        print("ENDS", flush=True)
+        """
+    with _start_script(tmp_path, script) as proc:
         try:
             assert proc.stdout is not None
             pids = [int(p) for p in proc.stdout.readline().split()[1:]]
