@@ -128,7 +128,7 @@ def explain_handshake_failure(where: str, event: int, value: int, secret: bool, 
     )
     mismatch = value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return f"{where} refused this client's key: its shared secret is another"
+        return f"{where} refused this client's key: it has another shared secret"
     if not secret:
         needs = f"{where} requires the cluster's shared secret (CURVE): set {how}"
         return needs if mismatch else f"{needs}; {not_a_spawner}"

@@ -465,8 +465,12 @@ def test_a_port_that_is_no_spawner_is_named_as_such(tmp_path, monkeypatch, make_
             with pytest.raises(HostConnectionError, match="not a distex_zmq spawner") as info:
                 make_pool(None, [f"127.0.0.1:{port}/2"], secret=secret).run(abs, 1)
             assert "ssh://host/N" in str(info.value)
-        # a spawner without a secret, and a pool with one
-        with pytest.raises(HostConnectionError, match=r"another shared secret, or none \(then"):
+        # a spawner without a secret, and a pool with one: libzmq reports the
+        # mechanisms' mismatch, or (as the spawner closes first) no detail
+        with pytest.raises(
+            HostConnectionError,
+            match=r"runs without a shared secret|another shared secret, or none \(then",
+        ):
             secret = "correct horse battery staple 42"
             make_pool(None, [f"127.0.0.1:{spawner.port}/1"], secret=secret).run(abs, 1)
     finally:
