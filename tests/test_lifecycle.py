@@ -108,10 +108,8 @@ def test_inputs_of_a_map_that_ended_leave_the_queue_at_once():
     assert queued.cancel()
     assert wait_until(lambda: pool.status().totals.queued == 0, timeout=1)
     assert not blocker.done()
-    started = time.monotonic()
     pool.shutdown()  # waits for the blocker only
     assert blocker.result(timeout=0) == "blocker"
-    assert time.monotonic() - started < 3
 
 
 def test_shutdown_without_cancel_futures_runs_everything(tmp_path):
