@@ -36,8 +36,9 @@ MAX_RUN_TIMES = 10_000
 #: time gets no other task until it is done: one queued behind it would
 #: wait while other workers may be free. Credits beyond the first spare
 #: round trips, which matter only for tasks far shorter than this (a local
-#: round trip is under 1% of it). A function that never ran is not held to
-#: it: a worker cut off alive is found only by a send to it that fails.
+#: round trip takes a fraction of a millisecond). A function that never ran
+#: is not held to it: a worker cut off alive is found only by a send to it
+#: that fails.
 LONG_TASK_US = 20_000
 
 
