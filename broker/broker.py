@@ -42,6 +42,9 @@ from .registry import Registry
 
 _logger = logging.getLogger("distex_zmq.broker")
 
+#: Seconds between probes of the workers that hold tasks (``Broker._probe``).
+PROBE_INTERVAL = 5.0
+
 
 class Broker:
     """Routes tasks to workers and results back to their sinks.
@@ -100,6 +103,7 @@ class Broker:
         self._ctx = ctx
         self._sock: zmq.Socket[Any] | None = None  # made on the pool loop by bind()
         self._reader: EdgeReader | None = None
+        self._probe_timer: asyncio.TimerHandle | None = None
         self.endpoints: list[str] = []
 
     @property
@@ -139,6 +143,7 @@ class Broker:
             self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self._reader = EdgeReader(self.loop, self._sock, self._on_message, recv=recv_routed)
+            self._probe_timer = self.loop.call_later(PROBE_INTERVAL, self._probe)
         if curve is not None:
             make_server(self._sock, curve)
         elif self._sock.getsockopt(zmq.CURVE_SERVER):
@@ -179,6 +184,8 @@ class Broker:
         self._losses.fail(list(self._ledger.active.values()), error_factory)
         if self._reader is not None:
             self._reader.close()
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
         if self._sock is not None:
             self._sock.close(linger=0)
 
@@ -246,6 +253,28 @@ class Broker:
             send_routed(self._sock, rec.identity, frames)
         except zmq.ZMQError as e:
             self._losses.unreachable(rec, f"its connection failed ({e})")
+
+    def _probe(self) -> None:
+        """Send a probe to each worker that holds tasks.
+
+        A worker cut off alive (its process runs, its connection is gone) is
+        found only by a send to it that fails, and a worker that runs a long
+        task is sent nothing else until it is done. A probe never waits: a
+        worker whose queue is full is connected.
+        """
+        self._probe_timer = None
+        if self._closed or self._sock is None:
+            return
+        probe = p.probe()
+        for rec in list(self.registry.workers.values()):
+            if rec.running and not rec.unreachable:
+                try:
+                    self._sock.send_multipart([rec.identity, *probe], zmq.DONTWAIT)
+                except zmq.Again:
+                    pass
+                except zmq.ZMQError as e:
+                    self._losses.unreachable(rec, f"its connection failed ({e})")
+        self._probe_timer = self.loop.call_later(PROBE_INTERVAL, self._probe)
 
     def _on_message(self, frames: list[Any]) -> None:
         identity = frames[0]  # bytes (``recv_routed``)

@@ -29,6 +29,7 @@ _OK = p.STATUS_OK
 _RETURNED = p.STATUS_RETURNED
 _PARTIAL = p.STATUS_PARTIAL
 _HANDED_BACK = p.STATUS_HANDED_BACK
+_AWAITED = p.MARK_AWAITED
 
 
 class Delivery:
@@ -123,7 +124,7 @@ class Delivery:
             answered += 1
             if status != _OK:
                 failed += 1
-            note_run_time(task, elapsed)
+            note_run_time(task, elapsed, mark == _AWAITED)
             finish(task)
             if task.tag is INIT_TAG and task.pinned is rec:
                 if status == _OK:

@@ -33,12 +33,10 @@ MAX_GROUP = 256
 #: Functions whose run times the broker keeps (it forgets them all beyond).
 MAX_RUN_TIMES = 10_000
 #: A worker that runs a task whose function ran this long or longer last
-#: time gets no other task until it is done: one queued behind it would
-#: wait while other workers may be free. Credits beyond the first spare
-#: round trips, which matter only for tasks far shorter than this (a local
-#: round trip takes a fraction of a millisecond). A function that never ran
-#: is not held to it: a worker cut off alive is found only by a send to it
-#: that fails.
+#: time, or never ran, gets no other task until it is done: one queued
+#: behind it would wait while other workers may be free. Credits beyond the
+#: first spare round trips, which matter only for tasks far shorter than
+#: this (a local round trip takes a fraction of a millisecond).
 LONG_TASK_US = 20_000
 
 
@@ -74,7 +72,8 @@ class Dispatcher:
         #: function id -> microseconds its recent tasks ran (see ``note_run_time``)
         self._run_times: dict[int, float] = {}
         #: function id -> microseconds its latest task ran, any task (a
-        #: map's chunk whole): whether a task may run long (``FLAG_FLUSH_FIRST``)
+        #: map's chunk whole; 0 if awaited): whether a task may run long
+        #: (``FLAG_FLUSH_FIRST``, ``LONG_TASK_US``)
         self._last_run: dict[int, int] = {}
 
     @property
@@ -241,9 +240,9 @@ class Dispatcher:
 
     def _may_run_long(self, task: Task) -> bool:
         """Whether ``task``'s function ran ``LONG_TASK_US`` or longer last
-        time (pinned tasks aside: each worker gets its own)."""
+        time, or never ran (pinned tasks aside: each worker gets its own)."""
         took = self._last_run.get(task.func_id)
-        return took is not None and took >= LONG_TASK_US and task.pinned is None
+        return (took is None or took >= LONG_TASK_US) and task.pinned is None
 
     def _take_group(self, first: Task) -> list[Task]:
         """``first`` and the tiny tasks queued after it that may share its
@@ -274,17 +273,19 @@ class Dispatcher:
             work += max(took, 1.0)
         return group
 
-    def note_run_time(self, task: Task, elapsed: int) -> None:
+    def note_run_time(self, task: Task, elapsed: int, awaited: bool = False) -> None:
         """Keep how long tasks of ``task``'s function run: the latest of any
         (whether the next may run long, ``FLAG_FLUSH_FIRST``) and, from tasks
         that may be grouped, a figure that a slow one raises at once (no more
-        grouping) and fast ones lower gradually."""
+        grouping) and fast ones lower gradually. A task whose result its
+        worker ``awaited`` ran alongside the others there: it never runs long
+        in the first sense."""
         func_id = task.func_id
         last_run = self._last_run
         if len(last_run) >= MAX_RUN_TIMES and func_id not in last_run:
             last_run.clear()  # every function in _run_times is in here too
             self._run_times.clear()
-        last_run[func_id] = elapsed
+        last_run[func_id] = 0 if awaited else elapsed
         if not task.may_group:
             return
         run_times = self._run_times

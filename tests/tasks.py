@@ -325,6 +325,15 @@ def nap_pid(delay: float) -> int:
     return os.getpid()
 
 
+def pid_when_exists(path: str | None) -> int:
+    """This worker's pid, once the file ``path`` exists (None: at once; it
+    waits 60 s at most)."""
+    deadline = time.monotonic() + 60
+    while path is not None and not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid()
+
+
 def sleep_touch(path: str, delay: float, value: Any = None) -> Any:
     """Sleep, then leave a trace in ``path`` that this task ran."""
     time.sleep(delay)

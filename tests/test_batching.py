@@ -189,6 +189,30 @@ def test_a_task_does_not_wait_behind_a_long_one_while_a_worker_is_free(make_pool
     assert slow.result(timeout=10) != first.result()
 
 
+def test_a_task_does_not_wait_behind_one_of_a_function_never_run(make_pool, tmp_path):
+    # a parameter sweep, submitted at once: nothing is known of the function
+    # yet and its first task may be the long one, so no task is queued
+    # behind a task of it; the others go to the worker that is free
+    pool = make_pool(2, qsize=2)
+    pool.run_on_all(int, 0)
+    gate = tmp_path / "go"
+    slow = pool.submit(tasks.pid_when_exists, str(gate))
+    quick = [pool.submit(tasks.pid_when_exists, None) for _ in range(5)]
+    done, _ = concurrent.futures.wait(quick, timeout=20)
+    assert len(done) == 5 and not slow.done()
+    gate.touch()
+    assert slow.result(timeout=20) not in {f.result() for f in quick}
+
+
+def test_awaited_tasks_share_their_worker_however_long_they_take(make_pool):
+    # a coroutine's task that takes 50 ms keeps its worker from nothing:
+    # qsize of them run there at once, as with the function unknown
+    pool = make_pool(1, qsize=3)
+    assert pool.run(tasks.concurrency_probe, 0.05) == (None, 1)  # 50 ms, awaited
+    results = list(pool.map(tasks.concurrency_probe, [0.05] * 9, chunksize=1))
+    assert max(seen for _, seen in results) == 3
+
+
 @pytest.mark.parametrize("delay, held", [(0.005, 2), (0.05, 1)])
 def test_a_worker_holds_a_second_task_only_behind_a_short_one(make_pool, delay, held):
     # what the second credit is for: the next short task is at the worker

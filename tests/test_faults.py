@@ -267,14 +267,18 @@ def test_a_task_held_by_a_worker_cannot_be_cancelled(make_pool: MakePool) -> Non
     # running, and cancel() says no rather than let a "cancelled" task run
     pool = make_pool(1, qsize=2)
     before = pool.run(ft.pid)
+    pool.run(ft.sleep_then, 0, None)  # known as tiny: a second task may queue behind it
     running = pool.submit(ft.sleep_then, 0.5, "ran")
-    held = pool.submit(ft.sleep_then, 0, "held")  # on the worker's second credit
-    queued = pool.submit(ft.sleep_then, 0, "queued")
+    # on the worker's second credit; a function never run, so the worker
+    # gets no third
+    held = pool.submit(ft.takes_arg, "held")
+    queued = pool.submit(ft.takes_arg, "queued")
     time.sleep(0.1)
     assert running.running() and held.running() and not queued.running()
     assert not running.cancel() and not held.cancel()
     assert queued.cancel() and queued.cancelled()
-    assert (running.result(timeout=10), held.result(timeout=10)) == ("ran", "held")
+    assert running.result(timeout=10) == "ran"
+    assert held.result(timeout=10) == ft.takes_arg("held")
     assert pool.run(ft.pid) == before  # not killed, not replaced
 
 
@@ -333,14 +337,30 @@ def test_a_worker_cut_off_alive_is_killed_and_replaced(tmp_path: Path, make_pool
     assert wait_until(marker.exists, timeout=10)
     time.sleep(0.1)  # the marker is written just before the cut
     victim = int(marker.read_text())
-    # some of these go to the cut-off worker: the send fails, and no exit
-    # is reported, as it lives on; the pool kills and replaces it
+    # the cut-off worker holds a task of a function never run, so these go
+    # to the other; the broker's probe of the workers that hold tasks fails
+    # to reach it, and no exit is reported, as it lives on: the pool kills
+    # and replaces it
     more = [pool.submit(ft.square, i) for i in range(20)]
     assert [f.result(timeout=20) for f in more] == [i * i for i in range(20)]
     assert cut.result(timeout=20) == "second run"  # ran again elsewhere
     assert wait_until(lambda: not pid_alive(victim), timeout=10)
     assert wait_until(lambda: len(set(pool.run_on_all(ft.pid))) == 2, timeout=10)
     assert victim not in set(pool.run_on_all(ft.pid))
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_cut_off_alive_is_found_with_nothing_else_to_send(
+    tmp_path: Path, make_pool: MakePool
+) -> None:
+    # no other task is sent that could find it cut off: the probe of the
+    # workers that hold tasks does
+    marker = tmp_path / "cut"
+    pool = make_pool(1)
+    cut = pool.submit(ft.cut_connection_once, str(marker))
+    assert cut.result(timeout=30) == "second run"
+    victim = int(marker.read_text())
+    assert wait_until(lambda: not pid_alive(victim), timeout=10)
 
 
 @pytest.mark.timeout(60)

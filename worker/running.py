@@ -215,12 +215,12 @@ class Runner:
             self.running.discard(fut)
             if fut.cancelled():
                 error = _remote(asyncio.CancelledError(f"task {task_id} was cancelled"))
-                self._add_result(task_id, p.STATUS_ERROR, error, started)
+                self._add_result(task_id, p.STATUS_ERROR, error, started, p.MARK_AWAITED)
             elif (exc := fut.exception()) is not None:
                 error = _remote(exc)
-                self._add_result(task_id, p.STATUS_ERROR, error, started)
+                self._add_result(task_id, p.STATUS_ERROR, error, started, p.MARK_AWAITED)
             else:
-                self._add_result(task_id, p.STATUS_OK, fut.result(), started)
+                self._add_result(task_id, p.STATUS_OK, fut.result(), started, p.MARK_AWAITED)
             self._on_async_result()
 
         fut.add_done_callback(done)

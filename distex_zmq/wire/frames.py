@@ -28,7 +28,9 @@ worker -> broker:
   tuple, a chunk payload that the broker requeues at the head of its queue
   in place of the old one; the worker is done with the task. A final
   ``STATUS_OK`` or ``STATUS_ERROR`` answers the inputs not answered before.
-  Plain tasks always have ``mark`` 0.
+  A task's entry has ``mark`` 0, or ``MARK_AWAITED`` when the worker
+  awaited its result: it ran alongside the worker's other tasks, so its
+  run time says nothing of how long it kept its worker from them.
 - ``LOG`` body = JSON: a ``logging`` record emitted in the worker at or
   above the pool's ``log_level``, as plain data: ``name``, ``levelno``,
   ``msg`` (the message with its arguments already formatted), ``pathname``,
@@ -55,7 +57,10 @@ broker -> worker:
   ``LONE_POLL_US`` before its loop sleeps, which spares the wake-up of a
   sleeping thread when the caller is quick. ``skip`` (chunks only): the
   inputs of the payload answered already (by a worker that died since),
-  which the worker does not run again.
+  which the worker does not run again. A TASK with no entries is a probe
+  (``probe()``): the worker does nothing with it; the broker sends it to a
+  worker that holds tasks, as a send to a peer that lost its connection
+  fails.
 - ``STOP`` finish what runs, then exit.
 - ``REFUSE`` body = the reason, UTF-8; the worker exits with it.
 """
@@ -111,6 +116,8 @@ STATUS_ERROR = 1  # a pickled exception (a RemoteException reduction)
 STATUS_RETURNED = 2  # not run: the worker gives the task back (no value)
 STATUS_PARTIAL = 3  # a chunk's results for its inputs up to mark; it still runs
 STATUS_HANDED_BACK = 4  # a chunk's inputs from mark on, not started (value: their payload)
+#: ``mark`` of a task's final entry when its result was awaited
+MARK_AWAITED = 1
 
 #: Tasks that ran this long (microseconds) are not tiny: the broker groups a
 #: function's tasks only while its recent ones ran shorter, and a worker gives
@@ -198,6 +205,11 @@ class RecentFunctions:
 def control(kind: bytes, body: bytes = b"") -> list[bytes]:
     """A message without entries: HELLO, STOP, REFUSE."""
     return [HEAD.pack(MAGIC, VERSION, kind, 0) + body]
+
+
+def probe() -> list[bytes]:
+    """A TASK message without tasks, which a worker reads and drops."""
+    return control(TASK)
 
 
 def hello(info: dict[str, Any]) -> list[bytes]:
