@@ -61,6 +61,23 @@ def test_script_objects_travel_to_spawner_workers(tmp_path):
         spawner.stop()
 
 
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("executor", ["control", "local"])
+def test_script_globals_are_shared_in_a_worker(executor):
+    # what the initializer or run_on_all sets, or a task assigns, the
+    # script's other functions see in that worker, as in a forked worker
+    assert run_script("script_globals.py", executor).endswith("OK\n")
+
+
+@pytest.mark.timeout(150)
+def test_script_globals_are_shared_in_a_spawner_worker(tmp_path):
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        assert run_script("script_globals.py", f"spawner:{spawner.port}").endswith("OK\n")
+    finally:
+        spawner.stop()
+
+
 def test_plain_data_is_plain_pickle():
     # the default data pickle costs plain data nothing but a scan of its bytes
     auto = pickle_module(PickleType.auto)

@@ -32,6 +32,7 @@ from distex_zmq.serialization import (
 from distex_zmq.task_errors import unloadable_hint, unpicklable_hint
 from distex_zmq.wire import frames as p
 
+from .script_globals import ScriptNamespace
 from .watch import ResultWatch
 
 #: The most parts a chunk's inputs are handed back in.
@@ -65,6 +66,8 @@ class Runner:
         self._on_async_result = on_async_result
         #: the functions it holds, by id (the broker knows which)
         self.functions = p.RecentFunctions()
+        #: the globals that the functions of the user's script share
+        self._script = ScriptNamespace()
         #: the awaited tasks that have not finished
         self.running: set[asyncio.Future[Any]] = set()
         #: results not sent yet
@@ -138,7 +141,7 @@ class Runner:
                 raise p.ProtocolError(f"the broker referred to function {func_id}, unknown here")
         else:
             try:
-                func = self._func_loads(func_pickle)
+                func = self._script.adopt(self._func_loads(func_pickle))
             except BaseException as e:  # noqa: BLE001
                 why = f"{type(e).__name__}: {e}{unloadable_hint('function', e, *self._pickles)}"
                 # remembered, so that later tasks of this function fail alike

@@ -1,0 +1,108 @@
+"""Module state of the user's script in workers, run as ``python script_globals.py``.
+
+``__main__`` is this script. The first argument picks the executor:
+``local``, ``spawner:PORT`` or ``control`` (a ``ProcessPoolExecutor``, whose
+forked workers share one copy of this module each). It prints ``OK`` when
+every check holds.
+"""
+
+import functools
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+MODEL = None
+COUNT = 0
+SCALE = 10
+
+
+def load_model(name):
+    global MODEL
+    MODEL = f"model:{name}"
+
+
+def predict(x):
+    return MODEL, x * SCALE
+
+
+def bump():
+    global COUNT
+    COUNT += 1
+    return os.getpid(), COUNT
+
+
+def count():
+    return os.getpid(), COUNT
+
+
+def fact(n):
+    return 1 if n <= 1 else n * fact(n - 1)
+
+
+def scaled_fact(n, by):
+    return fact(n) * by, MODEL
+
+
+class Reader:
+    def __init__(self, key):
+        self.key = key
+
+    def read(self, x):
+        return self.key, MODEL, x
+
+
+def check(executor, workers):
+    # what the initializer set: the classic "load the model once per worker"
+    assert executor.submit(predict, 2).result() == ("model:first", 20)
+    assert list(executor.map(predict, range(4))) == [("model:first", 10 * i) for i in range(4)]
+    # a partial, a bound method and a recursive function see it too
+    assert executor.submit(functools.partial(scaled_fact, by=2), 4).result() == (48, "model:first")
+    assert executor.submit(Reader("k").read, 1).result() == ("k", "model:first", 1)
+    # a global a task assigns stays with its worker for the other functions
+    bumps = [executor.submit(bump).result() for _ in range(6)]
+    last = {}
+    for pid, n in bumps:
+        last[pid] = n
+    seen = run_on_each(executor, count, workers)
+    assert all(seen[pid] == n for pid, n in last.items()), (bumps, seen)
+
+
+def run_on_each(executor, func, workers):
+    """``func()`` on each worker: ``{pid: its value}``."""
+    if hasattr(executor, "run_on_all"):
+        return dict(executor.run_on_all(func))
+    # the control: enough tasks that each worker runs some; counts do not change
+    return dict(executor.submit(func).result() for _ in range(20 * workers))
+
+
+def main():
+    kind = sys.argv[1]
+    if kind == "control":
+        with ProcessPoolExecutor(2, initializer=load_model, initargs=("first",)) as executor:
+            check(executor, 2)
+    else:
+        from distex_zmq import Pool
+
+        if kind == "local":
+            pool = Pool(2, initializer=load_model, initargs=("first",))
+        elif kind.startswith("spawner:"):
+            port = kind.split(":")[1]
+            pool = Pool(
+                None,
+                hosts=f"127.0.0.1:{port}/2",
+                initializer=load_model,
+                initargs=("first",),
+            )
+        else:
+            raise SystemExit(f"unknown executor {kind}")
+        with pool:
+            check(pool, 2)
+            # run_on_all sets it anew, in every worker
+            pool.run_on_all(load_model, "second")
+            assert set(pool.run_on_all(predict, 1)) == {("model:second", 10)}
+            assert pool.submit(predict, 3).result() == ("model:second", 30)
+    print("OK")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""One namespace in a worker for the functions of the user's script:
+``ScriptNamespace``.
+
+A function of ``__main__`` cannot be imported in a worker, so it arrives by
+value with the globals it uses (dill's ``recurse``, cloudpickle), in a dict
+of its own. Left so, a global that the initializer or ``run_on_all`` sets
+would be seen by no other function, where a forked ``ProcessPoolExecutor``
+worker has one module that all of them share. So the worker moves each such
+function onto one namespace. A name it brings is added, or replaces the
+value the client sent before (the script's latest); a name that a task
+assigned in the worker keeps the worker's value.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import types
+from typing import Any
+
+_FunctionType = types.FunctionType
+
+
+class ScriptNamespace:
+    """The globals that the script's functions share in this worker."""
+
+    def __init__(self) -> None:
+        self.globals: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+        #: name -> the value the client sent last (a value not this one was
+        #: assigned by a task: it stays)
+        self._sent: dict[str, Any] = {}
+
+    def adopt(self, func: Any) -> Any:
+        """``func`` on this namespace if it is a function of the script (or a
+        method or ``functools.partial`` of one); anything else as it is."""
+        if type(func) is _FunctionType:
+            return self._function(func, {})
+        if isinstance(func, types.MethodType) and type(func.__func__) is _FunctionType:
+            return types.MethodType(self._function(func.__func__, {}), func.__self__)
+        if type(func) is functools.partial:
+            adopted = self.adopt(func.func)
+            if adopted is not func.func:
+                return functools.partial(adopted, *func.args, **func.keywords)
+        return func
+
+    def _function(self, func: types.FunctionType, done: dict[int, Any]) -> Any:
+        ns = self.globals
+        if func.__module__ != "__main__" or func.__globals__ is ns:
+            return func
+        new = _FunctionType(func.__code__, ns, func.__name__, func.__defaults__, func.__closure__)
+        new.__kwdefaults__ = func.__kwdefaults__
+        new.__qualname__ = func.__qualname__
+        new.__module__ = func.__module__
+        new.__doc__ = func.__doc__
+        new.__annotations__ = func.__annotations__
+        new.__dict__.update(func.__dict__)
+        done[id(func)] = new  # a function that uses itself (recursion)
+        sent = self._sent
+        for name, value in func.__globals__.items():
+            if name.startswith("__") and name.endswith("__"):
+                continue
+            if type(value) is _FunctionType:
+                value = done.get(id(value)) or self._function(value, done)
+            if name not in ns or ns[name] is sent.get(name, ns):
+                ns[name] = sent[name] = value
+        return new
