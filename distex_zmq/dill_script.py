@@ -6,11 +6,11 @@ not import dill.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-import cloudpickle
 import dill
+
+from .script_pickler import reduce_class
 
 
 class ScriptClassesPickler(dill.Pickler):
@@ -20,7 +20,7 @@ class ScriptClassesPickler(dill.Pickler):
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
         if isinstance(obj, type) and obj.__module__ == "__main__" and id(obj) not in self.memo:
-            reduce = cloudpickle.Pickler(io.BytesIO(), protocol=self.proto).reducer_override(obj)
+            reduce = reduce_class(obj, self.proto)
             if reduce is not NotImplemented:
                 self.save_reduce(*reduce, obj=obj)
                 return

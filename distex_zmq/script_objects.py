@@ -44,9 +44,11 @@ def dumps_main_by_value(obj: Any, protocol: int, buffer_callback: Any = None) ->
 
 def dumps_by_value(obj: Any, protocol: int, buffer_callback: Any = None) -> bytes:
     """Pickle ``obj`` with ``__main__`` objects by value (cloudpickle)."""
-    import cloudpickle
+    from .script_pickler import ScriptPickler
 
-    return cloudpickle.dumps(obj, protocol=protocol, buffer_callback=buffer_callback)
+    file = io.BytesIO()
+    ScriptPickler(file, protocol=protocol, buffer_callback=buffer_callback).dump(obj)
+    return file.getvalue()
 
 
 def dill_dumps(obj: Any, protocol: int) -> bytes:

@@ -31,6 +31,27 @@ class Box:
         self.value = value
 
 
+class Point:
+    __slots__ = ("x", "y")
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class Pair:
+    left: int
+    right: int
+
+
+def mirror(point):
+    return Point(point.y, point.x)
+
+
+def swap(pair):
+    return Pair(pair.right, pair.left)
+
+
 def work(job):
     return job.double()
 
@@ -76,6 +97,10 @@ def check(executor, lambdas=True):
     assert executor.submit(fields_of, Job(1)).result() == ["n", "tags"]
     assert list(executor.map(work, [Job(i) for i in range(5)])) == [Job(2 * i) for i in range(5)]
     assert list(executor.map(paint, [Color.RED, Color.BLUE])) == [Color.BLUE, Color.RED]
+    # classes with __slots__ (no __dict__), both ways
+    point = executor.submit(mirror, Point(1, 2)).result()
+    assert type(point) is Point and (point.x, point.y) == (2, 1), point
+    assert executor.submit(swap, Pair(1, 2)).result() == Pair(2, 1)
     # a class itself, as argument and result
     assert executor.submit(apply, fields_of, Job).result() == ["n", "tags"]
     assert executor.submit(apply, type, Job(1)).result() is Job

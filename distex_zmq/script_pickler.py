@@ -1,0 +1,49 @@
+"""cloudpickle's pickler for objects of the user's script, with classes that
+keep their ``__slots__``; imported when an object first needs it (see
+``script_objects``).
+
+cloudpickle rebuilds a class of ``__main__`` from an empty class and then
+sets its attributes, ``__slots__`` among them, which makes no slots: in a
+worker, the class gets a ``__dict__`` and its instances keep their fields
+there, and an instance sent back does not load into the client's class,
+which has slots and no ``__dict__``. ``class_reduce`` gives the class its
+``__slots__`` when it is made, as the ``class`` statement does.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import cloudpickle
+from cloudpickle import cloudpickle as _cloudpickle
+
+
+def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
+    """cloudpickle's reduction of ``obj``, a class of the script, made with
+    its ``__slots__``; ``NotImplemented`` if cloudpickle sends it by
+    reference."""
+    reduce = cloudpickle.Pickler.reducer_override(pickler, obj)
+    if (
+        reduce is not NotImplemented
+        and "__slots__" in vars(obj)
+        and reduce[0] is _cloudpickle._make_skeleton_class
+    ):
+        args = list(reduce[1])
+        args[3] = {**args[3], "__slots__": obj.__slots__}  # type_kwargs
+        reduce = (reduce[0], tuple(args), *reduce[2:])
+    return reduce
+
+
+class ScriptPickler(cloudpickle.Pickler):
+    """cloudpickle, with classes made with their ``__slots__``."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type):
+            return class_reduce(self, obj)
+        return super().reducer_override(obj)
+
+
+def reduce_class(obj: type, protocol: int) -> Any:
+    """``class_reduce`` for a pickler other than cloudpickle's (dill's)."""
+    return class_reduce(ScriptPickler(io.BytesIO(), protocol=protocol), obj)
