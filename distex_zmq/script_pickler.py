@@ -30,7 +30,7 @@ def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
         and reduce[0] is _cloudpickle._make_skeleton_class
     ):
         args = list(reduce[1])
-        args[3] = {**args[3], "__slots__": obj.__slots__}  # type_kwargs
+        args[3] = {**args[3], "__slots__": vars(obj)["__slots__"]}  # type_kwargs
         reduce = (reduce[0], tuple(args), *reduce[2:])
     return reduce
 
