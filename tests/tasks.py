@@ -188,6 +188,19 @@ def raise_unpicklable_error() -> None:
     raise UnpicklableError("holds a lock")
 
 
+class DiskError(Exception):
+    """An exception that pickles, but whose pickle does not load: it passes
+    ``__init__`` other arguments than its own to ``Exception``."""
+
+    def __init__(self, code: int, path: str):
+        super().__init__(f"code {code} on {path}")
+        self.code, self.path = code, path
+
+
+def raise_disk_error() -> None:
+    raise DiskError(28, "/data")
+
+
 def apply(func: Any, *args: Any) -> Any:
     return func(*args)
 

@@ -504,6 +504,18 @@ def test_unpicklable_exception_keeps_its_text_and_traceback(shared_pool):
     assert "raise_unpicklable_error" in str(cause)
 
 
+def test_an_exception_whose_pickle_does_not_load_keeps_its_text_and_traceback(shared_pool):
+    # pickle.loads(pickle.dumps(DiskError(28, "/data"))) raises TypeError:
+    # what the caller gets names the error, its text and where it came from
+    with pytest.raises(SerializationError, match="DiskError: code 28 on /data") as info:
+        shared_pool.run(tasks.raise_disk_error)
+    assert "could not be unpickled" in str(info.value)
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteException)
+    assert "raise_disk_error" in str(cause)
+    assert shared_pool.run(tasks.square, 3) == 9
+
+
 def test_remote_exception_pickles_to_the_original_with_its_traceback():
     try:
         tasks.raise_custom("local")

@@ -242,6 +242,17 @@ class Runner:
         except BaseException as e:  # noqa: BLE001 - an unpicklable result fails the task
             data, buffers = _unpicklable(task_id, status, value, e, self._pickles[1])
             status = p.STATUS_ERROR
+        else:
+            if status == p.STATUS_ERROR and isinstance(value, RemoteException):
+                # an exception pickles by its args, which its class's
+                # __init__ may not take: the caller would get only that
+                # TypeError, without the error or where it was raised
+                try:
+                    self._data_loads(data, buffers=buffers)
+                except BaseException as e:  # noqa: BLE001
+                    data, buffers = _unpicklable(
+                        task_id, status, value, e, self._pickles[1], "unpickled"
+                    )
         results = self.results
         size = results.body(data, buffers)
         results.entries.append(
@@ -251,9 +262,15 @@ class Runner:
 
 
 def _unpicklable(
-    task_id: int, status: int, value: Any, e: BaseException, data_pickle: int
+    task_id: int,
+    status: int,
+    value: Any,
+    e: BaseException,
+    data_pickle: int,
+    failed: str = "pickled",
 ) -> tuple[bytes, list[Any]]:
-    """The pickled error that stands for a result or error that did not pickle."""
+    """The pickled error that stands for a result or error that did not
+    pickle (or, ``failed="unpickled"``, an error whose pickle does not load)."""
     if status == p.STATUS_OK:
         what = f"its result of type {type(value).__name__}"
     else:
@@ -262,7 +279,7 @@ def _unpicklable(
             # keep the remote traceback, lose only the exception object
             text = (
                 f"task {task_id} raised {type(value.exc).__name__}: {value.exc}; on "
-                f"{_where()} the exception could not be pickled "
+                f"{_where()} the exception could not be {failed} "
                 f"({type(e).__name__}: {e}), so its traceback is the cause"
             )
             return dumps(_remote(SerializationError(text), value.tb))
