@@ -44,6 +44,11 @@ class InputNumbers:
             self._offsets.append((first, offset))
         self._inputs += made
 
+    @property
+    def submitted(self) -> int:
+        """Inputs submitted so far."""
+        return self._inputs
+
     def chunk_done(self, seq: int) -> int:
         """The first input of chunk task ``seq``, which is done with."""
         return self._starts.pop(seq, 0)

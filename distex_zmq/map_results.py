@@ -92,6 +92,11 @@ class MapResults:
             self._numbers.singles(first, made)
         self.unyielded += made
 
+    @property
+    def inputs_submitted(self) -> int:
+        """Inputs submitted so far."""
+        return self._numbers.submitted
+
     def collect(self) -> bool:
         """Take delivered results; return whether any can be yielded now."""
         results = self._sink.results

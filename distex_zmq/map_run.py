@@ -25,6 +25,7 @@ from distex_zmq.map_results import MapResults
 from distex_zmq.map_sizing import ChunkSizer
 from distex_zmq.progress import Progress
 from distex_zmq.results import QueueSink
+from distex_zmq.task_errors import note_unpicklable
 from distex_zmq.tasks import TaskMaker
 from distex_zmq.wire import frames as p
 
@@ -153,12 +154,19 @@ class MapRun:
         return window - self._results.unyielded
 
     def submit(self, inputs: list[Any], chunked: bool = False) -> None:
-        """Pickle the inputs and queue them as tasks (each a chunk if ``chunked``)."""
+        """Pickle the inputs and queue them as tasks (each a chunk if ``chunked``).
+
+        An input that does not pickle ends the map there, as one that cannot
+        be read does: its error is ``input_error``, raised after the results
+        of the inputs before it, which run (those of its chunk too)."""
         tasks: list[Task] = []
         flags = self._flags | (p.FLAG_CHUNK if chunked else 0)
         first = self._next_seq
+        error = None
         try:
             self._tasks.map_tasks(self._func, flags, inputs, self.sink, first, tasks)
+        except Exception as e:  # noqa: BLE001 - raised by the map, in its place
+            error = e
         finally:
             made = len(tasks)
             if made:
@@ -171,6 +179,16 @@ class MapRun:
                 self._next_seq = first + made
                 self.sink.submitted += made
                 self._queue.submit(tasks)
+        if error is None:
+            return
+        if chunked:
+            # its chunk again, an input a task, up to the one that fails
+            self.submit(list(inputs[made]))
+            return
+        where = f"input #{self._results.inputs_submitted} of a map of {self._func.name}"
+        note_unpicklable(error, where, self._tasks.data_dumps)
+        self.input_error = error
+        self.input_done = True
 
     def feed_sync(self, it: Iterator[Any]) -> None:
         if self._task_bytes is None and self.room > 0:

@@ -75,6 +75,8 @@ def _run_unread(
         if error is not None:
             raise error
         run.submit_rest(it)
+        if run.input_error is not None:
+            raise run.input_error
     except Exception:  # noqa: BLE001 - nobody reads this map: say why it stopped
         _logger.exception("a map nobody iterates could not submit all its inputs")
         run.cancel()
@@ -263,6 +265,8 @@ async def _feed_async(
             except StopAsyncIteration:
                 break
             run.submit([item], chunked)
+            if run.input_error is not None:  # it did not pickle: the map ends there
+                break
     except asyncio.CancelledError:
         raise
     except BaseException as e:  # noqa: BLE001 - the consumer raises it

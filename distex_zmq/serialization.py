@@ -129,8 +129,11 @@ def dumps(obj: Any, dumper: Callable[..., bytes] = pickle.dumps) -> tuple[bytes,
     try:
         return dumper(obj, protocol=PROTOCOL, buffer_callback=keep_large), buffers
     except PickleByValue:  # PickleType.auto met an object of __main__
-        buffers.clear()
-        return dumps_by_value(obj, protocol=PROTOCOL, buffer_callback=keep_large), buffers
+        pass
+    # out of the handler: an error here is not shown as raised while handling
+    # PickleByValue, which tells the user nothing
+    buffers.clear()
+    return dumps_by_value(obj, protocol=PROTOCOL, buffer_callback=keep_large), buffers
 
 
 _BYTES_TYPES = (bytes, bytearray)

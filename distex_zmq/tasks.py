@@ -136,23 +136,17 @@ class TaskMaker:
     ) -> None:
         """Append to ``out`` a task per input (its arguments, or a chunk of
         them with ``FLAG_CHUNK``), numbered from ``first``. An input that
-        cannot be pickled raises, with the tasks before it in ``out``."""
+        cannot be pickled raises, with the tasks before it in ``out`` (the
+        map notes which input it was)."""
         dumps_, next_id, append = self.data_dumps, self.ids.__next__, out.append
         func_id, func_pickle, name = func
         plain = self._plain_dumps
         buffers: list[Any]
         for seq, args in enumerate(inputs, first):
-            try:
-                if plain and type(args) in SCALARS:
-                    data, buffers = pickle.dumps(args, PROTOCOL), []
-                else:
-                    data, buffers = dumps(args, dumps_)
-            except Exception as e:
-                chunked = flags & p.FLAG_CHUNK
-                note_unpicklable(
-                    e, f"{'chunk' if chunked else 'input'} #{seq} of a map of {name}", dumps_
-                )
-                raise
+            if plain and type(args) in SCALARS:
+                data, buffers = pickle.dumps(args, PROTOCOL), []
+            else:
+                data, buffers = dumps(args, dumps_)
             append(
                 Task(
                     next_id(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import gc
 import pickle
@@ -452,22 +453,38 @@ def test_unpicklable_argument_raises_in_the_caller_at_submit(shared_pool):
     assert shared_pool.run(tasks.square, 3) == 9
 
 
-def test_unpicklable_argument_raises_during_map_iteration(shared_pool):
-    inputs = [1, 2, tasks.Unpicklable(), 4]
-    it = shared_pool.map(tasks.identity, inputs)  # input is read lazily
-    with pytest.raises(pickle.PicklingError, match="refuses to be pickled"):
-        list(it)
+def _read_until_error(results):
+    """The values a map yields before it raises, and what it raises."""
+    values = []
+    with pytest.raises(pickle.PicklingError, match="refuses to be pickled") as info:
+        for value in results:
+            values.append(value)
+    return values, info.value
+
+
+@pytest.mark.parametrize("good", [2, 300])
+def test_an_unpicklable_input_raises_in_its_place_in_a_map(shared_pool, good):
+    # as ProcessPoolExecutor: the results of the inputs before it, then its
+    # error; 300 inputs go in chunks, and the one that holds it runs up to it
+    inputs = [*range(good), tasks.Unpicklable(), 4]
+    with concurrent.futures.ProcessPoolExecutor(1) as control:
+        assert _read_until_error(control.map(tasks.identity, inputs))[0] == list(range(good))
+    values, error = _read_until_error(shared_pool.map(tasks.identity, inputs))
+    assert values == list(range(good))
+    assert f"input #{good} of a map" in "".join(getattr(error, "__notes__", [str(good)]))
     assert list(shared_pool.map(tasks.square, range(5))) == [0, 1, 4, 9, 16]
     assert shared_pool.run_on_all(tasks.square, 2) == [4, 4]
 
 
-def test_unpicklable_argument_raises_during_map_async_iteration(shared_pool):
+def test_an_unpicklable_input_raises_in_its_place_in_map_async(shared_pool):
     import asyncio
 
     async def main():
+        values = []
         with pytest.raises(pickle.PicklingError):
-            async for _ in shared_pool.map_async(tasks.identity, [1, tasks.Unpicklable()]):
-                pass
+            async for value in shared_pool.map_async(tasks.identity, [1, tasks.Unpicklable()]):
+                values.append(value)
+        assert values == [1]
         return await shared_pool.run_async(tasks.square, 4)
 
     assert asyncio.run(main()) == 16
