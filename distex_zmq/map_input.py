@@ -26,7 +26,7 @@ _ABSENT = object()
 
 def sync_input(iterables: tuple[Any, ...]) -> Iterator[Any]:
     """One iterator over the inputs (tuples when several iterables are zipped)."""
-    if len(iterables) > 1:
+    if len(iterables) != 1:
         return zip(*iterables, strict=False)
     return iter(iterables[0])
 
@@ -74,8 +74,7 @@ def async_input(iterables: tuple[Any, ...], chunksize: int) -> AsyncIterator[Any
 
 
 def check_map_args(iterables: Iterable[Any], chunksize: int | None) -> None:
-    if not iterables:
-        raise TypeError("map() needs at least one iterable")
+    # no iterable at all: an empty map, as with ``Executor.map``
     for number, it in enumerate(iterables, 1):
         if not (is_sync_iterable(it) or hasattr(it, "__aiter__") or hasattr(it, "__anext__")):
             raise TypeError(

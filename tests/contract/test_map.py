@@ -62,6 +62,13 @@ def test_map_of_a_coroutine_function(executor):
 
 def test_map_of_nothing(executor):
     assert list(executor.map(tasks.square, [])) == []
+    # no iterable at all is an empty map too, as with ProcessPoolExecutor
+    assert list(executor.map(tasks.square)) == []
+
+    async def no_iterable():
+        return [x async for x in executor.map_async(tasks.square)]
+
+    assert asyncio.run(no_iterable()) == []
 
 
 def test_map_error_raises_in_its_place(executor):
