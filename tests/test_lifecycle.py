@@ -9,6 +9,7 @@ import glob
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from distex_zmq import LoopType, Pool, PoolClosedError, WorkerStartError
+from distex_zmq.runtime.ipc import SOCKET_NAME, UNBOUND_STALE_AFTER
 from tests import tasks
 from tests.helpers import LeakCheck, child_pids, pid_alive, pool_threads, wait_until
 
@@ -202,20 +204,48 @@ def test_ipc_temp_dir_removed_after_shutdown():
     assert not os.path.exists(ipc_dir)
 
 
-def test_ipc_dirs_of_killed_clients_are_swept():
-    # a client killed by SIGKILL cannot remove its dir: the next pool does
+def _dead_pid() -> int:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tempfile.mkdtemp(prefix=f"distex_zmq-{dead.pid}-")
+    return dead.pid
+
+
+def test_ipc_dirs_of_killed_clients_are_swept():
+    # a client killed by SIGKILL cannot remove its dir: the next pool does
+    stale = tempfile.mkdtemp(prefix=f"distex_zmq-{_dead_pid()}-")
+    unbound = tempfile.mkdtemp(prefix=f"distex_zmq-{_dead_pid()}-")
+    old = time.time() - 2 * UNBOUND_STALE_AFTER
+    os.utime(stale, (old, old))  # no socket in it, and long ago
+    refused = tempfile.mkdtemp(prefix=f"distex_zmq-{_dead_pid()}-")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(os.path.join(refused, SOCKET_NAME))  # bound, never listened on
+    sock.close()
     alive = tempfile.mkdtemp(prefix=f"distex_zmq-{os.getpid()}-")
     try:
         with Pool(1) as pool:
             pool.run(int, 0)
-        assert not os.path.exists(stale)
+        assert not os.path.exists(stale) and not os.path.exists(refused)
         assert os.path.exists(alive)  # its process runs: not stale
+        assert os.path.exists(unbound)  # a pool may bind its socket in a moment
     finally:
-        shutil.rmtree(stale, ignore_errors=True)
-        shutil.rmtree(alive, ignore_errors=True)
+        for path in (stale, unbound, refused, alive):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_ipc_dir_of_a_pool_in_another_pid_namespace_is_kept():
+    # a container's pool, its /tmp shared with ours: its pid does not run
+    # here, but its broker listens, so its directory stays
+    other = tempfile.mkdtemp(prefix=f"distex_zmq-{_dead_pid()}-")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(os.path.join(other, SOCKET_NAME))
+        listener.listen()
+        with Pool(1) as pool:
+            pool.run(int, 0)
+        assert os.path.exists(os.path.join(other, SOCKET_NAME))
+    finally:
+        listener.close()
+        shutil.rmtree(other, ignore_errors=True)
 
 
 def test_ipc_temp_dir_removed_when_start_up_fails():

@@ -25,6 +25,7 @@ import zmq
 
 from distex_zmq import Pool
 from distex_zmq.errors import HostConnectionError, PoolClosedError
+from distex_zmq.runtime.ipc import UNBOUND_STALE_AFTER
 from tests.conftest import ROOT
 from tests.helpers import wait_until
 
@@ -253,6 +254,8 @@ def test_stale_ipc_dirs_in_the_fallback_directory_are_swept(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = tempfile.mkdtemp(prefix=f"distex_zmq-{dead.pid}-", dir="/tmp")
+    old = time.time() - 2 * UNBOUND_STALE_AFTER
+    os.utime(stale, (old, old))  # no socket in it, and long ago
     try:
         proc = _run_in_subprocess(
             str(tmp_path),

@@ -6,7 +6,10 @@ the broker's socket lives in a directory with a short path: one made under
 under ``/tmp``, ``/var/tmp`` or ``/dev/shm``. Each directory is made by
 ``mkdtemp``: mode 0700, readable by this user only. Its name carries the
 pid of the pool's process, so that pools killed before they cleaned up
-(SIGKILL) can be recognized and their directories removed later.
+(SIGKILL) can be recognized and their directories removed later: those
+whose pid runs no more, and where no broker listens (a pool in another pid
+namespace that shares ``/tmp``, a container's, has a pid that does not run
+here).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import socket
 import tempfile
+import time
 
 #: Name prefix of a pool's private directory for its ipc socket, followed
 #: by the pid of the pool's process.
@@ -27,6 +32,9 @@ MAX_SOCKET_PATH = 107
 #: Where a socket directory goes when ``TMPDIR``'s path is too long: the
 #: usual place of temporary files first, then a tmpfs that Linux always has.
 FALLBACK_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+#: Seconds after which a directory without a socket is stale: a pool binds
+#: its socket right after it makes the directory.
+UNBOUND_STALE_AFTER = 60.0
 
 
 def candidate_dirs() -> list[str]:
@@ -85,6 +93,28 @@ def sweep_stale_ipc_dirs() -> None:
                     continue
                 os.kill(int(pid), 0)
             except ProcessLookupError:
-                shutil.rmtree(path, ignore_errors=True)
+                if _nobody_listens(path):
+                    shutil.rmtree(path, ignore_errors=True)
             except OSError:
                 continue  # alive (or not ours to judge)
+
+
+def _nobody_listens(ipc_dir: str) -> bool:
+    """Whether no broker listens on the socket in ``ipc_dir`` (a directory
+    without one only once it is ``UNBOUND_STALE_AFTER`` old)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(socket_path(ipc_dir))
+    except ConnectionRefusedError:
+        return True  # the socket of a broker that is gone
+    except FileNotFoundError:
+        try:
+            return time.time() - os.stat(ipc_dir).st_mtime > UNBOUND_STALE_AFTER
+        except OSError:
+            return False
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False  # a broker listens: a pool in another pid namespace
