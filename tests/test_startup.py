@@ -24,10 +24,10 @@ import pytest
 import zmq
 
 from distex_zmq import Pool
-from distex_zmq.errors import HostConnectionError, PoolClosedError
+from distex_zmq.errors import HostConnectionError, PoolClosedError, WorkerStartError
 from distex_zmq.runtime.ipc import UNBOUND_STALE_AFTER
 from tests.conftest import ROOT
-from tests.helpers import wait_until
+from tests.helpers import child_pids, wait_until
 
 #: Seconds within which a refused port must fail: far below connect_timeout.
 REFUSAL_BOUND = 10.0
@@ -271,3 +271,24 @@ def test_stale_ipc_dirs_in_the_fallback_directory_are_swept(tmp_path):
     finally:
         if os.path.exists(stale):
             os.rmdir(stale)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_never_says_hello_fails_the_start(tmp_path, monkeypatch):
+    # a worker that hangs before its code runs (here in a sitecustomize on
+    # the path it gets from the client) would keep the start waiting forever
+    from distex_zmq.runtime import supervisor
+
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, time\nif os.environ.get('DZQ_TEST_HANG_AT_START'):\n    time.sleep(600)\n"
+    )
+    monkeypatch.setenv("DZQ_TEST_HANG_AT_START", "1")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(supervisor, "HELLO_TIMEOUT", 2.0)
+    before = child_pids()
+    with (
+        pytest.raises(WorkerStartError, match="did not connect to the pool within 2 s"),
+        Pool(1) as pool,
+    ):
+        pool.run(abs, -3)
+    assert wait_until(lambda: child_pids() <= before, timeout=10), "the worker was left"

@@ -43,6 +43,10 @@ FAST_DEATH_WINDOW = 10.0
 SLOW_REPLACEMENT_DELAY = 1.0
 #: Seconds within which more than ``max_worker_deaths`` deaths are a crash loop.
 DEATH_WINDOW = 60.0
+#: Seconds a worker has to say hello once started: one that does not (its
+#: pool's socket is gone, it hangs before its code runs) is killed, and its
+#: death fails the start-up or counts as a death.
+HELLO_TIMEOUT = 30.0
 
 
 class Supervisor:
@@ -72,6 +76,8 @@ class Supervisor:
         )
         #: identities of workers this pool killed itself (task_timeout)
         self._killed: set[bytes] = set()
+        #: identities of workers killed for saying no hello in time
+        self._silent: set[bytes] = set()
         self._deaths: deque[float] = deque()
 
     def start(self, access: BrokerAccess) -> None:
@@ -111,10 +117,22 @@ class Supervisor:
             return None  # a replacement after the pool shrank (``resize``)
         identity = self.placement.spawn(launcher)
         self._broker.expect(identity)
+        self._loop.call_later(HELLO_TIMEOUT, self._check_hello, identity)
         self.roster.spawned(
             identity, None if isinstance(launcher, LocalLauncher) else launcher.spec
         )
         return identity
+
+    def _check_hello(self, identity: bytes) -> None:
+        """Kill the worker if it is starting still and never said hello."""
+        if (
+            self._pool.closing
+            or not self.placement.is_starting(identity)
+            or self._broker.registry.get(identity) is not None
+        ):
+            return
+        self._silent.add(identity)
+        self.kill(identity)
 
     def worker_ready(self, identity: bytes) -> None:
         """The worker said hello and ran the initializer, if any."""
@@ -145,6 +163,12 @@ class Supervisor:
         if launcher is not None and not self._pool.closing:
             self.roster.gone(identity)
         how = describe_exit(returncode)
+        if identity in self._silent:
+            self._silent.discard(identity)
+            how = (
+                f"it did not connect to the pool within {HELLO_TIMEOUT:g} s and was killed "
+                "(it hung before its code ran, or cannot reach the pool's socket)"
+            )
         if tail:
             how += "; its last stderr lines:\n" + tail
         if self.membership.exited(identity, launcher, pid, how):
