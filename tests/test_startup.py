@@ -292,3 +292,49 @@ def test_a_worker_that_never_says_hello_fails_the_start(tmp_path, monkeypatch):
     ):
         pool.run(abs, -3)
     assert wait_until(lambda: child_pids() <= before, timeout=10), "the worker was left"
+
+
+WORKER_PATH_AND_FLAGS = """
+import importlib.util, sys
+from distex_zmq import Pool
+
+def probe():
+    import importlib.util, sys
+    return importlib.util.find_spec("only_in_cwd") is not None, sys.flags.dev_mode
+
+if __name__ == "__main__":
+    with Pool(1) as pool:
+        print(importlib.util.find_spec("only_in_cwd") is not None, *pool.run(probe))
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="-P is new in Python 3.11")
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ([], "False False False"),
+        (["-X", "dev", "-W", "error::DeprecationWarning"], "False False True"),
+    ],
+)
+def test_workers_have_the_clients_path_and_interpreter_options(tmp_path, options, expected):
+    # `python other/script.py` from a directory that holds a module: the
+    # script cannot import it, nor can its workers (as with
+    # ProcessPoolExecutor); the interpreter's options reach them too
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "only_in_cwd.py").write_text("X = 1\n")
+    script = tmp_path / "other" / "script.py"
+    script.parent.mkdir()
+    script.write_text(WORKER_PATH_AND_FLAGS)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, *options, str(script)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == expected

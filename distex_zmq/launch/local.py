@@ -44,6 +44,23 @@ class OutputFlow(Protocol):
     def when_room(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None: ...
 
 
+def interpreter_args() -> list[str]:
+    """The client's interpreter options, for its workers, as multiprocessing
+    passes them (``-X dev``, ``-W error``, ``-O``, ...), but ``-E`` and ``-I``:
+    a worker needs its environment (``PYTHONPATH``). And ``-P`` (Python 3.11
+    and later): the directory a worker starts in comes first on its path
+    only if it does on the client's (``''``), and shadows nothing else."""
+    ignored = ("-E", "-I", "-P")
+    # private, but what multiprocessing's spawn uses for the same purpose
+    flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    args = [arg for arg in flags if arg not in ignored]
+    if sys.flags.isolated:
+        args.append("-s")  # what -I implies but the environment
+    if sys.version_info >= (3, 11):
+        args.append("-P")
+    return args
+
+
 def describe_exit(returncode: int) -> str:
     """``exit code 3`` or ``killed by SIGSEGV``."""
     if returncode < 0:
@@ -139,9 +156,11 @@ class LocalLauncher:
         self.lost = False
         self.processes: dict[bytes, WorkerProcess] = {}
         self._env = dict(os.environ)
-        # the workers import what the client can: same path, same directory
-        paths = [p for p in sys.path if p] + [os.getcwd()]
+        # the workers import what the client can: its path, where '' is the
+        # directory it runs in (``python -c``, ``-m``, the REPL)
+        paths = [p or os.getcwd() for p in sys.path]
         self._env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        self._python_args = interpreter_args()
         # each line a task prints leaves the worker at once
         self._env["PYTHONUNBUFFERED"] = "1"
 
@@ -149,6 +168,7 @@ class LocalLauncher:
         """Start one worker with this routing id, new to the pool; return it."""
         cmd = [
             self.python,
+            *self._python_args,
             "-m",
             "distex_zmq.worker",
             "--connect",
