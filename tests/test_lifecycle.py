@@ -414,6 +414,34 @@ def test_ctrl_c_while_the_exit_waits_drops_the_tasks(tmp_path):
     assert "Traceback" not in stderr, stderr
 
 
+def test_a_ctrl_c_that_ends_the_program_drops_the_tasks(tmp_path):
+    # the Ctrl-C reaches the caller in future.result(): it ends the program,
+    # whose exit then waits for no task (the task sleeps for 60 s)
+    script = """
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool
+        from tests import tasks
+
+        pool = Pool(1)
+        print("PIDS", *pool.run_on_all(tasks.pid), flush=True)
+        pool.submit(tasks.sleep_return, 60).result()
+        """
+    with _start_script(tmp_path, script) as proc:
+        try:
+            assert proc.stdout is not None
+            pids = [int(p) for p in proc.stdout.readline().split()[1:]]
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGINT, stderr
+    assert "KeyboardInterrupt" in stderr and "exits once" not in stderr, stderr
+    assert wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=10)
+
+
 def test_a_program_ended_by_ctrl_c_dies_of_sigint(tmp_path):
     # so that a shell or a CI loop sees the Ctrl-C (exit status 130)
     proc = _run_script(

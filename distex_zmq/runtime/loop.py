@@ -332,8 +332,14 @@ def wait_at_exit() -> None:
     """At the interpreter's exit, wait until every pool has finished the
     tasks submitted and stopped its workers, as the exit does for the
     futures of a ``ProcessPoolExecutor``: also after ``shutdown(wait=False)``
-    or none at all. Ctrl-C drops what is left."""
+    or none at all. Ctrl-C drops what is left, and so does the exit of a
+    program that a Ctrl-C ended (its ``KeyboardInterrupt`` went unhandled):
+    its user asked it to stop."""
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     for runtime in list(_running):
+        if interrupted:
+            runtime.close(wait=True, cancel_futures=True, drain=False)
+            continue
         try:
             runtime.close(wait=False)
             thread = runtime.thread
