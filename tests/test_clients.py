@@ -45,35 +45,20 @@ def run_script(name: str, *args: str, timeout: float = 90) -> str:
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("executor", ["control", "local"])
-def test_script_objects_travel(executor):
-    # classes, dataclasses, enums, functions and lambdas of __main__ as
-    # arguments, in containers and as results; results are the script's classes
-    assert run_script("script_objects.py", executor).endswith("OK\n")
-
-
-@pytest.mark.timeout(150)
-def test_script_objects_travel_to_spawner_workers(tmp_path):
+@pytest.mark.parametrize("executor", ["control", "local", "spawner"])
+@pytest.mark.parametrize("script", ["script_objects.py", "script_globals.py"])
+def test_the_scripts_objects_and_globals_as_with_a_process_pool(tmp_path, script, executor):
+    # script_objects.py: classes (with __slots__ too), dataclasses, enums,
+    # functions and lambdas of __main__ as arguments, in containers and as
+    # results, which are the script's classes; script_globals.py: what the
+    # initializer or run_on_all sets, or a task assigns, the script's other
+    # functions see in that worker, as in a forked worker
+    if executor != "spawner":
+        assert run_script(script, executor).endswith("OK\n")
+        return
     spawner = LoopbackSpawner(tmp_path / "spawner.log")
     try:
-        assert run_script("script_objects.py", f"spawner:{spawner.port}").endswith("OK\n")
-    finally:
-        spawner.stop()
-
-
-@pytest.mark.timeout(150)
-@pytest.mark.parametrize("executor", ["control", "local"])
-def test_script_globals_are_shared_in_a_worker(executor):
-    # what the initializer or run_on_all sets, or a task assigns, the
-    # script's other functions see in that worker, as in a forked worker
-    assert run_script("script_globals.py", executor).endswith("OK\n")
-
-
-@pytest.mark.timeout(150)
-def test_script_globals_are_shared_in_a_spawner_worker(tmp_path):
-    spawner = LoopbackSpawner(tmp_path / "spawner.log")
-    try:
-        assert run_script("script_globals.py", f"spawner:{spawner.port}").endswith("OK\n")
+        assert run_script(script, f"spawner:{spawner.port}").endswith("OK\n")
     finally:
         spawner.stop()
 
