@@ -421,6 +421,8 @@ class LoneBroker:
         self.endpoint = self.broker.bind(f"ipc://{tmp_path}/broker")
         self.socks: dict[bytes, zmq.Socket] = {}
         self.ids = itertools.count(1)
+        #: the id of the latest task made
+        self.ids_given = 0
 
     def spin(self, until, timeout: float = 10) -> None:
         """Run the broker's loop until ``until()`` holds."""
@@ -444,9 +446,18 @@ class LoneBroker:
 
     def submit(self) -> int:
         """Submit a task (the fake workers never unpickle it); return its id."""
+        self.broker.submit([self._task()])
+        return self.ids_given
+
+    def _task(self) -> Task:
         task = Task(next(self.ids), 1, b"f", p.FLAG_STAR, b"args", [], self.sink, name="f")
-        self.broker.submit([task])
-        return task.id
+        self.ids_given = task.id
+        return task
+
+    def know_the_function_as_quick(self) -> None:
+        """As if a task of the function had run for 10 µs: a worker that runs
+        one of a function that never ran gets no second task."""
+        self.broker._dispatcher.note_run_time(self._task(), 10)
 
     def received(self) -> tuple[bytes, int, int]:
         """``(worker, task id, flags)`` of the next task a fake worker gets."""
@@ -489,6 +500,7 @@ def test_broker_marks_the_pools_only_task_lone(lone_broker):
     b = lone_broker
     b.worker(b"fake-a", credits=1)
     b.worker(b"fake-b", credits=2)
+    b.know_the_function_as_quick()
     alone = b.submit()
     holder, task_id, flags = b.received()
     assert task_id == alone
