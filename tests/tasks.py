@@ -201,6 +201,13 @@ def raise_disk_error() -> None:
     raise DiskError(28, "/data")
 
 
+def disk_error_at(x: int, bad: int) -> int:
+    """``x``, but ``DiskError`` for ``bad``."""
+    if x == bad:
+        raise DiskError(28, "/data")
+    return x
+
+
 def apply(func: Any, *args: Any) -> Any:
     return func(*args)
 

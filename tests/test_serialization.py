@@ -533,6 +533,16 @@ def test_an_exception_whose_pickle_does_not_load_keeps_its_text_and_traceback(sh
     assert shared_pool.run(tasks.square, 3) == 9
 
 
+def test_an_input_whose_error_does_not_load_fails_alone_in_its_chunk(shared_pool):
+    # the other results of the chunk come, then its error in its place
+    values = []
+    with pytest.raises(SerializationError, match="DiskError: code 28 on /data") as info:
+        for value in shared_pool.map(tasks.disk_error_at, range(10), [5] * 10, chunksize=10):
+            values.append(value)
+    assert values == [0, 1, 2, 3, 4]
+    assert "disk_error_at" in str(info.value.__cause__)
+
+
 def test_remote_exception_pickles_to_the_original_with_its_traceback():
     try:
         tasks.raise_custom("local")

@@ -167,9 +167,13 @@ class Runner:
         # list is empty, which spares a flag per input (itertools.compress)
         gate = list(items[skip:]) if skip else list(items)
         watch = self.watch
+
+        def error(e: BaseException) -> RemoteException:
+            return self._sendable_error(task_id, e)
+
         watch.begin(task_id, results, started, skip, gate)
         try:
-            _run_inputs(func, iter(gate), star, results)
+            _run_inputs(func, iter(gate), star, results, error)
         finally:
             sent = watch.end()
         index = skip + len(results)
@@ -177,7 +181,7 @@ class Runner:
         if index < count:
             parts = self._parts(items, index)
             if parts is None:  # they do not pickle: they run here
-                _run_inputs(func, iter(items[index:]), star, results)
+                _run_inputs(func, iter(items[index:]), star, results, error)
                 index = count
         rest = results[sent:] if sent else results
         # one function makes all the results: if the first is awaitable, await them all
@@ -196,6 +200,18 @@ class Runner:
                 )
         else:
             self._add_result(task_id, p.STATUS_OK, rest, started)
+
+    def _sendable_error(self, task_id: int, e: BaseException) -> RemoteException:
+        """``e``, raised by an input of chunk ``task_id``, as the chunk's
+        results send it; a stand-in if it does not pickle or its pickle does
+        not load, which would fail the results of the whole chunk."""
+        error = _remote(e)
+        try:
+            data, buffers = dumps(error, self._data_dumps)
+            self._data_loads(data, buffers=buffers)
+        except BaseException as failure:  # noqa: BLE001
+            return _error_stand_in(task_id, error, failure, "sent")
+        return error
 
     def _parts(self, items: Any, index: int) -> list[tuple[int, bytes, list[Any]]] | None:
         """The inputs from ``index`` on, in up to ``HAND_BACK_PARTS`` payloads
@@ -276,13 +292,7 @@ def _unpicklable(
     else:
         what = "its exception"
         if isinstance(value, RemoteException):
-            # keep the remote traceback, lose only the exception object
-            text = (
-                f"task {task_id} raised {type(value.exc).__name__}: {value.exc}; on "
-                f"{_where()} the exception could not be {failed} "
-                f"({type(e).__name__}: {e}), so its traceback is the cause"
-            )
-            return dumps(_remote(SerializationError(text), value.tb))
+            return dumps(_error_stand_in(task_id, value, e, failed))
     error = SerializationError(
         f"task {task_id} ran on {_where()} but {what} could not be pickled: "
         f"{type(e).__name__}: {e}{unpicklable_hint(value, e, data_pickle)}"
@@ -290,9 +300,29 @@ def _unpicklable(
     return dumps(_remote(error))
 
 
-def _run_inputs(func: Any, inputs: Any, star: int, results: list[Any]) -> None:
+def _error_stand_in(
+    task_id: int, error: RemoteException, failure: BaseException, failed: str
+) -> RemoteException:
+    """What is sent for ``error``, whose exception could not be ``failed``
+    ("pickled", "unpickled"): its text, with its remote traceback as the
+    cause; only the exception object is lost."""
+    text = (
+        f"task {task_id} raised {type(error.exc).__name__}: {error.exc}; on "
+        f"{_where()} the exception could not be {failed} "
+        f"({type(failure).__name__}: {failure}), so its traceback is the cause"
+    )
+    return _remote(SerializationError(text), error.tb)
+
+
+def _run_inputs(
+    func: Any,
+    inputs: Any,
+    star: int,
+    results: list[Any],
+    error: Callable[[BaseException], RemoteException],
+) -> None:
     """Append to ``results`` what ``func`` makes of each input, an
-    ``ItemError`` for each that raises."""
+    ``ItemError`` of ``error(e)`` for each that raises ``e``."""
     while True:
         try:
             # map() in extend() is the fast path; after an error it goes on
@@ -300,7 +330,7 @@ def _run_inputs(func: Any, inputs: Any, star: int, results: list[Any]) -> None:
             results.extend(itertools.starmap(func, inputs) if star else map(func, inputs))
             return
         except BaseException as e:  # noqa: BLE001
-            results.append(ItemError(_remote(e)))
+            results.append(ItemError(error(e)))
 
 
 def _where() -> str:
