@@ -11,7 +11,7 @@ import pytest
 
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.launch.remote import RemoteLauncher
-from distex_zmq.wire import control
+from distex_zmq.wire import control, frames
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -24,6 +24,7 @@ class SilentHost(RemoteLauncher):
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float):
         super().__init__(loop, HostSpec("silent/1"), timeout, self.exited, self.on_lost)
         self.sent: list[control.Command] = []
+        self.reason = ""
         self.lost_at: asyncio.Future[float] = loop.create_future()
 
     def _send(self, command: control.Command) -> None:
@@ -36,6 +37,7 @@ class SilentHost(RemoteLauncher):
         pass
 
     def on_lost(self, launcher: object, reason: str, workers: set[bytes]) -> None:
+        self.reason = reason
         self.lost_at.set_result(asyncio.get_running_loop().time())
 
 
@@ -60,3 +62,25 @@ def test_silent_host_is_lost_heartbeat_timeout_after_its_last_message():
     # due at 2.0 s; a check only at each ping would notice at 2.25 s
     assert 2.0 <= delay < 2.15
     assert pings >= 4  # pings still go every quarter of the timeout
+
+
+def test_a_host_that_refuses_a_request_is_lost():
+    # a spawner that gave up on the pool after a short outage (silent for
+    # half its heartbeat_timeout) stopped its workers and answers the next
+    # ping with a refusal: the host is lost (and then reconnected), not
+    # left looking up with workers it no longer runs
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        host = SilentHost(loop, timeout=30.0)
+        host._on_message(control.Opened("h", "0", frames.VERSION, "3", 1))
+        host._start_heartbeats()
+        host._on_message(control.Refused("'ping' before 'open'"))
+        await asyncio.wait_for(host.lost_at, 5)
+        return host.reason
+
+    loop = asyncio.new_event_loop()
+    try:
+        reason = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert "refused a request ('ping' before 'open')" in reason

@@ -138,7 +138,10 @@ class RemoteLauncher:
                 message = f"{self.where} refused to start it: {reason}"
                 self._on_exit(refused.identity, 0, 255, message)
         else:
-            _logger.warning("%s refused a request: %s", self.where, reason)
+            # the host does not serve this pool as it did: a spawner that
+            # gave up on it after a short outage ("'ping' before 'open'")
+            # stopped its workers; lost, it is reconnected
+            self._lose(f"it refused a request ({reason})")
 
     def _on_bad_message(self, error: ProtocolError) -> None:
         """A message from the supervisor that does not pass: the host is unusable."""
