@@ -24,7 +24,14 @@ import pytest
 from distex_zmq import LoopType, Pool, PoolClosedError, WorkerStartError
 from distex_zmq.runtime.ipc import SOCKET_NAME, UNBOUND_STALE_AFTER
 from tests import tasks
-from tests.helpers import LeakCheck, child_pids, pid_alive, pool_threads, wait_until
+from tests.helpers import (
+    LeakCheck,
+    LoopbackSpawner,
+    child_pids,
+    pid_alive,
+    pool_threads,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -656,3 +663,29 @@ def test_the_leak_check_sees_a_leaked_pool_and_process():
     assert check.leftovers(timeout=5) == (set(), [])
     with pytest.raises(PoolClosedError):
         leaked.submit(tasks.square, 1)
+
+
+@pytest.mark.timeout(90)
+def test_a_shutdown_does_not_wait_for_ever_for_tasks_no_worker_can_run(tmp_path, monkeypatch):
+    # every host of the pool lost (its spawner killed): the task is queued,
+    # the pool tries to reconnect, and the shutdown (and so the exit of a
+    # program) gives up waiting after a while, failing the task with why
+    from distex_zmq.runtime import loop as runtime_loop
+
+    monkeypatch.setattr(runtime_loop, "DRAIN_WITHOUT_WORKERS", 2.0)
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        pool = Pool(None, [f"127.0.0.1:{spawner.port}/1"], heartbeat_timeout=1.0)
+        assert pool.run(tasks.square, 3) == 9
+        spawner.proc.kill()
+        spawner.proc.wait()
+        assert wait_until(lambda: pool.total_workers() == 0, timeout=20)
+        future = pool.submit(tasks.square, 4)
+        stopper = threading.Thread(target=pool.shutdown)
+        stopper.start()
+        stopper.join(timeout=45)
+        assert not stopper.is_alive(), "the shutdown waited for a task no worker can run"
+        with pytest.raises(PoolClosedError, match="no worker was left to run it"):
+            future.result(timeout=5)
+    finally:
+        spawner.stop()

@@ -53,6 +53,9 @@ _logger = logging.getLogger("distex_zmq.pool")
 STOP_GRACE = 3.0
 #: The same, when the pool failed (start-up, crash loop).
 FAILED_STOP_GRACE = 0.5
+#: Seconds a shutdown waits for the tasks submitted while no worker is
+#: ready (every host lost, say): then it stops, and they fail.
+DRAIN_WITHOUT_WORKERS = 30.0
 
 
 class Runtime:
@@ -76,6 +79,8 @@ class Runtime:
         self.closing = False
         #: why the pool cannot take tasks any more (start-up failure, crash loop)
         self.error: BaseException | None = None
+        #: why a shutdown stopped waiting for the tasks (no worker for long)
+        self._no_workers: str | None = None
         #: the pool's last status, taken as it was torn down
         self._final_status: PoolStatus | None = None
         self._ctx = zmq.Context()
@@ -275,12 +280,37 @@ class Runtime:
 
             broker.when_drained(on_drained)
             try:
-                await asyncio.wait_for(drained, timeout)
+                await asyncio.wait_for(self._drain(drained), timeout)
             except asyncio.TimeoutError:
                 _logger.warning("shutdown: tasks still running after %s s; stopping", timeout)
         if self.closing:
             return
         await self._teardown()
+
+    async def _drain(self, drained: asyncio.Future[None]) -> None:
+        """Until ``drained``, or until no worker was ready for
+        ``DRAIN_WITHOUT_WORKERS`` seconds (their hosts lost): no task could
+        finish then, and the exit of a program would wait for ever."""
+        registry = self.broker.registry
+        idle_since = None
+        while not drained.done():
+            await asyncio.wait([drained], timeout=1.0)
+            if registry.ready_count:
+                idle_since = None
+                continue
+            now = self.loop.time()
+            if idle_since is None:
+                idle_since = now
+            elif now - idle_since >= DRAIN_WITHOUT_WORKERS and not drained.done():
+                self._no_workers = (
+                    "the pool was shut down after no worker was left to run it for "
+                    f"{DRAIN_WITHOUT_WORKERS:g} s (its hosts lost)"
+                )
+                _logger.warning(
+                    "shutdown: no worker for %g s (the hosts lost); the tasks left fail",
+                    DRAIN_WITHOUT_WORKERS,
+                )
+                return
 
     async def _teardown(self) -> None:
         self.closing = True
@@ -306,9 +336,13 @@ class Runtime:
         finally:
             start_error = self.error
 
+            no_workers = self._no_workers
+
             def error(task: Task) -> BaseException:
                 if start_error is not None:
                     return start_error
+                if no_workers is not None:
+                    return PoolClosedError(f"{task.describe()} did not run: {no_workers}")
                 return PoolClosedError(f"the pool was shut down before {task.describe()} finished")
 
             broker.close(error)
