@@ -200,9 +200,11 @@ class SpawnerLauncher(RemoteLauncher):
 
     def _refused(self) -> str:
         where = f"{self.spec.host}:{self.spec.port or DEFAULT_SPAWNER_PORT}"
+        # libzmq tells that the first attempt failed, not why
         return (
-            f"spawner {where}: the connection was refused: nothing listens on {where}. "
-            "Is `python -m distex_zmq.spawner` running there, on that port?"
+            f"spawner {where}: the connection failed: nothing listens on {where} (the "
+            "connection was refused), or the host cannot be reached. Is the host up, and "
+            "`python -m distex_zmq.spawner` running there, on that port?"
         )
 
     async def _close(self) -> None:

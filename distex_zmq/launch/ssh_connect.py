@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import getpass
 import hashlib
 import os
@@ -178,7 +179,26 @@ def _explain(t: SSHTarget, e: BaseException) -> str:
     if isinstance(e, paramiko.SSHException):
         return f"SSH to {t}: {e}"
     if isinstance(e, OSError):
+        if _errnos(e) & _UNREACHABLE:
+            return (
+                f"SSH to {t}: cannot connect ({e.strerror or e}): there is no route to "
+                f"{t.hostname}; is the host up, and on a network this machine reaches?"
+            )
         return (
             f"SSH to {t}: cannot connect ({e.strerror or e}); is sshd listening on port {t.port}?"
         )
     return f"SSH to {t}: {type(e).__name__}: {e}"
+
+
+#: errnos of a host that cannot be reached, rather than of a port closed
+_UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
+
+
+def _errnos(e: OSError) -> set[int]:
+    """The errnos of ``e``, and of each address paramiko tried
+    (``NoValidConnectionsError.errors``)."""
+    found = {e.errno} if e.errno is not None else set()
+    for error in getattr(e, "errors", {}).values():
+        if isinstance(error, OSError) and error.errno is not None:
+            found.add(error.errno)
+    return found
