@@ -48,7 +48,9 @@ def unloadable_hint(part: str, error: BaseException, func_pickle: int, data_pick
     return (
         f". The {part} {verb} by name to a module, class or function that this worker "
         "cannot import: install that module (the version the client has) where the "
-        "worker runs, or add its directory to the path (remote_python='env PYTHONPATH=...')"
+        "worker runs, or add its directory to the workers' path (an SSH host: "
+        "remote_python='env PYTHONPATH=... python3'; a spawner host: PYTHONPATH in the "
+        "environment of the spawner, which its workers inherit)"
     )
 
 

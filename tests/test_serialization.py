@@ -108,6 +108,7 @@ def test_a_function_the_worker_cannot_import_fails_with_what_to_do(
         assert "could not unpickle" in text and "client_only" in text
         assert "could not unpickle the function of task" in text
         assert "that this worker cannot import: install that module" in text
+        assert "PYTHONPATH in the environment of the spawner" in text
     assert pool.run(tasks.square, 3) == 9
 
 
