@@ -285,6 +285,8 @@ class Broker:
                 if rec is None:
                     if self._members.retired(identity):
                         return  # it was removed with drain=False: its tasks run elsewhere
+                    if any(lost.identity == identity for lost in self._losses.lost):
+                        return  # late, from a worker given up (its host lost, say)
                     raise ProtocolError("result from an unknown worker")
                 self._delivery.on_results(rec, buf, count, frames[1:])
             elif kind == p.HELLO:
@@ -296,7 +298,8 @@ class Broker:
             else:
                 raise ProtocolError(f"unknown message type {kind!r}")
         except ProtocolError as e:
-            _logger.warning("dropped a message from %r: %s", identity, e)
+            name = identity.decode(errors="backslashreplace")
+            _logger.warning("dropped a message from %s: %s", name, e)
             if "version" in str(e):
                 self._control(identity, p.REFUSE, str(e).encode())
         except Exception:

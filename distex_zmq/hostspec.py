@@ -70,11 +70,15 @@ class HostSpec:
         else:
             self.port = None if self.is_ssh else DEFAULT_SPAWNER_PORT
 
-    def __repr__(self) -> str:
+    def __str__(self) -> str:
+        """The specification as written, as messages name the host."""
         scheme = "ssh://" if self.is_ssh else ""
         user = f"{self.user}@" if self.user else ""
         port = f":{self.port}" if self.port is not None else ""
-        return f"HostSpec('{scheme}{user}{self.host}{port}/{self.num_workers}')"
+        return f"{scheme}{user}{self.host}{port}/{self.num_workers}"
+
+    def __repr__(self) -> str:
+        return f"HostSpec('{self}')"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, HostSpec):
