@@ -110,7 +110,4 @@ def spec_kind(spec: HostSpec) -> str:
 
 def spec_text(spec: HostSpec) -> str:
     """``ssh://user@host:port/n`` as given (what is not given left out)."""
-    scheme = "ssh://" if spec.is_ssh else ""
-    user = f"{spec.user}@" if spec.user else ""
-    port = f":{spec.port}" if spec.port is not None else ""
-    return f"{scheme}{user}{spec.host}{port}/{spec.num_workers}"
+    return str(spec)
