@@ -266,14 +266,18 @@ class Broker:
         if self._closed or self._sock is None:
             return
         probe = p.probe()
+        sent = False
         for rec in list(self.registry.workers.values()):
             if rec.running and not rec.unreachable:
                 try:
                     self._sock.send_multipart([rec.identity, *probe], zmq.DONTWAIT)
+                    sent = True
                 except zmq.Again:
                     pass
                 except zmq.ZMQError as e:
                     self._losses.unreachable(rec, f"its connection failed ({e})")
+        if sent and self._reader is not None:
+            self._reader.poke()  # a send can take the edge of the socket's FD
         self._probe_timer = self.loop.call_later(PROBE_INTERVAL, self._probe)
 
     def _on_message(self, frames: list[Any]) -> None:
@@ -312,6 +316,8 @@ class Broker:
                 self._sock.send_multipart([identity, *p.control(kind, body)])
             except zmq.ZMQError:
                 pass
+            if self._reader is not None:
+                self._reader.poke()  # a send can take the edge of the socket's FD
 
     # barriers: run_on_all and shutdown wait for what was submitted before them
 
