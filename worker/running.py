@@ -127,7 +127,7 @@ class Runner:
             else:
                 result = func(args)
         except BaseException as e:  # noqa: BLE001 - a task's error is its result
-            self._add_result(task_id, p.STATUS_ERROR, _remote(e), started)
+            self._add_result(task_id, p.STATUS_ERROR, self._sendable_error(task_id, e), started)
             return
         if _is_awaitable(result):
             self._await_result(task_id, result, started)
@@ -202,15 +202,20 @@ class Runner:
             self._add_result(task_id, p.STATUS_OK, rest, started)
 
     def _sendable_error(self, task_id: int, e: BaseException) -> RemoteException:
-        """``e``, raised by an input of chunk ``task_id``, as the chunk's
-        results send it; a stand-in if it does not pickle or its pickle does
-        not load, which would fail the results of the whole chunk."""
+        """``e``, raised by task ``task_id`` (or an input of that chunk), as
+        it is sent; a stand-in with its text and traceback if it does not
+        pickle, or if its pickle does not load (an exception pickles by its
+        args, which its class's ``__init__`` may not take): the caller would
+        get only that error, and a chunk's other results would be lost."""
         error = _remote(e)
         try:
             data, buffers = dumps(error, self._data_dumps)
+        except BaseException as failure:  # noqa: BLE001
+            return _error_stand_in(task_id, error, failure, "pickled")
+        try:
             self._data_loads(data, buffers=buffers)
         except BaseException as failure:  # noqa: BLE001
-            return _error_stand_in(task_id, error, failure, "sent")
+            return _error_stand_in(task_id, error, failure, "unpickled")
         return error
 
     def _parts(self, items: Any, index: int) -> list[tuple[int, bytes, list[Any]]] | None:
@@ -236,7 +241,7 @@ class Runner:
                 error = _remote(asyncio.CancelledError(f"task {task_id} was cancelled"))
                 self._add_result(task_id, p.STATUS_ERROR, error, started, p.MARK_AWAITED)
             elif (exc := fut.exception()) is not None:
-                error = _remote(exc)
+                error = self._sendable_error(task_id, exc)
                 self._add_result(task_id, p.STATUS_ERROR, error, started, p.MARK_AWAITED)
             else:
                 self._add_result(task_id, p.STATUS_OK, fut.result(), started, p.MARK_AWAITED)
@@ -258,17 +263,6 @@ class Runner:
         except BaseException as e:  # noqa: BLE001 - an unpicklable result fails the task
             data, buffers = _unpicklable(task_id, status, value, e, self._pickles[1])
             status = p.STATUS_ERROR
-        else:
-            if status == p.STATUS_ERROR and isinstance(value, RemoteException):
-                # an exception pickles by its args, which its class's
-                # __init__ may not take: the caller would get only that
-                # TypeError, without the error or where it was raised
-                try:
-                    self._data_loads(data, buffers=buffers)
-                except BaseException as e:  # noqa: BLE001
-                    data, buffers = _unpicklable(
-                        task_id, status, value, e, self._pickles[1], "unpickled"
-                    )
         results = self.results
         size = results.body(data, buffers)
         results.entries.append(
@@ -278,21 +272,17 @@ class Runner:
 
 
 def _unpicklable(
-    task_id: int,
-    status: int,
-    value: Any,
-    e: BaseException,
-    data_pickle: int,
-    failed: str = "pickled",
+    task_id: int, status: int, value: Any, e: BaseException, data_pickle: int
 ) -> tuple[bytes, list[Any]]:
     """The pickled error that stands for a result or error that did not
-    pickle (or, ``failed="unpickled"``, an error whose pickle does not load)."""
+    pickle (a task's own errors are checked as they are made: see
+    ``Runner._sendable_error``)."""
     if status == p.STATUS_OK:
         what = f"its result of type {type(value).__name__}"
     else:
         what = "its exception"
         if isinstance(value, RemoteException):
-            return dumps(_error_stand_in(task_id, value, e, failed))
+            return dumps(_error_stand_in(task_id, value, e, "pickled"))
     error = SerializationError(
         f"task {task_id} ran on {_where()} but {what} could not be pickled: "
         f"{type(e).__name__}: {e}{unpicklable_hint(value, e, data_pickle)}"
