@@ -138,7 +138,7 @@ class Dispatcher:
                     task = rec.pinned.popleft()
                     if self._dropped(task):
                         continue
-                    self._assign(rec, [task], batches)
+                    self._assign_one(rec, task, batches)
                 if not rec.pinned:
                     del self._pinned_to[rec]
         least_loaded = registry.least_loaded
@@ -154,7 +154,7 @@ class Dispatcher:
                 if self._dropped(task):
                     continue
                 if task.may_group and not task.suspect and len(queue) >= registry.ready_capacity:
-                    self._assign(target, self._take_group(task), batches)
+                    self._assign_group(target, self._take_group(task), batches)
                 else:
                     self._assign_one(target, task, batches)
             # Starving: a credit is free and nothing waits. Submitters wake
@@ -195,9 +195,7 @@ class Dispatcher:
     def _assign_one(
         self, rec: WorkerRecord, task: Task, batches: dict[WorkerRecord, list[Task]]
     ) -> None:
-        """``_assign`` of a single task, which a map's tasks always are,
-        without the list and the group that only a group needs (this runs
-        for every task)."""
+        """Send ``task`` to ``rec`` on one credit."""
         if not rec.running and self._on_busy is not None:
             self._on_busy(rec)
         rec.running[task.id] = task
@@ -213,23 +211,23 @@ class Dispatcher:
         else:
             batch.append(task)
 
-    def _assign(
+    def _assign_group(
         self, rec: WorkerRecord, tasks: list[Task], batches: dict[WorkerRecord, list[Task]]
     ) -> None:
-        """Send ``tasks`` to ``rec`` on one credit: a task, or a group of tiny ones."""
+        """Send ``tasks``, tiny ones of ``_take_group``, to ``rec`` on one
+        credit (``_assign_one`` when the group is a single task)."""
+        if len(tasks) == 1:
+            self._assign_one(rec, tasks[0], batches)
+            return
         if not rec.running and self._on_busy is not None:
             self._on_busy(rec)
         running = rec.running
-        group = None
-        if len(tasks) > 1:
-            group = [len(tasks)]
-            self.grouped_tasks += len(tasks)
+        group = [len(tasks)]
+        self.grouped_tasks += len(tasks)
         for task in tasks:
             running[task.id] = task
             task.worker = rec
             task.group = group
-            if task.suspect or (group is None and self._may_run_long(task)):
-                rec.exclusive = True
         rec.used += 1
         self._registry.place(rec)
         batch = batches.get(rec)
