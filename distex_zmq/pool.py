@@ -296,7 +296,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         """
         runtime = self._live_runtime()
         task = self._tasks.call(fn, args, kwargs, self._future_sink)
-        future = TaskFuture(task)
+        future = TaskFuture(task, runtime.broker.wake)
         try:
             runtime.broker.submit((task,))
         except PoolClosedError:
@@ -326,7 +326,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             sink = self._loop_sinks[loop] = AsyncFutureSink(LoopPort(loop), self._tasks.data_loads)
         future = loop.create_future()
         task = self._tasks.call(func, args, kwargs, sink, future)
-        future.add_done_callback(functools.partial(cancel_if_cancelled, task))
+        future.add_done_callback(functools.partial(cancel_if_cancelled, task, runtime.broker.wake))
         try:
             runtime.broker.submit((task,))
         except PoolClosedError:

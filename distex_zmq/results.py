@@ -114,13 +114,16 @@ class TaskFuture(concurrent.futures.Future[Any]):
     ``RuntimeError`` instead of hanging the pool.
 
     Made for its ``task``, which has no tag yet: the future becomes its tag.
+    ``wake`` (the broker's) is called when a cancel drops the task, so that
+    the broker ends it now rather than when a worker is free for it.
     """
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, wake: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._condition = _LeanCondition()
         #: the task while it may still run (cleared when its result arrives)
         self._task: Task | None = task
+        self._wake = wake
         task.tag = self
         task.claim = self._claim
 
@@ -155,6 +158,8 @@ class TaskFuture(concurrent.futures.Future[Any]):
                 # cancelled future as done only once it is notified.
                 if self._state == CANCELLED:
                     self.set_running_or_notify_cancel()
+            if self._wake is not None:
+                self._wake()
         return cancelled
 
 
@@ -269,11 +274,13 @@ class AsyncFutureSink:
             future.set_exception(e)
 
 
-def cancel_if_cancelled(task: Task, future: asyncio.Future[Any]) -> None:
+def cancel_if_cancelled(task: Task, wake: Callable[[], None], future: asyncio.Future[Any]) -> None:
     """Done callback of an asyncio future of ``AsyncFutureSink``: cancelling
-    the future cancels its task (one that has not started never runs)."""
+    the future cancels its task (one that has not started never runs), and
+    ``wake`` makes the broker end it now."""
     if future.cancelled():
         task.cancelled = True
+        wake()
 
 
 class QueueSink:

@@ -76,6 +76,32 @@ def test_status_shows_running_and_queued_tasks(make_pool: MakePool) -> None:
     assert status.workers[0].tasks_held == 0
 
 
+def test_status_leaves_out_a_cancelled_queued_task_at_once(make_pool: MakePool) -> None:
+    """A queued task whose future is cancelled, by ``cancel`` or by
+    cancelling ``run_async``, is no longer counted as queued, without waiting
+    for a worker to be free for it."""
+    pool = make_pool(1, qsize=1)
+    pool.run(int, 0)
+    running = pool.submit(ft.sleep_then, 3, "done")
+    queued = [pool.submit(ft.sleep_then, 0, x) for x in range(2)]
+    assert wait_until(lambda: pool.status().totals.queued == 2, timeout=10)
+    assert queued[0].cancel()
+    assert pool.status().totals.queued == 1
+
+    async def cancel_run_async() -> None:
+        task = asyncio.ensure_future(pool.run_async(ft.sleep_then, 0, "never"))
+        await asyncio.sleep(0.1)
+        assert (await pool.status_async()).totals.queued == 2
+        task.cancel()
+        await asyncio.sleep(0)  # the future's done callbacks run
+        assert (await pool.status_async()).totals.queued == 1
+
+    asyncio.run(cancel_run_async())
+    assert running.result(timeout=10) == "done"
+    assert queued[1].result(timeout=10) == 1
+    assert pool.status().totals.queued == 0
+
+
 def test_status_follows_a_worker_kill(make_pool: MakePool, tmp_path) -> None:
     marker = tmp_path / "slow"
     pool = make_pool(2, max_retries=0, initializer=tasks.slow_start_if, initargs=(str(marker), 3))
