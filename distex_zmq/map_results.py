@@ -282,4 +282,5 @@ class MapResults:
         self._answered.clear()
         self._whole.clear()
         self._ready.clear()
+        self._sink.close()
         return cancelled

@@ -71,6 +71,8 @@ def _run_unread(
     effects). Iterated, its generator cancelled the rest as it ended."""
     if started[0]:
         return
+    # nobody takes its results: drop each as it arrives
+    run.sink.close()
     try:
         if error is not None:
             raise error

@@ -318,6 +318,16 @@ class QueueSink:
         self.results.append((task, status, value))
         self._delivered += 1
 
+    def close(self) -> None:
+        """Nobody takes the map's results any more (it is over, or never
+        iterated; on the map's thread): drop those delivered and those still
+        to come. Each holds its task, which holds this sink: kept here, they
+        would be freed only by the cyclic garbage collector, which a program
+        with many objects runs rarely."""
+        # a deque that keeps nothing: a result the pool loop delivers from
+        # now on is dropped as it is appended, with no check on its path
+        self.results = deque(maxlen=0)
+
     def flush(self, urgent: bool = False) -> None:
         """``urgent``: wake the map now (the broker has nothing left to send it)."""
         if (

@@ -16,6 +16,7 @@ from distex_zmq import Pool, RemoteException
 from distex_zmq.map_run import BYTES_AHEAD, map_window
 from distex_zmq.map_sizing import MAX_BATCH
 from tests import tasks
+from tests.helpers import wait_until
 
 #: the credits of each worker of ``shared_pool``: ``Pool``'s default qsize
 QSIZE = inspect.signature(Pool).parameters["qsize"].default
@@ -258,6 +259,36 @@ def test_map_lets_go_of_each_result_it_yielded(shared_pool, chunksize):
         return count
 
     assert asyncio.run(consume()) == 200
+
+
+def _idle(pool: Pool) -> bool:
+    totals = pool.status().totals
+    return totals.queued == 0 and totals.in_flight == 0
+
+
+@pytest.mark.parametrize("iterated", [True, False], ids=["broken", "never-iterated"])
+def test_results_nobody_takes_are_freed_without_the_cyclic_collector(pool, iterated):
+    # The results that a broken map did not take, and those of a map never
+    # iterated, hold their tasks, and a task its map's sink: were they kept
+    # in the sink, each map's results would wait for a full garbage
+    # collection, which a program with many objects runs rarely.
+    gc.collect()
+    gc.disable()
+    try:
+        it = pool.map(tasks.sleep_return, [0.0] + [0.02] * 20, range(21))
+        sink = weakref.ref(it.gi_frame.f_locals["run"].sink)
+        if iterated:
+            assert next(it) == 0
+            assert wait_until(lambda: _idle(pool), timeout=20)  # the rest arrived
+            it.close()
+            del it
+        else:
+            del it
+            assert wait_until(lambda: _idle(pool), timeout=20)
+        assert wait_until(lambda: sink() is None), "the map's results wait for the collector"
+    finally:
+        gc.enable()
+    assert pool.run(tasks.square, 4) == 16
 
 
 def test_break_in_a_for_loop_cancels_pending(pool, tmp_path):
