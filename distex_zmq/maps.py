@@ -170,10 +170,19 @@ class _PrivateLoop:
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-        self._loop.close()
+        # as asyncio.run ends: the async generators first iterated here (the
+        # caller's, left half-read by a break) are closed, so that their
+        # ``finally`` runs; once the loop is closed, nothing would run it
+        try:
+            if self._thread is None:
+                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            elif self._thread.is_alive():
+                self._step(self._loop.shutdown_asyncgens())
+        finally:
+            if self._thread is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join()
+            self._loop.close()
 
 
 async def map_async(

@@ -438,6 +438,35 @@ def test_sync_map_of_an_unbounded_async_iterable_with_early_break(shared_pool):
     assert shared_pool.run(tasks.square, 5) == 25
 
 
+@pytest.mark.parametrize("in_a_loop", [False, True], ids=["plain", "inside-a-running-loop"])
+def test_sync_map_closes_an_async_iterable_it_left_half_read(shared_pool, in_a_loop):
+    # as asyncio.run does when it ends: the source's finally (a cursor or a
+    # connection to release) runs when the map ends, not never
+    closed = []
+
+    async def source():
+        try:
+            for i in itertools.count():
+                yield i
+        finally:
+            closed.append(True)
+
+    def consume():
+        for result in shared_pool.map(tasks.square, source()):
+            if result == 9:
+                break
+
+    if in_a_loop:
+
+        async def main():
+            consume()
+
+        asyncio.run(main())
+    else:
+        consume()
+    assert closed == [True]
+
+
 def test_map_of_a_coroutine_function(shared_pool):
     for chunksize in (1, 3):
         assert list(shared_pool.map(tasks.async_square, range(10), chunksize=chunksize)) == [
