@@ -58,6 +58,9 @@ class MapContext:
     capacity: Callable[[], int]
     #: inputs may be grouped into chunks when no chunksize is given
     may_chunk: bool
+    #: the pool, kept alive while its map runs: ``Pool(2).map(f, xs)`` is
+    #: the only reference to its pool, whose finalizer would shut it down
+    pool: object = None
 
 
 #: Tasks ``submit_rest`` hands over at once.
@@ -90,6 +93,7 @@ class MapRun:
     ):
         self._queue = ctx.queue
         self._tasks = ctx.tasks
+        self._pool = ctx.pool
         self._func = ctx.tasks.function(func)
         zipped = len(iterables) > 1
         self._flags = p.FLAG_STAR if star or zipped else 0

@@ -87,7 +87,7 @@ class MapsMixin(PoolBase):
         runtime = self._live_runtime()
         opts = self._options
         return MapContext(
-            runtime.broker, self._tasks, runtime.loop, lambda: opts.capacity, opts.qsize > 1
+            runtime.broker, self._tasks, runtime.loop, lambda: opts.capacity, opts.qsize > 1, self
         )
 
     def run_on_all(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> list[Any]:

@@ -297,6 +297,31 @@ def test_garbage_collected_pool_stops_its_workers_after_run_on_all():
     _assert_collected_pool_stops(use)
 
 
+def test_a_map_keeps_its_pool_alive_until_it_ends():
+    # Pool(2).map(...): nothing else refers to the pool, as with
+    # ProcessPoolExecutor(2).map(...), which returns every result too. The
+    # pool's finalizer, run as map() returns, would shut it down, and the
+    # inputs read after its tasks drained would fail.
+    threads_before = set(pool_threads())
+    results = []
+    for result in Pool(2).map(tasks.square, range(100)):
+        results.append(result)
+        gc.collect()
+    assert results == [i * i for i in range(100)]
+
+    async def consume():
+        found = []
+        async for result in Pool(2).map_async(tasks.square, range(100)):
+            found.append(result)
+            gc.collect()
+        return found
+
+    assert asyncio.run(consume()) == [i * i for i in range(100)]
+    # the map over, nothing keeps the pools: they stop
+    gc.collect()
+    assert wait_until(lambda: set(pool_threads()) <= threads_before, timeout=15)
+
+
 def _start_script(tmp_path: Path, source: str) -> subprocess.Popen[str]:
     """Run ``source`` as a script of its own, the repository as its argument."""
     path = tmp_path / "script.py"
