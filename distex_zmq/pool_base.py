@@ -10,6 +10,7 @@ based on ``PoolBase`` and reads the pool through it: ``_options``, ``_tasks``,
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import os
 import threading
 import weakref
@@ -41,7 +42,14 @@ class PoolBase(concurrent.futures.Executor):
             if self._is_shutdown:
                 raise PoolClosedError("the pool was shut down; create a new Pool")
             if self._runtime is None:
-                self._runtime = Runtime(self._options, self._tasks)
+                # in a context of its own: what the pool loop schedules while
+                # it starts (the broker's reader, the workers' pipes) would
+                # otherwise run for good in a copy of this caller's context,
+                # and so would what the pool loop does for later callers (a
+                # task's log records, done callbacks): in Jupyter, where the
+                # running cell is a context variable, all of it would go to
+                # the cell that made the pool
+                self._runtime = contextvars.Context().run(Runtime, self._options, self._tasks)
                 self._finalizer = weakref.finalize(self, shutdown_runtime, self._runtime)
             return self._runtime
 

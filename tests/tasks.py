@@ -8,6 +8,7 @@ notes at the top of ``conftest.py`` on why this works and what does not.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pickle
 import socket
@@ -57,6 +58,13 @@ def minor_faults() -> int:
 def sleep_return(delay: float, value: Any = None) -> Any:
     time.sleep(delay)
     return value
+
+
+def log_after(delay: float, logger: str, message: str) -> str:
+    """Sleep, then log ``message`` at WARNING (re-emitted in the client)."""
+    time.sleep(delay)
+    logging.getLogger(logger).warning(message)
+    return message
 
 
 def sleep_square(x: int) -> int:

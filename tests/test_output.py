@@ -9,6 +9,7 @@ in a terminal would see them.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -293,6 +294,42 @@ def test_no_log_records(client):
     c = client("logs", num_workers=1, log_level=None)
     c.expect("out", "^RESULT ")
     assert not any(line.startswith("LOG ") for line in c.finish()["out"])
+
+
+#: what a caller's context holds, as Jupyter's running cell (ipykernel keeps
+#: the cell whose output a write belongs to in a context variable)
+CELL: contextvars.ContextVar[str] = contextvars.ContextVar("CELL", default="no cell")
+
+
+def test_pool_loop_does_not_run_in_the_context_that_made_the_pool(make_pool):
+    """A task's log record and a done callback, both handled on the pool loop,
+    do not see the context of the caller that made the pool: in Jupyter they
+    would go to the output of that cell, long finished, instead of the running
+    one."""
+    from tests import tasks
+
+    seen: list[tuple[str, str]] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(("log", CELL.get()))
+
+    def in_first_cell() -> Any:
+        CELL.set("the cell that made the pool")
+        return make_pool(1)
+
+    pool = contextvars.copy_context().run(in_first_cell)
+    logger = logging.getLogger("user.context")
+    handler = Handler()
+    logger.addHandler(handler)
+    try:
+        future = pool.submit(tasks.log_after, 0.2, "user.context", "logged")
+        future.add_done_callback(lambda _: seen.append(("callback", CELL.get())))
+        assert future.result(timeout=30) == "logged"
+        wait_until(lambda: len(seen) == 2, timeout=10)
+    finally:
+        logger.removeHandler(handler)
+    assert sorted(seen) == [("callback", "no cell"), ("log", "no cell")]
 
 
 # spawner workers
