@@ -211,13 +211,12 @@ def _same(obj: Any) -> Any:
     return obj
 
 
-def _checked_callable(func: Any) -> Any:
-    """Return ``func``; raise here, not in a worker, if it cannot be called."""
+def _checked_callable(func: Any) -> None:
+    """Raise here, not in a worker, if ``func`` cannot be called."""
     if not callable(func):
         raise TypeError(
             f"{func!r} is not callable: pass the function to run first, then its arguments"
         )
-    return func
 
 
 class FunctionCache:
@@ -273,8 +272,9 @@ class FunctionCache:
         entry = self._by_func.get(id(func))
         if entry is not None and entry[0]() is func:
             return entry[1], entry[2]
+        _checked_callable(func)
         try:
-            pickled = self._pickle(_checked_callable(func))
+            pickled = self._pickle(func)
         except Exception as e:
             if hasattr(e, "add_note"):  # Python 3.11+
                 name = getattr(func, "__qualname__", None) or repr(func)

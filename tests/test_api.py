@@ -83,8 +83,10 @@ def test_a_function_that_is_not_callable_is_refused_in_the_caller(pool):
         lambda: asyncio.run(_consume(pool.map_async([], [1]))),
     ]
     for call in calls:
-        with pytest.raises(TypeError, match="is not callable: pass the function to run first"):
+        with pytest.raises(TypeError, match="is not callable: pass the function to run first") as e:
             call()
+        # nothing was pickled: no note about what a function's globals must hold
+        assert not getattr(e.value, "__notes__", None)
     assert pool.run(tasks.square, 3) == 9
 
 
