@@ -144,7 +144,13 @@ def _map_sync_over_async(
 
 class _PrivateLoop:
     """A new event loop that runs awaitables to completion for a sync caller:
-    ``with _PrivateLoop() as step: step(awaitable)``."""
+    ``with _PrivateLoop() as step: step(awaitable)``.
+
+    A step whose wait is interrupted (Ctrl-C, a Jupyter interrupt) is
+    cancelled on the loop and has ended when the interruption is raised: the
+    caller's next step (a map's ``aclose()``) would otherwise find the
+    generator still running in it.
+    """
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -159,15 +165,39 @@ class _PrivateLoop:
 
     def __enter__(self) -> Callable[[Awaitable[Any]], Any]:
         if self._thread is None:
-            return self._loop.run_until_complete
+            return self._step_here
         self._thread.start()
         return self._step
 
+    def _step_here(self, awaitable: Awaitable[Any]) -> Any:
+        task = asyncio.ensure_future(awaitable, loop=self._loop)
+        try:
+            return self._loop.run_until_complete(task)
+        except BaseException:
+            if not task.done():  # interrupted while the loop waited
+                task.cancel()
+                self._loop.run_until_complete(asyncio.wait([task]))
+            elif not task.cancelled():
+                task.exception()  # interrupted in the task: raised here, not "never retrieved"
+            raise
+
     def _step(self, awaitable: Awaitable[Any]) -> Any:
+        started: list[asyncio.Task[Any]] = []
+
         async def run() -> Any:
+            started.append(asyncio.current_task())  # type: ignore[arg-type]  # in a task
             return await awaitable
 
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            # interrupted: cancel the step on the loop (a step that has not
+            # started never starts) and wait there until it has ended; the
+            # loop runs ``_ended`` after the step's first turn
+            if future.cancel():
+                asyncio.run_coroutine_threadsafe(_ended(started), self._loop).result()
+            raise
 
     def __exit__(self, *exc_info: object) -> None:
         # as asyncio.run ends: the async generators first iterated here (the
@@ -183,6 +213,12 @@ class _PrivateLoop:
                 self._loop.call_soon_threadsafe(self._loop.stop)
                 self._thread.join()
             self._loop.close()
+
+
+async def _ended(tasks: list[asyncio.Task[Any]]) -> None:
+    """Return once ``tasks`` have ended (on their loop)."""
+    if tasks:
+        await asyncio.wait(tasks)
 
 
 async def map_async(

@@ -471,6 +471,58 @@ def test_sigint_during_map_interrupts_only_the_client() -> None:
     assert out.split("\n")[:3] == ["interrupted", "same workers", "[0, 1, 4, 9, 16]"], out
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["here", "in a running loop"])
+def test_sigint_during_sync_map_of_an_async_iterable(where: str) -> None:
+    """The sync map reads async inputs on a private loop, in the caller's
+    thread or, inside a running loop (a Jupyter cell), in a thread of its
+    own. Ctrl-C there raises KeyboardInterrupt, not the RuntimeError of an
+    aclose() that finds the map still running on that loop, and leaves no
+    task of that loop pending."""
+    client = run_client(
+        f"""
+        import asyncio, gc, sys
+        sys.stderr = sys.stdout  # asyncio's complaints are checked too
+        from distex_zmq import Pool
+        from tests import fault_tasks as ft
+
+        async def endless():
+            i = 0
+            while True:
+                await asyncio.sleep(0.001)
+                yield i
+                i += 1
+
+        def interrupted_map(pool):
+            try:
+                for i, _ in enumerate(pool.map(ft.square, endless())):
+                    if i == 10:
+                        print("ready", flush=True)
+                print("map finished: no interrupt arrived", flush=True)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+            except BaseException as e:
+                print("raised", type(e).__name__, e, flush=True)
+
+        async def cell(pool):
+            interrupted_map(pool)
+
+        with Pool(2) as pool:
+            if {where == "in a running loop"}:
+                # not asyncio.run: its SIGINT handler only cancels the main task
+                loop = asyncio.new_event_loop()
+                loop.run_until_complete(cell(pool))
+                loop.close()
+            else:
+                interrupted_map(pool)
+            gc.collect()
+            print(list(pool.map(ft.square, range(5))), flush=True)
+        """
+    )
+    out = _interrupt_when_ready(client, after=0.3)
+    assert out.split("\n") == ["interrupted", "[0, 1, 4, 9, 16]", ""], out
+
+
 def test_sigint_during_run_cancels_its_task_if_it_has_not_started(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     client = run_client(
