@@ -492,6 +492,45 @@ def test_a_program_ended_by_ctrl_c_dies_of_sigint(tmp_path):
     assert proc.returncode == -signal.SIGINT, proc.stderr
 
 
+@pytest.mark.parametrize("shell", ["repl", "ipython"])
+def test_an_interactive_session_waits_for_the_tasks_after_an_earlier_interrupt(tmp_path, shell):
+    # the REPL and IPython keep the last error they showed in sys.last_value
+    # and go on: a statement interrupted earlier did not end the session,
+    # whose exit waits for the tasks submitted later
+    if shell == "ipython":
+        pytest.importorskip("IPython")
+        command = [sys.executable, "-m", "IPython", "--simple-prompt", "--no-banner"]
+    else:
+        command = [sys.executable, "-i"]
+    statements = textwrap.dedent(
+        f"""\
+        raise KeyboardInterrupt
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from distex_zmq import Pool
+        from tests import tasks
+        pool = Pool(1)
+        here = {str(tmp_path)!r}
+        futures = [pool.submit(tasks.sleep_touch, f"{{here}}/{{i}}", 0.2) for i in range(6)]
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["IPYTHONDIR"] = str(tmp_path / "ipython")
+    proc = subprocess.run(
+        command,
+        input=statements + "\n",
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
+    assert "KeyboardInterrupt" in proc.stdout + proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == [
+        str(i) for i in range(6)
+    ], proc.stderr
+
+
 @pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-", "<&- >&- 2>&-"])
 def test_a_program_started_with_standard_streams_closed(tmp_path, closed):
     # a daemon or a cron job: the pool's own files must not take fds 0 to 2

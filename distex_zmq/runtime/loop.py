@@ -369,7 +369,7 @@ def wait_at_exit() -> None:
     or none at all. Ctrl-C drops what is left, and so does the exit of a
     program that a Ctrl-C ended (its ``KeyboardInterrupt`` went unhandled):
     its user asked it to stop."""
-    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+    interrupted = _ended_by_ctrl_c()
     for runtime in list(_running):
         if interrupted:
             runtime.close(wait=True, cancel_futures=True, drain=False)
@@ -388,6 +388,25 @@ def wait_at_exit() -> None:
                 thread.join()
         except KeyboardInterrupt:
             runtime.close(wait=True, cancel_futures=True, drain=False)
+
+
+def _ended_by_ctrl_c() -> bool:
+    """A Ctrl-C ended the program: its ``KeyboardInterrupt`` went unhandled
+    (``sys.last_value``). An interactive session (Python's REPL, IPython, a
+    Jupyter kernel) keeps there the last error it showed and goes on, so in
+    one a statement interrupted earlier does not count."""
+    if not isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
+        return False
+    return not _interactive()
+
+
+def _interactive() -> bool:
+    """This process runs Python's REPL or an IPython shell (Jupyter's too)."""
+    if hasattr(sys, "ps1") or sys.flags.interactive:
+        return True
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    return get_ipython is not None and get_ipython() is not None
 
 
 #: Runtimes whose loop thread runs (it holds its runtime while it does).
