@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -330,6 +331,38 @@ def test_pool_loop_does_not_run_in_the_context_that_made_the_pool(make_pool):
     finally:
         logger.removeHandler(handler)
     assert sorted(seen) == [("callback", "no cell"), ("log", "no cell")]
+
+
+def test_pool_loop_does_not_run_in_the_context_that_resized_the_pool(make_pool):
+    """The death of a worker that ``resize`` added is reported (a warning of
+    ``distex_zmq.broker``) outside the context of the caller of ``resize``:
+    in Jupyter it would go to that cell, long finished."""
+    from tests import tasks
+
+    pool = make_pool(1)
+    before = set(pool.run_on_all(tasks.pid))
+
+    def in_second_cell() -> None:
+        CELL.set("the cell that resized the pool")
+        pool.resize(2)
+
+    contextvars.copy_context().run(in_second_cell)
+    [added] = set(pool.run_on_all(tasks.pid)) - before
+    seen: list[tuple[str, str]] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), CELL.get()))
+
+    logger = logging.getLogger("distex_zmq")
+    handler = Handler()
+    logger.addHandler(handler)
+    try:
+        os.kill(added, signal.SIGKILL)
+        assert wait_until(lambda: any(f"pid {added} " in m for m, _ in seen), timeout=20), seen
+    finally:
+        logger.removeHandler(handler)
+    assert [cell for m, cell in seen if f"pid {added} " in m] == ["no cell"], seen
 
 
 # spawner workers

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +72,10 @@ class Elastic:
                 raise PoolClosedError("the pool was shut down; create a new Pool")
             await change()
 
-        return asyncio.run_coroutine_threadsafe(when_up(), self._loop)
+        # in a context of its own, as the pool's start (``PoolBase._start``):
+        # the workers and hosts it adds are watched for good by callbacks
+        # made in it, which must not run in a copy of this caller's context
+        return contextvars.Context().run(asyncio.run_coroutine_threadsafe, when_up(), self._loop)
 
     async def add_hosts(self, specs: list[HostSpec]) -> None:
         """Connect to ``specs``, start their workers and wait until they are ready."""
