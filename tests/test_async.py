@@ -219,6 +219,25 @@ def test_run_on_all_async(shared_pool):
     assert set(pids) == set(shared_pool.run_on_all(tasks.pid))
 
 
+def test_run_on_all_async_cancelled_while_earlier_tasks_run(pool, tmp_path):
+    """Cancelled while its barrier waits for the tasks before it (a wait_for
+    timeout, an interrupted Jupyter cell), run_on_all_async runs nowhere,
+    and the results of those tasks still arrive."""
+    marker = tmp_path / "ran"
+
+    async def main():
+        busy = [pool.submit(tasks.sleep_return, 2.0, i) for i in range(2)]
+        call = asyncio.ensure_future(pool.run_on_all_async(tasks.touch, str(marker)))
+        await asyncio.sleep(0.05)
+        call.cancel()
+        results = [await asyncio.wait_for(asyncio.wrap_future(f), 20) for f in busy]
+        assert results == [0, 1]
+        assert len(await pool.run_on_all_async(tasks.pid)) == 2
+
+    asyncio.run(main())
+    assert not marker.exists()
+
+
 def test_run_async_cancellation(pool, tmp_path):
     marker = tmp_path / "slow_pid"
 

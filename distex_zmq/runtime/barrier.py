@@ -33,13 +33,19 @@ def pin_to_all_after_drain(
         return task
 
     def pin() -> None:
+        # a caller that stopped waiting (run_on_all_async cancelled) pins
+        # nothing; this runs inside the broker's handling of a result, which
+        # an InvalidStateError here would cut short
+        if not batch.set_running_or_notify_cancel():
+            return
         pinned = runtime.broker.pin_to_all(make_task)
         batch.set_result([task.tag for task in pinned])
 
     def after_start(started: concurrent.futures.Future[None]) -> None:
         error = started.exception()
         if error is not None:
-            batch.set_exception(error)
+            if batch.set_running_or_notify_cancel():
+                batch.set_exception(error)
         else:
             runtime.loop.call_soon_threadsafe(runtime.broker.when_drained, pin)
 
