@@ -220,7 +220,11 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         """
         runtime = self._live_runtime()
         if not runtime.started.done():
-            await asyncio.wrap_future(runtime.started)
+            # shielded: a wait that is cancelled (a timeout, an interrupted
+            # cell) stops waiting; the start goes on, as the sync
+            # ``__enter__``'s does (cancelling the wrapped future would
+            # cancel the start itself and tear the pool down)
+            await asyncio.shield(asyncio.wrap_future(runtime.started))
         if runtime.started.exception() is not None:
             # the start cleaned up after itself; its thread is about to end
             while runtime.thread.is_alive():

@@ -285,6 +285,20 @@ def test_wait_for_timeout_cancels_run_async(pool):
     assert asyncio.run(main()) == 9
 
 
+def test_a_cancelled_wait_for_the_start_leaves_the_pool_starting(make_pool):
+    """A wait for the workers that times out (or an interrupted ``await pool``
+    in Jupyter) stops waiting; the pool goes on starting and runs tasks."""
+
+    async def main():
+        pool = make_pool(2, initializer=time.sleep, initargs=(1.0,))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(pool.create(), 0.1)
+        assert await pool.run_async(tasks.square, 3) == 9
+        assert await pool is pool and pool.is_ready()
+
+    asyncio.run(main())
+
+
 def test_await_pool_and_create_wait_for_the_workers():
     before = child_pids()
 
