@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import linecache
+import os
+import re
 import traceback
 from typing import Any
 
@@ -99,8 +102,34 @@ def _rebuild_remote_exception(
     exc: BaseException | None, tb: str, host: str | None = None, pid: int | None = None
 ) -> BaseException:
     """Unpickle to the original exception, with the remote traceback as cause."""
-    cause = RemoteException(None, tb, host, pid)
+    cause = RemoteException(None, with_interactive_source(tb), host, pid)
     if exc is None:
         return cause
     exc.__cause__ = cause
     return exc
+
+
+#: A frame's line of a formatted traceback, and the source line after it.
+_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+), in .*$')
+
+
+def with_interactive_source(tb: str) -> str:
+    """``tb`` (a traceback formatted in a worker) with the source lines of
+    code typed in this process: a worker cannot show the line of a function
+    defined in a Jupyter cell or at an IPython prompt, whose "file" exists
+    only in this process's ``linecache``. Frames of files on disk are left
+    as the worker formatted them."""
+    lines = tb.split("\n")
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        match = _FRAME.match(line)
+        if match is None or (i + 1 < len(lines) and lines[i + 1].startswith("    ")):
+            continue
+        filename = match["file"]
+        if os.path.exists(filename):
+            continue
+        source = linecache.getline(filename, int(match["line"])).strip()
+        if source:
+            out.append("    " + source)
+    return "\n".join(out)

@@ -10,6 +10,7 @@ it must still compute correct results afterwards.
 from __future__ import annotations
 
 import concurrent.futures
+import linecache
 import logging
 import os
 import re
@@ -566,6 +567,24 @@ def test_remote_exception_keeps_type_and_traceback(pool: Pool) -> None:
     with pytest.raises(ZeroDivisionError) as info:
         pool.run(divmod, 1, 0)
     assert "ZeroDivisionError" in str(info.value.__cause__)
+
+
+def test_remote_traceback_shows_the_lines_of_code_typed_in_the_client(pool: Pool) -> None:
+    # as IPython and Jupyter keep a cell: in linecache only, under a file
+    # name that exists nowhere, so the worker cannot show its lines
+    filename = "/nonexistent/ipykernel_0/cell.py"
+    source = "def from_a_cell(x):\n    y = x + 1\n    raise ValueError(f'bad {y}')\n"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    try:
+        exec(compile(source, filename, "exec"), namespace)
+        with pytest.raises(ValueError, match="bad 2") as info:
+            pool.run(namespace["from_a_cell"], 1)
+    finally:
+        linecache.cache.pop(filename, None)
+    remote = str(info.value.__cause__)
+    assert f'File "{filename}", line 3, in from_a_cell\n' in remote, remote
+    assert "\n    raise ValueError(f'bad {y}')\n" in remote, remote
 
 
 def test_errors_do_not_cost_the_worker(pool: Pool) -> None:

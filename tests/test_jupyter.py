@@ -127,6 +127,8 @@ def test_a_notebook_uses_the_pool(kernel_env: Path) -> None:
     error = cells[5]["error"]
     assert error.startswith("AttributeError: 'NoneType' object has no attribute 'x'")
     assert "RemoteException" in error and "in task" in error
+    # the line of the cell, which only the kernel has
+    assert 'logging.getLogger("notebook.task").warning("logged %s", p.x)' in error
 
     assert cells[6]["error"].startswith("KeyboardInterrupt")
     assert cells[7]["result"] == "(True, 4)"
