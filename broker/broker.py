@@ -52,6 +52,8 @@ class Broker:
     ``hooks`` are the pool's part: initializers, readiness, and killing the
     workers that the broker gives up on. ``task_timeout``: seconds a task
     may run before its worker is killed (None: no limit).
+    ``max_tasks_per_child``: tasks a worker is given before it drains and
+    ``hooks.on_spent`` starts a fresh one (None: no limit).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Broker:
         max_retries: int,
         task_timeout: float | None,
         hooks: BrokerHooks,
+        max_tasks_per_child: int | None = None,
     ):
         self.loop = loop
         self.registry = Registry()
@@ -74,6 +77,8 @@ class Broker:
             self._ledger,
             self._send,
             None if self._timeouts is None else self._timeouts.started,
+            max_tasks_per_child,
+            None if max_tasks_per_child is None else hooks.on_spent,
         )
         self._losses = Losses(
             loop,

@@ -45,7 +45,9 @@ class Dispatcher:
 
     Cancelled tasks end in the ``ledger`` as they come out of the queue;
     ``send(rec, frames)`` sends a TASK message; ``on_busy(rec)``, if given,
-    is told when a worker that ran nothing gets a task.
+    is told when a worker that ran nothing gets a task. With ``max_tasks``,
+    a worker that has been given that many tasks (pinned ones aside) drains,
+    and ``on_spent(rec)`` is told.
     """
 
     def __init__(
@@ -54,8 +56,12 @@ class Dispatcher:
         ledger: Ledger,
         send: Callable[[WorkerRecord, list[Any]], None],
         on_busy: Callable[[WorkerRecord], None] | None,
+        max_tasks: int | None = None,
+        on_spent: Callable[[WorkerRecord], None] | None = None,
     ):
         self._registry = registry
+        self._max_tasks = max_tasks
+        self._on_spent = on_spent
         self._active = ledger.active
         self._finish = ledger.finish
         self._send = send
@@ -154,7 +160,8 @@ class Dispatcher:
                 if self._dropped(task):
                     continue
                 if task.may_group and not task.suspect and len(queue) >= registry.ready_capacity:
-                    self._assign_group(target, self._take_group(task), batches)
+                    group = self._take_group(task, self.tasks_left(target))
+                    self._assign_group(target, group, batches)
                 else:
                     self._assign_one(target, task, batches)
             # Starving: a credit is free and nothing waits. Submitters wake
@@ -210,6 +217,8 @@ class Dispatcher:
             batches[rec] = [task]
         else:
             batch.append(task)
+        if self._max_tasks is not None and task.pinned is None:
+            self._count_tasks(rec, 1)
 
     def _assign_group(
         self, rec: WorkerRecord, tasks: list[Task], batches: dict[WorkerRecord, list[Task]]
@@ -235,6 +244,25 @@ class Dispatcher:
             batches[rec] = tasks
         else:
             batch.extend(tasks)
+        if self._max_tasks is not None:
+            self._count_tasks(rec, len(tasks))
+
+    def _count_tasks(self, rec: WorkerRecord, count: int) -> None:
+        """``rec`` got ``count`` more tasks: at ``max_tasks`` it takes no
+        more (it leaves once it has run them, ``Delivery``), and ``on_spent``
+        is told, to start a fresh worker in its place."""
+        rec.tasks_given += count
+        limit = self._max_tasks
+        if limit is not None and rec.tasks_given >= limit and not rec.draining:
+            self._registry.drain(rec)
+            if self._on_spent is not None:
+                self._on_spent(rec)
+
+    def tasks_left(self, rec: WorkerRecord) -> int | None:
+        """Tasks ``rec`` may still be given (None: no limit)."""
+        if self._max_tasks is None:
+            return None
+        return self._max_tasks - rec.tasks_given
 
     def _may_run_long(self, task: Task) -> bool:
         """Whether ``task``'s function ran ``LONG_TASK_US`` or longer last
@@ -242,9 +270,10 @@ class Dispatcher:
         took = self._last_run.get(task.func_id)
         return (took is None or took >= LONG_TASK_US) and task.pinned is None
 
-    def _take_group(self, first: Task) -> list[Task]:
+    def _take_group(self, first: Task, limit: int | None) -> list[Task]:
         """``first`` and the tiny tasks queued after it that may share its
-        credit (only ``first`` when it is not known to be tiny).
+        credit (only ``first`` when it is not known to be tiny), ``limit``
+        tasks at most (None: no limit but the group's own).
 
         A group takes its share of the queue (so that every credit gets
         some), and no more than ``GROUP_TIME_US`` of work as the recent run
@@ -257,6 +286,8 @@ class Dispatcher:
             return [first]
         queue = self._queue
         share = min(MAX_GROUP, 1 + len(queue) // max(1, self._registry.ready_capacity))
+        if limit is not None:
+            share = min(share, limit)
         group = [first]
         work = max(took, 1.0)
         while queue and len(group) < share:

@@ -63,6 +63,11 @@ class BrokerHooks(Protocol):
         """The worker ran past ``task_timeout``: kill it, then call
         ``Broker.worker_lost`` with the task to blame (None: not known)."""
 
+    def on_spent(self, rec: WorkerRecord) -> None:
+        """The worker has been given ``max_tasks_per_child`` tasks: it takes
+        no more and gets STOP once they are done; start a fresh one in its
+        place (only called with ``max_tasks_per_child``)."""
+
 
 class Task:
     """One unit of work: a function call, or a chunk of calls of one function.
@@ -186,6 +191,7 @@ class WorkerRecord:
         "done",
         "failed",
         "draining",
+        "tasks_given",
     )
 
     def __init__(self, identity: bytes, pid: int, host: str, capacity: int):
@@ -219,6 +225,8 @@ class WorkerRecord:
         #: it leaves the pool: it finishes what it holds and gets nothing new
         #: (``Broker.retire``)
         self.draining = False
+        #: tasks given to it, pinned ones aside (counted with ``max_tasks_per_child``)
+        self.tasks_given = 0
 
     @property
     def free(self) -> int:

@@ -62,6 +62,8 @@ class Options:
     max_retries: int
     task_timeout: float | None
     max_worker_deaths: int
+    #: tasks a worker runs before a fresh one replaces it (None: no limit)
+    max_tasks_per_child: int | None = None
     #: what becomes of the workers' stdout and stderr: prefixed, raw or off
     output: str = "prefixed"
     #: the level of the tasks' log records re-emitted in the client (None: none)
@@ -125,6 +127,7 @@ def pool_options(
     secret_file: str | None,
     output: str = "prefixed",
     log_level: int | None = logging.WARNING,
+    max_tasks_per_child: int | None = None,
 ) -> Options:
     """Check the arguments of ``Pool`` (see its docstring); raise ``ValueError``
     or ``TypeError`` for a bad one, now rather than in a worker later."""
@@ -142,6 +145,14 @@ def pool_options(
         )
     if not isinstance(max_worker_deaths, int) or max_worker_deaths < 1:
         raise ValueError(f"max_worker_deaths must be an integer >= 1, not {max_worker_deaths!r}")
+    if max_tasks_per_child is not None and (
+        not isinstance(max_tasks_per_child, int)
+        or isinstance(max_tasks_per_child, bool)
+        or max_tasks_per_child < 1
+    ):
+        raise ValueError(
+            f"max_tasks_per_child must be an integer >= 1 or None, not {max_tasks_per_child!r}"
+        )
     if output not in OUTPUT_MODES:
         raise ValueError(
             f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}, not {output!r}"
@@ -191,6 +202,7 @@ def pool_options(
         max_retries=max_retries,
         task_timeout=task_timeout,
         max_worker_deaths=max_worker_deaths,
+        max_tasks_per_child=max_tasks_per_child,
         output=output,
         log_level=log_level,
         secret=secret,

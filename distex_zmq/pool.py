@@ -105,6 +105,13 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         max_worker_deaths: Workers that may die within a minute before the
             pool stops replacing them and fails what waits with
             ``CrashLoopError``.
+        max_tasks_per_child: Tasks a worker runs before it exits and a
+            fresh one takes its place, as with ``ProcessPoolExecutor``: for
+            tasks that leak memory or other resources. The replacement starts
+            as soon as the worker has its last task (the initializer runs in
+            it again); the exit counts as no death. ``run_on_all`` and the
+            initializer do not count; a map's chunk counts as one task.
+            ``None`` (the default): no limit.
         remote_python: The command that runs Python on the SSH hosts, as the
             remote shell reads it (``/opt/venv/bin/python``,
             ``env PYTHONPATH=/srv/app python3``); a dict maps host names to
@@ -168,6 +175,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         secret_file: str | None = None,
         output: str = "prefixed",
         log_level: int | None = logging.WARNING,
+        max_tasks_per_child: int | None = None,
     ):
         super().__init__(
             pool_options(
@@ -193,6 +201,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
                 secret_file,
                 output,
                 log_level,
+                max_tasks_per_child,
             )
         )
         self._loop_sinks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncFutureSink] = (

@@ -82,6 +82,8 @@ class Totals:
     #: tasks the client made (a map's chunk is one task; initializer and
     #: ``run_on_all`` tasks count too)
     tasks_submitted: int
+    #: workers started in place of ones that ran ``max_tasks_per_child`` tasks
+    renewals: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

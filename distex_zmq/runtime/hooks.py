@@ -82,3 +82,6 @@ class PoolHooks:
 
     def on_unreachable(self, rec: WorkerRecord) -> None:
         self._pool.supervisor.on_unreachable(rec)
+
+    def on_spent(self, rec: WorkerRecord) -> None:
+        self._pool.supervisor.renew(rec.identity)

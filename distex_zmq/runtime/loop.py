@@ -86,7 +86,14 @@ class Runtime:
         self._ctx = zmq.Context()
         self.loop.set_exception_handler(self._on_loop_error)
         hooks = PoolHooks(options, tasks, self)
-        self.broker = Broker(self.loop, self._ctx, options.max_retries, options.task_timeout, hooks)
+        self.broker = Broker(
+            self.loop,
+            self._ctx,
+            options.max_retries,
+            options.task_timeout,
+            hooks,
+            options.max_tasks_per_child,
+        )
         self.supervisor = Supervisor(self.loop, self._ctx, self.broker, options, self)
         self._endpoints = RemoteEndpoints(self._ctx, self.loop, self.broker, options)
         self._gate = StartGate(self.loop, options)

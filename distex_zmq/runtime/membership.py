@@ -79,6 +79,11 @@ class Membership:
             if error is not None:
                 raise error
 
+    def leaving(self, identity: bytes) -> None:
+        """The worker leaves the pool once the tasks it holds are done (the
+        broker drains it): its exit is no death, and it is not replaced."""
+        self._retiring.add(identity)
+
     def start_failed(self, identity: bytes, error: BaseException) -> bool:
         """A worker's initializer raised. If the worker was being added
         (``wait_ready``), its adder gets ``error``, the worker is killed and not

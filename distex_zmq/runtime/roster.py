@@ -54,6 +54,8 @@ class Roster:
         self.hosts: dict[str, HostRecord] = {}
         #: workers started to replace dead ones
         self.replacements = 0
+        #: workers started in place of ones that ran ``max_tasks_per_child`` tasks
+        self.renewals = 0
         #: the host of each worker alive
         self._owner: dict[bytes, HostRecord] = {}
 

@@ -126,6 +126,7 @@ def take_status(
         grouped_tasks=counts.grouped_tasks,
         functions_cached=len(tasks.functions),
         tasks_submitted=tasks.made,
+        renewals=roster.renewals,
     )
     return PoolStatus(state, error, configured, tuple(workers), hosts, totals, time.time())
 

@@ -153,6 +153,19 @@ class Supervisor:
         how = f"killed by the pool after task_timeout={self._options.task_timeout} s"
         self._broker.worker_lost(rec, how, timed_out=task)
 
+    def renew(self, identity: bytes) -> None:
+        """The worker has been given ``max_tasks_per_child`` tasks (the
+        broker drains it): it leaves once they are done, counted as no death,
+        and a fresh worker starts in its place now, so that the pool keeps
+        its size meanwhile."""
+        launcher = self.placement.launcher_of(identity)
+        if launcher is None or self._pool.closing:
+            return
+        self.membership.leaving(identity)
+        self.roster.renewals += 1
+        # after the dispatch that spent the worker, which this runs inside
+        self._loop.call_soon(self.spawn, launcher)
+
     def on_unreachable(self, rec: WorkerRecord) -> None:
         """Alive without a connection (no exit was reported): replace it."""
         self._killed.add(rec.identity)

@@ -13,12 +13,14 @@ import concurrent.futures as cf
 import sys
 import threading
 import time
+from collections import Counter
 
 import pytest
 
 from distex_zmq import Pool, PoolClosedError
 from tests import tasks
 from tests.contract.conftest import WORKERS
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -257,3 +259,29 @@ def test_map_async_timeout(make_executor):
         return results
 
     assert asyncio.run(main()) == [None, None]
+
+
+# max_tasks_per_child
+
+
+def test_max_tasks_per_child_renews_each_worker(make_executor):
+    # as ProcessPoolExecutor(max_tasks_per_child=3): no process runs more
+    # tasks than that, a fresh one takes its place, and every task runs once
+    pool = make_executor(max_tasks_per_child=3)
+    initial = set(pool.run_on_all(tasks.pid))  # pinned: counts no task
+    futures = [pool.submit(tasks.pid_and_value, 0, i) for i in range(8 * WORKERS)]
+    ran = [f.result(timeout=60) for f in futures]
+    assert [value for _, value in ran] == list(range(8 * WORKERS))
+    per_pid = Counter(pid for pid, _ in ran)
+    assert max(per_pid.values()) <= 3
+    assert len(per_pid) >= 8 * WORKERS // 3
+    # a map's chunk counts as one task
+    chunked = list(pool.map(tasks.pid_and_value, [0] * 60, range(60), chunksize=5))
+    assert [value for _, value in chunked] == list(range(60))
+    assert max(Counter(pid for pid, _ in chunked).values()) <= 3 * 5
+    status = pool.status()
+    assert status.totals.workers_lost == 0
+    assert status.totals.renewals >= len(per_pid) - WORKERS
+    assert wait_until(lambda: pool.status().ready_workers == WORKERS, timeout=30)
+    now = set(pool.run_on_all(tasks.pid))
+    assert len(now) == WORKERS and not now & initial

@@ -1,0 +1,98 @@
+"""``max_tasks_per_child``: a worker runs that many tasks, then a fresh one
+takes its place, as with ``ProcessPoolExecutor``.
+
+The contract tests (``tests/contract/test_lifecycle.py``) run the basic case
+on local, spawner and SSH pools; these cover the rest on local pools.
+``ProcessPoolExecutor`` cannot be the control here: on Python 3.11 its
+``max_tasks_per_child`` hangs when tasks are submitted faster than its
+workers are replaced (CPython gh-115634), as in the first test below.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections import Counter
+
+import pytest
+
+from distex_zmq import Pool
+from tests import fault_tasks as ft
+from tests import tasks
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def pids_of(executor: cf.Executor, count: int) -> Counter[int]:
+    """How many of ``count`` tasks each worker process ran."""
+    futures = [executor.submit(tasks.pid_and_value, 0, i) for i in range(count)]
+    ran = [f.result(timeout=60) for f in futures]
+    assert [value for _, value in ran] == list(range(count))
+    return Counter(pid for pid, _ in ran)
+
+
+def test_no_worker_runs_more_tasks_than_the_limit(make_pool) -> None:
+    pool = make_pool(2, max_tasks_per_child=2)
+    per_pid = pids_of(pool, 12)
+    assert max(per_pid.values()) <= 2 and len(per_pid) >= 6
+
+
+def test_each_worker_runs_the_initializer_and_one_task(make_pool) -> None:
+    pool = make_pool(
+        1, qsize=2, initializer=tasks.init_state, initargs=("k", 5), max_tasks_per_child=1
+    )
+    states = [pool.submit(tasks.get_state).result(timeout=30) for _ in range(4)]
+    assert len({s["pid"] for s in states}) == 4
+    for state in states:
+        # the initializer ran once, in the process that ran the task
+        assert (state["k"], state["init_pid"], state["init_count"]) == (5, state["pid"], 1)
+
+
+def test_tiny_tasks_sent_in_groups_stop_at_the_limit(make_pool) -> None:
+    # tiny tasks queued behind busy credits share one (the broker groups
+    # them): a group takes no more than the worker's tasks left
+    pool = make_pool(2, max_tasks_per_child=25)
+    pool.run(tasks.pid)  # the function is known to be tiny from here on
+    per_pid = pids_of(pool, 600)
+    assert max(per_pid.values()) <= 25
+    assert pool.status().totals.grouped_tasks > 0
+
+
+def test_shutdown_runs_what_waits_on_fresh_workers(make_pool) -> None:
+    pool = make_pool(2, max_tasks_per_child=1)
+    futures = [pool.submit(tasks.pid_and_value, 0.05, i) for i in range(10)]
+    pool.shutdown(wait=True)
+    ran = [f.result(timeout=0) for f in futures]
+    assert [value for _, value in ran] == list(range(10))
+    assert len({pid for pid, _ in ran}) == 10
+
+
+def test_a_renewal_is_no_death(make_pool) -> None:
+    pool = make_pool(2, max_tasks_per_child=1, max_worker_deaths=1)
+    per_pid = pids_of(pool, 20)
+    assert len(per_pid) == 20
+    status = pool.status()
+    assert status.state == "ready"
+    assert status.totals.workers_lost == status.totals.replacements == 0
+    assert status.totals.renewals >= 18
+    assert wait_until(lambda: pool.status().ready_workers == 2, timeout=30)
+
+
+def test_a_task_that_kills_its_worker_still_counts_as_a_death(make_pool) -> None:
+    pool = make_pool(1, max_tasks_per_child=1, max_retries=0)
+    with pytest.raises(Exception, match="died|exit"):
+        pool.run(tasks.exit_hard, 3)
+    assert pool.run(tasks.square, 4) == 16
+    assert pool.status().totals.workers_lost == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
+def test_a_bad_limit_is_refused(bad) -> None:
+    with pytest.raises(ValueError, match="max_tasks_per_child"):
+        Pool(1, max_tasks_per_child=bad, lazy_create=True)
+
+
+def test_slow_tasks_are_not_lost_while_workers_renew(make_pool) -> None:
+    pool = make_pool(2, qsize=3, max_tasks_per_child=2)
+    results = list(pool.map(ft.sleep_then, [0.02] * 30, range(30)))
+    assert results == list(range(30))
