@@ -236,7 +236,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             await asyncio.shield(asyncio.wrap_future(runtime.started))
         if runtime.started.exception() is not None:
             # the start cleaned up after itself; its thread is about to end
-            while runtime.thread.is_alive():
+            while runtime.loop_running:
                 await asyncio.sleep(0.005)
         runtime.started.result()
         return self
@@ -253,7 +253,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             runtime.started.result()
         except BaseException:
             if runtime.error is not None:
-                runtime.thread.join()  # the start cleaned up; its thread ends
+                runtime.wait_loop_ended()  # the start cleaned up; its thread ends
             raise
         return self
 
@@ -292,7 +292,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             return
         runtime.close(wait=False, cancel_futures=cancel_futures, timeout=timeout)
         if wait:
-            while runtime.thread.is_alive():
+            while runtime.loop_running:
                 await asyncio.sleep(0.005)
 
     # running tasks

@@ -474,6 +474,34 @@ def test_a_ctrl_c_that_ends_the_program_drops_the_tasks(tmp_path):
     assert wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=10)
 
 
+def test_shutdown_after_a_ctrl_c_interrupted_one_waits_for_the_workers(tmp_path):
+    # a Ctrl-C in Thread.join leaves Python before 3.13 thinking the pool
+    # loop thread ended: a second shutdown (and the exit) returned at once
+    proc = _run_script(
+        tmp_path,
+        """
+        import os, signal, sys, threading
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool
+        from tests import tasks
+        from tests.helpers import pid_alive
+
+        pool = Pool(1)
+        pids = pool.run_on_all(tasks.pid)
+        pool.submit(tasks.sleep_return, 60)
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            pool.shutdown()  # waits for the task
+        except KeyboardInterrupt:
+            print("INTERRUPTED", flush=True)
+        pool.shutdown(timeout=0.5)
+        print("ALIVE", any(pid_alive(pid) for pid in pids), flush=True)
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["INTERRUPTED", "ALIVE False"], proc.stdout + proc.stderr
+
+
 def test_a_program_ended_by_ctrl_c_dies_of_sigint(tmp_path):
     # so that a shell or a CI loop sees the Ctrl-C (exit status 130)
     proc = _run_script(

@@ -97,6 +97,10 @@ class Runtime:
         self.supervisor = Supervisor(self.loop, self._ctx, self.broker, options, self)
         self._endpoints = RemoteEndpoints(self._ctx, self.loop, self.broker, options)
         self._gate = StartGate(self.loop, options)
+        # set as the loop thread ends: waited for instead of ``Thread.join``,
+        # which Python before 3.13 leaves thinking the thread ended when a
+        # KeyboardInterrupt interrupts it (a later join returns at once)
+        self._loop_ended = threading.Event()
         self._thread = threading.Thread(
             target=self._run_loop, name="distex_zmq pool loop", daemon=True
         )
@@ -112,6 +116,17 @@ class Runtime:
     @property
     def thread(self) -> threading.Thread:
         return self._thread
+
+    @property
+    def loop_running(self) -> bool:
+        """The pool loop thread has not ended (``Thread.is_alive`` can be
+        wrong after a join that a Ctrl-C interrupted). In a forked child it
+        does not run: it is the parent's."""
+        return not self.inherited and not self._loop_ended.is_set()
+
+    def wait_loop_ended(self, timeout: float | None = None) -> bool:
+        """Wait until the pool loop thread has ended; False after ``timeout``."""
+        return self.inherited or self._loop_ended.wait(timeout)
 
     @property
     def inherited(self) -> bool:
@@ -171,7 +186,10 @@ class Runtime:
         try:
             self.loop.run_forever()
         finally:
-            self.loop.close()
+            try:
+                self.loop.close()
+            finally:
+                self._loop_ended.set()
 
     # start-up
 
@@ -260,7 +278,7 @@ class Runtime:
             except RuntimeError:  # loop already closed
                 pass
         if wait and threading.current_thread() is not self._thread:
-            self._thread.join()
+            self.wait_loop_ended()
         return done
 
     async def _shutdown(self, drain: bool, cancel_futures: bool, timeout: float | None) -> None:
@@ -383,16 +401,14 @@ def wait_at_exit() -> None:
             continue
         try:
             runtime.close(wait=False)
-            thread = runtime.thread
-            thread.join(EXIT_NOTICE_AFTER)
-            if thread.is_alive():
+            if not runtime.wait_loop_ended(EXIT_NOTICE_AFTER):
                 print(
                     "distex_zmq: the interpreter exits once the pool's tasks have "
                     "finished; Ctrl-C drops them",
                     file=sys.stderr,
                     flush=True,
                 )
-                thread.join()
+                runtime.wait_loop_ended()
         except KeyboardInterrupt:
             runtime.close(wait=True, cancel_futures=True, drain=False)
 

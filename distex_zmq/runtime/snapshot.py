@@ -32,6 +32,10 @@ class StatusSource(Protocol):
     def thread(self) -> threading.Thread:
         """The pool loop's thread."""
 
+    @property
+    def loop_running(self) -> bool:
+        """The pool loop's thread has not ended."""
+
     def status(self, shut_down: bool) -> PoolStatus:
         """The status now (on the pool loop), or the last one."""
 
@@ -40,7 +44,7 @@ def status_threadsafe(source: StatusSource, shut_down: bool) -> PoolStatus:
     """``source.status`` from any thread: taken on the pool loop, waited for
     (taken at once on the pool loop itself, or once the loop has ended)."""
     thread = source.thread
-    if threading.current_thread() is thread or not thread.is_alive():
+    if threading.current_thread() is thread or not source.loop_running:
         return source.status(shut_down)
     future: concurrent.futures.Future[PoolStatus] = concurrent.futures.Future()
     try:
@@ -51,14 +55,14 @@ def status_threadsafe(source: StatusSource, shut_down: bool) -> PoolStatus:
         try:
             return future.result(timeout=0.05)
         except concurrent.futures.TimeoutError:
-            if not thread.is_alive():  # the loop ended before it got to it
+            if not source.loop_running:  # the loop ended before it got to it
                 return source.status(shut_down)
 
 
 async def status_async(source: StatusSource, shut_down: bool) -> PoolStatus:
     """``status_threadsafe`` for a coroutine: it waits without blocking its loop."""
     thread = source.thread
-    if threading.current_thread() is thread or not thread.is_alive():
+    if threading.current_thread() is thread or not source.loop_running:
         return source.status(shut_down)
     future: concurrent.futures.Future[PoolStatus] = concurrent.futures.Future()
     try:
@@ -70,7 +74,7 @@ async def status_async(source: StatusSource, shut_down: bool) -> PoolStatus:
         done, _ = await asyncio.wait([waiter], timeout=0.05)
         if done:
             return waiter.result()
-        if not thread.is_alive():
+        if not source.loop_running:
             waiter.cancel()
             return source.status(shut_down)
 
