@@ -659,6 +659,39 @@ def test_a_pool_made_in_a_forked_child_is_shut_down_at_its_exit(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_a_fork_while_the_pool_spawns_workers_does_not_stall_it(tmp_path):
+    # a child forked during Popen (a multiprocessing worker, say) held its
+    # exec-status pipe open: the pool loop waited until that child exited
+    proc = _run_script(
+        tmp_path,
+        """
+        import os, sys, time
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool
+
+        pool = Pool(2)
+        children = []
+        started = time.monotonic()
+        while time.monotonic() - started < 0.5:  # while the pool spawns its workers
+            child = os.fork()
+            if child == 0:
+                time.sleep(60)
+                os._exit(0)
+            children.append(child)
+            time.sleep(0.002)
+        try:
+            print("RESULT", pool.submit(abs, -1).result(timeout=15), flush=True)
+        finally:
+            for child in children:
+                os.kill(child, 9)
+                os.waitpid(child, 0)
+        pool.shutdown()
+        """,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == ["RESULT 1"], proc.stdout + proc.stderr
+
+
 def test_workers_ignore_sigint(pool):
     pids = pool.run_on_all(tasks.pid)
     for pid in pids:

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -28,6 +29,18 @@ _logger = logging.getLogger("distex_zmq.launch.local")
 STDERR_TAIL_LINES = 20
 #: A line longer than this is handed on in pieces of this many bytes.
 MAX_LINE = 64 * 1024
+
+#: Held while a worker is spawned, and by every ``os.fork()`` of the client
+#: as it forks (multiprocessing's fork, a ``ProcessPoolExecutor``): a child
+#: forked during ``Popen`` would inherit the write end of its exec-status
+#: pipe (and of the worker's stdin), and ``Popen`` would wait on the pool
+#: loop until that child exits.
+_spawning = threading.Lock()
+os.register_at_fork(
+    before=_spawning.acquire,
+    after_in_parent=_spawning.release,
+    after_in_child=_spawning.release,
+)
 
 #: ``on_output(identity, pid, stream, lines)``: lines (without their line
 #: ends) a worker wrote to ``stream``, ``"out"`` or ``"err"``.
@@ -179,21 +192,22 @@ class LocalLauncher:
             str(os.getpid()),
             *self._worker_args,
         ]
-        popen = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL if self.worker_stdin is None else subprocess.PIPE,
-            stdout=None if self._on_output is None else subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=self._env,
-            start_new_session=True,
-        )
-        if popen.stdin is not None:
-            # a few hundred bytes: the pipe takes them without blocking
-            try:
-                popen.stdin.write(self.worker_stdin or b"")
-                popen.stdin.close()
-            except OSError:
-                pass  # it died already: its exit is reported as usual
+        with _spawning:
+            popen = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL if self.worker_stdin is None else subprocess.PIPE,
+                stdout=None if self._on_output is None else subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self._env,
+                start_new_session=True,
+            )
+            if popen.stdin is not None:
+                # a few hundred bytes: the pipe takes them without blocking
+                try:
+                    popen.stdin.write(self.worker_stdin or b"")
+                    popen.stdin.close()
+                except OSError:
+                    pass  # it died already: its exit is reported as usual
         proc = WorkerProcess(identity, popen)
         proc.exited = self._loop.create_future()
         self.processes[identity] = proc
