@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import socket
+import sys
 import time
 from typing import Any
 
@@ -120,6 +121,16 @@ def async_square_unless(x: int, bad: int) -> Any:
 async def async_fail(x: int) -> int:
     await asyncio.sleep(0.01)
     raise ValueError(f"async failure {x}")
+
+
+async def async_exit(code: int) -> None:
+    await asyncio.sleep(0.01)
+    sys.exit(code)
+
+
+async def async_interrupt() -> None:
+    await asyncio.sleep(0.01)
+    raise KeyboardInterrupt("from an async task")
 
 
 def loop_class_name() -> str:

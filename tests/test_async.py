@@ -77,6 +77,21 @@ def test_run_async_raises_the_remote_exception(shared_pool):
     asyncio.run(main())
 
 
+def test_an_async_task_that_exits_fails_alone_as_a_sync_one_does(pool):
+    # asyncio re-raises SystemExit and KeyboardInterrupt out of the loop: they
+    # ended the worker, and the task failed with WorkerLostError
+    pids = pool.run_on_all(tasks.pid)
+    with pytest.raises(SystemExit, match="3"):
+        pool.run(tasks.async_exit, 3)
+    with pytest.raises(SystemExit, match="4"):
+        list(pool.map(tasks.async_exit, [4]))
+    with pytest.raises(KeyboardInterrupt, match="from an async task"):
+        pool.submit(tasks.async_interrupt).result()
+    assert pool.run(tasks.async_square, 3) == 9
+    assert pool.run_on_all(tasks.pid) == pids
+    assert pool.status().totals.workers_lost == 0
+
+
 def test_map_async_of_mixed_sync_and_async_iterables(shared_pool):
     async def main():
         expected = list(map(tasks.add3, range(12), range(100, 200), range(50)))

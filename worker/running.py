@@ -232,7 +232,7 @@ class Runner:
             return None
 
     def _await_result(self, task_id: int, awaitable: Any, started: float) -> None:
-        fut = asyncio.ensure_future(awaitable, loop=self._loop)
+        fut = asyncio.ensure_future(_contained(awaitable), loop=self._loop)
         self.running.add(fut)
 
         def done(fut: asyncio.Future[Any]) -> None:
@@ -241,6 +241,8 @@ class Runner:
                 error = _remote(asyncio.CancelledError(f"task {task_id} was cancelled"))
                 self._add_result(task_id, p.STATUS_ERROR, error, started, p.MARK_AWAITED)
             elif (exc := fut.exception()) is not None:
+                if type(exc) is _Exiting:
+                    exc = exc.exc
                 error = self._sendable_error(task_id, exc)
                 self._add_result(task_id, p.STATUS_ERROR, error, started, p.MARK_AWAITED)
             else:
@@ -345,6 +347,25 @@ def _is_awaitable(value: Any) -> bool:
     if hasattr(value, "__await__"):
         return True
     return isinstance(value, types.GeneratorType) and inspect.isawaitable(value)
+
+
+class _Exiting(Exception):
+    """Carries the ``SystemExit`` or ``KeyboardInterrupt`` of an awaited task
+    (``exc``) to its result."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+async def _contained(awaitable: Any) -> Any:
+    """``awaitable`` awaited, a ``SystemExit`` or ``KeyboardInterrupt`` it
+    raises held in an ``_Exiting``: asyncio re-raises those out of the loop,
+    which would end the worker, where the same error of a sync task is its
+    result."""
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt) as e:
+        raise _Exiting(e) from None
 
 
 async def _settle_all(results: list[Any]) -> list[Any]:
