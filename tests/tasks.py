@@ -253,6 +253,12 @@ def touch(path: str, value: Any = None) -> Any:
     return value
 
 
+def touch_later(delay: float, path: str) -> None:
+    """``touch(path)`` after ``delay`` seconds."""
+    time.sleep(delay)
+    touch(path)
+
+
 class CountingCallable:
     """A callable whose pickling is counted in the process that pickles it."""
 

@@ -502,6 +502,28 @@ def test_shutdown_after_a_ctrl_c_interrupted_one_waits_for_the_workers(tmp_path)
     assert proc.stdout.splitlines() == ["INTERRUPTED", "ALIVE False"], proc.stdout + proc.stderr
 
 
+def test_a_ctrl_c_that_ends_the_program_stops_a_running_task(tmp_path):
+    # its worker used to get the grace of an orderly shutdown, in which a task
+    # shorter than that grace ran to its end after the Ctrl-C
+    trace = tmp_path / "ran"
+    proc = _run_script(
+        tmp_path,
+        f"""
+        import os, signal, sys, threading
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool
+        from tests import tasks
+
+        pool = Pool(1)
+        pool.run(tasks.square, 2)
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        pool.submit(tasks.touch_later, 2.0, {str(trace)!r}).result()
+        """,
+    )
+    assert proc.returncode == -signal.SIGINT, proc.stderr
+    assert not trace.exists()
+
+
 def test_a_program_ended_by_ctrl_c_dies_of_sigint(tmp_path):
     # so that a shell or a CI loop sees the Ctrl-C (exit status 130)
     proc = _run_script(

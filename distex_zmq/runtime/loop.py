@@ -51,7 +51,8 @@ _logger = logging.getLogger("distex_zmq.pool")
 
 #: Seconds a worker may take to finish its tasks after STOP before SIGTERM.
 STOP_GRACE = 3.0
-#: The same, when the pool failed (start-up, crash loop).
+#: The same, when the pool failed (start-up, crash loop) or drops the tasks
+#: that run (the exit of a program that a Ctrl-C ended).
 FAILED_STOP_GRACE = 0.5
 #: Seconds a shutdown waits for the tasks submitted while no worker is
 #: ready (every host lost, say): then it stops, and they fail.
@@ -83,6 +84,8 @@ class Runtime:
         self._no_workers: str | None = None
         #: the pool's last status, taken as it was torn down
         self._final_status: PoolStatus | None = None
+        #: a shutdown that drops the tasks that run: no grace for them
+        self._dropping = False
         self._ctx = zmq.Context()
         self.loop.set_exception_handler(self._on_loop_error)
         hooks = PoolHooks(options, tasks, self)
@@ -263,7 +266,8 @@ class Runtime:
         """Shut down; idempotent. Returns the future of the shutdown, if started.
 
         ``drain``: let every submitted task finish first, for at most
-        ``timeout`` seconds. ``wait``: return only when every worker has
+        ``timeout`` seconds; without it the tasks that run are dropped, their
+        workers stopped after a short grace. ``wait``: return only when every worker has
         exited (not possible on the pool loop itself). In a forked child it
         does nothing: the workers are the parent's.
         """
@@ -288,6 +292,8 @@ class Runtime:
             return
         if self.closing:
             return
+        if not drain:
+            self._dropping = True
         broker = self.broker
         if cancel_futures:
             broker.fail_all(
@@ -354,8 +360,8 @@ class Runtime:
     async def _stop_all(self) -> None:
         broker = self.broker
         broker.stop_workers()
-        # after a failed start-up nothing is worth waiting for
-        grace = STOP_GRACE if self.error is None else FAILED_STOP_GRACE
+        # after a failed start-up, or for tasks dropped, nothing is worth waiting for
+        grace = STOP_GRACE if self.error is None and not self._dropping else FAILED_STOP_GRACE
         try:
             await self.supervisor.stop(grace, reconnect_grace=STOP_GRACE + 5)
         finally:
