@@ -3,9 +3,12 @@ barriers that wait for all of them (``run_on_all``, shutdown)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from .records import Task
+
+_logger = logging.getLogger("distex_zmq.broker")
 
 
 class Ledger:
@@ -45,7 +48,12 @@ class Ledger:
         if done:
             self._barriers = [b for b in self._barriers if b.waiting]
             for barrier in done:
-                barrier.callback()
+                # it runs inside the handling of a result (or a submit): an
+                # error here must not cut that short, nor the other barriers
+                try:
+                    barrier.callback()
+                except Exception:
+                    _logger.exception("a callback waiting for the tasks before it failed")
 
 
 class _Barrier:

@@ -536,3 +536,25 @@ def test_worker_takes_a_task_that_comes_while_it_polls_after_a_lone_one(fake_bro
     fake_broker.send(identity, p.control(p.STOP))
     code, stderr = fake_broker.close()
     assert code == 0, stderr
+
+
+def test_a_failing_barrier_callback_spares_the_others_and_its_caller(caplog):
+    # a barrier fires inside the handling of a result: a callback that
+    # raises is logged, and the result's handling and later barriers go on
+    from types import SimpleNamespace
+
+    from distex_zmq.broker.ledger import Ledger
+
+    ledger = Ledger()
+    task = SimpleNamespace(id=1, func_pickle=b"f", data=b"d", buffers=[])
+    ledger.add(task)
+    fired = []
+
+    def fail() -> None:
+        raise RuntimeError("callback bug")
+
+    ledger.when_finished(fail)
+    ledger.when_finished(lambda: fired.append("second"))
+    ledger.finish(task)  # raises nothing
+    assert fired == ["second"]
+    assert "callback bug" in caplog.text
