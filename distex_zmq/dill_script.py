@@ -6,6 +6,9 @@ not import dill.
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
 from typing import Any
 
 import dill
@@ -16,7 +19,11 @@ from .script_pickler import reduce_class
 class ScriptClassesPickler(dill.Pickler):
     """dill, but classes of ``__main__`` go as cloudpickle sends them (with
     their tracker ids); dill alone sends a new class each time, and cannot
-    send a script's enum."""
+    send a script's enum. Modules go by name, as cloudpickle sends them: dill
+    sends a module outside the standard library and site-packages (one next
+    to the script) with a copy of its globals, which fails on the first one
+    that does not pickle (a lock, a ``threading.local``) and otherwise
+    overwrites the worker's globals of that module at every task."""
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
         if isinstance(obj, type) and obj.__module__ == "__main__" and id(obj) not in self.memo:
@@ -24,4 +31,11 @@ class ScriptClassesPickler(dill.Pickler):
             if reduce is not NotImplemented:
                 self.save_reduce(*reduce, obj=obj)
                 return
+        elif (
+            isinstance(obj, types.ModuleType)
+            and obj.__name__ != "__main__"
+            and sys.modules.get(obj.__name__) is obj
+        ):
+            self.save_reduce(importlib.import_module, (obj.__name__,), obj=obj)
+            return
         super().save(obj, save_persistent_id)

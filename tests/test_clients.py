@@ -63,6 +63,48 @@ def test_the_scripts_objects_and_globals_as_with_a_process_pool(tmp_path, script
         spawner.stop()
 
 
+HELPER_MODULE = """\
+import threading
+
+LOCAL = threading.local()  # does not pickle
+CALLS = [0]
+
+
+def bump(x):
+    CALLS[0] += 1
+    return x, CALLS[0]
+"""
+
+SCRIPT_WITH_HELPER = """\
+import helper
+from distex_zmq import Pool
+
+if __name__ == "__main__":
+    with Pool(1) as pool:
+        # lambdas of the script that use a module next to it
+        assert pool.run(lambda x: helper.bump(x), "a") == ("a", 1)
+        assert pool.run(lambda x: helper.bump(x), "b") == ("b", 2)
+        assert list(pool.map(lambda x: helper.bump(x)[0], "cd")) == ["c", "d"]
+        assert pool.run(helper.bump, "e") == ("e", 5)
+        assert helper.CALLS == [0]
+    print("OK")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_lambda_that_uses_a_module_next_to_the_script(tmp_path):
+    # the module goes by name (as cloudpickle sends it), not with a copy of
+    # its globals: one that does not pickle is no error, and the worker's
+    # module keeps its own state from task to task
+    (tmp_path / "helper.py").write_text(HELPER_MODULE)
+    (tmp_path / "script.py").write_text(SCRIPT_WITH_HELPER)
+    result = subprocess.run(
+        [sys.executable, "script.py"], capture_output=True, text=True, timeout=50, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "OK\n"
+
+
 def test_plain_data_is_plain_pickle():
     # the default data pickle costs plain data nothing but a scan of its bytes
     auto = pickle_module(PickleType.auto)
