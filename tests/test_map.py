@@ -237,8 +237,20 @@ def _assert_freed(ref: weakref.ref) -> None:
     assert ref() is None, "the map still holds a result it yielded"
 
 
+@pytest.fixture
+def frozen_gc():
+    """The objects of the test process so far left out of ``gc.collect()``
+    (``gc.freeze``): a test that collects after each result then costs the
+    same however many objects the tests before it left (dask, sklearn and
+    Jupyter's modules make each full collection slow)."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
 @pytest.mark.parametrize("chunksize", [1, None, 7])
-def test_map_lets_go_of_each_result_it_yielded(shared_pool, chunksize):
+def test_map_lets_go_of_each_result_it_yielded(shared_pool, chunksize, frozen_gc):
     # as concurrent.futures' own executors: a large result is freed as soon
     # as the consumer drops it, not when the batch it came in is all yielded
     count = 0
