@@ -23,7 +23,9 @@ class WorkerStatus:
     pid: int | None
     #: ``"local"``, ``"ssh"`` or ``"spawner"``
     kind: str
-    #: ``"starting"`` (no hello or initializer yet), ``"ready"`` or ``"lost"``;
+    #: ``"starting"`` (no hello or initializer yet), ``"ready"``, ``"leaving"``
+    #: (it finishes what it holds and takes nothing new: ``remove_hosts``,
+    #: ``resize``, ``max_tasks_per_child``) or ``"lost"``;
     #: ``"stopped"`` in the last status of a pool that ended
     state: str
     #: tasks it holds now: sent to it and not answered
@@ -97,7 +99,7 @@ class PoolStatus:
     error: BaseException | None
     #: workers configured: local and on every host
     configured_workers: int
-    #: the workers: starting, ready, and the most recently lost ones
+    #: the workers: starting, ready, leaving, and the most recently lost ones
     workers: tuple[WorkerStatus, ...]
     hosts: tuple[HostStatus, ...]
     totals: Totals

@@ -96,3 +96,23 @@ def test_slow_tasks_are_not_lost_while_workers_renew(make_pool) -> None:
     pool = make_pool(2, qsize=3, max_tasks_per_child=2)
     results = list(pool.map(ft.sleep_then, [0.02] * 30, range(30)))
     assert results == list(range(30))
+
+
+def test_status_shows_a_spent_worker_leaving_and_its_successor(make_pool) -> None:
+    pool = make_pool(1, max_tasks_per_child=1)
+    first = pool.run(tasks.pid)
+    # the worker that takes this task has had its one: it leaves once it ends
+    future = pool.submit(tasks.pid_after, 2.0)
+
+    def leaving_and_ready() -> bool:
+        states = {w.pid: w.state for w in pool.status().workers}
+        return "leaving" in states.values() and "ready" in states.values()
+
+    assert wait_until(leaving_and_ready, timeout=20)
+    status = pool.status()
+    (leaving,) = [w for w in status.workers if w.state == "leaving"]
+    assert leaving.tasks_held == 1 and leaving.pid != first
+    assert status.ready_workers == 1
+    assert future.result(timeout=30) == leaving.pid
+    # once it has exited, only its successor is left
+    assert wait_until(lambda: [w.state for w in pool.status().workers] == ["ready"], timeout=20)

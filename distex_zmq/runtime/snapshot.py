@@ -113,8 +113,12 @@ def take_status(
         if identity in lost:
             continue
         rec = records.get(identity)
-        ready = rec is not None and rec.ready
-        workers.append(_worker(identity, place, rec, "ready" if ready else "starting"))
+        if rec is None or not rec.ready:
+            worker_state = "starting"
+        else:
+            # draining: it runs what it holds and gets nothing new
+            worker_state = "leaving" if rec.draining else "ready"
+        workers.append(_worker(identity, place, rec, worker_state))
     hosts = tuple(
         HostStatus(h.spec, h.kind, h.state, len(h.workers), h.next_retry, h.last_error)
         for h in roster.hosts.values()
