@@ -84,8 +84,6 @@ class Runtime:
         self._no_workers: str | None = None
         #: the pool's last status, taken as it was torn down
         self._final_status: PoolStatus | None = None
-        #: a shutdown that drops the tasks that run: no grace for them
-        self._dropping = False
         self._ctx = zmq.Context()
         self.loop.set_exception_handler(self._on_loop_error)
         hooks = PoolHooks(options, tasks, self)
@@ -208,7 +206,7 @@ class Runtime:
         except BaseException as e:
             if self.error is None and not isinstance(e, asyncio.CancelledError):
                 self.error = e
-            await self._teardown()
+            await self._teardown(FAILED_STOP_GRACE)
             raise
 
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -292,8 +290,6 @@ class Runtime:
             return
         if self.closing:
             return
-        if not drain:
-            self._dropping = True
         broker = self.broker
         if cancel_futures:
             broker.fail_all(
@@ -316,7 +312,8 @@ class Runtime:
                 _logger.warning("shutdown: tasks still running after %s s; stopping", timeout)
         if self.closing:
             return
-        await self._teardown()
+        # after a failure, or for tasks dropped, nothing is worth waiting for
+        await self._teardown(STOP_GRACE if drain and self.error is None else FAILED_STOP_GRACE)
 
     async def _drain(self, drained: asyncio.Future[None]) -> None:
         """Until ``drained``, or until no worker was ready for
@@ -343,10 +340,12 @@ class Runtime:
                 )
                 return
 
-    async def _teardown(self) -> None:
+    async def _teardown(self, grace: float) -> None:
+        """Stop the workers, giving each ``grace`` seconds to finish its
+        tasks, and end the pool loop."""
         self.closing = True
         try:
-            await self._stop_all()
+            await self._stop_all(grace)
         finally:
             # the socket of a launcher that failed half-way included
             self._ctx.destroy(linger=0)
@@ -357,11 +356,9 @@ class Runtime:
                     task.cancel()
             self.loop.call_soon(self.loop.stop)
 
-    async def _stop_all(self) -> None:
+    async def _stop_all(self, grace: float) -> None:
         broker = self.broker
         broker.stop_workers()
-        # after a failed start-up, or for tasks dropped, nothing is worth waiting for
-        grace = STOP_GRACE if self.error is None and not self._dropping else FAILED_STOP_GRACE
         try:
             await self.supervisor.stop(grace, reconnect_grace=STOP_GRACE + 5)
         finally:
