@@ -24,8 +24,8 @@ class WorkerStatus:
     #: ``"local"``, ``"ssh"`` or ``"spawner"``
     kind: str
     #: ``"starting"`` (no hello or initializer yet), ``"ready"``, ``"leaving"``
-    #: (it finishes what it holds and takes nothing new: ``remove_hosts``,
-    #: ``resize``, ``max_tasks_per_child``) or ``"lost"``;
+    #: (it finishes what it holds and takes nothing new, then exits:
+    #: ``remove_hosts``, ``resize``, ``max_tasks_per_child``) or ``"lost"``;
     #: ``"stopped"`` in the last status of a pool that ended
     state: str
     #: tasks it holds now: sent to it and not answered

@@ -431,3 +431,18 @@ def init_fail_if_exists(path: str) -> None:
     """An initializer that raises once ``path`` exists."""
     if os.path.exists(path):
         raise RuntimeError(f"{path} exists")
+
+
+def hold_exit_until(path: str) -> int:
+    """Make this worker's exit wait (for at most 60 s) until ``path`` exists,
+    after it touches ``path.<pid>.exiting``; return its pid."""
+    import atexit
+
+    def hold() -> None:
+        open(f"{path}.{os.getpid()}.exiting", "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    atexit.register(hold)
+    return os.getpid()

@@ -12,6 +12,7 @@ import concurrent.futures
 import os
 import socket
 import sys
+import threading
 
 import pytest
 
@@ -126,6 +127,33 @@ def test_status_follows_a_worker_kill(make_pool: MakePool, tmp_path) -> None:
     assert status.ready_workers == 2 and victim not in {
         w.pid for w in status.workers if w.state == "ready"
     }
+
+
+def test_a_drained_worker_is_leaving_until_it_exits(make_pool: MakePool, tmp_path) -> None:
+    # resize retires a worker: it drains, is told to stop, and exits; while
+    # its exit takes time it is "leaving", with its pid, not "starting"
+    release = tmp_path / "release"
+    pool = make_pool(2)
+    pids = set(pool.run_on_all(tasks.hold_exit_until, str(release)))
+
+    def exiting() -> list[int]:
+        return [pid for pid in pids if os.path.exists(f"{release}.{pid}.exiting")]
+
+    shrink = threading.Thread(target=pool.resize, args=(1,))
+    shrink.start()
+    try:
+        assert wait_until(exiting, timeout=30)
+        (leaver,) = exiting()
+        (stayer,) = pids - {leaver}
+        status = pool.status()
+        states = {w.pid: w.state for w in status.workers}
+        assert states == {leaver: "leaving", stayer: "ready"}, status.workers
+        assert status.ready_workers == 1 and status.hosts[0].workers == 2
+    finally:
+        release.touch()
+        shrink.join(timeout=30)
+    assert not shrink.is_alive()
+    assert [(w.pid, w.state) for w in pool.status().workers] == [(stayer, "ready")]
 
 
 def test_total_workers_before_start_and_after_shutdown(make_pool: MakePool) -> None:

@@ -48,7 +48,7 @@ class PoolHooks:
         return self._tasks.call(init, self._options.initargs, {}, DISCARD, INIT_TAG, alone=True)
 
     def on_ready(self, rec: WorkerRecord) -> None:
-        self._pool.supervisor.worker_ready(rec.identity)
+        self._pool.supervisor.worker_ready(rec)
         self._pool.worker_ready()
 
     def on_init_failed(self, rec: WorkerRecord, status: int, value: Any) -> None:

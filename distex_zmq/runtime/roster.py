@@ -16,14 +16,17 @@ LOST_KEPT = 32
 class WorkerPlace:
     """Where one worker runs, and since when."""
 
-    __slots__ = ("kind", "host", "started_at")
+    __slots__ = ("kind", "host", "started_at", "pid")
 
     def __init__(self, kind: str, host: str):
         #: "local", "ssh" or "spawner"
         self.kind = kind
-        #: the host it was started on, as the pool names it
+        #: the host it was started on, as the pool names it; once it was
+        #: ready, the host name it gave
         self.host = host
         self.started_at = time.time()
+        #: its process id once it was ready (None before)
+        self.pid: int | None = None
 
 
 class HostRecord:
@@ -77,6 +80,13 @@ class Roster:
         host.workers.add(identity)
         self.places[identity] = WorkerPlace(host.kind, "local" if spec is None else spec.host)
         self._owner[identity] = host
+
+    def ready(self, identity: bytes, pid: int, host: str) -> None:
+        """The worker is ready: its pid and host name stay known after the
+        broker lets it go (it drained and exits), until it is ``gone``."""
+        place = self.places.get(identity)
+        if place is not None:
+            place.pid, place.host = pid, host
 
     def gone(self, identity: bytes) -> None:
         """The worker ended (it died, was killed, or its host was lost)."""

@@ -113,7 +113,11 @@ def take_status(
         if identity in lost:
             continue
         rec = records.get(identity)
-        if rec is None or not rec.ready:
+        if rec is None and place.pid is not None:
+            # it was ready, and the broker let it go (drained and told to
+            # stop, or withdrawn): it leaves as its process exits
+            worker_state = "leaving"
+        elif rec is None or not rec.ready:
             worker_state = "starting"
         else:
             # draining: it runs what it holds and gets nothing new
@@ -162,7 +166,7 @@ def _worker(
     return WorkerStatus(
         name=identity.decode(errors="replace"),
         host=place.host if rec is None else rec.host,
-        pid=None if rec is None else rec.pid,
+        pid=place.pid if rec is None else rec.pid,
         kind=place.kind,
         state=state,
         tasks_held=0 if rec is None or state == "lost" else len(rec.running),

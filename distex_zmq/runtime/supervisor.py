@@ -134,8 +134,10 @@ class Supervisor:
         self._silent.add(identity)
         self.kill(identity)
 
-    def worker_ready(self, identity: bytes) -> None:
+    def worker_ready(self, rec: WorkerRecord) -> None:
         """The worker said hello and ran the initializer, if any."""
+        identity = rec.identity
+        self.roster.ready(identity, rec.pid, rec.host)
         self.placement.started(identity)
         self.membership.worker_ready(identity)
 
