@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
-import os
 import threading
 import weakref
 from typing import NoReturn
@@ -61,11 +60,7 @@ class PoolBase(concurrent.futures.Executor):
         if runtime.error is not None:
             raise runtime.error
         if runtime.inherited:
-            raise PoolClosedError(
-                f"this pool belongs to process {runtime.pid}; this process "
-                f"(pid {os.getpid()}) is a fork of it, where the pool's workers and "
-                "threads do not exist. Create a new Pool in the child"
-            )
+            raise runtime.inherited_error()
         return runtime
 
     def _mark_shutdown(self) -> Runtime | None:

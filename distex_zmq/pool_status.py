@@ -28,7 +28,7 @@ class StatusMixin(PoolBase):
         if runtime is None:
             state = "shut down" if self._is_shutdown else "not started"
             return f"<Pool 0/{configured} workers up, {state}>"
-        up = 0 if runtime.closing else runtime.ready_workers
+        up = 0 if runtime.closing or runtime.inherited else runtime.ready_workers
         state = runtime.pool_state(self._is_shutdown)
         error = runtime.failure()
         if state == "failed" and error is not None:

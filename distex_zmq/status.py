@@ -93,7 +93,8 @@ class PoolStatus:
     """A snapshot of a pool, taken at one moment on its loop."""
 
     #: ``"not started"`` (``lazy_create``), ``"starting"``, ``"ready"``,
-    #: ``"failed"`` or ``"shut down"``
+    #: ``"failed"`` (also in a forked child of the process that made the
+    #: pool: it cannot run tasks there) or ``"shut down"``
     state: str
     #: why the pool failed (None unless ``state`` is ``"failed"``)
     error: BaseException | None

@@ -634,8 +634,12 @@ def test_a_forked_child_cannot_use_its_parents_pool(tmp_path):
                 except PoolClosedError as e:
                     print("CHILD REFUSED:", e, flush=True)
             print("CHILD READY", pool.is_ready(), flush=True)
+            status = pool.status()  # the pool as the child can use it: not at all
+            print("CHILD STATUS", status.state, status.workers, status.hosts, flush=True)
+            print("CHILD SEES", pool.total_workers(), repr(pool), flush=True)
+            print("CHILD ERROR", status.error, flush=True)
             pool.shutdown()  # must neither wait nor touch the parent's workers
-            print("CHILD DONE", flush=True)
+            print("CHILD DONE", repr(pool), pool.status().state, flush=True)
             sys.exit(0)  # a normal exit: finalizers and atexit hooks run
         _, status = os.waitpid(child, 0)
         print("CHILD EXIT", os.waitstatus_to_exitcode(status), flush=True)
@@ -649,7 +653,11 @@ def test_a_forked_child_cannot_use_its_parents_pool(tmp_path):
     assert len(refusals) == 2, proc.stdout
     assert "is a fork of it" in refusals[0] and "Create a new Pool in the child" in refusals[0]
     assert "CHILD READY False" in lines
-    assert lines[-3:] == ["CHILD DONE", "CHILD EXIT 0", "PARENT 9 True"], proc.stdout
+    assert "CHILD STATUS failed () ()" in lines
+    assert "CHILD SEES 0 <Pool 0/2 workers up, failed: PoolClosedError: this pool" in proc.stdout
+    assert f"CHILD ERROR {refusals[0].removeprefix('CHILD REFUSED: ')}" in lines
+    done = "CHILD DONE <Pool 0/2 workers up, shut down> shut down"
+    assert lines[-3:] == [done, "CHILD EXIT 0", "PARENT 9 True"], proc.stdout
     assert "Traceback" not in proc.stderr, proc.stderr
 
 

@@ -146,11 +146,24 @@ class Runtime:
         return self.broker.registry.ready_count
 
     def failure(self) -> BaseException | None:
-        """Why the pool failed: its start-up or later (None: it did not)."""
+        """Why the pool failed: its start-up or later, or, in a forked child
+        of a pool that ran, that the pool is its parent's (None: it did not)."""
         if self.error is not None:
             return self.error
         started = self.started
-        return started.exception() if started.done() and not started.cancelled() else None
+        if started.done() and not started.cancelled() and started.exception() is not None:
+            return started.exception()
+        if self.inherited and not self.closing and self._final_status is None:
+            return self.inherited_error()
+        return None
+
+    def inherited_error(self) -> PoolClosedError:
+        """What using the pool raises in a forked child."""
+        return PoolClosedError(
+            f"this pool belongs to process {self.pid}; this process "
+            f"(pid {os.getpid()}) is a fork of it, where the pool's workers and "
+            "threads do not exist. Create a new Pool in the child"
+        )
 
     def pool_state(self, shut_down: bool = False) -> str:
         """``"starting"``, ``"ready"``, ``"failed"`` or ``"shut down"`` (any
@@ -166,6 +179,19 @@ class Runtime:
     def status(self, shut_down: bool = False) -> PoolStatus:
         """A snapshot of the pool: on the pool loop while it runs, else the
         last one, taken as it was torn down."""
+        if self.inherited:
+            # the parent's pool, as it was at the fork: nothing of it runs here
+            state = self.pool_state(shut_down)
+            status = take_status(
+                self.broker,
+                self.supervisor.roster,
+                self._tasks,
+                state,
+                self.failure() if state == "failed" else None,
+                self.options.total_workers,
+            )
+            totals = dataclasses.replace(status.totals, queued=0, in_flight=0)
+            return dataclasses.replace(status, workers=(), hosts=(), totals=totals)
         final = self._final_status
         if final is not None:
             state, error = self.pool_state(shut_down), self.failure()
