@@ -93,6 +93,7 @@ class PoolStatus:
     """A snapshot of a pool, taken at one moment on its loop."""
 
     #: ``"not started"`` (``lazy_create``), ``"starting"``, ``"ready"``,
+    #: ``"hosts lost"`` (every host lost or reconnecting: no worker runs),
     #: ``"failed"`` (also in a forked child of the process that made the
     #: pool: it cannot run tasks there) or ``"shut down"``
     state: str

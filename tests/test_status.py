@@ -25,7 +25,7 @@ from distex_zmq import (
 )
 from tests import fault_tasks as ft
 from tests import tasks
-from tests.helpers import MakePool, wait_until
+from tests.helpers import LoopbackSpawner, MakePool, wait_until
 from tests.multihost import REMOTE_PYTHON, unavailable
 
 HERE = socket.gethostname()
@@ -154,6 +154,30 @@ def test_a_drained_worker_is_leaving_until_it_exits(make_pool: MakePool, tmp_pat
         shrink.join(timeout=30)
     assert not shrink.is_alive()
     assert [(w.pid, w.state) for w in pool.status().workers] == [(stayer, "ready")]
+
+
+def test_status_while_every_host_is_lost(make_pool: MakePool, tmp_path) -> None:
+    # the pool's only host (a spawner) is killed: no worker is left, and the
+    # status says so until the spawner is back and the pool reconnects
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        pool = make_pool(None, [f"127.0.0.1:{spawner.port}/1"], heartbeat_timeout=1.0)
+        assert pool.run(tasks.square, 3) == 9
+        assert pool.status().state == "ready"
+        spawner.proc.kill()
+        spawner.proc.wait()
+        assert wait_until(lambda: pool.status().state == "hosts lost", timeout=30)
+        status = pool.status()
+        assert status.error is None and status.ready_workers == 0
+        assert status.hosts[0].state in ("lost", "reconnecting")
+        assert repr(pool) == "<Pool 0/1 workers up, hosts lost>"
+        waiting = pool.submit(tasks.square, 4)
+        spawner = LoopbackSpawner(tmp_path / "again.log", port=spawner.port)
+        assert waiting.result(timeout=60) == 16
+        assert pool.status().state == "ready"
+        assert repr(pool) == "<Pool 1/1 workers up, ready>"
+    finally:
+        spawner.stop()
 
 
 def test_total_workers_before_start_and_after_shutdown(make_pool: MakePool) -> None:

@@ -166,15 +166,18 @@ class Runtime:
         )
 
     def pool_state(self, shut_down: bool = False) -> str:
-        """``"starting"``, ``"ready"``, ``"failed"`` or ``"shut down"`` (any
-        thread); ``shut_down``: the user shut the pool down."""
+        """``"starting"``, ``"ready"``, ``"hosts lost"``, ``"failed"`` or
+        ``"shut down"`` (any thread); ``shut_down``: the user shut the pool
+        down."""
         if shut_down:
             return "shut down"
         if self.failure() is not None:
             return "failed"
         if self._final_status is not None or self.closing:
             return "shut down"
-        return "ready" if self.is_up else "starting"
+        if not self.is_up:
+            return "starting"
+        return "hosts lost" if self.supervisor.roster.all_lost() else "ready"
 
     def status(self, shut_down: bool = False) -> PoolStatus:
         """A snapshot of the pool: on the pool loop while it runs, else the

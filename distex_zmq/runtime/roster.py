@@ -70,6 +70,12 @@ class Roster:
             record = self.hosts[key] = HostRecord(key, kind)
         return record
 
+    def all_lost(self) -> bool:
+        """Every host of the pool is lost or reconnecting: no worker is left,
+        and none comes before a host is back (any thread)."""
+        hosts = list(self.hosts.values())  # a copy: the pool loop may change it
+        return bool(hosts) and all(h.state in ("lost", "reconnecting") for h in hosts)
+
     def forget(self, spec: HostSpec) -> None:
         """The host is not in the pool (any more): it was removed, or adding
         it failed."""
