@@ -157,17 +157,18 @@ class LeakCheck:
 
 
 class LoopbackSpawner:
-    """``python -m distex_zmq.spawner`` on 127.0.0.1 without a secret, its log
-    in a file; on a free port, or on ``port`` (a spawner started again)."""
+    """``python -m distex_zmq.spawner`` on 127.0.0.1 without a secret (unless
+    ``args`` has ``--secret-file``), its log in a file; on a free port, or on
+    ``port`` (a spawner started again)."""
 
-    def __init__(self, log: Path, port: int | None = None):
+    def __init__(self, log: Path, *args: str, port: int | None = None):
         env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
         for _ in range(5):  # another process may take the port between probe and bind
             self.port = free_port() if port is None else port
             self.log = log
             with open(log, "wb") as out:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "distex_zmq.spawner", "--port", str(self.port)],
+                    [sys.executable, "-m", "distex_zmq.spawner", "--port", str(self.port), *args],
                     env=env,
                     stderr=out,
                 )

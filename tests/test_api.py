@@ -444,6 +444,41 @@ def test_pool_on_a_loopback_spawner(tmp_path):
     assert b"NO authentication" in log and b"opened: up to 2 workers" in log
 
 
+def _logged(spawner: LoopbackSpawner, pattern: str) -> bool:
+    """Whether the spawner logged a warning that matches ``pattern``."""
+    return re.search(f"WARNING {pattern}", spawner.read().decode()) is not None
+
+
+def test_a_spawner_logs_the_clients_it_refuses_in_the_handshake(tmp_path, make_pool):
+    # they never reach its socket: the spawner's log said nothing of them
+    secret = tmp_path / "secret"
+    secret.write_text("correct horse battery staple 42\n")
+    spawner = LoopbackSpawner(
+        tmp_path / "spawner.log", "--host", "127.0.0.1", "--secret-file", str(secret)
+    )
+    open_spawner = LoopbackSpawner(tmp_path / "open.log")
+    try:
+        cases = [
+            (spawner, "another secret 12345", "has another shared secret"),
+            # the pool may find the mismatch first and close: no detail then
+            (spawner, None, "(has no|without a) shared secret"),
+            (open_spawner, "another secret 12345", "shared secret.* this spawner (none|has not)"),
+        ]
+        for server, key, why in cases:
+            with pytest.raises(HostConnectionError):
+                make_pool(None, [f"127.0.0.1:{server.port}/1"], secret=key).run(abs, 1)
+            logged = functools.partial(
+                _logged, server, f"refused a connection in its handshake .*{why}"
+            )
+            assert wait_until(logged, timeout=10), server.read().decode()
+        pool = make_pool(None, [f"127.0.0.1:{spawner.port}/1"], secret_file=str(secret))
+        assert pool.run(abs, -1) == 1
+    finally:
+        spawner.stop()
+        open_spawner.stop()
+    assert spawner.proc.returncode == 0 == open_spawner.proc.returncode
+
+
 def test_a_port_that_is_no_spawner_is_named_as_such(tmp_path, monkeypatch, make_pool):
     # host:22/2 for an SSH host, say: a peer that closes the connection is
     # not taken for a spawner that wants a secret

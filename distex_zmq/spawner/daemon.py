@@ -19,7 +19,9 @@ Security (DESIGN §8): with a secret (``DISTEX_ZMQ_SECRET`` or
 holding the secret's client key (``security.py``). Without one it binds to
 loopback only, unless ``--insecure`` says otherwise (with a warning). Every
 request is checked (``wire/control.py``); a bad one gets a refusal and one
-log line, never a crash or a process. Messages over ``MAX_MESSAGE`` bytes
+log line, never a crash or a process. A socket monitor logs the connections
+refused in the CURVE handshake (a client with another secret, or none),
+which never reach the socket. Messages over ``MAX_MESSAGE`` bytes
 drop their connection inside ZeroMQ, and worker counts are capped by
 ``--max-workers``.
 """
@@ -37,12 +39,13 @@ import time
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from distex_zmq.errors import ProtocolError
 from distex_zmq.launch.local import LocalLauncher, describe_exit
 from distex_zmq.launch.relay import OutputRelay
 from distex_zmq.loops import run_in_background
-from distex_zmq.security import ClusterKeys, ZapHandler, make_server
+from distex_zmq.security import HANDSHAKE_FAILED, ClusterKeys, ZapHandler, make_server
 from distex_zmq.version import __version__
 from distex_zmq.wire import control, frames
 from distex_zmq.wire.zmqio import EdgeReader
@@ -53,6 +56,9 @@ _logger = logging.getLogger("distex_zmq.spawner")
 ABANDON_GRACE = 1.0
 #: Log lines about bad requests, at most, per peer (a flood must not fill the disk).
 MAX_LOGGED_PER_PEER = 5
+#: Refused handshakes logged one by one; after them, one line in this many.
+MAX_LOGGED_HANDSHAKES = 10
+HANDSHAKE_LOG_EVERY = 1000
 
 
 class Session:
@@ -131,6 +137,10 @@ class Spawner:
         sock.bind(f"tcp://{address}:{port}")
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._reader = EdgeReader(loop, sock, self._on_request, max_reads=100)
+        #: connections refused in the handshake, which never reach ``sock``
+        self.refused_handshakes = 0
+        self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
+        self._monitor_reader = EdgeReader(loop, self._monitor, self._on_monitor)
         self._stopped: asyncio.Future[str] = loop.create_future()
         loop.call_later(control.MIN_HEARTBEAT / 2, self._check_heartbeats)
 
@@ -143,6 +153,9 @@ class Spawner:
         """Serve until ``stop``; stop every pool's workers; return why."""
         reason = await self._stopped
         self._reader.close()
+        self._monitor_reader.close()
+        self._sock.disable_monitor()
+        self._monitor.close(linger=0)
         sessions = list(self.sessions.values())
         self.sessions.clear()
         await asyncio.gather(*(s.launcher.stop(ABANDON_GRACE) for s in sessions))
@@ -245,6 +258,21 @@ class Spawner:
             self._reader.poke()
         return True
 
+    def _on_monitor(self, frames: list[zmq.Frame]) -> None:
+        """A connection failed its handshake: log why (the first ones, then
+        one line in ``HANDSHAKE_LOG_EVERY``, so a flood cannot fill the log)."""
+        event = parse_monitor_message([frame.bytes for frame in frames])
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return  # a key the ZAP handler refused: it logged it
+        self.refused_handshakes += 1
+        count = self.refused_handshakes
+        if count <= MAX_LOGGED_HANDSHAKES or count % HANDSHAKE_LOG_EVERY == 0:
+            _logger.warning(
+                "refused a connection in its handshake (%d so far): %s",
+                count,
+                explain_refused_handshake(event["event"], event["value"], self._zap is not None),
+            )
+
     # workers and pools
 
     def status(self) -> control.StatusReply:
@@ -290,6 +318,30 @@ class Spawner:
                 stop = self._stop_session(session, ABANDON_GRACE, why)
                 run_in_background(self._loop, stop, self._tasks)
         self._loop.call_later(control.MIN_HEARTBEAT / 2, self._check_heartbeats)
+
+
+def explain_refused_handshake(event: int, value: int, secret: bool) -> str:
+    """Why a client's handshake failed, from the ``event`` and ``value`` of
+    the monitor, on a spawner with or without a ``secret``."""
+    if event != zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        # the peer closed the connection (``value``: an errno), as a client
+        # does that finds the mechanisms mismatched first
+        if secret:
+            return (
+                "the peer closed the connection: a client without a shared secret, "
+                "or not a distex_zmq client"
+            )
+        return (
+            "the peer closed the connection: a client with a shared secret, which "
+            "this spawner has not, or not a distex_zmq client"
+        )
+    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        if secret:
+            return "the client has no shared secret (or is not a distex_zmq client)"
+        return "the client has a shared secret and this spawner none"
+    if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+        return "the client has another shared secret (or is not a distex_zmq client)"
+    return f"the peer is not a distex_zmq client (ZeroMQ protocol error {value:#x})"
 
 
 def is_loopback(host: str) -> bool:
