@@ -175,7 +175,13 @@ class FutureSink:
         # cycle between the two a dropped future is freed at once
         future._task = None
         if status == STATUS_LOCAL_ERROR and isinstance(value, concurrent.futures.CancelledError):
-            future.cancel()
+            if not future.cancel() and not future.done():
+                # it ran on a worker that was lost and waited in the queue
+                # again: running for good, so it ends with the error instead
+                try:
+                    future.set_exception(value)
+                except concurrent.futures.InvalidStateError:
+                    pass
             return
         try:
             result = decode(task, status, value, self._loads)

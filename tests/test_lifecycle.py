@@ -822,6 +822,27 @@ def test_the_leak_check_sees_a_leaked_pool_and_process():
         leaked.submit(tasks.square, 1)
 
 
+def test_cancel_futures_ends_a_task_requeued_after_its_host_was_lost(tmp_path, make_pool):
+    # the task ran on the spawner's worker (its future running), went back
+    # to the queue with the host, and was cancelled there by the shutdown:
+    # its future stayed running for ever
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        pool = make_pool(None, [f"127.0.0.1:{spawner.port}/1"], heartbeat_timeout=1.0)
+        pool.run(tasks.square, 3)
+        started = tmp_path / "started"
+        future = pool.submit(tasks.note_pid_then_sleep, str(started), 60)
+        assert wait_until(started.exists, timeout=30) and future.running()
+        spawner.proc.kill()
+        spawner.proc.wait()
+        assert wait_until(lambda: pool.status().totals.queued == 1, timeout=30)
+        pool.shutdown(cancel_futures=True)
+        with pytest.raises(concurrent.futures.CancelledError, match="cancel_futures=True"):
+            future.result(timeout=10)
+    finally:
+        spawner.stop()
+
+
 @pytest.mark.timeout(90)
 def test_a_shutdown_does_not_wait_for_ever_for_tasks_no_worker_can_run(tmp_path, monkeypatch):
     # every host of the pool lost (its spawner killed): the task is queued,
