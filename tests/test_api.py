@@ -416,6 +416,15 @@ def test_spawner_refuses_a_port_out_of_range(port):
     assert "--port must be from 1 to 65535" in result.stderr
 
 
+@pytest.mark.parametrize("host", ["::1", "[::1]", "fe80::1%eth0"])
+def test_spawner_refuses_an_ipv6_address(host):
+    # it said "'::1' is not an address, a host name known here, or a network interface"
+    cmd = [sys.executable, "-m", "distex_zmq.spawner", "--host", host, "--port", "18997"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"--host {host}: IPv6 addresses are not supported" in result.stderr
+
+
 def test_spawner_on_an_unknown_host_name_says_so(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("a secret for this test only")

@@ -76,6 +76,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if not 0 < args.port < 65536:
         # libzmq would take the port modulo 65536 and listen elsewhere
         parser.error(f"--port must be from 1 to 65535, not {args.port}")
+    if args.host is not None and ":" in args.host:
+        # as in a pool's host specifications; libzmq would call it no address
+        parser.error(
+            f"--host {args.host}: IPv6 addresses are not supported; use an IPv4 "
+            "address or a host name"
+        )
     return args
 
 
