@@ -450,7 +450,7 @@ def test_pool_on_a_loopback_spawner(tmp_path):
         spawner.stop()
     assert spawner.proc.returncode == 0
     log = spawner.read()
-    assert b"NO authentication" in log and b"opened: up to 2 workers" in log
+    assert b"NO authentication" in log and b"opened from 127.0.0.1: up to 2 workers" in log
 
 
 def _logged(spawner: LoopbackSpawner, pattern: str) -> bool:

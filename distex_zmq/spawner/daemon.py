@@ -175,17 +175,18 @@ class Spawner:
         if len(message) < 2:
             return
         peer, *body = (frame.bytes for frame in message)
+        where = peer_address(message[-1])
         try:
-            self._handle(peer, control.decode(body, control.SPAWNER_READS))
+            self._handle(peer, where, control.decode(body, control.SPAWNER_READS))
         except ProtocolError as e:
-            self._refuse(peer, str(e))
+            self._refuse(peer, where, str(e))
         except Exception as e:  # noqa: BLE001 - a request must not stop the spawner
-            _logger.exception("error serving a request from %s", peer.hex()[:12])
-            self._refuse(peer, f"internal error: {type(e).__name__}")
+            _logger.exception("error serving a request from %s (%s)", peer.hex()[:12], where)
+            self._refuse(peer, where, f"internal error: {type(e).__name__}")
 
-    def _handle(self, peer: bytes, request: control.Message) -> None:
+    def _handle(self, peer: bytes, where: str, request: control.Message) -> None:
         if isinstance(request, control.Open):
-            self._open(peer, request)
+            self._open(peer, where, request)
             return
         if isinstance(request, control.Status):
             self.send(peer, self.status())
@@ -214,7 +215,7 @@ class Spawner:
             stop = self._stop_session(session, request.grace, "stopped by its pool")
             run_in_background(self._loop, stop, self._tasks)
 
-    def _open(self, peer: bytes, request: control.Open) -> None:
+    def _open(self, peer: bytes, where: str, request: control.Open) -> None:
         if peer in self.sessions:
             raise ProtocolError("this pool is open already")
         if request.protocol != frames.VERSION:
@@ -229,7 +230,7 @@ class Spawner:
                 f"(--max-workers {self.max_workers})"
             )
         session = self.sessions[peer] = Session(self, peer, request, self._loop)
-        _logger.info("%s opened: up to %d workers", session, session.capacity)
+        _logger.info("%s opened from %s: up to %d workers", session, where, session.capacity)
         opened = control.Opened(
             host=socket.gethostname(),
             version=__version__,
@@ -239,13 +240,13 @@ class Spawner:
         )
         self.send(peer, opened)
 
-    def _refuse(self, peer: bytes, reason: str) -> None:
+    def _refuse(self, peer: bytes, where: str, reason: str) -> None:
         count = self._logged.get(peer, 0)
         if count < MAX_LOGGED_PER_PEER:
             if len(self._logged) > 10_000:
                 self._logged.clear()  # bounded memory, whatever the peers
             self._logged[peer] = count + 1
-            _logger.warning("refused a request from %s: %s", peer.hex()[:12], reason)
+            _logger.warning("refused a request from %s (%s): %s", peer.hex()[:12], where, reason)
         self.send(peer, control.Refused(reason))
 
     def send(self, peer: bytes, event: control.Event) -> bool:
@@ -318,6 +319,14 @@ class Spawner:
                 stop = self._stop_session(session, ABANDON_GRACE, why)
                 run_in_background(self._loop, stop, self._tasks)
         self._loop.call_later(control.MIN_HEARTBEAT / 2, self._check_heartbeats)
+
+
+def peer_address(frame: zmq.Frame) -> str:
+    """The address that sent the message of ``frame`` (``?`` if ZeroMQ does not say)."""
+    try:
+        return str(frame.get("Peer-Address"))
+    except zmq.ZMQError:
+        return "?"
 
 
 def explain_refused_handshake(event: int, value: int, secret: bool) -> str:
