@@ -80,6 +80,11 @@ class HostSpec:
     def __repr__(self) -> str:
         return f"HostSpec('{self}')"
 
+    def same_host(self, other: HostSpec) -> bool:
+        """Whether ``other`` names the same place (host, kind and port),
+        whatever its number of workers or user."""
+        return self.host == other.host and self.is_ssh == other.is_ssh and self.port == other.port
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, HostSpec):
             return NotImplemented

@@ -165,6 +165,15 @@ def pool_options(
         raise TypeError(f"initializer must be callable, not {initializer!r}")
     host_list = [hosts] if isinstance(hosts, str) else list(hosts or [])
     specs = [HostSpec(h) for h in host_list]
+    for i, spec in enumerate(specs):
+        twin = next((s for s in specs[:i] if s.same_host(spec)), None)
+        if twin is not None:
+            # two sessions on one host, which the pool could tell apart
+            # neither in its status nor in remove_hosts
+            raise ValueError(
+                f"hosts name {twin.host} twice ({twin} and {spec}); give it once, "
+                "with all its workers"
+            )
     for name, value in (
         ("heartbeat_timeout", heartbeat_timeout),
         ("connect_timeout", connect_timeout),

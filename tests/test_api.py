@@ -407,6 +407,27 @@ def test_bad_constructor_arguments_raise_at_once(kwargs, error):
     assert child_pids() == before
 
 
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        ["127.0.0.1:47999/1", "127.0.0.1:47999/2"],
+        ["mini/1", "mini:8899/3"],
+        ["ssh://maxi/1", "ssh://me@maxi/2"],
+    ],
+)
+def test_a_host_given_twice_is_refused(hosts):
+    # it made two sessions there, one entry in status().hosts, and a
+    # remove_hosts that took both; add_hosts refuses it as well
+    with pytest.raises(ValueError, match=r"hosts name (mini|maxi|127\.0\.0\.1) twice"):
+        Pool(None, hosts, lazy_create=True)
+
+
+def test_one_host_as_a_spawner_and_over_ssh_is_two_hosts():
+    pool = Pool(None, ["mini/1", "ssh://mini/1"], lazy_create=True)
+    assert pool.total_workers() == 2
+    pool.shutdown()
+
+
 @pytest.mark.parametrize("port", ["99999", "0", "-5"])
 def test_spawner_refuses_a_port_out_of_range(port):
     # libzmq takes a port modulo 65536: 99999 would listen on 34463

@@ -82,7 +82,7 @@ class Elastic:
         async with self._serial():
             hosts = self._options.hosts
             for i, spec in enumerate(specs):
-                if any(_same_host(spec, h) for h in [*hosts, *specs[:i]]):
+                if any(spec.same_host(h) for h in [*hosts, *specs[:i]]):
                     raise ValueError(
                         f"{spec} is in the pool already; remove it first to change its workers"
                     )
@@ -170,15 +170,11 @@ class Elastic:
         return sorted(identities, key=load)[:count]
 
 
-def _same_host(a: HostSpec, b: HostSpec) -> bool:
-    return a.host == b.host and a.is_ssh == b.is_ssh and a.port == b.port
-
-
 def _names(name: str, spec: HostSpec) -> bool:
     """``name`` is ``spec``'s host name, or a specification of the same host."""
     if "/" not in name:
         return name == spec.host
-    return _same_host(HostSpec(name), spec)
+    return HostSpec(name).same_host(spec)
 
 
 def _check_not_empty(num_workers: int, hosts: list[HostSpec]) -> None:
