@@ -17,6 +17,7 @@ removed host is not reconnected.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,8 @@ from distex_zmq.runtime.state import PoolState
 
 if TYPE_CHECKING:
     from distex_zmq.launch.remote import RemoteLauncher
+
+_logger = logging.getLogger("distex_zmq.pool")
 
 #: Seconds over which fast deaths slow replacements down.
 FAST_DEATH_WINDOW = 10.0
@@ -123,6 +126,19 @@ class Supervisor:
         )
         return identity
 
+    def replace(self, launcher: Launcher) -> None:
+        """Start a worker in place of one that left. One that cannot be
+        started (this process is out of file descriptors, or of memory for a
+        new process) counts as a death: its replacement is tried again, later
+        while they keep failing, until the pool gives up with
+        ``CrashLoopError``."""
+        try:
+            self.spawn(launcher)
+        except OSError as e:
+            how = f"its replacement could not be started: {type(e).__name__}: {e}"
+            _logger.warning("a worker left and %s; trying again", how)
+            self._loop.call_soon(self._replace_after_death, how, launcher)
+
     def _check_hello(self, identity: bytes) -> None:
         """Kill the worker if it is starting still and never said hello."""
         if (
@@ -166,7 +182,7 @@ class Supervisor:
         self.membership.leaving(identity)
         self.roster.renewals += 1
         # after the dispatch that spent the worker, which this runs inside
-        self._loop.call_soon(self.spawn, launcher)
+        self._loop.call_soon(self.replace, launcher)
 
     def on_unreachable(self, rec: WorkerRecord) -> None:
         """Alive without a connection (no exit was reported): replace it."""
@@ -195,7 +211,7 @@ class Supervisor:
         if identity in self._killed:
             self._killed.discard(identity)
             self.roster.replacements += 1
-            self.spawn(launcher)
+            self.replace(launcher)
             return
         if self.placement.is_starting(identity):
             self.placement.started(identity)
@@ -255,9 +271,9 @@ class Supervisor:
         recent = sum(1 for t in deaths if t > now - FAST_DEATH_WINDOW)
         self.roster.replacements += 1
         if recent > self._options.total_workers:
-            self._loop.call_later(SLOW_REPLACEMENT_DELAY, self.spawn, launcher)
+            self._loop.call_later(SLOW_REPLACEMENT_DELAY, self.replace, launcher)
         else:
-            self.spawn(launcher)
+            self.replace(launcher)
 
     async def stop(self, grace: float, reconnect_grace: float) -> None:
         """Cancel reconnections and stop every worker, giving each ``grace``

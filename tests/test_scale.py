@@ -1,0 +1,44 @@
+"""The pool under the numbers and limits a real program reaches: a client
+out of file descriptors, a worker that cannot start, a socket directory
+that goes away."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+
+import pytest
+
+from tests import fault_tasks as ft
+from tests.helpers import MakePool, pid_alive, wait_until
+
+
+@pytest.mark.timeout(60)
+def test_a_replacement_that_cannot_start_is_tried_again(make_pool: MakePool) -> None:
+    # the client runs out of file descriptors as its worker dies: the
+    # replacement cannot be started (no pipes for it) until some are closed
+    pool = make_pool(1)
+    victim = pool.run(ft.pid)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    filler: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1024), hard))
+        try:
+            while True:
+                filler.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        # its reaping closes its pidfd and its two pipes: too few for a new
+        # worker's pipes
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda: not pid_alive(victim), timeout=10)
+        future = pool.submit(ft.pid)
+        with pytest.raises(TimeoutError):
+            future.result(timeout=2)
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert future.result(timeout=30) not in (victim, None)
+    assert pool.run(ft.square, 7) == 49
