@@ -4,9 +4,12 @@ that goes away."""
 
 from __future__ import annotations
 
+import glob
 import os
 import resource
+import shutil
 import signal
+import tempfile
 
 import pytest
 
@@ -41,4 +44,17 @@ def test_a_replacement_that_cannot_start_is_tried_again(make_pool: MakePool) -> 
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert future.result(timeout=30) not in (victim, None)
+    assert pool.run(ft.square, 7) == 49
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_starts_after_the_socket_directory_was_removed(make_pool: MakePool) -> None:
+    # a cleaner of TMPDIR removed the directory of the broker's socket
+    pool = make_pool(1)
+    victim = pool.run(ft.pid)
+    (socket_dir,) = glob.glob(os.path.join(tempfile.gettempdir(), f"distex_zmq-{os.getpid()}-*"))
+    shutil.rmtree(socket_dir)
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: not pid_alive(victim), timeout=10)
+    assert pool.submit(ft.pid).result(timeout=20) not in (victim, None)
     assert pool.run(ft.square, 7) == 49

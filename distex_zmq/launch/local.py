@@ -157,7 +157,8 @@ class LocalLauncher:
         self._paused: list[tuple[WorkerProcess, str, int]] = []
         #: written to each worker's stdin, then closed (its CURVE keys)
         self.worker_stdin = worker_stdin
-        self._endpoint = endpoint
+        #: the broker's endpoint that new workers connect to
+        self.endpoint = endpoint
         self._worker_args = worker_args
         self._on_exit = on_exit
         #: the interpreter of the workers: the client's own
@@ -185,7 +186,7 @@ class LocalLauncher:
             "-m",
             "distex_zmq.worker",
             "--connect",
-            self._endpoint,
+            self.endpoint,
             "--identity",
             identity.hex(),
             "--parent-pid",

@@ -246,6 +246,26 @@ class Runtime:
         if isinstance(error, Exception) and not self.closing and not self._gate.is_over:
             self.fail(error)
 
+    def local_endpoint(self) -> str:
+        """The broker's ipc endpoint for a new local worker.
+
+        A cleaner of ``TMPDIR`` may remove the socket's directory of a pool
+        that runs for days. The broker then binds again in a new directory,
+        so that new workers (replacements, renewals, a ``resize``) reach it;
+        the workers connected already keep their connections.
+        """
+        ipc = f"ipc://{socket_path(self._ipc_dir)}"
+        if os.path.exists(socket_path(self._ipc_dir)):
+            return ipc
+        gone, self._ipc_dir = self._ipc_dir, make_ipc_dir()
+        shutil.rmtree(gone, ignore_errors=True)
+        _logger.warning(
+            "the pool's socket %s was removed; new workers connect to %s instead",
+            socket_path(gone),
+            socket_path(self._ipc_dir),
+        )
+        return self.broker.bind(f"ipc://{socket_path(self._ipc_dir)}")
+
     def broker_port(self, spec: HostSpec) -> int:
         """The broker's TCP port for workers on ``spec``, bound on first need."""
         return self._endpoints.port_for(spec)

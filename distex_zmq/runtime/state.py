@@ -27,5 +27,9 @@ class PoolState(Protocol):
     def fail(self, error: BaseException) -> None:
         """The pool cannot go on: fail what waits and refuse new tasks."""
 
+    def local_endpoint(self) -> str:
+        """The broker's ipc endpoint for a new local worker, bound again if
+        its socket is gone."""
+
     def broker_port(self, spec: HostSpec) -> int:
         """The broker's TCP port for workers on ``spec``, bound on first need."""

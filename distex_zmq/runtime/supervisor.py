@@ -118,6 +118,8 @@ class Supervisor:
             and len(self.membership.workers_of(launcher)) >= self._options.num_workers
         ):
             return None  # a replacement after the pool shrank (``resize``)
+        if launcher is self.placement.local:
+            launcher.endpoint = pool.local_endpoint()
         identity = self.placement.spawn(launcher)
         self._broker.expect(identity)
         self._loop.call_later(HELLO_TIMEOUT, self._check_hello, identity)
