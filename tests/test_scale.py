@@ -4,12 +4,14 @@ that goes away."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import glob
 import os
 import resource
 import shutil
 import signal
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +60,36 @@ def test_a_worker_starts_after_the_socket_directory_was_removed(make_pool: MakeP
     assert wait_until(lambda: not pid_alive(victim), timeout=10)
     assert pool.submit(ft.pid).result(timeout=20) not in (victim, None)
     assert pool.run(ft.square, 7) == 49
+
+
+def slow_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make the workers started from now on hang before their code runs (in
+    a ``sitecustomize``) once the returned path exists."""
+    site = tmp_path / "site"
+    site.mkdir()
+    marker = tmp_path / "slow-start"
+    (site / "sitecustomize.py").write_text(
+        f"import os, time\nif os.path.exists({str(marker)!r}):\n    time.sleep(60)\n"
+    )
+    # the workers' path is the client's
+    monkeypatch.syspath_prepend(str(site))
+    return marker
+
+
+@pytest.mark.timeout(60)
+def test_cancel_futures_ends_a_task_requeued_after_its_worker_died(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_pool: MakePool
+) -> None:
+    # the task ran on a worker that died: it waits in the queue to run again
+    # (its future runs already) while the replacement starts
+    marker = slow_start(tmp_path, monkeypatch)
+    pool = make_pool(1)
+    victim = pool.run(ft.pid)
+    future = pool.submit(ft.sleep_then, 10.0, 1)
+    assert wait_until(future.running, timeout=10)
+    marker.touch()
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: not pid_alive(victim), timeout=10)
+    pool.shutdown(cancel_futures=True)
+    assert future.done()
+    assert isinstance(future.exception(timeout=0), concurrent.futures.CancelledError)
