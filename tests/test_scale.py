@@ -10,13 +10,19 @@ import os
 import resource
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
+from distex_zmq.launch.local import die_with_parent
 from tests import fault_tasks as ft
-from tests.helpers import MakePool, pid_alive, wait_until
+from tests.helpers import MakePool, child_pids, pid_alive, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(60)
@@ -93,3 +99,39 @@ def test_cancel_futures_ends_a_task_requeued_after_its_worker_died(
     pool.shutdown(cancel_futures=True)
     assert future.done()
     assert isinstance(future.exception(timeout=0), concurrent.futures.CancelledError)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not die_with_parent(), reason="no setpriv with --pdeathsig")
+def test_a_worker_hung_before_its_code_runs_dies_with_its_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = slow_start(tmp_path, monkeypatch)
+    marker.touch()
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            f"sys.path[:0] = [{str(tmp_path / 'site')!r}, {str(ROOT)!r}]\n"
+            "from distex_zmq import Pool\n"
+            "pool = Pool(1)\n"
+            "pool.submit(abs, 1)\n"
+            "time.sleep(60)\n",
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    workers: set[int] = set()
+    try:
+        assert wait_until(lambda: bool(child_pids(client.pid)), timeout=20)
+        workers = child_pids(client.pid)
+        time.sleep(0.5)  # the worker is in its sitecustomize
+        client.kill()
+        client.wait()
+        assert wait_until(lambda: not any(pid_alive(pid) for pid in workers), timeout=10)
+    finally:
+        client.kill()
+        client.wait()
+        for pid in workers:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)

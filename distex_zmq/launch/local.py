@@ -13,8 +13,10 @@ last line a killed worker wrote is not lost.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,6 +74,32 @@ def interpreter_args() -> list[str]:
     if sys.version_info >= (3, 11):
         args.append("-P")
     return args
+
+
+@functools.cache
+def die_with_parent() -> tuple[str, ...]:
+    """The command that starts a worker asking Linux for SIGKILL when the
+    thread that starts it (the pool loop) ends, and so when the client dies,
+    even by SIGKILL: util-linux's ``setpriv --pdeathsig KILL --``; nothing
+    where there is no ``setpriv`` with that option (util-linux before 2.33).
+
+    Set before the interpreter starts, it covers a worker that hangs before
+    its code runs (a slow ``sitecustomize`` or ``.pth`` file, a stalled file
+    system), which asks for the same only once its code runs.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or not sys.platform.startswith("linux"):
+        return ()
+    try:
+        with _spawning:
+            usage = subprocess.run(
+                [setpriv, "--help"], capture_output=True, stdin=subprocess.DEVNULL, timeout=10
+            ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    if b"--pdeathsig" not in usage:
+        return ()
+    return (setpriv, "--pdeathsig", "KILL", "--")
 
 
 def describe_exit(returncode: int) -> str:
@@ -181,6 +209,7 @@ class LocalLauncher:
     def spawn(self, identity: bytes) -> WorkerProcess:
         """Start one worker with this routing id, new to the pool; return it."""
         cmd = [
+            *die_with_parent(),
             self.python,
             *self._python_args,
             "-m",
