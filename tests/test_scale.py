@@ -135,3 +135,30 @@ def test_a_worker_hung_before_its_code_runs_dies_with_its_client(
         for pid in workers:
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(60)
+def test_a_resize_that_cannot_start_every_worker_adds_none(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+    pool.run(ft.pid)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    filler: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1024), hard))
+        try:
+            while True:
+                filler.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        # room for the pipes of one new worker, not of two
+        for _ in range(8):
+            os.close(filler.pop())
+        with pytest.raises(OSError):
+            pool.resize(4)
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert pool.total_workers() == 1
+    assert wait_until(lambda: len(child_pids()) == 1, timeout=10)
+    assert len(pool.run_on_all(ft.pid)) == 1

@@ -144,8 +144,11 @@ class Elastic:
             current = members.workers_of(local)
             before, opts.num_workers = opts.num_workers, num_workers
             if num_workers > len(current):
-                new = [supervisor.spawn(local) for _ in range(num_workers - len(current))]
+                new: list[bytes | None] = []
                 try:
+                    # a spawn may fail half-way (no file descriptors left)
+                    for _ in range(num_workers - len(current)):
+                        new.append(supervisor.spawn(local))
                     await members.wait_ready(new)
                 except BaseException:
                     opts.num_workers = before
