@@ -17,6 +17,7 @@ import concurrent.futures
 import dataclasses
 import itertools
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
@@ -61,6 +62,9 @@ class MapContext:
     #: the pool, kept alive while its map runs: ``Pool(2).map(f, xs)`` is
     #: the only reference to its pool, whose finalizer would shut it down
     pool: object = None
+    #: the pool's sync maps that may be left unread, by their results: what
+    #: submits the inputs each has not read (see ``maps.map_sync``)
+    unread: weakref.WeakKeyDictionary[Any, Callable[[], None]] | None = None
 
 
 #: Tasks ``submit_rest`` hands over at once.

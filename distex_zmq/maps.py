@@ -10,6 +10,7 @@ batch, to a ``threading.Event`` (``map``) or the caller's event loop
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import weakref
@@ -59,7 +60,22 @@ def map_sync(
     started = [False]
     results = _sync_results(run, it, event, error, started)
     weakref.finalize(results, _run_unread, run, it, error, started)
+    if ctx.unread is not None and error is None:
+        ctx.unread[results] = functools.partial(_submit_unread, run, it, started)
     return results
+
+
+def _submit_unread(run: MapRun, it: Iterator[Any], started: list[bool]) -> None:
+    """At the pool's shutdown: a map kept but never iterated submits the
+    inputs it has not read, as ``Executor.map`` submits them all at the
+    call, so that they run before the pool stops; their results wait for
+    an iteration after it."""
+    if started[0]:
+        return
+    try:
+        run.submit_rest(it)
+    except Exception:  # noqa: BLE001 - the pool closed meanwhile: the map raises it
+        pass
 
 
 def _run_unread(

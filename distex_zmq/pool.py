@@ -279,6 +279,8 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         afterwards ``submit`` and every other method raise ``PoolClosedError``
         (a ``RuntimeError``).
         """
+        if not cancel_futures and not self._is_shutdown:
+            self._submit_unread_maps()
         runtime = self._mark_shutdown()
         if runtime is not None:
             runtime.close(wait=wait, cancel_futures=cancel_futures, timeout=timeout)
@@ -287,6 +289,8 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
     ) -> None:
         """Async version of ``shutdown``."""
+        if not cancel_futures and not self._is_shutdown:
+            self._submit_unread_maps()
         runtime = self._mark_shutdown()
         if runtime is None or runtime.inherited:
             return

@@ -13,7 +13,8 @@ import concurrent.futures
 import contextvars
 import threading
 import weakref
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.options import Options
@@ -35,6 +36,11 @@ class PoolBase(concurrent.futures.Executor):
         self._finalizer: weakref.finalize | None = None
         self._is_shutdown = False
         self._future_sink = FutureSink(self._tasks.data_loads)
+        #: sync maps that may be left unread: their inputs not read yet are
+        #: submitted at the shutdown (``_submit_unread_maps``)
+        self._unread_maps: weakref.WeakKeyDictionary[Any, Callable[[], None]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def _start(self) -> Runtime:
         with self._lock:
@@ -62,6 +68,13 @@ class PoolBase(concurrent.futures.Executor):
         if runtime.inherited:
             raise runtime.inherited_error()
         return runtime
+
+    def _submit_unread_maps(self) -> None:
+        """Submit the inputs of the maps that were kept but never iterated
+        (``m = pool.map(save, files)``), as ``Executor.map`` submits them all
+        at its call: a shutdown that waits for the tasks waits for them too."""
+        for submit_rest in list(self._unread_maps.values()):
+            submit_rest()
 
     def _mark_shutdown(self) -> Runtime | None:
         with self._lock:

@@ -87,7 +87,13 @@ class MapsMixin(PoolBase):
         runtime = self._live_runtime()
         opts = self._options
         return MapContext(
-            runtime.broker, self._tasks, runtime.loop, lambda: opts.capacity, opts.qsize > 1, self
+            runtime.broker,
+            self._tasks,
+            runtime.loop,
+            lambda: opts.capacity,
+            opts.qsize > 1,
+            self,
+            self._unread_maps,
         )
 
     def run_on_all(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> list[Any]:

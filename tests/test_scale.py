@@ -162,3 +162,15 @@ def test_a_resize_that_cannot_start_every_worker_adds_none(make_pool: MakePool) 
     assert pool.total_workers() == 1
     assert wait_until(lambda: len(child_pids()) == 1, timeout=10)
     assert len(pool.run_on_all(ft.pid)) == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_map_kept_but_never_iterated_runs_all_its_inputs_by_the_shutdown(
+    make_pool: MakePool,
+) -> None:
+    # as with ProcessPoolExecutor: its inputs run before the pool stops, and
+    # its results can be read after
+    pool = make_pool(2)
+    results = pool.map(ft.square, iter(range(500)))
+    pool.shutdown()
+    assert list(results) == [x * x for x in range(500)]
