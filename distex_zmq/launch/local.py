@@ -90,16 +90,21 @@ def die_with_parent() -> tuple[str, ...]:
     setpriv = shutil.which("setpriv")
     if setpriv is None or not sys.platform.startswith("linux"):
         return ()
+    wrapper = (setpriv, "--pdeathsig", "KILL", "--")
     try:
+        # once, through itself: the option exists and the signal can be set
         with _spawning:
-            usage = subprocess.run(
-                [setpriv, "--help"], capture_output=True, stdin=subprocess.DEVNULL, timeout=10
-            ).stdout
+            check = subprocess.run(
+                [*wrapper, setpriv, "--help"],
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                timeout=10,
+            )
     except (OSError, subprocess.SubprocessError):
         return ()
-    if b"--pdeathsig" not in usage:
+    if check.returncode != 0 or b"--pdeathsig" not in check.stdout:
         return ()
-    return (setpriv, "--pdeathsig", "KILL", "--")
+    return wrapper
 
 
 def describe_exit(returncode: int) -> str:
