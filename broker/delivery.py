@@ -65,7 +65,7 @@ class Delivery:
         sinks: set[ResultSink] = set()
         running = rec.running
         returned: list[Task] = []
-        answered = failed = 0
+        answered = failed = unrun = 0
         #: the chunk task handed back in this message, and its payload's offset
         handed: tuple[Task, int] | None = None
         note_run_time = self._dispatcher.note_run_time
@@ -116,6 +116,8 @@ class Delivery:
                 if not group[0]:
                     rec.used -= 1
             if status == _RETURNED:
+                if group is not None:
+                    unrun += 1  # a task of a group, given back
                 if task.cancelled:
                     finish(task)
                 else:
@@ -140,6 +142,8 @@ class Delivery:
         rec.failed += failed
         self.done += answered - failed
         self.failed += failed
+        if unrun:
+            self._dispatcher.uncount(rec, unrun)
         if returned:
             # given back unrun, ahead of everything that came later
             parts = [task for task in returned if task.first]

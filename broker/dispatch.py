@@ -160,7 +160,7 @@ class Dispatcher:
                 if self._dropped(task):
                     continue
                 if task.may_group and not task.suspect and len(queue) >= registry.ready_capacity:
-                    group = self._take_group(task, self.tasks_left(target))
+                    group = self._take_group(task, self._group_limit(target))
                     self._assign_group(target, group, batches)
                 else:
                     self._assign_one(target, task, batches)
@@ -258,11 +258,20 @@ class Dispatcher:
             if self._on_spent is not None:
                 self._on_spent(rec)
 
-    def tasks_left(self, rec: WorkerRecord) -> int | None:
-        """Tasks ``rec`` may still be given (None: no limit)."""
+    def uncount(self, rec: WorkerRecord, count: int) -> None:
+        """``count`` tasks of a group came back from ``rec`` unrun: they
+        count no more."""
+        if self._max_tasks is not None:
+            rec.tasks_given -= count
+
+    def _group_limit(self, rec: WorkerRecord) -> int | None:
+        """The most tasks a group for ``rec`` may hold (None: no limit): one
+        fewer than it may still be given. A group's tasks may come back
+        unrun, a lone task always runs: so only a lone task takes a worker to
+        ``max_tasks``, and a worker leaves having run them all."""
         if self._max_tasks is None:
             return None
-        return self._max_tasks - rec.tasks_given
+        return self._max_tasks - rec.tasks_given - 1
 
     def _may_run_long(self, task: Task) -> bool:
         """Whether ``task``'s function ran ``LONG_TASK_US`` or longer last
@@ -273,7 +282,7 @@ class Dispatcher:
     def _take_group(self, first: Task, limit: int | None) -> list[Task]:
         """``first`` and the tiny tasks queued after it that may share its
         credit (only ``first`` when it is not known to be tiny), ``limit``
-        tasks at most (None: no limit but the group's own).
+        tasks at most, ``first`` always (None: no limit but the group's own).
 
         A group takes its share of the queue (so that every credit gets
         some), and no more than ``GROUP_TIME_US`` of work as the recent run

@@ -116,3 +116,17 @@ def test_status_shows_a_spent_worker_leaving_and_its_successor(make_pool) -> Non
     assert future.result(timeout=30) == leaving.pid
     # once it has exited, only its successor is left
     assert wait_until(lambda: [w.state for w in pool.status().workers] == ["ready"], timeout=20)
+
+
+def test_tasks_given_back_unrun_do_not_count(make_pool) -> None:
+    # A fresh worker's first task of a function runs slowly (it loads the
+    # function) and the rest of its group comes back unrun, to run
+    # elsewhere: the worker has run one task, not the group, and runs the
+    # limit before it leaves.
+    pool = make_pool(2, max_tasks_per_child=25)
+    pool.run(tasks.pid)  # the function is known to be tiny from here on
+    per_pid = pids_of(pool, 1000)
+    assert max(per_pid.values()) <= 25
+    # every worker that left ran its 25: 1000 tasks take 40 of them, and
+    # the two that run at the end
+    assert len(per_pid) <= 1000 // 25 + 2, sorted(per_pid.values())
