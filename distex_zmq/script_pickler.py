@@ -8,15 +8,22 @@ worker, the class gets a ``__dict__`` and its instances keep their fields
 there, and an instance sent back does not load into the client's class,
 which has slots and no ``__dict__``. ``class_reduce`` gives the class its
 ``__slots__`` when it is made, as the ``class`` statement does.
+
+A function of the script is made and given its state by
+``script_rebuild``' functions instead of cloudpickle's, which in a worker
+make it on the namespace that the script's functions share there.
 """
 
 from __future__ import annotations
 
 import io
+import types
 from typing import Any
 
 import cloudpickle
 from cloudpickle import cloudpickle as _cloudpickle
+
+from .script_rebuild import make_script_function, set_script_function_state
 
 
 def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
@@ -35,12 +42,29 @@ def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
     return reduce
 
 
+def function_reduce(pickler: cloudpickle.Pickler, obj: types.FunctionType) -> Any:
+    """cloudpickle's reduction of ``obj``, a function sent by value, made by
+    ``make_script_function`` if it is one of the script."""
+    reduce = cloudpickle.Pickler.reducer_override(pickler, obj)
+    if (
+        reduce is not NotImplemented
+        and len(reduce) == 6
+        and reduce[5] is _cloudpickle._function_setstate
+        and reduce[1][1].get("__name__") == "__main__"  # the globals it is made on
+    ):
+        reduce = (make_script_function, reduce[1], reduce[2], None, None, set_script_function_state)
+    return reduce
+
+
 class ScriptPickler(cloudpickle.Pickler):
-    """cloudpickle, with classes made with their ``__slots__``."""
+    """cloudpickle, with classes made with their ``__slots__`` and functions
+    of the script made on a worker's namespace."""
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, type):
             return class_reduce(self, obj)
+        if type(obj) is types.FunctionType:
+            return function_reduce(self, obj)
         return super().reducer_override(obj)
 
 

@@ -76,6 +76,11 @@ class Runner:
         #: released while such a task runs (see ``Worker``)
         self.watch = ResultWatch(send, self._batch, self._data_dumps, _is_awaitable)
 
+    def share_script_globals(self) -> None:
+        """Have the script's functions that come in task data made on this
+        runner's namespace too (once per worker process)."""
+        self._script.share()
+
     def _batch(self) -> p.Writer:
         return self.results
 

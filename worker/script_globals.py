@@ -9,6 +9,10 @@ worker has one module that all of them share. So the worker moves each such
 function onto one namespace. A name it brings is added, or replaces the
 value the client sent before (the script's latest); a name that a task
 assigned in the worker keeps the worker's value.
+
+Functions of the script inside a task's data (a dask graph, a joblib batch)
+are made on that namespace as they are unpickled (``script_rebuild``), once
+the worker has called ``share``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import builtins
 import functools
 import types
 from typing import Any
+
+from distex_zmq import script_rebuild
 
 _FunctionType = types.FunctionType
 
@@ -29,6 +35,11 @@ class ScriptNamespace:
         #: name -> the value the client sent last (a value not this one was
         #: assigned by a task: it stays)
         self._sent: dict[str, Any] = {}
+
+    def share(self) -> None:
+        """Have the functions of the script that come in task data made on
+        this namespace (see ``script_rebuild.make_script_function``)."""
+        script_rebuild.script_namespace = self
 
     def adopt(self, func: Any) -> Any:
         """``func`` on this namespace if it is a function of the script (or a
@@ -55,12 +66,19 @@ class ScriptNamespace:
         new.__annotations__ = func.__annotations__
         new.__dict__.update(func.__dict__)
         done[id(func)] = new  # a function that uses itself (recursion)
+        self.bring(func.__globals__, done)
+        return new
+
+    def bring(self, values: dict[str, Any], done: dict[int, Any] | None = None) -> None:
+        """Take the globals a function of the script brings (``values``),
+        but for the names that a task assigned in this worker."""
+        ns = self.globals
         sent = self._sent
-        for name, value in func.__globals__.items():
+        done = {} if done is None else done
+        for name, value in values.items():
             if name.startswith("__") and name.endswith("__"):
                 continue
             if type(value) is _FunctionType:
                 value = done.get(id(value)) or self._function(value, done)
             if name not in ns or ns[name] is sent.get(name, ns):
                 ns[name] = sent[name] = value
-        return new

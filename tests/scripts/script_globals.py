@@ -7,6 +7,7 @@ every check holds.
 """
 
 import functools
+import operator
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -63,16 +64,27 @@ def check(executor, workers):
     last = {}
     for pid, n in bumps:
         last[pid] = n
-    seen = run_on_each(executor, count, workers)
+    seen = run_on_each(executor, workers, count)
+    assert all(seen[pid] == n for pid, n in last.items()), (bumps, seen)
+    # the script's functions inside a task's data, as dask and joblib send
+    # theirs, share them too
+    call = operator.methodcaller("__call__", 5)
+    assert executor.submit(call, predict).result() == ("model:first", 50)
+    assert executor.submit(call, functools.partial(scaled_fact, by=2)).result() == (
+        240,
+        "model:first",
+    )
+    assert executor.submit(call, Reader("k").read).result() == ("k", "model:first", 5)
+    seen = run_on_each(executor, workers, operator.methodcaller("__call__"), count)
     assert all(seen[pid] == n for pid, n in last.items()), (bumps, seen)
 
 
-def run_on_each(executor, func, workers):
-    """``func()`` on each worker: ``{pid: its value}``."""
+def run_on_each(executor, workers, func, *args):
+    """``func(*args)`` on each worker: ``{pid: its value}``."""
     if hasattr(executor, "run_on_all"):
-        return dict(executor.run_on_all(func))
+        return dict(executor.run_on_all(func, *args))
     # the control: enough tasks that each worker runs some; counts do not change
-    return dict(executor.submit(func).result() for _ in range(20 * workers))
+    return dict(executor.submit(func, *args).result() for _ in range(20 * workers))
 
 
 def main():

@@ -1,0 +1,68 @@
+"""Objects of the user's script made again where they are unpickled: the
+functions that ``script_pickler`` names in its pickles instead of
+cloudpickle's own.
+
+A function of the script inside data (a dask graph, a joblib batch) is made
+by ``make_script_function``: in a worker, on the namespace that the script's
+functions share there (``worker.script_globals`` registers it as
+``script_namespace``), so that it sees what the initializer, ``run_on_all``
+or a task set, as the functions that the pool runs do. In the client it
+keeps globals of its own, as cloudpickle makes it.
+
+It imports no module of the package, and cloudpickle only when a pickle
+that needs it is loaded.
+"""
+
+from __future__ import annotations
+
+import builtins
+import types
+from typing import Any, Protocol
+
+
+class SharedNamespace(Protocol):
+    """The globals that the script's functions share in a worker."""
+
+    globals: dict[str, Any]
+
+    def bring(self, values: dict[str, Any]) -> None:
+        """Take the globals a function brings, but for those a task assigned."""
+
+
+#: a worker's namespace for the functions of the script (set by the worker);
+#: None in the client, where those functions keep globals of their own
+script_namespace: SharedNamespace | None = None
+
+
+def make_script_function(
+    code: types.CodeType,
+    base_globals: dict[str, Any],
+    name: str | None,
+    argdefs: tuple[Any, ...] | None,
+    closure: tuple[Any, ...] | None,
+) -> types.FunctionType:
+    """cloudpickle's ``_make_function`` for a function of the script: made
+    on the worker's ``script_namespace`` if there is one, else on the
+    globals of its own that its pickle brings."""
+    namespace = script_namespace
+    if namespace is not None:
+        base_globals = namespace.globals
+    else:
+        base_globals["__builtins__"] = builtins
+    return types.FunctionType(code, base_globals, name, argdefs, closure)
+
+
+def set_script_function_state(func: types.FunctionType, state: Any) -> None:
+    """cloudpickle's ``_function_setstate`` for a function made by
+    ``make_script_function``: the globals it brings join the worker's
+    namespace as a function that the pool runs brings them."""
+    from cloudpickle import cloudpickle
+
+    namespace = script_namespace
+    if namespace is None or func.__globals__ is not namespace.globals:
+        cloudpickle._function_setstate(func, state)
+        return
+    attributes, slots = state
+    values = slots["__globals__"]
+    cloudpickle._function_setstate(func, (attributes, {**slots, "__globals__": {}}))
+    namespace.bring(values)
