@@ -11,11 +11,15 @@ which has slots and no ``__dict__``. ``class_reduce`` gives the class its
 
 A function of the script is made and given its state by
 ``script_rebuild``' functions instead of cloudpickle's, which in a worker
-make it on the namespace that the script's functions share there.
+make it on the namespace that the script's functions share there. A
+function of the script under ``functools.lru_cache`` (or ``cache``), which
+pickles by name, goes as its function and the cache's parameters; a
+``functools.cached_property`` goes as its function and name.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import types
 from typing import Any
@@ -23,7 +27,14 @@ from typing import Any
 import cloudpickle
 from cloudpickle import cloudpickle as _cloudpickle
 
-from .script_rebuild import make_script_function, set_script_function_state
+from .script_rebuild import (
+    make_cached_property,
+    make_lru_cache,
+    make_script_function,
+    set_script_function_state,
+)
+
+_LRU_CACHE_WRAPPER = functools._lru_cache_wrapper
 
 
 def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
@@ -63,8 +74,14 @@ class ScriptPickler(cloudpickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, type):
             return class_reduce(self, obj)
-        if type(obj) is types.FunctionType:
+        kind = type(obj)
+        if kind is types.FunctionType:
             return function_reduce(self, obj)
+        if kind is _LRU_CACHE_WRAPPER and getattr(obj, "__module__", None) == "__main__":
+            cache = obj.cache_parameters()
+            return make_lru_cache, (obj.__wrapped__, cache["maxsize"], cache["typed"])
+        if kind is functools.cached_property:
+            return make_cached_property, (obj.func, obj.attrname)
         return super().reducer_override(obj)
 
 

@@ -9,6 +9,10 @@ functions share there (``worker.script_globals`` registers it as
 or a task set, as the functions that the pool runs do. In the client it
 keeps globals of its own, as cloudpickle makes it.
 
+A cached function (``functools.lru_cache``, ``cache``) and a
+``functools.cached_property`` of the script are made again from their
+function.
+
 It imports no module of the package, and cloudpickle only when a pickle
 that needs it is loaded.
 """
@@ -16,6 +20,7 @@ that needs it is loaded.
 from __future__ import annotations
 
 import builtins
+import functools
 import types
 from typing import Any, Protocol
 
@@ -66,3 +71,20 @@ def set_script_function_state(func: types.FunctionType, state: Any) -> None:
     values = slots["__globals__"]
     cloudpickle._function_setstate(func, (attributes, {**slots, "__globals__": {}}))
     namespace.bring(values)
+
+
+def make_lru_cache(func: Any, maxsize: int | None, typed: bool) -> Any:
+    """``functools.lru_cache(maxsize, typed)(func)``: a cached function of
+    the script, which standard pickle sends by name only; its cache stays
+    behind."""
+    return functools.lru_cache(maxsize=maxsize, typed=typed)(func)
+
+
+def make_cached_property(func: Any, name: str | None) -> Any:
+    """A ``functools.cached_property`` of ``func``, named ``name`` as the
+    ``class`` statement names it (a class sent by value gets its attributes
+    after it is made, which names none). Before Python 3.12 one holds a lock,
+    which does not pickle."""
+    prop = functools.cached_property(func)
+    prop.attrname = name
+    return prop

@@ -7,6 +7,8 @@ the executor: ``local``, ``spawner:PORT``, ``ssh:HOST`` or ``control`` (a
 
 import dataclasses
 import enum
+import functools
+import operator
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -42,6 +44,25 @@ class Point:
 class Pair:
     left: int
     right: int
+
+
+class Circle:
+    def __init__(self, r):
+        self.r = r
+
+    @functools.cached_property
+    def area(self):
+        return 3 * self.r * self.r
+
+
+@functools.lru_cache(maxsize=16)
+def cached_square(x):
+    return x * x
+
+
+@functools.cache
+def cached_cube(x):
+    return x**3
 
 
 def mirror(point):
@@ -104,6 +125,12 @@ def check(executor, lambdas=True):
     # a class itself, as argument and result
     assert executor.submit(apply, fields_of, Job).result() == ["n", "tags"]
     assert executor.submit(apply, type, Job(1)).result() is Job
+    # cached functions (standard pickle sends them by name) and a class with
+    # a cached property (before Python 3.12 it holds a lock)
+    assert executor.submit(apply, cached_square, 3).result() == 9
+    assert executor.submit(apply, cached_cube, 2).result() == 8
+    assert executor.submit(apply, operator.attrgetter("area"), Circle(2)).result() == 12
+    assert executor.submit(apply, Circle, 3).result().area == 27
     if lambdas:
         assert executor.submit(apply, lambda x: x + 1, 1).result() == 2
         assert executor.submit(lambda j: j.n, Job(7)).result() == 7
