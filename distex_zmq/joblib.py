@@ -67,14 +67,17 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
         return self.pool
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
-        """``n_jobs``; -1 (and ``None``) is every worker of the pool, -2 all but one."""
+        """``n_jobs``; -1 (and ``None``) is every worker of the pool, -2 all
+        but one, and never less than 2: joblib runs the calls of ``n_jobs``
+        1 in the caller's process, which only an explicit ``n_jobs=1`` asks
+        for, not a pool of one worker, or of two while one is replaced."""
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         workers = self._the_pool()._max_workers
         if n_jobs is None:
-            return workers
+            return max(workers, 2)
         if n_jobs < 0:
-            return max(workers + 1 + n_jobs, 1)
+            return max(workers + 1 + n_jobs, 2)
         return n_jobs
 
     def configure(self, n_jobs: int | None = 1, parallel: Any = None, **backend_args: Any) -> int:

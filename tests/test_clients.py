@@ -168,11 +168,27 @@ def test_joblib_parallel_results_in_order(joblib_pool):
 def test_joblib_n_jobs(joblib_pool):
     assert joblib.effective_n_jobs(-1) == joblib_pool.total_workers() == 2
     assert joblib.effective_n_jobs(None) == 2
-    assert joblib.effective_n_jobs(-2) == 1
+    assert joblib.effective_n_jobs(-2) == 2  # 1 would run the calls in this process
     assert joblib.effective_n_jobs(5) == 5
+    assert joblib.effective_n_jobs(1) == 1
     # the workers of the pool run the calls, not this process
     pids = joblib.Parallel(n_jobs=-1)(joblib.delayed(client_tasks.pid)(i) for i in range(20))
     assert os.getpid() not in pids
+
+
+def test_joblib_runs_on_a_pool_of_one_worker(make_pool):
+    # joblib runs n_jobs=1 in the caller's process: -1 on a pool of one
+    # worker (or of two while one is replaced) must still mean the pool
+    import distex_zmq.joblib  # noqa: F401
+
+    pool = make_pool(1)
+    with joblib.parallel_config(backend="distex_zmq", pool=pool):
+        pids = joblib.Parallel(n_jobs=-1)(joblib.delayed(client_tasks.pid)(i) for i in range(6))
+        assert set(pids) == set(pool.run_on_all(client_tasks.pid))
+        pids = joblib.Parallel()(joblib.delayed(client_tasks.pid)(i) for i in range(6))
+        assert os.getpid() not in pids
+        # an explicit n_jobs=1 is joblib's own: no parallelism at all
+        assert joblib.Parallel(n_jobs=1)([joblib.delayed(client_tasks.pid)(0)]) == [os.getpid()]
 
 
 def test_joblib_generator_unordered(joblib_pool):
