@@ -14,6 +14,7 @@ from typing import Any
 import dill
 
 from .script_pickler import reduce_class
+from .script_rebuild import is_singledispatch, make_singledispatch, singledispatch_args
 
 
 class ScriptClassesPickler(dill.Pickler):
@@ -23,7 +24,9 @@ class ScriptClassesPickler(dill.Pickler):
     sends a module outside the standard library and site-packages (one next
     to the script) with a copy of its globals, which fails on the first one
     that does not pickle (a lock, a ``threading.local``) and otherwise
-    overwrites the worker's globals of that module at every task."""
+    overwrites the worker's globals of that module at every task. A
+    ``functools.singledispatch`` function of the script goes as its
+    implementations (its dispatch cache holds weak references)."""
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
         if isinstance(obj, type) and obj.__module__ == "__main__" and id(obj) not in self.memo:
@@ -31,6 +34,9 @@ class ScriptClassesPickler(dill.Pickler):
             if reduce is not NotImplemented:
                 self.save_reduce(*reduce, obj=obj)
                 return
+        elif is_singledispatch(obj) and id(obj) not in self.memo:
+            self.save_reduce(make_singledispatch, singledispatch_args(obj), obj=obj)
+            return
         elif (
             isinstance(obj, types.ModuleType)
             and obj.__name__ != "__main__"

@@ -14,7 +14,8 @@ A function of the script is made and given its state by
 make it on the namespace that the script's functions share there. A
 function of the script under ``functools.lru_cache`` (or ``cache``), which
 pickles by name, goes as its function and the cache's parameters; a
-``functools.cached_property`` goes as its function and name.
+``functools.cached_property`` goes as its function and name; a
+``functools.singledispatch`` function as its implementations.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ import cloudpickle
 from cloudpickle import cloudpickle as _cloudpickle
 
 from .script_rebuild import (
+    is_singledispatch,
     make_cached_property,
     make_lru_cache,
     make_script_function,
+    make_singledispatch,
     set_script_function_state,
+    singledispatch_args,
 )
 
 _LRU_CACHE_WRAPPER = functools._lru_cache_wrapper
@@ -76,6 +80,8 @@ class ScriptPickler(cloudpickle.Pickler):
             return class_reduce(self, obj)
         kind = type(obj)
         if kind is types.FunctionType:
+            if is_singledispatch(obj):
+                return make_singledispatch, singledispatch_args(obj)
             return function_reduce(self, obj)
         if kind is _LRU_CACHE_WRAPPER and getattr(obj, "__module__", None) == "__main__":
             cache = obj.cache_parameters()

@@ -13,6 +13,9 @@ A cached function (``functools.lru_cache``, ``cache``) and a
 ``functools.cached_property`` of the script are made again from their
 function.
 
+So is a ``functools.singledispatch`` function, from its implementations
+(``dill_script`` sends it so too).
+
 It imports no module of the package, and cloudpickle only when a pickle
 that needs it is loaded.
 """
@@ -88,3 +91,30 @@ def make_cached_property(func: Any, name: str | None) -> Any:
     prop = functools.cached_property(func)
     prop.attrname = name
     return prop
+
+
+def is_singledispatch(obj: Any) -> bool:
+    """Whether ``obj`` is a ``functools.singledispatch`` function of the
+    script, which neither cloudpickle nor dill can send by value (its
+    dispatch cache holds weak references)."""
+    return (
+        type(obj) is types.FunctionType
+        and obj.__module__ == "__main__"
+        and isinstance(getattr(obj, "registry", None), types.MappingProxyType)
+        and hasattr(obj, "dispatch")
+    )
+
+
+def singledispatch_args(func: Any) -> tuple[Any, ...]:
+    """What ``make_singledispatch`` makes ``func`` again from: its
+    implementations, the default one first."""
+    registry = func.registry
+    return (registry[object], [(cls, impl) for cls, impl in registry.items() if cls is not object])
+
+
+def make_singledispatch(default: Any, implementations: list[tuple[Any, Any]]) -> Any:
+    """A ``functools.singledispatch`` function with these implementations."""
+    func = functools.singledispatch(default)
+    for cls, impl in implementations:
+        func.register(cls, impl)
+    return func

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import sys
 import types
 from typing import Any
 
@@ -56,7 +57,7 @@ class ScriptNamespace:
 
     def _function(self, func: types.FunctionType, done: dict[int, Any]) -> Any:
         ns = self.globals
-        if func.__module__ != "__main__" or func.__globals__ is ns:
+        if func.__module__ != "__main__" or func.__globals__ is ns or _of_a_module(func):
             return func
         new = _FunctionType(func.__code__, ns, func.__name__, func.__defaults__, func.__closure__)
         new.__kwdefaults__ = func.__kwdefaults__
@@ -82,3 +83,12 @@ class ScriptNamespace:
                 value = done.get(id(value)) or self._function(value, done)
             if name not in ns or ns[name] is sent.get(name, ns):
                 ns[name] = sent[name] = value
+
+
+def _of_a_module(func: types.FunctionType) -> bool:
+    """Whether ``func`` runs on the globals of a module of the worker: a
+    library's wrapper of a function of the script (``functools.singledispatch``
+    makes one in the worker), named after the script's function but no
+    function of the script."""
+    module = sys.modules.get(func.__globals__.get("__name__", ""))
+    return module is not None and vars(module) is func.__globals__

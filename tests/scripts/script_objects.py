@@ -65,6 +65,21 @@ def cached_cube(x):
     return x**3
 
 
+@functools.singledispatch
+def kind_of(x):
+    return "object"
+
+
+@kind_of.register
+def _(x: int):
+    return "int"
+
+
+@kind_of.register
+def _(x: Box):
+    return "box"
+
+
 def mirror(point):
     return Point(point.y, point.x)
 
@@ -131,6 +146,10 @@ def check(executor, lambdas=True):
     assert executor.submit(apply, cached_cube, 2).result() == 8
     assert executor.submit(apply, operator.attrgetter("area"), Circle(2)).result() == 12
     assert executor.submit(apply, Circle, 3).result().area == 27
+    # a singledispatch function (its dispatch cache holds weak references)
+    assert executor.submit(apply, kind_of, 1).result() == "int"
+    assert executor.submit(kind_of, Box(1)).result() == "box"
+    assert list(executor.map(kind_of, ["s", 2])) == ["object", "int"]
     if lambdas:
         assert executor.submit(apply, lambda x: x + 1, 1).result() == 2
         assert executor.submit(lambda j: j.n, Job(7)).result() == 7
