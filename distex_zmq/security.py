@@ -36,6 +36,9 @@ _logger = logging.getLogger("distex_zmq.security")
 
 #: Environment variable that holds the shared secret.
 SECRET_ENV = "DISTEX_ZMQ_SECRET"
+#: Environment variable in which a local worker gets the client's
+#: ``multiprocessing`` key (see ``LocalLauncher``).
+MP_AUTHKEY_ENV = "DISTEX_ZMQ_MP_AUTHKEY"
 #: Shortest secret accepted: a guessable secret would make CURVE pointless.
 MIN_SECRET_BYTES = 16
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"

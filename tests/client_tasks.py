@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 
 def square(x: int) -> int:
@@ -25,3 +26,10 @@ def mark_and_sleep(folder: str, x: int, seconds: float) -> int:
 
 def pid(_: object = None) -> int:
     return os.getpid()
+
+
+def report(queue: Any, shared: Any, x: int) -> int:
+    """Put ``x`` on a ``multiprocessing.Manager``'s queue, its square in its dict."""
+    queue.put(x)
+    shared[x] = x * x
+    return x

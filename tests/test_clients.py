@@ -139,6 +139,19 @@ def test_max_workers_is_the_number_of_workers():
     pool.shutdown()
 
 
+def test_the_proxies_of_a_multiprocessing_manager_reach_it(pool):
+    # ProcessPoolExecutor code shares a Manager's Queue (for progress) and
+    # dict with its tasks: their proxies connect with the client's key
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Manager() as manager:
+        queue, shared = manager.Queue(), manager.dict()
+        futures = [pool.submit(client_tasks.report, queue, shared, i) for i in range(3)]
+        assert [f.result(timeout=30) for f in futures] == [0, 1, 2]
+        assert sorted(queue.get(timeout=10) for _ in range(3)) == [0, 1, 2]
+        assert dict(shared) == {0: 0, 1: 1, 2: 4}
+
+
 # dask and joblib on the pool, from a script
 
 

@@ -31,6 +31,20 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)  # the parent is already gone
 
 
+def _take_multiprocessing_key() -> None:
+    """Take the client's ``multiprocessing`` key that a local worker gets
+    (see ``LocalLauncher.spawn``), so that the proxies of the client's
+    ``multiprocessing.Manager`` that tasks get connect; the processes that
+    tasks start do not inherit it."""
+    from distex_zmq.security import MP_AUTHKEY_ENV
+
+    key = os.environ.pop(MP_AUTHKEY_ENV, None)
+    if key:
+        import multiprocessing.process
+
+        multiprocessing.process.current_process().authkey = bytes.fromhex(key)
+
+
 #: glibc's ``mallopt`` parameters, and the values the worker sets: the
 #: ceilings that glibc's own thresholds reach in a process that has freed a
 #: 32 MiB block (``DEFAULT_MMAP_THRESHOLD_MAX`` and twice it).
@@ -111,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the client
     _die_with_parent(args.parent_pid)
     _keep_freed_memory()
+    _take_multiprocessing_key()
 
     from distex_zmq.worker.worker import Worker
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import multiprocessing.process
 import os
 import shutil
 import signal
@@ -24,6 +25,8 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from distex_zmq.security import MP_AUTHKEY_ENV
 
 _logger = logging.getLogger("distex_zmq.launch.local")
 
@@ -212,7 +215,16 @@ class LocalLauncher:
         self._env["PYTHONUNBUFFERED"] = "1"
 
     def spawn(self, identity: bytes) -> WorkerProcess:
-        """Start one worker with this routing id, new to the pool; return it."""
+        """Start one worker with this routing id, new to the pool; return it.
+
+        The worker gets this process's ``multiprocessing`` key (the
+        client's, for local workers), as a worker that
+        ``ProcessPoolExecutor`` forks or spawns has it: the proxies of the
+        client's ``multiprocessing.Manager`` (a ``Queue`` for progress, a
+        ``dict``) passed to its tasks connect with it. It goes in the
+        environment, which only this user can read, never the command line.
+        """
+        self._env[MP_AUTHKEY_ENV] = multiprocessing.process.current_process().authkey.hex()
         cmd = [
             *die_with_parent(),
             self.python,
