@@ -77,7 +77,7 @@ class ScriptNamespace:
         sent = self._sent
         done = {} if done is None else done
         for name, value in values.items():
-            if name.startswith("__") and name.endswith("__"):
+            if name == "__builtins__":
                 continue
             if type(value) is _FunctionType:
                 value = done.get(id(value)) or self._function(value, done)

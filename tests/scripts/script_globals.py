@@ -26,6 +26,10 @@ def predict(x):
     return MODEL, x * SCALE
 
 
+def script_file():
+    return os.path.basename(__file__), __name__
+
+
 def bump():
     global COUNT
     COUNT += 1
@@ -59,6 +63,10 @@ def check(executor, workers):
     # a partial, a bound method and a recursive function see it too
     assert executor.submit(functools.partial(scaled_fact, by=2), 4).result() == (48, "model:first")
     assert executor.submit(Reader("k").read, 1).result() == ("k", "model:first", 1)
+    # the script's module attributes
+    assert executor.submit(script_file).result() == ("script_globals.py", "__main__")
+    call = operator.methodcaller("__call__")
+    assert executor.submit(call, script_file).result() == ("script_globals.py", "__main__")
     # a global a task assigns stays with its worker for the other functions
     bumps = [executor.submit(bump).result() for _ in range(6)]
     last = {}
