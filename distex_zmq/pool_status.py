@@ -36,7 +36,10 @@ class StatusMixin(PoolBase):
         return f"<Pool {up}/{configured} workers up, {state}>"
 
     def is_ready(self) -> bool:
-        """True when the workers are up and ready for tasks (see also ``ready``)."""
+        """True once the pool has started (its workers came up) and until it
+        is shut down (see also ``ready``), as in distex: a worker lost
+        meanwhile, or every host, does not change it (``status().state`` and
+        ``total_workers()`` tell what runs now)."""
         runtime = self._runtime
         return (
             runtime is not None
