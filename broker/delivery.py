@@ -151,6 +151,8 @@ class Delivery:
                 returned = [task for task in returned if not task.first]
                 self._dispatcher.hand_back(parts)
             self._dispatcher.requeue(returned)
+        if rec.spend_pending:
+            self._dispatcher.settle(rec)
         if not running:
             rec.exclusive = False
             if rec.draining and not rec.pinned:

@@ -255,8 +255,23 @@ class Dispatcher:
         limit = self._max_tasks
         if limit is not None and rec.tasks_given >= limit and not rec.draining:
             self._registry.drain(rec)
-            if self._on_spent is not None:
+            if any(task.group is not None for task in rec.running.values()):
+                rec.spend_pending = True  # they may come back unrun: ``settle``
+            elif self._on_spent is not None:
                 self._on_spent(rec)
+
+    def settle(self, rec: WorkerRecord) -> None:
+        """``rec`` got its last task while it held grouped ones: once they
+        are answered, it is spent if it ran them all, or takes tasks again
+        if some came back unrun (``uncount``)."""
+        if any(task.group is not None for task in rec.running.values()):
+            return
+        rec.spend_pending = False
+        limit = self._max_tasks
+        if limit is not None and rec.tasks_given < limit:
+            self._registry.undrain(rec)
+        elif self._on_spent is not None:
+            self._on_spent(rec)
 
     def uncount(self, rec: WorkerRecord, count: int) -> None:
         """``count`` tasks of a group came back from ``rec`` unrun: they

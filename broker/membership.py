@@ -99,6 +99,7 @@ class Membership:
         rec = registry.get(identity)
         if rec is None:
             return
+        rec.spend_pending = False  # it leaves: its count decides nothing more
         if drain and rec.ready:
             registry.drain(rec)
             if not rec.running and not rec.pinned:

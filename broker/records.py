@@ -192,6 +192,7 @@ class WorkerRecord:
         "failed",
         "draining",
         "tasks_given",
+        "spend_pending",
     )
 
     def __init__(self, identity: bytes, pid: int, host: str, capacity: int):
@@ -227,6 +228,10 @@ class WorkerRecord:
         self.draining = False
         #: tasks given to it, pinned ones aside (counted with ``max_tasks_per_child``)
         self.tasks_given = 0
+        #: it was given its last task while it held grouped ones, which may
+        #: come back unrun: whether it is spent is known once they are
+        #: answered (``Dispatcher.settle``)
+        self.spend_pending = False
 
     @property
     def free(self) -> int:

@@ -73,6 +73,15 @@ class Registry:
         rec.draining = True
         self.place(rec)
 
+    def undrain(self, rec: WorkerRecord) -> None:
+        """``rec`` takes new tasks again (a drain taken back)."""
+        if rec.draining:
+            rec.draining = False
+            if rec.ready:
+                self.ready_capacity += rec.capacity
+                self.ready_count += 1
+            self.place(rec)
+
     def ready_workers(self) -> list[WorkerRecord]:
         """The workers that may take any task (ready and not draining)."""
         return [rec for rec in self.workers.values() if rec.ready and not rec.draining]

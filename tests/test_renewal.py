@@ -127,6 +127,8 @@ def test_tasks_given_back_unrun_do_not_count(make_pool) -> None:
     pool.run(tasks.pid)  # the function is known to be tiny from here on
     per_pid = pids_of(pool, 1000)
     assert max(per_pid.values()) <= 25
-    # every worker that left ran its 25: 1000 tasks take 40 of them, and
-    # the two that run at the end
-    assert len(per_pid) <= 1000 // 25 + 2, sorted(per_pid.values())
+    # every worker that left ran its 25 (the first, 24 and the task above):
+    # 1000 tasks take 40 of them, and the two that run at the end
+    counts = sorted(per_pid.values())
+    assert len(per_pid) <= 1000 // 25 + 2, counts
+    assert len([n for n in counts if n < 24]) <= 2, counts

@@ -95,7 +95,8 @@ def test_cancel_futures_ends_a_task_requeued_after_its_worker_died(
     assert wait_until(future.running, timeout=10)
     marker.touch()
     os.kill(victim, signal.SIGKILL)
-    assert wait_until(lambda: not pid_alive(victim), timeout=10)
+    # the pool has seen the death: the task waits in the queue
+    assert wait_until(lambda: pool.status().totals.workers_lost == 1, timeout=10)
     pool.shutdown(cancel_futures=True)
     assert future.done()
     assert isinstance(future.exception(timeout=0), concurrent.futures.CancelledError)
