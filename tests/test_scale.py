@@ -5,6 +5,7 @@ that goes away."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import glob
 import os
 import resource
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,12 +27,11 @@ from tests.helpers import MakePool, child_pids, pid_alive, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.timeout(60)
-def test_a_replacement_that_cannot_start_is_tried_again(make_pool: MakePool) -> None:
-    # the client runs out of file descriptors as its worker dies: the
-    # replacement cannot be started (no pipes for it) until some are closed
-    pool = make_pool(1)
-    victim = pool.run(ft.pid)
+@contextlib.contextmanager
+def fds_used_up() -> Iterator[list[int]]:
+    """Use up the file descriptors of this process under a soft limit of at
+    most 1024; yield the list of those taken (close some to free them), and
+    give them all back after."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     filler: list[int] = []
     try:
@@ -40,6 +41,20 @@ def test_a_replacement_that_cannot_start_is_tried_again(make_pool: MakePool) -> 
                 filler.append(os.open(os.devnull, os.O_RDONLY))
         except OSError:
             pass
+        yield filler
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.timeout(60)
+def test_a_replacement_that_cannot_start_is_tried_again(make_pool: MakePool) -> None:
+    # the client runs out of file descriptors as its worker dies: the
+    # replacement cannot be started (no pipes for it) until some are closed
+    pool = make_pool(1)
+    victim = pool.run(ft.pid)
+    with fds_used_up():
         # its reaping closes its pidfd and its two pipes: too few for a new
         # worker's pipes
         os.kill(victim, signal.SIGKILL)
@@ -47,10 +62,6 @@ def test_a_replacement_that_cannot_start_is_tried_again(make_pool: MakePool) -> 
         future = pool.submit(ft.pid)
         with pytest.raises(TimeoutError):
             future.result(timeout=2)
-    finally:
-        for fd in filler:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert future.result(timeout=30) not in (victim, None)
     assert pool.run(ft.square, 7) == 49
 
@@ -142,24 +153,12 @@ def test_a_worker_hung_before_its_code_runs_dies_with_its_client(
 def test_a_resize_that_cannot_start_every_worker_adds_none(make_pool: MakePool) -> None:
     pool = make_pool(1)
     pool.run(ft.pid)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    filler: list[int] = []
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1024), hard))
-        try:
-            while True:
-                filler.append(os.open(os.devnull, os.O_RDONLY))
-        except OSError:
-            pass
+    with fds_used_up() as filler:
         # room for the pipes of one new worker, not of two
         for _ in range(8):
             os.close(filler.pop())
         with pytest.raises(OSError):
             pool.resize(4)
-    finally:
-        for fd in filler:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert pool.total_workers() == 1
     assert wait_until(lambda: len(child_pids()) == 1, timeout=10)
     assert len(pool.run_on_all(ft.pid)) == 1
