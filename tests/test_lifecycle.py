@@ -505,8 +505,8 @@ def test_shutdown_after_a_ctrl_c_interrupted_one_waits_for_the_workers(tmp_path)
 
 
 def test_a_ctrl_c_that_ends_the_program_stops_a_running_task(tmp_path):
-    # its worker used to get the grace of an orderly shutdown, in which a task
-    # shorter than that grace ran to its end after the Ctrl-C
+    # its worker gets a short grace, not the one of an orderly shutdown, in
+    # which a task shorter than that grace would run to its end
     trace = tmp_path / "ran"
     proc = _run_script(
         tmp_path,
