@@ -10,7 +10,7 @@ from the run times that workers report with each result.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from distex_zmq.wire import frames as p
@@ -362,6 +362,10 @@ class Dispatcher:
         #: already, so using it again would change nothing (a map's tasks)
         newest = None
         for task in tasks:
+            if task.refs:
+                # before the task's function, as the worker takes them
+                self._ref_entries(msg, known, task.refs)
+                newest = None
             func_id = task.func_id
             flags = task.flags if task.group is None else task.flags | p.FLAG_GROUPED
             if lone:
@@ -383,3 +387,17 @@ class Dispatcher:
                 pack(task.id, func_id, flags, func_len, data_len, len(buffers), task.skip)
             )
         return msg.frames_out()
+
+    @staticmethod
+    def _ref_entries(msg: p.Writer, known: p.RecentFunctions, refs: Sequence[p.ScriptRef]) -> None:
+        """Add the ``FLAG_REF`` entries of a task's script functions: each
+        with its pickle if the worker does not hold it (see ``wire.frames``)."""
+        pack = p.TASK_ENTRY.pack
+        for ref_id, data, buffers, held in refs:
+            if known.use(ref_id):
+                msg.entries.append(pack(0, ref_id, p.FLAG_REF, 0, 0, 0, 0))
+            else:
+                size = msg.body(data, buffers)
+                flags = p.FLAG_REF | p.FLAG_FUNC
+                msg.entries.append(pack(0, ref_id, flags, 0, size, len(buffers), held))
+                known.add(ref_id, None, held)

@@ -29,6 +29,7 @@ class Ledger:
         # buffers are views of the caller's objects, which they keep alive)
         task.func_pickle = task.data = b""
         task.buffers = []
+        task.refs = ()
         if self._barriers:
             for barrier in self._barriers:
                 barrier.waiting.discard(task.id)

@@ -99,6 +99,7 @@ class Task:
         "flush_first",
         "skip",
         "first",
+        "refs",
     )
 
     def __init__(
@@ -115,6 +116,7 @@ class Task:
         may_group: bool = False,
         *,
         index: int | None = None,
+        refs: tuple[p.ScriptRef, ...] = (),
     ):
         self.id = task_id
         self.func_id = func_id
@@ -123,6 +125,8 @@ class Task:
         #: the pickled arguments and their out-of-band buffers
         self.data = data
         self.buffers = buffers
+        #: the functions of the script that ``data`` refers to by id
+        self.refs = refs
         self.sink = sink
         #: the sink's own reference (a future, a map's sequence number), or
         #: ``INIT_TAG``

@@ -22,6 +22,8 @@ import io
 import pickle
 from typing import Any
 
+from .script_rebuild import RefSink
+
 _MAIN = b"__main__"
 
 
@@ -42,12 +44,15 @@ def dumps_main_by_value(obj: Any, protocol: int, buffer_callback: Any = None) ->
     return data
 
 
-def dumps_by_value(obj: Any, protocol: int, buffer_callback: Any = None) -> bytes:
-    """Pickle ``obj`` with ``__main__`` objects by value (cloudpickle)."""
+def dumps_by_value(
+    obj: Any, protocol: int, buffer_callback: Any = None, refs: RefSink | None = None
+) -> bytes:
+    """Pickle ``obj`` with ``__main__`` objects by value (cloudpickle); but
+    for the functions of ``__main__``, which go by id to ``refs`` if given."""
     from .script_pickler import ScriptPickler
 
     file = io.BytesIO()
-    ScriptPickler(file, protocol=protocol, buffer_callback=buffer_callback).dump(obj)
+    ScriptPickler(file, protocol=protocol, buffer_callback=buffer_callback, refs=refs).dump(obj)
     return file.getvalue()
 
 

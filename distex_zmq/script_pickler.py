@@ -16,6 +16,9 @@ function of the script under ``functools.lru_cache`` (or ``cache``), which
 pickles by name, goes as its function and the cache's parameters; a
 ``functools.cached_property`` goes as its function and name; a
 ``functools.singledispatch`` function as its implementations.
+
+In the data of a task, a function of the script goes by reference once the
+client is given a ``RefSink`` (see ``script_refs``).
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ import cloudpickle
 from cloudpickle import cloudpickle as _cloudpickle
 
 from .script_rebuild import (
+    RefSink,
     is_singledispatch,
     make_cached_property,
     make_lru_cache,
     make_script_function,
     make_singledispatch,
+    script_ref,
     set_script_function_state,
     singledispatch_args,
 )
@@ -73,7 +78,15 @@ def function_reduce(pickler: cloudpickle.Pickler, obj: types.FunctionType) -> An
 
 class ScriptPickler(cloudpickle.Pickler):
     """cloudpickle, with classes made with their ``__slots__`` and functions
-    of the script made on a worker's namespace."""
+    of the script made on a worker's namespace.
+
+    Given ``refs`` (the client pickling a task's data), a function of the
+    script goes as its id instead, ``script_ref(id)``, and ``refs`` keeps
+    what the worker needs to make it (``script_refs``)."""
+
+    def __init__(self, *args: Any, refs: RefSink | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._refs = refs
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, type):
@@ -82,7 +95,15 @@ class ScriptPickler(cloudpickle.Pickler):
         if kind is types.FunctionType:
             if is_singledispatch(obj):
                 return make_singledispatch, singledispatch_args(obj)
-            return function_reduce(self, obj)
+            reduce = function_reduce(self, obj)
+            refs = self._refs
+            if (
+                refs is not None
+                and reduce is not NotImplemented
+                and reduce[0] is make_script_function
+            ):
+                return script_ref, (refs.ref(obj, reduce),)
+            return reduce
         if kind is _LRU_CACHE_WRAPPER and getattr(obj, "__module__", None) == "__main__":
             cache = obj.cache_parameters()
             return make_lru_cache, (obj.__wrapped__, cache["maxsize"], cache["typed"])

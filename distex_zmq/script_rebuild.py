@@ -16,6 +16,11 @@ function.
 So is a ``functools.singledispatch`` function, from its implementations
 (``dill_script`` sends it so too).
 
+A function of the script that the client sends by reference
+(``script_refs``) is the call ``script_ref(id)`` in the task's pickle: the
+worker looks it up among the objects it holds by id (``held_objects``),
+made once from the pickle that came with the id's first trip there.
+
 It imports no module of the package, and cloudpickle only when a pickle
 that needs it is loaded.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 import builtins
 import functools
 import types
+from collections.abc import Callable
 from typing import Any, Protocol
 
 
@@ -35,6 +41,31 @@ class SharedNamespace(Protocol):
 
     def bring(self, values: dict[str, Any]) -> None:
         """Take the globals a function brings, but for those a task assigned."""
+
+
+class RefSink(Protocol):
+    """Where a pickler of task data puts a function of the script that goes
+    by reference (``script_refs.RefCollector``)."""
+
+    def ref(self, func: types.FunctionType, reduce: tuple[Any, ...]) -> int:
+        """The id ``func`` goes by; ``reduce``: its reduction by value."""
+
+
+#: a worker's lookup of the objects it holds by id (set by the worker); None
+#: in the client, which loads no pickle that refers to one
+held_objects: Callable[[int], Any] | None = None
+
+
+def script_ref(ref_id: int) -> Any:
+    """The function of the script that a task's pickle refers to by id, as
+    this worker made it when the id first came (see ``wire.frames``)."""
+    lookup = held_objects
+    if lookup is None:
+        raise RuntimeError(
+            f"a pickle refers to function {ref_id} of the script by id, which only a "
+            "worker of distex_zmq can load"
+        )
+    return lookup(ref_id)
 
 
 #: a worker's namespace for the functions of the script (set by the worker);

@@ -21,6 +21,7 @@ from enum import IntEnum
 from typing import Any, cast
 
 from .script_objects import PickleByValue, dill_dumps, dumps_by_value, dumps_main_by_value
+from .script_rebuild import RefSink
 from .wire.frames import RecentFunctions
 
 PROTOCOL = 5
@@ -110,8 +111,13 @@ def pickles_scalars_plainly(dumper: Callable[..., bytes]) -> bool:
     return dumper in (pickle.dumps, dumps_main_by_value)
 
 
-def dumps(obj: Any, dumper: Callable[..., bytes] = pickle.dumps) -> tuple[bytes, list[Any]]:
-    """Pickle ``obj``; return the pickle and its out-of-band buffers."""
+def dumps(
+    obj: Any, dumper: Callable[..., bytes] = pickle.dumps, refs: RefSink | None = None
+) -> tuple[bytes, list[Any]]:
+    """Pickle ``obj``; return the pickle and its out-of-band buffers.
+
+    ``refs``: the functions of ``__main__`` that ``PickleType.auto`` meets
+    go by id to it (``script_refs``) rather than by value."""
     buffers: list[Any] = []
     if type(obj) in _MAY_HOLD_LARGE_BYTES:  # a call less for other results
         obj = _bytes_out_of_band(obj)
@@ -133,7 +139,7 @@ def dumps(obj: Any, dumper: Callable[..., bytes] = pickle.dumps) -> tuple[bytes,
     # out of the handler: an error here is not shown as raised while handling
     # PickleByValue, which tells the user nothing
     buffers.clear()
-    return dumps_by_value(obj, protocol=PROTOCOL, buffer_callback=keep_large), buffers
+    return dumps_by_value(obj, PROTOCOL, keep_large, refs), buffers
 
 
 _BYTES_TYPES = (bytes, bytearray)
@@ -266,6 +272,14 @@ class FunctionCache:
         self._by_digest = RecentFunctions(max_size)
         self._next_id = 1
         self._lock = threading.Lock()
+
+    def new_id(self) -> int:
+        """An id no function has had in this pool (script functions that
+        data refers to take theirs here too: ``script_refs``)."""
+        with self._lock:
+            func_id = self._next_id
+            self._next_id += 1
+        return func_id
 
     def get(self, func: Callable[..., Any]) -> tuple[int, bytes]:
         """Return ``(function id, pickled function)``."""

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from distex_zmq.broker import ResultSink, Task
+from distex_zmq.script_refs import RefCollector, ScriptRefs
 from distex_zmq.serialization import (
     PROTOCOL,
     SCALARS,
@@ -54,6 +55,8 @@ class TaskMaker:
     def __init__(self, func_pickle: int, data_pickle: int, may_group: bool):
         #: the functions sent so far, by id
         self.functions = FunctionCache(func_pickle)
+        #: the functions of the script met in data, by id (``script_refs``)
+        self.script_refs = ScriptRefs(self.functions.new_id)
         data = pickle_module(data_pickle)
         self.data_dumps: Callable[..., bytes] = data.dumps
         self.data_loads: Callable[..., Any] = data.loads
@@ -80,16 +83,17 @@ class TaskMaker:
         """The task of ``func(*args, **kwargs)``; ``alone``: never grouped with
         other tasks (one pinned to a worker, or a template for such)."""
         func_id, func_pickle = self.functions.get(func)
+        refs = RefCollector(self.script_refs)
         try:
             if kwargs:
                 flags = p.FLAG_STAR | p.FLAG_KWARGS
-                data, buffers = dumps(call_out_of_band(args, kwargs), self.data_dumps)
+                data, buffers = dumps(call_out_of_band(args, kwargs), self.data_dumps, refs)
             else:
                 flags = p.FLAG_STAR
                 if self._plain_dumps and all(type(arg) in SCALARS for arg in args):
                     data, buffers = pickle.dumps(args, PROTOCOL), []
                 else:
-                    data, buffers = dumps(args, self.data_dumps)
+                    data, buffers = dumps(args, self.data_dumps, refs)
         except Exception as e:
             note_unpicklable(e, f"the arguments of {callable_name(func)}", self.data_dumps)
             raise
@@ -104,6 +108,7 @@ class TaskMaker:
             tag,
             callable_name(func),
             may_group=self._may_group and not alone,
+            refs=refs.taken(),
         )
 
     def copy(self, template: Task, tag: Any = None) -> Task:
@@ -118,6 +123,7 @@ class TaskMaker:
             template.sink,
             tag,
             template.name,
+            refs=template.refs,
         )
 
     def function(self, func: Callable[..., Any]) -> MappedFunction:
@@ -141,12 +147,17 @@ class TaskMaker:
         dumps_, next_id, append = self.data_dumps, self.ids.__next__, out.append
         func_id, func_pickle, name = func
         plain = self._plain_dumps
+        script_refs = self.script_refs
         buffers: list[Any]
+        refs: tuple[p.ScriptRef, ...]
         for seq, args in enumerate(inputs, first):
+            refs = ()
             if plain and type(args) in SCALARS:
                 data, buffers = pickle.dumps(args, PROTOCOL), []
             else:
-                data, buffers = dumps(args, dumps_)
+                collector = RefCollector(script_refs)
+                data, buffers = dumps(args, dumps_, collector)
+                refs = collector.taken()
             append(
                 Task(
                     next_id(),
@@ -159,5 +170,6 @@ class TaskMaker:
                     seq,
                     name,
                     index=seq,
+                    refs=refs,
                 )
             )

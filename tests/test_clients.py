@@ -156,6 +156,18 @@ def test_the_proxies_of_a_multiprocessing_manager_reach_it(pool):
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.parametrize("executor", ["control", "local"])
+def test_script_functions_in_task_data_go_to_each_worker_once(executor):
+    # a function of the script in dask's tasks, joblib's batches and partial
+    # arguments comes to each worker once, with the globals it uses: a dict
+    # that its tasks fill keeps growing in each worker, as in a worker of
+    # ProcessPoolExecutor (the control); a global rebound in the client
+    # later is not seen; a worker that replaced a lost one, or that dropped
+    # a function, is sent it again
+    assert run_script("script_refs.py", executor, timeout=140).endswith("OK\n")
+
+
+@pytest.mark.timeout(150)
 def test_dask_and_joblib_with_script_functions_use_every_worker():
     # 4 dask tasks meet at a barrier that opens only when all 4 run at once:
     # dask must size itself from the pool, not from the client's 2 CPUs

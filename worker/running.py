@@ -19,6 +19,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from distex_zmq import script_rebuild
 from distex_zmq.errors import RemoteException, SerializationError
 from distex_zmq.serialization import (
     PROTOCOL,
@@ -78,8 +79,37 @@ class Runner:
 
     def share_script_globals(self) -> None:
         """Have the script's functions that come in task data made on this
-        runner's namespace too (once per worker process)."""
+        runner's namespace too, and those that come by id looked up among
+        its functions (once per worker process)."""
         self._script.share()
+        script_rebuild.held_objects = self._script_ref
+
+    def take_ref(self, ref_id: int, pickled: Any, buffers: list[Any], held: int) -> None:
+        """A ``FLAG_REF`` entry: keep the script function ``ref_id`` made
+        from ``pickled`` (None: mark the one held as just used), as the
+        broker counts it for this worker (see ``wire.frames``)."""
+        functions = self.functions
+        if pickled is None:
+            functions.use(ref_id)  # one not held fails the task that uses it
+            return
+        try:
+            # made by script_pickler, which standard pickle loads
+            func = pickle.loads(pickled, buffers=buffers)
+        except BaseException as e:  # noqa: BLE001 - the tasks that use it fail with it
+            why = f"{type(e).__name__}: {e}{unloadable_hint('function', e, *self._pickles)}"
+            func = _Broken(why)
+        functions.add(ref_id, func, held)
+
+    def _script_ref(self, ref_id: int) -> Any:
+        """The script function ``ref_id`` that task data refers to."""
+        func = self.functions.get(ref_id)
+        if func is None:
+            raise p.ProtocolError(
+                f"the broker referred to function {ref_id} of the script, unknown here"
+            )
+        if type(func) is _Broken:
+            raise SerializationError(f"a function of the script in the task's data: {func}")
+        return func
 
     def _batch(self) -> p.Writer:
         return self.results

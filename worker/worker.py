@@ -242,6 +242,14 @@ class Worker:
             for task_id, func_id, flags, func_len, data_len, nbuffers, skip in p.task_entries(
                 buf, count
             ):
+                if flags & p.FLAG_REF:
+                    # a script function that the next task's data refers to
+                    if flags & p.FLAG_FUNC:
+                        data, buffers = reader.data(data_len, nbuffers)
+                        runner.take_ref(func_id, data, buffers, skip)
+                    else:
+                        runner.take_ref(func_id, None, [], 0)
+                    continue
                 func_pickle = reader.inline(func_len) if flags & p.FLAG_FUNC else None
                 data, buffers = reader.data(data_len, nbuffers)
                 if func_id == slow_func and flags & p.FLAG_GROUPED and func_pickle is None:

@@ -61,6 +61,16 @@ broker -> worker:
   (``probe()``): the worker does nothing with it; the broker sends it to a
   worker that holds tasks, as a send to a peer that lost its connection
   fails.
+  A task whose data refers to functions of the user's script by id
+  (``ScriptRef``, see ``script_refs``) is preceded by one ``FLAG_REF`` entry
+  per id, in the order the client listed them: task id 0, the id in the
+  function id's place, and, when the worker does not hold it
+  (``FLAG_FUNC``), the function's pickle as data (inline or the next frame)
+  with its buffers and, in ``skip``'s place, the bytes the worker counts
+  for it. Ids of functions and of script functions share one
+  ``RecentFunctions`` per worker, which both sides update entry by entry:
+  a ``FLAG_REF`` entry uses or adds its id as the task's own function
+  does, before that task's function.
 - ``STOP`` finish what runs, then exit.
 - ``REFUSE`` body = the reason, UTF-8; the worker exits with it.
 """
@@ -70,12 +80,12 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from distex_zmq.errors import ProtocolError
 
 MAGIC = b"DZMQ"
-VERSION = 3
+VERSION = 4
 
 HELLO = b"H"
 RESULT = b"R"
@@ -109,6 +119,7 @@ FLAG_FUNC = 8  # the pickled function is inline before the data
 FLAG_GROUPED = 16  # one of a group of tiny tasks that share a credit
 FLAG_FLUSH_FIRST = 32  # send the results done so far before starting this task
 FLAG_LONE = 64  # the pool's only task: poll for the next one a moment before sleeping
+FLAG_REF = 128  # not a task: a script function the next task's data refers to
 
 # result status
 STATUS_OK = 0
@@ -137,6 +148,18 @@ LONE_POLL_US = 300
 #: bound what a worker holds of the data that closures capture.
 FUNCTION_CACHE = 512
 FUNCTION_CACHE_BYTES = 64 * 1024 * 1024
+
+
+class ScriptRef(NamedTuple):
+    """A function of the user's script that task data refers to by id: its
+    pickle (by value, with the globals it uses) and out-of-band buffers,
+    sent to a worker only when it does not hold the id, and ``held``, the
+    bytes that the worker counts for it in its ``RecentFunctions``."""
+
+    ref_id: int
+    data: bytes
+    buffers: list[Any]
+    held: int
 
 
 #: What ``RecentFunctions.take`` returns for an id it does not hold, by default.

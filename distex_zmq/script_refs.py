@@ -1,0 +1,117 @@
+"""Client side: functions of the user's script inside task data, sent to
+each worker once and referred to by id after that.
+
+A function of ``__main__`` cannot be imported in a worker, so it travels by
+value, with the globals it uses. The task's own function does so once per
+worker (``FunctionCache``); one inside the task's data (a dask graph's
+function, a joblib call, a ``functools.partial`` argument) would travel
+with every task, its globals with it. So the data pickle refers to it by
+id (``script_rebuild.script_ref``), and the task carries a ``ScriptRef``
+per such function: its id, its pickle by value, and the bytes a worker
+counts for it. The broker sends a worker the pickle of an id only when
+that worker does not hold it (a new worker, one that replaced a lost one,
+one that dropped it among its least recently used), as it sends the task's
+own function (see ``wire.frames``).
+
+``ScriptRefs`` pickles each function object once per pool, the first time
+it meets it, as ``FunctionCache`` does for the task's own function: what
+its globals hold then is what every worker gets, and a change the script
+makes to them later is not sent. Pickles with the same bytes share an id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import types
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from .script_objects import dumps_by_value
+from .serialization import dumps
+from .wire.frames import RecentFunctions, ScriptRef
+
+#: Functions of the script whose pickles the client keeps, at most, and the
+#: bytes of those pickles (but for the newest; buffers out of band are views
+#: of the script's own objects and are not counted).
+REFS_KEPT = 256
+REFS_KEPT_BYTES = 256 * 1024 * 1024
+#: The most bytes a ref entry can say a worker holds for a function.
+MAX_HELD = 0xFFFFFFFF
+
+
+class ScriptRefs:
+    """The pickles of the functions of the script met in task data, by
+    function (held weakly), each with an id from ``new_id``."""
+
+    def __init__(
+        self,
+        new_id: Callable[[], int],
+        max_size: int = REFS_KEPT,
+        max_bytes: int = REFS_KEPT_BYTES,
+    ):
+        self._new_id = new_id
+        #: id(function) -> (weak reference to it, its ScriptRef)
+        self._by_func = RecentFunctions(max_size, max_bytes)
+        #: digest of a pickle -> its id
+        self._by_digest = RecentFunctions(max_size)
+        self._lock = threading.Lock()
+
+    def get(self, func: types.FunctionType, reduce: tuple[Any, ...]) -> ScriptRef:
+        """The ``ScriptRef`` of ``func``; ``reduce``: its reduction by value
+        (``script_pickler.function_reduce``)."""
+        entry = self._by_func.get(id(func))
+        if entry is not None and entry[0]() is func:
+            ref: ScriptRef = entry[1]
+            return ref
+        data, buffers = dumps(func, dumps_by_value)
+        digest = hashlib.blake2b(data, digest_size=16)
+        for buffer in buffers:
+            digest.update(buffer)
+        key = digest.digest()
+        held = min(_held_bytes(reduce), MAX_HELD)
+        with self._lock:
+            ref_id = self._by_digest.get(key)
+            if ref_id is None:
+                ref_id = self._new_id()
+            self._by_digest.add(key, ref_id, 0)
+            ref = ScriptRef(ref_id, data, buffers, held)
+            self._by_func.add(id(func), (weakref.ref(func), ref), len(data))
+        return ref
+
+    def __len__(self) -> int:
+        return len(self._by_func)
+
+
+def _held_bytes(reduce: tuple[Any, ...]) -> int:
+    """The bytes a worker counts for a function of the script: the size of
+    its pickle without the globals it brings, which join the namespace that
+    the script's functions share in the worker (one value a name, held
+    whether or not the function is) and so do not count. Its code, defaults
+    and closure do: a closure that captured a large object is let go when
+    the worker drops the function."""
+    state, slots = reduce[2]
+    data, buffers = dumps((reduce[1], state, {**slots, "__globals__": {}}), dumps_by_value)
+    return len(data) + sum(memoryview(buffer).nbytes for buffer in buffers)
+
+
+class RefCollector:
+    """The ``ScriptRef`` objects that one task's data refers to, in the
+    order the pickler met them (the order the worker is sent them in)."""
+
+    __slots__ = ("_cache", "refs")
+
+    def __init__(self, cache: ScriptRefs):
+        self._cache = cache
+        self.refs: dict[int, ScriptRef] = {}
+
+    def ref(self, func: types.FunctionType, reduce: tuple[Any, ...]) -> int:
+        """The id that ``func`` goes by in the task's pickle."""
+        ref = self._cache.get(func, reduce)
+        self.refs.setdefault(ref.ref_id, ref)
+        return ref.ref_id
+
+    def taken(self) -> tuple[ScriptRef, ...]:
+        """The refs collected, for the task."""
+        return tuple(self.refs.values()) if self.refs else ()

@@ -1,0 +1,146 @@
+"""Functions of the user's script inside task data, each sent to a worker
+once, run as ``python script_refs.py EXECUTOR`` (``__main__`` is this file).
+
+EXECUTOR is ``local`` (a ``Pool`` of 2) or ``control`` (a
+``ProcessPoolExecutor`` of 2, whose workers hold one copy of this module
+each). The functions reach the workers inside dask's tasks, joblib's
+batches (``local`` only) and ``functools.partial`` arguments. Prints ``OK``
+when every check holds.
+"""
+
+import functools
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import dask
+
+#: a large global that the tasks read
+TABLE = bytes(range(256)) * (2 * 4096)
+#: a dict that the tasks fill in place, in each worker
+SEEN = {}
+SCALE = 10
+
+
+def note(i):
+    SEEN[len(SEEN)] = i
+    return os.getpid(), len(SEEN), TABLE[i] * SCALE
+
+
+def call(f, *args):
+    return f(*args)
+
+
+def crash():
+    os._exit(3)
+
+
+def make_reader(megabytes, tag):
+    """A closure that holds ``megabytes`` of its own."""
+    blob = bytes([tag]) * (megabytes << 20)
+    return lambda i: (blob[i], len(blob) >> 20)
+
+
+def filled_in_order(results, expect):
+    """Each worker's dict kept what its earlier tasks put in it: its sizes
+    are 1, 2, 3, ... in the order of its tasks, as in a worker of
+    ``ProcessPoolExecutor``, where one copy of the module serves all of them."""
+    sizes = {}
+    for i, (pid, size, value) in enumerate(results):
+        assert value == expect(i), (i, value)
+        sizes.setdefault(pid, []).append(size)
+    for seen in sizes.values():
+        first = min(seen)
+        assert sorted(seen) == list(range(first, first + len(seen))), sizes
+    return sizes
+
+
+def through_dask(executor, count):
+    with dask.config.set(scheduler=executor):
+        return dask.compute(*[dask.delayed(note)(i) for i in range(count)])
+
+
+def through_partials(executor, count):
+    futures = [executor.submit(call, functools.partial(note, i)) for i in range(count)]
+    return [f.result() for f in futures]
+
+
+def through_joblib(pool, count):
+    import joblib
+
+    import distex_zmq.joblib  # noqa: F401 - registers the backend
+
+    with joblib.parallel_config(backend="distex_zmq", pool=pool):
+        return joblib.Parallel(n_jobs=2, batch_size=1)(
+            joblib.delayed(note)(i) for i in range(count)
+        )
+
+
+def check(executor, local):
+    global SCALE
+    expect = lambda i: TABLE[i] * 10  # noqa: E731
+    sizes = filled_in_order(through_dask(executor, 30), expect)
+    # each worker's dict keeps growing: the function, and the dict it
+    # brought, came to each worker once
+    runs = {pid: max(seen) for pid, seen in sizes.items()}
+    later = filled_in_order(through_partials(executor, 20), expect)
+    assert any(min(seen) > runs.get(pid, 0) for pid, seen in later.items()), (runs, later)
+    if local:
+        filled_in_order(through_joblib(executor, 20), expect)
+    # a global rebound in the client after the function went out is not
+    # seen: the workers hold what it brought on its first trip
+    SCALE = 1
+    assert {value for _, _, value in through_dask(executor, 10)} == {
+        TABLE[i] * 10 for i in range(10)
+    }
+    SCALE = 10
+    if not local:
+        return
+    # a worker that replaces a lost one gets the function on its first task
+    pids = {pid for pid, _, _ in executor.run_on_all(call, functools.partial(note, 0))}
+    lost = executor.submit(crash)
+    try:
+        lost.result()
+    except Exception:  # noqa: BLE001 - the worker died: its task fails
+        pass
+    else:
+        raise AssertionError("the crash ran to its end")
+    deadline = time.monotonic() + 60
+    while not replaced(executor, pids):
+        assert time.monotonic() < deadline, executor.status()
+        time.sleep(0.05)
+    results = executor.run_on_all(call, functools.partial(note, 5))
+    assert [value for _, _, value in results] == [expect(5)] * 2, results
+    assert {pid for pid, _, _ in results} - pids, (pids, results)
+    # closures that hold more than a worker keeps: the one dropped for the
+    # other is sent again when a task needs it
+    first, second = make_reader(40, 1), make_reader(40, 2)
+    for reader, tag in [(first, 1), (second, 2), (first, 1), (second, 2), (first, 1)]:
+        futures = [executor.submit(call, reader, i) for i in range(4)]
+        assert [f.result() for f in futures] == [(tag, 40)] * 4
+
+
+def replaced(pool, pids):
+    """Whether a worker not among ``pids`` is ready, beside another."""
+    ready = {w.pid for w in pool.status().workers if w.state == "ready"}
+    return len(ready) == 2 and ready - pids
+
+
+def main():
+    kind = sys.argv[1]
+    if kind == "control":
+        with ProcessPoolExecutor(2) as executor:
+            check(executor, local=False)
+    elif kind == "local":
+        from distex_zmq import Pool
+
+        with Pool(2, max_retries=0) as pool:
+            check(pool, local=True)
+    else:
+        raise SystemExit(f"unknown executor {kind}")
+    print("OK")
+
+
+if __name__ == "__main__":
+    main()
