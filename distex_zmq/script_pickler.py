@@ -95,8 +95,12 @@ class ScriptPickler(cloudpickle.Pickler):
         if kind is types.FunctionType:
             if is_singledispatch(obj):
                 return make_singledispatch, singledispatch_args(obj)
-            reduce = function_reduce(self, obj)
             refs = self._refs
+            if refs is not None:
+                ref_id = refs.known(obj)
+                if ref_id:  # met before: no need to reduce it again
+                    return script_ref, (ref_id,)
+            reduce = function_reduce(self, obj)
             if (
                 refs is not None
                 and reduce is not NotImplemented

@@ -47,6 +47,9 @@ class RefSink(Protocol):
     """Where a pickler of task data puts a function of the script that goes
     by reference (``script_refs.RefCollector``)."""
 
+    def known(self, func: types.FunctionType) -> int:
+        """The id ``func`` goes by if it went by one before, else 0."""
+
     def ref(self, func: types.FunctionType, reduce: tuple[Any, ...]) -> int:
         """The id ``func`` goes by; ``reduce``: its reduction by value."""
 

@@ -58,12 +58,19 @@ class ScriptRefs:
         self._by_digest = RecentFunctions(max_size)
         self._lock = threading.Lock()
 
-    def get(self, func: types.FunctionType, reduce: tuple[Any, ...]) -> ScriptRef:
-        """The ``ScriptRef`` of ``func``; ``reduce``: its reduction by value
-        (``script_pickler.function_reduce``)."""
+    def known(self, func: types.FunctionType) -> ScriptRef | None:
+        """The ``ScriptRef`` of ``func`` if it has one already."""
         entry = self._by_func.get(id(func))
         if entry is not None and entry[0]() is func:
             ref: ScriptRef = entry[1]
+            return ref
+        return None
+
+    def get(self, func: types.FunctionType, reduce: tuple[Any, ...]) -> ScriptRef:
+        """The ``ScriptRef`` of ``func``, made if it has none; ``reduce``: its
+        reduction by value (``script_pickler.function_reduce``)."""
+        ref = self.known(func)
+        if ref is not None:
             return ref
         data, buffers = dumps(func, dumps_by_value)
         digest = hashlib.blake2b(data, digest_size=16)
@@ -105,6 +112,14 @@ class RefCollector:
     def __init__(self, cache: ScriptRefs):
         self._cache = cache
         self.refs: dict[int, ScriptRef] = {}
+
+    def known(self, func: types.FunctionType) -> int:
+        """The id that ``func`` goes by if it has one already, else 0."""
+        ref = self._cache.known(func)
+        if ref is None:
+            return 0
+        self.refs.setdefault(ref.ref_id, ref)
+        return ref.ref_id
 
     def ref(self, func: types.FunctionType, reduce: tuple[Any, ...]) -> int:
         """The id that ``func`` goes by in the task's pickle."""
