@@ -43,6 +43,9 @@ class TaskPart(Task):
             chunk.tag,
             chunk.name,
             index=chunk.index,
+            # the chunk's function may name script functions by id: the
+            # worker that takes the part may not hold them yet
+            refs=chunk.refs,
         )
         self.first = first
 

@@ -7,14 +7,22 @@ not import dill.
 from __future__ import annotations
 
 import importlib
+import io
 import sys
 import types
 from typing import Any
 
 import dill
 
-from .script_pickler import reduce_class
-from .script_rebuild import is_singledispatch, make_singledispatch, singledispatch_args
+from .script_pickler import ScriptPickler, function_reduce, reduce_class
+from .script_rebuild import (
+    RefSink,
+    is_singledispatch,
+    make_script_function,
+    make_singledispatch,
+    script_ref,
+    singledispatch_args,
+)
 
 
 class ScriptClassesPickler(dill.Pickler):
@@ -26,7 +34,21 @@ class ScriptClassesPickler(dill.Pickler):
     that does not pickle (a lock, a ``threading.local``) and otherwise
     overwrites the worker's globals of that module at every task. A
     ``functools.singledispatch`` function of the script goes as its
-    implementations (its dispatch cache holds weak references)."""
+    implementations (its dispatch cache holds weak references).
+
+    Given ``refs``, a function of the script inside the object pickled (a
+    ``functools.partial``'s function, a bound method's) goes by id, as in
+    task data (``script_refs``); the object itself, if a function, goes by
+    value."""
+
+    def __init__(self, *args: Any, refs: RefSink | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._refs = refs
+        self._top: Any = None
+
+    def dump(self, obj: Any) -> None:
+        self._top = obj
+        super().dump(obj)
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
         if isinstance(obj, type) and obj.__module__ == "__main__" and id(obj) not in self.memo:
@@ -38,6 +60,17 @@ class ScriptClassesPickler(dill.Pickler):
             self.save_reduce(make_singledispatch, singledispatch_args(obj), obj=obj)
             return
         elif (
+            self._refs is not None
+            and type(obj) is types.FunctionType
+            and obj is not self._top
+            and obj.__module__ == "__main__"
+            and id(obj) not in self.memo
+        ):
+            ref_id = self._ref(obj)
+            if ref_id:
+                self.save_reduce(script_ref, (ref_id,), obj=obj)
+                return
+        elif (
             isinstance(obj, types.ModuleType)
             and obj.__name__ != "__main__"
             and sys.modules.get(obj.__name__) is obj
@@ -45,3 +78,15 @@ class ScriptClassesPickler(dill.Pickler):
             self.save_reduce(importlib.import_module, (obj.__name__,), obj=obj)
             return
         super().save(obj, save_persistent_id)
+
+    def _ref(self, func: types.FunctionType) -> int:
+        """The id ``func`` goes by; 0 if it goes by value here (one that
+        cloudpickle would send by reference)."""
+        assert self._refs is not None
+        ref_id = self._refs.known(func)
+        if ref_id:
+            return ref_id
+        reduce = function_reduce(ScriptPickler(io.BytesIO(), protocol=self.proto), func)
+        if reduce is NotImplemented or reduce[0] is not make_script_function:
+            return 0
+        return self._refs.ref(func, reduce)

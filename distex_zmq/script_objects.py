@@ -56,11 +56,12 @@ def dumps_by_value(
     return file.getvalue()
 
 
-def dill_dumps(obj: Any, protocol: int) -> bytes:
+def dill_dumps(obj: Any, protocol: int, refs: RefSink | None = None) -> bytes:
     """``dill.dumps(obj, recurse=True)`` with classes of ``__main__`` by
-    cloudpickle's rules (see ``dill_script.ScriptClassesPickler``)."""
+    cloudpickle's rules (see ``dill_script.ScriptClassesPickler``); the
+    functions of ``__main__`` inside ``obj`` go by id to ``refs`` if given."""
     from .dill_script import ScriptClassesPickler
 
     file = io.BytesIO()
-    ScriptClassesPickler(file, protocol, recurse=True).dump(obj)
+    ScriptClassesPickler(file, protocol, recurse=True, refs=refs).dump(obj)
     return file.getvalue()

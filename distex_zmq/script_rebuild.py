@@ -53,6 +53,9 @@ class RefSink(Protocol):
     def ref(self, func: types.FunctionType, reduce: tuple[Any, ...]) -> int:
         """The id ``func`` goes by; ``reduce``: its reduction by value."""
 
+    def taken(self) -> tuple[Any, ...]:
+        """What the functions that went by id need in a worker (``ScriptRef``)."""
+
 
 #: a worker's lookup of the objects it holds by id (set by the worker); None
 #: in the client, which loads no pickle that refers to one

@@ -104,14 +104,16 @@ def _held_bytes(reduce: tuple[Any, ...]) -> int:
 
 
 class RefCollector:
-    """The ``ScriptRef`` objects that one task's data refers to, in the
-    order the pickler met them (the order the worker is sent them in)."""
+    """The ``ScriptRef`` objects that one task's function or data refers
+    to, in the order the pickler met them (the order the worker is sent
+    them in)."""
 
     __slots__ = ("_cache", "refs")
 
-    def __init__(self, cache: ScriptRefs):
+    def __init__(self, cache: ScriptRefs, first: tuple[ScriptRef, ...] = ()):
         self._cache = cache
-        self.refs: dict[int, ScriptRef] = {}
+        #: by id; ``first``: those of the task's own function, sent before
+        self.refs: dict[int, ScriptRef] = {ref.ref_id: ref for ref in first}
 
     def known(self, func: types.FunctionType) -> int:
         """The id that ``func`` goes by if it has one already, else 0."""

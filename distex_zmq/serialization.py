@@ -250,6 +250,12 @@ class FunctionCache:
     pickle, as dill would, only many times faster; the rest (lambdas,
     closures, anything of ``__main__``) by dill. cloudpickle is always used
     when chosen: it can be told to pickle importable modules by value.
+
+    With dill, a function of the script inside the function pickled (a
+    ``functools.partial``'s, a bound method's) goes by id once
+    ``collector`` is set, as in task data (``script_refs``): a partial made
+    anew for each call is pickled small, and the function it wraps, with
+    its globals, travels to each worker once.
     """
 
     def __init__(self, func_pickle: int, max_size: int = 1024, max_bytes: int = 64 << 20):
@@ -272,6 +278,9 @@ class FunctionCache:
         self._by_digest = RecentFunctions(max_size)
         self._next_id = 1
         self._lock = threading.Lock()
+        #: makes the ``RefSink`` that a function's pickle puts the functions
+        #: of the script inside it in (set by the pool: ``script_refs``)
+        self.collector: Callable[[], RefSink] | None = None
 
     def new_id(self) -> int:
         """An id no function has had in this pool (script functions that
@@ -283,12 +292,21 @@ class FunctionCache:
 
     def get(self, func: Callable[..., Any]) -> tuple[int, bytes]:
         """Return ``(function id, pickled function)``."""
+        func_id, pickled, _ = self.get_with_refs(func)
+        return func_id, pickled
+
+    def get_with_refs(self, func: Callable[..., Any]) -> tuple[int, bytes, tuple[Any, ...]]:
+        """Return ``(function id, pickled function, its refs)``: the
+        ``ScriptRef`` objects of the functions of the script inside it (a
+        partial's, a bound method's), which its pickle names by id when
+        ``collector`` is set and functions are pickled with dill."""
         entry = self._by_func.get(id(func))
         if entry is not None and entry[0]() is func:
-            return entry[1], entry[2]
+            return entry[1], entry[2], entry[3]
         _checked_callable(func)
+        refs = self.collector() if self.collector is not None and self._plain_first else None
         try:
-            pickled = self._pickle(func)
+            pickled = self._pickle(func, refs)
         except Exception as e:
             if hasattr(e, "add_note"):  # Python 3.11+
                 name = getattr(func, "__qualname__", None) or repr(func)
@@ -309,10 +327,11 @@ class FunctionCache:
                 func_id = self._next_id
                 self._next_id += 1
             self._by_digest.add(digest, func_id, 0)
-            self._by_func.add(id(func), (ref, func_id, pickled), len(pickled))
-        return func_id, pickled
+            taken = () if refs is None else refs.taken()
+            self._by_func.add(id(func), (ref, func_id, pickled, taken), len(pickled))
+        return func_id, pickled, taken
 
-    def _pickle(self, func: Callable[..., Any]) -> bytes:
+    def _pickle(self, func: Callable[..., Any], refs: RefSink | None) -> bytes:
         if self._plain_first:
             try:
                 pickled = pickle.dumps(func, protocol=PROTOCOL)
@@ -321,6 +340,7 @@ class FunctionCache:
             else:
                 if b"__main__" not in pickled:
                     return pickled
+            return dill_dumps(func, PROTOCOL, refs)
         return self._dumps(func, protocol=PROTOCOL)
 
     def __len__(self) -> int:

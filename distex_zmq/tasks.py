@@ -6,6 +6,7 @@ pickler and its task ids, and pickles each call in the caller's thread.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import pickle
 from collections.abc import Callable
@@ -41,6 +42,8 @@ class MappedFunction(NamedTuple):
     func_id: int
     func_pickle: bytes
     name: str
+    #: the functions of the script inside it, which its pickle names by id
+    refs: tuple[p.ScriptRef, ...] = ()
 
 
 class TaskMaker:
@@ -57,6 +60,7 @@ class TaskMaker:
         self.functions = FunctionCache(func_pickle)
         #: the functions of the script met in data, by id (``script_refs``)
         self.script_refs = ScriptRefs(self.functions.new_id)
+        self.functions.collector = functools.partial(RefCollector, self.script_refs)
         data = pickle_module(data_pickle)
         self.data_dumps: Callable[..., bytes] = data.dumps
         self.data_loads: Callable[..., Any] = data.loads
@@ -82,18 +86,21 @@ class TaskMaker:
     ) -> Task:
         """The task of ``func(*args, **kwargs)``; ``alone``: never grouped with
         other tasks (one pinned to a worker, or a template for such)."""
-        func_id, func_pickle = self.functions.get(func)
-        refs = RefCollector(self.script_refs)
+        func_id, func_pickle, refs = self.functions.get_with_refs(func)
         try:
             if kwargs:
                 flags = p.FLAG_STAR | p.FLAG_KWARGS
-                data, buffers = dumps(call_out_of_band(args, kwargs), self.data_dumps, refs)
+                collector = RefCollector(self.script_refs, refs)
+                data, buffers = dumps(call_out_of_band(args, kwargs), self.data_dumps, collector)
+                refs = collector.taken()
             else:
                 flags = p.FLAG_STAR
                 if self._plain_dumps and all(type(arg) in SCALARS for arg in args):
                     data, buffers = pickle.dumps(args, PROTOCOL), []
                 else:
-                    data, buffers = dumps(args, self.data_dumps, refs)
+                    collector = RefCollector(self.script_refs, refs)
+                    data, buffers = dumps(args, self.data_dumps, collector)
+                    refs = collector.taken()
         except Exception as e:
             note_unpicklable(e, f"the arguments of {callable_name(func)}", self.data_dumps)
             raise
@@ -108,7 +115,7 @@ class TaskMaker:
             tag,
             callable_name(func),
             may_group=self._may_group and not alone,
-            refs=refs.taken(),
+            refs=refs,
         )
 
     def copy(self, template: Task, tag: Any = None) -> Task:
@@ -128,8 +135,8 @@ class TaskMaker:
 
     def function(self, func: Callable[..., Any]) -> MappedFunction:
         """``func`` pickled (or found in the cache) for ``map_tasks``."""
-        func_id, func_pickle = self.functions.get(func)
-        return MappedFunction(func_id, func_pickle, callable_name(func))
+        func_id, func_pickle, refs = self.functions.get_with_refs(func)
+        return MappedFunction(func_id, func_pickle, callable_name(func), refs)
 
     def map_tasks(
         self,
@@ -145,17 +152,17 @@ class TaskMaker:
         cannot be pickled raises, with the tasks before it in ``out`` (the
         map notes which input it was)."""
         dumps_, next_id, append = self.data_dumps, self.ids.__next__, out.append
-        func_id, func_pickle, name = func
+        func_id, func_pickle, name, func_refs = func
         plain = self._plain_dumps
         script_refs = self.script_refs
         buffers: list[Any]
         refs: tuple[p.ScriptRef, ...]
         for seq, args in enumerate(inputs, first):
-            refs = ()
+            refs = func_refs
             if plain and type(args) in SCALARS:
                 data, buffers = pickle.dumps(args, PROTOCOL), []
             else:
-                collector = RefCollector(script_refs)
+                collector = RefCollector(script_refs, func_refs)
                 data, buffers = dumps(args, dumps_, collector)
                 refs = collector.taken()
             append(

@@ -4,7 +4,8 @@ once, run as ``python script_refs.py EXECUTOR`` (``__main__`` is this file).
 EXECUTOR is ``local`` (a ``Pool`` of 2) or ``control`` (a
 ``ProcessPoolExecutor`` of 2, whose workers hold one copy of this module
 each). The functions reach the workers inside dask's tasks, joblib's
-batches (``local`` only) and ``functools.partial`` arguments. Prints ``OK``
+batches (``local`` only), ``functools.partial`` arguments and partials
+submitted as the function to run. Prints ``OK``
 when every check holds.
 """
 
@@ -30,6 +31,11 @@ def note(i):
 
 def call(f, *args):
     return f(*args)
+
+
+def slow(i, by):
+    time.sleep(0.002)
+    return os.getpid(), TABLE[i] * by
 
 
 def crash():
@@ -66,6 +72,11 @@ def through_partials(executor, count):
     return [f.result() for f in futures]
 
 
+def through_partial_functions(executor, count):
+    futures = [executor.submit(functools.partial(note, i)) for i in range(count)]
+    return [f.result() for f in futures]
+
+
 def through_joblib(pool, count):
     import joblib
 
@@ -86,8 +97,15 @@ def check(executor, local):
     runs = {pid: max(seen) for pid, seen in sizes.items()}
     later = filled_in_order(through_partials(executor, 20), expect)
     assert any(min(seen) > runs.get(pid, 0) for pid, seen in later.items()), (runs, later)
+    runs = {pid: max(seen) for pid, seen in later.items()}
+    later = filled_in_order(through_partial_functions(executor, 20), expect)
+    assert any(min(seen) > runs.get(pid, 0) for pid, seen in later.items()), (runs, later)
     if local:
         filled_in_order(through_joblib(executor, 20), expect)
+    # one chunk of a map whose function is a partial: the inputs it hands
+    # back run on the other worker, which needs the function too
+    mapped = list(executor.map(functools.partial(slow, by=3), range(200), chunksize=200))
+    assert [value for _, value in mapped] == [TABLE[i] * 3 for i in range(200)]
     # a global rebound in the client after the function went out is not
     # seen: the workers hold what it brought on its first trip
     SCALE = 1
