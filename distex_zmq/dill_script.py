@@ -68,7 +68,7 @@ class ScriptClassesPickler(dill.Pickler):
         ):
             ref_id = self._ref(obj)
             if ref_id:
-                self.save_reduce(script_ref, (ref_id,), obj=obj)
+                self.save_reduce(script_ref, (ref_id, obj.__qualname__), obj=obj)
                 return
         elif (
             isinstance(obj, types.ModuleType)

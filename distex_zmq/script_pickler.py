@@ -99,14 +99,14 @@ class ScriptPickler(cloudpickle.Pickler):
             if refs is not None:
                 ref_id = refs.known(obj)
                 if ref_id:  # met before: no need to reduce it again
-                    return script_ref, (ref_id,)
+                    return script_ref, (ref_id, obj.__qualname__)
             reduce = function_reduce(self, obj)
             if (
                 refs is not None
                 and reduce is not NotImplemented
                 and reduce[0] is make_script_function
             ):
-                return script_ref, (refs.ref(obj, reduce),)
+                return script_ref, (refs.ref(obj, reduce), obj.__qualname__)
             return reduce
         if kind is _LRU_CACHE_WRAPPER and getattr(obj, "__module__", None) == "__main__":
             cache = obj.cache_parameters()

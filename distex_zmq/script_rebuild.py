@@ -59,19 +59,20 @@ class RefSink(Protocol):
 
 #: a worker's lookup of the objects it holds by id (set by the worker); None
 #: in the client, which loads no pickle that refers to one
-held_objects: Callable[[int], Any] | None = None
+held_objects: Callable[[int, str], Any] | None = None
 
 
-def script_ref(ref_id: int) -> Any:
-    """The function of the script that a task's pickle refers to by id, as
-    this worker made it when the id first came (see ``wire.frames``)."""
+def script_ref(ref_id: int, name: str = "?") -> Any:
+    """The function of the script that a task's pickle refers to by id
+    (``name``, its qualified name, for errors), as this worker made it when
+    the id first came (see ``wire.frames``)."""
     lookup = held_objects
     if lookup is None:
         raise RuntimeError(
-            f"a pickle refers to function {ref_id} of the script by id, which only a "
+            f"a pickle refers to the function {name} of the script by id, which only a "
             "worker of distex_zmq can load"
         )
-    return lookup(ref_id)
+    return lookup(ref_id, name)
 
 
 #: a worker's namespace for the functions of the script (set by the worker);

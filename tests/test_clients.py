@@ -163,7 +163,8 @@ def test_script_functions_in_task_data_go_to_each_worker_once(executor):
     # that its tasks fill keeps growing in each worker, as in a worker of
     # ProcessPoolExecutor (the control); a global rebound in the client
     # later is not seen; a worker that replaced a lost one, or that dropped
-    # a function, is sent it again
+    # a function, is sent it again; one that does not unpickle in the worker
+    # fails the tasks that use it, with its name and the cause
     assert run_script("script_refs.py", executor, timeout=140).endswith("OK\n")
 
 

@@ -100,15 +100,20 @@ class Runner:
             func = _Broken(why)
         functions.add(ref_id, func, held)
 
-    def _script_ref(self, ref_id: int) -> Any:
-        """The script function ``ref_id`` that task data refers to."""
+    def _script_ref(self, ref_id: int, name: str) -> Any:
+        """The script function ``ref_id`` (``name``) that a task's data or
+        function refers to."""
         func = self.functions.get(ref_id)
         if func is None:
             raise p.ProtocolError(
-                f"the broker referred to function {ref_id} of the script, unknown here"
+                f"the broker referred to the function {name} of the script (id {ref_id}), "
+                "unknown here"
             )
         if type(func) is _Broken:
-            raise SerializationError(f"a function of the script in the task's data: {func}")
+            raise SerializationError(
+                f"the function {name} of the script, sent by value once to this worker, "
+                f"did not unpickle here: {func}"
+            )
         return func
 
     def _batch(self) -> p.Writer:

@@ -42,6 +42,26 @@ def crash():
     os._exit(3)
 
 
+class ClientOnly:
+    """Pickles in the client, fails to unpickle anywhere else."""
+
+    def __reduce__(self):
+        return client_only, (os.getpid(),)
+
+
+def client_only(pid):
+    if os.getpid() != pid:
+        raise RuntimeError("a ClientOnly loads only in the client")
+    return ClientOnly()
+
+
+HANDLE = ClientOnly()
+
+
+def use_handle(x):
+    return HANDLE, x
+
+
 def make_reader(megabytes, tag):
     """A closure that holds ``megabytes`` of its own."""
     blob = bytes([tag]) * (megabytes << 20)
@@ -131,6 +151,19 @@ def check(executor, local):
     results = executor.run_on_all(call, functools.partial(note, 5))
     assert [value for _, _, value in results] == [expect(5)] * 2, results
     assert {pid for pid, _, _ in results} - pids, (pids, results)
+    # a function whose globals do not load in the worker fails each task
+    # that uses it, with the cause; the worker goes on with the others
+    for _ in range(2):
+        try:
+            executor.submit(call, use_handle, 1).result()
+        except Exception as e:  # noqa: BLE001
+            text = str(e)
+        else:
+            raise AssertionError("use_handle ran")
+        assert "could not unpickle the arguments of task" in text, text
+        assert "the function use_handle of the script" in text, text
+        assert "a ClientOnly loads only in the client" in text, text
+        assert executor.submit(call, functools.partial(note, 2)).result()[2] == expect(2)
     # closures that hold more than a worker keeps: the one dropped for the
     # other is sent again when a task needs it
     first, second = make_reader(40, 1), make_reader(40, 2)
