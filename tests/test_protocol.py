@@ -26,6 +26,7 @@ import zmq
 from distex_zmq.broker import Broker, Task, WorkerRecord
 
 from distex_zmq import DistexError, Pool, PoolClosedError, ProtocolError
+from distex_zmq.script_rebuild import script_ref
 from distex_zmq.serialization import dumps, loads
 from distex_zmq.version import __version__
 from distex_zmq.wire import frames as p
@@ -257,6 +258,70 @@ def test_worker_runs_a_task_sent_by_the_protocol(fake_broker):
     fake_broker.send(identity, task_message(43, tasks.square, (8,), send_func=False))
     _, frames = fake_broker.recv()
     assert read_results(frames) == [(43, p.STATUS_OK, 64)]
+    fake_broker.send(identity, p.control(p.STOP))
+    code, stderr = fake_broker.close()
+    assert code == 0, stderr
+
+
+class _ByRef:
+    """Pickles as ``script_ref(ref_id, name)``, as the client names a
+    function of the script in task data."""
+
+    def __init__(self, ref_id: int, name: str):
+        self.ref_id, self.name = ref_id, name
+
+    def __reduce__(self):
+        return script_ref, (self.ref_id, self.name)
+
+
+def ref_entry(writer: p.Writer, ref_id: int, value: object = None, held: int = 10) -> None:
+    """Add a ``FLAG_REF`` entry: with ``value``'s pickle, or a use of ``ref_id``."""
+    if value is None:
+        writer.entries.append(p.TASK_ENTRY.pack(0, ref_id, p.FLAG_REF, 0, 0, 0, 0))
+        return
+    size = writer.body(pickle.dumps(value, protocol=5), [])
+    flags = p.FLAG_REF | p.FLAG_FUNC
+    writer.entries.append(p.TASK_ENTRY.pack(0, ref_id, flags, 0, size, 0, held))
+
+
+def call_message(task_id: int, refs: list, arg: object, send_func: bool) -> list:
+    """A TASK message: ``refs`` (``(ref_id, value or None)``) then the task
+    ``apply(arg, 6)``."""
+    writer = p.Writer(p.TASK)
+    for ref_id, value in refs:
+        ref_entry(writer, ref_id, value)
+    flags = p.FLAG_STAR
+    func_pickle = b""
+    if send_func:
+        flags |= p.FLAG_FUNC
+        func_pickle = dill.dumps(tasks.apply, protocol=5)
+        writer.inline.append(func_pickle)
+    data, buffers = dumps((arg, 6))
+    size = writer.body(data, buffers)
+    writer.entries.append(
+        p.TASK_ENTRY.pack(task_id, 1, flags, len(func_pickle), size, len(buffers), 0)
+    )
+    return writer.frames_out()
+
+
+def test_worker_keeps_what_a_ref_entry_brings_and_finds_it_by_id(fake_broker):
+    identity, _ = fake_broker.recv()
+    # the first task brings the function's pickle; the next names its id only
+    fake_broker.send(identity, call_message(42, [(7, tasks.square)], _ByRef(7, "sq"), True))
+    _, frames = fake_broker.recv()
+    assert read_results(frames) == [(42, p.STATUS_OK, 36)]
+    fake_broker.send(identity, call_message(43, [(7, None)], _ByRef(7, "sq"), False))
+    _, frames = fake_broker.recv()
+    assert read_results(frames) == [(43, p.STATUS_OK, 36)]
+    # an id the worker does not hold fails that task, named, and no other
+    fake_broker.send(identity, call_message(44, [(99, None)], _ByRef(99, "gone"), False))
+    _, frames = fake_broker.recv()
+    [(task_id, status, error)] = read_results(frames)
+    assert (task_id, status) == (44, p.STATUS_ERROR)
+    assert "the function gone of the script (id 99), unknown here" in str(error)
+    fake_broker.send(identity, call_message(45, [(7, None)], _ByRef(7, "sq"), False))
+    _, frames = fake_broker.recv()
+    assert read_results(frames) == [(45, p.STATUS_OK, 36)]
     fake_broker.send(identity, p.control(p.STOP))
     code, stderr = fake_broker.close()
     assert code == 0, stderr
@@ -521,6 +586,67 @@ def test_broker_marks_the_pools_only_task_lone(lone_broker):
     assert (task_id, bool(flags & p.FLAG_LONE)) == (again, True)
     status, (data, buffers, _) = b.sink.got[alone]
     assert (status, loads(data, buffers)) == (p.STATUS_OK, 25)
+    assert b.hooks.troubles == []
+
+
+def test_broker_sends_a_script_functions_pickle_to_each_worker_until_it_drops_it(
+    lone_broker,
+):
+    # a task's ScriptRef goes with its pickle to a worker that does not hold
+    # it, by id to one that does; the broker counts what each worker holds
+    # as the worker does, so one that dropped it gets it again
+    b = lone_broker
+    small = p.ScriptRef(1001, b"small", [], 10)
+    half = p.FUNCTION_CACHE_BYTES // 2 + 1
+    large = [p.ScriptRef(1002 + i, b"large", [], half) for i in range(2)]
+
+    def send(refs: tuple, answer: bool = True) -> tuple[bytes, list[tuple[int, int, bool]]]:
+        """The worker that got a task with ``refs``, and ``(task id, function
+        id, pickle sent)`` of its entries; the task is answered if ``answer``."""
+        task = b._task()
+        task.refs = refs
+        b.broker.submit([task])
+        got: list[tuple[bytes, list]] = []
+
+        def arrived() -> bool:
+            for identity, sock in b.socks.items():
+                if sock.poll(0):
+                    got.append((identity, sock.recv_multipart()))
+                    return True
+            return False
+
+        b.spin(arrived)
+        identity, frames = got[0]
+        entries = _task_entries(frames)
+        assert all(flags & p.FLAG_REF for task_id, _, flags in entries if task_id == 0)
+        if answer:
+            b.answer(identity, task.id, None)
+        return identity, [(t, f, bool(flags & p.FLAG_FUNC)) for t, f, flags in entries]
+
+    b.worker(b"fake-a", credits=1)
+    task_id = b.ids_given + 1
+    assert send((small,)) == (b"fake-a", [(0, 1001, True), (task_id, 1, True)])
+    assert send((small,)) == (b"fake-a", [(0, 1001, False), (task_id + 1, 1, False)])
+    # two that hold more than a worker keeps, between them: each pushes out
+    # the least recently used until the rest fits, which go again
+    assert send((large[0],))[1][0] == (0, 1002, True)
+    assert send((large[1],))[1][0] == (0, 1003, True)  # small and large[0] go
+    assert send((large[0], small))[1] == [
+        (0, 1002, True),
+        (0, 1001, True),
+        (b.ids_given, 1, False),
+    ]
+    assert send((small, large[0]))[1] == [
+        (0, 1001, False),
+        (0, 1002, False),
+        (b.ids_given, 1, False),
+    ]
+    # a worker that joins later gets the pickle with its first task
+    b.worker(b"fake-b", credits=1)
+    busy = send((), answer=False)[0]
+    idle = send((small,))
+    assert idle[0] != busy
+    assert idle[1][0] == (0, 1001, idle[0] == b"fake-b")
     assert b.hooks.troubles == []
 
 
