@@ -156,8 +156,8 @@ def test_the_proxies_of_a_multiprocessing_manager_reach_it(pool):
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("executor", ["control", "local"])
-def test_script_functions_in_task_data_go_to_each_worker_once(executor):
+@pytest.mark.parametrize("executor", ["control", "local", "spawner"])
+def test_script_functions_in_task_data_go_to_each_worker_once(tmp_path, executor):
     # a function of the script in dask's tasks, joblib's batches and partial
     # arguments comes to each worker once, with the globals it uses: a dict
     # that its tasks fill keeps growing in each worker, as in a worker of
@@ -165,7 +165,14 @@ def test_script_functions_in_task_data_go_to_each_worker_once(executor):
     # later is not seen; a worker that replaced a lost one, or that dropped
     # a function, is sent it again; one that does not unpickle in the worker
     # fails the tasks that use it, with its name and the cause
-    assert run_script("script_refs.py", executor, timeout=140).endswith("OK\n")
+    if executor != "spawner":
+        assert run_script("script_refs.py", executor, timeout=140).endswith("OK\n")
+        return
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        assert run_script("script_refs.py", f"spawner:{spawner.port}", timeout=140).endswith("OK\n")
+    finally:
+        spawner.stop()
 
 
 @pytest.mark.timeout(150)

@@ -1,12 +1,12 @@
 """Functions of the user's script inside task data, each sent to a worker
 once, run as ``python script_refs.py EXECUTOR`` (``__main__`` is this file).
 
-EXECUTOR is ``local`` (a ``Pool`` of 2) or ``control`` (a
-``ProcessPoolExecutor`` of 2, whose workers hold one copy of this module
-each). The functions reach the workers inside dask's tasks, joblib's
-batches (``local`` only), ``functools.partial`` arguments and partials
-submitted as the function to run. Prints ``OK``
-when every check holds.
+EXECUTOR is ``local`` (a ``Pool`` of 2), ``spawner:PORT`` (2 workers of
+the spawner on that port) or ``control`` (a ``ProcessPoolExecutor`` of 2,
+whose workers hold one copy of this module each). The functions reach the
+workers inside dask's tasks, joblib's batches (pools only),
+``functools.partial`` arguments and partials submitted as the function to
+run. Prints ``OK`` when every check holds.
 """
 
 import functools
@@ -108,7 +108,7 @@ def through_joblib(pool, count):
         )
 
 
-def check(executor, local):
+def check(executor, is_pool):
     global SCALE
     expect = lambda i: TABLE[i] * 10  # noqa: E731
     sizes = filled_in_order(through_dask(executor, 30), expect)
@@ -120,7 +120,7 @@ def check(executor, local):
     runs = {pid: max(seen) for pid, seen in later.items()}
     later = filled_in_order(through_partial_functions(executor, 20), expect)
     assert any(min(seen) > runs.get(pid, 0) for pid, seen in later.items()), (runs, later)
-    if local:
+    if is_pool:
         filled_in_order(through_joblib(executor, 20), expect)
     # one chunk of a map whose function is a partial: the inputs it hands
     # back run on the other worker, which needs the function too
@@ -133,7 +133,7 @@ def check(executor, local):
         TABLE[i] * 10 for i in range(10)
     }
     SCALE = 10
-    if not local:
+    if not is_pool:
         return
     # a worker that replaces a lost one gets the function on its first task
     pids = {pid for pid, _, _ in executor.run_on_all(call, functools.partial(note, 0))}
@@ -182,12 +182,18 @@ def main():
     kind = sys.argv[1]
     if kind == "control":
         with ProcessPoolExecutor(2) as executor:
-            check(executor, local=False)
+            check(executor, is_pool=False)
     elif kind == "local":
         from distex_zmq import Pool
 
         with Pool(2, max_retries=0) as pool:
-            check(pool, local=True)
+            check(pool, is_pool=True)
+    elif kind.startswith("spawner:"):
+        from distex_zmq import Pool
+
+        port = kind.split(":")[1]
+        with Pool(None, hosts=f"127.0.0.1:{port}/2", max_retries=0) as pool:
+            check(pool, is_pool=True)
     else:
         raise SystemExit(f"unknown executor {kind}")
     print("OK")
