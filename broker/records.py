@@ -125,7 +125,7 @@ class Task:
         #: the pickled arguments and their out-of-band buffers
         self.data = data
         self.buffers = buffers
-        #: the functions of the script that ``data`` refers to by id
+        #: the functions of the script that ``data`` or ``func_pickle`` refers to by id
         self.refs = refs
         self.sink = sink
         #: the sink's own reference (a future, a map's sequence number), or

@@ -61,8 +61,8 @@ broker -> worker:
   (``probe()``): the worker does nothing with it; the broker sends it to a
   worker that holds tasks, as a send to a peer that lost its connection
   fails.
-  A task whose data refers to functions of the user's script by id
-  (``ScriptRef``, see ``script_refs``) is preceded by one ``FLAG_REF`` entry
+  A task whose data or function pickle refers to functions of the user's
+  script by id (``ScriptRef``, see ``script_refs``) is preceded by one ``FLAG_REF`` entry
   per id, in the order the client listed them: task id 0, the id in the
   function id's place, and, when the worker does not hold it
   (``FLAG_FUNC``), the function's pickle as data (inline or the next frame)
@@ -119,7 +119,7 @@ FLAG_FUNC = 8  # the pickled function is inline before the data
 FLAG_GROUPED = 16  # one of a group of tiny tasks that share a credit
 FLAG_FLUSH_FIRST = 32  # send the results done so far before starting this task
 FLAG_LONE = 64  # the pool's only task: poll for the next one a moment before sleeping
-FLAG_REF = 128  # not a task: a script function the next task's data refers to
+FLAG_REF = 128  # not a task: a script function that the next task refers to by id
 
 # result status
 STATUS_OK = 0
