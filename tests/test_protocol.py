@@ -327,6 +327,41 @@ def test_worker_keeps_what_a_ref_entry_brings_and_finds_it_by_id(fake_broker):
     assert code == 0, stderr
 
 
+def test_worker_counts_the_function_of_a_task_it_gives_back_as_the_broker_does(fake_broker):
+    # a grouped task given back unrun, after a ref entry: the broker counted
+    # its function as used after the ref, so the worker must too, or the two
+    # drop different ones when the cache is full
+    identity, _ = fake_broker.recv()
+    func_pickle = dill.dumps(tasks.sleep_square, protocol=5)
+    writer = p.Writer(p.TASK)
+    grouped = p.FLAG_STAR | p.FLAG_GROUPED
+    for task_id, flags in [(1, grouped | p.FLAG_FUNC), (2, grouped)]:
+        if task_id == 2:
+            ref_entry(writer, 7, tasks.square, held=10)
+        if flags & p.FLAG_FUNC:
+            writer.inline.append(func_pickle)
+        size = writer.body(*dumps((1,)))
+        func_len = len(func_pickle) if flags & p.FLAG_FUNC else 0
+        writer.entries.append(p.TASK_ENTRY.pack(task_id, 1, flags, func_len, size, 0, 0))
+    fake_broker.send(identity, writer.frames_out())
+    got: list = []
+    while len(got) < 2:
+        _, count, buf = p.check(fake_broker.recv()[1][0])
+        got += [(task_id, status) for task_id, status, *_ in p.result_entries(buf, count)]
+    assert sorted(got) == [(1, p.STATUS_OK), (2, p.STATUS_RETURNED)]
+    # the broker holds [ref 7, function 1], oldest first: one that fills the
+    # cache but for function 1's bytes pushes out ref 7 alone
+    writer = p.Writer(p.TASK)
+    ref_entry(writer, 8, tasks.square, held=p.FUNCTION_CACHE_BYTES - len(func_pickle))
+    size = writer.body(*dumps((5,)))
+    writer.entries.append(p.TASK_ENTRY.pack(3, 1, p.FLAG_STAR, 0, size, 0, 0))
+    fake_broker.send(identity, writer.frames_out())
+    assert read_results(fake_broker.recv()[1]) == [(3, p.STATUS_OK, 25)]
+    fake_broker.send(identity, p.control(p.STOP))
+    code, stderr = fake_broker.close()
+    assert code == 0, stderr
+
+
 def test_worker_drops_a_message_of_another_version_and_keeps_working(fake_broker):
     identity, _ = fake_broker.recv()
     fake_broker.send(identity, task_message(1, tasks.square, (3,), version=p.VERSION + 1))

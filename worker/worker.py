@@ -254,7 +254,9 @@ class Worker:
                 data, buffers = reader.data(data_len, nbuffers)
                 if func_id == slow_func and flags & p.FLAG_GROUPED and func_pickle is None:
                     # give it back rather than run the group one slow task after
-                    # the other: another worker may be free
+                    # the other: another worker may be free; its function counts
+                    # as used, as the broker counts it (after the task's refs)
+                    runner.functions.use(func_id)
                     runner.give_back(task_id)
                     continue
                 if flags & p.FLAG_LONE:
