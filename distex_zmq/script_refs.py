@@ -4,10 +4,11 @@ each worker once and referred to by id after that.
 A function of ``__main__`` cannot be imported in a worker, so it travels by
 value, with the globals it uses. The task's own function does so once per
 worker (``FunctionCache``); one inside the task's data (a dask graph's
-function, a joblib call, a ``functools.partial`` argument) would travel
-with every task, its globals with it. So the data pickle refers to it by
-id (``script_rebuild.script_ref``), and the task carries a ``ScriptRef``
-per such function: its id, its pickle by value, and the bytes a worker
+function, a joblib call, a ``functools.partial`` argument) or inside the
+task's function (a submitted partial, a bound method) would travel with
+every task, its globals with it. So the pickle refers to it by id
+(``script_rebuild.script_ref``), and the task carries a ``ScriptRef`` per
+such function: its id, its pickle by value, and the bytes a worker
 counts for it. The broker sends a worker the pickle of an id only when
 that worker does not hold it (a new worker, one that replaced a lost one,
 one that dropped it among its least recently used), as it sends the task's
@@ -42,7 +43,7 @@ MAX_HELD = 0xFFFFFFFF
 
 
 class ScriptRefs:
-    """The pickles of the functions of the script met in task data, by
+    """The pickles of the functions of the script met inside tasks, by
     function (held weakly), each with an id from ``new_id``."""
 
     def __init__(
