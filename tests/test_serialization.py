@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import functools
 import gc
+import itertools
 import pickle
 import statistics
 import sys
@@ -18,6 +19,7 @@ import pytest
 from distex_zmq.worker.running import Runner
 
 from distex_zmq import PickleType, RemoteException, SerializationError
+from distex_zmq.script_refs import RefCollector, ScriptRefs
 from distex_zmq.serialization import (
     OOB_THRESHOLD,
     FunctionCache,
@@ -561,3 +563,59 @@ def test_exception_classes_keep_their_attributes(shared_pool):
     with pytest.raises(KeyError) as info:
         shared_pool.run(tasks.raise_key_error)
     assert info.value.args == ("missing-key",)
+
+
+def _script_function(value, closure=None):
+    """A function made as the user's script makes one (its globals are a
+    ``__main__`` module's), which travels by value; it reads ``value``, a
+    global, and ``closure`` if given, a captured variable."""
+    namespace = {"__name__": "__main__", "VALUE": value}
+    if closure is None:
+        exec("def read(i):\n    return VALUE[i]\n", namespace)
+        return namespace["read"]
+    exec("def make(held):\n    return lambda i: (VALUE[i], held[i])\n", namespace)
+    return namespace["make"](closure)
+
+
+def _data_with_refs(refs, obj):
+    collector = RefCollector(refs)
+    data, buffers = dumps(obj, pickle_module(PickleType.auto).dumps, collector)
+    return data, buffers, collector.taken()
+
+
+def test_a_script_function_in_data_is_pickled_once_and_named_by_id():
+    refs = ScriptRefs(itertools.count(1).__next__, max_size=3, max_bytes=4 << 20)
+    big = bytes(range(256)) * 4096  # 1 MiB, a global of the function
+    read = _script_function(big)
+    data, buffers, taken = _data_with_refs(refs, (read, 1))
+    [ref] = taken
+    # the data names the function; its pickle, with the global, is the ref's
+    assert len(data) + sum(len(b) for b in buffers) < 1000
+    assert len(ref.data) > len(big)
+    # the worker counts the function, not the globals it brings
+    assert ref.held < 10_000
+    # met again: the same ref, not pickled again
+    assert _data_with_refs(refs, [read, read])[2] == (ref,)
+    assert refs.known(read) is ref
+    # another object with the same pickle shares its id
+    twin = _script_function(big)
+    assert _data_with_refs(refs, (twin,))[2][0].ref_id == ref.ref_id
+    # a closure's captured data counts for the worker
+    closure = _script_function(b"x", closure=big)
+    assert _data_with_refs(refs, (closure,))[2][0].held > len(big)
+
+
+def test_the_client_keeps_the_pickles_of_the_recent_script_functions_only():
+    refs = ScriptRefs(itertools.count(1).__next__, max_size=3, max_bytes=4 << 20)
+    funcs = [_script_function(bytes([k]) * 1000) for k in range(5)]
+    first = [_data_with_refs(refs, (f,))[2][0] for f in funcs]
+    assert len({ref.ref_id for ref in first}) == 5
+    assert len(refs) == 3  # by count
+    assert refs.known(funcs[0]) is None and refs.known(funcs[4]) is first[4]
+    # one let go is pickled anew, with its globals as they are then: the same
+    # bytes keep the id they had
+    assert _data_with_refs(refs, (funcs[3],))[2][0].ref_id == first[3].ref_id
+    large = [_script_function(bytes([k]) * (3 << 20)) for k in range(3)]
+    for f in large:
+        _data_with_refs(refs, (f,))
+    assert len(refs) == 1  # by bytes: but for the newest, 4 MiB
