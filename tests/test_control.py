@@ -41,6 +41,7 @@ EVENTS = [
     c.Refused("no room"),
     c.Refused("no room", b"w-1"),
     c.Exit(b"w-1", 1234, -9, "Traceback ...\nMemoryError"),
+    c.Exit(b"w-1", 1234, None, ""),  # its exit status unknown
     c.Output(b"w-1", 1234, "out", ["a line", "ünïcode"]),
     c.Output(b"w-1", 1234, "err", [], 7),
     c.Pong(),

@@ -60,7 +60,7 @@ class SSHLauncher(RemoteLauncher):
         broker_port: int,
         worker_args: list[str],
         worker_keys: dict[str, str],
-        on_exit: Callable[[bytes, int, int, str], None],
+        on_exit: Callable[[bytes, int, int | None, str], None],
         on_lost: Callable[[SSHLauncher, str, set[bytes]], None],
         on_output: RemoteOutput | None = None,
     ):

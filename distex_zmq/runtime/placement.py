@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 Launcher: TypeAlias = "LocalLauncher | RemoteLauncher"
 #: a worker exited: identity, pid, return code, its last stderr lines
-OnExit = Callable[[bytes, int, int, str], None]
+OnExit = Callable[[bytes, int, int | None, str], None]
 #: a remote host was lost: its launcher, why, the identities of its workers
 OnHostLost: TypeAlias = "Callable[[RemoteLauncher, str, set[bytes]], None]"
 
@@ -95,7 +95,7 @@ class Placement:
         #: where the workers' stdout and stderr lines go
         self.output = WorkerOutput(options.output)
 
-    def _on_exit(self, identity: bytes, pid: int, returncode: int, tail: str) -> None:
+    def _on_exit(self, identity: bytes, pid: int, returncode: int | None, tail: str) -> None:
         """A worker exited (its launcher tells after the last of its output):
         report it once that output is written, so that the lines a worker
         wrote before it died come out before the error its death causes."""
