@@ -135,7 +135,8 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             by default the ``DISTEX_ZMQ_SECRET`` environment variable. Without
             one, only spawners that run without one (on loopback, or with
             ``--insecure``) serve the pool.
-        secret_file: A file that holds the shared secret, instead.
+        secret_file: A file that holds the shared secret, instead; one
+            that its group or others may read is logged as a warning.
         output: What becomes of what the workers write to their stdout and
             stderr, on every host: each line is written, as it arrives, to
             the client's ``sys.stdout`` or ``sys.stderr``, tagged with its
