@@ -211,6 +211,46 @@ def test_joblib_generator_unordered(joblib_pool):
     assert sorted(out) == [i * i for i in range(50)]
 
 
+def outer_calls(n: int) -> list:
+    """Calls that take long enough for most to be dispatched by the
+    completion callbacks of the first ones, while the loop of the test runs."""
+    return [joblib.delayed(client_tasks.slow_square)(i, 0.05) for i in range(n)]
+
+
+@pytest.mark.timeout(90)
+def test_joblib_parallel_in_the_loop_over_another_ones_generator(joblib_pool):
+    # parallel_config has one backend for both calls: the inner call's end
+    # must not end the thread of callbacks that dispatches the outer call's
+    # next batches (the outer call then hung); joblib's timeout turns such
+    # a hang into an error
+    outer = joblib.Parallel(
+        n_jobs=2, return_as="generator", batch_size=1, pre_dispatch=2, timeout=30
+    )
+    out = []
+    for result in outer(outer_calls(30)):
+        inner = joblib.Parallel(n_jobs=2, timeout=30)(
+            joblib.delayed(client_tasks.square)(j) for j in range(3)
+        )
+        out.append((result, inner))
+    assert out == [(i * i, [0, 1, 4]) for i in range(30)]
+
+
+@pytest.mark.timeout(90)
+def test_joblib_error_of_an_inner_parallel_leaves_the_outer_one_running(joblib_pool):
+    # the inner call's error cancels its own batches, not the outer call's
+    outer = joblib.Parallel(
+        n_jobs=2, return_as="generator", batch_size=1, pre_dispatch=2, timeout=30
+    )
+    out = []
+    for result in outer(outer_calls(20)):
+        with pytest.raises(KeyError):
+            joblib.Parallel(n_jobs=2, timeout=30)(
+                joblib.delayed(client_tasks.fail_on)(j, 0) for j in range(4)
+            )
+        out.append(result)
+    assert out == [i * i for i in range(20)]
+
+
 def test_joblib_error_keeps_its_type(joblib_pool):
     with pytest.raises(KeyError) as info:
         joblib.Parallel(n_jobs=-1)(joblib.delayed(client_tasks.fail_on)(i, 7) for i in range(20))
