@@ -7,14 +7,20 @@ not import dill.
 from __future__ import annotations
 
 import importlib
+import io
 import sys
 import types
 from typing import Any
 
 import dill
 
-from .script_pickler import reduce_class
-from .script_rebuild import is_singledispatch, make_singledispatch, singledispatch_args
+from .script_pickler import ScriptPickler, function_reduce, reduce_class
+from .script_rebuild import (
+    is_singledispatch,
+    make_script_function,
+    make_singledispatch,
+    singledispatch_args,
+)
 
 
 class ScriptClassesPickler(dill.Pickler):
@@ -45,3 +51,36 @@ class ScriptClassesPickler(dill.Pickler):
             self.save_reduce(importlib.import_module, (obj.__name__,), obj=obj)
             return
         super().save(obj, save_persistent_id)
+
+
+class ScriptDataPickler(ScriptClassesPickler):
+    """``ScriptClassesPickler`` for data (with dill's settings, as
+    ``dill.dumps``), whose functions of ``__main__`` go as ``script_pickler``
+    sends them: in a worker they are made on the namespace that the script's
+    functions share there. dill alone makes them on the worker's own
+    ``__main__``, where the script's globals are not."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._script: ScriptPickler | None = None
+
+    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+        if (
+            type(obj) is types.FunctionType
+            and obj.__globals__.get("__name__") == "__main__"
+            and id(obj) not in self.memo
+            and not is_singledispatch(obj)
+        ):
+            reduce = function_reduce(self._script_pickler(), obj)
+            if reduce is not NotImplemented and reduce[0] is make_script_function:
+                self.save_reduce(*reduce, obj=obj)
+                return
+        super().save(obj, save_persistent_id)
+
+    def _script_pickler(self) -> ScriptPickler:
+        """The pickler that reduces the script's functions of this pickle
+        (one, so that they share the globals they are made on in the client,
+        as in one pickle of cloudpickle)."""
+        if self._script is None:
+            self._script = ScriptPickler(io.BytesIO(), protocol=self.proto)
+        return self._script

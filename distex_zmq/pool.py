@@ -95,7 +95,10 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             functions, lambdas) is pickled by cloudpickle and sent by value,
             in both directions, as ``ProcessPoolExecutor`` can use them; a
             result of a script class arrives as an instance of the script's
-            own class. ``PickleType.pickle`` given explicitly is standard
+            own class. ``PickleType.cloudpickle`` and ``PickleType.dill``
+            pickle all data with that pickler, and the script's objects as
+            ``auto`` does (its functions share the worker's globals of the
+            script). ``PickleType.pickle`` given explicitly is standard
             pickle only: objects of ``__main__`` fail to load in a worker.
         max_retries: How often a task whose worker died is run again on
             another worker before it fails with ``WorkerLostError``.

@@ -20,7 +20,14 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, cast
 
-from .script_objects import PickleByValue, dill_dumps, dumps_by_value, dumps_main_by_value
+from .script_objects import (
+    PickleByValue,
+    dill_data_dumps,
+    dill_dumps,
+    dill_loads,
+    dumps_by_value,
+    dumps_main_by_value,
+)
 from .wire.frames import RecentFunctions
 
 PROTOCOL = 5
@@ -50,6 +57,26 @@ class _MainByValue:
     loads = staticmethod(pickle.loads)
 
 
+class _CloudpickleData:
+    """``dumps`` and ``loads`` of ``PickleType.cloudpickle`` for data:
+    cloudpickle, with the script's objects sent as ``PickleType.auto``
+    sends them (``script_pickler``)."""
+
+    __name__ = "cloudpickle"
+    dumps = staticmethod(dumps_by_value)
+    loads = staticmethod(pickle.loads)
+
+
+class _DillData:
+    """``dumps`` and ``loads`` of ``PickleType.dill`` for data: dill, with
+    the script's classes and functions sent as ``PickleType.auto`` sends
+    them (``dill_script.ScriptDataPickler``)."""
+
+    __name__ = "dill"
+    dumps = staticmethod(dill_data_dumps)
+    loads = staticmethod(dill_loads)
+
+
 def pickle_type(kind: int) -> PickleType:
     """``kind`` as a ``PickleType``; ``ValueError`` if it is none (imports nothing)."""
     try:
@@ -67,6 +94,20 @@ def pickle_module(kind: int) -> Any:
     if name == "auto":
         return _MainByValue
     return pickle if name == "pickle" else importlib.import_module(name)
+
+
+def data_pickle_module(kind: int) -> Any:
+    """The module (``dumps``, ``loads``) for arguments and results pickled
+    with ``kind``: ``pickle_module``'s, but cloudpickle and dill send the
+    script's functions so that in a worker they are made on the namespace
+    that the script's functions share there, as ``PickleType.auto`` does
+    (``script_rebuild``)."""
+    name = pickle_type(kind).name
+    if name == "cloudpickle":
+        return _CloudpickleData
+    if name == "dill":
+        return _DillData
+    return pickle_module(kind)
 
 
 #: What a pickle made by dill names where it needs dill's unpickler: dill's

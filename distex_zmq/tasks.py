@@ -17,8 +17,8 @@ from distex_zmq.serialization import (
     SCALARS,
     FunctionCache,
     call_out_of_band,
+    data_pickle_module,
     dumps,
-    pickle_module,
     pickles_scalars_plainly,
 )
 from distex_zmq.task_errors import note_unpicklable
@@ -54,7 +54,7 @@ class TaskMaker:
     def __init__(self, func_pickle: int, data_pickle: int, may_group: bool):
         #: the functions sent so far, by id
         self.functions = FunctionCache(func_pickle)
-        data = pickle_module(data_pickle)
+        data = data_pickle_module(data_pickle)
         self.data_dumps: Callable[..., bytes] = data.dumps
         self.data_loads: Callable[..., Any] = data.loads
         #: scalar inputs and arguments go by ``pickle.dumps`` straight

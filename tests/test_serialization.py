@@ -22,10 +22,10 @@ from distex_zmq.serialization import (
     OOB_THRESHOLD,
     FunctionCache,
     call_out_of_band,
+    data_pickle_module,
     dumps,
     function_loads,
     loads,
-    pickle_module,
 )
 from distex_zmq.wire.frames import FUNCTION_CACHE
 from tests import tasks
@@ -269,7 +269,7 @@ def test_a_worker_pickles_scalar_results_to_the_bytes_dumps_makes(data_pickle):
     loop = asyncio.new_event_loop()
     runner = Runner(PickleType.pickle, data_pickle, loop, lambda: None, lambda frames: None)
     runner.functions.add(1, tasks.identity, 0)
-    data_dumps = pickle_module(data_pickle).dumps
+    data_dumps = data_pickle_module(data_pickle).dumps
     values = [0, -1, 7, 2**70, -(2**70), 1.5, float("nan"), True, False, None]
     try:
         for task_id, value in enumerate(values, 1):
