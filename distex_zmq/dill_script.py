@@ -6,6 +6,7 @@ not import dill.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import sys
@@ -17,6 +18,7 @@ import dill
 from .script_pickler import ScriptPickler, function_reduce, reduce_class
 from .script_rebuild import (
     is_singledispatch,
+    make_cached_property,
     make_script_function,
     make_singledispatch,
     singledispatch_args,
@@ -32,7 +34,11 @@ class ScriptClassesPickler(dill.Pickler):
     that does not pickle (a lock, a ``threading.local``) and otherwise
     overwrites the worker's globals of that module at every task. A
     ``functools.singledispatch`` function of the script goes as its
-    implementations (its dispatch cache holds weak references)."""
+    implementations (its dispatch cache holds weak references), and a
+    ``functools.cached_property`` (of a class sent by value) as its function
+    and name: before Python 3.12 one holds an ``RLock``, which dill makes
+    again held by no thread, so that the property's first use in the worker
+    waits for ever."""
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
         if isinstance(obj, type) and obj.__module__ == "__main__" and id(obj) not in self.memo:
@@ -42,6 +48,9 @@ class ScriptClassesPickler(dill.Pickler):
                 return
         elif is_singledispatch(obj) and id(obj) not in self.memo:
             self.save_reduce(make_singledispatch, singledispatch_args(obj), obj=obj)
+            return
+        elif type(obj) is functools.cached_property and id(obj) not in self.memo:
+            self.save_reduce(make_cached_property, (obj.func, obj.attrname), obj=obj)
             return
         elif (
             isinstance(obj, types.ModuleType)

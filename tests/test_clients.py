@@ -63,14 +63,16 @@ def test_the_scripts_objects_and_globals_as_with_a_process_pool(tmp_path, script
         spawner.stop()
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(100)
 @pytest.mark.parametrize("data_pickle", ["cloudpickle", "dill"])
-def test_the_scripts_globals_with_data_pickled_by(data_pickle):
-    # the script's functions inside a task's data share the worker's globals
-    # with data_pickle=cloudpickle or dill too: cloudpickle alone gives them
-    # globals of their own (the initializer's model is None to them), dill
-    # alone the worker's __main__ (NameError)
-    assert run_script("script_globals.py", "local", data_pickle).endswith("OK\n")
+@pytest.mark.parametrize("script", ["script_objects.py", "script_globals.py"])
+def test_the_scripts_objects_and_globals_with_data_pickled_by(script, data_pickle):
+    # data_pickle=cloudpickle or dill sends the script's objects as the
+    # default does, and its functions inside a task's data share the
+    # worker's globals: cloudpickle alone gives them globals of their own
+    # (the initializer's model is None to them) and sends a cached function
+    # by name, dill alone makes them on the worker's __main__ (NameError)
+    assert run_script(script, "local", data_pickle).endswith("OK\n")
 
 
 HELPER_MODULE = """\
