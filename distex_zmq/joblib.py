@@ -113,7 +113,14 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
         )
 
     def submit(self, func: Any, callback: Any = None) -> Future[Any]:
-        future = self._the_pool().submit(_run_batch, func)
+        try:
+            future = self._the_pool().submit(_run_batch, func)
+        except Exception as error:  # noqa: BLE001 - joblib raises it from the batch
+            # a batch that does not pickle (or a pool shut down) fails as a
+            # batch: joblib dispatches most batches from a completion
+            # callback, where nobody would see the error, and waits for ever
+            future = Future()
+            future.set_exception(error)
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._done)

@@ -10,6 +10,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -278,6 +279,24 @@ def test_joblib_error_cancels_batches_not_started(pool, tmp_path):
         joblib.Parallel(n_jobs=-1, pre_dispatch="all", batch_size=1)(calls)
     pool.shutdown()  # waits for what runs
     assert len(os.listdir(tmp_path)) < 40
+
+
+@pytest.mark.timeout(90)
+def test_joblib_call_that_does_not_pickle_fails_its_parallel(pool):
+    # the batches after the first ones are dispatched by completion
+    # callbacks, where the pickling error went unseen and the call waited
+    # for ever; joblib's timeout turns such a hang into an error
+    import distex_zmq.joblib  # noqa: F401
+
+    calls = outer_calls(20)
+    calls[15] = joblib.delayed(client_tasks.square)(threading.Lock())
+    with joblib.parallel_config(backend="distex_zmq", pool=pool):
+        with pytest.raises(TypeError, match="pickle") as info:
+            joblib.Parallel(n_jobs=2, batch_size=1, pre_dispatch=2, timeout=30)(calls)
+        if sys.version_info >= (3, 11):  # notes
+            assert "no pickle takes some objects" in str(info.value.__notes__)
+        # the backend runs the next call
+        assert joblib.Parallel(n_jobs=2)(outer_calls(4)) == [0, 1, 4, 9]
 
 
 def test_joblib_parallel_backend_of_older_joblib(shared_pool):
