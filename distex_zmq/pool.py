@@ -133,7 +133,8 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             not in ``~/.ssh/known_hosts`` (OpenSSH's ``accept-new``); by
             default such a host is refused.
         connect_timeout: Seconds allowed to connect and log in to an SSH
-            host, or to hear from a spawner.
+            host (each step; the whole login at most twice that), or to
+            hear from a spawner.
         secret: The cluster's shared secret, which the spawners have too;
             by default the ``DISTEX_ZMQ_SECRET`` environment variable. Without
             one, only spawners that run without one (on loopback, or with

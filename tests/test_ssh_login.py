@@ -1,0 +1,184 @@
+"""SSH logins that fail on the client's side (its keys, its agent, its
+``known_hosts``), against a throwaway sshd on this machine's loopback.
+
+Unlike ``test_ssh`` these need no network namespaces: one sshd of the
+project's own (``tests/cluster/sshd.sh``) listens on ``127.0.0.1``, at
+``DZQ_TEST_SSHD_PORT`` if set, else on a free port, and a client ``HOME``
+of the module's own names it ``loop`` in ``~/.ssh/config``. Needs root
+(sshd's privilege separation directory) and openssh-server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from distex_zmq import HostConnectionError
+from tests.helpers import child_pids, pool_threads, wait_until
+from tests.multihost import REMOTE_PYTHON, SCRIPTS
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "the loopback sshd needs root; CI runs the tests as root"
+    for tool in ("/usr/sbin/sshd", shutil.which("ssh-keygen")):
+        if not tool or not os.path.exists(tool):
+            return "missing sshd or ssh-keygen: apt-get install openssh-server"
+    return None
+
+
+REASON = _unavailable()
+if REASON:
+    pytestmark = [pytestmark, pytest.mark.skip(reason=REASON)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path, passphrase: str = "") -> Path:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", "dzq-test", "-f", path],
+        check=True,
+    )
+    return path
+
+
+class Loopback:
+    """An sshd on 127.0.0.1 and a client ``HOME`` that reaches it as ``loop``."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="dzq-sshd-"))
+        self.port = int(os.environ.get("DZQ_TEST_SSHD_PORT") or _free_port())
+        self.key = _keygen(self.dir / "id_ed25519")
+        self.locked_key = _keygen(self.dir / "locked_ed25519", passphrase="not asked for")
+        authorized = self.dir / "authorized_keys"
+        authorized.write_text(
+            Path(f"{self.key}.pub").read_text() + Path(f"{self.locked_key}.pub").read_text()
+        )
+        result = subprocess.run(
+            [SCRIPTS / "sshd.sh", "start", self.dir / "sshd", authorized, "127.0.0.1",
+             str(self.port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(f"the loopback sshd did not start: {result.stderr}")
+        #: the host's key as known_hosts lists it: ``[127.0.0.1]:PORT TYPE BASE64``
+        self.known = f"[127.0.0.1]:{self.port} {result.stdout.strip()}"
+
+    def home(self, name: str, known_hosts: str, key: Path | None = None) -> Path:
+        """A client HOME: ``loop`` logs in with ``key`` (by default one that
+        the sshd accepts); ``known_hosts`` is its ``~/.ssh/known_hosts``."""
+        ssh = self.dir / name / ".ssh"
+        ssh.mkdir(parents=True, mode=0o700)
+        (ssh / "config").write_text(
+            f"Host loop\n  HostName 127.0.0.1\n  Port {self.port}\n  User root\n"
+            f"  IdentityFile {key or self.key}\n"
+        )
+        (ssh / "known_hosts").write_text(known_hosts)
+        return ssh.parent
+
+    def down(self) -> None:
+        subprocess.run([SCRIPTS / "sshd.sh", "stop", self.dir / "sshd"], check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def loopback():
+    sshd = Loopback()
+    try:
+        yield sshd
+    finally:
+        sshd.down()
+
+
+@pytest.fixture
+def login(loopback, monkeypatch, make_pool):
+    """``login(name, known_hosts, key=None, **options)``: a pool of one worker
+    on ``loop`` as a client whose HOME is ``name``; no SSH agent unless the
+    test sets ``SSH_AUTH_SOCK``."""
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+
+    def make(name, known_hosts, key=None, **kwargs):
+        monkeypatch.setenv("HOME", str(loopback.home(name, known_hosts, key)))
+        kwargs.setdefault("remote_python", REMOTE_PYTHON)
+        return make_pool(None, ["ssh://loop/1"], **kwargs)
+
+    return make
+
+
+def refusal(pool) -> str:
+    """The ``HostConnectionError`` that ends the pool's start, once nothing of it is left."""
+    before = child_pids()
+    try:
+        with pytest.raises(HostConnectionError) as info:
+            pool.run_on_all(int, 0)
+    finally:
+        pool.shutdown()
+    assert wait_until(lambda: child_pids() == before, timeout=10)
+    return str(info.value)
+
+
+class SilentAgent:
+    """A Unix socket where an SSH agent would be that takes connections and
+    never answers (an agent that waits for a confirmation or a touch)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+        self._listener = socket.socket(socket.AF_UNIX)
+        self._listener.bind(self.path)
+        self._listener.listen(8)
+        self._connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self._connections.append(conn)
+
+    def close(self) -> None:
+        """Close everything: a client that waits on it gets end of file."""
+        self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(5)
+        for conn in self._connections:
+            conn.close()
+
+
+def test_the_host_logs_in(login, loopback):
+    pool = login("plain", loopback.known)
+    assert pool.run_on_all(int, 7) == [7]
+
+
+def test_login_stuck_in_the_ssh_agent_fails_in_bounded_time(login, loopback, monkeypatch):
+    agent = SilentAgent(loopback.dir / "silent-agent.sock")
+    monkeypatch.setenv("SSH_AUTH_SOCK", agent.path)
+    try:
+        # the host refuses this key, so paramiko asks the agent for its keys
+        stranger = _keygen(loopback.dir / "stranger_ed25519")
+        pool = login("stuck", loopback.known, key=stranger, connect_timeout=1)
+        with pytest.raises(HostConnectionError) as info:
+            pool.submit(int, 0).result(timeout=30)
+        pool.shutdown()
+    finally:
+        agent.close()
+    message = str(info.value)
+    assert "ssh://loop" in message and "did not finish within 2 s" in message
+    assert f"SSH_AUTH_SOCK={agent.path}" in message and "ssh-add -l" in message
+    # the thread that waited on the agent ends once the agent answers (here: goes away)
+    assert wait_until(lambda: not pool_threads(), timeout=10), pool_threads()
