@@ -182,3 +182,29 @@ def test_login_stuck_in_the_ssh_agent_fails_in_bounded_time(login, loopback, mon
     assert f"SSH_AUTH_SOCK={agent.path}" in message and "ssh-add -l" in message
     # the thread that waited on the agent ends once the agent answers (here: goes away)
     assert wait_until(lambda: not pool_threads(), timeout=10), pool_threads()
+
+
+def test_known_hosts_lines_paramiko_cannot_read_are_skipped(login, loopback):
+    # what ssh reads without complaint: markers, other key types, stray lines
+    lines = [
+        "# a comment",
+        f"@cert-authority *.example.com {Path(f'{loopback.key}.pub').read_text().strip()}",
+        "host.example.com ssh-unknown AAAAB3NzaC1yc2EAAAADAQABAAABAQ",
+        "not a host key",
+        loopback.known,
+    ]
+    pool = login("odd-lines", "\n".join(lines) + "\n")
+    assert pool.run_on_all(int, 7) == [7]
+
+
+def test_revoked_host_key_is_refused(login, loopback):
+    revoked = "@revoked * " + loopback.known.split(" ", 1)[1]
+    # listed as known and revoked: revoked wins
+    message = refusal(login("known-revoked", f"{loopback.known}\n{revoked}\n"))
+    assert "is marked @revoked in known_hosts" in message and "SHA256:" in message
+    # not known, revoked: refused, and not trusted as a new host either
+    pool = login("new-revoked", f"{revoked}\n", ssh_accept_new_hosts=True)
+    message = refusal(pool)
+    assert "is marked @revoked in known_hosts" in message
+    known_hosts = loopback.dir / "new-revoked" / ".ssh" / "known_hosts"
+    assert known_hosts.read_text() == f"{revoked}\n"

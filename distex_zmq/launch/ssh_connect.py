@@ -84,12 +84,22 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+def _revoked_error(t: SSHTarget, key: paramiko.PKey) -> HostConnectionError:
+    return HostConnectionError(
+        f"SSH to {t}: the host's {key.get_name()} key {fingerprint(key)} is marked "
+        "@revoked in known_hosts, so the connection was refused"
+    )
+
+
 class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
-    def __init__(self, target: SSHTarget):
+    def __init__(self, target: SSHTarget, revoked: list[paramiko.PKey]):
         self._target = target
+        self._revoked = revoked
 
     def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
         t = self._target
+        if key in self._revoked:
+            raise _revoked_error(t, key)
         known = t.known_hosts[0] if t.known_hosts else "~/.ssh/known_hosts"
         port = f"-p {t.port} " if t.port != 22 else ""
         raise HostConnectionError(
@@ -104,10 +114,13 @@ class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
 class _AcceptNewHost(paramiko.MissingHostKeyPolicy):
     """OpenSSH's ``StrictHostKeyChecking accept-new``: trust and remember new hosts."""
 
-    def __init__(self, target: SSHTarget):
+    def __init__(self, target: SSHTarget, revoked: list[paramiko.PKey]):
         self._target = target
+        self._revoked = revoked
 
     def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
+        if key in self._revoked:
+            raise _revoked_error(self._target, key)
         client.get_host_keys().add(hostname, key.get_name(), key)
         if self._target.known_hosts:
             path = self._target.known_hosts[0]
@@ -119,14 +132,15 @@ class _AcceptNewHost(paramiko.MissingHostKeyPolicy):
 def connect(target: SSHTarget) -> paramiko.SSHClient:
     """An authenticated SSH connection to ``target`` (blocking, bounded by its timeout)."""
     client = paramiko.SSHClient()
+    revoked: list[paramiko.PKey] = []
     for path in ("/etc/ssh/ssh_known_hosts", *target.known_hosts):
         if os.path.exists(path):
             try:
-                client.load_system_host_keys(path)
-            except (OSError, paramiko.SSHException) as e:
+                revoked += _load_known_hosts(client.get_host_keys(), path)
+            except OSError as e:
                 raise HostConnectionError(f"cannot read known hosts file {path}: {e}") from e
     policy = _AcceptNewHost if target.accept_new_hosts else _RefuseUnknownHost
-    client.set_missing_host_key_policy(policy(target))
+    client.set_missing_host_key_policy(policy(target, revoked))
     sock = paramiko.ProxyCommand(target.proxy_command) if target.proxy_command else None
     t = target.timeout
     try:
@@ -147,7 +161,47 @@ def connect(target: SSHTarget) -> paramiko.SSHClient:
     except BaseException as e:
         client.close()
         raise HostConnectionError(_explain(target, e)) from e
+    transport = client.get_transport()
+    key = transport.get_remote_server_key() if transport is not None else None
+    if key is not None and key in revoked:  # known, and revoked too
+        client.close()
+        raise _revoked_error(target, key)
     return client
+
+
+def _load_known_hosts(keys: paramiko.HostKeys, path: str) -> list[paramiko.PKey]:
+    """Add the host keys of a ``known_hosts`` file to ``keys``; return the keys
+    it marks ``@revoked``.
+
+    Lines paramiko cannot read are skipped, as ``ssh`` skips them: markers
+    such as ``@cert-authority`` (a host that only a certificate vouches for
+    is then unknown), key types paramiko lacks, lines that are not entries.
+    """
+    revoked = []
+    with open(path) as f:
+        for number, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            marker = ""
+            if line.startswith("@"):
+                marker, _, line = line.partition(" ")
+                line = line.strip()
+            try:
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
+            except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError):
+                continue
+            if entry is None or entry.key is None:
+                continue
+            if marker == "@revoked":
+                revoked.append(entry.key)
+            elif not marker:
+                kind = entry.key.get_name()
+                for name in entry.hostnames:
+                    known = keys.lookup(name)
+                    if known is None or kind not in known:  # the first one listed counts
+                        keys.add(name, kind, entry.key)
+    return revoked
 
 
 def _explain(t: SSHTarget, e: BaseException) -> str:
