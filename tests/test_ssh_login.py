@@ -208,3 +208,10 @@ def test_revoked_host_key_is_refused(login, loopback):
     assert "is marked @revoked in known_hosts" in message
     known_hosts = loopback.dir / "new-revoked" / ".ssh" / "known_hosts"
     assert known_hosts.read_text() == f"{revoked}\n"
+
+
+def test_key_with_a_passphrase_names_the_agent(login, loopback):
+    message = refusal(login("locked", loopback.known, key=loopback.locked_key))
+    assert "authentication as 'root' failed" in message
+    assert f"{loopback.locked_key} needs a passphrase" in message
+    assert f"ssh-add {loopback.locked_key}" in message

@@ -224,6 +224,14 @@ def _explain(t: SSHTarget, e: BaseException) -> str:
         )
     if isinstance(e, paramiko.AuthenticationException):
         keys = ", ".join(t.key_files) or "the SSH agent's keys and ~/.ssh/id_*"
+        locked = [path for path in t.key_files or _DEFAULT_KEYS if _needs_passphrase(path)]
+        if locked:
+            return (
+                f"SSH to {t}: authentication as {t.user!r} failed ({e}); tried {keys}. "
+                f"{', '.join(locked)} needs a passphrase, which the pool cannot ask for: "
+                f"add it to your SSH agent (ssh-add {locked[0]}) where the pool runs, "
+                "so that SSH_AUTH_SOCK reaches the agent"
+            )
         return (
             f"SSH to {t}: authentication as {t.user!r} failed ({e}); tried {keys}. "
             f"Add your public key to ~{t.user}/.ssh/authorized_keys on {t.hostname}, "
@@ -242,6 +250,38 @@ def _explain(t: SSHTarget, e: BaseException) -> str:
             f"SSH to {t}: cannot connect ({e.strerror or e}); is sshd listening on port {t.port}?"
         )
     return f"SSH to {t}: {type(e).__name__}: {e}"
+
+
+#: the key files that paramiko tries when ~/.ssh/config names none
+_DEFAULT_KEYS = tuple(
+    os.path.expanduser(f"~/.ssh/id_{kind}") for kind in ("rsa", "dsa", "ecdsa", "ed25519")
+)
+#: what an OpenSSH private key file holds first
+_OPENSSH_MAGIC = b"openssh-key-v1\0"
+
+
+def _needs_passphrase(path: str) -> bool:
+    """Whether the private key file ``path`` is encrypted (PEM or OpenSSH format)."""
+    try:
+        with open(path) as f:
+            text = f.read(1 << 16)
+    except (OSError, UnicodeDecodeError):
+        return False
+    if "ENCRYPTED" in text:  # PEM: "Proc-Type: 4,ENCRYPTED", "BEGIN ENCRYPTED PRIVATE KEY"
+        return True
+    if "BEGIN OPENSSH PRIVATE KEY" not in text:
+        return False
+    body = "".join(line for line in text.splitlines() if line and not line.startswith("-----"))
+    try:
+        blob = base64.b64decode(body)
+    except ValueError:
+        return False
+    if not blob.startswith(_OPENSSH_MAGIC):
+        return False
+    # then the name of the cipher, a string with its length first: "none" if not encrypted
+    start = len(_OPENSSH_MAGIC) + 4
+    length = int.from_bytes(blob[start - 4 : start], "big")
+    return blob[start : start + length] != b"none"
 
 
 #: errnos of a host that cannot be reached, rather than of a port closed
