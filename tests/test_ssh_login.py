@@ -77,12 +77,20 @@ class Loopback:
         #: the host's key as known_hosts lists it: ``[127.0.0.1]:PORT TYPE BASE64``
         self.known = f"[127.0.0.1]:{self.port} {result.stdout.strip()}"
 
-    def home(self, name: str, known_hosts: str, key: Path | None = None) -> Path:
+    def home(
+        self, name: str, known_hosts: str, key: Path | None = None, included: bool = False
+    ) -> Path:
         """A client HOME: ``loop`` logs in with ``key`` (by default one that
-        the sshd accepts); ``known_hosts`` is its ``~/.ssh/known_hosts``."""
+        the sshd accepts); ``known_hosts`` is its ``~/.ssh/known_hosts``.
+        ``included``: ``~/.ssh/config`` has ``loop`` from a file it includes."""
         ssh = self.dir / name / ".ssh"
         ssh.mkdir(parents=True, mode=0o700)
-        (ssh / "config").write_text(
+        config = ssh / "config"
+        if included:
+            (ssh / "config.d").mkdir()
+            config.write_text("Include config.d/*.conf\n")
+            config = ssh / "config.d" / "loop.conf"
+        config.write_text(
             f"Host loop\n  HostName 127.0.0.1\n  Port {self.port}\n  User root\n"
             f"  IdentityFile {key or self.key}\n"
         )
@@ -105,13 +113,13 @@ def loopback():
 
 @pytest.fixture
 def login(loopback, monkeypatch, make_pool):
-    """``login(name, known_hosts, key=None, **options)``: a pool of one worker
-    on ``loop`` as a client whose HOME is ``name``; no SSH agent unless the
-    test sets ``SSH_AUTH_SOCK``."""
+    """``login(name, known_hosts, key=None, included=False, **options)``: a
+    pool of one worker on ``loop`` as a client whose HOME is ``name``
+    (``Loopback.home``); no SSH agent unless the test sets ``SSH_AUTH_SOCK``."""
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
 
-    def make(name, known_hosts, key=None, **kwargs):
-        monkeypatch.setenv("HOME", str(loopback.home(name, known_hosts, key)))
+    def make(name, known_hosts, key=None, included=False, **kwargs):
+        monkeypatch.setenv("HOME", str(loopback.home(name, known_hosts, key, included)))
         kwargs.setdefault("remote_python", REMOTE_PYTHON)
         return make_pool(None, ["ssh://loop/1"], **kwargs)
 
@@ -215,3 +223,9 @@ def test_key_with_a_passphrase_names_the_agent(login, loopback):
     assert "authentication as 'root' failed" in message
     assert f"{loopback.locked_key} needs a passphrase" in message
     assert f"ssh-add {loopback.locked_key}" in message
+
+
+def test_hosts_of_included_config_files_are_found(login, loopback):
+    # the alias lives in a file that ~/.ssh/config includes, relative to ~/.ssh
+    pool = login("included", loopback.known, included=True)
+    assert pool.run_on_all(int, 7) == [7]

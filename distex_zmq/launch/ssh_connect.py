@@ -2,11 +2,12 @@
 
 ``connect`` reads ``~/.ssh/config`` (Host aliases, HostName, User, Port,
 IdentityFile, UserKnownHostsFile, StrictHostKeyChecking, ConnectTimeout,
-ProxyCommand), authenticates with the SSH agent, the config's identity files
-and the default key files (never a password), and checks the host key
-against ``known_hosts``. Every failure becomes a ``HostConnectionError`` that
-says what failed, on which host, and what to do; every step is bounded in
-time, so a dead or silent host cannot hang the pool.
+ProxyCommand, and the files it includes), authenticates with the SSH agent,
+the config's identity files and the default key files (never a password),
+and checks the host key against ``known_hosts``. Every failure becomes a
+``HostConnectionError`` that says what failed, on which host, and what to
+do; every step is bounded in time, so a dead or silent host cannot hang the
+pool.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import base64
 import dataclasses
 import errno
 import getpass
+import glob
 import hashlib
 import os
+import re
+import shlex
 import socket
 from typing import Any
 
@@ -58,7 +62,7 @@ def resolve(
     path = os.path.expanduser(config_path)
     if os.path.exists(path):
         try:
-            config = paramiko.SSHConfig.from_path(path).lookup(spec.host)
+            config = paramiko.SSHConfig.from_text(_config_text(path)).lookup(spec.host)
         except Exception as e:  # noqa: BLE001 - paramiko raises several kinds
             raise HostConnectionError(f"cannot read the SSH config {path}: {e}") from e
     known = config.get("userknownhostsfile", "~/.ssh/known_hosts").split()
@@ -76,6 +80,43 @@ def resolve(
         timeout=timeout,
         proxy_command=config.get("proxycommand"),
     )
+
+
+#: how deep ``Include`` directives may nest, as in OpenSSH
+_INCLUDE_DEPTH = 16
+_KEYWORD = re.compile(r"\s*(\w+)(?:\s*=\s*|\s+)(.*)")
+
+
+def _config_text(path: str, depth: int = 0) -> str:
+    """The SSH config file ``path`` with its ``Include`` directives replaced by
+    the files they name, in the order ``ssh`` reads them (paramiko ignores them).
+
+    A relative pattern is under ``~/.ssh``; after the included text comes the
+    ``Host`` or ``Match`` line the ``Include`` stood under again, so that what
+    follows it applies where it did.
+    """
+    if depth > _INCLUDE_DEPTH:
+        raise ValueError(f"Include nested more than {_INCLUDE_DEPTH} deep at {path}")
+    lines = []
+    block = "Host *"
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            match = _KEYWORD.match(line)
+            keyword = match.group(1).lower() if match else ""
+            if keyword in ("host", "match"):
+                block = line
+            if keyword != "include" or match is None:
+                lines.append(line)
+                continue
+            for pattern in shlex.split(match.group(2), comments=True):
+                pattern = os.path.expanduser(pattern)
+                if not os.path.isabs(pattern):
+                    pattern = os.path.join(os.path.expanduser("~/.ssh"), pattern)
+                for included in sorted(glob.glob(pattern)):
+                    lines.append(_config_text(included, depth + 1))
+            lines.append(block)
+    return "\n".join(lines) + "\n"
 
 
 def fingerprint(key: paramiko.PKey) -> str:
