@@ -78,11 +78,17 @@ class Loopback:
         self.known = f"[127.0.0.1]:{self.port} {result.stdout.strip()}"
 
     def home(
-        self, name: str, known_hosts: str, key: Path | None = None, included: bool = False
+        self,
+        name: str,
+        known_hosts: str,
+        key: Path | None = None,
+        included: bool = False,
+        extra_config: str = "",
     ) -> Path:
         """A client HOME: ``loop`` logs in with ``key`` (by default one that
         the sshd accepts); ``known_hosts`` is its ``~/.ssh/known_hosts``.
-        ``included``: ``~/.ssh/config`` has ``loop`` from a file it includes."""
+        ``included``: ``~/.ssh/config`` has ``loop`` from a file it includes;
+        ``extra_config`` comes after ``loop`` in it."""
         ssh = self.dir / name / ".ssh"
         ssh.mkdir(parents=True, mode=0o700)
         config = ssh / "config"
@@ -92,7 +98,7 @@ class Loopback:
             config = ssh / "config.d" / "loop.conf"
         config.write_text(
             f"Host loop\n  HostName 127.0.0.1\n  Port {self.port}\n  User root\n"
-            f"  IdentityFile {key or self.key}\n"
+            f"  IdentityFile {key or self.key}\n{extra_config}"
         )
         (ssh / "known_hosts").write_text(known_hosts)
         return ssh.parent
@@ -113,15 +119,17 @@ def loopback():
 
 @pytest.fixture
 def login(loopback, monkeypatch, make_pool):
-    """``login(name, known_hosts, key=None, included=False, **options)``: a
-    pool of one worker on ``loop`` as a client whose HOME is ``name``
-    (``Loopback.home``); no SSH agent unless the test sets ``SSH_AUTH_SOCK``."""
+    """``login(name, known_hosts, key=None, included=False, extra_config="",
+    hosts=["ssh://loop/1"], **options)``: a pool of ``hosts`` as a client
+    whose HOME is ``name`` (``Loopback.home``); no SSH agent unless the test
+    sets ``SSH_AUTH_SOCK``."""
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
 
-    def make(name, known_hosts, key=None, included=False, **kwargs):
-        monkeypatch.setenv("HOME", str(loopback.home(name, known_hosts, key, included)))
+    def make(name, known_hosts, key=None, included=False, extra_config="", **kwargs):
+        home = loopback.home(name, known_hosts, key, included, extra_config)
+        monkeypatch.setenv("HOME", str(home))
         kwargs.setdefault("remote_python", REMOTE_PYTHON)
-        return make_pool(None, ["ssh://loop/1"], **kwargs)
+        return make_pool(None, kwargs.pop("hosts", ["ssh://loop/1"]), **kwargs)
 
     return make
 
@@ -229,3 +237,24 @@ def test_hosts_of_included_config_files_are_found(login, loopback):
     # the alias lives in a file that ~/.ssh/config includes, relative to ~/.ssh
     pool = login("included", loopback.known, included=True)
     assert pool.run_on_all(int, 7) == [7]
+
+
+def test_proxy_jump_goes_through_the_jump_host(login, loopback):
+    def logins() -> int:
+        log = (loopback.dir / "sshd" / "sshd.log").read_text()
+        return log.count("Accepted publickey for root")
+
+    jump = f"Host inner\n  HostName 127.0.0.1\n  Port {loopback.port}\n  User root\n"
+    jump += f"  IdentityFile {loopback.key}\n  ProxyJump loop\n"
+    before = logins()
+    pool = login("jump", loopback.known, extra_config=jump, hosts=["ssh://inner/1"])
+    assert pool.run_on_all(int, 7) == [7]
+    assert logins() == before + 2  # the jump host's, then the inner host's through it
+    # the jump host cannot reach the inner host: said so, with both named
+    closed = _free_port()
+    jump = f"Host inner\n  HostName 127.0.0.1\n  Port {closed}\n  ProxyJump loop\n"
+    message = refusal(
+        login("jump-closed", loopback.known, extra_config=jump, hosts=["ssh://inner/1"])
+    )
+    assert f"its ProxyJump host root@loop (127.0.0.1):{loopback.port} cannot connect" in message
+    assert f"to 127.0.0.1 port {closed} (Connect failed)" in message

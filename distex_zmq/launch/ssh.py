@@ -180,7 +180,8 @@ class SSHLauncher(RemoteLauncher):
         except (AttributeError, OSError):
             raise HostConnectionError(
                 f"{self.where}: cannot tell which address of this machine the host reaches "
-                "(a ProxyCommand connection); give it with Pool(..., localhost=ADDRESS)"
+                "(a ProxyCommand or ProxyJump connection); give it with "
+                "Pool(..., localhost=ADDRESS)"
             ) from None
 
     def _thread(self, target: Callable[..., None], *args: Any, name: str) -> threading.Thread:

@@ -2,12 +2,13 @@
 
 ``connect`` reads ``~/.ssh/config`` (Host aliases, HostName, User, Port,
 IdentityFile, UserKnownHostsFile, StrictHostKeyChecking, ConnectTimeout,
-ProxyCommand, and the files it includes), authenticates with the SSH agent,
-the config's identity files and the default key files (never a password),
-and checks the host key against ``known_hosts``. Every failure becomes a
-``HostConnectionError`` that says what failed, on which host, and what to
-do; every step is bounded in time, so a dead or silent host cannot hang the
-pool.
+ProxyCommand, ProxyJump, and the files it includes), authenticates with the
+SSH agent, the config's identity files and the default key files (never a
+password), and checks the host key against ``known_hosts``. Every failure
+becomes a ``HostConnectionError`` that says what failed, on which host, and
+what to do; every step is bounded in time, so a dead or silent host cannot
+hang the pool. A ``ProxyJump`` host is reached as any other, and the
+connection goes on from there in a ``direct-tcpip`` channel, as ``ssh -J``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class SSHTarget:
     accept_new_hosts: bool
     timeout: float
     proxy_command: str | None
+    #: ``ProxyJump``: the hosts to go through, comma-separated, the first first
+    proxy_jump: str | None = None
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port != 22 else ""
@@ -69,6 +72,7 @@ def resolve(
     strict = config.get("stricthostkeychecking", "ask").lower()
     if "connecttimeout" in config:
         timeout = float(config["connecttimeout"])
+    jump = config.get("proxyjump")
     return SSHTarget(
         alias=spec.host,
         hostname=config.get("hostname", spec.host),
@@ -79,6 +83,7 @@ def resolve(
         accept_new_hosts=accept_new_hosts or strict in ("accept-new", "no", "off"),
         timeout=timeout,
         proxy_command=config.get("proxycommand"),
+        proxy_jump=None if not jump or jump.lower() == "none" else jump,
     )
 
 
@@ -170,9 +175,25 @@ class _AcceptNewHost(paramiko.MissingHostKeyPolicy):
                 f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
-def connect(target: SSHTarget) -> paramiko.SSHClient:
-    """An authenticated SSH connection to ``target`` (blocking, bounded by its timeout)."""
-    client = paramiko.SSHClient()
+class _Client(paramiko.SSHClient):
+    """An SSH client that closes its jump host's connection with its own."""
+
+    jump: paramiko.SSHClient | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self.jump is not None:
+            self.jump.close()
+
+
+#: jump hosts a connection may go through, at most
+MAX_JUMPS = 8
+
+
+def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
+    """An authenticated SSH connection to ``target`` (blocking, bounded by its
+    timeout); ``jumps``: how many jump hosts lead to it."""
+    client = _Client()
     revoked: list[paramiko.PKey] = []
     for path in ("/etc/ssh/ssh_known_hosts", *target.known_hosts):
         if os.path.exists(path):
@@ -182,7 +203,11 @@ def connect(target: SSHTarget) -> paramiko.SSHClient:
                 raise HostConnectionError(f"cannot read known hosts file {path}: {e}") from e
     policy = _AcceptNewHost if target.accept_new_hosts else _RefuseUnknownHost
     client.set_missing_host_key_policy(policy(target, revoked))
-    sock = paramiko.ProxyCommand(target.proxy_command) if target.proxy_command else None
+    sock: Any = None
+    if target.proxy_command:
+        sock = paramiko.ProxyCommand(target.proxy_command)
+    elif target.proxy_jump:
+        client.jump, sock = _through_jump(target, jumps + 1)
     t = target.timeout
     try:
         client.connect(
@@ -208,6 +233,42 @@ def connect(target: SSHTarget) -> paramiko.SSHClient:
         client.close()
         raise _revoked_error(target, key)
     return client
+
+
+def _through_jump(target: SSHTarget, jumps: int) -> tuple[paramiko.SSHClient, paramiko.Channel]:
+    """A connection to the last host of ``target``'s ``ProxyJump`` (itself
+    through the ones before it) and a channel from there to ``target``."""
+    if jumps > MAX_JUMPS:
+        raise HostConnectionError(
+            f"SSH to {target}: more than {MAX_JUMPS} ProxyJump hosts lead to it; does a "
+            "jump host's own entry in ~/.ssh/config name a ProxyJump that leads back? "
+            "(give that host ProxyJump none)"
+        )
+    *before, last = [hop.strip() for hop in (target.proxy_jump or "").split(",")]
+    spec = HostSpec(f"ssh://{last.removeprefix('ssh://')}/1")
+    hop = resolve(spec, target.accept_new_hosts, target.timeout)
+    if before:  # as ssh -J: the hosts before it are its jump hosts
+        hop = dataclasses.replace(hop, proxy_command=None, proxy_jump=",".join(before))
+    try:
+        jump = connect(hop, jumps)
+    except HostConnectionError as e:
+        if jumps > 1:  # said once, by the outermost jump
+            raise
+        raise HostConnectionError(f"SSH to {target} through ProxyJump {last}: {e}") from e
+    transport = jump.get_transport()
+    try:
+        assert transport is not None
+        channel = transport.open_channel(
+            "direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0), target.timeout
+        )
+    except Exception as e:  # noqa: BLE001 - paramiko raises several kinds
+        jump.close()
+        why = getattr(e, "text", "") or repr(e)  # a ChannelException's own words
+        raise HostConnectionError(
+            f"SSH to {target}: its ProxyJump host {hop} cannot connect to "
+            f"{target.hostname} port {target.port} ({why})"
+        ) from e
+    return jump, channel
 
 
 def _load_known_hosts(keys: paramiko.HostKeys, path: str) -> list[paramiko.PKey]:
