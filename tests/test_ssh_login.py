@@ -258,3 +258,21 @@ def test_proxy_jump_goes_through_the_jump_host(login, loopback):
     )
     assert f"its ProxyJump host root@loop (127.0.0.1):{loopback.port} cannot connect" in message
     assert f"to 127.0.0.1 port {closed} (Connect failed)" in message
+
+
+def test_an_identity_file_that_does_not_exist_is_passed_over(login, loopback, monkeypatch):
+    missing = loopback.dir / "no-such-key"
+    message = refusal(login("missing-key", loopback.known, key=missing))
+    assert f"no key to log in with: the IdentityFile {missing} does not exist" in message
+    # as ssh, the pool goes on with the agent's keys
+    socket_path = loopback.dir / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", socket_path], stdout=subprocess.DEVNULL)
+    try:
+        assert wait_until(socket_path.exists, timeout=10)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
+        subprocess.run(["ssh-add", "-q", loopback.key], check=True, timeout=10)
+        pool = login("missing-key-agent", loopback.known, key=missing)
+        assert pool.run_on_all(int, 7) == [7]
+    finally:
+        agent.terminate()
+        agent.wait(10)

@@ -214,7 +214,8 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
             target.hostname,
             port=target.port,
             username=target.user,
-            key_filename=list(target.key_files) or None,
+            # as ssh, go on without an IdentityFile that does not exist
+            key_filename=[f for f in target.key_files if os.path.exists(f)] or None,
             timeout=t,
             banner_timeout=t,
             auth_timeout=t,
@@ -324,8 +325,11 @@ def _explain(t: SSHTarget, e: BaseException) -> str:
             "known_hosts: someone may be intercepting the connection. If the host's key "
             f"changed for a good reason, remove the old one with ssh-keygen -R {t.hostname}"
         )
+    missing = [path for path in t.key_files if not os.path.exists(path)]
     if isinstance(e, paramiko.AuthenticationException):
         keys = ", ".join(t.key_files) or "the SSH agent's keys and ~/.ssh/id_*"
+        if missing:
+            keys += f" ({', '.join(missing)} does not exist)"
         locked = [path for path in t.key_files or _DEFAULT_KEYS if _needs_passphrase(path)]
         if locked:
             return (
@@ -339,6 +343,18 @@ def _explain(t: SSHTarget, e: BaseException) -> str:
             f"Add your public key to ~{t.user}/.ssh/authorized_keys on {t.hostname}, "
             "or name the right key with IdentityFile in ~/.ssh/config "
             "(passwords are not supported)"
+        )
+    if isinstance(e, paramiko.SSHException) and "No authentication methods" in str(e):
+        # paramiko found no key at all: no IdentityFile, no agent, no ~/.ssh/id_*
+        named = (
+            f"the IdentityFile {', '.join(missing)} does not exist"
+            if missing
+            else f"~/.ssh/config names no IdentityFile for {t.alias}"
+        )
+        return (
+            f"SSH to {t}: no key to log in with: {named}, no SSH agent answers "
+            "(SSH_AUTH_SOCK), and there is no ~/.ssh/id_* key; name the key with "
+            "IdentityFile in ~/.ssh/config or add it to the agent (passwords are not supported)"
         )
     if isinstance(e, paramiko.SSHException):
         return f"SSH to {t}: {e}"
