@@ -1,11 +1,13 @@
-"""SSH logins that fail on the client's side (its keys, its agent, its
-``known_hosts``), against a throwaway sshd on this machine's loopback.
+"""SSH logins as a client sets them up (its keys, its agent, its
+``~/.ssh/config`` and ``known_hosts``) and as the host's sshd allows them,
+against a throwaway sshd on this machine's loopback.
 
-Unlike ``test_ssh`` these need no network namespaces: one sshd of the
-project's own (``tests/cluster/sshd.sh``) listens on ``127.0.0.1``, at
-``DZQ_TEST_SSHD_PORT`` if set, else on a free port, and a client ``HOME``
-of the module's own names it ``loop`` in ``~/.ssh/config``. Needs root
-(sshd's privilege separation directory) and openssh-server.
+Unlike ``test_ssh`` these need no network namespaces: an sshd of the
+project's own (``tests/cluster/sshd.sh``) listens on ``127.0.0.1`` (at
+``DZQ_TEST_SSHD_PORT`` and the ports after it if set, else on free ports),
+and a client ``HOME`` of the module's own names it ``loop`` in
+``~/.ssh/config``. Needs root (sshd's privilege separation directory) and
+openssh-server.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class Loopback:
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="dzq-sshd-"))
-        self.port = int(os.environ.get("DZQ_TEST_SSHD_PORT") or _free_port())
+        self.port = self._port()
         self.key = _keygen(self.dir / "id_ed25519")
         self.locked_key = _keygen(self.dir / "locked_ed25519", passphrase="not asked for")
         authorized = self.dir / "authorized_keys"
@@ -76,6 +78,7 @@ class Loopback:
             raise RuntimeError(f"the loopback sshd did not start: {result.stderr}")
         #: the host's key as known_hosts lists it: ``[127.0.0.1]:PORT TYPE BASE64``
         self.known = f"[127.0.0.1]:{self.port} {result.stdout.strip()}"
+        self._variants: list[Path] = []
 
     def home(
         self,
@@ -103,9 +106,42 @@ class Loopback:
         (ssh / "known_hosts").write_text(known_hosts)
         return ssh.parent
 
+    def _port(self) -> int:
+        """A port for an sshd: the next of ``DZQ_TEST_SSHD_PORT`` and up, else a free one."""
+        base = os.environ.get("DZQ_TEST_SSHD_PORT")
+        if not base:
+            return _free_port()
+        self._ports_taken = getattr(self, "_ports_taken", -1) + 1
+        return int(base) + self._ports_taken
+
+    def variant(self, name: str, **options: str) -> int:
+        """Another sshd like it (same host key, same keys accepted) with
+        sshd_config ``options`` that override its own; returns its port."""
+        port = self._port()
+        pid_dir = self.dir / name
+        pid_dir.mkdir()
+        overrides = {"Port": str(port), "PidFile": str(pid_dir / "sshd.pid"), **options}
+        subprocess.run(
+            ["/usr/sbin/sshd", "-f", self.dir / "sshd" / "sshd_config", "-E", pid_dir / "log",
+             *(arg for k, v in overrides.items() for arg in ("-o", f"{k}={v}"))],
+            check=True, timeout=30,
+        )  # fmt: skip
+        self._variants.append(pid_dir)
+        assert wait_until(lambda: _listening(port), timeout=10), (pid_dir / "log").read_text()
+        return port
+
     def down(self) -> None:
-        subprocess.run([SCRIPTS / "sshd.sh", "stop", self.dir / "sshd"], check=False)
+        for pid_dir in [*self._variants, self.dir / "sshd"]:
+            subprocess.run([SCRIPTS / "sshd.sh", "stop", pid_dir], check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +312,17 @@ def test_an_identity_file_that_does_not_exist_is_passed_over(login, loopback, mo
     finally:
         agent.terminate()
         agent.wait(10)
+
+
+def test_sshd_that_refuses_the_tunnel_says_what_to_do(login, loopback):
+    port = loopback.variant("no-forwarding", AllowTcpForwarding="no")
+    known = loopback.known.replace(f":{loopback.port} ", f":{port} ")
+    inner = f"Host closed-fwd\n  HostName 127.0.0.1\n  Port {port}\n  User root\n"
+    inner += f"  IdentityFile {loopback.key}\n"
+    message = refusal(login("no-fwd", known, extra_config=inner, hosts=["ssh://closed-fwd/1"]))
+    assert "ssh://closed-fwd: its sshd refuses the reverse tunnel" in message
+    assert "ssh_tunnel=False" in message and "AllowTcpForwarding" in message
+    # and ssh_tunnel=False works there
+    pool = login("no-fwd-direct", known, extra_config=inner, hosts=["ssh://closed-fwd/1"],
+                 ssh_tunnel=False)  # fmt: skip
+    assert pool.run_on_all(int, 7) == [7]

@@ -145,9 +145,17 @@ class SSHLauncher(RemoteLauncher):
             assert transport is not None
             transport.set_keepalive(max(1, int(settings.heartbeat_timeout / 2)))
             if settings.tunnel:
-                self._tunnel = ReverseTunnel(
-                    transport, ("127.0.0.1", self._broker_port), self.spec.host
-                )
+                try:
+                    self._tunnel = ReverseTunnel(
+                        transport, ("127.0.0.1", self._broker_port), self.spec.host
+                    )
+                except paramiko.SSHException as e:
+                    raise HostConnectionError(
+                        f"{self.where}: its sshd refuses the reverse tunnel that the workers "
+                        f"reach the pool through ({e}); allow it there (AllowTcpForwarding "
+                        "yes or remote in sshd_config), or let the workers connect straight "
+                        "to this machine with Pool(..., ssh_tunnel=False)"
+                    ) from e
                 endpoint = f"tcp://127.0.0.1:{self._tunnel.remote_port}"
             else:
                 endpoint = f"tcp://{tcp_host(self._direct_address(transport))}:{self._broker_port}"
