@@ -326,3 +326,15 @@ def test_sshd_that_refuses_the_tunnel_says_what_to_do(login, loopback):
     pool = login("no-fwd-direct", known, extra_config=inner, hosts=["ssh://closed-fwd/1"],
                  ssh_tunnel=False)  # fmt: skip
     assert pool.run_on_all(int, 7) == [7]
+
+
+def test_user_known_hosts_file_none_writes_no_file(login, loopback, tmp_path, monkeypatch):
+    # a common set-up for throwaway hosts: trust whatever answers, remember nothing
+    monkeypatch.chdir(tmp_path)
+    options = "Host trusting\n  HostName 127.0.0.1\n  User root\n"
+    options += f"  Port {loopback.port}\n  IdentityFile {loopback.key}\n"
+    options += "  UserKnownHostsFile none\n  StrictHostKeyChecking no\n"
+    pool = login("trusting", "", extra_config=options, hosts=["ssh://trusting/1"])
+    assert pool.run_on_all(int, 7) == [7]
+    assert list(tmp_path.iterdir()) == []  # no file named "none" here
+    assert (loopback.dir / "trusting" / ".ssh" / "known_hosts").read_text() == ""

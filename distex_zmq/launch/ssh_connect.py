@@ -69,6 +69,8 @@ def resolve(
         except Exception as e:  # noqa: BLE001 - paramiko raises several kinds
             raise HostConnectionError(f"cannot read the SSH config {path}: {e}") from e
     known = config.get("userknownhostsfile", "~/.ssh/known_hosts").split()
+    # "none": no known_hosts file of the user's, so none is written either
+    known = [path for path in known if path.lower() != "none"]
     strict = config.get("stricthostkeychecking", "ask").lower()
     if "connecttimeout" in config:
         timeout = float(config["connecttimeout"])
