@@ -338,3 +338,18 @@ def test_user_known_hosts_file_none_writes_no_file(login, loopback, tmp_path, mo
     assert pool.run_on_all(int, 7) == [7]
     assert list(tmp_path.iterdir()) == []  # no file named "none" here
     assert (loopback.dir / "trusting" / ".ssh" / "known_hosts").read_text() == ""
+
+
+def test_adding_a_lost_host_again_says_it_reconnects(login, loopback):
+    port = loopback.variant("goes-away")
+    known = loopback.known.replace(f":{loopback.port} ", f":{port} ")
+    host = f"Host away\n  HostName 127.0.0.1\n  Port {port}\n  User root\n"
+    host += f"  IdentityFile {loopback.key}\n"
+    pool = login("away", known, extra_config=host, hosts=["ssh://away/1"])
+    assert pool.run_on_all(int, 7) == [7]
+    subprocess.run([SCRIPTS / "sshd.sh", "stop", loopback.dir / "goes-away"], check=True)
+    assert wait_until(lambda: pool.status().hosts[-1].state != "up", timeout=30)
+    with pytest.raises(ValueError, match="in the pool already, and lost") as info:
+        pool.add_hosts(["ssh://away/1"])
+    assert "reconnects to it on its own" in str(info.value)
+    assert "remove_hosts it and add_hosts it again" in str(info.value)
