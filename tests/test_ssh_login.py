@@ -1,6 +1,7 @@
 """SSH logins as a client sets them up (its keys, its agent, its
 ``~/.ssh/config`` and ``known_hosts``) and as the host's sshd allows them,
-against a throwaway sshd on this machine's loopback.
+and SSH hosts at the client's exit, against a throwaway sshd on this
+machine's loopback.
 
 Unlike ``test_ssh`` these need no network namespaces: an sshd of the
 project's own (``tests/cluster/sshd.sh``) listens on ``127.0.0.1`` (at
@@ -16,15 +17,18 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import textwrap
 import threading
 from pathlib import Path
 
 import pytest
 
 from distex_zmq import HostConnectionError
+from tests import tasks
 from tests.helpers import child_pids, pool_threads, wait_until
-from tests.multihost import REMOTE_PYTHON, SCRIPTS
+from tests.multihost import REMOTE_PYTHON, ROOT, SCRIPTS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -353,3 +357,36 @@ def test_adding_a_lost_host_again_says_it_reconnects(login, loopback):
         pool.add_hosts(["ssh://away/1"])
     assert "reconnects to it on its own" in str(info.value)
     assert "remove_hosts it and add_hosts it again" in str(info.value)
+
+
+EXIT_CLIENT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {root!r})
+    from distex_zmq import Pool
+    from tests import tasks
+
+    pool = Pool(None, ["ssh://loop/1"], remote_python={python!r})
+    pool.run_on_all(int, 0)
+    future = pool.submit(tasks.touch_then_sleep, {marker!r}, 1.0, "ran")
+    future.add_done_callback(lambda f: print("done:", f.result(), flush=True))
+    # no shutdown: the exit waits for the task, as a ProcessPoolExecutor's does
+    """
+)
+
+
+def test_exit_lets_the_tasks_on_ssh_hosts_finish(loopback, tmp_path):
+    marker = tmp_path / "starts"
+    home = loopback.home("exiting", loopback.known)
+    script = EXIT_CLIENT.format(root=str(ROOT), python=REMOTE_PYTHON, marker=str(marker))
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env={**env, "HOME": str(home)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "done: ran" in result.stdout
+    # paramiko's own exit handler must not cut the host off first: no loss,
+    # and the task ran once
+    assert "lost" not in result.stderr, result.stderr
+    assert tasks.traces(str(marker)) == 1

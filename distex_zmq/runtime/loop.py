@@ -13,7 +13,6 @@ broker its hooks (``PoolHooks``), hands changes of the running pool to
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import dataclasses
 import importlib
@@ -34,7 +33,7 @@ from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import new_event_loop
 from distex_zmq.options import Options
 from distex_zmq.results import mark_pool_loop
-from distex_zmq.runtime import forks
+from distex_zmq.runtime import exits, forks
 from distex_zmq.runtime.elastic import Elastic
 from distex_zmq.runtime.endpoints import RemoteEndpoints
 from distex_zmq.runtime.hooks import PoolHooks
@@ -488,7 +487,7 @@ def _interactive() -> bool:
 
 #: Runtimes whose loop thread runs (it holds its runtime while it does).
 _running: weakref.WeakSet[Runtime] = weakref.WeakSet()
-atexit.register(wait_at_exit)
+exits.register(wait_at_exit)
 
 #: Before multiprocessing's own finalizers at its exit (its pools': 15), as
 #: ``wait_at_exit`` runs before them at the interpreter's exit.

@@ -23,6 +23,7 @@ from distex_zmq.launch.local import LocalLauncher
 from distex_zmq.loops import run_in_background
 from distex_zmq.options import Options
 from distex_zmq.output import WorkerOutput
+from distex_zmq.runtime import exits
 from distex_zmq.runtime.state import PoolState
 
 if TYPE_CHECKING:
@@ -130,8 +131,11 @@ class Placement:
         launcher: SSHLauncher | SpawnerLauncher
         if spec.is_ssh:
             # imported here: paramiko takes longer to import than the rest of
-            # the pool, and only SSH hosts need it
+            # the pool, and only SSH hosts need it; its exit handler must run
+            # after the pools' (``runtime/exits.py``)
             from distex_zmq.launch.ssh import SSHLauncher
+
+            exits.run_first()
 
             launcher = SSHLauncher(
                 self._loop,
