@@ -298,6 +298,12 @@ def test_proxy_jump_goes_through_the_jump_host(login, loopback):
     )
     assert f"its ProxyJump host root@loop (127.0.0.1):{loopback.port} cannot connect" in message
     assert f"to 127.0.0.1 port {closed} (Connect failed)" in message
+    # the inner host's StrictHostKeyChecking does not make its jump host trusted
+    jump = f"Host inner\n  HostName localhost\n  Port {loopback.port}\n  User root\n"
+    jump += f"  IdentityFile {loopback.key}\n  ProxyJump loop\n  StrictHostKeyChecking no\n"
+    pool = login("jump-unknown", "", extra_config=jump, hosts=["ssh://inner/1"])
+    message = refusal(pool)
+    assert "through ProxyJump loop" in message and "is not in" in message
 
 
 def test_an_identity_file_that_does_not_exist_is_passed_over(login, loopback, monkeypatch):

@@ -47,6 +47,8 @@ class SSHTarget:
     proxy_command: str | None
     #: ``ProxyJump``: the hosts to go through, comma-separated, the first first
     proxy_jump: str | None = None
+    #: the pool trusts new hosts (``ssh_accept_new_hosts``), its jump hosts too
+    pool_accepts_new_hosts: bool = False
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port != 22 else ""
@@ -86,6 +88,7 @@ def resolve(
         timeout=timeout,
         proxy_command=config.get("proxycommand"),
         proxy_jump=None if not jump or jump.lower() == "none" else jump,
+        pool_accepts_new_hosts=accept_new_hosts,
     )
 
 
@@ -249,7 +252,8 @@ def _through_jump(target: SSHTarget, jumps: int) -> tuple[paramiko.SSHClient, pa
         )
     *before, last = [hop.strip() for hop in (target.proxy_jump or "").split(",")]
     spec = HostSpec(f"ssh://{last.removeprefix('ssh://')}/1")
-    hop = resolve(spec, target.accept_new_hosts, target.timeout)
+    # the host's own StrictHostKeyChecking is not its jump host's
+    hop = resolve(spec, target.pool_accepts_new_hosts, target.timeout)
     if before:  # as ssh -J: the hosts before it are its jump hosts
         hop = dataclasses.replace(hop, proxy_command=None, proxy_jump=",".join(before))
     try:
