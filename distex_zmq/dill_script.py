@@ -6,6 +6,7 @@ not import dill.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import sys
@@ -18,6 +19,7 @@ from .script_pickler import ScriptPickler, function_reduce, reduce_class
 from .script_rebuild import (
     RefSink,
     is_singledispatch,
+    make_cached_property,
     make_script_function,
     make_singledispatch,
     script_ref,
@@ -34,7 +36,11 @@ class ScriptClassesPickler(dill.Pickler):
     that does not pickle (a lock, a ``threading.local``) and otherwise
     overwrites the worker's globals of that module at every task. A
     ``functools.singledispatch`` function of the script goes as its
-    implementations (its dispatch cache holds weak references).
+    implementations (its dispatch cache holds weak references), and a
+    ``functools.cached_property`` (of a class sent by value) as its function
+    and name: before Python 3.12 one holds an ``RLock``, which dill makes
+    again held by no thread, so that the property's first use in the worker
+    waits for ever.
 
     Given ``refs``, a function of the script inside the object pickled (a
     ``functools.partial``'s function, a bound method's) goes by id, as in
@@ -58,6 +64,9 @@ class ScriptClassesPickler(dill.Pickler):
                 return
         elif is_singledispatch(obj) and id(obj) not in self.memo:
             self.save_reduce(make_singledispatch, singledispatch_args(obj), obj=obj)
+            return
+        elif type(obj) is functools.cached_property and id(obj) not in self.memo:
+            self.save_reduce(make_cached_property, (obj.func, obj.attrname), obj=obj)
             return
         elif (
             self._refs is not None
@@ -90,3 +99,36 @@ class ScriptClassesPickler(dill.Pickler):
         if reduce is NotImplemented or reduce[0] is not make_script_function:
             return 0
         return self._refs.ref(func, reduce)
+
+
+class ScriptDataPickler(ScriptClassesPickler):
+    """``ScriptClassesPickler`` for data (with dill's settings, as
+    ``dill.dumps``), whose functions of ``__main__`` go as ``script_pickler``
+    sends them: in a worker they are made on the namespace that the script's
+    functions share there. dill alone makes them on the worker's own
+    ``__main__``, where the script's globals are not."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._script: ScriptPickler | None = None
+
+    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+        if (
+            type(obj) is types.FunctionType
+            and obj.__globals__.get("__name__") == "__main__"
+            and id(obj) not in self.memo
+            and not is_singledispatch(obj)
+        ):
+            reduce = function_reduce(self._script_pickler(), obj)
+            if reduce is not NotImplemented and reduce[0] is make_script_function:
+                self.save_reduce(*reduce, obj=obj)
+                return
+        super().save(obj, save_persistent_id)
+
+    def _script_pickler(self) -> ScriptPickler:
+        """The pickler that reduces the script's functions of this pickle
+        (one, so that they share the globals they are made on in the client,
+        as in one pickle of cloudpickle)."""
+        if self._script is None:
+            self._script = ScriptPickler(io.BytesIO(), protocol=self.proto)
+        return self._script

@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import joblib
-from joblib._parallel_backends import AutoBatchingMixin
+from joblib._parallel_backends import AutoBatchingMixin, FallbackToBackend
 from joblib.parallel import ParallelBackendBase
 
 from .pool import Pool
@@ -44,6 +44,13 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
     joblib's completion callbacks, which dispatch the next batches and so
     read the caller's iterator of calls, run on a thread of the backend, not
     on the pool's loop, which they would hold up.
+
+    ``parallel_config`` makes one backend for all the ``Parallel`` calls in
+    it, and each call's end terminates it. A call that starts while another
+    one runs (the caller reads a ``return_as="generator"`` output and calls
+    ``Parallel`` in the loop) runs on a backend of its own instead, which
+    its end terminates, so the call that runs keeps its thread of callbacks,
+    its batches and its batch sizes.
     """
 
     default_n_jobs = -1
@@ -57,6 +64,8 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
         self._callbacks: ThreadPoolExecutor | None = None
         self._pending: set[Future[Any]] = set()
         self._lock = threading.Lock()
+        # the Parallel call that runs on this backend, until it terminates it
+        self._running: Any = None
 
     def _the_pool(self) -> Pool:
         if self.pool is None:
@@ -82,13 +91,36 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def configure(self, n_jobs: int | None = 1, parallel: Any = None, **backend_args: Any) -> int:
         n = self.effective_n_jobs(n_jobs)
+        if n == 1:  # joblib runs the calls itself, and does not terminate
+            return n
+        with self._lock:
+            if self._running is not None and self._running is not parallel:
+                # joblib configures and runs the backend it is given instead
+                raise FallbackToBackend(self._fresh())
+            self._running = parallel
         self.parallel = parallel
         if self._callbacks is None:
             self._callbacks = ThreadPoolExecutor(1, thread_name_prefix="distex_zmq-joblib")
         return n
 
+    def _fresh(self) -> DistexZmqBackend:
+        """A backend like this one, for a call that starts while another runs."""
+        return type(self)(
+            pool=self.pool,
+            nesting_level=self.nesting_level,
+            inner_max_num_threads=self.inner_max_num_threads,
+            **self.backend_kwargs,
+        )
+
     def submit(self, func: Any, callback: Any = None) -> Future[Any]:
-        future = self._the_pool().submit(_run_batch, func)
+        try:
+            future = self._the_pool().submit(_run_batch, func)
+        except Exception as error:  # noqa: BLE001 - joblib raises it from the batch
+            # a batch that does not pickle (or a pool shut down) fails as a
+            # batch: joblib dispatches most batches from a completion
+            # callback, where nobody would see the error, and waits for ever
+            future = Future()
+            future.set_exception(error)
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._done)
@@ -119,6 +151,8 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
             on_it = threading.current_thread().name.startswith("distex_zmq-joblib")
             callbacks.shutdown(wait=not on_it)
         self.reset_batch_stats()
+        with self._lock:
+            self._running = None
 
 
 def _hand_over(callbacks: ThreadPoolExecutor, callback: Any, future: Future[Any]) -> None:

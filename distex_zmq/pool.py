@@ -95,7 +95,10 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             functions, lambdas) is pickled by cloudpickle and sent by value,
             in both directions, as ``ProcessPoolExecutor`` can use them; a
             result of a script class arrives as an instance of the script's
-            own class. ``PickleType.pickle`` given explicitly is standard
+            own class. ``PickleType.cloudpickle`` and ``PickleType.dill``
+            pickle all data with that pickler, and the script's objects as
+            ``auto`` does (its functions share the worker's globals of the
+            script). ``PickleType.pickle`` given explicitly is standard
             pickle only: objects of ``__main__`` fail to load in a worker.
         max_retries: How often a task whose worker died is run again on
             another worker before it fails with ``WorkerLostError``.
@@ -130,12 +133,14 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             not in ``~/.ssh/known_hosts`` (OpenSSH's ``accept-new``); by
             default such a host is refused.
         connect_timeout: Seconds allowed to connect and log in to an SSH
-            host, or to hear from a spawner.
+            host (each step; the whole login at most twice that), or to
+            hear from a spawner.
         secret: The cluster's shared secret, which the spawners have too;
             by default the ``DISTEX_ZMQ_SECRET`` environment variable. Without
             one, only spawners that run without one (on loopback, or with
             ``--insecure``) serve the pool.
-        secret_file: A file that holds the shared secret, instead.
+        secret_file: A file that holds the shared secret, instead; one
+            that its group or others may read is logged as a warning.
         output: What becomes of what the workers write to their stdout and
             stderr, on every host: each line is written, as it arrives, to
             the client's ``sys.stdout`` or ``sys.stderr``, tagged with its

@@ -56,6 +56,23 @@ def dumps_by_value(
     return file.getvalue()
 
 
+def dill_data_dumps(obj: Any, protocol: int, buffer_callback: Any = None) -> bytes:
+    """dill's ``dumps`` for data, with classes and functions of ``__main__``
+    as ``dumps_by_value`` sends them (see ``dill_script.ScriptDataPickler``)."""
+    from .dill_script import ScriptDataPickler
+
+    file = io.BytesIO()
+    ScriptDataPickler(file, protocol, buffer_callback=buffer_callback).dump(obj)
+    return file.getvalue()
+
+
+def dill_loads(data: Any, **kwargs: Any) -> Any:
+    """``dill.loads``, importing dill on first use."""
+    import dill
+
+    return dill.loads(data, **kwargs)
+
+
 def dill_dumps(obj: Any, protocol: int, refs: RefSink | None = None) -> bytes:
     """``dill.dumps(obj, recurse=True)`` with classes of ``__main__`` by
     cloudpickle's rules (see ``dill_script.ScriptClassesPickler``); the

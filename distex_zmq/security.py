@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import stat
 from typing import Any
 
 import zmq
@@ -83,18 +84,47 @@ class ClusterKeys:
         return cls(spawner=derive(b"spawner"), client=derive(b"client"))
 
 
-def load_secret(secret: str | bytes | None = None, secret_file: str | None = None) -> bytes | None:
+def exposed_secret_file(secret_file: str, mode: int) -> str | None:
+    """What is wrong with a secret file of this mode, which group or others
+    may read or write, as OpenSSH asks of a private key; ``None`` if nothing."""
+    if not mode & 0o077:
+        return None
+    who = " and ".join(w for w, bits in (("its group", 0o070), ("others", 0o007)) if mode & bits)
+    return (
+        f"the secret file {secret_file} is open to {who} (mode {stat.S_IMODE(mode):04o}): "
+        "whoever can read it can run any code, as the spawners' user, on every spawner "
+        f"of the cluster; make it private with `chmod 600 {secret_file}`"
+    )
+
+
+def load_secret(
+    secret: str | bytes | None = None,
+    secret_file: str | None = None,
+    refuse_exposed: bool = False,
+) -> bytes | None:
     """The shared secret: given, read from ``secret_file``, or from the
     environment; without the whitespace around it, whatever its source (a
-    file's last newline, say), so that every source gives the same keys."""
+    file's last newline, say), so that every source gives the same keys.
+
+    A secret file that group or others may access (``exposed_secret_file``)
+    is a warning on the ``distex_zmq.security`` logger, or, with
+    ``refuse_exposed`` (the spawner), a ``ValueError``."""
     if secret is not None and secret_file is not None:
         raise ValueError("give the shared secret or a secret file, not both")
     if secret_file is not None:
         try:
             with open(os.path.expanduser(secret_file), "rb") as f:
+                exposed = exposed_secret_file(secret_file, os.fstat(f.fileno()).st_mode)
+                if exposed is not None and refuse_exposed:
+                    raise ValueError(
+                        f"{exposed}, then start again (a secret that a container platform "
+                        "mounts has the mode of its mount: give that mode 0400)"
+                    )
                 value = f.read().strip()
         except OSError as e:
             raise ValueError(f"cannot read the secret file {secret_file}: {e.strerror}") from e
+        if exposed is not None:
+            _logger.warning("%s", exposed)
         if not value:
             raise ValueError(f"the secret file {secret_file} is empty")
         return value

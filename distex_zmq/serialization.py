@@ -20,7 +20,14 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, cast
 
-from .script_objects import PickleByValue, dill_dumps, dumps_by_value, dumps_main_by_value
+from .script_objects import (
+    PickleByValue,
+    dill_data_dumps,
+    dill_dumps,
+    dill_loads,
+    dumps_by_value,
+    dumps_main_by_value,
+)
 from .script_rebuild import RefSink
 from .wire.frames import RecentFunctions
 
@@ -51,6 +58,26 @@ class _MainByValue:
     loads = staticmethod(pickle.loads)
 
 
+class _CloudpickleData:
+    """``dumps`` and ``loads`` of ``PickleType.cloudpickle`` for data:
+    cloudpickle, with the script's objects sent as ``PickleType.auto``
+    sends them (``script_pickler``)."""
+
+    __name__ = "cloudpickle"
+    dumps = staticmethod(dumps_by_value)
+    loads = staticmethod(pickle.loads)
+
+
+class _DillData:
+    """``dumps`` and ``loads`` of ``PickleType.dill`` for data: dill, with
+    the script's classes and functions sent as ``PickleType.auto`` sends
+    them (``dill_script.ScriptDataPickler``)."""
+
+    __name__ = "dill"
+    dumps = staticmethod(dill_data_dumps)
+    loads = staticmethod(dill_loads)
+
+
 def pickle_type(kind: int) -> PickleType:
     """``kind`` as a ``PickleType``; ``ValueError`` if it is none (imports nothing)."""
     try:
@@ -68,6 +95,20 @@ def pickle_module(kind: int) -> Any:
     if name == "auto":
         return _MainByValue
     return pickle if name == "pickle" else importlib.import_module(name)
+
+
+def data_pickle_module(kind: int) -> Any:
+    """The module (``dumps``, ``loads``) for arguments and results pickled
+    with ``kind``: ``pickle_module``'s, but cloudpickle and dill send the
+    script's functions so that in a worker they are made on the namespace
+    that the script's functions share there, as ``PickleType.auto`` does
+    (``script_rebuild``)."""
+    name = pickle_type(kind).name
+    if name == "cloudpickle":
+        return _CloudpickleData
+    if name == "dill":
+        return _DillData
+    return pickle_module(kind)
 
 
 #: What a pickle made by dill names where it needs dill's unpickler: dill's
@@ -116,8 +157,9 @@ def dumps(
 ) -> tuple[bytes, list[Any]]:
     """Pickle ``obj``; return the pickle and its out-of-band buffers.
 
-    ``refs``: the functions of ``__main__`` that ``PickleType.auto`` meets
-    go by id to it (``script_refs``) rather than by value."""
+    ``refs``: the functions of ``__main__`` that ``PickleType.auto`` or
+    ``cloudpickle`` (as data) meets go by id to it (``script_refs``) rather
+    than by value."""
     buffers: list[Any] = []
     if type(obj) in _MAY_HOLD_LARGE_BYTES:  # a call less for other results
         obj = _bytes_out_of_band(obj)
@@ -132,6 +174,8 @@ def dumps(
         buffers.append(view)
         return False
 
+    if dumper is dumps_by_value:  # PickleType.cloudpickle, as data
+        return dumps_by_value(obj, PROTOCOL, keep_large, refs), buffers
     try:
         return dumper(obj, protocol=PROTOCOL, buffer_callback=keep_large), buffers
     except PickleByValue:  # PickleType.auto met an object of __main__

@@ -19,8 +19,8 @@ from distex_zmq.serialization import (
     SCALARS,
     FunctionCache,
     call_out_of_band,
+    data_pickle_module,
     dumps,
-    pickle_module,
     pickles_scalars_plainly,
 )
 from distex_zmq.task_errors import note_unpicklable
@@ -61,7 +61,7 @@ class TaskMaker:
         #: the functions of the script met in data, by id (``script_refs``)
         self.script_refs = ScriptRefs(self.functions.new_id)
         self.functions.collector = functools.partial(RefCollector, self.script_refs)
-        data = pickle_module(data_pickle)
+        data = data_pickle_module(data_pickle)
         self.data_dumps: Callable[..., bytes] = data.dumps
         self.data_loads: Callable[..., Any] = data.loads
         #: scalar inputs and arguments go by ``pickle.dumps`` straight

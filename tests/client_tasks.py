@@ -11,6 +11,11 @@ def square(x: int) -> int:
     return x * x
 
 
+def slow_square(x: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return x * x
+
+
 def fail_on(x: int, bad: int) -> int:
     if x == bad:
         raise KeyError(x)

@@ -156,19 +156,33 @@ class LeakCheck:
                 pass
 
 
+#: ``python -c`` code that runs module ``sys.argv[1]`` as ``-m`` would, with
+#: SIGCHLD ignored
+IGNORING_SIGCHLD = (
+    "import runpy, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+    "del sys.argv[0]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
+)
+
+
 class LoopbackSpawner:
     """``python -m distex_zmq.spawner`` on 127.0.0.1 without a secret (unless
     ``args`` has ``--secret-file``), its log in a file; on a free port, or on
-    ``port`` (a spawner started again)."""
+    ``port`` (a spawner started again). With ``ignore_sigchld`` it runs with
+    SIGCHLD ignored, as a child of a daemon that ignores it may."""
 
-    def __init__(self, log: Path, *args: str, port: int | None = None):
+    def __init__(
+        self, log: Path, *args: str, port: int | None = None, ignore_sigchld: bool = False
+    ):
         env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
+        run = ["-m", "distex_zmq.spawner"]
+        if ignore_sigchld:
+            run = ["-c", IGNORING_SIGCHLD, "distex_zmq.spawner"]
         for _ in range(5):  # another process may take the port between probe and bind
             self.port = free_port() if port is None else port
             self.log = log
             with open(log, "wb") as out:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "distex_zmq.spawner", "--port", str(self.port), *args],
+                    [sys.executable, *run, "--port", str(self.port), *args],
                     env=env,
                     stderr=out,
                 )

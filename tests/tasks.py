@@ -385,6 +385,13 @@ def sleep_touch(path: str, delay: float, value: Any = None) -> Any:
     return touch(path, value)
 
 
+def touch_then_sleep(path: str, delay: float, value: Any = None) -> Any:
+    """Leave a trace in ``path`` as the task starts, then sleep: each run counts."""
+    touch(path)
+    time.sleep(delay)
+    return value
+
+
 def traces(path: str) -> int:
     """How many tasks left a trace in ``path`` (see ``touch``)."""
     try:

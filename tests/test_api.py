@@ -449,6 +449,7 @@ def test_spawner_refuses_an_ipv6_address(host):
 def test_spawner_on_an_unknown_host_name_says_so(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("a secret for this test only")
+    secret.chmod(0o600)
     cmd = [sys.executable, "-m", "distex_zmq.spawner", "--host", "no-such-host.invalid"]
     cmd += ["--secret-file", str(secret), "--port", "18997"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
@@ -483,6 +484,7 @@ def test_a_spawner_logs_the_clients_it_refuses_in_the_handshake(tmp_path, make_p
     # they never reach its socket: the spawner's log said nothing of them
     secret = tmp_path / "secret"
     secret.write_text("correct horse battery staple 42\n")
+    secret.chmod(0o600)
     spawner = LoopbackSpawner(
         tmp_path / "spawner.log", "--host", "127.0.0.1", "--secret-file", str(secret)
     )
@@ -507,6 +509,42 @@ def test_a_spawner_logs_the_clients_it_refuses_in_the_handshake(tmp_path, make_p
         spawner.stop()
         open_spawner.stop()
     assert spawner.proc.returncode == 0 == open_spawner.proc.returncode
+
+
+@pytest.mark.parametrize(("mode", "who"), [(0o644, "its group and others"), (0o604, "others")])
+def test_a_spawner_refuses_a_secret_file_others_can_read(tmp_path, mode, who):
+    # as OpenSSH with a private key: whoever reads the secret runs code here
+    secret = tmp_path / "secret"
+    secret.write_text("correct horse battery staple 42\n")
+    secret.chmod(mode)
+    cmd = [sys.executable, "-m", "distex_zmq.spawner", "--secret-file", str(secret)]
+    result = subprocess.run(cmd + ["--port", "18997"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert f"the secret file {secret} is open to {who} (mode {mode:04o})" in result.stderr
+    assert f"`chmod 600 {secret}`, then start again" in result.stderr
+
+
+def test_a_client_warns_of_a_secret_file_others_can_read(tmp_path, caplog, make_pool):
+    # it still connects: the warning names the file and the fix
+    private = tmp_path / "private"
+    private.write_text("correct horse battery staple 42\n")
+    private.chmod(0o600)
+    shared = tmp_path / "shared"
+    shared.write_text(private.read_text())
+    shared.chmod(0o640)
+    spawner = LoopbackSpawner(tmp_path / "spawner.log", "--secret-file", str(private))
+    try:
+        pool = make_pool(None, [f"127.0.0.1:{spawner.port}/1"], secret_file=str(shared))
+        assert pool.run(abs, -1) == 1
+    finally:
+        spawner.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "distex_zmq.security"]
+    assert warnings == [
+        f"the secret file {shared} is open to its group (mode 0640): whoever can read it "
+        "can run any code, as the spawners' user, on every spawner of the cluster; make it "
+        f"private with `chmod 600 {shared}`"
+    ]
+    assert b"the secret file" not in spawner.read()
 
 
 def test_a_port_that_is_no_spawner_is_named_as_such(tmp_path, monkeypatch, make_pool):

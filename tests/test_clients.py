@@ -10,6 +10,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,18 @@ def test_the_scripts_objects_and_globals_as_with_a_process_pool(tmp_path, script
         assert run_script(script, f"spawner:{spawner.port}").endswith("OK\n")
     finally:
         spawner.stop()
+
+
+@pytest.mark.timeout(100)
+@pytest.mark.parametrize("data_pickle", ["cloudpickle", "dill"])
+@pytest.mark.parametrize("script", ["script_objects.py", "script_globals.py"])
+def test_the_scripts_objects_and_globals_with_data_pickled_by(script, data_pickle):
+    # data_pickle=cloudpickle or dill sends the script's objects as the
+    # default does, and its functions inside a task's data share the
+    # worker's globals: cloudpickle alone gives them globals of their own
+    # (the initializer's model is None to them) and sends a cached function
+    # by name, dill alone makes them on the worker's __main__ (NameError)
+    assert run_script(script, "local", data_pickle).endswith("OK\n")
 
 
 HELPER_MODULE = """\
@@ -156,7 +169,7 @@ def test_the_proxies_of_a_multiprocessing_manager_reach_it(pool):
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("executor", ["control", "local", "spawner"])
+@pytest.mark.parametrize("executor", ["control", "local", "cloudpickle", "spawner"])
 def test_script_functions_in_task_data_go_to_each_worker_once(tmp_path, executor):
     # a function of the script in dask's tasks, joblib's batches and partial
     # arguments comes to each worker once, with the globals it uses: a dict
@@ -231,6 +244,46 @@ def test_joblib_generator_unordered(joblib_pool):
     assert sorted(out) == [i * i for i in range(50)]
 
 
+def outer_calls(n: int) -> list:
+    """Calls that take long enough for most to be dispatched by the
+    completion callbacks of the first ones, while the loop of the test runs."""
+    return [joblib.delayed(client_tasks.slow_square)(i, 0.05) for i in range(n)]
+
+
+@pytest.mark.timeout(90)
+def test_joblib_parallel_in_the_loop_over_another_ones_generator(joblib_pool):
+    # parallel_config has one backend for both calls: the inner call's end
+    # must not end the thread of callbacks that dispatches the outer call's
+    # next batches (the outer call then hung); joblib's timeout turns such
+    # a hang into an error
+    outer = joblib.Parallel(
+        n_jobs=2, return_as="generator", batch_size=1, pre_dispatch=2, timeout=30
+    )
+    out = []
+    for result in outer(outer_calls(30)):
+        inner = joblib.Parallel(n_jobs=2, timeout=30)(
+            joblib.delayed(client_tasks.square)(j) for j in range(3)
+        )
+        out.append((result, inner))
+    assert out == [(i * i, [0, 1, 4]) for i in range(30)]
+
+
+@pytest.mark.timeout(90)
+def test_joblib_error_of_an_inner_parallel_leaves_the_outer_one_running(joblib_pool):
+    # the inner call's error cancels its own batches, not the outer call's
+    outer = joblib.Parallel(
+        n_jobs=2, return_as="generator", batch_size=1, pre_dispatch=2, timeout=30
+    )
+    out = []
+    for result in outer(outer_calls(20)):
+        with pytest.raises(KeyError):
+            joblib.Parallel(n_jobs=2, timeout=30)(
+                joblib.delayed(client_tasks.fail_on)(j, 0) for j in range(4)
+            )
+        out.append(result)
+    assert out == [i * i for i in range(20)]
+
+
 def test_joblib_error_keeps_its_type(joblib_pool):
     with pytest.raises(KeyError) as info:
         joblib.Parallel(n_jobs=-1)(joblib.delayed(client_tasks.fail_on)(i, 7) for i in range(20))
@@ -246,6 +299,24 @@ def test_joblib_error_cancels_batches_not_started(pool, tmp_path):
         joblib.Parallel(n_jobs=-1, pre_dispatch="all", batch_size=1)(calls)
     pool.shutdown()  # waits for what runs
     assert len(os.listdir(tmp_path)) < 40
+
+
+@pytest.mark.timeout(90)
+def test_joblib_call_that_does_not_pickle_fails_its_parallel(pool):
+    # the batches after the first ones are dispatched by completion
+    # callbacks, where the pickling error went unseen and the call waited
+    # for ever; joblib's timeout turns such a hang into an error
+    import distex_zmq.joblib  # noqa: F401
+
+    calls = outer_calls(20)
+    calls[15] = joblib.delayed(client_tasks.square)(threading.Lock())
+    with joblib.parallel_config(backend="distex_zmq", pool=pool):
+        with pytest.raises(TypeError, match="pickle") as info:
+            joblib.Parallel(n_jobs=2, batch_size=1, pre_dispatch=2, timeout=30)(calls)
+        if sys.version_info >= (3, 11):  # notes
+            assert "no pickle takes some objects" in str(info.value.__notes__)
+        # the backend runs the next call
+        assert joblib.Parallel(n_jobs=2)(outer_calls(4)) == [0, 1, 4, 9]
 
 
 def test_joblib_parallel_backend_of_older_joblib(shared_pool):

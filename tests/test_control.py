@@ -18,6 +18,7 @@ from distex_zmq import ProtocolError
 from distex_zmq.version import __version__
 from distex_zmq.wire import control as c
 from distex_zmq.wire import frames
+from tests.helpers import LoopbackSpawner, free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -41,6 +42,7 @@ EVENTS = [
     c.Refused("no room"),
     c.Refused("no room", b"w-1"),
     c.Exit(b"w-1", 1234, -9, "Traceback ...\nMemoryError"),
+    c.Exit(b"w-1", 1234, None, ""),  # its exit status unknown
     c.Output(b"w-1", 1234, "out", ["a line", "ünïcode"]),
     c.Output(b"w-1", 1234, "err", [], 7),
     c.Pong(),
@@ -369,6 +371,33 @@ def test_status_reads_a_reply_only_up_to_its_bound(size):
     finally:
         sock.close()
         ctx.term()
+
+
+def _status_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
+    return subprocess.run(
+        [sys.executable, "-m", "distex_zmq.spawner", "status", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+
+
+def test_status_fails_at_once_where_nothing_listens(tmp_path):
+    # ZeroMQ retried in silence: the command waited its whole --timeout
+    port = free_port()
+    nobody = _status_cli(f"127.0.0.1:{port}", "--timeout", "600")
+    assert nobody.returncode == 1, nobody.stderr
+    assert f"the connection to 127.0.0.1:{port} failed: nothing listens there" in nobody.stderr
+    # a spawner that is up answers as before
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        live = _status_cli(f"127.0.0.1:{spawner.port}", "--timeout", "20")
+    finally:
+        spawner.stop()
+    assert live.returncode == 0, live.stderr
+    assert "0 pool(s), 0 of at most" in live.stdout, live.stdout
 
 
 def test_status_refuses_a_timeout_that_is_no_wait():

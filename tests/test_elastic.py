@@ -197,6 +197,8 @@ def test_bad_requests(make_pool):
         pool.remove_hosts(["nosuchhost"])
     with pytest.raises(ValueError, match="number of workers"):
         pool.add_hosts(["nosuchhost"])
+    with pytest.raises(ValueError, match="ssh://twin/1 and ssh://me@twin/2 name the same host"):
+        pool.add_hosts(["ssh://twin/1", "ssh://me@twin/2"])
     assert pool.run(tasks.square, 4) == 16
 
 

@@ -35,7 +35,7 @@ from distex_zmq import (
     WorkerStartError,
 )
 from tests import fault_tasks as ft
-from tests.helpers import MakePool, child_pids, pid_alive, wait_until
+from tests.helpers import LoopbackSpawner, MakePool, child_pids, pid_alive, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -446,6 +446,61 @@ def test_client_sigkill_leaves_no_orphans() -> None:
             client.stdout.close()
         if client.stderr:
             client.stderr.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sigchld", ["SIG_IGN", "SIG_DFL"])
+def test_an_exit_status_the_kernel_discarded_is_unknown_not_0(sigchld: str) -> None:
+    # with SIGCHLD ignored the kernel keeps no exit status: Popen says 0
+    client = run_client(
+        f"""
+        import signal
+        signal.signal(signal.SIGCHLD, signal.{sigchld})
+        from distex_zmq import Pool, WorkerLostError
+        from tests import tasks
+        with Pool(1, max_retries=0) as pool:
+            for code in (5, 0):
+                try:
+                    pool.submit(tasks.exit_hard, code).result(timeout=30)
+                except WorkerLostError as e:
+                    print("LOST", code, e, flush=True)
+            print("THEN", pool.run(tasks.square, 3), flush=True)
+        """
+    )
+    try:
+        out, err = client.communicate(timeout=50)
+    finally:
+        client.kill()
+        client.communicate()
+    assert client.returncode == 0, out + err
+    lines = out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["LOST", "5"], ["LOST", "0"], ["THEN", "9"]]
+    if sigchld == "SIG_IGN":
+        for line in lines[:2]:
+            assert "exit code" not in line, line
+            assert "exit status unknown: this process ignores SIGCHLD" in line, line
+    else:
+        assert lines[0].endswith("died: exit code 5"), lines[0]
+        assert lines[1].endswith("died: exit code 0"), lines[1]
+
+
+@pytest.mark.timeout(60)
+def test_a_spawner_that_ignores_sigchld_reports_an_unknown_exit_status(
+    tmp_path: Path, make_pool: MakePool
+) -> None:
+    spawner = LoopbackSpawner(tmp_path / "spawner.log", ignore_sigchld=True)
+    try:
+        pool = make_pool(None, [f"127.0.0.1:{spawner.port}/1"], max_retries=0, secret=None)
+        with pytest.raises(WorkerLostError) as lost:
+            pool.submit(ft.exit_3).result(timeout=30)
+        assert "exit code" not in str(lost.value)
+        unknown = "exit status unknown: the supervisor on its host could not collect it"
+        assert unknown in str(lost.value)
+        assert pool.run(ft.square, 3) == 9
+        log = spawner.read().decode()
+        assert "exit status unknown: this process ignores SIGCHLD" in log, log
+    finally:
+        spawner.stop()
 
 
 @pytest.mark.timeout(60)

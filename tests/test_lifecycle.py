@@ -691,6 +691,56 @@ def test_a_pool_made_in_a_forked_child_is_shut_down_at_its_exit(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_a_pool_made_in_a_multiprocessing_fork_child_waits_for_its_tasks_at_its_exit(tmp_path):
+    # such a child ends with os._exit after multiprocessing's finalizers: no
+    # atexit hook ran, and the pool's queued tasks were dropped
+    proc = _run_script(
+        tmp_path,
+        """
+        import glob, multiprocessing, os, sys, tempfile
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool
+        from tests import tasks
+        from tests.helpers import pid_alive, wait_until
+
+        def child(here, queue):
+            pool = Pool(2)
+            queue.put(pool.run_on_all(tasks.pid))
+            for i in range(8):
+                pool.submit(tasks.sleep_touch, f"{here}/done-{i}", 0.2, i)
+            # it returns with the pool open and its tasks queued
+
+        here = os.getcwd()
+        parent_pool = Pool(1)  # inherited by the child, which must leave it alone
+        parent_pids = parent_pool.run_on_all(tasks.pid)
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=child, args=(here, queue))
+        proc.start()
+        workers = queue.get(timeout=30)
+        proc.join(30)
+        print("CHILD EXIT", proc.exitcode, flush=True)
+        print("DONE", len(glob.glob(f"{here}/done-*")), flush=True)
+        gone = wait_until(lambda: not any(pid_alive(p) for p in workers), timeout=10)
+        print("WORKERS GONE", gone, flush=True)
+        pattern = os.path.join(tempfile.gettempdir(), f"distex_zmq-{proc.pid}-*")
+        print("IPC DIRS LEFT", len(glob.glob(pattern)), flush=True)
+        same = parent_pool.run_on_all(tasks.pid) == parent_pids
+        print("PARENT", parent_pool.run(tasks.square, 3), same, flush=True)
+        parent_pool.shutdown()
+        """,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [
+        "CHILD EXIT 0",
+        "DONE 8",
+        "WORKERS GONE True",
+        "IPC DIRS LEFT 0",
+        "PARENT 9 True",
+    ], proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_a_fork_while_the_pool_spawns_workers_does_not_stall_it(tmp_path):
     # a child forked during Popen (a multiprocessing worker, say) held its
     # exec-status pipe open: the pool loop waited until that child exited

@@ -24,10 +24,10 @@ from distex_zmq.serialization import (
     OOB_THRESHOLD,
     FunctionCache,
     call_out_of_band,
+    data_pickle_module,
     dumps,
     function_loads,
     loads,
-    pickle_module,
 )
 from distex_zmq.wire.frames import FUNCTION_CACHE
 from tests import tasks
@@ -271,7 +271,7 @@ def test_a_worker_pickles_scalar_results_to_the_bytes_dumps_makes(data_pickle):
     loop = asyncio.new_event_loop()
     runner = Runner(PickleType.pickle, data_pickle, loop, lambda: None, lambda frames: None)
     runner.functions.add(1, tasks.identity, 0)
-    data_dumps = pickle_module(data_pickle).dumps
+    data_dumps = data_pickle_module(data_pickle).dumps
     values = [0, -1, 7, 2**70, -(2**70), 1.5, float("nan"), True, False, None]
     try:
         for task_id, value in enumerate(values, 1):
@@ -577,17 +577,18 @@ def _script_function(value, closure=None):
     return namespace["make"](closure)
 
 
-def _data_with_refs(refs, obj):
+def _data_with_refs(refs, obj, data_pickle=PickleType.auto):
     collector = RefCollector(refs)
-    data, buffers = dumps(obj, pickle_module(PickleType.auto).dumps, collector)
+    data, buffers = dumps(obj, data_pickle_module(data_pickle).dumps, collector)
     return data, buffers, collector.taken()
 
 
-def test_a_script_function_in_data_is_pickled_once_and_named_by_id():
+@pytest.mark.parametrize("data_pickle", [PickleType.auto, PickleType.cloudpickle])
+def test_a_script_function_in_data_is_pickled_once_and_named_by_id(data_pickle):
     refs = ScriptRefs(itertools.count(1).__next__, max_size=3, max_bytes=4 << 20)
     big = bytes(range(256)) * 4096  # 1 MiB, a global of the function
     read = _script_function(big)
-    data, buffers, taken = _data_with_refs(refs, (read, 1))
+    data, buffers, taken = _data_with_refs(refs, (read, 1), data_pickle)
     [ref] = taken
     # the data names the function; its pickle, with the global, is the ref's
     assert len(data) + sum(len(b) for b in buffers) < 1000

@@ -183,11 +183,19 @@ def test_a_bind_that_fails_ends_the_start(make_pool):
         busy.listen()
         port = busy.getsockname()[1]
         pool = make_pool(None, [f"127.0.0.1:{_closed_port()}/1"], localport=port)
-        with pytest.raises(zmq.ZMQError):
+        with pytest.raises(zmq.ZMQError, match=f"port {port} is taken: give Pool"):
             pool.__enter__()
         assert "failed" in repr(pool)
         with pytest.raises(zmq.ZMQError):
             pool.run(abs, -3)
+
+
+def test_a_localhost_not_of_this_machine_is_named(make_pool):
+    # 192.0.2.1: TEST-NET-1, an address no machine has
+    pool = make_pool(None, [f"127.0.0.1:{_closed_port()}/1"], localhost="192.0.2.1")
+    with pytest.raises(zmq.ZMQError, match="cannot listen for remote workers") as info:
+        pool.__enter__()
+    assert "localhost='192.0.2.1' is not an address of this machine" in str(info.value)
 
 
 def _run_in_subprocess(tmpdir: str, script: str) -> subprocess.CompletedProcess[str]:

@@ -25,9 +25,9 @@ from distex_zmq.serialization import (
     PROTOCOL,
     SCALARS,
     ItemError,
+    data_pickle_module,
     dumps,
     function_loads,
-    pickle_module,
     pickles_scalars_plainly,
 )
 from distex_zmq.task_errors import unloadable_hint, unpicklable_hint
@@ -58,7 +58,7 @@ class Runner:
         self._func_loads = function_loads(func_pickle)
         #: the pickle settings, for hints in error messages
         self._pickles = (func_pickle, data_pickle)
-        data_module = pickle_module(data_pickle)
+        data_module = data_pickle_module(data_pickle)
         self._data_loads = data_module.loads
         self._data_dumps = data_module.dumps
         #: scalar results go by ``pickle.dumps`` straight

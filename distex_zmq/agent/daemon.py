@@ -159,6 +159,6 @@ class Agent:
             return
         self._loop.call_later(self._heartbeat_timeout / 4, self._check_heartbeat)
 
-    def _on_exit(self, identity: bytes, pid: int, returncode: int, tail: str) -> None:
+    def _on_exit(self, identity: bytes, pid: int, returncode: int | None, tail: str) -> None:
         self._relay.forget(identity)
         self._send(control.Exit(identity, pid, returncode, tail))

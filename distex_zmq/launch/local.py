@@ -52,6 +52,11 @@ os.register_at_fork(
 OutputCallback = Callable[[bytes, int, str, list[str]], None]
 
 
+#: ``on_exit(identity, pid, returncode, stderr_tail)``: a worker ended;
+#: ``returncode`` is ``None`` where its exit status is unknown.
+ExitCallback = Callable[[bytes, int, int | None, str], None]
+
+
 class OutputFlow(Protocol):
     """Where ``on_output``'s lines wait to be written: ``full()`` when the
     workers' pipes should not be read for now; ``when_room(loop, callback)``
@@ -110,8 +115,25 @@ def die_with_parent() -> tuple[str, ...]:
     return wrapper
 
 
-def describe_exit(returncode: int) -> str:
-    """``exit code 3`` or ``killed by SIGSEGV``."""
+def describe_exit(returncode: int | None, here: bool = True) -> str:
+    """``exit code 3``, ``killed by SIGSEGV``, or, for ``None``, why the exit
+    status is unknown; ``here``: the process was a child of this one."""
+    if returncode is None:
+        if here and signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+            return (
+                "exit status unknown: this process ignores SIGCHLD (signal.SIG_IGN), so "
+                "the kernel discards its children's exit status; to see it, leave SIGCHLD "
+                "at signal.SIG_DFL"
+            )
+        if here:
+            return (
+                "exit status unknown: something else in this process reaped it first "
+                "(an os.wait(), say), or the kernel kept none"
+            )
+        return (
+            "exit status unknown: the supervisor on its host could not collect it "
+            "(SIGCHLD is ignored there, or something else reaped the process first)"
+        )
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -119,6 +141,22 @@ def describe_exit(returncode: int) -> str:
             name = f"signal {-returncode}"
         return f"killed by {name}"
     return f"exit code {returncode}"
+
+
+def reap(popen: subprocess.Popen[bytes], block: bool = True) -> tuple[bool, int | None]:
+    """``(ended, returncode)`` of a child, reaped if it ended (waited for with
+    ``block``). ``returncode`` is ``None`` where the exit status is unknown:
+    the kernel kept none (SIGCHLD ignored) or something else reaped it, where
+    ``Popen`` itself would say 0."""
+    try:
+        pid, status = os.waitpid(popen.pid, 0 if block else os.WNOHANG)
+    except ChildProcessError:
+        popen.returncode = 0  # what Popen says: it does not wait for it again
+        return True, None
+    if pid == 0:
+        return False, None
+    popen.returncode = os.waitstatus_to_exitcode(status)
+    return True, popen.returncode
 
 
 class WorkerProcess:
@@ -131,7 +169,8 @@ class WorkerProcess:
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         #: by stream: the start of a line not ended yet
         self._partial = {"out": b"", "err": b""}
-        self.exited: asyncio.Future[int] | None = None
+        #: its return code once it ended (``None``: unknown, see ``reap``)
+        self.exited: asyncio.Future[int | None] | None = None
 
     def feed(self, stream: str, data: bytes) -> list[str]:
         """The lines that ``data`` ends, read from ``stream``; at the end of the
@@ -170,7 +209,8 @@ class LocalLauncher:
 
     ``on_exit(identity, pid, returncode, stderr_tail)`` is called on the pool loop
     when a worker process ends, whatever the reason, after the last of its
-    output. With ``on_output`` the workers' stdout and stderr go to it line by
+    output; ``returncode`` is ``None`` where its exit status is unknown
+    (``reap``). With ``on_output`` the workers' stdout and stderr go to it line by
     line; without, both go to ours. With an ``output_flow`` the pipes are not
     read while it is full: a worker that writes faster than its lines are
     written waits in its ``print``, as it would on a terminal of its own.
@@ -181,7 +221,7 @@ class LocalLauncher:
         loop: asyncio.AbstractEventLoop,
         endpoint: str,
         worker_args: list[str],
-        on_exit: Callable[[bytes, int, int, str], None],
+        on_exit: ExitCallback,
         worker_stdin: bytes | None = None,
         on_output: OutputCallback | None = None,
         output_flow: OutputFlow | None = None,
@@ -332,13 +372,16 @@ class LocalLauncher:
 
     def _poll_exit(self, proc: WorkerProcess) -> None:
         # where there are no pidfds: look every 50 ms
-        if proc.popen.poll() is None:
-            self._loop.call_later(0.05, self._poll_exit, proc)
+        ended, returncode = reap(proc.popen, block=False)
+        if ended:
+            self._reaped(proc, returncode)
         else:
-            self._reap(proc)
+            self._loop.call_later(0.05, self._poll_exit, proc)
 
     def _reap(self, proc: WorkerProcess) -> None:
-        returncode = proc.popen.wait()
+        self._reaped(proc, reap(proc.popen)[1])
+
+    def _reaped(self, proc: WorkerProcess, returncode: int | None) -> None:
         for stream, pipe in self._pipes(proc):
             # what the worker wrote last, up to the end (or what its own
             # children, killed below, have not written yet)

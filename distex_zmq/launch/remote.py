@@ -57,7 +57,7 @@ class RemoteLauncher:
         loop: asyncio.AbstractEventLoop,
         spec: HostSpec,
         heartbeat_timeout: float,
-        on_exit: Callable[[bytes, int, int, str], None],
+        on_exit: Callable[[bytes, int, int | None, str], None],
         on_lost: Callable[[Any, str, set[bytes]], None],
         on_output: RemoteOutput | None = None,
     ):

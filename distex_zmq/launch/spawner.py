@@ -55,7 +55,7 @@ class SpawnerLauncher(RemoteLauncher):
         worker_keys: dict[str, str],
         heartbeat_timeout: float,
         connect_timeout: float,
-        on_exit: Callable[[bytes, int, int, str], None],
+        on_exit: Callable[[bytes, int, int | None, str], None],
         on_lost: Callable[[SpawnerLauncher, str, set[bytes]], None],
         on_output: RemoteOutput | None = None,
     ):

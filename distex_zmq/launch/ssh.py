@@ -26,6 +26,7 @@ waits for the network.
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import shlex
 import sys
@@ -45,6 +46,11 @@ from distex_zmq.wire import control
 
 #: Seconds the agent may take to say hello once its command runs.
 AGENT_START_TIMEOUT = 30.0
+#: The login as a whole (connection, host key, authentication, the agent's
+#: session) may take this many times ``connect_timeout``; each network step
+#: has ``connect_timeout`` of its own, but an SSH agent that does not answer
+#: has none.
+LOGIN_TIMEOUT_FACTOR = 2
 #: Lines of the agent's stderr kept for error messages.
 STDERR_TAIL_LINES = 20
 
@@ -60,7 +66,7 @@ class SSHLauncher(RemoteLauncher):
         broker_port: int,
         worker_args: list[str],
         worker_keys: dict[str, str],
-        on_exit: Callable[[bytes, int, int, str], None],
+        on_exit: Callable[[bytes, int, int | None, str], None],
         on_lost: Callable[[SSHLauncher, str, set[bytes]], None],
         on_output: RemoteOutput | None = None,
     ):
@@ -86,11 +92,19 @@ class SSHLauncher(RemoteLauncher):
     async def start(self) -> None:
         """Connect, open the tunnel, start the agent and wait for its hello."""
         opened: asyncio.Future[None] = self._loop.create_future()
-        self._thread(self._open, opened, name="connect")
+        connecting = self._thread(self._open, opened, name="connect")
         # the workers' keys to the broker, through the encrypted session
         self._send(control.Keys(self._worker_keys))
+        login_timeout = LOGIN_TIMEOUT_FACTOR * self._settings.connect_timeout
         try:
-            await opened
+            try:
+                # (cancelled on the timeout: what the thread ends with then is dropped)
+                await asyncio.wait_for(opened, login_timeout)
+            except asyncio.TimeoutError:
+                # its thread waits in a call without a timeout; once that
+                # returns, it closes what it opened (``_open``): no need to wait
+                self._threads.remove(connecting)
+                raise self._login_error(login_timeout) from None
             await asyncio.wait_for(asyncio.shield(self._hello), AGENT_START_TIMEOUT)
         except asyncio.TimeoutError:
             await self._close()
@@ -103,19 +117,45 @@ class SSHLauncher(RemoteLauncher):
             raise
         self._start_heartbeats()
 
+    def _login_error(self, timeout: float) -> HostConnectionError:
+        """The error of a login that did not finish within ``timeout``."""
+        agent = os.environ.get("SSH_AUTH_SOCK")
+        suspect = (
+            f"the SSH agent (SSH_AUTH_SOCK={agent}) may be waiting for a confirmation or "
+            "the touch of a security key, or be stuck: check it with ssh-add -l, or unset "
+            "SSH_AUTH_SOCK and name the key with IdentityFile in ~/.ssh/config"
+            if agent
+            else "the host stopped answering in the middle of it"
+        )
+        return HostConnectionError(
+            f"{self.where}: the SSH login did not finish within {timeout:g} s "
+            f"({LOGIN_TIMEOUT_FACTOR} x connect_timeout); {suspect}"
+        )
+
     def _open(self, opened: asyncio.Future[None]) -> None:
         """Connect and start the agent (on a thread of its own: paramiko blocks)."""
         try:
             settings = self._settings
             target = ssh.resolve(self.spec, settings.accept_new_hosts, settings.connect_timeout)
             self._client = client = ssh.connect(target)
+            if self._closing:  # the login took too long, or the pool stopped meanwhile
+                client.close()
+                raise HostConnectionError(f"{self.where}: the pool stopped connecting")
             transport = client.get_transport()
             assert transport is not None
             transport.set_keepalive(max(1, int(settings.heartbeat_timeout / 2)))
             if settings.tunnel:
-                self._tunnel = ReverseTunnel(
-                    transport, ("127.0.0.1", self._broker_port), self.spec.host
-                )
+                try:
+                    self._tunnel = ReverseTunnel(
+                        transport, ("127.0.0.1", self._broker_port), self.spec.host
+                    )
+                except paramiko.SSHException as e:
+                    raise HostConnectionError(
+                        f"{self.where}: its sshd refuses the reverse tunnel that the workers "
+                        f"reach the pool through ({e}); allow it there (AllowTcpForwarding "
+                        "yes or remote in sshd_config), or let the workers connect straight "
+                        "to this machine with Pool(..., ssh_tunnel=False)"
+                    ) from e
                 endpoint = f"tcp://127.0.0.1:{self._tunnel.remote_port}"
             else:
                 endpoint = f"tcp://{tcp_host(self._direct_address(transport))}:{self._broker_port}"
@@ -148,10 +188,11 @@ class SSHLauncher(RemoteLauncher):
         except (AttributeError, OSError):
             raise HostConnectionError(
                 f"{self.where}: cannot tell which address of this machine the host reaches "
-                "(a ProxyCommand connection); give it with Pool(..., localhost=ADDRESS)"
+                "(a ProxyCommand or ProxyJump connection); give it with "
+                "Pool(..., localhost=ADDRESS)"
             ) from None
 
-    def _thread(self, target: Callable[..., None], *args: Any, name: str) -> None:
+    def _thread(self, target: Callable[..., None], *args: Any, name: str) -> threading.Thread:
         thread = threading.Thread(
             target=target,
             args=args,
@@ -160,6 +201,7 @@ class SSHLauncher(RemoteLauncher):
         )
         self._threads.append(thread)
         thread.start()
+        return thread
 
     def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
         try:

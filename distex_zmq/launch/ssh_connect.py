@@ -2,11 +2,13 @@
 
 ``connect`` reads ``~/.ssh/config`` (Host aliases, HostName, User, Port,
 IdentityFile, UserKnownHostsFile, StrictHostKeyChecking, ConnectTimeout,
-ProxyCommand), authenticates with the SSH agent, the config's identity files
-and the default key files (never a password), and checks the host key
-against ``known_hosts``. Every failure becomes a ``HostConnectionError`` that
-says what failed, on which host, and what to do; every step is bounded in
-time, so a dead or silent host cannot hang the pool.
+ProxyCommand, ProxyJump, and the files it includes), authenticates with the
+SSH agent, the config's identity files and the default key files (never a
+password), and checks the host key against ``known_hosts``. Every failure
+becomes a ``HostConnectionError`` that says what failed, on which host, and
+what to do; every step is bounded in time, so a dead or silent host cannot
+hang the pool. A ``ProxyJump`` host is reached as any other, and the
+connection goes on from there in a ``direct-tcpip`` channel, as ``ssh -J``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import base64
 import dataclasses
 import errno
 import getpass
+import glob
 import hashlib
 import os
+import re
+import shlex
 import socket
 from typing import Any
 
@@ -40,6 +45,10 @@ class SSHTarget:
     accept_new_hosts: bool
     timeout: float
     proxy_command: str | None
+    #: ``ProxyJump``: the hosts to go through, comma-separated, the first first
+    proxy_jump: str | None = None
+    #: the pool trusts new hosts (``ssh_accept_new_hosts``), its jump hosts too
+    pool_accepts_new_hosts: bool = False
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port != 22 else ""
@@ -58,13 +67,16 @@ def resolve(
     path = os.path.expanduser(config_path)
     if os.path.exists(path):
         try:
-            config = paramiko.SSHConfig.from_path(path).lookup(spec.host)
+            config = paramiko.SSHConfig.from_text(_config_text(path)).lookup(spec.host)
         except Exception as e:  # noqa: BLE001 - paramiko raises several kinds
             raise HostConnectionError(f"cannot read the SSH config {path}: {e}") from e
     known = config.get("userknownhostsfile", "~/.ssh/known_hosts").split()
+    # "none": no known_hosts file of the user's, so none is written either
+    known = [path for path in known if path.lower() != "none"]
     strict = config.get("stricthostkeychecking", "ask").lower()
     if "connecttimeout" in config:
         timeout = float(config["connecttimeout"])
+    jump = config.get("proxyjump")
     return SSHTarget(
         alias=spec.host,
         hostname=config.get("hostname", spec.host),
@@ -75,7 +87,46 @@ def resolve(
         accept_new_hosts=accept_new_hosts or strict in ("accept-new", "no", "off"),
         timeout=timeout,
         proxy_command=config.get("proxycommand"),
+        proxy_jump=None if not jump or jump.lower() == "none" else jump,
+        pool_accepts_new_hosts=accept_new_hosts,
     )
+
+
+#: how deep ``Include`` directives may nest, as in OpenSSH
+_INCLUDE_DEPTH = 16
+_KEYWORD = re.compile(r"\s*(\w+)(?:\s*=\s*|\s+)(.*)")
+
+
+def _config_text(path: str, depth: int = 0) -> str:
+    """The SSH config file ``path`` with its ``Include`` directives replaced by
+    the files they name, in the order ``ssh`` reads them (paramiko ignores them).
+
+    A relative pattern is under ``~/.ssh``; after the included text comes the
+    ``Host`` or ``Match`` line the ``Include`` stood under again, so that what
+    follows it applies where it did.
+    """
+    if depth > _INCLUDE_DEPTH:
+        raise ValueError(f"Include nested more than {_INCLUDE_DEPTH} deep at {path}")
+    lines = []
+    block = "Host *"
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            match = _KEYWORD.match(line)
+            keyword = match.group(1).lower() if match else ""
+            if keyword in ("host", "match"):
+                block = line
+            if keyword != "include" or match is None:
+                lines.append(line)
+                continue
+            for pattern in shlex.split(match.group(2), comments=True):
+                pattern = os.path.expanduser(pattern)
+                if not os.path.isabs(pattern):
+                    pattern = os.path.join(os.path.expanduser("~/.ssh"), pattern)
+                for included in sorted(glob.glob(pattern)):
+                    lines.append(_config_text(included, depth + 1))
+            lines.append(block)
+    return "\n".join(lines) + "\n"
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -84,12 +135,22 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+def _revoked_error(t: SSHTarget, key: paramiko.PKey) -> HostConnectionError:
+    return HostConnectionError(
+        f"SSH to {t}: the host's {key.get_name()} key {fingerprint(key)} is marked "
+        "@revoked in known_hosts, so the connection was refused"
+    )
+
+
 class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
-    def __init__(self, target: SSHTarget):
+    def __init__(self, target: SSHTarget, revoked: list[paramiko.PKey]):
         self._target = target
+        self._revoked = revoked
 
     def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
         t = self._target
+        if key in self._revoked:
+            raise _revoked_error(t, key)
         known = t.known_hosts[0] if t.known_hosts else "~/.ssh/known_hosts"
         port = f"-p {t.port} " if t.port != 22 else ""
         raise HostConnectionError(
@@ -104,10 +165,13 @@ class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
 class _AcceptNewHost(paramiko.MissingHostKeyPolicy):
     """OpenSSH's ``StrictHostKeyChecking accept-new``: trust and remember new hosts."""
 
-    def __init__(self, target: SSHTarget):
+    def __init__(self, target: SSHTarget, revoked: list[paramiko.PKey]):
         self._target = target
+        self._revoked = revoked
 
     def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
+        if key in self._revoked:
+            raise _revoked_error(self._target, key)
         client.get_host_keys().add(hostname, key.get_name(), key)
         if self._target.known_hosts:
             path = self._target.known_hosts[0]
@@ -116,25 +180,47 @@ class _AcceptNewHost(paramiko.MissingHostKeyPolicy):
                 f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
-def connect(target: SSHTarget) -> paramiko.SSHClient:
-    """An authenticated SSH connection to ``target`` (blocking, bounded by its timeout)."""
-    client = paramiko.SSHClient()
+class _Client(paramiko.SSHClient):
+    """An SSH client that closes its jump host's connection with its own."""
+
+    jump: paramiko.SSHClient | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self.jump is not None:
+            self.jump.close()
+
+
+#: jump hosts a connection may go through, at most
+MAX_JUMPS = 8
+
+
+def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
+    """An authenticated SSH connection to ``target`` (blocking, bounded by its
+    timeout); ``jumps``: how many jump hosts lead to it."""
+    client = _Client()
+    revoked: list[paramiko.PKey] = []
     for path in ("/etc/ssh/ssh_known_hosts", *target.known_hosts):
         if os.path.exists(path):
             try:
-                client.load_system_host_keys(path)
-            except (OSError, paramiko.SSHException) as e:
+                revoked += _load_known_hosts(client.get_host_keys(), path)
+            except OSError as e:
                 raise HostConnectionError(f"cannot read known hosts file {path}: {e}") from e
     policy = _AcceptNewHost if target.accept_new_hosts else _RefuseUnknownHost
-    client.set_missing_host_key_policy(policy(target))
-    sock = paramiko.ProxyCommand(target.proxy_command) if target.proxy_command else None
+    client.set_missing_host_key_policy(policy(target, revoked))
+    sock: Any = None
+    if target.proxy_command:
+        sock = paramiko.ProxyCommand(target.proxy_command)
+    elif target.proxy_jump:
+        client.jump, sock = _through_jump(target, jumps + 1)
     t = target.timeout
     try:
         client.connect(
             target.hostname,
             port=target.port,
             username=target.user,
-            key_filename=list(target.key_files) or None,
+            # as ssh, go on without an IdentityFile that does not exist
+            key_filename=[f for f in target.key_files if os.path.exists(f)] or None,
             timeout=t,
             banner_timeout=t,
             auth_timeout=t,
@@ -147,7 +233,84 @@ def connect(target: SSHTarget) -> paramiko.SSHClient:
     except BaseException as e:
         client.close()
         raise HostConnectionError(_explain(target, e)) from e
+    transport = client.get_transport()
+    key = transport.get_remote_server_key() if transport is not None else None
+    if key is not None and key in revoked:  # known, and revoked too
+        client.close()
+        raise _revoked_error(target, key)
     return client
+
+
+def _through_jump(target: SSHTarget, jumps: int) -> tuple[paramiko.SSHClient, paramiko.Channel]:
+    """A connection to the last host of ``target``'s ``ProxyJump`` (itself
+    through the ones before it) and a channel from there to ``target``."""
+    if jumps > MAX_JUMPS:
+        raise HostConnectionError(
+            f"SSH to {target}: more than {MAX_JUMPS} ProxyJump hosts lead to it; does a "
+            "jump host's own entry in ~/.ssh/config name a ProxyJump that leads back? "
+            "(give that host ProxyJump none)"
+        )
+    *before, last = [hop.strip() for hop in (target.proxy_jump or "").split(",")]
+    spec = HostSpec(f"ssh://{last.removeprefix('ssh://')}/1")
+    # the host's own StrictHostKeyChecking is not its jump host's
+    hop = resolve(spec, target.pool_accepts_new_hosts, target.timeout)
+    if before:  # as ssh -J: the hosts before it are its jump hosts
+        hop = dataclasses.replace(hop, proxy_command=None, proxy_jump=",".join(before))
+    try:
+        jump = connect(hop, jumps)
+    except HostConnectionError as e:
+        if jumps > 1:  # said once, by the outermost jump
+            raise
+        raise HostConnectionError(f"SSH to {target} through ProxyJump {last}: {e}") from e
+    transport = jump.get_transport()
+    try:
+        assert transport is not None
+        channel = transport.open_channel(
+            "direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0), target.timeout
+        )
+    except Exception as e:  # noqa: BLE001 - paramiko raises several kinds
+        jump.close()
+        why = getattr(e, "text", "") or repr(e)  # a ChannelException's own words
+        raise HostConnectionError(
+            f"SSH to {target}: its ProxyJump host {hop} cannot connect to "
+            f"{target.hostname} port {target.port} ({why})"
+        ) from e
+    return jump, channel
+
+
+def _load_known_hosts(keys: paramiko.HostKeys, path: str) -> list[paramiko.PKey]:
+    """Add the host keys of a ``known_hosts`` file to ``keys``; return the keys
+    it marks ``@revoked``.
+
+    Lines paramiko cannot read are skipped, as ``ssh`` skips them: markers
+    such as ``@cert-authority`` (a host that only a certificate vouches for
+    is then unknown), key types paramiko lacks, lines that are not entries.
+    """
+    revoked = []
+    with open(path) as f:
+        for number, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            marker = ""
+            if line.startswith("@"):
+                marker, _, line = line.partition(" ")
+                line = line.strip()
+            try:
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
+            except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError):
+                continue
+            if entry is None or entry.key is None:
+                continue
+            if marker == "@revoked":
+                revoked.append(entry.key)
+            elif not marker:
+                kind = entry.key.get_name()
+                for name in entry.hostnames:
+                    known = keys.lookup(name)
+                    if known is None or kind not in known:  # the first one listed counts
+                        keys.add(name, kind, entry.key)
+    return revoked
 
 
 def _explain(t: SSHTarget, e: BaseException) -> str:
@@ -168,13 +331,36 @@ def _explain(t: SSHTarget, e: BaseException) -> str:
             "known_hosts: someone may be intercepting the connection. If the host's key "
             f"changed for a good reason, remove the old one with ssh-keygen -R {t.hostname}"
         )
+    missing = [path for path in t.key_files if not os.path.exists(path)]
     if isinstance(e, paramiko.AuthenticationException):
         keys = ", ".join(t.key_files) or "the SSH agent's keys and ~/.ssh/id_*"
+        if missing:
+            keys += f" ({', '.join(missing)} does not exist)"
+        locked = [path for path in t.key_files or _DEFAULT_KEYS if _needs_passphrase(path)]
+        if locked:
+            return (
+                f"SSH to {t}: authentication as {t.user!r} failed ({e}); tried {keys}. "
+                f"{', '.join(locked)} needs a passphrase, which the pool cannot ask for: "
+                f"add it to your SSH agent (ssh-add {locked[0]}) where the pool runs, "
+                "so that SSH_AUTH_SOCK reaches the agent"
+            )
         return (
             f"SSH to {t}: authentication as {t.user!r} failed ({e}); tried {keys}. "
             f"Add your public key to ~{t.user}/.ssh/authorized_keys on {t.hostname}, "
             "or name the right key with IdentityFile in ~/.ssh/config "
             "(passwords are not supported)"
+        )
+    if isinstance(e, paramiko.SSHException) and "No authentication methods" in str(e):
+        # paramiko found no key at all: no IdentityFile, no agent, no ~/.ssh/id_*
+        named = (
+            f"the IdentityFile {', '.join(missing)} does not exist"
+            if missing
+            else f"~/.ssh/config names no IdentityFile for {t.alias}"
+        )
+        return (
+            f"SSH to {t}: no key to log in with: {named}, no SSH agent answers "
+            "(SSH_AUTH_SOCK), and there is no ~/.ssh/id_* key; name the key with "
+            "IdentityFile in ~/.ssh/config or add it to the agent (passwords are not supported)"
         )
     if isinstance(e, paramiko.SSHException):
         return f"SSH to {t}: {e}"
@@ -188,6 +374,38 @@ def _explain(t: SSHTarget, e: BaseException) -> str:
             f"SSH to {t}: cannot connect ({e.strerror or e}); is sshd listening on port {t.port}?"
         )
     return f"SSH to {t}: {type(e).__name__}: {e}"
+
+
+#: the key files that paramiko tries when ~/.ssh/config names none
+_DEFAULT_KEYS = tuple(
+    os.path.expanduser(f"~/.ssh/id_{kind}") for kind in ("rsa", "dsa", "ecdsa", "ed25519")
+)
+#: what an OpenSSH private key file holds first
+_OPENSSH_MAGIC = b"openssh-key-v1\0"
+
+
+def _needs_passphrase(path: str) -> bool:
+    """Whether the private key file ``path`` is encrypted (PEM or OpenSSH format)."""
+    try:
+        with open(path) as f:
+            text = f.read(1 << 16)
+    except (OSError, UnicodeDecodeError):
+        return False
+    if "ENCRYPTED" in text:  # PEM: "Proc-Type: 4,ENCRYPTED", "BEGIN ENCRYPTED PRIVATE KEY"
+        return True
+    if "BEGIN OPENSSH PRIVATE KEY" not in text:
+        return False
+    body = "".join(line for line in text.splitlines() if line and not line.startswith("-----"))
+    try:
+        blob = base64.b64decode(body)
+    except ValueError:
+        return False
+    if not blob.startswith(_OPENSSH_MAGIC):
+        return False
+    # then the name of the cipher, a string with its length first: "none" if not encrypted
+    start = len(_OPENSSH_MAGIC) + 4
+    length = int.from_bytes(blob[start - 4 : start], "big")
+    return blob[start : start + length] != b"none"
 
 
 #: errnos of a host that cannot be reached, rather than of a port closed

@@ -82,10 +82,15 @@ class Elastic:
         async with self._serial():
             hosts = self._options.hosts
             for i, spec in enumerate(specs):
-                if any(spec.same_host(h) for h in [*hosts, *specs[:i]]):
-                    raise ValueError(
-                        f"{spec} is in the pool already; remove it first to change its workers"
-                    )
+                for twin in specs[:i]:
+                    if spec.same_host(twin):
+                        raise ValueError(
+                            f"{twin} and {spec} name the same host; give it once, "
+                            "with all its workers"
+                        )
+                for there in hosts:
+                    if spec.same_host(there):
+                        raise ValueError(self._in_pool_already(spec, there))
             results = await asyncio.gather(
                 *(self._add(spec) for spec in specs), return_exceptions=True
             )
@@ -99,6 +104,18 @@ class Elastic:
                     self._supervisor.roster.forget(spec)
                 raise errors[0]
             hosts.extend(specs)
+
+    def _in_pool_already(self, spec: HostSpec, there: HostSpec) -> str:
+        """Why ``add_hosts`` refuses ``spec``: ``there`` names its host."""
+        record = self._supervisor.roster.hosts.get(str(there))
+        if record is not None and record.state in ("lost", "reconnecting"):
+            name = str(spec) if str(spec) == str(there) else f"{spec}: {there}"
+            return (
+                f"{name} is in the pool already, and lost ({record.last_error}); "
+                "the pool reconnects to it on its own, as often as it stays lost. To "
+                "try at once, remove_hosts it and add_hosts it again"
+            )
+        return f"{spec} is in the pool already; remove it first to change its workers"
 
     async def _add(self, spec: HostSpec) -> RemoteLauncher:
         members = self._members

@@ -8,6 +8,7 @@ machines, one from this machine only (through SSH tunnels).
 from __future__ import annotations
 
 import asyncio
+import errno
 from typing import Any
 
 import zmq
@@ -66,7 +67,10 @@ class RemoteEndpoints:
         elif port:
             port = 0  # the one asked for is taken by the first endpoint
         address = (remote.localhost or "0.0.0.0") if public else "127.0.0.1"
-        endpoint = self._broker.bind(f"tcp://{address}:{port}", curve=self._broker_keys)
+        try:
+            endpoint = self._broker.bind(f"tcp://{address}:{port}", curve=self._broker_keys)
+        except zmq.ZMQError as e:
+            raise zmq.ZMQError(e.errno, _bind_error(e, address, port, remote.localhost)) from e
         self._tcp_ports[public] = int(endpoint.rsplit(":", 1)[1])
         return self._tcp_ports[public]
 
@@ -74,3 +78,19 @@ class RemoteEndpoints:
         """Stop admitting workers (the ZAP handler, if any)."""
         if self._zap is not None:
             self._zap.close()
+
+
+def _bind_error(e: zmq.ZMQError, address: str, port: int, localhost: str) -> str:
+    """What a failed bind of the endpoint for remote workers means, and what to do."""
+    where = f"tcp://{address}:{port or '*'}"
+    if e.errno == errno.EADDRINUSE:
+        hint = f"port {port} is taken: give Pool(..., localport=...) another one, or 0 for any"
+    elif localhost and e.errno in (errno.EADDRNOTAVAIL, errno.ENODEV):
+        hint = (
+            f"localhost={localhost!r} is not an address of this machine: give "
+            "Pool(..., localhost=...) one of its own addresses (or names) that the hosts reach"
+        )
+    else:
+        hint = "check Pool(..., localhost=..., localport=...)"
+    why = zmq.strerror(e.errno) if e.errno is not None else str(e)
+    return f"the broker cannot listen for remote workers on {where} ({why}): {hint}"

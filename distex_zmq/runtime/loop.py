@@ -13,11 +13,11 @@ broker its hooks (``PoolHooks``), hands changes of the running pool to
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import dataclasses
 import importlib
 import logging
+import multiprocessing.util
 import os
 import shutil
 import sys
@@ -33,7 +33,7 @@ from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import new_event_loop
 from distex_zmq.options import Options
 from distex_zmq.results import mark_pool_loop
-from distex_zmq.runtime import forks
+from distex_zmq.runtime import exits, forks
 from distex_zmq.runtime.elastic import Elastic
 from distex_zmq.runtime.endpoints import RemoteEndpoints
 from distex_zmq.runtime.hooks import PoolHooks
@@ -107,6 +107,7 @@ class Runtime:
         )
         self._thread.start()
         _running.add(self)
+        _wait_at_multiprocessing_exit()
         #: the keys a remote worker needs to reach the broker (JSON-ready)
         self.worker_keys = self._endpoints.worker_keys
         self.elastic = Elastic(self.loop, self.supervisor, self.broker, options, self)
@@ -486,4 +487,25 @@ def _interactive() -> bool:
 
 #: Runtimes whose loop thread runs (it holds its runtime while it does).
 _running: weakref.WeakSet[Runtime] = weakref.WeakSet()
-atexit.register(wait_at_exit)
+exits.register(wait_at_exit)
+
+#: Before multiprocessing's own finalizers at its exit (its pools': 15), as
+#: ``wait_at_exit`` runs before them at the interpreter's exit.
+EXIT_PRIORITY = 100
+#: ``forks.generation`` of the process whose multiprocessing finalizers
+#: hold ``wait_at_exit`` (-1: none yet).
+_finalized_generation = -1
+
+
+def _wait_at_multiprocessing_exit() -> None:
+    """Have ``wait_at_exit`` run also where a process ends without the atexit
+    hooks: a child of multiprocessing's ``fork`` (or ``forkserver``) start
+    method runs its finalizers, then ``os._exit``. Once in each process, and
+    anew in a forked child: its parent's finalizers are not its own (the
+    child clears them, or they ignore another pid), and they run nowhere but
+    in the process that registered them, so a child never waits for or stops
+    its parent's pools (which ``Runtime.close`` leaves alone there as well)."""
+    global _finalized_generation
+    if _finalized_generation != forks.generation:
+        multiprocessing.util.Finalize(None, wait_at_exit, exitpriority=EXIT_PRIORITY)
+        _finalized_generation = forks.generation

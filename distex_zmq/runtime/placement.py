@@ -23,6 +23,7 @@ from distex_zmq.launch.local import LocalLauncher
 from distex_zmq.loops import run_in_background
 from distex_zmq.options import Options
 from distex_zmq.output import WorkerOutput
+from distex_zmq.runtime import exits
 from distex_zmq.runtime.state import PoolState
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 Launcher: TypeAlias = "LocalLauncher | RemoteLauncher"
 #: a worker exited: identity, pid, return code, its last stderr lines
-OnExit = Callable[[bytes, int, int, str], None]
+OnExit = Callable[[bytes, int, int | None, str], None]
 #: a remote host was lost: its launcher, why, the identities of its workers
 OnHostLost: TypeAlias = "Callable[[RemoteLauncher, str, set[bytes]], None]"
 
@@ -95,7 +96,7 @@ class Placement:
         #: where the workers' stdout and stderr lines go
         self.output = WorkerOutput(options.output)
 
-    def _on_exit(self, identity: bytes, pid: int, returncode: int, tail: str) -> None:
+    def _on_exit(self, identity: bytes, pid: int, returncode: int | None, tail: str) -> None:
         """A worker exited (its launcher tells after the last of its output):
         report it once that output is written, so that the lines a worker
         wrote before it died come out before the error its death causes."""
@@ -130,8 +131,11 @@ class Placement:
         launcher: SSHLauncher | SpawnerLauncher
         if spec.is_ssh:
             # imported here: paramiko takes longer to import than the rest of
-            # the pool, and only SSH hosts need it
+            # the pool, and only SSH hosts need it; its exit handler must run
+            # after the pools' (``runtime/exits.py``)
             from distex_zmq.launch.ssh import SSHLauncher
+
+            exits.run_first()
 
             launcher = SSHLauncher(
                 self._loop,

@@ -191,11 +191,12 @@ class Supervisor:
         self._killed.add(rec.identity)
         self.kill(rec.identity)
 
-    def on_exit(self, identity: bytes, pid: int, returncode: int, tail: str) -> None:
+    def on_exit(self, identity: bytes, pid: int, returncode: int | None, tail: str) -> None:
         launcher = self.placement.forget(identity)
         if launcher is not None and not self._pool.closing:
             self.roster.gone(identity)
-        how = describe_exit(returncode)
+        here = launcher is None or isinstance(launcher, LocalLauncher)
+        how = describe_exit(returncode, here=here)
         if identity in self._silent:
             self._silent.discard(identity)
             how = (

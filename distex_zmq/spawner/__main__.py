@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
-        secret = load_secret(secret_file=args.secret_file)
+        # as OpenSSH with a private key: no secret file that others may read
+        secret = load_secret(secret_file=args.secret_file, refuse_exposed=True)
         keys = ClusterKeys.from_secret(secret) if secret is not None else None
     except ValueError as e:
         sys.exit(f"distex_zmq spawner: {e}")

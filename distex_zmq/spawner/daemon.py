@@ -288,7 +288,9 @@ class Spawner:
             pools=[session.status(now) for session in self.sessions.values()],
         )
 
-    def on_exit(self, session: Session, identity: bytes, pid: int, rc: int, tail: str) -> None:
+    def on_exit(
+        self, session: Session, identity: bytes, pid: int, rc: int | None, tail: str
+    ) -> None:
         session.relay.forget(identity)
         started = session.started.pop(identity, None)
         ran = f" after {time.monotonic() - started:.1f} s" if started is not None else ""

@@ -5,14 +5,17 @@ secret's client key, or in the clear without a secret), sends one
 ``status`` command and waits a few seconds for the ``status_reply``: the
 pools the spawner serves, their workers with pids and ages, its uptime and
 version. It opens no pool and starts nothing. A socket monitor tells a
-refused CURVE handshake (another secret) from a spawner that does not
-answer at all.
+refused CURVE handshake (another secret) and a port where nothing listens
+(the first connection fails at once, where ZeroMQ would retry in silence)
+from a spawner that does not answer at all.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+import time
 from typing import Any
 
 import zmq
@@ -34,8 +37,11 @@ DEFAULT_TIMEOUT = 5.0
 #: bound on what a peer that is not a spawner can make this process hold.
 MAX_REPLY = 4 * 1024 * 1024
 
-#: What the monitor reports: a refused handshake, or a peer gone without a reply.
-_MONITORED = HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED
+#: What the monitor reports: a refused handshake, a peer gone without a
+#: reply, and whether the first connection succeeded or failed at once.
+_MONITORED = (
+    HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
+)
 
 
 class StatusError(Exception):
@@ -83,18 +89,34 @@ def query(
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
-        ready = dict(poller.poll(int(timeout * 1000)))
-        if sock in ready:
-            try:
-                reply = control.decode(sock.recv_multipart(), control.STATUS_READS)
-            except ProtocolError as e:
-                raise StatusError(f"the spawner at {where} answered with {e}") from None
-            if isinstance(reply, control.Refused):
-                raise StatusError(f"the spawner at {where} refused: {reply.reason}")
-            assert isinstance(reply, control.StatusReply)
-            return reply
-        if monitor in ready:
+        deadline = time.monotonic() + timeout
+        connected = False
+        while (left := deadline - time.monotonic()) > 0:
+            ready = dict(poller.poll(max(1, math.ceil(left * 1000))))
+            if sock in ready:
+                try:
+                    reply = control.decode(sock.recv_multipart(), control.STATUS_READS)
+                except ProtocolError as e:
+                    raise StatusError(f"the spawner at {where} answered with {e}") from None
+                if isinstance(reply, control.Refused):
+                    raise StatusError(f"the spawner at {where} refused: {reply.reason}")
+                assert isinstance(reply, control.StatusReply)
+                return reply
+            if monitor not in ready:
+                continue
             event = parse_monitor_message(monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_CONNECTED:
+                connected = True
+                continue
+            if event["event"] == zmq.EVENT_CONNECT_RETRIED:
+                if connected:
+                    continue  # it went away after the handshake: the disconnect told
+                # the first connection failed at once; libzmq does not say why
+                raise StatusError(
+                    f"the connection to {where} failed: nothing listens there (the "
+                    "connection was refused), or the host cannot be reached. Is the spawner "
+                    "running there, on that port?"
+                )
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 raise StatusError(
                     f"the peer at {where} closed the connection without a status reply, "

@@ -106,6 +106,13 @@ def _optional_identity(message: dict[str, Any], name: str) -> bytes | None:
     return _identity(message, name) if "id" in message else None
 
 
+def _returncode(message: dict[str, Any], name: str) -> int | None:
+    """A worker's return code; ``null`` where its exit status is unknown."""
+    if name in message and message[name] is None:
+        return None
+    return cast(int, _field(message, name, int, -255, 255))
+
+
 def _endpoint(message: dict[str, Any], name: str) -> str:
     value = _field(message, name, str)
     if not _ENDPOINT.match(value):
@@ -311,14 +318,15 @@ class Refused(Event):
 
 @dataclasses.dataclass(frozen=True)
 class Exit(Event):
-    """A worker ended: its pid, return code and last lines of stderr."""
+    """A worker ended: its pid, return code (``None``: its exit status is
+    unknown, as where the host ignores SIGCHLD) and last lines of stderr."""
 
     KIND = "exit"
     identity: bytes
     pid: int
-    rc: int
+    rc: int | None
     tail: str
-    FIELDS = {"identity": _identity, "pid": _INT, "rc": _a(int, -255, 255), "tail": _STR}
+    FIELDS = {"identity": _identity, "pid": _INT, "rc": _returncode, "tail": _STR}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tail", self.tail[-MAX_TAIL:])

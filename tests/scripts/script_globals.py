@@ -2,8 +2,9 @@
 
 ``__main__`` is this script. The first argument picks the executor:
 ``local``, ``spawner:PORT`` or ``control`` (a ``ProcessPoolExecutor``, whose
-forked workers share one copy of this module each). It prints ``OK`` when
-every check holds.
+forked workers share one copy of this module each); the second, if given,
+the pool's ``data_pickle`` (``cloudpickle``, ``dill``; ``auto`` if not). It
+prints ``OK`` when every check holds.
 """
 
 import functools
@@ -101,10 +102,11 @@ def main():
         with ProcessPoolExecutor(2, initializer=load_model, initargs=("first",)) as executor:
             check(executor, 2)
     else:
-        from distex_zmq import Pool
+        from distex_zmq import PickleType, Pool
 
+        data_pickle = PickleType[sys.argv[2] if len(sys.argv) > 2 else "auto"]
         if kind == "local":
-            pool = Pool(2, initializer=load_model, initargs=("first",))
+            pool = Pool(2, initializer=load_model, initargs=("first",), data_pickle=data_pickle)
         elif kind.startswith("spawner:"):
             port = kind.split(":")[1]
             pool = Pool(
@@ -112,6 +114,7 @@ def main():
                 hosts=f"127.0.0.1:{port}/2",
                 initializer=load_model,
                 initargs=("first",),
+                data_pickle=data_pickle,
             )
         else:
             raise SystemExit(f"unknown executor {kind}")

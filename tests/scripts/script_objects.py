@@ -2,7 +2,9 @@
 
 ``__main__`` is this script, as for a user's script. The first argument picks
 the executor: ``local``, ``spawner:PORT``, ``ssh:HOST`` or ``control`` (a
-``ProcessPoolExecutor``). It prints ``OK`` when every check holds.
+``ProcessPoolExecutor``); the second, if given, a local pool's
+``data_pickle`` (``cloudpickle``, ``dill``; ``auto`` if not). It prints
+``OK`` when every check holds.
 """
 
 import dataclasses
@@ -53,6 +55,9 @@ class Circle:
     @functools.cached_property
     def area(self):
         return 3 * self.r * self.r
+
+    def twice_the_area(self):
+        return 2 * self.area
 
 
 @functools.lru_cache(maxsize=16)
@@ -146,6 +151,8 @@ def check(executor, lambdas=True):
     assert executor.submit(apply, cached_cube, 2).result() == 8
     assert executor.submit(apply, operator.attrgetter("area"), Circle(2)).result() == 12
     assert executor.submit(apply, Circle, 3).result().area == 27
+    # ... and its bound method as the task's function
+    assert executor.submit(Circle(2).twice_the_area).result() == 24
     # a singledispatch function (its dispatch cache holds weak references)
     assert executor.submit(apply, kind_of, 1).result() == "int"
     assert executor.submit(kind_of, Box(1)).result() == "box"
@@ -162,10 +169,10 @@ def main():
         with ProcessPoolExecutor(2) as executor:
             check(executor, lambdas=False)
     else:
-        from distex_zmq import Pool
+        from distex_zmq import PickleType, Pool
 
         if kind == "local":
-            pool = Pool(2)
+            pool = Pool(2, data_pickle=PickleType[sys.argv[2] if len(sys.argv) > 2 else "auto"])
         elif kind.startswith("spawner:"):
             pool = Pool(None, hosts=f"127.0.0.1:{kind.split(':')[1]}/2")
         elif kind.startswith("ssh:"):

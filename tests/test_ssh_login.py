@@ -1,0 +1,398 @@
+"""SSH logins as a client sets them up (its keys, its agent, its
+``~/.ssh/config`` and ``known_hosts``) and as the host's sshd allows them,
+and SSH hosts at the client's exit, against a throwaway sshd on this
+machine's loopback.
+
+Unlike ``test_ssh`` these need no network namespaces: an sshd of the
+project's own (``tests/cluster/sshd.sh``) listens on ``127.0.0.1`` (at
+``DZQ_TEST_SSHD_PORT`` and the ports after it if set, else on free ports),
+and a client ``HOME`` of the module's own names it ``loop`` in
+``~/.ssh/config``. Needs root (sshd's privilege separation directory) and
+openssh-server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from distex_zmq import HostConnectionError
+from tests import tasks
+from tests.helpers import child_pids, pool_threads, wait_until
+from tests.multihost import REMOTE_PYTHON, ROOT, SCRIPTS
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "the loopback sshd needs root; CI runs the tests as root"
+    for tool in ("/usr/sbin/sshd", shutil.which("ssh-keygen")):
+        if not tool or not os.path.exists(tool):
+            return "missing sshd or ssh-keygen: apt-get install openssh-server"
+    return None
+
+
+REASON = _unavailable()
+if REASON:
+    pytestmark = [pytestmark, pytest.mark.skip(reason=REASON)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path, passphrase: str = "") -> Path:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", "dzq-test", "-f", path],
+        check=True,
+    )
+    return path
+
+
+class Loopback:
+    """An sshd on 127.0.0.1 and a client ``HOME`` that reaches it as ``loop``."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="dzq-sshd-"))
+        self.port = self._port()
+        self.key = _keygen(self.dir / "id_ed25519")
+        self.locked_key = _keygen(self.dir / "locked_ed25519", passphrase="not asked for")
+        authorized = self.dir / "authorized_keys"
+        authorized.write_text(
+            Path(f"{self.key}.pub").read_text() + Path(f"{self.locked_key}.pub").read_text()
+        )
+        result = subprocess.run(
+            [SCRIPTS / "sshd.sh", "start", self.dir / "sshd", authorized, "127.0.0.1",
+             str(self.port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(f"the loopback sshd did not start: {result.stderr}")
+        #: the host's key as known_hosts lists it: ``[127.0.0.1]:PORT TYPE BASE64``
+        self.known = f"[127.0.0.1]:{self.port} {result.stdout.strip()}"
+        self._variants: list[Path] = []
+
+    def home(
+        self,
+        name: str,
+        known_hosts: str,
+        key: Path | None = None,
+        included: bool = False,
+        extra_config: str = "",
+    ) -> Path:
+        """A client HOME: ``loop`` logs in with ``key`` (by default one that
+        the sshd accepts); ``known_hosts`` is its ``~/.ssh/known_hosts``.
+        ``included``: ``~/.ssh/config`` has ``loop`` from a file it includes;
+        ``extra_config`` comes after ``loop`` in it."""
+        ssh = self.dir / name / ".ssh"
+        ssh.mkdir(parents=True, mode=0o700)
+        config = ssh / "config"
+        if included:
+            (ssh / "config.d").mkdir()
+            config.write_text("Include config.d/*.conf\n")
+            config = ssh / "config.d" / "loop.conf"
+        config.write_text(
+            f"Host loop\n  HostName 127.0.0.1\n  Port {self.port}\n  User root\n"
+            f"  IdentityFile {key or self.key}\n{extra_config}"
+        )
+        (ssh / "known_hosts").write_text(known_hosts)
+        return ssh.parent
+
+    def _port(self) -> int:
+        """A port for an sshd: the next of ``DZQ_TEST_SSHD_PORT`` and up, else a free one."""
+        base = os.environ.get("DZQ_TEST_SSHD_PORT")
+        if not base:
+            return _free_port()
+        self._ports_taken = getattr(self, "_ports_taken", -1) + 1
+        return int(base) + self._ports_taken
+
+    def variant(self, name: str, **options: str) -> int:
+        """Another sshd like it (same host key, same keys accepted) with
+        sshd_config ``options`` that override its own; returns its port."""
+        port = self._port()
+        pid_dir = self.dir / name
+        pid_dir.mkdir()
+        overrides = {"Port": str(port), "PidFile": str(pid_dir / "sshd.pid"), **options}
+        subprocess.run(
+            ["/usr/sbin/sshd", "-f", self.dir / "sshd" / "sshd_config", "-E", pid_dir / "log",
+             *(arg for k, v in overrides.items() for arg in ("-o", f"{k}={v}"))],
+            check=True, timeout=30,
+        )  # fmt: skip
+        self._variants.append(pid_dir)
+        assert wait_until(lambda: _listening(port), timeout=10), (pid_dir / "log").read_text()
+        return port
+
+    def down(self) -> None:
+        for pid_dir in [*self._variants, self.dir / "sshd"]:
+            subprocess.run([SCRIPTS / "sshd.sh", "stop", pid_dir], check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def loopback():
+    sshd = Loopback()
+    try:
+        yield sshd
+    finally:
+        sshd.down()
+
+
+@pytest.fixture
+def login(loopback, monkeypatch, make_pool):
+    """``login(name, known_hosts, key=None, included=False, extra_config="",
+    hosts=["ssh://loop/1"], **options)``: a pool of ``hosts`` as a client
+    whose HOME is ``name`` (``Loopback.home``); no SSH agent unless the test
+    sets ``SSH_AUTH_SOCK``."""
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+
+    def make(name, known_hosts, key=None, included=False, extra_config="", **kwargs):
+        home = loopback.home(name, known_hosts, key, included, extra_config)
+        monkeypatch.setenv("HOME", str(home))
+        kwargs.setdefault("remote_python", REMOTE_PYTHON)
+        return make_pool(None, kwargs.pop("hosts", ["ssh://loop/1"]), **kwargs)
+
+    return make
+
+
+def refusal(pool) -> str:
+    """The ``HostConnectionError`` that ends the pool's start, once nothing of it is left."""
+    before = child_pids()
+    try:
+        with pytest.raises(HostConnectionError) as info:
+            pool.run_on_all(int, 0)
+    finally:
+        pool.shutdown()
+    assert wait_until(lambda: child_pids() == before, timeout=10)
+    return str(info.value)
+
+
+class SilentAgent:
+    """A Unix socket where an SSH agent would be that takes connections and
+    never answers (an agent that waits for a confirmation or a touch)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+        self._listener = socket.socket(socket.AF_UNIX)
+        self._listener.bind(self.path)
+        self._listener.listen(8)
+        self._connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self._connections.append(conn)
+
+    def close(self) -> None:
+        """Close everything: a client that waits on it gets end of file."""
+        self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(5)
+        for conn in self._connections:
+            conn.close()
+
+
+def test_the_host_logs_in(login, loopback):
+    pool = login("plain", loopback.known)
+    assert pool.run_on_all(int, 7) == [7]
+
+
+def test_login_stuck_in_the_ssh_agent_fails_in_bounded_time(login, loopback, monkeypatch):
+    agent = SilentAgent(loopback.dir / "silent-agent.sock")
+    monkeypatch.setenv("SSH_AUTH_SOCK", agent.path)
+    try:
+        # the host refuses this key, so paramiko asks the agent for its keys
+        stranger = _keygen(loopback.dir / "stranger_ed25519")
+        pool = login("stuck", loopback.known, key=stranger, connect_timeout=1)
+        with pytest.raises(HostConnectionError) as info:
+            pool.submit(int, 0).result(timeout=30)
+        pool.shutdown()
+    finally:
+        agent.close()
+    message = str(info.value)
+    assert "ssh://loop" in message and "did not finish within 2 s" in message
+    assert f"SSH_AUTH_SOCK={agent.path}" in message and "ssh-add -l" in message
+    # the thread that waited on the agent ends once the agent answers (here: goes away)
+    assert wait_until(lambda: not pool_threads(), timeout=10), pool_threads()
+
+
+def test_known_hosts_lines_paramiko_cannot_read_are_skipped(login, loopback):
+    # what ssh reads without complaint: markers, other key types, stray lines
+    lines = [
+        "# a comment",
+        f"@cert-authority *.example.com {Path(f'{loopback.key}.pub').read_text().strip()}",
+        "host.example.com ssh-unknown AAAAB3NzaC1yc2EAAAADAQABAAABAQ",
+        "not a host key",
+        loopback.known,
+    ]
+    pool = login("odd-lines", "\n".join(lines) + "\n")
+    assert pool.run_on_all(int, 7) == [7]
+
+
+def test_revoked_host_key_is_refused(login, loopback):
+    revoked = "@revoked * " + loopback.known.split(" ", 1)[1]
+    # listed as known and revoked: revoked wins
+    message = refusal(login("known-revoked", f"{loopback.known}\n{revoked}\n"))
+    assert "is marked @revoked in known_hosts" in message and "SHA256:" in message
+    # not known, revoked: refused, and not trusted as a new host either
+    pool = login("new-revoked", f"{revoked}\n", ssh_accept_new_hosts=True)
+    message = refusal(pool)
+    assert "is marked @revoked in known_hosts" in message
+    known_hosts = loopback.dir / "new-revoked" / ".ssh" / "known_hosts"
+    assert known_hosts.read_text() == f"{revoked}\n"
+
+
+def test_key_with_a_passphrase_names_the_agent(login, loopback):
+    message = refusal(login("locked", loopback.known, key=loopback.locked_key))
+    assert "authentication as 'root' failed" in message
+    assert f"{loopback.locked_key} needs a passphrase" in message
+    assert f"ssh-add {loopback.locked_key}" in message
+
+
+def test_hosts_of_included_config_files_are_found(login, loopback):
+    # the alias lives in a file that ~/.ssh/config includes, relative to ~/.ssh
+    pool = login("included", loopback.known, included=True)
+    assert pool.run_on_all(int, 7) == [7]
+
+
+def test_proxy_jump_goes_through_the_jump_host(login, loopback):
+    def logins() -> int:
+        log = (loopback.dir / "sshd" / "sshd.log").read_text()
+        return log.count("Accepted publickey for root")
+
+    jump = f"Host inner\n  HostName 127.0.0.1\n  Port {loopback.port}\n  User root\n"
+    jump += f"  IdentityFile {loopback.key}\n  ProxyJump loop\n"
+    before = logins()
+    pool = login("jump", loopback.known, extra_config=jump, hosts=["ssh://inner/1"])
+    assert pool.run_on_all(int, 7) == [7]
+    assert logins() == before + 2  # the jump host's, then the inner host's through it
+    # the jump host cannot reach the inner host: said so, with both named
+    closed = _free_port()
+    jump = f"Host inner\n  HostName 127.0.0.1\n  Port {closed}\n  ProxyJump loop\n"
+    message = refusal(
+        login("jump-closed", loopback.known, extra_config=jump, hosts=["ssh://inner/1"])
+    )
+    assert f"its ProxyJump host root@loop (127.0.0.1):{loopback.port} cannot connect" in message
+    assert f"to 127.0.0.1 port {closed} (Connect failed)" in message
+    # the inner host's StrictHostKeyChecking does not make its jump host trusted
+    jump = f"Host inner\n  HostName localhost\n  Port {loopback.port}\n  User root\n"
+    jump += f"  IdentityFile {loopback.key}\n  ProxyJump loop\n  StrictHostKeyChecking no\n"
+    pool = login("jump-unknown", "", extra_config=jump, hosts=["ssh://inner/1"])
+    message = refusal(pool)
+    assert "through ProxyJump loop" in message and "is not in" in message
+
+
+def test_an_identity_file_that_does_not_exist_is_passed_over(login, loopback, monkeypatch):
+    missing = loopback.dir / "no-such-key"
+    message = refusal(login("missing-key", loopback.known, key=missing))
+    assert f"no key to log in with: the IdentityFile {missing} does not exist" in message
+    # as ssh, the pool goes on with the agent's keys
+    socket_path = loopback.dir / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", socket_path], stdout=subprocess.DEVNULL)
+    try:
+        assert wait_until(socket_path.exists, timeout=10)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
+        subprocess.run(["ssh-add", "-q", loopback.key], check=True, timeout=10)
+        pool = login("missing-key-agent", loopback.known, key=missing)
+        assert pool.run_on_all(int, 7) == [7]
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+def test_sshd_that_refuses_the_tunnel_says_what_to_do(login, loopback):
+    port = loopback.variant("no-forwarding", AllowTcpForwarding="no")
+    known = loopback.known.replace(f":{loopback.port} ", f":{port} ")
+    inner = f"Host closed-fwd\n  HostName 127.0.0.1\n  Port {port}\n  User root\n"
+    inner += f"  IdentityFile {loopback.key}\n"
+    message = refusal(login("no-fwd", known, extra_config=inner, hosts=["ssh://closed-fwd/1"]))
+    assert "ssh://closed-fwd: its sshd refuses the reverse tunnel" in message
+    assert "ssh_tunnel=False" in message and "AllowTcpForwarding" in message
+    # and ssh_tunnel=False works there
+    pool = login("no-fwd-direct", known, extra_config=inner, hosts=["ssh://closed-fwd/1"],
+                 ssh_tunnel=False)  # fmt: skip
+    assert pool.run_on_all(int, 7) == [7]
+
+
+def test_user_known_hosts_file_none_writes_no_file(login, loopback, tmp_path, monkeypatch):
+    # a common set-up for throwaway hosts: trust whatever answers, remember nothing
+    monkeypatch.chdir(tmp_path)
+    options = "Host trusting\n  HostName 127.0.0.1\n  User root\n"
+    options += f"  Port {loopback.port}\n  IdentityFile {loopback.key}\n"
+    options += "  UserKnownHostsFile none\n  StrictHostKeyChecking no\n"
+    pool = login("trusting", "", extra_config=options, hosts=["ssh://trusting/1"])
+    assert pool.run_on_all(int, 7) == [7]
+    assert list(tmp_path.iterdir()) == []  # no file named "none" here
+    assert (loopback.dir / "trusting" / ".ssh" / "known_hosts").read_text() == ""
+
+
+def test_adding_a_lost_host_again_says_it_reconnects(login, loopback):
+    port = loopback.variant("goes-away")
+    known = loopback.known.replace(f":{loopback.port} ", f":{port} ")
+    host = f"Host away\n  HostName 127.0.0.1\n  Port {port}\n  User root\n"
+    host += f"  IdentityFile {loopback.key}\n"
+    pool = login("away", known, extra_config=host, hosts=["ssh://away/1"])
+    assert pool.run_on_all(int, 7) == [7]
+    subprocess.run([SCRIPTS / "sshd.sh", "stop", loopback.dir / "goes-away"], check=True)
+    assert wait_until(lambda: pool.status().hosts[-1].state != "up", timeout=30)
+    with pytest.raises(ValueError, match="in the pool already, and lost") as info:
+        pool.add_hosts(["ssh://away/1"])
+    assert "reconnects to it on its own" in str(info.value)
+    assert "remove_hosts it and add_hosts it again" in str(info.value)
+
+
+EXIT_CLIENT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {root!r})
+    from distex_zmq import Pool
+    from tests import tasks
+
+    pool = Pool(None, ["ssh://loop/1"], remote_python={python!r})
+    pool.run_on_all(int, 0)
+    future = pool.submit(tasks.touch_then_sleep, {marker!r}, 1.0, "ran")
+    future.add_done_callback(lambda f: print("done:", f.result(), flush=True))
+    # no shutdown: the exit waits for the task, as a ProcessPoolExecutor's does
+    """
+)
+
+
+def test_exit_lets_the_tasks_on_ssh_hosts_finish(loopback, tmp_path):
+    marker = tmp_path / "starts"
+    home = loopback.home("exiting", loopback.known)
+    script = EXIT_CLIENT.format(root=str(ROOT), python=REMOTE_PYTHON, marker=str(marker))
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env={**env, "HOME": str(home)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "done: ran" in result.stdout
+    # paramiko's own exit handler must not cut the host off first: no loss,
+    # and the task ran once
+    assert "lost" not in result.stderr, result.stderr
+    assert tasks.traces(str(marker)) == 1
