@@ -403,10 +403,16 @@ def test_shutdown_cancel_futures_cancels_queued_tasks() -> None:
 # --- the client dies or is interrupted ---------------------------------------
 
 
+#: Ctrl-C reaches the client as a terminal delivers it, also when the tests
+#: run in the background: a shell without job control starts those with
+#: SIGINT ignored, which the client would inherit.
+SIGINT_AS_IN_A_TERMINAL = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
 def run_client(script: str, **kwargs: Any) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
     return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script)],
+        [sys.executable, "-c", SIGINT_AS_IN_A_TERMINAL + textwrap.dedent(script)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
