@@ -82,8 +82,10 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             its first task.
         initargs: Arguments for ``initializer``.
         localhost: Address of this machine that remote workers connect to
-            in direct mode (default: the one the SSH connection comes from);
-            the broker listens on it.
+            when they reach the broker straight (spawner hosts, and SSH
+            hosts in direct mode); the broker listens on it. Default: the
+            broker listens on all addresses and each host gets the one its
+            connection comes from.
         localport: Port the broker listens on for remote workers (0: any).
         lazy_create: Start no workers until the first task, ``create()`` or
             a ``with`` block.
