@@ -9,7 +9,8 @@ Importing this module registers the backend as ``"distex_zmq"``::
     with Pool(hosts=...) as pool, joblib.parallel_config(backend="distex_zmq", pool=pool):
         results = joblib.Parallel(n_jobs=-1)(joblib.delayed(f)(x) for x in xs)
 
-(``joblib.parallel_backend("distex_zmq", pool=pool)`` on older joblib.)
+(``joblib.parallel_backend("distex_zmq", pool=pool)``, joblib's older name
+for it, works too.)
 ``n_jobs=-1`` and ``n_jobs=None`` are the pool's workers; joblib groups
 small calls into batches from the run times the pool reports back. Each
 batch is one task of the pool, its calls pickled as data (so functions and
