@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import distex_zmq
 from distex_zmq import (
     DistexError,
     HostConnectionError,
@@ -178,6 +179,20 @@ def test_the_api_reference_renders_every_public_method_of_pool():
         if inspect.isfunction(value) and not name.startswith("_")
     ]
     assert sorted(listed) == sorted(public)
+
+
+def test_the_api_reference_renders_the_errors_and_nothing_else_of_their_module():
+    # everything in it must be importable from distex_zmq, as the page says
+    api = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    directive = api.split("::: distex_zmq.errors\n", 1)[1].split("\n\n", 1)[0]
+    listed = re.findall(r"^ +- (\w+)$", directive, re.M)
+    exported = [
+        name
+        for name in distex_zmq.__all__
+        if inspect.isclass(getattr(distex_zmq, name))
+        and getattr(distex_zmq, name).__module__ == "distex_zmq.errors"
+    ]
+    assert sorted(listed) == sorted(exported)
 
 
 def test_tasks_run_in_parallel_on_two_workers(pool):
