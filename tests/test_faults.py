@@ -406,7 +406,9 @@ def test_shutdown_cancel_futures_cancels_queued_tasks() -> None:
 #: Ctrl-C reaches the client as a terminal delivers it, also when the tests
 #: run in the background: a shell without job control starts those with
 #: SIGINT ignored, which the client would inherit.
-SIGINT_AS_IN_A_TERMINAL = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+SIGINT_AS_IN_A_TERMINAL = (
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+)
 
 
 def run_client(script: str, **kwargs: Any) -> subprocess.Popen[str]:
