@@ -227,6 +227,34 @@ async def latency_one_loop(cluster: Cluster, n: int) -> list[float]:
 # ---------------------------------------------------------------- two threads
 
 
+def send_pending(
+    sock: zmq.Socket[Any], free: list[bytes], pending: collections.deque[list[bytes]]
+) -> None:
+    """Send the pending tasks while workers have credits."""
+    while free and pending:
+        sock.send_multipart([free.pop(), *pending.popleft()], copy=False)
+
+
+def take_results(
+    sock: zmq.Socket[Any],
+    free: list[bytes],
+    pending: collections.deque[list[bytes]],
+    results: collections.deque[zmq.Frame],
+) -> bool:
+    """Receive every result waiting, refilling each worker's credit as its
+    result comes; whether there was any."""
+    got = False
+    while True:
+        try:
+            worker, frame = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return got
+        results.append(frame)
+        free.append(worker.bytes)
+        got = True
+        send_pending(sock, free, pending)
+
+
 class PollBroker(threading.Thread):
     """A broker thread that blocks in ``zmq_poll``: tasks arrive on a deque
     with an eventfd to wake it; results go back through ``deliver``, called
@@ -263,19 +291,8 @@ class PollBroker(threading.Thread):
                 os.eventfd_read(self.wake_fd)
             except BlockingIOError:
                 pass
-            got = False
-            while True:
-                try:
-                    worker, frame = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                results.append(frame)
-                free.append(worker.bytes)
-                got = True
-                while free and pending:
-                    sock.send_multipart([free.pop(), *pending.popleft()], copy=False)
-            while free and pending:
-                sock.send_multipart([free.pop(), *pending.popleft()], copy=False)
+            got = take_results(sock, free, pending, results)
+            send_pending(sock, free, pending)
             if got:
                 self.deliver()
 
@@ -292,7 +309,6 @@ class LoopBroker(threading.Thread):
         self.results: collections.deque[zmq.Frame] = collections.deque()
         self.deliver: Callable[[], None] = lambda: None
         self.loop = uvloop.new_event_loop()
-        self.ready = threading.Event()
 
     def wake(self) -> None:
         self.loop.call_soon_threadsafe(self.send_and_read)
@@ -308,23 +324,12 @@ class LoopBroker(threading.Thread):
         self.loop.close()
 
     def send(self) -> None:
-        sock, free, pending = self.sock, self.free, self.pending
-        while free and pending:
-            sock.send_multipart([free.pop(), *pending.popleft()], copy=False)
+        send_pending(self.sock, self.free, self.pending)
 
     def on_readable(self) -> None:
-        sock, free, results = self.sock, self.free, self.results
         got = False
-        while readable(sock):
-            while True:
-                try:
-                    worker, frame = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                results.append(frame)
-                free.append(worker.bytes)
-                got = True
-                self.send()
+        while readable(self.sock):
+            got = take_results(self.sock, self.free, self.pending, self.results) or got
         if got:
             self.deliver()
 
