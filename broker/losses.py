@@ -190,8 +190,9 @@ class Losses:
         if alone or task.suspect:
             task.tries += 1
             if task.tries > self._max_retries:
+                times = "once" if task.tries == 1 else f"{task.tries} times"
                 return WorkerLostError(
-                    f"{task.describe()} killed its worker {task.tries} times "
+                    f"{task.describe()} killed its worker {times} "
                     f"(max_retries={self._max_retries}); the last: {rec} died: {how}"
                 )
             return None
