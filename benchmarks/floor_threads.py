@@ -255,10 +255,11 @@ def take_results(
         send_pending(sock, free, pending)
 
 
-class PollBroker(threading.Thread):
-    """A broker thread that blocks in ``zmq_poll``: tasks arrive on a deque
-    with an eventfd to wake it; results go back through ``deliver``, called
-    from this thread once per batch of results."""
+class BrokerThread(threading.Thread):
+    """What both broker threads hold: the ROUTER, each worker's free credits,
+    the tasks the caller handed over (``pending``), the results for the
+    caller, and ``deliver``, which the broker's thread calls once per batch
+    of results."""
 
     def __init__(self, cluster: Cluster, qsize: int) -> None:
         super().__init__(daemon=True)
@@ -266,12 +267,26 @@ class PollBroker(threading.Thread):
         self.free = [w for w in cluster.workers for _ in range(qsize)]
         self.pending: collections.deque[list[bytes]] = collections.deque()
         self.results: collections.deque[zmq.Frame] = collections.deque()
-        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK)
         self.deliver: Callable[[], None] = lambda: None
-        self.stopping = False
 
     def wake(self) -> None:
         """Tell the broker thread that ``pending`` has more (any thread)."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it."""
+        raise NotImplementedError
+
+
+class PollBroker(BrokerThread):
+    """A broker thread that blocks in ``zmq_poll``; an eventfd wakes it."""
+
+    def __init__(self, cluster: Cluster, qsize: int) -> None:
+        super().__init__(cluster, qsize)
+        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK)
+        self.stopping = False
+
+    def wake(self) -> None:
         os.eventfd_write(self.wake_fd, 1)
 
     def stop(self) -> None:
@@ -297,17 +312,12 @@ class PollBroker(threading.Thread):
                 self.deliver()
 
 
-class LoopBroker(threading.Thread):
-    """As ``PollBroker``, on a uvloop loop of its own (``add_reader`` on the
+class LoopBroker(BrokerThread):
+    """A broker thread on a uvloop loop of its own (``add_reader`` on the
     ROUTER's fd, tasks handed over by ``call_soon_threadsafe``)."""
 
     def __init__(self, cluster: Cluster, qsize: int) -> None:
-        super().__init__(daemon=True)
-        self.sock = cluster.sock
-        self.free = [w for w in cluster.workers for _ in range(qsize)]
-        self.pending: collections.deque[list[bytes]] = collections.deque()
-        self.results: collections.deque[zmq.Frame] = collections.deque()
-        self.deliver: Callable[[], None] = lambda: None
+        super().__init__(cluster, qsize)
         self.loop = uvloop.new_event_loop()
 
     def wake(self) -> None:
@@ -340,10 +350,7 @@ class LoopBroker(threading.Thread):
         self.loop.remove_reader(socket_fd(self.sock))
 
 
-Broker = PollBroker | LoopBroker
-
-
-async def map_two_threads(broker: Broker, n: int, chunksize: int, qsize: int) -> int:
+async def map_two_threads(broker: BrokerThread, n: int, chunksize: int, qsize: int) -> int:
     """The caller's loop keeps the broker's deque topped up to one window
     beyond the workers' credits; the broker wakes it once per batch."""
     loop = asyncio.get_running_loop()
@@ -385,7 +392,7 @@ async def map_two_threads(broker: Broker, n: int, chunksize: int, qsize: int) ->
     return await done
 
 
-async def latency_two_threads(broker: Broker, n: int) -> list[float]:
+async def latency_two_threads(broker: BrokerThread, n: int) -> list[float]:
     """One task at a time, awaited on the caller's loop."""
     loop = asyncio.get_running_loop()
     clock = time.perf_counter
@@ -412,7 +419,7 @@ async def latency_two_threads(broker: Broker, n: int) -> list[float]:
     return out
 
 
-def latency_two_threads_sync(broker: Broker, n: int) -> list[float]:
+def latency_two_threads_sync(broker: BrokerThread, n: int) -> list[float]:
     """One task at a time, the caller blocking on a lock (as a sync ``run``)."""
     clock = time.perf_counter
     results = broker.results
@@ -484,7 +491,7 @@ def measure(
             raise AssertionError(f"{variant} {row}: wrong total {total}")
         return n / (time.perf_counter() - t0)
     qsize = 2
-    broker: Broker | None = None
+    broker: BrokerThread | None = None
     if variant in ("two_threads", "two_threads_sync"):
         broker = PollBroker(cluster, qsize)
     elif variant == "two_loops":
