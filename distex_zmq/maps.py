@@ -204,7 +204,8 @@ class _PrivateLoop:
             started.append(asyncio.current_task())  # type: ignore[arg-type]  # in a task
             return await awaitable
 
-        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        step = run()
+        future = asyncio.run_coroutine_threadsafe(step, self._loop)
         try:
             return future.result()
         except BaseException:
@@ -213,6 +214,8 @@ class _PrivateLoop:
             # loop runs ``_ended`` after the step's first turn
             if future.cancel():
                 asyncio.run_coroutine_threadsafe(_ended(started), self._loop).result()
+                if not started:  # never started: closed, not "never awaited"
+                    step.close()
             raise
 
     def __exit__(self, *exc_info: object) -> None:
