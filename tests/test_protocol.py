@@ -318,7 +318,8 @@ def test_worker_keeps_what_a_ref_entry_brings_and_finds_it_by_id(fake_broker):
     _, frames = fake_broker.recv()
     [(task_id, status, error)] = read_results(frames)
     assert (task_id, status) == (44, p.STATUS_ERROR)
-    assert "the function gone of the script (id 99), unknown here" in str(error)
+    assert "could not unpickle the arguments of task 44" in str(error)
+    assert "function gone of the script by id 99, which this worker does not hold" in str(error)
     fake_broker.send(identity, call_message(45, [(7, None)], _ByRef(7, "sq"), False))
     _, frames = fake_broker.recv()
     assert read_results(frames) == [(45, p.STATUS_OK, 36)]

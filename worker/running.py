@@ -106,8 +106,8 @@ class Runner:
         func = self.functions.get(ref_id)
         if func is None:
             raise p.ProtocolError(
-                f"the broker referred to the function {name} of the script (id {ref_id}), "
-                "unknown here"
+                f"the pickle refers to the function {name} of the script by id {ref_id}, "
+                f"which this worker does not hold{_OUT_OF_STEP}"
             )
         if type(func) is _Broken:
             raise SerializationError(
@@ -142,16 +142,21 @@ class Runner:
         """Run a task; its result is added now or, if awaitable, once awaited.
         ``skip``: a chunk's inputs answered before, not to run again."""
         started = time.perf_counter()
+        func = None
         try:
             func = self._function(func_id, func_pickle)
             # serialization.loads, inlined: a call less per task
             args = self._data_loads(data, buffers=buffers) if buffers else self._data_loads(data)
         except BaseException as e:  # noqa: BLE001 - any unpickling error fails the task
-            part = "function" if type(e) is _Broken else "arguments"
-            hint = "" if type(e) is _Broken else unloadable_hint(part, e, *self._pickles)
+            # the part that failed (the client names the task's function)
+            part = "function" if func is None else "arguments"
+            why = (
+                str(e)
+                if type(e) is _Broken
+                else f"{type(e).__name__}: {e}{unloadable_hint(part, e, *self._pickles)}"
+            )
             error = SerializationError(
-                f"{_where()} could not unpickle the {part} of task {task_id}: "
-                f"{e if type(e) is _Broken else f'{type(e).__name__}: {e}'}{hint}"
+                f"{_where()} could not unpickle the {part} of task {task_id}: {why}"
             )
             self._add_result(task_id, p.STATUS_ERROR, _remote(error), started)
             return
@@ -178,7 +183,10 @@ class Runner:
         if func_pickle is None:
             func = self.functions.take(func_id)
             if func is p.ABSENT:
-                raise p.ProtocolError(f"the broker referred to function {func_id}, unknown here")
+                raise p.ProtocolError(
+                    f"the task refers to its function by id {func_id}, which this worker "
+                    f"does not hold{_OUT_OF_STEP}"
+                )
         else:
             try:
                 func = self._script.adopt(self._func_loads(func_pickle))
@@ -363,6 +371,14 @@ def _run_inputs(
             return
         except BaseException as e:  # noqa: BLE001
             results.append(ItemError(error(e)))
+
+
+#: Why a worker lacks a function that a task refers to by id, and what to do.
+_OUT_OF_STEP = (
+    ", though the broker counts it as sent here: the broker and this worker disagree "
+    "on the functions it holds, a bug of distex_zmq, not of the script. Please report "
+    "it, with the pool's options; a new pool (close this one) starts afresh"
+)
 
 
 def _where() -> str:
