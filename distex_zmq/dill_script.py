@@ -10,6 +10,7 @@ import functools
 import importlib
 import io
 import sys
+import threading
 import types
 from typing import Any
 
@@ -26,6 +27,12 @@ from .script_rebuild import (
     singledispatch_args,
 )
 
+#: The type of each lock that a dill pickle makes anew -> what makes one.
+_NEW_LOCKS: dict[type, Any] = {
+    type(threading.Lock()): threading.Lock,
+    type(threading.RLock()): threading.RLock,
+}
+
 
 class ScriptClassesPickler(dill.Pickler):
     """dill, but classes of ``__main__`` go as cloudpickle sends them (with
@@ -38,9 +45,12 @@ class ScriptClassesPickler(dill.Pickler):
     ``functools.singledispatch`` function of the script goes as its
     implementations (its dispatch cache holds weak references), and a
     ``functools.cached_property`` (of a class sent by value) as its function
-    and name: before Python 3.12 one holds an ``RLock``, which dill makes
-    again held by no thread, so that the property's first use in the worker
-    waits for ever.
+    and name (before Python 3.12 one holds an ``RLock``). A ``threading.Lock``
+    or ``RLock`` goes as a new one, unlocked, as ``threading.Lock()`` makes
+    it: dill makes an unlocked ``RLock`` again held by no thread, so that its
+    first ``acquire`` waits for ever, one held in the client held by a thread
+    id that means nothing in another process (it fails to unpickle there),
+    and a held ``Lock`` held, by no one who will release it.
 
     Given ``refs``, a function of the script inside the object pickled (a
     ``functools.partial``'s function, a bound method's) goes by id, as in
@@ -67,6 +77,9 @@ class ScriptClassesPickler(dill.Pickler):
             return
         elif type(obj) is functools.cached_property and id(obj) not in self.memo:
             self.save_reduce(make_cached_property, (obj.func, obj.attrname), obj=obj)
+            return
+        elif type(obj) in _NEW_LOCKS and id(obj) not in self.memo:
+            self.save_reduce(_NEW_LOCKS[type(obj)], (), obj=obj)
             return
         elif (
             self._refs is not None

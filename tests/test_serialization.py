@@ -7,6 +7,7 @@ import concurrent.futures
 import functools
 import gc
 import itertools
+import operator
 import pickle
 import statistics
 import sys
@@ -19,6 +20,7 @@ import pytest
 from distex_zmq.worker.running import Runner
 
 from distex_zmq import PickleType, RemoteException, SerializationError, script_rebuild
+from distex_zmq.script_objects import dill_data_dumps, dill_dumps, dill_loads
 from distex_zmq.script_refs import RefCollector, ScriptRefs
 from distex_zmq.serialization import (
     OOB_THRESHOLD,
@@ -189,6 +191,47 @@ def test_a_bound_method_runs_with_its_object_as_it_is_when_submitted(shared_pool
     assert shared_pool.run(scaler.scale, 5) == 15
     assert shared_pool.submit(scaler.scale, 1).result() == 3
     assert list(shared_pool.map(scaler.scale, range(3))) == [0, 3, 6]
+
+
+class _LockHolder:
+    """An object of a class of the script that holds locks."""
+
+    def __init__(self):
+        self.rlock = threading.RLock()
+        self.lock = threading.Lock()
+
+    def take(self):
+        """Whether each lock is free here (without waiting)."""
+        return self.rlock.acquire(blocking=False), self.lock.acquire(blocking=False)
+
+
+_LockHolder.__module__ = "__main__"
+
+
+def test_locks_sent_with_dill_arrive_unlocked(make_pool):
+    # dill alone makes an unlocked RLock again held by no thread (a task that
+    # takes it waits for ever), one held held by a thread of the client (in
+    # another process it does not unpickle), and a held Lock held
+    free, held = _LockHolder(), _LockHolder()
+    held.rlock.acquire()
+    held.lock.acquire()
+    for holder in (free, held):
+        again = dill_loads(dill_data_dumps(holder, 5))
+        assert again.take() == (True, True)
+        assert again.rlock.acquire(blocking=False)  # reentrant: its own thread holds it
+    # the same lock twice is one lock
+    pair = dill_loads(dill_dumps((free.lock, free.lock), 5))
+    assert pair[0] is pair[1]
+    # in a worker: as data, and as the object of a bound method
+    pool = make_pool(1, data_pickle=PickleType.dill)
+    take = operator.methodcaller("take")
+    assert pool.run(tasks.apply, take, free) == (True, True)
+    assert pool.run(tasks.apply, take, held) == (True, True)
+    assert pool.run(held.take) == (True, True)
+    # the client's own locks are as they were
+    assert not free.lock.locked() and held.lock.locked()
+    held.rlock.release()
+    held.lock.release()
 
 
 def test_an_unhashable_callable_runs(shared_pool):
