@@ -119,7 +119,9 @@ class ScriptDataPickler(ScriptClassesPickler):
     ``dill.dumps``), whose functions of ``__main__`` go as ``script_pickler``
     sends them: in a worker they are made on the namespace that the script's
     functions share there. dill alone makes them on the worker's own
-    ``__main__``, where the script's globals are not."""
+    ``__main__``, where the script's globals are not. Given ``refs``, they go
+    by id, the object pickled too if it is one (``script_refs``, which
+    pickles them with this class)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -132,10 +134,19 @@ class ScriptDataPickler(ScriptClassesPickler):
             and id(obj) not in self.memo
             and not is_singledispatch(obj)
         ):
-            reduce = function_reduce(self._script_pickler(), obj)
-            if reduce is not NotImplemented and reduce[0] is make_script_function:
-                self.save_reduce(*reduce, obj=obj)
-                return
+            refs = self._refs
+            ref_id = 0 if refs is None else refs.known(obj)
+            if not ref_id:  # not met before: reduce it
+                reduce = function_reduce(self._script_pickler(), obj)
+                if reduce is NotImplemented or reduce[0] is not make_script_function:
+                    super().save(obj, save_persistent_id)
+                    return
+                if refs is None:
+                    self.save_reduce(*reduce, obj=obj)
+                    return
+                ref_id = refs.ref(obj, reduce)
+            self.save_reduce(script_ref, (ref_id, obj.__qualname__), obj=obj)
+            return
         super().save(obj, save_persistent_id)
 
     def _script_pickler(self) -> ScriptPickler:

@@ -56,13 +56,16 @@ def dumps_by_value(
     return file.getvalue()
 
 
-def dill_data_dumps(obj: Any, protocol: int, buffer_callback: Any = None) -> bytes:
+def dill_data_dumps(
+    obj: Any, protocol: int, buffer_callback: Any = None, refs: RefSink | None = None
+) -> bytes:
     """dill's ``dumps`` for data, with classes and functions of ``__main__``
-    as ``dumps_by_value`` sends them (see ``dill_script.ScriptDataPickler``)."""
+    as ``dumps_by_value`` sends them (see ``dill_script.ScriptDataPickler``),
+    but for the functions of ``__main__``, which go by id to ``refs`` if given."""
     from .dill_script import ScriptDataPickler
 
     file = io.BytesIO()
-    ScriptDataPickler(file, protocol, buffer_callback=buffer_callback).dump(obj)
+    ScriptDataPickler(file, protocol, buffer_callback=buffer_callback, refs=refs).dump(obj)
     return file.getvalue()
 
 

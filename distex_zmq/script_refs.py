@@ -18,6 +18,11 @@ own function (see ``wire.frames``).
 it meets it, as ``FunctionCache`` does for the task's own function: what
 its globals hold then is what every worker gets, and a change the script
 makes to them later is not sent. Pickles with the same bytes share an id.
+It pickles them as the pool's ``data_pickle`` sends functions of the script
+in data: with ``script_pickler`` (cloudpickle), or with dill
+(``dill_script.ScriptDataPickler``) if that is ``PickleType.dill``, which
+sends globals that cloudpickle does not take (a lock); a worker loads them
+with its ``loads`` for data.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .script_objects import dumps_by_value
+from .script_objects import dill_data_dumps, dumps_by_value
 from .serialization import dumps
 from .wire.frames import RecentFunctions, ScriptRef
 
@@ -44,15 +49,18 @@ MAX_HELD = 0xFFFFFFFF
 
 class ScriptRefs:
     """The pickles of the functions of the script met inside tasks, by
-    function (held weakly), each with an id from ``new_id``."""
+    function (held weakly), each with an id from ``new_id``; ``by_dill``:
+    pickled with dill (``data_pickle=PickleType.dill``), else cloudpickle."""
 
     def __init__(
         self,
         new_id: Callable[[], int],
         max_size: int = REFS_KEPT,
         max_bytes: int = REFS_KEPT_BYTES,
+        by_dill: bool = False,
     ):
         self._new_id = new_id
+        self._dumps: Callable[..., bytes] = dill_data_dumps if by_dill else dumps_by_value
         #: id(function) -> (weak reference to it, its ScriptRef)
         self._by_func = RecentFunctions(max_size, max_bytes)
         #: digest of a pickle -> its id
@@ -73,12 +81,12 @@ class ScriptRefs:
         ref = self.known(func)
         if ref is not None:
             return ref
-        data, buffers = dumps(func, dumps_by_value)
+        data, buffers = dumps(func, self._dumps)
         digest = hashlib.blake2b(data, digest_size=16)
         for buffer in buffers:
             digest.update(buffer)
         key = digest.digest()
-        held = min(_held_bytes(reduce), MAX_HELD)
+        held = min(_held_bytes(reduce, self._dumps), MAX_HELD)
         with self._lock:
             ref_id = self._by_digest.get(key)
             if ref_id is None:
@@ -92,15 +100,15 @@ class ScriptRefs:
         return len(self._by_func)
 
 
-def _held_bytes(reduce: tuple[Any, ...]) -> int:
+def _held_bytes(reduce: tuple[Any, ...], dumper: Callable[..., bytes]) -> int:
     """The bytes a worker counts for a function of the script: the size of
     its pickle without the globals it brings, which join the namespace that
     the script's functions share in the worker (one value a name, held
     whether or not the function is) and so do not count. Its code, defaults
     and closure do: a closure that captured a large object is let go when
-    the worker drops the function."""
+    the worker drops the function. ``dumper``: what pickles the function."""
     state, slots = reduce[2]
-    data, buffers = dumps((reduce[1], state, {**slots, "__globals__": {}}), dumps_by_value)
+    data, buffers = dumps((reduce[1], state, {**slots, "__globals__": {}}), dumper)
     return len(data) + sum(memoryview(buffer).nbytes for buffer in buffers)
 
 

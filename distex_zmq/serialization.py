@@ -157,9 +157,9 @@ def dumps(
 ) -> tuple[bytes, list[Any]]:
     """Pickle ``obj``; return the pickle and its out-of-band buffers.
 
-    ``refs``: the functions of ``__main__`` that ``PickleType.auto`` or
-    ``cloudpickle`` (as data) meets go by id to it (``script_refs``) rather
-    than by value."""
+    ``refs``: the functions of ``__main__`` that ``PickleType.auto``,
+    ``cloudpickle`` or ``dill`` (as data) meets go by id to it
+    (``script_refs``) rather than by value."""
     buffers: list[Any] = []
     if type(obj) in _MAY_HOLD_LARGE_BYTES:  # a call less for other results
         obj = _bytes_out_of_band(obj)
@@ -176,6 +176,8 @@ def dumps(
 
     if dumper is dumps_by_value:  # PickleType.cloudpickle, as data
         return dumps_by_value(obj, PROTOCOL, keep_large, refs), buffers
+    if dumper is dill_data_dumps:  # PickleType.dill, as data
+        return dill_data_dumps(obj, PROTOCOL, keep_large, refs), buffers
     try:
         return dumper(obj, protocol=PROTOCOL, buffer_callback=keep_large), buffers
     except PickleByValue:  # PickleType.auto met an object of __main__

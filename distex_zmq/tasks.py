@@ -18,6 +18,7 @@ from distex_zmq.serialization import (
     PROTOCOL,
     SCALARS,
     FunctionCache,
+    PickleType,
     call_out_of_band,
     data_pickle_module,
     dumps,
@@ -59,7 +60,7 @@ class TaskMaker:
         #: the functions sent so far, by id
         self.functions = FunctionCache(func_pickle)
         #: the functions of the script met in data, by id (``script_refs``)
-        self.script_refs = ScriptRefs(self.functions.new_id)
+        self.script_refs = ScriptRefs(self.functions.new_id, by_dill=data_pickle == PickleType.dill)
         self.functions.collector = functools.partial(RefCollector, self.script_refs)
         data = data_pickle_module(data_pickle)
         self.data_dumps: Callable[..., bytes] = data.dumps

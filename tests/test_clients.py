@@ -169,7 +169,7 @@ def test_the_proxies_of_a_multiprocessing_manager_reach_it(pool):
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("executor", ["control", "local", "cloudpickle", "spawner"])
+@pytest.mark.parametrize("executor", ["control", "local", "cloudpickle", "dill", "spawner"])
 def test_script_functions_in_task_data_go_to_each_worker_once(tmp_path, executor):
     # a function of the script in dask's tasks, joblib's batches and partial
     # arguments comes to each worker once, with the globals it uses: a dict

@@ -626,9 +626,14 @@ def _data_with_refs(refs, obj, data_pickle=PickleType.auto):
     return data, buffers, collector.taken()
 
 
-@pytest.mark.parametrize("data_pickle", [PickleType.auto, PickleType.cloudpickle])
+@pytest.mark.parametrize("data_pickle", [PickleType.auto, PickleType.cloudpickle, PickleType.dill])
 def test_a_script_function_in_data_is_pickled_once_and_named_by_id(data_pickle):
-    refs = ScriptRefs(itertools.count(1).__next__, max_size=3, max_bytes=4 << 20)
+    refs = ScriptRefs(
+        itertools.count(1).__next__,
+        max_size=3,
+        max_bytes=4 << 20,
+        by_dill=data_pickle == PickleType.dill,
+    )
     big = bytes(range(256)) * 4096  # 1 MiB, a global of the function
     read = _script_function(big)
     data, buffers, taken = _data_with_refs(refs, (read, 1), data_pickle)
@@ -636,17 +641,19 @@ def test_a_script_function_in_data_is_pickled_once_and_named_by_id(data_pickle):
     # the data names the function; its pickle, with the global, is the ref's
     assert len(data) + sum(len(b) for b in buffers) < 1000
     assert len(ref.data) > len(big)
+    # a worker loads it with its loads for data
+    assert loads(ref.data, ref.buffers, data_pickle_module(data_pickle).loads)(1) == big[1]
     # the worker counts the function, not the globals it brings
     assert ref.held < 10_000
     # met again: the same ref, not pickled again
-    assert _data_with_refs(refs, [read, read])[2] == (ref,)
+    assert _data_with_refs(refs, [read, read], data_pickle)[2] == (ref,)
     assert refs.known(read) is ref
     # another object with the same pickle shares its id
     twin = _script_function(big)
-    assert _data_with_refs(refs, (twin,))[2][0].ref_id == ref.ref_id
+    assert _data_with_refs(refs, (twin,), data_pickle)[2][0].ref_id == ref.ref_id
     # a closure's captured data counts for the worker
     closure = _script_function(b"x", closure=big)
-    assert _data_with_refs(refs, (closure,))[2][0].held > len(big)
+    assert _data_with_refs(refs, (closure,), data_pickle)[2][0].held > len(big)
 
 
 def _run_on(runner, task_id, func_id, func_pickle, data, buffers, flags=1):

@@ -93,8 +93,8 @@ class Runner:
             functions.use(ref_id)  # one not held fails the task that uses it
             return
         try:
-            # made by script_pickler, which standard pickle loads
-            func = pickle.loads(pickled, buffers=buffers)
+            # made by the pickler of data (script_refs)
+            func = self._data_loads(pickled, buffers=buffers)
         except BaseException as e:  # noqa: BLE001 - the tasks that use it fail with it
             why = f"{type(e).__name__}: {e}{unloadable_hint('function', e, *self._pickles)}"
             func = _Broken(why)

@@ -1,8 +1,8 @@
 """Functions of the user's script inside task data, each sent to a worker
 once, run as ``python script_refs.py EXECUTOR`` (``__main__`` is this file).
 
-EXECUTOR is ``local`` (a ``Pool`` of 2), ``cloudpickle`` (the same with
-``data_pickle=PickleType.cloudpickle``), ``spawner:PORT`` (2 workers of the
+EXECUTOR is ``local`` (a ``Pool`` of 2), ``cloudpickle`` or ``dill`` (the
+same with that ``data_pickle``), ``spawner:PORT`` (2 workers of the
 spawner on that port) or ``control`` (a ``ProcessPoolExecutor`` of 2,
 whose workers hold one copy of this module each). The functions reach the
 workers inside dask's tasks, joblib's batches (pools only),
@@ -184,10 +184,10 @@ def main():
     if kind == "control":
         with ProcessPoolExecutor(2) as executor:
             check(executor, is_pool=False)
-    elif kind in ("local", "cloudpickle"):
+    elif kind in ("local", "cloudpickle", "dill"):
         from distex_zmq import PickleType, Pool
 
-        data_pickle = PickleType.cloudpickle if kind == "cloudpickle" else PickleType.auto
+        data_pickle = PickleType.auto if kind == "local" else PickleType[kind]
         with Pool(2, max_retries=0, data_pickle=data_pickle) as pool:
             check(pool, is_pool=True)
     elif kind.startswith("spawner:"):
