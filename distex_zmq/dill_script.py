@@ -102,8 +102,10 @@ class ScriptClassesPickler(dill.Pickler):
         super().save(obj, save_persistent_id)
 
     def _ref(self, func: types.FunctionType) -> int:
-        """The id ``func`` goes by; 0 if it goes by value here (one that
-        cloudpickle would send by reference)."""
+        """The id ``func`` goes by; 0 if it goes by value here: one that
+        cloudpickle would send by reference, or one that ``refs`` cannot
+        pickle (with ``data_pickle`` other than dill it pickles with
+        cloudpickle, which takes no lock among the globals)."""
         assert self._refs is not None
         ref_id = self._refs.known(func)
         if ref_id:
@@ -111,7 +113,10 @@ class ScriptClassesPickler(dill.Pickler):
         reduce = function_reduce(ScriptPickler(io.BytesIO(), protocol=self.proto), func)
         if reduce is NotImplemented or reduce[0] is not make_script_function:
             return 0
-        return self._refs.ref(func, reduce)
+        try:
+            return self._refs.ref(func, reduce)
+        except Exception:  # noqa: BLE001 - by value then, which raises what dill cannot take
+            return 0
 
 
 class ScriptDataPickler(ScriptClassesPickler):

@@ -656,6 +656,22 @@ def test_a_script_function_in_data_is_pickled_once_and_named_by_id(data_pickle):
     assert _data_with_refs(refs, (closure,), data_pickle)[2][0].held > len(big)
 
 
+def test_a_partial_of_a_script_function_whose_globals_only_dill_takes_goes_by_value():
+    # with data_pickle other than dill, the functions of the script that go
+    # by id are pickled by cloudpickle, which takes no lock: a partial of one
+    # that uses a lock goes by value with dill, as the function alone does
+    namespace = {"__name__": "__main__", "LOCK": threading.Lock()}
+    exec("def guarded(x):\n    with LOCK:\n        return 2 * x\n", namespace)
+    cache = FunctionCache(PickleType.dill)
+    cache.collector = functools.partial(RefCollector, ScriptRefs(cache.new_id))
+    _, pickled, taken = cache.get_with_refs(functools.partial(namespace["guarded"], 3))
+    assert taken == ()
+    assert function_loads(PickleType.dill)(pickled)() == 6
+    # one whose globals cloudpickle takes still goes by id
+    _, _, taken = cache.get_with_refs(functools.partial(_script_function(b"abc"), 1))
+    assert len(taken) == 1
+
+
 def _run_on(runner, task_id, func_id, func_pickle, data, buffers, flags=1):
     """Run a task (``FLAG_STAR``) on ``runner``; its result, or error."""
     runner.run(task_id, func_id, flags, func_pickle, data, buffers)
