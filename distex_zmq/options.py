@@ -18,7 +18,8 @@ from distex_zmq.output import OUTPUT_MODES
 from distex_zmq.security import ClusterKeys, load_secret
 from distex_zmq.serialization import pickle_type
 
-#: Seconds to connect and log in to an SSH host, or to hear from a spawner.
+#: Seconds to connect and log in to an SSH host whose entry in
+#: ``~/.ssh/config`` has no ``ConnectTimeout``, or to hear from a spawner.
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
@@ -32,7 +33,9 @@ class RemoteSettings:
     python: str | Mapping[str, str] = "python3"
     heartbeat_timeout: float = 10.0
     accept_new_hosts: bool = False
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    #: as given to the pool; None: an SSH host's ``ConnectTimeout`` in
+    #: ``~/.ssh/config`` (``ssh_connect.resolve``), else ``DEFAULT_CONNECT_TIMEOUT``
+    connect_timeout: float | None = None
     #: address the remote workers connect to in direct mode ("" = as SSH sees us)
     localhost: str = ""
 
@@ -122,7 +125,7 @@ def pool_options(
     ssh_tunnel: bool,
     heartbeat_timeout: float,
     ssh_accept_new_hosts: bool,
-    connect_timeout: float,
+    connect_timeout: float | None,
     secret: str | bytes | None,
     secret_file: str | None,
     output: str = "prefixed",
@@ -174,12 +177,18 @@ def pool_options(
                 f"hosts name {twin.host} twice ({twin} and {spec}); give it once, "
                 "with all its workers"
             )
-    for name, value in (
-        ("heartbeat_timeout", heartbeat_timeout),
-        ("connect_timeout", connect_timeout),
+    if not isinstance(heartbeat_timeout, (int, float)) or not heartbeat_timeout > 0:
+        raise ValueError(
+            f"heartbeat_timeout must be a positive number of seconds, not {heartbeat_timeout!r}"
+        )
+    if connect_timeout is not None and (
+        not isinstance(connect_timeout, (int, float)) or not connect_timeout > 0
     ):
-        if not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        raise ValueError(
+            "connect_timeout must be a positive number of seconds or None (an SSH host's "
+            f"ConnectTimeout in ~/.ssh/config, else {DEFAULT_CONNECT_TIMEOUT:g}), "
+            f"not {connect_timeout!r}"
+        )
     if not isinstance(remote_python, (str, Mapping)) or not remote_python:
         raise TypeError(
             f"remote_python must be a command or a dict of commands, not {remote_python!r}"
@@ -197,7 +206,7 @@ def pool_options(
             python=remote_python if isinstance(remote_python, str) else dict(remote_python),
             heartbeat_timeout=float(heartbeat_timeout),
             accept_new_hosts=ssh_accept_new_hosts,
-            connect_timeout=float(connect_timeout),
+            connect_timeout=None if connect_timeout is None else float(connect_timeout),
             localhost=localhost,
         ),
         localport=localport,

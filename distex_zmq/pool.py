@@ -136,7 +136,9 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             default such a host is refused.
         connect_timeout: Seconds allowed to connect and log in to an SSH
             host (each step; the whole login at most twice that), or to
-            hear from a spawner.
+            hear from a spawner. Default: an SSH host's ``ConnectTimeout``
+            in ``~/.ssh/config``, else 10 s; one given here wins over the
+            config's, as ``ssh -o ConnectTimeout=`` does.
         secret: The cluster's shared secret, which the spawners have too;
             by default the ``DISTEX_ZMQ_SECRET`` environment variable. Without
             one, only spawners that run without one (on loopback, or with
@@ -177,7 +179,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         ssh_tunnel: bool = True,
         heartbeat_timeout: float = 10.0,
         ssh_accept_new_hosts: bool = False,
-        connect_timeout: float = 10.0,
+        connect_timeout: float | None = None,
         secret: str | bytes | None = None,
         secret_file: str | None = None,
         output: str = "prefixed",

@@ -26,6 +26,9 @@ from pathlib import Path
 import pytest
 
 from distex_zmq import HostConnectionError
+from distex_zmq.hostspec import HostSpec
+from distex_zmq.launch import ssh_connect
+from distex_zmq.options import DEFAULT_CONNECT_TIMEOUT
 from tests import tasks
 from tests.helpers import child_pids, pool_threads, wait_until
 from tests.multihost import REMOTE_PYTHON, ROOT, SCRIPTS
@@ -221,13 +224,27 @@ def test_the_host_logs_in(login, loopback):
     assert pool.run_on_all(int, 7) == [7]
 
 
-def test_login_stuck_in_the_ssh_agent_fails_in_bounded_time(login, loopback, monkeypatch):
-    agent = SilentAgent(loopback.dir / "silent-agent.sock")
+@pytest.mark.parametrize(
+    "config, timeout",
+    [
+        ("", 1),
+        # as ssh: the ConnectTimeout of ~/.ssh/config, unless the pool is given one
+        ("  ConnectTimeout 1\n", None),
+        ("  ConnectTimeout 30\n", 1),
+    ],
+    ids=["given", "from-config", "given-over-config"],
+)
+def test_login_stuck_in_the_ssh_agent_fails_in_bounded_time(
+    login, loopback, monkeypatch, config, timeout
+):
+    agent = SilentAgent(loopback.dir / f"silent-agent-{len(config)}.sock")
     monkeypatch.setenv("SSH_AUTH_SOCK", agent.path)
+    options = {} if timeout is None else {"connect_timeout": timeout}
     try:
         # the host refuses this key, so paramiko asks the agent for its keys
-        stranger = _keygen(loopback.dir / "stranger_ed25519")
-        pool = login("stuck", loopback.known, key=stranger, connect_timeout=1)
+        stranger = _keygen(loopback.dir / f"stranger-{len(config)}_ed25519")
+        home = f"stuck-{len(config)}"
+        pool = login(home, loopback.known, key=stranger, extra_config=config, **options)
         with pytest.raises(HostConnectionError) as info:
             pool.submit(int, 0).result(timeout=30)
         pool.shutdown()
@@ -238,6 +255,23 @@ def test_login_stuck_in_the_ssh_agent_fails_in_bounded_time(login, loopback, mon
     assert f"SSH_AUTH_SOCK={agent.path}" in message and "ssh-add -l" in message
     # the thread that waited on the agent ends once the agent answers (here: goes away)
     assert wait_until(lambda: not pool_threads(), timeout=10), pool_threads()
+
+
+def test_connect_timeout_given_to_the_pool_wins_over_the_ssh_config(loopback, monkeypatch):
+    home = loopback.home("timeouts", loopback.known, extra_config="  ConnectTimeout 7\n")
+    monkeypatch.setenv("HOME", str(home))
+    loop = HostSpec("ssh://loop/1")
+    assert ssh_connect.resolve(loop).timeout == 7
+    assert ssh_connect.resolve(loop, timeout=3).timeout == 3
+    assert ssh_connect.resolve(loop, timeout=DEFAULT_CONNECT_TIMEOUT).timeout == 10
+    assert ssh_connect.resolve(HostSpec("ssh://elsewhere/1")).timeout == DEFAULT_CONNECT_TIMEOUT
+    # a jump host's own ConnectTimeout, unless the pool is given one
+    jump = "Host inner\n  HostName 127.0.0.1\n  ProxyJump loop\n  ConnectTimeout 5\n"
+    (home / ".ssh" / "config").write_text((home / ".ssh" / "config").read_text() + jump)
+    inner = HostSpec("ssh://inner/1")
+    assert ssh_connect.resolve(inner).timeout == 5
+    assert ssh_connect.resolve(inner).pool_timeout is None
+    assert ssh_connect.resolve(inner, timeout=3).pool_timeout == 3
 
 
 def test_known_hosts_lines_paramiko_cannot_read_are_skipped(login, loopback):

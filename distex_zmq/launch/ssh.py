@@ -91,11 +91,14 @@ class SSHLauncher(RemoteLauncher):
 
     async def start(self) -> None:
         """Connect, open the tunnel, start the agent and wait for its hello."""
+        settings = self._settings
+        # ~/.ssh/config: its ConnectTimeout bounds the login too, unless the pool has one
+        target = ssh.resolve(self.spec, settings.accept_new_hosts, settings.connect_timeout)
         opened: asyncio.Future[None] = self._loop.create_future()
-        connecting = self._thread(self._open, opened, name="connect")
+        connecting = self._thread(self._open, opened, target, name="connect")
         # the workers' keys to the broker, through the encrypted session
         self._send(control.Keys(self._worker_keys))
-        login_timeout = LOGIN_TIMEOUT_FACTOR * self._settings.connect_timeout
+        login_timeout = LOGIN_TIMEOUT_FACTOR * target.timeout
         try:
             try:
                 # (cancelled on the timeout: what the thread ends with then is dropped)
@@ -132,11 +135,11 @@ class SSHLauncher(RemoteLauncher):
             f"({LOGIN_TIMEOUT_FACTOR} x connect_timeout); {suspect}"
         )
 
-    def _open(self, opened: asyncio.Future[None]) -> None:
-        """Connect and start the agent (on a thread of its own: paramiko blocks)."""
+    def _open(self, opened: asyncio.Future[None], target: ssh.SSHTarget) -> None:
+        """Connect to ``target`` and start the agent (on a thread of its own:
+        paramiko blocks)."""
         try:
             settings = self._settings
-            target = ssh.resolve(self.spec, settings.accept_new_hosts, settings.connect_timeout)
             self._client = client = ssh.connect(target)
             if self._closing:  # the login took too long, or the pool stopped meanwhile
                 client.close()

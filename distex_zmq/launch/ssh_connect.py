@@ -49,6 +49,9 @@ class SSHTarget:
     proxy_jump: str | None = None
     #: the pool trusts new hosts (``ssh_accept_new_hosts``), its jump hosts too
     pool_accepts_new_hosts: bool = False
+    #: the pool's ``connect_timeout``, if it was given one: it wins over the
+    #: ``ConnectTimeout`` of its jump hosts too
+    pool_timeout: float | None = None
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port != 22 else ""
@@ -59,10 +62,12 @@ class SSHTarget:
 def resolve(
     spec: HostSpec,
     accept_new_hosts: bool = False,
-    timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    timeout: float | None = None,
     config_path: str = "~/.ssh/config",
 ) -> SSHTarget:
-    """Apply ``~/.ssh/config`` to a host spec; what is in the spec wins."""
+    """Apply ``~/.ssh/config`` to a host spec; what is in the spec wins, and
+    a ``timeout`` wins over the config's ``ConnectTimeout`` (as ``ssh -o``
+    does); without either, ``DEFAULT_CONNECT_TIMEOUT``."""
     config: dict[str, Any] = {}
     path = os.path.expanduser(config_path)
     if os.path.exists(path):
@@ -74,8 +79,14 @@ def resolve(
     # "none": no known_hosts file of the user's, so none is written either
     known = [path for path in known if path.lower() != "none"]
     strict = config.get("stricthostkeychecking", "ask").lower()
-    if "connecttimeout" in config:
-        timeout = float(config["connecttimeout"])
+    connect_timeout = timeout
+    if connect_timeout is None and "connecttimeout" in config:
+        connect_timeout = _seconds(config["connecttimeout"])
+        if connect_timeout is None:
+            raise HostConnectionError(
+                f"the SSH config {path} gives {spec.host} ConnectTimeout "
+                f"{config['connecttimeout']}, which is not a positive time (such as 10 or 1m)"
+            )
     jump = config.get("proxyjump")
     return SSHTarget(
         alias=spec.host,
@@ -85,11 +96,26 @@ def resolve(
         key_files=tuple(os.path.expanduser(f) for f in config.get("identityfile", [])),
         known_hosts=tuple(os.path.expanduser(f) for f in known),
         accept_new_hosts=accept_new_hosts or strict in ("accept-new", "no", "off"),
-        timeout=timeout,
+        timeout=DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout,
         proxy_command=config.get("proxycommand"),
         proxy_jump=None if not jump or jump.lower() == "none" else jump,
         pool_accepts_new_hosts=accept_new_hosts,
+        pool_timeout=timeout,
     )
+
+
+_TIME = re.compile(r"(\d+)([smhdw]?)", re.IGNORECASE)
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _seconds(value: str) -> float | None:
+    """A time as ``ssh_config`` writes it (``30``, ``1m``, ``1h30m``) in
+    seconds; None if it is not one, or not positive."""
+    parts = _TIME.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value.strip():
+        return None
+    seconds = sum(int(n) * _UNIT[u.lower()] for n, u in parts)
+    return float(seconds) if seconds > 0 else None
 
 
 #: how deep ``Include`` directives may nest, as in OpenSSH
@@ -253,7 +279,7 @@ def _through_jump(target: SSHTarget, jumps: int) -> tuple[paramiko.SSHClient, pa
     *before, last = [hop.strip() for hop in (target.proxy_jump or "").split(",")]
     spec = HostSpec(f"ssh://{last.removeprefix('ssh://')}/1")
     # the host's own StrictHostKeyChecking is not its jump host's
-    hop = resolve(spec, target.pool_accepts_new_hosts, target.timeout)
+    hop = resolve(spec, target.pool_accepts_new_hosts, target.pool_timeout)
     if before:  # as ssh -J: the hosts before it are its jump hosts
         hop = dataclasses.replace(hop, proxy_command=None, proxy_jump=",".join(before))
     try:

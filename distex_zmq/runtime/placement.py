@@ -21,7 +21,7 @@ import zmq
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.launch.local import LocalLauncher
 from distex_zmq.loops import run_in_background
-from distex_zmq.options import Options
+from distex_zmq.options import DEFAULT_CONNECT_TIMEOUT, Options
 from distex_zmq.output import WorkerOutput
 from distex_zmq.runtime import exits
 from distex_zmq.runtime.state import PoolState
@@ -167,7 +167,8 @@ class Placement:
                 },
                 access.worker_keys,
                 opts.remote.heartbeat_timeout,
-                opts.remote.connect_timeout,
+                # a spawner host has no ~/.ssh/config entry to take it from
+                opts.remote.connect_timeout or DEFAULT_CONNECT_TIMEOUT,
                 self._on_exit,
                 self._on_host_lost,
                 self.output.write,
