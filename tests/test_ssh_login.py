@@ -300,6 +300,38 @@ def test_revoked_host_key_is_refused(login, loopback):
     assert known_hosts.read_text() == f"{revoked}\n"
 
 
+def test_any_known_key_of_the_host_will_do(login, loopback):
+    # a host with two keys of one type in known_hosts: ssh accepts either
+    stale = _keygen(loopback.dir / "stale_host_ed25519")
+    kind, key = Path(f"{stale}.pub").read_text().split()[:2]
+    stale_line = f"[127.0.0.1]:{loopback.port} {kind} {key}"
+    for name, lines in (("stale-first", [stale_line, loopback.known]),
+                        ("stale-last", [loopback.known, stale_line])):  # fmt: skip
+        pool = login(name, "\n".join(lines) + "\n")
+        assert pool.run_on_all(int, 7) == [7]
+        pool.shutdown()
+    # only the stale one: refused
+    message = refusal(login("stale-only", f"{stale_line}\n"))
+    assert "does NOT match the one in known_hosts" in message
+
+
+def test_the_host_shows_a_key_of_the_type_known_hosts_lists(login, loopback):
+    ecdsa = loopback.dir / "host_ecdsa"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", ecdsa], check=True)
+    port = loopback.variant("two-types", HostKey=str(ecdsa))
+    scan = subprocess.run(
+        ["ssh-keyscan", "-p", str(port), "127.0.0.1"], capture_output=True, text=True, timeout=30
+    )
+    assert "ssh-ed25519" in scan.stdout and "ecdsa-sha2-nistp256" in scan.stdout, scan
+    # known_hosts lists its ECDSA key only, which paramiko would not ask for first
+    kind, key = Path(f"{ecdsa}.pub").read_text().split()[:2]
+    known = f"[127.0.0.1]:{port} {kind} {key}\n"
+    host = f"Host two\n  HostName 127.0.0.1\n  Port {port}\n  User root\n"
+    host += f"  IdentityFile {loopback.key}\n"
+    pool = login("two-types", known, extra_config=host, hosts=["ssh://two/1"])
+    assert pool.run_on_all(int, 7) == [7]
+
+
 def test_key_with_a_passphrase_names_the_agent(login, loopback):
     message = refusal(login("locked", loopback.known, key=loopback.locked_key))
     assert "authentication as 'root' failed" in message

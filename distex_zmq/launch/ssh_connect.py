@@ -19,6 +19,7 @@ import errno
 import getpass
 import glob
 import hashlib
+import hmac
 import os
 import re
 import shlex
@@ -168,15 +169,83 @@ def _revoked_error(t: SSHTarget, key: paramiko.PKey) -> HostConnectionError:
     )
 
 
-class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
-    def __init__(self, target: SSHTarget, revoked: list[paramiko.PKey]):
+@dataclasses.dataclass
+class KnownHosts:
+    """What the ``known_hosts`` files say: every key of each host (a host
+    may have several of one type, such as an old one and its successor: as
+    with ``ssh``, any of them will do), and the keys marked ``@revoked``."""
+
+    entries: list[paramiko.hostkeys.HostKeyEntry] = dataclasses.field(default_factory=list)
+    revoked: list[paramiko.PKey] = dataclasses.field(default_factory=list)
+
+    def keys_of(self, name: str) -> list[paramiko.PKey]:
+        """The keys listed for the host ``name`` (``host`` or ``[host]:port``),
+        under its name or hashed (``HashKnownHosts``)."""
+        return [
+            entry.key
+            for entry in self.entries
+            if any(_names(name, listed) for listed in entry.hostnames)
+        ]
+
+
+def _names(name: str, listed: str) -> bool:
+    """Whether a host name of a ``known_hosts`` line, hashed or not, is ``name``."""
+    if not listed.startswith("|1|"):
+        return listed == name
+    try:
+        return hmac.compare_digest(paramiko.HostKeys.hash_host(name, listed), listed)
+    except (ValueError, AssertionError):  # not a hash paramiko can read
+        return False
+
+
+def _key_type_order(name: str, known: KnownHosts) -> Any:
+    """A transport maker for paramiko (``transport_factory``) whose transport
+    asks for a key of the types known for the host ``name`` first, as
+    ``ssh`` does: a host that has keys of several types then shows the one
+    that ``known_hosts`` lists."""
+    types = {key.get_name() for key in known.keys_of(name)}
+
+    def transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+        made = paramiko.Transport(sock, **kwargs)
+        options = made.get_security_options()
+        # an RSA key is asked for by its signature algorithm
+        first = [t for t in options.key_types if _RSA_SIGNATURES.get(t, t) in types]
+        options.key_types = first + [t for t in options.key_types if t not in first]
+        return made
+
+    return transport
+
+
+_RSA_SIGNATURES = {"rsa-sha2-512": "ssh-rsa", "rsa-sha2-256": "ssh-rsa"}
+
+
+class _CheckHostKey(paramiko.MissingHostKeyPolicy):
+    """Checks the host's key against all that ``known_hosts`` lists for it
+    (paramiko compares it with one key of its type only: it is given none,
+    so it leaves the check to this); a host it lists none for is new."""
+
+    def __init__(self, target: SSHTarget, known: KnownHosts):
         self._target = target
-        self._revoked = revoked
+        self._known = known
 
     def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
+        if key in self._known.revoked:
+            raise _revoked_error(self._target, key)
+        keys = self._known.keys_of(hostname)
+        if key in keys:
+            return
+        if keys:  # explained by _explain
+            same_type = [k for k in keys if k.get_name() == key.get_name()]
+            raise paramiko.BadHostKeyException(hostname, key, (same_type or keys)[0])
+        self.new_host(hostname, key)
+
+    def new_host(self, hostname: str, key: paramiko.PKey) -> None:
+        raise NotImplementedError
+
+
+class _RefuseUnknownHost(_CheckHostKey):
+    def new_host(self, hostname: str, key: paramiko.PKey) -> None:
         t = self._target
-        if key in self._revoked:
-            raise _revoked_error(t, key)
         known = t.known_hosts[0] if t.known_hosts else "~/.ssh/known_hosts"
         port = f"-p {t.port} " if t.port != 22 else ""
         raise HostConnectionError(
@@ -188,17 +257,10 @@ class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
         )
 
 
-class _AcceptNewHost(paramiko.MissingHostKeyPolicy):
+class _AcceptNewHost(_CheckHostKey):
     """OpenSSH's ``StrictHostKeyChecking accept-new``: trust and remember new hosts."""
 
-    def __init__(self, target: SSHTarget, revoked: list[paramiko.PKey]):
-        self._target = target
-        self._revoked = revoked
-
-    def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
-        if key in self._revoked:
-            raise _revoked_error(self._target, key)
-        client.get_host_keys().add(hostname, key.get_name(), key)
+    def new_host(self, hostname: str, key: paramiko.PKey) -> None:
         if self._target.known_hosts:
             path = self._target.known_hosts[0]
             os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
@@ -225,15 +287,18 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
     """An authenticated SSH connection to ``target`` (blocking, bounded by its
     timeout); ``jumps``: how many jump hosts lead to it."""
     client = _Client()
-    revoked: list[paramiko.PKey] = []
+    known = KnownHosts()
     for path in ("/etc/ssh/ssh_known_hosts", *target.known_hosts):
         if os.path.exists(path):
             try:
-                revoked += _load_known_hosts(client.get_host_keys(), path)
+                _load_known_hosts(known, path)
             except OSError as e:
                 raise HostConnectionError(f"cannot read known hosts file {path}: {e}") from e
+    # the client's own host keys stay empty: the policy checks every host's key
     policy = _AcceptNewHost if target.accept_new_hosts else _RefuseUnknownHost
-    client.set_missing_host_key_policy(policy(target, revoked))
+    client.set_missing_host_key_policy(policy(target, known))
+    # the name paramiko gives the host (and known_hosts lists it by)
+    name = target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
     sock: Any = None
     if target.proxy_command:
         sock = paramiko.ProxyCommand(target.proxy_command)
@@ -252,6 +317,7 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
             auth_timeout=t,
             channel_timeout=t,
             sock=sock,
+            transport_factory=_key_type_order(name, known),
         )
     except HostConnectionError:
         client.close()
@@ -259,11 +325,6 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
     except BaseException as e:
         client.close()
         raise HostConnectionError(_explain(target, e)) from e
-    transport = client.get_transport()
-    key = transport.get_remote_server_key() if transport is not None else None
-    if key is not None and key in revoked:  # known, and revoked too
-        client.close()
-        raise _revoked_error(target, key)
     return client
 
 
@@ -304,15 +365,14 @@ def _through_jump(target: SSHTarget, jumps: int) -> tuple[paramiko.SSHClient, pa
     return jump, channel
 
 
-def _load_known_hosts(keys: paramiko.HostKeys, path: str) -> list[paramiko.PKey]:
-    """Add the host keys of a ``known_hosts`` file to ``keys``; return the keys
-    it marks ``@revoked``.
+def _load_known_hosts(known: KnownHosts, path: str) -> None:
+    """Add the host keys of a ``known_hosts`` file to ``known``, and the keys
+    it marks ``@revoked`` to its revoked ones.
 
     Lines paramiko cannot read are skipped, as ``ssh`` skips them: markers
     such as ``@cert-authority`` (a host that only a certificate vouches for
     is then unknown), key types paramiko lacks, lines that are not entries.
     """
-    revoked = []
     with open(path) as f:
         for number, raw in enumerate(f, 1):
             line = raw.strip()
@@ -329,14 +389,9 @@ def _load_known_hosts(keys: paramiko.HostKeys, path: str) -> list[paramiko.PKey]
             if entry is None or entry.key is None:
                 continue
             if marker == "@revoked":
-                revoked.append(entry.key)
+                known.revoked.append(entry.key)
             elif not marker:
-                kind = entry.key.get_name()
-                for name in entry.hostnames:
-                    known = keys.lookup(name)
-                    if known is None or kind not in known:  # the first one listed counts
-                        keys.add(name, kind, entry.key)
-    return revoked
+                known.entries.append(entry)
 
 
 def _explain(t: SSHTarget, e: BaseException) -> str:
