@@ -332,6 +332,24 @@ def test_the_host_shows_a_key_of_the_type_known_hosts_lists(login, loopback):
     assert pool.run_on_all(int, 7) == [7]
 
 
+def test_hash_known_hosts_writes_the_new_host_hashed(login, loopback, make_pool):
+    options = "  StrictHostKeyChecking accept-new\n  HashKnownHosts yes\n"
+    pool = login("hashing", "", extra_config=options)
+    assert pool.run_on_all(int, 7) == [7]
+    pool.shutdown()
+    known_hosts = loopback.dir / "hashing" / ".ssh" / "known_hosts"
+    line = known_hosts.read_text()
+    assert line.startswith("|1|") and "127.0.0.1" not in line, line
+    # as ssh reads it
+    host = f"[127.0.0.1]:{loopback.port}"
+    found = subprocess.run(["ssh-keygen", "-F", host, "-f", known_hosts], capture_output=True)
+    assert found.returncode == 0, found
+    # and as the pool reads it: known now, not written again
+    pool = make_pool(None, ["ssh://loop/1"], remote_python=REMOTE_PYTHON)
+    assert pool.run_on_all(int, 7) == [7]
+    assert known_hosts.read_text() == line
+
+
 def test_key_with_a_passphrase_names_the_agent(login, loopback):
     message = refusal(login("locked", loopback.known, key=loopback.locked_key))
     assert "authentication as 'root' failed" in message

@@ -1,8 +1,8 @@
 """SSH connections to remote hosts with paramiko, honouring what ``ssh`` would.
 
 ``connect`` reads ``~/.ssh/config`` (Host aliases, HostName, User, Port,
-IdentityFile, UserKnownHostsFile, StrictHostKeyChecking, ConnectTimeout,
-ProxyCommand, ProxyJump, and the files it includes), authenticates with the
+IdentityFile, UserKnownHostsFile, StrictHostKeyChecking, HashKnownHosts,
+ConnectTimeout, ProxyCommand, ProxyJump, and the files it includes), authenticates with the
 SSH agent, the config's identity files and the default key files (never a
 password), and checks the host key against ``known_hosts``. Every failure
 becomes a ``HostConnectionError`` that says what failed, on which host, and
@@ -53,6 +53,8 @@ class SSHTarget:
     #: the pool's ``connect_timeout``, if it was given one: it wins over the
     #: ``ConnectTimeout`` of its jump hosts too
     pool_timeout: float | None = None
+    #: ``HashKnownHosts``: a new host's name is written to known_hosts hashed
+    hash_known_hosts: bool = False
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port != 22 else ""
@@ -102,6 +104,7 @@ def resolve(
         proxy_jump=None if not jump or jump.lower() == "none" else jump,
         pool_accepts_new_hosts=accept_new_hosts,
         pool_timeout=timeout,
+        hash_known_hosts=config.get("hashknownhosts", "no").lower() == "yes",
     )
 
 
@@ -261,11 +264,13 @@ class _AcceptNewHost(_CheckHostKey):
     """OpenSSH's ``StrictHostKeyChecking accept-new``: trust and remember new hosts."""
 
     def new_host(self, hostname: str, key: paramiko.PKey) -> None:
-        if self._target.known_hosts:
-            path = self._target.known_hosts[0]
+        t = self._target
+        if t.known_hosts:
+            path = t.known_hosts[0]
             os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+            name = paramiko.HostKeys.hash_host(hostname) if t.hash_known_hosts else hostname
             with open(path, "a") as f:
-                f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+                f.write(f"{name} {key.get_name()} {key.get_base64()}\n")
 
 
 class _Client(paramiko.SSHClient):
