@@ -272,6 +272,23 @@ def test_connect_timeout_given_to_the_pool_wins_over_the_ssh_config(loopback, mo
     assert ssh_connect.resolve(inner).timeout == 5
     assert ssh_connect.resolve(inner).pool_timeout is None
     assert ssh_connect.resolve(inner, timeout=3).pool_timeout == 3
+    # times as ssh_config writes them
+    config = home / ".ssh" / "config"
+    for value, seconds in (("1m", 60), ("1m30s", 90), ("45", 45)):
+        config.write_text(f"Host loop\n  ConnectTimeout {value}\n")
+        assert ssh_connect.resolve(loop).timeout == seconds
+    config.write_text("Host loop\n  ConnectTimeout soon\n")
+    with pytest.raises(HostConnectionError, match="gives loop ConnectTimeout soon, which is not a"):
+        ssh_connect.resolve(loop)
+
+
+def test_ssh_config_values_the_pool_cannot_use_fail_the_host(login, loopback):
+    bad = "Host bad-timeout\n  HostName 127.0.0.1\n  ConnectTimeout soon\n"
+    bad += "Host bad-port\n  HostName 127.0.0.1\n  Port many\n"
+    pool = login("bad-timeout", loopback.known, extra_config=bad, hosts=["ssh://bad-timeout/1"])
+    assert "gives bad-timeout ConnectTimeout soon, which is not a positive time" in refusal(pool)
+    pool = login("bad-port", loopback.known, extra_config=bad, hosts=["ssh://bad-port/1"])
+    assert "cannot start workers on ssh://bad-port: invalid literal" in refusal(pool)
 
 
 def test_known_hosts_lines_paramiko_cannot_read_are_skipped(login, loopback):

@@ -93,7 +93,12 @@ class SSHLauncher(RemoteLauncher):
         """Connect, open the tunnel, start the agent and wait for its hello."""
         settings = self._settings
         # ~/.ssh/config: its ConnectTimeout bounds the login too, unless the pool has one
-        target = ssh.resolve(self.spec, settings.accept_new_hosts, settings.connect_timeout)
+        try:
+            target = ssh.resolve(self.spec, settings.accept_new_hosts, settings.connect_timeout)
+        except HostConnectionError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a value of the config it cannot use
+            raise HostConnectionError(f"cannot start workers on {self.where}: {e}") from e
         opened: asyncio.Future[None] = self._loop.create_future()
         connecting = self._thread(self._open, opened, target, name="connect")
         # the workers' keys to the broker, through the encrypted session
