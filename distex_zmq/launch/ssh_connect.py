@@ -2,9 +2,10 @@
 
 ``connect`` reads ``~/.ssh/config`` (Host aliases, HostName, User, Port,
 IdentityFile, UserKnownHostsFile, StrictHostKeyChecking, HashKnownHosts,
-ConnectTimeout, ProxyCommand, ProxyJump, and the files it includes), authenticates with the
-SSH agent, the config's identity files and the default key files (never a
-password), and checks the host key against ``known_hosts``. Every failure
+ConnectTimeout, ProxyCommand, ProxyJump, and the files it includes),
+authenticates with the SSH agent, the config's identity files and the
+default key files (never a password), and checks the host key against
+every key ``known_hosts`` lists for the host. Every failure
 becomes a ``HostConnectionError`` that says what failed, on which host, and
 what to do; every step is bounded in time, so a dead or silent host cannot
 hang the pool. A ``ProxyJump`` host is reached as any other, and the
@@ -24,6 +25,7 @@ import os
 import re
 import shlex
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import paramiko
@@ -187,11 +189,11 @@ class KnownHosts:
         return [
             entry.key
             for entry in self.entries
-            if any(_names(name, listed) for listed in entry.hostnames)
+            if any(_is_host(listed, name) for listed in entry.hostnames)
         ]
 
 
-def _names(name: str, listed: str) -> bool:
+def _is_host(listed: str, name: str) -> bool:
     """Whether a host name of a ``known_hosts`` line, hashed or not, is ``name``."""
     if not listed.startswith("|1|"):
         return listed == name
@@ -201,7 +203,11 @@ def _names(name: str, listed: str) -> bool:
         return False
 
 
-def _key_type_order(name: str, known: KnownHosts) -> Any:
+#: the signature algorithms an RSA key is asked for by
+_RSA_SIGNATURES = {"rsa-sha2-512": "ssh-rsa", "rsa-sha2-256": "ssh-rsa"}
+
+
+def _key_type_order(name: str, known: KnownHosts) -> Callable[..., paramiko.Transport]:
     """A transport maker for paramiko (``transport_factory``) whose transport
     asks for a key of the types known for the host ``name`` first, as
     ``ssh`` does: a host that has keys of several types then shows the one
@@ -211,15 +217,11 @@ def _key_type_order(name: str, known: KnownHosts) -> Any:
     def transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
         made = paramiko.Transport(sock, **kwargs)
         options = made.get_security_options()
-        # an RSA key is asked for by its signature algorithm
         first = [t for t in options.key_types if _RSA_SIGNATURES.get(t, t) in types]
         options.key_types = first + [t for t in options.key_types if t not in first]
         return made
 
     return transport
-
-
-_RSA_SIGNATURES = {"rsa-sha2-512": "ssh-rsa", "rsa-sha2-256": "ssh-rsa"}
 
 
 class _CheckHostKey(paramiko.MissingHostKeyPolicy):
@@ -237,7 +239,7 @@ class _CheckHostKey(paramiko.MissingHostKeyPolicy):
         keys = self._known.keys_of(hostname)
         if key in keys:
             return
-        if keys:  # explained by _explain
+        if keys:  # _explain says what this means
             same_type = [k for k in keys if k.get_name() == key.get_name()]
             raise paramiko.BadHostKeyException(hostname, key, (same_type or keys)[0])
         self.new_host(hostname, key)
