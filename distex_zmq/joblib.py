@@ -16,11 +16,16 @@ small calls into batches from the run times the pool reports back. Each
 batch is one task of the pool, its calls pickled as data (so functions and
 classes of the script travel by value, large arrays out of band). An error
 is raised with its own type, and cancels the batches that have not started.
+An error of joblib's completion callback (a ``Parallel`` subclass's
+``print_progress``, say) fails the call too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -31,6 +36,8 @@ from joblib.parallel import ParallelBackendBase
 from .pool import Pool
 
 NAME = "distex_zmq"
+
+_logger = logging.getLogger("distex_zmq.joblib")
 
 
 def _run_batch(batch: Any) -> Any:
@@ -44,7 +51,9 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
 
     joblib's completion callbacks, which dispatch the next batches and so
     read the caller's iterator of calls, run on a thread of the backend, not
-    on the pool's loop, which they would hold up.
+    on the pool's loop, which they would hold up. An error of a callback
+    stops the call's dispatch and is raised by the call once it has
+    stopped retrieving results (or logged, when it had stopped already).
 
     ``parallel_config`` makes one backend for all the ``Parallel`` calls in
     it, and each call's end terminates it. A call that starts while another
@@ -67,6 +76,8 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
         self._lock = threading.Lock()
         # the Parallel call that runs on this backend, until it terminates it
         self._running: Any = None
+        # the error of a completion callback, for the call to raise
+        self._callback_error: BaseException | None = None
 
     def _the_pool(self) -> Pool:
         if self.pool is None:
@@ -128,8 +139,63 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
         if callback is not None:
             callbacks = self._callbacks
             assert callbacks is not None, "configure() comes first"
-            future.add_done_callback(lambda f: _hand_over(callbacks, callback, f))
+            future.add_done_callback(lambda f: _hand_over(callbacks, self._call_back, callback, f))
         return future
+
+    def _call_back(self, callback: Any, future: Future[Any]) -> None:
+        """Run joblib's completion callback (a ``BatchCompletionCallBack``)
+        on the thread of callbacks.
+
+        Its error would end in the future of the thread pool, which nobody
+        reads, and the call that waits for the batches the callback did not
+        dispatch would wait for ever: the error stops the call's dispatch
+        (joblib's ``_aborting``, as a failed batch does), and
+        ``retrieval_context`` raises it in the caller.
+        """
+        try:
+            callback(future)
+        except BaseException as error:  # noqa: BLE001 - the caller raises it
+            self._callback_failed(callback, error)
+
+    def _callback_failed(self, callback: Any, error: BaseException) -> None:
+        parallel = getattr(callback, "parallel", None)
+        if hasattr(error, "add_note"):  # Python 3.11+
+            error.add_note(
+                f"distex_zmq: raised by joblib's completion callback of {parallel!r}, "
+                "which reports progress and dispatches the next batches"
+            )
+        call_id = getattr(callback, "parallel_call_id", None)
+        with self._lock:
+            # not a callback of an earlier call of a Parallel that runs again
+            ours = parallel is self._running and getattr(parallel, "_call_id", None) == call_id
+            if parallel is not None and ours and self._callback_error is None:
+                self._callback_error = error
+                parallel._aborting = True
+                return
+        _log_callback_error(error)
+
+    @contextlib.contextmanager
+    def retrieval_context(self) -> Iterator[None]:
+        """joblib retrieves a call's results in it; its end raises the error
+        of a completion callback of the call."""
+        yield
+        with self._lock:
+            error, self._callback_error = self._callback_error, None
+        if error is not None:
+            raise error
+
+    def start_call(self) -> None:
+        """A ``Parallel`` call starts (on a backend that ``with Parallel()``
+        keeps for several calls)."""
+        self._log_unraised()
+
+    def _log_unraised(self) -> None:
+        """Log the error of a callback that came after its call had stopped
+        retrieving results, which nobody raises."""
+        with self._lock:
+            error, self._callback_error = self._callback_error, None
+        if error is not None:
+            _log_callback_error(error)
 
     def _done(self, future: Future[Any]) -> None:
         with self._lock:
@@ -154,13 +220,25 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
         self.reset_batch_stats()
         with self._lock:
             self._running = None
+        self._log_unraised()
 
 
-def _hand_over(callbacks: ThreadPoolExecutor, callback: Any, future: Future[Any]) -> None:
+def _hand_over(
+    callbacks: ThreadPoolExecutor, call_back: Any, callback: Any, future: Future[Any]
+) -> None:
     try:
-        callbacks.submit(callback, future)
+        callbacks.submit(call_back, callback, future)
     except RuntimeError:  # the Parallel call has ended (terminate): nobody waits for it
         pass
+
+
+def _log_callback_error(error: BaseException) -> None:
+    _logger.error(
+        "joblib's completion callback failed where its Parallel call does not raise "
+        "the error: the call had stopped retrieving results (a Parallel subclass's "
+        "print_progress, say, failed at the last result), or raises another error",
+        exc_info=error,
+    )
 
 
 def register() -> None:

@@ -11,6 +11,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -317,6 +318,54 @@ def test_joblib_call_that_does_not_pickle_fails_its_parallel(pool):
             assert "no pickle takes some objects" in str(info.value.__notes__)
         # the backend runs the next call
         assert joblib.Parallel(n_jobs=2)(outer_calls(4)) == [0, 1, 4, 9]
+
+
+class ParallelWithABrokenProgressBar(joblib.Parallel):
+    """A ``Parallel`` whose progress report (``print_progress``, which joblib
+    calls from the backend's completion callbacks, and which progress bars
+    override) raises when ``at`` calls are done, and after it too when
+    ``always``; when ``late``, once the call has stopped retrieving results."""
+
+    def __init__(self, *args, at: int, always: bool = False, late: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.at, self.always, self.late = at, always, late
+
+    def print_progress(self):
+        done = self.n_completed_tasks
+        if done == self.at or (self.always and done > self.at):
+            while self.late and self._running:  # joblib's: the call retrieves results
+                time.sleep(0.01)
+            raise RuntimeError(f"the progress bar broke at {done}")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("always", [False, True])
+def test_joblib_error_of_a_completion_callback_fails_the_parallel_call(joblib_pool, always):
+    # the error went unseen: the call returned as if nothing had happened,
+    # or, with no callback left to dispatch the next batches, waited for
+    # ever (joblib's timeout does not cover calls not yet dispatched)
+    parallel = ParallelWithABrokenProgressBar(
+        n_jobs=2, batch_size=1, pre_dispatch=2, timeout=30, at=3, always=always
+    )
+    with pytest.raises(RuntimeError, match="the progress bar broke at 3") as info:
+        parallel(outer_calls(20))
+    if sys.version_info >= (3, 11):  # notes
+        assert "joblib's completion callback" in str(info.value.__notes__)
+    # the backend runs the next call
+    assert joblib.Parallel(n_jobs=2)(outer_calls(4)) == [0, 1, 4, 9]
+
+
+@pytest.mark.timeout(90)
+def test_joblib_error_of_a_callback_after_its_call_is_logged(joblib_pool, caplog):
+    # the call has all its results and no longer waits for the error,
+    # which went unseen
+    parallel = ParallelWithABrokenProgressBar(
+        n_jobs=2, batch_size=1, pre_dispatch=2, at=6, late=True
+    )
+    assert parallel(outer_calls(6)) == [i * i for i in range(6)]
+    [record] = [r for r in caplog.records if r.name == "distex_zmq.joblib"]
+    assert record.levelname == "ERROR" and "does not raise" in record.getMessage()
+    assert record.exc_info is not None and "broke at 6" in str(record.exc_info[1])
 
 
 def test_joblib_parallel_backend_of_older_joblib(shared_pool):
