@@ -121,7 +121,8 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
             pool=self.pool,
             nesting_level=self.nesting_level,
             inner_max_num_threads=self.inner_max_num_threads,
-            **self.backend_kwargs,
+            # joblib 1.5 keeps the other arguments; 1.3 and 1.4 take no others
+            **getattr(self, "backend_kwargs", {}),
         )
 
     def submit(self, func: Any, callback: Any = None) -> Future[Any]:
@@ -141,6 +142,10 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
             assert callbacks is not None, "configure() comes first"
             future.add_done_callback(lambda f: _hand_over(callbacks, self._call_back, callback, f))
         return future
+
+    # joblib 1.3 and 1.4 dispatch with apply_async, an abstract method there;
+    # 1.5 renamed it submit
+    apply_async = submit
 
     def _call_back(self, callback: Any, future: Future[Any]) -> None:
         """Run joblib's completion callback (a ``BatchCompletionCallBack``)

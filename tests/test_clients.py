@@ -6,6 +6,7 @@ the errors of unpicklable tasks say. Scripts run as subprocesses, so that
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import subprocess
@@ -366,6 +367,29 @@ def test_joblib_error_of_a_callback_after_its_call_is_logged(joblib_pool, caplog
     [record] = [r for r in caplog.records if r.name == "distex_zmq.joblib"]
     assert record.levelname == "ERROR" and "does not raise" in record.getMessage()
     assert record.exc_info is not None and "broke at 6" in str(record.exc_info[1])
+
+
+@pytest.mark.timeout(60)
+def test_joblib_backend_dispatches_by_apply_async_as_joblib_before_1_5(shared_pool):
+    # joblib 1.3 and 1.4 dispatch a batch with apply_async (1.5 with
+    # submit), abstract there: the backend could not be made
+    from distex_zmq.joblib import DistexZmqBackend
+
+    backend = DistexZmqBackend(pool=shared_pool)
+    assert backend.configure(n_jobs=2, parallel=joblib.Parallel(n_jobs=2)) == 2
+    try:
+        results: list = []
+        done = threading.Event()
+
+        def callback(out):
+            results.append(backend.retrieve_result_callback(out))
+            done.set()
+
+        backend.apply_async(functools.partial(client_tasks.square, 7), callback=callback)
+        assert done.wait(30)
+        assert results == [49]
+    finally:
+        backend.terminate()
 
 
 def test_joblib_parallel_backend_of_older_joblib(shared_pool):
