@@ -60,7 +60,9 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
     one runs (the caller reads a ``return_as="generator"`` output and calls
     ``Parallel`` in the loop) runs on a backend of its own instead, which
     its end terminates, so the call that runs keeps its thread of callbacks,
-    its batches and its batch sizes.
+    its batches and its batch sizes. So does each call while the output of
+    a ``return_as="generator"`` call is left unread and unclosed: that call
+    runs until its output is closed or garbage.
     """
 
     default_n_jobs = -1

@@ -270,6 +270,44 @@ def test_joblib_parallel_in_the_loop_over_another_ones_generator(joblib_pool):
     assert out == [(i * i, [0, 1, 4]) for i in range(30)]
 
 
+def callback_threads() -> list[str]:
+    """The threads of the joblib backends' completion callbacks."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("distex_zmq-joblib")]
+
+
+@pytest.mark.timeout(90)
+def test_joblib_calls_after_an_abandoned_generator_leave_nothing_behind(joblib_pool):
+    # a return_as="generator" output neither read to its end nor closed
+    # (nor garbage) keeps its call running on parallel_config's backend:
+    # each later call runs on a backend of its own, on the same pool, and
+    # its thread of callbacks and the backend itself end with the call
+    import gc
+    import weakref
+
+    shared, _ = joblib.parallel.get_active_backend()
+    abandoned = joblib.Parallel(n_jobs=2, return_as="generator", batch_size=1)(outer_calls(10))
+    assert next(abandoned) == 0
+    own_backends: weakref.WeakSet = weakref.WeakSet()
+    for _ in range(3):
+        parallel = joblib.Parallel(n_jobs=2)
+        assert parallel(outer_calls(4)) == [0, 1, 4, 9]
+        assert parallel._backend is not shared
+        own_backends.add(parallel._backend)
+        assert len(callback_threads()) == 1  # the abandoned call's
+    del parallel
+    gc.collect()
+    assert len(own_backends) == 0
+    assert joblib_pool.total_workers() == 2
+    with pytest.warns(UserWarning, match="tasks"):  # joblib's
+        abandoned.close()
+    assert callback_threads() == []
+    # the next call runs on parallel_config's backend again
+    parallel = joblib.Parallel(n_jobs=2)
+    assert parallel(outer_calls(4)) == [0, 1, 4, 9]
+    assert parallel._backend is shared
+    assert callback_threads() == []
+
+
 @pytest.mark.timeout(90)
 def test_joblib_error_of_an_inner_parallel_leaves_the_outer_one_running(joblib_pool):
     # the inner call's error cancels its own batches, not the outer call's
