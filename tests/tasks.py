@@ -133,12 +133,6 @@ async def async_interrupt() -> None:
     raise KeyboardInterrupt("from an async task")
 
 
-def loop_class_name() -> str:
-    """The type of the event loop the worker runs (uvloop or asyncio)."""
-    loop = asyncio.get_event_loop()
-    return f"{type(loop).__module__}.{type(loop).__name__}"
-
-
 async def running_loop_class_name() -> str:
     loop = asyncio.get_running_loop()
     return f"{type(loop).__module__}.{type(loop).__name__}"
@@ -272,8 +266,31 @@ class CountingCallable:
         return 2 * x
 
 
+async def _double_soon(x: int) -> int:
+    await asyncio.sleep(0.001)
+    return 2 * x
+
+
+def double_by_asyncio_run(x: int) -> int:
+    """A sync function over async code, as libraries with a sync API write them."""
+    return asyncio.run(_double_soon(x))
+
+
+def double_on_a_new_loop(x: int) -> int:
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(_double_soon(x))
+    finally:
+        loop.close()
+
+
+def async_square_later(x: int) -> Any:
+    """A sync function that returns a coroutine: the worker awaits it."""
+    return async_square(x)
+
+
 def worker_event_loop_is_running() -> bool:
-    """Whether a sync task runs on the worker's (running) event loop thread."""
+    """Whether an event loop runs in the thread of a sync task."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -221,8 +221,17 @@ def test_coroutine_function_through_every_api(shared_pool):
     assert shared_pool.run_on_all(tasks.running_loop_class_name) != []
 
 
-def test_sync_tasks_run_on_the_workers_event_loop(shared_pool):
-    assert shared_pool.run_on_all(tasks.worker_event_loop_is_running) == [True, True]
+@pytest.mark.parametrize("func", [tasks.double_by_asyncio_run, tasks.double_on_a_new_loop])
+def test_sync_tasks_run_event_loops_of_their_own(pool, func):
+    # a sync function that runs async code with asyncio.run (or a loop of its
+    # own) works as in ProcessPoolExecutor (test_clients has the control): no
+    # event loop runs in its thread, though the worker's runs the task
+    assert list(pool.map(func, range(4))) == [0, 2, 4, 6]
+    assert list(pool.map(func, range(4), chunksize=2)) == [0, 2, 4, 6]
+    assert pool.run_on_all(tasks.worker_event_loop_is_running) == [False, False]
+    # the worker's own loop runs async tasks as before, on the same workers
+    assert list(pool.map(tasks.async_square, range(4))) == [0, 1, 4, 9]
+    assert pool.run(tasks.async_square_later, 3) == 9
 
 
 def test_run_on_all_async(shared_pool):

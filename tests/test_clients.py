@@ -167,6 +167,14 @@ def test_the_proxies_of_a_multiprocessing_manager_reach_it(pool):
         assert dict(shared) == {0: 0, 1: 1, 2: 4}
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", ["control", "local"])
+def test_sync_functions_over_async_code_as_with_a_process_pool(executor):
+    # asyncio.run, a loop of its own or the thread's current loop in a sync
+    # task: no event loop runs in the task's thread, though one runs the worker
+    assert run_script("sync_over_async.py", executor).endswith("OK\n")
+
+
 # dask and joblib on the pool, from a script
 
 

@@ -7,7 +7,6 @@ test a host (distex's ``distex_proc``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ctypes
 import json
 import os
@@ -135,7 +134,9 @@ def main(argv: list[str] | None = None) -> None:
         loop = new_event_loop(args.loop)
     except ValueError as e:
         sys.exit(f"distex_zmq worker: {e}")
-    asyncio.set_event_loop(loop)
+    # not the thread's current loop: a sync task that asks for one
+    # (``asyncio.get_event_loop().run_until_complete``) gets a loop of its own,
+    # as in a plain process, not the worker's, which runs already
     curve = None
     if args.curve_keys_on_stdin:
         # keys never travel on the command line, which every user can read

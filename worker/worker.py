@@ -31,6 +31,7 @@ import os
 import socket
 import sys
 import time
+from asyncio import _set_running_loop
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -226,6 +227,17 @@ class Worker:
     # running a message's tasks
 
     def _run_tasks(self, buf: memoryview, count: int, frames: list[Any]) -> None:
+        # A sync task runs as in a process of ProcessPoolExecutor, with no event
+        # loop running in its thread: it may call ``asyncio.run`` or a library
+        # whose sync API runs a loop of its own. The worker's loop, which calls
+        # this from a callback, is the running loop again at the end.
+        _set_running_loop(None)
+        try:
+            self._run_message(buf, count, frames)
+        finally:
+            _set_running_loop(self._loop)
+
+    def _run_message(self, buf: memoryview, count: int, frames: list[Any]) -> None:
         runner = self.runner
         run = runner.run
         watch = runner.watch
