@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import io
 import types
+import typing
 from typing import Any
 
 import cloudpickle
@@ -55,6 +56,9 @@ def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
         reduce is not NotImplemented
         and "__slots__" in vars(obj)
         and reduce[0] is _cloudpickle._make_skeleton_class
+        # a typing.NamedTuple is made again from that base, which gives it its
+        # slots and refuses a __slots__ of the class's own
+        and typing.NamedTuple not in getattr(obj, "__orig_bases__", ())
     ):
         args = list(reduce[1])
         args[3] = {**args[3], "__slots__": vars(obj)["__slots__"]}  # type_kwargs

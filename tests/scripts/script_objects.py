@@ -13,6 +13,8 @@ import functools
 import operator
 import os
 import sys
+import typing
+from collections import namedtuple
 from concurrent.futures import ProcessPoolExecutor
 
 
@@ -58,6 +60,21 @@ class Circle:
 
     def twice_the_area(self):
         return 2 * self.area
+
+
+class Span(typing.NamedTuple):
+    start: int
+    end: int = 0
+
+    def length(self):
+        return self.end - self.start
+
+
+Cell = namedtuple("Cell", "row col")
+
+
+def stretch(span):
+    return Span(span.start, span.end + 1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -142,6 +159,12 @@ def check(executor, lambdas=True):
     point = executor.submit(mirror, Point(1, 2)).result()
     assert type(point) is Point and (point.x, point.y) == (2, 1), point
     assert executor.submit(swap, Pair(1, 2)).result() == Pair(2, 1)
+    span = executor.submit(stretch, Span(1, 2)).result()
+    assert type(span) is Span and span == (1, 3) and span.length() == 2, span
+    assert executor.submit(apply, operator.methodcaller("length"), Span(2)).result() == -2
+    cell = executor.submit(apply, lambda c: c._replace(col=5), Cell(1, 2)) if lambdas else None
+    assert cell is None or (type(cell.result()) is Cell and cell.result() == (1, 5))
+    assert executor.submit(apply, Cell._make, [3, 4]).result() == Cell(3, 4)
     # a class itself, as argument and result
     assert executor.submit(apply, fields_of, Job).result() == ["n", "tags"]
     assert executor.submit(apply, type, Job(1)).result() is Job
