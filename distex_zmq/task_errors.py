@@ -15,7 +15,8 @@ from typing import Any
 from .errors import SerializationError
 from .serialization import PickleType
 
-_IMPORT_ERRORS = (AttributeError, ImportError)
+#: How pickle and dill say that a name they look up is not there.
+_NOT_THERE = re.compile(r"Can't get attribute|module '.*' has no attribute")
 
 
 def _kind(value: int) -> str:
@@ -28,8 +29,10 @@ def _kind(value: int) -> str:
 def unloadable_hint(part: str, error: BaseException, func_pickle: int, data_pickle: int) -> str:
     """What to do when the ``part`` ("function" or "arguments") of a task
     does not unpickle in a worker with ``error``."""
-    if not isinstance(error, _IMPORT_ERRORS):
-        return ""
+    if not isinstance(error, ImportError) and not (
+        isinstance(error, AttributeError) and _NOT_THERE.search(str(error))
+    ):
+        return ""  # not a name looked up: an error of the object's own code
     if "__main__" in str(error):
         # an object of the script went by name: only pickle by name does that
         if part == "function" and func_pickle == PickleType.pickle:

@@ -470,3 +470,14 @@ def hold_exit_until(path: str) -> int:
 
     atexit.register(hold)
     return os.getpid()
+
+
+class BreaksOnLoad:
+    """Pickles, and raises an AttributeError of its own as it is unpickled."""
+
+    def __reduce__(self) -> Any:
+        return _raise_attribute_error, ("BreaksOnLoad has no field 'size'",)
+
+
+def _raise_attribute_error(text: str) -> None:
+    raise AttributeError(text)

@@ -116,6 +116,17 @@ def test_a_function_the_worker_cannot_import_fails_with_what_to_do(
     assert pool.run(tasks.square, 3) == 9
 
 
+def test_an_error_of_an_objects_own_unpickling_has_no_hint_about_imports(shared_pool):
+    # an AttributeError that is not a name looked up says only what it is
+    with pytest.raises(SerializationError) as info:
+        shared_pool.run(tasks.square, tasks.BreaksOnLoad())
+    text = str(info.value)
+    assert "could not unpickle the arguments of task" in text
+    assert "AttributeError: BreaksOnLoad has no field 'size'" in text
+    assert "cannot import" not in text
+    assert shared_pool.run(tasks.square, 3) == 9
+
+
 def test_a_pool_cannot_be_pickled_nor_used_by_its_own_tasks(shared_pool):
     with pytest.raises(TypeError, match="a Pool cannot be pickled"):
         pickle.dumps(shared_pool)
