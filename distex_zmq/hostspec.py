@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 #: Port of the spawner on a host, as distex's server.
 DEFAULT_SPAWNER_PORT = 8899
 
@@ -98,3 +100,18 @@ def _is_number(text: str) -> bool:
     """Whether ``text`` is a plain decimal number (``int()`` also takes
     spaces, signs and underscores, which a host specification has no use for)."""
     return text.isascii() and text.isdigit()
+
+
+def parse_hosts(hosts: Any) -> list[HostSpec]:
+    """The specifications of ``hosts``: one string, or an iterable of them."""
+    if isinstance(hosts, str):
+        return [HostSpec(hosts)]
+    try:
+        return [HostSpec(h) for h in hosts]
+    except TypeError:
+        if hasattr(hosts, "__iter__"):
+            raise  # an item that is not a string: HostSpec says which
+        raise TypeError(
+            "hosts must be a host specification ([ssh://][user@]host[:port]/num_workers) "
+            f"or a list of them, not {hosts!r}"
+        ) from None

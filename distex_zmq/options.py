@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from distex_zmq.hostspec import HostSpec
+from distex_zmq.hostspec import HostSpec, parse_hosts
 from distex_zmq.loops import loop_factory
 from distex_zmq.output import OUTPUT_MODES
 from distex_zmq.security import ClusterKeys, load_secret
@@ -166,8 +166,7 @@ def pool_options(
         raise ValueError(f"log_level must be a logging level (0 to 100) or None, not {log_level!r}")
     if initializer is not None and not callable(initializer):
         raise TypeError(f"initializer must be callable, not {initializer!r}")
-    host_list = [hosts] if isinstance(hosts, str) else list(hosts or [])
-    specs = [HostSpec(h) for h in host_list]
+    specs = parse_hosts(hosts if hosts is not None else [])
     for i, spec in enumerate(specs):
         twin = next((s for s in specs[:i] if s.same_host(spec)), None)
         if twin is not None:

@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 
 from distex_zmq.errors import PoolClosedError
-from distex_zmq.hostspec import HostSpec
+from distex_zmq.hostspec import HostSpec, parse_hosts
 from distex_zmq.options import local_workers
 from distex_zmq.pool_base import PoolBase
 from distex_zmq.results import refuse_wait_on_pool_loop
@@ -91,7 +91,7 @@ class HostsMixin(PoolBase):
 
 
 def _host_specs(hosts: str | list[str]) -> list[HostSpec]:
-    specs = [HostSpec(h) for h in ([hosts] if isinstance(hosts, str) else hosts)]
+    specs = parse_hosts(hosts)
     if not specs:
         raise ValueError("no hosts given")
     return specs

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from distex_zmq import HostSpec
-from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT
+from distex_zmq import HostSpec, Pool
+from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT, parse_hosts
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -109,3 +109,23 @@ def test_the_missing_count_message_shows_the_format():
 def test_non_strings_raise_type_error(spec):
     with pytest.raises(TypeError, match="must be a string"):
         HostSpec(spec)
+
+
+@pytest.mark.parametrize("hosts", [3, 2.5, object()])
+def test_hosts_that_are_neither_a_spec_nor_a_list_of_them_say_so(hosts):
+    # as Pool(hosts=...) and add_hosts read them, before any process starts
+    with pytest.raises(TypeError, match=r"hosts must be a host specification .* or a list"):
+        parse_hosts(hosts)
+    with pytest.raises(TypeError, match="hosts must be a host specification"):
+        Pool(1, hosts=hosts)
+
+
+def test_hosts_as_one_spec_or_any_iterable_of_them():
+    assert [str(s) for s in parse_hosts("mini/2")] == [str(HostSpec("mini/2"))]
+    specs = parse_hosts(h for h in ["mini/2", "ssh://maxi/8"])
+    assert [(s.host, s.num_workers, s.is_ssh) for s in specs] == [
+        ("mini", 2, False),
+        ("maxi", 8, True),
+    ]
+    with pytest.raises(TypeError, match="must be a string, not 5"):
+        parse_hosts(["mini/2", 5])
