@@ -252,6 +252,9 @@ def test_login_stuck_in_the_ssh_agent_fails_in_bounded_time(
         agent.close()
     message = str(info.value)
     assert "ssh://loop" in message and "did not finish within 2 s" in message
+    # where the bound comes from: the pool's argument or the host's config
+    source = "ConnectTimeout in ~/.ssh/config" if timeout is None else "connect_timeout"
+    assert f"(2 x {source})" in message
     assert f"SSH_AUTH_SOCK={agent.path}" in message and "ssh-add -l" in message
     # the thread that waited on the agent ends once the agent answers (here: goes away)
     assert wait_until(lambda: not pool_threads(), timeout=10), pool_threads()
@@ -330,6 +333,8 @@ def test_any_known_key_of_the_host_will_do(login, loopback):
     # only the stale one: refused
     message = refusal(login("stale-only", f"{stale_line}\n"))
     assert "does NOT match the one in known_hosts" in message
+    # the name to remove, as known_hosts writes a host on a port other than 22
+    assert f"ssh-keygen -R '[127.0.0.1]:{loopback.port}'" in message
 
 
 def test_the_host_shows_a_key_of_the_type_known_hosts_lists(login, loopback):

@@ -112,7 +112,7 @@ class SSHLauncher(RemoteLauncher):
                 # its thread waits in a call without a timeout; once that
                 # returns, it closes what it opened (``_open``): no need to wait
                 self._threads.remove(connecting)
-                raise self._login_error(login_timeout) from None
+                raise self._login_error(login_timeout, target) from None
             await asyncio.wait_for(asyncio.shield(self._hello), AGENT_START_TIMEOUT)
         except asyncio.TimeoutError:
             await self._close()
@@ -125,8 +125,8 @@ class SSHLauncher(RemoteLauncher):
             raise
         self._start_heartbeats()
 
-    def _login_error(self, timeout: float) -> HostConnectionError:
-        """The error of a login that did not finish within ``timeout``."""
+    def _login_error(self, timeout: float, target: ssh.SSHTarget) -> HostConnectionError:
+        """The error of a login to ``target`` that did not finish within ``timeout``."""
         agent = os.environ.get("SSH_AUTH_SOCK")
         suspect = (
             f"the SSH agent (SSH_AUTH_SOCK={agent}) may be waiting for a confirmation or "
@@ -137,7 +137,7 @@ class SSHLauncher(RemoteLauncher):
         )
         return HostConnectionError(
             f"{self.where}: the SSH login did not finish within {timeout:g} s "
-            f"({LOGIN_TIMEOUT_FACTOR} x connect_timeout); {suspect}"
+            f"({LOGIN_TIMEOUT_FACTOR} x {target.timeout_source}); {suspect}"
         )
 
     def _open(self, opened: asyncio.Future[None], target: ssh.SSHTarget) -> None:

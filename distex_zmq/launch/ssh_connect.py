@@ -57,11 +57,21 @@ class SSHTarget:
     pool_timeout: float | None = None
     #: ``HashKnownHosts``: a new host's name is written to known_hosts hashed
     hash_known_hosts: bool = False
+    #: where ``timeout`` comes from, for messages
+    timeout_source: str = "connect_timeout"
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port != 22 else ""
         name = self.alias if self.alias == self.hostname else f"{self.alias} ({self.hostname})"
         return f"{self.user}@{name}{port}"
+
+
+def known_hosts_name(target: SSHTarget) -> str:
+    """The name paramiko gives the host, and known_hosts lists it by (and
+    ``ssh-keygen -R`` takes): ``[host]:port`` on a port other than 22."""
+    if target.port == 22:
+        return target.hostname
+    return f"[{target.hostname}]:{target.port}"
 
 
 def resolve(
@@ -107,6 +117,13 @@ def resolve(
         pool_accepts_new_hosts=accept_new_hosts,
         pool_timeout=timeout,
         hash_known_hosts=config.get("hashknownhosts", "no").lower() == "yes",
+        timeout_source=(
+            "connect_timeout"
+            if timeout is not None
+            else "the default connect_timeout"
+            if connect_timeout is None
+            else f"ConnectTimeout in {config_path}"
+        ),
     )
 
 
@@ -304,8 +321,7 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
     # the client's own host keys stay empty: the policy checks every host's key
     policy = _AcceptNewHost if target.accept_new_hosts else _RefuseUnknownHost
     client.set_missing_host_key_policy(policy(target, known))
-    # the name paramiko gives the host (and known_hosts lists it by)
-    name = target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
+    name = known_hosts_name(target)
     sock: Any = None
     if target.proxy_command:
         sock = paramiko.ProxyCommand(target.proxy_command)
@@ -417,7 +433,8 @@ def _explain(t: SSHTarget, e: BaseException) -> str:
         return (
             f"SSH to {t}: the host key {fingerprint(e.key)} does NOT match the one in "
             "known_hosts: someone may be intercepting the connection. If the host's key "
-            f"changed for a good reason, remove the old one with ssh-keygen -R {t.hostname}"
+            "changed for a good reason, remove the old one with "
+            f"ssh-keygen -R '{known_hosts_name(t)}'"
         )
     missing = [path for path in t.key_files if not os.path.exists(path)]
     if isinstance(e, paramiko.AuthenticationException):
