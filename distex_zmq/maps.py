@@ -295,6 +295,11 @@ async def map_async(
         if feeder is not None:
             feeder.cancel()
         run.cancel()
+        if feeder is not None:
+            # the map has left its input when it ends: a read that the
+            # feeder waits for is cancelled and over, so the caller may read
+            # on or close the source at once
+            await _ended([feeder])
 
 
 #: Iterables whose iteration cannot raise: read as they are, without a guard.

@@ -150,6 +150,46 @@ def test_map_async_of_unbounded_input_with_early_break(shared_pool):
     assert shared_pool.run_on_all(tasks.square, 1) == [1, 1]
 
 
+def test_a_map_async_that_ended_has_left_its_async_input(shared_pool):
+    """Once a map_async has ended (a break and aclose, a timeout), it reads
+    its input no more: the read it waited for was cancelled and is over, so
+    the caller may close the source or read on at once, instead of finding
+    it still running in the map."""
+    ended = []
+
+    async def source(n):
+        try:
+            for i in range(n):
+                yield i
+            await asyncio.Event().wait()  # nothing more for now
+        finally:
+            ended.append(n)
+
+    async def main():
+        src = source(3)
+        mapping = shared_pool.map_async(tasks.square, src)
+        results = []
+        async for r in mapping:
+            results.append(r)
+            if len(results) == 3:
+                break
+        await mapping.aclose()
+        assert results == [0, 1, 4]
+        assert not src.ag_running and ended == [3]
+        await src.aclose()
+
+        src = source(2)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                async for _ in shared_pool.map_async(tasks.square, src):
+                    pass
+        assert not src.ag_running and ended == [3, 2]
+        await src.aclose()
+        return await shared_pool.run_async(tasks.square, 5)
+
+    assert asyncio.run(main()) == 25
+
+
 def test_map_async_unordered_yields_in_completion_order(pool):
     delays = [1.0] + [0.02] * 5
 
