@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import threading
 import weakref
+from asyncio import _get_running_loop, _set_running_loop
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures._base import CANCELLED, PENDING, RUNNING
@@ -171,6 +172,25 @@ class FutureSink:
 
     def deliver(self, task: Task, status: int, value: Any) -> None:
         future: TaskFuture = task.tag
+        loop = _get_running_loop() if future._done_callbacks else None  # type: ignore[attr-defined]
+        if loop is None:
+            self._settle(future, task, status, value)
+            return
+        # Its done callbacks run here, on the pool loop's thread, as those of
+        # ProcessPoolExecutor run on a thread of its own: with no event loop
+        # running nor current, so that they may call ``asyncio.run`` or a
+        # sync API over asyncio, and none of them schedules on the pool's
+        # loop. The pool's loop is both again afterwards (``asyncio.run``
+        # leaves none current).
+        _set_running_loop(None)
+        asyncio.set_event_loop(None)
+        try:
+            self._settle(future, task, status, value)
+        finally:
+            asyncio.set_event_loop(loop)
+            _set_running_loop(loop)
+
+    def _settle(self, future: TaskFuture, task: Task, status: int, value: Any) -> None:
         # the task is over: nothing to cancel any more, and without the
         # cycle between the two a dropped future is freed at once
         future._task = None

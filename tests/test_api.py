@@ -125,6 +125,44 @@ def test_waiting_in_a_done_callback_raises_instead_of_hanging_the_pool(pool):
     assert pending.result(timeout=10) == "late"
 
 
+def test_a_done_callback_runs_with_no_event_loop_as_in_process_pool_executor(pool):
+    """A done callback may call asyncio.run (or a sync API over asyncio), as
+    on the thread of ProcessPoolExecutor: the pool's loop, on whose thread it
+    runs, is not running for it."""
+
+    async def notify(value):
+        await asyncio.sleep(0)
+        return value
+
+    def running_loop():
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+
+    outcome: concurrent.futures.Future = concurrent.futures.Future()
+
+    def callback(future):
+        try:
+            before = running_loop()
+            notified = asyncio.run(notify(future.result()))
+            outcome.set_result((before, notified))
+        except BaseException as e:  # noqa: BLE001 - the test raises it
+            outcome.set_exception(e)
+
+    pool.submit(tasks.square, 3).add_done_callback(callback)
+    assert outcome.result(timeout=10) == (None, 9)
+    # the pool's loop runs on, and so does the chain of a callback that submits
+    chained: concurrent.futures.Future = concurrent.futures.Future()
+    pool.submit(tasks.square, 2).add_done_callback(
+        lambda f: pool.submit(tasks.square, f.result()).add_done_callback(
+            lambda g: chained.set_result(g.result())
+        )
+    )
+    assert chained.result(timeout=10) == 16
+    assert pool.run(tasks.square, 5) == 25
+
+
 def test_star_and_zip_match_starmap(pool):
     a, b = list(range(40)), list(range(100, 137))
     pairs = list(zip(a, b, strict=False))
