@@ -27,6 +27,7 @@ import functools
 import io
 import types
 import typing
+from collections import ChainMap
 from typing import Any
 
 import cloudpickle
@@ -34,6 +35,7 @@ from cloudpickle import cloudpickle as _cloudpickle
 
 from .script_rebuild import (
     RefSink,
+    code_with_filename,
     is_singledispatch,
     make_cached_property,
     make_lru_cache,
@@ -45,6 +47,7 @@ from .script_rebuild import (
 )
 
 _LRU_CACHE_WRAPPER = functools._lru_cache_wrapper
+_CODE_REDUCE = cloudpickle.Pickler.dispatch_table[types.CodeType]
 
 
 def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
@@ -80,6 +83,14 @@ def function_reduce(pickler: cloudpickle.Pickler, obj: types.FunctionType) -> An
     return reduce
 
 
+def code_reduce(obj: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object, which keeps the name of its
+    file: cloudpickle names it ``<dynamic-code>``, and a traceback of a
+    worker then shows neither the script's file nor its lines."""
+    make, args = _CODE_REDUCE(obj)
+    return code_with_filename, (make, args, obj.co_filename)
+
+
 class ScriptPickler(cloudpickle.Pickler):
     """cloudpickle, with classes made with their ``__slots__`` and functions
     of the script made on a worker's namespace.
@@ -87,6 +98,8 @@ class ScriptPickler(cloudpickle.Pickler):
     Given ``refs`` (the client pickling a task's data), a function of the
     script goes as its id instead, ``script_ref(id)``, and ``refs`` keeps
     what the worker needs to make it (``script_refs``)."""
+
+    dispatch_table = ChainMap({types.CodeType: code_reduce}, cloudpickle.Pickler.dispatch_table)
 
     def __init__(self, *args: Any, refs: RefSink | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)

@@ -98,6 +98,14 @@ def make_script_function(
     return types.FunctionType(code, base_globals, name, argdefs, closure)
 
 
+def code_with_filename(
+    make: Callable[..., types.CodeType], args: tuple[Any, ...], filename: str
+) -> types.CodeType:
+    """A code object made by cloudpickle's reduction (``make(*args)``),
+    with the name of the file it was compiled from (``script_pickler``)."""
+    return make(*args).replace(co_filename=filename)
+
+
 def set_script_function_state(func: types.FunctionType, state: Any) -> None:
     """cloudpickle's ``_function_setstate`` for a function made by
     ``make_script_function``: the globals it brings join the worker's

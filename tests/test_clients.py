@@ -120,6 +120,42 @@ def test_a_lambda_that_uses_a_module_next_to_the_script(tmp_path):
     assert result.stdout == "OK\n"
 
 
+SCRIPT_WHOSE_TASK_FAILS = """\
+import dask
+from distex_zmq import Pool
+
+
+def check(x):
+    if x == 1:
+        raise ValueError(f"bad input {x}")
+    return x
+
+
+if __name__ == "__main__":
+    with Pool(1) as pool:
+        try:
+            dask.compute(*[dask.delayed(check)(x) for x in range(2)], scheduler=pool)
+        except ValueError as error:
+            print(error.__cause__)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_remote_traceback_shows_the_file_and_lines_of_the_script(tmp_path):
+    # a function of the script in a task's data (dask's) goes by value, and
+    # cloudpickle names the file of its code "<dynamic-code>": the traceback
+    # named no file and showed none of the script's lines
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT_WHOSE_TASK_FAILS)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=50, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert f'File "{script}", line 7, in check' in result.stdout, result.stdout
+    assert 'raise ValueError(f"bad input {x}")' in result.stdout, result.stdout
+
+
 def test_plain_data_is_plain_pickle():
     # the default data pickle costs plain data nothing but a scan of its bytes
     auto = pickle_module(PickleType.auto)
