@@ -267,6 +267,14 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
+        if isinstance(exc_info[1], KeyboardInterrupt):
+            # Ctrl-C: its user asked the program to stop, as at the exit of
+            # a program that a Ctrl-C ended (``wait_at_exit``): the tasks,
+            # those that run too, are dropped instead of waited for
+            runtime = self._mark_shutdown()
+            if runtime is not None:
+                runtime.close(wait=True, cancel_futures=True, drain=False)
+            return
         self.shutdown()
 
     async def __aenter__(self) -> Pool:

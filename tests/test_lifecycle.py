@@ -526,6 +526,43 @@ def test_a_ctrl_c_that_ends_the_program_stops_a_running_task(tmp_path):
     assert not trace.exists()
 
 
+@pytest.mark.parametrize("caught", [False, True])
+def test_a_ctrl_c_that_leaves_a_with_block_stops_the_running_tasks(tmp_path, caught):
+    # the block's exit waited for the tasks that workers held, which ignore
+    # SIGINT, until they ended (dask's compute on the pool keeps one running
+    # on each worker), where the workers of a ProcessPoolExecutor stop at a
+    # Ctrl-C in a terminal; also when the KeyboardInterrupt is caught outside
+    trace = tmp_path / "ran"
+    proc = _run_script(
+        tmp_path,
+        f"""
+        import os, signal, sys, threading, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool
+        from tests import tasks
+        from tests.helpers import pid_alive
+
+        try:
+            with Pool(1) as pool:
+                pids = pool.run_on_all(tasks.pid)
+                threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+                pool.submit(tasks.touch_later, 2.0, {str(trace)!r}).result()
+        except KeyboardInterrupt:
+            if not {caught}:
+                raise
+            print("ALIVE", any(pid_alive(pid) for pid in pids), flush=True)
+            time.sleep(2.5)  # the task would have ended
+        """,
+    )
+    if caught:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "ALIVE False\n", proc.stdout + proc.stderr
+    else:
+        assert proc.returncode == -signal.SIGINT, proc.stderr
+    assert not trace.exists()
+
+
 def test_a_program_ended_by_ctrl_c_dies_of_sigint(tmp_path):
     # so that a shell or a CI loop sees the Ctrl-C (exit status 130)
     proc = _run_script(
