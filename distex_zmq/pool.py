@@ -59,7 +59,10 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
     cannot start) raises the error that ended its start from every later
     call, and ``repr`` says ``failed``; ``PoolClosedError`` comes only after
     ``shutdown``. ``with`` and ``async with`` wait at entry until the
-    workers are up, so they raise that error at entry.
+    workers are up, so they raise that error at entry. At its end, a
+    ``with`` block shuts the pool down, waiting for the tasks submitted, but
+    for a block that a ``KeyboardInterrupt`` (Ctrl-C) leaves: that drops
+    them, those that run too.
 
     Args:
         num_workers: Number of local worker processes; 0 means one per CPU
