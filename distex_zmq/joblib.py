@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -40,9 +42,25 @@ NAME = "distex_zmq"
 _logger = logging.getLogger("distex_zmq.joblib")
 
 
-def _run_batch(batch: Any) -> Any:
-    """Run a batch of joblib calls (a ``BatchedCalls``) in a worker."""
-    return batch()
+def _run_batch(batch: Any, max_threads: int | None = None) -> Any:
+    """Run a batch of joblib calls (a ``BatchedCalls``) in a worker, with
+    the thread pools of BLAS and OpenMP limited to ``max_threads`` (joblib's
+    ``inner_max_num_threads``) while it runs, when it is given."""
+    if max_threads is None:
+        return batch()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        warnings.warn(
+            f"distex_zmq: inner_max_num_threads={max_threads} is not applied on "
+            f"{socket.gethostname()}: it needs threadpoolctl in the workers "
+            "(scikit-learn installs it; pip install threadpoolctl)",
+            RuntimeWarning,
+            stacklevel=1,
+        )
+        return batch()
+    with threadpool_limits(limits=max_threads):
+        return batch()
 
 
 class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
@@ -66,6 +84,7 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
     """
 
     default_n_jobs = -1
+    supports_inner_max_num_threads = True
     supports_retrieve_callback = True
     supports_sharedmem = False
     uses_threads = False
@@ -129,7 +148,7 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def submit(self, func: Any, callback: Any = None) -> Future[Any]:
         try:
-            future = self._the_pool().submit(_run_batch, func)
+            future = self._the_pool().submit(_run_batch, func, self.inner_max_num_threads)
         except Exception as error:  # noqa: BLE001 - joblib raises it from the batch
             # a batch that does not pickle (or a pool shut down) fails as a
             # batch: joblib dispatches most batches from a completion

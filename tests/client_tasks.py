@@ -38,3 +38,11 @@ def report(queue: Any, shared: Any, x: int) -> int:
     queue.put(x)
     shared[x] = x * x
     return x
+
+
+def blas_threads(values: Any) -> list[int]:
+    """The thread counts of the BLAS and OpenMP libraries loaded in this
+    process (``values``, a numpy array, has loaded numpy's BLAS)."""
+    from threadpoolctl import threadpool_info
+
+    return sorted({info["num_threads"] for info in threadpool_info()})

@@ -503,6 +503,26 @@ def test_scikit_learn_cross_val_score(joblib_pool):
     assert list(on_pool) == list(here)
 
 
+@pytest.mark.timeout(60)
+def test_joblib_inner_max_num_threads_limits_the_workers_thread_pools(joblib_pool):
+    # loky's parallel_config(inner_max_num_threads=n) limits BLAS and OpenMP
+    # in its workers; the backend refused it (an AssertionError of joblib's)
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("threadpoolctl")
+    values = np.ones(4)
+
+    def threads() -> list[list[int]]:
+        calls = (joblib.delayed(client_tasks.blas_threads)(values) for _ in range(4))
+        return joblib.Parallel(n_jobs=2, batch_size=1)(calls)
+
+    unlimited = threads()
+    assert all(unlimited), unlimited  # numpy's BLAS at least
+    with joblib.parallel_config(backend="distex_zmq", pool=joblib_pool, inner_max_num_threads=1):
+        assert threads() == [[1]] * 4
+    # the limit holds while a batch runs, not for the worker's later tasks
+    assert threads() == unlimited
+
+
 # errors that say what to do
 
 
