@@ -17,14 +17,19 @@ batch is one task of the pool, its calls pickled as data (so functions and
 classes of the script travel by value, large arrays out of band). An error
 is raised with its own type, and cancels the batches that have not started.
 An error of joblib's completion callback (a ``Parallel`` subclass's
-``print_progress``, say) fails the call too.
+``print_progress``, say) fails the call too. While a worker runs a batch,
+its BLAS and OpenMP thread pools are limited as loky limits them in its
+workers (``inner_max_num_threads``, or the host's cores divided by
+``n_jobs``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -42,25 +47,52 @@ NAME = "distex_zmq"
 _logger = logging.getLogger("distex_zmq.joblib")
 
 
-def _run_batch(batch: Any, max_threads: int | None = None) -> Any:
+def _run_batch(batch: Any, max_threads: int | None = None, n_jobs: int = 1) -> Any:
     """Run a batch of joblib calls (a ``BatchedCalls``) in a worker, with
-    the thread pools of BLAS and OpenMP limited to ``max_threads`` (joblib's
-    ``inner_max_num_threads``) while it runs, when it is given."""
+    the thread pools of BLAS and OpenMP limited while it runs, as loky
+    limits them in its workers: to ``max_threads`` (joblib's
+    ``inner_max_num_threads``) when it is given, else to this host's cores
+    divided by the call's ``n_jobs``, unless the worker's environment sets
+    a limit of its own (``OMP_NUM_THREADS`` and the like)."""
     if max_threads is None:
+        if any(name in os.environ for name in ParallelBackendBase.MAX_NUM_THREADS_VARS):
+            return batch()
+        limits = max(joblib.cpu_count() // n_jobs, 1)
+    else:
+        limits = max_threads
+    controller = _thread_pools(explicit=max_threads is not None)
+    if controller is None:
         return batch()
+    with controller.limit(limits=limits):
+        return batch()
+
+
+# the worker's thread pools (threadpoolctl's controller), and the number
+# of modules loaded when they were looked up: a module loaded since may
+# have brought a library of its own
+_controller: Any = None
+_controller_modules = 0
+
+
+def _thread_pools(explicit: bool) -> Any:
+    """This process's BLAS and OpenMP thread pools (a threadpoolctl
+    ``ThreadpoolController``), or ``None`` without threadpoolctl."""
+    global _controller, _controller_modules
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:
-        warnings.warn(
-            f"distex_zmq: inner_max_num_threads={max_threads} is not applied on "
-            f"{socket.gethostname()}: it needs threadpoolctl in the workers "
-            "(scikit-learn installs it; pip install threadpoolctl)",
-            RuntimeWarning,
-            stacklevel=1,
-        )
-        return batch()
-    with threadpool_limits(limits=max_threads):
-        return batch()
+        if explicit:  # the user asked for the limit
+            warnings.warn(
+                "distex_zmq: joblib's inner_max_num_threads is not applied on "
+                f"{socket.gethostname()}: it needs threadpoolctl in the workers "
+                "(scikit-learn installs it; pip install threadpoolctl)",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+        return None
+    if _controller is None or len(sys.modules) != _controller_modules:
+        _controller, _controller_modules = ThreadpoolController(), len(sys.modules)
+    return _controller
 
 
 class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
@@ -94,6 +126,8 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
         self.pool = pool
         self._callbacks: ThreadPoolExecutor | None = None
         self._pending: set[Future[Any]] = set()
+        # the call's n_jobs, of which the workers' thread pools take their share
+        self._n_jobs = 1
         self._lock = threading.Lock()
         # the Parallel call that runs on this backend, until it terminates it
         self._running: Any = None
@@ -132,6 +166,7 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
                 raise FallbackToBackend(self._fresh())
             self._running = parallel
         self.parallel = parallel
+        self._n_jobs = n
         if self._callbacks is None:
             self._callbacks = ThreadPoolExecutor(1, thread_name_prefix="distex_zmq-joblib")
         return n
@@ -148,7 +183,9 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def submit(self, func: Any, callback: Any = None) -> Future[Any]:
         try:
-            future = self._the_pool().submit(_run_batch, func, self.inner_max_num_threads)
+            future = self._the_pool().submit(
+                _run_batch, func, self.inner_max_num_threads, self._n_jobs
+            )
         except Exception as error:  # noqa: BLE001 - joblib raises it from the batch
             # a batch that does not pickle (or a pool shut down) fails as a
             # batch: joblib dispatches most batches from a completion
