@@ -123,7 +123,9 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def __init__(self, pool: Pool | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        self.pool = pool
+        # Parallel(backend="distex_zmq") makes its backend without the
+        # arguments of the parallel_config around it: its pool, then
+        self.pool = pool if pool is not None else _pool_of_the_config()
         self._callbacks: ThreadPoolExecutor | None = None
         self._pending: set[Future[Any]] = set()
         # the call's n_jobs, of which the workers' thread pools take their share
@@ -138,7 +140,8 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
         if self.pool is None:
             raise ValueError(
                 f'the "{NAME}" joblib backend runs on a pool: pass it as '
-                f'joblib.parallel_config(backend="{NAME}", pool=pool)'
+                f'joblib.parallel_config(backend="{NAME}", pool=pool) (in it, '
+                f'Parallel(backend="{NAME}") runs on that pool too)'
             )
         return self.pool
 
@@ -284,6 +287,13 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
         with self._lock:
             self._running = None
         self._log_unraised()
+
+
+def _pool_of_the_config() -> Pool | None:
+    """The pool of the ``"distex_zmq"`` backend that the active
+    ``parallel_config`` (or ``parallel_backend``) holds, if any."""
+    backend, _ = joblib.parallel.get_active_backend()
+    return backend.pool if isinstance(backend, DistexZmqBackend) else None
 
 
 def _hand_over(

@@ -283,6 +283,16 @@ def test_joblib_runs_on_a_pool_of_one_worker(make_pool):
         assert joblib.Parallel(n_jobs=1)([joblib.delayed(client_tasks.pid)(0)]) == [os.getpid()]
 
 
+@pytest.mark.timeout(60)
+def test_joblib_parallel_naming_the_backend_runs_on_the_configs_pool(joblib_pool):
+    # joblib makes Parallel(backend="distex_zmq")'s backend without the
+    # parallel_config's pool=: it failed with "pass it as parallel_config(...,
+    # pool=pool)", which the caller had done (loky's runs as its config's)
+    parallel = joblib.Parallel(n_jobs=2, backend="distex_zmq")
+    pids = parallel(joblib.delayed(client_tasks.pid)(i) for i in range(6))
+    assert os.getpid() not in pids
+
+
 def test_joblib_generator_unordered(joblib_pool):
     out = joblib.Parallel(n_jobs=-1, return_as="generator_unordered")(
         joblib.delayed(client_tasks.square)(i) for i in range(50)
