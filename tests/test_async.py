@@ -179,10 +179,14 @@ def test_a_map_async_that_ended_has_left_its_async_input(shared_pool):
         await src.aclose()
 
         src = source(2)
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.5):
-                async for _ in shared_pool.map_async(tasks.square, src):
-                    pass
+
+        async def consume():
+            async for _ in shared_pool.map_async(tasks.square, src):
+                pass
+
+        # asyncio.wait_for, not asyncio.timeout: Python 3.10 has no timeout
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(consume(), 0.5)
         assert not src.ag_running and ended == [3, 2]
         await src.aclose()
         return await shared_pool.run_async(tasks.square, 5)
