@@ -174,10 +174,8 @@ def dumps(
         buffers.append(view)
         return False
 
-    if dumper is dumps_by_value:  # PickleType.cloudpickle, as data
-        return dumps_by_value(obj, PROTOCOL, keep_large, refs), buffers
-    if dumper is dill_data_dumps:  # PickleType.dill, as data
-        return dill_data_dumps(obj, PROTOCOL, keep_large, refs), buffers
+    if dumper in _TAKE_REFS:  # PickleType.cloudpickle or dill, as data
+        return dumper(obj, PROTOCOL, keep_large, refs), buffers
     try:
         return dumper(obj, protocol=PROTOCOL, buffer_callback=keep_large), buffers
     except PickleByValue:  # PickleType.auto met an object of __main__
@@ -187,6 +185,10 @@ def dumps(
     buffers.clear()
     return dumps_by_value(obj, PROTOCOL, keep_large, refs), buffers
 
+
+#: The dumpers of data that send the functions of ``__main__`` by id to
+#: ``refs`` (their fourth argument).
+_TAKE_REFS = frozenset((dumps_by_value, dill_data_dumps))
 
 _BYTES_TYPES = (bytes, bytearray)
 #: The types ``_bytes_out_of_band`` looks into.
