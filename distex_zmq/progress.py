@@ -46,6 +46,26 @@ class Progress:
             close()
 
 
+def input_length(iterables: tuple[Any, ...]) -> int | None:
+    """The length of a map's input: that of its shortest iterable, 0 with
+    none (an empty map), None if one has no length.
+
+    An iterable too long for ``len`` (``range(10**20)``) bounds nothing: the
+    others give the length, or, with none, there is None.
+    """
+    lengths = []
+    for it in iterables:
+        try:
+            lengths.append(len(it))
+        except OverflowError:
+            continue
+        except TypeError:
+            return None
+    if not iterables:
+        return 0
+    return min(lengths, default=None)
+
+
 def make_progress(progress: bool | Report | None, iterables: tuple[Any, ...]) -> Progress | None:
     """The ``Progress`` of a map's ``progress`` argument (None: off).
 
@@ -54,10 +74,7 @@ def make_progress(progress: bool | Report | None, iterables: tuple[Any, ...]) ->
     """
     if progress is None or progress is False:
         return None
-    try:
-        total: int | None = min(len(it) for it in iterables)
-    except TypeError:
-        total = None
+    total = input_length(iterables)
     if callable(progress):
         return Progress(progress, total)
     if progress is not True:

@@ -385,3 +385,46 @@ def test_a_timeout_that_has_passed_raises_at_once_for_an_unfinished_input(pools,
         it = ex.map(prop_tasks.sleep_return, [3.0], timeout=timeout)
         with pytest.raises(concurrent.futures.TimeoutError):
             next(it)
+
+
+class Calls:
+    """A ``progress`` callback that keeps its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int | None]] = []
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.calls.append((done, total))
+
+
+@given(
+    case=map_cases(),
+    longest=st.sampled_from([None, 0, 5, 300, 10**20]),
+)
+@SETTINGS
+def test_progress_reports_every_input_and_the_length(pools, case, longest):
+    """The last report is ``(inputs, length)``, the length being the
+    shortest iterable's, None if one has none (docs: progress). A range too
+    long for ``len`` bounds nothing."""
+    func, lists, forms, chunksize, ordered, _ = case
+    n = min([len(xs) for xs in lists] + ([] if longest is None else [longest]))
+    lengths = [len(xs) for xs, form in zip(lists, forms, strict=True) if form in ("list", "tuple")]
+    if longest is None or len(lengths) < len(lists):
+        total = None
+    else:
+        total = min(lengths + ([longest] if longest < 2**63 else []))
+    calls = Calls()
+    it = pools[2].map(
+        func, *inputs(lists, forms, longest), chunksize=chunksize, ordered=ordered, progress=calls
+    )
+    assert len(list(it)) == n
+    assert calls.calls[-1] == (n, total) if n else calls.calls in ([], [(0, total)])
+    assert {t for _, t in calls.calls} <= {total}
+    assert [d for d, _ in calls.calls] == sorted(d for d, _ in calls.calls)
+
+
+def test_progress_of_a_map_of_no_iterable(pools):
+    """No iterable: an empty map, as with ``Executor.map``, of length 0."""
+    calls = Calls()
+    assert list(pools[2].map(prop_tasks.star_args, progress=calls)) == []
+    assert calls.calls in ([], [(0, 0)])

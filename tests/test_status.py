@@ -318,6 +318,22 @@ def test_progress_of_an_input_without_length(shared_pool) -> None:
     calls.check(50, 50)
 
 
+def test_progress_of_a_map_of_no_iterable_or_of_a_range_too_long_for_len(shared_pool) -> None:
+    # no iterable: an empty map of length 0 (was: ValueError from min())
+    calls = Calls()
+    assert list(shared_pool.map(tasks.square, progress=calls)) == []
+    assert calls.calls in ([], [(0, 0)])
+    # len(range(10**20)) overflows: it bounds nothing (was: OverflowError)
+    calls = Calls()
+    assert list(shared_pool.map(tasks.add, range(10**20), [1, 2], progress=calls)) == [1, 3]
+    calls.check(2, 2)
+    calls = Calls()
+    squares = shared_pool.map(tasks.square, range(10**20), progress=calls)
+    assert [next(squares) for _ in range(5)] == [0, 1, 4, 9, 16]
+    squares.close()
+    assert {t for _, t in calls.calls} == {None}
+
+
 def test_progress_of_an_async_map(shared_pool) -> None:
     async def gen():
         for x in range(100):
