@@ -82,3 +82,47 @@ def big(kind: str, bad: frozenset[int], i: int, *xs: int) -> Any:
     if i % 3 == 2 and i not in bad:
         return bytes([sum(xs) % 256]) * 40_000
     return compute(kind, bad, i, *xs)
+
+
+def record(path: str, x: int, delay: float = 0.0) -> int:
+    """Append ``x`` to the file ``path`` (one line each), after ``delay``
+    seconds; return ``x``."""
+    if delay:
+        import time
+
+        time.sleep(delay)
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    return x
+
+
+def recorded(path: str) -> list[int]:
+    """The numbers that ``record`` wrote to ``path``."""
+    try:
+        with open(path) as f:
+            return [int(line) for line in f]
+    except FileNotFoundError:
+        return []
+
+
+def raise_(name: str, i: int) -> int:
+    """``i``, or, at 2, raise the builtin exception named ``name``."""
+    if i == 2:
+        import builtins
+
+        raise getattr(builtins, name)(i)
+    return i
+
+
+def lock_at(k: int, i: int) -> Any:
+    """``i``, or at ``k`` a lock, which standard pickle refuses."""
+    if i == k:
+        import threading
+
+        return threading.Lock()
+    return i
+
+
+async def lock_at_async(k: int, i: int) -> Any:
+    """``lock_at``, as a coroutine function."""
+    return lock_at(k, i)

@@ -32,7 +32,7 @@ from distex_zmq.serialization import (
     loads,
 )
 from distex_zmq.wire.frames import FUNCTION_CACHE
-from tests import tasks
+from tests import prop_tasks, tasks
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -569,6 +569,32 @@ def test_unpicklable_result_is_a_serialization_error(pool):
         pool.run(tasks.make_unpicklable)
     assert list(pool.map(tasks.square, range(4))) == [0, 1, 4, 9]
     assert set(pool.run_on_all(tasks.pid)) == pids
+
+
+@pytest.mark.parametrize("func", [prop_tasks.lock_at, prop_tasks.lock_at_async])
+@pytest.mark.parametrize("chunksize, n, bad", [(3, 9, 4), (7, 9, 4), (None, 3000, 1500)])
+def test_an_unpicklable_result_in_a_chunk_fails_its_input_only(
+    shared_pool, func, chunksize, n, bad
+):
+    # the inputs before it keep their results, as when an input raises (it
+    # failed the whole chunk: the results of its inputs before it were lost)
+    results = []
+    with pytest.raises(SerializationError, match="inputs, of type lock, could not be pickled"):
+        for y in shared_pool.map(func, itertools.repeat(bad), range(n), chunksize=chunksize):
+            results.append(y)
+    assert results == list(range(bad))
+    unordered = shared_pool.map(
+        func, itertools.repeat(bad), range(n), chunksize=chunksize, ordered=False
+    )
+    got = set()
+    with pytest.raises(SerializationError) as info:
+        for y in unordered:
+            got.add(y)
+    assert info.value.index == bad
+    assert got <= set(range(n)) - {bad}
+    assert list(shared_pool.map(func, itertools.repeat(-1), range(n), chunksize=chunksize)) == list(
+        range(n)
+    )
 
 
 def test_unpicklable_exception_keeps_its_text_and_traceback(shared_pool):

@@ -234,10 +234,12 @@ class Runner:
         rest = results[sent:] if sent else results
         # one function makes all the results: if the first is awaitable, await them all
         if rest and not sent and _is_awaitable(rest[0]):
-            self._await_result(task_id, _settle_all(rest), started)
+            self._await_result(task_id, _settle_all(rest), started, chunk=True)
         elif parts is not None:
             if rest:
-                status = self._add_result(task_id, p.STATUS_PARTIAL, rest, started, index)
+                status = self._add_result(
+                    task_id, p.STATUS_PARTIAL, rest, started, index, chunk=True
+                )
                 if status != p.STATUS_PARTIAL:
                     return  # the chunk failed with that error: nothing to hand back
             entries = self.results.entries
@@ -247,7 +249,7 @@ class Runner:
                     p.RESULT_ENTRY.pack(task_id, p.STATUS_HANDED_BACK, 0, size, len(buffers), mark)
                 )
         else:
-            self._add_result(task_id, p.STATUS_OK, rest, started)
+            self._add_result(task_id, p.STATUS_OK, rest, started, chunk=True)
 
     def _sendable_error(self, task_id: int, e: BaseException) -> RemoteException:
         """``e``, raised by task ``task_id`` (or an input of that chunk), as
@@ -279,7 +281,9 @@ class Runner:
         except BaseException:  # noqa: BLE001 - then they run here
             return None
 
-    def _await_result(self, task_id: int, awaitable: Any, started: float) -> None:
+    def _await_result(
+        self, task_id: int, awaitable: Any, started: float, chunk: bool = False
+    ) -> None:
         fut = asyncio.ensure_future(_contained(awaitable), loop=self._loop)
         self.running.add(fut)
 
@@ -294,15 +298,23 @@ class Runner:
                 error = self._sendable_error(task_id, exc)
                 self._add_result(task_id, p.STATUS_ERROR, error, started, p.MARK_AWAITED)
             else:
-                self._add_result(task_id, p.STATUS_OK, fut.result(), started, p.MARK_AWAITED)
+                self._add_result(task_id, p.STATUS_OK, fut.result(), started, p.MARK_AWAITED, chunk)
             self._on_async_result()
 
         fut.add_done_callback(done)
 
     def _add_result(
-        self, task_id: int, status: int, value: Any, started: float, mark: int = 0
+        self,
+        task_id: int,
+        status: int,
+        value: Any,
+        started: float,
+        mark: int = 0,
+        chunk: bool = False,
     ) -> int:
-        """Add a result entry; return its status (an error if it did not pickle)."""
+        """Add a result entry; return its status (an error if it did not pickle).
+        ``chunk``: ``value`` is the list of a chunk's results, of which each
+        that does not pickle becomes an error of its own input."""
         elapsed = min(int((time.perf_counter() - started) * 1e6), p.MAX_ELAPSED)
         buffers: list[Any]
         try:
@@ -311,14 +323,40 @@ class Runner:
             else:
                 data, buffers = dumps(value, self._data_dumps)
         except BaseException as e:  # noqa: BLE001 - an unpicklable result fails the task
-            data, buffers = _unpicklable(task_id, status, value, e, self._pickles[1])
-            status = p.STATUS_ERROR
+            # of a chunk's results, each that does not pickle fails its input only
+            pickled = self._dump_items(task_id, value) if chunk else None
+            if pickled is None:
+                pickled = _unpicklable(task_id, status, value, e, self._pickles[1])
+                status = p.STATUS_ERROR
+            data, buffers = pickled
         results = self.results
         size = results.body(data, buffers)
         results.entries.append(
             p.RESULT_ENTRY.pack(task_id, status, elapsed, size, len(buffers), mark)
         )
         return status
+
+    def _dump_items(self, task_id: int, results: list[Any]) -> tuple[bytes, list[Any]] | None:
+        """A chunk's ``results`` pickled, each that does not pickle replaced
+        by the ``ItemError`` of a ``SerializationError`` that says why (the
+        other inputs keep their results, as when an input raises); None if
+        they still do not pickle."""
+        items = []
+        for item in results:
+            try:
+                dumps(item, self._data_dumps)
+            except BaseException as e:  # noqa: BLE001 - that input's error
+                error = SerializationError(
+                    f"task {task_id} ran on {_where()} but the result of one of its "
+                    f"inputs, of type {type(item).__name__}, could not be pickled: "
+                    f"{type(e).__name__}: {e}{unpicklable_hint(item, e, self._pickles[1])}"
+                )
+                item = ItemError(_remote(error))
+            items.append(item)
+        try:
+            return dumps(items, self._data_dumps)
+        except BaseException:  # noqa: BLE001 - then the chunk fails as a whole
+            return None
 
 
 def _unpicklable(
