@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from distex_zmq import Pool, RemoteException
 from tests import prop_tasks
+from tests.helpers import wait_until
 from tests.prop_tasks import Bad
 
 pytestmark = pytest.mark.timeout(120)
@@ -428,3 +429,75 @@ def test_progress_of_a_map_of_no_iterable(pools):
     calls = Calls()
     assert list(pools[2].map(prop_tasks.star_args, progress=calls)) == []
     assert calls.calls in ([], [(0, 0)])
+
+
+@given(
+    n=LENGTHS,
+    chunksize=CHUNKSIZES,
+    ordered=st.booleans(),
+    qsize=st.sampled_from([1, 2]),
+)
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+def test_a_map_never_iterated_runs_every_input_once_dropped(
+    pools, tmp_path_factory, n, chunksize, ordered, qsize
+):
+    """Like ``Executor.map`` (docs: map): run for its effects, each input once."""
+    path = str(tmp_path_factory.mktemp("effects") / "log")
+    m = pools[qsize].map(
+        prop_tasks.record, itertools.repeat(path), range(n), chunksize=chunksize, ordered=ordered
+    )
+    del m
+    assert wait_until(lambda: len(prop_tasks.recorded(path)) >= n, timeout=30)
+    # a map closed before it is read runs nothing it had not sent
+    pools[qsize].map(int, [0]).close()
+    assert list(pools[qsize].map(int, range(4))) == list(range(4))
+    assert sorted(prop_tasks.recorded(path)) == list(range(n))
+
+
+@given(
+    n=st.integers(0, 12),
+    qsize=st.sampled_from([1, 2]),
+    wait=st.booleans(),
+)
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_shutdown_cancelling_futures_runs_none_of_the_cancelled(tmp_path_factory, n, qsize, wait):
+    """As with ``ProcessPoolExecutor``: after ``shutdown(cancel_futures=True)``
+    every future is done, cancelled or with its result, and a cancelled task
+    never ran; what ran is what has a result."""
+    path = str(tmp_path_factory.mktemp("cancel") / "log")
+    pool = Pool(2, qsize=qsize)
+    try:
+        pool.run_on_all(int, 0)
+        futures = [pool.submit(prop_tasks.record, path, i, 0.05) for i in range(n)]
+        pool.shutdown(wait=wait, cancel_futures=True)
+    finally:
+        pool.shutdown()
+    assert all(f.done() for f in futures)
+    ran = sorted(f.result() for f in futures if not f.cancelled())
+    assert sorted(prop_tasks.recorded(path)) == ran
+    with pytest.raises(RuntimeError):
+        pool.submit(int)
+    with pytest.raises(RuntimeError):
+        pool.map(int, [1])
+
+
+@given(
+    n=st.integers(500, 3000),
+    bad=st.lists(st.integers(0, 3000), max_size=2).map(frozenset),
+    slow=st.lists(st.integers(0, 3000), max_size=6).map(frozenset),
+    ordered=st.booleans(),
+)
+@settings(max_examples=int(os.environ.get("PROPS_EXAMPLES", "10")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_adaptive_chunks_keep_each_inputs_result_and_error(pools, n, bad, slow, ordered):
+    """Enough tiny inputs for the default chunksize to group them, a few
+    slow ones among them (a chunk hands back what it has not started), and
+    errors: each input keeps its own result, error and place."""
+    func = functools.partial(prop_tasks.paced, "tuple", bad, slow)
+    lists = [list(range(n))]
+    for qsize in (1, 2):
+        it = pools[qsize].map(func, itertools.count(), range(n), ordered=ordered)
+        check_outcome(drain(it), func, lists, ordered)
