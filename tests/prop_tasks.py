@@ -126,3 +126,13 @@ def lock_at(k: int, i: int) -> Any:
 async def lock_at_async(k: int, i: int) -> Any:
     """``lock_at``, as a coroutine function."""
     return lock_at(k, i)
+
+
+def locks_at(bad: frozenset[int], i: int) -> Any:
+    """``i``, or a lock at the indices in ``bad``."""
+    return lock_at(i, i) if i in bad else i
+
+
+def identity(x: Any) -> Any:
+    """``x``."""
+    return x

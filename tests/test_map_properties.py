@@ -16,13 +16,14 @@ import functools
 import itertools
 import multiprocessing
 import os
+import threading
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distex_zmq import Pool, RemoteException
+from distex_zmq import Pool, RemoteException, SerializationError
 from tests import prop_tasks
 from tests.helpers import wait_until
 from tests.prop_tasks import Bad
@@ -463,7 +464,9 @@ def test_a_map_never_iterated_runs_every_input_once_dropped(
     qsize=st.sampled_from([1, 2]),
     wait=st.booleans(),
 )
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_shutdown_cancelling_futures_runs_none_of_the_cancelled(tmp_path_factory, n, qsize, wait):
     """As with ``ProcessPoolExecutor``: after ``shutdown(cancel_futures=True)``
     every future is done, cancelled or with its result, and a cancelled task
@@ -491,7 +494,11 @@ def test_shutdown_cancelling_futures_runs_none_of_the_cancelled(tmp_path_factory
     slow=st.lists(st.integers(0, 3000), max_size=6).map(frozenset),
     ordered=st.booleans(),
 )
-@settings(max_examples=int(os.environ.get("PROPS_EXAMPLES", "10")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=int(os.environ.get("PROPS_EXAMPLES", "10")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 def test_adaptive_chunks_keep_each_inputs_result_and_error(pools, n, bad, slow, ordered):
     """Enough tiny inputs for the default chunksize to group them, a few
     slow ones among them (a chunk hands back what it has not started), and
@@ -501,3 +508,35 @@ def test_adaptive_chunks_keep_each_inputs_result_and_error(pools, n, bad, slow, 
     for qsize in (1, 2):
         it = pools[qsize].map(func, itertools.count(), range(n), ordered=ordered)
         check_outcome(drain(it), func, lists, ordered)
+
+
+@given(
+    n=LENGTHS,
+    bad=st.lists(st.integers(0, 300), max_size=3).map(frozenset),
+    chunksize=CHUNKSIZES,
+    ordered=st.booleans(),
+    where=st.sampled_from(["input", "result"]),
+)
+@SETTINGS
+def test_what_does_not_pickle_fails_its_own_input(pools, n, bad, chunksize, ordered, where):
+    """An input or a result that does not pickle (a lock) fails as if its
+    input raised: the others keep their results and places."""
+    bad = frozenset(i for i in bad if i < n)
+    if where == "input":
+        xs: list[Any] = [threading.Lock() if i in bad else i for i in range(n)]
+        it = pools[2].map(prop_tasks.identity, xs, chunksize=chunksize, ordered=ordered)
+        error_type: type = TypeError
+    else:
+        func = functools.partial(prop_tasks.locks_at, bad)
+        it = pools[2].map(func, range(n), chunksize=chunksize, ordered=ordered)
+        error_type = SerializationError
+    results, error = drain(it)
+    if not bad:
+        assert error is None and sorted(results) == list(range(n))
+        return
+    assert type(error) is error_type, repr(error)
+    if ordered:
+        assert results == list(range(min(bad)))
+    else:
+        assert len(set(results)) == len(results) and not set(results) & bad
+        assert set(results) <= set(range(n))
