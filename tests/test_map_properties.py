@@ -290,19 +290,33 @@ def failing_input(xs: list[int], k: int):
         yield x
 
 
+async def failing_async_input(xs: list[int], k: int):
+    """``failing_input``, as an async generator."""
+    for x in failing_input(xs, k):
+        yield x
+
+
 @given(
     xs=st.lists(st.integers(-50, 50), max_size=120),
     k=st.integers(0, 130),
     chunksize=CHUNKSIZES,
     qsize=st.sampled_from([1, 2]),
+    source=st.sampled_from(["sync", "async"]),
+    caller=st.sampled_from(["map", "map_async"]),
 )
 @SETTINGS
-def test_an_input_that_raises_at_k_gives_the_results_before_it(pools, xs, k, chunksize, qsize):
+def test_an_input_that_raises_at_k_gives_the_results_before_it(
+    pools, xs, k, chunksize, qsize, source, caller
+):
+    """As the builtin ``map``: the results before it, then its error."""
     func = functools.partial(prop_tasks.compute, "int", frozenset())
     want = drain(map(func, itertools.count(), failing_input(xs, k)))
-    got = drain(
-        pools[qsize].map(func, itertools.count(), failing_input(xs, k), chunksize=chunksize)
-    )
+    make = failing_input if source == "sync" else failing_async_input
+    args = (func, itertools.count(), make(xs, k))
+    if caller == "map":
+        got = drain(pools[qsize].map(*args, chunksize=chunksize))
+    else:
+        got = asyncio.run(drain_async(pools[qsize].map_async(*args, chunksize=chunksize)))
     assert got[0] == want[0]
     assert type(got[1]) is type(want[1])
     if want[1] is not None:
@@ -384,9 +398,20 @@ def test_maps_of_no_input(pools, executor):
 def test_a_timeout_that_has_passed_raises_at_once_for_an_unfinished_input(pools, executor, timeout):
     """``Executor.map(..., timeout=0)`` raises unless the result is there."""
     for ex in (executor, pools[2]):
-        it = ex.map(prop_tasks.sleep_return, [3.0], timeout=timeout)
+        it = ex.map(prop_tasks.sleep_return, [1.0], timeout=timeout)
         with pytest.raises(concurrent.futures.TimeoutError):
             next(it)
+        # as the stdlib's generator, a map that raised is over
+        assert next(it, "ended") == "ended"
+
+    async def main() -> None:
+        agen = pools[2].map_async(prop_tasks.sleep_return, [1.0], timeout=timeout)
+        with pytest.raises(TimeoutError):
+            await agen.__anext__()
+        with pytest.raises(StopAsyncIteration):
+            await agen.__anext__()
+
+    asyncio.run(main())
 
 
 class Calls:
@@ -540,3 +565,26 @@ def test_what_does_not_pickle_fails_its_own_input(pools, n, bad, chunksize, orde
     else:
         assert len(set(results)) == len(results) and not set(results) & bad
         assert set(results) <= set(range(n))
+
+
+@given(
+    n=st.integers(0, 14),
+    cancel=st.lists(st.integers(0, 13), max_size=8).map(frozenset),
+    qsize=st.sampled_from([1, 2]),
+)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_cancelled_future_never_runs_and_the_others_do(pools, tmp_path_factory, n, cancel, qsize):
+    """``Future.cancel()`` as with ``ProcessPoolExecutor``: True until a
+    worker holds the task, and then that task never runs; every other runs
+    once."""
+    pool = pools[qsize]
+    path = str(tmp_path_factory.mktemp("cancel") / "log")
+    futures = [pool.submit(prop_tasks.record, path, i, 0.01) for i in range(n)]
+    cancelled = {i for i in cancel if i < n and futures[i].cancel()}
+    assert {i for i, f in enumerate(futures) if f.cancelled()} == cancelled
+    for i, f in enumerate(futures):
+        if i not in cancelled:
+            assert f.result(timeout=30) == i
+    # after what was submitted before it: a cancelled task that ran would show
+    pool.run_on_all(int, 0)
+    assert sorted(prop_tasks.recorded(path)) == sorted(set(range(n)) - cancelled)
