@@ -30,12 +30,21 @@ from tests.prop_tasks import Bad
 
 pytestmark = pytest.mark.timeout(120)
 
-SETTINGS = settings(
-    max_examples=int(os.environ.get("PROPS_EXAMPLES", "30")),
-    deadline=None,
-    # the suite's autouse leak check is per test, not per example: fine here
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+#: examples per property; PROPS_EXAMPLES=300 hunts longer
+EXAMPLES = int(os.environ.get("PROPS_EXAMPLES", "30"))
+
+
+def examples(n: int) -> settings:
+    """Settings for ``n`` examples (scaled by ``PROPS_EXAMPLES``), no deadline."""
+    return settings(
+        max_examples=max(1, n * EXAMPLES // 30),
+        deadline=None,
+        # the suite's autouse leak check is per test, not per example: fine here
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
+
+SETTINGS = examples(30)
 
 CHUNKSIZES = st.sampled_from([None, 1, 2, 3, 7, 100])
 #: lengths around the chunk sizes above and the adaptive chunks' ceiling
@@ -102,9 +111,9 @@ def as_form(xs: list[int], form: str) -> Any:
 
 @st.composite
 def map_cases(draw, with_bad: bool = False, forms: tuple[str, ...] = FORMS):
-    """``(func, iterables as lists, forms, chunksize, ordered)``; the first
-    iterable is the index of each input, so that ``compute`` can fail at
-    chosen ones."""
+    """``(func, lists, forms, chunksize, ordered, bad)``: ``func`` fails at
+    the indices in ``bad`` (the maps pass the index of each input first, see
+    ``inputs``), the lists go to the map in their forms."""
     count = draw(st.integers(1, 3))
     lists = [
         draw(st.lists(st.integers(-50, 50), min_size=n, max_size=n))
@@ -178,8 +187,6 @@ def good_results(func, lists: list[list[int]]) -> list[Any]:
     """The results of every input that does not fail, in input order."""
     bad = func.args[1]
     ref = functools.partial(reference(func).func, func.args[0], frozenset())
-    if func.func is prop_tasks.big:
-        ref = functools.partial(prop_tasks.big, func.args[0], frozenset())
     return [norm(ref(i, *xs)) for i, xs in enumerate(zip(*lists, strict=False)) if i not in bad]
 
 
@@ -376,9 +383,7 @@ def test_submit_and_run_pass_keyword_arguments_named_as_their_parameters(pools):
 
 
 @given(kind=st.sampled_from(prop_tasks.KINDS), args=st.lists(st.integers(-50, 50), max_size=3))
-@settings(
-    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@examples(10)
 def test_run_on_all_runs_once_per_worker(pools, kind, args):
     want = norm(prop_tasks.compute(kind, frozenset(), 0, *args))
     for qsize in (1, 2):
@@ -463,11 +468,7 @@ def test_progress_of_a_map_of_no_iterable(pools):
     ordered=st.booleans(),
     qsize=st.sampled_from([1, 2]),
 )
-@settings(
-    max_examples=15,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@examples(15)
 def test_a_map_never_iterated_runs_every_input_once_dropped(
     pools, tmp_path_factory, n, chunksize, ordered, qsize
 ):
@@ -489,9 +490,7 @@ def test_a_map_never_iterated_runs_every_input_once_dropped(
     qsize=st.sampled_from([1, 2]),
     wait=st.booleans(),
 )
-@settings(
-    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@examples(6)
 def test_shutdown_cancelling_futures_runs_none_of_the_cancelled(tmp_path_factory, n, qsize, wait):
     """As with ``ProcessPoolExecutor``: after ``shutdown(cancel_futures=True)``
     every future is done, cancelled or with its result, and a cancelled task
@@ -519,11 +518,7 @@ def test_shutdown_cancelling_futures_runs_none_of_the_cancelled(tmp_path_factory
     slow=st.lists(st.integers(0, 3000), max_size=6).map(frozenset),
     ordered=st.booleans(),
 )
-@settings(
-    max_examples=int(os.environ.get("PROPS_EXAMPLES", "10")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@examples(10)
 def test_adaptive_chunks_keep_each_inputs_result_and_error(pools, n, bad, slow, ordered):
     """Enough tiny inputs for the default chunksize to group them, a few
     slow ones among them (a chunk hands back what it has not started), and
@@ -572,7 +567,7 @@ def test_what_does_not_pickle_fails_its_own_input(pools, n, bad, chunksize, orde
     cancel=st.lists(st.integers(0, 13), max_size=8).map(frozenset),
     qsize=st.sampled_from([1, 2]),
 )
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@examples(15)
 def test_a_cancelled_future_never_runs_and_the_others_do(pools, tmp_path_factory, n, cancel, qsize):
     """``Future.cancel()`` as with ``ProcessPoolExecutor``: True until a
     worker holds the task, and then that task never runs; every other runs
