@@ -583,3 +583,44 @@ def test_a_cancelled_future_never_runs_and_the_others_do(pools, tmp_path_factory
     # after what was submitted before it: a cancelled task that ran would show
     pool.run_on_all(int, 0)
     assert sorted(prop_tasks.recorded(path)) == sorted(set(range(n)) - cancelled)
+
+
+#: values that pickle, of many types: exceptions, None and nested ones too
+VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.integers(min_value=2**64),
+        st.floats(allow_nan=False),
+        st.text(max_size=20),
+        st.binary(max_size=40),
+        st.builds(KeyError, st.integers()),
+        st.builds(StopIteration, st.integers()),
+        st.just(b"x" * 40_000),
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner)),
+    max_leaves=8,
+)
+
+
+@given(
+    xs=st.lists(VALUES, max_size=40),
+    chunksize=CHUNKSIZES,
+    ordered=st.booleans(),
+    star=st.booleans(),
+)
+@SETTINGS
+def test_a_map_of_identity_gives_back_its_inputs(pools, xs, chunksize, ordered, star):
+    """Inputs and results of any type, exceptions and ``None`` among them,
+    are values, not signals."""
+    if star:
+        xs = [(x,) for x in xs]
+    got = list(
+        pools[2].map(prop_tasks.identity, xs, chunksize=chunksize, ordered=ordered, star=star)
+    )
+    want = [x[0] for x in xs] if star else xs
+    if ordered:
+        assert list(map(repr, got)) == list(map(repr, want))
+    else:
+        assert multiset(got) == multiset(want)
