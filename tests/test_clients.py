@@ -20,7 +20,7 @@ import pytest
 from distex_zmq import Pool
 from distex_zmq.serialization import PickleType, dumps, loads, pickle_module
 from tests import client_tasks
-from tests.helpers import LoopbackSpawner
+from tests.helpers import LoopbackSpawner, pid_alive, wait_until
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 ROOT = SCRIPTS.parent.parent
@@ -209,6 +209,23 @@ def test_sync_functions_over_async_code_as_with_a_process_pool(executor):
     # asyncio.run, a loop of its own or the thread's current loop in a sync
     # task: no event loop runs in the task's thread, though one runs the worker
     assert run_script("sync_over_async.py", executor).endswith("OK\n")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("executor", ["control", "local"])
+def test_scipy_differential_evolution_with_workers_pool_map(executor):
+    # workers=pool.map, as scipy's documentation passes a multiprocessing
+    # pool (the control): the cost function and its args= (a dataclass and
+    # an object of the script) go by value, the seeded results are those of
+    # the serial run, an error of the cost function arrives as its own type
+    # with a traceback through the script's function, the pool runs on after
+    # it, and the workers are gone once the script has exited
+    pytest.importorskip("scipy.optimize")
+    out = run_script("scipy_workers.py", executor, timeout=110)
+    assert out.endswith("OK\n")
+    workers = [int(pid) for pid in out.splitlines()[0].split()[1:]]
+    assert len(workers) == 2
+    assert wait_until(lambda: not any(pid_alive(pid) for pid in workers), timeout=10), workers
 
 
 # dask and joblib on the pool, from a script
@@ -586,7 +603,7 @@ def test_docs_examples_run(tmp_path):
     pytest.importorskip("sklearn")
     text = (ROOT / "docs" / "clients.md").read_text()
     blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for number, block in enumerate(blocks):
         script = tmp_path / f"example{number}.py"
