@@ -77,9 +77,16 @@ def check_map_args(iterables: Iterable[Any], chunksize: int | None) -> None:
     # no iterable at all: an empty map, as with ``Executor.map``
     for number, it in enumerate(iterables, 1):
         if not (is_sync_iterable(it) or hasattr(it, "__aiter__") or hasattr(it, "__anext__")):
+            hint = ""
+            if number > 1 and type(it) is int:
+                # multiprocessing.Pool.map(func, iterable, chunksize)
+                hint = (
+                    f" (chunksize is a keyword argument: map(func, iterable, chunksize={it}); "
+                    "multiprocessing.Pool.map takes it as its third argument)"
+                )
             raise TypeError(
                 f"map() argument {number} must be an iterable or an async iterable, "
-                f"not {type(it).__name__}"
+                f"not {type(it).__name__}{hint}"
             )
     if chunksize is not None and (
         not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1

@@ -39,6 +39,19 @@ def test_map_of_a_non_iterable_says_which_argument(shared_pool):
         shared_pool.map_async(tasks.square, None)
 
 
+def test_map_of_a_positional_chunksize_says_it_is_a_keyword(shared_pool):
+    # multiprocessing.Pool.map(func, iterable, chunksize), as code written
+    # for it calls the pool's map
+    hint = r"chunksize is a keyword argument: map\(func, iterable, chunksize=4\)"
+    with pytest.raises(TypeError, match=hint):
+        shared_pool.map(tasks.square, range(3), 4)
+    with pytest.raises(TypeError, match=hint):
+        shared_pool.map_async(tasks.square, range(3), 4)
+    with pytest.raises(TypeError) as error:
+        shared_pool.map(tasks.add, range(3), None)
+    assert "chunksize" not in str(error.value)
+
+
 class _IterIsNone:
     __iter__ = None
 
