@@ -394,10 +394,10 @@ class Dispatcher:
         with its pickle if the worker does not hold it (see ``wire.frames``)."""
         pack = p.TASK_ENTRY.pack
         for ref_id, data, buffers, held in refs:
-            if known.use(ref_id):
+            if known.use(ref_id, ref=True):
                 msg.entries.append(pack(0, ref_id, p.FLAG_REF, 0, 0, 0, 0))
             else:
                 size = msg.body(data, buffers)
                 flags = p.FLAG_REF | p.FLAG_FUNC
                 msg.entries.append(pack(0, ref_id, flags, 0, size, len(buffers), held))
-                known.add(ref_id, None, held)
+                known.add(ref_id, None, held, ref=True)

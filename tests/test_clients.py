@@ -251,6 +251,14 @@ def test_script_functions_in_task_data_go_to_each_worker_once(tmp_path, executor
         spawner.stop()
 
 
+@pytest.mark.timeout(90)
+def test_a_function_larger_than_a_worker_keeps_loads_once_per_worker():
+    # a partial of a script function, holding more than the bytes of
+    # functions a worker keeps: the script function goes by id ahead of it,
+    # and neither may push the other out, or both go again with every task
+    assert run_script("large_partial.py", timeout=80).endswith("OK\n")
+
+
 @pytest.mark.timeout(150)
 def test_dask_and_joblib_with_script_functions_use_every_worker():
     # 4 dask tasks meet at a barrier that opens only when all 4 run at once:

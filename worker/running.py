@@ -90,7 +90,7 @@ class Runner:
         broker counts it for this worker (see ``wire.frames``)."""
         functions = self.functions
         if pickled is None:
-            functions.use(ref_id)  # one not held fails the task that uses it
+            functions.use(ref_id, ref=True)  # one not held fails the task that uses it
             return
         try:
             # made by the pickler of data (script_refs)
@@ -98,7 +98,7 @@ class Runner:
         except BaseException as e:  # noqa: BLE001 - the tasks that use it fail with it
             why = f"{type(e).__name__}: {e}{unloadable_hint('function', e, *self._pickles)}"
             func = _Broken(why)
-        functions.add(ref_id, func, held)
+        functions.add(ref_id, func, held, ref=True)
 
     def _script_ref(self, ref_id: int, name: str) -> Any:
         """The script function ``ref_id`` (``name``) that a task's data or

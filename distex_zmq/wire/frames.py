@@ -70,7 +70,8 @@ broker -> worker:
   for it. Ids of functions and of script functions share one
   ``RecentFunctions`` per worker, which both sides update entry by entry:
   a ``FLAG_REF`` entry uses or adds its id as the task's own function
-  does, before that task's function.
+  does, before that task's function, and the ids of one task do not push
+  each other out.
 - ``STOP`` finish what runs, then exit.
 - ``REFUSE`` body = the reason, UTF-8; the worker exits with it.
 """
@@ -177,9 +178,15 @@ class RecentFunctions:
     worker that meets ever new functions (closures made per call) does not
     grow without bound. The client's ``FunctionCache`` keeps its pickles in
     one too, with limits of its own, keyed by the functions themselves.
+
+    A task's ``FLAG_REF`` entries (``ref=True``) stay until its function is
+    used or added: the ids of one task never push each other out, however
+    large, or a function and a script function it refers to that hold more
+    than the limit between them would each push out the other, and both go
+    again with every task.
     """
 
-    __slots__ = ("_items", "_bytes", "_max_items", "_max_bytes")
+    __slots__ = ("_items", "_bytes", "_max_items", "_max_bytes", "_task_refs")
 
     def __init__(
         self, max_items: int = FUNCTION_CACHE, max_bytes: int = FUNCTION_CACHE_BYTES
@@ -188,6 +195,8 @@ class RecentFunctions:
         self._bytes = 0
         self._max_items = max_items
         self._max_bytes = max_bytes
+        #: the ids of the ``FLAG_REF`` entries of the task whose function is next
+        self._task_refs: set[Any] = set()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -197,32 +206,47 @@ class RecentFunctions:
         entry = self._items.get(func_id)
         return None if entry is None else entry[0]
 
-    def take(self, func_id: Any, default: Any = ABSENT) -> Any:
-        """The value kept for ``func_id`` (or ``default``), marked as just used."""
+    def take(self, func_id: Any, default: Any = ABSENT, ref: bool = False) -> Any:
+        """The value kept for ``func_id`` (or ``default``), marked as just
+        used; ``ref``: by a ``FLAG_REF`` entry, else by a task's function."""
+        if ref:
+            self._task_refs.add(func_id)
         items = self._items
         try:
             entry = items.pop(func_id)
         except KeyError:
-            return default
+            return default  # the task's refs stay for the ``add`` that follows
         items[func_id] = entry
+        if not ref and self._task_refs:
+            self._task_refs.clear()
         return entry[0]
 
-    def use(self, func_id: Any) -> bool:
-        """Mark ``func_id`` as just used; return whether it is here."""
-        return self.take(func_id) is not ABSENT
+    def use(self, func_id: Any, ref: bool = False) -> bool:
+        """Mark ``func_id`` as just used (see ``take``); return whether it is here."""
+        return self.take(func_id, ABSENT, ref) is not ABSENT
 
-    def add(self, func_id: Any, value: Any, size: int) -> None:
+    def add(self, func_id: Any, value: Any, size: int, ref: bool = False) -> None:
         """Keep ``value`` (its pickle ``size`` bytes long) as the newest; drop
-        the oldest beyond the limits."""
+        the oldest beyond the limits, but for the task's own ids (``take``)."""
         items = self._items
         old = items.pop(func_id, None)
         if old is not None:
             self._bytes -= old[1]
         items[func_id] = (value, size)
         self._bytes += size
+        keep = self._task_refs
         while len(items) > 1 and (len(items) > self._max_items or self._bytes > self._max_bytes):
-            oldest = next(iter(items))
+            if keep:
+                oldest = next((i for i in items if i not in keep and i != func_id), None)
+                if oldest is None:
+                    break
+            else:
+                oldest = next(iter(items))
             self._bytes -= items.pop(oldest)[1]
+        if ref:
+            keep.add(func_id)
+        elif keep:
+            keep.clear()
 
 
 def control(kind: bytes, body: bytes = b"") -> list[bytes]:
