@@ -147,6 +147,32 @@ def array_echo(arr: Any) -> Any:
     return arr
 
 
+#: what ``fill_kept_array`` and ``fill_kept_bytearray`` fill and return, kept across tasks
+_KEPT_ARRAY: Any = None
+_KEPT_BYTEARRAY: bytearray | None = None
+
+
+def fill_kept_array(value: float) -> Any:
+    """Fill an array this worker keeps with ``value`` and return it: a later
+    task writes into the array this one returned (an output buffer reused)."""
+    global _KEPT_ARRAY
+    import numpy as np
+
+    if _KEPT_ARRAY is None:
+        _KEPT_ARRAY = np.empty(2_000_000, dtype=np.float64)
+    _KEPT_ARRAY[:] = value
+    return _KEPT_ARRAY
+
+
+def fill_kept_bytearray(value: int) -> bytearray:
+    """``fill_kept_array`` with a ``bytearray`` (out of band, as a buffer)."""
+    global _KEPT_BYTEARRAY
+    if _KEPT_BYTEARRAY is None:
+        _KEPT_BYTEARRAY = bytearray(4_000_000)
+    _KEPT_BYTEARRAY[:] = bytes([value]) * len(_KEPT_BYTEARRAY)
+    return _KEPT_BYTEARRAY
+
+
 def array_plus_one(arr: Any) -> Any:
     return arr + 1
 

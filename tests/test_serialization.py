@@ -771,3 +771,21 @@ def test_the_client_keeps_the_pickles_of_the_recent_script_functions_only():
     for f in large:
         _data_with_refs(refs, (f,))
     assert len(refs) == 1  # by bytes: but for the newest, 4 MiB
+
+
+@pytest.mark.timeout(120)
+def test_a_result_the_worker_changes_later_arrives_as_it_was_returned(shared_pool):
+    # a task returns an array its worker keeps, and the next task on that
+    # worker overwrites it: a result out of band must not be read from the
+    # array after its task returned, as ProcessPoolExecutor's does not
+    futures = [shared_pool.submit(tasks.fill_kept_array, i) for i in range(40)]
+    for i, future in enumerate(futures):
+        result = future.result()
+        assert (result.min(), result.max()) == (i, i), f"result {i}"
+    # one input per task: the results of a chunk's inputs are pickled together
+    # (a chunk of ProcessPoolExecutor.map's too), so one object is one result
+    for i, result in enumerate(shared_pool.map(tasks.fill_kept_array, range(40), chunksize=1)):
+        assert (result.min(), result.max()) == (i, i), f"map result {i}"
+    kept = shared_pool.map(tasks.fill_kept_bytearray, range(40), chunksize=1)
+    for i, result in enumerate(kept):
+        assert result == bytes([i]) * len(result), f"bytearray result {i}"

@@ -21,6 +21,12 @@ later ones of that function are given back unrun. While a task runs after
 which results wait, or a chunk runs, ``ResultWatch`` (``watch.py``) may send
 the waiting results from its own thread: the main thread releases the
 watch's lock for that task.
+
+A result with buffers out of band (a large array) is sent as soon as its
+task returns, without a copy, and the worker waits until ZeroMQ has sent
+them before it runs anything else: a later task may change what the result
+was (an output array it reuses), as it may under ``ProcessPoolExecutor``,
+whose worker pickles a result before its next task.
 """
 
 from __future__ import annotations
@@ -290,6 +296,13 @@ class Worker:
                     if not watch.polling:
                         watch.wake()
                 run(task_id, func_id, flags, func_pickle, data, buffers, skip)
+                if runner.results.frames:
+                    # a result out of band leaves before the next task can change it
+                    if released:
+                        lock.acquire()
+                        released = False
+                    self._send_results()
+                    start = time.perf_counter()
                 now = time.perf_counter()
                 if grouped and now - began >= GROUPED_TASK_LIMIT:
                     slow_func = func_id
@@ -323,9 +336,32 @@ class Worker:
 
     def _send_results(self) -> None:
         """Send the results collected (``_on_readable`` looks at the socket
-        after each message, as it must after a send)."""
+        after each message, as it must after a send); with buffers out of
+        band, return once ZeroMQ has sent them (``_wait_sent``)."""
         self._flush_scheduled = False
-        send_frames(self._sock, self.runner.take_results().frames_out())
+        results = self.runner.take_results()
+        if results.frames:
+            self._wait_sent(send_frames(self._sock, results.frames_out(), True))
+        else:
+            send_frames(self._sock, results.frames_out())
+
+    def _wait_sent(self, trackers: list[Any]) -> None:
+        """Wait until ZeroMQ has let go of the frames sent without a copy:
+        the results' buffers are views of the objects the tasks returned,
+        which the code run next may change. The broker reads them as they
+        come; while it is out of reach, the worker waits as it would while
+        a task runs, and exits if the process that started it is gone."""
+        for tracker in trackers:
+            while not tracker.done:
+                try:
+                    tracker.wait(PARENT_CHECK_INTERVAL)
+                except zmq.NotDone:
+                    if self._parent_pid and os.getppid() != self._parent_pid:
+                        print(
+                            "distex_zmq worker: the pool's process is gone; exiting",
+                            file=sys.stderr,
+                        )
+                        os._exit(1)
 
     def _flush(self) -> None:
         """Send the results collected, from a callback of the loop."""

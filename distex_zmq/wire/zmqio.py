@@ -58,15 +58,24 @@ def recv_routed(sock: zmq.Socket[Any], flags: int = 0) -> list[Any]:
     return frames
 
 
-def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any]) -> None:
-    """Send a message: the frames in order, large ones without a copy."""
+def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any], track: bool = False) -> list[Any]:
+    """Send a message: the frames in order, large ones without a copy.
+
+    ZeroMQ reads a frame sent without a copy later, from its own thread.
+    ``track``: return the ``MessageTracker`` of each such frame, done once
+    ZeroMQ has let go of its memory (else an empty list)."""
     last = len(frames) - 1
+    trackers = []
     for i, frame in enumerate(frames):
         flags = SNDMORE if i < last else 0
         if len(frame) >= ZERO_COPY_MIN:
-            _send(sock, frame, flags, False)
+            if track:
+                trackers.append(_send(sock, frame, flags, False, True))
+            else:
+                _send(sock, frame, flags, False)
         else:
             _send(sock, frame, flags)
+    return trackers
 
 
 def send_routed(sock: zmq.Socket[Any], identity: bytes, frames: Sequence[Any]) -> None:
