@@ -105,6 +105,8 @@ class Broker:
         self._inbox = self._dispatcher.inbox
         self._wake_pending = False
         self._closed = False
+        #: the workers were asked to exit: no task goes to them any more
+        self._stopping = False
         self._ctx = ctx
         self._sock: zmq.Socket[Any] | None = None  # made on the pool loop by bind()
         self._reader: EdgeReader | None = None
@@ -210,7 +212,9 @@ class Broker:
         self._losses.worker_lost(rec, how, timed_out, blameless)
 
     def stop_workers(self) -> None:
-        """Ask every worker to finish and exit, and those that connect later."""
+        """Ask every worker to finish and exit, and those that connect later;
+        the tasks still queued stay there for ``close`` to fail."""
+        self._stopping = True
         self._members.stop_all()
 
     # any thread
@@ -247,7 +251,7 @@ class Broker:
 
     def dispatch(self) -> None:
         """Send queued tasks to workers with free credits, idle workers first."""
-        if self._closed or self._reader is None:
+        if self._closed or self._stopping or self._reader is None:
             return
         if self._dispatcher.dispatch():
             self._reader.poke()  # a send can take the edge of the socket's FD

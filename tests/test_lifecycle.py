@@ -953,3 +953,22 @@ def test_a_shutdown_does_not_wait_for_ever_for_tasks_no_worker_can_run(tmp_path,
             future.result(timeout=5)
     finally:
         spawner.stop()
+
+
+def test_shutdown_that_stops_waiting_sends_no_task_to_a_stopped_worker(tmp_path, caplog):
+    # the drain timed out: the worker was told to exit, and the tasks still
+    # queued fail with the pool; a result that frees the worker's credit
+    # after that must not send it one of them, which it would not run
+    pool = Pool(1)
+    pool.run(tasks.square, 2)
+    # a large result: the worker may be gone by the time the pool reads it
+    large = bytes(64 << 20)
+    running = pool.submit(tasks.sleep_return, 0.5, large)
+    queued = [pool.submit(tasks.touch, str(tmp_path / f"q{i}")) for i in range(4)]
+    pool.shutdown(timeout=0.1)
+    assert running.result(timeout=10) == large
+    for future in queued:
+        with pytest.raises(PoolClosedError):
+            future.result(timeout=10)
+    assert list(tmp_path.iterdir()) == []
+    assert "could not send" not in caplog.text, caplog.text
