@@ -3,7 +3,10 @@
 ``WorkerOutput`` writes the lines that workers print, as they arrive, to the
 client's own ``sys.stdout`` (a worker's stdout) or ``sys.stderr`` (its
 stderr): tagged ``[host:pid] `` (``output="prefixed"``), as they are
-(``"raw"``), or not at all (``"off"``). ``emit_log`` re-emits a worker's log
+(``"raw"``), or not at all (``"off"``). A line a worker has begun and not
+ended (a progress bar, ``print(x, end="")``) arrives in parts, and each part
+is written as it comes (see ``WorkerOutput.write`` for where the tags go).
+``emit_log`` re-emits a worker's log
 record (a ``frames.LOG`` body) through the client's logger of the same name,
 as a ``LogRecord`` with ``host``, ``pid`` and ``worker`` attributes, so that
 the user's handlers and formatters apply.
@@ -173,6 +176,29 @@ class OutputWriter:
             pass  # the client closed or dropped its stream
 
 
+#: A worker's stream: ``(host, pid, stream)``.
+Source = tuple[str, int, str]
+
+
+def _tagged(text: str, prefix: str, due: bool) -> str:
+    """``text``, a part of a line without its end, with ``prefix`` before its
+    first character if ``due`` (it starts a line, or follows a ``\\r``) and
+    after each ``\\r`` that more text follows."""
+    if "\r" not in text:
+        return prefix + text if due and text else text
+    first, *redrawn = text.split("\r")
+    parts = [prefix + first if due and first else first]
+    parts += [prefix + part if part else part for part in redrawn]
+    return "\r".join(parts)
+
+
+def _begun(line: str, prefix: str) -> str:
+    """``line``, or the start of one, at the start of a line of the client:
+    the prefix first (an empty line's too), or, if it begins with ``\\r``,
+    after that ``\\r``; and after each ``\\r`` that more text follows."""
+    return prefix + line if "\r" not in line else _tagged(line, prefix, True)
+
+
 class WorkerOutput:
     """Writes workers' output lines to the client's stdout and stderr."""
 
@@ -182,19 +208,80 @@ class WorkerOutput:
         self.mode = mode
         #: writes the lines, off the pool loop
         self.writer = OutputWriter()
+        #: the workers' streams whose last line is not ended yet; True where
+        #: it ended in ``\r`` (its next text gets a prefix)
+        self._open: dict[Source, bool] = {}
+        #: by stream of the client: the worker's stream whose line it ends in,
+        #: or None where it is at the start of a line
+        self._at: dict[str, Source | None] = {"out": None, "err": None}
 
     def write(
-        self, host: str, pid: int, stream: str, lines: Sequence[str], dropped: int = 0
+        self,
+        host: str,
+        pid: int,
+        stream: str,
+        lines: Sequence[str],
+        dropped: int = 0,
+        partial: bool = False,
     ) -> None:
         """Write ``lines`` that worker ``pid`` on ``host`` wrote to ``stream``
-        (``"out"`` or ``"err"``), after ``dropped`` lines its host dropped."""
+        (``"out"`` or ``"err"``), after ``dropped`` lines its host dropped;
+        with ``partial`` the last one is not ended yet.
+
+        The prefix comes at the start of each line and after each ``\\r`` that
+        more text follows (a progress bar redrawn keeps it); a line that
+        begins with ``\\r`` has it only after the ``\\r``. The rest of a
+        partial line continues it, with no prefix, unless another worker's
+        output came in between: then the other's line was ended there, and
+        the rest comes on a line of its own, with its prefix.
+        """
         if self.mode == "off":
             return
         prefix = f"[{host}:{pid}] " if self.mode == "prefixed" else ""
+        if partial or self._open:
+            self._write_parts((host, pid, stream), prefix, lines, dropped, partial)
+            return
         text = "".join([f"{prefix}{line}\n" for line in lines])
+        if prefix and "\r" in text:
+            text = "".join([f"{_begun(line, prefix)}\n" for line in lines])
         if dropped:
             text = f"{prefix}[{dropped} lines dropped: the worker wrote too fast]\n" + text
         self.writer.put(stream, text, len(lines))
+
+    def _write_parts(
+        self, source: Source, prefix: str, lines: Sequence[str], dropped: int, partial: bool
+    ) -> None:
+        """``write`` where a line is or was not ended (``_open``)."""
+        stream = source[2]
+        at = self._at[stream]
+        #: None: a new line; else this source's line goes on (prefix due or not)
+        due = self._open.pop(source, None)
+        parts: list[str] = []
+        if at is not None and (at != source or dropped):
+            parts.append("\n")  # a line is not ended: end it, as another begins
+            at = None
+        if dropped:
+            parts.append(f"{prefix}[{dropped} lines dropped: the worker wrote too fast]\n")
+            due = None
+        last = len(lines) - 1
+        for i, line in enumerate(lines):
+            if i == 0 and due is not None:
+                if at == source:
+                    parts.append(_tagged(line, prefix, due))
+                elif line:  # the rest of its line, on a line of its own
+                    parts.append(_begun(line, prefix))
+                else:
+                    continue  # its line was ended already
+            else:
+                parts.append(_begun(line, prefix))
+            if i < last or not partial:
+                parts.append("\n")
+        if partial and lines:
+            self._open[source] = lines[-1].endswith("\r")
+            self._at[stream] = source
+        else:
+            self._at[stream] = None
+        self.writer.put(stream, "".join(parts), len(lines))
 
     async def close(self) -> None:
         """Write what waits (for at most ``FLUSH_TIMEOUT`` seconds); write no more."""
@@ -206,14 +293,16 @@ class WorkerOutput:
 
 
 class LocalOutput:
-    """A launcher's ``on_output(identity, pid, stream, lines)`` for ``WorkerOutput``."""
+    """A launcher's ``on_output(identity, pid, stream, lines, partial)`` for ``WorkerOutput``."""
 
     def __init__(self, output: WorkerOutput, host: str):
         self._output = output
         self._host = host
 
-    def __call__(self, identity: bytes, pid: int, stream: str, lines: list[str]) -> None:
-        self._output.write(self._host, pid, stream, lines)
+    def __call__(
+        self, identity: bytes, pid: int, stream: str, lines: list[str], partial: bool = False
+    ) -> None:
+        self._output.write(self._host, pid, stream, lines, partial=partial)
 
 
 def emit_log(host: str, pid: int, worker: str, body: bytes) -> None:

@@ -152,7 +152,8 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             stderr, on every host: each line is written, as it arrives, to
             the client's ``sys.stdout`` or ``sys.stderr``, tagged with its
             host and worker pid (``"prefixed"``: ``[host:pid] text``), as it
-            is (``"raw"``), or not at all (``"off"``).
+            is (``"raw"``), or not at all (``"off"``). A line not ended yet
+            (a progress bar) is written in parts as it comes.
         log_level: ``logging`` records that tasks emit at this level or
             above are re-emitted in the client through the logger of the
             same name, with ``host``, ``pid`` and ``worker`` attributes;

@@ -45,6 +45,7 @@ EVENTS = [
     c.Exit(b"w-1", 1234, None, ""),  # its exit status unknown
     c.Output(b"w-1", 1234, "out", ["a line", "ünïcode"]),
     c.Output(b"w-1", 1234, "err", [], 7),
+    c.Output(b"w-1", 1234, "err", ["\r 50%|#####     |"], partial=True),
     c.Pong(),
     c.Stopped(),
 ]
@@ -305,6 +306,20 @@ def test_agent_says_hello_refuses_bad_commands_and_stops_when_told():
     assert "'id' must be 1 to 64 bytes in hex" in stderr
 
 
+def rebuilt(events: list[c.Output]) -> list[str]:
+    """The lines ``events`` carry, each partial one joined to its rest."""
+    lines: list[str] = []
+    going_on = False
+    for event in events:
+        for i, line in enumerate(event.lines):
+            if i == 0 and going_on:
+                lines[-1] += line
+            else:
+                lines.append(line)
+        going_on = event.partial
+    return lines
+
+
 @pytest.mark.parametrize("char", ["a", "\x00", "\u20ac"])
 def test_output_events_batch_lines_and_split_long_ones_under_the_limit(char):
     lines = [char * 10_000, "", "short", *([char * 50] * 500)]
@@ -313,15 +328,18 @@ def test_output_events_batch_lines_and_split_long_ones_under_the_limit(char):
         assert len(c.encode_line(event)) < c.MAX_MESSAGE
         assert c.decode(c.encode(event), c.POOL_READS) == event
     assert events[0].dropped == 3 and not any(e.dropped for e in events[1:])
-    assert [line for e in events for line in e.lines][:6] == [
-        char * (c.MAX_OUTPUT - 1),
-        char * (c.MAX_OUTPUT - 1),
-        char * (c.MAX_OUTPUT - 1),
-        char * (c.MAX_OUTPUT - 1),
-        char * (10_000 - 4 * (c.MAX_OUTPUT - 1)),
-        "",
-    ]
-    assert sum(len(e.lines) for e in events) == 5 + 2 + 500
+    # the long line goes in pieces: each but its last ends a partial event
+    assert [e.lines[-1] for e in events[:4]] == [char * (c.MAX_OUTPUT - 1)] * 4
+    assert [e.partial for e in events] == [True] * 4 + [False] * (len(events) - 4)
+    assert events[4].lines[:2] == [char * (10_000 - 4 * (c.MAX_OUTPUT - 1)), ""]
+    assert rebuilt(events) == lines
+
+
+def test_output_events_of_a_partial_line():
+    [event] = c.output_events(b"w-1", 7, "out", ["done", "\r 50%"], partial=True)
+    assert event.lines == ["done", "\r 50%"] and event.partial
+    events = c.output_events(b"w-1", 7, "out", ["x" * 5000], partial=True)
+    assert all(e.partial for e in events) and rebuilt(events) == ["x" * 5000]
 
 
 def test_output_over_the_limit_or_of_another_stream_is_refused():

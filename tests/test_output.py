@@ -9,7 +9,10 @@ in a terminal would see them.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextvars
+import io
+import itertools
 import json
 import logging
 import os
@@ -22,12 +25,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from distex_zmq import ProtocolError
-from distex_zmq.output import MAX_PENDING, OutputWriter, emit_log
+from distex_zmq.output import MAX_PENDING, OutputWriter, WorkerOutput, emit_log
 from distex_zmq.wire import frames
 from tests.contract.conftest import LoopbackSpawner
 from tests.helpers import wait_until
@@ -42,20 +45,26 @@ pytestmark = pytest.mark.timeout(120)
 
 
 class Client:
-    """The client script running one scenario; its lines as they come."""
+    """The client script running one scenario; its lines as they come, and
+    the text of each stream so far (a line not ended yet too)."""
+
+    runs = itertools.count()
 
     def __init__(self, tmp_path: Path, scenario: str, **kwargs: Any):
-        self.go = tmp_path / "go"
+        #: made to let the task end; one for each client of a test
+        self.go = tmp_path / f"go-{next(Client.runs)}"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, str(SCRIPT), scenario, json.dumps(kwargs), str(self.go)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
             env=env,
             cwd=tmp_path,
         )
+        #: each stream's lines (split at "\n" only: a "\r" stays in its line)
         self.lines: dict[str, list[str]] = {"out": [], "err": []}
+        #: each stream's text so far
+        self.text = {"out": "", "err": ""}
         self._queue: queue.Queue[tuple[str, str]] = queue.Queue()
         self._readers = [
             threading.Thread(target=self._read, args=(name, pipe), daemon=True)
@@ -65,29 +74,56 @@ class Client:
             reader.start()
 
     def _read(self, name: str, pipe: Any) -> None:
-        for line in pipe:
-            self._queue.put((name, line.rstrip("\n")))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while chunk := os.read(pipe.fileno(), 65536):  # what came, ended or not
+            self._queue.put((name, decoder.decode(chunk)))
+        self._queue.put((name, decoder.decode(b"", final=True)))
+
+    def _take(self, timeout: float) -> str:
+        """Take what came next on either stream (waiting up to ``timeout``
+        seconds); its name, or "" if nothing came."""
+        try:
+            name, text = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return ""
+        start = self.text[name].rfind("\n") + 1
+        self.text[name] += text
+        self.lines[name].extend(self.text[name][start:].split("\n")[:-1])
+        return name
+
+    def _wait_for(self, stream: str, found: Any, what: str) -> Any:
+        deadline = time.monotonic() + DEADLINE
+        seen = found()
+        while not seen and (left := deadline - time.monotonic()) > 0:
+            if self._take(left) == stream:
+                seen = found()
+        if not seen:
+            pytest.fail(f"no {what} on {stream}; so far: {self.text}")
+        return seen
 
     def expect(self, stream: str, pattern: str) -> re.Match[str]:
         """The first line of ``stream`` (``"out"`` or ``"err"``) that matches
         ``pattern``, as it arrives; fail after ``DEADLINE`` seconds."""
         regex = re.compile(pattern)
-        for line in self.lines[stream]:
-            if m := regex.search(line):
-                return m
-        deadline = time.monotonic() + DEADLINE
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                name, line = self._queue.get(timeout=left)
-            except queue.Empty:
-                break
-            self.lines[name].append(line)
-            if name == stream and (m := regex.search(line)):
-                return m
-        pytest.fail(f"no line {pattern!r} on {stream}; so far: {self.lines}")
+
+        def found() -> re.Match[str] | None:
+            return next(filter(None, map(regex.search, self.lines[stream])), None)
+
+        return cast(re.Match[str], self._wait_for(stream, found, f"line {pattern!r}"))
+
+    def expect_text(self, stream: str, pattern: str) -> re.Match[str]:
+        """The first match of ``pattern`` (multiline: ``^`` at the start of
+        each line) in the text of ``stream`` so far, a line not ended yet
+        too, as it arrives; fail after ``DEADLINE`` seconds."""
+        regex = re.compile(pattern, re.MULTILINE)
+        return cast(
+            re.Match[str],
+            self._wait_for(stream, lambda: regex.search(self.text[stream]), f"text {pattern!r}"),
+        )
 
     def finish(self) -> dict[str, list[str]]:
-        """Let the task end; wait for the client to exit; all its lines."""
+        """Let the task end; wait for the client to exit; all its lines (the
+        last one of a stream also if not ended)."""
         self.go.touch()
         try:
             self.proc.wait(DEADLINE)
@@ -97,9 +133,11 @@ class Client:
                 self.proc.wait()
             for reader in self._readers:
                 reader.join(10)
-        while not self._queue.empty():
-            name, line = self._queue.get()
-            self.lines[name].append(line)
+        while self._take(0):
+            pass
+        for name, text in self.text.items():
+            if text and not text.endswith("\n"):
+                self.lines[name].append(text[text.rfind("\n") + 1 :])
         return self.lines
 
 
@@ -117,7 +155,8 @@ def client(tmp_path: Path) -> Iterator[Any]:
         c.finish()
 
 
-PREFIXED = r"^\[(?P<host>[^\]:]+):(?P<pid>\d+)\] "
+TAG = r"\[(?P<host>[^\]:]+):(?P<pid>\d+)\] "
+PREFIXED = "^" + TAG
 
 
 def check_live(c: Client) -> None:
@@ -132,6 +171,53 @@ def check_live(c: Client) -> None:
     lines = c.finish()
     assert not any("hello-out" in line for line in lines["err"])
     assert not any("hello-err" in line for line in lines["out"])
+
+
+def check_partial(c: Client) -> None:
+    """A line a task has begun (``write`` and ``flush``, ``print(end="")``)
+    reaches the client, tagged, while the task waits before ending it; its
+    end continues it, tagged once."""
+    out = c.expect_text("out", PREFIXED + r"partial-out\Z")
+    err = c.expect_text("err", PREFIXED + r"partial-err\Z")
+    assert not c.go.exists()  # the task is still waiting for it
+    lines = c.finish()
+    assert c.proc.returncode == 0, lines
+    tag = f"[{out['host']}:{out['pid']}] "
+    assert (err["host"], err["pid"]) == (out["host"], out["pid"])
+    assert lines["out"] == [tag + "partial-out, ended"]
+    assert lines["err"] == [tag + "partial-err, ended"]
+
+
+def check_redraw(c: Client) -> None:
+    """A line redrawn after ``\\r`` arrives as it is drawn, the tag after each ``\\r``."""
+    first = c.expect_text("out", "^\r" + TAG + r"step 1\Z")
+    assert not c.go.exists()
+    lines = c.finish()
+    assert c.proc.returncode == 0, lines
+    tag = f"[{first['host']}:{first['pid']}] "
+    assert lines["out"] == [f"\r{tag}step 1\r{tag}step 2\r{tag}step 3"]
+
+
+def check_bar(c: Client) -> None:
+    """A tqdm bar in a task moves in the client as the task runs."""
+    half = c.expect_text("err", "\r" + TAG + r"bar:  50%\|")
+    assert not c.go.exists()
+    lines = c.finish()
+    assert c.proc.returncode == 0, lines
+    tag = f"[{half['host']}:{half['pid']}] "
+    [drawn] = [line for line in lines["err"] if "bar: 100%|" in line]
+    first, *redrawn = drawn.split("\r")
+    assert first == "" and len(redrawn) >= 3
+    assert all(part.startswith(tag + "bar: ") for part in redrawn if part), drawn
+
+
+def check_long_line(c: Client) -> None:
+    """A line longer than a read (and an output event) arrives in parts, as
+    one line, tagged once."""
+    lines = c.finish()
+    assert c.proc.returncode == 0, lines
+    assert len(lines["out"]) == 1, [line[:50] for line in lines["out"]]
+    assert re.fullmatch(PREFIXED + "z{300000}", lines["out"][0])
 
 
 # local workers
@@ -149,6 +235,22 @@ def test_last_line_before_death_is_not_lost(client, scenario, line):
     c = client(scenario, num_workers=1)
     c.expect("out", PREFIXED + re.escape(line) + "$")
     c.expect("out", "^LOST$")
+
+
+def test_local_partial_line_arrives_before_its_end(client):
+    check_partial(client("partial", num_workers=1))
+
+
+def test_local_redrawn_line_arrives_as_drawn(client):
+    check_redraw(client("redraw", num_workers=1))
+
+
+def test_local_tqdm_bar_in_a_task_moves(client):
+    check_bar(client("bar", num_workers=1))
+
+
+def test_local_long_line_arrives_whole(client):
+    check_long_line(client("long_line", num_workers=1))
 
 
 def test_a_stdout_nobody_reads_does_not_stall_the_pool(tmp_path):
@@ -222,6 +324,80 @@ def test_lines_that_cannot_wait_are_dropped_and_counted(monkeypatch):
     assert written >= MAX_PENDING // len(batch) * 1000 and dropped > 0
     assert written + dropped == 100_000
     assert not writer.full()
+
+
+def written(mode: str, *writes: tuple[Any, ...], monkeypatch: Any) -> tuple[str, str]:
+    """What ``WorkerOutput(mode)`` writes to stdout and stderr for ``writes``,
+    each ``(pid, stream, lines, partial[, dropped])`` of host ``h``."""
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    output = WorkerOutput(mode)
+    for pid, stream, lines, partial, *dropped in writes:
+        output.write("h", pid, stream, lines, *dropped, partial=partial)
+    asyncio.run(output.close())
+    return out.getvalue(), err.getvalue()
+
+
+def test_partial_lines_keep_their_tags_and_never_share_a_line(monkeypatch):
+    """The tag comes at the start of each line and after each ``\\r`` that
+    more text follows; the rest of a partial line continues it untagged,
+    unless another worker's output came in between: then the other's line is
+    ended there and the rest comes on a line of its own, tagged. Each of the
+    client's streams is a line of its own."""
+    out, err = written(
+        "prefixed",
+        (1, "out", ["whole"], False),
+        (1, "out", ["abc"], True),
+        (1, "out", ["def"], True),
+        (1, "err", ["on stderr"], True),  # no matter to stdout
+        (1, "out", ["ghi", "next"], False),
+        (1, "err", [", ended"], False),
+        (1, "out", ["a"], True),
+        (2, "out", ["b1", "b2"], False),  # in the middle of 1's line
+        (1, "out", [" rest"], False),
+        (3, "out", ["\r 0%"], True),
+        (3, "out", ["\r 50%"], True),
+        (4, "out", ["other"], True),
+        (3, "out", ["\r100%"], False),
+        (4, "out", [""], False),  # its line was ended: nothing to end
+        (5, "out", ["x\r"], True),
+        (5, "out", ["y", ""], False),
+        (6, "out", ["\ra\rb", "\r", ""], False),  # whole lines with a \r
+        (7, "out", ["p"], True),
+        (7, "out", ["q"], False, 2),  # lines dropped between
+        monkeypatch=monkeypatch,
+    )
+    assert out.split("\n") == [
+        "[h:1] whole",
+        "[h:1] abcdefghi",
+        "[h:1] next",
+        "[h:1] a",
+        "[h:2] b1",
+        "[h:2] b2",
+        "[h:1]  rest",
+        "\r[h:3]  0%\r[h:3]  50%",
+        "[h:4] other",
+        "\r[h:3] 100%",
+        "[h:5] x\r[h:5] y",
+        "[h:5] ",
+        "\r[h:6] a\r[h:6] b",
+        "\r",
+        "[h:6] ",
+        "[h:7] p",
+        "[h:7] [2 lines dropped: the worker wrote too fast]",
+        "[h:7] q",
+        "",
+    ]
+    assert err == "[h:1] on stderr, ended\n"
+    raw = written(
+        "raw",
+        (1, "out", ["a"], True),
+        (2, "out", ["b"], False),
+        (1, "out", [" c", "\rd"], False),
+        monkeypatch=monkeypatch,
+    )
+    assert raw == ("a\nb\n c\n\rd\n", "")
 
 
 def test_raw_output(client):
@@ -391,6 +567,14 @@ def test_spawner_last_line_and_logs(client, spawner):
     check_logs(client("logs", num_workers=None, hosts=hosts, secret=None))
 
 
+def test_spawner_partial_lines_arrive_before_their_end(client, spawner):
+    hosts = [f"127.0.0.1:{spawner.port}/1"]
+    check_partial(client("partial", num_workers=None, hosts=hosts, secret=None))
+    check_redraw(client("redraw", num_workers=None, hosts=hosts, secret=None))
+    check_bar(client("bar", num_workers=None, hosts=hosts, secret=None))
+    check_long_line(client("long_line", num_workers=None, hosts=hosts, secret=None))
+
+
 def test_spawner_drops_a_flood_with_a_marker_and_goes_on(client, spawner):
     hosts = [f"127.0.0.1:{spawner.port}/1"]
     c = client("flood", num_workers=None, hosts=hosts, secret=None)
@@ -413,3 +597,4 @@ def test_ssh_lines_reach_the_pool(client, ssh_home):
     c.expect("out", PREFIXED + "last words before SIGKILL$")
     c.finish()
     check_logs(client("logs", **kwargs))
+    check_partial(client("partial", **kwargs))

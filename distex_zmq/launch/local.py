@@ -8,6 +8,12 @@ are written (workers run unbuffered) and handed to ``on_output`` (or, without
 one, passed through to ours); the last lines of stderr are kept for the error
 that reports its death. At its exit both pipes are read to their end, so the
 last line a killed worker wrote is not lost.
+
+A line the worker has begun and not ended (a progress bar redrawn after
+``\\r``, ``print(x, end="")``) is handed on as a partial line once it has
+waited ``PARTIAL_DELAY`` seconds for its end (or at once when it reaches
+``MAX_LINE`` bytes); what follows continues it. A ``print`` writes its text
+and its line end separately: the delay keeps such a line whole.
 """
 
 from __future__ import annotations
@@ -32,8 +38,11 @@ _logger = logging.getLogger("distex_zmq.launch.local")
 
 #: Lines of a worker's stderr kept for error messages.
 STDERR_TAIL_LINES = 20
-#: A line longer than this is handed on in pieces of this many bytes.
+#: A line longer than this is handed on in partial pieces of about this many bytes.
 MAX_LINE = 64 * 1024
+#: Seconds a line a worker has begun waits for its end before what there is
+#: of it is handed on as a partial line.
+PARTIAL_DELAY = 0.1
 
 #: Held while a worker is spawned, and by every ``os.fork()`` of the client
 #: as it forks (multiprocessing's fork, a ``ProcessPoolExecutor``): a child
@@ -47,9 +56,11 @@ os.register_at_fork(
     after_in_child=_spawning.release,
 )
 
-#: ``on_output(identity, pid, stream, lines)``: lines (without their line
-#: ends) a worker wrote to ``stream``, ``"out"`` or ``"err"``.
-OutputCallback = Callable[[bytes, int, str, list[str]], None]
+#: ``on_output(identity, pid, stream, lines, partial)``: lines (without their
+#: line ends) a worker wrote to ``stream``, ``"out"`` or ``"err"``; with
+#: ``partial`` the last one is not ended yet, and the next lines of that
+#: stream continue it (the first of them may be empty: only its end).
+OutputCallback = Callable[[bytes, int, str, list[str], bool], None]
 
 
 #: ``on_exit(identity, pid, returncode, stderr_tail)``: a worker ended;
@@ -159,6 +170,18 @@ def reap(popen: subprocess.Popen[bytes], block: bool = True) -> tuple[bool, int 
     return True, popen.returncode
 
 
+def _whole_chars(data: bytes) -> int:
+    """The length of ``data`` without an incomplete UTF-8 character at its end."""
+    for back in range(1, min(len(data), 4) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue  # a continuation byte: look further back for its lead
+        needs = 2 if byte >= 0xC0 else 1
+        needs += (byte >= 0xE0) + (byte >= 0xF0)
+        return len(data) - back if needs > back else len(data)
+    return len(data)
+
+
 class WorkerProcess:
     """One local worker process and what it wrote to stderr."""
 
@@ -167,33 +190,62 @@ class WorkerProcess:
         self.popen = popen
         self.pid = popen.pid
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-        #: by stream: the start of a line not ended yet
+        #: by stream: what was read of a line not ended yet and not handed on
         self._partial = {"out": b"", "err": b""}
+        #: by stream: a part of the line not ended yet was handed on
+        self._open = {"out": False, "err": False}
+        #: the part of the stderr line not ended yet that was handed on
+        self._err_line = ""
+        #: by stream: the timer that hands on a partial line (``PARTIAL_DELAY``)
+        self.timers: dict[str, asyncio.TimerHandle | None] = {"out": None, "err": None}
         #: its return code once it ended (``None``: unknown, see ``reap``)
         self.exited: asyncio.Future[int | None] | None = None
 
     def feed(self, stream: str, data: bytes) -> list[str]:
-        """The lines that ``data`` ends, read from ``stream``; at the end of the
-        stream (``data`` empty), what is left of the last line."""
-        if not data:
-            rest, self._partial[stream] = self._partial[stream], b""
-            raw = [rest] if rest else []
-        else:
+        """The lines that ``data`` ends, read from ``stream`` (the first one
+        continues a partial line handed on before); at the end of the stream
+        (``data`` empty), what is left of the last line, or an empty one that
+        ends a partial line handed on."""
+        if data:
             raw = (self._partial[stream] + data).split(b"\n")
-            partial = raw.pop()
-            while len(partial) > MAX_LINE:
-                raw.append(partial[:MAX_LINE])
-                partial = partial[MAX_LINE:]
-            self._partial[stream] = partial
+            self._partial[stream] = raw.pop()
+        else:
+            rest, self._partial[stream] = self._partial[stream], b""
+            raw = [rest] if rest or self._open[stream] else []
+        if not raw:
+            return []
+        self._open[stream] = False
         lines = [line.decode(errors="replace") for line in raw]
         if stream == "err":
-            self.stderr_tail.extend(lines)
+            if self._err_line:
+                self.stderr_tail.extend([self._err_line + lines[0], *lines[1:]])
+                self._err_line = ""
+            else:
+                self.stderr_tail.extend(lines)
         return lines
+
+    def waiting(self, stream: str) -> int:
+        """Bytes of a line not ended yet that were not handed on."""
+        return len(self._partial[stream])
+
+    def take_partial(self, stream: str) -> str:
+        """What waits of the line not ended yet (up to its last whole
+        character), to hand on as a partial line: what follows continues it."""
+        data = self._partial[stream]
+        end = _whole_chars(data)
+        self._partial[stream] = data[end:]
+        piece = data[:end].decode(errors="replace")
+        if piece:
+            self._open[stream] = True
+            if stream == "err":
+                self._err_line = (self._err_line + piece)[-MAX_LINE:]
+        return piece
 
     def tail(self) -> str:
         lines = list(self.stderr_tail)
-        if self._partial["err"]:
-            lines.append(self._partial["err"].decode(errors="replace"))
+        last = self._err_line + self._partial["err"].decode(errors="replace")
+        if last:
+            lines.append(last)
         return "\n".join(lines[-STDERR_TAIL_LINES:])
 
     def signal_tree(self, sig: int) -> None:
@@ -211,9 +263,10 @@ class LocalLauncher:
     when a worker process ends, whatever the reason, after the last of its
     output; ``returncode`` is ``None`` where its exit status is unknown
     (``reap``). With ``on_output`` the workers' stdout and stderr go to it line by
-    line; without, both go to ours. With an ``output_flow`` the pipes are not
-    read while it is full: a worker that writes faster than its lines are
-    written waits in its ``print``, as it would on a terminal of its own.
+    line (a line not ended after ``PARTIAL_DELAY`` in parts); without, both go
+    to ours. With an ``output_flow`` the pipes are not read while it is full:
+    a worker that writes faster than its lines are written waits in its
+    ``print``, as it would on a terminal of its own.
     """
 
     def __init__(
@@ -347,14 +400,37 @@ class LocalLauncher:
     def _pass_on(self, proc: WorkerProcess, stream: str, data: bytes) -> None:
         """Hand on what the worker wrote (``b""``: the end of the stream)."""
         lines = proc.feed(stream, data)
-        if self._on_output is not None:
-            if lines:
-                self._on_output(proc.identity, proc.pid, stream, lines)
+        if self._on_output is None:
+            if proc.waiting(stream) > MAX_LINE:
+                proc.take_partial(stream)  # only the tail keeps it
+            try:
+                sys.stderr.write(data.decode(errors="replace"))
+            except (OSError, ValueError):
+                pass
             return
-        try:
-            sys.stderr.write(data.decode(errors="replace"))
-        except (OSError, ValueError):
-            pass
+        ended = bool(lines)
+        if data and proc.waiting(stream) > MAX_LINE:
+            lines.append(proc.take_partial(stream))
+            self._on_output(proc.identity, proc.pid, stream, lines, True)
+        elif lines:
+            self._on_output(proc.identity, proc.pid, stream, lines, False)
+        waiting = proc.waiting(stream) if data else 0
+        timer = proc.timers[stream]
+        if timer is not None and (ended or not waiting):
+            # what waits now, if anything, began after the line it waited for
+            timer.cancel()
+            proc.timers[stream] = timer = None
+        if waiting and timer is None:
+            proc.timers[stream] = self._loop.call_later(
+                PARTIAL_DELAY, self._pass_on_partial, proc, stream
+            )
+
+    def _pass_on_partial(self, proc: WorkerProcess, stream: str) -> None:
+        """Hand on the line the worker began and has not ended for ``PARTIAL_DELAY``."""
+        proc.timers[stream] = None
+        piece = proc.take_partial(stream)
+        if piece and self._on_output is not None:
+            self._on_output(proc.identity, proc.pid, stream, [piece], True)
 
     def _watch_exit(self, proc: WorkerProcess) -> None:
         try:

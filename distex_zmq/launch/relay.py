@@ -2,7 +2,8 @@
 
 An SSH agent and a spawner read their workers' stdout and stderr line by
 line (``launch/local.py``) and hand the lines to an ``OutputRelay``, which
-sends them as ``control.Output`` events (batched, long lines split). A worker
+sends them as ``control.Output`` events (batched, long lines split; a line
+not ended yet goes as a partial line that the next lines continue). A worker
 that writes faster than ``RATE`` characters a second (beyond a ``BURST``)
 loses lines rather than slowing its host down; the next event that gets
 through says how many were dropped, and so does a send that fails (a pool
@@ -35,8 +36,11 @@ class OutputRelay:
         #: lines dropped and not yet reported, its pid
         self._budget: dict[bytes, list[float]] = {}
 
-    def forward(self, identity: bytes, pid: int, stream: str, lines: list[str]) -> None:
-        """Send the lines a worker wrote (``stream``: ``"out"`` or ``"err"``)."""
+    def forward(
+        self, identity: bytes, pid: int, stream: str, lines: list[str], partial: bool = False
+    ) -> None:
+        """Send the lines a worker wrote (``stream``: ``"out"`` or ``"err"``;
+        ``partial``: the last one is not ended yet)."""
         now = time.monotonic()
         budget = self._budget.get(identity)
         if budget is None:
@@ -48,7 +52,7 @@ class OutputRelay:
             budget[2] += len(lines)
             return
         budget[0] -= size
-        events = control.output_events(identity, pid, stream, lines, int(budget[2]))
+        events = control.output_events(identity, pid, stream, lines, int(budget[2]), partial)
         budget[2] = 0
         for event in events:
             if not self._send(event):

@@ -7,7 +7,7 @@ started over SSH, or the spawner there) in the control messages of
 stopped. Like the local launcher it reports each exit with
 ``on_exit(identity, pid, returncode, stderr_tail)``; the lines its workers
 print arrive as output events, handed to ``on_output(host, pid, stream,
-lines, dropped)`` with the host's name from its hello.
+lines, dropped, partial)`` with the host's name from its hello.
 
 Heartbeats: the launcher pings every quarter of ``heartbeat_timeout``; a
 host that has said nothing for ``heartbeat_timeout`` is lost then (a timer
@@ -34,9 +34,10 @@ from distex_zmq.wire import control, frames
 
 _logger = logging.getLogger("distex_zmq.launch.remote")
 
-#: ``on_output(host, pid, stream, lines, dropped)``: lines a remote worker
-#: wrote to ``stream`` (``"out"`` or ``"err"``), after ``dropped`` lost ones.
-RemoteOutput = Callable[[str, int, str, list[str], int], None]
+#: ``on_output(host, pid, stream, lines, dropped, partial)``: lines a remote
+#: worker wrote to ``stream`` (``"out"`` or ``"err"``), after ``dropped`` lost
+#: ones; with ``partial`` the last is not ended yet (the next lines continue it).
+RemoteOutput = Callable[[str, int, str, list[str], int, bool], None]
 
 #: Seconds, beyond the grace, that a stopping host may take to stop its workers.
 STOP_MARGIN = 5.0
@@ -106,7 +107,9 @@ class RemoteLauncher:
         elif isinstance(event, control.Output):
             if self._on_output is not None and self._hello.done():
                 host = self._hello.result().host
-                self._on_output(host, event.pid, event.stream, event.lines, event.dropped)
+                self._on_output(
+                    host, event.pid, event.stream, event.lines, event.dropped, event.partial
+                )
         elif isinstance(event, control.Refused):
             self._on_refused(event)
         elif isinstance(event, control.Stopped):

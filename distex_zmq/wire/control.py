@@ -15,11 +15,14 @@ host -> pool:  hello (agent: its first line)  opened (spawner: the answer to ope
                refused (with an id: a worker not started)  exit  pong  stopped
                output (lines a worker wrote to its stdout or stderr)
 
-An ``output`` carries whole lines of one worker's stream, at most
-``MAX_OUTPUT`` characters in all (``output_events`` batches lines and splits
-long ones), so that at up to 6 bytes per character in JSON it stays under
-``MAX_MESSAGE``; ``dropped`` counts the lines its host dropped before these
-(a worker that wrote faster than the host forwards, see ``launch/relay.py``).
+An ``output`` carries lines of one worker's stream, at most ``MAX_OUTPUT``
+characters in all (``output_events`` batches lines and splits long ones), so
+that at up to 6 bytes per character in JSON it stays under ``MAX_MESSAGE``;
+with ``partial`` its last line is not ended yet and the stream's next
+``output`` continues it (a line the worker has not ended for a while, or a
+piece of a long one); ``dropped`` counts the lines its host dropped before
+these (a worker that wrote faster than the host forwards, see
+``launch/relay.py``).
 
 A status request (``python -m distex_zmq.spawner status``) opens no pool:
 status -> spawner, status_reply (or refused) -> the asker.
@@ -37,7 +40,7 @@ from typing import Any, ClassVar, cast
 from distex_zmq.errors import ProtocolError
 
 MAGIC = b"DZSP"
-VERSION = 3
+VERSION = 4
 HEAD = MAGIC + struct.pack("!H", VERSION)
 #: Largest message a spawner or an agent accepts; ZeroMQ drops the
 #: connection of a peer that sends a larger one, before it is buffered.
@@ -343,20 +346,30 @@ class Output(Event):
     lines: list[str]
     #: lines of this worker its host dropped before these
     dropped: int = 0
+    #: the last line is not ended yet: the next lines of the stream continue it
+    partial: bool = False
     FIELDS = {
         "identity": _identity,
         "pid": _INT,
         "stream": _stream,
         "lines": _lines,
         "dropped": _a(int, 0, 1 << 62),
+        "partial": _a(bool),
     }
 
 
 def output_events(
-    identity: bytes, pid: int, stream: str, lines: Sequence[str], dropped: int = 0
+    identity: bytes,
+    pid: int,
+    stream: str,
+    lines: Sequence[str],
+    dropped: int = 0,
+    partial: bool = False,
 ) -> list[Output]:
     """``Output`` events that carry ``lines`` in order, each within ``MAX_OUTPUT``:
-    lines batched, and a line too long for one split into several."""
+    lines batched, and a line too long for one split into pieces, each but
+    its last ending a partial event. With ``partial``, the last line is not
+    ended yet."""
     piece = MAX_OUTPUT - 1
     events: list[Output] = []
     batch: list[str] = []
@@ -369,8 +382,11 @@ def output_events(
                 batch, size, dropped = [], 0, 0
             batch.append(line)
             size += len(line) + 1
+            if start + piece < len(whole):  # the line goes on in the next event
+                events.append(Output(identity, pid, stream, batch, dropped, True))
+                batch, size, dropped = [], 0, 0
     if batch or dropped:
-        events.append(Output(identity, pid, stream, batch, dropped))
+        events.append(Output(identity, pid, stream, batch, dropped, partial))
     return events
 
 

@@ -1,7 +1,8 @@
 """A client for tests/test_output.py: ``python output_client.py SCENARIO JSON_KWARGS GO_FILE``.
 
 It makes ``Pool(**kwargs)``, runs one task of ``SCENARIO`` and prints
-``RESULT host pid`` (or ``LOST``) on its stdout; the workers' lines come to
+``RESULT host pid`` (or ``LOST``) on its stdout (but for the scenarios that
+end a partial line: see ``ENDS_A_PARTIAL_LINE``); the workers' lines come to
 its stdout and stderr as the pool writes them. Its own log handler prints
 the records re-emitted from the workers as ``LOG name level host pid worker
 message`` lines on stdout. Scenario ``stalled`` prints on stderr only: it
@@ -40,6 +41,46 @@ def exit_partial(go_file):
     os._exit(3)
 
 
+def wait_for(go_file):
+    while not os.path.exists(go_file):
+        time.sleep(0.02)
+
+
+def partial(go_file):
+    sys.stdout.write("partial-out")
+    sys.stdout.flush()
+    print("partial-err", end="", file=sys.stderr, flush=True)
+    wait_for(go_file)  # the test sees the partial lines while this runs
+    print(", ended")
+    print(", ended", file=sys.stderr)
+    return socket.gethostname(), os.getpid()
+
+
+def redraw(go_file):
+    sys.stdout.write("\rstep 1")
+    wait_for(go_file)
+    sys.stdout.write("\rstep 2")
+    time.sleep(0.5)  # a redraw on its own, or with the next: either way tagged
+    sys.stdout.write("\rstep 3\n")
+    return socket.gethostname(), os.getpid()
+
+
+def bar(go_file):
+    from tqdm import tqdm
+
+    progress = tqdm(total=2, desc="bar", ascii=True, ncols=60, mininterval=0)
+    progress.update(1)
+    wait_for(go_file)
+    progress.update(1)
+    progress.close()
+    return socket.gethostname(), os.getpid()
+
+
+def long_line(go_file):
+    print("z" * 300_000)  # longer than a read, and than an output event
+    return socket.gethostname(), os.getpid()
+
+
 def flood(go_file):
     line = "x" * 99
     for _ in range(200_000):  # 20 MB, faster than a host forwards
@@ -56,6 +97,11 @@ def logs(go_file):
     except ZeroDivisionError:
         log.exception("an error record")
     return socket.gethostname(), os.getpid()
+
+
+#: Scenarios that print no RESULT: it could come before the task's last
+#: line is written, in the middle of the partial line that it ends.
+ENDS_A_PARTIAL_LINE = ("partial", "redraw", "bar", "long_line")
 
 
 def main():
@@ -82,7 +128,8 @@ def main():
         except WorkerLostError:
             print("LOST", flush=True)
         else:
-            print(f"RESULT {host} {pid}", flush=True)
+            if scenario not in ENDS_A_PARTIAL_LINE:
+                print(f"RESULT {host} {pid}", flush=True)
 
 
 if __name__ == "__main__":
