@@ -30,8 +30,9 @@ from typing import Any, cast
 import pytest
 
 from distex_zmq import ProtocolError
+from distex_zmq.launch.relay import BURST, OutputRelay
 from distex_zmq.output import MAX_PENDING, OutputWriter, WorkerOutput, emit_log
-from distex_zmq.wire import frames
+from distex_zmq.wire import control, frames
 from tests.contract.conftest import LoopbackSpawner
 from tests.helpers import wait_until
 from tests.multihost import REMOTE_PYTHON, unavailable
@@ -398,6 +399,24 @@ def test_partial_lines_keep_their_tags_and_never_share_a_line(monkeypatch):
         monkeypatch=monkeypatch,
     )
     assert raw == ("a\nb\n c\n\rd\n", "")
+
+
+def test_a_partial_line_whose_rest_a_host_drops_is_ended(monkeypatch):
+    """A host that drops the rest of a line it sent in part (the worker wrote
+    too fast) says so at once, and the pool ends that line there: it does not
+    stay open until the worker's next line gets through."""
+    sent: list[control.Output] = []
+    relay = OutputRelay(lambda event: sent.append(event) or True)
+    relay.forward(b"w-1", 7, "err", ["\r 50%"], True)
+    relay.forward(b"w-1", 7, "err", ["x" * (BURST + 1)], False)  # over its budget
+    assert sent[-1] == control.Output(b"w-1", 7, "err", [], 1)
+    relay.forward(b"w-1", 7, "err", ["y" * (BURST + 1)], False)  # no line open now
+    assert len(sent) == 2
+    writes = [(e.pid, e.stream, e.lines, e.partial, e.dropped) for e in sent]
+    assert written("prefixed", *writes, monkeypatch=monkeypatch) == (
+        "",
+        "\r[h:7]  50%\n[h:7] [1 lines dropped: the worker wrote too fast]\n",
+    )
 
 
 def test_raw_output(client):

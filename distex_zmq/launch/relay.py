@@ -7,7 +7,8 @@ not ended yet goes as a partial line that the next lines continue). A worker
 that writes faster than ``RATE`` characters a second (beyond a ``BURST``)
 loses lines rather than slowing its host down; the next event that gets
 through says how many were dropped, and so does a send that fails (a pool
-that does not read: the spawner never blocks on it).
+that does not read: the spawner never blocks on it). Lines dropped after a
+partial line are reported at once, so that the pool ends that line.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class OutputRelay:
         #: per worker: characters it may still send, when that was reckoned,
         #: lines dropped and not yet reported, its pid
         self._budget: dict[bytes, list[float]] = {}
+        #: ``(identity, stream)`` whose last line sent is not ended yet
+        self._open: set[tuple[bytes, str]] = set()
 
     def forward(
         self, identity: bytes, pid: int, stream: str, lines: list[str], partial: bool = False
@@ -50,6 +53,12 @@ class OutputRelay:
         size = sum(len(line) + 1 for line in lines)
         if size > budget[0]:
             budget[2] += len(lines)
+            if (identity, stream) in self._open:
+                # the rest of a line it began is lost: the pool ends that
+                # line now (with the count) rather than at the next event
+                self._open.discard((identity, stream))
+                if self._send(control.Output(identity, pid, stream, [], int(budget[2]))):
+                    budget[2] = 0
             return
         budget[0] -= size
         events = control.output_events(identity, pid, stream, lines, int(budget[2]), partial)
@@ -57,9 +66,14 @@ class OutputRelay:
         for event in events:
             if not self._send(event):
                 budget[2] += len(event.lines)
+        if partial:
+            self._open.add((identity, stream))
+        elif self._open:
+            self._open.discard((identity, stream))
 
     def forget(self, identity: bytes) -> None:
         """The worker exited: report what it dropped last, and forget it."""
+        self._open.difference_update({(identity, "out"), (identity, "err")})
         budget = self._budget.pop(identity, None)
         if budget is not None and budget[2]:
             self._send(control.Output(identity, int(budget[3]), "err", [], int(budget[2])))
