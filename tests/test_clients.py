@@ -228,6 +228,17 @@ def test_scipy_differential_evolution_with_workers_pool_map(executor):
     assert wait_until(lambda: not any(pid_alive(pid) for pid in workers), timeout=10), workers
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("executor", ["control", "local"])
+def test_a_task_that_starts_a_process_pool_of_its_own(executor):
+    # a task of the script maps another of its functions on a
+    # ProcessPoolExecutor or a multiprocessing.Pool (fork, spawn,
+    # forkserver), which pickle it by name, __main__.square: the worker's
+    # __main__ holds the script's functions, as a worker of
+    # ProcessPoolExecutor's does, and spawned children run the script's file
+    assert run_script("nested_pools.py", executor, timeout=80).endswith("OK\n")
+
+
 # dask and joblib on the pool, from a script
 
 

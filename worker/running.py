@@ -84,6 +84,12 @@ class Runner:
         self._script.share()
         script_rebuild.held_objects = self._script_ref
 
+    def script_as_main(self) -> None:
+        """Make the script's namespace this process's ``__main__`` module
+        (``ScriptNamespace.become_main``; a worker process's, before its
+        first task)."""
+        self._script.become_main()
+
     def take_ref(self, ref_id: int, pickled: Any, buffers: list[Any], held: int) -> None:
         """A ``FLAG_REF`` entry: keep the script function ``ref_id`` made
         from ``pickled`` (None: mark the one held as just used), as the

@@ -13,12 +13,22 @@ assigned in the worker keeps the worker's value.
 Functions of the script inside a task's data (a dask graph, a joblib batch)
 are made on that namespace as they are unpickled (``script_rebuild``), once
 the worker has called ``share``.
+
+The worker also makes the namespace the globals of its ``__main__`` module
+(``become_main``), as the script's are in a worker of
+``ProcessPoolExecutor``: a task that starts processes of its own (a
+``ProcessPoolExecutor``, a ``multiprocessing.Pool``) pickles the script's
+functions by name, ``__main__.f``, which the worker and its forked children
+then find; and once a function of the script names its file, the children
+that ``spawn`` or ``forkserver`` start run that file as ``__mp_main__``, as
+they do in the client.
 """
 
 from __future__ import annotations
 
 import builtins
 import functools
+import os
 import sys
 import types
 from typing import Any
@@ -41,6 +51,14 @@ class ScriptNamespace:
         """Have the functions of the script that come in task data made on
         this namespace (see ``script_rebuild.make_script_function``)."""
         script_rebuild.script_namespace = self
+
+    def become_main(self) -> None:
+        """Make these globals those of this process's ``__main__`` module,
+        in place of the worker's own (once, before any task)."""
+        module = types.ModuleType("__main__")
+        module.__dict__.update(self.globals)
+        self.globals = module.__dict__
+        sys.modules["__main__"] = module
 
     def adopt(self, func: Any) -> Any:
         """``func`` on this namespace if it is a function of the script (or a
@@ -68,6 +86,11 @@ class ScriptNamespace:
         new.__dict__.update(func.__dict__)
         done[id(func)] = new  # a function that uses itself (recursion)
         self.bring(func.__globals__, done)
+        if "__file__" not in ns:
+            # the script's file, for the children that multiprocessing spawns
+            path = func.__code__.co_filename
+            if os.path.isabs(path) and os.path.isfile(path):
+                ns["__file__"] = path
         return new
 
     def bring(self, values: dict[str, Any], done: dict[int, Any] | None = None) -> None:

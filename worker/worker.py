@@ -85,6 +85,7 @@ class Worker:
         self._parent_pid = parent_pid
         self.runner = Runner(func_pickle, data_pickle, loop, self._schedule_flush, self._send)
         self.runner.share_script_globals()
+        self.runner.script_as_main()
         self._flush_scheduled = False
         #: the latest batch held the pool's only task (``FLAG_LONE``)
         self._lone = False
