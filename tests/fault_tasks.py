@@ -140,3 +140,26 @@ def nap_or_die(x: int, die_at: int, delay: float) -> int:
     if x == die_at:
         os.kill(os.getpid(), signal.SIGKILL)
     return x
+
+
+def fork_and_wait(how: str, chunk_of: int = 0) -> tuple[str, int | None]:
+    """``os.fork()``; the child leaves the task's function ``how``:
+    ``"exit"`` (``sys.exit(3)``), ``"raise"`` or ``"return"``. The parent
+    waits up to 20 s for it: ``("exited", its exit code)``, or
+    ``("running", None)`` (the child is killed then)."""
+    child = os.fork()
+    if child == 0:
+        if how == "exit":
+            sys.exit(3)
+        if how == "raise":
+            raise ValueError("the child fails")
+        return "child", chunk_of
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            return "exited", os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    return "running", None

@@ -708,3 +708,22 @@ def test_every_api_stays_correct_while_workers_are_killed_at_random(make_pool: M
         stop.set()
         thread.join(5)
     assert_pool_works(pool)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how, code", [("exit", 3), ("raise", 1), ("return", 0)])
+def test_a_child_that_a_task_forks_ends_when_it_leaves_the_task(
+    make_pool: MakePool, how: str, code: int
+) -> None:
+    # the child of a task's os.fork() that calls sys.exit(), raises or
+    # returns ends there, with that exit code, as multiprocessing's forked
+    # children do: it does not run the worker's loop on its parent's socket
+    # (and outlive the pool), while the task waits for it
+    pool = make_pool(1)
+    pids = set(pool.run_on_all(ft.pid))
+    assert pool.run(ft.fork_and_wait, how) == ("exited", code)
+    # in a chunk of a map too
+    results = pool.map(ft.fork_and_wait, [how] * 3, range(3), chunksize=3)
+    assert list(results) == [("exited", code)] * 3
+    assert set(pool.run_on_all(ft.pid)) == pids
+    assert pool.run(ft.square, 7) == 49

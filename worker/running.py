@@ -14,10 +14,12 @@ import itertools
 import os
 import pickle
 import socket
+import sys
 import time
+import traceback
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from distex_zmq import script_rebuild
 from distex_zmq.errors import RemoteException, SerializationError
@@ -178,8 +180,12 @@ class Runner:
             else:
                 result = func(args)
         except BaseException as e:  # noqa: BLE001 - a task's error is its result
+            if _forked:
+                _end_forked_child(e)
             self._add_result(task_id, p.STATUS_ERROR, self._sendable_error(task_id, e), started)
             return
+        if _forked:
+            _end_forked_child(None)
         if _is_awaitable(result):
             self._await_result(task_id, result, started)
         else:
@@ -229,6 +235,8 @@ class Runner:
         try:
             _run_inputs(func, iter(gate), star, results, error)
         finally:
+            if _forked:
+                _end_forked_child(None)
             sent = watch.end()
         index = skip + len(results)
         parts = None
@@ -414,6 +422,8 @@ def _run_inputs(
             results.extend(itertools.starmap(func, inputs) if star else map(func, inputs))
             return
         except BaseException as e:  # noqa: BLE001
+            if _forked:
+                _end_forked_child(e)
             results.append(ItemError(error(e)))
 
 
@@ -423,6 +433,47 @@ _OUT_OF_STEP = (
     "on the functions it holds, a bug of distex_zmq, not of the script. Please report "
     "it, with the pool's options; a new pool (close this one) starts afresh"
 )
+
+
+#: True in a process forked from the worker (a task's ``os.fork()``): if the
+#: child comes back to the worker's code, it ends (``_end_forked_child``).
+_forked = False
+
+
+def _note_fork() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
+
+def _end_forked_child(error: BaseException | None) -> NoReturn:
+    """End a child that a task forked and that came back from the task's
+    function, which returned (``error`` None) or raised ``error``
+    (``sys.exit()`` too), as multiprocessing ends the children it forks.
+    Left to go on, the child would run the worker's loop on its parent's
+    socket: it would send its own result for the task, take tasks meant
+    for the parent, and outlive the pool, while the parent waits for it.
+    Its exit code is the one ``sys.exit`` asked for, 1 after another error
+    (its traceback printed), else 0."""
+    code: Any = 0
+    if isinstance(error, SystemExit):
+        code = error.code
+        if code is None:
+            code = 0
+        elif not isinstance(code, int):
+            print(code, file=sys.stderr)
+            code = 1
+    elif error is not None:
+        traceback.print_exception(type(error), error, error.__traceback__)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _where() -> str:
@@ -463,9 +514,16 @@ async def _contained(awaitable: Any) -> Any:
     which would end the worker, where the same error of a sync task is its
     result."""
     try:
-        return await awaitable
-    except (SystemExit, KeyboardInterrupt) as e:
-        raise _Exiting(e) from None
+        result = await awaitable
+    except BaseException as e:
+        if _forked:
+            _end_forked_child(e)
+        if isinstance(e, (SystemExit, KeyboardInterrupt)):
+            raise _Exiting(e) from None
+        raise
+    if _forked:
+        _end_forked_child(None)
+    return result
 
 
 async def _settle_all(results: list[Any]) -> list[Any]:
