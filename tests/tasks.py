@@ -507,3 +507,9 @@ class BreaksOnLoad:
 
 def _raise_attribute_error(text: str) -> None:
     raise AttributeError(text)
+
+
+def close_std(name: str) -> str:
+    """Close ``sys.stdout`` or ``sys.stderr`` (``name``), as some tasks do."""
+    getattr(sys, name).close()
+    return name

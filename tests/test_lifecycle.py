@@ -418,6 +418,30 @@ def test_the_exit_waits_for_the_tasks_submitted(tmp_path, ending):
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_a_worker_whose_task_closed_its_stdout_or_stderr_exits_quietly(tmp_path, stream):
+    # a task that closes sys.stdout or sys.stderr (as a library that
+    # silences a tool may) leaves its worker serving, and its exit at the
+    # pool's shutdown tracebackless, as in a worker of ProcessPoolExecutor
+    proc = _run_script(
+        tmp_path,
+        f"""
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool
+        from tests import tasks
+
+        with Pool(1) as pool:
+            assert pool.run(tasks.close_std, {stream!r}) == {stream!r}
+            print("RAN", pool.run(tasks.square, 3), flush=True)
+        print("ENDS", flush=True)
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "RAN 9\nENDS\n", proc.stdout + proc.stderr
+    assert proc.stderr == "", proc.stderr
+
+
 def test_ctrl_c_while_the_exit_waits_drops_the_tasks(tmp_path):
     script = """
         import sys

@@ -85,6 +85,16 @@ def _keep_freed_memory() -> None:
     mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 
 
+def _flush_std_streams() -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr``, which a task may have
+    closed or replaced (as multiprocessing's children flush them)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m distex_zmq.worker",
@@ -157,8 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         args.log_level,
     )
     code = worker.run()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush_std_streams()
     sys.exit(code)
 
 
