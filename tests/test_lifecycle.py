@@ -324,10 +324,19 @@ def test_a_map_keeps_its_pool_alive_until_it_ends():
     assert wait_until(lambda: set(pool_threads()) <= threads_before, timeout=15)
 
 
+#: Ctrl-C reaches the script as a terminal delivers it, also when the tests
+#: run in the background: a shell without job control starts those with
+#: SIGINT ignored, which the script would inherit (as in ``test_faults``).
+SIGINT_AS_IN_A_TERMINAL = (
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+)
+
+
 def _start_script(tmp_path: Path, source: str) -> subprocess.Popen[str]:
-    """Run ``source`` as a script of its own, the repository as its argument."""
+    """Run ``source`` as a script of its own, the repository as its argument,
+    with Ctrl-C as a terminal delivers it (``SIGINT_AS_IN_A_TERMINAL``)."""
     path = tmp_path / "script.py"
-    path.write_text(textwrap.dedent(source))
+    path.write_text(SIGINT_AS_IN_A_TERMINAL + textwrap.dedent(source))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # a session of its own: a hung forked child is killed with the script
     return subprocess.Popen(
