@@ -51,9 +51,12 @@ def unloadable_hint(part: str, error: BaseException, func_pickle: int, data_pick
     return (
         f". The {part} {verb} by name to a module, class or function that this worker "
         "cannot import: install that module (the version the client has) where the "
-        "worker runs, or add its directory to the workers' path (an SSH host: "
+        "worker runs, or add its directory to the workers' path (local workers: the "
+        "client's sys.path when the pool started; an SSH host: "
         "remote_python='env PYTHONPATH=... python3'; a spawner host: PYTHONPATH in the "
-        "environment of the spawner, which its workers inherit)"
+        "environment of the spawner, which its workers inherit), or send the module by "
+        "value: cloudpickle.register_pickle_by_value(module) in the client, with "
+        "func_pickle=PickleType.cloudpickle and data_pickle=PickleType.cloudpickle"
     )
 
 

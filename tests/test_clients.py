@@ -78,6 +78,25 @@ def test_the_scripts_objects_and_globals_with_data_pickled_by(script, data_pickl
     assert run_script(script, "local", data_pickle).endswith("OK\n")
 
 
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("executor", ["control", "local", "spawner"])
+def test_tasks_from_a_module_next_to_the_script(tmp_path, executor):
+    # `python run.py` with `from utils import work`: local workers import
+    # the module as ProcessPoolExecutor's do; a spawner's workers, which do
+    # not have the script's directory on their path, fail with an error that
+    # says to install it there or to send it by value, and cloudpickle's
+    # register_pickle_by_value with func_pickle and data_pickle cloudpickle
+    # runs it there
+    if executor != "spawner":
+        assert run_script("sibling_module.py", executor).endswith("OK\n")
+        return
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        assert run_script("sibling_module.py", f"spawner:{spawner.port}").endswith("OK\n")
+    finally:
+        spawner.stop()
+
+
 HELPER_MODULE = """\
 import threading
 

@@ -113,6 +113,8 @@ def test_a_function_the_worker_cannot_import_fails_with_what_to_do(
         assert "could not unpickle the function of task" in text
         assert "that this worker cannot import: install that module" in text
         assert "PYTHONPATH in the environment of the spawner" in text
+        # what the local workers have: sys.path changed later does not reach them
+        assert "local workers: the client's sys.path when the pool started" in text
     assert pool.run(tasks.square, 3) == 9
 
 
