@@ -21,7 +21,7 @@ from typing import Any
 
 from distex_zmq.broker import STATUS_LOCAL_ERROR, Task
 from distex_zmq.errors import SerializationError
-from distex_zmq.task_errors import name_task
+from distex_zmq.task_errors import name_task, result_unloadable_hint
 from distex_zmq.wire import frames as p
 
 
@@ -40,7 +40,7 @@ def decode(task: Task, status: int, value: Any, data_loads: Callable[..., Any]) 
     except Exception as e:
         error = SerializationError(
             f"the result of {task.describe()} could not be unpickled in the client: "
-            f"{type(e).__name__}: {e}"
+            f"{type(e).__name__}: {e}{result_unloadable_hint(e)}"
         )
         rec = task.worker  # where it ran
         if rec is not None:

@@ -26,13 +26,20 @@ def _kind(value: int) -> str:
         return str(value)
 
 
+def _name_not_found(error: BaseException) -> bool:
+    """Whether ``error`` of unpickling is a name looked up and not found (a
+    module not there, or one without that attribute), not an error of the
+    object's own code."""
+    return isinstance(error, ImportError) or (
+        isinstance(error, AttributeError) and _NOT_THERE.search(str(error)) is not None
+    )
+
+
 def unloadable_hint(part: str, error: BaseException, func_pickle: int, data_pickle: int) -> str:
     """What to do when the ``part`` ("function" or "arguments") of a task
     does not unpickle in a worker with ``error``."""
-    if not isinstance(error, ImportError) and not (
-        isinstance(error, AttributeError) and _NOT_THERE.search(str(error))
-    ):
-        return ""  # not a name looked up: an error of the object's own code
+    if not _name_not_found(error):
+        return ""
     if "__main__" in str(error):
         # an object of the script went by name: only pickle by name does that
         if part == "function" and func_pickle == PickleType.pickle:
@@ -57,6 +64,17 @@ def unloadable_hint(part: str, error: BaseException, func_pickle: int, data_pick
         "environment of the spawner, which its workers inherit), or send the module by "
         "value: cloudpickle.register_pickle_by_value(module) in the client, with "
         "func_pickle=PickleType.cloudpickle and data_pickle=PickleType.cloudpickle"
+    )
+
+
+def result_unloadable_hint(error: BaseException) -> str:
+    """What to do when a result does not unpickle in the client with ``error``."""
+    if not _name_not_found(error):
+        return ""
+    return (
+        ". The result refers by name to a module, class or function that the client "
+        "cannot import, but the worker could: install that module (the version the "
+        "worker has) where the client runs, or return objects of types the client has"
     )
 
 

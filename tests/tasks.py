@@ -240,6 +240,19 @@ def raise_disk_error() -> None:
     raise DiskError(28, "/data")
 
 
+def of_a_worker_only_module() -> Any:
+    """An object of a class of the module ``worker_only``, which this worker
+    makes and the client cannot import (as a package installed on a remote
+    host only)."""
+    import types
+
+    module = sys.modules.get("worker_only")
+    if module is None:
+        module = sys.modules["worker_only"] = types.ModuleType("worker_only")
+        module.Thing = type("Thing", (), {"__module__": "worker_only"})  # type: ignore[attr-defined]
+    return module.Thing()
+
+
 def disk_error_at(x: int, bad: int) -> int:
     """``x``, but ``DiskError`` for ``bad``."""
     if x == bad:

@@ -619,6 +619,22 @@ def test_an_exception_whose_pickle_does_not_load_keeps_its_text_and_traceback(sh
     assert shared_pool.run(tasks.square, 3) == 9
 
 
+def test_a_result_of_a_module_the_client_cannot_import_fails_with_what_to_do(shared_pool):
+    # a worker that has a package the client lacks (a remote host's) returns
+    # an object of it: the error names the module and says what to do
+    for run in (
+        lambda: shared_pool.run(tasks.of_a_worker_only_module),
+        lambda: list(shared_pool.map(lambda _: tasks.of_a_worker_only_module(), range(3))),
+    ):
+        with pytest.raises(SerializationError) as info:
+            run()
+        text = str(info.value)
+        assert "could not be unpickled in the client" in text
+        assert "No module named 'worker_only'" in text
+        assert "the client cannot import, but the worker could: install that module" in text
+    assert shared_pool.run(tasks.square, 3) == 9
+
+
 def test_an_input_whose_error_does_not_load_fails_alone_in_its_chunk(shared_pool):
     # the other results of the chunk come, then its error in its place
     values = []
