@@ -21,7 +21,7 @@ from typing import Any
 
 from distex_zmq.broker import STATUS_LOCAL_ERROR, Task
 from distex_zmq.errors import SerializationError
-from distex_zmq.task_errors import name_task, result_unloadable_hint
+from distex_zmq.task_errors import name_task, result_unloadable_hint, unloadable_error
 from distex_zmq.wire import frames as p
 
 
@@ -38,14 +38,17 @@ def decode(task: Task, status: int, value: Any, data_loads: Callable[..., Any]) 
         data, buffers = value[0], value[1]
         result = data_loads(data, buffers=buffers) if buffers else data_loads(data)
     except Exception as e:
-        error = SerializationError(
+        salvaged = None
+        if status == p.STATUS_ERROR and result_unloadable_hint(e):
+            salvaged = unloadable_error(task.describe(), value[0], value[1])
+        error = salvaged or SerializationError(
             f"the result of {task.describe()} could not be unpickled in the client: "
             f"{type(e).__name__}: {e}{result_unloadable_hint(e)}"
         )
         rec = task.worker  # where it ran
         if rec is not None:
             error.set_origin(rec.host, rec.pid)
-        raise error from e
+        raise error from (e if salvaged is None else salvaged.__cause__)
     if status == p.STATUS_OK:
         return result
     if isinstance(result, BaseException):

@@ -8,6 +8,7 @@ decodes the error (``name_task``).
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 from typing import Any
@@ -74,8 +75,58 @@ def result_unloadable_hint(error: BaseException) -> str:
     return (
         ". The result refers by name to a module, class or function that the client "
         "cannot import, but the worker could: install that module (the version the "
-        "worker has) where the client runs, or return objects of types the client has"
+        "worker has) where the client runs, or return (and raise) objects of types the "
+        "client has"
     )
+
+
+class _Unimportable(Exception):
+    """Stands for an exception class the client cannot import."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args)
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _Tolerant(pickle.Unpickler):
+    """Unpickles a task's error whose exception class the client cannot
+    import, with ``_Unimportable`` in its place; notes what it replaced."""
+
+    def __init__(self, file: Any, buffers: Any):
+        super().__init__(file, buffers=buffers)
+        self.missing: list[str] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            self.missing.append(f"{module}.{name}")
+            return _Unimportable
+
+
+def unloadable_error(description: str, data: Any, buffers: Any) -> SerializationError | None:
+    """The error for the pickled error of a task (``description``) that did
+    not unpickle in the client because its exception's class names a module
+    the client cannot import: the exception's class, text and what to do,
+    with the remote traceback as its cause. None if it does not unpickle so
+    either."""
+    try:
+        unpickler = _Tolerant(io.BytesIO(data), buffers)
+        exc = unpickler.load()
+    except Exception:  # noqa: BLE001 - the caller's error stands
+        return None
+    if not isinstance(exc, _Unimportable) or not unpickler.missing:
+        return None
+    error = SerializationError(
+        f"{description} raised {unpickler.missing[0]}: {exc}; that exception could not "
+        "be unpickled in the client, which cannot import its module (the worker could): "
+        "install that module (the version the worker has) where the client runs, or "
+        "raise exceptions of types the client has; the remote traceback is the cause"
+    )
+    error.__cause__ = exc.__cause__
+    return error
 
 
 def unpicklable_hint(value: Any, error: BaseException, data_pickle: int) -> str:

@@ -240,17 +240,29 @@ def raise_disk_error() -> None:
     raise DiskError(28, "/data")
 
 
-def of_a_worker_only_module() -> Any:
-    """An object of a class of the module ``worker_only``, which this worker
-    makes and the client cannot import (as a package installed on a remote
-    host only)."""
+def _worker_only() -> Any:
+    """The module ``worker_only``, which this worker makes and the client
+    cannot import (as a package installed on a remote host only)."""
     import types
 
     module = sys.modules.get("worker_only")
     if module is None:
         module = sys.modules["worker_only"] = types.ModuleType("worker_only")
         module.Thing = type("Thing", (), {"__module__": "worker_only"})  # type: ignore[attr-defined]
-    return module.Thing()
+        module.WorkerOnlyError = type(  # type: ignore[attr-defined]
+            "WorkerOnlyError", (Exception,), {"__module__": "worker_only"}
+        )
+    return module
+
+
+def of_a_worker_only_module() -> Any:
+    """An object of a class of the module ``worker_only``."""
+    return _worker_only().Thing()
+
+
+def raise_worker_only_error() -> None:
+    """Raise an exception of a class of the module ``worker_only``."""
+    raise _worker_only().WorkerOnlyError("disk full")
 
 
 def disk_error_at(x: int, bad: int) -> int:

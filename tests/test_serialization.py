@@ -635,6 +635,22 @@ def test_a_result_of_a_module_the_client_cannot_import_fails_with_what_to_do(sha
     assert shared_pool.run(tasks.square, 3) == 9
 
 
+def test_an_exception_of_a_module_the_client_cannot_import_keeps_its_text_and_traceback(
+    shared_pool,
+):
+    # the worker could unpickle it, the client cannot: the error names its
+    # class and text, says what to do, and the remote traceback is its cause
+    with pytest.raises(SerializationError) as info:
+        shared_pool.run(tasks.raise_worker_only_error)
+    text = str(info.value)
+    assert "(raise_worker_only_error) raised worker_only.WorkerOnlyError: disk full" in text
+    assert "install that module (the version the worker has) where the client runs" in text
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteException)
+    assert "raise_worker_only_error" in str(cause)
+    assert shared_pool.run(tasks.square, 3) == 9
+
+
 def test_an_input_whose_error_does_not_load_fails_alone_in_its_chunk(shared_pool):
     # the other results of the chunk come, then its error in its place
     values = []
