@@ -346,3 +346,62 @@ def test_workers_have_the_clients_path_and_interpreter_options(tmp_path, options
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[0] == expected
+
+
+PACKAGE_MAIN = """
+from dataclasses import dataclass
+
+from distex_zmq import Pool
+
+from .tasks import f
+
+
+@dataclass
+class Box:
+    n: int
+
+
+def bump(box):
+    return Box(f(box.n))
+
+
+if __name__ == "__main__":
+    with Pool(1) as pool:
+        print(list(pool.map(f, range(3))), pool.run(bump, Box(1)))
+"""
+
+FROM_CWD = """
+from distex_zmq import Pool
+from myproj.tasks import f
+
+with Pool(1) as pool:
+    print(list(pool.map(f, range(3))), pool.run(f, 1))
+"""
+
+
+@pytest.mark.timeout(100)
+@pytest.mark.parametrize("how", ["-m", "-c", "stdin"])
+def test_a_package_of_the_current_directory_under_m_c_and_stdin(tmp_path, how):
+    # `python -m myproj.main` with relative imports, `python -c` and
+    # `python - < script.py`: the workers import the package from the
+    # directory the client runs in, as the client does
+    package = tmp_path / "myproj"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "tasks.py").write_text("def f(x):\n    return x + 1\n")
+    (package / "main.py").write_text(PACKAGE_MAIN)
+    args, stdin = {"-m": (["-m", "myproj.main"], None), "-c": (["-c", FROM_CWD], None)}.get(
+        how, (["-"], FROM_CWD)
+    )
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = "[1, 2, 3] Box(n=2)" if how == "-m" else "[1, 2, 3] 2"
+    assert proc.stdout.strip() == expected
