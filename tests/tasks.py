@@ -272,6 +272,12 @@ def disk_error_at(x: int, bad: int) -> int:
     return x
 
 
+async def async_disk_error_at(x: int, bad: int) -> int:
+    """``x``, awaited, but ``DiskError`` for ``bad``."""
+    await asyncio.sleep(0)
+    return disk_error_at(x, bad)
+
+
 def apply(func: Any, *args: Any) -> Any:
     return func(*args)
 

@@ -661,6 +661,16 @@ def test_an_input_whose_error_does_not_load_fails_alone_in_its_chunk(shared_pool
     assert "disk_error_at" in str(info.value.__cause__)
 
 
+def test_an_awaited_input_whose_error_does_not_load_fails_alone_in_its_chunk(shared_pool):
+    values = []
+    with pytest.raises(SerializationError, match="DiskError: code 28 on /data") as info:
+        for value in shared_pool.map(tasks.async_disk_error_at, range(6), [3] * 6, chunksize=6):
+            values.append(value)
+    assert values == [0, 1, 2]
+    assert "disk_error_at" in str(info.value.__cause__)
+    assert shared_pool.run(tasks.square, 3) == 9
+
+
 def test_remote_exception_pickles_to_the_original_with_its_traceback():
     try:
         tasks.raise_custom("local")

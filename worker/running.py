@@ -248,7 +248,7 @@ class Runner:
         rest = results[sent:] if sent else results
         # one function makes all the results: if the first is awaitable, await them all
         if rest and not sent and _is_awaitable(rest[0]):
-            self._await_result(task_id, _settle_all(rest), started, chunk=True)
+            self._await_result(task_id, _settle_all(rest, error), started, chunk=True)
         elif parts is not None:
             if rest:
                 status = self._add_result(
@@ -526,20 +526,23 @@ async def _contained(awaitable: Any) -> Any:
     return result
 
 
-async def _settle_all(results: list[Any]) -> list[Any]:
+async def _settle_all(
+    results: list[Any], error: Callable[[BaseException], RemoteException]
+) -> list[Any]:
     """A chunk's results with the awaitable ones awaited, together."""
-    return list(await asyncio.gather(*(_settle(r) for r in results)))
+    return list(await asyncio.gather(*(_settle(r, error) for r in results)))
 
 
-async def _settle(value: Any) -> Any:
-    """``value`` awaited if it is awaitable, an ``ItemError`` if that raised;
-    else as it is (a plain result, or the ``ItemError`` of a sync error)."""
+async def _settle(value: Any, error: Callable[[BaseException], RemoteException]) -> Any:
+    """``value`` awaited if it is awaitable, an ``ItemError`` of ``error(e)``
+    if that raised ``e``; else as it is (a plain result, or the ``ItemError``
+    of a sync error)."""
     if not inspect.isawaitable(value):
         return value
     try:
         return await value
     except BaseException as e:  # noqa: BLE001 - an input's error is its own result
-        return ItemError(_remote(e))
+        return ItemError(error(e))
 
 
 class _Broken(Exception):
