@@ -278,6 +278,13 @@ async def async_disk_error_at(x: int, bad: int) -> int:
     return disk_error_at(x, bad)
 
 
+def stop_at(x: int, bad: int) -> int:
+    """``x``, but ``StopIteration`` for ``bad``."""
+    if x == bad:
+        raise StopIteration(x)
+    return x
+
+
 def apply(func: Any, *args: Any) -> Any:
     return func(*args)
 

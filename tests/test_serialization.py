@@ -671,6 +671,21 @@ def test_an_awaited_input_whose_error_does_not_load_fails_alone_in_its_chunk(sha
     assert shared_pool.run(tasks.square, 3) == 9
 
 
+@pytest.mark.parametrize("bad", [2, 5])
+def test_a_stop_iteration_of_a_chunks_input_fails_that_input(shared_pool, bad):
+    # map() in the worker ends at it as at the end of the inputs; the chunk
+    # handed the rest back for ever. As with ProcessPoolExecutor.map, the
+    # caller's loop gets a RuntimeError from the StopIteration
+    values = []
+    with pytest.raises(RuntimeError, match="raised StopIteration") as info:
+        for value in shared_pool.map(tasks.stop_at, range(6), [bad] * 6, chunksize=6):
+            values.append(value)
+    assert values == list(range(bad))
+    assert isinstance(info.value.__cause__, StopIteration)
+    assert "stop_at raised StopIteration in a chunk" in str(info.value.__cause__)
+    assert shared_pool.run(tasks.square, 3) == 9
+
+
 def test_remote_exception_pickles_to_the_original_with_its_traceback():
     try:
         tasks.raise_custom("local")

@@ -414,17 +414,37 @@ def _run_inputs(
     error: Callable[[BaseException], RemoteException],
 ) -> None:
     """Append to ``results`` what ``func`` makes of each input, an
-    ``ItemError`` of ``error(e)`` for each that raises ``e``."""
+    ``ItemError`` of ``error(e)`` for each that raises ``e``. ``inputs``
+    is an iterator over a list or tuple."""
     while True:
         try:
             # map() in extend() is the fast path; after an error it goes on
             # with the inputs that follow
             results.extend(itertools.starmap(func, inputs) if star else map(func, inputs))
-            return
         except BaseException as e:  # noqa: BLE001
             if _forked:
                 _end_forked_child(e)
             results.append(ItemError(error(e)))
+            continue
+        # extend() ends at a StopIteration, also one that func raises: then
+        # the iterator of inputs is not exhausted (its pickle holds its
+        # position), where the end of the inputs, or of the gate, exhausts it
+        if len(inputs.__reduce__()) < 3:
+            return
+        results.append(ItemError(error(_lost_stop_iteration(func))))
+
+
+def _lost_stop_iteration(func: Any) -> StopIteration:
+    """What stands for a ``StopIteration`` that ``func`` raised in a chunk,
+    which map() took for the end of its inputs: its value and traceback
+    are lost."""
+    name = getattr(func, "__qualname__", None) or type(func).__name__
+    return StopIteration(
+        f"{name} raised StopIteration in a chunk of a map on {_where()}, which "
+        "ends the worker's loop over the chunk as if its inputs ended, so its "
+        "value and traceback are lost: raise another exception in the function, "
+        "or map with chunksize=1"
+    )
 
 
 #: Why a worker lacks a function that a task refers to by id, and what to do.
