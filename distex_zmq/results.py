@@ -299,6 +299,12 @@ class AsyncFutureSink:
             return
         try:
             future.set_result(decode(task, status, value, self._loads))
+        except StopIteration as e:
+            # an asyncio future refuses it (TypeError), as a coroutine
+            # cannot raise it: the same RuntimeError as a coroutine's
+            error = RuntimeError(f"{task.describe()} raised StopIteration")
+            error.__cause__ = e
+            future.set_exception(error)
         except BaseException as e:  # noqa: BLE001
             future.set_exception(e)
 

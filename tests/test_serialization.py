@@ -686,6 +686,20 @@ def test_a_stop_iteration_of_a_chunks_input_fails_that_input(shared_pool, bad):
     assert shared_pool.run(tasks.square, 3) == 9
 
 
+def test_run_async_of_a_stop_iteration_raises_runtime_error(shared_pool):
+    # an asyncio future refuses a StopIteration (TypeError): the call waited for ever
+    async def main() -> None:
+        with pytest.raises(
+            RuntimeError, match=r"task \d+ \(stop_at\) raised StopIteration"
+        ) as info:
+            await asyncio.wait_for(shared_pool.run_async(tasks.stop_at, 1, 1), 30)
+        assert isinstance(info.value.__cause__, StopIteration)
+        assert info.value.__cause__.value == 1
+
+    asyncio.run(main())
+    assert shared_pool.run(tasks.square, 3) == 9
+
+
 def test_remote_exception_pickles_to_the_original_with_its_traceback():
     try:
         tasks.raise_custom("local")
