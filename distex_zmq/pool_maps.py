@@ -13,7 +13,7 @@ from typing import Any
 from distex_zmq.maps import MapContext, check_map_args, map_async, map_sync
 from distex_zmq.pool_base import PoolBase
 from distex_zmq.progress import make_progress
-from distex_zmq.results import TaskFuture, refuse_wait_on_pool_loop
+from distex_zmq.results import TaskFuture, refuse_wait_on_pool_loop, wrap_task_future
 from distex_zmq.runtime.barrier import pin_to_all_after_drain
 
 
@@ -118,7 +118,8 @@ class MapsMixin(PoolBase):
     ) -> list[Any]:
         """Async version of ``run_on_all``."""
         futures = await asyncio.wrap_future(self._run_on_all(func, args, kwargs))
-        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+        what = f"run_on_all({getattr(func, '__qualname__', func)!s})"
+        return list(await asyncio.gather(*(wrap_task_future(f, what) for f in futures)))
 
     def _run_on_all(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]

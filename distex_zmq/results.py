@@ -300,13 +300,46 @@ class AsyncFutureSink:
         try:
             future.set_result(decode(task, status, value, self._loads))
         except StopIteration as e:
-            # an asyncio future refuses it (TypeError), as a coroutine
-            # cannot raise it: the same RuntimeError as a coroutine's
-            error = RuntimeError(f"{task.describe()} raised StopIteration")
-            error.__cause__ = e
-            future.set_exception(error)
+            future.set_exception(stop_iteration_error(e, task.describe()))
         except BaseException as e:  # noqa: BLE001
             future.set_exception(e)
+
+
+def stop_iteration_error(error: StopIteration, what: str) -> RuntimeError:
+    """What an asyncio future holds for the ``StopIteration`` that ``what``
+    (``task 3 (f)``) raised: it refuses a ``StopIteration`` (TypeError), as
+    a coroutine cannot raise one, so the ``RuntimeError`` a coroutine
+    raises for it instead, with ``error`` as its cause."""
+    runtime_error = RuntimeError(f"{what} raised StopIteration")
+    runtime_error.__cause__ = error
+    return runtime_error
+
+
+def wrap_task_future(future: concurrent.futures.Future[Any], what: str) -> asyncio.Future[Any]:
+    """``asyncio.wrap_future(future)`` for the future of a task, ``what``,
+    whose ``StopIteration`` becomes ``stop_iteration_error`` (``wrap_future``
+    fails to copy it, and its await waits for ever)."""
+    relay: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def copy(done: concurrent.futures.Future[Any]) -> None:
+        if relay.cancelled():
+            return
+        if done.cancelled():
+            relay.cancel()
+        elif (error := done.exception()) is None:
+            relay.set_result(done.result())
+        elif isinstance(error, StopIteration):
+            relay.set_exception(stop_iteration_error(error, what))
+        else:
+            relay.set_exception(error)
+
+    def cancel_source(relay: concurrent.futures.Future[Any]) -> None:
+        if relay.cancelled():
+            future.cancel()
+
+    relay.add_done_callback(cancel_source)
+    future.add_done_callback(copy)
+    return asyncio.wrap_future(relay)
 
 
 def cancel_if_cancelled(task: Task, wake: Callable[[], None], future: asyncio.Future[Any]) -> None:

@@ -700,6 +700,19 @@ def test_run_async_of_a_stop_iteration_raises_runtime_error(shared_pool):
     assert shared_pool.run(tasks.square, 3) == 9
 
 
+def test_run_on_all_async_of_a_stop_iteration_raises_runtime_error(shared_pool):
+    # asyncio.wrap_future refuses to copy a StopIteration: the await waited for ever
+    async def main() -> None:
+        with pytest.raises(
+            RuntimeError, match=r"run_on_all\(stop_at\) raised StopIteration"
+        ) as info:
+            await asyncio.wait_for(shared_pool.run_on_all_async(tasks.stop_at, 1, 1), 30)
+        assert isinstance(info.value.__cause__, StopIteration)
+        assert await shared_pool.run_on_all_async(tasks.stop_at, 1, 2) == [1] * 2
+
+    asyncio.run(main())
+
+
 def test_remote_exception_pickles_to_the_original_with_its_traceback():
     try:
         tasks.raise_custom("local")
