@@ -33,6 +33,7 @@ from distex_zmq.pool_base import raise_start_error
 from distex_zmq.pool_hosts import HostsMixin
 from distex_zmq.pool_maps import MapsMixin
 from distex_zmq.pool_status import Ready, StatusMixin
+from distex_zmq.process_role import in_worker
 from distex_zmq.results import (
     AsyncFutureSink,
     LoopPort,
@@ -91,7 +92,12 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             connection comes from.
         localport: Port the broker listens on for remote workers (0: any).
         lazy_create: Start no workers until the first task, ``create()`` or
-            a ``with`` block.
+            a ``with`` block. A pool made in a worker process (by a task,
+            or when a worker imports the module of a task's function and
+            that module makes a pool) starts so whatever this says: a
+            module that makes a pool at its import does not give every
+            worker a pool of its own, with workers of its own, that it
+            never uses.
         worker_loop: ``LoopType`` of the workers' event loops.
         func_pickle: ``PickleType`` for functions (default dill).
         data_pickle: ``PickleType`` for arguments and results. The default,
@@ -221,7 +227,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             weakref.WeakKeyDictionary()
         )
         self.ready = Ready(self)
-        if not lazy_create:
+        if not lazy_create and not in_worker():
             self._start()
 
     def __reduce__(self) -> Any:

@@ -97,6 +97,44 @@ def test_tasks_from_a_module_next_to_the_script(tmp_path, executor):
         spawner.stop()
 
 
+POOL_AT_IMPORT = """\
+from distex_zmq import Pool
+from tests.helpers import child_pids
+
+pool = Pool(1)  # at import, as a web app's module may make it
+
+
+def state_here():
+    return pool.status().state, len(child_pids())
+
+
+def use_the_modules_pool():
+    return pool.run(abs, -3), pool.status().state, len(child_pids())
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_made_at_the_import_of_a_tasks_module_starts_no_workers_in_a_worker(
+    tmp_path, monkeypatch
+):
+    # the worker imports the module of a function sent by name, and with it
+    # makes the module's pool: a pool that starts only at its first use, as
+    # a ProcessPoolExecutor does, not one more set of workers per worker
+    (tmp_path / "pool_at_import.py").write_text(POOL_AT_IMPORT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "pool_at_import", raising=False)
+    import pool_at_import
+
+    try:
+        assert pool_at_import.pool.run(pool_at_import.state_here) == ("not started", 0)
+        # used in the worker, it starts there
+        result = pool_at_import.pool.run(pool_at_import.use_the_modules_pool)
+        assert result == (3, "ready", 1)
+    finally:
+        pool_at_import.pool.shutdown()
+        del sys.modules["pool_at_import"]
+
+
 HELPER_MODULE = """\
 import threading
 

@@ -139,6 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     from distex_zmq.worker.worker import Worker
 
     from distex_zmq.loops import new_event_loop
+    from distex_zmq.process_role import mark_worker
+
+    # a pool that a task or a module of its function makes starts lazily
+    mark_worker()
 
     try:
         loop = new_event_loop(args.loop)

@@ -1,0 +1,20 @@
+"""What this process is to distex_zmq: a client, or a worker of a pool.
+
+The worker's main marks its process (``mark_worker``); ``Pool`` reads it:
+both may import this module, which imports nothing of either.
+"""
+
+from __future__ import annotations
+
+_in_worker = False
+
+
+def mark_worker() -> None:
+    """Note that this process is a worker of a pool (its main calls this)."""
+    global _in_worker
+    _in_worker = True
+
+
+def in_worker() -> bool:
+    """Whether this process is a worker of a pool."""
+    return _in_worker
