@@ -224,7 +224,14 @@ class Losses:
 
 class TaskTimeouts:
     """Watches for workers whose oldest task runs past ``limit`` seconds and
-    reports them to ``BrokerHooks.on_task_timeout``."""
+    reports them to ``BrokerHooks.on_task_timeout``.
+
+    Time during which the pool loop did not run (the client stopped by
+    Ctrl-Z, a debugger or a suspended VM, or a loop held up) counts for no
+    task: the results that came in meanwhile wait unread in the socket, so
+    a task that ended in time would look like one that ran on. A check that
+    comes late moves the start of every running task forward by as much.
+    """
 
     def __init__(
         self,
@@ -238,6 +245,8 @@ class TaskTimeouts:
         self.limit = limit
         self._hooks = hooks
         self._timer: asyncio.TimerHandle | None = None
+        #: when the next check is due (``time.monotonic()``)
+        self._due = 0.0
         self._closed = False
 
     def started(self, rec: WorkerRecord) -> None:
@@ -248,6 +257,7 @@ class TaskTimeouts:
     def _watch(self) -> None:
         if self._timer is None and not self._closed:
             interval = min(max(self.limit / 4, 0.01), 0.5)
+            self._due = time.monotonic() + interval
             self._timer = self._loop.call_later(interval, self._check)
 
     def close(self) -> None:
@@ -261,10 +271,13 @@ class TaskTimeouts:
         if self._closed:
             return
         now = time.monotonic()
+        late = now - self._due
         busy = False
         for rec in list(self._registry.workers.values()):
             if not rec.running or not rec.ready:
                 continue
+            if late > 0:
+                rec.head_since += late
             if now - rec.head_since > self.limit:
                 self._hooks.on_task_timeout(rec, self._running_task(rec))
             else:

@@ -457,6 +457,38 @@ def test_client_sigkill_leaves_no_orphans() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_client_stopped_past_task_timeout_blames_no_task() -> None:
+    # Ctrl-Z and fg, a debugger, a suspended VM: the workers run on while the
+    # client stands still, and the results of tasks that ended in time wait
+    # unread; that time does not count against task_timeout
+    client = run_client(
+        """
+        from distex_zmq import Pool
+        from tests import fault_tasks as ft
+        with Pool(2, task_timeout=1.0) as pool:
+            pids = set(pool.run_on_all(ft.pid))
+            futures = [pool.submit(ft.sleep_then, 0.3, i) for i in range(12)]
+            print("ready", flush=True)
+            print([f.result(timeout=30) for f in futures], flush=True)
+            print(set(pool.run_on_all(ft.pid)) == pids, flush=True)
+        """
+    )
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        client.send_signal(signal.SIGSTOP)
+        time.sleep(3.0)  # past task_timeout
+        client.send_signal(signal.SIGCONT)
+        out, err = client.communicate(timeout=30)
+        assert client.returncode == 0, err
+        assert out.splitlines() == [str(list(range(12))), "True"], (out, err)
+    finally:
+        client.kill()
+        client.wait(timeout=10)
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("sigchld", ["SIG_IGN", "SIG_DFL"])
 def test_an_exit_status_the_kernel_discarded_is_unknown_not_0(sigchld: str) -> None:
     # with SIGCHLD ignored the kernel keeps no exit status: Popen says 0
