@@ -6,6 +6,7 @@ last message is chosen, which a cut link cannot do)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -84,3 +85,52 @@ def test_a_host_that_refuses_a_request_is_lost():
     finally:
         loop.close()
     assert "refused a request ('ping' before 'open')" in reason
+
+
+class AnsweringHost(SilentHost):
+    """A host that answers each ping at once, as a live one does."""
+
+    def _send(self, command: control.Command) -> None:
+        super()._send(command)
+        if isinstance(command, control.Ping):
+            self._loop.call_soon(self._on_message, control.Pong())
+
+
+def test_a_client_that_stood_still_does_not_lose_a_host_that_answers():
+    # Ctrl-Z and fg, a debugger, a suspended VM: the pool's loop stands
+    # still for longer than heartbeat_timeout while the host is fine; the
+    # pings it did not send meanwhile were not the host's to answer
+    async def main() -> bool:
+        loop = asyncio.get_running_loop()
+        host = AnsweringHost(loop, timeout=1.0)
+        host._start_heartbeats()
+        await asyncio.sleep(0.6)
+        time.sleep(3.0)  # the loop stands still, as a stopped process does
+        await asyncio.sleep(2.0)  # heartbeats go on: a dead host is lost in this time
+        return host.lost
+
+    loop = asyncio.new_event_loop()
+    try:
+        lost = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert not lost
+
+
+def test_a_host_silent_after_the_client_stood_still_is_lost():
+    # and a host that stays silent once the client goes on is still lost
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        host = SilentHost(loop, timeout=1.0)
+        host._start_heartbeats()
+        await asyncio.sleep(0.3)
+        time.sleep(3.0)
+        await asyncio.wait_for(host.lost_at, 10)
+        return host.reason
+
+    loop = asyncio.new_event_loop()
+    try:
+        reason = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert "no heartbeat" in reason

@@ -14,7 +14,11 @@ host that has said nothing for ``heartbeat_timeout`` is lost then (a timer
 set for that moment, re-armed lazily as messages come), and so is one whose
 connection ends while it is not stopping, or that sends a malformed
 message. ``on_lost(launcher, reason, identities)`` then hands its workers
-to the pool at once.
+to the pool at once. Time during which this process stood still (stopped
+by Ctrl-Z or a debugger, a suspended VM, a loop held up), which a ping
+that goes out late measures, counts as no silence of the host: it could
+not answer pings that were not sent, and what it said meanwhile waits
+unread.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ class RemoteLauncher:
         #: the supervisor is done: it stopped, or its connection ended
         self._ended: asyncio.Future[None] = loop.create_future()
         self._last_heard = time.monotonic()
+        #: when the next ping is due
+        self._ping_due = self._last_heard
 
     def __str__(self) -> str:
         return self.where
@@ -161,13 +167,25 @@ class RemoteLauncher:
         self.started = True
         self._last_heard = time.monotonic()
         timeout = self._heartbeat_timeout
+        self._ping_due = self._last_heard + timeout / 4
         self._loop.call_later(timeout / 4, self._ping)
         self._loop.call_later(timeout, self._check_silence)
+
+    def _stood_still(self) -> None:
+        """Count no silence of the host while a ping was overdue: this
+        process stood still (or its loop was held up) and sent none."""
+        now = time.monotonic()
+        late = now - self._ping_due
+        if late > 0:
+            self._last_heard = min(self._last_heard + late, now)
+            self._ping_due = now
 
     def _ping(self) -> None:
         if self._closing or self.lost:
             return
+        self._stood_still()
         self._send(control.Ping())
+        self._ping_due = time.monotonic() + self._heartbeat_timeout / 4
         self._loop.call_later(self._heartbeat_timeout / 4, self._ping)
 
     def _check_silence(self) -> None:
@@ -179,6 +197,7 @@ class RemoteLauncher:
         """
         if self._closing or self.lost:
             return
+        self._stood_still()  # the overdue ping may come after this check
         timeout = self._heartbeat_timeout
         silent = time.monotonic() - self._last_heard
         if silent >= timeout:
