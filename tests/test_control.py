@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -250,9 +252,9 @@ def test_another_version_is_a_clear_version_error_on_both_channels(other):
 class AgentProcess:
     """``python -m distex_zmq.agent`` with pipes for its commands and events."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "distex_zmq.agent", "--connect", "tcp://127.0.0.1:9"],
+            [sys.executable, "-m", "distex_zmq.agent", "--connect", "tcp://127.0.0.1:9", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -304,6 +306,29 @@ def test_agent_says_hello_refuses_bad_commands_and_stops_when_told():
     assert returncode == 0
     assert stderr.count("distex_zmq agent: refused") == 3
     assert "'id' must be 1 to 64 bytes in hex" in stderr
+
+
+def test_an_agent_that_stood_still_stays_with_its_pool():
+    # its host's VM paused, or the agent stopped: the time it stood still is
+    # no silence of the pool's, which it then hears again
+    agent = AgentProcess("--heartbeat-timeout", "2")
+    try:
+        assert isinstance(agent.event(), c.Hello)
+        agent.send(c.encode_line(c.Ping()))
+        assert agent.event() == c.Pong()
+        agent.proc.send_signal(signal.SIGSTOP)
+        time.sleep(3.0)  # past its heartbeat timeout
+        agent.proc.send_signal(signal.SIGCONT)
+        time.sleep(0.2)
+        agent.send(c.encode_line(c.Ping()))
+        assert agent.event() == c.Pong()
+        agent.send(c.encode_line(c.Stop(1.0)))
+        assert agent.event() == c.Stopped()
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+        returncode, stderr = agent.finish()
+    assert returncode == 0, stderr
+    assert "no word from the pool" not in stderr
 
 
 def rebuilt(events: list[c.Output]) -> list[str]:

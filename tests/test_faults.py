@@ -488,6 +488,28 @@ def test_a_client_stopped_past_task_timeout_blames_no_task() -> None:
         client.wait(timeout=10)
 
 
+@pytest.mark.timeout(90)
+def test_a_spawner_that_stood_still_keeps_the_pools_workers(tmp_path: Path) -> None:
+    # its VM paused, or the spawner stopped by Ctrl-Z and fg: the pool's
+    # pings wait unread, and that time is no silence of the pool's
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        hosts = [f"127.0.0.1:{spawner.port}/2"]
+        with Pool(None, hosts, secret=None, heartbeat_timeout=6.0) as pool:
+            pids = set(pool.run_on_all(ft.pid))
+            spawner.proc.send_signal(signal.SIGSTOP)
+            time.sleep(3.6)  # past the spawner's limit (half the pool's timeout)
+            spawner.proc.send_signal(signal.SIGCONT)
+            time.sleep(1.0)  # the spawner checks its pools again
+            assert set(pool.run_on_all(ft.pid)) == pids
+            assert pool.status().totals.workers_lost == 0
+            assert_pool_works(pool)
+    finally:
+        spawner.proc.send_signal(signal.SIGCONT)
+        spawner.stop()
+    assert b"silent for" not in spawner.read(), spawner.read().decode()
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("sigchld", ["SIG_IGN", "SIG_DFL"])
 def test_an_exit_status_the_kernel_discarded_is_unknown_not_0(sigchld: str) -> None:

@@ -64,6 +64,8 @@ class Agent:
         )
         self._buffer = b""
         self._last_heard = time.monotonic()
+        #: when the next heartbeat check is due
+        self._check_due = self._last_heard
         self._done: asyncio.Future[str] = loop.create_future()
         self._stopping = False
 
@@ -79,6 +81,7 @@ class Agent:
         self._send(hello)
         os.set_blocking(0, False)
         self._loop.add_reader(0, self._on_stdin)
+        self._check_due = time.monotonic() + self._heartbeat_timeout / 4
         self._loop.call_later(self._heartbeat_timeout / 4, self._check_heartbeat)
         for sig in (signal.SIGTERM, signal.SIGHUP):
             self._loop.add_signal_handler(sig, self._end, f"got {signal.Signals(sig).name}")
@@ -153,10 +156,17 @@ class Agent:
         self._end(STOPPED)
 
     def _check_heartbeat(self) -> None:
-        silent = time.monotonic() - self._last_heard
+        now = time.monotonic()
+        # a check that comes late: this process stood still (stopped, its
+        # VM paused), and what the pool sent meanwhile waits unread; that
+        # time counts as no silence of the pool's
+        late = max(now - self._check_due, 0.0)
+        self._last_heard = min(self._last_heard + late, now)
+        silent = now - self._last_heard
         if silent > self._heartbeat_timeout:
             self._end(f"no word from the pool for {silent:.1f} s")
             return
+        self._check_due = now + self._heartbeat_timeout / 4
         self._loop.call_later(self._heartbeat_timeout / 4, self._check_heartbeat)
 
     def _on_exit(self, identity: bytes, pid: int, returncode: int | None, tail: str) -> None:

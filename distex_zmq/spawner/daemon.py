@@ -142,6 +142,7 @@ class Spawner:
         self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
         self._monitor_reader = EdgeReader(loop, self._monitor, self._on_monitor)
         self._stopped: asyncio.Future[str] = loop.create_future()
+        self._check_due = time.monotonic() + control.MIN_HEARTBEAT / 2
         loop.call_later(control.MIN_HEARTBEAT / 2, self._check_heartbeats)
 
     @property
@@ -314,12 +315,18 @@ class Spawner:
         if self._stopped.done():
             return
         now = time.monotonic()
+        # a check that comes late: this process stood still (stopped, its
+        # VM paused), and what the pools sent meanwhile waits unread; that
+        # time counts as no silence of theirs
+        late = max(now - self._check_due, 0.0)
         for session in list(self.sessions.values()):
+            session.last_heard = min(session.last_heard + late, now)
             silent = now - session.last_heard
             if silent > session.heartbeat and not session.stopping:
                 why = f"silent for {silent:.1f} s"
                 stop = self._stop_session(session, ABANDON_GRACE, why)
                 run_in_background(self._loop, stop, self._tasks)
+        self._check_due = now + control.MIN_HEARTBEAT / 2
         self._loop.call_later(control.MIN_HEARTBEAT / 2, self._check_heartbeats)
 
 
