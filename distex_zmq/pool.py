@@ -115,7 +115,8 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             another worker before it fails with ``WorkerLostError``.
         task_timeout: Seconds a task may run; a task that runs longer fails
             with ``TaskTimeoutError`` (a ``TimeoutError``), its worker is
-            killed and replaced, and the task is not retried.
+            killed and replaced, and the task is not retried. Time during
+            which this process stood still (Ctrl-Z, a debugger) does not count.
         max_worker_deaths: Workers that may die within a minute before the
             pool stops replacing them and fails what waits with
             ``CrashLoopError``.
@@ -139,7 +140,9 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         heartbeat_timeout: Seconds of silence after which a remote host
             counts as lost: its tasks run elsewhere, and the pool reconnects
             to it when it can. An SSH agent stops its workers after as long
-            without word from the pool, a spawner after half as long.
+            without word from the pool, a spawner after half as long. Time
+            during which this process stood still (Ctrl-Z, a debugger) is no
+            silence of a host's, but is silence of the pool's to the hosts.
         ssh_accept_new_hosts: Trust and remember the key of a host that is
             not in ``~/.ssh/known_hosts`` (OpenSSH's ``accept-new``); by
             default such a host is refused.
