@@ -12,11 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 from distex_zmq.broker import Task
+from distex_zmq.errors import SerializationError
 from distex_zmq.map_index import InputNumbers, mark_input
 from distex_zmq.map_sizing import ChunkSizer
 from distex_zmq.progress import Progress
 from distex_zmq.results import QueueSink, decode
 from distex_zmq.serialization import ItemError
+from distex_zmq.task_errors import name_task
 from distex_zmq.wire import frames as p
 
 #: The status of a ready entry whose value is a decoded piece of a chunk.
@@ -27,6 +29,14 @@ _DECODED = -1
 #: every pickler a pool may use), so results whose pickle does not name it
 #: hold none, and their items need not be looked at one by one.
 _may_hold_item_error = re.compile(ItemError.__name__.encode()).search
+
+
+def _input_error(task: Task, error: BaseException, index: int) -> BaseException:
+    """The ``error`` of input ``index`` of chunk ``task``, marked with that
+    input; one the worker made names it (``task 12 (f, input #3 of a map)``)."""
+    if type(error) is SerializationError:
+        name_task(error, task.id, f"task {task.id} ({task.name or '?'}, input #{index} of a map)")
+    return mark_input(error, index)
 
 
 def _is_piece(seq: int, status: int, value: Any, answered: dict[int, int]) -> bool:
@@ -149,6 +159,11 @@ class MapResults:
         except BaseException as e:  # noqa: BLE001 - raised in its place
             items = [ItemError(e)]
             error = True
+        if error or ItemError in map(type, items):
+            start = self._numbers.of(seq, True) + offset
+            for position, item in enumerate(items):
+                if type(item) is ItemError:
+                    item.error = _input_error(task, item.error, start + position)
         if not error and self._sizer.adaptive and items:
             self._sizer.note_run(value[2], len(items))
         answered = self._answered.get(seq, 0) + len(items)
@@ -245,7 +260,7 @@ class MapResults:
                 continue
             for position, item in enumerate(result):
                 if type(item) is ItemError:
-                    self._pending_error = mark_input(item.error, start + position)
+                    self._pending_error = _input_error(task, item.error, start + position)
                     return
                 values.append(item)
 

@@ -13,6 +13,7 @@ import os
 import pickle
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -551,3 +552,12 @@ def close_std(name: str) -> str:
     """Close ``sys.stdout`` or ``sys.stderr`` (``name``), as some tasks do."""
     getattr(sys, name).close()
     return name
+
+
+def slow_lock_at(k: int, i: int) -> Any:
+    """``i`` after 10 ms, or at ``k`` a lock, which standard pickle refuses:
+    a chunk of these sends its results in pieces (``CHUNK_BUDGET_US``)."""
+    time.sleep(0.01)
+    if i == k:
+        return threading.Lock()
+    return i

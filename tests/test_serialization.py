@@ -9,6 +9,7 @@ import gc
 import itertools
 import operator
 import pickle
+import re
 import statistics
 import sys
 import threading
@@ -581,10 +582,17 @@ def test_an_unpicklable_result_in_a_chunk_fails_its_input_only(
     # the inputs before it keep their results, as when an input raises (it
     # failed the whole chunk: the results of its inputs before it were lost)
     results = []
-    with pytest.raises(SerializationError, match="inputs, of type lock, could not be pickled"):
+    with pytest.raises(SerializationError) as info:
         for y in shared_pool.map(func, itertools.repeat(bad), range(n), chunksize=chunksize):
             results.append(y)
     assert results == list(range(bad))
+    # the error names the input, which the worker counted within its chunk
+    name = func.__name__
+    assert re.match(
+        rf"task \d+ \({name}, input #{bad} of a map\) ran on .* but its result, of type "
+        "lock, could not be pickled",
+        str(info.value),
+    ), info.value
     unordered = shared_pool.map(
         func, itertools.repeat(bad), range(n), chunksize=chunksize, ordered=False
     )
@@ -597,6 +605,21 @@ def test_an_unpicklable_result_in_a_chunk_fails_its_input_only(
     assert list(shared_pool.map(func, itertools.repeat(-1), range(n), chunksize=chunksize)) == list(
         range(n)
     )
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_an_unpicklable_result_in_a_piece_of_a_chunk_names_its_input(shared_pool, ordered):
+    # a chunk that runs past its budget sends its results in pieces, each
+    # counted from its own first input: the error names the map's input
+    results = []
+    with pytest.raises(SerializationError) as info:
+        for y in shared_pool.map(
+            tasks.slow_lock_at, itertools.repeat(7), range(10), chunksize=10, ordered=ordered
+        ):
+            results.append(y)
+    assert "(slow_lock_at, input #7 of a map) ran on" in str(info.value), info.value
+    assert info.value.index == 7
+    assert sorted(results) == list(range(7)) if ordered else set(results) <= set(range(10))
 
 
 def test_unpicklable_exception_keeps_its_text_and_traceback(shared_pool):
@@ -667,6 +690,8 @@ def test_an_awaited_input_whose_error_does_not_load_fails_alone_in_its_chunk(sha
         for value in shared_pool.map(tasks.async_disk_error_at, range(6), [3] * 6, chunksize=6):
             values.append(value)
     assert values == [0, 1, 2]
+    assert "(async_disk_error_at, input #3 of a map) raised" in str(info.value)
+    assert info.value.index == 3
     assert "disk_error_at" in str(info.value.__cause__)
     assert shared_pool.run(tasks.square, 3) == 9
 

@@ -361,8 +361,8 @@ class Runner:
                 dumps(item, self._data_dumps)
             except BaseException as e:  # noqa: BLE001 - that input's error
                 error = SerializationError(
-                    f"task {task_id} ran on {_where()} but the result of one of its "
-                    f"inputs, of type {type(item).__name__}, could not be pickled: "
+                    f"task {task_id} ran on {_where()} but its result, of type "
+                    f"{type(item).__name__}, could not be pickled: "
                     f"{type(e).__name__}: {e}{unpicklable_hint(item, e, self._pickles[1])}"
                 )
                 item = ItemError(_remote(error))
