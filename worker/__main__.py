@@ -85,16 +85,6 @@ def _keep_freed_memory() -> None:
     mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 
 
-def _flush_std_streams() -> None:
-    """Flush ``sys.stdout`` and ``sys.stderr``, which a task may have
-    closed or replaced (as multiprocessing's children flush them)."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (AttributeError, OSError, ValueError):
-            pass
-
-
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m distex_zmq.worker",
@@ -136,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     _keep_freed_memory()
     _take_multiprocessing_key()
 
+    from distex_zmq.worker.running import flush_std_streams
     from distex_zmq.worker.worker import Worker
 
     from distex_zmq.loops import new_event_loop
@@ -171,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         args.log_level,
     )
     code = worker.run()
-    _flush_std_streams()
+    flush_std_streams()
     sys.exit(code)
 
 

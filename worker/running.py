@@ -488,12 +488,18 @@ def _end_forked_child(error: BaseException | None) -> NoReturn:
     elif error is not None:
         traceback.print_exception(type(error), error, error.__traceback__)
         code = 1
+    flush_std_streams()
+    os._exit(code)
+
+
+def flush_std_streams() -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr``, which a task may have
+    closed or replaced (as multiprocessing's children flush them)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (AttributeError, OSError, ValueError):
             pass
-    os._exit(code)
 
 
 def _where() -> str:

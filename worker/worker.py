@@ -137,12 +137,16 @@ class Worker:
         return self.exit_code
 
     def _check_parent(self) -> None:
-        # Linux's parent-death signal covers most deaths; this covers the rest
-        # (another OS, a parent that is not the process that started us)
-        if os.getppid() != self._parent_pid:
+        self._exit_if_orphaned()
+        self._loop.call_later(PARENT_CHECK_INTERVAL, self._check_parent)
+
+    def _exit_if_orphaned(self) -> None:
+        """Exit if the process that started this worker is gone. Linux's
+        parent-death signal covers most deaths; this covers the rest
+        (another OS, a parent that is not the process that started us)."""
+        if self._parent_pid and os.getppid() != self._parent_pid:
             print("distex_zmq worker: the pool's process is gone; exiting", file=sys.stderr)
             os._exit(1)
-        self._loop.call_later(PARENT_CHECK_INTERVAL, self._check_parent)
 
     # receiving
 
@@ -357,12 +361,7 @@ class Worker:
                 try:
                     tracker.wait(PARENT_CHECK_INTERVAL)
                 except zmq.NotDone:
-                    if self._parent_pid and os.getppid() != self._parent_pid:
-                        print(
-                            "distex_zmq worker: the pool's process is gone; exiting",
-                            file=sys.stderr,
-                        )
-                        os._exit(1)
+                    self._exit_if_orphaned()
 
     def _flush(self) -> None:
         """Send the results collected, from a callback of the loop."""
