@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from distex_zmq.broker import Task
 from distex_zmq.map_results import MapResults
-from distex_zmq.map_sizing import ChunkSizer
+from distex_zmq.map_sizing import ChunkSizer, RunTimes
 from distex_zmq.progress import Progress
 from distex_zmq.results import QueueSink
 from distex_zmq.task_errors import note_unpicklable
@@ -65,6 +65,8 @@ class MapContext:
     #: the pool's sync maps that may be left unread, by their results: what
     #: submits the inputs each has not read (see ``maps.map_sync``)
     unread: weakref.WeakKeyDictionary[Any, Callable[[], None]] | None = None
+    #: what the inputs of the pool's recent maps took, by function
+    run_times: RunTimes | None = None
 
 
 #: Tasks ``submit_rest`` hands over at once.
@@ -101,7 +103,7 @@ class MapRun:
         self._func = ctx.tasks.function(func)
         zipped = len(iterables) > 1
         self._flags = p.FLAG_STAR if star or zipped else 0
-        self._sizer = ChunkSizer(chunksize, ctx.may_chunk)
+        self._sizer = ChunkSizer(chunksize, ctx.may_chunk, ctx.run_times, self._func.func_id)
         self._capacity_now = ctx.capacity
         # Chunks in flight: an adaptive chunk runs about 2 ms; an explicit one
         # of a quick function may run a tenth of that, and with the adaptive
@@ -125,6 +127,8 @@ class MapRun:
 
     @adaptive.setter
     def adaptive(self, value: bool) -> None:
+        if self._sizer.adaptive and not value:
+            self._sizer.chunksize = 1  # not the chunks of an earlier map
         self._sizer.adaptive = value
 
     @property

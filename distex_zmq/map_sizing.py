@@ -4,6 +4,14 @@ With no ``chunksize`` given, a map starts with one input per task and, from
 how long the workers say its tasks ran, groups inputs that take well under
 ``GROUP_BELOW`` seconds into chunks of about ``BATCH_TIME`` seconds of work;
 inputs that take longer are never grouped. An explicit ``chunksize`` is kept.
+
+A pool remembers what the inputs of its recent maps' functions took
+(``RunTimes``): a later map of the same function starts with the chunks that
+its earlier one ended with. Programs that map one function many times over a
+few dozen inputs (an optimizer's generations, scipy's ``workers=pool.map``)
+would otherwise send most of each map one input per task. A remembered time
+that no longer holds costs little: a chunk that runs past its budget hands
+back the inputs it has not started (``CHUNK_BUDGET_US``).
 """
 
 from __future__ import annotations
@@ -23,15 +31,57 @@ BATCH_TIME = 0.002
 MAX_BATCH = 256
 
 
-class ChunkSizer:
-    """The inputs per task of one map, adapted to its run times if ``adaptive``."""
+#: Functions whose run times a pool remembers, the most recently mapped.
+REMEMBERED_FUNCTIONS = 256
 
-    def __init__(self, chunksize: int | None, may_chunk: bool):
+
+class RunTimes:
+    """Seconds an input of each function took in the pool's recent maps, by
+    function id (``FunctionCache``: the same pickle, the same id)."""
+
+    def __init__(self, max_items: int = REMEMBERED_FUNCTIONS):
+        self._items: dict[int, float] = {}
+        self._max_items = max_items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, func_id: int) -> float | None:
+        return self._items.get(func_id)
+
+    def note(self, func_id: int, per_input: float) -> None:
+        items = self._items
+        items.pop(func_id, None)  # the newest last, the oldest dropped first
+        items[func_id] = per_input
+        if len(items) > self._max_items:
+            items.pop(next(iter(items)), None)
+
+
+class ChunkSizer:
+    """The inputs per task of one map, adapted to its run times if ``adaptive``.
+
+    ``run_times``, if given, holds what the inputs of ``func_id`` took in
+    earlier maps: the map starts from that, and leaves its own there."""
+
+    def __init__(
+        self,
+        chunksize: int | None,
+        may_chunk: bool,
+        run_times: RunTimes | None = None,
+        func_id: int = 0,
+    ):
         #: adapt the chunk size to the tasks' run time (no chunksize given)
         self.adaptive = chunksize is None and may_chunk
         #: inputs per task now
         self.chunksize = chunksize or 1
         self._per_input: float | None = None
+        self._run_times = run_times if self.adaptive else None
+        self._func_id = func_id
+        if self._run_times is not None:
+            known = self._run_times.get(func_id)
+            if known is not None:
+                self._per_input = known
+                self.chunksize = _inputs_per_chunk(known, MAX_BATCH)
 
     def sample(self, results: deque[tuple[Task, int, Any]], sizes: dict[int, int]) -> None:
         """Size the next chunks from the newest few of ``results`` (they say
@@ -46,8 +96,13 @@ class ChunkSizer:
         per_input = elapsed_us / 1e6 / inputs
         old = self._per_input
         self._per_input = per_input = per_input if old is None else 0.7 * old + 0.3 * per_input
-        if per_input >= GROUP_BELOW:
-            self.chunksize = 1
-        else:
-            target = int(BATCH_TIME / max(per_input, 1e-7))
-            self.chunksize = max(1, min(target, 2 * self.chunksize, MAX_BATCH))
+        self.chunksize = _inputs_per_chunk(per_input, 2 * self.chunksize)
+        if self._run_times is not None:
+            self._run_times.note(self._func_id, per_input)
+
+
+def _inputs_per_chunk(per_input: float, most: int) -> int:
+    """Inputs of ``per_input`` seconds each in a chunk, at most ``most``."""
+    if per_input >= GROUP_BELOW:
+        return 1
+    return max(1, min(int(BATCH_TIME / max(per_input, 1e-7)), most, MAX_BATCH))

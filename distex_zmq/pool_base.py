@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from distex_zmq.errors import PoolClosedError
+from distex_zmq.map_sizing import RunTimes
 from distex_zmq.options import Options
 from distex_zmq.results import FutureSink
 from distex_zmq.runtime.loop import Runtime, shutdown_runtime
@@ -41,6 +42,9 @@ class PoolBase(concurrent.futures.Executor):
         self._unread_maps: weakref.WeakKeyDictionary[Any, Callable[[], None]] = (
             weakref.WeakKeyDictionary()
         )
+        #: what the inputs of recent maps took, by function: a map of a
+        #: function mapped before starts with the chunks it ended with
+        self._run_times = RunTimes()
 
     def _start(self) -> Runtime:
         with self._lock:

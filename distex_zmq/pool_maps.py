@@ -94,6 +94,7 @@ class MapsMixin(PoolBase):
             opts.qsize > 1,
             self,
             self._unread_maps,
+            self._run_times,
         )
 
     def run_on_all(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> list[Any]:

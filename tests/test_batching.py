@@ -69,6 +69,25 @@ def test_tasks_of_a_few_milliseconds_are_never_grouped(shared_pool):
     assert made == n
 
 
+def test_a_function_mapped_before_starts_with_its_chunks(pool):
+    # a program that maps one function many times over a few dozen inputs
+    # (an optimizer's generations, scipy's workers=pool.map) has each map
+    # chunked from its start, not sent one input per task until that map
+    # has learned the function's run time again
+    list(pool.map(tasks.square, range(3000)))
+    made = tasks_made(pool, lambda: list(pool.map(tasks.square, range(60))))
+    assert made <= 4, f"{made} tasks for 60 inputs of a function known as tiny"
+
+
+def test_a_function_known_as_tiny_that_turns_slow_is_spread(pool):
+    # what a map remembers of a function's run time may no longer hold: its
+    # first chunk then runs past its budget and hands back the inputs it has
+    # not started, so that every worker takes them
+    list(pool.map(tasks.nap_pid, [0] * 2000))
+    pids = set(pool.run_on_all(tasks.pid))
+    assert set(pool.map(tasks.nap_pid, [0.05] * 20)) == pids
+
+
 def test_each_input_keeps_its_error_and_place(shared_pool):
     results = []
     with pytest.raises(ValueError, match="bad input 2500"):
