@@ -547,6 +547,25 @@ def wl_sync_map(client: Client, n: int) -> dict[str, float]:
     return {"sync_map": n / seconds}
 
 
+#: Inputs of each map of ``small_maps``: a generation of an optimizer.
+SMALL_MAP = 60
+
+
+def wl_small_maps(client: Client, n: int) -> dict[str, float]:
+    """``n`` synchronous maps of ``g`` over ``SMALL_MAP`` inputs each, one
+    after the other, as an optimizer maps each generation (scipy's
+    ``workers=pool.map``); tasks/s over all of them."""
+    sink = Collector()
+
+    def maps() -> None:
+        for _ in range(n):
+            client.sync_map_consume(tasks.g, range(SMALL_MAP), sink)
+
+    seconds = _timed(maps)
+    sink.expect(n * SMALL_MAP, n * _g_total(SMALL_MAP))
+    return {"small_maps": n * SMALL_MAP / seconds}
+
+
 def wl_submit(client: Client, n: int) -> dict[str, float]:
     """Submit ``n`` tasks, then wait for all of them."""
     results: list[Any] = []
@@ -684,6 +703,7 @@ RUNNERS: dict[str, tuple[WorkloadFunc, Callable[..., Any], Any]] = {
     "map_cs1_q16": (wl_map_cs1_q16, tasks.g, 1),
     "map_cs100": (wl_map_cs100, tasks.g, 1),
     "sync_map": (wl_sync_map, tasks.g, 1),
+    "small_maps": (wl_small_maps, tasks.g, 1),
     "submit": (wl_submit, tasks.g, 1),
     "latency": (wl_latency, tasks.g, 1),
     "latency_sync": (wl_latency_sync, tasks.g, 1),

@@ -87,6 +87,13 @@ WORKLOADS: dict[str, Workload] = {
             sync_client=True,
         ),
         Workload(
+            "small_maps",
+            500,
+            50,
+            _tput("small_maps", "sync map g over 60 inputs, map after map"),
+            sync_client=True,
+        ),
+        Workload(
             "submit",
             20_000,
             2_000,
