@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import linecache
-import os
 import re
 import traceback
 from typing import Any
@@ -115,10 +114,11 @@ _FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+), in .*$')
 
 def with_interactive_source(tb: str) -> str:
     """``tb`` (a traceback formatted in a worker) with the source lines of
-    code typed in this process: a worker cannot show the line of a function
-    defined in a Jupyter cell or at an IPython prompt, whose "file" exists
-    only in this process's ``linecache``. Frames of files on disk are left
-    as the worker formatted them."""
+    this process's code that the worker could not show: a function defined
+    in a Jupyter cell or at an IPython prompt, whose "file" exists only in
+    this process's ``linecache``, or one of the script that went by value to
+    a host that has no copy of its file. Frames whose lines the worker
+    showed are left as it formatted them."""
     lines = tb.split("\n")
     out: list[str] = []
     for i, line in enumerate(lines):
@@ -126,10 +126,7 @@ def with_interactive_source(tb: str) -> str:
         match = _FRAME.match(line)
         if match is None or (i + 1 < len(lines) and lines[i + 1].startswith("    ")):
             continue
-        filename = match["file"]
-        if os.path.exists(filename):
-            continue
-        source = linecache.getline(filename, int(match["line"])).strip()
+        source = linecache.getline(match["file"], int(match["line"])).strip()
         if source:
             out.append("    " + source)
     return "\n".join(out)

@@ -168,10 +168,16 @@ class LoopbackSpawner:
     """``python -m distex_zmq.spawner`` on 127.0.0.1 without a secret (unless
     ``args`` has ``--secret-file``), its log in a file; on a free port, or on
     ``port`` (a spawner started again). With ``ignore_sigchld`` it runs with
-    SIGCHLD ignored, as a child of a daemon that ignores it may."""
+    SIGCHLD ignored, as a child of a daemon that ignores it may; ``wrapper``
+    is a command that runs it (its arguments follow)."""
 
     def __init__(
-        self, log: Path, *args: str, port: int | None = None, ignore_sigchld: bool = False
+        self,
+        log: Path,
+        *args: str,
+        port: int | None = None,
+        ignore_sigchld: bool = False,
+        wrapper: tuple[str, ...] = (),
     ):
         env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
         run = ["-m", "distex_zmq.spawner"]
@@ -182,7 +188,7 @@ class LoopbackSpawner:
             self.log = log
             with open(log, "wb") as out:
                 self.proc = subprocess.Popen(
-                    [sys.executable, *run, "--port", str(self.port), *args],
+                    [*wrapper, sys.executable, *run, "--port", str(self.port), *args],
                     env=env,
                     stderr=out,
                 )

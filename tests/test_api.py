@@ -528,6 +528,49 @@ def test_pool_on_a_loopback_spawner(tmp_path):
     assert b"NO authentication" in log and b"opened from 127.0.0.1: up to 2 workers" in log
 
 
+BOOM_SCRIPT = """
+import sys
+from distex_zmq import Pool
+
+def boom(x):
+    raise ValueError(f"boom {x}")  # the line the traceback shows
+
+if __name__ == "__main__":
+    with Pool(None, [sys.argv[1]], secret=None) as pool:
+        try:
+            pool.run(boom, 1)
+        except ValueError as e:
+            print(e.__cause__)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="hiding a directory from a spawner takes root")
+def test_a_remote_traceback_shows_lines_of_a_script_its_host_has_no_copy_of(tmp_path):
+    # the script's functions go to a host by value, and a host with no copy
+    # of the script cannot show their lines: the client, which has them,
+    # puts them in the remote traceback. The spawner here runs with the
+    # script's directory hidden under an empty tmpfs, as on another machine.
+    project = tmp_path / "project"
+    project.mkdir()
+    script = project / "boom.py"
+    script.write_text(BOOM_SCRIPT)
+    hide = f'mount -t tmpfs none {project} && exec "$@"'
+    wrapper = ("unshare", "--mount", "--propagation", "private", "sh", "-c", hide, "sh")
+    spawner = LoopbackSpawner(tmp_path / "spawner.log", wrapper=wrapper)
+    try:
+        result = subprocess.run(
+            [sys.executable, str(script), f"127.0.0.1:{spawner.port}/1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        spawner.stop()
+    assert result.returncode == 0, result.stderr
+    assert f'File "{script}", line 6, in boom' in result.stdout
+    assert 'raise ValueError(f"boom {x}")  # the line the traceback shows' in result.stdout
+
+
 def _logged(spawner: LoopbackSpawner, pattern: str) -> bool:
     """Whether the spawner logged a warning that matches ``pattern``."""
     return re.search(f"WARNING {pattern}", spawner.read().decode()) is not None
