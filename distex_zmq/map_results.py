@@ -12,13 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from distex_zmq.broker import Task
+from distex_zmq.chunk_load import Unloaded, load_each
 from distex_zmq.errors import SerializationError
 from distex_zmq.map_index import InputNumbers, mark_input
 from distex_zmq.map_sizing import ChunkSizer
 from distex_zmq.progress import Progress
 from distex_zmq.results import QueueSink, decode
 from distex_zmq.serialization import ItemError
-from distex_zmq.task_errors import name_task
+from distex_zmq.task_errors import name_task, result_unloadable_hint
 from distex_zmq.wire import frames as p
 
 #: The status of a ready entry whose value is a decoded piece of a chunk.
@@ -37,6 +38,47 @@ def _input_error(task: Task, error: BaseException, index: int) -> BaseException:
     if type(error) is SerializationError:
         name_task(error, task.id, f"task {task.id} ({task.name or '?'}, input #{index} of a map)")
     return mark_input(error, index)
+
+
+def _load_each(
+    task: Task, status: int, value: Any, loads: Callable[..., Any], start: int, error: BaseException
+) -> list[Any] | None:
+    """The results of chunk ``task`` (its first input is input ``start`` of
+    the map), whose pickle did not load as a whole in the client (``error``),
+    loaded one at a time: each that does not load is the ``ItemError`` of an
+    error that says why. None if they cannot be loaded one at a time (then
+    the chunk fails as a whole)."""
+    if (
+        status not in (p.STATUS_OK, p.STATUS_PARTIAL)
+        or type(value) is not tuple
+        or not isinstance(error, Exception)
+    ):
+        return None
+    try:
+        items = load_each(value[0], value[1], loads)
+    except Exception:  # noqa: BLE001 - then the chunk fails as a whole
+        return None
+    if items is None:
+        return None
+    for position, item in enumerate(items):
+        if type(item) is not Unloaded:
+            continue
+        e = item.error
+        why = f"{type(e).__name__}: {e}{result_unloadable_hint(e)}"
+        if item.shared is not None:
+            why = (
+                f"it shares an object with the result of input #{start + item.shared}, "
+                f"which could not be unpickled: {why}"
+            )
+        failed = SerializationError(
+            f"the result of task {task.id} could not be unpickled in the client: {why}"
+        )
+        failed.__cause__ = e
+        rec = task.worker  # where it ran
+        if rec is not None:
+            failed.set_origin(rec.host, rec.pid)
+        items[position] = ItemError(failed)
+    return items
 
 
 def _is_piece(seq: int, status: int, value: Any, answered: dict[int, int]) -> bool:
@@ -157,8 +199,11 @@ class MapResults:
                 task, p.STATUS_OK if status == p.STATUS_PARTIAL else status, value, self._loads
             )
         except BaseException as e:  # noqa: BLE001 - raised in its place
-            items = [ItemError(e)]
-            error = True
+            # of its results, each that does not load fails its input only
+            first = self._numbers.of(seq, True) + offset
+            loaded = _load_each(task, status, value, self._loads, first, e)
+            error = loaded is None
+            items = [ItemError(e)] if loaded is None else loaded
         if error or ItemError in map(type, items):
             start = self._numbers.of(seq, True) + offset
             for position, item in enumerate(items):
@@ -241,11 +286,17 @@ class MapResults:
                 continue
             self.unyielded -= 1
             chunk = task.flags & p.FLAG_CHUNK
+            loaded = None
             try:
                 result = decode(task, status, value, loads)
             except BaseException as e:  # noqa: BLE001 - raised in order, after values
-                self._pending_error = mark_input(e, self._numbers.of(task.tag, chunk))
-                return
+                start = self._numbers.of(task.tag, chunk)
+                # of a chunk's results, each that does not load fails its input only
+                loaded = _load_each(task, status, value, loads, start, e) if chunk else None
+                if loaded is None:
+                    self._pending_error = mark_input(e, start)
+                    return
+                result = loaded
             if not chunk:
                 values.append(result)
                 if value[1]:
@@ -253,7 +304,9 @@ class MapResults:
                 continue
             self._sizes.pop(task.tag, None)
             start = self._numbers.chunk_done(task.tag)
-            if not _may_hold_item_error(value[0]) or ItemError not in map(type, result):
+            if loaded is None and (
+                not _may_hold_item_error(value[0]) or ItemError not in map(type, result)
+            ):
                 values.extend(result)
                 if value[1]:
                     return  # a large result: see below

@@ -21,7 +21,12 @@ from typing import Any
 
 from distex_zmq.broker import STATUS_LOCAL_ERROR, Task
 from distex_zmq.errors import SerializationError
-from distex_zmq.task_errors import name_task, result_unloadable_hint, unloadable_error
+from distex_zmq.task_errors import (
+    name_not_found,
+    name_task,
+    result_unloadable_hint,
+    unloadable_error,
+)
 from distex_zmq.wire import frames as p
 
 
@@ -39,7 +44,7 @@ def decode(task: Task, status: int, value: Any, data_loads: Callable[..., Any]) 
         result = data_loads(data, buffers=buffers) if buffers else data_loads(data)
     except Exception as e:
         salvaged = None
-        if status == p.STATUS_ERROR and result_unloadable_hint(e):
+        if status == p.STATUS_ERROR and name_not_found(e):
             salvaged = unloadable_error(task.describe(), value[0], value[1])
         error = salvaged or SerializationError(
             f"the result of {task.describe()} could not be unpickled in the client: "

@@ -27,7 +27,7 @@ def _kind(value: int) -> str:
         return str(value)
 
 
-def _name_not_found(error: BaseException) -> bool:
+def name_not_found(error: BaseException) -> bool:
     """Whether ``error`` of unpickling is a name looked up and not found (a
     module not there, or one without that attribute), not an error of the
     object's own code."""
@@ -39,7 +39,7 @@ def _name_not_found(error: BaseException) -> bool:
 def unloadable_hint(part: str, error: BaseException, func_pickle: int, data_pickle: int) -> str:
     """What to do when the ``part`` ("function" or "arguments") of a task
     does not unpickle in a worker with ``error``."""
-    if not _name_not_found(error):
+    if not name_not_found(error):
         return ""
     if "__main__" in str(error):
         # an object of the script went by name: only pickle by name does that
@@ -70,8 +70,12 @@ def unloadable_hint(part: str, error: BaseException, func_pickle: int, data_pick
 
 def result_unloadable_hint(error: BaseException) -> str:
     """What to do when a result does not unpickle in the client with ``error``."""
-    if not _name_not_found(error):
-        return ""
+    if not name_not_found(error):
+        return (
+            ". It pickled in the worker, but rebuilding it raised in the client (its "
+            "class's __reduce__ reconstructor or __setstate__, say): make that code "
+            "work where the client runs, or return (and raise) objects the client can rebuild"
+        )
     return (
         ". The result refers by name to a module, class or function that the client "
         "cannot import, but the worker could: install that module (the version the "

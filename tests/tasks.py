@@ -561,3 +561,37 @@ def slow_lock_at(k: int, i: int) -> Any:
     if i == k:
         return threading.Lock()
     return i
+
+
+class LoadsNowhere:
+    """Pickles in a worker; unpickling it (in the client) raises in its
+    reconstructor, as an object whose ``__reduce__`` or ``__setstate__``
+    needs what only the worker has."""
+
+    def __init__(self, i: int):
+        self.i = i
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _refuse_to_load, (self.i,)
+
+
+def _refuse_to_load(i: int) -> Any:
+    raise ValueError(f"LoadsNowhere({i}) needs what only the worker has")
+
+
+def unloadable_at(k: int, i: int) -> Any:
+    """``i``, or at ``k`` a ``LoadsNowhere``, which does not unpickle."""
+    return LoadsNowhere(i) if i == k else i
+
+
+def slow_unloadable_at(k: int, i: int) -> Any:
+    """``unloadable_at`` after 10 ms: a chunk of these sends its results in
+    pieces (``CHUNK_BUDGET_US``)."""
+    time.sleep(0.01)
+    return unloadable_at(k, i)
+
+
+def worker_module_at(k: int, i: int) -> Any:
+    """``i``, or at ``k`` an object of the module ``worker_only``, which the
+    client cannot import."""
+    return of_a_worker_only_module() if i == k else i

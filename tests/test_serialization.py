@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
 import functools
 import gc
 import itertools
@@ -21,6 +22,7 @@ import pytest
 from distex_zmq.worker.running import Runner
 
 from distex_zmq import PickleType, RemoteException, SerializationError, script_rebuild
+from distex_zmq.chunk_load import load_each
 from distex_zmq.script_objects import dill_data_dumps, dill_dumps, dill_loads
 from distex_zmq.script_refs import RefCollector, ScriptRefs
 from distex_zmq.serialization import (
@@ -900,3 +902,126 @@ def test_a_result_the_worker_changes_later_arrives_as_it_was_returned(shared_poo
     kept = shared_pool.map(tasks.fill_kept_bytearray, range(40), chunksize=1)
     for i, result in enumerate(kept):
         assert result == bytes([i]) * len(result), f"bytearray result {i}"
+
+
+@pytest.mark.parametrize("func", [tasks.unloadable_at, tasks.worker_module_at])
+@pytest.mark.parametrize("chunksize, n, bad", [(4, 12, 5), (None, 3000, 1500)])
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_result_that_does_not_unpickle_in_the_client_fails_its_input_only(
+    shared_pool, func, chunksize, n, bad, ordered
+):
+    # a chunk's results load in one call; when that fails, they load one by
+    # one: the other inputs of the chunk keep their results (it failed them all)
+    results = []
+    with pytest.raises(SerializationError) as info:
+        for y in shared_pool.map(
+            func, itertools.repeat(bad), range(n), chunksize=chunksize, ordered=ordered
+        ):
+            results.append(y)
+    assert info.value.index == bad
+    text = str(info.value)
+    assert re.match(
+        rf"the result of task \d+ \({func.__name__}, input #{bad} of a map\) could not be "
+        "unpickled in the client: ",
+        text,
+    ), text
+    if func is tasks.unloadable_at:
+        assert "LoadsNowhere(1500)" in text or f"LoadsNowhere({bad})" in text
+        assert "rebuilding it raised in the client" in text
+    else:
+        assert "No module named 'worker_only'" in text
+    if ordered:
+        assert results == list(range(bad))
+    else:
+        assert set(results) <= set(range(n)) - {bad}
+        if chunksize == 4:  # the input before it, in its chunk, kept its result
+            assert bad - 1 in results
+    assert shared_pool.run(tasks.square, 3) == 9
+
+
+def test_a_map_async_result_that_does_not_unpickle_fails_its_input_only(shared_pool):
+    async def run():
+        results = []
+        with pytest.raises(SerializationError) as info:
+            async for y in shared_pool.map_async(
+                tasks.unloadable_at, itertools.repeat(2), range(8), chunksize=4
+            ):
+                results.append(y)
+        return results, info.value
+
+    results, error = asyncio.run(run())
+    assert results == [0, 1]
+    assert error.index == 2
+    assert "(unloadable_at, input #2 of a map) could not be unpickled" in str(error)
+
+
+@pytest.mark.parametrize("data_pickle", [PickleType.dill, PickleType.cloudpickle])
+def test_a_result_that_does_not_unpickle_fails_its_input_only_with_each_pickler(
+    make_pool, data_pickle
+):
+    pool = make_pool(1, data_pickle=data_pickle)
+    results = []
+    with pytest.raises(SerializationError) as info:
+        for y in pool.map(tasks.worker_module_at, itertools.repeat(6), range(12), chunksize=4):
+            results.append(y)
+    assert results == list(range(6))
+    assert info.value.index == 6
+    assert "(worker_module_at, input #6 of a map) could not be unpickled" in str(info.value)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_result_that_does_not_unpickle_in_a_piece_of_a_chunk_names_its_input(
+    shared_pool, ordered
+):
+    results = []
+    with pytest.raises(SerializationError) as info:
+        for y in shared_pool.map(
+            tasks.slow_unloadable_at, itertools.repeat(7), range(10), chunksize=10, ordered=ordered
+        ):
+            results.append(y)
+    assert "(slow_unloadable_at, input #7 of a map) could not be unpickled" in str(info.value)
+    assert info.value.index == 7
+    if ordered:
+        assert results == list(range(7))
+    else:
+        assert set(results) <= set(range(10)) - {7}
+
+
+def test_a_task_whose_result_does_not_unpickle_says_what_to_do(shared_pool):
+    for get in (
+        lambda: shared_pool.submit(tasks.unloadable_at, 1, 1).result(),
+        lambda: shared_pool.run(tasks.unloadable_at, 1, 1),
+        lambda: asyncio.run(shared_pool.run_async(tasks.unloadable_at, 1, 1)),
+    ):
+        with pytest.raises(SerializationError) as info:
+            get()
+        text = str(info.value)
+        assert re.match(r"the result of task \d+ \(unloadable_at\) could not be unpickled", text)
+        assert "LoadsNowhere(1) needs what only the worker has" in text
+        assert "rebuilding it raised in the client" in text
+
+
+def test_a_chunk_loads_one_result_at_a_time_when_it_does_not_load_whole():
+    # objects of one class share its memo entry: one that fails leaves the
+    # others whole; one that refers to an object of the failed one fails too
+    bad = tasks.LoadsNowhere(2)
+    day = datetime.date(2020, 1, 1)
+    for loader, dumper in ((pickle.loads, None), (dill_loads, dill_data_dumps)):
+        items = [datetime.date(2020, 1, 2), bad, day, [bad], [day], "s", *range(3000)]
+        data, buffers = dumps(items) if dumper is None else dumps(items, dumper)
+        with pytest.raises(ValueError):
+            loader(data)
+        loaded = load_each(data, buffers, loader)
+        assert loaded is not None
+        assert [type(item).__name__ for item in loaded[:6]] == [
+            "date",
+            "Unloaded",
+            "date",
+            "Unloaded",
+            "list",
+            "str",
+        ]
+        assert loaded[2] == day and loaded[4] == [day]
+        assert loaded[1].shared is None and loaded[3].shared == 1
+        assert "LoadsNowhere(2)" in str(loaded[3].error)
+        assert loaded[6:] == list(range(3000))
