@@ -197,13 +197,25 @@ class _Buffers:
         return self._buffers[self.next - 1]
 
 
-def load_each(data: Any, buffers: list[Any], loads: Callable[..., Any]) -> list[Any] | None:
+def load_each(
+    data: Any,
+    buffers: list[Any],
+    loads: Callable[..., Any],
+    unpickler: Callable[..., Any] | None = None,
+    last: int | None = None,
+) -> list[Any] | None:
     """The list that ``data`` (with out-of-band ``buffers``) pickles,
     unpickled as ``loads`` does but one item at a time: an ``Unloaded`` for
     each that fails. None if ``data`` is not a pickled list that can be
-    split (or ``loads`` is not a loader of the pool's)."""
-    if loads is pickle.loads:
-        unpickler: Any = pickle.Unpickler
+    split (or ``loads`` is not a loader of the pool's).
+
+    ``unpickler(file, buffers=...)``, if given, makes the unpickler (a
+    subclass of ``pickle.Unpickler``) instead; ``last``: the items up to
+    that position only."""
+    if unpickler is not None:
+        pass
+    elif loads is pickle.loads:
+        unpickler = pickle.Unpickler
     elif loads is dill_loads:
         import dill
 
@@ -243,6 +255,8 @@ def load_each(data: Any, buffers: list[Any], loads: Callable[..., Any]) -> list[
     items: list[Any] = []
     made = int(listed)  # memo entries so far
     for position, (start, end) in enumerate(layout.spans):
+        if last is not None and position > last:
+            break
         stream.seek(offsets[position])
         source.next = bisect_left(layout.buffers_at, start)
         error: BaseException | None = None

@@ -19,7 +19,13 @@ from distex_zmq.map_sizing import ChunkSizer
 from distex_zmq.progress import Progress
 from distex_zmq.results import QueueSink, decode
 from distex_zmq.serialization import ItemError
-from distex_zmq.task_errors import name_task, result_unloadable_hint
+from distex_zmq.task_errors import (
+    TolerantUnpickler,
+    name_not_found,
+    name_task,
+    result_unloadable_hint,
+    tolerated_error,
+)
 from distex_zmq.wire import frames as p
 
 #: The status of a ready entry whose value is a decoded piece of a chunk.
@@ -60,10 +66,19 @@ def _load_each(
         return None
     if items is None:
         return None
+    salvage = True
     for position, item in enumerate(items):
         if type(item) is not Unloaded:
             continue
         e = item.error
+        if salvage and item.shared is None and name_not_found(e):
+            # the first that fails, which the map raises: an error of a class
+            # the client cannot import keeps its class's name and its text
+            salvage = False
+            salvaged = _salvaged_error(task, value, loads, position)
+            if salvaged is not None:
+                items[position] = ItemError(salvaged)
+                continue
         why = f"{type(e).__name__}: {e}{result_unloadable_hint(e)}"
         if item.shared is not None:
             why = (
@@ -79,6 +94,32 @@ def _load_each(
             failed.set_origin(rec.host, rec.pid)
         items[position] = ItemError(failed)
     return items
+
+
+def _salvaged_error(
+    task: Task, value: Any, loads: Callable[..., Any], position: int
+) -> SerializationError | None:
+    """The error of the input at ``position`` of chunk ``task``, the first
+    of its results that did not load, if it is an error of a class the
+    client cannot import (``task_errors.unloadable_error``); else None."""
+    made: list[TolerantUnpickler] = []
+
+    def tolerant(file: Any, buffers: Any) -> TolerantUnpickler:
+        made.append(TolerantUnpickler(file, buffers))
+        return made[-1]
+
+    try:
+        items = load_each(value[0], value[1], loads, tolerant, position)
+    except Exception:  # noqa: BLE001 - the error of the result stands
+        return None
+    if not items or len(items) <= position or type(items[position]) is not ItemError:
+        return None
+    # the results before it loaded: the classes missing are of this one
+    error = tolerated_error(f"task {task.id}", items[position].error, made[0].missing)
+    rec = task.worker  # where it ran
+    if error is not None and rec is not None:
+        error.set_origin(rec.host, rec.pid)
+    return error
 
 
 def _is_piece(seq: int, status: int, value: Any, answered: dict[int, int]) -> bool:

@@ -94,7 +94,7 @@ class _Unimportable(Exception):
         pass
 
 
-class _Tolerant(pickle.Unpickler):
+class TolerantUnpickler(pickle.Unpickler):
     """Unpickles a task's error whose exception class the client cannot
     import, with ``_Unimportable`` in its place; notes what it replaced."""
 
@@ -117,14 +117,21 @@ def unloadable_error(description: str, data: Any, buffers: Any) -> Serialization
     with the remote traceback as its cause. None if it does not unpickle so
     either."""
     try:
-        unpickler = _Tolerant(io.BytesIO(data), buffers)
+        unpickler = TolerantUnpickler(io.BytesIO(data), buffers)
         exc = unpickler.load()
     except Exception:  # noqa: BLE001 - the caller's error stands
         return None
-    if not isinstance(exc, _Unimportable) or not unpickler.missing:
+    return tolerated_error(description, exc, unpickler.missing)
+
+
+def tolerated_error(description: str, exc: Any, missing: list[str]) -> SerializationError | None:
+    """The error of ``unloadable_error`` for ``exc``, the error of a task
+    (``description``) that ``TolerantUnpickler`` unpickled, which did not
+    find the classes in ``missing``. None unless ``exc`` stands for one."""
+    if not isinstance(exc, _Unimportable) or not missing:
         return None
     error = SerializationError(
-        f"{description} raised {unpickler.missing[0]}: {exc}; that exception could not "
+        f"{description} raised {missing[0]}: {exc}; that exception could not "
         "be unpickled in the client, which cannot import its module (the worker could): "
         "install that module (the version the worker has) where the client runs, or "
         "raise exceptions of types the client has; the remote traceback is the cause"

@@ -595,3 +595,11 @@ def worker_module_at(k: int, i: int) -> Any:
     """``i``, or at ``k`` an object of the module ``worker_only``, which the
     client cannot import."""
     return of_a_worker_only_module() if i == k else i
+
+
+def worker_only_error_at(k: int, i: int) -> int:
+    """``i``, or at ``k`` raise an exception of the module ``worker_only``,
+    which the client cannot import."""
+    if i == k:
+        raise_worker_only_error()
+    return i

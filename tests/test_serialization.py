@@ -970,6 +970,33 @@ def test_a_result_that_does_not_unpickle_fails_its_input_only_with_each_pickler(
 
 
 @pytest.mark.parametrize("ordered", [True, False])
+def test_an_exception_the_client_cannot_import_in_a_chunk_fails_its_input_only(
+    shared_pool, ordered
+):
+    # it keeps its class's name, its text and its traceback, as from submit
+    results = []
+    with pytest.raises(SerializationError) as info:
+        for y in shared_pool.map(
+            tasks.worker_only_error_at,
+            itertools.repeat(5),
+            range(12),
+            chunksize=4,
+            ordered=ordered,
+        ):
+            results.append(y)
+    text = str(info.value)
+    assert re.match(
+        r"task \d+ \(worker_only_error_at, input #5 of a map\) raised "
+        "worker_only.WorkerOnlyError: disk full; that exception could not be unpickled",
+        text,
+    ), text
+    assert info.value.index == 5
+    assert isinstance(info.value.__cause__, RemoteException)
+    assert "raise_worker_only_error" in str(info.value.__cause__)
+    assert 4 in results and 5 not in results
+
+
+@pytest.mark.parametrize("ordered", [True, False])
 def test_a_result_that_does_not_unpickle_in_a_piece_of_a_chunk_names_its_input(
     shared_pool, ordered
 ):
