@@ -58,9 +58,7 @@ _WHOLE = frozenset(
 
 #: Opcodes whose memo index is explicit, and persistent ids: the pickles a
 #: pool makes (protocol 5) have none; with them, results are not split.
-_UNSPLIT = frozenset(
-    {"PUT", "BINPUT", "LONG_BINPUT", "PERSID", "BINPERSID", "POP", "POP_MARK", "DUP"}
-)
+_UNSPLIT = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "PERSID", "BINPERSID"})
 
 _MARK, _OBJECT, _WHOLE_OBJECT = 0, 1, 2
 _GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
@@ -100,6 +98,9 @@ def _layout(data: bytes) -> _Layout | None:
     layout = _Layout()
     # (start of the opcodes that made it, kind) of each object on the stack
     stack: list[tuple[int, int]] = []
+    # height -> start of the opcodes of objects dropped there (``POP``): they
+    # belong to the next object made at that height, or to what consumes it
+    dropped: dict[int, int] = {}
     stopped = False
     for opcode, arg, at in pickletools.genops(data):
         pos = cast(int, at)  # a position: ``data`` is bytes
@@ -122,18 +123,16 @@ def _layout(data: bytes) -> _Layout | None:
             continue
         before = opcode.stack_before
         popped: list[tuple[int, int]] = []
-        if pickletools.markobject in before:
+        items: list[tuple[int, int]] = []
+        if pickletools.markobject in before or (name == "POP" and stack[-1][1] == _MARK):
             while stack and stack[-1][1] != _MARK:
-                popped.append(stack.pop())
+                items.append(stack.pop())
             if not stack:
                 return None
-            popped.reverse()
-            items = popped
-            mark = stack.pop()
-            count = before.index(pickletools.markobject)
-            popped = [mark, *items]
+            items.reverse()
+            popped = [stack.pop(), *items]
+            count = before.index(pickletools.markobject) if name != "POP" else 0
         else:
-            items = []
             count = len(before)
         if count > len(stack):
             return None
@@ -144,18 +143,26 @@ def _layout(data: bytes) -> _Layout | None:
             # the list itself: what it appends are the results
             results = items if name == "APPENDS" else popped[1:]
             starts = [start for start, _ in results]
+            if layout.spans and starts and starts[0] <= layout.spans[-1][1]:
+                return None
             layout.spans.extend(zip(starts, [*starts[1:], pos], strict=True))
         start = min([pos, *(entry[0] for entry in popped)])
+        height = len(stack)
+        for level in [level for level in dropped if level >= height]:
+            start = min(start, dropped.pop(level))
         if name in _GETS:
             index = cast(int, arg)
             if index >= len(layout.memo_whole):
                 return None
             layout.gets.append((pos, index))
-            stack.append((pos, _WHOLE_OBJECT if layout.memo_whole[index] else _OBJECT))
+            stack.append((start, _WHOLE_OBJECT if layout.memo_whole[index] else _OBJECT))
             continue
         if name == "NEXT_BUFFER":
             layout.buffers_at.append(pos)
-        for pushed in opcode.stack_after:
+        after = opcode.stack_after
+        if not after:
+            dropped[height] = start
+        for pushed in after:
             if pushed is pickletools.markobject:
                 stack.append((pos, _MARK))
             else:

@@ -646,7 +646,7 @@ def test_joblib_limits_the_workers_thread_pools_as_loky_does(joblib_pool):
 @pytest.mark.timeout(150)
 def test_serialization_errors_name_the_task_and_what_to_do():
     lines = run_script("bad_pickles.py").splitlines()
-    func, args, mapped, enum_ok, result, mapped_result, *in_client = lines
+    func, args, mapped, enum_ok, result, mapped_result, unloadable, *in_client = lines
     assert "could not unpickle the function of task 1 (name_of)" in func
     assert "worker pid" in func and "func_pickle=PickleType.pickle" in func
     assert "leave func_pickle at its default (PickleType.dill)" in func
@@ -658,6 +658,13 @@ def test_serialization_errors_name_the_task_and_what_to_do():
     assert "task 2 (lock) ran on worker pid" in result
     assert "its result of type lock could not be pickled" in result
     assert "(lock, input #0 of a map)" in mapped_result
+    # an object of the script whose rebuild raises in the client fails its
+    # input only: the other inputs of its chunk keep their results
+    assert unloadable.startswith("[0, 1, 2, 3, 4] SerializationError: the result of task"), (
+        unloadable
+    )
+    assert "(rebuilt_at_5, input #5 of a map) could not be unpickled in the client" in unloadable
+    assert "ValueError: Rebuilt(5) does not rebuild here" in unloadable
     assert all(line.startswith("SerializationError") for line in lines[:6] if line != enum_ok)
     # in the client the error keeps its type; a note (Python 3.11+) names
     # what failed, with a hint for the settings in use

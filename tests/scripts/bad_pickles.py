@@ -25,6 +25,41 @@ def lock(_):
     return threading.Lock()
 
 
+class Rebuilt:
+    """Pickles in a worker; its reconstructor raises where it unpickles (the client)."""
+
+    def __init__(self, i):
+        self.i = i
+
+    def __reduce__(self):
+        return rebuild, (self.i,)
+
+
+def rebuild(i):
+    raise ValueError(f"Rebuilt({i}) does not rebuild here")
+
+
+def rebuilt_at_5(i):
+    return Rebuilt(i) if i == 5 else i
+
+
+def upto_error(results):
+    """Call for ``report``: the results a map yields before its error, then that error."""
+    got = []
+
+    def take():
+        for y in results:
+            got.append(y)
+
+    def call():
+        try:
+            take()
+        finally:
+            print(got, end=" ")
+
+    return call
+
+
 def report(future_or_call):
     try:
         future_or_call()
@@ -44,6 +79,8 @@ def main():
         report(pool.submit(red).result)
         report(pool.submit(lock, 1).result)
         report(lambda: list(pool.map(lock, [1, 2], chunksize=1)))
+        # a chunk of results of which one does not unpickle in the client
+        report(upto_error(pool.map(rebuilt_at_5, range(12), chunksize=4)))
         # in the client: arguments, a map input, a function
         report(lambda: pool.submit(name_of, threading.Lock()))
         report(lambda: list(pool.map(name_of, [Color.RED, threading.Lock()], chunksize=1)))
