@@ -1052,3 +1052,47 @@ def test_a_chunk_loads_one_result_at_a_time_when_it_does_not_load_whole():
         assert loaded[1].shared is None and loaded[3].shared == 1
         assert "LoadsNowhere(2)" in str(loaded[3].error)
         assert loaded[6:] == list(range(3000))
+
+
+@pytest.mark.parametrize("data_pickle", list(PickleType))
+def test_a_chunk_loaded_one_result_at_a_time_is_the_chunk_loaded_whole(data_pickle):
+    # objects by value (a local class), shared and recursive ones, buffers
+    # out of band, and more than one batch of the list's items
+    class Local:
+        def __init__(self, a):
+            self.a = a
+
+    shared = {"k": [1, 2]}
+    inner: list = []
+    recursive = (inner,)
+    inner.append(recursive)
+    items = [
+        shared,
+        datetime.date(2020, 1, 2),
+        recursive,
+        np.arange(10_000),
+        b"x" * OOB_THRESHOLD,
+        [shared, shared],
+        "s",
+        *range(2500),
+    ]
+    if data_pickle != PickleType.pickle:
+        items[1:1] = [Local(1), Local(2)]
+    module = data_pickle_module(data_pickle)
+    data, buffers = dumps(items, module.dumps)
+    whole = loads(data, buffers, module.loads)
+    each = load_each(data, buffers, module.loads)
+    assert each is not None and len(each) == len(whole)
+    assert each[0] == whole[0]
+    if data_pickle != PickleType.pickle:
+        assert [local.a for local in each[1:3]] == [1, 2]
+        # one class (each load of a class by value makes a class of its own)
+        assert type(each[1]) is type(each[2])
+        del each[1:3], whole[1:3]
+    date, again, array, large, pair, *rest = each[1:]
+    assert date == whole[1]
+    assert type(again) is tuple and again[0][0] is again
+    assert (array == whole[3]).all()
+    assert large == whole[4]
+    assert pair == [each[0], each[0]] and pair[0] is pair[1] is each[0]
+    assert rest == whole[6:]
