@@ -176,8 +176,14 @@ def main(argv: list[str] | None = None) -> None:
         if e.errno == errno.ENODEV:  # libzmq's word for a name it cannot resolve
             hint = f" ({host!r} is not an address, a host name known here, or a network interface)"
         sys.exit(f"distex_zmq spawner: cannot listen on {host}:{args.port}: {e}{hint}")
+    received: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        spawner.stop(f"got {sig.name}")
+
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(sig, spawner.stop, f"got {signal.Signals(sig).name}")
+        loop.add_signal_handler(sig, on_signal, signal.Signals(sig))
     _logger.info(
         "distex_zmq %s spawner (pid %d) on %s, %s, at most %d workers",
         __version__,
@@ -191,6 +197,12 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         loop.close()
     _logger.info("stopped: %s", reason)
+    if received and received[0] == signal.SIGINT:
+        # as a Python program that Ctrl-C ends: killed by SIGINT, so that a
+        # shell loop that restarts the spawner ends too, instead of starting
+        # it again as after a clean exit
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 if __name__ == "__main__":
