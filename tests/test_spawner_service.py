@@ -5,6 +5,7 @@ an operator sees of its pools. No cluster needed."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from distex_zmq import Pool
 from tests.helpers import LoopbackSpawner, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -58,3 +60,30 @@ def test_the_exit_status_after_a_stop_by_signal(
         spawner.stop()
     assert spawner.proc.returncode == returncode, spawner.read().decode()
     assert f"stopped: got {sig.name}" in spawner.read().decode()
+
+
+def test_verbose_logs_every_request_with_the_pool_and_its_address(tmp_path: Path) -> None:
+    # --verbose says "log every request": the opens, spawns, stops and
+    # status queries, each with the pool's short id and address
+    spawner = LoopbackSpawner(tmp_path / "spawner.log", "--verbose")
+    try:
+        with Pool(None, [f"127.0.0.1:{spawner.port}/1"], secret=None) as pool:
+            assert pool.run(abs, -1) == 1
+        status = subprocess.run(
+            [sys.executable, "-m", "distex_zmq.spawner", "status", f"127.0.0.1:{spawner.port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"},
+        )
+        assert status.returncode == 0, status.stderr
+    finally:
+        spawner.stop()
+    log = spawner.read().decode()
+    pool_id = re.search(r"INFO pool (\w{12}) opened from 127\.0\.0\.1", log)
+    assert pool_id, log
+    request = rf"DEBUG request from {pool_id[1]} \(127\.0\.0\.1\): "
+    for what in (r"open: up to 1 workers, broker tcp://", r"spawn worker \w+", r"stop: grace"):
+        assert re.search(request + what, log), log
+    assert re.search(r"DEBUG request from \w{12} \(127\.0\.0\.1\): status", log), log
+    assert "secret" not in log, log  # an open's keys stay out of the log

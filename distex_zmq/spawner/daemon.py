@@ -178,7 +178,12 @@ class Spawner:
         peer, *body = (frame.bytes for frame in message)
         where = peer_address(message[-1])
         try:
-            self._handle(peer, where, control.decode(body, control.SPAWNER_READS))
+            request = control.decode(body, control.SPAWNER_READS)
+            if _logger.isEnabledFor(logging.DEBUG):  # --verbose
+                _logger.debug(
+                    "request from %s (%s): %s", peer.hex()[:12], where, describe_request(request)
+                )
+            self._handle(peer, where, request)
         except ProtocolError as e:
             self._refuse(peer, where, str(e))
         except Exception as e:  # noqa: BLE001 - a request must not stop the spawner
@@ -328,6 +333,21 @@ class Spawner:
                 run_in_background(self._loop, stop, self._tasks)
         self._check_due = now + control.MIN_HEARTBEAT / 2
         self._loop.call_later(control.MIN_HEARTBEAT / 2, self._check_heartbeats)
+
+
+def describe_request(request: control.Message) -> str:
+    """``request`` as a log line tells it: its kind and what it asks, never
+    the workers' keys of an ``open``."""
+    if isinstance(request, control.Open):
+        return (
+            f"open: up to {request.workers} workers, broker {request.endpoint}, "
+            f"heartbeat {request.heartbeat:g} s"
+        )
+    if isinstance(request, (control.Spawn, control.Kill)):
+        return f"{request.KIND} worker {request.identity.hex()}"
+    if isinstance(request, control.Stop):
+        return f"stop: grace {request.grace:g} s"
+    return request.KIND
 
 
 def peer_address(frame: zmq.Frame) -> str:
