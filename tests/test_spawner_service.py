@@ -4,6 +4,7 @@ an operator sees of its pools. No cluster needed."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -69,13 +70,7 @@ def test_verbose_logs_every_request_with_the_pool_and_its_address(tmp_path: Path
     try:
         with Pool(None, [f"127.0.0.1:{spawner.port}/1"], secret=None) as pool:
             assert pool.run(abs, -1) == 1
-        status = subprocess.run(
-            [sys.executable, "-m", "distex_zmq.spawner", "status", f"127.0.0.1:{spawner.port}"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"},
-        )
+        status = _status(spawner.port)
         assert status.returncode == 0, status.stderr
     finally:
         spawner.stop()
@@ -87,3 +82,33 @@ def test_verbose_logs_every_request_with_the_pool_and_its_address(tmp_path: Path
         assert re.search(request + what, log), log
     assert re.search(r"DEBUG request from \w{12} \(127\.0\.0\.1\): status", log), log
     assert "secret" not in log, log  # an open's keys stay out of the log
+
+
+def _status(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "distex_zmq.spawner", "status", f"127.0.0.1:{port}", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"},
+    )
+
+
+def test_status_names_the_address_of_each_pool_and_when_it_was_last_heard(
+    tmp_path: Path,
+) -> None:
+    # which client a pool belongs to, and whether it still speaks (a
+    # killed client's pool is silent until the spawner stops its workers)
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        with Pool(None, [f"127.0.0.1:{spawner.port}/1"], secret=None) as pool:
+            pool.run(abs, -1)
+            status = _status(spawner.port)
+            as_json = _status(spawner.port, "--json")
+    finally:
+        spawner.stop()
+    assert status.returncode == 0 == as_json.returncode, status.stderr + as_json.stderr
+    line = r"pool [0-9a-f]{12}: 1 of 1 workers, from 127\.0\.0\.1, last heard [\d.]+ s ago"
+    assert re.search(line, status.stdout), status.stdout
+    (listed,) = json.loads(as_json.stdout)["pools"]
+    assert listed["address"] == "127.0.0.1" and listed["silent"] >= 0, listed

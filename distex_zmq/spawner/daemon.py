@@ -68,10 +68,13 @@ class Session:
         self,
         spawner: Spawner,
         peer: bytes,
+        where: str,
         request: control.Open,
         loop: asyncio.AbstractEventLoop,
     ):
         self.peer = peer
+        #: the address the pool opened from
+        self.where = where
         self.capacity = request.workers
         self.heartbeat = request.heartbeat
         #: the workers' output, to the pool
@@ -97,12 +100,20 @@ class Session:
         return self.peer.hex()[:12]
 
     def status(self, now: float) -> dict[str, Any]:
-        """The pool as a status reply tells it: id, capacity, workers' pids and ages."""
+        """The pool as a status reply tells it: id, capacity, workers' pids and
+        ages, the address it opened from, and its silence (seconds since its
+        last request)."""
         workers = [
             {"pid": proc.pid, "age": round(now - self.started.get(identity, now), 3)}
             for identity, proc in self.launcher.processes.items()
         ]
-        return {"id": self.short_id, "capacity": self.capacity, "workers": workers}
+        return {
+            "id": self.short_id,
+            "capacity": self.capacity,
+            "workers": workers,
+            "address": self.where,
+            "silent": round(max(now - self.last_heard, 0.0), 3),
+        }
 
 
 class Spawner:
@@ -235,7 +246,7 @@ class Spawner:
                 f"{request.workers} workers asked, {free} free on {socket.gethostname()} "
                 f"(--max-workers {self.max_workers})"
             )
-        session = self.sessions[peer] = Session(self, peer, request, self._loop)
+        session = self.sessions[peer] = Session(self, peer, where, request, self._loop)
         _logger.info("%s opened from %s: up to %d workers", session, where, session.capacity)
         opened = control.Opened(
             host=socket.gethostname(),

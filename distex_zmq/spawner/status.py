@@ -154,7 +154,12 @@ def format_status(address: str, reply: control.StatusReply) -> str:
     ]
     for pool in reply.pools:
         workers = pool["workers"]
-        lines.append(f"  pool {pool['id']}: {len(workers)} of {pool['capacity']} workers")
+        line = f"  pool {pool['id']}: {len(workers)} of {pool['capacity']} workers"
+        if "address" in pool:
+            line += f", from {pool['address']}"
+        if "silent" in pool:
+            line += f", last heard {_duration(pool['silent'])} ago"
+        lines.append(line)
         for worker in workers:
             lines.append(f"    pid {worker['pid']:>7}  up {_duration(worker['age'])}")
     return "\n".join(lines)

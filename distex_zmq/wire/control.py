@@ -157,7 +157,8 @@ def _worker(message: dict[str, Any], name: str) -> dict[str, int]:
 
 
 def _pools(message: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    """A spawner's pools in a status reply: id, capacity, workers (pid, age)."""
+    """A spawner's pools in a status reply: id, capacity, workers (pid, age),
+    and, from a spawner that tells them, the pool's address and silence."""
     value = _field(message, name, list)
     pools = []
     for pool in value:
@@ -166,15 +167,19 @@ def _pools(message: dict[str, Any], name: str) -> list[dict[str, Any]]:
         workers = _field(pool, "workers", list)
         if not all(isinstance(w, dict) for w in workers):
             raise ProtocolError(f"{name}.workers must hold objects")
-        pools.append(
-            {
-                "id": _field(pool, "id", str),
-                "capacity": _field(pool, "capacity", int),
-                "workers": [
-                    {"pid": _field(w, "pid", int), "age": _field(w, "age", float)} for w in workers
-                ],
-            }
-        )
+        checked = {
+            "id": _field(pool, "id", str),
+            "capacity": _field(pool, "capacity", int),
+            "workers": [
+                {"pid": _field(w, "pid", int), "age": _field(w, "age", float)} for w in workers
+            ],
+        }
+        # added after the first version: optional
+        if "address" in pool:
+            checked["address"] = _field(pool, "address", str)
+        if "silent" in pool:
+            checked["silent"] = _field(pool, "silent", float)
+        pools.append(checked)
     return pools
 
 
@@ -413,7 +418,9 @@ class StatusReply(Event):
     #: seconds since the spawner started
     uptime: float
     max_workers: int
-    #: per pool: ``id`` (short), ``capacity``, ``workers`` (``pid``, ``age`` in seconds)
+    #: per pool: ``id`` (short), ``capacity``, ``workers`` (``pid``, ``age`` in
+    #: seconds), ``address`` it opened from and ``silent``, seconds since its
+    #: last request (these two absent from the replies of older spawners)
     pools: list[dict[str, Any]]
     FIELDS = {
         "host": _STR,
