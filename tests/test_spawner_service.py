@@ -112,3 +112,32 @@ def test_status_names_the_address_of_each_pool_and_when_it_was_last_heard(
     assert re.search(line, status.stdout), status.stdout
     (listed,) = json.loads(as_json.stdout)["pools"]
     assert listed["address"] == "127.0.0.1" and listed["silent"] >= 0, listed
+
+
+@pytest.mark.parametrize("where", ["port in use", "no address of this host"])
+def test_a_spawner_that_cannot_listen_says_why_and_what_to_do(tmp_path: Path, where: str) -> None:
+    # a supervisor that restarts it shows this line again and again: it
+    # must say what to change
+    first = LoopbackSpawner(tmp_path / "first.log")
+    try:
+        args = ["--port", str(first.port)]
+        if where == "no address of this host":
+            args = ["--host", "192.0.2.1", "--insecure", "--port", str(free_port())]  # TEST-NET-1
+        env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
+        second = subprocess.run(
+            [sys.executable, "-m", "distex_zmq.spawner", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+    finally:
+        first.stop()
+    assert second.returncode == 1, second.stderr
+    if where == "port in use":
+        assert f"cannot listen on 127.0.0.1:{first.port}: Address already in use" in second.stderr
+        assert f"another process listens on port {first.port}" in second.stderr
+        assert f"spawner status 127.0.0.1:{first.port}` asks it" in second.stderr
+        assert "choose another --port" in second.stderr
+    else:
+        assert "192.0.2.1 is no address of this host" in second.stderr, second.stderr

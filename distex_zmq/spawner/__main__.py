@@ -175,6 +175,15 @@ def main(argv: list[str] | None = None) -> None:
         hint = ""
         if e.errno == errno.ENODEV:  # libzmq's word for a name it cannot resolve
             hint = f" ({host!r} is not an address, a host name known here, or a network interface)"
+        elif e.errno == errno.EADDRINUSE:
+            here = "127.0.0.1" if host == "0.0.0.0" else host
+            hint = (
+                f": another process listens on port {args.port} (another spawner? "
+                f"`python -m distex_zmq.spawner status {here}:{args.port}` asks it); stop it, "
+                "or choose another --port"
+            )
+        elif e.errno == errno.EADDRNOTAVAIL:
+            hint = f" ({host} is no address of this host: give one of its own, or 0.0.0.0 for all)"
         sys.exit(f"distex_zmq spawner: cannot listen on {host}:{args.port}: {e}{hint}")
     received: list[signal.Signals] = []
 
