@@ -141,3 +141,27 @@ def test_a_spawner_that_cannot_listen_says_why_and_what_to_do(tmp_path: Path, wh
         assert "choose another --port" in second.stderr
     else:
         assert "192.0.2.1 is no address of this host" in second.stderr, second.stderr
+
+
+def test_a_stop_by_signal_logs_which_pools_lose_their_workers_before_they_end(
+    tmp_path: Path,
+) -> None:
+    # the lines "worker pid N ended: killed by SIGTERM" follow the reason,
+    # not come before it
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    pool = Pool(None, [f"127.0.0.1:{spawner.port}/1"], secret=None, heartbeat_timeout=2.0)
+    try:
+        pool.run(abs, -1)
+        spawner.proc.send_signal(signal.SIGTERM)
+        spawner.proc.wait(timeout=30)
+    finally:
+        pool.shutdown()
+        spawner.stop()
+    log = spawner.read().decode()
+    pool_id = re.search(r"INFO (pool \w{12}) opened from 127\.0\.0\.1", log)
+    assert pool_id, log
+    stopping = log.find(f"got SIGTERM: stopping {pool_id[1]} (from 127.0.0.1) and its 1 workers")
+    ended = log.find(f"{pool_id[1]}: worker pid ")
+    ended = log.find(" ended after ", ended)
+    assert 0 <= stopping < ended, log
+    assert spawner.proc.returncode == 0, log

@@ -170,6 +170,15 @@ class Spawner:
         self._monitor.close(linger=0)
         sessions = list(self.sessions.values())
         self.sessions.clear()
+        if sessions:
+            _logger.info(
+                "%s: stopping %s",
+                reason,
+                ", ".join(
+                    f"{s} (from {s.where}) and its {len(s.launcher.processes)} workers"
+                    for s in sessions
+                ),
+            )
         await asyncio.gather(*(s.launcher.stop(ABANDON_GRACE) for s in sessions))
         if self._zap is not None:
             self._zap.close()
