@@ -15,7 +15,7 @@ from typing import Any
 from distex_zmq.hostspec import HostSpec, parse_hosts
 from distex_zmq.loops import loop_factory
 from distex_zmq.output import OUTPUT_MODES
-from distex_zmq.security import ClusterKeys, load_secret
+from distex_zmq.security import ClusterKeys, load_secret, secret_source
 from distex_zmq.serialization import pickle_type
 
 #: Seconds to connect and log in to an SSH host whose entry in
@@ -82,7 +82,10 @@ class Options:
         """``cluster_keys``, loaded from the secret on first need."""
         if not self.keys_loaded:
             secret_bytes = load_secret(self.secret, self.secret_file)
-            self.cluster_keys = ClusterKeys.from_secret(secret_bytes) if secret_bytes else None
+            source = secret_source(self.secret, self.secret_file)
+            self.cluster_keys = (
+                ClusterKeys.from_secret(secret_bytes, source) if secret_bytes else None
+            )
             self.keys_loaded = True
         return self.cluster_keys
 

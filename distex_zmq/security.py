@@ -70,10 +70,13 @@ class ClusterKeys:
     client: KeyPair
 
     @classmethod
-    def from_secret(cls, secret: bytes) -> ClusterKeys:
+    def from_secret(cls, secret: bytes, source: str = "") -> ClusterKeys:
+        """The key pairs of ``secret``; ``source`` says where it came from in
+        the error for a short one (``secret_source``)."""
         if len(secret) < MIN_SECRET_BYTES:
+            where = f" {source}" if source else ""
             raise ValueError(
-                f"the shared secret is {len(secret)} bytes; use at least {MIN_SECRET_BYTES} "
+                f"the shared secret{where} is {len(secret)} bytes; use at least {MIN_SECRET_BYTES} "
                 "random bytes, e.g. python -c 'import secrets; print(secrets.token_urlsafe())'"
             )
 
@@ -82,6 +85,16 @@ class ClusterKeys:
             return KeyPair.from_seed(seed)
 
         return cls(spawner=derive(b"spawner"), client=derive(b"client"))
+
+
+def secret_source(secret: str | bytes | None = None, secret_file: str | None = None) -> str:
+    """Where ``load_secret`` takes the secret from, for an error: ``in the
+    secret file F``, ``given as secret=`` or ``in DISTEX_ZMQ_SECRET``."""
+    if secret_file is not None:
+        return f"in the secret file {secret_file}"
+    if secret is not None:
+        return "given as secret="
+    return f"in {SECRET_ENV}"
 
 
 def exposed_secret_file(secret_file: str, mode: int) -> str | None:

@@ -165,3 +165,35 @@ def test_a_stop_by_signal_logs_which_pools_lose_their_workers_before_they_end(
     ended = log.find(" ended after ", ended)
     assert 0 <= stopping < ended, log
     assert spawner.proc.returncode == 0, log
+
+
+@pytest.mark.parametrize("source", ["file", "environment"])
+def test_a_short_secret_names_where_it_came_from(tmp_path: Path, source: str) -> None:
+    # a spawner under a supervisor, its secret in a file or in the unit's
+    # environment: the error says which one to fix
+    env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
+    secret_args: list[str] = []
+    if source == "file":
+        secret = tmp_path / "secret"
+        secret.write_text("short\n")
+        secret.chmod(0o600)
+        secret_args = ["--secret-file", str(secret)]
+        where = f"in the secret file {secret}"
+    else:
+        env["DISTEX_ZMQ_SECRET"] = "short"
+        where = "in DISTEX_ZMQ_SECRET"
+    spawner = [sys.executable, "-m", "distex_zmq.spawner"]
+    serve = [*spawner, "--port", str(free_port()), *secret_args]
+    status = [*spawner, "status", "127.0.0.1:1", *secret_args]
+    for command in (serve, status):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
+        assert result.returncode == 1, result.stderr
+        assert f"the shared secret {where} is 5 bytes; use at least 16" in result.stderr
+
+
+def test_a_pool_with_a_short_secret_names_where_it_came_from(monkeypatch) -> None:
+    monkeypatch.setenv("DISTEX_ZMQ_SECRET", "short")
+    with pytest.raises(ValueError, match="the shared secret in DISTEX_ZMQ_SECRET is 5 bytes"):
+        Pool(None, ["127.0.0.1:1/1"])
+    with pytest.raises(ValueError, match="the shared secret given as secret= is 6 bytes"):
+        Pool(None, ["127.0.0.1:1/1"], secret="short2")

@@ -16,7 +16,7 @@ import zmq
 
 from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT
 from distex_zmq.loops import new_event_loop
-from distex_zmq.security import ClusterKeys, load_secret
+from distex_zmq.security import ClusterKeys, load_secret, secret_source
 from distex_zmq.spawner.daemon import Spawner, is_loopback
 from distex_zmq.spawner.status import (
     DEFAULT_TIMEOUT,
@@ -124,7 +124,11 @@ def _status(argv: list[str]) -> None:
         parser.error(str(e))
     try:
         secret = load_secret(secret_file=args.secret_file)
-        keys = ClusterKeys.from_secret(secret) if secret is not None else None
+        keys = (
+            ClusterKeys.from_secret(secret, secret_source(secret_file=args.secret_file))
+            if secret is not None
+            else None
+        )
         reply = query(host, port, keys, args.timeout)
     except (ValueError, StatusError) as e:
         sys.exit(f"distex_zmq spawner status: {e}")
@@ -149,7 +153,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # as OpenSSH with a private key: no secret file that others may read
         secret = load_secret(secret_file=args.secret_file, refuse_exposed=True)
-        keys = ClusterKeys.from_secret(secret) if secret is not None else None
+        keys = (
+            ClusterKeys.from_secret(secret, secret_source(secret_file=args.secret_file))
+            if secret is not None
+            else None
+        )
     except ValueError as e:
         sys.exit(f"distex_zmq spawner: {e}")
     host = args.host or ("0.0.0.0" if keys is not None else "127.0.0.1")
