@@ -197,3 +197,32 @@ def test_a_pool_with_a_short_secret_names_where_it_came_from(monkeypatch) -> Non
         Pool(None, ["127.0.0.1:1/1"])
     with pytest.raises(ValueError, match="the shared secret given as secret= is 6 bytes"):
         Pool(None, ["127.0.0.1:1/1"], secret="short2")
+
+
+@pytest.mark.parametrize(("sig", "how"), [("HUP", "nohup"), ("INT", "a background job")])
+def test_a_signal_ignored_at_start_stays_ignored(tmp_path: Path, sig: str, how: str) -> None:
+    # `nohup python -m distex_zmq.spawner &` must outlive the terminal's
+    # SIGHUP, and a shell script's background spawner the script's Ctrl-C
+    log = tmp_path / "spawner.log"
+    port = free_port()
+    spawner = f"{sys.executable} -m distex_zmq.spawner --port {port}"
+    env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
+    with open(log, "wb") as out:
+        # what nohup and a non-interactive shell do: the signal ignored, then exec
+        proc = subprocess.Popen(
+            ["bash", "-c", f"trap '' {sig}; exec {spawner}"], stderr=out, env=env
+        )
+    try:
+        assert wait_until(lambda: b" spawner (pid " in log.read_bytes(), timeout=30)
+        proc.send_signal(getattr(signal, f"SIG{sig}"))
+        status = _status(port)  # a spawner that the signal stopped does not answer
+        assert status.returncode == 0, (how, status.stderr, log.read_text())
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "stopped: got SIGTERM" in text and f"SIG{sig}" not in text, (how, text)
+    assert proc.returncode == 0, text

@@ -174,6 +174,13 @@ def main(argv: list[str] | None = None) -> None:
             "the port can run any code on this host",
             host,
         )
+    # what stops it; a signal ignored when it started stays ignored, as
+    # nohup asks of SIGHUP and a shell of a background job's SIGINT
+    stop_signals = [
+        sig
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        if sig == signal.SIGTERM or signal.getsignal(sig) != signal.SIG_IGN
+    ]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # handled on the loop below
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
@@ -199,8 +206,8 @@ def main(argv: list[str] | None = None) -> None:
         received.append(sig)
         spawner.stop(f"got {sig.name}")
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(sig, on_signal, signal.Signals(sig))
+    for sig in stop_signals:
+        loop.add_signal_handler(sig, on_signal, sig)
     _logger.info(
         "distex_zmq %s spawner (pid %d) on %s, %s, at most %d workers",
         __version__,
