@@ -19,28 +19,56 @@ from tests.helpers import LoopbackSpawner, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
+SPAWNER = f"{sys.executable} -m distex_zmq.spawner"
+
+
+def start_in_bash(script: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """``bash -c script`` (``{port}`` in it a free port), in a session of its
+    own, its stderr in ``log``, once the spawner it starts listens; and the port."""
+    env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
+
+    def listening() -> bool:
+        return b" spawner (pid " in log.read_bytes()
+
+    for _ in range(5):  # another process may take the port between probe and bind
+        port = free_port()
+        with open(log, "wb") as out:
+            shell = subprocess.Popen(
+                ["bash", "-c", script.format(port=port)],
+                stderr=out,
+                env=env,
+                start_new_session=True,
+            )
+        wait_until(lambda shell=shell: shell.poll() is not None or listening(), timeout=30)
+        if listening():
+            return shell, port
+        stop_group(shell)
+    raise RuntimeError(f"no spawner started: {log.read_text()}")
+
+
+def stop_group(shell: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of ``shell``'s session."""
+    if shell.poll() is None:
+        os.killpg(shell.pid, signal.SIGKILL)
+    shell.wait()
+
 
 def test_ctrl_c_ends_a_shell_loop_that_restarts_the_spawner(tmp_path: Path) -> None:
     # Ctrl-C reaches the loop's shell and the spawner; a shell goes on
     # with its loop when its child exited as after a clean stop, so the
     # spawner must end as a program Ctrl-C ended does: killed by SIGINT
     log = tmp_path / "spawner.log"
-    spawner = f"{sys.executable} -m distex_zmq.spawner --port {free_port()}"
-    loop = f"while true; do {spawner}; echo restarted >&2; done"
-    env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
-    with open(log, "wb") as out:
-        shell = subprocess.Popen(["bash", "-c", loop], stderr=out, env=env, start_new_session=True)
+    # a port taken meanwhile (exit status 1) ends the loop rather than repeat
+    loop = "while true; do %s --port {port}; [ $? = 1 ] && exit 1; echo restarted >&2; done"
+    shell, _ = start_in_bash(loop % SPAWNER, log)
     try:
-        assert wait_until(lambda: b" spawner (pid " in log.read_bytes(), timeout=30)
         os.killpg(shell.pid, signal.SIGINT)  # as the terminal does to its foreground
         try:
             shell.wait(timeout=20)
         except subprocess.TimeoutExpired:
             pytest.fail(f"the loop went on after Ctrl-C:\n{log.read_text()}")
     finally:
-        if shell.poll() is None:
-            os.killpg(shell.pid, signal.SIGKILL)
-            shell.wait()
+        stop_group(shell)
     text = log.read_text()
     assert "stopped: got SIGINT" in text and "restarted" not in text, text
 
@@ -204,25 +232,16 @@ def test_a_signal_ignored_at_start_stays_ignored(tmp_path: Path, sig: str, how: 
     # `nohup python -m distex_zmq.spawner &` must outlive the terminal's
     # SIGHUP, and a shell script's background spawner the script's Ctrl-C
     log = tmp_path / "spawner.log"
-    port = free_port()
-    spawner = f"{sys.executable} -m distex_zmq.spawner --port {port}"
-    env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
-    with open(log, "wb") as out:
-        # what nohup and a non-interactive shell do: the signal ignored, then exec
-        proc = subprocess.Popen(
-            ["bash", "-c", f"trap '' {sig}; exec {spawner}"], stderr=out, env=env
-        )
+    # what nohup and a non-interactive shell do: the signal ignored, then exec
+    proc, port = start_in_bash(f"trap '' {sig}; exec {SPAWNER} --port {{port}}", log)
     try:
-        assert wait_until(lambda: b" spawner (pid " in log.read_bytes(), timeout=30)
         proc.send_signal(getattr(signal, f"SIG{sig}"))
         status = _status(port)  # a spawner that the signal stopped does not answer
         assert status.returncode == 0, (how, status.stderr, log.read_text())
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_group(proc)
     text = log.read_text()
     assert "stopped: got SIGTERM" in text and f"SIG{sig}" not in text, (how, text)
     assert proc.returncode == 0, text
