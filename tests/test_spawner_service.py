@@ -245,3 +245,25 @@ def test_a_signal_ignored_at_start_stays_ignored(tmp_path: Path, sig: str, how: 
     text = log.read_text()
     assert "stopped: got SIGTERM" in text and f"SIG{sig}" not in text, (how, text)
     assert proc.returncode == 0, text
+
+
+def test_a_pool_learns_that_its_spawner_was_stopped_and_why(tmp_path: Path) -> None:
+    # not "its connection closed (the spawner stopped or died)": an
+    # operator's stop is no crash; the pool reconnects either way
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    pool = Pool(None, [f"127.0.0.1:{spawner.port}/1"], secret=None, heartbeat_timeout=2.0)
+    try:
+        pool.run(abs, -1)
+        spawner.proc.send_signal(signal.SIGTERM)
+        spawner.proc.wait(timeout=30)
+
+        def last_error() -> str:
+            (host,) = [h for h in pool.status().hosts if h.kind != "local"]
+            return host.last_error or ""
+
+        assert wait_until(lambda: last_error() != "", timeout=30)
+        assert "the spawner on " in last_error() and "is stopping: got SIGTERM" in last_error()
+    finally:
+        pool.shutdown()
+        spawner.stop()
+    assert spawner.proc.returncode == 0

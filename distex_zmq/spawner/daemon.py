@@ -54,6 +54,8 @@ _logger = logging.getLogger("distex_zmq.spawner")
 
 #: Grace for a pool's workers when the pool went silent or the spawner stops.
 ABANDON_GRACE = 1.0
+#: Milliseconds a stopping spawner gives its last messages to reach the pools.
+STOP_LINGER_MS = 500
 #: Log lines about bad requests, at most, per peer (a flood must not fill the disk).
 MAX_LOGGED_PER_PEER = 5
 #: Refused handshakes logged one by one; after them, one line in this many.
@@ -179,10 +181,14 @@ class Spawner:
                     for s in sessions
                 ),
             )
+        for session in sessions:
+            # the pool loses this host for that reason, not as one that died
+            why = f"the spawner on {socket.gethostname()} is stopping: {reason}"
+            self.send(session.peer, control.Refused(why))
         await asyncio.gather(*(s.launcher.stop(ABANDON_GRACE) for s in sessions))
         if self._zap is not None:
             self._zap.close()
-        self._sock.close(linger=0)
+        self._sock.close(linger=STOP_LINGER_MS if sessions else 0)
         self._ctx.term()
         return reason
 
