@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import pickle
+import signal
 import socket
 import sys
 import threading
@@ -361,6 +362,44 @@ def worker_event_loop_is_running() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def signal_wakeup_fd() -> int:
+    """The file descriptor that signals wake (``signal.set_wakeup_fd``) in
+    the thread of a sync task, -1 for none."""
+    fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    return fd
+
+
+def signal_handler_by_asyncio_run() -> bool:
+    """A sync function whose loop adds and removes a signal handler, as a
+    server's ``run`` does (asyncio's loop then clears the wakeup fd)."""
+
+    async def main() -> bool:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR2, lambda: None)
+        await asyncio.sleep(0)
+        return loop.remove_signal_handler(signal.SIGUSR2)
+
+    return asyncio.run(main())
+
+
+async def signal_handled_by_worker_loop() -> bool:
+    """Whether a signal handler added to the worker's loop runs when the
+    worker gets that signal."""
+    loop = asyncio.get_running_loop()
+    handled = asyncio.Event()
+    loop.add_signal_handler(signal.SIGUSR1, handled.set)
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        try:
+            await asyncio.wait_for(handled.wait(), 10)
+        except asyncio.TimeoutError:
+            return False
+        return True
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
 
 
 async def async_sleep_return(delay: float, value: Any = None) -> Any:

@@ -17,7 +17,7 @@ import weakref
 import eventkit as ev
 import pytest
 
-from distex_zmq import Pool, PoolClosedError, PoolMap, RemoteException
+from distex_zmq import LoopType, Pool, PoolClosedError, PoolMap, RemoteException
 from tests import tasks
 from tests.helpers import child_pids, pool_threads
 
@@ -276,6 +276,24 @@ def test_sync_tasks_run_event_loops_of_their_own(pool, func):
     # the worker's own loop runs async tasks as before, on the same workers
     assert list(pool.map(tasks.async_square, range(4))) == [0, 1, 4, 9]
     assert pool.run(tasks.async_square_later, 3) == 9
+
+
+@pytest.mark.parametrize(
+    "loop_type", [LoopType.asyncio, LoopType.uvloop], ids=["asyncio", "uvloop"]
+)
+def test_sync_tasks_run_without_the_worker_loops_signal_wakeup(make_pool, loop_type):
+    # uvloop sets the signal wakeup fd while it runs: a sync task saw it, where
+    # a process of ProcessPoolExecutor has none (trio.run warned of a
+    # collision), and a loop of the task that removed its last signal handler
+    # cleared it, so the worker's loop heard no signal after that
+    if loop_type is LoopType.uvloop:
+        pytest.importorskip("uvloop")
+    pool = make_pool(1, worker_loop=loop_type)
+    assert pool.run(tasks.signal_wakeup_fd) == -1
+    assert pool.run(tasks.signal_handled_by_worker_loop)
+    assert pool.run(tasks.signal_handler_by_asyncio_run)
+    assert pool.run(tasks.signal_handled_by_worker_loop)
+    assert pool.run(tasks.signal_wakeup_fd) == -1
 
 
 def test_run_on_all_async(shared_pool):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -241,12 +242,18 @@ class Worker:
         # A sync task runs as in a process of ProcessPoolExecutor, with no event
         # loop running in its thread: it may call ``asyncio.run`` or a library
         # whose sync API runs a loop of its own. The worker's loop, which calls
-        # this from a callback, is the running loop again at the end.
+        # this from a callback, is the running loop again at the end. Nor has
+        # it the signal wakeup fd that uvloop sets while it runs: a loop of
+        # the task would find it taken (trio warns of a collision), and one
+        # that removed its last signal handler would clear it, leaving the
+        # worker's loop deaf to signals; the worker's is set again after.
+        wakeup_fd = signal.set_wakeup_fd(-1)
         _set_running_loop(None)
         try:
             self._run_message(buf, count, frames)
         finally:
             _set_running_loop(self._loop)
+            signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False)
 
     def _run_message(self, buf: memoryview, count: int, frames: list[Any]) -> None:
         runner = self.runner
