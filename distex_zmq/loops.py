@@ -62,6 +62,23 @@ def loop_factory(kind: int = LoopType.default) -> Callable[[], asyncio.AbstractE
     )
 
 
+def running_loop(api: str, sync: str | None = None) -> asyncio.AbstractEventLoop:
+    """The asyncio loop running in this thread, which ``Pool.<api>`` (an
+    async method, whose sync twin is ``sync``) runs on; a ``RuntimeError``
+    that says what to do where none runs (under trio), raised before the
+    method does anything."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        twin = f" (Pool.{sync})" if sync else ""
+        raise RuntimeError(
+            f"Pool.{api} needs a running asyncio event loop (asyncio.run, uvloop, "
+            "anyio's asyncio backend), and this thread runs none; under trio, call "
+            f"the pool's sync API{twin} in a thread instead, as in "
+            "`await trio.to_thread.run_sync(pool.run, func, x)`"
+        ) from None
+
+
 def run_in_background(
     loop: asyncio.AbstractEventLoop,
     coro: Coroutine[Any, Any, None],

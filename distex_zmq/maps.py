@@ -24,6 +24,7 @@ from collections.abc import (
 )
 from typing import Any
 
+from distex_zmq.loops import running_loop
 from distex_zmq.map_input import async_input, check_map_args, is_sync_iterable, sync_input
 from distex_zmq.map_run import MapContext, MapRun
 from distex_zmq.progress import Progress
@@ -251,7 +252,7 @@ async def map_async(
     progress: Progress | None = None,
 ) -> AsyncGenerator[Any, None]:
     """The async generator behind ``Pool.map_async``."""
-    loop = asyncio.get_running_loop()
+    loop = running_loop("map_async", "map")
     waker = _AsyncWaker(loop)
     run = MapRun(
         ctx, func, iterables, timeout, chunksize, ordered, star, waker.wake_threadsafe, progress

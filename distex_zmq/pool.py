@@ -27,7 +27,7 @@ from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 from distex_zmq.errors import PoolClosedError
-from distex_zmq.loops import LoopType
+from distex_zmq.loops import LoopType, running_loop
 from distex_zmq.options import pool_options
 from distex_zmq.pool_base import raise_start_error
 from distex_zmq.pool_hosts import HostsMixin
@@ -249,6 +249,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         Raises ``WorkerStartError`` if a worker cannot start or its
         initializer raises.
         """
+        running_loop("create")
         runtime = self._live_runtime()
         if not runtime.started.done():
             # shielded: a wait that is cancelled (a timeout, an interrupted
@@ -319,6 +320,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
     ) -> None:
         """Async version of ``shutdown``."""
+        running_loop("shutdown_async", "shutdown")
         if not cancel_futures and not self._is_shutdown:
             self._submit_unread_maps()
         runtime = self._mark_shutdown()
@@ -366,8 +368,8 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
     async def run_async(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Async version of ``run``; cancelling it drops the task if no
         worker holds it yet (the result of one that does is discarded)."""
+        loop = running_loop("run_async", "run")
         runtime = self._live_runtime()
-        loop = asyncio.get_running_loop()
         sink = self._loop_sinks.get(loop)
         if sink is None:
             sink = self._loop_sinks[loop] = AsyncFutureSink(LoopPort(loop), self._tasks.data_loads)

@@ -12,6 +12,7 @@ import concurrent.futures
 
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.hostspec import HostSpec, parse_hosts
+from distex_zmq.loops import running_loop
 from distex_zmq.options import local_workers
 from distex_zmq.pool_base import PoolBase
 from distex_zmq.results import refuse_wait_on_pool_loop
@@ -36,6 +37,7 @@ class HostsMixin(PoolBase):
 
     async def add_hosts_async(self, hosts: str | list[str]) -> None:
         """Async version of ``add_hosts``."""
+        running_loop("add_hosts_async", "add_hosts")
         await _elastic_wait(self._live_runtime().add_hosts(_host_specs(hosts)))
 
     def remove_hosts(
@@ -62,6 +64,7 @@ class HostsMixin(PoolBase):
         self, hosts: str | list[str], drain: bool = True, *, timeout: float | None = None
     ) -> None:
         """Async version of ``remove_hosts``."""
+        running_loop("remove_hosts_async", "remove_hosts")
         names, timeout = _host_names(hosts), _drain_timeout(timeout)
         await _elastic_wait(self._live_runtime().remove_hosts(names, drain, timeout))
 
@@ -86,6 +89,7 @@ class HostsMixin(PoolBase):
         self, num_workers: int | None, drain: bool = True, *, timeout: float | None = None
     ) -> None:
         """Async version of ``resize``."""
+        running_loop("resize_async", "resize")
         count, timeout = local_workers(num_workers), _drain_timeout(timeout)
         await _elastic_wait(self._live_runtime().resize(count, drain, timeout))
 

@@ -10,6 +10,7 @@ import concurrent.futures
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+from distex_zmq.loops import running_loop
 from distex_zmq.maps import MapContext, check_map_args, map_async, map_sync
 from distex_zmq.pool_base import PoolBase
 from distex_zmq.progress import make_progress
@@ -118,6 +119,7 @@ class MapsMixin(PoolBase):
         self, func: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> list[Any]:
         """Async version of ``run_on_all``."""
+        running_loop("run_on_all_async", "run_on_all")
         futures = await asyncio.wrap_future(self._run_on_all(func, args, kwargs))
         what = f"run_on_all({getattr(func, '__qualname__', func)!s})"
         return list(await asyncio.gather(*(wrap_task_future(f, what) for f in futures)))

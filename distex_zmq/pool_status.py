@@ -11,6 +11,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
+from distex_zmq.loops import running_loop
 from distex_zmq.pool_base import PoolBase
 from distex_zmq.runtime.snapshot import status_async, status_threadsafe
 
@@ -86,6 +87,7 @@ class StatusMixin(PoolBase):
 
     async def status_async(self) -> PoolStatus:
         """Async version of ``status``."""
+        running_loop("status_async", "status")
         runtime = self._runtime
         if runtime is None:
             return self._unstarted_status()

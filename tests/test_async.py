@@ -9,6 +9,7 @@ import collections
 import concurrent.futures
 import gc
 import itertools
+import os
 import statistics
 import threading
 import time
@@ -383,6 +384,29 @@ def test_a_cancelled_wait_for_the_start_leaves_the_pool_starting(make_pool):
         assert await pool is pool and pool.is_ready()
 
     asyncio.run(main())
+
+
+def test_the_async_api_without_an_asyncio_loop_says_what_to_do_before_it_acts(pool, tmp_path):
+    # as under trio, which runs no asyncio loop (coroutines driven by send):
+    # some methods failed with 'no running event loop', others at their first
+    # await with trio's TypeError, after they had acted (run_on_all_async ran
+    # its function on every worker, resize_async resized the pool)
+    marker = str(tmp_path / "ran")
+    calls = {
+        "create": lambda: pool.create(),
+        "run_async": lambda: pool.run_async(tasks.touch, marker),
+        "map_async": lambda: pool.map_async(tasks.touch, [marker]).__anext__(),
+        "run_on_all_async": lambda: pool.run_on_all_async(tasks.touch, marker),
+        "status_async": lambda: pool.status_async(),
+        "resize_async": lambda: pool.resize_async(1),
+        "shutdown_async": lambda: pool.shutdown_async(),
+    }
+    for api, call in calls.items():
+        with pytest.raises(RuntimeError, match=rf"Pool\.{api} needs a running asyncio .*trio"):
+            call().send(None)
+    assert len(pool.run_on_all(tasks.pid)) == 2
+    assert not os.path.exists(marker)
+    assert pool.run(tasks.square, 3) == 9
 
 
 def test_await_pool_and_create_wait_for_the_workers():
