@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import types
 from typing import Any
 
 from .errors import SerializationError
@@ -146,6 +147,16 @@ def unpicklable_hint(value: Any, error: BaseException, data_pickle: int) -> str:
         return (
             ". It refers to an object of the script (__main__), which standard pickle "
             "cannot send from a worker: leave data_pickle at its default (PickleType.auto)"
+        )
+    if isinstance(value, (types.GeneratorType, types.AsyncGeneratorType)):
+        # a generator function's call returns at once, having run nothing
+        if isinstance(value, types.AsyncGeneratorType):
+            kind, items = "an async generator", "[y async for y in f(x)]"
+        else:
+            kind, items = "a generator", "list(f(x))"
+        return (
+            f". It is {kind}, as {kind} function's call returns without running it: "
+            f"have the task return the items instead (a function that returns {items})"
         )
     return (
         ". Return data that pickles (not a lock, socket, open file or generator), "

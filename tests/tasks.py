@@ -364,6 +364,17 @@ def worker_event_loop_is_running() -> bool:
     return True
 
 
+def count_up(n: int) -> Any:
+    """A generator function."""
+    yield from range(n)
+
+
+async def count_up_async(n: int) -> Any:
+    """An async generator function."""
+    for i in range(n):
+        yield i
+
+
 def signal_wakeup_fd() -> int:
     """The file descriptor that signals wake (``signal.set_wakeup_fd``) in
     the thread of a sync task, -1 for none."""

@@ -576,6 +576,23 @@ def test_unpicklable_result_is_a_serialization_error(pool):
     assert set(pool.run_on_all(tasks.pid)) == pids
 
 
+@pytest.mark.parametrize(
+    "func, kind, items",
+    [
+        (tasks.count_up, "a generator", r"list\(f\(x\)\)"),
+        (tasks.count_up_async, "an async generator", r"\[y async for y in f\(x\)\]"),
+    ],
+)
+def test_a_generator_functions_result_says_to_return_its_items(shared_pool, func, kind, items):
+    # it said to return data that pickles or give the class a __reduce__ method
+    hint = rf"It is {kind}, as {kind} function's call returns without running it: .*{items}"
+    with pytest.raises(SerializationError, match=hint):
+        shared_pool.run(func, 3)
+    with pytest.raises(SerializationError, match=hint):
+        list(shared_pool.map(func, [3, 4], chunksize=2))
+    assert shared_pool.run(tasks.square, 4) == 16
+
+
 @pytest.mark.parametrize("func", [prop_tasks.lock_at, prop_tasks.lock_at_async])
 @pytest.mark.parametrize("chunksize, n, bad", [(3, 9, 4), (7, 9, 4), (None, 3000, 1500)])
 def test_an_unpicklable_result_in_a_chunk_fails_its_input_only(
