@@ -375,14 +375,6 @@ async def count_up_async(n: int) -> Any:
         yield i
 
 
-def signal_wakeup_fd() -> int:
-    """The file descriptor that signals wake (``signal.set_wakeup_fd``) in
-    the thread of a sync task, -1 for none."""
-    fd = signal.set_wakeup_fd(-1)
-    signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
-    return fd
-
-
 def signal_handler_by_asyncio_run() -> bool:
     """A sync function whose loop adds and removes a signal handler, as a
     server's ``run`` does (asyncio's loop then clears the wakeup fd)."""
@@ -396,14 +388,19 @@ def signal_handler_by_asyncio_run() -> bool:
     return asyncio.run(main())
 
 
-async def signal_handled_by_worker_loop() -> bool:
+async def signal_handled_by_worker_loop(ready: str | None = None) -> bool:
     """Whether a signal handler added to the worker's loop runs when the
-    worker gets that signal."""
+    worker gets SIGUSR1: sent here, or by another task once the file
+    ``ready`` exists."""
     loop = asyncio.get_running_loop()
     handled = asyncio.Event()
     loop.add_signal_handler(signal.SIGUSR1, handled.set)
     try:
-        os.kill(os.getpid(), signal.SIGUSR1)
+        if ready is None:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        else:
+            with open(ready, "w"):
+                pass
         try:
             await asyncio.wait_for(handled.wait(), 10)
         except asyncio.TimeoutError:
@@ -411,6 +408,17 @@ async def signal_handled_by_worker_loop() -> bool:
         return True
     finally:
         loop.remove_signal_handler(signal.SIGUSR1)
+
+
+def signal_worker_when_exists(path: str) -> int:
+    """Send SIGUSR1 to this worker once ``path`` exists, then sleep a little
+    (a sync task during which the signal comes)."""
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    time.sleep(0.1)
+    return os.getpid()
 
 
 async def async_sleep_return(delay: float, value: Any = None) -> Any:

@@ -282,19 +282,24 @@ def test_sync_tasks_run_event_loops_of_their_own(pool, func):
 @pytest.mark.parametrize(
     "loop_type", [LoopType.asyncio, LoopType.uvloop], ids=["asyncio", "uvloop"]
 )
-def test_sync_tasks_run_without_the_worker_loops_signal_wakeup(make_pool, loop_type):
-    # uvloop sets the signal wakeup fd while it runs: a sync task saw it, where
-    # a process of ProcessPoolExecutor has none (trio.run warned of a
-    # collision), and a loop of the task that removed its last signal handler
-    # cleared it, so the worker's loop heard no signal after that
+def test_a_sync_tasks_loop_leaves_the_worker_loop_its_signals(make_pool, loop_type, tmp_path):
+    # a loop of a sync task that removed its last signal handler cleared the
+    # signal wakeup fd that the worker's loop had set (uvloop always sets one),
+    # so the worker's loop heard no signal after that
     if loop_type is LoopType.uvloop:
         pytest.importorskip("uvloop")
-    pool = make_pool(1, worker_loop=loop_type)
-    assert pool.run(tasks.signal_wakeup_fd) == -1
+    pool = make_pool(1, worker_loop=loop_type, qsize=2)
     assert pool.run(tasks.signal_handled_by_worker_loop)
     assert pool.run(tasks.signal_handler_by_asyncio_run)
     assert pool.run(tasks.signal_handled_by_worker_loop)
-    assert pool.run(tasks.signal_wakeup_fd) == -1
+    # a signal that comes while a sync task runs reaches the handler after it
+    # (the coroutine and the sync task share the worker)
+    ready = str(tmp_path / "handler_added")
+    waiting = pool.submit(tasks.signal_handled_by_worker_loop, ready)
+    while not os.path.exists(ready):
+        time.sleep(0.01)
+    assert pool.run(tasks.signal_worker_when_exists, ready) == pool.run(tasks.pid)
+    assert waiting.result(timeout=20)
 
 
 def test_run_on_all_async(shared_pool):

@@ -242,12 +242,15 @@ class Worker:
         # A sync task runs as in a process of ProcessPoolExecutor, with no event
         # loop running in its thread: it may call ``asyncio.run`` or a library
         # whose sync API runs a loop of its own. The worker's loop, which calls
-        # this from a callback, is the running loop again at the end. Nor has
-        # it the signal wakeup fd that uvloop sets while it runs: a loop of
-        # the task would find it taken (trio warns of a collision), and one
-        # that removed its last signal handler would clear it, leaving the
-        # worker's loop deaf to signals; the worker's is set again after.
+        # this from a callback, is the running loop again at the end, and so
+        # is its signal wakeup fd (uvloop's, or asyncio's while it has signal
+        # handlers), which a loop of the task clears when it removes its last
+        # signal handler. The fd stays set while the task runs, so that a
+        # signal for a handler of the worker's loop that comes meanwhile
+        # reaches it after the task.
         wakeup_fd = signal.set_wakeup_fd(-1)
+        if wakeup_fd != -1:
+            signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False)
         _set_running_loop(None)
         try:
             self._run_message(buf, count, frames)
