@@ -39,7 +39,6 @@ from distex_zmq.results import (
     LoopPort,
     TaskFuture,
     cancel_if_cancelled,
-    refuse_wait_on_pool_loop,
 )
 from distex_zmq.serialization import PickleType
 
@@ -270,7 +269,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
     def __enter__(self) -> Pool:
         # as ``async with``: wait for the workers, so that a pool whose start
         # fails raises its error here, not at the first task
-        refuse_wait_on_pool_loop("Pool.__enter__")
+        self._refuse_wait_on_own_loop("Pool.__enter__")
         runtime = self._live_runtime()
         try:
             runtime.started.result()
@@ -345,7 +344,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         """
         runtime = self._live_runtime()
         task = self._tasks.call(fn, args, kwargs, self._future_sink)
-        future = TaskFuture(task, runtime.broker.wake)
+        future = TaskFuture(task, runtime.loop, runtime.broker.wake)
         try:
             runtime.broker.submit((task,))
         except PoolClosedError:

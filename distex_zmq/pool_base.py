@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.map_sizing import RunTimes
 from distex_zmq.options import Options
-from distex_zmq.results import FutureSink
+from distex_zmq.results import FutureSink, refuse_wait_on_pool_loop
 from distex_zmq.runtime.loop import Runtime, shutdown_runtime
 from distex_zmq.tasks import TaskMaker
 
@@ -72,6 +72,12 @@ class PoolBase(concurrent.futures.Executor):
         if runtime.inherited:
             raise runtime.inherited_error()
         return runtime
+
+    def _refuse_wait_on_own_loop(self, what: str) -> None:
+        """Raise ``RuntimeError`` on this pool's loop thread (in a done
+        callback of its futures), where ``what`` would wait for ever."""
+        runtime = self._runtime
+        refuse_wait_on_pool_loop(what, None if runtime is None else runtime.loop)
 
     def _submit_unread_maps(self) -> None:
         """Submit the inputs of the maps that were kept but never iterated

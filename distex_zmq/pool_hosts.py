@@ -15,7 +15,6 @@ from distex_zmq.hostspec import HostSpec, parse_hosts
 from distex_zmq.loops import running_loop
 from distex_zmq.options import local_workers
 from distex_zmq.pool_base import PoolBase
-from distex_zmq.results import refuse_wait_on_pool_loop
 
 
 class HostsMixin(PoolBase):
@@ -32,7 +31,7 @@ class HostsMixin(PoolBase):
         added leaves again and that error is raised; the pool runs on as it
         was. A host in the pool already raises ``ValueError``.
         """
-        refuse_wait_on_pool_loop("Pool.add_hosts")
+        self._refuse_wait_on_own_loop("Pool.add_hosts")
         _elastic_result(self._live_runtime().add_hosts(_host_specs(hosts)))
 
     async def add_hosts_async(self, hosts: str | list[str]) -> None:
@@ -56,7 +55,7 @@ class HostsMixin(PoolBase):
         name that is not in the pool raises ``ValueError``, and so does
         removing the last workers.
         """
-        refuse_wait_on_pool_loop("Pool.remove_hosts")
+        self._refuse_wait_on_own_loop("Pool.remove_hosts")
         names, timeout = _host_names(hosts), _drain_timeout(timeout)
         _elastic_result(self._live_runtime().remove_hosts(names, drain, timeout))
 
@@ -81,7 +80,7 @@ class HostsMixin(PoolBase):
         busy workers as ``remove_hosts`` does, ``drain`` and ``timeout``
         included, and returns when their processes have exited.
         """
-        refuse_wait_on_pool_loop("Pool.resize")
+        self._refuse_wait_on_own_loop("Pool.resize")
         count, timeout = local_workers(num_workers), _drain_timeout(timeout)
         _elastic_result(self._live_runtime().resize(count, drain, timeout))
 

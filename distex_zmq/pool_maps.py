@@ -14,7 +14,7 @@ from distex_zmq.loops import running_loop
 from distex_zmq.maps import MapContext, check_map_args, map_async, map_sync
 from distex_zmq.pool_base import PoolBase
 from distex_zmq.progress import make_progress
-from distex_zmq.results import TaskFuture, refuse_wait_on_pool_loop, wrap_task_future
+from distex_zmq.results import TaskFuture, wrap_task_future
 from distex_zmq.runtime.barrier import pin_to_all_after_drain
 
 
@@ -63,7 +63,7 @@ class MapsMixin(PoolBase):
         when iteration reaches it.
         """
         check_map_args(iterables, chunksize)
-        refuse_wait_on_pool_loop("Pool.map")
+        self._refuse_wait_on_own_loop("Pool.map")
         counter = make_progress(progress, iterables)
         ctx = self._map_context()
         return map_sync(ctx, func, iterables, timeout, chunksize, ordered, star, counter)
@@ -111,7 +111,7 @@ class MapsMixin(PoolBase):
 
         Raises the first error if it fails on any worker.
         """
-        refuse_wait_on_pool_loop("Pool.run_on_all")
+        self._refuse_wait_on_own_loop("Pool.run_on_all")
         futures = self._run_on_all(func, args, kwargs).result()
         return [f.result() for f in futures]
 

@@ -93,19 +93,23 @@ class _LeanCondition(threading.Condition):
         return self._lock._is_owned()  # type: ignore[attr-defined]
 
 
-#: Set on the pool loop threads. Results reach their futures there, so a
-#: wait there for a result (in a future's done callback, say) would not end.
+#: ``loop``: on a pool loop thread, the pool's loop. The pool's results reach
+#: their futures there, so a wait there for one (in a done callback of one of
+#: its futures, say) would not end; a wait for another pool's results would.
 _pool_loop = threading.local()
 
 
-def mark_pool_loop() -> None:
-    """Mark the calling thread as a pool loop (see ``refuse_wait_on_pool_loop``)."""
-    _pool_loop.active = True
+def mark_pool_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Mark the calling thread as the thread of the pool loop ``loop`` (see
+    ``refuse_wait_on_pool_loop``)."""
+    _pool_loop.loop = loop
 
 
-def refuse_wait_on_pool_loop(what: str) -> None:
-    """Raise ``RuntimeError`` on a pool loop thread, where ``what`` would hang."""
-    if getattr(_pool_loop, "active", False):
+def refuse_wait_on_pool_loop(what: str, loop: asyncio.AbstractEventLoop | None) -> None:
+    """Raise ``RuntimeError`` on the thread of the pool loop ``loop`` (None: a
+    pool not started, which has none), where ``what``, a wait for that pool's
+    results, would hang."""
+    if loop is not None and getattr(_pool_loop, "loop", None) is loop:
         raise RuntimeError(
             f"{what} would wait forever: this is the pool's own thread, which delivers "
             "the results (done callbacks of the pool's futures run on it). In a callback, "
@@ -125,13 +129,20 @@ class TaskFuture(concurrent.futures.Future[Any]):
     Made for its ``task``, which has no tag yet: the future becomes its tag.
     ``wake`` (the broker's) is called when a cancel drops the task, so that
     the broker ends it now rather than when a worker is free for it.
+    ``loop`` is the pool loop that delivers its result.
     """
 
-    def __init__(self, task: Task, wake: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        task: Task,
+        loop: asyncio.AbstractEventLoop,
+        wake: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__()
         self._condition = _LeanCondition()
         #: the task while it may still run (cleared when its result arrives)
         self._task: Task | None = task
+        self._loop = loop
         self._wake = wake
         task.tag = self
         task.claim = self._claim
@@ -147,12 +158,12 @@ class TaskFuture(concurrent.futures.Future[Any]):
 
     def result(self, timeout: float | None = None) -> Any:
         if not self.done():
-            refuse_wait_on_pool_loop("waiting for the result of a task")
+            refuse_wait_on_pool_loop("waiting for the result of a task", self._loop)
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self.done():
-            refuse_wait_on_pool_loop("waiting for the result of a task")
+            refuse_wait_on_pool_loop("waiting for the result of a task", self._loop)
         return super().exception(timeout)
 
     def cancel(self) -> bool:

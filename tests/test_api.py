@@ -125,6 +125,33 @@ def test_waiting_in_a_done_callback_raises_instead_of_hanging_the_pool(pool):
     assert pending.result(timeout=10) == "late"
 
 
+def test_a_done_callback_may_wait_for_another_pools_results(pool, make_pool):
+    """Only a wait for the results of the pool whose thread runs the callback
+    would hang; another pool delivers its results on a thread of its own, and
+    a callback may wait for them, as a ProcessPoolExecutor's callback may wait
+    for another executor's."""
+    other = make_pool(1)
+    outcome: concurrent.futures.Future = concurrent.futures.Future()
+
+    def callback(future):
+        try:
+            waited = [
+                other.run(tasks.square, future.result()),
+                other.submit(tasks.square, 2).result(timeout=30),
+                list(other.map(tasks.square, [1, 2, 3])),
+                other.run_on_all(tasks.square, 4),
+            ]
+            with pytest.raises(RuntimeError, match="would wait forever"):
+                pool.run(tasks.square, 5)  # this pool's own: refused still
+            outcome.set_result(waited)
+        except BaseException as e:  # noqa: BLE001 - the test raises it
+            outcome.set_exception(e)
+
+    pool.submit(tasks.square, 3).add_done_callback(callback)
+    assert outcome.result(timeout=30) == [81, 4, [1, 4, 9], [16]]
+    assert pool.run(tasks.square, 6) == 36
+
+
 def test_a_done_callback_runs_with_no_event_loop_as_in_process_pool_executor(pool):
     """A done callback may call asyncio.run (or a sync API over asyncio), as
     on the thread of ProcessPoolExecutor: the pool's loop, on whose thread it

@@ -29,7 +29,7 @@ def pin_to_all_after_drain(
     def make_task() -> Task:
         # (the broker passes the worker's record; the task is the same for all)
         task = tasks.copy(template)
-        TaskFuture(task)  # the future becomes the task's tag
+        TaskFuture(task, runtime.loop)  # the future becomes the task's tag
         return task
 
     def pin() -> None:

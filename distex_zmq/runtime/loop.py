@@ -212,7 +212,7 @@ class Runtime:
         )
 
     def _run_loop(self) -> None:
-        mark_pool_loop()
+        mark_pool_loop(self.loop)
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_forever()
