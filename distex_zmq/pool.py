@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
+import threading
 import weakref
 from collections.abc import Callable, Generator, Mapping
 from typing import Any
@@ -251,6 +252,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         running_loop("create")
         runtime = self._live_runtime()
         if not runtime.started.done():
+            self._refuse_wait_on_own_loop("Pool.create")
             # shielded: a wait that is cancelled (a timeout, an interrupted
             # cell) stops waiting; the start goes on, as the sync
             # ``__enter__``'s does (cancelling the wrapped future would
@@ -326,7 +328,9 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         if runtime is None or runtime.inherited:
             return
         runtime.close(wait=False, cancel_futures=cancel_futures, timeout=timeout)
-        if wait:
+        # on the pool's own thread (in a done callback) the loop cannot end
+        # while it waits: there, as ``shutdown``, it returns at once
+        if wait and threading.current_thread() is not runtime.thread:
             while runtime.loop_running:
                 await asyncio.sleep(0.005)
 
@@ -368,6 +372,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         """Async version of ``run``; cancelling it drops the task if no
         worker holds it yet (the result of one that does is discarded)."""
         loop = running_loop("run_async", "run")
+        self._refuse_wait_on_own_loop("Pool.run_async")
         runtime = self._live_runtime()
         sink = self._loop_sinks.get(loop)
         if sink is None:

@@ -37,6 +37,7 @@ class HostsMixin(PoolBase):
     async def add_hosts_async(self, hosts: str | list[str]) -> None:
         """Async version of ``add_hosts``."""
         running_loop("add_hosts_async", "add_hosts")
+        self._refuse_wait_on_own_loop("Pool.add_hosts_async")
         await _elastic_wait(self._live_runtime().add_hosts(_host_specs(hosts)))
 
     def remove_hosts(
@@ -64,6 +65,7 @@ class HostsMixin(PoolBase):
     ) -> None:
         """Async version of ``remove_hosts``."""
         running_loop("remove_hosts_async", "remove_hosts")
+        self._refuse_wait_on_own_loop("Pool.remove_hosts_async")
         names, timeout = _host_names(hosts), _drain_timeout(timeout)
         await _elastic_wait(self._live_runtime().remove_hosts(names, drain, timeout))
 
@@ -89,6 +91,7 @@ class HostsMixin(PoolBase):
     ) -> None:
         """Async version of ``resize``."""
         running_loop("resize_async", "resize")
+        self._refuse_wait_on_own_loop("Pool.resize_async")
         count, timeout = local_workers(num_workers), _drain_timeout(timeout)
         await _elastic_wait(self._live_runtime().resize(count, drain, timeout))
 

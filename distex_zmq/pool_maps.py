@@ -80,6 +80,7 @@ class MapsMixin(PoolBase):
     ) -> AsyncIterator[Any]:
         """Async version of ``map``: ``async for result in pool.map_async(...)``."""
         check_map_args(iterables, chunksize)
+        self._refuse_wait_on_own_loop("Pool.map_async")
         counter = make_progress(progress, iterables)
         ctx = self._map_context()
         return map_async(ctx, func, iterables, timeout, chunksize, ordered, star, counter)
@@ -120,6 +121,7 @@ class MapsMixin(PoolBase):
     ) -> list[Any]:
         """Async version of ``run_on_all``."""
         running_loop("run_on_all_async", "run_on_all")
+        self._refuse_wait_on_own_loop("Pool.run_on_all_async")
         futures = await asyncio.wrap_future(self._run_on_all(func, args, kwargs))
         what = f"run_on_all({getattr(func, '__qualname__', func)!s})"
         return list(await asyncio.gather(*(wrap_task_future(f, what) for f in futures)))

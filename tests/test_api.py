@@ -152,6 +152,47 @@ def test_a_done_callback_may_wait_for_another_pools_results(pool, make_pool):
     assert pool.run(tasks.square, 6) == 36
 
 
+def test_the_async_api_in_a_done_callback_raises_instead_of_hanging(make_pool):
+    """A done callback may call ``asyncio.run``; awaiting there what this
+    pool's own thread would deliver, which runs the callback, raises as a
+    sync wait does, and ``shutdown_async`` returns without waiting, as
+    ``shutdown`` does there."""
+    pool = make_pool(1)
+    outcome: concurrent.futures.Future = concurrent.futures.Future()
+
+    async def in_callback() -> list[str]:
+        errors = []
+        waits = [
+            lambda: pool.run_async(tasks.square, 2),
+            lambda: _consume(pool.map_async(tasks.square, [1, 2])),
+            lambda: pool.run_on_all_async(tasks.pid),
+            lambda: pool.resize_async(1),
+        ]
+        for wait in waits:
+            try:
+                # bounded: without the refusal each waits for ever
+                await asyncio.wait_for(wait(), 10)
+            except RuntimeError as e:
+                errors.append(str(e))
+        await asyncio.wait_for(pool.shutdown_async(), 10)
+        return errors
+
+    def callback(_):
+        try:
+            outcome.set_result(asyncio.run(in_callback()))
+        except BaseException as e:  # noqa: BLE001 - the test raises it
+            outcome.set_exception(e)
+
+    late = pool.submit(tasks.sleep_return, 0.3, "late")
+    pool.submit(tasks.square, 1).add_done_callback(callback)
+    errors = outcome.result(timeout=60)
+    assert len(errors) == 4
+    assert all("would wait forever: this is the pool's own thread" in e for e in errors)
+    assert late.result(timeout=30) == "late"  # the shutdown let it finish
+    with pytest.raises(PoolClosedError):
+        pool.submit(tasks.square, 1)
+
+
 def test_a_done_callback_runs_with_no_event_loop_as_in_process_pool_executor(pool):
     """A done callback may call asyncio.run (or a sync API over asyncio), as
     on the thread of ProcessPoolExecutor: the pool's loop, on whose thread it
