@@ -187,10 +187,14 @@ class MapRun:
                 self._task_bytes = len(last.data) + (
                     sum(b.nbytes for b in buffers) if buffers else 0
                 )
+                # queued before they are counted: a pool shut down meanwhile
+                # raises here, and the map then waits for no result of theirs
+                # (their results reach the sink, but the map takes them only
+                # in ``collect``, on this thread, after this)
+                self._queue.submit(tasks)
                 self._results.submitted(first, tasks, inputs, chunked)
                 self._next_seq = first + made
                 self.sink.submitted += made
-                self._queue.submit(tasks)
         if error is None:
             return
         if chunked:

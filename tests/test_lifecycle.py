@@ -105,6 +105,53 @@ def test_shutdown_with_cancel_futures_ends_a_map_in_another_thread():
     assert "input #" in str(errors[0])
 
 
+@pytest.mark.parametrize("kind", ["map", "map_async"])
+def test_a_map_of_an_async_input_read_after_the_shutdown_raises(kind):
+    """A map of an async iterable reads it in a task of its own; an input
+    read once another thread has shut the pool down cannot run, and the map
+    raises PoolClosedError instead of waiting for ever for its result."""
+    pool = Pool(1)
+    pool.run_on_all(int, 0)
+    first_taken = threading.Event()
+    shut_down = threading.Event()
+    outcome: list[object] = []
+
+    async def inputs():
+        yield 1
+        while not shut_down.is_set():
+            await asyncio.sleep(0.01)
+        yield 2
+
+    async def consume_async():
+        results = []
+        async for y in pool.map_async(tasks.square, inputs()):
+            results.append(y)
+            first_taken.set()
+        return results
+
+    def consume():
+        try:
+            if kind == "map":
+                results = []
+                for y in pool.map(tasks.square, inputs()):
+                    results.append(y)
+                    first_taken.set()
+            else:
+                results = asyncio.run(consume_async())
+            outcome.append(results)
+        except BaseException as e:  # noqa: BLE001 - the test looks at it
+            outcome.append(e)
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    assert first_taken.wait(30)
+    pool.shutdown()  # the map waits for its next input meanwhile
+    shut_down.set()
+    thread.join(30)
+    assert not thread.is_alive(), "the map waits for ever for an input the pool cannot run"
+    assert len(outcome) == 1 and isinstance(outcome[0], PoolClosedError), outcome
+
+
 def test_inputs_of_a_map_that_ended_leave_the_queue_at_once():
     # they must not wait for a free worker to be dropped: there may be none
     # (a lost host), and a shutdown waits for every task still queued
