@@ -330,11 +330,19 @@ class Broker:
 
     # barriers: run_on_all and shutdown wait for what was submitted before them
 
-    def when_drained(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once every task submitted so far has finished."""
+    def when_drained(
+        self, callback: Callable[[], None], dropped: Callable[[], None] | None = None
+    ) -> None:
+        """Call ``callback`` once every task submitted so far has finished;
+        ``dropped``, if given, instead if the broker closes (or has closed)
+        before."""
+        if self._closed:
+            if dropped is not None:
+                dropped()
+            return
         self.dispatch()
         self._dispatcher.drop_cancelled()
-        self._ledger.when_finished(callback)
+        self._ledger.when_finished(callback, dropped)
 
     def pin_to_all(self, make_task: Callable[[], Task]) -> list[Task]:
         """Give each ready worker a task of its own, made by ``make_task()``;

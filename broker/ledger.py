@@ -35,14 +35,24 @@ class Ledger:
                 barrier.waiting.discard(task.id)
             self._fire()
 
-    def when_finished(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once every task active now has finished."""
-        self._barriers.append(_Barrier(set(self.active), callback))
+    def when_finished(
+        self, callback: Callable[[], None], dropped: Callable[[], None] | None = None
+    ) -> None:
+        """Call ``callback`` once every task active now has finished, or
+        ``dropped``, if given, if the broker closes first."""
+        self._barriers.append(_Barrier(set(self.active), callback, dropped))
         self._fire()
 
     def drop_barriers(self) -> None:
-        """Forget the callbacks that wait (nothing will finish: the broker closes)."""
-        self._barriers.clear()
+        """Forget the callbacks that wait (nothing will finish: the broker
+        closes), and call their ``dropped``."""
+        barriers, self._barriers = self._barriers, []
+        for barrier in barriers:
+            if barrier.dropped is not None:
+                try:
+                    barrier.dropped()
+                except Exception:
+                    _logger.exception("a callback of a barrier the broker dropped failed")
 
     def _fire(self) -> None:
         done = [b for b in self._barriers if not b.waiting]
@@ -58,8 +68,14 @@ class Ledger:
 
 
 class _Barrier:
-    __slots__ = ("waiting", "callback")
+    __slots__ = ("waiting", "callback", "dropped")
 
-    def __init__(self, waiting: set[int], callback: Callable[[], None]):
+    def __init__(
+        self,
+        waiting: set[int],
+        callback: Callable[[], None],
+        dropped: Callable[[], None] | None,
+    ):
         self.waiting = waiting
         self.callback = callback
+        self.dropped = dropped

@@ -108,7 +108,9 @@ class MapsMixin(PoolBase):
         ``add_hosts``, a ``resize``, a replacement of a worker that died)
         does not run it; to set up every worker, those included, use
         ``initializer``. A worker removed with ``drain=False`` before it ran
-        ``func`` fails it with ``WorkerLostError``.
+        ``func`` fails it with ``WorkerLostError``; a shutdown that stops the
+        pool before it ran (its ``timeout`` passed) fails it with
+        ``PoolClosedError``.
 
         Raises the first error if it fails on any worker.
         """

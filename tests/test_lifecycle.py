@@ -152,6 +152,36 @@ def test_a_map_of_an_async_input_read_after_the_shutdown_raises(kind):
     assert len(outcome) == 1 and isinstance(outcome[0], PoolClosedError), outcome
 
 
+@pytest.mark.parametrize("kind", ["run_on_all", "run_on_all_async"])
+def test_run_on_all_waiting_behind_a_task_ends_when_the_shutdown_stops_it(kind):
+    """run_on_all waits for the tasks before it; a shutdown whose timeout
+    stops them (the worker killed after the grace) leaves nothing to wait
+    for: the call raises PoolClosedError instead of waiting for ever."""
+    pool = Pool(1, qsize=1)
+    pool.run_on_all(int, 0)
+    blocker = pool.submit(tasks.sleep_return, 30, "blocker")
+    outcome: list[object] = []
+
+    def call():
+        try:
+            if kind == "run_on_all":
+                outcome.append(pool.run_on_all(tasks.pid))
+            else:
+                outcome.append(asyncio.run(pool.run_on_all_async(tasks.pid)))
+        except BaseException as e:  # noqa: BLE001 - the test looks at it
+            outcome.append(e)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    time.sleep(0.3)  # it waits behind the blocker
+    pool.shutdown(timeout=0.1)
+    assert isinstance(blocker.exception(timeout=0), PoolClosedError)
+    thread.join(30)
+    assert not thread.is_alive(), "run_on_all waits for ever after the shutdown"
+    assert len(outcome) == 1 and isinstance(outcome[0], PoolClosedError), outcome
+    assert "run_on_all(pid)" in str(outcome[0])
+
+
 def test_inputs_of_a_map_that_ended_leave_the_queue_at_once():
     # they must not wait for a free worker to be dropped: there may be none
     # (a lost host), and a shutdown waits for every task still queued

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 
 from distex_zmq.broker import Task
+from distex_zmq.errors import PoolClosedError
 from distex_zmq.results import TaskFuture
 from distex_zmq.runtime.loop import Runtime
 from distex_zmq.tasks import TaskMaker
@@ -41,13 +42,23 @@ def pin_to_all_after_drain(
         pinned = runtime.broker.pin_to_all(make_task)
         batch.set_result([task.tag for task in pinned])
 
+    def dropped() -> None:
+        # the pool shut down first, and stopped the tasks before it
+        if batch.set_running_or_notify_cancel():
+            batch.set_exception(
+                PoolClosedError(f"the pool was shut down before run_on_all({template.name}) ran")
+            )
+
     def after_start(started: concurrent.futures.Future[None]) -> None:
         error = started.exception()
         if error is not None:
             if batch.set_running_or_notify_cancel():
                 batch.set_exception(error)
-        else:
-            runtime.loop.call_soon_threadsafe(runtime.broker.when_drained, pin)
+            return
+        try:
+            runtime.loop.call_soon_threadsafe(runtime.broker.when_drained, pin, dropped)
+        except RuntimeError:  # the pool loop has ended
+            dropped()
 
     if runtime.started.done():
         after_start(runtime.started)
