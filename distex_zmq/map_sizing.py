@@ -16,7 +16,6 @@ back the inputs it has not started (``CHUNK_BUDGET_US``).
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from typing import Any
 
@@ -86,8 +85,15 @@ class ChunkSizer:
     def sample(self, results: deque[tuple[Task, int, Any]], sizes: dict[int, int]) -> None:
         """Size the next chunks from the newest few of ``results`` (they say
         enough about the run time); ``sizes``: inputs per chunk task, by its
-        sequence number (``Task.tag``)."""
-        for task, status, value in itertools.islice(reversed(results), 4):
+        sequence number (``Task.tag``).
+
+        The pool loop appends to ``results`` meanwhile, so they are read by
+        index, not iterated: an iterator of a deque that grows raises
+        ``RuntimeError``. Only the map's thread takes results out, so an
+        index from the end stays valid."""
+        count = min(4, len(results))
+        for back in range(1, count + 1):
+            task, status, value = results[-back]
             if status != p.STATUS_PARTIAL and type(value) is tuple and len(value) < 4:
                 self.note_run(value[2], sizes.get(task.tag, 1) or 1)
 

@@ -8,13 +8,17 @@ import concurrent.futures
 import gc
 import inspect
 import itertools
+import sys
+import threading
 import weakref
 
 import pytest
+from distex_zmq.broker import Task
 
 from distex_zmq import Pool, RemoteException
 from distex_zmq.map_run import BYTES_AHEAD, map_window
-from distex_zmq.map_sizing import MAX_BATCH
+from distex_zmq.map_sizing import MAX_BATCH, ChunkSizer
+from distex_zmq.wire import frames as p
 from tests import tasks
 from tests.helpers import wait_until
 
@@ -206,6 +210,37 @@ def test_unbounded_input_with_early_break(shared_pool, chunksize):
     # nothing is left pending: the pool drains and keeps working
     assert shared_pool.run_on_all(tasks.square, 2) == [4, 4]
     assert list(shared_pool.map(tasks.square, range(10))) == [i * i for i in range(10)]
+
+
+def test_adaptive_sizing_reads_results_the_pool_loop_appends_to():
+    # A map's thread samples the newest results while the pool loop appends
+    # more to the same deque; iterating it then raised "deque mutated during
+    # iteration" out of the map, now and then. A thread that appends (as the
+    # pool loop does) and thread switches as often as Python allows make it
+    # happen within a few thousand samples.
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    results: collections.deque = collections.deque()
+    task = Task(1, 1, b"", p.FLAG_STAR, b"", [], None)  # type: ignore[arg-type]
+    stop = threading.Event()
+
+    def pool_loop():
+        while not stop.is_set():
+            results.append((task, p.STATUS_OK, (b"", [], 5)))
+
+    appender = threading.Thread(target=pool_loop)
+    appender.start()
+    sizer = ChunkSizer(None, True)
+    try:
+        for _ in range(20_000):
+            sizer.sample(results, {})
+            while len(results) > 64:  # as the map takes them
+                results.popleft()
+    finally:
+        stop.set()
+        appender.join()
+        sys.setswitchinterval(old_interval)
+    assert sizer.chunksize > 1  # the results were read: tiny tasks are grouped
 
 
 def test_large_inputs_are_read_ahead_by_bytes_not_by_count(shared_pool):
