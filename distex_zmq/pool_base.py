@@ -59,7 +59,9 @@ class PoolBase(concurrent.futures.Executor):
                 # running cell is a context variable, all of it would go to
                 # the cell that made the pool
                 self._runtime = contextvars.Context().run(Runtime, self._options, self._tasks)
-                self._finalizer = weakref.finalize(self, shutdown_runtime, self._runtime)
+                self._finalizer = weakref.finalize(
+                    self, shutdown_runtime, weakref.ref(self._runtime)
+                )
             return self._runtime
 
     def _live_runtime(self) -> Runtime:

@@ -11,6 +11,7 @@ subprocess with a hard timeout, so that a hang fails the test, not the suite.
 from __future__ import annotations
 
 import asyncio
+import gc
 import glob
 import os
 import socket
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import weakref
 
 import pytest
 import zmq
@@ -26,6 +28,7 @@ import zmq
 from distex_zmq import Pool
 from distex_zmq.errors import HostConnectionError, PoolClosedError, WorkerStartError
 from distex_zmq.runtime.ipc import UNBOUND_STALE_AFTER
+from tests import tasks
 from tests.conftest import ROOT
 from tests.helpers import child_pids, wait_until
 
@@ -161,6 +164,27 @@ def test_refused_spawner_port_fails_at_once():
     # a bound on a hang (connect_timeout is 30 s), not a performance assertion
     assert time.monotonic() - t0 < REFUSAL_BOUND
     assert where in str(info.value)
+
+
+@pytest.mark.timeout(120)
+def test_a_dropped_pool_whose_start_failed_is_freed():
+    # The error of a failed start holds the frames it was raised through,
+    # which hold the pool. The pool's finalizer held its runtime, which holds
+    # that error: such a pool, dropped, was never freed, nor its runtime,
+    # broker and sockets; a program that retries a pool kept every one.
+    pools: list[weakref.ref[Pool]] = []
+
+    def attempt() -> None:
+        pool = Pool(1, initializer=tasks.init_fail)
+        pools.append(weakref.ref(pool))
+        with pool:
+            pass
+
+    for _ in range(3):
+        with pytest.raises(WorkerStartError, match="initializer exploded"):
+            attempt()
+    gc.collect()
+    assert [ref() for ref in pools] == [None, None, None]
 
 
 def test_futures_pending_when_the_start_fails_get_its_error(make_pool):

@@ -429,11 +429,21 @@ class Runtime:
             self._endpoints.close()
 
 
-def shutdown_runtime(runtime: Runtime) -> None:
+def shutdown_runtime(runtime_ref: weakref.ref[Runtime]) -> None:
     """Finalizer of a pool no longer referenced: shut it down once the tasks
     submitted have finished, without waiting here (the futures of a dropped
-    pool still complete, as a dropped ``ProcessPoolExecutor``'s do)."""
-    runtime.close(wait=False)
+    pool still complete, as a dropped ``ProcessPoolExecutor``'s do).
+
+    It holds the runtime weakly: while the pool loop runs, its thread holds
+    the runtime, and once the loop has ended there is nothing to shut down.
+    Held strongly, by the finalizer registry (a global), a runtime would
+    keep alive what it refers to, and through it the pool: the error of a
+    pool whose start failed holds the frames it was raised through, which
+    hold the pool, so that such a pool, dropped, was never freed (nor its
+    runtime, broker and tasks)."""
+    runtime = runtime_ref()
+    if runtime is not None:
+        runtime.close(wait=False)
 
 
 #: Seconds the interpreter's exit waits for the pools' tasks before it says so.
