@@ -262,6 +262,8 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             # the start cleaned up after itself; its thread is about to end
             while runtime.loop_running:
                 await asyncio.sleep(0.005)
+            if runtime.error is not None:
+                runtime.raise_error()
         runtime.started.result()
         return self
 
@@ -278,6 +280,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         except BaseException:
             if runtime.error is not None:
                 runtime.wait_loop_ended()  # the start cleaned up; its thread ends
+                runtime.raise_error()
             raise
         return self
 

@@ -70,7 +70,7 @@ class PoolBase(concurrent.futures.Executor):
         if runtime is None or self._is_shutdown:
             runtime = self._start()
         if runtime.error is not None:
-            raise runtime.error
+            runtime.raise_error()
         if runtime.inherited:
             raise runtime.inherited_error()
         return runtime
@@ -102,5 +102,5 @@ def raise_start_error(runtime: Runtime) -> NoReturn:
     its error), or the pool was shut down (re-raise the ``PoolClosedError``
     being handled)."""
     if runtime.error is not None:
-        raise runtime.error
+        runtime.raise_error()
     raise

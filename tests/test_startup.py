@@ -20,6 +20,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import traceback
 import weakref
 
 import pytest
@@ -185,6 +186,25 @@ def test_a_dropped_pool_whose_start_failed_is_freed():
             attempt()
     gc.collect()
     assert [ref() for ref in pools] == [None, None, None]
+
+
+@pytest.mark.timeout(120)
+def test_the_start_error_keeps_no_frames_of_the_calls_it_was_raised_from(make_pool):
+    # Every call raises the one error of the start; raised as it was, it
+    # added each call's frames to its traceback and kept them, with their
+    # locals (a task's arguments), for as long as the pool lived.
+    pool = make_pool(1, initializer=tasks.init_fail)
+    with pytest.raises(WorkerStartError):
+        pool.run(tasks.square, 2)  # the start has failed
+    lengths = []
+    for _ in range(50):
+        with pytest.raises(WorkerStartError, match="initializer exploded") as info:
+            pool.submit(tasks.square, 2)
+        lengths.append(len(traceback.extract_tb(info.value.__traceback__)))
+    assert lengths == [lengths[0]] * 50
+    with pytest.raises(WorkerStartError) as info:
+        pool.__enter__()
+    assert len(traceback.extract_tb(info.value.__traceback__)) <= lengths[0]
 
 
 def test_futures_pending_when_the_start_fails_get_its_error(make_pool):

@@ -23,7 +23,8 @@ import shutil
 import sys
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import zmq
 
@@ -80,6 +81,8 @@ class Runtime:
         self.closing = False
         #: why the pool cannot take tasks any more (start-up failure, crash loop)
         self.error: BaseException | None = None
+        #: the traceback ``error`` had when it was set (``raise_error``)
+        self._error_traceback: TracebackType | None = None
         #: why a shutdown stopped waiting for the tasks (no worker for long)
         self._no_workers: str | None = None
         #: the pool's last status, taken as it was torn down
@@ -235,7 +238,7 @@ class Runtime:
             )
         except BaseException as e:
             if self.error is None and not isinstance(e, asyncio.CancelledError):
-                self.error = e
+                self._set_error(e)
             await self._teardown(FAILED_STOP_GRACE)
             raise
 
@@ -295,10 +298,24 @@ class Runtime:
         ``total_workers`` have."""
         self._gate.worker_ready()
 
+    def _set_error(self, error: BaseException) -> None:
+        self.error = error
+        self._error_traceback = error.__traceback__
+
+    def raise_error(self) -> NoReturn:
+        """Raise ``error`` to a caller, with the traceback it had when it was
+        set (and this call's frames). The pool raises that one exception
+        from every later call; raised as it is, it would add each call's
+        frames to its traceback and keep them, their locals too (the
+        arguments of each task submitted), for as long as the pool lives."""
+        error = self.error
+        assert error is not None
+        raise error.with_traceback(self._error_traceback)
+
     def fail(self, error: BaseException) -> None:
         """The pool cannot go on: fail what waits and refuse new tasks."""
         if self.error is None:
-            self.error = error
+            self._set_error(error)
         if not self._gate.fail(error):
             self.broker.fail_all(lambda task: error)
 
