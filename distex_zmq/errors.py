@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import linecache
 import re
 import traceback
@@ -61,6 +62,29 @@ class TaskTimeoutError(TaskOrigin, DistexError, TimeoutError):
 
 class CrashLoopError(DistexError):
     """Workers died faster than the pool's limit; it stopped replacing them."""
+
+
+def fresh_error(error: BaseException) -> BaseException:
+    """A copy of ``error`` for one caller to raise: its type, message,
+    attributes, cause and traceback as they are.
+
+    An error that the pool keeps (the one its start ended with, a crash
+    loop's) is raised as such copies, never itself: a raise adds the frames
+    it goes through to the exception's traceback, and with them their
+    locals, the pool among them, which the pool's loop would then keep
+    alive, so that a pool dropped after a crash loop was never freed. An
+    error that does not copy (its class takes other arguments than its
+    ``args``) is returned as it is."""
+    try:
+        fresh = copy.copy(error)
+    except Exception:  # noqa: BLE001 - raised as it is, then
+        return error
+    if type(fresh) is not type(error):
+        return error
+    fresh.__cause__ = error.__cause__
+    fresh.__context__ = error.__context__
+    fresh.__suppress_context__ = error.__suppress_context__
+    return fresh.with_traceback(error.__traceback__)
 
 
 class RemoteException(TaskOrigin, DistexError):

@@ -10,6 +10,7 @@ it must still compute correct results afterwards.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import linecache
 import logging
 import os
@@ -20,6 +21,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -238,6 +240,34 @@ def test_crash_loop_gives_up_with_a_clear_error(make_pool: MakePool) -> None:
     assert any(isinstance(e, CrashLoopError) for e in errors)
     with pytest.raises(CrashLoopError, match="max_worker_deaths=3"):
         pool.submit(ft.square, 2)
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_dropped_after_a_crash_loop_is_freed_and_stops() -> None:
+    # The crash loop's error, kept by the pool and raised to the callers as
+    # it was, took their frames along, the pool among their locals; the pool
+    # loop, which runs on after a crash loop, kept that error, so a dropped
+    # pool was never freed: its thread, sockets and worker lived on.
+    before, threads_before = child_pids(), set(_pool_threads())
+
+    def crash_loop() -> weakref.ref[Pool]:
+        pool = Pool(2, max_retries=0, max_worker_deaths=2)
+        futures = [pool.submit(ft.exit_3) for _ in range(6)]
+        concurrent.futures.wait(futures, timeout=30)
+        assert any(isinstance(f.exception(), CrashLoopError) for f in futures)
+        with pytest.raises(CrashLoopError, match="max_worker_deaths=2"):
+            pool.run(ft.square, 2)
+        return weakref.ref(pool)
+
+    dropped = crash_loop()
+    gc.collect()
+    assert dropped() is None
+    assert wait_until(lambda: set(_pool_threads()) <= threads_before, timeout=20)
+    assert wait_until(lambda: child_pids() <= before, timeout=20)
+
+
+def _pool_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "distex_zmq pool loop"]
 
 
 # --- start-up failures -------------------------------------------------------

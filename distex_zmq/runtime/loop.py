@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import zmq
 
 from distex_zmq.broker import Broker, Task
-from distex_zmq.errors import PoolClosedError
+from distex_zmq.errors import PoolClosedError, fresh_error
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import new_event_loop
 from distex_zmq.options import Options
@@ -303,21 +303,21 @@ class Runtime:
         self._error_traceback = error.__traceback__
 
     def raise_error(self) -> NoReturn:
-        """Raise ``error`` to a caller, with the traceback it had when it was
-        set (and this call's frames). The pool raises that one exception
-        from every later call; raised as it is, it would add each call's
-        frames to its traceback and keep them, their locals too (the
-        arguments of each task submitted), for as long as the pool lives."""
+        """Raise ``error`` to a caller: a copy (``fresh_error``), with the
+        traceback it had when it was set (and this call's frames). Raised as
+        it is from every later call, it would add each call's frames to its
+        traceback and keep them, their locals too (the arguments of each
+        task submitted, the pool), for as long as the pool lives."""
         error = self.error
         assert error is not None
-        raise error.with_traceback(self._error_traceback)
+        raise fresh_error(error).with_traceback(self._error_traceback)
 
     def fail(self, error: BaseException) -> None:
         """The pool cannot go on: fail what waits and refuse new tasks."""
         if self.error is None:
             self._set_error(error)
         if not self._gate.fail(error):
-            self.broker.fail_all(lambda task: error)
+            self.broker.fail_all(lambda task: fresh_error(error))
 
     # shut-down
 
