@@ -12,8 +12,10 @@ import io
 import sys
 import threading
 import types
+import typing
 from typing import Any
 
+import cloudpickle
 import dill
 
 from .script_pickler import ScriptPickler, function_reduce, reduce_class
@@ -32,12 +34,17 @@ _NEW_LOCKS: dict[type, Any] = {
     type(threading.Lock()): threading.Lock,
     type(threading.RLock()): threading.RLock,
 }
+#: cloudpickle's reduction of a ``typing.TypeVar``: by value if it cannot be
+#: found by name (the script's, or one that a pickle made so in a worker)
+_TYPEVAR_REDUCE = cloudpickle.Pickler.dispatch_table[typing.TypeVar]
 
 
 class ScriptClassesPickler(dill.Pickler):
     """dill, but classes of ``__main__`` go as cloudpickle sends them (with
     their tracker ids); dill alone sends a new class each time, and cannot
-    send a script's enum. Modules go by name, as cloudpickle sends them: dill
+    send a script's enum. So does a ``typing.TypeVar`` of the script (a
+    generic class's parameter), which dill sends by name, and a worker's
+    ``__main__`` has none. Modules go by name, as cloudpickle sends them: dill
     sends a module outside the standard library and site-packages (one next
     to the script) with a copy of its globals, which fails on the first one
     that does not pickle (a lock, a ``threading.local``) and otherwise
@@ -78,6 +85,11 @@ class ScriptClassesPickler(dill.Pickler):
         elif type(obj) is functools.cached_property and id(obj) not in self.memo:
             self.save_reduce(make_cached_property, (obj.func, obj.attrname), obj=obj)
             return
+        elif type(obj) is typing.TypeVar and id(obj) not in self.memo:
+            reduce = _TYPEVAR_REDUCE(obj)
+            if reduce[0] is not getattr:  # the script's, or one made by value
+                self.save_reduce(*reduce, obj=obj)
+                return
         elif type(obj) in _NEW_LOCKS and id(obj) not in self.memo:
             self.save_reduce(_NEW_LOCKS[type(obj)], (), obj=obj)
             return

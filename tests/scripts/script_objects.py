@@ -72,6 +72,20 @@ class Span(typing.NamedTuple):
 
 Cell = namedtuple("Cell", "row col")
 
+T = typing.TypeVar("T")
+
+
+class Stack(typing.Generic[T]):
+    def __init__(self, items):
+        self.items = list(items)
+
+    def top(self) -> T:
+        return self.items[-1]
+
+
+def make_stack(n):
+    return Stack[int](range(n))
+
 
 def stretch(span):
     return Span(span.start, span.end + 1)
@@ -165,6 +179,12 @@ def check(executor, lambdas=True):
     cell = executor.submit(apply, lambda c: c._replace(col=5), Cell(1, 2)) if lambdas else None
     assert cell is None or (type(cell.result()) is Cell and cell.result() == (1, 5))
     assert executor.submit(apply, Cell._make, [3, 4]).result() == Cell(3, 4)
+    # a generic class of the script, whose type variable is the script's too
+    stack = executor.submit(make_stack, 3).result()
+    assert type(stack) is Stack and stack.top() == 2, stack
+    assert executor.submit(apply, Stack.top, Stack([4])).result() == 4
+    assert executor.submit(apply, operator.attrgetter("__parameters__"), Stack).result() == (T,)
+    assert executor.submit(apply, operator.attrgetter("__name__"), T).result() == "T"
     # a class itself, as argument and result
     assert executor.submit(apply, fields_of, Job).result() == ["n", "tags"]
     assert executor.submit(apply, type, Job(1)).result() is Job
