@@ -39,9 +39,11 @@ from .script_rebuild import (
     is_singledispatch,
     make_cached_property,
     make_lru_cache,
+    make_script_class,
     make_script_function,
     make_singledispatch,
     script_ref,
+    set_script_class_state,
     set_script_function_state,
     singledispatch_args,
 )
@@ -52,8 +54,9 @@ _CODE_REDUCE = cloudpickle.Pickler.dispatch_table[types.CodeType]
 
 def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
     """cloudpickle's reduction of ``obj``, a class of the script, made with
-    its ``__slots__``; ``NotImplemented`` if cloudpickle sends it by
-    reference."""
+    its ``__slots__`` by ``make_script_class`` and given its attributes by
+    ``set_script_class_state`` (not the client's own class); ``NotImplemented``
+    if cloudpickle sends it by reference."""
     reduce = cloudpickle.Pickler.reducer_override(pickler, obj)
     if (
         reduce is not NotImplemented
@@ -66,6 +69,20 @@ def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
         args = list(reduce[1])
         args[3] = {**args[3], "__slots__": vars(obj)["__slots__"]}  # type_kwargs
         reduce = (reduce[0], tuple(args), *reduce[2:])
+    if (
+        reduce is not NotImplemented
+        and len(reduce) == 6
+        and reduce[5] is _cloudpickle._class_setstate
+        and reduce[0] in (_cloudpickle._make_skeleton_class, _cloudpickle._make_skeleton_enum)
+    ):
+        reduce = (
+            make_script_class,
+            (reduce[0], reduce[1]),
+            reduce[2],
+            None,
+            None,
+            set_script_class_state,
+        )
     return reduce
 
 

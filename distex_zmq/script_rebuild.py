@@ -9,6 +9,13 @@ functions share there (``worker.script_globals`` registers it as
 or a task set, as the functions that the pool runs do. In the client it
 keeps globals of its own, as cloudpickle makes it.
 
+A class of the script is made by ``make_script_class`` and given its
+attributes by ``set_script_class_state`` only where a pickle made it: a
+class that the process has of its own (the script's class in the client,
+which a result of that class names by its tracker id) stays as the script
+made it. cloudpickle alone sets the worker's attributes on it, methods
+included, whose globals are then a copy of the script's.
+
 A cached function (``functools.lru_cache``, ``cache``) and a
 ``functools.cached_property`` of the script are made again from their
 function.
@@ -30,6 +37,7 @@ from __future__ import annotations
 import builtins
 import functools
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -96,6 +104,34 @@ def make_script_function(
     else:
         base_globals["__builtins__"] = builtins
     return types.FunctionType(code, base_globals, name, argdefs, closure)
+
+
+#: the classes that a pickle made in this process (see ``make_script_class``)
+_made_classes: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def make_script_class(make: Callable[..., type], args: tuple[Any, ...]) -> type:
+    """cloudpickle's ``make(*args)`` (``_make_skeleton_class`` or
+    ``_make_skeleton_enum``, whose second last argument is the class's
+    tracker id): the class this process has under that id, else a new one,
+    which ``set_script_class_state`` fills."""
+    from cloudpickle import cloudpickle
+
+    known = cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID.get(args[-2])
+    cls = make(*args)
+    if cls is not known:
+        _made_classes.add(cls)
+    return cls
+
+
+def set_script_class_state(cls: type, state: Any) -> None:
+    """cloudpickle's ``_class_setstate`` for a class that a pickle made in
+    this process; a class of the process's own (the script's, in the
+    client) keeps its attributes and methods."""
+    if cls in _made_classes:
+        from cloudpickle import cloudpickle
+
+        cloudpickle._class_setstate(cls, state)
 
 
 def code_with_filename(

@@ -87,6 +87,22 @@ def make_stack(n):
     return Stack[int](range(n))
 
 
+SCALE = {"factor": 1}
+
+
+class Settings:
+    level = 1
+
+    def scaled(self, x):
+        return x * SCALE["factor"] * self.level
+
+
+def retune(level):
+    Settings.level = level
+    Settings.extra = "set by a task"
+    return Settings()
+
+
 def stretch(span):
     return Span(span.start, span.end + 1)
 
@@ -185,6 +201,15 @@ def check(executor, lambdas=True):
     assert executor.submit(apply, Stack.top, Stack([4])).result() == 4
     assert executor.submit(apply, operator.attrgetter("__parameters__"), Stack).result() == (T,)
     assert executor.submit(apply, operator.attrgetter("__name__"), T).result() == "T"
+    # a result of a class of the script leaves the client's class as the
+    # script made it: its attributes, and its methods, which see the script's
+    # globals
+    scaled = Settings.scaled
+    settings = executor.submit(retune, 5).result()
+    assert type(settings) is Settings and settings.level == 1, vars(Settings)
+    assert Settings.scaled is scaled and not hasattr(Settings, "extra"), vars(Settings)
+    SCALE["factor"] = 3
+    assert settings.scaled(2) == 6, settings.scaled(2)
     # a class itself, as argument and result
     assert executor.submit(apply, fields_of, Job).result() == ["n", "tags"]
     assert executor.submit(apply, type, Job(1)).result() is Job
