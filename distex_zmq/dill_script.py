@@ -18,7 +18,13 @@ from typing import Any
 import cloudpickle
 import dill
 
-from .script_pickler import ScriptPickler, function_reduce, reduce_class
+from .script_pickler import (
+    TYPE_PARAMS,
+    ScriptPickler,
+    function_reduce,
+    reduce_class,
+    type_param_reduce,
+)
 from .script_rebuild import (
     RefSink,
     is_singledispatch,
@@ -42,14 +48,14 @@ _TYPEVAR_REDUCE = cloudpickle.Pickler.dispatch_table[typing.TypeVar]
 class ScriptClassesPickler(dill.Pickler):
     """dill, but classes of ``__main__`` go as cloudpickle sends them (with
     their tracker ids); dill alone sends a new class each time, and cannot
-    send a script's enum. So does a ``typing.TypeVar`` of the script (a
-    generic class's parameter), which dill sends by name, and a worker's
-    ``__main__`` has none. Modules go by name, as cloudpickle sends them: dill
-    sends a module outside the standard library and site-packages (one next
-    to the script) with a copy of its globals, which fails on the first one
-    that does not pickle (a lock, a ``threading.local``) and otherwise
-    overwrites the worker's globals of that module at every task. A
-    ``functools.singledispatch`` function of the script goes as its
+    send a script's enum. So do a ``typing.TypeVar``, ``ParamSpec`` and
+    ``TypeVarTuple`` of the script (a generic class's parameters), which dill
+    sends by name, and a worker's ``__main__`` has none. Modules go by name,
+    as cloudpickle sends them: dill sends a module outside the standard
+    library and site-packages (one next to the script) with a copy of its
+    globals, which fails on the first one that does not pickle (a lock, a
+    ``threading.local``) and otherwise overwrites the worker's globals of
+    that module at every task. A ``functools.singledispatch`` function of the script goes as its
     implementations (its dispatch cache holds weak references), and a
     ``functools.cached_property`` (of a class sent by value) as its function
     and name (before Python 3.12 one holds an ``RLock``). A ``threading.Lock``
@@ -88,6 +94,11 @@ class ScriptClassesPickler(dill.Pickler):
         elif type(obj) is typing.TypeVar and id(obj) not in self.memo:
             reduce = _TYPEVAR_REDUCE(obj)
             if reduce[0] is not getattr:  # the script's, or one made by value
+                self.save_reduce(*reduce, obj=obj)
+                return
+        elif type(obj) in TYPE_PARAMS and id(obj) not in self.memo:
+            reduce = type_param_reduce(obj)
+            if reduce is not NotImplemented:
                 self.save_reduce(*reduce, obj=obj)
                 return
         elif type(obj) in _NEW_LOCKS and id(obj) not in self.memo:

@@ -42,6 +42,7 @@ from .script_rebuild import (
     make_script_class,
     make_script_function,
     make_singledispatch,
+    make_type_param,
     script_ref,
     set_script_class_state,
     set_script_function_state,
@@ -49,6 +50,10 @@ from .script_rebuild import (
 )
 
 _LRU_CACHE_WRAPPER = functools._lru_cache_wrapper
+#: the kinds of type parameter that cloudpickle sends by name only
+TYPE_PARAMS: tuple[type, ...] = tuple(
+    getattr(typing, name) for name in ("ParamSpec", "TypeVarTuple") if hasattr(typing, name)
+)
 _CODE_REDUCE = cloudpickle.Pickler.dispatch_table[types.CodeType]
 
 
@@ -84,6 +89,25 @@ def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
             set_script_class_state,
         )
     return reduce
+
+
+def type_param_reduce(obj: Any) -> Any:
+    """The reduction of ``obj``, a ``typing.ParamSpec`` or ``TypeVarTuple``
+    (of ``TYPE_PARAMS``), by value if it cannot be found by name (the
+    script's, or one made so in a worker), as cloudpickle sends a
+    ``TypeVar``: a generic class of the script over it has it among its
+    parameters. ``NotImplemented`` if it goes by name."""
+    if _cloudpickle._lookup_module_and_qualname(obj, name=obj.__name__) is not None:
+        return NotImplemented
+    kwargs = {}
+    if isinstance(obj, typing.ParamSpec):
+        kwargs = {
+            "bound": obj.__bound__,
+            "covariant": obj.__covariant__,
+            "contravariant": obj.__contravariant__,
+        }
+    tracker_id = _cloudpickle._get_or_create_tracker_id(obj)
+    return make_type_param, (type(obj), obj.__name__, kwargs, tracker_id)
 
 
 def function_reduce(pickler: cloudpickle.Pickler, obj: types.FunctionType) -> Any:
@@ -147,6 +171,10 @@ class ScriptPickler(cloudpickle.Pickler):
             return make_lru_cache, (obj.__wrapped__, cache["maxsize"], cache["typed"])
         if kind is functools.cached_property:
             return make_cached_property, (obj.func, obj.attrname)
+        if kind in TYPE_PARAMS:
+            reduce = type_param_reduce(obj)
+            if reduce is not NotImplemented:
+                return reduce
         return super().reducer_override(obj)
 
 

@@ -134,6 +134,17 @@ def set_script_class_state(cls: type, state: Any) -> None:
         cloudpickle._class_setstate(cls, state)
 
 
+def make_type_param(
+    kind: Callable[..., Any], name: str, kwargs: dict[str, Any], tracker_id: str
+) -> Any:
+    """A ``typing.ParamSpec`` or ``TypeVarTuple`` of the script (``kind``),
+    as cloudpickle makes a ``TypeVar``: the one this process has under
+    ``tracker_id`` if any, so that it is the same object in each pickle."""
+    from cloudpickle import cloudpickle
+
+    return cloudpickle._lookup_class_or_track(tracker_id, kind(name, **kwargs))
+
+
 def code_with_filename(
     make: Callable[..., types.CodeType], args: tuple[Any, ...], filename: str
 ) -> types.CodeType:

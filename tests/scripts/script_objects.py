@@ -73,6 +73,7 @@ class Span(typing.NamedTuple):
 Cell = namedtuple("Cell", "row col")
 
 T = typing.TypeVar("T")
+P = typing.ParamSpec("P")
 
 
 class Stack(typing.Generic[T]):
@@ -85,6 +86,18 @@ class Stack(typing.Generic[T]):
 
 def make_stack(n):
     return Stack[int](range(n))
+
+
+class Call(typing.Generic[P, T]):
+    def __init__(self, func):
+        self.func = func
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self.func(*args, **kwargs)
+
+
+def call_twice(x):
+    return Call(operator.mul)(x, 2)
 
 
 SCALE = {"factor": 1}
@@ -201,6 +214,9 @@ def check(executor, lambdas=True):
     assert executor.submit(apply, Stack.top, Stack([4])).result() == 4
     assert executor.submit(apply, operator.attrgetter("__parameters__"), Stack).result() == (T,)
     assert executor.submit(apply, operator.attrgetter("__name__"), T).result() == "T"
+    assert executor.submit(call_twice, 4).result() == 8
+    assert executor.submit(apply, operator.attrgetter("__parameters__"), Call).result() == (P, T)
+    assert type(executor.submit(apply, Call, len).result()) is Call
     # a result of a class of the script leaves the client's class as the
     # script made it: its attributes, and its methods, which see the script's
     # globals
