@@ -132,6 +132,36 @@ def _rebuild_remote_exception(
     return exc
 
 
+class WithoutInit:
+    """Pickles exception ``exc`` as its class, ``args`` and attributes, to be
+    rebuilt without a call of its class's ``__init__``.
+
+    An exception pickles as its class called with its ``args``, and a class
+    whose ``__init__`` takes other arguments (``DiskError(code, path)``
+    passing one message to ``Exception``) fails to load so; rebuilt this
+    way, the caller gets that class, and ``except DiskError`` catches it.
+    """
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        exc = self.exc
+        return rebuild_without_init, (type(exc), exc.args, getattr(exc, "__dict__", {}))
+
+
+def rebuild_without_init(
+    cls: type[BaseException], args: tuple[Any, ...], attrs: dict[str, Any]
+) -> BaseException:
+    """An exception of ``cls`` with ``args`` and ``attrs``, its ``__init__`` not called."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(attrs)
+    return exc
+
+
 #: A frame's line of a formatted traceback, and the source line after it.
 _FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+), in .*$')
 

@@ -230,7 +230,7 @@ def raise_unpicklable_error() -> None:
 
 
 class DiskError(Exception):
-    """An exception that pickles, but whose pickle does not load: it passes
+    """An exception whose pickle does not load as pickle makes it: it passes
     ``__init__`` other arguments than its own to ``Exception``."""
 
     def __init__(self, code: int, path: str):
@@ -240,6 +240,34 @@ class DiskError(Exception):
 
 def raise_disk_error() -> None:
     raise DiskError(28, "/data")
+
+
+class NewArgsError(Exception):
+    """An exception that pickles, but that cannot be rebuilt from its pickle
+    in any way: its ``__new__`` takes other arguments than its ``args``."""
+
+    def __new__(cls, code: int, path: str) -> NewArgsError:
+        return super().__new__(cls, f"code {code} on {path}")
+
+    def __init__(self, code: int, path: str):
+        super().__init__(f"code {code} on {path}")
+
+
+def raise_new_args_error() -> None:
+    raise NewArgsError(28, "/data")
+
+
+def new_args_error_at(x: int, bad: int) -> int:
+    """``x``, but ``NewArgsError`` for ``bad``."""
+    if x == bad:
+        raise NewArgsError(28, "/data")
+    return x
+
+
+async def async_new_args_error_at(x: int, bad: int) -> int:
+    """``x``, awaited, but ``NewArgsError`` for ``bad``."""
+    await asyncio.sleep(0)
+    return new_args_error_at(x, bad)
 
 
 def _worker_only() -> Any:

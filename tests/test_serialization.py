@@ -649,15 +649,35 @@ def test_unpicklable_exception_keeps_its_text_and_traceback(shared_pool):
     assert "raise_unpicklable_error" in str(cause)
 
 
-def test_an_exception_whose_pickle_does_not_load_keeps_its_text_and_traceback(shared_pool):
-    # pickle.loads(pickle.dumps(DiskError(28, "/data"))) raises TypeError:
-    # what the caller gets names the error, its text and where it came from
-    with pytest.raises(SerializationError, match="DiskError: code 28 on /data") as info:
+def test_an_exception_whose_init_takes_other_arguments_is_raised_as_itself(shared_pool):
+    # pickle.loads(pickle.dumps(DiskError(28, "/data"))) raises TypeError
+    # (ProcessPoolExecutor breaks its pool on it): the worker sends it to be
+    # rebuilt without its __init__, so that `except DiskError` catches it
+    with pytest.raises(tasks.DiskError, match="^code 28 on /data$") as info:
         shared_pool.run(tasks.raise_disk_error)
-    assert "could not be unpickled" in str(info.value)
+    assert (info.value.code, info.value.path) == (28, "/data")
     cause = info.value.__cause__
     assert isinstance(cause, RemoteException)
     assert "raise_disk_error" in str(cause)
+    values = []
+    with pytest.raises(tasks.DiskError, match="^code 28 on /data$"):
+        for value in shared_pool.map(tasks.disk_error_at, range(10), [5] * 10, chunksize=10):
+            values.append(value)
+    assert values == [0, 1, 2, 3, 4]
+    with pytest.raises(tasks.DiskError):
+        asyncio.run(shared_pool.run_async(tasks.async_disk_error_at, 3, 3))
+    assert shared_pool.run(tasks.square, 3) == 9
+
+
+def test_an_exception_whose_pickle_does_not_load_keeps_its_text_and_traceback(shared_pool):
+    # not even without its __init__: its __new__ takes other arguments too.
+    # What the caller gets names the error, its text and where it came from
+    with pytest.raises(SerializationError, match="NewArgsError: code 28 on /data") as info:
+        shared_pool.run(tasks.raise_new_args_error)
+    assert "could not be unpickled" in str(info.value)
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteException)
+    assert "raise_new_args_error" in str(cause)
     assert shared_pool.run(tasks.square, 3) == 9
 
 
@@ -696,22 +716,22 @@ def test_an_exception_of_a_module_the_client_cannot_import_keeps_its_text_and_tr
 def test_an_input_whose_error_does_not_load_fails_alone_in_its_chunk(shared_pool):
     # the other results of the chunk come, then its error in its place
     values = []
-    with pytest.raises(SerializationError, match="DiskError: code 28 on /data") as info:
-        for value in shared_pool.map(tasks.disk_error_at, range(10), [5] * 10, chunksize=10):
+    with pytest.raises(SerializationError, match="NewArgsError: code 28 on /data") as info:
+        for value in shared_pool.map(tasks.new_args_error_at, range(10), [5] * 10, chunksize=10):
             values.append(value)
     assert values == [0, 1, 2, 3, 4]
-    assert "disk_error_at" in str(info.value.__cause__)
+    assert "new_args_error_at" in str(info.value.__cause__)
 
 
 def test_an_awaited_input_whose_error_does_not_load_fails_alone_in_its_chunk(shared_pool):
     values = []
-    with pytest.raises(SerializationError, match="DiskError: code 28 on /data") as info:
-        for value in shared_pool.map(tasks.async_disk_error_at, range(6), [3] * 6, chunksize=6):
+    with pytest.raises(SerializationError, match="NewArgsError: code 28 on /data") as info:
+        for value in shared_pool.map(tasks.async_new_args_error_at, range(6), [3] * 6, chunksize=6):
             values.append(value)
     assert values == [0, 1, 2]
-    assert "(async_disk_error_at, input #3 of a map) raised" in str(info.value)
+    assert "(async_new_args_error_at, input #3 of a map) raised" in str(info.value)
     assert info.value.index == 3
-    assert "disk_error_at" in str(info.value.__cause__)
+    assert "new_args_error_at" in str(info.value.__cause__)
     assert shared_pool.run(tasks.square, 3) == 9
 
 

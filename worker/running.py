@@ -19,10 +19,10 @@ import time
 import traceback
 import types
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from distex_zmq import script_rebuild
-from distex_zmq.errors import RemoteException, SerializationError
+from distex_zmq.errors import RemoteException, SerializationError, WithoutInit
 from distex_zmq.serialization import (
     PROTOCOL,
     SCALARS,
@@ -267,10 +267,12 @@ class Runner:
 
     def _sendable_error(self, task_id: int, e: BaseException) -> RemoteException:
         """``e``, raised by task ``task_id`` (or an input of that chunk), as
-        it is sent; a stand-in with its text and traceback if it does not
-        pickle, or if its pickle does not load (an exception pickles by its
-        args, which its class's ``__init__`` may not take): the caller would
-        get only that error, and a chunk's other results would be lost."""
+        it is sent. An exception pickles as its class called with its args,
+        which its class's ``__init__`` may not take: one whose pickle does
+        not load goes to be rebuilt without that call (``WithoutInit``). One
+        that does not pickle, or not load even so, is sent as a stand-in with
+        its text and traceback: the caller would get only the error of its
+        load, and a chunk's other results would be lost."""
         error = _remote(e)
         try:
             data, buffers = dumps(error, self._data_dumps)
@@ -279,7 +281,15 @@ class Runner:
         try:
             self._data_loads(data, buffers=buffers)
         except BaseException as failure:  # noqa: BLE001
-            return _error_stand_in(task_id, error, failure, "unpickled")
+            # pickled in the exception's place, it loads as the exception
+            stand_in = cast(BaseException, WithoutInit(e))
+            rebuilt = RemoteException(stand_in, error.tb, error.host, error.pid)
+            try:
+                data, buffers = dumps(rebuilt, self._data_dumps)
+                self._data_loads(data, buffers=buffers)
+            except BaseException:  # noqa: BLE001
+                return _error_stand_in(task_id, error, failure, "unpickled")
+            return rebuilt
         return error
 
     def _parts(self, items: Any, index: int) -> list[tuple[int, bytes, list[Any]]] | None:
