@@ -41,6 +41,7 @@ from joblib._parallel_backends import AutoBatchingMixin, FallbackToBackend
 from joblib.parallel import ParallelBackendBase
 
 from .pool import Pool
+from .tasks import callable_name
 
 NAME = "distex_zmq"
 
@@ -65,6 +66,19 @@ def _run_batch(batch: Any, max_threads: int | None = None, n_jobs: int = 1) -> A
         return batch()
     with controller.limit(limits=limits):
         return batch()
+
+
+def _batch_name(batch: Any) -> str | None:
+    """``a joblib batch of 3 calls of f``: what the pool's errors about the
+    task of ``batch`` (a ``BatchedCalls``; a worker lost, a result that does
+    not pickle) call it, rather than ``_run_batch``."""
+    items = getattr(batch, "items", None)
+    if not isinstance(items, list) or not items:
+        return None
+    names = list(dict.fromkeys(callable_name(item[0]) for item in items))
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    calls = "1 call" if len(items) == 1 else f"{len(items)} calls"
+    return f"a joblib batch of {calls} of {shown}"
 
 
 # the worker's thread pools (threadpoolctl's controller), and the number
@@ -186,9 +200,8 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def submit(self, func: Any, callback: Any = None) -> Future[Any]:
         try:
-            future = self._the_pool().submit(
-                _run_batch, func, self.inner_max_num_threads, self._n_jobs
-            )
+            args = (func, self.inner_max_num_threads, self._n_jobs)
+            future = self._the_pool()._submit_named(_batch_name(func), _run_batch, args, {})
         except Exception as error:  # noqa: BLE001 - joblib raises it from the batch
             # a batch that does not pickle (or a pool shut down) fails as a
             # batch: joblib dispatches most batches from a completion

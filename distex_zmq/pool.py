@@ -349,8 +349,19 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         ``qsize``); from then on it is running. Arguments that cannot be
         pickled raise here, in the caller.
         """
+        return self._submit_named(None, fn, args, kwargs)
+
+    def _submit_named(
+        self,
+        name: str | None,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> concurrent.futures.Future[Any]:
+        """``submit``, with ``name`` for the task in error messages instead
+        of ``fn``'s name (the joblib backend names the functions of a batch)."""
         runtime = self._live_runtime()
-        task = self._tasks.call(fn, args, kwargs, self._future_sink)
+        task = self._tasks.call(fn, args, kwargs, self._future_sink, name=name)
         future = TaskFuture(task, runtime.loop, runtime.broker.wake)
         try:
             runtime.broker.submit((task,))

@@ -84,9 +84,13 @@ class TaskMaker:
         sink: ResultSink,
         tag: Any = None,
         alone: bool = False,
+        name: str | None = None,
     ) -> Task:
         """The task of ``func(*args, **kwargs)``; ``alone``: never grouped with
-        other tasks (one pinned to a worker, or a template for such)."""
+        other tasks (one pinned to a worker, or a template for such);
+        ``name``: what error messages call it instead of ``func``'s name."""
+        if name is None:
+            name = callable_name(func)
         func_id, func_pickle, refs = self.functions.get_with_refs(func)
         try:
             if kwargs:
@@ -103,7 +107,7 @@ class TaskMaker:
                     data, buffers = dumps(args, self.data_dumps, collector)
                     refs = collector.taken()
         except Exception as e:
-            note_unpicklable(e, f"the arguments of {callable_name(func)}", self.data_dumps)
+            note_unpicklable(e, f"the arguments of {name}", self.data_dumps)
             raise
         return Task(
             next(self.ids),
@@ -114,7 +118,7 @@ class TaskMaker:
             buffers,
             sink,
             tag,
-            callable_name(func),
+            name,
             may_group=self._may_group and not alone,
             refs=refs,
         )

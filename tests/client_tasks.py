@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -20,6 +21,18 @@ def fail_on(x: int, bad: int) -> int:
     if x == bad:
         raise KeyError(x)
     return x
+
+
+def exit_on(x: int, bad: int) -> int:
+    """``x``, but the worker exits at once for ``bad``."""
+    if x == bad:
+        os._exit(1)
+    return x
+
+
+def a_lock() -> Any:
+    """A result that does not pickle."""
+    return threading.Lock()
 
 
 def mark_and_sleep(folder: str, x: int, seconds: float) -> int:

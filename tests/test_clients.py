@@ -489,6 +489,24 @@ def test_joblib_error_cancels_batches_not_started(pool, tmp_path):
 
 
 @pytest.mark.timeout(90)
+def test_joblib_errors_of_the_pool_name_the_function_of_the_batch(make_pool):
+    # the pool's own errors (a worker lost, a result that does not pickle)
+    # named the task "_run_batch", the backend's, not the caller's function
+    import distex_zmq.joblib  # noqa: F401
+    from distex_zmq.errors import SerializationError, WorkerLostError
+
+    pool = make_pool(2, max_retries=0)
+    with joblib.parallel_config(backend="distex_zmq", pool=pool):
+        calls = [joblib.delayed(client_tasks.exit_on)(i, 4) for i in range(6)]
+        with pytest.raises(WorkerLostError, match=r"\(a joblib batch of \d+ calls? of exit_on\)"):
+            joblib.Parallel(n_jobs=2)(calls)
+        with pytest.raises(SerializationError) as info:
+            joblib.Parallel(n_jobs=2, batch_size=1)([joblib.delayed(client_tasks.a_lock)()])
+        assert "(a joblib batch of 1 call of a_lock)" in str(info.value)
+        assert "_run_batch" not in str(info.value)
+
+
+@pytest.mark.timeout(90)
 def test_joblib_call_that_does_not_pickle_fails_its_parallel(pool):
     # the batches after the first ones are dispatched by completion
     # callbacks, where the pickling error went unseen and the call waited
