@@ -110,6 +110,16 @@ def local_workers(num_workers: int | None) -> int:
     return num_workers or os.cpu_count() or 1
 
 
+def drain_timeout(timeout: float | None) -> float | None:
+    """The ``timeout`` of ``shutdown``, ``remove_hosts`` and ``resize``:
+    seconds to wait for the tasks that run, or None (no bound)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}")
+    return float(timeout)
+
+
 def pool_options(
     num_workers: int | None,
     hosts: str | list[str] | None,

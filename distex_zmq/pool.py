@@ -29,7 +29,7 @@ from typing import Any
 
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.loops import LoopType, running_loop
-from distex_zmq.options import pool_options
+from distex_zmq.options import drain_timeout, pool_options
 from distex_zmq.pool_base import raise_start_error
 from distex_zmq.pool_hosts import HostsMixin
 from distex_zmq.pool_maps import MapsMixin
@@ -312,8 +312,10 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         after it the workers are stopped (STOP, then SIGTERM, then SIGKILL)
         and what did not finish fails with ``PoolClosedError``. Idempotent;
         afterwards ``submit`` and every other method raise ``PoolClosedError``
-        (a ``RuntimeError``).
+        (a ``RuntimeError``). A bad ``timeout`` raises ``ValueError`` before
+        anything stops.
         """
+        timeout = drain_timeout(timeout)
         if not cancel_futures and not self._is_shutdown:
             self._submit_unread_maps()
         runtime = self._mark_shutdown()
@@ -325,6 +327,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
     ) -> None:
         """Async version of ``shutdown``."""
         running_loop("shutdown_async", "shutdown")
+        timeout = drain_timeout(timeout)
         if not cancel_futures and not self._is_shutdown:
             self._submit_unread_maps()
         runtime = self._mark_shutdown()

@@ -13,7 +13,7 @@ import concurrent.futures
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.hostspec import HostSpec, parse_hosts
 from distex_zmq.loops import running_loop
-from distex_zmq.options import local_workers
+from distex_zmq.options import drain_timeout, local_workers
 from distex_zmq.pool_base import PoolBase
 
 
@@ -57,7 +57,7 @@ class HostsMixin(PoolBase):
         removing the last workers.
         """
         self._refuse_wait_on_own_loop("Pool.remove_hosts")
-        names, timeout = _host_names(hosts), _drain_timeout(timeout)
+        names, timeout = _host_names(hosts), drain_timeout(timeout)
         _elastic_result(self._live_runtime().remove_hosts(names, drain, timeout))
 
     async def remove_hosts_async(
@@ -66,7 +66,7 @@ class HostsMixin(PoolBase):
         """Async version of ``remove_hosts``."""
         running_loop("remove_hosts_async", "remove_hosts")
         self._refuse_wait_on_own_loop("Pool.remove_hosts_async")
-        names, timeout = _host_names(hosts), _drain_timeout(timeout)
+        names, timeout = _host_names(hosts), drain_timeout(timeout)
         await _elastic_wait(self._live_runtime().remove_hosts(names, drain, timeout))
 
     def resize(
@@ -83,7 +83,7 @@ class HostsMixin(PoolBase):
         included, and returns when their processes have exited.
         """
         self._refuse_wait_on_own_loop("Pool.resize")
-        count, timeout = local_workers(num_workers), _drain_timeout(timeout)
+        count, timeout = local_workers(num_workers), drain_timeout(timeout)
         _elastic_result(self._live_runtime().resize(count, drain, timeout))
 
     async def resize_async(
@@ -92,7 +92,7 @@ class HostsMixin(PoolBase):
         """Async version of ``resize``."""
         running_loop("resize_async", "resize")
         self._refuse_wait_on_own_loop("Pool.resize_async")
-        count, timeout = local_workers(num_workers), _drain_timeout(timeout)
+        count, timeout = local_workers(num_workers), drain_timeout(timeout)
         await _elastic_wait(self._live_runtime().resize(count, drain, timeout))
 
 
@@ -109,14 +109,6 @@ def _host_names(hosts: str | list[str]) -> list[str]:
         if not isinstance(name, str):
             raise TypeError(f"a host is named by a string, not {name!r}")
     return names
-
-
-def _drain_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
-        raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}")
-    return float(timeout)
 
 
 def _elastic_result(change: concurrent.futures.Future[None]) -> None:

@@ -219,6 +219,22 @@ def test_shutdown_without_wait_returns_at_once_and_still_finishes():
     assert wait_until(lambda: not pool_threads(), timeout=10)
 
 
+@pytest.mark.parametrize("timeout", ["1", float("nan"), -1])
+def test_a_bad_shutdown_timeout_raises_and_stops_nothing(timeout):
+    # "1" and nan left the pool loop stuck: shutdown waited for ever
+    pool = Pool(1)
+    try:
+        future = pool.submit(tasks.sleep_return, 0.2, "kept")
+        with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0 or None"):
+            pool.shutdown(timeout=timeout)
+        with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0 or None"):
+            asyncio.run(pool.shutdown_async(timeout=timeout))
+        assert future.result(timeout=10) == "kept"
+        assert pool.run(tasks.sleep_return, 0, "still open") == "still open"
+    finally:
+        pool.shutdown()
+
+
 def test_shutdown_is_idempotent():
     pool = Pool(2)
     pids = pool.run_on_all(tasks.pid)
