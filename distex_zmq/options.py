@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,6 +18,7 @@ from distex_zmq.loops import loop_factory
 from distex_zmq.output import OUTPUT_MODES
 from distex_zmq.security import ClusterKeys, load_secret, secret_source
 from distex_zmq.serialization import pickle_type
+from distex_zmq.wire.control import MAX_HEARTBEAT, MIN_HEARTBEAT
 
 #: Seconds to connect and log in to an SSH host whose entry in
 #: ``~/.ssh/config`` has no ``ConnectTimeout``, or to hear from a spawner.
@@ -110,6 +112,20 @@ def local_workers(num_workers: int | None) -> int:
     return num_workers or os.cpu_count() or 1
 
 
+def check_spawner_heartbeat(heartbeat_timeout: float, specs: list[HostSpec]) -> None:
+    """Raise ``ValueError`` if a spawner host among ``specs`` would refuse
+    ``heartbeat_timeout``: a spawner takes half of it, within the bounds of
+    its protocol, and would refuse the pool at its start with that half."""
+    low, high = 2 * MIN_HEARTBEAT, 2 * MAX_HEARTBEAT
+    spawner = next((s for s in specs if not s.is_ssh), None)
+    if spawner is not None and not low <= heartbeat_timeout <= high:
+        raise ValueError(
+            f"heartbeat_timeout must be from {low:g} to {high:g} seconds for a pool with "
+            f"spawner hosts such as {spawner} (a spawner stops the pool's workers after "
+            f"half of it), not {heartbeat_timeout!r}"
+        )
+
+
 def drain_timeout(timeout: float | None) -> float | None:
     """The ``timeout`` of ``shutdown``, ``remove_hosts`` and ``resize``:
     seconds to wait for the tasks that run, or None (no bound)."""
@@ -189,10 +205,16 @@ def pool_options(
                 f"hosts name {twin.host} twice ({twin} and {spec}); give it once, "
                 "with all its workers"
             )
-    if not isinstance(heartbeat_timeout, (int, float)) or not heartbeat_timeout > 0:
+    if (
+        not isinstance(heartbeat_timeout, (int, float))
+        or isinstance(heartbeat_timeout, bool)
+        or not 0 < heartbeat_timeout < math.inf
+    ):
         raise ValueError(
-            f"heartbeat_timeout must be a positive number of seconds, not {heartbeat_timeout!r}"
+            "heartbeat_timeout must be a positive, finite number of seconds, "
+            f"not {heartbeat_timeout!r}"
         )
+    check_spawner_heartbeat(heartbeat_timeout, specs)
     if connect_timeout is not None and (
         not isinstance(connect_timeout, (int, float)) or not connect_timeout > 0
     ):

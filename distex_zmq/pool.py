@@ -143,6 +143,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             without word from the pool, a spawner after half as long. Time
             during which this process stood still (Ctrl-Z, a debugger) is no
             silence of a host's, but is silence of the pool's to the hosts.
+            A pool with spawner hosts takes one from 1 to 1200 s.
         ssh_accept_new_hosts: Trust and remember the key of a host that is
             not in ``~/.ssh/known_hosts`` (OpenSSH's ``accept-new``); by
             default such a host is refused.

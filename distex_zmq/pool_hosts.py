@@ -13,7 +13,7 @@ import concurrent.futures
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.hostspec import HostSpec, parse_hosts
 from distex_zmq.loops import running_loop
-from distex_zmq.options import drain_timeout, local_workers
+from distex_zmq.options import check_spawner_heartbeat, drain_timeout, local_workers
 from distex_zmq.pool_base import PoolBase
 
 
@@ -32,13 +32,20 @@ class HostsMixin(PoolBase):
         was. A host in the pool already raises ``ValueError``.
         """
         self._refuse_wait_on_own_loop("Pool.add_hosts")
-        _elastic_result(self._live_runtime().add_hosts(_host_specs(hosts)))
+        _elastic_result(self._live_runtime().add_hosts(self._host_specs(hosts)))
 
     async def add_hosts_async(self, hosts: str | list[str]) -> None:
         """Async version of ``add_hosts``."""
         running_loop("add_hosts_async", "add_hosts")
         self._refuse_wait_on_own_loop("Pool.add_hosts_async")
-        await _elastic_wait(self._live_runtime().add_hosts(_host_specs(hosts)))
+        await _elastic_wait(self._live_runtime().add_hosts(self._host_specs(hosts)))
+
+    def _host_specs(self, hosts: str | list[str]) -> list[HostSpec]:
+        specs = parse_hosts(hosts)
+        if not specs:
+            raise ValueError("no hosts given")
+        check_spawner_heartbeat(self._options.remote.heartbeat_timeout, specs)
+        return specs
 
     def remove_hosts(
         self, hosts: str | list[str], drain: bool = True, *, timeout: float | None = None
@@ -94,13 +101,6 @@ class HostsMixin(PoolBase):
         self._refuse_wait_on_own_loop("Pool.resize_async")
         count, timeout = local_workers(num_workers), drain_timeout(timeout)
         await _elastic_wait(self._live_runtime().resize(count, drain, timeout))
-
-
-def _host_specs(hosts: str | list[str]) -> list[HostSpec]:
-    specs = parse_hosts(hosts)
-    if not specs:
-        raise ValueError("no hosts given")
-    return specs
 
 
 def _host_names(hosts: str | list[str]) -> list[str]:

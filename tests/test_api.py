@@ -755,6 +755,31 @@ def test_secret_is_read_only_for_spawner_hosts(monkeypatch):
         Pool(1, ["127.0.0.1:1/1"])
 
 
+@pytest.mark.parametrize("heartbeat_timeout", [0.6, 1500])
+def test_a_heartbeat_timeout_a_spawner_refuses_is_refused_at_once(heartbeat_timeout):
+    # the spawner refused it at the start, naming half of it ('heartbeat' =
+    # 0.3 is out of range 0.5..600.0), a value the caller never gave
+    with pytest.raises(ValueError, match=r"heartbeat_timeout must be from 1 to 1200 seconds"):
+        Pool(None, ["127.0.0.1:1/1"], heartbeat_timeout=heartbeat_timeout, lazy_create=True)
+    # an SSH host takes a short one
+    Pool(None, ["ssh://mini/1"], heartbeat_timeout=0.6, lazy_create=True).shutdown()
+
+
+@pytest.mark.parametrize("hosts", [["127.0.0.1:1/1"], ["ssh://mini/1"]])
+def test_an_infinite_heartbeat_timeout_is_refused_at_once(hosts):
+    # a spawner refused it at the start; the SSH launcher failed to set its
+    # keepalive (int(inf))
+    with pytest.raises(ValueError, match="heartbeat_timeout must be a positive, finite number"):
+        Pool(None, hosts, heartbeat_timeout=float("inf"), lazy_create=True)
+
+
+def test_add_hosts_refuses_a_spawner_host_the_heartbeat_timeout_does_not_fit(make_pool):
+    pool = make_pool(1, heartbeat_timeout=0.6, connect_timeout=2, secret=None)
+    with pytest.raises(ValueError, match=r"from 1 to 1200 seconds .* such as 127\.0\.0\.1:1/1"):
+        pool.add_hosts(["127.0.0.1:1/1"])
+    assert pool.run(tasks.square, 3) == 9
+
+
 def test_unknown_spawner_host_is_a_clear_error():
     before = child_pids()
     pool = Pool(1, ["no-such-host.invalid/1"], secret=None)
