@@ -227,6 +227,11 @@ def pool_options(
         raise TypeError(
             f"remote_python must be a command or a dict of commands, not {remote_python!r}"
         )
+    if secret is not None and not isinstance(secret, (str, bytes, bytearray)):
+        # bytes(32) would be 32 zero bytes: a secret anyone can guess
+        raise TypeError(f"secret must be a string or bytes, not {secret!r}")
+    if secret_file is not None and not isinstance(secret_file, (str, os.PathLike)):
+        raise TypeError(f"secret_file must be a path, not {secret_file!r}")
     if num_workers is None and not specs:
         raise ValueError("num_workers=None (no local workers) needs hosts to run the tasks")
     loop_factory(worker_loop)

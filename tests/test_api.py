@@ -780,6 +780,20 @@ def test_add_hosts_refuses_a_spawner_host_the_heartbeat_timeout_does_not_fit(mak
     assert pool.run(tasks.square, 3) == 9
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        # an int made that many zero bytes: a secret anyone could guess
+        ({"secret": 32}, "secret must be a string or bytes, not 32"),
+        ({"secret_file": 5}, "secret_file must be a path, not 5"),
+    ],
+)
+@pytest.mark.parametrize("hosts", [None, ["127.0.0.1:1/1"]])
+def test_a_secret_of_the_wrong_type_is_refused_at_once(kwargs, message, hosts):
+    with pytest.raises(TypeError, match=message):
+        Pool(1, hosts, lazy_create=True, **kwargs)
+
+
 def test_unknown_spawner_host_is_a_clear_error():
     before = child_pids()
     pool = Pool(1, ["no-such-host.invalid/1"], secret=None)
