@@ -73,7 +73,9 @@ def async_input(iterables: tuple[Any, ...], chunksize: int) -> AsyncIterator[Any
     return chunk_async(ait, chunksize) if chunksize > 1 else ait
 
 
-def check_map_args(iterables: Iterable[Any], chunksize: int | None) -> None:
+def check_map_args(
+    iterables: Iterable[Any], chunksize: int | None, timeout: float | None = None
+) -> None:
     # no iterable at all: an empty map, as with ``Executor.map``
     for number, it in enumerate(iterables, 1):
         if not (is_sync_iterable(it) or hasattr(it, "__aiter__") or hasattr(it, "__anext__")):
@@ -92,3 +94,7 @@ def check_map_args(iterables: Iterable[Any], chunksize: int | None) -> None:
         not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1
     ):
         raise ValueError(f"chunksize must be a positive integer or None, not {chunksize!r}")
+    if timeout is not None and (
+        not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout != timeout
+    ):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")

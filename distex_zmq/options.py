@@ -171,7 +171,11 @@ def pool_options(
         raise ValueError(f"qsize must be an integer >= 1, not {qsize!r}")
     if not isinstance(max_retries, int) or max_retries < 0:
         raise ValueError(f"max_retries must be an integer >= 0, not {max_retries!r}")
-    if task_timeout is not None and not task_timeout > 0:
+    if task_timeout is not None and (
+        not isinstance(task_timeout, (int, float))
+        or isinstance(task_timeout, bool)
+        or not task_timeout > 0
+    ):
         raise ValueError(
             f"task_timeout must be a positive number of seconds or None, not {task_timeout!r}"
         )
@@ -195,6 +199,11 @@ def pool_options(
         raise ValueError(f"log_level must be a logging level (0 to 100) or None, not {log_level!r}")
     if initializer is not None and not callable(initializer):
         raise TypeError(f"initializer must be callable, not {initializer!r}")
+    if isinstance(initargs, (str, bytes)) or not hasattr(initargs, "__iter__"):
+        raise TypeError(
+            f"initargs must be a tuple of the initializer's arguments, not {initargs!r}; "
+            "for one argument write (arg,)"
+        )
     specs = parse_hosts(hosts if hosts is not None else [])
     for i, spec in enumerate(specs):
         twin = next((s for s in specs[:i] if s.same_host(spec)), None)

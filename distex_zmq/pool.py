@@ -84,7 +84,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             unless qsize is 1.
         initializer: Called in each worker (also in a replacement) before
             its first task.
-        initargs: Arguments for ``initializer``.
+        initargs: A tuple of arguments for ``initializer``.
         localhost: Address of this machine that remote workers connect to
             when they reach the broker straight (spawner hosts, and SSH
             hosts in direct mode); the broker listens on it. Default: the

@@ -62,7 +62,7 @@ class MapsMixin(PoolBase):
         cancels what no worker holds yet. A task that raised raises here
         when iteration reaches it.
         """
-        check_map_args(iterables, chunksize)
+        check_map_args(iterables, chunksize, timeout)
         self._refuse_wait_on_own_loop("Pool.map")
         counter = make_progress(progress, iterables)
         ctx = self._map_context()
@@ -79,7 +79,7 @@ class MapsMixin(PoolBase):
         progress: bool | Callable[[int, int | None], Any] = False,
     ) -> AsyncIterator[Any]:
         """Async version of ``map``: ``async for result in pool.map_async(...)``."""
-        check_map_args(iterables, chunksize)
+        check_map_args(iterables, chunksize, timeout)
         self._refuse_wait_on_own_loop("Pool.map_async")
         counter = make_progress(progress, iterables)
         ctx = self._map_context()

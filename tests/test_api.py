@@ -529,6 +529,21 @@ def test_bad_constructor_arguments_raise_at_once(kwargs, error):
 
 
 @pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        # each failed with a message that named no argument
+        ({"task_timeout": "5"}, "task_timeout must be a positive number of seconds or None"),
+        ({"initargs": 5}, r"initargs must be a tuple .*, not 5; for one argument write \(arg,\)"),
+        # a string gave the initializer its characters: initargs=("x") for ("x",)
+        ({"initargs": "x"}, "initargs must be a tuple of the initializer's arguments, not 'x'"),
+    ],
+)
+def test_a_constructor_argument_of_the_wrong_type_names_itself(kwargs, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        Pool(1, lazy_create=True, **kwargs)
+
+
+@pytest.mark.parametrize(
     "hosts",
     [
         ["127.0.0.1:47999/1", "127.0.0.1:47999/2"],

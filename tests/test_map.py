@@ -431,6 +431,16 @@ def test_bad_chunksize_is_a_value_error(shared_pool, chunksize):
         shared_pool.map_async(tasks.square, range(3), chunksize=chunksize)
 
 
+@pytest.mark.parametrize("timeout", ["1", float("nan"), True])
+def test_bad_map_timeout_is_a_type_error(shared_pool, timeout):
+    # "1" failed adding it to the clock; nan and True passed as no timeout
+    # and as one of a second
+    with pytest.raises(TypeError, match="timeout must be a number of seconds or None"):
+        shared_pool.map(tasks.square, range(3), timeout=timeout)
+    with pytest.raises(TypeError, match="timeout must be a number of seconds or None"):
+        shared_pool.map_async(tasks.square, range(3), timeout=timeout)
+
+
 def test_a_map_of_no_iterable_is_empty(shared_pool):
     # as Executor.map (zip of nothing)
     assert list(shared_pool.map(tasks.square)) == []
