@@ -21,6 +21,11 @@ class HostSpec:
     def __init__(self, url: str):
         if not isinstance(url, str):
             raise TypeError(f"host specification must be a string, not {url!r}")
+        parts = url.replace(",", " ").split()
+        if len(parts) > 1 and all("/" in part for part in parts):
+            raise ValueError(
+                f"host specification {url!r} names several hosts: give them as a list, {parts!r}"
+            )
         scheme, sep, rest = url.partition("://")
         if not sep:
             scheme, rest = "", url

@@ -90,6 +90,10 @@ def test_equality_and_hash():
         ("mini:0/2", "port out of range"),
         ("mini:65536/2", "port out of range"),
         ("mini:-1/2", "bad port '-1'"),
+        # it said "a '/' in the address"
+        ("mini/2,maxi/4", "names several hosts: give them as a list, ['mini/2', 'maxi/4']"),
+        ("mini/2, ssh://maxi/4", "give them as a list, ['mini/2', 'ssh://maxi/4']"),
+        ("mini/2 maxi/4", "give them as a list, ['mini/2', 'maxi/4']"),
     ],
 )
 def test_bad_specs_raise_value_error_with_a_clear_message(spec, message):
