@@ -107,7 +107,8 @@ def local_workers(num_workers: int | None) -> int:
     0 is one per CPU, ``None`` none at all."""
     if num_workers is None:
         return 0
-    if not isinstance(num_workers, int) or num_workers < 0:
+    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+        # Pool(False) would be one worker per CPU
         raise ValueError(f"num_workers must be an integer >= 0 or None, not {num_workers!r}")
     return num_workers or os.cpu_count() or 1
 
@@ -167,9 +168,9 @@ def pool_options(
     if not isinstance(localport, int) or not 0 <= localport < 65536:
         # libzmq would take it modulo 65536 and listen on another port
         raise ValueError(f"localport must be from 0 (any) to 65535, not {localport!r}")
-    if not isinstance(qsize, int) or qsize < 1:
+    if not isinstance(qsize, int) or isinstance(qsize, bool) or qsize < 1:
         raise ValueError(f"qsize must be an integer >= 1, not {qsize!r}")
-    if not isinstance(max_retries, int) or max_retries < 0:
+    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
         raise ValueError(f"max_retries must be an integer >= 0, not {max_retries!r}")
     if task_timeout is not None and (
         not isinstance(task_timeout, (int, float))
@@ -179,7 +180,11 @@ def pool_options(
         raise ValueError(
             f"task_timeout must be a positive number of seconds or None, not {task_timeout!r}"
         )
-    if not isinstance(max_worker_deaths, int) or max_worker_deaths < 1:
+    if (
+        not isinstance(max_worker_deaths, int)
+        or isinstance(max_worker_deaths, bool)
+        or max_worker_deaths < 1
+    ):
         raise ValueError(f"max_worker_deaths must be an integer >= 1, not {max_worker_deaths!r}")
     if max_tasks_per_child is not None and (
         not isinstance(max_tasks_per_child, int)

@@ -510,6 +510,11 @@ def test_is_ready_and_total_workers(pool):
     [
         ({"num_workers": -1}, ValueError),
         ({"num_workers": 1.5}, ValueError),
+        ({"num_workers": False}, ValueError),  # it meant one per CPU
+        ({"num_workers": True}, ValueError),
+        ({"qsize": True}, ValueError),
+        ({"max_retries": False}, ValueError),
+        ({"max_worker_deaths": True}, ValueError),
         ({"num_workers": None}, ValueError),  # no local workers, and no hosts
         ({"qsize": 0}, ValueError),
         ({"max_retries": -1}, ValueError),
