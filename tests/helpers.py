@@ -164,12 +164,27 @@ IGNORING_SIGCHLD = (
 )
 
 
+#: A command that runs the command after it with SIGINT, SIGQUIT and SIGHUP
+#: at their defaults, as a terminal or a service manager starts a program:
+#: tests run in the background (by a shell without job control) have SIGINT
+#: and SIGQUIT ignored, and nohup ignores SIGHUP; a child would inherit that.
+WITH_DEFAULT_SIGNALS = (
+    sys.executable,
+    "-c",
+    "import os, signal, sys\n"
+    "for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):\n"
+    "    signal.signal(sig, signal.SIG_DFL)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])",
+)
+
+
 class LoopbackSpawner:
     """``python -m distex_zmq.spawner`` on 127.0.0.1 without a secret (unless
     ``args`` has ``--secret-file``), its log in a file; on a free port, or on
     ``port`` (a spawner started again). With ``ignore_sigchld`` it runs with
     SIGCHLD ignored, as a child of a daemon that ignores it may; ``wrapper``
-    is a command that runs it (its arguments follow)."""
+    is a command that runs it (its arguments follow). Its other signals are
+    as a terminal or a service manager leaves them (``WITH_DEFAULT_SIGNALS``)."""
 
     def __init__(
         self,
@@ -188,7 +203,15 @@ class LoopbackSpawner:
             self.log = log
             with open(log, "wb") as out:
                 self.proc = subprocess.Popen(
-                    [*wrapper, sys.executable, *run, "--port", str(self.port), *args],
+                    [
+                        *WITH_DEFAULT_SIGNALS,
+                        *wrapper,
+                        sys.executable,
+                        *run,
+                        "--port",
+                        str(self.port),
+                        *args,
+                    ],
                     env=env,
                     stderr=out,
                 )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from distex_zmq import Pool
-from tests.helpers import LoopbackSpawner, free_port, wait_until
+from tests.helpers import WITH_DEFAULT_SIGNALS, LoopbackSpawner, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,7 +24,8 @@ SPAWNER = f"{sys.executable} -m distex_zmq.spawner"
 
 def start_in_bash(script: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     """``bash -c script`` (``{port}`` in it a free port), in a session of its
-    own, its stderr in ``log``, once the spawner it starts listens; and the port."""
+    own with the signals a terminal leaves (``WITH_DEFAULT_SIGNALS``), its
+    stderr in ``log``, once the spawner it starts listens; and the port."""
     env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
 
     def listening() -> bool:
@@ -34,7 +35,7 @@ def start_in_bash(script: str, log: Path) -> tuple[subprocess.Popen[bytes], int]
         port = free_port()
         with open(log, "wb") as out:
             shell = subprocess.Popen(
-                ["bash", "-c", script.format(port=port)],
+                [*WITH_DEFAULT_SIGNALS, "bash", "-c", script.format(port=port)],
                 stderr=out,
                 env=env,
                 start_new_session=True,

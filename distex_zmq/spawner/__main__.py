@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> None:
         if sig == signal.SIGTERM or signal.getsignal(sig) != signal.SIG_IGN
     ]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # handled on the loop below
+    # and held until the loop runs: uvloop drops a signal that comes between
+    # add_signal_handler and the start of the loop (systemd's stop of a
+    # spawner just started)
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -208,14 +212,19 @@ def main(argv: list[str] | None = None) -> None:
 
     for sig in stop_signals:
         loop.add_signal_handler(sig, on_signal, sig)
-    _logger.info(
-        "distex_zmq %s spawner (pid %d) on %s, %s, at most %d workers",
-        __version__,
-        os.getpid(),
-        spawner.endpoint,
-        "CURVE with the shared secret" if keys else "NO authentication",
-        args.max_workers,
-    )
+
+    def serving() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+        _logger.info(
+            "distex_zmq %s spawner (pid %d) on %s, %s, at most %d workers",
+            __version__,
+            os.getpid(),
+            spawner.endpoint,
+            "CURVE with the shared secret" if keys else "NO authentication",
+            args.max_workers,
+        )
+
+    loop.call_soon(serving)
     try:
         reason = loop.run_until_complete(spawner.serve())
     finally:
