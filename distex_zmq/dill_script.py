@@ -12,10 +12,8 @@ import io
 import sys
 import threading
 import types
-import typing
 from typing import Any
 
-import cloudpickle
 import dill
 
 from .script_pickler import (
@@ -40,9 +38,6 @@ _NEW_LOCKS: dict[type, Any] = {
     type(threading.Lock()): threading.Lock,
     type(threading.RLock()): threading.RLock,
 }
-#: cloudpickle's reduction of a ``typing.TypeVar``: by value if it cannot be
-#: found by name (the script's, or one that a pickle made so in a worker)
-_TYPEVAR_REDUCE = cloudpickle.Pickler.dispatch_table[typing.TypeVar]
 
 
 class ScriptClassesPickler(dill.Pickler):
@@ -91,11 +86,6 @@ class ScriptClassesPickler(dill.Pickler):
         elif type(obj) is functools.cached_property and id(obj) not in self.memo:
             self.save_reduce(make_cached_property, (obj.func, obj.attrname), obj=obj)
             return
-        elif type(obj) is typing.TypeVar and id(obj) not in self.memo:
-            reduce = _TYPEVAR_REDUCE(obj)
-            if reduce[0] is not getattr:  # the script's, or one made by value
-                self.save_reduce(*reduce, obj=obj)
-                return
         elif type(obj) in TYPE_PARAMS and id(obj) not in self.memo:
             reduce = type_param_reduce(obj)
             if reduce is not NotImplemented:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import io
+import sys
 import types
 import typing
 from collections import ChainMap
@@ -50,9 +51,15 @@ from .script_rebuild import (
 )
 
 _LRU_CACHE_WRAPPER = functools._lru_cache_wrapper
-#: the kinds of type parameter that cloudpickle sends by name only
+#: the kinds of type parameter (cloudpickle sends the last two by name only)
 TYPE_PARAMS: tuple[type, ...] = tuple(
-    getattr(typing, name) for name in ("ParamSpec", "TypeVarTuple") if hasattr(typing, name)
+    getattr(typing, name)
+    for name in ("TypeVar", "ParamSpec", "TypeVarTuple")
+    if hasattr(typing, name)
+)
+#: the flags of a type parameter that typing's constructors take here
+_TYPE_PARAM_FLAGS = ("covariant", "contravariant") + (
+    ("infer_variance",) if sys.version_info >= (3, 12) else ()
 )
 _CODE_REDUCE = cloudpickle.Pickler.dispatch_table[types.CodeType]
 
@@ -92,22 +99,31 @@ def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
 
 
 def type_param_reduce(obj: Any) -> Any:
-    """The reduction of ``obj``, a ``typing.ParamSpec`` or ``TypeVarTuple``
-    (of ``TYPE_PARAMS``), by value if it cannot be found by name (the
-    script's, or one made so in a worker), as cloudpickle sends a
-    ``TypeVar``: a generic class of the script over it has it among its
-    parameters. ``NotImplemented`` if it goes by name."""
-    if _cloudpickle._lookup_module_and_qualname(obj, name=obj.__name__) is not None:
+    """The reduction of ``obj``, a ``typing.TypeVar``, ``ParamSpec`` or
+    ``TypeVarTuple``, by value if it cannot be found by name (the script's,
+    or one made so in a worker) or its module goes by value, as cloudpickle
+    sends a ``TypeVar``: a generic class of the script over it has it among
+    its parameters. ``NotImplemented`` if it goes by name.
+
+    It keeps what cloudpickle's ``TypeVar`` drops: a default (Python 3.13:
+    ``class Pair[A, B = int]``, whose ``Pair[str]`` fails without it) and
+    ``infer_variance`` (3.12)."""
+    found = _cloudpickle._lookup_module_and_qualname(obj, name=obj.__name__)
+    if found is not None and not _cloudpickle._is_registered_pickle_by_value(found[0]):
         return NotImplemented
-    kwargs = {}
-    if isinstance(obj, typing.ParamSpec):
-        kwargs = {
-            "bound": obj.__bound__,
-            "covariant": obj.__covariant__,
-            "contravariant": obj.__contravariant__,
-        }
+    kwargs: dict[str, Any] = {}
+    if getattr(obj, "__bound__", None) is not None:
+        kwargs["bound"] = obj.__bound__
+    for flag in _TYPE_PARAM_FLAGS:
+        if getattr(obj, f"__{flag}__", False):
+            kwargs[flag] = True
+    # typing_extensions gives a type parameter a default before Python 3.13,
+    # whose typing cannot make one with it
+    if sys.version_info >= (3, 13) and obj.has_default():
+        kwargs["default"] = obj.__default__
+    constraints = getattr(obj, "__constraints__", ())
     tracker_id = _cloudpickle._get_or_create_tracker_id(obj)
-    return make_type_param, (type(obj), obj.__name__, kwargs, tracker_id)
+    return make_type_param, (type(obj), obj.__name__, kwargs, tracker_id, constraints)
 
 
 def function_reduce(pickler: cloudpickle.Pickler, obj: types.FunctionType) -> Any:

@@ -135,14 +135,19 @@ def set_script_class_state(cls: type, state: Any) -> None:
 
 
 def make_type_param(
-    kind: Callable[..., Any], name: str, kwargs: dict[str, Any], tracker_id: str
+    kind: Callable[..., Any],
+    name: str,
+    kwargs: dict[str, Any],
+    tracker_id: str,
+    constraints: tuple[Any, ...] = (),
 ) -> Any:
-    """A ``typing.ParamSpec`` or ``TypeVarTuple`` of the script (``kind``),
-    as cloudpickle makes a ``TypeVar``: the one this process has under
-    ``tracker_id`` if any, so that it is the same object in each pickle."""
+    """A ``typing.TypeVar`` (with its ``constraints``), ``ParamSpec`` or
+    ``TypeVarTuple`` of the script (``kind``), as cloudpickle makes a
+    ``TypeVar``: the one this process has under ``tracker_id`` if any, so
+    that it is the same object in each pickle."""
     from cloudpickle import cloudpickle
 
-    return cloudpickle._lookup_class_or_track(tracker_id, kind(name, **kwargs))
+    return cloudpickle._lookup_class_or_track(tracker_id, kind(name, *constraints, **kwargs))
 
 
 def code_with_filename(

@@ -100,6 +100,40 @@ def call_twice(x):
     return Call(operator.mul)(x, 2)
 
 
+if sys.version_info >= (3, 12):
+    # a type variable whose variance a type checker infers (PEP 695)
+    V = typing.TypeVar("V", infer_variance=True)
+if sys.version_info >= (3, 13):
+    # type parameters with defaults (PEP 696), as `class Defaults[T, B = int]` makes
+    B = typing.TypeVar("B", default=int)
+    Q = typing.ParamSpec("Q", default=[int, str])
+    Rest = typing.TypeVarTuple("Rest", default=typing.Unpack[tuple[int, ...]])
+
+    class Defaults(typing.Generic[T, B, Q]):
+        pass
+
+    class Row(typing.Generic[T, typing.Unpack[Rest]]):
+        pass
+
+
+try:
+    import typing_extensions
+except ImportError:  # its check is left out
+    typing_extensions = None
+if typing_extensions is not None:
+    # typing_extensions gives a type variable a default before Python 3.13 too
+    X = typing_extensions.TypeVar("X", default=int)
+
+    class Extended(typing.Generic[X]):
+        pass
+
+
+def given_str(cls):
+    """The arguments of generic class ``cls`` given ``str`` for its first
+    type parameter: the others' defaults."""
+    return cls[str].__args__
+
+
 SCALE = {"factor": 1}
 
 
@@ -217,6 +251,16 @@ def check(executor, lambdas=True):
     assert executor.submit(call_twice, 4).result() == 8
     assert executor.submit(apply, operator.attrgetter("__parameters__"), Call).result() == (P, T)
     assert type(executor.submit(apply, Call, len).result()) is Call
+    # ... which keep their defaults (Python 3.13) and inferred variance (3.12)
+    if sys.version_info >= (3, 12):
+        assert executor.submit(apply, operator.attrgetter("__infer_variance__"), V).result()
+    if sys.version_info >= (3, 13):
+        assert executor.submit(apply, given_str, Defaults).result() == (str, int, (int, str))
+        row = executor.submit(apply, given_str, Row).result()
+        assert row == (str, typing.Unpack[tuple[int, ...]]), row
+    if typing_extensions is not None:
+        params = executor.submit(apply, operator.attrgetter("__parameters__"), Extended)
+        assert params.result() == (X,)
     # a result of a class of the script leaves the client's class as the
     # script made it: its attributes, and its methods, which see the script's
     # globals
