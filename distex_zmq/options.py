@@ -146,8 +146,8 @@ def pool_options(
     localhost: str,
     localport: int,
     worker_loop: int,
-    func_pickle: int,
-    data_pickle: int,
+    func_pickle: int | str,
+    data_pickle: int | str,
     max_retries: int,
     task_timeout: float | None,
     max_worker_deaths: int,
@@ -249,8 +249,8 @@ def pool_options(
     if num_workers is None and not specs:
         raise ValueError("num_workers=None (no local workers) needs hosts to run the tasks")
     loop_factory(worker_loop)
-    pickle_type(func_pickle)
-    pickle_type(data_pickle)
+    func_pickle = pickle_type(func_pickle)
+    data_pickle = pickle_type(data_pickle)
     options = Options(
         num_workers=local,
         hosts=specs,

@@ -99,7 +99,8 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             worker a pool of its own, with workers of its own, that it
             never uses.
         worker_loop: ``LoopType`` of the workers' event loops.
-        func_pickle: ``PickleType`` for functions (default dill).
+        func_pickle: ``PickleType`` for functions (default dill), or its
+            name: ``"cloudpickle"``, as for ``data_pickle``.
         data_pickle: ``PickleType`` for arguments and results. The default,
             ``PickleType.auto``, is standard pickle, except that what refers
             to the script (``__main__``: its classes, dataclasses, enums,
@@ -183,8 +184,8 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         localport: int = 0,
         lazy_create: bool = False,
         worker_loop: int = LoopType.default,
-        func_pickle: int = PickleType.dill,
-        data_pickle: int = PickleType.auto,
+        func_pickle: int | str = PickleType.dill,
+        data_pickle: int | str = PickleType.auto,
         *,
         max_retries: int = 2,
         task_timeout: float | None = None,

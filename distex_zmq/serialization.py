@@ -78,14 +78,17 @@ class _DillData:
     loads = staticmethod(dill_loads)
 
 
-def pickle_type(kind: int) -> PickleType:
-    """``kind`` as a ``PickleType``; ``ValueError`` if it is none (imports nothing)."""
+def pickle_type(kind: int | str) -> PickleType:
+    """``kind``, a ``PickleType`` or its name (``"dill"``), as a
+    ``PickleType``; ``ValueError`` if it is none (imports nothing)."""
     try:
+        if isinstance(kind, str):
+            return PickleType[kind.lower()]
         return PickleType(kind)
-    except ValueError:
+    except (KeyError, ValueError):
         raise ValueError(
             f"unknown PickleType {kind!r}; use one of "
-            + ", ".join(f"{t.name}={t.value}" for t in PickleType)
+            + ", ".join(f"{t.name}={t.value} ({t.name!r})" for t in PickleType)
         ) from None
 
 

@@ -522,6 +522,7 @@ def test_is_ready_and_total_workers(pool):
         ({"worker_loop": 99}, ValueError),
         ({"func_pickle": 7}, ValueError),
         ({"data_pickle": 7}, ValueError),
+        ({"data_pickle": "dil"}, ValueError),
         ({"localport": 99999}, ValueError),  # libzmq would listen on 99999 % 65536
         ({"localport": -1}, ValueError),
     ],
@@ -531,6 +532,16 @@ def test_bad_constructor_arguments_raise_at_once(kwargs, error):
     with pytest.raises(error):
         Pool(**{"num_workers": 1, **kwargs})
     assert child_pids() == before
+
+
+def test_picklers_may_be_given_by_name(make_pool):
+    # data_pickle="dill" is what a user writes; it said "unknown PickleType"
+    pool = make_pool(1, func_pickle="cloudpickle", data_pickle="Dill")
+    assert pool.run(tasks.add, 2, 3) == 5
+    with pytest.raises(
+        ValueError, match=r"unknown PickleType 'dil'; use one of .*dill=2 \('dill'\)"
+    ):
+        Pool(1, data_pickle="dil")
 
 
 @pytest.mark.parametrize(

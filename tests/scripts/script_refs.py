@@ -126,7 +126,9 @@ def check(executor, is_pool):
     # one chunk of a map whose function is a partial: the inputs it hands
     # back run on the other worker, which needs the function too
     mapped = list(executor.map(functools.partial(slow, by=3), range(200), chunksize=200))
-    assert [value for _, value in mapped] == [TABLE[i] * 3 for i in range(200)]
+    got, want = [value for _, value in mapped], [TABLE[i] * 3 for i in range(200)]
+    wrong = [(i, g, w) for i, (g, w) in enumerate(zip(got, want, strict=False)) if g != w]
+    assert got == want, f"{len(got)} results of 200; (index, got, expected): {wrong[:20]}"
     # a global rebound in the client after the function went out is not
     # seen: the workers hold what it brought on its first trip
     SCALE = 1
