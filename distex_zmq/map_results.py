@@ -256,7 +256,12 @@ class MapResults:
         self._answered[seq] = answered
         whole = error or answered >= self._sizes.get(seq, 1)
         if self._ordered:
-            self._pieces.setdefault(seq, {})[offset] = items
+            pieces = self._pieces.setdefault(seq, {})
+            # an empty piece (a chunk task run again whose inputs were all
+            # answered) holds no place: its offset, where its inputs end, is
+            # the first input of another part, whose piece it would replace
+            if items:
+                pieces[offset] = items
             if whole:
                 self._whole.add(seq)
         return offset, items, whole
@@ -278,7 +283,7 @@ class MapResults:
                 while self._cursor in mine:
                     items = mine.pop(self._cursor)
                     ready.append((None, _DECODED, items))
-                    self._cursor += len(items) or 1
+                    self._cursor += len(items)
                 if mine or seq not in self._whole:
                     return
                 del pieces[seq]
