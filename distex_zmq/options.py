@@ -18,7 +18,6 @@ from distex_zmq.loops import loop_factory
 from distex_zmq.output import OUTPUT_MODES
 from distex_zmq.security import ClusterKeys, load_secret, secret_source
 from distex_zmq.serialization import pickle_type
-from distex_zmq.wire.control import MAX_HEARTBEAT, MIN_HEARTBEAT
 
 #: Seconds to connect and log in to an SSH host whose entry in
 #: ``~/.ssh/config`` has no ``ConnectTimeout``, or to hear from a spawner.
@@ -117,9 +116,14 @@ def check_spawner_heartbeat(heartbeat_timeout: float, specs: list[HostSpec]) -> 
     """Raise ``ValueError`` if a spawner host among ``specs`` would refuse
     ``heartbeat_timeout``: a spawner takes half of it, within the bounds of
     its protocol, and would refuse the pool at its start with that half."""
-    low, high = 2 * MIN_HEARTBEAT, 2 * MAX_HEARTBEAT
     spawner = next((s for s in specs if not s.is_ssh), None)
-    if spawner is not None and not low <= heartbeat_timeout <= high:
+    if spawner is None:
+        return
+    # imported here: a pool without spawner hosts does without it
+    from distex_zmq.wire.control import MAX_HEARTBEAT, MIN_HEARTBEAT
+
+    low, high = 2 * MIN_HEARTBEAT, 2 * MAX_HEARTBEAT
+    if not low <= heartbeat_timeout <= high:
         raise ValueError(
             f"heartbeat_timeout must be from {low:g} to {high:g} seconds for a pool with "
             f"spawner hosts such as {spawner} (a spawner stops the pool's workers after "
