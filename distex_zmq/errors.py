@@ -72,7 +72,7 @@ def fresh_error(error: BaseException) -> BaseException:
     loop's) is raised as such copies, never itself: a raise adds the frames
     it goes through to the exception's traceback, and with them their
     locals, the pool among them, which the pool's loop would then keep
-    alive, so that a pool dropped after a crash loop was never freed. An
+    alive, so that a pool dropped after a crash loop would never be freed. An
     error that does not copy (its class takes other arguments than its
     ``args``) is returned as it is."""
     try:

@@ -456,7 +456,7 @@ def shutdown_runtime(runtime_ref: weakref.ref[Runtime]) -> None:
     Held strongly, by the finalizer registry (a global), a runtime would
     keep alive what it refers to, and through it the pool: the error of a
     pool whose start failed holds the frames it was raised through, which
-    hold the pool, so that such a pool, dropped, was never freed (nor its
+    hold the pool, so that such a pool, dropped, would never be freed (nor its
     runtime, broker and tasks)."""
     runtime = runtime_ref()
     if runtime is not None:
