@@ -257,9 +257,11 @@ class MapResults:
         whole = error or answered >= self._sizes.get(seq, 1)
         if self._ordered:
             pieces = self._pieces.setdefault(seq, {})
-            # an empty piece (a chunk task run again whose inputs were all
-            # answered) holds no place: its offset, where its inputs end, is
-            # the first input of another part, whose piece it would replace
+            # an empty piece holds no place: a chunk whose every result went
+            # in pieces (the worker's watch thread sends those done while its
+            # last input ends) finishes with no result, at the offset where
+            # its inputs end, the first input of the part handed back after
+            # it, whose piece it would replace
             if items:
                 pieces[offset] = items
             if whole:
