@@ -449,6 +449,35 @@ def signal_worker_when_exists(path: str) -> int:
     return os.getpid()
 
 
+#: the signals that ``keep_signal_handler``'s handler heard, in this worker
+_heard_signals: list[int] = []
+
+
+async def keep_signal_handler() -> None:
+    """Add a handler of SIGUSR1 to the worker's loop, which stays after the
+    task ends (``heard_signal`` removes it)."""
+    _heard_signals.clear()
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGUSR1, _heard_signals.append, signal.SIGUSR1
+    )
+
+
+def signal_self() -> int:
+    """Send SIGUSR1 to this worker (a sync task during which the signal comes)."""
+    os.kill(os.getpid(), signal.SIGUSR1)
+    return os.getpid()
+
+
+async def heard_signal(timeout: float) -> bool:
+    """Whether ``keep_signal_handler``'s handler heard SIGUSR1 within
+    ``timeout`` seconds; removes the handler."""
+    deadline = time.monotonic() + timeout
+    while not _heard_signals and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)
+    return bool(_heard_signals)
+
+
 async def async_sleep_return(delay: float, value: Any = None) -> Any:
     await asyncio.sleep(delay)
     return value

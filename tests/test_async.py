@@ -302,6 +302,24 @@ def test_a_sync_tasks_loop_leaves_the_worker_loop_its_signals(make_pool, loop_ty
     assert waiting.result(timeout=20)
 
 
+@pytest.mark.parametrize(
+    "loop_type", [LoopType.asyncio, LoopType.uvloop], ids=["asyncio", "uvloop"]
+)
+def test_a_signal_handler_an_awaited_task_left_hears_signals_after_sync_tasks(make_pool, loop_type):
+    # the worker reads its loop's signal wakeup fd again only after awaited
+    # tasks ran (which may add a handler, and with it asyncio's fd): a handler
+    # added by one that has ended, then sync tasks, then a signal in a sync
+    # task reaches it
+    if loop_type is LoopType.uvloop:
+        pytest.importorskip("uvloop")
+    pool = make_pool(1, worker_loop=loop_type, qsize=2)
+    pool.run(tasks.keep_signal_handler)
+    for _ in range(3):
+        assert pool.run(tasks.identity, 1) == 1
+    assert pool.run(tasks.signal_self) == pool.run(tasks.pid)
+    assert pool.run(tasks.heard_signal, 10)
+
+
 def test_run_on_all_async(shared_pool):
     async def main():
         return await shared_pool.run_on_all_async(tasks.pid)

@@ -73,6 +73,8 @@ class Runner:
         self._script = ScriptNamespace()
         #: the awaited tasks that have not finished
         self.running: set[asyncio.Future[Any]] = set()
+        #: awaited tasks started so far: code that runs on the worker's loop
+        self.awaited = 0
         #: results not sent yet
         self.results = p.Writer(p.RESULT)
         #: sends results that would wait behind a long task; its lock is
@@ -310,6 +312,7 @@ class Runner:
     ) -> None:
         fut = asyncio.ensure_future(_contained(awaitable), loop=self._loop)
         self.running.add(fut)
+        self.awaited += 1
 
         def done(fut: asyncio.Future[Any]) -> None:
             self.running.discard(fut)

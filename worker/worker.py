@@ -95,6 +95,9 @@ class Worker:
         self._coalesce = False
         self._stopping = False
         self.exit_code = 0
+        #: the loop's signal wakeup fd, and ``runner.awaited`` when it was read
+        self._wakeup_fd = -1
+        self._awaited_seen = -1
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 2000)
@@ -248,15 +251,23 @@ class Worker:
         # signal handler. The fd stays set while the task runs, so that a
         # signal for a handler of the worker's loop that comes meanwhile
         # reaches it after the task.
-        wakeup_fd = signal.set_wakeup_fd(-1)
-        if wakeup_fd != -1:
-            signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False)
+        #
+        # Setting the fd costs two system calls, and reading it means setting
+        # it: the fd is read only when code may have changed it on the loop
+        # since it was last read (an awaited task, which may add or remove a
+        # signal handler of the worker's loop), and set once, after the tasks.
+        runner = self.runner
+        if runner.running or runner.awaited != self._awaited_seen:
+            self._awaited_seen = runner.awaited
+            self._wakeup_fd = signal.set_wakeup_fd(-1)
+            if self._wakeup_fd != -1:
+                signal.set_wakeup_fd(self._wakeup_fd, warn_on_full_buffer=False)
         _set_running_loop(None)
         try:
             self._run_message(buf, count, frames)
         finally:
             _set_running_loop(self._loop)
-            signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False)
+            signal.set_wakeup_fd(self._wakeup_fd, warn_on_full_buffer=False)
 
     def _run_message(self, buf: memoryview, count: int, frames: list[Any]) -> None:
         runner = self.runner
