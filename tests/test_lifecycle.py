@@ -39,7 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def ipc_dirs() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "distex_zmq-*")))
+    """The ipc directories of this process's pools (named by its pid): those
+    of other processes' pools come and go meanwhile."""
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), f"distex_zmq-{os.getpid()}-*")))
 
 
 def test_shutdown_waits_for_submitted_tasks():
