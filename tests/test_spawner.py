@@ -221,7 +221,8 @@ def test_stopped_spawner_takes_its_workers_along(hosts, secret_file):
             assert list(pool.map(tasks.square, range(50))) == [x * x for x in range(50)]
         log = hosts.spawner_log("dzq-c")
         assert "stopped: got SIGTERM" in log
-        assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", log, re.M)  # timestamped
+        # timestamped, with the zone's offset
+        assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d ", log, re.M)
     finally:
         spawner.kill()
 

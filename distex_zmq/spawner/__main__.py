@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import errno
 import json
 import logging
@@ -138,6 +139,16 @@ def _status(argv: list[str]) -> None:
         print(format_status(f"{host}:{port}", reply))
 
 
+class _LogFormatter(logging.Formatter):
+    """Log lines stamped in ISO 8601 with the zone's offset
+    (``2026-12-01T20:39:18.702+00:00``): the logs of hosts in other time
+    zones, or of a host whose zone changed, line up."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        stamp = datetime.datetime.fromtimestamp(record.created).astimezone()
+        return stamp.isoformat(timespec="milliseconds")
+
+
 def main(argv: list[str] | None = None) -> None:
     if argv is None:
         argv = sys.argv[1:]
@@ -145,11 +156,9 @@ def main(argv: list[str] | None = None) -> None:
         _status(argv[1:])
         return
     args = _parse(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
         # as OpenSSH with a private key: no secret file that others may read
         secret = load_secret(secret_file=args.secret_file, refuse_exposed=True)
