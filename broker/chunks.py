@@ -50,6 +50,10 @@ class TaskPart(Task):
         self.first = first
 
     @property
+    def shown_id(self) -> int:
+        return self.chunk.id
+
+    @property
     def cancelled(self) -> bool:
         return self.chunk.cancelled
 

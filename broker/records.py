@@ -166,13 +166,18 @@ class Task:
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.name}>"
 
+    @property
+    def shown_id(self) -> int:
+        """The id that messages show (a part of a chunk shows its chunk's)."""
+        return self.id
+
     def describe(self) -> str:
         """``task 12 (f, input #3 of a map)``, for error messages."""
         what = self.name or "?"
         if self.index is not None:
             part = "chunk" if self.flags & p.FLAG_CHUNK else "input"
             what += f", {part} #{self.index} of a map"
-        return f"task {self.id} ({what})"
+        return f"task {self.shown_id} ({what})"
 
 
 class WorkerRecord:

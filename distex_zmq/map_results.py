@@ -42,7 +42,8 @@ def _input_error(task: Task, error: BaseException, index: int) -> BaseException:
     """The ``error`` of input ``index`` of chunk ``task``, marked with that
     input; one the worker made names it (``task 12 (f, input #3 of a map)``)."""
     if type(error) is SerializationError:
-        name_task(error, task.id, f"task {task.id} ({task.name or '?'}, input #{index} of a map)")
+        what = f"{task.name or '?'}, input #{index} of a map"
+        name_task(error, task.id, f"task {task.shown_id} ({what})")
     return mark_input(error, index)
 
 

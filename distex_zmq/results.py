@@ -60,7 +60,7 @@ def decode(task: Task, status: int, value: Any, data_loads: Callable[..., Any]) 
         if type(result) is SerializationError:  # made by the worker: name the task
             raise name_task(result, task.id, task.describe())
         raise result
-    raise SerializationError(f"task {task.id} failed with a non-exception {result!r}")
+    raise SerializationError(f"task {task.shown_id} failed with a non-exception {result!r}")
 
 
 class _LeanCondition(threading.Condition):

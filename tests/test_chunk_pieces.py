@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import pickle
+import re
 import time
 
 import pytest
@@ -114,10 +115,13 @@ def test_a_part_handed_back_that_kills_its_worker_fails_in_its_place(make_pool):
     n = 20
     it = pool.map(fault_tasks.nap_or_die, range(n), [13] * n, [0.01] * n, chunksize=n)
     got = []
-    with pytest.raises(WorkerLostError):
+    with pytest.raises(WorkerLostError) as caught:
         for value in it:
             got.append(value)
     assert got == list(range(13))
+    # the part names its chunk's task id, not the broker's id of the part
+    shown = re.search(r"task (\d+) \(", str(caught.value))
+    assert shown is not None and int(shown[1]) < 1000, caught.value
 
 
 @pytest.mark.timeout(30)
