@@ -21,6 +21,7 @@ from typing import Any
 
 from distex_zmq.broker import STATUS_LOCAL_ERROR, Task
 from distex_zmq.errors import SerializationError
+from distex_zmq.serialization import loads_rebuilding_errors
 from distex_zmq.task_errors import (
     name_not_found,
     name_task,
@@ -43,17 +44,7 @@ def decode(task: Task, status: int, value: Any, data_loads: Callable[..., Any]) 
         data, buffers = value[0], value[1]
         result = data_loads(data, buffers=buffers) if buffers else data_loads(data)
     except Exception as e:
-        salvaged = None
-        if status == p.STATUS_ERROR and name_not_found(e):
-            salvaged = unloadable_error(task.describe(), value[0], value[1])
-        error = salvaged or SerializationError(
-            f"the result of {task.describe()} could not be unpickled in the client: "
-            f"{type(e).__name__}: {e}{result_unloadable_hint(e)}"
-        )
-        rec = task.worker  # where it ran
-        if rec is not None:
-            error.set_origin(rec.host, rec.pid)
-        raise error from (e if salvaged is None else salvaged.__cause__)
+        result = _rebuilt(task, status, value, data_loads, e)
     if status == p.STATUS_OK:
         return result
     if isinstance(result, BaseException):
@@ -61,6 +52,31 @@ def decode(task: Task, status: int, value: Any, data_loads: Callable[..., Any]) 
             raise name_task(result, task.id, task.describe())
         raise result
     raise SerializationError(f"task {task.shown_id} failed with a non-exception {result!r}")
+
+
+def _rebuilt(
+    task: Task, status: int, value: Any, data_loads: Callable[..., Any], e: Exception
+) -> Any:
+    """The result of ``task`` that ``data_loads`` failed to load with ``e``,
+    loaded with its exceptions that their classes do not make from their
+    ``args`` rebuilt (an error returned or in a list of results, not
+    raised); else raise the ``SerializationError`` that names ``e``."""
+    if not name_not_found(e):
+        try:
+            return loads_rebuilding_errors(value[0], value[1], data_loads)
+        except Exception:  # noqa: BLE001, S110 - the first failure is the one to name
+            pass
+    salvaged = None
+    if status == p.STATUS_ERROR and name_not_found(e):
+        salvaged = unloadable_error(task.describe(), value[0], value[1])
+    error = salvaged or SerializationError(
+        f"the result of {task.describe()} could not be unpickled in the client: "
+        f"{type(e).__name__}: {e}{result_unloadable_hint(e)}"
+    )
+    rec = task.worker  # where it ran
+    if rec is not None:
+        error.set_origin(rec.host, rec.pid)
+    raise error from (e if salvaged is None else salvaged.__cause__)
 
 
 class _LeanCondition(threading.Condition):

@@ -13,13 +13,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import io
 import pickle
+import sys
 import threading
 import weakref
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, cast
 
+from .errors import rebuild_without_init
 from .script_objects import (
     PickleByValue,
     dill_data_dumps,
@@ -250,6 +253,58 @@ def loads(data: Any, buffers: list[Any], loader: Callable[..., Any] = pickle.loa
     if buffers:
         return loader(data, buffers=buffers)
     return loader(data)
+
+
+def loads_rebuilding_errors(data: Any, buffers: list[Any], loader: Callable[..., Any]) -> Any:
+    """Unpickle what ``dumps`` made and ``loader`` failed to load, with each
+    exception in it whose class does not take its ``args`` (its
+    ``__init__`` takes other arguments, ``DiskError(code, path)`` passing
+    one message to ``Exception``) made without a call of its ``__init__``
+    (``errors.rebuild_without_init``), its attributes set from the pickle.
+
+    Called only once ``loader`` has failed, so that the loads that succeed
+    pay nothing: an exception pickles as its class called with its
+    ``args``, which only the load finds out it does not take. Raises what
+    this load fails with (an exception whose ``__new__`` does not take its
+    ``args`` either, or a failure of another object)."""
+    kind = _DillRebuildingUnpickler if loader is dill_loads else _RebuildingUnpickler
+    return kind(io.BytesIO(data), buffers=buffers or None).load()
+
+
+class _RebuildingUnpickler(pickle._Unpickler):
+    """Python's own unpickler, but an exception that its class does not
+    make from its ``args`` is made without a call of its ``__init__``;
+    ``BUILD`` then gives it its attributes as for any exception."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    stack: list[Any]  # pickle._Unpickler's, which typeshed does not declare
+
+    def load_reduce(self) -> None:
+        stack = self.stack
+        args = stack.pop()
+        make = stack[-1]
+        try:
+            stack[-1] = make(*args)
+        except Exception:
+            if not (isinstance(make, type) and issubclass(make, BaseException)):
+                raise
+            stack[-1] = rebuild_without_init(make, args, {})
+
+    dispatch[pickle.REDUCE[0]] = load_reduce  # type: ignore[assignment]
+
+
+class _DillRebuildingUnpickler(_RebuildingUnpickler):
+    """``_RebuildingUnpickler`` for a pickle of dill: it finds the names
+    that ``dill.Unpickler`` maps as that one does."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__builtin__" and name == "__main__":
+            return sys.modules["__main__"].__dict__
+        if module == "__builtin__" and name == "NoneType":
+            return type(None)
+        if module == "dill.dill":
+            module = "dill._dill"
+        return super().find_class(module, name)
 
 
 class ItemError:

@@ -242,6 +242,16 @@ def raise_disk_error() -> None:
     raise DiskError(28, "/data")
 
 
+def disk_errors(n: int) -> list[DiskError]:
+    """``n`` ``DiskError`` objects, returned (as code that collects errors does)."""
+    return [DiskError(i, f"/data/{i}") for i in range(n)]
+
+
+def disk_error_fields(error: DiskError) -> tuple[str, int, str, str]:
+    """What this worker got as ``error``: its class's name, code, path and text."""
+    return type(error).__name__, error.code, error.path, str(error)
+
+
 class NewArgsError(Exception):
     """An exception that pickles, but that cannot be rebuilt from its pickle
     in any way: its ``__new__`` takes other arguments than its ``args``."""

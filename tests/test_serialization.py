@@ -9,13 +9,16 @@ import functools
 import gc
 import itertools
 import operator
+import os
 import pickle
 import re
 import statistics
+import subprocess
 import sys
 import threading
 import tracemalloc
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -667,6 +670,48 @@ def test_an_exception_whose_init_takes_other_arguments_is_raised_as_itself(share
     with pytest.raises(tasks.DiskError):
         asyncio.run(shared_pool.run_async(tasks.async_disk_error_at, 3, 3))
     assert shared_pool.run(tasks.square, 3) == 9
+
+
+@pytest.mark.parametrize("data_pickle", ["pickle", "auto", "cloudpickle", "dill"])
+def test_an_exception_whose_init_takes_other_arguments_travels_as_data(data_pickle, make_pool):
+    # DiskError(28, "/data") pickles as DiskError("code 28 on /data"), which
+    # its __init__ refuses (ProcessPoolExecutor breaks its pool on it): as an
+    # argument, a result, or in a list of results (errors collected, not
+    # raised), it loads without its __init__, as itself
+    pool = make_pool(1, data_pickle=data_pickle)
+    error = tasks.DiskError(28, "/data")
+    assert pool.run(tasks.disk_error_fields, error) == ("DiskError", 28, "/data", str(error))
+    back = pool.run(tasks.identity, error)
+    assert type(back) is tasks.DiskError and (back.code, back.path) == (28, "/data")
+    assert back.args == error.args
+    errors = pool.run(tasks.disk_errors, 3)
+    assert [(type(e), e.code, e.path, str(e)) for e in errors] == [
+        (tasks.DiskError, i, f"/data/{i}", f"code {i} on /data/{i}") for i in range(3)
+    ]
+    assert [e.code for e in pool.map(tasks.identity, [error] * 4, chunksize=2)] == [28] * 4
+    # one whose __new__ refuses its args too fails as before, naming it
+    with pytest.raises(SerializationError, match="could not unpickle the arguments"):
+        pool.run(tasks.identity, tasks.NewArgsError(28, "/data"))
+    assert pool.run(tasks.square, 3) == 9
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("executor", ["control", "pickle", "auto", "cloudpickle", "dill"])
+def test_an_exception_of_the_script_whose_init_takes_other_arguments_travels_as_data(executor):
+    # the same for a class of the script (__main__), which goes by value
+    # (but with data_pickle="pickle", by name: as results only); the
+    # control, ProcessPoolExecutor, breaks its pool on each
+    args = ["control"] if executor == "control" else ["local", executor]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "scripts" / "script_errors.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("OK\n")
 
 
 def test_an_exception_whose_pickle_does_not_load_keeps_its_text_and_traceback(shared_pool):

@@ -30,9 +30,10 @@ from distex_zmq.serialization import (
     data_pickle_module,
     dumps,
     function_loads,
+    loads_rebuilding_errors,
     pickles_scalars_plainly,
 )
-from distex_zmq.task_errors import unloadable_hint, unpicklable_hint
+from distex_zmq.task_errors import name_not_found, unloadable_hint, unpicklable_hint
 from distex_zmq.wire import frames as p
 
 from .script_globals import ScriptNamespace
@@ -158,18 +159,9 @@ class Runner:
             # serialization.loads, inlined: a call less per task
             args = self._data_loads(data, buffers=buffers) if buffers else self._data_loads(data)
         except BaseException as e:  # noqa: BLE001 - any unpickling error fails the task
-            # the part that failed (the client names the task's function)
-            part = "function" if func is None else "arguments"
-            why = (
-                str(e)
-                if type(e) is _Broken
-                else f"{type(e).__name__}: {e}{unloadable_hint(part, e, *self._pickles)}"
-            )
-            error = SerializationError(
-                f"{_where()} could not unpickle the {part} of task {task_id}: {why}"
-            )
-            self._add_result(task_id, p.STATUS_ERROR, _remote(error), started)
-            return
+            args = self._rebuilt_args(task_id, func, data, buffers, e, started)
+            if args is _FAILED or func is None:
+                return
         if flags & p.FLAG_CHUNK:
             self._run_chunk(task_id, func, args, flags & p.FLAG_STAR, started, skip)
             return
@@ -212,6 +204,37 @@ class Runner:
         if type(func) is _Broken:
             raise func
         return func
+
+    def _rebuilt_args(
+        self,
+        task_id: int,
+        func: Any,
+        data: Any,
+        buffers: list[Any],
+        e: BaseException,
+        started: float,
+    ) -> Any:
+        """The arguments of task ``task_id`` that failed to load with ``e``,
+        loaded with their exceptions that their classes do not make from
+        their ``args`` rebuilt (an error passed to a task); else the task
+        fails with a ``SerializationError`` naming ``e``, and ``_FAILED``."""
+        if func is not None and isinstance(e, Exception) and not name_not_found(e):
+            try:
+                return loads_rebuilding_errors(data, buffers, self._data_loads)
+            except Exception:  # noqa: BLE001, S110 - the first failure is the one to name
+                pass
+        # the part that failed (the client names the task's function)
+        part = "function" if func is None else "arguments"
+        why = (
+            str(e)
+            if type(e) is _Broken
+            else f"{type(e).__name__}: {e}{unloadable_hint(part, e, *self._pickles)}"
+        )
+        error = SerializationError(
+            f"{_where()} could not unpickle the {part} of task {task_id}: {why}"
+        )
+        self._add_result(task_id, p.STATUS_ERROR, _remote(error), started)
+        return _FAILED
 
     def _run_chunk(
         self, task_id: int, func: Any, items: Any, star: int, started: float, skip: int
@@ -582,6 +605,10 @@ async def _settle(value: Any, error: Callable[[BaseException], RemoteException])
         return await value
     except BaseException as e:  # noqa: BLE001 - an input's error is its own result
         return ItemError(error(e))
+
+
+#: What ``_rebuilt_args`` returns for arguments that do not load.
+_FAILED: Any = object()
 
 
 class _Broken(Exception):
