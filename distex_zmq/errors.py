@@ -72,13 +72,19 @@ def fresh_error(error: BaseException) -> BaseException:
     loop's) is raised as such copies, never itself: a raise adds the frames
     it goes through to the exception's traceback, and with them their
     locals, the pool among them, which the pool's loop would then keep
-    alive, so that a pool dropped after a crash loop would never be freed. An
-    error that does not copy (its class takes other arguments than its
-    ``args``) is returned as it is."""
+    alive, so that a pool dropped after a crash loop would never be freed.
+    An error whose class takes other arguments than its ``args``
+    (``DiskError(code, path)``) is made without its ``__init__``, as
+    ``rebuild_without_init`` makes it from a pickle; one that does not copy
+    even so (its class's ``__new__`` takes other arguments too) is
+    returned as it is."""
     try:
         fresh = copy.copy(error)
-    except Exception:  # noqa: BLE001 - raised as it is, then
-        return error
+    except Exception:  # noqa: BLE001 - its class does not take its args
+        try:
+            fresh = rebuild_without_init(type(error), error.args, getattr(error, "__dict__", {}))
+        except Exception:  # noqa: BLE001 - raised as it is, then
+            return error
     if type(fresh) is not type(error):
         return error
     fresh.__cause__ = error.__cause__

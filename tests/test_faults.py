@@ -37,6 +37,7 @@ from distex_zmq import (
     WorkerStartError,
 )
 from tests import fault_tasks as ft
+from tests import tasks
 from tests.helpers import LoopbackSpawner, MakePool, child_pids, pid_alive, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,6 +265,38 @@ def test_a_pool_dropped_after_a_crash_loop_is_freed_and_stops() -> None:
     assert dropped() is None
     assert wait_until(lambda: set(_pool_threads()) <= threads_before, timeout=20)
     assert wait_until(lambda: child_pids() <= before, timeout=20)
+
+
+@pytest.mark.timeout(60)
+def test_a_kept_error_whose_init_takes_other_arguments_is_raised_as_copies() -> None:
+    # An error the pool keeps is raised as copies (fresh_error); one whose
+    # class's __init__ takes other arguments than its args did not copy and
+    # was raised itself: each raise gave it the caller's frames, the pool
+    # among their locals, and the pool loop, which runs on, kept them, so a
+    # dropped pool was never freed.
+    threads_before = set(_pool_threads())
+
+    def failed() -> weakref.ref[Pool]:
+        pool = Pool(1)
+        pool.run(ft.square, 2)
+        runtime = pool._runtime
+        assert runtime is not None
+        kept = tasks.DiskError(28, "/data")
+        runtime.loop.call_soon_threadsafe(runtime.fail, kept)
+        assert wait_until(lambda: runtime.error is kept, timeout=10)
+        raised = []
+        for _ in range(2):
+            with pytest.raises(tasks.DiskError, match="^code 28 on /data$") as info:
+                pool.submit(ft.square, 2)
+            raised.append(info.value)
+        assert raised[0] is not kept and raised[1] is not kept and raised[0] is not raised[1]
+        assert [(e.code, e.path) for e in raised] == [(28, "/data")] * 2
+        return weakref.ref(pool)
+
+    dropped = failed()
+    gc.collect()
+    assert dropped() is None
+    assert wait_until(lambda: set(_pool_threads()) <= threads_before, timeout=20)
 
 
 def _pool_threads() -> list[threading.Thread]:
