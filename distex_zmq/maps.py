@@ -22,14 +22,14 @@ from collections.abc import (
     Generator,
     Iterator,
 )
-from typing import Any
+from typing import Any, NoReturn
 
 from distex_zmq.loops import running_loop
 from distex_zmq.map_input import async_input, check_map_args, is_sync_iterable, sync_input
 from distex_zmq.map_run import MapContext, MapRun
 from distex_zmq.progress import Progress
 
-__all__ = ["MapContext", "check_map_args", "map_async", "map_sync"]
+__all__ = ["AsyncMap", "MapContext", "check_map_args", "map_async", "map_sync"]
 
 _logger = logging.getLogger("distex_zmq.map")
 
@@ -301,6 +301,46 @@ async def map_async(
             # feeder waits for is cancelled and over, so the caller may read
             # on or close the source at once
             await _ended([feeder])
+
+
+class AsyncMap:
+    """What ``Pool.map_async`` returns: its results, for ``async for``.
+
+    ``__aiter__`` hands over the async generator ``map_async`` itself, so
+    that ``async for`` costs no call more per result. Iterated with ``for``
+    or ``list()``, or awaited, it raises a ``TypeError`` that says what to
+    use instead, not Python's "'AsyncMap' object is not iterable"; the map
+    has not started then (it starts at the first result asked for)."""
+
+    __slots__ = ("_agen",)
+
+    def __init__(self, agen: AsyncGenerator[Any, None]):
+        self._agen = agen
+
+    def __aiter__(self) -> AsyncGenerator[Any, None]:
+        return self._agen
+
+    def __anext__(self) -> Awaitable[Any]:
+        return self._agen.__anext__()
+
+    def aclose(self) -> Awaitable[None]:
+        """Stop the map (``async_generator.aclose``): it cancels what no
+        worker holds yet."""
+        return self._agen.aclose()
+
+    def __iter__(self) -> NoReturn:
+        raise TypeError(
+            "Pool.map_async(...) is an async iterator: iterate it with "
+            "'async for result in pool.map_async(...)' in a coroutine; in sync code "
+            "use pool.map(...), which returns an iterator of the results"
+        )
+
+    def __await__(self) -> NoReturn:
+        raise TypeError(
+            "Pool.map_async(...) is an async iterator, not an awaitable: iterate it with "
+            "'async for result in pool.map_async(...)', or collect its results with "
+            "'[result async for result in pool.map_async(...)]'"
+        )
 
 
 #: Iterables whose iteration cannot raise: read as they are, without a guard.

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from distex_zmq.loops import running_loop
-from distex_zmq.maps import MapContext, check_map_args, map_async, map_sync
+from distex_zmq.maps import AsyncMap, MapContext, check_map_args, map_async, map_sync
 from distex_zmq.pool_base import PoolBase
 from distex_zmq.progress import make_progress
 from distex_zmq.results import TaskFuture, wrap_task_future
@@ -83,7 +83,7 @@ class MapsMixin(PoolBase):
         self._refuse_wait_on_own_loop("Pool.map_async")
         counter = make_progress(progress, iterables)
         ctx = self._map_context()
-        return map_async(ctx, func, iterables, timeout, chunksize, ordered, star, counter)
+        return AsyncMap(map_async(ctx, func, iterables, timeout, chunksize, ordered, star, counter))
 
     def _map_context(self) -> MapContext:
         runtime = self._live_runtime()

@@ -247,6 +247,25 @@ def test_map_async_error_in_async_input_propagates(shared_pool):
     asyncio.run(main())
 
 
+def test_a_map_async_iterated_without_async_for_or_awaited_says_what_to_use(shared_pool):
+    # it raised Python's "'async_generator' object is not iterable" (for,
+    # list()) or "can't be used in 'await' expression", with no hint
+    mapping = shared_pool.map_async(tasks.square, range(3))
+    with pytest.raises(TypeError, match=r"iterate it with 'async for result in pool\.map_async"):
+        for _ in mapping:
+            pass
+    with pytest.raises(TypeError, match=r"in sync code use pool\.map\(\.\.\.\)"):
+        list(mapping)
+
+    async def main() -> list[int]:
+        with pytest.raises(TypeError, match="not an awaitable.*async for"):
+            await mapping
+        first = await mapping.__anext__()  # the map starts at its first result
+        return [first] + [r async for r in mapping]
+
+    assert asyncio.run(main()) == [0, 1, 4]
+
+
 def test_coroutine_function_through_every_api(shared_pool):
     async def main():
         assert await shared_pool.run_async(tasks.async_square, 7) == 49
