@@ -131,6 +131,14 @@ def check_spawner_heartbeat(heartbeat_timeout: float, specs: list[HostSpec]) -> 
         )
 
 
+def check_flag(name: str, value: object) -> None:
+    """Raise ``TypeError`` unless ``value`` is True or False: any object has
+    a truth value, and ``"no"`` or ``"false"`` (read from a configuration)
+    is true, the opposite of what it says."""
+    if value is not True and value is not False:
+        raise TypeError(f"{name} must be True or False, not {value!r}")
+
+
 def drain_timeout(timeout: float | None) -> float | None:
     """The ``timeout`` of ``shutdown``, ``remove_hosts`` and ``resize``:
     seconds to wait for the tasks that run, or None (no bound)."""
@@ -169,6 +177,8 @@ def pool_options(
     """Check the arguments of ``Pool`` (see its docstring); raise ``ValueError``
     or ``TypeError`` for a bad one, now rather than in a worker later."""
     local = local_workers(num_workers)
+    check_flag("ssh_tunnel", ssh_tunnel)
+    check_flag("ssh_accept_new_hosts", ssh_accept_new_hosts)
     if not isinstance(localport, int) or not 0 <= localport < 65536:
         # libzmq would take it modulo 65536 and listen on another port
         raise ValueError(f"localport must be from 0 (any) to 65535, not {localport!r}")

@@ -29,7 +29,7 @@ from typing import Any
 
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.loops import LoopType, running_loop
-from distex_zmq.options import drain_timeout, pool_options
+from distex_zmq.options import check_flag, drain_timeout, pool_options
 from distex_zmq.pool_base import raise_start_error
 from distex_zmq.pool_hosts import HostsMixin
 from distex_zmq.pool_maps import MapsMixin
@@ -201,6 +201,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         log_level: int | None = logging.WARNING,
         max_tasks_per_child: int | None = None,
     ):
+        check_flag("lazy_create", lazy_create)
         super().__init__(
             pool_options(
                 num_workers,
@@ -314,9 +315,12 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         after it the workers are stopped (STOP, then SIGTERM, then SIGKILL)
         and what did not finish fails with ``PoolClosedError``. Idempotent;
         afterwards ``submit`` and every other method raise ``PoolClosedError``
-        (a ``RuntimeError``). A bad ``timeout`` raises ``ValueError`` before
-        anything stops.
+        (a ``RuntimeError``). A bad ``timeout`` raises ``ValueError``, and a
+        ``wait`` or ``cancel_futures`` other than True or False ``TypeError``,
+        before anything stops.
         """
+        check_flag("wait", wait)
+        check_flag("cancel_futures", cancel_futures)
         timeout = drain_timeout(timeout)
         if not cancel_futures and not self._is_shutdown:
             self._submit_unread_maps()
@@ -329,6 +333,8 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
     ) -> None:
         """Async version of ``shutdown``."""
         running_loop("shutdown_async", "shutdown")
+        check_flag("wait", wait)
+        check_flag("cancel_futures", cancel_futures)
         timeout = drain_timeout(timeout)
         if not cancel_futures and not self._is_shutdown:
             self._submit_unread_maps()

@@ -13,7 +13,7 @@ import concurrent.futures
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.hostspec import HostSpec, parse_hosts
 from distex_zmq.loops import running_loop
-from distex_zmq.options import check_spawner_heartbeat, drain_timeout, local_workers
+from distex_zmq.options import check_flag, check_spawner_heartbeat, drain_timeout, local_workers
 from distex_zmq.pool_base import PoolBase
 
 
@@ -64,6 +64,7 @@ class HostsMixin(PoolBase):
         removing the last workers.
         """
         self._refuse_wait_on_own_loop("Pool.remove_hosts")
+        check_flag("drain", drain)
         names, timeout = _host_names(hosts), drain_timeout(timeout)
         _elastic_result(self._live_runtime().remove_hosts(names, drain, timeout))
 
@@ -73,6 +74,7 @@ class HostsMixin(PoolBase):
         """Async version of ``remove_hosts``."""
         running_loop("remove_hosts_async", "remove_hosts")
         self._refuse_wait_on_own_loop("Pool.remove_hosts_async")
+        check_flag("drain", drain)
         names, timeout = _host_names(hosts), drain_timeout(timeout)
         await _elastic_wait(self._live_runtime().remove_hosts(names, drain, timeout))
 
@@ -90,6 +92,7 @@ class HostsMixin(PoolBase):
         included, and returns when their processes have exited.
         """
         self._refuse_wait_on_own_loop("Pool.resize")
+        check_flag("drain", drain)
         count, timeout = local_workers(num_workers), drain_timeout(timeout)
         _elastic_result(self._live_runtime().resize(count, drain, timeout))
 
@@ -99,6 +102,7 @@ class HostsMixin(PoolBase):
         """Async version of ``resize``."""
         running_loop("resize_async", "resize")
         self._refuse_wait_on_own_loop("Pool.resize_async")
+        check_flag("drain", drain)
         count, timeout = local_workers(num_workers), drain_timeout(timeout)
         await _elastic_wait(self._live_runtime().resize(count, drain, timeout))
 

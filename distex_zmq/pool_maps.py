@@ -12,6 +12,7 @@ from typing import Any
 
 from distex_zmq.loops import running_loop
 from distex_zmq.maps import AsyncMap, MapContext, check_map_args, map_async, map_sync
+from distex_zmq.options import check_flag
 from distex_zmq.pool_base import PoolBase
 from distex_zmq.progress import make_progress
 from distex_zmq.results import TaskFuture, wrap_task_future
@@ -63,6 +64,8 @@ class MapsMixin(PoolBase):
         when iteration reaches it.
         """
         check_map_args(iterables, chunksize, timeout)
+        check_flag("ordered", ordered)
+        check_flag("star", star)
         self._refuse_wait_on_own_loop("Pool.map")
         counter = make_progress(progress, iterables)
         ctx = self._map_context()
@@ -80,6 +83,8 @@ class MapsMixin(PoolBase):
     ) -> AsyncIterator[Any]:
         """Async version of ``map``: ``async for result in pool.map_async(...)``."""
         check_map_args(iterables, chunksize, timeout)
+        check_flag("ordered", ordered)
+        check_flag("star", star)
         self._refuse_wait_on_own_loop("Pool.map_async")
         counter = make_progress(progress, iterables)
         ctx = self._map_context()

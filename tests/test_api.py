@@ -534,6 +534,41 @@ def test_bad_constructor_arguments_raise_at_once(kwargs, error):
     assert child_pids() == before
 
 
+@pytest.mark.parametrize("flag", ["lazy_create", "ssh_tunnel", "ssh_accept_new_hosts"])
+def test_a_flag_that_is_not_a_bool_is_refused(flag):
+    # lazy_create="no" (a string read from a configuration) is true: the
+    # pool did the opposite of what it said, silently
+    before = child_pids()
+    with pytest.raises(TypeError, match=f"^{flag} must be True or False, not 'no'$"):
+        Pool(1, **{flag: "no"})
+    assert child_pids() == before
+
+
+def test_the_flags_of_shutdown_resize_and_map_that_are_not_bools_are_refused(pool):
+    # each took any object as its truth value: shutdown(wait="no") waited;
+    # nothing is done before the refusal
+    calls = {
+        "wait": lambda: pool.shutdown(wait="no"),
+        "cancel_futures": lambda: pool.shutdown(cancel_futures=0),
+        "drain": lambda: pool.resize(2, drain="no"),
+        "ordered": lambda: pool.map(tasks.square, range(3), ordered="no"),
+        "star": lambda: pool.map_async(tasks.add, [(1, 2)], star=1),
+    }
+    for flag, call in calls.items():
+        with pytest.raises(TypeError, match=f"^{flag} must be True or False, not "):
+            call()
+
+    async def shutdown_async() -> None:
+        with pytest.raises(TypeError, match="^wait must be True or False, not 'no'$"):
+            await pool.shutdown_async(wait="no")
+        with pytest.raises(TypeError, match="^drain must be True or False"):
+            await pool.remove_hosts_async("nohost", drain=None)
+
+    asyncio.run(shutdown_async())
+    assert pool.run(tasks.square, 3) == 9
+    assert sorted(pool.map(tasks.square, range(3), ordered=False)) == [0, 1, 4]
+
+
 def test_picklers_may_be_given_by_name(make_pool):
     # data_pickle="dill" is what a user writes; it said "unknown PickleType"
     pool = make_pool(1, func_pickle="cloudpickle", data_pickle="Dill")
