@@ -252,6 +252,16 @@ def disk_error_fields(error: DiskError) -> tuple[str, int, str, str]:
     return type(error).__name__, error.code, error.path, str(error)
 
 
+def wrapped_disk_error_at(x: int, bad: int) -> int:
+    """``x``, but for ``bad`` a ``RuntimeError`` that holds a ``DiskError``
+    in its ``args`` (in an ``ExceptionGroup`` where there is one)."""
+    if x == bad:
+        if sys.version_info >= (3, 11):
+            raise ExceptionGroup("several", [DiskError(28, "/data"), ValueError(x)])  # noqa: F821
+        raise RuntimeError("wrapped", DiskError(28, "/data"))
+    return x
+
+
 class NewArgsError(Exception):
     """An exception that pickles, but that cannot be rebuilt from its pickle
     in any way: its ``__new__`` takes other arguments than its ``args``."""

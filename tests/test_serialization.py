@@ -695,6 +695,25 @@ def test_an_exception_whose_init_takes_other_arguments_travels_as_data(data_pick
     assert pool.run(tasks.square, 3) == 9
 
 
+def test_an_exception_that_holds_one_whose_init_takes_other_arguments_is_raised(shared_pool):
+    # an ExceptionGroup of DiskError (or an exception with one in its args)
+    # raised SerializationError: only the exception raised was rebuilt
+    def check(error: BaseException) -> None:
+        held = error.exceptions[0] if hasattr(error, "exceptions") else error.args[1]
+        assert type(held) is tasks.DiskError and (held.code, held.path) == (28, "/data")
+
+    wrapping = RuntimeError if sys.version_info < (3, 11) else ExceptionGroup  # noqa: F821
+    with pytest.raises(wrapping) as info:
+        shared_pool.run(tasks.wrapped_disk_error_at, 1, 1)
+    check(info.value)
+    values = []
+    with pytest.raises(wrapping) as info:
+        for value in shared_pool.map(tasks.wrapped_disk_error_at, range(6), [3] * 6, chunksize=6):
+            values.append(value)
+    assert values == [0, 1, 2]
+    check(info.value)
+
+
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("executor", ["control", "pickle", "auto", "cloudpickle", "dill"])
 def test_an_exception_of_the_script_whose_init_takes_other_arguments_travels_as_data(executor):

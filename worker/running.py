@@ -295,9 +295,12 @@ class Runner:
         it is sent. An exception pickles as its class called with its args,
         which its class's ``__init__`` may not take: one whose pickle does
         not load goes to be rebuilt without that call (``WithoutInit``). One
-        that does not pickle, or not load even so, is sent as a stand-in with
-        its text and traceback: the caller would get only the error of its
-        load, and a chunk's other results would be lost."""
+        that holds such exceptions (an ``ExceptionGroup``, an exception with
+        one in its ``args``) goes as it is if the client's second load, which
+        rebuilds them (``loads_rebuilding_errors``), loads it. One that does
+        not pickle, or not load even so, is sent as a stand-in with its text
+        and traceback: the caller would get only the error of its load, and
+        a chunk's other results would be lost."""
         error = _remote(e)
         try:
             data, buffers = dumps(error, self._data_dumps)
@@ -310,10 +313,14 @@ class Runner:
             stand_in = cast(BaseException, WithoutInit(e))
             rebuilt = RemoteException(stand_in, error.tb, error.host, error.pid)
             try:
-                data, buffers = dumps(rebuilt, self._data_dumps)
-                self._data_loads(data, buffers=buffers)
+                pickled = dumps(rebuilt, self._data_dumps)
+                self._data_loads(pickled[0], buffers=pickled[1])
             except BaseException:  # noqa: BLE001
-                return _error_stand_in(task_id, error, failure, "unpickled")
+                try:
+                    loads_rebuilding_errors(data, buffers, self._data_loads)
+                except BaseException:  # noqa: BLE001
+                    return _error_stand_in(task_id, error, failure, "unpickled")
+                return error
             return rebuilt
         return error
 
