@@ -41,6 +41,7 @@ from joblib._parallel_backends import AutoBatchingMixin, FallbackToBackend
 from joblib.parallel import ParallelBackendBase
 
 from .pool import Pool
+from .results import TaskFuture
 from .tasks import callable_name
 
 NAME = "distex_zmq"
@@ -284,11 +285,16 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
         return future.result()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """Cancel the batches that have not started (after an error)."""
+        """Cancel the batches that have not started (after an error), and
+        give up those that run: their results are dropped, and one that
+        kills its worker is not run again."""
         with self._lock:
             pending, self._pending = self._pending, set()
         for future in pending:
-            future.cancel()
+            if isinstance(future, TaskFuture):
+                future.abandon()
+            else:
+                future.cancel()
 
     def terminate(self) -> None:
         callbacks, self._callbacks = self._callbacks, None

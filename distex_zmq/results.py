@@ -198,6 +198,19 @@ class TaskFuture(concurrent.futures.Future[Any]):
                 self._wake()
         return cancelled
 
+    def abandon(self) -> None:
+        """Cancel the task, or, once it runs, give it up (the joblib
+        backend's call has failed): its worker runs it to its end, but its
+        result is dropped, and a death of its worker does not run it again.
+        A task given up leaves its future running for good."""
+        if self.cancel():
+            return
+        task = self._task
+        if task is not None:
+            task.cancelled = True
+            if self._wake is not None:
+                self._wake()
+
 
 class FutureSink:
     """Sets the ``TaskFuture`` in each task's tag, on the pool loop."""

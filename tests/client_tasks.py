@@ -59,3 +59,27 @@ def blas_threads(values: Any) -> list[int]:
     from threadpoolctl import threadpool_info
 
     return sorted({info["num_threads"] for info in threadpool_info()})
+
+
+def _wait_for(path: str, seconds: float = 30) -> None:
+    """Wait until ``path`` exists (``seconds`` at most)."""
+    end = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < end:
+        time.sleep(0.01)
+
+
+def mark_then_exit(folder: str, go: str = "") -> None:
+    """Leave a file of this run in ``folder``; wait for the file ``go``, if
+    given; then the worker exits at once."""
+    open(os.path.join(folder, f"run-{os.getpid()}-{time.monotonic_ns()}"), "w").close()
+    if go:
+        _wait_for(go)
+    os._exit(1)
+
+
+def fail_once_marked(folder: str) -> None:
+    """Raise ``KeyError`` once ``folder`` holds a file (another call started)."""
+    end = time.monotonic() + 30
+    while not os.listdir(folder) and time.monotonic() < end:
+        time.sleep(0.01)
+    raise KeyError(folder)

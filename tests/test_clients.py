@@ -489,6 +489,29 @@ def test_joblib_error_cancels_batches_not_started(pool, tmp_path):
 
 
 @pytest.mark.timeout(90)
+def test_joblib_batches_running_when_their_call_fails_are_not_run_again(pool, tmp_path):
+    # a batch that a worker ran when its call failed was run again when it
+    # killed that worker, up to max_retries times, though joblib had given
+    # up on the call: the workers kept dying for nobody
+    import distex_zmq.joblib  # noqa: F401
+
+    runs, go = tmp_path / "runs", tmp_path / "go"
+    runs.mkdir()
+    calls = [
+        joblib.delayed(client_tasks.fail_once_marked)(str(runs)),
+        joblib.delayed(client_tasks.mark_then_exit)(str(runs), str(go)),
+    ]
+    with joblib.parallel_config(backend="distex_zmq", pool=pool):
+        with pytest.raises(KeyError):
+            joblib.Parallel(n_jobs=2, batch_size=1)(calls)
+        go.touch()  # the batch that runs kills its worker now
+        # the backend runs the next call
+        assert joblib.Parallel(n_jobs=2)(outer_calls(4)) == [0, 1, 4, 9]
+    pool.shutdown()  # waits for what runs
+    assert len(os.listdir(runs)) == 1
+
+
+@pytest.mark.timeout(90)
 def test_joblib_errors_of_the_pool_name_the_function_of_the_batch(make_pool):
     # the pool's own errors (a worker lost, a result that does not pickle)
     # named the task "_run_batch", the backend's, not the caller's function
