@@ -189,11 +189,12 @@ class Losses:
             return None
         if alone or task.suspect:
             task.tries += 1
-            if task.tries > self._max_retries:
+            limit = self._max_retries if task.max_retries is None else task.max_retries
+            if task.tries > limit:
                 times = "once" if task.tries == 1 else f"{task.tries} times"
                 return WorkerLostError(
                     f"{task.describe()} killed its worker {times} "
-                    f"(max_retries={self._max_retries}); the last: {rec} died: {how}"
+                    f"(max_retries={limit}); the last: {rec} died: {how}"
                 )
             return None
         task.suspect = True

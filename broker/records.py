@@ -92,6 +92,7 @@ class Task:
         "worker",
         "pinned",
         "tries",
+        "max_retries",
         "name",
         "suspect",
         "may_group",
@@ -145,6 +146,9 @@ class Task:
         #: only this worker may run it (run_on_all, initializer)
         self.pinned: WorkerRecord | None = None
         self.tries = 0
+        #: how often it may kill its worker and run again; None: the pool's
+        #: ``max_retries``
+        self.max_retries: int | None = None
         #: it was on a worker that died with several tasks: it runs alone
         #: until it finishes, so that a death can be blamed on the right task
         self.suspect = False

@@ -16,6 +16,9 @@ small calls into batches from the run times the pool reports back. Each
 batch is one task of the pool, its calls pickled as data (so functions and
 classes of the script travel by value, large arrays out of band). An error
 is raised with its own type, and cancels the batches that have not started.
+A batch that kills its worker fails the call with ``WorkerLostError``, as
+loky fails it: it runs again only with ``parallel_config(...,
+max_retries=n)``, not with the pool's ``max_retries``.
 An error of joblib's completion callback (a ``Parallel`` subclass's
 ``print_progress``, say) fails the call too. While a worker runs a batch,
 its BLAS and OpenMP thread pools are limited as loky limits them in its
@@ -112,7 +115,8 @@ def _thread_pools(explicit: bool) -> Any:
 
 class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
     """joblib backend over a ``Pool`` (given as ``pool=`` to
-    ``parallel_config``).
+    ``parallel_config``; ``max_retries=``, 0 unless given there, is how
+    often a batch that kills its worker runs again).
 
     joblib's completion callbacks, which dispatch the next batches and so
     read the caller's iterator of calls, run on a thread of the backend, not
@@ -136,11 +140,27 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
     supports_sharedmem = False
     uses_threads = False
 
-    def __init__(self, pool: Pool | None = None, **kwargs: Any):
+    def __init__(self, pool: Pool | None = None, max_retries: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        # Parallel(backend="distex_zmq") makes its backend without the
-        # arguments of the parallel_config around it: its pool, then
-        self.pool = pool if pool is not None else _pool_of_the_config()
+        if pool is None:
+            # Parallel(backend="distex_zmq") makes its backend without the
+            # arguments of the parallel_config around it: its own, then
+            config = _backend_of_the_config()
+            if config is not None:
+                pool = config.pool
+                max_retries = config.max_retries if max_retries is None else max_retries
+        if max_retries is None:
+            max_retries = 0
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+            raise ValueError(
+                f'the "{NAME}" joblib backend\'s max_retries must be an integer >= 0, '
+                f"not {max_retries!r}"
+            )
+        self.pool: Pool | None = pool
+        #: how often a batch that kills its worker runs again (not the pool's
+        #: max_retries: joblib runs each batch once, and loky fails the call
+        #: at the first death)
+        self.max_retries: int = max_retries
         self._callbacks: ThreadPoolExecutor | None = None
         self._pending: set[Future[Any]] = set()
         # the call's n_jobs, of which the workers' thread pools take their share
@@ -193,6 +213,7 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
         """A backend like this one, for a call that starts while another runs."""
         return type(self)(
             pool=self.pool,
+            max_retries=self.max_retries,
             nesting_level=self.nesting_level,
             inner_max_num_threads=self.inner_max_num_threads,
             # joblib 1.5 keeps the other arguments; 1.3 and 1.4 take no others
@@ -202,7 +223,9 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
     def submit(self, func: Any, callback: Any = None) -> Future[Any]:
         try:
             args = (func, self.inner_max_num_threads, self._n_jobs)
-            future = self._the_pool()._submit_named(_batch_name(func), _run_batch, args, {})
+            future = self._the_pool()._submit_named(
+                _batch_name(func), _run_batch, args, {}, self.max_retries
+            )
         except Exception as error:  # noqa: BLE001 - joblib raises it from the batch
             # a batch that does not pickle (or a pool shut down) fails as a
             # batch: joblib dispatches most batches from a completion
@@ -308,11 +331,11 @@ class DistexZmqBackend(AutoBatchingMixin, ParallelBackendBase):
         self._log_unraised()
 
 
-def _pool_of_the_config() -> Pool | None:
-    """The pool of the ``"distex_zmq"`` backend that the active
-    ``parallel_config`` (or ``parallel_backend``) holds, if any."""
+def _backend_of_the_config() -> DistexZmqBackend | None:
+    """The ``"distex_zmq"`` backend that the active ``parallel_config`` (or
+    ``parallel_backend``) holds, if any."""
     backend, _ = joblib.parallel.get_active_backend()
-    return backend.pool if isinstance(backend, DistexZmqBackend) else None
+    return backend if isinstance(backend, DistexZmqBackend) else None
 
 
 def _hand_over(

@@ -368,11 +368,14 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        max_retries: int | None = None,
     ) -> concurrent.futures.Future[Any]:
         """``submit``, with ``name`` for the task in error messages instead
-        of ``fn``'s name (the joblib backend names the functions of a batch)."""
+        of ``fn``'s name (the joblib backend names the functions of a batch),
+        and ``max_retries`` for the task instead of the pool's."""
         runtime = self._live_runtime()
         task = self._tasks.call(fn, args, kwargs, self._future_sink, name=name)
+        task.max_retries = max_retries
         future = TaskFuture(task, runtime.loop, runtime.broker.wake)
         try:
             runtime.broker.submit((task,))

@@ -489,6 +489,33 @@ def test_joblib_error_cancels_batches_not_started(pool, tmp_path):
 
 
 @pytest.mark.timeout(90)
+def test_joblib_batch_that_kills_its_worker_fails_its_call_at_once(pool, tmp_path):
+    # joblib runs each batch once, and loky fails the call at the first
+    # death of a worker; the backend ran the batch again max_retries times
+    # (the pool's, 2 by default), each time on a worker started afresh, and
+    # the call failed seconds later
+    import distex_zmq.joblib  # noqa: F401
+    from distex_zmq.errors import WorkerLostError
+
+    def runs(folder: Path) -> int:
+        folder.mkdir()
+        calls = [joblib.delayed(client_tasks.mark_then_exit)(str(folder))]
+        with pytest.raises(WorkerLostError) as info:
+            joblib.Parallel(n_jobs=2, backend="distex_zmq")(calls)
+        assert "(a joblib batch of 1 call of mark_then_exit) killed its worker" in str(info.value)
+        return len(os.listdir(folder))
+
+    with joblib.parallel_config(backend="distex_zmq", pool=pool):
+        assert runs(tmp_path / "default") == 1
+    with joblib.parallel_config(backend="distex_zmq", pool=pool, max_retries=1):
+        assert runs(tmp_path / "retried") == 2
+        # the backend runs the next call
+        assert joblib.Parallel(n_jobs=2)(outer_calls(4)) == [0, 1, 4, 9]
+    with pytest.raises(ValueError, match="max_retries"):
+        joblib.parallel_config(backend="distex_zmq", pool=pool, max_retries=-1)
+
+
+@pytest.mark.timeout(90)
 def test_joblib_batches_running_when_their_call_fails_are_not_run_again(pool, tmp_path):
     # a batch that a worker ran when its call failed was run again when it
     # killed that worker, up to max_retries times, though joblib had given
@@ -501,7 +528,7 @@ def test_joblib_batches_running_when_their_call_fails_are_not_run_again(pool, tm
         joblib.delayed(client_tasks.fail_once_marked)(str(runs)),
         joblib.delayed(client_tasks.mark_then_exit)(str(runs), str(go)),
     ]
-    with joblib.parallel_config(backend="distex_zmq", pool=pool):
+    with joblib.parallel_config(backend="distex_zmq", pool=pool, max_retries=2):
         with pytest.raises(KeyError):
             joblib.Parallel(n_jobs=2, batch_size=1)(calls)
         go.touch()  # the batch that runs kills its worker now
