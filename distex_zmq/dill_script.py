@@ -40,6 +40,11 @@ _NEW_LOCKS: dict[type, Any] = {
 }
 
 
+def _is_plain_array(obj: Any) -> bool:
+    """Whether ``obj`` is a ``numpy.ndarray`` (not of a subclass)."""
+    return type(obj) is getattr(sys.modules.get("numpy"), "ndarray", None)
+
+
 class ScriptClassesPickler(dill.Pickler):
     """dill, but classes of ``__main__`` go as cloudpickle sends them (with
     their tracker ids); dill alone sends a new class each time, and cannot
@@ -58,7 +63,10 @@ class ScriptClassesPickler(dill.Pickler):
     it: dill makes an unlocked ``RLock`` again held by no thread, so that its
     first ``acquire`` waits for ever, one held in the client held by a thread
     id that means nothing in another process (it fails to unpickle there),
-    and a held ``Lock`` held, by no one who will release it.
+    and a held ``Lock`` held, by no one who will release it. A plain numpy
+    array goes as pickle sends it, its data out of band with a
+    ``buffer_callback``: dill's own reduction copies it into the pickle (and
+    makes it writeable again where it was read-only).
 
     Given ``refs``, a function of the script inside the object pickled (a
     ``functools.partial``'s function, a bound method's) goes by id, as in
@@ -93,6 +101,9 @@ class ScriptClassesPickler(dill.Pickler):
                 return
         elif type(obj) in _NEW_LOCKS and id(obj) not in self.memo:
             self.save_reduce(_NEW_LOCKS[type(obj)], (), obj=obj)
+            return
+        elif type(obj).__name__ == "ndarray" and _is_plain_array(obj) and id(obj) not in self.memo:
+            self.save_reduce(*obj.__reduce_ex__(self.proto), obj=obj)
             return
         elif (
             self._refs is not None

@@ -362,6 +362,25 @@ def test_large_buffers_travel_out_of_band_without_a_copy():
     assert np.array_equal(loads(data, buffers), small)
 
 
+@pytest.mark.parametrize("data_pickle", PICKLE_TYPES, ids=lambda t: f"data-{t.name}")
+def test_large_arrays_travel_out_of_band_with_every_data_pickle(data_pickle, make_pool):
+    data_dumps = data_pickle_module(data_pickle).dumps
+    array = np.arange(1_000_000, dtype=np.float64)
+    array.flags.writeable = False
+    for obj in (array, (1, array), {"deeper": [array]}):
+        data, buffers = dumps(obj, data_dumps)
+        assert len(data) < 1000, "the array's data went into the pickle"
+        assert len(buffers) == 1
+        assert np.shares_memory(np.frombuffer(buffers[0], dtype=np.float64), array)
+    # the task gets it read-only, as it was in the caller
+    pool = make_pool(1, data_pickle=data_pickle)
+    assert pool.run(tasks.array_checksum, array) == (
+        array.nbytes,
+        float(array[::4096].sum()),
+        False,
+    )
+
+
 @pytest.mark.timeout(90)
 def test_100_mb_numpy_array_round_trip(shared_pool):
     array = np.random.default_rng(1).random(100 * 2**20 // 8)
