@@ -16,6 +16,7 @@ from typing import Any
 
 import dill
 
+from .memmaps import memmap_reduce
 from .script_pickler import (
     TYPE_PARAMS,
     ScriptPickler,
@@ -66,7 +67,8 @@ class ScriptClassesPickler(dill.Pickler):
     and a held ``Lock`` held, by no one who will release it. A plain numpy
     array goes as pickle sends it, its data out of band with a
     ``buffer_callback``: dill's own reduction copies it into the pickle (and
-    makes it writeable again where it was read-only).
+    makes it writeable again where it was read-only). A ``memmap`` goes as
+    ``memmaps.memmap_reduce`` reduces it (dill fails on the ``mmap`` it holds).
 
     Given ``refs``, a function of the script inside the object pickled (a
     ``functools.partial``'s function, a bound method's) goes by id, as in
@@ -105,6 +107,11 @@ class ScriptClassesPickler(dill.Pickler):
         elif type(obj).__name__ == "ndarray" and _is_plain_array(obj) and id(obj) not in self.memo:
             self.save_reduce(*obj.__reduce_ex__(self.proto), obj=obj)
             return
+        elif type(obj).__name__ == "memmap" and id(obj) not in self.memo:
+            reduce = memmap_reduce(obj, self.proto)
+            if reduce is not NotImplemented:
+                self.save_reduce(*reduce, obj=obj)
+                return
         elif (
             self._refs is not None
             and type(obj) is types.FunctionType

@@ -15,7 +15,9 @@ make it on the namespace that the script's functions share there. A
 function of the script under ``functools.lru_cache`` (or ``cache``), which
 pickles by name, goes as its function and the cache's parameters; a
 ``functools.cached_property`` goes as its function and name; a
-``functools.singledispatch`` function as its implementations.
+``functools.singledispatch`` function as its implementations. A numpy
+``memmap`` goes as ``memmaps.memmap_reduce`` reduces it (a large one as
+the plain array of its data, out of band).
 
 In the data of a task, a function of the script goes by reference once the
 client is given a ``RefSink`` (see ``script_refs``).
@@ -34,6 +36,7 @@ from typing import Any
 import cloudpickle
 from cloudpickle import cloudpickle as _cloudpickle
 
+from .memmaps import memmap_reduce
 from .script_rebuild import (
     RefSink,
     code_with_filename,
@@ -191,6 +194,9 @@ class ScriptPickler(cloudpickle.Pickler):
             reduce = type_param_reduce(obj)
             if reduce is not NotImplemented:
                 return reduce
+        reduce = memmap_reduce(obj, self.proto)
+        if reduce is not NotImplemented:
+            return reduce
         return super().reducer_override(obj)
 
 

@@ -1,11 +1,12 @@
 """Pickling of functions and data, with large buffers out of band.
 
 Data is pickled with protocol 5: buffers of at least ``OOB_THRESHOLD`` bytes
-(numpy arrays, ``PickleBuffer``; large ``bytes`` and ``bytearray`` objects
-passed as arguments or returned as results) are not copied into the pickle
-but travel as frames of their own, sent without a copy and handed to
-``loads`` on the other side (which copies bytes and bytearrays once, to
-make objects of their own).
+(numpy arrays, ``PickleBuffer``; numpy ``memmap`` objects, sent as the plain
+arrays of their data; large ``bytes`` and ``bytearray`` objects passed as
+arguments or returned as results) are not copied into the pickle but travel
+as frames of their own, sent without a copy and handed to ``loads`` on the
+other side (which copies bytes and bytearrays once, to make objects of
+their own).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from enum import IntEnum
 from typing import Any, cast
 
 from .errors import rebuild_without_init
+from .memmaps import MEMMAP_MARK, OOB_THRESHOLD, memmap_reduce, memmap_type, plain_array
 from .script_objects import (
     PickleByValue,
     dill_data_dumps,
@@ -35,8 +37,6 @@ from .script_rebuild import RefSink
 from .wire.frames import RecentFunctions
 
 PROTOCOL = 5
-#: Buffers at least this large travel as their own frames.
-OOB_THRESHOLD = 32 * 1024
 
 
 class PickleType(IntEnum):
@@ -167,8 +167,10 @@ def dumps(
     ``cloudpickle`` or ``dill`` (as data) meets go by id to it
     (``script_refs``) rather than by value."""
     buffers: list[Any] = []
-    if type(obj) in _MAY_HOLD_LARGE_BYTES:  # a call less for other results
-        obj = _bytes_out_of_band(obj)
+    if _memmap_unknown and "numpy" in sys.modules:
+        _know_memmap()
+    if type(obj) in _MAY_HOLD_LARGE:  # a call less for other results
+        obj = _out_of_band(obj)
 
     def keep_large(buf: pickle.PickleBuffer) -> bool:
         try:
@@ -183,55 +185,107 @@ def dumps(
     if dumper in _TAKE_REFS:  # PickleType.cloudpickle or dill, as data
         return dumper(obj, PROTOCOL, keep_large, refs), buffers
     try:
-        return dumper(obj, protocol=PROTOCOL, buffer_callback=keep_large), buffers
+        data = dumper(obj, protocol=PROTOCOL, buffer_callback=keep_large)
     except PickleByValue:  # PickleType.auto met an object of __main__
         pass
+    else:
+        if len(data) >= OOB_THRESHOLD and MEMMAP_MARK in data:
+            # a large numpy memmap in it, perhaps: pickle.dumps has no hook for it
+            buffers.clear()
+            data = _dumps_with_memmaps(obj, keep_large)
+        return data, buffers
     # out of the handler: an error here is not shown as raised while handling
     # PickleByValue, which tells the user nothing
     buffers.clear()
     return dumps_by_value(obj, PROTOCOL, keep_large, refs), buffers
 
 
+class _MemmapPickler(pickle.Pickler):
+    """Standard pickle, with numpy's memmaps reduced by ``memmap_reduce``."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        return memmap_reduce(obj, PROTOCOL)
+
+
+def _dumps_with_memmaps(obj: Any, buffer_callback: Callable[..., Any]) -> bytes:
+    """``pickle.dumps`` of ``obj``, but a large numpy memmap in it goes as
+    the plain array of its data, out of band (``memmaps``)."""
+    file = io.BytesIO()
+    _MemmapPickler(file, PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    return file.getvalue()
+
+
 #: The dumpers of data that send the functions of ``__main__`` by id to
 #: ``refs`` (their fourth argument).
 _TAKE_REFS = frozenset((dumps_by_value, dill_data_dumps))
 
-_BYTES_TYPES = (bytes, bytearray)
-#: The types ``_bytes_out_of_band`` looks into.
-_MAY_HOLD_LARGE_BYTES = frozenset((bytes, bytearray, tuple))
+
+def _large_bytes(obj: bytes | bytearray) -> Any:
+    return _LargeBytes(obj) if len(obj) >= OOB_THRESHOLD else obj
 
 
-def _bytes_out_of_band(obj: Any) -> Any:
-    """Let large ``bytes`` and ``bytearray`` objects travel out of band.
+#: The types of objects that ``_out_of_band`` takes out of the pickle when
+#: they are large, each with what takes one out: ``bytes`` and ``bytearray``
+#: as buffers, and numpy's ``memmap`` (once numpy is imported: see
+#: ``_know_memmap``) as the plain array of its data.
+_TAKE_OUT: dict[type, Callable[[Any], Any]] = {bytes: _large_bytes, bytearray: _large_bytes}
+#: The types ``_out_of_band`` looks into.
+_MAY_HOLD_LARGE: set[type] = {bytes, bytearray, tuple}
+_memmap_unknown = True
 
-    Pickle copies both into the pickle (only ``PickleBuffer`` objects and
-    types that reduce to one, such as numpy arrays, go out of band), and its
-    ``reducer_override`` hook is not called for them. So one that is the
-    object itself, or an item of an arguments tuple, is wrapped to be
-    pickled as a buffer: a copy less on the sending side, and still the
-    same type on the other. Deeper ones are pickled as usual.
+
+def _know_memmap() -> None:
+    """Have ``_out_of_band`` take numpy's ``memmap`` out, once numpy is
+    imported (this module does not import it)."""
+    global _memmap_unknown
+    memmap = memmap_type()
+    if memmap is not None:
+        _TAKE_OUT[memmap] = plain_array
+        _MAY_HOLD_LARGE.add(memmap)
+        _memmap_unknown = False
+
+
+def _out_of_band(obj: Any) -> Any:
+    """Let large ``bytes``, ``bytearray`` and numpy ``memmap`` objects
+    travel out of band.
+
+    Pickle copies them into the pickle (only ``PickleBuffer`` objects and
+    types that reduce to one, such as plain numpy arrays, go out of band),
+    and its ``reducer_override`` hook is not called for the first two; pickle
+    makes a ``memmap`` again as a ``memmap`` of no file. So one that is the
+    object itself, or an item of an arguments tuple, is replaced: a
+    ``bytes`` or ``bytearray`` by a wrapper pickled as a buffer (a copy less
+    on the sending side, and still the same type on the other), a
+    ``memmap`` by the plain array of its data (``memmaps``). Deeper bytes
+    are pickled as usual; ``dumps`` finds a large ``memmap`` deeper down in
+    the pickle, and pickles the object again.
     """
-    kind = type(obj)
-    if kind in _BYTES_TYPES:
-        return _LargeBytes(obj) if len(obj) >= OOB_THRESHOLD else obj
-    if kind is tuple and 0 < len(obj) <= 8:
+    take = _TAKE_OUT.get(type(obj))
+    if take is not None:
+        return take(obj)
+    if type(obj) is tuple and 0 < len(obj) <= 8:
         for item in obj:
-            if type(item) in _BYTES_TYPES and len(item) >= OOB_THRESHOLD:
-                return tuple(_LargeBytes(item) if _is_large_bytes(item) else item for item in obj)
+            if type(item) in _TAKE_OUT and _take_out(item) is not item:
+                return tuple(_take_out(item) for item in obj)
     return obj
 
 
-def _is_large_bytes(obj: Any) -> bool:
-    return type(obj) in _BYTES_TYPES and len(obj) >= OOB_THRESHOLD
+def _take_out(obj: Any) -> Any:
+    """``obj``, or what stands for it if ``_out_of_band`` takes it out."""
+    take = _TAKE_OUT.get(type(obj))
+    return obj if take is None else take(obj)
 
 
 def call_out_of_band(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``(args, kwargs)`` of a call, ready for ``dumps``: large ``bytes`` and
-    ``bytearray`` arguments go out of band whether passed by position or by
-    keyword (``dumps`` itself looks only one level down)."""
-    if len(kwargs) <= 8 and any(_is_large_bytes(value) for value in kwargs.values()):
-        kwargs = {k: _LargeBytes(v) if _is_large_bytes(v) else v for k, v in kwargs.items()}
-    return _bytes_out_of_band(args), kwargs
+    """``(args, kwargs)`` of a call, ready for ``dumps``: large ``bytes``,
+    ``bytearray`` and numpy ``memmap`` arguments go out of band whether
+    passed by position or by keyword (``dumps`` itself looks only one level
+    down)."""
+    if _memmap_unknown and "numpy" in sys.modules:
+        _know_memmap()
+    if len(kwargs) <= 8 and any(_take_out(value) is not value for value in kwargs.values()):
+        kwargs = {k: _take_out(v) for k, v in kwargs.items()}
+    return _out_of_band(args), kwargs
 
 
 class _LargeBytes:

@@ -42,6 +42,18 @@ def mark_and_sleep(folder: str, x: int, seconds: float) -> int:
     return x
 
 
+def arange(n: int) -> Any:
+    import numpy as np
+
+    return np.arange(n, dtype=np.float64)
+
+
+def array_kind(arr: Any, start: int) -> tuple[str, bool, float]:
+    """The type of the array the worker got, whether it is writable, and
+    the sum of its items from ``start`` on."""
+    return type(arr).__name__, bool(arr.flags.writeable), float(arr[start:].sum())
+
+
 def pid(_: object = None) -> int:
     return os.getpid()
 

@@ -149,6 +149,18 @@ def array_echo(arr: Any) -> Any:
     return arr
 
 
+def array_kind(arr: Any) -> tuple[str, bool, float]:
+    """The type of the array the worker got, whether it is writable, and its sum."""
+    return type(arr).__name__, bool(arr.flags.writeable), float(arr.sum())
+
+
+def load_memmap(path: str, start: int = 0) -> Any:
+    """The ``.npy`` file at ``path`` mapped read-only, from item ``start`` on."""
+    import numpy as np
+
+    return np.load(path, mmap_mode="r")[start:]
+
+
 #: what ``fill_kept_array`` and ``fill_kept_bytearray`` fill and return, kept across tasks
 _KEPT_ARRAY: Any = None
 _KEPT_BYTEARRAY: bytearray | None = None

@@ -361,6 +361,20 @@ def test_joblib_n_jobs(joblib_pool):
     assert os.getpid() not in pids
 
 
+def test_joblib_memmap_arguments_arrive_as_plain_read_only_arrays(joblib_pool, tmp_path):
+    # joblib's cache hands back large arrays as memmaps; deep in a batch,
+    # the pool sends each as a plain array, out of band (test_serialization)
+    memory = joblib.Memory(tmp_path, mmap_mode="r", verbose=0)
+    arange = memory.cache(client_tasks.arange)
+    arange(125_000)
+    mm = arange(125_000)  # from the cache
+    assert type(mm).__name__ == "memmap" and not mm.flags.writeable
+    out = joblib.Parallel(n_jobs=-1)(
+        joblib.delayed(client_tasks.array_kind)(mm, i) for i in range(6)
+    )
+    assert out == [("ndarray", False, float(mm[i:].sum())) for i in range(6)]
+
+
 def test_joblib_runs_on_a_pool_of_one_worker(make_pool):
     # joblib runs n_jobs=1 in the caller's process: -1 on a pool of one
     # worker (or of two while one is replaced) must still mean the pool

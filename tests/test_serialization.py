@@ -527,6 +527,74 @@ def test_large_bytes_keyword_arguments_travel_out_of_band(shared_pool):
     assert shared_pool.run(tasks.identity, x=big) == big
 
 
+@pytest.fixture
+def memmap_file(tmp_path):
+    """A 1 MB ``.npy`` file of float64 and its memmap, read-only."""
+    path = tmp_path / "array.npy"
+    np.save(path, np.arange(125_000, dtype=np.float64))
+    return str(path), np.load(path, mmap_mode="r")
+
+
+@pytest.mark.parametrize("data_pickle", PICKLE_TYPES, ids=lambda t: f"data-{t.name}")
+def test_a_large_memmap_travels_as_a_plain_array_out_of_band(memmap_file, data_pickle):
+    _, mm = memmap_file
+    assert type(mm) is np.memmap and not mm.flags.writeable
+    data_dumps = data_pickle_module(data_pickle).dumps
+    data_loads = data_pickle_module(data_pickle).loads
+    # as a result, as arguments (by position, by keyword), a view, and deeper
+    # down (a joblib batch's), where dumps finds it in the pickle
+    for obj, find in (
+        (mm, lambda back: back),
+        ((1, mm), lambda back: back[1]),
+        (call_out_of_band((), {"x": mm}), lambda back: back[1]["x"]),
+        (mm[1:], lambda back: back),
+        ({"calls": [(mm, 2)]}, lambda back: back["calls"][0][0]),
+    ):
+        data, buffers = dumps(obj, data_dumps)
+        assert len(data) < 1000, "the memmap's data went into the pickle"
+        assert len(buffers) == 1
+        # sent without a copy: the buffer is the file's mapped memory
+        assert np.shares_memory(np.frombuffer(buffers[0], dtype=np.float64), mm)
+        back = find(loads(data, [bytes(b) for b in buffers], data_loads))
+        assert type(back) is np.ndarray and not back.flags.writeable
+        assert np.array_equal(back, find(obj) if obj is not mm else mm)
+    # a small one goes in the pickle, as pickle makes it: a memmap of no file
+    small = mm[:100]
+    data, buffers = dumps(small, data_dumps)
+    assert buffers == []
+    back = loads(data, buffers, data_loads)
+    assert type(back) is np.memmap and np.array_equal(back, small)
+
+
+@pytest.mark.parametrize("data_pickle", PICKLE_TYPES, ids=lambda t: f"data-{t.name}")
+def test_memmap_arguments_and_results_arrive_as_plain_arrays(memmap_file, data_pickle, make_pool):
+    """What the task and the caller get for a read-only memmap: a plain,
+    read-only ``ndarray`` of its data (``ProcessPoolExecutor`` gives a
+    writeable ``memmap`` of no file)."""
+    path, mm = memmap_file
+    total = float(mm.sum())
+    pool = make_pool(1, data_pickle=data_pickle)
+    expected = ("ndarray", False, total)
+    assert pool.run(tasks.array_kind, mm) == expected
+    assert pool.submit(tasks.array_kind, arr=mm).result() == expected
+    assert list(pool.map(tasks.array_kind, [mm, mm[1:]])) == [expected, expected]
+    for result in (
+        pool.run(tasks.load_memmap, path),
+        pool.submit(tasks.load_memmap, path, 1).result(),
+    ):
+        assert type(result) is np.ndarray and not result.flags.writeable
+        assert np.array_equal(result, mm[len(mm) - len(result) :])
+
+
+def test_a_script_function_that_reads_a_global_memmap_pickles_with_dill(memmap_file):
+    # dill (the default func_pickle) failed on the mmap that a memmap holds
+    _, mm = memmap_file
+    namespace = {"__name__": "__main__", "MM": mm}
+    exec("def total(i):\n    return type(MM).__name__, float(MM[i:].sum())\n", namespace)
+    _, pickled = FunctionCache(PickleType.dill).get(namespace["total"])
+    assert function_loads(PickleType.dill)(pickled)(1) == ("ndarray", float(mm[1:].sum()))
+
+
 def test_unpicklable_argument_raises_in_the_caller_at_submit(shared_pool):
     with pytest.raises(pickle.PicklingError, match="refuses to be pickled"):
         shared_pool.submit(tasks.identity, tasks.Unpicklable())
