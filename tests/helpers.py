@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -183,7 +184,8 @@ class LoopbackSpawner:
     ``args`` has ``--secret-file``), its log in a file; on a free port, or on
     ``port`` (a spawner started again). With ``ignore_sigchld`` it runs with
     SIGCHLD ignored, as a child of a daemon that ignores it may; ``wrapper``
-    is a command that runs it (its arguments follow). Its other signals are
+    is a command that runs it (its arguments follow); ``python`` the
+    interpreter that runs it (default: this one). Its other signals are
     as a terminal or a service manager leaves them (``WITH_DEFAULT_SIGNALS``)."""
 
     def __init__(
@@ -193,6 +195,7 @@ class LoopbackSpawner:
         port: int | None = None,
         ignore_sigchld: bool = False,
         wrapper: tuple[str, ...] = (),
+        python: str = sys.executable,
     ):
         env = {k: v for k, v in os.environ.items() if k != "DISTEX_ZMQ_SECRET"}
         run = ["-m", "distex_zmq.spawner"]
@@ -206,7 +209,7 @@ class LoopbackSpawner:
                     [
                         *WITH_DEFAULT_SIGNALS,
                         *wrapper,
-                        sys.executable,
+                        python,
                         *run,
                         "--port",
                         str(self.port),
@@ -240,3 +243,23 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def other_python() -> str | None:
+    """A CPython 3.10 or later of another minor version than this one, that
+    runs and can make a venv: one of pyenv's versions (``$PYENV_ROOT``,
+    default ``~/.pyenv``, as on the CI machine), else a ``python3.X`` on
+    PATH (pyenv's shims of versions not selected fail, and are passed
+    over); ``None`` if there is none."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    for minor in range(10, 15):
+        if (3, minor) == sys.version_info[:2]:
+            continue
+        found = [str(p) for p in sorted(pyenv.glob(f"3.{minor}.*/bin/python"))]
+        found.append(shutil.which(f"python3.{minor}") or "")
+        for python in filter(None, found):
+            check = f"import sys, ensurepip, venv; assert sys.version_info[:2] == (3, {minor})"
+            run = subprocess.run([python, "-c", check], capture_output=True, timeout=30)
+            if run.returncode == 0:
+                return python
+    return None

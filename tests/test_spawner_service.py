@@ -15,11 +15,19 @@ from pathlib import Path
 import pytest
 
 from distex_zmq import Pool
-from tests.helpers import WITH_DEFAULT_SIGNALS, LoopbackSpawner, free_port, wait_until
+from distex_zmq.errors import HostConnectionError
+from tests.helpers import (
+    WITH_DEFAULT_SIGNALS,
+    LoopbackSpawner,
+    free_port,
+    other_python,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
 SPAWNER = f"{sys.executable} -m distex_zmq.spawner"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_in_bash(script: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -268,3 +276,49 @@ def test_a_pool_learns_that_its_spawner_was_stopped_and_why(tmp_path: Path) -> N
         pool.shutdown()
         spawner.stop()
     assert spawner.proc.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def other_python_venv(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The python of a venv of another Python minor version (``other_python``)
+    with this distex_zmq installed in it (editable, from the package index
+    that pip is configured with)."""
+    python = other_python()
+    if python is None:
+        pytest.skip(
+            f"no CPython 3.10+ other than {sys.version_info[0]}.{sys.version_info[1]} here "
+            "(looked in pyenv's versions and for python3.X on PATH)"
+        )
+    venv = tmp_path_factory.mktemp("other_python") / "venv"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
+    install = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-e", str(ROOT)]
+    done = subprocess.run(install, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(install)} failed:\n{done.stderr}"
+    return str(venv / "bin" / "python")
+
+
+@pytest.mark.timeout(300)  # the venv of the other Python is made first
+def test_a_spawner_of_another_python_version_is_refused_with_both_versions(
+    tmp_path: Path, other_python_venv: str
+) -> None:
+    # the functions of a script travel as bytecode: another minor version
+    # fails them with SystemError, crashes on them, or runs them wrong,
+    # while module functions work; so the host is refused at once
+    theirs = subprocess.check_output(
+        [other_python_venv, "-c", "import sys; print(sys.version.split()[0])"], text=True
+    ).strip()
+    spawner = LoopbackSpawner(tmp_path / "spawner.log", python=other_python_venv)
+    pool = Pool(None, [f"127.0.0.1:{spawner.port}/1"], secret=None)
+    try:
+        with pytest.raises(HostConnectionError) as raised:
+            pool.run(abs, -1)
+    finally:
+        pool.shutdown()
+        spawner.stop()
+    ours = sys.version.split()[0]
+    minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert str(raised.value).startswith(
+        f"spawner 127.0.0.1:{spawner.port} runs Python {theirs}, this client Python {ours}: "
+    )
+    assert f"run the spawner there with Python {minor}" in str(raised.value)
+    assert b"worker pid" not in spawner.read()  # no worker started there

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +46,9 @@ RemoteOutput = Callable[[str, int, str, list[str], int, bool], None]
 
 #: Seconds, beyond the grace, that a stopping host may take to stop its workers.
 STOP_MARGIN = 5.0
+
+#: This client's Python version, major.minor: the one every host must run.
+PYTHON_MINOR = "{}.{}".format(*sys.version_info)
 
 
 class RemoteLauncher:
@@ -132,8 +136,30 @@ class RemoteLauncher:
                     "install the same distex_zmq version on both"
                 )
             )
+        elif hello.python.split(".")[:2] != PYTHON_MINOR.split("."):
+            self._hello.set_exception(HostConnectionError(self._python_mismatch(hello.python)))
         else:
             self._hello.set_result(hello)
+
+    def _python_mismatch(self, theirs: str) -> str:
+        """Why this host, whose Python is ``theirs``, cannot serve the pool.
+
+        Functions, lambdas and classes of the user's script travel by value,
+        as bytecode, which only the same minor version of Python runs:
+        another one fails with ``SystemError``, crashes the worker, or runs
+        them wrong.
+        """
+        ours = sys.version.split()[0]
+        return (
+            f"{self.where} runs Python {theirs}, this client Python {ours}: every host of a "
+            f"pool needs the client's Python {PYTHON_MINOR}, as the functions and classes of "
+            "your script travel to it as bytecode, which another version of Python runs "
+            f"wrong or crashes on; {self._python_hint(PYTHON_MINOR)}"
+        )
+
+    def _python_hint(self, minor: str) -> str:
+        """What to do about a host whose Python is not ``minor``."""
+        return f"run its workers with Python {minor}"
 
     def _on_refused(self, refused: control.Refused) -> None:
         reason = refused.reason

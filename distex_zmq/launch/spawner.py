@@ -136,6 +136,9 @@ class SpawnerLauncher(RemoteLauncher):
             raise
         self._start_heartbeats()
 
+    def _python_hint(self, minor: str) -> str:
+        return f"run the spawner there with Python {minor} (python{minor} -m distex_zmq.spawner)"
+
     def _no_answer(self) -> str:
         if self._handshake_failure:
             return self._handshake_failure

@@ -285,6 +285,12 @@ class SSHLauncher(RemoteLauncher):
                 + self._tail()
             )
 
+    def _python_hint(self, minor: str) -> str:
+        return (
+            f"name a Python {minor} there that has distex_zmq with "
+            f"Pool(..., remote_python=...) (now {self.python!r})"
+        )
+
     def _start_error(self, status: int) -> HostConnectionError:
         tail = self._tail()
         hint = ""
