@@ -302,8 +302,8 @@ def test_a_spawner_of_another_python_version_is_refused_with_both_versions(
     tmp_path: Path, other_python_venv: str
 ) -> None:
     # the functions of a script travel as bytecode: another minor version
-    # fails them with SystemError, crashes on them, or runs them wrong,
-    # while module functions work; so the host is refused at once
+    # fails them with SystemError or TypeError, or crashes on them, while
+    # module functions work (abs runs there); so the host is refused at once
     theirs = subprocess.check_output(
         [other_python_venv, "-c", "import sys; print(sys.version.split()[0])"], text=True
     ).strip()

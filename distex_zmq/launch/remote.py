@@ -145,16 +145,16 @@ class RemoteLauncher:
         """Why this host, whose Python is ``theirs``, cannot serve the pool.
 
         Functions, lambdas and classes of the user's script travel by value,
-        as bytecode, which only the same minor version of Python runs:
-        another one fails with ``SystemError``, crashes the worker, or runs
-        them wrong.
+        as bytecode, which only the same minor version of Python reads:
+        another one fails them with ``SystemError`` or ``TypeError``, or its
+        worker crashes on them.
         """
         ours = sys.version.split()[0]
         return (
             f"{self.where} runs Python {theirs}, this client Python {ours}: every host of a "
             f"pool needs the client's Python {PYTHON_MINOR}, as the functions and classes of "
-            "your script travel to it as bytecode, which another version of Python runs "
-            f"wrong or crashes on; {self._python_hint(PYTHON_MINOR)}"
+            "your script travel to it as bytecode, which another version of Python misreads "
+            f"(an error or a crashed worker); {self._python_hint(PYTHON_MINOR)}"
         )
 
     def _python_hint(self, minor: str) -> str:
