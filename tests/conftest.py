@@ -49,6 +49,13 @@ pool costs most of a second to start on 2 cores).
 down after the test (its finalizer is in place the moment the pool exists).
 ``tests/contract`` runs the executor contract against local, loopback-spawner
 and SSH pools (its own ``conftest.py``: ``executor`` and ``make_executor``).
+
+Another Python
+--------------
+``other_python_venv`` (once per run) is the python of a venv of a CPython
+of another minor version than the tests' (``helpers.other_python``: one of
+pyenv's versions, as on the CI machine, or ``python3.X`` on PATH) with this
+distex_zmq installed; tests that use it skip, saying so, where there is none.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,7 +74,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from distex_zmq import Pool  # noqa: E402
-from tests.helpers import LeakCheck, pid_alive, wait_until  # noqa: E402, F401 (re-exported)
+from tests.helpers import (  # noqa: E402
+    LeakCheck,
+    other_python,
+    pid_alive,  # noqa: F401 (re-exported)
+    wait_until,  # noqa: F401 (re-exported)
+)
 from tests.multihost import HOSTS, Cluster  # noqa: E402
 
 #: Seconds a test's processes and threads get to wind down after it.
@@ -165,3 +178,22 @@ def ssh_home(cluster, monkeypatch):
             for pid in procs:
                 os.kill(pid, signal.SIGKILL)
         pytest.fail(f"pool processes left on the hosts: {left}")
+
+
+@pytest.fixture(scope="session")
+def other_python_venv(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The python of a venv of another Python minor version (``other_python``)
+    with this distex_zmq installed in it (editable, from the package index
+    that pip is configured with)."""
+    python = other_python()
+    if python is None:
+        pytest.skip(
+            f"no CPython 3.10+ other than {sys.version_info[0]}.{sys.version_info[1]} here "
+            "(looked in pyenv's versions and for python3.X on PATH)"
+        )
+    venv = tmp_path_factory.mktemp("other_python") / "venv"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
+    install = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-e", str(ROOT)]
+    done = subprocess.run(install, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(install)} failed:\n{done.stderr}"
+    return str(venv / "bin" / "python")

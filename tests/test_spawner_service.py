@@ -20,14 +20,12 @@ from tests.helpers import (
     WITH_DEFAULT_SIGNALS,
     LoopbackSpawner,
     free_port,
-    other_python,
     wait_until,
 )
 
 pytestmark = pytest.mark.timeout(60)
 
 SPAWNER = f"{sys.executable} -m distex_zmq.spawner"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_in_bash(script: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -276,25 +274,6 @@ def test_a_pool_learns_that_its_spawner_was_stopped_and_why(tmp_path: Path) -> N
         pool.shutdown()
         spawner.stop()
     assert spawner.proc.returncode == 0
-
-
-@pytest.fixture(scope="module")
-def other_python_venv(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The python of a venv of another Python minor version (``other_python``)
-    with this distex_zmq installed in it (editable, from the package index
-    that pip is configured with)."""
-    python = other_python()
-    if python is None:
-        pytest.skip(
-            f"no CPython 3.10+ other than {sys.version_info[0]}.{sys.version_info[1]} here "
-            "(looked in pyenv's versions and for python3.X on PATH)"
-        )
-    venv = tmp_path_factory.mktemp("other_python") / "venv"
-    subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
-    install = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-e", str(ROOT)]
-    done = subprocess.run(install, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"{' '.join(install)} failed:\n{done.stderr}"
-    return str(venv / "bin" / "python")
 
 
 @pytest.mark.timeout(300)  # the venv of the other Python is made first

@@ -502,3 +502,22 @@ def test_exit_lets_the_tasks_on_ssh_hosts_finish(loopback, tmp_path):
     # and the task ran once
     assert "lost" not in result.stderr, result.stderr
     assert tasks.traces(str(marker)) == 1
+
+
+@pytest.mark.timeout(300)  # the venv of the other Python is made first
+def test_a_host_of_another_python_version_is_refused_with_both_versions(
+    login, loopback, other_python_venv
+):
+    # as a spawner of another Python (test_spawner_service): the agent says
+    # hello with its Python's version, and the pool refuses the host then
+    theirs = subprocess.check_output(
+        [other_python_venv, "-c", "import sys; print(sys.version.split()[0])"], text=True
+    ).strip()
+    message = refusal(login("other-python", loopback.known, remote_python=other_python_venv))
+    ours = sys.version.split()[0]
+    minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert message.startswith(f"ssh://loop runs Python {theirs}, this client Python {ours}: ")
+    assert message.endswith(
+        f"name a Python {minor} there that has distex_zmq with "
+        f"Pool(..., remote_python=...) (now {other_python_venv!r})"
+    )
