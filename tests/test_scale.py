@@ -29,13 +29,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @contextlib.contextmanager
 def fds_used_up() -> Iterator[list[int]]:
-    """Use up the file descriptors of this process under a soft limit of at
-    most 1024; yield the list of those taken (close some to free them), and
-    give them all back after."""
+    """Use up the file descriptors of this process up to its hard limit (a
+    pool raises the soft limit to the hard one; a hard limit lowered may not
+    be raised again); yield the list of those taken (close some to free
+    them), and give them all back after."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard > 1 << 20:
+        pytest.skip(f"the hard limit of open files is {hard}: too many to use up")
     filler: list[int] = []
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1024), hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         try:
             while True:
                 filler.append(os.open(os.devnull, os.O_RDONLY))
@@ -177,3 +180,61 @@ def test_a_map_kept_but_never_iterated_runs_all_its_inputs_by_the_shutdown(
     results = pool.map(ft.square, iter(range(500)))
     pool.shutdown()
     assert list(results) == [x * x for x in range(500)]
+
+
+#: A client that starts ``Pool(N)`` under the limit of open files it is
+#: given, and prints its soft limit after, or the error of its start and how
+#: many of its children are still alive a moment after.
+_OPEN_FILES_CLIENT = """
+import os, resource, sys
+sys.path.insert(0, {root!r})
+from distex_zmq import Pool
+from tests.helpers import child_pids, wait_until
+try:
+    with Pool({workers}) as pool:
+        print("workers", len(set(pool.run_on_all(os.getpid))))
+except OSError as e:
+    print("error", e.errno, e)
+    print("children", int(not wait_until(lambda: not child_pids(), timeout=10)))
+print("soft limit", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+def _client_with_open_files(workers: int, soft: int, hard: int) -> subprocess.CompletedProcess[str]:
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return subprocess.run(
+        [sys.executable, "-c", _OPEN_FILES_CLIENT.format(root=str(ROOT), workers=workers)],
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+@pytest.mark.timeout(120)
+def test_a_pool_raises_the_soft_limit_of_open_files_to_the_hard_one_for_its_workers() -> None:
+    # 30 local workers need more descriptors than a soft limit of 96 allows
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 512:
+        pytest.skip(f"the hard limit of open files is {hard}: too low for 30 workers")
+    proc = _client_with_open_files(30, 96, hard)
+    assert proc.returncode == 0, proc.stderr
+    assert "workers 30\n" in proc.stdout, proc.stdout
+    assert f"soft limit {hard}\n" in proc.stdout, proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_workers_beyond_the_hard_limit_of_open_files_fail_the_start_with_what_to_do() -> None:
+    # the start failed with a bare "Too many open files" from wherever the
+    # descriptors ran out, or libzmq aborted the client (an assertion on
+    # EMFILE in its accept: SIGABRT, no Python error) when the broker's socket
+    # had none left for a worker's connection; it now fails before, with
+    # EMFILE and what to do, and leaves no worker
+    proc = _client_with_open_files(40, 128, 128)
+    assert proc.returncode == 0, proc.stderr
+    assert "error 24 " in proc.stdout, proc.stdout + proc.stderr
+    assert "no room for another local worker" in proc.stdout, proc.stdout
+    assert "raise the limit (ulimit -n" in proc.stdout, proc.stdout
+    assert "children 0\n" in proc.stdout, proc.stdout

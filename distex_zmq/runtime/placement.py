@@ -193,6 +193,11 @@ class Placement:
         """The worker is no longer starting: ready, or gone."""
         self._starting.discard(identity)
 
+    @property
+    def starting_count(self) -> int:
+        """How many workers have not said hello or run their initializer yet."""
+        return len(self._starting)
+
     def is_starting(self, identity: bytes) -> bool:
         """The worker has not said hello or run its initializer yet."""
         return identity in self._starting

@@ -30,6 +30,7 @@ from distex_zmq.hostspec import HostSpec
 from distex_zmq.launch.local import LocalLauncher, describe_exit
 from distex_zmq.options import Options
 from distex_zmq.runtime.membership import Membership
+from distex_zmq.runtime.open_files import LOCAL_WORKER_FILES, REMOTE_WORKER_FILES, OpenFiles
 from distex_zmq.runtime.placement import BrokerAccess, Launcher, Placement
 from distex_zmq.runtime.reconnect import RECONNECT_DELAY, Reconnects
 from distex_zmq.runtime.roster import Roster
@@ -82,6 +83,8 @@ class Supervisor:
         #: identities of workers killed for saying no hello in time
         self._silent: set[bytes] = set()
         self._deaths: deque[float] = deque()
+        #: room for workers under the limit of open files
+        self._open_files = OpenFiles()
 
     def start(self, access: BrokerAccess) -> None:
         """Start the local workers (on the pool loop)."""
@@ -118,8 +121,13 @@ class Supervisor:
             and len(self.membership.workers_of(launcher)) >= self._options.num_workers
         ):
             return None  # a replacement after the pool shrank (``resize``)
+        starting = self.placement.starting_count
         if launcher is self.placement.local:
+            self._open_files.make_room(LOCAL_WORKER_FILES, starting, "another local worker")
             launcher.endpoint = pool.local_endpoint()
+        else:
+            what = f"another worker on {launcher}"
+            self._open_files.make_room(REMOTE_WORKER_FILES, starting, what)
         identity = self.placement.spawn(launcher)
         self._broker.expect(identity)
         self._loop.call_later(HELLO_TIMEOUT, self._check_hello, identity)
