@@ -538,9 +538,12 @@ async def concurrency_probe(delay: float, value: Any = None) -> tuple[Any, int]:
 
 
 def note_pid_then_sleep(path: str, delay: float) -> int:
-    """Write this worker's pid to ``path``, then sleep."""
-    with open(path, "w") as f:
+    """Write this worker's pid to ``path``, then sleep. The file appears
+    whole (written aside, then renamed): a test that waits for it to exist
+    reads the pid, never an empty file."""
+    with open(path + ".part", "w") as f:
         f.write(str(os.getpid()))
+    os.replace(path + ".part", path)
     time.sleep(delay)
     return os.getpid()
 
