@@ -11,6 +11,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import concurrent.futures
+import logging
 import threading
 import weakref
 from asyncio import _get_running_loop, _set_running_loop
@@ -29,6 +30,9 @@ from distex_zmq.task_errors import (
     unloadable_error,
 )
 from distex_zmq.wire import frames as p
+
+#: the logger of ``concurrent.futures``, which logs the errors of done callbacks
+_futures_logger = logging.getLogger("concurrent.futures")
 
 
 def decode(task: Task, status: int, value: Any, data_loads: Callable[..., Any]) -> Any:
@@ -181,6 +185,28 @@ class TaskFuture(concurrent.futures.Future[Any]):
         if not self.done():
             refuse_wait_on_pool_loop("waiting for the result of a task", self._loop)
         return super().exception(timeout)
+
+    def _invoke_callbacks(self) -> None:
+        if getattr(_pool_loop, "loop", None) is not self._loop:
+            super()._invoke_callbacks()  # type: ignore[misc]
+            return
+        # On the pool loop: an error that escaped a callback there, as
+        # ``sys.exit()`` or a ``KeyboardInterrupt`` would, would end the
+        # loop and with it every result of the pool. Logged instead, as
+        # concurrent.futures logs an ``Exception``.
+        for callback in self._done_callbacks:  # type: ignore[attr-defined]
+            try:
+                callback(self)
+            except Exception:
+                _futures_logger.exception("exception calling callback for %r", self)
+            except BaseException as e:  # noqa: BLE001 - not the pool loop's to end
+                _futures_logger.error(
+                    "exception calling callback for %r: a %s raised in a done callback "
+                    "ends neither the program nor the pool, whose thread runs the callback",
+                    self,
+                    type(e).__name__,
+                    exc_info=True,
+                )
 
     def cancel(self) -> bool:
         cancelled = super().cancel()

@@ -231,6 +231,26 @@ def test_a_done_callback_runs_with_no_event_loop_as_in_process_pool_executor(poo
     assert pool.run(tasks.square, 5) == 25
 
 
+@pytest.mark.parametrize("escape", [SystemExit, KeyboardInterrupt, ZeroDivisionError])
+def test_a_done_callback_that_raises_is_logged_and_the_pool_goes_on(pool, caplog, escape):
+    """sys.exit() in a done callback (or a KeyboardInterrupt raised there)
+    ended the pool loop, whose thread runs the callbacks: later tasks never
+    finished and the exit warned of a coroutine never awaited. It is logged
+    as an Exception there is, as concurrent.futures does."""
+
+    def callback(_):
+        raise escape(3)
+
+    first = pool.submit(tasks.square, 2)
+    first.add_done_callback(callback)
+    assert first.result(timeout=10) == 4
+    assert pool.submit(tasks.square, 3).result(timeout=10) == 9
+    assert wait_until(lambda: "exception calling callback for" in caplog.text, timeout=10)
+    assert escape.__name__ in caplog.text
+    if escape is not ZeroDivisionError:
+        assert "ends neither the program nor the pool" in caplog.text, caplog.text
+
+
 def test_star_and_zip_match_starmap(pool):
     a, b = list(range(40)), list(range(100, 137))
     pairs = list(zip(a, b, strict=False))
