@@ -62,8 +62,9 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
     ``shutdown``. ``with`` and ``async with`` wait at entry until the
     workers are up, so they raise that error at entry. At its end, a
     ``with`` block shuts the pool down, waiting for the tasks submitted, but
-    for a block that a ``KeyboardInterrupt`` (Ctrl-C) leaves: that drops
-    them, those that run too.
+    for a block that a ``KeyboardInterrupt`` (Ctrl-C) or a cancellation
+    leaves (``asyncio.run`` cancels its main task at a Ctrl-C): that drops
+    them, those that run too; so does the end of an ``async with`` block.
 
     Args:
         num_workers: Number of local worker processes; 0 means one per CPU
@@ -288,7 +289,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        if isinstance(exc_info[1], KeyboardInterrupt):
+        if _cancelled(exc_info[1]):
             # Ctrl-C: its user asked the program to stop, as at the exit of
             # a program that a Ctrl-C ended (``wait_at_exit``): the tasks,
             # those that run too, are dropped instead of waited for
@@ -302,6 +303,9 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         return await self.create()
 
     async def __aexit__(self, *exc_info: Any) -> None:
+        if _cancelled(exc_info[1]):
+            await self._close_async(True, cancel_futures=True, drain=False)
+            return
         await self.shutdown_async()
 
     def shutdown(
@@ -338,10 +342,22 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         timeout = drain_timeout(timeout)
         if not cancel_futures and not self._is_shutdown:
             self._submit_unread_maps()
+        await self._close_async(wait, cancel_futures=cancel_futures, timeout=timeout)
+
+    async def _close_async(
+        self,
+        wait: bool,
+        *,
+        cancel_futures: bool,
+        drain: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Shut down as ``Runtime.close`` does, and with ``wait`` wait
+        without blocking the event loop."""
         runtime = self._mark_shutdown()
         if runtime is None or runtime.inherited:
             return
-        runtime.close(wait=False, cancel_futures=cancel_futures, timeout=timeout)
+        runtime.close(wait=False, cancel_futures=cancel_futures, drain=drain, timeout=timeout)
         # on the pool's own thread (in a done callback) the loop cannot end
         # while it waits: there, as ``shutdown``, it returns at once
         if wait and threading.current_thread() is not runtime.thread:
@@ -413,3 +429,10 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         except PoolClosedError:
             raise_start_error(runtime)
         return await future
+
+
+def _cancelled(error: BaseException | None) -> bool:
+    """A ``with`` block ends with ``error`` because its program or task was
+    told to stop: a Ctrl-C, which ``asyncio.run`` turns into the
+    cancellation of its main task, or a cancellation (a timeout, say)."""
+    return isinstance(error, (KeyboardInterrupt, asyncio.CancelledError))

@@ -691,6 +691,47 @@ def test_a_ctrl_c_that_leaves_a_with_block_stops_the_running_tasks(tmp_path, cau
     assert not trace.exists()
 
 
+@pytest.mark.parametrize(
+    ("block", "cancel"),
+    [("async with", "ctrl-c"), ("async with", "timeout"), ("with", "ctrl-c")],
+)
+def test_a_cancellation_that_leaves_a_with_block_stops_the_running_tasks(tmp_path, block, cancel):
+    # asyncio.run turns a Ctrl-C into the cancellation of its main task: the
+    # block's exit saw a CancelledError, not the KeyboardInterrupt that a
+    # ``with`` outside asyncio sees, and waited for the running tasks to end;
+    # so did a block that a timeout cancelled, past its timeout
+    trace = tmp_path / "ran"
+    proc = _run_script(
+        tmp_path,
+        f"""
+        import asyncio, os, signal, sys, threading, time
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool
+        from tests import tasks
+        from tests.helpers import pid_alive
+
+        pids = []
+
+        async def block():
+            {block} Pool(1) as pool:
+                pids.extend(await pool.run_on_all_async(tasks.pid))
+                if {cancel!r} == "ctrl-c":
+                    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+                await pool.run_async(tasks.touch_later, 2.0, {str(trace)!r})
+
+        try:
+            asyncio.run(asyncio.wait_for(block(), 0.5 if {cancel!r} == "timeout" else None))
+        except (KeyboardInterrupt, asyncio.TimeoutError) as e:
+            print(type(e).__name__, "ALIVE", any(pid_alive(pid) for pid in pids), flush=True)
+            time.sleep(2.5)  # the task would have ended
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    caught = "KeyboardInterrupt" if cancel == "ctrl-c" else "TimeoutError"
+    assert proc.stdout == f"{caught} ALIVE False\n", proc.stdout + proc.stderr
+    assert not trace.exists()
+
+
 def test_a_program_ended_by_ctrl_c_dies_of_sigint(tmp_path):
     # so that a shell or a CI loop sees the Ctrl-C (exit status 130)
     proc = _run_script(
