@@ -732,6 +732,28 @@ def test_a_cancellation_that_leaves_a_with_block_stops_the_running_tasks(tmp_pat
     assert not trace.exists()
 
 
+def test_a_ctrl_c_during_the_start_up_stops_it(tmp_path):
+    # the exit of the program that the Ctrl-C ended waited for every worker
+    # to be ready, their initializers run to the end, before it stopped them
+    trace = tmp_path / "initialized"
+    proc = _run_script(
+        tmp_path,
+        f"""
+        import os, signal, sys, threading
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool
+        from tests import tasks
+
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with Pool(1, initializer=tasks.touch_later, initargs=(3.0, {str(trace)!r})) as pool:
+            pass
+        """,
+    )
+    assert proc.returncode == -signal.SIGINT, proc.stderr
+    time.sleep(3.5)  # the initializer would have ended
+    assert not trace.exists()
+
+
 def test_a_program_ended_by_ctrl_c_dies_of_sigint(tmp_path):
     # so that a shell or a CI loop sees the Ctrl-C (exit status 130)
     proc = _run_script(

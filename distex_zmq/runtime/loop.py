@@ -351,6 +351,10 @@ class Runtime:
         return done
 
     async def _shutdown(self, drain: bool, cancel_futures: bool, timeout: float | None) -> None:
+        if not drain:
+            # nothing is waited for (a Ctrl-C): not the start-up either, which
+            # tears down what it started when cancelled
+            self.started.cancel()
         try:
             await asyncio.wrap_future(self.started)
         except BaseException:  # noqa: BLE001 - start-up failed; it cleaned up
