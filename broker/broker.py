@@ -105,6 +105,8 @@ class Broker:
         self._inbox = self._dispatcher.inbox
         self._wake_pending = False
         self._closed = False
+        #: what ``submit`` raises once the broker is closed
+        self.closed_message = "the pool was shut down; create a new Pool"
         #: the workers were asked to exit: no task goes to them any more
         self._stopping = False
         self._ctx = ctx
@@ -228,7 +230,7 @@ class Broker:
         """
         self._inbox.extend(tasks)
         if self._closed:
-            raise PoolClosedError("the pool was shut down; create a new Pool")
+            raise PoolClosedError(self.closed_message)
         if self._dispatcher.starving:
             self.wake()
 

@@ -486,6 +486,40 @@ def test_pool_open_at_interpreter_exit_stops_its_workers(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_a_pool_used_after_the_exit_shut_it_down_says_so(tmp_path):
+    # atexit runs the handlers registered last first: one registered before
+    # distex_zmq was imported runs after the pools' exit handler, and was told
+    # "the pool was shut down; create a new Pool", which it never was
+    proc = _run_script(
+        tmp_path,
+        """
+        import atexit, sys
+
+        def late():
+            for use in (lambda: pool.submit(abs, -1), lambda: list(pool.map(abs, [-1]))):
+                try:
+                    use()
+                except PoolClosedError as e:
+                    print("REFUSED:", e, flush=True)
+
+        atexit.register(late)  # before distex_zmq registers its handler
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool, PoolClosedError
+        from tests import tasks
+
+        pool = Pool(1)
+        print("RAN", pool.run(tasks.square, 3), flush=True)
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "RAN 9", proc.stdout + proc.stderr
+    assert len(lines) == 3, proc.stdout + proc.stderr
+    for line in lines[1:]:
+        assert "shut down at the interpreter's exit" in line, line
+        assert "registered after distex_zmq was imported" in line, line
+
+
 @pytest.mark.parametrize("ending", ["shutdown(wait=False)", "no shutdown", "pool dropped"])
 def test_the_exit_waits_for_the_tasks_submitted(tmp_path, ending):
     # as it does for a ProcessPoolExecutor's: "the entire Python program will

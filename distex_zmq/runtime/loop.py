@@ -471,6 +471,14 @@ def shutdown_runtime(runtime_ref: weakref.ref[Runtime]) -> None:
 EXIT_NOTICE_AFTER = 10.0
 
 
+#: What a pool shut down by ``wait_at_exit`` raises when it is used later.
+CLOSED_AT_EXIT = (
+    "the pool was shut down at the interpreter's exit, before this call: atexit runs "
+    "the handlers registered last first, so one that uses a pool must be registered "
+    "after distex_zmq was imported"
+)
+
+
 def wait_at_exit() -> None:
     """At the interpreter's exit, wait until every pool has finished the
     tasks submitted and stopped its workers, as the exit does for the
@@ -480,6 +488,7 @@ def wait_at_exit() -> None:
     its user asked it to stop."""
     interrupted = _ended_by_ctrl_c()
     for runtime in list(_running):
+        runtime.broker.closed_message = CLOSED_AT_EXIT
         if interrupted:
             runtime.close(wait=True, cancel_futures=True, drain=False)
             continue
