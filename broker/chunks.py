@@ -96,6 +96,7 @@ class ChunkPieces:
             return task, p.STATUS_PARTIAL
         # the inputs from mark on, as a payload of their own
         task.skip = 0
+        task.in_pieces = True
         task.data = bytes(data) if isinstance(data, memoryview) else data
         task.buffers = buffers
         return task, p.STATUS_RETURNED

@@ -105,7 +105,9 @@ class Delivery:
                 _logger.warning("result for unknown task %d from %s", task_id, rec)
                 continue
             value = (
-                (data, buffers, elapsed) if not task.first else (data, buffers, elapsed, task.first)
+                (data, buffers, elapsed)
+                if not task.first and not task.in_pieces
+                else (data, buffers, elapsed, task.first)
             )
             group = task.group
             if group is None:

@@ -625,6 +625,37 @@ def test_broker_marks_the_pools_only_task_lone(lone_broker):
     assert b.hooks.troubles == []
 
 
+def test_a_chunk_handed_back_before_it_answered_any_input_answers_in_pieces(lone_broker):
+    # A chunk whose worker hands back all its inputs (the chunk's budget ran
+    # out before its first input started) runs again with the first part of
+    # them, from input 0. Its answer went to the map as the chunk's whole
+    # answer when it came before any part's: the map yielded those results
+    # for the whole chunk, took the parts' answers for pieces of nothing,
+    # and waited for ever (or, unordered, lost the inputs of the parts).
+    b = lone_broker
+    sock = b.worker(b"fake-a", credits=1)
+    chunk = Task(next(b.ids), 1, b"f", p.FLAG_CHUNK, b"args", [], b.sink, name="f")
+    b.broker.submit([chunk])
+    assert b.received()[1] == chunk.id
+    writer = p.Writer(p.RESULT)
+    for mark, inputs in ((0, (0, 1)), (2, (2, 3))):
+        data, buffers = dumps(inputs)
+        size = writer.body(data, buffers)
+        writer.entries.append(
+            p.RESULT_ENTRY.pack(chunk.id, p.STATUS_HANDED_BACK, 0, size, len(buffers), mark)
+        )
+    sock.send_multipart(writer.frames_out())
+    answered = {}
+    for _ in range(2):  # the chunk with inputs 0-1, and a part with 2-3
+        _, task_id, _ = b.received()
+        b.answer(b"fake-a", task_id, ["result"])
+        status, value = b.sink.got[task_id]
+        answered[task_id] = value[3] if len(value) > 3 else None
+    assert answered.pop(chunk.id) == 0, "the chunk's answer is not a piece at input 0"
+    assert list(answered.values()) == [2]
+    assert b.hooks.troubles == []
+
+
 def test_broker_sends_a_script_functions_pickle_to_each_worker_until_it_drops_it(
     lone_broker,
 ):
