@@ -25,12 +25,14 @@ client is given a ``RefSink`` (see ``script_refs``).
 
 from __future__ import annotations
 
+import copyreg
 import functools
 import io
 import sys
 import types
 import typing
 from collections import ChainMap
+from collections.abc import Mapping
 from typing import Any
 
 import cloudpickle
@@ -151,24 +153,44 @@ def code_reduce(obj: types.CodeType) -> Any:
     return code_with_filename, (make, args, obj.co_filename)
 
 
+#: The reducers that ``ScriptPickler`` adds to copyreg's: cloudpickle's,
+#: and its own.
+_REDUCERS = {**cloudpickle.Pickler._dispatch_table, types.CodeType: code_reduce}
+
+
 class ScriptPickler(cloudpickle.Pickler):
     """cloudpickle, with classes made with their ``__slots__`` and functions
     of the script made on a worker's namespace.
 
     Given ``refs`` (the client pickling a task's data), a function of the
     script goes as its id instead, ``script_ref(id)``, and ``refs`` keeps
-    what the worker needs to make it (``script_refs``)."""
+    what the worker needs to make it (``script_refs``).
 
-    dispatch_table = ChainMap({types.CodeType: code_reduce}, cloudpickle.Pickler.dispatch_table)
+    Many objects of a few types (a list of a script's dataclass) cost
+    little each: ``reducer_override``, called for every object but a few
+    builtin ones, returns at once for a type it has found to need none of
+    its reductions, and the C pickler looks each type up in a ``dict``, not
+    in cloudpickle's ``ChainMap``, whose lookup is Python code that raises
+    ``KeyError`` at each of its maps."""
+
+    dispatch_table: Mapping[type, Any] = ChainMap(_REDUCERS, copyreg.dispatch_table)
 
     def __init__(self, *args: Any, refs: RefSink | None = None, **kwargs: Any):
+        # the pickler reads its table when it is made: copyreg's entries as
+        # they are now, and ours, which win
+        self.dispatch_table = {**copyreg.dispatch_table, **_REDUCERS}
         super().__init__(*args, **kwargs)
         self._refs = refs
+        #: the types met whose objects ``reducer_override`` leaves to the
+        #: pickler: a set as large as the types in one pickle
+        self._plain_types: set[type] = set()
 
     def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind in self._plain_types:
+            return NotImplemented
         if isinstance(obj, type):
             return class_reduce(self, obj)
-        kind = type(obj)
         if kind is types.FunctionType:
             if is_singledispatch(obj):
                 return make_singledispatch, singledispatch_args(obj)
@@ -197,7 +219,13 @@ class ScriptPickler(cloudpickle.Pickler):
         reduce = memmap_reduce(obj, self.proto)
         if reduce is not NotImplemented:
             return reduce
-        return super().reducer_override(obj)
+        # cloudpickle's reduces only classes and functions; what came this
+        # far is left to the pickler for its type, but for an lru_cache
+        # wrapper and a type parameter, left so for where they are found
+        reduce = super().reducer_override(obj)
+        if reduce is NotImplemented and kind is not _LRU_CACHE_WRAPPER and kind not in TYPE_PARAMS:
+            self._plain_types.add(kind)
+        return reduce
 
 
 def reduce_class(obj: type, protocol: int) -> Any:

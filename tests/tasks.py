@@ -8,6 +8,7 @@ notes at the top of ``conftest.py`` on why this works and what does not.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import pickle
@@ -23,6 +24,11 @@ STATE: dict[str, Any] = {}
 
 
 def square(x: int) -> int:
+    return x * x
+
+
+@functools.lru_cache(maxsize=64)
+def cached_square(x: int) -> int:
     return x * x
 
 

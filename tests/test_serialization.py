@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copyreg
 import datetime
 import functools
 import gc
@@ -24,9 +25,16 @@ import numpy as np
 import pytest
 from distex_zmq.worker.running import Runner
 
-from distex_zmq import PickleType, RemoteException, SerializationError, script_rebuild
+from distex_zmq import (
+    PickleType,
+    RemoteException,
+    SerializationError,
+    script_pickler,
+    script_rebuild,
+)
 from distex_zmq.chunk_load import load_each
-from distex_zmq.script_objects import dill_data_dumps, dill_dumps, dill_loads
+from distex_zmq.memmaps import memmap_reduce
+from distex_zmq.script_objects import dill_data_dumps, dill_dumps, dill_loads, dumps_by_value
 from distex_zmq.script_refs import RefCollector, ScriptRefs
 from distex_zmq.serialization import (
     OOB_THRESHOLD,
@@ -1072,6 +1080,70 @@ def test_the_client_keeps_the_pickles_of_the_recent_script_functions_only():
     for f in large:
         _data_with_refs(refs, (f,))
     assert len(refs) == 1  # by bytes: but for the newest, 4 MiB
+
+
+class _ScriptPoint:
+    """An object of a class of the script (``__main__``), which goes by value."""
+
+    def __init__(self, x):
+        self.x = x
+
+
+_ScriptPoint.__module__ = "__main__"
+
+
+def test_the_by_value_pickler_looks_at_the_objects_of_a_type_once(monkeypatch):
+    # it looks at every object but a few builtin ones for what it sends by
+    # value; the first object of a type that needs none of that tells it so
+    # for the others in the same pickle
+    looked = []
+
+    def counted(obj, protocol):
+        looked.append(type(obj))
+        return memmap_reduce(obj, protocol)
+
+    monkeypatch.setattr(script_pickler, "memmap_reduce", counted)
+    points = [_ScriptPoint(i) for i in range(100)]
+    data = dumps_by_value([points, [{"x": i} for i in range(100)]], 5)
+    assert len(looked) < 10
+    back = pickle.loads(data)
+    assert [p.x for p in back[0]] == list(range(100)) and back[1][99] == {"x": 99}
+    assert type(back[0][0]) is _ScriptPoint  # the client's own class, by its tracker id
+
+
+def test_the_by_value_pickler_decides_per_object_where_the_object_tells():
+    # an lru_cache function of the script goes by value, one of a module by
+    # name: the type alone does not tell, whichever comes first
+    namespace = {"__name__": "__main__"}
+    exec(
+        "import functools\n@functools.lru_cache(maxsize=8)\ndef sq(x):\n    return x * x\n",
+        namespace,
+    )
+    script_sq = namespace["sq"]
+    imported, by_value = pickle.loads(dumps_by_value([tasks.cached_square, script_sq], 5))
+    assert imported is tasks.cached_square
+    assert by_value is not script_sq and by_value(3) == 9
+    assert by_value.cache_parameters()["maxsize"] == 8
+
+
+class _Registered:
+    """Of a class given a reducer with ``copyreg`` after distex_zmq is imported."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _registered_again(value):
+    return _Registered(("reduced", value))
+
+
+def test_the_by_value_pickler_takes_reducers_registered_with_copyreg_later():
+    copyreg.pickle(_Registered, lambda obj: (_registered_again, (obj.value,)))
+    try:
+        back = pickle.loads(dumps_by_value([_Registered(1), _ScriptPoint(2)], 5))
+    finally:
+        del copyreg.dispatch_table[_Registered]
+    assert back[0].value == ("reduced", 1) and back[1].x == 2
 
 
 @pytest.mark.timeout(120)
