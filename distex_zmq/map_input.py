@@ -7,21 +7,39 @@ a mix) through async generators.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def refuses(method: F) -> F:
+    """Mark ``method`` as one that only raises a ``TypeError`` saying what to
+    use instead (``__iter__`` of ``Pool.map_async``'s results, ``__aiter__``
+    of ``Pool.map``'s): as a map's input, such an object is read with its
+    other protocol."""
+    method._refuses = True  # type: ignore[attr-defined]
+    return method
+
+
+def _offers(cls: type, name: str) -> bool:
+    method = getattr(cls, name, None)
+    return method is not None and not getattr(method, "_refuses", False)
 
 
 def is_sync_iterable(it: Any) -> bool:
     """Whether ``iter(it)`` accepts ``it``, judged as ``iter`` does, from its type:
     an ``__iter__`` that is not None, or else a ``__getitem__`` (the sequence
-    protocol). An iterator without ``__iter__`` is not iterable."""
+    protocol). An iterator without ``__iter__`` is not iterable. An
+    ``__iter__`` marked with ``refuses`` does not count."""
     cls = type(it)
-    dunder_iter = getattr(cls, "__iter__", _ABSENT)
-    if dunder_iter is not _ABSENT:
-        return dunder_iter is not None
+    if hasattr(cls, "__iter__"):
+        return _offers(cls, "__iter__")
     return hasattr(cls, "__getitem__")
 
 
-_ABSENT = object()
+def is_async_iterable(it: Any) -> bool:
+    """Whether ``it`` has an ``__aiter__`` (not one marked with ``refuses``)."""
+    return _offers(type(it), "__aiter__")
 
 
 def sync_input(iterables: tuple[Any, ...]) -> Iterator[Any]:
@@ -35,7 +53,7 @@ async def zip_async(*iterables: Any) -> AsyncIterator[tuple[Any, ...]]:
     """Zip sync and async iterables into an async iterator of tuples."""
     nexts: list[tuple[Callable[[], Any], bool]] = []
     for it in iterables:
-        if hasattr(it, "__aiter__"):
+        if is_async_iterable(it):
             nexts.append((it.__aiter__().__anext__, False))
         elif hasattr(it, "__anext__"):
             nexts.append((it.__anext__, False))
@@ -66,7 +84,7 @@ async def chunk_async(ait: AsyncIterator[Any], chunksize: int) -> AsyncIterator[
 def async_input(iterables: tuple[Any, ...], chunksize: int) -> AsyncIterator[Any]:
     if len(iterables) > 1:
         ait: AsyncIterator[Any] = zip_async(*iterables)
-    elif hasattr(iterables[0], "__aiter__"):
+    elif is_async_iterable(iterables[0]):
         ait = iterables[0].__aiter__()
     else:
         ait = iterables[0]
@@ -78,7 +96,7 @@ def check_map_args(
 ) -> None:
     # no iterable at all: an empty map, as with ``Executor.map``
     for number, it in enumerate(iterables, 1):
-        if not (is_sync_iterable(it) or hasattr(it, "__aiter__") or hasattr(it, "__anext__")):
+        if not (is_sync_iterable(it) or is_async_iterable(it) or hasattr(it, "__anext__")):
             hint = ""
             if number > 1 and type(it) is int:
                 # multiprocessing.Pool.map(func, iterable, chunksize)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import threading
 import weakref
@@ -25,11 +26,17 @@ from collections.abc import (
 from typing import Any, NoReturn
 
 from distex_zmq.loops import running_loop
-from distex_zmq.map_input import async_input, check_map_args, is_sync_iterable, sync_input
+from distex_zmq.map_input import (
+    async_input,
+    check_map_args,
+    is_sync_iterable,
+    refuses,
+    sync_input,
+)
 from distex_zmq.map_run import MapContext, MapRun
 from distex_zmq.progress import Progress
 
-__all__ = ["AsyncMap", "MapContext", "check_map_args", "map_async", "map_sync"]
+__all__ = ["AsyncMap", "MapContext", "SyncMap", "check_map_args", "map_async", "map_sync"]
 
 _logger = logging.getLogger("distex_zmq.map")
 
@@ -43,13 +50,14 @@ def map_sync(
     ordered: bool,
     star: bool,
     progress: Progress | None = None,
-) -> Iterator[Any]:
-    """The iterator behind ``Pool.map``: the map starts here, at the call,
-    as ``Executor.map`` does (its timeout counts from now)."""
+) -> SyncMap:
+    """What ``Pool.map`` returns: the map starts here, at the call, as
+    ``Executor.map`` does (its timeout counts from now)."""
     if not all(is_sync_iterable(it) for it in iterables):
-        return _map_sync_over_async(
+        over_async = _map_sync_over_async(
             ctx, func, iterables, timeout, chunksize, ordered, star, progress
         )
+        return SyncMap(over_async, None)
     event = threading.Event()
     run = MapRun(ctx, func, iterables, timeout, chunksize, ordered, star, event.set, progress)
     it = _guarded(iterables, run)
@@ -63,7 +71,15 @@ def map_sync(
     weakref.finalize(results, _run_unread, run, it, error, started)
     if ctx.unread is not None and error is None:
         ctx.unread[results] = functools.partial(_submit_unread, run, it, started)
-    return results
+    return SyncMap(results, functools.partial(_abandon, run, started))
+
+
+def _abandon(run: MapRun, started: list[bool]) -> None:
+    """A map that its caller cannot read (it awaited it): its inputs not
+    read yet are never submitted, and what no worker holds is cancelled, as
+    a ``break`` does."""
+    started[0] = True
+    run.cancel()
 
 
 def _submit_unread(run: MapRun, it: Iterator[Any], started: list[bool]) -> None:
@@ -140,7 +156,7 @@ def _map_sync_over_async(
     ordered: bool,
     star: bool,
     progress: Progress | None,
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """Sync ``map`` of async iterables: iterate them on a private loop.
 
     The loop runs in this thread, or, when this thread runs a loop already
@@ -303,6 +319,67 @@ async def map_async(
             await _ended([feeder])
 
 
+class SyncMap(itertools.chain, Generator[Any, None, None]):
+    """What ``Pool.map`` returns: its results, for ``for``, ``next()`` and
+    ``list()``, a ``collections.abc.Generator`` as the generator that
+    ``Executor.map`` returns (``close()`` stops the map as a ``break``
+    does).
+
+    It is the ``itertools.chain`` of one iterable, the generator behind it:
+    ``next`` goes straight to that generator, at no cost more per result,
+    and ``iter()`` returns the map itself, as it does for any iterator.
+    Awaited or iterated with ``async for``, it raises a ``TypeError`` that
+    says to use ``Pool.map_async``, not Python's "object generator can't be
+    used in 'await' expression", and stops the map: its caller cannot read
+    it, and it would otherwise run all its inputs, as a map never iterated
+    does."""
+
+    __slots__ = ("_gen", "_abandon")
+    _gen: Generator[Any, None, None]
+    _abandon: Callable[[], None] | None
+
+    def __new__(
+        cls, gen: Generator[Any, None, None], abandon: Callable[[], None] | None
+    ) -> SyncMap:
+        self = super().__new__(cls, gen)
+        self._gen = gen
+        self._abandon = abandon
+        return self
+
+    def send(self, value: None) -> Any:
+        return self._gen.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._gen.throw(*args)
+
+    def close(self) -> None:
+        """Stop the map: it cancels what no worker holds yet."""
+        self._gen.close()
+
+    def _stop(self) -> None:
+        self._gen.close()
+        if self._abandon is not None:
+            self._abandon()
+
+    def __await__(self) -> NoReturn:
+        self._stop()
+        raise TypeError(
+            "Pool.map(...) returns an iterator of the results, not an awaitable: in a "
+            "coroutine use 'async for result in pool.map_async(...)', or "
+            "'[result async for result in pool.map_async(...)]' for a list; this map "
+            "is stopped (its inputs that no worker holds yet do not run)"
+        )
+
+    @refuses
+    def __aiter__(self) -> NoReturn:
+        self._stop()
+        raise TypeError(
+            "Pool.map(...) returns a sync iterator, for 'for result in pool.map(...)': "
+            "in a coroutine use 'async for result in pool.map_async(...)'; this map "
+            "is stopped (its inputs that no worker holds yet do not run)"
+        )
+
+
 class AsyncMap:
     """What ``Pool.map_async`` returns: its results, for ``async for``.
 
@@ -328,6 +405,7 @@ class AsyncMap:
         worker holds yet."""
         return self._agen.aclose()
 
+    @refuses
     def __iter__(self) -> NoReturn:
         raise TypeError(
             "Pool.map_async(...) is an async iterator: iterate it with "

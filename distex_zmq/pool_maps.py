@@ -61,7 +61,10 @@ class MapsMixin(PoolBase):
         The map starts at the call, as ``Executor.map`` does; never
         iterated, it runs all its inputs. Breaking out of the iteration
         cancels what no worker holds yet. A task that raised raises here
-        when iteration reaches it.
+        when iteration reaches it. The iterator is a
+        ``collections.abc.Generator``; awaited or iterated with ``async
+        for``, it raises ``TypeError`` saying to use ``map_async``, and the
+        map stops.
         """
         check_map_args(iterables, chunksize, timeout)
         check_flag("ordered", ordered)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import bz2
 import collections
+import collections.abc
 import concurrent.futures
 import gc
 import itertools
@@ -264,6 +265,72 @@ def test_a_map_async_iterated_without_async_for_or_awaited_says_what_to_use(shar
         return [first] + [r async for r in mapping]
 
     assert asyncio.run(main()) == [0, 1, 4]
+
+
+@pytest.mark.parametrize("misuse", ["await", "async for"])
+def test_a_map_awaited_or_iterated_with_async_for_says_what_to_use_and_stops(
+    pool, tmp_path, misuse
+):
+    # it raised Python's "object generator can't be used in 'await'
+    # expression" (or "'async for' requires an object with __aiter__"), and
+    # the map, started at the call and dropped unread, then ran all its inputs
+    trace = str(tmp_path / "ran")
+
+    async def main() -> None:
+        if misuse == "await":
+            with pytest.raises(
+                TypeError,
+                match=r"not an awaitable: in a coroutine use "
+                r"'async for result in pool\.map_async",
+            ):
+                await pool.map(tasks.touch_then_sleep, [trace] * 100, [0.02] * 100)
+        else:
+            with pytest.raises(
+                TypeError,
+                match=r"in a coroutine use "
+                r"'async for result in pool\.map_async",
+            ):
+                async for _ in pool.map(tasks.touch_then_sleep, [trace] * 100, [0.02] * 100):
+                    pass
+
+    asyncio.run(main())
+    gc.collect()
+    pool.run_on_all(tasks.pid)  # after the tasks submitted before it
+    assert tasks.traces(trace) < 100, "the map awaited ran all its inputs"
+    assert pool.run(tasks.square, 3) == 9
+
+
+def test_the_results_of_pool_map_are_a_generator_for_executor_map_code(shared_pool):
+    mapping = shared_pool.map(tasks.square, range(4))
+    assert isinstance(mapping, collections.abc.Generator) and iter(mapping) is mapping
+    assert next(mapping) == 0 and mapping.send(None) == 1
+    assert list(mapping) == [4, 9]
+    mapping = shared_pool.map(tasks.square, range(10))
+    assert next(mapping) == 0
+    mapping.close()
+    with pytest.raises(StopIteration):
+        next(mapping)
+
+
+def test_a_map_reads_the_results_of_another_map(shared_pool):
+    # map_async's results as the input of a map were taken for a sync
+    # iterable, which refuses 'for': TypeError "iterate it with 'async for'"
+    fourth = [x**4 for x in range(5)]
+    inner = shared_pool.map_async(tasks.square, range(5))
+    assert list(shared_pool.map(tasks.square, inner)) == fourth
+
+    async def main() -> tuple[list[int], list[int], list[int]]:
+        inner = shared_pool.map_async(tasks.square, range(5))
+        chained = [r async for r in shared_pool.map_async(tasks.square, inner)]
+        # a sync map beside an async iterable: read with 'for', not 'async for'
+        mixed = shared_pool.map_async(tasks.add, shared_pool.map(tasks.square, range(5)), agen(5))
+        both = shared_pool.map_async(
+            tasks.add, shared_pool.map_async(tasks.square, range(5)), range(5)
+        )
+        return chained, [r async for r in mixed], [r async for r in both]
+
+    squares_plus = [x * x + x for x in range(5)]
+    assert asyncio.run(main()) == (fourth, squares_plus, squares_plus)
 
 
 def test_coroutine_function_through_every_api(shared_pool):

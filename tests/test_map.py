@@ -336,7 +336,7 @@ def test_results_nobody_takes_are_freed_without_the_cyclic_collector(pool, itera
     gc.disable()
     try:
         it = pool.map(tasks.sleep_return, [0.0] + [0.02] * 20, range(21))
-        sink = weakref.ref(it.gi_frame.f_locals["run"].sink)
+        sink = weakref.ref(it._gen.gi_frame.f_locals["run"].sink)
         if iterated:
             assert next(it) == 0
             assert wait_until(lambda: _idle(pool), timeout=20)  # the rest arrived
