@@ -27,6 +27,31 @@ LOST_KEPT = 32
 _logger = logging.getLogger("distex_zmq.broker")
 
 
+def _killed_its_worker(task: Task, rec: WorkerRecord, how: str, limit: int) -> WorkerLostError:
+    """The error of ``task``, which killed its worker ``rec`` (``how`` it
+    died) the last of the ``limit + 1`` times it may run. After one death
+    it says how to have such a task run again; after several, the task
+    itself is to blame."""
+    if task.max_retries is None:
+        limit_is = f"the pool's max_retries={limit}"
+        option = "Pool(max_retries=n)"
+    else:  # the joblib backend is the one client that gives a task its own
+        limit_is = f"parallel_config's max_retries={limit}"
+        option = 'parallel_config(backend="distex_zmq", max_retries=n)'
+    if task.tries > 1:
+        return WorkerLostError(
+            f"{task.describe()} killed its worker each of the {task.tries} times it "
+            f"ran ({limit_is}): the last, {rec}, died: {how}"
+        )
+    if task.max_retries is not None:
+        limit_is += ": joblib runs each batch once"
+    return WorkerLostError(
+        f"{task.describe()} killed its worker and is not run again ({limit_is}; "
+        f"{option} runs such a task up to n times more, each time on another "
+        f"worker): {rec} died: {how}"
+    )
+
+
 class Losses:
     """Loses workers and fails tasks, on the pool loop.
 
@@ -191,11 +216,7 @@ class Losses:
             task.tries += 1
             limit = self._max_retries if task.max_retries is None else task.max_retries
             if task.tries > limit:
-                times = "once" if task.tries == 1 else f"{task.tries} times"
-                return WorkerLostError(
-                    f"{task.describe()} killed its worker {times} "
-                    f"(max_retries={limit}); the last: {rec} died: {how}"
-                )
+                return _killed_its_worker(task, rec, how, limit)
             return None
         task.suspect = True
         return None

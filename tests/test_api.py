@@ -929,7 +929,13 @@ def test_worker_death_fails_task_with_worker_lost_and_is_replaced(make_pool):
 def test_worker_death_with_no_retries_fails_at_once(make_pool):
     pool = make_pool(1, max_retries=0)
     pool.run_on_all(int, 0)
-    with pytest.raises(WorkerLostError, match="killed its worker once .*exit code 3"):
+    # it said "killed its worker once (max_retries=0); the last: ... died"
+    with pytest.raises(
+        WorkerLostError,
+        match=r"\(exit_hard\) killed its worker and is not run again \(the pool's "
+        r"max_retries=0; Pool\(max_retries=n\) runs such a task up to n times more, "
+        r"each time on another worker\): worker pid \d+ on \S+ died: exit code 3",
+    ):
         pool.submit(tasks.exit_hard, 3).result(timeout=30)
     assert pool.run(tasks.square, 3) == 9
 

@@ -511,18 +511,26 @@ def test_joblib_batch_that_kills_its_worker_fails_its_call_at_once(pool, tmp_pat
     import distex_zmq.joblib  # noqa: F401
     from distex_zmq.errors import WorkerLostError
 
-    def runs(folder: Path) -> int:
+    def runs(folder: Path) -> tuple[int, str]:
         folder.mkdir()
         calls = [joblib.delayed(client_tasks.mark_then_exit)(str(folder))]
         with pytest.raises(WorkerLostError) as info:
             joblib.Parallel(n_jobs=2, backend="distex_zmq")(calls)
         assert "(a joblib batch of 1 call of mark_then_exit) killed its worker" in str(info.value)
-        return len(os.listdir(folder))
+        return len(os.listdir(folder)), str(info.value)
 
     with joblib.parallel_config(backend="distex_zmq", pool=pool):
-        assert runs(tmp_path / "default") == 1
+        ran, message = runs(tmp_path / "default")
+        assert ran == 1
+        # the error says how to have the batch run again
+        assert (
+            "is not run again (parallel_config's max_retries=0: joblib runs each batch "
+            'once; parallel_config(backend="distex_zmq", max_retries=n) runs such a task'
+        ) in message
     with joblib.parallel_config(backend="distex_zmq", pool=pool, max_retries=1):
-        assert runs(tmp_path / "retried") == 2
+        ran, message = runs(tmp_path / "retried")
+        assert ran == 2
+        assert "each of the 2 times it ran (parallel_config's max_retries=1): the last" in message
         # the backend runs the next call
         assert joblib.Parallel(n_jobs=2)(outer_calls(4)) == [0, 1, 4, 9]
     with pytest.raises(ValueError, match="max_retries"):
