@@ -23,7 +23,7 @@ from collections.abc import (
     Generator,
     Iterator,
 )
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from distex_zmq.loops import running_loop
 from distex_zmq.map_input import (
@@ -404,6 +404,23 @@ class AsyncMap:
         """Stop the map (``async_generator.aclose``): it cancels what no
         worker holds yet."""
         return self._agen.aclose()
+
+    if not TYPE_CHECKING:  # for type checkers, a missing attribute stays an error
+
+        def __getattr__(self, name: str) -> Any:
+            """Called for a missing attribute only: a method of
+            multiprocessing's ``AsyncResult`` (``get``, ``wait``, ``ready``,
+            ``successful``) raises the usual ``AttributeError``, saying what
+            to use instead."""
+            message = f"{type(self).__name__!r} object has no attribute {name!r}"
+            if name in ("get", "wait", "ready", "successful"):
+                message += (
+                    ": Pool.map_async(...) is an async iterator (the API of distex), not "
+                    "multiprocessing's AsyncResult: in sync code, list(pool.map(...)) is "
+                    "the list of the results; in a coroutine, "
+                    "[result async for result in pool.map_async(...)]"
+                )
+            raise AttributeError(message, name=name, obj=self)
 
     @refuses
     def __iter__(self) -> NoReturn:

@@ -25,7 +25,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Generator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.loops import LoopType, running_loop
@@ -245,6 +245,21 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             "task the data it needs, or run the follow-up work from the caller"
         )
 
+    if not TYPE_CHECKING:  # for type checkers, a missing attribute stays an error
+
+        def __getattr__(self, name: str) -> Any:
+            """Called for a missing attribute only: a method of
+            ``multiprocessing.Pool`` raises the usual ``AttributeError`` (so
+            ``hasattr`` is False), saying what to use instead."""
+            hint = _MULTIPROCESSING_POOL.get(name)
+            message = f"{type(self).__name__!r} object has no attribute {name!r}"
+            if hint is not None:
+                message += (
+                    ": Pool is a concurrent.futures.Executor with the API of distex, "
+                    f"not a multiprocessing.Pool; {hint}"
+                )
+            raise AttributeError(message, name=name, obj=self)
+
     # life cycle
 
     async def create(self) -> Pool:
@@ -436,3 +451,38 @@ def _cancelled(error: BaseException | None) -> bool:
     told to stop: a Ctrl-C, which ``asyncio.run`` turns into the
     cancellation of its main task, or a cancellation (a timeout, say)."""
     return isinstance(error, (KeyboardInterrupt, asyncio.CancelledError))
+
+
+#: What to use instead of the methods of ``multiprocessing.Pool`` that
+#: ``Pool`` does not have (see "scipy, emcee, ..." in docs/clients.md).
+_MULTIPROCESSING_POOL = {
+    "apply": "use pool.run(func, *args, **kwds), which returns the result",
+    "apply_async": (
+        "use pool.submit(func, *args, **kwds), which returns a concurrent.futures.Future "
+        "(.result() where multiprocessing has .get())"
+    ),
+    "imap": "use pool.map(func, iterable), which returns a lazy iterator of the results",
+    "imap_unordered": (
+        "use pool.map(func, iterable, ordered=False), an iterator of the results as they come"
+    ),
+    "starmap": (
+        "use pool.map(func, iterable, star=True), an iterator of the results "
+        "(list() of it is the list multiprocessing returns)"
+    ),
+    "starmap_async": (
+        "use pool.map(func, iterable, star=True), an iterator of the results, which "
+        "starts at the call (in a coroutine: async for over pool.map_async(..., star=True))"
+    ),
+    "close": (
+        "use pool.shutdown(), which waits for the tasks submitted and stops the workers, "
+        "as close() and join() do, or a 'with Pool(...) as pool:' block"
+    ),
+    "join": (
+        "use pool.shutdown(), which waits for the tasks submitted and stops the workers, "
+        "as close() and join() do, or a 'with Pool(...) as pool:' block"
+    ),
+    "terminate": (
+        "use pool.shutdown(cancel_futures=True, timeout=0), which drops the tasks not "
+        "started and stops the workers at once"
+    ),
+}

@@ -293,6 +293,59 @@ def test_pool_is_an_executor(pool):
     assert Pool.TimeoutError is concurrent.futures.TimeoutError
 
 
+@pytest.mark.parametrize(
+    "name, instead",
+    [
+        ("apply", r"use pool\.run\(func, \*args, \*\*kwds\)"),
+        (
+            "apply_async",
+            r"use pool\.submit\(func, .*\.result\(\) where multiprocessing has \.get\(\)",
+        ),
+        ("imap", r"use pool\.map\(func, iterable\)"),
+        ("imap_unordered", r"use pool\.map\(func, iterable, ordered=False\)"),
+        ("starmap", r"use pool\.map\(func, iterable, star=True\)"),
+        ("starmap_async", r"use pool\.map\(func, iterable, star=True\)"),
+        ("close", r"use pool\.shutdown\(\)"),
+        ("join", r"use pool\.shutdown\(\)"),
+        ("terminate", r"use pool\.shutdown\(cancel_futures=True, timeout=0\)"),
+    ],
+)
+def test_a_method_of_multiprocessing_pool_says_what_to_use_instead(name, instead):
+    # it raised "'Pool' object has no attribute 'apply_async'" with no hint
+    pool = Pool(2, lazy_create=True)
+    try:
+        with pytest.raises(
+            AttributeError,
+            match=rf"^'Pool' object has no attribute '{name}': Pool is a "
+            rf"concurrent\.futures\.Executor with the API of distex, not a "
+            rf"multiprocessing\.Pool; {instead}",
+        ) as info:
+            getattr(pool, name)
+        assert info.value.name == name and info.value.obj is pool
+        assert not hasattr(pool, name)  # duck typing sees no multiprocessing.Pool
+        # the attribute that dynesty looks for, as any other, has no hint
+        with pytest.raises(AttributeError, match=r"^'Pool' object has no attribute '_processes'$"):
+            pool._processes  # noqa: B018
+    finally:
+        pool.shutdown()
+
+
+def test_the_results_of_map_async_used_as_multiprocessing_async_result_say_what_to_use(pool):
+    # pool.map_async(f, xs).get() raised "'AsyncMap' object has no attribute 'get'"
+    mapping = pool.map_async(tasks.square, range(3))
+    for name in ["get", "wait", "ready", "successful"]:
+        with pytest.raises(
+            AttributeError,
+            match=rf"^'AsyncMap' object has no attribute '{name}': Pool\.map_async\(\.\.\.\) "
+            r"is an async iterator \(the API of distex\), not multiprocessing's AsyncResult: "
+            r"in sync code, list\(pool\.map\(\.\.\.\)\) is the list of the results",
+        ):
+            getattr(mapping, name)
+    with pytest.raises(AttributeError, match=r"^'AsyncMap' object has no attribute 'result'$"):
+        mapping.result()
+    assert list(pool.map(tasks.square, range(3))) == [0, 1, 4]
+
+
 def test_the_api_reference_renders_every_public_method_of_pool():
     # most come from the parts Pool is made of (pool_*.py), which the docs
     # render only as docs/api.md lists them
