@@ -62,8 +62,8 @@ class Membership:
             raise ProtocolError("hello from a worker this pool did not start")
         if identity in registry.workers:
             raise ProtocolError("second hello from a connected worker")
-        pid, host, credits = p.read_hello(buf)
-        rec = WorkerRecord(identity, pid, host, credits)
+        pid, host, credits, python = p.read_hello(buf)
+        rec = WorkerRecord(identity, pid, host, credits, python)
         registry.add(rec)
         _logger.debug("hello from %s, %d credits", rec, credits)
         init = self._hooks.on_hello(rec)

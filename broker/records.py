@@ -210,12 +210,17 @@ class WorkerRecord:
         "draining",
         "tasks_given",
         "spend_pending",
+        "python",
     )
 
-    def __init__(self, identity: bytes, pid: int, host: str, capacity: int):
+    def __init__(
+        self, identity: bytes, pid: int, host: str, capacity: int, python: str | None = None
+    ):
         self.identity = identity
         self.pid = pid
         self.host = host
+        #: its Python version (``3.12.1``), from its hello (None: it did not say)
+        self.python = python
         #: credits granted in the worker's hello: tasks it may hold at once
         self.capacity = capacity
         #: task id -> task, for the tasks sent to it and not yet answered

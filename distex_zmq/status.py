@@ -36,6 +36,10 @@ class WorkerStatus:
     failed: int
     #: when the pool started it (``time.time()``)
     started_at: float
+    #: the version of the Python it runs (``"3.12.1"``), from its hello
+    #: (None until then): a host of another minor version than the client's
+    #: is refused, another patch level shows here
+    python: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

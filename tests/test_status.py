@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import platform
 import socket
 import sys
 import threading
@@ -53,6 +54,8 @@ def test_status_counts_done_and_failed(make_pool: MakePool) -> None:
     pids = set(pool.run_on_all(os.getpid))
     assert {w.pid for w in status.workers} == pids
     assert {(w.kind, w.state, w.host) for w in status.workers} == {("local", "ready", HERE)}
+    # each worker's Python version, from its hello (it was not shown)
+    assert {w.python for w in status.workers} == {platform.python_version()}
     assert all(w.started_at <= status.taken_at for w in status.workers)
     (host,) = status.hosts
     assert (host.spec, host.kind, host.state, host.workers) == ("local", "local", "up", 2)

@@ -173,4 +173,5 @@ def _worker(
         done=0 if rec is None else rec.done,
         failed=0 if rec is None else rec.failed,
         started_at=place.started_at,
+        python=None if rec is None else rec.python,
     )

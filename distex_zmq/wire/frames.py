@@ -393,16 +393,19 @@ def json_body(buf: memoryview) -> dict[str, Any]:
     return info
 
 
-def read_hello(buf: memoryview) -> tuple[int, str, int]:
-    """A HELLO's ``(pid, host, credits)``; ``ProtocolError`` if it is malformed."""
+def read_hello(buf: memoryview) -> tuple[int, str, int, str | None]:
+    """A HELLO's ``(pid, host, credits, python)`` (``python``: the worker's
+    Python version, None if it did not say); ``ProtocolError`` if it is
+    malformed."""
     info = json_body(buf)
     try:
         pid, host, credits = int(info["pid"]), str(info["host"]), int(info["credits"])
+        python = None if info.get("python") is None else str(info["python"])
     except (KeyError, TypeError, ValueError):
         raise ProtocolError(f"malformed hello {info!r}") from None
     if not 0 < credits <= MAX_CREDITS:
         raise ProtocolError(f"hello with bad credits {credits}")
-    return pid, host, credits
+    return pid, host, credits, python
 
 
 def text_body(buf: memoryview) -> str:
