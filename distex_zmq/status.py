@@ -60,6 +60,10 @@ class HostStatus:
     next_retry: float | None
     #: why it was lost, or why the last reconnection failed (None: no error)
     last_error: str | None
+    #: the version of the Python its workers run (``"3.12.1"``): this
+    #: process's for ``"local"``, for a remote host what its spawner or SSH
+    #: agent said at its connection (None until then)
+    python: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -726,9 +726,11 @@ def test_pool_on_a_loopback_spawner(tmp_path):
             pids = pool.run_on_all(os.getpid)
             assert len(set(pids)) == 2 and os.getpid() not in pids
             assert list(pool.map(tasks.square, range(100))) == [x * x for x in range(100)]
-            # the spawner's workers say their Python version (status shows it)
-            workers = pool.status().workers
-            assert {(w.kind, w.python) for w in workers} == {("spawner", sys.version.split()[0])}
+            # the spawner and its workers say their Python version (status shows it)
+            status = pool.status()
+            version = sys.version.split()[0]
+            assert {(w.kind, w.python) for w in status.workers} == {("spawner", version)}
+            assert [(h.kind, h.python) for h in status.hosts] == [("spawner", version)]
         # the workers were the spawner's children, and went with the pool
         assert wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=10)
     finally:

@@ -59,6 +59,7 @@ def test_status_counts_done_and_failed(make_pool: MakePool) -> None:
     assert all(w.started_at <= status.taken_at for w in status.workers)
     (host,) = status.hosts
     assert (host.spec, host.kind, host.state, host.workers) == ("local", "local", "up", 2)
+    assert host.python == platform.python_version()
     assert repr(pool) == "<Pool 2/2 workers up, ready>"
 
 

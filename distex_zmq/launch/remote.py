@@ -93,6 +93,15 @@ class RemoteLauncher:
     def __str__(self) -> str:
         return self.where
 
+    @property
+    def python_version(self) -> str | None:
+        """The version of the Python its agent or spawner runs (``3.12.1``),
+        once it said hello (None before, or if it was refused)."""
+        hello = self._hello
+        if not hello.done() or hello.cancelled() or hello.exception() is not None:
+            return None
+        return hello.result().python
+
     def describe_worker(self, pid: int) -> str:
         return f"a worker on {self.where} (pid {pid}, {self.python})"
 

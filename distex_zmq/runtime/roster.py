@@ -4,6 +4,7 @@ are lost and reconnected, so that a snapshot looks at nothing else."""
 
 from __future__ import annotations
 
+import platform
 import time
 from collections import OrderedDict
 
@@ -32,7 +33,7 @@ class WorkerPlace:
 class HostRecord:
     """One place where workers run, and its state."""
 
-    __slots__ = ("spec", "kind", "state", "next_retry", "last_error", "workers")
+    __slots__ = ("spec", "kind", "state", "next_retry", "last_error", "workers", "python")
 
     def __init__(self, spec: str, kind: str):
         self.spec = spec
@@ -44,6 +45,8 @@ class HostRecord:
         self.last_error: str | None = None
         #: identities of its workers that are starting or ready
         self.workers: set[bytes] = set()
+        #: the version of the Python that runs its workers, once known
+        self.python: str | None = None
 
 
 class Roster:
@@ -68,6 +71,8 @@ class Roster:
         record = self.hosts.get(key)
         if record is None:
             record = self.hosts[key] = HostRecord(key, kind)
+            if spec is None:  # local workers run this process's Python
+                record.python = platform.python_version()
         return record
 
     def all_lost(self) -> bool:
@@ -116,10 +121,11 @@ class Roster:
         host.state = "connecting" if host.state == "connecting" else "reconnecting"
         host.next_retry = None
 
-    def host_up(self, spec: HostSpec) -> None:
+    def host_up(self, spec: HostSpec, python: str | None) -> None:
         host = self.host(spec)
         host.state = "up"
         host.next_retry = None
+        host.python = python
 
 
 def spec_kind(spec: HostSpec) -> str:

@@ -124,7 +124,9 @@ def take_status(
             worker_state = "leaving" if rec.draining else "ready"
         workers.append(_worker(identity, place, rec, worker_state))
     hosts = tuple(
-        HostStatus(h.spec, h.kind, h.state, len(h.workers), h.next_retry, h.last_error)
+        HostStatus(
+            h.spec, h.kind, h.state, len(h.workers), h.next_retry, h.last_error, python=h.python
+        )
         for h in roster.hosts.values()
     )
     totals = Totals(

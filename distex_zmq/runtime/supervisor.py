@@ -104,7 +104,7 @@ class Supervisor:
             self.placement.drop_remote(launcher)
             self.roster.host_lost(spec, f"{type(e).__name__}: {e}", None)
             raise
-        self.roster.host_up(spec)
+        self.roster.host_up(spec, launcher.python_version)
         for _ in range(spec.num_workers):
             self.spawn(launcher)
         return launcher
