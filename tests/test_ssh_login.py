@@ -444,6 +444,15 @@ def test_sshd_that_refuses_the_tunnel_says_what_to_do(login, loopback):
     assert pool.run_on_all(int, 7) == [7]
 
 
+def test_a_login_shell_that_prints_does_not_hide_the_agent(login, loopback):
+    # what a ~/.bashrc that greets (or sets a terminal title) prints before
+    # the agent runs, on the session's stdout: lines, and text with no end
+    # of line, which the agent's hello then follows on the same line
+    greeting = "echo 'Welcome to loop'; printf 'Last login: today'; printf '\\033]0;loop\\007'"
+    pool = login("greeting", loopback.known, remote_python=f"{greeting}; {REMOTE_PYTHON}")
+    assert pool.run_on_all(int, 7) == [7]
+
+
 def test_user_known_hosts_file_none_writes_no_file(login, loopback, tmp_path, monkeypatch):
     # a common set-up for throwaway hosts: trust whatever answers, remember nothing
     monkeypatch.chdir(tmp_path)

@@ -51,6 +51,9 @@ AGENT_START_TIMEOUT = 30.0
 #: has ``connect_timeout`` of its own, but an SSH agent that does not answer
 #: has none.
 LOGIN_TIMEOUT_FACTOR = 2
+#: How the agent's hello line starts (``control.encode_line``): where it begins
+#: when a remote shell's start-up file printed text with no end of line first.
+HELLO_START = b'{"v": '
 #: Lines of the agent's stderr kept for error messages.
 STDERR_TAIL_LINES = 20
 
@@ -264,7 +267,12 @@ class SSHLauncher(RemoteLauncher):
             if self._hello.done():
                 self._on_bad_message(e)
             else:  # not the agent's: a remote shell's start-up file printed something
-                self._stderr_tail.append(line.decode(errors="replace").rstrip("\n"))
+                # (with no end of line, it runs into the agent's hello: that is read on)
+                start = line.find(HELLO_START, 1)
+                printed = line if start < 0 else line[:start]
+                self._stderr_tail.append(printed.decode(errors="replace").rstrip("\n"))
+                if start > 0:
+                    self._on_event(line[start:])
         else:
             self._on_message(event)
 
