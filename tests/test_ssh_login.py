@@ -379,6 +379,52 @@ def test_key_with_a_passphrase_names_the_agent(login, loopback):
     assert f"ssh-add {loopback.locked_key}" in message
 
 
+class SSHAgent:
+    """An ``ssh-agent`` of the test's own at ``path``, which ``SSH_AUTH_SOCK`` names."""
+
+    def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch):
+        self.path = path
+        self._proc = subprocess.Popen(["ssh-agent", "-D", "-a", path], stdout=subprocess.DEVNULL)
+        assert wait_until(path.exists, timeout=10)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(path))
+
+    def add(self, key: Path, passphrase: str = "") -> None:
+        # ssh-add reads a passphrase from the SSH_ASKPASS program only
+        askpass = self.path.with_suffix(".askpass")
+        askpass.write_text(f"#!/bin/sh\necho '{passphrase}'\n")
+        askpass.chmod(0o700)
+        env = {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force"}
+        subprocess.run(["ssh-add", "-q", key], env=env, stdin=subprocess.DEVNULL, check=True,
+                       timeout=10)  # fmt: skip
+
+    def close(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)
+
+
+def test_identities_only_offers_the_agent_its_own_key_of_many(login, loopback, monkeypatch):
+    # an agent of many keys, the host's (one with a passphrase) last: sshd
+    # hangs up after MaxAuthTries (6) keys, and ssh without IdentitiesOnly too
+    agent = SSHAgent(loopback.dir / "many.sock", monkeypatch)
+    try:
+        for i in range(6):
+            agent.add(_keygen(loopback.dir / f"many-{i}_ed25519"))
+        agent.add(loopback.locked_key, "not asked for")
+        message = refusal(login("many-keys", loopback.known, key=loopback.locked_key))
+        assert "the host closed the connection while the pool offered it keys" in message
+        assert "MaxAuthTries" in message and "IdentitiesOnly yes" in message
+        # as ssh with IdentitiesOnly: of the agent's keys, that of the IdentityFile only
+        only = "  IdentitiesOnly yes\n"
+        pool = login("identities-only", loopback.known, key=loopback.locked_key, extra_config=only)
+        assert pool.run_on_all(int, 7) == [7]
+        pool.shutdown()
+        # and a key of no passphrase from its file, none of the agent's
+        pool = login("identities-only-file", loopback.known, extra_config=only)
+        assert pool.run_on_all(int, 7) == [7]
+    finally:
+        agent.close()
+
+
 def test_hosts_of_included_config_files_are_found(login, loopback):
     # the alias lives in a file that ~/.ssh/config includes, relative to ~/.ssh
     pool = login("included", loopback.known, included=True)

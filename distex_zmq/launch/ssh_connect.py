@@ -1,7 +1,7 @@
 """SSH connections to remote hosts with paramiko, honouring what ``ssh`` would.
 
 ``connect`` reads ``~/.ssh/config`` (Host aliases, HostName, User, Port,
-IdentityFile, UserKnownHostsFile, StrictHostKeyChecking, HashKnownHosts,
+IdentityFile, IdentitiesOnly, UserKnownHostsFile, StrictHostKeyChecking, HashKnownHosts,
 ConnectTimeout, ProxyCommand, ProxyJump, and the files it includes),
 authenticates with the SSH agent, the config's identity files and the
 default key files (never a password), and checks the host key against
@@ -25,7 +25,7 @@ import os
 import re
 import shlex
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paramiko
@@ -59,6 +59,8 @@ class SSHTarget:
     hash_known_hosts: bool = False
     #: where ``timeout`` comes from, for messages
     timeout_source: str = "connect_timeout"
+    #: ``IdentitiesOnly``: of the agent's keys, only those of ``key_files``
+    identities_only: bool = False
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port != 22 else ""
@@ -117,6 +119,7 @@ def resolve(
         pool_accepts_new_hosts=accept_new_hosts,
         pool_timeout=timeout,
         hash_known_hosts=config.get("hashknownhosts", "no").lower() == "yes",
+        identities_only=config.get("identitiesonly", "no").lower() == "yes",
         timeout_source=(
             "connect_timeout"
             if timeout is not None
@@ -328,13 +331,21 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
     elif target.proxy_jump:
         client.jump, sock = _through_jump(target, jumps + 1)
     t = target.timeout
+    # as ssh, go on without an IdentityFile that does not exist
+    key_files = [f for f in target.key_files if os.path.exists(f)]
+    only = target.identities_only
+    agent = None
     try:
+        # IdentitiesOnly: the agent's copy of an identity, no other of its keys
+        agent = paramiko.Agent() if only else None
         client.connect(
             target.hostname,
             port=target.port,
             username=target.user,
-            # as ssh, go on without an IdentityFile that does not exist
-            key_filename=[f for f in target.key_files if os.path.exists(f)] or None,
+            key_filename=key_files or None,
+            pkey=_agent_key_of(agent, key_files or _DEFAULT_KEYS) if agent else None,
+            allow_agent=not only,
+            look_for_keys=not (only and key_files),
             timeout=t,
             banner_timeout=t,
             auth_timeout=t,
@@ -348,7 +359,24 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
     except BaseException as e:
         client.close()
         raise HostConnectionError(_explain(target, e)) from e
+    finally:
+        if agent is not None:
+            agent.close()
     return client
+
+
+def _agent_key_of(agent: paramiko.Agent, key_files: Sequence[str]) -> paramiko.PKey | None:
+    """The first key of the SSH agent that one of ``key_files`` is the private
+    key of (by its ``.pub`` file, as ``ssh`` with ``IdentitiesOnly`` finds it:
+    a key with a passphrase is used through the agent); None if none is."""
+    wanted = set()
+    for path in key_files:
+        try:
+            with open(f"{path}.pub") as f:
+                wanted.add(base64.b64decode(f.read().split()[1]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return next((key for key in agent.get_keys() if key.asbytes() in wanted), None)
 
 
 def _through_jump(target: SSHTarget, jumps: int) -> tuple[paramiko.SSHClient, paramiko.Channel]:
@@ -466,6 +494,14 @@ def _explain(t: SSHTarget, e: BaseException) -> str:
             f"SSH to {t}: no key to log in with: {named}, no SSH agent answers "
             "(SSH_AUTH_SOCK), and there is no ~/.ssh/id_* key; name the key with "
             "IdentityFile in ~/.ssh/config or add it to the agent (passwords are not supported)"
+        )
+    if isinstance(e, paramiko.SSHException) and "No existing session" in str(e):
+        # sshd hung up during the login: mostly once a key too many was offered
+        return (
+            f"SSH to {t}: the host closed the connection while the pool offered it keys "
+            f"for {t.user!r}; sshd takes a few only (MaxAuthTries, 6 by default), and the "
+            "SSH agent may hold more: name the key with IdentityFile and IdentitiesOnly yes "
+            "in ~/.ssh/config"
         )
     if isinstance(e, paramiko.SSHException):
         return f"SSH to {t}: {e}"
