@@ -13,7 +13,9 @@ openssh-server.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -25,10 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from distex_zmq import HostConnectionError
+from distex_zmq import HostConnectionError, __version__
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.launch import ssh_connect
 from distex_zmq.options import DEFAULT_CONNECT_TIMEOUT
+from distex_zmq.wire import control, frames
 from tests import tasks
 from tests.helpers import child_pids, pool_threads, wait_until
 from tests.multihost import REMOTE_PYTHON, ROOT, SCRIPTS
@@ -497,6 +500,25 @@ def test_a_login_shell_that_prints_does_not_hide_the_agent(login, loopback):
     greeting = "echo 'Welcome to loop'; printf 'Last login: today'; printf '\\033]0;loop\\007'"
     pool = login("greeting", loopback.known, remote_python=f"{greeting}; {REMOTE_PYTHON}")
     assert pool.run_on_all(int, 7) == [7]
+
+
+def test_a_remote_python_that_cannot_serve_says_what_to_do(login, loopback):
+    # no site-packages: an interpreter without distex_zmq
+    message = refusal(login("no-package", loopback.known, remote_python=f"{sys.executable} -S"))
+    assert "distex_zmq is not installed for" in message
+    assert f"pip install distex_zmq=={__version__}" in message  # the client's version
+    # a file that is not a program
+    not_a_program = str(loopback.dir / "authorized_keys")
+    message = refusal(login("not-executable", loopback.known, remote_python=not_a_program))
+    assert "exit status 126" in message and "cannot run there as the SSH user" in message
+    # distex_zmq of another protocol: the hello such an agent says
+    python = sys.version.split()[0]
+    hello = {"v": control.VERSION, "ev": "hello", "host": "loop", "version": "0.0.1",
+             "protocol": frames.VERSION - 1, "python": python, "pid": 1}  # fmt: skip
+    old_agent = f"echo {shlex.quote(json.dumps(hello))}; true"
+    message = refusal(login("old-agent", loopback.known, remote_python=old_agent))
+    assert "distex_zmq 0.0.1 on ssh://loop runs workers of protocol version" in message
+    assert f"install the same distex_zmq version on both (this client has {__version__})" in message
 
 
 def test_user_known_hosts_file_none_writes_no_file(login, loopback, tmp_path, monkeypatch):

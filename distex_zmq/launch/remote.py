@@ -35,6 +35,7 @@ from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import run_in_background
 from distex_zmq.options import DEFAULT_CONNECT_TIMEOUT as DEFAULT_CONNECT_TIMEOUT
 from distex_zmq.options import RemoteSettings as RemoteSettings
+from distex_zmq.version import __version__
 from distex_zmq.wire import control, frames
 
 _logger = logging.getLogger("distex_zmq.launch.remote")
@@ -142,7 +143,7 @@ class RemoteLauncher:
                 HostConnectionError(
                     f"distex_zmq {hello.version} on {self.where} runs workers of protocol "
                     f"version {hello.protocol}, this client version {frames.VERSION}: "
-                    "install the same distex_zmq version on both"
+                    f"install the same distex_zmq version on both (this client has {__version__})"
                 )
             )
         elif hello.python.split(".")[:2] != PYTHON_MINOR.split("."):

@@ -42,6 +42,7 @@ from distex_zmq.hostspec import HostSpec
 from distex_zmq.launch import ssh_connect as ssh
 from distex_zmq.launch.remote import RemoteLauncher, RemoteOutput, RemoteSettings, tcp_host
 from distex_zmq.launch.ssh_tunnel import ReverseTunnel
+from distex_zmq.version import __version__
 from distex_zmq.wire import control
 
 #: Seconds the agent may take to say hello once its command runs.
@@ -304,12 +305,17 @@ class SSHLauncher(RemoteLauncher):
         hint = ""
         if "No module named distex_zmq" in tail or "No module named 'distex_zmq'" in tail:
             hint = (
-                f" distex_zmq is not installed for {self.python!r} there: install it "
-                "(pip install distex_zmq) or name an interpreter that has it with "
-                "Pool(..., remote_python=...)."
+                f" distex_zmq is not installed for {self.python!r} there: install this "
+                f"client's version (pip install distex_zmq=={__version__}) or name an "
+                "interpreter that has it with Pool(..., remote_python=...)."
             )
         elif status == 127:
             hint = f" {self.python!r} is not a command there; set Pool(..., remote_python=...)."
+        elif status == 126:
+            hint = (
+                f" {self.python!r} cannot run there as the SSH user (not executable, or in "
+                "a directory it may not enter); set Pool(..., remote_python=...)."
+            )
         return HostConnectionError(
             f"could not start distex_zmq on {self.where} ({_describe_status(status)}) with "
             f"`{self._command_line}`.{hint} Its error output:\n{tail}"
