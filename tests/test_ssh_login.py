@@ -428,6 +428,21 @@ def test_identities_only_offers_the_agent_its_own_key_of_many(login, loopback, m
         agent.close()
 
 
+def test_options_the_pool_does_not_read_are_named_when_the_login_fails(login, loopback):
+    # ssh would ask this agent, which holds the host's key; the pool does not
+    agent = f"  IdentityAgent {loopback.dir / 'elsewhere.sock'}\n"
+    stranger = _keygen(loopback.dir / "unread_ed25519")
+    message = refusal(login("identity-agent", loopback.known, key=stranger, extra_config=agent))
+    assert "authentication as 'root' failed" in message
+    assert "options the pool does not read: IdentityAgent" in message
+    assert "the pool asks the agent that SSH_AUTH_SOCK names" in message
+    # ssh would look the host key up under the alias
+    known = loopback.known.replace(f"[127.0.0.1]:{loopback.port}", "loop-key")
+    alias = "  HostKeyAlias loop-key\n"
+    message = refusal(login("host-key-alias", f"{known}\n", extra_config=alias))
+    assert "is not in" in message and "HostKeyAlias loop-key (the pool looks" in message
+
+
 def test_hosts_of_included_config_files_are_found(login, loopback):
     # the alias lives in a file that ~/.ssh/config includes, relative to ~/.ssh
     pool = login("included", loopback.known, included=True)

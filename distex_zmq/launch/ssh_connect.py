@@ -61,6 +61,9 @@ class SSHTarget:
     timeout_source: str = "connect_timeout"
     #: ``IdentitiesOnly``: of the agent's keys, only those of ``key_files``
     identities_only: bool = False
+    #: the host's options that the pool does not read (``UNREAD``), each with
+    #: what the pool does instead, for the errors of its login
+    unread: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port != 22 else ""
@@ -120,6 +123,11 @@ def resolve(
         pool_timeout=timeout,
         hash_known_hosts=config.get("hashknownhosts", "no").lower() == "yes",
         identities_only=config.get("identitiesonly", "no").lower() == "yes",
+        unread=tuple(
+            f"{option} {config[option.lower()]} (the pool {instead})"
+            for option, instead in UNREAD.items()
+            if option.lower() in config
+        ),
         timeout_source=(
             "connect_timeout"
             if timeout is not None
@@ -129,6 +137,15 @@ def resolve(
         ),
     )
 
+
+#: options of ``~/.ssh/config`` that change a login and that the pool does not
+#: read, and what it does instead
+UNREAD = {
+    "IdentityAgent": "asks the agent that SSH_AUTH_SOCK names",
+    "HostKeyAlias": "looks the host key up under HostName",
+    "CertificateFile": "logs in with keys, not certificates",
+    "PKCS11Provider": "reaches a token's keys through the SSH agent only",
+}
 
 _TIME = re.compile(r"(\d+)([smhdw]?)", re.IGNORECASE)
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -353,16 +370,27 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
             sock=sock,
             transport_factory=_key_type_order(name, known),
         )
-    except HostConnectionError:
+    except HostConnectionError as e:
         client.close()
-        raise
+        if not target.unread:
+            raise
+        raise HostConnectionError(f"{e}{_unread_note(target)}") from e
     except BaseException as e:
         client.close()
-        raise HostConnectionError(_explain(target, e)) from e
+        raise HostConnectionError(_explain(target, e) + _unread_note(target)) from e
     finally:
         if agent is not None:
             agent.close()
     return client
+
+
+def _unread_note(target: SSHTarget) -> str:
+    """What a login error adds about the host's options that the pool does
+    not read, and ``ssh`` would have followed."""
+    if not target.unread:
+        return ""
+    unread = "; ".join(target.unread)
+    return f". Note: ~/.ssh/config gives {target.alias} options the pool does not read: {unread}"
 
 
 def _agent_key_of(agent: paramiko.Agent, key_files: Sequence[str]) -> paramiko.PKey | None:
