@@ -443,6 +443,14 @@ def test_options_the_pool_does_not_read_are_named_when_the_login_fails(login, lo
     assert "is not in" in message and "HostKeyAlias loop-key (the pool looks" in message
 
 
+def test_a_proxy_command_that_cannot_run_is_named(login, loopback):
+    proxy = "  ProxyCommand no-such-proxy-program %h %p\n"
+    message = refusal(login("no-proxy-program", loopback.known, extra_config=proxy))
+    assert "SSH to root@loop (127.0.0.1)" in message
+    assert "its ProxyCommand in ~/.ssh/config cannot run here" in message
+    assert f"'no-such-proxy-program 127.0.0.1 {loopback.port}': No such file" in message
+
+
 def test_hosts_of_included_config_files_are_found(login, loopback):
     # the alias lives in a file that ~/.ssh/config includes, relative to ~/.ssh
     pool = login("included", loopback.known, included=True)

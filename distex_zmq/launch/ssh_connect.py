@@ -344,7 +344,13 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
     name = known_hosts_name(target)
     sock: Any = None
     if target.proxy_command:
-        sock = paramiko.ProxyCommand(target.proxy_command)
+        try:
+            sock = paramiko.ProxyCommand(target.proxy_command)
+        except OSError as e:
+            raise HostConnectionError(
+                f"SSH to {target}: its ProxyCommand in ~/.ssh/config cannot run here "
+                f"({target.proxy_command!r}: {e.strerror or e}); is its program installed?"
+            ) from e
     elif target.proxy_jump:
         client.jump, sock = _through_jump(target, jumps + 1)
     t = target.timeout
