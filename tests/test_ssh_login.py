@@ -534,6 +534,10 @@ def test_a_remote_python_that_cannot_serve_says_what_to_do(login, loopback):
     not_a_program = str(loopback.dir / "authorized_keys")
     message = refusal(login("not-executable", loopback.known, remote_python=not_a_program))
     assert "exit status 126" in message and "cannot run there as the SSH user" in message
+    # a command that ends in silence, as a login shell /bin/false, or a
+    # ~/.bashrc that exits
+    message = refusal(login("silent-end", loopback.known, remote_python="exit 0;"))
+    assert "(exit status 0)" in message and "It ended before the agent said hello" in message
     # distex_zmq of another protocol: the hello such an agent says
     python = sys.version.split()[0]
     hello = {"v": control.VERSION, "ev": "hello", "host": "loop", "version": "0.0.1",

@@ -316,6 +316,12 @@ class SSHLauncher(RemoteLauncher):
                 f" {self.python!r} cannot run there as the SSH user (not executable, or in "
                 "a directory it may not enter); set Pool(..., remote_python=...)."
             )
+        elif not self._stderr_tail:
+            hint = (
+                " It ended before the agent said hello, and said nothing: does the SSH user's "
+                "login shell run commands (not /bin/false), and do its start-up files "
+                "(~/.bashrc) go on to them (no exit, no exec of another shell)?"
+            )
         return HostConnectionError(
             f"could not start distex_zmq on {self.where} ({_describe_status(status)}) with "
             f"`{self._command_line}`.{hint} Its error output:\n{tail}"
