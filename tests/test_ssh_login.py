@@ -14,6 +14,7 @@ openssh-server.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -560,7 +561,8 @@ def test_user_known_hosts_file_none_writes_no_file(login, loopback, tmp_path, mo
     assert (loopback.dir / "trusting" / ".ssh" / "known_hosts").read_text() == ""
 
 
-def test_adding_a_lost_host_again_says_it_reconnects(login, loopback):
+def test_adding_a_lost_host_again_says_it_reconnects(login, loopback, caplog):
+    caplog.set_level(logging.WARNING, logger="distex_zmq")
     port = loopback.variant("goes-away")
     known = loopback.known.replace(f":{loopback.port} ", f":{port} ")
     host = f"Host away\n  HostName 127.0.0.1\n  Port {port}\n  User root\n"
@@ -569,6 +571,9 @@ def test_adding_a_lost_host_again_says_it_reconnects(login, loopback):
     assert pool.run_on_all(int, 7) == [7]
     subprocess.run([SCRIPTS / "sshd.sh", "stop", loopback.dir / "goes-away"], check=True)
     assert wait_until(lambda: pool.status().hosts[-1].state != "up", timeout=30)
+    # the sshd gone, with the agent it ran: said as what it may be
+    lost = [r.getMessage() for r in caplog.records if "host ssh://away lost" in r.getMessage()]
+    assert lost and "the SSH connection closed (sshd stopped?)" in lost[0], lost
     with pytest.raises(ValueError, match="in the pool already, and lost") as info:
         pool.add_hosts(["ssh://away/1"])
     assert "reconnects to it on its own" in str(info.value)

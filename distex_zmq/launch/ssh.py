@@ -349,7 +349,9 @@ class SSHLauncher(RemoteLauncher):
 
 
 def _describe_status(status: int) -> str:
-    return "no exit status" if status < 0 else f"exit status {status}"
+    if status < 0:  # sshd sends none for a process a signal ended, nor when it is gone
+        return "no exit status: it was killed, or the SSH connection closed (sshd stopped?)"
+    return f"exit status {status}"
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
