@@ -30,6 +30,7 @@ import pytest
 
 from distex_zmq import HostConnectionError, __version__
 from distex_zmq.hostspec import HostSpec
+from distex_zmq.launch import ssh as ssh_launch
 from distex_zmq.launch import ssh_connect
 from distex_zmq.options import DEFAULT_CONNECT_TIMEOUT
 from distex_zmq.wire import control, frames
@@ -524,6 +525,15 @@ def test_a_login_shell_that_prints_does_not_hide_the_agent(login, loopback):
     greeting = "echo 'Welcome to loop'; printf 'Last login: today'; printf '\\033]0;loop\\007'"
     pool = login("greeting", loopback.known, remote_python=f"{greeting}; {REMOTE_PYTHON}")
     assert pool.run_on_all(int, 7) == [7]
+
+
+def test_a_slow_login_shell_is_named_when_the_agent_is_late(login, loopback, monkeypatch):
+    # as a ~/.bashrc that waits; the pool gives the agent less time than it would
+    monkeypatch.setattr(ssh_launch, "AGENT_START_TIMEOUT", 1)
+    pool = login("slow-shell", loopback.known, remote_python=f"sleep 3; {REMOTE_PYTHON}")
+    message = refusal(pool)
+    assert "the distex_zmq agent on ssh://loop did not start within 1 s" in message
+    assert "start-up files (~/.bashrc)" in message
 
 
 def test_a_remote_python_that_cannot_serve_says_what_to_do(login, loopback):

@@ -122,7 +122,9 @@ class SSHLauncher(RemoteLauncher):
             await self._close()
             raise HostConnectionError(
                 f"the distex_zmq agent on {self.where} did not start within "
-                f"{AGENT_START_TIMEOUT:g} s ({self._command_line}); its stderr:\n" + self._tail()
+                f"{AGENT_START_TIMEOUT:g} s ({self._command_line}): the SSH user's login shell "
+                "runs its start-up files (~/.bashrc) first, then the interpreter imports "
+                "distex_zmq; is one of them slow or waiting there? Its stderr:\n" + self._tail()
             ) from None
         except BaseException:
             await self._close()
