@@ -12,6 +12,7 @@ default, 1, takes seconds per 10,000 inputs):
 - ``map``: ``map`` over 20,000 instances at each pool's default chunking;
   each task returns a new instance (of the client's class: checked).
 - ``namedtuple_map``: the same over a ``typing.NamedTuple`` of the script.
+- ``made_map``: ``map`` over 20,000 ints; each task returns an instance.
 - ``ints_map``, ``lists_map``: plain data, no object of the script: ``map``
   over 200,000 ints and over 20,000 lists of 10 floats.
 
@@ -49,6 +50,10 @@ def total(points):
 
 def moved(p):
     return Point(p.x + 1, p.y, p.name)
+
+
+def made(i):
+    return Point(float(i), i / 2, "p")
 
 
 def swapped(p):
@@ -89,6 +94,11 @@ def namedtuple_map(executor):
     assert type(results[-1]) is Pair and results[-1].x == PAIRS[-1].y
 
 
+def made_map(executor):
+    results = list(mapped(executor, made, range(20_000)))
+    assert type(results[-1]) is Point and results[-1].x == 19_999
+
+
 def ints_map(executor):
     assert sum(mapped(executor, plus_two, range(200_000))) == sum(range(200_000)) + 400_000
 
@@ -97,7 +107,7 @@ def lists_map(executor):
     assert sum(mapped(executor, list_sum, LISTS)) == sum(map(sum, LISTS))
 
 
-CASES = [one_arg, map_case, namedtuple_map, ints_map, lists_map]
+CASES = [one_arg, map_case, namedtuple_map, made_map, ints_map, lists_map]
 
 
 def best(case, executor):

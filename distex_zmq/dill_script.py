@@ -12,10 +12,13 @@ import io
 import sys
 import threading
 import types
+from collections.abc import Callable
 from typing import Any
 
 import dill
+from cloudpickle import cloudpickle as _cloudpickle
 
+from . import script_rebuild
 from .memmaps import memmap_reduce
 from .script_pickler import (
     TYPE_PARAMS,
@@ -26,8 +29,10 @@ from .script_pickler import (
 )
 from .script_rebuild import (
     RefSink,
+    client_class,
     is_singledispatch,
     make_cached_property,
+    make_script_class,
     make_script_function,
     make_singledispatch,
     script_ref,
@@ -72,12 +77,17 @@ class ScriptClassesPickler(dill.Pickler):
 
     Given ``refs``, a function of the script inside the object pickled (a
     ``functools.partial``'s function, a bound method's) goes by id, as in
-    task data (``script_refs``); the object itself, if a function, goes by
-    value."""
+    task data (``script_refs``), and so does a class of the script (one
+    that a function's globals name); the object itself goes by value.
+    ``to_client`` (a worker pickling results): a class that came by id goes
+    back as the client's own (``script_rebuild.client_class``)."""
 
-    def __init__(self, *args: Any, refs: RefSink | None = None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, refs: RefSink | None = None, to_client: bool = False, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         self._refs = refs
+        self._to_client = to_client
         self._top: Any = None
 
     def dump(self, obj: Any) -> None:
@@ -86,6 +96,14 @@ class ScriptClassesPickler(dill.Pickler):
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
         if isinstance(obj, type) and obj.__module__ == "__main__" and id(obj) not in self.memo:
+            ref_id = self._ref(obj) if self._refs is not None and obj is not self._top else 0
+            if ref_id:
+                self.save_reduce(script_ref, (ref_id, f"class {obj.__qualname__}"), obj=obj)
+                return
+            if self._to_client and obj in script_rebuild.client_classes:
+                tracker_id = _cloudpickle._get_or_create_tracker_id(obj)
+                self.save_reduce(client_class, (obj.__qualname__, tracker_id), obj=obj)
+                return
             reduce = reduce_class(obj, self.proto)
             if reduce is not NotImplemented:
                 self.save_reduce(*reduce, obj=obj)
@@ -132,17 +150,22 @@ class ScriptClassesPickler(dill.Pickler):
             return
         super().save(obj, save_persistent_id)
 
-    def _ref(self, func: types.FunctionType) -> int:
-        """The id ``func`` goes by; 0 if it goes by value here: one that
-        cloudpickle would send by reference, or one that ``refs`` cannot
-        pickle (with ``data_pickle`` other than dill it pickles with
-        cloudpickle, which takes no lock among the globals)."""
+    def _ref(self, func: types.FunctionType | type) -> int:
+        """The id ``func`` (a function or a class) goes by; 0 if it goes by
+        value here: one that cloudpickle would send by reference, or one
+        that ``refs`` cannot pickle (with ``data_pickle`` other than dill it
+        pickles with cloudpickle, which takes no lock among the globals)."""
         assert self._refs is not None
         ref_id = self._refs.known(func)
         if ref_id:
             return ref_id
-        reduce = function_reduce(ScriptPickler(io.BytesIO(), protocol=self.proto), func)
-        if reduce is NotImplemented or reduce[0] is not make_script_function:
+        if isinstance(func, type):
+            reduce = reduce_class(func, self.proto)
+            made_by: Callable[..., Any] = make_script_class
+        else:
+            reduce = function_reduce(ScriptPickler(io.BytesIO(), protocol=self.proto), func)
+            made_by = make_script_function
+        if reduce is NotImplemented or reduce[0] is not made_by:
             return 0
         try:
             return self._refs.ref(func, reduce)

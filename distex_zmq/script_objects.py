@@ -56,6 +56,26 @@ def dumps_by_value(
     return file.getvalue()
 
 
+def dumps_main_to_client(obj: Any, protocol: int, buffer_callback: Any = None) -> bytes:
+    """``dumps_main_by_value`` for a worker's results, which
+    ``serialization.dumps`` pickles again by ``dumps_by_value_to_client``."""
+    return dumps_main_by_value(obj, protocol, buffer_callback)
+
+
+def dumps_by_value_to_client(
+    obj: Any, protocol: int, buffer_callback: Any = None, refs: RefSink | None = None
+) -> bytes:
+    """``dumps_by_value`` for a worker's results: a class of the script that
+    the worker holds by id goes as the client's own (``script_rebuild.client_class``)."""
+    from .script_pickler import ScriptPickler
+
+    file = io.BytesIO()
+    ScriptPickler(
+        file, protocol=protocol, buffer_callback=buffer_callback, refs=refs, to_client=True
+    ).dump(obj)
+    return file.getvalue()
+
+
 def dill_data_dumps(
     obj: Any, protocol: int, buffer_callback: Any = None, refs: RefSink | None = None
 ) -> bytes:
@@ -66,6 +86,21 @@ def dill_data_dumps(
 
     file = io.BytesIO()
     ScriptDataPickler(file, protocol, buffer_callback=buffer_callback, refs=refs).dump(obj)
+    return file.getvalue()
+
+
+def dill_data_dumps_to_client(
+    obj: Any, protocol: int, buffer_callback: Any = None, refs: RefSink | None = None
+) -> bytes:
+    """``dill_data_dumps`` for a worker's results: a class of the script that
+    the worker holds by id goes as the client's own (``script_rebuild.client_class``)."""
+    from .dill_script import ScriptDataPickler
+
+    file = io.BytesIO()
+    pickler = ScriptDataPickler(
+        file, protocol, buffer_callback=buffer_callback, refs=refs, to_client=True
+    )
+    pickler.dump(obj)
     return file.getvalue()
 
 

@@ -19,8 +19,9 @@ pickles by name, goes as its function and the cache's parameters; a
 ``memmap`` goes as ``memmaps.memmap_reduce`` reduces it (a large one as
 the plain array of its data, out of band).
 
-In the data of a task, a function of the script goes by reference once the
-client is given a ``RefSink`` (see ``script_refs``).
+In the data of a task, a function or a class of the script goes by
+reference once the client is given a ``RefSink`` (see ``script_refs``), and
+a worker sends such a class back by its tracker id.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ from typing import Any
 import cloudpickle
 from cloudpickle import cloudpickle as _cloudpickle
 
+from . import script_rebuild
 from .memmaps import memmap_reduce
 from .script_rebuild import (
     RefSink,
+    client_class,
     code_with_filename,
     is_singledispatch,
     make_cached_property,
@@ -162,9 +165,11 @@ class ScriptPickler(cloudpickle.Pickler):
     """cloudpickle, with classes made with their ``__slots__`` and functions
     of the script made on a worker's namespace.
 
-    Given ``refs`` (the client pickling a task's data), a function of the
-    script goes as its id instead, ``script_ref(id)``, and ``refs`` keeps
-    what the worker needs to make it (``script_refs``).
+    Given ``refs`` (the client pickling a task's data), a function or a
+    class of the script goes as its id instead, ``script_ref(id)``, and
+    ``refs`` keeps what the worker needs to make it (``script_refs``).
+    ``to_client`` (a worker pickling results): a class that came by id goes
+    back as the client's own, ``client_class(name, tracker id)``.
 
     Many objects of a few types (a list of a script's dataclass) cost
     little each: ``reducer_override``, called for every object but a few
@@ -175,12 +180,15 @@ class ScriptPickler(cloudpickle.Pickler):
 
     dispatch_table: Mapping[type, Any] = ChainMap(_REDUCERS, copyreg.dispatch_table)
 
-    def __init__(self, *args: Any, refs: RefSink | None = None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, refs: RefSink | None = None, to_client: bool = False, **kwargs: Any
+    ):
         # the pickler reads its table when it is made: copyreg's entries as
         # they are now, and ours, which win
         self.dispatch_table = {**copyreg.dispatch_table, **_REDUCERS}
         super().__init__(*args, **kwargs)
         self._refs = refs
+        self._to_client = to_client
         #: the types met whose objects ``reducer_override`` leaves to the
         #: pickler: a set as large as the types in one pickle
         self._plain_types: set[type] = set()
@@ -190,7 +198,17 @@ class ScriptPickler(cloudpickle.Pickler):
         if kind in self._plain_types:
             return NotImplemented
         if isinstance(obj, type):
-            return class_reduce(self, obj)
+            refs = self._refs
+            if refs is not None:
+                ref_id = refs.known(obj)
+                if ref_id:  # met before: no need to reduce it again
+                    return script_ref, (ref_id, f"class {obj.__qualname__}")
+            elif self._to_client and obj in script_rebuild.client_classes:
+                return client_class, (obj.__qualname__, _cloudpickle._get_or_create_tracker_id(obj))
+            reduce = class_reduce(self, obj)
+            if refs is not None and reduce is not NotImplemented and reduce[0] is make_script_class:
+                return script_ref, (refs.ref(obj, reduce), f"class {obj.__qualname__}")
+            return reduce
         if kind is types.FunctionType:
             if is_singledispatch(obj):
                 return make_singledispatch, singledispatch_args(obj)

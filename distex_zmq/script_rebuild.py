@@ -23,10 +23,12 @@ function.
 So is a ``functools.singledispatch`` function, from its implementations
 (``dill_script`` sends it so too).
 
-A function of the script that the client sends by reference
+A function or a class of the script that the client sends by reference
 (``script_refs``) is the call ``script_ref(id)`` in the task's pickle: the
 worker looks it up among the objects it holds by id (``held_objects``),
-made once from the pickle that came with the id's first trip there.
+made once from the pickle that came with the id's first trip there. A
+result of such a class is ``client_class(name, tracker id)`` in the
+worker's pickle: the client's class under that id.
 
 It imports no module of the package, and cloudpickle only when a pickle
 that needs it is loaded.
@@ -52,13 +54,14 @@ class SharedNamespace(Protocol):
 
 
 class RefSink(Protocol):
-    """Where a pickler of task data puts a function of the script that goes
-    by reference (``script_refs.RefCollector``)."""
+    """Where a pickler of task data puts a function or a class of the
+    script that goes by reference (``script_refs.RefCollector``)."""
 
-    def known(self, func: types.FunctionType) -> int:
-        """The id ``func`` goes by if it went by one before, else 0."""
+    def known(self, func: Any) -> int:
+        """The id ``func`` (a function or a class) goes by if it went by one
+        before, else 0."""
 
-    def ref(self, func: types.FunctionType, reduce: tuple[Any, ...]) -> int:
+    def ref(self, func: Any, reduce: tuple[Any, ...]) -> int:
         """The id ``func`` goes by; ``reduce``: its reduction by value."""
 
     def taken(self) -> tuple[Any, ...]:
@@ -69,18 +72,38 @@ class RefSink(Protocol):
 #: in the client, which loads no pickle that refers to one
 held_objects: Callable[[int, str], Any] | None = None
 
+#: the classes of the script that a worker holds by id: its results send
+#: them back by their tracker id (``client_class``)
+client_classes: weakref.WeakSet[type] = weakref.WeakSet()
+
 
 def script_ref(ref_id: int, name: str = "?") -> Any:
-    """The function of the script that a task's pickle refers to by id
-    (``name``, its qualified name, for errors), as this worker made it when
-    the id first came (see ``wire.frames``)."""
+    """The function or class of the script that a task's pickle refers to
+    by id (``name``, its qualified name, "class Job" for a class, for
+    errors), as this worker made it
+    when the id first came (see ``wire.frames``)."""
     lookup = held_objects
     if lookup is None:
         raise RuntimeError(
-            f"a pickle refers to the function {name} of the script by id, which only a "
+            f"a pickle refers to {name} of the script by id, which only a "
             "worker of distex_zmq can load"
         )
     return lookup(ref_id, name)
+
+
+def client_class(name: str, tracker_id: str) -> type:
+    """The class of the script ``name`` that a worker's result names by its
+    tracker id: the client's own, which it sent that worker by id."""
+    from cloudpickle import cloudpickle
+
+    cls = cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID.get(tracker_id)
+    if cls is None:
+        raise RuntimeError(
+            f"a result is of the class {name} of the script, which this process no longer "
+            "has: it was deleted (or defined again) while tasks that had it ran; keep the "
+            "class (or an object of it) until its tasks are done"
+        )
+    return cls
 
 
 #: a worker's namespace for the functions of the script (set by the worker);

@@ -1,5 +1,5 @@
-"""Client side: functions of the user's script inside task data, sent to
-each worker once and referred to by id after that.
+"""Client side: functions and classes of the user's script inside task
+data, sent to each worker once and referred to by id after that.
 
 A function of ``__main__`` cannot be imported in a worker, so it travels by
 value, with the globals it uses. The task's own function does so once per
@@ -14,12 +14,19 @@ that worker does not hold it (a new worker, one that replaced a lost one,
 one that dropped it among its least recently used), as it sends the task's
 own function (see ``wire.frames``).
 
-``ScriptRefs`` pickles each function object once per pool, the first time
-it meets it, as ``FunctionCache`` does for the task's own function: what
-its globals hold then is what every worker gets, and a change the script
-makes to them later is not sent. Pickles with the same bytes share an id.
-It pickles them as the pool's ``data_pickle`` sends functions of the script
-in data: with ``script_pickler`` (cloudpickle), or with dill
+A class of the script goes so too: a map over a dataclass of the script
+would carry the class, its methods' code among it, in every chunk. A worker
+sends a result of a class it holds by id as the client's own class, by its
+tracker id (``script_rebuild.client_class``); so the client keeps each such
+class alive while it keeps its pickle, where a function is held weakly.
+
+``ScriptRefs`` pickles each function and class once per pool, the first
+time it meets it, as ``FunctionCache`` does for the task's own function:
+what its globals (a class's attributes) hold then is what every worker
+gets, and a change the script makes to them later is not sent. Pickles
+with the same bytes share an id. It pickles them as the pool's
+``data_pickle`` sends functions of the script in data: with
+``script_pickler`` (cloudpickle), or with dill
 (``dill_script.ScriptDataPickler``) if that is ``PickleType.dill``, which
 sends globals that cloudpickle does not take (a lock); a worker loads them
 with its ``loads`` for data.
@@ -46,11 +53,15 @@ REFS_KEPT_BYTES = 256 * 1024 * 1024
 #: The most bytes a ref entry can say a worker holds for a function.
 MAX_HELD = 0xFFFFFFFF
 
+#: What goes by id: a function or a class of the script.
+ScriptObject = types.FunctionType | type
+
 
 class ScriptRefs:
-    """The pickles of the functions of the script met inside tasks, by
-    function (held weakly), each with an id from ``new_id``; ``by_dill``:
-    pickled with dill (``data_pickle=PickleType.dill``), else cloudpickle."""
+    """The pickles of the functions and classes of the script met inside
+    tasks, by object (a function held weakly, a class not), each with an id
+    from ``new_id``; ``by_dill``: pickled with dill
+    (``data_pickle=PickleType.dill``), else cloudpickle."""
 
     def __init__(
         self,
@@ -61,23 +72,27 @@ class ScriptRefs:
     ):
         self._new_id = new_id
         self._dumps: Callable[..., bytes] = dill_data_dumps if by_dill else dumps_by_value
-        #: id(function) -> (weak reference to it, its ScriptRef)
+        #: id(object) -> (a weak reference to the function or the class itself,
+        #: its ScriptRef)
         self._by_func = RecentFunctions(max_size, max_bytes)
         #: digest of a pickle -> its id
         self._by_digest = RecentFunctions(max_size)
         self._lock = threading.Lock()
 
-    def known(self, func: types.FunctionType) -> ScriptRef | None:
+    def known(self, func: ScriptObject) -> ScriptRef | None:
         """The ``ScriptRef`` of ``func`` if it has one already."""
         entry = self._by_func.get(id(func))
-        if entry is not None and entry[0]() is func:
-            ref: ScriptRef = entry[1]
-            return ref
+        if entry is not None:
+            held = entry[0]
+            if (held if isinstance(held, type) else held()) is func:
+                ref: ScriptRef = entry[1]
+                return ref
         return None
 
-    def get(self, func: types.FunctionType, reduce: tuple[Any, ...]) -> ScriptRef:
+    def get(self, func: ScriptObject, reduce: tuple[Any, ...]) -> ScriptRef:
         """The ``ScriptRef`` of ``func``, made if it has none; ``reduce``: its
-        reduction by value (``script_pickler.function_reduce``)."""
+        reduction by value (``script_pickler.function_reduce`` or
+        ``class_reduce``)."""
         ref = self.known(func)
         if ref is not None:
             return ref
@@ -86,14 +101,20 @@ class ScriptRefs:
         for buffer in buffers:
             digest.update(buffer)
         key = digest.digest()
-        held = min(_held_bytes(reduce, self._dumps), MAX_HELD)
+        if isinstance(func, type):
+            size = len(data) + sum(memoryview(buffer).nbytes for buffer in buffers)
+            keep: Any = func
+        else:
+            size = _held_bytes(reduce, self._dumps)
+            keep = weakref.ref(func)
+        held = min(size, MAX_HELD)
         with self._lock:
             ref_id = self._by_digest.get(key)
             if ref_id is None:
                 ref_id = self._new_id()
             self._by_digest.add(key, ref_id, 0)
             ref = ScriptRef(ref_id, data, buffers, held)
-            self._by_func.add(id(func), (weakref.ref(func), ref), len(data))
+            self._by_func.add(id(func), (keep, ref), len(data))
         return ref
 
     def __len__(self) -> int:
@@ -124,7 +145,7 @@ class RefCollector:
         #: by id; ``first``: those of the task's own function, sent before
         self.refs: dict[int, ScriptRef] = {ref.ref_id: ref for ref in first}
 
-    def known(self, func: types.FunctionType) -> int:
+    def known(self, func: ScriptObject) -> int:
         """The id that ``func`` goes by if it has one already, else 0."""
         ref = self._cache.known(func)
         if ref is None:
@@ -132,7 +153,7 @@ class RefCollector:
         self.refs.setdefault(ref.ref_id, ref)
         return ref.ref_id
 
-    def ref(self, func: types.FunctionType, reduce: tuple[Any, ...]) -> int:
+    def ref(self, func: ScriptObject, reduce: tuple[Any, ...]) -> int:
         """The id that ``func`` goes by in the task's pickle."""
         ref = self._cache.get(func, reduce)
         self.refs.setdefault(ref.ref_id, ref)

@@ -28,10 +28,13 @@ from .memmaps import MEMMAP_MARK, OOB_THRESHOLD, memmap_reduce, memmap_type, pla
 from .script_objects import (
     PickleByValue,
     dill_data_dumps,
+    dill_data_dumps_to_client,
     dill_dumps,
     dill_loads,
     dumps_by_value,
+    dumps_by_value_to_client,
     dumps_main_by_value,
+    dumps_main_to_client,
 )
 from .script_rebuild import RefSink
 from .wire.frames import RecentFunctions
@@ -155,7 +158,14 @@ def pickles_scalars_plainly(dumper: Callable[..., bytes]) -> bool:
     that scalars (``SCALARS``) may be pickled by ``pickle.dumps`` straight,
     the same bytes without ``dumps``' layers: what the hot paths of the
     caller and the worker do for a map's inputs and results."""
-    return dumper in (pickle.dumps, dumps_main_by_value)
+    return dumper in (pickle.dumps, dumps_main_by_value, dumps_main_to_client)
+
+
+def results_dumper(dumper: Callable[..., bytes]) -> Callable[..., bytes]:
+    """The ``dumps`` of a worker's results for data pickled with ``dumper``
+    (a ``data_pickle_module``'s): with the script's classes that the client
+    sent by id sent back as the client's own, by their tracker id."""
+    return _TO_CLIENT.get(dumper, dumper)
 
 
 def dumps(
@@ -197,7 +207,8 @@ def dumps(
     # out of the handler: an error here is not shown as raised while handling
     # PickleByValue, which tells the user nothing
     buffers.clear()
-    return dumps_by_value(obj, PROTOCOL, keep_large, refs), buffers
+    by_value = dumps_by_value_to_client if dumper is dumps_main_to_client else dumps_by_value
+    return by_value(obj, PROTOCOL, keep_large, refs), buffers
 
 
 class _MemmapPickler(pickle.Pickler):
@@ -217,7 +228,15 @@ def _dumps_with_memmaps(obj: Any, buffer_callback: Callable[..., Any]) -> bytes:
 
 #: The dumpers of data that send the functions of ``__main__`` by id to
 #: ``refs`` (their fourth argument).
-_TAKE_REFS = frozenset((dumps_by_value, dill_data_dumps))
+_TAKE_REFS = frozenset(
+    (dumps_by_value, dumps_by_value_to_client, dill_data_dumps, dill_data_dumps_to_client)
+)
+#: ``results_dumper``'s table
+_TO_CLIENT: dict[Callable[..., bytes], Callable[..., bytes]] = {
+    dumps_main_by_value: dumps_main_to_client,
+    dumps_by_value: dumps_by_value_to_client,
+    dill_data_dumps: dill_data_dumps_to_client,
+}
 
 
 def _large_bytes(obj: bytes | bytearray) -> Any:

@@ -21,6 +21,7 @@ import tracemalloc
 import weakref
 from pathlib import Path
 
+import cloudpickle
 import numpy as np
 import pytest
 from distex_zmq.worker.running import Runner
@@ -1001,6 +1002,50 @@ def test_a_script_function_in_data_is_pickled_once_and_named_by_id(data_pickle):
     # a closure's captured data counts for the worker
     closure = _script_function(b"x", closure=big)
     assert _data_with_refs(refs, (closure,), data_pickle)[2][0].held > len(big)
+
+
+def _script_dataclass():
+    """A dataclass made as the user's script makes one (``__main__``), which
+    travels by value."""
+    namespace = {"__name__": "__main__"}
+    exec(
+        "import dataclasses\n"
+        "@dataclasses.dataclass\n"
+        "class Job:\n"
+        "    n: int\n"
+        "    def double(self):\n"
+        "        return Job(2 * self.n)\n",
+        namespace,
+    )
+    return namespace["Job"]
+
+
+@pytest.mark.parametrize("data_pickle", [PickleType.auto, PickleType.cloudpickle, PickleType.dill])
+def test_a_script_class_in_data_is_pickled_once_and_named_by_id(data_pickle):
+    refs = ScriptRefs(itertools.count(1).__next__, by_dill=data_pickle == PickleType.dill)
+    job = _script_dataclass()
+    data, buffers, taken = _data_with_refs(refs, [job(i) for i in range(3)], data_pickle)
+    [ref] = taken
+    # the data names the class; its body, the methods' code, is the ref's
+    assert b"double" not in data and b"double" in ref.data
+    assert len(data) < len(ref.data)
+    assert _data_with_refs(refs, (job(4), job), data_pickle)[2] == (ref,)
+    # the client keeps the class while it keeps its pickle
+    assert refs.known(job) is ref
+    held = weakref.ref(job)
+    del job
+    gc.collect()
+    assert held() is not None
+
+
+def test_a_result_of_a_class_the_client_no_longer_has_says_so():
+    # a worker sends a class that came by id back by its tracker id; the
+    # client looks it up among its classes
+    job = _script_dataclass()
+    tracker = cloudpickle.cloudpickle._get_or_create_tracker_id(job)
+    assert script_rebuild.client_class("Job", tracker) is job
+    with pytest.raises(RuntimeError, match="class Gone of the script, which this process no"):
+        script_rebuild.client_class("Gone", "0" * 32)
 
 
 def test_a_partial_of_a_script_function_whose_globals_only_dill_takes_goes_by_value():

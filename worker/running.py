@@ -32,6 +32,7 @@ from distex_zmq.serialization import (
     function_loads,
     loads_rebuilding_errors,
     pickles_scalars_plainly,
+    results_dumper,
 )
 from distex_zmq.task_errors import name_not_found, unloadable_hint, unpicklable_hint
 from distex_zmq.wire import frames as p
@@ -41,6 +42,12 @@ from .watch import ResultWatch
 
 #: The most parts a chunk's inputs are handed back in.
 HAND_BACK_PARTS = 8
+
+
+def _described(name: str) -> str:
+    """``name`` of a ``script_ref`` as an error names it: "class Job" as it
+    is, "run" as "the function run"."""
+    return name if name.startswith("class ") else f"the function {name}"
 
 
 class Runner:
@@ -63,9 +70,9 @@ class Runner:
         self._pickles = (func_pickle, data_pickle)
         data_module = data_pickle_module(data_pickle)
         self._data_loads = data_module.loads
-        self._data_dumps = data_module.dumps
+        self._data_dumps = results_dumper(data_module.dumps)
         #: scalar results go by ``pickle.dumps`` straight
-        self._plain_dumps = pickles_scalars_plainly(data_module.dumps)
+        self._plain_dumps = pickles_scalars_plainly(self._data_dumps)
         self._loop = loop
         self._on_async_result = on_async_result
         #: the functions it holds, by id (the broker knows which)
@@ -109,6 +116,9 @@ class Runner:
         except BaseException as e:  # noqa: BLE001 - the tasks that use it fail with it
             why = f"{type(e).__name__}: {e}{unloadable_hint('function', e, *self._pickles)}"
             func = _Broken(why)
+        else:
+            if isinstance(func, type):
+                script_rebuild.client_classes.add(func)
         functions.add(ref_id, func, held, ref=True)
 
     def _script_ref(self, ref_id: int, name: str) -> Any:
@@ -117,12 +127,12 @@ class Runner:
         func = self.functions.get(ref_id)
         if func is None:
             raise p.ProtocolError(
-                f"the pickle refers to the function {name} of the script by id {ref_id}, "
+                f"the pickle refers to {_described(name)} of the script by id {ref_id}, "
                 f"which this worker does not hold{_OUT_OF_STEP}"
             )
         if type(func) is _Broken:
             raise SerializationError(
-                f"the function {name} of the script, sent by value once to this worker, "
+                f"{_described(name)} of the script, sent by value once to this worker, "
                 f"did not unpickle here: {func}"
             )
         return func

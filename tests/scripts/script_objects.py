@@ -84,6 +84,28 @@ class Stack(typing.Generic[T]):
         return self.items[-1]
 
 
+class Counting(type):
+    """Counts the classes it makes in this process, in its environment: the
+    class statement, and each class that an unpickling makes."""
+
+    def __new__(mcls, *args, **kwargs):
+        os.environ["DZQ_CLASSES_MADE"] = str(classes_made() + 1)
+        return super().__new__(mcls, *args, **kwargs)
+
+
+def classes_made():
+    return int(os.environ.get("DZQ_CLASSES_MADE", "0"))
+
+
+@dataclasses.dataclass
+class Tally(metaclass=Counting):
+    n: int
+
+
+def tally_up(tally):
+    return Tally(tally.n + 1), classes_made()
+
+
 def make_stack(n):
     return Stack[int](range(n))
 
@@ -232,6 +254,13 @@ def check(executor, lambdas=True):
     assert executor.submit(fields_of, Job(1)).result() == ["n", "tags"]
     assert list(executor.map(work, [Job(i) for i in range(5)])) == [Job(2 * i) for i in range(5)]
     assert list(executor.map(paint, [Color.RED, Color.BLUE])) == [Color.BLUE, Color.RED]
+    # a class of the script is made once in a worker, however many tasks
+    # carry it (a worker started by this process has its count, 1, from the
+    # environment), and its results are of the client's class, made by none
+    made = list(executor.map(tally_up, [Tally(i) for i in range(40)], chunksize=1))
+    assert [t for t, _ in made] == [Tally(i + 1) for i in range(40)], made
+    assert type(made[0][0]) is Tally and max(n for _, n in made) <= 2, made
+    assert classes_made() == 1, classes_made()
     # classes with __slots__ (no __dict__), both ways
     point = executor.submit(mirror, Point(1, 2)).result()
     assert type(point) is Point and (point.x, point.y) == (2, 1), point
