@@ -527,6 +527,15 @@ def test_a_login_shell_that_prints_does_not_hide_the_agent(login, loopback):
     assert pool.run_on_all(int, 7) == [7]
 
 
+def test_a_login_shell_that_reads_stdin_does_not_eat_the_workers_keys(login, loopback):
+    # as a ~/.bashrc that reads stdin before the agent runs (a read with a
+    # timeout, or a program that drains what is there): the workers' keys to
+    # the broker go to the agent once it has said hello, so none is eaten
+    drain = "read -t 1 line; timeout 1 cat > /dev/null"
+    pool = login("reads-stdin", loopback.known, remote_python=f"{drain}; {REMOTE_PYTHON}")
+    assert pool.run_on_all(int, 7) == [7]
+
+
 def test_a_slow_login_shell_is_named_when_the_agent_is_late(login, loopback, monkeypatch):
     # as a ~/.bashrc that waits; the pool gives the agent less time than it would
     monkeypatch.setattr(ssh_launch, "AGENT_START_TIMEOUT", 1)

@@ -17,7 +17,9 @@ spawn, kill, stop, exits and heartbeats, as control messages
 (``wire/control.py``) one per line; an agent that hears nothing for
 ``heartbeat_timeout`` stops its workers and exits, as a pool that hears
 nothing from it loses the host. The agent learns the workers' CURVE keys to
-the broker in the first command, never on a command line. paramiko objects block,
+the broker in the first command, never on a command line, and only once it
+has said hello: what the login shell's start-up files run before it (a
+``~/.bashrc`` that reads stdin) finds nothing on stdin to eat. paramiko objects block,
 so reading and writing the session happen on threads of their own and reach
 the pool loop with ``call_soon_threadsafe``; nothing on the pool loop ever
 waits for the network.
@@ -105,8 +107,6 @@ class SSHLauncher(RemoteLauncher):
             raise HostConnectionError(f"cannot start workers on {self.where}: {e}") from e
         opened: asyncio.Future[None] = self._loop.create_future()
         connecting = self._thread(self._open, opened, target, name="connect")
-        # the workers' keys to the broker, through the encrypted session
-        self._send(control.Keys(self._worker_keys))
         login_timeout = LOGIN_TIMEOUT_FACTOR * target.timeout
         try:
             try:
@@ -129,6 +129,9 @@ class SSHLauncher(RemoteLauncher):
         except BaseException:
             await self._close()
             raise
+        # the workers' keys to the broker, through the encrypted session, to
+        # the agent itself: the shell's start-up files have run by its hello
+        self._send(control.Keys(self._worker_keys))
         self._start_heartbeats()
 
     def _login_error(self, timeout: float, target: ssh.SSHTarget) -> HostConnectionError:
