@@ -453,6 +453,32 @@ def test_a_proxy_command_that_cannot_run_is_named(login, loopback):
     assert f"'no-such-proxy-program 127.0.0.1 {loopback.port}': No such file" in message
 
 
+def test_a_proxy_command_that_ends_at_once_is_named_without_a_traceback(login, loopback, capfd):
+    # a proxy that ends before the SSH banner: the pool's error, which says
+    # how it ended, and no traceback of paramiko's transport thread on
+    # stderr (which Python's logging prints without a set-up of the user's)
+    logging.getLogger("paramiko").propagate = False  # pytest's capture is no set-up of the user's
+    try:
+        proxy = "  ProxyCommand false\n"
+        message = refusal(login("proxy-false", loopback.known, extra_config=proxy))
+        proxy = "  ProxyCommand sh -c 'echo no route to the bastion >&2; exit 3'\n"
+        said = refusal(login("proxy-says", loopback.known, extra_config=proxy))
+    finally:
+        logging.getLogger("paramiko").propagate = True
+    assert "root@loop (127.0.0.1):" in message
+    assert "its ProxyCommand in ~/.ssh/config ended before the login did" in message
+    assert "('false': exit status 1; its error output: (nothing))" in message
+    assert "exit status 3; its error output: no route to the bastion" in said
+    assert "ssh -v loop" in said
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Error reading SSH protocol banner" not in err, err
+    # and a proxy that works still carries the login (ssh -W, as a bastion's)
+    proxy = "  ProxyCommand ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no "
+    proxy += f"-o UserKnownHostsFile=/dev/null -i {loopback.key} -p %p -W %h:%p root@%h\n"
+    pool = login("proxy-works", loopback.known, extra_config=proxy)
+    assert pool.run_on_all(int, 7) == [7]
+
+
 def test_hosts_of_included_config_files_are_found(login, loopback):
     # the alias lives in a file that ~/.ssh/config includes, relative to ~/.ssh
     pool = login("included", loopback.known, included=True)

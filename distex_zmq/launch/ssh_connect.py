@@ -21,10 +21,13 @@ import getpass
 import glob
 import hashlib
 import hmac
+import logging
 import os
 import re
+import select
 import shlex
 import socket
+import subprocess
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -244,6 +247,79 @@ def _is_host(listed: str, name: str) -> bool:
 _RSA_SIGNATURES = {"rsa-sha2-512": "ssh-rsa", "rsa-sha2-256": "ssh-rsa"}
 
 
+#: the logger of the pool's SSH transports: a child of paramiko's, so that a
+#: logging set-up that shows paramiko's records shows these too
+TRANSPORT_LOG = "paramiko.transport.distex_zmq"
+
+
+class _ThreadErrorsAsDebug(logging.Filter):
+    """Logs the errors of a transport's thread at DEBUG: the exception that
+    ended it, with its traceback a record a line. The pool raises or reports
+    each such end as an error of its own (a ``HostConnectionError``, a host
+    lost), and without a logging set-up Python prints errors to stderr."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+logging.getLogger(TRANSPORT_LOG).addFilter(_ThreadErrorsAsDebug())
+
+
+class _ProxyCommand(paramiko.ProxyCommand):
+    """paramiko's ``ProxyCommand`` that ends where the command's output ends
+    (paramiko's reads on until its timeout) and reaps the command when closed."""
+
+    def recv(self, size: int) -> bytes:
+        stdout = self.process.stdout
+        assert stdout is not None
+        ready, _, _ = select.select([stdout], [], [], self.timeout)
+        if not ready:
+            raise TimeoutError()
+        try:
+            return os.read(stdout.fileno(), size)  # b"" at its end: paramiko's EOFError
+        except OSError as e:
+            raise paramiko.ProxyCommandFailure(" ".join(self.cmd), e.strerror) from e
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(PROXY_EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._said = self._stderr()
+        for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    def _stderr(self) -> bytes:
+        """What the command wrote to its stderr and nobody read yet (the start of it)."""
+        stderr = self.process.stderr
+        if stderr is None or stderr.closed:
+            return getattr(self, "_said", b"")
+        os.set_blocking(stderr.fileno(), False)
+        try:
+            return os.read(stderr.fileno(), 2000)
+        except OSError:
+            return b""
+
+    def ended(self) -> str | None:
+        """How the command ended, with what it wrote to its stderr; None while it runs."""
+        status = self.process.poll()
+        if status is None:
+            return None
+        text = self._stderr().decode(errors="replace").strip() or "(nothing)"
+        return f"exit status {status}; its error output: {text}"
+
+
+#: seconds a ProxyCommand has to end once told to, before it is killed
+PROXY_EXIT_TIMEOUT = 2.0
+
+
 def _key_type_order(name: str, known: KnownHosts) -> Callable[..., paramiko.Transport]:
     """A transport maker for paramiko (``transport_factory``) whose transport
     asks for a key of the types known for the host ``name`` first, as
@@ -253,6 +329,7 @@ def _key_type_order(name: str, known: KnownHosts) -> Callable[..., paramiko.Tran
 
     def transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
         made = paramiko.Transport(sock, **kwargs)
+        made.set_log_channel(TRANSPORT_LOG)
         options = made.get_security_options()
         first = [t for t in options.key_types if _RSA_SIGNATURES.get(t, t) in types]
         options.key_types = first + [t for t in options.key_types if t not in first]
@@ -345,7 +422,7 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
     sock: Any = None
     if target.proxy_command:
         try:
-            sock = paramiko.ProxyCommand(target.proxy_command)
+            sock = _ProxyCommand(target.proxy_command)
         except OSError as e:
             raise HostConnectionError(
                 f"SSH to {target}: its ProxyCommand in ~/.ssh/config cannot run here "
@@ -383,6 +460,13 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
         raise HostConnectionError(f"{e}{_unread_note(target)}") from e
     except BaseException as e:
         client.close()
+        ended = sock.ended() if isinstance(sock, _ProxyCommand) else None
+        if ended is not None:
+            raise HostConnectionError(
+                f"SSH to {target}: its ProxyCommand in ~/.ssh/config ended before the login "
+                f"did ({target.proxy_command!r}: {ended}); does it reach the host? "
+                f"Try it with ssh -v {target.alias}"
+            ) from e
         raise HostConnectionError(_explain(target, e) + _unread_note(target)) from e
     finally:
         if agent is not None:
