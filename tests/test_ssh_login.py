@@ -594,6 +594,22 @@ def test_a_remote_python_that_cannot_serve_says_what_to_do(login, loopback):
     assert f"install the same distex_zmq version on both (this client has {__version__})" in message
 
 
+def test_an_agent_of_another_control_protocol_names_both_versions(login, loopback):
+    # the hello of an agent of another control protocol version: both
+    # distex_zmq versions, and the client's to install there
+    python = sys.version.split()[0]
+    hello = {"v": control.VERSION + 1, "ev": "hello", "host": "loop", "version": "9.9.9",
+             "protocol": frames.VERSION, "python": python, "pid": 1}  # fmt: skip
+    agent = f"echo {shlex.quote(json.dumps(hello))}; sleep 5; true"
+    message = refusal(login("other-control", loopback.known, remote_python=agent))
+    assert message.startswith(
+        f"ssh://loop runs distex_zmq 9.9.9 (control protocol version {control.VERSION + 1}), "
+        f"this client distex_zmq {__version__} (control protocol version {control.VERSION}): "
+    )
+    assert f"pip install distex_zmq=={__version__}" in message
+    assert "Pool(..., remote_python=...)" in message
+
+
 def test_user_known_hosts_file_none_writes_no_file(login, loopback, tmp_path, monkeypatch):
     # a common set-up for throwaway hosts: trust whatever answers, remember nothing
     monkeypatch.chdir(tmp_path)

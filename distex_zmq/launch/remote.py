@@ -171,6 +171,20 @@ class RemoteLauncher:
         """What to do about a host whose Python is not ``minor``."""
         return f"run its workers with Python {minor}"
 
+    def _version_mismatch(self, error: control.VersionError) -> str:
+        """Why this host, whose supervisor speaks another version of the
+        control protocol, cannot serve the pool, and what to do."""
+        release = f"distex_zmq {error.release}" if error.release else "another distex_zmq"
+        return (
+            f"{self.where} runs {release} (control protocol version {error.theirs}), this "
+            f"client distex_zmq {__version__} (control protocol version {control.VERSION}): "
+            f"{self._install_hint()}"
+        )
+
+    def _install_hint(self) -> str:
+        """What to do about a host whose distex_zmq is not the client's."""
+        return f"install the client's version there (pip install distex_zmq=={__version__})"
+
     def _on_refused(self, refused: control.Refused) -> None:
         reason = refused.reason
         if not self._hello.done():
@@ -191,7 +205,11 @@ class RemoteLauncher:
     def _on_bad_message(self, error: ProtocolError) -> None:
         """A message from the supervisor that does not pass: the host is unusable."""
         if not self._hello.done():
-            self._hello.set_exception(HostConnectionError(f"{self.where}: {error}"))
+            if isinstance(error, control.VersionError):
+                message = self._version_mismatch(error)
+            else:
+                message = f"{self.where}: {error}"
+            self._hello.set_exception(HostConnectionError(message))
         else:
             self._lose(f"it sent a malformed message ({error})")
 

@@ -139,6 +139,9 @@ class SpawnerLauncher(RemoteLauncher):
     def _python_hint(self, minor: str) -> str:
         return f"run the spawner there with Python {minor} (python{minor} -m distex_zmq.spawner)"
 
+    def _install_hint(self) -> str:
+        return f"{super()._install_hint()} and restart the spawner there"
+
     def _no_answer(self) -> str:
         if self._handshake_failure:
             return self._handshake_failure

@@ -305,6 +305,13 @@ class SSHLauncher(RemoteLauncher):
             f"Pool(..., remote_python=...) (now {self.python!r})"
         )
 
+    def _install_hint(self) -> str:
+        return (
+            f"install the client's version for {self.python!r} there (pip install "
+            f"distex_zmq=={__version__}), or name an interpreter that has it with "
+            "Pool(..., remote_python=...)"
+        )
+
     def _start_error(self, status: int) -> HostConnectionError:
         tail = self._tail()
         hint = ""

@@ -74,7 +74,18 @@ Check = Callable[[dict[str, Any], str], Any]
 
 
 class VersionError(ProtocolError):
-    """The peer speaks another version of the control protocol."""
+    """The peer speaks another version of the control protocol: ``theirs``
+    (``"none"`` if its message names none, ``"?"`` if it cannot be read),
+    and ``release``, the distex_zmq version its message names (a hello
+    does), if any."""
+
+    def __init__(self, theirs: object, release: str | None = None):
+        super().__init__(
+            f"the peer speaks control protocol version {theirs}, this side {VERSION}: "
+            "install the same distex_zmq version on both"
+        )
+        self.theirs = theirs
+        self.release = release
 
 
 def _field(message: dict[str, Any], name: str, kind: type, low: float = 0, high: float = 0) -> Any:
@@ -470,7 +481,8 @@ def decode(frames: Sequence[bytes], reads: Reads) -> Message:
     if head[:4] != MAGIC:
         raise ProtocolError("not a distex_zmq control message")
     if head != HEAD:
-        raise VersionError(_mismatch(struct.unpack("!H", head[4:6])[0] if len(head) == 6 else "?"))
+        theirs = struct.unpack("!H", head[4:6])[0] if len(head) == 6 else "?"
+        raise VersionError(theirs, _release(body))
     return _parse(_json_object(body), reads)
 
 
@@ -480,15 +492,20 @@ def decode_line(line: bytes, reads: Reads) -> Message:
     if message.get("v") != VERSION:
         if "v" not in message and reads.key not in message:
             raise ProtocolError("a JSON object that is not a control message")
-        raise VersionError(_mismatch(message.get("v", "none")))
+        raise VersionError(message.get("v", "none"), _release(message))
     return _parse(message, reads)
 
 
-def _mismatch(version: object) -> str:
-    return (
-        f"the peer speaks control protocol version {version}, this side {VERSION}: "
-        "install the same distex_zmq version on both"
-    )
+def _release(message: bytes | dict[str, Any]) -> str | None:
+    """The distex_zmq version a message of another protocol version names in
+    ``"version"`` (a hello or an opened does), if it names one."""
+    if isinstance(message, bytes):
+        try:
+            message = _json_object(message)
+        except ProtocolError:
+            return None
+    release = message.get("version")
+    return release if isinstance(release, str) and len(release) <= 100 else None
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
