@@ -292,8 +292,8 @@ def test_agent_of_another_control_version_is_refused(ssh_home, ssh_pool):
     hello = {"v": 1, "ev": "hello", "host": "dzq-c", "version": "0.0.1", "protocol": 2}
     fake_agent = f"echo {shlex.quote(json.dumps(hello))}; true"
     message = expect_refusal(ssh_pool, ["ssh://dzq-c/1"], remote_python=fake_agent)
-    assert "ssh://dzq-c" in message and "control protocol version 1, this side" in message
-    assert "install the same distex_zmq version on both" in message
+    assert "ssh://dzq-c runs distex_zmq 0.0.1 (control protocol version 1), this client" in message
+    assert "pip install distex_zmq==" in message
 
 
 def test_closed_port_and_cut_off_host_fail_in_bounded_time(ssh_home, ssh_pool):
