@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -438,11 +439,32 @@ def test_options_the_pool_does_not_read_are_named_when_the_login_fails(login, lo
     assert "authentication as 'root' failed" in message
     assert "options the pool does not read: IdentityAgent" in message
     assert "the pool asks the agent that SSH_AUTH_SOCK names" in message
-    # ssh would look the host key up under the alias
+
+
+def test_host_key_alias_is_the_host_name_in_known_hosts(login, loopback, make_pool):
+    # as ssh: the host's key is looked up under its HostKeyAlias as it is
+    # (no port), not under its address
     known = loopback.known.replace(f"[127.0.0.1]:{loopback.port}", "loop-key")
     alias = "  HostKeyAlias loop-key\n"
-    message = refusal(login("host-key-alias", f"{known}\n", extra_config=alias))
-    assert "is not in" in message and "HostKeyAlias loop-key (the pool looks" in message
+    pool = login("host-key-alias", f"{known}\n", extra_config=alias)
+    assert pool.run_on_all(int, 7) == [7]
+    pool.shutdown()
+    # listed under its address only: unknown, and the command that adds it
+    # (which the message gives) lists it under the alias
+    message = refusal(login("host-key-alias-unknown", f"{loopback.known}\n", extra_config=alias))
+    assert "is not in" in message and "under its HostKeyAlias loop-key" in message
+    add = re.search(r"\((ssh-keyscan .*? >> \S+), then compare", message)
+    assert add and "sed 's/^[^ ]*/loop-key/'" in add.group(1), message
+    subprocess.run(["bash", "-c", add.group(1)], check=True, capture_output=True, timeout=30)
+    pool = make_pool(None, ["ssh://loop/1"], remote_python=REMOTE_PYTHON)  # the same HOME
+    assert pool.run_on_all(int, 7) == [7]
+    pool.shutdown()
+    # a new host is remembered under the alias
+    accept = alias + "  StrictHostKeyChecking accept-new\n"
+    pool = login("host-key-alias-new", "", extra_config=accept)
+    assert pool.run_on_all(int, 7) == [7]
+    written = (loopback.dir / "host-key-alias-new" / ".ssh" / "known_hosts").read_text()
+    assert written == f"loop-key {loopback.known.split(' ', 1)[1]}\n", written
 
 
 def test_a_proxy_command_that_cannot_run_is_named(login, loopback):

@@ -2,7 +2,7 @@
 
 ``connect`` reads ``~/.ssh/config`` (Host aliases, HostName, User, Port,
 IdentityFile, IdentitiesOnly, UserKnownHostsFile, StrictHostKeyChecking, HashKnownHosts,
-ConnectTimeout, ProxyCommand, ProxyJump, and the files it includes),
+HostKeyAlias, ConnectTimeout, ProxyCommand, ProxyJump, and the files it includes),
 authenticates with the SSH agent, the config's identity files and the
 default key files (never a password), and checks the host key against
 every key ``known_hosts`` lists for the host. Every failure
@@ -64,6 +64,8 @@ class SSHTarget:
     timeout_source: str = "connect_timeout"
     #: ``IdentitiesOnly``: of the agent's keys, only those of ``key_files``
     identities_only: bool = False
+    #: ``HostKeyAlias``: the name the host's key is listed under in known_hosts
+    host_key_alias: str | None = None
     #: the host's options that the pool does not read (``UNREAD``), each with
     #: what the pool does instead, for the errors of its login
     unread: tuple[str, ...] = ()
@@ -75,8 +77,11 @@ class SSHTarget:
 
 
 def known_hosts_name(target: SSHTarget) -> str:
-    """The name paramiko gives the host, and known_hosts lists it by (and
-    ``ssh-keygen -R`` takes): ``[host]:port`` on a port other than 22."""
+    """The name known_hosts lists the host by (and ``ssh-keygen -R`` takes):
+    its ``HostKeyAlias`` as it is, as ``ssh`` takes it; else the name paramiko
+    gives it, ``[host]:port`` on a port other than 22."""
+    if target.host_key_alias:
+        return target.host_key_alias
     if target.port == 22:
         return target.hostname
     return f"[{target.hostname}]:{target.port}"
@@ -126,6 +131,7 @@ def resolve(
         pool_timeout=timeout,
         hash_known_hosts=config.get("hashknownhosts", "no").lower() == "yes",
         identities_only=config.get("identitiesonly", "no").lower() == "yes",
+        host_key_alias=config.get("hostkeyalias"),
         unread=tuple(
             f"{option} {config[option.lower()]} (the pool {instead})"
             for option, instead in UNREAD.items()
@@ -145,7 +151,6 @@ def resolve(
 #: read, and what it does instead
 UNREAD = {
     "IdentityAgent": "asks the agent that SSH_AUTH_SOCK names",
-    "HostKeyAlias": "looks the host key up under HostName",
     "CertificateFile": "logs in with keys, not certificates",
     "PKCS11Provider": "reaches a token's keys through the SSH agent only",
 }
@@ -341,7 +346,9 @@ def _key_type_order(name: str, known: KnownHosts) -> Callable[..., paramiko.Tran
 class _CheckHostKey(paramiko.MissingHostKeyPolicy):
     """Checks the host's key against all that ``known_hosts`` lists for it
     (paramiko compares it with one key of its type only: it is given none,
-    so it leaves the check to this); a host it lists none for is new."""
+    so it leaves the check to this); a host it lists none for is new. The
+    host's name there is ``known_hosts_name`` (its ``HostKeyAlias``, if it
+    has one), not the one paramiko gives it."""
 
     def __init__(self, target: SSHTarget, known: KnownHosts):
         self._target = target
@@ -350,6 +357,7 @@ class _CheckHostKey(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
         if key in self._known.revoked:
             raise _revoked_error(self._target, key)
+        hostname = known_hosts_name(self._target)
         keys = self._known.keys_of(hostname)
         if key in keys:
             return
@@ -367,12 +375,15 @@ class _RefuseUnknownHost(_CheckHostKey):
         t = self._target
         known = t.known_hosts[0] if t.known_hosts else "~/.ssh/known_hosts"
         port = f"-p {t.port} " if t.port != 22 else ""
+        alias = f" under its HostKeyAlias {hostname}" if t.host_key_alias else ""
+        # ssh-keyscan lists the key under the host's name: the alias replaces it
+        rename = f" | sed 's/^[^ ]*/{hostname}/'" if t.host_key_alias else ""
         raise HostConnectionError(
             f"SSH to {t}: the host's {key.get_name()} key {fingerprint(key)} is not in "
-            f"{', '.join(t.known_hosts) or 'any known_hosts file'}, so the connection was "
-            f"refused. If you trust this key, add it (ssh-keyscan {port}{t.hostname} >> "
-            f"{known}, then compare the fingerprint) or connect once with ssh; or let the "
-            "pool trust new hosts with Pool(..., ssh_accept_new_hosts=True)"
+            f"{', '.join(t.known_hosts) or 'any known_hosts file'}{alias}, so the connection "
+            f"was refused. If you trust this key, add it (ssh-keyscan {port}{t.hostname}"
+            f"{rename} >> {known}, then compare the fingerprint) or connect once with ssh; or "
+            "let the pool trust new hosts with Pool(..., ssh_accept_new_hosts=True)"
         )
 
 
