@@ -22,6 +22,9 @@ from distex_zmq.serialization import pickle_type
 #: Seconds to connect and log in to an SSH host whose entry in
 #: ``~/.ssh/config`` has no ``ConnectTimeout``, or to hear from a spawner.
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds an SSH host's agent has to say hello once its command runs: the
+#: SSH user's login shell, its start-up files, then the interpreter's imports.
+DEFAULT_AGENT_START_TIMEOUT = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +42,8 @@ class RemoteSettings:
     connect_timeout: float | None = None
     #: address the remote workers connect to in direct mode ("" = as SSH sees us)
     localhost: str = ""
+    #: seconds an SSH host's agent has to say hello once its command runs
+    agent_start_timeout: float = DEFAULT_AGENT_START_TIMEOUT
 
     def python_for(self, host: str) -> str:
         if isinstance(self.python, str):
@@ -173,6 +178,7 @@ def pool_options(
     output: str = "prefixed",
     log_level: int | None = logging.WARNING,
     max_tasks_per_child: int | None = None,
+    agent_start_timeout: float = DEFAULT_AGENT_START_TIMEOUT,
 ) -> Options:
     """Check the arguments of ``Pool`` (see its docstring); raise ``ValueError``
     or ``TypeError`` for a bad one, now rather than in a worker later."""
@@ -251,6 +257,15 @@ def pool_options(
             f"ConnectTimeout in ~/.ssh/config, else {DEFAULT_CONNECT_TIMEOUT:g}), "
             f"not {connect_timeout!r}"
         )
+    if (
+        not isinstance(agent_start_timeout, (int, float))
+        or isinstance(agent_start_timeout, bool)
+        or not 0 < agent_start_timeout < math.inf
+    ):
+        raise ValueError(
+            "agent_start_timeout must be a positive, finite number of seconds, "
+            f"not {agent_start_timeout!r}"
+        )
     if not isinstance(remote_python, (str, Mapping)) or not remote_python:
         raise TypeError(
             f"remote_python must be a command or a dict of commands, not {remote_python!r}"
@@ -275,6 +290,7 @@ def pool_options(
             accept_new_hosts=ssh_accept_new_hosts,
             connect_timeout=None if connect_timeout is None else float(connect_timeout),
             localhost=localhost,
+            agent_start_timeout=float(agent_start_timeout),
         ),
         localport=localport,
         cluster_keys=None,

@@ -29,7 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.loops import LoopType, running_loop
-from distex_zmq.options import check_flag, drain_timeout, pool_options
+from distex_zmq.options import (
+    DEFAULT_AGENT_START_TIMEOUT,
+    check_flag,
+    drain_timeout,
+    pool_options,
+)
 from distex_zmq.pool_base import raise_start_error
 from distex_zmq.pool_hosts import HostsMixin
 from distex_zmq.pool_maps import MapsMixin
@@ -154,6 +159,11 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             hear from a spawner. Default: an SSH host's ``ConnectTimeout``
             in ``~/.ssh/config``, else 10 s; one given here wins over the
             config's, as ``ssh -o ConnectTimeout=`` does.
+        agent_start_timeout: Seconds the distex_zmq agent on an SSH host has
+            to start once logged in: the SSH user's login shell runs its
+            start-up files (``~/.bashrc``), then the interpreter imports
+            distex_zmq. Raise it for hosts where that is slow (a shared file
+            system, a start-up file that loads modules); default 30 s.
         secret: The cluster's shared secret, which the spawners have too;
             by default the ``DISTEX_ZMQ_SECRET`` environment variable. Without
             one, only spawners that run without one (on loopback, or with
@@ -201,6 +211,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         output: str = "prefixed",
         log_level: int | None = logging.WARNING,
         max_tasks_per_child: int | None = None,
+        agent_start_timeout: float = DEFAULT_AGENT_START_TIMEOUT,
     ):
         check_flag("lazy_create", lazy_create)
         super().__init__(
@@ -228,6 +239,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
                 output,
                 log_level,
                 max_tasks_per_child,
+                agent_start_timeout,
             )
         )
         self._loop_sinks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncFutureSink] = (

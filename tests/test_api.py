@@ -598,6 +598,9 @@ def test_is_ready_and_total_workers(pool):
         ({"data_pickle": "dil"}, ValueError),
         ({"localport": 99999}, ValueError),  # libzmq would listen on 99999 % 65536
         ({"localport": -1}, ValueError),
+        ({"agent_start_timeout": 0}, ValueError),
+        ({"agent_start_timeout": float("inf")}, ValueError),
+        ({"agent_start_timeout": True}, ValueError),
     ],
 )
 def test_bad_constructor_arguments_raise_at_once(kwargs, error):

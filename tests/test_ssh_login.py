@@ -31,7 +31,6 @@ import pytest
 
 from distex_zmq import HostConnectionError, __version__
 from distex_zmq.hostspec import HostSpec
-from distex_zmq.launch import ssh as ssh_launch
 from distex_zmq.launch import ssh_connect
 from distex_zmq.options import DEFAULT_CONNECT_TIMEOUT
 from distex_zmq.wire import control, frames
@@ -584,13 +583,17 @@ def test_a_login_shell_that_reads_stdin_does_not_eat_the_workers_keys(login, loo
     assert pool.run_on_all(int, 7) == [7]
 
 
-def test_a_slow_login_shell_is_named_when_the_agent_is_late(login, loopback, monkeypatch):
-    # as a ~/.bashrc that waits; the pool gives the agent less time than it would
-    monkeypatch.setattr(ssh_launch, "AGENT_START_TIMEOUT", 1)
-    pool = login("slow-shell", loopback.known, remote_python=f"sleep 3; {REMOTE_PYTHON}")
+def test_a_slow_login_shell_is_named_when_the_agent_is_late(login, loopback):
+    # as a ~/.bashrc that waits; the pool gives the agent less time than that
+    slow = f"sleep 3; {REMOTE_PYTHON}"
+    pool = login("slow-shell", loopback.known, remote_python=slow, agent_start_timeout=1)
     message = refusal(pool)
     assert "the distex_zmq agent on ssh://loop did not start within 1 s" in message
     assert "start-up files (~/.bashrc)" in message
+    assert "Pool(..., agent_start_timeout=...)" in message
+    # and given more, it starts
+    pool = login("slow-shell-waited", loopback.known, remote_python=slow, agent_start_timeout=20)
+    assert pool.run_on_all(int, 7) == [7]
 
 
 def test_a_remote_python_that_cannot_serve_says_what_to_do(login, loopback):

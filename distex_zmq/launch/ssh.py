@@ -47,8 +47,6 @@ from distex_zmq.launch.ssh_tunnel import ReverseTunnel
 from distex_zmq.version import __version__
 from distex_zmq.wire import control
 
-#: Seconds the agent may take to say hello once its command runs.
-AGENT_START_TIMEOUT = 30.0
 #: The login as a whole (connection, host key, authentication, the agent's
 #: session) may take this many times ``connect_timeout``; each network step
 #: has ``connect_timeout`` of its own, but an SSH agent that does not answer
@@ -117,14 +115,15 @@ class SSHLauncher(RemoteLauncher):
                 # returns, it closes what it opened (``_open``): no need to wait
                 self._threads.remove(connecting)
                 raise self._login_error(login_timeout, target) from None
-            await asyncio.wait_for(asyncio.shield(self._hello), AGENT_START_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(self._hello), settings.agent_start_timeout)
         except asyncio.TimeoutError:
             await self._close()
             raise HostConnectionError(
                 f"the distex_zmq agent on {self.where} did not start within "
-                f"{AGENT_START_TIMEOUT:g} s ({self._command_line}): the SSH user's login shell "
-                "runs its start-up files (~/.bashrc) first, then the interpreter imports "
-                "distex_zmq; is one of them slow or waiting there? Its stderr:\n" + self._tail()
+                f"{settings.agent_start_timeout:g} s ({self._command_line}): the SSH user's login "
+                "shell runs its start-up files (~/.bashrc) first, then the interpreter imports "
+                "distex_zmq; is one of them slow or waiting there? If it is only slow, give it "
+                "more time with Pool(..., agent_start_timeout=...). Its stderr:\n" + self._tail()
             ) from None
         except BaseException:
             await self._close()
