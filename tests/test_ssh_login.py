@@ -431,13 +431,51 @@ def test_identities_only_offers_the_agent_its_own_key_of_many(login, loopback, m
 
 
 def test_options_the_pool_does_not_read_are_named_when_the_login_fails(login, loopback):
-    # ssh would ask this agent, which holds the host's key; the pool does not
-    agent = f"  IdentityAgent {loopback.dir / 'elsewhere.sock'}\n"
+    # ssh would log in with this certificate; the pool does not
+    certificate = f"  CertificateFile {loopback.dir / 'id_ed25519-cert.pub'}\n"
     stranger = _keygen(loopback.dir / "unread_ed25519")
-    message = refusal(login("identity-agent", loopback.known, key=stranger, extra_config=agent))
+    pool = login("certificate", loopback.known, key=stranger, extra_config=certificate)
+    message = refusal(pool)
     assert "authentication as 'root' failed" in message
-    assert "options the pool does not read: IdentityAgent" in message
-    assert "the pool asks the agent that SSH_AUTH_SOCK names" in message
+    assert "options the pool does not read: CertificateFile" in message
+    assert "(the pool logs in with keys, not certificates)" in message
+
+
+def test_identity_agent_is_the_agent_the_pool_asks(login, loopback, monkeypatch):
+    # as ssh: the agent that IdentityAgent names, whatever SSH_AUTH_SOCK says
+    agent = SSHAgent(loopback.dir / "elsewhere.sock", monkeypatch)
+    silent = SilentAgent(loopback.dir / "identity-agent-silent.sock")
+    # the host refuses this key: the login needs the agent's
+    stranger = _keygen(loopback.dir / "identity-agent_ed25519")
+    try:
+        agent.add(loopback.key)
+        monkeypatch.delenv("SSH_AUTH_SOCK")
+        config = f"  IdentityAgent {agent.path}\n"
+        pool = login("identity-agent", loopback.known, key=stranger, extra_config=config)
+        assert pool.run_on_all(int, 7) == [7]
+        pool.shutdown()
+        # $NAME: the socket that variable names
+        monkeypatch.setenv("DZQ_TEST_AGENT", str(agent.path))
+        config = "  IdentityAgent $DZQ_TEST_AGENT\n"
+        pool = login("identity-agent-var", loopback.known, key=stranger, extra_config=config)
+        assert pool.run_on_all(int, 7) == [7]
+        pool.shutdown()
+        # none: no agent, not even SSH_AUTH_SOCK's
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(agent.path))
+        config = "  IdentityAgent none\n"
+        message = refusal(login("identity-agent-none", loopback.known, key=stranger,
+                                extra_config=config))  # fmt: skip
+        assert "authentication as 'root' failed" in message
+        # an agent of IdentityAgent that does not answer is named as such
+        config = f"  IdentityAgent {silent.path}\n"
+        pool = login("identity-agent-stuck", loopback.known, key=stranger, extra_config=config,
+                     connect_timeout=1)  # fmt: skip
+        message = refusal(pool)
+        assert f"the SSH agent ({silent.path}, the IdentityAgent in ~/.ssh/config)" in message
+        assert "give loop IdentityAgent none" in message
+    finally:
+        silent.close()
+        agent.close()
 
 
 def test_host_key_alias_is_the_host_name_in_known_hosts(login, loopback, make_pool):

@@ -28,7 +28,6 @@ waits for the network.
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
 import shlex
 import sys
@@ -135,11 +134,16 @@ class SSHLauncher(RemoteLauncher):
 
     def _login_error(self, timeout: float, target: ssh.SSHTarget) -> HostConnectionError:
         """The error of a login to ``target`` that did not finish within ``timeout``."""
-        agent = os.environ.get("SSH_AUTH_SOCK")
+        agent = target.agent
+        if target.agent_source == "SSH_AUTH_SOCK":
+            named, check, instead = f"SSH_AUTH_SOCK={agent}", "", "unset SSH_AUTH_SOCK"
+        else:
+            named = f"{agent}, the {target.agent_source}"
+            check, instead = f"SSH_AUTH_SOCK={agent} ", f"give {target.alias} IdentityAgent none"
         suspect = (
-            f"the SSH agent (SSH_AUTH_SOCK={agent}) may be waiting for a confirmation or "
-            "the touch of a security key, or be stuck: check it with ssh-add -l, or unset "
-            "SSH_AUTH_SOCK and name the key with IdentityFile in ~/.ssh/config"
+            f"the SSH agent ({named}) may be waiting for a confirmation or the touch of a "
+            f"security key, or be stuck: check it with {check}ssh-add -l, or {instead} and "
+            "name the key with IdentityFile in ~/.ssh/config"
             if agent
             else "the host stopped answering in the middle of it"
         )

@@ -1,9 +1,9 @@
 """SSH connections to remote hosts with paramiko, honouring what ``ssh`` would.
 
 ``connect`` reads ``~/.ssh/config`` (Host aliases, HostName, User, Port,
-IdentityFile, IdentitiesOnly, UserKnownHostsFile, StrictHostKeyChecking, HashKnownHosts,
-HostKeyAlias, ConnectTimeout, ProxyCommand, ProxyJump, and the files it includes),
-authenticates with the SSH agent, the config's identity files and the
+IdentityFile, IdentitiesOnly, IdentityAgent, UserKnownHostsFile, StrictHostKeyChecking,
+HashKnownHosts, HostKeyAlias, ConnectTimeout, ProxyCommand, ProxyJump, and the files
+it includes), authenticates with the SSH agent, the config's identity files and the
 default key files (never a password), and checks the host key against
 every key ``known_hosts`` lists for the host. Every failure
 becomes a ``HostConnectionError`` that says what failed, on which host, and
@@ -66,6 +66,9 @@ class SSHTarget:
     identities_only: bool = False
     #: ``HostKeyAlias``: the name the host's key is listed under in known_hosts
     host_key_alias: str | None = None
+    #: the socket of the SSH agent to ask for keys (None: none), and what named it
+    agent: str | None = None
+    agent_source: str = "SSH_AUTH_SOCK"
     #: the host's options that the pool does not read (``UNREAD``), each with
     #: what the pool does instead, for the errors of its login
     unread: tuple[str, ...] = ()
@@ -132,6 +135,12 @@ def resolve(
         hash_known_hosts=config.get("hashknownhosts", "no").lower() == "yes",
         identities_only=config.get("identitiesonly", "no").lower() == "yes",
         host_key_alias=config.get("hostkeyalias"),
+        agent=_agent_socket(config.get("identityagent")),
+        agent_source=(
+            "SSH_AUTH_SOCK"
+            if config.get("identityagent", "SSH_AUTH_SOCK") == "SSH_AUTH_SOCK"
+            else f"IdentityAgent in {config_path}"
+        ),
         unread=tuple(
             f"{option} {config[option.lower()]} (the pool {instead})"
             for option, instead in UNREAD.items()
@@ -150,10 +159,24 @@ def resolve(
 #: options of ``~/.ssh/config`` that change a login and that the pool does not
 #: read, and what it does instead
 UNREAD = {
-    "IdentityAgent": "asks the agent that SSH_AUTH_SOCK names",
     "CertificateFile": "logs in with keys, not certificates",
     "PKCS11Provider": "reaches a token's keys through the SSH agent only",
 }
+
+
+def _agent_socket(option: str | None) -> str | None:
+    """The socket of the SSH agent that ``IdentityAgent option`` names, as
+    ``ssh`` reads it: ``SSH_AUTH_SOCK`` (and no option) that variable's,
+    ``$NAME`` that of the variable ``NAME``, ``none`` no agent, else a path
+    (``~`` and ``${NAME}`` expanded)."""
+    if option is None or option == "SSH_AUTH_SOCK":
+        return os.environ.get("SSH_AUTH_SOCK") or None
+    if option.lower() == "none":
+        return None
+    if option.startswith("$") and not option.startswith("${"):
+        return os.environ.get(option[1:]) or None
+    return os.path.expanduser(os.path.expandvars(option))
+
 
 _TIME = re.compile(r"(\d+)([smhdw]?)", re.IGNORECASE)
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -400,6 +423,29 @@ class _AcceptNewHost(_CheckHostKey):
                 f.write(f"{name} {key.get_name()} {key.get_base64()}\n")
 
 
+class _Agent(paramiko.Agent):
+    """The SSH agent at ``path`` (paramiko's own asks the one of
+    ``SSH_AUTH_SOCK``), asked for its keys once they are needed, as paramiko
+    asks its own: a login with a key file that works never waits for it."""
+
+    def __init__(self, path: str):
+        paramiko.agent.AgentSSH.__init__(self)
+        self._path = path
+        self._asked = False
+
+    def get_keys(self) -> tuple[Any, ...]:
+        if not self._asked:
+            self._asked = True
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                conn.connect(self._path)
+            except OSError:  # as paramiko: no agent listens there, so there is none
+                conn.close()
+            else:
+                self._connect(conn)
+        return tuple(super().get_keys())
+
+
 class _Client(paramiko.SSHClient):
     """An SSH client that closes its jump host's connection with its own."""
 
@@ -445,17 +491,18 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
     # as ssh, go on without an IdentityFile that does not exist
     key_files = [f for f in target.key_files if os.path.exists(f)]
     only = target.identities_only
-    agent = None
+    agent = _Agent(target.agent) if target.agent else None
     try:
-        # IdentitiesOnly: the agent's copy of an identity, no other of its keys
-        agent = paramiko.Agent() if only else None
+        # paramiko asks the agent its client holds, else makes one of SSH_AUTH_SOCK's
+        client._agent = None if only else agent
         client.connect(
             target.hostname,
             port=target.port,
             username=target.user,
             key_filename=key_files or None,
-            pkey=_agent_key_of(agent, key_files or _DEFAULT_KEYS) if agent else None,
-            allow_agent=not only,
+            # IdentitiesOnly: the agent's copy of an identity, no other of its keys
+            pkey=_agent_key_of(agent, key_files or _DEFAULT_KEYS) if only and agent else None,
+            allow_agent=not only and agent is not None,
             look_for_keys=not (only and key_files),
             timeout=t,
             banner_timeout=t,
