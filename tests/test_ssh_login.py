@@ -632,6 +632,12 @@ def test_a_slow_login_shell_is_named_when_the_agent_is_late(login, loopback):
     # and given more, it starts
     pool = login("slow-shell-waited", loopback.known, remote_python=slow, agent_start_timeout=20)
     assert pool.run_on_all(int, 7) == [7]
+    pool.shutdown()
+    # a start-up file that waits for a line on stdin gets none: asked about
+    reads = f"read line; {REMOTE_PYTHON}"
+    message = refusal(login("reads-a-line", loopback.known, remote_python=reads,
+                            agent_start_timeout=1))  # fmt: skip
+    assert "waiting there (for input on stdin, which the pool sends only to the agent)" in message
 
 
 def test_a_remote_python_that_cannot_serve_says_what_to_do(login, loopback):

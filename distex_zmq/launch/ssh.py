@@ -121,8 +121,9 @@ class SSHLauncher(RemoteLauncher):
                 f"the distex_zmq agent on {self.where} did not start within "
                 f"{settings.agent_start_timeout:g} s ({self._command_line}): the SSH user's login "
                 "shell runs its start-up files (~/.bashrc) first, then the interpreter imports "
-                "distex_zmq; is one of them slow or waiting there? If it is only slow, give it "
-                "more time with Pool(..., agent_start_timeout=...). Its stderr:\n" + self._tail()
+                "distex_zmq; is one of them slow, or waiting there (for input on stdin, which "
+                "the pool sends only to the agent)? If it is only slow, give it more time with "
+                "Pool(..., agent_start_timeout=...). Its stderr:\n" + self._tail()
             ) from None
         except BaseException:
             await self._close()
