@@ -10,12 +10,15 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+import zmq
 
-from distex_zmq import Pool
+from distex_zmq import Pool, __version__
 from distex_zmq.errors import HostConnectionError
+from distex_zmq.wire import control
 from tests.helpers import (
     WITH_DEFAULT_SIGNALS,
     LoopbackSpawner,
@@ -301,3 +304,36 @@ def test_a_spawner_of_another_python_version_is_refused_with_both_versions(
     )
     assert f"run the spawner there with Python {minor}" in str(raised.value)
     assert b"worker pid" not in spawner.read()  # no worker started there
+
+
+def test_a_spawner_of_another_control_protocol_names_both_versions() -> None:
+    # what a spawner of another distex_zmq answers an open with: its own
+    # control protocol version in the head, its distex_zmq version in the body
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    head = control.MAGIC + (control.VERSION + 1).to_bytes(2, "big")
+    opened = json.dumps({"ev": "opened", "host": "old", "version": "9.9.9"}).encode()
+
+    def answer() -> None:
+        if router.poll(30_000):
+            identity, *_ = router.recv_multipart()
+            router.send_multipart([identity, head, opened])
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    pool = Pool(None, [f"127.0.0.1:{port}/1"], secret=None, connect_timeout=20)
+    try:
+        with pytest.raises(HostConnectionError) as raised:
+            pool.run(abs, -1)
+    finally:
+        pool.shutdown()
+        thread.join(30)
+        router.close()
+    assert str(raised.value) == (
+        f"spawner 127.0.0.1:{port} runs distex_zmq 9.9.9 (control protocol version "
+        f"{control.VERSION + 1}), this client distex_zmq {__version__} (control protocol "
+        f"version {control.VERSION}): install the client's version there (pip install "
+        f"distex_zmq=={__version__}) and restart the spawner there"
+    )
