@@ -536,6 +536,11 @@ def test_a_proxy_command_that_ends_at_once_is_named_without_a_traceback(login, l
     proxy += f"-o UserKnownHostsFile=/dev/null -i {loopback.key} -p %p -W %h:%p root@%h\n"
     pool = login("proxy-works", loopback.known, extra_config=proxy)
     assert pool.run_on_all(int, 7) == [7]
+    pool.shutdown()
+    # through it, a login that fails is no proxy that ended
+    stranger = _keygen(loopback.dir / "proxy-stranger_ed25519")
+    message = refusal(login("proxy-refused", loopback.known, key=stranger, extra_config=proxy))
+    assert "authentication as 'root' failed" in message and "ProxyCommand" not in message
 
 
 def test_hosts_of_included_config_files_are_found(login, loopback):

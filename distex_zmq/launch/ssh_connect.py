@@ -300,6 +300,16 @@ class _ProxyCommand(paramiko.ProxyCommand):
     """paramiko's ``ProxyCommand`` that ends where the command's output ends
     (paramiko's reads on until its timeout) and reaps the command when closed."""
 
+    #: the command's output or input has ended: it ended the connection
+    broke = False
+
+    def send(self, content: bytes) -> int:
+        try:
+            return int(super().send(content))
+        except paramiko.ProxyCommandFailure:
+            self.broke = True
+            raise
+
     def recv(self, size: int) -> bytes:
         stdout = self.process.stdout
         assert stdout is not None
@@ -307,9 +317,11 @@ class _ProxyCommand(paramiko.ProxyCommand):
         if not ready:
             raise TimeoutError()
         try:
-            return os.read(stdout.fileno(), size)  # b"" at its end: paramiko's EOFError
+            data = os.read(stdout.fileno(), size)
         except OSError as e:
             raise paramiko.ProxyCommandFailure(" ".join(self.cmd), e.strerror) from e
+        self.broke = not data  # b"": paramiko's EOFError
+        return data
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -324,8 +336,22 @@ class _ProxyCommand(paramiko.ProxyCommand):
             if pipe is not None:
                 pipe.close()
 
+    def ended(self) -> str | None:
+        """How the command ended the connection (its output or input
+        ended), with what it wrote to its stderr; None if it did not."""
+        if not self.broke:
+            return None
+        try:
+            how = f"exit status {self.process.wait(PROXY_EXIT_TIMEOUT)}"
+        except subprocess.TimeoutExpired:
+            how = "its output ended"
+        text = self._stderr().decode(errors="replace").strip() or "(nothing)"
+        return f"{how}; its error output: {text}"
+
     def _stderr(self) -> bytes:
-        """What the command wrote to its stderr and nobody read yet (the start of it)."""
+        """What the command wrote to its stderr (the start of it), read once
+        it has ended, or when it was closed (the transport's thread may close
+        it first)."""
         stderr = self.process.stderr
         if stderr is None or stderr.closed:
             return getattr(self, "_said", b"")
@@ -334,14 +360,6 @@ class _ProxyCommand(paramiko.ProxyCommand):
             return os.read(stderr.fileno(), 2000)
         except OSError:
             return b""
-
-    def ended(self) -> str | None:
-        """How the command ended, with what it wrote to its stderr; None while it runs."""
-        status = self.process.poll()
-        if status is None:
-            return None
-        text = self._stderr().decode(errors="replace").strip() or "(nothing)"
-        return f"exit status {status}; its error output: {text}"
 
 
 #: seconds a ProxyCommand has to end once told to, before it is killed
@@ -517,8 +535,9 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
             raise
         raise HostConnectionError(f"{e}{_unread_note(target)}") from e
     except BaseException as e:
-        client.close()
+        # (before the close, which ends the command)
         ended = sock.ended() if isinstance(sock, _ProxyCommand) else None
+        client.close()
         if ended is not None:
             raise HostConnectionError(
                 f"SSH to {target}: its ProxyCommand in ~/.ssh/config ended before the login "
