@@ -308,6 +308,24 @@ def test_agent_says_hello_refuses_bad_commands_and_stops_when_told():
     assert "'id' must be 1 to 64 bytes in hex" in stderr
 
 
+def test_a_spawn_before_the_keys_is_refused_saying_what_may_have_eaten_them():
+    # the keys come first; if a spawn comes without them, something on the
+    # host read them from the agent's stdin: its worker could not reach the broker
+    agent = AgentProcess()
+    try:
+        assert isinstance(agent.event(), c.Hello)
+        agent.send(c.encode_line(c.Spawn(b"\x01")))
+        refused = agent.event()
+        assert isinstance(refused, c.Refused) and refused.identity == b"\x01", refused
+        assert "the workers' keys did not come before this spawn" in refused.reason
+        assert "~/.bashrc" in refused.reason
+        agent.send(c.encode_line(c.Stop(1.0)))
+        assert agent.event() == c.Stopped()
+    finally:
+        returncode, _ = agent.finish()
+    assert returncode == 0
+
+
 def test_an_agent_that_stood_still_stays_with_its_pool():
     # its host's VM paused, or the agent stopped: the time it stood still is
     # no silence of the pool's, which it then hears again

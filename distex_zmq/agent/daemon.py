@@ -41,6 +41,12 @@ from distex_zmq.wire import control, frames
 STOPPED = "stopped by the pool"
 #: Grace given to the workers when the agent ends without a stop command.
 ABANDON_GRACE = 1.0
+#: Why a spawn before the workers' keys is refused.
+NO_KEYS = (
+    "the workers' keys did not come before this spawn: did something on this host read "
+    "the agent's stdin, such as a start-up file of the SSH user's login shell (~/.bashrc) "
+    "that reads it in the background?"
+)
 
 
 class Agent:
@@ -134,6 +140,9 @@ class Agent:
             self._send(control.Refused(str(e)))
             return
         if isinstance(command, control.Spawn):
+            if self._launcher.worker_stdin is None:  # its worker could not reach the broker
+                self._send(control.Refused(NO_KEYS, command.identity))
+                return
             try:
                 self._launcher.spawn(command.identity)
             except OSError as e:  # reported as a worker that died at once
