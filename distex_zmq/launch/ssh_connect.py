@@ -282,7 +282,7 @@ TRANSPORT_LOG = "paramiko.transport.distex_zmq"
 
 class _ThreadErrorsAsDebug(logging.Filter):
     """Logs the errors of a transport's thread at DEBUG: the exception that
-    ended it, with its traceback a record a line. The pool raises or reports
+    ended it, and its traceback, one record a line. The pool raises or reports
     each such end as an error of its own (a ``HostConnectionError``, a host
     lost), and without a logging set-up Python prints errors to stderr."""
 
