@@ -370,6 +370,13 @@ class SyncMap(itertools.chain, Generator[Any, None, None]):
             "is stopped (its inputs that no worker holds yet do not run)"
         )
 
+    def __getitem__(self, index: Any) -> NoReturn:
+        raise TypeError(
+            "Pool.map(...) returns an iterator of the results, as Executor.map does, "
+            "which cannot be indexed: list(pool.map(...)) is the list of the results, "
+            "next(iter(...)) the first one"
+        )
+
     @refuses
     def __aiter__(self) -> NoReturn:
         self._stop()

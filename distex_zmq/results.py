@@ -18,7 +18,7 @@ from asyncio import _get_running_loop, _set_running_loop
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures._base import CANCELLED, PENDING, RUNNING
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distex_zmq.broker import STATUS_LOCAL_ERROR, Task
 from distex_zmq.errors import SerializationError
@@ -137,6 +137,15 @@ def refuse_wait_on_pool_loop(what: str, loop: asyncio.AbstractEventLoop | None) 
         )
 
 
+#: multiprocessing's ``AsyncResult`` methods -> what a ``Future`` has instead
+_ASYNC_RESULT = {
+    "get": "use .result(timeout)",
+    "wait": "use concurrent.futures.wait([future], timeout)",
+    "ready": "use .done()",
+    "successful": "use .done() and .exception() is None",
+}
+
+
 class TaskFuture(concurrent.futures.Future[Any]):
     """The future of ``Pool.submit``: cancelling it cancels its task.
 
@@ -166,6 +175,21 @@ class TaskFuture(concurrent.futures.Future[Any]):
         self._wake = wake
         task.tag = self
         task.claim = self._claim
+
+    if not TYPE_CHECKING:  # for type checkers, a missing attribute stays an error
+
+        def __getattr__(self, name: str) -> Any:
+            """Called for a missing attribute only: a method of
+            multiprocessing's ``AsyncResult`` raises the usual
+            ``AttributeError``, saying what to use instead."""
+            message = f"{type(self).__name__!r} object has no attribute {name!r}"
+            hint = _ASYNC_RESULT.get(name)
+            if hint is not None:
+                message += (
+                    ": Pool.submit(...) returns a concurrent.futures.Future, not "
+                    f"multiprocessing's AsyncResult; {hint}"
+                )
+            raise AttributeError(message, name=name, obj=self)
 
     def _claim(self) -> bool:
         """The task goes to a worker (``Task.claim``): running from now on,

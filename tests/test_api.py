@@ -330,6 +330,36 @@ def test_a_method_of_multiprocessing_pool_says_what_to_use_instead(name, instead
         pool.shutdown()
 
 
+def test_a_future_used_as_multiprocessing_async_result_says_what_to_use(pool):
+    # pool.submit(f).get() raised "'TaskFuture' object has no attribute 'get'"
+    future = pool.submit(tasks.square, 3)
+    for name, instead in [
+        ("get", r"\.result\(timeout\)"),
+        ("wait", r"concurrent\.futures\.wait\(\[future\], timeout\)"),
+        ("ready", r"\.done\(\)"),
+        ("successful", r"\.done\(\) and \.exception\(\) is None"),
+    ]:
+        with pytest.raises(
+            AttributeError,
+            match=rf"^'TaskFuture' object has no attribute '{name}': Pool\.submit\(\.\.\.\) "
+            rf"returns a concurrent\.futures\.Future, not multiprocessing's AsyncResult; "
+            rf"use {instead}$",
+        ):
+            getattr(future, name)
+    assert not hasattr(future, "get")
+    assert getattr(future, "_asyncio_future_blocking", None) is None
+    assert future.result(timeout=30) == 9
+
+
+def test_the_results_of_map_indexed_say_what_to_use(pool):
+    # pool.map(f, xs)[0] raised "'SyncMap' object is not subscriptable"
+    results = pool.map(tasks.square, range(3))
+    with pytest.raises(TypeError, match=r"^Pool\.map\(\.\.\.\) returns an iterator .* list\("):
+        results[0]  # noqa: B018
+    assert list(results) == [0, 1, 4]  # not stopped
+    assert 4 in pool.map(tasks.square, range(3))
+
+
 def test_the_results_of_map_async_used_as_multiprocessing_async_result_say_what_to_use(pool):
     # pool.map_async(f, xs).get() raised "'AsyncMap' object has no attribute 'get'"
     mapping = pool.map_async(tasks.square, range(3))
