@@ -10,6 +10,7 @@ it must still compute correct results afterwards.
 from __future__ import annotations
 
 import concurrent.futures
+import faulthandler
 import gc
 import linecache
 import logging
@@ -147,6 +148,25 @@ def test_crash_matrix(
         assert_pool_works(pool)
         # the workers up: the replacement counts once it is ready
         assert wait_until(lambda: pool.total_workers() == 2, timeout=20)
+
+
+@pytest.mark.timeout(60)
+def test_a_crash_says_how_to_see_where_it_crashed(make_pool: MakePool) -> None:
+    # faulthandler off in the workers: the error says how to turn it on
+    pool = make_pool(1, max_retries=0)
+    with pytest.raises(WorkerLostError) as info:
+        pool.submit(ft.segfault).result(timeout=30)
+    message = str(info.value)
+    assert "killed by SIGSEGV (to see the Python stack" in message, message
+    assert "Pool(initializer=faulthandler.enable)" in message, message
+    # as it says: the stack of the crash is in the error, and the hint is not
+    pool = make_pool(1, max_retries=0, initializer=faulthandler.enable)
+    with pytest.raises(WorkerLostError) as info:
+        pool.submit(ft.segfault).result(timeout=30)
+    message = str(info.value)
+    assert "Fatal Python error: Segmentation fault" in message, message
+    assert re.search(r'fault_tasks\.py", line \d+ in segfault', message), message
+    assert "faulthandler.enable" not in message, message
 
 
 # --- worker loss during a map ------------------------------------------------

@@ -154,6 +154,29 @@ def describe_exit(returncode: int | None, here: bool = True) -> str:
     return f"exit code {returncode}"
 
 
+#: signals that a crash in native code sends, on which faulthandler writes
+#: the Python stack of every thread
+CRASH_SIGNALS = frozenset(
+    {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT}
+)
+
+
+def crash_hint(returncode: int | None, tail: str) -> str:
+    """For a worker that a crash in native code killed (``killed by
+    SIGSEGV``) and that wrote no Python stack (``faulthandler`` was off in
+    it): how to see where it crashed; else ``""``. (A stack longer than the
+    lines kept of ``tail`` may have lost its heading, not its frames.)"""
+    if returncode is None or -returncode not in CRASH_SIGNALS:
+        return ""
+    if "Fatal Python error" in tail or "(most recent call first)" in tail:
+        return ""
+    return (
+        " (to see the Python stack where it crashed in this error, enable faulthandler in "
+        "the workers: Pool(initializer=faulthandler.enable), or, for local workers, run "
+        "the client with python -X faulthandler or PYTHONFAULTHANDLER=1)"
+    )
+
+
 def reap(popen: subprocess.Popen[bytes], block: bool = True) -> tuple[bool, int | None]:
     """``(ended, returncode)`` of a child, reaped if it ended (waited for with
     ``block``). ``returncode`` is ``None`` where the exit status is unknown:

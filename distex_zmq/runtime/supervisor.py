@@ -27,7 +27,7 @@ import zmq
 from distex_zmq.broker import Broker, Task, WorkerRecord
 from distex_zmq.errors import CrashLoopError, HostConnectionError, WorkerStartError
 from distex_zmq.hostspec import HostSpec
-from distex_zmq.launch.local import LocalLauncher, describe_exit
+from distex_zmq.launch.local import LocalLauncher, crash_hint, describe_exit
 from distex_zmq.options import Options
 from distex_zmq.runtime.membership import Membership
 from distex_zmq.runtime.open_files import LOCAL_WORKER_FILES, REMOTE_WORKER_FILES, OpenFiles
@@ -204,7 +204,7 @@ class Supervisor:
         if launcher is not None and not self._pool.closing:
             self.roster.gone(identity)
         here = launcher is None or isinstance(launcher, LocalLauncher)
-        how = describe_exit(returncode, here=here)
+        how = describe_exit(returncode, here=here) + crash_hint(returncode, tail)
         if identity in self._silent:
             self._silent.discard(identity)
             how = (
