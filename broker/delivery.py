@@ -7,6 +7,7 @@ Headers only: the broker never unpickles a result.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -159,8 +160,11 @@ class Delivery:
             rec.exclusive = False
             if rec.draining and not rec.pinned:
                 self._membership.drained(rec)
-        elif self._timeouts is not None:
-            self._timeouts.started(rec)  # the next task starts about now
+        else:
+            if answered:
+                rec.busy_since = time.time()
+            if self._timeouts is not None:
+                self._timeouts.started(rec)  # the next task starts about now
         self._registry.place(rec)
         self._dispatch()
         for sink in sinks:

@@ -9,6 +9,7 @@ from the run times that workers report with each result.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -203,8 +204,10 @@ class Dispatcher:
         self, rec: WorkerRecord, task: Task, batches: dict[WorkerRecord, list[Task]]
     ) -> None:
         """Send ``task`` to ``rec`` on one credit."""
-        if not rec.running and self._on_busy is not None:
-            self._on_busy(rec)
+        if not rec.running:
+            rec.busy_since = time.time()
+            if self._on_busy is not None:
+                self._on_busy(rec)
         rec.running[task.id] = task
         task.worker = rec
         task.group = None
@@ -228,8 +231,10 @@ class Dispatcher:
         if len(tasks) == 1:
             self._assign_one(rec, tasks[0], batches)
             return
-        if not rec.running and self._on_busy is not None:
-            self._on_busy(rec)
+        if not rec.running:
+            rec.busy_since = time.time()
+            if self._on_busy is not None:
+                self._on_busy(rec)
         running = rec.running
         group = [len(tasks)]
         self.grouped_tasks += len(tasks)

@@ -211,6 +211,7 @@ class WorkerRecord:
         "tasks_given",
         "spend_pending",
         "python",
+        "busy_since",
     )
 
     def __init__(
@@ -237,6 +238,10 @@ class WorkerRecord:
         self.bucket = -1
         #: when the oldest task it runs began (roughly), for task_timeout
         self.head_since = 0.0
+        #: since when it holds tasks and has answered none (``time.time()``):
+        #: when it got one while it held none, or last answered one while it
+        #: held more; for ``Pool.status()``
+        self.busy_since = 0.0
         #: it runs a suspect task alone, or one that may run long
         #: (``Dispatcher._may_run_long``): it gets nothing else meanwhile
         self.exclusive = False

@@ -191,6 +191,18 @@ class TaskFuture(concurrent.futures.Future[Any]):
                 )
             raise AttributeError(message, name=name, obj=self)
 
+    def __repr__(self) -> str:
+        """As a ``concurrent.futures.Future``'s, and while it runs, its task as
+        ``Pool.status()`` shows it and where it runs: ``<TaskFuture at 0x...
+        state=running task 38 (f) on worker pid 4711 on mini>``."""
+        text = super().__repr__()
+        task = self._task
+        if task is None or not self.running():
+            return text
+        worker = task.worker  # set on the pool loop: read once, as it is now
+        where = "" if worker is None else f" on {worker}"
+        return f"{text[:-1]} {task.describe()}{where}>"
+
     def _claim(self) -> bool:
         """The task goes to a worker (``Task.claim``): running from now on,
         unless cancelled first. Again after its worker was lost: still running."""

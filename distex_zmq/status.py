@@ -40,6 +40,21 @@ class WorkerStatus:
     #: (None until then): a host of another minor version than the client's
     #: is refused, another patch level shows here
     python: str | None = None
+    #: the tasks it holds, oldest first (the first ``HELD_SHOWN``), as
+    #: errors name them: ``task 12 (f)``, ``task 40 (f, input #37 of a map)``
+    #: (``chunk #N``: a chunk of inputs from N); the oldest is the one it
+    #: runs, or has just run
+    tasks: tuple[str, ...] = ()
+    #: since when it holds tasks and has answered none (``time.time()``):
+    #: when it got one while it held none, or last answered one while it held
+    #: more; None while it holds none. Long ago: its oldest task runs long,
+    #: or hangs (``py-spy dump --pid`` shows where)
+    busy_since: float | None = None
+
+
+#: ``WorkerStatus.tasks`` names at most this many of the tasks a worker holds
+#: (tiny tasks that share a credit may be many)
+HELD_SHOWN = 8
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,7 @@ EXAMPLES: dict[str, list[str | None]] = {
         r"ready 2 of 2",
         None,
         None,
+        None,
     ],
     "guide/ssh.md": [None],
     "guide/spawner.md": [None],

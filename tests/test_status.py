@@ -81,6 +81,55 @@ def test_status_shows_running_and_queued_tasks(make_pool: MakePool) -> None:
     assert status.workers[0].tasks_held == 0
 
 
+@pytest.mark.timeout(60)
+def test_status_and_a_running_future_name_the_task_and_its_worker(
+    make_pool: MakePool, tmp_path
+) -> None:
+    """A task that hangs is found: which worker holds it, since when, which
+    input; and where the future of a submitted one runs (they said only how
+    many tasks each worker held)."""
+    pool = make_pool(1, qsize=2)
+    (pid,) = pool.run_on_all(os.getpid)
+    go = str(tmp_path / "go")
+    inputs = [None, None, go, None]
+    with concurrent.futures.ThreadPoolExecutor(1) as caller:
+        mapped = caller.submit(lambda: list(pool.map(tasks.pid_when_exists, inputs, chunksize=1)))
+        try:
+            taken: list[PoolStatus] = []
+
+            def holds_the_hung_input() -> bool:
+                taken[:] = [pool.status()]
+                (worker,) = taken[0].workers
+                return worker.tasks_held == 2 and "input #2 " in worker.tasks[0]
+
+            assert wait_until(holds_the_hung_input, timeout=20)
+            (status,) = taken
+            (worker,) = status.workers
+            assert worker.pid == pid
+            assert len(worker.tasks) == 2, worker.tasks
+            assert worker.tasks[0].endswith("(pid_when_exists, input #2 of a map)"), worker.tasks
+            assert worker.tasks[1].endswith("(pid_when_exists, input #3 of a map)"), worker.tasks
+            assert worker.busy_since is not None and worker.busy_since <= status.taken_at
+        finally:
+            open(go, "w").close()  # also when an assertion failed: the map ends
+        assert mapped.result(timeout=30) == [pid] * 4
+    (worker,) = pool.status().workers
+    assert (worker.tasks_held, worker.tasks, worker.busy_since) == (0, (), None)
+
+    go = str(tmp_path / "go again")
+    future = pool.submit(tasks.pid_when_exists, go)
+    try:
+        assert wait_until(future.running, timeout=20)
+        (worker,) = pool.status().workers
+        (held,) = worker.tasks
+        assert held.endswith("(pid_when_exists)"), held
+        assert f"state=running {held} on worker pid {pid} on {HERE}>" in repr(future), repr(future)
+    finally:
+        open(go, "w").close()
+    assert future.result(timeout=30) == pid
+    assert "on worker" not in repr(future), repr(future)
+
+
 def test_status_leaves_out_a_cancelled_queued_task_at_once(make_pool: MakePool) -> None:
     """A queued task whose future is cancelled, by ``cancel`` or by
     cancelling ``run_async``, is no longer counted as queued, without waiting

@@ -1,8 +1,9 @@
 """``Pool.status()`` on the pool loop: a ``PoolStatus`` made from the broker's
 counters and records, the supervisor's roster and the client's task maker.
 
-It looks at each worker and host once and at no task, so it is cheap enough
-to take in a loop; it runs on the pool loop, so what it shows is consistent.
+It looks at each worker and host once, and at no task but the first
+``HELD_SHOWN`` each worker holds, so it is cheap enough to take in a loop;
+it runs on the pool loop, so what it shows is consistent.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import itertools
 import threading
 import time
 from typing import TYPE_CHECKING, Protocol
@@ -152,7 +154,8 @@ def stopped(status: PoolStatus, state: str) -> PoolStatus:
         status,
         state=state,
         workers=tuple(
-            dataclasses.replace(w, state="stopped", tasks_held=0) for w in status.workers
+            dataclasses.replace(w, state="stopped", tasks_held=0, tasks=(), busy_since=None)
+            for w in status.workers
         ),
         hosts=tuple(dataclasses.replace(h, state="stopped", workers=0) for h in status.hosts),
         totals=dataclasses.replace(status.totals, queued=0, in_flight=0),
@@ -163,17 +166,20 @@ def stopped(status: PoolStatus, state: str) -> PoolStatus:
 def _worker(
     identity: bytes, place: WorkerPlace, rec: WorkerRecord | None, state: str
 ) -> WorkerStatus:
-    from distex_zmq.status import WorkerStatus
+    from distex_zmq.status import HELD_SHOWN, WorkerStatus
 
+    running = {} if rec is None or state == "lost" else rec.running
     return WorkerStatus(
         name=identity.decode(errors="replace"),
         host=place.host if rec is None else rec.host,
         pid=place.pid if rec is None else rec.pid,
         kind=place.kind,
         state=state,
-        tasks_held=0 if rec is None or state == "lost" else len(rec.running),
+        tasks_held=len(running),
         done=0 if rec is None else rec.done,
         failed=0 if rec is None else rec.failed,
         started_at=place.started_at,
         python=None if rec is None else rec.python,
+        tasks=tuple(task.describe() for task in itertools.islice(running.values(), HELD_SHOWN)),
+        busy_since=rec.busy_since if running and rec is not None else None,
     )
