@@ -76,6 +76,18 @@ def log_after(delay: float, logger: str, message: str) -> str:
     return message
 
 
+def log_with_stack(logger: str) -> str:
+    """Log at WARNING with ``stack_info``, from this thread and from a thread
+    named ``helper``; return this thread's name."""
+    logging.getLogger(logger).warning("from the task", stack_info=True)
+    helper = threading.Thread(
+        target=lambda: logging.getLogger(logger).warning("from a thread"), name="helper"
+    )
+    helper.start()
+    helper.join()
+    return threading.current_thread().name
+
+
 def sleep_square(x: int) -> int:
     """Sleep longer for small ``x``, so that completion order differs from input order."""
     time.sleep(0.05 * (4 - x % 4))

@@ -33,6 +33,7 @@ from distex_zmq import ProtocolError
 from distex_zmq.launch.relay import BURST, OutputRelay
 from distex_zmq.output import MAX_PENDING, OutputWriter, WorkerOutput, emit_log
 from distex_zmq.wire import control, frames
+from tests import tasks
 from tests.contract.conftest import LoopbackSpawner
 from tests.helpers import wait_until
 from tests.multihost import REMOTE_PYTHON, unavailable
@@ -466,8 +467,20 @@ def test_log_records_are_plain_checked_data(caplog):
         "created": 1.5,
         "exc_text": None,
     }
-    assert frames.read_log(json.dumps(good).encode()) == good
-    for bad in (b"[]", b"{", json.dumps({**good, "lineno": "3"}).encode()):
+    # without the fields a worker of an earlier version does not send
+    assert frames.read_log(json.dumps(good).encode()) == {
+        **good,
+        "threadName": "MainThread",
+        "stack_info": None,
+    }
+    full = {**good, "threadName": "helper", "stack_info": "Stack (most recent call last):"}
+    assert frames.read_log(json.dumps(full).encode()) == full
+    for bad in (
+        b"[]",
+        b"{",
+        json.dumps({**good, "lineno": "3"}).encode(),
+        json.dumps({**good, "threadName": 3}).encode(),
+    ):
         with pytest.raises(ProtocolError, match="malformed log record"):
             frames.read_log(bad)
     caplog.set_level(logging.INFO)
@@ -476,6 +489,31 @@ def test_log_records_are_plain_checked_data(caplog):
     [record] = [r for r in caplog.records if r.name != "distex_zmq.output"]
     assert (record.name, record.host, record.pid, record.worker) == ("user.x", "h", 7, "w-1")
     assert record.getMessage() == "m" and record.filename == "b.py"
+
+
+@pytest.mark.timeout(60)
+def test_a_log_record_keeps_its_thread_and_stack(make_pool, caplog):
+    # they were the client's pool loop thread's name and None
+    caplog.set_level(logging.WARNING, logger="user.stack")
+    pool = make_pool(1)
+    thread = pool.run(tasks.log_with_stack, "user.stack")
+
+    def records() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "user.stack"]
+
+    assert wait_until(lambda: len(records()) == 2, timeout=20)
+    main, helper = sorted(records(), key=lambda r: r.getMessage() != "from the task")
+    assert main.getMessage() == "from the task" and main.threadName == thread
+    assert main.stack_info is not None and main.stack_info.startswith(
+        "Stack (most recent call last)"
+    )
+    assert "in log_with_stack" in main.stack_info, main.stack_info
+    assert "in log_with_stack" in logging.Formatter().format(main)
+    assert (helper.getMessage(), helper.threadName, helper.stack_info) == (
+        "from a thread",
+        "helper",
+        None,
+    )
 
 
 def test_log_records_at_the_level(client):

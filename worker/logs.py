@@ -2,9 +2,10 @@
 
 ``LogForwarder`` is a handler on the worker's root logger at the pool's
 ``log_level``. It turns each record into plain data (``frames.LOG``: the
-message formatted with its arguments, where it was emitted, the formatted
-traceback) and sends it to the broker, which hands it to the client; a
-record emitted on another thread of a task is sent from the worker's loop.
+message formatted with its arguments, where and on which thread it was
+emitted, the formatted traceback and ``stack_info``) and sends it to the
+broker, which hands it to the client; a record emitted on another thread of
+a task is sent from the worker's loop.
 The worker's own loggers (``distex_zmq.*``) are not forwarded: their
 warnings and errors go to the worker's stderr, which reaches the client as
 its other output.
@@ -65,6 +66,7 @@ class LogForwarder(logging.Handler):
         exc_text = record.exc_text
         if record.exc_info and not exc_text:
             exc_text = logging.Formatter().formatException(record.exc_info)
+        stack_info = record.stack_info
         return {
             "name": record.name,
             "levelno": record.levelno,
@@ -74,4 +76,6 @@ class LogForwarder(logging.Handler):
             "funcName": record.funcName or "",
             "created": record.created,
             "exc_text": exc_text[-p.MAX_LOG_TEXT :] if exc_text else None,
+            "threadName": str(record.threadName),
+            "stack_info": stack_info[-p.MAX_LOG_TEXT :] if stack_info else None,
         }

@@ -274,6 +274,12 @@ LOG_FIELDS: dict[str, type | tuple[type, ...]] = {
     "created": (int, float),
     "exc_text": (str, type(None)),
 }
+#: Fields a ``LOG`` body may lack (one of a worker of an earlier version),
+#: their types and the values they then take.
+LOG_OPTIONAL_FIELDS: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "threadName": (str, "MainThread"),
+    "stack_info": ((str, type(None)), None),
+}
 #: Characters of a log message, and of its traceback, that a ``LOG`` carries at most.
 MAX_LOG_TEXT = 64 * 1024
 
@@ -295,6 +301,11 @@ def read_log(body: bytes) -> dict[str, Any]:
     for name, kind in LOG_FIELDS.items():
         value = record.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
+            raise ProtocolError(f"malformed log record: bad {name!r}")
+        checked[name] = value
+    for name, (kind, default) in LOG_OPTIONAL_FIELDS.items():
+        value = record.get(name, default)
+        if not isinstance(value, kind):
             raise ProtocolError(f"malformed log record: bad {name!r}")
         checked[name] = value
     return checked
