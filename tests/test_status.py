@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import platform
+import re
 import socket
 import sys
 import threading
@@ -128,6 +130,25 @@ def test_status_and_a_running_future_name_the_task_and_its_worker(
         open(go, "w").close()
     assert future.result(timeout=30) == pid
     assert "on worker" not in repr(future), repr(future)
+
+
+@pytest.mark.timeout(60)
+def test_the_pool_logs_its_start_and_end_at_debug(make_pool: MakePool, caplog) -> None:
+    # at DEBUG it said only each worker's hello and exit
+    caplog.set_level(logging.DEBUG, logger="distex_zmq.pool")
+    pool = make_pool(2)
+    assert pool.run(tasks.square, 3) == 9
+    with pytest.raises(ValueError):
+        pool.run(tasks.fail_on, 3)
+    pool.shutdown()
+    messages = [r.getMessage() for r in caplog.records if r.name == "distex_zmq.pool"]
+    assert any(
+        re.match(r"up: 2 workers ready in [\d.]+ s, the broker at ipc://", m) for m in messages
+    )
+    assert messages[-1].startswith(
+        "shut down: 1 tasks done (a map's chunk counts once), 1 failed, 0 retried; "
+        "0 workers lost, 0 replaced"
+    ), messages
 
 
 def test_status_leaves_out_a_cancelled_queued_task_at_once(make_pool: MakePool) -> None:

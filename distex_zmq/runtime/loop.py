@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -233,8 +234,15 @@ class Runtime:
         the pool loop) becomes ``error`` and tears everything down."""
         try:
             ipc = f"ipc://{socket_path(self._ipc_dir)}"
+            began = time.monotonic()
             await start_workers(
                 self.options, self.broker, ipc, self._endpoints, self.supervisor, self._gate
+            )
+            _logger.debug(
+                "up: %d workers ready in %.2f s, the broker at %s",
+                self.options.total_workers,
+                time.monotonic() - began,
+                ipc,
             )
         except BaseException as e:
             if self.error is None and not isinstance(e, asyncio.CancelledError):
@@ -447,6 +455,17 @@ class Runtime:
             broker.close(error)
             last = self.status()
             self._final_status = stopped(last, "failed" if last.error is not None else "shut down")
+            totals = last.totals
+            _logger.debug(
+                "%s: %d tasks done (a map's chunk counts once), %d failed, %d retried; "
+                "%d workers lost, %d replaced",
+                self._final_status.state,
+                totals.done,
+                totals.failed,
+                totals.retried,
+                totals.workers_lost,
+                totals.replacements,
+            )
             self._endpoints.close()
 
 
