@@ -57,6 +57,18 @@ def unloadable_hint(part: str, error: BaseException, func_pickle: int, data_pick
                 "its default (PickleType.auto) to send them by value"
             )
     verb = "refer" if part == "arguments" else "refers"
+    if isinstance(error, AttributeError) and "__main__" not in str(error):
+        # the module imported: it lacks the name, which the client's has
+        return (
+            f". The {part} {verb} by name to an attribute of a module that this worker "
+            "imports but that has no such attribute there. A class or function that the "
+            "client's script (or a library it called, as deap's creator.create does) "
+            "set on that module at run time is not in a worker, which does not run the "
+            "script's top level (a process of ProcessPoolExecutor, forked from the "
+            "script or running it as __mp_main__, does): set it in the workers too, in "
+            "the pool's initializer (Pool(initializer=...)). If this worker has another "
+            "version of that module than the client, install the client's version there"
+        )
     return (
         f". The {part} {verb} by name to a module, class or function that this worker "
         "cannot import: install that module (the version the client has) where the "

@@ -335,6 +335,15 @@ def _worker_only() -> Any:
     return module
 
 
+def make_run_time_point() -> None:
+    """Make ``RunTimePoint`` on this module at run time, as a script makes a
+    class on an importable module (deap's ``creator.create``, a namedtuple
+    with ``module=``); the initializer that makes it in the workers too."""
+    import collections
+
+    globals()["RunTimePoint"] = collections.namedtuple("RunTimePoint", "x y", module=__name__)
+
+
 def of_a_worker_only_module() -> Any:
     """An object of a class of the module ``worker_only``."""
     return _worker_only().Thing()

@@ -133,6 +133,29 @@ def test_a_function_the_worker_cannot_import_fails_with_what_to_do(
     assert pool.run(tasks.square, 3) == 9
 
 
+def test_a_class_the_client_set_on_a_module_at_run_time_fails_with_what_to_do(
+    make_pool, monkeypatch
+):
+    # a class that the client made on an importable module at run time (a
+    # script's deap creator.create, a namedtuple with module=) goes by name,
+    # and the worker's module, imported fresh, lacks it: the error said to
+    # install the module, which the worker had; it says to make the class in
+    # the initializer, which makes the task run
+    monkeypatch.setattr(tasks, "RunTimePoint", None, raising=False)  # gone after the test
+    tasks.make_run_time_point()
+    point = tasks.RunTimePoint(1, 2)
+    pool = make_pool(1)
+    with pytest.raises(SerializationError) as info:
+        pool.run(tasks.identity, point)
+    text = str(info.value)
+    assert "could not unpickle the arguments of task" in text and "RunTimePoint" in text
+    assert "imports but that has no such attribute there" in text
+    assert "set it in the workers too, in the pool's initializer" in text
+    assert "install that module" not in text
+    pool = make_pool(1, initializer=tasks.make_run_time_point)
+    assert pool.run(tasks.identity, point) == point
+
+
 def test_an_error_of_an_objects_own_unpickling_has_no_hint_about_imports(shared_pool):
     # an AttributeError that is not a name looked up says only what it is
     with pytest.raises(SerializationError) as info:
