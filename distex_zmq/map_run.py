@@ -132,6 +132,11 @@ class MapRun:
         self._sizer.adaptive = value
 
     @property
+    def func_name(self) -> str:
+        """The name of the mapped function, for messages."""
+        return self._func.name
+
+    @property
     def chunksize(self) -> int:
         """Inputs per task now."""
         return self._sizer.chunksize

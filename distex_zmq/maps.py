@@ -60,12 +60,14 @@ def map_sync(
         return SyncMap(over_async, None)
     event = threading.Event()
     run = MapRun(ctx, func, iterables, timeout, chunksize, ordered, star, event.set, progress)
-    it = _guarded(iterables, run)
+    returned = [False]
+    it = _guarded(iterables, run, returned)
     error = None
     try:
         run.feed_sync(it)
     except Exception as e:  # noqa: BLE001 - an input that cannot be pickled, say
         error = e  # raised at the first next, where the results are
+    returned[0] = True  # what it reads from now on, it reads after the call
     started = [False]
     results = _sync_results(run, it, event, error, started)
     weakref.finalize(results, _run_unread, run, it, error, started)
@@ -449,22 +451,44 @@ class AsyncMap:
 _SAFE_ITERABLES = (range, list, tuple)
 
 
-def _guarded(iterables: tuple[Any, ...], run: MapRun) -> Iterator[Any]:
+def _guarded(
+    iterables: tuple[Any, ...], run: MapRun, returned: list[bool] | None = None
+) -> Iterator[Any]:
     """One iterator over the inputs, ending where reading them raises: the
     error is kept in ``run.input_error`` and raised after the results of the
     inputs read before it, in its place, as ``map()`` does. Ranges, lists
-    and tuples cannot raise, and go without the guard's cost per input."""
+    and tuples cannot raise, and go without the guard's cost per input.
+    ``returned[0]``: the sync ``map`` call has returned (see
+    ``_note_closed_input``)."""
     inputs = sync_input(iterables)
     if all(type(it) in _SAFE_ITERABLES for it in iterables):
         return inputs
-    return _guard(inputs, run)
+    return _guard(inputs, run, returned)
 
 
-def _guard(inputs: Iterator[Any], run: MapRun) -> Iterator[Any]:
+def _guard(inputs: Iterator[Any], run: MapRun, returned: list[bool] | None) -> Iterator[Any]:
     try:
         yield from inputs
     except Exception as e:  # noqa: BLE001 - raised by the map, in its place
+        if returned is not None and returned[0]:
+            _note_closed_input(e, run.func_name)
         run.input_error = e
+
+
+def _note_closed_input(error: Exception, func_name: str) -> None:
+    """Add a note to ``error``, raised by reading a sync map's input after
+    the map call returned, if it says that what the input reads is closed
+    (a file whose ``with`` block ended, a closed cursor), which it was not
+    when ``Executor.map`` would have read it all, at the call (Python 3.11+;
+    the error keeps its type)."""
+    if "closed" in str(error).lower() and hasattr(error, "add_note"):
+        error.add_note(
+            f"distex_zmq: raised by the input of a map of {func_name}, read after "
+            "pool.map(...) returned: a map reads its input as its results are taken, "
+            "not all at the call as Executor.map does; keep what the input reads from "
+            "open (the with block of a file or a database cursor) until the map's "
+            "results are read, or pass list(...) of the input"
+        )
 
 
 async def _feed_async(

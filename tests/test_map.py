@@ -457,6 +457,34 @@ def test_error_in_the_input_iterator_propagates(shared_pool):
     assert shared_pool.run(tasks.square, 3) == 9
 
 
+def test_an_input_read_after_the_call_from_a_closed_file_says_why(shared_pool, tmp_path):
+    # Executor.map reads its input at the call; a map reads it as its
+    # results are taken, so a file closed between the call and the loop
+    # raised a bare "I/O operation on closed file" from the map's guts
+    path = tmp_path / "lines.txt"
+    path.write_text("abc\n" * 20_000)
+    with open(path) as lines:
+        results = shared_pool.map(len, lines)
+    with pytest.raises(ValueError, match="closed file") as info:
+        list(results)
+    if sys.version_info >= (3, 11):  # notes
+        notes = "\n".join(info.value.__notes__)
+        assert "a map of len, read after pool.map(...) returned" in notes
+        assert "keep what the input reads from open" in notes
+
+    def broken():
+        yield from "ab" * 20_000
+        raise LookupError("input broke")
+
+    # an input's own error after the call: no note
+    results = shared_pool.map(len, broken())
+    with pytest.raises(LookupError, match="input broke") as info:
+        list(results)
+    assert not getattr(info.value, "__notes__", None)
+    with open(path) as lines:
+        assert sum(shared_pool.map(len, lines)) == 80_000
+
+
 async def agen(n, delay=0.0):
     for i in range(n):
         await asyncio.sleep(delay)
