@@ -89,6 +89,16 @@ def result_unloadable_hint(error: BaseException) -> str:
             "class's __reduce__ reconstructor or __setstate__, say): make that code "
             "work where the client runs, or return (and raise) objects the client can rebuild"
         )
+    if isinstance(error, AttributeError):
+        # the module imported: it lacks the name, which the worker's has
+        return (
+            ". The result refers by name to an attribute of a module that the client "
+            "imports but that has no such attribute here. A class or function that the "
+            "task or the pool's initializer set on that module at run time in the worker "
+            "is not in the client: set it in the client too, or return objects of types "
+            "the client has. If the worker has another version of that module than the "
+            "client, install the worker's version where the client runs"
+        )
     return (
         ". The result refers by name to a module, class or function that the client "
         "cannot import, but the worker could: install that module (the version the "

@@ -344,6 +344,12 @@ def make_run_time_point() -> None:
     globals()["RunTimePoint"] = collections.namedtuple("RunTimePoint", "x y", module=__name__)
 
 
+def run_time_point_of_the_worker() -> Any:
+    """A ``RunTimePoint`` that this worker makes on this module at run time."""
+    make_run_time_point()
+    return globals()["RunTimePoint"](1, 2)
+
+
 def of_a_worker_only_module() -> Any:
     """An object of a class of the module ``worker_only``."""
     return _worker_only().Thing()

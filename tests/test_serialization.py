@@ -880,6 +880,21 @@ def test_a_result_of_a_module_the_client_cannot_import_fails_with_what_to_do(sha
     assert shared_pool.run(tasks.square, 3) == 9
 
 
+def test_a_result_of_a_class_the_worker_set_on_a_module_at_run_time_says_so(make_pool):
+    # the client imports the module but has no such class: the error said
+    # to install the module where the client runs, which it was
+    assert not hasattr(tasks, "RunTimePoint")
+    pool = make_pool(1)
+    with pytest.raises(SerializationError) as info:
+        pool.run(tasks.run_time_point_of_the_worker)
+    text = str(info.value)
+    assert "could not be unpickled in the client" in text and "RunTimePoint" in text
+    assert "the client imports but that has no such attribute here" in text
+    assert "set it in the client too" in text
+    assert "install that module" not in text
+    assert pool.run(tasks.square, 3) == 9
+
+
 def test_an_exception_of_a_module_the_client_cannot_import_keeps_its_text_and_traceback(
     shared_pool,
 ):
