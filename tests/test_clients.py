@@ -285,6 +285,19 @@ def test_scipy_differential_evolution_with_workers_pool_map(executor):
     assert wait_until(lambda: not any(pid_alive(pid) for pid in workers), timeout=10), workers
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("executor", ["control", "local"])
+def test_emcee_and_deap_with_the_pool(executor):
+    # emcee's pool=pool and DEAP's toolbox.register("map", pool.map), with
+    # ProcessPoolExecutor as the control: the seeded runs give the serial
+    # results, an error of the log-probability function keeps its type, and
+    # the classes of creator.create, made in the initializer too, let a task
+    # make an individual
+    pytest.importorskip("emcee")
+    pytest.importorskip("deap")
+    assert run_script("samplers.py", executor, timeout=110).endswith("OK\n")
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("executor", ["control", "local"])
 def test_a_task_that_starts_a_process_pool_of_its_own(executor):
