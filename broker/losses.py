@@ -114,9 +114,10 @@ class Losses:
 
         A worker that dies with one task was killed by it: the task counts a
         try, and fails with ``WorkerLostError`` once it has used up
-        ``max_retries``. A worker that dies with several tasks leaves the
-        blame open: they go back to the front of the queue as suspects, each
-        to run alone, so that a second death names the task that caused it.
+        ``max_retries``. A worker that dies with several tasks, cancelled
+        ones too (they may have killed it), leaves the blame open: they go
+        back to the front of the queue as suspects, each to run alone, so
+        that a second death names the task that caused it.
         A ``timed_out`` task fails with ``TaskTimeoutError`` and is not retried.
         ``blameless``: the worker was cut off with its host, which no task
         caused; its tasks go back to the queue as they were.
@@ -127,6 +128,9 @@ class Losses:
         registry.remove(rec)
         self.lost.append(rec)
         self.workers_lost += 1
+        # a cancelled task it held may have killed it as well as another:
+        # counted here, although it runs no more
+        alone = len(rec.running) == 1
         tasks = []
         for task in rec.running.values():
             if task.cancelled:
@@ -140,7 +144,7 @@ class Losses:
         for task in tasks:
             task.worker = None
             task.group = None
-            error = self._verdict(task, rec, how, timed_out, blameless, alone=len(tasks) == 1)
+            error = self._verdict(task, rec, how, timed_out, blameless, alone)
             if error is None:
                 requeue.append(task)
             else:

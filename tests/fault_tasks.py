@@ -83,6 +83,13 @@ def sleep_then(delay: float, value: Any) -> Any:
     return value
 
 
+def sleep_then_exit(delay: float, code: int) -> None:
+    """Sleep, then end the worker with exit status ``code`` (0: return)."""
+    time.sleep(delay)
+    if code:
+        os._exit(code)
+
+
 #: what the initializer left in this worker process
 INITIALIZED: dict[str, int] = {}
 

@@ -9,6 +9,7 @@ it must still compute correct results afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import faulthandler
 import gc
@@ -400,6 +401,30 @@ def test_task_timeout_blames_the_slow_task_not_a_finished_neighbour(make_pool: M
     assert quick.result(timeout=20) == "quick"
     with pytest.raises(TaskTimeoutError, match="not retried"):
         slow.result(timeout=20)
+
+
+@pytest.mark.timeout(60)
+def test_a_cancelled_neighbour_leaves_the_blame_open(make_pool: MakePool) -> None:
+    """A worker dies while it holds a task whose ``run_async`` was cancelled
+    and one other: either may have killed it, so the other runs again
+    alone, no try counted, as when neither was cancelled. It failed with
+    ``WorkerLostError`` (``max_retries=0``), blamed for the cancelled
+    one's crash, or for a ``task_timeout`` that the cancelled one ran past."""
+    pool = make_pool(1, qsize=2, max_retries=0)
+    for _ in range(2):  # both known as tiny: the worker may hold both at once
+        pool.submit(ft.sleep_then, 0, None).result(timeout=10)
+        pool.submit(ft.sleep_then_exit, 0, 0).result(timeout=10)
+
+    async def both() -> Any:
+        crashing = asyncio.ensure_future(pool.run_async(ft.sleep_then_exit, 0.3, 3))
+        innocent = asyncio.ensure_future(pool.run_async(ft.sleep_then, 0, "innocent"))
+        while pool.status().totals.in_flight < 2:
+            await asyncio.sleep(0.01)
+        crashing.cancel()  # its worker holds it: it runs on, and kills the worker
+        return await innocent
+
+    assert asyncio.run(both()) == "innocent"
+    assert_pool_works(pool)
 
 
 @pytest.mark.timeout(60)
