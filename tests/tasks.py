@@ -786,3 +786,10 @@ def worker_only_error_at(k: int, i: int) -> int:
     if i == k:
         raise_worker_only_error()
     return i
+
+
+def leave_thread_running(seconds: float) -> int:
+    """Start a thread that is not a daemon and sleeps ``seconds``; return
+    the worker's pid at once, the thread still running."""
+    threading.Thread(target=time.sleep, args=(seconds,), name="left running").start()
+    return os.getpid()

@@ -139,6 +139,17 @@ def test_removed_without_drain_requeues_without_a_retry(make_pool, tmp_path):
     assert [f.result(timeout=30) for f in futures] == [left, left]
 
 
+@pytest.mark.timeout(60)
+def test_resize_down_ends_though_a_task_left_a_thread_running(make_pool):
+    """A thread that is not a daemon holds a leaving worker up for a grace
+    only: the resize waited for ever for the worker's exit."""
+    pool = make_pool(2)
+    pids = set(pool.run_on_all(tasks.leave_thread_running, 600))
+    pool.resize(1)
+    assert pool.total_workers() == 1
+    assert sum(pid_alive(pid) for pid in pids) == 1
+
+
 def test_shrink_drains_only_until_its_timeout(make_pool):
     pool = make_pool(2, qsize=1, max_retries=0)
     before = _worker_pids(pool)

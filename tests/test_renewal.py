@@ -18,7 +18,7 @@ import pytest
 from distex_zmq import Pool
 from tests import fault_tasks as ft
 from tests import tasks
-from tests.helpers import wait_until
+from tests.helpers import pid_alive, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -132,3 +132,13 @@ def test_tasks_given_back_unrun_do_not_count(make_pool) -> None:
     counts = sorted(per_pid.values())
     assert len(per_pid) <= 1000 // 25 + 2, counts
     assert len([n for n in counts if n < 24]) <= 2, counts
+
+
+@pytest.mark.timeout(60)
+def test_a_spent_worker_leaves_though_a_task_left_a_thread_running(make_pool) -> None:
+    """A thread that is not a daemon holds a leaving worker up for a grace
+    only: a spent worker waited for it, and stayed until the shutdown."""
+    pool = make_pool(1, max_tasks_per_child=1)
+    pids = {pool.run(tasks.leave_thread_running, 600) for _ in range(3)}
+    assert len(pids) == 3
+    assert wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=30)

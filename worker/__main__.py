@@ -7,13 +7,24 @@ test a host (distex's ``distex_proc``).
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import json
 import os
 import signal
 import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import NoReturn
 
 from distex_zmq.version import __version__
+
+#: Seconds a worker that leaves (STOP: the pool's shutdown, a renewal, a
+#: resize) waits for the threads that its tasks started and left running,
+#: not daemons, before it exits without them (as long as a shutdown waits
+#: for a worker before it sends SIGTERM).
+THREADS_GRACE = 3.0
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -163,7 +174,30 @@ def main(argv: list[str] | None = None) -> None:
     )
     code = worker.run()
     flush_std_streams()
+    _exit(code, flush_std_streams)
+
+
+def _exit(code: int, flush: Callable[[], None]) -> NoReturn:
+    """Exit with ``code``, as Python does once the threads that are not
+    daemons have ended; if some still run after ``THREADS_GRACE``, without
+    them (the exit handlers run, then ``os._exit``). Python would wait for
+    them for ever, and nothing stops a worker that leaves a pool that goes
+    on (a renewal, a resize) as a shutdown does: it would stay, and a
+    resize would wait for its exit for ever."""
+    deadline = time.monotonic() + THREADS_GRACE
+    for thread in _left_running():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if _left_running():
+        atexit._run_exitfuncs()
+        flush()
+        os._exit(code)
     sys.exit(code)
+
+
+def _left_running() -> list[threading.Thread]:
+    """The threads, not daemons, that run besides this one."""
+    me = threading.current_thread()
+    return [t for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
 
 
 if __name__ == "__main__":
