@@ -163,8 +163,51 @@ def tolerated_error(description: str, exc: Any, missing: list[str]) -> Serializa
     return error
 
 
+def _raised_in_pickling(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``error`` of pickling is, or was caused by, a ``kind`` (cloudpickle
+    raises a ``PicklingError`` from the ``RecursionError`` of a pickle too deep)."""
+    seen = 0
+    cause: BaseException | None = error
+    while cause is not None and seen < 10:
+        if isinstance(cause, kind):
+            return True
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return False
+
+
+def _too_deep_or_too_large(error: BaseException, where: str, send: str) -> str:
+    """The hint, in lower case, for an object that did not pickle because
+    it is nested too deeply, or because the process (``where``: "the
+    worker") ran out of memory; "" for other errors. ``send``: how to send
+    it instead ("return", "pass")."""
+    if _raised_in_pickling(error, RecursionError):
+        return (
+            "it is nested too deeply to pickle, as the pickler goes one level down per "
+            "nested list, dict or object (a linked list or tree thousands of levels "
+            f"deep): {send} it flattened (its nodes in a list, linked by index)"
+        )
+    if _raised_in_pickling(error, MemoryError):
+        return (
+            f"{where} ran out of memory while pickling it (a memory limit: ulimit -v, "
+            f"a container's or cgroup's): {send} it in smaller parts (a map over them), "
+            "or raise the limit"
+        )
+    return ""
+
+
+def error_text(error: BaseException) -> str:
+    """``Type: message`` of ``error``, without the full stop of the message
+    (a hint follows); ``Type`` alone if it has no message (``MemoryError``)."""
+    text = str(error).rstrip(".")
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def unpicklable_hint(value: Any, error: BaseException, data_pickle: int) -> str:
     """What to do when a result ``value`` does not pickle in a worker."""
+    hint = _too_deep_or_too_large(error, "the worker", "return")
+    if hint:
+        return f". {hint[0].upper()}{hint[1:]}"
     if data_pickle == PickleType.pickle and "__main__" in str(error):
         return (
             ". It refers to an object of the script (__main__), which standard pickle "
@@ -192,7 +235,10 @@ def note_unpicklable(error: BaseException, what: str, dumper: Any) -> None:
     that names it and says what to do (Python 3.11+; the error keeps its type)."""
     if not hasattr(error, "add_note"):
         return
-    if dumper is pickle.dumps and _BY_NAME_ONLY.search(str(error)):
+    hint = _too_deep_or_too_large(error, "the client", "pass")
+    if hint:
+        pass  # whatever the pickler
+    elif dumper is pickle.dumps and _BY_NAME_ONLY.search(str(error)):
         hint = (
             "data_pickle=PickleType.pickle sends functions and classes by name, so not "
             "lambdas, local functions, nor objects of the script: leave data_pickle at "

@@ -245,6 +245,37 @@ def return_lock() -> Any:
     return threading.Lock()
 
 
+def nested(depth: int) -> list[Any]:
+    """A list in a list ... ``depth`` levels deep: too deep for a pickler
+    at 100_000."""
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def big_list_within_memory_limit(extra: int) -> list[int]:
+    """A list whose pickle does not fit in a memory limit (``RLIMIT_AS``)
+    of ``extra`` bytes above what the worker uses now; the limit is lifted
+    by ``lift_memory_limit``."""
+    import resource
+
+    items = list(range(4_000_000))
+    with open("/proc/self/statm") as f:
+        size = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    resource.setrlimit(resource.RLIMIT_AS, (size + extra, hard))
+    return items
+
+
+def lift_memory_limit() -> int:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+    return os.getpid()
+
+
 class UnpicklableError(Exception):
     """An exception that cannot be pickled (it holds a lock)."""
 

@@ -1439,3 +1439,37 @@ def test_a_chunk_loaded_one_result_at_a_time_is_the_chunk_loaded_whole(data_pick
     assert large == whole[4]
     assert pair == [each[0], each[0]] and pair[0] is pair[1] is each[0]
     assert rest == whole[6:]
+
+
+@pytest.mark.parametrize("data_pickle", [PickleType.pickle, PickleType.auto])
+def test_a_result_or_argument_too_deep_to_pickle_says_so(data_pickle, make_pool):
+    # it said to return data that pickles (not a lock, socket, open file or
+    # generator) or give its class a __reduce__ method, as for a lock
+    pool = make_pool(1, data_pickle=data_pickle)
+    pid = pool.run(tasks.pid)
+    hint = "nested too deeply to pickle.*return it flattened"
+    with pytest.raises(SerializationError, match=hint) as result_info:
+        pool.run(tasks.nested, 100_000)
+    assert ".." not in str(result_info.value)
+    with pytest.raises(SerializationError, match=hint):
+        list(pool.map(tasks.nested, [2, 100_000, 3], chunksize=3))
+    with pytest.raises((RecursionError, pickle.PicklingError)) as info:
+        pool.submit(tasks.identity, tasks.nested(100_000))
+    if sys.version_info >= (3, 11):  # add_note
+        notes = "".join(info.value.__notes__)
+        assert "nested too deeply to pickle" in notes and "pass it flattened" in notes, notes
+    assert pool.run(tasks.nested, 3) == [[[[]]]]
+    assert pool.run(tasks.pid) == pid
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS, /proc")
+def test_a_result_that_runs_its_worker_out_of_memory_while_pickled_says_so(make_pool):
+    # it said to return data that pickles (not a lock, ...), which it does
+    pool = make_pool(1)
+    pid = pool.run(tasks.pid)
+    hint = "The worker ran out of memory while pickling it.*return it in smaller parts"
+    with pytest.raises(SerializationError, match=hint) as info:
+        pool.run(tasks.big_list_within_memory_limit, 16 << 20)
+    assert "could not be pickled: MemoryError. The worker" in str(info.value)
+    assert pool.run(tasks.lift_memory_limit) == pid
+    assert pool.run(tasks.square, 3) == 9

@@ -34,7 +34,12 @@ from distex_zmq.serialization import (
     pickles_scalars_plainly,
     results_dumper,
 )
-from distex_zmq.task_errors import name_not_found, unloadable_hint, unpicklable_hint
+from distex_zmq.task_errors import (
+    error_text,
+    name_not_found,
+    unloadable_hint,
+    unpicklable_hint,
+)
 from distex_zmq.wire import frames as p
 
 from .script_globals import ScriptNamespace
@@ -416,7 +421,7 @@ class Runner:
                 error = SerializationError(
                     f"task {task_id} ran on {_where()} but its result, of type "
                     f"{type(item).__name__}, could not be pickled: "
-                    f"{type(e).__name__}: {e}{unpicklable_hint(item, e, self._pickles[1])}"
+                    f"{error_text(e)}{unpicklable_hint(item, e, self._pickles[1])}"
                 )
                 item = ItemError(_remote(error))
             items.append(item)
@@ -440,7 +445,7 @@ def _unpicklable(
             return dumps(_error_stand_in(task_id, value, e, "pickled"))
     error = SerializationError(
         f"task {task_id} ran on {_where()} but {what} could not be pickled: "
-        f"{type(e).__name__}: {e}{unpicklable_hint(value, e, data_pickle)}"
+        f"{error_text(e)}{unpicklable_hint(value, e, data_pickle)}"
     )
     return dumps(_remote(error))
 
