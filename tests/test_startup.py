@@ -300,6 +300,77 @@ def test_a_long_tmpdir_without_a_short_fallback_raises_naming_the_limit(long_tmp
     assert not os.listdir(long_tmpdir)
 
 
+def _can_mount_in_a_namespace() -> bool:
+    """Whether ``unshare --mount`` may mount a tmpfs (root, or CAP_SYS_ADMIN)."""
+    try:
+        probe = subprocess.run(
+            ["unshare", "--mount", "mount", "-t", "tmpfs", "tmpfs", tempfile.gettempdir()],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(not _can_mount_in_a_namespace(), reason="needs unshare --mount (root)")
+@pytest.mark.parametrize("fallback", [True, False])
+def test_a_full_temp_dir_is_passed_over_for_the_ipc_socket(tmp_path, fallback):
+    # the temp directory a process looked up once (tempfile caches it) is
+    # on a file system that filled since: the pool made its socket's
+    # directory there and failed to start, where /tmp had room (and
+    # ProcessPoolExecutor, which needs no socket, starts)
+    full = tmp_path / "full"
+    full.mkdir()
+    script = textwrap.dedent(
+        f"""
+        import glob, os, sys, tempfile
+        from distex_zmq import Pool
+        from distex_zmq.runtime import ipc
+        tempfile.tempdir = {str(full)!r}
+        try:
+            open(os.path.join(tempfile.tempdir, "probe"), "w")
+        except OSError as e:
+            print("full:", e.strerror)
+        if not {fallback!r}:
+            ipc.FALLBACK_DIRS = ()
+        try:
+            with Pool(1) as pool:
+                assert pool.run(abs, -3) == 3
+                print("ran in", *glob.glob(f"/tmp/distex_zmq-{{os.getpid()}}-*"))
+        except OSError as e:
+            print("error:", e)
+        """
+    )
+    # a tmpfs with one inode, its root's: full from the start
+    proc = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            f'mount -t tmpfs -o size=64k,nr_inodes=1 tmpfs "{full}" && exec "$@"',
+            "sh",
+            sys.executable,
+            "-c",
+            script,
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "full: No space left on device" in proc.stdout, proc.stdout + proc.stderr
+    if fallback:
+        assert "ran in /tmp/distex_zmq-" in proc.stdout, proc.stdout + proc.stderr
+    else:
+        error = "error: [Errno 28] no directory for the pool's ipc socket could be made"
+        assert f"{error} (in {full}: No space left on device" in proc.stdout, proc.stdout
+        assert "Free space there, or set TMPDIR" in proc.stdout
+
+
 def test_stale_ipc_dirs_in_the_fallback_directory_are_swept(tmp_path):
     # the pool runs with a TMPDIR of its own, so that /tmp is a fallback
     # directory whatever TMPDIR the suite runs with

@@ -2,8 +2,8 @@
 
 A Unix socket address holds at most ``MAX_SOCKET_PATH`` bytes of path, so
 the broker's socket lives in a directory with a short path: one made under
-``TMPDIR`` (``tempfile.gettempdir()``) when its path is short enough, else
-under ``/tmp``, ``/var/tmp`` or ``/dev/shm``. Each directory is made by
+``TMPDIR`` (``tempfile.gettempdir()``) when its path is short enough and
+it can be made there, else under ``/tmp``, ``/var/tmp`` or ``/dev/shm``. Each directory is made by
 ``mkdtemp``: mode 0700, readable by this user only. Its name carries the
 pid of the pool's process, so that pools killed before they cleaned up
 (SIGKILL) can be recognized and their directories removed later: those
@@ -47,19 +47,37 @@ def candidate_dirs() -> list[str]:
 def make_ipc_dir() -> str:
     """Make the private directory of the broker's socket; return its path.
 
-    Raises ``OSError`` (``ENAMETOOLONG``) naming the path and the limit when
-    no candidate directory has a path short enough for the socket.
+    A candidate directory where it cannot be made (a full or read-only file
+    system) is passed over for the next. Raises ``OSError`` when none
+    takes it: ``ENAMETOOLONG`` naming the path and the limit when no
+    candidate directory has a path short enough for the socket, else the
+    error of the first that failed, naming each and why.
     """
     prefix = f"{IPC_PREFIX}{os.getpid()}-"
     too_long = []
+    failed: list[tuple[str, OSError]] = []
     for base in candidate_dirs():
         if not os.path.isdir(base) or not os.access(base, os.W_OK | os.X_OK):
             continue
-        path = tempfile.mkdtemp(prefix=prefix, dir=base)
+        try:
+            path = tempfile.mkdtemp(prefix=prefix, dir=base)
+        except OSError as e:  # full (ENOSPC, EDQUOT), read-only: the next may do
+            failed.append((base, e))
+            continue
         if len(socket_path(path).encode()) <= MAX_SOCKET_PATH:
             return path
         os.rmdir(path)
         too_long.append(socket_path(path))
+    if failed:
+        reasons = "; ".join(f"in {base}: {e.strerror or e}" for base, e in failed)
+        if too_long:
+            reasons += f"; {', '.join(too_long)} longer than {MAX_SOCKET_PATH} bytes"
+        raise OSError(
+            failed[0][1].errno,
+            f"no directory for the pool's ipc socket could be made ({reasons}; tried "
+            f"{', '.join(candidate_dirs())}). Free space there, or set TMPDIR to a "
+            "writable directory with a short path",
+        )
     raise OSError(
         errno.ENAMETOOLONG,
         f"no directory for the pool's ipc socket has a path short enough: a Unix socket "
