@@ -32,6 +32,7 @@ import pytest
 
 from distex_zmq import (
     CrashLoopError,
+    LoopType,
     Pool,
     SerializationError,
     TaskTimeoutError,
@@ -266,6 +267,23 @@ def test_crash_loop_gives_up_with_a_clear_error(make_pool: MakePool) -> None:
     assert any(isinstance(e, CrashLoopError) for e in errors)
     with pytest.raises(CrashLoopError, match="max_worker_deaths=3"):
         pool.submit(ft.square, 2)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", [LoopType.default, LoopType.asyncio])
+def test_a_task_that_closes_its_workers_file_descriptors_is_told_so(
+    make_pool: MakePool, loop: LoopType
+) -> None:
+    # its worker aborts in an assertion of libzmq or the event loop; the
+    # error gave only that assertion (src/signaler.cpp:238), which reads
+    # as a bug of distex_zmq, not of the task
+    pool = make_pool(1, max_retries=0, worker_loop=loop)
+    assert pool.run(ft.square, 2) == 4
+    with pytest.raises(WorkerLostError, match="killed by SIGABRT") as info:
+        pool.run(ft.close_fds_not_its_own)
+    assert "close_fds_not_its_own" in str(info.value)
+    assert "does the task close or dup2 over file descriptors it did not open" in str(info.value)
+    assert pool.run(ft.square, 3) == 9
 
 
 @pytest.mark.timeout(60)

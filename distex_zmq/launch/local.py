@@ -23,6 +23,7 @@ import functools
 import logging
 import multiprocessing.process
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -174,6 +175,26 @@ def crash_hint(returncode: int | None, tail: str) -> str:
         " (to see the Python stack where it crashed in this error, enable faulthandler in "
         "the workers: Pool(initializer=faulthandler.enable), or, for local workers, run "
         "the client with python -X faulthandler or PYTHONFAULTHANDLER=1)"
+    )
+
+
+#: The assertions of libzmq (``Bad file descriptor (src/epoll.cpp:73)``) and
+#: of libuv (``src/unix/linux.c:1455: uv__io_poll: Assertion ...``) in a
+#: worker's last stderr lines.
+_IO_ASSERTION = re.compile(r"\(src/[\w/]+\.cpp:\d+\)|src/unix/\w+\.c:\d+: uv__")
+
+
+def abort_hint(returncode: int | None, tail: str) -> str:
+    """What a worker's abort (SIGABRT) in an assertion of its ZeroMQ or of
+    its event loop (``tail``: its last stderr lines) most likely means; ""
+    for other exits."""
+    if returncode != -signal.SIGABRT or not _IO_ASSERTION.search(tail):
+        return ""
+    return (
+        "; an assertion of the worker's ZeroMQ or event loop failed, as it does when "
+        "the file descriptors they use are closed or replaced under them: does the "
+        "task close or dup2 over file descriptors it did not open (os.closerange, a "
+        "library that daemonizes)? Have it close only its own"
     )
 
 

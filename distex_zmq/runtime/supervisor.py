@@ -27,7 +27,7 @@ import zmq
 from distex_zmq.broker import Broker, Task, WorkerRecord
 from distex_zmq.errors import CrashLoopError, HostConnectionError, WorkerStartError
 from distex_zmq.hostspec import HostSpec
-from distex_zmq.launch.local import LocalLauncher, crash_hint, describe_exit
+from distex_zmq.launch.local import LocalLauncher, abort_hint, crash_hint, describe_exit
 from distex_zmq.options import Options
 from distex_zmq.runtime.membership import Membership
 from distex_zmq.runtime.open_files import LOCAL_WORKER_FILES, REMOTE_WORKER_FILES, OpenFiles
@@ -204,7 +204,11 @@ class Supervisor:
         if launcher is not None and not self._pool.closing:
             self.roster.gone(identity)
         here = launcher is None or isinstance(launcher, LocalLauncher)
-        how = describe_exit(returncode, here=here) + crash_hint(returncode, tail)
+        closed_under = abort_hint(returncode, tail)
+        # an abort on descriptors closed under the worker needs no stack to explain
+        how = describe_exit(returncode, here=here) + (
+            "" if closed_under else crash_hint(returncode, tail)
+        )
         if identity in self._silent:
             self._silent.discard(identity)
             how = (
@@ -212,7 +216,7 @@ class Supervisor:
                 "(it hung before its code ran, or cannot reach the pool's socket)"
             )
         if tail:
-            how += "; its last stderr lines:\n" + tail
+            how += "; its last stderr lines:\n" + tail + closed_under
         if self.membership.exited(identity, launcher, pid, how):
             self._killed.discard(identity)
             return
