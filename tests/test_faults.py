@@ -286,6 +286,17 @@ def test_a_task_that_closes_its_workers_file_descriptors_is_told_so(
     assert pool.run(ft.square, 3) == 9
 
 
+def test_only_an_abort_in_an_assertion_on_io_is_blamed_on_closed_descriptors() -> None:
+    from distex_zmq.launch.local import abort_hint
+
+    assert abort_hint(-signal.SIGABRT, "Bad file descriptor (src/epoll.cpp:73)")
+    assert abort_hint(-signal.SIGABRT, "src/unix/linux.c:1455: uv__io_poll: Assertion")
+    # libzmq's failed allocation, a segfault, another abort: not a descriptor's
+    assert not abort_hint(-signal.SIGABRT, "FATAL ERROR: OUT OF MEMORY (src/msg.cpp:55)")
+    assert not abort_hint(-signal.SIGSEGV, "Bad file descriptor (src/epoll.cpp:73)")
+    assert not abort_hint(-signal.SIGABRT, "free(): invalid pointer")
+
+
 @pytest.mark.timeout(60)
 def test_a_pool_dropped_after_a_crash_loop_is_freed_and_stops() -> None:
     # The crash loop's error, kept by the pool and raised to the callers as

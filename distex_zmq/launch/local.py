@@ -190,6 +190,8 @@ def abort_hint(returncode: int | None, tail: str) -> str:
     for other exits."""
     if returncode != -signal.SIGABRT or not _IO_ASSERTION.search(tail):
         return ""
+    if "OUT OF MEMORY" in tail:  # libzmq's alloc_assert: not a descriptor's
+        return ""
     return (
         "; an assertion of the worker's ZeroMQ or event loop failed, as it does when "
         "the file descriptors they use are closed or replaced under them: does the "
