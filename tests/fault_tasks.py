@@ -51,6 +51,10 @@ def close_fds_not_its_own(*_: Any) -> str:
     return "closed"
 
 
+def big_bytes(size: int) -> bytes:
+    return b"x" * size
+
+
 def poison_at(x: int, poison: int) -> int:
     """Kill the worker for one input only."""
     if x == poison:

@@ -297,6 +297,47 @@ def test_only_an_abort_in_an_assertion_on_io_is_blamed_on_closed_descriptors() -
     assert not abort_hint(-signal.SIGABRT, "free(): invalid pointer")
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS, /proc")
+def test_a_result_the_client_has_no_memory_for_fails_its_task_not_the_pool() -> None:
+    # libzmq in the client cannot allocate the result's message and drops
+    # the worker's connection; the worker connected again, and the pool
+    # waited for the lost result for ever (its shutdown too)
+    script = textwrap.dedent(
+        """
+        import os, resource, sys
+        from distex_zmq import Pool, WorkerLostError
+        from tests import fault_tasks as ft
+
+        with Pool(1, max_retries=0) as pool:
+            print("RAN", pool.run(ft.square, 2), flush=True)
+            with open("/proc/self/statm") as f:
+                size = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+            resource.setrlimit(resource.RLIMIT_AS, (size + (64 << 20), hard))
+            try:
+                pool.submit(ft.big_bytes, 256 << 20).result(timeout=60)
+            except (WorkerLostError, MemoryError) as e:
+                print("FAILED", type(e).__name__, e, flush=True)
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+            print("RAN", pool.run(ft.square, 3), flush=True)
+        print("ENDS", flush=True)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=str(Path(__file__).parent.parent),
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "RAN 4\n" in proc.stdout and "RAN 9\nENDS\n" in proc.stdout, proc.stdout + proc.stderr
+    assert "FAILED" in proc.stdout, proc.stdout + proc.stderr
+    if "WorkerLostError" in proc.stdout:
+        assert "its connection to the pool dropped" in proc.stdout, proc.stdout
+
+
 @pytest.mark.timeout(60)
 def test_a_pool_dropped_after_a_crash_loop_is_freed_and_stops() -> None:
     # The crash loop's error, kept by the pool and raised to the callers as

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from distex_zmq.security import KeyPair, make_client
 from distex_zmq.version import __version__
@@ -112,6 +113,11 @@ class Worker:
             make_client(self._sock, curve["server"].encode(), keys)
         if log_level >= 0:
             LogForwarder(log_level, self._send_log, loop).install()
+        #: the events of the local pool's connection: a dropped one has lost
+        #: what was on its way, which the pool would wait for for ever
+        self._monitor: Any = None
+        if endpoint.startswith("ipc://"):
+            self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
 
     def run(self) -> int:
         """Serve tasks until STOP, REFUSE or the loop stops; return the exit code."""
@@ -130,15 +136,44 @@ class Worker:
         self._loop.call_soon(self._on_readable)
         if self._parent_pid:
             self._loop.call_later(PARENT_CHECK_INTERVAL, self._check_parent)
+        monitor = self._monitor
+        if monitor is not None:
+            self._loop.add_reader(int(monitor.getsockopt(zmq.FD)), self._on_monitor)
+            # its FD signals an edge: the events before the reader are read here
+            self._loop.call_soon(self._on_monitor)
         try:
             self._loop.run_forever()
         finally:
             self._loop.remove_reader(fd)
+            if monitor is not None:
+                self._loop.remove_reader(int(monitor.getsockopt(zmq.FD)))
+                sock.disable_monitor()
+                monitor.close(linger=0)
             for fut in self.runner.running:
                 fut.cancel()
             sock.close()
             self._ctx.term()
         return self.exit_code
+
+    def _on_monitor(self) -> None:
+        """Exit if the connection to the local pool dropped: ZeroMQ connects
+        again, but the messages on their way were lost (a result larger than
+        the memory the client's process may take, say), and the pool would
+        wait for their tasks for ever. Its exit makes the pool run them again,
+        as after any death of a worker."""
+        monitor = self._monitor
+        while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            if event["event"] != zmq.EVENT_DISCONNECTED or self._stopping:
+                continue
+            print(
+                "distex_zmq worker: its connection to the pool dropped, and what it "
+                "was sending may be lost (a message larger than the memory the pool's "
+                "process may take?); exiting, so that the pool runs its tasks again",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(1)
 
     def _check_parent(self) -> None:
         self._exit_if_orphaned()
