@@ -26,6 +26,7 @@ from distex_zmq.map_results import MapResults
 from distex_zmq.map_sizing import ChunkSizer, RunTimes
 from distex_zmq.progress import Progress
 from distex_zmq.results import QueueSink
+from distex_zmq.serialization import ScriptGuess
 from distex_zmq.task_errors import note_unpicklable
 from distex_zmq.tasks import TaskMaker
 from distex_zmq.wire import frames as p
@@ -101,6 +102,8 @@ class MapRun:
         self._tasks = ctx.tasks
         self._pool = ctx.pool
         self._func = ctx.tasks.function(func)
+        #: which pickler ``PickleType.auto`` tries first for its inputs
+        self._guess = ScriptGuess()
         zipped = len(iterables) > 1
         self._flags = p.FLAG_STAR if star or zipped else 0
         self._sizer = ChunkSizer(chunksize, ctx.may_chunk, ctx.run_times, self._func.func_id)
@@ -181,7 +184,7 @@ class MapRun:
         first = self._next_seq
         error = None
         try:
-            self._tasks.map_tasks(self._func, flags, inputs, self.sink, first, tasks)
+            self._tasks.map_tasks(self._func, flags, inputs, self.sink, first, tasks, self._guess)
         except Exception as e:  # noqa: BLE001 - raised by the map, in its place
             error = e
         finally:

@@ -4,12 +4,15 @@ A worker's ``__main__`` is not the user's script, so a pickle that names
 ``__main__.Job`` does not load there. Data is pickled with standard pickle
 first; only when that pickle refers to ``__main__`` (or fails) is the object
 pickled again with cloudpickle, which pickles classes, enums and functions of
-``__main__`` by value. cloudpickle tags each class it sends with a tracker id,
-and a class that comes back with that id unpickles as the sender's own class:
-a worker's result of a script-defined class is an instance of the client's
-class. Functions pickled by dill (the default ``func_pickle``) send classes of
-``__main__`` the same way, so that the function, its arguments and its result
-agree on one class in the worker and in the client.
+``__main__`` by value (the next inputs of a map, and the next results of a
+function in a worker, then go to cloudpickle first:
+``serialization.ScriptGuess``). cloudpickle tags each class it sends with a
+tracker id, and a class that comes back with that id unpickles as the
+sender's own class: a worker's result of a script-defined class is an
+instance of the client's class. Functions pickled by dill (the default
+``func_pickle``) send classes of ``__main__`` the same way, so that the
+function, its arguments and its result agree on one class in the worker and
+in the client.
 
 cloudpickle and dill are imported when first needed: a program whose data
 never refers to its script, and whose functions all pickle by reference,

@@ -168,14 +168,46 @@ def results_dumper(dumper: Callable[..., bytes]) -> Callable[..., bytes]:
     return _TO_CLIENT.get(dumper, dumper)
 
 
+#: What a pickle of the by-value pickler (``script_pickler.ScriptPickler``)
+#: names once it sent an object by value or by id: ``script_rebuild``'s
+#: functions (the script's classes and functions) or cloudpickle's.
+_BY_VALUE_MARKS = (b"distex_zmq.script_rebuild", b"cloudpickle")
+
+
+class ScriptGuess:
+    """Which pickler ``PickleType.auto`` tries first for one stream of data:
+    the inputs of one map in the client, the results of one function in a
+    worker (``dumps`` updates it).
+
+    Standard pickle is tried first; a pickle that refers to the script is
+    made again by the by-value pickler, so that data of the script's
+    classes is pickled twice. Once an object of the stream needed the
+    by-value pickler, the next go to it straight; once what it made names
+    nothing sent by value (``_BY_VALUE_MARKS``: the stream holds plain data
+    again, which standard pickle pickles faster), standard pickle is tried
+    first again. Either way the pickle loads as the same objects (but for
+    those of a module registered with cloudpickle's
+    ``register_pickle_by_value``, which then go by value too)."""
+
+    __slots__ = ("by_value",)
+
+    def __init__(self) -> None:
+        #: the next object goes to the by-value pickler straight
+        self.by_value = False
+
+
 def dumps(
-    obj: Any, dumper: Callable[..., bytes] = pickle.dumps, refs: RefSink | None = None
+    obj: Any,
+    dumper: Callable[..., bytes] = pickle.dumps,
+    refs: RefSink | None = None,
+    guess: ScriptGuess | None = None,
 ) -> tuple[bytes, list[Any]]:
     """Pickle ``obj``; return the pickle and its out-of-band buffers.
 
     ``refs``: the functions of ``__main__`` that ``PickleType.auto``,
     ``cloudpickle`` or ``dill`` (as data) meets go by id to it
-    (``script_refs``) rather than by value."""
+    (``script_refs``) rather than by value. ``guess``: the stream ``obj``
+    is of, for ``PickleType.auto`` (``ScriptGuess``)."""
     buffers: list[Any] = []
     if _memmap_unknown and "numpy" in sys.modules:
         _know_memmap()
@@ -194,6 +226,12 @@ def dumps(
 
     if dumper in _TAKE_REFS:  # PickleType.cloudpickle or dill, as data
         return dumper(obj, PROTOCOL, keep_large, refs), buffers
+    if guess is not None and guess.by_value:  # PickleType.auto, whose stream needed it
+        by_value = dumps_by_value_to_client if dumper is dumps_main_to_client else dumps_by_value
+        data = by_value(obj, PROTOCOL, keep_large, refs)
+        if not any(mark in data for mark in _BY_VALUE_MARKS):
+            guess.by_value = False
+        return data, buffers
     try:
         data = dumper(obj, protocol=PROTOCOL, buffer_callback=keep_large)
     except PickleByValue:  # PickleType.auto met an object of __main__
@@ -208,7 +246,10 @@ def dumps(
     # PickleByValue, which tells the user nothing
     buffers.clear()
     by_value = dumps_by_value_to_client if dumper is dumps_main_to_client else dumps_by_value
-    return by_value(obj, PROTOCOL, keep_large, refs), buffers
+    data = by_value(obj, PROTOCOL, keep_large, refs)
+    if guess is not None:
+        guess.by_value = True
+    return data, buffers
 
 
 class _MemmapPickler(pickle.Pickler):

@@ -19,6 +19,7 @@ from distex_zmq.serialization import (
     SCALARS,
     FunctionCache,
     PickleType,
+    ScriptGuess,
     call_out_of_band,
     data_pickle_module,
     dumps,
@@ -151,11 +152,13 @@ class TaskMaker:
         sink: ResultSink,
         first: int,
         out: list[Task],
+        guess: ScriptGuess | None = None,
     ) -> None:
         """Append to ``out`` a task per input (its arguments, or a chunk of
         them with ``FLAG_CHUNK``), numbered from ``first``. An input that
         cannot be pickled raises, with the tasks before it in ``out`` (the
-        map notes which input it was)."""
+        map notes which input it was). ``guess``: the map's, for its inputs
+        pickled with ``PickleType.auto``."""
         dumps_, next_id, append = self.data_dumps, self.ids.__next__, out.append
         func_id, func_pickle, name, func_refs = func
         plain = self._plain_dumps
@@ -168,7 +171,7 @@ class TaskMaker:
                 data, buffers = pickle.dumps(args, PROTOCOL), []
             else:
                 collector = RefCollector(script_refs, func_refs)
-                data, buffers = dumps(args, dumps_, collector)
+                data, buffers = dumps(args, dumps_, collector, guess)
                 refs = collector.taken()
             append(
                 Task(

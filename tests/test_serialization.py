@@ -20,6 +20,7 @@ import threading
 import tracemalloc
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import cloudpickle
 import numpy as np
@@ -30,6 +31,7 @@ from distex_zmq import (
     PickleType,
     RemoteException,
     SerializationError,
+    script_objects,
     script_pickler,
     script_rebuild,
 )
@@ -40,12 +42,16 @@ from distex_zmq.script_refs import RefCollector, ScriptRefs
 from distex_zmq.serialization import (
     OOB_THRESHOLD,
     FunctionCache,
+    ScriptGuess,
     call_out_of_band,
     data_pickle_module,
     dumps,
     function_loads,
     loads,
+    results_dumper,
 )
+from distex_zmq.tasks import TaskMaker
+from distex_zmq.wire import frames as p
 from distex_zmq.wire.frames import FUNCTION_CACHE
 from tests import prop_tasks, tasks
 from tests.helpers import wait_until
@@ -1192,6 +1198,64 @@ def test_the_by_value_pickler_looks_at_the_objects_of_a_type_once(monkeypatch):
     back = pickle.loads(data)
     assert [p.x for p in back[0]] == list(range(100)) and back[1][99] == {"x": 99}
     assert type(back[0][0]) is _ScriptPoint  # the client's own class, by its tracker id
+
+
+def _count_standard_pickles(monkeypatch) -> list[int]:
+    """A list that ``PickleType.auto``'s standard pickle appends to at each try."""
+    tried: list[int] = []
+
+    def counted(*args, **kwargs):
+        tried.append(1)
+        return pickle.dumps(*args, **kwargs)
+
+    monkeypatch.setattr(script_objects, "pickle", SimpleNamespace(dumps=counted))
+    return tried
+
+
+@pytest.mark.parametrize("dumper", ["inputs", "results"])
+def test_auto_pickles_once_while_a_stream_holds_objects_of_the_script(monkeypatch, dumper):
+    # standard pickle's try is skipped once an object of the stream needed
+    # the by-value pickler, and made again once the stream holds plain data
+    data_dumps = data_pickle_module(PickleType.auto).dumps
+    if dumper == "results":
+        data_dumps = results_dumper(data_dumps)
+    tried = _count_standard_pickles(monkeypatch)
+    guess = ScriptGuess()
+    stream = [[_ScriptPoint(k), _ScriptPoint(-k)] for k in range(3)] + [[k, 1.5] for k in range(3)]
+    pickled = [dumps(obj, data_dumps, guess=guess)[0] for obj in stream]
+    assert len(tried) == 3  # the first of each kind, and the first plain one after it
+    assert not guess.by_value
+    assert pickled[5] == pickle.dumps(stream[5], 5)  # standard pickle's, as without a guess
+    back = [pickle.loads(data) for data in pickled]
+    assert [[point.x for point in obj] for obj in back[:3]] == [[k, -k] for k in range(3)]
+    assert type(back[0][0]) is _ScriptPoint
+    assert back[3:] == stream[3:]
+    # an object that needs the by-value pickler again goes to it again
+    dumps(stream[0], data_dumps, guess=guess)
+    assert guess.by_value and len(tried) == 4
+
+
+def test_a_map_pickles_its_inputs_once_while_they_hold_objects_of_the_script(monkeypatch):
+    maker = TaskMaker(PickleType.dill, PickleType.auto, may_group=False)
+    tried = _count_standard_pickles(monkeypatch)
+    func = maker.function(tasks.identity)
+    chunks = [[_ScriptPoint(k)] for k in range(3)] + [[float(k)] for k in range(3)]
+    out: list = []
+    maker.map_tasks(func, p.FLAG_CHUNK, chunks, None, 0, out, ScriptGuess())
+    assert len(tried) == 3
+    assert [task.data for task in out[4:]] == [pickle.dumps(c, 5) for c in chunks[4:]]
+    assert b"script_ref" in out[1].data  # its class by id, as after a try of standard pickle
+
+
+@pytest.mark.timeout(120)
+def test_a_map_whose_inputs_hold_objects_of_the_script_then_plain_data_returns_them(
+    shared_pool,
+):
+    inputs = [_ScriptPoint(k) for k in range(40)] + [float(k) for k in range(40)]
+    inputs += [_ScriptPoint(k) for k in range(40)]
+    results = list(shared_pool.map(tasks.identity, inputs, chunksize=10))
+    assert [type(r) for r in results] == [type(x) for x in inputs]
+    assert [getattr(r, "x", r) for r in results] == [getattr(x, "x", x) for x in inputs]
 
 
 def test_the_by_value_pickler_decides_per_object_where_the_object_tells():

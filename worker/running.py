@@ -27,6 +27,7 @@ from distex_zmq.serialization import (
     PROTOCOL,
     SCALARS,
     ItemError,
+    ScriptGuess,
     data_pickle_module,
     dumps,
     function_loads,
@@ -93,6 +94,9 @@ class Runner:
         #: sends results that would wait behind a long task; its lock is
         #: released while such a task runs (see ``Worker``)
         self.watch = ResultWatch(send, self._batch, self._data_dumps, _is_awaitable)
+        #: which pickler ``PickleType.auto`` tries first for each function's
+        #: results, by function id
+        self._guesses: dict[int, ScriptGuess] = {}
 
     def share_script_globals(self) -> None:
         """Have the script's functions that come in task data made on this
@@ -177,8 +181,9 @@ class Runner:
             args = self._rebuilt_args(task_id, func, data, buffers, e, started)
             if args is _FAILED or func is None:
                 return
+        guess = self._results_guess(func_id)
         if flags & p.FLAG_CHUNK:
-            self._run_chunk(task_id, func, args, flags & p.FLAG_STAR, started, skip)
+            self._run_chunk(task_id, func, args, flags & p.FLAG_STAR, started, skip, guess)
             return
         try:
             if flags & p.FLAG_KWARGS:
@@ -196,9 +201,19 @@ class Runner:
         if _forked:
             _end_forked_child(None)
         if _is_awaitable(result):
-            self._await_result(task_id, result, started)
+            self._await_result(task_id, result, started, guess=guess)
         else:
-            self._add_result(task_id, p.STATUS_OK, result, started)
+            self._add_result(task_id, p.STATUS_OK, result, started, guess=guess)
+
+    def _results_guess(self, func_id: int) -> ScriptGuess:
+        """The ``ScriptGuess`` of the results of function ``func_id``."""
+        guesses = self._guesses
+        guess = guesses.get(func_id)
+        if guess is None:
+            if len(guesses) >= p.FUNCTION_CACHE:  # functions made per call: start over
+                guesses.clear()
+            guess = guesses[func_id] = ScriptGuess()
+        return guess
 
     def _function(self, func_id: int, func_pickle: Any) -> Any:
         if func_pickle is None:
@@ -252,7 +267,14 @@ class Runner:
         return _FAILED
 
     def _run_chunk(
-        self, task_id: int, func: Any, items: Any, star: int, started: float, skip: int
+        self,
+        task_id: int,
+        func: Any,
+        items: Any,
+        star: int,
+        started: float,
+        skip: int,
+        guess: ScriptGuess,
     ) -> None:
         """Run the inputs of a chunk from ``skip`` on; an input's error is its
         own result. While an input runs long, ``ResultWatch`` sends the results
@@ -271,7 +293,7 @@ class Runner:
         def error(e: BaseException) -> RemoteException:
             return self._sendable_error(task_id, e)
 
-        watch.begin(task_id, results, started, skip, gate)
+        watch.begin(task_id, results, started, skip, gate, guess)
         try:
             _run_inputs(func, iter(gate), star, results, error)
         finally:
@@ -288,11 +310,11 @@ class Runner:
         rest = results[sent:] if sent else results
         # one function makes all the results: if the first is awaitable, await them all
         if rest and not sent and _is_awaitable(rest[0]):
-            self._await_result(task_id, _settle_all(rest, error), started, chunk=True)
+            self._await_result(task_id, _settle_all(rest, error), started, True, guess)
         elif parts is not None:
             if rest:
                 status = self._add_result(
-                    task_id, p.STATUS_PARTIAL, rest, started, index, chunk=True
+                    task_id, p.STATUS_PARTIAL, rest, started, index, True, guess
                 )
                 if status != p.STATUS_PARTIAL:
                     return  # the chunk failed with that error: nothing to hand back
@@ -303,7 +325,7 @@ class Runner:
                     p.RESULT_ENTRY.pack(task_id, p.STATUS_HANDED_BACK, 0, size, len(buffers), mark)
                 )
         else:
-            self._add_result(task_id, p.STATUS_OK, rest, started, chunk=True)
+            self._add_result(task_id, p.STATUS_OK, rest, started, chunk=True, guess=guess)
 
     def _sendable_error(self, task_id: int, e: BaseException) -> RemoteException:
         """``e``, raised by task ``task_id`` (or an input of that chunk), as
@@ -353,7 +375,12 @@ class Runner:
             return None
 
     def _await_result(
-        self, task_id: int, awaitable: Any, started: float, chunk: bool = False
+        self,
+        task_id: int,
+        awaitable: Any,
+        started: float,
+        chunk: bool = False,
+        guess: ScriptGuess | None = None,
     ) -> None:
         fut = asyncio.ensure_future(_contained(awaitable), loop=self._loop)
         self.running.add(fut)
@@ -370,7 +397,9 @@ class Runner:
                 error = self._sendable_error(task_id, exc)
                 self._add_result(task_id, p.STATUS_ERROR, error, started, p.MARK_AWAITED)
             else:
-                self._add_result(task_id, p.STATUS_OK, fut.result(), started, p.MARK_AWAITED, chunk)
+                result = fut.result()
+                mark = p.MARK_AWAITED
+                self._add_result(task_id, p.STATUS_OK, result, started, mark, chunk, guess)
             self._on_async_result()
 
         fut.add_done_callback(done)
@@ -383,17 +412,19 @@ class Runner:
         started: float,
         mark: int = 0,
         chunk: bool = False,
+        guess: ScriptGuess | None = None,
     ) -> int:
         """Add a result entry; return its status (an error if it did not pickle).
         ``chunk``: ``value`` is the list of a chunk's results, of which each
-        that does not pickle becomes an error of its own input."""
+        that does not pickle becomes an error of its own input; ``guess``:
+        that of the results' function (``ScriptGuess``)."""
         elapsed = min(int((time.perf_counter() - started) * 1e6), p.MAX_ELAPSED)
         buffers: list[Any]
         try:
             if self._plain_dumps and type(value) in SCALARS:
                 data, buffers = pickle.dumps(value, PROTOCOL), []
             else:
-                data, buffers = dumps(value, self._data_dumps)
+                data, buffers = dumps(value, self._data_dumps, None, guess)
         except BaseException as e:  # noqa: BLE001 - an unpicklable result fails the task
             # of a chunk's results, each that does not pickle fails its input only
             pickled = self._dump_items(task_id, value) if chunk else None

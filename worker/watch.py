@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from distex_zmq.serialization import dumps
+from distex_zmq.serialization import ScriptGuess, dumps
 from distex_zmq.wire import frames as p
 
 #: Seconds between the thread's looks: results wait no longer than about two.
@@ -68,6 +68,7 @@ class ResultWatch:
         self._skip = 0
         self._started = 0.0
         self._gate: list[Any] = []
+        self._guess: ScriptGuess | None = None
         #: the first result entry waiting at the previous look
         self._seen: bytes | None = None
 
@@ -82,14 +83,22 @@ class ResultWatch:
         self._wake.set()
 
     def begin(
-        self, task_id: int, results: list[Any], started: float, skip: int, gate: list[Any]
+        self,
+        task_id: int,
+        results: list[Any],
+        started: float,
+        skip: int,
+        gate: list[Any],
+        guess: ScriptGuess | None = None,
     ) -> None:
         """A chunk starts (main thread, ``lock`` released): ``results``
         collects its results, for the payload's inputs from ``skip`` on,
         which ``gate`` holds; the chunk takes its next input only while
-        ``gate`` is not empty."""
+        ``gate`` is not empty. ``guess``: that of its function's results
+        (``ScriptGuess``)."""
         with self.lock:
             self._gate = gate
+            self._guess = guess
             self._task_id = task_id
             self._results = results
             self._sent = 0
@@ -103,6 +112,7 @@ class ResultWatch:
             self._task_id = None
             self._results = []
             self._gate = []
+            self._guess = None
             return self._sent
 
     def _run(self) -> None:
@@ -168,7 +178,7 @@ class ResultWatch:
         if self._is_awaitable(results[0]):
             return
         try:
-            data, buffers = dumps(results[sent:done], self._dumps)
+            data, buffers = dumps(results[sent:done], self._dumps, None, self._guess)
         except BaseException:  # noqa: BLE001 - the main thread reports it with the rest
             return
         task_id = self._task_id
