@@ -419,7 +419,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         runtime = self._live_runtime()
         task = self._tasks.call(fn, args, kwargs, self._future_sink, name=name)
         task.max_retries = max_retries
-        future = TaskFuture(task, runtime.loop, runtime.broker.wake)
+        future = TaskFuture(task, runtime.loop, runtime.wake_broker)
         try:
             runtime.broker.submit((task,))
         except PoolClosedError:

@@ -167,8 +167,15 @@ class TaskFuture(concurrent.futures.Future[Any]):
         loop: asyncio.AbstractEventLoop,
         wake: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__()
+        # ``Future.__init__``'s attributes, set here: it would make a
+        # ``threading.Condition`` only to have it replaced by the lean one
+        # (tests/test_api.py checks that no attribute of a ``Future`` is missing)
         self._condition = _LeanCondition()
+        self._state = PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[concurrent.futures.Future[Any]], object]] = []
         #: the task while it may still run (cleared when its result arrives)
         self._task: Task | None = task
         self._loop = loop
@@ -230,7 +237,7 @@ class TaskFuture(concurrent.futures.Future[Any]):
         # ``sys.exit()`` or a ``KeyboardInterrupt`` would, would end the
         # loop and with it every result of the pool. Logged instead, as
         # concurrent.futures logs an ``Exception``.
-        for callback in self._done_callbacks:  # type: ignore[attr-defined]
+        for callback in self._done_callbacks:
             try:
                 callback(self)
             except Exception:
@@ -282,7 +289,7 @@ class FutureSink:
 
     def deliver(self, task: Task, status: int, value: Any) -> None:
         future: TaskFuture = task.tag
-        loop = _get_running_loop() if future._done_callbacks else None  # type: ignore[attr-defined]
+        loop = _get_running_loop() if future._done_callbacks else None
         if loop is None:
             self._settle(future, task, status, value)
             return

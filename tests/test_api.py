@@ -351,6 +351,21 @@ def test_a_future_used_as_multiprocessing_async_result_says_what_to_use(pool):
     assert future.result(timeout=30) == 9
 
 
+def test_a_future_of_submit_has_every_attribute_of_a_standard_future(pool):
+    # TaskFuture sets Future.__init__'s attributes itself (it skips the
+    # condition that Future.__init__ makes and drops): an attribute that a
+    # later Python adds there would be missing, and wait(), as_completed()
+    # or a done callback could fail on it
+    future = pool.submit(tasks.square, 4)
+    assert set(vars(concurrent.futures.Future())) <= set(vars(future))
+    done = threading.Event()
+    future.add_done_callback(lambda f: done.set())
+    finished, _ = concurrent.futures.wait([future], timeout=30)
+    assert finished == {future} and future.result() == 16
+    assert done.wait(30)
+    assert next(concurrent.futures.as_completed([future], timeout=30)) is future
+
+
 def test_the_results_of_map_indexed_say_what_to_use(pool):
     # pool.map(f, xs)[0] raised "'SyncMap' object is not subscriptable"
     results = pool.map(tasks.square, range(3))

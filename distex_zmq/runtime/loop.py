@@ -99,6 +99,8 @@ class Runtime:
             hooks,
             options.max_tasks_per_child,
         )
+        #: ``broker.wake``, bound once: each future of ``submit`` holds it
+        self.wake_broker = self.broker.wake
         self.supervisor = Supervisor(self.loop, self._ctx, self.broker, options, self)
         self._endpoints = RemoteEndpoints(self._ctx, self.loop, self.broker, options)
         self._gate = StartGate(self.loop, options)
