@@ -161,6 +161,33 @@ def code_reduce(obj: types.CodeType) -> Any:
 _REDUCERS = {**cloudpickle.Pickler._dispatch_table, types.CodeType: code_reduce}
 
 
+#: The types whose objects ``ScriptPickler.reducer_override`` leaves to the
+#: pickler, found so by any pickler: whether it does depends on the type
+#: alone, and each task's arguments are a pickle of their own. Held strongly,
+#: so cleared beyond ``_MAX_PLAIN_TYPES`` (classes made per call would stay
+#: alive in it otherwise).
+_plain_types: set[type] = set()
+_MAX_PLAIN_TYPES = 4096
+
+
+def _rebuild_functions() -> frozenset[types.FunctionType]:
+    """The functions that the reductions of pickle (``object.__reduce_ex__``'s,
+    named in the pickle of most objects), of cloudpickle and of
+    ``script_rebuild`` name: always by reference, as cloudpickle would find
+    after a look at their module, once per pickle that names them."""
+    found = {getattr(copyreg, name) for name in ("__newobj__", "__newobj_ex__", "_reconstructor")}
+    for module in (_cloudpickle, script_rebuild):
+        found.update(
+            obj
+            for obj in vars(module).values()
+            if type(obj) is types.FunctionType and obj.__module__ == module.__name__
+        )
+    return frozenset(found)
+
+
+_REBUILD_FUNCTIONS = _rebuild_functions()
+
+
 class ScriptPickler(cloudpickle.Pickler):
     """cloudpickle, with classes made with their ``__slots__`` and functions
     of the script made on a worker's namespace.
@@ -176,7 +203,7 @@ class ScriptPickler(cloudpickle.Pickler):
     builtin ones, returns at once for a type it has found to need none of
     its reductions, and the C pickler looks each type up in a ``dict``, not
     in cloudpickle's ``ChainMap``, whose lookup is Python code that raises
-    ``KeyError`` at each of its maps."""
+    ``KeyError`` at each of its maps (``_plain_types``)."""
 
     dispatch_table: Mapping[type, Any] = ChainMap(_REDUCERS, copyreg.dispatch_table)
 
@@ -189,13 +216,10 @@ class ScriptPickler(cloudpickle.Pickler):
         super().__init__(*args, **kwargs)
         self._refs = refs
         self._to_client = to_client
-        #: the types met whose objects ``reducer_override`` leaves to the
-        #: pickler: a set as large as the types in one pickle
-        self._plain_types: set[type] = set()
 
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
-        if kind in self._plain_types:
+        if kind in _plain_types:
             return NotImplemented
         if isinstance(obj, type):
             refs = self._refs
@@ -210,6 +234,8 @@ class ScriptPickler(cloudpickle.Pickler):
                 return script_ref, (refs.ref(obj, reduce), f"class {obj.__qualname__}")
             return reduce
         if kind is types.FunctionType:
+            if obj in _REBUILD_FUNCTIONS:
+                return NotImplemented
             if is_singledispatch(obj):
                 return make_singledispatch, singledispatch_args(obj)
             refs = self._refs
@@ -242,7 +268,9 @@ class ScriptPickler(cloudpickle.Pickler):
         # wrapper and a type parameter, left so for where they are found
         reduce = super().reducer_override(obj)
         if reduce is NotImplemented and kind is not _LRU_CACHE_WRAPPER and kind not in TYPE_PARAMS:
-            self._plain_types.add(kind)
+            if len(_plain_types) >= _MAX_PLAIN_TYPES:
+                _plain_types.clear()
+            _plain_types.add(kind)
         return reduce
 
 

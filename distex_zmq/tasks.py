@@ -71,6 +71,10 @@ class TaskMaker:
         #: task ids, unique in the pool
         self.ids = itertools.count(1)
         self._may_group = may_group
+        #: which pickler ``PickleType.auto`` tries first for the arguments of
+        #: each function's calls (``call``), by function id: the calls of one
+        #: function tend to take arguments of the same types
+        self._guesses: dict[int, ScriptGuess] = {}
 
     @property
     def made(self) -> int:
@@ -97,7 +101,12 @@ class TaskMaker:
             if kwargs:
                 flags = p.FLAG_STAR | p.FLAG_KWARGS
                 collector = RefCollector(self.script_refs, refs)
-                data, buffers = dumps(call_out_of_band(args, kwargs), self.data_dumps, collector)
+                data, buffers = dumps(
+                    call_out_of_band(args, kwargs),
+                    self.data_dumps,
+                    collector,
+                    self._call_guess(func_id),
+                )
                 refs = collector.taken()
             else:
                 flags = p.FLAG_STAR
@@ -105,7 +114,9 @@ class TaskMaker:
                     data, buffers = pickle.dumps(args, PROTOCOL), []
                 else:
                     collector = RefCollector(self.script_refs, refs)
-                    data, buffers = dumps(args, self.data_dumps, collector)
+                    data, buffers = dumps(
+                        args, self.data_dumps, collector, self._call_guess(func_id)
+                    )
                     refs = collector.taken()
         except Exception as e:
             note_unpicklable(e, f"the arguments of {name}", self.data_dumps)
@@ -123,6 +134,16 @@ class TaskMaker:
             may_group=self._may_group and not alone,
             refs=refs,
         )
+
+    def _call_guess(self, func_id: int) -> ScriptGuess:
+        """The ``ScriptGuess`` of the arguments of function ``func_id``'s calls."""
+        guesses = self._guesses
+        guess = guesses.get(func_id)
+        if guess is None:
+            if len(guesses) >= p.FUNCTION_CACHE:  # functions made per call: start over
+                guesses.clear()
+            guess = guesses[func_id] = ScriptGuess()
+        return guess
 
     def copy(self, template: Task, tag: Any = None) -> Task:
         """A new task (own id, never grouped) with the call of ``template``."""

@@ -1247,6 +1247,24 @@ def test_a_map_pickles_its_inputs_once_while_they_hold_objects_of_the_script(mon
     assert b"script_ref" in out[1].data  # its class by id, as after a try of standard pickle
 
 
+def test_the_calls_of_a_function_pickle_their_arguments_once_while_they_hold_objects_of_the_script(
+    monkeypatch,
+):
+    # submit, run, run_async: each function's calls share a guess, as a map's inputs do
+    maker = TaskMaker(PickleType.dill, PickleType.auto, may_group=False)
+    tried = _count_standard_pickles(monkeypatch)
+    made = [maker.call(tasks.identity, (_ScriptPoint(k),), {}, None) for k in range(3)]
+    made += [maker.call(tasks.identity, (_ScriptPoint(k), [k]), {"key": k}, None) for k in range(3)]
+    assert len(tried) == 1  # the first call's; the others go to the by-value pickler straight
+    assert all(b"script_ref" in task.data for task in made)  # the class by id
+    assert len(maker.call(tasks.square, (_ScriptPoint(0),), {}, None).data) > 0
+    assert len(tried) == 2  # another function: a guess of its own
+    plain = maker.call(tasks.identity, ([1.5],), {}, None)
+    assert len(tried) == 2 and plain.data == pickle.dumps(([1.5],), 5)
+    maker.call(tasks.identity, ([2.5],), {}, None)
+    assert len(tried) == 3  # plain data again: standard pickle first again
+
+
 @pytest.mark.timeout(120)
 def test_a_map_whose_inputs_hold_objects_of_the_script_then_plain_data_returns_them(
     shared_pool,
