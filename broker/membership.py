@@ -111,6 +111,7 @@ class Membership:
         """A draining worker holds nothing more: it leaves the pool."""
         self._registry.remove(rec)
         self._control(rec.identity, p.STOP, b"")
+        self._hooks.on_stopped(rec)
 
     def stop_all(self) -> None:
         """Ask every worker to finish and exit, and those that connect later."""

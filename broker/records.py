@@ -68,6 +68,10 @@ class BrokerHooks(Protocol):
         no more and gets STOP once they are done; start a fresh one in its
         place (only called with ``max_tasks_per_child``)."""
 
+    def on_stopped(self, rec: WorkerRecord) -> None:
+        """The worker leaves the running pool (a renewal, a retire): it got
+        STOP, its tasks done, and is to exit now (only called for those)."""
+
 
 class Task:
     """One unit of work: a function call, or a chunk of calls of one function.

@@ -8,6 +8,7 @@ notes at the top of ``conftest.py`` on why this works and what does not.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
 import os
@@ -823,4 +824,18 @@ def leave_thread_running(seconds: float) -> int:
     """Start a thread that is not a daemon and sleeps ``seconds``; return
     the worker's pid at once, the thread still running."""
     threading.Thread(target=time.sleep, args=(seconds,), name="left running").start()
+    return os.getpid()
+
+
+def hang_at_exit(*_: object) -> int:
+    """Register an exit handler that ignores SIGTERM and never returns (as
+    one stuck in C would); return the worker's pid. The worker cannot exit
+    by itself after this."""
+
+    def forever() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            time.sleep(3600)
+
+    atexit.register(forever)
     return os.getpid()

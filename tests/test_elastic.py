@@ -6,6 +6,7 @@ draining and requeueing, initializers of new workers, bad requests.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from distex_zmq import WorkerStartError
+from distex_zmq.runtime import supervisor
 from distex_zmq.runtime.supervisor import SLOW_REPLACEMENT_DELAY
 from tests import tasks
 from tests.helpers import child_pids, pid_alive, wait_until
@@ -148,6 +150,22 @@ def test_resize_down_ends_though_a_task_left_a_thread_running(make_pool):
     pool.resize(1)
     assert pool.total_workers() == 1
     assert sum(pid_alive(pid) for pid in pids) == 1
+
+
+@pytest.mark.timeout(60)
+def test_resize_down_kills_a_leaving_worker_that_hangs_at_its_exit(make_pool, monkeypatch, caplog):
+    """A leaving worker whose exit hangs (an atexit handler that never
+    returns, SIGTERM ignored) is killed: the resize waited for its exit for
+    ever, and the process stayed."""
+    monkeypatch.setattr(supervisor, "LEAVE_GRACE", 1.0)
+    pool = make_pool(2)
+    pids = set(pool.run_on_all(tasks.hang_at_exit))
+    with caplog.at_level(logging.WARNING, logger="distex_zmq.pool"):
+        pool.resize(1)
+    assert pool.total_workers() == 1
+    (gone,) = pids - set(pool.run_on_all(tasks.pid))
+    assert not pid_alive(gone)
+    assert f"pid {gone}," in caplog.text and "killed with SIGKILL" in caplog.text
 
 
 def test_shrink_drains_only_until_its_timeout(make_pool):

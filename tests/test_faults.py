@@ -39,6 +39,7 @@ from distex_zmq import (
     WorkerLostError,
     WorkerStartError,
 )
+from distex_zmq.runtime import supervisor
 from tests import fault_tasks as ft
 from tests import tasks
 from tests.helpers import LoopbackSpawner, MakePool, child_pids, pid_alive, wait_until
@@ -568,6 +569,41 @@ def test_shutdown_is_bounded_with_a_worker_stuck_in_c() -> None:
     assert not pid_alive(pid)
     with pytest.raises(Exception, match="shut down"):
         stuck.result(timeout=5)
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_kills_a_worker_whose_exit_hangs_and_says_so(caplog) -> None:
+    # an atexit handler that never returns, SIGTERM ignored: the worker
+    # cannot exit after STOP; the shutdown kills it and names it
+    pool = Pool(1)
+    pid = pool.run(tasks.hang_at_exit)
+    with caplog.at_level(logging.WARNING, logger="distex_zmq.launch.local"):
+        shutdown = threading.Thread(target=pool.shutdown)
+        shutdown.start()
+        shutdown.join(timeout=30)
+    assert not shutdown.is_alive(), "shutdown hung on a worker whose exit hangs"
+    assert not pid_alive(pid)
+    assert f"pid {pid}," in caplog.text and "killed with SIGKILL" in caplog.text
+
+
+@pytest.mark.timeout(90)
+def test_spawner_kills_its_workers_whose_exit_hangs(tmp_path, make_pool, monkeypatch) -> None:
+    # on a spawner host, the same: the worker renewed while the pool goes on
+    # (killed on the pool's word) and the one left at the shutdown (killed by
+    # the spawner, which says so in its log)
+    monkeypatch.setattr(supervisor, "LEAVE_GRACE", 1.0)
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        pool = make_pool(None, [f"127.0.0.1:{spawner.port}/1"], max_tasks_per_child=1)
+        renewed = pool.run(tasks.hang_at_exit)
+        assert wait_until(lambda: not pid_alive(renewed), timeout=30)
+        last = pool.run(tasks.hang_at_exit)
+        pool.shutdown()
+        assert not pid_alive(last)
+        log = spawner.read().decode(errors="replace")
+        assert f"pid {last}," in log and "did not exit after the pool's shutdown" in log
+    finally:
+        spawner.stop()
 
 
 @pytest.mark.timeout(30)

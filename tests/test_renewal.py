@@ -11,11 +11,13 @@ workers are replaced (CPython gh-115634), as in the first test below.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 from collections import Counter
 
 import pytest
 
 from distex_zmq import Pool
+from distex_zmq.runtime import supervisor
 from tests import fault_tasks as ft
 from tests import tasks
 from tests.helpers import pid_alive, wait_until
@@ -142,3 +144,16 @@ def test_a_spent_worker_leaves_though_a_task_left_a_thread_running(make_pool) ->
     pids = {pool.run(tasks.leave_thread_running, 600) for _ in range(3)}
     assert len(pids) == 3
     assert wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=30)
+
+
+def test_a_renewed_worker_that_hangs_at_its_exit_is_killed(make_pool, monkeypatch, caplog):
+    """A worker renewed while the pool goes on, whose exit hangs (an atexit
+    handler that never returns, SIGTERM ignored), is killed: it stayed for
+    as long as the pool ran."""
+    monkeypatch.setattr(supervisor, "LEAVE_GRACE", 1.0)
+    pool = make_pool(1, max_tasks_per_child=1)
+    with caplog.at_level(logging.WARNING, logger="distex_zmq.pool"):
+        stuck = pool.run(tasks.hang_at_exit)
+        assert wait_until(lambda: not pid_alive(stuck), timeout=30)
+    assert f"pid {stuck}," in caplog.text and "did not exit" in caplog.text
+    assert pool.run(tasks.pid) != stuck

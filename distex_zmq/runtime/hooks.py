@@ -85,3 +85,6 @@ class PoolHooks:
 
     def on_spent(self, rec: WorkerRecord) -> None:
         self._pool.supervisor.renew(rec.identity)
+
+    def on_stopped(self, rec: WorkerRecord) -> None:
+        self._pool.supervisor.left(rec)

@@ -51,6 +51,13 @@ DEATH_WINDOW = 60.0
 #: pool's socket is gone, it hangs before its code runs) is killed, and its
 #: death fails the start-up or counts as a death.
 HELLO_TIMEOUT = 30.0
+#: Seconds a worker that leaves the running pool (a renewal, a resize, a
+#: host removed) has to exit once it got STOP, its tasks done. It waits up
+#: to 3 s (the worker's ``THREADS_GRACE``) for threads its tasks left
+#: running, then runs its exit handlers; one still alive after this is
+#: stuck (an ``atexit`` handler or a finalizer that never returns, a write
+#: to a full pipe) and is killed.
+LEAVE_GRACE = 10.0
 
 
 class Supervisor:
@@ -193,6 +200,25 @@ class Supervisor:
         self.roster.renewals += 1
         # after the dispatch that spent the worker, which this runs inside
         self._loop.call_soon(self.replace, launcher)
+
+    def left(self, rec: WorkerRecord) -> None:
+        """The worker got STOP and leaves the running pool: kill it if it
+        is still alive ``LEAVE_GRACE`` seconds later. Nothing else would:
+        the pool goes on, and a ``resize`` would wait for its exit for ever."""
+        self._loop.call_later(LEAVE_GRACE, self._kill_if_stuck, rec.identity, rec.pid)
+
+    def _kill_if_stuck(self, identity: bytes, pid: int) -> None:
+        launcher = self.placement.launcher_of(identity)
+        if launcher is None or self._pool.closing:
+            return  # it exited, or the shutdown stops it
+        _logger.warning(
+            "%s did not exit %g s after it was told to leave the pool (STOP), its tasks "
+            "done: killed with SIGKILL. Something a task left in it never returns at its exit "
+            "(an atexit handler, a finalizer, a write to a full pipe)",
+            launcher.describe_worker(pid),
+            LEAVE_GRACE,
+        )
+        self.kill(identity)
 
     def on_unreachable(self, rec: WorkerRecord) -> None:
         """Alive without a connection (no exit was reported): replace it."""
