@@ -91,6 +91,17 @@ def async_input(iterables: tuple[Any, ...], chunksize: int) -> AsyncIterator[Any
     return chunk_async(ait, chunksize) if chunksize > 1 else ait
 
 
+def check_buffersize(buffersize: int | None) -> None:
+    """``buffersize`` of a map: None or a positive int, as ``Executor.map``
+    takes it (Python 3.14)."""
+    if buffersize is None:
+        return
+    if not isinstance(buffersize, int) or isinstance(buffersize, bool):
+        raise TypeError(f"buffersize must be an int or None, not {buffersize!r}")
+    if buffersize < 1:
+        raise ValueError(f"buffersize must be None or >= 1, not {buffersize}")
+
+
 def check_map_args(
     iterables: Iterable[Any], chunksize: int | None, timeout: float | None = None
 ) -> None:

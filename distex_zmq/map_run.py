@@ -97,6 +97,7 @@ class MapRun:
         star: bool,
         wake: Callable[[], None],
         progress: Progress | None = None,
+        buffersize: int | None = None,
     ):
         self._queue = ctx.queue
         self._tasks = ctx.tasks
@@ -106,7 +107,12 @@ class MapRun:
         self._guess = ScriptGuess()
         zipped = len(iterables) > 1
         self._flags = p.FLAG_STAR if star or zipped else 0
-        self._sizer = ChunkSizer(chunksize, ctx.may_chunk, ctx.run_times, self._func.func_id)
+        #: the most tasks submitted and not yet yielded, if the caller says
+        #: (``Executor.map``'s ``buffersize``): without a chunksize, one
+        #: input a task, so that it bounds the inputs read ahead
+        self._buffersize = buffersize
+        may_chunk = ctx.may_chunk and buffersize is None
+        self._sizer = ChunkSizer(chunksize, may_chunk, ctx.run_times, self._func.func_id)
         self._capacity_now = ctx.capacity
         # Chunks in flight: an adaptive chunk runs about 2 ms; an explicit one
         # of a quick function may run a tenth of that, and with the adaptive
@@ -153,6 +159,10 @@ class MapRun:
         self._chunk_window = min(self._window, self._per_credit * capacity + 2)
         #: the fewest tasks a map keeps ahead, however large: every credit and two
         self._min_window = capacity + 2
+        if self._buffersize is not None:
+            self._window = min(self._window, self._buffersize)
+            self._chunk_window = min(self._chunk_window, self._buffersize)
+            self._min_window = min(self._min_window, self._buffersize)
         return max(1, self._window // 2), 2 * capacity
 
     @property
@@ -224,8 +234,10 @@ class MapRun:
 
     def submit_rest(self, it: Iterator[Any]) -> None:
         """Submit every input left, beyond the window: nobody reads the
-        results (a map run for its effects)."""
-        while not self.input_done:
+        results (a map run for its effects). Not with a ``buffersize``: such
+        a map reads its input only as it is iterated, as ``Executor.map``'s
+        does (its input may be endless)."""
+        while not self.input_done and self._buffersize is None:
             self._feed_sync(it, SUBMIT_REST_BATCH)
 
     def _feed_sync(self, it: Iterator[Any], room: int) -> None:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from distex_zmq.loops import running_loop
 from distex_zmq.map_input import (
     async_input,
+    check_buffersize,
     check_map_args,
     is_sync_iterable,
     refuses,
@@ -36,7 +37,15 @@ from distex_zmq.map_input import (
 from distex_zmq.map_run import MapContext, MapRun
 from distex_zmq.progress import Progress
 
-__all__ = ["AsyncMap", "MapContext", "SyncMap", "check_map_args", "map_async", "map_sync"]
+__all__ = [
+    "AsyncMap",
+    "MapContext",
+    "SyncMap",
+    "check_buffersize",
+    "check_map_args",
+    "map_async",
+    "map_sync",
+]
 
 _logger = logging.getLogger("distex_zmq.map")
 
@@ -50,16 +59,19 @@ def map_sync(
     ordered: bool,
     star: bool,
     progress: Progress | None = None,
+    buffersize: int | None = None,
 ) -> SyncMap:
     """What ``Pool.map`` returns: the map starts here, at the call, as
     ``Executor.map`` does (its timeout counts from now)."""
     if not all(is_sync_iterable(it) for it in iterables):
         over_async = _map_sync_over_async(
-            ctx, func, iterables, timeout, chunksize, ordered, star, progress
+            ctx, func, iterables, timeout, chunksize, ordered, star, progress, buffersize
         )
         return SyncMap(over_async, None)
     event = threading.Event()
-    run = MapRun(ctx, func, iterables, timeout, chunksize, ordered, star, event.set, progress)
+    run = MapRun(
+        ctx, func, iterables, timeout, chunksize, ordered, star, event.set, progress, buffersize
+    )
     returned = [False]
     it = _guarded(iterables, run, returned)
     error = None
@@ -158,6 +170,7 @@ def _map_sync_over_async(
     ordered: bool,
     star: bool,
     progress: Progress | None,
+    buffersize: int | None,
 ) -> Generator[Any, None, None]:
     """Sync ``map`` of async iterables: iterate them on a private loop.
 
@@ -165,7 +178,7 @@ def _map_sync_over_async(
     (a Jupyter cell), in a thread of its own: a thread runs one loop at a
     time. Either way the iterables must not need the caller's loop.
     """
-    agen = map_async(ctx, func, iterables, timeout, chunksize, ordered, star, progress)
+    agen = map_async(ctx, func, iterables, timeout, chunksize, ordered, star, progress, buffersize)
     with _PrivateLoop() as step:
         try:
             while True:
@@ -268,12 +281,22 @@ async def map_async(
     ordered: bool,
     star: bool,
     progress: Progress | None = None,
+    buffersize: int | None = None,
 ) -> AsyncGenerator[Any, None]:
     """The async generator behind ``Pool.map_async``."""
     loop = running_loop("map_async", "map")
     waker = _AsyncWaker(loop)
     run = MapRun(
-        ctx, func, iterables, timeout, chunksize, ordered, star, waker.wake_threadsafe, progress
+        ctx,
+        func,
+        iterables,
+        timeout,
+        chunksize,
+        ordered,
+        star,
+        waker.wake_threadsafe,
+        progress,
+        buffersize,
     )
     feeder: asyncio.Task[None] | None = None
     it: Iterator[Any] | None = None

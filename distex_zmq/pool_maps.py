@@ -11,7 +11,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from distex_zmq.loops import running_loop
-from distex_zmq.maps import AsyncMap, MapContext, check_map_args, map_async, map_sync
+from distex_zmq.maps import (
+    AsyncMap,
+    MapContext,
+    check_buffersize,
+    check_map_args,
+    map_async,
+    map_sync,
+)
 from distex_zmq.options import check_flag
 from distex_zmq.pool_base import PoolBase
 from distex_zmq.progress import make_progress
@@ -31,6 +38,7 @@ class MapsMixin(PoolBase):
         ordered: bool = True,
         star: bool = False,
         progress: bool | Callable[[int, int | None], Any] = False,
+        buffersize: int | None = None,
     ) -> Iterator[Any]:
         """Map ``func`` over the iterables; return an iterator of the results.
 
@@ -57,6 +65,14 @@ class MapsMixin(PoolBase):
                 the map and the length of the input (None if it has none; of
                 several iterables, the shortest), at most every 0.1 s and
                 once at the end. Off by default.
+            buffersize: The most tasks submitted whose results have not
+                been yielded yet, as ``Executor.map``'s (Python 3.14): the
+                input is read that far ahead of the iteration and no
+                further. Without a ``chunksize`` each input is then a task
+                of its own; with one, a chunk counts once, as in
+                ``ProcessPoolExecutor``. A map never iterated runs only
+                those. ``None`` (the default): the pool picks the window,
+                a few tasks per worker.
 
         The map starts at the call, as ``Executor.map`` does; never
         iterated, it runs all its inputs. Breaking out of the iteration
@@ -67,12 +83,15 @@ class MapsMixin(PoolBase):
         map stops.
         """
         check_map_args(iterables, chunksize, timeout)
+        check_buffersize(buffersize)
         check_flag("ordered", ordered)
         check_flag("star", star)
         self._refuse_wait_on_own_loop("Pool.map")
         counter = make_progress(progress, iterables)
         ctx = self._map_context()
-        return map_sync(ctx, func, iterables, timeout, chunksize, ordered, star, counter)
+        return map_sync(
+            ctx, func, iterables, timeout, chunksize, ordered, star, counter, buffersize
+        )
 
     def map_async(
         self,
@@ -83,15 +102,19 @@ class MapsMixin(PoolBase):
         ordered: bool = True,
         star: bool = False,
         progress: bool | Callable[[int, int | None], Any] = False,
+        buffersize: int | None = None,
     ) -> AsyncIterator[Any]:
         """Async version of ``map``: ``async for result in pool.map_async(...)``."""
         check_map_args(iterables, chunksize, timeout)
+        check_buffersize(buffersize)
         check_flag("ordered", ordered)
         check_flag("star", star)
         self._refuse_wait_on_own_loop("Pool.map_async")
         counter = make_progress(progress, iterables)
         ctx = self._map_context()
-        return AsyncMap(map_async(ctx, func, iterables, timeout, chunksize, ordered, star, counter))
+        return AsyncMap(
+            map_async(ctx, func, iterables, timeout, chunksize, ordered, star, counter, buffersize)
+        )
 
     def _map_context(self) -> MapContext:
         runtime = self._live_runtime()

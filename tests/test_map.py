@@ -212,6 +212,93 @@ def test_unbounded_input_with_early_break(shared_pool, chunksize):
     assert list(shared_pool.map(tasks.square, range(10))) == [i * i for i in range(10)]
 
 
+class _Endless:
+    """``0, 1, 2, ...`` for ever, counting what was read (``pulled``)."""
+
+    def __init__(self) -> None:
+        self.pulled = 0
+
+    def __iter__(self):
+        for i in itertools.count():
+            self.pulled += 1
+            yield i
+
+
+def _executors_with_buffersize(shared_pool):
+    """The pool, and the standard library's executors where their ``map``
+    takes ``buffersize`` (Python 3.14 and later): the semantics to match."""
+    yield shared_pool
+    if sys.version_info >= (3, 14):
+        with concurrent.futures.ThreadPoolExecutor(2) as executor:
+            yield executor
+
+
+@pytest.mark.parametrize("chunksize", [None, 1, 5])
+def test_map_buffersize_reads_an_endless_input_only_that_far_ahead(shared_pool, chunksize):
+    # Executor.map's buffersize (Python 3.14): at most that many submitted
+    # and not yet yielded, the input read lazily; a TypeError before
+    per_task = chunksize or 1
+    for executor in _executors_with_buffersize(shared_pool):
+        numbers = _Endless()
+        kwargs = {} if chunksize is None else {"chunksize": chunksize}
+        results = executor.map(tasks.square, numbers, buffersize=4, **kwargs)
+        assert numbers.pulled <= 4 * per_task  # at the call, before any result
+        taken = [next(results) for _ in range(25)]
+        assert taken == [i * i for i in range(25)]
+        # the standard library's reads one more before each result it yields
+        assert numbers.pulled <= 25 + 1 + 4 * per_task, f"{executor}: read {numbers.pulled}"
+        results.close()
+    assert list(shared_pool.map(tasks.square, range(30), buffersize=3)) == [
+        i * i for i in range(30)
+    ]
+
+
+def test_a_map_with_buffersize_never_iterated_reads_no_more(pool):
+    # without a buffersize a map never iterated runs every input (at its
+    # drop, at the shutdown), as Executor.map does; with one it runs those
+    # submitted only, as Executor.map's: the input may be endless
+    numbers = _Endless()
+    kept = pool.map(tasks.square, numbers, buffersize=3)
+    dropped = _Endless()
+    pool.map(tasks.square, dropped, buffersize=2)
+    gc.collect()
+    pool.shutdown()
+    assert (numbers.pulled, dropped.pulled) == (3, 2)
+    del kept
+
+
+@pytest.mark.parametrize("source", ["sync", "async"])
+def test_map_async_buffersize_reads_only_that_far_ahead(shared_pool, source):
+    numbers = _Endless()
+
+    async def endless():
+        for i in numbers:
+            yield i
+
+    async def main():
+        results = []
+        inputs = numbers if source == "sync" else endless()
+        async for result in shared_pool.map_async(tasks.square, inputs, buffersize=4):
+            results.append(result)
+            assert numbers.pulled <= len(results) + 4
+            if len(results) == 20:
+                break
+        return results
+
+    assert asyncio.run(main()) == [i * i for i in range(20)]
+
+
+@pytest.mark.parametrize(
+    "buffersize, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)]
+)
+def test_bad_buffersize_raises_as_executor_map_does(shared_pool, buffersize, error):
+    # the standard library's messages: "buffersize must be None or >= 1."
+    with pytest.raises(error, match="buffersize must be"):
+        shared_pool.map(tasks.square, range(3), buffersize=buffersize)
+    with pytest.raises(error, match="buffersize must be"):
+        shared_pool.map_async(tasks.square, range(3), buffersize=buffersize)
+
+
 def test_adaptive_sizing_reads_results_the_pool_loop_appends_to():
     # A map's thread samples the newest results while the pool loop appends
     # more to the same deque; iterating it then raised "deque mutated during
