@@ -353,7 +353,8 @@ def test_the_demo_says_what_is_wrong_with_its_arguments(args, message):
 def test_every_service_of_the_compose_cluster_runs_under_an_init():
     # as PID 1 of its container, a spawner would leave the orphans of tasks
     # unreaped (zombies) and the client would ignore docker stop's SIGTERM
-    yaml = pytest.importorskip("yaml")
+    import yaml
+
     compose = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
     services = compose["services"]
     assert services and all(service.get("init") is True for service in services.values())
