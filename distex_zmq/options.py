@@ -19,6 +19,10 @@ from distex_zmq.output import OUTPUT_MODES
 from distex_zmq.security import ClusterKeys, load_secret, secret_source
 from distex_zmq.serialization import pickle_type
 
+#: ``Pool(log_level=...)``'s default: the client's root logger's level at the
+#: pool's start
+CLIENT_LEVEL = "client"
+
 #: Seconds to connect and log in to an SSH host whose entry in
 #: ``~/.ssh/config`` has no ``ConnectTimeout``, or to hear from a spawner.
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -75,8 +79,9 @@ class Options:
     max_tasks_per_child: int | None = None
     #: what becomes of the workers' stdout and stderr: prefixed, raw or off
     output: str = "prefixed"
-    #: the level of the tasks' log records re-emitted in the client (None: none)
-    log_level: int | None = logging.WARNING
+    #: the level of the tasks' log records re-emitted in the client (None:
+    #: none; ``CLIENT_LEVEL`` until the pool starts, see ``fix_log_level``)
+    log_level: int | str | None = CLIENT_LEVEL
     #: the secret as given, for spawner hosts added later (``spawner_keys``)
     secret: str | bytes | None = dataclasses.field(default=None, repr=False)
     secret_file: str | None = None
@@ -94,6 +99,19 @@ class Options:
             )
             self.keys_loaded = True
         return self.cluster_keys
+
+    def fix_log_level(self) -> None:
+        """Take the client's root logger's level for ``CLIENT_LEVEL``, as the
+        pool starts: every worker, replacements and hosts added later too,
+        forwards at the same level."""
+        if self.log_level == CLIENT_LEVEL:
+            self.log_level = logging.getLogger().getEffectiveLevel()
+
+    @property
+    def worker_log_level(self) -> int:
+        """The level the workers forward records at, -1 for none."""
+        self.fix_log_level()
+        return self.log_level if isinstance(self.log_level, int) else -1
 
     @property
     def total_workers(self) -> int:
@@ -176,7 +194,7 @@ def pool_options(
     secret: str | bytes | None,
     secret_file: str | None,
     output: str = "prefixed",
-    log_level: int | None = logging.WARNING,
+    log_level: int | str | None = CLIENT_LEVEL,
     max_tasks_per_child: int | None = None,
     agent_start_timeout: float = DEFAULT_AGENT_START_TIMEOUT,
 ) -> Options:
@@ -218,10 +236,19 @@ def pool_options(
         raise ValueError(
             f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}, not {output!r}"
         )
-    if log_level is not None and (
-        not isinstance(log_level, int) or isinstance(log_level, bool) or not 0 <= log_level <= 100
+    if (
+        log_level is not None
+        and log_level != CLIENT_LEVEL
+        and (
+            not isinstance(log_level, int)
+            or isinstance(log_level, bool)
+            or not 0 <= log_level <= 100
+        )
     ):
-        raise ValueError(f"log_level must be a logging level (0 to 100) or None, not {log_level!r}")
+        raise ValueError(
+            f"log_level must be a logging level (0 to 100), {CLIENT_LEVEL!r} (the client's "
+            f"root logger's level when the pool starts) or None, not {log_level!r}"
+        )
     if initializer is not None and not callable(initializer):
         raise TypeError(f"initializer must be callable, not {initializer!r}")
     if isinstance(initargs, (str, bytes)) or not hasattr(initargs, "__iter__"):

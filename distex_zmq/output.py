@@ -9,16 +9,18 @@ is written as it comes (see ``WorkerOutput.write`` for where the tags go).
 ``emit_log`` re-emits a worker's log
 record (a ``frames.LOG`` body) through the client's logger of the same name,
 as a ``LogRecord`` with ``host``, ``pid`` and ``worker`` attributes, so that
-the user's handlers and formatters apply.
+the user's levels, handlers and formatters apply.
 
-The lines are written on a thread of their own (``OutputWriter``), not on
-the pool loop: a client whose stdout blocks (a pipe nobody reads, a paused
-terminal) must not stall the broker. Local workers' pipes are not read while
-``PAUSE_AT`` characters wait (the workers wait in their ``print``, nothing is
-lost); lines from other hosts cannot wait there, and beyond ``MAX_PENDING``
-they are dropped, with a line in their place that says how many. Log records
-are emitted on the pool loop, as they arrive: a task's records come before
-its result.
+The lines are written, and the records handled, on a thread of their own
+(``OutputWriter``), in the order they came, not on the pool loop: a client
+whose stdout blocks (a pipe nobody reads, a paused terminal) or whose log
+handler is slow (a network handler, a lock the caller holds while it waits
+for a result) must not stall the broker. Local workers' pipes are not read
+while ``PAUSE_AT`` characters wait (the workers wait in their ``print``,
+nothing is lost); lines and records from other hosts cannot wait there, and
+beyond ``MAX_PENDING`` they are dropped, with a line (a warning) in their
+place that says how many. So a task's result may reach its caller before its
+last records are handled; the pool's shutdown handles them first.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import os
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from distex_zmq.errors import ProtocolError
 from distex_zmq.wire import frames
@@ -43,23 +47,27 @@ MAX_PENDING = 4 << 20
 #: Characters waiting at which local workers' pipes are no longer read
 #: (``full``); they are read again once half as many wait.
 PAUSE_AT = 1 << 20
-#: Seconds a pool's shutdown waits for the writer to write what waits.
+#: Seconds a pool's shutdown waits for the writer to write (or handle) the
+#: next of what waits: it waits as long as the writer goes on.
 FLUSH_TIMEOUT = 2.0
 
 _logger = logging.getLogger("distex_zmq.output")
 
 
 class OutputWriter:
-    """A thread that writes text to ``sys.stdout`` and ``sys.stderr`` in the
-    order it was put, for the pool loop, which only ever appends (``put``
-    never blocks). Started on first use."""
+    """A thread that writes text to ``sys.stdout`` and ``sys.stderr``, and
+    hands log records to the client's loggers (``emit_log``), in the order
+    they were put, for the pool loop, which only ever appends (``put`` and
+    ``put_log`` never block). Started on first use."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         #: ``(stream, size, what)``: "out" or "err", and the text to write or
-        #: a one-item list: how many lines were dropped there
-        self._items: deque[tuple[str, int, str | list[int]]] = deque()
+        #: a one-item list: how many lines were dropped there; or "log", and
+        #: ``emit_log``'s arguments or a one-item list: how many records
+        #: were dropped there
+        self._items: deque[tuple[str, int, Any]] = deque()
         #: characters in ``_items``
         self._pending = 0
         self._busy = False
@@ -73,14 +81,20 @@ class OutputWriter:
 
     def put(self, stream: str, text: str, lines: int) -> None:
         """Write ``text`` (``lines`` lines) to ``stream``, "out" or "err"."""
-        size = len(text)
+        self._put(stream, len(text), text, lines)
+
+    def put_log(self, host: str, pid: int, worker: str, body: bytes) -> None:
+        """Re-emit a worker's log record (``emit_log``)."""
+        self._put("log", len(body), (host, pid, worker, body), 1)
+
+    def _put(self, stream: str, size: int, what: Any, lines: int) -> None:
         with self._lock:
             if self._closed:
                 return
             items = self._items
             if self._pending + size <= MAX_PENDING:
                 self._pending += size
-                items.append((stream, size, text))
+                items.append((stream, size, what))
             elif items and items[-1][0] == stream and isinstance(items[-1][2], list):
                 items[-1][2][0] += lines
                 return
@@ -115,18 +129,26 @@ class OutputWriter:
             return not self._items and not self._busy
 
     async def written(self, timeout: float = FLUSH_TIMEOUT) -> None:
-        """Return once what was put so far is written, or after ``timeout``
-        seconds (on the pool loop)."""
+        """Return once what was put so far is written (or handled), or once
+        nothing more has been for ``timeout`` seconds: a stream that never
+        drains, a log handler that hangs (on the pool loop)."""
         with self._lock:
             target = self._put_count
+        done = self._done_count
         deadline = time.monotonic() + timeout
-        while self._done_count < target and not self._closed and time.monotonic() < deadline:
+        while self._done_count < target and not self._closed:
+            if self._done_count != done:
+                done = self._done_count
+                deadline = time.monotonic() + timeout
+            elif time.monotonic() >= deadline:
+                return
             await asyncio.sleep(0.002)
 
     async def close(self, timeout: float = FLUSH_TIMEOUT) -> None:
-        """Let what waits be written, for at most ``timeout`` seconds, then end
-        the thread (on the pool loop, as the pool stops). A thread stuck in a
-        write to a stream that never drains is left behind (a daemon)."""
+        """Let what waits be written and handled, as long as the thread goes
+        on (``written``), then end the thread (on the pool loop, as the pool
+        stops). A thread stuck in a write to a stream that never drains, or
+        in a log handler, is left behind (a daemon)."""
         await self.written(timeout)
         with self._lock:
             self._closed = True
@@ -151,6 +173,9 @@ class OutputWriter:
                 self._busy = True
                 if self._room_waiters and self._pending < PAUSE_AT // 2:
                     self._call_room_waiters()
+            if stream == "log":
+                self._emit(what)
+                continue
             if isinstance(what, list):
                 what = (
                     f"[distex_zmq: {what[0]} lines of the workers' output dropped: "
@@ -165,6 +190,20 @@ class OutputWriter:
                 loop.call_soon_threadsafe(callback)
             except RuntimeError:  # that loop is closed: the pool is gone
                 pass
+
+    @staticmethod
+    def _emit(what: tuple[str, int, str, bytes] | list[int]) -> None:
+        try:
+            if isinstance(what, list):
+                _logger.warning(
+                    "%d log records of the tasks dropped: this process's log handlers "
+                    "took them too slowly",
+                    what[0],
+                )
+            else:
+                emit_log(*what)
+        except Exception:  # noqa: BLE001 - a filter that raises: as logging reports a handler's
+            traceback.print_exc()
 
     @staticmethod
     def _write(stream: str, text: str) -> None:
@@ -283,8 +322,13 @@ class WorkerOutput:
             self._at[stream] = None
         self.writer.put(stream, "".join(parts), len(lines))
 
+    def log(self, host: str, pid: int, worker: str, body: bytes) -> None:
+        """Re-emit a log record of worker ``pid`` on ``host`` (a ``frames.LOG``
+        body), after the lines that came before it, whatever ``mode``."""
+        self.writer.put_log(host, pid, worker, body)
+
     async def close(self) -> None:
-        """Write what waits (for at most ``FLUSH_TIMEOUT`` seconds); write no more."""
+        """Write and handle what waits (``OutputWriter.close``); write no more."""
         await self.writer.close()
 
     def local(self, host: str) -> LocalOutput:
@@ -305,8 +349,22 @@ class LocalOutput:
         self._output.write(self._host, pid, stream, lines, partial=partial)
 
 
+def _enabled(logger: logging.Logger, level: int) -> bool:
+    """``logger.isEnabledFor(level)``, but for the root logger's level, whose
+    place the pool's ``log_level`` takes (the worker applied it)."""
+    if logging.root.manager.disable >= level:
+        return False
+    current: logging.Logger | None = logger
+    while current is not None and current is not logging.root:
+        if current.level:
+            return level >= current.level
+        current = current.parent
+    return True
+
+
 def emit_log(host: str, pid: int, worker: str, body: bytes) -> None:
-    """Re-emit a worker's log record (a ``frames.LOG`` body) in the client."""
+    """Re-emit a worker's log record (a ``frames.LOG`` body) in the client, if
+    its logger there is enabled for its level (see ``_enabled``)."""
     try:
         fields = frames.read_log(body)
     except ProtocolError as e:
@@ -316,6 +374,8 @@ def emit_log(host: str, pid: int, worker: str, body: bytes) -> None:
     if name == "distex_zmq" or name.startswith("distex_zmq."):
         return  # the pool's own loggers are never fed from workers
     logger = logging.getLogger(None if name == "root" else name)
+    if not _enabled(logger, fields["levelno"]):
+        return
     filename = os.path.basename(fields["pathname"])
     created = float(fields["created"])
     record = logging.makeLogRecord(

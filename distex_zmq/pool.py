@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import logging
 import threading
 import weakref
 from collections.abc import Callable, Generator, Mapping
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from distex_zmq.errors import PoolClosedError
 from distex_zmq.loops import LoopType, running_loop
 from distex_zmq.options import (
+    CLIENT_LEVEL,
     DEFAULT_AGENT_START_TIMEOUT,
     check_flag,
     drain_timeout,
@@ -178,8 +178,17 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             (a progress bar) is written in parts as it comes.
         log_level: ``logging`` records that tasks emit at this level or
             above are re-emitted in the client through the logger of the
-            same name, with ``host``, ``pid`` and ``worker`` attributes;
-            ``None``: none are.
+            same name, with ``host``, ``pid`` and ``worker`` attributes,
+            where the client's logger levels (but the root logger's),
+            handlers and filters apply as to its own records. ``"client"``
+            (default): the level of the client's root logger when the pool
+            starts (``logging.basicConfig(level=logging.INFO)`` before it
+            brings the tasks' INFO records; a later change of the root's
+            level does not reach the workers); ``None``: none are. The
+            user's handlers run on a thread of the pool, in the order the
+            records came, not on the pool loop: a slow one does not hold up
+            the tasks; ``shutdown`` returns once the records that came
+            before it are handled.
     """
 
     TimeoutError = concurrent.futures.TimeoutError
@@ -209,7 +218,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         secret: str | bytes | None = None,
         secret_file: str | None = None,
         output: str = "prefixed",
-        log_level: int | None = logging.WARNING,
+        log_level: int | str | None = CLIENT_LEVEL,
         max_tasks_per_child: int | None = None,
         agent_start_timeout: float = DEFAULT_AGENT_START_TIMEOUT,
     ):

@@ -51,6 +51,7 @@ class PoolBase(concurrent.futures.Executor):
             if self._is_shutdown:
                 raise PoolClosedError("the pool was shut down; create a new Pool")
             if self._runtime is None:
+                self._options.fix_log_level()
                 # in a context of its own: what the pool loop schedules while
                 # it starts (the broker's reader, the workers' pipes) would
                 # otherwise run for good in a copy of this caller's context,

@@ -77,6 +77,13 @@ def log_after(delay: float, logger: str, message: str) -> str:
     return message
 
 
+def log_records(logger: str, count: int, level: int = logging.WARNING) -> int:
+    """Log ``record 0`` to ``record {count - 1}`` at ``level``; return ``count``."""
+    for i in range(count):
+        logging.getLogger(logger).log(level, "record %d", i)
+    return count
+
+
 def log_with_stack(logger: str) -> str:
     """Log at WARNING with ``stack_info``, from this thread and from a thread
     named ``helper``; return this thread's name."""

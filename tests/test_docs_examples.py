@@ -27,7 +27,7 @@ EXAMPLES: dict[str, list[str | None]] = {
     "guide/observability.md": [
         r"\[[^\s:\]]+:\d+\] working on 1",
         r"\[[^\s:\]]+:\d+\] task: 100%\|.*\| 5/5 .*",
-        r"[^\s:]+:\d+ myapp\.tasks WARNING odd input 7",
+        r"[^\s:]+:\d+ myapp\.tasks INFO working on 7",
         r"ready 2 of 2",
         None,
         None,

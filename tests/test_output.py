@@ -516,6 +516,129 @@ def test_a_log_record_keeps_its_thread_and_stack(make_pool, caplog):
     )
 
 
+def messages(caplog: Any, logger: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == logger]
+
+
+@pytest.mark.timeout(60)
+def test_log_records_follow_the_clients_level(make_pool, caplog):
+    """With the default ``log_level``, the workers forward at the client's
+    root level when the pool starts (``basicConfig(level=INFO)``: INFO
+    records too), and the client's own logger levels still filter them: the
+    workers forwarded only WARNING and above, and a record reached the
+    handlers of a logger whose level was above its own."""
+    caplog.set_level(logging.INFO)
+    quiet = logging.getLogger("user.follow.quiet")
+    quiet.setLevel(logging.WARNING)
+    try:
+        pool = make_pool(1)
+        assert pool.run(tasks.log_records, "user.follow", 2, logging.INFO) == 2
+        assert pool.run(tasks.log_records, "user.follow.quiet", 1, logging.INFO) == 1
+        pool.run(tasks.log_records, "user.follow.quiet", 1, logging.WARNING)
+        pool.shutdown()
+    finally:
+        quiet.setLevel(logging.NOTSET)
+    assert messages(caplog, "user.follow") == ["record 0", "record 1"]
+    assert [
+        (r.levelname, r.getMessage()) for r in caplog.records if r.name == "user.follow.quiet"
+    ] == [("WARNING", "record 0")]
+
+
+class Blocking(logging.Handler):
+    """A handler that handles nothing until ``go`` is set, or takes ``lock``
+    for each record, as a slow or locking handler of a user's would."""
+
+    def __init__(self, lock: Any = None) -> None:
+        super().__init__()
+        self.go = threading.Event()
+        self.caller_lock = lock
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.go.wait()
+        if self.caller_lock is not None:
+            with self.caller_lock:
+                pass
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def blocking() -> Iterator[Any]:
+    """``blocking(name, lock=None)``: a ``Blocking`` handler on logger
+    ``name``, removed (and let go) after the test."""
+    added: list[tuple[logging.Logger, Blocking]] = []
+
+    def add(name: str, lock: Any = None) -> Blocking:
+        handler = Blocking(lock)
+        logging.getLogger(name).addHandler(handler)
+        added.append((logging.getLogger(name), handler))
+        return handler
+
+    yield add
+    for logger, handler in added:
+        handler.go.set()
+        logger.removeHandler(handler)
+
+
+@pytest.mark.timeout(90)
+def test_a_slow_log_handler_does_not_hold_up_the_tasks(make_pool, blocking):
+    """The records are handled off the pool loop: tasks go on while a
+    handler of the client blocks; once it goes on, each record comes, in the
+    order the task logged them, and all have before ``shutdown`` returns.
+    The handler ran on the pool loop, and no task finished while it blocked."""
+    handler = blocking("user.slow")
+    pool = make_pool(2)
+    assert pool.submit(tasks.log_records, "user.slow", 5).result(timeout=30) == 5
+    futures = [pool.submit(tasks.log_records, "user.slow", 1) for _ in range(3)]
+    results = pool.map(abs, range(-300, 0), timeout=30)
+    assert sorted(results) == list(range(1, 301))
+    assert [f.result(timeout=30) for f in futures] == [1, 1, 1]
+    handler.go.set()
+    pool.shutdown()
+    assert handler.messages == [f"record {i}" for i in range(5)] + ["record 0"] * 3
+    assert not [t for t in threading.enumerate() if t.name == "distex_zmq output"]
+
+
+@pytest.mark.timeout(90)
+def test_a_log_handler_may_take_a_lock_the_caller_holds(make_pool, blocking):
+    """A handler that takes a lock which the caller holds while it waits for
+    a result does not deadlock the pool: the pool loop waited for the lock,
+    and the caller for the result, for ever."""
+    lock = threading.Lock()
+    handler = blocking("user.locked", lock)
+    handler.go.set()
+    pool = make_pool(1)
+    with lock:
+        assert pool.submit(tasks.log_records, "user.locked", 1).result(timeout=30) == 1
+        assert pool.submit(abs, -3).result(timeout=30) == 3
+    pool.shutdown()
+    assert handler.messages == ["record 0"]
+
+
+@pytest.mark.timeout(90)
+def test_shutdown_returns_once_the_records_are_handled(make_pool):
+    """Records still queued when ``shutdown`` is called are handled before it
+    returns, however long the handler takes with them (as long as it goes
+    on), not only for ``FLUSH_TIMEOUT`` seconds."""
+    handled: list[str] = []
+
+    class Slow(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            time.sleep(0.1)
+            handled.append(record.getMessage())
+
+    logger = logging.getLogger("user.drain")
+    handler = Slow()
+    logger.addHandler(handler)
+    try:
+        pool = make_pool(1)
+        assert pool.run(tasks.log_records, "user.drain", 40) == 40
+        pool.shutdown()
+        assert handled == [f"record {i}" for i in range(40)]
+    finally:
+        logger.removeHandler(handler)
+
+
 def test_log_records_at_the_level(client):
     check_logs(client("logs", num_workers=1))
 

@@ -11,7 +11,6 @@ from typing import Any, Protocol
 from distex_zmq.broker import INIT_TAG, STATUS_LOCAL_ERROR, Task, WorkerRecord
 from distex_zmq.errors import WorkerStartError
 from distex_zmq.options import Options
-from distex_zmq.output import emit_log
 from distex_zmq.results import DISCARD
 from distex_zmq.runtime.state import PoolState
 from distex_zmq.runtime.supervisor import Supervisor
@@ -75,7 +74,8 @@ class PoolHooks:
             pool.supervisor.kill(rec.identity)
 
     def on_log(self, rec: WorkerRecord, body: bytes) -> None:
-        emit_log(rec.host, rec.pid, rec.identity.decode(errors="backslashreplace"), body)
+        output = self._pool.supervisor.placement.output
+        output.log(rec.host, rec.pid, rec.identity.decode(errors="backslashreplace"), body)
 
     def on_task_timeout(self, rec: WorkerRecord, task: Task | None) -> None:
         self._pool.supervisor.on_task_timeout(rec, task)

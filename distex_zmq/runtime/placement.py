@@ -59,7 +59,7 @@ def worker_args(opts: Options) -> list[str]:
         *("--func-pickle", str(int(opts.func_pickle))),
         *("--data-pickle", str(int(opts.data_pickle))),
         *("--loop", str(int(opts.worker_loop))),
-        *("--log-level", str(-1 if opts.log_level is None else opts.log_level)),
+        *("--log-level", str(opts.worker_log_level)),
     ]
 
 
@@ -163,7 +163,7 @@ class Placement:
                     "func_pickle": opts.func_pickle,
                     "data_pickle": opts.data_pickle,
                     "loop": opts.worker_loop,
-                    "log_level": -1 if opts.log_level is None else opts.log_level,
+                    "log_level": opts.worker_log_level,
                 },
                 access.worker_keys,
                 opts.remote.heartbeat_timeout,
