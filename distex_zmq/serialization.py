@@ -37,7 +37,7 @@ from .script_objects import (
     dumps_main_to_client,
 )
 from .script_rebuild import RefSink
-from .wire.frames import RecentFunctions
+from .wire.frames import FUNCTION_CACHE, RecentFunctions
 
 PROTOCOL = 5
 
@@ -194,6 +194,28 @@ class ScriptGuess:
     def __init__(self) -> None:
         #: the next object goes to the by-value pickler straight
         self.by_value = False
+
+
+class ScriptGuesses:
+    """A ``ScriptGuess`` for the data of each function, by function id: the
+    arguments of its calls in the client, its results in a worker (one
+    function's tend to be of the same types). All are forgotten at once
+    beyond ``FUNCTION_CACHE`` functions (functions made per call)."""
+
+    __slots__ = ("_guesses",)
+
+    def __init__(self) -> None:
+        self._guesses: dict[int, ScriptGuess] = {}
+
+    def of(self, func_id: int) -> ScriptGuess:
+        """The ``ScriptGuess`` of function ``func_id``'s data."""
+        guesses = self._guesses
+        guess = guesses.get(func_id)
+        if guess is None:
+            if len(guesses) >= FUNCTION_CACHE:
+                guesses.clear()
+            guess = guesses[func_id] = ScriptGuess()
+        return guess
 
 
 def dumps(

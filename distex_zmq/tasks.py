@@ -20,6 +20,7 @@ from distex_zmq.serialization import (
     FunctionCache,
     PickleType,
     ScriptGuess,
+    ScriptGuesses,
     call_out_of_band,
     data_pickle_module,
     dumps,
@@ -72,9 +73,8 @@ class TaskMaker:
         self.ids = itertools.count(1)
         self._may_group = may_group
         #: which pickler ``PickleType.auto`` tries first for the arguments of
-        #: each function's calls (``call``), by function id: the calls of one
-        #: function tend to take arguments of the same types
-        self._guesses: dict[int, ScriptGuess] = {}
+        #: each function's calls (``call``)
+        self._guesses = ScriptGuesses()
 
     @property
     def made(self) -> int:
@@ -105,7 +105,7 @@ class TaskMaker:
                     call_out_of_band(args, kwargs),
                     self.data_dumps,
                     collector,
-                    self._call_guess(func_id),
+                    self._guesses.of(func_id),
                 )
                 refs = collector.taken()
             else:
@@ -115,7 +115,7 @@ class TaskMaker:
                 else:
                     collector = RefCollector(self.script_refs, refs)
                     data, buffers = dumps(
-                        args, self.data_dumps, collector, self._call_guess(func_id)
+                        args, self.data_dumps, collector, self._guesses.of(func_id)
                     )
                     refs = collector.taken()
         except Exception as e:
@@ -134,16 +134,6 @@ class TaskMaker:
             may_group=self._may_group and not alone,
             refs=refs,
         )
-
-    def _call_guess(self, func_id: int) -> ScriptGuess:
-        """The ``ScriptGuess`` of the arguments of function ``func_id``'s calls."""
-        guesses = self._guesses
-        guess = guesses.get(func_id)
-        if guess is None:
-            if len(guesses) >= p.FUNCTION_CACHE:  # functions made per call: start over
-                guesses.clear()
-            guess = guesses[func_id] = ScriptGuess()
-        return guess
 
     def copy(self, template: Task, tag: Any = None) -> Task:
         """A new task (own id, never grouped) with the call of ``template``."""

@@ -28,6 +28,7 @@ from distex_zmq.serialization import (
     SCALARS,
     ItemError,
     ScriptGuess,
+    ScriptGuesses,
     data_pickle_module,
     dumps,
     function_loads,
@@ -96,7 +97,7 @@ class Runner:
         self.watch = ResultWatch(send, self._batch, self._data_dumps, _is_awaitable)
         #: which pickler ``PickleType.auto`` tries first for each function's
         #: results, by function id
-        self._guesses: dict[int, ScriptGuess] = {}
+        self._guesses = ScriptGuesses()
 
     def share_script_globals(self) -> None:
         """Have the script's functions that come in task data made on this
@@ -181,7 +182,7 @@ class Runner:
             args = self._rebuilt_args(task_id, func, data, buffers, e, started)
             if args is _FAILED or func is None:
                 return
-        guess = self._results_guess(func_id)
+        guess = self._guesses.of(func_id)
         if flags & p.FLAG_CHUNK:
             self._run_chunk(task_id, func, args, flags & p.FLAG_STAR, started, skip, guess)
             return
@@ -204,16 +205,6 @@ class Runner:
             self._await_result(task_id, result, started, guess=guess)
         else:
             self._add_result(task_id, p.STATUS_OK, result, started, guess=guess)
-
-    def _results_guess(self, func_id: int) -> ScriptGuess:
-        """The ``ScriptGuess`` of the results of function ``func_id``."""
-        guesses = self._guesses
-        guess = guesses.get(func_id)
-        if guess is None:
-            if len(guesses) >= p.FUNCTION_CACHE:  # functions made per call: start over
-                guesses.clear()
-            guess = guesses[func_id] = ScriptGuess()
-        return guess
 
     def _function(self, func_id: int, func_pickle: Any) -> Any:
         if func_pickle is None:
