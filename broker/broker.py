@@ -30,6 +30,7 @@ import zmq
 from distex_zmq.errors import PoolClosedError, ProtocolError
 from distex_zmq.security import KeyPair, make_server
 from distex_zmq.wire import frames as p
+from distex_zmq.wire.frames import RecentFunctions
 from distex_zmq.wire.zmqio import EdgeReader, recv_routed, send_routed
 
 from .delivery import Delivery
@@ -306,6 +307,14 @@ class Broker:
                 self._delivery.on_results(rec, buf, count, frames[1:])
             elif kind == p.HELLO:
                 self._members.hello(identity, buf)
+            elif kind == p.SYNC:
+                rec = self.registry.get(identity)
+                if rec is not None:
+                    self._check(rec)
+            elif kind == p.MISSING:
+                rec = self.registry.get(identity)
+                if rec is not None:
+                    self._delivery.on_missing(rec, *p.read_task_ids(buf, count))
             elif kind == p.LOG:
                 rec = self.registry.get(identity)
                 if rec is not None:
@@ -319,6 +328,21 @@ class Broker:
                 self._control(identity, p.REFUSE, str(e).encode())
         except Exception:
             _logger.exception("error handling a message from %r", identity)
+
+    def _check(self, rec: WorkerRecord) -> None:
+        """``rec``'s connection dropped and came back (its ``SYNC``): ask it
+        which of the tasks sent to it it holds (``CHECK``), as what was on
+        its way either way may be lost; its ``MISSING`` answers. The
+        functions it holds are counted afresh from here, as the worker
+        counts them from the ``CHECK`` on."""
+        rec.sync_round += 1
+        rec.known_funcs = RecentFunctions()
+        _logger.info("the connection of %s dropped and came back: checking its tasks", rec)
+        self._losses.reconnected(rec)
+        self._send(rec, p.task_ids(p.CHECK, rec.sync_round, list(rec.running)))
+        if self._reader is not None:
+            self._reader.poke()  # a send can take the edge of the socket's FD
+        self.dispatch()  # it may take tasks again
 
     def _control(self, identity: bytes, kind: bytes, body: bytes = b"") -> None:
         """Send STOP or REFUSE, if the peer can still be reached."""

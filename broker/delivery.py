@@ -1,6 +1,7 @@
 """RESULT messages: each task leaves its worker's running set and its result
 goes to its sink (each sink flushed once per message); chunks' pieces and
-inputs handed back, tasks returned unrun, and the counts of tasks answered.
+inputs handed back, tasks returned unrun, tasks whose TASK or RESULT a
+dropped connection lost (``MISSING``), and the counts of tasks answered.
 Headers only: the broker never unpickles a result.
 """
 
@@ -169,3 +170,60 @@ class Delivery:
         self._dispatch()
         for sink in sinks:
             sink.flush()
+
+    def on_missing(self, rec: WorkerRecord, round_: int, ids: list[int]) -> None:
+        """Take ``rec``'s ``MISSING`` of ``round_``: the tasks of its
+        ``CHECK`` that it does not hold. Those it is still counted to hold
+        lost their TASK or their RESULT with its dropped connection: they
+        run again, without counting a try (no task was to blame), a pinned
+        one on ``rec`` again. A ``MISSING`` of an earlier round is stale: a
+        ``CHECK`` after it asks again."""
+        if round_ != rec.sync_round:
+            return
+        running = rec.running
+        lost = []
+        for task_id in ids:
+            task = running.pop(task_id, None)
+            if task is not None:
+                lost.append(task)
+        if not lost:
+            return
+        finish = self._ledger.finish
+        requeue = []
+        pinned = []
+        for task in lost:
+            group = task.group
+            if group is None:
+                rec.used -= 1
+            else:
+                task.group = None
+                group[0] -= 1
+                if not group[0]:
+                    rec.used -= 1
+            task.worker = None
+            if task.cancelled:
+                finish(task)
+            elif task.pinned is rec:
+                pinned.append(task)
+            else:
+                requeue.append(task)
+        _logger.warning(
+            "the connection of %s dropped and came back, which lost the messages of "
+            "%d of its tasks on their way; they run again",
+            rec,
+            len(lost),
+        )
+        for task in reversed(pinned):
+            self._dispatcher.pin(rec, task, first=True)
+        self._dispatcher.uncount(rec, len(requeue))
+        self._dispatcher.requeue(requeue)
+        if rec.spend_pending:
+            self._dispatcher.settle(rec)
+        if not running:
+            rec.exclusive = False
+            if rec.draining and not rec.pinned:
+                self._membership.drained(rec)
+        elif self._timeouts is not None:
+            self._timeouts.started(rec)  # its oldest task may be another now
+        self._registry.place(rec)
+        self._dispatch()

@@ -119,10 +119,14 @@ class Dispatcher:
             queue.insert(at, task)
             at += 1
 
-    def pin(self, rec: WorkerRecord, task: Task) -> None:
-        """Only ``rec`` may run ``task``; it goes before anything else there."""
+    def pin(self, rec: WorkerRecord, task: Task, first: bool = False) -> None:
+        """Only ``rec`` may run ``task``; it goes before anything else there
+        (``first``: before the tasks pinned to it already)."""
         task.pinned = rec
-        rec.pinned.append(task)
+        if first:
+            rec.pinned.appendleft(task)
+        else:
+            rec.pinned.append(task)
         self._pinned_to[rec] = None
 
     def unpin(self, rec: WorkerRecord) -> list[Task]:

@@ -230,22 +230,38 @@ class Losses:
 
         If it died, its supervisor reports how in a moment (exit code or
         signal, its last stderr lines), which says more than ``how``: that
-        report hands it to ``worker_lost``. If none comes within
-        ``UNREACHABLE_GRACE``, it lives on without a connection: it is lost
-        now, and ``BrokerHooks.on_unreachable`` has it killed and replaced.
+        report hands it to ``worker_lost``. If its TCP connection dropped
+        and ZeroMQ connects it again, its ``SYNC`` comes (``reconnected``).
+        If neither comes within ``UNREACHABLE_GRACE``, it lives on without a
+        connection: it is lost now, and ``BrokerHooks.on_unreachable`` has
+        it killed and replaced.
         """
         if rec.unreachable:
             return
         rec.unreachable = True
         self._registry.place(rec)
         _logger.warning("could not send to %s: %s", rec, how)
+        sync_round = rec.sync_round
 
         def give_up() -> None:
-            if not self._closed and self._registry.get(rec.identity) is rec:
+            if (
+                not self._closed
+                and self._registry.get(rec.identity) is rec
+                and rec.sync_round == sync_round
+            ):
                 self._hooks.on_unreachable(rec)
                 self.worker_lost(rec, how)
 
         self._loop.call_later(UNREACHABLE_GRACE, give_up)
+
+    def reconnected(self, rec: WorkerRecord) -> None:
+        """``rec``'s connection dropped and came back (its ``SYNC``): a send
+        to it that failed meanwhile does not cut it off; what it lost is
+        settled by ``CHECK`` (``Broker._check``)."""
+        if rec.unreachable:
+            rec.unreachable = False
+            self._registry.place(rec)
+            _logger.info("%s can be reached again", rec)
 
 
 class TaskTimeouts:

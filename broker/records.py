@@ -216,6 +216,7 @@ class WorkerRecord:
         "spend_pending",
         "python",
         "busy_since",
+        "sync_round",
     )
 
     def __init__(
@@ -263,6 +264,9 @@ class WorkerRecord:
         #: come back unrun: whether it is spent is known once they are
         #: answered (``Dispatcher.settle``)
         self.spend_pending = False
+        #: the round of the latest ``CHECK`` sent to it (its connection
+        #: dropped that many times); only that round's ``MISSING`` counts
+        self.sync_round = 0
 
     @property
     def free(self) -> int:

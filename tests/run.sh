@@ -6,13 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # As root (CI on a fresh machine), install what the multi-host tests need:
-# they run sshd in network namespaces.
+# they run sshd in network namespaces; the reconnect tests cut connections
+# with iproute2's ss.
 # The docker tests start a private Docker engine (docker.io), build a base
 # image with debootstrap, and run compose (docker-compose).
 if [ "$(id -u)" = 0 ]; then
   need=()
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
-  command -v ip >/dev/null || need+=(iproute2)
+  { command -v ip && command -v ss; } >/dev/null || need+=(iproute2)
   command -v dockerd >/dev/null || need+=(docker.io)
   command -v docker-compose >/dev/null || need+=(docker-compose)
   command -v debootstrap >/dev/null || need+=(debootstrap)

@@ -88,6 +88,13 @@ class Runner:
         self._script = ScriptNamespace()
         #: the awaited tasks that have not finished
         self.running: set[asyncio.Future[Any]] = set()
+        #: the ids of those tasks
+        self.awaiting: set[int] = set()
+        #: whether the worker's connection dropped and no ``CHECK`` came
+        #: since: a task whose function (or script function) is not held
+        #: then lost it on the way, and is dropped unanswered (``CHECK``
+        #: has it run again) rather than failed
+        self.connection_dropped: Callable[[], bool] = _no
         #: awaited tasks started so far: code that runs on the worker's loop
         self.awaited = 0
         #: results not sent yet
@@ -147,6 +154,10 @@ class Runner:
             )
         return func
 
+    def forget_functions(self) -> None:
+        """Hold no function any more (``CHECK``: the broker counts afresh)."""
+        self.functions = p.RecentFunctions()
+
     def _batch(self) -> p.Writer:
         return self.results
 
@@ -179,6 +190,8 @@ class Runner:
             # serialization.loads, inlined: a call less per task
             args = self._data_loads(data, buffers=buffers) if buffers else self._data_loads(data)
         except BaseException as e:  # noqa: BLE001 - any unpickling error fails the task
+            if isinstance(e, p.ProtocolError) and self.connection_dropped():
+                return  # out of step: it runs again after ``CHECK``
             args = self._rebuilt_args(task_id, func, data, buffers, e, started)
             if args is _FAILED or func is None:
                 return
@@ -218,6 +231,8 @@ class Runner:
             try:
                 func = self._script.adopt(self._func_loads(func_pickle))
             except BaseException as e:  # noqa: BLE001
+                if isinstance(e, p.ProtocolError) and self.connection_dropped():
+                    raise  # a script function it refers to was lost: not broken
                 why = f"{type(e).__name__}: {e}{unloadable_hint('function', e, *self._pickles)}"
                 # remembered, so that later tasks of this function fail alike
                 func = _Broken(why)
@@ -375,10 +390,12 @@ class Runner:
     ) -> None:
         fut = asyncio.ensure_future(_contained(awaitable), loop=self._loop)
         self.running.add(fut)
+        self.awaiting.add(task_id)
         self.awaited += 1
 
         def done(fut: asyncio.Future[Any]) -> None:
             self.running.discard(fut)
+            self.awaiting.discard(task_id)
             if fut.cancelled():
                 error = _remote(asyncio.CancelledError(f"task {task_id} was cancelled"))
                 self._add_result(task_id, p.STATUS_ERROR, error, started, p.MARK_AWAITED)
@@ -653,6 +670,10 @@ async def _settle(value: Any, error: Callable[[BaseException], RemoteException])
 
 #: What ``_rebuilt_args`` returns for arguments that do not load.
 _FAILED: Any = object()
+
+
+def _no() -> bool:
+    return False
 
 
 class _Broken(Exception):

@@ -113,11 +113,13 @@ class Worker:
             make_client(self._sock, curve["server"].encode(), keys)
         if log_level >= 0:
             LogForwarder(log_level, self._send_log, loop).install()
-        #: the events of the local pool's connection: a dropped one has lost
+        #: the events of the connection to the pool: a dropped one has lost
         #: what was on its way, which the pool would wait for for ever
-        self._monitor: Any = None
-        if endpoint.startswith("ipc://"):
-            self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor: Any = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        #: the connection dropped and no ``CHECK`` came since (TCP)
+        self._dropped = False
+        self._sync_scheduled = False
+        self.runner.connection_dropped = self._connection_dropped
 
     def run(self) -> int:
         """Serve tasks until STOP, REFUSE or the loop stops; return the exit code."""
@@ -137,18 +139,16 @@ class Worker:
         if self._parent_pid:
             self._loop.call_later(PARENT_CHECK_INTERVAL, self._check_parent)
         monitor = self._monitor
-        if monitor is not None:
-            self._loop.add_reader(int(monitor.getsockopt(zmq.FD)), self._on_monitor)
-            # its FD signals an edge: the events before the reader are read here
-            self._loop.call_soon(self._on_monitor)
+        self._loop.add_reader(int(monitor.getsockopt(zmq.FD)), self._on_monitor)
+        # its FD signals an edge: the events before the reader are read here
+        self._loop.call_soon(self._on_monitor)
         try:
             self._loop.run_forever()
         finally:
             self._loop.remove_reader(fd)
-            if monitor is not None:
-                self._loop.remove_reader(int(monitor.getsockopt(zmq.FD)))
-                sock.disable_monitor()
-                monitor.close(linger=0)
+            self._loop.remove_reader(int(monitor.getsockopt(zmq.FD)))
+            sock.disable_monitor()
+            monitor.close(linger=0)
             for fut in self.runner.running:
                 fut.cancel()
             sock.close()
@@ -156,15 +156,27 @@ class Worker:
         return self.exit_code
 
     def _on_monitor(self) -> None:
-        """Exit if the connection to the local pool dropped: ZeroMQ connects
-        again, but the messages on their way were lost (a result larger than
-        the memory the client's process may take, say), and the pool would
-        wait for their tasks for ever. Its exit makes the pool run them again,
-        as after any death of a worker."""
+        """Take the events of the connection to the pool. ZeroMQ connects
+        again after a drop, but the messages on their way were lost, both
+        ways, and the pool would wait for their tasks for ever.
+
+        A local worker exits: its connection drops only when ZeroMQ in the
+        client could not take a message (a result larger than the memory
+        the client's process may take, say); its exit makes the pool run
+        its tasks again, as after any death of a worker. A remote worker's
+        TCP connection drops with the network (a reset, a NAT's timeout):
+        it sends ``SYNC``, which reaches the broker once connected again,
+        and the broker's ``CHECK`` settles which tasks were lost."""
         monitor = self._monitor
         while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
             if event["event"] != zmq.EVENT_DISCONNECTED or self._stopping:
+                continue
+            if not self._endpoint.startswith("ipc://"):
+                self._dropped = True
+                if not self._sync_scheduled:
+                    self._sync_scheduled = True
+                    self._loop.call_soon(self._sync)
                 continue
             print(
                 "distex_zmq worker: its connection to the pool dropped, and what it "
@@ -174,6 +186,41 @@ class Worker:
                 flush=True,
             )
             os._exit(1)
+
+    def _connection_dropped(self) -> bool:
+        """Whether the connection dropped and no ``CHECK`` came since (the
+        events not taken yet too: a drop comes before any message of the
+        connection after it)."""
+        self._on_monitor()
+        return self._dropped
+
+    def _sync(self) -> None:
+        """Ask the broker to check the tasks sent here (``SYNC``)."""
+        self._sync_scheduled = False
+        if self._stopping or self._sock.closed:
+            return
+        send_frames(self._sock, p.control(p.SYNC))
+        # a send can consume the edge of the edge-triggered FD: look again
+        if readable(self._sock):
+            self._loop.call_soon(self._on_readable)
+
+    def _check(self, buf: memoryview, count: int) -> None:
+        """Answer a ``CHECK`` with the ids in it that this worker does not
+        hold (``MISSING``), after the results it holds: every TASK sent
+        before the ``CHECK`` has been read, so the broker runs those again
+        that it still counts as here. From here on both sides count the
+        functions held afresh."""
+        round_, ids = p.read_task_ids(buf, count)
+        if self.runner.results.entries:
+            self._send_results()
+        held = self.runner.awaiting
+        missing = [task_id for task_id in ids if task_id not in held]
+        self.runner.forget_functions()
+        self._dropped = False
+        send_frames(self._sock, p.task_ids(p.MISSING, round_, missing))
+        # a send can consume the edge of the edge-triggered FD: look again
+        if readable(self._sock):
+            self._loop.call_soon(self._on_readable)
 
     def _check_parent(self) -> None:
         self._exit_if_orphaned()
@@ -226,6 +273,8 @@ class Worker:
                         self._run_tasks(buf, count, frames)
                     elif kind == p.STOP:
                         self._stop()
+                    elif kind == p.CHECK:
+                        self._check(buf, count)
                     elif kind == p.REFUSE:
                         self._refused(p.text_body(buf))
                     else:

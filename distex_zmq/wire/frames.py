@@ -38,6 +38,14 @@ worker -> broker:
   traceback, or null). The broker hands the body to its hooks as bytes;
   the client checks it with ``read_log`` and makes a ``LogRecord`` of it.
   Nothing is pickled, so neither side runs code the other sent.
+- ``SYNC`` (no body): the worker's TCP connection dropped and ZeroMQ
+  connects it again; what was on its way either way may be lost. The
+  broker answers with ``CHECK``.
+- ``MISSING`` (ids, see ``CHECK``): the answer to a ``CHECK``, with its
+  round: the ids of that ``CHECK`` that the worker does not hold. It sends
+  the results it holds before it, so a task of those ids that the broker
+  still counts as the worker's lost its TASK or its RESULT on the way: the
+  broker runs it again.
 
 broker -> worker:
 
@@ -74,6 +82,14 @@ broker -> worker:
   each other out.
 - ``STOP`` finish what runs, then exit.
 - ``REFUSE`` body = the reason, UTF-8; the worker exits with it.
+- ``CHECK`` the answer to ``SYNC``: a round (``ROUND``, counted per worker)
+  and one ``ID_ENTRY`` per task sent to the worker and not answered. A
+  worker reads it after every TASK sent before it, and answers ``MISSING``.
+  Both sides forget the functions the worker holds (``RecentFunctions``)
+  at the ``CHECK``, the broker as it sends it, the worker as it reads it: a
+  TASK lost on the way took functions with it that the broker counts as
+  sent. Until then, a worker whose connection dropped drops unanswered a
+  task whose function it lacks (its ``CHECK`` has it run again).
 """
 
 from __future__ import annotations
@@ -86,7 +102,7 @@ from typing import Any, NamedTuple
 from distex_zmq.errors import ProtocolError
 
 MAGIC = b"DZMQ"
-VERSION = 4
+VERSION = 5
 
 HELLO = b"H"
 RESULT = b"R"
@@ -94,6 +110,9 @@ TASK = b"T"
 STOP = b"S"
 REFUSE = b"X"
 LOG = b"L"
+SYNC = b"Y"
+CHECK = b"K"
+MISSING = b"M"
 
 #: magic, version, message type, number of entries
 HEAD = struct.Struct("!4sHcH")
@@ -101,6 +120,10 @@ HEAD = struct.Struct("!4sHcH")
 TASK_ENTRY = struct.Struct("!QIBIIHI")
 #: task id, status, microseconds the task ran, data length, buffers, mark
 RESULT_ENTRY = struct.Struct("!QBIIHI")
+#: the round of a ``CHECK`` and of its ``MISSING``
+ROUND = struct.Struct("!I")
+#: a task id (``CHECK``, ``MISSING``)
+ID_ENTRY = struct.Struct("!Q")
 #: The largest run time an entry can say (about 71 minutes).
 MAX_ELAPSED = 0xFFFFFFFF
 
@@ -257,6 +280,26 @@ def control(kind: bytes, body: bytes = b"") -> list[bytes]:
 def probe() -> list[bytes]:
     """A TASK message without tasks, which a worker reads and drops."""
     return control(TASK)
+
+
+def task_ids(kind: bytes, round_: int, ids: Sequence[int]) -> list[bytes]:
+    """A ``CHECK`` or ``MISSING`` of ``round_``, listing ``ids``."""
+    pack = ID_ENTRY.pack
+    return [
+        HEAD.pack(MAGIC, VERSION, kind, len(ids))
+        + b"".join([pack(task_id) for task_id in ids])
+        + ROUND.pack(round_)
+    ]
+
+
+def read_task_ids(buf: memoryview, count: int) -> tuple[int, list[int]]:
+    """A ``CHECK``'s or a ``MISSING``'s round and ids; ``ProtocolError`` if
+    it is malformed."""
+    offset = body(buf, count, ID_ENTRY)
+    if len(buf) != offset + ROUND.size:
+        raise ProtocolError("malformed list of task ids")
+    ids = [task_id for (task_id,) in ID_ENTRY.iter_unpack(buf[HEAD.size : offset])]
+    return ROUND.unpack_from(buf, offset)[0], ids
 
 
 def hello(info: dict[str, Any]) -> list[bytes]:

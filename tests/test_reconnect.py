@@ -1,0 +1,147 @@
+"""A remote worker's TCP connection to the pool dropped and connected again
+while the worker lives (a reset, a NAT's timeout), on loopback: ``ss -K``
+destroys the connection while a message is on its way, which is lost. The
+task whose TASK or RESULT was lost runs again, and the worker stays. No
+cluster needed; as root (``ss -K`` needs CAP_NET_ADMIN)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distex_zmq import Pool
+from tests.helpers import LoopbackSpawner, free_port, wait_until
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("ss") is None,
+        reason="cutting a TCP connection with `ss -K` needs root and iproute2's ss",
+    ),
+]
+
+#: Bytes of a task's argument or result: more than loopback's socket buffers
+#: hold, so that part of it is on its way while its receiver stands still.
+LARGE = 64 * 1024 * 1024
+
+WARNING = "dropped and came back, which lost the messages of 1 of its tasks"
+
+
+def _queued(side: str, port: int) -> int:
+    """The bytes queued in the TCP sockets whose ``side`` (``sport`` or
+    ``dport``) is ``port`` on loopback (both queues, each socket)."""
+    out = subprocess.run(
+        ["ss", "-tnH", "dst", "127.0.0.1", side, "=", f":{port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(int(line.split()[1]) + int(line.split()[2]) for line in out.splitlines())
+
+
+def _cut(port: int) -> None:
+    """Destroy the connections to the broker's ``port`` (their peers get a reset)."""
+    out = subprocess.run(
+        ["ss", "-K", "-tnH", "dst", "127.0.0.1", "dport", "=", f":{port}"],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0 or not out.stdout.strip():
+        pytest.skip(f"`ss -K` destroyed no socket (a kernel without INET_DIAG_DESTROY?): {out}")
+
+
+def test_a_task_lost_on_its_way_to_a_worker_runs_again(tmp_path: Path, caplog: Any) -> None:
+    # the worker stands still (SIGSTOP) while the broker sends a large
+    # task: part of it waits in the sockets as the connection is cut, and
+    # the worker never gets it; its SYNC after connecting again has the
+    # broker's CHECK find it missing
+    caplog.set_level(logging.INFO, logger="distex_zmq")
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    port = free_port()
+    try:
+        with Pool(None, [f"127.0.0.1:{spawner.port}/1"], secret=None, localport=port) as pool:
+            assert pool.run(abs, -1) == 1
+            pid = pool.status().workers[0].pid
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                future = pool.submit(len, b"x" * LARGE)
+                wait_until(lambda: _queued("sport", port) > 0, timeout=30)
+                _cut(port)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert future.result(timeout=60) == LARGE
+            status = pool.status()
+            # the same worker, which lost nothing but a message
+            assert [w.pid for w in status.workers] == [pid], status
+            assert status.totals.workers_lost == 0 and status.totals.retried == 0, status
+    finally:
+        spawner.stop()
+    assert WARNING in caplog.text, caplog.text
+
+
+CLIENT = textwrap.dedent(
+    """
+    import sys
+    from distex_zmq import Pool
+
+    def large(n):
+        import time
+        time.sleep(1.0)  # the test stops this client meanwhile
+        return b"y" * n
+
+    spawner, port, size = (int(arg) for arg in sys.argv[1:])
+    with Pool(None, [f"127.0.0.1:{spawner}/1"], secret=None, localport=port,
+              heartbeat_timeout=120) as pool:
+        pid = pool.status().workers[0].pid
+        future = pool.submit(large, size)
+        print("submitted", flush=True)
+        assert len(future.result(timeout=60)) == size
+        status = pool.status()
+        assert [w.pid for w in status.workers] == [pid], status
+        print("got it", flush=True)
+    """
+)
+
+
+def test_a_result_lost_on_its_way_to_the_pool_runs_again(tmp_path: Path) -> None:
+    # the client stands still (SIGSTOP) while the worker sends a large
+    # result: part of it waits in the sockets as the connection is cut, and
+    # the pool never gets it
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    port = free_port()
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    client = subprocess.Popen(
+        [sys.executable, str(script), str(spawner.port), str(port), str(LARGE)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == "submitted\n", client.communicate(timeout=30)
+        os.kill(client.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: _queued("dport", port) > 0, timeout=30)
+            _cut(port)
+        finally:
+            os.kill(client.pid, signal.SIGCONT)
+        out, err = client.communicate(timeout=90)
+        assert client.returncode == 0 and out == "got it\n", err
+        assert WARNING in err, err
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+        spawner.stop()
