@@ -124,6 +124,21 @@ class Options:
         return self.total_workers * self.qsize
 
 
+def executor_workers(num_workers: int | None, max_workers: int) -> int:
+    """The ``num_workers`` that ``Pool(max_workers=...)`` means, as
+    ``ProcessPoolExecutor`` takes it (``num_workers`` left as it is)."""
+    if num_workers != 0:
+        raise TypeError(
+            f"Pool got num_workers={num_workers!r} and max_workers={max_workers!r}: "
+            "give one of them (max_workers is ProcessPoolExecutor's name for num_workers)"
+        )
+    if not isinstance(max_workers, int) or isinstance(max_workers, bool):
+        raise TypeError(f"max_workers must be an integer or None, not {max_workers!r}")
+    if max_workers <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    return max_workers
+
+
 def local_workers(num_workers: int | None) -> int:
     """The local workers that ``Pool(num_workers)`` and ``Pool.resize`` mean:
     0 is one per CPU, ``None`` none at all."""

@@ -33,6 +33,7 @@ from distex_zmq.options import (
     DEFAULT_AGENT_START_TIMEOUT,
     check_flag,
     drain_timeout,
+    executor_workers,
     pool_options,
 )
 from distex_zmq.pool_base import raise_start_error
@@ -189,6 +190,14 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             records came, not on the pool loop: a slow one does not hold up
             the tasks; ``shutdown`` returns once the records that came
             before it are handled.
+        max_workers: ``ProcessPoolExecutor``'s name for the local workers,
+            so that code written for it runs: ``max_workers=4`` is
+            ``num_workers=4``; ``None`` (the default) leaves
+            ``num_workers`` to say. Greater than 0, as there.
+        mp_context: ``ProcessPoolExecutor``'s, taken and not used: the
+            workers start as fresh processes whatever it says, as with
+            ``"spawn"``, and what a task needs of the script travels with
+            it (``data_pickle``).
     """
 
     TimeoutError = concurrent.futures.TimeoutError
@@ -221,8 +230,12 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         log_level: int | str | None = CLIENT_LEVEL,
         max_tasks_per_child: int | None = None,
         agent_start_timeout: float = DEFAULT_AGENT_START_TIMEOUT,
+        max_workers: int | None = None,
+        mp_context: Any = None,
     ):
         check_flag("lazy_create", lazy_create)
+        if max_workers is not None:
+            num_workers = executor_workers(num_workers, max_workers)
         super().__init__(
             pool_options(
                 num_workers,

@@ -8,6 +8,7 @@ import functools
 import gc
 import inspect
 import itertools
+import multiprocessing
 import os
 import re
 import socket
@@ -291,6 +292,42 @@ def test_map_with_kwargs_via_submit_and_partial(pool):
 def test_pool_is_an_executor(pool):
     assert isinstance(pool, concurrent.futures.Executor)
     assert Pool.TimeoutError is concurrent.futures.TimeoutError
+
+
+@pytest.fixture(scope="module")
+def spawn_context():
+    """multiprocessing's "spawn", its resource tracker started: a process
+    that lives as long as the test process, not one a test leaves behind."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    return multiprocessing.get_context("spawn")
+
+
+@pytest.mark.parametrize("executor", [concurrent.futures.ProcessPoolExecutor, Pool])
+def test_the_arguments_of_process_pool_executor_make_a_pool(executor, spawn_context):
+    # code written for ProcessPoolExecutor(max_workers=..., mp_context=...)
+    # raised "unexpected keyword argument 'max_workers'"
+    with executor(
+        max_workers=2,
+        mp_context=spawn_context,
+        initializer=tasks.square,
+        initargs=(3,),
+        max_tasks_per_child=None,
+    ) as ex:
+        assert list(ex.map(tasks.square, range(4))) == [0, 1, 4, 9]
+        if isinstance(ex, Pool):
+            assert len(ex.status().workers) == 2
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="^max_workers must be greater than 0$"):
+            executor(max_workers=bad)
+
+
+def test_max_workers_and_num_workers_together_say_which_to_give():
+    with pytest.raises(TypeError, match=r"give one of them \(max_workers is ProcessPoolExecutor"):
+        Pool(3, max_workers=2)
+    with pytest.raises(TypeError, match=r"^max_workers must be an integer or None, not 1\.5$"):
+        Pool(max_workers=1.5)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
