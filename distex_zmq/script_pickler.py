@@ -32,7 +32,6 @@ import io
 import sys
 import types
 import typing
-from collections import ChainMap
 from collections.abc import Mapping
 from typing import Any
 
@@ -156,7 +155,7 @@ def code_reduce(obj: types.CodeType) -> Any:
     return code_with_filename, (make, args, obj.co_filename)
 
 
-#: The reducers that ``ScriptPickler`` adds to copyreg's: cloudpickle's,
+#: The reducers that ``ScriptPickler`` applies before copyreg's: cloudpickle's,
 #: and its own.
 _REDUCERS = {**cloudpickle.Pickler._dispatch_table, types.CodeType: code_reduce}
 
@@ -201,18 +200,26 @@ class ScriptPickler(cloudpickle.Pickler):
     Many objects of a few types (a list of a script's dataclass) cost
     little each: ``reducer_override``, called for every object but a few
     builtin ones, returns at once for a type it has found to need none of
-    its reductions, and the C pickler looks each type up in a ``dict``, not
-    in cloudpickle's ``ChainMap``, whose lookup is Python code that raises
-    ``KeyError`` at each of its maps (``_plain_types``)."""
+    its reductions (``_plain_types``), and the C pickler looks each type up
+    in ``copyreg.dispatch_table`` as it does for a pickler without a
+    ``dispatch_table`` (a lookup that misses raises no ``KeyError``), not in
+    cloudpickle's ``ChainMap``, whose lookup is Python code that raises
+    ``KeyError`` at each of its maps. ``reducer_override`` applies the
+    reducers of ``_REDUCERS`` itself, before copyreg's, as the ``ChainMap``
+    does; copyreg's table is the live one, so that a reducer registered
+    with ``copyreg.pickle`` at any time applies, and a pickler costs no
+    copy of either table when it is made."""
 
-    dispatch_table: Mapping[type, Any] = ChainMap(_REDUCERS, copyreg.dispatch_table)
+    @property
+    def dispatch_table(self) -> Mapping[type, Any]:
+        """Missing: the C pickler, which reads this attribute when it is
+        made, then takes ``copyreg.dispatch_table`` (see above); cloudpickle's
+        class has one."""
+        raise AttributeError("dispatch_table")
 
     def __init__(
         self, *args: Any, refs: RefSink | None = None, to_client: bool = False, **kwargs: Any
     ):
-        # the pickler reads its table when it is made: copyreg's entries as
-        # they are now, and ours, which win
-        self.dispatch_table = {**copyreg.dispatch_table, **_REDUCERS}
         super().__init__(*args, **kwargs)
         self._refs = refs
         self._to_client = to_client
@@ -264,13 +271,18 @@ class ScriptPickler(cloudpickle.Pickler):
         if reduce is not NotImplemented:
             return reduce
         # cloudpickle's reduces only classes and functions; what came this
-        # far is left to the pickler for its type, but for an lru_cache
-        # wrapper and a type parameter, left so for where they are found
+        # far goes by the reducer of its type in _REDUCERS, else is left to
+        # the pickler for its type, but for an lru_cache wrapper and a type
+        # parameter, left so for where they are found
         reduce = super().reducer_override(obj)
-        if reduce is NotImplemented and kind is not _LRU_CACHE_WRAPPER and kind not in TYPE_PARAMS:
-            if len(_plain_types) >= _MAX_PLAIN_TYPES:
-                _plain_types.clear()
-            _plain_types.add(kind)
+        if reduce is NotImplemented:
+            reducer = _REDUCERS.get(kind)
+            if reducer is not None:
+                return reducer(obj)
+            if kind is not _LRU_CACHE_WRAPPER and kind not in TYPE_PARAMS:
+                if len(_plain_types) >= _MAX_PLAIN_TYPES:
+                    _plain_types.clear()
+                _plain_types.add(kind)
         return reduce
 
 

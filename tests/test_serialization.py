@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import tracemalloc
+import types
 import weakref
 from pathlib import Path
 from types import SimpleNamespace
@@ -1309,6 +1310,56 @@ def test_the_by_value_pickler_takes_reducers_registered_with_copyreg_later():
     finally:
         del copyreg.dispatch_table[_Registered]
     assert back[0].value == ("reduced", 1) and back[1].x == 2
+
+
+class _RegisteredLater:
+    """Of a class that the by-value pickler meets before and after
+    ``copyreg`` gets a reducer for it, and after that reducer is gone."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _registered_later_again(value):
+    return _RegisteredLater(("reduced", value))
+
+
+@pytest.mark.timeout(60)
+def test_a_copyreg_reducer_applies_from_when_it_is_registered_to_when_it_is_removed(shared_pool):
+    # the by-value pickler reads copyreg's table as it is at each pickle,
+    # also for a type whose objects it pickled before: a task's argument
+    # goes by the reducer while it is registered, by the class's own
+    # reduction before and after
+    def sent(value):
+        args = [_RegisteredLater(value), _ScriptPoint(value)]
+        back = pickle.loads(dumps_by_value(args, 5))
+        result = shared_pool.submit(tasks.identity, args).result()
+        assert type(result[1]) is _ScriptPoint  # by value, then back as the client's own
+        assert back[0].value == result[0].value
+        return result[0].value
+
+    assert sent(1) == 1
+    copyreg.pickle(_RegisteredLater, lambda obj: (_registered_later_again, (obj.value,)))
+    try:
+        assert sent(2) == ("reduced", 2)
+    finally:
+        del copyreg.dispatch_table[_RegisteredLater]
+    assert sent(3) == 3
+
+
+def test_cloudpickles_reducers_apply_to_each_object_and_before_copyregs():
+    # cloudpickle's reducers (a mappingproxy's, a dict view's) apply to
+    # every object of their types, not only to the first the pickler met,
+    # and before a reducer that copyreg has for the same type
+    copyreg.pickle(types.MappingProxyType, lambda obj: (dict, ((("copyreg's", 1),),)))
+    try:
+        for k in range(3):
+            data = dumps_by_value([types.MappingProxyType({"k": k}), {"k": k}.keys()], 5)
+            proxy, keys = pickle.loads(data)
+            assert type(proxy) is types.MappingProxyType and dict(proxy) == {"k": k}
+            assert list(keys) == ["k"]
+    finally:
+        del copyreg.dispatch_table[types.MappingProxyType]
 
 
 @pytest.mark.timeout(120)
