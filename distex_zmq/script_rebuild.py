@@ -40,7 +40,7 @@ import builtins
 import functools
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 
@@ -91,12 +91,27 @@ def script_ref(ref_id: int, name: str = "?") -> Any:
     return lookup(ref_id, name)
 
 
+#: cloudpickle's classes by tracker id (a weak-valued mapping), once a
+#: result first names one (``client_class``)
+_tracked_classes: Mapping[str, type] | None = None
+
+
+def _cloudpickle_tracked_classes() -> Mapping[str, type]:
+    """cloudpickle's classes by tracker id, importing cloudpickle."""
+    global _tracked_classes
+    from cloudpickle import cloudpickle
+
+    _tracked_classes = cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID
+    return _tracked_classes
+
+
 def client_class(name: str, tracker_id: str) -> type:
     """The class of the script ``name`` that a worker's result names by its
     tracker id: the client's own, which it sent that worker by id."""
-    from cloudpickle import cloudpickle
-
-    cls = cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID.get(tracker_id)
+    classes = _tracked_classes
+    if classes is None:
+        classes = _cloudpickle_tracked_classes()
+    cls = classes.get(tracker_id)
     if cls is None:
         raise RuntimeError(
             f"a result is of the class {name} of the script, which this process no longer "

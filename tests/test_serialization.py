@@ -1093,6 +1093,25 @@ def test_a_result_of_a_class_the_client_no_longer_has_says_so():
         script_rebuild.client_class("Gone", "0" * 32)
 
 
+@pytest.mark.timeout(60)
+def test_results_of_a_script_class_defined_again_are_each_of_the_class_its_task_took(shared_pool):
+    # two classes of the script by one name (the script defined it again):
+    # each result is of the client's class that its argument was of, and
+    # an enum's member comes back as the client's member itself
+    first, again = _script_dataclass(), _script_dataclass()
+    assert first is not again and first.__qualname__ == again.__qualname__
+    futures = [
+        shared_pool.submit(tasks.identity, cls(k)) for k in range(4) for cls in (first, again)
+    ]
+    assert [type(f.result()) for f in futures] == [first, again] * 4
+    assert [f.result().n for f in futures] == [k for k in range(4) for _ in range(2)]
+    namespace = {"__name__": "__main__"}
+    exec("import enum\nclass Mode(enum.Enum):\n    ON = 1\n    OFF = 2\n", namespace)
+    mode = namespace["Mode"]
+    assert shared_pool.submit(tasks.identity, [mode.ON, mode.OFF]).result() == [mode.ON, mode.OFF]
+    assert shared_pool.submit(tasks.identity, mode.OFF).result() is mode.OFF
+
+
 def test_a_partial_of_a_script_function_whose_globals_only_dill_takes_goes_by_value():
     # with data_pickle other than dill, the functions of the script that go
     # by id are pickled by cloudpickle, which takes no lock: a partial of one
