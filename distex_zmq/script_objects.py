@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import io
 import pickle
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .script_rebuild import RefSink
+
+if TYPE_CHECKING:
+    from .script_pickler import ScriptPickler
 
 _MAIN = b"__main__"
 
@@ -47,15 +50,29 @@ def dumps_main_by_value(obj: Any, protocol: int, buffer_callback: Any = None) ->
     return data
 
 
+#: ``script_pickler.ScriptPickler`` once imported (by ``_import_script_pickler``):
+#: an import statement in each call of the functions below would cost more
+#: than a small pickle does
+_script_pickler: type[ScriptPickler] | None = None
+
+
+def _import_script_pickler() -> type[ScriptPickler]:
+    """Import ``script_pickler`` (and so cloudpickle); return its pickler."""
+    global _script_pickler
+    from .script_pickler import ScriptPickler
+
+    _script_pickler = ScriptPickler
+    return ScriptPickler
+
+
 def dumps_by_value(
     obj: Any, protocol: int, buffer_callback: Any = None, refs: RefSink | None = None
 ) -> bytes:
     """Pickle ``obj`` with ``__main__`` objects by value (cloudpickle); but
     for the functions of ``__main__``, which go by id to ``refs`` if given."""
-    from .script_pickler import ScriptPickler
-
+    pickler = _script_pickler or _import_script_pickler()
     file = io.BytesIO()
-    ScriptPickler(file, protocol=protocol, buffer_callback=buffer_callback, refs=refs).dump(obj)
+    pickler(file, protocol=protocol, buffer_callback=buffer_callback, refs=refs).dump(obj)
     return file.getvalue()
 
 
@@ -70,10 +87,9 @@ def dumps_by_value_to_client(
 ) -> bytes:
     """``dumps_by_value`` for a worker's results: a class of the script that
     the worker holds by id goes as the client's own (``script_rebuild.client_class``)."""
-    from .script_pickler import ScriptPickler
-
+    pickler = _script_pickler or _import_script_pickler()
     file = io.BytesIO()
-    ScriptPickler(
+    pickler(
         file, protocol=protocol, buffer_callback=buffer_callback, refs=refs, to_client=True
     ).dump(obj)
     return file.getvalue()

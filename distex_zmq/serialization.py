@@ -251,7 +251,7 @@ def dumps(
     if guess is not None and guess.by_value:  # PickleType.auto, whose stream needed it
         by_value = dumps_by_value_to_client if dumper is dumps_main_to_client else dumps_by_value
         data = by_value(obj, PROTOCOL, keep_large, refs)
-        if not any(mark in data for mark in _BY_VALUE_MARKS):
+        if _BY_VALUE_MARKS[0] not in data and _BY_VALUE_MARKS[1] not in data:
             guess.by_value = False
         return data, buffers
     try:
