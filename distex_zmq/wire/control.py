@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
 from distex_zmq.errors import ProtocolError
+from distex_zmq.wire.frames import load_json
 
 MAGIC = b"DZSP"
 VERSION = 4
@@ -510,8 +511,8 @@ def _release(message: bytes | dict[str, Any]) -> str | None:
 
 def _json_object(data: bytes) -> dict[str, Any]:
     try:
-        message = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+        message = load_json(data)
+    except ValueError as e:  # UnicodeDecodeError is one
         raise ProtocolError(f"malformed JSON: {e}") from None
     if not isinstance(message, dict):
         raise ProtocolError("a message must be a JSON object")

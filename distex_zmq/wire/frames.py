@@ -332,10 +332,20 @@ def log(record: dict[str, Any]) -> list[bytes]:
     return control(LOG, json.dumps(record).encode())
 
 
+def load_json(data: bytes | str) -> Any:
+    """``json.loads(data)``, with ``ValueError`` for JSON nested too deep to
+    load (a ``RecursionError`` of the decoder), as for any other that is
+    malformed: a peer's message never raises more than ``ValueError``."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+
+
 def read_log(body: bytes) -> dict[str, Any]:
     """The checked fields of a ``LOG`` body; ``ProtocolError`` if it is malformed."""
     try:
-        record = json.loads(body)
+        record = load_json(body)
     except ValueError as e:
         raise ProtocolError(f"malformed log record: {e}") from None
     if not isinstance(record, dict):
@@ -439,7 +449,7 @@ def body(buf: memoryview, count: int, entry: struct.Struct) -> int:
 
 def json_body(buf: memoryview) -> dict[str, Any]:
     try:
-        info = json.loads(bytes(buf[HEAD.size :]))
+        info = load_json(bytes(buf[HEAD.size :]))
     except ValueError as e:
         raise ProtocolError(f"malformed body: {e}") from None
     if not isinstance(info, dict):
@@ -455,8 +465,8 @@ def read_hello(buf: memoryview) -> tuple[int, str, int, str | None]:
     try:
         pid, host, credits = int(info["pid"]), str(info["host"]), int(info["credits"])
         python = None if info.get("python") is None else str(info["python"])
-    except (KeyError, TypeError, ValueError):
-        raise ProtocolError(f"malformed hello {info!r}") from None
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise ProtocolError(f"malformed hello {info!r:.200}") from None
     if not 0 < credits <= MAX_CREDITS:
         raise ProtocolError(f"hello with bad credits {credits}")
     return pid, host, credits, python
