@@ -36,8 +36,9 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 
-#: JSON nested deeper than the decoder goes (a RecursionError in ``json``)
-DEEP = b"[" * 100_000
+#: JSON nested deeper than the decoder goes (a RecursionError in ``json``),
+#: small enough for a spawner to read (``control.MAX_MESSAGE``)
+DEEP = b"[" * 10_000
 #: any JSON value, and objects with the fields of the messages among their keys
 json_values = st.recursive(
     st.none()
@@ -160,3 +161,140 @@ def test_a_control_message_reads_or_is_refused(head, body, more, reads):
             decode()
         except ProtocolError:
             pass
+
+
+# a spawner process on loopback
+
+SECRET = "correct horse battery staple 42"
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def spawner_client(ctx: zmq.Context, port: int, keys: Any = None) -> zmq.Socket:
+    """A DEALER to the spawner: with the secret's client keys (``keys``: a
+    ``ClusterKeys``), with made-up ones, or plain."""
+    from distex_zmq.security import make_client
+
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        server, client = keys
+        make_client(sock, server, client)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    return sock
+
+
+def ask(sock: zmq.Socket, frames: list[bytes], timeout: float = 10) -> c.Message:
+    sock.send_multipart(frames)
+    assert sock.poll(int(timeout * 1000)), f"the spawner did not answer {frames!r:.200}"
+    return c.decode(sock.recv_multipart(), ANSWERS)
+
+
+def still_serves(sock: zmq.Socket, timeout: float = 20) -> bool:
+    """Whether the spawner answers a status request on ``sock``, after the
+    answers to what was sent before it."""
+    sock.send_multipart(c.encode(c.Status()))
+    deadline = time.monotonic() + timeout
+    while sock.poll(max(int((deadline - time.monotonic()) * 1000), 0)):
+        if isinstance(c.decode(sock.recv_multipart(), ANSWERS), c.StatusReply):
+            return True
+    return False
+
+
+#: what a spawner answers: a pool's events and a status reply
+ANSWERS = c.Reads("ev", {**c.POOL_READS.kinds, **c.STATUS_READS.kinds})
+
+
+def open_request(**fields: Any) -> list[bytes]:
+    keys = {"server": "0" * 40, "public": "0" * 40, "secret": "0" * 40}
+    worker = {"credits": 1, "func_pickle": 0, "data_pickle": 0, "loop": 0, "log_level": 30}
+    body = {"op": "open", "protocol": p.VERSION, "endpoint": "tcp://127.0.0.1:1", "keys": keys}
+    body |= {"worker": worker, "workers": 1, "heartbeat": 5.0, **fields}
+    return [c.HEAD, json.dumps(body).encode()]
+
+
+@pytest.fixture
+def secured_spawner(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET + "\n")
+    secret.chmod(0o600)
+    spawner = LoopbackSpawner(tmp_path / "spawner.log", "--secret-file", str(secret))
+    yield spawner
+    spawner.stop()
+
+
+def test_a_spawner_refuses_hostile_requests_and_connections_and_serves_a_pool_after(
+    secured_spawner, make_pool
+):
+    from distex_zmq.security import ClusterKeys, KeyPair
+
+    spawner, pid = secured_spawner, secured_spawner.proc.pid
+    keys = ClusterKeys.from_secret(SECRET.encode())
+    ctx = zmq.Context()
+    try:
+        holder = spawner_client(ctx, spawner.port, (keys.spawner.public, keys.client))
+        assert isinstance(ask(holder, c.encode(c.Status())), c.StatusReply)
+        fds = fd_count(pid)
+        # a client that holds the secret: every bad request is refused, saying why
+        refusals = {
+            "malformed JSON: nested too deep": [c.HEAD, DEEP],
+            "'workers' = 1000000000 is out of range": open_request(workers=10**9),
+            "'workers' = -1 is out of range": open_request(workers=-1),
+            "'workers' must be a int": open_request(workers=1e9),
+            "'heartbeat' = inf is out of range": open_request(heartbeat=float("inf")),
+            "'spawn' before 'open'": c.encode(c.Spawn(b"\x01")),
+            "expected 2 frames, got 1": [b""],
+            "expected 2 frames, got 3": [c.HEAD, b"{}", b""],
+            "a message must be a JSON object": [c.HEAD, b"[1, 2]"],
+            "not a distex_zmq control message": [b"GET / HTTP/1.1", b"\r\n"],
+            "protocol version": [b"DZSP\x00\x63", b'{"op": "ping"}'],
+        }  # fmt: skip
+        for text, frames in refusals.items():
+            answer = ask(holder, frames)
+            assert isinstance(answer, c.Refused) and text in answer.reason, (text, answer)
+        for _ in range(200):  # the same, again and again
+            for frames in refusals.values():
+                holder.send_multipart(frames)
+        assert still_serves(holder)
+        # too large: ZeroMQ drops the connection
+        big = spawner_client(ctx, spawner.port, (keys.spawner.public, keys.client))
+        big.send_multipart([c.HEAD, b" " * c.MAX_MESSAGE])
+        assert not big.poll(500)
+        big.close()
+        # no secret, another secret: no answer
+        for other in (None, (keys.spawner.public, KeyPair.random())):
+            stranger = spawner_client(ctx, spawner.port, other)
+            stranger.send_multipart(c.encode(c.Status()))
+            stranger.send_multipart(open_request())
+            assert not stranger.poll(500)
+            stranger.close()
+        # 1000 raw TCP connections: junk, nothing, or half open, 100 at a time
+        for batch in range(10):
+            held = []
+            for i in range(100):
+                conn = socket.create_connection(("127.0.0.1", spawner.port), timeout=5)
+                if i % 3 == 0:
+                    conn.sendall(os.urandom(64))
+                elif i % 3 == 1:
+                    conn.sendall(b"\xff" + b"\x00" * 8 + b"\x7f")  # a ZMTP greeting's start
+                held.append(conn)
+            for conn in held:
+                conn.close()
+        # the connections are gone from the spawner, and it still serves
+        assert wait_until(lambda: fd_count(pid) <= fds + 2, timeout=20), (fds, fd_count(pid))
+        assert still_serves(holder)
+        holder.close()
+    finally:
+        ctx.destroy(linger=0)
+    assert not child_pids(pid)  # nothing was started
+    pool = make_pool(None, [f"127.0.0.1:{spawner.port}/2"], secret=SECRET)
+    assert list(pool.map(tasks.square, range(50))) == [x * x for x in range(50)]
+    pool.shutdown()
+    log = spawner.read().decode()
+    assert "Traceback" not in log and "internal error" not in log
+    # a line per refusal, at most 5 per client; a few for the handshakes
+    assert 1 <= log.count("refused a request") <= 5
+    assert log.count("refused a connection in its handshake") <= 11
+    assert spawner.proc.poll() is None
