@@ -45,6 +45,42 @@ _logger = logging.getLogger("distex_zmq.broker")
 
 #: Seconds between probes of the workers that hold tasks (``Broker._probe``).
 PROBE_INTERVAL = 5.0
+#: Peers whose first dropped message is logged on its own line (``DropLog``).
+MAX_LOGGED_PEERS = 10
+#: After them, one line in this many dropped messages.
+DROP_LOG_EVERY = 1000
+
+
+class DropLog:
+    """The warnings about the messages the broker drops: the first message
+    of each of the first ``MAX_LOGGED_PEERS`` peers, then one line in
+    ``DROP_LOG_EVERY`` messages, so that a peer that sends garbage, or a
+    flood of peers, cannot flood the log, and what it keeps stays bounded."""
+
+    def __init__(self) -> None:
+        #: the messages dropped, since the start
+        self.dropped = 0
+        self._peers: set[bytes] = set()
+
+    def note(self, identity: bytes, why: str) -> None:
+        """A message from ``identity`` was dropped, for the reason ``why``."""
+        self.dropped += 1
+        name = identity.decode(errors="backslashreplace")
+        if identity not in self._peers and len(self._peers) < MAX_LOGGED_PEERS:
+            self._peers.add(identity)
+            _logger.warning(
+                "dropped a message from %s: %s (its further messages are dropped without a line)",
+                name,
+                why,
+            )
+        elif self.dropped % DROP_LOG_EVERY == 0:
+            _logger.warning(
+                "dropped %d messages so far from peers that are not workers of this pool "
+                "or sent malformed messages; the latest from %s: %s",
+                self.dropped,
+                name,
+                why,
+            )
 
 
 class Broker:
@@ -104,6 +140,8 @@ class Broker:
             self.dispatch,
         )
         self._inbox = self._dispatcher.inbox
+        #: the warnings about messages dropped (a peer that is no worker, or malformed)
+        self.drops = DropLog()
         self._wake_pending = False
         self._closed = False
         #: what ``submit`` raises once the broker is closed
@@ -322,8 +360,7 @@ class Broker:
             else:
                 raise ProtocolError(f"unknown message type {kind!r}")
         except ProtocolError as e:
-            name = identity.decode(errors="backslashreplace")
-            _logger.warning("dropped a message from %s: %s", name, e)
+            self.drops.note(identity, str(e))
             if "version" in str(e):
                 self._control(identity, p.REFUSE, str(e).encode())
         except Exception:
@@ -345,11 +382,13 @@ class Broker:
         self.dispatch()  # it may take tasks again
 
     def _control(self, identity: bytes, kind: bytes, body: bytes = b"") -> None:
-        """Send STOP or REFUSE, if the peer can still be reached."""
+        """Send STOP or REFUSE, if the peer can still be reached and takes it
+        now: a peer that sends and never reads (its queue full) must not
+        block the pool loop."""
         if self._sock is not None:
             try:
-                self._sock.send_multipart([identity, *p.control(kind, body)])
-            except zmq.ZMQError:
+                self._sock.send_multipart([identity, *p.control(kind, body)], zmq.DONTWAIT)
+            except zmq.ZMQError:  # zmq.Again included
                 pass
             if self._reader is not None:
                 self._reader.poke()  # a send can take the edge of the socket's FD

@@ -10,9 +10,8 @@ import logging
 import os
 import re
 import socket
-import sys
+import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ import zmq
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from distex_zmq import Pool, ProtocolError
+from distex_zmq import ProtocolError
 from distex_zmq.wire import control as c
 from distex_zmq.wire import frames as p
 from tests import tasks
@@ -41,13 +40,10 @@ FUZZ = settings(
 DEEP = b"[" * 10_000
 #: any JSON value, and objects with the fields of the messages among their keys
 json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats()
-    | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 FIELDS = [
@@ -271,7 +267,7 @@ def test_a_spawner_refuses_hostile_requests_and_connections_and_serves_a_pool_af
             assert not stranger.poll(500)
             stranger.close()
         # 1000 raw TCP connections: junk, nothing, or half open, 100 at a time
-        for batch in range(10):
+        for _ in range(10):
             held = []
             for i in range(100):
                 conn = socket.create_connection(("127.0.0.1", spawner.port), timeout=5)
@@ -298,3 +294,94 @@ def test_a_spawner_refuses_hostile_requests_and_connections_and_serves_a_pool_af
     assert 1 <= log.count("refused a request") <= 5
     assert log.count("refused a connection in its handshake") <= 11
     assert spawner.proc.poll() is None
+
+
+# a live pool's broker, sent garbage on its ipc endpoint
+
+
+def hello_body(**fields: Any) -> bytes:
+    info = {"pid": 1, "host": "fake", "credits": 1, "version": "0.0", "python": "3"}
+    return json.dumps({**info, **fields}).encode()
+
+
+GARBAGE = [
+    [b""],
+    [b"", b""],
+    [b"DZMQ"],
+    [envelope(p.HELLO)[:5]],
+    [p.HEAD.pack(p.MAGIC, p.VERSION + 1, p.HELLO, 0) + hello_body()],
+    [envelope(p.HELLO, body=b"{nonsense")],
+    [envelope(p.HELLO, body=DEEP)],
+    [envelope(p.HELLO, body=hello_body(credits=10**9))],
+    [envelope(p.RESULT, 1, p.RESULT_ENTRY.pack(12345, p.STATUS_OK, 1, 5, 0, 0) + b"hello")],
+    [envelope(p.RESULT, 1, p.RESULT_ENTRY.pack(1, p.STATUS_OK, 1, 0xFFFFFFF0, 0, 0))],
+    [envelope(p.RESULT, 0xFFFF)],
+    [envelope(p.LOG, body=b"{}")],
+    [envelope(p.LOG, body=DEEP)],
+    [envelope(b"Z")],
+    [envelope(p.TASK)],
+    [envelope(p.STOP)],
+]
+
+
+def dealer(ctx: zmq.Context, endpoint: str, identity: bytes) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, identity)
+    sock.connect(endpoint)
+    return sock
+
+
+def test_a_pool_keeps_working_through_garbage_and_says_so_in_a_few_lines(pool, caplog):
+    endpoint = broker_endpoint(pool)
+    workers = {w.pid for w in pool.status().workers}
+    caplog.set_level(logging.WARNING, "distex_zmq.broker")
+    ctx = zmq.Context()
+    try:
+        for i in range(20):  # garbage of every kind, from 20 peers
+            sock = dealer(ctx, endpoint, b"stranger-%d" % i)
+            for message in GARBAGE:
+                sock.send_multipart(message)
+        for i in range(300):  # a flood of hellos, each from a new peer
+            dealer(ctx, endpoint, b"flood-%d" % i).send_multipart(p.hello(json.loads(hello_body())))
+        # a map that runs through it all gets its results
+        results = pool.map(tasks.square, range(200))
+        assert list(results) == [x * x for x in range(200)]
+    finally:
+        ctx.destroy(linger=0)
+    # no stranger was taken for a worker
+    assert {w.pid for w in pool.status().workers} == workers
+    assert len(pool.run_on_all(os.getpid)) == 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "distex_zmq.broker"]
+    assert 1 <= len(lines) <= 15, lines
+    # each names the peer and what was wrong
+    assert re.fullmatch(
+        r"dropped a message from stranger-\d+: not a distex_zmq message \(too short\) "
+        r"\(its further messages are dropped without a line\)",
+        lines[0],
+    )
+
+
+def test_a_peer_that_never_reads_does_not_block_the_pool(pool):
+    # each hello of a worker the pool did not start is answered by a refusal:
+    # a peer that never reads fills its queue, and the broker must not wait on it
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, b"deaf")
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 1)
+        sock.setsockopt(zmq.RCVBUF, 4096)
+        sock.connect(broker_endpoint(pool))
+        for _ in range(20_000):
+            sock.send_multipart(p.hello(json.loads(hello_body())))
+        done: list[list[int]] = []
+        thread = threading.Thread(
+            target=lambda: done.append(list(pool.map(tasks.square, range(20)))), daemon=True
+        )
+        thread.start()
+        thread.join(30)
+        assert done == [[x * x for x in range(20)]], "the pool loop is blocked"
+    finally:
+        ctx.destroy(linger=0)
