@@ -75,101 +75,105 @@ class Delivery:
         offset = p.body(buf, count, p.RESULT_ENTRY)
         reader = p.Reader(buf, offset, frames)
         end = len(buf)
-        for task_id, status, elapsed, data_len, nbuffers, mark in p.result_entries(buf, count):
-            if nbuffers or data_len == _IN_FRAME:
-                data, buffers = reader.data(data_len, nbuffers)
-            else:
-                # ``reader.data`` inline for a small result (most of them):
-                # two calls less per result
-                at = reader.pos
-                reader.pos = stop = at + data_len
-                if stop > end:
-                    raise ProtocolError("truncated message: body past its end")
-                data, buffers = buf[at:stop], []
-            if status >= _PARTIAL:
-                # a piece of a chunk's results, or its inputs handed back
-                if status == _HANDED_BACK and handed and handed[0].id == task_id:
-                    # a further part of the inputs handed back: a task of its own
-                    part = self._pieces.part(handed[0], handed[1] + mark, data, buffers)
-                    self._ledger.add(part)
-                    returned.append(part)
+        # a malformed entry (``ProtocolError``) ends the message: what came
+        # before it is taken, and the worker's counts and credits are kept right
+        try:
+            for task_id, status, elapsed, data_len, nbuffers, mark in p.result_entries(buf, count):
+                if nbuffers or data_len == _IN_FRAME:
+                    data, buffers = reader.data(data_len, nbuffers)
+                else:
+                    # ``reader.data`` inline for a small result (most of them):
+                    # two calls less per result
+                    at = reader.pos
+                    reader.pos = stop = at + data_len
+                    if stop > end:
+                        raise ProtocolError("truncated message: body past its end")
+                    data, buffers = buf[at:stop], []
+                if status >= _PARTIAL:
+                    # a piece of a chunk's results, or its inputs handed back
+                    if status == _HANDED_BACK and handed and handed[0].id == task_id:
+                        # a further part of the inputs handed back: a task of its own
+                        part = self._pieces.part(handed[0], handed[1] + mark, data, buffers)
+                        self._ledger.add(part)
+                        returned.append(part)
+                        continue
+                    task = running.get(task_id)
+                    base = 0 if task is None else task.first - task.skip
+                    piece = self._pieces.piece(rec, task_id, status, (data, buffers, elapsed), mark)
+                    task, status = piece
+                    if status == _PARTIAL:
+                        continue
+                    assert task is not None
+                    handed = (task, base)
+                task = running.pop(task_id, None)
+                if task is None:
+                    _logger.warning("result for unknown task %d from %s", task_id, rec)
                     continue
-                task = running.get(task_id)
-                base = 0 if task is None else task.first - task.skip
-                piece = self._pieces.piece(rec, task_id, status, (data, buffers, elapsed), mark)
-                task, status = piece
-                if status == _PARTIAL:
-                    continue
-                assert task is not None
-                handed = (task, base)
-            task = running.pop(task_id, None)
-            if task is None:
-                _logger.warning("result for unknown task %d from %s", task_id, rec)
-                continue
-            value = (
-                (data, buffers, elapsed)
-                if not task.first and not task.in_pieces
-                else (data, buffers, elapsed, task.first)
-            )
-            group = task.group
-            if group is None:
-                rec.used -= 1
-            else:
-                task.group = None
-                group[0] -= 1
-                if not group[0]:
+                value = (
+                    (data, buffers, elapsed)
+                    if not task.first and not task.in_pieces
+                    else (data, buffers, elapsed, task.first)
+                )
+                group = task.group
+                if group is None:
                     rec.used -= 1
-            if status == _RETURNED:
-                if group is not None:
-                    unrun += 1  # a task of a group, given back
-                if task.cancelled:
-                    finish(task)
                 else:
-                    returned.append(task)
-                continue
-            answered += 1
-            if status != _OK:
-                failed += 1
-            note_run_time(task, elapsed, mark == _AWAITED)
-            finish(task)
-            if task.tag is INIT_TAG and task.pinned is rec:
-                if status == _OK:
-                    self._membership.make_ready(rec)
-                else:
-                    self._hooks.on_init_failed(rec, status, value)
-                continue
-            if not task.cancelled:
-                sink = task.sink
-                sink.deliver(task, status, value)
-                sinks.add(sink)
-        rec.done += answered - failed
-        rec.failed += failed
-        self.done += answered - failed
-        self.failed += failed
-        if unrun:
-            self._dispatcher.uncount(rec, unrun)
-        if returned:
-            # given back unrun, ahead of everything that came later
-            parts = [task for task in returned if task.first]
-            if parts:
-                returned = [task for task in returned if not task.first]
-                self._dispatcher.hand_back(parts)
-            self._dispatcher.requeue(returned)
-        if rec.spend_pending:
-            self._dispatcher.settle(rec)
-        if not running:
-            rec.exclusive = False
-            if rec.draining and not rec.pinned:
-                self._membership.drained(rec)
-        else:
-            if answered:
-                rec.busy_since = time.time()
-            if self._timeouts is not None:
-                self._timeouts.started(rec)  # the next task starts about now
-        self._registry.place(rec)
-        self._dispatch()
-        for sink in sinks:
-            sink.flush()
+                    task.group = None
+                    group[0] -= 1
+                    if not group[0]:
+                        rec.used -= 1
+                if status == _RETURNED:
+                    if group is not None:
+                        unrun += 1  # a task of a group, given back
+                    if task.cancelled:
+                        finish(task)
+                    else:
+                        returned.append(task)
+                    continue
+                answered += 1
+                if status != _OK:
+                    failed += 1
+                note_run_time(task, elapsed, mark == _AWAITED)
+                finish(task)
+                if task.tag is INIT_TAG and task.pinned is rec:
+                    if status == _OK:
+                        self._membership.make_ready(rec)
+                    else:
+                        self._hooks.on_init_failed(rec, status, value)
+                    continue
+                if not task.cancelled:
+                    sink = task.sink
+                    sink.deliver(task, status, value)
+                    sinks.add(sink)
+        finally:
+            rec.done += answered - failed
+            rec.failed += failed
+            self.done += answered - failed
+            self.failed += failed
+            if unrun:
+                self._dispatcher.uncount(rec, unrun)
+            if returned:
+                # given back unrun, ahead of everything that came later
+                parts = [task for task in returned if task.first]
+                if parts:
+                    returned = [task for task in returned if not task.first]
+                    self._dispatcher.hand_back(parts)
+                self._dispatcher.requeue(returned)
+            if rec.spend_pending:
+                self._dispatcher.settle(rec)
+            if not running:
+                rec.exclusive = False
+                if rec.draining and not rec.pinned:
+                    self._membership.drained(rec)
+            else:
+                if answered:
+                    rec.busy_since = time.time()
+                if self._timeouts is not None:
+                    self._timeouts.started(rec)  # the next task starts about now
+            self._registry.place(rec)
+            self._dispatch()
+            for sink in sinks:
+                sink.flush()
 
     def on_missing(self, rec: WorkerRecord, round_: int, ids: list[int]) -> None:
         """Take ``rec``'s ``MISSING`` of ``round_``: the tasks of its

@@ -385,3 +385,43 @@ def test_a_peer_that_never_reads_does_not_block_the_pool(pool):
         assert done == [[x * x for x in range(20)]], "the pool loop is blocked"
     finally:
         ctx.destroy(linger=0)
+
+
+# a worker of the pool that sends a malformed result
+
+
+def test_a_malformed_entry_keeps_what_came_before_it_and_the_workers_credits(tmp_path):
+    from tests.test_protocol import LoneBroker, _task_entries
+
+    broker = LoneBroker(tmp_path)
+
+    def tasks_received(n: int) -> list[int]:
+        ids: list[int] = []
+
+        def arrived() -> bool:
+            while sock.poll(0):
+                ids.extend(task_id for task_id, _, _ in _task_entries(sock.recv_multipart()))
+            return len(ids) >= n
+
+        broker.spin(arrived)
+        return ids
+
+    try:
+        broker.know_the_function_as_quick()
+        sock = broker.worker(b"w", credits=2)
+        first, second = broker.submit(), broker.submit()
+        assert tasks_received(2) == [first, second]
+        # the first entry is right, the second says its body runs past the end
+        writer = p.Writer(p.RESULT)
+        data = json.dumps(7).encode()
+        size = writer.body(data, [])
+        writer.entries.append(p.RESULT_ENTRY.pack(first, p.STATUS_OK, 5, size, 0, 0))
+        writer.entries.append(p.RESULT_ENTRY.pack(second, p.STATUS_OK, 5, 1000, 0, 0))
+        sock.send_multipart(writer.frames_out())
+        broker.spin(lambda: first in broker.sink.got)
+        assert broker.broker.drops.dropped == 1
+        # the credit of the answered task is free: the next task goes to the worker
+        third = broker.submit()
+        assert tasks_received(1) == [third]
+    finally:
+        broker.close()
