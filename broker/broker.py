@@ -31,7 +31,7 @@ from distex_zmq.errors import PoolClosedError, ProtocolError
 from distex_zmq.security import KeyPair, make_server
 from distex_zmq.wire import frames as p
 from distex_zmq.wire.frames import RecentFunctions
-from distex_zmq.wire.zmqio import EdgeReader, recv_routed, send_routed
+from distex_zmq.wire.zmqio import EdgeReader, keep_alive, recv_routed, send_routed
 
 from .delivery import Delivery
 from .dispatch import Dispatcher
@@ -91,6 +91,8 @@ class Broker:
     may run before its worker is killed (None: no limit).
     ``max_tasks_per_child``: tasks a worker is given before it drains and
     ``hooks.on_spent`` starts a fresh one (None: no limit).
+    ``heartbeat_timeout``: seconds within which a dead TCP connection to a
+    remote worker is closed (``zmqio.keep_alive``; None: TCP's own).
     """
 
     def __init__(
@@ -101,8 +103,10 @@ class Broker:
         task_timeout: float | None,
         hooks: BrokerHooks,
         max_tasks_per_child: int | None = None,
+        heartbeat_timeout: float | None = None,
     ):
         self.loop = loop
+        self._heartbeat_timeout = heartbeat_timeout
         self.registry = Registry()
         self._ledger = Ledger()
         self._hooks = hooks
@@ -184,14 +188,22 @@ class Broker:
         With ``curve`` keys the endpoint is a CURVE server: encrypted, and
         open only to the clients that the context's ZAP handler admits.
         Options apply to the endpoints bound after them, so plain endpoints
-        must be bound first.
+        must be bound first; TCP endpoints keep their connections alive
+        (``heartbeat_timeout``), which the ipc endpoint bound before them
+        needs not.
         """
         if self._sock is None:
             self._sock = self._ctx.socket(zmq.ROUTER)
             self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            # a worker whose connection died unseen here connects again with
+            # its identity: its new connection takes the place of the old one
+            # (which would refuse it until TCP gave up on the old one)
+            self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
             self._reader = EdgeReader(self.loop, self._sock, self._on_message, recv=recv_routed)
             self._probe_timer = self.loop.call_later(PROBE_INTERVAL, self._probe)
+        if endpoint.startswith("tcp://") and self._heartbeat_timeout is not None:
+            keep_alive(self._sock, self._heartbeat_timeout)  # remote workers' connections
         if curve is not None:
             make_server(self._sock, curve)
         elif self._sock.getsockopt(zmq.CURVE_SERVER):

@@ -151,7 +151,10 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             without word from the pool, a spawner after half as long. Time
             during which this process stood still (Ctrl-Z, a debugger) is no
             silence of a host's, but is silence of the pool's to the hosts.
-            A pool with spawner hosts takes one from 1 to 1200 s.
+            A pool with spawner hosts takes one from 1 to 1200 s. It also
+            bounds how long a remote worker's connection to the pool may be
+            dead unseen (a NAT that forgot it, a firewall that drops it)
+            before both ends close it and the worker connects again.
         ssh_accept_new_hosts: Trust and remember the key of a host that is
             not in ``~/.ssh/known_hosts`` (OpenSSH's ``accept-new``); by
             default such a host is refused.

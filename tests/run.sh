@@ -7,13 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # As root (CI on a fresh machine), install what the multi-host tests need:
 # they run sshd in network namespaces; the reconnect tests cut connections
-# with iproute2's ss.
+# with iproute2's ss; a spawner test drops one connection's packets with
+# iptables and slows a link with tc (iproute2).
 # The docker tests start a private Docker engine (docker.io), build a base
 # image with debootstrap, and run compose (docker-compose).
 if [ "$(id -u)" = 0 ]; then
   need=()
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   { command -v ip && command -v ss; } >/dev/null || need+=(iproute2)
+  command -v iptables >/dev/null || need+=(iptables)
   command -v dockerd >/dev/null || need+=(docker.io)
   command -v docker-compose >/dev/null || need+=(docker-compose)
   command -v debootstrap >/dev/null || need+=(debootstrap)

@@ -195,6 +195,92 @@ def _alive(pid):
         return False
 
 
+def _data_connection(host, pid):
+    """The local and the broker's port of the TCP connection of worker
+    ``pid`` on ``host`` to its pool."""
+    for _ in range(100):
+        out = subprocess.run(
+            ["ip", "netns", "exec", host, "ss", "-tnpH", "state", "established"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for line in out.splitlines():
+            if f"pid={pid}," in line:
+                local, peer = line.split()[2:4]
+                return local.rsplit(":", 1)[1], peer.rsplit(":", 1)[1]
+        time.sleep(0.1)
+    raise LookupError(f"no connection of worker pid {pid} on {host}: {out}")
+
+
+class Blackhole:
+    """Drop every packet of one TCP connection on ``host``, both ways, with
+    no reset: what a NAT that forgot the connection, or a firewall that
+    drops it, does. New connections pass (iptables, its exact ports)."""
+
+    def __init__(self, host, local_port, remote_port):
+        self._iptables = ["ip", "netns", "exec", host, "iptables"]
+        self._rules = [
+            ["OUTPUT", "-p", "tcp", "--sport", local_port, "--dport", remote_port, "-j", "DROP"],
+            ["INPUT", "-p", "tcp", "--sport", remote_port, "--dport", local_port, "-j", "DROP"],
+        ]
+        for rule in self._rules:
+            subprocess.run([*self._iptables, "-I", *rule], check=True, capture_output=True)
+
+    def close(self):
+        for rule in self._rules:
+            subprocess.run([*self._iptables, "-D", *rule], capture_output=True)
+
+
+def test_a_connection_that_dies_silently_is_closed_and_its_task_runs(hosts, caplog, make_pool):
+    # the worker's connection to the pool drops every packet while idle,
+    # with no reset: the worker, which only receives, would never notice,
+    # and the task sent into it would wait for TCP to give up (some
+    # fifteen minutes); heartbeats close it on both sides, the worker
+    # connects again with a new connection, and its task runs again
+    caplog.set_level(logging.INFO, logger="distex_zmq")
+    pool = make_pool(None, [at(hosts, "dzq-a", 1)], heartbeat_timeout=3)
+    assert pool.run(abs, -1) == 1
+    pid = pool.status().workers[0].pid
+    blackhole = Blackhole("dzq-a", *_data_connection("dzq-a", pid))
+    try:
+        time.sleep(1)  # idle with it dead
+        assert pool.submit(abs, -2).result(timeout=60) == 2
+    finally:
+        blackhole.close()
+    status = pool.status()
+    assert [w.pid for w in status.workers] == [pid], status  # the same worker
+    assert status.totals.workers_lost == 0 and status.totals.retried == 0, status
+    assert "dropped and came back" in caplog.text, caplog.text
+
+
+def test_large_transfers_on_a_slow_link_outlast_the_heartbeat_timeout(hosts, caplog, make_pool):
+    # an argument and a result that take longer than heartbeat_timeout to
+    # cross the link each: the connection is healthy, and stays
+    caplog.set_level(logging.INFO, logger="distex_zmq")
+    size = 32 * 1024 * 1024
+    # both directions of dzq-a's link: its end in the root namespace, and eth0 in it
+    links = [["tc"], ["ip", "netns", "exec", "dzq-a", "tc"]]
+    devs = ["dzq-a-h", "eth0"]
+    pool = make_pool(None, [at(hosts, "dzq-a", 1)], heartbeat_timeout=1)
+    assert pool.run(abs, -1) == 1
+    pid = pool.status().workers[0].pid
+    try:
+        for tc, dev in zip(links, devs, strict=True):
+            rate = ["root", "tbf", "rate", "80mbit", "burst", "64kb", "latency", "1s"]
+            subprocess.run(
+                [*tc, "qdisc", "add", "dev", dev, *rate], check=True, capture_output=True
+            )
+        assert pool.run(len, b"x" * size) == size
+        assert len(pool.run(bytes, size)) == size
+    finally:
+        for tc, dev in zip(links, devs, strict=True):
+            subprocess.run([*tc, "qdisc", "del", "dev", dev, "root"], capture_output=True)
+    status = pool.status()
+    assert [w.pid for w in status.workers] == [pid], status
+    assert "dropped and came back" not in caplog.text, caplog.text
+
+
 def test_one_spawner_serves_several_pools(hosts):
     spec = at(hosts, "dzq-a", 2)
     with Pool(None, [spec]) as first, Pool(None, [spec]) as second:

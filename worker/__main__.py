@@ -113,6 +113,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", type=int, default=-1, help="send task log records at this level (-1: none)"
     )
+    parser.add_argument(
+        "--heartbeat-ms",
+        type=int,
+        default=0,
+        help="close a TCP connection to the broker that is dead for this long (0: TCP's own)",
+    )
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process dies")
     parser.add_argument(
         "--curve-keys-on-stdin",
@@ -124,6 +130,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--connect and --identity are required (or --check)")
     if args.credits < 1:
         parser.error("--credits must be >= 1")
+    if args.heartbeat_ms < 0:
+        parser.error("--heartbeat-ms must be >= 0")
     return args
 
 
@@ -171,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         args.parent_pid,
         curve,
         args.log_level,
+        args.heartbeat_ms,
     )
     code = worker.run()
     flush_std_streams()

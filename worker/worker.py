@@ -48,7 +48,15 @@ from zmq.utils.monitor import parse_monitor_message
 from distex_zmq.security import KeyPair, make_client
 from distex_zmq.version import __version__
 from distex_zmq.wire import frames as p
-from distex_zmq.wire.zmqio import EVENTS, NOBLOCK, POLLIN, readable, recv_frames, send_frames
+from distex_zmq.wire.zmqio import (
+    EVENTS,
+    NOBLOCK,
+    POLLIN,
+    keep_alive,
+    readable,
+    recv_frames,
+    send_frames,
+)
 
 from .logs import LogForwarder
 from .running import Runner
@@ -80,6 +88,7 @@ class Worker:
         parent_pid: int = 0,
         curve: dict[str, str] | None = None,
         log_level: int = -1,
+        heartbeat_ms: int = 0,
     ):
         self._endpoint = endpoint
         self._credits = credits
@@ -103,6 +112,10 @@ class Worker:
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 2000)
         self._sock.setsockopt(zmq.ROUTING_ID, identity)
+        if heartbeat_ms > 0 and endpoint.startswith("tcp://"):
+            # a remote worker only receives while idle: without traffic of
+            # its own it would never see a connection that died silently
+            keep_alive(self._sock, heartbeat_ms / 1000)
         #: ``zmqio.readable``, inlined: the read loop asks for EVENTS after
         #: each send (typed once here: ``Callable[[int], int]`` builds a
         #: typing object each time it is evaluated)

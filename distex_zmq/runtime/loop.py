@@ -98,6 +98,7 @@ class Runtime:
             options.task_timeout,
             hooks,
             options.max_tasks_per_child,
+            options.remote.heartbeat_timeout,
         )
         #: ``broker.wake``, bound once: each future of ``submit`` holds it
         self.wake_broker = self.broker.wake

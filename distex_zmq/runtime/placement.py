@@ -60,7 +60,14 @@ def worker_args(opts: Options) -> list[str]:
         *("--data-pickle", str(int(opts.data_pickle))),
         *("--loop", str(int(opts.worker_loop))),
         *("--log-level", str(opts.worker_log_level)),
+        *("--heartbeat-ms", str(heartbeat_ms(opts))),
     ]
+
+
+def heartbeat_ms(opts: Options) -> int:
+    """How long a remote worker's connection to the broker may be dead
+    before it is closed: the pool's ``heartbeat_timeout``."""
+    return max(int(opts.remote.heartbeat_timeout * 1000), 1)
 
 
 class Placement:
@@ -164,6 +171,7 @@ class Placement:
                     "data_pickle": opts.data_pickle,
                     "loop": opts.worker_loop,
                     "log_level": opts.worker_log_level,
+                    "heartbeat_ms": heartbeat_ms(opts),
                 },
                 access.worker_keys,
                 opts.remote.heartbeat_timeout,

@@ -69,6 +69,9 @@ _WORKER_SETTINGS = {"credits": (1, 1 << 16), "func_pickle": (0, 2), "data_pickle
 _WORKER_SETTINGS["loop"] = (0, 4)
 #: the level of the task's log records sent to the pool; -1: none
 _WORKER_SETTINGS["log_level"] = (-1, 100)
+#: how long the connection to the broker may be dead before it is closed;
+#: 0: TCP's own (``zmqio.keep_alive``). Optional: a pool that sends none.
+_OPTIONAL_WORKER_SETTINGS = {"heartbeat_ms": (0, int(MAX_HEARTBEAT * 2000))}
 
 #: Checks the field ``name`` of a message and returns its value.
 Check = Callable[[dict[str, Any], str], Any]
@@ -165,7 +168,11 @@ def _lines(message: dict[str, Any], name: str) -> list[str]:
 
 def _worker(message: dict[str, Any], name: str) -> dict[str, int]:
     value = _field(message, name, dict)
-    return {key: _field(value, key, int, *bounds) for key, bounds in _WORKER_SETTINGS.items()}
+    checked = {key: _field(value, key, int, *bounds) for key, bounds in _WORKER_SETTINGS.items()}
+    for key, bounds in _OPTIONAL_WORKER_SETTINGS.items():
+        if key in value:
+            checked[key] = _field(value, key, int, *bounds)
+    return checked
 
 
 def _pools(message: dict[str, Any], name: str) -> list[dict[str, Any]]:
@@ -238,7 +245,8 @@ class Open(Command):
     #: the broker as the host reaches it
     endpoint: str
     keys: dict[str, str]
-    #: the workers' settings: credits, func_pickle, data_pickle, loop
+    #: the workers' settings: credits, func_pickle, data_pickle, loop, log_level,
+    #: heartbeat_ms (optional)
     worker: dict[str, int]
     workers: int
     #: seconds of silence after which the spawner stops the pool's workers

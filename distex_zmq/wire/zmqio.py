@@ -29,6 +29,31 @@ ZERO_COPY_MIN = 64 * 1024
 _send = _BackendSocket.send
 
 
+def keep_alive(sock: zmq.Socket[Any], timeout: float) -> None:
+    """Keep the TCP connections that ``sock`` makes from now on alive, and
+    close one that is dead within about ``timeout`` seconds.
+
+    A NAT or a firewall that forgets an idle connection, or a path that
+    drops its packets, sends no reset: a side that only receives would
+    wait for ever, and a message sent into it would be retransmitted for
+    some fifteen minutes before TCP gives up. ZMTP pings every quarter of
+    ``timeout`` keep an idle connection carrying traffic, both ways, as a
+    NAT needs to keep its mapping; data that stays unacknowledged for
+    ``timeout`` (a ping or a message into a dead path) has TCP close the
+    connection (``TCP_MAXRT``: Linux's ``TCP_USER_TIMEOUT``), which both
+    ends then see as a drop. The pings have no timeout of their own
+    (``HEARTBEAT_TIMEOUT`` 0): ZeroMQ counts a ping as answered only once
+    a whole frame has come in, so a frame that takes longer than the
+    timeout to arrive (a large argument or result on a slow link) would
+    cut a healthy connection; TCP's acknowledgements keep coming while it
+    does.
+    """
+    ms = max(int(timeout * 1000), 1)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, max(ms // 4, 1))
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 0)
+    sock.setsockopt(zmq.TCP_MAXRT, ms)
+
+
 def readable(sock: zmq.Socket[Any]) -> bool:
     """Whether a whole message waits (and the edge-triggered FD is reset)."""
     return bool(int(sock.getsockopt(EVENTS)) & POLLIN)
