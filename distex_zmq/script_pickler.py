@@ -187,6 +187,53 @@ def _rebuild_functions() -> frozenset[types.FunctionType]:
 _REBUILD_FUNCTIONS = _rebuild_functions()
 
 
+#: The functions and classes that cloudpickle sends by name (found as an
+#: attribute of their module, which is not registered by value), by id:
+#: ``reducer_override`` leaves them to the pickler at once, without
+#: cloudpickle's look-up, while their module's attribute of that name is
+#: still the object (a name rebound since sends the object as cloudpickle
+#: finds then). A task of dask or joblib names a few such functions and
+#: classes of the library in each pickle of its data. Held strongly, with
+#: their module's namespace and name; cleared beyond ``_MAX_BY_NAME`` and
+#: when the modules registered with cloudpickle's
+#: ``register_pickle_by_value`` change.
+_by_name: dict[int, tuple[Any, dict[str, Any], str]] = {}
+_MAX_BY_NAME = 4096
+#: the modules registered by value when ``_by_name`` was last checked
+_by_name_registered: set[str] = set()
+
+
+def _check_by_name() -> None:
+    """Clear ``_by_name`` if the modules registered by value changed."""
+    global _by_name_registered
+    registered = _cloudpickle._PICKLE_BY_VALUE_MODULES
+    if registered != _by_name_registered:
+        _by_name.clear()
+        _by_name_registered = set(registered)
+
+
+def _goes_by_name(obj: Any) -> bool:
+    """Whether ``obj`` (a function or a class) is in ``_by_name``, still
+    the attribute of its module under its name."""
+    found = _by_name.get(id(obj))
+    return found is not None and found[0] is obj and found[1].get(found[2]) is obj
+
+
+def _remember_by_name(obj: Any) -> None:
+    """Put ``obj``, a function or a class that cloudpickle sends by name,
+    in ``_by_name`` if it is a top-level attribute of its module."""
+    name = getattr(obj, "__qualname__", None)
+    module = sys.modules.get(getattr(obj, "__module__", None))  # type: ignore[arg-type]
+    if not isinstance(name, str) or "." in name or module is None:
+        return
+    namespace = getattr(module, "__dict__", None)
+    if not isinstance(namespace, dict) or namespace.get(name) is not obj:
+        return
+    if len(_by_name) >= _MAX_BY_NAME:
+        _by_name.clear()
+    _by_name[id(obj)] = (obj, namespace, name)
+
+
 class ScriptPickler(cloudpickle.Pickler):
     """cloudpickle, with classes made with their ``__slots__`` and functions
     of the script made on a worker's namespace.
@@ -223,12 +270,15 @@ class ScriptPickler(cloudpickle.Pickler):
         super().__init__(*args, **kwargs)
         self._refs = refs
         self._to_client = to_client
+        _check_by_name()
 
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
         if kind in _plain_types:
             return NotImplemented
         if isinstance(obj, type):
+            if _goes_by_name(obj):
+                return NotImplemented
             refs = self._refs
             if refs is not None:
                 ref_id = refs.known(obj)
@@ -237,11 +287,13 @@ class ScriptPickler(cloudpickle.Pickler):
             elif self._to_client and obj in script_rebuild.client_classes:
                 return client_class, (obj.__qualname__, _cloudpickle._get_or_create_tracker_id(obj))
             reduce = class_reduce(self, obj)
-            if refs is not None and reduce is not NotImplemented and reduce[0] is make_script_class:
+            if reduce is NotImplemented:
+                _remember_by_name(obj)
+            elif refs is not None and reduce[0] is make_script_class:
                 return script_ref, (refs.ref(obj, reduce), f"class {obj.__qualname__}")
             return reduce
         if kind is types.FunctionType:
-            if obj in _REBUILD_FUNCTIONS:
+            if obj in _REBUILD_FUNCTIONS or _goes_by_name(obj):
                 return NotImplemented
             if is_singledispatch(obj):
                 return make_singledispatch, singledispatch_args(obj)
@@ -251,11 +303,9 @@ class ScriptPickler(cloudpickle.Pickler):
                 if ref_id:  # met before: no need to reduce it again
                     return script_ref, (ref_id, obj.__qualname__)
             reduce = function_reduce(self, obj)
-            if (
-                refs is not None
-                and reduce is not NotImplemented
-                and reduce[0] is make_script_function
-            ):
+            if reduce is NotImplemented:
+                _remember_by_name(obj)
+            elif refs is not None and reduce[0] is make_script_function:
                 return script_ref, (refs.ref(obj, reduce), obj.__qualname__)
             return reduce
         if kind is _LRU_CACHE_WRAPPER and getattr(obj, "__module__", None) == "__main__":

@@ -1381,6 +1381,72 @@ def test_cloudpickles_reducers_apply_to_each_object_and_before_copyregs():
         del copyreg.dispatch_table[types.MappingProxyType]
 
 
+def _module_of(name, source):
+    """A module ``name`` made from ``source``, in ``sys.modules``."""
+    module = types.ModuleType(name)
+    exec(source, vars(module))
+    sys.modules[name] = module
+    return module
+
+
+def test_the_by_value_pickler_looks_a_function_or_class_of_a_module_up_once(monkeypatch):
+    # a task of dask or joblib names the same functions and classes of the
+    # library in each pickle: cloudpickle looks each up by name once, not
+    # once per pickle
+    looked_up = []
+    should = script_pickler._cloudpickle._should_pickle_by_reference
+
+    def counted(obj, name=None):
+        looked_up.append(obj)
+        return should(obj, name)
+
+    monkeypatch.setattr(script_pickler._cloudpickle, "_should_pickle_by_reference", counted)
+    module = _module_of("_dzq_looked_up", "def f(x):\n    return x\nclass C:\n    pass\n")
+    try:
+        for _ in range(3):
+            back = pickle.loads(dumps_by_value([module.f, module.C, _ScriptPoint(1)], 5))
+            assert back[0] is module.f and back[1] is module.C and back[2].x == 1
+    finally:
+        del sys.modules["_dzq_looked_up"]
+    assert looked_up.count(module.f) == 1 and looked_up.count(module.C) == 1
+
+
+def test_a_function_of_a_module_rebound_since_its_last_pickle_goes_by_value():
+    # pickled by name while it is its module's attribute, then by value once
+    # the name holds another function, as cloudpickle finds it then
+    module = _module_of("_dzq_rebound", "def f():\n    return 'old'\n")
+    old = module.f
+    try:
+        assert pickle.loads(dumps_by_value(old, 5)) is old
+        exec("def f():\n    return 'new'\n", vars(module))
+        back = pickle.loads(dumps_by_value(old, 5))
+        assert back is not module.f and back() == "old"
+        assert pickle.loads(dumps_by_value(module.f, 5)) is module.f
+    finally:
+        del sys.modules["_dzq_rebound"]
+
+
+def test_a_module_registered_by_value_after_a_pickle_goes_by_value():
+    # register_pickle_by_value applies from the next pickle on, also to a
+    # function and a class pickled by name before; by name again once
+    # unregistered
+    module = _module_of("_dzq_registered", "def f():\n    return 1\nclass C:\n    pass\n")
+    try:
+        assert pickle.loads(dumps_by_value([module.f, module.C], 5)) == [module.f, module.C]
+        cloudpickle.register_pickle_by_value(module)
+        try:
+            f = pickle.loads(dumps_by_value(module.f, 5))
+            assert f is not module.f and f() == 1
+            # a class by value loads as the class it was made from in its own process
+            by_value = dumps_by_value(module.C, 5)
+            assert b"cloudpickle" in by_value or b"distex_zmq.script_rebuild" in by_value
+        finally:
+            cloudpickle.unregister_pickle_by_value(module)
+        assert pickle.loads(dumps_by_value([module.f, module.C], 5)) == [module.f, module.C]
+    finally:
+        del sys.modules["_dzq_registered"]
+
+
 @pytest.mark.timeout(120)
 def test_a_result_the_worker_changes_later_arrives_as_it_was_returned(shared_pool):
     # a task returns an array its worker keeps, and the next task on that
