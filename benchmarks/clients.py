@@ -205,7 +205,8 @@ CASES: dict[str, tuple[str, tuple[str, ...], Any]] = {
 
 POOL_TEXT = {
     "loky": "loky (joblib's default backend)",
-    "dask_processes": 'dask `scheduler="processes"` (a new spawn `ProcessPoolExecutor` per compute)',
+    "dask_processes": 'dask `scheduler="processes"` (a new spawn `ProcessPoolExecutor`'
+    " per compute, chunksize 6)",
     "process": "`scheduler=ProcessPoolExecutor(2)` (fork)",
     "distex_zmq": "distex_zmq `Pool(2)`",
     "distex_zmq_cs6": "distex_zmq `Pool(2)` with `dask.config.set(chunksize=6)`",
