@@ -114,14 +114,7 @@ class Delivery:
                     if not task.first and not task.in_pieces
                     else (data, buffers, elapsed, task.first)
                 )
-                group = task.group
-                if group is None:
-                    rec.used -= 1
-                else:
-                    task.group = None
-                    group[0] -= 1
-                    if not group[0]:
-                        rec.used -= 1
+                group = _free_credit(rec, task)
                 if status == _RETURNED:
                     if group is not None:
                         unrun += 1  # a task of a group, given back
@@ -159,21 +152,28 @@ class Delivery:
                     returned = [task for task in returned if not task.first]
                     self._dispatcher.hand_back(parts)
                 self._dispatcher.requeue(returned)
-            if rec.spend_pending:
-                self._dispatcher.settle(rec)
-            if not running:
-                rec.exclusive = False
-                if rec.draining and not rec.pinned:
-                    self._membership.drained(rec)
-            else:
-                if answered:
-                    rec.busy_since = time.time()
-                if self._timeouts is not None:
-                    self._timeouts.started(rec)  # the next task starts about now
-            self._registry.place(rec)
-            self._dispatch()
+            self._settle(rec, answered > 0)
             for sink in sinks:
                 sink.flush()
+
+    def _settle(self, rec: WorkerRecord, answered: bool) -> None:
+        """``rec`` holds fewer tasks: whether it is spent, idle (no longer
+        running alone; drained if it drains) or busy since now (``answered``:
+        it answered some) and, for ``task_timeout``, with which task, then
+        its place in the registry and a dispatch to its free credits."""
+        if rec.spend_pending:
+            self._dispatcher.settle(rec)
+        if not rec.running:
+            rec.exclusive = False
+            if rec.draining and not rec.pinned:
+                self._membership.drained(rec)
+        else:
+            if answered:
+                rec.busy_since = time.time()
+            if self._timeouts is not None:
+                self._timeouts.started(rec)  # the next task starts about now
+        self._registry.place(rec)
+        self._dispatch()
 
     def on_missing(self, rec: WorkerRecord, round_: int, ids: list[int]) -> None:
         """Take ``rec``'s ``MISSING`` of ``round_``: the tasks of its
@@ -196,14 +196,7 @@ class Delivery:
         requeue = []
         pinned = []
         for task in lost:
-            group = task.group
-            if group is None:
-                rec.used -= 1
-            else:
-                task.group = None
-                group[0] -= 1
-                if not group[0]:
-                    rec.used -= 1
+            _free_credit(rec, task)
             task.worker = None
             if task.cancelled:
                 finish(task)
@@ -221,13 +214,19 @@ class Delivery:
             self._dispatcher.pin(rec, task, first=True)
         self._dispatcher.uncount(rec, len(requeue))
         self._dispatcher.requeue(requeue)
-        if rec.spend_pending:
-            self._dispatcher.settle(rec)
-        if not running:
-            rec.exclusive = False
-            if rec.draining and not rec.pinned:
-                self._membership.drained(rec)
-        elif self._timeouts is not None:
-            self._timeouts.started(rec)  # its oldest task may be another now
-        self._registry.place(rec)
-        self._dispatch()
+        self._settle(rec, False)
+
+
+def _free_credit(rec: WorkerRecord, task: Task) -> list[int] | None:
+    """Take ``task``, answered or lost, off ``rec``'s credits: its own, or
+    its share of its group's, which is free once the group's last task is
+    off; return its group (None: it had a credit of its own)."""
+    group = task.group
+    if group is None:
+        rec.used -= 1
+    else:
+        task.group = None
+        group[0] -= 1
+        if not group[0]:
+            rec.used -= 1
+    return group
