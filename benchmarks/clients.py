@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from run import _child_env
+
 HERE = Path(__file__).resolve().parent
 WORKERS = 2
 VERSIONED = ("distex_zmq", "joblib", "loky", "dask", "scikit-learn", "numpy", "pyzmq")
@@ -294,14 +296,6 @@ def profile(case: str, pool_name: str, top: int) -> None:
 
 
 # ------------------------------------------------------------------ harness
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    paths = [str(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
 
 
 def run_one(case: str, pool_name: str, timeout: float) -> dict[str, Any]:
