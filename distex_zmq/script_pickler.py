@@ -26,7 +26,6 @@ a worker sends such a class back by its tracker id.
 
 from __future__ import annotations
 
-import copyreg
 import functools
 import io
 import sys
@@ -169,31 +168,15 @@ _plain_types: set[type] = set()
 _MAX_PLAIN_TYPES = 4096
 
 
-def _rebuild_functions() -> frozenset[types.FunctionType]:
-    """The functions that the reductions of pickle (``object.__reduce_ex__``'s,
-    named in the pickle of most objects), of cloudpickle and of
-    ``script_rebuild`` name: always by reference, as cloudpickle would find
-    after a look at their module, once per pickle that names them."""
-    found = {getattr(copyreg, name) for name in ("__newobj__", "__newobj_ex__", "_reconstructor")}
-    for module in (_cloudpickle, script_rebuild):
-        found.update(
-            obj
-            for obj in vars(module).values()
-            if type(obj) is types.FunctionType and obj.__module__ == module.__name__
-        )
-    return frozenset(found)
-
-
-_REBUILD_FUNCTIONS = _rebuild_functions()
-
-
 #: The functions and classes that cloudpickle sends by name (found as an
 #: attribute of their module, which is not registered by value), by id:
 #: ``reducer_override`` leaves them to the pickler at once, without
 #: cloudpickle's look-up, while their module's attribute of that name is
 #: still the object (a name rebound since sends the object as cloudpickle
-#: finds then). A task of dask or joblib names a few such functions and
-#: classes of the library in each pickle of its data. Held strongly, with
+#: finds then). Most pickles name some: pickle's ``copyreg.__newobj__``,
+#: which ``object.__reduce_ex__`` names for most objects, cloudpickle's and
+#: ``script_rebuild``'s functions; a task of dask or joblib a few functions
+#: and classes of the library in each pickle of its data. Held strongly, with
 #: their module's namespace and name; cleared beyond ``_MAX_BY_NAME`` and
 #: when the modules registered with cloudpickle's
 #: ``register_pickle_by_value`` change.
@@ -293,7 +276,7 @@ class ScriptPickler(cloudpickle.Pickler):
                 return script_ref, (refs.ref(obj, reduce), f"class {obj.__qualname__}")
             return reduce
         if kind is types.FunctionType:
-            if obj in _REBUILD_FUNCTIONS or _goes_by_name(obj):
+            if _goes_by_name(obj):
                 return NotImplemented
             if is_singledispatch(obj):
                 return make_singledispatch, singledispatch_args(obj)

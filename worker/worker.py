@@ -125,7 +125,7 @@ class Worker:
             keys = KeyPair(curve["public"].encode(), curve["secret"].encode())
             make_client(self._sock, curve["server"].encode(), keys)
         if log_level >= 0:
-            LogForwarder(log_level, self._send_log, loop).install()
+            LogForwarder(log_level, self._send_message, loop).install()
         #: the events of the connection to the pool: a dropped one has lost
         #: what was on its way, which the pool would wait for for ever
         self._monitor: Any = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -210,12 +210,8 @@ class Worker:
     def _sync(self) -> None:
         """Ask the broker to check the tasks sent here (``SYNC``)."""
         self._sync_scheduled = False
-        if self._stopping or self._sock.closed:
-            return
-        send_frames(self._sock, p.control(p.SYNC))
-        # a send can consume the edge of the edge-triggered FD: look again
-        if readable(self._sock):
-            self._loop.call_soon(self._on_readable)
+        if not self._stopping:
+            self._send_message(p.control(p.SYNC))
 
     def _check(self, buf: memoryview, count: int) -> None:
         """Answer a ``CHECK`` with the ids in it that this worker does not
@@ -230,10 +226,8 @@ class Worker:
         missing = [task_id for task_id in ids if task_id not in held]
         self.runner.forget_functions()
         self._dropped = False
+        # read in ``_on_readable``, which looks at the socket after it
         send_frames(self._sock, p.task_ids(p.MISSING, round_, missing))
-        # a send can consume the edge of the edge-triggered FD: look again
-        if readable(self._sock):
-            self._loop.call_soon(self._on_readable)
 
     def _check_parent(self) -> None:
         self._exit_if_orphaned()
@@ -441,7 +435,10 @@ class Worker:
 
     # sending results and log records
 
-    def _send_log(self, message: list[bytes]) -> None:
+    def _send_message(self, message: list[bytes]) -> None:
+        """Send ``message`` (a log record, ``SYNC``) from a callback of the
+        loop, then look at the socket: a send can consume the edge of its
+        edge-triggered FD."""
         if self._sock.closed:
             return
         send_frames(self._sock, message)
