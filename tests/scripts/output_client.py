@@ -122,14 +122,17 @@ def main():
             flooding.result()
         print("SHUT DOWN", file=sys.stderr, flush=True)
         return
+    # one write per line: the tasks' log records are written on the pool's
+    # output thread, which may write between print's text and its newline
     with Pool(**kwargs, max_retries=0) as pool:
         try:
             host, pid = pool.run(globals()[scenario], go_file)
         except WorkerLostError:
-            print("LOST", flush=True)
+            sys.stdout.write("LOST\n")
         else:
             if scenario not in ENDS_A_PARTIAL_LINE:
-                print(f"RESULT {host} {pid}", flush=True)
+                sys.stdout.write(f"RESULT {host} {pid}\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
