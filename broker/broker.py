@@ -35,6 +35,7 @@ from distex_zmq.wire.zmqio import EdgeReader, keep_alive, recv_routed, send_rout
 
 from .delivery import Delivery
 from .dispatch import Dispatcher
+from .held import HeldResults
 from .ledger import Ledger
 from .losses import Losses, TaskTimeouts
 from .membership import Membership
@@ -134,6 +135,7 @@ class Broker:
         self._members = Membership(
             self.registry, self._dispatcher, self._losses, hooks, self._control, self.dispatch
         )
+        self._held = HeldResults(loop, hooks, self._ledger.finish)
         self._delivery = Delivery(
             self.registry,
             self._ledger,
@@ -142,6 +144,7 @@ class Broker:
             self._timeouts,
             hooks,
             self.dispatch,
+            self._held,
         )
         self._inbox = self._dispatcher.inbox
         #: the warnings about messages dropped (a peer that is no worker, or malformed)
@@ -240,6 +243,7 @@ class Broker:
         if self._timeouts is not None:
             self._timeouts.close()
         self._dispatcher.take_queued()
+        self._held.release_all()  # results that came: theirs, not an error
         self._ledger.drop_barriers()  # nothing is drained: what waits fails
         self._losses.fail(list(self._ledger.active.values()), error_factory)
         if self._reader is not None:
@@ -368,7 +372,7 @@ class Broker:
             elif kind == p.LOG:
                 rec = self.registry.get(identity)
                 if rec is not None:
-                    self._hooks.on_log(rec, bytes(buf[p.HEAD.size :]))
+                    rec.log_ticket = self._hooks.on_log(rec, bytes(buf[p.HEAD.size :]))
             else:
                 raise ProtocolError(f"unknown message type {kind!r}")
         except ProtocolError as e:

@@ -1,5 +1,6 @@
 """RESULT messages: each task leaves its worker's running set and its result
-goes to its sink (each sink flushed once per message); chunks' pieces and
+goes to its sink (each sink flushed once per message), or waits for the log
+records its worker sent before it (``HeldResults``); chunks' pieces and
 inputs handed back, tasks returned unrun, tasks whose TASK or RESULT a
 dropped connection lost (``MISSING``), and the counts of tasks answered.
 Headers only: the broker never unpickles a result.
@@ -17,6 +18,7 @@ from distex_zmq.wire import frames as p
 
 from .chunks import ChunkPieces
 from .dispatch import Dispatcher
+from .held import HeldResults
 from .ledger import Ledger
 from .losses import TaskTimeouts
 from .membership import Membership
@@ -49,6 +51,7 @@ class Delivery:
         timeouts: TaskTimeouts | None,
         hooks: BrokerHooks,
         dispatch: Callable[[], None],
+        held: HeldResults,
     ):
         self._registry = registry
         self._ledger = ledger
@@ -57,6 +60,7 @@ class Delivery:
         self._timeouts = timeouts
         self._hooks = hooks
         self._dispatch = dispatch
+        self._held = held
         self._pieces = ChunkPieces()
         #: tasks answered with a result and with an error, since the start
         self.done = 0
@@ -75,6 +79,9 @@ class Delivery:
         offset = p.body(buf, count, p.RESULT_ENTRY)
         reader = p.Reader(buf, offset, frames)
         end = len(buf)
+        # the worker logged records not handled yet: its results wait for them
+        ticket = rec.log_ticket
+        hold = ticket and self._held.must_wait(ticket)
         # a malformed entry (``ProtocolError``) ends the message: what came
         # before it is taken, and the worker's counts and credits are kept right
         try:
@@ -127,6 +134,9 @@ class Delivery:
                 if status != _OK:
                     failed += 1
                 note_run_time(task, elapsed, mark == _AWAITED)
+                if hold and task.tag is not INIT_TAG:
+                    self._held.hold(ticket, task, status, value)
+                    continue
                 finish(task)
                 if task.tag is INIT_TAG and task.pinned is rec:
                     if status == _OK:

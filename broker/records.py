@@ -55,9 +55,17 @@ class BrokerHooks(Protocol):
         """The worker lost its connection but not its life: kill and replace it
         (the broker then counts it lost)."""
 
-    def on_log(self, rec: WorkerRecord, body: bytes) -> None:
+    def on_log(self, rec: WorkerRecord, body: bytes) -> int:
         """The worker sent a log record: a ``LOG`` body, as it came (JSON,
-        see ``wire/frames.py``)."""
+        see ``wire/frames.py``). Return its ticket: the worker's results
+        that come after it wait until ``logs_handled()`` reaches it."""
+
+    def logs_handled(self) -> int:
+        """How far the records have been handled (a ticket of ``on_log``)."""
+
+    def when_logs_handled(self, ticket: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the pool loop once ``logs_handled()`` reaches
+        ``ticket``, or once no record will be handled any more."""
 
     def on_task_timeout(self, rec: WorkerRecord, task: Task | None) -> None:
         """The worker ran past ``task_timeout``: kill it, then call
@@ -217,6 +225,7 @@ class WorkerRecord:
         "python",
         "busy_since",
         "sync_round",
+        "log_ticket",
     )
 
     def __init__(
@@ -267,6 +276,8 @@ class WorkerRecord:
         #: the round of the latest ``CHECK`` sent to it (its connection
         #: dropped that many times); only that round's ``MISSING`` counts
         self.sync_round = 0
+        #: the ticket of its latest log record (``BrokerHooks.on_log``; 0: none)
+        self.log_ticket = 0
 
     @property
     def free(self) -> int:

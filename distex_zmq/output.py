@@ -78,26 +78,29 @@ class OutputWriter:
         self._done_count = 0
         #: called (on their loop) once less than half of ``PAUSE_AT`` waits
         self._room_waiters: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
+        #: ``(count, loop, callback)``: called once ``count`` items are done
+        self._done_waiters: list[tuple[int, asyncio.AbstractEventLoop, Callable[[], None]]] = []
 
     def put(self, stream: str, text: str, lines: int) -> None:
         """Write ``text`` (``lines`` lines) to ``stream``, "out" or "err"."""
         self._put(stream, len(text), text, lines)
 
-    def put_log(self, host: str, pid: int, worker: str, body: bytes) -> None:
-        """Re-emit a worker's log record (``emit_log``)."""
-        self._put("log", len(body), (host, pid, worker, body), 1)
+    def put_log(self, host: str, pid: int, worker: str, body: bytes) -> int:
+        """Re-emit a worker's log record (``emit_log``); return its ticket:
+        the record is handled (or dropped) once ``handled`` reaches it."""
+        return self._put("log", len(body), (host, pid, worker, body), 1)
 
-    def _put(self, stream: str, size: int, what: Any, lines: int) -> None:
+    def _put(self, stream: str, size: int, what: Any, lines: int) -> int:
         with self._lock:
             if self._closed:
-                return
+                return 0
             items = self._items
             if self._pending + size <= MAX_PENDING:
                 self._pending += size
                 items.append((stream, size, what))
             elif items and items[-1][0] == stream and isinstance(items[-1][2], list):
                 items[-1][2][0] += lines
-                return
+                return self._put_count
             else:
                 # in the order of what was written: after what waits
                 items.append((stream, 0, [lines]))
@@ -108,6 +111,24 @@ class OutputWriter:
                 )
                 self._thread.start()
             self._ready.notify()
+            return self._put_count
+
+    @property
+    def handled(self) -> int:
+        """Items written or handled (or dropped) since the start: a ticket of
+        ``put_log`` up to this is done."""
+        return self._done_count
+
+    def when_handled(
+        self, ticket: int, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]
+    ) -> None:
+        """Call ``callback`` on ``loop`` once the item of ``ticket`` and all
+        before it are done, or the writer is closed (at once if so already)."""
+        with self._lock:
+            if self._done_count < ticket and not self._closed:
+                self._done_waiters.append((ticket, loop, callback))
+                return
+        loop.call_soon(callback)
 
     def full(self) -> bool:
         """Lines that can wait should not be read for now (``PAUSE_AT``)."""
@@ -155,6 +176,8 @@ class OutputWriter:
             self._items.clear()
             self._ready.notify()
             thread, stuck = self._thread, self._busy
+            waiters, self._done_waiters = self._done_waiters, []
+        _call_soon_all([(loop, callback) for _, loop, callback in waiters])
         if thread is not None and not stuck:
             thread.join(1.0)
 
@@ -164,6 +187,8 @@ class OutputWriter:
                 if self._busy:
                     self._busy = False
                     self._done_count += 1
+                    if self._done_waiters:
+                        self._call_done_waiters()
                 while not self._items and not self._closed:
                     self._ready.wait()
                 if self._closed:
@@ -185,11 +210,14 @@ class OutputWriter:
 
     def _call_room_waiters(self) -> None:
         waiters, self._room_waiters = self._room_waiters, []
-        for loop, callback in waiters:
-            try:
-                loop.call_soon_threadsafe(callback)
-            except RuntimeError:  # that loop is closed: the pool is gone
-                pass
+        _call_soon_all(waiters)
+
+    def _call_done_waiters(self) -> None:
+        done = self._done_count
+        due = [(loop, callback) for ticket, loop, callback in self._done_waiters if ticket <= done]
+        if due:
+            self._done_waiters = [w for w in self._done_waiters if w[0] > done]
+            _call_soon_all(due)
 
     @staticmethod
     def _emit(what: tuple[str, int, str, bytes] | list[int]) -> None:
@@ -213,6 +241,15 @@ class OutputWriter:
             out.flush()
         except (OSError, ValueError, AttributeError):
             pass  # the client closed or dropped its stream
+
+
+def _call_soon_all(callbacks: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]]) -> None:
+    """Call each callback on its loop, from any thread."""
+    for loop, callback in callbacks:
+        try:
+            loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # that loop is closed: the pool is gone
+            pass
 
 
 #: A worker's stream: ``(host, pid, stream)``.
@@ -322,10 +359,11 @@ class WorkerOutput:
             self._at[stream] = None
         self.writer.put(stream, "".join(parts), len(lines))
 
-    def log(self, host: str, pid: int, worker: str, body: bytes) -> None:
+    def log(self, host: str, pid: int, worker: str, body: bytes) -> int:
         """Re-emit a log record of worker ``pid`` on ``host`` (a ``frames.LOG``
-        body), after the lines that came before it, whatever ``mode``."""
-        self.writer.put_log(host, pid, worker, body)
+        body), after the lines that came before it, whatever ``mode``; return
+        its ticket (``OutputWriter.put_log``)."""
+        return self.writer.put_log(host, pid, worker, body)
 
     async def close(self) -> None:
         """Write and handle what waits (``OutputWriter.close``); write no more."""

@@ -585,10 +585,13 @@ def test_a_slow_log_handler_does_not_hold_up_the_tasks(make_pool, blocking):
     """The records are handled off the pool loop: tasks go on while a
     handler of the client blocks; once it goes on, each record comes, in the
     order the task logged them, and all have before ``shutdown`` returns.
-    The handler ran on the pool loop, and no task finished while it blocked."""
+    The handler ran on the pool loop, and no task finished while it blocked.
+    A task's result waits for its records only while the handler goes on
+    (``HOLD_LIMIT``), not for ever."""
     handler = blocking("user.slow")
     pool = make_pool(2)
     assert pool.submit(tasks.log_records, "user.slow", 5).result(timeout=30) == 5
+    assert handler.messages == []
     futures = [pool.submit(tasks.log_records, "user.slow", 1) for _ in range(3)]
     results = pool.map(abs, range(-300, 0), timeout=30)
     assert sorted(results) == list(range(1, 301))
@@ -635,6 +638,41 @@ def test_shutdown_returns_once_the_records_are_handled(make_pool):
         assert pool.run(tasks.log_records, "user.drain", 40) == 40
         pool.shutdown()
         assert handled == [f"record {i}" for i in range(40)]
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.mark.timeout(90)
+def test_a_result_comes_after_the_records_its_task_logged(make_pool):
+    """When a task's result reaches the caller, the records the task logged
+    before it returned have been handled, however slow the handler, as for
+    a function called in the caller's own process (a ``caplog`` test sees
+    them): from ``run``, ``submit``, ``run_async`` and ``map``. The result
+    came first: ``run`` returned while the handler was still asleep."""
+    handled: list[str] = []
+
+    class Slow(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            time.sleep(0.1)
+            handled.append(record.getMessage())
+
+    logger = logging.getLogger("user.before")
+    handler = Slow()
+    logger.addHandler(handler)
+    try:
+        pool = make_pool(2)
+        assert pool.run(tasks.log_records, "user.before", 2) == 2
+        assert handled == ["record 0", "record 1"]
+        assert pool.submit(tasks.log_records, "user.before", 3).result(timeout=30) == 3
+        assert handled[2:] == ["record 0", "record 1", "record 2"]
+        assert asyncio.run(pool.run_async(tasks.log_records, "user.before", 1)) == 1
+        assert handled[5:] == ["record 0"]
+        del handled[:]
+        logged = 0
+        for count in pool.map(tasks.log_records, ["user.before"] * 4, [1, 2, 1, 2]):
+            logged += count
+            assert len(handled) >= logged
+        assert sorted(handled) == ["record 0"] * 4 + ["record 1"] * 2
     finally:
         logger.removeHandler(handler)
 

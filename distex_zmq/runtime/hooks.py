@@ -1,11 +1,14 @@
 """The broker's hooks (``BrokerHooks``): what the pool does when a worker
 says hello (its initializer), is ready, fails its initializer, sends a log
-record, runs past ``task_timeout`` or loses its connection.
+record (whose task's result waits until it is handled), runs past
+``task_timeout`` or loses its connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from distex_zmq.broker import INIT_TAG, STATUS_LOCAL_ERROR, Task, WorkerRecord
@@ -73,9 +76,16 @@ class PoolHooks:
             _logger.error("%s", error)
             pool.supervisor.kill(rec.identity)
 
-    def on_log(self, rec: WorkerRecord, body: bytes) -> None:
+    def on_log(self, rec: WorkerRecord, body: bytes) -> int:
         output = self._pool.supervisor.placement.output
-        output.log(rec.host, rec.pid, rec.identity.decode(errors="backslashreplace"), body)
+        return output.log(rec.host, rec.pid, rec.identity.decode(errors="backslashreplace"), body)
+
+    def logs_handled(self) -> int:
+        return self._pool.supervisor.placement.output.writer.handled
+
+    def when_logs_handled(self, ticket: int, callback: Callable[[], None]) -> None:
+        writer = self._pool.supervisor.placement.output.writer
+        writer.when_handled(ticket, asyncio.get_running_loop(), callback)
 
     def on_task_timeout(self, rec: WorkerRecord, task: Task | None) -> None:
         self._pool.supervisor.on_task_timeout(rec, task)
