@@ -33,6 +33,7 @@ _OK = p.STATUS_OK
 _RETURNED = p.STATUS_RETURNED
 _PARTIAL = p.STATUS_PARTIAL
 _HANDED_BACK = p.STATUS_HANDED_BACK
+_LONG = p.STATUS_LONG
 _AWAITED = p.MARK_AWAITED
 
 
@@ -74,6 +75,8 @@ class Delivery:
         answered = failed = unrun = 0
         #: the chunk task handed back in this message, and its payload's offset
         handed: tuple[Task, int] | None = None
+        #: a task of the message runs long (``STATUS_LONG``)
+        runs_long = False
         note_run_time = self._dispatcher.note_run_time
         finish = self._ledger.finish
         offset = p.body(buf, count, p.RESULT_ENTRY)
@@ -97,6 +100,15 @@ class Delivery:
                         raise ProtocolError("truncated message: body past its end")
                     data, buffers = buf[at:stop], []
                 if status >= _PARTIAL:
+                    if status == _LONG:
+                        # it still runs; the tasks given back after it must
+                        # not come back here before it ends
+                        task = running.get(task_id)
+                        if task is not None:
+                            runs_long = True
+                            rec.exclusive = rec.runs_long = True
+                            note_run_time(task, elapsed)
+                        continue
                     # a piece of a chunk's results, or its inputs handed back
                     if status == _HANDED_BACK and handed and handed[0].id == task_id:
                         # a further part of the inputs handed back: a task of its own
@@ -161,26 +173,35 @@ class Delivery:
                 if parts:
                     returned = [task for task in returned if not task.first]
                     self._dispatcher.hand_back(parts)
+                if runs_long:
+                    # held behind a long task: a pinned one waits for it there
+                    pinned = [task for task in returned if task.pinned is rec]
+                    if pinned:
+                        returned = [task for task in returned if task.pinned is not rec]
+                        for task in reversed(pinned):
+                            self._dispatcher.pin(rec, task, first=True)
                 self._dispatcher.requeue(returned)
-            self._settle(rec, answered > 0)
+            # a task that runs long goes on: its start stays (task_timeout)
+            self._settle(rec, answered > 0, not runs_long)
             for sink in sinks:
                 sink.flush()
 
-    def _settle(self, rec: WorkerRecord, answered: bool) -> None:
+    def _settle(self, rec: WorkerRecord, answered: bool, restart: bool = True) -> None:
         """``rec`` holds fewer tasks: whether it is spent, idle (no longer
         running alone; drained if it drains) or busy since now (``answered``:
-        it answered some) and, for ``task_timeout``, with which task, then
-        its place in the registry and a dispatch to its free credits."""
+        it answered some) and, for ``task_timeout``, with which task
+        (``restart``: the next one starts about now), then its place in the
+        registry and a dispatch to its free credits."""
         if rec.spend_pending:
             self._dispatcher.settle(rec)
         if not rec.running:
-            rec.exclusive = False
+            rec.exclusive = rec.runs_long = False
             if rec.draining and not rec.pinned:
                 self._membership.drained(rec)
         else:
             if answered:
                 rec.busy_since = time.time()
-            if self._timeouts is not None:
+            if restart and self._timeouts is not None:
                 self._timeouts.started(rec)  # the next task starts about now
         self._registry.place(rec)
         self._dispatch()

@@ -37,8 +37,10 @@ MAX_RUN_TIMES = 10_000
 #: time, or never ran, gets no other task until it is done: one queued
 #: behind it would wait while other workers may be free. Credits beyond the
 #: first spare round trips, which matter only for tasks far shorter than
-#: this (a local round trip takes a fraction of a millisecond).
-LONG_TASK_US = 20_000
+#: this (a local round trip takes a fraction of a millisecond). A task that
+#: runs this long although its function ran shorter before has its worker
+#: give back what it holds behind it (``STATUS_LONG``, ``Delivery``).
+LONG_TASK_US = p.LONG_TASK_US
 
 
 class Dispatcher:
@@ -145,7 +147,7 @@ class Dispatcher:
         batches: dict[WorkerRecord, list[Task]] = {}
         if self._pinned_to:
             for rec in list(self._pinned_to):
-                while rec.pinned and rec.free > 0:
+                while rec.pinned and rec.free > 0 and not rec.runs_long:
                     task = rec.pinned.popleft()
                     if self._dropped(task):
                         continue

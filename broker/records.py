@@ -215,6 +215,7 @@ class WorkerRecord:
         "bucket",
         "head_since",
         "exclusive",
+        "runs_long",
         "used",
         "unreachable",
         "done",
@@ -259,6 +260,10 @@ class WorkerRecord:
         #: it runs a suspect task alone, or one that may run long
         #: (``Dispatcher._may_run_long``): it gets nothing else meanwhile
         self.exclusive = False
+        #: it said that its task runs long and gave back the tasks it held
+        #: behind it (``STATUS_LONG``): it gets nothing, pinned tasks
+        #: included, until it holds no task
+        self.runs_long = False
         #: a send to it failed: it gets nothing more (``Losses.unreachable``)
         self.unreachable = False
         #: tasks it answered with a result, and with an error

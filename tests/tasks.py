@@ -846,3 +846,26 @@ def hang_at_exit(*_: object) -> int:
 
     atexit.register(forever)
     return os.getpid()
+
+
+def pid_once_exists(path: str | None) -> int:
+    """This worker's pid, at once (``path`` None) or once the file ``path``
+    exists (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while path is not None and not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return os.getpid()
+
+
+def run_counted(directory: str, i: int, wait_for: int) -> tuple[int, bool]:
+    """Append a line to ``directory/i`` (one per run of input ``i``); with
+    ``wait_for`` > 0, then wait until ``wait_for`` other inputs ran (30 s at
+    most). Return ``i`` and whether they all ran meanwhile."""
+    with open(os.path.join(directory, str(i)), "a") as f:
+        f.write("ran\n")
+    deadline = time.monotonic() + 30
+    while wait_for and time.monotonic() < deadline:
+        if len(os.listdir(directory)) > wait_for:
+            return i, True
+        time.sleep(0.005)
+    return i, not wait_for

@@ -171,6 +171,17 @@ class Runner:
         """Return ``task_id`` unrun (``STATUS_RETURNED``)."""
         self.results.entries.append(p.RESULT_ENTRY.pack(task_id, p.STATUS_RETURNED, 0, 0, 0, 0))
 
+    def keep_function(self, func_id: int, func_pickle: Any) -> None:
+        """Take the function of a task given back unrun as if the task ran:
+        mark it as just used, or keep it made from ``func_pickle``."""
+        if func_pickle is None:
+            self.functions.use(func_id)
+            return
+        try:
+            self._function(func_id, func_pickle)
+        except BaseException:  # noqa: BLE001, S110 - the task that runs it fails with it
+            pass
+
     def run(
         self,
         task_id: int,

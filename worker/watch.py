@@ -1,4 +1,5 @@
-"""Sends finished results while a task runs long: ``ResultWatch``.
+"""Sends finished results while a task runs long, and gives back the tasks
+held behind a long one: ``ResultWatch``.
 
 A worker runs its tasks one after the other on its main thread and sends
 their results in batches, so while one task (or one input of a chunk) runs
@@ -12,13 +13,32 @@ The socket and the batch of results belong to whoever holds ``lock``: the
 main thread holds it but while it runs a task after which results wait (or a
 chunk), so the thread may send only then. While it runs a task, the main
 thread only adds to the batch, which ``Writer.take_done`` allows.
+
+A worker with more than one credit may hold tasks behind the one that runs,
+in its TASK message or waiting in its socket. While the main thread runs
+tasks, the thread also looks every ``LONG_LOOK`` seconds at ``current``,
+the id of the task that runs (its negative once it returned), which the
+main thread sets around each task. Once one task has run ``LONG_TASK``,
+the thread takes the socket for a moment, even while the main thread holds
+``lock``: it takes the entries of the running message that have not
+started and the messages waiting in the socket, gives back their tasks
+(``STATUS_LONG``, then ``STATUS_RETURNED`` for each) and keeps the messages
+in ``stash`` for the main thread, which reads them before the socket (the
+tasks only for the functions they carry, the others as usual). Who has the
+socket is settled by ``taking`` and ``current`` under ``sock_lock``: the
+thread sets ``taking``, then goes on only if ``current`` still names the
+long task; the main thread sets ``current`` when the task returns, then,
+if ``taking`` is set, waits for ``sock_lock`` and clears it, before it
+touches the socket. So the main thread pays two stores and a load per
+task, and no lock.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from distex_zmq.serialization import ScriptGuess, dumps
@@ -30,6 +50,13 @@ PARTIAL_AFTER = p.CHUNK_PARTIAL_US / 1e6
 CHUNK_BUDGET = p.CHUNK_BUDGET_US / 1e6
 #: Seconds without a watched task after which the thread sleeps until the next.
 IDLE_AFTER = 0.1
+#: Seconds a task runs after which the tasks held behind it are given back.
+LONG_TASK = p.LONG_TASK_US / 1e6
+#: Seconds between the thread's looks at the running task, while no result waits.
+LONG_LOOK = LONG_TASK / 2
+
+#: A TASK message's entry: id, function id, flags, sizes, ``skip``.
+Entry = tuple[int, int, int, int, int, int, int]
 
 
 class ResultWatch:
@@ -71,10 +98,43 @@ class ResultWatch:
         self._guess: ScriptGuess | None = None
         #: the first result entry waiting at the previous look
         self._seen: bytes | None = None
+        # giving back the tasks held behind a long one (``give_back``)
+        #: the thread looks at ``current`` (False: it waits for ``wake()``);
+        #: always True while it gives back nothing (one credit)
+        self.watching = True
+        self._recv: Callable[[], list[Any] | None] | None = None
+        #: the id of the task the main thread runs; its negative once it returned
+        self.current = 0
+        #: the thread has the socket until the main thread clears it
+        self.taking = False
+        #: held by the thread while it uses the socket outside ``lock``'s
+        #: rule, and by the main thread to send while a task may run
+        self.sock_lock = threading.Lock()
+        #: the entries of the TASK message being run that have not started
+        #: (the main thread sets it for each message)
+        self.entries: Iterator[Entry] | None = None
+        #: the entries of that message taken (not run: given back)
+        self.taken: list[Entry] = []
+        #: the messages read from the socket, in order: ``(frames, given
+        #: back)``; the main thread reads them before the socket
+        self.stash: deque[tuple[list[Any], bool]] = deque()
+        #: ``current`` at the previous look, and since when it is so
+        self._current = 0
+        self._current_since = 0.0
+
+    def give_back(self, recv: Callable[[], list[Any] | None]) -> None:
+        """Give back the tasks held behind a long one; ``recv()`` reads a
+        message from the socket, or None if none waits (main thread, before
+        the first task)."""
+        self._recv = recv
+        self.watching = False
 
     def wake(self) -> None:
-        """Start looking (main thread, after it released ``lock``)."""
+        """Start looking (main thread, after it released ``lock``, or set
+        ``current`` while the thread does not look at it)."""
         self.polling = True
+        if self._recv is not None:
+            self.watching = True
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._run, name="distex_zmq-result-watch", daemon=True
@@ -120,26 +180,90 @@ class ResultWatch:
         while True:
             self._wake.wait()
             idle_since = time.perf_counter()
+            interval = PARTIAL_AFTER
             while True:
-                time.sleep(PARTIAL_AFTER)
+                time.sleep(interval)
+                if self._recv is not None and self._look_at_current():
+                    idle_since = time.perf_counter()
                 if lock.acquire(blocking=False):
                     try:
                         self._look()
                     finally:
                         lock.release()
                     idle_since = time.perf_counter()
+                    interval = PARTIAL_AFTER
                     continue
                 self._seen = None
+                if self._recv is not None:
+                    interval = LONG_LOOK
                 if time.perf_counter() - idle_since < IDLE_AFTER:
                     continue
-                # sleep; a release seen after ``polling`` is False wakes it
+                # sleep; a release, or a task started, seen after ``polling``
+                # and ``watching`` are False wakes it
                 self._wake.clear()
                 self.polling = False
+                if self._recv is not None:
+                    self.watching = False
                 if lock.acquire(blocking=False):
                     lock.release()
-                    self.polling = True
+                    self.polling = self.watching = True
+                    continue
+                if self._recv is not None and self.current != self._current:
+                    self.polling = self.watching = True
                     continue
                 break
+
+    def _look_at_current(self) -> bool:
+        """Give back the tasks held behind the running task once it has run
+        ``LONG_TASK``; return whether a task started or runs."""
+        current = self.current
+        now = time.perf_counter()
+        if current != self._current:
+            self._current = current
+            self._current_since = now
+            return True
+        if current <= 0:
+            return False
+        ran = now - self._current_since
+        if ran >= LONG_TASK:
+            self._take(current, ran)
+        return True
+
+    def _take(self, task_id: int, ran: float) -> None:
+        """Give back what the worker holds behind task ``task_id``, which has
+        run ``ran`` seconds, if it still runs (see the module's docstring)."""
+        recv = self._recv
+        assert recv is not None
+        with self.sock_lock:
+            if not self.taking:
+                self.taking = True
+                if self.current != task_id:
+                    self.taking = False  # it returned: the main thread has the socket
+                    return
+            elif self.current != task_id:
+                return  # it returned: the main thread waits to clear ``taking``
+            # the main thread runs the task, and waits for ``sock_lock`` after it
+            msg = p.Writer(p.RESULT)
+            given = msg.entries
+            pack = p.RESULT_ENTRY.pack
+            entries = self.entries
+            if entries is not None:
+                self.entries = None
+                rest = list(entries)  # the main thread's loop over them ends
+                self.taken = rest
+                for entry in rest:
+                    if not entry[2] & p.FLAG_REF:
+                        given.append(pack(entry[0], p.STATUS_RETURNED, 0, 0, 0, 0))
+            stash = self.stash
+            try:
+                while (frames := recv()) is not None:
+                    stash.append((frames, _give_back_message(frames, given)))
+                if given:
+                    elapsed = min(max(int(ran * 1e6), p.LONG_TASK_US), p.MAX_ELAPSED)
+                    given.insert(0, pack(task_id, p.STATUS_LONG, elapsed, 0, 0, 0))
+                    self._send(msg.frames_out())
+            except Exception:  # noqa: BLE001, S110 - the socket is closing: the worker ends
+                pass
 
     def _look(self) -> None:
         """Send what waited since the previous look (``lock`` held)."""
@@ -163,7 +287,8 @@ class ResultWatch:
                 self._gate.clear()
         if msg:
             try:
-                self._send(msg.frames_out())
+                with self.sock_lock:
+                    self._send(msg.frames_out())
             except Exception:  # noqa: BLE001 - the socket is closing: the worker ends
                 pass
 
@@ -190,3 +315,20 @@ class ResultWatch:
         )
         msg.entries.append(entry)
         self._sent = done
+
+
+def _give_back_message(frames: list[Any], given: list[bytes]) -> bool:
+    """Add to ``given`` a ``STATUS_RETURNED`` entry for each task of
+    ``frames``, if it is a well-formed TASK message; return whether it was."""
+    try:
+        kind, count, buf = p.check(frames[0])
+        if kind != p.TASK:
+            return False
+        p.body(buf, count, p.TASK_ENTRY)
+    except p.ProtocolError:
+        return False  # the main thread logs it
+    pack = p.RESULT_ENTRY.pack
+    for entry in p.task_entries(buf, count):
+        if not entry[2] & p.FLAG_REF:
+            given.append(pack(entry[0], p.STATUS_RETURNED, 0, 0, 0, 0))
+    return True

@@ -60,6 +60,7 @@ from distex_zmq.wire.zmqio import (
 
 from .logs import LogForwarder
 from .running import Runner
+from .watch import Entry
 
 #: Seconds between checks that the process that started the worker lives.
 PARENT_CHECK_INTERVAL = 1.0
@@ -133,6 +134,9 @@ class Worker:
         self._dropped = False
         self._sync_scheduled = False
         self.runner.connection_dropped = self._connection_dropped
+        if credits > 1:
+            # tasks may wait here behind a long one: it gives them back
+            self.runner.watch.give_back(self._recv_waiting)
 
     def run(self) -> int:
         """Serve tasks until STOP, REFUSE or the loop stops; return the exit code."""
@@ -259,6 +263,8 @@ class Worker:
         sock = self._sock
         runner = self.runner
         events = self._events
+        #: messages read by the watch while a task ran long: before the socket's
+        stash = runner.watch.stash
         if self._stopping:
             return
         try:
@@ -272,12 +278,19 @@ class Worker:
         while True:
             self._lone = False
             while ready:
+                given = False
                 if frames is None:
-                    frames = recv_frames(sock)
+                    if stash:
+                        frames, given = stash.popleft()
+                    else:
+                        frames = recv_frames(sock)
                 try:
                     kind, count, buf = p.check(frames[0])
                     if kind == p.TASK:
-                        self._run_tasks(buf, count, frames)
+                        if given:
+                            self._account_message(buf, count, frames)
+                        else:
+                            self._run_tasks(buf, count, frames)
                     elif kind == p.STOP:
                         self._stop()
                     elif kind == p.CHECK:
@@ -291,16 +304,18 @@ class Worker:
                 frames = None
                 if self._stopping:
                     ready = False
-                elif self._coalesce and events(EVENTS) & POLLIN:
+                elif self._coalesce and (stash or events(EVENTS) & POLLIN):
                     continue  # read it too, and send the results together
                 if runner.results.entries:
                     self._send_results()
                     if not self._stopping:
                         ready = events(EVENTS) & POLLIN  # a look after every send
                         self._coalesce = bool(ready)
+                        if stash:
+                            ready = True
                 elif not self._stopping:
                     # the look just made found nothing, if coalescing
-                    ready = not self._coalesce and events(EVENTS) & POLLIN
+                    ready = 1 if stash else not self._coalesce and events(EVENTS) & POLLIN
             # after the pool's only task, the next one often follows at once
             if not self._lone or runner.running or self._stopping or not self._poll(sock):
                 return
@@ -367,6 +382,8 @@ class Worker:
         lock = watch.lock
         start = time.perf_counter()
         reader = p.Reader(buf, p.body(buf, count, p.TASK_ENTRY), frames)
+        # the watch may take the entries not started while a task runs long
+        watch.entries = entries = p.task_entries(buf, count)
         #: a function whose grouped task was not tiny after all
         slow_func = -1
         # The watch's lock is let go once results wait (or a chunk runs), so
@@ -374,9 +391,7 @@ class Worker:
         # taken back only to send from this thread, and at the end.
         released = False
         try:
-            for task_id, func_id, flags, func_len, data_len, nbuffers, skip in p.task_entries(
-                buf, count
-            ):
+            for task_id, func_id, flags, func_len, data_len, nbuffers, skip in entries:
                 if flags & p.FLAG_REF:
                     # a script function that the next task's data refers to
                     if flags & p.FLAG_FUNC:
@@ -412,7 +427,13 @@ class Worker:
                     released = True
                     if not watch.polling:
                         watch.wake()
+                watch.current = task_id
+                if not watch.watching:
+                    watch.wake()
                 run(task_id, func_id, flags, func_pickle, data, buffers, skip)
+                watch.current = -task_id
+                if watch.taking:
+                    self._took_back(reader)
                 if runner.results.frames:
                     # a result out of band leaves before the next task can change it
                     if released:
@@ -430,10 +451,53 @@ class Worker:
                     self._send_results()
                     start = time.perf_counter()
         finally:
+            watch.entries = None
             if released:
                 lock.acquire()
 
+    def _took_back(self, reader: p.Reader) -> None:
+        """The watch had the socket while the task that just returned ran
+        long: wait until it lets go of it, then count the functions of the
+        entries of this message that it gave back (``reader`` is at the
+        first of them), as the broker counts them sent."""
+        watch = self.runner.watch
+        with watch.sock_lock:
+            watch.taking = False
+        taken, watch.taken = watch.taken, []
+        if taken:
+            self._account(taken, reader)
+
+    def _account_message(self, buf: memoryview, count: int, frames: list[Any]) -> None:
+        """A TASK message whose tasks the watch gave back: count its functions."""
+        reader = p.Reader(buf, p.body(buf, count, p.TASK_ENTRY), frames)
+        self._account(list(p.task_entries(buf, count)), reader)
+
+    def _account(self, entries: list[Entry], reader: p.Reader) -> None:
+        """Take the script functions and functions of ``entries``, whose
+        tasks were given back unrun, as if they ran: the worker holds what
+        the broker counts as sent (``RecentFunctions``)."""
+        runner = self.runner
+        for _, func_id, flags, func_len, data_len, nbuffers, skip in entries:
+            if flags & p.FLAG_REF:
+                if flags & p.FLAG_FUNC:
+                    data, buffers = reader.data(data_len, nbuffers)
+                    runner.take_ref(func_id, data, buffers, skip)
+                else:
+                    runner.take_ref(func_id, None, [], 0)
+                continue
+            func_pickle = reader.inline(func_len) if flags & p.FLAG_FUNC else None
+            reader.data(data_len, nbuffers)
+            runner.keep_function(func_id, func_pickle)
+
     # sending results and log records
+
+    def _recv_waiting(self) -> list[Any] | None:
+        """A message waiting in the socket, or None (the watch's thread,
+        which has the socket)."""
+        try:
+            return recv_frames(self._sock, NOBLOCK)
+        except zmq.Again:
+            return None
 
     def _send_message(self, message: list[bytes]) -> None:
         """Send ``message`` (a log record, ``SYNC``) from a callback of the
@@ -441,8 +505,11 @@ class Worker:
         edge-triggered FD."""
         if self._sock.closed:
             return
-        send_frames(self._sock, message)
-        if not self._stopping and readable(self._sock):
+        # a log record of a task comes while the watch may use the socket
+        with self.runner.watch.sock_lock:
+            send_frames(self._sock, message)
+            look = not self._stopping and readable(self._sock)
+        if look:
             self._loop.call_soon(self._on_readable)
 
     def _schedule_flush(self) -> None:

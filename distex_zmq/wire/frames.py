@@ -20,6 +20,10 @@ worker -> broker:
   pickled value (inline or the next frame), then its out-of-band buffers. A
   chunk's value is a list with an ``ItemError`` for each input that raised.
   ``STATUS_RETURNED`` (no value) gives back a task the worker did not run.
+  ``STATUS_LONG`` (no value, ``elapsed`` how long it has run so far): the
+  task still runs and has run ``LONG_TASK_US`` or longer; the entries that
+  follow give back the tasks the worker held behind it, and the broker
+  sends that worker nothing more until its tasks are answered.
   A chunk may answer in pieces, each entry's ``mark`` an index into the
   chunk's inputs as sent: ``STATUS_PARTIAL`` (the chunk still runs): the
   value holds the results of the inputs up to ``mark`` not answered before;
@@ -102,7 +106,7 @@ from typing import Any, NamedTuple
 from distex_zmq.errors import ProtocolError
 
 MAGIC = b"DZMQ"
-VERSION = 5
+VERSION = 6
 
 HELLO = b"H"
 RESULT = b"R"
@@ -151,6 +155,7 @@ STATUS_ERROR = 1  # a pickled exception (a RemoteException reduction)
 STATUS_RETURNED = 2  # not run: the worker gives the task back (no value)
 STATUS_PARTIAL = 3  # a chunk's results for its inputs up to mark; it still runs
 STATUS_HANDED_BACK = 4  # a chunk's inputs from mark on, not started (value: their payload)
+STATUS_LONG = 5  # the task runs long: the tasks given back after it wait for no one (no value)
 #: ``mark`` of a task's final entry when its result was awaited
 MARK_AWAITED = 1
 
@@ -164,6 +169,11 @@ CHUNK_PARTIAL_US = 2000
 #: Microseconds of a chunk's run after which the worker hands back the inputs
 #: it has not started (``STATUS_HANDED_BACK``), so that idle workers take them.
 CHUNK_BUDGET_US = 4000
+#: Tasks that run this long (microseconds) or longer keep their worker from
+#: others: the broker sends no second task to a worker that runs one whose
+#: function ran this long last time, and a worker whose task has run this
+#: long gives back the tasks it holds and has not started (``STATUS_LONG``).
+LONG_TASK_US = 20_000
 #: How long a worker polls for the next task after running a ``FLAG_LONE`` one.
 LONE_POLL_US = 300
 
