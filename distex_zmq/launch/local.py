@@ -39,6 +39,8 @@ _logger = logging.getLogger("distex_zmq.launch.local")
 
 #: Lines of a worker's stderr kept for error messages.
 STDERR_TAIL_LINES = 20
+#: How a ``faulthandler`` dump begins.
+_FATAL = "Fatal Python error"
 #: A line longer than this is handed on in partial pieces of about this many bytes.
 MAX_LINE = 64 * 1024
 #: Seconds a line a worker has begun waits for its end before what there is
@@ -166,7 +168,7 @@ def crash_hint(returncode: int | None, tail: str) -> str:
     """For a worker that a crash in native code killed (``killed by
     SIGSEGV``) and that wrote no Python stack (``faulthandler`` was off in
     it): how to see where it crashed; else ``""``. (A stack longer than the
-    lines kept of ``tail`` may have lost its heading, not its frames.)"""
+    lines kept of ``tail`` keeps its heading, see ``WorkerProcess.tail``.)"""
     if returncode is None or -returncode not in CRASH_SIGNALS:
         return ""
     if "Fatal Python error" in tail or "(most recent call first)" in tail:
@@ -236,6 +238,9 @@ class WorkerProcess:
         self.popen = popen
         self.pid = popen.pid
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        #: the heading of a ``faulthandler`` dump it wrote (``Fatal Python
+        #: error: ...``), kept if its threads' stacks push it out of the tail
+        self._fatal = ""
         #: by stream: what was read of a line not ended yet and not handed on
         self._partial = {"out": b"", "err": b""}
         #: by stream: a part of the line not ended yet was handed on
@@ -263,6 +268,8 @@ class WorkerProcess:
         self._open[stream] = False
         lines = [line.decode(errors="replace") for line in raw]
         if stream == "err":
+            if not self._fatal:
+                self._fatal = next((line for line in lines if line.startswith(_FATAL)), "")
             if self._err_line:
                 self.stderr_tail.extend([self._err_line + lines[0], *lines[1:]])
                 self._err_line = ""
@@ -292,7 +299,11 @@ class WorkerProcess:
         last = self._err_line + self._partial["err"].decode(errors="replace")
         if last:
             lines.append(last)
-        return "\n".join(lines[-STDERR_TAIL_LINES:])
+        lines = lines[-STDERR_TAIL_LINES:]
+        if self._fatal and self._fatal not in lines:
+            # the stacks of its threads follow the heading, which says why
+            lines = [self._fatal, "..."] + lines[2:]
+        return "\n".join(lines)
 
     def signal_tree(self, sig: int) -> None:
         """Signal the worker and everything it started (its process group)."""
