@@ -452,6 +452,13 @@ class Worker:
                     start = time.perf_counter()
         finally:
             watch.entries = None
+            if watch.current > 0:
+                # a task did not return (an error of the worker's own): the
+                # socket is the main thread's again
+                watch.current = -watch.current
+                if watch.taking:
+                    with watch.sock_lock:
+                        watch.taking = False
             if released:
                 lock.acquire()
 
