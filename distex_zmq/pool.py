@@ -85,7 +85,9 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         qsize: Tasks each worker may hold at once (its credits). Raise it for
             many small tasks; 1 means no queueing at the workers. A worker
             gets no second task while it runs one whose function is known
-            to run 20 ms or longer: no task waits behind a long one. Tiny
+            to run 20 ms or longer, and a worker whose task has run 20 ms
+            gives back the tasks it holds behind it, unrun, for the next
+            free worker: no task waits behind a long one. Tiny
             tasks from ``submit`` and ``run_async`` that wait for a credit
             may share one (see "Adaptive batching" in the usage guide),
             unless qsize is 1.
