@@ -360,7 +360,9 @@ class Broker:
                     raise ProtocolError("result from an unknown worker")
                 self._delivery.on_results(rec, buf, count, frames[1:])
             elif kind == p.HELLO:
-                self._members.hello(identity, buf)
+                again = self._members.hello(identity, buf)
+                if again is not None:  # said again: its connection dropped
+                    self._check(again)
             elif kind == p.SYNC:
                 rec = self.registry.get(identity)
                 if rec is not None:
@@ -383,11 +385,12 @@ class Broker:
             _logger.exception("error handling a message from %r", identity)
 
     def _check(self, rec: WorkerRecord) -> None:
-        """``rec``'s connection dropped and came back (its ``SYNC``): ask it
-        which of the tasks sent to it it holds (``CHECK``), as what was on
-        its way either way may be lost; its ``MISSING`` answers. The
-        functions it holds are counted afresh from here, as the worker
-        counts them from the ``CHECK`` on."""
+        """``rec``'s connection dropped and came back (its ``SYNC``, or its
+        ``HELLO`` again before it heard from the pool): ask it which of the
+        tasks sent to it it holds (``CHECK``), as what was on its way either
+        way may be lost; its ``MISSING`` answers. The functions it holds are
+        counted afresh from here, as the worker counts them from the
+        ``CHECK`` on."""
         rec.sync_round += 1
         rec.known_funcs = RecentFunctions()
         _logger.info("the connection of %s dropped and came back: checking its tasks", rec)

@@ -51,18 +51,25 @@ class Membership:
         """Whether the worker ``identity`` was taken out and is not yet gone."""
         return identity in self._retired
 
-    def hello(self, identity: bytes, buf: memoryview) -> None:
-        """A worker says HELLO: admit it, or tell it to stop or go away."""
+    def hello(self, identity: bytes, buf: memoryview) -> WorkerRecord | None:
+        """A worker says HELLO: admit it, or tell it to stop or go away.
+
+        A worker admitted already says it again when its connection dropped
+        before it heard from the pool (its first may have been lost on the
+        way): its record is returned, to be checked as after ``SYNC``."""
         if self._stopping or identity in self._retired:
             self._control(identity, p.STOP, b"")
-            return
+            return None
         registry = self._registry
         if not registry.expects(identity):
             self._control(identity, p.REFUSE, b"unknown worker identity")
             raise ProtocolError("hello from a worker this pool did not start")
-        if identity in registry.workers:
-            raise ProtocolError("second hello from a connected worker")
         pid, host, credits, python = p.read_hello(buf)
+        rec = registry.get(identity)
+        if rec is not None:
+            if (rec.pid, rec.host) != (pid, host):
+                raise ProtocolError(f"second hello, from pid {pid} on {host}, of {rec}")
+            return rec
         rec = WorkerRecord(identity, pid, host, credits, python)
         registry.add(rec)
         _logger.debug("hello from %s, %d credits", rec, credits)
@@ -72,6 +79,7 @@ class Membership:
         else:
             self._dispatcher.pin(rec, init)
             self._dispatch()
+        return None
 
     def make_ready(self, rec: WorkerRecord) -> None:
         """``rec`` may run tasks now (its initializer, if any, succeeded)."""

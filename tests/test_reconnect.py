@@ -1,11 +1,14 @@
 """A remote worker's TCP connection to the pool dropped and connected again
 while the worker lives (a reset, a NAT's timeout), on loopback: ``ss -K``
 destroys the connection while a message is on its way, which is lost. The
-task whose TASK or RESULT was lost runs again, and the worker stays. No
-cluster needed; as root (``ss -K`` needs CAP_NET_ADMIN)."""
+task whose TASK or RESULT was lost runs again, and the worker stays; a
+worker whose HELLO was lost (an iptables rule on the test's port drops it)
+joins. No cluster needed; as root (``ss -K`` and iptables need
+CAP_NET_ADMIN)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -13,6 +16,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +62,29 @@ def _cut(port: int) -> None:
     )
     if out.returncode != 0 or not out.stdout.strip():
         pytest.skip(f"`ss -K` destroyed no socket (a kernel without INET_DIAG_DESTROY?): {out}")
+
+
+@contextlib.contextmanager
+def _iptables(*rule: str) -> Iterator[None]:
+    """Insert ``rule`` (a chain of the filter table and what it matches: the
+    test's own port only) while the block runs; skip without iptables."""
+    if shutil.which("iptables") is None:
+        pytest.skip("the test needs iptables (tests/run.sh installs it as root)")
+    added = subprocess.run(["iptables", "-I", *rule], capture_output=True, text=True)
+    if added.returncode != 0:
+        pytest.skip(f"iptables could not add the rule {rule}: {added.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-D", *rule], capture_output=True, check=True)
+
+
+def _matched(port: int) -> int:
+    """The packets that the rules on loopback's output to ``port`` matched."""
+    out = subprocess.run(
+        ["iptables", "-v", "-x", "-n", "-L", "OUTPUT"], capture_output=True, text=True, check=True
+    ).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if f"dpt:{port} " in line)
 
 
 def test_a_task_lost_on_its_way_to_a_worker_runs_again(tmp_path: Path, caplog: Any) -> None:
@@ -145,3 +173,74 @@ def test_a_result_lost_on_its_way_to_the_pool_runs_again(tmp_path: Path) -> None
             client.kill()
             client.wait()
         spawner.stop()
+
+
+def test_a_worker_whose_hello_was_lost_joins_the_pool(tmp_path: Path) -> None:
+    # the worker's HELLO, its first message once ZeroMQ's handshake is done,
+    # is dropped on its way, then its connection is cut: the broker never
+    # read it. Messages to the pool's TCP port are encrypted (CURVE), each
+    # in a MESSAGE command whose name is plain: an iptables rule on the
+    # broker's port only drops the packets that hold one. Connected again,
+    # the worker says hello again rather than SYNC (which the broker
+    # ignores from a worker it does not know), and joins
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    port = free_port()
+    rule = ("OUTPUT", "-o", "lo", "-p", "tcp", "--dport", str(port))
+    rule += ("-m", "string", "--algo", "bm", "--hex-string", "|07|MESSAGE", "-j", "DROP")
+    started: dict[str, Any] = {}
+
+    def start() -> None:
+        try:
+            started["pool"] = Pool(
+                None, [f"127.0.0.1:{spawner.port}/1"], secret=None, localport=port
+            )
+        except BaseException as e:  # noqa: BLE001 - the test reports it
+            started["error"] = e
+
+    starter = threading.Thread(target=start)
+    try:
+        with _iptables(*rule):
+            starter.start()
+            assert wait_until(lambda: _matched(port) > 0, timeout=30), "no HELLO was dropped"
+            _cut(port)
+        starter.join(timeout=60)
+        assert not starter.is_alive() and "error" not in started, started
+        pool = started["pool"]
+        assert pool.run(abs, -1) == 1
+        status = pool.status()
+        assert len(status.workers) == 1, status
+        assert status.totals.workers_lost == 0 and status.totals.replacements == 0, status
+    finally:
+        starter.join(timeout=60)
+        if "pool" in started:
+            started["pool"].shutdown()
+        spawner.stop()
+
+
+def test_a_worker_that_heard_nothing_yet_says_hello_again(tmp_path: Path, caplog: Any) -> None:
+    # as in the first test, but no message reached the worker before its
+    # first task was lost: it says hello again, which the broker, that had
+    # admitted it, takes as SYNC (no second record; the task runs again)
+    caplog.set_level(logging.INFO, logger="distex_zmq")
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    port = free_port()
+    try:
+        with Pool(None, [f"127.0.0.1:{spawner.port}/1"], secret=None, localport=port) as pool:
+            pid = pool.status().workers[0].pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                future = pool.submit(len, b"x" * LARGE)
+                wait_until(lambda: _queued("sport", port) > 0, timeout=30)
+                _cut(port)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert future.result(timeout=60) == LARGE
+            status = pool.status()
+            assert [w.pid for w in status.workers] == [pid], status
+            assert status.totals.workers_lost == 0 and status.totals.retried == 0, status
+    finally:
+        spawner.stop()
+    assert "dropped and came back: checking its tasks" in caplog.text, caplog.text
+    assert WARNING in caplog.text, caplog.text
+    assert "dropped a message" not in caplog.text, caplog.text

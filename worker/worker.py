@@ -133,6 +133,10 @@ class Worker:
         #: the connection dropped and no ``CHECK`` came since (TCP)
         self._dropped = False
         self._sync_scheduled = False
+        #: a message came from the broker: it read the HELLO
+        self._heard = False
+        #: the HELLO's body (``run``)
+        self._info: dict[str, Any] = {}
         self.runner.connection_dropped = self._connection_dropped
         if credits > 1:
             # tasks may wait here behind a long one: it gives them back
@@ -142,14 +146,14 @@ class Worker:
         """Serve tasks until STOP, REFUSE or the loop stops; return the exit code."""
         sock = self._sock
         sock.connect(self._endpoint)
-        info = {
+        self._info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "credits": self._credits,
             "version": __version__,
             "python": sys.version.split()[0],
         }
-        sock.send_multipart(p.hello(info))
+        sock.send_multipart(p.hello(self._info))
         fd = int(sock.getsockopt(zmq.FD))
         self._loop.add_reader(fd, self._on_readable)
         self._loop.call_soon(self._on_readable)
@@ -183,7 +187,8 @@ class Worker:
         its tasks again, as after any death of a worker. A remote worker's
         TCP connection drops with the network (a reset, a NAT's timeout):
         it sends ``SYNC``, which reaches the broker once connected again,
-        and the broker's ``CHECK`` settles which tasks were lost."""
+        and the broker's ``CHECK`` settles which tasks were lost (``_sync``:
+        ``HELLO`` again while it may have been lost)."""
         monitor = self._monitor
         while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
@@ -212,10 +217,15 @@ class Worker:
         return self._dropped
 
     def _sync(self) -> None:
-        """Ask the broker to check the tasks sent here (``SYNC``)."""
+        """Ask the broker to check the tasks sent here (``SYNC``).
+
+        Before any message came from the broker, the HELLO may have been
+        lost with the connection, and the broker ignores ``SYNC`` from a
+        worker it does not know: the worker says ``HELLO`` again, which
+        admits it if the first was lost, and counts as ``SYNC`` if not."""
         self._sync_scheduled = False
         if not self._stopping:
-            self._send_message(p.control(p.SYNC))
+            self._send_message(p.control(p.SYNC) if self._heard else p.hello(self._info))
 
     def _check(self, buf: memoryview, count: int) -> None:
         """Answer a ``CHECK`` with the ids in it that this worker does not
@@ -274,6 +284,7 @@ class Worker:
             frames: list[Any] | None = recv_frames(sock, NOBLOCK)
         except zmq.Again:
             return
+        self._heard = True
         ready = 1
         while True:
             self._lone = False

@@ -15,7 +15,11 @@ only and never unpickles a body.
 
 worker -> broker:
 
-- ``HELLO`` body = JSON ``{pid, host, credits, version, python}``.
+- ``HELLO`` body = JSON ``{pid, host, credits, version, python}``. A
+  worker whose TCP connection dropped before any message came from the
+  broker says it again in place of ``SYNC`` (its first may have been lost
+  on the way); the broker takes a second ``HELLO`` of a worker it admitted,
+  with the same pid and host, as ``SYNC``.
 - ``RESULT`` one ``RESULT_ENTRY`` per result: how long the task ran, the
   pickled value (inline or the next frame), then its out-of-band buffers. A
   chunk's value is a list with an ``ItemError`` for each input that raised.
