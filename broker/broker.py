@@ -93,7 +93,9 @@ class Broker:
     ``max_tasks_per_child``: tasks a worker is given before it drains and
     ``hooks.on_spent`` starts a fresh one (None: no limit).
     ``heartbeat_timeout``: seconds within which a dead TCP connection to a
-    remote worker is closed (``zmqio.keep_alive``; None: TCP's own).
+    remote worker is closed (``zmqio.keep_alive``; None: TCP's own), and
+    that a remote worker whose connection failed has to connect again
+    (``Losses.unreachable``).
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class Broker:
             hooks,
             max_retries,
             task_timeout,
+            heartbeat_timeout,
         )
         self._members = Membership(
             self.registry, self._dispatcher, self._losses, hooks, self._control, self.dispatch
@@ -219,9 +222,10 @@ class Broker:
         self.endpoints.append(endpoint)
         return endpoint
 
-    def expect(self, identity: bytes) -> None:
-        """Admit a worker with this identity (given to it by its launcher)."""
-        self.registry.expect(identity)
+    def expect(self, identity: bytes, remote: bool = False) -> None:
+        """Admit a worker with this identity (given to it by its launcher);
+        ``remote``: it connects over TCP, from another host."""
+        self.registry.expect(identity, remote)
 
     def forget(self, identity: bytes) -> None:
         """Admit this identity no more (its worker will never connect)."""

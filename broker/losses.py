@@ -18,8 +18,9 @@ from .ledger import Ledger
 from .records import INIT_TAG, STATUS_LOCAL_ERROR, BrokerHooks, ResultSink, Task, WorkerRecord
 from .registry import Registry
 
-#: Seconds to wait, after a send to a worker failed, for its supervisor to
-#: report how it ended, before the broker gives up on it (``unreachable``).
+#: Seconds to wait, after a send to a local worker failed, for its supervisor
+#: to report how it ended, before the broker gives up on it (``unreachable``;
+#: a remote worker gets the pool's ``heartbeat_timeout`` to connect again).
 UNREACHABLE_GRACE = 0.5
 #: Lost workers whose records ``Losses.lost`` keeps, for ``Pool.status()``.
 LOST_KEPT = 32
@@ -56,6 +57,9 @@ class Losses:
     """Loses workers and fails tasks, on the pool loop.
 
     ``dispatch()`` sends what the queue holds to the workers left.
+    ``heartbeat_timeout``: how long the pool lets a TCP connection be dead
+    unseen (None: TCP's own), which a remote worker whose connection failed
+    gets to connect again (no less than ``UNREACHABLE_GRACE``).
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class Losses:
         hooks: BrokerHooks,
         max_retries: int,
         task_timeout: float | None,
+        heartbeat_timeout: float | None = None,
     ):
         self._loop = loop
         self._registry = registry
@@ -77,6 +82,7 @@ class Losses:
         self._hooks = hooks
         self._max_retries = max_retries
         self._task_timeout = task_timeout
+        self._remote_grace = max(UNREACHABLE_GRACE, heartbeat_timeout or 0.0)
         self._closed = False
         #: the most recently lost workers, oldest first
         self.lost: deque[WorkerRecord] = deque(maxlen=LOST_KEPT)
@@ -232,15 +238,25 @@ class Losses:
         signal, its last stderr lines), which says more than ``how``: that
         report hands it to ``worker_lost``. If its TCP connection dropped
         and ZeroMQ connects it again, its ``SYNC`` comes (``reconnected``).
-        If neither comes within ``UNREACHABLE_GRACE``, it lives on without a
-        connection: it is lost now, and ``BrokerHooks.on_unreachable`` has
-        it killed and replaced.
+        If neither comes within the grace, it lives on without a connection:
+        it is lost now, and ``BrokerHooks.on_unreachable`` has it killed and
+        replaced. A local worker's grace is ``UNREACHABLE_GRACE``: its
+        connection drops only with its process, whose exit is reported at
+        once. A remote worker's is ``heartbeat_timeout``: its network may
+        be down for a while, as long as the pool lets a connection be dead
+        unseen, and ZeroMQ connects again once it is back.
         """
         if rec.unreachable:
             return
         rec.unreachable = True
         self._registry.place(rec)
-        _logger.warning("could not send to %s: %s", rec, how)
+        grace = self._remote_grace if rec.remote else UNREACHABLE_GRACE
+        _logger.warning(
+            "could not send to %s: %s; it is given up on unless it connects again within %g s",
+            rec,
+            how,
+            grace,
+        )
         sync_round = rec.sync_round
 
         def give_up() -> None:
@@ -252,7 +268,7 @@ class Losses:
                 self._hooks.on_unreachable(rec)
                 self.worker_lost(rec, how)
 
-        self._loop.call_later(UNREACHABLE_GRACE, give_up)
+        self._loop.call_later(grace, give_up)
 
     def reconnected(self, rec: WorkerRecord) -> None:
         """``rec``'s connection dropped and came back (its ``SYNC``): a send

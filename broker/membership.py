@@ -71,6 +71,7 @@ class Membership:
                 raise ProtocolError(f"second hello, from pid {pid} on {host}, of {rec}")
             return rec
         rec = WorkerRecord(identity, pid, host, credits, python)
+        rec.remote = registry.remote(identity)
         registry.add(rec)
         _logger.debug("hello from %s, %d credits", rec, credits)
         init = self._hooks.on_hello(rec)

@@ -227,6 +227,7 @@ class WorkerRecord:
         "busy_since",
         "sync_round",
         "log_ticket",
+        "remote",
     )
 
     def __init__(
@@ -283,6 +284,9 @@ class WorkerRecord:
         self.sync_round = 0
         #: the ticket of its latest log record (``BrokerHooks.on_log``; 0: none)
         self.log_ticket = 0
+        #: it connects over TCP, from another host: a dropped connection
+        #: may come back (``Losses.unreachable``)
+        self.remote = False
 
     @property
     def free(self) -> int:

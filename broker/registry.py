@@ -22,23 +22,29 @@ class Registry:
     def __init__(self) -> None:
         self.workers: dict[bytes, WorkerRecord] = {}
         self._buckets: list[dict[WorkerRecord, None]] = []
-        #: identities of the workers the pool started and that may say hello
-        self._expected: set[bytes] = set()
+        #: identities of the workers the pool started and that may say hello,
+        #: and whether each connects over TCP (from another host)
+        self._expected: dict[bytes, bool] = {}
         #: the credits of the ready workers, together
         self.ready_capacity = 0
         #: the ready workers (any thread may read it)
         self.ready_count = 0
 
-    def expect(self, identity: bytes) -> None:
-        """Admit a worker with this identity (given to it by its launcher)."""
-        self._expected.add(identity)
+    def expect(self, identity: bytes, remote: bool = False) -> None:
+        """Admit a worker with this identity (given to it by its launcher);
+        ``remote``: it connects over TCP."""
+        self._expected[identity] = remote
 
     def forget(self, identity: bytes) -> None:
         """Admit this identity no more (its worker will never connect)."""
-        self._expected.discard(identity)
+        self._expected.pop(identity, None)
 
     def expects(self, identity: bytes) -> bool:
         return identity in self._expected
+
+    def remote(self, identity: bytes) -> bool:
+        """Whether the worker ``identity`` connects over TCP (``expect``)."""
+        return self._expected.get(identity, False)
 
     def get(self, identity: bytes) -> WorkerRecord | None:
         return self.workers.get(identity)
@@ -57,7 +63,7 @@ class Registry:
 
     def remove(self, rec: WorkerRecord) -> None:
         """Forget ``rec`` (gone): it is admitted no more."""
-        self._expected.discard(rec.identity)
+        self._expected.pop(rec.identity, None)
         if self.workers.pop(rec.identity, None) is rec and rec.ready and not rec.draining:
             self.ready_capacity -= rec.capacity
             self.ready_count -= 1

@@ -156,7 +156,9 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             A pool with spawner hosts takes one from 1 to 1200 s. It also
             bounds how long a remote worker's connection to the pool may be
             dead unseen (a NAT that forgot it, a firewall that drops it)
-            before both ends close it and the worker connects again.
+            before both ends close it and the worker connects again, and
+            how long a remote worker whose connection failed may take to
+            connect again before it is killed and replaced.
         ssh_accept_new_hosts: Trust and remember the key of a host that is
             not in ``~/.ssh/known_hosts`` (OpenSSH's ``accept-new``); by
             default such a host is refused.

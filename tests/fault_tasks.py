@@ -181,3 +181,12 @@ def fork_and_wait(how: str, chunk_of: int = 0) -> tuple[str, int | None]:
     os.kill(child, signal.SIGKILL)
     os.waitpid(child, 0)
     return "running", None
+
+
+def journal_and_sleep(path: str, delay: float) -> int:
+    """Append this worker's pid to the file ``path`` (a line per run), sleep
+    ``delay`` seconds, and return the pid."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(delay)
+    return os.getpid()

@@ -2,9 +2,10 @@
 while the worker lives (a reset, a NAT's timeout), on loopback: ``ss -K``
 destroys the connection while a message is on its way, which is lost. The
 task whose TASK or RESULT was lost runs again, and the worker stays; a
-worker whose HELLO was lost (an iptables rule on the test's port drops it)
-joins. No cluster needed; as root (``ss -K`` and iptables need
-CAP_NET_ADMIN)."""
+worker whose HELLO was lost joins; a worker that cannot connect again for
+a while (an iptables rule on the test's port) stays if it comes back
+within the pool's ``heartbeat_timeout``. No cluster needed; as root (``ss
+-K`` and iptables need CAP_NET_ADMIN)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,18 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from distex_zmq.broker import broker as broker_module
+from distex_zmq.broker.losses import UNREACHABLE_GRACE
 
 from distex_zmq import Pool
-from tests.helpers import LoopbackSpawner, free_port, wait_until
+from tests import fault_tasks as ft
+from tests.helpers import LoopbackSpawner, free_port, pid_alive, wait_until
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -244,3 +249,72 @@ def test_a_worker_that_heard_nothing_yet_says_hello_again(tmp_path: Path, caplog
     assert "dropped and came back: checking its tasks" in caplog.text, caplog.text
     assert WARNING in caplog.text, caplog.text
     assert "dropped a message" not in caplog.text, caplog.text
+
+
+def _refuse_connections(port: int) -> contextlib.AbstractContextManager[None]:
+    """New TCP connections to ``port`` on loopback are refused (a reset
+    answers their SYN) while the block runs; established ones pass."""
+    syn = ("OUTPUT", "-o", "lo", "-p", "tcp", "--dport", str(port), "--syn")
+    return _iptables(*syn, "-j", "REJECT", "--reject-with", "tcp-reset")
+
+
+def test_a_remote_worker_that_connects_again_within_its_grace_is_kept(
+    tmp_path: Path, caplog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the worker's connection is cut while it runs a task, and it cannot
+    # connect again for longer than a local worker's grace: the broker's
+    # probe finds it cut off, and waits for it as long as the pool lets a
+    # connection be silent (heartbeat_timeout) before it gives up on it
+    monkeypatch.setattr(broker_module, "PROBE_INTERVAL", 0.2)
+    caplog.set_level(logging.INFO, logger="distex_zmq")
+    journal = tmp_path / "journal"
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    port = free_port()
+    try:
+        with Pool(None, [f"127.0.0.1:{spawner.port}/1"], secret=None, localport=port) as pool:
+            pid = pool.run(ft.pid)
+            future = pool.submit(ft.journal_and_sleep, str(journal), 4.0)
+            assert wait_until(journal.exists, timeout=30)
+            with _refuse_connections(port):
+                _cut(port)
+                assert wait_until(lambda: "could not send to" in caplog.text, timeout=30)
+                time.sleep(3 * UNREACHABLE_GRACE)  # cut off longer than a local worker may be
+            assert future.result(timeout=60) == pid
+            status = pool.status()
+            assert [w.pid for w in status.workers] == [pid], status
+            assert status.totals.workers_lost == 0 and status.totals.replacements == 0, status
+        assert journal.read_text() == f"{pid}\n"  # it ran once
+    finally:
+        spawner.stop()
+    assert "can be reached again" in caplog.text, caplog.text
+
+
+def test_a_remote_worker_cut_off_past_its_grace_is_replaced(
+    tmp_path: Path, caplog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the same, but the worker stays cut off until the broker gives up on
+    # it: it is killed and replaced, and its task runs on the replacement
+    monkeypatch.setattr(broker_module, "PROBE_INTERVAL", 0.2)
+    caplog.set_level(logging.INFO, logger="distex_zmq")
+    journal = tmp_path / "journal"
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    port = free_port()
+    hosts = [f"127.0.0.1:{spawner.port}/1"]
+    try:
+        with Pool(None, hosts, secret=None, localport=port, heartbeat_timeout=3) as pool:
+            pid = pool.run(ft.pid)
+            future = pool.submit(ft.journal_and_sleep, str(journal), 2.0)
+            assert wait_until(journal.exists, timeout=30)
+            with _refuse_connections(port):
+                _cut(port)
+                assert wait_until(lambda: " was lost: " in caplog.text, timeout=30), caplog.text
+            other = future.result(timeout=60)
+            assert other != pid
+            assert journal.read_text() == f"{pid}\n{other}\n"  # it ran again, elsewhere
+            assert wait_until(lambda: not pid_alive(pid), timeout=30)  # killed
+            status = pool.status()
+            ready = [w.pid for w in status.workers if w.state == "ready"]
+            assert ready == [other], status
+            assert status.totals.workers_lost == 1, status
+    finally:
+        spawner.stop()

@@ -136,7 +136,7 @@ class Supervisor:
             what = f"another worker on {launcher}"
             self._open_files.make_room(REMOTE_WORKER_FILES, starting, what)
         identity = self.placement.spawn(launcher)
-        self._broker.expect(identity)
+        self._broker.expect(identity, remote=launcher is not self.placement.local)
         self._loop.call_later(HELLO_TIMEOUT, self._check_hello, identity)
         self.roster.spawned(
             identity, None if isinstance(launcher, LocalLauncher) else launcher.spec
