@@ -774,3 +774,27 @@ def test_a_failing_barrier_callback_spares_the_others_and_its_caller(caplog):
     ledger.finish(task)  # raises nothing
     assert fired == ["second"]
     assert "callback bug" in caplog.text
+
+
+def test_a_second_hello_of_a_worker_checks_its_tasks(lone_broker):
+    # a worker whose connection dropped before it heard from the pool says
+    # hello again (the first may have been lost): the broker, that had
+    # admitted it, keeps its record and asks which of its tasks it holds,
+    # as after SYNC; a second hello from another process is dropped
+    b = lone_broker
+    sock = b.worker(b"fake-a", credits=1)
+    held = b.submit()
+    assert b.received()[1] == held
+    body = {**json.loads(hello_body()), "version": __version__, "credits": 1}
+    sock.send_multipart(p.hello(body))
+    b.spin(lambda: bool(sock.poll(0)))
+    kind, count, buf = p.check(sock.recv_multipart()[0])
+    assert kind == p.CHECK
+    assert p.read_task_ids(buf, count) == (1, [held])
+    assert list(b.broker.registry.workers) == [b"fake-a"]
+    sock.send_multipart(p.hello({**body, "pid": body["pid"] + 1}))
+    b.spin(lambda: b.broker.drops.dropped == 1)
+    assert not sock.poll(100)
+    assert b.broker.registry.get(b"fake-a").pid == body["pid"]
+    b.answer(b"fake-a", held, 7)
+    assert b.hooks.troubles == []
