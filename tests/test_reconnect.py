@@ -92,6 +92,25 @@ def _matched(port: int) -> int:
     return sum(int(line.split()[0]) for line in out.splitlines() if f"dpt:{port} " in line)
 
 
+def _lose_a_task_on_its_way(pool: Pool, port: int) -> None:
+    """Cut the connection of ``pool``'s one worker, stopped, while a large
+    task is on its way to it: the task runs again on the same worker, which
+    lost nothing but a message (no worker lost, no try counted)."""
+    pid = pool.status().workers[0].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        future = pool.submit(len, b"x" * LARGE)
+        wait_until(lambda: _queued("sport", port) > 0, timeout=30)
+        _cut(port)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert future.result(timeout=60) == LARGE
+    status = pool.status()
+    assert [w.pid for w in status.workers] == [pid], status
+    assert status.totals.workers_lost == 0 and status.totals.retried == 0, status
+
+
 def test_a_task_lost_on_its_way_to_a_worker_runs_again(tmp_path: Path, caplog: Any) -> None:
     # the worker stands still (SIGSTOP) while the broker sends a large
     # task: part of it waits in the sockets as the connection is cut, and
@@ -103,19 +122,7 @@ def test_a_task_lost_on_its_way_to_a_worker_runs_again(tmp_path: Path, caplog: A
     try:
         with Pool(None, [f"127.0.0.1:{spawner.port}/1"], secret=None, localport=port) as pool:
             assert pool.run(abs, -1) == 1
-            pid = pool.status().workers[0].pid
-            os.kill(pid, signal.SIGSTOP)
-            try:
-                future = pool.submit(len, b"x" * LARGE)
-                wait_until(lambda: _queued("sport", port) > 0, timeout=30)
-                _cut(port)
-            finally:
-                os.kill(pid, signal.SIGCONT)
-            assert future.result(timeout=60) == LARGE
-            status = pool.status()
-            # the same worker, which lost nothing but a message
-            assert [w.pid for w in status.workers] == [pid], status
-            assert status.totals.workers_lost == 0 and status.totals.retried == 0, status
+            _lose_a_task_on_its_way(pool, port)
     finally:
         spawner.stop()
     assert WARNING in caplog.text, caplog.text
@@ -123,19 +130,23 @@ def test_a_task_lost_on_its_way_to_a_worker_runs_again(tmp_path: Path, caplog: A
 
 CLIENT = textwrap.dedent(
     """
-    import sys
+    import pathlib, sys, time
     from distex_zmq import Pool
 
-    def large(n):
-        import time
+    def large(n, started):
+        import pathlib, time
+        pathlib.Path(started).touch()
         time.sleep(1.0)  # the test stops this client meanwhile
         return b"y" * n
 
-    spawner, port, size = (int(arg) for arg in sys.argv[1:])
+    spawner, port, size = (int(arg) for arg in sys.argv[1:4])
+    started = pathlib.Path(sys.argv[4])
     with Pool(None, [f"127.0.0.1:{spawner}/1"], secret=None, localport=port,
               heartbeat_timeout=120) as pool:
         pid = pool.status().workers[0].pid
-        future = pool.submit(large, size)
+        future = pool.submit(large, size, str(started))
+        while not started.exists():  # the task runs: stopped now, the client
+            time.sleep(0.01)         # cannot take its result
         print("submitted", flush=True)
         assert len(future.result(timeout=60)) == size
         status = pool.status()
@@ -155,7 +166,14 @@ def test_a_result_lost_on_its_way_to_the_pool_runs_again(tmp_path: Path) -> None
     script.write_text(CLIENT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
     client = subprocess.Popen(
-        [sys.executable, str(script), str(spawner.port), str(port), str(LARGE)],
+        [
+            sys.executable,
+            str(script),
+            str(spawner.port),
+            str(port),
+            str(LARGE),
+            str(tmp_path / "started"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -166,7 +184,8 @@ def test_a_result_lost_on_its_way_to_the_pool_runs_again(tmp_path: Path) -> None
         assert client.stdout.readline() == "submitted\n", client.communicate(timeout=30)
         os.kill(client.pid, signal.SIGSTOP)
         try:
-            wait_until(lambda: _queued("dport", port) > 0, timeout=30)
+            # the result on its way fills the sockets' buffers (megabytes)
+            assert wait_until(lambda: _queued("dport", port) > 1 << 20, timeout=30)
             _cut(port)
         finally:
             os.kill(client.pid, signal.SIGCONT)
@@ -231,19 +250,7 @@ def test_a_worker_that_heard_nothing_yet_says_hello_again(tmp_path: Path, caplog
     port = free_port()
     try:
         with Pool(None, [f"127.0.0.1:{spawner.port}/1"], secret=None, localport=port) as pool:
-            pid = pool.status().workers[0].pid
-            assert pid is not None
-            os.kill(pid, signal.SIGSTOP)
-            try:
-                future = pool.submit(len, b"x" * LARGE)
-                wait_until(lambda: _queued("sport", port) > 0, timeout=30)
-                _cut(port)
-            finally:
-                os.kill(pid, signal.SIGCONT)
-            assert future.result(timeout=60) == LARGE
-            status = pool.status()
-            assert [w.pid for w in status.workers] == [pid], status
-            assert status.totals.workers_lost == 0 and status.totals.retried == 0, status
+            _lose_a_task_on_its_way(pool, port)
     finally:
         spawner.stop()
     assert "dropped and came back: checking its tasks" in caplog.text, caplog.text

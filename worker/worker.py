@@ -405,11 +405,7 @@ class Worker:
             for task_id, func_id, flags, func_len, data_len, nbuffers, skip in entries:
                 if flags & p.FLAG_REF:
                     # a script function that the next task's data refers to
-                    if flags & p.FLAG_FUNC:
-                        data, buffers = reader.data(data_len, nbuffers)
-                        runner.take_ref(func_id, data, buffers, skip)
-                    else:
-                        runner.take_ref(func_id, None, [], 0)
+                    self._take_ref(reader, func_id, flags, data_len, nbuffers, skip)
                     continue
                 func_pickle = reader.inline(func_len) if flags & p.FLAG_FUNC else None
                 data, buffers = reader.data(data_len, nbuffers)
@@ -485,6 +481,17 @@ class Worker:
         if taken:
             self._account(taken, reader)
 
+    def _take_ref(
+        self, reader: p.Reader, func_id: int, flags: int, data_len: int, nbuffers: int, skip: int
+    ) -> None:
+        """Take a ``FLAG_REF`` entry: a script function that the next task's
+        data refers to, with its pickle (``FLAG_FUNC``) or held already."""
+        if flags & p.FLAG_FUNC:
+            data, buffers = reader.data(data_len, nbuffers)
+            self.runner.take_ref(func_id, data, buffers, skip)
+        else:
+            self.runner.take_ref(func_id, None, [], 0)
+
     def _account_message(self, buf: memoryview, count: int, frames: list[Any]) -> None:
         """A TASK message whose tasks the watch gave back: count its functions."""
         reader = p.Reader(buf, p.body(buf, count, p.TASK_ENTRY), frames)
@@ -497,11 +504,7 @@ class Worker:
         runner = self.runner
         for _, func_id, flags, func_len, data_len, nbuffers, skip in entries:
             if flags & p.FLAG_REF:
-                if flags & p.FLAG_FUNC:
-                    data, buffers = reader.data(data_len, nbuffers)
-                    runner.take_ref(func_id, data, buffers, skip)
-                else:
-                    runner.take_ref(func_id, None, [], 0)
+                self._take_ref(reader, func_id, flags, data_len, nbuffers, skip)
                 continue
             func_pickle = reader.inline(func_len) if flags & p.FLAG_FUNC else None
             reader.data(data_len, nbuffers)
