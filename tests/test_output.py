@@ -618,63 +618,66 @@ def test_a_log_handler_may_take_a_lock_the_caller_holds(make_pool, blocking):
     assert handler.messages == ["record 0"]
 
 
+@pytest.fixture
+def slow_handler() -> Iterator[Any]:
+    """``slow_handler(name)``: a handler on logger ``name`` that takes 0.1 s
+    per record; returns the list of the messages it handled, in order. The
+    handler is removed after the test."""
+    added: list[tuple[logging.Logger, logging.Handler]] = []
+
+    def add(name: str) -> list[str]:
+        handled: list[str] = []
+
+        class Slow(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                time.sleep(0.1)
+                handled.append(record.getMessage())
+
+        logger = logging.getLogger(name)
+        handler = Slow()
+        logger.addHandler(handler)
+        added.append((logger, handler))
+        return handled
+
+    yield add
+    for logger, handler in added:
+        logger.removeHandler(handler)
+
+
 @pytest.mark.timeout(90)
-def test_shutdown_returns_once_the_records_are_handled(make_pool):
+def test_shutdown_returns_once_the_records_are_handled(make_pool, slow_handler):
     """Records still queued when ``shutdown`` is called are handled before it
     returns, however long the handler takes with them (as long as it goes
     on), not only for ``FLUSH_TIMEOUT`` seconds."""
-    handled: list[str] = []
-
-    class Slow(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            time.sleep(0.1)
-            handled.append(record.getMessage())
-
-    logger = logging.getLogger("user.drain")
-    handler = Slow()
-    logger.addHandler(handler)
-    try:
-        pool = make_pool(1)
-        assert pool.run(tasks.log_records, "user.drain", 40) == 40
-        pool.shutdown()
-        assert handled == [f"record {i}" for i in range(40)]
-    finally:
-        logger.removeHandler(handler)
+    handled = slow_handler("user.drain")
+    pool = make_pool(1)
+    assert pool.run(tasks.log_records, "user.drain", 40) == 40
+    pool.shutdown()
+    assert handled == [f"record {i}" for i in range(40)]
 
 
 @pytest.mark.timeout(90)
-def test_a_result_comes_after_the_records_its_task_logged(make_pool):
+def test_a_result_comes_after_the_records_its_task_logged(make_pool, slow_handler):
     """When a task's result reaches the caller, the records the task logged
     before it returned have been handled, however slow the handler, as for
     a function called in the caller's own process (a ``caplog`` test sees
-    them): from ``run``, ``submit``, ``run_async`` and ``map``. The result
-    came first: ``run`` returned while the handler was still asleep."""
-    handled: list[str] = []
-
-    class Slow(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            time.sleep(0.1)
-            handled.append(record.getMessage())
-
-    logger = logging.getLogger("user.before")
-    handler = Slow()
-    logger.addHandler(handler)
-    try:
-        pool = make_pool(2)
-        assert pool.run(tasks.log_records, "user.before", 2) == 2
-        assert handled == ["record 0", "record 1"]
-        assert pool.submit(tasks.log_records, "user.before", 3).result(timeout=30) == 3
-        assert handled[2:] == ["record 0", "record 1", "record 2"]
-        assert asyncio.run(pool.run_async(tasks.log_records, "user.before", 1)) == 1
-        assert handled[5:] == ["record 0"]
-        del handled[:]
-        logged = 0
-        for count in pool.map(tasks.log_records, ["user.before"] * 4, [1, 2, 1, 2]):
-            logged += count
-            assert len(handled) >= logged
-        assert sorted(handled) == ["record 0"] * 4 + ["record 1"] * 2
-    finally:
-        logger.removeHandler(handler)
+    them): from ``run``, ``submit``, ``run_async`` and ``map``. The handler
+    takes longer than the task's round trip: a result that did not wait
+    would come while it sleeps."""
+    handled = slow_handler("user.before")
+    pool = make_pool(2)
+    assert pool.run(tasks.log_records, "user.before", 2) == 2
+    assert handled == ["record 0", "record 1"]
+    assert pool.submit(tasks.log_records, "user.before", 3).result(timeout=30) == 3
+    assert handled[2:] == ["record 0", "record 1", "record 2"]
+    assert asyncio.run(pool.run_async(tasks.log_records, "user.before", 1)) == 1
+    assert handled[5:] == ["record 0"]
+    del handled[:]
+    logged = 0
+    for count in pool.map(tasks.log_records, ["user.before"] * 4, [1, 2, 1, 2]):
+        logged += count
+        assert len(handled) >= logged
+    assert sorted(handled) == ["record 0"] * 4 + ["record 1"] * 2
 
 
 def test_log_records_at_the_level(client):
