@@ -25,6 +25,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import weakref
 from pathlib import Path
 
 import pytest
@@ -177,21 +178,48 @@ def login(loopback, monkeypatch, make_pool):
         home = loopback.home(name, known_hosts, key, included, extra_config)
         monkeypatch.setenv("HOME", str(home))
         kwargs.setdefault("remote_python", REMOTE_PYTHON)
-        return make_pool(None, kwargs.pop("hosts", ["ssh://loop/1"]), **kwargs)
+        before = child_pids()
+        pool = make_pool(None, kwargs.pop("hosts", ["ssh://loop/1"]), **kwargs)
+        _CHILDREN_BEFORE[pool] = before
+        return pool
 
     return make
 
 
+#: our children before each pool of ``login`` was made: the pool starts at
+#: once, so a ProxyCommand of its own may already run (or be between its
+#: fork and its exec) when the test goes on
+_CHILDREN_BEFORE: weakref.WeakKeyDictionary[object, set[int]] = weakref.WeakKeyDictionary()
+
+
 def refusal(pool) -> str:
     """The ``HostConnectionError`` that ends the pool's start, once nothing of it is left."""
-    before = child_pids()
+    before = _CHILDREN_BEFORE.pop(pool)
     try:
         with pytest.raises(HostConnectionError) as info:
             pool.run_on_all(int, 0)
     finally:
         pool.shutdown()
-    assert wait_until(lambda: child_pids() == before, timeout=10)
+    assert wait_until(lambda: child_pids() == before, timeout=10), _described(before)
     return str(info.value)
+
+
+def _described(before: set[int]) -> str:
+    """Which of our children came or went since ``before``, with their command lines."""
+    now = child_pids()
+
+    def named(pids: set[int]) -> list[str]:
+        lines = []
+        for pid in sorted(pids):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    command = f.read().replace(b"\0", b" ").decode(errors="replace")
+                lines.append(f"{pid}: {command}")
+            except OSError:
+                lines.append(f"{pid}: (gone)")
+        return lines
+
+    return f"new: {named(now - before)}; gone: {named(before - now)}"
 
 
 class SilentAgent:
