@@ -54,6 +54,10 @@ LOGIN_TIMEOUT_FACTOR = 2
 #: How the agent's hello line starts (``control.encode_line``): where it begins
 #: when a remote shell's start-up file printed text with no end of line first.
 HELLO_START = b'{"v": '
+#: Seconds the agent's end waits for the reader of its stderr to take in the
+#: last lines (a process it left may hold its stderr open).
+STDERR_DRAIN_TIMEOUT = 2.0
+
 #: Lines of the agent's stderr kept for error messages.
 STDERR_TAIL_LINES = 20
 
@@ -196,8 +200,8 @@ class SSHLauncher(RemoteLauncher):
                 e = HostConnectionError(f"cannot start workers on {self.where}: {e}")
             self._call_soon(_set_exception, opened, e)
             return
-        self._thread(self._read_events, chan, name="events")
-        self._thread(self._read_stderr, chan, name="stderr")
+        stderr = self._thread(self._read_stderr, chan, name="stderr")
+        self._thread(self._read_events, chan, stderr, name="events")
         self._thread(self._write_commands, chan, name="commands")
         self._call_soon(_set_result, opened, None)
 
@@ -232,13 +236,17 @@ class SSHLauncher(RemoteLauncher):
 
     # the session's threads
 
-    def _read_events(self, chan: paramiko.Channel) -> None:
+    def _read_events(self, chan: paramiko.Channel, stderr: threading.Thread) -> None:
         try:
             for line in chan.makefile("rb"):
                 self._call_soon(self._on_event, line)
         except (OSError, EOFError, paramiko.SSHException):
             pass
-        self._call_soon(self._on_end, chan.recv_exit_status())
+        status = chan.recv_exit_status()
+        # the end's error quotes the agent's last stderr lines: sshd sends them
+        # before its exit status, but their reader may not have taken them in
+        stderr.join(STDERR_DRAIN_TIMEOUT)
+        self._call_soon(self._on_end, status)
 
     def _read_stderr(self, chan: paramiko.Channel) -> None:
         prefix = f"[{self.spec.host}] "
