@@ -1,6 +1,7 @@
 """Chunks that answer in pieces: results of some of their inputs while they
-run on (``STATUS_PARTIAL``), and inputs handed back unstarted
-(``STATUS_HANDED_BACK``), in parts that become tasks of their own
+run on (``STATUS_PARTIAL``), and inputs handed back unstarted, when they
+stop (``STATUS_HANDED_BACK``) or while they run on with fewer inputs
+(``STATUS_SPLIT``), in parts that become tasks of their own
 (``TaskPart``). Headers only: the broker never unpickles a piece.
 
 A chunk task keeps ``first``, its first input not answered (counted in the
@@ -14,6 +15,7 @@ import itertools
 import logging
 from typing import Any
 
+from distex_zmq.errors import ProtocolError
 from distex_zmq.wire import frames as p
 
 from .records import Task, WorkerRecord
@@ -30,22 +32,29 @@ class TaskPart(Task):
 
     __slots__ = ("chunk",)
 
-    def __init__(self, task_id: int, chunk: Task, first: int, data: Any, buffers: list[Any]):
-        self.chunk = chunk
+    def __init__(
+        self, task_id: int, source: Task, first: int, data: Any, buffers: list[Any]
+    ) -> None:
+        """A part of the inputs that ``source`` (the chunk, or a part of it,
+        which runs) hands back, from input ``first`` of the chunk on."""
+        #: the chunk this is a part of
+        self.chunk: Task = source.chunk if isinstance(source, TaskPart) else source
         super().__init__(
             task_id,
-            chunk.func_id,
-            chunk.func_pickle,
-            chunk.flags,
+            source.func_id,
+            # the source's, not the chunk's: a chunk that has finished holds
+            # its function no more (``Ledger.finish``), its parts still run
+            source.func_pickle,
+            source.flags,
             data,
             buffers,
-            chunk.sink,
-            chunk.tag,
-            chunk.name,
-            index=chunk.index,
+            source.sink,
+            source.tag,
+            source.name,
+            index=source.index,
             # the chunk's function may name script functions by id: the
             # worker that takes the part may not hold them yet
-            refs=chunk.refs,
+            refs=source.refs,
         )
         self.first = first
 
@@ -101,9 +110,21 @@ class ChunkPieces:
         task.buffers = buffers
         return task, p.STATUS_RETURNED
 
+    def split(self, task: Task, mark: int, data: Any, buffers: list[Any]) -> None:
+        """Take ``STATUS_SPLIT``: ``task`` runs on with its inputs from
+        ``mark`` on up to the one it runs, whose payload is ``data``; the
+        inputs after them come as parts (``part``). A ``mark`` other than
+        the first input not answered is a ``ProtocolError``: it ends the
+        message, whose parts would be taken as the task's own hand-back."""
+        if mark != task.skip:
+            raise ProtocolError(f"split of task {task.id} at input {mark}, not {task.skip}")
+        task.skip = 0
+        task.in_pieces = True
+        task.data = bytes(data) if isinstance(data, memoryview) else data
+        task.buffers = buffers
+
     def part(self, task: Task, first: int, data: Any, buffers: list[Any]) -> Task:
         """A task for a further part of ``task``'s inputs handed back, from
         its input ``first`` on."""
-        chunk = task.chunk if isinstance(task, TaskPart) else task
         data = bytes(data) if isinstance(data, memoryview) else data
-        return TaskPart(next(self._ids), chunk, first, data, buffers)
+        return TaskPart(next(self._ids), task, first, data, buffers)

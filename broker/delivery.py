@@ -34,6 +34,7 @@ _RETURNED = p.STATUS_RETURNED
 _PARTIAL = p.STATUS_PARTIAL
 _HANDED_BACK = p.STATUS_HANDED_BACK
 _LONG = p.STATUS_LONG
+_SPLIT = p.STATUS_SPLIT
 _AWAITED = p.MARK_AWAITED
 
 
@@ -108,6 +109,17 @@ class Delivery:
                             runs_long = True
                             rec.exclusive = rec.runs_long = True
                             note_run_time(task, elapsed)
+                        continue
+                    if status == _SPLIT:
+                        # a chunk that runs on with fewer inputs: those it
+                        # handed back (the entries that follow) go elsewhere
+                        # first, not behind it here
+                        task = running.get(task_id)
+                        if task is not None:
+                            self._pieces.split(task, mark, data, buffers)
+                            runs_long = True
+                            rec.exclusive = rec.runs_long = True
+                            handed = (task, task.first - mark)
                         continue
                     # a piece of a chunk's results, or its inputs handed back
                     if status == _HANDED_BACK and handed and handed[0].id == task_id:

@@ -674,6 +674,18 @@ def nap_pid(delay: float) -> int:
     return os.getpid()
 
 
+def meet(path: str, role: str) -> tuple[str, int, bool]:
+    """Inputs that meet: ``"come"`` makes the file ``path``, ``"wait"``
+    waits for it (20 s at most), ``"pass"`` does nothing; return ``(role,
+    this worker's pid, whether the file exists)``."""
+    if role == "come":
+        open(path, "w").close()
+    deadline = time.monotonic() + (20 if role == "wait" else 0)
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return role, os.getpid(), os.path.exists(path)
+
+
 def pid_when_exists(path: str | None) -> int:
     """This worker's pid, once the file ``path`` exists (None: at once; it
     waits 60 s at most)."""

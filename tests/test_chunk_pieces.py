@@ -71,6 +71,56 @@ def test_slow_inputs_after_instant_ones_spread_over_the_workers(pool):
     assert len(set(pids[1000:])) == 2, "the slow inputs all ran on one worker"
 
 
+def met(results: list) -> tuple[int, int, bool]:
+    """Of ``tasks.meet``'s results: the pids of the waiter and the comer, and
+    whether the waiter saw the comer run."""
+    by_role = {role: (pid, came) for role, pid, came in results if role != "pass"}
+    return by_role["wait"][0], by_role["come"][0], by_role["wait"][1]
+
+
+@pytest.mark.timeout(60)
+def test_an_input_behind_a_long_one_of_its_chunk_runs_elsewhere_meanwhile(pool, tmp_path):
+    # A chunk of two whose first input waits until the second has run. Past
+    # the chunk's budget, its worker hands back the second while the first
+    # runs on, and the other worker runs it. Kept behind the first, as
+    # ProcessPoolExecutor keeps a chunk's inputs, it would run only after
+    # the first gave up waiting (20 s).
+    path = str(tmp_path / "came")
+    results = list(pool.map(tasks.meet, [path] * 2, ["wait", "come"], chunksize=2))
+    assert [role for role, _, _ in results] == ["wait", "come"]
+    waiter, comer, came = met(results)
+    assert came, "the second input of the chunk ran only after the first"
+    assert waiter != comer
+
+
+@pytest.mark.timeout(120)
+def test_a_default_map_does_not_keep_an_input_behind_a_long_one(pool, tmp_path):
+    # the same among inputs known to be instant, which the map groups into
+    # chunks of many (the pair then nearly always shares one): sync, async,
+    # and async as they come
+    roles = ["pass"] * 1500 + ["wait", "come"] + ["pass"] * 100
+
+    async def consume(path: str, ordered: bool) -> list:
+        it = pool.map_async(tasks.meet, [path] * len(roles), roles, ordered=ordered)
+        return [result async for result in it]
+
+    runs = {
+        "sync": lambda path: list(pool.map(tasks.meet, [path] * len(roles), roles)),
+        "async": lambda path: asyncio.run(consume(path, True)),
+        "unordered": lambda path: asyncio.run(consume(path, False)),
+    }
+    for name, run in runs.items():
+        results: list = []
+        path = str(tmp_path / name)
+        made = tasks_made(pool, lambda: results.extend(run(path)))  # noqa: B023
+        assert made < 500, f"{name}: the test needs the inputs chunked"
+        answered = [role for role, _, _ in results]
+        assert answered == roles if name != "unordered" else sorted(answered) == sorted(roles)
+        waiter, comer, came = met(results)
+        assert came, f"{name}: the input after the long one ran only after it"
+        assert waiter != comer, name
+
+
 def test_pieces_of_chunks_keep_their_order_and_errors(pool):
     # slow inputs between instant ones: chunks answer in pieces and hand
     # back parts; every result lands in its place, the error in its own

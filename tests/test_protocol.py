@@ -585,6 +585,12 @@ class LoneBroker:
 
     def received(self) -> tuple[bytes, int, int]:
         """``(worker, task id, flags)`` of the next task a fake worker gets."""
+        identity, frames = self.received_frames()
+        [(task_id, _, flags)] = _task_entries(frames)
+        return identity, task_id, flags
+
+    def received_frames(self) -> tuple[bytes, list]:
+        """``(worker, frames)`` of the next message a fake worker gets."""
         got: list[tuple[bytes, list]] = []
 
         def arrived() -> bool:
@@ -595,9 +601,7 @@ class LoneBroker:
             return False
 
         self.spin(arrived)
-        identity, frames = got[0]
-        [(task_id, _, flags)] = _task_entries(frames)
-        return identity, task_id, flags
+        return got[0]
 
     def answer(self, identity: bytes, task_id: int, value: object) -> None:
         _answer(self.socks[identity], task_id, value)
@@ -677,6 +681,116 @@ def test_a_chunk_handed_back_before_it_answered_any_input_answers_in_pieces(lone
     assert answered.pop(chunk.id) == 0, "the chunk's answer is not a piece at input 0"
     assert list(answered.values()) == [2]
     assert b.hooks.troubles == []
+
+
+def _chunk_pieces(chunk: Task, *pieces: tuple[int, int, object]) -> list[bytes]:
+    """A RESULT message of ``(status, mark, value)`` entries for ``chunk``."""
+    writer = p.Writer(p.RESULT)
+    for status, mark, value in pieces:
+        data, buffers = dumps(value)
+        size = writer.body(data, buffers)
+        writer.entries.append(p.RESULT_ENTRY.pack(chunk.id, status, 0, size, len(buffers), mark))
+    return writer.frames_out()
+
+
+def _final_answer(b: LoneBroker, sock: zmq.Socket, chunk: Task, value: object) -> tuple:
+    """Answer ``chunk`` (which answered in pieces before); ``(status, value)``
+    as delivered."""
+    _answer(sock, chunk.id, value)
+    b.spin(lambda: b.sink.got[chunk.id][0] != p.STATUS_PARTIAL)
+    return b.sink.got[chunk.id]
+
+
+def test_a_split_chunk_runs_on_while_its_parts_go_to_another_worker(lone_broker):
+    # A chunk past its budget whose input runs long hands back the inputs it
+    # has not started and runs on (STATUS_SPLIT): they go to the other
+    # worker, not behind the chunk to the free credit of its own; the chunk's
+    # payload is the input it runs (were it to run again elsewhere), and its
+    # answer comes at that input's place
+    b = lone_broker
+    b.know_the_function_as_quick()  # else its worker gets no second task anyway
+    sock = b.worker(b"fake-a", credits=2)
+    chunk = Task(next(b.ids), 1, b"f", p.FLAG_CHUNK, b"args", [], b.sink, name="f")
+    b.broker.submit([chunk])
+    assert b.received()[1] == chunk.id
+    b.worker(b"fake-b", credits=1)
+    sock.send_multipart(
+        _chunk_pieces(
+            chunk,
+            (p.STATUS_PARTIAL, 2, [0, 1]),  # inputs 0-1 answered
+            (p.STATUS_SPLIT, 2, (2,)),  # it runs input 2 on
+            (p.STATUS_HANDED_BACK, 3, (3, 4)),
+            (p.STATUS_HANDED_BACK, 5, (5,)),
+        )
+    )
+    parts = {}
+    for _ in range(2):
+        identity, task_id, _ = b.received()
+        assert identity == b"fake-b", "a part went behind the chunk that still runs"
+        b.answer(identity, task_id, ["part"])
+        parts[task_id] = b.sink.got[task_id][1][3]
+    assert sorted(parts.values()) == [3, 5]
+    assert (chunk.data, chunk.skip) == (dumps((2,))[0], 0)
+    status, value = _final_answer(b, sock, chunk, ["input 2"])
+    assert (status, value[3], loads(value[0], value[1])) == (p.STATUS_OK, 2, ["input 2"])
+    assert b.hooks.troubles == [] and b.broker.drops.dropped == 0
+
+
+def test_a_split_at_an_input_answered_ends_its_message(lone_broker):
+    # a split must start at the chunk's first input not answered; one that
+    # does not is a malformed message, whose parts are not taken either (as
+    # the chunk's own hand-back, they would replace the inputs it runs)
+    b = lone_broker
+    sock = b.worker(b"fake-a", credits=1)
+    chunk = Task(next(b.ids), 1, b"f", p.FLAG_CHUNK, b"args", [], b.sink, name="f")
+    b.broker.submit([chunk])
+    assert b.received()[1] == chunk.id
+    sock.send_multipart(
+        _chunk_pieces(
+            chunk,
+            (p.STATUS_PARTIAL, 2, [0, 1]),
+            (p.STATUS_SPLIT, 1, (1, 2)),
+            (p.STATUS_HANDED_BACK, 3, (3,)),
+        )
+    )
+    b.spin(lambda: b.broker.drops.dropped == 1)
+    assert (chunk.data, chunk.skip, chunk.first) == (b"args", 2, 2)
+    status, value = _final_answer(b, sock, chunk, [2, 3])
+    assert (status, value[3]) == (p.STATUS_OK, 2)
+
+
+def test_a_part_handed_back_after_its_chunk_finished_carries_the_function(lone_broker):
+    # A chunk hands back inputs; it runs the first part itself and finishes
+    # (which frees its payload and function pickle), and a part of it, run
+    # past its budget, hands back inputs in turn. The new part went out with
+    # the finished chunk's function pickle, empty: a worker that did not hold
+    # the function (one started since) failed it, "could not unpickle the
+    # function ... EOFError: Ran out of input".
+    b = lone_broker
+    sock = b.worker(b"fake-a", credits=1)
+    chunk = Task(next(b.ids), 1, b"the function", p.FLAG_CHUNK, b"args", [], b.sink, name="f")
+    b.broker.submit([chunk])
+    assert b.received()[1] == chunk.id
+    sock.send_multipart(
+        _chunk_pieces(chunk, (p.STATUS_HANDED_BACK, 0, (0, 1)), (p.STATUS_HANDED_BACK, 2, (2, 3)))
+    )
+    assert b.received()[1] == chunk.id  # with inputs 0-1
+    b.answer(b"fake-a", chunk.id, [0, 1])
+    assert chunk.func_pickle == b""  # finished
+    _, part_id, _ = b.received()  # the part of inputs 2-3
+    part = Task(part_id, 1, b"", p.FLAG_CHUNK, b"", [], b.sink)  # its id, for the message
+    sock.send_multipart(
+        _chunk_pieces(part, (p.STATUS_HANDED_BACK, 0, (2,)), (p.STATUS_HANDED_BACK, 1, (3,)))
+    )
+    assert b.received()[1] == part_id  # with input 2, at the head of the queue
+    b.worker(b"fake-new", credits=1)  # holds no function
+    identity, frames = b.received_frames()
+    assert identity == b"fake-new"
+    kind, count, buf = p.check(frames[0])
+    reader = p.Reader(buf, p.body(buf, count, p.TASK_ENTRY), frames)
+    [(_, func_id, flags, func_len, *_)] = p.task_entries(buf, count)
+    assert func_id == 1 and flags & p.FLAG_FUNC
+    assert bytes(reader.inline(func_len)) == b"the function"
 
 
 def test_broker_sends_a_script_functions_pickle_to_each_worker_until_it_drops_it(

@@ -45,10 +45,7 @@ from distex_zmq.task_errors import (
 from distex_zmq.wire import frames as p
 
 from .script_globals import ScriptNamespace
-from .watch import ResultWatch
-
-#: The most parts a chunk's inputs are handed back in.
-HAND_BACK_PARTS = 8
+from .watch import ResultWatch, payload_parts
 
 
 def _described(name: str) -> str:
@@ -296,11 +293,11 @@ class Runner:
         """Run the inputs of a chunk from ``skip`` on; an input's error is its
         own result. While an input runs long, ``ResultWatch`` sends the results
         before it; once the chunk has run ``CHUNK_BUDGET``, it closes the
-        chunk's gate, and the inputs not started are handed back
-        (``STATUS_HANDED_BACK``) for idle workers."""
+        chunk's gate and hands back the inputs not started (``STATUS_SPLIT``)
+        for idle workers; those it could not, this thread hands back after
+        its input (``STATUS_HANDED_BACK``)."""
         results: list[Any] = []
         items = items if isinstance(items, (tuple, list)) else tuple(items)
-        count = len(items)
         # the inputs to run, in a list of their own that the watch empties to
         # stop the chunk between two inputs: a list's iterator ends once its
         # list is empty, which spares a flag per input (itertools.compress)
@@ -310,17 +307,21 @@ class Runner:
         def error(e: BaseException) -> RemoteException:
             return self._sendable_error(task_id, e)
 
-        watch.begin(task_id, results, started, skip, gate, guess)
+        inputs = iter(gate)
+        watch.begin(task_id, results, started, skip, gate, inputs, guess)
         try:
-            _run_inputs(func, iter(gate), star, results, error)
+            _run_inputs(func, inputs, star, results, error)
         finally:
             if _forked:
                 _end_forked_child(None)
-            sent = watch.end()
+            sent, end = watch.end()
+        if end is not None:
+            items = items[:end]  # the inputs after them went back while they ran
+        count = len(items)
         index = skip + len(results)
         parts = None
         if index < count:
-            parts = self._parts(items, index)
+            parts = payload_parts(items, index, 0, self._data_dumps)
             if parts is None:  # they do not pickle: they run here
                 _run_inputs(func, iter(items[index:]), star, results, error)
                 index = count
@@ -377,19 +378,6 @@ class Runner:
                 return error
             return rebuilt
         return error
-
-    def _parts(self, items: Any, index: int) -> list[tuple[int, bytes, list[Any]]] | None:
-        """The inputs from ``index`` on, in up to ``HAND_BACK_PARTS`` payloads
-        (so that several workers take them): ``(mark, pickle, buffers)``
-        each; None if they do not pickle."""
-        step = -(-(len(items) - index) // HAND_BACK_PARTS)
-        try:
-            return [
-                (mark, *dumps(tuple(items[mark : mark + step]), self._data_dumps))
-                for mark in range(index, len(items), step)
-            ]
-        except BaseException:  # noqa: BLE001 - then they run here
-            return None
 
     def _await_result(
         self,

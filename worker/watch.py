@@ -6,8 +6,11 @@ their results in batches, so while one task (or one input of a chunk) runs
 long, the results done before it would wait for it. ``ResultWatch`` is a
 thread that looks every ``PARTIAL_AFTER`` seconds: results it saw waiting
 at its previous look go out, the finished ones of a running chunk as
-``STATUS_PARTIAL``; a chunk that has run ``CHUNK_BUDGET`` has its gate
-closed, so that it stops before its next input and hands back the rest.
+``STATUS_PARTIAL``. A chunk that has run ``CHUNK_BUDGET`` is split: the
+thread closes its gate, so that it stops after the input it runs, and hands
+back at once the inputs it has not started (``STATUS_SPLIT``, then
+``STATUS_HANDED_BACK`` for each part), so that they do not wait for an
+input that runs long.
 
 The socket and the batch of results belong to whoever holds ``lock``: the
 main thread holds it but while it runs a task after which results wait (or a
@@ -38,11 +41,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from distex_zmq.serialization import ScriptGuess, dumps
 from distex_zmq.wire import frames as p
+
+#: The most parts a chunk's inputs are handed back in.
+HAND_BACK_PARTS = 8
 
 #: Seconds between the thread's looks: results wait no longer than about two.
 PARTIAL_AFTER = p.CHUNK_PARTIAL_US / 1e6
@@ -95,6 +101,9 @@ class ResultWatch:
         self._skip = 0
         self._started = 0.0
         self._gate: list[Any] = []
+        self._inputs: Iterator[Any] = iter(())
+        #: the payload index where the chunk's inputs end once it was split
+        self._end: int | None = None
         self._guess: ScriptGuess | None = None
         #: the first result entry waiting at the previous look
         self._seen: bytes | None = None
@@ -149,15 +158,18 @@ class ResultWatch:
         started: float,
         skip: int,
         gate: list[Any],
+        inputs: Iterator[Any],
         guess: ScriptGuess | None = None,
     ) -> None:
         """A chunk starts (main thread, ``lock`` released): ``results``
         collects its results, for the payload's inputs from ``skip`` on,
-        which ``gate`` holds; the chunk takes its next input only while
-        ``gate`` is not empty. ``guess``: that of its function's results
-        (``ScriptGuess``)."""
+        which ``gate`` holds; the chunk takes its next input from ``inputs``,
+        the list iterator of ``gate``, only while ``gate`` is not empty.
+        ``guess``: that of its function's results (``ScriptGuess``)."""
         with self.lock:
             self._gate = gate
+            self._inputs = inputs
+            self._end = None
             self._guess = guess
             self._task_id = task_id
             self._results = results
@@ -165,15 +177,17 @@ class ResultWatch:
             self._skip = skip
             self._started = started
 
-    def end(self) -> int:
+    def end(self) -> tuple[int, int | None]:
         """The chunk stops (main thread, ``lock`` released); return how many
-        of its results were sent."""
+        of its results were sent, and the payload index where its inputs
+        end if it was split (None if not)."""
         with self.lock:
             self._task_id = None
             self._results = []
             self._gate = []
+            self._inputs = iter(())
             self._guess = None
-            return self._sent
+            return self._sent, self._end
 
     def _run(self) -> None:
         lock = self.lock
@@ -282,15 +296,52 @@ class ResultWatch:
                 and time.perf_counter() - self._started >= CHUNK_BUDGET
                 and not (results and self._is_awaitable(results[0]))
             ):
-                # over its budget: the chunk stops before its next input,
-                # whose worker hands back the rest
-                self._gate.clear()
+                # over its budget: the chunk stops after the input it runs,
+                # and the inputs not started go back now
+                self._split(msg)
         if msg:
             try:
                 with self.sock_lock:
                     self._send(msg.frames_out())
             except Exception:  # noqa: BLE001 - the socket is closing: the worker ends
                 pass
+
+    def _split(self, msg: p.Writer) -> None:
+        """Close the running chunk's gate and add to ``msg`` the inputs it has
+        not started, handed back: a ``STATUS_SPLIT`` entry with the inputs
+        it still holds (those not answered, up to the one it runs), which
+        are all it runs from now on, then a ``STATUS_HANDED_BACK`` entry per
+        part of the others (``lock`` held, after ``_add_partial``)."""
+        gate = self._gate
+        inputs = gate.copy()  # the main thread only reads the gate
+        gate.clear()  # one call: after it, the chunk's next input ends it
+        # Where its iterator stands says how many inputs the chunk took: it
+        # cannot move on once the gate is empty, but ends at the next input.
+        # An iterator that ended already has no place: the main thread
+        # hands back the inputs after the last it ran (``Runner._run_chunk``).
+        state = self._inputs.__reduce__()
+        if len(state) < 3:
+            return
+        taken = int(state[2])
+        sent = self._sent
+        if taken >= len(inputs):
+            return  # every input started: nothing to hand back
+        parts = payload_parts(inputs, taken, self._skip, self._dumps)
+        if parts is None:
+            return  # they do not pickle: the main thread runs them after its input
+        try:
+            held, held_buffers = dumps(tuple(inputs[sent:taken]), self._dumps)
+        except BaseException:  # noqa: BLE001 - as above
+            return
+        self._end = self._skip + taken
+        pack = p.RESULT_ENTRY.pack
+        task_id = self._task_id
+        entries = msg.entries
+        size = msg.body(held, held_buffers)
+        entries.append(pack(task_id, p.STATUS_SPLIT, 0, size, len(held_buffers), self._skip + sent))
+        for mark, data, buffers in parts:
+            size = msg.body(data, buffers)
+            entries.append(pack(task_id, p.STATUS_HANDED_BACK, 0, size, len(buffers), mark))
 
     def _add_partial(self, msg: p.Writer) -> None:
         """Add the running chunk's results not sent yet, if it ran long enough."""
@@ -315,6 +366,23 @@ class ResultWatch:
         )
         msg.entries.append(entry)
         self._sent = done
+
+
+def payload_parts(
+    items: Sequence[Any], index: int, offset: int, data_dumps: Callable[..., bytes]
+) -> list[tuple[int, bytes, list[Any]]] | None:
+    """The inputs of ``items`` from ``index`` on, in up to ``HAND_BACK_PARTS``
+    chunk payloads (so that several workers take them): ``(mark, pickle,
+    buffers)`` each, ``mark`` the payload index of its first input, where
+    ``items[0]`` is at ``offset``; None if they do not pickle."""
+    step = -(-(len(items) - index) // HAND_BACK_PARTS)
+    try:
+        return [
+            (offset + mark, *dumps(tuple(items[mark : mark + step]), data_dumps))
+            for mark in range(index, len(items), step)
+        ]
+    except BaseException:  # noqa: BLE001 - then they run where they are
+        return None
 
 
 def _give_back_message(frames: list[Any], given: list[bytes]) -> bool:

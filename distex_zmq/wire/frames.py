@@ -34,8 +34,16 @@ worker -> broker:
   ``STATUS_HANDED_BACK`` (the chunk ran past ``CHUNK_BUDGET_US``): the
   inputs from ``mark`` on were not started, and the value is their pickled
   tuple, a chunk payload that the broker requeues at the head of its queue
-  in place of the old one; the worker is done with the task. A final
-  ``STATUS_OK`` or ``STATUS_ERROR`` answers the inputs not answered before.
+  in place of the old one; the worker is done with the task.
+  ``STATUS_SPLIT`` (the chunk ran past ``CHUNK_BUDGET_US`` and still runs
+  an input): the inputs from ``mark`` on that it holds, up to the one it
+  runs, are all it runs now; the value is their pickled tuple, the task's
+  payload from now on (should it run again elsewhere); the broker sends
+  that worker nothing more until the task is answered. Further
+  ``STATUS_HANDED_BACK`` entries of a task, after its first or after its
+  ``STATUS_SPLIT``, hand back parts of its inputs not started, each a task
+  of its own at the head of the queue. A final ``STATUS_OK`` or
+  ``STATUS_ERROR`` answers the inputs not answered before.
   A task's entry has ``mark`` 0, or ``MARK_AWAITED`` when the worker
   awaited its result: it ran alongside the worker's other tasks, so its
   run time says nothing of how long it kept its worker from them.
@@ -110,7 +118,7 @@ from typing import Any, NamedTuple
 from distex_zmq.errors import ProtocolError
 
 MAGIC = b"DZMQ"
-VERSION = 6
+VERSION = 7
 
 HELLO = b"H"
 RESULT = b"R"
@@ -160,6 +168,7 @@ STATUS_RETURNED = 2  # not run: the worker gives the task back (no value)
 STATUS_PARTIAL = 3  # a chunk's results for its inputs up to mark; it still runs
 STATUS_HANDED_BACK = 4  # a chunk's inputs from mark on, not started (value: their payload)
 STATUS_LONG = 5  # the task runs long: the tasks given back after it wait for no one (no value)
+STATUS_SPLIT = 6  # a chunk's inputs from mark on that it still runs (value: their payload)
 #: ``mark`` of a task's final entry when its result was awaited
 MARK_AWAITED = 1
 
@@ -171,7 +180,8 @@ GROUP_BELOW_US = 1000
 #: the inputs done so far, even while an input still runs (``STATUS_PARTIAL``).
 CHUNK_PARTIAL_US = 2000
 #: Microseconds of a chunk's run after which the worker hands back the inputs
-#: it has not started (``STATUS_HANDED_BACK``), so that idle workers take them.
+#: it has not started (``STATUS_SPLIT``, ``STATUS_HANDED_BACK``), so that idle
+#: workers take them.
 CHUNK_BUDGET_US = 4000
 #: Tasks that run this long (microseconds) or longer keep their worker from
 #: others: the broker sends no second task to a worker that runs one whose
