@@ -8,7 +8,11 @@ must still spread over every worker (a chunk that overruns its budget hands
 back what it has not started). The target: within 1.15x of ``chunksize=1``.
 
 - ``Pool(2)``: 1000 instant inputs, then 300 x 20 ms;
-- ``Pool(4)``: 2000 instant inputs, then 400 x 50 ms.
+- ``Pool(4)``: 2000 instant inputs, then 400 x 50 ms;
+- slow inputs side by side among instant ones, which share a chunk: each
+  must run on a worker of its own while the chunk's other input runs
+  (``Pool(2)``: 3000 instant inputs, 2 x 0.5 s, 3000 instant; ``Pool(4)``:
+  4000 instant, 4 x 0.3 s, 4000 instant).
 
 ``functions``: ``--functions`` calls ``pool.run(lambda x, i=i: x + i, 1)``,
 each with a new lambda (then as many maps of a new lambda over 2 inputs),
@@ -35,8 +39,14 @@ from _netns import cmdline, descendants, rss_mb  # noqa: E402
 
 from distex_zmq import Pool  # noqa: E402
 
-#: (workers, instant inputs, slow inputs, seconds each slow input sleeps)
-WORKLOADS = [(2, 1000, 300, 0.02), (4, 2000, 400, 0.05)]
+#: (workers, instant inputs, slow inputs, seconds each slow input sleeps,
+#: instant inputs after them)
+WORKLOADS = [
+    (2, 1000, 300, 0.02, 0),
+    (4, 2000, 400, 0.05, 0),
+    (2, 3000, 2, 0.5, 3000),
+    (4, 4000, 4, 0.3, 4000),
+]
 
 
 def timed(run_map: object, inputs: list[float]) -> float:
@@ -52,8 +62,8 @@ def run_phase() -> None:
     print("| workload | adaptive s | chunksize=1 s | ProcessPoolExecutor s "
           "| adaptive / chunksize=1 |")  # fmt: skip
     print("|---|---:|---:|---:|---:|")
-    for workers, instant, slow, delay in WORKLOADS:
-        inputs = [0.0] * instant + [delay] * slow
+    for workers, instant, slow, delay, after in WORKLOADS:
+        inputs = [0.0] * instant + [delay] * slow + [0.0] * after
         with Pool(workers) as pool:
             pool.run_on_all(int, 0)
             adaptive = timed(pool.map, inputs)
@@ -62,6 +72,8 @@ def run_phase() -> None:
             list(ex.map(int, range(workers * 4)))
             ppe = timed(ex.map, inputs)
         name = f"Pool({workers}): {instant} instant, then {slow} x {delay * 1000:.0f} ms"
+        if after:
+            name += f", then {after} instant"
         print(f"| {name} | {adaptive:.2f} | {one:.2f} | {ppe:.2f} | {adaptive / one:.2f} |")
 
 
