@@ -152,6 +152,8 @@ class Delivery:
                     if task.cancelled:
                         finish(task)
                     else:
+                        if task.claim is not None:
+                            task.claim(False)  # it never ran: it may be cancelled again
                         returned.append(task)
                     continue
                 answered += 1

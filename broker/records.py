@@ -152,8 +152,9 @@ class Task:
         self.cancelled = False
         #: called on the pool loop as it goes to a worker: False if it was
         #: cancelled first, atomically with that cancel (a ``TaskFuture``,
-        #: which then counts as running and can no longer be cancelled)
-        self.claim: Callable[[], bool] | None = None
+        #: which then counts as running and can no longer be cancelled);
+        #: ``claim(False)`` when its worker gives it back unrun (pending again)
+        self.claim: Callable[..., bool] | None = None
         #: the worker it was sent to last (kept after its result: where it ran)
         self.worker: WorkerRecord | None = None
         #: only this worker may run it (run_on_all, initializer)

@@ -151,7 +151,9 @@ class TaskFuture(concurrent.futures.Future[Any]):
 
     As with ``ProcessPoolExecutor``, it can be cancelled until its task goes
     to a worker (which holds up to ``qsize`` tasks): from then on it is
-    running, and ``cancel`` returns False. A cancelled task never runs.
+    running, and ``cancel`` returns False. A task that its worker gives back
+    unrun (it held it behind one that runs long) is pending again until it
+    goes to a worker once more. A cancelled task never runs.
     Waiting for it on the pool loop (in a done callback) raises
     ``RuntimeError`` instead of hanging the pool.
 
@@ -210,10 +212,16 @@ class TaskFuture(concurrent.futures.Future[Any]):
         where = "" if worker is None else f" on {worker}"
         return f"{text[:-1]} {task.describe()}{where}>"
 
-    def _claim(self) -> bool:
+    def _claim(self, runs: bool = True) -> bool:
         """The task goes to a worker (``Task.claim``): running from now on,
-        unless cancelled first. Again after its worker was lost: still running."""
+        unless cancelled first. Again after its worker was lost: still running.
+        With ``runs`` False, its worker gave it back unrun: pending again, so
+        that it may be cancelled until it goes to a worker once more."""
         with self._condition:
+            if not runs:
+                if self._state == RUNNING:
+                    self._state = PENDING
+                return False
             if self._state == PENDING:
                 self._state = RUNNING
                 return True

@@ -115,6 +115,29 @@ def test_a_worker_that_gave_back_tasks_takes_no_more_until_its_task_ends(make_po
 
 
 @pytest.mark.timeout(90)
+def test_a_task_given_back_is_pending_again_and_can_be_cancelled(make_pool, tmp_path):
+    # a submitted task that went to the worker behind a long one is running
+    # (ProcessPoolExecutor's call queue alike); given back unrun, it waits
+    # in the queue again: pending, and cancelled it never runs
+    pool = make_pool(1, qsize=2)
+    pool.run_on_all(tasks.pid_once_exists, None)  # known as quick
+    pool.run(tasks.meet, str(tmp_path / "warm"), "pass")
+    gate, trace = tmp_path / "go", tmp_path / "held ran"
+    try:
+        slow = pool.submit(tasks.pid_once_exists, str(gate))
+        held = pool.submit(tasks.meet, str(trace), "come")
+        # sent to the worker (where it was running), then given back
+        assert wait_until(lambda: held._task.worker is not None and not held.running())
+        assert pool.status().totals.queued == 1
+        assert held.cancel() and held.cancelled()
+    finally:
+        gate.touch()
+    slow.result(timeout=30)
+    assert pool.run(tasks.meet, str(tmp_path / "after"), "come")[2]
+    assert not trace.exists(), "the task cancelled after it was given back ran"
+
+
+@pytest.mark.timeout(90)
 def test_task_timeout_still_ends_a_long_task_that_gave_back_others(make_pool):
     pool = make_pool(2, qsize=2, task_timeout=1.0)
     pool.run_on_all(tasks.sleep_return, 0, 0)
