@@ -578,6 +578,13 @@ class LoneBroker:
         self.ids_given = task.id
         return task
 
+    def chunk_sent(self, func_pickle: bytes = b"f") -> Task:
+        """A chunk task, submitted and taken by a fake worker."""
+        chunk = Task(next(self.ids), 1, func_pickle, p.FLAG_CHUNK, b"args", [], self.sink, name="f")
+        self.broker.submit([chunk])
+        assert self.received()[1] == chunk.id
+        return chunk
+
     def know_the_function_as_quick(self) -> None:
         """As if a task of the function had run for 10 µs: a worker that runs
         one of a function that never ran gets no second task."""
@@ -661,17 +668,10 @@ def test_a_chunk_handed_back_before_it_answered_any_input_answers_in_pieces(lone
     # and waited for ever (or, unordered, lost the inputs of the parts).
     b = lone_broker
     sock = b.worker(b"fake-a", credits=1)
-    chunk = Task(next(b.ids), 1, b"f", p.FLAG_CHUNK, b"args", [], b.sink, name="f")
-    b.broker.submit([chunk])
-    assert b.received()[1] == chunk.id
-    writer = p.Writer(p.RESULT)
-    for mark, inputs in ((0, (0, 1)), (2, (2, 3))):
-        data, buffers = dumps(inputs)
-        size = writer.body(data, buffers)
-        writer.entries.append(
-            p.RESULT_ENTRY.pack(chunk.id, p.STATUS_HANDED_BACK, 0, size, len(buffers), mark)
-        )
-    sock.send_multipart(writer.frames_out())
+    chunk = b.chunk_sent()
+    sock.send_multipart(
+        _chunk_pieces(chunk, (p.STATUS_HANDED_BACK, 0, (0, 1)), (p.STATUS_HANDED_BACK, 2, (2, 3)))
+    )
     answered = {}
     for _ in range(2):  # the chunk with inputs 0-1, and a part with 2-3
         _, task_id, _ = b.received()
@@ -710,9 +710,7 @@ def test_a_split_chunk_runs_on_while_its_parts_go_to_another_worker(lone_broker)
     b = lone_broker
     b.know_the_function_as_quick()  # else its worker gets no second task anyway
     sock = b.worker(b"fake-a", credits=2)
-    chunk = Task(next(b.ids), 1, b"f", p.FLAG_CHUNK, b"args", [], b.sink, name="f")
-    b.broker.submit([chunk])
-    assert b.received()[1] == chunk.id
+    chunk = b.chunk_sent()
     b.worker(b"fake-b", credits=1)
     sock.send_multipart(
         _chunk_pieces(
@@ -742,9 +740,7 @@ def test_a_split_at_an_input_answered_ends_its_message(lone_broker):
     # the chunk's own hand-back, they would replace the inputs it runs)
     b = lone_broker
     sock = b.worker(b"fake-a", credits=1)
-    chunk = Task(next(b.ids), 1, b"f", p.FLAG_CHUNK, b"args", [], b.sink, name="f")
-    b.broker.submit([chunk])
-    assert b.received()[1] == chunk.id
+    chunk = b.chunk_sent()
     sock.send_multipart(
         _chunk_pieces(
             chunk,
@@ -768,9 +764,7 @@ def test_a_part_handed_back_after_its_chunk_finished_carries_the_function(lone_b
     # function ... EOFError: Ran out of input".
     b = lone_broker
     sock = b.worker(b"fake-a", credits=1)
-    chunk = Task(next(b.ids), 1, b"the function", p.FLAG_CHUNK, b"args", [], b.sink, name="f")
-    b.broker.submit([chunk])
-    assert b.received()[1] == chunk.id
+    chunk = b.chunk_sent(b"the function")
     sock.send_multipart(
         _chunk_pieces(chunk, (p.STATUS_HANDED_BACK, 0, (0, 1)), (p.STATUS_HANDED_BACK, 2, (2, 3)))
     )
