@@ -14,6 +14,7 @@ import time
 
 import pytest
 from distex_zmq.broker import Task
+from distex_zmq.worker.watch import ResultWatch
 
 from distex_zmq import Pool
 from distex_zmq.map_results import MapResults
@@ -205,3 +206,44 @@ def test_an_empty_piece_of_a_chunk_takes_no_other_parts_place():
         assert results.finished
     finally:
         loop.close()
+
+
+def test_a_split_chunk_counts_its_later_pieces_from_the_inputs_it_kept():
+    # The watch thread of a worker, driven as the main thread drives it: a
+    # chunk of five inputs has answered two and runs the third past its
+    # budget. The split keeps the third (the chunk's payload from then on)
+    # and hands back the fourth and fifth; a piece sent after it counts its
+    # mark in that payload, as the broker does, not in the first one.
+    sent: list[list] = []
+    batch = p.Writer(p.RESULT)
+    watch = ResultWatch(sent.append, lambda: batch, pickle.dumps, lambda value: False)
+    watch.lock.release()  # as the main thread does while a chunk runs
+    gate = [10, 11, 12, 13, 14]
+    inputs = iter(gate)
+    results: list[int] = []
+    watch.begin(7, results, time.perf_counter() - 1, 0, gate, inputs)
+    for _ in range(3):
+        results.append(next(inputs) * 2)
+    results.pop()  # the third runs
+
+    def looked() -> list[tuple[int, int, object]]:
+        with watch.lock:
+            watch._look()
+        frames = sent.pop()
+        kind, count, buf = p.check(frames[0])
+        reader = p.Reader(buf, p.body(buf, count, p.RESULT_ENTRY), frames)
+        return [
+            (status, mark, pickle.loads(reader.data(size, nbuffers)[0]))
+            for _, status, _, size, nbuffers, mark in p.result_entries(buf, count)
+        ]
+
+    assert looked() == [
+        (p.STATUS_PARTIAL, 2, [20, 22]),
+        (p.STATUS_SPLIT, 2, (12,)),
+        (p.STATUS_HANDED_BACK, 3, (13,)),
+        (p.STATUS_HANDED_BACK, 4, (14,)),
+    ]
+    assert gate == [] and next(inputs, None) is None  # the chunk ends after its input
+    results.append(24)
+    assert looked() == [(p.STATUS_PARTIAL, 1, [24])]
+    assert watch.end() == (3, 3)

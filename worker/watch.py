@@ -94,7 +94,8 @@ class ResultWatch:
         self._thread: threading.Thread | None = None
         # the chunk that runs (task id None: none): its results list, which
         # the main thread appends to, how many were sent, the payload index
-        # of its first result, when it started
+        # of its first result (in the payload the broker holds: after a
+        # split, that of the inputs it kept), when it started
         self._task_id: int | None = None
         self._results: list[Any] = []
         self._sent = 0
@@ -342,6 +343,9 @@ class ResultWatch:
         for mark, data, buffers in parts:
             size = msg.body(data, buffers)
             entries.append(pack(task_id, p.STATUS_HANDED_BACK, 0, size, len(buffers), mark))
+        # the chunk's payload is the inputs it holds now: a later piece's
+        # mark counts from the first of them (the result at ``sent``)
+        self._skip = -sent
 
     def _add_partial(self, msg: p.Writer) -> None:
         """Add the running chunk's results not sent yet, if it ran long enough."""
