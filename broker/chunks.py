@@ -103,11 +103,7 @@ class ChunkPieces:
                 task.sink.deliver(task, p.STATUS_PARTIAL, (data, buffers, elapsed, first))
                 task.sink.flush()
             return task, p.STATUS_PARTIAL
-        # the inputs from mark on, as a payload of their own
-        task.skip = 0
-        task.in_pieces = True
-        task.data = bytes(data) if isinstance(data, memoryview) else data
-        task.buffers = buffers
+        _new_payload(task, data, buffers)  # the inputs from mark on
         return task, p.STATUS_RETURNED
 
     def split(self, task: Task, mark: int, data: Any, buffers: list[Any]) -> None:
@@ -118,13 +114,20 @@ class ChunkPieces:
         message, whose parts would be taken as the task's own hand-back."""
         if mark != task.skip:
             raise ProtocolError(f"split of task {task.id} at input {mark}, not {task.skip}")
-        task.skip = 0
-        task.in_pieces = True
-        task.data = bytes(data) if isinstance(data, memoryview) else data
-        task.buffers = buffers
+        _new_payload(task, data, buffers)
 
     def part(self, task: Task, first: int, data: Any, buffers: list[Any]) -> Task:
         """A task for a further part of ``task``'s inputs handed back, from
         its input ``first`` on."""
         data = bytes(data) if isinstance(data, memoryview) else data
         return TaskPart(next(self._ids), task, first, data, buffers)
+
+
+def _new_payload(task: Task, data: Any, buffers: list[Any]) -> None:
+    """Make ``data`` (a memoryview of a worker's message is copied) the
+    payload of chunk ``task``: inputs of it, from ``task.first`` on, none
+    answered yet; its answers come as pieces, each naming its first input."""
+    task.skip = 0
+    task.in_pieces = True
+    task.data = bytes(data) if isinstance(data, memoryview) else data
+    task.buffers = buffers

@@ -758,10 +758,11 @@ def test_a_split_at_an_input_answered_ends_its_message(lone_broker):
 def test_a_part_handed_back_after_its_chunk_finished_carries_the_function(lone_broker):
     # A chunk hands back inputs; it runs the first part itself and finishes
     # (which frees its payload and function pickle), and a part of it, run
-    # past its budget, hands back inputs in turn. The new part went out with
-    # the finished chunk's function pickle, empty: a worker that did not hold
-    # the function (one started since) failed it, "could not unpickle the
-    # function ... EOFError: Ran out of input".
+    # past its budget, hands back inputs in turn. The new part carries the
+    # function's pickle of the part that handed it back: a worker that does
+    # not hold the function (one started since) needs it, where the finished
+    # chunk's empty one fails the part with "could not unpickle the function
+    # ... EOFError: Ran out of input".
     b = lone_broker
     sock = b.worker(b"fake-a", credits=1)
     chunk = b.chunk_sent(b"the function")
