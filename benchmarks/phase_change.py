@@ -12,7 +12,10 @@ back what it has not started). The target: within 1.15x of ``chunksize=1``.
 - slow inputs side by side among instant ones, which share a chunk: each
   must run on a worker of its own while the chunk's other input runs
   (``Pool(2)``: 3000 instant inputs, 2 x 0.5 s, 3000 instant; ``Pool(4)``:
-  4000 instant, 4 x 0.3 s, 4000 instant).
+  4000 instant, 4 x 0.3 s, 4000 instant);
+- a slow first input, then many short ones: the others must run on while
+  the first runs, their results held for their order (``Pool(2)``: 1 x 2 s,
+  then 400 x 10 ms; ``Pool(4)``: 1 x 3 s, then 800 x 10 ms).
 
 ``functions``: ``--functions`` calls ``pool.run(lambda x, i=i: x + i, 1)``,
 each with a new lambda (then as many maps of a new lambda over 2 inputs),
@@ -40,12 +43,14 @@ from _netns import cmdline, descendants, rss_mb  # noqa: E402
 from distex_zmq import Pool  # noqa: E402
 
 #: (workers, instant inputs, slow inputs, seconds each slow input sleeps,
-#: instant inputs after them)
+#: inputs after them, seconds each of those sleeps)
 WORKLOADS = [
-    (2, 1000, 300, 0.02, 0),
-    (4, 2000, 400, 0.05, 0),
-    (2, 3000, 2, 0.5, 3000),
-    (4, 4000, 4, 0.3, 4000),
+    (2, 1000, 300, 0.02, 0, 0.0),
+    (4, 2000, 400, 0.05, 0, 0.0),
+    (2, 3000, 2, 0.5, 3000, 0.0),
+    (4, 4000, 4, 0.3, 4000, 0.0),
+    (2, 0, 1, 2.0, 400, 0.01),
+    (4, 0, 1, 3.0, 800, 0.01),
 ]
 
 
@@ -62,8 +67,8 @@ def run_phase() -> None:
     print("| workload | adaptive s | chunksize=1 s | ProcessPoolExecutor s "
           "| adaptive / chunksize=1 |")  # fmt: skip
     print("|---|---:|---:|---:|---:|")
-    for workers, instant, slow, delay, after in WORKLOADS:
-        inputs = [0.0] * instant + [delay] * slow + [0.0] * after
+    for workers, instant, slow, delay, after, after_delay in WORKLOADS:
+        inputs = [0.0] * instant + [delay] * slow + [after_delay] * after
         with Pool(workers) as pool:
             pool.run_on_all(int, 0)
             adaptive = timed(pool.map, inputs)
@@ -71,9 +76,13 @@ def run_phase() -> None:
         with concurrent.futures.ProcessPoolExecutor(workers) as ex:
             list(ex.map(int, range(workers * 4)))
             ppe = timed(ex.map, inputs)
-        name = f"Pool({workers}): {instant} instant, then {slow} x {delay * 1000:.0f} ms"
+        name = f"Pool({workers}): {slow} x {delay * 1000:.0f} ms"
+        if instant:
+            name = f"Pool({workers}): {instant} instant, then {slow} x {delay * 1000:.0f} ms"
         if after:
-            name += f", then {after} instant"
+            name += f", then {after} " + (
+                f"x {after_delay * 1000:.0f} ms" if after_delay else "instant"
+            )
         print(f"| {name} | {adaptive:.2f} | {one:.2f} | {ppe:.2f} | {adaptive / one:.2f} |")
 
 

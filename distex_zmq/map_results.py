@@ -123,6 +123,16 @@ def _salvaged_error(
     return error
 
 
+def _result_bytes(value: Any) -> int:
+    """The pickled bytes of a delivered result (an error made in the client,
+    which holds no pickle, counts none)."""
+    if type(value) is not tuple:
+        return 0
+    buffers = value[1]
+    size = len(value[0])
+    return size + sum(memoryview(b).nbytes for b in buffers) if buffers else size
+
+
 def _is_piece(seq: int, status: int, value: Any, answered: dict[int, int]) -> bool:
     """Whether a chunk's result is a piece of it: a part of its results
     (more follow), the rest after an earlier part, or a part handed back and
@@ -161,7 +171,10 @@ class MapResults:
         #: which input each task stands for (to mark errors with it)
         self._numbers = InputNumbers()
         self._outstanding: dict[int, Task] = {}
+        #: answered tasks that wait for an earlier one, to be yielded in order
         self._held: dict[int, tuple[Task, int, Any]] = {}
+        #: the pickled bytes of their results
+        self.held_bytes = 0
         #: chunks answered in pieces: sequence number -> {first input: results}
         self._pieces: dict[int, dict[int, list[Any]]] = {}
         #: chunks answered in pieces: sequence number -> inputs answered
@@ -187,6 +200,11 @@ class MapResults:
         self.unyielded += made
 
     @property
+    def held(self) -> int:
+        """Answered tasks that wait for an earlier one (an ordered map)."""
+        return len(self._held)
+
+    @property
     def inputs_submitted(self) -> int:
         """Inputs submitted so far."""
         return self._numbers.submitted
@@ -210,6 +228,7 @@ class MapResults:
                     continue
                 outstanding.pop(seq, None)
                 held[seq] = entry
+                self.held_bytes += _result_bytes(value)
             self._move_ordered()
         else:
             while results:
@@ -297,7 +316,9 @@ class MapResults:
                 continue
             if seq not in held:
                 return
-            ready.append(held.pop(seq))
+            entry = held.pop(seq)
+            self.held_bytes -= _result_bytes(entry[2])
+            ready.append(entry)
             self._next_out += 1
 
     def pop_values(self) -> list[Any]:
@@ -395,6 +416,7 @@ class MapResults:
             task.cancelled = True
         self._outstanding.clear()
         self._held.clear()
+        self.held_bytes = 0
         self._pieces.clear()
         self._answered.clear()
         self._whole.clear()

@@ -1,7 +1,9 @@
 """One running map: its window, and its input read, pickled and submitted.
 
-A map keeps at most ``window`` tasks between reading and yielding, so
-unbounded and async iterables work and memory stays bounded. It sees its pool
+A map keeps at most ``window`` tasks in flight (submitted, and not answered
+or not yielded), and reads at most ``HOLD_AHEAD`` windows ahead of the
+first result not yielded, so unbounded and async iterables work and memory
+stays bounded. It sees its pool
 only through a ``MapContext``: where tasks go, the task maker, the pool loop
 and the workers' capacity. How many inputs a task carries is the
 ``ChunkSizer``'s (``map_sizing``); its results, in order and decoded, are
@@ -35,6 +37,14 @@ from distex_zmq.wire import frames as p
 #: inputs need few tasks in flight to keep the workers busy, and every one
 #: read ahead costs memory and memory bandwidth.
 BYTES_AHEAD = 64 * 1024 * 1024
+
+#: How many windows of tasks an ordered map runs ahead of the first result
+#: it has not yielded, while the results after it wait for it: a slow input
+#: holds only its own worker, as in ``ProcessPoolExecutor`` (which submits
+#: every input at once), while memory stays bounded (also by
+#: ``BYTES_AHEAD`` of those results). Not with a ``buffersize``, which
+#: bounds the tasks not yielded.
+HOLD_AHEAD = 16
 
 
 class TaskQueue(Protocol):
@@ -172,7 +182,9 @@ class MapRun:
         Chunks need fewer tasks in flight (each carries many inputs), and a
         smaller window keeps what a map reads ahead of its consumer small.
         The window follows the workers: hosts added while the map runs get
-        its tasks too, as many as their credits take.
+        its tasks too, as many as their credits take. Results answered that
+        wait for an earlier one are not in flight: a slow input does not
+        keep the other workers idle (up to ``HOLD_AHEAD`` windows).
         """
         capacity = self._capacity_now()
         if capacity != self._capacity:
@@ -181,7 +193,13 @@ class MapRun:
         task_bytes = self._task_bytes
         if task_bytes and task_bytes * window > BYTES_AHEAD:
             window = max(self._min_window, BYTES_AHEAD // task_bytes)
-        return window - self._results.unyielded
+        results = self._results
+        unyielded = results.unyielded
+        held = results.held
+        if not held or self._buffersize is not None or results.held_bytes >= BYTES_AHEAD:
+            return window - unyielded
+        # the answered results that wait for an earlier one are not in flight
+        return min(window - unyielded + held, HOLD_AHEAD * window - unyielded)
 
     def submit(self, inputs: list[Any], chunked: bool = False) -> None:
         """Pickle the inputs and queue them as tasks (each a chunk if ``chunked``).

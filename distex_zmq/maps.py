@@ -155,6 +155,8 @@ def _sync_results(
                 if run.input_error is not None:
                     raise run.input_error
                 return
+            # results taken that wait for an earlier one made room
+            run.feed_sync(it)
             if not event.wait(run.remaining()):
                 run.remaining()
     finally:
@@ -331,6 +333,11 @@ async def map_async(
                 if run.input_error is not None:
                     raise run.input_error
                 return
+            # results taken that wait for an earlier one made room
+            if it is not None:
+                run.feed_sync(it)
+            else:
+                waker.room_freed()
             await waker.wait(run.remaining())
             run.remaining()
     finally:

@@ -695,6 +695,13 @@ def pid_when_exists(path: str | None) -> int:
     return os.getpid()
 
 
+def bytes_when_exists(path: str | None, size: int) -> bytes:
+    """``size`` bytes, once the file ``path`` exists (None: at once; it
+    waits 60 s at most)."""
+    pid_when_exists(path)
+    return b"x" * size
+
+
 def sleep_touch(path: str, delay: float, value: Any = None) -> Any:
     """Sleep, then leave a trace in ``path`` that this task ran."""
     time.sleep(delay)

@@ -10,13 +10,14 @@ import inspect
 import itertools
 import sys
 import threading
+import time
 import weakref
 
 import pytest
 from distex_zmq.broker import Task
 
 from distex_zmq import Pool, RemoteException
-from distex_zmq.map_run import BYTES_AHEAD, map_window
+from distex_zmq.map_run import BYTES_AHEAD, HOLD_AHEAD, map_window
 from distex_zmq.map_sizing import MAX_BATCH, ChunkSizer
 from distex_zmq.wire import frames as p
 from tests import tasks
@@ -350,6 +351,125 @@ def test_large_inputs_are_read_ahead_by_bytes_not_by_count(shared_pool):
     assert map_window(capacity) > limit + 1
     assert max(ahead) <= limit + 1, f"read {max(ahead)} inputs ahead"
     assert pulled == 24
+
+
+@pytest.mark.timeout(120)
+def test_an_input_windows_behind_a_slow_first_one_runs_while_it_waits(pool, tmp_path):
+    # The first input waits (20 s at most) until an input three windows
+    # after it has run. The results between are answered while it waits and
+    # held for their order: they are not in flight, so the map reads on and
+    # the other worker runs them, as in ProcessPoolExecutor (which submits
+    # every input at once). Counted in flight, they kept that worker idle
+    # until the first input gave up.
+    capacity = pool.total_workers() * QSIZE
+    roles = ["wait"] + ["pass"] * (3 * map_window(capacity)) + ["come"]
+
+    async def from_a_list(path: str) -> list:
+        it = pool.map_async(tasks.meet, [path] * len(roles), roles, chunksize=1)
+        return [result async for result in it]
+
+    async def from_an_async_source(path: str) -> list:
+        async def inputs():
+            for role in roles:
+                yield path, role
+
+        it = pool.map_async(tasks.meet, inputs(), star=True)
+        return [result async for result in it]
+
+    def control(path: str) -> list:
+        with concurrent.futures.ProcessPoolExecutor(2) as executor:
+            return list(executor.map(tasks.meet, [path] * len(roles), roles))
+
+    runs = {
+        "ProcessPoolExecutor": control,
+        "map": lambda path: list(pool.map(tasks.meet, [path] * len(roles), roles, chunksize=1)),
+        "map_async": lambda path: asyncio.run(from_a_list(path)),
+        "map_async of an async source": lambda path: asyncio.run(from_an_async_source(path)),
+    }
+    for name, run in runs.items():
+        results = run(str(tmp_path / name))
+        assert [role for role, _, _ in results] == roles, name
+        by_role = {role: (pid, came) for role, pid, came in results if role != "pass"}
+        assert by_role["wait"][1], f"{name}: the last input ran only after the first"
+        assert by_role["wait"][0] != by_role["come"][0], name
+
+
+def _held_up_map(pool, path: str, size: int):
+    """A map of ``tasks.bytes_when_exists`` whose first input waits until
+    ``path`` exists and whose others return ``size`` bytes at once, over an
+    endless input, and a thread that waits for its first result: return the
+    map, a list with the number of inputs read, and the thread."""
+    pulled = [0]
+
+    def inputs():
+        pulled[0] += 1
+        yield path
+        while True:
+            pulled[0] += 1
+            yield None
+
+    results = pool.map(tasks.bytes_when_exists, inputs(), itertools.repeat(size), chunksize=1)
+    consumer = threading.Thread(target=next, args=(results,))
+    consumer.start()
+    return results, pulled, consumer
+
+
+def _read_until_held_up(pool, pulled: list, done_before: int) -> int:
+    """Wait until the map of ``_held_up_map`` reads no further: every input
+    it read was answered but the first. Return how many it read."""
+
+    def stopped() -> bool:
+        totals = pool.status().totals
+        return (
+            totals.queued == 0
+            and totals.in_flight == 1
+            and totals.done - done_before == pulled[0] - 1
+        )
+
+    # twice, apart: a map that reads on is not caught between two reads
+    assert wait_until(lambda: stopped() and not time.sleep(0.3) and stopped(), timeout=30), (
+        f"the map read on: {pulled[0]} inputs"
+    )
+    return pulled[0]
+
+
+def test_a_map_held_up_by_its_first_input_reads_only_so_far_ahead(pool, tmp_path):
+    # the inputs answered behind a slow one are held, and bounded
+    capacity = pool.total_workers() * QSIZE
+    window = map_window(capacity)
+    path = str(tmp_path / "go")
+    done_before = pool.status().totals.done
+    results, pulled, consumer = _held_up_map(pool, path, 10)
+    try:
+        read = _read_until_held_up(pool, pulled, done_before)
+        assert window < read <= HOLD_AHEAD * window
+    finally:
+        open(path, "w").close()
+        consumer.join(30)
+    assert not consumer.is_alive()
+    assert list(itertools.islice(results, 100)) == [b"x" * 10] * 100
+    results.close()
+
+
+def test_large_results_held_behind_a_slow_input_are_bounded_by_bytes(pool, tmp_path):
+    # 4 MiB results: about BYTES_AHEAD of them held, not HOLD_AHEAD windows
+    size = 4 * 2**20
+    capacity = pool.total_workers() * QSIZE
+    window = map_window(capacity)
+    assert HOLD_AHEAD * window > window + BYTES_AHEAD // size + 1
+    path = str(tmp_path / "go")
+    done_before = pool.status().totals.done
+    results, pulled, consumer = _held_up_map(pool, path, size)
+    try:
+        read = _read_until_held_up(pool, pulled, done_before)
+        # those held when the bytes ran out, the window then in flight, the first
+        assert window < read <= BYTES_AHEAD // size + window + 1
+    finally:
+        open(path, "w").close()
+        consumer.join(30)
+    assert not consumer.is_alive()
+    assert next(results) == b"x" * size
+    results.close()
 
 
 def test_unbounded_input_with_chunks_and_early_break(shared_pool):
