@@ -1,9 +1,9 @@
 """One running map: its window, and its input read, pickled and submitted.
 
-A map keeps at most ``window`` tasks in flight (submitted, and not answered
-or not yielded), and reads at most ``HOLD_AHEAD`` windows ahead of the
-first result not yielded, so unbounded and async iterables work and memory
-stays bounded. It sees its pool
+A map keeps at most ``window`` tasks submitted and not yielded, besides the
+answered ones that wait for an earlier one, and reads at most
+``HOLD_AHEAD`` windows ahead of the first result not yielded, so unbounded
+and async iterables work and memory stays bounded. It sees its pool
 only through a ``MapContext``: where tasks go, the task maker, the pool loop
 and the workers' capacity. How many inputs a task carries is the
 ``ChunkSizer``'s (``map_sizing``); its results, in order and decoded, are
