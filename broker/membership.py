@@ -56,7 +56,10 @@ class Membership:
 
         A worker admitted already says it again when its connection dropped
         before it heard from the pool (its first may have been lost on the
-        way): its record is returned, to be checked as after ``SYNC``."""
+        way): its record is returned, to be checked as after ``SYNC``. So is
+        that of a worker admitted by a HELLO said again: its first was lost,
+        and it waits for a ``CHECK`` that settles what was on its way (here:
+        nothing), as a worker does after a drop."""
         if self._stopping or identity in self._retired:
             self._control(identity, p.STOP, b"")
             return None
@@ -64,7 +67,7 @@ class Membership:
         if not registry.expects(identity):
             self._control(identity, p.REFUSE, b"unknown worker identity")
             raise ProtocolError("hello from a worker this pool did not start")
-        pid, host, credits, python = p.read_hello(buf)
+        pid, host, credits, python, again = p.read_hello(buf)
         rec = registry.get(identity)
         if rec is not None:
             if (rec.pid, rec.host) != (pid, host):
@@ -80,7 +83,7 @@ class Membership:
         else:
             self._dispatcher.pin(rec, init)
             self._dispatch()
-        return None
+        return rec if again else None
 
     def make_ready(self, rec: WorkerRecord) -> None:
         """``rec`` may run tasks now (its initializer, if any, succeeded)."""

@@ -885,6 +885,30 @@ def test_a_failing_barrier_callback_spares_the_others_and_its_caller(caplog):
     assert "callback bug" in caplog.text
 
 
+def test_a_hello_said_again_that_admits_its_worker_is_answered_with_a_check(lone_broker):
+    # the worker's first hello was lost with its connection: the one it says
+    # again admits it, and a CHECK of no task ends its wait for one (it
+    # drops a task whose function it lacks, as out of step, until a CHECK
+    # comes); a first hello gets none
+    b = lone_broker
+    b.broker.expect(b"fake-b")
+    sock = b.ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, b"fake-b")
+    sock.connect(b.endpoint)
+    b.socks[b"fake-b"] = sock
+    body = {**json.loads(hello_body()), "version": __version__, "credits": 1}
+    sock.send_multipart(p.hello({**body, "again": True}))
+    b.spin(lambda: b"fake-b" in b.hooks.ready and bool(sock.poll(0)))
+    kind, count, buf = p.check(sock.recv_multipart()[0])
+    assert kind == p.CHECK
+    assert p.read_task_ids(buf, count) == (1, [])
+    first = b.worker(b"fake-c", credits=1)
+    b.spin(lambda: b"fake-c" in b.hooks.ready)
+    assert not first.poll(100)
+    assert b.hooks.troubles == []
+
+
 def test_a_second_hello_of_a_worker_checks_its_tasks(lone_broker):
     # a worker whose connection dropped before it heard from the pool says
     # hello again (the first may have been lost): the broker, that had

@@ -199,14 +199,16 @@ def test_a_result_lost_on_its_way_to_the_pool_runs_again(tmp_path: Path) -> None
         spawner.stop()
 
 
-def test_a_worker_whose_hello_was_lost_joins_the_pool(tmp_path: Path) -> None:
+def test_a_worker_whose_hello_was_lost_joins_the_pool(tmp_path: Path, caplog: Any) -> None:
     # the worker's HELLO, its first message once ZeroMQ's handshake is done,
     # is dropped on its way, then its connection is cut: the broker never
     # read it. Messages to the pool's TCP port are encrypted (CURVE), each
     # in a MESSAGE command whose name is plain: an iptables rule on the
     # broker's port only drops the packets that hold one. Connected again,
     # the worker says hello again rather than SYNC (which the broker
-    # ignores from a worker it does not know), and joins
+    # ignores from a worker it does not know), and joins; the broker checks
+    # its tasks (none), which ends the worker's wait for a CHECK
+    caplog.set_level(logging.INFO, logger="distex_zmq")
     spawner = LoopbackSpawner(tmp_path / "spawner.log")
     port = free_port()
     rule = ("OUTPUT", "-o", "lo", "-p", "tcp", "--dport", str(port))
@@ -234,6 +236,8 @@ def test_a_worker_whose_hello_was_lost_joins_the_pool(tmp_path: Path) -> None:
         status = pool.status()
         assert len(status.workers) == 1, status
         assert status.totals.workers_lost == 0 and status.totals.replacements == 0, status
+        assert "dropped and came back: checking its tasks" in caplog.text, caplog.text
+        assert WARNING not in caplog.text, caplog.text
     finally:
         starter.join(timeout=60)
         if "pool" in started:

@@ -222,10 +222,15 @@ class Worker:
         Before any message came from the broker, the HELLO may have been
         lost with the connection, and the broker ignores ``SYNC`` from a
         worker it does not know: the worker says ``HELLO`` again, which
-        admits it if the first was lost, and counts as ``SYNC`` if not."""
+        admits it if the first was lost, and counts as ``SYNC`` if not;
+        either way the broker sends ``CHECK``, which clears ``_dropped``."""
         self._sync_scheduled = False
-        if not self._stopping:
-            self._send_message(p.control(p.SYNC) if self._heard else p.hello(self._info))
+        if self._stopping:
+            return
+        if self._heard:
+            self._send_message(p.control(p.SYNC))
+        else:
+            self._send_message(p.hello({**self._info, "again": True}))
 
     def _check(self, buf: memoryview, count: int) -> None:
         """Answer a ``CHECK`` with the ids in it that this worker does not

@@ -18,8 +18,10 @@ worker -> broker:
 - ``HELLO`` body = JSON ``{pid, host, credits, version, python}``. A
   worker whose TCP connection dropped before any message came from the
   broker says it again in place of ``SYNC`` (its first may have been lost
-  on the way); the broker takes a second ``HELLO`` of a worker it admitted,
-  with the same pid and host, as ``SYNC``.
+  on the way), with ``"again": true``; the broker takes a second ``HELLO``
+  of a worker it admitted, with the same pid and host, as ``SYNC``, and
+  answers one said again that admits its worker only now with a ``CHECK``
+  too (of no task), which ends the worker's wait for one.
 - ``RESULT`` one ``RESULT_ENTRY`` per result: how long the task ran, the
   pickled value (inline or the next frame), then its out-of-band buffers. A
   chunk's value is a list with an ``ItemError`` for each input that raised.
@@ -481,9 +483,10 @@ def json_body(buf: memoryview) -> dict[str, Any]:
     return info
 
 
-def read_hello(buf: memoryview) -> tuple[int, str, int, str | None]:
-    """A HELLO's ``(pid, host, credits, python)`` (``python``: the worker's
-    Python version, None if it did not say); ``ProtocolError`` if it is
+def read_hello(buf: memoryview) -> tuple[int, str, int, str | None, bool]:
+    """A HELLO's ``(pid, host, credits, python, again)`` (``python``: the
+    worker's Python version, None if it did not say; ``again``: it says
+    hello again after its connection dropped); ``ProtocolError`` if it is
     malformed."""
     info = json_body(buf)
     try:
@@ -493,7 +496,7 @@ def read_hello(buf: memoryview) -> tuple[int, str, int, str | None]:
         raise ProtocolError(f"malformed hello {info!r:.200}") from None
     if not 0 < credits <= MAX_CREDITS:
         raise ProtocolError(f"hello with bad credits {credits}")
-    return pid, host, credits, python
+    return pid, host, credits, python, info.get("again") is True
 
 
 def text_body(buf: memoryview) -> str:
