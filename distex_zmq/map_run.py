@@ -43,7 +43,8 @@ BYTES_AHEAD = 64 * 1024 * 1024
 #: holds only its own worker, as in ``ProcessPoolExecutor`` (which submits
 #: every input at once), while memory stays bounded (also by
 #: ``BYTES_AHEAD`` of those results). Not with a ``buffersize``, which
-#: bounds the tasks not yielded.
+#: bounds the tasks not yielded, nor for inputs so large that ``BYTES_AHEAD``
+#: bounds how many of them are read ahead.
 HOLD_AHEAD = 16
 
 
@@ -191,10 +192,12 @@ class MapRun:
             self.sink.resize(*self._fit(capacity))
         window = self._window if self._sizer.chunksize == 1 else self._chunk_window
         task_bytes = self._task_bytes
-        if task_bytes and task_bytes * window > BYTES_AHEAD:
-            window = max(self._min_window, BYTES_AHEAD // task_bytes)
         results = self._results
         unyielded = results.unyielded
+        if task_bytes and task_bytes * window > BYTES_AHEAD:
+            # large inputs: about BYTES_AHEAD of them read ahead of the
+            # consumer, those whose results wait for an earlier one included
+            return max(self._min_window, BYTES_AHEAD // task_bytes) - unyielded
         held = results.held
         if not held or self._buffersize is not None or results.held_bytes >= BYTES_AHEAD:
             return window - unyielded
