@@ -361,8 +361,8 @@ def test_an_input_windows_behind_a_slow_first_one_runs_while_it_waits(pool, tmp_
     # after it has run. The results between are answered while it waits and
     # held for their order: they are not in flight, so the map reads on and
     # the other worker runs them, as in ProcessPoolExecutor (which submits
-    # every input at once). Counted in flight, they kept that worker idle
-    # until the first input gave up.
+    # every input at once). Were they counted in flight, that worker would
+    # idle until the first input gave up, and the last one would not have run.
     capacity = pool.total_workers() * QSIZE
     roles = ["wait"] + ["pass"] * (3 * map_window(capacity)) + ["come"]
 
