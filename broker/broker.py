@@ -31,7 +31,7 @@ from distex_zmq.errors import PoolClosedError, ProtocolError
 from distex_zmq.security import KeyPair, make_server
 from distex_zmq.wire import frames as p
 from distex_zmq.wire.frames import RecentFunctions
-from distex_zmq.wire.zmqio import EdgeReader, keep_alive, recv_routed, send_routed
+from distex_zmq.wire.zmqio import EdgeReader, keep_alive, poll, recv_routed, send_routed
 
 from .delivery import Delivery
 from .dispatch import Dispatcher
@@ -46,6 +46,8 @@ _logger = logging.getLogger("distex_zmq.broker")
 
 #: Seconds between probes of the workers that hold tasks (``Broker._probe``).
 PROBE_INTERVAL = 5.0
+#: Seconds the pool loop polls for the result of the pool's only task.
+LONE_POLL = p.LONE_POLL_US / 1e6
 #: Peers whose first dropped message is logged on its own line (``DropLog``).
 MAX_LOGGED_PEERS = 10
 #: After them, one line in this many dropped messages.
@@ -306,9 +308,23 @@ class Broker:
 
     def _on_wake(self) -> None:
         self._wake_pending = False
+        dispatcher = self._dispatcher
+        dispatcher.lone_sent = False
         self.dispatch()
-        if self._dispatcher.queued:  # no credit is free for them: a map may have ended
-            self._dispatcher.drop_cancelled()
+        if dispatcher.lone_sent:
+            self._poll_lone_result()
+        if dispatcher.queued:  # no credit is free for them: a map may have ended
+            dispatcher.drop_cancelled()
+
+    def _poll_lone_result(self) -> None:
+        """The pool's only task just went out (``FLAG_LONE``: one task at a
+        time, say): poll for its result for up to ``LONE_POLL`` before the
+        loop sleeps, which spares the pool loop a wake-up as its worker's
+        poll spares the worker's. A wake-up from another thread (a submit,
+        a cancel) ends the poll, so that the loop takes it at once."""
+        assert self._sock is not None and self._reader is not None
+        if poll(self._sock, LONE_POLL, lambda: self._wake_pending):
+            self._reader.read()
 
     def dispatch(self) -> None:
         """Send queued tasks to workers with free credits, idle workers first."""

@@ -73,6 +73,8 @@ class Dispatcher:
         self.inbox: deque[Task] = deque()
         #: a credit is free and nothing waits: submitters must wake the loop
         self.starving = True
+        #: a ``FLAG_LONE`` task went out (the broker clears it)
+        self.lone_sent = False
         #: tasks sent in groups that shared a credit, since the start
         self.grouped_tasks = 0
         self._queue: deque[Task] = deque()
@@ -381,6 +383,7 @@ class Dispatcher:
             flags = task.flags if task.group is None else task.flags | p.FLAG_GROUPED
             if lone:
                 flags |= p.FLAG_LONE
+                self.lone_sent = True
             took = last_run.get(func_id)
             flush_first = task.flush_first = took is None or took >= GROUP_BELOW_US
             if flush_first:

@@ -17,6 +17,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import dill
 import pytest
 import zmq
 from distex_zmq.broker import Broker, Task, WorkerRecord
+from distex_zmq.broker import broker as broker_module
 
 from distex_zmq import DistexError, Pool, PoolClosedError, ProtocolError
 from distex_zmq.script_rebuild import script_ref
@@ -656,6 +658,64 @@ def test_broker_marks_the_pools_only_task_lone(lone_broker):
     assert (task_id, bool(flags & p.FLAG_LONE)) == (again, True)
     status, (data, buffers, _) = b.sink.got[alone]
     assert (status, loads(data, buffers)) == (p.STATUS_OK, 25)
+    assert b.hooks.troubles == []
+
+
+def _answer_later(sock: zmq.Socket, value: object, delay: float) -> threading.Thread:
+    """A thread that takes the next task a fake worker gets and answers it
+    with ``value`` ``delay`` seconds later (the socket is the thread's
+    until it ends)."""
+
+    def answer() -> None:
+        frames = sock.recv_multipart()
+        [(task_id, _, _)] = _task_entries(frames)
+        time.sleep(delay)
+        _answer(sock, task_id, value)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_broker_polls_for_the_result_of_the_pools_only_task(lone_broker, monkeypatch):
+    # the pool's only task is answered in the callback that sent it, before
+    # the loop sleeps: the poll spares the pool loop the wake-up of its
+    # thread (here it may last until the answer comes, 50 ms later, when
+    # the loop's turn is long over)
+    b = lone_broker
+    sock = b.worker(b"fake-a", credits=1)
+    b.know_the_function_as_quick()
+    monkeypatch.setattr(broker_module, "LONE_POLL", 60.0)
+    answering = _answer_later(sock, 49, 0.05)
+    alone = b.submit()
+    b.loop.run_until_complete(asyncio.sleep(0))  # one turn: the wake-up of the submit
+    answering.join(10)
+    assert not answering.is_alive()
+    status, (data, buffers, _) = b.sink.got[alone]
+    assert (status, loads(data, buffers)) == (p.STATUS_OK, 49)
+    assert b.hooks.troubles == []
+
+
+def test_a_submit_from_another_thread_ends_the_brokers_poll(lone_broker, monkeypatch):
+    # while the broker polls for the result of the pool's only task, a task
+    # submitted from another thread goes to the idle worker at once: the
+    # wake-up ends the poll, which would otherwise last a minute here
+    b = lone_broker
+    b.worker(b"fake-a", credits=1)
+    b.worker(b"fake-b", credits=1)
+    b.know_the_function_as_quick()
+    monkeypatch.setattr(broker_module, "LONE_POLL", 60.0)
+    alone = b.submit()
+    later = threading.Timer(0.1, b.submit)
+    later.start()
+    try:
+        got = [b.received(), b.received()]
+    finally:
+        later.join(10)
+    sent = {task_id: (identity, flags) for identity, task_id, flags in got}
+    assert sorted(sent) == [alone, b.ids_given]
+    assert sent[alone][1] & p.FLAG_LONE
+    assert {identity for identity, _ in sent.values()} == {b"fake-a", b"fake-b"}
     assert b.hooks.troubles == []
 
 

@@ -53,6 +53,7 @@ from distex_zmq.wire.zmqio import (
     NOBLOCK,
     POLLIN,
     keep_alive,
+    poll,
     readable,
     recv_frames,
     send_frames,
@@ -333,19 +334,9 @@ class Worker:
                     # the look just made found nothing, if coalescing
                     ready = 1 if stash else not self._coalesce and events(EVENTS) & POLLIN
             # after the pool's only task, the next one often follows at once
-            if not self._lone or runner.running or self._stopping or not self._poll(sock):
+            if not self._lone or runner.running or self._stopping or not poll(sock, LONE_POLL):
                 return
             ready = True
-
-    @staticmethod
-    def _poll(sock: Any) -> bool:
-        """Whether a message comes within ``LONE_POLL``: cheaper than sleeping
-        if it does, as waking a sleeping thread costs tens of microseconds."""
-        deadline = time.perf_counter() + LONE_POLL
-        while time.perf_counter() < deadline:
-            if readable(sock):
-                return True
-        return False
 
     def _refused(self, reason: str) -> None:
         print(f"distex_zmq worker: refused by the broker: {reason}", file=sys.stderr)

@@ -81,7 +81,8 @@ broker -> worker:
   ``task_timeout``. ``FLAG_LONE`` marks the only task in the pool (one task
   at a time, say): its worker polls for the next message for up to
   ``LONE_POLL_US`` before its loop sleeps, which spares the wake-up of a
-  sleeping thread when the caller is quick. ``skip`` (chunks only): the
+  sleeping thread when the caller is quick, and the broker, which sent it
+  from an idle pool, polls as long for its result. ``skip`` (chunks only): the
   inputs of the payload answered already (by a worker that died since),
   which the worker does not run again. A TASK with no entries is a probe
   (``probe()``): the worker does nothing with it; the broker sends it to a
@@ -190,7 +191,8 @@ CHUNK_BUDGET_US = 4000
 #: function ran this long last time, and a worker whose task has run this
 #: long gives back the tasks it holds and has not started (``STATUS_LONG``).
 LONG_TASK_US = 20_000
-#: How long a worker polls for the next task after running a ``FLAG_LONE`` one.
+#: How long a worker polls for the next task after running a ``FLAG_LONE``
+#: one, and the broker for the result of one it sent from an idle pool.
 LONE_POLL_US = 300
 
 #: Functions a worker keeps: the most recently used ones, at most this many
