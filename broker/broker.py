@@ -31,7 +31,7 @@ from distex_zmq.errors import PoolClosedError, ProtocolError
 from distex_zmq.security import KeyPair, make_server
 from distex_zmq.wire import frames as p
 from distex_zmq.wire.frames import RecentFunctions
-from distex_zmq.wire.zmqio import EdgeReader, keep_alive, poll, recv_routed, send_routed
+from distex_zmq.wire.zmqio import EdgeReader, LonePoll, keep_alive, recv_routed, send_routed
 
 from .delivery import Delivery
 from .dispatch import Dispatcher
@@ -155,6 +155,7 @@ class Broker:
         #: the warnings about messages dropped (a peer that is no worker, or malformed)
         self.drops = DropLog()
         self._wake_pending = False
+        self._lone_poll = LonePoll(LONE_POLL)
         self._closed = False
         #: what ``submit`` raises once the broker is closed
         self.closed_message = "the pool was shut down; create a new Pool"
@@ -323,7 +324,7 @@ class Broker:
         poll spares the worker's. A wake-up from another thread (a submit,
         a cancel) ends the poll, so that the loop takes it at once."""
         assert self._sock is not None and self._reader is not None
-        if poll(self._sock, LONE_POLL, lambda: self._wake_pending):
+        if self._lone_poll(self._sock, lambda: self._wake_pending):
             self._reader.read()
 
     def dispatch(self) -> None:

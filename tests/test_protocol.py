@@ -25,7 +25,6 @@ import dill
 import pytest
 import zmq
 from distex_zmq.broker import Broker, Task, WorkerRecord
-from distex_zmq.broker import broker as broker_module
 
 from distex_zmq import DistexError, Pool, PoolClosedError, ProtocolError
 from distex_zmq.script_rebuild import script_ref
@@ -685,7 +684,7 @@ def test_broker_polls_for_the_result_of_the_pools_only_task(lone_broker, monkeyp
     b = lone_broker
     sock = b.worker(b"fake-a", credits=1)
     b.know_the_function_as_quick()
-    monkeypatch.setattr(broker_module, "LONE_POLL", 60.0)
+    monkeypatch.setattr(b.broker._lone_poll, "seconds", 60.0)
     answering = _answer_later(sock, 49, 0.05)
     alone = b.submit()
     b.loop.run_until_complete(asyncio.sleep(0))  # one turn: the wake-up of the submit
@@ -704,7 +703,7 @@ def test_a_submit_from_another_thread_ends_the_brokers_poll(lone_broker, monkeyp
     b.worker(b"fake-a", credits=1)
     b.worker(b"fake-b", credits=1)
     b.know_the_function_as_quick()
-    monkeypatch.setattr(broker_module, "LONE_POLL", 60.0)
+    monkeypatch.setattr(b.broker._lone_poll, "seconds", 60.0)
     alone = b.submit()
     later = threading.Timer(0.1, b.submit)
     later.start()

@@ -52,8 +52,8 @@ from distex_zmq.wire.zmqio import (
     EVENTS,
     NOBLOCK,
     POLLIN,
+    LonePoll,
     keep_alive,
-    poll,
     readable,
     recv_frames,
     send_frames,
@@ -102,6 +102,8 @@ class Worker:
         self._flush_scheduled = False
         #: the latest batch held the pool's only task (``FLAG_LONE``)
         self._lone = False
+        #: polls for the next message after the pool's only task
+        self._lone_poll = LonePoll(LONE_POLL)
         #: a message came while the latest results were made: read the
         #: messages waiting before sending results (see ``_on_readable``)
         self._coalesce = False
@@ -334,7 +336,7 @@ class Worker:
                     # the look just made found nothing, if coalescing
                     ready = 1 if stash else not self._coalesce and events(EVENTS) & POLLIN
             # after the pool's only task, the next one often follows at once
-            if not self._lone or runner.running or self._stopping or not poll(sock, LONE_POLL):
+            if not self._lone or runner.running or self._stopping or not self._lone_poll(sock):
                 return
             ready = True
 
