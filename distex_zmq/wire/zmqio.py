@@ -1,5 +1,6 @@
 """Sending and receiving multipart messages with less overhead than pyzmq's helpers,
-and reading a socket on an event loop (``EdgeReader``).
+reading a socket on an event loop (``EdgeReader``), and polling for a
+message that is about to come (``LonePoll``).
 
 ``Socket.recv_multipart`` asks the socket for RCVMORE after each frame and
 ``send_multipart`` goes through several layers per frame: together some ten
@@ -109,7 +110,8 @@ class LonePoll:
         self._backoff = 1
 
     def __call__(self, sock: zmq.Socket[Any], stop: Callable[[], bool] | None = None) -> bool:
-        """Whether a message came within ``seconds`` (False: no poll was made)."""
+        """Whether a message waits, polled for up to ``seconds`` (False at
+        once when this poll is skipped)."""
         if self._skip:
             self._skip -= 1
             return False
