@@ -387,6 +387,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         runtime = self._mark_shutdown()
         if runtime is not None:
             runtime.close(wait=wait, cancel_futures=cancel_futures, timeout=timeout)
+            runtime.log_untold_error()
 
     async def shutdown_async(
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
@@ -419,6 +420,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         if wait and threading.current_thread() is not runtime.thread:
             while runtime.loop_running:
                 await asyncio.sleep(0.005)
+        runtime.log_untold_error()
 
     # running tasks
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import glob
+import logging
 import os
 import socket
 import subprocess
@@ -121,6 +122,34 @@ def test_every_entry_point_raises_the_start_error(failed_pool):
         pool.run(abs, -3)
 
 
+UNTOLD = "none of its calls raised the error"
+
+
+def _untold(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if UNTOLD in r.getMessage()]
+
+
+def test_a_failure_no_call_raised_is_logged_at_shutdown_once(failed_pool, caplog):
+    # the workers that were up may have run every task before a host was
+    # found unreachable: the error, raised by no call, is logged at the
+    # shutdown rather than lost
+    pool, where = failed_pool
+    with caplog.at_level(logging.WARNING, logger="distex_zmq"):
+        pool.shutdown()
+        pool.shutdown()
+    [message] = _untold(caplog)
+    assert where in message and "HostConnectionError" in message
+
+
+def test_a_failure_a_call_raised_is_not_logged_again(failed_pool, caplog):
+    pool, where = failed_pool
+    with pytest.raises(HostConnectionError):
+        pool.run(abs, -3)
+    with caplog.at_level(logging.WARNING, logger="distex_zmq"):
+        pool.shutdown()
+    assert _untold(caplog) == []
+
+
 @pytest.mark.parametrize("kind", sorted(FAILURES))
 def test_with_block_raises_the_start_error_at_entry(kind):
     hosts, num_workers, where = FAILURES[kind]()
@@ -207,7 +236,7 @@ def test_the_start_error_keeps_no_frames_of_the_calls_it_was_raised_from(make_po
     assert len(traceback.extract_tb(info.value.__traceback__)) <= lengths[0]
 
 
-def test_futures_pending_when_the_start_fails_get_its_error(make_pool):
+def test_futures_pending_when_the_start_fails_get_its_error(make_pool, caplog):
     # a port that accepts TCP but never answers: the start fails after
     # connect_timeout, while the task waits for a worker
     with socket.socket() as silent:
@@ -219,6 +248,9 @@ def test_futures_pending_when_the_start_fails_get_its_error(make_pool):
         with pytest.raises(HostConnectionError, match=f"127.0.0.1:{port}"):
             future.result(timeout=30)
         assert "failed" in repr(pool)
+        with caplog.at_level(logging.WARNING, logger="distex_zmq"):
+            pool.shutdown()
+        assert _untold(caplog) == []  # the task that waited got it
 
 
 def test_a_bind_that_fails_ends_the_start(make_pool):

@@ -84,6 +84,8 @@ class Runtime:
         self.error: BaseException | None = None
         #: the traceback ``error`` had when it was set (``raise_error``)
         self._error_traceback: TracebackType | None = None
+        #: a call raised ``error``, or a task failed with it (``log_untold_error``)
+        self._error_told = False
         #: why a shutdown stopped waiting for the tasks (no worker for long)
         self._no_workers: str | None = None
         #: the pool's last status, taken as it was torn down
@@ -321,14 +323,41 @@ class Runtime:
         task submitted, the pool), for as long as the pool lives."""
         error = self.error
         assert error is not None
+        self._error_told = True
         raise fresh_error(error).with_traceback(self._error_traceback)
+
+    def error_told(self) -> None:
+        """A caller got ``error`` other than from ``raise_error`` (a future
+        that was waiting for the start)."""
+        self._error_told = True
+
+    def log_untold_error(self) -> None:
+        """Log ``error`` if no call has raised it and no task failed with it
+        (``Pool.shutdown``, or the pool dropped; once). A pool whose start failed after the last
+        call that used it (a host that could not be reached, while the
+        workers that were up ran the tasks) would otherwise end without a
+        word of it but in its ``repr``."""
+        error = self.error
+        if error is None or self._error_told:
+            return
+        self._error_told = True
+        _logger.warning(
+            "shutdown: the pool had failed, and none of its calls raised the error: %s: %s",
+            type(error).__name__,
+            error,
+        )
+
+    def _fail_task(self, error: BaseException) -> BaseException:
+        """What a task waiting when the pool failed with ``error`` fails with."""
+        self._error_told = True
+        return fresh_error(error)
 
     def fail(self, error: BaseException) -> None:
         """The pool cannot go on: fail what waits and refuse new tasks."""
         if self.error is None:
             self._set_error(error)
         if not self._gate.fail(error):
-            self.broker.fail_all(lambda task: fresh_error(error))
+            self.broker.fail_all(lambda task: self._fail_task(error))
 
     # shut-down
 
@@ -450,6 +479,7 @@ class Runtime:
 
             def error(task: Task) -> BaseException:
                 if start_error is not None:
+                    self._error_told = True
                     return start_error
                 if no_workers is not None:
                     return PoolClosedError(f"{task.describe()} did not run: {no_workers}")
@@ -487,6 +517,7 @@ def shutdown_runtime(runtime_ref: weakref.ref[Runtime]) -> None:
     runtime = runtime_ref()
     if runtime is not None:
         runtime.close(wait=False)
+        runtime.log_untold_error()
 
 
 #: Seconds the interpreter's exit waits for the pools' tasks before it says so.
