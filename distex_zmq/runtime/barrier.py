@@ -54,7 +54,7 @@ def pin_to_all_after_drain(
         if error is not None:
             if batch.set_running_or_notify_cancel():
                 batch.set_exception(error)
-                runtime.error_told()
+                runtime.note_error_told()
             return
         try:
             runtime.loop.call_soon_threadsafe(runtime.broker.when_drained, pin, dropped)

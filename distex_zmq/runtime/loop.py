@@ -326,17 +326,17 @@ class Runtime:
         self._error_told = True
         raise fresh_error(error).with_traceback(self._error_traceback)
 
-    def error_told(self) -> None:
+    def note_error_told(self) -> None:
         """A caller got ``error`` other than from ``raise_error`` (a future
         that was waiting for the start)."""
         self._error_told = True
 
     def log_untold_error(self) -> None:
         """Log ``error`` if no call has raised it and no task failed with it
-        (``Pool.shutdown``, or the pool dropped; once). A pool whose start failed after the last
-        call that used it (a host that could not be reached, while the
-        workers that were up ran the tasks) would otherwise end without a
-        word of it but in its ``repr``."""
+        (at ``Pool.shutdown``, or when the pool is dropped; once). A pool
+        whose start failed after the last call that used it (a host that
+        could not be reached, while the workers that were up ran the tasks)
+        would otherwise end without a word of it but in its ``repr``."""
         error = self.error
         if error is None or self._error_told:
             return
