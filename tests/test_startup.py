@@ -150,6 +150,40 @@ def test_a_failure_a_call_raised_is_not_logged_again(failed_pool, caplog):
     assert _untold(caplog) == []
 
 
+@pytest.mark.timeout(120)
+def test_a_script_whose_pool_failed_unseen_says_so_at_its_end(tmp_path):
+    # run as ``python script.py``, no logging set up: the pool fails after
+    # the script's last call of it, and the script ends without shutdown;
+    # the pool's finalizer tells of the error on stderr
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import time
+            from distex_zmq import Pool
+
+            if __name__ == "__main__":
+                pool = Pool(1, ["ssh://nosuchhost.invalid/2"])
+                deadline = time.monotonic() + 30
+                while "failed" not in repr(pool) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                print(repr(pool))
+            """
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "failed" in proc.stdout
+    assert UNTOLD in proc.stderr and "nosuchhost.invalid" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("kind", sorted(FAILURES))
 def test_with_block_raises_the_start_error_at_entry(kind):
     hosts, num_workers, where = FAILURES[kind]()
