@@ -704,8 +704,16 @@ def test_a_submit_from_another_thread_ends_the_brokers_poll(lone_broker, monkeyp
     b.worker(b"fake-b", credits=1)
     b.know_the_function_as_quick()
     monkeypatch.setattr(b.broker._lone_poll, "seconds", 60.0)
+
+    def submit_while_it_polls() -> None:
+        deadline = time.monotonic() + 10
+        while not b.broker._dispatcher.lone_sent and time.monotonic() < deadline:
+            time.sleep(0.001)  # the lone task is sent: the poll begins
+        time.sleep(0.05)
+        b.submit()
+
     alone = b.submit()
-    later = threading.Timer(0.1, b.submit)
+    later = threading.Thread(target=submit_while_it_polls)
     later.start()
     try:
         got = [b.received(), b.received()]
