@@ -70,9 +70,8 @@ def poll(sock: zmq.Socket[Any], seconds: float, stop: Callable[[], bool] | None 
     costs tens of microseconds. Between looks the thread yields its core
     (and the GIL): the ZeroMQ I/O threads that carry the message, and on a
     machine of few cores the peer that sends it, must run meanwhile, and
-    would otherwise wait for the poll to end (the slowest round trips in a
-    hundred took twice as long on two cores without it). A look that finds
-    nothing resets the edge of the socket's FD, as ``readable`` does.
+    would otherwise wait for the poll to end. A look that finds nothing
+    resets the edge of the socket's FD, as ``readable`` does.
     """
     deadline = time.perf_counter() + seconds
     while not readable(sock):
@@ -89,9 +88,8 @@ class LonePoll:
     A poll that comes up empty costs its whole length in CPU, and where
     every core is busy it costs more: a thread that spins loses the
     precedence the scheduler gives a thread it wakes, and competes with the
-    threads that carry the message (one task at a time with two busy loops
-    on two cores: a round trip of 470 µs with the broker's poll, 155 µs
-    without). So after a poll that found nothing, the next polls are
+    threads that carry the message (``benchmarks/RESULTS.md`` has the
+    numbers). So after a poll that found nothing, the next polls are
     skipped, twice as many after each further miss, up to ``MAX_SKIPPED``:
     tasks longer than a poll, a caller that does something else between
     tasks, or a machine without an idle core soon stop the polling, and a
