@@ -10,6 +10,7 @@ batch, to a ``threading.Event`` (``map``) or the caller's event loop
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import itertools
 import logging
@@ -232,24 +233,24 @@ class _PrivateLoop:
             raise
 
     def _step(self, awaitable: Awaitable[Any]) -> Any:
-        started: list[asyncio.Task[Any]] = []
+        # The task is created on the loop, by ``start``, and put in ``steps``
+        # there. An interruption may land anywhere here, also once ``start``
+        # is queued but before this thread holds anything to wait on; the
+        # loop runs ``_cancelled`` after ``start`` all the same (its queue is
+        # FIFO), so the step is found, cancelled and over when it is raised.
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        steps: list[asyncio.Task[Any]] = []
 
-        async def run() -> Any:
-            started.append(asyncio.current_task())  # type: ignore[arg-type]  # in a task
-            return await awaitable
+        def start() -> None:
+            task = asyncio.ensure_future(awaitable, loop=self._loop)
+            steps.append(task)
+            task.add_done_callback(functools.partial(_hand_over, done))
 
-        step = run()
-        future = asyncio.run_coroutine_threadsafe(step, self._loop)
         try:
-            return future.result()
+            self._loop.call_soon_threadsafe(start)
+            return done.result()
         except BaseException:
-            # interrupted: cancel the step on the loop (a step that has not
-            # started never starts) and wait there until it has ended; the
-            # loop runs ``_ended`` after the step's first turn
-            if future.cancel():
-                asyncio.run_coroutine_threadsafe(_ended(started), self._loop).result()
-                if not started:  # never started: closed, not "never awaited"
-                    step.close()
+            asyncio.run_coroutine_threadsafe(_cancelled(steps, awaitable), self._loop).result()
             raise
 
     def __exit__(self, *exc_info: object) -> None:
@@ -272,6 +273,28 @@ async def _ended(tasks: list[asyncio.Task[Any]]) -> None:
     """Return once ``tasks`` have ended (on their loop)."""
     if tasks:
         await asyncio.wait(tasks)
+
+
+async def _cancelled(steps: list[asyncio.Task[Any]], awaitable: Awaitable[Any]) -> None:
+    """Cancel the step of ``_PrivateLoop._step`` and return once it has ended;
+    a step never started is closed, not left "never awaited"."""
+    if not steps:
+        close = getattr(awaitable, "close", None)  # a coroutine, an asend()
+        if close is not None:
+            close()
+        return
+    steps[0].cancel()
+    await _ended(steps)
+
+
+def _hand_over(done: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
+    """Set ``done`` as ``task`` ended, for the thread that waits on it."""
+    if task.cancelled():
+        done.cancel()
+    elif task.exception() is not None:
+        done.set_exception(task.exception())
+    else:
+        done.set_result(task.result())
 
 
 async def map_async(

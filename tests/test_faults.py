@@ -881,6 +881,46 @@ def test_sigint_during_run_cancels_its_task_if_it_has_not_started(tmp_path: Path
     assert not marker.exists(), "the interrupted run's task ran anyway"
 
 
+@pytest.mark.timeout(30)
+def test_an_interrupt_as_a_map_step_is_handed_to_its_loop_leaves_no_step_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C may land anywhere in the sync caller's step, also just after
+    the step was handed to the private loop's thread and before the caller
+    holds anything to wait on (a rare race, seen once in CI). The step must
+    still be cancelled and over when the interrupt is raised: the map's
+    ``aclose()``, next, would find it running."""
+    from distex_zmq.maps import _PrivateLoop
+
+    async def in_a_cell() -> None:
+        ended = threading.Event()
+
+        async def step() -> None:
+            try:
+                await asyncio.sleep(10)
+            finally:
+                ended.set()
+
+        private_loop = _PrivateLoop()
+        private = private_loop._loop
+        assert private is not asyncio.get_running_loop()
+        with private_loop as run_step:
+            handed_over = private.call_soon_threadsafe
+
+            def interrupted_after(*args: Any, **kwargs: Any) -> Any:
+                monkeypatch.setattr(private, "call_soon_threadsafe", handed_over)
+                handed_over(*args, **kwargs)
+                raise KeyboardInterrupt  # as a signal handler raises it, on the way out
+
+            monkeypatch.setattr(private, "call_soon_threadsafe", interrupted_after)
+            coro = step()
+            with pytest.raises(KeyboardInterrupt):
+                run_step(coro)
+            assert ended.is_set() or coro.cr_frame is None, "the step runs on"
+
+    asyncio.run(in_a_cell())
+
+
 def _interrupt_when_ready(client: subprocess.Popen[str], after: float) -> str:
     """Send SIGINT ``after`` seconds past the client's "ready" line; return the
     rest of its output once it exited, which it must do cleanly."""
