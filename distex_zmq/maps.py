@@ -221,10 +221,18 @@ class _PrivateLoop:
         return self._step
 
     def _step_here(self, awaitable: Awaitable[Any]) -> Any:
-        task = asyncio.ensure_future(awaitable, loop=self._loop)
+        task: asyncio.Task[Any] | None = None
         try:
+            task = asyncio.ensure_future(awaitable, loop=self._loop)
             return self._loop.run_until_complete(task)
         except BaseException:
+            if task is None:
+                # interrupted as the task was made: it may be queued on the
+                # loop, which would run it at the next step (the map's aclose)
+                made = [t for t in asyncio.all_tasks(self._loop) if t.get_coro() is awaitable]
+                if not made:
+                    raise
+                task = made[0]
             if not task.done():  # interrupted while the loop waited
                 task.cancel()
                 self._loop.run_until_complete(asyncio.wait([task]))

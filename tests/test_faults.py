@@ -921,6 +921,40 @@ def test_an_interrupt_as_a_map_step_is_handed_to_its_loop_leaves_no_step_running
     asyncio.run(in_a_cell())
 
 
+@pytest.mark.timeout(30)
+def test_an_interrupt_as_a_map_step_is_made_leaves_no_step_to_run_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, with the private loop in the caller's thread (no loop
+    running there): a Ctrl-C raised once the step's task is made, before the
+    caller holds it, must not leave it queued to run at the next step."""
+    from distex_zmq.maps import _PrivateLoop
+
+    started = threading.Event()
+
+    async def step() -> None:
+        started.set()
+        await asyncio.sleep(10)
+
+    private_loop = _PrivateLoop()
+    private = private_loop._loop
+    make_task = private.create_task
+
+    def interrupted_after(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(private, "create_task", make_task)
+        make_task(*args, **kwargs)
+        raise KeyboardInterrupt  # as a signal handler raises it, on the way out
+
+    with private_loop as run_step:
+        monkeypatch.setattr(private, "create_task", interrupted_after)
+        coro = step()
+        with pytest.raises(KeyboardInterrupt):
+            run_step(coro)
+        run_step(asyncio.sleep(0.01))  # the next step: it must not start the first
+        assert not started.is_set(), "the interrupted step ran at the next one"
+        assert coro.cr_frame is None
+
+
 def _interrupt_when_ready(client: subprocess.Popen[str], after: float) -> str:
     """Send SIGINT ``after`` seconds past the client's "ready" line; return the
     rest of its output once it exited, which it must do cleanly."""
