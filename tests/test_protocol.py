@@ -32,7 +32,7 @@ from distex_zmq.serialization import dumps, loads
 from distex_zmq.version import __version__
 from distex_zmq.wire import frames as p
 from tests import tasks
-from tests.helpers import broker_endpoint
+from tests.helpers import broker_endpoint, free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -138,11 +138,15 @@ def test_control_and_hello_messages():
 
 
 class FakeBroker:
-    def __init__(self, tmp_path: Path, credits: int = 2):
+    """A ROUTER socket of the test's, and a real worker process connected to
+    it. ``tcp``: over TCP, as a remote worker (one that connects again after
+    a drop, where a local one exits), else over ipc."""
+
+    def __init__(self, tmp_path: Path, credits: int = 2, tcp: bool = False):
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.endpoint = f"ipc://{tmp_path}/fake-broker"
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}" if tcp else f"ipc://{tmp_path}/fake-broker"
         self.sock.bind(self.endpoint)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
         self.proc = subprocess.Popen(
@@ -173,6 +177,24 @@ class FakeBroker:
     def send(self, identity: bytes, frames: list) -> None:
         self.sock.send_multipart([identity, *frames])
 
+    def cut(self) -> None:
+        """Drop the worker's connection: the socket closes, with what was on
+        its way, and a new one is bound at the same endpoint, as a broker
+        whose network path broke and came back."""
+        self.sock.close()
+        deadline = time.monotonic() + 10
+        while True:
+            self.sock = self.ctx.socket(zmq.ROUTER)
+            self.sock.setsockopt(zmq.LINGER, 0)
+            try:
+                self.sock.bind(self.endpoint)
+                return
+            except zmq.ZMQError:  # the old one's port is let go by ZeroMQ's thread
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def close(self) -> tuple[int, str]:
         if self.sock.closed:
             return self.proc.returncode, ""
@@ -197,6 +219,7 @@ def task_message(
     send_func: bool = True,
     version: int = p.VERSION,
     flags: int = 0,
+    func_id: int = 1,
 ) -> list:
     func_pickle = dill.dumps(func, protocol=5) if send_func else b""
     data, buffers = dumps(args)
@@ -207,7 +230,7 @@ def task_message(
         writer.inline.append(func_pickle)
     size = writer.body(data, buffers)
     writer.entries.append(
-        p.TASK_ENTRY.pack(task_id, 1, flags, len(func_pickle), size, len(buffers), 0)
+        p.TASK_ENTRY.pack(task_id, func_id, flags, len(func_pickle), size, len(buffers), 0)
     )
     frames = writer.frames_out()
     if version != p.VERSION:
@@ -233,6 +256,40 @@ def fake_broker(tmp_path):
     if broker.proc.poll() is None:
         broker.proc.kill()
     broker.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_task_whose_function_was_lost_in_a_drop_waits_for_the_check(tmp_path):
+    # A remote worker's connection drops with a message on its way that
+    # carried a function's pickle; the next task of that function comes by
+    # id. Until the broker's CHECK, the worker drops such a task unanswered
+    # (out of step, not broken): it answers it MISSING, and runs it when the
+    # broker sends it again with its function.
+    broker = FakeBroker(tmp_path, credits=2, tcp=True)
+    try:
+        identity, frames = broker.recv()
+        assert p.check(frames[0])[0] == p.HELLO
+        broker.send(identity, task_message(1, tasks.square, (3,)))
+        assert read_results(broker.recv()[1]) == [(1, p.STATUS_OK, 9)]
+        broker.cut()
+        # the worker connects again and asks which of its tasks were lost
+        identity, frames = broker.recv()
+        assert p.check(frames[0])[0] == p.SYNC
+        # task 2's function (id 2) was never received here
+        broker.send(identity, task_message(2, tasks.add, (2, 6), send_func=False, func_id=2))
+        broker.send(identity, p.task_ids(p.CHECK, 1, [2]))
+        identity, frames = broker.recv()
+        kind, count, buf = p.check(frames[0])
+        assert kind == p.MISSING, "the task was answered before the CHECK"
+        assert p.read_task_ids(buf, count) == (1, [2])
+        # from the CHECK on, both sides count functions afresh: sent again
+        broker.send(identity, task_message(2, tasks.add, (2, 6), func_id=2))
+        assert read_results(broker.recv()[1]) == [(2, p.STATUS_OK, 8)]
+        broker.send(identity, p.control(p.STOP))
+    finally:
+        code, stderr = broker.close()  # kills a worker that did not stop
+    assert code == 0, stderr
+    assert "does not hold" not in stderr, stderr
 
 
 def test_worker_says_hello_with_its_version_and_credits(fake_broker):
