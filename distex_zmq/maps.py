@@ -14,6 +14,7 @@ import concurrent.futures
 import functools
 import itertools
 import logging
+import signal
 import threading
 import weakref
 from collections.abc import (
@@ -221,24 +222,23 @@ class _PrivateLoop:
         return self._step
 
     def _step_here(self, awaitable: Awaitable[Any]) -> Any:
-        task: asyncio.Task[Any] | None = None
-        try:
+        with _SigintCancels(self._loop) as sigint:
             task = asyncio.ensure_future(awaitable, loop=self._loop)
-            return self._loop.run_until_complete(task)
-        except BaseException:
-            if task is None:
-                # interrupted as the task was made: it may be queued on the
-                # loop, which would run it at the next step (the map's aclose)
-                made = [t for t in asyncio.all_tasks(self._loop) if t.get_coro() is awaitable]
-                if not made:
-                    raise
-                task = made[0]
-            if not task.done():  # interrupted while the loop waited
-                task.cancel()
-                self._loop.run_until_complete(asyncio.wait([task]))
-            elif not task.cancelled():
-                task.exception()  # interrupted in the task: raised here, not "never retrieved"
-            raise
+            try:
+                sigint.watch(task)
+                result = self._loop.run_until_complete(task)
+            except BaseException:
+                if not task.done():  # interrupted while the loop waited
+                    task.cancel()
+                    self._loop.run_until_complete(asyncio.wait([task]))
+                elif not task.cancelled():
+                    task.exception()  # interrupted in the task: raised here, not "never retrieved"
+                if sigint.interrupted:
+                    raise KeyboardInterrupt from None
+                raise
+            if sigint.interrupted:  # the step ended before its cancellation
+                raise KeyboardInterrupt
+            return result
 
     def _step(self, awaitable: Awaitable[Any]) -> Any:
         # The task is created on the loop, by ``start``, and put in ``steps``
@@ -277,6 +277,60 @@ class _PrivateLoop:
             self._loop.close()
 
 
+class _SigintCancels:
+    """Ctrl-C while a step runs on a private loop in the main thread cancels
+    the step's task, and the step raises ``KeyboardInterrupt`` once the task
+    has ended, as ``asyncio.Runner`` does for its main task. Raised at
+    whatever line the interpreter is at, inside asyncio, it can leave a task
+    half made: scheduled and never run, or run at the next step (the map's
+    ``aclose()``, which then finds the map running), or reported "destroyed
+    but pending". A second Ctrl-C raises at once.
+
+    Installed only in the main thread, over Python's own handler: a handler
+    of the user's is left alone, and other threads get no ``SIGINT``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._task: asyncio.Task[Any] | None = None
+        self._installed = False
+        #: whether a Ctrl-C came while the step ran
+        self.interrupted = False
+
+    def __enter__(self) -> _SigintCancels:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            signal.signal(signal.SIGINT, self._on_sigint)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def watch(self, task: asyncio.Task[Any]) -> None:
+        """Cancel ``task`` on Ctrl-C (at once, if one came while it was made)."""
+        self._task = task
+        if self.interrupted:
+            task.cancel()
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        if self._task is not None:
+            self._task.cancel()
+        # the loop may wait in its selector, with a timeout set before the
+        # cancellation scheduled anything: wake it
+        self._loop.call_soon_threadsafe(_nothing)
+
+
+def _nothing() -> None:
+    """A callback that wakes a loop."""
+
+
 async def _ended(tasks: list[asyncio.Task[Any]]) -> None:
     """Return once ``tasks`` have ended (on their loop)."""
     if tasks:
@@ -287,12 +341,18 @@ async def _cancelled(steps: list[asyncio.Task[Any]], awaitable: Awaitable[Any]) 
     """Cancel the step of ``_PrivateLoop._step`` and return once it has ended;
     a step never started is closed, not left "never awaited"."""
     if not steps:
-        close = getattr(awaitable, "close", None)  # a coroutine, an asend()
-        if close is not None:
-            close()
+        _close(awaitable)
         return
     steps[0].cancel()
     await _ended(steps)
+
+
+def _close(awaitable: Awaitable[Any]) -> None:
+    """Close an awaitable that was never awaited (a coroutine, an
+    ``asend()``), so that it is not reported as "never awaited"."""
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()
 
 
 def _hand_over(done: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:

@@ -922,14 +922,16 @@ def test_an_interrupt_as_a_map_step_is_handed_to_its_loop_leaves_no_step_running
 
 
 @pytest.mark.timeout(30)
-def test_an_interrupt_as_a_map_step_is_made_leaves_no_step_to_run_later(
+def test_a_ctrl_c_as_a_map_step_is_made_cancels_it_before_it_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As above, with the private loop in the caller's thread (no loop
-    running there): a Ctrl-C raised once the step's task is made, before the
-    caller holds it, must not leave it queued to run at the next step."""
+    running there): a Ctrl-C that comes while the step's task is made must
+    not leave that task half made, to run at the next step or to be
+    reported pending. It cancels the step, which then raises it."""
     from distex_zmq.maps import _PrivateLoop
 
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     started = threading.Event()
 
     async def step() -> None:
@@ -940,19 +942,31 @@ def test_an_interrupt_as_a_map_step_is_made_leaves_no_step_to_run_later(
     private = private_loop._loop
     make_task = private.create_task
 
-    def interrupted_after(*args: Any, **kwargs: Any) -> Any:
+    raised_inside: list[bool] = []
+
+    def ctrl_c_meanwhile(*args: Any, **kwargs: Any) -> Any:
         monkeypatch.setattr(private, "create_task", make_task)
-        make_task(*args, **kwargs)
-        raise KeyboardInterrupt  # as a signal handler raises it, on the way out
+        task = make_task(*args, **kwargs)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # Python runs the handler between two lines
+                pass
+        except KeyboardInterrupt:
+            raised_inside.append(True)  # where asyncio would be left half done
+            raise
+        return task
 
     with private_loop as run_step:
-        monkeypatch.setattr(private, "create_task", interrupted_after)
+        monkeypatch.setattr(private, "create_task", ctrl_c_meanwhile)
         coro = step()
         with pytest.raises(KeyboardInterrupt):
             run_step(coro)
+        assert not raised_inside, "Ctrl-C raised inside asyncio"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         run_step(asyncio.sleep(0.01))  # the next step: it must not start the first
-        assert not started.is_set(), "the interrupted step ran at the next one"
+        assert not started.is_set(), "the interrupted step ran"
         assert coro.cr_frame is None
+        assert not asyncio.all_tasks(private)
 
 
 def _interrupt_when_ready(client: subprocess.Popen[str], after: float) -> str:
