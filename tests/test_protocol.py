@@ -1033,6 +1033,33 @@ def test_a_hello_said_again_that_admits_its_worker_is_answered_with_a_check(lone
     assert b.hooks.troubles == []
 
 
+def test_a_worker_connected_again_under_its_identity_gets_its_messages_there(lone_broker):
+    # A remote worker's new connection takes over its identity
+    # (ROUTER_HANDOVER) while the broker's side has not yet seen the old
+    # one die: without it, ZeroMQ would keep routing to the dead
+    # connection and drop the new one, and the worker's SYNC would never
+    # be answered
+    b = lone_broker
+    old = b.worker(b"fake-a", credits=1)
+    new = b.ctx.socket(zmq.DEALER)
+    new.setsockopt(zmq.LINGER, 0)
+    new.setsockopt(zmq.ROUTING_ID, b"fake-a")
+    new.connect(b.endpoint)
+    b.socks[b"fake-a"] = new
+    try:
+        new.send_multipart(p.control(p.SYNC))
+        b.spin(lambda: bool(new.poll(0)))
+        kind, count, buf = p.check(new.recv_multipart()[0])
+        assert kind == p.CHECK
+        assert p.read_task_ids(buf, count) == (1, [])
+        held = b.submit()
+        assert b.received()[1] == held
+        assert not old.poll(100), "a message went to the old connection"
+        assert b.hooks.troubles == []
+    finally:
+        old.close()
+
+
 def test_a_second_hello_of_a_worker_checks_its_tasks(lone_broker):
     # a worker whose connection dropped before it heard from the pool says
     # hello again (the first may have been lost): the broker, that had
