@@ -931,7 +931,6 @@ def test_a_ctrl_c_as_a_map_step_is_made_cancels_it_before_it_runs(
     reported pending. It cancels the step, which then raises it."""
     from distex_zmq.maps import _PrivateLoop
 
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     started = threading.Event()
 
     async def step() -> None:
@@ -941,7 +940,6 @@ def test_a_ctrl_c_as_a_map_step_is_made_cancels_it_before_it_runs(
     private_loop = _PrivateLoop()
     private = private_loop._loop
     make_task = private.create_task
-
     raised_inside: list[bool] = []
 
     def ctrl_c_meanwhile(*args: Any, **kwargs: Any) -> Any:
@@ -956,17 +954,22 @@ def test_a_ctrl_c_as_a_map_step_is_made_cancels_it_before_it_runs(
             raise
         return task
 
-    with private_loop as run_step:
-        monkeypatch.setattr(private, "create_task", ctrl_c_meanwhile)
-        coro = step()
-        with pytest.raises(KeyboardInterrupt):
-            run_step(coro)
-        assert not raised_inside, "Ctrl-C raised inside asyncio"
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        run_step(asyncio.sleep(0.01))  # the next step: it must not start the first
-        assert not started.is_set(), "the interrupted step ran"
-        assert coro.cr_frame is None
-        assert not asyncio.all_tasks(private)
+    # as in a terminal (a run under nohup, say, inherits SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with private_loop as run_step:
+            monkeypatch.setattr(private, "create_task", ctrl_c_meanwhile)
+            coro = step()
+            with pytest.raises(KeyboardInterrupt):
+                run_step(coro)
+            assert not raised_inside, "Ctrl-C raised inside asyncio"
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            run_step(asyncio.sleep(0.01))  # the next step: it must not start the first
+            assert not started.is_set(), "the interrupted step ran"
+            assert coro.cr_frame is None
+            assert not asyncio.all_tasks(private)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _interrupt_when_ready(client: subprocess.Popen[str], after: float) -> str:
