@@ -9,6 +9,7 @@ batch, to a ``threading.Event`` (``map``) or the caller's event loop
 
 from __future__ import annotations
 
+import _signal
 import asyncio
 import concurrent.futures
 import functools
@@ -277,6 +278,12 @@ class _PrivateLoop:
             self._loop.close()
 
 
+#: SIGINT as the C functions behind ``signal``'s take it: ``_SigintCancels``
+#: calls those (``_signal``) at each step of a map, as ``signal.signal`` and
+#: ``getsignal`` wrap them in enum conversions that cost ten times the call.
+_SIGINT = int(signal.SIGINT)
+
+
 class _SigintCancels:
     """Ctrl-C while a step runs on a private loop in the main thread cancels
     the step's task, and the step raises ``KeyboardInterrupt`` once the task
@@ -300,15 +307,15 @@ class _SigintCancels:
     def __enter__(self) -> _SigintCancels:
         if (
             threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            and _signal.getsignal(_SIGINT) is signal.default_int_handler
         ):
-            signal.signal(signal.SIGINT, self._on_sigint)
+            _signal.signal(_SIGINT, self._on_sigint)
             self._installed = True
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self._installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            _signal.signal(_SIGINT, signal.default_int_handler)
 
     def watch(self, task: asyncio.Task[Any]) -> None:
         """Cancel ``task`` on Ctrl-C (at once, if one came while it was made)."""
@@ -341,18 +348,12 @@ async def _cancelled(steps: list[asyncio.Task[Any]], awaitable: Awaitable[Any]) 
     """Cancel the step of ``_PrivateLoop._step`` and return once it has ended;
     a step never started is closed, not left "never awaited"."""
     if not steps:
-        _close(awaitable)
+        close = getattr(awaitable, "close", None)  # a coroutine, an asend()
+        if close is not None:
+            close()
         return
     steps[0].cancel()
     await _ended(steps)
-
-
-def _close(awaitable: Awaitable[Any]) -> None:
-    """Close an awaitable that was never awaited (a coroutine, an
-    ``asend()``), so that it is not reported as "never awaited"."""
-    close = getattr(awaitable, "close", None)
-    if close is not None:
-        close()
 
 
 def _hand_over(done: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
