@@ -280,7 +280,8 @@ class _PrivateLoop:
 
 #: SIGINT as the C functions behind ``signal``'s take it: ``_SigintCancels``
 #: calls those (``_signal``) at each step of a map, as ``signal.signal`` and
-#: ``getsignal`` wrap them in enum conversions that cost ten times the call.
+#: ``getsignal`` wrap them in enum conversions that cost far more than the
+#: calls themselves.
 _SIGINT = int(signal.SIGINT)
 
 
