@@ -561,8 +561,11 @@ def test_results_nobody_takes_are_freed_without_the_cyclic_collector(pool, itera
 
 
 def test_break_in_a_for_loop_cancels_pending(pool, tmp_path):
+    # each task takes 50 ms, so that a loaded machine cannot run all 40
+    # (a second on 2 workers) before the break reaches the pool
     markers = [tmp_path / f"m{i}" for i in range(40)]
-    for result in pool.map(tasks.touch, [str(m) for m in markers], range(40)):
+    paths = [str(m) for m in markers]
+    for result in pool.map(tasks.touch_then_sleep, paths, [0.05] * 40, range(40)):
         if result == 0:
             break
     pool.run_on_all(tasks.pid)
