@@ -19,7 +19,9 @@ the workload, and prints, per task (per chunk, per payload), the CPU of:
   I/O threads (all processes descended from the client count as workers);
 
 plus the wall time per task, as a Markdown table per row with the pools
-side by side (medians over the rounds, the range in brackets).
+side by side (medians over the rounds, the range in brackets), and the
+context switches per task of each kind of thread (voluntary: it slept;
+involuntary: it was preempted), from ``/proc/<pid>/task/<tid>/status``.
 
 Each (row, pool) runs in a fresh interpreter (this script with ``--child``)
 through ``_one.py``'s clients and workloads, the ones ``run.py`` measures,
@@ -95,9 +97,24 @@ ThreadKey = tuple[int, int]  # (pid, tid)
 # ----------------------------------------------------------- child: probe
 
 
-def _read_threads(pids: list[int]) -> dict[ThreadKey, tuple[str, int]]:
-    """(pid, tid) -> (thread name, utime + stime in clock ticks) of every
-    thread of ``pids`` that can still be read."""
+#: What is read of a thread: its name, utime + stime in clock ticks, and
+#: its voluntary and involuntary context switches (sleeps, preemptions).
+ThreadSample = tuple[str, int, int, int]
+
+
+def _switches(status: str) -> tuple[int, int]:
+    """Voluntary and involuntary context switches from a /proc status text."""
+    counts = {}
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+            counts[key] = int(value)
+    return counts.get("voluntary_ctxt_switches", 0), counts.get("nonvoluntary_ctxt_switches", 0)
+
+
+def _read_threads(pids: list[int]) -> dict[ThreadKey, ThreadSample]:
+    """(pid, tid) -> ``ThreadSample`` of every thread of ``pids`` that can
+    still be read."""
     out = {}
     for pid in pids:
         try:
@@ -108,12 +125,15 @@ def _read_threads(pids: list[int]) -> dict[ThreadKey, tuple[str, int]]:
             try:
                 with open(f"/proc/{pid}/task/{tid}/stat") as f:
                     stat = f.read()
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    voluntary, involuntary = _switches(f.read())
             except OSError:
                 continue
             # "tid (comm) state ...": comm may hold spaces and parentheses
             name = stat[stat.index("(") + 1 : stat.rindex(")")]
             fields = stat[stat.rindex(")") + 2 :].split()
-            out[(pid, int(tid))] = (name, int(fields[11]) + int(fields[12]))
+            ticks = int(fields[11]) + int(fields[12])
+            out[(pid, int(tid))] = (name, ticks, voluntary, involuntary)
     return out
 
 
@@ -132,6 +152,8 @@ class ThreadProbe:
         self.client = client
         self.wall = 0.0
         self.cpu = dict.fromkeys(CATEGORIES, 0.0)
+        #: voluntary and involuntary context switches by category
+        self.switches = {category: [0, 0] for category in CATEGORIES}
         #: CPU seconds by (category, thread name), to see what "other" holds
         self.by_name: dict[str, float] = {}
         self.workers = 0
@@ -167,10 +189,13 @@ class ThreadProbe:
         # threads started during the section count from zero; threads that
         # ended during it are lost (none do in these workloads)
         after = _read_threads([me, *workers])
-        for (pid, tid), (name, ticks) in after.items():
-            seconds = (ticks - before.get((pid, tid), (name, 0))[1]) / CLK_TCK
+        for (pid, tid), (name, ticks, voluntary, involuntary) in after.items():
+            _, ticks0, voluntary0, involuntary0 = before.get((pid, tid), (name, 0, 0, 0))
+            seconds = (ticks - ticks0) / CLK_TCK
             category = self.classify(pid, tid, name, loop_tid)
             self.cpu[category] += seconds
+            self.switches[category][0] += voluntary - voluntary0
+            self.switches[category][1] += involuntary - involuntary0
             key = f"{category}: {name}"
             self.by_name[key] = self.by_name.get(key, 0.0) + seconds
         self.workers = len(workers)
@@ -193,6 +218,7 @@ def child(pool: str, workload: str, n: int) -> None:
         "metrics": metrics,
         "wall_s": probe.wall,
         "cpu_s": probe.cpu,
+        "switches": probe.switches,
         "threads_s": {k: v for k, v in sorted(probe.by_name.items()) if v},
         "workers": probe.workers,
         "pool_loop": probe.has_pool_loop,
@@ -225,6 +251,19 @@ def per_unit(result: dict[str, Any], row: Row) -> dict[str, float]:
         out[category] = result["cpu_s"][category] / units * 1e6
     out["total"] = sum(result["cpu_s"].values()) / units * 1e6
     return out
+
+
+def switches_per_unit(result: dict[str, Any], row: Row) -> dict[str, tuple[float, float]]:
+    """Voluntary and involuntary context switches per unit, by category."""
+    units = result["n"] / row.per_unit
+    return {c: (v / units, nv / units) for c, (v, nv) in result["switches"].items()}
+
+
+def _summary_pair(pairs: list[tuple[float, float]]) -> str:
+    """Medians of (voluntary, involuntary) switches per unit: "0.50 / 0.12"."""
+    if not pairs:
+        return "—"
+    return " / ".join(f"{statistics.median(p[i] for p in pairs):.2f}" for i in (0, 1))
 
 
 def _fmt(value: float) -> str:
@@ -266,6 +305,27 @@ def render_row(row: Row, n: int, pools: list[str], cells: dict[str, list[dict[st
             else:
                 row_cells.append(_summary([v[key] for v in values[p]]))
         lines.append(f"| {name} | " + " | ".join(row_cells) + " |")
+    lines += [
+        "",
+        f"Context switches per {row.unit}, voluntary / involuntary (the thread slept /"
+        " was preempted), medians:",
+        "",
+        "| | " + " | ".join(pools) + " |",
+        "|---|" + "---:|" * len(pools),
+    ]
+    switches = {p: [switches_per_unit(r, row) for r in ok[p] if "switches" in r] for p in pools}
+    for key, name in CATEGORIES.items():
+        if key == "pool_loop" and not any(r["pool_loop"] for p in pools for r in ok[p]):
+            continue
+        cells_ = [
+            "—"
+            if key == "pool_loop" and not any(r["pool_loop"] for r in ok[p])
+            else _summary_pair([s[key] for s in switches[p]])
+            for p in pools
+        ]
+        if all(c in ("—", "0.00 / 0.00") for c in cells_):
+            continue  # a category no pool has threads in
+        lines.append(f"| {name} | " + " | ".join(cells_) + " |")
     notes = []
     for p in pools:
         errors = [r["error"] for r in cells[p] if "error" in r]
@@ -282,9 +342,13 @@ def render_row(row: Row, n: int, pools: list[str], cells: dict[str, list[dict[st
 def render_summary(
     rows: list[Row], pools: list[str], cells: dict[tuple[str, str], list[dict[str, Any]]]
 ) -> str:
-    """One line per row: wall and all threads' CPU per unit of each pool."""
-    head = "| row | unit | " + " | ".join(f"{p} wall | {p} CPU" for p in pools) + " |"
-    lines = [head, "|---|---|" + "---:|---:|" * len(pools)]
+    """One line per row: wall and all threads' CPU per unit of each pool,
+    and the cores they kept busy (CPU over wall time: 2 on 2 cores is a row
+    bound by CPU; less, by the waits of a round trip)."""
+    head = (
+        "| row | unit | " + " | ".join(f"{p} wall | {p} CPU | {p} cores busy" for p in pools) + " |"
+    )
+    lines = [head, "|---|---|" + "---:|---:|---:|" * len(pools)]
     for row in rows:
         label = WORKLOADS[row.workload].metrics[0].label.replace(", p50", "")
         parts = []
@@ -292,6 +356,8 @@ def render_summary(
             values = [per_unit(r, row) for r in cells[(row.workload, p)] if "error" not in r]
             parts.append(_summary([v["wall"] for v in values]))
             parts.append(_summary([v["total"] for v in values]))
+            busy = [v["total"] / v["wall"] for v in values if v["wall"]]
+            parts.append(f"{statistics.median(busy):.2f}" if busy else "—")
         lines.append(f"| {label} | µs per {row.unit} | " + " | ".join(parts) + " |")
     return "\n".join(lines)
 
