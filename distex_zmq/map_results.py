@@ -217,6 +217,13 @@ class MapResults:
         if sizer.adaptive and results:
             sizer.sample(results, self._sizes)
         answered = self._answered
+        # A piece of a chunk no longer open (not in ``sizes``) is dropped: the
+        # worker's own empty result of a chunk whose every result went in its
+        # watch thread's pieces (the watch looked after the last input
+        # returned) comes after those, and may come after the map yielded
+        # the chunk; taken as a piece, it opened the chunk again, which then
+        # never finished, and the map waited for ever.
+        sizes = self._sizes
         if self._ordered:
             held = self._held
             while results:
@@ -224,7 +231,8 @@ class MapResults:
                 task, status, value = entry
                 seq = task.tag
                 if task.flags & p.FLAG_CHUNK and _is_piece(seq, status, value, answered):
-                    self._add_piece(task, status, value)
+                    if seq in sizes:
+                        self._add_piece(task, status, value)
                     continue
                 outstanding.pop(seq, None)
                 held[seq] = entry
@@ -236,6 +244,8 @@ class MapResults:
                 task, status, value = entry
                 seq = task.tag
                 if task.flags & p.FLAG_CHUNK and _is_piece(seq, status, value, answered):
+                    if seq not in sizes:
+                        continue  # a late piece of a chunk yielded whole (above)
                     offset, items, whole = self._add_piece(task, status, value)
                     self._ready.append((task, _DECODED, items))
                     if whole:

@@ -208,6 +208,40 @@ def test_an_empty_piece_of_a_chunk_takes_no_other_parts_place():
         loop.close()
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+def test_an_empty_result_after_its_chunk_was_yielded_opens_nothing(ordered):
+    # The watch thread's piece may hold every result of a chunk (it looked
+    # after the last input returned, before the main thread took the chunk
+    # back), and the worker's own result of the chunk, which frees its
+    # credit, follows it, empty. The map may have yielded the chunk by then:
+    # taken as a piece, the empty result opened the chunk again, which never
+    # finished, and the map waited for ever (seen at chunk 1,502 of a map of
+    # 2,000 while py-spy paused its workers for samples).
+    loop = asyncio.new_event_loop()
+    try:
+        sink = QueueSink(lambda: None, loop, 100, 1)
+        results = MapResults(sink, pickle.loads, ChunkSizer(3, True), ordered, None)
+        chunk = Task(1, 1, b"", p.FLAG_CHUNK, b"", [], sink, tag=0)
+        after = Task(2, 1, b"", p.FLAG_CHUNK, b"", [], sink, tag=1)
+        results.submitted(0, [chunk, after], [(0, 1, 2), (3, 4, 5)], chunked=True)
+
+        def answer(task: Task, status: int, values: list[int], first: int) -> None:
+            sink.deliver(task, status, (pickle.dumps(values), [], 10, first))
+
+        answer(chunk, p.STATUS_PARTIAL, [0, 1, 2], 0)
+        assert results.collect()
+        assert sorted(results.pop_values()) == [0, 1, 2]
+        answer(chunk, p.STATUS_OK, [], 3)  # the worker's own, after the pieces
+        answer(after, p.STATUS_OK, [3, 4, 5], 0)
+        assert results.collect()
+        assert results.pop_values() == [5, 4, 3]  # last first, for pop()
+        assert not results.collect()
+        assert results.finished
+    finally:
+        loop.close()
+
+
 def test_a_split_chunk_counts_its_later_pieces_from_the_inputs_it_kept():
     # The watch thread of a worker, driven as the main thread drives it: a
     # chunk of five inputs has answered two and runs the third past its
