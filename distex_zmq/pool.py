@@ -338,11 +338,15 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         try:
             runtime.started.result()
         except BaseException:
-            if runtime.error is not None:
-                runtime.wait_loop_ended()  # the start cleaned up; its thread ends
-                runtime.raise_error()
-            raise
-        return self
+            if runtime.error is None:
+                raise
+        else:
+            return self
+        # raised out of the except block: inside it, the error would carry
+        # the one the start raised (itself) as its context, and its
+        # traceback would show the error twice
+        runtime.wait_loop_ended()  # the start cleaned up; its thread ends
+        runtime.raise_error()
 
     def __exit__(self, *exc_info: Any) -> None:
         if _cancelled(exc_info[1]):

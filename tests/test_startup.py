@@ -77,6 +77,9 @@ def failed_pool(request, make_pool):
 def _assert_start_error(error: BaseException, where: str) -> None:
     assert isinstance(error, HostConnectionError), repr(error)
     assert where in str(error)
+    # raised once: with a copy of itself as its context, its traceback
+    # would print the error twice ("During handling of the above exception")
+    assert type(error.__context__) is not type(error), repr(error.__context__)
 
 
 SYNC_CALLS = {
@@ -120,6 +123,19 @@ def test_every_entry_point_raises_the_start_error(failed_pool):
     assert "shut down" in repr(pool)
     with pytest.raises(PoolClosedError):
         pool.run(abs, -3)
+
+
+def test_a_start_failing_while_with_waits_raises_its_error_once(make_pool):
+    # the failure comes while ``__enter__`` waits for the start (a port that
+    # takes the connection and never answers: it fails at connect_timeout)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        where = f"127.0.0.1:{silent.getsockname()[1]}"
+        pool = make_pool(None, [f"{where}/1"], connect_timeout=1)
+        with pytest.raises(HostConnectionError) as info, pool:
+            pass
+    _assert_start_error(info.value, where)
 
 
 UNTOLD = "none of its calls raised the error"
