@@ -224,6 +224,11 @@ class MapResults:
         # the chunk; taken as a piece, it opened the chunk again, which then
         # never finished, and the map waited for ever.
         sizes = self._sizes
+        # inputs answered by the results taken, for the progress: they count
+        # as they arrive, not as they are yielded (an ordered map holds them
+        # behind a slow input, whose end would show them all at once)
+        progress = self._progress
+        arrived = 0
         if self._ordered:
             held = self._held
             while results:
@@ -232,8 +237,10 @@ class MapResults:
                 seq = task.tag
                 if task.flags & p.FLAG_CHUNK and _is_piece(seq, status, value, answered):
                     if seq in sizes:
-                        self._add_piece(task, status, value)
+                        arrived += len(self._add_piece(task, status, value)[1])
                     continue
+                if progress is not None:
+                    arrived += sizes.get(seq, 1)  # a chunk's inputs, or one
                 outstanding.pop(seq, None)
                 held[seq] = entry
                 self.held_bytes += _result_bytes(value)
@@ -247,12 +254,19 @@ class MapResults:
                     if seq not in sizes:
                         continue  # a late piece of a chunk yielded whole (above)
                     offset, items, whole = self._add_piece(task, status, value)
+                    arrived += len(items)
                     self._ready.append((task, _DECODED, items))
                     if whole:
                         self._chunk_done(seq)
                     continue
+                if progress is not None:
+                    arrived += sizes.get(seq, 1)
                 outstanding.pop(seq, None)
                 self._ready.append(entry)
+        if progress is not None:
+            # also when none arrived: a count held back by the interval
+            # between reports is reported once that has passed
+            progress.add(arrived)
         return bool(self._ready)
 
     def _add_piece(self, task: Task, status: int, value: Any) -> tuple[int, list[Any], bool]:
@@ -338,8 +352,6 @@ class MapResults:
         error, in order."""
         values: list[Any] = []
         self._decode_ready(values)
-        if self._progress is not None:
-            self._progress.add(len(values) + (self._pending_error is not None))
         values.reverse()
         return values
 

@@ -136,6 +136,7 @@ class MapRun:
         self._timeout = timeout
         self.sink = QueueSink(wake, ctx.loop, *self._fit(ctx.capacity()))
         self._results = MapResults(self.sink, ctx.tasks.data_loads, self._sizer, ordered, progress)
+        self._progress = progress
         self._next_seq = 0
         self.input_done = False
         self.input_error: BaseException | None = None
@@ -310,6 +311,16 @@ class MapRun:
                 f"map did not finish within its timeout of {self._timeout} s"
             )
         return left
+
+    def wait_time(self) -> float | None:
+        """How long the map may wait for results (None: as long as it takes):
+        ``remaining()``, or less while a progress count waits to be reported,
+        so that the map's thread wakes to report it (``collect``)."""
+        left = self.remaining()
+        due = None if self._progress is None else self._progress.due()
+        if due is None:
+            return left
+        return due if left is None else min(left, due)
 
     def cancel(self) -> None:
         """Cancel what has not been yielded (tasks queued are dropped); the

@@ -160,7 +160,7 @@ def _sync_results(
                 return
             # results taken that wait for an earlier one made room
             run.feed_sync(it)
-            if not event.wait(run.remaining()):
+            if not event.wait(run.wait_time()):
                 run.remaining()
     finally:
         run.cancel()
@@ -431,7 +431,7 @@ async def map_async(
                 run.feed_sync(it)
             else:
                 waker.room_freed()
-            await waker.wait(run.remaining())
+            await waker.wait(run.wait_time())
             run.remaining()
     finally:
         if feeder is not None:

@@ -1,6 +1,8 @@
 """Progress of a map (``progress=``): a tqdm bar or the caller's callback,
 told how many inputs are done at most every ``INTERVAL`` seconds and once at
-the end. A map without ``progress`` has no ``Progress`` and pays nothing."""
+the end. A count held back by the interval is reported once it has passed:
+the map's thread wakes for it (``due``). A map without ``progress`` has no
+``Progress`` and pays nothing."""
 
 from __future__ import annotations
 
@@ -26,15 +28,23 @@ class Progress:
         self._next = 0.0
 
     def add(self, n: int) -> None:
-        """``n`` more inputs are done (their results or errors reached the map)."""
-        if n <= 0:
-            return
+        """``n`` more inputs are done (their results or errors reached the
+        map); report the count if the interval since the last report passed
+        (also with ``n`` 0, for a count held back)."""
         self.done += n
+        if self._reported == self.done:
+            return
         now = time.monotonic()
         if now >= self._next:
             self._next = now + INTERVAL
             self._reported = self.done
             self._report(self.done, self.total)
+
+    def due(self) -> float | None:
+        """Seconds until a count held back may be reported (None: none is)."""
+        if self._reported == self.done:
+            return None
+        return max(0.0, self._next - time.monotonic())
 
     def close(self) -> None:
         """The map ended: the final report (unless the last said it all)."""

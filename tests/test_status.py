@@ -16,6 +16,7 @@ import re
 import socket
 import sys
 import threading
+import time
 
 import pytest
 
@@ -429,8 +430,51 @@ def test_progress_of_an_async_map(shared_pool) -> None:
 def test_progress_counts_an_error(shared_pool) -> None:
     calls = Calls()
     with pytest.raises(ValueError):
+        list(shared_pool.map(tasks.fail_on, [0], [0], progress=calls))
+    assert calls.calls[-1] == (1, 1)
+    calls = Calls()
+    with pytest.raises(ValueError):
         list(shared_pool.map(tasks.fail_on, range(10), [0] * 10, progress=calls))
-    assert calls.calls[-1] == (1, 10)
+    # the error, and the results that reached the map before it was raised
+    assert 1 <= calls.calls[-1][0] <= 10 and calls.calls[-1][1] == 10
+
+
+class Stamps:
+    """A progress callback that keeps when it was told what."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.calls: list[tuple[float, int]] = []
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.calls.append((time.monotonic() - self.started, done))
+
+    def most_before(self, seconds: float) -> int:
+        """The highest count reported in the first ``seconds``."""
+        return max((done for at, done in self.calls if at < seconds), default=0)
+
+
+@pytest.mark.timeout(60)
+def test_progress_counts_results_held_behind_a_slow_input(pool) -> None:
+    # an ordered map holds the results after a slow first input until it
+    # ends; they count as they reach the map, not once they can be yielded
+    stamps = Stamps()
+    results = list(pool.map(time.sleep, [3] + [0.01] * 10, chunksize=1, progress=stamps))
+    assert len(results) == 11
+    assert stamps.most_before(2.5) == 10, stamps.calls
+    assert stamps.calls[-1][1] == 11
+
+
+@pytest.mark.timeout(60)
+def test_progress_held_back_by_its_interval_is_reported_while_the_map_waits(pool) -> None:
+    # quick inputs, then a slow one: the count of the last quick ones comes
+    # within the interval of the report before it, and must not wait for
+    # the slow input's end to be shown
+    stamps = Stamps()
+    results = list(pool.map(time.sleep, [0.01] * 10 + [3], chunksize=1, progress=stamps))
+    assert len(results) == 11
+    assert stamps.most_before(2.5) == 10, stamps.calls
+    assert stamps.calls[-1][1] == 11
 
 
 def test_progress_bar(shared_pool, capsys) -> None:
