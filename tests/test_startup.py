@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import traceback
 import weakref
@@ -136,6 +137,60 @@ def test_a_start_failing_while_with_waits_raises_its_error_once(make_pool):
         with pytest.raises(HostConnectionError) as info, pool:
             pass
     _assert_start_error(info.value, where)
+
+
+class NotSSH:
+    """A TCP server on loopback that is not sshd: it keeps each connection
+    silent, closes it at once, or answers it with a line of HTTP."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            if self.mode == "silent":
+                self.held.append(conn)
+                continue
+            if self.mode == "http":
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.parametrize(
+    "mode, says",
+    [
+        ("silent", "no SSH greeting came from port {port} within 1 s"),
+        ("close", "no SSH greeting came from port {port} (the connection was closed)"),
+        ("http", "no SSH greeting came from port {port} ("),
+    ],
+)
+def test_an_ssh_port_where_sshd_does_not_answer_is_named_as_such(make_pool, mode, says):
+    # paramiko says "No existing session" when the greeting does not come in
+    # time, which read as sshd hanging up during the login (MaxAuthTries)
+    server = NotSSH(mode)
+    try:
+        pool = make_pool(None, [f"ssh://127.0.0.1:{server.port}/1"], connect_timeout=1)
+        with pytest.raises(HostConnectionError) as info:
+            pool.run(abs, -1)
+    finally:
+        server.close()
+    message = str(info.value)
+    assert says.format(port=server.port) in message, message
+    assert f"is sshd listening on port {server.port}?" in message
+    assert "MaxAuthTries" not in message
 
 
 UNTOLD = "none of its calls raised the error"

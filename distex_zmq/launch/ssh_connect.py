@@ -535,8 +535,9 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
             raise
         raise HostConnectionError(f"{e}{_unread_note(target)}") from e
     except BaseException as e:
-        # (before the close, which ends the command)
+        # (before the close, which ends the command and the transport)
         ended = sock.ended() if isinstance(sock, _ProxyCommand) else None
+        stage = _stage(client)
         client.close()
         if ended is not None:
             raise HostConnectionError(
@@ -544,7 +545,7 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
                 f"did ({target.proxy_command!r}: {ended}); does it reach the host? "
                 f"Try it with ssh -v {target.alias}"
             ) from e
-        raise HostConnectionError(_explain(target, e) + _unread_note(target)) from e
+        raise HostConnectionError(_explain(target, e, stage) + _unread_note(target)) from e
     finally:
         if agent is not None:
             agent.close()
@@ -640,8 +641,22 @@ def _load_known_hosts(known: KnownHosts, path: str) -> None:
                 known.entries.append(entry)
 
 
-def _explain(t: SSHTarget, e: BaseException) -> str:
-    """What went wrong while connecting, and what to do about it."""
+def _stage(client: paramiko.SSHClient) -> str:
+    """How far a connection that failed got: ``"greeting"`` (no SSH banner
+    came), ``"kex"`` (the key exchange did not finish) or ``"login"``."""
+    transport = client.get_transport()
+    if transport is None or not transport.remote_version:
+        return "greeting"
+    return "login" if transport.initial_kex_done else "kex"
+
+
+#: paramiko's words for a banner it could not read, before the reason
+_BANNER_ERROR = "Error reading SSH protocol banner"
+
+
+def _explain(t: SSHTarget, e: BaseException, stage: str = "login") -> str:
+    """What went wrong while connecting (``stage``: see ``_stage``), and
+    what to do about it."""
     if isinstance(e, socket.gaierror):
         return (
             f"SSH to {t}: cannot resolve the host name {t.hostname!r} ({e.strerror}); "
@@ -689,6 +704,30 @@ def _explain(t: SSHTarget, e: BaseException) -> str:
             f"SSH to {t}: no key to log in with: {named}, no SSH agent answers "
             "(SSH_AUTH_SOCK), and there is no ~/.ssh/id_* key; name the key with "
             "IdentityFile in ~/.ssh/config or add it to the agent (passwords are not supported)"
+        )
+    if isinstance(e, paramiko.SSHException) and stage != "login":
+        # paramiko says "No existing session" also when the greeting or the
+        # key exchange did not come within its timeout
+        detail = str(e).removeprefix(_BANNER_ERROR).strip()
+        cause = e.__context__  # paramiko raises its own in its except block
+        if isinstance(cause, EOFError):
+            detail = "the connection was closed"
+        timed_out = not detail or detail == "No existing session" or "timed out" in detail
+        if stage == "greeting":
+            what = f"within {t.timeout:g} s" if timed_out else f"({detail})"
+            return (
+                f"SSH to {t}: no SSH greeting came from port {t.port} {what}: what takes "
+                f"connections there is not sshd, or sshd hangs; is sshd listening on port "
+                f"{t.port}?"
+            )
+        if timed_out:
+            return (
+                f"SSH to {t}: sshd answered, but the key exchange did not finish within "
+                f"{t.timeout:g} s; is the host overloaded? Try ssh -v {t.alias}"
+            )
+        return (
+            f"SSH to {t}: the key exchange with sshd failed ({detail}); the host's sshd "
+            f"may offer no algorithm that paramiko knows. Try ssh -v {t.alias}"
         )
     if isinstance(e, paramiko.SSHException) and "No existing session" in str(e):
         # sshd hung up during the login: mostly once a key too many was offered
