@@ -24,18 +24,30 @@ def new_event_loop(kind: int = LoopType.default) -> asyncio.AbstractEventLoop:
     return loop_factory(kind)()
 
 
-def loop_factory(kind: int = LoopType.default) -> Callable[[], asyncio.AbstractEventLoop]:
-    """The function that makes event loops of the given ``LoopType``.
+def loop_type(kind: int | str) -> LoopType:
+    """``kind``, a ``LoopType`` or its name (``"uvloop"``), as a ``LoopType``;
+    ``ValueError`` that lists those that run here if it is none."""
+    try:
+        if isinstance(kind, str):
+            return LoopType[kind.lower()]
+        return LoopType(kind)
+    except (KeyError, ValueError):
+        usable = [LoopType.default, LoopType.asyncio, LoopType.uvloop]
+        if sys.platform == "win32":
+            usable.append(LoopType.proactor)
+        raise ValueError(
+            f"unknown LoopType {kind!r}; use one of "
+            + ", ".join(f"{t.name}={t.value} ({t.name!r})" for t in usable)
+        ) from None
+
+
+def loop_factory(kind: int | str = LoopType.default) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The function that makes event loops of the given ``LoopType`` (or
+    its name).
 
     Raises ``ValueError`` with what to do when the type cannot run here.
     """
-    try:
-        kind = LoopType(kind)
-    except ValueError:
-        raise ValueError(
-            f"unknown LoopType {kind!r}; use one of "
-            + ", ".join(f"{t.name}={t.value}" for t in LoopType)
-        ) from None
+    kind = loop_type(kind)
     if kind == LoopType.default:
         try:
             import uvloop

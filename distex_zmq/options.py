@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from distex_zmq.hostspec import HostSpec, parse_hosts
-from distex_zmq.loops import loop_factory
+from distex_zmq.loops import loop_factory, loop_type
 from distex_zmq.output import OUTPUT_MODES
 from distex_zmq.security import ClusterKeys, load_secret, secret_source
 from distex_zmq.serialization import pickle_type
@@ -195,7 +195,7 @@ def pool_options(
     initargs: tuple[Any, ...],
     localhost: str,
     localport: int,
-    worker_loop: int,
+    worker_loop: int | str,
     func_pickle: int | str,
     data_pickle: int | str,
     max_retries: int,
@@ -319,6 +319,7 @@ def pool_options(
         raise TypeError(f"secret_file must be a path, not {secret_file!r}")
     if num_workers is None and not specs:
         raise ValueError("num_workers=None (no local workers) needs hosts to run the tasks")
+    worker_loop = loop_type(worker_loop)
     loop_factory(worker_loop)
     func_pickle = pickle_type(func_pickle)
     data_pickle = pickle_type(data_pickle)

@@ -107,7 +107,8 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             module that makes a pool at its import does not give every
             worker a pool of its own, with workers of its own, that it
             never uses.
-        worker_loop: ``LoopType`` of the workers' event loops.
+        worker_loop: ``LoopType`` of the workers' event loops, or its
+            name: ``"uvloop"``.
         func_pickle: ``PickleType`` for functions (default dill), or its
             name: ``"cloudpickle"``, as for ``data_pickle``.
         data_pickle: ``PickleType`` for arguments and results. The default,
@@ -219,7 +220,7 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         localhost: str = "",
         localport: int = 0,
         lazy_create: bool = False,
-        worker_loop: int = LoopType.default,
+        worker_loop: int | str = LoopType.default,
         func_pickle: int | str = PickleType.dill,
         data_pickle: int | str = PickleType.auto,
         *,

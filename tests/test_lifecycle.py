@@ -1082,6 +1082,8 @@ def test_loop_type_values_are_those_of_distex():
         (LoopType.asyncio, "asyncio.unix_events._UnixSelectorEventLoop"),
         (LoopType.uvloop, "uvloop.Loop"),
         (LoopType.default, "uvloop.Loop"),  # uvloop is installed in the test env
+        ("asyncio", "asyncio.unix_events._UnixSelectorEventLoop"),  # a name, as func_pickle's
+        ("uvloop", "uvloop.Loop"),
     ],
 )
 def test_worker_loop_types(loop_type, expected):
@@ -1110,6 +1112,11 @@ def test_unsupported_worker_loop_gives_a_clear_error(loop_type, text):
 def test_unknown_worker_loop_is_a_value_error():
     with pytest.raises(ValueError, match="LoopType"):
         Pool(1, worker_loop=42)
+    # the names it offers are those that run here
+    offered = r"unknown LoopType 'uvlop'; use one of .*uvloop=2"
+    with pytest.raises(ValueError, match=offered) as info:
+        Pool(1, worker_loop="uvlop")
+    assert "quamash" not in str(info.value) and "proactor" not in str(info.value)
 
 
 def test_the_leak_check_sees_a_leaked_pool_and_process():
