@@ -38,8 +38,8 @@ class HostSpec:
         address, sep, count = rest.rpartition("/")
         if not sep:
             raise ValueError(
-                f"host specification {url!r} lacks the number of workers: "
-                "write it as [ssh://][user@]host[:port]/num_workers"
+                f"host specification {url!r} lacks the number of workers: write "
+                "ssh://[user@]host[:port]/N for an SSH host, host[:port]/N for a spawner host"
             )
         if count.startswith("-") and _is_number(count[1:]):
             raise ValueError(f"host specification {url!r}: number of workers must be >= 1")
@@ -108,15 +108,27 @@ def _is_number(text: str) -> bool:
 
 
 def parse_hosts(hosts: Any) -> list[HostSpec]:
-    """The specifications of ``hosts``: one string, or an iterable of them."""
+    """The specifications of ``hosts`` for a pool: one string, or an
+    iterable of them. A user on a spawner host is refused: the spawner
+    runs its workers as its own user, and would silently not log in as it."""
     if isinstance(hosts, str):
-        return [HostSpec(hosts)]
-    try:
-        return [HostSpec(h) for h in hosts]
-    except TypeError:
-        if hasattr(hosts, "__iter__"):
-            raise  # an item that is not a string: HostSpec says which
-        raise TypeError(
-            "hosts must be a host specification ([ssh://][user@]host[:port]/num_workers) "
-            f"or a list of them, not {hosts!r}"
-        ) from None
+        specs = [HostSpec(hosts)]
+    else:
+        try:
+            specs = [HostSpec(h) for h in hosts]
+        except TypeError:
+            if hasattr(hosts, "__iter__"):
+                raise  # an item that is not a string: HostSpec says which
+            raise TypeError(
+                "hosts must be a host specification ([ssh://][user@]host[:port]/num_workers) "
+                f"or a list of them, not {hosts!r}"
+            ) from None
+    for spec in specs:
+        if spec.user and not spec.is_ssh:
+            raise ValueError(
+                f"host specification {str(spec)!r}: a user applies to SSH hosts only "
+                f"(ssh://{spec.user}@{spec.host}/{spec.num_workers}); the spawner on "
+                f"{spec.host} runs its workers as the user it runs as: write "
+                f"{spec.host}:{spec.port}/{spec.num_workers}"
+            )
+    return specs

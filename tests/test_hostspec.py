@@ -105,7 +105,7 @@ def test_bad_specs_raise_value_error_with_a_clear_message(spec, message):
 
 
 def test_the_missing_count_message_shows_the_format():
-    with pytest.raises(ValueError, match=r"\[ssh://\]\[user@\]host\[:port\]/num_workers"):
+    with pytest.raises(ValueError, match=r"ssh://\[user@\]host\[:port\]/N for an SSH host, host"):
         HostSpec("mini")
 
 
@@ -133,3 +133,13 @@ def test_hosts_as_one_spec_or_any_iterable_of_them():
     ]
     with pytest.raises(TypeError, match="must be a string, not 5"):
         parse_hosts(["mini/2", 5])
+
+
+def test_a_user_on_a_spawner_host_is_refused_by_a_pool():
+    # parsed (distex's form), but a spawner runs its workers as its own
+    # user: a pool given one would run them as someone else than it says
+    assert HostSpec("bob@mini/5").user == "bob"
+    with pytest.raises(ValueError, match=r"a user applies to SSH hosts only .*ssh://bob@mini/5"):
+        parse_hosts(["ssh://bob@maxi/1", "bob@mini/5"])
+    with pytest.raises(ValueError, match=r"write mini:9000/3"):
+        Pool(None, hosts="bob@mini:9000/3")
