@@ -87,6 +87,8 @@ def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
         args = list(reduce[1])
         args[3] = {**args[3], "__slots__": vars(obj)["__slots__"]}  # type_kwargs
         reduce = (reduce[0], tuple(args), *reduce[2:])
+    if reduce is not NotImplemented and reduce[0] is _cloudpickle._make_skeleton_enum:
+        reduce = _enum_reduce(obj, reduce)
     if (
         reduce is not NotImplemented
         and len(reduce) == 6
@@ -102,6 +104,36 @@ def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
             set_script_class_state,
         )
     return reduce
+
+
+#: The attributes every enum member has of its own (the others, an enum's
+#: ``__init__`` or ``__new__`` set: ``Planet.EARTH.mass``).
+_ENUM_MEMBER_KEYS = frozenset({"_value_", "_name_", "__objclass__", "_sort_order_"})
+
+
+def _enum_reduce(obj: Any, reduce: Any) -> Any:
+    """cloudpickle's reduction of ``obj``, an enum of the script, with what
+    cloudpickle drops:
+
+    - every member: its aliases, and a ``Flag``'s members that are not a
+      single bit (``NONE = 0``, ``RWX = 7``), which iterating a ``Flag``
+      skips since Python 3.11 (an ``IntFlag`` of such members only made an
+      enum with none, which did not load);
+    - each member's attributes, which its ``__init__`` or ``__new__`` set:
+      the skeleton enum is made before its methods, so they never run there.
+    """
+    members = obj.__members__
+    args = list(reduce[1])
+    args[3] = {name: member.value for name, member in members.items()}  # the members
+    clsdict, slotstate = reduce[2]
+    clsdict = {k: v for k, v in clsdict.items() if k not in members}
+    attrs = {}
+    for name, member in members.items():
+        own = {k: v for k, v in vars(member).items() if k not in _ENUM_MEMBER_KEYS}
+        if own and member.name == name:  # an alias has its member's
+            attrs[name] = own
+    state = (clsdict, slotstate, attrs) if attrs else (clsdict, slotstate)
+    return (reduce[0], tuple(args), state, *reduce[3:])
 
 
 def type_param_reduce(obj: Any) -> Any:

@@ -165,11 +165,16 @@ def make_script_class(make: Callable[..., type], args: tuple[Any, ...]) -> type:
 def set_script_class_state(cls: type, state: Any) -> None:
     """cloudpickle's ``_class_setstate`` for a class that a pickle made in
     this process; a class of the process's own (the script's, in the
-    client) keeps its attributes and methods."""
+    client) keeps its attributes and methods. An enum's state may carry a
+    third item: its members' attributes (``script_pickler._enum_reduce``)."""
     if cls in _made_classes:
         from cloudpickle import cloudpickle
 
-        cloudpickle._class_setstate(cls, state)
+        cloudpickle._class_setstate(cls, state[:2])
+        if len(state) > 2:
+            members = cls.__members__  # type: ignore[attr-defined]
+            for name, attrs in state[2].items():
+                vars(members[name]).update(attrs)
 
 
 def make_type_param(

@@ -32,6 +32,69 @@ class Color(enum.Enum):
     BLUE = 2
 
 
+class Planet(enum.Enum):
+    """The enum docs' example: members made by the enum's ``__init__``."""
+
+    EARTH = (5.97e24, 6.37e6)
+    MARS = (6.42e23, 3.39e6)
+
+    def __init__(self, mass, radius):
+        self.mass = mass
+        self.radius = radius
+
+
+class Coord(enum.Enum):
+    """Members made by the enum's ``__new__``, with a value of its choice."""
+
+    def __new__(cls, value, label):
+        member = object.__new__(cls)
+        member._value_ = value
+        member.label = label
+        return member
+
+    X = (0, "the x axis")
+    Y = (1, "the y axis")
+
+
+class Perm(enum.IntFlag):
+    """Members that are no single bit (none, all), which iterating a Flag skips."""
+
+    NONE = 0
+    R = 4
+    W = 2
+    X = 1
+    RWX = 7
+
+
+class Rank(enum.IntFlag):
+    """Only members that are no single bit."""
+
+    LOW = 11
+    HIGH = 37
+
+
+class Shape(enum.Enum):
+    SQUARE = 2
+    BOX = 2  # an alias
+    CIRCLE = 3
+
+
+def identity(x):
+    return x
+
+
+def enum_facts(_):
+    """What a worker makes of the script's enums."""
+    return (
+        Planet.MARS.radius,
+        Coord(1).label,
+        list(Perm.__members__),
+        Perm["RWX"] is Perm.R | Perm.W | Perm.X,
+        Rank(37).name,
+        Shape.BOX is Shape.SQUARE,
+    )
+
+
 class Box:
     def __init__(self, value):
         self.value = value
@@ -261,6 +324,21 @@ def check(executor, lambdas=True):
     assert [t for t, _ in made] == [Tally(i + 1) for i in range(40)], made
     assert type(made[0][0]) is Tally and max(n for _, n in made) <= 2, made
     assert classes_made() == 1, classes_made()
+    # enums whose members their __init__ or __new__ made, flags that are
+    # no single bit, aliases
+    assert executor.submit(apply, operator.attrgetter("mass"), Planet.EARTH).result() == 5.97e24
+    assert executor.submit(enum_facts, 0).result() == (
+        3.39e6,
+        "the y axis",
+        ["NONE", "R", "W", "X", "RWX"],
+        True,
+        "HIGH",
+        True,
+    )
+    members = [Coord.Y, Perm.NONE, Perm.RWX, Perm.R | Perm.X, Rank.LOW, Shape.BOX, Planet.MARS]
+    back = executor.submit(identity, members).result()
+    assert all(b is m for b, m in zip(back, members, strict=True)), back
+    assert executor.submit(apply, operator.attrgetter("label"), Coord.X).result() == "the x axis"
     # classes with __slots__ (no __dict__), both ways
     point = executor.submit(mirror, Point(1, 2)).result()
     assert type(point) is Point and (point.x, point.y) == (2, 1), point
