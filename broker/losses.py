@@ -168,14 +168,16 @@ class Losses:
                 self._hooks.on_init_failed(rec, STATUS_LOCAL_ERROR, errors[task])
         self._dispatcher.requeue(requeue)
         failed = len(tasks) - len(requeue)
+        # what became of its tasks before how it was lost, which may end
+        # with the worker's last lines of stderr
         _logger.log(
             logging.DEBUG if blameless else logging.WARNING,
-            "%s was lost: %s; %s",
+            "%s was lost (%s): %s",
             rec,
-            how,
             f"of its tasks, {len(requeue)} will run again and {failed} failed"
             if tasks
             else "it was running no task",
+            how,
         )
         self._dispatch()
 

@@ -200,7 +200,8 @@ def test_worker_killed_mid_map_loses_nothing(pool: Pool, caplog: Any) -> None:
     messages = [r.getMessage() for r in caplog.records]
     lost = [m for m in messages if m.startswith(f"worker pid {victim} on ") and "was lost" in m]
     assert len(lost) == 1, messages
-    assert "was lost: killed by SIGKILL" in lost[0] and "will run again and 0 failed" in lost[0]
+    assert "was lost (of its tasks, " in lost[0] and " will run again and 0 failed): " in lost[0]
+    assert "): killed by SIGKILL" in lost[0], lost[0]
 
 
 @pytest.mark.timeout(60)
