@@ -72,17 +72,28 @@ def start_pool(args: argparse.Namespace) -> Pool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m distex_zmq", description=__doc__)
-    parser.add_argument("--workers", type=int, default=0, help="local workers (0: one per CPU)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="local workers (default 0: one per CPU)"
+    )
     parser.add_argument("--no-local", action="store_true", help="no local workers")
     parser.add_argument("--hosts", nargs="*", default=[], help="remote hosts: host/N, ssh://host/N")
-    parser.add_argument("--secret-file", help="the shared secret of the spawner hosts")
+    parser.add_argument(
+        "--secret-file",
+        help="the shared secret of the spawner hosts (else $DISTEX_ZMQ_SECRET, if set)",
+    )
     parser.add_argument(
         "--remote-python", action="append", default=[], metavar="HOST=CMD",
         help="the command that runs Python on an SSH host",
     )  # fmt: skip
-    parser.add_argument("--wait", type=float, default=0, help="seconds to wait for the hosts")
-    parser.add_argument("--bound", type=int, default=2_000_000, help="count primes below this")
-    parser.add_argument("--block", type=int, default=50_000, help="numbers per task")
+    parser.add_argument(
+        "--wait", type=float, default=0, help="seconds to wait for the hosts (default 0)"
+    )
+    parser.add_argument(
+        "--bound", type=int, default=2_000_000, help="count primes below this (default 2000000)"
+    )
+    parser.add_argument(
+        "--block", type=int, default=50_000, help="numbers per task (default 50000)"
+    )
     args = parser.parse_args()
     if args.no_local and not args.hosts:
         parser.error("--no-local needs --hosts")

@@ -159,18 +159,21 @@ HANDSHAKE_FAILED = (
 )
 
 
-def explain_handshake_failure(where: str, event: int, value: int, secret: bool, how: str) -> str:
+def explain_handshake_failure(
+    where: str, event: int, value: int, secret: bool, how: str, for_pool: bool = True
+) -> str:
     """Why the handshake with the spawner at ``where`` failed, from its
     monitor ``event`` and ``value``, for a client with or without the
-    ``secret``; ``how``: how the user sets one.
+    ``secret``; ``how``: how the user sets one; ``for_pool``: the client is
+    a pool (whose host may have been meant as an SSH host).
 
     A spawner closes the connection of a client without its secret or with
     another one, as a peer that is no ZeroMQ socket does: the messages name
     both. Only a peer that reports the mechanisms' mismatch is sure to be a
     ZeroMQ socket.
     """
-    not_a_spawner = (
-        "or it is not a distex_zmq spawner (is the port right? an SSH host is written ssh://host/N)"
+    not_a_spawner = "or it is not a distex_zmq spawner (is the port right?" + (
+        " an SSH host is written ssh://host/N)" if for_pool else ")"
     )
     mismatch = value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:

@@ -18,6 +18,9 @@ import zmq
 
 from distex_zmq import Pool, __version__
 from distex_zmq.errors import HostConnectionError
+from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT
+from distex_zmq.security import explain_handshake_failure
+from distex_zmq.spawner.status import split_address
 from distex_zmq.wire import control
 from tests.helpers import (
     WITH_DEFAULT_SIGNALS,
@@ -337,3 +340,21 @@ def test_a_spawner_of_another_control_protocol_names_both_versions() -> None:
         f"version {control.VERSION}): install the client's version there (pip install "
         f"distex_zmq=={__version__}) and restart the spawner there"
     )
+
+
+def test_status_takes_a_host_and_port_not_a_pools_host_specification():
+    assert split_address("mini") == ("mini", DEFAULT_SPAWNER_PORT)
+    assert split_address("mini:9000") == ("mini", 9000)
+    # it said "cannot resolve 'mini:9000/2'"
+    with pytest.raises(ValueError, match=r"status takes HOST\[:PORT\], 'mini:9000'"):
+        split_address("mini:9000/2")
+
+
+def test_a_handshake_refused_hints_at_ssh_hosts_to_a_pool_only():
+    # a pool's host may have been meant as an SSH host; the status command's may not
+    failure = ("the spawner at h:1", zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, 0, False, "a secret")
+    assert "is the port right? an SSH host is written ssh://host/N" in explain_handshake_failure(
+        *failure
+    )
+    told = explain_handshake_failure(*failure, for_pool=False)
+    assert "is the port right?)" in told and "ssh://" not in told

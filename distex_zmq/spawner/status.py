@@ -50,6 +50,12 @@ class StatusError(Exception):
 
 def split_address(address: str) -> tuple[str, int]:
     """``host[:port]`` (``[v6]:port`` for IPv6) as host and port (default 8899)."""
+    if "/" in address:
+        # a pool's host specification, host[:port]/N
+        raise ValueError(
+            f"{address!r} is a pool's host specification: status takes HOST[:PORT], "
+            f"{address.rpartition('/')[0]!r}"
+        )
     host, port = address, ""
     if address.startswith("["):
         host, _, rest = address[1:].partition("]")
@@ -130,6 +136,7 @@ def query(
                     event["value"],
                     keys is not None,
                     "DISTEX_ZMQ_SECRET or --secret-file",
+                    for_pool=False,
                 )
             )
         raise StatusError(
