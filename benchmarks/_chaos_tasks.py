@@ -36,9 +36,15 @@ def _note(tag: str) -> None:
 
 
 def square(tag: str, x: int, pause: float = 0.0) -> int:
+    """``x * x`` after ``pause`` seconds asleep; a negative ``pause``: that
+    long computing, holding the GIL, as a CPU-bound task does."""
     _note(tag)
-    if pause:
+    if pause > 0:
         time.sleep(pause)
+    elif pause < 0:
+        end = time.perf_counter() - pause
+        while time.perf_counter() < end:
+            pass
     return x * x
 
 

@@ -1,7 +1,7 @@
 """Chaos soak: a mixed workload on local and remote workers while faults rain.
 
-For ``--minutes`` it runs, round after round, ordered and unordered maps,
-submits with cancellations, async runs (``map_async``, ``run_async``),
+For ``--minutes`` it runs, round after round, ordered and unordered maps
+(of CPU-bound inputs in small chunks too), submits with cancellations, async runs (``map_async``, ``run_async``),
 ``run_on_all`` and large numpy payloads on one pool of local workers plus
 network-namespace hosts (SSH and spawner kinds, ``_netns.py``), while a
 chaos thread (``_chaos.py``) SIGKILLs random workers, cuts host links off
@@ -59,7 +59,8 @@ class Soak:
 
     def step(self) -> None:
         self.round += 1
-        kind = self.rng.choice(["map", "umap", "submit", "async_", "run_on_all", "numpy"])
+        kinds = ["map", "umap", "cpu", "submit", "async_", "run_on_all", "numpy"]
+        kind = self.rng.choice(kinds)
         try:
             getattr(self, kind)(f"{kind[0]}{self.round}.")
             self.counts[f"rounds: {kind.rstrip('_')}"] += 1
@@ -90,6 +91,17 @@ class Soak:
         inputs = [(f"{tag}{x}", x, self.rng.choice([0, 0, 0.002])) for x in range(n)]
         got = self.pool.map(t.square, inputs, star=True, ordered=False, timeout=HANG)
         self.check("unordered map results", sorted(got), [x * x for x in range(n)])
+
+    def cpu(self, tag: str) -> None:
+        # CPU-bound inputs of 3 ms in chunks of 4: a worker's watch thread
+        # sends pieces of each chunk while it runs (such maps hung for ever
+        # when an empty last piece came after the map had yielded its chunk)
+        n = self.rng.randint(50, 300)
+        self.counts["tasks"] += n
+        inputs = [(f"{tag}{x}", x, -0.003) for x in range(n)]
+        ordered = self.rng.random() < 0.5
+        got = self.pool.map(t.square, inputs, star=True, chunksize=4, ordered=ordered, timeout=HANG)
+        self.check("CPU-bound map results", sorted(got), [x * x for x in range(n)])
 
     def submit(self, tag: str) -> None:
         n = self.rng.randint(100, 500)

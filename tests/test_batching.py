@@ -76,7 +76,10 @@ def test_a_function_mapped_before_starts_with_its_chunks(pool):
     # has learned the function's run time again
     list(pool.map(tasks.square, range(3000)))
     made = tasks_made(pool, lambda: list(pool.map(tasks.square, range(60))))
-    assert made <= 4, f"{made} tasks for 60 inputs of a function known as tiny"
+    # 1 to 4 on a quiet machine, about 33 for a function not mapped before;
+    # on a loaded one a chunk's run time, measured by the clock, may take in
+    # a worker preempted meanwhile (10 seen in CI beside other work)
+    assert made <= 15, f"{made} tasks for 60 inputs of a function known as tiny"
 
 
 def test_a_function_known_as_tiny_that_turns_slow_is_spread(pool):
