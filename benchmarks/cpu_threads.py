@@ -281,6 +281,11 @@ def _summary(values: list[float]) -> str:
     return text
 
 
+def _table_head(pools: list[str]) -> list[str]:
+    """The head of a Markdown table with a column per pool."""
+    return ["| | " + " | ".join(pools) + " |", "|---|" + "---:|" * len(pools)]
+
+
 def render_row(row: Row, n: int, pools: list[str], cells: dict[str, list[dict[str, Any]]]) -> str:
     """The Markdown table of one row: thread categories down, pools across."""
     label = WORKLOADS[row.workload].metrics[0].label.replace(", p50", "")
@@ -291,8 +296,7 @@ def render_row(row: Row, n: int, pools: list[str], cells: dict[str, list[dict[st
         f"{n:,} tasks; a 10 ms clock tick is {1e6 / CLK_TCK / units:.2g} µs per {row.unit}"
         " per thread.",
         "",
-        "| | " + " | ".join(pools) + " |",
-        "|---|" + "---:|" * len(pools),
+        *_table_head(pools),
     ]
     ok = {p: [r for r in cells[p] if "error" not in r] for p in pools}
     values = {p: [per_unit(r, row) for r in ok[p]] for p in pools}
@@ -310,8 +314,7 @@ def render_row(row: Row, n: int, pools: list[str], cells: dict[str, list[dict[st
         f"Context switches per {row.unit}, voluntary / involuntary (the thread slept /"
         " was preempted), medians:",
         "",
-        "| | " + " | ".join(pools) + " |",
-        "|---|" + "---:|" * len(pools),
+        *_table_head(pools),
     ]
     switches = {p: [switches_per_unit(r, row) for r in ok[p] if "switches" in r] for p in pools}
     for key, name in CATEGORIES.items():

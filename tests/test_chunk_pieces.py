@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import pickle
 import re
 import time
+from collections.abc import Iterator
 
 import pytest
 from distex_zmq.broker import Task
@@ -175,6 +177,22 @@ def test_a_part_handed_back_that_kills_its_worker_fails_in_its_place(make_pool):
     assert shown is not None and int(shown[1]) < 1000, caught.value
 
 
+@contextlib.contextmanager
+def map_results(chunksize: int, ordered: bool) -> Iterator[tuple[QueueSink, MapResults]]:
+    """The results of a map, which a test feeds as the pool loop does (``answer``)."""
+    loop = asyncio.new_event_loop()
+    try:
+        sink = QueueSink(lambda: None, loop, 100, 1)
+        yield sink, MapResults(sink, pickle.loads, ChunkSizer(chunksize, True), ordered, None)
+    finally:
+        loop.close()
+
+
+def answer(task: Task, status: int, values: list[int], first: int) -> None:
+    """Deliver a result of chunk ``task``, its ``values`` from its input ``first`` on."""
+    task.sink.deliver(task, status, (pickle.dumps(values), [], 10, first))
+
+
 @pytest.mark.timeout(30)
 def test_an_empty_piece_of_a_chunk_takes_no_other_parts_place():
     # A chunk whose results all went in pieces (the worker's watch thread
@@ -185,17 +203,10 @@ def test_an_empty_piece_of_a_chunk_takes_no_other_parts_place():
     # part's piece, and an ordered map skipped that input: 199 results of
     # 200, the rest shifted (seen about once in a thousand maps of 200
     # two-millisecond inputs at chunksize=200 on a loaded machine).
-    loop = asyncio.new_event_loop()
-    try:
-        sink = QueueSink(lambda: None, loop, 100, 1)
-        results = MapResults(sink, pickle.loads, ChunkSizer(6, True), True, None)
+    with map_results(6, ordered=True) as (sink, results):
         chunk = Task(1, 1, b"", p.FLAG_CHUNK, b"", [], sink, tag=0)
         rest = Task(3, 1, b"", p.FLAG_CHUNK, b"", [], sink, tag=0)
         results.submitted(0, [chunk], [tuple(range(6))], chunked=True)
-
-        def answer(task: Task, status: int, values: list[int], first: int) -> None:
-            sink.deliver(task, status, (pickle.dumps(values), [], 10, first))
-
         answer(chunk, p.STATUS_PARTIAL, [0, 1], 0)
         # the chunk hands back 2-5: it runs 2 again, another worker 3-5
         answer(rest, p.STATUS_OK, [3, 4, 5], 3)
@@ -204,8 +215,6 @@ def test_an_empty_piece_of_a_chunk_takes_no_other_parts_place():
         results.collect()
         assert sorted(results.pop_values()) == [0, 1, 2, 3, 4, 5]
         assert results.finished
-    finally:
-        loop.close()
 
 
 @pytest.mark.timeout(30)
@@ -218,17 +227,10 @@ def test_an_empty_result_after_its_chunk_was_yielded_opens_nothing(ordered):
     # taken as a piece, the empty result opened the chunk again, which never
     # finished, and the map waited for ever (seen at chunk 1,502 of a map of
     # 2,000 while py-spy paused its workers for samples).
-    loop = asyncio.new_event_loop()
-    try:
-        sink = QueueSink(lambda: None, loop, 100, 1)
-        results = MapResults(sink, pickle.loads, ChunkSizer(3, True), ordered, None)
+    with map_results(3, ordered) as (sink, results):
         chunk = Task(1, 1, b"", p.FLAG_CHUNK, b"", [], sink, tag=0)
         after = Task(2, 1, b"", p.FLAG_CHUNK, b"", [], sink, tag=1)
         results.submitted(0, [chunk, after], [(0, 1, 2), (3, 4, 5)], chunked=True)
-
-        def answer(task: Task, status: int, values: list[int], first: int) -> None:
-            sink.deliver(task, status, (pickle.dumps(values), [], 10, first))
-
         answer(chunk, p.STATUS_PARTIAL, [0, 1, 2], 0)
         assert results.collect()
         assert sorted(results.pop_values()) == [0, 1, 2]
@@ -238,8 +240,6 @@ def test_an_empty_result_after_its_chunk_was_yielded_opens_nothing(ordered):
         assert results.pop_values() == [5, 4, 3]  # last first, for pop()
         assert not results.collect()
         assert results.finished
-    finally:
-        loop.close()
 
 
 def test_a_split_chunk_counts_its_later_pieces_from_the_inputs_it_kept():
