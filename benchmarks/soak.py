@@ -1,11 +1,12 @@
 """Chaos soak: a mixed workload on local and remote workers while faults rain.
 
 For ``--minutes`` it runs, round after round, ordered and unordered maps
-(of CPU-bound inputs in small chunks too), submits with cancellations, async runs (``map_async``, ``run_async``),
-``run_on_all`` and large numpy payloads on one pool of local workers plus
-network-namespace hosts (SSH and spawner kinds, ``_netns.py``), while a
-chaos thread (``_chaos.py``) SIGKILLs random workers, cuts host links off
-and restores them, and restarts spawners. Every result is checked, every
+(of CPU-bound inputs in small chunks too), submits with cancellations,
+async runs (``map_async``, ``run_async``), ``run_on_all`` and large numpy
+payloads on one pool of local workers plus network-namespace hosts (SSH
+and spawner kinds, ``_netns.py``), while a chaos thread (``_chaos.py``)
+SIGKILLs random workers, cuts host links off and restores them, and
+restarts spawners. Every result is checked, every
 future must end, and after shutdown no worker, agent or ipc directory may
 be left and the client's memory must have stayed bounded. Prints the
 counts as a table; exits 1 if anything unexpected happened.

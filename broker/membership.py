@@ -13,7 +13,7 @@ from distex_zmq.wire import frames as p
 
 from .dispatch import Dispatcher
 from .losses import Losses
-from .records import BrokerHooks, WorkerRecord
+from .records import BrokerHooks, InitNotSent, WorkerRecord
 from .registry import Registry
 
 _logger = logging.getLogger("distex_zmq.broker")
@@ -77,7 +77,10 @@ class Membership:
         rec.remote = registry.remote(identity)
         registry.add(rec)
         _logger.debug("hello from %s, %d credits", rec, credits)
-        init = self._hooks.on_hello(rec)
+        try:
+            init = self._hooks.on_hello(rec)
+        except InitNotSent:
+            return rec if again else None  # the pool's start failed with it
         if init is None:
             self.make_ready(rec)
         else:

@@ -37,12 +37,19 @@ class ResultSink(Protocol):
         at once, without any delay the sink may add to batch wake-ups."""
 
 
+class InitNotSent(Exception):
+    """Raised by ``BrokerHooks.on_hello``: the initializer task could not be
+    made (it does not pickle), and the pool was told; the worker is not
+    made ready."""
+
+
 class BrokerHooks(Protocol):
     """What the broker asks of the pool that runs it (on the pool loop)."""
 
     def on_hello(self, rec: WorkerRecord) -> Task | None:
         """A worker connected: an initializer task to pin to it (tagged
-        ``INIT_TAG``), or None to make it ready at once."""
+        ``INIT_TAG``), or None to make it ready at once; ``InitNotSent``
+        if the initializer cannot be sent."""
 
     def on_ready(self, rec: WorkerRecord) -> None:
         """The worker may take any task now."""

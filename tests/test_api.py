@@ -1058,6 +1058,24 @@ def test_initializer_that_raises_gives_worker_start_error(make_pool):
     assert "init_fail" in str(info.value)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("bad", ["initargs", "initializer"])
+def test_an_initializer_that_does_not_pickle_fails_the_start(make_pool, bad):
+    # it was only logged by the broker, for each worker: no worker became
+    # ready, every call waited for ever, and so did shutdown()
+    unpicklable = (i for i in range(3))  # by any pickler, dill too
+    if bad == "initargs":
+        pool = make_pool(2, initializer=tasks.init_fail, initargs=(unpicklable,))
+    else:
+        pool = make_pool(2, initializer=functools.partial(tasks.init_fail, unpicklable))
+    with pytest.raises(WorkerStartError, match="could not be pickled") as info:
+        pool.run(tasks.square, 2)
+    assert "cannot pickle 'generator' object" in str(info.value)
+    with pytest.raises(WorkerStartError):
+        pool.submit(tasks.square, 2).result(timeout=30)
+    pool.shutdown()  # at once
+
+
 def test_worker_death_fails_task_with_worker_lost_and_is_replaced(make_pool):
     pool = make_pool(1, max_retries=1)
     first_pid = pool.run(tasks.pid)

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from distex_zmq.broker import INIT_TAG, STATUS_LOCAL_ERROR, Task, WorkerRecord
+from distex_zmq.broker import INIT_TAG, STATUS_LOCAL_ERROR, InitNotSent, Task, WorkerRecord
 from distex_zmq.errors import WorkerStartError
 from distex_zmq.options import Options
 from distex_zmq.results import DISCARD
@@ -47,7 +47,17 @@ class PoolHooks:
         init = self._options.initializer
         if init is None:
             return None
-        return self._tasks.call(init, self._options.initargs, {}, DISCARD, INIT_TAG, alone=True)
+        try:
+            return self._tasks.call(init, self._options.initargs, {}, DISCARD, INIT_TAG, alone=True)
+        except Exception as e:  # noqa: BLE001 - it does not pickle: the start fails with it
+            error = WorkerStartError(
+                f"the initializer {callable_name(init)!r} or its initargs could not be "
+                f"pickled to send to the workers: {type(e).__name__}: {e}"
+            )
+            error.__cause__ = e
+            if not self._pool.closing:
+                self._start_failed(rec, error)
+            raise InitNotSent from e
 
     def on_ready(self, rec: WorkerRecord) -> None:
         self._pool.supervisor.worker_ready(rec)
@@ -69,6 +79,13 @@ class PoolHooks:
             f"{type(cause).__name__}: {cause}"
         )
         error.__cause__ = cause if isinstance(cause, BaseException) else None
+        self._start_failed(rec, error)
+
+    def _start_failed(self, rec: WorkerRecord, error: WorkerStartError) -> None:
+        """``rec``'s initializer failed with ``error``: the pool's start
+        fails, or a replacement dies (which counts against
+        ``max_worker_deaths``)."""
+        pool = self._pool
         if not pool.is_up:
             pool.fail(error)
         elif not pool.supervisor.start_failed(rec.identity, error):
