@@ -378,7 +378,9 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         and every worker process has exited; ``cancel_futures`` cancels the
         tasks that have not started. ``timeout`` bounds the wait for tasks:
         after it the workers are stopped (STOP, then SIGTERM, then SIGKILL)
-        and what did not finish fails with ``PoolClosedError``. Idempotent;
+        and what did not finish fails with ``PoolClosedError``. A start that
+        has not ended (an initializer that does not return) is waited for
+        only while tasks are left to run, and within ``timeout``. Idempotent;
         afterwards ``submit`` and every other method raise ``PoolClosedError``
         (a ``RuntimeError``). A bad ``timeout`` raises ``ValueError``, and a
         ``wait`` or ``cancel_futures`` other than True or False ``TypeError``,

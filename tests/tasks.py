@@ -130,6 +130,11 @@ def get_state() -> dict[str, Any]:
     return dict(STATE, pid=os.getpid())
 
 
+def init_hang() -> None:
+    """An initializer that does not return (for long)."""
+    time.sleep(600)
+
+
 def init_fail() -> None:
     raise RuntimeError("initializer exploded")
 

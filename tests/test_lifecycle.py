@@ -1109,6 +1109,34 @@ def test_unsupported_worker_loop_gives_a_clear_error(loop_type, text):
     assert wait_until(lambda: child_pids() <= before, timeout=5)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "how", ["timeout", "cancel_futures", "cancel_futures_no_wait", "nothing_submitted"]
+)
+def test_shutdown_does_not_wait_for_ever_for_an_initializer_that_does_not_return(how):
+    # it waited for the start, whatever its timeout, and cancelled nothing
+    before = child_pids()
+    pool = Pool(2, initializer=tasks.init_hang)
+    futures = [] if how == "nothing_submitted" else [pool.submit(abs, -i) for i in range(5)]
+    time.sleep(0.5)  # the workers run their initializer
+    started = time.monotonic()
+    if how == "timeout":
+        pool.shutdown(timeout=1)
+    elif how == "cancel_futures_no_wait":
+        pool.shutdown(wait=False, cancel_futures=True)
+    else:
+        pool.shutdown(cancel_futures=how == "cancel_futures")
+    assert time.monotonic() - started < 20
+    # (what the exit of a program waits for)
+    assert wait_until(lambda: child_pids() <= before, timeout=20), "workers left"
+    for future in futures:
+        concurrent.futures.wait([future], timeout=10)
+        if how == "timeout":
+            assert isinstance(future.exception(timeout=0), PoolClosedError), future
+        else:
+            assert future.cancelled(), future
+
+
 def test_unknown_worker_loop_is_a_value_error():
     with pytest.raises(ValueError, match="LoopType"):
         Pool(1, worker_loop=42)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -391,25 +392,52 @@ class Runtime:
         return done
 
     async def _shutdown(self, drain: bool, cancel_futures: bool, timeout: float | None) -> None:
+        deadline = None if timeout is None else self.loop.time() + timeout
+        broker = self.broker
+        if cancel_futures:
+            # also while the start goes on (an initializer that does not
+            # return): the tasks that wait for it never started
+            self._cancel_queued()
         if not drain:
             # nothing is waited for (a Ctrl-C): not the start-up either, which
             # tears down what it started when cancelled
             self.started.cancel()
+        if not self.started.done():
+            # The start goes on (an initializer that does not return, say):
+            # wait for it, but no longer than ``timeout``, nor once no task
+            # is left to run (none was submitted, or all were cancelled).
+            start = asyncio.ensure_future(asyncio.shield(asyncio.wrap_future(self.started)))
+            nothing_left: asyncio.Future[None] = self.loop.create_future()
+
+            def on_drained() -> None:
+                if not nothing_left.done():
+                    nothing_left.set_result(None)
+
+            broker.when_drained(on_drained)
+            await asyncio.wait(
+                [start, nothing_left], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            idle = nothing_left.done()
+            nothing_left.cancel()
+            if not start.done():
+                start.cancel()
+                if not self.started.cancelled():  # (a second shutdown may wait here too)
+                    why = "no task is left" if idle else f"within {timeout:g} s"
+                    _logger.warning("shutdown: the pool's start did not end (%s); stopping", why)
+                    self.started.cancel()  # the start tears down what it started
+                with contextlib.suppress(BaseException):
+                    await asyncio.wrap_future(self.started)
+                return
         try:
             await asyncio.wrap_future(self.started)
         except BaseException:  # noqa: BLE001 - start-up failed; it cleaned up
             return
         if self.closing:
             return
-        broker = self.broker
         if cancel_futures:
-            broker.fail_all(
-                lambda task: concurrent.futures.CancelledError(
-                    f"the pool was shut down with cancel_futures=True before {task.describe()} "
-                    "started"
-                )
-            )
+            self._cancel_queued()
         if drain:
+            timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
             drained: asyncio.Future[None] = self.loop.create_future()
 
             def on_drained() -> None:
@@ -425,6 +453,14 @@ class Runtime:
             return
         # after a failure, or for tasks dropped, nothing is worth waiting for
         await self._teardown(STOP_GRACE if drain and self.error is None else FAILED_STOP_GRACE)
+
+    def _cancel_queued(self) -> None:
+        """Cancel the tasks that no worker holds (``cancel_futures``)."""
+        self.broker.fail_all(
+            lambda task: concurrent.futures.CancelledError(
+                f"the pool was shut down with cancel_futures=True before {task.describe()} started"
+            )
+        )
 
     async def _drain(self, drained: asyncio.Future[None]) -> None:
         """Until ``drained``, or until no worker was ready for
