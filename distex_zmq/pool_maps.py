@@ -135,9 +135,10 @@ class MapsMixin(PoolBase):
         it have finished; return the results in the order of the workers.
 
         Every worker means the workers that are ready once those tasks have
-        finished: a worker that starts later (a host added with
-        ``add_hosts``, a ``resize``, a replacement of a worker that died)
-        does not run it; to set up every worker, those included, use
+        finished (if none is, while replacements of workers that died start,
+        those ready once one of them is): a worker that starts later (a host
+        added with ``add_hosts``, a ``resize``, a replacement of a worker that
+        died) does not run it; to set up every worker, those included, use
         ``initializer``. A worker removed with ``drain=False`` before it ran
         ``func`` fails it with ``WorkerLostError``; a shutdown that stops the
         pool before it ran (its ``timeout`` passed) fails it with

@@ -205,6 +205,19 @@ def test_worker_killed_mid_map_loses_nothing(pool: Pool, caplog: Any) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.timeout(60)
+def test_run_on_all_right_after_its_workers_died_waits_for_their_replacements(
+    make_pool: MakePool,
+) -> None:
+    # no worker was ready for a moment: it ran nowhere and returned []
+    pool = make_pool(2, max_retries=0)
+    pool.run_on_all(int, 0)
+    with pytest.raises(WorkerLostError):
+        pool.run_on_all(ft.exit_3)
+    pids = pool.run_on_all(ft.pid)
+    assert pids and len(set(pids)) == len(pids), pids
+
+
 def test_replacement_runs_the_initializer_again(make_pool: MakePool) -> None:
     pool = make_pool(2, initializer=ft.mark_initialized)
     assert pool.run_on_all(ft.initialized) == [True, True]

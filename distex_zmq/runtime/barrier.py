@@ -2,7 +2,8 @@
 once the tasks submitted before it have finished.
 
 It waits for the pool's start, then, on the pool loop, for the broker to drain,
-and pins the copies to the workers ready at that moment.
+and pins the copies to the workers ready at that moment (when none is, and
+replacements start, to those ready once one of them is).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from distex_zmq.errors import PoolClosedError
 from distex_zmq.results import TaskFuture
 from distex_zmq.runtime.loop import Runtime
 from distex_zmq.tasks import TaskMaker
+
+#: Seconds between looks for a ready worker, while none is and some start.
+READY_LOOK = 0.02
 
 
 def pin_to_all_after_drain(
@@ -34,6 +38,14 @@ def pin_to_all_after_drain(
         return task
 
     def pin() -> None:
+        if runtime.closing:
+            dropped()
+            return
+        if not runtime.broker.registry.ready_count and runtime.supervisor.placement.starting_count:
+            # right after deaths no worker is ready, and their replacements
+            # start: it would run nowhere, and return [] without a word
+            runtime.loop.call_later(READY_LOOK, pin)
+            return
         # a caller that stopped waiting (run_on_all_async cancelled) pins
         # nothing; this runs inside the broker's handling of a result, which
         # an InvalidStateError here would cut short
