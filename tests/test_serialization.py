@@ -644,6 +644,17 @@ def test_unpicklable_argument_raises_in_the_caller_at_submit(shared_pool):
     assert shared_pool.run(tasks.square, 3) == 9
 
 
+def test_an_open_file_does_not_pickle_as_with_a_process_pool(shared_pool, tmp_path):
+    # cloudpickle, which the default pickler falls back to, sent a text file
+    # open for reading as an io.StringIO of what was left to read
+    path = tmp_path / "lines.txt"
+    path.write_text("one\ntwo\n")
+    with open(path) as f, pytest.raises(TypeError, match="cannot pickle '_io.TextIOWrapper'"):
+        shared_pool.submit(tasks.identity, f)
+    with pytest.raises(SerializationError, match="TextIOWrapper"):
+        shared_pool.run(open, str(path))
+
+
 def _read_until_error(results):
     """The values a map yields before it raises, and what it raises."""
     values = []
