@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import gc
 import glob
+import logging
 import os
 import shutil
 import signal
@@ -1135,6 +1136,15 @@ def test_shutdown_does_not_wait_for_ever_for_an_initializer_that_does_not_return
             assert isinstance(future.exception(timeout=0), PoolClosedError), future
         else:
             assert future.cancelled(), future
+
+
+def test_a_pool_shut_down_as_it_starts_says_nothing_and_leaves_nothing(caplog):
+    # its start is cut short, with nothing to run: no news for the user
+    before = child_pids()
+    with caplog.at_level(logging.WARNING, logger="distex_zmq"):
+        Pool(2).shutdown()
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert wait_until(lambda: child_pids() <= before, timeout=10)
 
 
 def test_unknown_worker_loop_is_a_value_error():

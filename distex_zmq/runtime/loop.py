@@ -422,8 +422,13 @@ class Runtime:
             if not start.done():
                 start.cancel()
                 if not self.started.cancelled():  # (a second shutdown may wait here too)
-                    why = "no task is left" if idle else f"within {timeout:g} s"
-                    _logger.warning("shutdown: the pool's start did not end (%s); stopping", why)
+                    # a pool shut down as it starts, with nothing to run, is
+                    # no news; a start that outlasts the timeout is
+                    _logger.log(
+                        logging.DEBUG if idle else logging.WARNING,
+                        "shutdown: the pool's start did not end (%s); stopping",
+                        "no task is left" if idle else f"within {timeout:g} s",
+                    )
                     self.started.cancel()  # the start tears down what it started
                 with contextlib.suppress(BaseException):
                     await asyncio.wrap_future(self.started)
