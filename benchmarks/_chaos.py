@@ -131,7 +131,7 @@ class LogCounter(logging.Handler):
             self.reconnected.append((time.time(), message))
         elif message.startswith("cannot reconnect"):
             self.counts["failed reconnect attempts (pool log)"] += 1
-        elif " was lost: " in message:
+        elif " was lost (" in message:
             self.counts["workers lost (pool log)"] += 1
             if found := _REQUEUED.search(message):
                 self.counts["tasks to run again (pool log)"] += int(found[1])

@@ -318,7 +318,7 @@ def test_a_remote_worker_cut_off_past_its_grace_is_replaced(
             assert wait_until(journal.exists, timeout=30)
             with _refuse_connections(port):
                 _cut(port)
-                assert wait_until(lambda: " was lost: " in caplog.text, timeout=30), caplog.text
+                assert wait_until(lambda: " was lost (" in caplog.text, timeout=30), caplog.text
             other = future.result(timeout=60)
             assert other != pid
             assert journal.read_text() == f"{pid}\n{other}\n"  # it ran again, elsewhere

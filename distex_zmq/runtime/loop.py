@@ -60,6 +60,9 @@ FAILED_STOP_GRACE = 0.5
 #: Seconds a shutdown waits for the tasks submitted while no worker is
 #: ready (every host lost, say): then it stops, and they fail.
 DRAIN_WITHOUT_WORKERS = 30.0
+#: Seconds a shutdown with no task left waits for a start still going on
+#: (the last workers starting) before it cuts the start short.
+IDLE_START_GRACE = 5.0
 
 
 class Runtime:
@@ -419,6 +422,12 @@ class Runtime:
             )
             idle = nothing_left.done()
             nothing_left.cancel()
+            if idle and not start.done():
+                # a start that is about to end (the last workers importing)
+                # ends as usual, its workers stopped as those of a pool up
+                left = None if deadline is None else max(0.0, deadline - self.loop.time())
+                grace = IDLE_START_GRACE if left is None else min(left, IDLE_START_GRACE)
+                await asyncio.wait([start], timeout=grace)
             if not start.done():
                 start.cancel()
                 if not self.started.cancelled():  # (a second shutdown may wait here too)
