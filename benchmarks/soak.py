@@ -95,8 +95,8 @@ class Soak:
 
     def cpu(self, tag: str) -> None:
         # CPU-bound inputs of 3 ms in chunks of 4: a worker's watch thread
-        # sends pieces of each chunk while it runs (such maps hung for ever
-        # when an empty last piece came after the map had yielded its chunk)
+        # sends pieces of each chunk while it runs, and the chunk's own last
+        # result may come after the map yielded it
         n = self.rng.randint(50, 300)
         self.counts["tasks"] += n
         inputs = [(f"{tag}{x}", x, -0.003) for x in range(n)]

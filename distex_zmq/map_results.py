@@ -221,8 +221,7 @@ class MapResults:
         # worker's own empty result of a chunk whose every result went in its
         # watch thread's pieces (the watch looked after the last input
         # returned) comes after those, and may come after the map yielded
-        # the chunk; taken as a piece, it opened the chunk again, which then
-        # never finished, and the map waited for ever.
+        # the chunk, which, taken as a piece, it would open again for ever.
         sizes = self._sizes
         # inputs answered by the results taken, for the progress: they count
         # as they arrive, not as they are yielded (an ordered map holds them

@@ -190,7 +190,7 @@ def code_reduce(obj: types.CodeType) -> Any:
 #: and its own; but for cloudpickle's of a text file open for reading, which
 #: sends a copy of what is left to read as an ``io.StringIO``: a file does
 #: not pickle, as with pickle and ``ProcessPoolExecutor`` (standard pickle
-#: failing on it sent it here by value).
+#: fails on it, which sends it here by value).
 _REDUCERS = {
     **{k: v for k, v in cloudpickle.Pickler._dispatch_table.items() if k is not io.TextIOWrapper},
     types.CodeType: code_reduce,

@@ -396,7 +396,6 @@ class Runtime:
 
     async def _shutdown(self, drain: bool, cancel_futures: bool, timeout: float | None) -> None:
         deadline = None if timeout is None else self.loop.time() + timeout
-        broker = self.broker
         if cancel_futures:
             # also while the start goes on (an initializer that does not
             # return): the tasks that wait for it never started
@@ -410,13 +409,7 @@ class Runtime:
             # wait for it, but no longer than ``timeout``, nor once no task
             # is left to run (none was submitted, or all were cancelled).
             start = asyncio.ensure_future(asyncio.shield(asyncio.wrap_future(self.started)))
-            nothing_left: asyncio.Future[None] = self.loop.create_future()
-
-            def on_drained() -> None:
-                if not nothing_left.done():
-                    nothing_left.set_result(None)
-
-            broker.when_drained(on_drained)
+            nothing_left = self._drained()
             await asyncio.wait(
                 [start, nothing_left], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
@@ -449,24 +442,28 @@ class Runtime:
         if self.closing:
             return
         if cancel_futures:
-            self._cancel_queued()
+            self._cancel_queued()  # those put back since (their worker lost)
         if drain:
             timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
-            drained: asyncio.Future[None] = self.loop.create_future()
-
-            def on_drained() -> None:
-                if not drained.done():
-                    drained.set_result(None)
-
-            broker.when_drained(on_drained)
             try:
-                await asyncio.wait_for(self._drain(drained), timeout)
+                await asyncio.wait_for(self._drain(self._drained()), timeout)
             except asyncio.TimeoutError:
                 _logger.warning("shutdown: tasks still running after %s s; stopping", timeout)
         if self.closing:
             return
         # after a failure, or for tasks dropped, nothing is worth waiting for
         await self._teardown(STOP_GRACE if drain and self.error is None else FAILED_STOP_GRACE)
+
+    def _drained(self) -> asyncio.Future[None]:
+        """A future done once every task submitted so far has finished."""
+        drained: asyncio.Future[None] = self.loop.create_future()
+
+        def on_drained() -> None:
+            if not drained.done():
+                drained.set_result(None)
+
+        self.broker.when_drained(on_drained)
+        return drained
 
     def _cancel_queued(self) -> None:
         """Cancel the tasks that no worker holds (``cancel_futures``)."""
