@@ -710,7 +710,8 @@ def _explain(t: SSHTarget, e: BaseException, stage: str = "login") -> str:
         # key exchange did not come within its timeout
         detail = str(e).removeprefix(_BANNER_ERROR).strip()
         cause = e.__context__  # paramiko raises its own in its except block
-        if isinstance(cause, EOFError):
+        if isinstance(cause, (EOFError, ConnectionError)):
+            # a close comes as either, as the pool's own greeting went first or not
             detail = "the connection was closed"
         timed_out = not detail or detail == "No existing session" or "timed out" in detail
         if stage == "greeting":
