@@ -57,6 +57,9 @@ class TaskPart(Task):
             refs=source.refs,
         )
         self.first = first
+        # its inputs were in the chunk when it killed a worker, if it did
+        self.tries = source.tries
+        self.max_retries = source.max_retries
 
     @property
     def shown_id(self) -> int:

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from distex_zmq.errors import TaskTimeoutError, WorkerLostError
+from distex_zmq.wire import frames as p
 
 from .dispatch import Dispatcher
 from .ledger import Ledger
@@ -120,10 +121,12 @@ class Losses:
 
         A worker that dies with one task was killed by it: the task counts a
         try, and fails with ``WorkerLostError`` once it has used up
-        ``max_retries``. A worker that dies with several tasks, cancelled
-        ones too (they may have killed it), leaves the blame open: they go
-        back to the front of the queue as suspects, each to run alone, so
-        that a second death names the task that caused it.
+        ``max_retries``; a chunk's inputs then run one per task
+        (``FLAG_ONE_BY_ONE``), so that only the input to blame fails. A
+        worker that dies with several tasks, cancelled ones too (they may
+        have killed it), leaves the blame open: they go back to the front of
+        the queue as suspects, each to run alone, so that a second death
+        names the task that caused it.
         A ``timed_out`` task fails with ``TaskTimeoutError`` and is not retried.
         ``blameless``: the worker was cut off with its host, which no task
         caused; its tasks go back to the queue as they were.
@@ -229,6 +232,11 @@ class Losses:
             limit = self._max_retries if task.max_retries is None else task.max_retries
             if task.tries > limit:
                 return _killed_its_worker(task, rec, how, limit)
+            if task.flags & p.FLAG_CHUNK:
+                # which of its inputs killed the worker is not known: they
+                # run again one per task (each counts the try), so that the
+                # next death names the input, and the others run as usual
+                task.flags |= p.FLAG_ONE_BY_ONE
             return None
         task.suspect = True
         return None

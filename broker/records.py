@@ -203,8 +203,12 @@ class Task:
         """``task 12 (f, input #3 of a map)``, for error messages."""
         what = self.name or "?"
         if self.index is not None:
-            part = "chunk" if self.flags & p.FLAG_CHUNK else "input"
-            what += f", {part} #{self.index} of a map"
+            if self.flags & p.FLAG_ONE_BY_ONE:
+                # the map, which knows where its chunks start, names the input
+                what += f", input {self.first} of chunk #{self.index} of a map"
+            else:
+                part = "chunk" if self.flags & p.FLAG_CHUNK else "input"
+                what += f", {part} #{self.index} of a map"
         return f"task {self.shown_id} ({what})"
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from distex_zmq.broker import Task
 from distex_zmq.chunk_load import Unloaded, load_each
-from distex_zmq.errors import SerializationError
+from distex_zmq.errors import SerializationError, TaskOrigin
 from distex_zmq.map_index import InputNumbers, mark_input
 from distex_zmq.map_sizing import ChunkSizer
 from distex_zmq.progress import Progress
@@ -23,6 +23,7 @@ from distex_zmq.task_errors import (
     TolerantUnpickler,
     name_not_found,
     name_task,
+    renamed,
     result_unloadable_hint,
     tolerated_error,
 )
@@ -40,11 +41,25 @@ _may_hold_item_error = re.compile(ItemError.__name__.encode()).search
 
 def _input_error(task: Task, error: BaseException, index: int) -> BaseException:
     """The ``error`` of input ``index`` of chunk ``task``, marked with that
-    input; one the worker made names it (``task 12 (f, input #3 of a map)``)."""
+    input; one the worker made names it (``task 12 (f, input #3 of a map)``),
+    and so does one the broker made of a chunk that ran one input per task
+    (which names the input by its place in its chunk)."""
+    described = f"task {task.shown_id} ({task.name or '?'}, input #{index} of a map)"
     if type(error) is SerializationError:
-        what = f"{task.name or '?'}, input #{index} of a map"
-        name_task(error, task.id, f"task {task.shown_id} ({what})")
+        name_task(error, task.id, described)
+    elif task.flags & p.FLAG_ONE_BY_ONE and isinstance(error, TaskOrigin):
+        renamed(error, task.describe(), described)
     return mark_input(error, index)
+
+
+def _chunk_error(task: Task, error: BaseException, start: int, size: int) -> BaseException:
+    """The ``error`` that chunk ``task`` failed with as a whole (of its
+    ``size`` inputs, the first is ``start``), marked with its first input;
+    one the broker made says which inputs the chunk held."""
+    if isinstance(error, TaskOrigin) and size > 1:
+        what = task.describe()
+        renamed(error, what, f"{what[:-1]}: inputs #{start} to #{start + size - 1})")
+    return mark_input(error, start)
 
 
 def _load_each(
@@ -133,13 +148,16 @@ def _result_bytes(value: Any) -> int:
     return size + sum(memoryview(b).nbytes for b in buffers) if buffers else size
 
 
-def _is_piece(seq: int, status: int, value: Any, answered: dict[int, int]) -> bool:
+def _is_piece(task: Task, status: int, value: Any, answered: dict[int, int]) -> bool:
     """Whether a chunk's result is a piece of it: a part of its results
     (more follow), the rest after an earlier part, or a part handed back and
-    run as a task of its own (its value carries where its inputs start)."""
-    return (
-        seq in answered or status == p.STATUS_PARTIAL or (type(value) is tuple and len(value) > 3)
-    )
+    run as a task of its own (its value carries where its inputs start; an
+    error that the broker made for it does not, the task does)."""
+    if task.tag in answered or status == p.STATUS_PARTIAL:
+        return True
+    if type(value) is tuple:
+        return len(value) > 3
+    return bool(task.first or task.in_pieces)
 
 
 class MapResults:
@@ -234,7 +252,7 @@ class MapResults:
                 entry = results.popleft()
                 task, status, value = entry
                 seq = task.tag
-                if task.flags & p.FLAG_CHUNK and _is_piece(seq, status, value, answered):
+                if task.flags & p.FLAG_CHUNK and _is_piece(task, status, value, answered):
                     if seq in sizes:
                         arrived += len(self._add_piece(task, status, value)[1])
                     continue
@@ -249,7 +267,7 @@ class MapResults:
                 entry = results.popleft()
                 task, status, value = entry
                 seq = task.tag
-                if task.flags & p.FLAG_CHUNK and _is_piece(seq, status, value, answered):
+                if task.flags & p.FLAG_CHUNK and _is_piece(task, status, value, answered):
                     if seq not in sizes:
                         continue  # a late piece of a chunk yielded whole (above)
                     offset, items, whole = self._add_piece(task, status, value)
@@ -385,6 +403,8 @@ class MapResults:
                 # of a chunk's results, each that does not load fails its input only
                 loaded = _load_each(task, status, value, loads, start, e) if chunk else None
                 if loaded is None:
+                    if chunk:
+                        e = _chunk_error(task, e, start, self._sizes.get(task.tag, 0))
                     self._pending_error = mark_input(e, start)
                     return
                 result = loaded

@@ -12,7 +12,7 @@ import io
 import pickle
 import re
 import types
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import SerializationError
 from .serialization import PickleType
@@ -259,6 +259,14 @@ _BY_NAME_ONLY = re.compile(r"lambda|local object|__main__|attribute lookup")
 def name_task(error: SerializationError, task_id: int, description: str) -> SerializationError:
     """``error`` with ``task N`` in its message replaced by the task's
     ``description`` (``task 12 (f, input #3 of a map)``)."""
+    return renamed(error, f"task {task_id}", description)
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def renamed(error: _E, old: str, new: str) -> _E:
+    """``error`` with the first ``old`` in its message replaced by ``new``."""
     if error.args and isinstance(error.args[0], str):
-        error.args = (error.args[0].replace(f"task {task_id}", description, 1),)
+        error.args = (error.args[0].replace(old, new, 1), *error.args[1:])
     return error

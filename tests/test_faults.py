@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import faulthandler
+import functools
 import gc
 import linecache
 import logging
@@ -270,6 +271,55 @@ def test_poison_task_in_a_group_of_tiny_tasks_fails_alone(make_pool: MakePool) -
                 future.result()
         else:
             assert future.result() == x * x
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("chunksize", [10, None])
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_poison_input_of_a_chunk_fails_alone_and_is_named(
+    make_pool: MakePool, chunksize: int | None, ordered: bool
+) -> None:
+    # a chunk that kills its worker runs again one input per task: the
+    # inputs beside the poison in its chunk (#30 to #39 at chunksize=10)
+    # yield their results, and the error names the poison, not the chunk
+    pool = make_pool(2)
+    yielded = []
+    with pytest.raises(WorkerLostError) as info:
+        for value in pool.map(
+            functools.partial(ft.poison_at, poison=37),
+            range(60),
+            chunksize=chunksize,
+            ordered=ordered,
+        ):
+            yielded.append(value)
+    assert info.value.index == 37
+    assert re.search(
+        r"^task \d+ \(poison_at, input #37 of a map\) killed its worker each of the 3 "
+        r"times it ran \(the pool's max_retries=2\)",
+        str(info.value),
+    ), str(info.value)
+    if ordered:
+        assert yielded == [x * x for x in range(37)]
+    else:
+        assert 37 * 37 not in yielded
+        assert set(yielded) <= {x * x for x in range(60)}
+    # and the pool goes on
+    assert list(pool.map(ft.square, range(5))) == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.timeout(60)
+def test_a_chunk_that_killed_its_worker_with_no_retry_left_names_its_inputs(
+    make_pool: MakePool,
+) -> None:
+    pool = make_pool(2, max_retries=0)
+    with pytest.raises(WorkerLostError) as info:
+        list(pool.map(functools.partial(ft.poison_at, poison=37), range(60), chunksize=10))
+    assert info.value.index == 30
+    assert re.search(
+        r"^task \d+ \(poison_at, chunk #3 of a map: inputs #30 to #39\) killed its worker "
+        r"and is not run again \(the pool's max_retries=0",
+        str(info.value),
+    ), str(info.value)
 
 
 @pytest.mark.timeout(60)

@@ -205,6 +205,8 @@ class Runner:
                 return
         guess = self._guesses.of(func_id)
         if flags & p.FLAG_CHUNK:
+            if flags & p.FLAG_ONE_BY_ONE and self._hand_back_one_by_one(task_id, args, skip):
+                return
             self._run_chunk(task_id, func, args, flags & p.FLAG_STAR, started, skip, guess)
             return
         try:
@@ -336,14 +338,34 @@ class Runner:
                 )
                 if status != p.STATUS_PARTIAL:
                     return  # the chunk failed with that error: nothing to hand back
-            entries = self.results.entries
-            for mark, data, buffers in parts:
-                size = self.results.body(data, buffers)
-                entries.append(
-                    p.RESULT_ENTRY.pack(task_id, p.STATUS_HANDED_BACK, 0, size, len(buffers), mark)
-                )
+            self._hand_back(task_id, parts)
         else:
             self._add_result(task_id, p.STATUS_OK, rest, started, chunk=True, guess=guess)
+
+    def _hand_back_one_by_one(self, task_id: int, items: Any, skip: int) -> bool:
+        """Hand back the inputs of chunk ``task_id`` (``FLAG_ONE_BY_ONE``)
+        from ``skip`` on, none run, each as a part of its own; return False
+        if there is one (it runs here) or they do not pickle."""
+        items = items if isinstance(items, (tuple, list)) else tuple(items)
+        if len(items) - skip <= 1:
+            return False
+        parts = payload_parts(items, skip, 0, self._data_dumps, len(items) - skip)
+        if parts is None:
+            return False
+        self._hand_back(task_id, parts)
+        return True
+
+    def _hand_back(self, task_id: int, parts: list[tuple[int, bytes, list[Any]]]) -> None:
+        """Add the ``STATUS_HANDED_BACK`` entries of chunk ``task_id``'s
+        ``parts`` (``payload_parts``) to the results, all in one: the broker
+        takes a part for a task of its own only in the message of its chunk's
+        first, and the watch may send the results meanwhile."""
+        handed = p.Writer(p.RESULT)
+        pack = p.RESULT_ENTRY.pack
+        for mark, data, buffers in parts:
+            size = handed.body(data, buffers)
+            handed.entries.append(pack(task_id, p.STATUS_HANDED_BACK, 0, size, len(buffers), mark))
+        self.results.extend(handed)
 
     def _sendable_error(self, task_id: int, e: BaseException) -> RemoteException:
         """``e``, raised by task ``task_id`` (or an input of that chunk), as

@@ -373,13 +373,17 @@ class ResultWatch:
 
 
 def payload_parts(
-    items: Sequence[Any], index: int, offset: int, data_dumps: Callable[..., bytes]
+    items: Sequence[Any],
+    index: int,
+    offset: int,
+    data_dumps: Callable[..., bytes],
+    most: int = HAND_BACK_PARTS,
 ) -> list[tuple[int, bytes, list[Any]]] | None:
-    """The inputs of ``items`` from ``index`` on, in up to ``HAND_BACK_PARTS``
-    chunk payloads (so that several workers take them): ``(mark, pickle,
+    """The inputs of ``items`` from ``index`` on, in up to ``most`` chunk
+    payloads (so that several workers take them): ``(mark, pickle,
     buffers)`` each, ``mark`` the payload index of its first input, where
     ``items[0]`` is at ``offset``; None if they do not pickle."""
-    step = -(-(len(items) - index) // HAND_BACK_PARTS)
+    step = -(-(len(items) - index) // most)
     try:
         return [
             (offset + mark, *dumps(tuple(items[mark : mark + step]), data_dumps))

@@ -82,7 +82,12 @@ broker -> worker:
   at a time, say): its worker polls for the next message for up to
   ``LONE_POLL_US`` before its loop sleeps, which spares the wake-up of a
   sleeping thread when the caller is quick, and the broker, which sent it
-  from an idle pool, polls as long for its result. ``skip`` (chunks only): the
+  from an idle pool, polls as long for its result. ``FLAG_ONE_BY_ONE``
+  marks a chunk that killed its worker: a worker hands back its inputs not
+  answered, each as a part of its own (``STATUS_HANDED_BACK``), before it
+  runs any, so that the next death of a worker names the input to blame
+  and the chunk's other inputs run as usual; a chunk of one such input it
+  runs. ``skip`` (chunks only): the
   inputs of the payload answered already (by a worker that died since),
   which the worker does not run again. A TASK with no entries is a probe
   (``probe()``): the worker does nothing with it; the broker sends it to a
@@ -121,7 +126,7 @@ from typing import Any, NamedTuple
 from distex_zmq.errors import ProtocolError
 
 MAGIC = b"DZMQ"
-VERSION = 7
+VERSION = 8
 
 HELLO = b"H"
 RESULT = b"R"
@@ -136,7 +141,7 @@ MISSING = b"M"
 #: magic, version, message type, number of entries
 HEAD = struct.Struct("!4sHcH")
 #: task id, function id, flags, function pickle length, data length, buffers, skip
-TASK_ENTRY = struct.Struct("!QIBIIHI")
+TASK_ENTRY = struct.Struct("!QIHIIHI")
 #: task id, status, microseconds the task ran, data length, buffers, mark
 RESULT_ENTRY = struct.Struct("!QBIIHI")
 #: the round of a ``CHECK`` and of its ``MISSING``
@@ -163,6 +168,7 @@ FLAG_GROUPED = 16  # one of a group of tiny tasks that share a credit
 FLAG_FLUSH_FIRST = 32  # send the results done so far before starting this task
 FLAG_LONE = 64  # the pool's only task: poll for the next one a moment before sleeping
 FLAG_REF = 128  # not a task: a script function that the next task refers to by id
+FLAG_ONE_BY_ONE = 256  # a chunk that killed its worker: its inputs go back to run one per task
 
 # result status
 STATUS_OK = 0
@@ -417,6 +423,13 @@ class Writer:
         if buffers:
             self.frames.extend(buffers)
         return size
+
+    def extend(self, other: Writer) -> None:
+        """Add the entries of ``other``, with their bodies, as one: another
+        thread's ``take_done`` takes all of them or none (under the GIL)."""
+        self.inline.extend(other.inline)
+        self.frames.extend(other.frames)
+        self.entries.extend(other.entries)
 
     def take_done(self) -> Writer:
         """Move the entries added so far, with their bodies, to a new writer.
