@@ -57,8 +57,9 @@ def _chunk_error(task: Task, error: BaseException, start: int, size: int) -> Bas
     ``size`` inputs, the first is ``start``), marked with its first input;
     one the broker made says which inputs the chunk held."""
     if isinstance(error, TaskOrigin) and size > 1:
-        what = task.describe()
-        renamed(error, what, f"{what[:-1]}: inputs #{start} to #{start + size - 1})")
+        what = f"{task.name or '?'}, chunk #{task.index} of a map"
+        described = f"task {task.shown_id} ({what}: inputs #{start} to #{start + size - 1})"
+        renamed(error, task.describe(), described)
     return mark_input(error, start)
 
 
