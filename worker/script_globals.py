@@ -8,7 +8,10 @@ would be seen by no other function, where a forked ``ProcessPoolExecutor``
 worker has one module that all of them share. So the worker moves each such
 function onto one namespace. A name it brings is added, or replaces the
 value the client sent before (the script's latest); a name that a task
-assigned in the worker keeps the worker's value.
+assigned in the worker keeps the worker's value, and so does one whose value
+a task changed in place (a dict the initializer fills) while the client's
+stayed as it was sent: the worker keeps a digest of each value the client
+sent (``_digest``) to tell.
 
 Functions of the script inside a task's data (a dask graph, a joblib batch)
 are made on that namespace as they are unpickled (``script_rebuild``), once
@@ -28,7 +31,9 @@ from __future__ import annotations
 
 import builtins
 import functools
+import hashlib
 import os
+import pickle
 import sys
 import types
 from typing import Any
@@ -36,6 +41,26 @@ from typing import Any
 from distex_zmq import script_rebuild
 
 _FunctionType = types.FunctionType
+
+#: Values that no task changes in place: they need no digest.
+_UNCHANGING = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    range,
+    frozenset,
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+)
+#: Values whose pickle is larger than this many bytes get no digest: a
+#: value that comes again then replaces the worker's, changed or not.
+DIGEST_MAX = 1 << 20
 
 
 class ScriptNamespace:
@@ -46,6 +71,8 @@ class ScriptNamespace:
         #: name -> the value the client sent last (a value not this one was
         #: assigned by a task: it stays)
         self._sent: dict[str, Any] = {}
+        #: name -> the digest of that value as it came (``_digest``)
+        self._digests: dict[str, bytes | None] = {}
 
     def share(self) -> None:
         """Have the functions of the script that come in task data made on
@@ -95,17 +122,58 @@ class ScriptNamespace:
 
     def bring(self, values: dict[str, Any], done: dict[int, Any] | None = None) -> None:
         """Take the globals a function of the script brings (``values``),
-        but for the names that a task assigned in this worker."""
+        but for the names that a task assigned in this worker, and those
+        whose value a task changed in place while the client's did not
+        change (the same digest as the value sent before)."""
         ns = self.globals
         sent = self._sent
+        digests = self._digests
         done = {} if done is None else done
         for name, value in values.items():
             if name == "__builtins__":
                 continue
             if type(value) is _FunctionType:
                 value = done.get(id(value)) or self._function(value, done)
-            if name not in ns or ns[name] is sent.get(name, ns):
+            if name not in ns:
                 ns[name] = sent[name] = value
+                digests[name] = _digest(value)
+            elif ns[name] is sent.get(name, ns) and value is not ns[name]:
+                digest = _digest(value)
+                if digest is None or digest != digests.get(name):
+                    ns[name] = sent[name] = value
+                    digests[name] = digest
+
+
+def _digest(value: Any) -> bytes | None:
+    """A digest of ``value``'s pickle, to tell whether the client sent the
+    same value again; None for a value that cannot change in place, or whose
+    pickle fails or passes ``DIGEST_MAX``."""
+    if isinstance(value, _UNCHANGING):
+        return None
+    sink = _DigestSink()
+    try:
+        pickle.Pickler(sink, protocol=5, buffer_callback=sink.buffer).dump(value)
+    except Exception:  # noqa: BLE001 - too large, or not for standard pickle
+        return None
+    return sink.hash.digest()
+
+
+class _DigestSink:
+    """A file for ``pickle`` that hashes what is written (buffers too, not
+    copied), up to ``DIGEST_MAX`` bytes."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.blake2b(digest_size=16)
+        self.size = 0
+
+    def write(self, data: Any) -> None:
+        self.size += len(data)
+        if self.size > DIGEST_MAX:
+            raise OverflowError("too large for a digest")
+        self.hash.update(data)
+
+    def buffer(self, buffer: pickle.PickleBuffer) -> None:
+        self.write(buffer.raw())
 
 
 def _of_a_module(func: types.FunctionType) -> bool:

@@ -16,11 +16,36 @@ from concurrent.futures import ProcessPoolExecutor
 MODEL = None
 COUNT = 0
 SCALE = 10
+REGISTRY = {}
+CACHE = {}
+CONFIG = {"scale": 1}
 
 
 def load_model(name):
     global MODEL
     MODEL = f"model:{name}"
+    REGISTRY["model"] = name  # the other way: a dict filled in place
+
+
+def registered(x):
+    return REGISTRY.get("model", "missing"), x
+
+
+def remember(x):
+    CACHE[x] = True
+    return os.getpid(), len(CACHE)
+
+
+def remembered():
+    return os.getpid(), len(CACHE)
+
+
+def config_scale():
+    return CONFIG["scale"]
+
+
+def config_scale_again():
+    return CONFIG["scale"]
 
 
 def predict(x):
@@ -61,6 +86,9 @@ def check(executor, workers):
     # what the initializer set: the classic "load the model once per worker"
     assert executor.submit(predict, 2).result() == ("model:first", 20)
     assert list(executor.map(predict, range(4))) == [("model:first", 10 * i) for i in range(4)]
+    # and what it put in a dict of the script, which the next functions
+    # bring as the client has it, empty
+    assert list(executor.map(registered, range(4))) == [("first", i) for i in range(4)]
     # a partial, a bound method and a recursive function see it too
     assert executor.submit(functools.partial(scaled_fact, by=2), 4).result() == (48, "model:first")
     assert executor.submit(Reader("k").read, 1).result() == ("k", "model:first", 1)
@@ -75,6 +103,11 @@ def check(executor, workers):
         last[pid] = n
     seen = run_on_each(executor, workers, count)
     assert all(seen[pid] == n for pid, n in last.items()), (bumps, seen)
+    # a dict that tasks fill in place too (a cache)
+    fills = [executor.submit(remember, i).result() for i in range(6)]
+    filled = dict(fills)  # each worker's last count
+    seen = run_on_each(executor, workers, remembered)
+    assert all(seen[pid] == n for pid, n in filled.items()), (fills, seen)
     # the script's functions inside a task's data, as dask and joblib send
     # theirs, share them too
     call = operator.methodcaller("__call__", 5)
@@ -124,6 +157,12 @@ def main():
             pool.run_on_all(load_model, "second")
             assert set(pool.run_on_all(predict, 1)) == {("model:second", 10)}
             assert pool.submit(predict, 3).result() == ("model:second", 30)
+            assert set(pool.run_on_all(registered, 1)) == {("second", 1)}
+            # a dict that the script changes in place goes with the next
+            # function that brings it (the control's forked workers keep theirs)
+            assert pool.submit(config_scale).result() == 1
+            CONFIG["scale"] = 3
+            assert set(pool.run_on_all(config_scale_again)) == {3}
     print("OK")
 
 
