@@ -8,6 +8,10 @@ from __future__ import annotations
 
 _in_worker = False
 
+#: The environment variable in which a local worker gets the client's
+#: ``sys.argv`` (JSON), which it takes as its own.
+SCRIPT_ARGV_ENV = "DISTEX_ZMQ_SCRIPT_ARGV"
+
 
 def mark_worker() -> None:
     """Note that this process is a worker of a pool (its main calls this)."""

@@ -55,6 +55,23 @@ def _take_multiprocessing_key() -> None:
         multiprocessing.process.current_process().authkey = bytes.fromhex(key)
 
 
+def _take_script_argv() -> None:
+    """Take the client's ``sys.argv`` that a local worker gets (see
+    ``LocalLauncher.spawn``) as this process's, as a worker that
+    ``ProcessPoolExecutor`` forks or spawns has the script's (not the
+    worker's command line, with its broker's endpoint)."""
+    from distex_zmq.process_role import SCRIPT_ARGV_ENV
+
+    argv = os.environ.pop(SCRIPT_ARGV_ENV, None)
+    if argv:
+        try:
+            value = json.loads(argv)
+        except ValueError:
+            return
+        if isinstance(value, list) and all(isinstance(arg, str) for arg in value):
+            sys.argv[:] = value
+
+
 #: glibc's ``mallopt`` parameters, and the values the worker sets: the
 #: ceilings that glibc's own thresholds reach in a process that has freed a
 #: 32 MiB block (``DEFAULT_MMAP_THRESHOLD_MAX`` and twice it).
@@ -144,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     _die_with_parent(args.parent_pid)
     _keep_freed_memory()
     _take_multiprocessing_key()
+    _take_script_argv()
 
     from distex_zmq.worker.running import flush_std_streams
     from distex_zmq.worker.worker import Worker

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import multiprocessing.process
 import os
@@ -33,6 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from distex_zmq.process_role import SCRIPT_ARGV_ENV
 from distex_zmq.security import MP_AUTHKEY_ENV
 
 _logger = logging.getLogger("distex_zmq.launch.local")
@@ -46,6 +48,9 @@ MAX_LINE = 64 * 1024
 #: Seconds a line a worker has begun waits for its end before what there is
 #: of it is handed on as a partial line.
 PARTIAL_DELAY = 0.1
+#: The longest ``sys.argv`` (as JSON) that local workers take from the client:
+#: Linux refuses to start a process with an environment string of 128 KiB.
+SCRIPT_ARGV_MAX = 64 * 1024
 
 #: Held while a worker is spawned, and by every ``os.fork()`` of the client
 #: as it forks (multiprocessing's fork, a ``ProcessPoolExecutor``): a child
@@ -373,8 +378,16 @@ class LocalLauncher:
         client's ``multiprocessing.Manager`` (a ``Queue`` for progress, a
         ``dict``) passed to its tasks connect with it. It goes in the
         environment, which only this user can read, never the command line.
+        So does the client's ``sys.argv``, which the worker takes as its own,
+        as a worker of ``ProcessPoolExecutor`` has the script's, unless it
+        passes ``SCRIPT_ARGV_MAX``.
         """
         self._env[MP_AUTHKEY_ENV] = multiprocessing.process.current_process().authkey.hex()
+        argv = json.dumps(sys.argv)
+        if len(argv) < SCRIPT_ARGV_MAX:
+            self._env[SCRIPT_ARGV_ENV] = argv
+        else:
+            self._env.pop(SCRIPT_ARGV_ENV, None)
         cmd = [
             *die_with_parent(),
             self.python,

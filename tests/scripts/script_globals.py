@@ -48,6 +48,10 @@ def config_scale_again():
     return CONFIG["scale"]
 
 
+def script_argv():
+    return sys.argv
+
+
 def predict(x):
     return MODEL, x * SCALE
 
@@ -134,6 +138,7 @@ def main():
     if kind == "control":
         with ProcessPoolExecutor(2, initializer=load_model, initargs=("first",)) as executor:
             check(executor, 2)
+            assert executor.submit(script_argv).result() == sys.argv
     else:
         from distex_zmq import PickleType, Pool
 
@@ -153,6 +158,8 @@ def main():
             raise SystemExit(f"unknown executor {kind}")
         with pool:
             check(pool, 2)
+            if kind == "local":  # the script's command line, as the control's
+                assert pool.submit(script_argv).result() == sys.argv, sys.argv
             # run_on_all sets it anew, in every worker
             pool.run_on_all(load_model, "second")
             assert set(pool.run_on_all(predict, 1)) == {("model:second", 10)}
