@@ -186,6 +186,27 @@ def code_reduce(obj: types.CodeType) -> Any:
     return code_with_filename, (make, args, obj.co_filename)
 
 
+#: The formats that ``memoryview.cast`` makes: one native item each.
+_CASTABLE = frozenset("cbBhHiIlLqQnNfd?P")
+
+
+def memoryview_reduce(view: memoryview) -> tuple[Any, tuple[Any, ...]]:
+    """A memoryview goes as a copy of its bytes, and comes as a read-only
+    memoryview of them with its format and shape (cloudpickle sends the
+    bytes alone, so that a view of int32 came as bytes, four per item); a
+    view whose format ``memoryview.cast`` does not make (a struct, a
+    big-endian item, numpy's float16) or with no items comes as bytes."""
+    data = view.tobytes()
+    fmt = view.format[1:] if view.format.startswith("@") else view.format
+    if fmt in _CASTABLE and data:
+        return _memoryview_of, (data, fmt, view.shape)
+    return bytes, (data,)
+
+
+def _memoryview_of(data: bytes, fmt: str, shape: tuple[int, ...]) -> memoryview:
+    return memoryview(data).cast(fmt, shape)
+
+
 #: The reducers that ``ScriptPickler`` applies before copyreg's: cloudpickle's,
 #: and its own; but for cloudpickle's of a text file open for reading, which
 #: sends a copy of what is left to read as an ``io.StringIO``: a file does
@@ -194,6 +215,7 @@ def code_reduce(obj: types.CodeType) -> Any:
 _REDUCERS = {
     **{k: v for k, v in cloudpickle.Pickler._dispatch_table.items() if k is not io.TextIOWrapper},
     types.CodeType: code_reduce,
+    memoryview: memoryview_reduce,
 }
 
 

@@ -655,6 +655,20 @@ def test_an_open_file_does_not_pickle_as_with_a_process_pool(shared_pool, tmp_pa
         shared_pool.run(open, str(path))
 
 
+def test_a_memoryview_keeps_its_format_and_shape(shared_pool):
+    # cloudpickle, which the default pickler falls back to, sent a memoryview
+    # as its bytes: a view of int32 came as four bytes per item
+    ints = memoryview(np.arange(6, dtype=np.int32).reshape(2, 3))
+    back = shared_pool.run(tasks.identity, ints)
+    assert isinstance(back, memoryview)
+    assert (back.format, back.shape, back.tolist()) == ("i", (2, 3), [[0, 1, 2], [3, 4, 5]])
+    strided = memoryview(np.arange(6, dtype=np.float64))[::2]
+    assert shared_pool.run(tasks.identity, strided).tolist() == [0.0, 2.0, 4.0]
+    # a format that memoryview.cast does not make comes as the bytes
+    big_endian = memoryview(np.arange(2, dtype=">i4"))
+    assert shared_pool.run(tasks.identity, big_endian) == big_endian.tobytes()
+
+
 def _read_until_error(results):
     """The values a map yields before it raises, and what it raises."""
     values = []
