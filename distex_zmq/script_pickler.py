@@ -203,7 +203,7 @@ def memoryview_reduce(view: memoryview) -> tuple[Any, tuple[Any, ...]]:
     return bytes, (data,)
 
 
-def _memoryview_of(data: bytes, fmt: str, shape: tuple[int, ...]) -> memoryview:
+def _memoryview_of(data: bytes, fmt: Any, shape: tuple[int, ...]) -> memoryview:
     return memoryview(data).cast(fmt, shape)
 
 
