@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from distex_zmq.errors import PoolClosedError, ProtocolError
+from distex_zmq.errors import SHUT_DOWN, PoolClosedError, ProtocolError
 from distex_zmq.security import KeyPair, make_server
 from distex_zmq.wire import frames as p
 from distex_zmq.wire.frames import RecentFunctions
@@ -158,7 +158,7 @@ class Broker:
         self._lone_poll = LonePoll(LONE_POLL)
         self._closed = False
         #: what ``submit`` raises once the broker is closed
-        self.closed_message = "the pool was shut down; create a new Pool"
+        self.closed_message = SHUT_DOWN
         #: the workers were asked to exit: no task goes to them any more
         self._stopping = False
         self._ctx = ctx
@@ -434,6 +434,10 @@ class Broker:
                 self._reader.poke()  # a send can take the edge of the socket's FD
 
     # barriers: run_on_all and shutdown wait for what was submitted before them
+
+    def active_ids(self) -> set[int]:
+        """The ids of the tasks submitted and not finished."""
+        return set(self._ledger.active)
 
     def when_drained(
         self, callback: Callable[[], None], dropped: Callable[[], None] | None = None

@@ -17,6 +17,10 @@ class PoolClosedError(DistexError, RuntimeError):
     """The pool was shut down; create a new ``Pool`` to run more tasks."""
 
 
+#: What a call of a pool that was shut down raises (``PoolClosedError``).
+SHUT_DOWN = "the pool was shut down; create a new Pool"
+
+
 class ProtocolError(DistexError):
     """A peer spoke another protocol or version, or sent a malformed message."""
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from distex_zmq.broker import Task
+from distex_zmq.errors import SHUT_DOWN, PoolClosedError
 from distex_zmq.map_results import MapResults
 from distex_zmq.map_sizing import ChunkSizer, RunTimes
 from distex_zmq.progress import Progress
@@ -231,7 +232,10 @@ class MapRun:
                 # raises here, and the map then waits for no result of theirs
                 # (their results reach the sink, but the map takes them only
                 # in ``collect``, on this thread, after this)
-                self._queue.submit(tasks)
+                try:
+                    self._queue.submit(tasks)
+                except PoolClosedError as e:
+                    raise _closed_while_read(e, self._results.inputs_submitted) from None
                 self._results.submitted(first, tasks, inputs, chunked)
                 self._next_seq = first + made
                 self.sink.submitted += made
@@ -327,3 +331,16 @@ class MapRun:
         map is over: its progress says so."""
         if self._results.cancel():
             self._queue.wake()
+
+
+def _closed_while_read(error: PoolClosedError, index: int) -> PoolClosedError:
+    """The error of a map whose pool was shut down before it could submit
+    its input ``index``: a map that the shutdown's caller did not read to
+    its end (the shutdown's ``error``, "create a new Pool", is for calls)."""
+    if str(error) != SHUT_DOWN:
+        return error  # at the interpreter's exit, say: that says why
+    return PoolClosedError(
+        f"the pool was shut down before input #{index} of a map was submitted: a map "
+        "submits its inputs as its results are taken; read a map to its end before its "
+        "pool shuts down"
+    )

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from distex_zmq.errors import PoolClosedError
+from distex_zmq.errors import SHUT_DOWN, PoolClosedError
 from distex_zmq.map_sizing import RunTimes
 from distex_zmq.options import Options
 from distex_zmq.results import FutureSink, refuse_wait_on_pool_loop
@@ -49,7 +49,7 @@ class PoolBase(concurrent.futures.Executor):
     def _start(self) -> Runtime:
         with self._lock:
             if self._is_shutdown:
-                raise PoolClosedError("the pool was shut down; create a new Pool")
+                raise PoolClosedError(SHUT_DOWN)
             if self._runtime is None:
                 self._options.fix_log_level()
                 # in a context of its own: what the pool loop schedules while

@@ -8,6 +8,7 @@ import gc
 import glob
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -108,6 +109,37 @@ def test_shutdown_with_cancel_futures_ends_a_map_in_another_thread():
     assert "input #" in str(errors[0])
 
 
+@pytest.mark.timeout(60)
+def test_a_map_read_on_in_another_thread_says_its_inputs_taken_after_the_shutdown_did_not_run():
+    # the shutdown waits for the tasks submitted; the map, which submits its
+    # inputs as its results are taken, takes more while it waits: those fail,
+    # and said they had not finished, as if a task that ran had been cut
+    pool = Pool(2)
+    pool.run_on_all(int, 0)
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def consume():
+        try:
+            results.extend(pool.map(tasks.sleep_return, [0.05] * 200, range(200)))
+        except PoolClosedError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    while not results:
+        time.sleep(0.01)
+    pool.shutdown()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert len(errors) == 1, (len(results), errors)
+    assert re.search(
+        r"shut down before task \d+ \(sleep_return, input #\d+ of a map\) ran: a map submits "
+        r"its inputs as its results are taken, and took this one after the shutdown began",
+        str(errors[0]),
+    ), str(errors[0])
+
+
 @pytest.mark.parametrize("kind", ["map", "map_async"])
 def test_a_map_of_an_async_input_read_after_the_shutdown_raises(kind):
     """A map of an async iterable reads it in a task of its own; an input
@@ -153,6 +185,10 @@ def test_a_map_of_an_async_input_read_after_the_shutdown_raises(kind):
     thread.join(30)
     assert not thread.is_alive(), "the map waits for ever for an input the pool cannot run"
     assert len(outcome) == 1 and isinstance(outcome[0], PoolClosedError), outcome
+    # not "create a new Pool", which is for calls
+    assert "the pool was shut down before input #1 of a map was submitted: a map submits" in str(
+        outcome[0]
+    ), outcome
 
 
 @pytest.mark.parametrize("kind", ["run_on_all", "run_on_all_async"])

@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from distex_zmq.broker import Broker
-from distex_zmq.errors import PoolClosedError, fresh_error
+from distex_zmq.errors import SHUT_DOWN, PoolClosedError, fresh_error
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.options import Options
 from distex_zmq.runtime.state import PoolState
@@ -69,7 +69,7 @@ class Elastic:
             if self._pool.error is not None:
                 raise fresh_error(self._pool.error)
             if self._pool.closing:
-                raise PoolClosedError("the pool was shut down; create a new Pool")
+                raise PoolClosedError(SHUT_DOWN)
             await change()
 
         # in a context of its own, as the pool's start (``PoolBase._start``):

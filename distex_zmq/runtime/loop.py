@@ -92,6 +92,8 @@ class Runtime:
         self._error_told = False
         #: why a shutdown stopped waiting for the tasks (no worker for long)
         self._no_workers: str | None = None
+        #: the ids of the tasks a shutdown waited for (None: it waited for none)
+        self._waited_for: set[int] | None = None
         #: the pool's last status, taken as it was torn down
         self._final_status: PoolStatus | None = None
         self._ctx = zmq.Context()
@@ -445,6 +447,7 @@ class Runtime:
             self._cancel_queued()  # those put back since (their worker lost)
         if drain:
             timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
+            self._waited_for = self.broker.active_ids()
             try:
                 await asyncio.wait_for(self._drain(self._drained()), timeout)
             except asyncio.TimeoutError:
@@ -523,6 +526,7 @@ class Runtime:
             start_error = self.error
 
             no_workers = self._no_workers
+            waited_for = self._waited_for
 
             def error(task: Task) -> BaseException:
                 if start_error is not None:
@@ -530,6 +534,18 @@ class Runtime:
                     return start_error
                 if no_workers is not None:
                     return PoolClosedError(f"{task.describe()} did not run: {no_workers}")
+                if (
+                    task.index is not None
+                    and waited_for is not None
+                    and task.shown_id not in waited_for
+                ):
+                    # a map that another thread reads on, say
+                    return PoolClosedError(
+                        f"the pool was shut down before {task.describe()} ran: a map "
+                        "submits its inputs as its results are taken, and took this one "
+                        "after the shutdown began; read a map to its end before its pool "
+                        "shuts down"
+                    )
                 return PoolClosedError(f"the pool was shut down before {task.describe()} finished")
 
             broker.close(error)
