@@ -85,6 +85,14 @@ class MapContext:
 #: Tasks ``submit_rest`` hands over at once.
 SUBMIT_REST_BATCH = 256
 
+#: Seconds a sync map reads its input before it submits what it read and
+#: takes the results that came meanwhile, once its input proved slow (a
+#: generator that waits on a socket or a queue): the results of the first
+#: inputs then do not wait for the window of inputs after them.
+READ_BUDGET = 0.01
+#: Seconds per input above which an input counts as slow to read (see above).
+SLOW_INPUT = 10e-6
+
 
 def map_window(capacity: int) -> int:
     """Inputs a map keeps between reading and yielding, for workers that hold
@@ -97,6 +105,9 @@ class MapRun:
 
     #: pickled bytes of the latest task (None: none submitted yet)
     _task_bytes: int | None = None
+    #: a read of the input took longer than ``READ_BUDGET``: it is read an
+    #: input at a time, with the time watched (``_feed_slowly``)
+    _slow_input = False
 
     def __init__(
         self,
@@ -269,9 +280,14 @@ class MapRun:
     def _feed_sync(self, it: Iterator[Any], room: int) -> None:
         if self.input_done:
             return
+        if self._slow_input:
+            self._feed_slowly(it, room)
+            return
+        began = time.monotonic()
         size = self._sizer.chunksize
         if size == 1:
             inputs = list(itertools.islice(it, room))
+            self._note_read(began, len(inputs))
             if len(inputs) < room:
                 self.input_done = True
             if inputs:
@@ -285,8 +301,47 @@ class MapRun:
             if len(chunk) < size:
                 self.input_done = True
                 break
+        self._note_read(began, sum(map(len, chunks)))
         if chunks:
             self.submit(chunks, chunked=True)
+
+    def _note_read(self, began: float, read: int) -> None:
+        """``read`` inputs were read since ``began``. A C loop reads quick
+        inputs, where a time check per input would cost more than a task of
+        theirs; once reads take long (and not as a preempted quick loop
+        does, which passes the budget too), the input is read an input at a
+        time, the time watched."""
+        took = time.monotonic() - began
+        if took > READ_BUDGET and took > read * SLOW_INPUT:
+            self._slow_input = True
+
+    def _feed_slowly(self, it: Iterator[Any], room: int) -> None:
+        """Read up to ``room`` tasks' inputs, but submit what was read once
+        ``READ_BUDGET`` has passed (a chunk cut short then goes shorter)."""
+        until = time.monotonic() + READ_BUDGET
+        size = self._sizer.chunksize
+        chunks: list[list[Any]] = []
+        chunk: list[Any] = []
+        while len(chunks) < room:
+            try:
+                item = next(it)
+            except StopIteration:
+                self.input_done = True
+                break
+            chunk.append(item)
+            if len(chunk) == size:
+                chunks.append(chunk)
+                chunk = []
+            if time.monotonic() >= until:
+                break
+        if chunk:
+            chunks.append(chunk)
+        if not chunks:
+            return
+        if size == 1:
+            self.submit([inputs[0] for inputs in chunks])
+        else:
+            self.submit([tuple(inputs) for inputs in chunks], chunked=True)
 
     def collect(self) -> bool:
         """Take delivered results; return whether any can be yielded now."""

@@ -256,6 +256,27 @@ def test_map_buffersize_reads_an_endless_input_only_that_far_ahead(shared_pool, 
     ]
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("chunksize", [None, 1, 5])
+def test_a_slow_input_streams_its_results(shared_pool, chunksize):
+    # a generator that waits for each input (a socket, a queue): the map read
+    # a whole window of them (about 32) at the call, and again before it took
+    # results, so its first result waited for the 32 inputs after it
+    pulled = [0]
+
+    def slow_inputs():
+        for i in range(40):
+            time.sleep(0.03)
+            pulled[0] += 1
+            yield i
+
+    results = shared_pool.map(tasks.square, slow_inputs(), chunksize=chunksize)
+    assert pulled[0] < 10
+    assert next(results) == 0
+    assert pulled[0] < 15, pulled[0]
+    assert list(results) == [i * i for i in range(1, 40)]
+
+
 def test_a_map_with_buffersize_never_iterated_reads_no_more(pool):
     # without a buffersize a map never iterated runs every input (at its
     # drop, at the shutdown), as Executor.map does; with one it runs those
