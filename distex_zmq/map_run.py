@@ -90,8 +90,9 @@ SUBMIT_REST_BATCH = 256
 #: generator that waits on a socket or a queue): the results of the first
 #: inputs then do not wait for the window of inputs after them.
 READ_BUDGET = 0.01
-#: Seconds per input above which an input counts as slow to read (see above).
-SLOW_INPUT = 10e-6
+#: Seconds per input above which an input counts as slow to read (see above):
+#: a chunk of quick inputs whose read was preempted stays well below it.
+SLOW_INPUT = 200e-6
 
 
 def map_window(capacity: int) -> int:
@@ -105,7 +106,7 @@ class MapRun:
 
     #: pickled bytes of the latest task (None: none submitted yet)
     _task_bytes: int | None = None
-    #: a read of the input took longer than ``READ_BUDGET``: it is read an
+    #: the latest read of the input was slow (``_note_read``): it is read an
     #: input at a time, with the time watched (``_feed_slowly``)
     _slow_input = False
 
@@ -263,8 +264,10 @@ class MapRun:
 
     def feed_sync(self, it: Iterator[Any]) -> None:
         if self._task_bytes is None and self.room > 0:
-            # the first input alone: its size tells how many to read ahead
-            self._feed_sync(it, 1)
+            # the first task alone: its size tells how many to read ahead;
+            # read an input at a time, so that an input slow to read shows
+            # before a whole chunk of them was read
+            self._feed_slowly(it, 1)
         room = self.room
         if room > 0:
             self._feed_sync(it, room)
@@ -308,32 +311,37 @@ class MapRun:
     def _note_read(self, began: float, read: int) -> None:
         """``read`` inputs were read since ``began``. A C loop reads quick
         inputs, where a time check per input would cost more than a task of
-        theirs; once reads take long (and not as a preempted quick loop
+        theirs; while reads take long (and not as a preempted quick loop
         does, which passes the budget too), the input is read an input at a
         time, the time watched."""
         took = time.monotonic() - began
-        if took > READ_BUDGET and took > read * SLOW_INPUT:
-            self._slow_input = True
+        self._slow_input = took > READ_BUDGET and took > read * SLOW_INPUT
 
     def _feed_slowly(self, it: Iterator[Any], room: int) -> None:
         """Read up to ``room`` tasks' inputs, but submit what was read once
         ``READ_BUDGET`` has passed (a chunk cut short then goes shorter)."""
-        until = time.monotonic() + READ_BUDGET
+        if self.input_done:
+            return
+        began = time.monotonic()
+        until = began + READ_BUDGET
         size = self._sizer.chunksize
         chunks: list[list[Any]] = []
         chunk: list[Any] = []
+        read = 0
         while len(chunks) < room:
             try:
                 item = next(it)
             except StopIteration:
                 self.input_done = True
                 break
+            read += 1
             chunk.append(item)
             if len(chunk) == size:
                 chunks.append(chunk)
                 chunk = []
             if time.monotonic() >= until:
                 break
+        self._note_read(began, read)
         if chunk:
             chunks.append(chunk)
         if not chunks:
