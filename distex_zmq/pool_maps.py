@@ -76,7 +76,9 @@ class MapsMixin(PoolBase):
 
         The map starts at the call, as ``Executor.map`` does; never
         iterated, it runs all its inputs. Breaking out of the iteration
-        cancels what no worker holds yet. A task that raised raises here
+        cancels what no worker holds yet, once the iterator is closed (at
+        once in ``for x in pool.map(...)``; else by ``close()`` or when it
+        is dropped). A task that raised raises here
         when iteration reaches it. The iterator is a
         ``collections.abc.Generator``; awaited or iterated with ``async
         for``, it raises ``TypeError`` saying to use ``map_async``, and the
