@@ -89,7 +89,11 @@ class Totals:
     queued: int
     #: tasks sent to workers and not answered
     in_flight: int
-    #: tasks that ended with a result
+    #: tasks that ended with a result. Here and in ``queued``, ``in_flight``
+    #: and ``failed``, the parts that a map's chunk hands back to run
+    #: elsewhere (its inputs not started, once it ran long or after it
+    #: killed a worker) count as tasks of their own, which
+    #: ``tasks_submitted`` does not count
     done: int
     #: tasks that ended with an error (raised, lost, timed out, cancelled by
     #: ``shutdown``)
