@@ -398,8 +398,8 @@ class MapRun:
 
 def _closed_while_read(error: PoolClosedError, index: int) -> PoolClosedError:
     """The error of a map whose pool was shut down before it could submit
-    its input ``index``: a map that the shutdown's caller did not read to
-    its end (the shutdown's ``error``, "create a new Pool", is for calls)."""
+    its input ``index`` (a map read on in another thread, say), in place of
+    ``error``'s ``SHUT_DOWN``, which tells a call to create a new Pool."""
     if str(error) != SHUT_DOWN:
         return error  # at the interpreter's exit, say: that says why
     return PoolClosedError(
