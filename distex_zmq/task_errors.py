@@ -8,9 +8,11 @@ decodes the error (``name_task``).
 
 from __future__ import annotations
 
+import importlib.machinery
 import io
 import pickle
 import re
+import sys
 import types
 from typing import Any, TypeVar
 
@@ -258,8 +260,54 @@ _BY_NAME_ONLY = re.compile(r"lambda|local object|__main__|attribute lookup")
 
 def name_task(error: SerializationError, task_id: int, description: str) -> SerializationError:
     """``error`` with ``task N`` in its message replaced by the task's
-    ``description`` (``task 12 (f, input #3 of a map)``)."""
-    return renamed(error, f"task {task_id}", description)
+    ``description`` (``task 12 (f, input #3 of a map)``), and the cause
+    added that only the client knows (``_client_only_module``)."""
+    renamed(error, f"task {task_id}", description)
+    cause = _client_only_module(error)
+    if cause and error.args and isinstance(error.args[0], str):
+        error.args = (f"{error.args[0]}. {cause}", *error.args[1:])
+    return error
+
+
+#: How a worker's error names a module it could not import.
+_NO_MODULE = re.compile(r"No module named '([^']+)'")
+
+
+def _client_only_module(error: SerializationError) -> str:
+    """Why a worker could not import the module that ``error`` names, if
+    the client holds that module but no import by its name finds it: made
+    from a file by importlib or ``runpy.run_path`` (a plugin, say), which a
+    forked process inherits and any other imports in vain. Else ""."""
+    found = _NO_MODULE.search(str(error))
+    if found is None:
+        return ""
+    name = found.group(1)
+    module = sys.modules.get(name)
+    if module is None or _importable(name):
+        return ""
+    origin = getattr(module, "__file__", None)
+    made = f" from {origin}" if origin else ""
+    return (
+        f"In the client, {name!r} is a module made{made} under a name that no import "
+        "finds (importlib's spec_from_file_location, runpy.run_path): import it by its "
+        "name instead, with its directory on sys.path before the pool starts (local "
+        "workers take the client's sys.path then), or with runpy, pass "
+        "run_name='__main__', whose functions go by value"
+    )
+
+
+def _importable(name: str) -> bool:
+    """Whether an import of module ``name`` finds it on ``sys.path`` (its
+    top-level package, for a dotted name), not only in ``sys.modules``."""
+    top = name.partition(".")[0]
+    if not top.isidentifier():
+        return False  # runpy's "<run_path>"
+    try:
+        return importlib.machinery.PathFinder.find_spec(top, sys.path) is not None or (
+            top in sys.builtin_module_names
+        )
+    except (ImportError, ValueError):
+        return False
 
 
 _E = TypeVar("_E", bound=BaseException)

@@ -655,6 +655,34 @@ def test_an_open_file_does_not_pickle_as_with_a_process_pool(shared_pool, tmp_pa
         shared_pool.run(open, str(path))
 
 
+def test_a_module_made_from_a_file_under_a_name_no_import_finds_is_named_as_such(
+    shared_pool, tmp_path
+):
+    # a plugin loaded by path: a forked ProcessPoolExecutor has it, a worker
+    # imports it by name in vain; the worker's advice (install it, add its
+    # directory) did not say why the client has a module no worker finds
+    import importlib.util
+
+    path = tmp_path / "dzq_plugin_by_path.py"
+    path.write_text("def plug(x):\n    return ('plugged', x)\n")
+    spec = importlib.util.spec_from_file_location("dzq_plugin_by_path", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dzq_plugin_by_path"] = module
+    try:
+        spec.loader.exec_module(module)
+        with pytest.raises(SerializationError) as info:
+            shared_pool.run(module.plug, 1)
+    finally:
+        del sys.modules["dzq_plugin_by_path"]
+    assert "No module named 'dzq_plugin_by_path'" in str(info.value)
+    assert (
+        f"In the client, 'dzq_plugin_by_path' is a module made from {path} under a name "
+        "that no import finds (importlib's spec_from_file_location, runpy.run_path)"
+    ) in str(info.value)
+    assert shared_pool.run(tasks.square, 3) == 9  # and the pool goes on
+
+
 def test_a_memoryview_keeps_its_format_and_shape(shared_pool):
     # cloudpickle, which the default pickler falls back to, sent a memoryview
     # as its bytes: a view of int32 came as four bytes per item
