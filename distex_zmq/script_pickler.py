@@ -192,10 +192,11 @@ _CASTABLE = frozenset("cbBhHiIlLqQnNfd?P")
 
 def memoryview_reduce(view: memoryview) -> tuple[Any, tuple[Any, ...]]:
     """A memoryview goes as a copy of its bytes, and comes as a read-only
-    memoryview of them with its format and shape (cloudpickle sends the
-    bytes alone, so that a view of int32 came as bytes, four per item); a
-    view whose format ``memoryview.cast`` does not make (a struct, a
-    big-endian item, numpy's float16) or with no items comes as bytes."""
+    memoryview of them with its format and shape, where cloudpickle's
+    reducer makes it ``bytes`` (a view of int32 items would arrive as four
+    bytes an item); a view whose format ``memoryview.cast`` does not make (a
+    struct, a big-endian item, numpy's float16) or with no items comes as
+    bytes."""
     data = view.tobytes()
     fmt = view.format[1:] if view.format.startswith("@") else view.format
     if fmt in _CASTABLE and data:
