@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import linecache
+import pickle
 import re
 import traceback
 from typing import Any
@@ -52,8 +53,15 @@ class TaskOrigin:
             self.host, self.pid = host, pid
 
 
-class SerializationError(TaskOrigin, DistexError):
-    """A task or its result could not be pickled or unpickled in a worker."""
+class SerializationError(TaskOrigin, DistexError, pickle.PicklingError, TypeError):
+    """A task or its result could not be pickled or unpickled in a worker,
+    or a result in the client.
+
+    Also a ``pickle.PicklingError`` and a ``TypeError``: where
+    ``ProcessPoolExecutor`` hands the caller the pickler's own error (a
+    ``TypeError`` for a lock, a generator or a socket, a ``PicklingError``
+    for what the pickler refuses), code written for it catches this one too.
+    """
 
 
 class WorkerLostError(TaskOrigin, DistexError):

@@ -47,7 +47,7 @@ from distex_zmq.results import (
     TaskFuture,
     cancel_if_cancelled,
 )
-from distex_zmq.serialization import PickleType
+from distex_zmq.serialization import PickleType, check_callable
 
 
 class Pool(StatusMixin, HostsMixin, MapsMixin):
@@ -438,8 +438,10 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
 
         The future completes without the caller running any event loop. It
         can be cancelled until a worker holds its task (each holds up to
-        ``qsize``); from then on it is running. Arguments that cannot be
-        pickled raise here, in the caller.
+        ``qsize``); from then on it is running. A function or arguments that
+        cannot be pickled fail the future with the pickler's error, as under
+        ``ProcessPoolExecutor``: no task is made, and code that handles
+        errors future by future meets it where it looks.
         """
         return self._submit_named(None, fn, args, kwargs)
 
@@ -455,7 +457,13 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         of ``fn``'s name (the joblib backend names the functions of a batch),
         and ``max_retries`` for the task instead of the pool's."""
         runtime = self._live_runtime()
-        task = self._tasks.call(fn, args, kwargs, self._future_sink, name=name)
+        check_callable(fn)  # a call that is wrong in itself raises here
+        try:
+            task = self._tasks.call(fn, args, kwargs, self._future_sink, name=name)
+        except Exception as e:  # the pickler's
+            failed: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            failed.set_exception(e)
+            return failed
         task.max_retries = max_retries
         future = TaskFuture(task, runtime.loop, runtime.wake_broker)
         try:

@@ -459,7 +459,7 @@ def _same(obj: Any) -> Any:
     return obj
 
 
-def _checked_callable(func: Any) -> None:
+def check_callable(func: Any) -> None:
     """Raise here, not in a worker, if ``func`` cannot be called."""
     if not callable(func):
         raise TypeError(
@@ -545,7 +545,7 @@ class FunctionCache:
         entry = self._by_func.get(id(func))
         if entry is not None and entry[0]() is func:
             return entry[1], entry[2], entry[3]
-        _checked_callable(func)
+        check_callable(func)
         refs = self.collector() if self.collector is not None and self._plain_first else None
         try:
             pickled = self._pickle(func, refs)

@@ -112,7 +112,7 @@ def test_lambda_and_closure_as_function(func_pickle, make_pool):
 def test_lambda_with_plain_pickle_fails_in_the_caller(make_pool):
     pool = make_pool(1, func_pickle=PickleType.pickle)
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
-        pool.submit(lambda x: x, 1)
+        pool.submit(lambda x: x, 1).result(timeout=0)
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         list(pool.map(lambda x: x, [1]))
     assert pool.run(tasks.square, 3) == 9
@@ -180,7 +180,7 @@ def test_a_pool_cannot_be_pickled_nor_used_by_its_own_tasks(shared_pool):
     pool = shared_pool
     # dill (the default func_pickle) takes the globals and closure cells along
     with pytest.raises(TypeError, match="a task cannot use the pool that runs it"):
-        pool.submit(lambda: pool.total_workers())
+        pool.submit(lambda: pool.total_workers()).result(timeout=0)
     assert shared_pool.run(tasks.square, 2) == 4
 
 
@@ -195,7 +195,7 @@ def test_lambda_as_data(data_pickle, make_pool):
 def test_lambda_as_data_with_explicit_plain_pickle_fails_in_the_caller(make_pool):
     pool = make_pool(1, data_pickle=PickleType.pickle, lazy_create=True)
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
-        pool.submit(tasks.apply, lambda: 1)
+        pool.submit(tasks.apply, lambda: 1).result(timeout=0)
 
 
 @pytest.mark.parametrize("func_pickle", FUNC_PICKLE_TYPES, ids=lambda t: t.name)
@@ -634,13 +634,17 @@ def test_a_script_function_that_reads_a_global_memmap_pickles_with_dill(memmap_f
     assert function_loads(PickleType.dill)(pickled)(1) == ("ndarray", float(mm[1:].sum()))
 
 
-def test_unpicklable_argument_raises_in_the_caller_at_submit(shared_pool):
+def test_unpicklable_argument_fails_the_future_of_submit(shared_pool):
+    made = shared_pool.status().totals.tasks_submitted
+    future = shared_pool.submit(tasks.identity, tasks.Unpicklable())
     with pytest.raises(pickle.PicklingError, match="refuses to be pickled"):
-        shared_pool.submit(tasks.identity, tasks.Unpicklable())
+        future.result(timeout=0)
     with pytest.raises(pickle.PicklingError):
         shared_pool.run(tasks.identity, tasks.Unpicklable())
-    with pytest.raises(TypeError, match="pickle"):
-        shared_pool.submit(tasks.identity, x=__import__("threading").Lock())
+    future = shared_pool.submit(tasks.identity, x=__import__("threading").Lock())
+    assert isinstance(future.exception(timeout=0), TypeError)
+    assert "pickle" in str(future.exception())
+    assert shared_pool.status().totals.tasks_submitted == made  # no task was made of them
     assert shared_pool.run(tasks.square, 3) == 9
 
 
@@ -650,7 +654,7 @@ def test_an_open_file_does_not_pickle_as_with_a_process_pool(shared_pool, tmp_pa
     path = tmp_path / "lines.txt"
     path.write_text("one\ntwo\n")
     with open(path) as f, pytest.raises(TypeError, match="cannot pickle '_io.TextIOWrapper'"):
-        shared_pool.submit(tasks.identity, f)
+        shared_pool.submit(tasks.identity, f).result(timeout=0)
     with pytest.raises(SerializationError, match="TextIOWrapper"):
         shared_pool.run(open, str(path))
 
@@ -1725,7 +1729,7 @@ def test_a_result_or_argument_too_deep_to_pickle_says_so(data_pickle, make_pool)
     with pytest.raises(SerializationError, match=hint):
         list(pool.map(tasks.nested, [2, 100_000, 3], chunksize=3))
     with pytest.raises((RecursionError, pickle.PicklingError)) as info:
-        pool.submit(tasks.identity, tasks.nested(100_000))
+        pool.submit(tasks.identity, tasks.nested(100_000)).result(timeout=0)
     if sys.version_info >= (3, 11):  # add_note
         notes = "".join(info.value.__notes__)
         assert "nested too deeply to pickle" in notes and "pass it flattened" in notes, notes

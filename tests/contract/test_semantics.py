@@ -96,14 +96,25 @@ def test_lambdas_and_closures_run(executor):
     assert list(executor.map(lambda x: x + k, range(3))) == [10, 11, 12]
 
 
-def test_unpicklable_argument_raises_in_the_caller(executor):
-    with pytest.raises(TypeError, match="pickle"):
-        executor.submit(tasks.identity, threading.Lock())
+def test_unpicklable_argument_fails_its_future_as_under_a_process_pool(executor):
+    # ProcessPoolExecutor returns such a future too: a loop that submits a
+    # list and handles errors future by future meets the error where it looks
+    futures = [executor.submit(tasks.identity, x) for x in (1, threading.Lock(), 3)]
+    assert futures[1].done()
+    with pytest.raises(TypeError, match="cannot pickle '_thread.lock' object"):
+        futures[1].result(timeout=0)
+    assert [futures[0].result(timeout=30), futures[2].result(timeout=30)] == [1, 3]
+    with pytest.raises(TypeError, match="cannot pickle"):
+        executor.run(tasks.identity, threading.Lock())
 
 
 def test_unpicklable_result_and_error_are_serialization_errors(executor):
     with pytest.raises(SerializationError, match="could not be pickled"):
         executor.run(tasks.return_lock)
+    # ProcessPoolExecutor raises the pickler's TypeError here: code that
+    # catches that catches this too
+    with pytest.raises(TypeError, match="cannot pickle '_thread.lock' object"):
+        executor.submit(tasks.return_lock).result(timeout=30)
     with pytest.raises(SerializationError, match="UnpicklableError"):
         executor.run(tasks.raise_unpicklable_error)
     assert executor.run(tasks.square, 4) == 16

@@ -82,12 +82,12 @@ def main():
         # a chunk of results of which one does not unpickle in the client
         report(upto_error(pool.map(rebuilt_at_5, range(12), chunksize=4)))
         # in the client: arguments, a map input, a function
-        report(lambda: pool.submit(name_of, threading.Lock()))
+        report(pool.submit(name_of, threading.Lock()).result)
         report(lambda: list(pool.map(name_of, [Color.RED, threading.Lock()], chunksize=1)))
         held = (i for i in range(3))  # neither pickle nor dill takes a generator
-        report(lambda: pool.submit(lambda: next(held)))
+        report(pool.submit(lambda: next(held)).result)
     with Pool(1, data_pickle=PickleType.pickle, lazy_create=True) as plain:
-        report(lambda: plain.submit(name_of, lambda: 1))
+        report(plain.submit(name_of, lambda: 1).result)
 
 
 if __name__ == "__main__":
