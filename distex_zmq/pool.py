@@ -377,8 +377,9 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         With ``wait`` (default) it returns when the submitted tasks have run
         and every worker process has exited; ``cancel_futures`` cancels the
         tasks that have not started. ``timeout`` bounds the wait for tasks:
-        after it the workers are stopped (STOP, then SIGTERM, then SIGKILL)
-        and what did not finish fails with ``PoolClosedError``. A start that
+        after it what did not finish fails with ``PoolClosedError``, and the
+        workers are stopped (STOP, then SIGTERM half a second later, then
+        SIGKILL). A start that
         has not ended (an initializer that does not return) is waited for
         only while tasks are left to run, and within ``timeout``. Idempotent;
         afterwards ``submit`` and every other method raise ``PoolClosedError``

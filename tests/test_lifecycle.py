@@ -1261,6 +1261,22 @@ def test_a_shutdown_does_not_wait_for_ever_for_tasks_no_worker_can_run(tmp_path,
         spawner.stop()
 
 
+def test_a_task_that_outlasts_the_shutdown_timeout_is_stopped_not_waited_for(tmp_path):
+    # its worker had the grace of an orderly shutdown on top of the timeout
+    # (3 s), in which this task ran to its end: shutdown(timeout=0) took
+    # that long, and the task's effects happened after it had failed
+    done = tmp_path / "done"
+    pool = Pool(1)
+    (pid,) = pool.run_on_all(tasks.pid)
+    running = pool.submit(tasks.sleep_touch, str(done), 2.0)
+    assert wait_until(lambda: pool.status().totals.in_flight == 1, timeout=10)
+    pool.shutdown(timeout=0)
+    with pytest.raises(PoolClosedError):
+        running.result(timeout=0)
+    assert not pid_alive(pid)
+    assert not done.exists()
+
+
 def test_shutdown_that_stops_waiting_sends_no_task_to_a_stopped_worker(tmp_path, caplog):
     # the drain timed out: the worker was told to exit, and the tasks still
     # queued fail with the pool; a result that frees the worker's credit
@@ -1269,9 +1285,11 @@ def test_shutdown_that_stops_waiting_sends_no_task_to_a_stopped_worker(tmp_path,
     pool.run(tasks.square, 2)
     # a large result: the worker may be gone by the time the pool reads it
     large = bytes(64 << 20)
-    running = pool.submit(tasks.sleep_return, 0.5, large)
+    running = pool.submit(tasks.sleep_return, 0.25, large)
     queued = [pool.submit(tasks.touch, str(tmp_path / f"q{i}")) for i in range(4)]
-    pool.shutdown(timeout=0.1)
+    assert wait_until(lambda: pool.status().totals.in_flight == 1, timeout=10)
+    # the task ends within the short grace that follows the timeout
+    pool.shutdown(timeout=0.05)
     assert running.result(timeout=10) == large
     for future in queued:
         with pytest.raises(PoolClosedError):

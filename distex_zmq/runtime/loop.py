@@ -54,8 +54,9 @@ _logger = logging.getLogger("distex_zmq.pool")
 
 #: Seconds a worker may take to finish its tasks after STOP before SIGTERM.
 STOP_GRACE = 3.0
-#: The same, when the pool failed (start-up, crash loop) or drops the tasks
-#: that run (the exit of a program that a Ctrl-C ended).
+#: The same, when the pool failed (start-up, crash loop), drops the tasks
+#: that run (the exit of a program that a Ctrl-C ended), or its shutdown's
+#: ``timeout`` ended before they did.
 FAILED_STOP_GRACE = 0.5
 #: Seconds a shutdown waits for the tasks submitted while no worker is
 #: ready (every host lost, say): then it stops, and they fail.
@@ -445,17 +446,21 @@ class Runtime:
             return
         if cancel_futures:
             self._cancel_queued()  # those put back since (their worker lost)
+        timed_out = False
         if drain:
             timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
             self._waited_for = self.broker.active_ids()
             try:
                 await asyncio.wait_for(self._drain(self._drained()), timeout)
             except asyncio.TimeoutError:
+                timed_out = True
                 _logger.warning("shutdown: tasks still running after %s s; stopping", timeout)
         if self.closing:
             return
-        # after a failure, or for tasks dropped, nothing is worth waiting for
-        await self._teardown(STOP_GRACE if drain and self.error is None else FAILED_STOP_GRACE)
+        # after a failure, for tasks dropped, or once the timeout is over
+        # (what still runs has failed), nothing is worth waiting for
+        calm = drain and not timed_out and self.error is None
+        await self._teardown(STOP_GRACE if calm else FAILED_STOP_GRACE)
 
     def _drained(self) -> asyncio.Future[None]:
         """A future done once every task submitted so far has finished."""
