@@ -77,7 +77,7 @@ def case_segfault(make_pool: MakePool) -> Case:
 
 def case_unpicklable_argument(make_pool: MakePool) -> Case:
     pool = make_pool(2)
-    return pool, lambda: pool.submit(ft.takes_arg, threading.Lock())
+    return pool, lambda: pool.submit(ft.takes_arg, threading.Lock()).result(timeout=0)
 
 
 def case_unpicklable_result(make_pool: MakePool) -> Case:
