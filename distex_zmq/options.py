@@ -152,20 +152,19 @@ def local_workers(num_workers: int | None) -> int:
 
 def check_spawner_heartbeat(heartbeat_timeout: float, specs: list[HostSpec]) -> None:
     """Raise ``ValueError`` if a spawner host among ``specs`` would refuse
-    ``heartbeat_timeout``: a spawner takes half of it, within the bounds of
-    its protocol, and would refuse the pool at its start with that half."""
+    ``heartbeat_timeout``, outside the bounds of its protocol, at the pool's
+    start."""
     spawner = next((s for s in specs if not s.is_ssh), None)
     if spawner is None:
         return
     # imported here: a pool without spawner hosts does without it
     from distex_zmq.wire.control import MAX_HEARTBEAT, MIN_HEARTBEAT
 
-    low, high = 2 * MIN_HEARTBEAT, 2 * MAX_HEARTBEAT
-    if not low <= heartbeat_timeout <= high:
+    if not MIN_HEARTBEAT <= heartbeat_timeout <= MAX_HEARTBEAT:
         raise ValueError(
-            f"heartbeat_timeout must be from {low:g} to {high:g} seconds for a pool with "
-            f"spawner hosts such as {spawner} (a spawner stops the pool's workers after "
-            f"half of it), not {heartbeat_timeout!r}"
+            f"heartbeat_timeout must be from {MIN_HEARTBEAT:g} to {MAX_HEARTBEAT:g} seconds "
+            f"for a pool with spawner hosts such as {spawner} (a spawner stops the pool's "
+            f"workers after that silence), not {heartbeat_timeout!r}"
         )
 
 

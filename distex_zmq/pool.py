@@ -150,8 +150,9 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             own workers.
         heartbeat_timeout: Seconds of silence after which a remote host
             counts as lost: its tasks run elsewhere, and the pool reconnects
-            to it when it can. An SSH agent stops its workers after as long
-            without word from the pool, a spawner after half as long. Time
+            to it when it can. An SSH agent or a spawner stops its workers after
+            as long without word from the pool (a spawner after half as
+            long once a connection to it closed, as a killed client's does). Time
             during which this process stood still (Ctrl-Z, a debugger) is no
             silence of a host's, but is silence of the pool's to the hosts.
             A pool with spawner hosts takes one from 1 to 1200 s. It also

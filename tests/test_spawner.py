@@ -254,6 +254,27 @@ def test_a_connection_that_dies_silently_is_closed_and_its_task_runs(hosts, capl
     assert "dropped and came back" in caplog.text, caplog.text
 
 
+def test_a_network_down_for_less_than_the_heartbeat_timeout_loses_no_spawner_host(
+    hosts, caplog, make_pool
+):
+    # the spawner stopped a silent pool's workers after half of
+    # heartbeat_timeout: a link down for 4.5 s of the default 10 lost the
+    # host, its workers and what they had run, where an SSH host rode it out
+    caplog.set_level(logging.WARNING, logger="distex_zmq")
+    pool = make_pool(None, [at(hosts, "dzq-a", 2)])
+    pids = set(pool.run_on_all(tasks.pid))
+    before = hosts.spawner_log("dzq-a")
+    try:
+        hosts.link("dzq-a", up=False)
+        time.sleep(4.5)
+    finally:
+        hosts.link("dzq-a", up=True)
+    assert list(pool.map(tasks.square, range(50))) == [x * x for x in range(50)]
+    assert set(pool.run_on_all(tasks.pid)) == pids
+    assert pool.status().totals.workers_lost == 0, caplog.text
+    assert "silent for" not in hosts.spawner_log("dzq-a")[len(before) :]
+
+
 def test_large_transfers_on_a_slow_link_outlast_the_heartbeat_timeout(hosts, caplog, make_pool):
     # an argument and a result that take longer than heartbeat_timeout to
     # cross the link each: the connection is healthy, and stays

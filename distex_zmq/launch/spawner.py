@@ -118,11 +118,11 @@ class SpawnerLauncher(RemoteLauncher):
             keys=self._worker_keys,
             worker=self._worker,
             workers=spec.num_workers,
-            # the pool pings every quarter of its timeout: after two missed
-            # pings the spawner stops the pool's workers (a killed client's
-            # workers go within seconds), while the pool waits longer
-            # before it gives the host up
-            heartbeat=self._heartbeat_timeout / 2,
+            # the pool pings every quarter of its timeout; the spawner stops
+            # the pool's workers after as long a silence as the pool waits
+            # before it gives the host up (half of it once a connection
+            # closed, as a killed client's does)
+            heartbeat=self._heartbeat_timeout,
         )
         self._send(open_)
         try:

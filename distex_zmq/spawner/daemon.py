@@ -5,7 +5,9 @@ it for workers; it starts them (they connect back to that pool's broker),
 supervises them, reports their exits, forwards what they print to their
 pool (``launch/relay.py``: line by line, dropped rather than queued when the
 pool does not keep up), and kills them when the pool stops, goes silent for
-its heartbeat timeout, or the spawner itself is stopped.
+its heartbeat timeout (half of it once a connection closed: a killed
+client's closes, while a network that is down closes none), or the spawner
+itself is stopped.
 
 ::
 
@@ -58,6 +60,8 @@ ABANDON_GRACE = 1.0
 STOP_LINGER_MS = 500
 #: Log lines about bad requests, at most, per peer (a flood must not fill the disk).
 MAX_LOGGED_PER_PEER = 5
+#: Seconds between two looks at the pools' silence.
+HEARTBEAT_CHECK = 0.25
 #: Refused handshakes logged one by one; after them, one line in this many.
 MAX_LOGGED_HANDSHAKES = 10
 HANDSHAKE_LOG_EVERY = 1000
@@ -152,11 +156,13 @@ class Spawner:
         self._reader = EdgeReader(loop, sock, self._on_request, max_reads=100)
         #: connections refused in the handshake, which never reach ``sock``
         self.refused_handshakes = 0
-        self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
+        self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED)
+        #: when a pool's connection last closed (monotonic; 0.0: none yet)
+        self._closed_at = 0.0
         self._monitor_reader = EdgeReader(loop, self._monitor, self._on_monitor)
         self._stopped: asyncio.Future[str] = loop.create_future()
-        self._check_due = time.monotonic() + control.MIN_HEARTBEAT / 2
-        loop.call_later(control.MIN_HEARTBEAT / 2, self._check_heartbeats)
+        self._check_due = time.monotonic() + HEARTBEAT_CHECK
+        loop.call_later(HEARTBEAT_CHECK, self._check_heartbeats)
 
     @property
     def workers(self) -> int:
@@ -292,9 +298,13 @@ class Spawner:
         return True
 
     def _on_monitor(self, frames: list[zmq.Frame]) -> None:
-        """A connection failed its handshake: log why (the first ones, then
-        one line in ``HANDSHAKE_LOG_EVERY``, so a flood cannot fill the log)."""
+        """A connection closed (noted for ``_check_heartbeats``), or failed its
+        handshake: log why (the first ones, then one line in
+        ``HANDSHAKE_LOG_EVERY``, so a flood cannot fill the log)."""
         event = parse_monitor_message([frame.bytes for frame in frames])
+        if event["event"] == zmq.EVENT_DISCONNECTED:
+            self._closed_at = time.monotonic()
+            return
         if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             return  # a key the ZAP handler refused: it logged it
         self.refused_handshakes += 1
@@ -353,12 +363,21 @@ class Spawner:
         for session in list(self.sessions.values()):
             session.last_heard = min(session.last_heard + late, now)
             silent = now - session.last_heard
-            if silent > session.heartbeat and not session.stopping:
+            # A pool pings every quarter of its timeout. A connection that
+            # closed since it was last heard may have been its own, closed
+            # by its death (a killed client's): then half the timeout tells
+            # it, so that its workers go within seconds. A live pool
+            # connects again and pings within a quarter. A network that is
+            # down closes no connection: the pool gets the whole timeout,
+            # as it gives this host, to ride it out.
+            closed = self._closed_at > session.last_heard
+            limit = session.heartbeat / 2 if closed else session.heartbeat
+            if silent > limit and not session.stopping:
                 why = f"silent for {silent:.1f} s"
                 stop = self._stop_session(session, ABANDON_GRACE, why)
                 run_in_background(self._loop, stop, self._tasks)
-        self._check_due = now + control.MIN_HEARTBEAT / 2
-        self._loop.call_later(control.MIN_HEARTBEAT / 2, self._check_heartbeats)
+        self._check_due = now + HEARTBEAT_CHECK
+        self._loop.call_later(HEARTBEAT_CHECK, self._check_heartbeats)
 
 
 def describe_request(request: control.Message) -> str:

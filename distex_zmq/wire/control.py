@@ -49,7 +49,7 @@ MAX_MESSAGE = 16 * 1024
 #: Largest worker count one pool may ask of one spawner.
 MAX_WORKERS_PER_POOL = 4096
 #: Bounds on the heartbeat timeout a pool may ask of a spawner.
-MIN_HEARTBEAT, MAX_HEARTBEAT = 0.5, 600.0
+MIN_HEARTBEAT, MAX_HEARTBEAT = 1.0, 1200.0
 #: Longest grace a pool may give its workers to stop.
 MAX_GRACE = 60.0
 #: Characters of stderr an exit carries at most (its end): at up to 6 bytes
