@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import threading
 import weakref
@@ -318,8 +319,10 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             # shielded: a wait that is cancelled (a timeout, an interrupted
             # cell) stops waiting; the start goes on, as the sync
             # ``__enter__``'s does (cancelling the wrapped future would
-            # cancel the start itself and tear the pool down)
-            await asyncio.shield(asyncio.wrap_future(runtime.started))
+            # cancel the start itself and tear the pool down). Its error is
+            # raised below, as the pool's (and counted as told).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.wrap_future(runtime.started))
         if runtime.started.exception() is not None:
             # the start cleaned up after itself; its thread is about to end
             while runtime.loop_running:

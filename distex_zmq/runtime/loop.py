@@ -411,7 +411,7 @@ class Runtime:
             # The start goes on (an initializer that does not return, say):
             # wait for it, but no longer than ``timeout``, nor once no task
             # is left to run (none was submitted, or all were cancelled).
-            start = asyncio.ensure_future(asyncio.shield(asyncio.wrap_future(self.started)))
+            start = self._when_started()
             nothing_left = self._drained()
             await asyncio.wait(
                 [start, nothing_left], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -461,6 +461,25 @@ class Runtime:
         # (what still runs has failed), nothing is worth waiting for
         calm = drain and not timed_out and self.error is None
         await self._teardown(STOP_GRACE if calm else FAILED_STOP_GRACE)
+
+    def _when_started(self) -> asyncio.Future[None]:
+        """A future done once the start has ended, however it ended. It
+        carries no error, which an ``asyncio.wrap_future`` of ``started``
+        would: one that the loop ends before it reads it (the start that
+        failed stops the loop) is logged as "never retrieved". Cancelling it
+        leaves the start alone."""
+        ended: asyncio.Future[None] = self.loop.create_future()
+
+        def on_ended() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        def on_started(_: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed
+                self.loop.call_soon_threadsafe(on_ended)
+
+        self.started.add_done_callback(on_started)
+        return ended
 
     def _drained(self) -> asyncio.Future[None]:
         """A future done once every task submitted so far has finished."""
