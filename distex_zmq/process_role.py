@@ -11,6 +11,11 @@ _in_worker = False
 #: The environment variable in which a local worker gets the client's
 #: ``sys.argv`` (JSON), which it takes as its own.
 SCRIPT_ARGV_ENV = "DISTEX_ZMQ_SCRIPT_ARGV"
+#: The environment variable in which a local worker gets the values (JSON:
+#: name -> value, or None for unset) of the variables that its launcher set
+#: for the worker's own start (``PYTHONPATH``, ``PYTHONUNBUFFERED``), which
+#: it puts back, so that the processes its tasks start do not inherit them.
+CLIENT_ENV_ENV = "DISTEX_ZMQ_CLIENT_ENV"
 
 
 def mark_worker() -> None:

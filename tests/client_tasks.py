@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -95,3 +98,14 @@ def fail_once_marked(folder: str) -> None:
     while not os.listdir(folder) and time.monotonic() < end:
         time.sleep(0.01)
     raise KeyError(folder)
+
+
+def env_var(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def child_env(*names: str) -> list[str | None]:
+    """The values of ``names`` in the environment of a process the task starts."""
+    code = f"import json, os; print(json.dumps([os.environ.get(n) for n in {list(names)!r}]))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return list(json.loads(out.stdout))

@@ -6,6 +6,7 @@ the errors of unpicklable tasks say. Scripts run as subprocesses, so that
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import os
 import pickle
@@ -258,6 +259,25 @@ def test_the_proxies_of_a_multiprocessing_manager_reach_it(pool):
         assert [f.result(timeout=30) for f in futures] == [0, 1, 2]
         assert sorted(queue.get(timeout=10) for _ in range(3)) == [0, 1, 2]
         assert dict(shared) == {0: 0, 1: 1, 2: 4}
+
+
+@pytest.mark.parametrize("pythonpath", [None, "/srv/app-of-the-client"])
+def test_a_process_a_task_starts_gets_the_clients_environment(pythonpath, monkeypatch):
+    # the workers got the client's whole sys.path as PYTHONPATH, and every
+    # process that a task started inherited it: another Python failed to
+    # start ("SRE module mismatch"), the system's got this one's packages
+    if pythonpath is None:
+        monkeypatch.delenv("PYTHONPATH", raising=False)
+    else:
+        monkeypatch.setenv("PYTHONPATH", pythonpath)
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
+    names = ("PYTHONPATH", "PYTHONUNBUFFERED")
+    with concurrent.futures.ProcessPoolExecutor(1) as control:
+        expected = control.submit(client_tasks.child_env, *names).result(timeout=60)
+    assert expected == [pythonpath, None]
+    with Pool(1) as pool:
+        assert pool.run(client_tasks.child_env, *names) == expected
+        assert pool.run(client_tasks.env_var, "PYTHONPATH") == pythonpath
 
 
 @pytest.mark.timeout(60)

@@ -72,6 +72,29 @@ def _take_script_argv() -> None:
             sys.argv[:] = value
 
 
+def _restore_client_env() -> None:
+    """Put back the environment variables that the launcher set for this
+    worker's start (``CLIENT_ENV_ENV``): they did their work as the
+    interpreter started, and a task's child processes get the environment
+    that a worker of ``ProcessPoolExecutor`` gives them, the client's."""
+    from distex_zmq.process_role import CLIENT_ENV_ENV
+
+    values = os.environ.pop(CLIENT_ENV_ENV, None)
+    try:
+        restored = json.loads(values) if values else {}
+    except ValueError:
+        return
+    if not isinstance(restored, dict):
+        return
+    for name, value in restored.items():
+        if not isinstance(name, str):
+            continue
+        if value is None:
+            os.environ.pop(name, None)
+        elif isinstance(value, str):
+            os.environ[name] = value
+
+
 #: glibc's ``mallopt`` parameters, and the values the worker sets: the
 #: ceilings that glibc's own thresholds reach in a process that has freed a
 #: 32 MiB block (``DEFAULT_MMAP_THRESHOLD_MAX`` and twice it).
@@ -162,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     _keep_freed_memory()
     _take_multiprocessing_key()
     _take_script_argv()
+    _restore_client_env()
 
     from distex_zmq.worker.running import flush_std_streams
     from distex_zmq.worker.worker import Worker

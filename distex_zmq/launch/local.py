@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from distex_zmq.process_role import SCRIPT_ARGV_ENV
+from distex_zmq.process_role import CLIENT_ENV_ENV, SCRIPT_ARGV_ENV
 from distex_zmq.security import MP_AUTHKEY_ENV
 
 _logger = logging.getLogger("distex_zmq.launch.local")
@@ -361,6 +361,11 @@ class LocalLauncher:
         self.lost = False
         self.processes: dict[bytes, WorkerProcess] = {}
         self._env = dict(os.environ)
+        # for the worker's start only: it puts this process's values back,
+        # which the processes that its tasks start inherit (another Python
+        # given this one's whole path as PYTHONPATH fails to start)
+        started_with = {"PYTHONPATH", "PYTHONUNBUFFERED"}
+        self._env[CLIENT_ENV_ENV] = json.dumps({k: os.environ.get(k) for k in started_with})
         # the workers import what the client can: its path, where '' is the
         # directory it runs in (``python -c``, ``-m``, the REPL)
         paths = [p or os.getcwd() for p in sys.path]
