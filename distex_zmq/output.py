@@ -416,6 +416,7 @@ def emit_log(host: str, pid: int, worker: str, body: bytes) -> None:
         return
     filename = os.path.basename(fields["pathname"])
     created = float(fields["created"])
+    extra = fields.pop("extra")
     record = logging.makeLogRecord(
         {
             **fields,
@@ -432,4 +433,22 @@ def emit_log(host: str, pid: int, worker: str, body: bytes) -> None:
             "worker": worker,
         }
     )
+    for name, value in extra.items():
+        # as ``Logger.makeRecord`` takes ``extra=``, and none that would
+        # hide a method of the record or the pool's own
+        if _free_attribute(record, name):
+            setattr(record, name, value)
     logger.handle(record)
+
+
+def _free_attribute(record: logging.LogRecord, name: Any) -> bool:
+    """Whether ``extra=`` of a worker's record may set attribute ``name``
+    on its copy ``record``: a plain name that it has not, nor its class."""
+    return (
+        isinstance(name, str)
+        and name.isidentifier()
+        and not name.startswith("_")
+        and name not in ("message", "asctime")
+        and name not in record.__dict__
+        and not hasattr(type(record), name)
+    )

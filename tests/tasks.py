@@ -84,6 +84,13 @@ def log_records(logger: str, count: int, level: int = logging.WARNING) -> int:
     return count
 
 
+def log_with_extra(logger: str, user_id: int) -> bool:
+    """Log at WARNING with ``extra=``: a number, a list and an object."""
+    extra = {"user_id": user_id, "tags": ("a", "b"), "payload": object()}
+    logging.getLogger(logger).warning("for user %d", user_id, extra=extra)
+    return True
+
+
 def log_with_stack(logger: str) -> str:
     """Log at WARNING with ``stack_info``, from this thread and from a thread
     named ``helper``; return this thread's name."""

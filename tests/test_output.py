@@ -472,14 +472,21 @@ def test_log_records_are_plain_checked_data(caplog):
         **good,
         "threadName": "MainThread",
         "stack_info": None,
+        "extra": {},
     }
-    full = {**good, "threadName": "helper", "stack_info": "Stack (most recent call last):"}
+    full = {
+        **good,
+        "threadName": "helper",
+        "stack_info": "Stack (most recent call last):",
+        "extra": {"user_id": 42},
+    }
     assert frames.read_log(json.dumps(full).encode()) == full
     for bad in (
         b"[]",
         b"{",
         json.dumps({**good, "lineno": "3"}).encode(),
         json.dumps({**good, "threadName": 3}).encode(),
+        json.dumps({**good, "extra": ["user_id"]}).encode(),
     ):
         with pytest.raises(ProtocolError, match="malformed log record"):
             frames.read_log(bad)
@@ -489,6 +496,28 @@ def test_log_records_are_plain_checked_data(caplog):
     [record] = [r for r in caplog.records if r.name != "distex_zmq.output"]
     assert (record.name, record.host, record.pid, record.worker) == ("user.x", "h", 7, "w-1")
     assert record.getMessage() == "m" and record.filename == "b.py"
+    # extra= sets no attribute that the record has, nor the pool's, nor a method
+    caplog.clear()
+    extra = {"user_id": 42, "host": "x", "lineno": 9, "getMessage": 1, "_p": 1, "a b": 1}
+    emit_log("h", 7, "w-1", json.dumps({**good, "extra": extra}).encode())
+    [record] = [r for r in caplog.records if r.name != "distex_zmq.output"]
+    assert (record.user_id, record.host, record.lineno, record.getMessage()) == (42, "h", 3, "m")
+    assert not hasattr(record, "_p") and not hasattr(record, "a b")
+
+
+@pytest.mark.timeout(60)
+def test_a_log_records_extra_reaches_the_clients_formatters_and_filters(make_pool, caplog):
+    # structured logging: extra={"user_id": 42} was dropped on the way, so
+    # that a client's filter on it never matched and a format with
+    # %(user_id)s failed on every record of a task
+    caplog.set_level(logging.WARNING, logger="user.extra")
+    pool = make_pool(1)
+    assert pool.run(tasks.log_with_extra, "user.extra", 42)
+    [record] = [r for r in caplog.records if r.name == "user.extra"]
+    assert record.user_id == 42 and record.tags == ["a", "b"]
+    assert record.payload.startswith("<object object at")  # not JSON: its repr
+    line = logging.Formatter("%(user_id)s %(tags)s %(message)s").format(record)
+    assert line == "42 ['a', 'b'] for user 42"
 
 
 @pytest.mark.timeout(60)

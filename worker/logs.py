@@ -3,7 +3,8 @@
 ``LogForwarder`` is a handler on the worker's root logger at the pool's
 ``log_level``. It turns each record into plain data (``frames.LOG``: the
 message formatted with its arguments, where and on which thread it was
-emitted, the formatted traceback and ``stack_info``) and sends it to the
+emitted, the formatted traceback and ``stack_info``, and the attributes
+that ``extra=`` gave it) and sends it to the
 broker, which hands it to the client; a record emitted on another thread of
 a task is sent from the worker's loop.
 The worker's own loggers (``distex_zmq.*``) are not forwarded: their
@@ -14,6 +15,7 @@ its other output.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import threading
@@ -21,6 +23,13 @@ from collections.abc import Callable
 from typing import Any
 
 from distex_zmq.wire import frames as p
+
+#: The attributes that every record has, and those a formatter adds to it:
+#: the others are what the call's ``extra=`` (or a filter) put there.
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+#: Characters of an extra value's ``repr`` sent, at most, when the extras
+#: as JSON would pass ``MAX_LOG_TEXT``.
+_SHORT_REPR = 200
 
 
 class LogForwarder(logging.Handler):
@@ -78,4 +87,27 @@ class LogForwarder(logging.Handler):
             "exc_text": exc_text[-p.MAX_LOG_TEXT :] if exc_text else None,
             "threadName": str(record.threadName),
             "stack_info": stack_info[-p.MAX_LOG_TEXT :] if stack_info else None,
+            "extra": _extra(record),
         }
+
+
+def _extra(record: logging.LogRecord) -> dict[str, Any]:
+    """The attributes that ``extra=`` gave ``record`` (``user_id=42``): as they
+    are where JSON keeps them (a number, a string, a list or dict of
+    those), else their ``repr``; shortened reprs if they are too long
+    together, and none past ``MAX_LOG_TEXT``."""
+    extra: dict[str, Any] = {}
+    for name, value in record.__dict__.items():
+        if name in _STANDARD or name.startswith("_"):
+            continue
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError, RecursionError):
+            value = repr(value)
+        extra[name] = value
+    if not extra or len(json.dumps(extra)) <= p.MAX_LOG_TEXT:
+        return extra
+    short = {name: repr(value)[:_SHORT_REPR] for name, value in extra.items()}
+    while short and len(json.dumps(short)) > p.MAX_LOG_TEXT:
+        short.popitem()
+    return short

@@ -356,6 +356,8 @@ LOG_FIELDS: dict[str, type | tuple[type, ...]] = {
 LOG_OPTIONAL_FIELDS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "threadName": (str, "MainThread"),
     "stack_info": ((str, type(None)), None),
+    # the attributes that the call's ``extra=`` gave the record
+    "extra": (dict, {}),
 }
 #: Characters of a log message, and of its traceback, that a ``LOG`` carries at most.
 MAX_LOG_TEXT = 64 * 1024
