@@ -242,7 +242,8 @@ class Supervisor:
                 "(it hung before its code ran, or cannot reach the pool's socket)"
             )
         if tail:
-            how += "; its last stderr lines:\n" + tail + closed_under
+            # the tail may hold what earlier tasks of this worker wrote
+            how += "; its last stderr lines (its earlier tasks' too):\n" + tail + closed_under
         if self.membership.exited(identity, launcher, pid, how):
             self._killed.discard(identity)
             return
