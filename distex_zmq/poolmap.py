@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 
@@ -70,11 +71,11 @@ class PoolMap(Op):
         Op.__init__(self, source)
 
     def set_source(self, source: Event) -> None:
+        inputs = _connected(source)
+
         async def looper() -> None:
             try:
-                async for result in self._pool.map_async(
-                    self._func, source.aiter(tuples=True), **self._kwargs
-                ):
+                async for result in self._pool.map_async(self._func, inputs, **self._kwargs):
                     self.emit(result)
             except Exception as error:
                 self.error_event.emit(self, error)
@@ -87,6 +88,44 @@ class PoolMap(Op):
         task = getattr(self, "_task", None)
         if task:
             task.cancel()
+
+
+def _connected(source: Event) -> AsyncIterator[tuple[Any, ...]]:
+    """What ``source.aiter(tuples=True)`` yields, from now on.
+
+    eventkit's ``aiter`` connects to the source at its first ``__anext__``,
+    once the map's task runs: what the source emitted before (emits in the
+    step that made the map), and its end, would be lost.
+    """
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def on_event(*args: Any) -> None:
+        queue.put_nowait(("", args))
+
+    def on_error(_source: Event, error: Exception) -> None:
+        queue.put_nowait(("ERROR", error))
+
+    def on_done(_source: Event) -> None:
+        queue.put_nowait(("DONE", None))
+
+    async def values() -> AsyncIterator[tuple[Any, ...]]:
+        try:
+            while True:
+                what, value = await queue.get()
+                if not what:
+                    yield value
+                elif what == "ERROR":
+                    raise value
+                else:
+                    return
+        finally:
+            source.disconnect(on_event, on_error, on_done)
+
+    if source.done():
+        on_done(source)
+    else:
+        source.connect(on_event, on_error, on_done)
+    return values()
 
 
 def poolmap(

@@ -678,6 +678,27 @@ def test_eventkit_poolmap_unordered_and_chunked(shared_pool):
     assert collections.Counter(got) == collections.Counter(i * i for i in range(30))
 
 
+def test_eventkit_poolmap_keeps_what_its_source_emitted_as_it_was_made(shared_pool):
+    # eventkit's aiter() connects at its first step, once the map's task
+    # runs: the values emitted in the step that made the map were lost, as
+    # was the source's end if it came then too (the map never ended)
+    async def main():
+        live = ev.Event()
+        mapped = asyncio.ensure_future(live.poolmap(shared_pool, tasks.square).list())
+        for i in range(3):
+            live.emit(i)
+        await asyncio.sleep(0.1)
+        live.emit(3)
+        live.set_done()
+        ended = ev.Event()
+        at_once = asyncio.ensure_future(ended.poolmap(shared_pool, tasks.square).list())
+        ended.emit(5)
+        ended.set_done()
+        return await asyncio.wait_for(mapped, 30), await asyncio.wait_for(at_once, 30)
+
+    assert asyncio.run(main()) == ([0, 1, 4, 9], [25])
+
+
 def test_eventkit_poolmap_of_a_slow_source(shared_pool):
     async def main():
         source = ev.Timer(0.01, count=10)
