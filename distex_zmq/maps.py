@@ -13,6 +13,7 @@ import _signal
 import asyncio
 import concurrent.futures
 import functools
+import inspect
 import itertools
 import logging
 import signal
@@ -25,6 +26,7 @@ from collections.abc import (
     Callable,
     Generator,
     Iterator,
+    Sized,
 )
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -87,7 +89,10 @@ def map_sync(
     results = _sync_results(run, it, event, error, started)
     weakref.finalize(results, _run_unread, run, it, error, started)
     if ctx.unread is not None and error is None:
-        ctx.unread[results] = functools.partial(_submit_unread, run, it, started)
+        sized = any(isinstance(iterable, Sized) for iterable in iterables)
+        ctx.unread[results] = functools.partial(
+            _submit_unread, run, it, started, weakref.ref(results) if sized else None
+        )
     return SyncMap(results, functools.partial(_abandon, run, started))
 
 
@@ -99,13 +104,23 @@ def _abandon(run: MapRun, started: list[bool]) -> None:
     run.cancel()
 
 
-def _submit_unread(run: MapRun, it: Iterator[Any], started: list[bool]) -> None:
+def _submit_unread(
+    run: MapRun,
+    it: Iterator[Any],
+    started: list[bool],
+    sized: weakref.ref[Generator[Any, None, None]] | None,
+) -> None:
     """At the pool's shutdown: a map kept but never iterated submits the
     inputs it has not read, as ``Executor.map`` submits them all at the
     call, so that they run before the pool stops; their results wait for
-    an iteration after it."""
+    an iteration after it. So does a map iterated in part, of an input of
+    known length (``sized``: its results generator; a list, a range), which
+    ``Executor.map`` runs to its end too; one of a generator, which may be
+    endless, does not: its inputs not read fail where it is read on."""
     if started[0]:
-        return
+        results = sized() if sized is not None else None
+        if results is None or inspect.getgeneratorstate(results) != inspect.GEN_SUSPENDED:
+            return  # endless perhaps, read by another thread now, or over
     try:
         run.submit_rest(it)
     except Exception:  # noqa: BLE001 - the pool closed meanwhile: the map raises it

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from distex_zmq import PoolClosedError
 from distex_zmq.launch.local import die_with_parent
 from tests import fault_tasks as ft
 from tests.helpers import MakePool, child_pids, pid_alive, wait_until
@@ -180,6 +181,26 @@ def test_a_map_kept_but_never_iterated_runs_all_its_inputs_by_the_shutdown(
     results = pool.map(ft.square, iter(range(500)))
     pool.shutdown()
     assert list(results) == [x * x for x in range(500)]
+
+
+@pytest.mark.timeout(60)
+def test_a_map_of_a_list_read_in_part_runs_the_rest_by_the_shutdown(make_pool: MakePool) -> None:
+    # as with ProcessPoolExecutor, whose map submits every input at the
+    # call: read once, then left by the shutdown (the end of a with block),
+    # it raised PoolClosedError where it was read on. One of a generator,
+    # which may be endless, still stops where it was read.
+    pool = make_pool(2)
+    of_a_range = pool.map(ft.square, range(3000))
+    of_a_list = pool.map(ft.square, list(range(3000)))
+    of_a_generator = pool.map(ft.square, iter(range(3000)))
+    assert next(of_a_range) == next(of_a_list) == next(of_a_generator) == 0
+    for _ in of_a_list:
+        break  # a for loop left: the map is kept, as the variable holds it
+    pool.shutdown()
+    assert list(of_a_range) == [x * x for x in range(1, 3000)]
+    assert list(of_a_list) == [x * x for x in range(2, 3000)]
+    with pytest.raises(PoolClosedError, match="shut down before input #"):
+        list(of_a_generator)
 
 
 #: A client that starts ``Pool(N)`` under the limit of open files it is
