@@ -194,6 +194,10 @@ class MapResults:
         self._held: dict[int, tuple[Task, int, Any]] = {}
         #: the pickled bytes of their results
         self.held_bytes = 0
+        #: the pickled bytes of the latest result taken (of a task: a chunk's
+        #: results together; None: none yet), which tells how much memory
+        #: the results that wait for the consumer take
+        self.result_bytes: int | None = None
         #: chunks answered in pieces: sequence number -> {first input: results}
         self._pieces: dict[int, dict[int, list[Any]]] = {}
         #: chunks answered in pieces: sequence number -> inputs answered
@@ -261,7 +265,8 @@ class MapResults:
                     arrived += sizes.get(seq, 1)  # a chunk's inputs, or one
                 outstanding.pop(seq, None)
                 held[seq] = entry
-                self.held_bytes += _result_bytes(value)
+                self.result_bytes = size = _result_bytes(value)
+                self.held_bytes += size
             self._move_ordered()
         else:
             while results:
@@ -281,6 +286,8 @@ class MapResults:
                     arrived += sizes.get(seq, 1)
                 outstanding.pop(seq, None)
                 self._ready.append(entry)
+            if self._ready:
+                self.result_bytes = _result_bytes(self._ready[-1][2])
         if progress is not None:
             # also when none arrived: a count held back by the interval
             # between reports is reported once that has passed

@@ -205,12 +205,20 @@ class MapRun:
         if capacity != self._capacity:
             self.sink.resize(*self._fit(capacity))
         window = self._window if self._sizer.chunksize == 1 else self._chunk_window
-        task_bytes = self._task_bytes
         results = self._results
         unyielded = results.unyielded
-        if task_bytes and task_bytes * window > BYTES_AHEAD:
-            # large inputs: about BYTES_AHEAD of them read ahead of the
-            # consumer, those whose results wait for an earlier one included
+        result_bytes = results.result_bytes
+        if result_bytes is None:
+            # how large the results are shows with the first: until then,
+            # what keeps every worker's credits busy (results of 50 MB, a
+            # whole window of them, would all wait for a slow consumer)
+            window = min(window, self._min_window)
+        # the larger of the latest input and result, pickled
+        task_bytes = max(self._task_bytes or 0, result_bytes or 0)
+        if task_bytes * window > BYTES_AHEAD:
+            # large inputs or results: about BYTES_AHEAD of them ahead of
+            # the consumer (read ahead, or answered and waiting for it),
+            # and no fewer tasks than keep every worker's credits busy
             return max(self._min_window, BYTES_AHEAD // task_bytes) - unyielded
         held = results.held
         if not held or self._buffersize is not None or results.held_bytes >= BYTES_AHEAD:

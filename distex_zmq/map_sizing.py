@@ -3,7 +3,8 @@
 With no ``chunksize`` given, a map starts with one input per task and, from
 how long the workers say its tasks ran, groups inputs that take well under
 ``GROUP_BELOW`` seconds into chunks of about ``BATCH_TIME`` seconds of work;
-inputs that take longer are never grouped. An explicit ``chunksize`` is kept.
+inputs that take longer are never grouped, nor those whose results are
+large (``LARGE_RESULT``). An explicit ``chunksize`` is kept.
 
 A pool remembers what the inputs of its recent maps' functions took
 (``RunTimes``): a later map of the same function starts with the chunks that
@@ -28,6 +29,11 @@ GROUP_BELOW = p.GROUP_BELOW_US / 1e6
 BATCH_TIME = 0.002
 #: The largest adaptive chunk.
 MAX_BATCH = 256
+#: Pickled bytes of an input's result from which inputs are not grouped:
+#: beside moving that much a message per input costs little, and a chunk
+#: would hold all its results until its last is done, which the map's
+#: bound on the results waiting for its consumer counts as one.
+LARGE_RESULT = 1 << 20
 
 
 #: Functions whose run times a pool remembers, the most recently mapped.
@@ -95,14 +101,19 @@ class ChunkSizer:
         for back in range(1, count + 1):
             task, status, value = results[-back]
             if status != p.STATUS_PARTIAL and type(value) is tuple and len(value) < 4:
-                self.note_run(value[2], sizes.get(task.tag, 1) or 1)
+                data, buffers = value[0], value[1]
+                size = len(data) + (sum(memoryview(b).nbytes for b in buffers) if buffers else 0)
+                self.note_run(value[2], sizes.get(task.tag, 1) or 1, size)
 
-    def note_run(self, elapsed_us: int, inputs: int) -> None:
-        """Size the next chunks from ``inputs`` that ran ``elapsed_us``."""
+    def note_run(self, elapsed_us: int, inputs: int, result_bytes: int = 0) -> None:
+        """Size the next chunks from ``inputs`` that ran ``elapsed_us`` and
+        whose results took ``result_bytes`` pickled (0: not known)."""
         per_input = elapsed_us / 1e6 / inputs
         old = self._per_input
         self._per_input = per_input = per_input if old is None else 0.7 * old + 0.3 * per_input
         self.chunksize = _inputs_per_chunk(per_input, 2 * self.chunksize)
+        if result_bytes >= LARGE_RESULT * inputs:
+            self.chunksize = 1
         if self._run_times is not None:
             self._run_times.note(self._func_id, per_input)
 

@@ -474,8 +474,34 @@ def test_a_map_held_up_by_its_first_input_reads_only_so_far_ahead(pool, tmp_path
     results.close()
 
 
+def test_large_results_wait_for_a_slow_consumer_bounded_by_bytes(pool):
+    # the map read its whole window (32 tasks here) before it knew how large
+    # the results are, and grouped inputs of large results into chunks,
+    # which count as one task: 50 MiB results held up to 1.4 GB for a
+    # consumer that dropped each. Now about BYTES_AHEAD of them wait, and
+    # no fewer than keep every worker's credits busy
+    size = 8 * 2**20
+    capacity = pool.total_workers() * QSIZE
+    assert map_window(capacity) > BYTES_AHEAD // size + capacity + 2
+    done_before = pool.status().totals.done
+    results = pool.map(tasks.bytes_when_exists, itertools.repeat(None, 60), itertools.repeat(size))
+    assert next(results) == b"x" * size
+
+    def done() -> int:
+        return pool.status().totals.done - done_before
+
+    # the consumer waits: the map runs on until the results ahead of it are full
+    assert wait_until(
+        lambda: done() > 3 and not time.sleep(0.3) and pool.status().totals.in_flight == 0,
+        timeout=30,
+    )
+    assert done() <= 1 + BYTES_AHEAD // size + capacity + 2, done()
+    assert sum(len(r) for r in results) == 59 * size
+
+
 def test_large_results_held_behind_a_slow_input_are_bounded_by_bytes(pool, tmp_path):
-    # 4 MiB results: about BYTES_AHEAD of them held, not HOLD_AHEAD windows
+    # 4 MiB results: about BYTES_AHEAD of them ahead of the consumer, those
+    # held and those in flight together, not HOLD_AHEAD windows
     size = 4 * 2**20
     capacity = pool.total_workers() * QSIZE
     window = map_window(capacity)
@@ -485,8 +511,8 @@ def test_large_results_held_behind_a_slow_input_are_bounded_by_bytes(pool, tmp_p
     results, pulled, consumer = _held_up_map(pool, path, size)
     try:
         read = _read_until_held_up(pool, pulled, done_before)
-        # those held when the bytes ran out, the window then in flight, the first
-        assert window < read <= BYTES_AHEAD // size + window + 1
+        # every worker's credits busy at least; the first, held up, beside
+        assert capacity + 2 <= read <= BYTES_AHEAD // size + 1
     finally:
         open(path, "w").close()
         consumer.join(30)
