@@ -24,6 +24,7 @@ import threading
 import time
 import traceback
 import weakref
+from pathlib import Path
 
 import pytest
 import zmq
@@ -200,6 +201,20 @@ def _untold(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if UNTOLD in r.getMessage()]
 
 
+def _run_script(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as ``python script.py`` in ``tmp_path``."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
 def test_a_failure_no_call_raised_is_logged_at_shutdown_once(failed_pool, caplog):
     # the workers that were up may have run every task before a host was
     # found unreachable: the error, raised by no call, is logged at the
@@ -217,10 +232,9 @@ def test_a_start_that_fails_during_the_shutdown_leaves_no_unread_error(tmp_path)
     # a host still connecting when the tasks are done: the shutdown waits a
     # little for the start, which fails; asyncio logged the error of a
     # future made for that wait as "never retrieved", with its traceback
-    script = tmp_path / "script.py"
-    script.write_text(
-        textwrap.dedent(
-            """
+    proc = _run_script(
+        tmp_path,
+        """
             import logging, socket
             from distex_zmq import Pool
 
@@ -233,16 +247,7 @@ def test_a_start_that_fails_during_the_shutdown_leaves_no_unread_error(tmp_path)
                     pool = Pool(1, [f"127.0.0.1:{port}/1"], connect_timeout=1)
                     print(pool.run(abs, -1))  # on the local worker
                     pool.shutdown()
-            """
-        )
-    )
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=90,
+            """,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "1\n"
@@ -265,10 +270,9 @@ def test_a_script_whose_pool_failed_unseen_says_so_at_its_end(tmp_path):
     # run as ``python script.py``, no logging set up: the pool fails after
     # the script's last call of it, and the script ends without shutdown;
     # the pool's finalizer tells of the error on stderr
-    script = tmp_path / "script.py"
-    script.write_text(
-        textwrap.dedent(
-            """
+    proc = _run_script(
+        tmp_path,
+        """
             import time
             from distex_zmq import Pool
 
@@ -278,16 +282,7 @@ def test_a_script_whose_pool_failed_unseen_says_so_at_its_end(tmp_path):
                 while "failed" not in repr(pool) and time.monotonic() < deadline:
                     time.sleep(0.05)
                 print(repr(pool))
-            """
-        )
-    )
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=90,
+            """,
     )
     assert proc.returncode == 0, proc.stderr
     assert "failed" in proc.stdout
