@@ -151,11 +151,12 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             own workers.
         heartbeat_timeout: Seconds of silence after which a remote host
             counts as lost: its tasks run elsewhere, and the pool reconnects
-            to it when it can. An SSH agent or a spawner stops its workers after
-            as long without word from the pool (a spawner after half as
-            long once a connection to it closed, as a killed client's does). Time
-            during which this process stood still (Ctrl-Z, a debugger) is no
-            silence of a host's, but is silence of the pool's to the hosts.
+            to it when it can. An SSH agent or a spawner stops its workers
+            after as long without word from the pool (a spawner after half
+            as long once a connection to it closed, as a killed client's
+            does). Time during which this process stood still (Ctrl-Z, a
+            debugger) is no silence of a host's, but is silence of the
+            pool's to the hosts.
             A pool with spawner hosts takes one from 1 to 1200 s. It also
             bounds how long a remote worker's connection to the pool may be
             dead unseen (a NAT that forgot it, a firewall that drops it)
@@ -383,13 +384,12 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         tasks that have not started. ``timeout`` bounds the wait for tasks:
         after it what did not finish fails with ``PoolClosedError``, and the
         workers are stopped (STOP, then SIGTERM half a second later, then
-        SIGKILL). A start that
-        has not ended (an initializer that does not return) is waited for
-        only while tasks are left to run, and within ``timeout``. Idempotent;
-        afterwards ``submit`` and every other method raise ``PoolClosedError``
-        (a ``RuntimeError``). A bad ``timeout`` raises ``ValueError``, and a
-        ``wait`` or ``cancel_futures`` other than True or False ``TypeError``,
-        before anything stops.
+        SIGKILL). A start that has not ended (an initializer that does not
+        return) is waited for only while tasks are left to run, and within
+        ``timeout``. Idempotent; afterwards ``submit`` and every other method
+        raise ``PoolClosedError`` (a ``RuntimeError``). A bad ``timeout``
+        raises ``ValueError``, and a ``wait`` or ``cancel_futures`` other
+        than True or False ``TypeError``, before anything stops.
         """
         check_flag("wait", wait)
         check_flag("cancel_futures", cancel_futures)

@@ -4,9 +4,9 @@
 ``log_level``. It turns each record into plain data (``frames.LOG``: the
 message formatted with its arguments, where and on which thread it was
 emitted, the formatted traceback and ``stack_info``, and the attributes
-that ``extra=`` gave it) and sends it to the
-broker, which hands it to the client; a record emitted on another thread of
-a task is sent from the worker's loop.
+that ``extra=`` gave it) and sends it to the broker, which hands it to the
+client; a record emitted on another thread of a task is sent from the
+worker's loop.
 The worker's own loggers (``distex_zmq.*``) are not forwarded: their
 warnings and errors go to the worker's stderr, which reaches the client as
 its other output.
