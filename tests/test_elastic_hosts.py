@@ -147,7 +147,16 @@ def test_a_lost_host_removed_is_not_reconnected(hosts, make_pool):
             return False
 
     assert wait_until(only_here, timeout=30)
-    pool.remove_hosts("dzq-c")  # while the pool tries to reconnect to it
+
+    def connecting() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "distex_zmq ssh dzq-c connect"]
+
+    # while the pool tries to reconnect to it: a login that will not come
+    assert wait_until(connecting, timeout=30)
+    pool.remove_hosts("dzq-c")
+    # it did not wait for that login to fail (up to connect_timeout, 5 s at
+    # most), which the thread's own call ends and then closes what it opened
+    assert any(t.is_alive() for t in connecting())
     assert pool.total_workers() == 1
     hosts.link("dzq-c", up=True)
     time.sleep(RECONNECT_DELAY * 3)

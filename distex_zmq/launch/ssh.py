@@ -130,6 +130,12 @@ class SSHLauncher(RemoteLauncher):
                 "Pool(..., agent_start_timeout=...). Its stderr:\n" + self._tail()
             ) from None
         except BaseException:
+            if (opened.cancelled() or not opened.done()) and connecting in self._threads:
+                # cancelled as it connects (a host removed or a pool shut
+                # down as it reconnects): as on the timeout, the thread
+                # closes what it opens once its call returns; waiting for
+                # that call would hold the caller up to the connect timeout
+                self._threads.remove(connecting)
             await self._close()
             raise
         # the workers' keys to the broker, through the encrypted session, to
