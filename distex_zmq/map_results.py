@@ -15,7 +15,7 @@ from distex_zmq.broker import Task
 from distex_zmq.chunk_load import Unloaded, load_each
 from distex_zmq.errors import SerializationError, TaskOrigin
 from distex_zmq.map_index import InputNumbers, mark_input
-from distex_zmq.map_sizing import ChunkSizer
+from distex_zmq.map_sizing import ChunkSizer, result_bytes
 from distex_zmq.progress import Progress
 from distex_zmq.results import QueueSink, decode
 from distex_zmq.serialization import ItemError
@@ -139,16 +139,6 @@ def _salvaged_error(
     return error
 
 
-def _result_bytes(value: Any) -> int:
-    """The pickled bytes of a delivered result (an error made in the client,
-    which holds no pickle, counts none)."""
-    if type(value) is not tuple:
-        return 0
-    buffers = value[1]
-    size = len(value[0])
-    return size + sum(memoryview(b).nbytes for b in buffers) if buffers else size
-
-
 def _is_piece(task: Task, status: int, value: Any, answered: dict[int, int]) -> bool:
     """Whether a chunk's result is a piece of it: a part of its results
     (more follow), the rest after an earlier part, or a part handed back and
@@ -265,7 +255,7 @@ class MapResults:
                     arrived += sizes.get(seq, 1)  # a chunk's inputs, or one
                 outstanding.pop(seq, None)
                 held[seq] = entry
-                self.result_bytes = size = _result_bytes(value)
+                self.result_bytes = size = result_bytes(value)
                 self.held_bytes += size
             self._move_ordered()
         else:
@@ -287,7 +277,7 @@ class MapResults:
                 outstanding.pop(seq, None)
                 self._ready.append(entry)
             if self._ready:
-                self.result_bytes = _result_bytes(self._ready[-1][2])
+                self.result_bytes = result_bytes(self._ready[-1][2])
         if progress is not None:
             # also when none arrived: a count held back by the interval
             # between reports is reported once that has passed
@@ -366,7 +356,7 @@ class MapResults:
             if seq not in held:
                 return
             entry = held.pop(seq)
-            self.held_bytes -= _result_bytes(entry[2])
+            self.held_bytes -= result_bytes(entry[2])
             ready.append(entry)
             self._next_out += 1
 

@@ -101,21 +101,29 @@ class ChunkSizer:
         for back in range(1, count + 1):
             task, status, value = results[-back]
             if status != p.STATUS_PARTIAL and type(value) is tuple and len(value) < 4:
-                data, buffers = value[0], value[1]
-                size = len(data) + (sum(memoryview(b).nbytes for b in buffers) if buffers else 0)
-                self.note_run(value[2], sizes.get(task.tag, 1) or 1, size)
+                self.note_run(value[2], sizes.get(task.tag, 1) or 1, result_bytes(value))
 
-    def note_run(self, elapsed_us: int, inputs: int, result_bytes: int = 0) -> None:
+    def note_run(self, elapsed_us: int, inputs: int, results_size: int = 0) -> None:
         """Size the next chunks from ``inputs`` that ran ``elapsed_us`` and
-        whose results took ``result_bytes`` pickled (0: not known)."""
+        whose results took ``results_size`` bytes pickled (0: not known)."""
         per_input = elapsed_us / 1e6 / inputs
         old = self._per_input
         self._per_input = per_input = per_input if old is None else 0.7 * old + 0.3 * per_input
         self.chunksize = _inputs_per_chunk(per_input, 2 * self.chunksize)
-        if result_bytes >= LARGE_RESULT * inputs:
+        if results_size >= LARGE_RESULT * inputs:
             self.chunksize = 1
         if self._run_times is not None:
             self._run_times.note(self._func_id, per_input)
+
+
+def result_bytes(value: Any) -> int:
+    """The pickled bytes of a delivered result (an error made in the client,
+    which holds no pickle, counts none)."""
+    if type(value) is not tuple:
+        return 0
+    buffers = value[1]
+    size = len(value[0])
+    return size + sum(memoryview(b).nbytes for b in buffers) if buffers else size
 
 
 def _inputs_per_chunk(per_input: float, most: int) -> int:
