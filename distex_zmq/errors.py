@@ -7,6 +7,7 @@ import linecache
 import pickle
 import re
 import traceback
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 
@@ -26,10 +27,13 @@ class ProtocolError(DistexError):
     """A peer spoke another protocol or version, or sent a malformed message."""
 
 
-class WorkerStartError(DistexError):
+class WorkerStartError(DistexError, BrokenProcessPool):
     """A worker could not start, or its initializer raised.
 
-    The message carries the worker's own error output.
+    The message carries the worker's own error output. Also a
+    ``BrokenProcessPool`` (and so a ``BrokenExecutor``): what
+    ``ProcessPoolExecutor`` raises when its initializer fails, which code
+    written for it catches to make a new pool.
     """
 
 
@@ -64,16 +68,23 @@ class SerializationError(TaskOrigin, DistexError, pickle.PicklingError, TypeErro
     """
 
 
-class WorkerLostError(TaskOrigin, DistexError):
-    """The worker that ran a task died before it returned a result."""
+class WorkerLostError(TaskOrigin, DistexError, BrokenProcessPool):
+    """The worker that ran a task died before it returned a result.
+
+    Also a ``BrokenProcessPool``, what ``ProcessPoolExecutor`` raises for a
+    worker that "terminated in a non-clean fashion", so that code written
+    for it catches this one too. Unlike that executor, the pool is not
+    broken by it: the worker is replaced, the other tasks go on, and the
+    pool takes new ones."""
 
 
 class TaskTimeoutError(TaskOrigin, DistexError, TimeoutError):
     """A task ran longer than the pool's ``task_timeout``; its worker was killed."""
 
 
-class CrashLoopError(DistexError):
-    """Workers died faster than the pool's limit; it stopped replacing them."""
+class CrashLoopError(DistexError, BrokenProcessPool):
+    """Workers died faster than the pool's limit; it stopped replacing them
+    (a ``BrokenProcessPool``: the pool takes no more tasks)."""
 
 
 def fresh_error(error: BaseException) -> BaseException:

@@ -198,6 +198,17 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("executor", ["control", "local"])
+def test_code_written_for_a_process_pool_executor_runs_as_there(executor):
+    # except BrokenProcessPool (to make a new pool) after a task that kills
+    # its worker and after an initializer that raises; a worker is not
+    # "MainProcess" and has a number (current_process()._identity[0]): the
+    # pool raised errors that were no BrokenProcessPool, and its workers
+    # were main processes with no number (IndexError)
+    assert run_script("executor_idioms.py", executor).endswith("OK\n")
+
+
 @pytest.mark.timeout(60)
 def test_a_remote_traceback_shows_the_file_and_lines_of_the_script(tmp_path):
     # a function of the script in a task's data (dask's) goes by value, and

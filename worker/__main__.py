@@ -55,6 +55,26 @@ def _take_multiprocessing_key() -> None:
         multiprocessing.process.current_process().authkey = bytes.fromhex(key)
 
 
+def _name_process(identity: str) -> None:
+    """Give this process, to ``multiprocessing``, the name and number of a
+    pool's worker, as a worker of ``ProcessPoolExecutor`` has them
+    (``ForkProcess-3``, ``_identity`` ``(3,)``), not those of a main process:
+    code that asks ``current_process().name == "MainProcess"`` whether it
+    runs in a worker, or takes ``current_process()._identity[0]`` for a
+    worker's number (a progress bar's row, a GPU), runs as it does there.
+    The number is the pool's count of its workers, from 1 (``identity`` is
+    ``<where>-<number>``, in hex); a replaced worker's successor takes the
+    next, as under ``multiprocessing``."""
+    number = bytes.fromhex(identity).rsplit(b"-", 1)[-1]
+    if not number.isdigit():
+        return
+    import multiprocessing.process
+
+    process = multiprocessing.process.current_process()
+    process._identity = (int(number),)
+    process.name = f"DistexWorker-{int(number)}"
+
+
 def _take_script_argv() -> None:
     """Take the client's ``sys.argv`` that a local worker gets (see
     ``LocalLauncher.spawn``) as this process's, as a worker that
@@ -184,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     _die_with_parent(args.parent_pid)
     _keep_freed_memory()
     _take_multiprocessing_key()
+    _name_process(args.identity)
     _take_script_argv()
     _restore_client_env()
 
