@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import importlib
 import io
+import pickle
 import sys
-import threading
 import types
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +21,7 @@ from cloudpickle import cloudpickle as _cloudpickle
 from . import script_rebuild
 from .memmaps import memmap_reduce
 from .script_pickler import (
+    NEW_LOCKS,
     TYPE_PARAMS,
     ScriptPickler,
     function_reduce,
@@ -39,11 +40,28 @@ from .script_rebuild import (
     singledispatch_args,
 )
 
-#: The type of each lock that a dill pickle makes anew -> what makes one.
-_NEW_LOCKS: dict[type, Any] = {
-    type(threading.Lock()): threading.Lock,
-    type(threading.RLock()): threading.RLock,
-}
+#: The names dill gives the standard streams, which it sends as the worker's own.
+_STD_STREAMS = frozenset({"<stdin>", "<stdout>", "<stderr>"})
+
+
+def _check_file(obj: io.IOBase) -> None:
+    """Raise if ``obj``, a file, must not go to a worker as dill sends it:
+    opened there again by name, in its mode. A file opened for writing
+    (``"w"``) would be emptied, by each worker, of what the client wrote to
+    it; one opened to update (``"r+"``) would be written from its start.
+    dill takes one opened to read or to append."""
+    mode = getattr(obj, "mode", "")
+    name = getattr(obj, "name", None)
+    if not isinstance(mode, str) or not isinstance(name, str) or name in _STD_STREAMS:
+        return
+    if obj.closed or not any(c in mode for c in "wx+"):
+        return
+    raise pickle.PicklingError(
+        f"cannot send the file {name!r}, open in mode {mode!r}, to a worker: it "
+        "would be opened there again, which empties it (mode 'w') or writes over "
+        "it; open the file in the task (mode 'a' appends), or return what to "
+        "write and write it in the client"
+    )
 
 
 def _is_plain_array(obj: Any) -> bool:
@@ -119,8 +137,10 @@ class ScriptClassesPickler(dill.Pickler):
             if reduce is not NotImplemented:
                 self.save_reduce(*reduce, obj=obj)
                 return
-        elif type(obj) in _NEW_LOCKS and id(obj) not in self.memo:
-            self.save_reduce(_NEW_LOCKS[type(obj)], (), obj=obj)
+        elif isinstance(obj, io.IOBase) and id(obj) not in self.memo:
+            _check_file(obj)
+        elif type(obj) in NEW_LOCKS and id(obj) not in self.memo:
+            self.save_reduce(NEW_LOCKS[type(obj)], (), obj=obj)
             return
         elif type(obj).__name__ == "ndarray" and _is_plain_array(obj) and id(obj) not in self.memo:
             self.save_reduce(*obj.__reduce_ex__(self.proto), obj=obj)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import io
 import sys
+import threading
 import types
 import typing
 from collections.abc import Mapping
@@ -69,6 +70,37 @@ _TYPE_PARAM_FLAGS = ("covariant", "contravariant") + (
 )
 _CODE_REDUCE = cloudpickle.Pickler.dispatch_table[types.CodeType]
 
+#: The type of each lock that goes to a worker as a new one -> what makes one.
+NEW_LOCKS: dict[type, Any] = {
+    type(threading.Lock()): threading.Lock,
+    type(threading.RLock()): threading.RLock,
+}
+
+
+class _NewLock:
+    """Pickled as a new lock of its kind, unlocked: in place of a lock that a
+    class of the script or a function's globals hold (``_new_locks``)."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Any):
+        self.make = make
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return self.make, ()
+
+
+def _new_locks(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (a class's attributes, a function's globals) with each lock
+    as a new one, as the script's ``import`` in a worker of
+    ``ProcessPoolExecutor`` under spawn makes it: no pickle takes a lock,
+    and a lock has no state worth sending to another process."""
+    if not any(type(v) in NEW_LOCKS for v in values.values()):
+        return values
+    return {
+        k: _NewLock(NEW_LOCKS[type(v)]) if type(v) in NEW_LOCKS else v for k, v in values.items()
+    }
+
 
 def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
     """cloudpickle's reduction of ``obj``, a class of the script, made with
@@ -95,10 +127,11 @@ def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
         and reduce[5] is _cloudpickle._class_setstate
         and reduce[0] in (_cloudpickle._make_skeleton_class, _cloudpickle._make_skeleton_enum)
     ):
+        clsdict, *rest = reduce[2]
         reduce = (
             make_script_class,
             (reduce[0], reduce[1]),
-            reduce[2],
+            (_new_locks(clsdict), *rest),
             None,
             None,
             set_script_class_state,
@@ -174,7 +207,9 @@ def function_reduce(pickler: cloudpickle.Pickler, obj: types.FunctionType) -> An
         and reduce[5] is _cloudpickle._function_setstate
         and reduce[1][1].get("__name__") == "__main__"  # the globals it is made on
     ):
-        reduce = (make_script_function, reduce[1], reduce[2], None, None, set_script_function_state)
+        attributes, slots = reduce[2]
+        state = (attributes, {**slots, "__globals__": _new_locks(slots["__globals__"])})
+        reduce = (make_script_function, reduce[1], state, None, None, set_script_function_state)
     return reduce
 
 

@@ -209,6 +209,61 @@ def test_code_written_for_a_process_pool_executor_runs_as_there(executor):
     assert run_script("executor_idioms.py", executor).endswith("OK\n")
 
 
+SCRIPT_WITH_A_FILE_OPEN = """
+import sys
+from distex_zmq import Pool
+
+OUT = open(sys.argv[1], sys.argv[2])
+OUT.write("the client's header\\n")
+OUT.flush()
+
+
+def work(x):
+    OUT.write(f"task {x}\\n")
+    OUT.flush()
+    return x
+
+
+if __name__ == "__main__":
+    with Pool(2) as pool:
+        try:
+            print(list(pool.map(work, range(4))))
+        except Exception as error:
+            print(type(error).__name__, error)
+    OUT.close()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["w", "r+", "a"])
+def test_a_file_of_the_script_open_for_writing_is_not_emptied_in_workers(tmp_path, mode):
+    # dill sent the file to be opened again in each worker, by name and in
+    # its mode: "w" emptied what the client had written, "r+" wrote over it
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT_WITH_A_FILE_OPEN)
+    out = tmp_path / "out.txt"
+    out.write_text("")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, str(script), str(out), mode],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = out.read_text().splitlines()
+    if mode == "a":  # appended to, in a worker as in the client
+        assert result.stdout == "[0, 1, 2, 3]\n", result.stdout
+        assert lines[0] == "the client's header" and len(lines) == 5, lines
+        return
+    assert result.stdout.startswith(f"PicklingError cannot send the file '{out}', open in mode"), (
+        result.stdout
+    )
+    assert "open the file in the task" in result.stdout, result.stdout
+    assert lines == ["the client's header"], lines
+
+
 @pytest.mark.timeout(60)
 def test_a_remote_traceback_shows_the_file_and_lines_of_the_script(tmp_path):
     # a function of the script in a task's data (dask's) goes by value, and

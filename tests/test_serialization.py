@@ -1169,20 +1169,25 @@ def test_results_of_a_script_class_defined_again_are_each_of_the_class_its_task_
     assert shared_pool.submit(tasks.identity, mode.OFF).result() is mode.OFF
 
 
-def test_a_partial_of_a_script_function_whose_globals_only_dill_takes_goes_by_value():
-    # with data_pickle other than dill, the functions of the script that go
-    # by id are pickled by cloudpickle, which takes no lock: a partial of one
-    # that uses a lock goes by value with dill, as the function alone does
+def test_a_lock_among_a_script_functions_globals_goes_as_a_new_lock():
+    # a lock among a script function's globals goes as a new one, unlocked,
+    # as the script's import makes it in a worker of ProcessPoolExecutor
+    # under spawn (cloudpickle refused it; dill sent it so already), and so
+    # a partial of such a function goes by id, as any other does (a class's
+    # lock: tests/scripts/script_globals.py, in workers)
     namespace = {"__name__": "__main__", "LOCK": threading.Lock()}
     exec("def guarded(x):\n    with LOCK:\n        return 2 * x\n", namespace)
     cache = FunctionCache(PickleType.dill)
     cache.collector = functools.partial(RefCollector, ScriptRefs(cache.new_id))
-    _, pickled, taken = cache.get_with_refs(functools.partial(namespace["guarded"], 3))
-    assert taken == ()
-    assert function_loads(PickleType.dill)(pickled)() == 6
-    # one whose globals cloudpickle takes still goes by id
-    _, _, taken = cache.get_with_refs(functools.partial(_script_function(b"abc"), 1))
+    _, _, taken = cache.get_with_refs(functools.partial(namespace["guarded"], 3))
     assert len(taken) == 1
+    with namespace["LOCK"]:  # held in the client
+        guarded = pickle.loads(dumps_by_value(namespace["guarded"], 5))
+    assert guarded.__globals__["LOCK"] is not namespace["LOCK"]
+    assert guarded(5) == 10  # its lock is not held
+    # one passed as an argument still fails, as with ProcessPoolExecutor
+    with pytest.raises(TypeError, match="cannot pickle '_thread.lock' object"):
+        dumps_by_value([namespace["LOCK"]], 5)
 
 
 def _run_on(runner, task_id, func_id, func_pickle, data, buffers, flags=1):

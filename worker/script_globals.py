@@ -32,6 +32,7 @@ from __future__ import annotations
 import builtins
 import functools
 import hashlib
+import marshal
 import os
 import pickle
 import sys
@@ -41,6 +42,7 @@ from typing import Any
 from distex_zmq import script_rebuild
 
 _FunctionType = types.FunctionType
+_LRU_CACHE_WRAPPER = functools._lru_cache_wrapper
 
 #: Values that no task changes in place: they need no digest.
 _UNCHANGING = (
@@ -147,15 +149,44 @@ class ScriptNamespace:
 def _digest(value: Any) -> bytes | None:
     """A digest of ``value``'s pickle, to tell whether the client sent the
     same value again; None for a value that cannot change in place, or whose
-    pickle fails or passes ``DIGEST_MAX``."""
+    pickle fails or passes ``DIGEST_MAX``.
+
+    The script's classes, functions and cached functions count by their
+    name and code (``_ScriptDigestPickler``): an object of a class of the
+    script (a model that loads on first use) and a cached function of the
+    script (``functools.lru_cache``) that two functions use stay as the
+    worker has them, their cache included, as in the script."""
     if isinstance(value, _UNCHANGING):
         return None
     sink = _DigestSink()
     try:
-        pickle.Pickler(sink, protocol=5, buffer_callback=sink.buffer).dump(value)
+        _ScriptDigestPickler(sink, protocol=5, buffer_callback=sink.buffer).dump(value)
     except Exception:  # noqa: BLE001 - too large, or not for standard pickle
         return None
     return sink.hash.digest()
+
+
+class _ScriptDigestPickler(pickle.Pickler):
+    """Standard pickle, for ``_digest``, with the classes, functions and
+    cached functions of the script as what tells them apart: their name and
+    code. Their pickle by value would name the worker's globals they use
+    (which change as functions bring theirs), and standard pickle finds
+    them by name only if the worker's ``__main__`` has them under it."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type) and obj.__module__ == "__main__":
+            return _same, ("class", obj.__qualname__, id(obj))
+        if type(obj) is _FunctionType and obj.__module__ == "__main__":
+            return _same, ("function", obj.__qualname__, marshal.dumps(obj.__code__))
+        wrapped = getattr(obj, "__wrapped__", None)
+        if type(obj) is _LRU_CACHE_WRAPPER and type(wrapped) is _FunctionType:
+            code = marshal.dumps(wrapped.__code__)
+            return _same, ("cached", wrapped.__qualname__, code, repr(obj.cache_parameters()))
+        return NotImplemented
+
+
+def _same(*what: Any) -> None:
+    """Never called: the digest's stand-in for an object of the script."""
 
 
 class _DigestSink:

@@ -11,6 +11,7 @@ import functools
 import operator
 import os
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
 
 MODEL = None
@@ -86,6 +87,57 @@ class Reader:
         return self.key, MODEL, x
 
 
+@functools.cache
+def cached_token():
+    return os.urandom(8).hex()
+
+
+def cached_a():
+    return os.getpid(), cached_token()
+
+
+def cached_b():
+    return os.getpid(), cached_token()
+
+
+class Lazy:
+    """Loads on first use; its pickle leaves out what it loaded."""
+
+    def __init__(self):
+        self.token = None
+
+    def get(self):
+        if self.token is None:
+            self.token = os.urandom(8).hex()
+        return self.token
+
+    def __getstate__(self):
+        return {"token": None}
+
+
+LAZY = Lazy()
+
+
+def lazy_a():
+    return os.getpid(), LAZY.get()
+
+
+def lazy_b():
+    return os.getpid(), LAZY.get()
+
+
+class Job:
+    lock = threading.Lock()  # a class attribute: a lock per process, as after import
+
+    def __init__(self, n):
+        self.n = n
+
+
+def run_job(job):
+    with job.lock:
+        return job.n * 2
+
+
 def check(executor, workers):
     # what the initializer set: the classic "load the model once per worker"
     assert executor.submit(predict, 2).result() == ("model:first", 20)
@@ -123,6 +175,15 @@ def check(executor, workers):
     assert executor.submit(call, Reader("k").read).result() == ("k", "model:first", 5)
     seen = run_on_each(executor, workers, operator.methodcaller("__call__"), count)
     assert all(seen[pid] == n for pid, n in last.items()), (bumps, seen)
+    # a cached function (lru_cache) and an object that loads on first use,
+    # which two functions use: one cache, one load per worker
+    for first, second in [(cached_a, cached_b), (lazy_a, lazy_b)]:
+        one = run_on_each(executor, workers, first)
+        assert run_on_each(executor, workers, second) == one
+        assert run_on_each(executor, workers, first) == one
+    # an object of a class that holds a lock
+    assert executor.submit(run_job, Job(3)).result() == 6
+    assert list(executor.map(run_job, [Job(1), Job(2)])) == [2, 4]
 
 
 def run_on_each(executor, workers, func, *args):
