@@ -124,6 +124,27 @@ class Options:
         return self.total_workers * self.qsize
 
 
+#: ``ProcessPoolExecutor``'s positional parameters, for ``_check_executor_order``.
+_EXECUTOR_ORDER = "ProcessPoolExecutor(max_workers, mp_context, initializer, initargs)"
+
+
+def _check_executor_order(hosts: Any, qsize: Any) -> None:
+    """Raise a ``TypeError`` that says so for the arguments of code written
+    for ``ProcessPoolExecutor`` given by position: a ``multiprocessing``
+    context for ``hosts``, an initializer for ``qsize``."""
+    wrong = None
+    if hasattr(hosts, "get_start_method"):
+        wrong = f"a multiprocessing context ({hosts!r}) as hosts"
+    elif callable(qsize):
+        wrong = f"a function ({getattr(qsize, '__qualname__', qsize)!r}) as qsize"
+    if wrong is not None:
+        raise TypeError(
+            f"Pool got {wrong}: Pool takes (num_workers, hosts, qsize, initializer, "
+            f"initargs, ...) by position, where {_EXECUTOR_ORDER} does not; give them "
+            "by name (max_workers=, mp_context=, initializer=, initargs=)"
+        )
+
+
 def executor_workers(num_workers: int | None, max_workers: int) -> int:
     """The ``num_workers`` that ``Pool(max_workers=...)`` means, as
     ``ProcessPoolExecutor`` takes it (``num_workers`` left as it is)."""
@@ -214,6 +235,7 @@ def pool_options(
 ) -> Options:
     """Check the arguments of ``Pool`` (see its docstring); raise ``ValueError``
     or ``TypeError`` for a bad one, now rather than in a worker later."""
+    _check_executor_order(hosts, qsize)
     local = local_workers(num_workers)
     check_flag("ssh_tunnel", ssh_tunnel)
     check_flag("ssh_accept_new_hosts", ssh_accept_new_hosts)

@@ -323,6 +323,21 @@ def test_the_arguments_of_process_pool_executor_make_a_pool(executor, spawn_cont
             executor(max_workers=bad)
 
 
+def test_the_positional_arguments_of_process_pool_executor_say_to_give_them_by_name(
+    spawn_context,
+):
+    # Pool(2, ctx) and Pool(2, None, init, args), in ProcessPoolExecutor's
+    # order, said "hosts must be a host specification" and "qsize must be an
+    # integer", which did not tell why
+    by_name = r"Pool takes \(num_workers, hosts, qsize, initializer, initargs, ...\) by position"
+    with pytest.raises(
+        TypeError, match=f"^Pool got a multiprocessing context .* as hosts: {by_name}"
+    ):
+        Pool(2, spawn_context)
+    with pytest.raises(TypeError, match=f"^Pool got a function \\('square'\\) as qsize: {by_name}"):
+        Pool(2, None, tasks.square, (3,))  # type: ignore[arg-type]
+
+
 def test_max_workers_and_num_workers_together_say_which_to_give():
     with pytest.raises(TypeError, match=r"give one of them \(max_workers is ProcessPoolExecutor"):
         Pool(3, max_workers=2)
