@@ -327,6 +327,14 @@ class Broker:
         if self._lone_poll(self._sock, lambda: self._wake_pending):
             self._reader.read()
 
+    def note_output(self, identity: bytes, ticket: int) -> None:
+        """Worker ``identity`` wrote lines that ``ticket`` writes: its
+        results wait for them, as for its log records (``HeldResults``)."""
+        rec = self.registry.get(identity)
+        if rec is not None and ticket:
+            rec.log_ticket = ticket
+            rec.prints = True
+
     def dispatch(self) -> None:
         """Send queued tasks to workers with free credits, idle workers first."""
         if self._closed or self._stopping or self._reader is None:

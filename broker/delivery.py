@@ -83,7 +83,11 @@ class Delivery:
         offset = p.body(buf, count, p.RESULT_ENTRY)
         reader = p.Reader(buf, offset, frames)
         end = len(buf)
-        # the worker logged records not handled yet: its results wait for them
+        if rec.prints:
+            # what its task printed before these results comes first
+            self._hooks.read_output(rec)
+        # the worker logged records (or printed lines) not handled yet: its
+        # results wait for them
         ticket = rec.log_ticket
         hold = ticket and self._held.must_wait(ticket)
         # a malformed entry (``ProtocolError``) ends the message: what came

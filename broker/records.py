@@ -67,6 +67,12 @@ class BrokerHooks(Protocol):
         see ``wire/frames.py``). Return its ticket: the worker's results
         that come after it wait until ``logs_handled()`` reaches it."""
 
+    def read_output(self, rec: WorkerRecord) -> None:
+        """Read what the worker (one that ever wrote output, ``prints``)
+        wrote and was not read yet, now: its results came, and the lines its
+        tasks wrote before them (on this machine) go before them
+        (``Broker.note_output``)."""
+
     def logs_handled(self) -> int:
         """How far the records have been handled (a ticket of ``on_log``)."""
 
@@ -239,6 +245,7 @@ class WorkerRecord:
         "busy_since",
         "sync_round",
         "log_ticket",
+        "prints",
         "remote",
     )
 
@@ -294,8 +301,12 @@ class WorkerRecord:
         #: the round of the latest ``CHECK`` sent to it (its connection
         #: dropped that many times); only that round's ``MISSING`` counts
         self.sync_round = 0
-        #: the ticket of its latest log record (``BrokerHooks.on_log``; 0: none)
+        #: the ticket of its latest log record (``BrokerHooks.on_log``) or,
+        #: on this machine, line of output (``Broker.note_output``); 0: none
         self.log_ticket = 0
+        #: it wrote output (on this machine: ``Broker.note_output``), so that
+        #: its results are read after what it wrote
+        self.prints = False
         #: it connects over TCP, from another host: a dropped connection
         #: may come back (``Losses.unreachable``)
         self.remote = False

@@ -81,9 +81,10 @@ class OutputWriter:
         #: ``(count, loop, callback)``: called once ``count`` items are done
         self._done_waiters: list[tuple[int, asyncio.AbstractEventLoop, Callable[[], None]]] = []
 
-    def put(self, stream: str, text: str, lines: int) -> None:
-        """Write ``text`` (``lines`` lines) to ``stream``, "out" or "err"."""
-        self._put(stream, len(text), text, lines)
+    def put(self, stream: str, text: str, lines: int) -> int:
+        """Write ``text`` (``lines`` lines) to ``stream``, "out" or "err";
+        return its ticket, as ``put_log``."""
+        return self._put(stream, len(text), text, lines)
 
     def put_log(self, host: str, pid: int, worker: str, body: bytes) -> int:
         """Re-emit a worker's log record (``emit_log``); return its ticket:
@@ -299,10 +300,11 @@ class WorkerOutput:
         lines: Sequence[str],
         dropped: int = 0,
         partial: bool = False,
-    ) -> None:
+    ) -> int:
         """Write ``lines`` that worker ``pid`` on ``host`` wrote to ``stream``
         (``"out"`` or ``"err"``), after ``dropped`` lines its host dropped;
-        with ``partial`` the last one is not ended yet.
+        with ``partial`` the last one is not ended yet. Return the ticket of
+        the write (``OutputWriter.put``; 0: none, with ``output="off"``).
 
         The prefix comes at the start of each line and after each ``\\r`` that
         more text follows (a progress bar redrawn keeps it); a line that
@@ -312,21 +314,20 @@ class WorkerOutput:
         the rest comes on a line of its own, with its prefix.
         """
         if self.mode == "off":
-            return
+            return 0
         prefix = f"[{host}:{pid}] " if self.mode == "prefixed" else ""
         if partial or self._open:
-            self._write_parts((host, pid, stream), prefix, lines, dropped, partial)
-            return
+            return self._write_parts((host, pid, stream), prefix, lines, dropped, partial)
         text = "".join([f"{prefix}{line}\n" for line in lines])
         if prefix and "\r" in text:
             text = "".join([f"{_begun(line, prefix)}\n" for line in lines])
         if dropped:
             text = f"{prefix}[{dropped} lines dropped: the worker wrote too fast]\n" + text
-        self.writer.put(stream, text, len(lines))
+        return self.writer.put(stream, text, len(lines))
 
     def _write_parts(
         self, source: Source, prefix: str, lines: Sequence[str], dropped: int, partial: bool
-    ) -> None:
+    ) -> int:
         """``write`` where a line is or was not ended (``_open``)."""
         stream = source[2]
         at = self._at[stream]
@@ -357,7 +358,7 @@ class WorkerOutput:
             self._at[stream] = source
         else:
             self._at[stream] = None
-        self.writer.put(stream, "".join(parts), len(lines))
+        return self.writer.put(stream, "".join(parts), len(lines))
 
     def log(self, host: str, pid: int, worker: str, body: bytes) -> int:
         """Re-emit a log record of worker ``pid`` on ``host`` (a ``frames.LOG``
@@ -369,22 +370,30 @@ class WorkerOutput:
         """Write and handle what waits (``OutputWriter.close``); write no more."""
         await self.writer.close()
 
-    def local(self, host: str) -> LocalOutput:
-        """The ``on_output`` of a local launcher whose workers run on ``host``."""
-        return LocalOutput(self, host)
+    def local(self, host: str, note: Callable[[bytes, int], None]) -> LocalOutput:
+        """The ``on_output`` of a local launcher whose workers run on
+        ``host``; ``note(identity, ticket)``: a worker wrote lines."""
+        return LocalOutput(self, host, note)
 
 
 class LocalOutput:
-    """A launcher's ``on_output(identity, pid, stream, lines, partial)`` for ``WorkerOutput``."""
+    """A launcher's ``on_output(identity, pid, stream, lines, partial)`` for
+    ``WorkerOutput``, which tells ``note(identity, ticket)`` the ticket of
+    each worker's lines: the broker holds the worker's next results until
+    they are written, so that what a task printed shows before its caller
+    has the result (and prints after it)."""
 
-    def __init__(self, output: WorkerOutput, host: str):
+    def __init__(self, output: WorkerOutput, host: str, note: Callable[[bytes, int], None]):
         self._output = output
         self._host = host
+        self._note = note
 
     def __call__(
         self, identity: bytes, pid: int, stream: str, lines: list[str], partial: bool = False
     ) -> None:
-        self._output.write(self._host, pid, stream, lines, partial=partial)
+        ticket = self._output.write(self._host, pid, stream, lines, partial=partial)
+        if ticket:
+            self._note(identity, ticket)
 
 
 def _enabled(logger: logging.Logger, level: int) -> bool:

@@ -286,6 +286,55 @@ def test_a_stdout_nobody_reads_does_not_stall_the_pool(tmp_path):
     assert all(re.match(PREFIXED + "x{99}$", line) for line in lines)
 
 
+SCRIPT_PRINTS_THEN_ITS_CALLER = """
+import sys
+from distex_zmq import Pool
+
+
+def task(i):
+    print(f"task {i}")
+    return i
+
+
+if __name__ == "__main__":
+    with Pool(int(sys.argv[1])) as pool:
+        for i in range(100):
+            assert pool.run(task, i) == i
+            print(f"client {i}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_what_a_task_printed_shows_before_its_caller_has_the_result(tmp_path, workers):
+    # a task's line went through the worker's pipe and a thread of the
+    # pool, its result through the broker: the caller printed after the
+    # result, and its line came first in most round trips (as a user
+    # debugging with print sees it); ProcessPoolExecutor's forked workers
+    # write to the client's stdout itself
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT_PRINTS_THEN_ITS_CALLER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, str(script), str(workers)],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    expected = [f"client {i}" for i in range(100)]
+    assert [line for line in lines if line.startswith("client")] == expected, lines
+    tasks_lines = [line for line in lines if not line.startswith("client")]
+    assert all(re.match(PREFIXED + r"task \d+$", line) for line in tasks_lines), lines
+    late = [i for i in range(100) if lines.index(f"client {i}") < _line_of(lines, f"task {i}")]
+    assert not late, (late, lines)
+
+
+def _line_of(lines: list[str], text: str) -> int:
+    return next(n for n, line in enumerate(lines) if line.endswith(f"] {text}"))
+
+
 def test_lines_that_cannot_wait_are_dropped_and_counted(monkeypatch):
     """Lines that cannot wait in their worker (from other hosts) wait in the
     client up to ``MAX_PENDING``; beyond it they are dropped, and a line in

@@ -432,6 +432,19 @@ class LocalLauncher:
         self._watch_exit(proc)
         return proc
 
+    def read_now(self, identity: bytes) -> None:
+        """Read what worker ``identity`` wrote and was not read yet, now
+        rather than when the loop next sees its pipes: its results came, and
+        what its task printed before them is to show first. The worker has
+        written it already (it runs unbuffered), so it waits in the pipe."""
+        proc = self.processes.get(identity)
+        if proc is None:
+            return
+        for stream, pipe in self._pipes(proc):
+            paused = any(p is proc and s == stream for p, s, _ in self._paused)
+            if not pipe.closed and not paused:
+                self._read(proc, stream, pipe.fileno())
+
     def describe_worker(self, pid: int) -> str:
         return f"a local worker (pid {pid}, {self.python})"
 

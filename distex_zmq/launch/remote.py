@@ -43,7 +43,7 @@ _logger = logging.getLogger("distex_zmq.launch.remote")
 #: ``on_output(host, pid, stream, lines, dropped, partial)``: lines a remote
 #: worker wrote to ``stream`` (``"out"`` or ``"err"``), after ``dropped`` lost
 #: ones; with ``partial`` the last is not ended yet (the next lines continue it).
-RemoteOutput = Callable[[str, int, str, list[str], int, bool], None]
+RemoteOutput = Callable[[str, int, str, list[str], int, bool], object]
 
 #: Seconds, beyond the grace, that a stopping host may take to stop its workers.
 STOP_MARGIN = 5.0

@@ -118,15 +118,18 @@ class Placement:
 
         run_in_background(self._loop, after_output(), self._exits)
 
-    def start_local(self, access: BrokerAccess) -> LocalLauncher:
-        """Make the local launcher (on the pool loop)."""
+    def start_local(
+        self, access: BrokerAccess, note_output: Callable[[bytes, int], None]
+    ) -> LocalLauncher:
+        """Make the local launcher (on the pool loop); ``note_output(identity,
+        ticket)``: a worker wrote lines (``output.LocalOutput``)."""
         self._access = access
         self.local = LocalLauncher(
             self._loop,
             access.local_endpoint,
             access.worker_args,
             self._on_exit,
-            on_output=self.output.local(socket.gethostname()),
+            on_output=self.output.local(socket.gethostname(), note_output),
             output_flow=self.output.writer,
         )
         return self.local

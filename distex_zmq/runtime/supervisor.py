@@ -95,7 +95,7 @@ class Supervisor:
 
     def start(self, access: BrokerAccess) -> None:
         """Start the local workers (on the pool loop)."""
-        local = self.placement.start_local(access)
+        local = self.placement.start_local(access, self._broker.note_output)
         if self._options.num_workers:
             self.roster.host(None).state = "up"
         for _ in range(self._options.num_workers):
