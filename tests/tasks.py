@@ -146,6 +146,12 @@ def init_fail() -> None:
     raise RuntimeError("initializer exploded")
 
 
+def init_fail_at(when: float) -> None:
+    """``init_fail`` at ``when`` (``time.time()``): in every worker at once."""
+    time.sleep(max(0.0, when - time.time()))
+    init_fail()
+
+
 async def async_square(x: int) -> int:
     await asyncio.sleep(0.01)
     return x * x

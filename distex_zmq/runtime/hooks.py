@@ -86,6 +86,10 @@ class PoolHooks:
         fails, or a replacement dies (which counts against
         ``max_worker_deaths``)."""
         pool = self._pool
+        if pool.error is not None:
+            # the pool failed (another worker's initializer raised first, and
+            # the start-up is over for it): this worker goes with the pool
+            return
         if not pool.is_up:
             pool.fail(error)
         elif not pool.supervisor.start_failed(rec.identity, error):
