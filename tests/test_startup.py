@@ -612,7 +612,7 @@ def test_a_worker_that_never_says_hello_fails_the_start(tmp_path, monkeypatch):
 
 
 WORKER_PATH_AND_FLAGS = """
-import importlib.util, sys
+import importlib.util, sys, time
 from distex_zmq import Pool
 
 def probe():
@@ -622,6 +622,8 @@ def probe():
 if __name__ == "__main__":
     with Pool(1) as pool:
         print(importlib.util.find_spec("only_in_cwd") is not None, *pool.run(probe))
+    with Pool(1, worker_loop="asyncio") as pool:
+        pool.run(time.sleep, 0.3)  # a task longer than asyncio's slow callback
 """
 
 
@@ -655,6 +657,10 @@ def test_workers_have_the_clients_path_and_interpreter_options(tmp_path, options
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[0] == expected
+    # -X dev puts the worker's event loop in asyncio's debug mode, which
+    # logged each sync task longer than 0.1 s (it runs in a callback of the
+    # loop) as "Executing <Handle Worker._on_readable()> took 0.300 seconds"
+    assert "Executing <" not in proc.stderr, proc.stderr
 
 
 PACKAGE_MAIN = """
