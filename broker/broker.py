@@ -52,6 +52,10 @@ LONE_POLL = p.LONE_POLL_US / 1e6
 MAX_LOGGED_PEERS = 10
 #: After them, one line in this many dropped messages.
 DROP_LOG_EVERY = 1000
+#: Messages of results, after a worker's last line of output, that read its
+#: pipes first (``note_output``): it may print again, and the pipe is read
+#: before its results only while this lasts.
+PRINTS_WATCH = 1000
 
 
 class DropLog:
@@ -333,7 +337,7 @@ class Broker:
         rec = self.registry.get(identity)
         if rec is not None and ticket:
             rec.log_ticket = ticket
-            rec.prints = True
+            rec.prints = PRINTS_WATCH
 
     def dispatch(self) -> None:
         """Send queued tasks to workers with free credits, idle workers first."""

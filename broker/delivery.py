@@ -83,9 +83,11 @@ class Delivery:
         offset = p.body(buf, count, p.RESULT_ENTRY)
         reader = p.Reader(buf, offset, frames)
         end = len(buf)
-        if rec.prints:
-            # what its task printed before these results comes first
-            self._hooks.read_output(rec)
+        if rec.prints and not self._hooks.read_output(rec):
+            # what its task printed before these results comes first (its
+            # lines found now set ``prints`` again); a worker that prints
+            # no more soon pays no read per message
+            rec.prints -= 1
         # the worker logged records (or printed lines) not handled yet: its
         # results wait for them
         ticket = rec.log_ticket

@@ -67,11 +67,11 @@ class BrokerHooks(Protocol):
         see ``wire/frames.py``). Return its ticket: the worker's results
         that come after it wait until ``logs_handled()`` reaches it."""
 
-    def read_output(self, rec: WorkerRecord) -> None:
-        """Read what the worker (one that ever wrote output, ``prints``)
+    def read_output(self, rec: WorkerRecord) -> bool:
+        """Read what the worker (one that wrote output lately, ``prints``)
         wrote and was not read yet, now: its results came, and the lines its
         tasks wrote before them (on this machine) go before them
-        (``Broker.note_output``)."""
+        (``Broker.note_output``). Whether there was any."""
 
     def logs_handled(self) -> int:
         """How far the records have been handled (a ticket of ``on_log``)."""
@@ -304,9 +304,10 @@ class WorkerRecord:
         #: the ticket of its latest log record (``BrokerHooks.on_log``) or,
         #: on this machine, line of output (``Broker.note_output``); 0: none
         self.log_ticket = 0
-        #: it wrote output (on this machine: ``Broker.note_output``), so that
-        #: its results are read after what it wrote
-        self.prints = False
+        #: it wrote output lately (on this machine: ``Broker.note_output``), so
+        #: that its results are read after what it wrote: the messages of
+        #: results that may still find none before it stops (``PRINTS_WATCH``)
+        self.prints = 0
         #: it connects over TCP, from another host: a dropped connection
         #: may come back (``Losses.unreachable``)
         self.remote = False

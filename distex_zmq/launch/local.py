@@ -432,18 +432,21 @@ class LocalLauncher:
         self._watch_exit(proc)
         return proc
 
-    def read_now(self, identity: bytes) -> None:
+    def read_now(self, identity: bytes) -> bool:
         """Read what worker ``identity`` wrote and was not read yet, now
         rather than when the loop next sees its pipes: its results came, and
         what its task printed before them is to show first. The worker has
-        written it already (it runs unbuffered), so it waits in the pipe."""
+        written it already (it runs unbuffered), so it waits in the pipe.
+        Whether there was any."""
         proc = self.processes.get(identity)
         if proc is None:
-            return
+            return False
+        read = False
         for stream, pipe in self._pipes(proc):
             paused = any(p is proc and s == stream for p, s, _ in self._paused)
             if not pipe.closed and not paused:
-                self._read(proc, stream, pipe.fileno())
+                read = self._read(proc, stream, pipe.fileno()) or read
+        return read
 
     def describe_worker(self, pid: int) -> str:
         return f"a local worker (pid {pid}, {self.python})"
@@ -460,11 +463,12 @@ class LocalLauncher:
         pipes = [("out", proc.popen.stdout), ("err", proc.popen.stderr)]
         return [(stream, pipe) for stream, pipe in pipes if pipe is not None]
 
-    def _read(self, proc: WorkerProcess, stream: str, fd: int) -> None:
+    def _read(self, proc: WorkerProcess, stream: str, fd: int) -> bool:
+        """Read what waits in a pipe of ``proc`` (whether there was any)."""
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if not data:
@@ -476,6 +480,7 @@ class LocalLauncher:
             if not self._paused:
                 flow.when_room(self._loop, self._resume)
             self._paused.append((proc, stream, fd))
+        return bool(data)
 
     def _resume(self) -> None:
         """Read the pipes paused while the output flow was full (those of

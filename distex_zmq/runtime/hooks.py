@@ -101,10 +101,9 @@ class PoolHooks:
         output = self._pool.supervisor.placement.output
         return output.log(rec.host, rec.pid, rec.identity.decode(errors="backslashreplace"), body)
 
-    def read_output(self, rec: WorkerRecord) -> None:
+    def read_output(self, rec: WorkerRecord) -> bool:
         local = self._pool.supervisor.placement.local
-        if local is not None and not rec.remote:
-            local.read_now(rec.identity)
+        return local is not None and not rec.remote and local.read_now(rec.identity)
 
     def logs_handled(self) -> int:
         return self._pool.supervisor.placement.output.writer.handled
