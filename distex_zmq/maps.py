@@ -518,13 +518,36 @@ class SyncMap(itertools.chain, Generator[Any, None, None]):
         )
 
     @refuses
-    def __aiter__(self) -> NoReturn:
+    def __aiter__(self) -> _NotAsync:
+        # what ``async for`` takes fails at its first step, not here: a
+        # wrapper that calls ``__aiter__`` of what it wraps and iterates it
+        # with ``for`` (``tqdm.asyncio``'s, which is ``tqdm.auto``'s class in
+        # a notebook) then works
+        return _NotAsync(self)
+
+    def _refuse_async(self) -> NoReturn:
         self._stop()
         raise TypeError(
             "Pool.map(...) returns a sync iterator, for 'for result in pool.map(...)': "
             "in a coroutine use 'async for result in pool.map_async(...)'; this map "
             "is stopped (its inputs that no worker holds yet do not run)"
         )
+
+
+class _NotAsync:
+    """``async for`` over ``Pool.map``'s results: its first step raises a
+    ``TypeError`` that says to use ``map_async`` (and stops the map)."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self, sync_map: SyncMap):
+        self._map = sync_map
+
+    def __aiter__(self) -> _NotAsync:
+        return self
+
+    async def __anext__(self) -> NoReturn:
+        self._map._refuse_async()
 
 
 class AsyncMap:

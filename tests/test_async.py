@@ -267,6 +267,15 @@ def test_a_map_async_iterated_without_async_for_or_awaited_says_what_to_use(shar
     assert asyncio.run(main()) == [0, 1, 4]
 
 
+def test_a_sync_map_in_tqdm_asyncio_iterates_with_for(pool):
+    # tqdm.auto's class in a notebook is tqdm.asyncio's, which calls
+    # __aiter__ of what it wraps when it is made: a map's __aiter__ raised
+    # ("in a coroutine use async for"), so sum(tqdm(pool.map(...))) failed
+    tqdm_asyncio = pytest.importorskip("tqdm.asyncio")
+    bar = tqdm_asyncio.tqdm(pool.map(tasks.square, range(20)), total=20, disable=True)
+    assert sum(bar) == sum(x * x for x in range(20))
+
+
 @pytest.mark.parametrize("misuse", ["await", "async for"])
 def test_a_map_awaited_or_iterated_with_async_for_says_what_to_use_and_stops(
     pool, tmp_path, misuse
