@@ -50,7 +50,9 @@ class KeyPair:
     """A CURVE key pair, Z85-encoded as ZeroMQ's socket options take them."""
 
     public: bytes
-    secret: bytes
+    #: left out of ``repr``, as the secret of ``Options`` is (a traceback's
+    #: locals, a debugger)
+    secret: bytes = dataclasses.field(repr=False)
 
     @classmethod
     def from_seed(cls, seed: bytes) -> KeyPair:
@@ -182,10 +184,14 @@ def explain_handshake_failure(
         needs = f"{where} requires the cluster's shared secret (CURVE): set {how}"
         return needs if mismatch else f"{needs}; {not_a_spawner}"
     if mismatch:
-        return f"{where} runs without a shared secret: the client must have none either"
+        return (
+            f"{where} runs without a shared secret: give it the cluster's secret "
+            "(DISTEX_ZMQ_SECRET, --secret-file), or, if it is not your spawner, find out "
+            "who holds that port"
+        )
     return (
         f"{where} did not accept the CURVE handshake: it has another shared secret, "
-        "or none (then the client must have none either), " + not_a_spawner
+        "or none (give it the cluster's), " + not_a_spawner
     )
 
 

@@ -982,7 +982,8 @@ def test_a_port_that_is_no_spawner_is_named_as_such(tmp_path, monkeypatch, make_
         # mechanisms' mismatch, or (as the spawner closes first) no detail
         with pytest.raises(
             HostConnectionError,
-            match=r"runs without a shared secret|another shared secret, or none \(then",
+            match=r"runs without a shared secret: give it the cluster's secret"
+            r"|another shared secret, or none \(give it the cluster's\)",
         ):
             secret = "correct horse battery staple 42"
             make_pool(None, [f"127.0.0.1:{spawner.port}/1"], secret=secret).run(abs, 1)

@@ -346,6 +346,16 @@ def test_a_process_a_task_starts_gets_the_clients_environment(pythonpath, monkey
         assert pool.run(client_tasks.env_var, "PYTHONPATH") == pythonpath
 
 
+def test_the_clusters_secret_does_not_reach_tasks(monkeypatch):
+    # a client or a spawner started with DISTEX_ZMQ_SECRET set passed it on
+    # to every worker: any task, and any process it started, could read the
+    # secret, with which anyone runs any code on every spawner of the cluster
+    monkeypatch.setenv("DISTEX_ZMQ_SECRET", "the cluster's secret, 32 bytes long")
+    with Pool(1) as pool:
+        assert pool.run(client_tasks.env_var, "DISTEX_ZMQ_SECRET") is None
+        assert pool.run(client_tasks.child_env, "DISTEX_ZMQ_SECRET") == [None]
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("executor", ["control", "local"])
 def test_sync_functions_over_async_code_as_with_a_process_pool(executor):

@@ -23,7 +23,7 @@ from distex_zmq import ProtocolError
 from distex_zmq.wire import control as c
 from distex_zmq.wire import frames as p
 from tests import tasks
-from tests.helpers import LoopbackSpawner, broker_endpoint, child_pids, wait_until
+from tests.helpers import LoopbackSpawner, broker_endpoint, child_pids, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -430,3 +430,89 @@ def test_a_malformed_entry_keeps_what_came_before_it_and_the_workers_credits(tmp
         assert tasks_received(1) == [third]
     finally:
         broker.close()
+
+
+# a port of this machine held by another user
+
+
+def _listen_as(uid: int, port: int) -> int:
+    """A child process, forked and turned into ``uid``, that listens on
+    127.0.0.1:``port`` (as another user's fake spawner would); its pid."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no exec, so no interpreter that uid must read
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+            os.write(ready_w, b"1")
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.read(ready_r, 1)
+    os.close(ready_r)
+    return pid
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root, to listen as another user")
+def test_a_pool_without_a_secret_refuses_a_spawner_port_of_another_user(monkeypatch):
+    # without the shared secret nothing authenticates the spawner: another
+    # local user who listens on its port got the pool's tasks, and code of
+    # theirs ran in the client as it unpickled their "results"
+    from distex_zmq import HostConnectionError, Pool
+    from distex_zmq.launch.port_owner import listener_uids
+
+    monkeypatch.delenv("DISTEX_ZMQ_SECRET", raising=False)
+    port = free_port()
+    pid = _listen_as(65534, port)
+    try:
+        assert listener_uids("127.0.0.1", port) == {65534}
+        with (
+            pytest.raises(HostConnectionError, match=r"the port is held by the user .*uid 65534"),
+            Pool(None, [f"127.0.0.1:{port}/1"], connect_timeout=5),
+        ):
+            pass
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
+def test_the_owner_of_a_listening_port_is_read_from_the_kernels_tables(tmp_path):
+    # /proc/net/tcp{,6} write addresses in hex words of the host's order;
+    # a wildcard listener takes loopback connections too
+    tcp = tmp_path / "tcp"
+    tcp.write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+        "   0: 0100007F:22B3 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000\n"
+        "   1: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     7\n"
+        "   2: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     9\n"
+    )
+    tcp6 = tmp_path / "tcp6"
+    tcp6.write_text(
+        "  sl  local_address                         remote_address                        st\n"
+        "   0: 00000000000000000000000001000000:22B3 00000000000000000000000000000000:0000 0A "
+        "00000000:00000000 00:00000000 00000000  1001\n"
+    )
+    from distex_zmq.launch.port_owner import listener_uids
+
+    tables = (str(tcp), str(tcp6))
+    assert listener_uids("127.0.0.1", 0x22B3, tables) == {1000}
+    assert listener_uids("::1", 0x22B3, tables) == {1001}
+    assert listener_uids("127.0.0.1", 0x1F90, tables) == {7}  # the wildcard; not the connection
+    assert listener_uids("127.0.0.1", 1, tables) == set()
+    assert listener_uids("127.0.0.1", 1, (str(tmp_path / "none"),)) is None
+
+
+def test_the_secret_keys_of_a_cluster_are_left_out_of_its_repr():
+    # repr(pool._options) showed both key pairs' secret keys (a traceback's
+    # locals, a debugger), where the secret itself was left out
+    from distex_zmq.security import ClusterKeys
+
+    keys = ClusterKeys.from_secret(b"a secret of 32 bytes, for a test")
+    for pair in (keys.spawner, keys.client):
+        assert pair.public.decode() in repr(keys)
+        assert pair.secret.decode() not in repr(keys)

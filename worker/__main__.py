@@ -41,6 +41,17 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)  # the parent is already gone
 
 
+def _drop_cluster_secret() -> None:
+    """Take the cluster's shared secret out of this process's environment,
+    where a spawner (or a client) started with ``DISTEX_ZMQ_SECRET`` set
+    passes it: a worker needs none, and whoever holds it can run any code on
+    every spawner of the cluster, so it is not left to tasks and the
+    processes they start (a library, a crash reporter, a shell)."""
+    from distex_zmq.security import SECRET_ENV
+
+    os.environ.pop(SECRET_ENV, None)
+
+
 def _take_multiprocessing_key() -> None:
     """Take the client's ``multiprocessing`` key that a local worker gets
     (see ``LocalLauncher.spawn``), so that the proxies of the client's
@@ -203,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the client
     _die_with_parent(args.parent_pid)
     _keep_freed_memory()
+    _drop_cluster_secret()
     _take_multiprocessing_key()
     _name_process(args.identity)
     _take_script_argv()

@@ -19,6 +19,8 @@ connection (a spawner that died), which loses the host at once.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from distex_zmq.errors import HostConnectionError, ProtocolError
 from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT, HostSpec
+from distex_zmq.launch.port_owner import listener_uids, strangers, user_name
 from distex_zmq.launch.remote import RemoteLauncher, RemoteOutput, tcp_host
 from distex_zmq.security import (
     HANDSHAKE_FAILED,
@@ -38,6 +41,8 @@ from distex_zmq.security import (
 )
 from distex_zmq.wire import control, frames
 from distex_zmq.wire.zmqio import EdgeReader
+
+_logger = logging.getLogger("distex_zmq.launch.spawner")
 
 
 class SpawnerLauncher(RemoteLauncher):
@@ -93,6 +98,8 @@ class SpawnerLauncher(RemoteLauncher):
             ) from None
         family, _, _, _, address = infos[0]
         ip = str(address[0])
+        if self._keys is None:
+            self._check_unkeyed(ip, port)
         endpoint = f"tcp://{tcp_host(ip)}:{port}"
         broker = self._broker_address or _local_address_towards(family, ip, port)
         sock = self._sock = self._ctx.socket(zmq.DEALER)
@@ -135,6 +142,38 @@ class SpawnerLauncher(RemoteLauncher):
             await self._close()
             raise
         self._start_heartbeats()
+
+    def _check_unkeyed(self, ip: str, port: int) -> None:
+        """A pool without the cluster's shared secret talks to the spawner at
+        ``ip`` in the clear, unauthenticated: whoever holds that port gets the
+        pool's tasks, and the results it sends back are unpickled here. On
+        this machine, raise unless the port is the client's own user's (or
+        root's); elsewhere, warn."""
+        what = (
+            "gets the pool's tasks and can run any code in this process through "
+            "the results it sends back"
+        )
+        secret = "give the pool and the spawner the cluster's shared secret (DISTEX_ZMQ_SECRET)"
+        if not ipaddress.ip_address(ip).is_loopback:
+            _logger.warning(
+                "%s: the pool has no shared secret, so it talks to that spawner in the "
+                "clear and unchecked: whoever listens at %s:%d, or is on the way, %s; %s",
+                self.where,
+                ip,
+                port,
+                what,
+                secret,
+            )
+            return
+        uids = listener_uids(ip, port)
+        others = strangers(uids) if uids else []
+        if others:
+            raise HostConnectionError(
+                f"{self.where}: the port is held by the user {user_name(others[0])}, not by "
+                f"this one; without a shared secret, whoever holds it {what}, so the pool "
+                f"takes only a spawner of its own user here; run the spawner as this user, "
+                f"or {secret}"
+            )
 
     def _python_hint(self, minor: str) -> str:
         return f"run the spawner there with Python {minor} (python{minor} -m distex_zmq.spawner)"
