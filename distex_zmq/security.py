@@ -4,7 +4,7 @@ Two kinds of credentials:
 
 - **The shared secret** of a cluster (``DISTEX_ZMQ_SECRET``, a secret file,
   or ``Pool(secret=...)``). Client and spawner both derive from it, with
-  BLAKE2b, the spawner's CURVE keypair and the clients' keypair: set-up is
+  scrypt, the spawner's CURVE keypair and the clients' keypair: set-up is
   one secret copied to every host, no key files. A spawner admits only
   connections that prove they hold the clients' key, and a client knows the
   spawner by its key, so neither side can be impersonated without the secret.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -42,6 +43,13 @@ SECRET_ENV = "DISTEX_ZMQ_SECRET"
 MP_AUTHKEY_ENV = "DISTEX_ZMQ_MP_AUTHKEY"
 #: Shortest secret accepted: a guessable secret would make CURVE pointless.
 MIN_SECRET_BYTES = 16
+#: scrypt's cost parameters for the keys of a secret: about 65 ms and 16 MiB,
+#: once per pool or spawner, which makes each guess at a secret (tested
+#: against a captured handshake) as dear (one BLAKE2b took 35 µs).
+SCRYPT_COST = {"n": 1 << 14, "r": 8, "p": 1}
+#: scrypt's salt: fixed, as every host derives the same keys from the
+#: secret alone; it makes tables made for other uses of scrypt useless.
+SCRYPT_SALT = b"distex_zmq cluster keys 1"
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
 
@@ -82,11 +90,15 @@ class ClusterKeys:
                 "random bytes, e.g. python -c 'import secrets; print(secrets.token_urlsafe())'"
             )
 
-        def derive(role: bytes) -> KeyPair:
-            seed = hashlib.blake2b(secret, digest_size=32, person=b"dzmq-" + role).digest()
-            return KeyPair.from_seed(seed)
+        seeds = _key_seeds(secret)
+        return cls(spawner=KeyPair.from_seed(seeds[:32]), client=KeyPair.from_seed(seeds[32:]))
 
-        return cls(spawner=derive(b"spawner"), client=derive(b"client"))
+
+@functools.lru_cache(maxsize=8)
+def _key_seeds(secret: bytes) -> bytes:
+    """The spawner's and the clients' key seeds (32 bytes each) of
+    ``secret``, by scrypt (``SCRYPT_COST``), once per secret in a process."""
+    return hashlib.scrypt(secret, salt=SCRYPT_SALT, maxmem=1 << 26, dklen=64, **SCRYPT_COST)
 
 
 def secret_source(secret: str | bytes | None = None, secret_file: str | None = None) -> str:
@@ -179,7 +191,10 @@ def explain_handshake_failure(
     )
     mismatch = value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return f"{where} refused this client's key: it has another shared secret"
+        return (
+            f"{where} refused this client's key: it has another shared secret (or it "
+            "runs another version of distex_zmq, which derives other keys from it)"
+        )
     if not secret:
         needs = f"{where} requires the cluster's shared secret (CURVE): set {how}"
         return needs if mismatch else f"{needs}; {not_a_spawner}"
