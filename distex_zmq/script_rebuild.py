@@ -52,6 +52,10 @@ class SharedNamespace(Protocol):
     def bring(self, values: dict[str, Any]) -> None:
         """Take the globals a function brings, but for those a task assigned."""
 
+    def offer(self, name: str, value: Any) -> None:
+        """Take ``value`` (a class of the script that a pickle made) as the
+        global ``name`` if there is none of that name."""
+
 
 class RefSink(Protocol):
     """Where a pickler of task data puts a function or a class of the
@@ -159,6 +163,13 @@ def make_script_class(make: Callable[..., type], args: tuple[Any, ...]) -> type:
     cls = make(*args)
     if cls is not known:
         _made_classes.add(cls)
+        namespace = script_namespace
+        name = cls.__qualname__
+        if namespace is not None and name.isidentifier():
+            # found by name in the worker's __main__, as in a worker of
+            # ProcessPoolExecutor: a task that pickles an object of it
+            # (pickle.dump to a cache, joblib.dump, a queue) pickles it so
+            namespace.offer(name, cls)
     return cls
 
 

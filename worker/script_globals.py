@@ -122,6 +122,15 @@ class ScriptNamespace:
                 ns["__file__"] = path
         return new
 
+    def offer(self, name: str, value: Any) -> None:
+        """Take ``value`` as the global ``name`` if there is none of that
+        name (``script_rebuild.make_script_class``: a class of the script
+        that came in a task's data, not among a function's globals); as one
+        the client sent, which the next one it sends replaces."""
+        if name not in self.globals:
+            self.globals[name] = self._sent[name] = value
+            self._digests[name] = None
+
     def bring(self, values: dict[str, Any], done: dict[int, Any] | None = None) -> None:
         """Take the globals a function of the script brings (``values``),
         but for the names that a task assigned in this worker, and those

@@ -12,6 +12,7 @@ import enum
 import functools
 import operator
 import os
+import pickle
 import sys
 import typing
 from collections import namedtuple
@@ -300,11 +301,26 @@ def fields_of(job):
     return [f.name for f in dataclasses.fields(job)]
 
 
+@dataclasses.dataclass
+class Record:
+    """Met by workers only as an argument: no function names it."""
+
+    key: str
+
+
+def repickled(obj):
+    # a task that pickles its argument (a cache on disk, joblib.dump, a
+    # queue): standard pickle finds a class of the script by its name in
+    # __main__
+    return pickle.loads(pickle.dumps(obj)) == obj
+
+
 def check(executor, lambdas=True):
     """What ``ProcessPoolExecutor`` runs; ``lambdas``: and what it cannot
     pickle (lambdas, which the pool sends by value)."""
     out = executor.submit(work, Job(3, ["x"])).result()
     assert isinstance(out, Job) and out == Job(6, ["x"]), out
+    assert executor.submit(repickled, Record("k")).result() is True
     assert executor.submit(paint, Color.RED).result() is Color.BLUE
     box = executor.submit(open_box, Box(5)).result()
     assert isinstance(box, Box) and box.value[0] == 5, box
