@@ -187,8 +187,8 @@ class _ScriptDigestPickler(pickle.Pickler):
             return _same, ("class", obj.__qualname__, id(obj))
         if type(obj) is _FunctionType and obj.__module__ == "__main__":
             return _same, ("function", obj.__qualname__, marshal.dumps(obj.__code__))
-        wrapped = getattr(obj, "__wrapped__", None)
-        if type(obj) is _LRU_CACHE_WRAPPER and type(wrapped) is _FunctionType:
+        if type(obj) is _LRU_CACHE_WRAPPER and type(obj.__wrapped__) is _FunctionType:
+            wrapped = obj.__wrapped__
             code = marshal.dumps(wrapped.__code__)
             return _same, ("cached", wrapped.__qualname__, code, repr(obj.cache_parameters()))
         return NotImplemented
