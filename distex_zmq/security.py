@@ -43,9 +43,9 @@ SECRET_ENV = "DISTEX_ZMQ_SECRET"
 MP_AUTHKEY_ENV = "DISTEX_ZMQ_MP_AUTHKEY"
 #: Shortest secret accepted: a guessable secret would make CURVE pointless.
 MIN_SECRET_BYTES = 16
-#: scrypt's cost parameters for the keys of a secret: about 65 ms and 16 MiB,
-#: once per pool or spawner, which makes each guess at a secret (tested
-#: against a captured handshake) as dear (one BLAKE2b took 35 µs).
+#: scrypt's cost parameters for the keys of a secret: 16 MiB and tens of
+#: milliseconds, once per pool or spawner, and as much for each guess at the
+#: secret that a captured handshake lets an attacker test offline.
 SCRYPT_COST = {"n": 1 << 14, "r": 8, "p": 1}
 #: scrypt's salt: fixed, as every host derives the same keys from the
 #: secret alone; it makes tables made for other uses of scrypt useless.

@@ -234,9 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         sys.exit(f"distex_zmq worker: {e}")
     # a sync task runs inside a callback of the loop (the read of its
-    # message): in asyncio's debug mode (``python -X dev``, which workers
-    # take from the client) each one longer than 0.1 s was logged as a slow
-    # callback, a warning about the pool's design that the client then showed
+    # message): asyncio's debug mode (``python -X dev``, which workers take
+    # from the client) would log each one longer than 0.1 s as a slow
+    # callback, a warning about the pool's design, not about the task
     loop.slow_callback_duration = float("inf")
     # not the thread's current loop: a sync task that asks for one
     # (``asyncio.get_event_loop().run_until_complete``) gets a loop of its own,
