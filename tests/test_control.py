@@ -450,7 +450,7 @@ def test_status_fails_at_once_where_nothing_listens(tmp_path):
     port = free_port()
     nobody = _status_cli(f"127.0.0.1:{port}", "--timeout", "600")
     assert nobody.returncode == 1, nobody.stderr
-    assert f"the connection to 127.0.0.1:{port} failed: nothing listens there" in nobody.stderr
+    assert f"cannot connect to 127.0.0.1:{port}: nothing listens on" in nobody.stderr
     # a spawner that is up answers as before
     spawner = LoopbackSpawner(tmp_path / "spawner.log")
     try:

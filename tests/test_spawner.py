@@ -388,9 +388,9 @@ def test_client_killed_leaves_no_worker(hosts):
 # refusals
 
 
-def refusal(hosts_, **kwargs) -> str:
+def refusal(hosts_, connect_timeout=5, **kwargs) -> str:
     before = child_pids()
-    pool = Pool(1, hosts_, connect_timeout=5, **kwargs)
+    pool = Pool(1, hosts_, connect_timeout=connect_timeout, **kwargs)
     try:
         with pytest.raises(HostConnectionError) as info:
             pool.run_on_all(int, 0)
@@ -420,6 +420,26 @@ def test_too_many_workers_are_refused(hosts):
 def test_no_spawner_there(hosts):
     message = refusal([at(hosts, "dzq-c", 1)])  # dzq-c runs sshd, no spawner
     assert f"nothing listens on {hosts.addresses['dzq-c']}:8899" in message
+    assert "no route" not in message
+
+
+def test_spawner_host_out_of_reach(hosts):
+    # dzq-c cut off, and forgotten (a host down that this one has not
+    # talked to lately): no ARP answer, and the system gives up on its address
+    hosts.link("dzq-c", up=False)
+    subprocess.run(["ip", "neigh", "flush", "to", hosts.addresses["dzq-c"]], check=True)
+    try:
+        started = time.monotonic()
+        message = refusal([at(hosts, "dzq-c", 1)], connect_timeout=60)
+        took = time.monotonic() - started
+    finally:
+        hosts.link("dzq-c", up=True)
+    # the host is named as out of reach, not its port as closed, and the
+    # pool does not wait out its connect_timeout
+    assert f"there is no route to {hosts.addresses['dzq-c']}" in message, message
+    assert "nothing listens" not in message
+    assert "is the host up" in message
+    assert took < 30, took
 
 
 def test_spawner_without_secret_stays_on_loopback():
@@ -615,7 +635,7 @@ def test_status_without_an_answer(hosts, secret_file):
     # dzq-c runs no spawner: its port refuses the connection, which fails at once
     nobody = _spawner_cli("status", f"{hosts.addresses['dzq-c']}:8899", "--timeout", "600")
     assert nobody.returncode != 0
-    refused = f"the connection to {hosts.addresses['dzq-c']}:8899 failed: nothing listens there"
+    refused = f"cannot connect to {hosts.addresses['dzq-c']}:8899: nothing listens on"
     assert refused in nobody.stderr, nobody.stderr
     env = {**os.environ, "DISTEX_ZMQ_SECRET": "not the secret of this cluster"}
     wrong = _spawner_cli("status", hosts.addresses["dzq-a"], env=env)

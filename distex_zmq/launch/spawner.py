@@ -10,8 +10,9 @@ their settings and count), then behaves as every ``RemoteLauncher``
 (``launch/remote.py``); the messages are those of ``wire/control.py``.
 
 A socket monitor turns what ZeroMQ keeps to itself into clear errors: a
-connection that fails before it was ever made (nothing listens on the port:
-ZeroMQ would retry in silence until ``connect_timeout``), a failed CURVE
+connection that fails before it was ever made (ZeroMQ would retry in silence
+until ``connect_timeout``; one plain connection attempt then tells whether
+nothing listens on the port or the host cannot be reached), a failed CURVE
 handshake (another secret, or none where one is needed), and a dropped
 connection (a spawner that died), which loses the host at once.
 """
@@ -33,6 +34,7 @@ from distex_zmq.errors import HostConnectionError, ProtocolError
 from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT, HostSpec
 from distex_zmq.launch.port_owner import listener_uids, strangers, user_name
 from distex_zmq.launch.remote import RemoteLauncher, RemoteOutput, tcp_host
+from distex_zmq.reachability import probe_async
 from distex_zmq.security import (
     HANDSHAKE_FAILED,
     ClusterKeys,
@@ -81,6 +83,10 @@ class SpawnerLauncher(RemoteLauncher):
         self._handshake_failure = ""
         #: a TCP connection to the spawner was made once
         self._connected = False
+        #: the spawner's address: family, ip, port
+        self._address: tuple[int, str, int] | None = None
+        #: the connection attempt that tells why ZeroMQ's first one failed
+        self._probe: asyncio.Task[None] | None = None
 
     # start-up
 
@@ -98,6 +104,7 @@ class SpawnerLauncher(RemoteLauncher):
             ) from None
         family, _, _, _, address = infos[0]
         ip = str(address[0])
+        self._address = (family, ip, port)
         if self._keys is None:
             self._check_unkeyed(ip, port)
         endpoint = f"tcp://{tcp_host(ip)}:{port}"
@@ -225,9 +232,9 @@ class SpawnerLauncher(RemoteLauncher):
         elif kind == zmq.EVENT_CONNECTED:
             self._connected = True
         elif kind == zmq.EVENT_CONNECT_RETRIED and not self._connected:
-            # the first connection failed at once: refused (or unreachable)
-            if not self._hello.done():
-                self._hello.set_exception(HostConnectionError(self._refused()))
+            # the first connection failed; libzmq does not say why
+            if not self._hello.done() and self._probe is None:
+                self._probe = self._loop.create_task(self._why_not_connected())
         elif kind == zmq.EVENT_DISCONNECTED:
             if self._hello.done():
                 self._lose("its connection closed (the spawner stopped or died)")
@@ -243,17 +250,24 @@ class SpawnerLauncher(RemoteLauncher):
                     )
                 )
 
-    def _refused(self) -> str:
-        where = f"{self.spec.host}:{self.spec.port or DEFAULT_SPAWNER_PORT}"
-        # libzmq tells that the first attempt failed, not why
-        return (
-            f"spawner {where}: the connection failed: nothing listens on {where} (the "
-            "connection was refused), or the host cannot be reached. Is the host up, and "
-            "`python -m distex_zmq.spawner` running there, on that port?"
+    async def _why_not_connected(self) -> None:
+        """Fail the start with why the spawner's port took no connection:
+        nothing listens there, or the host cannot be reached. A port that
+        takes one now (a spawner just started) or stays silent leaves the
+        start to ZeroMQ's next attempts and to ``connect_timeout``."""
+        assert self._address is not None
+        family, ip, port = self._address
+        failure = await probe_async(self.spec.host, family, ip, port, self._connect_timeout)
+        if failure is None or failure.kind == "silent" or self._hello.done():
+            return
+        self._hello.set_exception(
+            HostConnectionError(f"{self.where}: cannot connect: {failure}; {failure.hint}")
         )
 
     async def _close(self) -> None:
         self._closing = True
+        if self._probe is not None:
+            self._probe.cancel()
         for reader in self._readers:
             reader.close()
         if self._sock is not None and not self._sock.closed:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import errno
 import getpass
 import glob
 import hashlib
@@ -36,6 +35,7 @@ import paramiko
 from distex_zmq.errors import HostConnectionError
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.launch.remote import DEFAULT_CONNECT_TIMEOUT
+from distex_zmq.reachability import UNREACHABLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -741,7 +741,7 @@ def _explain(t: SSHTarget, e: BaseException, stage: str = "login") -> str:
     if isinstance(e, paramiko.SSHException):
         return f"SSH to {t}: {e}"
     if isinstance(e, OSError):
-        if _errnos(e) & _UNREACHABLE:
+        if _errnos(e) & UNREACHABLE:
             return (
                 f"SSH to {t}: cannot connect ({e.strerror or e}): there is no route to "
                 f"{t.hostname}; is the host up, and on a network this machine reaches?"
@@ -782,10 +782,6 @@ def _needs_passphrase(path: str) -> bool:
     start = len(_OPENSSH_MAGIC) + 4
     length = int.from_bytes(blob[start - 4 : start], "big")
     return blob[start : start + length] != b"none"
-
-
-#: errnos of a host that cannot be reached, rather than of a port closed
-_UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
 
 
 def _errnos(e: OSError) -> set[int]:

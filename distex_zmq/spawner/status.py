@@ -5,9 +5,10 @@ secret's client key, or in the clear without a secret), sends one
 ``status`` command and waits a few seconds for the ``status_reply``: the
 pools the spawner serves, their workers with pids and ages, its uptime and
 version. It opens no pool and starts nothing. A socket monitor tells a
-refused CURVE handshake (another secret) and a port where nothing listens
-(the first connection fails at once, where ZeroMQ would retry in silence)
-from a spawner that does not answer at all.
+refused CURVE handshake (another secret) and a first connection that
+failed (where ZeroMQ would retry in silence; a plain connection attempt
+then tells a port where nothing listens from a host out of reach) from a
+spawner that does not answer at all.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from distex_zmq.errors import ProtocolError
 from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT
+from distex_zmq.reachability import probe
 from distex_zmq.security import (
     HANDSHAKE_FAILED,
     ClusterKeys,
@@ -77,7 +79,8 @@ def query(
     """The status of the spawner at ``host:port``; ``StatusError`` if it does not answer."""
     where = f"{host}:{port}"
     try:
-        ip = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        ip = str(address[0])
     except socket.gaierror as e:
         raise StatusError(f"cannot resolve {host!r}: {e.strerror}") from None
     ctx: zmq.Context[Any] = zmq.Context()
@@ -117,12 +120,11 @@ def query(
             if event["event"] == zmq.EVENT_CONNECT_RETRIED:
                 if connected:
                     continue  # it went away after the handshake: the disconnect told
-                # the first connection failed at once; libzmq does not say why
-                raise StatusError(
-                    f"the connection to {where} failed: nothing listens there (the "
-                    "connection was refused), or the host cannot be reached. Is the spawner "
-                    "running there, on that port?"
-                )
+                # the first connection failed; libzmq does not say why
+                failure = probe(host, family, ip, port, max(0.1, deadline - time.monotonic()))
+                if failure is None:
+                    continue  # it takes connections now: ZeroMQ's next attempt goes in
+                raise StatusError(f"cannot connect to {where}: {failure}; {failure.hint}")
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 raise StatusError(
                     f"the peer at {where} closed the connection without a status reply, "
