@@ -13,9 +13,13 @@ _in_worker = False
 SCRIPT_ARGV_ENV = "DISTEX_ZMQ_SCRIPT_ARGV"
 #: The environment variable in which a local worker gets the values (JSON:
 #: name -> value, or None for unset) of the variables that its launcher set
-#: for the worker's own start (``PYTHONPATH``, ``PYTHONUNBUFFERED``), which
-#: it puts back, so that the processes its tasks start do not inherit them.
+#: for the worker's own start (``PYTHONPATH``, ``PYTHONUNBUFFERED``, and the
+#: other ``PYTHON*`` variables under ``-E``), which it puts back, so that the
+#: processes its tasks start get the client's environment.
 CLIENT_ENV_ENV = "DISTEX_ZMQ_CLIENT_ENV"
+#: The environment variable in which a local worker gets the client's
+#: ``sys.path`` (JSON), which comes first on its own.
+CLIENT_PATH_ENV = "DISTEX_ZMQ_CLIENT_PATH"
 
 
 def mark_worker() -> None:

@@ -346,6 +346,68 @@ def test_a_process_a_task_starts_gets_the_clients_environment(pythonpath, monkey
         assert pool.run(client_tasks.env_var, "PYTHONPATH") == pythonpath
 
 
+SCRIPT_IN_AN_ODD_DIRECTORY = """\
+import concurrent.futures
+import os
+import pathlib
+import sys
+
+from distex_zmq import Pool
+import helper  # next to the script, in a directory whose name has a ':'
+
+sys.path.append(pathlib.Path("/not/a/str"))  # the import system skips it
+
+
+def where(_):
+    return os.getcwd(), sys.flags.optimize, os.environ.get("PYTHONOPTIMIZE")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "control":
+        pool = concurrent.futures.ProcessPoolExecutor(1, max_tasks_per_child=1)
+    else:
+        pool = Pool(1, max_tasks_per_child=1)
+    with pool:
+        assert list(pool.map(helper.square, range(4))) == [0, 1, 4, 9]
+        print(*pool.submit(where, 0).result())
+        os.chdir("sub")
+        print(*pool.submit(where, 0).result())
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", ["control", "local"])
+def test_workers_import_and_run_as_the_client_did_at_the_start(tmp_path, executor):
+    # a directory whose name has a ':' went into PYTHONPATH, which split it
+    # (a module next to the script failed to import); a pathlib.Path on
+    # sys.path failed the start with a TypeError; under -E the workers took
+    # PYTHONOPTIMIZE, which the client ignored (their asserts were off);
+    # and a worker that replaced another started where the client was then,
+    # with the path and environment of the pool's start
+    odd = tmp_path / "run:2024-01-01"
+    (odd / "sub").mkdir(parents=True)
+    (odd / "helper.py").write_text("def square(x):\n    return x * x\n")
+    (odd / "script.py").write_text(SCRIPT_IN_AN_ODD_DIRECTORY)
+    env = dict(os.environ, PYTHONOPTIMIZE="1")
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [sys.executable, "-E", "script.py", executor],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=odd,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    first, then = result.stdout.splitlines()
+    # the client's options, and its environment for the tasks
+    assert first == f"{odd} 0 1"
+    # ProcessPoolExecutor's new worker starts where the client is now, with
+    # its path and environment of now; a pool's, as all its workers, with
+    # those of its start
+    assert then == (f"{odd / 'sub'} 0 1" if executor == "control" else first)
+
+
 def test_the_clusters_secret_does_not_reach_tasks(monkeypatch):
     # a client or a spawner started with DISTEX_ZMQ_SECRET set passed it on
     # to every worker: any task, and any process it started, could read the

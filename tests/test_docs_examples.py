@@ -23,7 +23,12 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 #: remote hosts).
 EXAMPLES: dict[str, list[str | None]] = {
     "index.md": [r"\[0, 1, 4, 9, 16, 25, 36, 49, 64, 81\]"],
-    "guide/usage.md": [r"\[1, 2, 3\]", None, None],
+    "guide/usage.md": [
+        r"\[1, 2, 3\]",
+        r"\[Decimal\('0\.3{50}'\), Decimal\('0\.6{49}7'\)\]",
+        None,
+        None,
+    ],
     "guide/observability.md": [
         r"\[[^\s:\]]+:\d+\] working on 1",
         r"\[[^\s:\]]+:\d+\] task: 100%\|.*\| 5/5 .*",

@@ -126,6 +126,24 @@ def _restore_client_env() -> None:
             os.environ[name] = value
 
 
+def _take_client_path() -> None:
+    """Put the client's ``sys.path`` that a local worker gets (see
+    ``LocalLauncher``) first on this process's, in its order: ``PYTHONPATH``
+    brought it too, but for a directory whose name has a ``:``, and not
+    under ``-E``."""
+    from distex_zmq.process_role import CLIENT_PATH_ENV
+
+    paths = os.environ.pop(CLIENT_PATH_ENV, None)
+    if not paths:
+        return
+    try:
+        value = json.loads(paths)
+    except ValueError:
+        return
+    if isinstance(value, list) and all(isinstance(path, str) for path in value):
+        sys.path[:] = dict.fromkeys([*value, *sys.path])
+
+
 #: glibc's ``mallopt`` parameters, and the values the worker sets: the
 #: ceilings that glibc's own thresholds reach in a process that has freed a
 #: 32 MiB block (``DEFAULT_MMAP_THRESHOLD_MAX`` and twice it).
@@ -219,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     _name_process(args.identity)
     _take_script_argv()
     _restore_client_env()
+    _take_client_path()
 
     from distex_zmq.worker.running import flush_std_streams
     from distex_zmq.worker.worker import Worker

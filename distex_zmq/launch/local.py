@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from distex_zmq.process_role import CLIENT_ENV_ENV, SCRIPT_ARGV_ENV
+from distex_zmq.process_role import CLIENT_ENV_ENV, CLIENT_PATH_ENV, SCRIPT_ARGV_ENV
 from distex_zmq.security import MP_AUTHKEY_ENV
 
 _logger = logging.getLogger("distex_zmq.launch.local")
@@ -101,6 +101,31 @@ def interpreter_args() -> list[str]:
     if sys.version_info >= (3, 11):
         args.append("-P")
     return args
+
+
+def _cwd() -> str | None:
+    """The directory this process runs in; None where it was removed."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
+def client_path(cwd: str | None) -> list[str]:
+    """This process's ``sys.path`` for its workers: ``''`` as the directory
+    ``cwd``; what the import system skips (what is neither ``str`` nor
+    ``bytes``, a ``pathlib.Path`` too) left out."""
+    paths = []
+    for entry in sys.path:
+        if not isinstance(entry, (str, bytes)):
+            continue
+        path = os.fsdecode(entry)
+        if not path:
+            if cwd is None:
+                continue
+            path = cwd
+        paths.append(path)
+    return list(dict.fromkeys(paths))
 
 
 @functools.cache
@@ -361,15 +386,28 @@ class LocalLauncher:
         self.lost = False
         self.processes: dict[bytes, WorkerProcess] = {}
         self._env = dict(os.environ)
+        #: the directory the workers run in, the client's when the pool
+        #: started, as their path and environment are the client's then
+        self.cwd = _cwd()
         # for the worker's start only: it puts this process's values back,
         # which the processes that its tasks start inherit (another Python
         # given this one's whole path as PYTHONPATH fails to start)
         started_with = {"PYTHONPATH", "PYTHONUNBUFFERED"}
+        if sys.flags.ignore_environment:
+            # the client's interpreter ignored the PYTHON* variables (-E,
+            # -I): its workers' ignore them too (PYTHONOPTIMIZE would turn
+            # their asserts off), and have the options of the client's
+            started_with |= {name for name in os.environ if name.startswith("PYTHON")}
         self._env[CLIENT_ENV_ENV] = json.dumps({k: os.environ.get(k) for k in started_with})
-        # the workers import what the client can: its path, where '' is the
-        # directory it runs in (``python -c``, ``-m``, the REPL)
-        paths = [p or os.getcwd() for p in sys.path]
-        self._env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        for name in started_with:
+            self._env.pop(name, None)
+        # the workers import what the client can: its path (JSON, which the
+        # worker takes as it is), where '' is the directory it runs in
+        # (``python -c``, ``-m``, the REPL); PYTHONPATH, which cannot hold a
+        # directory whose name has a ':', finds this package for the start
+        paths = client_path(self.cwd)
+        self._env[CLIENT_PATH_ENV] = json.dumps(paths)
+        self._env["PYTHONPATH"] = os.pathsep.join(p for p in paths if os.pathsep not in p)
         self._python_args = interpreter_args()
         # each line a task prints leaves the worker at once
         self._env["PYTHONUNBUFFERED"] = "1"
@@ -414,6 +452,7 @@ class LocalLauncher:
                 stdout=None if self._on_output is None else subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=self._env,
+                cwd=self.cwd,
                 start_new_session=True,
             )
             if popen.stdin is not None:
