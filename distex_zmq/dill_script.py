@@ -21,12 +21,13 @@ from cloudpickle import cloudpickle as _cloudpickle
 from . import script_rebuild
 from .memmaps import memmap_reduce
 from .script_pickler import (
-    NEW_LOCKS,
+    MADE_ANEW,
     TYPE_PARAMS,
     ScriptPickler,
     function_reduce,
     reduce_class,
     type_param_reduce,
+    warn_of_random_generators_of,
 )
 from .script_rebuild import (
     RefSink,
@@ -87,7 +88,8 @@ class ScriptClassesPickler(dill.Pickler):
     it: dill makes an unlocked ``RLock`` again held by no thread, so that its
     first ``acquire`` waits for ever, one held in the client held by a thread
     id that means nothing in another process (it fails to unpickle there),
-    and a held ``Lock`` held, by no one who will release it. A plain numpy
+    and a held ``Lock`` held, by no one who will release it. A
+    ``random.SystemRandom``, which no pickle takes, goes as a new one. A plain numpy
     array goes as pickle sends it, its data out of band with a
     ``buffer_callback``: dill's own reduction copies it into the pickle (and
     makes it writeable again where it was read-only). A ``memmap`` goes as
@@ -139,8 +141,8 @@ class ScriptClassesPickler(dill.Pickler):
                 return
         elif isinstance(obj, io.IOBase) and id(obj) not in self.memo:
             _check_file(obj)
-        elif type(obj) in NEW_LOCKS and id(obj) not in self.memo:
-            self.save_reduce(NEW_LOCKS[type(obj)], (), obj=obj)
+        elif type(obj) in MADE_ANEW and id(obj) not in self.memo:
+            self.save_reduce(MADE_ANEW[type(obj)], (), obj=obj)
             return
         elif type(obj).__name__ == "ndarray" and _is_plain_array(obj) and id(obj) not in self.memo:
             self.save_reduce(*obj.__reduce_ex__(self.proto), obj=obj)
@@ -161,6 +163,12 @@ class ScriptClassesPickler(dill.Pickler):
             if ref_id:
                 self.save_reduce(script_ref, (ref_id, obj.__qualname__), obj=obj)
                 return
+        elif (
+            type(obj) is types.FunctionType
+            and obj.__module__ == "__main__"
+            and id(obj) not in self.memo
+        ):
+            warn_of_random_generators_of(obj)
         elif (
             isinstance(obj, types.ModuleType)
             and obj.__name__ != "__main__"

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from distex_zmq.errors import SHUT_DOWN, PoolClosedError
 from distex_zmq.map_sizing import RunTimes
 from distex_zmq.options import Options
+from distex_zmq.process_role import refuse_start_while_loading
 from distex_zmq.results import FutureSink, refuse_wait_on_pool_loop
 from distex_zmq.runtime.loop import Runtime, shutdown_runtime
 from distex_zmq.tasks import TaskMaker
@@ -51,6 +52,7 @@ class PoolBase(concurrent.futures.Executor):
             if self._is_shutdown:
                 raise PoolClosedError(SHUT_DOWN)
             if self._runtime is None:
+                refuse_start_while_loading()
                 self._options.fix_log_level()
                 # in a context of its own: what the pool loop schedules while
                 # it starts (the broker's reader, the workers' pipes) would

@@ -6,7 +6,12 @@ both may import this module, which imports nothing of either.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 _in_worker = False
+#: a worker loads a task's function (imports its module): no pool may start
+_loading_function = False
 
 #: The environment variable in which a local worker gets the client's
 #: ``sys.argv`` (JSON), which it takes as its own.
@@ -31,3 +36,30 @@ def mark_worker() -> None:
 def in_worker() -> bool:
     """Whether this process is a worker of a pool."""
     return _in_worker
+
+
+@contextlib.contextmanager
+def loading_function() -> Iterator[None]:
+    """While a worker loads a task's function, and so imports its module."""
+    global _loading_function
+    before, _loading_function = _loading_function, True
+    try:
+        yield
+    finally:
+        _loading_function = before
+
+
+def refuse_start_while_loading() -> None:
+    """Raise ``RuntimeError`` if this worker loads a task's function: a pool
+    that starts now is one that the top level of the function's module
+    uses, which each of its workers would import again, each starting a
+    pool of its own, without end (as ``ProcessPoolExecutor`` refuses a
+    process started while a spawned child imports the script)."""
+    if _loading_function:
+        raise RuntimeError(
+            "a pool was used while this worker imported the module of a task's function: "
+            "the module's top level uses a pool, and each of that pool's workers would "
+            "import the module again and start a pool of its own, without end. Use the "
+            'pool under `if __name__ == "__main__":` or in a function that the program '
+            "calls, not at the top level of a module that tasks come from"
+        )

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import functools
 import io
+import random
 import sys
 import threading
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +42,7 @@ from cloudpickle import cloudpickle as _cloudpickle
 
 from . import script_rebuild
 from .memmaps import memmap_reduce
+from .process_role import in_worker
 from .script_rebuild import (
     RefSink,
     client_class,
@@ -70,16 +73,20 @@ _TYPE_PARAM_FLAGS = ("covariant", "contravariant") + (
 )
 _CODE_REDUCE = cloudpickle.Pickler.dispatch_table[types.CodeType]
 
-#: The type of each lock that goes to a worker as a new one -> what makes one.
-NEW_LOCKS: dict[type, Any] = {
+#: The type of each object of the script that goes to a worker as a new one
+#: -> what makes one: locks, and ``random.SystemRandom``, which has no state
+#: (and so does not pickle).
+MADE_ANEW: dict[type, Any] = {
     type(threading.Lock()): threading.Lock,
     type(threading.RLock()): threading.RLock,
+    random.SystemRandom: random.SystemRandom,
 }
 
 
-class _NewLock:
-    """Pickled as a new lock of its kind, unlocked: in place of a lock that a
-    class of the script or a function's globals hold (``_new_locks``)."""
+class _MadeAnew:
+    """Pickled as a new object of its kind: in place of a lock (unlocked) or
+    a ``SystemRandom`` that a class of the script or a function's globals
+    hold (``_made_anew``)."""
 
     __slots__ = ("make",)
 
@@ -90,15 +97,15 @@ class _NewLock:
         return self.make, ()
 
 
-def _new_locks(values: dict[str, Any]) -> dict[str, Any]:
+def _made_anew(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` (a class's attributes, a function's globals) with each lock
-    as a new one, as the script's ``import`` in a worker of
-    ``ProcessPoolExecutor`` under spawn makes it: no pickle takes a lock,
-    and a lock has no state worth sending to another process."""
-    if not any(type(v) in NEW_LOCKS for v in values.values()):
+    and ``SystemRandom`` as a new one, as the script's ``import`` in a worker
+    of ``ProcessPoolExecutor`` under spawn makes it: no pickle takes them,
+    and they have no state worth sending to another process."""
+    if not any(type(v) in MADE_ANEW for v in values.values()):
         return values
     return {
-        k: _NewLock(NEW_LOCKS[type(v)]) if type(v) in NEW_LOCKS else v for k, v in values.items()
+        k: _MadeAnew(MADE_ANEW[type(v)]) if type(v) in MADE_ANEW else v for k, v in values.items()
     }
 
 
@@ -131,7 +138,7 @@ def class_reduce(pickler: cloudpickle.Pickler, obj: type) -> Any:
         reduce = (
             make_script_class,
             (reduce[0], reduce[1]),
-            (_new_locks(clsdict), *rest),
+            (_made_anew(clsdict), *rest),
             None,
             None,
             set_script_class_state,
@@ -197,6 +204,73 @@ def type_param_reduce(obj: Any) -> Any:
     return make_type_param, (type(obj), obj.__name__, kwargs, tracker_id, constraints)
 
 
+#: The names of the script's random generators warned of (once each).
+_generators_warned: set[str] = set()
+
+
+def _is_random_generator(value: Any) -> bool:
+    """Whether ``value`` is a random generator with a state of its own: a
+    ``random.Random`` (not a ``SystemRandom``, which has none), a numpy
+    ``Generator``, ``RandomState`` or bit generator (not a ``SeedSequence``,
+    which makes seeds)."""
+    if isinstance(value, random.Random):
+        return not isinstance(value, random.SystemRandom)
+    kind = type(value)
+    return kind.__module__.startswith("numpy.random") and kind.__name__ != "SeedSequence"
+
+
+def warn_of_random_generators(func: types.FunctionType, names: Mapping[str, Any]) -> None:
+    """Warn, once per name, of a random generator among what ``func``, a
+    function of the script sent by value, uses: ``names`` (the globals it
+    uses) and its closure. Each worker gets a copy of its state, so the
+    workers draw the same numbers, which the script then draws too, where
+    the workers of ``ProcessPoolExecutor`` under spawn make one each, from
+    fresh entropy, as they import the script."""
+    if in_worker():
+        return
+    found = dict(names)
+    for name, cell in zip(func.__code__.co_freevars, func.__closure__ or (), strict=True):
+        try:
+            found[name] = cell.cell_contents
+        except ValueError:  # a cell not filled yet
+            continue
+    for name, value in sorted(found.items()):
+        if name in _generators_warned or not _is_random_generator(value):
+            continue
+        _generators_warned.add(name)
+        kind = type(value)
+        module = "numpy.random" if kind.__module__.startswith("numpy.random") else kind.__module__
+        warnings.warn_explicit(
+            f"{func.__qualname__} uses {name}, a random generator of the script "
+            f"({module}.{kind.__qualname__}): each worker gets a copy of its "
+            "state, so the workers draw the same numbers (and the script after them); "
+            "make the generator in the task, or give each task a seed of its own "
+            "(numpy.random.SeedSequence(seed).spawn(n), random.Random(seed))",
+            RuntimeWarning,
+            func.__code__.co_filename,
+            func.__code__.co_firstlineno,
+            module="__main__",
+        )
+
+
+def _used_globals(func: types.FunctionType) -> dict[str, Any]:
+    """The globals that ``func``'s code (nested functions' too) names."""
+    names: set[str] = set()
+    codes = [func.__code__]
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    found = func.__globals__
+    return {name: found[name] for name in names if name in found}
+
+
+def warn_of_random_generators_of(func: types.FunctionType) -> None:
+    """``warn_of_random_generators`` for a function whose globals are not
+    gathered yet (dill's)."""
+    warn_of_random_generators(func, _used_globals(func))
+
+
 def function_reduce(pickler: cloudpickle.Pickler, obj: types.FunctionType) -> Any:
     """cloudpickle's reduction of ``obj``, a function sent by value, made by
     ``make_script_function`` if it is one of the script."""
@@ -208,7 +282,8 @@ def function_reduce(pickler: cloudpickle.Pickler, obj: types.FunctionType) -> An
         and reduce[1][1].get("__name__") == "__main__"  # the globals it is made on
     ):
         attributes, slots = reduce[2]
-        state = (attributes, {**slots, "__globals__": _new_locks(slots["__globals__"])})
+        warn_of_random_generators(obj, slots["__globals__"])
+        state = (attributes, {**slots, "__globals__": _made_anew(slots["__globals__"])})
         reduce = (make_script_function, reduce[1], state, None, None, set_script_function_state)
     return reduce
 

@@ -136,6 +136,38 @@ def test_a_pool_made_at_the_import_of_a_tasks_module_starts_no_workers_in_a_work
         del sys.modules["pool_at_import"]
 
 
+POOL_USED_AT_IMPORT = """\
+from distex_zmq import Pool
+
+
+def square(x):
+    return x * x
+
+
+with Pool(1) as pool:
+    print(list(pool.map(square, range(3))))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_used_at_the_import_of_a_tasks_module_fails_at_once(tmp_path):
+    # each worker imported the module to load `square`, and so mapped with a
+    # pool of its own, whose workers did the same: 127 processes in 6 s and
+    # climbing, and no answer. (ProcessPoolExecutor cannot be the control:
+    # under fork its child waits for the import lock of the module, under
+    # spawn its parent waits after the child refused to start a process)
+    (tmp_path / "used_at_import.py").write_text(POOL_USED_AT_IMPORT)
+    (tmp_path / "script.py").write_text("import used_at_import\n")
+    result = subprocess.run(
+        [sys.executable, "script.py"], capture_output=True, text=True, timeout=50, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert (
+        "RuntimeError: a pool was used while this worker imported the module of a task's "
+        "function: the module's top level uses a pool" in result.stderr
+    ), result.stderr
+
+
 HELPER_MODULE = """\
 import threading
 
@@ -406,6 +438,74 @@ def test_workers_import_and_run_as_the_client_did_at_the_start(tmp_path, executo
     # its path and environment of now; a pool's, as all its workers, with
     # those of its start
     assert then == (f"{odd / 'sub'} 0 1" if executor == "control" else first)
+
+
+SCRIPT_WITH_A_RANDOM_GENERATOR = """\
+import operator
+import random
+import sys
+
+import numpy as np
+
+from distex_zmq import Pool
+
+RNG = np.random.default_rng()
+R = random.Random()
+SYSTEM = random.SystemRandom()
+SEEDS = np.random.SeedSequence(7)
+
+
+def draw(_):
+    return RNG.random(), R.random(), SYSTEM.random(), SEEDS.entropy
+
+
+def by_lambda():
+    rng = random.Random()
+    return lambda _: rng.random()
+
+
+def fresh(_):
+    return np.random.default_rng().random(), random.random()
+
+
+if __name__ == "__main__":
+    with Pool(2, data_pickle=sys.argv[1]) as pool:
+        assert len(set(pool.map(fresh, range(8)))) == 8
+        print("fresh: no warning", flush=True)
+        pool.submit(draw, 0).result()
+        pool.submit(draw, 1).result()
+        pool.map(by_lambda(), range(2))
+        # in task data, as dask and joblib send functions
+        print(list(pool.map(operator.call, [draw], [0]))[0][3])
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("data_pickle", ["auto", "dill"])
+def test_a_random_generator_of_the_script_copied_to_workers_is_warned_of(tmp_path, data_pickle):
+    # each worker got a copy of the script's generator, as it was: the
+    # workers drew the same numbers, as the script did after them, where
+    # ProcessPoolExecutor's workers make one each from fresh entropy
+    (tmp_path / "script.py").write_text(SCRIPT_WITH_A_RANDOM_GENERATOR)
+    result = subprocess.run(
+        [sys.executable, "script.py", data_pickle],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "fresh: no warning\n7\n"
+    warned = [line for line in result.stderr.splitlines() if "RuntimeWarning" in line]
+    assert len(warned) == 3, result.stderr
+    at = f"{tmp_path / 'script.py'}:"
+    # by name, at the function's line
+    assert warned[0].startswith(f"{at}15: RuntimeWarning: draw uses R, a random generator")
+    assert "draw uses R, a random generator of the script (random.Random)" in warned[0]
+    assert warned[1].startswith(f"{at}15: RuntimeWarning: draw uses RNG, a random generator")
+    assert "(numpy.random.Generator): each worker gets a copy" in warned[1]
+    assert "by_lambda.<locals>.<lambda> uses rng" in warned[2]
+    assert "make the generator in the task, or give each task a seed" in warned[2]
 
 
 def test_the_clusters_secret_does_not_reach_tasks(monkeypatch):

@@ -23,6 +23,7 @@ from typing import Any, NoReturn, cast
 
 from distex_zmq import script_rebuild
 from distex_zmq.errors import RemoteException, SerializationError, WithoutInit
+from distex_zmq.process_role import loading_function
 from distex_zmq.serialization import (
     PROTOCOL,
     SCALARS,
@@ -126,7 +127,8 @@ class Runner:
             return
         try:
             # made by the pickler of data (script_refs)
-            func = self._data_loads(pickled, buffers=buffers)
+            with loading_function():
+                func = self._data_loads(pickled, buffers=buffers)
         except BaseException as e:  # noqa: BLE001 - the tasks that use it fail with it
             why = f"{type(e).__name__}: {e}{unloadable_hint('function', e, *self._pickles)}"
             func = _Broken(why)
@@ -239,7 +241,8 @@ class Runner:
                 )
         else:
             try:
-                func = self._script.adopt(self._func_loads(func_pickle))
+                with loading_function():
+                    func = self._script.adopt(self._func_loads(func_pickle))
             except BaseException as e:  # noqa: BLE001
                 if isinstance(e, p.ProtocolError) and self.connection_dropped():
                     raise  # a script function it refers to was lost: not broken
