@@ -250,10 +250,12 @@ def load_each(
         stream.write(head + _opcodes(data, start, end, layout.frames) + b".")
     source = _Buffers(buffers)
     loader = unpickler(stream, buffers=source)
-    # the load of the standard unpickler: dill's also gives an object of a
-    # class of ``__main__`` the client's class, which the whole list's
-    # load does not do for the objects in it
-    load = functools.partial(pickle.Unpickler.load, loader)
+    # the load of the standard unpickler (or of Python's own, for an
+    # unpickler written in Python, as ``task_errors.TolerantUnpickler``):
+    # dill's also gives an object of a class of ``__main__`` the client's
+    # class, which the whole list's load does not do for the objects in it
+    standard: Any = pickle._Unpickler if isinstance(loader, pickle._Unpickler) else pickle.Unpickler
+    load = functools.partial(standard.load, loader)
     stream.seek(0)
     load()
     #: memo index -> (position of the result whose failure it carries, error)

@@ -21,7 +21,6 @@ from distex_zmq.results import QueueSink, decode
 from distex_zmq.serialization import ItemError
 from distex_zmq.task_errors import (
     TolerantUnpickler,
-    name_not_found,
     name_task,
     renamed,
     result_unloadable_hint,
@@ -88,11 +87,11 @@ def _load_each(
         if type(item) is not Unloaded:
             continue
         e = item.error
-        if salvage and item.shared is None and name_not_found(e):
-            # the first that fails, which the map raises: an error of a class
-            # the client cannot import keeps its class's name and its text
+        if salvage and item.shared is None:
+            # the first that fails, which the map raises: an error keeps its
+            # class's name, its text and the remote traceback
             salvage = False
-            salvaged = _salvaged_error(task, value, loads, position)
+            salvaged = _salvaged_error(task, value, loads, position, e)
             if salvaged is not None:
                 items[position] = ItemError(salvaged)
                 continue
@@ -114,11 +113,11 @@ def _load_each(
 
 
 def _salvaged_error(
-    task: Task, value: Any, loads: Callable[..., Any], position: int
+    task: Task, value: Any, loads: Callable[..., Any], position: int, failure: BaseException
 ) -> SerializationError | None:
     """The error of the input at ``position`` of chunk ``task``, the first
-    of its results that did not load, if it is an error of a class the
-    client cannot import (``task_errors.unloadable_error``); else None."""
+    of its results that did not load (with ``failure``), if it is an error
+    (``task_errors.unloadable_error``); else None."""
     made: list[TolerantUnpickler] = []
 
     def tolerant(file: Any, buffers: Any) -> TolerantUnpickler:
@@ -132,7 +131,7 @@ def _salvaged_error(
     if not items or len(items) <= position or type(items[position]) is not ItemError:
         return None
     # the results before it loaded: the classes missing are of this one
-    error = tolerated_error(f"task {task.id}", items[position].error, made[0].missing)
+    error = tolerated_error(f"task {task.id}", items[position].error, made[0].missing, failure)
     rec = task.worker  # where it ran
     if error is not None and rec is not None:
         error.set_origin(rec.host, rec.pid)

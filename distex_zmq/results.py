@@ -71,8 +71,8 @@ def _rebuilt(
         except Exception:  # noqa: BLE001, S110 - the first failure is the one to name
             pass
     salvaged = None
-    if status == p.STATUS_ERROR and name_not_found(e):
-        salvaged = unloadable_error(task.describe(), value[0], value[1])
+    if status == p.STATUS_ERROR:
+        salvaged = unloadable_error(task.describe(), value[0], value[1], e)
     error = salvaged or SerializationError(
         f"the result of {task.describe()} could not be unpickled in the client: "
         f"{type(e).__name__}: {e}{result_unloadable_hint(e)}"

@@ -403,7 +403,7 @@ def loads_rebuilding_errors(data: Any, buffers: list[Any], loader: Callable[...,
     ``args``, which only the load finds out it does not take. Raises what
     this load fails with (an exception whose ``__new__`` does not take its
     ``args`` either, or a failure of another object)."""
-    kind = _DillRebuildingUnpickler if loader is dill_loads else _RebuildingUnpickler
+    kind = DillRebuildingUnpickler if loader is dill_loads else _RebuildingUnpickler
     return kind(io.BytesIO(data), buffers=buffers or None).load()
 
 
@@ -429,7 +429,7 @@ class _RebuildingUnpickler(pickle._Unpickler):
     dispatch[pickle.REDUCE[0]] = load_reduce  # type: ignore[assignment]
 
 
-class _DillRebuildingUnpickler(_RebuildingUnpickler):
+class DillRebuildingUnpickler(_RebuildingUnpickler):
     """``_RebuildingUnpickler`` for a pickle of dill: it finds the names
     that ``dill.Unpickler`` maps as that one does."""
 

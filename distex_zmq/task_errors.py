@@ -17,7 +17,7 @@ import types
 from typing import Any, TypeVar
 
 from .errors import SerializationError
-from .serialization import PickleType
+from .serialization import DillRebuildingUnpickler, PickleType
 
 #: How pickle and dill say that a name they look up is not there.
 _NOT_THERE = re.compile(r"Can't get attribute|module '.*' has no attribute")
@@ -110,7 +110,11 @@ def result_unloadable_hint(error: BaseException) -> str:
 
 
 class _Unimportable(Exception):
-    """Stands for an exception class the client cannot import."""
+    """Stands for a class the client cannot import (an exception's, or an
+    object's inside one); ``TolerantUnpickler`` makes a subclass that names
+    it."""
+
+    missing = "?"
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args)
@@ -118,13 +122,39 @@ class _Unimportable(Exception):
     def __setstate__(self, state: Any) -> None:
         pass
 
+    def __repr__(self) -> str:
+        return f"<{self.missing}: not importable in the client>"
 
-class TolerantUnpickler(pickle.Unpickler):
-    """Unpickles a task's error whose exception class the client cannot
-    import, with ``_Unimportable`` in its place; notes what it replaced."""
+
+class _Unloadable:
+    """Stands for an object inside a task's error that the client could not
+    make (its class's reconstructor raised): ``what`` names its maker."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"<{self.what}: could not be unpickled in the client>"
+
+
+def _name_of(maker: Any) -> str:
+    module = getattr(maker, "__module__", None)
+    name = getattr(maker, "__qualname__", None) or type(maker).__name__
+    return name if module in (None, "builtins") else f"{module}.{name}"
+
+
+class TolerantUnpickler(DillRebuildingUnpickler):
+    """Unpickles what it can of a task's error that did not unpickle in the
+    client: a class it cannot import as ``_Unimportable`` (noted in
+    ``missing``), an object whose reconstructor raises as ``_Unloadable``,
+    and one whose ``__setstate__`` raises without that state; the remote
+    traceback, which the worker sent as text, comes whole. Python's own
+    unpickler (slower), for the errors that failed to load only."""
+
+    dispatch = dict(DillRebuildingUnpickler.dispatch)
 
     def __init__(self, file: Any, buffers: Any):
-        super().__init__(file, buffers=buffers)
+        super().__init__(file, buffers=buffers or None)
         self.missing: list[str] = []
 
     def find_class(self, module: str, name: str) -> Any:
@@ -132,36 +162,72 @@ class TolerantUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         except (ImportError, AttributeError):
             self.missing.append(f"{module}.{name}")
-            return _Unimportable
+            return type(name, (_Unimportable,), {"missing": f"{module}.{name}"})
+
+    def load_reduce(self) -> None:
+        make = self.stack[-2]
+        try:
+            super().load_reduce()  # takes the arguments off the stack first
+        except Exception:  # noqa: BLE001 - what it stands for is named
+            self.stack[-1] = _Unloadable(_name_of(make))
+
+    dispatch[pickle.REDUCE[0]] = load_reduce  # type: ignore[assignment]
+
+    def load_build(self) -> None:
+        try:
+            super().load_build()  # type: ignore[misc] # takes the state off the stack first
+        except Exception:  # noqa: BLE001, S110 - the object stays as it was made
+            pass
+
+    dispatch[pickle.BUILD[0]] = load_build  # type: ignore[assignment]
 
 
-def unloadable_error(description: str, data: Any, buffers: Any) -> SerializationError | None:
+def unloadable_error(
+    description: str, data: Any, buffers: Any, failure: BaseException
+) -> SerializationError | None:
     """The error for the pickled error of a task (``description``) that did
-    not unpickle in the client because its exception's class names a module
-    the client cannot import: the exception's class, text and what to do,
-    with the remote traceback as its cause. None if it does not unpickle so
-    either."""
+    not unpickle in the client with ``failure``: the exception's class, text
+    and what to do, with the remote traceback as its cause. None if it does
+    not unpickle so either."""
     try:
         unpickler = TolerantUnpickler(io.BytesIO(data), buffers)
         exc = unpickler.load()
     except Exception:  # noqa: BLE001 - the caller's error stands
         return None
-    return tolerated_error(description, exc, unpickler.missing)
+    return tolerated_error(description, exc, unpickler.missing, failure)
 
 
-def tolerated_error(description: str, exc: Any, missing: list[str]) -> SerializationError | None:
+def tolerated_error(
+    description: str, exc: Any, missing: list[str], failure: BaseException
+) -> SerializationError | None:
     """The error of ``unloadable_error`` for ``exc``, the error of a task
     (``description``) that ``TolerantUnpickler`` unpickled, which did not
-    find the classes in ``missing``. None unless ``exc`` stands for one."""
-    if not isinstance(exc, _Unimportable) or not missing:
+    find the classes in ``missing``, where the client's load failed with
+    ``failure``. None unless ``exc`` stands for an exception."""
+    if isinstance(exc, _Unimportable) and missing:
+        error = SerializationError(
+            f"{description} raised {exc.missing}: {exc}; that exception could not be "
+            "unpickled in the client, which cannot import its module (the worker could): "
+            "install that module (the version the worker has) where the client runs, or "
+            "raise exceptions of types the client has; the remote traceback is the cause"
+        )
+    elif isinstance(exc, (BaseException, _Unloadable)):
+        if isinstance(exc, _Unloadable):
+            raised = exc.what
+        else:
+            try:
+                text = str(exc)
+            except Exception:  # noqa: BLE001
+                text = "<its str() failed>"
+            raised = f"{_name_of(type(exc))}: {text}" if text else _name_of(type(exc))
+        error = SerializationError(
+            f"{description} raised {raised}; that exception could not be unpickled in "
+            f"the client ({type(failure).__name__}: {failure}){result_unloadable_hint(failure)}"
+            "; the remote traceback is the cause"
+        )
+    else:
         return None
-    error = SerializationError(
-        f"{description} raised {missing[0]}: {exc}; that exception could not "
-        "be unpickled in the client, which cannot import its module (the worker could): "
-        "install that module (the version the worker has) where the client runs, or "
-        "raise exceptions of types the client has; the remote traceback is the cause"
-    )
-    error.__cause__ = exc.__cause__
+    error.__cause__ = getattr(exc, "__cause__", None)
     return error
 
 

@@ -417,6 +417,33 @@ def raise_worker_only_error() -> None:
     raise _worker_only().WorkerOnlyError("disk full")
 
 
+class ClientRefusesState(Exception):
+    """An exception whose ``__setstate__`` raises outside a worker: it loads
+    in the worker that raised it, and not in the client."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from distex_zmq.process_role import in_worker
+
+        if not in_worker():
+            raise RuntimeError("this state loads in workers only")
+        self.__dict__.update(state)
+
+
+def raise_unloadable_in_client_at(i: int, k: int, how: str) -> int:
+    """``i``, or at ``k`` raise an exception that does not unpickle in the
+    client: ``how`` "attribute" (a ``ValueError`` holding an object of the
+    module ``worker_only``) or "state" (a ``ClientRefusesState``)."""
+    if i != k:
+        return i
+    if how == "attribute":
+        error = ValueError(f"bad response at {i}")
+        error.response = _worker_only().Thing()  # type: ignore[attr-defined]
+        raise error
+    refused = ClientRefusesState(f"bad key 'timeout' at {i}")
+    refused.detail = i  # type: ignore[attr-defined]
+    raise refused
+
+
 def disk_error_at(x: int, bad: int) -> int:
     """``x``, but ``DiskError`` for ``bad``."""
     if x == bad:

@@ -1619,6 +1619,46 @@ def test_an_exception_the_client_cannot_import_in_a_chunk_fails_its_input_only(
     assert 4 in results and 5 not in results
 
 
+@pytest.mark.parametrize("how", ["attribute", "state"])
+@pytest.mark.parametrize("chunksize", [None, 4])
+def test_an_exception_that_does_not_unpickle_in_the_client_keeps_its_text_and_traceback(
+    shared_pool, how, chunksize
+):
+    # one of a class the client has, with an attribute of a module only the
+    # worker has, or whose __setstate__ raises in the client: the error said
+    # "the result ... could not be unpickled", without the task's message
+    # and traceback
+    if chunksize is None:
+        with pytest.raises(SerializationError) as info:
+            shared_pool.run(tasks.raise_unloadable_in_client_at, 5, 5, how)
+        start = r"task \d+ \(raise_unloadable_in_client_at\) raised "
+    else:
+        results = []
+        with pytest.raises(SerializationError) as info:
+            for y in shared_pool.map(
+                tasks.raise_unloadable_in_client_at,
+                range(12),
+                itertools.repeat(5),
+                itertools.repeat(how),
+                chunksize=chunksize,
+            ):
+                results.append(y)
+        assert results == list(range(5))
+        assert info.value.index == 5
+        start = r"task \d+ \(raise_unloadable_in_client_at, input #5 of a map\) raised "
+    text = str(info.value)
+    if how == "attribute":
+        raised = "ValueError: bad response at 5; that exception could not be unpickled in "
+        cause = "ModuleNotFoundError: No module named 'worker_only'"
+    else:
+        raised = "tests.tasks.ClientRefusesState: bad key 'timeout' at 5; that exception could "
+        cause = "RuntimeError: this state loads in workers only"
+    assert re.match(start + re.escape(raised), text), text
+    assert cause in text and text.endswith("the remote traceback is the cause")
+    assert isinstance(info.value.__cause__, RemoteException)
+    assert "raise_unloadable_in_client_at" in str(info.value.__cause__)
+
+
 @pytest.mark.parametrize("ordered", [True, False])
 def test_a_result_that_does_not_unpickle_in_a_piece_of_a_chunk_names_its_input(
     shared_pool, ordered
