@@ -565,6 +565,46 @@ def test_a_full_temp_dir_is_passed_over_for_the_ipc_socket(tmp_path, fallback):
         assert "Free space there, or set TMPDIR" in proc.stdout
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(not _can_mount_in_a_namespace(), reason="needs unshare --mount (root)")
+@pytest.mark.parametrize("shm", ["rw", "ro"])
+def test_no_writable_temp_dir_but_dev_shm_for_the_ipc_socket(shm):
+    # a container with a read-only root file system: tempfile finds no
+    # directory to write in (TMPDIR missing; /tmp, /var/tmp and the working
+    # directory read-only), and the pool raised tempfile's FileNotFoundError
+    # before it tried /dev/shm
+    script = textwrap.dedent(
+        """
+        import os
+        from distex_zmq import Pool
+        try:
+            with Pool(1) as pool:
+                print("ran", pool.run(abs, -3))
+        except OSError as e:
+            print("error:", e)
+        """
+    )
+    binds = ["/tmp", "/var/tmp"] + (["/dev/shm"] if shm == "ro" else [])
+    mounts = " && ".join(f"mount -o bind,ro {d} {d}" for d in binds)
+    proc = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", f'{mounts} && exec "$@"', "sh"]
+        + [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": "/nonexistent"},
+        cwd="/proc",  # not writable either
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    if shm == "rw":
+        assert proc.stdout == "ran 3\n", proc.stdout + proc.stderr
+    else:
+        assert proc.stdout.startswith(
+            "error: [Errno 13] no directory for the pool's ipc socket could be made (in "
+            "/tmp: not writable; in /var/tmp: not writable; in /dev/shm: not writable"
+        ), proc.stdout + proc.stderr
+
+
 def test_stale_ipc_dirs_in_the_fallback_directory_are_swept(tmp_path):
     # the pool runs with a TMPDIR of its own, so that /tmp is a fallback
     # directory whatever TMPDIR the suite runs with

@@ -39,7 +39,10 @@ UNBOUND_STALE_AFTER = 60.0
 
 def candidate_dirs() -> list[str]:
     """The directories that may hold socket directories, ``TMPDIR``'s first."""
-    dirs = [tempfile.gettempdir()]
+    try:
+        dirs = [tempfile.gettempdir()]
+    except OSError:  # none of tempfile's takes a file (read-only): the fallbacks may
+        dirs = []
     dirs.extend(d for d in FALLBACK_DIRS if d not in dirs)
     return dirs
 
@@ -57,7 +60,11 @@ def make_ipc_dir() -> str:
     too_long = []
     failed: list[tuple[str, OSError]] = []
     for base in candidate_dirs():
-        if not os.path.isdir(base) or not os.access(base, os.W_OK | os.X_OK):
+        if not os.path.isdir(base):
+            failed.append((base, OSError(errno.ENOENT, "no such directory")))
+            continue
+        if not os.access(base, os.W_OK | os.X_OK):
+            failed.append((base, OSError(errno.EACCES, "not writable")))
             continue
         try:
             path = tempfile.mkdtemp(prefix=prefix, dir=base)
