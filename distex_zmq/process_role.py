@@ -25,6 +25,9 @@ CLIENT_ENV_ENV = "DISTEX_ZMQ_CLIENT_ENV"
 #: The environment variable in which a local worker gets the client's
 #: ``sys.path`` (JSON), which comes first on its own.
 CLIENT_PATH_ENV = "DISTEX_ZMQ_CLIENT_PATH"
+#: The environment variable in which a local worker gets the descriptor of
+#: the client's ``multiprocessing`` resource tracker, which it shares.
+TRACKER_FD_ENV = "DISTEX_ZMQ_TRACKER_FD"
 
 
 def mark_worker() -> None:

@@ -22,8 +22,20 @@ if TYPE_CHECKING:
 MakePool = Callable[..., "Pool"]
 
 
+def _is_resource_tracker(pid: int) -> bool:
+    """Whether ``pid`` is a ``multiprocessing`` resource tracker: a process
+    that lives as long as the one that started it (a client whose local
+    workers share it, as ``ProcessPoolExecutor``'s spawned workers do)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"multiprocessing.resource_tracker" in f.read()
+    except OSError:
+        return False
+
+
 def child_pids(parent: int | None = None) -> set[int]:
-    """Live (non-zombie) processes whose parent is ``parent`` (default: us)."""
+    """Live (non-zombie) processes whose parent is ``parent`` (default: us),
+    but a resource tracker."""
     parent = os.getpid() if parent is None else parent
     children = set()
     for entry in os.listdir("/proc"):
@@ -37,7 +49,7 @@ def child_pids(parent: int | None = None) -> set[int]:
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses
         fields = stat[stat.rindex(")") + 2 :].split()
         state, ppid = fields[0], int(fields[1])
-        if ppid == parent and state != "Z":
+        if ppid == parent and state != "Z" and not _is_resource_tracker(int(entry)):
             children.add(int(entry))
     return children
 

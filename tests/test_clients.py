@@ -508,6 +508,72 @@ def test_a_random_generator_of_the_script_copied_to_workers_is_warned_of(tmp_pat
     assert "make the generator in the task, or give each task a seed" in warned[2]
 
 
+SCRIPT_WITH_SHARED_MEMORY = """\
+import concurrent.futures
+import multiprocessing
+import sys
+from multiprocessing import shared_memory
+
+from distex_zmq import Pool
+
+
+def read(name, i):
+    block = shared_memory.SharedMemory(name=name)
+    try:
+        return block.buf[i]
+    finally:
+        block.close()
+
+
+def make(size):
+    block = shared_memory.SharedMemory(create=True, size=size)
+    block.buf[0] = 7
+    block.close()  # left for the client: tracked, it goes at the client's exit
+    return block.name
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "control":
+        spawn = multiprocessing.get_context("spawn")
+        pool = concurrent.futures.ProcessPoolExecutor(2, spawn, max_tasks_per_child=2)
+    else:
+        pool = Pool(2, max_tasks_per_child=2)
+    with pool:
+        block = shared_memory.SharedMemory(create=True, size=16)
+        block.buf[:16] = bytes(range(16))
+        # workers replaced every two tasks, and so exit while the block lives
+        print(*[pool.submit(read, block.name, i).result() for i in range(8)])
+        made = pool.submit(make, 4).result()
+    print(bytes(block.buf[:3]))  # all the workers gone, the block is there
+    block.close()
+    block.unlink()
+    left = shared_memory.SharedMemory(name=made)
+    print(left.buf[0])
+    left.close()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", ["control", "local"])
+def test_shared_memory_of_the_client_outlives_the_workers(tmp_path, executor):
+    # each worker had a resource tracker of its own, which unlinked the
+    # client's block that a task had attached to when that worker exited:
+    # the next tasks and the client's unlink raised FileNotFoundError
+    (tmp_path / "script.py").write_text(SCRIPT_WITH_SHARED_MEMORY)
+    result = subprocess.run(
+        [sys.executable, "script.py", executor],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "0 1 2 3 4 5 6 7\nb'\\x00\\x01\\x02'\n7\n", result.stdout
+    # the block a task made and left is the client's tracker's to clean up
+    assert "leaked shared_memory objects" in result.stderr, result.stderr
+    assert "FileNotFoundError" not in result.stderr
+
+
 def test_the_clusters_secret_does_not_reach_tasks(monkeypatch):
     # a client or a spawner started with DISTEX_ZMQ_SECRET set passed it on
     # to every worker: any task, and any process it started, could read the

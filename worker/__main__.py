@@ -126,6 +126,27 @@ def _restore_client_env() -> None:
             os.environ[name] = value
 
 
+def _take_resource_tracker() -> None:
+    """Share the client's ``multiprocessing`` resource tracker, whose
+    descriptor a local worker gets (see ``LocalLauncher.spawn``), as a
+    child that multiprocessing spawns does: the ``shared_memory`` blocks
+    that tasks attach to or make are then the client's to clean up at its
+    exit, not this worker's at its own (which would unlink a block of the
+    client's that a task only attached to)."""
+    from distex_zmq.process_role import TRACKER_FD_ENV
+
+    fd = os.environ.pop(TRACKER_FD_ENV, None)
+    if not fd or not fd.isdigit():
+        return
+    try:
+        os.fstat(int(fd))
+    except OSError:
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker._resource_tracker._fd = int(fd)  # as spawn's children take it
+
+
 def _take_client_path() -> None:
     """Put the client's ``sys.path`` that a local worker gets (see
     ``LocalLauncher``) first on this process's, in its order: ``PYTHONPATH``
@@ -238,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     _take_script_argv()
     _restore_client_env()
     _take_client_path()
+    _take_resource_tracker()
 
     from distex_zmq.worker.running import flush_std_streams
     from distex_zmq.worker.worker import Worker

@@ -34,7 +34,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from distex_zmq.process_role import CLIENT_ENV_ENV, CLIENT_PATH_ENV, SCRIPT_ARGV_ENV
+from distex_zmq.process_role import (
+    CLIENT_ENV_ENV,
+    CLIENT_PATH_ENV,
+    SCRIPT_ARGV_ENV,
+    TRACKER_FD_ENV,
+)
 from distex_zmq.security import MP_AUTHKEY_ENV
 
 _logger = logging.getLogger("distex_zmq.launch.local")
@@ -101,6 +106,22 @@ def interpreter_args() -> list[str]:
     if sys.version_info >= (3, 11):
         args.append("-P")
     return args
+
+
+def resource_tracker_fd() -> int | None:
+    """The descriptor of this process's ``multiprocessing`` resource tracker,
+    started if need be (a process that lives as long as this one), which
+    the workers share, as the children that multiprocessing spawns do: a
+    ``shared_memory`` block that a task attaches to is then unlinked when
+    the client exits, not when the worker does (a worker's own tracker would
+    unlink the client's block at the worker's exit). None where it does not
+    start."""
+    try:
+        from multiprocessing import resource_tracker
+
+        return resource_tracker.getfd()
+    except (OSError, ValueError):
+        return None
 
 
 def _cwd() -> str | None:
@@ -365,10 +386,14 @@ class LocalLauncher:
         worker_stdin: bytes | None = None,
         on_output: OutputCallback | None = None,
         output_flow: OutputFlow | None = None,
+        share_tracker: bool = False,
     ):
         self._loop = loop
         self._on_output = on_output
         self._flow = output_flow
+        #: the workers share this process's resource tracker (a client's do;
+        #: an agent's or a spawner's have their own)
+        self.share_tracker = share_tracker
         #: pipes not read while the output flow is full: ``(proc, stream, fd)``
         self._paused: list[tuple[WorkerProcess, str, int]] = []
         #: written to each worker's stdin, then closed (its CURVE keys)
@@ -423,9 +448,15 @@ class LocalLauncher:
         environment, which only this user can read, never the command line.
         So does the client's ``sys.argv``, which the worker takes as its own,
         as a worker of ``ProcessPoolExecutor`` has the script's, unless it
-        passes ``SCRIPT_ARGV_MAX``.
+        passes ``SCRIPT_ARGV_MAX``; and the descriptor of the client's
+        resource tracker (``resource_tracker_fd``).
         """
         self._env[MP_AUTHKEY_ENV] = multiprocessing.process.current_process().authkey.hex()
+        tracker = resource_tracker_fd() if self.share_tracker else None
+        if tracker is None:
+            self._env.pop(TRACKER_FD_ENV, None)
+        else:
+            self._env[TRACKER_FD_ENV] = str(tracker)
         argv = json.dumps(sys.argv)
         if len(argv) < SCRIPT_ARGV_MAX:
             self._env[SCRIPT_ARGV_ENV] = argv
@@ -453,6 +484,7 @@ class LocalLauncher:
                 stderr=subprocess.PIPE,
                 env=self._env,
                 cwd=self.cwd,
+                pass_fds=() if tracker is None else (tracker,),
                 start_new_session=True,
             )
             if popen.stdin is not None:
