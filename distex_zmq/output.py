@@ -26,6 +26,7 @@ last records are handled; the pool's shutdown handles them first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -80,6 +81,8 @@ class OutputWriter:
         self._room_waiters: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
         #: ``(count, loop, callback)``: called once ``count`` items are done
         self._done_waiters: list[tuple[int, asyncio.AbstractEventLoop, Callable[[], None]]] = []
+        #: the streams that failed to take a write, said once each
+        self._failed: set[str] = set()
 
     def put(self, stream: str, text: str, lines: int) -> int:
         """Write ``text`` (``lines`` lines) to ``stream``, "out" or "err";
@@ -234,13 +237,34 @@ class OutputWriter:
         except Exception:  # noqa: BLE001 - a filter that raises: as logging reports a handler's
             traceback.print_exc()
 
-    @staticmethod
-    def _write(stream: str, text: str) -> None:
+    def _write(self, stream: str, text: str) -> None:
         out = sys.stdout if stream == "out" else sys.stderr
         try:
-            out.write(text)
+            try:
+                out.write(text)
+            except UnicodeEncodeError:
+                # what the stream's encoding cannot take (an ASCII locale),
+                # escaped, as Python writes it to stderr
+                encoding = out.encoding or "utf-8"
+                out.write(text.encode(encoding, "backslashreplace").decode(encoding))
             out.flush()
-        except (OSError, ValueError, AttributeError):
+        except BrokenPipeError:
+            pass  # the reader went away (``| head``): nothing to say
+        except OSError as e:
+            # a full disk, an I/O error: the lines are lost, which is said
+            # once, on the other stream (nothing if that one fails too)
+            if stream in self._failed:
+                return
+            self._failed.add(stream)
+            other = sys.stderr if stream == "out" else sys.stdout
+            with contextlib.suppress(Exception):
+                other.write(
+                    f"distex_zmq: the workers' output could not be written to this "
+                    f"process's std{stream} ({e.strerror or e}); lines are lost while "
+                    "it fails\n"
+                )
+                other.flush()
+        except (ValueError, AttributeError):
             pass  # the client closed or dropped its stream
 
 

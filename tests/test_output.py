@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import contextvars
 import io
 import itertools
@@ -375,6 +376,35 @@ def test_lines_that_cannot_wait_are_dropped_and_counted(monkeypatch):
     assert written >= MAX_PENDING // len(batch) * 1000 and dropped > 0
     assert written + dropped == 100_000
     assert not writer.full()
+
+
+def test_lines_a_stream_cannot_take_are_escaped_or_said_lost(monkeypatch, make_pool):
+    # a stdout whose encoding lacks a character (PYTHONIOENCODING=ascii, a C
+    # locale) lost the whole line in silence, and so did a full disk, where
+    # ProcessPoolExecutor's workers fail with the error
+    ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii", write_through=True)
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", ascii_out)
+    monkeypatch.setattr(sys, "stderr", err)
+    pool = make_pool(1, output="raw")
+    assert pool.run(print, "caf\u00e9 1") is None
+    pool.shutdown()
+    assert ascii_out.buffer.getvalue() == b"caf\\xe9 1\n"  # as Python's stderr escapes it
+    full = open("/dev/full", "w")  # noqa: SIM115 - its close fails too
+    try:
+        monkeypatch.setattr(sys, "stdout", full)
+        pool = make_pool(1, output="raw")
+        for i in range(3):
+            assert pool.run(print, "line", i) is None
+        pool.shutdown()
+    finally:
+        with contextlib.suppress(OSError):
+            full.close()
+    # said once, on the other stream
+    assert err.getvalue() == (
+        "distex_zmq: the workers' output could not be written to this process's stdout "
+        "(No space left on device); lines are lost while it fails\n"
+    )
 
 
 def written(mode: str, *writes: tuple[Any, ...], monkeypatch: Any) -> tuple[str, str]:
