@@ -179,6 +179,13 @@ async def async_interrupt() -> None:
     raise KeyboardInterrupt("from an async task")
 
 
+async def async_cancelled(message: str) -> None:
+    """Raise ``CancelledError(message)``, as a client library does for a
+    call that its server cancelled."""
+    await asyncio.sleep(0.01)
+    raise asyncio.CancelledError(message)
+
+
 async def running_loop_class_name() -> str:
     loop = asyncio.get_running_loop()
     return f"{type(loop).__module__}.{type(loop).__name__}"

@@ -94,6 +94,22 @@ def test_an_async_task_that_exits_fails_alone_as_a_sync_one_does(pool):
     assert pool.status().totals.workers_lost == 0
 
 
+def test_a_cancelled_error_an_async_task_raises_keeps_its_message(shared_pool):
+    # the task was taken as cancelled: "task 1 was cancelled", the message
+    # and the traceback of the task's own CancelledError lost
+    with pytest.raises(asyncio.CancelledError, match="^upstream went away$") as info:
+        shared_pool.run(tasks.async_cancelled, "upstream went away")
+    assert "async_cancelled" in str(info.value.__cause__)
+
+    async def main():
+        with pytest.raises(asyncio.CancelledError, match="^gone$") as info:
+            await shared_pool.run_async(tasks.async_cancelled, "gone")
+        assert "async_cancelled" in str(info.value.__cause__)
+
+    asyncio.run(main())
+    assert shared_pool.run(tasks.async_square, 3) == 9
+
+
 def test_map_async_of_mixed_sync_and_async_iterables(shared_pool):
     async def main():
         expected = list(map(tasks.add3, range(12), range(100, 200), range(50)))

@@ -404,6 +404,13 @@ class Runner:
             return rebuilt
         return error
 
+    def cancel_all(self) -> None:
+        """Cancel the tasks awaited: the worker leaves."""
+        global _leaving
+        _leaving = True
+        for fut in self.running:
+            fut.cancel()
+
     def _await_result(
         self,
         task_id: int,
@@ -424,7 +431,7 @@ class Runner:
                 error = _remote(asyncio.CancelledError(f"task {task_id} was cancelled"))
                 self._add_result(task_id, p.STATUS_ERROR, error, started, p.MARK_AWAITED)
             elif (exc := fut.exception()) is not None:
-                if type(exc) is _Exiting:
+                if type(exc) is _Held:
                     exc = exc.exc
                 error = self._sendable_error(task_id, exc)
                 self._add_result(task_id, p.STATUS_ERROR, error, started, p.MARK_AWAITED)
@@ -647,9 +654,9 @@ def _is_awaitable(value: Any) -> bool:
     return isinstance(value, types.GeneratorType) and inspect.isawaitable(value)
 
 
-class _Exiting(Exception):
-    """Carries the ``SystemExit`` or ``KeyboardInterrupt`` of an awaited task
-    (``exc``) to its result."""
+class _Held(Exception):
+    """Carries the ``SystemExit``, ``KeyboardInterrupt`` or ``CancelledError``
+    that an awaited task raised (``exc``) to its result."""
 
     def __init__(self, exc: BaseException):
         self.exc = exc
@@ -657,20 +664,29 @@ class _Exiting(Exception):
 
 async def _contained(awaitable: Any) -> Any:
     """``awaitable`` awaited, a ``SystemExit`` or ``KeyboardInterrupt`` it
-    raises held in an ``_Exiting``: asyncio re-raises those out of the loop,
+    raises held in a ``_Held``: asyncio re-raises those out of the loop,
     which would end the worker, where the same error of a sync task is its
-    result."""
+    result. So is a ``CancelledError`` that it raises itself (``raise
+    CancelledError("upstream went away")``, or one of what it awaited),
+    which would make the task cancelled, its message and traceback lost;
+    but when the worker leaves, and cancels what it awaits."""
     try:
         result = await awaitable
     except BaseException as e:
         if _forked:
             _end_forked_child(e)
         if isinstance(e, (SystemExit, KeyboardInterrupt)):
-            raise _Exiting(e) from None
+            raise _Held(e) from None
+        if isinstance(e, asyncio.CancelledError) and not _leaving:
+            raise _Held(e) from None
         raise
     if _forked:
         _end_forked_child(None)
     return result
+
+
+#: the worker leaves, and cancels the tasks it awaits (``Runner.cancel_all``)
+_leaving = False
 
 
 async def _settle_all(

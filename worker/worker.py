@@ -173,8 +173,7 @@ class Worker:
             self._loop.remove_reader(int(monitor.getsockopt(zmq.FD)))
             sock.disable_monitor()
             monitor.close(linger=0)
-            for fut in self.runner.running:
-                fut.cancel()
+            self.runner.cancel_all()
             sock.close()
             self._ctx.term()
         return self.exit_code
