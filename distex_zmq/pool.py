@@ -48,6 +48,7 @@ from distex_zmq.results import (
     TaskFuture,
     cancel_if_cancelled,
 )
+from distex_zmq.script_objects import adopt_spawned_script
 from distex_zmq.serialization import PickleType, check_callable
 
 
@@ -247,6 +248,8 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
         check_flag("lazy_create", lazy_create)
         if max_workers is not None:
             num_workers = executor_workers(num_workers, max_workers)
+        # (in a process that multiprocessing spawned: the script's objects)
+        adopt_spawned_script()
         super().__init__(
             pool_options(
                 num_workers,

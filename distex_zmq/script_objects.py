@@ -21,8 +21,11 @@ imports neither.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from .script_rebuild import RefSink
@@ -31,6 +34,38 @@ if TYPE_CHECKING:
     from .script_pickler import ScriptPickler
 
 _MAIN = b"__main__"
+
+
+#: What multiprocessing names the script in the processes it spawns.
+_MP_MAIN = "__mp_main__"
+
+
+def adopt_spawned_script() -> None:
+    """In a process that multiprocessing spawned (a worker of
+    ``ProcessPoolExecutor``, a spawn ``Process``), mark the script's own
+    functions and classes as the script's (``__main__``), so that a pool
+    made there sends them by value, as from the script itself. There the
+    script runs as ``__mp_main__``, which is also ``sys.modules["__main__"]``,
+    and its objects say ``__mp_main__``: pickle, cloudpickle and dill send
+    them by name, which a worker of the pool, whose script is not that one,
+    cannot load (multiprocessing's own children run the script again). The
+    objects stay what they are for pickle there: ``__main__`` names the same
+    module in that process and in the one that spawned it."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__name__", None) != _MP_MAIN:
+        return
+    for value in list(vars(main).values()):
+        if not isinstance(value, (type, types.FunctionType)):
+            continue
+        if getattr(value, "__module__", None) != _MP_MAIN:
+            continue
+        value.__module__ = "__main__"
+        if isinstance(value, type):
+            for member in list(vars(value).values()):
+                function = getattr(member, "__func__", member)  # classmethod, staticmethod
+                if getattr(function, "__module__", None) == _MP_MAIN:
+                    with contextlib.suppress(AttributeError, TypeError):
+                        function.__module__ = "__main__"
 
 
 class PickleByValue(Exception):

@@ -574,6 +574,70 @@ def test_shared_memory_of_the_client_outlives_the_workers(tmp_path, executor):
     assert "FileNotFoundError" not in result.stderr
 
 
+SCRIPT_WITH_A_POOL_IN_A_SPAWNED_PROCESS = """\
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import sys
+
+from distex_zmq import Pool
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+    def scaled(self, k):
+        return Point(self.x * k)
+
+
+class Scale:
+    def __init__(self, k):
+        self.k = k
+
+    def __call__(self, point):
+        return point.scaled(self.k)
+
+
+def square(x):
+    return x * x
+
+
+def use_a_pool(kind):
+    if kind == "control":
+        pool = concurrent.futures.ProcessPoolExecutor(1, multiprocessing.get_context("spawn"))
+    else:
+        pool = Pool(1)
+    with pool:
+        points = list(pool.map(Scale(3), [Point(1), Point(2)]))
+        return list(pool.map(square, range(4))), [p.x for p in points], type(points[0]).__name__
+
+
+if __name__ == "__main__":
+    spawn = multiprocessing.get_context(sys.argv[2])
+    with concurrent.futures.ProcessPoolExecutor(1, spawn) as outer:
+        print(*outer.submit(use_a_pool, sys.argv[1]).result())
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("context", ["spawn", "forkserver"])
+@pytest.mark.parametrize("executor", ["control", "local"])
+def test_a_pool_in_a_process_that_multiprocessing_spawned(tmp_path, executor, context):
+    # there the script runs as __mp_main__, and its functions and classes
+    # went by that name to the pool's workers, which could not load them
+    (tmp_path / "script.py").write_text(SCRIPT_WITH_A_POOL_IN_A_SPAWNED_PROCESS)
+    result = subprocess.run(
+        [sys.executable, "script.py", executor, context],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[0, 1, 4, 9] [3, 6] Point\n"
+
+
 def test_the_clusters_secret_does_not_reach_tasks(monkeypatch):
     # a client or a spawner started with DISTEX_ZMQ_SECRET set passed it on
     # to every worker: any task, and any process it started, could read the
