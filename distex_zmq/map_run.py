@@ -248,6 +248,7 @@ class MapRun:
                 self._task_bytes = len(last.data) + (
                     sum(b.nbytes for b in buffers) if buffers else 0
                 )
+                self._sizer.note_inputs(self._task_bytes, len(inputs[made - 1]) if chunked else 1)
                 # queued before they are counted: a pool shut down meanwhile
                 # raises here, and the map then waits for no result of theirs
                 # (their results reach the sink, but the map takes them only

@@ -3,8 +3,8 @@
 With no ``chunksize`` given, a map starts with one input per task and, from
 how long the workers say its tasks ran, groups inputs that take well under
 ``GROUP_BELOW`` seconds into chunks of about ``BATCH_TIME`` seconds of work;
-inputs that take longer are never grouped, nor those whose results are
-large (``LARGE_RESULT``). An explicit ``chunksize`` is kept.
+inputs that take longer are never grouped, nor those that are large or
+whose results are (``LARGE_RESULT``). An explicit ``chunksize`` is kept.
 
 A pool remembers what the inputs of its recent maps' functions took
 (``RunTimes``): a later map of the same function starts with the chunks that
@@ -34,6 +34,10 @@ MAX_BATCH = 256
 #: would hold all its results until its last is done, which the map's
 #: bound on the results waiting for its consumer counts as one.
 LARGE_RESULT = 1 << 20
+#: Pickled bytes of an input from which inputs are not grouped: the map
+#: reads its inputs ahead of its consumer by the task, so that a chunk of
+#: many would read that many at once, past the map's bound (``BYTES_AHEAD``).
+LARGE_INPUT = 1 << 20
 
 
 #: Functions whose run times a pool remembers, the most recently mapped.
@@ -80,6 +84,8 @@ class ChunkSizer:
         #: inputs per task now
         self.chunksize = chunksize or 1
         self._per_input: float | None = None
+        #: the inputs are ``LARGE_INPUT`` or larger: one per task
+        self._large_inputs = False
         self._run_times = run_times if self.adaptive else None
         self._func_id = func_id
         if self._run_times is not None:
@@ -103,6 +109,14 @@ class ChunkSizer:
             if status != p.STATUS_PARTIAL and type(value) is tuple and len(value) < 4:
                 self.note_run(value[2], sizes.get(task.tag, 1) or 1, result_bytes(value))
 
+    def note_inputs(self, size: int, inputs: int) -> None:
+        """The latest task took ``size`` bytes pickled for ``inputs`` inputs:
+        large inputs go one per task from now on."""
+        if self.adaptive:
+            self._large_inputs = size >= LARGE_INPUT * inputs
+            if self._large_inputs:
+                self.chunksize = 1
+
     def note_run(self, elapsed_us: int, inputs: int, results_size: int = 0) -> None:
         """Size the next chunks from ``inputs`` that ran ``elapsed_us`` and
         whose results took ``results_size`` bytes pickled (0: not known)."""
@@ -110,7 +124,7 @@ class ChunkSizer:
         old = self._per_input
         self._per_input = per_input = per_input if old is None else 0.7 * old + 0.3 * per_input
         self.chunksize = _inputs_per_chunk(per_input, 2 * self.chunksize)
-        if results_size >= LARGE_RESULT * inputs:
+        if results_size >= LARGE_RESULT * inputs or self._large_inputs:
             self.chunksize = 1
         if self._run_times is not None:
             self._run_times.note(self._func_id, per_input)

@@ -376,6 +376,29 @@ def test_large_inputs_are_read_ahead_by_bytes_not_by_count(shared_pool):
     assert pulled == 24
 
 
+def test_large_quick_inputs_are_not_grouped_past_the_bound(shared_pool):
+    # a quick function of large inputs (the first pixel of each image):
+    # adaptive chunks grouped them by the hundred, and the map read that
+    # many ahead of its consumer, far past BYTES_AHEAD (1.2 GB of 1 MiB inputs)
+    payload = b"x" * (2 * 2**20)
+    pulled = 0
+
+    def payloads():
+        nonlocal pulled
+        for _ in range(160):
+            pulled += 1
+            yield payload
+
+    ahead = []
+    for yielded, length in enumerate(shared_pool.map(tasks.bytes_len, payloads())):
+        assert length == len(payload)
+        ahead.append(pulled - yielded)
+    capacity = shared_pool.total_workers() * QSIZE
+    limit = max(BYTES_AHEAD // len(payload), capacity + 2)
+    assert max(ahead) <= limit + 1, f"read {max(ahead)} inputs ahead"
+    assert pulled == 160
+
+
 @pytest.mark.timeout(120)
 def test_an_input_windows_behind_a_slow_first_one_runs_while_it_waits(pool, tmp_path):
     # The first input waits (20 s at most) until an input three windows
