@@ -1,6 +1,7 @@
 """A chunk's results unpickled one at a time, for when their pickle does not
 load as a whole in the client: each result that does not load fails its
-own input only, and the others keep theirs.
+own input only, and the others keep theirs. So are a chunk's inputs in a
+worker (a pickled tuple), when they do not load there as a whole.
 
 A chunk's results travel as one pickle of a list (the fast path unpickles
 it in one call). That pickle is read opcode by opcode (``pickletools``) to
@@ -61,6 +62,7 @@ _WHOLE = frozenset(
 _UNSPLIT = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "PERSID", "BINPERSID"})
 
 _MARK, _OBJECT, _WHOLE_OBJECT = 0, 1, 2
+_TUPLES = frozenset({"TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"})
 _GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 
 
@@ -93,9 +95,15 @@ class _Layout:
 
 
 def _layout(data: bytes) -> _Layout | None:
-    """The layout of ``data``, a pickled list; None if it is not one, or
-    if it uses opcodes that a pool's pickles do not."""
+    """The layout of ``data``, a pickled list or tuple (a chunk's inputs);
+    None if it is neither, or if it uses opcodes that a pool's pickles do
+    not."""
     layout = _Layout()
+    # a tuple is made last, of what the stack holds: the spans of the last
+    # one that emptied the stack, and where it was made
+    tuple_spans: list[tuple[int, int]] = []
+    tuple_at = -1
+    last = -1  # where the last opcode but MEMOIZE and FRAME is
     # (start of the opcodes that made it, kind) of each object on the stack
     stack: list[tuple[int, int]] = []
     # height -> start of the opcodes of objects dropped there (``POP``): they
@@ -115,8 +123,8 @@ def _layout(data: bytes) -> _Layout | None:
             break
         if name in _UNSPLIT:
             return None
-        if not stack and name != "EMPTY_LIST":
-            return None  # not a list
+        if name != "MEMOIZE":
+            last = pos
         if name == "MEMOIZE":
             layout.memo_whole.append(stack[-1][1] == _WHOLE_OBJECT)
             layout.memo_at.append(pos)
@@ -146,6 +154,11 @@ def _layout(data: bytes) -> _Layout | None:
             if layout.spans and starts and starts[0] <= layout.spans[-1][1]:
                 return None
             layout.spans.extend(zip(starts, [*starts[1:], pos], strict=True))
+        elif name in _TUPLES and not stack:
+            # a tuple of what the stack held: the whole pickle's, if last
+            starts = [start for start, _ in (items if name == "TUPLE" else popped)]
+            tuple_spans = list(zip(starts, [*starts[1:], pos], strict=True))
+            tuple_at = pos
         start = min([pos, *(entry[0] for entry in popped)])
         height = len(stack)
         for level in [level for level in dropped if level >= height]:
@@ -169,6 +182,10 @@ def _layout(data: bytes) -> _Layout | None:
                 stack.append((start, _WHOLE_OBJECT if name in _WHOLE else _OBJECT))
     if not stopped:
         return None
+    if not layout.spans:
+        if tuple_at < 0 or tuple_at != last:
+            return None  # neither a list nor a tuple
+        layout.spans = tuple_spans
     # only the list itself is in the memo before its first result
     first = layout.spans[0][0] if layout.spans else len(data)
     if bisect_left(layout.memo_at, first) > 1:

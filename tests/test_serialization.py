@@ -1619,6 +1619,30 @@ def test_an_exception_the_client_cannot_import_in_a_chunk_fails_its_input_only(
     assert 4 in results and 5 not in results
 
 
+@pytest.mark.parametrize("star", [False, True])
+def test_an_input_that_does_not_unpickle_in_the_worker_fails_alone_in_its_chunk(shared_pool, star):
+    # the whole chunk failed, blamed on its first input (#4), and the inputs
+    # before the bad one lost their results
+    inputs: list = list(range(12))
+    inputs[6] = tasks.LoadsNowhere(6)
+    results = []
+    with pytest.raises(SerializationError) as info:
+        if star:
+            mapped = shared_pool.map(max, inputs, itertools.repeat(0), chunksize=4)
+        else:
+            mapped = shared_pool.map(abs, inputs, chunksize=4)
+        for y in mapped:
+            results.append(y)
+    assert results == list(range(6))
+    assert info.value.index == 6
+    text = str(info.value)
+    assert re.match(
+        r"worker pid \d+ on \S+ could not unpickle the arguments of task \d+ "
+        r"\((max|abs), input #6 of a map\): ValueError: LoadsNowhere\(6\) needs",
+        text,
+    ), text
+
+
 @pytest.mark.parametrize("how", ["attribute", "state"])
 @pytest.mark.parametrize("chunksize", [None, 4])
 def test_an_exception_that_does_not_unpickle_in_the_client_keeps_its_text_and_traceback(
@@ -1691,13 +1715,15 @@ def test_a_task_whose_result_does_not_unpickle_says_what_to_do(shared_pool):
         assert "rebuilding it raised in the client" in text
 
 
-def test_a_chunk_loads_one_result_at_a_time_when_it_does_not_load_whole():
+@pytest.mark.parametrize("container", [list, tuple])
+def test_a_chunk_loads_one_result_at_a_time_when_it_does_not_load_whole(container):
     # objects of one class share its memo entry: one that fails leaves the
-    # others whole; one that refers to an object of the failed one fails too
+    # others whole; one that refers to an object of the failed one fails too.
+    # A chunk's results are a list; its inputs, which a worker loads so, a tuple
     bad = tasks.LoadsNowhere(2)
     day = datetime.date(2020, 1, 1)
     for loader, dumper in ((pickle.loads, None), (dill_loads, dill_data_dumps)):
-        items = [datetime.date(2020, 1, 2), bad, day, [bad], [day], "s", *range(3000)]
+        items = container([datetime.date(2020, 1, 2), bad, day, [bad], [day], "s", *range(3000)])
         data, buffers = dumps(items) if dumper is None else dumps(items, dumper)
         with pytest.raises(ValueError):
             loader(data)
@@ -1715,6 +1741,15 @@ def test_a_chunk_loads_one_result_at_a_time_when_it_does_not_load_whole():
         assert loaded[1].shared is None and loaded[3].shared == 1
         assert "LoadsNowhere(2)" in str(loaded[3].error)
         assert loaded[6:] == list(range(3000))
+    # a tuple of up to three, made without a mark, of tuples (starred inputs)
+    data, buffers = dumps(((1, 2), (bad,), ("x", day)))
+    loaded = load_each(data, buffers, pickle.loads)
+    assert loaded is not None and len(loaded) == 3
+    assert loaded[0] == (1, 2) and loaded[2] == ("x", day)
+    assert type(loaded[1]).__name__ == "Unloaded"
+    # neither a list nor a tuple: not split
+    assert load_each(*dumps({"a": [bad]}), pickle.loads) is None
+    assert load_each(*dumps(frozenset({(1, 2)})), pickle.loads) is None
 
 
 @pytest.mark.parametrize("data_pickle", list(PickleType))

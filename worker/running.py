@@ -9,6 +9,7 @@ original exception); in a chunk, each input that raises has an ``ItemError``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 import os
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, cast
 
 from distex_zmq import script_rebuild
+from distex_zmq.chunk_load import Unloaded, load_each
 from distex_zmq.errors import RemoteException, SerializationError, WithoutInit
 from distex_zmq.process_role import loading_function
 from distex_zmq.serialization import (
@@ -202,9 +204,16 @@ class Runner:
         except BaseException as e:  # noqa: BLE001 - any unpickling error fails the task
             if isinstance(e, p.ProtocolError) and self.connection_dropped():
                 return  # out of step: it runs again after ``CHECK``
-            args = self._rebuilt_args(task_id, func, data, buffers, e, started)
-            if args is _FAILED or func is None:
-                return
+            args = self._rebuilt_args(func, data, buffers, e)
+            if args is _FAILED:
+                if func is None or not flags & p.FLAG_CHUNK:
+                    self._fail_unloadable(task_id, func, e, started)
+                    return
+                star = flags & p.FLAG_STAR
+                args = self._inputs_apart(task_id, func, data, buffers, e, started, star)
+                if args is _FAILED:
+                    return
+                func = _failing_unloaded(func)
         guess = self._guesses.of(func_id)
         if flags & p.FLAG_CHUNK:
             if flags & p.FLAG_ONE_BY_ONE and self._hand_back_one_by_one(task_id, args, skip):
@@ -254,7 +263,37 @@ class Runner:
             raise func
         return func
 
-    def _rebuilt_args(
+    def _rebuilt_args(self, func: Any, data: Any, buffers: list[Any], e: BaseException) -> Any:
+        """The arguments of a task (of ``func``) that failed to load with
+        ``e``, loaded with their exceptions that their classes do not make
+        from their ``args`` rebuilt (an error passed to a task); else
+        ``_FAILED``."""
+        if func is not None and isinstance(e, Exception) and not name_not_found(e):
+            try:
+                return loads_rebuilding_errors(data, buffers, self._data_loads)
+            except Exception:  # noqa: BLE001, S110 - the first failure is the one to name
+                pass
+        return _FAILED
+
+    def _unloadable(self, task_id: int, part: str, e: BaseException) -> SerializationError:
+        """The error of task ``task_id`` whose ``part`` ("function",
+        "arguments") did not unpickle with ``e``."""
+        why = (
+            str(e)
+            if type(e) is _Broken
+            else f"{type(e).__name__}: {e}{unloadable_hint(part, e, *self._pickles)}"
+        )
+        return SerializationError(
+            f"{_where()} could not unpickle the {part} of task {task_id}: {why}"
+        )
+
+    def _fail_unloadable(self, task_id: int, func: Any, e: BaseException, started: float) -> None:
+        # the part that failed (the client names the task's function)
+        part = "function" if func is None else "arguments"
+        error = self._unloadable(task_id, part, e)
+        self._add_result(task_id, p.STATUS_ERROR, _remote(error), started)
+
+    def _inputs_apart(
         self,
         task_id: int,
         func: Any,
@@ -262,28 +301,28 @@ class Runner:
         buffers: list[Any],
         e: BaseException,
         started: float,
+        star: int,
     ) -> Any:
-        """The arguments of task ``task_id`` that failed to load with ``e``,
-        loaded with their exceptions that their classes do not make from
-        their ``args`` rebuilt (an error passed to a task); else the task
-        fails with a ``SerializationError`` naming ``e``, and ``_FAILED``."""
-        if func is not None and isinstance(e, Exception) and not name_not_found(e):
-            try:
-                return loads_rebuilding_errors(data, buffers, self._data_loads)
-            except Exception:  # noqa: BLE001, S110 - the first failure is the one to name
-                pass
-        # the part that failed (the client names the task's function)
-        part = "function" if func is None else "arguments"
-        why = (
-            str(e)
-            if type(e) is _Broken
-            else f"{type(e).__name__}: {e}{unloadable_hint(part, e, *self._pickles)}"
-        )
-        error = SerializationError(
-            f"{_where()} could not unpickle the {part} of task {task_id}: {why}"
-        )
-        self._add_result(task_id, p.STATUS_ERROR, _remote(error), started)
-        return _FAILED
+        """The inputs of chunk ``task_id``, whose pickle did not load as a
+        whole (with ``e``), loaded one at a time: each that does not load
+        is an ``_UnloadedInput`` (the one argument of a starred input),
+        whose error is its result, and the others run. Else the chunk fails
+        with ``e``, and ``_FAILED``."""
+        try:
+            items = load_each(data, buffers, self._data_loads)
+        except Exception:  # noqa: BLE001 - then the chunk fails as a whole
+            items = None
+        if not items:
+            self._fail_unloadable(task_id, func, e, started)
+            return _FAILED
+        inputs = []
+        for item in items:
+            if type(item) is Unloaded:
+                item = _UnloadedInput(self._unloadable(task_id, "arguments", item.error))
+                if star:
+                    item = (item,)
+            inputs.append(item)
+        return inputs
 
     def _run_chunk(
         self,
@@ -706,6 +745,29 @@ async def _settle(value: Any, error: Callable[[BaseException], RemoteException])
         return await value
     except BaseException as e:  # noqa: BLE001 - an input's error is its own result
         return ItemError(error(e))
+
+
+class _UnloadedInput:
+    """Stands in a chunk for an input that did not unpickle (``_inputs_apart``):
+    ``error`` is its result."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _failing_unloaded(func: Any) -> Any:
+    """``func``, but raising the error of an ``_UnloadedInput`` it is given
+    (an input, or the one argument of a starred input) in its place."""
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and type(args[0]) is _UnloadedInput:
+            raise args[0].error
+        return func(*args, **kwargs)
+
+    return call
 
 
 #: What ``_rebuilt_args`` returns for arguments that do not load.
