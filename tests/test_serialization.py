@@ -1641,6 +1641,8 @@ def test_an_input_that_does_not_unpickle_in_the_worker_fails_alone_in_its_chunk(
         r"\((max|abs), input #6 of a map\): ValueError: LoadsNowhere\(6\) needs",
         text,
     ), text
+    # the remote traceback shows where the load raised
+    assert "in _refuse_to_load" in str(info.value.__cause__)
 
 
 @pytest.mark.parametrize("how", ["attribute", "state"])

@@ -283,9 +283,14 @@ class Runner:
             if type(e) is _Broken
             else f"{type(e).__name__}: {e}{unloadable_hint(part, e, *self._pickles)}"
         )
-        return SerializationError(
+        error = SerializationError(
             f"{_where()} could not unpickle the {part} of task {task_id}: {why}"
         )
+        if type(e) is not _Broken:
+            # its traceback goes in the remote one: where the load raised
+            # (a __setstate__ or reconstructor of the task's own code)
+            error.__cause__ = e
+        return error
 
     def _fail_unloadable(self, task_id: int, func: Any, e: BaseException, started: float) -> None:
         # the part that failed (the client names the task's function)
