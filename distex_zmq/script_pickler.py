@@ -42,6 +42,7 @@ from cloudpickle import cloudpickle as _cloudpickle
 
 from . import script_rebuild
 from .memmaps import memmap_reduce
+from .pickle_culprit import code_names
 from .process_role import in_worker
 from .script_rebuild import (
     RefSink,
@@ -255,14 +256,8 @@ def warn_of_random_generators(func: types.FunctionType, names: Mapping[str, Any]
 
 def _used_globals(func: types.FunctionType) -> dict[str, Any]:
     """The globals that ``func``'s code (nested functions' too) names."""
-    names: set[str] = set()
-    codes = [func.__code__]
-    while codes:
-        code = codes.pop()
-        names.update(code.co_names)
-        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
     found = func.__globals__
-    return {name: found[name] for name in names if name in found}
+    return {name: found[name] for name in code_names(func.__code__) if name in found}
 
 
 def warn_of_random_generators_of(func: types.FunctionType) -> None:

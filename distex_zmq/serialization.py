@@ -25,6 +25,7 @@ from typing import Any, cast
 
 from .errors import rebuild_without_init
 from .memmaps import MEMMAP_MARK, OOB_THRESHOLD, memmap_reduce, memmap_type, plain_array
+from .pickle_culprit import culprit
 from .script_objects import (
     PickleByValue,
     dill_data_dumps,
@@ -552,10 +553,12 @@ class FunctionCache:
         except Exception as e:
             if hasattr(e, "add_note"):  # Python 3.11+
                 name = getattr(func, "__qualname__", None) or repr(func)
+                held = culprit(func, lambda value: self._pickle(value, None))
                 e.add_note(
-                    f"distex_zmq: while pickling the function {name} in the client; what "
-                    "its closure, attributes or globals hold must pickle too (not a lock, "
-                    "socket, open file or generator)"
+                    f"distex_zmq: while pickling the function {name} in the client"
+                    f"{f': {held} does not pickle' if held else ''}; what its closure, "
+                    "attributes or globals hold must pickle too (not a lock, socket, open "
+                    "file or generator)"
                 )
             raise
         try:

@@ -1166,6 +1166,8 @@ def test_serialization_errors_name_the_task_and_what_to_do():
         assert "while pickling the arguments of name_of in the client" in client_args
         assert "while pickling input #1 of a map of name_of" in client_map
         assert "while pickling the function main.<locals>" in client_func
+        # and what of the function does not pickle
+        assert "<lambda> in the client: its closure variable 'held' (a generator)" in client_func
         assert "leave data_pickle at its default (PickleType.auto)" in client_plain
 
 

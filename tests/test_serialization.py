@@ -38,6 +38,7 @@ from distex_zmq import (
 )
 from distex_zmq.chunk_load import load_each
 from distex_zmq.memmaps import memmap_reduce
+from distex_zmq.pickle_culprit import culprit
 from distex_zmq.script_objects import dill_data_dumps, dill_dumps, dill_loads, dumps_by_value
 from distex_zmq.script_refs import RefCollector, ScriptRefs
 from distex_zmq.serialization import (
@@ -1617,6 +1618,45 @@ def test_an_exception_the_client_cannot_import_in_a_chunk_fails_its_input_only(
     assert isinstance(info.value.__cause__, RemoteException)
     assert "raise_worker_only_error" in str(info.value.__cause__)
     assert 4 in results and 5 not in results
+
+
+_A_LOCK = threading.Lock()
+
+
+def _uses_a_lock(x):
+    with _A_LOCK:
+        return x
+
+
+class _HoldsALock:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.n = 1
+
+    def method(self, x):
+        return x
+
+    def __call__(self, x):
+        return x
+
+
+def test_the_part_of_a_function_that_does_not_pickle_is_named():
+    # a pickler says which type failed, not where the function holds it
+    gen = (i for i in range(3))
+    dumps = pickle.dumps
+    assert culprit(lambda: next(gen), dumps) == "its closure variable 'gen' (a generator)"
+    assert culprit(_uses_a_lock, dumps) == "its global '_A_LOCK' (a lock)"
+    assert culprit(functools.partial(abs, gen), dumps) == (
+        "the partial's argument #0 (a generator)"
+    )
+    named = culprit(functools.partial(abs, x=gen), dumps)
+    assert named == "the partial's argument x= (a generator)"
+    assert culprit(_HoldsALock().method, dumps) == (
+        "the object of the bound method (a _HoldsALock)"
+    )
+    assert culprit(_HoldsALock(), dumps) == "its attribute 'lock' (a lock)"
+    assert culprit(lambda x=gen: x, dumps) == "its default #0 (a generator)"
+    assert culprit(abs, dumps) == ""
 
 
 @pytest.mark.parametrize("star", [False, True])
