@@ -483,7 +483,8 @@ class LocalLauncher:
                 stdout=None if self._on_output is None else subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=self._env,
-                cwd=self.cwd,
+                # (where that directory was removed since: the client's now)
+                cwd=self.cwd if self.cwd and os.path.isdir(self.cwd) else None,
                 pass_fds=() if tracker is None else (tracker,),
                 start_new_session=True,
             )
