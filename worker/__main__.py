@@ -144,7 +144,8 @@ def _take_resource_tracker() -> None:
         return
     from multiprocessing import resource_tracker
 
-    resource_tracker._resource_tracker._fd = int(fd)  # as spawn's children take it
+    # as spawn's children take it
+    resource_tracker._resource_tracker._fd = int(fd)  # type: ignore[attr-defined]
 
 
 def _take_client_path() -> None:

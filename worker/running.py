@@ -196,7 +196,7 @@ class Runner:
         """Run a task; its result is added now or, if awaitable, once awaited.
         ``skip``: a chunk's inputs answered before, not to run again."""
         started = time.perf_counter()
-        func = None
+        func: Any = None
         try:
             func = self._function(func_id, func_pickle)
             # serialization.loads, inlined: a call less per task
