@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +44,28 @@ def run_script(name: str, *args: str, timeout: float = 90) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def run_in(
+    directory: Path,
+    script: str,
+    *args: str,
+    options: tuple[str, ...] = (),
+    timeout: float = 50,
+    **kwargs: Any,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (its text) as ``script.py`` in ``directory``, as
+    ``__main__``, with the interpreter's ``options``; ``kwargs`` go to
+    ``subprocess.run`` (``env``)."""
+    (directory / "script.py").write_text(script)
+    return subprocess.run(
+        [sys.executable, *options, "script.py", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=directory,
+        **kwargs,
+    )
 
 
 # objects of the script
@@ -157,10 +180,7 @@ def test_a_pool_used_at_the_import_of_a_tasks_module_fails_at_once(tmp_path):
     # under fork its child waits for the import lock of the module, under
     # spawn its parent waits after the child refused to start a process)
     (tmp_path / "used_at_import.py").write_text(POOL_USED_AT_IMPORT)
-    (tmp_path / "script.py").write_text("import used_at_import\n")
-    result = subprocess.run(
-        [sys.executable, "script.py"], capture_output=True, text=True, timeout=50, cwd=tmp_path
-    )
+    result = run_in(tmp_path, "import used_at_import\n")
     assert result.returncode == 1
     assert (
         "RuntimeError: a pool was used while this worker imported the module of a task's "
@@ -202,10 +222,7 @@ def test_a_lambda_that_uses_a_module_next_to_the_script(tmp_path):
     # its globals: one that does not pickle is no error, and the worker's
     # module keeps its own state from task to task
     (tmp_path / "helper.py").write_text(HELPER_MODULE)
-    (tmp_path / "script.py").write_text(SCRIPT_WITH_HELPER)
-    result = subprocess.run(
-        [sys.executable, "script.py"], capture_output=True, text=True, timeout=50, cwd=tmp_path
-    )
+    result = run_in(tmp_path, SCRIPT_WITH_HELPER)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "OK\n"
 
@@ -419,17 +436,9 @@ def test_workers_import_and_run_as_the_client_did_at_the_start(tmp_path, executo
     odd = tmp_path / "run:2024-01-01"
     (odd / "sub").mkdir(parents=True)
     (odd / "helper.py").write_text("def square(x):\n    return x * x\n")
-    (odd / "script.py").write_text(SCRIPT_IN_AN_ODD_DIRECTORY)
     env = dict(os.environ, PYTHONOPTIMIZE="1")
     env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, "-E", "script.py", executor],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        cwd=odd,
-        env=env,
-    )
+    result = run_in(odd, SCRIPT_IN_AN_ODD_DIRECTORY, executor, options=("-E",), env=env)
     assert result.returncode == 0, result.stderr
     first, then = result.stdout.splitlines()
     # the client's options, and its environment for the tasks
@@ -486,14 +495,7 @@ def test_a_random_generator_of_the_script_copied_to_workers_is_warned_of(tmp_pat
     # each worker got a copy of the script's generator, as it was: the
     # workers drew the same numbers, as the script did after them, where
     # ProcessPoolExecutor's workers make one each from fresh entropy
-    (tmp_path / "script.py").write_text(SCRIPT_WITH_A_RANDOM_GENERATOR)
-    result = subprocess.run(
-        [sys.executable, "script.py", data_pickle],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        cwd=tmp_path,
-    )
+    result = run_in(tmp_path, SCRIPT_WITH_A_RANDOM_GENERATOR, data_pickle)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "fresh: no warning\n7\n"
     warned = [line for line in result.stderr.splitlines() if "RuntimeWarning" in line]
@@ -559,14 +561,7 @@ def test_shared_memory_of_the_client_outlives_the_workers(tmp_path, executor):
     # each worker had a resource tracker of its own, which unlinked the
     # client's block that a task had attached to when that worker exited:
     # the next tasks and the client's unlink raised FileNotFoundError
-    (tmp_path / "script.py").write_text(SCRIPT_WITH_SHARED_MEMORY)
-    result = subprocess.run(
-        [sys.executable, "script.py", executor],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        cwd=tmp_path,
-    )
+    result = run_in(tmp_path, SCRIPT_WITH_SHARED_MEMORY, executor)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "0 1 2 3 4 5 6 7\nb'\\x00\\x01\\x02'\n7\n", result.stdout
     # the block a task made and left is the client's tracker's to clean up
@@ -626,13 +621,8 @@ if __name__ == "__main__":
 def test_a_pool_in_a_process_that_multiprocessing_spawned(tmp_path, executor, context):
     # there the script runs as __mp_main__, and its functions and classes
     # went by that name to the pool's workers, which could not load them
-    (tmp_path / "script.py").write_text(SCRIPT_WITH_A_POOL_IN_A_SPAWNED_PROCESS)
-    result = subprocess.run(
-        [sys.executable, "script.py", executor, context],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        cwd=tmp_path,
+    result = run_in(
+        tmp_path, SCRIPT_WITH_A_POOL_IN_A_SPAWNED_PROCESS, executor, context, timeout=100
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "[0, 1, 4, 9] [3, 6] Point\n"

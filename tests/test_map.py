@@ -354,49 +354,41 @@ def test_adaptive_sizing_reads_results_the_pool_loop_appends_to():
     assert sizer.chunksize > 1  # the results were read: tiny tasks are grouped
 
 
-def test_large_inputs_are_read_ahead_by_bytes_not_by_count(shared_pool):
-    payload = b"x" * (8 * 2**20)
+def _read_ahead(pool: Pool, mib: int, count: int, **kwargs: object) -> tuple[int, int]:
+    """How many inputs of ``mib`` MiB, at most, a map of ``count`` of them
+    (``kwargs``: its options) read ahead of its consumer; and the limit
+    that ``BYTES_AHEAD`` sets."""
+    payload = b"x" * (mib * 2**20)
     pulled = 0
 
     def payloads():
         nonlocal pulled
-        for _ in range(24):
+        for _ in range(count):
             pulled += 1
             yield payload
 
     ahead = []
-    for yielded, length in enumerate(shared_pool.map(tasks.bytes_len, payloads(), chunksize=1)):
+    for yielded, length in enumerate(pool.map(tasks.bytes_len, payloads(), **kwargs)):
         assert length == len(payload)
         ahead.append(pulled - yielded)
+    assert pulled == count
+    capacity = pool.total_workers() * QSIZE  # tasks the workers hold at once
+    return max(ahead), max(BYTES_AHEAD // len(payload), capacity + 2)
+
+
+def test_large_inputs_are_read_ahead_by_bytes_not_by_count(shared_pool):
     # 8 MiB inputs: BYTES_AHEAD of them, not the whole window of 32 small ones
-    capacity = shared_pool.total_workers() * QSIZE  # tasks the workers hold at once
-    limit = max(BYTES_AHEAD // len(payload), capacity + 2)
-    assert map_window(capacity) > limit + 1
-    assert max(ahead) <= limit + 1, f"read {max(ahead)} inputs ahead"
-    assert pulled == 24
+    ahead, limit = _read_ahead(shared_pool, 8, 24, chunksize=1)
+    assert ahead <= limit + 1, f"read {ahead} inputs ahead"
+    assert map_window(shared_pool.total_workers() * QSIZE) > limit + 1
 
 
 def test_large_quick_inputs_are_not_grouped_past_the_bound(shared_pool):
     # a quick function of large inputs (the first pixel of each image):
     # adaptive chunks grouped them by the hundred, and the map read that
     # many ahead of its consumer, far past BYTES_AHEAD (1.2 GB of 1 MiB inputs)
-    payload = b"x" * (2 * 2**20)
-    pulled = 0
-
-    def payloads():
-        nonlocal pulled
-        for _ in range(160):
-            pulled += 1
-            yield payload
-
-    ahead = []
-    for yielded, length in enumerate(shared_pool.map(tasks.bytes_len, payloads())):
-        assert length == len(payload)
-        ahead.append(pulled - yielded)
-    capacity = shared_pool.total_workers() * QSIZE
-    limit = max(BYTES_AHEAD // len(payload), capacity + 2)
-    assert max(ahead) <= limit + 1, f"read {max(ahead)} inputs ahead"
-    assert pulled == 160
+    ahead, limit = _read_ahead(shared_pool, 2, 160)
+    assert ahead <= limit + 1, f"read {ahead} inputs ahead"
 
 
 @pytest.mark.timeout(120)
