@@ -815,6 +815,38 @@ def init_fail_if_exists(path: str) -> None:
         raise RuntimeError(f"{path} exists")
 
 
+def init_fail_nth(directory: str, nth: int, delay: float) -> None:
+    """An initializer: the ``nth`` worker to run it (numbered by the files
+    it makes in ``directory``) raises after ``delay`` seconds; the others
+    return at once."""
+    number = 1
+    while True:
+        try:
+            os.close(os.open(os.path.join(directory, f"worker-{number}"), os.O_CREAT | os.O_EXCL))
+            break
+        except FileExistsError:
+            number += 1
+    if number == nth:
+        time.sleep(delay)
+        raise RuntimeError(f"worker {number} fails to start")
+
+
+def init_fail_where(name: str, delay: float = 0.0) -> None:
+    """An initializer that raises after ``delay`` seconds where the
+    environment has ``name`` (the workers of a spawner started with it)."""
+    if name in os.environ:
+        time.sleep(delay)
+        raise RuntimeError(f"{name} is set here")
+
+
+def run_once_noted(directory: str, i: int, seconds: float) -> int:
+    """Note a run of input ``i`` (a file in ``directory``), sleep; ``i``."""
+    with open(os.path.join(directory, f"run-{i}-{os.getpid()}-{time.monotonic_ns()}"), "w"):
+        pass
+    time.sleep(seconds)
+    return i
+
+
 def hold_exit_until(path: str) -> int:
     """Make this worker's exit wait (for at most 60 s) until ``path`` exists,
     after it touches ``path.<pid>.exiting``; return its pid."""

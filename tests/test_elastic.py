@@ -268,3 +268,134 @@ def test_status_lists_the_hosts_in_the_pool_only(make_pool, tmp_path):
         assert pool.run(tasks.square, 3) == 9
     finally:
         spawner.stop()
+
+
+def _runs(directory: Path) -> dict[int, int]:
+    """How many times each input ran (``tasks.run_once_noted``'s files)."""
+    counts: dict[int, int] = {}
+    for path in directory.glob("run-*"):
+        i = int(path.name.split("-")[1])
+        counts[i] = counts.get(i, 0) + 1
+    return counts
+
+
+def test_a_failed_resize_lets_the_tasks_its_workers_took_finish(make_pool, tmp_path):
+    # the second new worker fails its start after 2 s, while the first took
+    # queued tasks: the workers the call added were killed, and their tasks
+    # ran again elsewhere (twice their side effects)
+    started, runs = tmp_path / "started", tmp_path / "runs"
+    started.mkdir()
+    runs.mkdir()
+    pool = make_pool(1, initializer=tasks.init_fail_nth, initargs=(str(started), 3, 2.0))
+    pool.run(tasks.square, 1)
+    futures = [pool.submit(tasks.run_once_noted, str(runs), i, 1.0) for i in range(6)]
+    with pytest.raises(WorkerStartError, match="worker 3 fails to start"):
+        pool.resize(3)
+    assert [f.result(timeout=60) for f in futures] == list(range(6))
+    assert _runs(runs) == dict.fromkeys(range(6), 1)
+    assert pool.status().totals.retried == 0
+    # the worker that took tasks left once they were done
+    assert wait_until(lambda: len(pool.status().workers) == 1, timeout=10), pool.status().workers
+
+
+def test_status_counts_the_workers_a_host_keeps(make_pool):
+    # while a resize down drains, the workers leaving are listed so, and
+    # their host counts the workers that stay
+    pool = make_pool(3)
+    pool.run_on_all(tasks.square, 1)
+    futures = [pool.submit(time.sleep, 1.0) for _ in range(3)]
+    assert wait_until(lambda: pool.status().totals.in_flight == 3, timeout=10)
+    resizing = threading.Thread(target=pool.resize, args=(1,))
+    resizing.start()
+    try:
+        assert wait_until(
+            lambda: sum(w.state == "leaving" for w in pool.status().workers) == 2, timeout=10
+        )
+        (local,) = pool.status().hosts
+        assert (local.spec, local.state, local.workers) == ("local", "up", 1)
+    finally:
+        resizing.join(30)
+        for f in futures:
+            f.result(timeout=30)
+
+
+@pytest.fixture
+def spawners(tmp_path, monkeypatch):
+    """Two spawners on loopback, the second with ``DZQ_FAIL_HERE`` set in its
+    environment (and so in its workers'), which the client's lacks."""
+    from tests.helpers import LoopbackSpawner
+
+    good = LoopbackSpawner(tmp_path / "good.log")
+    monkeypatch.setenv("DZQ_FAIL_HERE", "1")
+    try:
+        bad = LoopbackSpawner(tmp_path / "bad.log")
+    except BaseException:
+        good.stop()
+        raise
+    monkeypatch.delenv("DZQ_FAIL_HERE")
+    try:
+        yield good, bad
+    finally:
+        good.stop()
+        bad.stop()
+
+
+def test_a_failed_add_hosts_lets_the_tasks_its_workers_took_finish(make_pool, spawners, tmp_path):
+    # the good host's workers took queued tasks while the bad one's worker
+    # failed its start: they were killed, their tasks ran again elsewhere,
+    # and the failed worker stayed listed as starting for good
+    good, bad = spawners
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    pool = make_pool(1, initializer=tasks.init_fail_where, initargs=("DZQ_FAIL_HERE", 2.0))
+    pool.run(tasks.square, 1)
+    futures = [pool.submit(tasks.run_once_noted, str(runs), i, 1.0) for i in range(8)]
+    with pytest.raises(WorkerStartError, match="DZQ_FAIL_HERE is set here"):
+        pool.add_hosts([f"127.0.0.1:{good.port}/2", f"127.0.0.1:{bad.port}/1"])
+    assert [f.result(timeout=60) for f in futures] == list(range(8))
+    assert _runs(runs) == dict.fromkeys(range(8), 1)
+
+    def only_local() -> bool:
+        status = pool.status()
+        return [h.spec for h in status.hosts] == ["local"] and [w.kind for w in status.workers] == [
+            "local"
+        ]
+
+    assert wait_until(only_local, timeout=20), pool.status()
+
+
+def test_a_host_removed_while_its_workers_renew_stays_removed(make_pool, spawners):
+    # a renewal (max_tasks_per_child) that was due as the host left started
+    # a worker there again: the host came back as "connecting", with a
+    # worker "starting" for good
+    good, _ = spawners
+    there = f"127.0.0.1:{good.port}/1"
+    pool = make_pool(1, [there], max_tasks_per_child=2)
+    results = pool.map_async(tasks.square, range(40), chunksize=1)
+
+    async def consume() -> list[int]:
+        return [x async for x in results]
+
+    remover = threading.Thread(target=pool.remove_hosts, args=([there],))
+    remover.start()
+    assert asyncio.run(consume()) == [x * x for x in range(40)]
+    remover.join(30)
+    time.sleep(1.0)  # a renewal's replacement would have started by now
+    status = pool.status()
+    assert [h.spec for h in status.hosts] == ["local"], status.hosts
+    assert all(w.kind == "local" for w in status.workers), status.workers
+
+
+def test_local_workers_added_to_a_pool_of_hosts_only(make_pool, spawners):
+    # Pool(None, hosts) then resize(1): its local host said "connecting" for good
+    good, _ = spawners
+    pool = make_pool(None, [f"127.0.0.1:{good.port}/1"])
+    pool.run(tasks.square, 1)
+    pool.resize(1)
+    states = {h.spec: (h.state, h.workers) for h in pool.status().hosts}
+    assert states == {f"127.0.0.1:{good.port}/1": ("up", 1), "local": ("up", 1)}
+    # a host is named by host and port too, and the error lists them whole
+    with pytest.raises(ValueError, match=rf"its hosts: 127.0.0.1:{good.port}/1\)"):
+        pool.remove_hosts(["127.0.0.1:1"])
+    pool.remove_hosts([f"127.0.0.1:{good.port}"])
+    assert [h.spec for h in pool.status().hosts] == ["local"]

@@ -5,11 +5,13 @@ Each change runs on the pool loop, one at a time, and keeps ``Options``
 (``num_workers``, ``hosts``: the configured counts) up to date. Adding is all
 or nothing: if a host cannot be reached or a new worker fails to start (its
 initializer raised, say), what the call added leaves again and the error is
-raised; the pool runs on as before. Removing retires workers through
-``Membership`` (``runtime/membership.py``): with ``drain`` they finish what
-they run, otherwise their tasks go back to the queue without counting a try;
-either way no worker replaces them, and a removed host's agent or spawner
-session ends.
+raised at once; the pool runs on as before. The workers that did start may
+have taken tasks meanwhile: they finish those (stopped, the tasks would run
+again elsewhere, their side effects twice) and take no more, then leave.
+Removing retires workers through ``Membership`` (``runtime/membership.py``):
+with ``drain`` they finish what they run, otherwise their tasks go back to
+the queue without counting a try; either way no worker replaces them, and a
+removed host's agent or spawner session ends.
 """
 
 from __future__ import annotations
@@ -17,18 +19,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from distex_zmq.broker import Broker
 from distex_zmq.errors import SHUT_DOWN, PoolClosedError, fresh_error
 from distex_zmq.hostspec import HostSpec
+from distex_zmq.loops import run_in_background
 from distex_zmq.options import Options
 from distex_zmq.runtime.state import PoolState
 from distex_zmq.runtime.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from distex_zmq.launch.remote import RemoteLauncher
+
+_logger = logging.getLogger("distex_zmq.runtime.elastic")
 
 
 class Elastic:
@@ -49,6 +55,10 @@ class Elastic:
         self._broker = broker
         self._options = options
         self._lock: asyncio.Lock | None = None
+        #: what failed calls added, leaving once its tasks are done (``_take_back``)
+        self._taking_back: set[asyncio.Task[None]] = set()
+        #: the hosts of those (their specifications' ids)
+        self._hosts_taken_back: set[int] = set()
 
     def _serial(self) -> asyncio.Lock:
         # made on the pool loop, the one that uses it
@@ -97,11 +107,11 @@ class Elastic:
             added = [r for r in results if not isinstance(r, BaseException)]
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
-                await asyncio.gather(
-                    *(self._members.remove_host(host, drain=False) for host in added)
-                )
+                for host in added:
+                    self._take_back(host)
                 for spec in specs:
-                    self._supervisor.roster.forget(spec)
+                    if id(spec) not in self._hosts_taken_back:
+                        self._supervisor.roster.forget(spec)
                 raise errors[0]
             hosts.extend(specs)
 
@@ -123,9 +133,26 @@ class Elastic:
         try:
             await members.wait_ready(list(members.workers_of(host)))
         except BaseException:
-            await members.remove_host(host, drain=False)
+            self._take_back(host)
             raise
         return host
+
+    def _take_back(self, host: RemoteLauncher) -> None:
+        """Take ``host`` out of the pool again, as a call that added it
+        failed: its workers finish the tasks they took, and take no more,
+        then it leaves (and the roster forgets it), while the call raises."""
+
+        async def leave() -> None:
+            try:
+                await self._members.remove_host(host, drain=True)
+            except Exception:  # noqa: BLE001 - its workers are gone with the pool
+                _logger.debug("taking back %s failed", host.where, exc_info=True)
+            finally:
+                self._hosts_taken_back.discard(id(host.spec))
+            self._supervisor.roster.forget(host.spec)
+
+        self._hosts_taken_back.add(id(host.spec))
+        run_in_background(self._loop, leave(), self._taking_back)
 
     async def remove_hosts(self, names: list[str], drain: bool, timeout: float | None) -> None:
         """Remove the hosts that ``names`` name (host names or specifications);
@@ -136,7 +163,7 @@ class Elastic:
             for name in names:
                 found = [h for h in opts.hosts if _names(name, h)]
                 if not found:
-                    known = ", ".join(h.host for h in opts.hosts) or "none"
+                    known = ", ".join(str(h) for h in opts.hosts) or "none"
                     raise ValueError(f"no host {name!r} in the pool (its hosts: {known})")
                 leaving.extend(h for h in found if not any(h is s for s in leaving))
             staying = [h for h in opts.hosts if not any(h is s for s in leaving)]
@@ -170,7 +197,10 @@ class Elastic:
                 except BaseException:
                     opts.num_workers = before
                     started = [i for i in new if i is not None]
-                    await members.retire(started, drain=False)
+                    # they finish the tasks they took, then leave (see _take_back)
+                    run_in_background(
+                        self._loop, members.retire(started, drain=True), self._taking_back
+                    )
                     raise
             elif num_workers < len(current):
                 leaving = self._least_busy(current, len(current) - num_workers)
@@ -191,10 +221,16 @@ class Elastic:
 
 
 def _names(name: str, spec: HostSpec) -> bool:
-    """``name`` is ``spec``'s host name, or a specification of the same host."""
-    if "/" not in name:
-        return name == spec.host
-    return HostSpec(name).same_host(spec)
+    """``name`` is ``spec``'s host name, or a specification of the same host
+    (its number of workers may be left out: ``mini:8899``, ``ssh://mini``)."""
+    if name == spec.host:
+        return True
+    for text in (name, f"{name}/1"):
+        try:
+            return HostSpec(text).same_host(spec)
+        except ValueError:
+            continue
+    return False
 
 
 def _check_not_empty(num_workers: int, hosts: list[HostSpec]) -> None:

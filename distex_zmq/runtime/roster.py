@@ -71,7 +71,8 @@ class Roster:
         record = self.hosts.get(key)
         if record is None:
             record = self.hosts[key] = HostRecord(key, kind)
-            if spec is None:  # local workers run this process's Python
+            if spec is None:  # this machine, up; its workers run this process's Python
+                record.state = "up"
                 record.python = platform.python_version()
         return record
 
@@ -83,8 +84,14 @@ class Roster:
 
     def forget(self, spec: HostSpec) -> None:
         """The host is not in the pool (any more): it was removed, or adding
-        it failed."""
-        self.hosts.pop(spec_text(spec), None)
+        it failed. So are its workers whose end was never heard of (one that
+        its session's end took along)."""
+        record = self.hosts.pop(spec_text(spec), None)
+        if record is None:
+            return
+        for identity in record.workers:
+            self.places.pop(identity, None)
+            self._owner.pop(identity, None)
 
     def spawned(self, identity: bytes, spec: HostSpec | None) -> None:
         host = self.host(spec)

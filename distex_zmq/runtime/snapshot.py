@@ -111,6 +111,8 @@ def take_status(
         if place is not None:
             lost.add(rec.identity)
             workers.append(_worker(rec.identity, place, rec, "lost"))
+    #: the workers that are leaving or lost, which their host does not count
+    gone = set(lost)
     for identity, place in roster.places.items():
         if identity in lost:
             continue
@@ -124,10 +126,18 @@ def take_status(
         else:
             # draining: it runs what it holds and gets nothing new
             worker_state = "leaving" if rec.draining else "ready"
+        if worker_state == "leaving":
+            gone.add(identity)
         workers.append(_worker(identity, place, rec, worker_state))
     hosts = tuple(
         HostStatus(
-            h.spec, h.kind, h.state, len(h.workers), h.next_retry, h.last_error, python=h.python
+            h.spec,
+            h.kind,
+            h.state,
+            len(h.workers - gone),
+            h.next_retry,
+            h.last_error,
+            python=h.python,
         )
         for h in roster.hosts.values()
     )

@@ -97,7 +97,7 @@ class Supervisor:
         """Start the local workers (on the pool loop)."""
         local = self.placement.start_local(access, self._broker.note_output)
         if self._options.num_workers:
-            self.roster.host(None).state = "up"
+            self.roster.host(None)  # listed from the start
         for _ in range(self._options.num_workers):
             self.spawn(local)
 
@@ -123,6 +123,8 @@ class Supervisor:
             return None
         if self.membership.is_removing(launcher):
             return None
+        if launcher is not self.placement.local and launcher not in self.placement.remote:
+            return None  # its host was removed (a renewal's replacement after it)
         if (
             launcher is self.placement.local
             and len(self.membership.workers_of(launcher)) >= self._options.num_workers
