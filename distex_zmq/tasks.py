@@ -29,14 +29,27 @@ from distex_zmq.serialization import (
 from distex_zmq.task_errors import note_unpicklable
 from distex_zmq.wire import frames as p
 
+#: Where a callable object that wraps a function holds it: a
+#: ``functools.partial`` (``func``), scipy's ``_FunctionWrapper`` (``f``), ...
+_WRAPPED = ("func", "f", "fun", "function")
+
 
 def callable_name(func: Any) -> str:
-    """A short name for a callable, cheap to compute."""
+    """A short name for a callable, cheap to compute: a callable object
+    that wraps a function is named by it (``_FunctionWrapper of cost``, for
+    the function that a scipy optimizer maps)."""
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
-    if name is None:
-        inner = getattr(func, "func", None)  # functools.partial
-        name = callable_name(inner) if inner is not None else type(func).__name__
-    return str(name)
+    if name is not None:
+        return str(name)
+    if isinstance(func, functools.partial):
+        return callable_name(func.func)
+    kind = type(func).__name__
+    for attribute in _WRAPPED:
+        inner = getattr(func, attribute, None)
+        inner_name = getattr(inner, "__qualname__", None) if callable(inner) else None
+        if inner_name is not None:
+            return f"{kind} of {inner_name}"
+    return kind
 
 
 class MappedFunction(NamedTuple):

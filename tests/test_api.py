@@ -1150,3 +1150,21 @@ def test_qsize_bounds_the_tasks_a_worker_holds():
             assert [value for value, _ in results] == list(range(20))
             most = max(seen for _, seen in results)
             assert most == qsize, f"qsize={qsize}: {most} tasks ran at once in the worker"
+
+
+def test_a_callable_object_that_wraps_a_function_is_named_by_it():
+    # scipy maps its objective through a _FunctionWrapper: the errors about
+    # its tasks (a worker lost, a timeout) named the wrapper alone
+    from scipy._lib._util import _FunctionWrapper
+
+    from distex_zmq.tasks import callable_name
+
+    assert callable_name(_FunctionWrapper(tasks.square, ())) == "_FunctionWrapper of square"
+    assert callable_name(functools.partial(tasks.square, 3)) == "square"
+    assert callable_name(tasks.square) == "square"
+
+    class Tally:
+        def __call__(self, x):
+            return x
+
+    assert callable_name(Tally()) == "Tally"
