@@ -65,6 +65,24 @@ def _check_file(obj: io.IOBase) -> None:
     )
 
 
+#: Items from which a container (a script's table of a million strings, a
+#: ``partial``'s list of data) goes through the standard pickler, in C,
+#: where it can: dill's own pickler, in Python, takes some 60 times as long.
+LARGE_CONTAINER = 1024
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def _plain_pickle(obj: Any, protocol: int) -> bytes | None:
+    """``obj`` pickled by the standard pickler, if it takes it and refers to
+    nothing of the script (whose objects go by value, which it does not do);
+    else None."""
+    try:
+        data = pickle.dumps(obj, protocol)
+    except Exception:  # noqa: BLE001 - dill's pickler then takes it as usual
+        return None
+    return None if b"__main__" in data else data
+
+
 def _is_plain_array(obj: Any) -> bool:
     """Whether ``obj`` is a ``numpy.ndarray`` (not of a subclass)."""
     return type(obj) is getattr(sys.modules.get("numpy"), "ndarray", None)
@@ -94,6 +112,8 @@ class ScriptClassesPickler(dill.Pickler):
     ``buffer_callback``: dill's own reduction copies it into the pickle (and
     makes it writeable again where it was read-only). A ``memmap`` goes as
     ``memmaps.memmap_reduce`` reduces it (dill fails on the ``mmap`` it holds).
+    A large container that the standard pickler takes goes as its pickle
+    (``LARGE_CONTAINER``), in a function.
 
     Given ``refs``, a function of the script inside the object pickled (a
     ``functools.partial``'s function, a bound method's) goes by id, as in
@@ -101,6 +121,11 @@ class ScriptClassesPickler(dill.Pickler):
     that a function's globals name); the object itself goes by value.
     ``to_client`` (a worker pickling results): a class that came by id goes
     back as the client's own (``script_rebuild.client_class``)."""
+
+    #: a large container goes as its standard pickle (``LARGE_CONTAINER``):
+    #: in a function's pickle, not in data, whose list of a chunk's results
+    #: the client splits to load them one by one (``chunk_load``)
+    plain_containers = True
 
     def __init__(
         self, *args: Any, refs: RefSink | None = None, to_client: bool = False, **kwargs: Any
@@ -176,6 +201,15 @@ class ScriptClassesPickler(dill.Pickler):
         ):
             self.save_reduce(importlib.import_module, (obj.__name__,), obj=obj)
             return
+        elif (
+            self.plain_containers
+            and type(obj) in _CONTAINERS
+            and len(obj) >= LARGE_CONTAINER
+            and id(obj) not in self.memo
+            and (plain := _plain_pickle(obj, self.proto)) is not None
+        ):
+            self.save_reduce(pickle.loads, (plain,), obj=obj)
+            return
         super().save(obj, save_persistent_id)
 
     def _ref(self, func: types.FunctionType | type) -> int:
@@ -209,6 +243,8 @@ class ScriptDataPickler(ScriptClassesPickler):
     ``__main__``, where the script's globals are not. Given ``refs``, they go
     by id, the object pickled too if it is one (``script_refs``, which
     pickles them with this class)."""
+
+    plain_containers = False
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
