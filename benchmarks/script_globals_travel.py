@@ -2,11 +2,14 @@
 ``python script_globals_travel.py [MB] [TASKS] [WORKERS] [REPEATS]`` (``__main__`` is
 this file).
 
-Each function of the script below reads ``TABLE``, a global of MB megabytes
-(a numpy array, and a ``bytes`` object), and is sent inside the data of
+Each function of the script below reads a global of about MB megabytes (a
+numpy array, a ``bytes`` object, and a dict of strings, which dill's own
+pickler would take in Python), and is sent inside the data of
 TASKS tasks: as a dask graph's function (``scheduler=pool``), as a joblib
-call, as a ``functools.partial`` argument of ``submit``, and as a partial
-that is the submitted function itself. ``ProcessPoolExecutor`` (fork) runs
+call, as a ``functools.partial`` argument of ``submit``, as a partial
+that is the submitted function itself, and as the function of a ``map``
+(a new copy of it at each run, as a notebook cell run again makes one, so
+that each run sends it). ``ProcessPoolExecutor`` (fork) runs
 the same as the control. Prints one line per case: seconds, the best of
 REPEATS runs (3 by default).
 """
@@ -14,6 +17,7 @@ REPEATS runs (3 by default).
 import functools
 import sys
 import time
+import types
 from concurrent.futures import ProcessPoolExecutor
 
 import dask
@@ -29,6 +33,8 @@ WORKERS = int(sys.argv[3]) if len(sys.argv) > 3 else 2
 REPEATS = int(sys.argv[4]) if len(sys.argv) > 4 else 3
 ARRAY = np.ones(MB * 2**20 // 8)
 BLOB = b"x" * (MB * 2**20)
+# about 35 bytes pickled per entry
+TABLE = {f"key {i}": f"value {i}" for i in range(MB * 2**20 // 35)}
 
 
 def read_array(i):
@@ -37,6 +43,10 @@ def read_array(i):
 
 def read_blob(i):
     return BLOB[i] + i
+
+
+def read_table(i):
+    return len(TABLE[f"key {i}"]) + i
 
 
 def call(f):
@@ -67,6 +77,13 @@ def partial_fn_case(executor, func):
     [f.result() for f in futures]
 
 
+def map_case(executor, func):
+    if isinstance(executor, Pool):
+        func = types.FunctionType(func.__code__, func.__globals__, func.__name__)
+    # (ProcessPoolExecutor sends its function by name, which a copy is not)
+    list(executor.map(func, range(TASKS)))
+
+
 def best(case, executor, func):
     times = []
     for _ in range(REPEATS):
@@ -77,8 +94,8 @@ def best(case, executor, func):
 
 
 def main():
-    cases = [dask_case, joblib_case, partial_arg_case, partial_fn_case]
-    funcs = [read_array, read_blob]
+    cases = [dask_case, joblib_case, partial_arg_case, partial_fn_case, map_case]
+    funcs = [read_array, read_blob, read_table]
     print(f"{TASKS} tasks, {WORKERS} workers, a global of {MB} MB", flush=True)
     for name, make in [
         ("PPE", lambda: ProcessPoolExecutor(WORKERS)),
