@@ -66,8 +66,8 @@ def _check_file(obj: io.IOBase) -> None:
 
 
 #: Items from which a container (a script's table of a million strings, a
-#: ``partial``'s list of data) goes through the standard pickler, in C,
-#: where it can: dill's own pickler, in Python, takes some 60 times as long.
+#: ``partial``'s list of data) goes through the standard pickler, written
+#: in C, where it can, rather than dill's own, written in Python.
 LARGE_CONTAINER = 1024
 _CONTAINERS = (dict, list, tuple, set, frozenset)
 
