@@ -43,16 +43,10 @@ def _parts(func: Any) -> Iterator[tuple[str, Any]]:
         yield "the object of the bound method", func.__self__
         func = func.__func__
     if isinstance(func, types.FunctionType):
-        code = func.__code__
-        for name, cell in zip(code.co_freevars, func.__closure__ or (), strict=True):
-            try:
-                yield f"its closure variable {name!r}", cell.cell_contents
-            except ValueError:  # a cell not filled yet
-                continue
-        found = func.__globals__
-        for name in sorted(code_names(code)):
-            if name in found:
-                yield f"its global {name!r}", found[name]
+        for name, value in closure_values(func).items():
+            yield f"its closure variable {name!r}", value
+        for name, value in sorted(used_globals(func).items()):
+            yield f"its global {name!r}", value
         for number, default in enumerate(func.__defaults__ or ()):
             yield f"its default #{number}", default
         for name, default in (func.__kwdefaults__ or {}).items():
@@ -61,6 +55,23 @@ def _parts(func: Any) -> Iterator[tuple[str, Any]]:
     if not isinstance(func, type):
         for name, value in getattr(func, "__dict__", {}).items():
             yield f"its attribute {name!r}", value
+
+
+def closure_values(func: types.FunctionType) -> dict[str, Any]:
+    """The values of ``func``'s closure, by name (a cell not filled yet left out)."""
+    values = {}
+    for name, cell in zip(func.__code__.co_freevars, func.__closure__ or (), strict=True):
+        try:
+            values[name] = cell.cell_contents
+        except ValueError:  # not filled yet
+            continue
+    return values
+
+
+def used_globals(func: types.FunctionType) -> dict[str, Any]:
+    """The globals that ``func``'s code (nested functions' too) names."""
+    found = func.__globals__
+    return {name: found[name] for name in code_names(func.__code__) if name in found}
 
 
 def code_names(code: types.CodeType) -> set[str]:

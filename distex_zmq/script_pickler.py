@@ -42,7 +42,7 @@ from cloudpickle import cloudpickle as _cloudpickle
 
 from . import script_rebuild
 from .memmaps import memmap_reduce
-from .pickle_culprit import code_names
+from .pickle_culprit import closure_values, used_globals
 from .process_role import in_worker
 from .script_rebuild import (
     RefSink,
@@ -229,12 +229,7 @@ def warn_of_random_generators(func: types.FunctionType, names: Mapping[str, Any]
     fresh entropy, as they import the script."""
     if in_worker():
         return
-    found = dict(names)
-    for name, cell in zip(func.__code__.co_freevars, func.__closure__ or (), strict=True):
-        try:
-            found[name] = cell.cell_contents
-        except ValueError:  # a cell not filled yet
-            continue
+    found = {**names, **closure_values(func)}
     for name, value in sorted(found.items()):
         if name in _generators_warned or not _is_random_generator(value):
             continue
@@ -254,16 +249,10 @@ def warn_of_random_generators(func: types.FunctionType, names: Mapping[str, Any]
         )
 
 
-def _used_globals(func: types.FunctionType) -> dict[str, Any]:
-    """The globals that ``func``'s code (nested functions' too) names."""
-    found = func.__globals__
-    return {name: found[name] for name in code_names(func.__code__) if name in found}
-
-
 def warn_of_random_generators_of(func: types.FunctionType) -> None:
     """``warn_of_random_generators`` for a function whose globals are not
     gathered yet (dill's)."""
-    warn_of_random_generators(func, _used_globals(func))
+    warn_of_random_generators(func, used_globals(func))
 
 
 def function_reduce(pickler: cloudpickle.Pickler, obj: types.FunctionType) -> Any:

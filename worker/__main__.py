@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from distex_zmq.version import __version__
 
@@ -86,6 +86,24 @@ def _name_process(identity: str) -> None:
     process.name = f"DistexWorker-{int(number)}"
 
 
+def _take_json(name: str) -> Any:
+    """The JSON value of the environment variable ``name``, which a local
+    worker's launcher set for it (see ``LocalLauncher``), taken out of the
+    environment, which the processes that tasks start inherit; None where
+    it is not set, or not JSON."""
+    text = os.environ.pop(name, None)
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _is_strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
 def _take_script_argv() -> None:
     """Take the client's ``sys.argv`` that a local worker gets (see
     ``LocalLauncher.spawn``) as this process's, as a worker that
@@ -93,14 +111,9 @@ def _take_script_argv() -> None:
     worker's command line, with its broker's endpoint)."""
     from distex_zmq.process_role import SCRIPT_ARGV_ENV
 
-    argv = os.environ.pop(SCRIPT_ARGV_ENV, None)
-    if argv:
-        try:
-            value = json.loads(argv)
-        except ValueError:
-            return
-        if isinstance(value, list) and all(isinstance(arg, str) for arg in value):
-            sys.argv[:] = value
+    argv = _take_json(SCRIPT_ARGV_ENV)
+    if _is_strings(argv):
+        sys.argv[:] = argv
 
 
 def _restore_client_env() -> None:
@@ -110,11 +123,7 @@ def _restore_client_env() -> None:
     that a worker of ``ProcessPoolExecutor`` gives them, the client's."""
     from distex_zmq.process_role import CLIENT_ENV_ENV
 
-    values = os.environ.pop(CLIENT_ENV_ENV, None)
-    try:
-        restored = json.loads(values) if values else {}
-    except ValueError:
-        return
+    restored = _take_json(CLIENT_ENV_ENV)
     if not isinstance(restored, dict):
         return
     for name, value in restored.items():
@@ -155,15 +164,9 @@ def _take_client_path() -> None:
     under ``-E``."""
     from distex_zmq.process_role import CLIENT_PATH_ENV
 
-    paths = os.environ.pop(CLIENT_PATH_ENV, None)
-    if not paths:
-        return
-    try:
-        value = json.loads(paths)
-    except ValueError:
-        return
-    if isinstance(value, list) and all(isinstance(path, str) for path in value):
-        sys.path[:] = dict.fromkeys([*value, *sys.path])
+    paths = _take_json(CLIENT_PATH_ENV)
+    if _is_strings(paths):
+        sys.path[:] = dict.fromkeys([*paths, *sys.path])
 
 
 #: glibc's ``mallopt`` parameters, and the values the worker sets: the
