@@ -52,14 +52,15 @@ def run_in(
     *args: str,
     options: tuple[str, ...] = (),
     timeout: float = 50,
+    name: str = "script.py",
     **kwargs: Any,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` (its text) as ``script.py`` in ``directory``, as
+    """Run ``script`` (its text) as ``name`` in ``directory``, as
     ``__main__``, with the interpreter's ``options``; ``kwargs`` go to
     ``subprocess.run`` (``env``)."""
-    (directory / "script.py").write_text(script)
+    (directory / name).write_text(script)
     return subprocess.run(
-        [sys.executable, *options, "script.py", *args],
+        [sys.executable, *options, name, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -447,6 +448,39 @@ def test_workers_import_and_run_as_the_client_did_at_the_start(tmp_path, executo
     # its path and environment of now; a pool's, as all its workers, with
     # those of its start
     assert then == (f"{odd / 'sub'} 0 1" if executor == "control" else first)
+
+
+SCRIPT_NAMED_LIKE_A_MODULE = """\
+import concurrent.futures
+import sys
+
+from distex_zmq import Pool
+
+
+def square(x):
+    return x * x
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "control":
+        pool = concurrent.futures.ProcessPoolExecutor(1)
+    else:
+        pool = Pool(1)
+    with pool:
+        print(*pool.map(square, range(4)))
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", ["control", "local"])
+@pytest.mark.parametrize("name", ["argparse.py", "gettext.py"])
+def test_a_script_named_like_a_module_the_worker_imports(tmp_path, executor, name):
+    # ``python -m distex_zmq.worker`` put the script's directory (the
+    # worker's) first on sys.path, where the worker's own ``import
+    # argparse`` found the script: the worker failed to start
+    result = run_in(tmp_path, SCRIPT_NAMED_LIKE_A_MODULE, executor, name=name)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "1", "4", "9"]
 
 
 SCRIPT_WITH_A_RANDOM_GENERATOR = """\

@@ -262,7 +262,6 @@ def main(argv: list[str] | None = None) -> None:
     _name_process(args.identity)
     _take_script_argv()
     _restore_client_env()
-    _take_client_path()
     _take_resource_tracker()
 
     from distex_zmq.worker.running import flush_std_streams
@@ -270,6 +269,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from distex_zmq.loops import new_event_loop
     from distex_zmq.process_role import mark_worker
+
+    # once this process's own modules are in: a module of the client's
+    # that shadows one of them (a script named ``selectors.py``) is the
+    # tasks' to import, not the worker's
+    _take_client_path()
 
     # a pool that a task or a module of its function makes starts lazily
     mark_worker()

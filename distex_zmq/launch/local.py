@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -147,6 +148,27 @@ def client_path(cwd: str | None) -> list[str]:
             path = cwd
         paths.append(path)
     return list(dict.fromkeys(paths))
+
+
+def start_path(paths: list[str]) -> list[str]:
+    """``paths`` (the client's) for a worker's start, the standard library
+    first: the worker imports modules that the client may not have
+    (``argparse``), and a script's directory, first on the client's path,
+    would stand in for them with a script of that name (``argparse.py``),
+    and the worker would fail to start. Its tasks get the client's order
+    (the worker's ``_take_client_path``), as spawn's children do."""
+    # (not "platstdlib": in a virtual environment, the directory of its
+    # site-packages)
+    stdlib = os.path.normpath(sysconfig.get_path("stdlib"))
+
+    def of_stdlib(path: str) -> bool:
+        path = os.path.normpath(path)
+        # the directory, lib-dynload in it, and the zip beside it
+        return path in (stdlib, os.path.join(stdlib, "lib-dynload")) or (
+            path.endswith(".zip") and os.path.dirname(path) == os.path.dirname(stdlib)
+        )
+
+    return sorted(paths, key=lambda path: not of_stdlib(path))
 
 
 @functools.cache
@@ -432,7 +454,9 @@ class LocalLauncher:
         # directory whose name has a ':', finds this package for the start
         paths = client_path(self.cwd)
         self._env[CLIENT_PATH_ENV] = json.dumps(paths)
-        self._env["PYTHONPATH"] = os.pathsep.join(p for p in paths if os.pathsep not in p)
+        self._env["PYTHONPATH"] = os.pathsep.join(
+            p for p in start_path(paths) if os.pathsep not in p
+        )
         self._python_args = interpreter_args()
         # each line a task prints leaves the worker at once
         self._env["PYTHONUNBUFFERED"] = "1"
