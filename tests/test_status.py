@@ -256,6 +256,23 @@ def test_status_while_every_host_is_lost(make_pool: MakePool, tmp_path) -> None:
         spawner.stop()
 
 
+def test_status_lists_every_host_from_the_start(make_pool: MakePool, tmp_path) -> None:
+    # a status taken while the pool started listed no host at all, so an
+    # operator could not tell a host still connecting from one left out
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        spec = f"127.0.0.1:{spawner.port}/1"
+        pool = make_pool(1, [spec])
+        status = pool.status()
+        assert [(h.spec, h.kind) for h in status.hosts] == [("local", "local"), (spec, "spawner")]
+        if status.state == "starting":
+            assert status.hosts[1].state in ("connecting", "up")
+        assert pool.run(tasks.square, 3) == 9
+        assert [(h.state, h.workers) for h in pool.status().hosts] == [("up", 1), ("up", 1)]
+    finally:
+        spawner.stop()
+
+
 def test_total_workers_before_start_and_after_shutdown(make_pool: MakePool) -> None:
     pool = make_pool(3, lazy_create=True)
     assert pool.total_workers() == 3 == pool._max_workers

@@ -79,8 +79,13 @@ class Supervisor:
         self.placement = Placement(loop, ctx, options, pool, self.on_exit, self.on_host_lost)
         #: workers and hosts that join or leave the running pool
         self.membership = Membership(loop, broker, self.placement, pool)
-        #: where the workers run and how the hosts fare, for ``Pool.status()``
+        #: where the workers run and how the hosts fare, for ``Pool.status()``;
+        #: every host listed from the start, remote ones "connecting"
         self.roster = Roster()
+        if options.num_workers:
+            self.roster.host(None)
+        for spec in options.hosts:
+            self.roster.host(spec)
         #: reconnections to lost hosts
         self.reconnects = Reconnects(
             loop, options, pool, self.roster, self.connect, self.membership.remove_host
@@ -96,8 +101,6 @@ class Supervisor:
     def start(self, access: BrokerAccess) -> None:
         """Start the local workers (on the pool loop)."""
         local = self.placement.start_local(access, self._broker.note_output)
-        if self._options.num_workers:
-            self.roster.host(None)  # listed from the start
         for _ in range(self._options.num_workers):
             self.spawn(local)
 
