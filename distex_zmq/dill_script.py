@@ -11,11 +11,13 @@ import importlib
 import io
 import pickle
 import sys
+import threading
 import types
 from collections.abc import Callable
 from typing import Any
 
 import dill
+import dill.detect
 from cloudpickle import cloudpickle as _cloudpickle
 
 from . import script_rebuild
@@ -88,6 +90,37 @@ def _is_plain_array(obj: Any) -> bool:
     return type(obj) is getattr(sys.modules.get("numpy"), "ndarray", None)
 
 
+_dill_globalvars = dill.detect.globalvars
+#: The functions whose globals ``_globalvars`` gathers now, in this thread,
+#: while ``ScriptClassesPickler`` pickles (None when it does not).
+_gathering = threading.local()
+
+
+def _globalvars(func: Any, recurse: bool = True, builtin: bool = False) -> dict[str, Any]:
+    """``dill.detect.globalvars``, which dill's ``recurse`` calls for each
+    function it pickles, but that stops at a function whose globals it
+    gathers already. dill's follows each function a function names, and
+    the functions that one names, without end where they come round again:
+    two functions that call each other, a recursive function under a
+    decorator (its global is the wrapper, which holds it). The function met
+    again adds nothing: what it names, its first visit gathers."""
+    seen: set[int] | None = getattr(_gathering, "seen", None)
+    if seen is None:  # not ours: dill's own, as it was
+        return _dill_globalvars(func, recurse, builtin)
+    if id(func) in seen:
+        return {}
+    seen.add(id(func))
+    try:
+        return _dill_globalvars(func, recurse, builtin)
+    finally:
+        seen.discard(id(func))
+
+
+# dill's ``save_function`` imports it from ``dill.detect`` at each call, and
+# dill's own recursion calls it there by that name
+dill.detect.globalvars = _globalvars
+
+
 class ScriptClassesPickler(dill.Pickler):
     """dill, but classes of ``__main__`` go as cloudpickle sends them (with
     their tracker ids); dill alone sends a new class each time, and cannot
@@ -137,7 +170,12 @@ class ScriptClassesPickler(dill.Pickler):
 
     def dump(self, obj: Any) -> None:
         self._top = obj
-        super().dump(obj)
+        outer = getattr(_gathering, "seen", None)
+        _gathering.seen = set()
+        try:
+            super().dump(obj)
+        finally:
+            _gathering.seen = outer
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
         if isinstance(obj, type) and obj.__module__ == "__main__" and id(obj) not in self.memo:

@@ -75,6 +75,31 @@ def fact(n):
     return 1 if n <= 1 else n * fact(n - 1)
 
 
+def is_even(n):
+    return n == 0 or is_odd(n - 1)
+
+
+def is_odd(n):
+    return n != 0 and is_even(n - 1)
+
+
+def memo(func):
+    cache = {}
+
+    @functools.wraps(func)
+    def memoized(n):
+        if n not in cache:
+            cache[n] = func(n)
+        return cache[n]
+
+    return memoized
+
+
+@memo
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
 def scaled_fact(n, by):
     return fact(n) * by, MODEL
 
@@ -148,6 +173,13 @@ def check(executor, workers):
     # a partial, a bound method and a recursive function see it too
     assert executor.submit(functools.partial(scaled_fact, by=2), 4).result() == (48, "model:first")
     assert executor.submit(Reader("k").read, 1).result() == ("k", "model:first", 1)
+    # functions that call each other, and a recursive one under a decorator
+    # (dill, looking for the globals they use, went round in circles)
+    assert executor.submit(is_even, 10).result() is True
+    assert list(executor.map(is_odd, [3, 4])) == [True, False]
+    assert executor.submit(fib, 30).result() == 832040
+    call = operator.methodcaller("__call__")
+    assert executor.submit(call, functools.partial(is_even, 7)).result() is False
     # the script's module attributes
     assert executor.submit(script_file).result() == ("script_globals.py", "__main__")
     call = operator.methodcaller("__call__")
