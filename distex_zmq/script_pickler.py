@@ -206,7 +206,7 @@ def type_param_reduce(obj: Any) -> Any:
 
 
 #: The names of the script's random generators warned of (once each).
-_generators_warned: set[str] = set()
+_generators_warned: set[str | tuple[str, int]] = set()
 
 
 def _is_random_generator(value: Any) -> bool:
@@ -234,19 +234,61 @@ def warn_of_random_generators(func: types.FunctionType, names: Mapping[str, Any]
         if name in _generators_warned or not _is_random_generator(value):
             continue
         _generators_warned.add(name)
-        kind = type(value)
-        module = "numpy.random" if kind.__module__.startswith("numpy.random") else kind.__module__
         warnings.warn_explicit(
             f"{func.__qualname__} uses {name}, a random generator of the script "
-            f"({module}.{kind.__qualname__}): each worker gets a copy of its "
-            "state, so the workers draw the same numbers (and the script after them); "
-            "make the generator in the task, or give each task a seed of its own "
-            "(numpy.random.SeedSequence(seed).spawn(n), random.Random(seed))",
+            f"{_copied_generator(value)}",
             RuntimeWarning,
             func.__code__.co_filename,
             func.__code__.co_firstlineno,
             module="__main__",
         )
+
+
+def _copied_generator(generator: Any) -> str:
+    """What befalls ``generator`` sent to workers, and what to do instead."""
+    kind = type(generator)
+    module = "numpy.random" if kind.__module__.startswith("numpy.random") else kind.__module__
+    return (
+        f"({module}.{kind.__qualname__}): each worker gets a copy of its "
+        "state, so the workers draw the same numbers (and the script after them); "
+        "make the generator in the task, or give each task a seed of its own "
+        "(numpy.random.SeedSequence(seed).spawn(n), random.Random(seed))"
+    )
+
+
+def warn_of_a_generators_method(func: Any) -> None:
+    """Warn, once per method, if ``func``, a task's function (or a
+    ``partial``'s), is a method of a random generator: ``rng.normal``, or
+    ``random.gauss`` (a method of the ``random`` module's own generator).
+    Its pickle holds the generator, as a global of a function does (see
+    ``warn_of_random_generators``)."""
+    if isinstance(func, functools.partial):
+        func = func.func
+    generator = getattr(func, "__self__", None)
+    if generator is None or in_worker() or not _is_random_generator(generator):
+        return
+    owner = "random" if generator is getattr(random, "_inst", None) else type(generator).__name__
+    name = f"{owner}.{getattr(func, '__name__', '?')}"
+    if (name, id(generator)) in _generators_warned:
+        return
+    _generators_warned.add((name, id(generator)))
+    warnings.warn(
+        f"the task's function {name} is a method of a random generator of the "
+        f"script {_copied_generator(generator)}",
+        RuntimeWarning,
+        stacklevel=_outside_this_package(),
+    )
+
+
+def _outside_this_package() -> int:
+    """The ``stacklevel`` of the first caller outside distex_zmq (for a
+    warning that points at the user's line)."""
+    package = __name__.rpartition(".")[0] + "."
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def warn_of_random_generators_of(func: types.FunctionType) -> None:

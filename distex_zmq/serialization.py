@@ -18,6 +18,7 @@ import io
 import pickle
 import sys
 import threading
+import types
 import weakref
 from collections.abc import Callable
 from enum import IntEnum
@@ -547,6 +548,12 @@ class FunctionCache:
         if entry is not None and entry[0]() is func:
             return entry[1], entry[2], entry[3]
         check_callable(func)
+        target = func.func if isinstance(func, functools.partial) else func
+        if not isinstance(getattr(target, "__self__", None), (types.ModuleType, type(None))):
+            # a bound method: of a random generator?
+            from .script_pickler import warn_of_a_generators_method
+
+            warn_of_a_generators_method(func)
         refs = self.collector() if self.collector is not None and self._plain_first else None
         try:
             pickled = self._pickle(func, refs)

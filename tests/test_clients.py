@@ -520,6 +520,11 @@ if __name__ == "__main__":
         pool.map(by_lambda(), range(2))
         # in task data, as dask and joblib send functions
         print(list(pool.map(operator.call, [draw], [0]))[0][3])
+        # its method as the task's function, once per method
+        pool.map(RNG.normal, [0.0] * 2)
+        pool.map(RNG.normal, [0.0] * 2)
+        pool.submit(random.gauss, 0, 1).result()
+        pool.submit(len, "builtins: no warning").result()
 """
 
 
@@ -533,7 +538,7 @@ def test_a_random_generator_of_the_script_copied_to_workers_is_warned_of(tmp_pat
     assert result.returncode == 0, result.stderr
     assert result.stdout == "fresh: no warning\n7\n"
     warned = [line for line in result.stderr.splitlines() if "RuntimeWarning" in line]
-    assert len(warned) == 3, result.stderr
+    assert len(warned) == 5, result.stderr
     at = f"{tmp_path / 'script.py'}:"
     # by name, at the function's line
     assert warned[0].startswith(f"{at}15: RuntimeWarning: draw uses R, a random generator")
@@ -542,6 +547,10 @@ def test_a_random_generator_of_the_script_copied_to_workers_is_warned_of(tmp_pat
     assert "(numpy.random.Generator): each worker gets a copy" in warned[1]
     assert "by_lambda.<locals>.<lambda> uses rng" in warned[2]
     assert "make the generator in the task, or give each task a seed" in warned[2]
+    # at the line of the call that sent it
+    assert warned[3].startswith(f"{at}38: RuntimeWarning: the task's function Generator.normal")
+    assert "is a method of a random generator of the script (numpy.random" in warned[3]
+    assert warned[4].startswith(f"{at}40: RuntimeWarning: the task's function random.gauss")
 
 
 SCRIPT_WITH_SHARED_MEMORY = """\
