@@ -26,6 +26,7 @@ from .script_pickler import (
     MADE_ANEW,
     TYPE_PARAMS,
     ScriptPickler,
+    client_function_reduce,
     function_reduce,
     reduce_class,
     type_param_reduce,
@@ -39,6 +40,7 @@ from .script_rebuild import (
     make_script_class,
     make_script_function,
     make_singledispatch,
+    may_be_the_clients,
     script_ref,
     singledispatch_args,
 )
@@ -295,6 +297,9 @@ class ScriptDataPickler(ScriptClassesPickler):
             and id(obj) not in self.memo
             and not is_singledispatch(obj)
         ):
+            if self._to_client and may_be_the_clients(obj):
+                self.save_reduce(*client_function_reduce(obj, self._by_value), obj=obj)
+                return
             refs = self._refs
             ref_id = 0 if refs is None else refs.known(obj)
             if not ref_id:  # not met before: reduce it
@@ -309,6 +314,12 @@ class ScriptDataPickler(ScriptClassesPickler):
             self.save_reduce(script_ref, (ref_id, obj.__qualname__), obj=obj)
             return
         super().save(obj, save_persistent_id)
+
+    def _by_value(self, func: types.FunctionType) -> bytes:
+        """``func`` pickled by value, for the client (``client_function``)."""
+        file = io.BytesIO()
+        ScriptDataPickler(file, self.proto).dump(func)
+        return file.getvalue()
 
     def _script_pickler(self) -> ScriptPickler:
         """The pickler that reduces the script's functions of this pickle

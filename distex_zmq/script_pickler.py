@@ -34,7 +34,7 @@ import threading
 import types
 import typing
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cloudpickle
@@ -47,6 +47,7 @@ from .process_role import in_worker
 from .script_rebuild import (
     RefSink,
     client_class,
+    client_function,
     code_with_filename,
     is_singledispatch,
     make_cached_property,
@@ -55,6 +56,7 @@ from .script_rebuild import (
     make_script_function,
     make_singledispatch,
     make_type_param,
+    may_be_the_clients,
     script_ref,
     set_script_class_state,
     set_script_function_state,
@@ -452,6 +454,14 @@ class ScriptPickler(cloudpickle.Pickler):
         self._to_client = to_client
         _check_by_name()
 
+    def _by_value(self, func: types.FunctionType) -> bytes:
+        """``func`` pickled by value, for the client (``client_function``)."""
+        file = io.BytesIO()
+        # (its functions by value too: a function in several of these
+        # copies, each of its own, would go once per path that reaches it)
+        ScriptPickler(file, protocol=self.proto).dump(func)
+        return file.getvalue()
+
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
         if kind in _plain_types:
@@ -477,6 +487,8 @@ class ScriptPickler(cloudpickle.Pickler):
                 return NotImplemented
             if is_singledispatch(obj):
                 return make_singledispatch, singledispatch_args(obj)
+            if self._to_client and may_be_the_clients(obj):
+                return client_function_reduce(obj, self._by_value)
             refs = self._refs
             if refs is not None:
                 ref_id = refs.known(obj)
@@ -514,6 +526,21 @@ class ScriptPickler(cloudpickle.Pickler):
                     _plain_types.clear()
                 _plain_types.add(kind)
         return reduce
+
+
+def client_function_reduce(
+    func: types.FunctionType, by_value: Callable[[types.FunctionType], bytes]
+) -> Any:
+    """How a worker sends ``func``, a function of the script, in a result:
+    as the client's own of its name, if the client has it
+    (``client_function``), else as the copy that ``by_value`` pickles."""
+    code = func.__code__
+    return client_function, (
+        func.__qualname__,
+        code.co_filename,
+        code.co_firstlineno,
+        by_value(func),
+    )
 
 
 def reduce_class(obj: type, protocol: int) -> Any:

@@ -28,7 +28,8 @@ A function or a class of the script that the client sends by reference
 worker looks it up among the objects it holds by id (``held_objects``),
 made once from the pickle that came with the id's first trip there. A
 result of such a class is ``client_class(name, tracker id)`` in the
-worker's pickle: the client's class under that id.
+worker's pickle: the client's class under that id. A function of the script
+in a result is ``client_function(name, ...)``: the client's own of that name.
 
 It imports no module of the package, and cloudpickle only when a pickle
 that needs it is loaded.
@@ -53,8 +54,9 @@ class SharedNamespace(Protocol):
         """Take the globals a function brings, but for those a task assigned."""
 
     def offer(self, name: str, value: Any) -> None:
-        """Take ``value`` (a class of the script that a pickle made) as the
-        global ``name`` if there is none of that name."""
+        """Take ``value`` (a class or a function of the script that a pickle
+        made) as the global ``name`` if there is none of that name, or if
+        ``value`` wraps it (``functools.wraps``)."""
 
 
 class RefSink(Protocol):
@@ -123,6 +125,43 @@ def client_class(name: str, tracker_id: str) -> type:
             "class (or an object of it) until its tasks are done"
         )
     return cls
+
+
+def client_function(name: str, filename: str, line: int, by_value: bytes) -> Any:
+    """The function of the script ``name`` that a worker's result holds: the
+    client's own (as a worker of ``ProcessPoolExecutor`` sends it back, by
+    name), so that it is the script's function (a key of its dicts, one that
+    ``pickle`` takes) and sees the script's globals as they are now. Unless
+    the script has no such function there, defined at ``line`` of
+    ``filename``, as the worker's is: then (a function its decorator hides,
+    one that the script defined again since, or one that a task made) the
+    copy ``by_value`` pickles, as the worker has it."""
+    import pickle
+    import sys
+
+    found: Any = sys.modules.get("__main__")
+    for part in name.split("."):
+        found = getattr(found, part, None)
+    code = getattr(found, "__code__", None)
+    if (
+        type(found) is types.FunctionType
+        and found.__qualname__ == name
+        and isinstance(code, types.CodeType)
+        and (code.co_filename, code.co_firstlineno) == (filename, line)
+    ):
+        return found
+    return pickle.loads(by_value)
+
+
+def may_be_the_clients(func: types.FunctionType) -> bool:
+    """Whether ``func``, a function a worker's result holds, may be one of
+    the client's script under its name (see ``client_function``)."""
+    name = func.__qualname__
+    return (
+        func.__module__ == "__main__"
+        and func.__globals__.get("__name__") == "__main__"
+        and "<" not in name  # not "<lambda>", nor one of "f.<locals>"
+    )
 
 
 #: a worker's namespace for the functions of the script (set by the worker);
@@ -226,6 +265,13 @@ def set_script_function_state(func: types.FunctionType, state: Any) -> None:
     values = slots["__globals__"]
     cloudpickle._function_setstate(func, (attributes, {**slots, "__globals__": {}}))
     namespace.bring(values)
+    name = func.__qualname__
+    if name.isidentifier():
+        # found by name in the worker's __main__, as a class is (see
+        # ``make_script_class``): a task that pickles an object that holds
+        # it (a model with the script's function, to joblib.dump) pickles
+        # it so
+        namespace.offer(name, func)
 
 
 def make_lru_cache(func: Any, maxsize: int | None, typed: bool) -> Any:

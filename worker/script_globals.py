@@ -124,10 +124,16 @@ class ScriptNamespace:
 
     def offer(self, name: str, value: Any) -> None:
         """Take ``value`` as the global ``name`` if there is none of that
-        name (``script_rebuild.make_script_class``: a class of the script
-        that came in a task's data, not among a function's globals); as one
-        the client sent, which the next one it sends replaces."""
-        if name not in self.globals:
+        name (``script_rebuild``: a class or a function of the script that
+        came in a task's data, not among a function's globals), or if
+        ``value`` wraps the one there; as one the client sent, which the
+        next one it sends replaces."""
+        held = self.globals.get(name, self)
+        if held is self or (
+            # a decorator's wrapper, which the script has under the name of
+            # the function it wraps, offered before it
+            held is self._sent.get(name) and getattr(value, "__wrapped__", None) is held
+        ):
             self.globals[name] = self._sent[name] = value
             self._digests[name] = None
 

@@ -289,6 +289,19 @@ def apply(func, value):
     return func(value)
 
 
+def logged(func):
+    @functools.wraps(func)
+    def wrapper(*args):
+        return func(*args)
+
+    return wrapper
+
+
+@logged
+def halve(x):
+    return x / 2
+
+
 def make_jobs(n):
     return [Job(i) for i in range(n)]
 
@@ -393,6 +406,20 @@ def check(executor, lambdas=True):
     assert Settings.scaled is scaled and not hasattr(Settings, "extra"), vars(Settings)
     SCALE["factor"] = 3
     assert settings.scaled(2) == 6, settings.scaled(2)
+    # a function of the script in a result is the script's own, as
+    # standard pickle sends it back (by name): a key of the script's dicts,
+    # one that pickle takes again, and that sees the script's globals now
+    assert executor.submit(identity, work).result() is work
+    job = executor.submit(identity, Job(1, [work, halve])).result()
+    assert job.tags[0] is work and job.tags[1] is halve, job
+    assert executor.submit(identity, {work: 1}).result() == {work: 1}
+    assert executor.submit(repickled, job).result() is True
+    assert pickle.loads(pickle.dumps(job)) == job
+    if lambdas:
+        # one the script has not under its name (its decorator's wrapper
+        # is): a copy, as before
+        inner = executor.submit(apply, operator.attrgetter("__wrapped__"), halve).result()
+        assert inner is not halve and inner(4) == 2
     # a class itself, as argument and result
     assert executor.submit(apply, fields_of, Job).result() == ["n", "tags"]
     assert executor.submit(apply, type, Job(1)).result() is Job
