@@ -27,7 +27,7 @@ from distex_zmq import HostConnectionError, Pool, WorkerLostError
 from distex_zmq.security import ClusterKeys, KeyPair, make_client
 from distex_zmq.wire import control as sp
 from tests import tasks
-from tests.helpers import child_pids, command_line, wait_until
+from tests.helpers import LoopbackSpawner, child_pids, command_line, wait_until
 from tests.multihost import REMOTE_PYTHON, ROOT, Capture, hostnames, unavailable
 
 REASON = unavailable()
@@ -448,6 +448,20 @@ def test_spawner_without_secret_stays_on_loopback():
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert "without a secret" in result.stderr and "--insecure" in result.stderr
+
+
+def test_a_spawner_of_root_without_secret_warns_that_every_user_is_root(tmp_path):
+    # on loopback without a secret, every user of the machine can run code
+    # as the spawner's user: as root, that is root for all, which it said
+    # nowhere
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        assert wait_until(lambda: "spawner (pid" in spawner.log.read_text(), timeout=30)
+        log = spawner.log.read_text()
+    finally:
+        spawner.stop()
+    warned = "running as root without a secret: every user of this machine" in log
+    assert warned == (os.geteuid() == 0), log
 
 
 # bad input from the network

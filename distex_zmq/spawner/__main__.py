@@ -183,6 +183,12 @@ def main(argv: list[str] | None = None) -> None:
             "the port can run any code on this host",
             host,
         )
+    elif keys is None and os.geteuid() == 0:
+        _logger.warning(
+            "running as root without a secret: every user of this machine can run any "
+            "code as root through this spawner; start it as an unprivileged user, or set "
+            "DISTEX_ZMQ_SECRET or --secret-file (and the same secret for the pools)"
+        )
     # what stops it; a signal ignored when it started stays ignored, as
     # nohup asks of SIGHUP and a shell of a background job's SIGINT
     stop_signals = [
