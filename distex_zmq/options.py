@@ -50,9 +50,20 @@ class RemoteSettings:
     agent_start_timeout: float = DEFAULT_AGENT_START_TIMEOUT
 
     def python_for(self, host: str) -> str:
+        """The command that runs Python on the SSH host ``host`` (as its spec
+        names it); a ``ValueError`` if the dict of commands has none for it:
+        ``python3`` in its place would fail there as "not installed", with
+        no word of the dict."""
         if isinstance(self.python, str):
             return self.python
-        return self.python.get(host, self.python.get("*", "python3"))
+        python = self.python.get(host, self.python.get("*"))
+        if python is None:
+            raise ValueError(
+                f"remote_python has no command for the SSH host {host!r}: its keys are "
+                f"{sorted(self.python)!r}; they are host names as the host specs give "
+                "them (ssh://NAME/4 -> 'NAME'), and '*' is for the other hosts"
+            )
+        return python
 
 
 @dataclasses.dataclass
@@ -373,6 +384,9 @@ def pool_options(
         secret=secret,
         secret_file=secret_file,
     )
+    for spec in specs:
+        if spec.is_ssh:
+            options.remote.python_for(spec.host)  # one for each, or a ValueError now
     if any(not h.is_ssh for h in specs):
         # only spawner hosts use the secret: a pool without them loads it when
         # it gets one (``add_hosts``)

@@ -142,8 +142,10 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             ``None`` (the default): no limit.
         remote_python: The command that runs Python on the SSH hosts, as the
             remote shell reads it (``/opt/venv/bin/python``,
-            ``env PYTHONPATH=/srv/app python3``); a dict maps host names to
-            commands, with ``"*"`` for the rest.
+            ``env PYTHONPATH=/srv/app python3``); a dict maps host names (as
+            the specs give them: ``"maxi"`` for ``ssh://maxi/8``) to
+            commands, with ``"*"`` for the rest; a host it has no command
+            for is refused (``ValueError``).
         ssh_tunnel: Remote workers reach the broker through a reverse tunnel
             over the SSH connection (default). With ``False`` they connect
             straight to the broker's TCP port (``localhost``/``localport``):

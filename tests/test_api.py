@@ -782,6 +782,20 @@ def test_a_host_given_twice_is_refused(hosts):
         Pool(None, hosts, lazy_create=True)
 
 
+def test_a_dict_of_remote_pythons_without_one_for_a_host_is_refused(make_pool):
+    # the host fell back to "python3", which failed there as "distex_zmq is
+    # not installed", with no word of the dict
+    with pytest.raises(ValueError, match=r"no command for the SSH host 'maxi': its keys are"):
+        Pool(None, ["ssh://maxi/1"], remote_python={"ssh://maxi": "/opt/py"}, lazy_create=True)
+    pool = make_pool(1, lazy_create=True, remote_python={"maxi": "/opt/py"})
+    with pytest.raises(ValueError, match=r"no command for the SSH host 'mini'"):
+        pool.add_hosts(["ssh://mini/1"])
+    assert pool.run(abs, -2) == 2
+    assert [h.spec for h in pool.status().hosts] == ["local"]
+    # "*" is for the rest
+    Pool(None, ["ssh://mini/1"], remote_python={"*": "/opt/py"}, lazy_create=True).shutdown()
+
+
 def test_one_host_as_a_spawner_and_over_ssh_is_two_hosts():
     pool = Pool(None, ["mini/1", "ssh://mini/1"], lazy_create=True)
     assert pool.total_workers() == 2
