@@ -260,7 +260,7 @@ def test_changed_host_key_is_refused(ssh_home, monkeypatch, ssh_pool):
     known.write_text(f"{ssh_home.addresses['dzq-a']} {ssh_home.host_keys['dzq-b']}\n")
     monkeypatch.setenv("HOME", str(home))
     message = expect_refusal(ssh_pool, ["ssh://dzq-a/1"], ssh_accept_new_hosts=True)
-    assert "does NOT match" in message and "ssh-keygen -R" in message
+    assert "does NOT match" in message and f"ssh-keygen -f '{known}' -R" in message
 
 
 def test_bad_key_is_refused(ssh_home, monkeypatch, ssh_pool):

@@ -365,9 +365,26 @@ def test_any_known_key_of_the_host_will_do(login, loopback):
         pool.shutdown()
     # only the stale one: refused
     message = refusal(login("stale-only", f"{stale_line}\n"))
-    assert "does NOT match the one in known_hosts" in message
-    # the name to remove, as known_hosts writes a host on a port other than 22
-    assert f"ssh-keygen -R '[127.0.0.1]:{loopback.port}'" in message
+    known_hosts = loopback.dir / "stale-only" / ".ssh" / "known_hosts"
+    assert f"does NOT match the one in known_hosts ({known_hosts}:1)" in message
+    # the name to remove, as known_hosts writes a host on a port other than 22,
+    # from the file that lists it
+    assert f"ssh-keygen -f '{known_hosts}' -R '[127.0.0.1]:{loopback.port}'" in message
+    # a file that the config names: that one, as ssh says (it named
+    # ~/.ssh/known_hosts, and its ssh-keygen changed nothing)
+    other = loopback.dir / "stale-elsewhere.known"
+    other.write_text(f"{stale_line}\n")
+    config = f"  UserKnownHostsFile {other}\n"
+    message = refusal(login("stale-elsewhere", "", extra_config=config))
+    assert f"({other}:1)" in message and f"ssh-keygen -f '{other}' -R" in message
+    # the system's file that the config names (GlobalKnownHostsFile), which
+    # the pool did not read: it vouches for the host as the user's does
+    system = loopback.dir / "system.known"
+    system.write_text(f"{loopback.known}\n")
+    config = f"  GlobalKnownHostsFile {system}\n"
+    pool = login("known-to-the-system", "", extra_config=config)
+    assert pool.run_on_all(int, 7) == [7]
+    pool.shutdown()
 
 
 def test_the_host_shows_a_key_of_the_type_known_hosts_lists(login, loopback):
@@ -518,7 +535,7 @@ def test_host_key_alias_is_the_host_name_in_known_hosts(login, loopback, make_po
     # (which the message gives) lists it under the alias
     message = refusal(login("host-key-alias-unknown", f"{loopback.known}\n", extra_config=alias))
     assert "is not in" in message and "under its HostKeyAlias loop-key" in message
-    add = re.search(r"\((ssh-keyscan .*? >> \S+), then compare", message)
+    add = re.search(r"\((ssh-keyscan .*? >> [^\s)]+)\) or connect", message)
     assert add and "sed 's/^[^ ]*/loop-key/'" in add.group(1), message
     subprocess.run(["bash", "-c", add.group(1)], check=True, capture_output=True, timeout=30)
     pool = make_pool(None, ["ssh://loop/1"], remote_python=REMOTE_PYTHON)  # the same HOME

@@ -37,6 +37,9 @@ from distex_zmq.hostspec import HostSpec
 from distex_zmq.launch.remote import DEFAULT_CONNECT_TIMEOUT
 from distex_zmq.reachability import UNREACHABLE
 
+#: ``ssh``'s ``GlobalKnownHostsFile`` where the config gives none
+GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+
 
 @dataclasses.dataclass(frozen=True)
 class SSHTarget:
@@ -72,6 +75,8 @@ class SSHTarget:
     #: the host's options that the pool does not read (``UNREAD``), each with
     #: what the pool does instead, for the errors of its login
     unread: tuple[str, ...] = ()
+    #: ``GlobalKnownHostsFile``: the system's known hosts, read before the user's
+    global_known_hosts: tuple[str, ...] = GLOBAL_KNOWN_HOSTS
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port != 22 else ""
@@ -109,6 +114,8 @@ def resolve(
     known = config.get("userknownhostsfile", "~/.ssh/known_hosts").split()
     # "none": no known_hosts file of the user's, so none is written either
     known = [path for path in known if path.lower() != "none"]
+    system = config.get("globalknownhostsfile", " ".join(GLOBAL_KNOWN_HOSTS)).split()
+    system = [path for path in system if path.lower() != "none"]
     strict = config.get("stricthostkeychecking", "ask").lower()
     connect_timeout = timeout
     if connect_timeout is None and "connecttimeout" in config:
@@ -126,6 +133,7 @@ def resolve(
         user=spec.user or config.get("user") or getpass.getuser(),
         key_files=tuple(os.path.expanduser(f) for f in config.get("identityfile", [])),
         known_hosts=tuple(os.path.expanduser(f) for f in known),
+        global_known_hosts=tuple(os.path.expanduser(f) for f in system),
         accept_new_hosts=accept_new_hosts or strict in ("accept-new", "no", "off"),
         timeout=DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout,
         proxy_command=config.get("proxycommand"),
@@ -250,13 +258,22 @@ class KnownHosts:
 
     entries: list[paramiko.hostkeys.HostKeyEntry] = dataclasses.field(default_factory=list)
     revoked: list[paramiko.PKey] = dataclasses.field(default_factory=list)
+    #: the file and line of each entry
+    places: list[tuple[str, int]] = dataclasses.field(default_factory=list)
 
     def keys_of(self, name: str) -> list[paramiko.PKey]:
         """The keys listed for the host ``name`` (``host`` or ``[host]:port``),
         under its name or hashed (``HashKnownHosts``)."""
+        return [entry.key for entry, _ in self._listing(name)]
+
+    def places_of(self, name: str) -> list[tuple[str, int]]:
+        """The files and lines that list keys for the host ``name``."""
+        return [place for _, place in self._listing(name)]
+
+    def _listing(self, name: str) -> list[tuple[paramiko.hostkeys.HostKeyEntry, tuple[str, int]]]:
         return [
-            entry.key
-            for entry in self.entries
+            (entry, place)
+            for entry, place in zip(self.entries, self.places, strict=True)
             if any(_is_host(listed, name) for listed in entry.hostnames)
         ]
 
@@ -404,7 +421,9 @@ class _CheckHostKey(paramiko.MissingHostKeyPolicy):
             return
         if keys:  # _explain says what this means
             same_type = [k for k in keys if k.get_name() == key.get_name()]
-            raise paramiko.BadHostKeyException(hostname, key, (same_type or keys)[0])
+            error = paramiko.BadHostKeyException(hostname, key, (same_type or keys)[0])
+            error.places = self._known.places_of(hostname)
+            raise error
         self.new_host(hostname, key)
 
     def new_host(self, hostname: str, key: paramiko.PKey) -> None:
@@ -422,9 +441,10 @@ class _RefuseUnknownHost(_CheckHostKey):
         raise HostConnectionError(
             f"SSH to {t}: the host's {key.get_name()} key {fingerprint(key)} is not in "
             f"{', '.join(t.known_hosts) or 'any known_hosts file'}{alias}, so the connection "
-            f"was refused. If you trust this key, add it (ssh-keyscan {port}{t.hostname}"
-            f"{rename} >> {known}, then compare the fingerprint) or connect once with ssh; or "
-            "let the pool trust new hosts with Pool(..., ssh_accept_new_hosts=True)"
+            "was refused. Compare the fingerprint with the host's own (ssh-keygen -lf "
+            "/etc/ssh/ssh_host_*_key.pub there); if they match, add the key "
+            f"(ssh-keyscan {port}{t.hostname}{rename} >> {known}) or connect once with ssh; "
+            "or let the pool trust new hosts with Pool(..., ssh_accept_new_hosts=True)"
         )
 
 
@@ -484,7 +504,7 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
     timeout); ``jumps``: how many jump hosts lead to it."""
     client = _Client()
     known = KnownHosts()
-    for path in ("/etc/ssh/ssh_known_hosts", *target.known_hosts):
+    for path in (*target.global_known_hosts, *target.known_hosts):
         if os.path.exists(path):
             try:
                 _load_known_hosts(known, path)
@@ -639,6 +659,7 @@ def _load_known_hosts(known: KnownHosts, path: str) -> None:
                 known.revoked.append(entry.key)
             elif not marker:
                 known.entries.append(entry)
+                known.places.append((path, number))
 
 
 def _stage(client: paramiko.SSHClient) -> str:
@@ -668,11 +689,15 @@ def _explain(t: SSHTarget, e: BaseException, stage: str = "login") -> str:
             f"is sshd listening on port {t.port}?"
         )
     if isinstance(e, paramiko.BadHostKeyException):
+        places: list[tuple[str, int]] = getattr(e, "places", [])
+        listed = ", ".join(f"{path}:{line}" for path, line in places)
+        files = list(dict.fromkeys(path for path, _ in places)) or list(t.known_hosts[:1])
+        removals = " and ".join(f"ssh-keygen -f '{f}' -R '{known_hosts_name(t)}'" for f in files)
         return (
             f"SSH to {t}: the host key {fingerprint(e.key)} does NOT match the one in "
-            "known_hosts: someone may be intercepting the connection. If the host's key "
-            "changed for a good reason, remove the old one with "
-            f"ssh-keygen -R '{known_hosts_name(t)}'"
+            f"known_hosts{f' ({listed})' if listed else ''}: someone may be intercepting "
+            "the connection. If the host's key changed for a good reason, remove the old "
+            f"one with {removals or f'ssh-keygen -R {known_hosts_name(t)!r}'}"
         )
     missing = [path for path in t.key_files if not os.path.exists(path)]
     if isinstance(e, paramiko.AuthenticationException):
