@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -660,6 +661,15 @@ def test_a_login_shell_that_prints_does_not_hide_the_agent(login, loopback):
     greeting = "echo 'Welcome to loop'; printf 'Last login: today'; printf '\\033]0;loop\\007'"
     pool = login("greeting", loopback.known, remote_python=f"{greeting}; {REMOTE_PYTHON}")
     assert pool.run_on_all(int, 7) == [7]
+    # the agent's end, later: its error quoted the greeting as the agent's
+    # last lines, the terminal title's escape and all, which set the title
+    # of the client's terminal
+    [agent] = pool.run_on_all(os.getppid)
+    os.kill(agent, signal.SIGKILL)
+    assert wait_until(lambda: pool.status().hosts[0].last_error is not None, timeout=30)
+    error = pool.status().hosts[0].last_error
+    assert "its agent ended" in error and "Welcome" not in error, error
+    assert "\x1b" not in error and "\x07" not in error, error
 
 
 def test_a_login_shell_that_reads_stdin_does_not_eat_the_workers_keys(login, loopback):

@@ -275,7 +275,11 @@ class SSHLauncher(RemoteLauncher):
                 return
 
     def _tail(self) -> str:
-        return "\n".join(list(self._stderr_tail)) or "(nothing)"
+        """The last lines of the agent's stderr, for an error: control
+        characters escaped (a start-up file's terminal title would set the
+        client's, and its status would keep it)."""
+        lines = [_printable(line) for line in self._stderr_tail]
+        return "\n".join(lines) or "(nothing)"
 
     # on the pool loop
 
@@ -303,7 +307,12 @@ class SSHLauncher(RemoteLauncher):
     def _on_message(self, event: control.Message) -> None:
         if isinstance(event, control.Stopped):
             return  # it has stopped once its process has exited: ``_on_end``
+        started = self._hello.done()
         super()._on_message(event)
+        if not started and self._hello.done():
+            # what the remote shell's start-up files printed before the agent
+            # ran says nothing of why the agent ends later
+            self._stderr_tail.clear()
 
     def _on_end(self, status: int) -> None:
         self._end()
@@ -376,6 +385,13 @@ class SSHLauncher(RemoteLauncher):
             if thread is not me:
                 thread.join(5.0)
         self._call_soon(_set_result, closed, None)
+
+
+def _printable(line: str) -> str:
+    """``line`` with its control characters (but tabs) escaped."""
+    if line.isprintable():
+        return line
+    return "".join(c if c.isprintable() or c == "\t" else ascii(c)[1:-1] for c in line)
 
 
 def _describe_status(status: int) -> str:
