@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -268,6 +269,35 @@ def test_status_lists_the_hosts_in_the_pool_only(make_pool, tmp_path):
         assert pool.run(tasks.square, 3) == 9
     finally:
         spawner.stop()
+
+
+def test_the_changes_of_the_pools_members_are_logged(make_pool, tmp_path, caplog):
+    # an operator at INFO saw nothing of a host joining or leaving, nor of
+    # a resize
+    from tests.helpers import LoopbackSpawner
+
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    there = f"127.0.0.1:{spawner.port}/1"
+    try:
+        with caplog.at_level(logging.INFO, logger="distex_zmq"):
+            pool = make_pool(1)
+            pool.run(tasks.square, 1)
+            pool.add_hosts([there])
+            pool.resize(2)
+            pool.resize(1)
+            pool.remove_hosts([there])
+    finally:
+        spawner.stop()
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    python = ".".join(map(str, sys.version_info[:3]))
+    for line in (
+        f"connected to {there} (Python {python}): starting 1 worker",
+        f"added {there}: 1 worker ready",
+        "local workers: 2, from 1",
+        "local workers: 1, from 2",
+        f"removed {there}",
+    ):
+        assert line in said, said
 
 
 def _runs(directory: Path) -> dict[int, int]:

@@ -114,6 +114,13 @@ class Elastic:
                         self._supervisor.roster.forget(spec)
                 raise errors[0]
             hosts.extend(specs)
+            ready = sum(len(self._members.workers_of(host)) for host in added)
+            _logger.info(
+                "added %s: %d worker%s ready",
+                ", ".join(str(spec) for spec in specs),
+                ready,
+                "" if ready == 1 else "s",
+            )
 
     def _in_pool_already(self, spec: HostSpec, there: HostSpec) -> str:
         """Why ``add_hosts`` refuses ``spec``: ``there`` names its host."""
@@ -176,6 +183,7 @@ class Elastic:
             )
             for spec in leaving:
                 supervisor.roster.forget(spec)
+            _logger.info("removed %s", ", ".join(str(spec) for spec in leaving))
 
     async def resize(self, num_workers: int, drain: bool, timeout: float | None) -> None:
         """Start or retire local workers until there are ``num_workers``
@@ -205,6 +213,8 @@ class Elastic:
             elif num_workers < len(current):
                 leaving = self._least_busy(current, len(current) - num_workers)
                 await members.retire(leaving, drain, timeout)
+            if num_workers != len(current):
+                _logger.info("local workers: %d, from %d", num_workers, len(current))
 
     def _least_busy(self, identities: list[bytes], count: int) -> list[bytes]:
         """``count`` of these workers: those starting first, then those that

@@ -115,6 +115,12 @@ class Supervisor:
             self.roster.host_lost(spec, f"{type(e).__name__}: {e}", None)
             raise
         self.roster.host_up(spec, launcher.python_version)
+        _logger.info(
+            "connected to %s (Python %s): starting %s",
+            spec,
+            launcher.python_version or "?",
+            _workers(spec.num_workers),
+        )
         for _ in range(spec.num_workers):
             self.spawn(launcher)
         return launcher
@@ -328,3 +334,8 @@ class Supervisor:
         self.membership.stop()
         await self.reconnects.stop(reconnect_grace)
         await self.placement.stop(grace)
+
+
+def _workers(count: int) -> str:
+    """``"1 worker"``, ``"3 workers"``."""
+    return f"{count} worker{'' if count == 1 else 's'}"
