@@ -195,8 +195,10 @@ class Broker:
 
     # set-up and tear-down (pool loop)
 
-    def bind(self, endpoint: str, curve: KeyPair | None = None) -> str:
+    def bind(self, endpoint: str, curve: KeyPair | None = None, ipv6: bool = False) -> str:
         """Bind the socket; return the endpoint with the port actually taken.
+        ``ipv6``: a TCP endpoint takes IPv6 too (``tcp://*``: both, where the
+        machine has IPv6; ``tcp://[::1]``).
 
         With ``curve`` keys the endpoint is a CURVE server: encrypted, and
         open only to the clients that the context's ZAP handler admits.
@@ -217,6 +219,8 @@ class Broker:
             self._probe_timer = self.loop.call_later(PROBE_INTERVAL, self._probe)
         if endpoint.startswith("tcp://") and self._heartbeat_timeout is not None:
             keep_alive(self._sock, self._heartbeat_timeout)  # remote workers' connections
+        if endpoint.startswith("tcp://"):
+            self._sock.setsockopt(zmq.IPV6, int(ipv6))
         if curve is not None:
             make_server(self._sock, curve)
         elif self._sock.getsockopt(zmq.CURVE_SERVER):

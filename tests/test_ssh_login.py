@@ -654,6 +654,21 @@ def test_sshd_that_refuses_the_tunnel_says_what_to_do(login, loopback):
     assert pool.run_on_all(int, 7) == [7]
 
 
+def test_a_host_reached_over_ipv6_without_the_tunnel(login, loopback):
+    # the workers were told to connect to the address that SSH came from,
+    # [::1], where the broker did not listen (0.0.0.0 only): they hung 30 s
+    # and were killed; and localhost="::1" failed the bind ("No such device")
+    port = loopback.variant("ipv6", ListenAddress="::1")
+    known = loopback.known.replace(f"[127.0.0.1]:{loopback.port}", f"[::1]:{port}")
+    config = f"Host loop6\n  HostName ::1\n  Port {port}\n  User root\n"
+    config += f"  IdentityFile {loopback.key}\n"
+    for localhost in ("", "::1"):
+        pool = login(f"ipv6{localhost.replace(':', '')}", known, extra_config=config,
+                     hosts=["ssh://loop6/1"], ssh_tunnel=False, localhost=localhost)  # fmt: skip
+        assert pool.run_on_all(int, 7) == [7]
+        pool.shutdown()
+
+
 def test_a_login_shell_that_prints_does_not_hide_the_agent(login, loopback):
     # what a ~/.bashrc that greets (or sets a terminal title) prints before
     # the agent runs, on the session's stdout: lines, and text with no end

@@ -148,6 +148,8 @@ class Worker:
     def run(self) -> int:
         """Serve tasks until STOP, REFUSE or the loop stops; return the exit code."""
         sock = self._sock
+        if "://[" in self._endpoint:  # an IPv6 address, which libzmq takes only so
+            sock.setsockopt(zmq.IPV6, 1)
         sock.connect(self._endpoint)
         self._info = {
             "pid": os.getpid(),

@@ -15,6 +15,7 @@ import zmq
 
 from distex_zmq.broker import Broker
 from distex_zmq.hostspec import HostSpec
+from distex_zmq.launch.remote import tcp_host
 from distex_zmq.options import Options
 from distex_zmq.security import KeyPair, ZapHandler
 
@@ -66,9 +67,15 @@ class RemoteEndpoints:
             )
         elif port:
             port = 0  # the one asked for is taken by the first endpoint
-        address = (remote.localhost or "0.0.0.0") if public else "127.0.0.1"
+        # public: IPv6 too, for hosts that reach this one by an IPv6 address
+        # (libzmq takes IPv4 alone where the machine has no IPv6)
+        address = (
+            (tcp_host(remote.localhost) if remote.localhost else "*") if public else "127.0.0.1"
+        )
         try:
-            endpoint = self._broker.bind(f"tcp://{address}:{port}", curve=self._broker_keys)
+            endpoint = self._broker.bind(
+                f"tcp://{address}:{port}", curve=self._broker_keys, ipv6=public
+            )
         except zmq.ZMQError as e:
             raise zmq.ZMQError(e.errno, _bind_error(e, address, port, remote.localhost)) from e
         self._tcp_ports[public] = int(endpoint.rsplit(":", 1)[1])
