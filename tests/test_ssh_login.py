@@ -423,11 +423,18 @@ def test_hash_known_hosts_writes_the_new_host_hashed(login, loopback, make_pool)
     assert known_hosts.read_text() == line
 
 
-def test_key_with_a_passphrase_names_the_agent(login, loopback):
+def test_key_with_a_passphrase_names_the_agent(login, loopback, monkeypatch):
     message = refusal(login("locked", loopback.known, key=loopback.locked_key))
     assert "authentication as 'root' failed" in message
     assert f"{loopback.locked_key} needs a passphrase" in message
     assert f"ssh-add {loopback.locked_key}" in message
+    assert "(there is none now: SSH_AUTH_SOCK is not set)" in message
+    # an agent's socket left behind by one that ended: said so, not only
+    # "add the key to your agent"
+    gone = loopback.dir / "agent-that-ended.sock"
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(gone))
+    message = refusal(login("locked-stale-agent", loopback.known, key=loopback.locked_key))
+    assert f"there is none now: SSH_AUTH_SOCK names {gone}, where No such file" in message
 
 
 class SSHAgent:

@@ -484,6 +484,25 @@ class _Agent(paramiko.Agent):
         return tuple(super().get_keys())
 
 
+def _agent_state(t: SSHTarget) -> str:
+    """Why the pool found no SSH agent for ``t``, if it found none, for a
+    login that needed one: ``""`` if an agent answers at its socket."""
+    if t.agent is None:
+        return f" (there is none now: {t.agent_source} is not set)"
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(2)
+        conn.connect(t.agent)
+    except OSError as e:
+        return (
+            f" (there is none now: {t.agent_source} names {t.agent}, where "
+            f"{e.strerror or e}; start one with eval $(ssh-agent), then ssh-add)"
+        )
+    finally:
+        conn.close()
+    return ""
+
+
 class _Client(paramiko.SSHClient):
     """An SSH client that closes its jump host's connection with its own."""
 
@@ -710,7 +729,7 @@ def _explain(t: SSHTarget, e: BaseException, stage: str = "login") -> str:
                 f"SSH to {t}: authentication as {t.user!r} failed ({e}); tried {keys}. "
                 f"{', '.join(locked)} needs a passphrase, which the pool cannot ask for: "
                 f"add it to your SSH agent (ssh-add {locked[0]}) where the pool runs, "
-                "so that SSH_AUTH_SOCK reaches the agent"
+                f"so that SSH_AUTH_SOCK reaches the agent{_agent_state(t)}"
             )
         return (
             f"SSH to {t}: authentication as {t.user!r} failed ({e}); tried {keys}. "
