@@ -648,9 +648,13 @@ def wait_at_exit() -> None:
 
 def _ended_by_ctrl_c() -> bool:
     """A Ctrl-C ended the program: its ``KeyboardInterrupt`` went unhandled
-    (``sys.last_value``). An interactive session (Python's REPL, IPython, a
-    Jupyter kernel) keeps there the last error it showed and goes on, so in
-    one a statement interrupted earlier does not count."""
+    (``sys.last_value``), or came as the exit waited for threads that are
+    not daemons (``exits.ctrl_c_came``). An interactive session (Python's
+    REPL, IPython, a Jupyter kernel) keeps in ``sys.last_value`` the last
+    error it showed and goes on, so in one a statement interrupted earlier
+    does not count."""
+    if exits.ctrl_c_came():
+        return True
     if not isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
         return False
     return not _interactive()
