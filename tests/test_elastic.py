@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from distex_zmq import WorkerStartError
+from distex_zmq import PoolClosedError, WorkerStartError
 from distex_zmq.runtime import supervisor
 from distex_zmq.runtime.supervisor import SLOW_REPLACEMENT_DELAY
 from tests import tasks
@@ -298,6 +298,30 @@ def test_the_changes_of_the_pools_members_are_logged(make_pool, tmp_path, caplog
         f"removed {there}",
     ):
         assert line in said, said
+
+
+def test_a_shutdown_during_a_resize_is_what_the_resize_raises(make_pool):
+    # the workers the resize started were stopped by the shutdown as they
+    # started (their initializer ran): the resize raised that they "failed
+    # to start: exit code 0"
+    pool = make_pool(1, initializer=time.sleep, initargs=(1.0,))
+    pool.run(tasks.square, 1)
+    raised: list[BaseException] = []
+
+    def resize() -> None:
+        try:
+            pool.resize(3)
+        except BaseException as e:  # noqa: BLE001 - the test looks at it
+            raised.append(e)
+
+    thread = threading.Thread(target=resize)
+    thread.start()
+    assert wait_until(lambda: len(pool.status().workers) == 3, timeout=10)
+    pool.shutdown(wait=False)
+    thread.join(timeout=30)
+    [error] = raised
+    assert isinstance(error, PoolClosedError), repr(error)
+    assert str(error) == "the pool was shut down during the change"
 
 
 def _runs(directory: Path) -> dict[int, int]:

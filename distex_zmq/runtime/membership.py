@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from distex_zmq.broker import Broker
-from distex_zmq.errors import HostConnectionError, WorkerStartError
+from distex_zmq.errors import HostConnectionError, PoolClosedError, WorkerStartError
 from distex_zmq.runtime.placement import Launcher, Placement
 from distex_zmq.runtime.state import PoolState
 
@@ -77,6 +77,8 @@ class Membership:
         errors = [w.exception() for w in waiters]
         for error in errors:
             if error is not None:
+                if self._pool.closing:  # a shutdown stopped them as they started
+                    raise PoolClosedError("the pool was shut down during the change") from error
                 raise error
 
     def leaving(self, identity: bytes) -> None:
