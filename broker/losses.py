@@ -42,7 +42,7 @@ def _killed_its_worker(task: Task, rec: WorkerRecord, how: str, limit: int) -> W
         option = 'parallel_config(backend="distex_zmq", max_retries=n)'
     if task.tries > 1:
         return WorkerLostError(
-            f"{task.describe()} killed its worker each of the {task.tries} times it "
+            f"{task.describe()} killed its worker each of the last {task.tries} times it "
             f"ran ({limit_is}): the last, {rec}, died: {how}"
         )
     if task.max_retries is not None:

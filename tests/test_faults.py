@@ -265,7 +265,7 @@ def test_poison_task_in_a_group_of_tiny_tasks_fails_alone(make_pool: MakePool) -
         if x == 1000:
             with pytest.raises(
                 WorkerLostError,
-                match=r"killed its worker each of the 2 times it ran \(the pool's "
+                match=r"killed its worker each of the last 2 times it ran \(the pool's "
                 r"max_retries=1\): the last, worker pid \d+ on \S+, died: ",
             ):
                 future.result()
@@ -294,7 +294,7 @@ def test_a_poison_input_of_a_chunk_fails_alone_and_is_named(
             yielded.append(value)
     assert info.value.index == 37
     assert re.search(
-        r"^task \d+ \(poison_at, input #37 of a map\) killed its worker each of the 3 "
+        r"^task \d+ \(poison_at, input #37 of a map\) killed its worker each of the last 3 "
         r"times it ran \(the pool's max_retries=2\)",
         str(info.value),
     ), str(info.value)
