@@ -41,33 +41,51 @@ def decode(task: Task, status: int, value: Any, data_loads: Callable[..., Any]) 
     A chunk's result is a list in which ``ItemError`` stands for each input
     that raised; the caller raises those in order.
     """
+    ok, result = outcome(task, status, value, data_loads)
+    if ok:
+        return result
+    raise result
+
+
+def outcome(
+    task: Task, status: int, value: Any, data_loads: Callable[..., Any]
+) -> tuple[bool, Any]:
+    """``(True, the task's result)`` or ``(False, its error)``, the error
+    not raised here: raised, it would hold in its traceback the frames of
+    the pool loop that delivered it, which hold the task and its future,
+    and a failed future that holds it would be freed only by the cycle
+    collector (never, with it off), with everything those frames hold."""
     if status == STATUS_LOCAL_ERROR:
-        raise value
+        return False, value
     try:
         # ``serialization.loads`` inline: a call less per result
         data, buffers = value[0], value[1]
         result = data_loads(data, buffers=buffers) if buffers else data_loads(data)
     except Exception as e:
-        result = _rebuilt(task, status, value, data_loads, e)
+        ok, result = _rebuilt(task, status, value, data_loads, e)
+        if not ok:
+            return False, result
     if status == p.STATUS_OK:
-        return result
+        return True, result
     if isinstance(result, BaseException):
         if type(result) is SerializationError:  # made by the worker: name the task
-            raise name_task(result, task.id, task.describe())
-        raise result
-    raise SerializationError(f"task {task.shown_id} failed with a non-exception {result!r}")
+            return False, name_task(result, task.id, task.describe())
+        return False, result
+    error = SerializationError(f"task {task.shown_id} failed with a non-exception {result!r}")
+    return False, error
 
 
 def _rebuilt(
     task: Task, status: int, value: Any, data_loads: Callable[..., Any], e: Exception
 ) -> Any:
-    """The result of ``task`` that ``data_loads`` failed to load with ``e``,
-    loaded with its exceptions that their classes do not make from their
-    ``args`` rebuilt (an error returned or in a list of results, not
-    raised); else raise the ``SerializationError`` that names ``e``."""
+    """``(True, the result of task)`` that ``data_loads`` failed to load
+    with ``e``, loaded with its exceptions that their classes do not make
+    from their ``args`` rebuilt (an error returned or in a list of results,
+    not raised); else ``(False, the SerializationError that names e)``, as
+    ``outcome`` returns an error."""
     if not name_not_found(e):
         try:
-            return loads_rebuilding_errors(value[0], value[1], data_loads)
+            return True, loads_rebuilding_errors(value[0], value[1], data_loads)
         except Exception:  # noqa: BLE001, S110 - the first failure is the one to name
             pass
     salvaged = None
@@ -80,7 +98,10 @@ def _rebuilt(
     rec = task.worker  # where it ran
     if rec is not None:
         error.set_origin(rec.host, rec.pid)
-    raise error from (e if salvaged is None else salvaged.__cause__)
+    # as ``raise error from ...``; ``e``'s traceback still holds the pool
+    # loop's frames (a result that does not load is rare)
+    error.__cause__ = e if salvaged is None else salvaged.__cause__
+    return False, error
 
 
 class _LeanCondition(threading.Condition):
@@ -230,7 +251,13 @@ class TaskFuture(concurrent.futures.Future[Any]):
     def result(self, timeout: float | None = None) -> Any:
         if not self.done():
             refuse_wait_on_pool_loop("waiting for the result of a task", self._loop)
-        return super().result(timeout)
+        try:
+            return super().result(timeout)
+        finally:
+            # the error raised holds this frame in its traceback: without
+            # ``self`` there, a dropped future is freed at once, as
+            # concurrent.futures' own ``result`` has it
+            del self
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self.done():
@@ -329,19 +356,18 @@ class FutureSink:
                     pass
             return
         try:
-            result = decode(task, status, value, self._loads)
+            ok, result = outcome(task, status, value, self._loads)
         except BaseException as e:  # noqa: BLE001
-            if not future.cancelled():
-                try:
-                    future.set_exception(e)
-                except concurrent.futures.InvalidStateError:
-                    pass  # cancelled meanwhile
+            ok, result = False, e
+        if future.cancelled():
             return
-        if not future.cancelled():
-            try:
+        try:
+            if ok:
                 future.set_result(result)
-            except concurrent.futures.InvalidStateError:
-                pass
+            else:
+                future.set_exception(result)
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled meanwhile
 
     def flush(self, urgent: bool = False) -> None:
         pass
@@ -420,11 +446,15 @@ class AsyncFutureSink:
             future.cancel()
             return
         try:
-            future.set_result(decode(task, status, value, self._loads))
-        except StopIteration as e:
-            future.set_exception(stop_iteration_error(e, task.describe()))
+            ok, result = outcome(task, status, value, self._loads)
         except BaseException as e:  # noqa: BLE001
-            future.set_exception(e)
+            ok, result = False, e
+        if ok:
+            future.set_result(result)
+        elif isinstance(result, StopIteration):  # which an asyncio future refuses
+            future.set_exception(stop_iteration_error(result, task.describe()))
+        else:
+            future.set_exception(result)
 
 
 def stop_iteration_error(error: StopIteration, what: str) -> RuntimeError:
