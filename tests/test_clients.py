@@ -964,7 +964,9 @@ def test_joblib_batch_that_kills_its_worker_fails_its_call_at_once(pool, tmp_pat
     with joblib.parallel_config(backend="distex_zmq", pool=pool, max_retries=1):
         ran, message = runs(tmp_path / "retried")
         assert ran == 2
-        assert "each of the last 2 times it ran (parallel_config's max_retries=1): the last" in message
+        assert (
+            "each of the last 2 times it ran (parallel_config's max_retries=1): the last" in message
+        )
         # the backend runs the next call
         assert joblib.Parallel(n_jobs=2)(outer_calls(4)) == [0, 1, 4, 9]
     with pytest.raises(ValueError, match="max_retries"):
