@@ -132,3 +132,8 @@ def parse_hosts(hosts: Any) -> list[HostSpec]:
                 f"{spec.host}:{spec.port}/{spec.num_workers}"
             )
     return specs
+
+
+def tcp_host(address: str) -> str:
+    """``address`` as the host part of a ``tcp://`` endpoint (IPv6 in brackets)."""
+    return f"[{address}]" if ":" in address else address

@@ -291,8 +291,3 @@ class RemoteLauncher:
             except asyncio.TimeoutError:
                 _logger.warning("%s did not stop its workers in time", self.where)
         await self._close()
-
-
-def tcp_host(address: str) -> str:
-    """``address`` as the host part of a ``tcp://`` endpoint (IPv6 in brackets)."""
-    return f"[{address}]" if ":" in address else address

@@ -31,9 +31,9 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from distex_zmq.errors import HostConnectionError, ProtocolError
-from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT, HostSpec
+from distex_zmq.hostspec import DEFAULT_SPAWNER_PORT, HostSpec, tcp_host
 from distex_zmq.launch.port_owner import listener_uids, strangers, user_name
-from distex_zmq.launch.remote import RemoteLauncher, RemoteOutput, tcp_host
+from distex_zmq.launch.remote import RemoteLauncher, RemoteOutput
 from distex_zmq.reachability import probe_async
 from distex_zmq.security import (
     HANDSHAKE_FAILED,

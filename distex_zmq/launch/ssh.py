@@ -39,9 +39,9 @@ from typing import Any
 import paramiko
 
 from distex_zmq.errors import HostConnectionError, ProtocolError
-from distex_zmq.hostspec import HostSpec
+from distex_zmq.hostspec import HostSpec, tcp_host
 from distex_zmq.launch import ssh_connect as ssh
-from distex_zmq.launch.remote import RemoteLauncher, RemoteOutput, RemoteSettings, tcp_host
+from distex_zmq.launch.remote import RemoteLauncher, RemoteOutput, RemoteSettings
 from distex_zmq.launch.ssh_tunnel import ReverseTunnel
 from distex_zmq.version import __version__
 from distex_zmq.wire import control

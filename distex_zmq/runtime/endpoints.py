@@ -14,8 +14,7 @@ from typing import Any
 import zmq
 
 from distex_zmq.broker import Broker
-from distex_zmq.hostspec import HostSpec
-from distex_zmq.launch.remote import tcp_host
+from distex_zmq.hostspec import HostSpec, tcp_host
 from distex_zmq.options import Options
 from distex_zmq.security import KeyPair, ZapHandler
 
