@@ -80,6 +80,29 @@ def test_a_renewal_is_no_death(make_pool) -> None:
     assert wait_until(lambda: pool.status().ready_workers == 2, timeout=30)
 
 
+def test_a_renewal_on_a_spawner_host_is_no_death(make_pool, tmp_path) -> None:
+    # the replacement started as the old worker took its last task, and the
+    # spawner, which starts no more workers than the pool opened, refused it:
+    # a death (CrashLoopError at max_worker_deaths=1), or a failed start
+    from tests.helpers import LoopbackSpawner
+
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        there = f"127.0.0.1:{spawner.port}/2"
+        pool = make_pool(None, [there], max_tasks_per_child=1, max_worker_deaths=1)
+        per_pid = pids_of(pool, 12)
+        assert len(per_pid) == 12
+        status = pool.status()
+        assert status.state == "ready", status
+        assert status.totals.workers_lost == status.totals.replacements == 0
+        assert status.totals.renewals >= 10
+        assert wait_until(lambda: pool.status().ready_workers == 2, timeout=30)
+        pool.shutdown()
+    finally:
+        spawner.stop()
+    assert "refused" not in spawner.log.read_text()
+
+
 def test_a_task_that_kills_its_worker_still_counts_as_a_death(make_pool) -> None:
     pool = make_pool(1, max_tasks_per_child=1, max_retries=0)
     with pytest.raises(Exception, match="died|exit"):

@@ -61,6 +61,10 @@ class RemoteLauncher:
     label = ""
     #: the interpreter of its workers, for messages
     python = ""
+    #: the host starts no more workers at once than the pool opened there
+    #: (a spawner): a renewal's replacement waits for the worker it replaces
+    #: to exit
+    opened_workers_only = False
 
     def __init__(
         self,

@@ -50,6 +50,8 @@ _logger = logging.getLogger("distex_zmq.launch.spawner")
 class SpawnerLauncher(RemoteLauncher):
     """The workers of one pool on one host that runs ``python -m distex_zmq.spawner``."""
 
+    opened_workers_only = True
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,

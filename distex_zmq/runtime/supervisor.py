@@ -92,6 +92,9 @@ class Supervisor:
         )
         #: identities of workers this pool killed itself (task_timeout)
         self._killed: set[bytes] = set()
+        #: identities of renewed workers whose replacement starts at their
+        #: exit (``renew``)
+        self._replace_at_exit: set[bytes] = set()
         #: identities of workers killed for saying no hello in time
         self._silent: set[bytes] = set()
         self._deaths: deque[float] = deque()
@@ -209,6 +212,11 @@ class Supervisor:
             return
         self.membership.leaving(identity)
         self.roster.renewals += 1
+        if getattr(launcher, "opened_workers_only", False):
+            # a spawner would refuse it while the old one runs: that refusal
+            # counted as a death (and failed a pool still starting)
+            self._replace_at_exit.add(identity)
+            return
         # after the dispatch that spent the worker, which this runs inside
         self._loop.call_soon(self.replace, launcher)
 
@@ -255,6 +263,10 @@ class Supervisor:
         if tail:
             # the tail may hold what earlier tasks of this worker wrote
             how += "; its last stderr lines (its earlier tasks' too):\n" + tail + closed_under
+        if identity in self._replace_at_exit:
+            self._replace_at_exit.discard(identity)
+            if launcher is not None and not self._pool.closing:
+                self._loop.call_soon(self.replace, launcher)
         if self.membership.exited(identity, launcher, pid, how):
             self._killed.discard(identity)
             return
@@ -284,6 +296,7 @@ class Supervisor:
         how = f"its host {launcher.where} was lost: {reason}"
         broker = self._broker
         for identity in identities:
+            self._replace_at_exit.discard(identity)
             self.roster.gone(identity)
             self.membership.host_lost(identity, f"{launcher.where} was lost: {reason}")
             self.placement.forget(identity)
