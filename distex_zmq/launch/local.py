@@ -431,6 +431,9 @@ class LocalLauncher:
         self.where = "localhost"
         #: a local launcher is never cut off from the pool
         self.lost = False
+        #: it starts as many workers at once as the pool asks for (see
+        #: ``RemoteLauncher.opened_workers_only``)
+        self.opened_workers_only = False
         self.processes: dict[bytes, WorkerProcess] = {}
         self._env = dict(os.environ)
         #: the directory the workers run in, the client's when the pool

@@ -29,7 +29,7 @@ from distex_zmq.hostspec import HostSpec
 from distex_zmq.loops import run_in_background
 from distex_zmq.options import Options
 from distex_zmq.runtime.state import PoolState
-from distex_zmq.runtime.supervisor import Supervisor
+from distex_zmq.runtime.supervisor import Supervisor, workers_text
 
 if TYPE_CHECKING:
     from distex_zmq.launch.remote import RemoteLauncher
@@ -116,10 +116,7 @@ class Elastic:
             hosts.extend(specs)
             ready = sum(len(self._members.workers_of(host)) for host in added)
             _logger.info(
-                "added %s: %d worker%s ready",
-                ", ".join(str(spec) for spec in specs),
-                ready,
-                "" if ready == 1 else "s",
+                "added %s: %s ready", ", ".join(str(spec) for spec in specs), workers_text(ready)
             )
 
     def _in_pool_already(self, spec: HostSpec, there: HostSpec) -> str:

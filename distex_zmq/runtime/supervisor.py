@@ -122,7 +122,7 @@ class Supervisor:
             "connected to %s (Python %s): starting %s",
             spec,
             launcher.python_version or "?",
-            _workers(spec.num_workers),
+            workers_text(spec.num_workers),
         )
         for _ in range(spec.num_workers):
             self.spawn(launcher)
@@ -212,7 +212,7 @@ class Supervisor:
             return
         self.membership.leaving(identity)
         self.roster.renewals += 1
-        if getattr(launcher, "opened_workers_only", False):
+        if launcher.opened_workers_only:
             # a spawner would refuse it while the old one runs: that refusal
             # counted as a death (and failed a pool still starting)
             self._replace_at_exit.add(identity)
@@ -349,6 +349,6 @@ class Supervisor:
         await self.placement.stop(grace)
 
 
-def _workers(count: int) -> str:
+def workers_text(count: int) -> str:
     """``"1 worker"``, ``"3 workers"``."""
     return f"{count} worker{'' if count == 1 else 's'}"
