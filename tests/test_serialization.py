@@ -655,8 +655,11 @@ def test_an_open_file_does_not_pickle_as_with_a_process_pool(shared_pool, tmp_pa
     # open for reading as an io.StringIO of what was left to read
     path = tmp_path / "lines.txt"
     path.write_text("one\ntwo\n")
-    with open(path) as f, pytest.raises(TypeError, match="cannot pickle '_io.TextIOWrapper'"):
-        shared_pool.submit(tasks.identity, f).result(timeout=0)
+    with open(path) as f:
+        with pytest.raises(TypeError) as refused:
+            pickle.dumps(f)  # pickle's own word, which differs between versions
+        with pytest.raises(TypeError, match=re.escape(str(refused.value))):
+            shared_pool.submit(tasks.identity, f).result(timeout=0)
     with pytest.raises(SerializationError, match="TextIOWrapper"):
         shared_pool.run(open, str(path))
 
