@@ -18,11 +18,13 @@ import os
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import textwrap
 import threading
 import time
 import traceback
+import types
 import weakref
 from pathlib import Path
 
@@ -31,6 +33,7 @@ import zmq
 
 from distex_zmq import Pool
 from distex_zmq.errors import HostConnectionError, PoolClosedError, WorkerStartError
+from distex_zmq.launch.local import start_path
 from distex_zmq.runtime.ipc import UNBOUND_STALE_AFTER
 from tests import tasks
 from tests.conftest import ROOT
@@ -641,6 +644,11 @@ def test_a_worker_that_never_says_hello_fails_the_start(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("DZQ_TEST_HANG_AT_START", "1")
     monkeypatch.syspath_prepend(str(tmp_path))
+    # as if the client ran it: its directory then comes before the standard
+    # library's, where Debian's Python has a sitecustomize of its own
+    hook = types.ModuleType("sitecustomize")
+    hook.__file__ = str(tmp_path / "sitecustomize.py")
+    monkeypatch.setitem(sys.modules, "sitecustomize", hook)
     monkeypatch.setattr(supervisor, "HELLO_TIMEOUT", 2.0)
     before = child_pids()
     with (
@@ -649,6 +657,28 @@ def test_a_worker_that_never_says_hello_fails_the_start(tmp_path, monkeypatch):
     ):
         pool.run(abs, -3)
     assert wait_until(lambda: child_pids() <= before, timeout=10), "the worker was left"
+
+
+def test_a_worker_starts_with_the_standard_library_first_but_the_clients_sitecustomize(
+    tmp_path, monkeypatch
+):
+    # the standard library first, so that a script named argparse.py does not
+    # stand in for the module the worker imports; but the directory of the
+    # sitecustomize the client ran before it, where a Debian or Ubuntu Python
+    # has one of its own that a worker ran instead
+    stdlib = sysconfig.get_path("stdlib")
+    dynload = os.path.join(stdlib, "lib-dynload")
+    script, hooks, site = (str(tmp_path / name) for name in ("script", "hooks", "site"))
+    paths = [script, hooks, stdlib, dynload, site]
+    monkeypatch.delitem(sys.modules, "sitecustomize", raising=False)
+    monkeypatch.delitem(sys.modules, "usercustomize", raising=False)
+    assert start_path(paths) == [stdlib, dynload, script, hooks, site]
+    hook = types.ModuleType("sitecustomize")
+    hook.__file__ = os.path.join(hooks, "sitecustomize.py")
+    monkeypatch.setitem(sys.modules, "sitecustomize", hook)
+    assert start_path(paths) == [hooks, stdlib, dynload, script, site]
+    hook.__file__ = os.path.join(stdlib, "sitecustomize.py")  # the Python's own
+    assert start_path(paths) == [stdlib, dynload, script, hooks, site]
 
 
 WORKER_PATH_AND_FLAGS = """

@@ -176,7 +176,11 @@ def start_path(paths: list[str]) -> list[str]:
     (``argparse``), and a script's directory, first on the client's path,
     would stand in for them with a script of that name (``argparse.py``),
     and the worker would fail to start. Its tasks get the client's order
-    (the worker's ``_take_client_path``), as spawn's children do."""
+    (the worker's ``_take_client_path``), as spawn's children do.
+
+    But the directory of the client's own ``sitecustomize`` (a project's,
+    coverage's) comes before the standard library, where Debian's and
+    Ubuntu's Pythons have one that would stand in for it."""
     # (not "platstdlib": in a virtual environment, the directory of its
     # site-packages)
     stdlib = os.path.normpath(sysconfig.get_path("stdlib"))
@@ -188,7 +192,25 @@ def start_path(paths: list[str]) -> list[str]:
             path.endswith(".zip") and os.path.dirname(path) == os.path.dirname(stdlib)
         )
 
-    return sorted(paths, key=lambda path: not of_stdlib(path))
+    hooks = {d for d in map(_site_hook_dir, ("sitecustomize", "usercustomize")) if d}
+    hooks = {d for d in hooks if not of_stdlib(d)}
+
+    def rank(path: str) -> int:
+        return 0 if os.path.normpath(path) in hooks else 1 if of_stdlib(path) else 2
+
+    return sorted(paths, key=rank)
+
+
+def _site_hook_dir(name: str) -> str | None:
+    """The directory on the path that this process's module ``name`` (one
+    that ``site`` imports at the start) came from; None without one."""
+    file = getattr(sys.modules.get(name), "__file__", None)
+    if not isinstance(file, str):
+        return None
+    directory = os.path.dirname(file)
+    if os.path.basename(file).startswith("__init__."):  # a package
+        directory = os.path.dirname(directory)
+    return os.path.normpath(directory)
 
 
 @functools.cache
