@@ -24,12 +24,11 @@ from . import script_rebuild
 from .memmaps import memmap_reduce
 from .script_pickler import (
     MADE_ANEW,
-    TYPE_PARAMS,
+    TYPING_REDUCERS,
     ScriptPickler,
     client_function_reduce,
     function_reduce,
     reduce_class,
-    type_param_reduce,
     warn_of_random_generators_of,
 )
 from .script_rebuild import (
@@ -127,7 +126,8 @@ class ScriptClassesPickler(dill.Pickler):
     """dill, but classes of ``__main__`` go as cloudpickle sends them (with
     their tracker ids); dill alone sends a new class each time, and cannot
     send a script's enum. So do a ``typing.TypeVar``, ``ParamSpec`` and
-    ``TypeVarTuple`` of the script (a generic class's parameters), which dill
+    ``TypeVarTuple`` of the script (a generic class's parameters), a
+    ``NewType`` and a type alias (``type Vector = list[float]``), which dill
     sends by name, and a worker's ``__main__`` has none. Modules go by name,
     as cloudpickle sends them: dill sends a module outside the standard
     library and site-packages (one next to the script) with a copy of its
@@ -199,8 +199,8 @@ class ScriptClassesPickler(dill.Pickler):
         elif type(obj) is functools.cached_property and id(obj) not in self.memo:
             self.save_reduce(make_cached_property, (obj.func, obj.attrname), obj=obj)
             return
-        elif type(obj) in TYPE_PARAMS and id(obj) not in self.memo:
-            reduce = type_param_reduce(obj)
+        elif type(obj) in TYPING_REDUCERS and id(obj) not in self.memo:
+            reduce = TYPING_REDUCERS[type(obj)](obj)
             if reduce is not NotImplemented:
                 self.save_reduce(*reduce, obj=obj)
                 return

@@ -52,14 +52,17 @@ from .script_rebuild import (
     is_singledispatch,
     make_cached_property,
     make_lru_cache,
+    make_new_type,
     make_script_class,
     make_script_function,
     make_singledispatch,
+    make_type_alias,
     make_type_param,
     may_be_the_clients,
     script_ref,
     set_script_class_state,
     set_script_function_state,
+    set_type_alias_value,
     singledispatch_args,
 )
 
@@ -179,6 +182,14 @@ def _enum_reduce(obj: Any, reduce: Any) -> Any:
     return (reduce[0], tuple(args), state, *reduce[3:])
 
 
+def _found_by_name(obj: Any, name: str) -> bool:
+    """Whether a pickle sends ``obj`` by ``name``, under which its module
+    has it, and a worker finds it: not in ``__main__``, nor in a module
+    registered with cloudpickle's ``register_pickle_by_value``."""
+    found = _cloudpickle._lookup_module_and_qualname(obj, name=name)
+    return found is not None and not _cloudpickle._is_registered_pickle_by_value(found[0])
+
+
 def type_param_reduce(obj: Any) -> Any:
     """The reduction of ``obj``, a ``typing.TypeVar``, ``ParamSpec`` or
     ``TypeVarTuple``, by value if it cannot be found by name (the script's,
@@ -189,8 +200,7 @@ def type_param_reduce(obj: Any) -> Any:
     It keeps what cloudpickle's ``TypeVar`` drops: a default (Python 3.13:
     ``class Pair[A, B = int]``, whose ``Pair[str]`` fails without it) and
     ``infer_variance`` (3.12)."""
-    found = _cloudpickle._lookup_module_and_qualname(obj, name=obj.__name__)
-    if found is not None and not _cloudpickle._is_registered_pickle_by_value(found[0]):
+    if _found_by_name(obj, obj.__name__):
         return NotImplemented
     kwargs: dict[str, Any] = {}
     if getattr(obj, "__bound__", None) is not None:
@@ -205,6 +215,63 @@ def type_param_reduce(obj: Any) -> Any:
     constraints = getattr(obj, "__constraints__", ())
     tracker_id = _cloudpickle._get_or_create_tracker_id(obj)
     return make_type_param, (type(obj), obj.__name__, kwargs, tracker_id, constraints)
+
+
+def new_type_reduce(obj: Any) -> Any:
+    """The reduction of ``obj``, a ``typing.NewType`` (``UserId =
+    NewType("UserId", int)``), by value if it cannot be found by name (the
+    script's), as a type parameter goes: pickle sends one by name, and a
+    worker's ``__main__`` has none (cloudpickle's issue 520), so a function
+    of the script that names it, if only in its annotations, did not load
+    there. ``NotImplemented`` if it goes by name."""
+    if _found_by_name(obj, obj.__qualname__):
+        return NotImplemented
+    tracker_id = _cloudpickle._get_or_create_tracker_id(obj)
+    return make_new_type, (
+        obj.__name__,
+        obj.__qualname__,
+        obj.__module__,
+        obj.__supertype__,
+        tracker_id,
+    )
+
+
+def type_alias_reduce(obj: Any) -> Any:
+    """The reduction of ``obj``, a type alias of the ``type`` statement
+    (Python 3.12: ``type Vector = list[float]``), by value if it cannot be
+    found by name (the script's), as ``new_type_reduce`` says; its value as
+    the state, so that an alias that names itself loads. ``NotImplemented``
+    if it goes by name, or if its value cannot be read (a name not defined
+    yet) or its names are not identifiers (one made by calling
+    ``TypeAliasType``)."""
+    if _found_by_name(obj, obj.__name__):
+        return NotImplemented
+    params = obj.__type_params__
+    if not all(name.isidentifier() for name in (obj.__name__, *(p.__name__ for p in params))):
+        return NotImplemented
+    try:
+        value = obj.__value__
+    except Exception:  # noqa: BLE001 - then by name, which fails in the worker as pickle does
+        return NotImplemented
+    return (
+        make_type_alias,
+        (obj.__name__, obj.__module__, params),
+        value,
+        None,
+        None,
+        set_type_alias_value,
+    )
+
+
+#: The reducers of the kinds of ``typing`` object that a script makes and
+#: pickle sends by name: each goes by value if it cannot be found by name,
+#: else as pickle sends it.
+TYPING_REDUCERS: dict[type, Callable[[Any], Any]] = {
+    **{kind: type_param_reduce for kind in TYPE_PARAMS},
+    typing.NewType: new_type_reduce,
+}
+if sys.version_info >= (3, 12):
+    TYPING_REDUCERS[typing.TypeAliasType] = type_alias_reduce
 
 
 #: The names of the script's random generators warned of (once each).
@@ -505,8 +572,9 @@ class ScriptPickler(cloudpickle.Pickler):
             return make_lru_cache, (obj.__wrapped__, cache["maxsize"], cache["typed"])
         if kind is functools.cached_property:
             return make_cached_property, (obj.func, obj.attrname)
-        if kind in TYPE_PARAMS:
-            reduce = type_param_reduce(obj)
+        typing_reduce = TYPING_REDUCERS.get(kind)
+        if typing_reduce is not None:
+            reduce = typing_reduce(obj)
             if reduce is not NotImplemented:
                 return reduce
         reduce = memmap_reduce(obj, self.proto)
@@ -514,14 +582,14 @@ class ScriptPickler(cloudpickle.Pickler):
             return reduce
         # cloudpickle's reduces only classes and functions; what came this
         # far goes by the reducer of its type in _REDUCERS, else is left to
-        # the pickler for its type, but for an lru_cache wrapper and a type
-        # parameter, left so for where they are found
+        # the pickler for its type, but for an lru_cache wrapper and the
+        # typing objects of TYPING_REDUCERS, left so for where they are found
         reduce = super().reducer_override(obj)
         if reduce is NotImplemented:
             reducer = _REDUCERS.get(kind)
             if reducer is not None:
                 return reducer(obj)
-            if kind is not _LRU_CACHE_WRAPPER and kind not in TYPE_PARAMS:
+            if kind is not _LRU_CACHE_WRAPPER and kind not in TYPING_REDUCERS:
                 if len(_plain_types) >= _MAX_PLAIN_TYPES:
                     _plain_types.clear()
                 _plain_types.add(kind)

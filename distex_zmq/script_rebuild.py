@@ -243,6 +243,74 @@ def make_type_param(
     return cloudpickle._lookup_class_or_track(tracker_id, kind(name, *constraints, **kwargs))
 
 
+def make_new_type(name: str, qualname: str, module: str, supertype: Any, tracker_id: str) -> Any:
+    """A ``typing.NewType`` of the script, the one this process has under
+    ``tracker_id`` if any (the client's own, in a result), as
+    ``make_type_param`` makes a type parameter."""
+    import typing
+
+    from cloudpickle import cloudpickle
+
+    new_type = typing.NewType(name, supertype)  # type: ignore[misc]
+    new_type.__qualname__ = qualname
+    new_type.__module__ = module
+    return cloudpickle._lookup_class_or_track(tracker_id, new_type)
+
+
+#: The values of the type aliases that ``make_type_alias`` made, by the
+#: alias's id, until ``set_type_alias_value`` gives them (within one load).
+_alias_values: dict[int, list[Any]] = {}
+
+
+def make_type_alias(name: str, module: str, type_params: tuple[Any, ...]) -> Any:
+    """A type alias of the script (``type Vector = list[float]``, Python
+    3.12) whose value ``set_type_alias_value`` gives once the pickle has
+    made what it holds, which may be the alias itself (``type Tree = int |
+    list[Tree]``). Its value is read when first asked for, as that of a
+    ``type`` statement: the alias is made by one. Its parameters are new
+    ones of the same names, bounds, constraints and defaults as
+    ``type_params``, which its value holds. In the client, a result's alias
+    is the script's own of that name."""
+    if held_objects is None:  # the client
+        import sys
+
+        own: Any = getattr(sys.modules.get(module), name, None)
+        if type(own).__name__ == "TypeAliasType" and own.__name__ == name:
+            return own
+    value: list[Any] = []
+    namespace: dict[str, Any] = {"__name__": module, "__dzq_value__": value}
+    params = []
+    for i, param in enumerate(type_params):
+        kind = type(param).__name__
+        text = {"TypeVarTuple": "*", "ParamSpec": "**"}.get(kind, "") + param.__name__
+        if getattr(param, "__bound__", None) is not None:
+            namespace[f"__dzq_bound{i}__"] = param.__bound__
+            text += f": __dzq_bound{i}__"
+        elif getattr(param, "__constraints__", ()):
+            names = []
+            for j, constraint in enumerate(param.__constraints__):
+                namespace[f"__dzq_constraint{i}_{j}__"] = constraint
+                names.append(f"__dzq_constraint{i}_{j}__")
+            text += f": ({', '.join(names)})"
+        if getattr(param, "has_default", lambda: False)():  # Python 3.13
+            namespace[f"__dzq_default{i}__"] = param.__default__
+            text += f" = __dzq_default{i}__"
+        params.append(text)
+    brackets = f"[{', '.join(params)}]" if params else ""
+    source = f"type {name}{brackets} = __dzq_value__[0]"
+    exec(compile(source, f"<type alias {name}>", "exec"), namespace)
+    alias = namespace[name]
+    _alias_values[id(alias)] = value
+    return alias
+
+
+def set_type_alias_value(alias: Any, value: Any) -> None:
+    """Give ``alias``, made by ``make_type_alias``, its value."""
+    made = _alias_values.pop(id(alias), None)
+    if made is not None:
+        made.append(value)
+
+
 def code_with_filename(
     make: Callable[..., types.CodeType], args: tuple[Any, ...], filename: str
 ) -> types.CodeType:

@@ -214,6 +214,37 @@ if typing_extensions is not None:
         pass
 
 
+# a NewType, and type aliases (Python 3.12's type statement, a SyntaxError
+# before it: top-level statements of this script all the same), which pickle
+# sends by name
+UserId = typing.NewType("UserId", int)
+if sys.version_info >= (3, 12):
+    Vector = Tree = Couple = None  # (for the linter) made by these statements
+    exec(
+        compile(
+            "type Vector = list[float]\n"
+            "type Tree = int | list[Tree]\n"  # one that names itself
+            "type Couple[K: (int, str)] = tuple[K, K]\n",
+            __file__,
+            "exec",
+        )
+    )
+else:
+    Vector = list[float]
+
+
+def next_id(user: UserId) -> UserId:
+    return UserId(user + 1)
+
+
+def scale(vector: Vector, factor: float) -> Vector:
+    return [factor * x for x in vector]
+
+
+def couple_of(kind):
+    return Couple[kind]
+
+
 def given_str(cls):
     """The arguments of generic class ``cls`` given ``str`` for its first
     type parameter: the others' defaults."""
@@ -397,6 +428,24 @@ def check(executor, lambdas=True):
     if typing_extensions is not None:
         params = executor.submit(apply, operator.attrgetter("__parameters__"), Extended)
         assert params.result() == (X,)
+    # a NewType and type aliases of the script, in a function's annotations
+    # and globals, as arguments and as results, which are the script's own
+    assert executor.submit(next_id, UserId(1)).result() == 2
+    assert executor.submit(identity, UserId).result() is UserId
+    assert executor.submit(apply, operator.attrgetter("__supertype__"), UserId).result() is int
+    assert executor.submit(scale, [1.0, 2.0], 2).result() == [2.0, 4.0]
+    if sys.version_info >= (3, 12):
+        assert executor.submit(identity, Vector).result() is Vector
+        assert (
+            executor.submit(apply, operator.attrgetter("__value__"), Vector).result()
+            == (list[float])
+        )
+        tree = executor.submit(apply, operator.attrgetter("__value__"), Tree).result()
+        assert tree == int | list[Tree] and typing.get_args(tree)[1].__args__[0] is Tree, tree
+        assert executor.submit(couple_of, int).result() == Couple[int]
+    if sys.version_info >= (3, 12) and lambdas:  # pickle takes no type parameter of PEP 695
+        params = executor.submit(apply, operator.attrgetter("__type_params__"), Couple).result()
+        assert [(p.__name__, p.__constraints__) for p in params] == [("K", (int, str))], params
     # a result of a class of the script leaves the client's class as the
     # script made it: its attributes, and its methods, which see the script's
     # globals
