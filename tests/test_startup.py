@@ -145,7 +145,8 @@ def test_a_start_failing_while_with_waits_raises_its_error_once(make_pool):
 
 class NotSSH:
     """A TCP server on loopback that is not sshd: it keeps each connection
-    silent, closes it at once, or answers it with a line of HTTP."""
+    silent, closes it at once, or answers it with a line of HTTP; or
+    ("penalty") it closes it as sshd does an address it refuses for now."""
 
     def __init__(self, mode: str):
         self.mode = mode
@@ -165,6 +166,8 @@ class NotSSH:
                 continue
             if self.mode == "http":
                 conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            if self.mode == "penalty":  # OpenSSH's sshd.c, drop_connection()
+                conn.sendall(b"Not allowed at this time\r\n")
             conn.close()
 
     def close(self) -> None:
@@ -173,12 +176,24 @@ class NotSSH:
             conn.close()
 
 
+LISTENING = "is sshd listening on port {port}?"
+
+
 @pytest.mark.parametrize(
     "mode, says",
     [
-        ("silent", "no SSH greeting came from port {port} within 1 s"),
-        ("close", "no SSH greeting came from port {port} (the connection was closed)"),
-        ("http", "no SSH greeting came from port {port} ("),
+        ("silent", ["no SSH greeting came from port {port} within 1 s", LISTENING]),
+        ("close", ["no SSH greeting came from port {port} (the connection was closed)", LISTENING]),
+        (
+            "http",
+            ["port {port} sent no SSH greeting, only 'HTTP/1.1 400 Bad Request'", LISTENING],
+        ),
+        # sshd of OpenSSH 9.8 and later refuses an address for a while after
+        # failed logins (PerSourcePenalties): it did not read as sshd at all
+        (
+            "penalty",
+            ["sshd refused the connection ('Not allowed at this time')", "PerSourcePenalties"],
+        ),
     ],
 )
 def test_an_ssh_port_where_sshd_does_not_answer_is_named_as_such(make_pool, mode, says):
@@ -192,8 +207,7 @@ def test_an_ssh_port_where_sshd_does_not_answer_is_named_as_such(make_pool, mode
     finally:
         server.close()
     message = str(info.value)
-    assert says.format(port=server.port) in message, message
-    assert f"is sshd listening on port {server.port}?" in message
+    assert all(part.format(port=server.port) in message for part in says), message
     assert "MaxAuthTries" not in message
 
 

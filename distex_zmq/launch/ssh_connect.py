@@ -383,6 +383,26 @@ class _ProxyCommand(paramiko.ProxyCommand):
 PROXY_EXIT_TIMEOUT = 2.0
 
 
+class _Transport(paramiko.Transport):
+    """paramiko's transport, which keeps the lines the server sent before
+    its SSH greeting (``said``): there sshd says why it refuses the
+    connection ("Not allowed at this time"), which paramiko only logs."""
+
+    #: lines kept at most
+    SAID_LINES = 5
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.said: list[str] = []
+
+    def _log(self, level: int, msg: Any, *args: Any) -> None:
+        # (paramiko's _check_banner logs each line before the greeting so)
+        before_greeting = not self.remote_version and len(self.said) < self.SAID_LINES
+        if before_greeting and isinstance(msg, str) and msg.startswith("Banner: "):
+            self.said.append(msg.removeprefix("Banner: ").strip())
+        super()._log(level, msg, *args)
+
+
 def _key_type_order(name: str, known: KnownHosts) -> Callable[..., paramiko.Transport]:
     """A transport maker for paramiko (``transport_factory``) whose transport
     asks for a key of the types known for the host ``name`` first, as
@@ -391,7 +411,7 @@ def _key_type_order(name: str, known: KnownHosts) -> Callable[..., paramiko.Tran
     types = {key.get_name() for key in known.keys_of(name)}
 
     def transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
-        made = paramiko.Transport(sock, **kwargs)
+        made = _Transport(sock, **kwargs)
         made.set_log_channel(TRANSPORT_LOG)
         options = made.get_security_options()
         first = [t for t in options.key_types if _RSA_SIGNATURES.get(t, t) in types]
@@ -577,6 +597,7 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
         # (before the close, which ends the command and the transport)
         ended = sock.ended() if isinstance(sock, _ProxyCommand) else None
         stage = _stage(client)
+        said = _said_before_greeting(client) if stage == "greeting" else ""
         client.close()
         if ended is not None:
             raise HostConnectionError(
@@ -584,7 +605,7 @@ def connect(target: SSHTarget, jumps: int = 0) -> paramiko.SSHClient:
                 f"did ({target.proxy_command!r}: {ended}); does it reach the host? "
                 f"Try it with ssh -v {target.alias}"
             ) from e
-        raise HostConnectionError(_explain(target, e, stage) + _unread_note(target)) from e
+        raise HostConnectionError(_explain(target, e, stage, said) + _unread_note(target)) from e
     finally:
         if agent is not None:
             agent.close()
@@ -681,6 +702,14 @@ def _load_known_hosts(known: KnownHosts, path: str) -> None:
                 known.places.append((path, number))
 
 
+def _said_before_greeting(client: paramiko.SSHClient) -> str:
+    """What the server sent before its SSH greeting (``_Transport.said``),
+    on one line; empty if nothing."""
+    transport = client.get_transport()
+    said = getattr(transport, "said", None) or []
+    return " ".join(line for line in said if line)
+
+
 def _stage(client: paramiko.SSHClient) -> str:
     """How far a connection that failed got: ``"greeting"`` (no SSH banner
     came), ``"kex"`` (the key exchange did not finish) or ``"login"``."""
@@ -692,11 +721,16 @@ def _stage(client: paramiko.SSHClient) -> str:
 
 #: paramiko's words for a banner it could not read, before the reason
 _BANNER_ERROR = "Error reading SSH protocol banner"
+#: what sshd sends before it closes a connection from an address it
+#: penalizes (OpenSSH 9.8 and later), or when it has too many unauthenticated
+#: connections (MaxStartups)
+_PENALTY = "Not allowed at this time"
 
 
-def _explain(t: SSHTarget, e: BaseException, stage: str = "login") -> str:
-    """What went wrong while connecting (``stage``: see ``_stage``), and
-    what to do about it."""
+def _explain(t: SSHTarget, e: BaseException, stage: str = "login", said: str = "") -> str:
+    """What went wrong while connecting (``stage``: see ``_stage``; ``said``:
+    what the server sent before its greeting, if it sent none), and what to
+    do about it."""
     if isinstance(e, socket.gaierror):
         return (
             f"SSH to {t}: cannot resolve the host name {t.hostname!r} ({e.strerror}); "
@@ -758,6 +792,20 @@ def _explain(t: SSHTarget, e: BaseException, stage: str = "login") -> str:
             # a close comes as either, as the pool's own greeting went first or not
             detail = "the connection was closed"
         timed_out = not detail or detail == "No existing session" or "timed out" in detail
+        if stage == "greeting" and said.startswith(_PENALTY):
+            return (
+                f"SSH to {t}: sshd refused the connection ({said!r}): it refuses this "
+                "address for a while after failed logins or connections that did not log "
+                "in (OpenSSH 9.8 and later: PerSourcePenalties in sshd_config, from which "
+                "PerSourcePenaltyExemptList exempts addresses), or while too many "
+                "connections have not logged in yet (MaxStartups); try again in a minute, "
+                f"and check the login with ssh -v {t.alias}"
+            )
+        if stage == "greeting" and said:
+            return (
+                f"SSH to {t}: the server at port {t.port} sent no SSH greeting, only "
+                f"{said!r}, and closed the connection; is sshd listening on port {t.port}?"
+            )
         if stage == "greeting":
             what = f"within {t.timeout:g} s" if timed_out else f"({detail})"
             return (
