@@ -64,12 +64,24 @@ CONF
   exit 1
 }
 
+descendants() {
+  local child
+  for child in $(pgrep -P "$1"); do
+    echo "$child"
+    descendants "$child"
+  done
+}
+
 stop() {
   [ -f "$DIR/sshd.pid" ] || return 0
   local pid
   pid=$(cat "$DIR/sshd.pid")
-  # SIGTERM to the listener leaves open sessions running: end them first
-  pkill -KILL -P "$pid" 2>/dev/null || true
+  # SIGTERM to the listener leaves open sessions running: end them first,
+  # all of each: since OpenSSH 9.8 (sshd-session) the process that holds a
+  # connection is a grandchild of the listener, and lives on its parent
+  local doomed
+  doomed=$(descendants "$pid")
+  [ -z "$doomed" ] || kill -KILL $doomed 2>/dev/null || true
   kill "$pid" 2>/dev/null || true
   for _ in $(seq 1 100); do
     st=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || break
