@@ -222,7 +222,7 @@ def new_type_reduce(obj: Any) -> Any:
     NewType("UserId", int)``), by value if it cannot be found by name (the
     script's), as a type parameter goes: pickle sends one by name, and a
     worker's ``__main__`` has none (cloudpickle's issue 520), so a function
-    of the script that names it, if only in its annotations, did not load
+    of the script that names it, if only in its annotations, would not load
     there. ``NotImplemented`` if it goes by name."""
     if _found_by_name(obj, obj.__qualname__):
         return NotImplemented

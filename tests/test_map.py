@@ -345,8 +345,8 @@ def test_adaptive_sizing_reads_results_the_pool_loop_appends_to():
     appender = threading.Thread(target=pool_loop)
     appender.start()
     sizer = ChunkSizer(None, True)
-    # (at most 20 s of it: with the GIL handed over this often, Python 3.13
-    # took minutes where 3.11 takes a second)
+    # (20 s of it at most: handed over this often, the GIL makes the loop's
+    # pace differ widely between Python versions)
     deadline = time.monotonic() + 20
     try:
         for _ in range(20_000):

@@ -132,10 +132,10 @@ def _forget_tracker_pid_in_forks() -> None:
     """Have a forked child of this process forget the resource tracker's
     pid: the tracker is this process's child, not the fork's. Python 3.12.10
     and later reap it at the exit (``ResourceTracker.__del__``), and in a
-    fork of a client that ``waitpid`` failed with a traceback ("Exception
-    ignored ... ChildProcessError", CPython gh-140485). Without the pid, the
-    child keeps the descriptor and uses the tracker, as spawn's children
-    do (they get only the descriptor)."""
+    fork that ``waitpid`` fails with a traceback ("Exception ignored ...
+    ChildProcessError", CPython gh-140485). Without the pid, the child keeps
+    the descriptor and uses the tracker, as spawn's children do (they get
+    only the descriptor)."""
 
     def in_child() -> None:
         from multiprocessing import resource_tracker
