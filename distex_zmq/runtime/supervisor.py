@@ -213,8 +213,8 @@ class Supervisor:
         self.membership.leaving(identity)
         self.roster.renewals += 1
         if launcher.opened_workers_only:
-            # a spawner would refuse it while the old one runs: that refusal
-            # counted as a death (and failed a pool still starting)
+            # a spawner refuses it while the old one runs, and the refusal
+            # would count as a death (and fail a pool still starting)
             self._replace_at_exit.add(identity)
             return
         # after the dispatch that spent the worker, which this runs inside
