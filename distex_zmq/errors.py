@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import copy
 import linecache
 import pickle
 import re
+import sys
 import traceback
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -80,6 +83,18 @@ class WorkerLostError(TaskOrigin, DistexError, BrokenProcessPool):
 
 class TaskTimeoutError(TaskOrigin, DistexError, TimeoutError):
     """A task ran longer than the pool's ``task_timeout``; its worker was killed."""
+
+
+if sys.version_info >= (3, 11):
+    MapTimeoutError = TimeoutError
+else:
+
+    class MapTimeoutError(concurrent.futures.TimeoutError, asyncio.TimeoutError, TimeoutError):
+        """A map's ``timeout`` passed. Before Python 3.11, ``concurrent.futures``'s
+        and ``asyncio``'s ``TimeoutError`` are classes of their own, not the
+        builtin: this one is all three, so that it is caught as the stdlib's
+        ``Executor.map`` raises it, as ``asyncio.wait_for`` does, and as
+        Python 3.11 and later raise it."""
 
 
 class CrashLoopError(DistexError, BrokenProcessPool):

@@ -15,7 +15,6 @@ are honoured exactly.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import itertools
 import time
@@ -24,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from distex_zmq.broker import Task
-from distex_zmq.errors import SHUT_DOWN, PoolClosedError
+from distex_zmq.errors import SHUT_DOWN, MapTimeoutError, PoolClosedError
 from distex_zmq.map_results import MapResults
 from distex_zmq.map_sizing import ChunkSizer, RunTimes
 from distex_zmq.progress import Progress
@@ -383,9 +382,7 @@ class MapRun:
             return None
         left = self._deadline - time.monotonic()
         if left <= 0:
-            raise concurrent.futures.TimeoutError(
-                f"map did not finish within its timeout of {self._timeout} s"
-            )
+            raise MapTimeoutError(f"map did not finish within its timeout of {self._timeout} s")
         return left
 
     def wait_time(self) -> float | None:
