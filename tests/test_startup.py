@@ -712,7 +712,6 @@ if __name__ == "__main__":
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="-P is new in Python 3.11")
 @pytest.mark.parametrize(
     "options, expected",
     [

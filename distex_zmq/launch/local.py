@@ -95,18 +95,32 @@ class OutputFlow(Protocol):
 def interpreter_args() -> list[str]:
     """The client's interpreter options, for its workers, as multiprocessing
     passes them (``-X dev``, ``-W error``, ``-O``, ...), but ``-E`` and ``-I``:
-    a worker needs its environment (``PYTHONPATH``). And ``-P`` (Python 3.11
-    and later): the directory a worker starts in comes first on its path
-    only if it does on the client's (``''``), and shadows nothing else."""
+    a worker needs its environment (``PYTHONPATH``); and ``-P``, which
+    ``START_WORKER`` gives where it exists."""
     ignored = ("-E", "-I", "-P")
     # private, but what multiprocessing's spawn uses for the same purpose
     flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
     args = [arg for arg in flags if arg not in ignored]
     if sys.flags.isolated:
         args.append("-s")  # what -I implies but the environment
-    if sys.version_info >= (3, 11):
-        args.append("-P")
     return args
+
+
+#: What runs ``distex_zmq.worker`` on a worker's command line, as ``python
+#: -m`` does, but for the directory it starts in: that comes first
+#: on its path only if it does on the client's (``''``), and shadows nothing
+#: else (a script ``argparse.py`` there would stand in for the module the
+#: worker imports). ``-P`` keeps it off the path (Python 3.11 and later);
+#: before, the ``-c`` code takes it off (``''``, first) before any import.
+START_WORKER: tuple[str, ...] = (
+    ("-P", "-m", "distex_zmq.worker")
+    if sys.version_info >= (3, 11)
+    else (
+        "-c",
+        "import sys; del sys.path[0]; import runpy; "
+        "runpy.run_module('distex_zmq.worker', run_name='__main__', alter_sys=True)",
+    )
+)
 
 
 def resource_tracker_fd() -> int | None:
@@ -535,8 +549,7 @@ class LocalLauncher:
             *die_with_parent(),
             self.python,
             *self._python_args,
-            "-m",
-            "distex_zmq.worker",
+            *START_WORKER,
             "--connect",
             self.endpoint,
             "--identity",
