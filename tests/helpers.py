@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 if TYPE_CHECKING:
     from distex_zmq import Pool
 
@@ -167,6 +169,17 @@ class LeakCheck:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+
+
+#: The ``"control"`` of a test whose script gives ``ProcessPoolExecutor``
+#: ``max_tasks_per_child``, which it takes from Python 3.11
+CONTROL_WITH_MAX_TASKS = pytest.param(
+    "control",
+    marks=pytest.mark.skipif(
+        sys.version_info < (3, 11),
+        reason="ProcessPoolExecutor takes max_tasks_per_child from Python 3.11",
+    ),
+)
 
 
 #: ``python -c`` code that runs module ``sys.argv[1]`` as ``-m`` would, with

@@ -308,12 +308,14 @@ def spawn_context():
 def test_the_arguments_of_process_pool_executor_make_a_pool(executor, spawn_context):
     # code written for ProcessPoolExecutor(max_workers=..., mp_context=...)
     # raised "unexpected keyword argument 'max_workers'"
+    # (ProcessPoolExecutor takes max_tasks_per_child from Python 3.11)
+    newer = {"max_tasks_per_child": None} if executor is Pool or sys.version_info >= (3, 11) else {}
     with executor(
         max_workers=2,
         mp_context=spawn_context,
         initializer=tasks.square,
         initargs=(3,),
-        max_tasks_per_child=None,
+        **newer,
     ) as ex:
         assert list(ex.map(tasks.square, range(4))) == [0, 1, 4, 9]
         if isinstance(ex, Pool):

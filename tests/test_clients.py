@@ -22,7 +22,7 @@ import pytest
 from distex_zmq import Pool
 from distex_zmq.serialization import PickleType, dumps, loads, pickle_module
 from tests import client_tasks
-from tests.helpers import LoopbackSpawner, pid_alive, wait_until
+from tests.helpers import CONTROL_WITH_MAX_TASKS, LoopbackSpawner, pid_alive, wait_until
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 ROOT = SCRIPTS.parent.parent
@@ -426,7 +426,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("executor", ["control", "local"])
+@pytest.mark.parametrize("executor", [CONTROL_WITH_MAX_TASKS, "local"])
 def test_workers_import_and_run_as_the_client_did_at_the_start(tmp_path, executor):
     # a directory whose name has a ':' went into PYTHONPATH, which split it
     # (a module next to the script failed to import); a pathlib.Path on
@@ -519,7 +519,7 @@ if __name__ == "__main__":
         pool.submit(draw, 1).result()
         pool.map(by_lambda(), range(2))
         # in task data, as dask and joblib send functions
-        print(list(pool.map(operator.call, [draw], [0]))[0][3])
+        print(list(pool.map(operator.methodcaller("__call__", 0), [draw]))[0][3])
         # its method as the task's function, once per method
         pool.map(RNG.normal, [0.0] * 2)
         pool.map(RNG.normal, [0.0] * 2)
@@ -599,7 +599,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("executor", ["control", "local"])
+@pytest.mark.parametrize("executor", [CONTROL_WITH_MAX_TASKS, "local"])
 def test_shared_memory_of_the_client_outlives_the_workers(tmp_path, executor):
     # each worker had a resource tracker of its own, which unlinked the
     # client's block that a task had attached to when that worker exited:

@@ -64,7 +64,7 @@ def test_a_replacement_that_cannot_start_is_tried_again(make_pool: MakePool) -> 
         os.kill(victim, signal.SIGKILL)
         assert wait_until(lambda: not pid_alive(victim), timeout=10)
         future = pool.submit(ft.pid)
-        with pytest.raises(TimeoutError):
+        with pytest.raises(concurrent.futures.TimeoutError):
             future.result(timeout=2)
     assert future.result(timeout=30) not in (victim, None)
     assert pool.run(ft.square, 7) == 49
