@@ -81,20 +81,20 @@ class WorkerLostError(TaskOrigin, DistexError, BrokenProcessPool):
     pool takes new ones."""
 
 
-class TaskTimeoutError(TaskOrigin, DistexError, TimeoutError):
-    """A task ran longer than the pool's ``task_timeout``; its worker was killed."""
-
-
 if sys.version_info >= (3, 11):
-    MapTimeoutError = TimeoutError
+    AnyTimeoutError = TimeoutError
 else:
 
-    class MapTimeoutError(concurrent.futures.TimeoutError, asyncio.TimeoutError, TimeoutError):
-        """A map's ``timeout`` passed. Before Python 3.11, ``concurrent.futures``'s
-        and ``asyncio``'s ``TimeoutError`` are classes of their own, not the
-        builtin: this one is all three, so that it is caught as the stdlib's
-        ``Executor.map`` raises it, as ``asyncio.wait_for`` does, and as
-        Python 3.11 and later raise it."""
+    class AnyTimeoutError(concurrent.futures.TimeoutError, asyncio.TimeoutError, TimeoutError):
+        """The ``TimeoutError`` of Python 3.11 and later, where
+        ``concurrent.futures``'s and ``asyncio``'s are the builtin. Before,
+        they are classes of their own: this one is all three, so that the
+        timeouts of the pool are caught where the stdlib's are, as on a
+        newer Python."""
+
+
+class TaskTimeoutError(TaskOrigin, DistexError, AnyTimeoutError):
+    """A task ran longer than the pool's ``task_timeout``; its worker was killed."""
 
 
 class CrashLoopError(DistexError, BrokenProcessPool):

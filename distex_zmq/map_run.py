@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from distex_zmq.broker import Task
-from distex_zmq.errors import SHUT_DOWN, MapTimeoutError, PoolClosedError
+from distex_zmq.errors import SHUT_DOWN, AnyTimeoutError, PoolClosedError
 from distex_zmq.map_results import MapResults
 from distex_zmq.map_sizing import ChunkSizer, RunTimes
 from distex_zmq.progress import Progress
@@ -382,7 +382,7 @@ class MapRun:
             return None
         left = self._deadline - time.monotonic()
         if left <= 0:
-            raise MapTimeoutError(f"map did not finish within its timeout of {self._timeout} s")
+            raise AnyTimeoutError(f"map did not finish within its timeout of {self._timeout} s")
         return left
 
     def wait_time(self) -> float | None:
