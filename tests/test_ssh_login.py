@@ -13,6 +13,7 @@ openssh-server.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -743,6 +744,30 @@ def test_a_remote_python_that_cannot_serve_says_what_to_do(login, loopback):
     message = refusal(login("old-agent", loopback.known, remote_python=old_agent))
     assert "distex_zmq 0.0.1 on ssh://loop runs workers of protocol version" in message
     assert f"install the same distex_zmq version on both (this client has {__version__})" in message
+
+
+def _origin(name: str) -> str | None:
+    """Where a task finds the module ``name``."""
+    return importlib.util.find_spec(name).origin
+
+
+def test_modules_in_the_remote_working_directory_shadow_nothing(login, loopback, tmp_path):
+    # a learner's home on the host: scripts named like modules of the
+    # standard library that the agent and the workers import; ``-m`` put the
+    # directory it starts in first on the agent's path, where they stood in
+    # for those modules and the agent did not start
+    home = tmp_path / "remote-home"
+    home.mkdir()
+    for name in ("random", "queue", "tempfile", "argparse"):
+        (home / f"{name}.py").write_text(f"raise ImportError('the home\\'s {name}.py')\n")
+    (home / "home_module.py").write_text("VALUE = 42\n")
+    in_home = f"cd {shlex.quote(str(home))} && {REMOTE_PYTHON}"
+    pool = login("home-modules", loopback.known, remote_python=in_home)
+    assert pool.run_on_all(os.getcwd) == [str(home)]
+    # a task imports the standard library's module, not the home's script;
+    # a module that only the home has still imports
+    assert pool.run(_origin, "random") == importlib.util.find_spec("random").origin
+    assert pool.run(_origin, "home_module") == str(home / "home_module.py")
 
 
 def test_an_agent_of_another_control_protocol_names_both_versions(login, loopback):

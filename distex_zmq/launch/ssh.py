@@ -62,6 +62,21 @@ STDERR_DRAIN_TIMEOUT = 2.0
 STDERR_TAIL_LINES = 20
 
 
+#: What runs the agent on the host, as ``python -m distex_zmq.agent`` would
+#: but for the directory it starts in (the SSH user's home, or where
+#: ``remote_python`` goes with ``cd``): ``-m`` puts that first on the path,
+#: where a learner's ``queue.py`` or ``random.py`` stands in for the module
+#: of the standard library that the agent imports, and the agent does not
+#: start. The code moves it last before any import: a module only there still
+#: imports, in the workers' tasks too, but shadows nothing installed. (``-P``
+#: keeps it off from Python 3.11, but the host's version is known only from
+#: the agent's hello.)
+START_AGENT = "-c " + shlex.quote(
+    "import sys; sys.path[:1] == [''] and sys.path.append(sys.path.pop(0)); import runpy; "
+    "runpy.run_module('distex_zmq.agent', run_name='__main__', alter_sys=True)"
+)
+
+
 class SSHLauncher(RemoteLauncher):
     """The workers of one pool on one SSH host, through an agent there."""
 
@@ -193,7 +208,7 @@ class SSHLauncher(RemoteLauncher):
             self._command_line = " ".join(
                 [
                     self.python,
-                    "-m distex_zmq.agent",
+                    START_AGENT,
                     f"--connect {endpoint}",
                     f"--heartbeat-timeout {settings.heartbeat_timeout:g}",
                     *map(shlex.quote, self._worker_args),
