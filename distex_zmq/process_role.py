@@ -16,6 +16,9 @@ _loading_function = False
 #: The environment variable in which a local worker gets the client's
 #: ``sys.argv`` (JSON), which it takes as its own.
 SCRIPT_ARGV_ENV = "DISTEX_ZMQ_SCRIPT_ARGV"
+#: The environment variable in which a local worker gets the name of the
+#: module that the client runs as ``__main__`` (``python -m pkg.script``).
+SCRIPT_MODULE_ENV = "DISTEX_ZMQ_SCRIPT_MODULE"
 #: The environment variable in which a local worker gets the values (JSON:
 #: name -> value, or None for unset) of the variables that its launcher set
 #: for the worker's own start (``PYTHONPATH``, ``PYTHONUNBUFFERED``, and the

@@ -747,6 +747,8 @@ def test_workers_have_the_clients_path_and_interpreter_options(tmp_path, options
 
 
 PACKAGE_MAIN = """
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from distex_zmq import Pool
@@ -763,9 +765,29 @@ def bump(box):
     return Box(f(box.n))
 
 
+def lazy(x):
+    from .tasks import f  # relative to the package of the script
+
+    return f(x)
+
+
+def spawning(x):
+    # spawn's child imports the script by its module's name, its relative
+    # imports and all, not by its path
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as inner:
+        return inner.submit(f, x).result()
+
+
+def calls(executor):
+    results = [executor.submit(fn, x).result() for fn, x in [(bump, Box(1)), (lazy, 2), (spawning, 3)]]
+    return list(executor.map(f, range(3))), *results
+
+
 if __name__ == "__main__":
+    with ProcessPoolExecutor(1) as control:
+        print(*calls(control))
     with Pool(1) as pool:
-        print(list(pool.map(f, range(3))), pool.run(bump, Box(1)))
+        print(*calls(pool))
 """
 
 FROM_CWD = """
@@ -801,5 +823,8 @@ def test_a_package_of_the_current_directory_under_m_c_and_stdin(tmp_path, how):
         timeout=80,
     )
     assert proc.returncode == 0, proc.stderr
-    expected = "[1, 2, 3] Box(n=2)" if how == "-m" else "[1, 2, 3] 2"
-    assert proc.stdout.strip() == expected
+    if how == "-m":
+        # the control's line, then the pool's
+        assert proc.stdout.splitlines() == ["[1, 2, 3] Box(n=2) 3 4"] * 2
+    else:
+        assert proc.stdout.strip() == "[1, 2, 3] 2"

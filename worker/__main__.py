@@ -116,6 +116,15 @@ def _take_script_argv() -> None:
         sys.argv[:] = argv
 
 
+def _take_script_module() -> str | None:
+    """The name of the module that the client runs as ``__main__``, which a
+    local worker gets (see ``LocalLauncher.spawn``), taken out of the
+    environment; None if it runs none (a script run by its path)."""
+    from distex_zmq.process_role import SCRIPT_MODULE_ENV
+
+    return os.environ.pop(SCRIPT_MODULE_ENV, None) or None
+
+
 def _restore_client_env() -> None:
     """Put back the environment variables that the launcher set for this
     worker's start (``CLIENT_ENV_ENV``): they did their work as the
@@ -261,6 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     _take_multiprocessing_key()
     _name_process(args.identity)
     _take_script_argv()
+    script_module = _take_script_module()
     _restore_client_env()
     _take_resource_tracker()
 
@@ -309,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         curve,
         args.log_level,
         args.heartbeat_ms,
+        script_module,
     )
     code = worker.run()
     flush_std_streams()

@@ -113,11 +113,12 @@ class Runner:
         self._script.share()
         script_rebuild.held_objects = self._script_ref
 
-    def script_as_main(self) -> None:
+    def script_as_main(self, module_name: str | None = None) -> None:
         """Make the script's namespace this process's ``__main__`` module
         (``ScriptNamespace.become_main``; a worker process's, before its
-        first task)."""
-        self._script.become_main()
+        first task), of the client's module ``module_name`` if it runs one
+        as ``__main__``."""
+        self._script.become_main(module_name)
 
     def take_ref(self, ref_id: int, pickled: Any, buffers: list[Any], held: int) -> None:
         """A ``FLAG_REF`` entry: keep the script function ``ref_id`` made

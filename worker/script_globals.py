@@ -32,6 +32,7 @@ from __future__ import annotations
 import builtins
 import functools
 import hashlib
+import importlib.machinery
 import marshal
 import os
 import pickle
@@ -81,10 +82,21 @@ class ScriptNamespace:
         this namespace (see ``script_rebuild.make_script_function``)."""
         script_rebuild.script_namespace = self
 
-    def become_main(self) -> None:
+    def become_main(self, module_name: str | None = None) -> None:
         """Make these globals those of this process's ``__main__`` module,
-        in place of the worker's own (once, before any task)."""
+        in place of the worker's own (once, before any task).
+
+        ``module_name``: the module that the client runs as ``__main__``
+        (``python -m pkg.script``), given as spawn gives it to its children
+        (``__spec__``, but for a spec's loader, which would import its
+        package at the worker's start): a relative import in a function of
+        the script finds its package (``__package__``), and a task that
+        starts processes with ``spawn`` has them import the script by that
+        name, as the client's own spawned children do."""
         module = types.ModuleType("__main__")
+        if module_name:
+            module.__spec__ = importlib.machinery.ModuleSpec(module_name, None)
+            module.__package__ = module.__spec__.parent
         module.__dict__.update(self.globals)
         self.globals = module.__dict__
         sys.modules["__main__"] = module

@@ -91,6 +91,7 @@ class Worker:
         curve: dict[str, str] | None = None,
         log_level: int = -1,
         heartbeat_ms: int = 0,
+        script_module: str | None = None,
     ):
         self._endpoint = endpoint
         self._credits = credits
@@ -98,7 +99,7 @@ class Worker:
         self._parent_pid = parent_pid
         self.runner = Runner(func_pickle, data_pickle, loop, self._schedule_flush, self._send)
         self.runner.share_script_globals()
-        self.runner.script_as_main()
+        self.runner.script_as_main(script_module)
         self._flush_scheduled = False
         #: the latest batch held the pool's only task (``FLAG_LONE``)
         self._lone = False

@@ -39,6 +39,7 @@ from distex_zmq.process_role import (
     CLIENT_ENV_ENV,
     CLIENT_PATH_ENV,
     SCRIPT_ARGV_ENV,
+    SCRIPT_MODULE_ENV,
     TRACKER_FD_ENV,
 )
 from distex_zmq.security import MP_AUTHKEY_ENV
@@ -121,6 +122,17 @@ START_WORKER: tuple[str, ...] = (
         "runpy.run_module('distex_zmq.worker', run_name='__main__', alter_sys=True)",
     )
 )
+
+
+def main_module_name() -> str | None:
+    """The name of the module that this process runs as ``__main__``
+    (``python -m pkg.script``: ``pkg.script``), which the workers' ``__main__``
+    takes, as spawn's children do: a relative import in a function of the
+    script is relative to its package. None for a script run by its path,
+    the REPL, ``python -c``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None)
+    return name if isinstance(name, str) and name != "__main__" else None
 
 
 def resource_tracker_fd() -> int | None:
@@ -464,14 +476,15 @@ class LocalLauncher:
         worker_stdin: bytes | None = None,
         on_output: OutputCallback | None = None,
         output_flow: OutputFlow | None = None,
-        share_tracker: bool = False,
+        of_client: bool = False,
     ):
         self._loop = loop
         self._on_output = on_output
         self._flow = output_flow
-        #: the workers share this process's resource tracker (a client's do;
-        #: an agent's or a spawner's have their own)
-        self.share_tracker = share_tracker
+        #: the workers are the client's own: they share its resource tracker
+        #: and know the module it runs as ``__main__`` (an agent's or a
+        #: spawner's have a tracker of their own, and no script)
+        self.of_client = of_client
         #: pipes not read while the output flow is full: ``(proc, stream, fd)``
         self._paused: list[tuple[WorkerProcess, str, int]] = []
         #: written to each worker's stdin, then closed (its CURVE keys)
@@ -531,15 +544,21 @@ class LocalLauncher:
         environment, which only this user can read, never the command line.
         So does the client's ``sys.argv``, which the worker takes as its own,
         as a worker of ``ProcessPoolExecutor`` has the script's, unless it
-        passes ``SCRIPT_ARGV_MAX``; and the descriptor of the client's
-        resource tracker (``resource_tracker_fd``).
+        passes ``SCRIPT_ARGV_MAX``; the name of the module the client runs
+        as ``__main__`` (``main_module_name``); and the descriptor of the
+        client's resource tracker (``resource_tracker_fd``).
         """
         self._env[MP_AUTHKEY_ENV] = multiprocessing.process.current_process().authkey.hex()
-        tracker = resource_tracker_fd() if self.share_tracker else None
+        tracker = resource_tracker_fd() if self.of_client else None
         if tracker is None:
             self._env.pop(TRACKER_FD_ENV, None)
         else:
             self._env[TRACKER_FD_ENV] = str(tracker)
+        script_module = main_module_name() if self.of_client else None
+        if script_module is None:
+            self._env.pop(SCRIPT_MODULE_ENV, None)
+        else:
+            self._env[SCRIPT_MODULE_ENV] = script_module
         argv = json.dumps(sys.argv)
         if len(argv) < SCRIPT_ARGV_MAX:
             self._env[SCRIPT_ARGV_ENV] = argv

@@ -131,7 +131,7 @@ class Placement:
             self._on_exit,
             on_output=self.output.local(socket.gethostname(), note_output),
             output_flow=self.output.writer,
-            share_tracker=True,
+            of_client=True,
         )
         return self.local
 
