@@ -6,10 +6,28 @@ a mix) through async generators.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The containers whose items a map takes at its call (see ``taken_at_call``).
+_CHANGEABLE = (list, dict, set, bytearray, collections.deque)
+
+
+def taken_at_call(iterables: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``iterables``, each list, dict, set, deque and bytearray among them a
+    tuple of what it holds now (its items, not copies of them).
+
+    A map reads its input as it goes, but ``Executor.map`` takes its inputs
+    at the call: code that reuses its list once the call returns
+    (``maps.append(pool.map(f, batch)); batch.clear()``) would lose the
+    inputs not read yet, in silence, or map what it appends next. A
+    generator, or any other iterable, is read as the map goes."""
+    if not any(isinstance(it, _CHANGEABLE) for it in iterables):
+        return iterables
+    return tuple(tuple(it) if isinstance(it, _CHANGEABLE) else it for it in iterables)
 
 
 def refuses(method: F) -> F:

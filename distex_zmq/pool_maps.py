@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from distex_zmq.loops import running_loop
+from distex_zmq.map_input import taken_at_call
 from distex_zmq.maps import (
     AsyncMap,
     MapContext,
@@ -75,7 +76,9 @@ class MapsMixin(PoolBase):
                 a few tasks per worker.
 
         The map starts at the call, as ``Executor.map`` does; never
-        iterated, it runs all its inputs. Breaking out of the iteration
+        iterated, it runs all its inputs. It reads its input as it goes,
+        but takes the items of a list (a dict, set, deque, bytearray) at
+        the call: changing it afterwards does not change the map. Breaking out of the iteration
         cancels what no worker holds yet, once the iterator is closed (at
         once in ``for x in pool.map(...)``; else by ``close()`` or when it
         is dropped). A task that raised raises here
@@ -89,6 +92,7 @@ class MapsMixin(PoolBase):
         check_flag("ordered", ordered)
         check_flag("star", star)
         self._refuse_wait_on_own_loop("Pool.map")
+        iterables = taken_at_call(iterables)
         counter = make_progress(progress, iterables)
         ctx = self._map_context()
         return map_sync(
@@ -112,6 +116,7 @@ class MapsMixin(PoolBase):
         check_flag("ordered", ordered)
         check_flag("star", star)
         self._refuse_wait_on_own_loop("Pool.map_async")
+        iterables = taken_at_call(iterables)
         counter = make_progress(progress, iterables)
         ctx = self._map_context()
         return AsyncMap(

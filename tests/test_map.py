@@ -137,6 +137,38 @@ def test_map_returns_a_lazy_iterator(shared_pool):
     assert list(it) == [1, 4, 9, 16]
 
 
+@pytest.mark.parametrize("chunksize", [None, 1, 7])
+def test_a_list_changed_after_the_call_does_not_change_the_map(shared_pool, chunksize):
+    # a batch list reused once the call returned: the map read it as it
+    # went, lost the inputs not read yet in silence and mapped what came
+    # next; Executor.map takes its inputs at the call
+    def maps(executor, **kwargs):
+        batch, kept = list(range(1000)), []
+        for _ in range(3):
+            kept.append(executor.map(tasks.square, batch, **kwargs))
+            batch.clear()
+            batch.extend(range(5))
+        return [list(m) for m in kept]
+
+    with concurrent.futures.ProcessPoolExecutor(2) as control:
+        expected = maps(control, chunksize=chunksize or 1)
+    assert expected == [[x * x for x in range(1000)], [0, 1, 4, 9, 16], [0, 1, 4, 9, 16]]
+    assert maps(shared_pool, **({} if chunksize is None else {"chunksize": chunksize})) == expected
+
+
+@pytest.mark.parametrize(
+    "make", [list, collections.deque, dict.fromkeys, set, lambda xs: bytearray(xs)]
+)
+def test_map_async_takes_a_changeable_container_at_the_call(shared_pool, make):
+    async def main():
+        items = make(range(200))
+        m = shared_pool.map_async(tasks.square, items)
+        items.clear()
+        return [r async for r in m]
+
+    assert sorted(asyncio.run(main())) == [x * x for x in range(200)]
+
+
 @pytest.mark.parametrize("chunksize", [1, 4])
 def test_several_iterables_are_zipped(shared_pool, chunksize):
     a, b, c = range(30), range(100, 125), [7] * 40  # the shortest ends it
