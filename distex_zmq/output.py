@@ -251,21 +251,26 @@ class OutputWriter:
         except BrokenPipeError:
             pass  # the reader went away (``| head``): nothing to say
         except OSError as e:
-            # a full disk, an I/O error: the lines are lost, which is said
-            # once, on the other stream (nothing if that one fails too)
-            if stream in self._failed:
-                return
-            self._failed.add(stream)
-            other = sys.stderr if stream == "out" else sys.stdout
-            with contextlib.suppress(Exception):
-                other.write(
-                    f"distex_zmq: the workers' output could not be written to this "
-                    f"process's std{stream} ({e.strerror or e}); lines are lost while "
-                    "it fails\n"
-                )
-                other.flush()
-        except (ValueError, AttributeError):
-            pass  # the client closed or dropped its stream
+            # a full disk, an I/O error
+            self._lost(stream, e.strerror or str(e))
+        except ValueError:
+            self._lost(stream, "it is closed")
+        except AttributeError:
+            pass  # the client dropped its stream (None, as under pythonw)
+
+    def _lost(self, stream: str, why: str) -> None:
+        """Say once, on the other stream, that the lines of ``stream`` are
+        lost (nothing if that one fails too)."""
+        if stream in self._failed:
+            return
+        self._failed.add(stream)
+        other = sys.stderr if stream == "out" else sys.stdout
+        with contextlib.suppress(Exception):
+            other.write(
+                f"distex_zmq: the workers' output could not be written to this "
+                f"process's std{stream} ({why}); lines are lost while it fails\n"
+            )
+            other.flush()
 
 
 def _call_soon_all(callbacks: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]]) -> None:

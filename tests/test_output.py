@@ -405,6 +405,20 @@ def test_lines_a_stream_cannot_take_are_escaped_or_said_lost(monkeypatch, make_p
         "distex_zmq: the workers' output could not be written to this process's stdout "
         "(No space left on device); lines are lost while it fails\n"
     )
+    # and a stream the client closed: lost without a word before
+    closed = io.StringIO()
+    closed.close()
+    err.truncate(0)
+    err.seek(0)
+    monkeypatch.setattr(sys, "stdout", closed)
+    pool = make_pool(1, output="raw")
+    for i in range(3):
+        assert pool.run(print, "line", i) is None
+    pool.shutdown()
+    assert err.getvalue() == (
+        "distex_zmq: the workers' output could not be written to this process's stdout "
+        "(it is closed); lines are lost while it fails\n"
+    )
 
 
 def written(mode: str, *writes: tuple[Any, ...], monkeypatch: Any) -> tuple[str, str]:
