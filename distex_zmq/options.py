@@ -283,6 +283,10 @@ def pool_options(
         raise ValueError(
             f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}, not {output!r}"
         )
+    if isinstance(log_level, str) and log_level != CLIENT_LEVEL:
+        # a level's name, as ``Logger.setLevel`` takes it ("DEBUG")
+        level = logging.getLevelName(log_level)
+        log_level = level if isinstance(level, int) else log_level
     if (
         log_level is not None
         and log_level != CLIENT_LEVEL
@@ -293,8 +297,14 @@ def pool_options(
         )
     ):
         raise ValueError(
-            f"log_level must be a logging level (0 to 100), {CLIENT_LEVEL!r} (the client's "
-            f"root logger's level when the pool starts) or None, not {log_level!r}"
+            f"log_level must be a logging level (0 to 100, or its name: 'DEBUG'), "
+            f"{CLIENT_LEVEL!r} (the client's root logger's level when the pool starts) or "
+            f"None, not {log_level!r}"
+        )
+    if not isinstance(localhost, str):
+        raise TypeError(
+            f"localhost must be this machine's address or name as the hosts reach it (a "
+            f"string), not {localhost!r}"
         )
     if initializer is not None and not callable(initializer):
         raise TypeError(f"initializer must be callable, not {initializer!r}")

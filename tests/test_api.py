@@ -1055,6 +1055,12 @@ def test_a_secret_of_the_wrong_type_is_refused_at_once(kwargs, message, hosts):
         Pool(1, hosts, lazy_create=True, **kwargs)
 
 
+def test_a_localhost_that_is_no_string_is_refused_at_once():
+    # the SSH launcher handed it to the workers as their broker's address
+    with pytest.raises(TypeError, match="localhost must be this machine's address or name"):
+        Pool(1, ["ssh://mini/1"], localhost=5, lazy_create=True)
+
+
 def test_unknown_spawner_host_is_a_clear_error():
     before = child_pids()
     pool = Pool(1, ["no-such-host.invalid/1"], secret=None)

@@ -534,6 +534,8 @@ def test_bad_output_option():
         Pool(1, output="loud")
     with pytest.raises(ValueError, match="log_level"):
         Pool(1, log_level="verbose")
+    with pytest.raises(ValueError, match="log_level"):
+        Pool(1, log_level="info")  # as Logger.setLevel, which takes the name only
 
 
 def check_logs(c: Client, level_shown: bool = False) -> None:
@@ -806,8 +808,9 @@ def test_log_records_at_the_level(client):
     check_logs(client("logs", num_workers=1))
 
 
-def test_log_records_at_a_lower_level(client):
-    check_logs(client("logs", num_workers=1, log_level=20), level_shown=True)
+@pytest.mark.parametrize("level", [20, "INFO"])  # a level, or its name as setLevel takes it
+def test_log_records_at_a_lower_level(client, level):
+    check_logs(client("logs", num_workers=1, log_level=level), level_shown=True)
 
 
 def test_no_log_records(client):
