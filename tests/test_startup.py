@@ -779,7 +779,8 @@ def spawning(x):
 
 
 def calls(executor):
-    results = [executor.submit(fn, x).result() for fn, x in [(bump, Box(1)), (lazy, 2), (spawning, 3)]]
+    calls = [(bump, Box(1)), (lazy, 2), (spawning, 3)]
+    results = [executor.submit(fn, x).result() for fn, x in calls]
     return list(executor.map(f, range(3))), *results
 
 
