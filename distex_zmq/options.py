@@ -271,14 +271,14 @@ def pool_options(
         or max_worker_deaths < 1
     ):
         raise ValueError(f"max_worker_deaths must be an integer >= 1, not {max_worker_deaths!r}")
-    if max_tasks_per_child is not None and (
-        not isinstance(max_tasks_per_child, int)
-        or isinstance(max_tasks_per_child, bool)
-        or max_tasks_per_child < 1
-    ):
-        raise ValueError(
-            f"max_tasks_per_child must be an integer >= 1 or None, not {max_tasks_per_child!r}"
-        )
+    if max_tasks_per_child is not None:
+        # the errors of ProcessPoolExecutor, whose argument it is
+        if not isinstance(max_tasks_per_child, int) or isinstance(max_tasks_per_child, bool):
+            raise TypeError(
+                f"max_tasks_per_child must be an integer or None, not {max_tasks_per_child!r}"
+            )
+        if max_tasks_per_child < 1:
+            raise ValueError(f"max_tasks_per_child must be >= 1, not {max_tasks_per_child!r}")
     if output not in OUTPUT_MODES:
         raise ValueError(
             f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}, not {output!r}"
