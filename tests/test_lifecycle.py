@@ -738,6 +738,36 @@ def test_a_ctrl_c_that_ends_the_program_stops_a_running_task(tmp_path):
     assert not trace.exists()
 
 
+def test_a_second_ctrl_c_as_the_exit_drops_the_tasks_ends_it_quietly(tmp_path):
+    # a user who presses Ctrl-C again while the exit stops the workers got
+    # "Exception ignored in atexit callback" and a traceback of the pool's
+    # wait, once more from multiprocessing's finalizers
+    proc = _run_script(
+        tmp_path,
+        """
+        import atexit, os, signal, sys, threading
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool
+        from tests import tasks
+
+        pool = Pool(1)
+        print("PIDS", *pool.run_on_all(tasks.pid), flush=True)
+        # runs before the pool's exit hook (atexit is last in, first out)
+        atexit.register(
+            lambda: threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+        )
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        pool.submit(tasks.sleep_return, 60).result()
+        """,
+    )
+    assert proc.returncode == -signal.SIGINT, proc.stderr
+    pids = [int(p) for p in proc.stdout.split()[1:]]
+    assert wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=10)
+    # the KeyboardInterrupt that ended the program, and nothing of the pool's
+    assert proc.stderr.count("Traceback") == 1, proc.stderr
+    assert "Exception ignored" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("caught", [False, True])
 def test_a_ctrl_c_that_leaves_a_with_block_stops_the_running_tasks(tmp_path, caught):
     # the block's exit waited for the tasks that workers held, which ignore

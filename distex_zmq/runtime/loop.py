@@ -625,25 +625,40 @@ def wait_at_exit() -> None:
     futures of a ``ProcessPoolExecutor``: also after ``shutdown(wait=False)``
     or none at all. Ctrl-C drops what is left, and so does the exit of a
     program that a Ctrl-C ended (its ``KeyboardInterrupt`` went unhandled):
-    its user asked it to stop."""
+    its user asked it to stop. A Ctrl-C while the pools drop their tasks
+    ends the wait: the pools are left to stop as the process ends (their
+    workers die with it)."""
+    global _exit_cut_short
+    if _exit_cut_short:
+        return  # (it runs twice: at the exit, then among multiprocessing's finalizers)
     interrupted = _ended_by_ctrl_c()
-    for runtime in list(_running):
-        runtime.broker.closed_message = CLOSED_AT_EXIT
-        if interrupted:
+    try:
+        for runtime in list(_running):
+            runtime.broker.closed_message = CLOSED_AT_EXIT
+            if not interrupted:
+                try:
+                    runtime.close(wait=False)
+                    if not runtime.wait_loop_ended(EXIT_NOTICE_AFTER):
+                        print(
+                            "distex_zmq: the interpreter exits once the pool's tasks have "
+                            "finished; Ctrl-C drops them",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        runtime.wait_loop_ended()
+                    continue
+                except KeyboardInterrupt:
+                    interrupted = True  # this pool's tasks, and every other's
             runtime.close(wait=True, cancel_futures=True, drain=False)
-            continue
-        try:
-            runtime.close(wait=False)
-            if not runtime.wait_loop_ended(EXIT_NOTICE_AFTER):
-                print(
-                    "distex_zmq: the interpreter exits once the pool's tasks have "
-                    "finished; Ctrl-C drops them",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                runtime.wait_loop_ended()
-        except KeyboardInterrupt:
-            runtime.close(wait=True, cancel_futures=True, drain=False)
+    except KeyboardInterrupt:
+        _exit_cut_short = True
+        for runtime in list(_running):
+            with contextlib.suppress(KeyboardInterrupt):
+                runtime.close(wait=False, cancel_futures=True, drain=False)
+
+
+#: A Ctrl-C came as the pools dropped their tasks at the exit (``wait_at_exit``).
+_exit_cut_short = False
 
 
 def _ended_by_ctrl_c() -> bool:
