@@ -26,7 +26,8 @@ worker can import under the same name.
 Leak check
 ----------
 The autouse fixture ``no_leaks`` fails any test after which a new child
-process (a worker) or a thread named ``distex_zmq pool loop`` is still alive
+process (a worker), the keeper of a worker's process group that outlived
+its worker, or a thread named ``distex_zmq pool loop`` is still alive
 about 5 s after the test ended, and then kills/shuts down the leftovers so
 that one leak does not make the following tests fail too. The logic is
 ``tests.helpers.LeakCheck``; ``test_lifecycle`` proves that it sees a leaked

@@ -56,6 +56,26 @@ def child_pids(parent: int | None = None) -> set[int]:
     return children
 
 
+def orphaned_keepers() -> set[int]:
+    """Keepers of the process group of a worker that has ended (see
+    ``worker/keeper.py``): each kills its group within a second or so of its
+    worker's end, and itself with it."""
+    keepers = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        args = command_line(int(entry))
+        if (
+            len(args) == 5
+            and args[:2] == ["/bin/sh", "-c"]
+            and args[3] == "distex_zmq-keeper"
+            and args[4].isdigit()
+            and not pid_alive(int(args[4]))
+        ):
+            keepers.add(int(entry))
+    return keepers
+
+
 def pool_threads() -> list[threading.Thread]:
     """Threads of pools: their loops, SSH sessions and tunnels, paramiko's transports."""
     import paramiko
@@ -120,7 +140,7 @@ class LeakCheck:
 
     def leftovers(self, timeout: float = 0.0) -> tuple[set[int], list[threading.Thread]]:
         def now() -> tuple[set[int], list[threading.Thread]]:
-            return child_pids() - self.children, [
+            return (child_pids() - self.children) | orphaned_keepers(), [
                 t for t in pool_threads() if t not in self.threads
             ]
 

@@ -141,13 +141,14 @@ class Cluster:
         raise LookupError(f"no worker on {host} tells its broker endpoint")
 
     def pool_processes(self) -> dict[str, dict[int, str]]:
-        """Agents and workers of any pool, by host (not the spawners)."""
+        """Agents, workers and their keepers of any pool, by host (not the spawners)."""
         found = {}
+        marks = ("distex_zmq.worker", "distex_zmq.agent", "distex_zmq-keeper")
         for host in HOSTS:
             procs = {
                 pid: cmd
                 for pid, cmd in self.processes(host).items()
-                if "distex_zmq.worker" in cmd or "distex_zmq.agent" in cmd
+                if any(mark in cmd for mark in marks)
             }
             if procs:
                 found[host] = procs

@@ -972,3 +972,19 @@ def run_counted(directory: str, i: int, wait_for: int) -> tuple[int, bool]:
             return i, True
         time.sleep(0.005)
     return i, not wait_for
+
+
+def start_sleeper(seconds: float) -> int:
+    """Start ``sleep seconds`` and leave it running; return its pid."""
+    import subprocess
+
+    return subprocess.Popen(["sleep", str(seconds)], stdout=subprocess.DEVNULL).pid
+
+
+def has_children() -> bool:
+    """Whether this process has a child (a keeper must not be one)."""
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return True

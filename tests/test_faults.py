@@ -853,6 +853,27 @@ def test_a_spawner_that_ignores_sigchld_reports_an_unknown_exit_status(
 
 
 @pytest.mark.timeout(60)
+def test_what_a_task_left_running_dies_with_a_killed_spawner(
+    tmp_path: Path, make_pool: MakePool
+) -> None:
+    # its workers died with it (their parent-death signal), and what their
+    # tasks started ran on: the spawner would have killed each worker's
+    # group as it reaped the worker
+    spawner = LoopbackSpawner(tmp_path / "spawner.log")
+    try:
+        pool = make_pool(None, [f"127.0.0.1:{spawner.port}/1"], secret=None)
+        [worker] = pool.run_on_all(ft.pid)
+        sleeper = pool.run(tasks.start_sleeper, 60)
+        assert pid_alive(sleeper)
+        spawner.proc.kill()
+        spawner.proc.wait(10)
+        assert wait_until(lambda: not pid_alive(worker), timeout=10)
+        assert wait_until(lambda: not pid_alive(sleeper), timeout=10)
+    finally:
+        spawner.stop()
+
+
+@pytest.mark.timeout(60)
 def test_sigint_during_map_interrupts_only_the_client() -> None:
     client = run_client(
         """

@@ -738,6 +738,40 @@ def test_a_ctrl_c_that_ends_the_program_stops_a_running_task(tmp_path):
     assert not trace.exists()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_what_a_task_left_running_dies_with_a_killed_client(tmp_path, sig):
+    # the workers died with the client (their parent-death signal), but what
+    # their tasks started ran on, orphaned, where the docs say it does not
+    # outlive the pool: no launcher was left to kill the workers' groups
+    script = """
+        import sys, time
+        sys.path.insert(0, sys.argv[1])
+        from distex_zmq import Pool
+        from tests import tasks
+
+        pool = Pool(1)
+        # the group's keeper is no child of the worker: a task that waits
+        # for any child never meets it
+        print("CHILDREN", pool.run(tasks.has_children), flush=True)
+        print("PIDS", pool.run(tasks.start_sleeper, 60), *pool.run_on_all(tasks.pid), flush=True)
+        time.sleep(60)
+        """
+    with _start_script(tmp_path, script) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "CHILDREN False\n"
+            sleeper, worker = map(int, proc.stdout.readline().split()[1:])
+            assert pid_alive(sleeper)
+            proc.send_signal(sig)
+            proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -sig
+    assert wait_until(lambda: not pid_alive(worker), timeout=10)
+    assert wait_until(lambda: not pid_alive(sleeper), timeout=10)
+
+
 def test_a_second_ctrl_c_as_the_exit_drops_the_tasks_ends_it_quietly(tmp_path):
     # a user who presses Ctrl-C again while the exit stops the workers got
     # "Exception ignored in atexit callback" and a traceback of the pool's

@@ -265,6 +265,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the client
     _die_with_parent(args.parent_pid)
+    # before any thread starts (a fork copies only the calling thread)
+    from distex_zmq.worker.keeper import keep_group
+
+    keep_group()
     _keep_freed_memory()
     _drop_cluster_secret()
     _take_multiprocessing_key()
