@@ -78,10 +78,10 @@ class MapsMixin(PoolBase):
         The map starts at the call, as ``Executor.map`` does; never
         iterated, it runs all its inputs. It reads its input as it goes,
         but takes the items of a list (a dict, set, deque, bytearray) at
-        the call: changing it afterwards does not change the map. Breaking out of the iteration
-        cancels what no worker holds yet, once the iterator is closed (at
-        once in ``for x in pool.map(...)``; else by ``close()`` or when it
-        is dropped). A task that raised raises here
+        the call: changing it afterwards does not change the map. Breaking
+        out of the iteration cancels what no worker holds yet, once the
+        iterator is closed (at once in ``for x in pool.map(...)``; else by
+        ``close()`` or when it is dropped). A task that raised raises here
         when iteration reaches it. The iterator is a
         ``collections.abc.Generator``; awaited or iterated with ``async
         for``, it raises ``TypeError`` saying to use ``map_async``, and the
