@@ -974,6 +974,11 @@ def run_counted(directory: str, i: int, wait_for: int) -> tuple[int, bool]:
     return i, not wait_for
 
 
+def pid_and_parent() -> tuple[int, int]:
+    """This worker's pid and its parent's (its launcher: an agent, a spawner)."""
+    return os.getpid(), os.getppid()
+
+
 def start_sleeper(seconds: float) -> int:
     """Start ``sleep seconds`` and leave it running; return its pid."""
     import subprocess

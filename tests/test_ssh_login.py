@@ -38,7 +38,7 @@ from distex_zmq.launch import ssh_connect
 from distex_zmq.options import DEFAULT_CONNECT_TIMEOUT
 from distex_zmq.wire import control, frames
 from tests import tasks
-from tests.helpers import child_pids, pool_threads, wait_until
+from tests.helpers import child_pids, pid_alive, pool_threads, wait_until
 from tests.multihost import REMOTE_PYTHON, ROOT, SCRIPTS
 
 pytestmark = pytest.mark.timeout(60)
@@ -693,6 +693,19 @@ def test_a_login_shell_that_prints_does_not_hide_the_agent(login, loopback):
     error = pool.status().hosts[0].last_error
     assert "its agent ended" in error and "Welcome" not in error, error
     assert "\x1b" not in error and "\x07" not in error, error
+
+
+def test_what_a_task_left_running_dies_with_a_killed_agent(login, loopback):
+    # the agent's workers died with it (their parent-death signal), and what
+    # their tasks started ran on: the agent would have killed each worker's
+    # group as it reaped the worker
+    pool = login("killed-agent", loopback.known)
+    [(worker, agent)] = pool.run_on_all(tasks.pid_and_parent)
+    sleeper = pool.run(tasks.start_sleeper, 60)
+    assert pid_alive(sleeper)
+    os.kill(agent, signal.SIGKILL)
+    assert wait_until(lambda: not pid_alive(worker), timeout=10)
+    assert wait_until(lambda: not pid_alive(sleeper), timeout=10)
 
 
 def test_a_login_shell_that_reads_stdin_does_not_eat_the_workers_keys(login, loopback):
