@@ -1055,18 +1055,6 @@ def test_a_secret_of_the_wrong_type_is_refused_at_once(kwargs, message, hosts):
         Pool(1, hosts, lazy_create=True, **kwargs)
 
 
-@pytest.mark.parametrize(
-    "value, error", [("2", TypeError), (1.5, TypeError), (0, ValueError), (-1, ValueError)]
-)
-def test_a_bad_max_tasks_per_child_raises_what_process_pool_executor_raises(value, error):
-    # ValueError for a value of the wrong type too, before
-    with pytest.raises(error, match="max_tasks_per_child must be"):
-        Pool(1, max_tasks_per_child=value, lazy_create=True)
-    if sys.version_info >= (3, 11):  # the control takes it from 3.11
-        with pytest.raises(error, match="max_tasks_per_child must be"):
-            concurrent.futures.ProcessPoolExecutor(1, max_tasks_per_child=value)
-
-
 def test_a_localhost_that_is_no_string_is_refused_at_once():
     # the SSH launcher handed it to the workers as their broker's address
     with pytest.raises(TypeError, match="localhost must be this machine's address or name"):
