@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from distex_zmq.worker.keeper import KEEPER_NAME
 
 if TYPE_CHECKING:
     from distex_zmq import Pool
@@ -68,7 +69,7 @@ def orphaned_keepers() -> set[int]:
         if (
             len(args) == 5
             and args[:2] == ["/bin/sh", "-c"]
-            and args[3] == "distex_zmq-keeper"
+            and args[3] == KEEPER_NAME
             and args[4].isdigit()
             and not pid_alive(int(args[4]))
         ):

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distex_zmq.worker.keeper import KEEPER_NAME
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "tests" / "cluster"
 #: the hosts' names; each is its namespace and its host name
@@ -143,7 +145,7 @@ class Cluster:
     def pool_processes(self) -> dict[str, dict[int, str]]:
         """Agents, workers and their keepers of any pool, by host (not the spawners)."""
         found = {}
-        marks = ("distex_zmq.worker", "distex_zmq.agent", "distex_zmq-keeper")
+        marks = ("distex_zmq.worker", "distex_zmq.agent", KEEPER_NAME)
         for host in HOSTS:
             procs = {
                 pid: cmd

@@ -12,11 +12,11 @@ So each worker leaves a keeper in its group, a shell that waits for the
 worker's end (GNU ``tail --pid``, which looks every second) and then kills
 the group, itself included. It is no child of the worker (a task that waits
 for any child, ``os.wait()``, never meets it), holds none of the worker's
-descriptors (its pipes to the launcher end with the worker), ignores the
-signals that stop a worker politely, and costs a few hundred KiB: a fork of
-the worker kept as it is would hold on to the worker's memory as it was
-(8 MiB and more). Where ``tail`` cannot wait for a process (busybox), the
-shell ends and kills nothing.
+descriptors (its pipes to the launcher end with the worker), and ignores
+the signals that stop a worker politely. It execs the shell rather than
+staying a fork of the worker, which would keep a copy of the worker's memory
+as it was at the fork. Where ``tail`` cannot wait for a process (busybox),
+the shell ends and kills nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import contextlib
 import os
 import signal
 
+#: The keeper's ``$0``: what names it in ``ps`` (``/bin/sh -c SCRIPT NAME PID``).
+KEEPER_NAME = "distex_zmq-keeper"
 #: What the keeper runs: ``$1`` is the worker's pid.
 KEEPER_SCRIPT = 'tail --pid="$1" -f /dev/null -s 1 2>/dev/null && kill -s KILL 0'
 
@@ -58,6 +60,6 @@ def _exec_keeper(worker: int) -> None:
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-        os.execv("/bin/sh", ["/bin/sh", "-c", KEEPER_SCRIPT, "distex_zmq-keeper", str(worker)])
+        os.execv("/bin/sh", ["/bin/sh", "-c", KEEPER_SCRIPT, KEEPER_NAME, str(worker)])
     finally:
         os._exit(0)
