@@ -108,9 +108,15 @@ class Client:
         """The first line of ``stream`` (``"out"`` or ``"err"``) that matches
         ``pattern``, as it arrives; fail after ``DEADLINE`` seconds."""
         regex = re.compile(pattern)
+        lines = self.lines[stream]
+        #: lines looked at already: a flood of lines is looked at once, not
+        #: again at each piece of it that comes
+        looked = 0
 
         def found() -> re.Match[str] | None:
-            return next(filter(None, map(regex.search, self.lines[stream])), None)
+            nonlocal looked
+            start, looked = looked, len(lines)
+            return next(filter(None, map(regex.search, lines[start:looked])), None)
 
         return cast(re.Match[str], self._wait_for(stream, found, f"line {pattern!r}"))
 
