@@ -5,16 +5,26 @@ Pool``. So the pool attaches ``Event.poolmap`` (``distex_zmq.poolmap``) at
 once only if eventkit is already imported; else a finder on ``sys.meta_path``
 waits for eventkit's import and attaches it right after, so that the method
 is there whichever of the two a program imports first, as with distex.
+
+eventkit asks asyncio for the current event loop as it is imported, and
+there is none after ``asyncio.run()`` has ended, nor on Python 3.14 before
+any loop was set (3.14's ``get_event_loop`` no longer makes one): the import
+raises ``RuntimeError``. Imported through this module (the finder, or
+``import_eventkit``), it is imported again with a new loop set as the
+current one for the time of the import, as it would have found on Python
+3.13 before any ``asyncio.run()``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import importlib.util
 import sys
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -22,6 +32,26 @@ if TYPE_CHECKING:
     from importlib.abc import Loader
 
 _lock = threading.Lock()
+
+
+def import_eventkit() -> None:
+    """Import eventkit, also where there is no current event loop (see above)."""
+    try:
+        importlib.import_module("eventkit")
+    except RuntimeError:
+        with _a_current_loop():
+            importlib.import_module("eventkit")
+
+
+@contextlib.contextmanager
+def _a_current_loop() -> Iterator[None]:
+    """A new event loop set as the current one for the time of the block;
+    eventkit keeps it (for ``Event.emit_threadsafe``), so it is not closed."""
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
 
 
 def attach_poolmap() -> None:
@@ -70,7 +100,11 @@ class _ThenPoolmap:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
-        self._loader.exec_module(module)
+        try:
+            self._loader.exec_module(module)
+        except RuntimeError:  # no current event loop (see the module's docstring)
+            with _a_current_loop():
+                self._loader.exec_module(module)
         try:
             importlib.import_module("distex_zmq.poolmap")
         except Exception as e:  # noqa: BLE001 - the program imported eventkit, not us

@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from distex_zmq.eventkit_hook import import_eventkit
 
-def _import_eventkit() -> None:
-    """Import eventkit, also after ``asyncio.run()`` has ended.
+import_eventkit()  # also where there is no current event loop
 
-    eventkit asks asyncio for the current event loop as it is imported (it
-    keeps it for ``Event.emit_threadsafe``), and once ``asyncio.run()`` has
-    ended there is none: the import raises ``RuntimeError``. Then it is
-    imported with a new loop set as the current one for the time of the
-    import, as it would have found before any ``asyncio.run()``.
-    """
-    try:
-        importlib.import_module("eventkit")
-    except RuntimeError:
-        policy = asyncio.get_event_loop_policy()
-        policy.set_event_loop(policy.new_event_loop())
-        try:
-            importlib.import_module("eventkit")
-        finally:
-            policy.set_event_loop(None)
-
-
-_import_eventkit()
-
-from eventkit import Event, Op  # noqa: E402 - imported by _import_eventkit
+from eventkit import Event, Op  # noqa: E402 - imported by import_eventkit
 
 if TYPE_CHECKING:
     from distex_zmq.pool import Pool

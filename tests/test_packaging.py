@@ -139,8 +139,10 @@ def test_a_worker_imports_neither_the_pool_nor_ssh_nor_eventkit():
         "except SystemExit:\n    pass\n"
         "print(sorted(m for m in ('distex_zmq.pool', 'paramiko', 'eventkit', 'numpy')"
         " if m in sys.modules))\n"
-        "import distex_zmq, eventkit\n"
-        "print(distex_zmq.PoolMap.__module__, hasattr(eventkit.Event, 'poolmap'))"
+        "import distex_zmq\n"
+        "PoolMap = distex_zmq.PoolMap  # imports eventkit, with a loop if none is set\n"
+        "import eventkit\n"
+        "print(PoolMap.__module__, hasattr(eventkit.Event, 'poolmap'))"
     )
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
@@ -202,8 +204,33 @@ def test_a_local_pool_imports_what_it_does_not_use_only_when_used():
     assert proc.stdout.splitlines() == ["True", "False", "[]", "3 [] []", "2 True True", "ready"]
 
 
+def test_eventkit_imported_by_the_program_after_asyncio_run():
+    # the same, where the program imports eventkit itself after the pool:
+    # its import goes through the pool's finder (as on Python 3.14, where
+    # there is no current loop before any is set, asyncio.run() or not)
+    proc = run_python(
+        "import asyncio\n"
+        "from distex_zmq import Pool\n"
+        "async def first():\n"
+        "    async with Pool(1) as pool:\n"
+        "        return await pool.run_async(abs, -3)\n"
+        "print(asyncio.run(first()))\n"
+        "import eventkit as ev\n"
+        "async def second():\n"
+        "    async with Pool(1) as pool:\n"
+        "        return await ev.Sequence([-1, -2, -3]).poolmap(pool, abs).list()\n"
+        "print(asyncio.run(second()))\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["3", "[1, 2, 3]"]
+
+
 def test_event_poolmap_when_eventkit_is_imported_first():
+    # (with a loop set first, without which eventkit 1.0.3 fails to import
+    # on Python 3.14, before distex_zmq could help)
     code = (
+        "import asyncio\n"
+        "asyncio.set_event_loop(asyncio.new_event_loop())\n"
         "import eventkit\n"
         "print(hasattr(eventkit.Event, 'poolmap'))\n"
         "from distex_zmq import Pool\n"
