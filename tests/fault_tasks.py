@@ -44,6 +44,23 @@ def segfault(*_: Any) -> None:
     ctypes.string_at(0)
 
 
+def dump_with_c_stack_and_die(*_: Any) -> None:
+    """Write a crash's dump as ``faulthandler`` writes it from Python 3.14
+    (the Python stack, then a long C stack), then die by SIGSEGV."""
+    frames = "".join(f'  Binary file "/usr/lib/libc.so.6", at +0x{i:x}\n' for i in range(30))
+    sys.stderr.write(
+        "Fatal Python error: Segmentation fault\n\n"
+        "Current thread 0x00007f408308e200 [python3] (most recent call first):\n"
+        '  File "/srv/app/model.py", line 42 in crashing_frame\n\n'
+        "Current thread's C stack trace (most recent call first):\n"
+        f"{frames}\n"
+        "Extension modules: zmq.backend.cython._zmq (total: 1)\n"
+    )
+    sys.stderr.flush()
+    signal.signal(signal.SIGSEGV, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
 def close_fds_not_its_own(*_: Any) -> str:
     """Close every file descriptor from 3 on: the worker's sockets, pipes
     and event loop's too."""

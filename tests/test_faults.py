@@ -173,6 +173,20 @@ def test_a_crash_says_how_to_see_where_it_crashed(make_pool: MakePool) -> None:
     assert "faulthandler.enable" not in message, message
 
 
+def test_a_crash_error_keeps_the_python_stack_over_a_long_c_stack(make_pool: MakePool) -> None:
+    # faulthandler writes the C stack after the Python one from Python 3.14:
+    # the error's last lines of stderr keep the frame where the task crashed
+    pool = make_pool(1, max_retries=0)
+    with pytest.raises(WorkerLostError) as info:
+        pool.submit(ft.dump_with_c_stack_and_die).result(timeout=30)
+    message = str(info.value)
+    assert "killed by SIGSEGV" in message, message
+    assert "Fatal Python error: Segmentation fault" in message, message
+    assert 'File "/srv/app/model.py", line 42 in crashing_frame' in message, message
+    assert "Binary file" not in message, message
+    assert "Extension modules: zmq.backend.cython._zmq" in message, message
+
+
 # --- worker loss during a map ------------------------------------------------
 
 

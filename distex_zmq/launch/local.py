@@ -50,6 +50,10 @@ _logger = logging.getLogger("distex_zmq.launch.local")
 STDERR_TAIL_LINES = 20
 #: How a ``faulthandler`` dump begins.
 _FATAL = "Fatal Python error"
+#: How a frame of the C stack begins, which ``faulthandler`` writes after the
+#: Python stack from Python 3.14: the stderr tail leaves them out, or they
+#: would push the Python stack, where the task crashed, out of it.
+_C_FRAME = '  Binary file "'
 #: A line longer than this is handed on in partial pieces of about this many bytes.
 MAX_LINE = 64 * 1024
 #: Seconds a line a worker has begun waits for its end before what there is
@@ -411,11 +415,13 @@ class WorkerProcess:
         if stream == "err":
             if not self._fatal:
                 self._fatal = next((line for line in lines if line.startswith(_FATAL)), "")
+            tail = lines
             if self._err_line:
-                self.stderr_tail.extend([self._err_line + lines[0], *lines[1:]])
+                tail = [self._err_line + lines[0], *lines[1:]]
                 self._err_line = ""
-            else:
-                self.stderr_tail.extend(lines)
+            if self._fatal:
+                tail = [line for line in tail if not line.startswith(_C_FRAME)]
+            self.stderr_tail.extend(tail)
         return lines
 
     def waiting(self, stream: str) -> int:
