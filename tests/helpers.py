@@ -25,20 +25,23 @@ if TYPE_CHECKING:
 MakePool = Callable[..., "Pool"]
 
 
-def _is_resource_tracker(pid: int) -> bool:
-    """Whether ``pid`` is a ``multiprocessing`` resource tracker: a process
-    that lives as long as the one that started it (a client whose local
-    workers share it, as ``ProcessPoolExecutor``'s spawned workers do)."""
+def _is_multiprocessing_server(pid: int) -> bool:
+    """Whether ``pid`` is a ``multiprocessing`` resource tracker or fork
+    server: a process that lives as long as the one that started it (a
+    client whose local workers share its tracker, as ``ProcessPoolExecutor``'s
+    spawned workers do; the fork server of a ``ProcessPoolExecutor`` control,
+    its default start method from Python 3.14)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"multiprocessing.resource_tracker" in f.read()
+            cmdline = f.read()
     except OSError:
         return False
+    return any(name in cmdline for name in (b"multiprocessing.resource_tracker", b"forkserver"))
 
 
 def child_pids(parent: int | None = None) -> set[int]:
     """Live (non-zombie) processes whose parent is ``parent`` (default: us),
-    but a resource tracker."""
+    but a resource tracker or a fork server."""
     parent = os.getpid() if parent is None else parent
     children = set()
     for entry in os.listdir("/proc"):
@@ -52,7 +55,7 @@ def child_pids(parent: int | None = None) -> set[int]:
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses
         fields = stat[stat.rindex(")") + 2 :].split()
         state, ppid = fields[0], int(fields[1])
-        if ppid == parent and state != "Z" and not _is_resource_tracker(int(entry)):
+        if ppid == parent and state != "Z" and not _is_multiprocessing_server(int(entry)):
             children.add(int(entry))
     return children
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import multiprocessing
 import os
 import pickle
 import subprocess
@@ -388,7 +389,10 @@ def test_a_process_a_task_starts_gets_the_clients_environment(pythonpath, monkey
         monkeypatch.setenv("PYTHONPATH", pythonpath)
     monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
     names = ("PYTHONPATH", "PYTHONUNBUFFERED")
-    with concurrent.futures.ProcessPoolExecutor(1) as control:
+    # spawned: a fork server (the default from Python 3.14) started by an
+    # earlier test would give its workers the environment of that time
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as control:
         expected = control.submit(client_tasks.child_env, *names).result(timeout=60)
     assert expected == [pythonpath, None]
     with Pool(1) as pool:

@@ -8,6 +8,7 @@ prints ``OK`` when every check holds.
 """
 
 import functools
+import multiprocessing
 import operator
 import os
 import sys
@@ -229,7 +230,12 @@ def run_on_each(executor, workers, func, *args):
 def main():
     kind = sys.argv[1]
     if kind == "control":
-        with ProcessPoolExecutor(2, initializer=load_model, initargs=("first",)) as executor:
+        # forked workers, Linux's default up to Python 3.13 (3.14's fork
+        # server runs the script as __mp_main__)
+        fork = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(
+            2, mp_context=fork, initializer=load_model, initargs=("first",)
+        ) as executor:
             check(executor, 2)
             assert executor.submit(script_argv).result() == sys.argv
     else:
