@@ -1,30 +1,40 @@
 #!/usr/bin/env bash
-# Run the tests on another Python than the machine's: Debian trixie's 3.13,
-# in a chroot that debootstrap makes (as root), with the project's tree
-# copied in and its test dependencies installed as tests/run.sh installs
-# them. The chroot is kept for the next run (DZQ_TRIXIE, by default
-# /var/tmp/dzq-trixie); its mounts are undone at the end.
-#   bash tests/run_on_python313.sh [pytest arguments]
+# Run the tests on another Python than the machine's: Debian's, in a chroot
+# that debootstrap makes (as root), with the project's tree copied in and its
+# test dependencies installed as tests/run.sh installs them. The first
+# argument names the Debian release: forky (testing: Python 3.14) or trixie
+# (stable: 3.13). The chroot is kept for the next run (in
+# /var/tmp/dzq-<release>, or DZQ_CHROOT); its mounts are undone at the end.
+#   bash tests/run_on_debian.sh forky|trixie [pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+release=${1:-}
+case "$release" in
+  forky | trixie) shift ;;
+  *)
+    echo "usage: bash tests/run_on_debian.sh forky|trixie [pytest arguments]" >&2
+    exit 2
+    ;;
+esac
 if [ "$(id -u)" != 0 ]; then
-  echo "tests/run_on_python313.sh: needs root (debootstrap, chroot, mounts)" >&2
+  echo "tests/run_on_debian.sh: needs root (debootstrap, chroot, mounts)" >&2
   exit 2
 fi
-root=${DZQ_TRIXIE:-/var/tmp/dzq-trixie}
+root=${DZQ_CHROOT:-/var/tmp/dzq-$release}
 if ! command -v debootstrap >/dev/null; then
   apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
 fi
 if [ ! -x "$root/usr/bin/python3" ]; then
-  echo "tests/run_on_python313.sh: making Debian trixie in $root"
+  echo "tests/run_on_debian.sh: making Debian $release in $root"
   rm -rf "$root"
   # what the tests use besides Python: sshd and ssh, iproute2 (network
   # namespaces, ss), iptables, util-linux (setpriv, unshare), gcc and the
   # headers for a package that has no wheel yet
   debootstrap --variant=minbase \
     --include=python3,python3-venv,python3-dev,gcc,openssh-server,openssh-client,iproute2,iptables,procps,util-linux,ca-certificates \
-    trixie "$root" http://deb.debian.org/debian >"$root.log" 2>&1 ||
+    "$release" "$root" http://deb.debian.org/debian \
+    /usr/share/debootstrap/scripts/sid >"$root.log" 2>&1 ||
     { tail -20 "$root.log" >&2; exit 1; }
 fi
 mounts=()
@@ -55,6 +65,6 @@ PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LAN
     python3 -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
     .venv/bin/python -m pip install -q -e ".[test,uvloop]"
-    .venv/bin/python -c "import sys; print(\"tests/run_on_python313.sh: Python\", sys.version)"
+    .venv/bin/python -c "import sys; print(\"tests/run_on_debian.sh: Python\", sys.version)"
     exec .venv/bin/python -m pytest "$@"
   ' bash "$@"
