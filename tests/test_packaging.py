@@ -79,9 +79,23 @@ def test_subpackages_come_from_the_broker_and_worker_dirs():
     assert worker_file.parent.name == "worker"
 
 
-def test_pool_map_after_asyncio_run():
+@pytest.mark.parametrize(
+    "use",
+    [
+        # PoolMap imports eventkit
+        "from distex_zmq import PoolMap\n"
+        "import eventkit as ev\n"
+        "def mapped(pool, source):\n"
+        "    return PoolMap(pool, abs, source=source)\n",
+        # the program imports it, through the pool's finder
+        "import eventkit as ev\ndef mapped(pool, source):\n    return source.poolmap(pool, abs)\n",
+    ],
+    ids=["PoolMap", "Event.poolmap"],
+)
+def test_eventkit_after_asyncio_run(use):
     # eventkit asks asyncio for the current loop as it is imported: there is
-    # none once asyncio.run() has ended, so PoolMap imports it with one
+    # none once asyncio.run() has ended (nor on Python 3.14 before any loop
+    # is set), so it is imported with one
     proc = run_python(
         "import asyncio\n"
         "from distex_zmq import Pool\n"
@@ -89,16 +103,14 @@ def test_pool_map_after_asyncio_run():
         "    async with Pool(1) as pool:\n"
         "        return await pool.run_async(abs, -3)\n"
         "print(asyncio.run(first()))\n"
-        "from distex_zmq import PoolMap\n"
-        "import eventkit as ev\n"
+        f"{use}"
         "async def second():\n"
         "    async with Pool(1) as pool:\n"
-        "        mapped = PoolMap(pool, abs, source=ev.Sequence([-1, -2, -3]))\n"
-        "        return await mapped.list()\n"
+        "        return await mapped(pool, ev.Sequence([-1, -2, -3])).list()\n"
         "print(asyncio.run(second()))\n"
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split("\n")[:2] == ["3", "[1, 2, 3]"]
+    assert proc.stdout.splitlines() == ["3", "[1, 2, 3]"]
 
 
 def test_public_names():
@@ -202,27 +214,6 @@ def test_a_local_pool_imports_what_it_does_not_use_only_when_used():
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["True", "False", "[]", "3 [] []", "2 True True", "ready"]
-
-
-def test_eventkit_imported_by_the_program_after_asyncio_run():
-    # the same, where the program imports eventkit itself after the pool:
-    # its import goes through the pool's finder (as on Python 3.14, where
-    # there is no current loop before any is set, asyncio.run() or not)
-    proc = run_python(
-        "import asyncio\n"
-        "from distex_zmq import Pool\n"
-        "async def first():\n"
-        "    async with Pool(1) as pool:\n"
-        "        return await pool.run_async(abs, -3)\n"
-        "print(asyncio.run(first()))\n"
-        "import eventkit as ev\n"
-        "async def second():\n"
-        "    async with Pool(1) as pool:\n"
-        "        return await ev.Sequence([-1, -2, -3]).poolmap(pool, abs).list()\n"
-        "print(asyncio.run(second()))\n"
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["3", "[1, 2, 3]"]
 
 
 def test_event_poolmap_when_eventkit_is_imported_first():
