@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import signal
 import threading
 import weakref
 from collections.abc import Callable, Generator, Mapping
@@ -406,6 +407,28 @@ class Pool(StatusMixin, HostsMixin, MapsMixin):
             runtime.close(wait=wait, cancel_futures=cancel_futures, timeout=timeout)
             runtime.log_untold_error()
 
+    def terminate_workers(self) -> None:
+        """Shut down at once: SIGTERM every worker now, as
+        ``ProcessPoolExecutor.terminate_workers`` (Python 3.14) does.
+
+        The tasks that have not started are cancelled, those that run fail
+        with ``PoolClosedError``, and nothing waits: a ``shutdown`` after it
+        waits for the workers' exit. A worker that ignores SIGTERM gets
+        SIGKILL a second later. After a ``shutdown(wait=False)`` that still
+        waits for its tasks, this stops them. The pool takes no more tasks.
+        """
+        self._stop_workers_now(signal.SIGTERM)
+
+    def kill_workers(self) -> None:
+        """As ``terminate_workers``, with SIGKILL: a worker's ``atexit``
+        handlers and finalizers do not run (``ProcessPoolExecutor.kill_workers``)."""
+        self._stop_workers_now(signal.SIGKILL)
+
+    def _stop_workers_now(self, sig: signal.Signals) -> None:
+        runtime = self._mark_shutdown()
+        if runtime is not None:
+            runtime.close(wait=False, cancel_futures=True, drain=False, force=sig)
+
     async def shutdown_async(
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
     ) -> None:
@@ -550,7 +573,7 @@ _MULTIPROCESSING_POOL = {
         "as close() and join() do, or a 'with Pool(...) as pool:' block"
     ),
     "terminate": (
-        "use pool.shutdown(cancel_futures=True, timeout=0), which drops the tasks not "
-        "started and stops the workers at once"
+        "use pool.terminate_workers(), which cancels the tasks not started and stops "
+        "the workers at once (SIGTERM), then pool.shutdown() to wait for their exit"
     ),
 }

@@ -672,6 +672,18 @@ def note_pid_then_sleep(path: str, delay: float) -> int:
     return os.getpid()
 
 
+def note_sigterm_then_sleep(path: str, delay: float) -> int:
+    """Sleep ``delay`` seconds, through SIGTERMs: each leaves a trace in
+    ``path`` (see ``touch``) and the sleep goes on, so that only SIGKILL
+    ends the task early. Its start leaves a trace in ``path + ".started"``."""
+    signal.signal(signal.SIGTERM, lambda *_: touch(path))
+    touch(path + ".started")
+    end = time.monotonic() + delay
+    while time.monotonic() < end:
+        time.sleep(0.05)
+    return os.getpid()
+
+
 def hostname_after(delay: float) -> str:
     """The host name of the worker, after ``delay`` seconds."""
     time.sleep(delay)

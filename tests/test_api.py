@@ -325,6 +325,52 @@ def test_the_arguments_of_process_pool_executor_make_a_pool(executor, spawn_cont
             executor(max_workers=bad)
 
 
+@pytest.mark.parametrize("method", ["terminate_workers", "kill_workers"])
+@pytest.mark.parametrize(
+    "executor",
+    [
+        pytest.param(
+            concurrent.futures.ProcessPoolExecutor,
+            marks=pytest.mark.skipif(
+                not hasattr(concurrent.futures.ProcessPoolExecutor, "terminate_workers"),
+                reason="ProcessPoolExecutor stops its workers at once from Python 3.14",
+            ),
+        ),
+        Pool,
+    ],
+)
+def test_code_that_stops_the_workers_of_process_pool_executor_at_once(
+    executor, method, spawn_context
+):
+    # Python 3.14's ProcessPoolExecutor.terminate_workers and kill_workers:
+    # what runs fails with a RuntimeError (BrokenProcessPool there,
+    # PoolClosedError here), what waits is cancelled, nothing more is taken,
+    # and the with block's shutdown waits for the workers' exit
+    with executor(max_workers=2, mp_context=spawn_context) as ex:
+        assert list(ex.map(tasks.square, range(4))) == [0, 1, 4, 9]
+        pids = set(ex.map(tasks.pid_after, [0.3] * 2))
+        running = [ex.submit(tasks.sleep_return, 60, i) for i in range(2)]
+        waiting = [ex.submit(tasks.square, i) for i in range(4)]
+        wait_until(lambda: all(f.running() for f in running), timeout=30)
+        time.sleep(0.2)  # ProcessPoolExecutor's futures run once queued to a worker
+        getattr(ex, method)()
+        for f in running:
+            assert isinstance(f.exception(timeout=30), RuntimeError)
+        assert wait_until(lambda: all(f.done() for f in waiting), timeout=30)
+        # (ProcessPoolExecutor's queue to its workers holds one more task: it
+        # counts as running, and fails as they do)
+        assert sum(f.cancelled() for f in waiting) >= 3
+        assert all(f.cancelled() or isinstance(f.exception(), RuntimeError) for f in waiting)
+        if executor is Pool:
+            # concurrent.futures.wait sees them done; it waits for ever for
+            # those that ProcessPoolExecutor 3.14.8 cancels here, whose
+            # waiters it never notifies
+            assert len(concurrent.futures.wait(waiting, timeout=30).done) == 4
+        with pytest.raises(RuntimeError):
+            ex.submit(tasks.square, 1)
+    assert wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=10)
+
+
 def test_the_positional_arguments_of_process_pool_executor_say_to_give_them_by_name(
     spawn_context,
 ):
@@ -361,7 +407,7 @@ def test_max_workers_and_num_workers_together_say_which_to_give():
         ("starmap_async", r"use pool\.map\(func, iterable, star=True\)"),
         ("close", r"use pool\.shutdown\(\)"),
         ("join", r"use pool\.shutdown\(\)"),
-        ("terminate", r"use pool\.shutdown\(cancel_futures=True, timeout=0\)"),
+        ("terminate", r"use pool\.terminate_workers\(\), .* then pool\.shutdown\(\)"),
     ],
 )
 def test_a_method_of_multiprocessing_pool_says_what_to_use_instead(name, instead):

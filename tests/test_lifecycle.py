@@ -274,6 +274,41 @@ def test_a_bad_shutdown_timeout_raises_and_stops_nothing(timeout):
         pool.shutdown()
 
 
+def test_terminate_workers_stops_the_tasks_a_shutdown_without_wait_waits_for():
+    pool = Pool(2, qsize=1)
+    pids = pool.run_on_all(tasks.pid)
+    futures = [pool.submit(tasks.sleep_return, 60, i) for i in range(2)]
+    wait_until(lambda: all(f.running() for f in futures), timeout=30)
+    pool.shutdown(wait=False)
+    pool.terminate_workers()
+    for f in futures:
+        with pytest.raises(PoolClosedError, match=r"by terminate_workers\(\) \(SIGTERM\)"):
+            f.result(timeout=30)
+    pool.shutdown()
+    assert not any(pid_alive(pid) for pid in pids)
+
+
+def test_kill_workers_while_the_shutdown_stops_them_kills_them_now(tmp_path):
+    # a shutdown whose timeout is over SIGTERMs its workers after a grace
+    # (``FAILED_STOP_GRACE``): kill_workers() meanwhile does not wait for it
+    path = str(tmp_path / "sigterms")
+    pool = Pool(2, qsize=1)
+    pids = pool.run_on_all(tasks.pid)
+    futures = [pool.submit(tasks.note_sigterm_then_sleep, path, 60) for _ in range(2)]
+    assert wait_until(lambda: tasks.traces(path + ".started") == 2, timeout=30)
+    pool.shutdown(wait=False, timeout=0)
+    runtime = pool._runtime
+    assert runtime is not None
+    assert wait_until(lambda: runtime.closing, timeout=10)
+    pool.kill_workers()
+    for f in futures:
+        with pytest.raises(PoolClosedError, match="by kill_workers"):
+            f.result(timeout=30)
+    pool.shutdown()
+    assert not any(pid_alive(pid) for pid in pids)
+    assert tasks.traces(path) == 0  # killed before the shutdown's SIGTERM
+
+
 def test_shutdown_is_idempotent():
     pool = Pool(2)
     pids = pool.run_on_all(tasks.pid)

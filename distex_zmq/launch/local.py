@@ -764,13 +764,12 @@ class LocalLauncher:
                 if proc.exited in pending:
                     if sig == signal.SIGKILL:
                         _logger.warning(
-                            "%s did not exit after the pool's shutdown (STOP, then SIGTERM "
-                            "%g s later): killed with SIGKILL. A task still ran there, or "
-                            "something a task left never returns at the exit (an atexit "
-                            "handler, a finalizer, a write to a full pipe), and SIGTERM is "
-                            "ignored or blocked there",
+                            "%s did not exit after the pool's shutdown (%s): killed with "
+                            "SIGKILL. A task still ran there, or something a task left never "
+                            "returns at the exit (an atexit handler, a finalizer, a write to "
+                            "a full pipe), and SIGTERM is ignored or blocked there",
                             self.describe_worker(proc.pid),
-                            grace,
+                            f"STOP, then SIGTERM {grace:g} s later" if grace else "SIGTERM",
                         )
                     proc.signal_tree(sig)
             _, pending = await asyncio.wait(pending, timeout=wait)

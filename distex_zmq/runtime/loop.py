@@ -21,6 +21,7 @@ import logging
 import multiprocessing.util
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -95,6 +96,8 @@ class Runtime:
         self._no_workers: str | None = None
         #: the ids of the tasks a shutdown waited for (None: it waited for none)
         self._waited_for: set[int] | None = None
+        #: what stopped the workers at once (``terminate_workers``, ``kill_workers``)
+        self._forced: str | None = None
         #: the pool's last status, taken as it was torn down
         self._final_status: PoolStatus | None = None
         self._ctx = zmq.Context()
@@ -374,22 +377,25 @@ class Runtime:
         cancel_futures: bool = False,
         drain: bool = True,
         timeout: float | None = None,
+        force: signal.Signals | None = None,
     ) -> concurrent.futures.Future[None] | None:
         """Shut down; idempotent. Returns the future of the shutdown, if started.
 
         ``drain``: let every submitted task finish first, for at most
         ``timeout`` seconds; without it the tasks that run are dropped, their
-        workers stopped after a short grace. ``wait``: return only when every worker has
-        exited (not possible on the pool loop itself). In a forked child it
-        does nothing: the workers are the parent's.
+        workers stopped after a short grace. ``force`` (SIGTERM or SIGKILL):
+        the tasks that run are dropped and their workers get the signal now,
+        a shutdown already under way included. ``wait``: return only when
+        every worker has exited (not possible on the pool loop itself). In a
+        forked child it does nothing: the workers are the parent's.
         """
         if self.inherited:
             return None
         done = None
-        if not self.closing:
+        if not self.closing or force is not None:
             try:
                 done = asyncio.run_coroutine_threadsafe(
-                    self._shutdown(drain, cancel_futures, timeout), self.loop
+                    self._shutdown(drain, cancel_futures, timeout, force), self.loop
                 )
             except RuntimeError:  # loop already closed
                 pass
@@ -397,7 +403,17 @@ class Runtime:
             self.wait_loop_ended()
         return done
 
-    async def _shutdown(self, drain: bool, cancel_futures: bool, timeout: float | None) -> None:
+    async def _shutdown(
+        self,
+        drain: bool,
+        cancel_futures: bool,
+        timeout: float | None,
+        force: signal.Signals | None = None,
+    ) -> None:
+        if force is not None:
+            self._note_forced(force)
+        if self._stopping_already(force):
+            return
         deadline = None if timeout is None else self.loop.time() + timeout
         if cancel_futures:
             # also while the start goes on (an initializer that does not
@@ -442,7 +458,7 @@ class Runtime:
             await asyncio.wrap_future(self.started)
         except BaseException:  # noqa: BLE001 - start-up failed; it cleaned up
             return
-        if self.closing:
+        if self._stopping_already(force):
             return
         if cancel_futures:
             self._cancel_queued()  # those put back since (their worker lost)
@@ -455,12 +471,29 @@ class Runtime:
             except asyncio.TimeoutError:
                 timed_out = True
                 _logger.warning("shutdown: tasks still running after %s s; stopping", timeout)
-        if self.closing:
+        if self._stopping_already(force):
             return
         # after a failure, for tasks dropped, or once the timeout is over
         # (what still runs has failed), nothing is worth waiting for
         calm = drain and not timed_out and self.error is None
-        await self._teardown(STOP_GRACE if calm else FAILED_STOP_GRACE)
+        if force is not None:
+            await self._teardown(0.0, force)
+        else:
+            await self._teardown(STOP_GRACE if calm else FAILED_STOP_GRACE)
+
+    def _note_forced(self, sig: signal.Signals) -> None:
+        """Say why the tasks that run fail: ``sig`` stops their workers."""
+        if self._forced is None:
+            name = "terminate_workers" if sig == signal.SIGTERM else "kill_workers"
+            self._forced = f"the pool's workers were stopped by {name}() ({sig.name})"
+
+    def _stopping_already(self, force: signal.Signals | None) -> bool:
+        """Whether a teardown stops the workers already; with ``force``
+        SIGKILL, they are killed now. (A SIGTERM changes nothing there: it
+        follows the STOP within ``STOP_GRACE``.)"""
+        if self.closing and force == signal.SIGKILL:
+            self.supervisor.kill_all()
+        return self.closing
 
     def _when_started(self) -> asyncio.Future[None]:
         """A future done once the start has ended, however it ended. It
@@ -525,10 +558,13 @@ class Runtime:
                 )
                 return
 
-    async def _teardown(self, grace: float) -> None:
+    async def _teardown(self, grace: float, force: signal.Signals | None = None) -> None:
         """Stop the workers, giving each ``grace`` seconds to finish its
-        tasks, and end the pool loop."""
-        self.closing = True
+        tasks (with ``force`` SIGKILL, none: they are killed first), and end
+        the pool loop."""
+        self.closing = True  # before a kill: their exits are no deaths then
+        if force == signal.SIGKILL:
+            self.supervisor.kill_all()
         try:
             await self._stop_all(grace)
         finally:
@@ -551,6 +587,7 @@ class Runtime:
 
             no_workers = self._no_workers
             waited_for = self._waited_for
+            forced = self._forced
 
             def error(task: Task) -> BaseException:
                 if start_error is not None:
@@ -558,6 +595,8 @@ class Runtime:
                     return start_error
                 if no_workers is not None:
                     return PoolClosedError(f"{task.describe()} did not run: {no_workers}")
+                if forced is not None:
+                    return PoolClosedError(f"{task.describe()} did not finish: {forced}")
                 if (
                     task.index is not None
                     and waited_for is not None

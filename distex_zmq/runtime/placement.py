@@ -222,6 +222,10 @@ class Placement:
         """The worker is gone: return where it ran (None: already forgotten)."""
         return self._launcher_of.pop(identity, None)
 
+    def identities(self) -> list[bytes]:
+        """Identities of every worker started and not gone."""
+        return list(self._launcher_of)
+
     def workers_of(self, launcher: Launcher | None) -> list[bytes]:
         """Identities of the workers started there and not gone."""
         return [i for i, where in self._launcher_of.items() if where is launcher]

@@ -195,6 +195,11 @@ class Supervisor:
     def kill(self, identity: bytes) -> None:
         self.placement.kill(identity)
 
+    def kill_all(self) -> None:
+        """SIGKILL every worker, wherever it runs (``kill_workers``)."""
+        for identity in self.placement.identities():
+            self.placement.kill(identity)
+
     def on_task_timeout(self, rec: WorkerRecord, task: Task | None) -> None:
         """A task ran past ``task_timeout``: kill its worker, fail the task."""
         self._killed.add(rec.identity)

@@ -20,7 +20,7 @@ import pytest
 from distex_zmq import Pool, PoolClosedError
 from tests import tasks
 from tests.contract.conftest import WORKERS
-from tests.helpers import wait_until
+from tests.helpers import pid_alive, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -205,6 +205,33 @@ def test_shutdown_is_idempotent_and_then_everything_refuses(make_executor):
     with pytest.raises(RuntimeError):  # a PoolClosedError is a RuntimeError, as in the stdlib
         pool.submit(tasks.square, 1)
     assert not pool.is_ready()
+
+
+@pytest.mark.parametrize("method", ["terminate_workers", "kill_workers"])
+def test_stopping_the_workers_now_fails_what_runs_and_cancels_what_waits(
+    make_executor, tmp_path, method
+):
+    # ``ProcessPoolExecutor``'s methods of Python 3.14: a signal to every
+    # worker now, without waiting; the tasks that wait are cancelled
+    path = str(tmp_path / "sigterms")
+    pool = make_executor(qsize=1)
+    pids = pool.run_on_all(tasks.pid)
+    running = [pool.submit(tasks.note_sigterm_then_sleep, path, 60) for _ in range(WORKERS)]
+    waiting = pool.submit(tasks.square, 3)
+    assert wait_until(lambda: tasks.traces(path + ".started") == WORKERS, timeout=30)
+    start = time.monotonic()
+    getattr(pool, method)()
+    assert time.monotonic() - start < 1.0  # it does not wait for the workers
+    assert cf.wait([waiting], timeout=30).done and waiting.cancelled()
+    with pytest.raises(PoolClosedError):
+        pool.submit(tasks.square, 1)
+    for future in running:
+        with pytest.raises(PoolClosedError, match=rf"did not finish: .* by {method}\(\)"):
+            future.result(timeout=30)
+    pool.shutdown()  # waits for their exit, as after any shutdown
+    assert not any(pid_alive(pid) for pid in pids)
+    # SIGTERM came first, then SIGKILL to the tasks that ignored it; or SIGKILL alone
+    assert tasks.traces(path) == (WORKERS if method == "terminate_workers" else 0)
 
 
 def test_context_managers_shut_down(make_executor):
