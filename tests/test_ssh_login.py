@@ -27,14 +27,17 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 import weakref
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from distex_zmq import HostConnectionError, __version__
 from distex_zmq.hostspec import HostSpec
 from distex_zmq.launch import ssh_connect
+from distex_zmq.launch.ssh_tunnel import ReverseTunnel
 from distex_zmq.options import DEFAULT_CONNECT_TIMEOUT
 from distex_zmq.wire import control, frames
 from tests import tasks
@@ -677,6 +680,9 @@ def test_a_host_reached_over_ipv6_without_the_tunnel(login, loopback):
         pool.shutdown()
 
 
+# the agent killed below ends the tunnel's links as the pool closes the SSH
+# connection: a close of a channel there raised EOFError in the tunnel's thread
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_login_shell_that_prints_does_not_hide_the_agent(login, loopback):
     # what a ~/.bashrc that greets (or sets a terminal title) prints before
     # the agent runs, on the session's stdout: lines, and text with no end
@@ -880,3 +886,39 @@ def test_a_host_of_another_python_version_is_refused_with_both_versions(
         f"name a Python {minor} there that has distex_zmq with "
         f"Pool(..., remote_python=...) (now {other_python_venv!r})"
     )
+
+
+def test_a_tunnel_whose_ssh_connection_closed_under_it_ends_its_links_quietly(
+    loopback, monkeypatch
+):
+    # a link of the reverse tunnel ends (the pool's end of it closed) as
+    # the SSH connection closes (the host lost, its agent killed): the
+    # close of its channel, sent on a closed connection, raised EOFError in
+    # the tunnel's thread before paramiko had marked the channel closed
+    errors: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect(
+        "127.0.0.1", loopback.port, "root", key_filename=str(loopback.key),
+        allow_agent=False, look_for_keys=False, timeout=10,
+    )  # fmt: skip
+    target = socket.create_server(("127.0.0.1", 0))
+    try:
+        transport = client.get_transport()
+        assert transport is not None
+        tunnel = ReverseTunnel(transport, target.getsockname(), "loop")
+        outside = socket.create_connection(("127.0.0.1", tunnel.remote_port), timeout=10)
+        target.settimeout(10)
+        inside, _ = target.accept()
+        outside.sendall(b"through")
+        assert inside.recv(7) == b"through"
+        transport.packetizer.close()  # nothing more goes out on it
+        inside.close()  # the link's end here: its thread closes the channel
+        time.sleep(0.5)
+        outside.close()
+        tunnel.close()
+    finally:
+        target.close()
+        client.close()
+    assert not errors, [e.exc_value for e in errors]

@@ -13,6 +13,7 @@ connection must not hold up the others.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -53,7 +54,7 @@ class ReverseTunnel:
             if self._closed:
                 for arg in args:
                     if isinstance(arg, paramiko.Channel):
-                        arg.close()
+                        close_channel(arg)
                 return
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
@@ -64,21 +65,21 @@ class ReverseTunnel:
             sock = socket.create_connection(self._target, timeout=5)
         except OSError as e:
             _logger.warning("tunnel from %s: cannot reach %s: %s", self._label, self._target, e)
-            chan.close()
+            close_channel(chan)
             return
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             if self._closed:
-                chan.close()
+                close_channel(chan)
                 sock.close()
                 return
             self._links.append((chan, sock))
-        self._start_thread(_pump, sock.recv, chan.sendall, chan.close)
+        self._start_thread(_pump, sock.recv, chan.sendall, lambda: close_channel(chan))
         _pump(chan.recv, sock.sendall, lambda: self._unlink(chan, sock))
 
     def _unlink(self, chan: paramiko.Channel, sock: socket.socket) -> None:
-        chan.close()
+        close_channel(chan)
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -103,6 +104,15 @@ class ReverseTunnel:
             self._unlink(chan, sock)
         for thread in threads:
             thread.join(join_timeout)
+
+
+def close_channel(chan: paramiko.Channel) -> None:
+    """Close ``chan``. Its transport may have closed under it (the host
+    lost, its agent or sshd gone) before paramiko marked the channel
+    closed: paramiko then raises ``EOFError`` (or ``SSHException``,
+    ``OSError``) as it sends the close, and there is nothing left to close."""
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        chan.close()
 
 
 def _pump(
