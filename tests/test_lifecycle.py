@@ -278,7 +278,7 @@ def test_terminate_workers_stops_the_tasks_a_shutdown_without_wait_waits_for():
     pool = Pool(2, qsize=1)
     pids = pool.run_on_all(tasks.pid)
     futures = [pool.submit(tasks.sleep_return, 60, i) for i in range(2)]
-    wait_until(lambda: all(f.running() for f in futures), timeout=30)
+    assert wait_until(lambda: all(f.running() for f in futures), timeout=30)
     pool.shutdown(wait=False)
     pool.terminate_workers()
     for f in futures:

@@ -54,7 +54,7 @@ class ReverseTunnel:
             if self._closed:
                 for arg in args:
                     if isinstance(arg, paramiko.Channel):
-                        close_channel(arg)
+                        _close_channel(arg)
                 return
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
@@ -65,21 +65,21 @@ class ReverseTunnel:
             sock = socket.create_connection(self._target, timeout=5)
         except OSError as e:
             _logger.warning("tunnel from %s: cannot reach %s: %s", self._label, self._target, e)
-            close_channel(chan)
+            _close_channel(chan)
             return
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             if self._closed:
-                close_channel(chan)
+                _close_channel(chan)
                 sock.close()
                 return
             self._links.append((chan, sock))
-        self._start_thread(_pump, sock.recv, chan.sendall, lambda: close_channel(chan))
+        self._start_thread(_pump, sock.recv, chan.sendall, lambda: _close_channel(chan))
         _pump(chan.recv, sock.sendall, lambda: self._unlink(chan, sock))
 
     def _unlink(self, chan: paramiko.Channel, sock: socket.socket) -> None:
-        close_channel(chan)
+        _close_channel(chan)
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -106,7 +106,7 @@ class ReverseTunnel:
             thread.join(join_timeout)
 
 
-def close_channel(chan: paramiko.Channel) -> None:
+def _close_channel(chan: paramiko.Channel) -> None:
     """Close ``chan``. Its transport may have closed under it (the host
     lost, its agent or sshd gone) before paramiko marked the channel
     closed: paramiko then raises ``EOFError`` (or ``SSHException``,
