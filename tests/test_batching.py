@@ -179,17 +179,27 @@ def test_a_group_that_turns_out_slow_is_given_back_and_spread(pool):
     # the broker groups a function's tasks from its past run times; tasks
     # that turn out slow are given back after the first, and run on any
     # free worker instead of one after the other on one
-    warm_up = [pool.submit(tasks.nap_pid, 0) for _ in range(200)]
-    concurrent.futures.wait(warm_up, timeout=30)  # known as tiny now
     pids = set(pool.run_on_all(tasks.pid))
-    blockers = [pool.submit(tasks.sleep_return, 0.3) for _ in range(4)]  # every credit
-    time.sleep(0.1)
-    before = grouped_tasks(pool)
-    # queued behind the blockers: grouped when they finish, and the first
-    # group holds the slow ones
-    futures = [pool.submit(tasks.nap_pid, 0.05 if i < 4 else 0) for i in range(60)]
-    concurrent.futures.wait(blockers + futures, timeout=30)
-    assert grouped_tasks(pool) - before >= 30, "the test needs the tasks grouped"
+    for _attempt in range(5):
+        warm_up = [pool.submit(tasks.nap_pid, 0) for _ in range(200)]
+        concurrent.futures.wait(warm_up, timeout=30)  # known as tiny now
+        blockers = [pool.submit(tasks.sleep_return, 0.3) for _ in range(4)]  # every credit
+        time.sleep(0.1)
+        before = grouped_tasks(pool)
+        # queued behind the blockers: grouped when they finish, and the first
+        # group, taken from the head of the queue, holds the slow ones. The
+        # first slow one then stops the grouping for more tiny tasks than the
+        # 12 behind them: any task grouped here was grouped with them (a
+        # group takes its share of the queue, so 16 tasks on 4 credits still
+        # lets the first take all 4)
+        futures = [pool.submit(tasks.nap_pid, 0.05 if i < 4 else 0) for i in range(16)]
+        concurrent.futures.wait(blockers + futures, timeout=30)
+        # a tiny task that lost its core for a while on a loaded machine
+        # makes the broker think its function slow: then nothing is grouped,
+        # and the test needs another try
+        if grouped_tasks(pool) - before >= 4:
+            break
+    assert grouped_tasks(pool) - before >= 4, "the test needs the tasks grouped"
     slow = [f.result(timeout=0) for f in futures[:4]]
     assert set(slow) == pids, "the slow tasks all ran on one worker"
     assert all(f.result(timeout=0) in pids for f in futures[4:])
