@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
+import decimal
 import functools
 import logging
 import os
@@ -135,6 +137,28 @@ def init_state(key: str, value: Any) -> None:
 
 def get_state() -> dict[str, Any]:
     return dict(STATE, pid=os.getpid())
+
+
+#: set by ``set_context`` (an initializer or a task), read by ``read_context``
+CONTEXT_NOTE: contextvars.ContextVar[str] = contextvars.ContextVar("CONTEXT_NOTE", default="unset")
+
+
+def set_context(note: str, precision: int) -> None:
+    """Set ``CONTEXT_NOTE`` and the precision of ``decimal``'s context (a
+    ``ContextVar`` of its own)."""
+    CONTEXT_NOTE.set(note)
+    decimal.getcontext().prec = precision
+
+
+def read_context(_: object = None) -> tuple[str, int]:
+    """What ``set_context`` set, as this task sees it."""
+    return CONTEXT_NOTE.get(), decimal.getcontext().prec
+
+
+async def read_context_async(_: object = None) -> tuple[str, int]:
+    """``read_context`` from a coroutine, after it awaited once."""
+    await asyncio.sleep(0)
+    return read_context()
 
 
 def init_hang() -> None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import weakref
 from pathlib import Path
 
@@ -1132,6 +1133,59 @@ def test_initializer_state_is_visible_to_tasks(make_pool):
         assert state["init_count"] == 1
     results = [f.result() for f in [pool.submit(tasks.get_state) for _ in range(6)]]
     assert all(r["answer"] == 42 and r["init_count"] == 1 for r in results)
+
+
+def pause_workers_after_hello(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the workers started from now on pause for half a second after
+    their first message (the HELLO), as one that loses its core there on a
+    loaded machine: the initializer is there before their loop first looks
+    at their socket."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import time, zmq\n"
+        "_send = zmq.Socket.send_multipart\n"
+        "def send_multipart(self, *args, **kwargs):\n"
+        "    zmq.Socket.send_multipart = _send\n"
+        "    tracker = _send(self, *args, **kwargs)\n"
+        "    time.sleep(0.5)\n"
+        "    return tracker\n"
+        "zmq.Socket.send_multipart = send_multipart\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # as if the client ran it: the workers then take it rather than the one
+    # of the Python (see test_startup)
+    hook = types.ModuleType("sitecustomize")
+    hook.__file__ = str(tmp_path / "sitecustomize.py")
+    monkeypatch.setitem(sys.modules, "sitecustomize", hook)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("worker_loop", ["asyncio", "uvloop"])
+def test_what_the_initializer_and_tasks_set_in_context_variables_holds_after(
+    worker_loop, make_pool, tmp_path, monkeypatch
+):
+    # decimal's context is a ContextVar: an initializer that sets its
+    # precision (as docs/guide/usage.md shows) sets it for the tasks after it,
+    # and so does a task, in ProcessPoolExecutor's workers as in ours, where
+    # the tasks run in callbacks of an event loop, each in a context of its own
+    with concurrent.futures.ProcessPoolExecutor(
+        1, initializer=tasks.set_context, initargs=("initializer", 50)
+    ) as control:
+        assert control.submit(tasks.read_context).result(timeout=30) == ("initializer", 50)
+        control.submit(tasks.set_context, "task", 40).result(timeout=30)
+        assert control.submit(tasks.read_context).result(timeout=30) == ("task", 40)
+    if worker_loop == "uvloop":
+        pytest.importorskip("uvloop")
+    pause_workers_after_hello(tmp_path, monkeypatch)
+    pool = make_pool(
+        2, initializer=tasks.set_context, initargs=("initializer", 50), worker_loop=worker_loop
+    )
+    expected = ("initializer", 50)
+    assert list(pool.map(tasks.read_context, range(40), chunksize=1)) == [expected] * 40
+    assert pool.run_on_all(tasks.read_context_async) == [expected] * 2
+    pool.run_on_all(tasks.set_context, "task", 40)
+    expected = ("task", 40)
+    assert list(pool.map(tasks.read_context, range(40))) == [expected] * 40
+    assert list(pool.map(tasks.read_context_async, range(10))) == [expected] * 10
 
 
 def test_initializer_that_raises_gives_worker_start_error(make_pool):

@@ -32,6 +32,7 @@ whose worker pickles a result before its next task.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import signal
@@ -101,6 +102,13 @@ class Worker:
         self.runner.share_script_globals()
         self.runner.script_as_main(script_module)
         self._flush_scheduled = False
+        #: the context the tasks run in, one for them all, as in a process
+        #: that calls its functions one after the other: what the
+        #: initializer or a task sets in a ``ContextVar`` (``decimal``'s
+        #: context is one) holds for the tasks after it. A callback of the
+        #: loop runs in a copy of the context it was scheduled from, so
+        #: ``_on_readable`` always runs in this one (``_read_soon``).
+        self._context = contextvars.copy_context()
         #: the latest batch held the pool's only task (``FLAG_LONE``)
         self._lone = False
         #: polls for the next message after the pool's only task
@@ -161,8 +169,8 @@ class Worker:
         }
         sock.send_multipart(p.hello(self._info))
         fd = int(sock.getsockopt(zmq.FD))
-        self._loop.add_reader(fd, self._on_readable)
-        self._loop.call_soon(self._on_readable)
+        self._loop.add_reader(fd, self._context.run, self._on_readable)
+        self._read_soon()
         if self._parent_pid:
             self._loop.call_later(PARENT_CHECK_INTERVAL, self._check_parent)
         monitor = self._monitor
@@ -266,6 +274,10 @@ class Worker:
             os._exit(1)
 
     # receiving
+
+    def _read_soon(self) -> None:
+        """Call ``_on_readable`` from the loop, in the tasks' context."""
+        self._loop.call_soon(self._on_readable, context=self._context)
 
     def _on_readable(self) -> None:
         # Not an EdgeReader: after the pool's only task the worker polls for
@@ -531,7 +543,7 @@ class Worker:
             send_frames(self._sock, message)
             look = not self._stopping and readable(self._sock)
         if look:
-            self._loop.call_soon(self._on_readable)
+            self._read_soon()
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -573,4 +585,4 @@ class Worker:
             self._send_results()
             # a send can consume the edge of the edge-triggered FD: look again
             if not self._stopping and readable(self._sock):
-                self._loop.call_soon(self._on_readable)
+                self._read_soon()
