@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -312,3 +313,18 @@ def other_python() -> str | None:
             if run.returncode == 0:
                 return python
     return None
+
+
+def workers_run_sitecustomize(
+    directory: Path, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Make the workers started from now on run ``source`` as their
+    ``sitecustomize``, before their own code: it goes to ``directory``,
+    put first on the path they get from the client, and the client passes
+    for having run it, so that its directory comes before the standard
+    library's, where Debian's Python has a ``sitecustomize`` of its own."""
+    (directory / "sitecustomize.py").write_text(source)
+    monkeypatch.syspath_prepend(str(directory))
+    hook = types.ModuleType("sitecustomize")
+    hook.__file__ = str(directory / "sitecustomize.py")
+    monkeypatch.setitem(sys.modules, "sitecustomize", hook)

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 import weakref
 from pathlib import Path
 
@@ -33,7 +32,13 @@ from distex_zmq import (
     WorkerStartError,
 )
 from tests import tasks
-from tests.helpers import LoopbackSpawner, child_pids, pid_alive, wait_until
+from tests.helpers import (
+    LoopbackSpawner,
+    child_pids,
+    pid_alive,
+    wait_until,
+    workers_run_sitecustomize,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -1140,7 +1145,8 @@ def pause_workers_after_hello(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     their first message (the HELLO), as one that loses its core there on a
     loaded machine: the initializer is there before their loop first looks
     at their socket."""
-    (tmp_path / "sitecustomize.py").write_text(
+    workers_run_sitecustomize(
+        tmp_path,
         "import time, zmq\n"
         "_send = zmq.Socket.send_multipart\n"
         "def send_multipart(self, *args, **kwargs):\n"
@@ -1148,14 +1154,9 @@ def pause_workers_after_hello(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         "    tracker = _send(self, *args, **kwargs)\n"
         "    time.sleep(0.5)\n"
         "    return tracker\n"
-        "zmq.Socket.send_multipart = send_multipart\n"
+        "zmq.Socket.send_multipart = send_multipart\n",
+        monkeypatch,
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    # as if the client ran it: the workers then take it rather than the one
-    # of the Python (see test_startup)
-    hook = types.ModuleType("sitecustomize")
-    hook.__file__ = str(tmp_path / "sitecustomize.py")
-    monkeypatch.setitem(sys.modules, "sitecustomize", hook)
 
 
 @pytest.mark.timeout(90)

@@ -37,7 +37,7 @@ from distex_zmq.launch.local import start_path
 from distex_zmq.runtime.ipc import UNBOUND_STALE_AFTER
 from tests import tasks
 from tests.conftest import ROOT
-from tests.helpers import child_pids, wait_until
+from tests.helpers import child_pids, wait_until, workers_run_sitecustomize
 
 #: Seconds within which a refused port must fail: far below connect_timeout.
 REFUSAL_BOUND = 10.0
@@ -653,16 +653,12 @@ def test_a_worker_that_never_says_hello_fails_the_start(tmp_path, monkeypatch):
     # the path it gets from the client) would keep the start waiting forever
     from distex_zmq.runtime import supervisor
 
-    (tmp_path / "sitecustomize.py").write_text(
-        "import os, time\nif os.environ.get('DZQ_TEST_HANG_AT_START'):\n    time.sleep(600)\n"
+    workers_run_sitecustomize(
+        tmp_path,
+        "import os, time\nif os.environ.get('DZQ_TEST_HANG_AT_START'):\n    time.sleep(600)\n",
+        monkeypatch,
     )
     monkeypatch.setenv("DZQ_TEST_HANG_AT_START", "1")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    # as if the client ran it: its directory then comes before the standard
-    # library's, where Debian's Python has a sitecustomize of its own
-    hook = types.ModuleType("sitecustomize")
-    hook.__file__ = str(tmp_path / "sitecustomize.py")
-    monkeypatch.setitem(sys.modules, "sitecustomize", hook)
     monkeypatch.setattr(supervisor, "HELLO_TIMEOUT", 2.0)
     before = child_pids()
     with (
