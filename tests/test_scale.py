@@ -23,7 +23,13 @@ import pytest
 from distex_zmq import PoolClosedError
 from distex_zmq.launch.local import die_with_parent
 from tests import fault_tasks as ft
-from tests.helpers import MakePool, child_pids, pid_alive, wait_until
+from tests.helpers import (
+    MakePool,
+    child_pids,
+    pid_alive,
+    wait_until,
+    workers_run_sitecustomize,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,11 +95,11 @@ def slow_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     site = tmp_path / "site"
     site.mkdir()
     marker = tmp_path / "slow-start"
-    (site / "sitecustomize.py").write_text(
-        f"import os, time\nif os.path.exists({str(marker)!r}):\n    time.sleep(60)\n"
+    workers_run_sitecustomize(
+        site,
+        f"import os, time\nif os.path.exists({str(marker)!r}):\n    time.sleep(60)\n",
+        monkeypatch,
     )
-    # the workers' path is the client's
-    monkeypatch.syspath_prepend(str(site))
     return marker
 
 
