@@ -83,6 +83,7 @@ class ChunkSizer:
         self.adaptive = chunksize is None and may_chunk
         #: inputs per task now
         self.chunksize = chunksize or 1
+        #: seconds an input takes, as this map measured them (None: not yet)
         self._per_input: float | None = None
         #: the inputs are ``LARGE_INPUT`` or larger: one per task
         self._large_inputs = False
@@ -91,7 +92,12 @@ class ChunkSizer:
         if self._run_times is not None:
             known = self._run_times.get(func_id)
             if known is not None:
-                self._per_input = known
+                # where the map starts, not a measurement of its own: the
+                # first run time it learns replaces it. A time remembered
+                # wrong (a last chunk whose worker lost its core for a few
+                # milliseconds makes a tiny function look slow) would
+                # otherwise keep the map one input per task for a dozen
+                # tasks while the average came down
                 self.chunksize = _inputs_per_chunk(known, MAX_BATCH)
 
     def sample(self, results: deque[tuple[Task, int, Any]], sizes: dict[int, int]) -> None:

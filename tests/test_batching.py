@@ -73,13 +73,19 @@ def test_a_function_mapped_before_starts_with_its_chunks(pool):
     # a program that maps one function many times over a few dozen inputs
     # (an optimizer's generations, scipy's workers=pool.map) has each map
     # chunked from its start, not sent one input per task until that map
-    # has learned the function's run time again
-    list(pool.map(tasks.square, range(3000)))
-    made = tasks_made(pool, lambda: list(pool.map(tasks.square, range(60))))
-    # 1 to 4 on a quiet machine, about 33 for a function not mapped before;
-    # on a loaded one a chunk's run time, measured by the clock, may take in
-    # a worker preempted meanwhile (10 seen in CI beside other work)
-    assert made <= 15, f"{made} tasks for 60 inputs of a function known as tiny"
+    # has learned the function's run time again: 1 task on a quiet machine,
+    # 13 or 14 for a function not mapped before (chunks of 1, 2, 4, ...)
+    made = []
+    for _attempt in range(3):
+        list(pool.map(tasks.square, range(3000)))
+        made.append(tasks_made(pool, lambda: list(pool.map(tasks.square, range(60)))))
+        # on a loaded machine a chunk's run time, measured by the clock, may
+        # take in a worker preempted meanwhile: one of the first map's last
+        # chunks preempted for milliseconds makes the function remembered
+        # as slow, and the test needs another try
+        if made[-1] <= 6:
+            break
+    assert min(made) <= 6, f"{made} tasks for 60 inputs of a function known as tiny"
 
 
 def test_a_function_known_as_tiny_that_turns_slow_is_spread(pool):

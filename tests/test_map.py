@@ -18,7 +18,7 @@ from distex_zmq.broker import Task
 
 from distex_zmq import Pool, RemoteException
 from distex_zmq.map_run import BYTES_AHEAD, HOLD_AHEAD, map_window
-from distex_zmq.map_sizing import MAX_BATCH, ChunkSizer
+from distex_zmq.map_sizing import MAX_BATCH, ChunkSizer, RunTimes
 from distex_zmq.wire import frames as p
 from tests import tasks
 from tests.helpers import wait_until
@@ -392,6 +392,26 @@ def test_adaptive_sizing_reads_results_the_pool_loop_appends_to():
         appender.join()
         sys.setswitchinterval(old_interval)
     assert sizer.chunksize > 1  # the results were read: tiny tasks are grouped
+
+
+def test_a_run_time_remembered_wrong_is_replaced_by_the_first_measured():
+    # a tiny function remembered as slow (its last chunk lost its core for a
+    # while) starts its next map one input per task, and the first result
+    # says otherwise: the map's chunks grow from that at once, as for a
+    # function not mapped before, not after a dozen tasks of an average
+    # coming down from the wrong time
+    run_times = RunTimes()
+    run_times.note(7, 0.005)
+    remembered = ChunkSizer(None, True, run_times, func_id=7)
+    fresh = ChunkSizer(None, True)
+    assert remembered.chunksize == fresh.chunksize == 1
+    for _ in range(4):
+        for sizer in (remembered, fresh):
+            sizer.note_run(2 * sizer.chunksize, sizer.chunksize)  # 2 µs an input
+    assert remembered.chunksize == fresh.chunksize == 16
+    assert run_times.get(7) == pytest.approx(2e-6)
+    # and one remembered right starts the map with its chunks
+    assert ChunkSizer(None, True, run_times, func_id=7).chunksize == MAX_BATCH
 
 
 def _read_ahead(pool: Pool, mib: int, count: int, **kwargs: object) -> tuple[int, int]:
