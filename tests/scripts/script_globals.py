@@ -223,8 +223,16 @@ def run_on_each(executor, workers, func, *args):
     """``func(*args)`` on each worker: ``{pid: its value}``."""
     if hasattr(executor, "run_on_all"):
         return dict(executor.run_on_all(func, *args))
-    # the control: enough tasks that each worker runs some; counts do not change
-    return dict(executor.submit(func, *args).result() for _ in range(20 * workers))
+    # the control: tasks until each worker has run some (at once, so that
+    # both take them; a worker that lost its core may need more rounds);
+    # counts do not change
+    seen = {}
+    for _ in range(100):
+        futures = [executor.submit(func, *args) for _ in range(10 * workers)]
+        seen.update(future.result() for future in futures)
+        if len(seen) == workers:
+            return seen
+    raise AssertionError(f"the control's tasks ran on {len(seen)} of its {workers} workers")
 
 
 def main():
