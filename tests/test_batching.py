@@ -74,7 +74,7 @@ def test_a_function_mapped_before_starts_with_its_chunks(pool):
     # (an optimizer's generations, scipy's workers=pool.map) has each map
     # chunked from its start, not sent one input per task until that map
     # has learned the function's run time again: 1 task on a quiet machine,
-    # 13 or 14 for a function not mapped before (chunks of 1, 2, 4, ...)
+    # 10 to 14 for a function not mapped before (chunks of 1, 2, 4, ...)
     made = []
     for _attempt in range(3):
         list(pool.map(tasks.square, range(3000)))
