@@ -291,13 +291,17 @@ def test_a_remote_worker_that_connects_again_within_its_grace_is_kept(
                 assert wait_until(lambda: "could not send to" in caplog.text, timeout=30)
                 time.sleep(3 * UNREACHABLE_GRACE)  # cut off longer than a local worker may be
             assert future.result(timeout=60) == pid
+            # the worker's SYNC follows its result: it reads of the drop
+            # when its loop runs again, after the task
+            assert wait_until(lambda: "can be reached again" in caplog.text, timeout=30), (
+                caplog.text
+            )
             status = pool.status()
             assert [w.pid for w in status.workers] == [pid], status
             assert status.totals.workers_lost == 0 and status.totals.replacements == 0, status
         assert journal.read_text() == f"{pid}\n"  # it ran once
     finally:
         spawner.stop()
-    assert "can be reached again" in caplog.text, caplog.text
 
 
 def test_a_remote_worker_cut_off_past_its_grace_is_replaced(
