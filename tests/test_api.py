@@ -363,9 +363,11 @@ def test_code_that_stops_the_workers_of_process_pool_executor_at_once(
         for f in running:
             assert isinstance(f.exception(timeout=30), RuntimeError)
         assert wait_until(lambda: all(f.done() for f in waiting), timeout=30)
-        # (ProcessPoolExecutor's queue to its workers holds one more task: it
-        # counts as running, and fails as they do)
-        assert sum(f.cancelled() for f in waiting) >= 3
+        # (ProcessPoolExecutor's queue to its workers holds max_workers + 1
+        # tasks: those it moved there count as running, and fail as they
+        # do; under load its workers have taken theirs before the waiting
+        # ones come, and 3 of them move there)
+        assert sum(f.cancelled() for f in waiting) >= (3 if executor is Pool else 1)
         assert all(f.cancelled() or isinstance(f.exception(), RuntimeError) for f in waiting)
         if executor is Pool:
             # concurrent.futures.wait sees them done; it waits for ever for
