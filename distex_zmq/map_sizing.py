@@ -83,8 +83,14 @@ class ChunkSizer:
         self.adaptive = chunksize is None and may_chunk
         #: inputs per task now
         self.chunksize = chunksize or 1
-        #: seconds an input takes, as this map measured them (None: not yet)
-        self._per_input: float | None = None
+        #: what this map measured: moving averages of a task's seconds and
+        #: of its inputs (0: none yet), whose ratio is the seconds an input
+        #: takes, so that each task weighs by its inputs. A last chunk of one
+        #: input whose worker lost its core for a few milliseconds counts as
+        #: one input beside the hundred of a chunk before it, not as a whole
+        #: measurement that a tiny function is slow
+        self._seconds = 0.0
+        self._inputs = 0.0
         #: the inputs are ``LARGE_INPUT`` or larger: one per task
         self._large_inputs = False
         self._run_times = run_times if self.adaptive else None
@@ -126,9 +132,13 @@ class ChunkSizer:
     def note_run(self, elapsed_us: int, inputs: int, results_size: int = 0) -> None:
         """Size the next chunks from ``inputs`` that ran ``elapsed_us`` and
         whose results took ``results_size`` bytes pickled (0: not known)."""
-        per_input = elapsed_us / 1e6 / inputs
-        old = self._per_input
-        self._per_input = per_input = per_input if old is None else 0.7 * old + 0.3 * per_input
+        seconds = elapsed_us / 1e6
+        count = float(inputs)
+        if self._inputs:
+            seconds = 0.7 * self._seconds + 0.3 * seconds
+            count = 0.7 * self._inputs + 0.3 * count
+        self._seconds, self._inputs = seconds, count
+        per_input = seconds / count
         self.chunksize = _inputs_per_chunk(per_input, 2 * self.chunksize)
         if results_size >= LARGE_RESULT * inputs or self._large_inputs:
             self.chunksize = 1

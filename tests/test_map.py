@@ -414,6 +414,27 @@ def test_a_run_time_remembered_wrong_is_replaced_by_the_first_measured():
     assert ChunkSizer(None, True, run_times, func_id=7).chunksize == MAX_BATCH
 
 
+def test_a_chunk_of_few_inputs_that_lost_its_core_weighs_by_its_inputs():
+    # chunks of 100 inputs of 20 µs each, then a last chunk of one input
+    # whose worker was preempted for 5 ms: the time per input the map goes
+    # on with, and the one the pool remembers, move by about one input's
+    # worth of the delay, not by a share of a task's
+    run_times = RunTimes()
+    sizer = ChunkSizer(None, True, run_times, func_id=3)
+    for _ in range(12):
+        sizer.note_run(20 * sizer.chunksize, sizer.chunksize)
+    steady = sizer.chunksize
+    assert steady == 100  # BATCH_TIME's 2 ms of 20 µs inputs
+    assert run_times.get(3) == pytest.approx(20e-6)
+    sizer.note_run(5_000, 1)
+    assert sizer.chunksize >= steady // 3
+    remembered = run_times.get(3)
+    assert remembered is not None and remembered < 3 * 20e-6
+    # a chunk as large as the others that ran slow still counts in full
+    sizer.note_run(100 * 5_000, 100)
+    assert sizer.chunksize == 1
+
+
 def _read_ahead(pool: Pool, mib: int, count: int, **kwargs: object) -> tuple[int, int]:
     """How many inputs of ``mib`` MiB, at most, a map of ``count`` of them
     (``kwargs``: its options) read ahead of its consumer; and the limit
