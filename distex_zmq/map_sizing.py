@@ -100,10 +100,10 @@ class ChunkSizer:
             if known is not None:
                 # where the map starts, not a measurement of its own: the
                 # first run time it learns replaces it. A time remembered
-                # wrong (a last chunk whose worker lost its core for a few
-                # milliseconds makes a tiny function look slow) would
-                # otherwise keep the map one input per task for a dozen
-                # tasks while the average came down
+                # wrong (the last map's tasks lost their cores to a loaded
+                # machine, or the function's inputs now take another time)
+                # would otherwise keep the map one input per task for a
+                # dozen tasks while the average came down
                 self.chunksize = _inputs_per_chunk(known, MAX_BATCH)
 
     def sample(self, results: deque[tuple[Task, int, Any]], sizes: dict[int, int]) -> None:
