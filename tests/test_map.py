@@ -419,7 +419,7 @@ def test_a_chunk_of_few_inputs_that_lost_its_core_weighs_by_its_inputs():
     # whose worker was preempted for 5 ms: the time per input the map goes
     # on with, and the one the pool remembers, rise from 20 to about 44 µs
     # (the delay spread over the inputs averaged), not to 1.5 ms (a third
-    # of it, as when each task weighed alike)
+    # of it, were each task to weigh alike)
     run_times = RunTimes()
     sizer = ChunkSizer(None, True, run_times, func_id=3)
     for _ in range(12):
