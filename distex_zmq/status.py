@@ -1,8 +1,10 @@
 """What ``Pool.status()`` returns: a consistent snapshot of a running pool.
 
-Frozen dataclasses only; the pool loop fills them in (``runtime/snapshot.py``)
-from counters that the broker and the supervisor keep as they go, so that
-taking a snapshot costs a look at each worker and host, never at each task.
+Frozen dataclasses, and how a status prints (``str``: lines for an
+operator; ``repr``: every field). The pool loop fills them in
+(``runtime/snapshot.py``) from counters that the broker and the supervisor
+keep as they go, so that taking a snapshot costs a look at each worker and
+host, never at each task.
 """
 
 from __future__ import annotations
@@ -139,3 +141,71 @@ class PoolStatus:
     def ready_workers(self) -> int:
         """Workers ready for tasks now."""
         return sum(1 for w in self.workers if w.state == "ready")
+
+    def __str__(self) -> str:
+        """The snapshot as an operator reads it: ``print(pool.status())``."""
+        return _format(self)
+
+
+def _format(status: PoolStatus) -> str:
+    """``status`` in lines of text: the pool and its counters, then a line
+    per host and per worker, with how long a worker has held tasks without
+    answering one and when a lost host is tried again, in seconds from
+    ``taken_at``. ``repr`` keeps every field."""
+    t = status.totals
+    head = (
+        f"pool: {status.state}, {status.ready_workers} of {status.configured_workers} "
+        f"workers ready ({t.workers_lost} lost, {t.replacements} replaced, "
+        f"{t.renewals} renewed)"
+    )
+    if status.error is not None:
+        head += f"; {type(status.error).__name__}: {_one_line(str(status.error))}"
+    lines = [
+        head,
+        f"tasks: {t.queued} queued, {t.in_flight} in flight, {t.done} done, "
+        f"{t.failed} failed, {t.retried} retried; {t.tasks_submitted} submitted",
+    ]
+    rows = [_host_row(h, status.taken_at) for h in status.hosts]
+    if rows:
+        lines.append("hosts:")
+        lines += _aligned(rows)
+    rows = [_worker_row(w, status.taken_at) for w in status.workers]
+    if rows:
+        lines.append("workers:")
+        lines += _aligned(rows)
+    return "\n".join(lines)
+
+
+def _host_row(host: HostStatus, now: float) -> list[str]:
+    workers = f"{host.workers} worker" + ("" if host.workers == 1 else "s")
+    python = f"Python {host.python}" if host.python else ""
+    note = ""
+    if host.next_retry is not None:
+        note = f"retry in {max(0.0, host.next_retry - now):.1f} s"
+    if host.last_error:
+        error = _one_line(host.last_error)
+        note = f"{note}: {error}" if note else f"last error: {error}"
+    return [host.spec, host.kind, host.state, workers, python, note]
+
+
+def _worker_row(worker: WorkerStatus, now: float) -> list[str]:
+    pid = f"pid {worker.pid}" if worker.pid is not None else "pid -"
+    held = f"holds {worker.tasks_held}"
+    if worker.busy_since is not None:
+        held += f" for {max(0.0, now - worker.busy_since):.1f} s"
+    counts = f"done {worker.done}, failed {worker.failed}"
+    return [worker.name, worker.host, pid, worker.state, held, counts, ", ".join(worker.tasks)]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    """``rows`` as indented lines, each column as wide as its widest cell."""
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+    lines = []
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines

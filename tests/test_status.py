@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import platform
@@ -21,11 +22,15 @@ import time
 import pytest
 
 from distex_zmq import (
+    HostConnectionError,
+    HostStatus,
     PoolStatus,
     RemoteException,
     SerializationError,
     TaskTimeoutError,
+    Totals,
     WorkerLostError,
+    WorkerStatus,
 )
 from tests import fault_tasks as ft
 from tests import tasks
@@ -76,12 +81,57 @@ def test_status_shows_running_and_queued_tasks(make_pool: MakePool) -> None:
         return totals.in_flight == 1 and totals.queued == 2
 
     assert wait_until(busy, timeout=10)
-    (worker,) = pool.status().workers
+    status = pool.status()
+    (worker,) = status.workers
     assert worker.tasks_held == 1
+    # printed for an operator: the pool, its tasks, a line per host and worker
+    lines = str(status).splitlines()
+    assert lines[0] == "pool: ready, 1 of 1 workers ready (0 lost, 0 replaced, 0 renewed)"
+    totals = status.totals
+    assert lines[1] == (
+        f"tasks: {totals.queued} queued, {totals.in_flight} in flight, {totals.done} done, "
+        f"0 failed, 0 retried; {totals.tasks_submitted} submitted"
+    )
+    assert lines[2] == "hosts:"
+    assert lines[3].split() == ["local", "local", "up", "1", "worker", "Python"] + [
+        platform.python_version()
+    ]
+    assert lines[4] == "workers:"
+    assert re.fullmatch(
+        rf"  {worker.name}  {re.escape(HERE)}  pid {worker.pid}  ready  holds 1 for \d+\.\d s"
+        rf"  done \d+, failed 0  task \d+ \(sleep_then\)",
+        lines[5],
+    ), lines[5]
+    assert len(lines) == 6
     assert [f.result(timeout=10) for f in futures] == [0, 1, 2]
     status = pool.status()
     assert status.totals.in_flight == status.totals.queued == 0
     assert status.workers[0].tasks_held == 0
+
+
+def test_a_printed_status_says_why_the_pool_failed_and_when_a_host_is_tried_again() -> None:
+    # what the pool's states bring that a healthy local pool does not show
+    failed = PoolStatus(
+        "failed",
+        HostConnectionError("SSH to maxi:22: cannot connect\n(refused)"),
+        2,
+        (),
+        (HostStatus("ssh://maxi/2", "ssh", "lost", 0, 1004.25, "reset\nby peer"),),
+        Totals(0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        1000.0,
+    )
+    lines = str(failed).splitlines()
+    assert lines[0] == (
+        "pool: failed, 0 of 2 workers ready (0 lost, 0 replaced, 0 renewed); "
+        "HostConnectionError: SSH to maxi:22: cannot connect (refused)"
+    )
+    assert lines[2:] == [
+        "hosts:",
+        "  ssh://maxi/2  ssh  lost  0 workers    retry in 4.2 s: reset by peer",
+    ]
+    starting = WorkerStatus("ssh-maxi-1", "maxi", None, "ssh", "starting", 0, 0, 0, 990.0)
+    line = str(dataclasses.replace(failed, workers=(starting,))).splitlines()[-1]
+    assert line == "  ssh-maxi-1  maxi  pid -  starting  holds 0  done 0, failed 0"
 
 
 @pytest.mark.timeout(60)
@@ -247,6 +297,15 @@ def test_status_while_every_host_is_lost(make_pool: MakePool, tmp_path) -> None:
         assert status.error is None and status.ready_workers == 0
         assert status.hosts[0].state in ("lost", "reconnecting")
         assert repr(pool) == "<Pool 0/1 workers up, hosts lost>"
+        text = str(status)
+        assert text.startswith("pool: hosts lost, 0 of 1 workers ready (1 lost, ")
+        (host_line,) = [line for line in text.splitlines() if f":{spawner.port}/1" in line]
+        assert host_line.split()[:4] == [f"127.0.0.1:{spawner.port}/1", "spawner"] + [
+            status.hosts[0].state,
+            "0",
+        ]
+        error = status.hosts[0].last_error
+        assert error and " ".join(error.split()) in host_line
         waiting = pool.submit(tasks.square, 4)
         spawner = LoopbackSpawner(tmp_path / "again.log", port=spawner.port)
         assert waiting.result(timeout=60) == 16
