@@ -57,6 +57,11 @@ class TaskPart(Task):
             refs=source.refs,
         )
         self.first = first
+        # its answers are pieces of its chunk's, each naming where it starts:
+        # also the part from the chunk's first input, which a chunk split
+        # before it took one hands back, and whose answer, taken for the
+        # whole chunk's, would stand in for all of it
+        self.in_pieces = True
         # its inputs were in the chunk when it killed a worker, if it did
         self.tries = source.tries
         self.max_retries = source.max_retries

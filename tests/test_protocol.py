@@ -858,6 +858,46 @@ def test_a_split_chunk_runs_on_while_its_parts_go_to_another_worker(lone_broker)
     assert b.hooks.troubles == [] and b.broker.drops.dropped == 0
 
 
+def test_a_chunk_split_before_its_first_input_hands_back_parts_that_say_where_they_start(
+    lone_broker,
+):
+    # The watch thread splits a chunk past its budget before the main
+    # thread has taken its first input (the thread lost its core between
+    # the two, say): the chunk keeps no input and every input goes back in
+    # parts, the first of them from input 0. That part's answer must still
+    # name where it starts: as a plain answer, it was taken for the whole
+    # chunk's, so that an ordered map yielded its inputs for the chunk and
+    # dropped the other parts' (an unordered map lost them), or waited for
+    # ever (seen within a minute of maps of chunks of 100 while py-spy
+    # paused the workers for samples)
+    b = lone_broker
+    b.know_the_function_as_quick()
+    sock = b.worker(b"fake-a", credits=2)
+    chunk = b.chunk_sent()
+    b.worker(b"fake-b", credits=1)
+    sock.send_multipart(
+        _chunk_pieces(
+            chunk,
+            (p.STATUS_SPLIT, 0, ()),  # it runs none of its inputs
+            (p.STATUS_HANDED_BACK, 0, (0, 1)),
+            (p.STATUS_HANDED_BACK, 2, (2, 3)),
+        )
+    )
+    starts = []
+    for _ in range(2):
+        identity, task_id, _ = b.received()
+        b.answer(identity, task_id, ["part"])
+        status, value = b.sink.got[task_id]
+        assert len(value) == 4, "a part's answer does not say where it starts"
+        starts.append(value[3])
+    assert sorted(starts) == [0, 2]
+    # the chunk's own answer, empty, is a piece at input 0 as well
+    b.answer(b"fake-a", chunk.id, [])
+    status, value = b.sink.got[chunk.id]
+    assert (status, value[3], loads(value[0], value[1])) == (p.STATUS_OK, 0, [])
+    assert b.hooks.troubles == [] and b.broker.drops.dropped == 0
+
+
 def test_a_split_at_an_input_answered_ends_its_message(lone_broker):
     # a split must start at the chunk's first input not answered; one that
     # does not is a malformed message, whose parts are not taken either (as
