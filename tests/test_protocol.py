@@ -825,6 +825,16 @@ def _final_answer(b: LoneBroker, sock: zmq.Socket, chunk: Task, value: object) -
     return b.sink.got[chunk.id]
 
 
+def _chunk_beside_a_free_worker(b: LoneBroker) -> tuple[zmq.Socket, Task]:
+    """A chunk taken by fake worker ``fake-a`` (two credits), and its socket;
+    ``fake-b`` (one credit) is free for the parts it hands back."""
+    b.know_the_function_as_quick()  # else its worker gets no second task anyway
+    sock = b.worker(b"fake-a", credits=2)
+    chunk = b.chunk_sent()
+    b.worker(b"fake-b", credits=1)
+    return sock, chunk
+
+
 def test_a_split_chunk_runs_on_while_its_parts_go_to_another_worker(lone_broker):
     # A chunk past its budget whose input runs long hands back the inputs it
     # has not started and runs on (STATUS_SPLIT): they go to the other
@@ -832,10 +842,7 @@ def test_a_split_chunk_runs_on_while_its_parts_go_to_another_worker(lone_broker)
     # payload is the input it runs (were it to run again elsewhere), and its
     # answer comes at that input's place
     b = lone_broker
-    b.know_the_function_as_quick()  # else its worker gets no second task anyway
-    sock = b.worker(b"fake-a", credits=2)
-    chunk = b.chunk_sent()
-    b.worker(b"fake-b", credits=1)
+    sock, chunk = _chunk_beside_a_free_worker(b)
     sock.send_multipart(
         _chunk_pieces(
             chunk,
@@ -871,10 +878,7 @@ def test_a_chunk_split_before_its_first_input_hands_back_parts_that_say_where_th
     # ever (seen within a minute of maps of chunks of 100 while py-spy
     # paused the workers for samples)
     b = lone_broker
-    b.know_the_function_as_quick()
-    sock = b.worker(b"fake-a", credits=2)
-    chunk = b.chunk_sent()
-    b.worker(b"fake-b", credits=1)
+    sock, chunk = _chunk_beside_a_free_worker(b)
     sock.send_multipart(
         _chunk_pieces(
             chunk,
