@@ -193,8 +193,9 @@ class Task:
         #: a chunk's first input not answered, counted in the chunk as made
         #: (it moves on with each piece of results and each hand-back)
         self.first = 0
-        #: a chunk whose inputs were handed back: each of its answers is a
-        #: piece, with ``first``, even when that is 0 (none answered before)
+        #: a chunk whose inputs were handed back, or a part of one
+        #: (``TaskPart``): each of its answers is a piece, with ``first``,
+        #: even when that is 0 (none answered before)
         self.in_pieces = False
 
     def __repr__(self) -> str:
