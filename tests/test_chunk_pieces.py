@@ -281,3 +281,34 @@ def test_a_split_chunk_counts_its_later_pieces_from_the_inputs_it_kept():
     results.append(24)
     assert looked() == [(p.STATUS_PARTIAL, 1, [24])]
     assert watch.end() == (3, 3)
+
+
+def test_a_chunk_past_its_budget_before_its_first_input_is_split_once_one_runs():
+    # The main thread of a worker lost its core between starting a chunk
+    # and taking its first input, long enough for the chunk's budget to
+    # pass: no input ran, so nothing says that they are slow, and the watch
+    # leaves the chunk whole. Once an input runs past the budget, it splits.
+    sent: list[list] = []
+    batch = p.Writer(p.RESULT)
+    watch = ResultWatch(sent.append, lambda: batch, pickle.dumps, lambda value: False)
+    watch.lock.release()  # as the main thread does while a chunk runs
+    gate = [10, 11, 12, 13, 14]
+    inputs = iter(gate)
+    watch.begin(7, [], time.perf_counter() - 1, 0, gate, inputs)
+    with watch.lock:
+        watch._look()
+    assert sent == [] and gate == [10, 11, 12, 13, 14]
+
+    assert next(inputs) == 10  # the first input runs
+    with watch.lock:
+        watch._look()
+    kind, count, buf = p.check(sent.pop()[0])
+    assert [(status, mark) for _, status, _, _, _, mark in p.result_entries(buf, count)] == [
+        (p.STATUS_SPLIT, 0),
+        (p.STATUS_HANDED_BACK, 1),
+        (p.STATUS_HANDED_BACK, 2),
+        (p.STATUS_HANDED_BACK, 3),
+        (p.STATUS_HANDED_BACK, 4),
+    ]
+    assert gate == [] and next(inputs, None) is None
+    assert watch.end() == (0, 1)

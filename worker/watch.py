@@ -313,6 +313,11 @@ class ResultWatch:
         it still holds (those not answered, up to the one it runs), which
         are all it runs from now on, then a ``STATUS_HANDED_BACK`` entry per
         part of the others (``lock`` held, after ``_add_partial``)."""
+        if self._inputs.__reduce__()[2:] == (0,):
+            # no input started: the chunk's time went to loading it, or to a
+            # main thread that lost its core, which says nothing of its
+            # inputs; a later look splits it once one of them runs long
+            return
         gate = self._gate
         inputs = gate.copy()  # the main thread only reads the gate
         gate.clear()  # one call: after it, the chunk's next input ends it
