@@ -189,9 +189,9 @@ class Delivery:
                 self._dispatcher.uncount(rec, unrun)
             if returned:
                 # given back unrun, ahead of everything that came later
-                parts = [task for task in returned if task.first]
+                parts = [task for task in returned if task.is_piece]
                 if parts:
-                    returned = [task for task in returned if not task.first]
+                    returned = [task for task in returned if not task.is_piece]
                     self._dispatcher.hand_back(parts)
                 if runs_long:
                     # held behind a long task: a pinned one waits for it there

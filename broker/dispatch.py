@@ -112,12 +112,12 @@ class Dispatcher:
         self._queue.extendleft(reversed(tasks))
 
     def hand_back(self, tasks: list[Task]) -> None:
-        """Queue the parts of chunks handed back (``Task.first`` > 0) ahead of
+        """Queue the parts of chunks handed back (``Task.is_piece``) ahead of
         new tasks but behind the parts handed back before them, so that a
         map's results come in order about as soon as they would have."""
         queue = self._queue
         at = 0
-        while at < len(queue) and queue[at].first:
+        while at < len(queue) and queue[at].is_piece:
             at += 1
         for task in tasks:
             queue.insert(at, task)

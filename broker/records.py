@@ -206,6 +206,13 @@ class Task:
         """The id that messages show (a part of a chunk shows its chunk's)."""
         return self.id
 
+    @property
+    def is_piece(self) -> bool:
+        """A chunk that answered some of its inputs or handed them back, or
+        a part of one: given back unrun, it goes ahead of new tasks, where its
+        map's later results wait for it."""
+        return bool(self.first or self.in_pieces)
+
     def describe(self) -> str:
         """``task 12 (f, input #3 of a map)``, for error messages."""
         what = self.name or "?"

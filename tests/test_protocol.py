@@ -902,6 +902,42 @@ def test_a_chunk_split_before_its_first_input_hands_back_parts_that_say_where_th
     assert b.hooks.troubles == [] and b.broker.drops.dropped == 0
 
 
+def test_a_part_from_a_chunks_first_input_queues_behind_the_parts_before_it(lone_broker):
+    # Parts handed back go ahead of new tasks and behind the parts handed
+    # back before them, so that a map's results come about in order. The
+    # part from a chunk's first input (a chunk split before it took one) is
+    # a part like the others: it went to the head of the queue instead,
+    # ahead of the part another chunk had handed back before it.
+    b = lone_broker
+    b.know_the_function_as_quick()
+    sock_a = b.worker(b"fake-a", credits=1)
+    chunk_a = b.chunk_sent()
+    sock_b = b.worker(b"fake-b", credits=1)
+    chunk_b = b.chunk_sent()
+    b.submit()  # a new task: no credit is free for it
+    sock_b.send_multipart(
+        _chunk_pieces(chunk_b, (p.STATUS_SPLIT, 0, (0,)), (p.STATUS_HANDED_BACK, 1, (1,)))
+    )
+    b.spin(lambda: b.broker._dispatcher.queued == 2)
+    sock_a.send_multipart(
+        _chunk_pieces(
+            chunk_a,
+            (p.STATUS_SPLIT, 0, ()),
+            (p.STATUS_HANDED_BACK, 0, (0,)),
+            (p.STATUS_HANDED_BACK, 1, (1,)),
+        )
+    )
+    b.spin(lambda: b.broker._dispatcher.queued == 4)
+    sent = []
+    for identity, chunk, value in [(b"fake-b", chunk_b, [0]), (b"fake-a", chunk_a, [])]:
+        b.answer(identity, chunk.id, value)  # its credit is free for the queue's head
+        _, task_id, _ = b.received()
+        part = b.broker._ledger.active[task_id]
+        sent.append((part.chunk.id, part.first))
+    assert sent == [(chunk_b.id, 1), (chunk_a.id, 0)]
+    assert b.hooks.troubles == [] and b.broker.drops.dropped == 0
+
+
 def test_a_split_at_an_input_answered_ends_its_message(lone_broker):
     # a split must start at the chunk's first input not answered; one that
     # does not is a malformed message, whose parts are not taken either (as
