@@ -48,6 +48,10 @@ _logger = logging.getLogger("distex_zmq.broker")
 PROBE_INTERVAL = 5.0
 #: Seconds the pool loop polls for the result of the pool's only task.
 LONE_POLL = p.LONE_POLL_US / 1e6
+#: Seconds the pool loop polls for the next result while a map's consumer
+#: waits, after a task that ran less than this
+RESULT_POLL_US = 200
+RESULT_POLL = RESULT_POLL_US / 1e6
 #: Peers whose first dropped message is logged on its own line (``DropLog``).
 MAX_LOGGED_PEERS = 10
 #: After them, one line in this many dropped messages.
@@ -160,6 +164,9 @@ class Broker:
         self.drops = DropLog()
         self._wake_pending = False
         self._lone_poll = LonePoll(LONE_POLL)
+        #: the maps whose consumer waits for results now, its thread idle
+        self.consumers_waiting: set[object] = set()
+        self._result_poll = LonePoll(RESULT_POLL)
         self._closed = False
         #: what ``submit`` raises once the broker is closed
         self.closed_message = SHUT_DOWN
@@ -215,7 +222,9 @@ class Broker:
             # its identity: its new connection takes the place of the old one
             # (which would refuse it until TCP gave up on the old one)
             self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-            self._reader = EdgeReader(self.loop, self._sock, self._on_message, recv=recv_routed)
+            self._reader = EdgeReader(
+                self.loop, self._sock, self._on_message, recv=recv_routed, wait_more=self._wait_more
+            )
             self._probe_timer = self.loop.call_later(PROBE_INTERVAL, self._probe)
         if endpoint.startswith("tcp://") and self._heartbeat_timeout is not None:
             keep_alive(self._sock, self._heartbeat_timeout)  # remote workers' connections
@@ -334,6 +343,30 @@ class Broker:
         assert self._sock is not None and self._reader is not None
         if self._lone_poll(self._sock, lambda: self._wake_pending):
             self._reader.read()
+
+    def _wait_more(self, sock: zmq.Socket[Any]) -> bool:
+        """The socket ran empty: whether the next result came within a poll
+        of ``RESULT_POLL``, polled for while a map's consumer waits for
+        results and the latest task answered was a single one that ran
+        briefly (a map of tiny tasks, one per message, bound by round
+        trips). The loop then handles it without sleeping, which spares the
+        pool loop a wake-up per message; the consumer's thread is idle
+        meanwhile, so the poll takes neither its core nor the GIL. A wake-up
+        from another thread, or the consumer woken, ends the poll; polls
+        that find nothing are skipped for a while (``LonePoll``)."""
+        if (
+            not self.consumers_waiting
+            or self._wake_pending
+            or self._dispatcher.latest_run >= RESULT_POLL_US
+            or not self._ledger.active
+        ):
+            return False
+        return self._result_poll(sock, self._poll_stop)
+
+    def _poll_stop(self) -> bool:
+        """Whether a poll for a result ends: another thread woke the loop,
+        or no consumer waits any more."""
+        return self._wake_pending or not self.consumers_waiting
 
     def note_output(self, identity: bytes, ticket: int) -> None:
         """Worker ``identity`` wrote lines that ``ticket`` writes: its

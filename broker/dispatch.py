@@ -86,6 +86,9 @@ class Dispatcher:
         #: map's chunk whole; 0 if awaited): whether a task may run long
         #: (``FLAG_FLUSH_FIRST``, ``LONG_TASK_US``)
         self._last_run: dict[int, int] = {}
+        #: microseconds the latest task answered ran (``LONG_TASK_US`` for a
+        #: chunk or an awaited task): whether the next result is due soon
+        self.latest_run = 0
 
     @property
     def queued(self) -> int:
@@ -352,6 +355,9 @@ class Dispatcher:
             last_run.clear()  # every function in _run_times is in here too
             self._run_times.clear()
         last_run[func_id] = 0 if awaited else elapsed
+        # a chunk's wake-up is spread over its inputs; an awaited task's
+        # time is what it waited for
+        self.latest_run = LONG_TASK_US if awaited or task.flags & p.FLAG_CHUNK else elapsed
         if not task.may_group:
             return
         run_times = self._run_times

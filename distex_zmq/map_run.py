@@ -57,6 +57,10 @@ class TaskQueue(Protocol):
     def wake(self) -> None:
         """Make the pool loop look at the tasks cancelled since (thread-safe)."""
 
+    #: the maps whose consumer waits for results now, its thread idle: the
+    #: pool loop may poll for the next result instead of sleeping
+    consumers_waiting: set[object]
+
 
 @dataclasses.dataclass(frozen=True)
 class MapContext:

@@ -74,8 +74,16 @@ def map_sync(
         )
         return SyncMap(over_async, None)
     event = threading.Event()
+    # counted among the pool's consumers that wait while it waits: the pool
+    # loop may poll for the next result meanwhile, until it wakes this one
+    waiting = ctx.queue.consumers_waiting
+
+    def wake() -> None:
+        waiting.discard(event)
+        event.set()
+
     run = MapRun(
-        ctx, func, iterables, timeout, chunksize, ordered, star, event.set, progress, buffersize
+        ctx, func, iterables, timeout, chunksize, ordered, star, wake, progress, buffersize
     )
     returned = [False]
     it = _guarded(iterables, run, returned)
@@ -86,7 +94,7 @@ def map_sync(
         error = e  # raised at the first next, where the results are
     returned[0] = True  # what it reads from now on, it reads after the call
     started = [False]
-    results = _sync_results(run, it, event, error, started)
+    results = _sync_results(run, it, event, error, started, waiting)
     weakref.finalize(results, _run_unread, run, it, error, started)
     if ctx.unread is not None and error is None:
         sized = any(isinstance(iterable, Sized) for iterable in iterables)
@@ -155,6 +163,7 @@ def _sync_results(
     event: threading.Event,
     error: Exception | None,
     started: list[bool],
+    waiting: set[object],
 ) -> Generator[Any, None, None]:
     started[0] = True
     try:
@@ -175,7 +184,12 @@ def _sync_results(
                 return
             # results taken that wait for an earlier one made room
             run.feed_sync(it)
-            if not event.wait(run.wait_time()):
+            waiting.add(event)
+            try:
+                woken = event.wait(run.wait_time())
+            finally:
+                waiting.discard(event)
+            if not woken:
                 run.remaining()
     finally:
         run.cancel()
@@ -395,7 +409,7 @@ async def map_async(
 ) -> AsyncGenerator[Any, None]:
     """The async generator behind ``Pool.map_async``."""
     loop = running_loop("map_async", "map")
-    waker = _AsyncWaker(loop)
+    waker = _AsyncWaker(loop, ctx.queue.consumers_waiting)
     run = MapRun(
         ctx,
         func,
@@ -678,8 +692,10 @@ async def _feed_async(
 class _AsyncWaker:
     """Wakes a map's async consumer, from the pool loop (threadsafe) or its own."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, waiting: set[object]):
         self._loop = loop
+        #: the pool's consumers that wait, this one among them while it does
+        self._waiting = waiting
         self._waiter: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
         self._scheduled = False
@@ -688,6 +704,7 @@ class _AsyncWaker:
         self._waiter = None
 
     def wake_threadsafe(self) -> None:
+        self._waiting.discard(self)
         if not self._scheduled:
             self._scheduled = True
             try:
@@ -706,14 +723,18 @@ class _AsyncWaker:
 
     async def wait(self, timeout: float | None) -> None:
         self._waiter = waiter = self._loop.create_future()
-        if timeout is None:
-            await waiter
-            return
-        handle = self._loop.call_later(timeout, self.wake)
+        self._waiting.add(self)
         try:
-            await waiter
+            if timeout is None:
+                await waiter
+                return
+            handle = self._loop.call_later(timeout, self.wake)
+            try:
+                await waiter
+            finally:
+                handle.cancel()
         finally:
-            handle.cancel()
+            self._waiting.discard(self)
 
     def room_freed(self) -> None:
         room = self._room

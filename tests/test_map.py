@@ -964,3 +964,29 @@ def test_two_maps_interleaved(shared_pool):
         got_b.append(y)
     assert got_a == [i * i for i in range(100)]
     assert got_b == [2 * i for i in range(100)]
+
+
+def test_a_map_that_ended_is_not_counted_as_waiting_for_results(pool):
+    # While a map's consumer waits for results, the pool loop may poll for
+    # the next one instead of sleeping. A map still counted once it ended,
+    # by a timeout, a break or in full, would keep the pool loop polling.
+    broker = pool._runtime.broker
+    assert list(pool.map(tasks.square, range(50), chunksize=1)) == [x * x for x in range(50)]
+    with pytest.raises(concurrent.futures.TimeoutError):
+        list(pool.map(tasks.sleep_return, [5.0, 5.0], timeout=0.2))
+    for _ in pool.map(tasks.square, range(500), chunksize=1):
+        break
+
+    async def main() -> None:
+        async for _ in pool.map_async(tasks.square, range(500), chunksize=1):
+            break
+        with pytest.raises(asyncio.TimeoutError):
+            async for _ in pool.map_async(tasks.sleep_return, [5.0, 5.0], timeout=0.2):
+                pass
+        assert [x async for x in pool.map_async(tasks.square, range(50))] == [
+            x * x for x in range(50)
+        ]
+
+    asyncio.run(main())
+    gc.collect()
+    assert broker.consumers_waiting == set()

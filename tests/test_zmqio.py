@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 import zmq
 
-from distex_zmq.wire.zmqio import LonePoll, poll
+from distex_zmq.wire.zmqio import EdgeReader, LonePoll, poll, recv_frames
 
 
 @pytest.fixture
@@ -76,3 +77,32 @@ def test_lone_poll_skips_at_most_max_skipped_polls(pair):
         assert misses < 20
     assert not lone_poll(receiver)  # a further miss skips no more than the most
     assert lone_poll._skip == LonePoll.MAX_SKIPPED
+
+
+def test_edge_reader_reads_on_while_wait_more_finds_a_message(pair):
+    # When the socket runs empty after a message, ``wait_more`` may wait for
+    # the next one (the broker polls for a result while a map's consumer
+    # waits): what it finds is read in the same turn of the loop, without a
+    # wake-up, and once it says no, the reader returns.
+    receiver, sender = pair
+    loop = asyncio.new_event_loop()
+    got: list[bytes] = []
+    coming = [b"2", b"3"]
+
+    def wait_more(sock: zmq.Socket) -> bool:
+        if not coming:
+            return False
+        sender.send(coming.pop(0))  # the next message comes while it waits
+        return poll(sock, 10.0)
+
+    try:
+        reader = EdgeReader(
+            loop, receiver, lambda frames: got.append(frames[0].bytes), 256, recv_frames, wait_more
+        )
+        sender.send(b"1")
+        assert poll(receiver, 10.0)
+        reader.read()
+        assert got == [b"1", b"2", b"3"] and not coming
+        reader.close()
+    finally:
+        loop.close()

@@ -186,10 +186,22 @@ class EdgeReader:
     after the socket was found empty), and ``poke`` looks again after a send.
     ``handle(frames)`` gets each message, as ``recv(sock, flags)`` receives
     it; at most ``max_reads`` are read before other callbacks get a turn,
-    then reading goes on at the next iteration of the loop.
+    then reading goes on at the next iteration of the loop. When the socket
+    runs empty, ``wait_more(sock)`` (if given) says whether a message waits
+    now, which it may poll for: the loop then reads on without sleeping.
     """
 
-    __slots__ = ("_loop", "_sock", "_fd", "_handle", "_recv", "_max_reads", "_closed", "_reading")
+    __slots__ = (
+        "_loop",
+        "_sock",
+        "_fd",
+        "_handle",
+        "_recv",
+        "_max_reads",
+        "_closed",
+        "_reading",
+        "_wait_more",
+    )
 
     def __init__(
         self,
@@ -198,7 +210,9 @@ class EdgeReader:
         handle: Callable[[list[Any]], None],
         max_reads: int = 256,
         recv: Callable[[zmq.Socket[Any], int], list[Any]] = recv_frames,
+        wait_more: Callable[[zmq.Socket[Any]], bool] | None = None,
     ):
+        self._wait_more = wait_more
         self._loop = loop
         self._sock = sock
         self._handle = handle
@@ -231,8 +245,11 @@ class EdgeReader:
         self._reading = True
         try:
             handle(frames)
+            wait_more = self._wait_more
             for _ in range(self._max_reads - 1):
-                if self._closed or not readable(sock):
+                if self._closed:
+                    return
+                if not readable(sock) and (wait_more is None or not wait_more(sock)):
                     return
                 handle(recv(sock, 0))
         finally:
