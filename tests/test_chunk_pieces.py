@@ -242,20 +242,30 @@ def test_an_empty_result_after_its_chunk_was_yielded_opens_nothing(ordered):
         assert results.finished
 
 
+def _chunk_past_its_budget(
+    gate: list[int],
+) -> tuple[ResultWatch, list[list], list[int], Iterator[int], list[int]]:
+    """The watch thread of a worker, driven as the main thread drives it:
+    chunk 7 of the inputs in ``gate`` started a second ago, none taken yet;
+    ``(watch, messages it sent, gate, the chunk's iterator of inputs, its
+    results)``."""
+    sent: list[list] = []
+    batch = p.Writer(p.RESULT)
+    watch = ResultWatch(sent.append, lambda: batch, pickle.dumps, lambda value: False)
+    watch.lock.release()  # as the main thread does while a chunk runs
+    inputs = iter(gate)
+    results: list[int] = []
+    watch.begin(7, results, time.perf_counter() - 1, 0, gate, inputs)
+    return watch, sent, gate, inputs, results
+
+
 def test_a_split_chunk_counts_its_later_pieces_from_the_inputs_it_kept():
     # The watch thread of a worker, driven as the main thread drives it: a
     # chunk of five inputs has answered two and runs the third past its
     # budget. The split keeps the third (the chunk's payload from then on)
     # and hands back the fourth and fifth; a piece sent after it counts its
     # mark in that payload, as the broker does, not in the first one.
-    sent: list[list] = []
-    batch = p.Writer(p.RESULT)
-    watch = ResultWatch(sent.append, lambda: batch, pickle.dumps, lambda value: False)
-    watch.lock.release()  # as the main thread does while a chunk runs
-    gate = [10, 11, 12, 13, 14]
-    inputs = iter(gate)
-    results: list[int] = []
-    watch.begin(7, results, time.perf_counter() - 1, 0, gate, inputs)
+    watch, sent, gate, inputs, results = _chunk_past_its_budget([10, 11, 12, 13, 14])
     for _ in range(3):
         results.append(next(inputs) * 2)
     results.pop()  # the third runs
@@ -288,13 +298,7 @@ def test_a_chunk_past_its_budget_before_its_first_input_is_split_once_one_runs()
     # and taking its first input, long enough for the chunk's budget to
     # pass: no input ran, so nothing says that they are slow, and the watch
     # leaves the chunk whole. Once an input runs past the budget, it splits.
-    sent: list[list] = []
-    batch = p.Writer(p.RESULT)
-    watch = ResultWatch(sent.append, lambda: batch, pickle.dumps, lambda value: False)
-    watch.lock.release()  # as the main thread does while a chunk runs
-    gate = [10, 11, 12, 13, 14]
-    inputs = iter(gate)
-    watch.begin(7, [], time.perf_counter() - 1, 0, gate, inputs)
+    watch, sent, gate, inputs, _ = _chunk_past_its_budget([10, 11, 12, 13, 14])
     with watch.lock:
         watch._look()
     assert sent == [] and gate == [10, 11, 12, 13, 14]
