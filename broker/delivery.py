@@ -146,6 +146,8 @@ class Delivery:
                 if task is None:
                     _logger.warning("result for unknown task %d from %s", task_id, rec)
                     continue
+                # a piece names where it starts (``Task.is_piece``, inline:
+                # a property call less per result)
                 value = (
                     (data, buffers, elapsed)
                     if not task.first and not task.in_pieces
