@@ -76,6 +76,14 @@ def _git(*args: str) -> str:
     ).stdout
 
 
+def resolve(revision: str) -> str:
+    """The short hash of ``revision``; exit with why if git does not know it."""
+    try:
+        return _git("rev-parse", "--short", "--verify", f"{revision}^{{commit}}").strip()
+    except subprocess.CalledProcessError as e:
+        sys.exit(f"ab.py: {revision!r} is not a revision of {ROOT}: {e.stderr.strip()}")
+
+
 def install(version: Version, scratch: Path) -> None:
     """Install ``version`` into ``scratch/label/site`` from its own sources."""
     source = scratch / version.label / "src"
@@ -245,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     a, b = Version("A", args.a), Version("B", args.b)
     for version in (a, b):
         if version.revision is not None:
-            version.revision = _git("rev-parse", "--short", version.revision).strip()
+            version.revision = resolve(version.revision)
     rounds: list[dict[str, dict[str, Record]]] = []
     with tempfile.TemporaryDirectory(prefix="dzq-ab-") as scratch:
         for version in (a, b):
