@@ -51,7 +51,7 @@ ROOT = HERE.parent
 DEFAULT_ROWS = ("map_cs1", "map_cs1_q16", "map_cs100", "map_default", "latency", "latency_sync")
 #: What the preflight check runs: the package's path in the client and in a worker.
 _WHERE = (
-    "import distex_zmq, os\n"
+    "import distex_zmq\n"
     "def where(): import distex_zmq; return distex_zmq.__file__\n"
     "with distex_zmq.Pool(1) as pool: print(distex_zmq.__file__, pool.run(where))\n"
 )
